@@ -1,0 +1,55 @@
+"""The `gated` command. Each subcommand lives in its own module; this only dispatches."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _scenario(args: argparse.Namespace) -> int:
+    from gated.scenario import run_files
+
+    return run_files(args.files)
+
+
+def _qr(args: argparse.Namespace) -> int:
+    from gated.qrcli import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gated", description="Access-control gate daemon for gyms and studios")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sc = sub.add_parser("scenario", help="run behaviour scenarios")
+    sc_sub = sc.add_subparsers(dest="scenario_command", required=True)
+    run = sc_sub.add_parser("run", help="run scenario files through the real engine and store")
+    run.add_argument("files", nargs="+")
+    run.set_defaults(func=_scenario)
+
+    from gated.qrcli import add_parser as add_qr
+
+    add_qr(sub, _qr)
+
+    from gated import commands
+
+    commands.add_parsers(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The imperative shell around the rules: credential in, decision out, result committed.
+
+The daemon and the scenario runner both go through here, so a scenario exercises exactly
+the code a turnstile does. Splitting decide() from commit() lets the daemon wait for the
+turnstile to turn in between: no passage, no deduction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from rules.credential import Credential, CredentialKind
+from rules.decide import Decision, MemberView, Presented, decide, override
+from rules.messages import message
+from rules.model import Gate, Policy, Site
+from rules.reasons import Reason
+from sync.qrtoken import TrustedKeys
+from sync.store import Committed, Store
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTap:
+    """A decided tap waiting for the turnstile: commit it with whether the person passed."""
+
+    gate: Gate
+    credential: Credential
+    presented: Presented
+    decision: Decision
+    message: str
+    qr_token: tuple[str, datetime] | None
+    decided_at: datetime
+
+
+class UnknownGate(KeyError):
+    pass
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        site: Site,
+        gates: dict[str, Gate],
+        policy: Policy,
+        trusted_keys: TrustedKeys | None = None,
+    ):
+        self.store = store
+        self.site = site
+        self.gates = gates
+        self.policy = policy
+        self.trusted_keys = trusted_keys or TrustedKeys({})
+
+    def gate(self, gate_id: str) -> Gate:
+        try:
+            return self.gates[gate_id]
+        except KeyError:
+            raise UnknownGate(gate_id) from None
+
+    def _present(self, credential: Credential) -> tuple[Presented, str | None, tuple[str, datetime] | None]:
+        if credential.kind == CredentialKind.CARD:
+            return Presented.card(), self.store.member_for_card(credential.value), None
+        claim = self.trusted_keys.verify(credential.value)
+        if claim is None:
+            return Presented(CredentialKind.QR, None), None, None
+        seen = self.store.qr_seen(claim.token_id)
+        return Presented(CredentialKind.QR, claim, seen), claim.member, (claim.token_id, claim.expires)
+
+    def decide(self, gate_id: str, credential: Credential, now: datetime) -> PendingTap:
+        gate = self.gate(gate_id)
+        presented, member_id, qr_token = self._present(credential)
+        view = self.store.view(member_id, gate, now) if member_id else MemberView(None)
+        decision = decide(view, presented, gate, self.site, self.policy, now)
+        return PendingTap(gate, credential, presented, decision, message(decision.reason, decision.hint), qr_token, now)
+
+    def refuse(self, pending: PendingTap, reason: Reason) -> PendingTap:
+        """The shell overrules a grant (relay offline, lockdown, stale cache)."""
+        d = pending.decision
+        denied = Decision(False, reason, d.member, anti_passback=d.anti_passback)
+        return PendingTap(
+            pending.gate, pending.credential, pending.presented, denied, message(reason), pending.qr_token, pending.decided_at
+        )
+
+    def commit(self, pending: PendingTap, *, passed: bool, now: datetime) -> Committed:
+        return self.store.commit_tap(
+            pending.gate,
+            pending.decision,
+            credential=pending.credential.kind,
+            passed=passed,
+            now=now,
+            qr_token=pending.qr_token,
+            message=pending.message,
+        )
+
+    def tap(self, gate_id: str, credential: Credential, now: datetime, *, passed: bool = True) -> tuple[PendingTap, Committed]:
+        pending = self.decide(gate_id, credential, now)
+        return pending, self.commit(pending, passed=passed, now=now)
+
+    def override(self, gate_id: str, operator: str, reason: str, now: datetime, *, passed: bool = True) -> tuple[Decision, Committed]:
+        gate = self.gate(gate_id)
+        return override(gate), self.store.commit_override(gate, operator, reason, now, passed=passed)
+
+    def run_due(self, now: datetime) -> Committed:
+        return self.store.run_due(self.policy, now)
+
+    def mark_attended(self, booking_id: str, operator: str, *, refund: bool, now: datetime) -> Committed:
+        return self.store.mark_attended(booking_id, operator, refund=refund, now=now)
+
+    def adjust_points(self, member_id: str, points: int, operator: str, reason: str, now: datetime) -> Committed:
+        return self.store.adjust_points(member_id, points, operator, reason, now)

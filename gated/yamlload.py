@@ -1,0 +1,103 @@
+"""YAML in, plain Python out, with the line of every key kept for error messages.
+
+Scalars stay strings except `null`/`~`/empty (None) and `true`/`false` (bool): times,
+`none`, `off` and card numbers with leading zeros reach the models as written, and the
+models decide what they mean. Duplicate keys are an error, not a silent overwrite.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+Path = tuple[str | int, ...]
+_NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
+_BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+
+
+class YamlError(Exception):
+    def __init__(self, message: str, line: int | None = None, key: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.key = key
+
+
+@dataclass
+class Marked:
+    """A loaded document and where each of its parts was written (1-based lines)."""
+
+    data: Any
+    lines: dict[Path, int] = field(default_factory=dict)
+
+    def line_of(self, path: Path) -> int | None:
+        """The line of the deepest part of `path` that exists in the document."""
+        p = tuple(path)
+        while p:
+            if p in self.lines:
+                return self.lines[p]
+            p = p[:-1]
+        return self.lines.get((), None)
+
+
+def _convert(node: Node, path: Path, lines: dict[Path, int]) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, ScalarNode):
+        if node.style is None or node.style == "":  # plain scalar: the only kind that may mean null/bool
+            if _NULL.match(node.value):
+                return None
+            if node.value in _BOOL:
+                return _BOOL[node.value]
+        return node.value
+    if isinstance(node, SequenceNode):
+        return [_convert(child, (*path, i), lines) for i, child in enumerate(node.value)]
+    if isinstance(node, MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise YamlError("merge keys (<<) are not supported", key_node.start_mark.line + 1, "<<")
+            key = _convert(key_node, (*path, "<key>"), {})
+            if not isinstance(key, str | int | bool) and key is not None:
+                raise YamlError("a key must be a plain value", key_node.start_mark.line + 1)
+            key = str(key).lower() if isinstance(key, bool) else ("" if key is None else str(key))
+            if key in out:
+                raise YamlError(f"duplicate key {key!r}", key_node.start_mark.line + 1, key)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            out[key] = _convert(value_node, (*path, key), lines)
+            # the key's own line is what an installer looks for
+            lines[(*path, key)] = key_node.start_mark.line + 1
+        return out
+    raise YamlError(f"unsupported YAML node {node.tag}", node.start_mark.line + 1)  # pragma: no cover
+
+
+def load(text: str) -> Marked:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise YamlError(f"YAML does not parse: {e.problem or e}", mark.line + 1 if mark else None) from e
+    except yaml.YAMLError as e:
+        raise YamlError(f"YAML does not parse: {e}") from e
+    if node is None:
+        return Marked(None, {(): 1})
+    lines: dict[Path, int] = {}
+    return Marked(_convert(node, (), lines), lines)
+
+
+def dotted(path: Path) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top)"
+
+
+def as_mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}

@@ -1,0 +1,372 @@
+"""decide(): the gate's answer to one tap. Pure: the view, the gate and the clock in; a
+Decision out. The shell (gated/) loads the view, drives the relay and commits the result.
+
+The order of the checks is the behaviour contract (SCENARIOS.md, "Deciding a tap"); each
+numbered step below is one paragraph of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from rules.credential import CredentialKind
+from rules.model import (
+    AntiPassback,
+    Booking,
+    BookingStatus,
+    DeductOn,
+    Direction,
+    EarlyEntry,
+    Gate,
+    Member,
+    MemberStatus,
+    Pass,
+    PassKind,
+    Policy,
+    Site,
+)
+from rules.reasons import PASS_FAILURE_RANK, Reason
+from rules.timeutil import local, local_date
+
+# A phone clock a little ahead of the gate's should not make a fresh QR code unusable.
+QR_CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class QrClaim:
+    """What a verified QR token says. Verification (signature, key id) is the shell's job."""
+
+    token_id: str
+    member: str
+    issued: datetime
+    expires: datetime
+    booking: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Presented:
+    """The credential as the rules need it: a card, or a QR token after verification."""
+
+    kind: CredentialKind
+    qr: QrClaim | None = None  # kind qr: None when the token failed verification
+    qr_seen_before: bool = False
+
+    @classmethod
+    def card(cls) -> Presented:
+        return cls(CredentialKind.CARD)
+
+
+@dataclass(frozen=True, slots=True)
+class ZonePresence:
+    """The member's last passages through a zone's gates (any daemon of the site)."""
+
+    last_at: datetime | None = None
+    last_direction: Direction | None = None
+    last_entry_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    """Everything decide() may look at for one member; loaded by the store per tap.
+
+    `passes` are the member's passes with their *local* balances; `bookings` the member's
+    bookings around now with their effective status; `presence` per zone.
+    """
+
+    member: Member | None
+    passes: tuple[Pass, ...] = ()
+    bookings: tuple[Booking, ...] = ()
+    presence: Mapping[str, ZonePresence] = field(default_factory=dict)
+    extra_passes: Mapping[str, Pass] = field(default_factory=dict)  # booking passes not the member's
+    zone_full: bool = False
+
+    def pass_by_id(self, pass_id: str) -> Pass | None:
+        for p in self.passes:
+            if p.id == pass_id:
+                return p
+        return self.extra_passes.get(pass_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    granted: bool
+    reason: Reason
+    member: str | None = None
+    booking: str | None = None
+    pass_id: str | None = None
+    amount: Decimal = Decimal(0)  # taken from pass_id once passage is confirmed
+    cause: str | None = None  # deduction cause: walk_in | booking
+    anti_passback: bool | None = None  # soft gates only: was the member already inside?
+    hint: Mapping[str, str] = field(default_factory=dict)  # facts for the human message
+
+    @property
+    def attends_booking(self) -> bool:
+        return self.granted and self.booking is not None and self.reason in (
+            Reason.BOOKING,
+            Reason.LINKED_BOOKING,
+        )
+
+
+def is_inside(presence: ZonePresence | None, now: datetime, site: Site) -> bool:
+    """Inside: a passed entry and no exit since, forgotten at local midnight."""
+    if presence is None or presence.last_at is None or presence.last_direction != Direction.IN:
+        return False
+    return local_date(presence.last_at, site.timezone) == local_date(now, site.timezone)
+
+
+def _credential_problem(view: MemberView, presented: Presented, now: datetime) -> Reason | None:
+    if presented.kind == CredentialKind.QR:
+        claim = presented.qr
+        if claim is None or claim.issued - QR_CLOCK_SKEW > now:
+            return Reason.INVALID_QR
+        if now > claim.expires:
+            return Reason.QR_EXPIRED
+        if presented.qr_seen_before:
+            return Reason.QR_REPLAYED
+    if view.member is None:
+        return Reason.UNKNOWN_CARD
+    return None
+
+
+def booking_cost(b: Booking, p: Pass | None) -> Decimal:
+    """What the gate takes for this booking: only deduct-at-access passes not yet paid."""
+    if b.deducted or p is None or not p.kind.has_balance or p.deduct_on != DeductOn.ACCESS:
+        return Decimal(0)
+    return b.cost
+
+
+def _can_pay(b: Booking, p: Pass | None) -> bool:
+    if b.deducted:
+        return True
+    if p is None:
+        return False
+    cost = booking_cost(b, p)
+    return cost == 0 or (p.balance is not None and p.balance >= cost)
+
+
+def matching_bookings(
+    view: MemberView, gate: Gate, site: Site, policy: Policy, now: datetime
+) -> list[tuple[Booking, bool]]:
+    """(booking, linked) pairs that this tap may attend, best first."""
+    today = local_date(now, site.timezone)
+    found: list[tuple[Booking, bool]] = []
+    for b in view.bookings:
+        if b.status != BookingStatus.BOOKED or b.zone != gate.zone:
+            continue
+        opens, closes = gate.arrival_window(b)
+        linked = False
+        if not opens <= now <= closes:
+            if policy.early_entry != EarlyEntry.LINK:
+                continue
+            if not (b.starts_at - policy.link_window <= now < opens):
+                continue
+            if local_date(b.starts_at, site.timezone) != today:
+                continue
+            linked = True
+        if not _can_pay(b, view.pass_by_id(b.pass_id)):
+            continue
+        found.append((b, linked))
+    found.sort(key=lambda bl: (bl[0].starts_at, bl[0].id))
+    return found
+
+
+def pass_problem(p: Pass, gate: Gate, site: Site, now: datetime) -> Reason | None:
+    """Why this pass cannot pay a walk-in now; checked validity → zone → window → balance."""
+    wall = local(now, site.timezone)
+    day = wall.date()
+    if p.kind == PassKind.MARKETPLACE:
+        return Reason.BOOKING_REQUIRED
+    if p.valid_from is not None and day < p.valid_from:
+        return Reason.PASS_NOT_YET_VALID
+    if p.valid_until is not None and day > p.valid_until:
+        return Reason.PASS_EXPIRED
+    if not p.covers_zone(gate.zone):
+        return Reason.ZONE_NOT_ALLOWED
+    if p.access_windows is None or not p.access_windows.contains(wall):
+        return Reason.OUTSIDE_WINDOW
+    if p.kind.has_balance and (p.balance is None or p.balance < p.entry_cost):
+        return Reason.NO_BALANCE
+    return None
+
+
+def _walk_in_preference(p: Pass) -> tuple[int, int, str]:
+    # time passes first (they cost nothing), then the pass that expires soonest
+    expiry = p.valid_until.toordinal() if p.valid_until else 10**9
+    return (0 if p.kind == PassKind.TIME else 1, expiry, p.id)
+
+
+def _hhmm(at: datetime, site: Site) -> str:
+    return local(at, site.timezone).strftime("%H:%M")
+
+
+def _denial(view: MemberView, gate: Gate, site: Site, policy: Policy, now: datetime, flag: bool | None) -> Decision:
+    member = view.member
+    assert member is not None
+    today = local_date(now, site.timezone)
+
+    def deny(reason: Reason, **hint: str) -> Decision:
+        return Decision(False, reason, member.id, anti_passback=flag, hint=hint)
+
+    same_day = [
+        b
+        for b in view.bookings
+        if b.zone == gate.zone and local_date(b.starts_at, site.timezone) == today
+    ]
+    later = sorted(
+        (b for b in same_day if b.status == BookingStatus.BOOKED and b.starts_at > now),
+        key=lambda b: (b.starts_at, b.id),
+    )
+    if later:
+        b = later[0]
+        opens = gate.arrival_window(b)[0]
+        if policy.early_entry == EarlyEntry.LINK and local_date(b.starts_at - policy.link_window, site.timezone) == today:
+            opens = min(opens, b.starts_at - policy.link_window)
+        return deny(Reason.TOO_EARLY, **{"class": b.class_name, "starts": _hhmm(b.starts_at, site), "entry_from": _hhmm(opens, site)})
+    missed = sorted(
+        (
+            b
+            for b in same_day
+            if b.status in (BookingStatus.BOOKED, BookingStatus.NO_SHOW)
+            and b.starts_at < now
+            and now > gate.arrival_window(b)[1]
+        ),
+        key=lambda b: (b.starts_at, b.id),
+        reverse=True,
+    )
+    if missed:
+        b = missed[0]
+        return deny(Reason.TOO_LATE, **{"class": b.class_name, "starts": _hhmm(b.starts_at, site), "closed_at": _hhmm(gate.arrival_window(b)[1], site)})
+    if not view.passes:
+        return deny(Reason.NO_PASS)
+    walk_in_passes = [p for p in view.passes if p.kind != PassKind.MARKETPLACE]
+    if not walk_in_passes:
+        return deny(Reason.BOOKING_REQUIRED, **{"pass": view.passes[0].name})
+    best: tuple[int, Pass, Reason] | None = None
+    for p in sorted(walk_in_passes, key=_walk_in_preference):
+        problem = pass_problem(p, gate, site, now)
+        if problem is None:  # pragma: no cover - decide() would have granted
+            continue
+        rank = PASS_FAILURE_RANK.get(problem, 0)
+        if best is None or rank > best[0]:
+            best = (rank, p, problem)
+    assert best is not None
+    _, p, reason = best
+    hint: dict[str, str] = {"pass": p.name}
+    if reason == Reason.PASS_EXPIRED and p.valid_until:
+        hint["until"] = p.valid_until.isoformat()
+    elif reason == Reason.PASS_NOT_YET_VALID and p.valid_from:
+        hint["from"] = p.valid_from.isoformat()
+    elif reason == Reason.OUTSIDE_WINDOW and p.access_windows is not None:
+        nxt = p.access_windows.next_opening(local(now, site.timezone))
+        if nxt is not None:
+            hint["next"] = nxt.strftime("%a %H:%M")
+    elif reason == Reason.NO_BALANCE and p.balance is not None:
+        hint["balance"] = _fmt_amount(p.balance)
+        hint["cost"] = _fmt_amount(p.entry_cost)
+    return deny(reason, **hint)
+
+
+def _fmt_amount(d: Decimal) -> str:
+    return str(d.quantize(Decimal(1))) if d == d.to_integral_value() else str(d.normalize())
+
+
+def decide(
+    view: MemberView,
+    presented: Presented,
+    gate: Gate,
+    site: Site,
+    policy: Policy,
+    now: datetime,
+) -> Decision:
+    """The gate's answer to one tap. See SCENARIOS.md, "Deciding a tap"."""
+    member_id = view.member.id if view.member else None
+    problem = _credential_problem(view, presented, now)
+    if problem is not None:
+        return Decision(False, problem, member_id)
+    member = view.member
+    assert member is not None
+
+    if gate.direction == Direction.OUT:
+        # nobody is locked in: blocked members, closed sites, empty passes all get out
+        return Decision(True, Reason.EXIT, member.id)
+
+    # 1. the member, the site, the people already inside
+    if member.status == MemberStatus.BLOCKED:
+        return Decision(False, Reason.MEMBER_BLOCKED, member.id)
+    if not site.is_open(now):
+        hint: dict[str, str] = {}
+        if site.opening_hours is not None:
+            nxt = site.opening_hours.next_opening(local(now, site.timezone))
+            if nxt is not None:
+                hint["next"] = nxt.strftime("%a %H:%M")
+        return Decision(False, Reason.SITE_CLOSED, member.id, hint=hint)
+    inside = is_inside(view.presence.get(gate.zone), now, site)
+    flag: bool | None = None
+    if gate.anti_passback == AntiPassback.HARD and inside:
+        return Decision(False, Reason.ANTI_PASSBACK, member.id)
+    if gate.anti_passback == AntiPassback.SOFT:
+        flag = inside
+    if view.zone_full:
+        return Decision(False, Reason.SITE_FULL, member.id, anti_passback=flag)
+
+    # 2. a booking: the booking is the ticket
+    matches = matching_bookings(view, gate, site, policy, now)
+    if matches:
+        chosen = matches[0]
+        preferred = presented.qr.booking if presented.qr else None
+        if preferred:
+            chosen = next((m for m in matches if m[0].id == preferred), chosen)
+        b, linked = chosen
+        p = view.pass_by_id(b.pass_id)
+        cost = booking_cost(b, p)
+        return Decision(
+            True,
+            Reason.LINKED_BOOKING if linked else Reason.BOOKING,
+            member.id,
+            booking=b.id,
+            pass_id=b.pass_id,
+            amount=cost,
+            cause="booking" if cost else None,
+            anti_passback=flag,
+            hint={"class": b.class_name, "starts": _hhmm(b.starts_at, site)},
+        )
+
+    # 3. re-entry within the grace period: free, no pass needed
+    presence = view.presence.get(gate.zone)
+    if (
+        gate.reentry_grace > timedelta(0)
+        and presence is not None
+        and presence.last_entry_at is not None
+        and timedelta(0) <= now - presence.last_entry_at <= gate.reentry_grace
+    ):
+        return Decision(True, Reason.REENTRY, member.id, anti_passback=flag)
+
+    # 4. a walk-in on the best usable pass
+    usable = [p for p in view.passes if pass_problem(p, gate, site, now) is None]
+    if usable:
+        p = min(usable, key=_walk_in_preference)
+        cost = p.entry_cost
+        hint = {"pass": p.name}
+        if p.balance is not None:
+            hint["balance_after"] = _fmt_amount(p.balance - cost)
+        return Decision(
+            True,
+            Reason.WALK_IN,
+            member.id,
+            pass_id=p.id,
+            amount=cost,
+            cause="walk_in" if cost else None,
+            anti_passback=flag,
+            hint=hint,
+        )
+
+    # 5. denied: say why as precisely as possible
+    return _denial(view, gate, site, policy, now, flag)
+
+
+def override(gate: Gate) -> Decision:
+    """Front desk opens the gate once: granted whatever the state, nothing deducted."""
+    return Decision(True, Reason.OVERRIDE, None)

@@ -1,0 +1,162 @@
+"""Members, passes and bookings as the central system describes them (and as scenario files
+write them): pydantic models that validate outside input, then convert to rules types.
+
+Times without an offset are the site's local wall time; `to_domain` takes the zone.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from rules.model import Booking, BookingStatus, DeductOn, Member, MemberStatus, Pass, PassKind
+from rules.timeutil import WeekSchedule, parse_date, parse_instant, parse_window
+from sync.store import PassRecord
+
+Id = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _check_instant(v: str) -> str:
+    parse_instant(v, ZoneInfo("UTC"))
+    return v
+
+
+def _check_date(v: str) -> str:
+    parse_date(v)
+    return v
+
+
+def _check_schedule(v: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+    WeekSchedule.parse(v)
+    return v
+
+
+def _check_amount(v: Decimal) -> Decimal:
+    if not v.is_finite():
+        raise ValueError("must be a finite number")
+    return v
+
+
+Instant = Annotated[str, AfterValidator(_check_instant)]
+LocalDate = Annotated[str | date, AfterValidator(lambda v: _check_date(str(v)))]
+Schedule = Annotated[dict[str, str | list[str]], AfterValidator(_check_schedule)]
+Amount = Annotated[Decimal, AfterValidator(_check_amount)]
+Window = Annotated[str, AfterValidator(lambda v: (parse_window(v), v)[1])]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MemberIn(Strict):
+    id: Id
+    name: str = ""
+    status: Literal["active", "blocked"] = "active"
+    cards: list[Annotated[str, Field(min_length=1, max_length=200)]] = []
+    email: str | None = None
+    photo: str | None = None
+
+    def to_domain(self) -> Member:
+        return Member(
+            id=self.id,
+            name=self.name,
+            status=MemberStatus(self.status),
+            cards=tuple(c.strip().upper() for c in self.cards),
+            email=self.email,
+            photo=self.photo,
+        )
+
+
+class PassIn(Strict):
+    id: Id
+    member: Id
+    name: str = ""
+    kind: Literal["time", "visits", "credits", "marketplace"]
+    balance: Amount | None = None
+    deduct_on: Literal["booking", "access"] = "booking"
+    walk_in_cost: Amount | None = Field(default=None, ge=0)
+    valid_from: LocalDate | None = None
+    valid_until: LocalDate | None = None
+    zones: list[Id] | None = None
+    access_windows: Schedule | None = None
+    applied_seq: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _balance_fits_kind(self) -> PassIn:
+        if self.kind in ("visits", "credits"):
+            if self.balance is None:
+                raise ValueError(f"balance is required for a {self.kind} pass")
+        elif self.balance is not None:
+            raise ValueError(f"balance is not allowed for a {self.kind} pass")
+        if self.kind == "credits" and self.walk_in_cost is None:
+            raise ValueError("walk_in_cost is required for a credits pass")
+        if self.valid_from and self.valid_until and parse_date(str(self.valid_from)) > parse_date(str(self.valid_until)):
+            raise ValueError("valid_from is after valid_until")
+        return self
+
+    def to_domain(self) -> PassRecord:
+        return PassRecord(
+            Pass(
+                id=self.id,
+                member=self.member,
+                name=self.name,
+                kind=PassKind(self.kind),
+                balance=self.balance,
+                deduct_on=DeductOn(self.deduct_on),
+                walk_in_cost=self.walk_in_cost,
+                valid_from=parse_date(str(self.valid_from)) if self.valid_from else None,
+                valid_until=parse_date(str(self.valid_until)) if self.valid_until else None,
+                zones=frozenset(self.zones) if self.zones is not None else None,
+                access_windows=WeekSchedule.parse(self.access_windows) if self.access_windows is not None else None,
+            ),
+            self.applied_seq,
+        )
+
+
+class BookingIn(Strict):
+    id: Id
+    member: Id
+    pass_: Id = Field(alias="pass")
+    class_: str = Field(default="", alias="class")
+    zone: Id
+    starts_at: Instant
+    ends_at: Instant
+    status: Literal["booked", "cancelled"] = "booked"
+    deducted: bool = False
+    cost: Amount = Field(default=Decimal(1), ge=0)
+    loyalty_points: int = Field(default=0)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> BookingIn:
+        utc = ZoneInfo("UTC")
+        if parse_instant(self.ends_at, utc) < parse_instant(self.starts_at, utc):
+            raise ValueError("ends_at is before starts_at")
+        return self
+
+    def to_domain(self, tz: ZoneInfo) -> Booking:
+        return Booking(
+            id=self.id,
+            member=self.member,
+            pass_id=self.pass_,
+            class_name=self.class_,
+            zone=self.zone,
+            starts_at=parse_instant(self.starts_at, tz),
+            ends_at=parse_instant(self.ends_at, tz),
+            status=BookingStatus(self.status),
+            deducted=self.deducted,
+            cost=self.cost,
+            loyalty_points=self.loyalty_points,
+        )
+
+
+def dump_json_safe(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+__all__ = ["BookingIn", "MemberIn", "PassIn", "datetime"]
