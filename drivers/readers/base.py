@@ -1,0 +1,185 @@
+"""What every reader shares: health, counters, debounce, backoff and the Reader protocol.
+
+Everything here is sans-I/O (clocks are passed in) so it is tested without devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from rules.credential import Credential, CredentialKind
+
+from .reads import CredentialRead
+
+log = logging.getLogger(__name__)
+
+OnCredential = Callable[[Credential], Awaitable[None]]
+OnHealth = Callable[[str, "ReaderHealth"], None]
+
+
+class ReaderHealth(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+    ERROR = "error"
+
+
+@runtime_checkable
+class Reader(Protocol):
+    """A credential source at a gate. The daemon runs `run` as a task for the reader's
+    whole life; `run` never returns or raises for device trouble, it reconnects."""
+
+    id: str
+
+    @property
+    def health(self) -> ReaderHealth: ...
+
+    @property
+    def stats(self) -> ReaderStats: ...
+
+    async def run(self, on_credential: OnCredential) -> None: ...
+
+    async def feedback(self, granted: bool, message: str) -> None: ...
+
+
+class ReaderStats(dict[str, int]):
+    """Counters exported as metrics. A plain dict so it serialises as is."""
+
+    KEYS = (
+        "frames",  # frames/lines/events received from the device, good or bad
+        "rejected_frames",  # frames that did not decode (garbage, checksum, parity...)
+        "credentials",  # credentials handed to the daemon
+        "debounced",  # repeats dropped by the debouncer
+        "reconnects",  # successful (re)opens after the first one
+        "device_errors",  # failed opens and I/O errors
+        "callback_errors",  # the daemon's on_credential raised
+    )
+
+    def __init__(self) -> None:
+        super().__init__(dict.fromkeys(self.KEYS, 0))
+
+    def bump(self, key: str, n: int = 1) -> None:
+        self[key] = self.get(key, 0) + n
+
+
+class Debouncer:
+    """Drops a credential seen again on the same reader within `debounce` seconds.
+
+    The window slides: it counts from the *last sighting*, not the last accepted read,
+    so a card left lying on a reader that re-reports it every second never re-triggers
+    the turnstile. Memory is bounded by pruning entries older than the window.
+    """
+
+    def __init__(self, debounce: float = 2.0) -> None:
+        if debounce < 0:
+            raise ValueError("debounce must be >= 0")
+        self.debounce = debounce
+        self._last_seen: dict[tuple[str, CredentialKind, str], float] = {}
+
+    def accept(self, reader_id: str, kind: CredentialKind, value: str, now: float) -> bool:
+        key = (reader_id, kind, value)
+        if len(self._last_seen) > 64:
+            self._prune(now)
+        last = self._last_seen.get(key)
+        self._last_seen[key] = now
+        return last is None or now - last >= self.debounce or now < last
+
+    def _prune(self, now: float) -> None:
+        self._last_seen = {k: t for k, t in self._last_seen.items() if 0 <= now - t < self.debounce}
+
+
+class Backoff:
+    """Exponential reconnect delays: initial, x2, ... capped. No jitter: one daemon per
+    box, nothing to de-synchronise, and deterministic delays keep tests simple."""
+
+    def __init__(self, initial: float = 0.1, cap: float = 5.0, factor: float = 2.0) -> None:
+        self.initial, self.cap, self.factor = initial, cap, factor
+        self._next = initial
+
+    def next(self) -> float:
+        delay = min(self._next, self.cap)
+        self._next = min(self._next * self.factor, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.initial
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ReaderBase:
+    """Shared plumbing for the concrete readers (not part of the public protocol)."""
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        debounce: float = 2.0,
+        reconnect_max: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utc_now,
+        on_health: OnHealth | None = None,
+    ) -> None:
+        self.id = id
+        self._stats = ReaderStats()
+        self._health = ReaderHealth.OFFLINE
+        self._debouncer = Debouncer(debounce)
+        self._backoff = Backoff(cap=reconnect_max)
+        self._clock = clock
+        self._now = now
+        self.on_health = on_health
+        self._opened_once = False
+
+    @property
+    def health(self) -> ReaderHealth:
+        return self._health
+
+    @property
+    def stats(self) -> ReaderStats:
+        return self._stats
+
+    def _set_health(self, health: ReaderHealth) -> None:
+        if health is self._health:
+            return
+        self._health = health
+        log.info("reader %s is %s", self.id, health)
+        if self.on_health is not None:
+            try:
+                self.on_health(self.id, health)
+            except Exception:  # a metrics hook must not take the reader down
+                log.exception("on_health hook failed for reader %s", self.id)
+
+    def _mark_opened(self) -> None:
+        if self._opened_once:
+            self._stats.bump("reconnects")
+        self._opened_once = True
+        self._backoff.reset()
+        self._set_health(ReaderHealth.ONLINE)
+
+    async def _wait_before_retry(self) -> None:
+        await asyncio.sleep(self._backoff.next())
+
+    async def _emit(self, on_credential: OnCredential, read: CredentialRead) -> None:
+        if not self._debouncer.accept(self.id, read.kind, read.value, self._clock()):
+            self._stats.bump("debounced")
+            return
+        credential = read.to_credential(self.id, self._now())
+        self._stats.bump("credentials")
+        try:
+            await on_credential(credential)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the daemon's bug must not kill the reader loop
+            self._stats.bump("callback_errors")
+            log.exception("on_credential failed for reader %s", self.id)
+
+    async def feedback(self, granted: bool, message: str) -> None:
+        """Most readers have no LED/buzzer we can drive: nothing to do."""
+        return None

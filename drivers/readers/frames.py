@@ -1,0 +1,215 @@
+"""Sans-I/O parser for serial line readers, in the manner of h11: bytes in, events out.
+
+`SerialFrameParser(config).feed(data)` returns decoded reads and counted errors; it
+does no I/O, reads no clock and never raises on input. It walks the input byte by byte
+so the result cannot depend on how the serial driver chunked the stream (a property
+the tests check with hypothesis), and it holds at most `max_frame_length` bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import reduce
+from operator import xor
+
+from .payloads import PayloadFormat, decode_payload
+from .reads import CredentialRead, FrameError, FrameErrorReason
+
+STX = 0x02
+ETX = 0x03
+_BLANKS = frozenset(b" \t\r\n\x00")
+_RAW_KEEP = 64  # bytes of a bad frame kept in the error, for logs
+
+
+# Payloads made of hex pairs, the only ones an xor-hex checksum makes sense for.
+HEX_PAYLOADS = frozenset({PayloadFormat.HEX, PayloadFormat.WIEGAND26, PayloadFormat.WIEGAND34})
+
+
+class Framing(StrEnum):
+    LINE = "line"  # payload followed by a terminator
+    STX_ETX = "stx-etx"  # 0x02 payload 0x03, as EM4100 modules (RDM6300 etc.) send
+
+
+class Terminator(StrEnum):
+    CR = "cr"
+    LF = "lf"
+    CRLF = "crlf"
+
+    @property
+    def bytes(self) -> bytes:
+        return {"cr": b"\r", "lf": b"\n", "crlf": b"\r\n"}[self.value]
+
+
+class Checksum(StrEnum):
+    NONE = "none"
+    # Two hex digits at the end of the payload: XOR of the payload's ASCII bytes.
+    XOR = "xor"
+    # Two hex digits at the end: XOR of the bytes the payload's hex pairs encode
+    # (the EM4100/RDM6300 convention: 10 hex digits of data, then 2 of checksum).
+    XOR_HEX = "xor-hex"
+
+
+@dataclass(frozen=True, slots=True)
+class FrameConfig:
+    framing: Framing = Framing.LINE
+    terminator: Terminator = Terminator.CRLF
+    checksum: Checksum = Checksum.NONE
+    format: PayloadFormat = PayloadFormat.HEX
+    max_frame_length: int = 256  # whole frame, framing bytes included
+
+    def __post_init__(self) -> None:
+        if self.max_frame_length < 4:
+            raise ValueError("max_frame_length must be at least 4")
+        if self.checksum is Checksum.XOR_HEX and self.format not in HEX_PAYLOADS:
+            raise ValueError("checksum xor-hex needs a hex payload (hex, wiegand26, wiegand34)")
+
+
+ParserOutput = CredentialRead | FrameError
+
+
+class SerialFrameParser:
+    def __init__(self, config: FrameConfig) -> None:
+        self.config = config
+        self._buf = bytearray()
+        self._term = config.terminator.bytes
+        self._discarding = False  # inside an overlong frame, dropping until its end
+        self._in_frame = False  # STX/ETX: between an STX and its ETX
+        self._noise = 0  # STX/ETX: non-blank bytes seen outside frames
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[ParserOutput]:
+        out: list[ParserOutput] = []
+        if self.config.framing is Framing.LINE:
+            for byte in data:
+                self._line_byte(byte, out)
+        else:
+            for byte in data:
+                self._stx_byte(byte, out)
+        return out
+
+    def _line_byte(self, byte: int, out: list[ParserOutput]) -> None:
+        buf, term = self._buf, self._term
+        buf.append(byte)
+        if byte == term[-1] and buf.endswith(term):
+            frame = bytes(buf[: -len(term)])
+            buf.clear()
+            if self._discarding:
+                self._discarding = False
+            else:
+                out.extend(self._decode(frame))
+            return
+        # A frame that fits ends with its terminator at the latest at max length, so a
+        # full buffer without one can only be an overlong frame (or a wrong terminator).
+        if len(buf) >= self.config.max_frame_length:
+            if not self._discarding:
+                out.append(_error(FrameErrorReason.OVERLONG, "no terminator", bytes(buf)))
+                self._discarding = True
+            # Keep what may be the start of a split terminator.
+            keep = bytes(buf[len(buf) - (len(term) - 1) :]) if len(term) > 1 else b""
+            buf[:] = keep
+
+    def _stx_byte(self, byte: int, out: list[ParserOutput]) -> None:
+        buf = self._buf
+        if self._in_frame:
+            if byte == ETX:
+                self._in_frame = False
+                out.extend(self._decode(bytes(buf)))
+                buf.clear()
+            elif byte == STX:
+                out.append(_error(FrameErrorReason.TRUNCATED, "STX before ETX", bytes(buf)))
+                buf.clear()
+            else:
+                buf.append(byte)
+                if len(buf) > self.config.max_frame_length - 2:
+                    out.append(_error(FrameErrorReason.OVERLONG, "no ETX", bytes(buf)))
+                    buf.clear()
+                    self._in_frame = False
+                    self._discarding = True
+            return
+        if byte == STX:
+            if self._noise:
+                out.append(_error(FrameErrorReason.NOISE, f"{self._noise} bytes outside frames"))
+                self._noise = 0
+            self._discarding = False
+            self._in_frame = True
+            return
+        if self._discarding:
+            if byte == ETX:
+                self._discarding = False
+            return
+        if byte in _BLANKS:  # CR/LF after ETX is common and harmless
+            return
+        self._noise += 1
+        if self._noise >= self.config.max_frame_length:
+            out.append(_error(FrameErrorReason.NOISE, f"{self._noise} bytes outside frames"))
+            self._noise = 0
+
+    def _decode(self, frame: bytes) -> list[ParserOutput]:
+        try:
+            text = frame.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return [_error(FrameErrorReason.ENCODING, "not UTF-8", frame)]
+        if not text:
+            return []  # an empty line (e.g. CRLF read as CR + empty LF line) means nothing
+        body = _check(self.config.checksum, text)
+        if isinstance(body, FrameError):
+            return [body]
+        result = decode_payload(self.config.format, body)
+        if isinstance(result, FrameError) and not result.raw:
+            return [_error(result.reason, result.detail, frame)]
+        return [result]
+
+
+def _error(reason: FrameErrorReason, detail: str, raw: bytes = b"") -> FrameError:
+    return FrameError(reason, detail, raw[:_RAW_KEEP])
+
+
+def _check(checksum: Checksum, text: str) -> str | FrameError:
+    """Returns the payload without its checksum, or the error."""
+    if checksum is Checksum.NONE:
+        return text
+    raw = text.encode()
+    if len(text) < 3:
+        return _error(FrameErrorReason.CHECKSUM, "too short for a checksum", raw)
+    body, given = text[:-2], text[-2:]
+    try:
+        expected = int(given, 16)
+    except ValueError:
+        return _error(FrameErrorReason.CHECKSUM, "checksum is not hex", raw)
+    if checksum is Checksum.XOR:
+        actual = xor_ascii(body)
+    else:
+        try:
+            actual = xor_hex_pairs(body)
+        except ValueError:
+            return _error(FrameErrorReason.CHECKSUM, "payload is not hex pairs", raw)
+    if actual != expected:
+        return _error(FrameErrorReason.CHECKSUM, f"expected {actual:02X}, got {given}", raw)
+    return body
+
+
+def xor_ascii(body: str) -> int:
+    return reduce(xor, body.encode(), 0)
+
+
+def xor_hex_pairs(body: str) -> int:
+    if len(body) % 2 or not body.isascii():
+        raise ValueError("odd number of hex digits")
+    return reduce(xor, bytes.fromhex(body), 0)
+
+
+def encode_frame(config: FrameConfig, payload: str) -> bytes:
+    """The bytes a reader configured like `config` sends for `payload` (simulators, tests)."""
+    text = payload
+    if config.checksum is Checksum.XOR:
+        text += f"{xor_ascii(payload):02X}"
+    elif config.checksum is Checksum.XOR_HEX:
+        text += f"{xor_hex_pairs(payload):02X}"
+    body = text.encode()
+    if config.framing is Framing.STX_ETX:
+        return bytes([STX]) + body + bytes([ETX])
+    return body + config.terminator.bytes
