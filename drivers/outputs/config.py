@@ -1,0 +1,161 @@
+"""Installer-facing configuration of relay boards, turnstile controllers and fire inputs.
+
+The field names are what an installer types in the YAML file, so they follow the words on a
+relay board's datasheet (unit, coil, discrete input) rather than pymodbus parameter names.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class OutputTransport(StrEnum):
+    tcp = "tcp"
+    rtu = "rtu"
+
+
+class DoorMode(StrEnum):
+    """What the door does when power is lost or the fire alarm is raised."""
+
+    fail_safe = "fail_safe"
+    fail_secure = "fail_secure"
+
+
+class ModbusLinkConfig(BaseModel):
+    """How to reach one Modbus device (a relay board, a turnstile controller, an I/O module)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    transport: OutputTransport = Field(
+        OutputTransport.tcp,
+        description="'tcp' for Modbus TCP over Ethernet, 'rtu' for Modbus RTU over RS-485.",
+    )
+    host: str | None = Field(
+        None, description="IP address or host name of a Modbus TCP board (transport: tcp)."
+    )
+    port: int = Field(502, ge=1, le=65535, description="TCP port of the board (transport: tcp).")
+    device: str | None = Field(
+        None,
+        description=(
+            "Serial device of the RS-485 adapter (transport: rtu); prefer a stable "
+            "/dev/serial/by-id/... path over /dev/ttyUSB0."
+        ),
+    )
+    baudrate: int = Field(9600, gt=0, description="RS-485 line speed, as set on the board.")
+    parity: Literal["N", "E", "O"] = Field("N", description="Parity: N (none), E (even), O (odd).")
+    stopbits: Literal[1, 2] = Field(1, description="Stop bits: 1 or 2.")
+    unit: int = Field(
+        1,
+        ge=0,
+        le=247,
+        description="Modbus unit id (slave/device address) set on the board, usually by DIP switch.",
+    )
+    timeout: float = Field(
+        0.5, gt=0, le=10, description="Seconds to wait for the board to answer one request."
+    )
+    retries: int = Field(
+        1,
+        ge=0,
+        le=5,
+        description="How many times a request is repeated before the board is considered offline.",
+    )
+    reconnect_max: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="Longest pause, in seconds, between attempts to reach a board that stopped "
+        "answering (the pause starts short and doubles).",
+    )
+
+    @model_validator(mode="after")
+    def _endpoint_matches_transport(self) -> Self:
+        if self.transport is OutputTransport.tcp and not self.host:
+            raise ValueError("transport 'tcp' needs 'host' (the board's IP address)")
+        if self.transport is OutputTransport.rtu and not self.device:
+            raise ValueError(
+                "transport 'rtu' needs 'device' (the RS-485 adapter, e.g. /dev/ttyUSB0)"
+            )
+        return self
+
+    def link_key(self) -> tuple[str, str]:
+        """Identify the physical line, so boards on one RS-485 bus share one serial port."""
+        if self.transport is OutputTransport.rtu:
+            return ("rtu", str(self.device))
+        return ("tcp", f"{self.host}:{self.port}")
+
+
+class ModbusOutputConfig(ModbusLinkConfig):
+    """The relay that releases one gate, and the sensors that report what happened."""
+
+    coil: int = Field(
+        0, ge=0, le=65535, description="Coil address of the relay that releases the gate (0-based)."
+    )
+    active_low: bool = Field(
+        False,
+        description="True if the relay releases the gate when the coil is OFF (inverted wiring or "
+        "a normally-closed relay output).",
+    )
+    pulse: float = Field(
+        1.0,
+        gt=0,
+        le=30,
+        description="Seconds the relay is held to release the gate for one person.",
+    )
+    passage_input: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Discrete input that pulses when the turnstile completes a rotation. Leave "
+        "empty if there is no passage sensor: then a door contact confirms passage, and without "
+        "either the visit is recorded on grant.",
+    )
+    passage_active_low: bool = Field(
+        False, description="True if the passage input reads OFF while a rotation is reported."
+    )
+    door_contact: int | None = Field(
+        None, ge=0, le=65535, description="Discrete input wired to the door/gate position contact."
+    )
+    door_contact_active_low: bool = Field(
+        False,
+        description="True if the door contact input reads OFF when the door is open (a normally "
+        "closed contact wired so the circuit breaks on opening).",
+    )
+    passage_timeout: float = Field(
+        8.0,
+        gt=0,
+        le=120,
+        description="Seconds a granted person has to pass before the grant lapses.",
+    )
+    held_open_after: float = Field(
+        30.0, gt=0, le=3600, description="Seconds a door may stay open before a 'door held' alarm."
+    )
+    mode: DoorMode = Field(
+        DoorMode.fail_safe,
+        description="fail_safe: released on fire alarm and on power loss (required on escape "
+        "routes). fail_secure: stays locked on fire alarm and power loss.",
+    )
+
+    @model_validator(mode="after")
+    def _inputs_distinct(self) -> Self:
+        if self.passage_input is not None and self.passage_input == self.door_contact:
+            raise ValueError("passage_input and door_contact must be different inputs")
+        return self
+
+
+class FireAlarmInputConfig(ModbusLinkConfig):
+    """A dry contact from the fire panel, read through a Modbus I/O board."""
+
+    input: int = Field(
+        0, ge=0, le=65535, description="Discrete input wired to the fire panel relay."
+    )
+    active_low: bool = Field(
+        True,
+        description="True (the usual and recommended wiring) if the input reads OFF during an "
+        "alarm, so a cut wire also releases fail-safe doors.",
+    )
+    poll_interval: float = Field(
+        0.2, gt=0, le=5, description="Seconds between two reads of the fire input."
+    )

@@ -1,0 +1,176 @@
+"""Door supervision as a pure state machine: observations in, alarm events out.
+
+No I/O and no clock reads: the caller passes `now` (monotonic seconds) with every observation,
+which is what lets the table tests replay exact timelines.
+
+Rules:
+- door_forced: the door goes from closed to open while no grant is pending or in progress,
+  no fire alarm is active. During a lockdown any opening not explicitly granted is forced
+  (a lockdown cancels pending grants). Cleared (door_forced_cleared) when the door closes.
+- door_held: the door has been open for longer than held_open_after (not during a fire
+  alarm, whose doors stand open on purpose; not while door_forced is active, which already
+  says more). Cleared (door_held_cleared) when the door closes.
+- not_opened: a grant saw no passage (or, without a passage sensor, no door opening) within
+  passage_timeout. A one-shot event: there is nothing to clear.
+- A grant is used up by the passage (or the door opening); the door may still open until
+  the grant window ends, and stays authorised until it closes again.
+- door_open=None means "unknown" (relay board offline): door transitions are frozen, so an
+  outage neither raises nor clears door alarms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class AlarmKind(StrEnum):
+    door_forced = "door_forced"
+    door_forced_cleared = "door_forced_cleared"
+    door_held = "door_held"
+    door_held_cleared = "door_held_cleared"
+    not_opened = "not_opened"
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    now: float
+    door_open: bool | None = None
+    passage: bool = False  # a passage was seen (input active, or confirmed by the gate)
+    granted: bool = False  # the relay was pulsed for a person at this instant
+    lockdown: bool = False
+    fire_alarm: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmEvent:
+    kind: AlarmKind
+    at: float
+    detail: str
+
+
+class DoorSupervisor:
+    def __init__(
+        self,
+        *,
+        passage_timeout: float,
+        held_open_after: float,
+        has_passage_sensor: bool,
+        has_door_contact: bool,
+    ) -> None:
+        self.passage_timeout = passage_timeout
+        self.held_open_after = held_open_after
+        self.has_passage_sensor = has_passage_sensor
+        self.has_door_contact = has_door_contact
+        self.door_open: bool | None = None
+        self._open_since: float | None = None
+        self._open_authorised = False
+        self._grant_at: float | None = None  # pending grant awaiting confirmation
+        self._window_until = float("-inf")  # door may open until then (grant window)
+        self._opened_window = float("-inf")  # the window the current opening used
+        self._forced = False
+        self._held = False
+        self._lockdown = False
+        self._fire = False
+
+    @property
+    def forced(self) -> bool:
+        return self._forced
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    @property
+    def grant_pending(self) -> bool:
+        return self._grant_at is not None
+
+    def observe(self, obs: Observation) -> list[AlarmEvent]:
+        events: list[AlarmEvent] = []
+        now = obs.now
+        if obs.lockdown and not self._lockdown:
+            self._grant_at = None
+            self._window_until = float("-inf")
+        self._lockdown = obs.lockdown
+
+        if obs.granted:
+            self._grant_at = now
+            self._window_until = now + self.passage_timeout
+
+        if obs.passage and self._grant_at is not None:
+            self._grant_at = None  # confirmed; the window stays open for the door itself
+
+        if obs.door_open is not None:
+            events += self._door(now, obs.door_open, obs.fire_alarm)
+
+        if self._grant_at is not None and now - self._grant_at >= self.passage_timeout:
+            waited_for = "passage" if self.has_passage_sensor else "door opening"
+            events.append(
+                AlarmEvent(
+                    AlarmKind.not_opened,
+                    now,
+                    f"granted but no {waited_for} within {self.passage_timeout:g} s",
+                )
+            )
+            self._grant_at = None
+
+        if (
+            self.door_open
+            and self._open_since is not None
+            and not self._held
+            and not self._forced
+            and not obs.fire_alarm
+            and now - self._open_since >= self.held_open_after
+        ):
+            self._held = True
+            events.append(
+                AlarmEvent(
+                    AlarmKind.door_held,
+                    now,
+                    f"door open for {now - self._open_since:.1f} s "
+                    f"(limit {self.held_open_after:g} s)",
+                )
+            )
+        return events
+
+    def _door(self, now: float, door_open: bool, fire_alarm: bool) -> list[AlarmEvent]:
+        events: list[AlarmEvent] = []
+        previous = self.door_open
+        self.door_open = door_open
+        if (fire_alarm or self._fire) and door_open:
+            # Evacuation: doors stand open by design. The held timer restarts at every
+            # reading until the fire alarm is reset, so it counts from the reset.
+            self._open_since = now
+            self._open_authorised = True
+        self._fire = fire_alarm
+        if door_open and not previous:
+            authorised = fire_alarm or now <= self._window_until
+            self._open_since = now
+            self._open_authorised = authorised
+            if authorised:
+                self._opened_window = self._window_until
+                if not self.has_passage_sensor:
+                    self._grant_at = None  # without a passage sensor the door confirms it
+            elif previous is False:
+                # previous None (first reading, or after an outage) proves nothing about
+                # how the door came to be open: only a seen closed->open edge is forced.
+                self._forced = True
+                detail = (
+                    "door opened during lockdown"
+                    if self._lockdown
+                    else "door opened without a grant"
+                )
+                events.append(AlarmEvent(AlarmKind.door_forced, now, detail))
+        elif not door_open and previous:
+            self._open_since = None
+            if self._open_authorised and self._window_until == self._opened_window:
+                # One grant, one opening; a grant given while the door was open stands.
+                self._window_until = float("-inf")
+            self._open_authorised = False
+            if self._forced:
+                self._forced = False
+                events.append(AlarmEvent(AlarmKind.door_forced_cleared, now, "door closed"))
+            if self._held:
+                self._held = False
+                events.append(AlarmEvent(AlarmKind.door_held_cleared, now, "door closed"))
+        return events
