@@ -1,0 +1,353 @@
+"""One gate: its relay output, its door supervision, lockdown and fire-alarm behaviour.
+
+Error contract for the daemon:
+- grant()/open_once() return True when passage was confirmed (or at once after the pulse
+  when the gate has no passage sensor and no door contact), False when nobody passed
+  within passage_timeout or the board stopped answering while we waited: no deduction.
+- grant() raises GrantRefused (reason "lockdown" or "fire_alarm") without touching the
+  relay while the gate is locked down or a fire alarm is active.
+- grant()/open_once() raise OutputFault when the relay could not be released (board offline
+  or refusing): deny with reason hardware_fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any
+
+from .config import DoorMode, FireAlarmInputConfig, ModbusOutputConfig
+from .door import AlarmEvent, DoorSupervisor, Observation
+from .modbus import HealthCallback, ModbusDevice, ModbusGateOutput, OutputFault, OutputHealth
+
+log = logging.getLogger(__name__)
+
+# on_alarm(gate_id, kind, detail); kind is an AlarmKind or a HealthAlarm value.
+AlarmCallback = Callable[[str, str, str], Awaitable[None] | None]
+
+SUPERVISE_INTERVAL = 0.05
+
+
+class HealthAlarm(StrEnum):
+    relay_offline = "relay_offline"
+    relay_error = "relay_error"
+    relay_online = "relay_online"
+
+
+_HEALTH_ALARM = {
+    OutputHealth.offline: HealthAlarm.relay_offline,
+    OutputHealth.error: HealthAlarm.relay_error,
+    OutputHealth.online: HealthAlarm.relay_online,
+}
+
+
+class GrantRefused(Exception):
+    """The gate is shut on purpose (lockdown, fire alarm); the relay was not touched."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def _call(callback: Callable[..., Any], *args: Any) -> None:
+    result = callback(*args)
+    if inspect.isawaitable(result):
+        await result
+
+
+class GateController:
+    def __init__(
+        self,
+        gate_id: str,
+        cfg: ModbusOutputConfig,
+        *,
+        on_alarm: AlarmCallback | None = None,
+        output: ModbusGateOutput | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        poll_interval: float = SUPERVISE_INTERVAL,
+    ) -> None:
+        self.gate_id = gate_id
+        self.cfg = cfg
+        self.output = output or ModbusGateOutput(cfg)
+        self.output.on_health = self._health_changed  # one observer: this controller
+        self.on_alarm = on_alarm
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self.supervisor = DoorSupervisor(
+            passage_timeout=cfg.passage_timeout,
+            held_open_after=cfg.held_open_after,
+            has_passage_sensor=cfg.passage_input is not None,
+            has_door_contact=cfg.door_contact is not None,
+        )
+        self.lockdown = False
+        self.fire_alarm = False
+        self.door_open: bool | None = None
+        self._passage_level = False
+        # One person per release: a second tap waits for the first grant to finish, else
+        # both grants would claim the same rotation.
+        self._grant_lock = asyncio.Lock()
+        self._alarms: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Lock the gate before anything else, read the inputs, then supervise.
+
+        Does not raise if the board is unreachable: the gate shows offline, the reconnect
+        loop keeps trying and writes the locked level as its first request.
+        """
+        if await self.output.connect():
+            with contextlib.suppress(OutputFault):
+                await self.output.drive_safe_state(locked=True)
+            with contextlib.suppress(OutputFault):
+                self.door_open = (await self.output.read_inputs()).door_open
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self.supervise(), name=f"gate-{self.gate_id}-supervise"),
+            loop.create_task(self._deliver_alarms(), name=f"gate-{self.gate_id}-alarms"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop supervising and leave the gate locked (or released, during a fire alarm)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        with contextlib.suppress(OutputFault):
+            await self._apply_hold()
+        await self.output.close()
+
+    # -- commands -------------------------------------------------------------------------
+
+    async def grant(self) -> bool:
+        """Release for one member and wait for passage. See the module doc for errors."""
+        async with self._grant_lock:
+            if self.lockdown:
+                raise GrantRefused("lockdown")
+            if self.fire_alarm:
+                # Nobody is let in during an evacuation; fail-safe doors stand open anyway.
+                raise GrantRefused("fire_alarm")
+            return await self._release_once()
+
+    async def open_once(self) -> bool:
+        """Front-desk override: one release, even during a lockdown (an audited staff act)."""
+        async with self._grant_lock:
+            if self.fire_alarm and self.cfg.mode is DoorMode.fail_safe:
+                return True  # already released; a pulse would end the fire release
+            return await self._release_once()
+
+    async def set_lockdown(self, on: bool) -> None:
+        if on == self.lockdown:
+            return
+        self.lockdown = on
+        self._observe()  # a lockdown cancels pending grants in the supervisor
+        await self._apply_hold_logged()
+
+    async def set_fire_alarm(self, on: bool) -> None:
+        if on == self.fire_alarm:
+            return
+        self.fire_alarm = on
+        self._observe()
+        await self._apply_hold_logged()
+
+    # -- state for the console ------------------------------------------------------------
+
+    @property
+    def health(self) -> OutputHealth:
+        return self.output.health
+
+    @property
+    def state(self) -> dict[str, Any]:
+        door = "unknown" if self.door_open is None else ("open" if self.door_open else "closed")
+        if self.cfg.door_contact is None:
+            door = "unknown"
+        return {
+            "relay": str(self.output.health),
+            "relay_error": self.output.last_error,
+            "door": door,
+            "released": self.output.released,
+            "lockdown": self.lockdown,
+            "fire_alarm": self.fire_alarm,
+            "mode": str(self.cfg.mode),
+            "door_forced": self.supervisor.forced,
+            "door_held": self.supervisor.held,
+        }
+
+    # -- supervision ----------------------------------------------------------------------
+
+    async def supervise(self) -> None:
+        """Poll the inputs every ~50 ms and turn what they show into alarms."""
+        while True:
+            try:
+                await self._poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the supervisor must outlive any single bad poll
+                log.exception("gate %s: supervision poll failed", self.gate_id)
+            await asyncio.sleep(self.poll_interval)
+
+    async def _poll_once(self) -> None:
+        level = False
+        door_open: bool | None = None  # unknown while the board does not answer
+        if self.output.health is OutputHealth.online:
+            with contextlib.suppress(OutputFault):
+                snap = await self.output.read_inputs()
+                level = bool(snap.passage)
+                door_open = snap.door_open
+        # Only a rising edge is a new passage: the tail of the previous person's rotation
+        # must not confirm the next grant.
+        rising = level and not self._passage_level
+        self._passage_level = level
+        self.door_open = door_open
+        self._observe(door_open=door_open, passage=rising)
+
+    def _observe(
+        self, *, door_open: bool | None = None, passage: bool = False, granted: bool = False
+    ) -> None:
+        events = self.supervisor.observe(
+            Observation(
+                now=self.clock(),
+                door_open=door_open,
+                passage=passage,
+                granted=granted,
+                lockdown=self.lockdown,
+                fire_alarm=self.fire_alarm,
+            )
+        )
+        for event in events:
+            self._emit_event(event)
+
+    def _emit_event(self, event: AlarmEvent) -> None:
+        self._alarms.put_nowait((str(event.kind), event.detail))
+
+    def _health_changed(self, health: OutputHealth, error: str | None) -> None:
+        self._alarms.put_nowait((str(_HEALTH_ALARM[health]), error or ""))
+
+    async def _deliver_alarms(self) -> None:
+        # A queue keeps alarm order and keeps a slow callback (an MQTT publish) off the
+        # relay's path.
+        while True:
+            kind, detail = await self._alarms.get()
+            log.info("gate %s alarm %s: %s", self.gate_id, kind, detail)
+            if self.on_alarm is None:
+                continue
+            try:
+                await _call(self.on_alarm, self.gate_id, kind, detail)
+            except Exception:
+                log.exception("gate %s: on_alarm callback failed", self.gate_id)
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _release_once(self) -> bool:
+        await self.output.pulse()  # OutputFault propagates: nothing was released
+        self._observe(granted=True)
+        if self.cfg.passage_input is None and self.cfg.door_contact is None:
+            return True  # no sensor: commit on grant
+        try:
+            passed = await self.output.wait_passage(self.cfg.passage_timeout)
+        except OutputFault:
+            passed = False  # cannot confirm, so no deduction; health alarm already queued
+        self._observe(passage=passed)
+        return passed
+
+    async def _apply_hold(self) -> None:
+        release = self.fire_alarm and self.cfg.mode is DoorMode.fail_safe
+        if release:
+            await self.output.hold(unlocked=True)
+        elif self.lockdown or self.fire_alarm:
+            await self.output.hold(unlocked=False)
+        else:
+            await self.output.drive_safe_state(locked=True)
+
+    async def _apply_hold_logged(self) -> None:
+        try:
+            await self._apply_hold()
+        except OutputFault as exc:
+            # The level is remembered by the output and written when the board is back.
+            log.error("gate %s: could not apply hold: %s", self.gate_id, exc)
+
+
+class FireAlarmInput(ModbusDevice):
+    """The fire panel contact, read through a Modbus I/O board."""
+
+    def __init__(
+        self, cfg: FireAlarmInputConfig, *, on_health: HealthCallback | None = None
+    ) -> None:
+        super().__init__(cfg, on_health=on_health)
+        self.fire_cfg = cfg
+
+    async def probe(self) -> None:
+        await self.read_active()
+
+    async def read_active(self) -> bool:
+        bit = (await self.read_bits(self.fire_cfg.input, 1))[0]
+        return bit != self.fire_cfg.active_low
+
+
+class FireAlarmMonitor:
+    """Polls the fire input and calls on_change(active) on every change (and the first read).
+
+    While the input cannot be read the last known state stands: the fire panel's own wiring
+    (power to fail-safe locks through the panel relay) is the primary release, this input
+    only makes the software follow it.
+    """
+
+    def __init__(
+        self,
+        cfg: FireAlarmInputConfig,
+        on_change: Callable[[bool], Awaitable[None] | None],
+        *,
+        on_health: HealthCallback | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.on_change = on_change
+        self.device = FireAlarmInput(cfg, on_health=on_health)
+        self.active: bool | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def health(self) -> OutputHealth:
+        return self.device.health
+
+    async def start(self) -> None:
+        await self.device.connect()
+        await self._poll_once()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="fire-alarm-monitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.device.close()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.poll_interval)
+            try:
+                await self._poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("fire alarm poll failed")
+
+    async def _poll_once(self) -> None:
+        if self.device.health is not OutputHealth.online:
+            return  # the reconnect loop probes; keep the last known state
+        try:
+            active = await self.device.read_active()
+        except OutputFault:
+            return
+        if active != self.active:
+            self.active = active
+            log.warning("fire alarm input: %s", "ACTIVE" if active else "clear")
+            await _call(self.on_change, active)
