@@ -86,3 +86,25 @@ __all__ = [
     "virtual_reader",
     "wait_until",
 ]
+
+
+def key_events(text: str, enter: bool = True) -> list[tuple[int, int]]:
+    """(code, value) pairs a US-layout wedge sends when it "types" text."""
+    from drivers.readers.keyboard import KEY_ENTER, KEY_LEFTSHIFT, US_KEYMAP
+
+    reverse: dict[str, tuple[int, bool]] = {}
+    for code, (plain, shifted) in sorted(US_KEYMAP.items(), reverse=True):
+        if code < 55 or code == 57:  # main block only, not the keypad
+            reverse[plain] = (code, False)
+            reverse.setdefault(shifted, (code, True))
+    events: list[tuple[int, int]] = []
+    for char in text:
+        code, shift = reverse[char]
+        if shift:
+            events.append((KEY_LEFTSHIFT, 1))
+        events += [(code, 1), (code, 0)]
+        if shift:
+            events.append((KEY_LEFTSHIFT, 0))
+    if enter:
+        events += [(KEY_ENTER, 1), (KEY_ENTER, 0)]
+    return events
