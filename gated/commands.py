@@ -1,9 +1,274 @@
-"""Subcommands beyond scenarios and QR keys (daemon, installer tools, simulator)."""
+"""Subcommands beyond scenarios and QR keys: the daemon, installer tools, the simulator."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
 from typing import Any
+
+DEFAULT_CONFIG = os.environ.get("GATED_CONFIG", "/etc/gated/gated.yaml")
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "gated.schema.json"
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"configuration file (default {DEFAULT_CONFIG})")
 
 
 def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public type
-    del sub
+    p = sub.add_parser("run", help="run the daemon")
+    _config_arg(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="check a configuration file; every error with its line")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("schema", help="write the configuration's JSON Schema")
+    p.add_argument("--out", default=str(SCHEMA_PATH))
+    p.add_argument("--check", action="store_true", help="exit 1 if the file on disk differs")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("seed", help="load members, passes and bookings (scenario/central format) into the store")
+    _config_arg(p)
+    p.add_argument("file")
+    p.set_defaults(func=cmd_seed)
+
+    p = sub.add_parser("discover", help="list serial ports, NFC readers and input devices")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_discover)
+
+    p = sub.add_parser("test-relay", help="pulse a gate's relay and read its inputs back")
+    _config_arg(p)
+    p.add_argument("gate")
+    p.set_defaults(func=cmd_test_relay)
+
+    p = sub.add_parser("tap", help="inject a card or QR read into the running daemon")
+    _config_arg(p)
+    p.add_argument("gate")
+    p.add_argument("card", nargs="?")
+    p.add_argument("--qr")
+    p.set_defaults(func=cmd_tap)
+
+    p = sub.add_parser("status", help="the running daemon's health")
+    _config_arg(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("open", help="open a gate once (front-desk override, audited)")
+    _config_arg(p)
+    p.add_argument("gate")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--user", default=os.environ.get("GATED_USER") or getpass.getuser())
+    p.set_defaults(func=cmd_open)
+
+    p = sub.add_parser("lockdown", help="lock every gate (admin), or release with --off")
+    _config_arg(p)
+    p.add_argument("--off", action="store_true")
+    p.add_argument("--user", default=os.environ.get("GATED_USER") or getpass.getuser())
+    p.set_defaults(func=cmd_lockdown)
+
+    p = sub.add_parser("hash-password", help="hash a console password for the configuration")
+    p.set_defaults(func=cmd_hash_password)
+
+    p = sub.add_parser("sim", help="simulated devices and central system, for rehearsals and tests")
+    ss = p.add_subparsers(dest="sim_command", required=True)
+    s = ss.add_parser("central", help="run the reference central system on an MQTT broker")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=1883)
+    s.add_argument("--prefix", default="gated")
+    s.add_argument("--site", required=True)
+    s.add_argument("--db", default="central.db")
+    s.add_argument("--seed", help="scenario-format YAML with members, passes, bookings")
+    s.set_defaults(func=cmd_sim_central)
+    s = ss.add_parser("turnstile", help="a turnstile on a Modbus TCP server")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=1502)
+    s.add_argument("--unit", type=int, default=1)
+    s.set_defaults(func=cmd_sim_turnstile)
+    s = ss.add_parser("reader", help="a serial reader on a pseudo-terminal; type card ids, one per line")
+    s.add_argument("--link", required=True, help="path of the symlink to create for the reader's device")
+    s.add_argument("--format", default="hex")
+    s.set_defaults(func=cmd_sim_reader)
+    s = ss.add_parser("site", help="a whole simulated site (the demo) from a configuration")
+    s.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "config" / "demo.yaml"))
+    s.set_defaults(func=cmd_sim_site)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gated.daemon import run
+
+    return run(args.config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from gated.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as e:
+        for line, key, msg in e.problems:
+            print(f"{e.path}:{line or '?'}: error: {key}: {msg}")
+        print(f"{len(e.problems)} error(s)")
+        return 2
+    warnings = config.warnings()
+    for key, msg in warnings:
+        print(f"{args.file}: warning: {key}: {msg}")
+    print(f"{args.file}: OK ({len(config.gates)} gates, {len(warnings)} warning(s))")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from gated.config import json_schema
+
+    text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    out = Path(args.out)
+    if args.check:
+        same = out.exists() and out.read_text() == text
+        print(f"{out}: {'up to date' if same else 'differs from the models; run gated schema'}")
+        return 0 if same else 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from gated.config import ConfigError, load_config
+    from gated.seed import seed_store
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(e)
+        return 2
+    counts = seed_store(config, Path(args.file))
+    print(json.dumps(counts))
+    return 0
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from drivers.readers.discover import discover
+
+    found = discover()
+    if args.json:
+        print(json.dumps(found, indent=2, default=str))
+        return 0
+    for section, items in found.items():
+        print(f"{section}:")
+        for item in items or []:
+            print(f"  {item}")
+        if not items:
+            print("  (none)")
+    return 0
+
+
+def cmd_test_relay(args: argparse.Namespace) -> int:
+    from gated.config import ConfigError, load_config
+    from gated.installer import test_relay
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(e)
+        return 2
+    return asyncio.run(test_relay(config, args.gate))
+
+
+def _control(args: argparse.Namespace, obj: dict[str, Any]) -> dict[str, Any]:
+    from gated.config import ConfigError, load_config
+    from gated.control import request
+
+    try:
+        path = load_config(args.config).control.socket
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        return asyncio.run(request(path, obj))
+    except (OSError, TimeoutError) as e:
+        print(f"cannot reach the daemon at {path}: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_tap(args: argparse.Namespace) -> int:
+    if (args.card is None) == (args.qr is None):
+        print("give a card id or --qr TOKEN", file=sys.stderr)
+        return 2
+    obj: dict[str, Any] = {"cmd": "tap", "gate": args.gate}
+    obj["card" if args.card else "qr"] = args.card or args.qr
+    result = _control(args, obj)
+    print(json.dumps(result))
+    return 0 if "error" not in result else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print(json.dumps(_control(args, {"cmd": "status"}), indent=2))
+    return 0
+
+
+def _password() -> str:
+    return os.environ.get("GATED_PASSWORD") or getpass.getpass("console password: ")
+
+
+def cmd_open(args: argparse.Namespace) -> int:
+    result = _control(
+        args, {"cmd": "open", "gate": args.gate, "reason": args.reason, "user": args.user, "password": _password()}
+    )
+    print(json.dumps(result))
+    return 0 if "error" not in result else 1
+
+
+def cmd_lockdown(args: argparse.Namespace) -> int:
+    result = _control(args, {"cmd": "lockdown", "on": not args.off, "user": args.user, "password": _password()})
+    print(json.dumps(result))
+    return 0 if "error" not in result else 1
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    from gated.auth import hash_password
+
+    pw = os.environ.get("GATED_PASSWORD") or getpass.getpass("new password: ")
+    if len(pw) < 8:
+        print("use at least 8 characters", file=sys.stderr)
+        return 2
+    print(hash_password(pw))
+    return 0
+
+
+def cmd_sim_central(args: argparse.Namespace) -> int:
+    from simulator.central import serve_central
+    from sync.link import MqttSettings
+
+    settings = MqttSettings(host=args.host, port=args.port, prefix=args.prefix, site=args.site, daemon="central")
+    try:
+        asyncio.run(serve_central(settings, Path(args.db), seed=Path(args.seed) if args.seed else None))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_sim_turnstile(args: argparse.Namespace) -> int:
+    from simulator.turnstile import serve_turnstile
+
+    print(f"turnstile on modbus tcp://{args.host}:{args.port} unit {args.unit}; Ctrl-C to stop")
+    try:
+        asyncio.run(serve_turnstile(transport="tcp", host=args.host, port=args.port, unit=args.unit))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_sim_reader(args: argparse.Namespace) -> int:
+    from simulator.serial_reader import main as reader_main
+
+    return reader_main(["--link", args.link, "--format", args.format])
+
+
+def cmd_sim_site(args: argparse.Namespace) -> int:
+    from gated.demo import main as demo_main
+
+    return demo_main(["--config", args.config])

@@ -1,0 +1,288 @@
+"""The installer's YAML file, as pydantic models: one file describes a whole site.
+
+`gated check-config FILE` reports every error at once with its line; `gated schema` writes
+the JSON Schema editors use to check the file as it is typed.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import date, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from drivers.outputs.config import DoorMode, FireAlarmInputConfig, ModbusOutputConfig
+from drivers.readers.config import ReaderConfig
+from gated.yamlload import Marked, YamlError, dotted, load
+from rules.model import AntiPassback, Direction, EarlyEntry, Gate, Policy, Site
+from rules.timeutil import WeekSchedule, load_zone, parse_date, parse_duration, parse_window
+from sync.link import MqttSettings
+
+Duration = Annotated[
+    str,
+    AfterValidator(lambda v: (parse_duration(v), v)[1]),
+    Field(description="A duration: 90s, 15m, 3h, 2d (or a sum such as 1h30m)."),
+]
+
+
+def _check_schedule(v: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+    WeekSchedule.parse(v)
+    return v
+
+
+Schedule = Annotated[
+    dict[str, str | list[str]],
+    AfterValidator(_check_schedule),
+    Field(
+        description='Windows per day: keys mon..sun or ranges (mon-fri), values "HH:MM-HH:MM" '
+        "or a list of them; an end before the start runs past midnight."
+    ),
+]
+Ident = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteConfig(Section):
+    id: Ident = Field(description="Short id of the site, used in MQTT topics and events.")
+    name: str = Field("", description="Human name of the site, shown in the console.")
+    timezone: str = Field(description="IANA timezone of the site, e.g. Europe/Madrid.")
+    opening_hours: Schedule | None = Field(None, description="When the site is open; absent = always.")
+    closed_dates: list[date] = Field([], description="Local dates the site is closed all day.")
+
+    @model_validator(mode="after")
+    def _zone_exists(self) -> SiteConfig:
+        load_zone(self.timezone)
+        return self
+
+
+class PolicyConfig(Section):
+    early_entry: Literal["strict", "link"] = Field(
+        "strict",
+        description="strict: arriving before a booking's arrival window is a walk-in; link: an "
+        "early arrival the same day within link_window is matched to the booking.",
+    )
+    link_window: Duration = "120m"
+    no_show_after: Duration = Field("15m", description="A booking still open this long after its end is a no-show.")
+    no_show_fee: Decimal = Field(Decimal(0), ge=0, description="Taken for a no-show on deduct-at-access passes.")
+    loyalty_delay: Duration = Field("3h", description="Points are credited this long after an attended class ends.")
+
+    def to_domain(self) -> Policy:
+        return Policy(
+            early_entry=EarlyEntry(self.early_entry),
+            link_window=parse_duration(self.link_window),
+            no_show_after=parse_duration(self.no_show_after),
+            no_show_fee=self.no_show_fee,
+            loyalty_delay=parse_duration(self.loyalty_delay),
+        )
+
+
+class StaleCacheConfig(Section):
+    max_age: Duration | None = Field(
+        "24h",
+        description="How long the cache may go without a successful sync before `policy` applies; "
+        "null = never (warned).",
+    )
+    policy: Literal["keep", "bookings_and_time_passes", "deny"] = Field(
+        "bookings_and_time_passes",
+        description="keep: go on deciding from the cache; bookings_and_time_passes: only bookings, "
+        "re-entries, exits and time passes; deny: deny every entry (exits always work).",
+    )
+
+
+class GateConfig(Section):
+    id: Ident
+    name: str = ""
+    zone: Ident = Field(description="The area this gate leads into (or out of).")
+    direction: Literal["in", "out"] = "in"
+    early_arrival: Duration = Field("15m", description="Arrival window opens this long before a class.")
+    late_arrival: Duration = Field("10m", description="Arrival window closes this long after the start.")
+    anti_passback: Literal["none", "soft", "hard"] = "none"
+    reentry_grace: Duration = Field("0m", description="A member who just came in may come in again free within this.")
+    escape_route: bool = Field(False, description="This door is on an escape route (must be fail_safe).")
+    readers: list[ReaderConfig] = Field([], description="Readers at this gate.")
+    output: ModbusOutputConfig | None = Field(
+        None, description="The relay or turnstile controller; absent = no lock (taps are only recorded)."
+    )
+
+    def to_domain(self) -> Gate:
+        return Gate(
+            id=self.id,
+            zone=self.zone,
+            direction=Direction(self.direction),
+            early_arrival=parse_duration(self.early_arrival),
+            late_arrival=parse_duration(self.late_arrival),
+            anti_passback=AntiPassback(self.anti_passback),
+            reentry_grace=parse_duration(self.reentry_grace),
+        )
+
+
+class ZoneConfig(Section):
+    capacity: int | None = Field(None, ge=1, description="Most people inside at once; full = deny with site_full.")
+
+
+class StoreConfig(Section):
+    path: Path = Field(Path("/var/lib/gated/gated.db"), description="The SQLite database (created if missing).")
+
+
+class ConsoleUser(Section):
+    name: Ident
+    role: Literal["staff", "admin"] = "staff"
+    password_hash: str = Field(
+        description="argon2 hash from `gated console hash-password`; never the password itself.",
+        min_length=20,
+    )
+
+
+class ConsoleConfig(Section):
+    enabled: bool = True
+    bind: str = Field("127.0.0.1", description="Address to listen on; loopback unless TLS is set up.")
+    port: int = Field(8080, ge=1, le=65535)
+    users: list[ConsoleUser] = []
+    session_minutes: int = Field(480, ge=5, le=24 * 60)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+class QrConfig(Section):
+    public_keys: list[str] = Field([], description="Trusted Ed25519 public keys (from `gated qr keygen`).")
+
+
+class LoggingConfig(Section):
+    format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a terminal, else JSON.")
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class MetricsConfig(Section):
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = Field(9108, ge=1, le=65535)
+
+
+class ControlConfig(Section):
+    socket: Path = Field(Path("/run/gated/control.sock"), description="Unix socket for `gated tap`, `gated open`.")
+
+
+class Config(Section):
+    site: SiteConfig
+    daemon_id: Ident = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "gate")
+    policy: PolicyConfig = PolicyConfig()
+    stale_cache: StaleCacheConfig = StaleCacheConfig()
+    zones: dict[str, ZoneConfig] = {}
+    gates: list[GateConfig] = Field(min_length=1)
+    fire_alarm: FireAlarmInputConfig | None = None
+    mqtt: MqttSettings | None = None
+    store: StoreConfig = StoreConfig()
+    console: ConsoleConfig = ConsoleConfig()
+    qr: QrConfig = QrConfig()
+    logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    control: ControlConfig = ControlConfig()
+    lookup_unknown_cards: bool = Field(True, description="Ask the central system about unknown cards before denying.")
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Config:
+        seen: set[str] = set()
+        readers: set[str] = set()
+        for g in self.gates:
+            if g.id in seen:
+                raise ValueError(f"gate id {g.id!r} repeats")
+            seen.add(g.id)
+            for r in g.readers:
+                rid = getattr(r, "id", None)
+                if rid in readers:
+                    raise ValueError(f"reader id {rid!r} repeats")
+                readers.add(rid)
+        return self
+
+    def site_domain(self) -> Site:
+        s = self.site
+        return Site(
+            timezone=load_zone(s.timezone),
+            opening_hours=WeekSchedule.parse(s.opening_hours) if s.opening_hours is not None else None,
+            closed_dates=frozenset(s.closed_dates),
+            id=s.id,
+        )
+
+    def gates_domain(self) -> dict[str, Gate]:
+        return {g.id: g.to_domain() for g in self.gates}
+
+    def warnings(self) -> list[tuple[str, str]]:
+        """Legal but risky settings: (key path, what to consider)."""
+        out: list[tuple[str, str]] = []
+        for i, g in enumerate(self.gates):
+            if g.output is not None and g.output.mode == DoorMode.fail_secure and (g.escape_route or g.direction == "out"):
+                out.append(
+                    (f"gates[{i}].output.mode", f"gate {g.id} is on an escape route but fail_secure: it stays locked on a fire alarm or power cut")
+                )
+            if g.direction == "in" and not g.readers:
+                out.append((f"gates[{i}].readers", f"gate {g.id} has no reader: only overrides can open it"))
+        sc = self.stale_cache
+        if sc.policy == "keep" and (sc.max_age is None or parse_duration(sc.max_age) > timedelta(days=7)):
+            out.append(("stale_cache", "a cache that is never considered stale keeps letting in members whose passes were cancelled centrally"))
+        if self.console.enabled and self.console.bind not in ("127.0.0.1", "::1", "localhost") and not self.console.tls_cert:
+            out.append(("console.bind", "the console listens beyond loopback without TLS: passwords cross the LAN in clear"))
+        if self.console.enabled and not self.console.users:
+            out.append(("console.users", "no console users: nobody can log in to the front-desk console"))
+        if self.mqtt is None:
+            out.append(("mqtt", "no MQTT link: events stay in the outbox and the cache is never refreshed"))
+        if not self.qr.public_keys:
+            out.append(("qr.public_keys", "no trusted QR keys: every QR code is denied as invalid_qr"))
+        return out
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[tuple[int | None, str, str]], path: str):
+        self.problems = problems  # (line, key path, message)
+        self.path = path
+        super().__init__("; ".join(f"{path}:{ln or '?'}: {k}: {m}" for ln, k, m in problems))
+
+
+def _problems(e: ValidationError, marked: Marked) -> list[tuple[int | None, str, str]]:
+    out: list[tuple[int | None, str, str]] = []
+    for err in e.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key {loc[-1]!r}"
+        elif err["type"] == "missing":
+            msg = f"required key {loc[-1]!r} is missing"
+        elif "expected" in err.get("ctx", {}):
+            msg = f"{msg} (got {err.get('input')!r})"
+        out.append((marked.line_of(loc), dotted(loc), msg))
+    # a discriminated union reports the same spot several times; keep each once
+    seen: set[tuple[int | None, str, str]] = set()
+    return [p for p in out if not (p in seen or seen.add(p))]
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([(None, "(file)", f"cannot read: {e}")], str(p)) from e
+    try:
+        marked = load(text)
+    except YamlError as e:
+        raise ConfigError([(e.line, e.key or "(yaml)", e.message)], str(p)) from e
+    if not isinstance(marked.data, dict):
+        raise ConfigError([(1, "(top)", "the configuration is a mapping with site, gates, ...")], str(p))
+    try:
+        return Config.model_validate(marked.data)
+    except ValidationError as e:
+        raise ConfigError(_problems(e, marked), str(p)) from e
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "gated configuration"
+    return schema
+
+
+__all__ = ["Config", "ConfigError", "json_schema", "load_config", "parse_date", "parse_window"]

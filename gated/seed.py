@@ -1,0 +1,42 @@
+"""Load members, passes and bookings written in the scenario/central format into a store:
+for rehearsals, demos and a first import before the MQTT link has run."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from gated.config import Config
+from gated.yamlload import load
+from sync.records import BookingIn, MemberIn, PassIn
+from sync.store import Store, SyncBatch
+
+
+class SeedFile(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    members: list[MemberIn] = []
+    passes: list[PassIn] = []
+    bookings: list[BookingIn] = []
+
+
+def batch_from(data: dict[str, Any], config: Config) -> SyncBatch:
+    seed = SeedFile.model_validate(data)
+    tz = config.site_domain().timezone
+    return SyncBatch(
+        members=[m.to_domain() for m in seed.members],
+        passes=[p.to_domain() for p in seed.passes],
+        bookings=[b.to_domain(tz) for b in seed.bookings],
+    )
+
+
+def seed_store(config: Config, path: Path) -> dict[str, int]:
+    batch = batch_from(load(path.read_text(encoding="utf-8")).data or {}, config)
+    store = Store(config.store.path, config.site_domain(), daemon_id=config.daemon_id)
+    try:
+        store.apply_sync(batch, datetime.now(UTC))
+        return store.counts()
+    finally:
+        store.close()
