@@ -1,0 +1,265 @@
+"""OSDP readers over RS-485 through libosdp: we are the Control Panel (CP), the reader is
+a Peripheral Device (PD).
+
+libosdp runs its own refresh thread; its event callback runs there and hands events to
+the event loop with call_soon_threadsafe. Supervision: libosdp parks a PD that stopped
+answering for minutes before trying again, far too long for a turnstile, so when the PD
+is not online within `online_grace` seconds we tear the CP down and build a new one,
+with our own capped backoff in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import osdp
+import serial
+
+from rules.credential import CredentialKind, normalise_card
+
+from .base import OnCredential, ReaderBase, ReaderHealth
+from .payloads import normalise_uid_bytes
+from .reads import CredentialRead
+
+log = logging.getLogger(__name__)
+
+ChannelFactory = Callable[[], osdp.Channel]
+SUPERVISE_TICK_S = 0.2
+
+
+def generate_scbk() -> str:
+    """A fresh Secure Channel Base Key, as the hex an installer pastes into the config."""
+    return secrets.token_bytes(16).hex().upper()
+
+
+class SerialChannel(osdp.Channel):
+    """RS-485 through pyserial. libosdp calls these from its thread and must never see
+    an exception: a failure marks the channel broken and the supervisor reconnects."""
+
+    def __init__(self, device: str, baudrate: int = 9600) -> None:
+        super().__init__()
+        self.device = device
+        self.broken = threading.Event()
+        self._port = serial.Serial(device, baudrate=baudrate, timeout=0, exclusive=True)
+
+    def read(self, max_bytes: int) -> bytes:
+        if self.broken.is_set():
+            return b""
+        try:
+            return bytes(self._port.read(max_bytes))
+        except (serial.SerialException, OSError):
+            self.broken.set()
+            return b""
+
+    def write(self, buf: bytes) -> int:
+        if self.broken.is_set():
+            return len(buf)
+        try:
+            return int(self._port.write(buf) or 0)
+        except (serial.SerialException, OSError):
+            self.broken.set()
+            return len(buf)  # pretend sent: the supervisor is about to rebuild anyway
+
+    def flush(self) -> None:
+        try:
+            self._port.reset_input_buffer()
+        except (serial.SerialException, OSError):
+            self.broken.set()
+
+    def close(self) -> None:
+        self._port.close()
+
+
+class OsdpReader(ReaderBase):
+    def __init__(
+        self,
+        id: str,
+        channel_factory: ChannelFactory,
+        *,
+        address: int = 0,
+        scbk: bytes | None = None,
+        secure_channel: bool = True,
+        reader_number: int = 0,
+        feedback_seconds: float = 2.0,
+        online_grace: float = 3.0,
+        log_level: int = osdp.LogLevel.Error,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(id, **kwargs)
+        if secure_channel and (scbk is None or len(scbk) != 16):
+            raise ValueError("secure channel needs a 16-byte SCBK")
+        self.channel_factory = channel_factory
+        self.address = address
+        self.scbk = scbk if secure_channel else None
+        self.secure_channel = secure_channel
+        self.reader_number = reader_number
+        self.feedback_seconds = feedback_seconds
+        self.online_grace = online_grace
+        self.log_level = log_level
+        self._cp: osdp.ControlPanel | None = None
+        self._pd_online = False
+
+    async def run(self, on_credential: OnCredential) -> None:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        def on_event(pd: int, event: dict[str, Any]) -> int:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+            return 0
+
+        while True:
+            try:
+                channel = self.channel_factory()
+            except (serial.SerialException, OSError) as exc:
+                self.stats.bump("device_errors")
+                log.debug("reader %s: cannot open OSDP bus: %s", self.id, exc)
+                self._set_health(ReaderHealth.OFFLINE)
+                await self._wait_before_retry()
+                continue
+            flags = [osdp.LibFlag.EnableNotification]
+            if self.secure_channel:
+                # Never fall back to plain text: a tapped RS-485 line must not leak cards.
+                flags.append(osdp.LibFlag.EnforceSecure)
+            info = osdp.PDInfo(self.address, channel, scbk=self.scbk, name=self.id, flags=flags)
+            cp = osdp.ControlPanel([info], log_level=self.log_level, event_handler=on_event)
+            cp.start()
+            self._cp = cp
+            try:
+                await self._supervise(cp, channel, events, on_credential)
+            finally:
+                self._cp = None
+                self._pd_online = False
+                # teardown joins libosdp's thread: not on the event loop.
+                await asyncio.shield(asyncio.to_thread(cp.teardown))
+                close = getattr(channel, "close", None)
+                if close is not None:
+                    close()
+                self._set_health(ReaderHealth.OFFLINE)
+                while not events.empty():  # stale events of the old CP
+                    events.get_nowait()
+            await self._wait_before_retry()
+
+    async def _supervise(
+        self,
+        cp: osdp.ControlPanel,
+        channel: osdp.Channel,
+        events: asyncio.Queue[dict[str, Any]],
+        on_credential: OnCredential,
+    ) -> None:
+        """Returns when the bus broke or the PD stayed offline past the grace time."""
+        offline_since = time.monotonic()
+        broken = getattr(channel, "broken", None)
+        while True:
+            try:
+                event = await asyncio.wait_for(events.get(), SUPERVISE_TICK_S)
+            except TimeoutError:
+                event = None
+            if event is not None:
+                await self._on_event(event, on_credential)
+            if broken is not None and broken.is_set():
+                self.stats.bump("device_errors")
+                return
+            online = await asyncio.to_thread(self._is_online, cp)
+            if online and not self._pd_online:
+                self._mark_opened()
+            elif not online:
+                if self._pd_online:
+                    offline_since = time.monotonic()
+                    self._set_health(ReaderHealth.OFFLINE)
+                if time.monotonic() - offline_since > self.online_grace:
+                    self.stats.bump("device_errors")
+                    return
+            self._pd_online = online
+
+    def _is_online(self, cp: osdp.ControlPanel) -> bool:
+        if not cp.is_online(self.address):
+            return False
+        return not self.secure_channel or cp.is_sc_active(self.address)
+
+    async def _on_event(self, event: dict[str, Any], on_credential: OnCredential) -> None:
+        if event.get("event") != osdp.Event.CardRead:
+            return  # notifications (command/SC/PD status), keypad: supervision polls
+        self.stats.bump("frames")
+        data = bytes(event.get("data") or b"")
+        if not data:
+            self.stats.bump("rejected_frames")
+            return
+        meta = {
+            "format": "osdp",
+            "osdp_format": str(event.get("format", "")),
+            "bits": str(event.get("length", len(data) * 8)),
+            "pd_address": str(self.address),
+        }
+        if event.get("format") == osdp.CardFormat.ASCII:
+            value = normalise_card(data.decode("ascii", errors="replace"))
+        else:
+            # Raw bits, MSB first, padded to whole bytes: the bytes as hex are stable
+            # for a card whatever the bit count, and match our hex UID normal form.
+            value = normalise_uid_bytes(data)
+        await self._emit(on_credential, CredentialRead(CredentialKind.CARD, value, meta))
+
+    async def feedback(self, granted: bool, message: str) -> None:
+        """Green LED + one short beep on grant, red LED + three beeps on deny, and the
+        message on readers with a display. Best effort: a lost command is not an error
+        worth more than a log line."""
+        cp = self._cp
+        if cp is None or not self._pd_online:
+            return
+        await asyncio.to_thread(self._send_feedback, cp, granted, message)
+
+    def _send_feedback(self, cp: osdp.ControlPanel, granted: bool, message: str) -> None:
+        tenths = max(1, min(255, round(self.feedback_seconds * 10)))
+        color = osdp.CommandLEDColor.Green if granted else osdp.CommandLEDColor.Red
+        commands: list[dict[str, Any]] = [
+            {
+                "command": osdp.Command.LED,
+                "reader": self.reader_number,
+                "led_number": 0,
+                "control_code": 2,  # temporary state, start the timer now
+                "on_count": tenths,
+                "off_count": 0,  # solid colour for the whole timer
+                "on_color": color,
+                "off_color": osdp.CommandLEDColor.Black,
+                "timer_count": tenths,
+                "temporary": True,
+            },
+            {
+                "command": osdp.Command.Buzzer,
+                "reader": self.reader_number,
+                "control_code": 2,  # default tone
+                "on_count": 1 if granted else 2,
+                "off_count": 0 if granted else 1,
+                "rep_count": 1 if granted else 3,
+            },
+        ]
+        if message and self._has_display(cp):
+            commands.append(
+                {
+                    "command": osdp.Command.Text,
+                    "reader": self.reader_number,
+                    "control_code": 3,  # temporary text, no wrap
+                    "temp_time": max(1, round(self.feedback_seconds)),
+                    "offset_row": 1,
+                    "offset_col": 1,
+                    "data": message[:32],
+                }
+            )
+        for command in commands:
+            try:
+                if not cp.submit_command(self.address, command):
+                    log.info("reader %s: PD refused %s", self.id, command["command"])
+            except Exception:  # libosdp raises on odd dicts; feedback must not kill us
+                log.exception("reader %s: feedback command failed", self.id)
+
+    def _has_display(self, cp: osdp.ControlPanel) -> bool:
+        try:
+            _, items = cp.check_capability(self.address, osdp.Capability.TextOutput)
+        except Exception:
+            return False
+        return bool(items)
