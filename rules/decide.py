@@ -151,26 +151,30 @@ def matching_bookings(
     view: MemberView, gate: Gate, site: Site, policy: Policy, now: datetime
 ) -> list[tuple[Booking, bool]]:
     """(booking, linked) pairs that this tap may attend, best first."""
-    today = local_date(now, site.timezone)
     found: list[tuple[Booking, bool]] = []
     for b in view.bookings:
-        if b.status != BookingStatus.BOOKED or b.zone != gate.zone:
-            continue
-        opens, closes = gate.arrival_window(b)
-        linked = False
-        if not opens <= now <= closes:
-            if policy.early_entry != EarlyEntry.LINK:
-                continue
-            if not (b.starts_at - policy.link_window <= now < opens):
-                continue
-            if local_date(b.starts_at, site.timezone) != today:
-                continue
-            linked = True
-        if not _can_pay(b, view.pass_by_id(b.pass_id)):
+        linked = _within_reach(b, gate, site, policy, now)
+        if linked is None or not _can_pay(b, view.pass_by_id(b.pass_id)):
             continue
         found.append((b, linked))
     found.sort(key=lambda bl: (bl[0].starts_at, bl[0].id))
     return found
+
+
+def _within_reach(b: Booking, gate: Gate, site: Site, policy: Policy, now: datetime) -> bool | None:
+    """None when this tap cannot attend `b`; else whether it would be a linked arrival."""
+    if b.status != BookingStatus.BOOKED or b.zone != gate.zone:
+        return None
+    opens, closes = gate.arrival_window(b)
+    if opens <= now <= closes:
+        return False
+    if policy.early_entry != EarlyEntry.LINK:
+        return None
+    if not (b.starts_at - policy.link_window <= now < opens):
+        return None
+    if local_date(b.starts_at, site.timezone) != local_date(now, site.timezone):
+        return None
+    return True
 
 
 def pass_problem(p: Pass, gate: Gate, site: Site, now: datetime) -> Reason | None:
@@ -210,10 +214,17 @@ def _denial(view: MemberView, gate: Gate, site: Site, policy: Policy, now: datet
     def deny(reason: Reason, **hint: str) -> Decision:
         return Decision(False, reason, member.id, anti_passback=flag, hint=hint)
 
+    # A booking within reach whose pass is short of its cost "does not match and the rules go
+    # on as if it did not exist" (SCENARIOS.md): it must not turn the denial into too_early.
     same_day = [
         b
         for b in view.bookings
-        if b.zone == gate.zone and local_date(b.starts_at, site.timezone) == today
+        if b.zone == gate.zone
+        and local_date(b.starts_at, site.timezone) == today
+        and not (
+            _within_reach(b, gate, site, policy, now) is not None
+            and not _can_pay(b, view.pass_by_id(b.pass_id))
+        )
     ]
     later = sorted(
         (b for b in same_day if b.status == BookingStatus.BOOKED and b.starts_at > now),
