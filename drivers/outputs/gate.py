@@ -105,8 +105,9 @@ class GateController:
         if await self.output.connect():
             with contextlib.suppress(OutputFault):
                 await self.output.drive_safe_state(locked=True)
-            with contextlib.suppress(OutputFault):
-                self.door_open = (await self.output.read_inputs()).door_open
+            # The first reading teaches the supervisor the door's state, so a door forced
+            # right after start-up is seen as a closed->open change.
+            await self._poll_once()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self.supervise(), name=f"gate-{self.gate_id}-supervise"),
@@ -167,7 +168,7 @@ class GateController:
     @property
     def state(self) -> dict[str, Any]:
         door = "unknown" if self.door_open is None else ("open" if self.door_open else "closed")
-        if self.cfg.door_contact is None:
+        if self.cfg.door_contact is None or self.output.health is not OutputHealth.online:
             door = "unknown"
         return {
             "relay": str(self.output.health),
@@ -247,15 +248,29 @@ class GateController:
     # -- internals ------------------------------------------------------------------------
 
     async def _release_once(self) -> bool:
+        # No read before the pulse: it would sit on the tap-to-relay path. The baseline for
+        # passage detection is the last poll (at most ~50 ms old) or the last confirmation.
         await self.output.pulse()  # OutputFault propagates: nothing was released
         self._observe(granted=True)
         if self.cfg.passage_input is None and self.cfg.door_contact is None:
             return True  # no sensor: commit on grant
+        baseline = self._passage_level if self.cfg.passage_input is not None else self.door_open
         try:
-            passed = await self.output.wait_passage(self.cfg.passage_timeout)
+            passed = await self.output.wait_passage(self.cfg.passage_timeout, baseline=baseline)
         except OutputFault:
             passed = False  # cannot confirm, so no deduction; health alarm already queued
         self._observe(passage=passed)
+        if passed:
+            # What wait_passage just saw active is the baseline for the next grant, even if
+            # the background poll has not caught up yet.
+            if self.cfg.passage_input is not None:
+                self._passage_level = True
+            else:
+                self.door_open = True
+            # Relock as soon as the person is through: no tailgating on the rest of the
+            # pulse, and the next grant gives the controller a fresh release edge.
+            with contextlib.suppress(OutputFault):
+                await self.output.end_pulse()
         return passed
 
     async def _apply_hold(self) -> None:

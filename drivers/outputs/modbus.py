@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
 
 from .config import ModbusLinkConfig, ModbusOutputConfig, OutputTransport
@@ -94,6 +95,20 @@ def _make_client(cfg: ModbusLinkConfig) -> ModbusClient:
     )
 
 
+def _describe_refusal(resp: Any) -> str:
+    code = getattr(resp, "exception_code", None)
+    try:
+        # The usual causes, in installer terms: wrong coil/input address, wrong unit id.
+        return {
+            ExcCodes.ILLEGAL_ADDRESS: "illegal address: check coil/input numbers",
+            ExcCodes.ILLEGAL_FUNCTION: "function not supported by this board",
+            ExcCodes.DEVICE_FAILURE: "device failure: check the unit id",
+            ExcCodes.GATEWAY_NO_RESPONSE: "gateway: no answer from this unit id",
+        }.get(ExcCodes(code), f"exception code {code}")
+    except ValueError:
+        return repr(resp)
+
+
 def _loop_links() -> dict[tuple[str, str], _SharedLink]:
     loop = asyncio.get_running_loop()
     links = _links.get(loop)
@@ -153,10 +168,13 @@ class ModbusDevice:
             self._link = _acquire_link(self.cfg)
         try:
             await self._ensure_connected()
-            await self.probe()
         except OutputFault as exc:
             self._mark_failed(exc)
             return False
+        try:
+            await self.probe()
+        except OutputFault:
+            return False  # the failed request already set health (offline or error)
         self._mark_online()
         return True
 
@@ -213,7 +231,7 @@ class ModbusDevice:
         except (TimeoutError, ModbusException, OSError) as exc:
             raise self._fail(OutputFault(f"{what}: {exc or type(exc).__name__}")) from exc
         if resp is None or resp.isError():
-            fault = OutputFault(f"{what}: board refused ({resp!r})")
+            fault = OutputFault(f"{what}: board refused ({_describe_refusal(resp)})")
             raise self._fail(fault, OutputHealth.error)
         return resp
 
@@ -345,9 +363,14 @@ class ModbusGateOutput(ModbusDevice):
             self._spawn_reconnect_if_needed()
             raise OutputFault(f"relay offline: {self.last_error}")
         loop = asyncio.get_running_loop()
+        retrigger = self._pulse_task is not None
         self._cancel_pulse()
         self._desired_released = True
         try:
+            if retrigger:
+                # Turnstile controllers count release edges, one rotation each: a relay
+                # that is still on from the previous pulse would not let a second person in.
+                await self._write_level(False)
             await self._write_level(True)
         except OutputFault:
             # We cannot know whether the write landed; the reconnect probe re-writes
@@ -364,6 +387,14 @@ class ModbusGateOutput(ModbusDevice):
         with contextlib.suppress(OutputFault):
             # On failure the device is offline and the reconnect probe writes the level.
             await self._write_level(False)
+
+    async def end_pulse(self) -> None:
+        """Relock now instead of at the end of the pulse (the person has passed)."""
+        if self._pulse_task is None:
+            return
+        self._cancel_pulse()
+        self._desired_released = False
+        await self._write_level(False)
 
     def _cancel_pulse(self) -> None:
         if self._pulse_task is not None:
@@ -404,13 +435,15 @@ class ModbusGateOutput(ModbusDevice):
             door_open = values[cfg.door_contact] != cfg.door_contact_active_low
         return InputsSnapshot(passage=passage, door_open=door_open)
 
-    async def wait_passage(self, timeout: float) -> bool:
+    async def wait_passage(self, timeout: float, *, baseline: bool | None = None) -> bool:
         """Wait for the passage input (or, without one, the door contact) to become active.
 
-        Polls every ~20 ms. An input already active at the first read is treated as the tail
-        of the previous person's rotation: this call then waits for a fresh rising edge. The
-        first read happens within milliseconds of the release, before anyone can have turned
-        the turnstile. Without either sensor, returns True at once (commit on grant).
+        Polls every ~20 ms. `baseline` is the input's level just before the release (the
+        caller's last poll). If it was active, that is the previous person's rotation still
+        in progress, and a fresh rising edge is needed. Without a baseline, the first read
+        stands in for it, which is right only if nobody can turn the turnstile before that
+        read lands (true on a fast link; pass a baseline on slow RS-485 lines).
+        Without either sensor, returns True at once (commit on grant).
         Raises OutputFault if the board stops answering meanwhile.
         """
         cfg = self.out_cfg
@@ -418,7 +451,8 @@ class ModbusGateOutput(ModbusDevice):
             return True
         use_passage = cfg.passage_input is not None
         deadline = time.monotonic() + timeout
-        armed: bool | None = None  # None until the first read tells us the baseline
+        # None until a reading gives the baseline; True once the input was seen inactive.
+        armed: bool | None = None if baseline is None else not baseline
         while True:
             snap = await self.read_inputs()
             active = bool(snap.passage if use_passage else snap.door_open)
