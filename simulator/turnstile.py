@@ -112,7 +112,10 @@ class SimTurnstile:
         self.coil_history: list[tuple[float, bool]] = []  # (monotonic time, raw coil bit)
         self.passages: list[float] = []  # monotonic time each rotation completed
         self.unlocks = 0
+        self.decisions: list[bool] = []  # per unlock: did the person decide to turn
         self._passage = False
+        self._rotor = asyncio.Lock()
+        self.rotation_gap = 0.1  # seconds the passage input stays low between rotations
         self._door_by_person = 0  # people currently holding the door open
         self._door_forced = False
         self._fire = False
@@ -245,6 +248,7 @@ class SimTurnstile:
         turns = person.turns
         if self.turn_probability is not None:
             turns = turns and self._rng.random() < self.turn_probability
+        self.decisions.append(turns)
         if turns:
             self._spawn(self._walk_through(person))
 
@@ -252,15 +256,27 @@ class SimTurnstile:
         await asyncio.sleep(person.delay)
         if not self.latch and not self.unlocked:
             return  # relocked before they pushed: the arm stays blocked
-        self._door_by_person += 1
-        self._passage = True
+        # One rotation at a time: the next person waits for the arm to come round, and the
+        # passage input drops between two rotations, as on a real rotor.
+        async with self._rotor:
+            self._door_by_person += 1
+            self._passage = True
+            try:
+                await asyncio.sleep(self.passage_pulse)
+                self._passage = False
+                self.passages.append(time.monotonic())
+                self._spawn(self._close_door_after(person.hold_door))
+                await asyncio.sleep(self.rotation_gap)
+            except BaseException:
+                self._door_by_person -= 1
+                raise
+            finally:
+                self._passage = False
+
+    async def _close_door_after(self, seconds: float) -> None:
         try:
-            await asyncio.sleep(self.passage_pulse)
-            self._passage = False
-            self.passages.append(time.monotonic())
-            await asyncio.sleep(person.hold_door)
+            await asyncio.sleep(seconds)
         finally:
-            self._passage = False
             self._door_by_person -= 1
 
     def _spawn(self, coro: Any) -> None:
