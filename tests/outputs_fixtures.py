@@ -1,7 +1,7 @@
 """Fixtures and helpers for the outputs tests: a simulated turnstile on a real pymodbus
 server (TCP on loopback, RTU over a socat pty pair) and gates pointed at it.
 
-Test modules load these with `pytest_plugins = ["tests.outputs_fixtures"]`.
+Test modules load the fixtures with `from tests.outputs_fixtures import *`.
 """
 
 from __future__ import annotations

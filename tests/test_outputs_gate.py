@@ -1,0 +1,243 @@
+"""GateController against a simulated turnstile on a real pymodbus TCP server (loopback)."""
+
+from __future__ import annotations
+
+import pytest
+
+from drivers.outputs import (
+    FireAlarmInputConfig,
+    FireAlarmMonitor,
+    GateController,
+    GrantRefused,
+    OutputFault,
+    OutputHealth,
+)
+from simulator.turnstile import Person, SimTurnstile
+from tests.outputs_fixtures import *  # noqa: F403 (pytest fixtures)
+from tests.outputs_fixtures import output_cfg, wait_until
+
+
+async def test_grant_sets_coil_and_sees_passage(sim_tcp: SimTurnstile, make_gate) -> None:
+    gate, alarms = await make_gate(sim_tcp)
+    assert await gate.grant() is True
+    assert sim_tcp.unlocks == 1
+    assert [raw for _, raw in sim_tcp.coil_history] == [True, False]
+    # Relocked once the person is through, rather than at the end of the pulse.
+    assert not sim_tcp.unlocked
+    await wait_until(lambda: len(sim_tcp.passages) == 1, what="rotation completed")
+    assert "not_opened" not in alarms.kinds()
+
+
+async def test_person_who_does_not_turn(sim_tcp: SimTurnstile, make_gate) -> None:
+    gate, alarms = await make_gate(sim_tcp)
+    sim_tcp.set_person(turns=False)
+    assert await gate.grant() is False
+    gate_id, _, detail = await alarms.wait_for("not_opened")
+    assert gate_id == "turnstile-1"
+    assert "no passage" in detail
+    assert sim_tcp.passages == []
+
+
+async def test_scripted_queue_one_person_per_grant(sim_tcp: SimTurnstile, make_gate) -> None:
+    gate, alarms = await make_gate(sim_tcp)
+    sim_tcp.queue_people(Person(turns=True, delay=0.05), Person(turns=False), Person(delay=0.05))
+    results = [await gate.grant() for _ in range(3)]
+    assert results == [True, False, True]
+    assert alarms.kinds().count("not_opened") == 1
+
+
+async def test_startup_drives_coil_to_safe_state() -> None:
+    # The board powers up with the relay energised (a stuck or mis-set output).
+    async with SimTurnstile(initial_coil=True) as sim:
+        gate = GateController("turnstile-1", output_cfg(sim))
+        assert sim.unlocked
+        await gate.start()
+        try:
+            assert not sim.unlocked
+            assert sim.coil_history[0][1] is False  # the very first write locked it
+            assert gate.state["relay"] == "online"
+            assert gate.state["door"] == "closed"
+        finally:
+            await gate.stop()
+
+
+async def test_active_low_inverts_every_coil_write(make_gate) -> None:
+    async with SimTurnstile(active_low=True) as sim:
+        sim.set_person(turns=True, delay=0.05)
+        assert sim.coil_state is True  # active-low board idles with the coil ON
+        gate, _ = await make_gate(sim)
+        assert sim.coil_state is True and not sim.unlocked
+        assert await gate.grant() is True
+        assert (False in [raw for _, raw in sim.coil_history]) is True  # released = coil OFF
+        await wait_until(lambda: sim.coil_state is True, what="coil back ON (locked)")
+        await gate.set_lockdown(True)
+        assert sim.coil_state is True
+        await gate.set_lockdown(False)
+        await gate.set_fire_alarm(True)  # fail_safe: released = coil OFF
+        assert sim.coil_state is False
+        await gate.set_fire_alarm(False)
+        assert sim.coil_state is True
+
+
+async def test_server_goes_away_and_comes_back(sim_tcp: SimTurnstile, make_gate) -> None:
+    gate, alarms = await make_gate(sim_tcp)
+    assert gate.health is OutputHealth.online
+    await sim_tcp.stop_server()
+    with pytest.raises(OutputFault):
+        await gate.grant()
+    assert gate.health is OutputHealth.offline
+    assert gate.state["relay"] == "offline"
+    assert gate.state["door"] == "unknown"
+    await alarms.wait_for("relay_offline")
+    # Fails fast while offline: no wait for a timeout on every tap.
+    with pytest.raises(OutputFault):
+        await gate.grant()
+    await sim_tcp.start_server()
+    await wait_until(lambda: gate.health is OutputHealth.online, what="reconnect")
+    await wait_until(lambda: alarms.kinds()[-1] == "relay_online", what="relay_online alarm")
+    assert await gate.grant() is True
+
+
+async def test_board_silent_marks_offline_and_recovers(sim_tcp: SimTurnstile, make_gate) -> None:
+    gate, alarms = await make_gate(sim_tcp)
+    sim_tcp.inject("no_answer")
+    await alarms.wait_for("relay_offline")
+    with pytest.raises(OutputFault):
+        await gate.grant()
+    assert sim_tcp.unlocks == 0
+    sim_tcp.inject("none")
+    await wait_until(lambda: gate.health is OutputHealth.online, what="reconnect")
+    assert await gate.grant() is True
+
+
+async def test_slow_board_within_timeout_still_works(sim_tcp: SimTurnstile, make_gate) -> None:
+    gate, alarms = await make_gate(sim_tcp, timeout=1.0)
+    sim_tcp.inject("slow_answer", slow_ms=30)
+    assert await gate.grant() is True
+    assert "relay_offline" not in alarms.kinds()
+
+
+async def test_lockdown_refuses_grants_without_pulsing(sim_tcp: SimTurnstile, make_gate) -> None:
+    gate, _ = await make_gate(sim_tcp)
+    await gate.set_lockdown(True)
+    assert gate.state["lockdown"] is True
+    writes_before = len(sim_tcp.coil_history)
+    with pytest.raises(GrantRefused) as refused:
+        await gate.grant()
+    assert refused.value.reason == "lockdown"
+    assert len(sim_tcp.coil_history) == writes_before
+    assert not sim_tcp.unlocked
+    # The front desk can still let one person through, on purpose.
+    assert await gate.open_once() is True
+    await gate.set_lockdown(False)
+    assert await gate.grant() is True
+
+
+async def test_lockdown_cuts_a_running_pulse(sim_tcp: SimTurnstile, make_gate) -> None:
+    gate, _ = await make_gate(sim_tcp, pulse=5.0)
+    sim_tcp.set_person(turns=False)
+    await gate.output.pulse()
+    assert sim_tcp.unlocked
+    await gate.set_lockdown(True)
+    assert not sim_tcp.unlocked
+
+
+async def test_fire_alarm_releases_fail_safe(sim_tcp: SimTurnstile, make_gate) -> None:
+    gate, alarms = await make_gate(sim_tcp, mode="fail_safe")
+    await gate.set_lockdown(True)
+    await gate.set_fire_alarm(True)  # life safety beats lockdown
+    assert sim_tcp.unlocked
+    assert gate.state["released"] is True
+    with pytest.raises(GrantRefused) as refused:
+        await gate.grant()
+    assert refused.value.reason == "lockdown"
+    await gate.set_lockdown(False)
+    with pytest.raises(GrantRefused) as refused:
+        await gate.grant()
+    assert refused.value.reason == "fire_alarm"
+    sim_tcp.force_door_open()  # evacuation through the released door: no alarm
+    await wait_until(lambda: gate.state["door"] == "open", what="door seen open")
+    await gate.set_fire_alarm(False)
+    assert not sim_tcp.unlocked
+    sim_tcp.close_door()
+    await wait_until(lambda: gate.state["door"] == "closed", what="door seen closed")
+    assert "door_forced" not in alarms.kinds()
+    assert await gate.grant() is True
+
+
+async def test_fire_alarm_keeps_fail_secure_locked(sim_tcp: SimTurnstile, make_gate) -> None:
+    gate, _ = await make_gate(sim_tcp, mode="fail_secure", pulse=5.0)
+    sim_tcp.set_person(turns=False)
+    await gate.output.pulse()
+    await gate.set_fire_alarm(True)
+    assert not sim_tcp.unlocked  # a running pulse is cut, too
+    assert gate.state["released"] is False
+    await gate.set_fire_alarm(False)
+    assert not sim_tcp.unlocked
+
+
+async def test_door_forced_open(sim_tcp: SimTurnstile, make_gate) -> None:
+    gate, alarms = await make_gate(sim_tcp)
+    sim_tcp.force_door_open()
+    _, _, detail = await alarms.wait_for("door_forced")
+    assert detail == "door opened without a grant"
+    assert gate.state["door_forced"] is True
+    sim_tcp.close_door()
+    await alarms.wait_for("door_forced_cleared")
+    assert gate.state["door_forced"] is False
+
+
+async def test_door_held_open(sim_tcp: SimTurnstile, make_gate) -> None:
+    gate, alarms = await make_gate(sim_tcp, held_open_after=0.3)
+    sim_tcp.queue_people(Person(turns=True, delay=0.05, hold_door=1.0))
+    assert await gate.grant() is True
+    await alarms.wait_for("door_held")
+    await alarms.wait_for("door_held_cleared")
+    assert "door_forced" not in alarms.kinds()
+
+
+async def test_gate_without_sensors_commits_on_grant(sim_tcp: SimTurnstile, make_gate) -> None:
+    gate, alarms = await make_gate(sim_tcp, passage_input=None, door_contact=None)
+    sim_tcp.set_person(turns=False)
+    assert await gate.grant() is True
+    assert gate.state["door"] == "unknown"
+    assert "not_opened" not in alarms.kinds()
+
+
+async def test_door_only_gate_confirms_with_door_contact(sim_tcp: SimTurnstile, make_gate) -> None:
+    gate, alarms = await make_gate(sim_tcp, passage_input=None)
+    assert await gate.grant() is True
+    sim_tcp.set_person(turns=False)
+    assert await gate.grant() is False
+    await alarms.wait_for("not_opened")
+
+
+async def test_fire_alarm_monitor_drives_gates(sim_tcp: SimTurnstile, make_gate) -> None:
+    gate, _ = await make_gate(sim_tcp, mode="fail_safe")
+    seen: list[bool] = []
+
+    async def on_change(active: bool) -> None:
+        seen.append(active)
+        await gate.set_fire_alarm(active)
+
+    cfg = FireAlarmInputConfig(
+        transport="tcp",
+        host=sim_tcp.host,
+        port=sim_tcp.port,
+        unit=sim_tcp.unit,
+        input=sim_tcp.fire_alarm_input,
+        active_low=False,
+        poll_interval=0.05,
+    )
+    monitor = FireAlarmMonitor(cfg, on_change)
+    await monitor.start()
+    try:
+        assert seen == [False]
+        sim_tcp.set_fire_alarm(True)
+        await wait_until(lambda: sim_tcp.unlocked, what="fire release")
+        assert monitor.active is True
+        sim_tcp.set_fire_alarm(False)
+        await wait_until(lambda: not sim_tcp.unlocked, what="back to locked")
+        assert seen == [False, True, False]
+    finally:
+        await monitor.stop()
