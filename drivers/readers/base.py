@@ -6,6 +6,7 @@ Everything here is sans-I/O (clocks are passed in) so it is tested without devic
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -162,6 +163,20 @@ class ReaderBase:
         self._opened_once = True
         self._backoff.reset()
         self._set_health(ReaderHealth.ONLINE)
+
+    def _open_failed(self, exc: BaseException) -> None:
+        """A device that is there but refuses us (permissions, another process holds it)
+        is an installer's problem: ERROR. A device that is not there: OFFLINE."""
+        self._stats.bump("device_errors")
+        text = str(exc).lower()
+        refused = getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EBUSY)
+        if refused or "permission denied" in text or "exclusively lock" in text:
+            if self._health is not ReaderHealth.ERROR:
+                log.warning("reader %s: device refused: %s", self.id, exc)
+            self._set_health(ReaderHealth.ERROR)
+        else:
+            log.debug("reader %s: cannot open device: %s", self.id, exc)
+            self._set_health(ReaderHealth.OFFLINE)
 
     async def _wait_before_retry(self) -> None:
         await asyncio.sleep(self._backoff.next())

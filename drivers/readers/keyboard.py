@@ -125,12 +125,16 @@ class KeyboardReader(ReaderBase):
         while True:
             try:
                 dev = self._open_device(self.device)
-                if self.grab:
-                    dev.grab()  # EBUSY if someone else grabbed it: treated as not there
             except OSError as exc:
-                self.stats.bump("device_errors")
-                log.debug("reader %s: cannot open %s: %s", self.id, self.device, exc)
-                self._set_health(ReaderHealth.OFFLINE)
+                self._open_failed(exc)
+                await self._wait_before_retry()
+                continue
+            try:
+                if self.grab:
+                    dev.grab()  # EBUSY when another program holds the scanner
+            except OSError as exc:
+                dev.close()
+                self._open_failed(exc)
                 await self._wait_before_retry()
                 continue
             self._mark_opened()

@@ -38,7 +38,7 @@ def generate_scbk() -> str:
     return secrets.token_bytes(16).hex().upper()
 
 
-class SerialChannel(osdp.Channel):
+class SerialChannel(osdp.Channel):  # type: ignore[misc]  # libosdp ships no types
     """RS-485 through pyserial. libosdp calls these from its thread and must never see
     an exception: a failure marks the channel broken and the supervisor reconnects."""
 

@@ -73,9 +73,7 @@ class SerialReader(ReaderBase):
             try:
                 port = self._open()
             except (serial.SerialException, OSError, ValueError) as exc:
-                self.stats.bump("device_errors")
-                log.debug("reader %s: cannot open %s: %s", self.id, self.device, exc)
-                self._set_health_offline()
+                self._open_failed(exc)
                 await self._wait_before_retry()
                 continue
             self._mark_opened()

@@ -1,0 +1,245 @@
+"""Reader configuration as installers write it in YAML, and the factory that builds a
+Reader from it. The daemon's config embeds `ReaderConfig` under each gate:
+
+    gates:
+      - id: turnstile-1
+        readers:
+          - {type: serial, id: r1, device: /dev/serial/by-id/usb-..., format: hex}
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+from .base import Reader
+from .frames import HEX_PAYLOADS, Checksum, FrameConfig, Framing, Terminator
+from .payloads import PayloadFormat
+
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class _ReaderConfigBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(
+        pattern=_ID_PATTERN,
+        description="Name of this reader, unique on the site; appears in events and logs "
+        "(letters, digits, '-', '_', '.').",
+    )
+    debounce: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="Seconds during which the same card or QR code on this reader is "
+        "ignored after it was last seen (0 turns debouncing off).",
+    )
+    reconnect_max: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="Longest wait in seconds between attempts to reopen a device that "
+        "disappeared (attempts start fast and double up to this).",
+    )
+
+
+class SerialReaderConfig(_ReaderConfigBase):
+    """A reader that sends one frame per card or QR code on a serial line (USB-serial,
+    RS-232 or TTL): EM4100/Mifare UID readers, Wiegand-to-serial converters, QR
+    scanners in serial mode."""
+
+    type: Literal["serial"]
+    device: str = Field(
+        description="Serial device; prefer the stable /dev/serial/by-id/... path over "
+        "/dev/ttyUSB0, which can change after a reboot or replug."
+    )
+    baudrate: int = Field(9600, gt=0, description="Line speed in baud (reader manual).")
+    parity: Literal["none", "even", "odd"] = Field("none", description="Parity bit.")
+    stopbits: Literal[1, 2] = Field(1, description="Stop bits.")
+    framing: Framing = Field(
+        Framing.LINE,
+        description="'line': payload then a line terminator; 'stx-etx': payload between "
+        "0x02 and 0x03 bytes (RDM6300-style EM4100 modules).",
+    )
+    terminator: Terminator = Field(
+        Terminator.CRLF, description="Line terminator for 'line' framing: cr, lf or crlf."
+    )
+    checksum: Checksum = Field(
+        Checksum.NONE,
+        description="'none'; 'xor': two hex digits, XOR of the payload characters; "
+        "'xor-hex': two hex digits, XOR of the bytes the payload's hex pairs encode "
+        "(EM4100/RDM6300).",
+    )
+    format: PayloadFormat = Field(
+        PayloadFormat.HEX,
+        description="What the payload is: hex (UID), decimal (EM4100 10-digit number), "
+        "wiegand26/wiegand34 (converter output: bit string or hex of the bits), qr "
+        "(text), auto (hex/decimal-only lines are cards, anything else QR).",
+    )
+    max_frame_length: int = Field(
+        256, ge=8, le=8192, description="Longest frame in bytes; longer garbage is dropped."
+    )
+
+    @model_validator(mode="after")
+    def _checksum_fits_format(self) -> SerialReaderConfig:
+        if self.checksum is Checksum.XOR_HEX and self.format not in HEX_PAYLOADS:
+            raise ValueError("checksum 'xor-hex' needs format hex, wiegand26 or wiegand34")
+        return self
+
+    def frame_config(self) -> FrameConfig:
+        return FrameConfig(
+            framing=self.framing,
+            terminator=self.terminator,
+            checksum=self.checksum,
+            format=self.format,
+            max_frame_length=self.max_frame_length,
+        )
+
+
+NfcTarget = Literal["106A", "106B", "212F", "424F"]
+
+
+def _default_nfc_targets() -> list[NfcTarget]:
+    return ["106A", "106B", "212F"]
+
+
+class NfcReaderConfig(_ReaderConfigBase):
+    """A contactless reader driven by nfcpy (PN531/PN533/PN532, ACR122U, Sony RC-S380)."""
+
+    type: Literal["nfc"]
+    device: str = Field(
+        "usb",
+        description="nfcpy device path: 'usb' (first supported USB reader), "
+        "'usb:072f:2200' (vendor:product), 'usb:001:004' (bus:device), "
+        "'tty:USB0:pn532' (serial PN532), 'udp:127.0.0.1:54321' (simulator).",
+    )
+    targets: list[NfcTarget] = Field(
+        default_factory=_default_nfc_targets,
+        min_length=1,
+        description="Card technologies to poll: 106A (Mifare, NTAG, most ISO 14443 A "
+        "cards), 106B (ISO 14443 B), 212F/424F (FeliCa).",
+    )
+    poll_interval: float = Field(
+        0.1, gt=0, le=5, description="Seconds between polls when no card is present."
+    )
+
+
+class KeyboardReaderConfig(_ReaderConfigBase):
+    """A USB scanner that types what it reads (HID keyboard wedge), read via evdev."""
+
+    type: Literal["keyboard"]
+    device: str = Field(
+        description="Input device; prefer /dev/input/by-id/usb-...-event-kbd "
+        "(see `gated discover`)."
+    )
+    grab: bool = Field(
+        True,
+        description="Take the device exclusively so scans don't also type into whatever "
+        "has keyboard focus on this computer.",
+    )
+
+
+class OsdpReaderConfig(_ReaderConfigBase):
+    """An OSDP reader (peripheral device) on an RS-485 line."""
+
+    type: Literal["osdp"]
+    device: str = Field(description="Serial device of the RS-485 adapter (by-id path).")
+    baudrate: int = Field(9600, gt=0, description="Bus speed (OSDP default 9600).")
+    address: int = Field(0, ge=0, le=126, description="OSDP address of the reader (0-126).")
+    secure_channel: bool = Field(
+        True,
+        description="Encrypt and authenticate the line (OSDP Secure Channel). Turn off "
+        "only for readers that cannot do it.",
+    )
+    scbk: str | None = Field(
+        None,
+        repr=False,
+        description="Secure Channel Base Key of this reader: 32 hex digits, different for "
+        "every reader. Generate one with `python -c 'import secrets; "
+        "print(secrets.token_hex(16))'` and load the same key into the reader.",
+    )
+    reader_number: int = Field(0, ge=0, le=255, description="Reader number on the PD.")
+    feedback_seconds: float = Field(
+        2.0, gt=0, le=25, description="How long the green/red LED and text stay on."
+    )
+
+    @field_validator("scbk")
+    @classmethod
+    def _scbk_hex(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        compact = re.sub(r"[\s:]", "", value)
+        if not re.fullmatch(r"[0-9A-Fa-f]{32}", compact):
+            raise ValueError("scbk must be 32 hex digits (16 bytes)")
+        return compact.upper()
+
+    @model_validator(mode="after")
+    def _key_when_secure(self) -> OsdpReaderConfig:
+        if self.secure_channel and self.scbk is None:
+            raise ValueError("secure_channel needs an scbk (32 hex digits)")
+        return self
+
+
+ReaderConfig = Annotated[
+    SerialReaderConfig | NfcReaderConfig | KeyboardReaderConfig | OsdpReaderConfig,
+    Field(discriminator="type"),
+]
+reader_config_adapter: TypeAdapter[ReaderConfig] = TypeAdapter(ReaderConfig)
+
+
+def parse_reader_config(data: Any) -> ReaderConfig:
+    """Validate one reader entry (a dict from YAML)."""
+    return reader_config_adapter.validate_python(data)
+
+
+def build_reader(cfg: ReaderConfig, **hooks: Any) -> Reader:
+    """A Reader for the config. `hooks` go to the reader (on_health, clock, now).
+
+    Device libraries are imported here, per type, so a box without NFC or OSDP readers
+    never loads nfcpy or libosdp.
+    """
+    common: dict[str, Any] = {
+        "debounce": cfg.debounce,
+        "reconnect_max": cfg.reconnect_max,
+        **hooks,
+    }
+    if isinstance(cfg, SerialReaderConfig):
+        from .serial_reader import SerialReader
+
+        parity = {"none": "N", "even": "E", "odd": "O"}[cfg.parity]
+        return SerialReader(
+            cfg.id,
+            cfg.device,
+            frame=cfg.frame_config(),
+            baudrate=cfg.baudrate,
+            parity=parity,
+            stopbits=cfg.stopbits,
+            **common,
+        )
+    if isinstance(cfg, NfcReaderConfig):
+        from .nfc_reader import NfcReader
+
+        return NfcReader(
+            cfg.id, cfg.device, targets=cfg.targets, poll_interval=cfg.poll_interval, **common
+        )
+    if isinstance(cfg, KeyboardReaderConfig):
+        from .keyboard import KeyboardReader
+
+        return KeyboardReader(cfg.id, cfg.device, grab=cfg.grab, **common)
+    if isinstance(cfg, OsdpReaderConfig):
+        from .osdp_reader import OsdpReader, SerialChannel
+
+        device, baudrate = cfg.device, cfg.baudrate
+        return OsdpReader(
+            cfg.id,
+            lambda: SerialChannel(device, baudrate),
+            address=cfg.address,
+            scbk=bytes.fromhex(cfg.scbk) if cfg.scbk else None,
+            secure_channel=cfg.secure_channel,
+            reader_number=cfg.reader_number,
+            feedback_seconds=cfg.feedback_seconds,
+            **common,
+        )
+    raise TypeError(f"unknown reader config {type(cfg).__name__}")
