@@ -180,7 +180,7 @@ class SimTurnstile:
         """The board goes away: listener and connections closed (a power cut, a cable pulled)."""
         server, self._server = self._server, None
         if server is not None:
-            await server.shutdown()
+            await server.shutdown()  # type: ignore[no-untyped-call]
 
     @property
     def running(self) -> bool:

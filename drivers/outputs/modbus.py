@@ -97,6 +97,8 @@ def _make_client(cfg: ModbusLinkConfig) -> ModbusClient:
 
 def _describe_refusal(resp: Any) -> str:
     code = getattr(resp, "exception_code", None)
+    if not isinstance(code, int):
+        return repr(resp)
     try:
         # The usual causes, in installer terms: wrong coil/input address, wrong unit id.
         return {
