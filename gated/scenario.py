@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import tempfile
 from collections.abc import Iterable
@@ -36,7 +37,17 @@ from rules.model import (
 from rules.reasons import Reason
 from rules.timeutil import WeekSchedule, load_zone, parse_date, parse_duration, parse_instant
 from sync import qrtoken
-from sync.records import Amount, BookingIn, Id, Instant, LocalDate, MemberIn, PassIn, Schedule
+from sync.records import (
+    Amount,
+    BookingIn,
+    FieldError,
+    Id,
+    Instant,
+    LocalDate,
+    MemberIn,
+    PassIn,
+    Schedule,
+)
 from sync.store import Store, SyncBatch
 
 Duration = Annotated[str, AfterValidator(lambda v: (parse_duration(v), v)[1])]
@@ -108,7 +119,7 @@ class TapIn(Strict):
     @model_validator(mode="after")
     def _one_credential(self) -> TapIn:
         if (self.card is None) == (self.qr is None):
-            raise ValueError("a tap has exactly one of card or qr")
+            raise FieldError("qr" if self.qr is not None else "card", "a tap has exactly one of card or qr")
         return self
 
 
@@ -222,7 +233,20 @@ class Scenario:
 
 def _first_error(e: ValidationError, marked: Marked) -> ScenarioInvalid:
     err = e.errors()[0]
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal[", "str", "dict["))))
+    # pydantic puts validator and union tags ("function-after[...]", "str", "list[str]") in
+    # `loc`; keep only the parts that are the document's own keys and indexes. (A prefix
+    # filter on "str" used to drop a misspelled key such as "stret" and name the wrong key.)
+    raw = err["loc"]
+    kept: list[str | int] = []
+    for n, part in enumerate(raw):
+        own = isinstance(part, int) or (*kept, part) in marked.lines
+        if own or (n == len(raw) - 1 and err["type"] in ("extra_forbidden", "missing")):
+            kept.append(part)
+    error = err.get("ctx", {}).get("error")
+    field_name = getattr(error, "field", None)
+    if isinstance(field_name, str):  # a model-level check that knows which key is wrong
+        kept.append(field_name)
+    loc = tuple(kept)
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = f"unknown key {loc[-1]!r}"
@@ -254,17 +278,6 @@ def _check_references(s: ScenarioIn, marked: Marked) -> None:
     passes = {p.id for p in s.passes}
     bookings = {b.id for b in s.bookings}
     gates = {g.id for g in s.gates}
-    for i, st in enumerate(s.steps):
-        if st.sync:
-            for kind, items in (("members", st.sync.members), ("passes", st.sync.passes), ("bookings", st.sync.bookings)):
-                seen: set[str] = set()
-                for j, item in enumerate(items):
-                    if item.id in seen:
-                        raise fail(f"{kind} id {item.id!r} repeats in one sync", ("steps", i, "sync", kind, j, "id"))
-                    seen.add(item.id)
-            members |= {m.id for m in st.sync.members}
-            passes |= {p.id for p in st.sync.passes}
-            bookings |= {b.id for b in st.sync.bookings}
 
     def check_records(prefix: tuple[str | int, ...], ps: list[PassIn], bs: list[BookingIn]) -> None:
         for j, p in enumerate(ps):
@@ -278,14 +291,28 @@ def _check_references(s: ScenarioIn, marked: Marked) -> None:
 
     check_records((), s.passes, s.bookings)
     previous: datetime | None = None
-    utc = ZoneInfo("UTC")
     tz = ZoneInfo(s.site.timezone)
+    # References are checked in time order: what a step names must exist at that step (a
+    # sync removes first, then adds, as the store applies it), so a step naming a booking
+    # removed earlier, or synced only later, is a dangling reference, not a crash at run time.
     for i, st in enumerate(s.steps):
         at = parse_instant(st.at, tz)
         if previous is not None and at < previous:
             raise fail("steps go backwards in time", ("steps", i, "at"))
         previous = at
         if st.sync:
+            for kind, items in (("members", st.sync.members), ("passes", st.sync.passes), ("bookings", st.sync.bookings)):
+                seen: set[str] = set()
+                for j, item in enumerate(items):
+                    if item.id in seen:
+                        raise fail(f"{kind} id {item.id!r} repeats in one sync", ("steps", i, "sync", kind, j, "id"))
+                    seen.add(item.id)
+            members -= set(st.sync.remove.members)
+            passes -= set(st.sync.remove.passes)
+            bookings -= set(st.sync.remove.bookings)
+            members |= {m.id for m in st.sync.members}
+            passes |= {p.id for p in st.sync.passes}
+            bookings |= {b.id for b in st.sync.bookings}
             check_records(("steps", i, "sync"), st.sync.passes, st.sync.bookings)
         gate = (st.tap.gate if st.tap else None) or (st.override.gate if st.override else None)
         if gate is not None and gate not in gates:
@@ -296,18 +323,35 @@ def _check_references(s: ScenarioIn, marked: Marked) -> None:
             raise fail(f"unknown member {st.adjust_points.member!r}", ("steps", i, "adjust_points", "member"))
         if st.tap and st.tap.qr and st.tap.qr.booking and st.tap.qr.booking not in bookings:
             raise fail(f"unknown booking {st.tap.qr.booking!r}", ("steps", i, "tap", "qr", "booking"))
-    del utc
+
+
+_KEY_ON_LINE = re.compile(r"^[\s\-]*([A-Za-z_][\w\-]*)\s*:")
+
+
+def _key_on_line(text: str, line: int | None) -> str:
+    """The key written on a line YAML could not parse, to name it in the error."""
+    lines = text.splitlines()
+    if line is not None and 1 <= line <= len(lines):
+        m = _KEY_ON_LINE.match(lines[line - 1])
+        if m:
+            return m.group(1)
+    return "(yaml)"
 
 
 def load_scenario(path: Path) -> Scenario:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ScenarioInvalid(f"cannot read file: {e}", None, "(file)") from e
+        data = path.read_bytes()
+    except OSError as e:
+        raise ScenarioInvalid(f"cannot read file: {e.strerror or e}", None, "(file)") from e
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ScenarioInvalid(f"not UTF-8: {e.reason} at byte {e.start}", line, "(file)") from e
     try:
         marked = load(text)
     except YamlError as e:
-        raise ScenarioInvalid(e.message, e.line, e.key or "(yaml)") from e
+        raise ScenarioInvalid(e.message, e.line, e.key or _key_on_line(text, e.line)) from e
     if not isinstance(marked.data, dict):
         raise ScenarioInvalid("a scenario is a mapping with site, gates, ... and steps", 1, "(top)")
     try:
@@ -527,7 +571,9 @@ def run_files(paths: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stde
             scenario = load_scenario(path)
         except ScenarioInvalid as e:
             line = f":{e.line}" if e.line else ""
-            print(f"{name}{line}: invalid: {e.key}: {e.message}", file=err)
+            # exactly one line, whatever the message carries (YAML problems can span lines)
+            message = " ".join(str(e.message).split())
+            print(f"{name}{line}: invalid: {e.key}: {message}", file=err)
             status = max(status, 2)
             continue
         with tempfile.TemporaryDirectory(prefix="gated-scenario-") as tmp:

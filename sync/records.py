@@ -20,6 +20,14 @@ from sync.store import PassRecord
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 
 
+class FieldError(ValueError):
+    """A model-level check that knows which of the model's keys is at fault (for messages)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 def _check_instant(v: str) -> str:
     parse_instant(v, ZoneInfo("UTC"))
     return v
@@ -89,13 +97,13 @@ class PassIn(Strict):
     def _balance_fits_kind(self) -> PassIn:
         if self.kind in ("visits", "credits"):
             if self.balance is None:
-                raise ValueError(f"balance is required for a {self.kind} pass")
+                raise FieldError("balance", f"balance is required for a {self.kind} pass")
         elif self.balance is not None:
-            raise ValueError(f"balance is not allowed for a {self.kind} pass")
+            raise FieldError("balance", f"balance is not allowed for a {self.kind} pass")
         if self.kind == "credits" and self.walk_in_cost is None:
-            raise ValueError("walk_in_cost is required for a credits pass")
+            raise FieldError("walk_in_cost", "walk_in_cost is required for a credits pass")
         if self.valid_from and self.valid_until and parse_date(str(self.valid_from)) > parse_date(str(self.valid_until)):
-            raise ValueError("valid_from is after valid_until")
+            raise FieldError("valid_until", "valid_from is after valid_until")
         return self
 
     def to_domain(self) -> PassRecord:
@@ -136,7 +144,7 @@ class BookingIn(Strict):
     def _ends_after_start(self) -> BookingIn:
         utc = ZoneInfo("UTC")
         if parse_instant(self.ends_at, utc) < parse_instant(self.starts_at, utc):
-            raise ValueError("ends_at is before starts_at")
+            raise FieldError("ends_at", "ends_at is before starts_at")
         return self
 
     def to_domain(self, tz: ZoneInfo) -> Booking:
