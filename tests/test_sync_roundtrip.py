@@ -1,0 +1,118 @@
+"""A tap reaches the central system; a central change reaches the next decision; look-ups;
+two daemons share presence (site-wide anti-passback, occupancy)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from gated.engine import Engine
+from rules.credential import Credential
+from rules.reasons import Reason
+from simulator.central import Central
+from sync.link import SyncLink
+from sync.occupancy import occupancy
+from tests.broker import (  # noqa: F401  (fixtures)
+    GATES,
+    POLICY,
+    SITE,
+    WAIT_S,
+    Mosquitto,
+    central,
+    clock,
+    make_store,
+    mosquitto,
+    mosquitto_factory,
+    running,
+    settings_for,
+    site,
+    wait_until,
+)
+
+
+async def test_tap_reaches_central_and_delta_changes_next_decision(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
+    store = make_store(tmp_path / "a.db", "gate-a")
+    now = clock()
+    link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
+    engine = Engine(store, site(), GATES, POLICY)
+    async with running(link.run()):
+        await link.wait_connected(WAIT_S)
+        await wait_until(lambda: link.stats["snapshots_applied"] == 1, what="initial snapshot")
+        assert store.balance("p1") == Decimal(1000)
+
+        pending, committed = engine.tap("in-1", Credential.card("c1"), now())
+        assert pending.decision.reason == Reason.WALK_IN
+        seqs = [e["seq"] for e in committed.events]
+        await wait_until(lambda: store.acked_seq >= seqs[-1], what="ack")
+        assert central.balance(SITE, "p1") == Decimal(999)
+        assert [e["seq"] for e in central.events(SITE, "gate-a")] == seqs
+        await wait_until(lambda: link.stats["deltas_applied"] >= 1, what="balance delta")
+        assert store.balance("p1") == Decimal(999)
+
+        # the back office blocks m2: the next tap is denied
+        await central.push(SITE, members=[{"id": "m2", "name": "Ben", "cards": ["C2"], "status": "blocked"}])
+        await wait_until(lambda: link.delta_seq == central.delta_seq(SITE), what="delta")
+        pending, _ = engine.tap("in-1", Credential.card("C2"), now())
+        assert pending.decision.reason == Reason.MEMBER_BLOCKED
+
+        # a top-up with the central applied_seq: the gate's balance rule holds
+        await central.push(
+            SITE,
+            passes=[{"id": "p1", "member": "m1", "kind": "visits", "balance": 50, "deduct_on": "access",
+                     "access_windows": {"mon-sun": "00:00-24:00"}}],
+        )
+        await wait_until(lambda: link.delta_seq == central.delta_seq(SITE), what="top-up")
+        assert store.balance("p1") == Decimal(50)
+
+
+async def test_lookup_unknown_card(mosquitto: Mosquitto, central: Central, tmp_path: Path) -> None:
+    store = make_store(tmp_path / "a.db", "gate-a")
+    link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=clock(), gates=GATES)
+    async with running(link.run()):
+        await link.wait_connected(WAIT_S)
+        await wait_until(lambda: link.stats["snapshots_applied"] == 1)
+        # a member the central system created a moment ago, not yet sent to the gate
+        central.load(SITE, members=[{"id": "m9", "cards": ["NEW9"]}],
+                     passes=[{"id": "p9", "member": "m9", "kind": "time"}])
+        assert store.member_for_card("NEW9") is None
+        assert await link.lookup("NEW9", timeout=5.0)
+        assert store.member_for_card("NEW9") == "m9"
+        assert [p.id for p in store.passes_of("m9")] == ["p9"]
+        assert not await link.lookup("NOPE", timeout=5.0)
+    # not connected: no wait, no answer
+    assert not await link.lookup("NEW9")
+
+
+async def test_two_daemons_share_presence_and_occupancy(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
+    a = make_store(tmp_path / "a.db", "gate-a")
+    b = make_store(tmp_path / "b.db", "gate-b")
+    now = clock()
+    la = SyncLink(a, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
+    lb = SyncLink(b, settings_for(mosquitto, "gate-b"), now=now, gates=GATES)
+    ea, eb = Engine(a, site(), GATES, POLICY), Engine(b, site(), GATES, POLICY)
+    async with running(la.run(), lb.run()):
+        await la.wait_connected(WAIT_S)
+        await lb.wait_connected(WAIT_S)
+        await wait_until(lambda: la.stats["snapshots_applied"] >= 1 and lb.stats["snapshots_applied"] >= 1)
+        p1, _ = ea.tap("in-1", Credential.card("C1"), now())
+        p3, _ = ea.tap("in-1", Credential.card("C3"), now())
+        assert p1.decision.granted and p3.decision.granted
+        await wait_until(lambda: lb.stats["remote_passages"] >= 2, what="remote passages at b")
+        t = now()
+        assert occupancy(a, "main", t) == 2
+        assert occupancy(b, "main", t) == 2
+        # m1 entered at gate A: at gate B (hard anti-passback) m1 is inside
+        again, _ = eb.tap("in-1", Credential.card("C1"), now())
+        assert again.decision.reason == Reason.ANTI_PASSBACK
+        # m3 leaves through B: A sees it
+        out, _ = eb.tap("out-1", Credential.card("C3"), now())
+        assert out.decision.reason == Reason.EXIT
+        await wait_until(lambda: la.stats["remote_passages"] >= 1, what="remote exit at a")
+        assert occupancy(a, "main", now()) == 1
+        assert occupancy(b, "main", now()) == 1
+        # and the deduction made at A reached B through the central balance
+        await wait_until(lambda: b.balance("p1") == a.balance("p1") == central.balance(SITE, "p1"))
