@@ -1,0 +1,1 @@
+"""The front-desk console (see docs/console.md)."""
