@@ -325,16 +325,17 @@ def _check_references(s: ScenarioIn, marked: Marked) -> None:
             raise fail(f"unknown booking {st.tap.qr.booking!r}", ("steps", i, "tap", "qr", "booking"))
 
 
-_KEY_ON_LINE = re.compile(r"^[\s\-]*([A-Za-z_][\w\-]*)\s*:")
+_KEY = re.compile(r"([A-Za-z_][\w\-]*)\s*:(?:\s|$)")
 
 
-def _key_on_line(text: str, line: int | None) -> str:
-    """The key written on a line YAML could not parse, to name it in the error."""
+def _key_on_line(text: str, line: int | None, column: int | None) -> str:
+    """The last key written before the point where YAML gave up, to name it in the error."""
     lines = text.splitlines()
     if line is not None and 1 <= line <= len(lines):
-        m = _KEY_ON_LINE.match(lines[line - 1])
-        if m:
-            return m.group(1)
+        written = lines[line - 1]
+        keys = _KEY.findall(written[: column + 1] if column is not None else written) or _KEY.findall(written)
+        if keys:
+            return str(keys[-1])
     return "(yaml)"
 
 
@@ -351,7 +352,7 @@ def load_scenario(path: Path) -> Scenario:
     try:
         marked = load(text)
     except YamlError as e:
-        raise ScenarioInvalid(e.message, e.line, e.key or _key_on_line(text, e.line)) from e
+        raise ScenarioInvalid(e.message, e.line, e.key or _key_on_line(text, e.line, e.column)) from e
     if not isinstance(marked.data, dict):
         raise ScenarioInvalid("a scenario is a mapping with site, gates, ... and steps", 1, "(top)")
     try:

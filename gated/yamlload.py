@@ -21,11 +21,12 @@ _BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": Fals
 
 
 class YamlError(Exception):
-    def __init__(self, message: str, line: int | None = None, key: str | None = None):
+    def __init__(self, message: str, line: int | None = None, key: str | None = None, column: int | None = None):
         super().__init__(message)
         self.message = message
         self.line = line
         self.key = key
+        self.column = column  # 0-based, where the parser gave up (parse errors only)
 
 
 @dataclass
@@ -80,7 +81,9 @@ def load(text: str) -> Marked:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        raise YamlError(f"YAML does not parse: {e.problem or e}", mark.line + 1 if mark else None) from e
+        raise YamlError(
+            f"YAML does not parse: {e.problem or e}", mark.line + 1 if mark else None, column=mark.column if mark else None
+        ) from e
     except yaml.YAMLError as e:
         raise YamlError(f"YAML does not parse: {e}") from e
     if node is None:
