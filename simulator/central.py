@@ -603,17 +603,20 @@ def generate(
     bookings_per_member: float = 3.0,
     seed: int = 1,
     day: str = "2026-11-18",
+    prefix: str = "",
 ) -> dict[str, list[dict[str, Any]]]:
     """A deterministic chain-sized data set (bench: 100,000 members, 150,000 passes,
     300,000 bookings)."""
     rnd = random.Random(seed)
-    members = [{"id": f"m{i}", "name": f"Member {i}", "cards": [f"{i:010X}"]} for i in range(n_members)]
+    members = [
+        {"id": f"{prefix}m{i}", "name": f"Member {i}", "cards": [f"{prefix.upper()}{i:010X}"]} for i in range(n_members)
+    ]
     passes = []
     for i in range(int(n_members * passes_per_member)):
         kind = rnd.choice(["visits", "visits", "credits", "time"])
         p: dict[str, Any] = {
-            "id": f"p{i}",
-            "member": f"m{i % n_members}",
+            "id": f"{prefix}p{i}",
+            "member": f"{prefix}m{i % n_members}",
             "name": kind,
             "kind": kind,
             "deduct_on": "access",
@@ -631,9 +634,9 @@ def generate(
         start = base + timedelta(minutes=30 * rnd.randint(0, 30))
         bookings.append(
             {
-                "id": f"b{i}",
-                "member": f"m{i % n_members}",
-                "pass": f"p{i % max(1, len(passes))}",
+                "id": f"{prefix}b{i}",
+                "member": f"{prefix}m{i % n_members}",
+                "pass": f"{prefix}p{i % max(1, len(passes))}",
                 "class": rnd.choice(["Spinning", "Yoga", "Pilates", "HIIT"]),
                 "zone": "main",
                 "starts_at": start.strftime("%Y-%m-%dT%H:%M"),

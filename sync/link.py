@@ -439,7 +439,7 @@ class SyncLink:
                 self._on_lookup_response(message, payload)
             elif topic == t.central_status:
                 if (status := self._parse(Status, payload, topic)) is not None:
-                    await self._on_central_status(status)
+                    await self._on_central_status(status, bool(message.retain))
             elif topic.startswith(t.base + "/") and topic.endswith("/events"):
                 self._on_site_events(topic, payload)
             else:
@@ -463,10 +463,12 @@ class SyncLink:
             self._rewind("gap")
         self._wake.set()
 
-    async def _on_central_status(self, status: Status) -> None:
+    async def _on_central_status(self, status: Status, retained: bool) -> None:
         was = self.central_online
         self.central_online = status.state == "online"
-        if self.central_online and was is False and self._client is not None:
+        # a live (not retained) "online", or one after "offline": the central system has
+        # just (re)connected and may have missed what we sent meanwhile
+        if self.central_online and (not retained or was is False) and self._client is not None:
             # the central system is back: whatever it missed meanwhile, send it again
             self._rewind("central_online")
             await self._request_resync(self._client, self._resync_reason())

@@ -174,6 +174,13 @@ def settings_for(broker: Mosquitto, daemon: str, **kw: Any) -> MqttSettings:
     return MqttSettings(**base)
 
 
+def settings_for_port(port: int, daemon: str, **kw: Any) -> MqttSettings:
+    """Gate settings for a subprocess that only knows the broker's port."""
+    m = Mosquitto.__new__(Mosquitto)
+    m.port = port
+    return settings_for(m, daemon, **kw)
+
+
 def central_settings(broker: Mosquitto, **kw: Any) -> CentralSettings:
     return CentralSettings(port=broker.port, **kw)
 
