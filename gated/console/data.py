@@ -196,8 +196,11 @@ class ConsoleData:
         elif t == "fire_alarm":
             item["text"] = f"Emergency release {'ACTIVE' if ev.get('active') else 'ended'} ({ev.get('source')})"
         elif t == "alarm":
-            item["text"] = f"Alarm {ev.get('kind')}: {ev.get('detail') or ''}".strip()
-        item["alert"] = t in ("alarm", "lockdown", "fire_alarm")
+            kind = str(ev.get("kind") or "")
+            item["text"] = f"Alarm {kind}" + (f": {ev['detail']}" if ev.get("detail") else "")
+        # a relay coming back online is news, not an alarm
+        recovered = t == "alarm" and str(ev.get("kind") or "").endswith(("_online", "_closed", "_cleared"))
+        item["alert"] = t in ("alarm", "lockdown", "fire_alarm") and not recovered
         return item
 
     def recent_feed(self, limit: int = 50) -> list[dict[str, Any]]:

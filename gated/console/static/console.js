@@ -164,7 +164,7 @@
       title: "Adjust loyalty points",
       text: m.name + " has " + m.points + " points.",
       fields: [
-        { name: "points", label: "Points (negative to take away)", required: true, inputmode: "numeric", pattern: "[+-]?[0-9]{1,6}", placeholder: "e.g. 50 or -20" },
+        { name: "points", label: "Points (negative to take away)", required: true, inputmode: "numeric", pattern: "-?[0-9]{1,6}", placeholder: "e.g. 50 or -20" },
         { name: "reason", label: "Reason (shown to the member)", required: true },
       ],
       ok: "Adjust",
