@@ -81,7 +81,7 @@ def seed_data(now: datetime) -> dict[str, Any]:
     }
 
 
-def site_config(tmp_path: Path, modbus_port: int, console_port: int) -> Config:
+def site_config(tmp_path: Path, modbus_port: int, console_port: int, tls: tuple[Path, Path] | None = None) -> Config:
     hashes = user_hashes()
     return Config.model_validate(
         {
@@ -116,6 +116,8 @@ def site_config(tmp_path: Path, modbus_port: int, console_port: int) -> Config:
                 "bind": "127.0.0.1",
                 "port": console_port,
                 "session_minutes": 30,
+                "tls_cert": str(tls[0]) if tls else None,
+                "tls_key": str(tls[1]) if tls else None,
                 "users": [
                     {"name": "desk", "role": "staff", "password_hash": hashes["desk"]},
                     {"name": "boss", "role": "admin", "password_hash": hashes["boss"]},
@@ -148,10 +150,10 @@ class Site:
 
 
 @contextlib.asynccontextmanager
-async def running_site(tmp_path: Path) -> AsyncIterator[Site]:
+async def running_site(tmp_path: Path, tls: tuple[Path, Path] | None = None) -> AsyncIterator[Site]:
     async with SimTurnstile(transport="tcp", host="127.0.0.1", port=0) as turnstile:
         port = free_port()
-        config = site_config(tmp_path, turnstile.port, port)
+        config = site_config(tmp_path, turnstile.port, port, tls)
         now = datetime.now(UTC)
         store = Store(config.store.path, config.site_domain(), daemon_id=config.daemon_id)
         store.apply_sync(batch_from(seed_data(now), config), now)
@@ -574,3 +576,45 @@ async def test_static_files_served(tmp_path: Path) -> None:
             r = await Client(site.port).get(path)
             assert r.status == 200 and len(r.body) > 1000
             assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "console.crt", tmp_path / "console.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+async def test_tls_serves_https_with_secure_cookies(tmp_path: Path) -> None:
+    import ssl
+
+    async with running_site(tmp_path, tls=_self_signed(tmp_path)) as site:
+        def get() -> tuple[int, dict[str, str], list[str]]:
+            ctx = ssl.create_default_context(cafile=str(tmp_path / "console.crt"))
+            ctx.check_hostname = False
+            conn = http.client.HTTPSConnection("127.0.0.1", site.port, timeout=10, context=ctx)
+            conn.request("GET", "/login")
+            r = conn.getresponse()
+            r.read()
+            cookies = [v for k, v in r.getheaders() if k.lower() == "set-cookie"]
+            conn.close()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, cookies
+
+        status, headers, cookies = await asyncio.to_thread(get)
+        assert status == 200
+        assert "max-age" in headers["strict-transport-security"]
+        assert cookies and all("secure" in c.lower() for c in cookies)
