@@ -550,10 +550,14 @@ class SyncLink:
         log.info("snapshot %s applied (delta_seq %d)", chunk.snapshot_id, chunk.delta_seq)
         self._changed("snapshot")
         # deltas that came while the snapshot was on its way
+        # (only those that follow on from the snapshot: a stray one from beyond a gap is
+        # dropped, not asked about again; a real gap shows again at the next delta)
         buffered, self._delta_buffer = self._delta_buffer, {}
         for seq in sorted(buffered):
-            if seq > self.delta_seq:
-                await self._on_delta(buffered[seq])
+            if seq == self.delta_seq + 1:
+                self._apply_delta(buffered[seq])
+            elif seq > self.delta_seq:
+                self.stats["deltas_discarded"] += 1
 
     def _on_site_events(self, topic: str, payload: bytes) -> None:
         levels = topic.split("/")

@@ -29,7 +29,7 @@ import pytest
 
 from rules.model import AntiPassback, Direction, Gate, Policy, Site
 from simulator.central import Central, CentralSettings
-from sync.link import MqttSettings, SyncLink
+from sync.link import MqttSettings
 from sync.store import Store
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -71,6 +71,8 @@ class Mosquitto:
             "log_type error",
             "log_type warning",
         ]
+        if os.geteuid() == 0:  # else mosquitto drops to user "mosquitto", who cannot read tmp_path
+            lines.append("user root")
         if self.tls:
             lines += [f"cafile {self.tls['cafile']}", f"certfile {self.tls['certfile']}", f"keyfile {self.tls['keyfile']}"]
             if self.tls.get("require_certificate"):

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.broker)
 """SIGKILL the gate's process at random points, many times: nothing lost, nothing applied
 twice at the central system; and the same while a snapshot is being imported."""
 

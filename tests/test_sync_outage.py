@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.broker)
 """The broker goes away for a while; taps go on; it comes back: every event arrives at the
 central system once, in order, and the balances agree."""
 

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.broker)
 """A tap reaches the central system; a central change reaches the next decision; look-ups;
 two daemons share presence (site-wide anti-passback, occupancy)."""
 

@@ -1,0 +1,143 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.broker)
+"""Malformed, oversized and schema-violating payloads on every topic the link subscribes
+to: each is counted and dropped, and the link keeps working."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gated.engine import Engine
+from rules.credential import Credential
+from simulator.central import Central
+from sync.link import SyncLink
+from sync.protocol import Topics
+from tests.broker import (  # noqa: F401  (fixtures)
+    GATES,
+    POLICY,
+    SITE,
+    WAIT_S,
+    Mosquitto,
+    central,
+    clock,
+    make_store,
+    mosquitto,
+    mosquitto_factory,
+    running,
+    settings_for,
+    site,
+    wait_until,
+)
+
+MAX_PAYLOAD = 64 * 1024
+
+VALID: dict[str, dict[str, Any]] = {
+    "ack": {"v": 1, "applied_seq": 1},
+    "delta": {"v": 1, "delta_seq": 99, "members": [{"id": "x"}]},
+    "snapshot": {"v": 1, "snapshot_id": "s", "chunk": 0, "chunks": 1, "delta_seq": 0},
+    "central_status": {"v": 1, "daemon": "central", "state": "online"},
+    "site_events": {"v": 1, "daemon": "other", "events": [{"id": "e", "seq": 1, "type": "access", "at": "2026-11-18T09:00:00Z"}]},
+}
+WRONG = [None, -1, "", "x" * 300, [], {}, 1.5, True, {"a": 1}, "2026-99-99"]
+
+
+def _violations(kind: str) -> st.SearchStrategy[bytes]:
+    """A valid payload with one field made wrong, or one unknown field added."""
+    base = VALID[kind]
+
+    def mutate(key: str, value: Any, extra: bool) -> bytes:
+        d = dict(base)
+        if extra:
+            d["unexpected_" + key] = value
+        else:
+            d[key] = value
+        return json.dumps(d).encode()
+
+    return st.builds(mutate, st.sampled_from(sorted(base)), st.sampled_from(WRONG), st.booleans()).filter(
+        lambda b: b != json.dumps(base).encode()
+    )
+
+
+def _garbage() -> st.SearchStrategy[bytes]:
+    return st.one_of(
+        st.binary(max_size=200),
+        st.text(max_size=100).map(str.encode),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+            lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+            max_leaves=10,
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+
+
+def collect(kind: str, n: int) -> list[bytes]:
+    out: list[bytes] = []
+
+    @settings(max_examples=n, database=None, derandomize=True, deadline=None)
+    @given(st.one_of(_garbage(), _violations(kind)))
+    def gather(payload: bytes) -> None:
+        out.append(payload)
+
+    gather()
+    return out
+
+
+def still_invalid(kind: str, payload: bytes) -> bool:
+    """Guard: a generated payload that happens to be valid would not be dropped."""
+    from sync.protocol import Ack, Delta, EventBatch, SnapshotChunk, Status
+
+    model = {"ack": Ack, "delta": Delta, "snapshot": SnapshotChunk, "central_status": Status, "site_events": EventBatch}[kind]
+    try:
+        model.model_validate_json(payload)
+    except ValueError:
+        return True
+    return False
+
+
+async def test_bad_payloads_are_counted_dropped_and_harmless(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
+    store = make_store(tmp_path / "a.db", "gate-a")
+    now = clock()
+    link = SyncLink(store, settings_for(mosquitto, "gate-a", max_payload=MAX_PAYLOAD), now=now, gates=GATES)
+    engine = Engine(store, site(), GATES, POLICY)
+    t = Topics("gated", SITE, "gate-a")
+    topics = {
+        "ack": t.ack,
+        "delta": t.delta,
+        "snapshot": t.snapshot,
+        "central_status": t.central_status,
+        "site_events": f"gated/{SITE}/other/events",
+    }
+    plan: list[tuple[str, bytes]] = []
+    for kind, topic in topics.items():
+        plan += [(topic, p) for p in collect(kind, 40) if still_invalid(kind, p)]
+        plan.append((topic, b"{" + b" " * (MAX_PAYLOAD + 10) + b"}"))  # oversized
+    # on the look-up response topic: garbage with and without a matching correlation
+    plan += [(t.lookup_response, p) for p in collect("ack", 10)]
+
+    async with running(link.run()):
+        await link.wait_connected(WAIT_S)
+        await wait_until(lambda: link.stats["snapshots_applied"] == 1)
+        before = link.stats.copy()
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as evil:
+            for topic, payload in plan:
+                await evil.publish(topic, payload, qos=1)
+        await wait_until(lambda: link.stats["received"] - before["received"] >= len(plan), what="all delivered")
+        handled = sum(link.stats[k] - before[k] for k in ("dropped", "lookup_unmatched"))
+        assert handled == len(plan)
+        assert link.stats["oversized"] - before["oversized"] == len(topics)
+        assert link.stats["errors"] == 0
+        assert link.delta_seq == central.delta_seq(SITE)
+
+        # still working: a tap reaches the central system, a delta reaches the gate
+        _, committed = engine.tap("in-1", Credential.card("C1"), now())
+        await wait_until(lambda: store.acked_seq >= committed.events[-1]["seq"], what="ack after fuzz")
+        await central.push(SITE, members=[{"id": "m7", "cards": ["C7"]}])
+        await wait_until(lambda: store.member_for_card("C7") == "m7", what="delta after fuzz")
+        assert await link.lookup("C2", timeout=5.0)

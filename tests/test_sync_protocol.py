@@ -1,0 +1,76 @@
+"""The MQTT contract: committed JSON Schemas match the models; payloads are strict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from sync.link import MqttSettings
+from sync.protocol import (
+    PAYLOADS,
+    Ack,
+    Delta,
+    EventBatch,
+    PassOut,
+    SnapshotChunk,
+    Topics,
+    schema_text,
+    schemas,
+)
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
+
+
+def test_committed_schemas_match_the_models() -> None:
+    for name, schema in schemas().items():
+        path = SCHEMAS / f"{name}.schema.json"
+        assert path.exists(), f"{path} missing: run python -m sync.protocol"
+        assert path.read_text(encoding="utf-8") == schema_text(schema), f"{path} is stale: run python -m sync.protocol"
+    assert {p.name for p in SCHEMAS.glob("*.schema.json")} == {f"{n}.schema.json" for n in PAYLOADS}
+
+
+def test_payloads_are_versioned_and_strict() -> None:
+    assert Ack.model_validate_json('{"v":1,"applied_seq":3}').applied_seq == 3
+    for bad in ('{"v":2,"applied_seq":3}', '{"v":1,"applied_seq":-1}', '{"v":1,"applied_seq":3,"x":1}', "[]", "{"):
+        with pytest.raises(ValidationError):
+            Ack.model_validate_json(bad)
+    with pytest.raises(ValidationError):
+        SnapshotChunk.model_validate({"v": 1, "snapshot_id": "s", "chunk": 2, "chunks": 2, "delta_seq": 0})
+    with pytest.raises(ValidationError):  # a pass breaking the record rules
+        Delta.model_validate({"v": 1, "delta_seq": 1, "passes": [{"id": "p", "member": "m", "kind": "visits"}]})
+
+
+def test_event_batch_keeps_the_store_event_and_needs_consecutive_seqs() -> None:
+    ev = {"id": "a", "seq": 1, "type": "deduction", "at": "2026-11-18T09:00:00Z", "pass": "p1", "amount": 1}
+    batch = EventBatch.model_validate({"v": 1, "daemon": "g", "events": [ev, {**ev, "id": "b", "seq": 2}]})
+    assert batch.events[0].model_dump(by_alias=True)["pass"] == "p1"
+    with pytest.raises(ValidationError):
+        EventBatch.model_validate({"v": 1, "daemon": "g", "events": [ev, {**ev, "id": "b", "seq": 3}]})
+    with pytest.raises(ValidationError):
+        EventBatch.model_validate({"v": 1, "daemon": "g/#", "events": [ev]})
+
+
+def test_pass_applied_seq_is_per_daemon() -> None:
+    p = PassOut.model_validate({"id": "p1", "member": "m1", "kind": "visits", "balance": 5, "applied": {"a": 7}})
+    assert p.record_for("a").applied_seq == 7
+    assert p.record_for("b").applied_seq == 0
+    assert p.for_daemon("a").applied_seq == 7
+
+
+def test_topics_and_settings() -> None:
+    t = Topics("acme/gated", "madrid", "door-2")
+    assert t.events == "acme/gated/madrid/door-2/events"
+    assert t.site_events == "acme/gated/madrid/+/events"
+    assert t.ack == "acme/gated/madrid/door-2/ack"
+    assert t.snapshot == "acme/gated/madrid/snapshot"
+    assert t.lookup_request == "acme/gated/madrid/lookup/request"
+    assert t.central_status == "acme/gated/central/status"
+    s = MqttSettings(site="madrid", daemon="door-2")
+    assert s.lookup_timeout == 0.3 and s.reconcile_interval == 1800
+    for bad in ({"site": "a/b"}, {"daemon": "+"}, {"daemon": "central"}, {"prefix": "x/#"}):
+        with pytest.raises(ValidationError):
+            MqttSettings(**{"site": "s", "daemon": "d", **bad})
+    json.dumps(schemas())
