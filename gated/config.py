@@ -185,6 +185,20 @@ class Config(Section):
     control: ControlConfig = ControlConfig()
     lookup_unknown_cards: bool = Field(True, description="Ask the central system about unknown cards before denying.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mqtt_defaults(cls, data: Any) -> Any:
+        # the MQTT identity is the site's and the daemon's: don't make installers repeat it
+        if isinstance(data, dict) and isinstance(data.get("mqtt"), dict) and isinstance(data.get("site"), dict):
+            mqtt = dict(data["mqtt"])
+            mqtt.setdefault("site", data["site"].get("id"))
+            if data.get("daemon_id"):
+                mqtt.setdefault("daemon", data["daemon_id"])
+            else:
+                mqtt.setdefault("daemon", socket.gethostname().split(".")[0] or "gate")
+            data = {**data, "mqtt": mqtt}
+        return data
+
     @model_validator(mode="after")
     def _unique_ids(self) -> Config:
         seen: set[str] = set()

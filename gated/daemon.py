@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import signal
 import time
 from collections.abc import Callable
@@ -73,6 +74,7 @@ class Daemon:
         self.last_tap: dict[str, dict[str, Any]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self.console: Any = None
+        self._relay_state: dict[str, str] = {}
 
     # -- wiring -----------------------------------------------------------------------
 
@@ -132,7 +134,11 @@ class Daemon:
 
     def _start_reader(self, gate_id: str, reader: Reader) -> None:
         async def on_credential(cred: Credential) -> None:
-            await self.handle_credential(gate_id, cred, reader)
+            # a tap runs in its own task: stopping a reader (shutdown, reload, unplug)
+            # must never cancel a tap that already released the turnstile
+            task = asyncio.create_task(self.handle_credential(gate_id, cred, reader), name=f"tap-{gate_id}")
+            self.in_flight.add(task)
+            task.add_done_callback(self.in_flight.discard)
 
         self.readers[reader.id] = (gate_id, reader)
         self.reader_tasks[reader.id] = asyncio.create_task(reader.run(on_credential), name=f"reader-{reader.id}")
@@ -174,6 +180,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        # `kill -USR1` dumps every thread's stack to stderr: how to see where a stuck daemon is
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         await self.start()
         try:
             await self.stopping.wait()
@@ -360,9 +368,13 @@ class Daemon:
             await monitor.stop()
 
     async def _on_alarm(self, gate_id: str, kind: str, detail: str) -> None:
-        self.metrics.alarms.labels(gate_id, kind).inc()
         if kind.startswith("relay_"):
             self.metrics.relay_up.labels(gate_id).set(1 if kind == "relay_online" else 0)
+            previous = self._relay_state.get(gate_id)
+            self._relay_state[gate_id] = kind
+            if kind == "relay_online" and previous in (None, "relay_online"):
+                return  # coming up as expected is not news; coming back after a fault is
+        self.metrics.alarms.labels(gate_id, kind).inc()
         if self.store is not None:
             self.store.emit("alarm", self.clock(), gate=gate_id, kind=kind, detail=detail)
         log.warning("alarm", gate=gate_id, kind=kind, detail=detail)
@@ -395,7 +407,7 @@ class Daemon:
         if last is not None:
             self.metrics.last_sync.set(last.timestamp())
         for rid, (_, r) in self.readers.items():
-            self.metrics.reader_up.labels(rid).set(1 if r.health == ReaderHealth.online else 0)
+            self.metrics.reader_up.labels(rid).set(1 if r.health == ReaderHealth.ONLINE else 0)
         for gid, ctl in self.controllers.items():
             self.metrics.relay_up.labels(gid).set(1 if ctl.output.health == OutputHealth.online else 0)
         self.metrics.broker_up.set(1 if self.link is not None and getattr(self.link, "connected", False) else 0)

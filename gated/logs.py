@@ -14,6 +14,9 @@ def setup(format: str = "auto", level: str = "info") -> None:
     renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     lvl = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(level=lvl, stream=sys.stderr, format="%(message)s", force=True)
+    # pymodbus dumps whole frames at error level when a board does not answer; the
+    # daemon reports that itself (relay health, alarms), once.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

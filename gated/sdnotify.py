@@ -1,4 +1,10 @@
-"""systemd's notify protocol (READY=1, WATCHDOG=1, STATUS=...) through cysystemd.
+"""systemd's notify protocol: READY=1, WATCHDOG=1, STATUS=..., RELOADING=1, STOPPING=1.
+
+Written here rather than taken from a library on purpose: the libraries we tried
+(cysystemd, sdnotify) send on a *blocking* socket, and a datagram socket whose reader is
+slow then stalls the caller — here, the event loop that decides taps. This sends with
+MSG_DONTWAIT: a notification systemd cannot take right now is dropped, never waited for.
+The protocol is one datagram of KEY=VALUE lines to $NOTIFY_SOCKET (sd_notify(3)).
 
 Outside systemd (no NOTIFY_SOCKET) every call is a no-op.
 """
@@ -6,42 +12,53 @@ Outside systemd (no NOTIFY_SOCKET) every call is a no-op.
 from __future__ import annotations
 
 import os
+import socket
 
-try:
-    from cysystemd.daemon import Notification
-    from cysystemd.daemon import notify as _notify
-except ImportError:  # pragma: no cover - cysystemd ships wheels for Linux only
-    _notify = None
-    Notification = None
+_sock: socket.socket | None = None
 
 
-def _send(*args: object) -> None:
-    if not os.environ.get("NOTIFY_SOCKET") or _notify is None:
-        return
+def _address() -> str | None:
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return None
+    if addr.startswith("@"):  # abstract namespace
+        return "\0" + addr[1:]
+    return addr
+
+
+def notify(message: str) -> bool:
+    """Send one notification; False when there is no systemd or it could not be sent now."""
+    global _sock
+    addr = _address()
+    if addr is None:
+        return False
     try:
-        _notify(*args)
+        if _sock is None:
+            _sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        _sock.sendto(message.encode(), socket.MSG_DONTWAIT, addr)
+        return True
     except OSError:
-        pass  # systemd gone away: nothing to tell
+        return False
 
 
 def ready() -> None:
-    _send(Notification.READY)
+    notify("READY=1")
 
 
 def reloading() -> None:
-    _send(Notification.RELOADING)
+    notify("RELOADING=1")
 
 
 def stopping() -> None:
-    _send(Notification.STOPPING)
+    notify("STOPPING=1")
 
 
 def status(text: str) -> None:
-    _send(Notification.STATUS, text)
+    notify("STATUS=" + text.replace("\n", " "))
 
 
 def watchdog() -> None:
-    _send(Notification.WATCHDOG)
+    notify("WATCHDOG=1")
 
 
 def watchdog_interval() -> float | None:

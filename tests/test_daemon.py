@@ -76,18 +76,15 @@ class Running:
     turnstile: SimTurnstile
     messages: list[str]
 
-    async def expect_notify(self, text: str, timeout: float = 20) -> None:
+    async def drain_notify(self) -> None:
+        """Read the notify socket all the time, as systemd does."""
         loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + timeout
-        while not any(text in m for m in self.messages):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {text!r} from the daemon; got {self.messages}")
-            try:
-                data = await asyncio.wait_for(loop.sock_recv(self.notify, 4096), remaining)
-            except TimeoutError:
-                continue
+        while True:
+            data = await loop.sock_recv(self.notify, 4096)
             self.messages.extend(data.decode().splitlines())
+
+    async def expect_notify(self, text: str, timeout: float = 20) -> None:
+        await wait_for(lambda: any(text in m for m in self.messages), timeout, f"{text!r} from the daemon")
 
     def events(self) -> list[dict]:
         with contextlib.closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)) as c:
@@ -121,10 +118,12 @@ async def running_daemon(tmp_path: Path, person: Person | None = None) -> AsyncI
         )
         env["WATCHDOG_PID"] = str(proc.pid)
         run = Running(proc, notify, cfg_path, tmp_path / "gated.db", reader, sim, [])
+        drain = asyncio.create_task(run.drain_notify())
         try:
             await run.expect_notify("READY=1")
             yield run
         finally:
+            drain.cancel()
             if proc.poll() is None:
                 proc.kill()
             out = proc.communicate(timeout=10)[0].decode(errors="replace")
@@ -194,11 +193,13 @@ async def test_control_socket_tap_and_status(tmp_path: Path) -> None:
             subprocess.run, [*GATED, "tap", "-c", str(d.config), "turnstile-1", "0499887766"],
             capture_output=True, text=True, timeout=30,
         )
+        assert out.returncode == 0, out.stderr
         result = json.loads(out.stdout)
         assert result["decision"] == "granted" and result["reason"] == "walk_in" and result["passed"] is True
         status = await asyncio.to_thread(
             subprocess.run, [*GATED, "status", "-c", str(d.config)], capture_output=True, text=True, timeout=30
         )
+        assert status.returncode == 0, status.stderr
         health = json.loads(status.stdout)
         assert health["gates"]["turnstile-1"]["relay"] == "online"
         assert health["outbox_depth"] == 2

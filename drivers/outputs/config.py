@@ -46,7 +46,7 @@ class ModbusLinkConfig(BaseModel):
     )
     baudrate: int = Field(9600, gt=0, description="RS-485 line speed, as set on the board.")
     parity: Literal["N", "E", "O"] = Field("N", description="Parity: N (none), E (even), O (odd).")
-    stopbits: Literal[1, 2] = Field(1, description="Stop bits: 1 or 2.")
+    stopbits: int = Field(1, ge=1, le=2, description="Stop bits: 1 or 2.")
     unit: int = Field(
         1,
         ge=0,

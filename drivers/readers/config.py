@@ -57,7 +57,7 @@ class SerialReaderConfig(_ReaderConfigBase):
     )
     baudrate: int = Field(9600, gt=0, description="Line speed in baud (reader manual).")
     parity: Literal["none", "even", "odd"] = Field("none", description="Parity bit.")
-    stopbits: Literal[1, 2] = Field(1, description="Stop bits.")
+    stopbits: int = Field(1, ge=1, le=2, description="Stop bits: 1 or 2.")
     framing: Framing = Field(
         Framing.LINE,
         description="'line': payload then a line terminator; 'stx-etx': payload between "
