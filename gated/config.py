@@ -134,7 +134,7 @@ class ConsoleUser(Section):
     name: Ident
     role: Literal["staff", "admin"] = "staff"
     password_hash: str = Field(
-        description="argon2 hash from `gated console hash-password`; never the password itself.",
+        description="argon2 hash from `gated hash-password`; never the password itself.",
         min_length=20,
     )
 

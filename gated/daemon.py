@@ -75,6 +75,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self.console: Any = None
         self._relay_state: dict[str, str] = {}
+        self._fire_input_active = False
 
     # -- wiring -----------------------------------------------------------------------
 
@@ -345,6 +346,14 @@ class Daemon:
         await self._set_fire_alarm(True, source=operator)
         self.store.audit(self.clock(), operator, "emergency_release", {})
 
+    async def end_emergency_release(self, operator: str) -> None:
+        """Back to normal after an emergency release (not while the fire input is active)."""
+        assert self.store is not None
+        if self._fire_input_active:
+            raise RuntimeError("the fire-alarm input is still active")
+        await self._set_fire_alarm(False, source=operator)
+        self.store.audit(self.clock(), operator, "emergency_restore", {})
+
     async def _set_fire_alarm(self, on: bool, source: str) -> None:
         assert self.store is not None
         self.fire_alarm = on
@@ -358,6 +367,7 @@ class Daemon:
         assert self.config.fire_alarm is not None
 
         async def changed(active: bool) -> None:
+            self._fire_input_active = active
             await self._set_fire_alarm(active, source="input")
 
         monitor = FireAlarmMonitor(self.config.fire_alarm, on_change=changed)

@@ -567,7 +567,7 @@ class Console:
         return self.json({"ok": True, "lockdown": self.daemon.lockdown})
 
     async def emergency(self, request: Request, s: Session) -> Response:
-        store = self._store()
+        self._store()  # 503 while the daemon is starting or stopping
         data = await self.body(request)
         on = data.get("on")
         if not isinstance(on, bool):
@@ -576,12 +576,10 @@ class Console:
         if on:
             await self.daemon.emergency_release(s.user)
         else:
-            end = getattr(self.daemon, "end_emergency_release", None)
-            if end is not None:
-                await end(s.user)
-            else:  # the daemon has no public call for it yet: same steps it takes itself
-                await self.daemon._set_fire_alarm(False, source=s.user)
-                store.audit(self.daemon.clock(), s.user, "emergency_restore", {})
+            try:
+                await self.daemon.end_emergency_release(s.user)
+            except RuntimeError as e:  # the building's fire input still says fire
+                raise HttpError(409, str(e)) from e
         return self.json({"ok": True, "emergency": self.daemon.fire_alarm})
 
 
