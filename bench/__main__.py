@@ -1,0 +1,241 @@
+"""`make bench` (`.venv/bin/python -m bench`): gated's benchmarks at the scale of a large chain.
+
+    python -m bench             # everything, ~8-9 minutes on the 2-core box
+    python -m bench --quick     # reduced sizes and runs, ~2 minutes
+    python -m bench --only decision,drain
+
+Results: a table on stdout (each figure beside its DESIGN.md budget and the wire time of
+the hardware link it sits behind) and bench/results/latest.json. See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from bench.common import RESULTS, ROOT, share_ours, wire_times
+
+ALL = ("decision", "endtoend", "snapshot", "drain", "memory")
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _git_head() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _freeze() -> None:
+    """The generated data set (half a million objects) lives in this process for the whole
+    run; a daemon does not hold it. Move it out of the cyclic GC's sight so collections
+    during a measurement cost what they would in the daemon."""
+    gc.collect()
+    gc.freeze()
+
+
+def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(figure, measured median / p99 (max), budget, link wire time, our share)."""
+    w = wire_times()
+    rtu = w["modbus_rtu_write_coil_9600"]
+    behind = w["wiegand_26"] + rtu  # the slowest common reader link, then the relay link
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def share(ours: float, wire: float) -> str:
+        return f"{share_ours(ours, wire) * 100:.0f} %"
+
+    dec = results.get("decision", {})
+    for n, r in dec.items():
+        d, t = r["decide"], r["tap"]
+        rows.append((
+            f"decision, {int(n):,} members",
+            f"{d['median']:.2f} / {d['p99']:.2f} ms (max {d['max']:.2f})",
+            "p99 ≤ 2 ms",
+            f"Wiegand 26 {w['wiegand_26']:.0f} ms + RTU coil {rtu:.1f} ms",
+            share(d["p99"], behind),
+        ))
+        rows.append((
+            f"tap (decide + commit, FULL sync), {int(n):,}",
+            f"{t['median']:.2f} / {t['p99']:.2f} ms (max {t['max']:.2f})",
+            "—",
+            "after the relay command",
+            "—",
+        ))
+    e = results.get("endtoend")
+    if e:
+        rows.append((
+            f"tap → coil set, end to end, {e['members']:,} members",
+            f"{e['median']:.2f} / {e['p99']:.2f} ms (max {e['max']:.2f})",
+            "p99 ≤ 15 ms",
+            f"serial line {w['serial_ascii_line_9600']:.1f} ms + RTU coil {rtu:.1f} ms",
+            share(e["p99"], w["serial_ascii_line_9600"] + rtu),
+        ))
+    s = results.get("snapshot")
+    if s:
+        rows.append((
+            f"snapshot import (MQTT link, chunked), {s['members']:,} members",
+            f"{s['import_seconds']['median']:.1f} s (max {s['import_seconds']['max']:.1f})",
+            "≤ 10 s",
+            "—",
+            "—",
+        ))
+        rows.append((
+            "longest tap stall during the import",
+            f"{s['max_stall_ms']['median']:.0f} ms (max {s['max_stall_ms']['max']:.0f}); stall p99 {s['stall_ms']['p99']:.0f} ms",
+            "≤ 50 ms",
+            f"OSDP poll {w['osdp_poll_9600']:.0f} ms",
+            share(s["max_stall_ms"]["max"], w["osdp_poll_9600"] + rtu),
+        ))
+    if "decision" in results:
+        big = max(results["decision"], key=int)
+        rows.append((
+            f"Store.apply_sync(snapshot=True), one transaction, {int(big):,}",
+            f"{results['decision'][big]['load_seconds']:.1f} s (loop held throughout)",
+            "≤ 10 s, no stall > 50 ms",
+            "—",
+            "—",
+        ))
+    dr = results.get("drain")
+    if dr:
+        rows.append((
+            f"outbox drain, {dr['events']:,} events, QoS 1",
+            f"{dr['rate_events_per_s']['median']:.0f} events/s (min {dr['rate_events_per_s']['min']:.0f}); "
+            f"missing {dr['missing']}, duplicates {dr['duplicates']}",
+            "≥ 5,000 events/s, none lost/duplicated",
+            "—",
+            "—",
+        ))
+    m = results.get("memory")
+    if m:
+        rows.append((
+            f"daemon RSS, {m['members']:,} members",
+            f"{m['rss_after_taps_mb']['median']:.1f} MB (peak VmHWM {m['rss_peak_mb']['median']:.1f} MB)",
+            "≤ 100 MB",
+            "—",
+            "—",
+        ))
+        rows.append((
+            "start → READY=1",
+            f"{m['ready_seconds']['median']:.2f} s (max {m['ready_seconds']['max']:.2f})",
+            "≤ 2 s",
+            "—",
+            "—",
+        ))
+    return rows
+
+
+def print_table(rows: list[tuple[str, str, str, str, str]]) -> None:
+    head = ("figure", "median / p99 (max)", "budget", "hardware link it sits behind", "ours / (ours + wire)")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
+    line = " | ".join(h.ljust(widths[i]) for i, h in enumerate(head))
+    print("\n" + line)
+    print("-+-".join("-" * wd for wd in widths))
+    for r in rows:
+        print(" | ".join(c.ljust(widths[i]) for i, c in enumerate(r)))
+    print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="reduced sizes and runs (~2 minutes)")
+    p.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
+    p.add_argument("--members", type=int, default=None, help="size of the large site (default 100,000; quick 20,000)")
+    p.add_argument("--out", default=str(RESULTS / "latest.json"))
+    args = p.parse_args(argv)
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = set(only) - set(ALL)
+    if unknown:
+        p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    quick = args.quick
+    big = args.members or (20_000 if quick else 100_000)
+    runs = 3 if quick else 5
+
+    from bench.generate import generate
+
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+    meta: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git": _git_head(),
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "quick": quick,
+        "members": big,
+        "wire_times_ms": wire_times(),
+    }
+    data = None
+    if {"decision", "snapshot", "drain"} & set(only):
+        t0 = time.perf_counter()
+        data = generate(big)
+        meta["generate_seconds"] = round(time.perf_counter() - t0, 2)
+        meta["data"] = data.counts()
+        _log(f"generated {data.counts()} in {meta['generate_seconds']} s")
+        _freeze()
+
+    if "decision" in only:
+        from bench import decision
+
+        _log("1. decision latency (in process, Engine.decide / Engine.tap)")
+        scales = sorted({min(1_000, big), min(10_000, big), big})
+        results["decision"] = decision.run(scales, runs=runs, taps=500 if quick else 1000, full=data, log=_log)
+
+    if "snapshot" in only:
+        from bench import snapshot
+
+        assert data is not None
+        _log(f"3. full snapshot import while taps are decided ({big:,} members)")
+        results["snapshot"] = snapshot.run(data, runs=2 if quick else 3, records_per_chunk=1000, log=_log)
+
+    if "drain" in only:
+        from bench import drain
+
+        assert data is not None
+        _log("4. outbox drain to mosquitto after an outage (QoS 1)")
+        results["drain"] = drain.run(data, runs=runs, events=20_000 if quick else 50_000, log=_log)
+
+    if {"endtoend", "memory"} & set(only):
+        from bench.daemon import live_site
+
+        data = None
+        gc.unfreeze()
+        gc.collect()
+        live = live_site(big)
+        _freeze()
+        if "endtoend" in only:
+            from bench import endtoend
+
+            _log(f"2. tap → coil set, end to end (gated run subprocess, {big:,} members)")
+            results["endtoend"] = endtoend.run(live, runs=runs, taps=15 if quick else 30, log=_log)
+        if "memory" in only:
+            from bench import memory
+
+            _log(f"5. daemon memory and start-up to READY ({big:,} members)")
+            results["memory"] = memory.run(live, runs=runs, taps=20 if quick else 50, log=_log)
+
+    meta["seconds"] = round(time.perf_counter() - started, 1)
+    rows = table(results)
+    print_table(rows)
+    out = {"meta": meta, "results": results, "table": [dict(zip(("figure", "measured", "budget", "link", "share"), r, strict=True)) for r in rows]}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    _log(f"wrote {args.out} ({meta['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

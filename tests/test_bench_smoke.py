@@ -1,0 +1,55 @@
+"""Keeps the benchmark code from rotting: the generator and benchmark 1 at a tiny size.
+
+No timing assertions: figures belong in `make bench` and docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import json
+
+from bench import common, decision
+from bench.generate import chunk_payloads, generate
+from rules.model import PassKind
+from sync.protocol import SnapshotChunk
+
+
+def test_generator_is_deterministic_and_complete() -> None:
+    a = generate(200, seed=3)
+    b = generate(200, seed=3)
+    assert a.counts() == {"members": 200, "passes": 300, "bookings": 600}
+    assert [m.cards for m in a.members] == [m.cards for m in b.members]
+    assert [(p.pass_.id, p.pass_.kind, p.pass_.balance) for p in a.passes] == [
+        (p.pass_.id, p.pass_.kind, p.pass_.balance) for p in b.passes
+    ]
+    assert {p.pass_.kind for p in a.passes} == set(PassKind)
+    cards = a.cards
+    assert len(cards) == len(set(cards))  # card identifiers are unique
+    members = {m.id for m in a.members}
+    passes = {p.pass_.id for p in a.passes}
+    assert all(bk.member in members and bk.pass_id in passes for bk in a.bookings)
+
+
+def test_snapshot_chunks_validate_as_the_link_reads_them() -> None:
+    data = generate(50, seed=1)
+    payloads = list(chunk_payloads(data, records_per_chunk=40))
+    chunks = [SnapshotChunk.model_validate_json(p) for p in payloads]
+    assert [c.chunk for c in chunks] == list(range(len(payloads)))
+    assert sum(len(c.members) for c in chunks) == 50
+    assert sum(len(c.passes) for c in chunks) == 75
+    assert sum(len(c.bookings) for c in chunks) == 150
+
+
+def test_decision_benchmark_runs_at_a_tiny_size(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(common, "WORK", tmp_path)
+    res = decision.run([100], runs=2, taps=20, log=lambda _msg: None)
+    r = res["100"]
+    assert r["decide"]["n"] == 40 and r["tap"]["n"] == 40
+    assert r["decide"]["runs"] == 2
+    assert sum(r["reasons"].values()) == 40
+    json.dumps(res)  # what `make bench` writes
+
+
+def test_wire_times() -> None:
+    w = common.wire_times()
+    assert set(w) == {"modbus_rtu_write_coil_9600", "osdp_poll_9600", "wiegand_26", "serial_ascii_line_9600"}
+    assert 0 < common.share_ours(1.0, w["wiegand_26"]) < 1
