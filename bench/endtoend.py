@@ -1,0 +1,105 @@
+"""Benchmark 2: tap → coil set, end to end.
+
+A card is written on a VirtualSerialReader's pty; the daemon (`gated run`, a separate
+process, on the large site's store) reads the line, decides, and writes the unlock coil
+of a SimTurnstile on a real pymodbus TCP server on loopback. The latency is from just
+before the write to the coil-set time the server records (time.monotonic() in this
+process, the same clock on both sides).
+
+Each tap uses a different card that is granted at any wall-clock time (open-ended time
+pass), so no tap is debounced or denied; the next tap waits for the turnstile to turn
+and relock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+from bench.common import runs_summary
+from bench.daemon import base_store, daemon_process, grantable_cards
+from bench.generate import SiteData
+from drivers.readers.frames import FrameConfig
+from simulator.serial_reader import VirtualSerialReader
+from simulator.turnstile import SimTurnstile
+
+
+async def _wait_coil(turnstile: SimTurnstile, count: int, timeout: float) -> float | None:
+    """Monotonic time of the coil history entry number `count` (an unlock), or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(turnstile.coil_history) > count:
+            ts, raw = turnstile.coil_history[count]
+            return ts if raw != turnstile.active_low else None
+        await asyncio.sleep(0.0005)
+    return None
+
+
+async def _relocked(turnstile: SimTurnstile, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not turnstile.unlocked and not turnstile.passage_active and not turnstile.door_open:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def _bench(data: SiteData, runs: int, taps: int, log: Any) -> dict[str, Any]:
+    base = base_store(data, log)
+    cards = grantable_cards(data)
+    rng = random.Random(11)
+    rng.shuffle(cards)
+    needed = runs * taps + 5
+    if len(cards) < needed:
+        raise RuntimeError(f"only {len(cards)} grantable cards for {needed} taps")
+    per_run: list[list[float]] = []
+    misses = 0
+    reader = VirtualSerialReader(None, FrameConfig())
+    try:
+        async with SimTurnstile(transport="tcp", host="127.0.0.1", port=0, unit=1) as turnstile:
+            turnstile.set_person(turns=True, delay=0.05)
+            turnstile.passage_pulse = 0.05
+            async with daemon_process(
+                base, "endtoend", reader_device=reader.slave_name, modbus_port=turnstile.port
+            ) as daemon:
+                log(f"  daemon pid {daemon.pid} ready in {daemon.ready_seconds:.2f} s")
+                await asyncio.sleep(0.5)  # the reader opens its port, the output its connection
+                # warm-up: a few taps, not counted
+                it = iter(cards)
+                for _ in range(5):
+                    n = len(turnstile.coil_history)
+                    reader.tap(next(it))
+                    await _wait_coil(turnstile, n, 3.0)
+                    await asyncio.sleep(0.05)
+                    await _relocked(turnstile)
+                for _ in range(runs):
+                    samples: list[float] = []
+                    for _ in range(taps):
+                        await asyncio.sleep(0.05)
+                        n = len(turnstile.coil_history)
+                        t0 = time.monotonic()
+                        reader.tap(next(it))
+                        ts = await _wait_coil(turnstile, n, 3.0)
+                        if ts is None:
+                            misses += 1
+                        else:
+                            samples.append((ts - t0) * 1000)
+                        await asyncio.sleep(0.05)
+                        await _relocked(turnstile)
+                    per_run.append(samples)
+    finally:
+        reader.close()
+    res = runs_summary(per_run)
+    res["misses"] = misses
+    res["members"] = len(data.members)
+    return res
+
+
+def run(data: SiteData, *, runs: int = 5, taps: int = 40, log: Any = print) -> dict[str, Any]:
+    res = asyncio.run(_bench(data, runs, taps, log))
+    log(
+        f"  tap → coil set: median {res['median']:.2f} ms, p99 {res['p99']:.2f} ms, max {res['max']:.2f} ms "
+        f"({res['n']} taps, {res['misses']} without a coil change)"
+    )
+    return res
