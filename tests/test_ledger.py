@@ -1,0 +1,203 @@
+"""sync.store.Store as a ledger, against a model, for any interleaving of walk-in charges,
+refunds, syncs (any applied_seq up to the last seq), restarts and transactions that fail
+midway:
+
+- local balance == central balance - own deductions with seq > applied_seq (never a
+  deduction lost, never one counted twice);
+- events are numbered 1..N with no gap and no repeat, across restarts;
+- a transaction that raises leaves nothing behind and consumes no seq.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from rules.credential import CredentialKind
+from rules.decide import Decision
+from rules.model import Booking, Gate, Member, Pass, PassKind
+from rules.model import Site as SiteModel
+from rules.reasons import Reason
+from sync.store import Committed, PassRecord, Store, SyncBatch
+
+TZ = ZoneInfo("Europe/Madrid")
+SITE = SiteModel(TZ)
+GATE = Gate(id="g1", zone="main")
+START = datetime(2026, 11, 18, 7, 0, tzinfo=TZ)  # local 07:00; every step is a minute later
+
+PASSES = {"p1": "m1", "p2": "m1", "p3": "m2"}
+BOOKING_OF = {"m1": "b1", "m2": "b2"}
+AMOUNTS = [Decimal(1), Decimal("1.5"), Decimal(2), Decimal("0.25")]
+
+
+def credits(pid: str, balance: Decimal) -> Pass:
+    return Pass(id=pid, member=PASSES[pid], name=pid, kind=PassKind.CREDITS, balance=balance, walk_in_cost=Decimal(1))
+
+
+@dataclass
+class Charge:
+    seq: int
+    pass_id: str
+    member: str
+    amount: Decimal
+    refunded: bool = False
+
+
+class Ledger(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="gated-ledger-"))
+        self.path = self.dir / "gate.db"
+        self.store = Store(self.path, SITE, durable=False)
+        self.now = START
+        self.next_seq = 1
+        self.central: dict[str, Decimal] = {}
+        self.applied: dict[str, int] = {}
+        self.own: list[tuple[int, str, Decimal]] = []  # (seq, pass, amount) of every deduction, refunds negative
+        self.charges: list[Charge] = []  # walk-in charges, for refunds
+
+    def teardown(self) -> None:
+        try:
+            self.store.close()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def tick(self) -> datetime:
+        self.now += timedelta(minutes=1)
+        return self.now
+
+    @initialize(balances=st.lists(st.integers(0, 50), min_size=3, max_size=3))
+    def load(self, balances: list[int]) -> None:
+        members = [Member(id=m, name=m, cards=(f"C{m}",)) for m in ("m1", "m2")]
+        passes = [PassRecord(credits(pid, Decimal(b))) for pid, b in zip(PASSES, balances, strict=True)]
+        day = START.replace(hour=18)
+        bookings = [
+            Booking(id=b, member=m, pass_id="p1" if m == "m1" else "p3", class_name="Spin", zone="main", starts_at=day, ends_at=day + timedelta(hours=1), deducted=True)
+            for m, b in BOOKING_OF.items()
+        ]
+        self.store.apply_sync(SyncBatch(members=members, passes=passes, bookings=bookings), self.now)
+        for pid, b in zip(PASSES, balances, strict=True):
+            self.central[pid], self.applied[pid] = Decimal(b), 0
+
+    # -- operations -----------------------------------------------------------------------
+
+    @rule(pid=st.sampled_from(sorted(PASSES)), amount=st.sampled_from(AMOUNTS))
+    def walk_in(self, pid: str, amount: Decimal) -> None:
+        member = PASSES[pid]
+        decision = Decision(True, Reason.WALK_IN, member, pass_id=pid, amount=amount, cause="walk_in")
+        committed = self.store.commit_tap(GATE, decision, credential=CredentialKind.CARD, passed=True, now=self.tick())
+        assert [(e["seq"], e["type"]) for e in committed.events] == [(self.next_seq, "access"), (self.next_seq + 1, "deduction")]
+        seq = self.next_seq + 1
+        self.next_seq += 2
+        self.own.append((seq, pid, amount))
+        self.charges.append(Charge(seq, pid, member, amount))
+
+    @rule(pid=st.sampled_from(sorted(PASSES)))
+    def turned_back(self, pid: str) -> None:
+        """Granted but nobody went through: an access event, nothing deducted."""
+        decision = Decision(True, Reason.WALK_IN, PASSES[pid], pass_id=pid, amount=Decimal(1), cause="walk_in")
+        committed = self.store.commit_tap(GATE, decision, credential=CredentialKind.CARD, passed=False, now=self.tick())
+        assert [(e["seq"], e["type"]) for e in committed.events] == [(self.next_seq, "access")]
+        self.next_seq += 1
+
+    @rule(member=st.sampled_from(["m1", "m2"]))
+    def refund(self, member: str) -> None:
+        committed = self.store.mark_attended(BOOKING_OF[member], "desk", refund=True, now=self.tick())
+        open_charges = [c for c in self.charges if c.member == member and not c.refunded]
+        expected: list[tuple[int, str]] = []
+        if open_charges:
+            latest = open_charges[-1]  # the latest un-refunded walk-in charge that day
+            latest.refunded = True
+            self.own.append((self.next_seq, latest.pass_id, -latest.amount))
+            deduction = committed.events[0]
+            assert (deduction["pass"], deduction["cause"], Decimal(str(deduction["amount"]))) == (latest.pass_id, "refund", -latest.amount)
+            expected.append((self.next_seq, "deduction"))
+            self.next_seq += 1
+        expected.append((self.next_seq, "attendance"))
+        self.next_seq += 1
+        assert [(e["seq"], e["type"]) for e in committed.events] == expected
+
+    @rule(pid=st.sampled_from(sorted(PASSES)), central=st.integers(0, 200), data=st.data())
+    def sync(self, pid: str, central: int, data: st.DataObject) -> None:
+        applied = data.draw(st.one_of(st.none(), st.integers(0, self.next_seq - 1)), label="applied_seq")
+        self.store.apply_sync(SyncBatch(passes=[PassRecord(credits(pid, Decimal(central)), applied)]), self.tick())
+        self.central[pid], self.applied[pid] = Decimal(central), applied or 0
+
+    @rule()
+    def restart(self) -> None:
+        self.store.close()
+        self.store = Store(self.path, SITE, durable=False)
+
+    @rule(pid=st.sampled_from(sorted(PASSES)), amount=st.sampled_from(AMOUNTS))
+    def crash_midway(self, pid: str, amount: Decimal) -> None:
+        """The passage write fails after the access event and the deduction were written."""
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise OSError("disk full")
+
+        before = (self.store.last_seq, {p: self.store.balance(p) for p in PASSES}, self.store.counts())
+        self.store._passage = broken  # type: ignore[method-assign]
+        try:
+            decision = Decision(True, Reason.WALK_IN, PASSES[pid], pass_id=pid, amount=amount, cause="walk_in")
+            with pytest.raises(OSError):
+                self.store.commit_tap(GATE, decision, credential=CredentialKind.CARD, passed=True, now=self.tick())
+        finally:
+            del self.store._passage
+        assert (self.store.last_seq, {p: self.store.balance(p) for p in PASSES}, self.store.counts()) == before
+
+    @precondition(lambda self: self.next_seq > 1)
+    @rule()
+    def emit_outside_a_tap(self) -> None:
+        ev = self.store.emit("health", self.tick(), status="ok")
+        assert ev["seq"] == self.next_seq
+        self.next_seq += 1
+
+    # -- invariants -----------------------------------------------------------------------
+
+    @invariant()
+    def balances_follow_applied_seq(self) -> None:
+        for pid in self.central:
+            unseen = sum((a for s, p, a in self.own if p == pid and s > self.applied[pid]), Decimal(0))
+            assert self.store.balance(pid) == self.central[pid] - unseen, pid
+
+    @invariant()
+    def seq_gap_free(self) -> None:
+        events = self.store.events_after(0, limit=10_000)
+        assert [e["seq"] for e in events] == list(range(1, self.next_seq))
+        assert len({e["id"] for e in events}) == len(events)
+        assert self.store.last_seq == self.next_seq - 1
+
+
+Ledger.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+TestLedger = Ledger.TestCase
+
+
+def test_raising_transaction_consumes_no_seq(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.db", SITE, durable=False)
+    try:
+        store.emit("health", START, status="ok")
+        with pytest.raises(RuntimeError), store._tx():
+            store._emit(Committed(), "health", START, status="half")
+            raise RuntimeError("midway")
+        assert store.last_seq == 1
+        assert store.emit("health", START, status="ok")["seq"] == 2
+        store.close()
+        store = Store(tmp_path / "g.db", SITE, durable=False)
+        assert store.last_seq == 2
+        assert [e["seq"] for e in store.events_after(0)] == [1, 2]
+        assert store.emit("health", START, status="ok")["seq"] == 3
+    finally:
+        store.close()
+
