@@ -153,7 +153,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
 def cmd_discover(args: argparse.Namespace) -> int:
     from drivers.readers.discover import discover
 
-    found = discover()
+    found = discover().as_dict()
     if args.json:
         print(json.dumps(found, indent=2, default=str))
         return 0

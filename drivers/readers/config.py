@@ -160,6 +160,11 @@ class OsdpReaderConfig(_ReaderConfigBase):
         "every reader. Generate one with `python -c 'import secrets; "
         "print(secrets.token_hex(16))'` and load the same key into the reader.",
     )
+    scbk_file: str | None = Field(
+        None,
+        description="A file holding this reader's SCBK (32 hex digits), readable by the "
+        "gated user only — keeps keys out of the configuration file. Use scbk or scbk_file.",
+    )
     reader_number: int = Field(0, ge=0, le=255, description="Reader number on the PD.")
     feedback_seconds: float = Field(
         2.0, gt=0, le=25, description="How long the green/red LED and text stay on."
@@ -177,9 +182,19 @@ class OsdpReaderConfig(_ReaderConfigBase):
 
     @model_validator(mode="after")
     def _key_when_secure(self) -> OsdpReaderConfig:
-        if self.secure_channel and self.scbk is None:
-            raise ValueError("secure_channel needs an scbk (32 hex digits)")
+        if self.scbk is not None and self.scbk_file is not None:
+            raise ValueError("give scbk or scbk_file, not both")
+        if self.secure_channel and self.scbk is None and self.scbk_file is None:
+            raise ValueError("secure_channel needs an scbk (32 hex digits) or an scbk_file")
         return self
+
+    def key(self) -> bytes | None:
+        """The SCBK as bytes, read from scbk_file when that is how it was given."""
+        text = self.scbk
+        if text is None and self.scbk_file is not None:
+            with open(self.scbk_file, encoding="ascii") as f:
+                text = self._scbk_hex(f.read().strip())
+        return bytes.fromhex(text) if text else None
 
 
 ReaderConfig = Annotated[
@@ -236,7 +251,7 @@ def build_reader(cfg: ReaderConfig, **hooks: Any) -> Reader:
             cfg.id,
             lambda: SerialChannel(device, baudrate),
             address=cfg.address,
-            scbk=bytes.fromhex(cfg.scbk) if cfg.scbk else None,
+            scbk=cfg.key(),
             secure_channel=cfg.secure_channel,
             reader_number=cfg.reader_number,
             feedback_seconds=cfg.feedback_seconds,
