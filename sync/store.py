@@ -448,7 +448,10 @@ class Store:
         if member is None:
             return MemberView(None)
         passes = tuple(self.passes_of(member_id))
-        bookings = tuple(self.bookings_of(member_id, now - VIEW_HORIZON, now + VIEW_HORIZON))
+        # a gate's arrival window may be longer than the default horizon (early_arrival: 2d)
+        before = max(VIEW_HORIZON, gate.late_arrival + timedelta(days=1))
+        after = max(VIEW_HORIZON, gate.early_arrival + timedelta(days=1))
+        bookings = tuple(self.bookings_of(member_id, now - before, now + after))
         own = {p.id for p in passes}
         extra: dict[str, Pass] = {}
         for b in bookings:
