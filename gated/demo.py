@@ -103,9 +103,12 @@ async def run_demo(config_template: Path, workdir: Path, *, scripted: bool = Tru
     store.apply_sync(batch_from(demo_data(datetime.now(UTC), tz), config), datetime.now(UTC))
     store.close()
 
+    # a virtual reader behind every serial reader the configuration names
     readers = {
-        "turnstile-in": VirtualSerialReader(workdir / "reader-in", FrameConfig()),
-        "exit": VirtualSerialReader(workdir / "reader-out", FrameConfig()),
+        g.id: VirtualSerialReader(Path(r.device), FrameConfig())
+        for g in config.gates
+        for r in g.readers
+        if getattr(r, "type", "") == "serial"
     }
     out = config.gates[0].output
     assert out is not None
@@ -117,7 +120,7 @@ async def run_demo(config_template: Path, workdir: Path, *, scripted: bool = Tru
             f"  console:   http://{config.console.bind}:{config.console.port}  (desk / demo, admin / demo)\n"
             f"  metrics:   http://{config.metrics.bind}:{config.metrics.port}/metrics\n"
             f"  tap:       .venv/bin/gated tap -c {workdir / 'gated.yaml'} turnstile-in 04A1B2C3D4\n"
-            f"  or type:   echo 0499887766 > {readers['turnstile-in'].slave_name}  (a card on the reader's line)\n"
+            f"  or type:   printf '0499887766\\r\\n' > {readers['turnstile-in'].slave_name}  (a card on the reader's line)\n"
             f"  cards:     {', '.join(c for _, _, c in MEMBERS)}, DEADBEEF (blocked)\n"
             "  Ctrl-C stops the demo.\n",
             flush=True,
