@@ -460,7 +460,9 @@ class Runner:
 
     def _mint(self, qr: QrIn) -> str:
         issued = parse_instant(qr.issued, self.tz)
-        description = json.dumps([qr.member, qr.booking, issued.isoformat(), qr.ttl, qr.signer])
+        # normalised, so that descriptions meaning the same (17:53 vs 17:53:00, 60s vs 1m) are one token
+        ttl = parse_duration(qr.ttl)
+        description = json.dumps([qr.member, qr.booking, issued.isoformat(), ttl.total_seconds(), qr.signer])
         token_id = hashlib.sha256(description.encode()).hexdigest()[:24]
         key = self.site_key if qr.signer == "site" else self.other_key
         return qrtoken.mint(
