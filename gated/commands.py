@@ -84,10 +84,14 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     s.add_argument("--db", default="central.db")
     s.add_argument("--seed", help="scenario-format YAML with members, passes, bookings")
     s.set_defaults(func=cmd_sim_central)
-    s = ss.add_parser("turnstile", help="a turnstile on a Modbus TCP server")
+    s = ss.add_parser("turnstile", help="a turnstile on a real Modbus server (TCP, or RTU over a pty pair)")
+    s.add_argument("--transport", choices=["tcp", "rtu"], default="tcp")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=1502)
+    s.add_argument("--port", type=int, default=5020)
+    s.add_argument("--device", help="RTU: serial port to serve on (default: a new socat pty pair)")
     s.add_argument("--unit", type=int, default=1)
+    s.add_argument("--no-turn", action="store_true", help="people walk away instead of turning it")
+    s.add_argument("--delay", type=float, default=0.8, help="seconds from release to rotation")
     s.set_defaults(func=cmd_sim_turnstile)
     s = ss.add_parser("reader", help="a serial reader on a pseudo-terminal; type card ids, one per line")
     s.add_argument("--link", required=True, help="path of the symlink to create for the reader's device")
@@ -252,11 +256,24 @@ def cmd_sim_central(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_turnstile(args: argparse.Namespace) -> int:
+    import logging
+
     from simulator.turnstile import serve_turnstile
 
-    print(f"turnstile on modbus tcp://{args.host}:{args.port} unit {args.unit}; Ctrl-C to stop")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    def ready(sim: Any) -> None:
+        where = f"host: {sim.host}, port: {sim.port}" if args.transport == "tcp" else f"device: {sim.device}"
+        print(f"simulated turnstile ready; in the gate's output: {{transport: {args.transport}, {where}, "
+              f"unit: {args.unit}, coil: 0, passage_input: 0, door_contact: 1}}; Ctrl-C to stop", flush=True)
+
     try:
-        asyncio.run(serve_turnstile(transport="tcp", host=args.host, port=args.port, unit=args.unit))
+        asyncio.run(
+            serve_turnstile(
+                transport=args.transport, host=args.host, port=args.port, device=args.device, unit=args.unit,
+                turns=not args.no_turn, delay=args.delay, on_ready=ready,
+            )
+        )
     except KeyboardInterrupt:
         pass
     return 0

@@ -1,0 +1,112 @@
+"""Installer and front-desk command-line tools against real peers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from gated.auth import hash_password
+from simulator.turnstile import SimTurnstile
+from sync import qrtoken
+from tests.test_daemon import GATED, running_daemon, wait_for
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GATED, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_qr_keygen_mint_and_verify(tmp_path: Path) -> None:
+    key = tmp_path / "central.pem"
+    out = run("qr", "keygen", "--out", str(key))
+    assert out.returncode == 0 and "public key:" in out.stdout
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert run("qr", "keygen", "--out", str(key)).returncode == 2  # never overwrites a key
+    public = run("qr", "pubkey", "--key", str(key)).stdout.strip()
+    token = run("qr", "mint", "--key", str(key), "--member", "m1", "--booking", "b1", "--ttl", "60s").stdout.strip()
+    claim = qrtoken.TrustedKeys.from_texts([public]).verify(token)
+    assert claim is not None and claim.member == "m1" and claim.booking == "b1"
+    assert qrtoken.TrustedKeys.of([qrtoken.generate_private_key().public_key()]).verify(token) is None
+
+
+def test_hash_password_is_argon2() -> None:
+    out = run("hash-password", env={"GATED_PASSWORD": "correct horse"})
+    assert out.returncode == 0 and out.stdout.startswith("$argon2")
+    assert run("hash-password", env={"GATED_PASSWORD": "short"}).returncode == 2
+
+
+async def test_test_relay_pulses_the_simulated_turnstile(tmp_path: Path) -> None:
+    async with SimTurnstile(transport="tcp", host="127.0.0.1", port=0) as sim:
+        cfg = {
+            "site": {"id": "s", "timezone": "Europe/Berlin"},
+            "gates": [{"id": "g1", "zone": "z", "output": {"transport": "tcp", "host": "127.0.0.1", "port": sim.port,
+                                                           "coil": 0, "passage_input": 0, "pulse": 0.5}}],
+            "store": {"path": str(tmp_path / "g.db")},
+        }
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        out = await asyncio.to_thread(run, "test-relay", "g1", "-c", str(path))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "passage seen: True" in out.stdout
+        assert sim.unlocks == 1
+    # the board gone: a clear failure, not a traceback
+    out = await asyncio.to_thread(run, "test-relay", "g1", "-c", str(path))
+    assert out.returncode != 0 and "Traceback" not in out.stdout + out.stderr
+
+
+async def test_open_and_lockdown_need_the_right_user(tmp_path: Path) -> None:
+    async with running_daemon(tmp_path) as d:
+        cfg = yaml.safe_load(d.config.read_text())
+        cfg["console"]["users"] = [
+            {"name": "desk", "role": "staff", "password_hash": hash_password("desk-pass")},
+            {"name": "boss", "role": "admin", "password_hash": hash_password("boss-pass")},
+        ]
+        d.config.write_text(yaml.safe_dump(cfg))
+        d.proc.send_signal(signal.SIGHUP)
+        await d.expect_notify("configuration reloaded")
+        c = str(d.config)
+        bad = await asyncio.to_thread(run, "open", "turnstile-1", "--reason", "x", "--user", "desk", "-c", c,
+                                      env={"GATED_PASSWORD": "wrong"})
+        assert bad.returncode == 1 and "authentication failed" in bad.stdout
+        unlocks = d.turnstile.unlocks
+        ok = await asyncio.to_thread(run, "open", "turnstile-1", "--reason", "delivery", "--user", "desk", "-c", c,
+                                     env={"GATED_PASSWORD": "desk-pass"})
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert json.loads(ok.stdout)["reason"] == "override"
+        await wait_for(lambda: d.turnstile.unlocks > unlocks, what="the coil")
+        types = [e["type"] for e in d.events()]
+        assert "override" in types
+        override = next(e for e in d.events() if e["type"] == "override")
+        assert override["operator"] == "desk" and override["reason"] == "delivery"
+        staff = await asyncio.to_thread(run, "lockdown", "--user", "desk", "-c", c, env={"GATED_PASSWORD": "desk-pass"})
+        assert staff.returncode == 1 and "admin" in staff.stdout
+        boss = await asyncio.to_thread(run, "lockdown", "--user", "boss", "-c", c, env={"GATED_PASSWORD": "boss-pass"})
+        assert boss.returncode == 0
+        out = await asyncio.to_thread(run, "tap", "-c", c, "turnstile-1", "04A1B2C3D4")
+        assert json.loads(out.stdout)["reason"] == "lockdown"
+        await asyncio.to_thread(run, "lockdown", "--off", "--user", "boss", "-c", c, env={"GATED_PASSWORD": "boss-pass"})
+        out = await asyncio.to_thread(run, "tap", "-c", c, "turnstile-1", "04A1B2C3D4")
+        assert json.loads(out.stdout)["decision"] == "granted"
+        d.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(d.proc.wait, 20) == 0
+
+
+def test_cli_without_daemon_says_so(tmp_path: Path) -> None:
+    cfg = {"site": {"id": "s", "timezone": "Europe/Berlin"}, "gates": [{"id": "g", "zone": "z"}],
+           "control": {"socket": str(tmp_path / "none.sock")}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = run("status", "-c", str(path))
+    assert out.returncode == 1 and "cannot reach the daemon" in out.stderr
+
+
+def test_scenario_command_is_wired() -> None:
+    out = subprocess.run([sys.executable, "-m", "gated.cli", "scenario", "run", "/nonexistent.yaml"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "/nonexistent.yaml" in out.stderr
