@@ -32,6 +32,7 @@ from rules.credential import Credential, CredentialKind
 from rules.decide import Decision
 from rules.model import Direction, PassKind
 from rules.reasons import Reason
+from sync.occupancy import is_full, occupancy
 from sync.qrtoken import TrustedKeys
 from sync.store import Event, Store
 
@@ -226,14 +227,12 @@ class Daemon:
         if entering and d.reason != Reason.REENTRY:
             zone = pending.gate.zone
             cap = self.config.zones.get(zone)
-            if cap is not None and cap.capacity is not None and self.occupancy(zone) >= cap.capacity:
+            if cap is not None and is_full(self.engine.store, zone, cap.capacity, self.clock(), member=d.member):
                 return self.engine.refuse(pending, Reason.SITE_FULL)
         return pending
 
     def occupancy(self, zone: str) -> int:
         assert self.store is not None
-        from sync.occupancy import occupancy
-
         return occupancy(self.store, zone, self.clock())
 
     def _cache_stale(self) -> bool:

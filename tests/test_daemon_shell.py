@@ -1,0 +1,147 @@
+"""The daemon's own checks around the rules, in process with a simulated turnstile and an
+injected clock: stale cache policies, capacity, lockdown, relay faults, metrics, health."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+
+from gated.config import Config
+from gated.daemon import Daemon
+from gated.seed import batch_from
+from rules.credential import Credential
+from simulator.turnstile import Person, SimTurnstile
+from sync.store import Store
+
+NOW = datetime(2026, 11, 18, 11, 50, tzinfo=UTC)  # 12:50 in Madrid, a Wednesday
+SEED = {
+    "members": [
+        {"id": "m1", "name": "Ana", "cards": ["AA01"]},
+        {"id": "m2", "name": "Bruno", "cards": ["AA02"]},
+        {"id": "m3", "name": "Carla", "cards": ["AA03"]},
+    ],
+    "passes": [
+        {"id": "p1", "member": "m1", "name": "10 visits", "kind": "visits", "balance": 5,
+         "access_windows": {"mon-sun": "00:00-24:00"}},
+        {"id": "p2", "member": "m2", "name": "Monthly", "kind": "time", "access_windows": {"mon-sun": "00:00-24:00"}},
+        {"id": "p3", "member": "m3", "name": "10 visits", "kind": "visits", "balance": 5,
+         "access_windows": {"mon-sun": "00:00-24:00"}},
+    ],
+    "bookings": [
+        {"id": "b3", "member": "m3", "pass": "p3", "class": "Spinning", "zone": "main",
+         "starts_at": "2026-11-18T13:00", "ends_at": "2026-11-18T13:45", "deducted": True},
+    ],
+}
+
+
+class Clock:
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def config(tmp: Path, port: int, **extra: Any) -> Config:
+    raw: dict[str, Any] = {
+        "site": {"id": "s", "timezone": "Europe/Madrid"},
+        "daemon_id": "d1",
+        "gates": [
+            {"id": "in", "zone": "main", "output": {"transport": "tcp", "host": "127.0.0.1", "port": port, "coil": 0,
+                                                     "passage_input": 0, "pulse": 0.3, "passage_timeout": 3}},
+            {"id": "out", "zone": "main", "direction": "out"},
+        ],
+        "store": {"path": str(tmp / "g.db")},
+        "console": {"enabled": False},
+        "metrics": {"enabled": False},
+        "control": {"socket": str(tmp / "c.sock")},
+    }
+    raw.update(extra)
+    return Config.model_validate(raw)
+
+
+@asynccontextmanager
+async def daemon(tmp: Path, *, synced_at: datetime = NOW, **extra: Any) -> AsyncIterator[tuple[Daemon, SimTurnstile, Clock]]:
+    async with SimTurnstile(transport="tcp", host="127.0.0.1", port=0, person=Person(delay=0.05)) as sim:
+        cfg = config(tmp, sim.port, **extra)
+        store = Store(cfg.store.path, cfg.site_domain())
+        store.apply_sync(batch_from(SEED, cfg), synced_at)
+        store.close()
+        clock = Clock(NOW)
+        d = Daemon(cfg, clock=clock)
+        await d.start()
+        try:
+            yield d, sim, clock
+        finally:
+            await d.stop()
+
+
+async def tap(d: Daemon, card: str, gate: str = "in") -> dict[str, Any]:
+    return await d.handle_credential(gate, Credential.card(card, "test"))
+
+
+async def test_grant_commits_and_counts(tmp_path: Path) -> None:
+    async with daemon(tmp_path) as (d, sim, _):
+        r = await tap(d, "AA01")
+        assert r["decision"] == "granted" and r["passed"] is True and sim.unlocks == 1
+        metrics = generate_latest(d.metrics.registry).decode()
+        assert 'gated_taps_total{decision="granted",gate="in",reason="walk_in"} 1.0' in metrics
+        assert "gated_decision_seconds_count 1.0" in metrics
+        h = d.health()
+        assert h["gates"]["in"]["relay"] == "online" and h["gates"]["in"]["last_tap"]["member"] == "m1"
+        assert h["outbox_depth"] == 2
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("keep", {"AA01": "walk_in", "AA02": "walk_in", "AA03": "booking"}),
+        ("bookings_and_time_passes", {"AA01": "cache_stale", "AA02": "walk_in", "AA03": "booking"}),
+        ("deny", {"AA01": "cache_stale", "AA02": "cache_stale", "AA03": "cache_stale"}),
+    ],
+)
+async def test_stale_cache_policy(tmp_path: Path, policy: str, expected: dict[str, str]) -> None:
+    old = NOW - timedelta(days=2)
+    async with daemon(tmp_path, synced_at=old, stale_cache={"max_age": "24h", "policy": policy}) as (d, sim, _):
+        for card, reason in expected.items():
+            assert (await tap(d, card))["reason"] == reason, card
+        assert (await tap(d, "AA01", "out"))["reason"] == "exit"  # never locked in
+        assert d.health()["cache_stale"] is True
+
+
+async def test_fresh_cache_is_not_stale(tmp_path: Path) -> None:
+    async with daemon(tmp_path, stale_cache={"max_age": "24h", "policy": "deny"}) as (d, _, clock):
+        assert (await tap(d, "AA01"))["decision"] == "granted"
+        clock.now = NOW + timedelta(hours=25)
+        assert (await tap(d, "AA02"))["reason"] == "cache_stale"
+
+
+async def test_capacity_full_denies_site_full(tmp_path: Path) -> None:
+    async with daemon(tmp_path, zones={"main": {"capacity": 1}}) as (d, _, _clock):
+        assert (await tap(d, "AA01"))["decision"] == "granted"
+        assert (await tap(d, "AA02"))["reason"] == "site_full"
+        assert (await tap(d, "AA01", "out"))["reason"] == "exit"
+        assert (await tap(d, "AA02"))["decision"] == "granted"
+
+
+async def test_lockdown_and_relay_fault(tmp_path: Path) -> None:
+    async with daemon(tmp_path) as (d, sim, _):
+        await d.set_lockdown(True, "boss")
+        assert (await tap(d, "AA01"))["reason"] == "lockdown"
+        assert (await tap(d, "AA01", "out"))["reason"] == "exit"
+        await d.set_lockdown(False, "boss")
+        await sim.stop_server()
+        r = await tap(d, "AA01")
+        assert r["reason"] == "hardware_fault" and r["passed"] is False
+        store = d.store
+        assert store is not None
+        assert store.balance("p1") == 5  # nothing taken
+        types = [e["type"] for e in store.recent_events(50)]
+        assert "lockdown" in types
+
