@@ -109,7 +109,9 @@ class Daemon:
         if cfg.mqtt is not None:
             from sync.link import SyncLink
 
-            self.link = SyncLink(self.store, cfg.mqtt, now=self.clock)
+            self.link = SyncLink(
+                self.store, cfg.mqtt, now=self.clock, gates=cfg.gates_domain(), health=self._link_health
+            )
             self.link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
         from gated.control import ControlServer
 
@@ -429,6 +431,15 @@ class Daemon:
             sdnotify.watchdog()  # from the event loop: a stuck loop stops the pings
             await asyncio.sleep(interval)
 
+    def _link_health(self) -> dict[str, Any]:
+        """What the periodic MQTT health message says about this daemon's devices."""
+        return {
+            "readers": {rid: r.health.value for rid, (_, r) in self.readers.items()},
+            "outputs": {gid: ctl.output.health.value for gid, ctl in self.controllers.items()},
+            "lockdown": self.lockdown,
+            "fire_alarm": self.fire_alarm,
+        }
+
     def health(self) -> dict[str, Any]:
         store = self.store
         last = store.last_sync_at() if store else None
@@ -453,6 +464,11 @@ class Daemon:
             "outbox_depth": store.outbox_depth() if store else None,
             "last_sync": last.isoformat() if last else None,
             "cache_stale": self._cache_stale() if store else None,
+            "sync": (
+                {"central_online": self.link.central_online, "awaiting_snapshot": self.link.awaiting_snapshot,
+                 "stats": dict(self.link.stats)}
+                if self.link is not None else None
+            ),
         }
 
     # -- reload -----------------------------------------------------------------------
