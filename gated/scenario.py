@@ -274,10 +274,21 @@ def _check_references(s: ScenarioIn, marked: Marked) -> None:
     unique(s.members, "members")
     unique(s.passes, "passes")
     unique(s.bookings, "bookings")
+    gates = {g.id for g in s.gates}
+    # Records and most step references are checked against everything the file ever
+    # defines (the store has no foreign keys: a pass may name a member a later sync brings).
+    # mark_attended is checked in time order (a sync removes first, then adds, as the store
+    # applies it): a booking removed earlier, or synced only later, does not exist at that
+    # step, and the store would fail on it at run time.
     members = {m.id for m in s.members}
     passes = {p.id for p in s.passes}
     bookings = {b.id for b in s.bookings}
-    gates = {g.id for g in s.gates}
+    for st in s.steps:
+        if st.sync:
+            members |= {m.id for m in st.sync.members}
+            passes |= {p.id for p in st.sync.passes}
+            bookings |= {b.id for b in st.sync.bookings}
+    bookings_now = {b.id for b in s.bookings}
 
     def check_records(prefix: tuple[str | int, ...], ps: list[PassIn], bs: list[BookingIn]) -> None:
         for j, p in enumerate(ps):
@@ -292,9 +303,6 @@ def _check_references(s: ScenarioIn, marked: Marked) -> None:
     check_records((), s.passes, s.bookings)
     previous: datetime | None = None
     tz = ZoneInfo(s.site.timezone)
-    # References are checked in time order: what a step names must exist at that step (a
-    # sync removes first, then adds, as the store applies it), so a step naming a booking
-    # removed earlier, or synced only later, is a dangling reference, not a crash at run time.
     for i, st in enumerate(s.steps):
         at = parse_instant(st.at, tz)
         if previous is not None and at < previous:
@@ -307,18 +315,15 @@ def _check_references(s: ScenarioIn, marked: Marked) -> None:
                     if item.id in seen:
                         raise fail(f"{kind} id {item.id!r} repeats in one sync", ("steps", i, "sync", kind, j, "id"))
                     seen.add(item.id)
-            members -= set(st.sync.remove.members)
-            passes -= set(st.sync.remove.passes)
-            bookings -= set(st.sync.remove.bookings)
-            members |= {m.id for m in st.sync.members}
-            passes |= {p.id for p in st.sync.passes}
-            bookings |= {b.id for b in st.sync.bookings}
+            bookings_now -= set(st.sync.remove.bookings)
+            bookings_now |= {b.id for b in st.sync.bookings}
             check_records(("steps", i, "sync"), st.sync.passes, st.sync.bookings)
         gate = (st.tap.gate if st.tap else None) or (st.override.gate if st.override else None)
         if gate is not None and gate not in gates:
             raise fail(f"unknown gate {gate!r}", ("steps", i, st.action, "gate"))
-        if st.mark_attended and st.mark_attended.booking not in bookings:
-            raise fail(f"unknown booking {st.mark_attended.booking!r}", ("steps", i, "mark_attended", "booking"))
+        if st.mark_attended and st.mark_attended.booking not in bookings_now:
+            what = "unknown booking" if st.mark_attended.booking not in bookings else "booking not present at this step"
+            raise fail(f"{what} {st.mark_attended.booking!r}", ("steps", i, "mark_attended", "booking"))
         if st.adjust_points and st.adjust_points.member not in members:
             raise fail(f"unknown member {st.adjust_points.member!r}", ("steps", i, "adjust_points", "member"))
         if st.tap and st.tap.qr and st.tap.qr.booking and st.tap.qr.booking not in bookings:
