@@ -89,7 +89,10 @@ def load(text: str) -> Marked:
     if node is None:
         return Marked(None, {(): 1})
     lines: dict[Path, int] = {}
-    return Marked(_convert(node, (), lines), lines)
+    try:
+        return Marked(_convert(node, (), lines), lines)
+    except RecursionError:  # an alias inside itself (`a: &x [*x]`), or absurd nesting
+        raise YamlError("YAML nests too deep (a recursive alias?)", node.start_mark.line + 1) from None
 
 
 def dotted(path: Path) -> str:

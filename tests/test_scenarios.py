@@ -228,3 +228,9 @@ steps:
 """
     r = run(_write(tmp_path, "words.yaml", text))
     assert r.returncode == 0, r.stderr
+
+
+def test_recursive_alias_is_invalid_not_a_traceback(tmp_path: Path) -> None:
+    r = run(_write(tmp_path, "alias.yaml", "name: ok\nsite: &s {timezone: UTC, x: [*s]}\n"))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1
