@@ -73,7 +73,7 @@ class CentralSettings(BaseModel):
     password: SecretStr | None = None
     prefix: str = "gated"
     sites: list[str] | None = None  # None: every site under the prefix
-    chunk_rows: int = Field(default=1000, ge=1)  # records per snapshot chunk
+    chunk_rows: int = Field(default=500, ge=1)  # records per snapshot chunk
     max_payload: int = 16_000_000
     identifier: str = "gated-central"
 

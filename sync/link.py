@@ -87,7 +87,7 @@ class MqttSettings(BaseModel):
     batch_events: int = Field(default=200, ge=1, le=10_000)  # events per uplink message
     backoff_initial: float = Field(default=0.5, gt=0)
     backoff_max: float = Field(default=30.0, gt=0)
-    snapshot_batch_rows: int = Field(default=2000, ge=1)
+    snapshot_batch_rows: int = Field(default=500, ge=1)
     share_access: bool = True  # subscribe to the site's other daemons' access events
 
     @field_validator("site", "daemon")

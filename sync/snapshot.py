@@ -131,7 +131,7 @@ class RowBuilder:
 class SnapshotImporter:
     """Stages one snapshot at a time; `begin`, `add` every chunk in order, `finish`."""
 
-    def __init__(self, store: Store, daemon_id: str, *, batch_rows: int = 2000):
+    def __init__(self, store: Store, daemon_id: str, *, batch_rows: int = 500):
         self.store = store
         self.daemon_id = daemon_id
         self.batch_rows = batch_rows
@@ -247,6 +247,7 @@ class SnapshotImporter:
                 f"expected chunk {self.next_chunk}/{self.chunks} of {self.snapshot_id}, "
                 f"got {chunk.chunk}/{chunk.chunks} of {chunk.snapshot_id}"
             )
+        await asyncio.sleep(0)  # the chunk's validation was one slice of work already
         await self.stage(chunk.members, chunk.passes, chunk.bookings, now)
         self.next_chunk += 1
         return self.next_chunk == self.chunks

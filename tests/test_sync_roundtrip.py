@@ -50,7 +50,9 @@ async def test_tap_reaches_central_and_delta_changes_next_decision(
         assert central.balance(SITE, "p1") == Decimal(999)
         assert [e["seq"] for e in central.events(SITE, "gate-a")] == seqs
         await wait_until(lambda: link.stats["deltas_applied"] >= 1, what="balance delta")
-        assert store.balance("p1") == Decimal(999)
+        assert store.balance("p1") == Decimal(999), (dict(link.stats), dict(central.stats), store.conn.execute(
+            "SELECT central_balance, applied_seq, balance FROM passes WHERE id='p1'").fetchall(),
+            store.conn.execute("SELECT seq, amount FROM deductions").fetchall())
 
         # the back office blocks m2: the next tap is denied
         await central.push(SITE, members=[{"id": "m2", "name": "Ben", "cards": ["C2"], "status": "blocked"}])
