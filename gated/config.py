@@ -260,12 +260,21 @@ class ConfigError(Exception):
 def _problems(e: ValidationError, marked: Marked) -> list[tuple[int | None, str, str]]:
     out: list[tuple[int | None, str, str]] = []
     for err in e.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        # pydantic puts validator and union tags ("function-after[...]", "serial") in `loc`;
+        # keep only the document's own keys and indexes (a key may itself contain "[")
+        raw = err["loc"]
+        kept: list[str | int] = []
+        for n, part in enumerate(raw):
+            own = isinstance(part, int) or (*kept, part) in marked.lines
+            if own or (n == len(raw) - 1 and err["type"] in ("extra_forbidden", "missing")):
+                kept.append(part)
+        loc = tuple(kept)
+        last = loc[-1] if loc else "(top)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = f"unknown key {loc[-1]!r}"
+            msg = f"unknown key {last!r}"
         elif err["type"] == "missing":
-            msg = f"required key {loc[-1]!r} is missing"
+            msg = f"required key {last!r} is missing"
         elif "expected" in err.get("ctx", {}):
             msg = f"{msg} (got {err.get('input')!r})"
         out.append((marked.line_of(loc), dotted(loc), msg))

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from drivers.outputs.config import DoorMode
 from drivers.outputs.gate import GateController, GrantRefused
 from drivers.outputs.modbus import OutputFault, OutputHealth
 from drivers.readers.base import Reader, ReaderHealth
@@ -77,6 +80,8 @@ class Daemon:
         self.console: Any = None
         self._relay_state: dict[str, str] = {}
         self._fire_input_active = False
+        # member / QR token -> the tap holding it between its grant and its commit
+        self._taps_pending: dict[str, asyncio.Future[None]] = {}
 
     # -- wiring -----------------------------------------------------------------------
 
@@ -191,6 +196,22 @@ class Daemon:
             await self.stopping.wait()
         finally:
             await self.stop()
+            await self._reap()
+
+    async def _reap(self, grace: float = 5.0) -> None:
+        """After a clean stop nothing should be left running; a library task that ignores
+        cancellation must not keep a stopped daemon (and systemd's stop) hanging."""
+        me = asyncio.current_task()
+        rest = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        for t in rest:
+            t.cancel()
+        if not rest:
+            return
+        _, pending = await asyncio.wait(rest, timeout=grace)
+        if pending:
+            log.error("stuck_tasks_at_exit", tasks=[t.get_name() for t in pending])
+            sys.stderr.flush()
+            os._exit(0)  # the store is closed: everything worth keeping is on disk
 
     # -- taps -------------------------------------------------------------------------
 
@@ -270,23 +291,37 @@ class Daemon:
         pending = self._shell_checks(pending)
         decided = time.perf_counter()
         self.metrics.decision_seconds.observe(decided - t0)
-        passed = False
-        d = pending.decision
-        if d.granted:
-            if reader is not None:
-                with contextlib.suppress(Exception):
-                    await reader.feedback(True, pending.message)
-            ctl = self.controllers.get(gate_id)
-            if ctl is None:
-                passed = True  # no lock and no sensor: commit on grant
-            else:
-                try:
-                    passed = await ctl.grant()
-                except GrantRefused:
-                    pending = engine.refuse(pending, Reason.LOCKDOWN)
-                except OutputFault:
-                    pending = engine.refuse(pending, Reason.HARDWARE_FAULT)
-        committed = engine.commit(pending, passed=passed, now=self.clock())
+        # Between a grant and its commit the tap waits for the turnstile (seconds). A second
+        # tap of the same member or QR token decided meanwhile (a cloned card at another
+        # gate, one QR code shown at two readers) would not see the first one's passage or
+        # used token: it waits for the first to be committed and is decided afresh.
+        while busy := self._holders(pending):
+            await asyncio.wait(busy)
+            pending = self._shell_checks(engine.decide(gate_id, cred, self.clock()))
+        hold = self._hold(pending)
+        try:
+            passed = False
+            d = pending.decision
+            if d.granted:
+                if reader is not None:
+                    with contextlib.suppress(Exception):
+                        await reader.feedback(True, pending.message)
+                ctl = self.controllers.get(gate_id)
+                if ctl is None:
+                    passed = True  # no lock and no sensor: commit on grant
+                else:
+                    try:
+                        passed = await ctl.grant()
+                    except GrantRefused as refused:
+                        if refused.reason == "fire_alarm" and d.reason == Reason.EXIT and ctl.cfg.mode is DoorMode.fail_safe:
+                            passed = True  # evacuation: the way out is held open, let them go
+                        else:
+                            pending = engine.refuse(pending, Reason.LOCKDOWN)
+                    except OutputFault:
+                        pending = engine.refuse(pending, Reason.HARDWARE_FAULT)
+            committed = engine.commit(pending, passed=passed, now=self.clock())
+        finally:
+            self._release(hold)
         d = pending.decision
         if not d.granted and reader is not None:
             with contextlib.suppress(Exception):
@@ -304,6 +339,33 @@ class Daemon:
             ms=round((decided - t0) * 1000, 3),
         )
         return self._result(pending.decision, pending.message, passed, committed.events)
+
+    @staticmethod
+    def _tap_keys(pending: PendingTap) -> list[str]:
+        if not pending.decision.granted:
+            return []
+        keys = [f"member:{pending.decision.member}"] if pending.decision.member else []
+        if pending.qr_token is not None:
+            keys.append(f"qr:{pending.qr_token[0]}")
+        return keys
+
+    def _holders(self, pending: PendingTap) -> list[asyncio.Future[None]]:
+        return [f for k in self._tap_keys(pending) if (f := self._taps_pending.get(k)) is not None]
+
+    def _hold(self, pending: PendingTap) -> tuple[list[str], asyncio.Future[None]]:
+        keys = self._tap_keys(pending)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for k in keys:
+            self._taps_pending[k] = fut
+        return keys, fut
+
+    def _release(self, hold: tuple[list[str], asyncio.Future[None]]) -> None:
+        keys, fut = hold
+        for k in keys:
+            if self._taps_pending.get(k) is fut:
+                del self._taps_pending[k]
+        if not fut.done():
+            fut.set_result(None)
 
     @staticmethod
     def _result(d: Decision, message: str, passed: bool, events: list[Event]) -> dict[str, Any]:
