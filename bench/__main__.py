@@ -1,6 +1,6 @@
 """`make bench` (`.venv/bin/python -m bench`): gated's benchmarks at the scale of a large chain.
 
-    python -m bench             # everything, ~8-9 minutes on the 2-core box
+    python -m bench             # everything, ~6 minutes on the 2-core box
     python -m bench --quick     # reduced sizes and runs, ~2 minutes
     python -m bench --only decision,drain
 
