@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from gated.auth import authenticate
+from gated.console.security import LoginLimiter
 from rules.credential import Credential
 
 if TYPE_CHECKING:
@@ -63,6 +64,8 @@ class ControlServer:
         self.daemon = daemon
         self.path = Path(path)
         self.server: asyncio.AbstractServer | None = None
+        # as on the console: 5 wrong passwords for a user lock that user out for a minute
+        self.limiter = LoginLimiter()
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,9 +120,16 @@ class ControlServer:
                 return {"error": f"unknown gate {cmd.gate!r}"}
             cred = Credential.card(cmd.card, "control") if cmd.card else Credential.qr(cmd.qr or "", "control")
             return await d.handle_credential(cmd.gate, cred)
-        user = authenticate(d.config.console.users, cmd.user, cmd.password)
+        keys = [f"user:{cmd.user.strip().lower()[:100]}"]
+        wait = self.limiter.retry_after(keys)
+        if wait > 0:
+            return {"error": f"too many failed attempts: try again in {int(wait) + 1} s"}
+        # argon2 takes tens of ms of CPU: off the event loop, taps keep flowing
+        user = await asyncio.to_thread(authenticate, list(d.config.console.users), cmd.user, cmd.password)
         if user is None:
+            self.limiter.failure(keys)
             return {"error": "authentication failed"}
+        self.limiter.success(keys)
         if isinstance(cmd, OpenCmd):
             if cmd.gate not in d.config.gates_domain():
                 return {"error": f"unknown gate {cmd.gate!r}"}

@@ -271,6 +271,12 @@ class GateController:
             # pulse, and the next grant gives the controller a fresh release edge.
             with contextlib.suppress(OutputFault):
                 await self.output.end_pulse()
+            if self.cfg.door_contact is not None and self.cfg.passage_input is not None:
+                # Let the supervisor see this person's door opening now, under this grant:
+                # otherwise the next grant (a queue at a busy turnstile) claims it, and the
+                # next person's opening is reported as a forced door.
+                with contextlib.suppress(OutputFault):
+                    await self._poll_once()
         return passed
 
     async def _apply_hold(self) -> None:

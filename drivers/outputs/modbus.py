@@ -320,6 +320,9 @@ class ModbusGateOutput(ModbusDevice):
         self.out_cfg = cfg
         # Logical level the coil should have (True = gate released). Re-written on reconnect.
         self._desired_released = False
+        # The level a pulse returns to: locked, or released while held (fire alarm). A pulse
+        # that was in flight when the fire release came must not relock the door after it.
+        self._rest_released = False
         self._pulse_task: asyncio.Task[None] | None = None
         self._pulse_until = 0.0
 
@@ -377,26 +380,26 @@ class ModbusGateOutput(ModbusDevice):
         except OutputFault:
             # We cannot know whether the write landed; the reconnect probe re-writes
             # the resting level, so the gate does not stay released.
-            self._desired_released = False
+            self._desired_released = self._rest_released
             raise
         self._pulse_until = loop.time() + duration
         self._pulse_task = loop.create_task(self._end_pulse(duration), name="relay-pulse-end")
 
     async def _end_pulse(self, duration: float) -> None:
         await asyncio.sleep(duration)
-        self._desired_released = False
+        self._desired_released = self._rest_released
         self._pulse_task = None  # no longer cancellable: the write below must finish
         with contextlib.suppress(OutputFault):
             # On failure the device is offline and the reconnect probe writes the level.
-            await self._write_level(False)
+            await self._write_level(self._rest_released)
 
     async def end_pulse(self) -> None:
         """Relock now instead of at the end of the pulse (the person has passed)."""
         if self._pulse_task is None:
             return
         self._cancel_pulse()
-        self._desired_released = False
-        await self._write_level(False)
+        self._desired_released = self._rest_released
+        await self._write_level(self._rest_released)
 
     def _cancel_pulse(self) -> None:
         if self._pulse_task is not None:
@@ -406,7 +409,7 @@ class ModbusGateOutput(ModbusDevice):
     async def _hold_level(self, released: bool) -> None:
         self._cancel_pulse()
         # Remember first: if the board is down the reconnect probe applies this level.
-        self._desired_released = released
+        self._desired_released = self._rest_released = released
         await self._write_level(released)
 
     async def _write_level(self, released: bool) -> None:
