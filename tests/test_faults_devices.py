@@ -1,0 +1,383 @@
+"""Device faults against a running daemon, with the simulator standing in for the hardware:
+serial readers on real ptys (`simulator.serial_reader`), turnstiles on real Modbus TCP
+servers (`simulator.turnstile`), taps decided by the real Daemon.
+
+The gate must lose nothing and let no one in by mistake while the hardware misbehaves:
+every fault is an event (`alarm`, `fire_alarm`), no deduction without a confirmed passage,
+and the daemon recovers by itself when the device comes back.
+
+The reader unplug test runs the daemon as a separate process (`gated run`, through
+tests/test_daemon.py's `running_daemon`); the others start the Daemon in this event loop,
+which lets them tap several gates at once and look at the store directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gated.config import Config
+from gated.control import request
+from gated.daemon import Daemon
+from gated.seed import batch_from
+from rules.credential import Credential
+from simulator.serial_reader import VirtualSerialReader
+from simulator.turnstile import Person, SimTurnstile
+from sync.store import Store
+from tests.test_daemon import running_daemon, wait_for
+
+WINDOWS = {"mon-sun": "00:00-24:00"}
+# card -> member; every member has a 20-visit multipack
+CARDS = {"04A1B2C3D4": "m1", "0499887766": "m2", "0411223344": "m3", "0455667788": "m4", "04AABBCCDD": "m5"}
+BALANCE = 20
+
+
+def seed() -> dict[str, Any]:
+    return {
+        "members": [{"id": m, "name": f"Member {m}", "cards": [c]} for c, m in CARDS.items()],
+        "passes": [
+            {"id": f"p-{m}", "member": m, "name": "Multipack 20", "kind": "visits", "balance": BALANCE,
+             "access_windows": WINDOWS}
+            for m in CARDS.values()
+        ],
+    }
+
+
+def output(sim: SimTurnstile, **over: Any) -> dict[str, Any]:
+    """A gate's relay on the simulator, with short timings (a grant lapses after 1.5 s)."""
+    return {
+        "transport": "tcp", "host": sim.host, "port": sim.port, "unit": sim.unit, "coil": sim.coil,
+        "passage_input": sim.passage_input, "door_contact": sim.door_contact, "pulse": 0.3,
+        "passage_timeout": 1.5, "held_open_after": 30, "timeout": 0.3, "retries": 1, "reconnect_max": 0.5,
+        "mode": "fail_safe", **over,
+    }
+
+
+def make_config(tmp: Path, gates: list[dict[str, Any]], **extra: Any) -> Config:
+    return Config.model_validate(
+        {
+            "site": {"id": "fault-site", "timezone": "Europe/Madrid"},
+            "daemon_id": "gate-f",
+            "stale_cache": {"max_age": None, "policy": "keep"},
+            "gates": gates,
+            "store": {"path": str(tmp / "gated.db")},
+            "console": {"enabled": False},
+            "metrics": {"enabled": False},
+            "control": {"socket": str(tmp / "control.sock")},
+            "logging": {"format": "json", "level": "warning"},
+            **extra,
+        }
+    )
+
+
+@dataclass
+class Site:
+    daemon: Daemon
+    sims: dict[str, SimTurnstile]
+    readers: dict[str, VirtualSerialReader] = field(default_factory=dict)
+
+    @property
+    def store(self) -> Store:
+        assert self.daemon.store is not None
+        return self.daemon.store
+
+    def events(self, type_: str | None = None) -> list[dict[str, Any]]:
+        evs = self.store.events_after(0, 100_000)
+        return [e for e in evs if type_ is None or e["type"] == type_]
+
+    def alarms(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events("alarm") if e.get("kind") == kind]
+
+    def access(self, member: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.events("access") if member is None or e.get("member") == member]
+
+    def balance(self, member: str) -> int:
+        b = self.store.balance(f"p-{member}")
+        assert b is not None
+        return int(b)
+
+    async def tap(self, gate: str, card: str) -> dict[str, Any]:
+        return await self.daemon.handle_credential(gate, Credential.card(card, "test"))
+
+    def relay(self, gate: str) -> str:
+        return str(self.daemon.health()["gates"][gate]["relay"])
+
+
+@contextlib.asynccontextmanager
+async def running_site(
+    tmp: Path,
+    gates: Callable[[dict[str, SimTurnstile], dict[str, VirtualSerialReader]], list[dict[str, Any]]],
+    *,
+    sims: tuple[str, ...] = ("in",),
+    readers: tuple[str, ...] = (),
+    person: Person | None = None,
+    extra: Callable[[dict[str, SimTurnstile]], dict[str, Any]] | None = None,
+) -> AsyncIterator[Site]:
+    """Simulated turnstiles (one per name in `sims`) and pty readers, a seeded store, and the
+    Daemon started in this loop; everything is stopped at the end."""
+    async with contextlib.AsyncExitStack() as stack:
+        turnstiles = {
+            name: await stack.enter_async_context(SimTurnstile(port=0, person=person or Person(delay=0.1)))
+            for name in sims
+        }
+        ptys = {name: stack.enter_context(VirtualSerialReader(tmp / f"reader-{name}")) for name in readers}
+        config = make_config(tmp, gates(turnstiles, ptys), **(extra(turnstiles) if extra else {}))
+        store = Store(config.store.path, config.site_domain(), daemon_id=config.daemon_id)
+        store.apply_sync(batch_from(seed(), config), datetime.now(UTC))
+        store.close()
+        daemon = Daemon(config)
+        await daemon.start()
+        try:
+            yield Site(daemon, turnstiles, ptys)
+        finally:
+            await daemon.stop()
+
+
+def serial_reader(rid: str, pty: VirtualSerialReader) -> dict[str, Any]:
+    # debounce 0.2 s: the tests tap the same card again within seconds on purpose
+    return {"type": "serial", "id": rid, "device": pty.path, "format": "hex", "debounce": 0.2, "reconnect_max": 0.5}
+
+
+def no_double_deduction(site: Site) -> None:
+    """Every deduction belongs to exactly one passed, granted entry, and balances add up."""
+    passed = {}
+    for e in site.access():
+        if e["decision"] == "granted" and e.get("passed") and e["reason"] != "exit":
+            passed[e["member"]] = passed.get(e["member"], 0) + 1
+    deducted: dict[str, int] = {}
+    for e in site.events("deduction"):
+        deducted[e["member"]] = deducted.get(e["member"], 0) + int(e["amount"])
+    assert deducted == {m: n for m, n in passed.items() if n}
+    for m in CARDS.values():
+        assert site.balance(m) == BALANCE - deducted.get(m, 0)
+    seqs = [e["seq"] for e in site.events()]
+    assert seqs == list(range(1, len(seqs) + 1))  # gap-free
+
+
+# -- readers ---------------------------------------------------------------------------------
+
+
+UNPLUG_CYCLES = 10
+
+
+async def test_reader_unplugged_and_replugged_many_times(tmp_path: Path) -> None:
+    """`gated run` as a process: the USB reader is pulled and put back ten times; health
+    follows (offline, online), and the tap after every replug is decided and committed."""
+    async with running_daemon(tmp_path) as d:
+        sock = str(tmp_path / "control.sock")
+
+        async def reader_health() -> str:
+            return str((await request(sock, {"cmd": "status"}))["readers"]["r1"]["health"])
+
+        async def wait_health(want: str) -> None:
+            deadline = time.monotonic() + 15
+            while (got := await reader_health()) != want:
+                assert time.monotonic() < deadline, f"reader health stayed {got}, wanted {want}"
+                await asyncio.sleep(0.05)
+
+        await wait_health("online")
+        last_known: dict[str, float] = {}
+        for cycle in range(UNPLUG_CYCLES):
+            d.reader.unplug()
+            await wait_health("offline")
+            d.reader.replug()
+            await wait_health("online")
+            # known cards every few cycles (debounce is 2 s on this reader), unique unknown ones between
+            if cycle % 3 == 0:
+                card = "04A1B2C3D4" if cycle % 2 == 0 else "0499887766"
+                await asyncio.sleep(max(0.0, 2.2 - (time.monotonic() - last_known.get(card, 0.0))))
+                last_known[card] = time.monotonic()
+            else:
+                card = f"FF{cycle:08X}"
+            before = len(d.events())
+            d.reader.tap(card)
+            await wait_for(lambda b=before: len([e for e in d.events()[b:] if e["type"] == "access"]) == 1,
+                           15, f"the tap after replug #{cycle + 1}")
+        access = [e for e in d.events() if e["type"] == "access"]
+        assert len(access) == UNPLUG_CYCLES
+        granted = [e for e in access if e["decision"] == "granted"]
+        assert len(granted) == len(range(0, UNPLUG_CYCLES, 3)) and all(e["passed"] for e in granted)
+        assert all(e["reason"] == "unknown_card" for e in access if e["decision"] == "denied")
+        assert len([e for e in d.events() if e["type"] == "deduction"]) == len(granted)
+        assert d.proc.poll() is None
+
+
+# -- the relay board ---------------------------------------------------------------------------
+
+
+def one_gate(sims: dict[str, SimTurnstile], ptys: dict[str, VirtualSerialReader]) -> list[dict[str, Any]]:
+    readers = [serial_reader("r-in", ptys["in"])] if "in" in ptys else []
+    return [{"id": "turnstile-1", "zone": "main", "readers": readers, "output": output(sims["in"])}]
+
+
+async def test_relay_board_silent_or_gone_denies_then_recovers(tmp_path: Path) -> None:
+    """Three outages each way (the board stops answering; the board's server goes away):
+    taps are denied hardware_fault with nothing deducted, each outage is an alarm, and the
+    gate comes back by itself."""
+    async with running_site(tmp_path, one_gate, readers=("in",)) as site:
+        sim, pty = site.sims["in"], site.readers["in"]
+        gate = "turnstile-1"
+        await wait_for(lambda: site.daemon.readers["r-in"][1].health.value == "online", what="reader online")
+        members = list(CARDS)
+        taps = 0
+        for cycle in range(6):
+            silent = cycle % 2 == 0
+            if silent:
+                sim.inject("no_answer")
+            else:
+                await sim.stop_server()
+            await wait_for(lambda: site.relay(gate) != "online", 10, "the relay to be reported offline")
+            unlocks = sim.unlocks
+            card = members[cycle % len(members)]
+            pty.tap(card)
+            taps += 1
+            await wait_for(lambda n=taps: len(site.access()) == n, 10, "the tap during the outage")
+            denied = site.access()[-1]
+            assert denied["decision"] == "denied" and denied["reason"] == "hardware_fault", denied
+            assert sim.unlocks == unlocks  # the coil never moved
+            if silent:
+                sim.inject("none")
+            else:
+                await sim.start_server()
+            await wait_for(lambda: site.relay(gate) == "online", 15, "the relay to come back")
+            await asyncio.sleep(0.3)  # past the reader's debounce: the same card again
+            pty.tap(card)
+            taps += 1
+            await wait_for(lambda n=taps: len(site.access()) == n, 10, "the tap after the outage")
+            ok = site.access()[-1]
+            assert ok["decision"] == "granted" and ok["passed"] is True, ok
+        assert len(site.alarms("relay_offline")) + len(site.alarms("relay_error")) >= 6
+        assert len(site.alarms("relay_online")) >= 6
+        assert len(site.events("deduction")) == 6
+        no_double_deduction(site)
+
+
+async def test_slow_board_still_correct_nothing_double(tmp_path: Path) -> None:
+    """Every answer 120 ms late (the request timeout is 300 ms): each grant still opens once,
+    sees its passage and deducts once."""
+    async with running_site(tmp_path, one_gate) as site:
+        sim = site.sims["in"]
+        sim.inject("slow_answer", slow_ms=120)
+        results = []
+        for card in CARDS:
+            results.append(await site.tap("turnstile-1", card))
+        assert [r["decision"] for r in results] == ["granted"] * len(CARDS)
+        assert all(r["passed"] for r in results), results
+        assert sim.unlocks == len(CARDS) and len(sim.passages) == len(CARDS)
+        assert not site.alarms("not_opened")
+        sim.inject("none")
+        no_double_deduction(site)
+        assert all(site.balance(m) == BALANCE - 1 for m in CARDS.values())
+
+
+async def test_person_who_never_turns(tmp_path: Path) -> None:
+    """Granted, the turnstile released, nobody pushes: passed false, no deduction, a
+    not_opened alarm; the next person who does turn is charged normally."""
+    async with running_site(tmp_path, one_gate) as site:
+        sim = site.sims["in"]
+        sim.set_person(turns=False)
+        for card in ("04A1B2C3D4", "0499887766", "04A1B2C3D4"):
+            r = await site.tap("turnstile-1", card)
+            assert r["decision"] == "granted" and r["passed"] is False, r
+        await wait_for(lambda: len(site.alarms("not_opened")) == 3, what="three not_opened alarms")
+        assert not site.events("deduction")
+        assert site.balance("m1") == BALANCE and site.balance("m2") == BALANCE
+        sim.set_person(turns=True, delay=0.1)
+        r = await site.tap("turnstile-1", "04A1B2C3D4")
+        assert r["passed"] is True
+        no_double_deduction(site)
+        assert site.balance("m1") == BALANCE - 1
+
+
+async def test_door_contact_flapping(tmp_path: Path) -> None:
+    """The door is forced open and shut eight times, taps in between: a door_forced alarm
+    (and its clearing) each time, and every tap decided as usual."""
+    async with running_site(tmp_path, one_gate) as site:
+        sim = site.sims["in"]
+        cards = list(CARDS)
+        ctl = site.daemon.controllers["turnstile-1"]
+        for cycle in range(8):
+            # the last member's door has shut (forcing it while it is still open is no new opening)
+            await wait_for(lambda: not sim.door_open and ctl.door_open is False, 10, "the door closed")
+            sim.force_door_open()
+            await wait_for(lambda c=cycle: len(site.alarms("door_forced")) == c + 1, 10, "door_forced")
+            sim.close_door()
+            await wait_for(lambda c=cycle: len(site.alarms("door_forced_cleared")) == c + 1, 10, "cleared")
+            r = await site.tap("turnstile-1", cards[cycle % len(cards)])
+            assert r["decision"] == "granted" and r["passed"] is True, r
+        # a forced door during a tap does not confirm a passage nobody made
+        sim.set_person(turns=False)
+        sim.force_door_open()
+        r = await site.tap("turnstile-1", cards[0])
+        sim.close_door()
+        assert r["decision"] == "granted" and r["passed"] is False
+        assert sim.unlocks == 9
+        no_double_deduction(site)
+
+
+def fire_site(sims: dict[str, SimTurnstile], ptys: dict[str, VirtualSerialReader]) -> list[dict[str, Any]]:
+    return [
+        {"id": "in-1", "zone": "main", "direction": "in", "output": output(sims["in"])},
+        {"id": "out-1", "zone": "main", "direction": "out", "output": output(sims["out"])},
+        {"id": "out-plain", "zone": "main", "direction": "out"},  # an exit without a lock
+    ]
+
+
+def fire_input(sims: dict[str, SimTurnstile]) -> dict[str, Any]:
+    sim = sims["in"]
+    return {"fire_alarm": {"transport": "tcp", "host": sim.host, "port": sim.port, "unit": sim.unit,
+                           "input": sim.fire_alarm_input, "active_low": False, "poll_interval": 0.05,
+                           "timeout": 0.3}}
+
+
+async def test_fire_alarm_raised_during_taps(tmp_path: Path) -> None:
+    """The fire panel's contact (on the simulator's input 2) goes active while members tap:
+    fail-safe doors are released and held, entries are refused (lockdown), exits are
+    granted; when it clears the gates lock again and entries work. Both changes are
+    `fire_alarm` events. Three alarms in a row."""
+    async with running_site(tmp_path, fire_site, sims=("in", "out"), extra=fire_input) as site:
+        sim_in, sim_out = site.sims["in"], site.sims["out"]
+        daemon = site.daemon
+        cards = list(CARDS)
+        for _round in range(3):
+            # two members come in normally
+            for card in cards[:2]:
+                r = await site.tap("in-1", card)
+                assert r["decision"] == "granted" and r["passed"], r
+            # the alarm goes off while three more are tapping
+            taps = [asyncio.create_task(site.tap("in-1", card)) for card in cards[2:]]
+            sim_in.set_fire_alarm(True)
+            results = await asyncio.gather(*taps)
+            await wait_for(lambda: daemon.fire_alarm, 10, "the daemon to see the fire input")
+            for r in results:
+                assert r["decision"] == "granted" or r["reason"] == "lockdown", r
+            await wait_for(lambda: sim_in.unlocked and sim_out.unlocked, 10, "fail-safe doors released")
+            # nobody gets in, everybody gets out
+            for card in cards:
+                r = await site.tap("in-1", card)
+                assert r["decision"] == "denied" and r["reason"] == "lockdown", r
+            r = await site.tap("out-1", cards[0])
+            assert r["decision"] == "granted" and r["reason"] == "exit", r
+            r = await site.tap("out-plain", cards[1])
+            assert r["decision"] == "granted" and r["reason"] == "exit", r
+            assert sim_in.unlocked and sim_out.unlocked  # an exit does not end the release
+            # the panel is reset
+            sim_in.set_fire_alarm(False)
+            await wait_for(lambda: not daemon.fire_alarm, 10, "the fire alarm to clear")
+            await wait_for(lambda: not sim_in.unlocked and not sim_out.unlocked, 10, "doors locked again")
+            for card in cards:  # leave, so the next round starts with everybody outside
+                await site.tap("out-plain", card)
+            r = await site.tap("in-1", cards[0])
+            assert r["decision"] == "granted" and r["reason"] == "walk_in" and r["passed"], r
+            await site.tap("out-plain", cards[0])
+        fire = [e for e in site.events("fire_alarm") if e.get("source") == "input"]
+        assert [e["active"] for e in fire if e["active"]] == [True, True, True]
+        assert [e["active"] for e in fire][-1] is False
+        assert not site.alarms("door_forced")  # the release is not a forced door
+        no_double_deduction(site)
