@@ -44,11 +44,15 @@ def load_zone(name: str) -> ZoneInfo:
         raise ValueError(f"unknown timezone: {name!r}") from e
 
 
+@lru_cache(maxsize=65536)
 def parse_instant(text: str, tz: ZoneInfo) -> datetime:
     """A wall time in the site's zone (`2026-11-18T13:00`) or with an explicit offset/Z.
 
-    Returns an aware datetime in UTC.
+    Returns an aware datetime in UTC. Cached: a snapshot repeats the same class times for
+    hundreds of thousands of bookings, and each is checked on input and again on use.
     """
+    if not isinstance(text, str):
+        raise ValueError(f"not a date-time: {text!r} (use e.g. 2026-11-18T13:00)")
     s = text.strip()
     if s.endswith(("Z", "z")):
         s = s[:-1] + "+00:00"

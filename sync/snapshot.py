@@ -161,7 +161,7 @@ class SnapshotImporter:
         """Empty a big table in batches (each a short transaction), then drop it."""
         conn = self.store.conn
         while True:
-            with self.store._tx():
+            with self.store._tx(scratch=True):
                 n = conn.execute(
                     f"DELETE FROM [{table}] WHERE rowid IN (SELECT rowid FROM [{table}] LIMIT ?)",
                     (self.batch_rows * 2,),
@@ -169,7 +169,7 @@ class SnapshotImporter:
             await asyncio.sleep(0)
             if n <= 0:
                 break
-        with self.store._tx():
+        with self.store._tx(scratch=True):
             conn.execute(f"DROP TABLE IF EXISTS [{table}]")
 
     async def cleanup(self) -> None:
@@ -266,7 +266,7 @@ class SnapshotImporter:
         n = self.batch_rows
         for i in range(0, len(members), n):
             part = [m.to_domain() for m in members[i : i + n]]
-            with self.store._tx():
+            with self.store._tx(scratch=True):
                 conn.executemany(
                     f"INSERT OR REPLACE INTO [{STAGE}members](id, name, status, email, photo, synced_at) "
                     "VALUES (?,?,?,?,?,?)",
@@ -278,7 +278,7 @@ class SnapshotImporter:
                 )
             await asyncio.sleep(0)
         for i in range(0, len(passes), n):
-            with self.store._tx():
+            with self.store._tx(scratch=True):
                 conn.executemany(
                     f"INSERT OR REPLACE INTO [{STAGE}passes](id, member_id, name, kind, central_balance, applied_seq, "
                     "balance, deduct_on, walk_in_cost, valid_from, valid_until, zones, access_windows) "
@@ -288,7 +288,7 @@ class SnapshotImporter:
             await asyncio.sleep(0)
         for i in range(0, len(bookings), n):
             rows = [self._rows.booking_row(b, tz) for b in bookings[i : i + n]]
-            with self.store._tx():
+            with self.store._tx(scratch=True):
                 conn.executemany(
                     f"INSERT OR REPLACE INTO [{STAGE}bookings](id, member_id, pass_id, class_name, zone, starts_at, "
                     "ends_at, status, outcome, deducted, cost, loyalty_points, loyalty_credited, attended_at) "
@@ -370,10 +370,10 @@ class SnapshotImporter:
         max_rowid = int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM bookings").fetchone()[0])
         step = 20_000
         for lo in range(0, max_rowid, step):
-            with store._tx():
+            with store._tx(scratch=True):
                 self._merge_bookings(None, (lo, lo + step))
             await asyncio.sleep(0)
-        with store._tx():
+        with store._tx(scratch=True):
             self._merge_balances(None)
         await asyncio.sleep(0)
         # the swap

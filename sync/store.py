@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -219,10 +220,55 @@ class StoreError(Exception):
     pass
 
 
+class _Checkpointer:
+    """Keeps the WAL short from a thread of its own (PASSIVE: never blocks the writer)."""
+
+    INTERVAL = 0.5
+    MIN_BYTES = 4 * 1024 * 1024
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.wal = Path(str(path) + "-wal")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while not self._stop.wait(self.INTERVAL):
+                try:
+                    if self.wal.stat().st_size < self.MIN_BYTES:
+                        continue
+                except FileNotFoundError:
+                    continue
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=1.0)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass  # busy or closing: try again next round
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 class Store:
     """The daemon's only writer to its database. Not thread-safe: one event loop owns it."""
 
-    def __init__(self, path: str | Path, site: Site, *, daemon_id: str = "gate", durable: bool = True):
+    def __init__(
+        self,
+        path: str | Path,
+        site: Site,
+        *,
+        daemon_id: str = "gate",
+        durable: bool = True,
+        background_checkpoints: bool = True,
+    ):
         self.path = Path(path)
         self.site = site
         self.daemon_id = daemon_id
@@ -232,9 +278,15 @@ class Store:
         self.db = sqlite_utils.Database(conn)
         conn.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed deduction survives a power cut, not only a process crash
+        self.durable = durable
         conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA foreign_keys=OFF")
+        # Checkpoints copy the WAL back into the database file: seconds of I/O after a big
+        # snapshot. Done by a background thread on its own connection, never inside a tap's
+        # commit on the event loop.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer = _Checkpointer(self.path) if background_checkpoints else None
         self._migrate()
         self._next_seq = int(self._meta("next_seq", "1"))
         self.listeners: list[Callable[[list[Event]], None]] = []
@@ -242,10 +294,16 @@ class Store:
     # -- plumbing ---------------------------------------------------------------------
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         try:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self.conn.close()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database now (tests, maintenance)."""
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _migrate(self) -> None:
         self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -280,9 +338,17 @@ class Store:
             self._set_meta(key, value)
 
     @contextmanager
-    def _tx(self) -> Iterator[None]:
-        """One SQLite transaction; on any error nothing of it is kept (seq included)."""
+    def _tx(self, *, scratch: bool = False) -> Iterator[None]:
+        """One SQLite transaction; on any error nothing of it is kept (seq included).
+
+        `scratch`: the transaction only writes data that is thrown away after a crash
+        anyway (a snapshot's shadow tables). It commits without waiting for the disk
+        (synchronous=NORMAL: still consistent after a power cut, maybe not there); the next
+        durable commit — every tap — syncs it along with itself.
+        """
         seq_before = getattr(self, "_next_seq", 1)
+        if scratch and self.durable:
+            self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -292,6 +358,9 @@ class Store:
             raise
         else:
             self.conn.execute("COMMIT")
+        finally:
+            if scratch and self.durable:
+                self.conn.execute("PRAGMA synchronous=FULL")
 
     def _emit(self, committed: Committed, type_: str, now: datetime, **fields: Any) -> Event:
         seq = self._next_seq
