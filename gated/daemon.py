@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import gc
 import os
 import signal
 import sys
@@ -137,6 +138,10 @@ class Daemon:
         self._tasks.append(asyncio.create_task(self._scheduler(), name="scheduler"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         self.ready = True
+        # what start-up built lives as long as the daemon: keep the collector from walking
+        # it again and again (full collections of a big heap stall taps for 100s of ms)
+        gc.collect()
+        gc.freeze()
         sdnotify.ready()
         sdnotify.status(f"ready: {len(cfg.gates)} gates, {len(self.readers)} readers")
         log.info("ready", gates=len(cfg.gates), readers=len(self.readers), seconds=round(time.monotonic() - self.started_at, 3))
