@@ -64,6 +64,7 @@ class ControlServer:
         self.daemon = daemon
         self.path = Path(path)
         self.server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
         # as on the console: 5 wrong passwords for a user lock that user out for a minute
         self.limiter = LoginLimiter()
 
@@ -77,11 +78,14 @@ class ControlServer:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+            for writer in list(self._clients):  # wait_closed waits for open connections
+                writer.close()
             await self.server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients.add(writer)
         try:
             while True:
                 try:
@@ -95,6 +99,7 @@ class ControlServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._clients.discard(writer)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

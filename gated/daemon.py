@@ -158,36 +158,47 @@ class Daemon:
         self.reader_tasks[reader.id] = asyncio.create_task(reader.run(on_credential), name=f"reader-{reader.id}")
 
     async def stop(self) -> None:
-        """Graceful: no new taps, finish the ones in progress, lock the doors, close the store."""
+        """Graceful: no new taps, finish the ones in progress, lock the doors, close the store.
+
+        Every step is bounded: one part that hangs (a library waiting on a dead peer) must
+        not keep the doors from being locked and the store from being closed.
+        """
         sdnotify.stopping()
         for task in self.reader_tasks.values():
             task.cancel()
-        for task in list(self.reader_tasks.values()):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._bounded(self._settle(list(self.reader_tasks.values())), "readers")
         if self.in_flight:
             await asyncio.wait(list(self.in_flight), timeout=15)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._bounded(self._settle(self._tasks), "background tasks")
         if self.console is not None:
-            with contextlib.suppress(Exception):
-                await self.console.stop()
-        with contextlib.suppress(Exception):
-            await self.control.stop()
+            await self._bounded(self.console.stop(), "console")
+        await self._bounded(self.control.stop(), "control socket")
         if self.link_task is not None:
             self.link_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.link_task
-        for ctl in self.controllers.values():
-            with contextlib.suppress(Exception):
-                await ctl.stop()
+            await self._bounded(self._settle([self.link_task]), "mqtt link")
+        for gid, ctl in self.controllers.items():
+            await self._bounded(ctl.stop(), f"gate {gid}")
         if self.store is not None:
             self.store.close()
             self.store = None
         log.info("stopped")
+
+    @staticmethod
+    async def _settle(tasks: list[asyncio.Task[Any]]) -> None:
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    @staticmethod
+    async def _bounded(aw: Any, what: str, timeout: float = 5.0) -> None:
+        try:
+            await asyncio.wait_for(aw, timeout)
+        except TimeoutError:
+            log.error("stop_step_timed_out", step=what, seconds=timeout)
+        except Exception:
+            log.exception("stop_step_failed", step=what)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
