@@ -187,9 +187,10 @@ class Daemon:
 
     @staticmethod
     async def _settle(tasks: list[asyncio.Task[Any]]) -> None:
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # asyncio.wait, not `await task` under suppress(CancelledError): that would also
+        # swallow a cancellation of the task doing the waiting
+        if tasks:
+            await asyncio.wait(tasks)
 
     @staticmethod
     async def _bounded(aw: Any, what: str, timeout: float = 5.0) -> None:
@@ -599,8 +600,7 @@ class Daemon:
         self.readers.pop(reader_id, None)
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await asyncio.wait([task])
 
 
 def run(config_path: str) -> int:

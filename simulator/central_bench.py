@@ -89,8 +89,7 @@ async def bench_outbox_drain(
         finally:
             for t in (ltask, ctask):
                 t.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            await asyncio.wait([ltask, ctask])
         seqs = [e["seq"] for e in central.events("bench", "bench-gate")]
         ids = {e["id"] for e in central.events("bench", "bench-gate")}
         result = {

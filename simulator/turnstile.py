@@ -145,9 +145,8 @@ class SimTurnstile:
     async def __aexit__(self, *exc: object) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
         await self.stop_server()
         await self._stack.aclose()
 

@@ -292,9 +292,9 @@ class SyncLink:
         finally:
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            # asyncio.wait, not `await task` under suppress(CancelledError): that swallowed
+            # the cancellation of run() itself, which then reconnected forever
+            await asyncio.wait(tasks)
 
     def _resync_reason(self) -> str:
         if self.store.meta(SNAPSHOT_ID_KEY) is None:

@@ -118,9 +118,8 @@ class GateController:
         """Stop supervising and leave the gate locked (or released, during a fire alarm)."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:  # not `await task` under suppress: it would swallow our own cancel
+            await asyncio.wait(self._tasks)
         self._tasks = []
         with contextlib.suppress(OutputFault):
             await self._apply_hold()
@@ -346,8 +345,7 @@ class FireAlarmMonitor:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait([self._task])
             self._task = None
         await self.device.close()
 

@@ -184,8 +184,7 @@ class ModbusDevice:
         self._closed = True
         if self._reconnect_task is not None:
             self._reconnect_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reconnect_task
+            await asyncio.wait([self._reconnect_task])
             self._reconnect_task = None
         if self._link is not None:
             _release_link(self.cfg, self._link)

@@ -133,8 +133,7 @@ class FeedHub:
                 q.put_nowait(None)
         if self.task is not None:
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+            await asyncio.wait([self.task])
 
 
 # -- the application ---------------------------------------------------------------------
@@ -648,8 +647,7 @@ class ConsoleHandle:
                 if self.server is not None:
                     self.server.force_exit = True
                 self.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self.task
+                await asyncio.wait([self.task])
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.close()
