@@ -524,6 +524,13 @@ class SyncLink:
         imp = self._importer
         mine = not chunk.requested_by or self.settings.daemon in chunk.requested_by or self._awaiting_snapshot
         if chunk.chunk == 0 and mine:
+            if chunk.delta_seq < self.delta_seq:
+                # older than the replica (resent, or a late answer): importing it would undo
+                # the newer deltas (back-office changes), and nothing would ask again
+                self.stats["snapshots_stale"] += 1
+                log.info("stale snapshot %s ignored (delta_seq %d < %d)", chunk.snapshot_id, chunk.delta_seq,
+                         self.delta_seq)
+                return
             if imp.active:
                 self.stats["snapshots_abandoned"] += 1
             await imp.begin(chunk)
