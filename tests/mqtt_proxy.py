@@ -50,7 +50,7 @@ def packet_type(packet: bytes) -> int:
     return packet[0] >> 4
 
 
-@dataclass
+@dataclass(eq=False)
 class _Conn:
     client_w: asyncio.StreamWriter
     broker_w: asyncio.StreamWriter

@@ -308,6 +308,7 @@ class Rig:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600 + 4 * CYCLES)
 async def test_sigkill_torture(mosquitto: Mosquitto, tmp_path: Path) -> None:
     """Two daemons of one site, tapping the same members' passes, each killed CYCLES/2
     times; both daemons' deductions meet in the central balances and come back to both
