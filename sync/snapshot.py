@@ -158,13 +158,22 @@ class SnapshotImporter:
         return [str(r[0]) for r in rows]
 
     async def _drop(self, table: str) -> None:
-        """Empty a big table in batches (each a short transaction), then drop it."""
+        """Drop a big table without holding the loop: its indexes one by one first (each
+        frees its pages in one go, tens of ms), then its rows in batches — without the
+        indexes a batch is a rowid range, not a walk through five B-trees per row (that
+        made dropping the old replica the slowest part of a snapshot) — then the table."""
         conn = self.store.conn
+        for (index,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (table,)
+        ).fetchall():
+            with self.store._tx(scratch=True):
+                conn.execute(f"DROP INDEX IF EXISTS [{index}]")
+            await asyncio.sleep(0)
         while True:
             with self.store._tx(scratch=True):
                 n = conn.execute(
                     f"DELETE FROM [{table}] WHERE rowid IN (SELECT rowid FROM [{table}] LIMIT ?)",
-                    (self.batch_rows * 2,),
+                    (self.batch_rows * 10,),
                 ).rowcount
             await asyncio.sleep(0)
             if n <= 0:
