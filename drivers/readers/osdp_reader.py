@@ -33,6 +33,15 @@ ChannelFactory = Callable[[], osdp.Channel]
 SUPERVISE_TICK_S = 0.2
 
 
+def _card_bytes(data: object) -> bytes:
+    """The card data of an event as bytes, or b"" when it is not card data."""
+    if isinstance(data, bytes | bytearray):
+        return bytes(data)
+    if isinstance(data, list) and all(isinstance(b, int) and 0 <= b <= 255 for b in data):
+        return bytes(data)
+    return b""
+
+
 def generate_scbk() -> str:
     """A fresh Secure Channel Base Key, as the hex an installer pastes into the config."""
     return secrets.token_bytes(16).hex().upper()
@@ -186,8 +195,8 @@ class OsdpReader(ReaderBase):
         if event.get("event") != osdp.Event.CardRead:
             return  # notifications (command/SC/PD status), keypad: supervision polls
         self.stats.bump("frames")
-        data = bytes(event.get("data") or b"")
-        if not data:
+        data = _card_bytes(event.get("data"))
+        if not data:  # absent, empty or not bytes at all: never trust the shape of an event
             self.stats.bump("rejected_frames")
             return
         meta = {
