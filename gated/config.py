@@ -42,6 +42,7 @@ Schedule = Annotated[
     ),
 ]
 Ident = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Name = Annotated[str, Field(min_length=1, max_length=200)]  # any text: gate and zone names as the gym writes them
 
 
 class Section(BaseModel):
@@ -69,7 +70,7 @@ class PolicyConfig(Section):
     )
     link_window: Duration = "120m"
     no_show_after: Duration = Field("15m", description="A booking still open this long after its end is a no-show.")
-    no_show_fee: Decimal = Field(Decimal(0), ge=0, description="Taken for a no-show on deduct-at-access passes.")
+    no_show_fee: Decimal = Field(Decimal(0), ge=0, allow_inf_nan=False, description="Taken for a no-show on deduct-at-access passes.")
     loyalty_delay: Duration = Field("3h", description="Points are credited this long after an attended class ends.")
 
     def to_domain(self) -> Policy:
@@ -95,20 +96,16 @@ class StaleCacheConfig(Section):
     )
 
 
-class GateConfig(Section):
-    id: Ident
-    name: str = ""
-    zone: Ident = Field(description="The area this gate leads into (or out of).")
+class GateRules(Section):
+    """What the rules need to know about a gate (shared with scenario files)."""
+
+    id: Name
+    zone: Name = Field(description="The area this gate leads into (or out of).")
     direction: Literal["in", "out"] = "in"
     early_arrival: Duration = Field("15m", description="Arrival window opens this long before a class.")
     late_arrival: Duration = Field("10m", description="Arrival window closes this long after the start.")
     anti_passback: Literal["none", "soft", "hard"] = "none"
     reentry_grace: Duration = Field("0m", description="A member who just came in may come in again free within this.")
-    escape_route: bool = Field(False, description="This door is on an escape route (must be fail_safe).")
-    readers: list[ReaderConfig] = Field([], description="Readers at this gate.")
-    output: ModbusOutputConfig | None = Field(
-        None, description="The relay or turnstile controller; absent = no lock (taps are only recorded)."
-    )
 
     def to_domain(self) -> Gate:
         return Gate(
@@ -120,6 +117,15 @@ class GateConfig(Section):
             anti_passback=AntiPassback(self.anti_passback),
             reentry_grace=parse_duration(self.reentry_grace),
         )
+
+
+class GateConfig(GateRules):
+    name: str = ""
+    escape_route: bool = Field(False, description="This door is on an escape route (must be fail_safe).")
+    readers: list[ReaderConfig] = Field([], description="Readers at this gate.")
+    output: ModbusOutputConfig | None = Field(
+        None, description="The relay or turnstile controller; absent = no lock (taps are only recorded)."
+    )
 
 
 class ZoneConfig(Section):

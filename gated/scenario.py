@@ -23,15 +23,11 @@ from zoneinfo import ZoneInfo
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gated.config import GateRules, PolicyConfig
 from gated.engine import Engine
 from gated.yamlload import Marked, YamlError, dotted, load
 from rules.credential import Credential
 from rules.model import (
-    AntiPassback,
-    Direction,
-    EarlyEntry,
-    Gate,
-    Policy,
     Site,
 )
 from rules.reasons import Reason
@@ -64,42 +60,9 @@ class SiteIn(Strict):
     closed_dates: list[LocalDate] = []
 
 
-class PolicyIn(Strict):
-    early_entry: Literal["strict", "link"] = "strict"
-    link_window: Duration = "120m"
-    no_show_after: Duration = "15m"
-    no_show_fee: Amount = Field(default=Decimal(0), ge=0)
-    loyalty_delay: Duration = "3h"
-
-    def to_domain(self) -> Policy:
-        return Policy(
-            early_entry=EarlyEntry(self.early_entry),
-            link_window=parse_duration(self.link_window),
-            no_show_after=parse_duration(self.no_show_after),
-            no_show_fee=self.no_show_fee,
-            loyalty_delay=parse_duration(self.loyalty_delay),
-        )
-
-
-class GateIn(Strict):
-    id: Id
-    zone: Id
-    direction: Literal["in", "out"] = "in"
-    early_arrival: Duration = "15m"
-    late_arrival: Duration = "10m"
-    anti_passback: Literal["none", "soft", "hard"] = "none"
-    reentry_grace: Duration = "0m"
-
-    def to_domain(self) -> Gate:
-        return Gate(
-            id=self.id,
-            zone=self.zone,
-            direction=Direction(self.direction),
-            early_arrival=parse_duration(self.early_arrival),
-            late_arrival=parse_duration(self.late_arrival),
-            anti_passback=AntiPassback(self.anti_passback),
-            reentry_grace=parse_duration(self.reentry_grace),
-        )
+# the site-wide policy and a gate's rules read exactly as in the daemon's configuration
+PolicyIn = PolicyConfig
+GateIn = GateRules
 
 
 class QrIn(Strict):
