@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from drivers.outputs.config import DoorMode, FireAlarmInputConfig, ModbusOutputConfig
 from drivers.readers.config import ReaderConfig
-from gated.yamlload import Marked, YamlError, dotted, load
+from gated.yamlload import Marked, YamlError, describe_error, load
 from rules.model import AntiPassback, Direction, EarlyEntry, Gate, Policy, Site
 from rules.timeutil import WeekSchedule, load_zone, parse_date, parse_duration, parse_window
 from sync.link import MqttSettings
@@ -264,26 +264,7 @@ class ConfigError(Exception):
 
 
 def _problems(e: ValidationError, marked: Marked) -> list[tuple[int | None, str, str]]:
-    out: list[tuple[int | None, str, str]] = []
-    for err in e.errors():
-        # pydantic puts validator and union tags ("function-after[...]", "serial") in `loc`;
-        # keep only the document's own keys and indexes (a key may itself contain "[")
-        raw = err["loc"]
-        kept: list[str | int] = []
-        for n, part in enumerate(raw):
-            own = isinstance(part, int) or (*kept, part) in marked.lines
-            if own or (n == len(raw) - 1 and err["type"] in ("extra_forbidden", "missing")):
-                kept.append(part)
-        loc = tuple(kept)
-        last = loc[-1] if loc else "(top)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key {last!r}"
-        elif err["type"] == "missing":
-            msg = f"required key {last!r} is missing"
-        elif "expected" in err.get("ctx", {}):
-            msg = f"{msg} (got {err.get('input')!r})"
-        out.append((marked.line_of(loc), dotted(loc), msg))
+    out = [describe_error(err, marked) for err in e.errors()]
     # a discriminated union reports the same spot several times; keep each once
     seen: set[tuple[int | None, str, str]] = set()
     return [p for p in out if not (p in seen or seen.add(p))]

@@ -25,7 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from gated.config import GateRules, PolicyConfig
 from gated.engine import Engine
-from gated.yamlload import Marked, YamlError, dotted, load
+from gated.yamlload import Marked, YamlError, describe_error, dotted, load
 from rules.credential import Credential
 from rules.model import (
     Site,
@@ -195,31 +195,8 @@ class Scenario:
 
 
 def _first_error(e: ValidationError, marked: Marked) -> ScenarioInvalid:
-    err = e.errors()[0]
-    # pydantic puts validator and union tags ("function-after[...]", "str", "list[str]") in
-    # `loc`; keep only the parts that are the document's own keys and indexes. (A prefix
-    # filter on "str" used to drop a misspelled key such as "stret" and name the wrong key.)
-    raw = err["loc"]
-    kept: list[str | int] = []
-    for n, part in enumerate(raw):
-        own = isinstance(part, int) or (*kept, part) in marked.lines
-        if own or (n == len(raw) - 1 and err["type"] in ("extra_forbidden", "missing")):
-            kept.append(part)
-    error = err.get("ctx", {}).get("error")
-    field_name = getattr(error, "field", None)
-    if isinstance(field_name, str):  # a model-level check that knows which key is wrong
-        kept.append(field_name)
-    loc = tuple(kept)
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = f"unknown key {loc[-1]!r}"
-    elif err["type"] == "missing":
-        msg = f"required key {loc[-1]!r} is missing"
-    elif "expected" in err.get("ctx", {}):
-        msg = f"{msg} (got {err.get('input')!r})"
-    elif err["type"] not in ("value_error",) and "input" in err and not isinstance(err["input"], dict | list):
-        msg = f"{msg} (got {err['input']!r})"
-    return ScenarioInvalid(msg.removeprefix("Value error, "), marked.line_of(loc), dotted(loc))
+    line, key, msg = describe_error(e.errors()[0], marked)
+    return ScenarioInvalid(msg, line, key)
 
 
 def _check_references(s: ScenarioIn, marked: Marked) -> None:

@@ -107,3 +107,34 @@ def dotted(path: Path) -> str:
 
 def as_mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
+
+
+def describe_error(err: Mapping[str, Any], marked: Marked) -> tuple[int | None, str, str]:
+    """(line, key path, message) for one pydantic error on a document loaded here.
+
+    pydantic puts validator and union tags ("function-after[...]", "str", "serial") in
+    `loc`; only the document's own keys and indexes are kept (a key may itself contain
+    "[", and a misspelled key may start with "str"). A model-level check that knows which
+    key is at fault says so with an exception carrying `field`.
+    """
+    raw = err["loc"]
+    kept: list[str | int] = []
+    for n, part in enumerate(raw):
+        own = isinstance(part, int) or (*kept, part) in marked.lines
+        if own or (n == len(raw) - 1 and err["type"] in ("extra_forbidden", "missing")):
+            kept.append(part)
+    field_name = getattr(err.get("ctx", {}).get("error"), "field", None)
+    if isinstance(field_name, str):
+        kept.append(field_name)
+    loc = tuple(kept)
+    last = loc[-1] if loc else "(top)"
+    msg = str(err["msg"])
+    if err["type"] == "extra_forbidden":
+        msg = f"unknown key {last!r}"
+    elif err["type"] == "missing":
+        msg = f"required key {last!r} is missing"
+    elif "expected" in err.get("ctx", {}):
+        msg = f"{msg} (got {err.get('input')!r})"
+    elif err["type"] != "value_error" and "input" in err and not isinstance(err["input"], dict | list):
+        msg = f"{msg} (got {err['input']!r})"
+    return marked.line_of(loc), dotted(loc), msg.removeprefix("Value error, ")
