@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests.broker)
 """The whole daemon on a real broker with the reference central system: its taps reach
 the central ledger, the central's changes reach its next decision, an unknown card is
 looked up live, and the broker going away changes nothing for the member at the gate."""
@@ -15,13 +14,10 @@ from gated.config import Config
 from gated.daemon import Daemon
 from rules.credential import Credential
 from simulator.central import Central
-from tests.broker import (  # noqa: F401  (fixtures)
+from tests.broker import (
     SITE,
     WAIT_S,
     Mosquitto,
-    central,
-    mosquitto,
-    mosquitto_factory,
     wait_until,
 )
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests.broker)
 """Network faults between the daemon, the broker and the central system, with the whole
 daemon (in process, no relay: commit on grant) and the reference central system on a real
 mosquitto:
@@ -35,14 +34,11 @@ from gated.config import Config
 from gated.daemon import Daemon
 from rules.credential import Credential
 from simulator.central import Central
-from tests.broker import (  # noqa: F401  (fixtures)
+from tests.broker import (
     SEED,
     SITE,
     WAIT_S,
     Mosquitto,
-    central,
-    mosquitto,
-    mosquitto_factory,
     wait_until,
 )
 from tests.mqtt_proxy import MqttProxy

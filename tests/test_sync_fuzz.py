@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests.broker)
 """Malformed, oversized and schema-violating payloads on every topic the link subscribes
 to: each is counted and dropped, and the link keeps working."""
 
@@ -17,17 +16,14 @@ from rules.credential import Credential
 from simulator.central import Central
 from sync.link import SyncLink
 from sync.protocol import Topics
-from tests.broker import (  # noqa: F401  (fixtures)
+from tests.broker import (
     GATES,
     POLICY,
     SITE,
     WAIT_S,
     Mosquitto,
-    central,
     clock,
     make_store,
-    mosquitto,
-    mosquitto_factory,
     running,
     settings_for,
     site,

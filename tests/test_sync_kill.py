@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests.broker)
 """SIGKILL the gate's process at random points, many times: nothing lost, nothing applied
 twice at the central system; and the same while a snapshot is being imported."""
 
@@ -16,14 +15,10 @@ from pathlib import Path
 
 from simulator.central import Central, generate
 from sync.store import Store
-from tests.broker import (  # noqa: F401  (fixtures)
+from tests.broker import (
     SITE,
-    WAIT_S,
     Mosquitto,
-    central,
     make_store,
-    mosquitto,
-    mosquitto_factory,
     wait_until,
 )
 

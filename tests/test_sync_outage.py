@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests.broker)
 """The broker goes away for a while; taps go on; it comes back: every event arrives at the
 central system once, in order, and the balances agree."""
 
@@ -11,17 +10,14 @@ from gated.engine import Engine
 from rules.credential import Credential
 from simulator.central import Central
 from sync.link import SyncLink
-from tests.broker import (  # noqa: F401  (fixtures)
+from tests.broker import (
     GATES,
     POLICY,
     SITE,
     WAIT_S,
     Mosquitto,
-    central,
     clock,
     make_store,
-    mosquitto,
-    mosquitto_factory,
     running,
     settings_for,
     site,

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests.broker)
 """A tap reaches the central system; a central change reaches the next decision; look-ups;
 two daemons share presence (site-wide anti-passback, occupancy)."""
 
@@ -13,17 +12,14 @@ from rules.reasons import Reason
 from simulator.central import Central
 from sync.link import SyncLink
 from sync.occupancy import occupancy
-from tests.broker import (  # noqa: F401  (fixtures)
+from tests.broker import (
     GATES,
     POLICY,
     SITE,
     WAIT_S,
     Mosquitto,
-    central,
     clock,
     make_store,
-    mosquitto,
-    mosquitto_factory,
     running,
     settings_for,
     site,

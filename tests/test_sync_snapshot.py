@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests.broker)
 """Snapshot import: staged, merged with what only the gate knows, swapped whole; taps go
 on meanwhile. Delta gaps ask for a resync and wait for the snapshot."""
 
@@ -21,17 +20,14 @@ from sync.protocol import SnapshotChunk
 from sync.records import BookingIn, MemberIn, PassIn
 from sync.snapshot import SnapshotImporter, delta_seq
 from sync.store import SyncBatch
-from tests.broker import (  # noqa: F401  (fixtures)
+from tests.broker import (
     GATES,
     POLICY,
     SITE,
     WAIT_S,
     Mosquitto,
-    central,
     clock,
     make_store,
-    mosquitto,
-    mosquitto_factory,
     running,
     settings_for,
     site,

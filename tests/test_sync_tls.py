@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests.broker)
 """The link over TLS with client certificates: a CA, a server and client certificates made
 here with `cryptography` (nothing secret in the repository), mosquitto requiring them."""
 
@@ -18,7 +17,7 @@ from gated.engine import Engine
 from rules.credential import Credential
 from simulator.central import Central, CentralSettings
 from sync.link import SyncLink
-from tests.broker import (  # noqa: F401  (fixtures)
+from tests.broker import (
     GATES,
     POLICY,
     SEED,
@@ -26,7 +25,6 @@ from tests.broker import (  # noqa: F401  (fixtures)
     WAIT_S,
     clock,
     make_store,
-    mosquitto_factory,
     running,
     settings_for,
     site,

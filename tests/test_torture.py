@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from tests.broker)
 """Crash torture: the real daemon (`gated run`) is SIGKILLed at random instants, over and
 over, while members tap a pty serial reader, a simulated turnstile on a real Modbus server
 lets them through, and the reference central system on a real mosquitto applies what the
@@ -43,12 +42,10 @@ import yaml
 from simulator.central import Central, generate
 from simulator.serial_reader import VirtualSerialReader
 from simulator.turnstile import Person, SimTurnstile
-from tests.broker import (  # noqa: F401  (fixtures)
+from tests.broker import (
     WAIT_S,
     Mosquitto,
     central_settings,
-    mosquitto,
-    mosquitto_factory,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
