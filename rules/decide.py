@@ -81,7 +81,6 @@ class MemberView:
     bookings: tuple[Booking, ...] = ()
     presence: Mapping[str, ZonePresence] = field(default_factory=dict)
     extra_passes: Mapping[str, Pass] = field(default_factory=dict)  # booking passes not the member's
-    zone_full: bool = False
 
     def pass_by_id(self, pass_id: str) -> Pass | None:
         for p in self.passes:
@@ -320,8 +319,6 @@ def decide(
         return Decision(False, Reason.ANTI_PASSBACK, member.id)
     if gate.anti_passback == AntiPassback.SOFT:
         flag = inside
-    if view.zone_full:
-        return Decision(False, Reason.SITE_FULL, member.id, anti_passback=flag)
 
     # 2. a booking: the booking is the ticket
     matches = matching_bookings(view, gate, site, policy, now)
