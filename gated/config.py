@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from drivers.outputs.config import DoorMode, FireAlarmInputConfig, ModbusOutputConfig
 from drivers.readers.config import ReaderConfig
-from gated.yamlload import Marked, YamlError, describe_error, load
+from gated.yamlload import Marked, YamlError, describe_error, load, read_text
 from rules.model import AntiPassback, Direction, EarlyEntry, Gate, Policy, Site
 from rules.timeutil import WeekSchedule, load_zone, parse_date, parse_duration, parse_window
 from sync.link import MqttSettings
@@ -272,9 +272,11 @@ def _problems(e: ValidationError, marked: Marked) -> list[tuple[int | None, str,
 def load_config(path: str | Path) -> Config:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_text(p)
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([(None, "(file)", f"cannot read: {e}")], str(p)) from e
+    except YamlError as e:
+        raise ConfigError([(e.line, "(file)", e.message)], str(p)) from e
     try:
         marked = load(text)
     except YamlError as e:

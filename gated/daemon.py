@@ -43,6 +43,7 @@ from sync.store import Event, Store
 log = structlog.get_logger("gated")
 
 SCHEDULER_INTERVAL = 1.0
+RELOAD_TIMEOUT = 10.0
 STALE_ALLOWED = {Reason.BOOKING, Reason.LINKED_BOOKING, Reason.REENTRY, Reason.EXIT}
 
 
@@ -83,6 +84,7 @@ class Daemon:
         self._fire_input_active = False
         # member / QR token -> the tap holding it between its grant and its commit
         self._taps_pending: dict[str, asyncio.Future[None]] = {}
+        self._reload_lock = asyncio.Lock()
 
     # -- wiring -----------------------------------------------------------------------
 
@@ -553,11 +555,21 @@ class Daemon:
         """SIGHUP: take a new configuration without dropping taps; a broken file is refused."""
         if self.config_path is None:
             return False
+        async with self._reload_lock:  # SIGHUPs in a burst: one reload after another
+            return await self._reload(self.config_path)
+
+    async def _reload(self, path: Path) -> bool:
+        # Parsed in a worker thread: the file is outside input, and even bounded (see
+        # gated/yamlload.py) a big one takes a while; taps go on meanwhile.
         try:
-            new = load_config(self.config_path)
+            new = await asyncio.wait_for(asyncio.to_thread(load_config, path), RELOAD_TIMEOUT)
         except ConfigError as e:
             log.error("reload_refused", problems=[f"{ln}:{k}: {m}" for ln, k, m in e.problems])
             sdnotify.status("reload refused: configuration invalid; running with the previous one")
+            return False
+        except TimeoutError:
+            log.error("reload_refused", problems=[f"reading the file took longer than {RELOAD_TIMEOUT:.0f} s"])
+            sdnotify.status("reload refused: configuration took too long to read; running with the previous one")
             return False
         sdnotify.reloading()
         assert self.store is not None
