@@ -134,6 +134,19 @@ class ZoneConfig(Section):
 
 class StoreConfig(Section):
     path: Path = Field(Path("/var/lib/gated/gated.db"), description="The SQLite database (created if missing).")
+    min_free_mb: float = Field(
+        8.0,
+        ge=0,
+        le=1_000_000,
+        description="Free space (MiB) kept in reserve on the database's file system: below it, "
+        "entries are refused with storage_fault so that grants under way, denials and exits "
+        "can still be recorded.",
+    )
+    backup_interval: Duration | None = Field(
+        "24h",
+        description="How often the daemon writes a consistent copy of the database to "
+        "`<path>.backup` (online, without stopping taps); null = never.",
+    )
 
 
 class ConsoleUser(Section):

@@ -92,13 +92,17 @@ def _scan(text: str, limits: Limits) -> None:
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > limits.max_depth:
-                raise YamlError(f"YAML nests deeper than {limits.max_depth} levels", event.start_mark.line + 1)
+                raise YamlError(f"YAML nests deeper than {limits.max_depth} levels", _line(event))
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
         elif isinstance(event, yaml.AliasEvent):
             aliases += 1
             if aliases > limits.max_aliases:
-                raise YamlError(f"more than {limits.max_aliases:,} aliases (*name)", event.start_mark.line + 1)
+                raise YamlError(f"more than {limits.max_aliases:,} aliases (*name)", _line(event))
+
+
+def _line(event: yaml.Event) -> int | None:
+    return event.start_mark.line + 1 if event.start_mark is not None else None
 
 
 def _convert(node: Node, path: Path, lines: dict[Path, int], budget: _Budget) -> Any:

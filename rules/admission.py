@@ -34,6 +34,32 @@ class StalePolicy(StrEnum):
 _STALE_SAFE = frozenset({Reason.BOOKING, Reason.LINKED_BOOKING, Reason.REENTRY})
 
 
+class FireInputPolicy(StrEnum):
+    """What the gate does while the fire-alarm input cannot be read."""
+
+    KEEP = "keep"  # the last known state stands (the panel's own wiring is the primary release)
+    DENY_ENTRIES = "deny_entries"  # doors as they are; entries refused (hardware_fault)
+    RELEASE = "release"  # act as if the alarm were active
+
+
+@dataclass(frozen=True, slots=True)
+class FireInput:
+    """The fire-alarm input as the shell last saw it."""
+
+    active: bool | None = None  # the last state read; None: never read
+    known: bool = True  # read successfully and the board answers now
+
+
+def fire_input_effect(fire: FireInput, policy: FireInputPolicy) -> tuple[bool, bool]:
+    """(act as a fire alarm, refuse entries because the safety input is lost)."""
+    if fire.known:
+        return bool(fire.active), False
+    if policy == FireInputPolicy.RELEASE:
+        return True, False
+    last = bool(fire.active)
+    return last, policy == FireInputPolicy.DENY_ENTRIES and not last
+
+
 @dataclass(frozen=True, slots=True)
 class GateConditions:
     """What the shell knows about the site and this gate at the instant of a tap."""
@@ -41,6 +67,7 @@ class GateConditions:
     fire_alarm: bool = False  # the fire-alarm input is active
     emergency_release: bool = False  # an admin released every door
     lockdown: bool = False
+    safety_input_lost: bool = False  # the fire input cannot be read and policy says deny
     storage_ok: bool = True  # the store can make this entry durable
     relay_online: bool = True  # the gate's output answers (True for a gate without one)
     cache_stale: bool = False
@@ -63,6 +90,8 @@ def admit(decision: Decision, conditions: GateConditions, pass_kind: PassKind | 
         return refused(decision, Reason.EMERGENCY_RELEASE)
     if c.lockdown:
         return refused(decision, Reason.LOCKDOWN)
+    if c.safety_input_lost:
+        return refused(decision, Reason.HARDWARE_FAULT)
     if not c.storage_ok:
         return refused(decision, Reason.STORAGE_FAULT)
     if not c.relay_online:
@@ -88,4 +117,12 @@ def refused(decision: Decision, reason: Reason) -> Decision:
     return Decision(False, reason, decision.member, anti_passback=decision.anti_passback)
 
 
-__all__ = ["GateConditions", "StalePolicy", "admit", "refused"]
+__all__ = [
+    "FireInput",
+    "FireInputPolicy",
+    "GateConditions",
+    "StalePolicy",
+    "admit",
+    "fire_input_effect",
+    "refused",
+]

@@ -15,6 +15,7 @@ The rules of the ledger:
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -96,7 +97,7 @@ class Committed:
     events: list[Event] = field(default_factory=list)
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -213,7 +214,18 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+def _migration_2(db: sqlite_utils.Database) -> None:
+    # A grant the gate is about to act on, written (durably) before the relay is pulsed
+    # and deleted by the transaction that commits the tap: one still here after a restart
+    # is a grant whose commit a crash cut off (see Store.open_intent).
+    db.table("grant_intents").create(
+        {"id": int, "gate": str, "member_id": str, "body": str, "at": float},
+        pk="id",
+        if_not_exists=True,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
 
 
 class StoreError(Exception):
@@ -272,24 +284,59 @@ class Store:
         self.path = Path(path)
         self.site = site
         self.daemon_id = daemon_id
+        self.durable = durable
+        self.background_checkpoints = background_checkpoints
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._open()
+        try:
+            self._migrate()
+            self._next_seq = int(self._meta("next_seq", "1"))
+        except BaseException:
+            self.close()
+            raise
+        self.listeners: list[Callable[[list[Event]], None]] = []
+
+    def _open(self) -> None:
         conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed deduction survives a power cut, not only a process crash
-        self.durable = durable
-        conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA foreign_keys=OFF")
-        # Checkpoints copy the WAL back into the database file: seconds of I/O after a big
-        # snapshot. Done by a background thread on its own connection, never inside a tap's
-        # commit on the event loop.
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-        self._checkpointer = _Checkpointer(self.path) if background_checkpoints else None
-        self._migrate()
-        self._next_seq = int(self._meta("next_seq", "1"))
-        self.listeners: list[Callable[[list[Event]], None]] = []
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed deduction survives a power cut, not only a process crash
+            conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA foreign_keys=OFF")
+            # Checkpoints copy the WAL back into the database file: seconds of I/O after a
+            # big snapshot. Done by a background thread on its own connection, never inside
+            # a tap's commit on the event loop.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+        except BaseException:
+            conn.close()
+            raise
+        self._checkpointer = _Checkpointer(self.path) if self.background_checkpoints else None
+
+    def rescue(self) -> None:
+        """The file at `path` is gone (its directory deleted while the daemon ran) but this
+        connection still holds it, ledger and unsent events included: write it back to
+        its path, whole, and carry on there. Raises if the path cannot be written (then
+        the store stays on the old file, still unusable for entries, and this is retried)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".rescue")
+        tmp.unlink(missing_ok=True)
+        dst = sqlite3.connect(str(tmp))
+        try:
+            self.conn.backup(dst)
+            dst.execute("PRAGMA journal_mode=WAL")
+        finally:
+            dst.close()
+        for suffix in ("-wal", "-shm"):
+            Path(str(self.path) + suffix).unlink(missing_ok=True)
+        os.replace(tmp, self.path)  # the file appears whole or not at all
+        old, old_checkpointer = self.conn, self._checkpointer
+        if old_checkpointer is not None:
+            old_checkpointer.stop()
+        self._open()
+        old.close()
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -298,6 +345,8 @@ class Store:
             self._checkpointer.stop()
         try:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # a store that cannot be written still closes; what was committed is in the WAL
         finally:
             self.conn.close()
 
@@ -728,11 +777,15 @@ class Store:
         qr_token: tuple[str, datetime] | None = None,
         message: str | None = None,
         extra: dict[str, Any] | None = None,
+        intent: int | None = None,
     ) -> Committed:
         """One tap, whole: the access event, and on a confirmed passage the deduction,
-        attendance and presence. No passage, no deduction, no attendance."""
+        attendance and presence. No passage, no deduction, no attendance. `intent`, the
+        grant's intent (open_intent), is resolved in the same transaction."""
         committed = Committed()
         with self._tx():
+            if intent is not None:
+                self.conn.execute("DELETE FROM grant_intents WHERE id = ?", (intent,))
             if qr_token is not None:
                 # used up on its first verified read, whatever the decision
                 self.conn.execute(
@@ -778,6 +831,79 @@ class Store:
                 direction = Direction.OUT if decision.reason == Reason.EXIT else Direction.IN
                 self._passage(decision.member, gate.zone, direction, now, gate.id)
         return self._notify(committed)
+
+    # -- grant intents: nothing opens that cannot be recorded --------------------------
+
+    def open_intent(
+        self,
+        gate: Gate,
+        decision: Decision,
+        *,
+        credential: CredentialKind | None,
+        now: datetime,
+        qr_token: tuple[str, datetime] | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
+        """Write, durably, that `gate` is about to open for `decision`; its id goes to
+        `commit_tap(intent=...)`, which deletes it in the tap's own transaction.
+
+        Called before the relay is pulsed: if this raises, the gate must not open for an
+        entry (the tap could not be recorded). A QR token is used up here, not at the
+        commit, so that a token cannot open the gate twice however the commit fares.
+        Always synchronous=FULL: a power cut right after the pulse must still find it.
+        """
+        body: dict[str, Any] = {
+            "gate": gate.id,
+            "member": decision.member,
+            "reason": decision.reason.value,
+            "booking": decision.booking,
+            "pass": decision.pass_id,
+            "amount": _amount_json(decision.amount),
+            "cause": decision.cause,
+            "credential": credential.value if credential is not None else None,
+            "granted_at": iso_utc(now),
+            **(detail or {}),
+        }
+        with self._tx():
+            if qr_token is not None:
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO qr_used(token_id, expires_at) VALUES (?, ?)",
+                    (qr_token[0], _ts(qr_token[1])),
+                )
+            cur = self.conn.execute(
+                "INSERT INTO grant_intents(gate, member_id, body, at) VALUES (?,?,?,?)",
+                (gate.id, decision.member, json.dumps(body), _ts(now)),
+            )
+        return int(cur.lastrowid or 0)
+
+    def open_intents(self) -> list[dict[str, Any]]:
+        return [
+            {"id": int(r[0]), **json.loads(r[1])}
+            for r in self.conn.execute("SELECT id, body FROM grant_intents ORDER BY id")
+        ]
+
+    def report_unconfirmed(self, now: datetime) -> Committed:
+        """Every intent left by a previous run (its commit was cut: kill -9, power cut)
+        becomes a `passage_unconfirmed` event, in one transaction: the central system and
+        the desk learn of a grant whose passage, deduction and attendance were never
+        recorded. Nothing is deducted: whether the member went through is not known."""
+        committed = Committed()
+        intents = self.open_intents()
+        if not intents:
+            return committed
+        with self._tx():
+            for it in intents:
+                fields = {k: v for k, v in it.items() if k != "id"}
+                fields["not_deducted"] = fields.pop("amount", 0)
+                self._emit(committed, "passage_unconfirmed", now, **fields)
+            self.conn.execute("DELETE FROM grant_intents WHERE id <= ?", (intents[-1]["id"],))
+        return self._notify(committed)
+
+    def probe(self, now: datetime) -> None:
+        """One small durable write: proves the store can record a tap right now (raises
+        sqlite3.Error / OSError as a tap's commit would)."""
+        with self._tx():
+            self._set_meta("storage.probed_at", str(_ts(now)))
 
     def commit_override(self, gate: Gate, operator: str, reason: str, now: datetime, *, passed: bool = True) -> Committed:
         committed = Committed()

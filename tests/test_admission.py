@@ -7,7 +7,14 @@ from decimal import Decimal
 
 import pytest
 
-from rules.admission import GateConditions, StalePolicy, admit
+from rules.admission import (
+    FireInput,
+    FireInputPolicy,
+    GateConditions,
+    StalePolicy,
+    admit,
+    fire_input_effect,
+)
 from rules.decide import Decision
 from rules.model import PassKind
 from rules.reasons import Reason
@@ -39,6 +46,7 @@ CASES = [
     Case("fire alarm first of all", WALK_IN, EVERYTHING_WRONG, Reason.FIRE_ALARM),
     Case("emergency release before lockdown", WALK_IN, replace(EVERYTHING_WRONG, fire_alarm=False), Reason.EMERGENCY_RELEASE),
     Case("lockdown", WALK_IN, GateConditions(lockdown=True, storage_ok=False), Reason.LOCKDOWN),
+    Case("fire input lost", WALK_IN, GateConditions(safety_input_lost=True, storage_ok=False), Reason.HARDWARE_FAULT),
     Case("storage before the relay", WALK_IN, GateConditions(storage_ok=False, relay_online=False), Reason.STORAGE_FAULT),
     Case("relay offline", BOOKING, GateConditions(relay_online=False, zone_full=True), Reason.HARDWARE_FAULT),
     Case("stale cache, deny policy", BOOKING, GateConditions(cache_stale=True, stale_policy=StalePolicy.DENY), Reason.CACHE_STALE),
@@ -90,3 +98,24 @@ def test_every_admission_reason_is_in_the_table() -> None:
         Reason.FIRE_ALARM, Reason.EMERGENCY_RELEASE, Reason.LOCKDOWN, Reason.STORAGE_FAULT,
         Reason.HARDWARE_FAULT, Reason.CACHE_STALE, Reason.SITE_FULL,
     }
+
+
+KEEP, DENY, RELEASE = FireInputPolicy.KEEP, FireInputPolicy.DENY_ENTRIES, FireInputPolicy.RELEASE
+FIRE_CASES = [
+    # input, policy -> (act as fire alarm, entries refused for a lost input)
+    (FireInput(active=False, known=True), RELEASE, (False, False)),
+    (FireInput(active=True, known=True), KEEP, (True, False)),
+    (FireInput(active=False, known=False), KEEP, (False, False)),
+    (FireInput(active=True, known=False), KEEP, (True, False)),
+    (FireInput(active=None, known=False), KEEP, (False, False)),
+    (FireInput(active=False, known=False), DENY, (False, True)),
+    (FireInput(active=True, known=False), DENY, (True, False)),
+    (FireInput(active=None, known=False), DENY, (False, True)),
+    (FireInput(active=False, known=False), RELEASE, (True, False)),
+    (FireInput(active=None, known=False), RELEASE, (True, False)),
+]
+
+
+@pytest.mark.parametrize("fire, policy, expect", FIRE_CASES)
+def test_fire_input_effect(fire: FireInput, policy: FireInputPolicy, expect: tuple[bool, bool]) -> None:
+    assert fire_input_effect(fire, policy) == expect
