@@ -90,6 +90,7 @@ class Daemon:
         self.last_tap: dict[str, dict[str, Any]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self.console: Any = None
+        self.control: Any = None  # gated.control.ControlServer, once started
         self._relay_state: dict[str, str] = {}
         self._reload_lock = asyncio.Lock()
         self._jobs: set[asyncio.Future[Any]] = set()
@@ -232,11 +233,12 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await self._bounded(self._settle(self._tasks), "background tasks")
-        if self.storage is not None and self.storage.held:
+        if self.storage is not None and (self.storage.held or self.storage.alarms_pending):
             await self._bounded(self.storage.check(), "held commits")  # one last try
         if self.console is not None:
             await self._bounded(self.console.stop(), "console")
-        await self._bounded(self.control.stop(), "control socket")
+        if self.control is not None:
+            await self._bounded(self.control.stop(), "control socket")
         if self.link_task is not None:
             self.link_task.cancel()
             await self._bounded(self._settle([self.link_task]), "mqtt link")

@@ -89,6 +89,10 @@ class StorageWatch:
         self._drain_changes()
         return problem
 
+    @property
+    def alarms_pending(self) -> bool:
+        return bool(self._pending_alarms or self.guard.has_changes)
+
     def hold(self, commit: Callable[[], Committed], what: dict[str, object]) -> None:
         """Keep a failed commit of a tap that was acted on; retried in order."""
         self.held.append(HeldCommit(commit, what, self.clock()))
@@ -110,18 +114,26 @@ class StorageWatch:
         g.check_space(now)
         if g.problem == StorageProblem.FILE_GONE:
             self._rescue(now)
+        elif g.problem == StorageProblem.READ_ONLY:
+            self._reopen()
         if g.problem == StorageProblem.CORRUPT and not await self._clean_again():
             pass  # a write may well succeed over bad pages: only a clean check clears it
         elif not g.ok or self.held or self._pending_alarms:
             self._probe(now)
+        self._drain_changes()
         if g.ok:
             self._retry_held()
             self._report_alarms()
             await self._maybe_backup()
-        self._drain_changes()
         self.metrics.storage_ok.set(1 if g.ok else 0)
         if g.free_bytes is not None:
             self.metrics.storage_free.set(g.free_bytes)
+
+    def _reopen(self) -> None:
+        try:
+            self.store.reopen()
+        except STORAGE_ERRORS as e:
+            log.warning("storage_reopen_failed", error=str(e))
 
     def _rescue(self, now: datetime) -> None:
         try:

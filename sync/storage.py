@@ -163,6 +163,10 @@ class StorageGuard:
 
     # -- what changed ----------------------------------------------------------------------
 
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._changes)
+
     def take_changes(self) -> list[StorageChange]:
         out, self._changes = self._changes, []
         return out
@@ -171,8 +175,13 @@ class StorageGuard:
         if problem == self.problem:
             self.detail = detail
             return
-        if self.problem is not None and problem is not None and self.problem == StorageProblem.FILE_GONE:
-            return  # a file that is gone stays the problem until it is rescued
+        if self.problem is not None and problem is not None:
+            # still at fault, for another reason now (low space, then the disk full): one
+            # fault, one alarm; the status shows the latest reason. A file that is gone
+            # stays the problem until it is rescued.
+            if self.problem != StorageProblem.FILE_GONE:
+                self.problem, self.detail = problem, detail
+            return
         self.problem, self.detail = problem, detail
         self.since = now if problem is not None else None
         self._changes.append(StorageChange(problem, detail, now))

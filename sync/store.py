@@ -315,6 +315,15 @@ class Store:
             raise
         self._checkpointer = _Checkpointer(self.path) if self.background_checkpoints else None
 
+    def reopen(self) -> None:
+        """Open the file again (a connection opened read-only stays read-only after the
+        file's owner or mode is fixed). The old connection is kept if this fails."""
+        old, old_checkpointer = self.conn, self._checkpointer
+        self._open()
+        if old_checkpointer is not None:
+            old_checkpointer.stop()
+        old.close()
+
     def rescue(self) -> None:
         """The file at `path` is gone (its directory deleted while the daemon ran) but this
         connection still holds it, ledger and unsent events included: write it back to
