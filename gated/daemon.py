@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from drivers.outputs.gate import GateController
+from drivers.outputs.gate import FireAlarmMonitor, GateController
 from drivers.outputs.modbus import OutputHealth
 from drivers.readers.base import Reader, ReaderHealth
 from drivers.readers.config import build_reader
@@ -91,6 +91,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self.console: Any = None
         self.control: Any = None  # gated.control.ControlServer, once started
+        self.fire_monitor: FireAlarmMonitor | None = None
         self._relay_state: dict[str, str] = {}
         self._reload_lock = asyncio.Lock()
         self._jobs: set[asyncio.Future[Any]] = set()
@@ -137,7 +138,7 @@ class Daemon:
                 self.controllers[g.id] = ctl
         await self.safety.restore()
         if cfg.fire_alarm is not None:
-            self._tasks.append(asyncio.create_task(self._watch_fire_alarm(), name="fire-alarm"))
+            await self._start_fire_monitor()  # its first read (or failure) before any reader
         self.taps = TapPath(
             self.engine, cfg, self.controllers, self.safety, self.storage, self.metrics, self.clock, self._cache_stale
         )
@@ -235,6 +236,8 @@ class Daemon:
         await self._bounded(self._settle(self._tasks), "background tasks")
         if self.storage is not None and (self.storage.held or self.storage.alarms_pending):
             await self._bounded(self.storage.check(), "held commits")  # one last try
+        if self.fire_monitor is not None:
+            await self._bounded(self.fire_monitor.stop(), "fire-alarm input")
         if self.console is not None:
             await self._bounded(self.console.stop(), "console")
         if self.control is not None:
@@ -381,9 +384,7 @@ class Daemon:
         await self.safety.set_emergency(False, operator)
         sdnotify.status(self._status_line())
 
-    async def _watch_fire_alarm(self) -> None:
-        from drivers.outputs.gate import FireAlarmMonitor
-
+    async def _start_fire_monitor(self) -> None:
         assert self.config.fire_alarm is not None and self.safety is not None
         safety = self.safety
 
@@ -393,7 +394,9 @@ class Daemon:
             self.metrics.fire_input_up.set(1 if h is OutputHealth.online else 0)
             self._spawn(safety.fire_input_health(h, error), "fire input health")
 
-        monitor = FireAlarmMonitor(self.config.fire_alarm, on_change=safety.fire_input_read, on_health=health)
+        monitor = self.fire_monitor = FireAlarmMonitor(
+            self.config.fire_alarm, on_change=safety.fire_input_read, on_health=health
+        )
         await monitor.start()
         if not safety.fire.known:
             # the board did not answer at start: that is news too, not just a change
@@ -401,10 +404,6 @@ class Daemon:
             await safety.fire_input_health(monitor.health, monitor.device.last_error)
         else:
             self.metrics.fire_input_up.set(1)
-        try:
-            await asyncio.Event().wait()  # until cancelled at shutdown
-        finally:
-            await monitor.stop()
 
     async def _site_alarm(self, kind: str, detail: str) -> None:
         """An alarm about the site rather than one gate (fire input)."""
@@ -580,6 +579,18 @@ class Daemon:
                     self.controllers[g.id] = ctl
                     if self.safety is not None:
                         await self.safety.apply_to(ctl)  # a lockdown holds on a new board too
+        if new.fire_alarm != old.fire_alarm:
+            if self.fire_monitor is not None:
+                await self.fire_monitor.stop()
+                self.fire_monitor = None
+            assert self.safety is not None
+            self.safety.fire_policy = new.fire_alarm.on_unknown if new.fire_alarm else FireInputPolicy.KEEP
+            if new.fire_alarm is not None:
+                self.safety.watch_fire_input()
+                await self._start_fire_monitor()
+            else:
+                self.safety.fire_configured = False
+                await self.safety.fire_input_read(False)
         for gid, g in old_gates.items():
             if gid not in {x.id for x in new.gates}:
                 for rc in g.readers:
