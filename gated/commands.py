@@ -244,12 +244,11 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_central(args: argparse.Namespace) -> int:
-    from simulator.central import serve_central
-    from sync.link import MqttSettings
+    from simulator.central import CentralSettings, serve_central
 
-    settings = MqttSettings(host=args.host, port=args.port, prefix=args.prefix, site=args.site, daemon="central")
+    settings = CentralSettings(host=args.host, port=args.port, prefix=args.prefix, sites=[args.site])
     try:
-        asyncio.run(serve_central(settings, Path(args.db), seed=Path(args.seed) if args.seed else None))
+        asyncio.run(serve_central(settings, Path(args.db), seed=Path(args.seed) if args.seed else None, site=args.site))
     except KeyboardInterrupt:
         pass
     return 0

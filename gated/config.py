@@ -214,7 +214,7 @@ class Config(Section):
                 raise ValueError(f"gate id {g.id!r} repeats")
             seen.add(g.id)
             for r in g.readers:
-                rid = getattr(r, "id", None)
+                rid = str(r.id)
                 if rid in readers:
                     raise ValueError(f"reader id {rid!r} repeats")
                 readers.add(rid)
@@ -266,8 +266,7 @@ class ConfigError(Exception):
 def _problems(e: ValidationError, marked: Marked) -> list[tuple[int | None, str, str]]:
     out = [describe_error(err, marked) for err in e.errors()]
     # a discriminated union reports the same spot several times; keep each once
-    seen: set[tuple[int | None, str, str]] = set()
-    return [p for p in out if not (p in seen or seen.add(p))]
+    return list(dict.fromkeys(out))
 
 
 def load_config(path: str | Path) -> Config:

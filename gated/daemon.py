@@ -129,12 +129,9 @@ class Daemon:
             except OSError as e:
                 log.warning("metrics_unavailable", error=str(e))
         if cfg.console.enabled:
-            try:
-                from gated.console.app import start_console
-            except ImportError:  # the console is optional in minimal installs
-                start_console = None
-            if start_console is not None:
-                self.console = await start_console(self)
+            from gated.console.app import start_console
+
+            self.console = await start_console(self)
         self._tasks.append(asyncio.create_task(self._scheduler(), name="scheduler"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         self.ready = True

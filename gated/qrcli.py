@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if args.qr_command == "pubkey":
         print(qrtoken.public_key_text(key.public_key()))
         return 0
-    issued = parse_instant(args.issued, UTC) if args.issued else datetime.now(UTC).replace(microsecond=0)  # type: ignore[arg-type]
+    issued = parse_instant(args.issued, UTC) if args.issued else datetime.now(UTC).replace(microsecond=0)
     token = qrtoken.mint(
         key,
         token_id=args.token_id or secrets.token_hex(12),

@@ -249,12 +249,17 @@ def _check_references(s: ScenarioIn, marked: Marked) -> None:
             raise fail("steps go backwards in time", ("steps", i, "at"))
         previous = at
         if st.sync:
-            for kind, items in (("members", st.sync.members), ("passes", st.sync.passes), ("bookings", st.sync.bookings)):
+            sync_ids = (
+                ("members", [m.id for m in st.sync.members]),
+                ("passes", [p.id for p in st.sync.passes]),
+                ("bookings", [b.id for b in st.sync.bookings]),
+            )
+            for kind, ids in sync_ids:
                 seen: set[str] = set()
-                for j, item in enumerate(items):
-                    if item.id in seen:
-                        raise fail(f"{kind} id {item.id!r} repeats in one sync", ("steps", i, "sync", kind, j, "id"))
-                    seen.add(item.id)
+                for j, item_id in enumerate(ids):
+                    if item_id in seen:
+                        raise fail(f"{kind} id {item_id!r} repeats in one sync", ("steps", i, "sync", kind, j, "id"))
+                    seen.add(item_id)
             bookings_now -= set(st.sync.remove.bookings)
             bookings_now |= {b.id for b in st.sync.bookings}
             check_records(("steps", i, "sync"), st.sync.passes, st.sync.bookings)

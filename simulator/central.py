@@ -646,9 +646,11 @@ def generate(
     return {"members": members, "passes": passes, "bookings": bookings}
 
 
-def load_seed(seed: str | Path | Mapping[str, Any]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+def load_seed(
+    seed: str | Path | Mapping[str, Any], *, site: str = "site"
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """A seed: `{site: {members, passes, bookings}}`, or a scenario-like file with
-    top-level members/passes/bookings (then under site `site`), as a mapping or a
+    top-level members/passes/bookings (then under the site given), as a mapping or a
     JSON/YAML file."""
     if isinstance(seed, str | Path):
         text = Path(seed).read_text(encoding="utf-8")
@@ -661,10 +663,10 @@ def load_seed(seed: str | Path | Mapping[str, Any]) -> dict[str, dict[str, list[
     else:
         data = dict(seed)
     if any(k in data for k in ("members", "passes", "bookings")):
-        data = {"site": data}
+        data = {site: data}
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for site, body in data.items():
-        out[str(site)] = {k: list(body.get(k) or []) for k in ("members", "passes", "bookings")}
+    for site_id, body in data.items():
+        out[str(site_id)] = {k: list(body.get(k) or []) for k in ("members", "passes", "bookings")}
     return out
 
 
@@ -672,11 +674,14 @@ async def serve_central(
     settings: CentralSettings,
     db_path: str | Path,
     seed: str | Path | Mapping[str, Any] | None = None,
+    *,
+    site: str = "site",
 ) -> None:
     """`gated sim central`: run the reference central system until cancelled. `seed`
-    (loaded once, into an empty database) gives it members, passes and bookings."""
+    (loaded once, into an empty database) gives it members, passes and bookings; a seed
+    without sites names is loaded under `site`."""
     central = Central(settings, db_path)
     if seed is not None and not central.conn.execute("SELECT 1 FROM members LIMIT 1").fetchone():
-        for site, records in load_seed(seed).items():
-            central.load(site, records["members"], records["passes"], records["bookings"])
+        for site_id, records in load_seed(seed, site=site).items():
+            central.load(site_id, records["members"], records["passes"], records["bookings"])
     await central.run()

@@ -23,7 +23,7 @@ class _Pipe:
         self.lock = threading.Lock()
 
 
-class MemoryChannel(osdp.Channel):
+class MemoryChannel(osdp.Channel):  # type: ignore[misc]  # libosdp ships no types
     def __init__(self, rx: _Pipe, tx: _Pipe) -> None:
         super().__init__()
         self._rx, self._tx = rx, tx

@@ -418,20 +418,20 @@ class Console:
                         yield _sse(item)
                 while not self.hub.closed.is_set():
                     try:
-                        item = await asyncio.wait_for(q.get(), HEARTBEAT)
+                        pushed = await asyncio.wait_for(q.get(), HEARTBEAT)
                     except TimeoutError:
                         if self.sessions.get(token) is None:
                             return  # logged out or expired: the stream ends too
                         yield ": keep-alive\n\n"
                         continue
-                    if item is None:
+                    if pushed is None:
                         return
                     if self.sessions.get(token) is None:
                         return
-                    if item["seq"] is not None and item["seq"] <= last:
+                    if pushed["seq"] is not None and pushed["seq"] <= last:
                         continue
-                    last = max(last, item["seq"] or 0)
-                    yield _sse(item)
+                    last = max(last, pushed["seq"] or 0)
+                    yield _sse(pushed)
             finally:
                 self.hub.unsubscribe(q)
 

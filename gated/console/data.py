@@ -64,7 +64,8 @@ class ConsoleData:
         return ZoneInfo(self.daemon.config.site.timezone)
 
     def now(self) -> datetime:
-        return self.daemon.clock()
+        now: datetime = self.daemon.clock()
+        return now
 
     def local_time(self, at: datetime | None, fmt: str = "%H:%M:%S") -> str | None:
         return None if at is None else at.astimezone(self.tz).strftime(fmt)
@@ -113,8 +114,8 @@ class ConsoleData:
         return None if bal is None else jsonable(bal)
 
     def feed_items(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        names = self._names({e.get("member") for e in events if e.get("member")})
-        passes = self._pass_names({e.get("pass") for e in events if e.get("pass")})
+        names = self._names({str(m) for e in events if (m := e.get("member"))})
+        passes = self._pass_names({str(p) for e in events if (p := e.get("pass"))})
         gates = self.gate_names()
         out = []
         for ev in events:
@@ -134,9 +135,9 @@ class ConsoleData:
         if t not in NOTABLE:
             return None
         if names is None:
-            names = self._names({ev.get("member")} if ev.get("member") else set())
+            names = self._names({str(ev["member"])} if ev.get("member") else set())
         if passes is None:
-            passes = self._pass_names({ev.get("pass")} if ev.get("pass") else set())
+            passes = self._pass_names({str(ev["pass"])} if ev.get("pass") else set())
         gates = gates if gates is not None else self.gate_names()
         at = parse_at(ev.get("at"))
         member = ev.get("member")
@@ -251,8 +252,7 @@ class ConsoleData:
                     (pattern, pattern, q, limit),
                 )
             ]
-            seen: set[str] = set()
-            ids = [i for i in ids if not (i in seen or seen.add(i))][:limit]
+            ids = list(dict.fromkeys(ids))[:limit]  # first occurrence of each, in order
             out = []
             for mid in ids:
                 row = conn.execute("SELECT id, name, status, email FROM members WHERE id = ?", (mid,)).fetchone()
@@ -441,7 +441,8 @@ class ConsoleData:
         limit: int = 500,
     ) -> list[dict[str, Any]]:
         """Runs in a worker thread on its own read-only connection."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | float | int] = []
         if operator:
             where.append("operator = ?")
             params.append(operator)

@@ -168,9 +168,9 @@ def same_origin(headers: Any, scheme: str) -> bool:
         if not referer or origin == "null":
             return False
         parts = urlsplit(referer)
-        return parts.scheme == scheme and parts.netloc == host
+        return bool(parts.scheme == scheme and parts.netloc == host)
     parts = urlsplit(origin)
-    return parts.scheme == scheme and parts.netloc == host and not parts.path.strip("/")
+    return bool(parts.scheme == scheme and parts.netloc == host and not parts.path.strip("/"))
 
 
 class SecurityHeaders:
