@@ -476,9 +476,13 @@ class Daemon:
         interval = sdnotify.watchdog_interval()
         if interval is None:
             return
+        last = self._status_line()
         while True:
             sdnotify.watchdog()  # from the event loop: a stuck loop stops the pings
-            sdnotify.status(self._status_line())
+            line = self._status_line()
+            if line != last:  # `systemctl status` shows a storage fault or a lockdown
+                sdnotify.status(line)
+                last = line
             await asyncio.sleep(interval)
 
     def _link_health(self) -> dict[str, Any]:
