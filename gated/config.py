@@ -175,6 +175,11 @@ class QrConfig(Section):
 class LoggingConfig(Section):
     format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a terminal, else JSON.")
     level: Literal["debug", "info", "warning", "error"] = "info"
+    libraries: Literal["debug", "info", "warning", "error"] = Field(
+        "warning",
+        description="Level for the libraries' own logs (pymodbus frames, MQTT client): "
+        "`debug` to see every Modbus frame while wiring.",
+    )
 
 
 class MetricsConfig(Section):

@@ -621,7 +621,7 @@ def run(config_path: str) -> int:
         for line, key, msg in e.problems:
             print(f"{e.path}:{line or '?'}: {key}: {msg}", flush=True)
         return 2
-    logs.setup(config.logging.format, config.logging.level)
+    logs.setup(config.logging.format, config.logging.level, config.logging.libraries)
     daemon = Daemon(config, config_path)
     try:
         asyncio.run(daemon.run())
