@@ -33,7 +33,7 @@ import sqlite3
 import ssl
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -96,8 +96,17 @@ class Central:
     """The reference central system. `await run()` until cancelled (reconnects by itself);
     the other methods are its back office (tests and demos change data through them)."""
 
-    def __init__(self, settings: CentralSettings, db_path: str | Path):
+    def __init__(
+        self,
+        settings: CentralSettings,
+        db_path: str | Path,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ):
         self.settings = settings
+        # what it stamps (received_at, a delta's or snapshot's `at`, its status): the wall
+        # clock, or the simulated clock the gates of `gated sim day` run on
+        self.clock = clock
         self.db_path = Path(db_path)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(str(self.db_path), isolation_level=None, check_same_thread=False)
@@ -239,7 +248,7 @@ class Central:
         daemon = batch.daemon
         changed: set[str] = set()
         gap = False
-        now = iso_utc(datetime.now(UTC))
+        now = iso_utc(self.clock())
         with self._tx():
             c = self.conn
             c.execute("INSERT OR IGNORE INTO sites(site, delta_seq) VALUES (?, 0)", (site,))
@@ -339,7 +348,7 @@ class Central:
                 if row is not None:
                     pass_bodies.append(self._pass_out(site, row[0], applied))
             payload = (
-                f'{{"v":1,"delta_seq":{seq},"at":"{iso_utc(datetime.now(UTC))}",'
+                f'{{"v":1,"delta_seq":{seq},"at":"{iso_utc(self.clock())}",'
                 f'"members":[{",".join(_dump(m) for m in members)}],'
                 f'"passes":[{",".join(pass_bodies)}],'
                 f'"bookings":[{",".join(_dump(b) for b in bookings)}],'
@@ -386,7 +395,7 @@ class Central:
         n = self.settings.chunk_rows
         chunks = max(1, (len(rows) + n - 1) // n)
         sid = uuid.uuid4().hex
-        at = iso_utc(datetime.now(UTC))
+        at = iso_utc(self.clock())
         who = json.dumps(list(requested_by))
         out = []
         for i in range(chunks):
@@ -534,7 +543,7 @@ class Central:
             await client.subscribe(f"{p}/{site}/lookup/request", qos=0)
         self._client = client
         self.connected = True
-        online = Status(daemon="central", state="online", at=iso_utc(datetime.now(UTC)))
+        online = Status(daemon="central", state="online", at=iso_utc(self.clock()))
         await client.publish(central_status_topic(p), online.model_dump_json().encode(), qos=1, retain=True)
         self._ready.set()
         try:
@@ -542,7 +551,7 @@ class Central:
                 await self._handle(message)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                offline = Status(daemon="central", state="offline", at=iso_utc(datetime.now(UTC)))
+                offline = Status(daemon="central", state="offline", at=iso_utc(self.clock()))
                 await asyncio.wait_for(
                     client.publish(central_status_topic(p), offline.model_dump_json().encode(), qos=1, retain=True), 1.0
                 )
