@@ -97,6 +97,11 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     s.add_argument("--link", required=True, help="path of the symlink to create for the reader's device")
     s.add_argument("--format", default="hex")
     s.set_defaults(func=cmd_sim_reader)
+    s = ss.add_parser("day", help="a day at a two-site chain with chaos, then the books checked (make soak)")
+    from gated.simday.args import add_arguments as add_day_arguments
+
+    add_day_arguments(s)
+    s.set_defaults(func=cmd_sim_day)
     s = ss.add_parser("site", help="a whole simulated site (the demo) from a configuration")
     s.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "config" / "demo.yaml"))
     s.set_defaults(func=cmd_sim_site)
@@ -295,6 +300,12 @@ def cmd_sim_reader(args: argparse.Namespace) -> int:
     from simulator.serial_reader import main as reader_main
 
     return reader_main(["--link", args.link, "--format", args.format])
+
+
+def cmd_sim_day(args: argparse.Namespace) -> int:
+    from gated.simday.run import run as run_day
+
+    return run_day(args)
 
 
 def cmd_sim_site(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ from rules.credential import Credential, CredentialKind
 from rules.decide import Decision
 from rules.decide import override as override_decision
 from rules.reasons import Reason
+from rules.timeutil import iso_utc
 from sync.occupancy import is_full
 from sync.storage import STORAGE_ERRORS
 from sync.store import Committed, Event
@@ -310,6 +311,9 @@ class TapPath:
     @staticmethod
     def _event_fields(pending: PendingTap, extra: dict[str, Any]) -> dict[str, Any]:
         fields = {k: v for k, v in extra.items() if v is not None}
+        # the access event's `at` is its commit, after the turnstile turned (seconds later):
+        # the instant the rules decided is what an audit re-decides the tap at
+        fields["decided_at"] = iso_utc(pending.decided_at)
         if pending.decision.reason == Reason.UNKNOWN_CARD and pending.credential.kind == CredentialKind.CARD:
             fields["card"] = pending.credential.value  # for the desk's enrolment of the card
         return fields

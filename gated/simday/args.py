@@ -1,0 +1,17 @@
+"""The arguments of `gated sim day` (apart from run.py: `gated --help` loads no harness)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--members", type=int, help="members of the chain (default 2000; --short 300)")
+    p.add_argument("--seed", type=int, default=1, help="the population, the traffic and the chaos instants")
+    p.add_argument("--speed", type=float, help="simulated seconds per real second (default 72; --short 90)")
+    p.add_argument("--short", action="store_true", help="a 3-hour morning (06:00-09:00) with 300 members")
+    p.add_argument("--dir", help="the run directory (default var/simday/seed-N; emptied first)")
+    p.add_argument("--json", help="also write the report as JSON to this file")
+    p.add_argument("--no-chaos", action="store_true", help="the same day without faults")
+    p.add_argument("--no-bridge", action="store_true", help="one broker for everything (no WAN cuts)")
+    p.add_argument("--check", metavar="DIR", help="only check a finished run's directory again")
