@@ -119,9 +119,10 @@ class Daemon:
                 self.store, cfg.mqtt, now=self.clock, gates=cfg.gates_domain(), health=self._link_health
             )
             self.link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
+        from gated.console.backend import DaemonBackend
         from gated.control import ControlServer
 
-        self.control = ControlServer(self, cfg.control.socket)
+        self.control = ControlServer(DaemonBackend(self), cfg.control.socket, self.metrics)
         await self.control.start()
         if cfg.metrics.enabled:
             try:
@@ -129,9 +130,9 @@ class Daemon:
             except OSError as e:
                 log.warning("metrics_unavailable", error=str(e))
         if cfg.console.enabled:
-            from gated.console.app import start_console
+            from gated.console.server import start_console
 
-            self.console = await start_console(self)
+            self.console = await start_console(DaemonBackend(self))
         self._tasks.append(asyncio.create_task(self._scheduler(), name="scheduler"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         self.ready = True
@@ -394,16 +395,70 @@ class Daemon:
             "seq": [e["seq"] for e in events],
         }
 
+    async def check_in(
+        self, gate_id: str, member_id: str, operator: str, reason: str, *, booking_id: str | None = None,
+        pass_id: str | None = None,
+    ) -> dict[str, Any]:
+        """The desk checks a member in: decided by the same rules as a tap of the member's card
+        (a chosen booking or pass narrows them), the relay pulsed, the deduction, attendance and
+        passage committed as for a tap, with the operator and reason on the access event and in
+        the audit log. Shaped like a tap's result."""
+        engine = self.engine
+        if engine is None or self.store is None:
+            return {"error": "not running"}
+        if self.store.member(member_id) is None:
+            return {"error": "unknown_member", "message": "No such member"}
+
+        def decided() -> PendingTap:
+            assert engine is not None
+            return self._shell_checks(
+                engine.decide_member(gate_id, member_id, self.clock(), booking_id=booking_id, pass_id=pass_id)
+            )
+
+        pending = decided()
+        while busy := self._holders(pending):
+            await asyncio.wait(busy)
+            pending = decided()
+        hold = self._hold(pending)
+        passed = False
+        try:
+            if pending.decision.granted:
+                ctl = self.controllers.get(gate_id)
+                if ctl is None:
+                    passed = True  # no lock and no sensor: commit on grant
+                else:
+                    try:
+                        passed = await ctl.grant()
+                    except GrantRefused:
+                        pending = engine.refuse(pending, Reason.LOCKDOWN)
+                    except OutputFault:
+                        pending = engine.refuse(pending, Reason.HARDWARE_FAULT)
+            extra = {"credential": "desk", "check_in": True, "operator": operator, "desk_reason": reason}
+            committed = engine.commit(pending, passed=passed, now=self.clock(), extra=extra)
+            self.store.audit(self.clock(), operator, "check_in", {
+                "gate": gate_id, "member": member_id, "booking": booking_id, "pass": pass_id, "reason": reason,
+                "decision": "granted" if pending.decision.granted else "denied", "why": pending.decision.reason.value,
+            })
+        finally:
+            self._release(hold)
+        d = pending.decision
+        self.metrics.taps.labels(gate_id, "granted" if d.granted else "denied", d.reason.value).inc()
+        log.info("check_in", gate=gate_id, member=member_id, operator=operator, reason=d.reason.value, passed=passed)
+        return self._result(d, pending.message, passed, committed.events)
+
     async def override(self, gate_id: str, operator: str, reason: str) -> dict[str, Any]:
         assert self.engine is not None
         self.engine.gate(gate_id)  # unknown gate: raise before touching anything
+        if self.lockdown:
+            # the lockdown dialog promises that nobody gets in until an admin releases it
+            return {"error": "lockdown", "message": "Lockdown is on: an admin must release it before a gate opens"}
         ctl = self.controllers.get(gate_id)
-        passed = True
-        if ctl is not None:
-            try:
-                passed = await ctl.open_once()
-            except OutputFault:
-                return {"error": "hardware_fault", "message": "The gate's relay does not answer"}
+        if ctl is None:
+            return {"error": "no_relay", "message": "This gate has no relay: there is nothing to open"}
+        try:
+            passed = await ctl.open_once()
+        except OutputFault:
+            return {"error": "hardware_fault", "message": "The gate's relay does not answer"}
         decision, committed = self.engine.override(gate_id, operator, reason, self.clock(), passed=passed)
         log.info("override", gate=gate_id, operator=operator, reason=reason, passed=passed)
         return self._result(decision, "Opened by the front desk", passed, committed.events)

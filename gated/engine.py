@@ -7,8 +7,9 @@ turnstile to turn in between: no passage, no deduction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from rules.credential import Credential, CredentialKind
 from rules.decide import Decision, MemberView, Presented, decide, override
@@ -71,7 +72,24 @@ class Engine:
         presented, member_id, qr_token = self._present(credential)
         view = self.store.view(member_id, gate, now) if member_id else MemberView(None)
         decision = decide(view, presented, gate, self.site, self.policy, now)
-        return PendingTap(gate, credential, presented, decision, message(decision.reason, decision.hint), qr_token, now)
+        facts = {**decision.hint, "name": view.member.name} if view.member is not None else decision.hint
+        return PendingTap(gate, credential, presented, decision, message(decision.reason, facts), qr_token, now)
+
+    def decide_member(
+        self, gate_id: str, member_id: str, now: datetime, *, booking_id: str | None = None, pass_id: str | None = None
+    ) -> PendingTap:
+        """A desk check-in: the member named by staff instead of a credential, decided by the
+        same rules. A chosen booking or pass narrows what the rules may use to that one."""
+        gate = self.gate(gate_id)
+        view = self.store.view(member_id, gate, now)
+        if booking_id is not None:
+            view = replace(view, bookings=tuple(b for b in view.bookings if b.id == booking_id))
+        if pass_id is not None:
+            view = replace(view, passes=tuple(p for p in view.passes if p.id == pass_id))
+        decision = decide(view, Presented.card(), gate, self.site, self.policy, now)
+        facts = {**decision.hint, "name": view.member.name} if view.member is not None else decision.hint
+        credential = Credential(CredentialKind.CARD, "", "desk")
+        return PendingTap(gate, credential, Presented.card(), decision, message(decision.reason, facts), None, now)
 
     def refuse(self, pending: PendingTap, reason: Reason) -> PendingTap:
         """The shell overrules a grant (relay offline, lockdown, stale cache)."""
@@ -81,7 +99,7 @@ class Engine:
             pending.gate, pending.credential, pending.presented, denied, message(reason), pending.qr_token, pending.decided_at
         )
 
-    def commit(self, pending: PendingTap, *, passed: bool, now: datetime) -> Committed:
+    def commit(self, pending: PendingTap, *, passed: bool, now: datetime, extra: dict[str, Any] | None = None) -> Committed:
         return self.store.commit_tap(
             pending.gate,
             pending.decision,
@@ -90,6 +108,7 @@ class Engine:
             now=now,
             qr_token=pending.qr_token,
             message=pending.message,
+            extra=extra,
         )
 
     def tap(self, gate_id: str, credential: Credential, now: datetime, *, passed: bool = True) -> tuple[PendingTap, Committed]:
