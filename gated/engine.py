@@ -100,6 +100,11 @@ class Engine:
         )
 
     def commit(self, pending: PendingTap, *, passed: bool, now: datetime, extra: dict[str, Any] | None = None) -> Committed:
+        cred = pending.credential
+        if pending.decision.reason == Reason.UNKNOWN_CARD and cred.kind == CredentialKind.CARD and cred.value:
+            # the desk enrols unknown cards from the console: it needs the whole number
+            # (logs mask it; the event stays on this box and the central system's side)
+            extra = {**(extra or {}), "card": cred.value}
         return self.store.commit_tap(
             pending.gate,
             pending.decision,
