@@ -400,6 +400,8 @@ class Views:
             for p in rm.inside(store.conn, z, start, self.now()):
                 if p.member == member_id:
                     inside_since = self.local_time(p.since, "%H:%M")
+        history = rm.loyalty_history(store.conn, member_id, 10)
+        booked = rm.class_names(store.conn, {e.booking for e in history if e.booking})
         return {
             "id": m.id,
             "name": m.name or m.id,
@@ -413,8 +415,9 @@ class Views:
             "inside_since": inside_since,
             "loyalty": [
                 {"points": e.points, "reason": e.reason, "operator": e.operator, "booking": e.booking,
+                 "class_name": booked[e.booking][0] if e.booking in booked else None,
                  "at": self.local_time(e.at, "%Y-%m-%d %H:%M")}
-                for e in rm.loyalty_history(store.conn, member_id, 10)
+                for e in history
             ],
             "taps": self.feed_items(list(reversed(taps)))[::-1],
             "today": today.isoformat(),
