@@ -388,7 +388,8 @@ def decide(
         if cost:
             hint["cost"] = _fmt_amount(cost)
             later = _later_booking_today(view, gate, site, now)
-            if later is not None:  # early for a class: this entry is a paid walk-in, say so
+            if later is not None and later.starts_at - now < policy.link_window:
+                # early for a class: this entry is a paid walk-in, say so
                 hint.update({"class": later.class_name, "starts": _hhmm(later.starts_at, site)})
         return Decision(
             True,

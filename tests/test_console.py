@@ -32,6 +32,7 @@ from sync.store import Store
 
 TZ = "Europe/Madrid"
 PASSWORDS = {"desk": "desk-pass-1", "boss": "boss-pass-1"}
+DISPLAY_TOKEN = "display-token-for-tests-0123456789"  # not a secret: a test site on loopback
 _HASHES: dict[str, str] = {}
 
 
@@ -111,11 +112,13 @@ def site_config(tmp_path: Path, modbus_port: int, console_port: int, tls: tuple[
                 {"id": "exit", "name": "Exit", "zone": "main", "direction": "out"},
             ],
             "mqtt": None,
+            "zones": {"main": {"capacity": 40}},
             "store": {"path": str(tmp_path / "gated.db")},
             "console": {
                 "bind": "127.0.0.1",
                 "port": console_port,
                 "session_minutes": 30,
+                "displays": [{"id": "entrance", "gate": "turnstile-in", "token": DISPLAY_TOKEN, "clear_after": 3}],
                 "tls_cert": str(tls[0]) if tls else None,
                 "tls_key": str(tls[1]) if tls else None,
                 "users": [

@@ -41,7 +41,7 @@ def answer(item: dict[str, Any]) -> dict[str, Any]:
     """What a display shows of one access event: the words, granted or not. Nothing else."""
     granted = item.get("decision") == "granted"
     headline, detail = split_message(str(item.get("message") or ("Welcome" if granted else "Please see the front desk")))
-    return {"seq": item.get("seq"), "granted": granted, "headline": headline, "detail": detail,
+    return {"seq": item.get("seq"), "granted": granted, "headline": headline, "detail": detail[:1].upper() + detail[1:],
             "exit": item.get("direction") == "out"}
 
 

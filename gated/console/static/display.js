@@ -23,8 +23,11 @@
     detail.textContent = "";
   }
 
+  let shown = 0;
   function show(a) {
     clearTimeout(timer);
+    shown += 1;
+    body.dataset.shown = String(shown);  // how many answers this screen has shown (tests)
     body.className = a.granted ? "granted" : "denied";
     headline.textContent = a.headline || "";
     detail.textContent = a.detail || "";
@@ -34,7 +37,7 @@
   }
 
   function tick() {
-    clock.textContent = new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    clock.textContent = new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
   }
   tick();
   setInterval(tick, 10000);
