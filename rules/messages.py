@@ -51,15 +51,20 @@ def _left(facts: Facts, key: str = "balance_after") -> str:
     return f": {facts[key]} left"
 
 
+def _class_at(facts: Facts) -> str:
+    name = facts.get("class") or "your class"
+    return f"{name} at {facts['starts']}" if "starts" in facts else name
+
+
 def _booking(facts: Facts) -> str:
-    text = f"{facts.get('class') or 'your class'} at {facts.get('starts', '?')}"
+    text = _class_at(facts)
     if "balance_after" in facts:
         text += f" · {_pass(facts)}{_left(facts)}"
     return _hello("Welcome", facts) + SEP + text
 
 
 def _linked(facts: Facts) -> str:
-    return _hello("Welcome", facts) + SEP + f"you're early for {facts.get('class') or 'your class'} at {facts.get('starts', '?')}"
+    return _hello("Welcome", facts) + SEP + f"you're early for {_class_at(facts)}"
 
 
 def _walk_in(facts: Facts) -> str:
@@ -68,7 +73,7 @@ def _walk_in(facts: Facts) -> str:
         # an early arrival outside the arrival window costs an extra entry: say so
         paid = _units(facts["cost"], facts.get("kind"))
         return hello + SEP + (
-            f"{facts['class']} at {facts.get('starts', '?')}: entry now is a walk-in, {paid} from {_pass(facts)}"
+            f"{_class_at(facts)}: entry now is a walk-in, {paid} from {_pass(facts)}"
             + (f" ({facts['balance_after']} left)" if "balance_after" in facts else "")
         )
     return hello + SEP + _pass(facts) + _left(facts)
@@ -76,7 +81,8 @@ def _walk_in(facts: Facts) -> str:
 
 def _booking_required(facts: Facts) -> str:
     if "cancelled_class" in facts:
-        return (f"Your class {facts['cancelled_class']} at {facts.get('cancelled_starts', '?')} was cancelled"
+        when = f" at {facts['cancelled_starts']}" if "cancelled_starts" in facts else ""
+        return (f"Your class {facts['cancelled_class']}{when} was cancelled"
                 + SEP + "book another class in your app")
     return "Please book a class in your app first" + SEP + f"{_pass(facts)} is for booked classes"
 
@@ -118,8 +124,12 @@ _TEXT: dict[Reason, Callable[[Facts], str]] = {
     Reason.SITE_CLOSED: lambda f: "We're closed" + SEP + (f"we open {f['next']}" if "next" in f else "see you soon"),
     Reason.ANTI_PASSBACK: lambda f: "You're already checked in" + SEP + "please see the front desk",
     Reason.SITE_FULL: lambda f: "We're at capacity" + SEP + "please wait a moment",
-    Reason.TOO_EARLY: lambda f: f"{_your_class(f)} starts at {f.get('starts', '?')}" + SEP + f"entry from {f.get('entry_from', '?')}",
-    Reason.TOO_LATE: lambda f: f"{_your_class(f)} started at {f.get('starts', '?')}" + SEP + f"entry closed at {f.get('closed_at', '?')}",
+    Reason.TOO_EARLY: lambda f: (
+        f"{_your_class(f)} starts at {f['starts']}" if "starts" in f else "Too early for your class"
+    ) + SEP + (f"entry from {f['entry_from']}" if "entry_from" in f else "please come back later"),
+    Reason.TOO_LATE: lambda f: (
+        f"{_your_class(f)} started at {f['starts']}" if "starts" in f else "Too late for your class"
+    ) + SEP + (f"entry closed at {f['closed_at']}" if "closed_at" in f else "please see the front desk"),
     Reason.BOOKING_REQUIRED: _booking_required,
     Reason.PASS_EXPIRED: lambda f: f"{_pass(f)} has expired" + (SEP + f"last day was {f['until']}" if "until" in f else SEP + "please see the front desk"),
     Reason.PASS_NOT_YET_VALID: lambda f: f"{_pass(f)} is not valid yet" + SEP + (f"valid from {f['from']}" if "from" in f else "please see the front desk"),

@@ -37,12 +37,18 @@ def digits(text: str | None) -> str:
     return "".join(c for c in (text or "") if c.isdigit())
 
 
+def alnum(text: str | None) -> str:
+    """A card number without its separators ("A1:B2:C3:D4" -> "A1B2C3D4"), upper case."""
+    return "".join(c for c in (text or "") if c.isalnum()).upper()
+
+
 @contextmanager
 def read_only(db_path: Path) -> Iterator[sqlite3.Connection]:
     """A connection of its own that cannot write (WAL lets it read beside the writer)."""
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2, check_same_thread=False)
     conn.create_function("fold", 1, fold, deterministic=True)
     conn.create_function("digits", 1, digits, deterministic=True)
+    conn.create_function("alnum", 1, alnum, deterministic=True)
     try:
         yield conn
     finally:
@@ -157,12 +163,12 @@ def search_members(conn: sqlite3.Connection, q: str, limit: int = 25) -> list[Me
         return []
     has_phone = "phone" in _columns(conn, "members")
     ids: list[str] = [r[0] for r in conn.execute("SELECT id FROM members WHERE id = ?", (q,))]
-    card = "".join(c for c in q if c.isalnum()).upper()
-    if len(card) >= 3 and card.isalnum():
+    card = alnum(q)
+    if len(card) >= 3 and card.isascii():
         ids += [
             r[0]
             for r in conn.execute(
-                "SELECT DISTINCT member_id FROM cards WHERE card LIKE ? ESCAPE '\\' LIMIT ?", (_like(card), limit)
+                "SELECT DISTINCT member_id FROM cards WHERE alnum(card) LIKE ? ESCAPE '\\' LIMIT ?", (_like(card), limit)
             )
         ]
     folded = _like(fold(q))
@@ -400,6 +406,7 @@ __all__ = [
     "audit_rows",
     "class_names",
     "denials_since",
+    "alnum",
     "digits",
     "event_by_seq",
     "first_entry",
