@@ -77,7 +77,7 @@ def seed_data(now: datetime) -> dict[str, Any]:
             {"id": "b-spin-lena", "member": "m-lena", "pass": "p-lena", "class": "Spinning", "zone": "main",
              "starts_at": at(20), "ends_at": at(65), "deducted": True},
             {"id": "b-pilates", "member": "m-bruno", "pass": "p-bruno", "class": "Pilates", "zone": "main",
-             "starts_at": at(120), "ends_at": at(175)},
+             "starts_at": at(150), "ends_at": at(205)},
         ],
     }
 

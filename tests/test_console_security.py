@@ -253,3 +253,17 @@ async def test_control_socket_parallel_guesses_and_injected_reads(tmp_path: Path
         site.daemon.config = cfg.model_copy(update={"control": cfg.control.model_copy(update={"injected_reads": True})})
         r = await request(sock, {"cmd": "tap", "gate": "turnstile-in", "card": "0499887766"})
         assert r["decision"] == "granted" and site.turnstile.unlocks == 2
+
+
+async def test_control_socket_limits_are_per_unix_user(tmp_path: Path) -> None:
+    """Guessing from one Unix account (uid) does not lock the same name out for another."""
+    async with running_site(tmp_path) as site:
+        control = site.daemon.control
+        lock = {"cmd": "lockdown", "on": True, "user": "boss"}
+        for i in range(5):
+            r = await control.handle(json.dumps({**lock, "password": f"guess-{i}"}).encode(), uid=1000)
+            assert r == {"error": "authentication failed"}
+        r = await control.handle(json.dumps({**lock, "password": PASSWORDS["boss"]}).encode(), uid=1000)
+        assert "too many" in r["error"] and not site.daemon.lockdown
+        r = await control.handle(json.dumps({**lock, "password": PASSWORDS["boss"]}).encode(), uid=0)
+        assert r == {"lockdown": True} and site.daemon.lockdown

@@ -64,8 +64,9 @@ ACTIONS = {
     "login_failed": "Failed login",
     "enrol_card": "Assigned a card",
 }
-DETAIL_WORDS = {"gate": "gate", "reason": "reason", "booking": "booking", "refund": "refund", "member": "member",
-                "points": "points", "ip": "from", "card": "card", "pass": "pass"}
+DETAIL_WORDS = {"gate": "gate", "reason": "reason", "booking": "class", "refund": "refund", "member": "member",
+                "points": "points", "ip": "from", "card": "card", "pass": "pass", "why": "as", "decision": "decision"}
+NO_EVENT = ("login", "logout", "login_failed")  # their seq is only "the last event at the time"
 
 
 class Views:
@@ -444,13 +445,23 @@ class Views:
 
     # -- audit and reports --------------------------------------------------------------
 
-    def audit_detail_text(self, action: str, detail: dict[str, Any]) -> str:
+    def audit_detail_text(self, detail: dict[str, Any], names: dict[str, dict[str, str]]) -> str:
+        """The detail in words: names instead of ids, yes/no, no JSON."""
+        gates = self.gate_names()
         parts = []
         for k, v in detail.items():
-            if isinstance(v, bool):
-                v = "yes" if v else "no"
             if v is None:
                 continue
+            if isinstance(v, bool):
+                v = "yes" if v else "no"
+            elif k == "gate":
+                v = gates.get(str(v), v)
+            elif k in names and str(v) in names[k]:
+                v = names[k][str(v)]
+            elif k == "why":
+                v = str(v).replace("_", " ")
+            elif isinstance(v, dict | list):
+                v = json.dumps(v, ensure_ascii=False)
             parts.append(f"{DETAIL_WORDS.get(k, k.replace('_', ' '))}: {v}")
         return " · ".join(parts)
 
@@ -461,10 +472,21 @@ class Views:
         end = self.day_bounds(day_to)[1] if day_to else None
         with rm.read_only(self.store.path) as conn:
             rows = rm.audit_rows(conn, operator=operator, action=action, q=q, start=start, end=end, limit=limit)
+
+            def ids(key: str) -> set[str]:
+                return {str(r.detail[key]) for r in rows if isinstance(r.detail.get(key), str)}
+
+            classes = rm.class_names(conn, ids("booking"))
+            names = {
+                "member": rm.member_names(conn, ids("member")),
+                "pass": rm.pass_names(conn, ids("pass")),
+                "booking": {b: f"{c[0]} {self.local_time(c[1], '%d %b %H:%M')}" for b, c in classes.items()},
+            }
         return [
             {"id": r.id, "at": self.stamp(r.at), "operator": r.operator, "action": r.action,
              "action_text": ACTIONS.get(r.action, r.action.replace("_", " ")), "detail": r.detail,
-             "detail_text": self.audit_detail_text(r.action, r.detail), "seq": r.seq}
+             "detail_text": self.audit_detail_text(r.detail, names),
+             "seq": None if r.action in NO_EVENT else r.seq}
             for r in rows
         ]
 
