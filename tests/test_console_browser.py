@@ -246,6 +246,9 @@ async def test_console_in_chromium(tmp_path: Path) -> None:
             await ap.locator(".toast", has_text="Lockdown is on").wait_for(timeout=5000)
             assert site.daemon.lockdown
             await ap.locator("#alerts .banner", has_text="LOCKDOWN").wait_for(timeout=5000)
+            # nobody opens a gate once during a lockdown: the button is gone
+            await ap.locator(".gate[data-gate='turnstile-in'] .gate-head", has_text="locked down").wait_for(timeout=5000)
+            assert await ap.locator(".gate[data-gate='turnstile-in'] button").count() == 0
             await ap.screenshot(path=str(ARTIFACTS / "console-lockdown.png"))
             await ap.click("#btn-lockdown")
             await ap.click("dialog button[type='submit']")

@@ -53,7 +53,7 @@ async def display_page(request: Request) -> Response:
     gate = next((g for g in console.backend.config.gates if g.id == d.gate), None)
     site = console.backend.config.site
     html = render("display.html", site=site.name or site.id, gate=(gate.name if gate else "") or d.gate,
-                  display=d.id, clear_after=d.clear_after)
+                  display=d.id, clear_after=d.clear_after, tz=site.timezone)
     return Response(html, media_type="text/html; charset=utf-8")
 
 

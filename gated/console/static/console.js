@@ -432,7 +432,7 @@
     });
   }
 
-  function gateCard(id, g) {
+  function gateCard(id, g, locked) {
     const relay = g.relay || "none";
     const relayCls = relay === "online" ? "st-good" : (relay === "none" ? "" : "st-bad");
     const st = g.state || {};
@@ -454,6 +454,7 @@
       text: t ? t.time + " " + (t.member_name || (t.reason === "override" ? "front desk" : "unknown card")) + " — " + (t.decision === "denied" ? "denied: " : "") + (t.message || t.reason) : "—",
     }));
     const btn = relay === "none" ? el("span", { class: "muted small", text: "no relay" }) :
+      locked ? el("span", { class: "muted small", text: "locked down" }) :
       el("button", { type: "button", class: "small", text: "Open once", "data-gate": id,
         onclick: function () { openGate(id, g.name || id).then(function (r) { if (r) refreshHealth(); }); } });
     return el("div", { class: "gate", "data-gate": id },
@@ -469,7 +470,7 @@
     let h;
     try { h = await api("GET", "/api/health"); } catch (e) { $("#health-at").textContent = "health unavailable"; return; }
     const list = $("#gate-list");
-    list.replaceChildren.apply(list, Object.entries(h.gates || {}).map(function (p) { return gateCard(p[0], p[1]); }));
+    list.replaceChildren.apply(list, Object.entries(h.gates || {}).map(function (p) { return gateCard(p[0], p[1], h.lockdown); }));
     const occ = $("#occupancy");
     if (!occ.querySelector("details[open]")) occ.replaceChildren.apply(occ, occupancyBlock(h.occupancy || []));
     else (h.occupancy || []).forEach(function (z) {

@@ -37,7 +37,10 @@
   }
 
   function tick() {
-    clock.textContent = new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
+    // the site's time, whatever the tablet's own clock is set to
+    const opts = { hour: "2-digit", minute: "2-digit", hour12: false };
+    try { clock.textContent = new Date().toLocaleTimeString([], Object.assign({ timeZone: body.dataset.tz }, opts)); }
+    catch (e) { clock.textContent = new Date().toLocaleTimeString([], opts); }
   }
   tick();
   setInterval(tick, 10000);
