@@ -16,6 +16,7 @@ from decimal import Decimal
 
 from rules.model import Booking, BookingStatus, Member, Pass
 from rules.model import Site as SiteModel
+from sync import enrolment
 from sync.batch import SyncBatch
 from sync.rows import (
     BOOKING_READ,
@@ -43,6 +44,10 @@ class Replica:
     # -- reads ------------------------------------------------------------------------------
 
     def member_for_card(self, card: str) -> str | None:
+        # a card the desk assigned wins until the central system has taken it over
+        enrolled = enrolment.member_for_card(self.conn, card)
+        if enrolled is not None:
+            return enrolled
         row = self.conn.execute("SELECT member_id FROM cards WHERE card = ?", (card.upper(),)).fetchone()
         return None if row is None else str(row[0])
 
@@ -51,6 +56,7 @@ class Replica:
         if row is None:
             return None
         cards = tuple(r[0] for r in self.conn.execute("SELECT card FROM cards WHERE member_id = ?", (member_id,)))
+        cards += tuple(c for c in enrolment.cards_of(self.conn, member_id) if c not in cards)
         return member_from_row(row, cards)
 
     def passes_of(self, member_id: str) -> list[Pass]:

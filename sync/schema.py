@@ -14,7 +14,7 @@ import sqlite_utils
 
 from sync.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -131,7 +131,13 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+def _migration_2(db: sqlite_utils.Database) -> None:
+    from sync.enrolment import create_table
+
+    create_table(db.conn)  # cards assigned at the desk, until the central system has them
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -165,6 +165,19 @@ async def test_console_in_chromium(tmp_path: Path) -> None:
             assert site.store.points("m-ana") == 15
             await page.screenshot(path=str(ARTIFACTS / "console-member.png"))
 
+            # -- the unknown card from the feed, given to Lena --------------------------------
+            await page.goto(site.base + "/members?card=CAFE0001")
+            await page.fill("#q", "vogel")
+            await page.keyboard.press("Enter")
+            await page.locator("#member-detail h2", has_text="Lena Vogel").wait_for(timeout=5000)
+            await page.click("#btn-assign-card")
+            assert await page.input_value("dialog input[name='card']") == "CAFE0001"
+            await page.click("dialog button[type='submit']")
+            await page.locator(".toast", has_text="Card assigned to Lena Vogel").wait_for(timeout=5000)
+            await page.locator("#member-detail", has_text="CAFE0001").wait_for(timeout=5000)
+            assert (await site.tap("CAFE0001"))["member"] == "m-lena"
+            await page.locator("#unknown-cards li", has_text="CAFE0001").wait_for(state="detached", timeout=5000)
+
             # -- check-in at the desk: the same rules and ledger as a tap --------------------
             await page.fill("#q", "bruno@exa")
             await page.keyboard.press("Enter")

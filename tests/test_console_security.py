@@ -229,6 +229,15 @@ async def test_denials_list_and_unknown_cards(tmp_path: Path) -> None:
         assert r.status == 200
         assert [i["reason"] for i in (await c.get("/api/denials")).json()["items"]] == ["unknown_card"]
         assert (await c.post_json("/api/denials/dismiss", {"seq": ["x"]})).status == 400
+        # the desk gives the unknown card to Bruno: it opens the gate at once
+        r = await c.post_json("/api/members/m-bruno/cards", {"card": "cafe0001"})
+        assert r.status == 200, r.text
+        assert (await site.tap("CAFE0001"))["member"] == "m-bruno"
+        assert (await c.get("/api/unknown-cards")).json()["items"] == []
+        assert (await c.post_json("/api/members/m-ana/cards", {"card": "CAFE0001"})).status == 409
+        assert (await c.post_json("/api/members/m-ana/cards", {"card": "<script>"})).status == 400
+        ev = site.store.recent_events(10, types=["card_enrolled"])[0]
+        assert ev["card"] == "CAFE0001" and ev["member"] == "m-bruno" and ev["operator"] == "desk"
 
 
 # -- the control socket ---------------------------------------------------------------------

@@ -156,11 +156,7 @@ class DaemonBackend:
         store = self._d.store
         if store is None:
             raise ActionRefused("the daemon is not running", 503)
-        enrol = getattr(store, "enrol_card", None)
-        if enrol is None:
-            raise ActionRefused("card enrolment is not available in this version", 501)
-        committed: Committed = enrol(card, member_id, operator, self._d.clock())
-        return committed
+        return store.enrol_card(card, member_id, operator, self._d.clock())
 
     async def set_lockdown(self, on: bool, operator: str) -> None:
         await self._d.set_lockdown(on, operator)
