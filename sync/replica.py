@@ -20,6 +20,7 @@ from sync import enrolment
 from sync.batch import SyncBatch
 from sync.rows import (
     BOOKING_READ,
+    MEMBER_INSERT,
     MEMBER_READ,
     PASS_READ,
     booking_from_row,
@@ -124,9 +125,9 @@ class Replica:
             if not snapshot:
                 c.executemany("DELETE FROM cards WHERE member_id = ?", ((m.id,) for m in batch.members))
             c.executemany(
-                "INSERT INTO members(id, name, status, email, photo, synced_at) VALUES (?,?,?,?,?,?) "
+                f"INSERT INTO members{MEMBER_INSERT} "
                 "ON CONFLICT(id) DO UPDATE SET name=excluded.name, status=excluded.status, "
-                "email=excluded.email, photo=excluded.photo, synced_at=excluded.synced_at",
+                "email=excluded.email, photo=excluded.photo, synced_at=excluded.synced_at, phone=excluded.phone",
                 (member_row(m, synced_at) for m in batch.members),
             )
             # a card moves to whoever the central system last said holds it

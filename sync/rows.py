@@ -35,12 +35,14 @@ def dec(text: str | None) -> Decimal | None:
 
 # -- members and cards ----------------------------------------------------------------------
 
-MEMBER_COLUMNS = ("id", "name", "status", "email", "photo", "synced_at")
-MEMBER_READ = "id, name, status, email, photo"
+MEMBER_COLUMNS = ("id", "name", "status", "email", "photo", "synced_at", "phone")
+MEMBER_READ = "id, name, status, email, photo, phone"
+MEMBER_INSERT = f"({', '.join(MEMBER_COLUMNS)}) VALUES ({','.join('?' * len(MEMBER_COLUMNS))})"
 
 
 def member_row(m: Member, synced_at: float) -> Row:
-    return (m.id, m.name, m.status.value, m.email, m.photo, synced_at)
+    """In MEMBER_COLUMNS order (MEMBER_INSERT)."""
+    return (m.id, m.name, m.status.value, m.email, m.photo, synced_at, m.phone)
 
 
 def card_rows(m: Member) -> list[tuple[str, str]]:
@@ -50,7 +52,8 @@ def card_rows(m: Member) -> list[tuple[str, str]]:
 
 def member_from_row(row: Row, cards: tuple[str, ...]) -> Member:
     """`row` as selected by MEMBER_READ."""
-    return Member(id=row[0], name=row[1] or "", status=MemberStatus(row[2]), cards=cards, email=row[3], photo=row[4])
+    return Member(id=row[0], name=row[1] or "", status=MemberStatus(row[2]), cards=cards, email=row[3], photo=row[4],
+                  phone=row[5])
 
 
 # -- passes -----------------------------------------------------------------------------------

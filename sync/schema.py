@@ -14,7 +14,7 @@ import sqlite_utils
 
 from sync.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -137,7 +137,11 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     create_table(db.conn)  # cards assigned at the desk, until the central system has them
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+def _migration_3(db: sqlite_utils.Database) -> None:
+    db.conn.execute("ALTER TABLE members ADD COLUMN phone TEXT")  # the desk searches by it
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3]
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -32,7 +32,7 @@ to write events of its own); nothing outside `sync/` imports a `_private` name.
 `store.conn` is the daemon's connection, owned by the event loop. These tables can be
 read by name through it, with these columns (more may be added, none removed):
 
-- `members(id, name, status, email, photo)`, `cards(card, member_id)`;
+- `members(id, name, status, email, photo, phone)`, `cards(card, member_id)`;
 - `passes(id, member_id, name, kind, balance, ...)` — `balance` is the local balance;
 - `bookings(id, member_id, pass_id, class_name, zone, starts_at, ends_at, status,
   outcome, attended_at, loyalty_points, ...)` — times are POSIX seconds;

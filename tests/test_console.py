@@ -59,7 +59,8 @@ def seed_data(now: datetime) -> dict[str, Any]:
     windows = {"mon-sun": "00:00-24:00"}
     return {
         "members": [
-            {"id": "m-ana", "name": "Ana López", "cards": ["04A1B2C3D4"], "email": "ana@example.org"},
+            {"id": "m-ana", "name": "Ana López", "cards": ["04A1B2C3D4"], "email": "ana@example.org",
+             "phone": "+34 612 345 678"},
             {"id": "m-bruno", "name": "Bruno Díaz", "cards": ["0499887766"], "email": "bruno@example.org"},
             {"id": "m-lena", "name": "Lena Vogel", "cards": ["A1B2C3D4"]},
             {"id": "m-blocked", "name": "Max Mustermann", "status": "blocked", "cards": ["DEADBEEF"]},
@@ -506,7 +507,8 @@ async def test_points_member_search_and_audit_csv(tmp_path: Path) -> None:
     async with running_site(tmp_path) as site:
         c = Client(site.port)
         await c.login("desk")
-        for q, expect in (("ana", "m-ana"), ("04a1b2c3d4", "m-ana"), ("bruno@example", "m-bruno"), ("Vogel", "m-lena")):
+        for q, expect in (("ana", "m-ana"), ("04a1b2c3d4", "m-ana"), ("bruno@example", "m-bruno"), ("Vogel", "m-lena"),
+                          ("LÓPEZ", "m-ana"), ("04a1b2", "m-ana"), ("612 345", "m-ana")):
             res = (await c.get("/api/members?" + urlencode({"q": q}))).json()["results"]
             assert [m["id"] for m in res] == [expect], q
         assert (await c.get("/api/members?q=%25")).json()["results"] == []  # LIKE wildcards are literal

@@ -34,7 +34,8 @@ def store(tmp_path: Path) -> Store:
 def _batch() -> SyncBatch:
     windows = {"mon-sun": "00:00-24:00"}
     members = [
-        {"id": "m-ana", "name": "Ana López", "cards": ["04A1B2C3D4"], "email": "ana.lopez@example.org"},
+        {"id": "m-ana", "name": "Ana López", "cards": ["04A1B2C3D4"], "email": "ana.lopez@example.org",
+         "phone": "+34 612 345 678"},
         {"id": "m-jose", "name": "José Ñúñez", "cards": ["0499887766"], "email": "JOSE@Example.org"},
         {"id": "m-zoe", "name": "Zoë Müller", "cards": ["A1:B2:C3:D4"]},
     ]
@@ -52,6 +53,7 @@ def _batch() -> SyncBatch:
     ("lopez", ["m-ana"]), ("LÓPEZ", ["m-ana"]), ("ana", ["m-ana"]), ("nunez", ["m-jose"]), ("josé", ["m-jose"]),
     ("zoe", ["m-zoe"]), ("muller", ["m-zoe"]), ("example.org", ["m-ana", "m-jose"]), ("jose@example", ["m-jose"]),
     ("b2c3", ["m-ana", "m-zoe"]), ("887766", ["m-jose"]), ("04a1", ["m-ana"]), ("m-zoe", ["m-zoe"]),
+    ("612345", ["m-ana"]), ("612 345 678", ["m-ana"]), ("+34612", ["m-ana"]),
     ("%", []), ("_", []), ("", []), ("nobody", []),
 ])
 def test_search(store: Store, q: str, expected: list[str]) -> None:
