@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import unicodedata
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,33 +21,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from sync.search_text import alnum, digits, fold
+
 CHUNK = 500  # SQLite's default limit on host parameters is far above this
-
-
-def fold(text: str | None) -> str:
-    """Lower case without accents: "López" and "lopez" match (the desk types fast)."""
-    if not text:
-        return ""
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-
-
-def digits(text: str | None) -> str:
-    return "".join(c for c in (text or "") if c.isdigit())
-
-
-def alnum(text: str | None) -> str:
-    """A card number without its separators ("A1:B2:C3:D4" -> "A1B2C3D4"), upper case."""
-    return "".join(c for c in (text or "") if c.isalnum()).upper()
 
 
 @contextmanager
 def read_only(db_path: Path) -> Iterator[sqlite3.Connection]:
     """A connection of its own that cannot write (WAL lets it read beside the writer)."""
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2, check_same_thread=False)
-    conn.create_function("fold", 1, fold, deterministic=True)
-    conn.create_function("digits", 1, digits, deterministic=True)
-    conn.create_function("alnum", 1, alnum, deterministic=True)
     try:
         yield conn
     finally:
@@ -71,10 +52,6 @@ def _chunks(ids: Iterable[str]) -> Iterator[list[str]]:
 
 def _marks(n: int) -> str:
     return ",".join("?" * n)
-
-
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})")}
 
 
 # -- names --------------------------------------------------------------------------------
@@ -152,47 +129,41 @@ class MemberHit:
 
 
 def search_members(conn: sqlite3.Connection, q: str, limit: int = 25) -> list[MemberHit]:
-    """Name or e-mail (any part, accents and case ignored), phone (digits, any part), card
-    (any part of the number, separators ignored) or member id (exact).
+    """Any part of the name or e-mail (accents and case ignored), of the phone (digits) or
+    of a card number (separators ignored), or the member id exactly.
 
-    Scans members in SQLite with the `fold` function: run it on a `read_only()`
-    connection in a worker thread (100,000 members take tens of milliseconds).
+    One `LIKE` over the members' `search` column (sync/search_text.py), in SQLite's C code:
+    run it on a `read_only()` connection in a worker thread (a scan of 100,000 members).
     """
     q = q.strip()
     if not q:
         return []
-    has_phone = "phone" in _columns(conn, "members")
     ids: list[str] = [r[0] for r in conn.execute("SELECT id FROM members WHERE id = ?", (q,))]
-    card = alnum(q)
+    patterns = [_like(fold(q))]
+    number, card = digits(q), alnum(q)
+    if len(number) >= 3 and len(number) >= len(q.replace(" ", "")) - 2:  # mostly digits: a phone
+        patterns.append(_like(number))
     if len(card) >= 3 and card.isascii():
-        ids += [
-            r[0]
-            for r in conn.execute(
-                "SELECT DISTINCT member_id FROM cards WHERE alnum(card) LIKE ? ESCAPE '\\' LIMIT ?", (_like(card), limit)
-            )
-        ]
-    folded = _like(fold(q))
-    where = "fold(name) LIKE ? ESCAPE '\\' OR fold(email) LIKE ? ESCAPE '\\'"
-    params: list[Any] = [folded, folded]
-    number = digits(q)
-    if has_phone and len(number) >= 3 and len(number) >= len(q.replace(" ", "")) - 2:
-        where += " OR digits(phone) LIKE ?"
-        params.append(_like(number))
-    ids += [r[0] for r in conn.execute(f"SELECT id FROM members WHERE {where} ORDER BY name LIMIT ?", (*params, limit))]
+        patterns.append(_like(card.lower()))
+        # cards assigned at the desk, not yet in the central system's rows
+        ids += [r[0] for r in conn.execute(
+            "SELECT member_id FROM card_enrolments WHERE card LIKE ? ESCAPE '\\' LIMIT ?", (_like(card), limit))]
+    patterns = list(dict.fromkeys(patterns))
+    where = " OR ".join(["search LIKE ? ESCAPE '\\'"] * len(patterns))
+    ids += [r[0] for r in conn.execute(f"SELECT id FROM members WHERE {where} ORDER BY name LIMIT ?", (*patterns, limit))]
     out: list[MemberHit] = []
-    phone_col = "phone" if has_phone else "NULL"
     for mid in list(dict.fromkeys(ids))[:limit]:
-        row = conn.execute(f"SELECT id, name, status, email, {phone_col} FROM members WHERE id = ?", (mid,)).fetchone()
+        row = conn.execute("SELECT id, name, status, email, phone FROM members WHERE id = ?", (mid,)).fetchone()
         if row is None:
             continue
-        cards = tuple(r[0] for r in conn.execute("SELECT card FROM cards WHERE member_id = ? ORDER BY card", (mid,)))
+        cards = tuple(r[0] for r in conn.execute(
+            "SELECT card FROM cards WHERE member_id = ? UNION SELECT card FROM card_enrolments WHERE member_id = ? "
+            "ORDER BY card", (mid, mid)))
         out.append(MemberHit(row[0], row[1] or row[0], row[2], row[3], row[4], cards))
     return out
 
 
 def member_phone(conn: sqlite3.Connection, member_id: str) -> str | None:
-    if "phone" not in _columns(conn, "members"):
-        return None
     row = conn.execute("SELECT phone FROM members WHERE id = ?", (member_id,)).fetchone()
     return None if row is None else row[0]
 

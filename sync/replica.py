@@ -127,7 +127,8 @@ class Replica:
             c.executemany(
                 f"INSERT INTO members{MEMBER_INSERT} "
                 "ON CONFLICT(id) DO UPDATE SET name=excluded.name, status=excluded.status, "
-                "email=excluded.email, photo=excluded.photo, synced_at=excluded.synced_at, phone=excluded.phone",
+                "email=excluded.email, photo=excluded.photo, synced_at=excluded.synced_at, phone=excluded.phone, "
+                "search=excluded.search",
                 (member_row(m, synced_at) for m in batch.members),
             )
             # a card moves to whoever the central system last said holds it

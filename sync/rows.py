@@ -17,6 +17,7 @@ from typing import Any
 from rules.model import Booking, BookingStatus, DeductOn, Member, MemberStatus, Pass, PassKind
 from rules.timeutil import WeekSchedule
 from sync.batch import PassRecord
+from sync.search_text import member_search_text
 
 Row = tuple[Any, ...]
 
@@ -35,14 +36,14 @@ def dec(text: str | None) -> Decimal | None:
 
 # -- members and cards ----------------------------------------------------------------------
 
-MEMBER_COLUMNS = ("id", "name", "status", "email", "photo", "synced_at", "phone")
+MEMBER_COLUMNS = ("id", "name", "status", "email", "photo", "synced_at", "phone", "search")
 MEMBER_READ = "id, name, status, email, photo, phone"
 MEMBER_INSERT = f"({', '.join(MEMBER_COLUMNS)}) VALUES ({','.join('?' * len(MEMBER_COLUMNS))})"
 
 
 def member_row(m: Member, synced_at: float) -> Row:
     """In MEMBER_COLUMNS order (MEMBER_INSERT)."""
-    return (m.id, m.name, m.status.value, m.email, m.photo, synced_at, m.phone)
+    return (m.id, m.name, m.status.value, m.email, m.photo, synced_at, m.phone, member_search_text(m))
 
 
 def card_rows(m: Member) -> list[tuple[str, str]]:

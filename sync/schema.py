@@ -138,7 +138,16 @@ def _migration_2(db: sqlite_utils.Database) -> None:
 
 
 def _migration_3(db: sqlite_utils.Database) -> None:
-    db.conn.execute("ALTER TABLE members ADD COLUMN phone TEXT")  # the desk searches by it
+    # the desk's search: by phone too, over text made once per member (sync/search_text.py)
+    db.conn.execute("ALTER TABLE members ADD COLUMN phone TEXT")
+    db.conn.execute("ALTER TABLE members ADD COLUMN search TEXT")
+    from sync.rows import MEMBER_READ, member_from_row
+    from sync.search_text import member_search_text
+
+    members = db.conn.execute(f"SELECT {MEMBER_READ} FROM members").fetchall()
+    for row in members:
+        cards = tuple(r[0] for r in db.conn.execute("SELECT card FROM cards WHERE member_id = ?", (row[0],)))
+        db.conn.execute("UPDATE members SET search = ? WHERE id = ?", (member_search_text(member_from_row(row, cards)), row[0]))
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3]
