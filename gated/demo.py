@@ -71,7 +71,7 @@ def demo_data(now: datetime, tz: ZoneInfo) -> dict[str, Any]:
             {"id": "b-yoga", "member": "m-lena", "pass": "p-lena", "class": "Workshop Yoga", "zone": "main",
              "starts_at": at(5), "ends_at": at(95), "deducted": True},
             {"id": "b-pilates", "member": "m-bruno", "pass": "p-bruno", "class": "Pilates", "zone": "main",
-             "starts_at": at(120), "ends_at": at(175)},
+             "starts_at": at(150), "ends_at": at(205)},
         ],
     }
 
