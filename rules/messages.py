@@ -143,10 +143,18 @@ _TEXT: dict[Reason, Callable[[Facts], str]] = {
 }
 
 
+# Shell refusals being added beside the rules' reasons, by their code, so that the words are
+# ready whichever lands first.
+_BY_CODE: dict[str, Callable[[Facts], str]] = {
+    "storage_fault": lambda f: "Gate out of order" + SEP + "please see the front desk",
+    "fire_alarm": lambda f: "Fire alarm" + SEP + "no entry: please leave by the nearest exit",
+}
+
+
 def message(reason: Reason, facts: Facts | None = None) -> str:
     """The member's text for a decision; a reason without its own words says 'see the desk'."""
     f = facts or {}
-    make = _TEXT.get(reason)
+    make = _TEXT.get(reason) or _BY_CODE.get(reason.value)
     if make is None:
         granted = reason.granted
         return ("Welcome" if granted else "Please see the front desk") + SEP + reason.value.replace("_", " ")

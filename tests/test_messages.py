@@ -57,6 +57,13 @@ def test_message_table(reason: Reason, facts: dict[str, str], expected: str) -> 
     assert message(reason, facts) == expected
 
 
+def test_shell_refusals_by_code() -> None:
+    from rules import messages
+
+    assert messages._BY_CODE["fire_alarm"]({}) == "Fire alarm — no entry: please leave by the nearest exit"
+    assert messages._BY_CODE["storage_fault"]({}).startswith("Gate out of order")
+
+
 def test_every_reason_has_words_and_a_headline() -> None:
     for reason in Reason:
         text = message(reason, {})
