@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gated.console.backend import ConsoleBackend
+from gated.console.words import ACTIONS, DETAIL_WORDS, NO_EVENT, notice_text
 from rules.model import Booking, BookingStatus, Pass
 from rules.timeutil import local_date, parse_duration, start_of_local_day
 from sync import read_models as rm
@@ -47,26 +48,6 @@ def parse_at(text: str | None) -> datetime | None:
 
 class StoreUnavailable(Exception):
     """The daemon is starting or stopping: no store to read."""
-
-
-# the audit log's actions in the desk's words
-ACTIONS = {
-    "override": "Opened a gate once",
-    "check_in": "Checked a member in",
-    "mark_attended": "Marked attended",
-    "adjust_points": "Adjusted points",
-    "lockdown": "Locked down all gates",
-    "release": "Released the lockdown",
-    "emergency_release": "Emergency release",
-    "emergency_restore": "Ended the emergency release",
-    "login": "Logged in",
-    "logout": "Logged out",
-    "login_failed": "Failed login",
-    "enrol_card": "Assigned a card",
-}
-DETAIL_WORDS = {"gate": "gate", "reason": "reason", "booking": "class", "refund": "refund", "member": "member",
-                "points": "points", "ip": "from", "card": "card", "pass": "pass", "why": "as", "decision": "decision"}
-NO_EVENT = ("login", "logout", "login_failed")  # their seq is only "the last event at the time"
 
 
 class Views:
@@ -180,7 +161,7 @@ class Views:
                 check_in=bool(ev.get("check_in")),
             )
             return item
-        text = self._notice_text(ev, item, passes)
+        text = notice_text(ev, item, passes)
         if text is None:
             return None
         item["text"] = text
@@ -190,44 +171,6 @@ class Views:
         recovered = t == "alarm" and str(ev.get("kind") or "").endswith(("_online", "_closed", "_cleared"))
         item["alert"] = t in ("alarm", "lockdown", "fire_alarm", "passage_unconfirmed") and not recovered
         return item
-
-    @staticmethod
-    def _notice_text(ev: dict[str, Any], item: dict[str, Any], passes: dict[str, str]) -> str | None:
-        t = ev.get("type")
-        cls = item.get("class_name") or (f"booking {ev['booking']}" if ev.get("booking") else "")
-        if t == "deduction":
-            cause = ev.get("cause")
-            if cause not in ("refund", "no_show_fee"):
-                return None  # shown with its access event
-            amount = ev.get("amount")
-            pname = passes.get(ev.get("pass") or "", ev.get("pass"))
-            if cause == "refund":
-                return f"Refund of {-amount if isinstance(amount, int | float) else amount} to {pname}"
-            return f"No-show fee {amount} from {pname}"
-        if t == "override":
-            return f"Gate opened once by {ev.get('operator')}: {ev.get('reason')}"
-        if t == "attendance":
-            by = ev.get("by")
-            if ev.get("status") == "no_show":
-                return f"No-show: {cls}"
-            return f"Attended {cls}" + (f" (marked by {by})" if by and by != "gate" else " (at the gate)")
-        if t == "loyalty":
-            pts = ev.get("points")
-            who = f" by {ev['operator']}" if ev.get("operator") else ""
-            why = f": {ev['reason']}" if ev.get("reason") else (f" for {cls}" if cls else "")
-            return f"Loyalty {pts:+d} points{who}{why}" if isinstance(pts, int) else f"Loyalty {pts}"
-        if t == "lockdown":
-            return f"Lockdown {'ON' if ev.get('active') else 'released'} by {ev.get('operator')}"
-        if t == "fire_alarm":
-            return f"Emergency release {'ACTIVE' if ev.get('active') else 'ended'} ({ev.get('source')})"
-        if t == "alarm":
-            kind = str(ev.get("kind") or "").replace("_", " ")
-            return f"Alarm: {kind}" + (f" — {ev['detail']}" if ev.get("detail") else "")
-        if t == "card_enrolled":
-            return f"Card {ev.get('card')} assigned by {ev.get('operator')}"
-        if t == "passage_unconfirmed":
-            return "A grant was cut off before it was recorded — check the turnstile count"
-        return str(t)
 
     def recent_feed(self, limit: int = 50) -> list[dict[str, Any]]:
         events = list(reversed(self.store.recent_events(limit * 2, types=NOTABLE)))
