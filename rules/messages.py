@@ -138,23 +138,18 @@ _TEXT: dict[Reason, Callable[[Facts], str]] = {
     Reason.NO_BALANCE: _no_balance,
     Reason.NO_PASS: lambda f: "No valid pass" + SEP + "please see the front desk",
     Reason.HARDWARE_FAULT: lambda f: "Gate out of order" + SEP + "please see the front desk",
+    Reason.STORAGE_FAULT: lambda f: "Gate out of order" + SEP + "please see the front desk",
+    Reason.FIRE_ALARM: lambda f: "Fire alarm" + SEP + "no entry: please leave by the nearest exit",
+    Reason.EMERGENCY_RELEASE: lambda f: "Entry closed for an emergency" + SEP + "please see the front desk",
     Reason.LOCKDOWN: lambda f: "Entry closed" + SEP + "please see the front desk",
     Reason.CACHE_STALE: lambda f: "Please see the front desk" + SEP + "we cannot check your pass right now",
-}
-
-
-# Shell refusals being added beside the rules' reasons, by their code, so that the words are
-# ready whichever lands first.
-_BY_CODE: dict[str, Callable[[Facts], str]] = {
-    "storage_fault": lambda f: "Gate out of order" + SEP + "please see the front desk",
-    "fire_alarm": lambda f: "Fire alarm" + SEP + "no entry: please leave by the nearest exit",
 }
 
 
 def message(reason: Reason, facts: Facts | None = None) -> str:
     """The member's text for a decision; a reason without its own words says 'see the desk'."""
     f = facts or {}
-    make = _TEXT.get(reason) or _BY_CODE.get(reason.value)
+    make = _TEXT.get(reason)
     if make is None:
         granted = reason.granted
         return ("Welcome" if granted else "Please see the front desk") + SEP + reason.value.replace("_", " ")

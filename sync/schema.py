@@ -14,7 +14,7 @@ import sqlite_utils
 
 from sync.errors import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -132,12 +132,23 @@ def _migration_1(db: sqlite_utils.Database) -> None:
 
 
 def _migration_2(db: sqlite_utils.Database) -> None:
+    # A grant the gate is about to act on, written (durably) before the relay is pulsed
+    # and deleted by the transaction that commits the tap: one still here after a restart
+    # is a grant whose commit a crash cut off (sync/intents.py).
+    db.table("grant_intents").create(
+        {"id": int, "gate": str, "member_id": str, "body": str, "at": float},
+        pk="id",
+        if_not_exists=True,
+    )
+
+
+def _migration_3(db: sqlite_utils.Database) -> None:
     from sync.enrolment import create_table
 
     create_table(db.conn)  # cards assigned at the desk, until the central system has them
 
 
-def _migration_3(db: sqlite_utils.Database) -> None:
+def _migration_4(db: sqlite_utils.Database) -> None:
     # the desk's search: by phone too, over text made once per member (sync/search_text.py)
     db.conn.execute("ALTER TABLE members ADD COLUMN phone TEXT")
     db.conn.execute("ALTER TABLE members ADD COLUMN search TEXT")
@@ -150,7 +161,7 @@ def _migration_3(db: sqlite_utils.Database) -> None:
         db.conn.execute("UPDATE members SET search = ? WHERE id = ?", (member_search_text(member_from_row(row, cards)), row[0]))
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -192,7 +192,7 @@ async def test_console_in_chromium(tmp_path: Path) -> None:
             assert site.turnstile.unlocks == unlocks + 1
             assert site.store.balance("p-bruno") == balance - 1
             access = site.store.recent_events(5, types=["access"])[0]
-            assert access["member"] == "m-bruno" and access["operator"] == "desk" and access["check_in"]
+            assert access["member"] == "m-bruno" and access["operator"] == "desk" and access["credential"] == "desk"
             assert access["desk_reason"] == "forgot his card" and access["reason"] == "walk_in"
 
             # -- loyalty report and its CSV --------------------------------------------------

@@ -49,19 +49,14 @@ TABLE: list[tuple[Reason, dict[str, str], str]] = [
     (Reason.OUTSIDE_WINDOW, {"pass": "Morning", "next": "Tue 06:30"}, "Morning is not valid at this time — next entry Tue 06:30"),
     (Reason.SITE_CLOSED, {"next": "Mon 06:00"}, "We're closed — we open Mon 06:00"),
     (Reason.MEMBER_BLOCKED, {"name": "Max"}, "Membership on hold — please see the front desk"),
+    (Reason.FIRE_ALARM, {"name": "Max"}, "Fire alarm — no entry: please leave by the nearest exit"),
+    (Reason.STORAGE_FAULT, {}, "Gate out of order — please see the front desk"),
 ]
 
 
 @pytest.mark.parametrize(("reason", "facts", "expected"), TABLE, ids=[f"{r.value}-{i}" for i, (r, _, _) in enumerate(TABLE)])
 def test_message_table(reason: Reason, facts: dict[str, str], expected: str) -> None:
     assert message(reason, facts) == expected
-
-
-def test_shell_refusals_by_code() -> None:
-    from rules import messages
-
-    assert messages._BY_CODE["fire_alarm"]({}) == "Fire alarm — no entry: please leave by the nearest exit"
-    assert messages._BY_CODE["storage_fault"]({}).startswith("Gate out of order")
 
 
 def test_every_reason_has_words_and_a_headline() -> None:

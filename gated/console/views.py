@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gated.console.backend import ConsoleBackend
-from gated.console.words import ACTIONS, DETAIL_WORDS, NO_EVENT, notice_text
+from gated.console.words import ACTIONS, DETAIL_WORDS, HIDDEN_DETAIL, NO_EVENT, notice_text
 from rules.model import Booking, BookingStatus, Pass
 from rules.timeutil import local_date, parse_duration, start_of_local_day
 from sync import read_models as rm
@@ -158,7 +158,7 @@ class Views:
                 pass_name=passes.get(ev.get("pass") or "", ev.get("pass")),
                 balance=self._balance_after(ev),
                 card=ev.get("card") if reason == "unknown_card" else None,
-                check_in=bool(ev.get("check_in")),
+                check_in=ev.get("credential") == "desk",
             )
             return item
         text = notice_text(ev, item, passes)
@@ -393,7 +393,7 @@ class Views:
         gates = self.gate_names()
         parts = []
         for k, v in detail.items():
-            if v is None:
+            if v is None or k in HIDDEN_DETAIL:
                 continue
             if isinstance(v, bool):
                 v = "yes" if v else "no"
@@ -401,7 +401,7 @@ class Views:
                 v = gates.get(str(v), v)
             elif k in names and str(v) in names[k]:
                 v = names[k][str(v)]
-            elif k == "why":
+            elif k in ("why", "because"):
                 v = str(v).replace("_", " ")
             elif isinstance(v, dict | list):
                 v = json.dumps(v, ensure_ascii=False)

@@ -20,7 +20,8 @@ ACTIONS = {
     "enrol_card": "Assigned a card",
 }
 DETAIL_WORDS = {"gate": "gate", "reason": "reason", "booking": "class", "refund": "refund", "member": "member",
-                "points": "points", "ip": "from", "card": "card", "pass": "pass", "why": "as", "decision": "decision"}
+                "points": "points", "ip": "from", "card": "card", "pass": "pass", "why": "as", "because": "as", "decision": "decision"}
+HIDDEN_DETAIL = ("seq",)  # the event column says it
 NO_EVENT = ("login", "logout", "login_failed")  # their seq is only "the last event at the time"
 
 
@@ -62,4 +63,4 @@ def notice_text(ev: dict[str, Any], item: dict[str, Any], passes: dict[str, str]
     return str(t)
 
 
-__all__ = ["ACTIONS", "DETAIL_WORDS", "NO_EVENT", "notice_text"]
+__all__ = ["ACTIONS", "DETAIL_WORDS", "HIDDEN_DETAIL", "NO_EVENT", "notice_text"]
