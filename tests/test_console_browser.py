@@ -221,6 +221,18 @@ async def test_console_in_chromium(tmp_path: Path) -> None:
             assert (await page.get_attribute("#csv-link", "href")) == "/audit.csv"
             await page.screenshot(path=str(ARTIFACTS / "console-audit.png"))
 
+            # -- the disk's free-space reserve is gone: every page says the gates are out of order
+            storage = site.daemon.storage
+            assert storage is not None
+            reserve = storage.guard.min_free
+            storage.guard.min_free = 1 << 62  # more than any disk has: the real free-space check fails
+            try:
+                await page.locator("#alerts .banner", has_text="GATES OUT OF ORDER").wait_for(timeout=10000)
+                assert (await site.tap("0499887766"))["reason"] == "storage_fault"
+            finally:
+                storage.guard.min_free = reserve
+            await page.locator("#alerts .banner", has_text="GATES OUT OF ORDER").wait_for(state="detached", timeout=10000)
+
             # -- a tablet in portrait: the gates come first, not 3,000 px down ----------------
             await page.set_viewport_size(TABLET)
             await page.goto(site.base + "/")

@@ -465,6 +465,34 @@
       dl);
   }
 
+  /* What the whole site must know at once: lockdown, fire, emergency release, storage. */
+  function siteAlerts(h) {
+    const alerts = [];
+    const sf = h.safety || {};
+    const by = function (sw) { return sw && sw.operator ? " (" + sw.operator + ")" : ""; };
+    if (h.lockdown) alerts.push(el("div", { class: "banner bad", role: "alert", text: "LOCKDOWN — entries are refused" + by(sf.lockdown) }));
+    if (sf.fire_alarm) alerts.push(el("div", { class: "banner bad", role: "alert", text: "FIRE ALARM — doors released, entries refused" }));
+    else if (h.fire_alarm) alerts.push(el("div", { class: "banner bad", role: "alert", text: "EMERGENCY RELEASE — doors released, entries refused" + by(sf.emergency_release) }));
+    if (sf.fire_input && !sf.fire_input.known) alerts.push(el("div", { class: "banner bad", role: "alert",
+      text: "FIRE-ALARM INPUT UNREACHABLE — " + (sf.fire_input.error || "no answer") + " (policy: " + sf.fire_input.policy + ")" }));
+    const st = h.storage;
+    if (st && st.ok === false) alerts.push(el("div", { class: "banner bad", role: "alert",
+      text: "GATES OUT OF ORDER — entries cannot be recorded (" + (st.problem || "storage") + (st.detail ? ": " + st.detail : "") + "); exits work" }));
+    if (h.cache_stale) alerts.push(el("div", { class: "banner warn", text: "Member data is stale — some passes may be refused" }));
+    return alerts;
+  }
+
+  function showBanners(alerts) {
+    const banner = $("#alerts");
+    if (!banner) return;
+    banner.replaceChildren.apply(banner, alerts.filter(function (a) { return a.classList.contains("bad"); }).map(function (a) { return a.cloneNode(true); }));
+  }
+
+  /* Pages other than the feed poll the site's state for the banners only. */
+  function pollBanners() {
+    api("GET", "/api/health").then(function (h) { showBanners(siteAlerts(h)); }).catch(function () { /* next time */ });
+  }
+
   let healthTimer = null;
   async function refreshHealth() {
     let h;
@@ -478,10 +506,7 @@
       if (d) d.textContent = String(z.inside);
     });
     const site = $("#site-state");
-    const alerts = [];
-    if (h.lockdown) alerts.push(el("div", { class: "banner bad", role: "alert", text: "LOCKDOWN — entries are refused" }));
-    if (h.fire_alarm) alerts.push(el("div", { class: "banner bad", role: "alert", text: "EMERGENCY RELEASE — doors released, entries refused" }));
-    if (h.cache_stale) alerts.push(el("div", { class: "banner warn", text: "Member data is stale — some passes may be refused" }));
+    const alerts = siteAlerts(h);
     const age = h.cache_age_seconds;
     const ageText = age === null || age === undefined ? "never synced" : (age < 120 ? age + " s" : age < 7200 ? Math.round(age / 60) + " min" : Math.round(age / 3600) + " h");
     const dl = el("dl", { class: "kv" },
@@ -501,8 +526,7 @@
       eb.textContent = h.fire_alarm ? "End emergency release" : "Emergency release";
       eb.dataset.on = h.fire_alarm ? "1" : "";
     }
-    const banner = $("#alerts");
-    banner.replaceChildren.apply(banner, alerts.filter(function (a) { return a.classList.contains("bad"); }).map(function (a) { return a.cloneNode(true); }));
+    showBanners(alerts);
   }
 
   function initGates() {
@@ -742,4 +766,5 @@
 
   const init = { feed: initFeed, members: initMembers, classes: initClasses, reports: initReports, audit: initAudit }[page];
   if (init) init();
+  if (init && page !== "feed") { pollBanners(); setInterval(pollBanners, 4000); }
 })();
