@@ -7,12 +7,20 @@ the JSON Schema editors use to check the file as it is typed.
 from __future__ import annotations
 
 import socket
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from drivers.outputs.config import DoorMode, FireAlarmInputConfig, ModbusOutputConfig
 from drivers.readers.config import ReaderConfig
@@ -197,6 +205,11 @@ class QrConfig(Section):
 class LoggingConfig(Section):
     format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a terminal, else JSON.")
     level: Literal["debug", "info", "warning", "error"] = "info"
+    libraries: Literal["debug", "info", "warning", "error"] = Field(
+        "warning",
+        description="Level for the libraries' own logs (pymodbus frames, MQTT client): "
+        "`debug` to see every Modbus frame while wiring.",
+    )
 
 
 class MetricsConfig(Section):
@@ -212,6 +225,21 @@ class ControlConfig(Section):
         description="Accept `gated tap` (a card or QR read sent through the socket as if a reader had read "
         "it). Off in production: it opens doors without a password. The demo and tests turn it on.",
     )
+
+
+class SimulationConfig(Section):
+    """For `gated sim day` only: a simulated clock shared by a whole simulated site."""
+
+    clock_start: datetime = Field(description="The simulated instant at `clock_epoch` (ISO 8601 with an offset).")
+    clock_speed: float = Field(60.0, gt=0, le=10_000, description="Simulated seconds per real second.")
+    clock_epoch: float = Field(description="The real instant (Unix seconds) the simulated clock started at.")
+
+    @field_validator("clock_start")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("give the start with its UTC offset")
+        return v
 
 
 class Config(Section):
@@ -230,6 +258,11 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     control: ControlConfig = ControlConfig()
     lookup_unknown_cards: bool = Field(True, description="Ask the central system about unknown cards before denying.")
+    simulation: SimulationConfig | None = Field(
+        None,
+        description="Simulator only (`gated sim day`): a simulated clock. `gated run` refuses it "
+        "unless GATED_SIMULATION=1 is set too: never on a real site.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -285,6 +318,10 @@ class Config(Section):
         return {g.id: g.to_domain() for g in self.gates}
 
     def warnings(self) -> list[tuple[str, str]]:
+        sim = [("simulation", "a simulated clock: for `gated sim day` only; `gated run` refuses it without GATED_SIMULATION=1")]
+        return (sim if self.simulation is not None else []) + self._warnings()
+
+    def _warnings(self) -> list[tuple[str, str]]:
         """Legal but risky settings: (key path, what to consider)."""
         out: list[tuple[str, str]] = []
         for i, g in enumerate(self.gates):
