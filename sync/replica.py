@@ -16,9 +16,11 @@ from decimal import Decimal
 
 from rules.model import Booking, BookingStatus, Member, Pass
 from rules.model import Site as SiteModel
+from sync import enrolment
 from sync.batch import SyncBatch
 from sync.rows import (
     BOOKING_READ,
+    MEMBER_INSERT,
     MEMBER_READ,
     PASS_READ,
     booking_from_row,
@@ -43,6 +45,10 @@ class Replica:
     # -- reads ------------------------------------------------------------------------------
 
     def member_for_card(self, card: str) -> str | None:
+        # a card the desk assigned wins until the central system has taken it over
+        enrolled = enrolment.member_for_card(self.conn, card)
+        if enrolled is not None:
+            return enrolled
         row = self.conn.execute("SELECT member_id FROM cards WHERE card = ?", (card.upper(),)).fetchone()
         return None if row is None else str(row[0])
 
@@ -51,6 +57,7 @@ class Replica:
         if row is None:
             return None
         cards = tuple(r[0] for r in self.conn.execute("SELECT card FROM cards WHERE member_id = ?", (member_id,)))
+        cards += tuple(c for c in enrolment.cards_of(self.conn, member_id) if c not in cards)
         return member_from_row(row, cards)
 
     def passes_of(self, member_id: str) -> list[Pass]:
@@ -118,9 +125,10 @@ class Replica:
             if not snapshot:
                 c.executemany("DELETE FROM cards WHERE member_id = ?", ((m.id,) for m in batch.members))
             c.executemany(
-                "INSERT INTO members(id, name, status, email, photo, synced_at) VALUES (?,?,?,?,?,?) "
+                f"INSERT INTO members{MEMBER_INSERT} "
                 "ON CONFLICT(id) DO UPDATE SET name=excluded.name, status=excluded.status, "
-                "email=excluded.email, photo=excluded.photo, synced_at=excluded.synced_at",
+                "email=excluded.email, photo=excluded.photo, synced_at=excluded.synced_at, phone=excluded.phone, "
+                "search=excluded.search",
                 (member_row(m, synced_at) for m in batch.members),
             )
             # a card moves to whoever the central system last said holds it

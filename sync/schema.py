@@ -14,7 +14,7 @@ import sqlite_utils
 
 from sync.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -142,7 +142,26 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+def _migration_3(db: sqlite_utils.Database) -> None:
+    from sync.enrolment import create_table
+
+    create_table(db.conn)  # cards assigned at the desk, until the central system has them
+
+
+def _migration_4(db: sqlite_utils.Database) -> None:
+    # the desk's search: by phone too, over text made once per member (sync/search_text.py)
+    db.conn.execute("ALTER TABLE members ADD COLUMN phone TEXT")
+    db.conn.execute("ALTER TABLE members ADD COLUMN search TEXT")
+    from sync.rows import MEMBER_READ, member_from_row
+    from sync.search_text import member_search_text
+
+    members = db.conn.execute(f"SELECT {MEMBER_READ} FROM members").fetchall()
+    for row in members:
+        cards = tuple(r[0] for r in db.conn.execute("SELECT card FROM cards WHERE member_id = ?", (row[0],)))
+        db.conn.execute("UPDATE members SET search = ? WHERE id = ?", (member_search_text(member_from_row(row, cards)), row[0]))
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
 
 
 def migrate(conn: sqlite3.Connection) -> None:
