@@ -258,6 +258,12 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     control: ControlConfig = ControlConfig()
     lookup_unknown_cards: bool = Field(True, description="Ask the central system about unknown cards before denying.")
+    time_driven_work: bool = Field(
+        True,
+        description="This daemon finalises the site's no-shows (and their fees) and credits loyalty "
+        "points. On a site with several daemons exactly one does it (the others: false); it learns "
+        "what the others' gates and desks recorded from their events (docs/operations.md).",
+    )
     simulation: SimulationConfig | None = Field(
         None,
         description="Simulator only (`gated sim day`): a simulated clock. `gated run` refuses it "

@@ -442,7 +442,7 @@ class Daemon:
     async def _scheduler(self) -> None:
         while True:
             try:
-                if self.engine is not None and (self.storage is None or self.storage.ok):
+                if self.engine is not None and self.config.time_driven_work and (self.storage is None or self.storage.ok):
                     self.engine.run_due(self.clock())
             except STORAGE_ERRORS as e:
                 if self.storage is not None:

@@ -299,8 +299,12 @@ class Central:
             else:
                 self.stats["deduction_unknown_pass"] += 1
         elif kind == "attendance" and ev.get("booking"):
+            # the site's daemons report independently, in no order between them: a booking
+            # attended (at a gate, or marked by staff after its no-show) stays attended
             c.execute(
-                "INSERT OR REPLACE INTO attendance(site, booking, status, by) VALUES (?,?,?,?)",
+                "INSERT INTO attendance(site, booking, status, by) VALUES (?,?,?,?) "
+                "ON CONFLICT(site, booking) DO UPDATE SET status = excluded.status, by = excluded.by "
+                "WHERE NOT (attendance.status = 'attended' AND excluded.status = 'no_show')",
                 (site, ev["booking"], ev.get("status"), ev.get("by")),
             )
         elif kind == "loyalty" and ev.get("member"):

@@ -22,6 +22,7 @@ from rules.model import Site as SiteModel
 from rules.reasons import Reason
 from rules.schedule import WorkKind, due_work, no_show_fee
 from rules.timeutil import local_date, start_of_local_day
+from sync import peers
 from sync.errors import StoreError
 from sync.outbox import Event
 from sync.replica import Replica
@@ -35,11 +36,15 @@ def amount_json(d: Decimal) -> int | float:
 
 
 class Ledger:
-    def __init__(self, conn: sqlite3.Connection, transactions: Transactions, replica: Replica, site: SiteModel):
+    def __init__(
+        self, conn: sqlite3.Connection, transactions: Transactions, replica: Replica, site: SiteModel,
+        daemon_id: str = "gate",
+    ):
         self.conn = conn
         self.transactions = transactions
         self.replica = replica
         self.site = site
+        self.daemon_id = daemon_id
 
     # -- the steps a commit is made of (inside a transaction) -----------------------------
 
@@ -56,6 +61,7 @@ class Ledger:
         zone: str | None,
         gate: str | None,
         refunded_seq: int | None = None,
+        refunds: dict[str, Any] | None = None,
     ) -> Event:
         balance = self.replica.balance(pass_id)
         after = balance - amount if balance is not None else None
@@ -70,6 +76,8 @@ class Ledger:
             fields = {"gate": gate, **fields}
         if after is not None:
             fields["balance"] = amount_json(after)
+        if refunds is not None:
+            fields["refunds"] = refunds  # which charge (daemon, seq): refunded once, site-wide
         event = tx.emit("deduction", now, **fields)
         self.conn.execute(
             "INSERT INTO deductions(seq, pass_id, member_id, booking_id, amount, cause, zone, at, refunded_by) "
@@ -195,28 +203,27 @@ class Ledger:
             raise StoreError(f"unknown booking {booking_id!r}")
         with self.transactions.open() as tx:
             if refund:
+                # the charge may have been taken at another turnstile of the site (another
+                # daemon): sync/peers.py keeps the site's walk-in charges and refunds
                 day = local_date(booking.starts_at, self.site.timezone)
                 start = start_of_local_day(day, self.site.timezone)
                 end = start_of_local_day(day + timedelta(days=1), self.site.timezone)
-                charge = self.conn.execute(
-                    "SELECT seq, pass_id, amount FROM deductions WHERE member_id = ? AND cause = 'walk_in' "
-                    "AND zone = ? AND at >= ? AND at < ? AND at < ? AND refunded_by IS NULL "
-                    "ORDER BY at DESC, seq DESC LIMIT 1",
-                    (booking.member, booking.zone, ts(start), ts(end), ts(now)),
-                ).fetchone()
+                charge = peers.latest_charge(self.conn, self.daemon_id, booking.member, booking.zone, start, end, now)
                 if charge is not None:
                     self.deduct(
                         tx,
                         now,
-                        pass_id=charge[1],
+                        pass_id=charge.pass_id,
                         member_id=booking.member,
-                        amount=-Decimal(charge[2]),
+                        amount=-charge.amount,
                         booking_id=booking.id,
                         cause="refund",
                         zone=booking.zone,
                         gate=None,
-                        refunded_seq=charge[0],
+                        refunded_seq=charge.seq if charge.own else None,
+                        refunds={"daemon": charge.daemon, "seq": charge.seq},
                     )
+                    peers.mark_refunded(self.conn, charge)
             self.attend(tx, now, booking, operator, None)
             tx.audit(now, operator, "mark_attended", {"booking": booking_id, "refund": refund})
         return tx.committed
@@ -237,6 +244,11 @@ class Ledger:
         """Another daemon of the site let this member through (site-wide anti-passback)."""
         with self.transactions.open():
             self.record_passage(member_id, zone, direction, at, gate, origin)
+
+    def record_peer_events(self, sender: str, events: list[dict[str, Any]], zones: dict[str, str]) -> dict[str, int]:
+        """What another daemon of the site did (sync/peers.py), in one transaction."""
+        with self.transactions.open():
+            return dict(peers.apply(self.conn, sender, events, zones, self.record_passage))
 
     # -- time-driven work -------------------------------------------------------------------
 

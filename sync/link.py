@@ -36,8 +36,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from rules.model import Direction, Gate
-from rules.timeutil import iso_utc, parse_instant
+from rules.model import Gate
+from rules.timeutil import iso_utc
 from sync.protocol import (
     Ack,
     Delta,
@@ -88,7 +88,10 @@ class MqttSettings(BaseModel):
     backoff_initial: float = Field(default=0.5, gt=0)
     backoff_max: float = Field(default=30.0, gt=0)
     snapshot_batch_rows: int = Field(default=500, ge=1)
-    share_access: bool = True  # subscribe to the site's other daemons' access events
+    share_access: bool = True  # subscribe to the site's other daemons' events
+    # > 0: a persistent session (clean start off) the broker keeps this long (seconds) while
+    # the daemon is away — the site's other daemons' events wait for it (sync/peers.py)
+    session_expiry: int = Field(default=0, ge=0, le=7 * 86_400)
 
     @field_validator("site", "daemon")
     @classmethod
@@ -207,6 +210,10 @@ class SyncLink:
     def _client_for(self) -> aiomqtt.Client:
         s = self.settings
         status = Status(daemon=s.daemon, state="offline").model_dump_json().encode()
+        props = None
+        if s.session_expiry:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = s.session_expiry
         return aiomqtt.Client(
             s.host,
             s.port,
@@ -219,6 +226,8 @@ class SyncLink:
             tls_context=s.tls_context(),
             timeout=10,
             max_inflight_messages=100,
+            clean_start=not s.session_expiry,
+            properties=props,
         )
 
     async def run(self) -> None:
@@ -578,23 +587,16 @@ class SyncLink:
             self.stats["dropped"] += 1
             return
         seen = self._remote_seen.get(sender, 0)
+        fresh: list[dict[str, Any]] = []
         for ev in batch.events:
             if ev.seq <= seen:
                 continue
             seen = ev.seq
-            extra = ev.model_extra or {}
-            if ev.type != "access" or extra.get("decision") != "granted" or not extra.get("passed"):
-                continue
-            if not ev.member or not ev.gate or ev.gate not in batch.zones:
-                continue
-            try:
-                at = parse_instant(ev.at, _UTC)
-            except ValueError:
-                self.stats["invalid"] += 1
-                continue
-            direction = Direction.OUT if extra.get("reason") == "exit" else Direction.IN
-            self.store.record_remote_passage(ev.member, batch.zones[ev.gate], direction, at, ev.gate, sender)
-            self.stats["remote_passages"] += 1
+            fresh.append(ev.model_dump(mode="json"))
+        if fresh:
+            # passages, booking outcomes, walk-in charges and refunds (sync/peers.py)
+            for kind, n in self.store.record_peer_events(sender, fresh, dict(batch.zones)).items():
+                self.stats[kind] += n
         self._remote_seen[sender] = seen
 
     # -- live look-ups ---------------------------------------------------------------------------

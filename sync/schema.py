@@ -14,7 +14,7 @@ import sqlite_utils
 
 from sync.errors import StoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -161,7 +161,15 @@ def _migration_4(db: sqlite_utils.Database) -> None:
         db.conn.execute("UPDATE members SET search = ? WHERE id = ?", (member_search_text(member_from_row(row, cards)), row[0]))
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
+def _migration_5(db: sqlite_utils.Database) -> None:
+    from sync.peers import create_tables
+
+    create_tables(db.conn)  # the site's other daemons' charges and refunds (sync/peers.py)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
+]
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -117,7 +117,7 @@ class Store:
         self._transactions = Transactions(self.conn, self.outbox, self._meta, durable=self.durable)
         self._transactions.listeners.extend(listeners)
         self.replica = Replica(self.conn, self.site)
-        self.ledger = Ledger(self.conn, self._transactions, self.replica, self.site)
+        self.ledger = Ledger(self.conn, self._transactions, self.replica, self.site, self.daemon_id)
         self.intents = Intents(self.conn, self._transactions)
 
     def _switch(self, conn: sqlite3.Connection) -> None:
@@ -397,6 +397,11 @@ class Store:
     ) -> None:
         """Another daemon of the site let this member through (site-wide anti-passback)."""
         self.ledger.record_remote_passage(member_id, zone, direction, at, gate, origin)
+
+    def record_peer_events(self, sender: str, events: list[dict[str, Any]], zones: dict[str, str]) -> dict[str, int]:
+        """Another daemon of the site's events: passages, booking outcomes, walk-in charges
+        and refunds (sync/peers.py). Returns counts by kind."""
+        return self.ledger.record_peer_events(sender, events, zones)
 
     def run_due(self, policy: Policy, now: datetime) -> Committed:
         """No-shows and loyalty credits due up to and including `now`, each exactly once."""

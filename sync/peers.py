@@ -1,0 +1,153 @@
+"""The site's other daemons, as this daemon learns of them from their events (MQTT
+`{prefix}/{site}/+/events`, docs/protocol.md): who went in or out (site-wide anti-passback,
+occupancy, the no-show fee's "on site" test), the booking outcomes they recorded, their
+walk-in charges and the refunds anyone gave.
+
+Why each matters on a site whose gates are separate daemons (one per turnstile):
+- a booking attended at another turnstile is not matched again here (a second entry in
+  its arrival window is a re-entry, not a second use of the booking), and the daemon
+  doing the site's time-driven work does not make it a no-show (nor charge its fee);
+- the desk refunds the walk-in charge a member paid at *any* turnstile of the site
+  (SPORTRICK's early arrival), once, whichever daemon took it.
+
+Nothing here emits an event or moves a balance: balances come from the central system
+(the `applied` rule), and each charge or refund is counted there once, from the daemon
+that made it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from rules.model import Direction
+from rules.timeutil import parse_instant
+from sync.rows import ts
+
+_UTC = ZoneInfo("UTC")
+
+
+def create_tables(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS site_charges (daemon TEXT NOT NULL, seq INTEGER NOT NULL, pass_id TEXT, "
+        "member_id TEXT, amount TEXT, zone TEXT, at REAL, PRIMARY KEY (daemon, seq))"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS site_charges_member ON site_charges(member_id, at)")
+    # charges (of any daemon, this one included) a refund event of any daemon gave back
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS site_refunds (daemon TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (daemon, seq))"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """A walk-in charge of the site: which daemon took it (its event's seq), on what."""
+
+    daemon: str
+    seq: int
+    pass_id: str
+    amount: Decimal
+    at: float
+    own: bool
+
+
+def apply(
+    conn: sqlite3.Connection,
+    sender: str,
+    events: Sequence[Mapping[str, Any]],
+    zones: Mapping[str, str],
+    record_passage: Any,
+) -> Counter[str]:
+    """Inside a transaction: what `sender`'s events tell this daemon. `record_passage`
+    is the ledger's (member, zone, direction, at, gate, origin)."""
+    seen: Counter[str] = Counter()
+    for ev in events:
+        try:
+            at = parse_instant(str(ev.get("at")), _UTC)
+        except ValueError:
+            seen["invalid"] += 1
+            continue
+        kind = ev.get("type")
+        gate = ev.get("gate")
+        member = ev.get("member")
+        if kind == "access":
+            if ev.get("decision") != "granted" or not ev.get("passed") or not member or gate not in zones:
+                continue
+            direction = Direction.OUT if ev.get("reason") == "exit" else Direction.IN
+            record_passage(str(member), zones[str(gate)], direction, at, str(gate), sender)
+            seen["remote_passages"] += 1
+        elif kind == "attendance" and ev.get("booking") and ev.get("status") in ("attended", "no_show"):
+            if _outcome(conn, str(ev["booking"]), str(ev["status"]), at):
+                seen[f"remote_{ev['status']}"] += 1
+        elif kind == "deduction" and ev.get("cause") == "walk_in" and member and ev.get("pass") and gate in zones:
+            try:
+                amount = Decimal(str(ev.get("amount")))
+            except InvalidOperation:
+                amount = Decimal("NaN")
+            if not amount.is_finite() or len(str(member)) > 200 or len(str(ev["pass"])) > 200:
+                seen["invalid"] += 1
+                continue
+            conn.execute(
+                "INSERT OR IGNORE INTO site_charges(daemon, seq, pass_id, member_id, amount, zone, at) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (sender, int(ev["seq"]), str(ev["pass"]), str(member), str(amount), zones[str(gate)], ts(at)),
+            )
+            seen["remote_charges"] += 1
+        elif kind == "deduction" and ev.get("cause") == "refund":
+            ref = ev.get("refunds")
+            if isinstance(ref, Mapping) and isinstance(ref.get("daemon"), str) and isinstance(ref.get("seq"), int):
+                conn.execute("INSERT OR IGNORE INTO site_refunds(daemon, seq) VALUES (?,?)", (ref["daemon"], ref["seq"]))
+                seen["remote_refunds"] += 1
+    return seen
+
+
+def _outcome(conn: sqlite3.Connection, booking: str, status: str, at: datetime) -> int:
+    """A booking's outcome recorded by another daemon. Attended wins over a no-show (staff
+    may mark a no-show attended, never the other way); a cancellation here stands."""
+    return conn.execute(
+        "UPDATE bookings SET outcome = ?, attended_at = CASE WHEN ? = 'attended' THEN ? ELSE attended_at END "
+        "WHERE id = ? AND status = 'booked' AND (outcome IS NULL OR (outcome = 'no_show' AND ? = 'attended'))",
+        (status, status, ts(at), booking, status),
+    ).rowcount
+
+
+def latest_charge(
+    conn: sqlite3.Connection, own_daemon: str, member: str, zone: str, start: datetime, end: datetime,
+    before: datetime,
+) -> Charge | None:
+    """The member's latest walk-in charge in `zone` between `start` and `end`, before
+    `before`, that nobody refunded yet — taken by this daemon or another of the site."""
+    args = (member, zone, ts(start), ts(end), ts(before))
+    own = conn.execute(
+        "SELECT seq, pass_id, amount, at FROM deductions d WHERE member_id = ? AND cause = 'walk_in' AND zone = ? "
+        "AND at >= ? AND at < ? AND at < ? AND refunded_by IS NULL "
+        "AND NOT EXISTS (SELECT 1 FROM site_refunds r WHERE r.daemon = ? AND r.seq = d.seq) "
+        "ORDER BY at DESC, seq DESC LIMIT 1",
+        (*args, own_daemon),
+    ).fetchone()
+    peer = conn.execute(
+        "SELECT daemon, seq, pass_id, amount, at FROM site_charges c WHERE member_id = ? AND zone = ? "
+        "AND at >= ? AND at < ? AND at < ? "
+        "AND NOT EXISTS (SELECT 1 FROM site_refunds r WHERE r.daemon = c.daemon AND r.seq = c.seq) "
+        "ORDER BY at DESC, seq DESC LIMIT 1",
+        args,
+    ).fetchone()
+    found = []
+    if own is not None:
+        found.append(Charge(own_daemon, int(own[0]), str(own[1]), Decimal(own[2]), float(own[3]), True))
+    if peer is not None:
+        found.append(Charge(str(peer[0]), int(peer[1]), str(peer[2]), Decimal(peer[3]), float(peer[4]), False))
+    return max(found, key=lambda c: (c.at, c.seq)) if found else None
+
+
+def mark_refunded(conn: sqlite3.Connection, charge: Charge) -> None:
+    conn.execute("INSERT OR IGNORE INTO site_refunds(daemon, seq) VALUES (?,?)", (charge.daemon, charge.seq))
+
+
+__all__ = ["Charge", "apply", "create_tables", "latest_charge", "mark_refunded"]

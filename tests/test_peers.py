@@ -1,0 +1,148 @@
+"""A site whose turnstiles are separate daemons: each learns from the others' events
+(sync/peers.py) what it must know to keep the books — found by `gated sim day`, where
+every daemon made every booking a no-show (three no-show events, three fees) and the
+desk could not refund a walk-in taken at the other turnstile.
+
+Two stores stand for two daemons of one site; the events of one are handed to the other
+as the link hands them (Store.record_peer_events)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from rules.credential import CredentialKind
+from rules.decide import Presented, decide
+from rules.model import Booking, DeductOn, Gate, Member, Pass, PassKind, Policy, Site
+from rules.reasons import Reason
+from rules.timeutil import WeekSchedule
+from simulator.central import Central, CentralSettings
+from sync.protocol import EventBatch
+from sync.store import PassRecord, Store, SyncBatch
+
+TZ = ZoneInfo("Europe/Madrid")
+SITE = Site(TZ, id="s1")
+IN1 = Gate("in-1", "main")
+IN2 = Gate("in-2", "main")
+POLICY = Policy(no_show_fee=Decimal(1))
+DAY = datetime(2026, 11, 18, tzinfo=TZ)
+ALWAYS = WeekSchedule.parse({"mon-sun": "06:00-22:00"})
+
+
+def at(hh: int, mm: int = 0) -> datetime:
+    return DAY.replace(hour=hh, minute=mm)
+
+
+def site_store(tmp: Path, daemon: str) -> Store:
+    store = Store(tmp / f"{daemon}.db", SITE, daemon_id=daemon, durable=False)
+    visits = Pass("p1", "m1", "Multipack", PassKind.VISITS, Decimal(10), DeductOn.ACCESS, Decimal(1),
+                  access_windows=ALWAYS)
+    bookings = [
+        Booking("b1", "m1", "p1", "Yoga", "main", at(10), at(10, 45), loyalty_points=10),
+        Booking("b2", "m1", "p1", "Spinning", "main", at(12), at(12, 45), loyalty_points=5),
+    ]
+    store.apply_sync(SyncBatch([Member("m1", "Ana", cards=("C1",))], [PassRecord(visits, 0)], bookings), at(6))
+    return store
+
+
+def tap(store: Store, gate: Gate, now: datetime) -> Any:
+    view = store.view("m1", gate, now)
+    d = decide(view, Presented(CredentialKind.CARD), gate, SITE, POLICY, now)
+    return d, store.commit_tap(gate, d, credential=CredentialKind.CARD, passed=True, now=now)
+
+
+def share(src: Store, dst: Store, events: list[dict[str, Any]], zones: dict[str, str]) -> dict[str, int]:
+    """As the link does: the batch validated as it comes off the wire, then recorded."""
+    batch = EventBatch.model_validate({"v": 1, "daemon": src.daemon_id, "events": events, "zones": zones})
+    return dst.record_peer_events(src.daemon_id, [e.model_dump(mode="json") for e in batch.events], zones)
+
+
+def test_a_booking_attended_at_the_other_turnstile_is_no_no_show_here(tmp_path: Path) -> None:
+    a, clerk = site_store(tmp_path, "s1-in-2"), site_store(tmp_path, "s1-in-1")
+    d, committed = tap(a, IN2, at(9, 50))
+    assert d.reason == Reason.BOOKING and d.booking == "b1"
+    seen = share(a, clerk, committed.events, {"in-2": "main"})
+    assert seen == {"remote_passages": 1, "remote_attended": 1}
+    # the daemon doing the site's time-driven work: b2 nobody attended, b1 was attended
+    due = clerk.run_due(POLICY, at(23))
+    kinds = [(e["type"], e.get("booking"), e.get("status") or e.get("cause")) for e in due.events]
+    assert ("attendance", "b1", "no_show") not in kinds
+    assert ("attendance", "b2", "no_show") in kinds
+    # b1's points are credited there, once; b2's member was on site before it ended: no fee
+    assert [e["points"] for e in due.events if e["type"] == "loyalty"] == [10]
+    assert not [e for e in due.events if e["type"] == "deduction"]
+    assert clerk.run_due(POLICY, at(23, 30)).events == []
+    # and the booking is not matched again at the clerk's own turnstile: a re-entry
+    # within its arrival window is a walk-in (or a re-entry), never a second use of it
+    again, _ = tap(clerk, IN1, at(10, 5))
+    assert again.booking is None
+
+
+def test_the_desk_refunds_a_walk_in_taken_at_the_other_turnstile_once(tmp_path: Path) -> None:
+    """SPORTRICK's early arrival: charged a walk-in at in-2, the desk (in-1) marks the
+    booking attended with a refund; in-2 learns it was refunded and does not refund it too."""
+    in2, desk = site_store(tmp_path, "s1-in-2"), site_store(tmp_path, "s1-in-1")
+    d, committed = tap(in2, IN2, at(9, 20))  # before b1's arrival window (09:45): a walk-in
+    assert d.reason == Reason.WALK_IN and d.amount == 1
+    assert share(in2, desk, committed.events, {"in-2": "main"})["remote_charges"] == 1
+    marked = desk.mark_attended("b1", "desk", refund=True, now=at(10, 10))
+    refund = [e for e in marked.events if e["type"] == "deduction"]
+    assert len(refund) == 1
+    assert refund[0]["amount"] == -1 and refund[0]["pass"] == "p1" and refund[0]["cause"] == "refund"
+    assert refund[0]["refunds"] == {"daemon": "s1-in-2", "seq": committed.events[1]["seq"]}
+    assert desk.balance("p1") == Decimal(11)  # its own view: central 10 - its own deductions (-1)
+    # the desk does not give it back twice
+    again = desk.mark_attended("b2", "desk", refund=True, now=at(12, 10))
+    assert not [e for e in again.events if e["type"] == "deduction"]
+    # nor does in-2's own desk, once it has heard of the refund
+    seen = share(desk, in2, marked.events + again.events, {})
+    assert seen["remote_refunds"] == 1 and seen["remote_attended"] == 2
+    third = in2.mark_attended("b1", "other-desk", refund=True, now=at(12, 20))
+    assert not [e for e in third.events if e["type"] == "deduction"]
+
+
+def test_a_peer_no_show_does_not_undo_an_attendance(tmp_path: Path) -> None:
+    a, b = site_store(tmp_path, "a"), site_store(tmp_path, "b")
+    _, committed = tap(a, IN1, at(9, 50))
+    late_no_show = {"id": "x1", "seq": 99, "type": "attendance", "at": "2026-11-18T10:01:00Z", "member": "m1",
+                    "booking": "b1", "status": "no_show", "by": "gate"}
+    share(a, b, committed.events, {"in-1": "main"})
+    assert share(a, b, [late_no_show], {}) == {}  # attended stays attended
+    assert b.booking_status("b1") is not None and b.booking_status("b1").value == "attended"  # type: ignore[union-attr]
+
+
+def test_peer_events_with_garbage_are_counted_not_recorded(tmp_path: Path) -> None:
+    a, b = site_store(tmp_path, "a"), site_store(tmp_path, "b")
+    bad = [
+        {"id": "1", "seq": 1, "type": "deduction", "at": "2026-11-18T09:00:00Z", "gate": "in-1", "member": "m1",
+         "pass": "p1", "amount": "Infinity", "cause": "walk_in"},
+        {"id": "2", "seq": 2, "type": "deduction", "at": "not a time", "gate": "in-1", "member": "m1",
+         "pass": "p1", "amount": 1, "cause": "walk_in"},
+        {"id": "3", "seq": 3, "type": "deduction", "at": "2026-11-18T09:00:00Z", "gate": "in-1", "member": "m1",
+         "pass": "p1", "amount": -1, "cause": "refund", "refunds": {"daemon": 5, "seq": "x"}},
+    ]
+    assert share(a, b, bad, {"in-1": "main"}) == {"invalid": 2}
+    assert b.mark_attended("b1", "desk", refund=True, now=at(10)).events[0]["type"] == "attendance"
+
+
+def test_the_central_keeps_attended_over_a_later_no_show(tmp_path: Path) -> None:
+    central = Central(CentralSettings(), tmp_path / "central.db")
+    central.load("s1", [{"id": "m1", "cards": ["C1"]}], [], [])
+
+    def batch(daemon: str, status: str) -> EventBatch:
+        return EventBatch.model_validate({"v": 1, "daemon": daemon, "events": [
+            {"id": f"{daemon}-1", "seq": 1, "type": "attendance", "at": "2026-11-18T10:00:00Z", "member": "m1",
+             "booking": "b1", "status": status, "by": "gate"}]})
+
+    central.apply_events("s1", batch("in-2", "attended"))
+    central.apply_events("s1", batch("in-1", "no_show"))  # the clerk had not heard of it
+    assert central.attendance("s1", "b1") == "attended"
+    central.apply_events("s1", batch("in-3", "attended"))
+    assert central.attendance("s1", "b1") == "attended"
+    other = Central(CentralSettings(), tmp_path / "c2.db")
+    other.apply_events("s1", batch("in-1", "no_show"))
+    other.apply_events("s1", batch("desk", "attended"))  # staff mark a no-show attended
+    assert other.attendance("s1", "b1") == "attended"
