@@ -86,6 +86,7 @@ class GateRig:
     events: dict[str, int] = field(default_factory=dict)  # log events seen, by name
     warnings: list[dict[str, Any]] = field(default_factory=list)
     unplugged: bool = False
+    reader_online: bool = False  # as the daemon says (it reopens a replugged reader after a back-off)
     relay_offline: bool = False
     never_turns: bool = False
     new_line: asyncio.Event = field(default_factory=asyncio.Event)
@@ -101,16 +102,18 @@ class GateRig:
         elif ev == "ready":
             self.proc.ready = True
             self.ready_at.append(time.monotonic())
+        elif ev.startswith("reader ") and ev.endswith((" is online", " is offline")):
+            self.reader_online = ev.endswith(" is online")
         if line.get("level") in ("warning", "error", "critical") and len(self.warnings) < 2000:
             self.warnings.append(line)
 
     @property
     def available(self) -> bool:
         """What a member sees: the gate's display is on and its reader reads."""
-        return self.proc.alive and self.proc.ready and not self.unplugged
+        return self.proc.alive and self.proc.ready and not self.unplugged and self.reader_online
 
     def state(self) -> dict[str, bool]:
-        return {"daemon": self.proc.alive and self.proc.ready, "reader": not self.unplugged,
+        return {"daemon": self.proc.alive and self.proc.ready, "reader": not self.unplugged and self.reader_online,
                 "relay": not self.relay_offline, "turns": not self.never_turns}
 
 
@@ -254,6 +257,7 @@ class Chain:
         self.start_gate(rig)
 
     def start_gate(self, rig: GateRig) -> None:
+        rig.reader_online = False
         rig.proc.start()
         rig.started_at.append(time.monotonic())
 

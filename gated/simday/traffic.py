@@ -269,16 +269,20 @@ class Traffic:
                 return True
             if ans.decision is None or ans.reason in ("hardware_fault", "storage_fault") or ans.decision == "granted":
                 # out of order, no answer, or it did not turn: the other turnstile, a bit later
-                await self.clock.sleep(rnd.uniform(20, 90))
+                await self.clock.sleep(rnd.uniform(40, 120))
                 continue
             reason = ans.reason
             if reason == "qr_expired":
+                await asyncio.sleep(0.5)
                 continue  # the app shows a fresh code
             if reason == "too_early" and not tried_window and v.booking:
                 tried_window = True
                 b = self.bookings[v.site][v.booking]
-                starts = _local_to_utc(b["starts_at"], self.pop.timezone)
-                await self.clock.sleep_until(starts - timedelta(minutes=14, seconds=30))
+                opens = _local_to_utc(b["starts_at"], self.pop.timezone) - timedelta(minutes=14, seconds=30)
+                if opens <= self.clock.now():
+                    return False  # too early for a later class of the day: they go home
+                await self.clock.sleep_until(opens)
+                await asyncio.sleep(0.5)  # past the reader's debounce, whatever the clock's speed
                 continue
             if reason == "no_balance" and not tried_topup and rnd.random() < 0.35:
                 tried_topup = True

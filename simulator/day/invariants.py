@@ -93,6 +93,12 @@ class Daemon:
     db: Path
 
 
+@dataclass
+class SiteIndex:
+    by_member: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    deductions: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+
+
 class Run:
     """Everything a finished run left, loaded once."""
 
@@ -130,6 +136,7 @@ class Run:
         for evs in self.events.values():
             evs.sort(key=lambda e: (e["at"], e["_daemon"], e["seq"]))
         self.end = _t(self.harness["end_sim"])
+        self._index: dict[str, SiteIndex] = {}
         # what the back office changed during the day
         self.topups: dict[tuple[str, str], list[tuple[datetime, Decimal]]] = defaultdict(list)
         self.extra_members: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -143,6 +150,17 @@ class Run:
             elif bo["kind"] == "enrol":
                 self.extra_members[bo["site"]].append(bo["member"])
                 self.extra_passes[bo["site"]].append(bo["pass"])
+
+    def index(self, site: str) -> SiteIndex:
+        if site not in self._index:
+            ix = SiteIndex()
+            for e in self.events.get(site, []):
+                if e.get("member"):
+                    ix.by_member[e["member"]].append(e)
+                if e["type"] == "deduction" and e.get("pass"):
+                    ix.deductions[e["pass"]].append(e)
+            self._index[site] = ix
+        return self._index[site]
 
     # -- the site's records, as domain objects --------------------------------------------------
 
@@ -630,12 +648,13 @@ def _view(run: Run, site: str, e: dict[str, Any], t: datetime, m: Member,
         return not own_only and _t(x["at"]) < t
 
     passes = []
-    member_events = [x for x in run.events.get(site, []) if x.get("member") == m.id and known(x)]
+    idx = run.index(site)
+    member_events = [x for x in idx.by_member.get(m.id, []) if known(x)]
     for p in by_member_pass.get(m.id, []):
         if p.balance is not None:
             bal = p.balance + sum((a for when, a in run.topups.get((site, p.id), []) if when <= t), Decimal(0))
-            for x in run.events.get(site, []):
-                if x["type"] == "deduction" and x.get("pass") == p.id and known(x):
+            for x in idx.deductions.get(p.id, []):
+                if known(x):
                     bal -= Decimal(str(x["amount"]))
             p = _with_balance(p, bal)
         passes.append(p)
@@ -716,12 +735,16 @@ def latency(run: Run) -> dict[str, Any]:
     healthy = [t for t in run.harness["taps"] if all(t["state"].values())]
     coil = [t["coil_ms"] for t in healthy if t["coil_ms"] is not None]
     coil_all = [t["coil_ms"] for t in run.harness["taps"] if t["coil_ms"] is not None]
-    denied = [t["answer_ms"] for t in healthy if t["decision"] == "denied" and t["answer_ms"] is not None]
+    # an unknown card waits for the central's answer (lookup_timeout, 0.3 s): apart
+    denied = [t["answer_ms"] for t in healthy if t["decision"] == "denied" and t["answer_ms"] is not None
+              and t["reason"] != "unknown_card"]
+    unknown = [t["answer_ms"] for t in healthy if t["reason"] == "unknown_card" and t["answer_ms"] is not None]
     decide_ms = [t["decide_ms"] for t in run.harness["taps"] if t.get("decide_ms") is not None]
     stalls = sorted(
         ({"ms": t["coil_ms"] if t["decision"] == "granted" else t["answer_ms"], "sim": t["sim"], "site": t["site"],
           "gate": t["gate"], "decision": t["decision"], "reason": t["reason"]}
-         for t in healthy if (t["coil_ms"] if t["decision"] == "granted" else t["answer_ms"]) is not None),
+         for t in healthy if (t["coil_ms"] if t["decision"] == "granted" else t["answer_ms"]) is not None
+         and t["reason"] != "unknown_card"),
         key=lambda x: -x["ms"])
     unanswered = [t for t in healthy if t["decision"] is None]
     return {
@@ -729,6 +752,8 @@ def latency(run: Run) -> dict[str, Any]:
         "tap_to_coil_ms_all_taps": {"n": len(coil_all), "p99": _pct(coil_all, 0.99), "max": max(coil_all, default=None)},
         "tap_to_denial_ms": {"n": len(denied), "p50": _pct(denied, 0.5), "p99": _pct(denied, 0.99),
                              "max": max(denied, default=None)},
+        "unknown_card_answer_ms": {"n": len(unknown), "p50": _pct(unknown, 0.5), "p99": _pct(unknown, 0.99),
+                                   "max": max(unknown, default=None)},
         "decision_ms_in_daemon": {"n": len(decide_ms), "p50": _pct(decide_ms, 0.5), "p99": _pct(decide_ms, 0.99),
                                   "max": max(decide_ms, default=None)},
         "longest_stalls": stalls[:5],

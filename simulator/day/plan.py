@@ -244,6 +244,7 @@ def make_plan(
         if v.qr and rnd.random() < 0.03:
             v.qr_expired = True
 
+    visits = _one_body(visits)
     extras: list[Extra] = []
     day_span = (closes - opens).total_seconds()
     for s in pop.sites:
@@ -270,6 +271,24 @@ def make_plan(
         faults = _chaos(rnd, pop, opens, closes, bridged, chaos_scale)
     visits.sort(key=lambda v: (v.arrive, v.id))
     return Plan(start, opens, closes, end, visits, extras, faults)
+
+
+def _one_body(visits: list[Visit]) -> list[Visit]:
+    """A member is in one place at a time: a visit that would start before the member's
+    previous one ended (two classes back to back, a walk-in around a class) is the same
+    stay, longer — the later class is attended by being there, which the gate cannot see
+    (it becomes a no-show, without a fee: the member was on site)."""
+    out: list[Visit] = []
+    last: dict[str, Visit] = {}
+    for v in sorted(visits, key=lambda x: (x.arrive, x.id)):
+        prev = last.get(v.member)
+        if prev is not None and v.arrive < prev.leave + timedelta(minutes=5):
+            if v.site == prev.site:
+                prev.leave = max(prev.leave, v.leave)
+            continue
+        out.append(v)
+        last[v.member] = v
+    return out
 
 
 def _chaos(

@@ -44,9 +44,10 @@ def render_text(r: dict[str, Any]) -> str:
         "",
         "Latency (real time; this machine is shared, figures are what the day saw)",
         f"  tap -> coil at healthy gates: {_kv(lat['tap_to_coil_ms'])} ms",
-        f"  tap -> denial answer: {_kv(lat['tap_to_denial_ms'])} ms; decision in the daemon: "
-        f"{_kv(lat['decision_ms_in_daemon'])} ms",
-        "  longest stalls: " + "; ".join(f"{s['ms']:.0f} ms {s['site']}/{s['gate']} {s['sim'][11:19]} "
+        f"  tap -> denial answer: {_kv(lat['tap_to_denial_ms'])} ms",
+        f"  unknown card (asks the central, at most 300 ms): {_kv(lat['unknown_card_answer_ms'])} ms",
+        f"  decision in the daemon (its log's ms; look-ups included): {_kv(lat['decision_ms_in_daemon'])} ms",
+        "  longest stalls (unknown cards aside): " + "; ".join(f"{s['ms']:.0f} ms {s['site']}/{s['gate']} {s['sim'][11:19]} "
                                           f"{s['decision']} {s['reason']}" for s in lat["longest_stalls"]),
         f"  unanswered taps at healthy gates: {lat['unanswered_taps_at_healthy_gates']}; harness loop lag "
         f"worst {lat['harness_loop_lag_ms_worst']} ms",
