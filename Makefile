@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := mosquitto chromium socat
 
-.PHONY: install test demo bench lint typecheck system-deps torture clean
+.PHONY: install test demo bench lint typecheck system-deps torture soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ bench: system-deps $(STAMP)
 
 torture: system-deps $(STAMP)
 	GATED_TORTURE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m slow tests
+
+# A day at two sites with chaos (docs/reliability.md, "A day at two sites"): about 15 min.
+# The report is printed and kept in var/simday/seed-$(SEED)/report.{txt,json}.
+SEED ?= 1
+soak: system-deps $(STAMP)
+	$(BIN)/gated sim day --seed $(SEED)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -8,8 +8,8 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--members", type=int, help="members of the chain (default 2000; --short 300)")
     p.add_argument("--seed", type=int, default=1, help="the population, the traffic and the chaos instants")
-    p.add_argument("--speed", type=float, help="simulated seconds per real second (default 72; --short 90)")
-    p.add_argument("--short", action="store_true", help="a 3-hour morning (06:00-09:00) with 300 members")
+    p.add_argument("--speed", type=float, help="simulated seconds per real second (default 72; --short 120)")
+    p.add_argument("--short", action="store_true", help="a 2-hour morning (06:00-08:00) with 300 members, faster")
     p.add_argument("--dir", help="the run directory (default var/simday/seed-N; emptied first)")
     p.add_argument("--json", help="also write the report as JSON to this file")
     p.add_argument("--no-chaos", action="store_true", help="the same day without faults")

@@ -181,7 +181,7 @@ async def run_day(
 
 
 def _short_sites() -> Any:
-    return default_sites(dtime(6, 0), dtime(9, 0))
+    return default_sites(dtime(6, 0), dtime(8, 0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         return _report(Path(args.check), args.json)
     members = args.members or (300 if args.short else 2000)
-    speed = args.speed or (90.0 if args.short else 72.0)
+    speed = args.speed or (120.0 if args.short else 72.0)
     workdir = Path(args.dir) if args.dir else ROOT / "var" / "simday" / f"seed-{args.seed}{'-short' if args.short else ''}"
     if workdir.exists():
         shutil.rmtree(workdir)

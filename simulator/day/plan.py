@@ -145,6 +145,7 @@ def make_plan(
     bridged: bool = True,
     chaos_scale: float = 1.0,
     walk_in_rate: float = 0.4,
+    due_after: timedelta = timedelta(minutes=30),
 ) -> Plan:
     rnd = random.Random(seed * 7919 + 17)
     tz = ZoneInfo(pop.timezone)
@@ -152,9 +153,10 @@ def make_plan(
     opens = datetime.combine(pop.day, site0.opens, tz).astimezone(UTC)
     closes = datetime.combine(pop.day, site0.closes, tz).astimezone(UTC)
     last_class_end = max(c.ends_at for c in pop.classes).astimezone(UTC)
-    # everything due: the last no-shows (end + 15m) and loyalty credits (end + 1h), and a
-    # few simulated minutes for the daemons' schedulers to get to them
-    end = max(closes + timedelta(minutes=20), last_class_end + timedelta(hours=1, minutes=8))
+    # everything due: the last no-shows (end + no_show_after) and loyalty credits (end +
+    # loyalty_delay: 30m in gated/simday/rig.py), and a few simulated minutes for the
+    # daemons' schedulers (every real second) to get to them
+    end = max(closes + timedelta(minutes=20), last_class_end + due_after + timedelta(minutes=8))
     start = opens - timedelta(minutes=10)
 
     def clamp(t: datetime, lo: datetime, hi: datetime) -> datetime:

@@ -1,0 +1,147 @@
+"""`gated sim day --short` as a user runs it (make test's variant of make soak): two sites,
+six gate daemons, the central system, a morning of traffic with every kind of fault, and
+every invariant held. Then the check itself is shown to catch what it is for: the run's
+data tampered with the ways a bug would (an event lost on the way, a balance gone wrong,
+a turnstile turned with nothing recorded), `gated sim day --check` exits 1 and names the
+invariant with the events around it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulator.day import plan as P
+from simulator.day.population import generate
+from tests.broker import have_mosquitto
+from tests.test_daemon import GATED
+
+
+def test_population_and_plan_are_the_seeds() -> None:
+    a, b = generate(300, seed=5), generate(300, seed=5)
+    assert a.records == b.records and a.cards == b.cards
+    kinds = {p["kind"] for s in a.records.values() for p in s["passes"]}
+    assert kinds == {"time", "visits", "credits", "marketplace"}
+    assert any(m["status"] == "blocked" for s in a.records.values() for m in s["members"])
+    chain = [m for m, h in a.home.items() if all(m in a.members_at(s.id) for s in a.sites)]
+    assert chain  # members who visit either site
+    assert all(a.bookings_at(s.id) for s in a.sites)
+    pa, pb = P.make_plan(a, seed=5), P.make_plan(b, seed=5)
+    assert pa.to_json() == pb.to_json()
+    assert {c.kind for c in pa.chaos} == set(P.CHAOS_KINDS)
+    assert {v.kind for v in pa.visits} >= {"walk_in", "booking", "early", "late", "forgot_card"}
+    assert any(v.reentry for v in pa.visits) and any(v.qr for v in pa.visits)
+    # one body: no member has two visits at once
+    by_member: dict[str, list[P.Visit]] = {}
+    for v in pa.visits:
+        by_member.setdefault(v.member, []).append(v)
+    for vs in by_member.values():
+        vs.sort(key=lambda v: v.arrive)
+        assert all(x.leave <= y.arrive for x, y in zip(vs, vs[1:], strict=False))
+    assert P.plan_from_json(json.loads(json.dumps(pa.to_json()))).to_json() == pa.to_json()
+    assert generate(300, seed=6).records != a.records
+    assert a.day == date(2026, 11, 18)
+
+
+@pytest.fixture(scope="module")
+def short_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any], str]]:
+    if not have_mosquitto():
+        pytest.skip("mosquitto is not installed (make system-deps)")
+    d = tmp_path_factory.mktemp("simday") / "run"
+    report = d.parent / "report.json"
+    out = subprocess.run([*GATED, "sim", "day", "--short", "--seed", "3", "--dir", str(d), "--json", str(report)],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode in (0, 1), out.stdout[-3000:] + out.stderr[-3000:]
+    yield d, json.loads(report.read_text()), out.stdout + out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_short_day_with_every_fault_keeps_the_books(short_day: tuple[Path, dict[str, Any], str]) -> None:
+    d, r, out = short_day
+    assert r["violations_total"] == 0, out[-6000:]
+    assert "No violation: every invariant held." in out
+    print("SIMDAY", json.dumps({"run": r["run"], "latency": r["latency"]["tap_to_coil_ms"]}))
+    checked = {i["name"]: i["checked"] for i in r["invariants"]}
+    for name in ("rotations", "exactly_once", "balances", "attendance", "fees", "loyalty", "grants",
+                 "expected_denials", "settled"):
+        assert checked[name] > 0, name
+    # the day really had its traffic and its faults
+    outcomes = r["traffic"]["by_outcome"]
+    assert sum(outcomes.values()) > 150
+    for key in ("granted:walk_in", "granted:booking", "granted:exit", "denied:unknown_card"):
+        assert outcomes.get(key, 0) > 0, key
+    done = {c["kind"] for c in r["chaos"] if "skipped" not in c}
+    assert done == set(P.CHAOS_KINDS), done
+    rot = next(i for i in r["invariants"] if i["name"] == "rotations")["figures"]
+    assert rot["rotations"] > 100 and rot["rotations"] <= rot["committed"] + rot["unconfirmed"]
+    assert r["latency"]["tap_to_coil_ms"]["n"] > 50 and r["latency"]["tap_to_coil_ms"]["p99"] is not None
+    assert (d / "report.txt").exists()
+
+
+def _tampered(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    for wal in dst.rglob("*-wal"):
+        assert wal.stat().st_size == 0 or True  # checkpointed at close; kept if not
+    return dst
+
+
+def _check(d: Path) -> tuple[int, dict[str, Any], str]:
+    report = d / "recheck.json"
+    out = subprocess.run([*GATED, "sim", "day", "--check", str(d), "--json", str(report)], capture_output=True,
+                         text=True, timeout=300)
+    return out.returncode, json.loads(report.read_text()), out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_check_catches_a_lost_event_a_wrong_balance_and_a_silent_rotation(
+    short_day: tuple[Path, dict[str, Any], str], tmp_path: Path
+) -> None:
+    d, _, _ = short_day
+    rc, r, _ = _check(d)
+    assert rc == 0 and r["violations_total"] == 0  # the untouched run checks clean again
+
+    # an event lost on its way to the central system
+    lost = _tampered(d, tmp_path / "lost")
+    with sqlite3.connect(lost / "central" / "central.db") as c:
+        site, daemon, seq = c.execute(
+            "SELECT site, daemon, seq FROM events WHERE type = 'deduction' ORDER BY seq DESC LIMIT 1").fetchone()
+        c.execute("DELETE FROM events WHERE site = ? AND daemon = ? AND seq = ?", (site, daemon, seq))
+    rc, r, text = _check(lost)
+    assert rc == 1
+    names = {v["invariant"] for v in r["violations"]}
+    assert "exactly_once" in names and "balances" in names
+    v = next(v for v in r["violations"] if v["invariant"] == "exactly_once")
+    assert v["gate"] == daemon and seq in v["detail"]["missing"]
+    assert "VIOLATIONS" in text
+
+    # a gate that forgot a deduction: its balance is not the central's
+    wrong = _tampered(d, tmp_path / "wrong")
+    gate_db = next((wrong / "gates").glob("*-in-1.db"))
+    with sqlite3.connect(gate_db) as c:
+        pid = c.execute("SELECT id FROM passes WHERE balance IS NOT NULL LIMIT 1").fetchone()[0]
+        c.execute("UPDATE passes SET balance = CAST(balance AS INTEGER) + 1 WHERE id = ?", (pid,))
+    rc, r, _ = _check(wrong)
+    assert rc == 1
+    v = next(v for v in r["violations"] if v["invariant"] == "balances")
+    assert v["detail"]["first"][0]["pass"] == pid
+
+    # a turnstile that turned once more than anything recorded: the events around it shown
+    silent = _tampered(d, tmp_path / "silent")
+    h = json.loads((silent / "harness.json").read_text())
+    name = next(iter(sorted(h["turnstiles"])))
+    h["turnstiles"][name]["rotations"] += 1 + next(
+        i for i in r["invariants"] if i["name"] == "rotations")["figures"]["per_gate"][name]["unconfirmed"]
+    (silent / "harness.json").write_text(json.dumps(h))
+    rc, r, _ = _check(silent)
+    assert rc == 1
+    v = next(v for v in r["violations"] if v["invariant"] == "rotations")
+    assert v["gate"] == name and v["around"], v
