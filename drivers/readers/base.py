@@ -182,7 +182,7 @@ class ReaderBase:
         await asyncio.sleep(self._backoff.next())
 
     async def _emit(self, on_credential: OnCredential, read: CredentialRead) -> None:
-        if not self._debouncer.accept(self.id, read.kind, read.value, self._clock()):
+        if not self._debouncer.accept(self.id, read.kind, read.debounce_key, self._clock()):
             self._stats.bump("debounced")
             return
         credential = read.to_credential(self.id, self._now())

@@ -21,11 +21,11 @@ from typing import Any
 import osdp
 import serial
 
-from rules.credential import CredentialKind, normalise_card
+from rules.credential import WIEGAND_LAYOUTS, Card, card_from_text
 
 from .base import OnCredential, ReaderBase, ReaderHealth
-from .payloads import normalise_uid_bytes
 from .reads import CredentialRead
+from .wiegand import ParityError, decode_frame, from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,29 @@ def _card_bytes(data: object) -> bytes:
     if isinstance(data, list) and all(isinstance(b, int) and 0 <= b <= 255 for b in data):
         return bytes(data)
     return b""
+
+
+def card_from_osdp(data: bytes, bit_count: int, card_data: str = "wiegand") -> Card:
+    """The card in an OSDP raw card read: `bit_count` bits, MSB first, padded to bytes.
+
+    card_data "wiegand": a frame of a known Wiegand length with good parity is that card
+    (so an OSDP reader and a Wiegand converter agree on it); anything else stays raw
+    bits. card_data "uid": whole bytes are the card's UID (readers that send the CSN).
+    ValueError when the data does not hold `bit_count` bits.
+    """
+    if not data:
+        raise ValueError("no card data")
+    if not 0 < bit_count <= 8 * len(data):
+        bit_count = 8 * len(data)  # a PD that reports no (or a wrong) count: the bytes
+    bits = from_bytes(data, bit_count)
+    if card_data == "uid" and bit_count % 8 == 0:
+        return Card.uid(bits.to_bytes(bit_count // 8, "big"))
+    if card_data == "wiegand" and bit_count in WIEGAND_LAYOUTS:
+        try:
+            return decode_frame(bit_count, bits)
+        except ParityError:
+            pass  # not that layout after all: keep every bit
+    return Card.raw(bit_count, bits)
 
 
 def generate_scbk() -> str:
@@ -98,6 +121,8 @@ class OsdpReader(ReaderBase):
         feedback_seconds: float = 2.0,
         online_grace: float = 3.0,
         log_level: int = osdp.LogLevel.Error,
+        card_data: str = "wiegand",
+        display: str = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(id, **kwargs)
@@ -111,6 +136,8 @@ class OsdpReader(ReaderBase):
         self.feedback_seconds = feedback_seconds
         self.online_grace = online_grace
         self.log_level = log_level
+        self.card_data = card_data
+        self.display = display
         self._cp: osdp.ControlPanel | None = None
         self._pd_online = False
 
@@ -199,19 +226,24 @@ class OsdpReader(ReaderBase):
         if not data:  # absent, empty or not bytes at all: never trust the shape of an event
             self.stats.bump("rejected_frames")
             return
+        length = event.get("length")
+        bit_count = length if isinstance(length, int) else 8 * len(data)
         meta = {
             "format": "osdp",
             "osdp_format": str(event.get("format", "")),
-            "bits": str(event.get("length", len(data) * 8)),
+            "bits": str(bit_count),
             "pd_address": str(self.address),
         }
-        if event.get("format") == osdp.CardFormat.ASCII:
-            value = normalise_card(data.decode("ascii", errors="replace"))
-        else:
-            # Raw bits, MSB first, padded to whole bytes: the bytes as hex are stable
-            # for a card whatever the bit count, and match our hex UID normal form.
-            value = normalise_uid_bytes(data)
-        await self._emit(on_credential, CredentialRead(CredentialKind.CARD, value, meta))
+        try:
+            if event.get("format") == osdp.CardFormat.ASCII:
+                card = card_from_text(data.decode("ascii"))
+            else:
+                card = card_from_osdp(data, bit_count, self.card_data)
+        except ValueError as exc:  # UnicodeDecodeError is one too
+            self.stats.bump("rejected_frames")
+            log.warning("reader %s: rejected OSDP card read (%s)", self.id, exc)
+            return
+        await self._emit(on_credential, CredentialRead.of_card(card, meta))
 
     async def feedback(self, granted: bool, message: str) -> None:
         """Green LED + one short beep on grant, red LED + three beeps on deny, and the
@@ -247,7 +279,7 @@ class OsdpReader(ReaderBase):
                 "rep_count": 1 if granted else 3,
             },
         ]
-        if message and self._has_display(cp):
+        if message and self._shows_text(cp):
             commands.append(
                 {
                     "command": osdp.Command.Text,
@@ -266,7 +298,9 @@ class OsdpReader(ReaderBase):
             except Exception:  # libosdp raises on odd dicts; feedback must not kill us
                 log.exception("reader %s: feedback command failed", self.id)
 
-    def _has_display(self, cp: osdp.ControlPanel) -> bool:
+    def _shows_text(self, cp: osdp.ControlPanel) -> bool:
+        if self.display != "auto":
+            return self.display == "on"
         try:
             _, items = cp.check_capability(self.address, osdp.Capability.TextOutput)
         except Exception:
