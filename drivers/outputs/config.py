@@ -69,6 +69,14 @@ class ModbusLinkConfig(BaseModel):
         description="Longest pause, in seconds, between attempts to reach a board that stopped "
         "answering (the pause starts short and doubles).",
     )
+    bus_load_warning: float = Field(
+        0.7,
+        gt=0,
+        le=1,
+        description="Warn when the line is busier than this share of the time (RS-485: wire "
+        "time of the requests and answers at the line settings). Taps wait longer on a busy "
+        "line.",
+    )
 
     @model_validator(mode="after")
     def _endpoint_matches_transport(self) -> Self:
@@ -137,6 +145,32 @@ class ModbusOutputConfig(ModbusLinkConfig):
         description="fail_safe: released on fire alarm and on power loss (required on escape "
         "routes). fail_secure: stays locked on fire alarm and power loss.",
     )
+    poll_interval: float | None = Field(
+        None,
+        gt=0,
+        le=5,
+        description="Seconds between two reads of the inputs while no grant is pending (door "
+        "supervision). Default: 0.05 over TCP, 0.25 over RTU, where every read takes the "
+        "shared line for ~20 ms at 9600 baud.",
+    )
+    passage_poll_interval: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Seconds between two reads while a granted person is expected. Default: "
+        "0.02 over TCP, 0.05 over RTU. A passage pulse must last longer than this plus one "
+        "read to be seen.",
+    )
+
+    def idle_poll(self) -> float:
+        if self.poll_interval is not None:
+            return self.poll_interval
+        return 0.05 if self.transport is OutputTransport.tcp else 0.25
+
+    def passage_poll(self) -> float:
+        if self.passage_poll_interval is not None:
+            return self.passage_poll_interval
+        return 0.02 if self.transport is OutputTransport.tcp else 0.05
 
     @model_validator(mode="after")
     def _inputs_distinct(self) -> Self:
