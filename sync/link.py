@@ -51,7 +51,7 @@ from sync.protocol import (
     Topics,
     valid_level,
 )
-from sync.snapshot import DELTA_SEQ_KEY, SNAPSHOT_ID_KEY, SnapshotError, SnapshotImporter, delta_seq
+from sync.snapshot import SnapshotError, SnapshotImporter
 from sync.store import Event, Store, SyncBatch
 
 log = logging.getLogger("gated.sync")
@@ -150,7 +150,7 @@ class SyncLink:
         self._last_ack_progress = time.monotonic()
         self._gap_rewind_at = 0.0
         self._importer = SnapshotImporter(store, settings.daemon, batch_rows=settings.snapshot_batch_rows)
-        self._awaiting_snapshot = store.meta(SNAPSHOT_ID_KEY) is None
+        self._awaiting_snapshot = store.snapshot_id is None
         self._last_resync_request = 0.0
         self._delta_buffer: dict[int, Delta] = {}
         self._lookups: dict[bytes, asyncio.Future[LookupResponse]] = {}
@@ -165,7 +165,7 @@ class SyncLink:
 
     @property
     def delta_seq(self) -> int:
-        return delta_seq(self.store)
+        return self.store.delta_seq
 
     @property
     def awaiting_snapshot(self) -> bool:
@@ -297,7 +297,7 @@ class SyncLink:
             await asyncio.wait(tasks)
 
     def _resync_reason(self) -> str:
-        if self.store.meta(SNAPSHOT_ID_KEY) is None:
+        if self.store.snapshot_id is None:
             return "startup"
         return "gap" if self._awaiting_snapshot else "reconnect"
 
@@ -514,9 +514,7 @@ class SyncLink:
 
     def _apply_delta(self, delta: Delta) -> None:
         batch = self._batch(delta.members, delta.passes, delta.bookings, delta.remove)
-        with self.store._tx():
-            self.store._apply_sync(batch, self.now(), snapshot=False)
-            self.store._set_meta(DELTA_SEQ_KEY, str(delta.delta_seq))
+        self.store.apply_delta(batch, delta.delta_seq, self.now())
         self.stats["deltas_applied"] += 1
         self._changed("delta")
 

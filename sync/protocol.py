@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sync.batch import PassRecord
 from sync.records import BookingIn, MemberIn, PassIn
-from sync.store import PassRecord
 
 VERSION = 1
 V = Literal[1]
