@@ -16,7 +16,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from drivers.outputs.config import DoorMode, FireAlarmInputConfig, ModbusOutputConfig
 from drivers.readers.config import ReaderConfig
+from drivers.readers.payloads import PayloadFormat
 from gated.yamlload import Marked, YamlError, describe_error, load
+from rules.credential import TenDigits
 from rules.model import AntiPassback, Direction, EarlyEntry, Gate, Policy, Site
 from rules.timeutil import WeekSchedule, load_zone, parse_date, parse_duration, parse_window
 from sync.link import MqttSettings
@@ -232,6 +234,14 @@ class Config(Section):
     def gates_domain(self) -> dict[str, Gate]:
         return {g.id: g.to_domain() for g in self.gates}
 
+    def ten_digits(self) -> TenDigits:
+        """How this site reads untyped card strings of 10 decimal digits (stored before
+        typed cards, or sent by a central system that predates them): the EM4100 id of a
+        hex reader when the site's EM readers are all hex ones, else the card number of a
+        decimal reader (rules.credential.card_from_text)."""
+        hex_em, decimal_em = _em_reader_kinds(self)
+        return TenDigits.EM if hex_em and not decimal_em else TenDigits.EM32
+
     def warnings(self) -> list[tuple[str, str]]:
         """Legal but risky settings: (key path, what to consider)."""
         out: list[tuple[str, str]] = []
@@ -254,6 +264,19 @@ class Config(Section):
         if not self.qr.public_keys:
             out.append(("qr.public_keys", "no trusted QR keys: every QR code is denied as invalid_qr"))
         return out
+
+
+def _em_reader_kinds(config: Config) -> tuple[bool, bool]:
+    """(a reader sends EM4100 ids in hex, a reader sends EM4100 numbers in decimal)."""
+    hex_em = decimal_em = False
+    for g in config.gates:
+        for r in g.readers:
+            fmt = getattr(r, "format", None)
+            if fmt == PayloadFormat.AUTO:
+                fmt = getattr(r, "card_format", None)
+            hex_em |= fmt in (PayloadFormat.HEX, PayloadFormat.EM)
+            decimal_em |= fmt in (PayloadFormat.DECIMAL, PayloadFormat.EM_DECIMAL)
+    return hex_em, decimal_em
 
 
 class ConfigError(Exception):

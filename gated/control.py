@@ -123,7 +123,14 @@ class ControlServer:
                 return {"error": "give exactly one of card or qr"}
             if d.engine is None or cmd.gate not in d.engine.gates:
                 return {"error": f"unknown gate {cmd.gate!r}"}
-            cred = Credential.card(cmd.card, "control") if cmd.card else Credential.qr(cmd.qr or "", "control")
+            if cmd.card:  # read as this site's readers would send it (typed keys as given)
+                try:
+                    card = d.store.read_card(cmd.card) if d.store is not None else cmd.card
+                except ValueError as e:
+                    return {"error": f"not a card: {e}"}
+                cred = Credential.card(card, "control")
+            else:
+                cred = Credential.qr(cmd.qr or "", "control")
             return await d.handle_credential(cmd.gate, cred)
         keys = [f"user:{cmd.user.strip().lower()[:100]}"]
         wait = self.limiter.retry_after(keys)

@@ -98,7 +98,7 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.config
         sdnotify.status("starting")
-        self.store = Store(cfg.store.path, cfg.site_domain(), daemon_id=cfg.daemon_id)
+        self.store = Store(cfg.store.path, cfg.site_domain(), daemon_id=cfg.daemon_id, ten_digits=cfg.ten_digits())
         self.store.listeners.append(self._on_events)
         self.engine = self._engine(cfg, self.store)
         # outputs first, each driven to its safe (locked) state before any reader is read
@@ -297,7 +297,7 @@ class Daemon:
         ):
             # a marketplace member who booked a minute ago: ask, but never wait long
             try:
-                found = await self.link.lookup(cred.value)
+                found = await self.link.lookup(cred.typed.key if cred.typed is not None else cred.value)
             except Exception:
                 found = False
             if found:

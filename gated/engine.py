@@ -59,7 +59,8 @@ class Engine:
 
     def _present(self, credential: Credential) -> tuple[Presented, str | None, tuple[str, datetime] | None]:
         if credential.kind == CredentialKind.CARD:
-            return Presented.card(), self.store.member_for_card(credential.value), None
+            card = credential.typed if credential.typed is not None else credential.value
+            return Presented.card(), self.store.member_for_card(card), None
         claim = self.trusted_keys.verify(credential.value)
         if claim is None:
             return Presented(CredentialKind.QR, None), None, None

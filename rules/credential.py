@@ -238,12 +238,21 @@ def _is_typed(text: str) -> bool:
     return bool(sep) and (p in _PREFIXES or (p[:1] == "w" and len(p) in (3, 4) and p[1:].isdigit()))
 
 
-def card_from_text(text: str) -> Card:
+class TenDigits(StrEnum):
+    """What an untyped string of 10 decimal digits is: both kinds of EM4100 reader send 10
+    digits, and about 1 EM card in 100 has a hex id without a letter in it."""
+
+    EM32 = "em32"  # the card number from a decimal reader (or printed on the card)
+    EM = "em"  # the 40-bit id from a hex reader
+
+
+def card_from_text(text: str, ten_digits: TenDigits = TenDigits.EM32) -> Card:
     """A card from text: a typed key, or an untyped string as gated stored them before.
 
     Untyped strings are read by their shape (docs/hardware.md, "Card identity"):
     - `FC:NUMBER` / `FC,NUMBER` in decimal: Wiegand 26 when FC ≤ 255, else Wiegand 34;
-    - 10 decimal digits up to 4294967295: the EM4100 32-bit number (decimal readers);
+    - 10 decimal digits up to 4294967295: `ten_digits` says (the site's readers decide:
+      gated.config.Config.ten_digits), by default the EM4100 32-bit number;
     - 10 hex digits otherwise: the EM4100 40-bit id (hex readers);
     - an even number of hex digits (grouping by `:`, `-` or blanks allowed): a UID;
     - anything else: an opaque identifier that matches only itself, case-insensitively.
@@ -258,7 +267,12 @@ def card_from_text(text: str) -> Card:
         if number <= 0xFFFF and facility <= 0xFFFF:
             return Card.wiegand(26 if facility <= 0xFF else 34, facility, number)
     compact = norm.replace(":", "").replace("-", "").replace(" ", "") if _GROUPED_HEX.fullmatch(norm) else norm
-    if len(compact) == 10 and _DEC.fullmatch(compact) and int(compact) <= 0xFFFFFFFF:
+    if (
+        ten_digits is TenDigits.EM32
+        and len(compact) == 10
+        and _DEC.fullmatch(compact)
+        and int(compact) <= 0xFFFFFFFF
+    ):
         return Card.em32(int(compact))
     if len(compact) == 10 and _HEX.fullmatch(compact):
         return Card.em(int(compact, 16))
@@ -267,10 +281,11 @@ def card_from_text(text: str) -> Card:
     return Card.of_text(text)
 
 
-def card_key(text: str) -> str:
+def card_key(text: str, ten_digits: TenDigits = TenDigits.EM32) -> str:
     """The canonical key a card string is stored under (console enrolment, the central
-    system's member records, migration of stored strings). ValueError if it is no card."""
-    return card_from_text(text).key
+    system's member records, migration of stored strings). ValueError if it is no card.
+    A store reads untyped strings with its site's rule: prefer Store.card_key."""
+    return card_from_text(text, ten_digits).key
 
 
 # -- look-up ---------------------------------------------------------------------------
@@ -335,9 +350,15 @@ class Credential:
     typed: Card | None = None
 
     @classmethod
-    def card(cls, value: str | Card, reader_id: str = "", at: datetime | None = None) -> Credential:
+    def card(
+        cls,
+        value: str | Card,
+        reader_id: str = "",
+        at: datetime | None = None,
+        ten_digits: TenDigits = TenDigits.EM32,
+    ) -> Credential:
         """A card read; text is read with card_from_text (typed keys or untyped strings)."""
-        typed = value if isinstance(value, Card) else card_from_text(value)
+        typed = value if isinstance(value, Card) else card_from_text(value, ten_digits)
         return cls(CredentialKind.CARD, typed.legacy, reader_id, at, typed=typed)
 
     @classmethod

@@ -7,17 +7,21 @@ than this code is refused (StoreError), never silently downgraded.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable
 
 import sqlite_utils
 
+from rules.credential import TenDigits, card_from_text, index_keys
 from sync.errors import StoreError
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
 
 
-def _migration_1(db: sqlite_utils.Database) -> None:
+def _migration_1(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
     db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
     db.table("members").create(
         {"id": str, "name": str, "status": str, "email": str, "photo": str, "synced_at": float},
@@ -131,11 +135,56 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+def _migration_2(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
+    """Cards keyed by their canonical typed key (rules/credential.py: `em:0A00BC614E`,
+    `w26:123:45678`, ...), plus `card_keys`: the keys of what readers that read less of a
+    card see of it (an EM card's 32-bit number, its Wiegand 26 output), so those reads
+    find it. The untyped strings stored so far are read by `card_from_text` (the table in
+    docs/hardware.md, "Card identity"), 10 decimal digits by the site's rule. Two strings that turn out to be one card keep the
+    member of the later row; a string that is no card at all (empty, unprintable) is
+    dropped. Both are counted in meta (`cards.merged`, `cards.dropped`) and logged."""
+    conn = db.conn
+    old = conn.execute("SELECT card, member_id FROM cards ORDER BY rowid").fetchall()
+    conn.execute("DROP TABLE cards")
+    db.table("cards").create({"card": str, "member_id": str}, pk="card")
+    db.table("cards").create_index(["member_id"])
+    db.table("card_keys").create({"key": str, "card": str}, pk=("key", "card"))
+    db.table("card_keys").create_index(["card"])
+    merged = dropped = 0
+    for text, member in old:
+        try:
+            card = card_from_text(str(text), ten_digits)
+        except ValueError:
+            dropped += 1
+            log.warning("card %r of member %s is no card identifier: dropped", text, member)
+            continue
+        held = conn.execute("SELECT member_id FROM cards WHERE card = ?", (card.key,)).fetchone()
+        if held is not None:
+            merged += 1
+            if held[0] != member:
+                log.warning("cards %s: held by %s and %s; %s keeps it", card.key, held[0], member, member)
+        conn.execute(
+            "INSERT INTO cards(card, member_id) VALUES (?, ?) "
+            "ON CONFLICT(card) DO UPDATE SET member_id = excluded.member_id",
+            (card.key, member),
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO card_keys(key, card) VALUES (?, ?)",
+            ((k, card.key) for k, own in index_keys(card) if not own),
+        )
+    for key, value in (("cards.migrated", len(old) - dropped), ("cards.merged", merged), ("cards.dropped", dropped)):
+        conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, str(value)),
+        )
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring the database at `conn` (autocommit mode) up to SCHEMA_VERSION."""
+MIGRATIONS: list[Callable[[sqlite_utils.Database, TenDigits], None]] = [_migration_1, _migration_2]
+
+
+def migrate(conn: sqlite3.Connection, ten_digits: TenDigits = TenDigits.EM32) -> None:
+    """Bring the database at `conn` (autocommit mode) up to SCHEMA_VERSION. `ten_digits`:
+    how the site reads untyped 10-digit card strings (rules.credential.TenDigits)."""
     db = sqlite_utils.Database(conn)
     conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -145,7 +194,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     for n in range(version, SCHEMA_VERSION):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            MIGRATIONS[n](db)
+            MIGRATIONS[n](db, ten_digits)
             conn.execute(
                 "INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",

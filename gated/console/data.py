@@ -7,6 +7,7 @@ event loop. Small indexed look-ups use the store directly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from rules.credential import card_key
 from rules.model import Booking, BookingStatus, Pass
 from rules.timeutil import local_date, parse_duration, start_of_local_day
 
@@ -241,8 +243,12 @@ class ConsoleData:
         try:
             ids: list[str] = []
             if CARD_RE.match(q):
-                card = q.replace(":", "").replace("-", "").upper()
-                ids += [r[0] for r in conn.execute("SELECT member_id FROM cards WHERE card = ?", (card,))]
+                with contextlib.suppress(ValueError):  # typed key or a reader's string
+                    key = card_key(q)
+                    ids += [r[0] for r in conn.execute(
+                        "SELECT member_id FROM cards WHERE card = ? OR card IN (SELECT card FROM card_keys WHERE key = ?)",
+                        (key, key),
+                    )]
             pattern = _like(q)
             ids += [
                 r[0]
