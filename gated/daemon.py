@@ -25,7 +25,7 @@ import structlog
 
 from drivers.outputs.config import DoorMode
 from drivers.outputs.gate import GateController, GrantRefused
-from drivers.outputs.modbus import OutputFault, OutputHealth
+from drivers.outputs.modbus import OutputFault, OutputHealth, lines_in_use
 from drivers.readers.base import Reader, ReaderHealth
 from drivers.readers.config import build_reader
 from gated import logs, sdnotify
@@ -80,6 +80,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self.console: Any = None
         self._relay_state: dict[str, str] = {}
+        self._reader_state: dict[str, ReaderHealth] = {}
         self._fire_input_active = False
         # member / QR token -> the tap holding it between its grant and its commit
         self._taps_pending: dict[str, asyncio.Future[None]] = {}
@@ -98,6 +99,11 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.config
         sdnotify.status("starting")
+        loop = asyncio.get_running_loop()
+        self.metrics.watch_devices(
+            lambda: {rid: dict(r.stats) for rid, (_, r) in list(self.readers.items())},
+            lambda: lines_in_use(loop),
+        )
         self.store = Store(cfg.store.path, cfg.site_domain(), daemon_id=cfg.daemon_id, ten_digits=cfg.ten_digits())
         self.store.listeners.append(self._on_events)
         self.engine = self._engine(cfg, self.store)
@@ -111,7 +117,7 @@ class Daemon:
             self._tasks.append(asyncio.create_task(self._watch_fire_alarm(), name="fire-alarm"))
         for g in cfg.gates:
             for rc in g.readers:
-                self._start_reader(g.id, build_reader(rc))
+                self._start_reader(g.id, build_reader(rc, on_health=self._reader_health))
         if cfg.mqtt is not None:
             from sync.link import SyncLink
 
@@ -164,6 +170,10 @@ class Daemon:
         for task in self.reader_tasks.values():
             task.cancel()
         await self._bounded(self._settle(list(self.reader_tasks.values())), "readers")
+        # a grant still waiting for its person ends now, unconfirmed (no deduction, no
+        # not_opened alarm: nobody failed to pass, we stopped looking) and relocks
+        for ctl in self.controllers.values():
+            await self._bounded(ctl.abandon_grants(), "pending grants")
         if self.in_flight:
             await asyncio.wait(list(self.in_flight), timeout=15)
         for task in self._tasks:
@@ -466,6 +476,21 @@ class Daemon:
             self.store.emit("alarm", self.clock(), gate=gate_id, kind=kind, detail=detail)
         log.warning("alarm", gate=gate_id, kind=kind, detail=detail)
 
+    def _reader_health(self, reader_id: str, health: ReaderHealth) -> None:
+        """A reader went offline, came back or refuses us: an event like a relay's (the
+        first time it comes up is not news)."""
+        previous = self._reader_state.get(reader_id)
+        self._reader_state[reader_id] = health
+        self.metrics.reader_up.labels(reader_id).set(1 if health == ReaderHealth.ONLINE else 0)
+        if previous is None and health == ReaderHealth.ONLINE:
+            return
+        gate_id = self.readers[reader_id][0] if reader_id in self.readers else None
+        kind = f"reader_{health.value}"
+        self.metrics.alarms.labels(gate_id or "", kind).inc()
+        if self.store is not None:
+            self.store.emit("alarm", self.clock(), gate=gate_id, kind=kind, reader=reader_id, detail=f"reader {reader_id} is {health.value}")
+        log.warning("alarm", gate=gate_id, kind=kind, reader=reader_id)
+
     def _on_events(self, events: list[Event]) -> None:
         for ev in events:
             if ev.get("type") == "access" and ev.get("gate"):
@@ -525,7 +550,8 @@ class Daemon:
             "ready": self.ready,
             "lockdown": self.lockdown,
             "fire_alarm": self.fire_alarm,
-            "readers": {rid: {"gate": g, "health": r.health.value} for rid, (g, r) in self.readers.items()},
+            "readers": {rid: {"gate": g, "health": r.health.value, "stats": dict(r.stats)} for rid, (g, r) in self.readers.items()},
+            "modbus_lines": lines_in_use(),
             "gates": {
                 g.id: {
                     "zone": g.zone,
@@ -573,7 +599,7 @@ class Daemon:
                     for rc in before.readers:
                         await self._stop_reader(rc.id)
                 for rc in g.readers:
-                    self._start_reader(g.id, build_reader(rc))
+                    self._start_reader(g.id, build_reader(rc, on_health=self._reader_health))
             if (before is None or before.output != g.output):
                 if g.id in self.controllers:
                     await self.controllers.pop(g.id).stop()

@@ -112,11 +112,12 @@ class LoadMeter:
             self._busy.popleft()
 
     def load(self, now: float) -> float:
-        self._prune(now)
+        # Reads only (a metrics scrape may call it from another thread); record() prunes.
         if self._since is None:
             return 0.0
         span = min(self.window, max(now - self._since, 1e-9))
-        return min(1.0, sum(s for _, s in self._busy) / span)
+        busy = sum(s for end, s in list(self._busy) if end >= now - self.window)
+        return min(1.0, busy / span)
 
     def crossing(self, now: float) -> bool | None:
         """True when the load just went above the threshold, False when it just came

@@ -79,9 +79,22 @@ def _where(cfg: ModbusLinkConfig) -> str:
     return str(cfg.device)
 
 
-def lines_in_use() -> dict[str, dict[str, Any]]:
-    """Every open line of this event loop and its figures (load, queue, counters)."""
-    return {link.line.name: link.line.snapshot() for link in _loop_links().values()}
+def lines_in_use(loop: asyncio.AbstractEventLoop | None = None) -> dict[str, dict[str, Any]]:
+    """Every open line of `loop` (default: the running one) and its figures (load, queue,
+    counters). Safe from another thread (a metrics scrape): a line opened or closed
+    meanwhile is simply missed."""
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return {}
+    for _ in range(3):
+        try:
+            links = list(_links.get(loop, {}).values())
+            return {link.line.name: link.line.snapshot() for link in links}
+        except RuntimeError:  # changed size during iteration (another thread)
+            continue
+    return {}
 
 
 def _make_client(cfg: ModbusLinkConfig) -> ModbusClient:
