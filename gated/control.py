@@ -56,7 +56,20 @@ class LockdownCmd(_Cmd):
     password: str
 
 
-Command = TypeAdapter(Annotated[TapCmd | StatusCmd | OpenCmd | LockdownCmd, Field(discriminator="cmd")])
+class RelayCmd(_Cmd):
+    """`gated relay GATE on|off|pulse` while the daemon runs: an admin's hand on the relay."""
+
+    cmd: Literal["relay"]
+    gate: str = Field(min_length=1, max_length=100)
+    action: Literal["on", "off", "pulse"]
+    seconds: float | None = Field(None, gt=0, le=30)
+    user: str
+    password: str
+
+
+Command = TypeAdapter(
+    Annotated[TapCmd | StatusCmd | OpenCmd | LockdownCmd | RelayCmd, Field(discriminator="cmd")]
+)
 
 
 class ControlServer:
@@ -146,6 +159,10 @@ class ControlServer:
             if d.engine is None or cmd.gate not in d.engine.gates:
                 return {"error": f"unknown gate {cmd.gate!r}"}
             return await d.override(cmd.gate, user.name, cmd.reason)
+        if isinstance(cmd, RelayCmd):
+            if user.role != "admin":
+                return {"error": "only an admin can drive a relay by hand"}
+            return await d.relay_by_hand(cmd.gate, cmd.action, cmd.seconds, user.name)
         if user.role != "admin":
             return {"error": "only an admin can lock down or release"}
         await d.set_lockdown(cmd.on, user.name)

@@ -418,6 +418,21 @@ class Daemon:
         log.info("override", gate=gate_id, operator=operator, reason=reason, passed=passed)
         return self._result(decision, "Opened by the front desk", passed, committed.events)
 
+    async def relay_by_hand(self, gate_id: str, action: str, seconds: float | None, operator: str) -> dict[str, Any]:
+        """`gated relay` while running: audited, and an event, like an override."""
+        assert self.store is not None
+        ctl = self.controllers.get(gate_id)
+        if ctl is None:
+            return {"error": f"gate {gate_id!r} has no relay"}
+        try:
+            await ctl.by_hand(action, seconds)
+        except OutputFault as e:
+            return {"error": "hardware_fault", "message": str(e)}
+        self.store.emit("relay_by_hand", self.clock(), gate=gate_id, action=action, operator=operator)
+        self.store.audit(self.clock(), operator, f"relay_{action}", {"gate": gate_id})
+        log.warning("relay_by_hand", gate=gate_id, action=action, operator=operator)
+        return {"gate": gate_id, "relay": action}
+
     async def set_lockdown(self, on: bool, operator: str) -> None:
         assert self.store is not None
         self.lockdown = on

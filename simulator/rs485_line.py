@@ -55,8 +55,18 @@ class LineStats:
 
 
 class EmulatedLine:
-    def __init__(self, timing: LineTiming | None = None, *, tolerance_chars: float = 0.5) -> None:
+    def __init__(
+        self,
+        timing: LineTiming | None = None,
+        *,
+        tolerance_chars: float = 0.5,
+        units: set[int] | None = None,
+    ) -> None:
         self.timing = timing or LineTiming()
+        # Unit ids on the slave side: a request to any other is carried (the line is busy)
+        # but reaches nobody. None: every request is passed on.
+        self.units = units
+        self._deaf = False  # the frame now on the wire is for nobody here
         self.tolerance_s = tolerance_chars * self.timing.char_s
         self.stats = LineStats()
         self.master_device = ""  # what the master (gated's Modbus client) opens
@@ -66,6 +76,9 @@ class EmulatedLine:
         self._free_at = 0.0  # when the line is silent again
         self._last_read: dict[str, float] = {"master": -1.0, "slave": -1.0}
         self._tx_side: str | None = None  # side of the frame now on the wire
+        # A device at another baud rate or parity hears noise: every byte it sends is
+        # mangled (rehearses the installer's "garbled answer" diagnosis).
+        self.mismatched_slave = False
 
     async def __aenter__(self) -> EmulatedLine:
         try:
@@ -124,11 +137,16 @@ class EmulatedLine:
                 self.stats.worst_overlap_ms = max(self.stats.worst_overlap_ms, overlap * 1000)
             start = max(now, self._free_at)
             self.stats.busy_s += t.silence_s
+            self._deaf = side == "master" and self.units is not None and data[0] not in self.units
         self._tx_side = side
         end = start + len(data) * t.char_s
         self._free_at = end + t.silence_s
         self.stats.bytes += len(data)
         self.stats.busy_s += len(data) * t.char_s
+        if side == "slave" and self.mismatched_slave:
+            data = bytes(b ^ 0x5A for b in data)
+        if self._deaf:
+            return
         other = self._fds["slave" if side == "master" else "master"]
         asyncio.get_running_loop().call_at(end, self._deliver, other, data)
 

@@ -364,7 +364,8 @@ def _paint(registers: list[int], start_register: int, bits: dict[int, bool]) -> 
 class SimRtuLine:
     """Several turnstiles, one unit each, on one RS-485 line: one Modbus RTU server
     answering for every unit, behind an EmulatedLine at `baudrate` (the timing of a real
-    bus; `emulate=False` for a bare pty pair). The gates' client opens `device`.
+    bus, and silence for unit ids nobody has; `emulate=False` for a bare pty pair, where
+    pymodbus answers unknown unit ids with an exception). The gates' client opens `device`.
 
     The turnstiles are models only here (build them with transport="rtu" and distinct
     units, do not enter them); fault injection by silence is per server, so not offered.
@@ -393,7 +394,10 @@ class SimRtuLine:
     async def __aenter__(self) -> SimRtuLine:
         try:
             if self.emulate:
-                self.line = await self._stack.enter_async_context(EmulatedLine(self.timing))
+                # A real device keeps quiet when another unit id is asked (pymodbus 3.16's
+                # simulator answers with an exception): the line does not pass those on.
+                units = {t.unit for t in self.turnstiles}
+                self.line = await self._stack.enter_async_context(EmulatedLine(self.timing, units=units))
                 server_port, self.device = self.line.slave_device, self.line.master_device
             else:
                 pair = await self._stack.enter_async_context(socat_pty_pair())

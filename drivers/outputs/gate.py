@@ -177,6 +177,20 @@ class GateController:
                 return True  # already released; a pulse would end the fire release
             return await self._release_once()
 
+    async def by_hand(self, action: str, seconds: float | None = None) -> None:
+        """An installer's hand on the relay (`gated relay`): "on" holds it released until
+        "off"; "off" returns it to what the gate should be now (locked, or held by a
+        lockdown or a fire alarm); "pulse" releases once, no passage expected."""
+        async with self._grant_lock:
+            if action == "on":
+                await self.output.hold(unlocked=True)
+            elif action == "off":
+                await self._apply_hold()
+            elif action == "pulse":
+                await self.output.pulse(seconds)
+            else:
+                raise ValueError(f"unknown relay action {action!r} (on, off, pulse)")
+
     async def set_lockdown(self, on: bool) -> None:
         if on == self.lockdown:
             return

@@ -394,6 +394,7 @@ class ModbusGateOutput(ModbusDevice):
         self.plan = RelayPlan()
         self._clock = clock
         self._timer: asyncio.Task[None] | None = None
+        self._relock: asyncio.Future[None] | None = None  # the end-of-pulse write, once started
 
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
@@ -418,6 +419,10 @@ class ModbusGateOutput(ModbusDevice):
 
     async def close(self) -> None:
         self._cancel_timer()
+        if self._relock is not None and not self._relock.done():
+            # A relock already on its way is finished before the line goes: a gate must
+            # not stay released because it was being closed.
+            await asyncio.wait([self._relock], timeout=self._request_bound)
         await super().close()
 
     async def drive_safe_state(self, locked: bool = True) -> None:
@@ -459,8 +464,9 @@ class ModbusGateOutput(ModbusDevice):
         await asyncio.sleep(max(0.0, deadline - self._now()))
         levels = self.plan.due(max(self._now(), deadline))
         self._timer = None  # no longer cancellable: the relock below must finish
+        self._relock = asyncio.ensure_future(self._write(levels))
         try:
-            await asyncio.shield(self._write(levels))
+            await asyncio.shield(self._relock)
         except OutputFault:
             pass  # the device is offline; the reconnect probe writes the planned level
 

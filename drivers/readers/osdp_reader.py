@@ -108,6 +108,40 @@ class SerialChannel(osdp.Channel):  # type: ignore[misc]  # libosdp ships no typ
         self._port.close()
 
 
+class _Watched(osdp.Channel):  # type: ignore[misc]  # libosdp ships no types
+    """The bus as libosdp sees it, counting what the reader sends back: a reader that
+    answers but never gets a secure channel up has another key than ours."""
+
+    def __init__(self, inner: osdp.Channel) -> None:
+        super().__init__()
+        self.inner = inner
+        self.received = 0
+        self.broken = getattr(inner, "broken", None)
+
+    def read(self, max_bytes: int) -> bytes:
+        data = bytes(self.inner.read(max_bytes))
+        self.received += len(data)
+        return data
+
+    def write(self, buf: bytes) -> int:
+        return int(self.inner.write(buf))
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+
+KEY_REFUSED = (
+    "reader {id}: answers but refuses the secure channel: its key is not the scbk "
+    "configured for it (a new reader in install mode: `gated osdp-install {id} -c FILE` "
+    "loads the configured key into it)"
+)
+
+
 class OsdpReader(ReaderBase):
     def __init__(
         self,
@@ -120,7 +154,9 @@ class OsdpReader(ReaderBase):
         reader_number: int = 0,
         feedback_seconds: float = 2.0,
         online_grace: float = 3.0,
-        log_level: int = osdp.LogLevel.Error,
+        # libosdp writes its own log lines to stderr, outside our log pipeline; what it
+        # would say at error level (a refused key, a silent reader) we say ourselves.
+        log_level: int = osdp.LogLevel.Emergency,
         card_data: str = "wiegand",
         display: str = "auto",
         **kwargs: Any,
@@ -140,6 +176,9 @@ class OsdpReader(ReaderBase):
         self.display = display
         self._cp: osdp.ControlPanel | None = None
         self._pd_online = False
+        # The reader answered but the secure channel never came up: the wrong key.
+        self.key_refused = False
+        self._refusals = 0  # attempts in a row that ended so (one can be a reader booting)
 
     async def run(self, on_credential: OnCredential) -> None:
         loop = asyncio.get_running_loop()
@@ -151,7 +190,7 @@ class OsdpReader(ReaderBase):
 
         while True:
             try:
-                channel = self.channel_factory()
+                channel = _Watched(self.channel_factory())
             except (serial.SerialException, OSError) as exc:
                 self.stats.bump("device_errors")
                 log.debug("reader %s: cannot open OSDP bus: %s", self.id, exc)
@@ -176,7 +215,8 @@ class OsdpReader(ReaderBase):
                 close = getattr(channel, "close", None)
                 if close is not None:
                     close()
-                self._set_health(ReaderHealth.OFFLINE)
+                if not self.key_refused:
+                    self._set_health(ReaderHealth.OFFLINE)
                 while not events.empty():  # stale events of the old CP
                     events.get_nowait()
             await self._wait_before_retry()
@@ -190,6 +230,7 @@ class OsdpReader(ReaderBase):
     ) -> None:
         """Returns when the bus broke or the PD stayed offline past the grace time."""
         offline_since = time.monotonic()
+        heard_before = 0  # bytes from the reader before this offline spell
         broken = getattr(channel, "broken", None)
         while True:
             try:
@@ -203,15 +244,32 @@ class OsdpReader(ReaderBase):
                 return
             online = await asyncio.to_thread(self._is_online, cp)
             if online and not self._pd_online:
+                self.key_refused = False
+                self._refusals = 0
                 self._mark_opened()
             elif not online:
                 if self._pd_online:
                     offline_since = time.monotonic()
+                    heard_before = channel.received if isinstance(channel, _Watched) else 0
                     self._set_health(ReaderHealth.OFFLINE)
                 if time.monotonic() - offline_since > self.online_grace:
                     self.stats.bump("device_errors")
+                    self._check_key(channel, heard_before)
                     return
             self._pd_online = online
+
+    def _check_key(self, channel: osdp.Channel, heard_before: int) -> None:
+        answered = isinstance(channel, _Watched) and channel.received > heard_before
+        if not (self.secure_channel and answered):
+            self._refusals = 0
+            return
+        self._refusals += 1
+        if self._refusals < 2:
+            return
+        if not self.key_refused:
+            log.error(KEY_REFUSED.format(id=self.id))
+        self.key_refused = True
+        self._set_health(ReaderHealth.ERROR)
 
     def _is_online(self, cp: osdp.ControlPanel) -> bool:
         if not cp.is_online(self.address):
@@ -306,3 +364,55 @@ class OsdpReader(ReaderBase):
         except Exception:
             return False
         return bool(items)
+
+
+def install_key(
+    channel_factory: ChannelFactory,
+    *,
+    address: int,
+    scbk: bytes,
+    timeout: float = 10.0,
+    log_level: int = osdp.LogLevel.Emergency,
+) -> str | None:
+    """Load `scbk` into a reader in install mode (or check a reader that has it already),
+    then prove it with a secure channel on that key alone. Blocking (run in a thread).
+
+    A control panel in install mode falls back to the default key SCBK-D and sends ours
+    with osdp_KEYSET (libosdp does both); it is a provisioning-time mode only — a panel
+    left in it would hand the key to any reader in install mode on the line — so the
+    daemon never runs in it. Returns None on success, else what went wrong.
+    """
+    if len(scbk) != 16:
+        return "the key must be 16 bytes (32 hex digits)"
+
+    def session(flags: list[int]) -> tuple[bool, bool]:
+        channel = _Watched(channel_factory())
+        info = osdp.PDInfo(address, channel, scbk=scbk, name="install", flags=flags)
+        cp = osdp.ControlPanel([info], log_level=log_level)
+        cp.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if cp.is_online(address) and cp.is_sc_active(address):
+                    return True, True
+                time.sleep(0.05)
+            return False, channel.received > 0
+        finally:
+            cp.teardown()
+            channel.close()
+
+    ok, answered = session([osdp.LibFlag.InstallMode])
+    if not ok:
+        if not answered:
+            return (
+                "no answer from the reader: check the address, the baud rate, the wiring "
+                "(A/B) and the reader's power"
+            )
+        return (
+            "the reader answers but took neither our key nor the install key: it holds "
+            "another key; reset it to install mode (vendor tool or reset card) and try again"
+        )
+    ok, _ = session([osdp.LibFlag.EnforceSecure])
+    if not ok:
+        return "the key was sent but the reader does not use it: try again, or reset the reader"
+    return None
