@@ -31,6 +31,7 @@ from enum import StrEnum
 class CredentialKind(StrEnum):
     CARD = "card"
     QR = "qr"
+    DESK = "desk"  # the front desk checked the member in by name (no card read)
 
 
 class CardFormat(StrEnum):
@@ -364,6 +365,12 @@ class Credential:
     @classmethod
     def qr(cls, text: str, reader_id: str = "", at: datetime | None = None) -> Credential:
         return cls(CredentialKind.QR, text.strip(), reader_id, at)
+
+    @property
+    def key(self) -> str:
+        """A card's typed key (what the store and the central system match on, and what
+        the desk enrols); the value itself for anything else."""
+        return self.typed.key if self.typed is not None else self.value
 
 
 def normalise_card(value: str) -> str:

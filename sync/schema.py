@@ -18,7 +18,7 @@ from sync.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _migration_1(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
@@ -136,6 +136,17 @@ def _migration_1(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
 
 
 def _migration_2(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
+    # A grant the gate is about to act on, written (durably) before the relay is pulsed
+    # and deleted by the transaction that commits the tap: one still here after a restart
+    # is a grant whose commit a crash cut off (sync/intents.py).
+    db.table("grant_intents").create(
+        {"id": int, "gate": str, "member_id": str, "body": str, "at": float},
+        pk="id",
+        if_not_exists=True,
+    )
+
+
+def _migration_3(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
     """Cards keyed by their canonical typed key (rules/credential.py: `em:0A00BC614E`,
     `w26:123:45678`, ...), plus `card_keys`: the keys of what readers that read less of a
     card see of it (an EM card's 32-bit number, its Wiegand 26 output), so those reads
@@ -179,7 +190,9 @@ def _migration_2(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
         )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database, TenDigits], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[sqlite_utils.Database, TenDigits], None]] = [_migration_1, _migration_2, _migration_3]
+
+
 
 
 def migrate(conn: sqlite3.Connection, ten_digits: TenDigits = TenDigits.EM32) -> None:

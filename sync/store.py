@@ -13,6 +13,7 @@ each:
 | `sync/rows.py` | the one mapping between domain objects and table rows |
 | `sync/replica.py` | members, cards, passes, bookings: reads, and applying syncs |
 | `sync/ledger.py` | taps, overrides, attendance, refunds, points, no-shows, presence |
+| `sync/intents.py` | grant intents: written before a relay opens, resolved by the commit |
 | `sync/snapshot.py` | importing a full snapshot without stopping the gate |
 
 The rules of the ledger:
@@ -46,6 +47,8 @@ A reader in another thread opens its own read-only connection to `store.path`
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
@@ -62,6 +65,7 @@ from rules.model import Site as SiteModel
 from sync.batch import PassRecord, SyncBatch
 from sync.db import Checkpointer, connect
 from sync.errors import StoreError
+from sync.intents import Intents
 from sync.ledger import Ledger
 from sync.meta import Meta
 from sync.outbox import Event, Outbox
@@ -99,15 +103,64 @@ class Store:
         self.site = site
         self.daemon_id = daemon_id
         self.durable = durable
+        self.background_checkpoints = background_checkpoints
         self.conn = connect(self.path, durable=durable)
-        self.db = sqlite_utils.Database(self.conn)
+        try:
+            migrate(self.conn, ten_digits)
+            self._wire([])
+        except BaseException:
+            self.conn.close()
+            raise
         self._checkpointer = Checkpointer(self.path) if background_checkpoints else None
-        migrate(self.conn, ten_digits)
+
+    def _wire(self, listeners: list[Listener]) -> None:
+        """The parts, each on the current connection (again after reopen/rescue)."""
+        self.db = sqlite_utils.Database(self.conn)
         self._meta = Meta(self.conn)
         self.outbox = Outbox(self.conn, self._meta)
-        self._transactions = Transactions(self.conn, self.outbox, self._meta, durable=durable)
-        self.replica = Replica(self.conn, site, ten_digits)
-        self.ledger = Ledger(self.conn, self._transactions, self.replica, site)
+        self._transactions = Transactions(self.conn, self.outbox, self._meta, durable=self.durable)
+        self._transactions.listeners.extend(listeners)
+        self.replica = Replica(self.conn, self.site, self.ten_digits)
+        self.ledger = Ledger(self.conn, self._transactions, self.replica, self.site)
+        self.intents = Intents(self.conn, self._transactions)
+
+    def _switch(self, conn: sqlite3.Connection) -> None:
+        old, old_checkpointer = self.conn, self._checkpointer
+        if old_checkpointer is not None:
+            old_checkpointer.stop()
+        self.conn = conn
+        self._wire(self.listeners)
+        self._checkpointer = Checkpointer(self.path) if self.background_checkpoints else None
+        old.close()
+
+    def reopen(self) -> None:
+        """Open the file again: a connection opened read-only stays read-only after the
+        file's owner or mode is fixed. The old connection stays if this raises."""
+        conn = connect(self.path, durable=self.durable)
+        try:
+            migrate(conn, self.ten_digits)
+        except BaseException:
+            conn.close()
+            raise
+        self._switch(conn)
+
+    def rescue(self) -> None:
+        """The file at `path` is gone (its directory deleted while the daemon ran) but this
+        connection still holds it, ledger and unsent events included: write it back to its
+        path, whole, and carry on there. Raises if the path cannot be written (the store
+        then stays on the old file, unusable for entries, and this is tried again)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".rescue")
+        tmp.unlink(missing_ok=True)
+        dst = sqlite3.connect(str(tmp))
+        try:
+            self.conn.backup(dst)
+        finally:
+            dst.close()
+        for suffix in ("-wal", "-shm"):
+            Path(str(self.path) + suffix).unlink(missing_ok=True)
+        os.replace(tmp, self.path)  # the file appears whole or not at all
+        self._switch(connect(self.path, durable=self.durable))
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -126,6 +179,8 @@ class Store:
             self._checkpointer.stop()
         try:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # a store that cannot be written still closes; what was committed is in the WAL
         finally:
             self.conn.close()
 
@@ -301,13 +356,43 @@ class Store:
         qr_token: tuple[str, datetime] | None = None,
         message: str | None = None,
         extra: dict[str, Any] | None = None,
+        intent: int | None = None,
     ) -> Committed:
         """One tap, whole: the access event, and on a confirmed passage the deduction,
-        attendance and presence. No passage, no deduction, no attendance."""
+        attendance and presence. No passage, no deduction, no attendance. `intent` (from
+        open_intent) is resolved in the same transaction."""
         return self.ledger.commit_tap(
             gate, decision, credential=credential, passed=passed, now=now, qr_token=qr_token, message=message,
-            extra=extra,
+            extra=extra, intent=intent,
         )
+
+    # -- grant intents (sync/intents.py) ------------------------------------------------
+
+    def open_intent(
+        self,
+        gate: Gate,
+        decision: Decision,
+        *,
+        credential: CredentialKind | None,
+        now: datetime,
+        qr_token: tuple[str, datetime] | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
+        """Write, durably, that `gate` is about to open for `decision` (and use up its QR
+        token). Called before the relay is pulsed: if this raises, an entry must not open."""
+        return self.intents.open(gate, decision, credential=credential, now=now, qr_token=qr_token, detail=detail)
+
+    def open_intents(self) -> list[dict[str, Any]]:
+        return self.intents.pending()
+
+    def report_unconfirmed(self, now: datetime) -> Committed:
+        """Intents a previous run left (a crash cut their commit) → passage_unconfirmed events."""
+        return self.intents.report_unconfirmed(now)
+
+    def probe(self, now: datetime) -> None:
+        """One small durable write: proves the store can record a tap right now (raises
+        sqlite3.Error / OSError as a tap's commit would)."""
+        self.set_meta("storage.probed_at", str(now.timestamp()))
 
     def commit_override(self, gate: Gate, operator: str, reason: str, now: datetime, *, passed: bool = True) -> Committed:
         return self.ledger.commit_override(gate, operator, reason, now, passed=passed)

@@ -9,23 +9,35 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
+from simulator.turnstile import Person
 from tests.test_daemon import wait_for
 from tests.test_faults_devices import one_gate, running_site
 
 
-async def test_stopping_during_a_pending_grant_ends_it_without_not_opened(tmp_path: Path) -> None:
+async def test_stopping_during_a_pending_grant_waits_for_the_person_and_raises_no_alarm(
+    tmp_path: Path,
+) -> None:
     async with running_site(tmp_path, one_gate) as site:
         sim = site.sims["in"]
-        sim.set_person(turns=False)
-        tap = asyncio.create_task(site.tap("turnstile-1", "04A1B2C3D4"))
+        sim.queue_people(Person(turns=True, delay=0.8), Person(turns=False))
+        first = asyncio.create_task(site.tap("turnstile-1", "04A1B2C3D4"))
         await wait_for(lambda: sim.unlocked, what="the release")
-        await site.daemon.stop()  # passage_timeout is 1.5 s: this comes first
-        result = await tap
-        assert result["decision"] == "granted" and result["passed"] is False
-        assert not sim.unlocked  # relocked
-    kinds = [e.get("kind") for e in _events(tmp_path) if e["type"] == "alarm"]
+        await site.daemon.stop()  # the person is still on the way: the tap is finished
+        result = await first
+        assert result["decision"] == "granted" and result["passed"] is True
+    assert [e["type"] for e in _events(tmp_path) if e["type"] in ("access", "deduction")] == ["access", "deduction"]
+    # the next one walks away while the daemon stops: no deduction and no not_opened
+    async with running_site(tmp_path / "b", one_gate) as site:
+        sim = site.sims["in"]
+        sim.set_person(turns=False)
+        second = asyncio.create_task(site.tap("turnstile-1", "0499887766"))
+        await wait_for(lambda: sim.unlocked, what="the release")
+        await site.daemon.stop()  # passage_timeout is 1.5 s: the grant lapses during the stop
+        result = await second
+        assert result["passed"] is False and not sim.unlocked
+    kinds = [e.get("kind") for e in _events(tmp_path / "b") if e["type"] == "alarm"]
     assert "not_opened" not in kinds
-    assert not [e for e in _events(tmp_path) if e["type"] == "deduction"]
+    assert not [e for e in _events(tmp_path / "b") if e["type"] == "deduction"]
 
 
 def _events(tmp: Path) -> list[dict[str, object]]:

@@ -28,7 +28,7 @@ from typing import Any
 
 from .bus import Priority
 from .config import DoorMode, FireAlarmInputConfig, ModbusOutputConfig
-from .door import AlarmEvent, DoorSupervisor, Observation
+from .door import AlarmEvent, AlarmKind, DoorSupervisor, Observation
 from .modbus import HealthCallback, ModbusDevice, ModbusGateOutput, OutputFault, OutputHealth
 from .plan import PassageDetector
 
@@ -108,6 +108,7 @@ class GateController:
         self._waiting = 0  # grants waiting for a passage: poll fast
         self._wake = asyncio.Event()
         self._abandoning = False
+        self._winding_down = False  # the daemon is stopping: a lapsed grant is no alarm
         # One person per release: a second tap waits for the first grant to finish, else
         # both grants would claim the same rotation.
         self._grant_lock = asyncio.Lock()
@@ -133,6 +134,12 @@ class GateController:
             loop.create_task(self.supervise(), name=f"gate-{self.gate_id}-supervise"),
             loop.create_task(self._deliver_alarms(), name=f"gate-{self.gate_id}-alarms"),
         ]
+
+    def wind_down(self) -> None:
+        """The daemon is stopping: grants in progress go on (a person already released is
+        waited for), but one that lapses is not a `not_opened` alarm — nobody failed to
+        pass, we are stopping to look."""
+        self._winding_down = True
 
     async def abandon_grants(self) -> None:
         """The daemon is stopping: grants waiting for a passage end now, unconfirmed, with
@@ -297,6 +304,8 @@ class GateController:
             self._emit_event(event)
 
     def _emit_event(self, event: AlarmEvent) -> None:
+        if self._winding_down and event.kind is AlarmKind.not_opened:
+            return
         self._alarms.put_nowait((str(event.kind), event.detail))
 
     def _health_changed(self, health: OutputHealth, error: str | None) -> None:
@@ -429,9 +438,18 @@ class FireAlarmMonitor:
     ) -> None:
         self.cfg = cfg
         self.on_change = on_change
-        self.device = FireAlarmInput(cfg, on_health=on_health)
+        self.on_health = on_health
+        self.device = FireAlarmInput(cfg, on_health=self._health_changed)
         self.active: bool | None = None
         self._task: asyncio.Task[None] | None = None
+
+    def _health_changed(self, health: OutputHealth, error: str | None) -> None:
+        if health is not OutputHealth.online:
+            # the state is unknown until read again: the next successful read is reported
+            # even if it equals the last one (the owner must learn the input is back)
+            self.active = None
+        if self.on_health is not None:
+            self.on_health(health, error)
 
     @property
     def health(self) -> OutputHealth:
@@ -459,9 +477,14 @@ class FireAlarmMonitor:
             except Exception:
                 log.exception("fire alarm poll failed")
 
+    @property
+    def known(self) -> bool:
+        """The input was read and the board answers now: `active` is the fire panel's state."""
+        return self.active is not None and self.device.health is OutputHealth.online
+
     async def _poll_once(self) -> None:
         if self.device.health is not OutputHealth.online:
-            return  # the reconnect loop probes; keep the last known state
+            return  # the reconnect loop probes; the owner sees `known` turn False via on_health
         try:
             active = await self.device.read_active()
         except OutputFault:
