@@ -6,6 +6,7 @@ the JSON Schema editors use to check the file as it is typed.
 
 from __future__ import annotations
 
+import re
 import socket
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -25,7 +26,8 @@ from pydantic import (
 from drivers.outputs.config import DoorMode, FireAlarmInputConfig, ModbusOutputConfig
 from drivers.readers.config import ReaderConfig
 from drivers.readers.payloads import PayloadFormat
-from gated.yamlload import Marked, YamlError, describe_error, load, read_text
+from gated import config_checks
+from gated.yamlload import Marked, YamlError, describe_error, dotted, load, read_text
 from rules.credential import TenDigits
 from rules.model import AntiPassback, Direction, EarlyEntry, Gate, Policy, Site
 from rules.timeutil import WeekSchedule, load_zone, parse_date, parse_duration, parse_window
@@ -313,7 +315,7 @@ class Config(Section):
             out.append(("mqtt", "no MQTT link: events stay in the outbox and the cache is never refreshed"))
         if not self.qr.public_keys:
             out.append(("qr.public_keys", "no trusted QR keys: every QR code is denied as invalid_qr"))
-        return out
+        return out + config_checks.warnings(self.model_dump(mode="json"))
 
 
 def _em_reader_kinds(config: Config) -> tuple[bool, bool]:
@@ -356,10 +358,28 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError([(e.line, e.key or "(yaml)", e.message)], str(p)) from e
     if not isinstance(marked.data, dict):
         raise ConfigError([(1, "(top)", "the configuration is a mapping with site, gates, ...")], str(p))
+    # The checks across sections run on the YAML as written, so they report together with
+    # the models' errors (one pass), and the models' unknown keys get a "did you mean".
+    checks = [(marked.line_of(path), dotted(path), msg) for path, msg in config_checks.problems(marked.data)]
     try:
-        return Config.model_validate(marked.data)
+        config = Config.model_validate(marked.data)
     except ValidationError as e:
-        raise ConfigError(_problems(e, marked), str(p)) from e
+        found = [_suggest(problem, marked) for problem in _problems(e, marked)]
+        seen = {msg for _, _, msg in checks}
+        both = [q for q in found if q[2] not in seen] + checks
+        raise ConfigError(sorted(both, key=lambda q: q[0] or 0), str(p)) from e
+    if checks:
+        raise ConfigError(checks, str(p))
+    return config
+
+
+def _suggest(problem: tuple[int | None, str, str], marked: Marked) -> tuple[int | None, str, str]:
+    line, key, msg = problem
+    if not msg.startswith("unknown key"):
+        return problem
+    path = tuple(int(x) if x.isdigit() else x for x in re.split(r"\.|\[|\]", key) if x)
+    close = config_checks.did_you_mean(Config, path, marked.data)
+    return (line, key, f"{msg} (did you mean {close!r}?)") if close else problem
 
 
 def json_schema() -> dict[str, Any]:

@@ -6,12 +6,34 @@ relay board's datasheet (unit, coil, discrete input) rather than pymodbus parame
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from enum import StrEnum
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rules.admission import FireInputPolicy
+
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def host_problem(value: str) -> str | None:
+    """Why `value` is no IP address or host name, or None. `192.168.1.300` looks like an
+    address and is none; `gate-board.local` is a host name."""
+    text = value.strip()
+    if not text:
+        return "an empty address"
+    if re.fullmatch(r"[\d.]+", text) or ":" in text:
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            return f"{value!r} is not a valid IP address"
+        return None
+    labels = text.rstrip(".").split(".")
+    if len(text) > 253 or not all(_HOSTNAME.fullmatch(label) for label in labels):
+        return f"{value!r} is neither an IP address nor a host name"
+    return None
 
 
 class OutputTransport(StrEnum):
@@ -79,6 +101,17 @@ class ModbusLinkConfig(BaseModel):
         "time of the requests and answers at the line settings). Taps wait longer on a busy "
         "line.",
     )
+
+    @field_validator("host")
+    @classmethod
+    def _host_is_an_address(cls, value: str | None) -> str | None:
+        # 192.168.1.300 looks like an address and is none: refused here, not at the first tap
+        if value is None:
+            return None
+        why = host_problem(value)
+        if why is not None:
+            raise ValueError(why)
+        return value.strip()
 
     @model_validator(mode="after")
     def _endpoint_matches_transport(self) -> Self:
