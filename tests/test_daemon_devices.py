@@ -72,3 +72,54 @@ async def test_reader_offline_and_online_are_events_and_counters_are_exported(tm
         assert 'gated_reader_total{counter="rejected_frames",reader="r-in"}' in text
         assert 'gated_reader_total{counter="reconnects",reader="r-in"}' in text
         assert "gated_modbus_line_exchanges_total" in text
+
+
+async def test_the_same_digits_from_two_kinds_of_reader_are_two_cards(tmp_path: Path) -> None:
+    """Seen on site: a hex EM reader's `0012345678` admitted the member whose decimal card
+    is `0012345678`. Through the daemon, a reader per kind, the member's card enrolled by
+    its printed number: the decimal reader lets them in, the hex reader's read of another
+    card does not, and the same card on an RDM6300 (40 bits) does."""
+    from datetime import UTC, datetime
+
+    from drivers.readers.frames import Checksum, FrameConfig, Framing
+    from drivers.readers.payloads import PayloadFormat
+    from rules.credential import Card
+    from sync.batch import SyncBatch
+    from sync.records import MemberIn
+    from tests.test_faults_devices import serial_reader
+
+    def gates(sims, ptys):  # type: ignore[no-untyped-def]
+        readers = [
+            {**serial_reader("r-dec", ptys["dec"]), "format": "em-decimal"},
+            {**serial_reader("r-hex", ptys["hex"]), "format": "em"},
+            {**serial_reader("r-rdm", ptys["rdm"]), "format": "em", "framing": "stx-etx", "checksum": "xor-hex"},
+        ]
+        return [{"id": "turnstile-1", "zone": "main", "readers": readers}]
+
+    async with running_site(tmp_path, gates, readers=("dec", "hex", "rdm")) as site:
+        # the central system enrolled m1's card by the number printed on it
+        site.store.apply_sync(SyncBatch(members=[MemberIn(id="m1", cards=["em32:0012345678"]).to_domain()]),
+                              datetime.now(UTC))
+        ptys = site.readers
+        ptys["rdm"].frame = FrameConfig(framing=Framing.STX_ETX, checksum=Checksum.XOR_HEX, format=PayloadFormat.EM)
+        for name in ("dec", "hex", "rdm"):
+            await wait_for(lambda n=name: site.daemon.readers[f"r-{n}"][1].health.value == "online", what=name)
+        ptys["dec"].tap("12345678")
+        await wait_for(lambda: len(site.access()) == 1, what="decimal read")
+        ptys["hex"].tap("0012345678")  # the hex id 0x0012345678: another card
+        await wait_for(lambda: len(site.access()) == 2, what="hex read")
+        ptys["rdm"].present(Card.em(0x0A00BC614E))  # the member's card, all 40 bits
+        await wait_for(lambda: len(site.access()) == 3, what="RDM6300 read")
+        ptys["hex"].tap("04DEADBEEF")
+        await wait_for(lambda: len(site.access()) == 4, what="unknown card")
+        decided = [(e["member"], e["decision"], e["reason"]) for e in site.access()]
+    assert decided == [
+        ("m1", "granted", "walk_in"),
+        (None, "denied", "unknown_card"),
+        ("m1", "granted", "walk_in"),
+        (None, "denied", "unknown_card"),
+    ]
+    # what the desk enrols from an unknown card's event is its typed key
+    assert [e.get("card") for e in _events(tmp_path) if e.get("reason") == "unknown_card"] == [
+        "em:0012345678", "em:04DEADBEEF",
+    ]

@@ -231,3 +231,22 @@ async def test_osdp_install_loads_the_key_into_a_new_reader(tmp_path: Path) -> N
 def test_unknown_gate_is_a_clear_error(tmp_path: Path, args: list[str]) -> None:
     out = run(*args, "-c", str(write_config(tmp_path, None)))
     assert out.returncode == 2 and "no gate 'nope'" in out.stdout
+
+
+def test_discover_lists_devices_as_tables_and_json() -> None:
+    out = run("discover")
+    assert out.returncode == 0, out.stderr
+    for title in ("Serial ports", "NFC readers", "Keyboard-wedge scanners"):
+        assert title in out.stdout
+    out = run("discover", "--json")
+    import json
+
+    assert set(json.loads(out.stdout)) >= {"serial", "nfc", "input", "notes"}
+
+
+async def test_relay_pulse_takes_the_gates_pulse_by_default(tmp_path: Path) -> None:
+    async with SimTurnstile(port=0, person=Person(turns=False)) as sim:
+        out = await arun("relay", "g1", "pulse", "-c", str(write_config(tmp_path, tcp_output(sim, pulse=0.4))))
+        assert out.returncode == 0 and "pulsed for 0.4 s" in out.stdout, out.stdout
+        (on, t_on), (off, t_off) = [(raw, t) for t, raw in sim.coil_history]
+        assert on and not off and t_off > t_on
