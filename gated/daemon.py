@@ -25,7 +25,8 @@ from typing import Any
 import structlog
 
 from drivers.outputs.gate import FireAlarmMonitor, GateController
-from drivers.outputs.modbus import OutputFault, OutputHealth, lines_in_use
+from drivers.outputs.links import lines_in_use
+from drivers.outputs.modbus import OutputFault, OutputHealth
 from drivers.readers.base import Reader, ReaderHealth
 from drivers.readers.config import build_reader
 from gated import logs, sdnotify

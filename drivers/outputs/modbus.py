@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
 
 from .bus import LineTiming, ModbusLine, Priority
-from .config import ModbusLinkConfig, ModbusOutputConfig, OutputTransport
+from .config import ModbusLinkConfig, ModbusOutputConfig
+from .links import ModbusClient, SharedLink, acquire_link, release_link, where
 from .plan import RelayPlan
 
 log = logging.getLogger(__name__)
 
-ModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
 HealthCallback = Callable[["OutputHealth", str | None], None]
 
 # First pause before reconnecting; it doubles up to cfg.reconnect_max. Short, because a board
@@ -52,77 +50,6 @@ class InputsSnapshot:
     door_open: bool | None
 
 
-class _SharedLink:
-    """One pymodbus client and one request line per physical line: an RS-485 port can be
-    opened only once, and its devices take turns on the wire."""
-
-    def __init__(self, cfg: ModbusLinkConfig) -> None:
-        self.client: ModbusClient = _make_client(cfg)
-        timing = None
-        if cfg.transport is OutputTransport.rtu:
-            timing = LineTiming(cfg.baudrate, cfg.parity, cfg.stopbits)
-        self.line = ModbusLine(_where(cfg), timing, load_warning=cfg.bus_load_warning)
-        self.users = 0
-        # Serialises connects so two outputs on one bus do not open the port twice.
-        self.connect_lock = asyncio.Lock()
-
-
-# Per event loop: a pymodbus client is bound to the loop it was created in.
-_links: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], _SharedLink]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _where(cfg: ModbusLinkConfig) -> str:
-    if cfg.transport is OutputTransport.tcp:
-        return f"{cfg.host}:{cfg.port}"
-    return str(cfg.device)
-
-
-def lines_in_use(loop: asyncio.AbstractEventLoop | None = None) -> dict[str, dict[str, Any]]:
-    """Every open line of `loop` (default: the running one) and its figures (load, queue,
-    counters). Safe from another thread (a metrics scrape): a line opened or closed
-    meanwhile is simply missed."""
-    if loop is None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return {}
-    for _ in range(3):
-        try:
-            links = list(_links.get(loop, {}).values())
-            return {link.line.name: link.line.snapshot() for link in links}
-        except RuntimeError:  # changed size during iteration (another thread)
-            continue
-    return {}
-
-
-def _make_client(cfg: ModbusLinkConfig) -> ModbusClient:
-    # reconnect_delay=0 turns pymodbus's own reconnect off: ours re-asserts the coil and
-    # tracks health, which pymodbus's cannot.
-    if cfg.transport is OutputTransport.tcp:
-        assert cfg.host is not None
-        return AsyncModbusTcpClient(
-            cfg.host,
-            port=cfg.port,
-            timeout=cfg.timeout,
-            retries=cfg.retries,
-            reconnect_delay=0,
-            name=f"gated-{cfg.host}:{cfg.port}",
-        )
-    assert cfg.device is not None
-    return AsyncModbusSerialClient(
-        cfg.device,
-        baudrate=cfg.baudrate,
-        parity=cfg.parity,
-        stopbits=cfg.stopbits,
-        timeout=cfg.timeout,
-        retries=cfg.retries,
-        reconnect_delay=0,
-        name=f"gated-{cfg.device}",
-    )
-
-
 def _describe_refusal(resp: Any) -> str:
     code = getattr(resp, "exception_code", None)
     if not isinstance(code, int):
@@ -139,40 +66,12 @@ def _describe_refusal(resp: Any) -> str:
         return repr(resp)
 
 
-def _loop_links() -> dict[tuple[str, str], _SharedLink]:
-    loop = asyncio.get_running_loop()
-    links = _links.get(loop)
-    if links is None:
-        links = _links[loop] = {}
-    return links
-
-
-def _acquire_link(cfg: ModbusLinkConfig) -> _SharedLink:
-    links = _loop_links()
-    key = cfg.link_key()
-    link = links.get(key)
-    if link is None:
-        link = links[key] = _SharedLink(cfg)
-    link.users += 1
-    return link
-
-
-async def _release_link(cfg: ModbusLinkConfig, link: _SharedLink) -> None:
-    link.users -= 1
-    if link.users <= 0:
-        links = _loop_links()
-        if links.get(cfg.link_key()) is link:
-            del links[cfg.link_key()]
-        await link.line.close()
-        link.client.close()
-
-
 class ModbusDevice:
     """Requests to one unit on one line, with health tracking and background reconnect."""
 
     def __init__(self, cfg: ModbusLinkConfig, *, on_health: HealthCallback | None = None) -> None:
         self.cfg = cfg
-        self._link: _SharedLink | None = None
+        self._link: SharedLink | None = None
         self._health = OutputHealth.offline
         self.last_error: str | None = "not connected yet"
         self.on_health = on_health
@@ -201,7 +100,7 @@ class ModbusDevice:
         """Open the line and probe the unit. False (and reconnecting) if it does not answer."""
         self._closed = False
         if self._link is None:
-            self._link = _acquire_link(self.cfg)
+            self._link = acquire_link(self.cfg)
         try:
             await self._ensure_connected()
         except OutputFault as exc:
@@ -222,7 +121,7 @@ class ModbusDevice:
             self._reconnect_task = None
         if self._link is not None:
             link, self._link = self._link, None
-            await _release_link(self.cfg, link)
+            await release_link(self.cfg, link)
         self._set_health(OutputHealth.offline, "closed")
 
     async def probe(self) -> None:
@@ -318,7 +217,7 @@ class ModbusDevice:
     # -- health ---------------------------------------------------------------------------
 
     def _where(self) -> str:
-        return _where(self.cfg)
+        return where(self.cfg)
 
     def _fail(self, exc: OutputFault, health: OutputHealth = OutputHealth.offline) -> OutputFault:
         self._mark_failed(exc, health)
