@@ -170,6 +170,19 @@ class ConsoleUser(Section):
     )
 
 
+class DisplayConfig(Section):
+    """A member-facing screen at a gate (a tablet on the turnstile): read-only, no login."""
+
+    id: Ident = Field(description="Names the display in its URL: /display/ID?token=...")
+    gate: Name = Field(description="The gate whose taps it shows.")
+    token: str = Field(
+        min_length=24, max_length=200, pattern=r"^[A-Za-z0-9_-]+$",
+        description="A long random secret in the display's URL (e.g. `python3 -c 'import secrets; "
+        "print(secrets.token_urlsafe(24))'`): whoever has it sees that gate's answers.",
+    )
+    clear_after: int = Field(6, ge=2, le=60, description="Seconds an answer stays on screen.")
+
+
 class ConsoleConfig(Section):
     enabled: bool = True
     bind: str = Field("127.0.0.1", description="Address to listen on; loopback unless TLS is set up.")
@@ -178,6 +191,15 @@ class ConsoleConfig(Section):
     session_minutes: int = Field(480, ge=5, le=24 * 60)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    trusted_hosts: list[str] = Field(
+        [],
+        description="Host names the console answers to (the Host header; DNS rebinding). Loopback names "
+        "and the bind address are always allowed; add the names the desk types, e.g. gate-1.gym.lan.",
+    )
+    displays: list[DisplayConfig] = Field([], description="Member-facing gate displays.")
+
+    def allowed_hosts(self) -> list[str]:
+        return list(dict.fromkeys(["127.0.0.1", "localhost", "::1", "[::1]", self.bind, *self.trusted_hosts]))
 
 
 class QrConfig(Section):
@@ -202,6 +224,11 @@ class MetricsConfig(Section):
 
 class ControlConfig(Section):
     socket: Path = Field(Path("/run/gated/control.sock"), description="Unix socket for `gated tap`, `gated open`.")
+    injected_reads: bool = Field(
+        False,
+        description="Accept `gated tap` (a card or QR read sent through the socket as if a reader had read "
+        "it). Off in production: it opens doors without a password. The demo and tests turn it on.",
+    )
 
 
 class SimulationConfig(Section):
@@ -254,6 +281,18 @@ class Config(Section):
                 mqtt.setdefault("daemon", socket.gethostname().split(".")[0] or "gate")
             data = {**data, "mqtt": mqtt}
         return data
+
+    @model_validator(mode="after")
+    def _displays(self) -> Config:
+        gates = {g.id for g in self.gates}
+        ids: set[str] = set()
+        for d in self.console.displays:
+            if d.gate not in gates:
+                raise ValueError(f"display {d.id!r} names gate {d.gate!r}, which is not configured")
+            if d.id in ids:
+                raise ValueError(f"display id {d.id!r} repeats")
+            ids.add(d.id)
+        return self
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Config:

@@ -157,9 +157,10 @@ class Daemon:
             self.link = SyncLink(store, cfg.mqtt, now=self.clock, gates=cfg.gates_domain(), health=self._link_health)
             self.taps.link = self.link
             self.link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
+        from gated.console.backend import DaemonBackend
         from gated.control import ControlServer
 
-        self.control = ControlServer(self, cfg.control.socket)
+        self.control = ControlServer(DaemonBackend(self), cfg.control.socket, self.metrics)
         await self.control.start()
         if cfg.metrics.enabled:
             try:
@@ -167,9 +168,9 @@ class Daemon:
             except OSError as e:
                 log.warning("metrics_unavailable", error=str(e))
         if cfg.console.enabled:
-            from gated.console.app import start_console
+            from gated.console.server import start_console
 
-            self.console = await start_console(self)
+            self.console = await start_console(DaemonBackend(self))
         self._tasks.append(asyncio.create_task(self._scheduler(), name="scheduler"))
         self._tasks.append(asyncio.create_task(self.storage.run(), name="storage-watch"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))

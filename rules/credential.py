@@ -374,8 +374,7 @@ class Credential:
 
 
 def normalise_card(value: str) -> str:
-    """The identifier text of a card string (kept for callers that hold plain strings)."""
-    try:
-        return card_from_text(value).legacy
-    except ValueError:
-        return value.strip().upper()
+    """Card text as typed by hand, tidied: blanks around removed, upper case. A typed key
+    stays typed (`EM:0A00BC614E`: prefixes are read case-insensitively); the store reads
+    the text with its site's rules (Store.card_key / Store.read_card)."""
+    return value.strip().upper()

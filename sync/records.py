@@ -81,6 +81,7 @@ class MemberIn(Strict):
     cards: list[CardText] = []
     email: str | None = None
     photo: str | None = None
+    phone: Annotated[str, Field(max_length=50)] | None = None
 
     def to_domain(self) -> Member:
         return Member(
@@ -89,6 +90,7 @@ class MemberIn(Strict):
             status=MemberStatus(self.status),
             cards=tuple(self.cards),
             email=self.email,
+            phone=self.phone,
             photo=self.photo,
         )
 

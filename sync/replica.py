@@ -18,9 +18,11 @@ from decimal import Decimal
 from rules.credential import Card, Resolution, TenDigits, card_from_text, lookup_keys, resolve
 from rules.model import Booking, BookingStatus, Member, Pass
 from rules.model import Site as SiteModel
+from sync import enrolment
 from sync.batch import SyncBatch
 from sync.rows import (
     BOOKING_READ,
+    MEMBER_INSERT,
     MEMBER_READ,
     PASS_READ,
     booking_from_row,
@@ -61,7 +63,11 @@ class Replica:
 
     def resolve_card(self, card: Card) -> Resolution:
         """Every enrolled card that matches the read (rules.credential.cards_match), and the
-        member they belong to: none, one, or several (ambiguous: refused, and logged)."""
+        member they belong to: none, one, or several (ambiguous: refused, and logged). A
+        card the desk assigned wins until the central system has taken it over."""
+        pending = enrolment.matching(self.conn, card)
+        if pending:
+            return self._logged(resolve(pending), card)
         key, coarser = lookup_keys(card)
         c = self.conn
         rows = c.execute("SELECT member_id, card FROM cards WHERE card = ?", (key,)).fetchall()
@@ -72,11 +78,14 @@ class Replica:
         if coarser:
             marks = ",".join("?" * len(coarser))
             rows += c.execute(f"SELECT member_id, card FROM cards WHERE card IN ({marks})", coarser).fetchall()
-        found = resolve((str(m), str(k)) for m, k in rows)
+        return self._logged(resolve((str(m), str(k)) for m, k in rows), card)
+
+    @staticmethod
+    def _logged(found: Resolution, card: Card) -> Resolution:
         if found.ambiguous:
             log.warning(
                 "card read %s matches cards of several members %s: refused",
-                key,
+                card.key,
                 sorted({m for m, _ in found.candidates}),
             )
         return found
@@ -86,6 +95,7 @@ class Replica:
         if row is None:
             return None
         cards = tuple(r[0] for r in self.conn.execute("SELECT card FROM cards WHERE member_id = ?", (member_id,)))
+        cards += tuple(c for c in enrolment.cards_of(self.conn, member_id) if c not in cards)
         return member_from_row(row, cards)
 
     def passes_of(self, member_id: str) -> list[Pass]:
@@ -156,9 +166,10 @@ class Replica:
                 c.executemany(_DELETE_CARD_KEYS, ((m.id,) for m in batch.members))
                 c.executemany("DELETE FROM cards WHERE member_id = ?", ((m.id,) for m in batch.members))
             c.executemany(
-                "INSERT INTO members(id, name, status, email, photo, synced_at) VALUES (?,?,?,?,?,?) "
+                f"INSERT INTO members{MEMBER_INSERT} "
                 "ON CONFLICT(id) DO UPDATE SET name=excluded.name, status=excluded.status, "
-                "email=excluded.email, photo=excluded.photo, synced_at=excluded.synced_at",
+                "email=excluded.email, photo=excluded.photo, synced_at=excluded.synced_at, phone=excluded.phone, "
+                "search=excluded.search",
                 (member_row(m, synced_at) for m in batch.members),
             )
             # a card moves to whoever the central system last said holds it

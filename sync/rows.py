@@ -19,6 +19,7 @@ from rules.credential import Card, TenDigits, card_from_text, index_keys
 from rules.model import Booking, BookingStatus, DeductOn, Member, MemberStatus, Pass, PassKind
 from rules.timeutil import WeekSchedule
 from sync.batch import PassRecord
+from sync.search_text import member_search_text
 
 Row = tuple[Any, ...]
 
@@ -39,12 +40,14 @@ def dec(text: str | None) -> Decimal | None:
 
 # -- members and cards ----------------------------------------------------------------------
 
-MEMBER_COLUMNS = ("id", "name", "status", "email", "photo", "synced_at")
-MEMBER_READ = "id, name, status, email, photo"
+MEMBER_COLUMNS = ("id", "name", "status", "email", "photo", "synced_at", "phone", "search")
+MEMBER_READ = "id, name, status, email, photo, phone"
+MEMBER_INSERT = f"({', '.join(MEMBER_COLUMNS)}) VALUES ({','.join('?' * len(MEMBER_COLUMNS))})"
 
 
 def member_row(m: Member, synced_at: float) -> Row:
-    return (m.id, m.name, m.status.value, m.email, m.photo, synced_at)
+    """In MEMBER_COLUMNS order (MEMBER_INSERT)."""
+    return (m.id, m.name, m.status.value, m.email, m.photo, synced_at, m.phone, member_search_text(m))
 
 
 def member_cards(m: Member, ten_digits: TenDigits = TenDigits.EM32) -> list[Card]:
@@ -72,7 +75,8 @@ def card_key_rows(m: Member, ten_digits: TenDigits = TenDigits.EM32) -> list[tup
 
 def member_from_row(row: Row, cards: tuple[str, ...]) -> Member:
     """`row` as selected by MEMBER_READ."""
-    return Member(id=row[0], name=row[1] or "", status=MemberStatus(row[2]), cards=cards, email=row[3], photo=row[4])
+    return Member(id=row[0], name=row[1] or "", status=MemberStatus(row[2]), cards=cards, email=row[3], photo=row[4],
+                  phone=row[5])
 
 
 # -- passes -----------------------------------------------------------------------------------

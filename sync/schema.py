@@ -18,7 +18,7 @@ from sync.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 
 def _migration_1(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
@@ -147,13 +147,33 @@ def _migration_2(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
 
 
 def _migration_3(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
+    from sync.enrolment import create_table
+
+    create_table(db.conn)  # cards assigned at the desk, until the central system has them
+
+
+def _migration_4(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
+    # the desk's search: by phone too, over text made once per member (sync/search_text.py)
+    db.conn.execute("ALTER TABLE members ADD COLUMN phone TEXT")
+    db.conn.execute("ALTER TABLE members ADD COLUMN search TEXT")
+    from sync.rows import MEMBER_READ, member_from_row
+    from sync.search_text import member_search_text
+
+    members = db.conn.execute(f"SELECT {MEMBER_READ} FROM members").fetchall()
+    for row in members:
+        cards = tuple(r[0] for r in db.conn.execute("SELECT card FROM cards WHERE member_id = ?", (row[0],)))
+        db.conn.execute("UPDATE members SET search = ? WHERE id = ?", (member_search_text(member_from_row(row, cards)), row[0]))
+
+
+def _migration_5(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
     """Cards keyed by their canonical typed key (rules/credential.py: `em:0A00BC614E`,
     `w26:123:45678`, ...), plus `card_keys`: the keys of what readers that read less of a
     card see of it (an EM card's 32-bit number, its Wiegand 26 output), so those reads
     find it. The untyped strings stored so far are read by `card_from_text` (the table in
     docs/hardware.md, "Card identity"), 10 decimal digits by the site's rule. Two strings that turn out to be one card keep the
     member of the later row; a string that is no card at all (empty, unprintable) is
-    dropped. Both are counted in meta (`cards.merged`, `cards.dropped`) and logged."""
+    dropped. Both are counted in meta (`cards.merged`, `cards.dropped`) and logged. The
+    cards the desk enrolled (card_enrolments) are keyed the same way."""
     conn = db.conn
     old = conn.execute("SELECT card, member_id FROM cards ORDER BY rowid").fetchall()
     conn.execute("DROP TABLE cards")
@@ -188,9 +208,20 @@ def _migration_3(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
             "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, str(value)),
         )
+    for (text,) in conn.execute("SELECT card FROM card_enrolments").fetchall():
+        try:
+            key = card_from_text(str(text), ten_digits).key
+        except ValueError:
+            conn.execute("DELETE FROM card_enrolments WHERE card = ?", (text,))
+            continue
+        if key != text:
+            conn.execute("DELETE FROM card_enrolments WHERE card = ?", (key,))
+            conn.execute("UPDATE card_enrolments SET card = ? WHERE card = ?", (key, text))
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database, TenDigits], None]] = [_migration_1, _migration_2, _migration_3]
+MIGRATIONS: list[Callable[[sqlite_utils.Database, TenDigits], None]] = [
+    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
+]
 
 
 

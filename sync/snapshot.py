@@ -40,7 +40,7 @@ from typing import Any
 
 from sync.protocol import PassOut, SnapshotChunk
 from sync.records import BookingIn, MemberIn
-from sync.rows import booking_row, card_key_rows, card_rows, member_row, pass_row
+from sync.rows import MEMBER_INSERT, booking_row, card_key_rows, card_rows, member_row, pass_row
 from sync.store import DELTA_SEQ_KEY, LAST_SYNC_KEY, SNAPSHOT_ID_KEY, Store
 
 TABLES = ("members", "cards", "card_keys", "passes", "bookings")
@@ -217,8 +217,7 @@ class SnapshotImporter:
             part = [m.to_domain() for m in members[i : i + n]]
             with self.store.transaction(scratch=True):
                 conn.executemany(
-                    f"INSERT OR REPLACE INTO [{STAGE}members](id, name, status, email, photo, synced_at) "
-                    "VALUES (?,?,?,?,?,?)",
+                    f"INSERT OR REPLACE INTO [{STAGE}members]{MEMBER_INSERT}",
                     (member_row(m, synced_at) for m in part),
                 )
                 conn.executemany(

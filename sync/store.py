@@ -33,8 +33,8 @@ to write events of its own); nothing outside `sync/` imports a `_private` name.
 `store.conn` is the daemon's connection, owned by the event loop. These tables can be
 read by name through it, with these columns (more may be added, none removed):
 
-- `members(id, name, status, email, photo)`, `cards(card, member_id)` — `card` is the
-  canonical typed key (`em:0A00BC614E`, `uid:04A1B2C3`, see rules/credential.py);
+- `members(id, name, status, email, photo, phone)`, `cards(card, member_id)` — `card` is
+  the canonical typed key (`em:0A00BC614E`, `uid:04A1B2C3`, see rules/credential.py);
   `card_keys(key, card)` holds what readers that read less of a card see of it;
 - `passes(id, member_id, name, kind, balance, ...)` — `balance` is the local balance;
 - `bookings(id, member_id, pass_id, class_name, zone, starts_at, ends_at, status,
@@ -62,6 +62,7 @@ from rules.credential import Card, CredentialKind, Resolution, TenDigits, card_f
 from rules.decide import Decision, MemberView, ZonePresence
 from rules.model import Booking, BookingStatus, Direction, Gate, Member, Pass, Policy
 from rules.model import Site as SiteModel
+from sync import enrolment
 from sync.batch import PassRecord, SyncBatch
 from sync.db import Checkpointer, connect
 from sync.errors import StoreError
@@ -320,12 +321,14 @@ class Store:
         everything it does not list. Our own outcomes and deductions are kept."""
         with self.transaction() as tx:
             self.replica.apply(batch, now, snapshot=snapshot)
+            enrolment.settle(self.conn, self.acked_seq)
             tx.set_meta(LAST_SYNC_KEY, str(now.timestamp()))
 
     def apply_delta(self, batch: SyncBatch, delta_seq: int, now: datetime) -> None:
         """One numbered delta, whole, with the replica's new position."""
         with self.transaction() as tx:
             self.replica.apply(batch, now, snapshot=False)
+            enrolment.settle(self.conn, self.acked_seq)
             tx.set_meta(LAST_SYNC_KEY, str(now.timestamp()))
             tx.set_meta(DELTA_SEQ_KEY, str(delta_seq))
 
@@ -399,6 +402,16 @@ class Store:
 
     def mark_attended(self, booking_id: str, operator: str, *, refund: bool, now: datetime) -> Committed:
         return self.ledger.mark_attended(booking_id, operator, refund=refund, now=now)
+
+    def enrol_card(self, card: str, member_id: str, operator: str, now: datetime) -> Committed:
+        """The desk gives `card` to a member: it works at once and goes upstream as a
+        `card_enrolled` event (sync/enrolment.py), under its typed key (`card` is a typed
+        key, as an unknown card's access event carries it, or text this site's readers
+        would send). ValueError when it is no card."""
+        key = self.card_key(card)
+        with self.transaction() as tx:
+            enrolment.enrol(tx, key, member_id, operator, now)
+        return tx.committed
 
     def adjust_points(self, member_id: str, points: int, operator: str, reason: str, now: datetime) -> Committed:
         return self.ledger.adjust_points(member_id, points, operator, reason, now)

@@ -136,3 +136,23 @@ def test_member_records_accept_typed_keys_and_untyped_strings() -> None:
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} accepted")
+
+
+def test_the_desk_enrols_cards_by_typed_key(tmp_path: Path) -> None:
+    store = _store(tmp_path / "g.db")
+    _members(store, ("ana", []), ("ben", []))
+    # the console upper-cases what it is given: a typed key from an unknown card's event...
+    store.enrol_card("EM:0A00BC614E", "ana", "desk", NOW)
+    # ...or the number printed on a card, read with the site's rule (decimal here)
+    store.enrol_card(" 0000000099 ", "ben", "desk", NOW)
+    rows = dict(store.conn.execute("SELECT card, member_id FROM card_enrolments").fetchall())
+    assert rows == {"em:0A00BC614E": "ana", "em32:0000000099": "ben"}
+    assert store.member_for_card(Card.em32(12345678)) == "ana"  # a decimal reader finds it
+    assert store.member_for_card(Card.em(0x0700000063)) == "ben"  # an RDM6300 too
+    assert store.member_for_card(Card.em(0x0012345678)) is None
+    try:
+        store.enrol_card("em:123", "ana", "desk", NOW)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a malformed typed key was enrolled")
