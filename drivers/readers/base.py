@@ -1,6 +1,8 @@
 """What every reader shares: health, counters, debounce, backoff and the Reader protocol.
 
-Everything here is sans-I/O (clocks are passed in) so it is tested without devices.
+Debounce and backoff are pure (clocks are passed in) and tested without devices;
+ReaderBase is the async plumbing the concrete readers share (health changes, the
+debounced hand-over of a read to the daemon, the wait before a retry).
 """
 
 from __future__ import annotations
