@@ -37,7 +37,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from rules.model import Gate
-from rules.timeutil import iso_utc
+from rules.timeutil import iso_utc, local_date, start_of_local_day
 from sync.protocol import (
     Ack,
     Delta,
@@ -58,6 +58,7 @@ log = logging.getLogger("gated.sync")
 _UTC = ZoneInfo("UTC")
 
 M = TypeVar("M", bound=BaseModel)
+CATCH_UP_MAX = 20_000  # events sent again to a peer that came online (today's, at most this)
 
 
 class MqttSettings(BaseModel):
@@ -157,7 +158,8 @@ class SyncLink:
         self._last_resync_request = 0.0
         self._delta_buffer: dict[int, Delta] = {}
         self._lookups: dict[bytes, asyncio.Future[LookupResponse]] = {}
-        self._remote_seen: dict[str, int] = {}
+        self._catch_up_pending = False
+        self._catch_up_task: asyncio.Task[None] | None = None
         self._last_reconcile = time.monotonic()
 
     # -- state for health and tests ---------------------------------------------------------
@@ -273,6 +275,8 @@ class SyncLink:
         await client.subscribe(t.central_status, qos=1)
         if self.settings.share_access:
             await client.subscribe(t.site_events, options=SubscribeOptions(qos=1, noLocal=True))
+            # a peer coming online may have missed our events: see _on_peer_status
+            await client.subscribe(f"{t.base}/+/status", options=SubscribeOptions(qos=1, noLocal=True))
         status = Status(daemon=self.settings.daemon, state="online", at=iso_utc(self.now()))
         await client.publish(t.status, status.model_dump_json().encode(), qos=1, retain=True)
         self._client = client
@@ -451,6 +455,9 @@ class SyncLink:
                     await self._on_central_status(status, bool(message.retain))
             elif topic.startswith(t.base + "/") and topic.endswith("/events"):
                 self._on_site_events(topic, payload)
+            elif topic.startswith(t.base + "/") and topic.endswith("/status"):
+                if (status := self._parse(Status, payload, topic)) is not None:
+                    self._on_peer_status(topic, status, bool(message.retain))
             else:
                 self.stats["unexpected_topic"] += 1
         except aiomqtt.MqttError:
@@ -586,18 +593,49 @@ class SyncLink:
             self.stats["invalid"] += 1
             self.stats["dropped"] += 1
             return
-        seen = self._remote_seen.get(sender, 0)
-        fresh: list[dict[str, Any]] = []
-        for ev in batch.events:
-            if ev.seq <= seen:
+        # every event, repeats too: a peer's events can come twice (its resends, its
+        # catch-up for us) and must never be skipped (one missed while we reconnected, then
+        # a later one seen, would hide the first for good); recording them is idempotent
+        events = [ev.model_dump(mode="json") for ev in batch.events]
+        for kind, n in self.store.record_peer_events(sender, events, dict(batch.zones)).items():
+            self.stats[kind] += n
+
+    def _on_peer_status(self, topic: str, status: Status, retained: bool) -> None:
+        """Another daemon of the site (re)connected: what we published while it was away
+        (restarting, or reconnecting after the broker restarted) it never got, and the
+        central system has acknowledged it, so nothing would send it again. We send it today's
+        events again (sync/peers.py records them once)."""
+        sender = topic.split("/")[-2]
+        if retained or status.state != "online" or sender == self.settings.daemon:
+            return
+        self.stats["peer_online"] += 1
+        self._catch_up_pending = True
+        if self._catch_up_task is None or self._catch_up_task.done():
+            self._catch_up_task = asyncio.get_running_loop().create_task(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        while self._catch_up_pending:
+            self._catch_up_pending = False
+            client = self._client
+            if client is None:
+                return
+            since = start_of_local_day(local_date(self.now(), self.store.site.timezone), self.store.site.timezone)
+            first = self.store.first_seq_since(since)
+            upto = self.store.acked_seq  # later ones go out anyway
+            if first is None:
                 continue
-            seen = ev.seq
-            fresh.append(ev.model_dump(mode="json"))
-        if fresh:
-            # passages, booking outcomes, walk-in charges and refunds (sync/peers.py)
-            for kind, n in self.store.record_peer_events(sender, fresh, dict(batch.zones)).items():
-                self.stats[kind] += n
-        self._remote_seen[sender] = seen
+            seq, sent = first - 1, 0
+            while seq < upto and sent < CATCH_UP_MAX:
+                events = [e for e in self.store.events_after(seq, limit=self.settings.batch_events) if e["seq"] <= upto]
+                if not events:
+                    break
+                try:
+                    await client.publish(self.topics.events, self._encode(events), qos=1)
+                except aiomqtt.MqttError:
+                    return  # the connection went: the peer asks again when it is back
+                seq = int(events[-1]["seq"])
+                sent += len(events)
+            self.stats["catch_up_events"] += sent
 
     # -- live look-ups ---------------------------------------------------------------------------
 

@@ -80,7 +80,13 @@ def apply(
             if ev.get("decision") != "granted" or not ev.get("passed") or not member or gate not in zones:
                 continue
             direction = Direction.OUT if ev.get("reason") == "exit" else Direction.IN
-            record_passage(str(member), zones[str(gate)], direction, at, str(gate), sender)
+            zone = zones[str(gate)]
+            if conn.execute(  # the same event again (a resend, a catch-up): recorded once
+                "SELECT 1 FROM passages WHERE member_id = ? AND zone = ? AND at = ? AND gate = ? AND origin = ? LIMIT 1",
+                (str(member), zone, ts(at), str(gate), sender),
+            ).fetchone():
+                continue
+            record_passage(str(member), zone, direction, at, str(gate), sender)
             seen["remote_passages"] += 1
         elif kind == "attendance" and ev.get("booking") and ev.get("status") in ("attended", "no_show"):
             if _outcome(conn, str(ev["booking"]), str(ev["status"]), at):

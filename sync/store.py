@@ -62,6 +62,7 @@ from rules.credential import Card, CredentialKind, Resolution, TenDigits, card_f
 from rules.decide import Decision, MemberView, ZonePresence
 from rules.model import Booking, BookingStatus, Direction, Gate, Member, Pass, Policy
 from rules.model import Site as SiteModel
+from rules.timeutil import iso_utc
 from sync import enrolment
 from sync.batch import PassRecord, SyncBatch
 from sync.db import Checkpointer, connect
@@ -208,6 +209,11 @@ class Store:
 
     def outbox_depth(self) -> int:
         return self.outbox.depth()
+
+    def first_seq_since(self, at: datetime) -> int | None:
+        """The first of this daemon's events still kept whose `at` is at or after `at`."""
+        row = self.conn.execute("SELECT MIN(seq) FROM events WHERE at >= ?", (iso_utc(at),)).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
 
     def events_after(self, seq: int, limit: int = 500) -> list[Event]:
         return self.outbox.events_after(seq, limit)

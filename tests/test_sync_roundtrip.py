@@ -12,6 +12,7 @@ from rules.reasons import Reason
 from simulator.central import Central
 from sync.link import SyncLink
 from sync.occupancy import occupancy
+from sync.protocol import Status
 from tests.broker import (
     GATES,
     POLICY,
@@ -115,3 +116,44 @@ async def test_two_daemons_share_presence_and_occupancy(
         assert occupancy(b, "main", now()) == 1
         # and the deduction made at A reached B through the central balance
         await wait_until(lambda: b.balance("p1") == a.balance("p1") == central.balance(SITE, "p1"))
+
+
+async def test_a_daemon_that_was_away_gets_what_the_others_did_meanwhile(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
+    """Found by `gated sim day`: a site broker restarted while a member attended a class at
+    one turnstile; that daemon sent its events when it was back, before the daemon doing the
+    site's no-shows had subscribed again, and the central system acknowledged them — nobody
+    would send them again, and the class became a no-show at 19:00. Now a daemon coming
+    online is sent the day's events again by the others (recorded once)."""
+    a = make_store(tmp_path / "a.db", "gate-a")
+    b = make_store(tmp_path / "b.db", "gate-b")
+    now = clock()
+    la = SyncLink(a, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
+    ea = Engine(a, site(), GATES, POLICY)
+    async with running(la.run()):
+        await la.wait_connected(WAIT_S)
+        await wait_until(lambda: la.stats["snapshots_applied"] >= 1)
+        p1, _ = ea.tap("in-1", Credential.card("C1"), now())
+        assert p1.decision.granted
+        out, _ = ea.tap("out-1", Credential.card("C1"), now())
+        assert out.decision.reason == Reason.EXIT
+        await wait_until(lambda: a.acked_seq == a.last_seq == central.applied_seq(SITE, "gate-a"), what="acked")
+        # b was not there for any of it; it comes online now
+        lb = SyncLink(b, settings_for(mosquitto, "gate-b"), now=now, gates=GATES)
+        async with running(lb.run()):
+            await lb.wait_connected(WAIT_S)
+            await wait_until(lambda: lb.stats["remote_passages"] >= 2, what="a's passages at b")
+            await wait_until(lambda: lb.stats["snapshots_applied"] >= 1, what="b's first snapshot")
+            assert la.stats["peer_online"] >= 1 and la.stats["catch_up_events"] >= 2
+            eb = Engine(b, site(), GATES, POLICY)
+            back, _ = eb.tap("in-1", Credential.card("C1"), now())
+            assert back.decision.granted  # b knows m1 went out (hard anti-passback)
+            # a second catch-up (b reconnects again) records nothing twice
+            def recorded() -> int:
+                return int(b.conn.execute("SELECT COUNT(*) FROM passages WHERE origin = 'gate-a'").fetchone()[0])
+
+            before, received = recorded(), lb.stats["received"]
+            la._on_peer_status(f"gated/{SITE}/gate-b/status", Status(daemon="gate-b", state="online"), False)
+            await wait_until(lambda: la.stats["catch_up_events"] >= 4 and lb.stats["received"] > received)
+            assert recorded() == before == 2

@@ -333,7 +333,9 @@ class Traffic:
 
     async def leave(self, v: Visit, rnd: random.Random) -> bool:
         for _attempt in range(40):
-            cred, is_qr = (self.qr(v.site, v.member), True) if v.qr else (self.cards[v.member], False)
+            # the card that did not work at the entrance stays in the locker: out with the app
+            app = v.qr or v.kind == "forgot_card"
+            cred, is_qr = (self.qr(v.site, v.member), True) if app else (self.cards[v.member], False)
             ans = await self.tap(v.site, EXIT_GATE, cred, qr=is_qr, who=v.member, purpose="exit")
             if ans.entered:
                 self.inside.discard((v.site, v.member))

@@ -149,11 +149,11 @@ def generate(
             "status": "blocked" if rnd.random() < 0.01 else "active",
             "cards": [card],
         }
-        for s in [h, *other] if chain else [h]:
+        where = [h, *other] if chain else [h]  # a pass is listed where its member is
+        for s in where:
             records[s]["members"].append(member)
         r = rnd.random()
         if r < 0.30:  # a monthly membership, at every site it is good for
-            where = [h, *other] if chain else [h]
             kw: dict[str, Any] = {"name": "Monthly", "access_windows": opening,
                                   "valid_from": month_start.isoformat(), "valid_until": month_end.isoformat()}
             q = rnd.random()
@@ -174,10 +174,10 @@ def generate(
             add_pass([h], mid, "credits", name="Credits 60", balance=rnd.choice([0, 4, 5, 10, 25, 40, 60]),
                      deduct_on="access", walk_in_cost=5, access_windows=opening)
         elif r < 0.92:
-            add_pass([h, *other], mid, "marketplace", name="Marketplace")
+            add_pass(where, mid, "marketplace", name="Marketplace")
         # else: no pass at all (lapsed members whose card still opens the app)
         if r < 0.62 and rnd.random() < 0.12:  # a second pass: classes from a marketplace
-            add_pass([h, *other], mid, "marketplace", name="Marketplace")
+            add_pass(where, mid, "marketplace", name="Marketplace")
 
     # -- the timetable and its bookings -------------------------------------------------------
     classes: list[ClassSlot] = []
