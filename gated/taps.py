@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from drivers.outputs.config import DoorMode
-from drivers.outputs.gate import GateController, GrantRefused
+from drivers.outputs.gate import GateController, GrantRefused, Passage
 from drivers.outputs.modbus import OutputFault, OutputHealth
 from drivers.readers.base import Reader
 from gated import logs
@@ -165,8 +165,16 @@ class TapPath:
         hold = self._hold(pending)
         try:
             pending, intent = self._write_intent(pending, extra)
-            pending, passed = await self._open(pending, reader)
-            committed = self._commit(pending, passed, intent, extra)
+            pending, passage = await self._open(pending, reader)
+            passed = passage is Passage.PASSED
+            if passage is Passage.UNKNOWN:
+                # released, then nobody could look (the board went silent, we are stopping):
+                # the person may be through. No deduction; the grant is reported as after a
+                # crash, never recorded as a plain "did not pass"
+                committed = self._commit(pending, False, None, extra)
+                committed.events.extend(self._unconfirmed(pending, intent).events)
+            else:
+                committed = self._commit(pending, passed, intent, extra)
         finally:
             self._release(hold)
         d = pending.decision
@@ -259,32 +267,45 @@ class TapPath:
             return self.engine.refuse(pending, Reason.STORAGE_FAULT), None
         return pending, intent
 
-    async def _open(self, pending: PendingTap, reader: Reader | None) -> tuple[PendingTap, bool]:
-        """Pulse the relay and wait for passage: (the tap, whether the person went through).
+    async def _open(self, pending: PendingTap, reader: Reader | None) -> tuple[PendingTap, Passage]:
+        """Pulse the relay and wait for passage: (the tap, what the turnstile said).
         A refusal by the controller (a lockdown or fire alarm that came in between, a relay
         that does not answer) turns the grant into a denial."""
         if not pending.decision.granted:
-            return pending, False
+            return pending, Passage.NOT_PASSED
         if reader is not None:
             await self._feedback(reader, True, pending.message)
         ctl = self.controllers.get(pending.gate.id)
         if ctl is None:
-            return pending, True  # no lock and no sensor: commit on grant
+            return pending, Passage.PASSED  # no lock and no sensor: commit on grant
         try:
             if self._exit(pending):
                 # an exit opens in a lockdown too (a one-off release, as the desk's); during
                 # a fire alarm a fail-safe door already stands open
                 if self.safety.released and ctl.cfg.mode is DoorMode.fail_safe:
-                    return pending, True
-                return pending, await ctl.open_once()
-            return pending, await ctl.grant()
+                    return pending, Passage.PASSED
+                return pending, await ctl.open_passage()
+            return pending, await ctl.grant_passage()
         except GrantRefused as refused:
             reason = Reason.FIRE_ALARM if refused.reason == "fire_alarm" else Reason.LOCKDOWN
             if refused.reason == "fire_alarm" and self.safety.emergency.active and not self.safety.fire_alarm:
                 reason = Reason.EMERGENCY_RELEASE
-            return self.engine.refuse(pending, reason), False
+            return self.engine.refuse(pending, reason), Passage.NOT_PASSED
         except OutputFault:
-            return self.engine.refuse(pending, Reason.HARDWARE_FAULT), False
+            return self.engine.refuse(pending, Reason.HARDWARE_FAULT), Passage.NOT_PASSED
+
+    def _unconfirmed(self, pending: PendingTap, intent: int | None) -> Committed:
+        ctl = self.controllers.get(pending.gate.id)
+        cause = "stopping" if ctl is not None and ctl.stopping else "relay_unreadable"
+        self.metrics.unconfirmed.inc()
+        log.warning("passage_unconfirmed", gate=pending.gate.id, member=pending.decision.member, cause=cause)
+        if intent is None:
+            return Committed()  # an exit opened unrecorded: nothing to report it from
+        try:
+            return self.engine.store.report_unconfirmed_grant(intent, self.clock(), cause)
+        except STORAGE_ERRORS as e:
+            self.storage.failed(e, "unconfirmed")  # the intent stays: reported at the next start
+            return Committed()
 
     def _commit(self, pending: PendingTap, passed: bool, intent: int | None, extra: dict[str, Any]) -> Committed:
         """The tap's one transaction. For a tap that was acted on, a failure is never the

@@ -398,6 +398,10 @@ class Store:
         """Intents a previous run left (a crash cut their commit) → passage_unconfirmed events."""
         return self.intents.report_unconfirmed(now)
 
+    def report_unconfirmed_grant(self, intent: int, now: datetime, cause: str) -> Committed:
+        """One grant whose passage could not be seen → a passage_unconfirmed event now."""
+        return self.intents.report_one(intent, now, cause)
+
     def probe(self, now: datetime) -> None:
         """One small durable write: proves the store can record a tap right now (raises
         sqlite3.Error / OSError as a tap's commit would)."""

@@ -258,6 +258,32 @@ async def test_relay_board_silent_or_gone_denies_then_recovers(tmp_path: Path) -
         no_double_deduction(site)
 
 
+async def test_board_silent_after_the_release_is_passage_unconfirmed(tmp_path: Path) -> None:
+    """The relay is released, then the board stops answering before its passage input shows
+    the rotation (found by `gated sim day`: the person went through, the tap said `passed:
+    false`, and nothing explained the rotation). Nobody can say whether the member passed:
+    no deduction, and a `passage_unconfirmed` event, as after a
+    crash (because: relay_unreadable); the intent is resolved."""
+    async with running_site(tmp_path, one_gate, person=Person(delay=0.8)) as site:
+        sim, gate = site.sims["in"], "turnstile-1"
+        member = next(iter(CARDS.values()))
+        card = next(c for c, m in CARDS.items() if m == member)
+        unlocks = sim.unlocks
+        tap = asyncio.create_task(site.tap(gate, card))
+        await wait_for(lambda: sim.unlocks > unlocks, 10, "the release")
+        sim.inject("no_answer")  # the person is about to push the arm
+        result = await asyncio.wait_for(tap, 15)
+        await wait_for(lambda: len(sim.passages) == 1, 10, "the rotation (latched release)")
+        assert result["decision"] == "granted" and result["passed"] is False
+        unconfirmed = site.events("passage_unconfirmed")
+        assert len(unconfirmed) == 1 and unconfirmed[0]["because"] == "relay_unreadable"
+        assert unconfirmed[0]["member"] == member and unconfirmed[0]["gate"] == gate
+        assert not site.events("deduction") and site.balance(member) == BALANCE
+        assert not site.store.open_intents()
+        sim.inject("none")
+        await wait_for(lambda: site.relay(gate) == "online", 15, "the relay to come back")
+
+
 async def test_slow_board_still_correct_nothing_double(tmp_path: Path) -> None:
     """Every answer 120 ms late (the request timeout is 300 ms): each grant still opens once,
     sees its passage and deducts once."""

@@ -5,10 +5,13 @@ otherwise) and feeds one PassageDetector (plan.py); grants wait for its edges an
 DoorSupervisor sees the same edges, so a rotation is detected once.
 
 Error contract for the daemon:
-- grant()/open_once() return True when passage was confirmed (or at once after the pulse
-  when the gate has no passage sensor and no door contact), False when nobody passed
-  within passage_timeout, the board stopped answering while we waited, or the gate is
-  being stopped (abandon_grants: no `not_opened` alarm, the relay relocks): no deduction.
+- grant_passage()/open_passage() say what happened after the release: PASSED (confirmed,
+  or at once when the gate has no passage sensor and no door contact), NOT_PASSED (the
+  inputs were read and nobody passed within passage_timeout), or UNKNOWN (released, but
+  the board stopped answering while we waited, or the gate is being stopped —
+  abandon_grants: no `not_opened` alarm, the relay relocks — so a person may have gone
+  through unseen: the daemon reports it as `passage_unconfirmed`). grant()/open_once()
+  are the same as a bool (True only for PASSED): no deduction otherwise.
 - grant() raises GrantRefused (reason "lockdown" or "fire_alarm") without touching the
   relay while the gate is locked down or a fire alarm is active.
 - grant()/open_once() raise OutputFault when the relay could not be released (board offline
@@ -53,6 +56,14 @@ _HEALTH_ALARM = {
     OutputHealth.error: HealthAlarm.relay_error,
     OutputHealth.online: HealthAlarm.relay_online,
 }
+
+
+class Passage(StrEnum):
+    """What a release led to (see the module doc)."""
+
+    PASSED = "passed"
+    NOT_PASSED = "not_passed"
+    UNKNOWN = "unknown"
 
 
 class GrantRefused(Exception):
@@ -141,6 +152,11 @@ class GateController:
         pass, we are stopping to look."""
         self._winding_down = True
 
+    @property
+    def stopping(self) -> bool:
+        """abandon_grants() was called: grants end UNKNOWN, new ones are refused."""
+        return self._abandoning
+
     async def abandon_grants(self) -> None:
         """The daemon is stopping: grants waiting for a passage end now, unconfirmed, with
         no `not_opened` alarm (nobody failed to pass: we stopped looking); new grants are
@@ -165,6 +181,13 @@ class GateController:
 
     async def grant(self) -> bool:
         """Release for one member and wait for passage. See the module doc for errors."""
+        return await self.grant_passage() is Passage.PASSED
+
+    async def open_once(self) -> bool:
+        """Front-desk override: one release, even during a lockdown (an audited staff act)."""
+        return await self.open_passage() is Passage.PASSED
+
+    async def grant_passage(self) -> Passage:
         async with self._grant_lock:
             if self._abandoning:
                 raise OutputFault("the gate is stopping")
@@ -175,13 +198,12 @@ class GateController:
                 raise GrantRefused("fire_alarm")
             return await self._release_once()
 
-    async def open_once(self) -> bool:
-        """Front-desk override: one release, even during a lockdown (an audited staff act)."""
+    async def open_passage(self) -> Passage:
         async with self._grant_lock:
             if self._abandoning:
                 raise OutputFault("the gate is stopping")
             if self.fire_alarm and self.cfg.mode is DoorMode.fail_safe:
-                return True  # already released; a pulse would end the fire release
+                return Passage.PASSED  # already released; a pulse would end the fire release
             return await self._release_once()
 
     async def by_hand(self, action: str, seconds: float | None = None) -> None:
@@ -326,7 +348,7 @@ class GateController:
 
     # -- internals ------------------------------------------------------------------------
 
-    async def _release_once(self) -> bool:
+    async def _release_once(self) -> Passage:
         if self.cfg.passage_input is not None and self.detector.level is True:
             # The previous person is still turning the arm: this person cannot pass before
             # it comes round, and only a reading of the rotation's end lets theirs count.
@@ -337,13 +359,14 @@ class GateController:
         after = self._readings
         self._observe(granted=True)
         if self.cfg.passage_input is None and self.cfg.door_contact is None:
-            return True  # no sensor: commit on grant
+            return Passage.PASSED  # no sensor: commit on grant
         self._waiting += 1
         self._wake.set()  # poll now, and fast until this grant is settled
         try:
-            passed = await self._wait_passage(after, self.cfg.passage_timeout)
+            passage = await self._wait_passage(after, self.cfg.passage_timeout)
         finally:
             self._waiting -= 1
+        passed = passage is Passage.PASSED
         if self._abandoning and not passed:
             self.supervisor.abandon()
         else:
@@ -353,7 +376,7 @@ class GateController:
             # pulse, and the next grant gives the controller a fresh release edge.
             with contextlib.suppress(OutputFault):
                 await self.output.end_pulse()
-        return passed
+        return passage
 
     async def _wait_rotation_end(self, bound: float) -> None:
         """Until a reading shows the passage input inactive, at most `bound` seconds (a
@@ -370,22 +393,24 @@ class GateController:
         finally:
             self._waiting -= 1
 
-    async def _wait_passage(self, after: int, timeout: float) -> bool:
+    async def _wait_passage(self, after: int, timeout: float) -> Passage:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         async with self._polled:
             while True:
                 if self._edge_reading > after:
-                    return True
+                    return Passage.PASSED
                 if self._abandoning or self._failed_reading > after:
-                    return False  # stopping, or cannot confirm: no deduction
+                    # stopping, or the board went silent after the release: nobody can say
+                    # whether the person went through (a latched turnstile still turns)
+                    return Passage.UNKNOWN
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    return False
+                    return Passage.NOT_PASSED
                 try:
                     await asyncio.wait_for(self._polled.wait(), remaining)
                 except TimeoutError:
-                    return False
+                    return Passage.NOT_PASSED
 
     async def _apply_hold(self) -> None:
         release = self.fire_alarm and self.cfg.mode is DoorMode.fail_safe

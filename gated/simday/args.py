@@ -14,4 +14,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="also write the report as JSON to this file")
     p.add_argument("--no-chaos", action="store_true", help="the same day without faults")
     p.add_argument("--no-bridge", action="store_true", help="one broker for everything (no WAN cuts)")
+    p.add_argument("--trace-memory", action="store_true",
+                   help="run the daemons under tracemalloc and report what grew most (slower)")
     p.add_argument("--check", metavar="DIR", help="only check a finished run's directory again")

@@ -215,11 +215,12 @@ class LogTail:
 class GateProc:
     """One `gated run` process; restarted on the same configuration and store."""
 
-    def __init__(self, name: str, config: Path, log: Path, env: dict[str, str]):
+    def __init__(self, name: str, config: Path, log: Path, env: dict[str, str], trace: Path | None = None):
         self.name = name
         self.config = config
         self.log = log
         self.env = env
+        self.trace = trace  # tracemalloc's growth report (gated/simday/traced.py), or None
         self.proc: subprocess.Popen[bytes] | None = None
         self.incarnation = 0
         self.ready = False
@@ -227,9 +228,12 @@ class GateProc:
         self.exits: list[int] = []  # exit codes of incarnations that ended by themselves
 
     def start(self) -> None:
+        cmd = [sys.executable, "-m", "gated.cli", "run", "-c", str(self.config)]
+        if self.trace is not None:
+            out = self.trace.with_name(f"{self.trace.stem}-{self.incarnation + 1}.json")
+            cmd = [sys.executable, "-X", "tracemalloc=12", "-m", "gated.simday.traced", str(out), "-c", str(self.config)]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gated.cli", "run", "-c", str(self.config)],
-                                         cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=log)
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=log)
         self.incarnation += 1
         self.ready = False
 

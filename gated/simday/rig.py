@@ -46,6 +46,7 @@ class Settings:
     setup_seconds: float = 25.0  # real seconds before the clock reaches its start
     reconcile_interval: float = 300.0  # real seconds
     ack_timeout: float = 3.0
+    trace_memory: bool = False  # daemons under tracemalloc (gated/simday/traced.py)
 
 
 class Clock:
@@ -250,7 +251,8 @@ class Chain:
         cfg = self.gate_config(spec, gate, reader.path, sim.port, self.site_brokers[spec.id].port, console)
         path = self.dir / "gates" / f"{d}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        proc = GateProc(d, path, self.dir / "gates" / f"{d}.log", self.env)
+        trace = self.dir / "gates" / f"{d}.tracemalloc.json" if self.settings.trace_memory else None
+        proc = GateProc(d, path, self.dir / "gates" / f"{d}.log", self.env, trace)
         rig = GateRig(spec.id, gate, "out" if gate == EXIT_GATE else "in", d, reader, sim, proc, console)
         self.gates[(spec.id, gate)] = rig
         self.tails.append(LogTail(proc.log, rig.on_line))

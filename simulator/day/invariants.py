@@ -784,6 +784,15 @@ def check_resources(run: Run) -> Invariant:
         if float(g["rss_mb_per_hour_second_half"]) > 6.0 and rise > 4.0:
             inv.fail(f"{key}: RSS still rising at {g['rss_mb_per_hour_second_half']} MB/h in the second half "
                      f"({g['rss_mb_after_warmup']} -> {g['rss_mb_last']} MB)", gate=name, detail=g)
+    for f in sorted((run.dir / "gates").glob("*.tracemalloc-*.json")):
+        try:
+            t = json.loads(f.read_text())
+        except ValueError:
+            continue
+        per[f"tracemalloc {f.stem.replace('.tracemalloc', '')}"] = {
+            "seconds": t["seconds_since_first"], "grew_kb_total": t["grew_kb_total"],
+            "top": [{"grew_kb": x["grew_kb"], "count": x["count_diff"], "at": x["stack"][-3:]} for x in t["top"][:6]],
+        }
     inv.figures = per
     return inv
 

@@ -55,6 +55,11 @@ def render_text(r: dict[str, Any]) -> str:
         "Memory and descriptors (after 120 s of warm-up; MB/h is per real hour)",
     ]
     for key, g in r["resources"].items():
+        if key.startswith("tracemalloc "):
+            out.append(f"  {key}: +{g['grew_kb_total']} KB traced in {g['seconds']} s; most:")
+            for x in g["top"]:
+                out.append(f"      {x['grew_kb']:+9.1f} KB {x['count']:+6} blocks  {' <- '.join(reversed(x['at']))}")
+            continue
         if "rss_mb_after_warmup" not in g:
             if g:
                 out.append(f"  {key:28} lived {g.get('lived_s')} s, RSS {g.get('rss_mb_last')} MB")

@@ -1,0 +1,63 @@
+"""`gated run` under tracemalloc, for `gated sim day --trace-memory`: what grows in a
+daemon's heap through the day, by the line that allocated it.
+
+    python -X tracemalloc=12 -m gated.simday.traced OUT.json -c gated.yaml
+
+After `warmup` seconds a first snapshot is taken; then every `every` seconds the
+allocations that grew most since then (by file and line, with their stack) are written to
+OUT.json, so what a killed daemon last wrote stays readable. tracemalloc costs CPU and
+memory of its own (RSS is not comparable with a run without it): use it to find what
+grows, not to measure how much.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+
+def _watch(out: Path, warmup: float, every: float) -> None:
+    time.sleep(warmup)
+    first = tracemalloc.take_snapshot()
+    t0 = time.monotonic()
+    while True:
+        time.sleep(every)
+        snap = tracemalloc.take_snapshot()
+        stats = snap.compare_to(first, "traceback")
+        top = []
+        for s in stats[:25]:
+            top.append({
+                "grew_kb": round(s.size_diff / 1024, 1),
+                "count_diff": s.count_diff,
+                "kb_now": round(s.size / 1024, 1),
+                "stack": [f"{f.filename.rsplit('/site-packages/', 1)[-1]}:{f.lineno}" for f in s.traceback][-8:],
+            })
+        traced, peak = tracemalloc.get_traced_memory()
+        total = sum(s.size_diff for s in stats)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"seconds_since_first": round(time.monotonic() - t0, 1),
+                                   "traced_kb": round(traced / 1024), "grew_kb_total": round(total / 1024, 1),
+                                   "top": top}))
+        tmp.replace(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = Path(args.pop(0))
+    if not tracemalloc.is_tracing():
+        tracemalloc.start(12)
+    warmup = float(os.environ.get("GATED_TRACE_WARMUP", "90"))
+    every = float(os.environ.get("GATED_TRACE_EVERY", "30"))
+    threading.Thread(target=_watch, args=(out, warmup, every), daemon=True, name="tracemalloc").start()
+    from gated.cli import main as gated_main
+
+    return gated_main(["run", *args])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
