@@ -19,7 +19,7 @@ from drivers.readers.config import ReaderConfig
 from gated.yamlload import Marked, YamlError, describe_error, load
 from rules.model import AntiPassback, Direction, EarlyEntry, Gate, Policy, Site
 from rules.timeutil import WeekSchedule, load_zone, parse_date, parse_duration, parse_window
-from sync.link import MqttSettings
+from sync.settings import MqttSettings
 
 Duration = Annotated[
     str,

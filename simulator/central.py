@@ -30,7 +30,6 @@ import json
 import logging
 import random
 import sqlite3
-import ssl
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,51 +40,44 @@ from typing import Any
 
 import aiomqtt
 import sqlite_utils
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from rules.timeutil import iso_utc
+from sync.link import software_version
 from sync.protocol import (
+    PROTOCOL,
     Ack,
     EventBatch,
     LookupRequest,
     LookupResponse,
+    ReplayAnswer,
+    ReplayRequest,
     ResyncRequest,
     Status,
     central_status_topic,
 )
+from sync.reconnect import Reconnect
 from sync.records import BookingIn, MemberIn, PassIn
+from sync.settings import BrokerSettings
 
 log = logging.getLogger("gated.central")
 
 
-class CentralSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class CentralSettings(BrokerSettings):
+    """The reference central system's connection (the broker part is a gate's: sync/settings.py)."""
 
-    host: str = "127.0.0.1"
-    port: int = 1883
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    tls_insecure: bool = False
-    username: str | None = None
-    password: SecretStr | None = None
-    prefix: str = "gated"
     sites: list[str] | None = None  # None: every site under the prefix
     chunk_rows: int = Field(default=500, ge=1)  # records per snapshot chunk
     max_payload: int = 16_000_000
     identifier: str = "gated-central"
-
-    def tls_context(self) -> ssl.SSLContext | None:
-        if not self.ca_file:
-            return None
-        ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        if self.cert_file:
-            ctx.load_cert_chain(str(self.cert_file), str(self.key_file) if self.key_file else None)
-        if self.tls_insecure:
-            ctx.check_hostname = False
-        return ctx
+    session_expiry: int = Field(default=86_400, ge=0)  # the broker keeps our subscriptions and queued events
+    # several instances behind one MQTT shared subscription ($share/GROUP/...): each gets
+    # part of the requests; the database (applied_seq per daemon) keeps events in order
+    shared_group: str | None = None
+    publish_status: bool = True  # one instance of several owns `central/status`
 
 
 def _dump(model: BaseModel) -> str:
@@ -370,9 +362,11 @@ class Central:
         self.stats["deltas_published"] += 1
         return self.delta_seq(site)
 
-    def snapshot_payloads(self, site: str, requested_by: Sequence[str] = ()) -> list[bytes]:
+    def snapshot_payloads(
+        self, site: str, requested_by: Sequence[str] = (), *, full_replacement: bool = False
+    ) -> list[bytes]:
         """The site's whole state as chunks, read in one transaction (consistent with its
-        delta_seq)."""
+        delta_seq). `full_replacement`: the gates apply it even if it removes most members."""
         c = self.conn
         c.execute("BEGIN")
         try:
@@ -388,6 +382,7 @@ class Central:
         sid = uuid.uuid4().hex
         at = iso_utc(datetime.now(UTC))
         who = json.dumps(list(requested_by))
+        replace = '"full_replacement":true,' if full_replacement else ""
         out = []
         for i in range(chunks):
             part = rows[i * n : (i + 1) * n]
@@ -397,14 +392,16 @@ class Central:
             out.append(
                 (
                     f'{{"v":1,"snapshot_id":"{sid}","chunk":{i},"chunks":{chunks},"delta_seq":{base},'
-                    f'"requested_by":{who},"at":"{at}","members":[{",".join(lists[0])}],'
+                    f'"requested_by":{who},{replace}"at":"{at}","members":[{",".join(lists[0])}],'
                     f'"passes":[{",".join(lists[1])}],"bookings":[{",".join(lists[2])}]}}'
                 ).encode()
             )
         return out
 
-    async def publish_snapshot(self, site: str, requested_by: Sequence[str] = ()) -> int:
-        payloads = self.snapshot_payloads(site, requested_by)
+    async def publish_snapshot(
+        self, site: str, requested_by: Sequence[str] = (), *, full_replacement: bool = False
+    ) -> int:
+        payloads = self.snapshot_payloads(site, requested_by, full_replacement=full_replacement)
         topic = f"{self.settings.prefix}/{site}/snapshot"
         for p in payloads:
             await self._publish(topic, p, qos=1)
@@ -486,33 +483,53 @@ class Central:
         async with asyncio.timeout(timeout):
             await self._ready.wait()
 
-    def _client_for(self) -> aiomqtt.Client:
+    def _status(self, state: str) -> bytes:
+        at = iso_utc(datetime.now(UTC)) if state == "online" else None
+        body = Status(daemon="central", state="online" if state == "online" else "offline", at=at,
+                      version=software_version(), protocol=PROTOCOL)
+        return body.model_dump_json(exclude_none=True).encode()
+
+    def _client_for(self, host: str, port: int) -> aiomqtt.Client:
         s = self.settings
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 86_400  # the broker keeps our events while we are away
-        offline = Status(daemon="central", state="offline").model_dump_json().encode()
+        props.SessionExpiryInterval = s.session_expiry  # the broker keeps our events while we are away
+        will = None
+        if s.publish_status:
+            will = aiomqtt.Will(central_status_topic(s.prefix), self._status("offline"), qos=1, retain=True)
         return aiomqtt.Client(
-            s.host,
-            s.port,
+            host,
+            port,
             username=s.username,
             password=s.password.get_secret_value() if s.password else None,
             identifier=s.identifier,
             protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=False,
             properties=props,
-            will=aiomqtt.Will(central_status_topic(s.prefix), offline, qos=1, retain=True),
+            will=will,
             tls_context=s.tls_context(),
-            keepalive=30,
+            keepalive=s.keepalive,
             max_inflight_messages=100,
         )
 
     async def run(self) -> None:
-        backoff = 0.2
+        s = self.settings
+        plan = Reconnect(
+            s.endpoints(), initial=s.backoff_initial, maximum=s.backoff_max, refused=s.backoff_refused,
+            rand=random.random,
+        )
+        attempt = plan.first()
         while True:
+            if attempt.delay > 0:
+                await asyncio.sleep(attempt.delay)
+            worked = refused = False
             try:
-                async with self._client_for() as client:
-                    backoff = 0.2
+                async with self._client_for(*attempt.endpoint) as client:
+                    worked = True
+                    plan.connected()
                     await self._session(client)
+            except MqttConnectError as e:
+                refused = True
+                log.warning("central mqtt refused: %s", e)
             except aiomqtt.MqttError as e:
                 log.info("central mqtt: %s", e)
             except Exception:
@@ -522,30 +539,36 @@ class Central:
                 self.connected = False
                 self._client = None
                 self._ready.clear()
-            await asyncio.sleep(backoff * (0.5 + random.random() / 2))
-            backoff = min(backoff * 2, 5.0)
+            attempt = plan.lost() if worked else plan.failed(refused=refused)
+
+    def _topic(self, tail: str) -> str:
+        """A subscription for every site served; shared between instances when configured."""
+        topic = f"{self.settings.prefix}/{tail}"
+        group = self.settings.shared_group
+        return f"$share/{group}/{topic}" if group else topic
 
     async def _session(self, client: aiomqtt.Client) -> None:
         p = self.settings.prefix
-        sites = self.settings.sites or ["+"]
-        for site in sites:
-            await client.subscribe(f"{p}/{site}/+/events", qos=1)
-            await client.subscribe(f"{p}/{site}/resync", qos=1)
-            await client.subscribe(f"{p}/{site}/lookup/request", qos=0)
+        for site in self.settings.sites or ["+"]:
+            await client.subscribe(self._topic(f"{site}/+/events"), qos=1)
+            await client.subscribe(self._topic(f"{site}/+/replay/answer"), qos=1)
+            await client.subscribe(self._topic(f"{site}/resync"), qos=1)
+            await client.subscribe(self._topic(f"{site}/lookup/request"), qos=0)
         self._client = client
         self.connected = True
-        online = Status(daemon="central", state="online", at=iso_utc(datetime.now(UTC)))
-        await client.publish(central_status_topic(p), online.model_dump_json().encode(), qos=1, retain=True)
+        self.stats["connects"] += 1
+        if self.settings.publish_status:
+            await client.publish(central_status_topic(p), self._status("online"), qos=1, retain=True)
         self._ready.set()
         try:
             async for message in client.messages:
                 await self._handle(message)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                offline = Status(daemon="central", state="offline", at=iso_utc(datetime.now(UTC)))
-                await asyncio.wait_for(
-                    client.publish(central_status_topic(p), offline.model_dump_json().encode(), qos=1, retain=True), 1.0
-                )
+            if self.settings.publish_status:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(
+                        client.publish(central_status_topic(p), self._status("offline"), qos=1, retain=True), 1.0
+                    )
             raise
         finally:
             for task in list(self._tasks):
@@ -572,6 +595,8 @@ class Central:
                 if changed:
                     delta = self._new_delta(site, pass_ids=changed)
                     await self._publish(f"{self.settings.prefix}/{site}/delta", delta, qos=1)
+            elif len(rest) == 4 and rest[2:] == ["replay", "answer"]:
+                self._on_replay_answer(rest[0], rest[1], ReplayAnswer.model_validate_json(payload))
             elif len(rest) == 2 and rest[1] == "resync":
                 await self._on_resync(rest[0], ResyncRequest.model_validate_json(payload))
             elif len(rest) == 3 and rest[1:] == ["lookup", "request"]:
@@ -591,6 +616,32 @@ class Central:
         except ValidationError as e:
             self.stats["invalid"] += 1
             log.warning("central dropped a message on %s: %s", topic, e.errors()[:1])
+
+    # -- after restoring a backup --------------------------------------------------------------
+
+    async def request_replay(self, site: str, daemon: str, from_seq: int | None = None) -> str:
+        """Ask a daemon to send its events again from `from_seq` (default: the first this
+        database has not applied). Returns the request id."""
+        since = from_seq if from_seq is not None else self.applied_seq(site, daemon) + 1
+        req = ReplayRequest(request_id=uuid.uuid4().hex, from_seq=since)
+        await self._publish(f"{self.settings.prefix}/{site}/{daemon}/replay", req.model_dump_json().encode(), qos=1)
+        self.stats["replays_requested"] += 1
+        return req.request_id
+
+    def _on_replay_answer(self, site: str, daemon: str, answer: ReplayAnswer) -> None:
+        """Events the gate no longer holds are gone: record how many, and go on after them
+        (else every later event would wait behind the hole for ever)."""
+        self.stats["replay_answers"] += 1
+        with self._tx():
+            applied = self.applied_seq(site, daemon)
+            if answer.first_seq > applied + 1:
+                self.stats["events_lost"] += answer.first_seq - 1 - applied
+                log.warning("%s/%s no longer holds events %d..%d", site, daemon, applied + 1, answer.first_seq - 1)
+                self.conn.execute(
+                    "INSERT INTO applied(site, daemon, applied_seq) VALUES (?,?,?) "
+                    "ON CONFLICT(site, daemon) DO UPDATE SET applied_seq = excluded.applied_seq",
+                    (site, daemon, answer.first_seq - 1),
+                )
 
 
 # -- seed data ---------------------------------------------------------------------------------
