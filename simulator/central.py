@@ -104,6 +104,8 @@ class Central:
         self._snapshot_pending: dict[str, set[str]] = {}
         self._snapshot_running: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._gap_seen: dict[tuple[str, str], float] = {}
+        self._replay_asked: dict[tuple[str, str], float] = {}
 
     # -- storage ------------------------------------------------------------------------------
 
@@ -435,6 +437,17 @@ class Central:
     async def _on_resync(self, site: str, req: ResyncRequest) -> None:
         self.stats[f"resync_{req.reason}"] += 1
         current = self.delta_seq(site)
+        if req.since_delta_seq is not None and req.since_delta_seq > current:
+            # the gate has deltas this database never numbered: it was restored from a
+            # backup. Never reuse a delta_seq: go on from the gate's, with a snapshot.
+            self.stats["delta_seq_behind"] += 1
+            log.warning("%s: %s is at delta %d, this database at %d: renumbering", site, req.daemon,
+                        req.since_delta_seq, current)
+            with self._tx():
+                self.conn.execute("UPDATE sites SET delta_seq = MAX(delta_seq, ?) WHERE site = ?",
+                                  (req.since_delta_seq, site))
+            self._schedule_snapshot(site, req.daemon)
+            return
         if req.reason == "reconnect" and req.since_delta_seq is not None:
             since = req.since_delta_seq
             if since == current:
@@ -592,6 +605,8 @@ class Central:
                     return
                 ack, changed = self.apply_events(site, batch)
                 await self._publish(f"{self.settings.prefix}/{site}/{daemon}/ack", ack.model_dump_json().encode(), qos=1)
+                if ack.gap:
+                    await self._after_gap(site, daemon, batch.events[0].seq, ack.applied_seq)
                 if changed:
                     delta = self._new_delta(site, pass_ids=changed)
                     await self._publish(f"{self.settings.prefix}/{site}/delta", delta, qos=1)
@@ -616,6 +631,24 @@ class Central:
         except ValidationError as e:
             self.stats["invalid"] += 1
             log.warning("central dropped a message on %s: %s", topic, e.errors()[:1])
+
+    async def _after_gap(self, site: str, daemon: str, first: int, applied: int) -> None:
+        """A gap answered once is normal (a batch lost on the way: the gate resends from
+        its last acknowledged event). The resends still starting above applied_seq + 1
+        mean the gate believes we acknowledged more than this database holds — it was
+        restored from a backup: ask for a replay (at most once per few seconds)."""
+        if first <= applied + 1:
+            return
+        key = (site, daemon)
+        now = asyncio.get_running_loop().time()
+        seen = self._gap_seen.get(key)
+        self._gap_seen[key] = now
+        if seen is None or now - seen > 60:
+            return
+        if now - self._replay_asked.get(key, float("-inf")) < 5:
+            return
+        self._replay_asked[key] = now
+        await self.request_replay(site, daemon, applied + 1)
 
     # -- after restoring a backup --------------------------------------------------------------
 

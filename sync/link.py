@@ -286,6 +286,8 @@ class SyncLink:
                     log.exception("sync link failed; reconnecting")
                 finally:
                     await self._disconnected()
+                if _cancelling():  # an error while being cancelled must not swallow the cancel
+                    raise asyncio.CancelledError
                 attempt = plan.lost() if worked else plan.failed(refused=refused)
         finally:
             with contextlib.suppress(ValueError):
@@ -308,11 +310,19 @@ class SyncLink:
         self._client = client
         await self._perform(client, self.session.connect(self.mono(), iso_utc(self.now())))
         self._ready.set()
+        # plain tasks and asyncio.wait, not a TaskGroup: in Python 3.11 a TaskGroup whose
+        # child fails after its body has ended leaves the parent task marked as being
+        # cancelled, and the link then took a lost connection for its own cancellation
+        tasks = [
+            asyncio.create_task(self._receiver(client), name="sync-receiver"),
+            asyncio.create_task(self._publisher(client), name="sync-publisher"),
+            asyncio.create_task(self._timers(client), name="sync-timers"),
+        ]
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._receiver(client), name="sync-receiver")
-                tg.create_task(self._publisher(client), name="sync-publisher")
-                tg.create_task(self._timers(client), name="sync-timers")
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # the error that ended the connection
+            raise aiomqtt.MqttError("the connection ended")
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 offline = self.session.status("offline", iso_utc(self.now()))
@@ -320,8 +330,10 @@ class SyncLink:
                     client.publish(offline.topic, offline.payload, qos=offline.qos, retain=offline.retain), 1.0
                 )
             raise
-        except ExceptionGroup as group:
-            raise _first(group) from None
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
 
     async def _receiver(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -451,8 +463,11 @@ class SyncLink:
                 if message is not None:
                     await self._publish(client, message)
                     continue
+            # asyncio.timeout, not wait_for: in 3.11 wait_for loses a cancellation that
+            # arrives as the event is set, and this loop then outlived its connection
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=idle)
+                async with asyncio.timeout(idle):
+                    await self._wake.wait()
 
     async def _timers(self, client: aiomqtt.Client) -> None:
         """The session's clock: resyncs due, ack timeouts, health, forgotten look-ups."""
@@ -536,9 +551,8 @@ class SyncLink:
             self._waiters.pop(corr, None)
 
 
-def _first(group: BaseExceptionGroup[Any]) -> BaseException:
-    """The first leaf of an exception group (a TaskGroup's: the error that ended it)."""
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+

@@ -33,6 +33,7 @@ from sync.settings import MqttSettings
 from sync.store import Store
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+BRIDGE_EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "mosquitto-bridge.conf.example"
 WAIT_S = 20.0  # bounds a hang; not a performance claim
 SITE = "s1"
 TZ = ZoneInfo("Europe/Madrid")
@@ -133,6 +134,26 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
 @pytest.fixture
 def mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
     return mosquitto_factory()
+
+
+def bridge_config(remote_port: int, site: str = "s1") -> str:
+    """config/mosquitto-bridge.conf.example for a site broker bridged to a central broker
+    on loopback: the address and site changed, no TLS, a test-sized restart_timeout."""
+    text = BRIDGE_EXAMPLE.read_text(encoding="utf-8")
+    assert "central.example.net:8883" in text and "restart_timeout 1 10" in text
+    text = text.replace("central.example.net:8883", f"127.0.0.1:{remote_port}").replace("gym-madrid-1", site)
+    text = text.replace("restart_timeout 1 10", "restart_timeout 1 2")
+    return "\n".join(line for line in text.splitlines() if not line.startswith("bridge_cafile")) + "\n"
+
+
+def cluster_link(remote_port: int) -> str:
+    """Two mosquitto nodes made into a small "cluster": every gated topic both ways (EMQX
+    and HiveMQ clusters do this themselves)."""
+    return (
+        f"connection node-link\naddress 127.0.0.1:{remote_port}\nbridge_protocol_version mqttv50\n"
+        "cleansession false\nrestart_timeout 1 2\nnotifications false\ntry_private true\n"
+        "topic gated/# both 1\n"
+    )
 
 
 # -- a tiny site ---------------------------------------------------------------------------------
