@@ -1,4 +1,6 @@
-"""The `gated` command. Each subcommand lives in its own module; this only dispatches."""
+"""The `gated` command: builds the argument parser and dispatches. The daemon and the
+installer's and desk's commands are in gated/commands.py, the QR tools in gated/qrcli.py,
+the store's in gated/storecli.py, the scenario runner in gated/scenario.py."""
 
 from __future__ import annotations
 
@@ -33,9 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_qr(sub, _qr)
 
-    from gated import commands
+    from gated import commands, storecli
 
     commands.add_parsers(sub)
+    storecli.add_parser(sub)
     return p
 
 

@@ -7,16 +7,24 @@ the JSON Schema editors use to check the file as it is typed.
 from __future__ import annotations
 
 import socket
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from drivers.outputs.config import DoorMode, FireAlarmInputConfig, ModbusOutputConfig
 from drivers.readers.config import ReaderConfig
-from gated.yamlload import Marked, YamlError, describe_error, load
+from gated.yamlload import Marked, YamlError, describe_error, load, read_text
 from rules.model import AntiPassback, Direction, EarlyEntry, Gate, Policy, Site
 from rules.timeutil import WeekSchedule, load_zone, parse_date, parse_duration, parse_window
 from sync.settings import MqttSettings
@@ -134,6 +142,19 @@ class ZoneConfig(Section):
 
 class StoreConfig(Section):
     path: Path = Field(Path("/var/lib/gated/gated.db"), description="The SQLite database (created if missing).")
+    min_free_mb: float = Field(
+        8.0,
+        ge=0,
+        le=1_000_000,
+        description="Free space (MiB) kept in reserve on the database's file system: below it, "
+        "entries are refused with storage_fault so that grants under way, denials and exits "
+        "can still be recorded.",
+    )
+    backup_interval: Duration | None = Field(
+        "24h",
+        description="How often the daemon writes a consistent copy of the database to "
+        "`<path>.backup` (online, without stopping taps); null = never.",
+    )
 
 
 class ConsoleUser(Section):
@@ -162,6 +183,11 @@ class QrConfig(Section):
 class LoggingConfig(Section):
     format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a terminal, else JSON.")
     level: Literal["debug", "info", "warning", "error"] = "info"
+    libraries: Literal["debug", "info", "warning", "error"] = Field(
+        "warning",
+        description="Level for the libraries' own logs (pymodbus frames, MQTT client): "
+        "`debug` to see every Modbus frame while wiring.",
+    )
 
 
 class MetricsConfig(Section):
@@ -172,6 +198,21 @@ class MetricsConfig(Section):
 
 class ControlConfig(Section):
     socket: Path = Field(Path("/run/gated/control.sock"), description="Unix socket for `gated tap`, `gated open`.")
+
+
+class SimulationConfig(Section):
+    """For `gated sim day` only: a simulated clock shared by a whole simulated site."""
+
+    clock_start: datetime = Field(description="The simulated instant at `clock_epoch` (ISO 8601 with an offset).")
+    clock_speed: float = Field(60.0, gt=0, le=10_000, description="Simulated seconds per real second.")
+    clock_epoch: float = Field(description="The real instant (Unix seconds) the simulated clock started at.")
+
+    @field_validator("clock_start")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("give the start with its UTC offset")
+        return v
 
 
 class Config(Section):
@@ -190,6 +231,11 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     control: ControlConfig = ControlConfig()
     lookup_unknown_cards: bool = Field(True, description="Ask the central system about unknown cards before denying.")
+    simulation: SimulationConfig | None = Field(
+        None,
+        description="Simulator only (`gated sim day`): a simulated clock. `gated run` refuses it "
+        "unless GATED_SIMULATION=1 is set too: never on a real site.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -233,6 +279,10 @@ class Config(Section):
         return {g.id: g.to_domain() for g in self.gates}
 
     def warnings(self) -> list[tuple[str, str]]:
+        sim = [("simulation", "a simulated clock: for `gated sim day` only; `gated run` refuses it without GATED_SIMULATION=1")]
+        return (sim if self.simulation is not None else []) + self._warnings()
+
+    def _warnings(self) -> list[tuple[str, str]]:
         """Legal but risky settings: (key path, what to consider)."""
         out: list[tuple[str, str]] = []
         for i, g in enumerate(self.gates):
@@ -272,9 +322,11 @@ def _problems(e: ValidationError, marked: Marked) -> list[tuple[int | None, str,
 def load_config(path: str | Path) -> Config:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_text(p)
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([(None, "(file)", f"cannot read: {e}")], str(p)) from e
+    except YamlError as e:
+        raise ConfigError([(e.line, "(file)", e.message)], str(p)) from e
     try:
         marked = load(text)
     except YamlError as e:

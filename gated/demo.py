@@ -97,7 +97,7 @@ async def run_demo(config_template: Path, workdir: Path, *, scripted: bool = Tru
     ]
     (workdir / "gated.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     config = Config.model_validate(raw)
-    logs.setup(config.logging.format, config.logging.level)
+    logs.setup(config.logging.format, config.logging.level, config.logging.libraries)
     tz = config.site_domain().timezone
     store = Store(config.store.path, config.site_domain(), daemon_id=config.daemon_id)
     store.apply_sync(batch_from(demo_data(datetime.now(UTC), tz), config), datetime.now(UTC))

@@ -22,7 +22,7 @@ from simulator.central import Central, CentralSettings, generate
 from sync.link import MqttSettings, SyncLink
 from sync.protocol import SnapshotChunk
 from sync.snapshot import SnapshotImporter
-from sync.store import Committed, Store
+from sync.store import Store
 
 
 class _StallProbe:
@@ -66,10 +66,9 @@ async def bench_outbox_drain(
         store = Store(d / "gate.db", site, daemon_id="bench-gate", durable=True)
         now = datetime.now(UTC)
         for start in range(0, n_events, 1000):  # fill in big transactions (not measured)
-            with store._tx():
-                committed = Committed()
+            with store.transaction() as tx:
                 for i in range(start, min(n_events, start + 1000)):
-                    store._emit(committed, "bench", now, n=i)
+                    tx.emit("bench", now, n=i)
         central = Central(
             CentralSettings(host=host, port=port, identifier=f"bench-central-{time.time_ns()}"), d / "central.db"
         )

@@ -30,6 +30,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from rules.model import Gate
 from rules.timeutil import iso_utc
+from sync.batch import SyncBatch
+from sync.outbox import Event
 from sync.protocol import Delta, Health, LookupResponse, SnapshotChunk
 from sync.reconnect import Attempt, Reconnect
 from sync.session import (
@@ -52,8 +54,8 @@ from sync.session import (
     WakeUplink,
 )
 from sync.settings import MqttSettings
-from sync.snapshot import DELTA_SEQ_KEY, SNAPSHOT_ID_KEY, SnapshotError, SnapshotImporter, delta_seq
-from sync.store import Event, Store, SyncBatch
+from sync.snapshot import SnapshotError, SnapshotImporter
+from sync.store import Store
 
 __all__ = ["MqttSettings", "SyncLink"]
 
@@ -85,8 +87,8 @@ class _Replica:
         return Replica(
             acked_seq=s.acked_seq,
             last_seq=s.last_seq,
-            delta_seq=delta_seq(s),
-            has_snapshot=s.meta(SNAPSHOT_ID_KEY) is not None,
+            delta_seq=s.delta_seq,
+            has_snapshot=s.snapshot_id is not None,
         )
 
     def _batch(self, members: Sequence[Any], passes: Sequence[Any], bookings: Sequence[Any], remove: Any = None) -> SyncBatch:
@@ -102,9 +104,7 @@ class _Replica:
 
     def apply_delta(self, delta: Delta, now: datetime) -> None:
         batch = self._batch(delta.members, delta.passes, delta.bookings, delta.remove)
-        with self.store._tx():
-            self.store._apply_sync(batch, now, snapshot=False)
-            self.store._set_meta(DELTA_SEQ_KEY, str(delta.delta_seq))
+        self.store.apply_delta(batch, delta.delta_seq, now)
 
     def apply_lookup(self, resp: LookupResponse, now: datetime) -> None:
         self.store.apply_sync(self._batch(resp.members, resp.passes, resp.bookings), now)
@@ -191,7 +191,7 @@ class SyncLink:
 
     @property
     def delta_seq(self) -> int:
-        return delta_seq(self.store)
+        return self.store.delta_seq
 
     @property
     def awaiting_snapshot(self) -> bool:
@@ -395,7 +395,7 @@ class SyncLink:
                     self.replica.apply_delta(action.delta, self.now())
                 except Exception as e:
                     log.exception("applying delta %d", action.delta.delta_seq)
-                    return self.session.delta_failed(delta_seq(self.store), str(e), mono)
+                    return self.session.delta_failed(self.store.delta_seq, str(e), mono)
                 self._changed("delta")
             case StageChunk():
                 try:

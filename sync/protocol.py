@@ -18,9 +18,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sync.batch import PassRecord
 from sync.events import event_schema
 from sync.records import BookingIn, MemberIn, PassIn
-from sync.store import PassRecord
 from sync.topics import LEVEL, Topics, central_status_topic, valid_level
 
 MAJOR = 1

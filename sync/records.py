@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from rules.model import Booking, BookingStatus, DeductOn, Member, MemberStatus, Pass, PassKind
 from rules.timeutil import WeekSchedule, parse_date, parse_instant, parse_window
-from sync.store import PassRecord
+from sync.batch import PassRecord
 
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 

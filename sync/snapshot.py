@@ -37,18 +37,15 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from rules.timeutil import WeekSchedule, parse_date, parse_instant
 from sync.protocol import PassOut, SnapshotChunk
 from sync.records import BookingIn, MemberIn
-from sync.store import Store
+from sync.rows import booking_row, card_rows, member_row, pass_row
+from sync.store import DELTA_SEQ_KEY, LAST_SYNC_KEY, SNAPSHOT_ID_KEY, Store
 
 TABLES = ("members", "cards", "passes", "bookings")
 STAGE = "_snap_"
 OLD = "_snapold_"
-DELTA_SEQ_KEY = "sync.delta_seq"
-SNAPSHOT_ID_KEY = "sync.snapshot_id"
 GENERATION_KEY = "sync.snapshot_generation"
 STAGING_CACHE_KIB = 32_768
 
@@ -65,67 +62,11 @@ def _unquote(name: str) -> str:
 
 
 def delta_seq(store: Store) -> int:
-    return int(store.meta(DELTA_SEQ_KEY, "0") or 0)
+    return store.delta_seq
 
 
 class SnapshotError(Exception):
     pass
-
-
-def _ts(at: datetime) -> float:
-    return at.timestamp()
-
-
-class RowBuilder:
-    """Store rows straight from validated wire records, the same as `Store.apply_sync`
-    writes them, with the repeated work (times, schedules) cached: a snapshot repeats the
-    same class times and access windows many thousand times."""
-
-    def __init__(self, daemon_id: str):
-        self.daemon_id = daemon_id
-        self._instants: dict[str, float] = {}
-        self._schedules: dict[str, str] = {}
-
-    def ts(self, text: str, tz: ZoneInfo) -> float:
-        v = self._instants.get(text)
-        if v is None:
-            if len(self._instants) > 100_000:
-                self._instants.clear()
-            v = self._instants[text] = parse_instant(text, tz).timestamp()
-        return v
-
-    def schedule(self, spec: dict[str, str | list[str]]) -> str:
-        key = json.dumps(spec, sort_keys=False)
-        v = self._schedules.get(key)
-        if v is None:
-            if len(self._schedules) > 10_000:
-                self._schedules.clear()
-            v = self._schedules[key] = json.dumps(WeekSchedule.parse(spec).spec_dict())
-        return v
-
-    def pass_row(self, p: PassOut) -> tuple[Any, ...]:
-        bal = str(p.balance) if p.balance is not None else None
-        return (
-            p.id,
-            p.member,
-            p.name,
-            p.kind,
-            bal,
-            p.applied.get(self.daemon_id, 0),
-            bal,
-            p.deduct_on,
-            str(p.walk_in_cost) if p.walk_in_cost is not None else None,
-            parse_date(str(p.valid_from)).isoformat() if p.valid_from else None,
-            parse_date(str(p.valid_until)).isoformat() if p.valid_until else None,
-            json.dumps(sorted(set(p.zones))) if p.zones is not None else None,
-            self.schedule(p.access_windows) if p.access_windows is not None else None,
-        )
-
-    def booking_row(self, b: BookingIn, tz: ZoneInfo) -> tuple[Any, ...]:
-        return (
-            b.id, b.member, b.pass_, b.class_, b.zone, self.ts(b.starts_at, tz), self.ts(b.ends_at, tz),
-            b.status, int(b.deducted), str(b.cost), b.loyalty_points,
-        )
 
 
 class SnapshotImporter:
@@ -141,7 +82,6 @@ class SnapshotImporter:
         self.base_delta_seq = 0
         self.requested_by: list[str] = []
         self.started = 0.0
-        self._rows = RowBuilder(daemon_id)
         self._cache_size: int | None = None
 
     @property
@@ -166,11 +106,11 @@ class SnapshotImporter:
         for (index,) in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (table,)
         ).fetchall():
-            with self.store._tx(scratch=True):
+            with self.store.transaction(scratch=True):
                 conn.execute(f"DROP INDEX IF EXISTS [{index}]")
             await asyncio.sleep(0)
         while True:
-            with self.store._tx(scratch=True):
+            with self.store.transaction(scratch=True):
                 n = conn.execute(
                     f"DELETE FROM [{table}] WHERE rowid IN (SELECT rowid FROM [{table}] LIMIT ?)",
                     (self.batch_rows * 10,),
@@ -178,7 +118,7 @@ class SnapshotImporter:
             await asyncio.sleep(0)
             if n <= 0:
                 break
-        with self.store._tx(scratch=True):
+        with self.store.transaction(scratch=True):
             conn.execute(f"DROP TABLE IF EXISTS [{table}]")
 
     async def cleanup(self) -> None:
@@ -189,7 +129,7 @@ class SnapshotImporter:
     def _create_stage(self) -> None:
         conn = self.store.conn
         gen = int(self.store.meta(GENERATION_KEY, "0") or 0) + 1
-        with self.store._tx():
+        with self.store.transaction() as tx:
             for t in TABLES:
                 conn.execute(f"DROP TABLE IF EXISTS [{STAGE}{t}]")
                 row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (t,)).fetchone()
@@ -209,7 +149,7 @@ class SnapshotImporter:
                     if new == isql:
                         raise SnapshotError(f"cannot copy index {name!r}")
                     conn.execute(new)
-            self.store._set_meta(GENERATION_KEY, str(gen))
+            tx.set_meta(GENERATION_KEY, str(gen))
 
     # -- the steps ------------------------------------------------------------------------
 
@@ -269,35 +209,35 @@ class SnapshotImporter:
         now: datetime,
     ) -> None:
         conn = self.store.conn
-        ts = _ts(now)
+        synced_at = now.timestamp()
         tz = self.store.site.timezone
         self._big_cache()
         n = self.batch_rows
         for i in range(0, len(members), n):
             part = [m.to_domain() for m in members[i : i + n]]
-            with self.store._tx(scratch=True):
+            with self.store.transaction(scratch=True):
                 conn.executemany(
                     f"INSERT OR REPLACE INTO [{STAGE}members](id, name, status, email, photo, synced_at) "
                     "VALUES (?,?,?,?,?,?)",
-                    ((m.id, m.name, m.status.value, m.email, m.photo, ts) for m in part),
+                    (member_row(m, synced_at) for m in part),
                 )
                 conn.executemany(
                     f"INSERT OR REPLACE INTO [{STAGE}cards](card, member_id) VALUES (?, ?)",
-                    ((c, m.id) for m in part for c in m.cards),
+                    (row for m in part for row in card_rows(m)),
                 )
             await asyncio.sleep(0)
         for i in range(0, len(passes), n):
-            with self.store._tx(scratch=True):
+            with self.store.transaction(scratch=True):
                 conn.executemany(
                     f"INSERT OR REPLACE INTO [{STAGE}passes](id, member_id, name, kind, central_balance, applied_seq, "
                     "balance, deduct_on, walk_in_cost, valid_from, valid_until, zones, access_windows) "
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [self._rows.pass_row(p) for p in passes[i : i + n]],
+                    [pass_row(p.record_for(self.daemon_id)) for p in passes[i : i + n]],
                 )
             await asyncio.sleep(0)
         for i in range(0, len(bookings), n):
-            rows = [self._rows.booking_row(b, tz) for b in bookings[i : i + n]]
-            with self.store._tx(scratch=True):
+            rows = [booking_row(b.to_domain(tz)) for b in bookings[i : i + n]]
+            with self.store.transaction(scratch=True):
                 conn.executemany(
                     f"INSERT OR REPLACE INTO [{STAGE}bookings](id, member_id, pass_id, class_name, zone, starts_at, "
                     "ends_at, status, outcome, deducted, cost, loyalty_points, loyalty_credited, attended_at) "
@@ -379,14 +319,14 @@ class SnapshotImporter:
         max_rowid = int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM bookings").fetchone()[0])
         step = 20_000
         for lo in range(0, max_rowid, step):
-            with store._tx(scratch=True):
+            with store.transaction(scratch=True):
                 self._merge_bookings(None, (lo, lo + step))
             await asyncio.sleep(0)
-        with store._tx(scratch=True):
+        with store.transaction(scratch=True):
             self._merge_balances(None)
         await asyncio.sleep(0)
         # the swap
-        with store._tx():
+        with store.transaction() as tx:
             last = store.last_seq
             if last > merge_seq:
                 kept = int(conn.execute("SELECT COUNT(*) FROM events WHERE seq > ?", (merge_seq,)).fetchone()[0])
@@ -411,9 +351,9 @@ class SnapshotImporter:
             for t in TABLES:
                 conn.execute(f"ALTER TABLE [{t}] RENAME TO [{OLD}{t}]")
                 conn.execute(f"ALTER TABLE [{STAGE}{t}] RENAME TO [{t}]")
-            store._set_meta(DELTA_SEQ_KEY, str(self.base_delta_seq))
-            store._set_meta(SNAPSHOT_ID_KEY, str(self.snapshot_id))
-            store._set_meta("last_sync_at", str(_ts(now)))
+            tx.set_meta(DELTA_SEQ_KEY, str(self.base_delta_seq))
+            tx.set_meta(SNAPSHOT_ID_KEY, str(self.snapshot_id))
+            tx.set_meta(LAST_SYNC_KEY, str(now.timestamp()))
         self.abort_sync()
         for t in TABLES:
             await self._drop(f"{OLD}{t}")

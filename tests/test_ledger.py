@@ -28,7 +28,7 @@ from rules.decide import Decision
 from rules.model import Booking, Gate, Member, Pass, PassKind
 from rules.model import Site as SiteModel
 from rules.reasons import Reason
-from sync.store import Committed, PassRecord, Store, SyncBatch
+from sync.store import PassRecord, Store, SyncBatch
 
 TZ = ZoneInfo("Europe/Madrid")
 SITE = SiteModel(TZ)
@@ -146,13 +146,13 @@ class Ledger(RuleBasedStateMachine):
             raise OSError("disk full")
 
         before = (self.store.last_seq, {p: self.store.balance(p) for p in PASSES}, self.store.counts())
-        self.store._passage = broken  # type: ignore[method-assign]
+        self.store.ledger.record_passage = broken  # type: ignore[method-assign]
         try:
             decision = Decision(True, Reason.WALK_IN, PASSES[pid], pass_id=pid, amount=amount, cause="walk_in")
             with pytest.raises(OSError):
                 self.store.commit_tap(GATE, decision, credential=CredentialKind.CARD, passed=True, now=self.tick())
         finally:
-            del self.store._passage
+            del self.store.ledger.record_passage
         assert (self.store.last_seq, {p: self.store.balance(p) for p in PASSES}, self.store.counts()) == before
 
     @precondition(lambda self: self.next_seq > 1)
@@ -188,8 +188,8 @@ def test_raising_transaction_consumes_no_seq(tmp_path: Path) -> None:
     store = Store(tmp_path / "g.db", SITE, durable=False)
     try:
         store.emit("health", START, status="ok")
-        with pytest.raises(RuntimeError), store._tx():
-            store._emit(Committed(), "health", START, status="half")
+        with pytest.raises(RuntimeError), store.transaction() as tx:
+            tx.emit("health", START, status="half")
             raise RuntimeError("midway")
         assert store.last_seq == 1
         assert store.emit("health", START, status="ok")["seq"] == 2

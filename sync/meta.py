@@ -1,0 +1,22 @@
+"""Small named values the store keeps (`meta` table): schema version, next seq, acked
+seq, the replica's delta_seq and snapshot id, the last sync time."""
+
+from __future__ import annotations
+
+import sqlite3
+
+
+class Meta:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else str(row[0])
+
+    def put(self, key: str, value: str) -> None:
+        """Inside a transaction (Transaction.set_meta)."""
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
