@@ -33,7 +33,7 @@ class EventBase(BaseModel):
 
 
 class AccessEvent(EventBase):
-    """A tap or an override at a gate, granted or denied (one per decision)."""
+    """A decision at a gate, granted or denied: a tap, a desk check-in or an override."""
 
     type: Literal["access"]
     gate: Id
@@ -42,17 +42,22 @@ class AccessEvent(EventBase):
     reason: Reason = Field(description="Why (granted: booking, walk_in, ...; denied: the reason code).")
     booking: Id | None = None
     pass_: Id | None = Field(None, alias="pass", description="The pass that paid or would have paid.")
-    credential: Literal["card", "qr"] | None = Field(description="What was shown (null for an override).")
-    reader: Id | None = Field(None, description="The reader that read the credential.")
+    credential: Literal["card", "qr", "desk"] | None = Field(
+        description="What was shown: a card, a QR code, `desk` for a check-in by the front desk, null for an override."
+    )
+    reader: Id | None = Field(None, description="The reader that read the credential (absent when none did).")
     card: str | None = Field(
-        None, description="The card id as read, on an `unknown_card` denial (for enrolment at the desk)."
+        None,
+        description="The card id as read (upper case), on an `unknown_card` denial: the desk can enrol it. "
+        "Typed credentials (technology, format) will come as an additional key in a later minor version.",
     )
     passed: bool | None = Field(
         None, description="Granted only: the turnstile turned or the door opened (no passage: no deduction)."
     )
     anti_passback: bool | None = Field(None, description="Soft anti-passback gates: the member was already inside.")
     message: str | None = Field(None, description="What the member was shown.")
-    operator: str | None = Field(None, description="Overrides: the desk operator.")
+    operator: str | None = Field(None, description="Overrides and desk check-ins: the desk operator.")
+    desk_reason: str | None = Field(None, description="Desk check-ins: the reason the operator gave.")
 
 
 class DeductionEvent(EventBase):
@@ -108,30 +113,53 @@ class LockdownEvent(EventBase):
 
 
 class FireAlarmEvent(EventBase):
-    """The fire-alarm input (or an admin's emergency release) released the doors, or ended."""
+    """Fail-safe doors released (`active: true`) by the fire-alarm input or an admin's
+    emergency release, or back to normal."""
 
     type: Literal["fire_alarm"]
-    active: bool
+    active: bool = Field(description="Doors released now (input or emergency release).")
     source: Annotated[str, Field(description="`input`, or the admin who released the doors.")]
+    input: bool | None = Field(None, description="The fire-alarm input's state, when it changed.")
+    emergency_release: bool | None = Field(None, description="An admin's emergency release, switched on or off.")
 
 
 class AlarmEvent(EventBase):
     """Something at the gate needs a person: a relay offline, a door held or forced open,
-    the store failing, the central system acknowledging events that were never sent."""
+    the store failing, the central system acknowledging events that were never sent or
+    sending a snapshot that would empty the site."""
 
     type: Literal["alarm"]
     gate: Id | None = None
-    kind: Annotated[str, Field(description="relay_offline, relay_online, door_held, door_forced, ack_beyond_last_seq, snapshot_held, ...")]
+    kind: Annotated[
+        str,
+        Field(
+            description="relay_offline, relay_online, door_held, door_forced, storage_fault, storage_recovered, "
+            "ack_beyond_last_seq, snapshot_held, ..."
+        ),
+    ]
     detail: str = ""
+    problem: str | None = Field(None, description="storage alarms: what is wrong (disk_full, read_only, ...).")
+    since: str | None = Field(None, description="storage alarms: since when (UTC).")
 
 
 class PassageUnconfirmedEvent(EventBase):
-    """At start-up: a grant whose passage and commit a crash cut off. The member may have
-    gone through without a deduction; the central system decides what to charge."""
+    """At start-up: a grant whose commit a crash (kill -9, a power cut) cut off. The member
+    may have gone through; nothing was deducted (`not_deducted`): the central system and
+    the desk settle it."""
 
     type: Literal["passage_unconfirmed"]
-    gate: Id | None = None
-    member: Id | None = None
+    gate: Id
+    member: Id | None
+    reason: Reason = Field(description="Why it was granted.")
+    booking: Id | None = None
+    pass_: Id | None = Field(None, alias="pass")
+    not_deducted: Amount = Field(description="What the commit would have deducted.")
+    cause: str | None = None
+    credential: Literal["card", "qr", "desk"] | None = None
+    granted_at: str = Field(description="When it was granted (UTC); `at` is when it was reported.")
+    reader: Id | None = None
+    operator: str | None = None
+    desk_reason: str | None = None
 
 
 EVENT_MODELS: tuple[type[EventBase], ...] = (

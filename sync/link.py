@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from typing import Any
 
@@ -40,6 +40,7 @@ from sync.session import (
     ApplyDelta,
     ApplyLookup,
     CommitSnapshot,
+    PruneAcked,
     Publish,
     PublishHealth,
     RaiseAlarm,
@@ -113,8 +114,10 @@ class _Replica:
         self.store.ack(applied_seq)
 
     def first_held_seq(self) -> int:
-        row = self.store.conn.execute("SELECT MIN(seq) FROM events").fetchone()
-        return int(row[0]) if row and row[0] is not None else self.store.last_seq + 1
+        return self.store.first_seq
+
+    def prune(self, before: datetime, keep_max: int) -> int:
+        return self.store.prune_acked(before, keep_max)
 
     def member_count(self) -> int:
         return int(self.store.conn.execute("SELECT COUNT(*) FROM members").fetchone()[0])
@@ -427,6 +430,9 @@ class SyncLink:
             case PublishHealth():
                 if client is not None:
                     await self.publish_health()
+            case PruneAcked():
+                pruned = self.replica.prune(self.now() - timedelta(seconds=action.older_than), action.keep_max)
+                self.stats["events_pruned"] += pruned
         return ()
 
     async def _publish(self, client: aiomqtt.Client, p: Publish) -> None:

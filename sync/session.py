@@ -156,6 +156,15 @@ class PublishHealth:
 
 
 @dataclass(frozen=True, slots=True)
+class PruneAcked:
+    """Delete acknowledged events older than `older_than` seconds, or beyond the newest
+    `keep_max` acknowledged ones (the retention for replays is over)."""
+
+    older_than: float
+    keep_max: int
+
+
+@dataclass(frozen=True, slots=True)
 class WakeUplink:
     """There may be events to send (again): ask `uplink_after`."""
 
@@ -173,6 +182,7 @@ Action = (
     | RaiseAlarm
     | ReadReplay
     | PublishHealth
+    | PruneAcked
     | WakeUplink
 )
 
@@ -195,6 +205,9 @@ class SessionConfig:
     batch_events: int = 200
     share_access: bool = True
     snapshot_guard: float = 0.5
+    retain_acked: float = 604_800.0
+    retain_acked_max: int = 200_000
+    prune_interval: float = 60.0
     software: str | None = None
     alarm_interval: float = 60.0  # the same alarm again at most this often (each is counted)
     gap_rewind_interval: float = 1.0  # acks with `gap` repeat while the resend is on its way
@@ -220,6 +233,8 @@ class SessionConfig:
             batch_events=s.batch_events,
             share_access=s.share_access,
             snapshot_guard=s.snapshot_guard,
+            retain_acked=s.retain_acked,
+            retain_acked_max=s.retain_acked_max,
             software=software,
         )
 
@@ -301,6 +316,7 @@ class Session:
         self._resync = _Resync()
         self._alarms = _Alarms()
         self._next_health_at = 0.0
+        self._next_prune_at = 0.0
         self._central_at: str | None = None
         self.notes: list[str] = []
 
@@ -393,6 +409,9 @@ class Session:
         if now >= self._next_health_at:
             self._next_health_at = now + c.health_interval
             out.append(PublishHealth())
+        if now >= self._next_prune_at:
+            self._next_prune_at = now + c.prune_interval
+            out.append(PruneAcked(c.retain_acked, c.retain_acked_max))
         up = self._up
         if up.published > up.floor and now - up.progress_at > c.ack_timeout:
             out += self._rewind("timeout", now)

@@ -138,6 +138,15 @@ class MqttSettings(BrokerSettings):
         "not applied (alarm) unless the central system marks it a full replacement; 1 turns the guard off.",
     )
     share_access: bool = Field(True, description="Subscribe to the site's other daemons' access events.")
+    retain_acked: float = Field(
+        604_800.0,
+        ge=0,
+        description="Acknowledged events are kept this long (seconds; default 7 days) for a central "
+        "system that restores a backup and asks for a replay, then pruned.",
+    )
+    retain_acked_max: int = Field(
+        200_000, ge=0, description="And at most this many acknowledged events (disk space)."
+    )
 
     @field_validator("site", "daemon")
     @classmethod
