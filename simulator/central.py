@@ -520,6 +520,7 @@ class Central:
             properties=props,
             will=will,
             tls_context=s.tls_context(),
+            timeout=s.connect_timeout,
             keepalive=s.keepalive,
             max_inflight_messages=100,
         )

@@ -250,7 +250,7 @@ class SyncLink:
             will=aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain),
             keepalive=s.keepalive,
             tls_context=s.tls_context(),
-            timeout=10,
+            timeout=s.connect_timeout,
             max_inflight_messages=100,
         )
 

@@ -70,6 +70,9 @@ class BrokerSettings(BaseModel):
     password: SecretStr | None = None
     prefix: str = Field("gated", description="Topic prefix; may contain '/'.")
     keepalive: int = Field(30, ge=5, le=3600, description="MQTT keep-alive, seconds.")
+    connect_timeout: float = Field(
+        10.0, gt=0, le=300, description="Longest wait for the broker to accept a connection or acknowledge a message, seconds."
+    )
     backoff_initial: float = Field(0.1, gt=0, description="First wait before reconnecting, seconds.")
     backoff_max: float = Field(
         1.0, gt=0, description="Longest wait between rounds of connection attempts while a broker is down, seconds."
