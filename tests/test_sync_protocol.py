@@ -75,3 +75,14 @@ def test_topics_and_settings() -> None:
         with pytest.raises(ValidationError):
             MqttSettings(**{"site": "s", "daemon": "d", **bad})
     json.dumps(schemas())
+
+
+def test_the_schema_command_writes_what_is_committed(tmp_path: Path) -> None:
+    """`python -m sync.protocol DIR`, as docs/protocol.md says to run it."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "sync.protocol", str(tmp_path)], check=True, capture_output=True)
+    written = {p.name: p.read_text(encoding="utf-8") for p in tmp_path.glob("*.schema.json")}
+    committed = {p.name: p.read_text(encoding="utf-8") for p in SCHEMAS.glob("*.schema.json")}
+    assert written == committed
