@@ -256,6 +256,7 @@ class SyncLink:
 
     async def run(self) -> None:
         self.store.listeners.append(self._on_events)
+        self.session.events_committed(self.store.last_seq)  # committed before we listened
         s = self.settings
         plan = Reconnect(
             s.endpoints(), initial=s.backoff_initial, maximum=s.backoff_max, refused=s.backoff_refused, rand=self.rand
@@ -350,6 +351,8 @@ class SyncLink:
         props = message.properties
         corr = getattr(props, "CorrelationData", None) if props is not None else None
         try:
+            # the session judges acks against the last seq: make sure it has the latest
+            self.session.events_committed(self.store.last_seq)
             actions = self.session.receive(
                 topic, bytes(payload), self.mono(), retained=bool(message.retain), correlation=bytes(corr) if corr else None
             )

@@ -369,8 +369,8 @@ class Session:
         self._resync.sent = False
         self._resync.due_at = now + self.config.central_status_wait
         self._next_health_at = now
-        self._up.replaying = False
-        self._up.floor = self.acked_seq
+        if not self._up.replaying:  # a replay goes on from what the central system acked
+            self._up.floor = self.acked_seq
         actions += self._rewind("connect", now)
         return actions
 

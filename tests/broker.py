@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import shutil
 import signal
@@ -227,13 +228,21 @@ SEED: dict[str, list[dict[str, Any]]] = {
 
 @contextlib.asynccontextmanager
 async def running(*aws: Any) -> AsyncIterator[list[asyncio.Task[Any]]]:
-    """Run coroutines (link.run(), central.run()) as tasks for the block; cancel after."""
+    """Run coroutines (link.run(), central.run()) as tasks for the block; cancel after.
+    A task that does not end within WAIT_S of its cancellation fails the test with every
+    task's stack (a hang in a shell's shutdown is a bug, not a slow test)."""
     tasks = [asyncio.create_task(a) for a in aws]
     try:
         yield tasks
     finally:
         for t in tasks:
             t.cancel()
+        _, pending = await asyncio.wait(tasks, timeout=WAIT_S)
+        if pending:
+            stacks = io.StringIO()
+            for t in asyncio.all_tasks():
+                t.print_stack(file=stacks)
+            raise AssertionError(f"tasks did not end when cancelled: {pending}\n{stacks.getvalue()}")
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t

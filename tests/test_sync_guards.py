@@ -68,9 +68,10 @@ async def test_a_snapshot_emptying_the_site_is_held_unless_meant(
         empty = {"v": 1, "snapshot_id": "oops", "chunk": 0, "chunks": 1, "delta_seq": central.delta_seq(SITE)}
         async with aiomqtt.Client("127.0.0.1", mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
             await c.publish(f"gated/{SITE}/snapshot", json.dumps(empty), qos=1)  # pushed to every gate
-            await wait_until(lambda: link.stats["snapshots_held"] == 1, what="the snapshot held")
+            await wait_until(lambda: bool(alarms(store, "snapshot_held")) and not link.snapshot_in_progress,
+                             what="the snapshot held, the alarm raised")
+            assert link.stats["snapshots_held"] == 1
             assert store.counts()["members"] == 3 and store.member_for_card("C1") == "m1"
-            assert alarms(store, "snapshot_held") and not link.snapshot_in_progress
             await c.publish(f"gated/{SITE}/snapshot", json.dumps({**empty, "snapshot_id": "meant",
                                                                   "full_replacement": True}), qos=1)
             await wait_until(lambda: link.stats["snapshots_applied"] == 2, what="the full replacement")

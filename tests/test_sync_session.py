@@ -226,6 +226,9 @@ def test_replay_resends_what_the_gate_still_holds_below_its_acked_point() -> Non
         {"v": 1, "daemon": "gate-a", "request_id": "r1", "from_seq": 11, "first_seq": 21, "last_seq": 50}
     ]
     assert s.uplink_after(100.0) == 20 and s.replaying
+    s.disconnect(100.0)
+    s.connect(100.0, "x")  # a reconnect in the middle of a replay goes on with it
+    assert s.uplink_after(100.0) == 20 and s.replaying
     s.uplink([ev(i) for i in range(21, 41)], 100.0)
     # acks below the acked point are progress now (the restored central system climbing back)
     assert s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 40}), 101.0) == [WakeUplink()]
