@@ -46,7 +46,7 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, Field, ValidationError
 
 from rules.timeutil import iso_utc
-from sync.link import software_version
+from sync.link import mqtt_call, software_version
 from sync.protocol import (
     PROTOCOL,
     Ack,
@@ -490,7 +490,7 @@ class Central:
         client = self._client
         if client is None:
             raise aiomqtt.MqttError("central not connected")
-        await client.publish(topic, payload, qos=qos, properties=properties)
+        await mqtt_call(client.publish(topic, payload, qos=qos, properties=properties))
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         async with asyncio.timeout(timeout):
@@ -564,15 +564,15 @@ class Central:
     async def _session(self, client: aiomqtt.Client) -> None:
         p = self.settings.prefix
         for site in self.settings.sites or ["+"]:
-            await client.subscribe(self._topic(f"{site}/+/events"), qos=1)
-            await client.subscribe(self._topic(f"{site}/+/replay/answer"), qos=1)
-            await client.subscribe(self._topic(f"{site}/resync"), qos=1)
-            await client.subscribe(self._topic(f"{site}/lookup/request"), qos=0)
+            await mqtt_call(client.subscribe(self._topic(f"{site}/+/events"), qos=1))
+            await mqtt_call(client.subscribe(self._topic(f"{site}/+/replay/answer"), qos=1))
+            await mqtt_call(client.subscribe(self._topic(f"{site}/resync"), qos=1))
+            await mqtt_call(client.subscribe(self._topic(f"{site}/lookup/request"), qos=0))
         self._client = client
         self.connected = True
         self.stats["connects"] += 1
         if self.settings.publish_status:
-            await client.publish(central_status_topic(p), self._status("online"), qos=1, retain=True)
+            await mqtt_call(client.publish(central_status_topic(p), self._status("online"), qos=1, retain=True))
         self._ready.set()
         try:
             async for message in client.messages:

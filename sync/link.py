@@ -17,10 +17,10 @@ import random
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -58,7 +58,9 @@ from sync.settings import MqttSettings
 from sync.snapshot import SnapshotError, SnapshotImporter
 from sync.store import Store
 
-__all__ = ["MqttSettings", "SyncLink"]
+__all__ = ["MqttSettings", "SyncLink", "mqtt_call"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("gated.sync")
 
@@ -390,7 +392,7 @@ class SyncLink:
             case Subscribe():
                 if client is not None:
                     opts = SubscribeOptions(qos=action.qos, noLocal=action.no_local)
-                    await client.subscribe(action.topic, options=opts)
+                    await mqtt_call(client.subscribe(action.topic, options=opts))
             case WakeUplink():
                 self._wake.set()
             case StoreAck():
@@ -446,7 +448,7 @@ class SyncLink:
                 props.ResponseTopic = p.response_topic
             if p.correlation is not None:
                 props.CorrelationData = p.correlation
-        await client.publish(p.topic, p.payload, qos=p.qos, retain=p.retain, properties=props)
+        await mqtt_call(client.publish(p.topic, p.payload, qos=p.qos, retain=p.retain, properties=props))
 
     def _changed(self, kind: str) -> None:
         if self.on_change is not None:
@@ -509,7 +511,7 @@ class SyncLink:
             except Exception:
                 log.exception("health provider")
                 info = None
-        await client.publish(self.topics.health, self.health(info).model_dump_json().encode(), qos=0)
+        await mqtt_call(client.publish(self.topics.health, self.health(info).model_dump_json().encode(), qos=0))
 
     # -- live look-ups ---------------------------------------------------------------------------
 
@@ -563,5 +565,16 @@ class SyncLink:
 def _cancelling() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+async def mqtt_call(call: Awaitable[T]) -> T:
+    """Await an aiomqtt publish or subscribe without losing a cancellation: aiomqtt waits
+    for the broker's answer with asyncio.wait_for, which in Python 3.11 returns the result
+    and drops a cancellation that arrives as the answer does — the cancelled task then
+    went on as if nothing happened (a central system or a link that never stopped)."""
+    result = await call
+    if _cancelling():
+        raise asyncio.CancelledError
+    return result
 
 

@@ -636,18 +636,21 @@ class Session:
                 # followed by `online` must not silence the gate for good
                 self._resync.due_at = now + self.config.resync_retry
             return []
-        if not self._resync.sent:
-            self._central_at = status.at
-            return self._connection_resync(now)
-        if retained:  # its state as the broker kept it, not news
-            self._central_at = status.at
-            return []
-        if was is True and status.at is not None and status.at == self._central_at:
-            return []  # the same announcement again (a QoS 1 repeat)
+        # a live `online` is the central system (re)connecting, unless it repeats the
+        # last one (a QoS 1 duplicate); a retained one is its state as the broker kept it
+        repeat = was is True and status.at is not None and status.at == self._central_at
+        back = not retained and not repeat
         self._central_at = status.at
-        # the central system has just (re)connected: what it missed meanwhile, again
-        self.stats["central_back"] += 1
-        return [*self._rewind("central_online", now), self._resync_request(self._reason(), now)]
+        out: list[Action] = []
+        if back:
+            # what we sent while it was away is lost with its old session: again
+            self.stats["central_back"] += 1
+            out += self._rewind("central_online", now)
+        if not self._resync.sent:
+            return out + self._connection_resync(now)
+        if back:
+            out.append(self._resync_request(self._reason(), now))
+        return out
 
     # -- deltas --------------------------------------------------------------------------------------
 

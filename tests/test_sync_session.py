@@ -129,6 +129,19 @@ def test_a_central_said_offline_is_waited_for_then_asked_once() -> None:
     assert resyncs(s.tick(112.0)) == []
 
 
+def test_a_central_connecting_after_the_gate_gets_what_was_sent_before_again() -> None:
+    """Broker restarted with its state wiped, the gate back first: what it sent before the
+    central system subscribed is lost; the central's live `online` rewinds, and the one
+    resync of the connection goes with it."""
+    s = session(Replica(has_snapshot=True, last_seq=3))
+    s.connect(100.0, "x")
+    s.uplink([ev(1), ev(2), ev(3)], 100.1)
+    assert s.uplink_after(100.1) is None
+    out = s.receive("gated/central/status", online("2026-11-18T09:07:00Z"), 100.5)
+    assert WakeUplink() in out and len(resyncs(out)) == 1
+    assert s.uplink_after(100.5) == 0 and s.stats["resync_requests"] == 1
+
+
 def test_the_central_coming_back_is_one_more_resync_and_a_resend() -> None:
     s = connected(session(), 100.0)
     s.events_committed(3)
