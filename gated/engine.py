@@ -61,7 +61,8 @@ class Engine:
 
     def _present(self, credential: Credential) -> tuple[Presented, str | None, tuple[str, datetime] | None]:
         if credential.kind == CredentialKind.CARD:
-            return Presented.card(), self.store.member_for_card(credential.value), None
+            card = credential.typed if credential.typed is not None else credential.value
+            return Presented.card(), self.store.member_for_card(card), None
         claim = self.trusted_keys.verify(credential.value)
         if claim is None:
             return Presented(CredentialKind.QR, None), None, None
@@ -79,7 +80,8 @@ class Engine:
             presented, member_id, qr_token = self._present(credential)
         view = self.store.view(member_id, gate, now) if member_id else MemberView(None)
         decision = decide(view, presented, gate, self.site, self.policy, now)
-        return PendingTap(gate, credential, presented, decision, message(decision.reason, decision.hint), qr_token, now)
+        facts = {**decision.hint, "name": view.member.name} if view.member is not None else decision.hint
+        return PendingTap(gate, credential, presented, decision, message(decision.reason, facts), qr_token, now)
 
     def admit(self, pending: PendingTap, conditions: GateConditions) -> PendingTap:
         """The site's and the gate's state applied to the decision (rules.admission)."""
@@ -108,6 +110,11 @@ class Engine:
     def commit(
         self, pending: PendingTap, *, passed: bool, now: datetime, intent: int | None = None, extra: dict[str, Any] | None = None
     ) -> Committed:
+        cred = pending.credential
+        if pending.decision.reason == Reason.UNKNOWN_CARD and cred.kind == CredentialKind.CARD and cred.value:
+            # the desk enrols unknown cards from the console: it needs the whole card, typed
+            # (logs mask it; the event stays on this box and the central system's side)
+            extra = {**(extra or {}), "card": cred.key}
         return self.store.commit_tap(
             pending.gate,
             pending.decision,

@@ -48,8 +48,8 @@ class AccessEvent(EventBase):
     reader: Id | None = Field(None, description="The reader that read the credential (absent when none did).")
     card: str | None = Field(
         None,
-        description="The card id as read (upper case), on an `unknown_card` denial: the desk can enrol it. "
-        "Typed credentials (technology, format) will come as an additional key in a later minor version.",
+        description="The card's typed key as read (`uid:04A1B2C3D4`), on an `unknown_card` denial: "
+        "the desk can enrol it.",
     )
     passed: bool | None = Field(
         None, description="Granted only: the turnstile turned or the door opened (no passage: no deduction)."
@@ -142,6 +142,15 @@ class AlarmEvent(EventBase):
     since: str | None = Field(None, description="storage alarms: since when (UTC).")
 
 
+class CardEnrolledEvent(EventBase):
+    """The front desk gave a card to a member (docs/protocol.md, "Card enrolment")."""
+
+    type: Literal["card_enrolled"]
+    member: Id
+    card: str = Field(description="The card's typed key (`uid:CAFE0001`); send it back in the member's cards.")
+    operator: str
+
+
 class PassageUnconfirmedEvent(EventBase):
     """At start-up: a grant whose commit a crash (kill -9, a power cut) cut off. The member
     may have gone through; nothing was deducted (`not_deducted`): the central system and
@@ -171,6 +180,7 @@ EVENT_MODELS: tuple[type[EventBase], ...] = (
     LockdownEvent,
     FireAlarmEvent,
     AlarmEvent,
+    CardEnrolledEvent,
     PassageUnconfirmedEvent,
 )
 

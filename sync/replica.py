@@ -10,19 +10,24 @@ Two things in these rows are the gate's own, and survive a sync of the same reco
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from datetime import datetime
 from decimal import Decimal
 
+from rules.credential import Card, Resolution, TenDigits, card_from_text, lookup_keys, resolve
 from rules.model import Booking, BookingStatus, Member, Pass
 from rules.model import Site as SiteModel
+from sync import enrolment
 from sync.batch import SyncBatch
 from sync.rows import (
     BOOKING_READ,
+    MEMBER_INSERT,
     MEMBER_READ,
     PASS_READ,
     booking_from_row,
     booking_row,
+    card_key_rows,
     card_rows,
     dec,
     member_from_row,
@@ -32,25 +37,65 @@ from sync.rows import (
     ts,
 )
 
-TABLES = ("members", "cards", "passes", "bookings")
+TABLES = ("members", "cards", "card_keys", "passes", "bookings")
+
+log = logging.getLogger(__name__)
+
+# A member's cards go with the member: their projection keys first (they name the card).
+_DELETE_CARD_KEYS = "DELETE FROM card_keys WHERE card IN (SELECT card FROM cards WHERE member_id = ?)"
 
 
 class Replica:
-    def __init__(self, conn: sqlite3.Connection, site: SiteModel):
+    def __init__(self, conn: sqlite3.Connection, site: SiteModel, ten_digits: TenDigits = TenDigits.EM32):
         self.conn = conn
         self.site = site
+        self.ten_digits = ten_digits  # how untyped 10-digit card strings are read
 
     # -- reads ------------------------------------------------------------------------------
 
-    def member_for_card(self, card: str) -> str | None:
-        row = self.conn.execute("SELECT member_id FROM cards WHERE card = ?", (card.upper(),)).fetchone()
-        return None if row is None else str(row[0])
+    def member_for_card(self, card: str | Card) -> str | None:
+        """The member a card read belongs to (text is read with card_from_text)."""
+        try:
+            typed = card if isinstance(card, Card) else card_from_text(card, self.ten_digits)
+        except ValueError:
+            return None
+        return self.resolve_card(typed).member
+
+    def resolve_card(self, card: Card) -> Resolution:
+        """Every enrolled card that matches the read (rules.credential.cards_match), and the
+        member they belong to: none, one, or several (ambiguous: refused, and logged). A
+        card the desk assigned wins until the central system has taken it over."""
+        pending = enrolment.matching(self.conn, card)
+        if pending:
+            return self._logged(resolve(pending), card)
+        key, coarser = lookup_keys(card)
+        c = self.conn
+        rows = c.execute("SELECT member_id, card FROM cards WHERE card = ?", (key,)).fetchall()
+        rows += c.execute(
+            "SELECT c.member_id, c.card FROM card_keys k JOIN cards c ON c.card = k.card WHERE k.key = ?",
+            (key,),
+        ).fetchall()
+        if coarser:
+            marks = ",".join("?" * len(coarser))
+            rows += c.execute(f"SELECT member_id, card FROM cards WHERE card IN ({marks})", coarser).fetchall()
+        return self._logged(resolve((str(m), str(k)) for m, k in rows), card)
+
+    @staticmethod
+    def _logged(found: Resolution, card: Card) -> Resolution:
+        if found.ambiguous:
+            log.warning(
+                "card read %s matches cards of several members %s: refused",
+                card.key,
+                sorted({m for m, _ in found.candidates}),
+            )
+        return found
 
     def member(self, member_id: str) -> Member | None:
         row = self.conn.execute(f"SELECT {MEMBER_READ} FROM members WHERE id = ?", (member_id,)).fetchone()
         if row is None:
             return None
         cards = tuple(r[0] for r in self.conn.execute("SELECT card FROM cards WHERE member_id = ?", (member_id,)))
+        cards += tuple(c for c in enrolment.cards_of(self.conn, member_id) if c not in cards)
         return member_from_row(row, cards)
 
     def passes_of(self, member_id: str) -> list[Pass]:
@@ -101,6 +146,7 @@ class Replica:
         if snapshot:
             c.execute("DELETE FROM members")
             c.execute("DELETE FROM cards")
+            c.execute("DELETE FROM card_keys")
             c.execute("DELETE FROM passes")
             c.execute("CREATE TEMP TABLE IF NOT EXISTS snap_bookings (id TEXT PRIMARY KEY)")
             c.execute("DELETE FROM snap_bookings")
@@ -109,6 +155,7 @@ class Replica:
         synced_at = ts(now)
         for mid in batch.remove_members:
             c.execute("DELETE FROM members WHERE id = ?", (mid,))
+            c.execute(_DELETE_CARD_KEYS, (mid,))
             c.execute("DELETE FROM cards WHERE member_id = ?", (mid,))
         for pid in batch.remove_passes:
             c.execute("DELETE FROM passes WHERE id = ?", (pid,))
@@ -116,17 +163,23 @@ class Replica:
             c.execute("DELETE FROM bookings WHERE id = ?", (bid,))
         if batch.members:
             if not snapshot:
+                c.executemany(_DELETE_CARD_KEYS, ((m.id,) for m in batch.members))
                 c.executemany("DELETE FROM cards WHERE member_id = ?", ((m.id,) for m in batch.members))
             c.executemany(
-                "INSERT INTO members(id, name, status, email, photo, synced_at) VALUES (?,?,?,?,?,?) "
+                f"INSERT INTO members{MEMBER_INSERT} "
                 "ON CONFLICT(id) DO UPDATE SET name=excluded.name, status=excluded.status, "
-                "email=excluded.email, photo=excluded.photo, synced_at=excluded.synced_at",
+                "email=excluded.email, photo=excluded.photo, synced_at=excluded.synced_at, phone=excluded.phone, "
+                "search=excluded.search",
                 (member_row(m, synced_at) for m in batch.members),
             )
             # a card moves to whoever the central system last said holds it
             c.executemany(
                 "INSERT INTO cards(card, member_id) VALUES (?, ?) ON CONFLICT(card) DO UPDATE SET member_id=excluded.member_id",
-                (row for m in batch.members for row in card_rows(m)),
+                (row for m in batch.members for row in card_rows(m, self.ten_digits)),
+            )
+            c.executemany(
+                "INSERT OR IGNORE INTO card_keys(key, card) VALUES (?, ?)",
+                (row for m in batch.members for row in card_key_rows(m, self.ten_digits)),
             )
         if batch.passes:
             c.executemany(

@@ -10,15 +10,20 @@ text (exact), zones and access windows as JSON.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+from rules.credential import Card, TenDigits, card_from_text, index_keys
 from rules.model import Booking, BookingStatus, DeductOn, Member, MemberStatus, Pass, PassKind
 from rules.timeutil import WeekSchedule
 from sync.batch import PassRecord
+from sync.search_text import member_search_text
 
 Row = tuple[Any, ...]
+
+log = logging.getLogger(__name__)
 
 
 def ts(at: datetime) -> float:
@@ -35,22 +40,43 @@ def dec(text: str | None) -> Decimal | None:
 
 # -- members and cards ----------------------------------------------------------------------
 
-MEMBER_COLUMNS = ("id", "name", "status", "email", "photo", "synced_at")
-MEMBER_READ = "id, name, status, email, photo"
+MEMBER_COLUMNS = ("id", "name", "status", "email", "photo", "synced_at", "phone", "search")
+MEMBER_READ = "id, name, status, email, photo, phone"
+MEMBER_INSERT = f"({', '.join(MEMBER_COLUMNS)}) VALUES ({','.join('?' * len(MEMBER_COLUMNS))})"
 
 
 def member_row(m: Member, synced_at: float) -> Row:
-    return (m.id, m.name, m.status.value, m.email, m.photo, synced_at)
+    """In MEMBER_COLUMNS order (MEMBER_INSERT)."""
+    return (m.id, m.name, m.status.value, m.email, m.photo, synced_at, m.phone, member_search_text(m))
 
 
-def card_rows(m: Member) -> list[tuple[str, str]]:
-    """(card, member_id): cards are matched upper-case."""
-    return [(card.upper(), m.id) for card in m.cards]
+def member_cards(m: Member, ten_digits: TenDigits = TenDigits.EM32) -> list[Card]:
+    """A member's cards, typed: typed keys, or untyped strings read by card_from_text with
+    the site's rule for 10 digits. A string that is no card at all cannot match a read:
+    it is left out."""
+    out = []
+    for text in m.cards:
+        try:
+            out.append(card_from_text(text, ten_digits))
+        except ValueError:
+            log.warning("member %s: %r is no card identifier, ignored", m.id, text)
+    return out
+
+
+def card_rows(m: Member, ten_digits: TenDigits = TenDigits.EM32) -> list[tuple[str, str]]:
+    """(card key, member_id) for the `cards` table."""
+    return [(c.key, m.id) for c in member_cards(m, ten_digits)]
+
+
+def card_key_rows(m: Member, ten_digits: TenDigits = TenDigits.EM32) -> list[tuple[str, str]]:
+    """(key, card key) for `card_keys`: what less-informed readers see of each card."""
+    return [(k, c.key) for c in member_cards(m, ten_digits) for k, own in index_keys(c) if not own]
 
 
 def member_from_row(row: Row, cards: tuple[str, ...]) -> Member:
     """`row` as selected by MEMBER_READ."""
-    return Member(id=row[0], name=row[1] or "", status=MemberStatus(row[2]), cards=cards, email=row[3], photo=row[4])
+    return Member(id=row[0], name=row[1] or "", status=MemberStatus(row[2]), cards=cards, email=row[3], photo=row[4],
+                  phone=row[5])
 
 
 # -- passes -----------------------------------------------------------------------------------

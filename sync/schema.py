@@ -7,17 +7,21 @@ than this code is refused (StoreError), never silently downgraded.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable
 
 import sqlite_utils
 
+from rules.credential import TenDigits, card_from_text, index_keys
 from sync.errors import StoreError
 
-SCHEMA_VERSION = 2
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 5
 
 
-def _migration_1(db: sqlite_utils.Database) -> None:
+def _migration_1(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
     db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
     db.table("members").create(
         {"id": str, "name": str, "status": str, "email": str, "photo": str, "synced_at": float},
@@ -131,7 +135,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     )
 
 
-def _migration_2(db: sqlite_utils.Database) -> None:
+def _migration_2(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
     # A grant the gate is about to act on, written (durably) before the relay is pulsed
     # and deleted by the transaction that commits the tap: one still here after a restart
     # is a grant whose commit a crash cut off (sync/intents.py).
@@ -142,11 +146,89 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+def _migration_3(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
+    from sync.enrolment import create_table
+
+    create_table(db.conn)  # cards assigned at the desk, until the central system has them
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring the database at `conn` (autocommit mode) up to SCHEMA_VERSION."""
+def _migration_4(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
+    # the desk's search: by phone too, over text made once per member (sync/search_text.py)
+    db.conn.execute("ALTER TABLE members ADD COLUMN phone TEXT")
+    db.conn.execute("ALTER TABLE members ADD COLUMN search TEXT")
+    from sync.rows import MEMBER_READ, member_from_row
+    from sync.search_text import member_search_text
+
+    members = db.conn.execute(f"SELECT {MEMBER_READ} FROM members").fetchall()
+    for row in members:
+        cards = tuple(r[0] for r in db.conn.execute("SELECT card FROM cards WHERE member_id = ?", (row[0],)))
+        db.conn.execute("UPDATE members SET search = ? WHERE id = ?", (member_search_text(member_from_row(row, cards)), row[0]))
+
+
+def _migration_5(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
+    """Cards keyed by their canonical typed key (rules/credential.py: `em:0A00BC614E`,
+    `w26:123:45678`, ...), plus `card_keys`: the keys of what readers that read less of a
+    card see of it (an EM card's 32-bit number, its Wiegand 26 output), so those reads
+    find it. The untyped strings stored so far are read by `card_from_text` (the table in
+    docs/hardware.md, "Card identity"), 10 decimal digits by the site's rule. Two strings that turn out to be one card keep the
+    member of the later row; a string that is no card at all (empty, unprintable) is
+    dropped. Both are counted in meta (`cards.merged`, `cards.dropped`) and logged. The
+    cards the desk enrolled (card_enrolments) are keyed the same way."""
+    conn = db.conn
+    old = conn.execute("SELECT card, member_id FROM cards ORDER BY rowid").fetchall()
+    conn.execute("DROP TABLE cards")
+    db.table("cards").create({"card": str, "member_id": str}, pk="card")
+    db.table("cards").create_index(["member_id"])
+    db.table("card_keys").create({"key": str, "card": str}, pk=("key", "card"))
+    db.table("card_keys").create_index(["card"])
+    merged = dropped = 0
+    for text, member in old:
+        try:
+            card = card_from_text(str(text), ten_digits)
+        except ValueError:
+            dropped += 1
+            log.warning("card %r of member %s is no card identifier: dropped", text, member)
+            continue
+        held = conn.execute("SELECT member_id FROM cards WHERE card = ?", (card.key,)).fetchone()
+        if held is not None:
+            merged += 1
+            if held[0] != member:
+                log.warning("cards %s: held by %s and %s; %s keeps it", card.key, held[0], member, member)
+        conn.execute(
+            "INSERT INTO cards(card, member_id) VALUES (?, ?) "
+            "ON CONFLICT(card) DO UPDATE SET member_id = excluded.member_id",
+            (card.key, member),
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO card_keys(key, card) VALUES (?, ?)",
+            ((k, card.key) for k, own in index_keys(card) if not own),
+        )
+    for key, value in (("cards.migrated", len(old) - dropped), ("cards.merged", merged), ("cards.dropped", dropped)):
+        conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, str(value)),
+        )
+    for (text,) in conn.execute("SELECT card FROM card_enrolments").fetchall():
+        try:
+            key = card_from_text(str(text), ten_digits).key
+        except ValueError:
+            conn.execute("DELETE FROM card_enrolments WHERE card = ?", (text,))
+            continue
+        if key != text:
+            conn.execute("DELETE FROM card_enrolments WHERE card = ?", (key,))
+            conn.execute("UPDATE card_enrolments SET card = ? WHERE card = ?", (key, text))
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database, TenDigits], None]] = [
+    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
+]
+
+
+
+
+def migrate(conn: sqlite3.Connection, ten_digits: TenDigits = TenDigits.EM32) -> None:
+    """Bring the database at `conn` (autocommit mode) up to SCHEMA_VERSION. `ten_digits`:
+    how the site reads untyped 10-digit card strings (rules.credential.TenDigits)."""
     db = sqlite_utils.Database(conn)
     conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -156,7 +238,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     for n in range(version, SCHEMA_VERSION):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            MIGRATIONS[n](db)
+            MIGRATIONS[n](db, ten_digits)
             conn.execute(
                 "INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",

@@ -40,10 +40,10 @@ from typing import Any
 
 from sync.protocol import PassOut, SnapshotChunk
 from sync.records import BookingIn, MemberIn
-from sync.rows import booking_row, card_rows, member_row, pass_row
+from sync.rows import MEMBER_INSERT, booking_row, card_key_rows, card_rows, member_row, pass_row
 from sync.store import DELTA_SEQ_KEY, LAST_SYNC_KEY, SNAPSHOT_ID_KEY, Store
 
-TABLES = ("members", "cards", "passes", "bookings")
+TABLES = ("members", "cards", "card_keys", "passes", "bookings")
 STAGE = "_snap_"
 OLD = "_snapold_"
 GENERATION_KEY = "sync.snapshot_generation"
@@ -217,13 +217,16 @@ class SnapshotImporter:
             part = [m.to_domain() for m in members[i : i + n]]
             with self.store.transaction(scratch=True):
                 conn.executemany(
-                    f"INSERT OR REPLACE INTO [{STAGE}members](id, name, status, email, photo, synced_at) "
-                    "VALUES (?,?,?,?,?,?)",
+                    f"INSERT OR REPLACE INTO [{STAGE}members]{MEMBER_INSERT}",
                     (member_row(m, synced_at) for m in part),
                 )
                 conn.executemany(
                     f"INSERT OR REPLACE INTO [{STAGE}cards](card, member_id) VALUES (?, ?)",
-                    (row for m in part for row in card_rows(m)),
+                    (row for m in part for row in card_rows(m, self.store.ten_digits)),
+                )
+                conn.executemany(
+                    f"INSERT OR IGNORE INTO [{STAGE}card_keys](key, card) VALUES (?, ?)",
+                    (row for m in part for row in card_key_rows(m, self.store.ten_digits)),
                 )
             await asyncio.sleep(0)
         for i in range(0, len(passes), n):

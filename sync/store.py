@@ -33,7 +33,9 @@ to write events of its own); nothing outside `sync/` imports a `_private` name.
 `store.conn` is the daemon's connection, owned by the event loop. These tables can be
 read by name through it, with these columns (more may be added, none removed):
 
-- `members(id, name, status, email, photo)`, `cards(card, member_id)`;
+- `members(id, name, status, email, photo, phone)`, `cards(card, member_id)` — `card` is
+  the canonical typed key (`em:0A00BC614E`, `uid:04A1B2C3`, see rules/credential.py);
+  `card_keys(key, card)` holds what readers that read less of a card see of it;
 - `passes(id, member_id, name, kind, balance, ...)` — `balance` is the local balance;
 - `bookings(id, member_id, pass_id, class_name, zone, starts_at, ends_at, status,
   outcome, attended_at, loyalty_points, ...)` — times are POSIX seconds;
@@ -56,10 +58,11 @@ from typing import Any
 
 import sqlite_utils
 
-from rules.credential import CredentialKind
+from rules.credential import Card, CredentialKind, Resolution, TenDigits, card_from_text
 from rules.decide import Decision, MemberView, ZonePresence
 from rules.model import Booking, BookingStatus, Direction, Gate, Member, Pass, Policy
 from rules.model import Site as SiteModel
+from sync import enrolment
 from sync.batch import PassRecord, SyncBatch
 from sync.db import Checkpointer, connect
 from sync.errors import StoreError
@@ -93,15 +96,18 @@ class Store:
         daemon_id: str = "gate",
         durable: bool = True,
         background_checkpoints: bool = True,
+        ten_digits: TenDigits = TenDigits.EM32,
     ):
         self.path = Path(path)
+        # How this site reads untyped 10-digit card strings (gated.config.Config.ten_digits)
+        self.ten_digits = ten_digits
         self.site = site
         self.daemon_id = daemon_id
         self.durable = durable
         self.background_checkpoints = background_checkpoints
         self.conn = connect(self.path, durable=durable)
         try:
-            migrate(self.conn)
+            migrate(self.conn, ten_digits)
             self._wire([])
         except BaseException:
             self.conn.close()
@@ -115,7 +121,7 @@ class Store:
         self.outbox = Outbox(self.conn, self._meta)
         self._transactions = Transactions(self.conn, self.outbox, self._meta, durable=self.durable)
         self._transactions.listeners.extend(listeners)
-        self.replica = Replica(self.conn, self.site)
+        self.replica = Replica(self.conn, self.site, self.ten_digits)
         self.ledger = Ledger(self.conn, self._transactions, self.replica, self.site)
         self.intents = Intents(self.conn, self._transactions)
 
@@ -133,7 +139,7 @@ class Store:
         file's owner or mode is fixed. The old connection stays if this raises."""
         conn = connect(self.path, durable=self.durable)
         try:
-            migrate(conn)
+            migrate(conn, self.ten_digits)
         except BaseException:
             conn.close()
             raise
@@ -241,8 +247,24 @@ class Store:
 
     # -- the replica: reads -------------------------------------------------------------
 
-    def member_for_card(self, card: str) -> str | None:
+    def member_for_card(self, card: str | Card) -> str | None:
+        """The member a card read belongs to, by the typed match rule (rules/credential.py);
+        None when no enrolled card matches, or when cards of several members do."""
         return self.replica.member_for_card(card)
+
+    def resolve_card(self, card: Card) -> Resolution:
+        """What member_for_card decides, with the enrolled cards that matched."""
+        return self.replica.resolve_card(card)
+
+    def card_key(self, text: str) -> str:
+        """The key a card string is stored under at this site: a typed key as it is, an
+        untyped string by its shape (rules.credential.card_from_text, with this site's
+        rule for 10 digits). ValueError when the text is no card. For enrolment."""
+        return card_from_text(text, self.ten_digits).key
+
+    def read_card(self, text: str) -> Card:
+        """A card typed in by hand (`gated tap`, the console) as this site reads it."""
+        return card_from_text(text, self.ten_digits)
 
     def member(self, member_id: str) -> Member | None:
         return self.replica.member(member_id)
@@ -308,12 +330,14 @@ class Store:
         everything it does not list. Our own outcomes and deductions are kept."""
         with self.transaction() as tx:
             self.replica.apply(batch, now, snapshot=snapshot)
+            enrolment.settle(self.conn, self.acked_seq)
             tx.set_meta(LAST_SYNC_KEY, str(now.timestamp()))
 
     def apply_delta(self, batch: SyncBatch, delta_seq: int, now: datetime) -> None:
         """One numbered delta, whole, with the replica's new position."""
         with self.transaction() as tx:
             self.replica.apply(batch, now, snapshot=False)
+            enrolment.settle(self.conn, self.acked_seq)
             tx.set_meta(LAST_SYNC_KEY, str(now.timestamp()))
             tx.set_meta(DELTA_SEQ_KEY, str(delta_seq))
 
@@ -387,6 +411,16 @@ class Store:
 
     def mark_attended(self, booking_id: str, operator: str, *, refund: bool, now: datetime) -> Committed:
         return self.ledger.mark_attended(booking_id, operator, refund=refund, now=now)
+
+    def enrol_card(self, card: str, member_id: str, operator: str, now: datetime) -> Committed:
+        """The desk gives `card` to a member: it works at once and goes upstream as a
+        `card_enrolled` event (sync/enrolment.py), under its typed key (`card` is a typed
+        key, as an unknown card's access event carries it, or text this site's readers
+        would send). ValueError when it is no card."""
+        key = self.card_key(card)
+        with self.transaction() as tx:
+            enrolment.enrol(tx, key, member_id, operator, now)
+        return tx.committed
 
     def adjust_points(self, member_id: str, points: int, operator: str, reason: str, now: datetime) -> Committed:
         return self.ledger.adjust_points(member_id, points, operator, reason, now)

@@ -61,6 +61,8 @@ async def test_every_event_the_daemon_writes_is_documented(tmp_path: Path) -> No
         # an override needs a relay (none here): the ledger writes it the same way
         store.commit_override(d.taps.engine.gate("in-1"), "desk", "delivery", datetime.now(UTC))
         store.adjust_points("m1", 5, "desk", "goodwill", datetime.now(UTC))
+        unknown = [e for e in store.events_after(0, 1000) if e.get("reason") == "unknown_card"]
+        store.enrol_card(unknown[0]["card"], "m1", "desk", datetime.now(UTC))  # the desk enrols it
         await d.set_lockdown(True, "admin")
         await d.set_lockdown(False, "admin")
         await d.emergency_release("admin")
@@ -85,8 +87,11 @@ async def test_every_event_the_daemon_writes_is_documented(tmp_path: Path) -> No
         seen.add(ev["type"])
     access = [e for e in events if e["type"] == "access"]
     assert all(e.get("reader") for e in access if e["credential"] == "card")
-    assert [e["card"] for e in access if e["reason"] == "unknown_card"] == ["FFEE01"]
+    cards = [e["card"] for e in access if e["reason"] == "unknown_card"]
+    assert len(cards) == 1 and cards[0].upper().endswith("FFEE01") and ":" in cards[0]  # a typed key
+    assert [e["card"] for e in events if e["type"] == "card_enrolled"] == cards
     # every documented type but attendance (it needs a booking: tests/test_ledger.py) was written
     documented = {m.model_fields["type"].annotation.__args__[0] for m in EVENT_MODELS}  # type: ignore[union-attr]
     assert documented - seen == {"attendance"}, seen
-    assert {"access", "deduction", "override", "lockdown", "fire_alarm", "alarm", "passage_unconfirmed", "loyalty"} <= seen
+    assert {"access", "deduction", "override", "lockdown", "fire_alarm", "alarm", "passage_unconfirmed", "loyalty",
+            "card_enrolled"} <= seen
