@@ -20,6 +20,11 @@ What it guarantees (docs/protocol.md has the why):
 - one resync request per connection, sent once the central system is known to be online
   (or after `central_status_wait` without news of it), and one more each time the
   central system itself comes back.
+
+One module of ~700 lines, like h11's `_connection.py`: one state machine whose parts
+(uplink and acks, resyncs, deltas and snapshots, look-ups) read and change the same
+connection state; split, each part would reach into the others. The actions it returns
+are in sync/actions.py, its configuration in sync/session_config.py.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -36,6 +40,23 @@ from pydantic import BaseModel, ValidationError
 
 from rules.model import Direction
 from rules.timeutil import parse_instant
+from sync.actions import (
+    AbortSnapshot,
+    Action,
+    ApplyDelta,
+    ApplyLookup,
+    CommitSnapshot,
+    PruneAcked,
+    Publish,
+    PublishHealth,
+    RaiseAlarm,
+    ReadReplay,
+    RecordPassage,
+    StageChunk,
+    StoreAck,
+    Subscribe,
+    WakeUplink,
+)
 from sync.protocol import (
     MAJOR,
     PROTOCOL,
@@ -50,203 +71,34 @@ from sync.protocol import (
     SnapshotChunk,
     Status,
 )
-from sync.settings import MqttSettings
+from sync.session_config import Replica, SessionConfig
 from sync.topics import Topics
+
+__all__ = [
+    "AbortSnapshot",
+    "Action",
+    "ApplyDelta",
+    "ApplyLookup",
+    "CommitSnapshot",
+    "PruneAcked",
+    "Publish",
+    "PublishHealth",
+    "RaiseAlarm",
+    "ReadReplay",
+    "RecordPassage",
+    "Replica",
+    "Session",
+    "SessionConfig",
+    "StageChunk",
+    "StoreAck",
+    "Subscribe",
+    "WakeUplink",
+]
 
 M = TypeVar("M", bound=BaseModel)
 _UTC = ZoneInfo("UTC")
 MAX_BUFFERED_DELTAS = 10_000
 MAX_PENDING_LOOKUPS = 1_000
-
-
-# -- what the shell must do ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Subscribe:
-    topic: str
-    qos: int
-    no_local: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Publish:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool = False
-    response_topic: str | None = None
-    correlation: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoreAck:
-    """Mark every event up to `applied_seq` acknowledged in the store."""
-
-    applied_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyDelta:
-    """Apply the delta in one transaction with its `delta_seq`."""
-
-    delta: Delta
-
-
-@dataclass(frozen=True, slots=True)
-class StageChunk:
-    """Stage a snapshot chunk (`first`: start a new import first). After the `last` one,
-    call `snapshot_staged`; on an import error, `snapshot_failed`."""
-
-    chunk: SnapshotChunk
-    first: bool
-    last: bool
-
-
-@dataclass(frozen=True, slots=True)
-class CommitSnapshot:
-    """Swap the staged snapshot in; then call `snapshot_committed` (or `snapshot_failed`)."""
-
-    snapshot_id: str
-    delta_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class AbortSnapshot:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyLookup:
-    """Apply a look-up answer's records; wake whoever waits on `correlation` (nobody when
-    it came after `lookup_timeout`: applied all the same, the next tap finds the card)."""
-
-    correlation: bytes
-    response: LookupResponse
-
-
-@dataclass(frozen=True, slots=True)
-class RecordPassage:
-    """Another daemon of the site let a member through (site-wide anti-passback)."""
-
-    member: str
-    zone: str
-    direction: Direction
-    at: datetime
-    gate: str
-    origin: str
-
-
-@dataclass(frozen=True, slots=True)
-class RaiseAlarm:
-    kind: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class ReadReplay:
-    """Find the oldest event the store still holds, then call `replay_ready`."""
-
-    request: ReplayRequest
-
-
-@dataclass(frozen=True, slots=True)
-class PublishHealth:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class PruneAcked:
-    """Delete acknowledged events older than `older_than` seconds, or beyond the newest
-    `keep_max` acknowledged ones (the retention for replays is over)."""
-
-    older_than: float
-    keep_max: int
-
-
-@dataclass(frozen=True, slots=True)
-class WakeUplink:
-    """There may be events to send (again): ask `uplink_after`."""
-
-
-Action = (
-    Subscribe
-    | Publish
-    | StoreAck
-    | ApplyDelta
-    | StageChunk
-    | CommitSnapshot
-    | AbortSnapshot
-    | ApplyLookup
-    | RecordPassage
-    | RaiseAlarm
-    | ReadReplay
-    | PublishHealth
-    | PruneAcked
-    | WakeUplink
-)
-
-
-# -- configuration and the replica's state at start -------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SessionConfig:
-    prefix: str
-    site: str
-    daemon: str
-    ack_timeout: float = 10.0
-    resync_retry: float = 60.0
-    reconcile_interval: float = 1800.0
-    health_interval: float = 60.0
-    central_status_wait: float = 2.0
-    lookup_timeout: float = 0.3
-    max_payload: int = 4_000_000
-    batch_events: int = 200
-    share_access: bool = True
-    snapshot_guard: float = 0.5
-    retain_acked: float = 604_800.0
-    retain_acked_max: int = 200_000
-    prune_interval: float = 60.0
-    software: str | None = None
-    alarm_interval: float = 60.0  # the same alarm again at most this often (each is counted)
-    gap_rewind_interval: float = 1.0  # acks with `gap` repeat while the resend is on its way
-
-    @property
-    def lookup_keep(self) -> float:
-        """How long an unanswered look-up is remembered: a late answer is still applied."""
-        return max(30.0, 10 * self.lookup_timeout)
-
-    @classmethod
-    def from_settings(cls, s: MqttSettings, software: str | None = None) -> SessionConfig:
-        return cls(
-            prefix=s.prefix,
-            site=s.site,
-            daemon=s.daemon,
-            ack_timeout=s.ack_timeout,
-            resync_retry=s.resync_retry,
-            reconcile_interval=s.reconcile_interval,
-            health_interval=s.health_interval,
-            central_status_wait=s.central_status_wait,
-            lookup_timeout=s.lookup_timeout,
-            max_payload=s.max_payload,
-            batch_events=s.batch_events,
-            share_access=s.share_access,
-            snapshot_guard=s.snapshot_guard,
-            retain_acked=s.retain_acked,
-            retain_acked_max=s.retain_acked_max,
-            software=software,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Replica:
-    """What the gate's store holds when the session is made."""
-
-    acked_seq: int = 0
-    last_seq: int = 0
-    delta_seq: int = 0
-    has_snapshot: bool = False
 
 
 @dataclass(slots=True)

@@ -75,9 +75,11 @@ async def test_tap_reaches_central_and_delta_changes_next_decision(
 async def test_lookup_unknown_card(mosquitto: Mosquitto, central: Central, tmp_path: Path) -> None:
     store = make_store(tmp_path / "a.db", "gate-a")
     link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=clock(), gates=GATES)
-    async with running(link.run()):
+    other = make_store(tmp_path / "b.db", "gate-b")
+    other_link = SyncLink(other, settings_for(mosquitto, "gate-b"), now=clock(), gates=GATES)
+    async with running(link.run(), other_link.run()):
         await link.wait_connected(WAIT_S)
-        await wait_until(lambda: link.stats["snapshots_applied"] == 1)
+        await wait_until(lambda: link.stats["snapshots_applied"] >= 1 and other_link.stats["snapshots_applied"] >= 1)
         # a member the central system created a moment ago, not yet sent to the gate
         central.load(SITE, members=[{"id": "m9", "cards": ["NEW9"]}],
                      passes=[{"id": "p9", "member": "m9", "kind": "time"}])
@@ -85,6 +87,9 @@ async def test_lookup_unknown_card(mosquitto: Mosquitto, central: Central, tmp_p
         assert await link.lookup("NEW9", timeout=5.0)
         assert store.member_for_card("NEW9") == "m9"
         assert [p.id for p in store.passes_of("m9")] == ["p9"]
+        # the central system sends the member it was asked about to the whole site
+        await wait_until(lambda: other.member_for_card("NEW9") == "m9", what="the looked-up member at gate b")
+        await wait_until(lambda: link.delta_seq == other_link.delta_seq == central.delta_seq(SITE), what="the delta")
         assert not await link.lookup("NOPE", timeout=5.0)
     # not connected: no wait, no answer
     assert not await link.lookup("NEW9")
