@@ -3,7 +3,6 @@ central system once, in order, and the balances agree."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from gated.engine import Engine
@@ -50,7 +49,6 @@ async def test_broker_outage_loses_nothing_and_repeats_nothing(
             mosquitto.stop()
             await wait_until(lambda: not link.connected, what="link notices the outage")
             taps(15)  # decided and committed locally while the broker is away
-            await asyncio.sleep(0.3)
             assert store.outbox_depth() > 0
             mosquitto.start()
             await wait_until(lambda: store.acked_seq == store.last_seq, what="outbox drained")
