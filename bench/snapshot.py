@@ -33,14 +33,6 @@ TAP_INTERVAL = 0.01
 DAEMON = "bench-gate"
 
 
-class _Message:
-    """What the link reads from an aiomqtt message."""
-
-    def __init__(self, topic: str, payload: bytes):
-        self.topic = topic
-        self.payload = payload
-
-
 async def _tapper(
     engine: Engine, data: SiteData, stop: asyncio.Event, stalls: list[float], decide_ms: list[float], commit_ms: list[float]
 ) -> None:
@@ -69,7 +61,7 @@ async def import_once(store: Store, payloads: list[bytes], data: SiteData, snaps
 
     settings = MqttSettings(site="bench", daemon=DAEMON)
     link = SyncLink(store, settings, gates=gates())
-    link._awaiting_snapshot = True
+    link.session.awaiting_snapshot = True
     topic = link.topics.snapshot
     engine = Engine(store, site(), gates(), policy())
     stop = asyncio.Event()
@@ -80,7 +72,7 @@ async def import_once(store: Store, payloads: list[bytes], data: SiteData, snaps
     await asyncio.sleep(0.05)
     t0 = time.perf_counter()
     for p in payloads:
-        await link._handle(_Message(topic, p))  # type: ignore[arg-type]
+        await link.feed(topic, p)
         await asyncio.sleep(0)  # the next MQTT message comes through the loop
     seconds = time.perf_counter() - t0
     stop.set()

@@ -1,126 +1,81 @@
-"""The daemon's link to the central system over MQTT (aiomqtt, the maintained successor of
-asyncio-mqtt): the outbox publisher, the downlink (acks, snapshots, deltas), live
-look-ups, site-wide access sharing, status and health. See docs/protocol.md.
+"""The daemon's link to the central system over MQTT: a thin asyncio shell around the
+sans-I/O protocol session (sync/session.py). aiomqtt — the maintained successor of
+asyncio-mqtt, the same project renamed — over paho-mqtt 2 owns the socket; this module
+owns the connection loop (brokers in turn, backoff: sync/reconnect.py), feeds the session
+what happens and performs the actions it returns. docs/protocol.md is the contract.
 
-Guarantees:
-- No event is lost: the publisher sends `store.events_after(n)` in seq order at QoS 1 and
-  the store prunes only what the central system acknowledged. After a reconnect, a
-  restart, a `gap` ack or `ack_timeout` without progress, it starts again after
-  `store.acked_seq`; repeats are harmless (the central system applies by `id`/`seq`).
-- The replica changes only by whole deltas (in `delta_seq` order; a gap asks for a
-  resync and waits for the snapshot) and whole snapshots (see sync/snapshot.py).
-- Every inbound message is size-checked and validated; a bad one is counted in `stats`,
-  logged and dropped. The link never raises out of `run()` except on cancellation.
+The link never raises out of `run()` except on cancellation: a failed action is counted
+in `stats["errors"]`, logged, and the link goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
-import ssl
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-from pathlib import Path
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from importlib import metadata
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from rules.model import Gate
 from rules.timeutil import iso_utc, local_date, start_of_local_day
-from sync.protocol import (
-    Ack,
-    Delta,
-    EventBatch,
-    Health,
-    LookupRequest,
-    LookupResponse,
-    ResyncRequest,
-    SnapshotChunk,
-    Status,
-    Topics,
-    valid_level,
+from sync.link_store import LinkStore
+from sync.outbox import Event
+from sync.protocol import Health
+from sync.reconnect import Attempt, Reconnect
+from sync.session import (
+    AbortSnapshot,
+    Action,
+    ApplyDelta,
+    ApplyLookup,
+    CatchUp,
+    CommitSnapshot,
+    PruneAcked,
+    Publish,
+    PublishHealth,
+    RaiseAlarm,
+    ReadReplay,
+    RecordPeerEvents,
+    Session,
+    SessionConfig,
+    StageChunk,
+    StoreAck,
+    Subscribe,
+    WakeUplink,
 )
-from sync.snapshot import SnapshotError, SnapshotImporter
-from sync.store import Event, Store, SyncBatch
+from sync.settings import MqttSettings
+from sync.snapshot import SnapshotError
+from sync.store import Store
+
+__all__ = ["MqttSettings", "SyncLink", "mqtt_call"]
+
+CATCH_UP_MAX = 20_000  # events sent again to the site's other daemons at a time (the day's)
+
+T = TypeVar("T")
 
 log = logging.getLogger("gated.sync")
-_UTC = ZoneInfo("UTC")
-
-M = TypeVar("M", bound=BaseModel)
-CATCH_UP_MAX = 20_000  # events sent again to a peer that came online (today's, at most this)
-
-
-class MqttSettings(BaseModel):
-    """How to reach the broker and who this daemon is. Durations in seconds."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str = "127.0.0.1"
-    port: int = Field(default=1883, ge=1, le=65535)
-    tls: bool = False  # implied by ca_file
-    ca_file: Path | None = None
-    cert_file: Path | None = None  # client certificate (mutual TLS)
-    key_file: Path | None = None
-    tls_insecure: bool = False  # do not check the server's host name (never in production)
-    username: str | None = None
-    password: SecretStr | None = None
-    prefix: str = "gated"
-    site: str
-    daemon: str
-    keepalive: int = Field(default=30, ge=5, le=3600)
-    lookup_timeout: float = Field(default=0.3, gt=0)
-    reconcile_interval: float = Field(default=1800.0, gt=0)
-    ack_timeout: float = Field(default=10.0, gt=0)  # resend unacknowledged events after this
-    resync_retry: float = Field(default=60.0, gt=0)  # ask again while waiting for a snapshot
-    health_interval: float = Field(default=60.0, gt=0)
-    max_payload: int = Field(default=4_000_000, ge=1024)  # inbound messages above are dropped
-    batch_events: int = Field(default=200, ge=1, le=10_000)  # events per uplink message
-    backoff_initial: float = Field(default=0.5, gt=0)
-    backoff_max: float = Field(default=30.0, gt=0)
-    snapshot_batch_rows: int = Field(default=500, ge=1)
-    share_access: bool = True  # subscribe to the site's other daemons' events
-    # > 0: a persistent session (clean start off) the broker keeps this long (seconds) while
-    # the daemon is away — the site's other daemons' events wait for it (sync/peers.py)
-    session_expiry: int = Field(default=0, ge=0, le=7 * 86_400)
-
-    @field_validator("site", "daemon")
-    @classmethod
-    def _level(cls, v: str) -> str:
-        if not valid_level(v):
-            raise ValueError("letters, digits and _.:@- only, up to 100, not 'central'")
-        return v
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, v: str) -> str:
-        if not v or any(c in v for c in "+#\0") or v.startswith("/") or v.endswith("/") or v.startswith("$"):
-            raise ValueError("a topic prefix without wildcards, leading '$' or '/' at either end")
-        return v
-
-    def tls_context(self) -> ssl.SSLContext | None:
-        if not (self.tls or self.ca_file):
-            return None
-        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-        if self.cert_file:
-            ctx.load_cert_chain(str(self.cert_file), str(self.key_file) if self.key_file else None)
-        if self.tls_insecure:
-            ctx.check_hostname = False
-        return ctx
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def software_version() -> str:
+    try:
+        return f"gated {metadata.version('gated')}"
+    except metadata.PackageNotFoundError:
+        return "gated"
 
 
 class SyncLink:
@@ -135,34 +90,42 @@ class SyncLink:
         on_change: Callable[[str], None] | None = None,
         gates: Mapping[str, Gate] | None = None,
         health: Callable[[], Mapping[str, Any]] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
     ):
         self.store = store
         self.settings = settings
         self.now = now
+        self.mono = monotonic
+        self.rand = rand
         self.on_change = on_change
-        self.gates = dict(gates or {})
         self.health_provider = health
-        self.topics = Topics(settings.prefix, settings.site, settings.daemon)
-        self.stats: Counter[str] = Counter()
-        self.connected = False
-        self.central_online: bool | None = None
+        self.replica = LinkStore(store, settings.daemon, settings.snapshot_batch_rows)
+        zones = {g: gate.zone for g, gate in (gates or {}).items()}
+        self.session = Session(SessionConfig.from_settings(settings, software_version()), self.replica.state(), zones)
+        self.topics = self.session.topics
         self.last_ack_at: datetime | None = None
+        self.broker: str | None = None  # host:port of the connected broker
         self._client: aiomqtt.Client | None = None
-        self._wake = asyncio.Event()
-        self._ready = asyncio.Event()
-        self._last_published = store.acked_seq
-        self._last_ack_progress = time.monotonic()
-        self._gap_rewind_at = 0.0
-        self._importer = SnapshotImporter(store, settings.daemon, batch_rows=settings.snapshot_batch_rows)
-        self._awaiting_snapshot = store.snapshot_id is None
-        self._last_resync_request = 0.0
-        self._delta_buffer: dict[int, Delta] = {}
-        self._lookups: dict[bytes, asyncio.Future[LookupResponse]] = {}
         self._catch_up_pending = False
         self._catch_up_task: asyncio.Task[None] | None = None
-        self._last_reconcile = time.monotonic()
+        self._wake = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._waiters: dict[bytes, asyncio.Future[bool]] = {}
 
     # -- state for health and tests ---------------------------------------------------------
+
+    @property
+    def stats(self) -> Counter[str]:
+        return self.session.stats
+
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def central_online(self) -> bool | None:
+        return self.session.central_online
 
     @property
     def last_sync_at(self) -> datetime | None:
@@ -174,11 +137,11 @@ class SyncLink:
 
     @property
     def awaiting_snapshot(self) -> bool:
-        return self._awaiting_snapshot
+        return self.session.awaiting_snapshot
 
     @property
     def snapshot_in_progress(self) -> bool:
-        return self._importer.active
+        return self.session.importing or self.replica.importing
 
     def health(self, info: Mapping[str, Any] | None = None) -> Health:
         """The health payload: the link's own state plus what the daemon passes (`readers`,
@@ -191,6 +154,7 @@ class SyncLink:
             daemon=self.settings.daemon,
             at=iso_utc(self.now()),
             connected=self.connected,
+            broker=self.broker,
             outbox_depth=max(self.store.outbox_depth(), 0),
             last_seq=self.store.last_seq,
             acked_seq=self.store.acked_seq,
@@ -209,153 +173,304 @@ class SyncLink:
 
     # -- the connection loop ------------------------------------------------------------------
 
-    def _client_for(self) -> aiomqtt.Client:
+    def _client_for(self, host: str, port: int) -> aiomqtt.Client:
         s = self.settings
-        status = Status(daemon=s.daemon, state="offline").model_dump_json().encode()
-        props = None
-        if s.session_expiry:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = s.session_expiry
+        will = self.session.status("offline")
         return aiomqtt.Client(
-            s.host,
-            s.port,
+            host,
+            port,
             username=s.username,
             password=s.password.get_secret_value() if s.password else None,
-            identifier=f"gated-{s.site}-{s.daemon}",
+            identifier=s.client_id(),
             protocol=aiomqtt.ProtocolVersion.V5,
-            will=aiomqtt.Will(self.topics.status, status, qos=1, retain=True),
+            # a fresh session each time: unacknowledged events are resent from the outbox
+            # and missed deltas are asked for, so nothing depends on the broker's memory
+            clean_start=True,
+            will=aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain),
             keepalive=s.keepalive,
             tls_context=s.tls_context(),
-            timeout=10,
+            timeout=s.connect_timeout,
             max_inflight_messages=100,
-            clean_start=not s.session_expiry,
-            properties=props,
         )
 
     async def run(self) -> None:
         self.store.listeners.append(self._on_events)
-        backoff = self.settings.backoff_initial
+        self.session.events_committed(self.store.last_seq)  # committed before we listened
+        s = self.settings
+        plan = Reconnect(
+            s.endpoints(), initial=s.backoff_initial, maximum=s.backoff_max, refused=s.backoff_refused, rand=self.rand
+        )
+        attempt: Attempt = plan.first()
         try:
-            with contextlib.suppress(Exception):
-                await self._importer.cleanup()
+            try:
+                await self.replica.cleanup()
+            except Exception:
+                log.exception("sync link: dropping a previous run's snapshot tables")
             while True:
+                if attempt.delay > 0:
+                    await asyncio.sleep(attempt.delay)
+                host, port = attempt.endpoint
+                worked = refused = False
                 try:
-                    client = self._client_for()
-                    async with client:
-                        backoff = self.settings.backoff_initial
-                        await self._session(client)
+                    async with self._client_for(host, port) as client:
+                        worked = True
+                        plan.connected()
+                        self.broker = f"{host}:{port}"
+                        await self._connection(client)
+                except MqttConnectError as e:
+                    refused = True
+                    self.stats["connect_refused"] += 1
+                    log.warning("mqtt %s:%d refused the connection: %s", host, port, e)
                 except aiomqtt.MqttError as e:
-                    self.stats["disconnects"] += 1
-                    log.info("mqtt: %s", e)
+                    self.stats["connect_failed" if not worked else "connection_lost"] += 1
+                    log.info("mqtt %s:%d: %s", host, port, e)
                 except Exception:  # a bug must not take the daemon's link down for good
                     self.stats["errors"] += 1
                     log.exception("sync link failed; reconnecting")
                 finally:
-                    self._disconnected()
-                await asyncio.sleep(backoff * (0.5 + random.random() / 2))
-                backoff = min(backoff * 2, self.settings.backoff_max)
+                    await self._disconnected()
+                if _cancelling():  # an error while being cancelled must not swallow the cancel
+                    raise asyncio.CancelledError
+                attempt = plan.lost() if worked else plan.failed(refused=refused)
         finally:
             with contextlib.suppress(ValueError):
                 self.store.listeners.remove(self._on_events)
 
-    def _disconnected(self) -> None:
-        self.connected = False
+    async def _disconnected(self) -> None:
         self._ready.clear()
         self._client = None
-        for fut in self._lookups.values():
+        if self._catch_up_task is not None:
+            self._catch_up_task.cancel()  # its connection is gone; the next connect asks again
+            await asyncio.wait([self._catch_up_task])
+            self._catch_up_task = None
+        self.broker = None
+        for fut in self._waiters.values():
             if not fut.done():
                 fut.cancel()
+        try:
+            await self._perform(None, self.session.disconnect(self.mono()))
+        except Exception:
+            self.stats["errors"] += 1
+            log.exception("sync link: after the connection was lost")
 
-    async def _session(self, client: aiomqtt.Client) -> None:
-        t = self.topics
-        await client.subscribe(t.ack, qos=1)
-        await client.subscribe(t.lookup_response, qos=0)
-        await client.subscribe(t.snapshot, qos=1)
-        await client.subscribe(t.delta, qos=1)
-        await client.subscribe(t.central_status, qos=1)
-        if self.settings.share_access:
-            await client.subscribe(t.site_events, options=SubscribeOptions(qos=1, noLocal=True))
-            # a peer coming online may have missed our events: see _on_peer_status
-            await client.subscribe(f"{t.base}/+/status", options=SubscribeOptions(qos=1, noLocal=True))
-        status = Status(daemon=self.settings.daemon, state="online", at=iso_utc(self.now()))
-        await client.publish(t.status, status.model_dump_json().encode(), qos=1, retain=True)
+    async def _connection(self, client: aiomqtt.Client) -> None:
         self._client = client
-        self.connected = True
-        self.stats["connects"] += 1
-        self._rewind("connect")
-        if self._importer.active:  # its remaining chunks were lost with the connection
-            await self._importer.abort()
-            self._awaiting_snapshot = True
-        await self._request_resync(client, self._resync_reason())
+        await self._perform(client, self.session.connect(self.mono(), iso_utc(self.now())))
         self._ready.set()
+        # plain tasks and asyncio.wait, not a TaskGroup: in Python 3.11 a TaskGroup whose
+        # child fails after its body has ended leaves the parent task marked as being
+        # cancelled, and the link then took a lost connection for its own cancellation
         tasks = [
+            asyncio.create_task(self._receiver(client), name="sync-receiver"),
             asyncio.create_task(self._publisher(client), name="sync-publisher"),
             asyncio.create_task(self._timers(client), name="sync-timers"),
         ]
         try:
-            async for message in client.messages:
-                await self._handle(message)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # the error that ended the connection
+            raise aiomqtt.MqttError("the connection ended")
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                offline = Status(daemon=self.settings.daemon, state="offline", at=iso_utc(self.now()))
+                offline = self.session.status("offline", iso_utc(self.now()))
                 await asyncio.wait_for(
-                    client.publish(t.status, offline.model_dump_json().encode(), qos=1, retain=True), 1.0
+                    client.publish(offline.topic, offline.payload, qos=offline.qos, retain=offline.retain), 1.0
                 )
             raise
         finally:
             for task in tasks:
                 task.cancel()
-            # asyncio.wait, not `await task` under suppress(CancelledError): that swallowed
-            # the cancellation of run() itself, which then reconnected forever
             await asyncio.wait(tasks)
 
-    def _resync_reason(self) -> str:
-        if self.store.snapshot_id is None:
-            return "startup"
-        return "gap" if self._awaiting_snapshot else "reconnect"
+    async def _receiver(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            await self._handle(client, message)
 
-    async def _request_resync(self, client: aiomqtt.Client, reason: str) -> None:
-        req = ResyncRequest(
-            daemon=self.settings.daemon,
-            request_id=uuid.uuid4().hex,
-            reason=reason,
-            since_delta_seq=self.delta_seq if reason in ("reconnect", "reconcile") else None,
-        )
-        self._last_resync_request = time.monotonic()
-        self.stats[f"resync_{reason}"] += 1
-        await client.publish(self.topics.resync, req.model_dump_json().encode(), qos=1)
+    async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        payload = message.payload
+        if not isinstance(payload, bytes | bytearray):
+            payload = str(payload).encode() if payload is not None else b""
+        props = message.properties
+        corr = getattr(props, "CorrelationData", None) if props is not None else None
+        try:
+            # the session judges acks against the last seq: make sure it has the latest
+            self.session.events_committed(self.store.last_seq)
+            actions = self.session.receive(
+                topic, bytes(payload), self.mono(), retained=bool(message.retain), correlation=bytes(corr) if corr else None
+            )
+            await self._perform(client, actions)
+        except aiomqtt.MqttError:
+            raise
+        except Exception:
+            self.stats["errors"] += 1
+            self.stats["dropped"] += 1
+            log.exception("failed to handle a message on %s", topic)
+
+    async def feed(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
+        """Hand the session a message as if it came from the broker (benchmarks, tests);
+        what it would publish in answer is dropped."""
+        await self._perform(self._client, self.session.receive(topic, payload, self.mono(), retained=retained))
+
+    # -- catching the site's other daemons up ------------------------------------------------
+
+    async def _catch_up(self) -> None:
+        """Our acknowledged events of the local day, again, for the site's other daemons
+        (sync/peers.py; docs/protocol.md, "Between the daemons of a site"). Requests that
+        come while one runs are served by one more run."""
+        while self._catch_up_pending:
+            self._catch_up_pending = False
+            client = self._client
+            if client is None:
+                return
+            tz = self.store.site.timezone
+            first = self.store.first_seq_since(start_of_local_day(local_date(self.now(), tz), tz))
+            upto = self.store.acked_seq  # the rest goes out with the uplink anyway
+            seq, sent = (first - 1 if first is not None else upto), 0
+            while seq < upto and sent < CATCH_UP_MAX:
+                events = [e for e in self.store.events_after(seq, limit=self.settings.batch_events) if e["seq"] <= upto]
+                if not events:
+                    break
+                try:
+                    await self._publish(client, self.session.republish(events))
+                except aiomqtt.MqttError:
+                    return  # the connection went: asked again at the next connect
+                seq = int(events[-1]["seq"])
+                sent += len(events)
+
+    # -- performing the session's actions -----------------------------------------------------
+
+    async def _perform(self, client: aiomqtt.Client | None, actions: Sequence[Action]) -> None:
+        todo = deque(actions)
+        try:
+            while todo:
+                follow = await self._do(client, todo.popleft())
+                todo.extendleft(reversed(follow))
+        finally:
+            for note in self.session.take_notes():
+                log.warning("sync: %s", note)
+
+    async def _do(self, client: aiomqtt.Client | None, action: Action) -> Sequence[Action]:
+        mono = self.mono()
+        match action:
+            case Publish():
+                if client is not None:
+                    await self._publish(client, action)
+            case Subscribe():
+                if client is not None:
+                    opts = SubscribeOptions(qos=action.qos, noLocal=action.no_local)
+                    await mqtt_call(client.subscribe(action.topic, options=opts))
+            case WakeUplink():
+                self._wake.set()
+            case StoreAck():
+                self.replica.ack(action.applied_seq)
+                self.last_ack_at = self.now()
+            case ApplyDelta():
+                try:
+                    self.replica.apply_delta(action.delta, self.now())
+                except Exception as e:
+                    log.exception("applying delta %d", action.delta.delta_seq)
+                    return self.session.delta_failed(self.store.delta_seq, str(e), mono)
+                self._changed("delta")
+            case StageChunk():
+                try:
+                    await self.replica.stage(action.chunk, action.first, self.now())
+                except SnapshotError as e:
+                    return self.session.snapshot_failed(str(e), self.mono())
+                if action.last:
+                    return self.session.snapshot_staged(self.replica.member_count(), self.mono())
+            case CommitSnapshot():
+                try:
+                    await self.replica.commit(self.now())
+                except SnapshotError as e:
+                    return self.session.snapshot_failed(str(e), self.mono())
+                log.info("snapshot %s applied (delta_seq %d)", action.snapshot_id, action.delta_seq)
+                self._changed("snapshot")
+                return self.session.snapshot_committed(self.mono())
+            case AbortSnapshot():
+                await self.replica.abort()
+            case ApplyLookup():
+                self._on_lookup_answer(action)
+            case RecordPeerEvents():
+                for kind, n in self.store.record_peer_events(action.sender, list(action.events), action.zones).items():
+                    self.session.stats[kind] += n
+            case CatchUp():
+                self._catch_up_pending = True
+                if self._catch_up_task is None or self._catch_up_task.done():
+                    self._catch_up_task = asyncio.get_running_loop().create_task(self._catch_up())
+            case RaiseAlarm():
+                log.warning("alarm %s: %s", action.kind, action.detail)
+                self.store.emit("alarm", self.now(), gate=None, kind=action.kind, detail=action.detail)
+            case ReadReplay():
+                return self.session.replay_ready(action.request, self.replica.first_held_seq(), mono)
+            case PublishHealth():
+                if client is not None:
+                    await self.publish_health()
+            case PruneAcked():
+                pruned = self.replica.prune(self.now() - timedelta(seconds=action.older_than), action.keep_max)
+                self.stats["events_pruned"] += pruned
+        return ()
+
+    async def _publish(self, client: aiomqtt.Client, p: Publish) -> None:
+        props = None
+        if p.response_topic is not None or p.correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if p.response_topic is not None:
+                props.ResponseTopic = p.response_topic
+            if p.correlation is not None:
+                props.CorrelationData = p.correlation
+        await mqtt_call(client.publish(p.topic, p.payload, qos=p.qos, retain=p.retain, properties=props))
+
+    def _changed(self, kind: str) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(kind)
+            except Exception:
+                log.exception("on_change callback")
+
+    # -- uplink: the outbox -------------------------------------------------------------------
+
+    def _on_events(self, events: list[Event]) -> None:
+        if self.session.events_committed(self.store.last_seq):
+            self._wake.set()
+
+    async def _publisher(self, client: aiomqtt.Client) -> None:
+        idle = min(1.0, self.settings.ack_timeout / 2)
+        while True:
+            self._wake.clear()
+            after = self.session.uplink_after(self.mono())
+            if after is not None:
+                events = self.store.events_after(after, limit=self.settings.batch_events)
+                message = self.session.uplink(events, self.mono())
+                if message is not None:
+                    await self._publish(client, message)
+                    continue
+            # asyncio.timeout, not wait_for: in 3.11 wait_for loses a cancellation that
+            # arrives as the event is set, and this loop then outlived its connection
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(idle):
+                    await self._wake.wait()
+
+    async def _timers(self, client: aiomqtt.Client) -> None:
+        """The session's clock: resyncs due, ack timeouts, health, forgotten look-ups."""
+        period = min(1.0, self.settings.ack_timeout / 2)
+        while True:
+            try:
+                await self._perform(client, self.session.tick(self.mono()))
+            except aiomqtt.MqttError:
+                raise
+            except Exception:
+                self.stats["errors"] += 1
+                log.exception("sync timers")
+            await asyncio.sleep(period)
 
     async def request_resync(self, reason: str = "manual") -> bool:
         """Ask the central system for a snapshot now (console "resync" button)."""
         client = self._client
-        if client is None:
+        if client is None or not self.connected:
             return False
-        if reason in ("manual", "gap", "snapshot_failed"):
-            self._awaiting_snapshot = True
-        await self._request_resync(client, reason)
+        await self._perform(client, self.session.request_resync(reason, self.mono()))
         return True
-
-    async def _timers(self, client: aiomqtt.Client) -> None:
-        """Reconciliation, snapshot re-requests and health, on one loop."""
-        s = self.settings
-        next_health = 0.0
-        while True:
-            mono = time.monotonic()
-            try:
-                if self._awaiting_snapshot and not self._importer.active and mono - self._last_resync_request > s.resync_retry:
-                    await self._request_resync(client, self._resync_reason())
-                elif mono - self._last_reconcile >= s.reconcile_interval:
-                    self._last_reconcile = mono
-                    await self._request_resync(client, "reconcile")
-                if mono >= next_health:
-                    next_health = mono + s.health_interval
-                    await self.publish_health()
-            except aiomqtt.MqttError:
-                return
-            except Exception:
-                self.stats["errors"] += 1
-                log.exception("sync timers")
-            await asyncio.sleep(min(1.0, s.ack_timeout / 2))
 
     async def publish_health(self, info: Mapping[str, Any] | None = None) -> None:
         client = self._client
@@ -367,309 +482,41 @@ class SyncLink:
             except Exception:
                 log.exception("health provider")
                 info = None
-        await client.publish(self.topics.health, self.health(info).model_dump_json().encode(), qos=0)
-
-    # -- uplink: the outbox -------------------------------------------------------------------
-
-    def _on_events(self, events: list[Event]) -> None:
-        self._wake.set()
-
-    def _rewind(self, why: str) -> None:
-        acked = self.store.acked_seq
-        if self._last_published != acked:
-            self.stats[f"rewind_{why}"] += 1
-        self._last_published = acked
-        self._last_ack_progress = time.monotonic()
-        self._wake.set()
-
-    def _encode(self, events: list[Event]) -> bytes:
-        zones = {e["gate"]: self.gates[e["gate"]].zone for e in events if e.get("gate") in self.gates}
-        return json.dumps(
-            {"v": 1, "daemon": self.settings.daemon, "events": events, "zones": zones}, separators=(",", ":")
-        ).encode()
-
-    async def _publisher(self, client: aiomqtt.Client) -> None:
-        s = self.settings
-        limit = s.batch_events
-        while True:
-            self._wake.clear()
-            acked = self.store.acked_seq
-            if self._last_published < acked:
-                self._last_published = acked
-            elif self._last_published > acked and time.monotonic() - self._last_ack_progress > s.ack_timeout:
-                self._rewind("timeout")
-            events = self.store.events_after(self._last_published, limit=limit)
-            if not events:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=min(1.0, s.ack_timeout / 2))
-                continue
-            payload = self._encode(events)
-            while len(payload) > s.max_payload and len(events) > 1:
-                events = events[: len(events) // 2]
-                payload = self._encode(events)
-            if self._last_published == acked:
-                self._last_ack_progress = time.monotonic()
-            await client.publish(self.topics.events, payload, qos=1)
-            self._last_published = int(events[-1]["seq"])
-            self.stats["events_published"] += len(events)
-            self.stats["messages_published"] += 1
-
-    # -- downlink --------------------------------------------------------------------------------
-
-    def _parse(self, model: type[M], payload: bytes, topic: str) -> M | None:
-        try:
-            return model.model_validate_json(payload)
-        except ValidationError as e:
-            kind = "malformed" if any(err["type"] == "json_invalid" for err in e.errors()) else "invalid"
-            self.stats[kind] += 1
-            self.stats["dropped"] += 1
-            log.warning("dropped %s message on %s: %s", kind, topic, e.errors()[0].get("msg") if e.errors() else e)
-            return None
-
-    async def _handle(self, message: aiomqtt.Message) -> None:
-        topic = str(message.topic)
-        payload = message.payload
-        self.stats["received"] += 1
-        if not isinstance(payload, bytes | bytearray):
-            payload = str(payload).encode() if payload is not None else b""
-        if len(payload) > self.settings.max_payload:
-            self.stats["oversized"] += 1
-            self.stats["dropped"] += 1
-            log.warning("dropped oversized message on %s (%d bytes)", topic, len(payload))
-            return
-        t = self.topics
-        try:
-            if topic == t.ack:
-                if (ack := self._parse(Ack, payload, topic)) is not None:
-                    self._on_ack(ack)
-            elif topic == t.delta:
-                if (delta := self._parse(Delta, payload, topic)) is not None:
-                    await self._on_delta(delta)
-            elif topic == t.snapshot:
-                if (chunk := self._parse(SnapshotChunk, payload, topic)) is not None:
-                    await self._on_chunk(chunk)
-            elif topic == t.lookup_response:
-                self._on_lookup_response(message, payload)
-            elif topic == t.central_status:
-                if (status := self._parse(Status, payload, topic)) is not None:
-                    await self._on_central_status(status, bool(message.retain))
-            elif topic.startswith(t.base + "/") and topic.endswith("/events"):
-                self._on_site_events(topic, payload)
-            elif topic.startswith(t.base + "/") and topic.endswith("/status"):
-                if (status := self._parse(Status, payload, topic)) is not None:
-                    self._on_peer_status(topic, status, bool(message.retain))
-            else:
-                self.stats["unexpected_topic"] += 1
-        except aiomqtt.MqttError:
-            raise
-        except Exception:
-            self.stats["errors"] += 1
-            self.stats["dropped"] += 1
-            log.exception("failed to handle a message on %s", topic)
-
-    def _on_ack(self, ack: Ack) -> None:
-        self.stats["acks"] += 1
-        before = self.store.acked_seq
-        self.store.ack(ack.applied_seq)
-        self.last_ack_at = self.now()
-        if self.store.acked_seq > before:
-            self._last_ack_progress = time.monotonic()
-        if ack.gap and ack.applied_seq < self._last_published and time.monotonic() - self._gap_rewind_at > 1.0:
-            self._gap_rewind_at = time.monotonic()
-            self._rewind("gap")
-        self._wake.set()
-
-    async def _on_central_status(self, status: Status, retained: bool) -> None:
-        was = self.central_online
-        self.central_online = status.state == "online"
-        # a live (not retained) "online", or one after "offline": the central system has
-        # just (re)connected and may have missed what we sent meanwhile
-        if self.central_online and (not retained or was is False) and self._client is not None:
-            # the central system is back: whatever it missed meanwhile, send it again
-            self._rewind("central_online")
-            await self._request_resync(self._client, self._resync_reason())
-
-    def _batch(self, members: list[Any], passes: list[Any], bookings: list[Any], remove: Any = None) -> SyncBatch:
-        tz = self.store.site.timezone
-        d = self.settings.daemon
-        return SyncBatch(
-            members=[m.to_domain() for m in members],
-            passes=[p.record_for(d) for p in passes],
-            bookings=[b.to_domain(tz) for b in bookings],
-            remove_members=list(remove.members) if remove else [],
-            remove_passes=list(remove.passes) if remove else [],
-            remove_bookings=list(remove.bookings) if remove else [],
-        )
-
-    def _changed(self, kind: str) -> None:
-        if self.on_change is not None:
-            try:
-                self.on_change(kind)
-            except Exception:
-                log.exception("on_change callback")
-
-    async def _on_delta(self, delta: Delta) -> None:
-        current = self.delta_seq
-        if delta.delta_seq <= current:
-            self.stats["deltas_old"] += 1
-            return
-        if self._importer.active or self._awaiting_snapshot:
-            if len(self._delta_buffer) < 10_000:
-                self._delta_buffer[delta.delta_seq] = delta
-            self.stats["deltas_buffered"] += 1
-            return
-        if delta.delta_seq > current + 1:
-            self.stats["delta_gaps"] += 1
-            log.warning("delta gap: have %d, got %d; asking for a snapshot", current, delta.delta_seq)
-            self._awaiting_snapshot = True
-            self._delta_buffer[delta.delta_seq] = delta
-            if self._client is not None:
-                await self._request_resync(self._client, "gap")
-            return
-        self._apply_delta(delta)
-
-    def _apply_delta(self, delta: Delta) -> None:
-        batch = self._batch(delta.members, delta.passes, delta.bookings, delta.remove)
-        self.store.apply_delta(batch, delta.delta_seq, self.now())
-        self.stats["deltas_applied"] += 1
-        self._changed("delta")
-
-    async def _on_chunk(self, chunk: SnapshotChunk) -> None:
-        imp = self._importer
-        mine = not chunk.requested_by or self.settings.daemon in chunk.requested_by or self._awaiting_snapshot
-        if chunk.chunk == 0 and mine:
-            if chunk.delta_seq < self.delta_seq:
-                # older than the replica (resent, or a late answer): importing it would undo
-                # the newer deltas (back-office changes), and nothing would ask again
-                self.stats["snapshots_stale"] += 1
-                log.info("stale snapshot %s ignored (delta_seq %d < %d)", chunk.snapshot_id, chunk.delta_seq,
-                         self.delta_seq)
-                return
-            if imp.active:
-                self.stats["snapshots_abandoned"] += 1
-            await imp.begin(chunk)
-        elif not imp.active or chunk.snapshot_id != imp.snapshot_id:
-            self.stats["snapshot_chunks_ignored"] += 1
-            return
-        try:
-            last = await imp.add(chunk, self.now())
-            self.stats["snapshot_chunks"] += 1
-            if not last:
-                return
-            await imp.finish(self.now())
-        except SnapshotError as e:
-            log.warning("snapshot abandoned: %s", e)
-            self.stats["snapshots_failed"] += 1
-            await imp.abort()
-            self._awaiting_snapshot = True
-            if self._client is not None:
-                await self._request_resync(self._client, "snapshot_failed")
-            return
-        self.stats["snapshots_applied"] += 1
-        self._awaiting_snapshot = False
-        self._last_reconcile = time.monotonic()
-        log.info("snapshot %s applied (delta_seq %d)", chunk.snapshot_id, chunk.delta_seq)
-        self._changed("snapshot")
-        # deltas that came while the snapshot was on its way
-        # (only those that follow on from the snapshot: a stray one from beyond a gap is
-        # dropped, not asked about again; a real gap shows again at the next delta)
-        buffered, self._delta_buffer = self._delta_buffer, {}
-        for seq in sorted(buffered):
-            if seq == self.delta_seq + 1:
-                self._apply_delta(buffered[seq])
-            elif seq > self.delta_seq:
-                self.stats["deltas_discarded"] += 1
-
-    def _on_site_events(self, topic: str, payload: bytes) -> None:
-        levels = topic.split("/")
-        sender = levels[-2]
-        if sender == self.settings.daemon:
-            self.stats["own_events_echo"] += 1
-            return
-        batch = self._parse(EventBatch, payload, topic)
-        if batch is None:
-            return
-        if batch.daemon != sender:
-            self.stats["invalid"] += 1
-            self.stats["dropped"] += 1
-            return
-        # every event, repeats too: a peer's events can come twice (its resends, its
-        # catch-up for us) and must never be skipped (one missed while we reconnected, then
-        # a later one seen, would hide the first for good); recording them is idempotent
-        events = [ev.model_dump(mode="json") for ev in batch.events]
-        for kind, n in self.store.record_peer_events(sender, events, dict(batch.zones)).items():
-            self.stats[kind] += n
-
-    def _on_peer_status(self, topic: str, status: Status, retained: bool) -> None:
-        """Another daemon of the site (re)connected: what we published while it was away
-        (restarting, or reconnecting after the broker restarted) it never got, and the
-        central system has acknowledged it, so nothing would send it again. We send it today's
-        events again (sync/peers.py records them once)."""
-        sender = topic.split("/")[-2]
-        if retained or status.state != "online" or sender == self.settings.daemon:
-            return
-        self.stats["peer_online"] += 1
-        self._catch_up_pending = True
-        if self._catch_up_task is None or self._catch_up_task.done():
-            self._catch_up_task = asyncio.get_running_loop().create_task(self._catch_up())
-
-    async def _catch_up(self) -> None:
-        while self._catch_up_pending:
-            self._catch_up_pending = False
-            client = self._client
-            if client is None:
-                return
-            since = start_of_local_day(local_date(self.now(), self.store.site.timezone), self.store.site.timezone)
-            first = self.store.first_seq_since(since)
-            upto = self.store.acked_seq  # later ones go out anyway
-            if first is None:
-                continue
-            seq, sent = first - 1, 0
-            while seq < upto and sent < CATCH_UP_MAX:
-                events = [e for e in self.store.events_after(seq, limit=self.settings.batch_events) if e["seq"] <= upto]
-                if not events:
-                    break
-                try:
-                    await client.publish(self.topics.events, self._encode(events), qos=1)
-                except aiomqtt.MqttError:
-                    return  # the connection went: the peer asks again when it is back
-                seq = int(events[-1]["seq"])
-                sent += len(events)
-            self.stats["catch_up_events"] += sent
+        await mqtt_call(client.publish(self.topics.health, self.health(info).model_dump_json().encode(), qos=0))
 
     # -- live look-ups ---------------------------------------------------------------------------
 
-    def _on_lookup_response(self, message: aiomqtt.Message, payload: bytes) -> None:
-        props = message.properties
-        corr = getattr(props, "CorrelationData", None) if props is not None else None
-        fut = self._lookups.get(bytes(corr)) if corr else None
-        if fut is None or fut.done():
-            self.stats["lookup_unmatched"] += 1
-            return
-        resp = self._parse(LookupResponse, payload, str(message.topic))
-        if resp is not None:
-            fut.set_result(resp)
+    def _on_lookup_answer(self, action: ApplyLookup) -> None:
+        resp = action.response
+        if resp.found:
+            # applied even when it came too late for the tap that asked: the next one works
+            self.replica.apply_lookup(resp, self.now())
+            self._changed("lookup")
+        waiter = self._waiters.get(action.correlation)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(resp.found)
+        else:
+            self.stats["lookup_late"] += 1
 
     async def lookup(self, card: str, timeout: float | None = None) -> bool:
-        """Ask the central system about an unknown card (MQTT v5 request/response). On an
-        answer, its records are applied to the store and True is returned when the card is
-        now known. False on timeout, when not connected, or when the card is unknown."""
+        """Ask the central system about an unknown card (MQTT v5 request/response). True
+        when the answer came within `timeout` (default `lookup_timeout`) and the card is
+        known now; False on timeout, when not connected, or when the card is unknown. A
+        late answer is applied when it comes."""
         client = self._client
         if client is None or not self.connected:
             self.stats["lookup_offline"] += 1
             return False
         corr = uuid.uuid4().bytes
-        fut: asyncio.Future[LookupResponse] = asyncio.get_running_loop().create_future()
-        self._lookups[corr] = fut
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ResponseTopic = self.topics.lookup_response
-        props.CorrelationData = corr
-        req = LookupRequest(daemon=self.settings.daemon, card=card)
-        self.stats["lookups"] += 1
+        request = self.session.lookup(card, corr, self.mono())
+        if request is None:
+            return False
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters[corr] = waiter
         try:
             async with asyncio.timeout(timeout if timeout is not None else self.settings.lookup_timeout):
-                await client.publish(self.topics.lookup_request, req.model_dump_json().encode(), qos=0, properties=props)
-                resp = await fut
+                await self._publish(client, request)
+                return await waiter
         except TimeoutError:
             self.stats["lookup_timeouts"] += 1
             return False
@@ -683,11 +530,22 @@ class SyncLink:
             self.stats["lookup_errors"] += 1
             return False
         finally:
-            self._lookups.pop(corr, None)
-        if not resp.found:
-            self.stats["lookup_unknown"] += 1
-            return False
-        self.store.apply_sync(self._batch(resp.members, resp.passes, resp.bookings), self.now())
-        self.stats["lookup_found"] += 1
-        self._changed("lookup")
-        return True
+            self._waiters.pop(corr, None)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def mqtt_call(call: Awaitable[T]) -> T:
+    """Await an aiomqtt publish or subscribe without losing a cancellation: aiomqtt waits
+    for the broker's answer with asyncio.wait_for, which in Python 3.11 returns the result
+    and drops a cancellation that arrives as the answer does — the cancelled task then
+    went on as if nothing happened (a central system or a link that never stopped)."""
+    result = await call
+    if _cancelling():
+        raise asyncio.CancelledError
+    return result
+
+

@@ -231,7 +231,7 @@ class GateProc:
         cmd = [sys.executable, "-m", "gated.cli", "run", "-c", str(self.config)]
         if self.trace is not None:
             out = self.trace.with_name(f"{self.trace.stem}-{self.incarnation + 1}.json")
-            cmd = [sys.executable, "-X", "tracemalloc=12", "-m", "gated.simday.traced", str(out), "-c", str(self.config)]
+            cmd = [sys.executable, "-X", "tracemalloc=6", "-m", "gated.simday.traced", str(out), "-c", str(self.config)]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=log)
         self.incarnation += 1

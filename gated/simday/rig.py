@@ -172,7 +172,7 @@ class Chain:
             "mqtt": {"host": "127.0.0.1", "port": broker_port, "ack_timeout": self.settings.ack_timeout,
                      "backoff_initial": 0.1, "backoff_max": 2.0, "resync_retry": 5.0, "keepalive": 10,
                      "reconcile_interval": self.settings.reconcile_interval, "health_interval": 30.0,
-                     "session_expiry": 3600},
+                     },
             # one daemon of the site (the desk's) finalises no-shows and credits loyalty; it
             # learns the other gates' attendance from their events
             "time_driven_work": gate == DESK_GATE,

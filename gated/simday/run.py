@@ -206,8 +206,9 @@ def run(args: argparse.Namespace) -> int:
                      chaos_scale=0.5 if args.short else 1.0)
     (workdir / "population.json").write_text(json.dumps(_pop_json(pop)))
     (workdir / "plan.json").write_text(json.dumps(plan.to_json()))
-    settings = Settings(speed=speed, bridged=not args.no_bridge, setup_seconds=20.0 if args.short else 25.0,
-                        trace_memory=args.trace_memory)
+    # a daemon under tracemalloc takes a minute to start (its first snapshot, traced)
+    setup = (20.0 if args.short else 25.0) + (100.0 if args.trace_memory else 0.0)
+    settings = Settings(speed=speed, bridged=not args.no_bridge, setup_seconds=setup, trace_memory=args.trace_memory)
     print(f"gated sim day: {pop.counts()}; plan {plan.counts()}; {len(plan.chaos)} faults; run in {workdir}",
           flush=True)
     try:

@@ -1,7 +1,7 @@
 """`gated run` under tracemalloc, for `gated sim day --trace-memory`: what grows in a
 daemon's heap through the day, by the line that allocated it.
 
-    python -X tracemalloc=12 -m gated.simday.traced OUT.json -c gated.yaml
+    python -X tracemalloc=6 -m gated.simday.traced OUT.json -c gated.yaml
 
 After `warmup` seconds a first snapshot is taken; then every `every` seconds the
 allocations that grew most since then (by file and line, with their stack) are written to
@@ -20,14 +20,26 @@ import time
 import tracemalloc
 from pathlib import Path
 
+# not the daemon's own: tracemalloc's bookkeeping, modules imported on first use
+_IGNORE = [
+    tracemalloc.Filter(False, tracemalloc.__file__),
+    tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+    tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
+    tracemalloc.Filter(False, "<unknown>"),
+]
+
+
+def _snapshot() -> tracemalloc.Snapshot:
+    return tracemalloc.take_snapshot().filter_traces(_IGNORE)
+
 
 def _watch(out: Path, warmup: float, every: float) -> None:
     time.sleep(warmup)
-    first = tracemalloc.take_snapshot()
+    first = _snapshot()
     t0 = time.monotonic()
     while True:
         time.sleep(every)
-        snap = tracemalloc.take_snapshot()
+        snap = _snapshot()
         stats = snap.compare_to(first, "traceback")
         top = []
         for s in stats[:25]:
@@ -50,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     out = Path(args.pop(0))
     if not tracemalloc.is_tracing():
-        tracemalloc.start(12)
+        tracemalloc.start(6)
     warmup = float(os.environ.get("GATED_TRACE_WARMUP", "90"))
     every = float(os.environ.get("GATED_TRACE_EVERY", "30"))
     threading.Thread(target=_watch, args=(out, warmup, every), daemon=True, name="tracemalloc").start()

@@ -1,0 +1,143 @@
+"""What the protocol session (sync/session.py) asks its shell to do: plain, immutable
+records, performed in order by sync/link.py. Tests compare them by value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sync.protocol import Delta, LookupResponse, ReplayRequest, SnapshotChunk
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    topic: str
+    qos: int
+    no_local: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool = False
+    response_topic: str | None = None
+    correlation: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreAck:
+    """Mark every event up to `applied_seq` acknowledged in the store."""
+
+    applied_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyDelta:
+    """Apply the delta in one transaction with its `delta_seq`."""
+
+    delta: Delta
+
+
+@dataclass(frozen=True, slots=True)
+class StageChunk:
+    """Stage a snapshot chunk (`first`: start a new import first). After the `last` one,
+    call `snapshot_staged`; on an import error, `snapshot_failed`."""
+
+    chunk: SnapshotChunk
+    first: bool
+    last: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CommitSnapshot:
+    """Swap the staged snapshot in; then call `snapshot_committed` (or `snapshot_failed`)."""
+
+    snapshot_id: str
+    delta_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class AbortSnapshot:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyLookup:
+    """Apply a look-up answer's records; wake whoever waits on `correlation` (nobody when
+    it came after `lookup_timeout`: applied all the same, the next tap finds the card)."""
+
+    correlation: bytes
+    response: LookupResponse
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPeerEvents:
+    """Another daemon of the site's events that this daemon must know (sync/peers.py):
+    passages, booking outcomes, walk-in charges, refunds. Repeats come (resends,
+    catch-ups): recording is idempotent."""
+
+    sender: str
+    events: tuple[dict[str, Any], ...]
+    zones: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """Send this daemon's acknowledged events of the local day again on its `events` topic:
+    a daemon of the site came online (or we did) and may have missed them. The shell reads
+    them and publishes `Session.republish(events)`."""
+
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseAlarm:
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReplay:
+    """Find the oldest event the store still holds, then call `replay_ready`."""
+
+    request: ReplayRequest
+
+
+@dataclass(frozen=True, slots=True)
+class PublishHealth:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PruneAcked:
+    """Delete acknowledged events older than `older_than` seconds, or beyond the newest
+    `keep_max` acknowledged ones (the retention for replays is over)."""
+
+    older_than: float
+    keep_max: int
+
+
+@dataclass(frozen=True, slots=True)
+class WakeUplink:
+    """There may be events to send (again): ask `uplink_after`."""
+
+
+Action = (
+    Subscribe
+    | Publish
+    | StoreAck
+    | ApplyDelta
+    | StageChunk
+    | CommitSnapshot
+    | AbortSnapshot
+    | ApplyLookup
+    | RecordPeerEvents
+    | CatchUp
+    | RaiseAlarm
+    | ReadReplay
+    | PublishHealth
+    | PruneAcked
+    | WakeUplink
+)
