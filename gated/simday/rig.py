@@ -159,6 +159,14 @@ class Chain:
         }
         if direction == "in":
             g.update(anti_passback=spec.anti_passback, reentry_grace=spec.reentry_grace)
+        mqtt: dict[str, Any] = {
+            "host": "127.0.0.1", "port": broker_port, "ack_timeout": self.settings.ack_timeout,
+            "backoff_initial": 0.1, "backoff_max": 2.0, "resync_retry": 5.0, "keepalive": 10,
+            "reconcile_interval": self.settings.reconcile_interval, "health_interval": 30.0,
+        }
+        wan = self.wan.get(spec.id)
+        if wan is not None:  # the site broker, else the central broker over the WAN (failover)
+            mqtt["hosts"] = [f"127.0.0.1:{broker_port}", f"127.0.0.1:{wan.port}"]
         d = daemon_id(spec.id, gate)
         hashed = getattr(self, "_hash", None) or hash_password(DESK_PASSWORD)
         self._hash = hashed
@@ -169,10 +177,7 @@ class Chain:
             "policy": {"early_entry": spec.early_entry, "no_show_fee": spec.no_show_fee, "no_show_after": "15m",
                        "loyalty_delay": "30m"},
             "gates": [g],
-            "mqtt": {"host": "127.0.0.1", "port": broker_port, "ack_timeout": self.settings.ack_timeout,
-                     "backoff_initial": 0.1, "backoff_max": 2.0, "resync_retry": 5.0, "keepalive": 10,
-                     "reconcile_interval": self.settings.reconcile_interval, "health_interval": 30.0,
-                     },
+            "mqtt": mqtt,
             # one daemon of the site (the desk's) finalises no-shows and credits loyalty; it
             # learns the other gates' attendance from their events
             "time_driven_work": gate == DESK_GATE,

@@ -106,8 +106,15 @@ class GateQueue:
         sim = self.chain.clock.now().isoformat()
         if not rig.available:
             return Answer(unavailable=True)
+        # the arm of the previous person's rotation must come round before this one can
+        # push: waiting for it here keeps the queue out of the tap -> coil figure
+        for _ in range(100):
+            if not rig.turnstile.passage_active:
+                break
+            await asyncio.sleep(0.02)
         rig.lines.clear()  # an answer to an earlier tap that timed out is not this one's
         rig.new_line.clear()
+        incarnation = rig.proc.incarnation
         coil_before = len(rig.turnstile.coil_history)
         t0 = time.monotonic()
         try:
@@ -125,6 +132,8 @@ class GateQueue:
             if raw and t >= t0:
                 coil_ms = round((t - t0) * 1000, 3)
                 break
+        if line is None and (rig.proc.incarnation != incarnation or not rig.proc.alive):
+            state = {**state, "daemon": False}  # killed while this tap was on its way
         ans = Answer() if line is None else Answer(
             line.get("decision"), line.get("reason"), bool(line.get("passed")), line.get("member"))
         self.records.taps.append(TapRecord(
