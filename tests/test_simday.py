@@ -145,3 +145,39 @@ def test_the_check_catches_a_lost_event_a_wrong_balance_and_a_silent_rotation(
     assert rc == 1
     v = next(v for v in r["violations"] if v["invariant"] == "rotations")
     assert v["gate"] == name and v["around"], v
+
+
+def test_a_daemon_under_tracemalloc_reports_what_grew(tmp_path: Path) -> None:
+    """`gated sim day --trace-memory` runs each daemon as gated/simday/traced.py does: the
+    daemon as usual, and what its heap grew by, line by line, in a file."""
+    import os
+    import signal
+    import sys
+    import time
+
+    import yaml
+
+    cfg = tmp_path / "gated.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "site": {"id": "s", "timezone": "Europe/Madrid"}, "daemon_id": "traced",
+        "gates": [{"id": "g1", "zone": "main"}],
+        "store": {"path": str(tmp_path / "g.db"), "backup_interval": None},
+        "control": {"socket": str(tmp_path / "c.sock")},
+        "console": {"enabled": False}, "metrics": {"enabled": False}, "logging": {"format": "json"},
+    }))
+    out = tmp_path / "growth.json"
+    env = {**os.environ, "GATED_TRACE_WARMUP": "0.5", "GATED_TRACE_EVERY": "0.5"}
+    proc = subprocess.Popen([sys.executable, "-X", "tracemalloc=4", "-m", "gated.simday.traced", str(out), "-c",
+                             str(cfg)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.exists() and (tmp_path / "c.sock").exists()):  # reported, and the daemon up
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no growth report"
+            time.sleep(0.1)
+        report = json.loads(out.read_text())
+        assert report["traced_kb"] > 0 and isinstance(report["top"], list)
+        assert all("tracemalloc.py" not in " ".join(x["stack"]) for x in report["top"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
