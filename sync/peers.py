@@ -27,7 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from rules.model import Direction
-from rules.timeutil import parse_instant
+from rules.timeutil import parse_instant_once
 from sync.rows import ts
 
 _UTC = ZoneInfo("UTC")
@@ -69,7 +69,7 @@ def apply(
     seen: Counter[str] = Counter()
     for ev in events:
         try:
-            at = parse_instant(str(ev.get("at")), _UTC)
+            at = parse_instant_once(str(ev.get("at")), _UTC)  # unique: not for the cache
         except ValueError:
             seen["invalid"] += 1
             continue

@@ -146,3 +146,18 @@ def test_the_central_keeps_attended_over_a_later_no_show(tmp_path: Path) -> None
     other.apply_events("s1", batch("in-1", "no_show"))
     other.apply_events("s1", batch("desk", "attended"))  # staff mark a no-show attended
     assert other.attendance("s1", "b1") == "attended"
+
+
+def test_the_others_events_do_not_fill_the_time_cache(tmp_path: Path) -> None:
+    """Found by `gated sim day --trace-memory`: every other daemon's event went through the
+    cached parse of times; each `at` is unique, so the cache only grew (65,536 entries,
+    18 MB, freed only by a restart). Class times are cached; event times are not."""
+    from rules.timeutil import parse_instant
+
+    a, b = site_store(tmp_path, "a"), site_store(tmp_path, "b")
+    before = parse_instant.cache_info().currsize
+    events = [{"id": f"e{i}", "seq": i, "type": "access", "at": f"2026-11-18T09:{i // 60:02d}:{i % 60:02d}.{i:06d}Z",
+               "gate": "in-1", "member": "m1", "decision": "granted", "reason": "walk_in", "passed": True}
+              for i in range(1, 301)]
+    assert share(a, b, events, {"in-1": "main"})["remote_passages"] == 300
+    assert parse_instant.cache_info().currsize == before

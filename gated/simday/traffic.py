@@ -94,10 +94,10 @@ class GateQueue:
         self.rig = rig
         self.chain = chain
         self.records = records
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # one person at a time (the desk's opening too)
 
     async def tap(self, credential: str, *, qr: bool, who: str | None, purpose: str) -> Answer:
-        async with self._lock:
+        async with self.lock:
             return await self._tap(credential, qr=qr, who=who, purpose=purpose)
 
     async def _tap(self, credential: str, *, qr: bool, who: str | None, purpose: str) -> Answer:
@@ -206,7 +206,9 @@ class Traffic:
             if rig.proc.alive and rig.proc.ready:
                 try:
                     if kind == "open":
-                        status, body = await d.open_gate(kw["gate"], kw["reason"])
+                        # the person let in goes through that turnstile: the queue waits
+                        async with self.queues[(site, kw["gate"])].lock:
+                            status, body = await d.open_gate(kw["gate"], kw["reason"])
                     elif kind == "attend":
                         status, body = await d.attend(kw["booking"], kw["refund"])
                     else:
