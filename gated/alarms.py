@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from drivers.outputs.gate import HealthAlarm
 from drivers.readers.base import ReaderHealth
 from gated.metrics import Metrics
 from gated.storage_watch import StorageWatch
@@ -38,10 +39,10 @@ class Alarms:
     async def gate_alarm(self, gate_id: str, kind: str, detail: str) -> None:
         """From a gate's controller: door forced/held, not opened, relay offline/online."""
         if kind.startswith("relay_"):
-            self.metrics.relay_up.labels(gate_id).set(1 if kind == "relay_online" else 0)
+            self.metrics.relay_up.labels(gate_id).set(1 if kind == HealthAlarm.RELAY_ONLINE else 0)
             previous = self._relay_state.get(gate_id)
             self._relay_state[gate_id] = kind
-            if kind == "relay_online" and previous in (None, "relay_online"):
+            if kind == HealthAlarm.RELAY_ONLINE and previous in (None, HealthAlarm.RELAY_ONLINE):
                 return  # coming up as expected is not news; coming back after a fault is
         self.raise_(gate_id or None, kind, detail)
 

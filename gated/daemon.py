@@ -412,7 +412,7 @@ class Daemon:
         def health(h: OutputHealth, error: str | None) -> None:
             if self.stopping.is_set():
                 return  # the monitor closing at shutdown is not an alarm
-            self.metrics.fire_input_up.set(1 if h is OutputHealth.online else 0)
+            self.metrics.fire_input_up.set(1 if h is OutputHealth.ONLINE else 0)
             self._spawn(safety.fire_input_health(h, error), "fire input health")
 
         monitor = self.fire_monitor = FireAlarmMonitor(

@@ -42,7 +42,7 @@ def update_gauges(d: Daemon) -> None:
     for rid, (_, r) in d.readers.items():
         d.metrics.reader_up.labels(rid).set(1 if r.health == ReaderHealth.ONLINE else 0)
     for gid, ctl in d.controllers.items():
-        d.metrics.relay_up.labels(gid).set(1 if ctl.output.health == OutputHealth.online else 0)
+        d.metrics.relay_up.labels(gid).set(1 if ctl.output.health == OutputHealth.ONLINE else 0)
     d.metrics.broker_up.set(1 if d.link is not None and getattr(d.link, "connected", False) else 0)
     if d.safety is not None:
         d.metrics.safety.labels("lockdown").set(int(d.safety.lockdown.active))
