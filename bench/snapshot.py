@@ -25,6 +25,7 @@ from typing import Any
 
 from bench.common import fresh_dir, summary, values_summary
 from bench.generate import SiteData, chunk_payloads, gates, policy, site
+from gated.clock import utc_now
 from gated.engine import Engine
 from rules.credential import Credential
 from sync.store import Store
@@ -60,7 +61,7 @@ async def import_once(store: Store, payloads: list[bytes], data: SiteData, snaps
     from sync.link import MqttSettings, SyncLink
 
     settings = MqttSettings(site="bench", daemon=DAEMON)
-    link = SyncLink(store, settings, gates=gates())
+    link = SyncLink(store, settings, now=utc_now, gates=gates())
     link.session.awaiting_snapshot = True
     topic = link.topics.snapshot
     engine = Engine(store, site(), gates(), policy())
