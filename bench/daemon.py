@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -30,6 +29,7 @@ from bench.common import ROOT, fresh_dir, loaded_store
 from bench.generate import _ALWAYS as ALWAYS
 from bench.generate import SiteData, generate, policy
 from rules.model import MemberStatus, PassKind
+from sync.replica_file import copy_store
 
 
 def live_site(members: int, seed: int = 1) -> SiteData:
@@ -125,7 +125,7 @@ async def daemon_process(
     """Start `gated run` on a copy of the base store; yield once READY=1 arrived."""
     work = fresh_dir(name)
     store_path = work / "gated.db"
-    shutil.copyfile(base, store_path)
+    copy_store(base, store_path)
     config = write_config(work, store_path, reader_device, modbus_port)
     notify_path = work / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

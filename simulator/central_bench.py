@@ -20,8 +20,7 @@ from zoneinfo import ZoneInfo
 from rules.model import Site
 from simulator.central import Central, CentralSettings, generate
 from sync.link import MqttSettings, SyncLink
-from sync.protocol import SnapshotChunk
-from sync.snapshot import SnapshotImporter
+from sync.snapshot import SnapshotHeader, SnapshotImporter
 from sync.store import Store
 
 
@@ -135,13 +134,13 @@ async def bench_snapshot_import(
             t0 = time.perf_counter()
             for p in payloads:
                 a = time.perf_counter()
-                chunk = SnapshotChunk.model_validate_json(p)
+                header = SnapshotHeader.model_validate_json(p)  # the rest is validated by the worker
                 validate += time.perf_counter() - a
-                if chunk.chunk == 0:
-                    await importer.begin(chunk)
-                await importer.add(chunk, now)
+                if header.chunk == 0:
+                    await importer.begin(header, now)
+                await importer.add(header, p)
                 await asyncio.sleep(0)
-            await importer.finish(now)
+            await importer.finish()
             elapsed = time.perf_counter() - t0
         gc.unfreeze()
         counts = store.counts()

@@ -46,12 +46,11 @@ from sync.protocol import (
     LookupRequest,
     LookupResponse,
     ResyncRequest,
-    SnapshotChunk,
     Status,
     Topics,
     valid_level,
 )
-from sync.snapshot import SnapshotError, SnapshotImporter
+from sync.snapshot import SnapshotError, SnapshotHeader, SnapshotImporter, SnapshotRejected
 from sync.store import Event, Store, SyncBatch
 
 log = logging.getLogger("gated.sync")
@@ -150,6 +149,7 @@ class SyncLink:
         self._last_ack_progress = time.monotonic()
         self._gap_rewind_at = 0.0
         self._importer = SnapshotImporter(store, settings.daemon, batch_rows=settings.snapshot_batch_rows)
+        self._finishing: asyncio.Task[None] | None = None  # the worker building, then the switch
         self._awaiting_snapshot = store.snapshot_id is None
         self._last_resync_request = 0.0
         self._delta_buffer: dict[int, Delta] = {}
@@ -246,6 +246,9 @@ class SyncLink:
         finally:
             with contextlib.suppress(ValueError):
                 self.store.listeners.remove(self._on_events)
+            if self._finishing is not None:
+                self._finishing.cancel()
+            self._importer.abort_now()
 
     def _disconnected(self) -> None:
         self.connected = False
@@ -270,7 +273,7 @@ class SyncLink:
         self.connected = True
         self.stats["connects"] += 1
         self._rewind("connect")
-        if self._importer.active:  # its remaining chunks were lost with the connection
+        if self._importer.receiving:  # its remaining chunks were lost with the connection
             await self._importer.abort()
             self._awaiting_snapshot = True
         await self._request_resync(client, self._resync_reason())
@@ -433,8 +436,9 @@ class SyncLink:
                 if (delta := self._parse(Delta, payload, topic)) is not None:
                     await self._on_delta(delta)
             elif topic == t.snapshot:
-                if (chunk := self._parse(SnapshotChunk, payload, topic)) is not None:
-                    await self._on_chunk(chunk)
+                # the header only: the records are validated by the snapshot worker, off the loop
+                if (header := self._parse(SnapshotHeader, payload, topic)) is not None:
+                    await self._on_chunk(header, bytes(payload))
             elif topic == t.lookup_response:
                 self._on_lookup_response(message, payload)
             elif topic == t.central_status:
@@ -474,12 +478,11 @@ class SyncLink:
             await self._request_resync(self._client, self._resync_reason())
 
     def _batch(self, members: list[Any], passes: list[Any], bookings: list[Any], remove: Any = None) -> SyncBatch:
-        tz = self.store.site.timezone
         d = self.settings.daemon
         return SyncBatch(
-            members=[m.to_domain() for m in members],
-            passes=[p.record_for(d) for p in passes],
-            bookings=[b.to_domain(tz) for b in bookings],
+            members=members,
+            passes=[p.for_daemon(d) for p in passes],
+            bookings=bookings,
             remove_members=list(remove.members) if remove else [],
             remove_passes=list(remove.passes) if remove else [],
             remove_bookings=list(remove.bookings) if remove else [],
@@ -518,7 +521,7 @@ class SyncLink:
         self.stats["deltas_applied"] += 1
         self._changed("delta")
 
-    async def _on_chunk(self, chunk: SnapshotChunk) -> None:
+    async def _on_chunk(self, chunk: SnapshotHeader, payload: bytes) -> None:
         imp = self._importer
         mine = not chunk.requested_by or self.settings.daemon in chunk.requested_by or self._awaiting_snapshot
         if chunk.chunk == 0 and mine:
@@ -531,28 +534,55 @@ class SyncLink:
                 return
             if imp.active:
                 self.stats["snapshots_abandoned"] += 1
-            await imp.begin(chunk)
-        elif not imp.active or chunk.snapshot_id != imp.snapshot_id:
+                if self._finishing is not None:
+                    self._finishing.cancel()
+                    await asyncio.wait([self._finishing])
+            await imp.begin(chunk, self.now())
+        elif not imp.receiving or chunk.snapshot_id != imp.snapshot_id:
             self.stats["snapshot_chunks_ignored"] += 1
             return
         try:
-            last = await imp.add(chunk, self.now())
+            last = await imp.add(chunk, payload)
             self.stats["snapshot_chunks"] += 1
-            if not last:
-                return
-            await imp.finish(self.now())
         except SnapshotError as e:
-            log.warning("snapshot abandoned: %s", e)
-            self.stats["snapshots_failed"] += 1
-            await imp.abort()
-            self._awaiting_snapshot = True
-            if self._client is not None:
-                await self._request_resync(self._client, "snapshot_failed")
+            await self._snapshot_failed(e)
             return
+        if last:
+            # built off the loop: the link goes on handling messages meanwhile
+            self._finishing = asyncio.create_task(self._finish_snapshot(chunk), name="snapshot-finish")
+
+    async def _snapshot_failed(self, e: SnapshotError) -> None:
+        await self._importer.abort()
+        if isinstance(e, SnapshotRejected):
+            # invalid content, found by the worker: counted and dropped like any invalid
+            # message; the replica stays as it was (a forged chunk must not hold deltas)
+            log.warning("dropped invalid snapshot: %s", e)
+            self.stats["invalid"] += 1
+            self.stats["dropped"] += 1
+            return
+        log.warning("snapshot abandoned: %s", e)
+        self.stats["snapshots_failed"] += 1
+        self._awaiting_snapshot = True
+        if self._client is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._request_resync(self._client, "snapshot_failed")
+
+    async def _finish_snapshot(self, chunk: SnapshotHeader) -> None:
+        try:
+            report = await self._importer.finish()
+        except SnapshotError as e:
+            await self._snapshot_failed(e)
+            return
+        except asyncio.CancelledError:
+            self._importer.abort_now()
+            raise
+        finally:
+            if self._finishing is asyncio.current_task():
+                self._finishing = None
         self.stats["snapshots_applied"] += 1
         self._awaiting_snapshot = False
         self._last_reconcile = time.monotonic()
-        log.info("snapshot %s applied (delta_seq %d)", chunk.snapshot_id, chunk.delta_seq)
+        log.info("snapshot %s applied (delta_seq %d): %s", chunk.snapshot_id, chunk.delta_seq, report)
         self._changed("snapshot")
         # deltas that came while the snapshot was on its way
         # (only those that follow on from the snapshot: a stray one from beyond a gap is

@@ -17,8 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sync.batch import PassRecord
-from sync.records import BookingIn, MemberIn, PassIn
+from sync.records import BookingIn, MemberIn, PassIn, PassRecord
 
 VERSION = 1
 V = Literal[1]

@@ -6,6 +6,7 @@ Times without an offset are the site's local wall time; `to_domain` takes the zo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -15,9 +16,16 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from rules.model import Booking, BookingStatus, DeductOn, Member, MemberStatus, Pass, PassKind
 from rules.timeutil import WeekSchedule, parse_date, parse_instant, parse_window
-from sync.batch import PassRecord
 
 Id = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+@dataclass(frozen=True, slots=True)
+class PassRecord:
+    """A pass as rules objects, with the seq its balance already reflects."""
+
+    pass_: Pass
+    applied_seq: int | None = None
 
 
 class FieldError(ValueError):
@@ -168,4 +176,4 @@ def dump_json_safe(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-__all__ = ["BookingIn", "MemberIn", "PassIn", "datetime"]
+__all__ = ["BookingIn", "MemberIn", "PassIn", "PassRecord", "datetime"]

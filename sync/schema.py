@@ -1,23 +1,113 @@
-"""The tables of the daemon's database and the migrations that create them.
+"""The tables of the daemon's two kinds of database file, and the migrations.
 
-A migration is a function of the sqlite-utils Database; `migrate` runs the missing ones,
-each in its own transaction with the new `schema_version` in `meta`. A database newer
-than this code is refused (StoreError), never silently downgraded.
+The **ledger** (the configured `store.path`) holds what only this gate knows: events (the
+outbox), deductions, passages, booking outcomes, loyalty, used QR tokens, the audit log,
+meta. The **replica** (a file beside it, see sync/replica_file.py) holds what the central
+system sent: members, cards, passes with their central balance and `applied_seq`,
+bookings, and its own meta (`delta_seq`, `snapshot_id`, ...). Nothing the gate itself
+changes lives in the replica, so a whole new replica can be built elsewhere and switched
+in without losing a tap.
+
+Ledger migrations are functions of the connection; `migrate` runs the missing ones, each
+with the new `schema_version` in `meta`. A database newer than this code is refused
+(StoreError), never silently downgraded. Version 1 kept the replica inside the ledger
+file; migration 2 moves it out (see `_migration_2`).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import sqlite_utils
 
 from sync.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+REPLICA_SCHEMA_VERSION = 1
+
+# -- the replica ---------------------------------------------------------------------------
+
+# Tables first, indexes after: a snapshot build loads rows into bare tables and indexes
+# them at the end (a sort per index instead of a B-tree walk per row).
+REPLICA_TABLES = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+    "CREATE TABLE IF NOT EXISTS members (id TEXT PRIMARY KEY, name TEXT, status TEXT NOT NULL, email TEXT, "
+    "photo TEXT, synced_at REAL)",
+    "CREATE TABLE IF NOT EXISTS cards (card TEXT PRIMARY KEY, member_id TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS passes (id TEXT PRIMARY KEY, member_id TEXT NOT NULL, name TEXT, kind TEXT NOT NULL, "
+    "central_balance TEXT, applied_seq INTEGER NOT NULL DEFAULT 0, deduct_on TEXT NOT NULL, walk_in_cost TEXT, "
+    "valid_from TEXT, valid_until TEXT, zones TEXT, access_windows TEXT)",
+    "CREATE TABLE IF NOT EXISTS bookings (id TEXT PRIMARY KEY, member_id TEXT NOT NULL, pass_id TEXT NOT NULL, "
+    "class_name TEXT, zone TEXT NOT NULL, starts_at REAL NOT NULL, ends_at REAL NOT NULL, status TEXT NOT NULL, "
+    "deducted INTEGER NOT NULL, cost TEXT NOT NULL, loyalty_points INTEGER NOT NULL DEFAULT 0)",
+    # what a switch to this replica must tell the ledger (sync/snapshot_worker.py)
+    "CREATE TABLE IF NOT EXISTS switch_recheck (booking_id TEXT PRIMARY KEY)",
+    "CREATE TABLE IF NOT EXISTS switch_clear (booking_id TEXT PRIMARY KEY)",
+)
+REPLICA_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS cards_member ON cards(member_id)",
+    "CREATE INDEX IF NOT EXISTS passes_member ON passes(member_id)",
+    "CREATE INDEX IF NOT EXISTS bookings_member ON bookings(member_id, starts_at)",
+    "CREATE INDEX IF NOT EXISTS bookings_starts ON bookings(starts_at)",
+    # the scheduler's no-show scan walks this by ends_at (Ledger.run_due)
+    "CREATE INDEX IF NOT EXISTS bookings_open ON bookings(ends_at) WHERE status = 'booked'",
+)
+REPLICA_SCHEMA = REPLICA_TABLES + REPLICA_INDEXES
 
 
-def _migration_1(db: sqlite_utils.Database) -> None:
+def create_replica(path: Path, meta: dict[str, str]) -> None:
+    """An empty replica file with `meta`, on disk (fsynced) when this returns."""
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("BEGIN")
+        for sql in REPLICA_SCHEMA:
+            conn.execute(sql)
+        conn.executemany(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+            [("replica_schema", str(REPLICA_SCHEMA_VERSION)), *meta.items()],
+        )
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+# -- the ledger ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _set_version(conn: sqlite3.Connection, version: int) -> None:
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (str(version),),
+    )
+
+
+def _migration_1(conn: sqlite3.Connection, path: Path) -> None:
+    """The first layout: replica and ledger in one file."""
+    with _transaction(conn):
+        _create_v1(conn)
+        _set_version(conn, 1)
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    db = sqlite_utils.Database(conn)
     db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
     db.table("members").create(
         {"id": str, "name": str, "status": str, "email": str, "photo": str, "synced_at": float},
@@ -68,7 +158,6 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     )
     db.table("bookings").create_index(["member_id", "starts_at"], if_not_exists=True)
     db.table("bookings").create_index(["starts_at"], if_not_exists=True)
-    # partial indexes keep the scheduler's due-work queries cheap with 300,000 bookings
     db.execute(
         "CREATE INDEX IF NOT EXISTS bookings_open ON bookings(ends_at) "
         "WHERE outcome IS NULL AND status = 'booked'"
@@ -131,27 +220,90 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+# the replica's own meta keys (moved out of the ledger's meta by migration 2)
+REPLICA_META_KEYS = ("sync.delta_seq", "sync.snapshot_id", "last_sync_at")
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring the database at `conn` (autocommit mode) up to SCHEMA_VERSION."""
-    db = sqlite_utils.Database(conn)
+def _migration_2(conn: sqlite3.Connection, path: Path) -> None:
+    """The replica moves to a file of its own; booking outcomes become ledger rows.
+
+    The new replica file is written and fsynced first (the ledger is only read); then
+    one ledger transaction points the ledger at it, keeps the outcomes and drops the old
+    tables. A crash before that COMMIT leaves the version 1 database as it was (the
+    half-made file is an orphan, removed at the next start).
+    """
+    from sync.replica_file import ReplicaFiles  # the file naming lives there
+
+    files = ReplicaFiles(path)
+    new = files.new_path(1)
+    meta = {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta") if k in REPLICA_META_KEYS}
+    create_replica(new, {"generation": "1", **meta})
+    conn.execute("ATTACH DATABASE ? AS incoming", (str(new),))
+    try:
+        with _transaction(conn):
+            conn.execute(
+                "INSERT INTO incoming.members SELECT id, name, status, email, photo, synced_at FROM main.members"
+            )
+            conn.execute("INSERT INTO incoming.cards SELECT card, member_id FROM main.cards")
+            conn.execute(
+                "INSERT INTO incoming.passes SELECT id, member_id, name, kind, central_balance, "
+                "COALESCE(applied_seq, 0), deduct_on, walk_in_cost, valid_from, valid_until, zones, access_windows "
+                "FROM main.passes"
+            )
+            conn.execute(
+                "INSERT INTO incoming.bookings SELECT id, member_id, pass_id, class_name, zone, starts_at, ends_at, "
+                "status, deducted, cost, COALESCE(loyalty_points, 0) FROM main.bookings"
+            )
+        conn.execute("PRAGMA incoming.wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.execute("DETACH DATABASE incoming")
+    files.fsync(new)
+    # every open booking before the first unfinalised one is done: the no-show scan
+    # starts there (Ledger.run_due)
+    first_open = conn.execute(
+        "SELECT MIN(ends_at) FROM bookings WHERE outcome IS NULL AND status = 'booked'"
+    ).fetchone()[0]
+    last = conn.execute("SELECT MAX(ends_at) FROM bookings").fetchone()[0]
+    cursor = float(first_open) - 1e-3 if first_open is not None else (float(last) if last is not None else None)
+    with _transaction(conn):
+        conn.execute(
+            "CREATE TABLE booking_outcomes (booking_id TEXT PRIMARY KEY, outcome TEXT NOT NULL, attended_at REAL, "
+            "loyalty_settled INTEGER NOT NULL DEFAULT 0)"
+        )
+        conn.execute(
+            "CREATE INDEX booking_outcomes_unsettled ON booking_outcomes(booking_id) "
+            "WHERE outcome = 'attended' AND loyalty_settled = 0"
+        )
+        conn.execute("CREATE TABLE due_recheck (booking_id TEXT PRIMARY KEY)")
+        conn.execute(
+            "INSERT INTO booking_outcomes(booking_id, outcome, attended_at, loyalty_settled) "
+            "SELECT id, outcome, attended_at, COALESCE(loyalty_credited, 0) FROM bookings "
+            "WHERE outcome IS NOT NULL AND status != 'cancelled'"
+        )
+        for t in ("bookings", "passes", "cards", "members"):
+            conn.execute(f"DROP TABLE {t}")
+        conn.executemany("DELETE FROM meta WHERE key = ?", [(k,) for k in REPLICA_META_KEYS])
+        conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('replica.file', ?), ('replica.generation', '1')",
+            (new.name,),
+        )
+        if cursor is not None:
+            conn.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('due.no_show_through', ?)", (repr(cursor),)
+            )
+        _set_version(conn, 2)
+
+
+# each brings the database to its version, atomically
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_migration_1, _migration_2]
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the ledger at `path` (`conn`, autocommit mode) up to SCHEMA_VERSION."""
     conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     version = int(row[0]) if row else 0
     if version > SCHEMA_VERSION:
         raise StoreError(f"database schema {version} is newer than this gated ({SCHEMA_VERSION})")
     for n in range(version, SCHEMA_VERSION):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            MIGRATIONS[n](db)
-            conn.execute(
-                "INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (str(n + 1),),
-            )
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        MIGRATIONS[n](conn, path)

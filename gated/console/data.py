@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -18,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 from rules.model import Booking, BookingStatus, Pass
 from rules.timeutil import local_date, parse_duration, start_of_local_day
+from sync.store import open_reader
 
 NOTABLE = ("access", "override", "attendance", "loyalty", "lockdown", "fire_alarm", "alarm", "deduction")
 CARD_RE = re.compile(r"^[0-9A-Fa-f:\-]{4,40}$")
@@ -237,7 +237,7 @@ class ConsoleData:
         q = q.strip()
         if not q:
             return []
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2)
+        conn = open_reader(db_path)
         try:
             ids: list[str] = []
             if CARD_RE.match(q):
@@ -463,7 +463,7 @@ class ConsoleData:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC LIMIT ?"
         params.append(limit)
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2)
+        conn = open_reader(db_path)
         try:
             rows = conn.execute(sql, params).fetchall()
         finally:
