@@ -33,9 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_qr(sub, _qr)
 
-    from gated import commands
+    from gated import commands, storecli
 
     commands.add_parsers(sub)
+    storecli.add_parser(sub)
     return p
 
 

@@ -149,7 +149,21 @@ def cmd_seed(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(e)
         return 2
-    counts = seed_store(config, Path(args.file))
+    from pydantic import ValidationError
+
+    from gated.yamlload import YamlError
+
+    try:
+        counts = seed_store(config, Path(args.file))
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"{args.file}: cannot read: {e}", file=sys.stderr)
+        return 2
+    except YamlError as e:
+        print(f"{args.file}:{e.line or '?'}: {e.message}", file=sys.stderr)
+        return 2
+    except ValidationError as e:
+        print(f"{args.file}: invalid seed: {e.error_count()} problem(s)\n{e}", file=sys.stderr)
+        return 2
     print(json.dumps(counts))
     return 0
 

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from drivers.outputs.config import DoorMode, FireAlarmInputConfig, ModbusOutputConfig
 from drivers.readers.config import ReaderConfig
-from gated.yamlload import Marked, YamlError, describe_error, load
+from gated.yamlload import Marked, YamlError, describe_error, load, read_text
 from rules.model import AntiPassback, Direction, EarlyEntry, Gate, Policy, Site
 from rules.timeutil import WeekSchedule, load_zone, parse_date, parse_duration, parse_window
 from sync.link import MqttSettings
@@ -134,6 +134,19 @@ class ZoneConfig(Section):
 
 class StoreConfig(Section):
     path: Path = Field(Path("/var/lib/gated/gated.db"), description="The SQLite database (created if missing).")
+    min_free_mb: float = Field(
+        8.0,
+        ge=0,
+        le=1_000_000,
+        description="Free space (MiB) kept in reserve on the database's file system: below it, "
+        "entries are refused with storage_fault so that grants under way, denials and exits "
+        "can still be recorded.",
+    )
+    backup_interval: Duration | None = Field(
+        "24h",
+        description="How often the daemon writes a consistent copy of the database to "
+        "`<path>.backup` (online, without stopping taps); null = never.",
+    )
 
 
 class ConsoleUser(Section):
@@ -272,9 +285,11 @@ def _problems(e: ValidationError, marked: Marked) -> list[tuple[int | None, str,
 def load_config(path: str | Path) -> Config:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_text(p)
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([(None, "(file)", f"cannot read: {e}")], str(p)) from e
+    except YamlError as e:
+        raise ConfigError([(e.line, "(file)", e.message)], str(p)) from e
     try:
         marked = load(text)
     except YamlError as e:

@@ -1,53 +1,63 @@
 """`gated run`: the daemon. Readers → rules → relays → store, the scheduler, the MQTT link,
 the control socket and the console, in one asyncio loop.
 
-The path of a tap (DESIGN.md): decide from the local replica without waiting on the
-network (except a bounded look-up of an unknown card), release the relay, wait for the
-turnstile to turn, then commit the deduction, attendance and events in one transaction.
+This module wires the parts and owns their lifetimes. The path of a tap is in
+gated/taps.py (decide, admit, durable intent, relay, commit: nothing opens that cannot be
+recorded); lockdown, emergency release and the fire input in gated/safety.py; the health
+of the store, its retries and backups in gated/storage_watch.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import faulthandler
 import gc
 import os
 import signal
+import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from drivers.outputs.config import DoorMode
-from drivers.outputs.gate import GateController, GrantRefused
-from drivers.outputs.modbus import OutputFault, OutputHealth
+from drivers.outputs.gate import FireAlarmMonitor, GateController
+from drivers.outputs.modbus import OutputHealth
 from drivers.readers.base import Reader, ReaderHealth
 from drivers.readers.config import build_reader
 from gated import logs, sdnotify
 from gated.config import Config, ConfigError, load_config
-from gated.engine import Engine, PendingTap
+from gated.engine import Engine
 from gated.metrics import Metrics
-from rules.credential import Credential, CredentialKind
-from rules.decide import Decision
-from rules.model import Direction, PassKind
-from rules.reasons import Reason
-from sync.occupancy import is_full, occupancy
+from gated.safety import Safety
+from gated.storage_watch import StorageWatch
+from gated.taps import TapPath
+from rules.admission import FireInputPolicy
+from rules.credential import Credential
+from rules.timeutil import parse_duration
+from sync.occupancy import occupancy
 from sync.qrtoken import TrustedKeys
-from sync.store import Event, Store
+from sync.storage import STORAGE_ERRORS, describe_store_error
+from sync.store import Event, Store, StoreError
 
 log = structlog.get_logger("gated")
 
 SCHEDULER_INTERVAL = 1.0
-STALE_ALLOWED = {Reason.BOOKING, Reason.LINKED_BOOKING, Reason.REENTRY, Reason.EXIT}
+RELOAD_TIMEOUT = 10.0
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class StoreUnusable(Exception):
+    """The store cannot be opened at start (corrupt, unreadable): one line, exit code 3."""
+
+
+EXIT_STORE_UNUSABLE = 3
 
 
 class Daemon:
@@ -64,6 +74,9 @@ class Daemon:
         self.metrics = Metrics()
         self.store: Store | None = None
         self.engine: Engine | None = None
+        self.taps: TapPath | None = None
+        self.safety: Safety | None = None
+        self.storage: StorageWatch | None = None
         self.controllers: dict[str, GateController] = {}
         self.readers: dict[str, tuple[str, Reader]] = {}  # reader id -> (gate id, reader)
         self.reader_tasks: dict[str, asyncio.Task[None]] = {}
@@ -71,18 +84,17 @@ class Daemon:
         self.link_task: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
         self.in_flight: set[asyncio.Task[Any]] = set()
-        self.lockdown = False
-        self.fire_alarm = False
         self.started_at = time.monotonic()
         self.ready = False
         self.feed_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.last_tap: dict[str, dict[str, Any]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self.console: Any = None
+        self.control: Any = None  # gated.control.ControlServer, once started
+        self.fire_monitor: FireAlarmMonitor | None = None
         self._relay_state: dict[str, str] = {}
-        self._fire_input_active = False
-        # member / QR token -> the tap holding it between its grant and its commit
-        self._taps_pending: dict[str, asyncio.Future[None]] = {}
+        self._reload_lock = asyncio.Lock()
+        self._jobs: set[asyncio.Future[Any]] = set()
 
     # -- wiring -----------------------------------------------------------------------
 
@@ -95,29 +107,49 @@ class Daemon:
             TrustedKeys.from_texts(config.qr.public_keys),
         )
 
+    def _open_store(self) -> Store:
+        cfg = self.config
+        try:
+            return Store(cfg.store.path, cfg.site_domain(), daemon_id=cfg.daemon_id)
+        except (sqlite3.Error, OSError, StoreError) as e:
+            raise StoreUnusable(f"{cfg.store.path}: {describe_store_error(e)}") from e
+
     async def start(self) -> None:
         cfg = self.config
         sdnotify.status("starting")
-        self.store = Store(cfg.store.path, cfg.site_domain(), daemon_id=cfg.daemon_id)
-        self.store.listeners.append(self._on_events)
-        self.engine = self._engine(cfg, self.store)
-        # outputs first, each driven to its safe (locked) state before any reader is read
+        store = self.store = self._open_store()
+        store.listeners.append(self._on_events)
+        self.engine = self._engine(cfg, store)
+        backup_every = parse_duration(cfg.store.backup_interval) if cfg.store.backup_interval else None
+        self.storage = StorageWatch(
+            store, self.clock, self.metrics, min_free=int(cfg.store.min_free_mb * 1024 * 1024), backup_interval=backup_every
+        )
+        fire_policy = cfg.fire_alarm.on_unknown if cfg.fire_alarm is not None else FireInputPolicy.KEEP
+        self.safety = Safety(store, self.controllers, self.clock, self._site_alarm, fire_policy)
+        if cfg.fire_alarm is not None:
+            self.safety.watch_fire_input()
+        self._check_storage_at_start()
+        # outputs first, each driven to its safe (locked) state before any reader is read;
+        # then what a person decided before the restart (lockdown, emergency release)
         for g in cfg.gates:
             if g.output is not None:
                 ctl = GateController(g.id, g.output, on_alarm=self._on_alarm)
                 await ctl.start()
                 self.controllers[g.id] = ctl
+        await self.safety.restore()
         if cfg.fire_alarm is not None:
-            self._tasks.append(asyncio.create_task(self._watch_fire_alarm(), name="fire-alarm"))
+            await self._start_fire_monitor()  # its first read (or failure) before any reader
+        self.taps = TapPath(
+            self.engine, cfg, self.controllers, self.safety, self.storage, self.metrics, self.clock, self._cache_stale
+        )
         for g in cfg.gates:
             for rc in g.readers:
                 self._start_reader(g.id, build_reader(rc))
         if cfg.mqtt is not None:
             from sync.link import SyncLink
 
-            self.link = SyncLink(
-                self.store, cfg.mqtt, now=self.clock, gates=cfg.gates_domain(), health=self._link_health
-            )
+            self.link = SyncLink(store, cfg.mqtt, now=self.clock, gates=cfg.gates_domain(), health=self._link_health)
+            self.taps.link = self.link
             self.link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
         from gated.control import ControlServer
 
@@ -133,6 +165,7 @@ class Daemon:
 
             self.console = await start_console(self)
         self._tasks.append(asyncio.create_task(self._scheduler(), name="scheduler"))
+        self._tasks.append(asyncio.create_task(self.storage.run(), name="storage-watch"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         self.ready = True
         # what start-up built lives as long as the daemon: keep the collector from walking
@@ -140,8 +173,39 @@ class Daemon:
         gc.collect()
         gc.freeze()
         sdnotify.ready()
-        sdnotify.status(f"ready: {len(cfg.gates)} gates, {len(self.readers)} readers")
+        sdnotify.status(self._status_line())
         log.info("ready", gates=len(cfg.gates), readers=len(self.readers), seconds=round(time.monotonic() - self.started_at, 3))
+
+    def _check_storage_at_start(self) -> None:
+        """Grants a crash cut off are reported first; then one durable write proves the
+        store can record (a read-only file opens fine and only fails at the first write)."""
+        assert self.store is not None and self.storage is not None
+        now = self.clock()
+        try:
+            committed = self.store.report_unconfirmed(now)
+            if committed.events:
+                self.metrics.unconfirmed.inc(len(committed.events))
+                log.warning("passage_unconfirmed", count=len(committed.events),
+                            gates=sorted({str(e.get("gate")) for e in committed.events}))
+            self.store.probe(now)
+        except STORAGE_ERRORS as e:
+            self.storage.failed(e, "start")
+            return
+        self.storage.guard.precheck(now)
+
+    def _status_line(self) -> str:
+        problems = []
+        if self.storage is not None and not self.storage.ok:
+            problems.append(f"STORAGE FAULT ({self.storage.guard.problem}): entries refused")
+        if self.safety is not None:
+            if self.safety.lockdown.active:
+                problems.append("LOCKDOWN")
+            if self.safety.released:
+                problems.append("DOORS RELEASED")
+            if self.safety.fire_configured and not self.safety.fire.known:
+                problems.append("FIRE INPUT UNREACHABLE")
+        base = f"ready: {len(self.config.gates)} gates, {len(self.readers)} readers"
+        return base + ("; " + "; ".join(problems) if problems else "")
 
     def _start_reader(self, gate_id: str, reader: Reader) -> None:
         async def on_credential(cred: Credential) -> None:
@@ -161,6 +225,7 @@ class Daemon:
         not keep the doors from being locked and the store from being closed.
         """
         sdnotify.stopping()
+        self.stopping.set()  # also when stop() is called directly (tests, embedding)
         for task in self.reader_tasks.values():
             task.cancel()
         await self._bounded(self._settle(list(self.reader_tasks.values())), "readers")
@@ -169,9 +234,14 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await self._bounded(self._settle(self._tasks), "background tasks")
+        if self.storage is not None and (self.storage.held or self.storage.alarms_pending):
+            await self._bounded(self.storage.check(), "held commits")  # one last try
+        if self.fire_monitor is not None:
+            await self._bounded(self.fire_monitor.stop(), "fire-alarm input")
         if self.console is not None:
             await self._bounded(self.console.stop(), "console")
-        await self._bounded(self.control.stop(), "control socket")
+        if self.control is not None:
+            await self._bounded(self.control.stop(), "control socket")
         if self.link_task is not None:
             self.link_task.cancel()
             await self._bounded(self._settle([self.link_task]), "mqtt link")
@@ -202,15 +272,31 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(), "reload"))
         # `kill -USR1` dumps every thread's stack to stderr: how to see where a stuck daemon is
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-        await self.start()
+        try:
+            await self.start()
+        except StoreUnusable:
+            await self.stop()
+            raise
         try:
             await self.stopping.wait()
         finally:
             await self.stop()
             await self._reap()
+
+    def _spawn(self, aw: Coroutine[Any, Any, Any], what: str) -> None:
+        """A background job whose failure is logged, never lost (SIGHUP reloads, alarms)."""
+        task = asyncio.ensure_future(aw)
+        self._jobs.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._jobs.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("job_failed", job=what, error=repr(t.exception()), exc_info=t.exception())
+
+        task.add_done_callback(done)
 
     async def _reap(self, grace: float = 5.0) -> None:
         """After a clean stop nothing should be left running; a library task that ignores
@@ -227,46 +313,47 @@ class Daemon:
             sys.stderr.flush()
             os._exit(0)  # the store is closed: everything worth keeping is on disk
 
-    # -- taps -------------------------------------------------------------------------
+    # -- taps, the desk, safety (the work is in gated/taps.py and gated/safety.py) ----------
 
     async def handle_credential(self, gate_id: str, cred: Credential, reader: Reader | None = None) -> dict[str, Any]:
+        if self.taps is None:
+            return {"error": "not running"}
         task = asyncio.current_task()
         if task is not None:
             self.in_flight.add(task)
         try:
-            return await self._handle(gate_id, cred, reader)
-        except Exception:  # one bad tap must never take the daemon down
-            log.exception("tap_failed", gate=gate_id)
-            return {"error": "internal"}
+            return await self.taps.tap(gate_id, cred, reader)
         finally:
             if task is not None:
                 self.in_flight.discard(task)
 
-    def _shell_checks(self, pending: PendingTap) -> PendingTap:
-        assert self.engine is not None
-        d = pending.decision
-        if not d.granted:
-            return pending
-        entering = d.reason != Reason.EXIT
-        if entering and (self.lockdown or self.fire_alarm):
-            return self.engine.refuse(pending, Reason.LOCKDOWN)
-        ctl = self.controllers.get(pending.gate.id)
-        if ctl is not None and ctl.output.health != OutputHealth.online and entering:
-            return self.engine.refuse(pending, Reason.HARDWARE_FAULT)
-        if entering and self._cache_stale():
-            policy = self.config.stale_cache.policy
-            if policy == "deny":
-                return self.engine.refuse(pending, Reason.CACHE_STALE)
-            if policy == "bookings_and_time_passes" and d.reason not in STALE_ALLOWED:
-                p = self.engine.store.get_pass(d.pass_id) if d.pass_id else None
-                if p is None or p.kind != PassKind.TIME:
-                    return self.engine.refuse(pending, Reason.CACHE_STALE)
-        if entering and d.reason != Reason.REENTRY:
-            zone = pending.gate.zone
-            cap = self.config.zones.get(zone)
-            if cap is not None and is_full(self.engine.store, zone, cap.capacity, self.clock(), member=d.member):
-                return self.engine.refuse(pending, Reason.SITE_FULL)
-        return pending
+    async def check_in(
+        self,
+        gate_id: str,
+        member_id: str,
+        operator: str,
+        reason: str,
+        *,
+        booking_id: str | None = None,
+        pass_id: str | None = None,
+    ) -> dict[str, Any]:
+        """The desk checks a member in by hand: same rules, intent, relay and ledger as a tap."""
+        assert self.taps is not None
+        self.taps.engine.gate(gate_id)  # unknown gate: raise before touching anything
+        return await self.taps.check_in(gate_id, member_id, operator, reason, booking_id=booking_id, pass_id=pass_id)
+
+    async def override(self, gate_id: str, operator: str, reason: str) -> dict[str, Any]:
+        assert self.taps is not None
+        return await self.taps.override(gate_id, operator, reason)
+
+    @property
+    def lockdown(self) -> bool:
+        return self.safety is not None and self.safety.lockdown.active
+
+    @property
+    def fire_alarm(self) -> bool:
+        """Fail-safe doors released: the fire input (or its policy) or an emergency release."""
+        return self.safety is not None and self.safety.released
 
     def occupancy(self, zone: str) -> int:
         assert self.store is not None
@@ -277,182 +364,51 @@ class Daemon:
         max_age = self.config.stale_cache.max_age
         if max_age is None:
             return False
-        from rules.timeutil import parse_duration
-
         last = self.store.last_sync_at()
         return last is None or self.clock() - last > parse_duration(max_age)
 
-    async def _handle(self, gate_id: str, cred: Credential, reader: Reader | None) -> dict[str, Any]:
-        engine = self.engine
-        if engine is None:
-            return {"error": "not running"}
-        t0 = time.perf_counter()
-        now = self.clock()
-        pending = engine.decide(gate_id, cred, now)
-        if (
-            pending.decision.reason == Reason.UNKNOWN_CARD
-            and cred.kind == CredentialKind.CARD
-            and self.link is not None
-            and self.config.lookup_unknown_cards
-        ):
-            # a marketplace member who booked a minute ago: ask, but never wait long
-            try:
-                found = await self.link.lookup(cred.value)
-            except Exception:
-                found = False
-            if found:
-                pending = engine.decide(gate_id, cred, self.clock())
-        pending = self._shell_checks(pending)
-        decided = time.perf_counter()
-        self.metrics.decision_seconds.observe(decided - t0)
-        # Between a grant and its commit the tap waits for the turnstile (seconds). A second
-        # tap of the same member or QR token decided meanwhile (a cloned card at another
-        # gate, one QR code shown at two readers) would not see the first one's passage or
-        # used token: it waits for the first to be committed and is decided afresh.
-        while busy := self._holders(pending):
-            await asyncio.wait(busy)
-            pending = self._shell_checks(engine.decide(gate_id, cred, self.clock()))
-        hold = self._hold(pending)
-        try:
-            passed = False
-            d = pending.decision
-            if d.granted:
-                if reader is not None:
-                    with contextlib.suppress(Exception):
-                        await reader.feedback(True, pending.message)
-                ctl = self.controllers.get(gate_id)
-                if ctl is None:
-                    passed = True  # no lock and no sensor: commit on grant
-                else:
-                    try:
-                        passed = await ctl.grant()
-                    except GrantRefused as refused:
-                        if refused.reason == "fire_alarm" and d.reason == Reason.EXIT and ctl.cfg.mode is DoorMode.fail_safe:
-                            passed = True  # evacuation: the way out is held open, let them go
-                        else:
-                            pending = engine.refuse(pending, Reason.LOCKDOWN)
-                    except OutputFault:
-                        pending = engine.refuse(pending, Reason.HARDWARE_FAULT)
-            committed = engine.commit(pending, passed=passed, now=self.clock())
-        finally:
-            self._release(hold)
-        d = pending.decision
-        if not d.granted and reader is not None:
-            with contextlib.suppress(Exception):
-                await reader.feedback(False, pending.message)
-        self.metrics.taps.labels(gate_id, "granted" if d.granted else "denied", d.reason.value).inc()
-        log.info(
-            "tap",
-            gate=gate_id,
-            credential=logs.mask(cred.value),
-            kind=cred.kind.value,
-            member=d.member,
-            decision="granted" if d.granted else "denied",
-            reason=d.reason.value,
-            passed=passed,
-            ms=round((decided - t0) * 1000, 3),
-        )
-        return self._result(pending.decision, pending.message, passed, committed.events)
-
-    @staticmethod
-    def _tap_keys(pending: PendingTap) -> list[str]:
-        if not pending.decision.granted:
-            return []
-        keys = [f"member:{pending.decision.member}"] if pending.decision.member else []
-        if pending.qr_token is not None:
-            keys.append(f"qr:{pending.qr_token[0]}")
-        return keys
-
-    def _holders(self, pending: PendingTap) -> list[asyncio.Future[None]]:
-        return [f for k in self._tap_keys(pending) if (f := self._taps_pending.get(k)) is not None]
-
-    def _hold(self, pending: PendingTap) -> tuple[list[str], asyncio.Future[None]]:
-        keys = self._tap_keys(pending)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for k in keys:
-            self._taps_pending[k] = fut
-        return keys, fut
-
-    def _release(self, hold: tuple[list[str], asyncio.Future[None]]) -> None:
-        keys, fut = hold
-        for k in keys:
-            if self._taps_pending.get(k) is fut:
-                del self._taps_pending[k]
-        if not fut.done():
-            fut.set_result(None)
-
-    @staticmethod
-    def _result(d: Decision, message: str, passed: bool, events: list[Event]) -> dict[str, Any]:
-        return {
-            "decision": "granted" if d.granted else "denied",
-            "reason": d.reason.value,
-            "member": d.member,
-            "booking": d.booking,
-            "pass": d.pass_id,
-            "passed": passed,
-            "message": message,
-            "seq": [e["seq"] for e in events],
-        }
-
-    async def override(self, gate_id: str, operator: str, reason: str) -> dict[str, Any]:
-        assert self.engine is not None
-        self.engine.gate(gate_id)  # unknown gate: raise before touching anything
-        ctl = self.controllers.get(gate_id)
-        passed = True
-        if ctl is not None:
-            try:
-                passed = await ctl.open_once()
-            except OutputFault:
-                return {"error": "hardware_fault", "message": "The gate's relay does not answer"}
-        decision, committed = self.engine.override(gate_id, operator, reason, self.clock(), passed=passed)
-        log.info("override", gate=gate_id, operator=operator, reason=reason, passed=passed)
-        return self._result(decision, "Opened by the front desk", passed, committed.events)
-
     async def set_lockdown(self, on: bool, operator: str) -> None:
-        assert self.store is not None
-        self.lockdown = on
-        for ctl in self.controllers.values():
-            await ctl.set_lockdown(on)
-        self.store.emit("lockdown", self.clock(), active=on, operator=operator)
-        self.store.audit(self.clock(), operator, "lockdown" if on else "release", {})
-        log.warning("lockdown" if on else "lockdown_released", operator=operator)
+        assert self.safety is not None
+        await self.safety.set_lockdown(on, operator)
+        sdnotify.status(self._status_line())
 
     async def emergency_release(self, operator: str) -> None:
         """Every fail-safe door released, as for a fire alarm, by an admin's decision."""
-        assert self.store is not None
-        await self._set_fire_alarm(True, source=operator)
-        self.store.audit(self.clock(), operator, "emergency_release", {})
+        assert self.safety is not None
+        await self.safety.set_emergency(True, operator)
+        sdnotify.status(self._status_line())
 
     async def end_emergency_release(self, operator: str) -> None:
         """Back to normal after an emergency release (not while the fire input is active)."""
-        assert self.store is not None
-        if self._fire_input_active:
-            raise RuntimeError("the fire-alarm input is still active")
-        await self._set_fire_alarm(False, source=operator)
-        self.store.audit(self.clock(), operator, "emergency_restore", {})
+        assert self.safety is not None
+        await self.safety.set_emergency(False, operator)
+        sdnotify.status(self._status_line())
 
-    async def _set_fire_alarm(self, on: bool, source: str) -> None:
-        assert self.store is not None
-        self.fire_alarm = on
-        for ctl in self.controllers.values():
-            await ctl.set_fire_alarm(on)
-        self.store.emit("fire_alarm", self.clock(), active=on, source=source)
+    async def _start_fire_monitor(self) -> None:
+        assert self.config.fire_alarm is not None and self.safety is not None
+        safety = self.safety
 
-    async def _watch_fire_alarm(self) -> None:
-        from drivers.outputs.gate import FireAlarmMonitor
+        def health(h: OutputHealth, error: str | None) -> None:
+            if self.stopping.is_set():
+                return  # the monitor closing at shutdown is not an alarm
+            self.metrics.fire_input_up.set(1 if h is OutputHealth.online else 0)
+            self._spawn(safety.fire_input_health(h, error), "fire input health")
 
-        assert self.config.fire_alarm is not None
-
-        async def changed(active: bool) -> None:
-            self._fire_input_active = active
-            await self._set_fire_alarm(active, source="input")
-
-        monitor = FireAlarmMonitor(self.config.fire_alarm, on_change=changed)
+        monitor = self.fire_monitor = FireAlarmMonitor(
+            self.config.fire_alarm, on_change=safety.fire_input_read, on_health=health
+        )
         await monitor.start()
-        try:
-            await asyncio.Event().wait()  # until cancelled at shutdown
-        finally:
-            await monitor.stop()
+        if not safety.fire.known:
+            # the board did not answer at start: that is news too, not just a change
+            self.metrics.fire_input_up.set(0)
+            await safety.fire_input_health(monitor.health, monitor.device.last_error)
+        else:
+            self.metrics.fire_input_up.set(1)
+
+    async def _site_alarm(self, kind: str, detail: str) -> None:
+        """An alarm about the site rather than one gate (fire input)."""
+        await self._on_alarm("", kind, detail)
+        sdnotify.status(self._status_line())
 
     async def _on_alarm(self, gate_id: str, kind: str, detail: str) -> None:
         if kind.startswith("relay_"):
@@ -462,49 +418,71 @@ class Daemon:
             if kind == "relay_online" and previous in (None, "relay_online"):
                 return  # coming up as expected is not news; coming back after a fault is
         self.metrics.alarms.labels(gate_id, kind).inc()
+        log.warning("alarm", gate=gate_id or None, kind=kind, detail=detail)
         if self.store is not None:
-            self.store.emit("alarm", self.clock(), gate=gate_id, kind=kind, detail=detail)
-        log.warning("alarm", gate=gate_id, kind=kind, detail=detail)
+            try:
+                self.store.emit("alarm", self.clock(), gate=gate_id or None, kind=kind, detail=detail)
+            except STORAGE_ERRORS as e:
+                if self.storage is not None:
+                    self.storage.failed(e, "alarm")
 
     def _on_events(self, events: list[Event]) -> None:
         for ev in events:
             if ev.get("type") == "access" and ev.get("gate"):
                 self.last_tap[ev["gate"]] = ev
             for listener in list(self.feed_listeners):
-                with contextlib.suppress(Exception):
+                try:
                     listener(ev)
+                except Exception:
+                    log.exception("feed_listener_failed")  # a console page is not the gate
 
     # -- time-driven work and health --------------------------------------------------
 
     async def _scheduler(self) -> None:
         while True:
             try:
-                if self.engine is not None:
+                if self.engine is not None and (self.storage is None or self.storage.ok):
                     self.engine.run_due(self.clock())
-                self._update_gauges()
+            except STORAGE_ERRORS as e:
+                if self.storage is not None:
+                    self.storage.failed(e, "scheduler")
             except Exception:
                 log.exception("scheduler_failed")
+            try:
+                self._update_gauges()
+            except STORAGE_ERRORS as e:
+                if self.storage is not None:
+                    self.storage.failed(e, "gauges")
             await asyncio.sleep(SCHEDULER_INTERVAL)
 
     def _update_gauges(self) -> None:
         if self.store is None:
             return
-        self.metrics.outbox_depth.set(self.store.outbox_depth())
-        last = self.store.last_sync_at()
-        if last is not None:
-            self.metrics.last_sync.set(last.timestamp())
         for rid, (_, r) in self.readers.items():
             self.metrics.reader_up.labels(rid).set(1 if r.health == ReaderHealth.ONLINE else 0)
         for gid, ctl in self.controllers.items():
             self.metrics.relay_up.labels(gid).set(1 if ctl.output.health == OutputHealth.online else 0)
         self.metrics.broker_up.set(1 if self.link is not None and getattr(self.link, "connected", False) else 0)
+        if self.safety is not None:
+            self.metrics.safety.labels("lockdown").set(int(self.safety.lockdown.active))
+            self.metrics.safety.labels("emergency_release").set(int(self.safety.emergency.active))
+            self.metrics.safety.labels("fire_alarm").set(int(self.safety.fire_alarm))
+        self.metrics.outbox_depth.set(self.store.outbox_depth())
+        last = self.store.last_sync_at()
+        if last is not None:
+            self.metrics.last_sync.set(last.timestamp())
 
     async def _watchdog(self) -> None:
         interval = sdnotify.watchdog_interval()
         if interval is None:
             return
+        last = self._status_line()
         while True:
             sdnotify.watchdog()  # from the event loop: a stuck loop stops the pings
+            line = self._status_line()
+            if line != last:  # `systemctl status` shows a storage fault or a lockdown
+                sdnotify.status(line)
+                last = line
             await asyncio.sleep(interval)
 
     def _link_health(self) -> dict[str, Any]:
@@ -514,17 +492,27 @@ class Daemon:
             "outputs": {gid: ctl.output.health.value for gid, ctl in self.controllers.items()},
             "lockdown": self.lockdown,
             "fire_alarm": self.fire_alarm,
+            "storage": self.storage.as_dict() if self.storage is not None else None,
         }
 
     def health(self) -> dict[str, Any]:
         store = self.store
-        last = store.last_sync_at() if store else None
+
+        def read(f: Callable[[], Any]) -> Any:
+            try:
+                return f()
+            except STORAGE_ERRORS as e:  # a broken store must not break the status too
+                return f"unreadable: {e}"
+
+        last = read(store.last_sync_at) if store else None
         return {
             "site": self.config.site.id,
             "daemon": self.config.daemon_id,
             "ready": self.ready,
             "lockdown": self.lockdown,
             "fire_alarm": self.fire_alarm,
+            "safety": self.safety.as_dict() if self.safety is not None else None,
+            "storage": self.storage.as_dict() if self.storage is not None else None,
             "readers": {rid: {"gate": g, "health": r.health.value} for rid, (g, r) in self.readers.items()},
             "gates": {
                 g.id: {
@@ -537,9 +525,9 @@ class Daemon:
                 for g in self.config.gates
             },
             "broker": "connected" if self.link is not None and getattr(self.link, "connected", False) else ("none" if self.link is None else "disconnected"),
-            "outbox_depth": store.outbox_depth() if store else None,
-            "last_sync": last.isoformat() if last else None,
-            "cache_stale": self._cache_stale() if store else None,
+            "outbox_depth": read(store.outbox_depth) if store else None,
+            "last_sync": last.isoformat() if isinstance(last, datetime) else last,
+            "cache_stale": read(self._cache_stale) if store else None,
             "sync": (
                 {"central_online": self.link.central_online, "awaiting_snapshot": self.link.awaiting_snapshot,
                  "stats": dict(self.link.stats)}
@@ -553,11 +541,21 @@ class Daemon:
         """SIGHUP: take a new configuration without dropping taps; a broken file is refused."""
         if self.config_path is None:
             return False
+        async with self._reload_lock:  # SIGHUPs in a burst: one reload after another
+            return await self._reload(self.config_path)
+
+    async def _reload(self, path: Path) -> bool:
+        # Parsed in a worker thread: the file is outside input, and even bounded (see
+        # gated/yamlload.py) a big one takes a while; taps go on meanwhile.
         try:
-            new = load_config(self.config_path)
+            new = await asyncio.wait_for(asyncio.to_thread(load_config, path), RELOAD_TIMEOUT)
         except ConfigError as e:
             log.error("reload_refused", problems=[f"{ln}:{k}: {m}" for ln, k, m in e.problems])
             sdnotify.status("reload refused: configuration invalid; running with the previous one")
+            return False
+        except TimeoutError:
+            log.error("reload_refused", problems=[f"reading the file took longer than {RELOAD_TIMEOUT:.0f} s"])
+            sdnotify.status("reload refused: configuration took too long to read; running with the previous one")
             return False
         sdnotify.reloading()
         assert self.store is not None
@@ -565,6 +563,8 @@ class Daemon:
         self.config = new
         # rules parameters swap atomically: a tap decided after this line uses the new ones
         self.engine = self._engine(new, self.store)
+        if self.taps is not None:
+            self.taps.engine, self.taps.config = self.engine, new
         old_gates = {g.id: g for g in old.gates}
         for g in new.gates:
             before = old_gates.get(g.id)
@@ -581,6 +581,20 @@ class Daemon:
                     ctl = GateController(g.id, g.output, on_alarm=self._on_alarm)
                     await ctl.start()
                     self.controllers[g.id] = ctl
+                    if self.safety is not None:
+                        await self.safety.apply_to(ctl)  # a lockdown holds on a new board too
+        if new.fire_alarm != old.fire_alarm:
+            if self.fire_monitor is not None:
+                await self.fire_monitor.stop()
+                self.fire_monitor = None
+            assert self.safety is not None
+            self.safety.fire_policy = new.fire_alarm.on_unknown if new.fire_alarm else FireInputPolicy.KEEP
+            if new.fire_alarm is not None:
+                self.safety.watch_fire_input()
+                await self._start_fire_monitor()
+            else:
+                self.safety.fire_configured = False
+                await self.safety.fire_input_read(False)
         for gid, g in old_gates.items():
             if gid not in {x.id for x in new.gates}:
                 for rc in g.readers:
@@ -613,7 +627,10 @@ def run(config_path: str) -> int:
         asyncio.run(daemon.run())
     except KeyboardInterrupt:
         pass
+    except StoreUnusable as e:
+        print(f"gated: the store cannot be used: {e} (see docs/operations.md, \"A damaged store\")", file=sys.stderr, flush=True)
+        return EXIT_STORE_UNUSABLE
     return 0
 
 
-__all__ = ["Daemon", "Direction", "run"]
+__all__ = ["EXIT_STORE_UNUSABLE", "Daemon", "StoreUnusable", "run"]

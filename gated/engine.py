@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+from rules.admission import GateConditions, admit, refused
 from rules.credential import Credential, CredentialKind
 from rules.decide import Decision, MemberView, Presented, decide, override
 from rules.messages import message
@@ -68,20 +70,44 @@ class Engine:
 
     def decide(self, gate_id: str, credential: Credential, now: datetime) -> PendingTap:
         gate = self.gate(gate_id)
-        presented, member_id, qr_token = self._present(credential)
+        if credential.kind == CredentialKind.DESK:
+            # the desk names the member; its choices of booking and pass ride in `meta`
+            presented = Presented.desk(credential.meta.get("booking"), credential.meta.get("pass"))
+            member_id: str | None = credential.value
+            qr_token = None
+        else:
+            presented, member_id, qr_token = self._present(credential)
         view = self.store.view(member_id, gate, now) if member_id else MemberView(None)
         decision = decide(view, presented, gate, self.site, self.policy, now)
         return PendingTap(gate, credential, presented, decision, message(decision.reason, decision.hint), qr_token, now)
 
-    def refuse(self, pending: PendingTap, reason: Reason) -> PendingTap:
-        """The shell overrules a grant (relay offline, lockdown, stale cache)."""
+    def admit(self, pending: PendingTap, conditions: GateConditions) -> PendingTap:
+        """The site's and the gate's state applied to the decision (rules.admission)."""
         d = pending.decision
-        denied = Decision(False, reason, d.member, anti_passback=d.anti_passback)
+        kind = None
+        if d.granted and d.pass_id is not None:
+            p = self.store.get_pass(d.pass_id)
+            kind = p.kind if p is not None else None
+        admitted = admit(d, conditions, kind)
+        return pending if admitted is d else self.refuse(pending, admitted.reason)
+
+    def unreadable(self, gate_id: str, credential: Credential, now: datetime) -> PendingTap:
+        """The store could not be read to decide: a denial for storage_fault."""
+        gate = self.gate(gate_id)
+        presented = Presented(credential.kind)
+        denied = Decision(False, Reason.STORAGE_FAULT, None)
+        return PendingTap(gate, credential, presented, denied, message(Reason.STORAGE_FAULT), None, now)
+
+    def refuse(self, pending: PendingTap, reason: Reason) -> PendingTap:
+        """The shell overrules a grant (the relay refused, the intent could not be written)."""
+        denied = refused(pending.decision, reason)
         return PendingTap(
             pending.gate, pending.credential, pending.presented, denied, message(reason), pending.qr_token, pending.decided_at
         )
 
-    def commit(self, pending: PendingTap, *, passed: bool, now: datetime) -> Committed:
+    def commit(
+        self, pending: PendingTap, *, passed: bool, now: datetime, intent: int | None = None, extra: dict[str, Any] | None = None
+    ) -> Committed:
         return self.store.commit_tap(
             pending.gate,
             pending.decision,
@@ -90,6 +116,8 @@ class Engine:
             now=now,
             qr_token=pending.qr_token,
             message=pending.message,
+            intent=intent,
+            extra=extra,
         )
 
     def tap(self, gate_id: str, credential: Credential, now: datetime, *, passed: bool = True) -> tuple[PendingTap, Committed]:

@@ -25,7 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from gated.config import GateRules, PolicyConfig
 from gated.engine import Engine
-from gated.yamlload import Marked, YamlError, describe_error, dotted, load
+from gated.yamlload import DEFAULT_LIMITS, Marked, YamlError, describe_error, dotted, load
 from rules.credential import Credential
 from rules.model import (
     Site,
@@ -291,9 +291,12 @@ def _key_on_line(text: str, line: int | None, column: int | None) -> str:
 
 def load_scenario(path: Path) -> Scenario:
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(DEFAULT_LIMITS.max_bytes + 1)
     except OSError as e:
         raise ScenarioInvalid(f"cannot read file: {e.strerror or e}", None, "(file)") from e
+    if len(data) > DEFAULT_LIMITS.max_bytes:
+        raise ScenarioInvalid(f"the file is larger than {DEFAULT_LIMITS.max_bytes:,} bytes", None, "(file)")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from gated.config import Config
-from gated.yamlload import load
+from gated.yamlload import load, read_text
 from sync.records import BookingIn, MemberIn, PassIn
 from sync.store import Store, SyncBatch
 
@@ -28,7 +28,7 @@ def batch_from(data: dict[str, Any], config: Config) -> SyncBatch:
 
 
 def seed_store(config: Config, path: Path) -> dict[str, int]:
-    batch = batch_from(load(path.read_text(encoding="utf-8")).data or {}, config)
+    batch = batch_from(load(read_text(path)).data or {}, config)
     store = Store(config.store.path, config.site_domain(), daemon_id=config.daemon_id)
     try:
         store.apply_sync(batch, datetime.now(UTC))

@@ -14,6 +14,7 @@ from enum import StrEnum
 class CredentialKind(StrEnum):
     CARD = "card"
     QR = "qr"
+    DESK = "desk"  # the front desk checked the member in by name (no card read)
 
 
 def normalise_card(value: str) -> str:

@@ -53,10 +53,18 @@ class Presented:
     kind: CredentialKind
     qr: QrClaim | None = None  # kind qr: None when the token failed verification
     qr_seen_before: bool = False
+    # the desk's choice when checking a member in by hand: among the bookings that match,
+    # this one; among the usable passes, this one
+    prefer_booking: str | None = None
+    prefer_pass: str | None = None
 
     @classmethod
     def card(cls) -> Presented:
         return cls(CredentialKind.CARD)
+
+    @classmethod
+    def desk(cls, booking: str | None = None, pass_id: str | None = None) -> Presented:
+        return cls(CredentialKind.DESK, prefer_booking=booking, prefer_pass=pass_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +89,6 @@ class MemberView:
     bookings: tuple[Booking, ...] = ()
     presence: Mapping[str, ZonePresence] = field(default_factory=dict)
     extra_passes: Mapping[str, Pass] = field(default_factory=dict)  # booking passes not the member's
-    zone_full: bool = False
 
     def pass_by_id(self, pass_id: str) -> Pass | None:
         for p in self.passes:
@@ -320,14 +327,12 @@ def decide(
         return Decision(False, Reason.ANTI_PASSBACK, member.id)
     if gate.anti_passback == AntiPassback.SOFT:
         flag = inside
-    if view.zone_full:
-        return Decision(False, Reason.SITE_FULL, member.id, anti_passback=flag)
 
     # 2. a booking: the booking is the ticket
     matches = matching_bookings(view, gate, site, policy, now)
     if matches:
         chosen = matches[0]
-        preferred = presented.qr.booking if presented.qr else None
+        preferred = presented.qr.booking if presented.qr else presented.prefer_booking
         if preferred:
             chosen = next((m for m in matches if m[0].id == preferred), chosen)
         b, linked = chosen
@@ -359,6 +364,8 @@ def decide(
     usable = [p for p in view.passes if pass_problem(p, gate, site, now) is None]
     if usable:
         p = min(usable, key=_walk_in_preference)
+        if presented.prefer_pass is not None:
+            p = next((u for u in usable if u.id == presented.prefer_pass), p)
         cost = p.entry_cost
         hint = {"pass": p.name}
         if p.balance is not None:

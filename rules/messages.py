@@ -31,6 +31,9 @@ _TEMPLATES: dict[Reason, str] = {
     Reason.NO_BALANCE: "No entries left on {pass}",
     Reason.NO_PASS: "No valid pass — please see the front desk",
     Reason.HARDWARE_FAULT: "Gate out of order — please see the front desk",
+    Reason.STORAGE_FAULT: "Gate out of order — please see the front desk",
+    Reason.FIRE_ALARM: "Fire alarm — no entry, please leave the building",
+    Reason.EMERGENCY_RELEASE: "Entry closed for an emergency — please see the front desk",
     Reason.LOCKDOWN: "Entry closed — please see the front desk",
     Reason.CACHE_STALE: "Please see the front desk",
 }

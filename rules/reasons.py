@@ -34,10 +34,16 @@ class Reason(StrEnum):
     OUTSIDE_WINDOW = "outside_window"
     NO_BALANCE = "no_balance"
     NO_PASS = "no_pass"
-    # denied by the shell, not by rules.decide: the gate itself cannot be trusted
-    HARDWARE_FAULT = "hardware_fault"
+    # denied by rules.admission, from the state of the site and the gate itself
+    FIRE_ALARM = "fire_alarm"  # the fire-alarm input is active: doors released, nobody comes in
+    EMERGENCY_RELEASE = "emergency_release"  # an admin released every door, as for a fire
     LOCKDOWN = "lockdown"
+    STORAGE_FAULT = "storage_fault"  # the entry could not be recorded: nothing opens for free
+    HARDWARE_FAULT = "hardware_fault"
     CACHE_STALE = "cache_stale"
+    # not a decision: a grant whose passage was never confirmed nor recorded (a crash cut
+    # the commit); reported after restart in a `passage_unconfirmed` event
+    PASSAGE_UNCONFIRMED = "passage_unconfirmed"
 
     @property
     def granted(self) -> bool:

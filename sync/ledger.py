@@ -130,10 +130,14 @@ class Ledger:
         qr_token: tuple[str, datetime] | None = None,
         message: str | None = None,
         extra: dict[str, Any] | None = None,
+        intent: int | None = None,
     ) -> Committed:
         """One tap, whole: the access event, and on a confirmed passage the deduction,
-        attendance and presence. No passage, no deduction, no attendance."""
+        attendance and presence. No passage, no deduction, no attendance. `intent`, the
+        grant's intent (sync/intents.py), is resolved in the same transaction."""
         with self.transactions.open() as tx:
+            if intent is not None:
+                self.conn.execute("DELETE FROM grant_intents WHERE id = ?", (intent,))
             if qr_token is not None:
                 # used up on its first verified read, whatever the decision
                 self.conn.execute(

@@ -11,7 +11,7 @@ in without losing a tap.
 Ledger migrations are functions of the connection; `migrate` runs the missing ones, each
 with the new `schema_version` in `meta`. A database newer than this code is refused
 (StoreError), never silently downgraded. Version 1 kept the replica inside the ledger
-file; migration 2 moves it out (see `_migration_2`).
+file; migration 3 moves it out (see `_migration_3`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sqlite_utils
 
 from sync.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 REPLICA_SCHEMA_VERSION = 1
 
 # -- the replica ---------------------------------------------------------------------------
@@ -220,11 +220,25 @@ def _create_v1(conn: sqlite3.Connection) -> None:
     )
 
 
-# the replica's own meta keys (moved out of the ledger's meta by migration 2)
+def _migration_2(conn: sqlite3.Connection, path: Path) -> None:
+    """Grant intents."""
+    with _transaction(conn):
+        # A grant the gate is about to act on, written (durably) before the relay is
+        # pulsed and deleted by the transaction that commits the tap: one still here
+        # after a restart is a grant whose commit a crash cut off (sync/intents.py).
+        sqlite_utils.Database(conn).table("grant_intents").create(
+            {"id": int, "gate": str, "member_id": str, "body": str, "at": float},
+            pk="id",
+            if_not_exists=True,
+        )
+        _set_version(conn, 2)
+
+
+# the replica's own meta keys (moved out of the ledger's meta by migration 3)
 REPLICA_META_KEYS = ("sync.delta_seq", "sync.snapshot_id", "last_sync_at")
 
 
-def _migration_2(conn: sqlite3.Connection, path: Path) -> None:
+def _migration_3(conn: sqlite3.Connection, path: Path) -> None:
     """The replica moves to a file of its own; booking outcomes become ledger rows.
 
     The new replica file is written and fsynced first (the ledger is only read); then
@@ -282,6 +296,11 @@ def _migration_2(conn: sqlite3.Connection, path: Path) -> None:
         )
         for t in ("bookings", "passes", "cards", "members"):
             conn.execute(f"DROP TABLE {t}")
+        # what the snapshot importer before this one left when killed mid-import
+        for (t,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '\\_snap%' ESCAPE '\\'"
+        ).fetchall():
+            conn.execute(f"DROP TABLE [{t}]")
         conn.executemany("DELETE FROM meta WHERE key = ?", [(k,) for k in REPLICA_META_KEYS])
         conn.execute(
             "INSERT OR REPLACE INTO meta(key, value) VALUES ('replica.file', ?), ('replica.generation', '1')",
@@ -291,11 +310,13 @@ def _migration_2(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('due.no_show_through', ?)", (repr(cursor),)
             )
-        _set_version(conn, 2)
+        # the shadow tables' generation of the snapshot importer before this one
+        conn.execute("DELETE FROM meta WHERE key = 'sync.snapshot_generation'")
+        _set_version(conn, 3)
 
 
 # each brings the database to its version, atomically
-MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_migration_1, _migration_2, _migration_3]
 
 
 def migrate(conn: sqlite3.Connection, path: Path) -> None:

@@ -15,6 +15,7 @@ small modules, one concern each:
 | `sync/replica_file.py` | the replica's file, and switching to a new one |
 | `sync/views.py` | the read contract: replica tables by name, with the gate's state |
 | `sync/ledger.py` | taps, overrides, attendance, refunds, points, no-shows, presence |
+| `sync/intents.py` | grant intents: written before a relay opens, resolved by the commit |
 | `sync/snapshot.py`, `sync/snapshot_worker.py` | building a snapshot's replica in a worker process |
 
 ## Two files
@@ -68,6 +69,7 @@ same names.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
@@ -86,6 +88,7 @@ from sync import views
 from sync.batch import SyncBatch
 from sync.db import Checkpointer, connect, uri
 from sync.errors import StoreError
+from sync.intents import Intents
 from sync.ledger import CURSOR_KEY, Ledger
 from sync.meta import Meta
 from sync.outbox import Event, Outbox
@@ -146,37 +149,103 @@ class Store:
         self.site = site
         self.daemon_id = daemon_id
         self.durable = durable
-        self.conn = connect(self.path, durable=durable)
-        self.db = sqlite_utils.Database(self.conn)
-        migrate(self.conn, self.path)
-        self._meta = Meta(self.conn)
+        self.background_checkpoints = background_checkpoints
         self.files = ReplicaFiles(self.path)
-        self.replica_path = self._open_replica()
-        self._checkpointer = Checkpointer(lambda: [self.path, self.replica_path]) if background_checkpoints else None
+        self.conn = connect(self.path, durable=durable)
+        try:
+            migrate(self.conn, self.path)
+            self.replica_path = self._open_replica()
+            self._wire([])
+        except BaseException:
+            self.conn.close()
+            raise
+        self._checkpointer = self._checkpoints()
+
+    def _checkpoints(self) -> Checkpointer | None:
+        return Checkpointer(lambda: [self.path, self.replica_path]) if self.background_checkpoints else None
+
+    def _wire(self, listeners: list[Listener]) -> None:
+        """The parts, each on the current connection (again after reopen/rescue)."""
+        self.db = sqlite_utils.Database(self.conn)
+        self._meta = Meta(self.conn)
         views.install(self.conn)
         self.outbox = Outbox(self.conn, self._meta)
         self._transactions = Transactions(self.conn, self.outbox, self._meta)
-        self.replica = Replica(self.conn, site)
-        self.ledger = Ledger(self.conn, self._transactions, self.replica, site)
+        self._transactions.listeners.extend(listeners)
+        self.replica = Replica(self.conn, self.site)
+        self.ledger = Ledger(self.conn, self._transactions, self.replica, self.site)
+        self.intents = Intents(self.conn, self._transactions)
+
+    def _switch(self, conn: sqlite3.Connection) -> None:
+        """Carry on with `conn` (the ledger, the replica attached)."""
+        old, old_checkpointer = self.conn, self._checkpointer
+        if old_checkpointer is not None:
+            old_checkpointer.stop()
+        self.conn = conn
+        self._wire(self.listeners)
+        self._checkpointer = self._checkpoints()
+        old.close()
+
+    def reopen(self) -> None:
+        """Open the files again: a connection opened read-only stays read-only after the
+        file's owner or mode is fixed. The old connection stays if this raises."""
+        conn = connect(self.path, durable=self.durable)
+        try:
+            migrate(conn, self.path)
+            self._attach(self.replica_path, conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._switch(conn)
+
+    def rescue(self) -> None:
+        """The files are gone (their directory deleted while the daemon ran) but this
+        connection still holds them, ledger and unsent events included: write them back
+        to their paths, whole, and carry on there. Raises if a path cannot be written (the
+        store then stays on the old files, unusable for entries, and this is tried again)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.replica_path.exists():  # the replica went with the directory: it too
+            self._write_back("replica", self.replica_path)
+        self._write_back("main", self.path)
+        conn = connect(self.path, durable=self.durable)
+        try:
+            self._attach(self.replica_path, conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._switch(conn)
+
+    def _write_back(self, schema: str, path: Path) -> None:
+        tmp = path.with_name(path.name + ".rescue")
+        tmp.unlink(missing_ok=True)
+        dst = sqlite3.connect(str(tmp))
+        try:
+            self.conn.backup(dst, name=schema)
+        finally:
+            dst.close()
+        for suffix in ("-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        os.replace(tmp, path)  # the file appears whole or not at all
 
     # -- plumbing ---------------------------------------------------------------------
 
     def _open_replica(self) -> Path:
         """Attach the replica the ledger names; an empty one if it is missing or not
         readable as a replica (the link then asks for a snapshot). Orphans are removed."""
-        name = self._meta.get(REPLICA_FILE_KEY)
+        meta = Meta(self.conn)
+        name = meta.get(REPLICA_FILE_KEY)
         path = self.path.parent / name if name else None
         if path is None or not path.exists() or not self._readable_replica(path):
-            gen = int(self._meta.get(REPLICA_GENERATION_KEY, "0") or 0) + 1
+            gen = int(meta.get(REPLICA_GENERATION_KEY, "0") or 0) + 1
             path = self.files.new_path(gen)
             create_replica(path, {"generation": str(gen)})
             self.files.fsync(path)
             self.conn.execute("BEGIN IMMEDIATE")
-            self._meta.put(REPLICA_FILE_KEY, path.name)
-            self._meta.put(REPLICA_GENERATION_KEY, str(gen))
+            meta.put(REPLICA_FILE_KEY, path.name)
+            meta.put(REPLICA_GENERATION_KEY, str(gen))
             self.conn.execute("COMMIT")
         self.files.remove_orphans(path.name)
-        self._attach(path)
+        self._attach(path, self.conn)
         return path
 
     @staticmethod
@@ -191,10 +260,11 @@ class Store:
             return False
         return row is not None and str(row[0]) == str(REPLICA_SCHEMA_VERSION)
 
-    def _attach(self, path: Path) -> None:
-        self.conn.execute("ATTACH DATABASE ? AS replica", (str(path),))
-        self.conn.execute("PRAGMA replica.journal_mode=WAL")
-        self.conn.execute(f"PRAGMA replica.synchronous={'FULL' if self.durable else 'NORMAL'}")
+    def _attach(self, path: Path, conn: sqlite3.Connection | None = None) -> None:
+        conn = conn or self.conn
+        conn.execute("ATTACH DATABASE ? AS replica", (str(path),))
+        conn.execute("PRAGMA replica.journal_mode=WAL")
+        conn.execute(f"PRAGMA replica.synchronous={'FULL' if self.durable else 'NORMAL'}")
 
     @property
     def listeners(self) -> list[Listener]:
@@ -212,6 +282,8 @@ class Store:
         try:
             self.conn.execute("PRAGMA main.wal_checkpoint(TRUNCATE)")
             self.conn.execute("PRAGMA replica.wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # a store that cannot be written still closes; what was committed is in the WAL
         finally:
             self.conn.close()
 
@@ -451,13 +523,43 @@ class Store:
         qr_token: tuple[str, datetime] | None = None,
         message: str | None = None,
         extra: dict[str, Any] | None = None,
+        intent: int | None = None,
     ) -> Committed:
         """One tap, whole: the access event, and on a confirmed passage the deduction,
-        attendance and presence. No passage, no deduction, no attendance."""
+        attendance and presence. No passage, no deduction, no attendance. `intent` (from
+        open_intent) is resolved in the same transaction."""
         return self.ledger.commit_tap(
             gate, decision, credential=credential, passed=passed, now=now, qr_token=qr_token, message=message,
-            extra=extra,
+            extra=extra, intent=intent,
         )
+
+    # -- grant intents (sync/intents.py) ------------------------------------------------
+
+    def open_intent(
+        self,
+        gate: Gate,
+        decision: Decision,
+        *,
+        credential: CredentialKind | None,
+        now: datetime,
+        qr_token: tuple[str, datetime] | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
+        """Write, durably, that `gate` is about to open for `decision` (and use up its QR
+        token). Called before the relay is pulsed: if this raises, an entry must not open."""
+        return self.intents.open(gate, decision, credential=credential, now=now, qr_token=qr_token, detail=detail)
+
+    def open_intents(self) -> list[dict[str, Any]]:
+        return self.intents.pending()
+
+    def report_unconfirmed(self, now: datetime) -> Committed:
+        """Intents a previous run left (a crash cut their commit) → passage_unconfirmed events."""
+        return self.intents.report_unconfirmed(now)
+
+    def probe(self, now: datetime) -> None:
+        """One small durable write: proves the store can record a tap right now (raises
+        sqlite3.Error / OSError as a tap's commit would)."""
+        self.set_meta("storage.probed_at", str(now.timestamp()))
 
     def commit_override(self, gate: Gate, operator: str, reason: str, now: datetime, *, passed: bool = True) -> Committed:
         return self.ledger.commit_override(gate, operator, reason, now, passed=passed)

@@ -379,13 +379,12 @@ def test_decide(case: Case) -> None:
 
 def test_every_reason_the_rules_give_is_covered() -> None:
     produced = {c.reason for c in CASES} | {Reason.OVERRIDE}
-    shell_only = {Reason.HARDWARE_FAULT, Reason.LOCKDOWN, Reason.CACHE_STALE, Reason.SITE_FULL}
-    assert produced == set(Reason) - shell_only
-
-
-def test_zone_full_is_the_shell_s_denial() -> None:
-    d = decide(view(timepass(), zone_full=True), CARD, GATE, SITE, POLICY, NOON)
-    assert (d.granted, d.reason) == (False, Reason.SITE_FULL)
+    # rules.admission's refusals (tests/test_admission.py) and the report of a cut commit
+    not_decide = {
+        Reason.FIRE_ALARM, Reason.EMERGENCY_RELEASE, Reason.LOCKDOWN, Reason.STORAGE_FAULT,
+        Reason.HARDWARE_FAULT, Reason.CACHE_STALE, Reason.SITE_FULL, Reason.PASSAGE_UNCONFIRMED,
+    }
+    assert produced == set(Reason) - not_decide
 
 
 def test_override() -> None:
@@ -420,3 +419,21 @@ def test_inside_resets_at_local_not_utc_midnight() -> None:
     assert not is_inside(p, t("2026-11-19T00:30"), SITE)
     utc_site = Site(ZoneInfo("UTC"))
     assert is_inside(p, t("2026-11-19T00:30"), utc_site)
+
+
+def test_a_desk_check_in_follows_the_rules_with_the_desk_s_choice() -> None:
+    two = (booking("b1", "2026-11-18T12:05"), booking("b2", "2026-11-18T12:10"))
+    d = decide(view(visits(), bookings=two), Presented.desk(), GATE, SITE, POLICY, NOON)
+    assert (d.reason, d.booking) == (Reason.BOOKING, "b1")  # the contract's own choice
+    d = decide(view(visits(), bookings=two), Presented.desk(booking="b2"), GATE, SITE, POLICY, NOON)
+    assert (d.reason, d.booking) == (Reason.BOOKING, "b2")
+    # a walk-in on the pass the desk picked, not the one the rules prefer (a time pass)
+    d = decide(view(visits("p1"), timepass("t1")), Presented.desk(pass_id="p1"), GATE, SITE, POLICY, NOON)
+    assert (d.reason, d.pass_id, d.amount) == (Reason.WALK_IN, "p1", Decimal(1))
+    # a choice the rules do not allow changes nothing: an empty pass is not usable
+    d = decide(view(visits("p1", 0), timepass("t1")), Presented.desk(pass_id="p1"), GATE, SITE, POLICY, NOON)
+    assert (d.reason, d.pass_id) == (Reason.WALK_IN, "t1")
+    # and the desk cannot check in a blocked member
+    blocked = replace(M1, status=MemberStatus.BLOCKED)
+    d = decide(view(timepass(), member=blocked), Presented.desk(), GATE, SITE, POLICY, NOON)
+    assert d.reason == Reason.MEMBER_BLOCKED

@@ -11,6 +11,8 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rules.admission import FireInputPolicy
+
 
 class OutputTransport(StrEnum):
     tcp = "tcp"
@@ -158,4 +160,11 @@ class FireAlarmInputConfig(ModbusLinkConfig):
     )
     poll_interval: float = Field(
         0.2, gt=0, le=5, description="Seconds between two reads of the fire input."
+    )
+    on_unknown: FireInputPolicy = Field(
+        FireInputPolicy.KEEP,
+        description="While the input cannot be read (board down, wrong address): `keep` the last "
+        "known state (the fire panel's own wiring stays the primary release), `deny_entries` "
+        "(doors as they are, entries refused as hardware_fault), or `release` (act as if the "
+        "alarm were active: fail-safe doors released, entries refused). Always an alarm.",
     )

@@ -329,9 +329,18 @@ class FireAlarmMonitor:
     ) -> None:
         self.cfg = cfg
         self.on_change = on_change
-        self.device = FireAlarmInput(cfg, on_health=on_health)
+        self.on_health = on_health
+        self.device = FireAlarmInput(cfg, on_health=self._health_changed)
         self.active: bool | None = None
         self._task: asyncio.Task[None] | None = None
+
+    def _health_changed(self, health: OutputHealth, error: str | None) -> None:
+        if health is not OutputHealth.online:
+            # the state is unknown until read again: the next successful read is reported
+            # even if it equals the last one (the owner must learn the input is back)
+            self.active = None
+        if self.on_health is not None:
+            self.on_health(health, error)
 
     @property
     def health(self) -> OutputHealth:
@@ -359,9 +368,14 @@ class FireAlarmMonitor:
             except Exception:
                 log.exception("fire alarm poll failed")
 
+    @property
+    def known(self) -> bool:
+        """The input was read and the board answers now: `active` is the fire panel's state."""
+        return self.active is not None and self.device.health is OutputHealth.online
+
     async def _poll_once(self) -> None:
         if self.device.health is not OutputHealth.online:
-            return  # the reconnect loop probes; keep the last known state
+            return  # the reconnect loop probes; the owner sees `known` turn False via on_health
         try:
             active = await self.device.read_active()
         except OutputFault:

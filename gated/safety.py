@@ -1,0 +1,210 @@
+"""Lockdown, emergency release and the fire-alarm input: the site's safety state.
+
+What a person decided survives any restart: a lockdown or an emergency release is written
+to the store when it is set and restored at start-up, before any reader is read (a kill -9,
+a watchdog restart or a reboot must not silently reopen a locked-down site). Only an admin
+lifts them (the console and the control socket check the role).
+
+The fire-alarm input is the fire panel's, not a person's: it is read again at start. While
+it cannot be read (board down, wrong address) that is an alarm — event, status, metric,
+console — never silence, and `fire_alarm.on_unknown` says what the gate does meanwhile
+(rules.admission.fire_input_effect).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from drivers.outputs.gate import GateController
+from drivers.outputs.modbus import OutputHealth
+from rules.admission import FireInput, FireInputPolicy, fire_input_effect
+from rules.timeutil import iso_utc
+from sync.storage import STORAGE_ERRORS
+from sync.store import Store
+
+log = structlog.get_logger("gated.safety")
+
+LOCKDOWN_KEY = "safety.lockdown"
+EMERGENCY_KEY = "safety.emergency_release"
+
+Alarm = Callable[[str, str], Awaitable[None]]  # (kind, detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Switch:
+    """A safety state a person turned on or off, and who, and when."""
+
+    active: bool = False
+    operator: str | None = None
+    at: str | None = None
+
+    @classmethod
+    def load(cls, text: str | None) -> Switch:
+        if not text:
+            return cls()
+        try:
+            raw = json.loads(text)
+            return cls(bool(raw["active"]), raw.get("operator"), raw.get("at"))
+        except (ValueError, KeyError, TypeError):
+            # unreadable: a lockdown may have been on; the safe reading is "on"
+            return cls(True, "unknown (unreadable safety state)", None)
+
+
+class Safety:
+    def __init__(
+        self,
+        store: Store,
+        controllers: Mapping[str, GateController],
+        clock: Callable[[], datetime],
+        alarm: Alarm,
+        fire_policy: FireInputPolicy = FireInputPolicy.KEEP,
+    ):
+        self.store = store
+        self.controllers = controllers
+        self.clock = clock
+        self.alarm = alarm
+        self.fire_policy = fire_policy
+        self.lockdown = Switch()
+        self.emergency = Switch()
+        self.fire = FireInput(active=None, known=True)
+        self.fire_configured = False
+        self.fire_error: str | None = None
+        self._unreachable_reported = False
+        self._released: bool | None = None  # what the doors were last told
+
+    # -- what the rules need ---------------------------------------------------------------
+
+    @property
+    def fire_alarm(self) -> bool:
+        return fire_input_effect(self.fire, self.fire_policy)[0]
+
+    @property
+    def input_lost(self) -> bool:
+        return fire_input_effect(self.fire, self.fire_policy)[1]
+
+    @property
+    def released(self) -> bool:
+        """Fail-safe doors held open: a fire alarm (or its policy) or an emergency release."""
+        return self.fire_alarm or self.emergency.active
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Take back what was decided before the restart; the doors follow."""
+        self.lockdown = Switch.load(self.store.meta(LOCKDOWN_KEY))
+        self.emergency = Switch.load(self.store.meta(EMERGENCY_KEY))
+        if self.lockdown.active:
+            log.warning("lockdown_restored", operator=self.lockdown.operator, since=self.lockdown.at)
+            for ctl in self.controllers.values():
+                await ctl.set_lockdown(True)
+        if self.emergency.active:
+            log.warning("emergency_release_restored", operator=self.emergency.operator, since=self.emergency.at)
+        await self._apply_release()
+
+    def watch_fire_input(self) -> None:
+        """A fire input is configured: until its first successful read its state is unknown."""
+        self.fire_configured = True
+        self.fire = FireInput(active=None, known=False)
+
+    # -- changes --------------------------------------------------------------------------
+
+    async def set_lockdown(self, on: bool, operator: str) -> None:
+        self.lockdown = Switch(on, operator, iso_utc(self.clock()))
+        # the doors first: a lockdown that cannot be written still locks
+        for ctl in self.controllers.values():
+            await ctl.set_lockdown(on)
+        self._persist(LOCKDOWN_KEY, self.lockdown)
+        self._record("lockdown", {"active": on, "operator": operator}, operator, "lockdown" if on else "release")
+        log.warning("lockdown" if on else "lockdown_released", operator=operator)
+
+    async def set_emergency(self, on: bool, operator: str) -> None:
+        if not on and self.fire.active and self.fire.known:
+            raise RuntimeError("the fire-alarm input is still active")
+        self.emergency = Switch(on, operator, iso_utc(self.clock()))
+        await self._apply_release()
+        self._persist(EMERGENCY_KEY, self.emergency)
+        self._record(
+            "fire_alarm",
+            {"active": self.released, "source": operator, "emergency_release": on},
+            operator,
+            "emergency_release" if on else "emergency_restore",
+        )
+
+    async def fire_input_read(self, active: bool) -> None:
+        """The fire input was read and changed (or read for the first time)."""
+        was_known = self.fire.known
+        self.fire = FireInput(active=active, known=True)
+        self.fire_error = None
+        await self._apply_release()
+        self._record("fire_alarm", {"active": self.released, "source": "input", "input": active}, None, None)
+        if not was_known and self._unreachable_reported:
+            self._unreachable_reported = False
+            await self.alarm("fire_input_online", "the fire-alarm input reads again")
+
+    async def fire_input_health(self, health: OutputHealth, error: str | None) -> None:
+        if health is OutputHealth.online:
+            return  # known again only once a read succeeds (fire_input_read)
+        self.fire = FireInput(active=self.fire.active, known=False)
+        self.fire_error = error
+        await self._apply_release()
+        self._unreachable_reported = True
+        await self.alarm(
+            "fire_input_unreachable",
+            f"the fire-alarm input cannot be read ({health.value}: {error}); policy {self.fire_policy.value}",
+        )
+
+    async def apply_to(self, ctl: GateController) -> None:
+        """A controller started after start-up (a reload): the safety state holds there too."""
+        await ctl.set_lockdown(self.lockdown.active)
+        await ctl.set_fire_alarm(self.released)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _apply_release(self) -> None:
+        released = self.released
+        if released == self._released:
+            return
+        self._released = released
+        for ctl in self.controllers.values():
+            await ctl.set_fire_alarm(released)
+
+    def _persist(self, key: str, switch: Switch) -> None:
+        try:
+            self.store.set_meta(key, json.dumps(asdict(switch)))
+        except STORAGE_ERRORS as e:
+            # in force now, but a restart would forget it: say so loudly
+            log.error("safety_state_not_durable", key=key, error=str(e))
+
+    def _record(self, event: str, fields: dict[str, Any], operator: str | None, audit: str | None) -> None:
+        now = self.clock()
+        try:
+            self.store.emit(event, now, **fields)
+            if operator is not None and audit is not None:
+                self.store.audit(now, operator, audit, {})
+        except STORAGE_ERRORS as e:
+            log.error("safety_event_not_recorded", event=event, error=str(e), **fields)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lockdown": asdict(self.lockdown),
+            "emergency_release": asdict(self.emergency),
+            "fire_input": None
+            if not self.fire_configured
+            else {
+                "active": self.fire.active,
+                "known": self.fire.known,
+                "error": self.fire_error,
+                "policy": self.fire_policy.value,
+            },
+            "fire_alarm": self.fire_alarm,
+            "doors_released": self.released,
+        }
+
+
+__all__ = ["Safety", "Switch"]

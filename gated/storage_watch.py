@@ -1,0 +1,253 @@
+"""The shell around sync.storage.StorageGuard: it looks at the store every second, tries
+to recover by itself, retries the commits that failed, reports alarms, and takes backups.
+
+- While storage is at fault: a probe write each round; for a database file that was
+  deleted behind the daemon's back, first a rescue (the open connection still holds the
+  ledger: it is written back to its path). Recovered when a probe succeeds and the file
+  and free-space checks pass.
+- A tap that was acted on (the turnstile turned) but whose commit failed is kept here, in
+  memory, and committed as soon as storage works again — in order, with its own time. Its
+  durable grant intent is still in the store; if the daemon dies first, the intent becomes
+  a `passage_unconfirmed` event at the next start (Store.report_unconfirmed).
+- Alarms (`storage_fault`, `storage_recovered`) are events like any other; the one that
+  says the store failed can only be written once it works again, so it is kept until then
+  and carries the instant the fault began. Logs and metrics say it at once.
+- Backups: `VACUUM INTO` on a connection of its own, in a worker thread (a consistent copy
+  of the database under WAL, without holding taps), then renamed to `<path>.backup`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import structlog
+
+from gated.metrics import Metrics
+from rules.timeutil import iso_utc
+from sync.storage import STORAGE_ERRORS, StorageChange, StorageGuard, StorageProblem
+from sync.store import Committed, Store, open_reader
+
+log = structlog.get_logger("gated.storage")
+
+CHECK_INTERVAL = 1.0
+INTEGRITY_INTERVAL = 60.0
+
+
+@dataclass
+class HeldCommit:
+    """A tap acted on whose commit failed: retried until it goes through."""
+
+    commit: Callable[[], Committed]
+    what: dict[str, object]
+    at: datetime
+
+
+class StorageWatch:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], datetime],
+        metrics: Metrics,
+        *,
+        min_free: int,
+        backup_interval: timedelta | None = None,
+    ):
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.guard = StorageGuard(store.path, min_free=min_free)
+        self.held: list[HeldCommit] = []
+        self.backup_interval = backup_interval
+        self.backup_path = Path(str(store.path) + ".backup")
+        self._last_backup = time.monotonic()
+        self._last_integrity = 0.0
+        self._pending_alarms: list[StorageChange] = []
+        self.on_change: list[Callable[[StorageChange], None]] = []
+
+    # -- on the tap path ------------------------------------------------------------------
+
+    @property
+    def ok(self) -> bool:
+        return self.guard.ok
+
+    def ok_for_entry(self) -> bool:
+        """Two system calls: may an entry be attempted (an intent written, a relay pulsed)?"""
+        ok = self.guard.precheck(self.clock())
+        self._drain_changes()
+        return ok
+
+    def failed(self, error: BaseException, where: str) -> StorageProblem:
+        problem = self.guard.failed(error, self.clock())
+        log.error("storage_write_failed", where=where, problem=problem.value, error=str(error))
+        self._drain_changes()
+        return problem
+
+    @property
+    def alarms_pending(self) -> bool:
+        return bool(self._pending_alarms or self.guard.has_changes)
+
+    def hold(self, commit: Callable[[], Committed], what: dict[str, object]) -> None:
+        """Keep a failed commit of a tap that was acted on; retried in order."""
+        self.held.append(HeldCommit(commit, what, self.clock()))
+        self.metrics.uncommitted.set(len(self.held))
+        log.error("tap_commit_held", held=len(self.held), **{k: v for k, v in what.items() if k != "event"})
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL)
+            await self.check()
+
+    async def check(self) -> None:
+        """One round: look, recover, retry, report. Never raises for a storage error."""
+        now = self.clock()
+        g = self.guard
+        g.check_file(now)
+        g.check_space(now)
+        if g.problem == StorageProblem.FILE_GONE:
+            self._rescue(now)
+        elif g.problem == StorageProblem.READ_ONLY:
+            self._reopen()
+        if g.problem == StorageProblem.CORRUPT and not await self._clean_again():
+            pass  # a write may well succeed over bad pages: only a clean check clears it
+        elif not g.ok or self.held or self._pending_alarms:
+            self._probe(now)
+        self._drain_changes()
+        if g.ok:
+            self._retry_held()
+            self._report_alarms()
+            await self._maybe_backup()
+        self.metrics.storage_ok.set(1 if g.ok else 0)
+        if g.free_bytes is not None:
+            self.metrics.storage_free.set(g.free_bytes)
+
+    def _reopen(self) -> None:
+        try:
+            self.store.reopen()
+        except STORAGE_ERRORS as e:
+            log.warning("storage_reopen_failed", error=str(e))
+
+    def _rescue(self, now: datetime) -> None:
+        try:
+            self.store.rescue()
+        except STORAGE_ERRORS as e:
+            log.error("storage_rescue_failed", path=str(self.store.path), error=str(e))
+            return
+        self.guard.reopened(now)
+        log.warning("storage_rescued", path=str(self.store.path))
+
+    async def _clean_again(self) -> bool:
+        """A corrupt store is checked again now and then (a restore from backup under a
+        running daemon, pages rewritten), off the event loop: a check reads every page."""
+        if time.monotonic() - self._last_integrity < INTEGRITY_INTERVAL:
+            return False
+        self._last_integrity = time.monotonic()
+        try:
+            return await asyncio.to_thread(quick_check, self.store.path)
+        except STORAGE_ERRORS:
+            return False
+
+    def _probe(self, now: datetime) -> None:
+        try:
+            self.store.probe(now)
+        except STORAGE_ERRORS as e:
+            self.guard.failed(e, now)
+            return
+        self.guard.probe_succeeded(now)
+
+    def _retry_held(self) -> None:
+        while self.held:
+            item = self.held[0]
+            try:
+                item.commit()
+            except STORAGE_ERRORS as e:
+                self.guard.failed(e, self.clock())
+                break
+            self.held.pop(0)
+            log.warning("tap_commit_recovered", **{k: v for k, v in item.what.items() if k != "event"})
+        self.metrics.uncommitted.set(len(self.held))
+
+    def _drain_changes(self) -> None:
+        for change in self.guard.take_changes():
+            if change.problem is None:
+                log.warning("storage_recovered")
+            else:
+                log.error("storage_fault", problem=change.problem.value, detail=change.detail)
+            self._pending_alarms.append(change)
+            for listener in self.on_change:
+                listener(change)
+        self.metrics.storage_ok.set(1 if self.guard.ok else 0)
+
+    def _report_alarms(self) -> None:
+        while self._pending_alarms:
+            change = self._pending_alarms[0]
+            kind = "storage_recovered" if change.problem is None else "storage_fault"
+            try:
+                self.store.emit(
+                    "alarm",
+                    self.clock(),
+                    kind=kind,
+                    detail=change.detail or "",
+                    problem=change.problem.value if change.problem else None,
+                    since=iso_utc(change.at),
+                )
+            except STORAGE_ERRORS as e:
+                self.guard.failed(e, self.clock())
+                return
+            self._pending_alarms.pop(0)
+
+    # -- backups -----------------------------------------------------------------------------
+
+    async def _maybe_backup(self) -> None:
+        if self.backup_interval is None:
+            return
+        if time.monotonic() - self._last_backup < self.backup_interval.total_seconds():
+            return
+        self._last_backup = time.monotonic()
+        try:
+            await asyncio.to_thread(backup, self.store.path, self.backup_path)
+        except STORAGE_ERRORS as e:
+            log.error("backup_failed", path=str(self.backup_path), error=str(e))
+            return
+        log.info("backup_written", path=str(self.backup_path))
+
+    def as_dict(self) -> dict[str, object]:
+        return {**self.guard.as_dict(), "held_commits": len(self.held), "backup": str(self.backup_path)}
+
+
+def quick_check(db: Path) -> bool:
+    """SQLite's own consistency check of every page (without the slow index cross-check),
+    of the ledger and the replica it names."""
+    conn = open_reader(db)
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    finally:
+        conn.close()
+    return [r[0] for r in rows] == ["ok"]
+
+
+def backup(db: Path, dest: Path) -> None:
+    """A consistent copy of the ledger `db` at `dest` (atomically replaced), without
+    holding writers: VACUUM INTO reads one snapshot of the WAL database on a connection of
+    its own. The replica is not copied: the central system sends it again."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        conn.execute("VACUUM INTO ?", (str(tmp),))
+    finally:
+        conn.close()
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dest)
+
+
+__all__ = ["HeldCommit", "StorageWatch", "backup", "quick_check"]

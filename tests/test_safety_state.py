@@ -1,0 +1,137 @@
+"""Safety state is durable, and a fire-alarm input that cannot be read is never silent.
+
+- A lockdown or an emergency release survives kill -9 and a clean restart (a watchdog
+  restart or a reboot is one of those): the site is still locked down afterwards, and only
+  an admin lifts it.
+- The fire-alarm board down or at a wrong address: an `alarm` event, `gated status`, the
+  `gated_fire_input_up` metric; `on_unknown` decides what entries do meanwhile. During a
+  fire alarm entries are refused with `fire_alarm`, not `lockdown`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gated.auth import hash_password
+from gated.control import request
+from simulator.turnstile import SimTurnstile
+from tests.gate_process import IN_CARD, OUT_CARD, gate_process
+from tests.test_daemon import wait_for
+from tests.test_faults_devices import CARDS, output, running_site
+
+PASSWORDS = {"desk": "desk-pass-1", "boss": "boss-pass-1"}
+
+
+def users() -> dict[str, Any]:
+    return {"console": {"enabled": False, "users": [
+        {"name": "desk", "role": "staff", "password_hash": hash_password(PASSWORDS["desk"])},
+        {"name": "boss", "role": "admin", "password_hash": hash_password(PASSWORDS["boss"])},
+    ]}}
+
+
+async def test_lockdown_survives_kill_9_and_restart_and_only_an_admin_lifts_it(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    extra = users()
+    async with gate_process(tmp_path, state, extra=extra) as gate:
+        r = await request(gate.socket, {"cmd": "lockdown", "on": True, "user": "boss", "password": PASSWORDS["boss"]})
+        assert r == {"lockdown": True}
+        t = await gate.tap(IN_CARD)
+        assert (t["decision"], t["reason"]) == ("denied", "lockdown")
+        os.kill(gate.proc.pid, signal.SIGKILL)
+        await asyncio.to_thread(gate.proc.wait, 10)
+    # kill -9: back up, still locked down, before a single reader was read
+    async with gate_process(tmp_path, state, extra=extra, seed=False) as gate:
+        st = await gate.status()
+        assert st["lockdown"] is True and st["safety"]["lockdown"]["operator"] == "boss", st["safety"]
+        t = await gate.tap(IN_CARD)
+        assert (t["decision"], t["reason"]) == ("denied", "lockdown")
+        assert gate.turnstile.unlocks == 0
+        t = await gate.tap(OUT_CARD, exit_gate=True)  # nobody is locked in
+        assert (t["decision"], t["reason"]) == ("granted", "exit")
+    # a clean stop and start (SIGTERM at the end of the block above): still locked down
+    async with gate_process(tmp_path, state, extra=extra, seed=False) as gate:
+        assert (await gate.status())["lockdown"] is True
+        r = await request(gate.socket, {"cmd": "lockdown", "on": False, "user": "desk", "password": PASSWORDS["desk"]})
+        assert "admin" in r["error"]
+        assert (await gate.status())["lockdown"] is True
+        r = await request(gate.socket, {"cmd": "lockdown", "on": False, "user": "boss", "password": PASSWORDS["boss"]})
+        assert r == {"lockdown": False}
+        t = await gate.tap(IN_CARD)
+        assert (t["decision"], t["reason"], t["passed"]) == ("granted", "walk_in", True)
+    async with gate_process(tmp_path, state, extra=extra, seed=False) as gate:
+        assert (await gate.status())["lockdown"] is False  # the lift is durable too
+        kinds = [e["type"] for e in gate.events() if e["type"] == "lockdown"]
+        assert kinds == ["lockdown", "lockdown"]
+
+
+def gates(sims: dict[str, SimTurnstile], _: Any) -> list[dict[str, Any]]:
+    return [{"id": "in-1", "zone": "main", "output": output(sims["in"])}]
+
+
+async def test_emergency_release_survives_a_restart(tmp_path: Path) -> None:
+    async with running_site(tmp_path, gates) as site:
+        await site.daemon.emergency_release("boss")
+        await wait_for(lambda: site.sims["in"].unlocked, 10, "the door released")
+    # a new daemon on the same store (and a new relay board): the doors are released at
+    # start, entries refused as an emergency release, until an admin restores
+    async with running_site(tmp_path, gates) as site:
+        d = site.daemon
+        assert d.health()["safety"]["emergency_release"]["operator"] == "boss"
+        await wait_for(lambda: site.sims["in"].unlocked, 10, "the door released again at start")
+        r = await site.tap("in-1", next(iter(CARDS)))
+        assert (r["decision"], r["reason"]) == ("denied", "emergency_release"), r
+        await d.end_emergency_release("boss")
+        await wait_for(lambda: not site.sims["in"].unlocked, 10, "the door locked")
+        r = await site.tap("in-1", next(iter(CARDS)))
+        assert (r["decision"], r["reason"]) == ("granted", "walk_in"), r
+
+
+def fire_board(policy: str) -> Any:
+    def extra(sims: dict[str, SimTurnstile]) -> dict[str, Any]:
+        sim = sims["fire"]
+        return {"fire_alarm": {"transport": "tcp", "host": sim.host, "port": sim.port, "unit": sim.unit,
+                               "input": sim.fire_alarm_input, "active_low": False, "poll_interval": 0.05,
+                               "timeout": 0.2, "retries": 0, "reconnect_max": 0.3, "on_unknown": policy}}
+    return extra
+
+
+@pytest.mark.parametrize("policy, entry_while_unknown", [("keep", "walk_in"), ("deny_entries", "hardware_fault")])
+async def test_fire_input_unreachable_is_an_alarm_with_a_policy(tmp_path: Path, policy: str, entry_while_unknown: str) -> None:
+    async with running_site(tmp_path, gates, sims=("in", "fire"), extra=fire_board(policy)) as site:
+        d = site.daemon
+        card = next(iter(CARDS))
+        assert d.health()["safety"]["fire_input"]["known"] is True
+        await site.sims["fire"].stop_server()  # the I/O board loses power
+        await wait_for(lambda: bool(site.alarms("fire_input_unreachable")), 10, "the unreachable alarm")
+        st = d.health()["safety"]["fire_input"]
+        assert st["known"] is False and st["policy"] == policy and st["error"]
+        assert d.metrics.fire_input_up._value.get() == 0
+        r = await site.tap("in-1", card)
+        assert r["reason"] == entry_while_unknown, r
+        await site.sims["fire"].start_server()
+        await wait_for(lambda: bool(site.alarms("fire_input_online")), 15, "the input back")
+        assert d.health()["safety"]["fire_input"]["known"] is True
+        await site.tap("in-1", card)  # whatever it was, the next one after it is normal
+        r = await site.tap("in-1", list(CARDS)[1])
+        assert r["reason"] == "walk_in", r
+
+
+async def test_fire_input_at_a_wrong_address_is_an_alarm_from_the_start(tmp_path: Path) -> None:
+    def wrong(sims: dict[str, SimTurnstile]) -> dict[str, Any]:
+        return {"fire_alarm": {"transport": "tcp", "host": "127.0.0.1", "port": 1, "unit": 1, "input": 2,
+                               "timeout": 0.2, "retries": 0, "on_unknown": "release"}}
+
+    async with running_site(tmp_path, gates, sims=("in",), extra=wrong) as site:
+        await wait_for(lambda: bool(site.alarms("fire_input_unreachable")), 10, "the alarm")
+        d = site.daemon
+        assert d.health()["safety"]["fire_input"]["known"] is False
+        # policy release: act as in a fire alarm — doors released, entries refused as fire_alarm
+        await wait_for(lambda: site.sims["in"].unlocked, 10, "the fail-safe door released")
+        r = await site.tap("in-1", next(iter(CARDS)))
+        assert (r["decision"], r["reason"]) == ("denied", "fire_alarm"), r
