@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from bench import common
 from bench.common import ROOT, fresh_dir, loaded_store
 from bench.generate import _ALWAYS as ALWAYS
 from bench.generate import SiteData, generate, policy
@@ -57,7 +58,7 @@ def grantable_cards(data: SiteData) -> list[str]:
 
 def base_store(data: SiteData, log: Any = print) -> Path:
     """The site's store file, built once per data set size."""
-    d = ROOT / "bench" / "results" / "work" / f"site-{len(data.members)}"
+    d = common.WORK / f"site-{len(data.members)}"
     path = d / "gated.db"
     marker = d / "complete"
     key = f"{data.seed}:{data.counts()}:{data.now.isoformat()}"

@@ -63,7 +63,7 @@ async def _bench(data: SiteData, runs: int, taps: int, log: Any) -> dict[str, An
         reader.close()
     return {
         "members": len(data.members),
-        "store_mb": round(base.stat().st_size / 1e6, 1),
+        "store_mb": round(sum(p.stat().st_size for p in base.parent.glob(base.stem + ".*")) / 1e6, 1),
         "ready_seconds": values_summary(ready_s, "s"),
         "rss_ready_mb": values_summary(rss_ready, "MB"),
         "rss_after_taps_mb": values_summary(rss_after, "MB"),

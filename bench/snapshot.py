@@ -1,44 +1,68 @@
 """Benchmark 3: a full snapshot of the large site imported while taps keep being decided.
 
-The snapshot goes through the MQTT link's own downlink path (sync.link.SyncLink._handle:
-size check, SnapshotChunk validation, SnapshotImporter stage → merge → swap → drop), fed
-with the JSON chunks the central system would publish, on the daemon's event loop. The
-broker is left out: the bytes are handed over as aiomqtt would hand them.
+The snapshot goes the way the MQTT link takes it (sync/snapshot.py): on the daemon's
+event loop, each chunk's header is read (`SnapshotHeader`) and the payload handed to the
+`SnapshotImporter`, which spools it for the worker process; after the last chunk,
+`finish` waits for the worker to build the new replica file and switches it in. The
+chunks are the central system's JSON (1,000 records each, as `simulator/central.py`
+sends them), read from a file, handed over as fast as the loop takes them (the broker is
+left out: the bytes are given as aiomqtt would give them).
 
-Meanwhile a tap task decides and commits a tap every TAP_INTERVAL seconds on the same
-loop and the same store. The stall of a tap is how late its decision was: the loop lag
-until the tap could start plus the decision itself (the relay command would go out
-then); the longest one is the figure against the 50 ms budget. The tap's commit (after
-the relay, synchronous=FULL) is reported apart.
+The import time is from the first chunk handed over to the switch done.
 
-For comparison, the single-transaction path (Store.apply_sync(snapshot=True)) is timed
-once: it holds the loop for its whole duration.
+Meanwhile, on the same loop and the same store:
+- a tap task decides and commits a tap every TAP_INTERVAL; a tap's **stall** is how late
+  its decision was: the loop lag until it could start plus the decision itself (the relay
+  command would go out then); its commit (after the relay, synchronous=FULL) is reported
+  apart;
+- a probe sleeps 1 ms at a time and records how late it wakes: the **loop lag** a tap
+  arriving at any instant would meet (it also catches what the tap task's own rhythm
+  might miss: another tap's commit, the switch).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import struct
 import time
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from bench.common import fresh_dir, summary, values_summary
 from bench.generate import SiteData, chunk_payloads, gates, policy, site
 from gated.engine import Engine
 from rules.credential import Credential
+from sync.snapshot import SnapshotHeader, SnapshotImporter
 from sync.store import Store
 
 TAP_INTERVAL = 0.01
+PROBE_INTERVAL = 0.001
 DAEMON = "bench-gate"
 
 
-class _Message:
-    """What the link reads from an aiomqtt message."""
+class Payloads:
+    """The snapshot's chunks, written once to a file (a 1M-member snapshot is a gigabyte
+    of JSON: not kept in memory) and read back one at a time."""
 
-    def __init__(self, topic: str, payload: bytes):
-        self.topic = topic
-        self.payload = payload
+    def __init__(self, data: SiteData, path: Path, records_per_chunk: int):
+        self.path = path
+        self.count = 0
+        self.bytes = 0
+        with open(path, "wb") as f:
+            for p in chunk_payloads(data, daemon=DAEMON, snapshot_id="snap-1", records_per_chunk=records_per_chunk):
+                f.write(struct.pack("<I", len(p)))
+                f.write(p)
+                self.count += 1
+                self.bytes += len(p)
+
+    def __iter__(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as f:
+            while head := f.read(4):
+                yield f.read(struct.unpack("<I", head)[0])
 
 
 async def _tapper(
@@ -64,96 +88,101 @@ async def _tapper(
         commit_ms.append((t2 - t1) * 1000)
 
 
-async def import_once(store: Store, payloads: list[bytes], data: SiteData, snapshot_id: str) -> dict[str, Any]:
-    from sync.link import MqttSettings, SyncLink
+async def _probe(stop: asyncio.Event, lags: list[float]) -> None:
+    while not stop.is_set():
+        t = time.perf_counter()
+        await asyncio.sleep(PROBE_INTERVAL)
+        lags.append(max(0.0, time.perf_counter() - t - PROBE_INTERVAL) * 1000)
 
-    settings = MqttSettings(site="bench", daemon=DAEMON)
-    link = SyncLink(store, settings, gates=gates())
-    link._awaiting_snapshot = True
-    topic = link.topics.snapshot
+
+async def import_once(store: Store, payloads: Payloads, data: SiteData) -> dict[str, Any]:
     engine = Engine(store, site(), gates(), policy())
+    importer = SnapshotImporter(store, DAEMON)
     stop = asyncio.Event()
     stalls: list[float] = []
     decide_ms: list[float] = []
     commit_ms: list[float] = []
-    tapper = asyncio.create_task(_tapper(engine, data, stop, stalls, decide_ms, commit_ms))
+    lags: list[float] = []
+    tasks = [
+        asyncio.create_task(_tapper(engine, data, stop, stalls, decide_ms, commit_ms)),
+        asyncio.create_task(_probe(stop, lags)),
+    ]
     await asyncio.sleep(0.05)
+    before = store.replica_generation
     t0 = time.perf_counter()
-    for p in payloads:
-        await link._handle(_Message(topic, p))  # type: ignore[arg-type]
+    for p in payloads:  # as the link hands them over (sync/link.py, `_on_chunk`)
+        header = SnapshotHeader.model_validate_json(p)
+        if header.chunk == 0:
+            await importer.begin(header, data.now)
+        await importer.add(header, p)
         await asyncio.sleep(0)  # the next MQTT message comes through the loop
+    fed = time.perf_counter() - t0
+    report = await importer.finish()
     seconds = time.perf_counter() - t0
     stop.set()
-    await tapper
-    applied = link.stats["snapshots_applied"]
+    await asyncio.wait(tasks)
     counts = store.counts()
-    if applied != 1 or counts["members"] != len(data.members) or counts["bookings"] != len(data.bookings):
-        raise RuntimeError(f"snapshot not applied: stats {dict(link.stats)}, counts {counts}")
+    if store.replica_generation != before + 1 or counts["members"] != len(data.members) or counts["bookings"] != len(
+        data.bookings
+    ):
+        raise RuntimeError(f"snapshot not applied: counts {counts}")
     return {
         "seconds": seconds,
+        "fed_seconds": fed,
         "taps": len(stalls),
         "max_stall_ms": max(stalls) if stalls else 0.0,
+        "max_lag_ms": max(lags) if lags else 0.0,
         "stalls_ms": stalls,
+        "lags_ms": lags,
         "decide_ms": decide_ms,
         "commit_ms": commit_ms,
+        "worker": report,
     }
 
 
-def run(data: SiteData, *, runs: int = 5, records_per_chunk: int = 5000, log: Any = print) -> dict[str, Any]:
-    path = fresh_dir("snapshot") / "gated.db"
+def run(data: SiteData, *, runs: int = 3, records_per_chunk: int = 1000, log: Any = print) -> dict[str, Any]:
+    work = fresh_dir("snapshot")
     t0 = time.perf_counter()
-    first = list(chunk_payloads(data, daemon=DAEMON, snapshot_id="snap-0", records_per_chunk=records_per_chunk))
+    payloads = Payloads(data, work / "chunks.bin", records_per_chunk)
     prep = time.perf_counter() - t0
-    # each run is a new snapshot (a new id), the same content
-    chunks = [[p.replace(b'"snapshot_id":"snap-0"', f'"snapshot_id":"snap-{r}"'.encode(), 1) for p in first] for r in range(runs)]
-    store = Store(path, site(), daemon_id=DAEMON)
+    store = Store(work / "gated.db", site(), daemon_id=DAEMON)
     results = []
     try:
         for r in range(runs):
-            res = asyncio.run(import_once(store, chunks[r], data, f"snap-{r}"))
+            res = asyncio.run(import_once(store, payloads, data))
             results.append(res)
+            w = res["worker"]
             log(
                 f"  snapshot run {r + 1}/{runs} ({'into an empty store' if r == 0 else 'over the previous one'}): "
-                f"{res['seconds']:.2f} s, {res['taps']} taps during it, longest stall {res['max_stall_ms']:.1f} ms"
+                f"{res['seconds']:.2f} s (chunks handed over in {res['fed_seconds']:.2f} s, switch "
+                f"{w['switch_ms']:.1f} ms), {res['taps']} taps during it, longest stall {res['max_stall_ms']:.1f} ms, "
+                f"longest loop lag {res['max_lag_ms']:.1f} ms; worker {w['timings']}"
             )
+        sizes = {
+            "ledger_mb": round(sum(os.path.getsize(p) for p in work.glob("gated.db*")) / 1e6, 1),
+            "replica_mb": round(sum(os.path.getsize(p) for p in work.glob("gated.replica-*")) / 1e6, 1),
+        }
     finally:
         store.close()
-    all_stalls = [s for res in results for s in res["stalls_ms"]]
-    all_stalls.sort()
-    out = {
+    stalls = [s for res in results for s in res["stalls_ms"]]
+    lags = [s for res in results for s in res["lags_ms"]]
+    return {
         "members": len(data.members),
         "passes": len(data.passes),
         "bookings": len(data.bookings),
-        "chunks": len(chunks[0]),
+        "chunks": payloads.count,
         "records_per_chunk": records_per_chunk,
-        "payload_mb": round(sum(len(p) for p in chunks[0]) / 1e6, 1),
+        "payload_mb": round(payloads.bytes / 1e6, 1),
         "payload_prep_seconds": round(prep, 2),
         "import_seconds": values_summary([res["seconds"] for res in results], "s"),
+        "switch_ms": values_summary([res["worker"]["switch_ms"] for res in results], "ms"),
         "max_stall_ms": values_summary([res["max_stall_ms"] for res in results], "ms"),
-        "stall_ms": {
-            "n": len(all_stalls),
-            "median": round(all_stalls[len(all_stalls) // 2], 3) if all_stalls else None,
-            "p99": round(all_stalls[int(0.99 * (len(all_stalls) - 1))], 3) if all_stalls else None,
-            "max": round(all_stalls[-1], 3) if all_stalls else None,
-        },
+        "stall_ms": summary(stalls),
+        "max_lag_ms": values_summary([res["max_lag_ms"] for res in results], "ms"),
+        "loop_lag_ms": summary(lags),
         "taps_during_import": sum(res["taps"] for res in results),
+        "decide_ms_during_import": summary([c for res in results for c in res["decide_ms"]]),
         "tap_commit_ms_during_import": summary([c for res in results for c in res["commit_ms"]]),
+        "worker": [res["worker"] for res in results],
+        "disk": sizes,
     }
-    return out
-
-
-def single_transaction(data: SiteData, log: Any = print) -> dict[str, Any]:
-    """Store.apply_sync(snapshot=True): one transaction, the loop held throughout."""
-    path = fresh_dir("snapshot-tx") / "gated.db"
-    store = Store(path, site(), daemon_id=DAEMON)
-    try:
-        t0 = time.perf_counter()
-        store.apply_sync(data.batch(), data.now, snapshot=True)
-        first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        store.apply_sync(data.batch(), data.now, snapshot=True)
-        second = time.perf_counter() - t0
-    finally:
-        store.close()
-    log(f"  Store.apply_sync(snapshot=True), one transaction: {first:.2f} s into an empty store, {second:.2f} s over it")
-    return {"empty_seconds": round(first, 2), "replace_seconds": round(second, 2)}

@@ -111,7 +111,7 @@ class PassIn(Strict):
             raise FieldError("balance", f"balance is not allowed for a {self.kind} pass")
         if self.kind == "credits" and self.walk_in_cost is None:
             raise FieldError("walk_in_cost", "walk_in_cost is required for a credits pass")
-        if self.valid_from and self.valid_until and parse_date(str(self.valid_from)) > parse_date(str(self.valid_until)):
+        if self.valid_from and self.valid_until and self.valid_from > self.valid_until:
             raise FieldError("valid_until", "valid_from is after valid_until")
         return self
 

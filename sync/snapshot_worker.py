@@ -35,6 +35,7 @@ import json
 import multiprocessing
 import os
 import queue
+import resource
 import sqlite3
 import sys
 import threading
@@ -143,6 +144,44 @@ def _parse_task(task: tuple[int, int, int]) -> tuple[int, Rows | None, str | Non
 # -- building (this process) ------------------------------------------------------------------
 
 
+class Flusher:
+    """Writes the file being built out to the disk as it grows, from a thread of its own
+    (fdatasync releases the GIL): a single flush of the whole file at the end (80 MB at
+    100,000 members) made every tap commit that came during it wait for it (30 ms)."""
+
+    EVERY = 8 * 1024 * 1024  # bytes of growth between flushes
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_RDONLY)
+        self.flushed = 0
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="snapshot-flush", daemon=True)
+        self._thread.start()
+
+    def grown(self) -> None:
+        """Called after each commit: flush when the file grew enough since the last one."""
+        if os.fstat(self.fd).st_size - self.flushed >= self.EVERY:
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            size = os.fstat(self.fd).st_size
+            os.fdatasync(self.fd)
+            self.flushed = size
+            if self._stop:
+                return
+
+    def close(self) -> None:
+        """The last flush, then the file's directory entry."""
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+        os.close(self.fd)
+
+
 class Build:
     """One replica file being built from one snapshot's rows, chunk after chunk."""
 
@@ -169,6 +208,7 @@ class Build:
         c.execute("PRAGMA temp_store=MEMORY")
         for sql in REPLICA_TABLES:
             c.execute(sql)
+        self.flusher = Flusher(self.path)
 
     def insert(self, rows: Rows) -> None:
         members, cards, passes, bookings = rows
@@ -188,6 +228,7 @@ class Build:
         if self.pending >= self.batch_rows:
             c.execute("COMMIT")
             self.pending = 0
+            self.flusher.grown()
         self.timings["insert"] += time.perf_counter() - t0
         self.counts["members"] += len(members)
         self.counts["cards"] += len(cards)
@@ -204,6 +245,7 @@ class Build:
         t0 = time.perf_counter()
         for sql in REPLICA_INDEXES:
             c.execute(sql)
+            self.flusher.grown()
         t1 = time.perf_counter()
         recheck, clear, cursor = self._switch_lists()
         t2 = time.perf_counter()
@@ -221,6 +263,7 @@ class Build:
         c.execute("COMMIT")
         c.execute("PRAGMA journal_mode=WAL")
         c.close()
+        self.flusher.close()
         ReplicaFiles(self.path).fsync(self.path)
         t3 = time.perf_counter()
         self.timings.update(indexes=t1 - t0, switch_lists=t2 - t1, fsync=t3 - t2)
@@ -262,6 +305,7 @@ class Build:
     def discard(self) -> None:
         try:
             self.conn.close()
+            self.flusher.close()
         finally:
             ReplicaFiles.remove(self.path)
 
@@ -336,9 +380,18 @@ def run(params: dict[str, Any], control: BinaryIO, out: BinaryIO) -> int:
             waited = time.perf_counter()
         if not commands.ended:
             return 1  # aborted, or the importer went away
+        pool.close()
+        pool.join()
         result = build.finish()
         ok = True
-        _say(out, event="built", seconds=round(time.perf_counter() - started, 3), parsers=parsers, **result)
+        peak_kb = {
+            "builder": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "largest_parser": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+        }
+        _say(
+            out, event="built", seconds=round(time.perf_counter() - started, 3), parsers=parsers,
+            peak_rss_mb={k: round(v / 1024, 1) for k, v in peak_kb.items()}, **result,
+        )
         return 0
     except BuildError as e:
         _say(out, event="error", message=str(e), chunk=e.chunk)
