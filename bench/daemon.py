@@ -66,8 +66,10 @@ def base_store(data: SiteData, log: Any = print) -> Path:
         return path
     d = fresh_dir(f"site-{len(data.members)}")
     store, seconds = loaded_store(path, data)
-    # a running daemon finalised the past weeks' no-shows long ago: do it now, not at start
+    # a running daemon finalised the past weeks' no-shows long ago, and the central system
+    # acknowledged them: do it now, not at start
     store.run_due(policy(), datetime.now(UTC))
+    store.ack(store.last_seq)
     store.close()
     marker.write_text(key)
     log(f"  (built the {len(data.members)}-member store for the daemon in {seconds:.1f} s)")

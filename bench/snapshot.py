@@ -41,6 +41,7 @@ from sync.store import Store
 
 TAP_INTERVAL = 0.01
 PROBE_INTERVAL = 0.001
+LONG_LAG = 0.020  # the stall budget: lags over it are looked at
 DAEMON = "bench-gate"
 
 
@@ -66,7 +67,13 @@ class Payloads:
 
 
 async def _tapper(
-    engine: Engine, data: SiteData, stop: asyncio.Event, stalls: list[float], decide_ms: list[float], commit_ms: list[float]
+    engine: Engine,
+    data: SiteData,
+    stop: asyncio.Event,
+    stalls: list[float],
+    decide_ms: list[float],
+    commit_ms: list[float],
+    commits: list[tuple[float, float]],
 ) -> None:
     rng = random.Random(5)
     cards = data.cards
@@ -83,16 +90,26 @@ async def _tapper(
         t1 = time.perf_counter()
         engine.commit(pending, passed=True, now=now)
         t2 = time.perf_counter()
+        commits.append((t1, t2))
         decide_ms.append((t1 - t0) * 1000)
         stalls.append((max(late, 0.0) + (t1 - t0)) * 1000)
         commit_ms.append((t2 - t1) * 1000)
 
 
-async def _probe(stop: asyncio.Event, lags: list[float]) -> None:
+async def _probe(stop: asyncio.Event, lags: list[float], long: list[tuple[float, float]]) -> None:
     while not stop.is_set():
         t = time.perf_counter()
         await asyncio.sleep(PROBE_INTERVAL)
-        lags.append(max(0.0, time.perf_counter() - t - PROBE_INTERVAL) * 1000)
+        woke = time.perf_counter()
+        lag = max(0.0, woke - t - PROBE_INTERVAL)
+        lags.append(lag * 1000)
+        if lag > LONG_LAG:
+            long.append((woke - lag, woke))
+
+
+def _during_commit(long: list[tuple[float, float]], commits: list[tuple[float, float]]) -> int:
+    """How many of the long lags overlap a tap's commit (its fsync: the disk, not the import)."""
+    return sum(1 for a, b in long if any(c < b and a < d for c, d in commits))
 
 
 async def import_once(store: Store, payloads: Payloads, data: SiteData) -> dict[str, Any]:
@@ -103,9 +120,11 @@ async def import_once(store: Store, payloads: Payloads, data: SiteData) -> dict[
     decide_ms: list[float] = []
     commit_ms: list[float] = []
     lags: list[float] = []
+    commits: list[tuple[float, float]] = []
+    long: list[tuple[float, float]] = []
     tasks = [
-        asyncio.create_task(_tapper(engine, data, stop, stalls, decide_ms, commit_ms)),
-        asyncio.create_task(_probe(stop, lags)),
+        asyncio.create_task(_tapper(engine, data, stop, stalls, decide_ms, commit_ms, commits)),
+        asyncio.create_task(_probe(stop, lags, long)),
     ]
     await asyncio.sleep(0.05)
     before = store.replica_generation
@@ -132,6 +151,8 @@ async def import_once(store: Store, payloads: Payloads, data: SiteData) -> dict[
         "taps": len(stalls),
         "max_stall_ms": max(stalls) if stalls else 0.0,
         "max_lag_ms": max(lags) if lags else 0.0,
+        "long_lags": len(long),
+        "long_lags_during_a_commit": _during_commit(long, commits),
         "stalls_ms": stalls,
         "lags_ms": lags,
         "decide_ms": decide_ms,
@@ -156,7 +177,8 @@ def run(data: SiteData, *, runs: int = 3, records_per_chunk: int = 1000, log: An
                 f"  snapshot run {r + 1}/{runs} ({'into an empty store' if r == 0 else 'over the previous one'}): "
                 f"{res['seconds']:.2f} s (chunks handed over in {res['fed_seconds']:.2f} s, switch "
                 f"{w['switch_ms']:.1f} ms), {res['taps']} taps during it, longest stall {res['max_stall_ms']:.1f} ms, "
-                f"longest loop lag {res['max_lag_ms']:.1f} ms; worker {w['timings']}"
+                f"longest loop lag {res['max_lag_ms']:.1f} ms ({res['long_lags']} over 20 ms, "
+                f"{res['long_lags_during_a_commit']} of them during a tap's commit); worker {w['timings']}"
             )
         sizes = {
             "ledger_mb": round(sum(os.path.getsize(p) for p in work.glob("gated.db*")) / 1e6, 1),
@@ -181,6 +203,8 @@ def run(data: SiteData, *, runs: int = 3, records_per_chunk: int = 1000, log: An
         "max_lag_ms": values_summary([res["max_lag_ms"] for res in results], "ms"),
         "loop_lag_ms": summary(lags),
         "taps_during_import": sum(res["taps"] for res in results),
+        "long_lags": sum(res["long_lags"] for res in results),
+        "long_lags_during_a_commit": sum(res["long_lags_during_a_commit"] for res in results),
         "decide_ms_during_import": summary([c for res in results for c in res["decide_ms"]]),
         "tap_commit_ms_during_import": summary([c for res in results for c in res["commit_ms"]]),
         "worker": [res["worker"] for res in results],
