@@ -1,4 +1,6 @@
-"""The `gated` command. Each subcommand lives in its own module; this only dispatches."""
+"""The `gated` command: builds the argument parser and dispatches. The daemon and the
+installer's and desk's commands are in gated/commands.py, the QR tools in gated/qrcli.py,
+the store's in gated/storecli.py, the scenario runner in gated/scenario.py."""
 
 from __future__ import annotations
 

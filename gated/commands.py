@@ -269,11 +269,10 @@ def cmd_sim_central(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_turnstile(args: argparse.Namespace) -> int:
-    import logging
-
+    from gated import logs
     from simulator.turnstile import serve_turnstile
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logs.setup("console", "info")
 
     def ready(sim: Any) -> None:
         where = f"host: {sim.host}, port: {sim.port}" if args.transport == "tcp" else f"device: {sim.device}"

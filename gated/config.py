@@ -7,12 +7,20 @@ the JSON Schema editors use to check the file as it is typed.
 from __future__ import annotations
 
 import socket
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from drivers.outputs.config import DoorMode, FireAlarmInputConfig, ModbusOutputConfig
 from drivers.readers.config import ReaderConfig
@@ -158,6 +166,19 @@ class ConsoleUser(Section):
     )
 
 
+class DisplayConfig(Section):
+    """A member-facing screen at a gate (a tablet on the turnstile): read-only, no login."""
+
+    id: Ident = Field(description="Names the display in its URL: /display/ID?token=...")
+    gate: Name = Field(description="The gate whose taps it shows.")
+    token: str = Field(
+        min_length=24, max_length=200, pattern=r"^[A-Za-z0-9_-]+$",
+        description="A long random secret in the display's URL (e.g. `python3 -c 'import secrets; "
+        "print(secrets.token_urlsafe(24))'`): whoever has it sees that gate's answers.",
+    )
+    clear_after: int = Field(6, ge=2, le=60, description="Seconds an answer stays on screen.")
+
+
 class ConsoleConfig(Section):
     enabled: bool = True
     bind: str = Field("127.0.0.1", description="Address to listen on; loopback unless TLS is set up.")
@@ -166,6 +187,15 @@ class ConsoleConfig(Section):
     session_minutes: int = Field(480, ge=5, le=24 * 60)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    trusted_hosts: list[str] = Field(
+        [],
+        description="Host names the console answers to (the Host header; DNS rebinding). Loopback names "
+        "and the bind address are always allowed; add the names the desk types, e.g. gate-1.gym.lan.",
+    )
+    displays: list[DisplayConfig] = Field([], description="Member-facing gate displays.")
+
+    def allowed_hosts(self) -> list[str]:
+        return list(dict.fromkeys(["127.0.0.1", "localhost", "::1", "[::1]", self.bind, *self.trusted_hosts]))
 
 
 class QrConfig(Section):
@@ -175,6 +205,11 @@ class QrConfig(Section):
 class LoggingConfig(Section):
     format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a terminal, else JSON.")
     level: Literal["debug", "info", "warning", "error"] = "info"
+    libraries: Literal["debug", "info", "warning", "error"] = Field(
+        "warning",
+        description="Level for the libraries' own logs (pymodbus frames, MQTT client): "
+        "`debug` to see every Modbus frame while wiring.",
+    )
 
 
 class MetricsConfig(Section):
@@ -185,6 +220,26 @@ class MetricsConfig(Section):
 
 class ControlConfig(Section):
     socket: Path = Field(Path("/run/gated/control.sock"), description="Unix socket for `gated tap`, `gated open`.")
+    injected_reads: bool = Field(
+        False,
+        description="Accept `gated tap` (a card or QR read sent through the socket as if a reader had read "
+        "it). Off in production: it opens doors without a password. The demo and tests turn it on.",
+    )
+
+
+class SimulationConfig(Section):
+    """For `gated sim day` only: a simulated clock shared by a whole simulated site."""
+
+    clock_start: datetime = Field(description="The simulated instant at `clock_epoch` (ISO 8601 with an offset).")
+    clock_speed: float = Field(60.0, gt=0, le=10_000, description="Simulated seconds per real second.")
+    clock_epoch: float = Field(description="The real instant (Unix seconds) the simulated clock started at.")
+
+    @field_validator("clock_start")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("give the start with its UTC offset")
+        return v
 
 
 class Config(Section):
@@ -203,6 +258,11 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     control: ControlConfig = ControlConfig()
     lookup_unknown_cards: bool = Field(True, description="Ask the central system about unknown cards before denying.")
+    simulation: SimulationConfig | None = Field(
+        None,
+        description="Simulator only (`gated sim day`): a simulated clock. `gated run` refuses it "
+        "unless GATED_SIMULATION=1 is set too: never on a real site.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -217,6 +277,18 @@ class Config(Section):
                 mqtt.setdefault("daemon", socket.gethostname().split(".")[0] or "gate")
             data = {**data, "mqtt": mqtt}
         return data
+
+    @model_validator(mode="after")
+    def _displays(self) -> Config:
+        gates = {g.id for g in self.gates}
+        ids: set[str] = set()
+        for d in self.console.displays:
+            if d.gate not in gates:
+                raise ValueError(f"display {d.id!r} names gate {d.gate!r}, which is not configured")
+            if d.id in ids:
+                raise ValueError(f"display id {d.id!r} repeats")
+            ids.add(d.id)
+        return self
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Config:
@@ -246,6 +318,10 @@ class Config(Section):
         return {g.id: g.to_domain() for g in self.gates}
 
     def warnings(self) -> list[tuple[str, str]]:
+        sim = [("simulation", "a simulated clock: for `gated sim day` only; `gated run` refuses it without GATED_SIMULATION=1")]
+        return (sim if self.simulation is not None else []) + self._warnings()
+
+    def _warnings(self) -> list[tuple[str, str]]:
         """Legal but risky settings: (key path, what to consider)."""
         out: list[tuple[str, str]] = []
         for i, g in enumerate(self.gates):

@@ -1,6 +1,12 @@
 """The control socket: how `gated tap`, `gated open` and `gated status` reach a running
-daemon. A Unix socket (mode 0660): only root and the gated group can connect; actions
-that open doors also need a console user's name and password, and are audited.
+daemon. A Unix socket (mode 0660): only root and the gated group can connect.
+
+Who may open a door: `open` and `lockdown` need a console user's name and password and
+are audited; `tap` (a read injected as if a reader had read it) is refused unless the
+configuration says `control.injected_reads: true` (the demo, tests, commissioning).
+Password checks are limited when they start, per user and per connecting Unix user
+(SO_PEERCRED), so parallel guesses run at most the limit and one account's guessing cannot
+lock out another account's (docs/console.md, "Login limits").
 
 Protocol: one JSON object per line in, one per line out.
 """
@@ -11,17 +17,20 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from gated.auth import authenticate
-from gated.console.security import LoginLimiter
+from gated.console.backend import ActionRefused, ConsoleBackend
+from gated.console.security import Attempt, LoginLimiter
 from rules.credential import Credential
 
 if TYPE_CHECKING:
-    from gated.daemon import Daemon
+    from gated.metrics import Metrics
 
 MAX_LINE = 64 * 1024
 
@@ -59,9 +68,23 @@ class LockdownCmd(_Cmd):
 Command = TypeAdapter(Annotated[TapCmd | StatusCmd | OpenCmd | LockdownCmd, Field(discriminator="cmd")])
 
 
+def peer_uid(writer: asyncio.StreamWriter) -> int | None:
+    """The Unix user at the other end of the socket (Linux SO_PEERCRED), if the OS says."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", raw)
+    return int(uid)
+
+
 class ControlServer:
-    def __init__(self, daemon: Daemon, path: Path):
-        self.daemon = daemon
+    def __init__(self, backend: ConsoleBackend, path: Path, metrics: Metrics):
+        self.backend = backend
+        self.metrics = metrics
         self.path = Path(path)
         self.server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.StreamWriter] = set()
@@ -95,7 +118,7 @@ class ControlServer:
                     break
                 if not line:
                     break
-                await self._reply(writer, await self.handle(line))
+                await self._reply(writer, await self.handle(line, peer_uid(writer)))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -109,39 +132,46 @@ class ControlServer:
         writer.write(json.dumps(obj).encode() + b"\n")
         await writer.drain()
 
-    async def handle(self, line: bytes) -> dict[str, Any]:
-        d = self.daemon
+    async def handle(self, line: bytes, uid: int | None = None) -> dict[str, Any]:
+        b = self.backend
         try:
             cmd = Command.validate_json(line)
         except ValidationError as e:
-            d.metrics.rejected_input.labels("control").inc()
+            self.metrics.rejected_input.labels("control").inc()
             return {"error": "invalid command", "detail": e.errors(include_url=False, include_input=False)[:3]}
         if isinstance(cmd, StatusCmd):
-            return d.health()
+            return b.health()
         if isinstance(cmd, TapCmd):
+            if not b.config.control.injected_reads:
+                return {"error": "injected reads are off: set control.injected_reads: true to allow `gated tap`"}
             if (cmd.card is None) == (cmd.qr is None):
                 return {"error": "give exactly one of card or qr"}
-            if d.engine is None or cmd.gate not in d.engine.gates:
+            if cmd.gate not in {g.id for g in b.config.gates}:
                 return {"error": f"unknown gate {cmd.gate!r}"}
             cred = Credential.card(cmd.card, "control") if cmd.card else Credential.qr(cmd.qr or "", "control")
-            return await d.handle_credential(cmd.gate, cred)
-        keys = [f"user:{cmd.user.strip().lower()[:100]}"]
-        wait = self.limiter.retry_after(keys)
-        if wait > 0:
-            return {"error": f"too many failed attempts: try again in {int(wait) + 1} s"}
-        # argon2 takes tens of ms of CPU: off the event loop, taps keep flowing
-        user = await asyncio.to_thread(authenticate, list(d.config.console.users), cmd.user, cmd.password)
+            return await b.tap(cmd.gate, cred)
+        keys = [f"user:{cmd.user.strip().lower()[:100]}|uid:{uid if uid is not None else '?'}"]
+        attempt = self.limiter.begin(keys)
+        if not isinstance(attempt, Attempt):
+            return {"error": f"too many failed attempts: try again in {int(attempt) + 1} s"}
+        user = None
+        try:
+            # argon2 takes tens of ms of CPU: off the event loop, taps keep flowing
+            user = await asyncio.to_thread(authenticate, list(b.config.console.users), cmd.user, cmd.password)
+        finally:
+            self.limiter.end(attempt, ok=user is not None)
         if user is None:
-            self.limiter.failure(keys)
             return {"error": "authentication failed"}
-        self.limiter.success(keys)
-        if isinstance(cmd, OpenCmd):
-            if d.engine is None or cmd.gate not in d.engine.gates:
-                return {"error": f"unknown gate {cmd.gate!r}"}
-            return await d.override(cmd.gate, user.name, cmd.reason)
-        if user.role != "admin":
-            return {"error": "only an admin can lock down or release"}
-        await d.set_lockdown(cmd.on, user.name)
+        try:
+            if isinstance(cmd, OpenCmd):
+                if cmd.gate not in {g.id for g in b.config.gates}:
+                    return {"error": f"unknown gate {cmd.gate!r}"}
+                return await b.open_once(cmd.gate, user.name, cmd.reason)
+            if user.role != "admin":
+                return {"error": "only an admin can lock down or release"}
+            await b.set_lockdown(cmd.on, user.name)
+        except ActionRefused as e:
+            return {"error": e.message}
         return {"lockdown": cmd.on}
 
 

@@ -18,7 +18,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from drivers.outputs.modbus import OutputHealth
 from drivers.readers.base import Reader, ReaderHealth
 from drivers.readers.config import build_reader
 from gated import logs, sdnotify
+from gated.clock import SIMULATION_ENV, Clock, SimulatedClock, utc_now
+from gated.clock import allowed as simulation_allowed
 from gated.config import Config, ConfigError, load_config
 from gated.engine import Engine
 from gated.metrics import Metrics
@@ -47,10 +49,6 @@ log = structlog.get_logger("gated")
 
 SCHEDULER_INTERVAL = 1.0
 RELOAD_TIMEOUT = 10.0
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class StoreUnusable(Exception):
@@ -151,9 +149,10 @@ class Daemon:
             self.link = SyncLink(store, cfg.mqtt, now=self.clock, gates=cfg.gates_domain(), health=self._link_health)
             self.taps.link = self.link
             self.link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
+        from gated.console.backend import DaemonBackend
         from gated.control import ControlServer
 
-        self.control = ControlServer(self, cfg.control.socket)
+        self.control = ControlServer(DaemonBackend(self), cfg.control.socket, self.metrics)
         await self.control.start()
         if cfg.metrics.enabled:
             try:
@@ -161,9 +160,9 @@ class Daemon:
             except OSError as e:
                 log.warning("metrics_unavailable", error=str(e))
         if cfg.console.enabled:
-            from gated.console.app import start_console
+            from gated.console.server import start_console
 
-            self.console = await start_console(self)
+            self.console = await start_console(DaemonBackend(self))
         self._tasks.append(asyncio.create_task(self._scheduler(), name="scheduler"))
         self._tasks.append(asyncio.create_task(self.storage.run(), name="storage-watch"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
@@ -205,6 +204,8 @@ class Daemon:
             if self.safety.fire_configured and not self.safety.fire.known:
                 problems.append("FIRE INPUT UNREACHABLE")
         base = f"ready: {len(self.config.gates)} gates, {len(self.readers)} readers"
+        if self.config.simulation is not None:
+            base += " (SIMULATED CLOCK)"
         return base + ("; " + "; ".join(problems) if problems else "")
 
     def _start_reader(self, gate_id: str, reader: Reader) -> None:
@@ -509,6 +510,7 @@ class Daemon:
             "site": self.config.site.id,
             "daemon": self.config.daemon_id,
             "ready": self.ready,
+            "clock": "simulated" if self.config.simulation is not None else "real",
             "lockdown": self.lockdown,
             "fire_alarm": self.fire_alarm,
             "safety": self.safety.as_dict() if self.safety is not None else None,
@@ -621,8 +623,20 @@ def run(config_path: str) -> int:
         for line, key, msg in e.problems:
             print(f"{e.path}:{line or '?'}: {key}: {msg}", flush=True)
         return 2
-    logs.setup(config.logging.format, config.logging.level)
-    daemon = Daemon(config, config_path)
+    clock: Clock = utc_now
+    if config.simulation is not None:
+        if not simulation_allowed():
+            print(
+                f"{config_path}: simulation: a simulated clock is for the simulator only; "
+                f"set {SIMULATION_ENV}=1 to run it (never on a real site)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 2
+        sim = config.simulation
+        clock = SimulatedClock(sim.clock_start, sim.clock_speed, sim.clock_epoch)
+    logs.setup(config.logging.format, config.logging.level, config.logging.libraries)
+    daemon = Daemon(config, config_path, clock=clock)
     try:
         asyncio.run(daemon.run())
     except KeyboardInterrupt:

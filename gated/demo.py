@@ -1,12 +1,18 @@
 """`make demo`: a whole simulated site on this machine, no hardware, no broker.
 
-- a turnstile on a real Modbus TCP server (simulator/turnstile.py) at 127.0.0.1:1502,
+- a turnstile on a real Modbus TCP server (simulator/turnstile.py), port 1502 by default,
 - two serial readers on pseudo-terminals (var/demo/reader-in, var/demo/reader-out),
-- the daemon on config/demo.yaml with members, passes and today's classes,
-- the console on http://127.0.0.1:8080 (user `desk`, password `demo`; admin `admin`/`demo`),
-- a script of taps so that something happens at once, then a tap every 20 s.
+- the daemon on config/demo.yaml with members, passes and today's classes (fresh at every
+  start: the balances and classes are reset around the current time),
+- the front-desk console on http://127.0.0.1:8080 (user `desk`, password `demo`; admin
+  `admin`/`demo`) and a member-facing gate display (its link is printed),
+- a script of taps so that something happens at once, then now and then a tap that costs
+  nobody anything (a time pass coming and going, an unknown card).
 
-Events wait in the outbox (no broker). Ctrl-C stops everything.
+Type a card number and Enter in this terminal to tap it at the entrance (`out CARD` at the
+exit). Ports: --console-port, --modbus-port, --metrics-port (or GATED_DEMO_CONSOLE_PORT,
+GATED_DEMO_MODBUS_PORT, GATED_DEMO_METRICS_PORT). Events wait in the outbox (no broker).
+Ctrl-C (or SIGTERM) stops everything; SIGHUP reloads the configuration, as for the daemon.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import random
-import shutil
+import itertools
+import os
+import secrets
+import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,7 +71,7 @@ def demo_data(now: datetime, tz: ZoneInfo) -> dict[str, Any]:
             {"id": "b-yoga", "member": "m-lena", "pass": "p-lena", "class": "Workshop Yoga", "zone": "main",
              "starts_at": at(5), "ends_at": at(95), "deducted": True},
             {"id": "b-pilates", "member": "m-bruno", "pass": "p-bruno", "class": "Pilates", "zone": "main",
-             "starts_at": at(120), "ends_at": at(175)},
+             "starts_at": at(150), "ends_at": at(205)},
         ],
     }
 
@@ -73,12 +81,52 @@ SCRIPT = [
     ("turnstile-in", "A1B2C3D4"),  # Lena, marketplace booking: the booking is the ticket
     ("turnstile-in", "DEADBEEF"),  # blocked member
     ("turnstile-in", "0499887766"),  # Bruno, walk-in on a deduct-at-access pass
-    ("turnstile-in", "12345678"),  # unknown card
+    ("turnstile-in", "12345678"),  # unknown card: the desk can assign it to a member
     ("exit", "04A1B2C3D4"),  # Ana leaves
 ]
 
+# Now and then, taps that take nothing from anybody: a run left going all day must not
+# drain the demo members' passes (Jonas has a monthly time pass).
+BACKGROUND = [
+    ("turnstile-in", "C0FFEE01"),
+    ("exit", "C0FFEE01"),
+    ("turnstile-in", "5EED5EED"),  # an unknown card
+]
 
-async def run_demo(config_template: Path, workdir: Path, *, scripted: bool = True, forever: bool = True) -> None:
+
+def _port(value: str | None, fallback: int) -> int:
+    return int(value) if value else fallback
+
+
+async def _typed_taps(readers: dict[str, Any], stop: asyncio.Event) -> None:
+    """Cards typed in the demo's terminal, read as if the card had been held to a reader."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    fd = sys.stdin.fileno()
+    loop.add_reader(fd, lambda: queue.put_nowait(sys.stdin.readline()))
+    try:
+        while not stop.is_set():
+            line = (await queue.get()).strip()
+            if not line:
+                continue
+            gate, _, card = line.rpartition(" ")
+            gate = "exit" if gate.lower() in ("out", "exit") else "turnstile-in"
+            if card.isalnum() and len(card) <= 40:
+                readers[gate].tap(card.upper())
+            else:
+                print("  type a card number (letters and digits), or `out CARD` for the exit", flush=True)
+    finally:
+        loop.remove_reader(fd)
+
+
+async def run_demo(
+    config_template: Path,
+    workdir: Path,
+    *,
+    scripted: bool = True,
+    forever: bool = True,
+    ports: dict[str, int | None] | None = None,
+) -> None:
     from drivers.readers.frames import FrameConfig
     from gated import logs
     from gated.auth import hash_password
@@ -95,9 +143,18 @@ async def run_demo(config_template: Path, workdir: Path, *, scripted: bool = Tru
         {"name": "desk", "role": "staff", "password_hash": hash_password("demo")},
         {"name": "admin", "role": "admin", "password_hash": hash_password("demo")},
     ]
+    # a display token made here, never kept in the repository
+    raw["console"]["displays"] = [{"id": "entrance", "gate": "turnstile-in", "token": secrets.token_urlsafe(24)}]
+    ports = ports or {}
+    if ports.get("console") is not None:
+        raw["console"]["port"] = ports["console"]
+    if ports.get("metrics") is not None:
+        raw["metrics"]["port"] = ports["metrics"]
+    if ports.get("modbus") is not None:
+        raw["gates"][0]["output"]["port"] = ports["modbus"]
     (workdir / "gated.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     config = Config.model_validate(raw)
-    logs.setup(config.logging.format, config.logging.level)
+    logs.setup(config.logging.format, config.logging.level, config.logging.libraries)
     tz = config.site_domain().timezone
     store = Store(config.store.path, config.site_domain(), daemon_id=config.daemon_id)
     store.apply_sync(batch_from(demo_data(datetime.now(UTC), tz), config), datetime.now(UTC))
@@ -112,30 +169,56 @@ async def run_demo(config_template: Path, workdir: Path, *, scripted: bool = Tru
     }
     out = config.gates[0].output
     assert out is not None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     async with SimTurnstile(transport="tcp", host="127.0.0.1", port=out.port, unit=out.unit) as turnstile:
         daemon = Daemon(config, workdir / "gated.yaml")
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(daemon.reload()))
         await daemon.start()
+        base = f"http://{config.console.bind}:{daemon.console.port if daemon.console else config.console.port}"
+        display = config.console.displays[0]
         print(
             "\n  gated demo is running\n"
-            f"  console:   http://{config.console.bind}:{config.console.port}  (desk / demo, admin / demo)\n"
+            f"  console:   {base}  (desk / demo; admin / demo for lockdown)\n"
+            f"  display:   {base}/display/{display.id}?token={display.token}\n"
+            "             (what members see at the entrance: open it beside the console)\n"
             f"  metrics:   http://{config.metrics.bind}:{config.metrics.port}/metrics\n"
-            f"  tap:       .venv/bin/gated tap -c {workdir / 'gated.yaml'} turnstile-in 04A1B2C3D4\n"
-            f"  or type:   printf '0499887766\\r\\n' > {readers['turnstile-in'].slave_name}  (a card on the reader's line)\n"
-            f"  cards:     {', '.join(c for _, _, c in MEMBERS)}, DEADBEEF (blocked)\n"
+            "  tap:       type a card number here and press Enter (`out CARD` for the exit), or\n"
+            f"             .venv/bin/gated tap -c {workdir / 'gated.yaml'} turnstile-in 04A1B2C3D4\n"
+            "  cards:     04A1B2C3D4 Ana (Spinning soon)  0499887766 Bruno (pay per visit)\n"
+            "             A1B2C3D4 Lena (marketplace)  C0FFEE01 Jonas (monthly)  1111AAAA Kari (credits)\n"
+            "             DEADBEEF Max (blocked)  anything else: an unknown card\n"
             "  Ctrl-C stops the demo.\n",
             flush=True,
+        )
+        typing = (
+            asyncio.create_task(_typed_taps(readers, stop), name="demo-typing")
+            if forever and sys.stdin is not None and sys.stdin.isatty() else None
         )
         try:
             if scripted:
                 for gate, card in SCRIPT:
+                    if stop.is_set():
+                        break
                     await asyncio.sleep(1.5)
                     readers[gate].tap(card)
-            while forever:
-                await asyncio.sleep(20)
-                gate, card = random.choice(SCRIPT[:4])
-                readers[gate].tap(card)
-            await asyncio.sleep(3)
+            background = itertools.cycle(BACKGROUND)
+            while forever and not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 30)
+                if not stop.is_set():
+                    gate, card = next(background)
+                    readers[gate].tap(card)
+            if not forever:
+                await asyncio.sleep(3)
         finally:
+            if typing is not None:
+                typing.cancel()
+                await asyncio.wait([typing])
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
             await daemon.stop()
             for r in readers.values():
                 r.close()
@@ -147,13 +230,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(DEMO_CONFIG))
     parser.add_argument("--workdir", default=str(ROOT / "var" / "demo"))
     parser.add_argument("--once", action="store_true", help="run the script of taps and stop (for tests)")
-    parser.add_argument("--fresh", action="store_true", help="start from an empty store")
+    parser.add_argument("--keep", action="store_true", help="keep the store of the last run (default: start afresh)")
+    parser.add_argument("--fresh", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
+    env = os.environ.get
+    parser.add_argument("--console-port", type=int, default=_port(env("GATED_DEMO_CONSOLE_PORT"), 0) or None)
+    parser.add_argument("--modbus-port", type=int, default=_port(env("GATED_DEMO_MODBUS_PORT"), 0) or None)
+    parser.add_argument("--metrics-port", type=int, default=_port(env("GATED_DEMO_METRICS_PORT"), 0) or None)
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
-    if args.fresh and workdir.exists():
-        shutil.rmtree(workdir)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_demo(Path(args.config), workdir, forever=not args.once))
+    if not args.keep and workdir.exists():
+        # the demo's members and classes are made around "now": yesterday's ledger would
+        # replay its deductions onto them
+        for name in ("gated.db", "gated.db-wal", "gated.db-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                (workdir / name).unlink()
+    ports = {"console": args.console_port, "modbus": args.modbus_port, "metrics": args.metrics_port}
+    asyncio.run(run_demo(Path(args.config), workdir, forever=not args.once, ports=ports))
     return 0
 
 

@@ -79,7 +79,8 @@ class Engine:
             presented, member_id, qr_token = self._present(credential)
         view = self.store.view(member_id, gate, now) if member_id else MemberView(None)
         decision = decide(view, presented, gate, self.site, self.policy, now)
-        return PendingTap(gate, credential, presented, decision, message(decision.reason, decision.hint), qr_token, now)
+        facts = {**decision.hint, "name": view.member.name} if view.member is not None else decision.hint
+        return PendingTap(gate, credential, presented, decision, message(decision.reason, facts), qr_token, now)
 
     def admit(self, pending: PendingTap, conditions: GateConditions) -> PendingTap:
         """The site's and the gate's state applied to the decision (rules.admission)."""
@@ -108,6 +109,11 @@ class Engine:
     def commit(
         self, pending: PendingTap, *, passed: bool, now: datetime, intent: int | None = None, extra: dict[str, Any] | None = None
     ) -> Committed:
+        cred = pending.credential
+        if pending.decision.reason == Reason.UNKNOWN_CARD and cred.kind == CredentialKind.CARD and cred.value:
+            # the desk enrols unknown cards from the console: it needs the whole number
+            # (logs mask it; the event stays on this box and the central system's side)
+            extra = {**(extra or {}), "card": cred.value}
         return self.store.commit_tap(
             pending.gate,
             pending.decision,

@@ -1,32 +1,69 @@
-"""Logging: JSON lines for journald and log shippers, readable lines on a terminal."""
+"""Logging: one pipeline. JSON lines for journald and log shippers, readable lines on a
+terminal.
+
+gated's own modules log through structlog; drivers/, sync/ and simulator/ use the
+standard `logging` module (they are libraries: whoever embeds them chooses the output),
+and so do pymodbus, aiomqtt and uvicorn. Both go through the same structlog processors,
+rendered by `structlog.stdlib.ProcessorFormatter` on one handler: with `format: json` every
+line on stderr is one JSON object with `timestamp`, `level`, `logger` and `event`, whoever
+wrote it.
+
+Libraries' debug chatter (pymodbus prints every frame, `>>>>> send`) is kept at WARNING
+unless `logging.libraries: debug` asks for it.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
 
 import structlog
+from structlog.typing import Processor
+
+# What the daemon reports itself (relay health, alarms, dropped messages), once, where the
+# library would say it at every request.
+LIBRARIES = ("pymodbus", "aiomqtt", "paho", "asyncio", "uvicorn", "nfc", "osdp", "serial")
 
 
-def setup(format: str = "auto", level: str = "info") -> None:
+def setup(format: str = "auto", level: str = "info", libraries: str = "warning") -> None:
     as_json = format == "json" or (format == "auto" and not sys.stderr.isatty())
-    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    renderer: Processor = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
     lvl = getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(level=lvl, stream=sys.stderr, format="%(message)s", force=True)
-    # pymodbus dumps whole frames at error level when a board does not answer; the
-    # daemon reports that itself (relay health, alarms), once.
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    structlog.configure(
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.PositionalArgumentsFormatter()],
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
             renderer,
         ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(lvl)
+    lib_level = getattr(logging, libraries.upper(), logging.WARNING)
+    for name in LIBRARIES:
+        logging.getLogger(name).setLevel(max(lib_level, lvl))
+    if lib_level > logging.INFO:
+        # pymodbus dumps whole frames at error level when a board does not answer
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
 

@@ -1,7 +1,7 @@
 """`gated scenario run FILE...`: the behaviour contract, executed.
 
-Each file is a site's cached state and a timeline of steps with expectations (see
-SCENARIOS.md). A run goes through the real engine and a real SQLite store in a temporary
+Each file is a site's cached state and a timeline of steps with expectations (the rules
+they check: docs/rules.md; the file format: the examples in tests/scenarios/). A run goes through the real engine and a real SQLite store in a temporary
 folder. Output: one JSON line per step on stdout; a readable line per failed expectation
 on stderr; exit 0 (all held), 1 (an expectation failed), 2 (a file is invalid).
 """

@@ -120,9 +120,12 @@ class TapPath:
         claimed for nobody. Refused where nothing can be opened or recorded."""
         engine = self.engine
         gate = engine.gate(gate_id)  # unknown gate: raise before touching anything
+        if self.safety.lockdown.active:
+            # the lockdown promises that nobody gets in until an admin lifts it
+            return {"error": "lockdown", "message": "Lockdown is on: an admin must lift it before a gate opens"}
         ctl = self.controllers.get(gate_id)
         if ctl is None:
-            return {"error": "no_relay", "message": "This gate has no relay the console can open"}
+            return {"error": "no_relay", "message": "This gate has no relay: there is nothing to open"}
         if gate.direction.value == "in" and not self.storage.ok_for_entry():
             return {"error": "storage_fault", "message": "The gate cannot record an opening now"}
         try:

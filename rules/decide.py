@@ -261,7 +261,15 @@ def _denial(view: MemberView, gate: Gate, site: Site, policy: Policy, now: datet
         return deny(Reason.NO_PASS)
     walk_in_passes = [p for p in view.passes if p.kind != PassKind.MARKETPLACE]
     if not walk_in_passes:
-        return deny(Reason.BOOKING_REQUIRED, **{"pass": view.passes[0].name})
+        required = {"pass": view.passes[0].name}
+        cancelled = sorted(
+            (b for b in view.bookings if b.status == BookingStatus.CANCELLED and b.zone == gate.zone
+             and local_date(b.starts_at, site.timezone) == today and b.ends_at > now),
+            key=lambda b: (b.starts_at, b.id),
+        )
+        if cancelled:
+            required.update({"cancelled_class": cancelled[0].class_name, "cancelled_starts": _hhmm(cancelled[0].starts_at, site)})
+        return deny(Reason.BOOKING_REQUIRED, **required)
     best: tuple[int, Pass, Reason] | None = None
     for p in sorted(walk_in_passes, key=_walk_in_preference):
         problem = pass_problem(p, gate, site, now)
@@ -284,7 +292,18 @@ def _denial(view: MemberView, gate: Gate, site: Site, policy: Policy, now: datet
     elif reason == Reason.NO_BALANCE and p.balance is not None:
         hint["balance"] = _fmt_amount(p.balance)
         hint["cost"] = _fmt_amount(p.entry_cost)
+        hint["kind"] = p.kind.value
     return deny(reason, **hint)
+
+
+def _later_booking_today(view: MemberView, gate: Gate, site: Site, now: datetime) -> Booking | None:
+    today = local_date(now, site.timezone)
+    later = [
+        b for b in view.bookings
+        if b.status == BookingStatus.BOOKED and b.zone == gate.zone and b.starts_at > now
+        and local_date(b.starts_at, site.timezone) == today
+    ]
+    return min(later, key=lambda b: (b.starts_at, b.id)) if later else None
 
 
 def _fmt_amount(d: Decimal) -> str:
@@ -303,7 +322,7 @@ def decide(
     member_id = view.member.id if view.member else None
     problem = _credential_problem(view, presented, now)
     if problem is not None:
-        return Decision(False, problem, member_id)
+        return Decision(False, problem, member_id, hint={"credential": presented.kind.value})
     member = view.member
     assert member is not None
 
@@ -338,6 +357,9 @@ def decide(
         b, linked = chosen
         p = view.pass_by_id(b.pass_id)
         cost = booking_cost(b, p)
+        booked_hint = {"class": b.class_name, "starts": _hhmm(b.starts_at, site)}
+        if p is not None and p.kind.has_balance and p.balance is not None:
+            booked_hint.update({"pass": p.name, "kind": p.kind.value, "balance_after": _fmt_amount(p.balance - cost)})
         return Decision(
             True,
             Reason.LINKED_BOOKING if linked else Reason.BOOKING,
@@ -347,7 +369,7 @@ def decide(
             amount=cost,
             cause="booking" if cost else None,
             anti_passback=flag,
-            hint={"class": b.class_name, "starts": _hhmm(b.starts_at, site)},
+            hint=booked_hint,
         )
 
     # 3. re-entry within the grace period: free, no pass needed
@@ -367,9 +389,15 @@ def decide(
         if presented.prefer_pass is not None:
             p = next((u for u in usable if u.id == presented.prefer_pass), p)
         cost = p.entry_cost
-        hint = {"pass": p.name}
+        hint = {"pass": p.name, "kind": p.kind.value}
         if p.balance is not None:
             hint["balance_after"] = _fmt_amount(p.balance - cost)
+        if cost:
+            hint["cost"] = _fmt_amount(cost)
+            later = _later_booking_today(view, gate, site, now)
+            if later is not None and later.starts_at - now < policy.link_window:
+                # early for a class: this entry is a paid walk-in, say so
+                hint.update({"class": later.class_name, "starts": _hhmm(later.starts_at, site)})
         return Decision(
             True,
             Reason.WALK_IN,

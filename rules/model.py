@@ -68,6 +68,7 @@ class Member:
     cards: tuple[str, ...] = ()
     email: str | None = None
     photo: str | None = None
+    phone: str | None = None  # for the desk's search; never used to decide
 
 
 @dataclass(frozen=True, slots=True)

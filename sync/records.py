@@ -76,6 +76,7 @@ class MemberIn(Strict):
     cards: list[Annotated[str, Field(min_length=1, max_length=200)]] = []
     email: str | None = None
     photo: str | None = None
+    phone: Annotated[str, Field(max_length=50)] | None = None
 
     def to_domain(self) -> Member:
         return Member(
@@ -84,6 +85,7 @@ class MemberIn(Strict):
             status=MemberStatus(self.status),
             cards=tuple(c.strip().upper() for c in self.cards),
             email=self.email,
+            phone=self.phone,
             photo=self.photo,
         )
 

@@ -22,9 +22,11 @@ from typing import Any
 
 from rules.model import Booking, Member, Pass
 from rules.model import Site as SiteModel
+from sync import enrolment
 from sync.batch import SyncBatch
 from sync.rows import (
     BOOKING_READ,
+    MEMBER_INSERT,
     MEMBER_READ,
     PASS_READ,
     booking_from_row,
@@ -54,6 +56,10 @@ class Replica:
         return default if row is None else str(row[0])
 
     def member_for_card(self, card: str) -> str | None:
+        # a card the desk assigned wins until the central system has taken it over
+        enrolled = enrolment.member_for_card(self.conn, card)
+        if enrolled is not None:
+            return enrolled
         row = self.conn.execute("SELECT member_id FROM replica.cards WHERE card = ?", (card.upper(),)).fetchone()
         return None if row is None else str(row[0])
 
@@ -64,6 +70,7 @@ class Replica:
         cards = tuple(
             r[0] for r in self.conn.execute("SELECT card FROM replica.cards WHERE member_id = ?", (member_id,))
         )
+        cards += tuple(c for c in enrolment.cards_of(self.conn, member_id) if c not in cards)
         return member_from_row(row, cards)
 
     def _pass(self, row: tuple[Any, ...]) -> Pass:
@@ -140,7 +147,7 @@ class Replica:
             if not snapshot:
                 c.executemany("DELETE FROM replica.cards WHERE member_id = ?", ((m.id,) for m in batch.members))
             c.executemany(
-                "INSERT OR REPLACE INTO replica.members(id, name, status, email, photo, synced_at) VALUES (?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO replica.members{MEMBER_INSERT}",
                 (member_row(m, synced_at) for m in batch.members),
             )
             # a card moves to whoever the central system last said holds it

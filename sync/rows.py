@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 from rules.model import Booking, BookingStatus, DeductOn, Member, MemberStatus, Pass, PassKind
 from rules.timeutil import WeekSchedule, parse_instant
 from sync.records import BookingIn, MemberIn, PassIn
+from sync.search_text import member_search_text
 
 Row = tuple[Any, ...]
 
@@ -66,12 +67,15 @@ def windows_json(spec: dict[str, str | list[str]]) -> str:
 
 # -- members and cards ----------------------------------------------------------------------
 
-MEMBER_COLUMNS = ("id", "name", "status", "email", "photo", "synced_at")
-MEMBER_READ = "id, name, status, email, photo"
+MEMBER_COLUMNS = ("id", "name", "status", "email", "photo", "synced_at", "phone", "search")
+MEMBER_READ = "id, name, status, email, photo, phone"
+MEMBER_INSERT = f"({', '.join(MEMBER_COLUMNS)}) VALUES ({','.join('?' * len(MEMBER_COLUMNS))})"
 
 
 def member_row(m: MemberIn, synced_at: float) -> Row:
-    return (m.id, m.name, m.status, m.email, m.photo, synced_at)
+    """In MEMBER_COLUMNS order (MEMBER_INSERT); `search` is what the desk's search looks
+    in (sync/search_text.py)."""
+    return (m.id, m.name, m.status, m.email, m.photo, synced_at, m.phone, member_search_text(m))
 
 
 def card_rows(m: MemberIn) -> list[tuple[str, str]]:
@@ -81,7 +85,9 @@ def card_rows(m: MemberIn) -> list[tuple[str, str]]:
 
 def member_from_row(row: Row, cards: tuple[str, ...]) -> Member:
     """`row` as selected by MEMBER_READ."""
-    return Member(id=row[0], name=row[1] or "", status=MemberStatus(row[2]), cards=cards, email=row[3], photo=row[4])
+    return Member(
+        id=row[0], name=row[1] or "", status=MemberStatus(row[2]), cards=cards, email=row[3], photo=row[4], phone=row[5]
+    )
 
 
 # -- passes -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ in without losing a tap.
 Ledger migrations are functions of the connection; `migrate` runs the missing ones, each
 with the new `schema_version` in `meta`. A database newer than this code is refused
 (StoreError), never silently downgraded. Version 1 kept the replica inside the ledger
-file; migration 3 moves it out (see `_migration_3`).
+file; migration 5 moves it out (see `_migration_5`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sqlite_utils
 
 from sync.errors import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 REPLICA_SCHEMA_VERSION = 1
 
 # -- the replica ---------------------------------------------------------------------------
@@ -35,7 +35,7 @@ REPLICA_SCHEMA_VERSION = 1
 REPLICA_TABLES = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
     "CREATE TABLE IF NOT EXISTS members (id TEXT PRIMARY KEY, name TEXT, status TEXT NOT NULL, email TEXT, "
-    "photo TEXT, synced_at REAL)",
+    "photo TEXT, synced_at REAL, phone TEXT, search TEXT)",
     "CREATE TABLE IF NOT EXISTS cards (card TEXT PRIMARY KEY, member_id TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS passes (id TEXT PRIMARY KEY, member_id TEXT NOT NULL, name TEXT, kind TEXT NOT NULL, "
     "central_balance TEXT, applied_seq INTEGER NOT NULL DEFAULT 0, deduct_on TEXT NOT NULL, walk_in_cost TEXT, "
@@ -234,11 +234,36 @@ def _migration_2(conn: sqlite3.Connection, path: Path) -> None:
         _set_version(conn, 2)
 
 
-# the replica's own meta keys (moved out of the ledger's meta by migration 3)
+def _migration_3(conn: sqlite3.Connection, path: Path) -> None:
+    """Cards assigned at the desk, until the central system has them (sync/enrolment.py)."""
+    from sync.enrolment import create_table
+
+    with _transaction(conn):
+        create_table(conn)
+        _set_version(conn, 3)
+
+
+def _migration_4(conn: sqlite3.Connection, path: Path) -> None:
+    """The desk's search: by phone too, over text made once per member (sync/search_text.py)."""
+    from sync.rows import member_from_row
+    from sync.search_text import member_search_text
+
+    with _transaction(conn):
+        conn.execute("ALTER TABLE members ADD COLUMN phone TEXT")
+        conn.execute("ALTER TABLE members ADD COLUMN search TEXT")
+        for row in conn.execute("SELECT id, name, status, email, photo, phone FROM members").fetchall():
+            cards = tuple(r[0] for r in conn.execute("SELECT card FROM cards WHERE member_id = ?", (row[0],)))
+            conn.execute(
+                "UPDATE members SET search = ? WHERE id = ?", (member_search_text(member_from_row(row, cards)), row[0])
+            )
+        _set_version(conn, 4)
+
+
+# the replica's own meta keys (moved out of the ledger's meta by migration 5)
 REPLICA_META_KEYS = ("sync.delta_seq", "sync.snapshot_id", "last_sync_at")
 
 
-def _migration_3(conn: sqlite3.Connection, path: Path) -> None:
+def _migration_5(conn: sqlite3.Connection, path: Path) -> None:
     """The replica moves to a file of its own; booking outcomes become ledger rows.
 
     The new replica file is written and fsynced first (the ledger is only read); then
@@ -256,7 +281,8 @@ def _migration_3(conn: sqlite3.Connection, path: Path) -> None:
     try:
         with _transaction(conn):
             conn.execute(
-                "INSERT INTO incoming.members SELECT id, name, status, email, photo, synced_at FROM main.members"
+                "INSERT INTO incoming.members SELECT id, name, status, email, photo, synced_at, phone, search "
+                "FROM main.members"
             )
             conn.execute("INSERT INTO incoming.cards SELECT card, member_id FROM main.cards")
             conn.execute(
@@ -312,11 +338,13 @@ def _migration_3(conn: sqlite3.Connection, path: Path) -> None:
             )
         # the shadow tables' generation of the snapshot importer before this one
         conn.execute("DELETE FROM meta WHERE key = 'sync.snapshot_generation'")
-        _set_version(conn, 3)
+        _set_version(conn, 5)
 
 
 # each brings the database to its version, atomically
-MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_migration_1, _migration_2, _migration_3]
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [
+    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
+]
 
 
 def migrate(conn: sqlite3.Connection, path: Path) -> None:

@@ -52,7 +52,7 @@ from sync.db import uri
 from sync.ledger import CURSOR_KEY
 from sync.protocol import SnapshotChunk
 from sync.replica_file import ReplicaFiles
-from sync.rows import Row, booking_row, card_rows, member_row, pass_row
+from sync.rows import MEMBER_INSERT, Row, booking_row, card_rows, member_row, pass_row
 from sync.schema import REPLICA_INDEXES, REPLICA_SCHEMA_VERSION, REPLICA_TABLES
 
 PROGRESS_EVERY = 50  # chunks
@@ -239,7 +239,7 @@ class Build:
         if not c.in_transaction:
             c.execute("BEGIN")
         if members:
-            c.executemany("INSERT OR REPLACE INTO members VALUES (?,?,?,?,?,?)", members)
+            c.executemany(f"INSERT OR REPLACE INTO members{MEMBER_INSERT}", members)
         if cards:
             c.executemany("INSERT OR REPLACE INTO cards VALUES (?,?)", cards)
         if passes:

@@ -15,6 +15,7 @@ small modules, one concern each:
 | `sync/replica_file.py` | the replica's file, and switching to a new one |
 | `sync/views.py` | the read contract: replica tables by name, with the gate's state |
 | `sync/ledger.py` | taps, overrides, attendance, refunds, points, no-shows, presence |
+| `sync/enrolment.py` | cards the desk assigned, until the central system has them |
 | `sync/intents.py` | grant intents: written before a relay opens, resolved by the commit |
 | `sync/snapshot.py`, `sync/snapshot_worker.py` | building a snapshot's replica in a worker process |
 
@@ -51,15 +52,16 @@ to write events of its own); nothing outside `sync/` imports a `_private` name.
 `store.conn` is the daemon's connection, owned by the event loop. These names can be
 read through it, with these columns (more may be added, none removed):
 
-- `members(id, name, status, email, photo, synced_at)`, `cards(card, member_id)`;
+- `members(id, name, status, email, photo, synced_at, phone, search)`, `cards(card,
+  member_id)` — `search` is the desk's search text (sync/search_text.py);
 - `passes(id, member_id, name, kind, central_balance, applied_seq, balance, deduct_on,
   walk_in_cost, valid_from, valid_until, zones, access_windows)` — `balance` is the
   local balance (decimal text);
 - `bookings(id, member_id, pass_id, class_name, zone, starts_at, ends_at, status,
   outcome, deducted, cost, loyalty_points, attended_at, loyalty_settled)` — times are
   POSIX seconds; `outcome` is the gate's (attended / no_show), NULL when cancelled;
-- `deductions`, `passages`, `loyalty`, `booking_outcomes`, `events`, `audit`, `meta` —
-  the ledger's tables.
+- `deductions`, `passages`, `loyalty`, `booking_outcomes`, `card_enrolments`, `events`,
+  `audit`, `meta` — the ledger's tables.
 
 The first four are TEMP views over `replica.*` (sync/views.py). A reader in another
 thread must not open `store.path` alone (it would not see the replica): it calls
@@ -84,7 +86,7 @@ from rules.credential import CredentialKind
 from rules.decide import Decision, MemberView, ZonePresence
 from rules.model import Booking, BookingStatus, Direction, Gate, Member, Pass, Policy
 from rules.model import Site as SiteModel
-from sync import views
+from sync import enrolment, views
 from sync.batch import SyncBatch
 from sync.db import Checkpointer, connect, uri
 from sync.errors import StoreError
@@ -118,7 +120,7 @@ def open_reader(ledger: Path, replica: Path | None = None) -> sqlite3.Connection
     thread or another process (tools, tests), running daemon or not: the replica the
     ledger names (or `replica`) attached, the read contract's names installed (module
     doc). Changes nothing on disk."""
-    conn = sqlite3.connect(uri(ledger, "ro"), uri=True, timeout=2)
+    conn = sqlite3.connect(uri(ledger, "ro"), uri=True, timeout=2, check_same_thread=False)
     try:
         if replica is None:
             row = conn.execute("SELECT value FROM meta WHERE key = ?", (REPLICA_FILE_KEY,)).fetchone()
@@ -428,6 +430,7 @@ class Store:
             self.replica.apply(batch, now, snapshot=snapshot)
             if delta_seq is not None:
                 self.replica.set_meta(DELTA_SEQ_KEY, str(delta_seq))
+        self._settle_enrolments()
         gone = [b.id for b in batch.bookings if b.status == "cancelled"] + list(batch.remove_bookings)
         if snapshot:
             gone += [
@@ -438,6 +441,13 @@ class Store:
                 )
             ]
         self.ledger.forget_outcomes(gone)
+
+    def _settle_enrolments(self) -> None:
+        """After a sync: the desk's card enrolments the central system has dealt with go
+        (sync/enrolment.py) — a ledger transaction of its own, after the replica's."""
+        if self.conn.execute("SELECT 1 FROM main.card_enrolments LIMIT 1").fetchone() is not None:
+            with self.transaction():
+                enrolment.settle(self.conn, self.acked_seq)
 
     def switch_replica(self, new: Path) -> Path:
         """Make `new` — a complete replica file on disk, built by the snapshot worker —
@@ -482,6 +492,7 @@ class Store:
                         tx.delete_meta(CURSOR_KEY)
                     else:
                         tx.set_meta(CURSOR_KEY, looked)
+                enrolment.settle(conn, self.acked_seq)
                 tx.set_meta(REPLICA_FILE_KEY, new.name)
                 tx.set_meta(REPLICA_GENERATION_KEY, gen or "0")
         except BaseException:
@@ -566,6 +577,13 @@ class Store:
 
     def mark_attended(self, booking_id: str, operator: str, *, refund: bool, now: datetime) -> Committed:
         return self.ledger.mark_attended(booking_id, operator, refund=refund, now=now)
+
+    def enrol_card(self, card: str, member_id: str, operator: str, now: datetime) -> Committed:
+        """The desk gives `card` to a member: it works at once and goes upstream as a
+        `card_enrolled` event (sync/enrolment.py)."""
+        with self.transaction() as tx:
+            enrolment.enrol(tx, card, member_id, operator, now)
+        return tx.committed
 
     def adjust_points(self, member_id: str, points: int, operator: str, reason: str, now: datetime) -> Committed:
         return self.ledger.adjust_points(member_id, points, operator, reason, now)

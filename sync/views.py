@@ -5,7 +5,8 @@ TEMP views (per connection, never written to disk) shadow nothing on disk — th
 has no tables of these names — and refer to `replica.*` by schema name, so they keep
 working across a replica switch (DETACH the old file, ATTACH the new one AS `replica`):
 
-- `members(id, name, status, email, photo, synced_at)`, `cards(card, member_id)`;
+- `members(id, name, status, email, photo, synced_at, phone, search)`, `cards(card,
+  member_id)`;
 - `passes(..., central_balance, applied_seq, balance)`: `balance` is the local balance,
   the central one minus this daemon's deductions with a higher seq, exact (decimal text,
   summed by a Python aggregate, not SQL floats);
@@ -42,7 +43,8 @@ def _dec_sub(a: str | None, b: str | None) -> str | None:
 
 
 VIEWS = (
-    "CREATE TEMP VIEW IF NOT EXISTS members AS SELECT id, name, status, email, photo, synced_at FROM replica.members",
+    "CREATE TEMP VIEW IF NOT EXISTS members AS SELECT id, name, status, email, photo, synced_at, phone, search "
+    "FROM replica.members",
     "CREATE TEMP VIEW IF NOT EXISTS cards AS SELECT card, member_id FROM replica.cards",
     "CREATE TEMP VIEW IF NOT EXISTS passes AS SELECT p.id, p.member_id, p.name, p.kind, p.central_balance, "
     "p.applied_seq, dec_sub(p.central_balance, (SELECT dec_sum(d.amount) FROM main.deductions d "

@@ -32,6 +32,7 @@ from sync.store import Store
 
 TZ = "Europe/Madrid"
 PASSWORDS = {"desk": "desk-pass-1", "boss": "boss-pass-1"}
+DISPLAY_TOKEN = "display-token-for-tests-0123456789"  # not a secret: a test site on loopback
 _HASHES: dict[str, str] = {}
 
 
@@ -58,7 +59,8 @@ def seed_data(now: datetime) -> dict[str, Any]:
     windows = {"mon-sun": "00:00-24:00"}
     return {
         "members": [
-            {"id": "m-ana", "name": "Ana López", "cards": ["04A1B2C3D4"], "email": "ana@example.org"},
+            {"id": "m-ana", "name": "Ana López", "cards": ["04A1B2C3D4"], "email": "ana@example.org",
+             "phone": "+34 612 345 678"},
             {"id": "m-bruno", "name": "Bruno Díaz", "cards": ["0499887766"], "email": "bruno@example.org"},
             {"id": "m-lena", "name": "Lena Vogel", "cards": ["A1B2C3D4"]},
             {"id": "m-blocked", "name": "Max Mustermann", "status": "blocked", "cards": ["DEADBEEF"]},
@@ -76,7 +78,7 @@ def seed_data(now: datetime) -> dict[str, Any]:
             {"id": "b-spin-lena", "member": "m-lena", "pass": "p-lena", "class": "Spinning", "zone": "main",
              "starts_at": at(20), "ends_at": at(65), "deducted": True},
             {"id": "b-pilates", "member": "m-bruno", "pass": "p-bruno", "class": "Pilates", "zone": "main",
-             "starts_at": at(120), "ends_at": at(175)},
+             "starts_at": at(150), "ends_at": at(205)},
         ],
     }
 
@@ -111,11 +113,13 @@ def site_config(tmp_path: Path, modbus_port: int, console_port: int, tls: tuple[
                 {"id": "exit", "name": "Exit", "zone": "main", "direction": "out"},
             ],
             "mqtt": None,
+            "zones": {"main": {"capacity": 40}},
             "store": {"path": str(tmp_path / "gated.db")},
             "console": {
                 "bind": "127.0.0.1",
                 "port": console_port,
                 "session_minutes": 30,
+                "displays": [{"id": "entrance", "gate": "turnstile-in", "token": DISPLAY_TOKEN, "clear_after": 3}],
                 "tls_cert": str(tls[0]) if tls else None,
                 "tls_key": str(tls[1]) if tls else None,
                 "users": [
@@ -503,7 +507,8 @@ async def test_points_member_search_and_audit_csv(tmp_path: Path) -> None:
     async with running_site(tmp_path) as site:
         c = Client(site.port)
         await c.login("desk")
-        for q, expect in (("ana", "m-ana"), ("04a1b2c3d4", "m-ana"), ("bruno@example", "m-bruno"), ("Vogel", "m-lena")):
+        for q, expect in (("ana", "m-ana"), ("04a1b2c3d4", "m-ana"), ("bruno@example", "m-bruno"), ("Vogel", "m-lena"),
+                          ("LÓPEZ", "m-ana"), ("04a1b2", "m-ana"), ("612 345", "m-ana")):
             res = (await c.get("/api/members?" + urlencode({"q": q}))).json()["results"]
             assert [m["id"] for m in res] == [expect], q
         assert (await c.get("/api/members?q=%25")).json()["results"] == []  # LIKE wildcards are literal

@@ -62,7 +62,7 @@ def site_config(tmp: Path, reader: str, modbus_port: int) -> dict:
         "store": {"path": str(tmp / "gated.db")},
         "console": {"enabled": False},
         "metrics": {"enabled": False},
-        "control": {"socket": str(tmp / "control.sock")},
+        "control": {"socket": str(tmp / "control.sock"), "injected_reads": True},  # gated tap
         "logging": {"format": "json", "level": "info"},
     }
 

@@ -57,9 +57,12 @@ ROUTES = [
     "/api/classes", "/api/audit", "/api/gates/turnstile-in/open", "/api/gates/exit/open",
     "/api/bookings/b-spin/attend", "/api/bookings/b-pilates/attend", "/api/lockdown", "/api/emergency",
     "/static/console.js", "/static/console.css", "/static/../app.py", "/static/%2e%2e/app.py",
+    "/reports", "/reports/loyalty.csv", "/api/reports/loyalty", "/api/occupancy", "/api/denials",
+    "/api/denials/dismiss", "/api/unknown-cards", "/api/members/m-bruno/check-in", "/api/members/m-ana/cards",
+    "/display/entrance", "/display/entrance/events", "/display/nope",
 ]
-QUERY_KEYS = ["q", "limit", "day", "after", "operator", "action", "from", "to", "x"]
-JSON_KEYS = ["reason", "on", "confirm", "points", "refund", "x"]
+QUERY_KEYS = ["q", "limit", "day", "after", "operator", "action", "from", "to", "token", "x"]
+JSON_KEYS = ["reason", "on", "confirm", "points", "refund", "gate", "booking", "pass", "card", "seq", "x"]
 HEADER_NAMES = [
     "Origin", "Referer", "Content-Type", "X-CSRF-Token", "Last-Event-ID", "Sec-Fetch-Site", "Accept",
     "Accept-Encoding", "Range", "If-None-Match", "X-Forwarded-For", "Transfer-Encoding-Test", "Content-Language",
@@ -214,7 +217,9 @@ async def test_console_http_fuzz_never_5xx_and_daemon_keeps_working(tmp_path: Pa
         assert site.daemon.console.running
         r = await site.daemon.handle_credential("turnstile-in", Credential.card("0499887766", "test"))  # Bruno, walk-in
         assert r["decision"] == "granted", r
-        assert await asyncio.to_thread(send, port, "GET", "/healthz", {"Host": "x"}, None) == 200
+        assert await asyncio.to_thread(send, port, "GET", "/healthz", {"Host": f"127.0.0.1:{port}"}, None) == 200
+        # a name this console does not answer to (DNS rebinding) is refused before any route
+        assert await asyncio.to_thread(send, port, "GET", "/healthz", {"Host": "x"}, None) == 400
 
 
 # -- serial frames ------------------------------------------------------------------------------

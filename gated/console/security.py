@@ -7,6 +7,7 @@ Everything is in memory: a daemon restart logs everybody out, which is the safe 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import time
 from collections.abc import Callable
@@ -76,10 +77,6 @@ class Sessions:
             return False
         return self._by_digest.pop(_digest(token), None) is not None
 
-    def drop_user(self, user: str) -> None:
-        for k in [k for k, s in self._by_digest.items() if s.user == user]:
-            del self._by_digest[k]
-
     def purge(self) -> None:
         now = self.clock()
         for k in [k for k, s in self._by_digest.items() if now >= s.expires]:
@@ -92,14 +89,28 @@ class Sessions:
 @dataclass(slots=True)
 class _Counter:
     failures: list[float] = field(default_factory=list)
+    in_flight: int = 0
     locked_until: float = 0.0
 
 
-class LoginLimiter:
-    """`max_failures` failed logins within `window` seconds lock the key for `lockout` s.
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A login check that has started: ended with `LoginLimiter.end`, whatever happens."""
 
-    Keys are "ip:<address>" and "user:<name>": guessing one user's password from many
-    addresses, or many users' from one address, both run into a lockout.
+    keys: tuple[str, ...]
+
+
+class LoginLimiter:
+    """At most `max_failures` guesses per key within `window` seconds, then `lockout` s.
+
+    An attempt counts from the moment it *starts*: `begin()` reserves a place on every key
+    and refuses when the failures so far plus the checks still running reach the limit.
+    Sixty guesses sent at once therefore run at most `max_failures` password checks, not
+    sixty. `end()` turns the reservation into a failure (or clears the keys on success).
+
+    The caller chooses the keys; the console and the control socket each use a key per
+    user *and* per client, so one client's guessing does not lock out another's login
+    (docs/console.md, "Login limits").
     """
 
     def __init__(
@@ -115,7 +126,7 @@ class LoginLimiter:
         self.clock = clock
         self._keys: dict[str, _Counter] = {}
 
-    def retry_after(self, keys: list[str]) -> float:
+    def retry_after(self, keys: list[str] | tuple[str, ...]) -> float:
         """Seconds until these keys may try again; 0 when none is locked."""
         now = self.clock()
         wait = 0.0
@@ -125,28 +136,117 @@ class LoginLimiter:
                 wait = max(wait, c.locked_until - now)
         return wait
 
-    def failure(self, keys: list[str]) -> None:
+    def begin(self, keys: list[str] | tuple[str, ...]) -> Attempt | float:
+        """An attempt on these keys, or the seconds to wait before one is allowed."""
         now = self.clock()
         if len(self._keys) > 10_000:
             self._prune(now)
+        wait = self.retry_after(keys)
+        if wait > 0:
+            return wait
         for k in keys:
+            c = self._keys.get(k)
+            if c is None:
+                continue
+            c.failures = [t for t in c.failures if now - t < self.window]
+            if len(c.failures) + c.in_flight >= self.max_failures:
+                # the limit is reached by checks still running: their outcome decides
+                return 1.0
+        for k in keys:
+            self._keys.setdefault(k, _Counter()).in_flight += 1
+        return Attempt(tuple(keys))
+
+    def end(self, attempt: Attempt, *, ok: bool) -> None:
+        now = self.clock()
+        for k in attempt.keys:
             c = self._keys.setdefault(k, _Counter())
+            c.in_flight = max(0, c.in_flight - 1)
+            if ok:
+                c.failures.clear()
+                continue
             c.failures = [t for t in c.failures if now - t < self.window]
             c.failures.append(now)
             if len(c.failures) >= self.max_failures:
                 c.locked_until = now + self.lockout
                 c.failures.clear()
 
-    def success(self, keys: list[str]) -> None:
-        for k in keys:
-            self._keys.pop(k, None)
+    def failure(self, keys: list[str]) -> None:
+        """A failed attempt that was not begun (tests, callers without a check)."""
+        attempt = self.begin(keys)
+        if isinstance(attempt, Attempt):
+            self.end(attempt, ok=False)
 
     def _prune(self, now: float) -> None:
         for k in [
             k for k, c in self._keys.items()
-            if c.locked_until <= now and all(now - t >= self.window for t in c.failures)
+            if c.in_flight == 0 and c.locked_until <= now and all(now - t >= self.window for t in c.failures)
         ]:
             del self._keys[k]
+
+
+class DeviceCookies:
+    """Browsers that logged in before, remembered with a signed cookie (OWASP's "device
+    cookies"): a login from such a browser is limited on a key of its own, so an attacker
+    guessing a user's password elsewhere cannot lock that user out of their own desk.
+
+    The cookie holds up to four `nonce.issued.mac` entries, one per user who logged in on
+    this browser; the MAC binds the entry to the user's name (lower case) with a key kept in
+    the store, so it survives restarts and is useless for any other user or site.
+    """
+
+    COOKIE = "gated_device"
+    MAX_AGE = 180 * 24 * 3600
+    KEEP = 4
+
+    def __init__(self, key: bytes, clock: Callable[[], float] = time.time):
+        self.key = key
+        self.clock = clock
+
+    def _mac(self, user: str, nonce: str, issued: int) -> str:
+        msg = f"{user.lower()}|{nonce}|{issued}".encode()
+        return hmac.new(self.key, msg, hashlib.sha256).hexdigest()[:32]
+
+    def issue(self, user: str, cookie: str | None) -> str:
+        """The cookie value after `user` logged in: theirs added, others kept."""
+        nonce = secrets.token_urlsafe(9)
+        issued = int(self.clock())
+        entry = f"{nonce}.{issued}.{self._mac(user, nonce, issued)}"
+        others = [e for e in (cookie or "").split("~")[: self.KEEP * 2] if e and self._owner_ok(e) and
+                  self.device_of(user, e) is None]
+        return "~".join([entry, *others][: self.KEEP])
+
+    def _owner_ok(self, entry: str) -> bool:
+        parts = entry.split(".")
+        return len(parts) == 3 and parts[1].isdigit() and self.clock() - int(parts[1]) < self.MAX_AGE
+
+    def device_of(self, user: str, entry: str) -> str | None:
+        parts = entry.split(".")
+        if len(parts) != 3 or not parts[1].isdigit() or len(entry) > 100:
+            return None
+        nonce, issued = parts[0], int(parts[1])
+        if self.clock() - issued >= self.MAX_AGE:
+            return None
+        if not hmac.compare_digest(parts[2], self._mac(user, nonce, issued)):
+            return None
+        return nonce
+
+    def device(self, user: str, cookie: str | None) -> str | None:
+        """The id of this browser for `user`, if it logged in as that user before."""
+        if not cookie or len(cookie) > 1000:
+            return None
+        for entry in cookie.split("~")[: self.KEEP]:
+            found = self.device_of(user, entry)
+            if found is not None:
+                return found
+        return None
+
+
+def login_keys(user: str, ip: str, device: str | None) -> list[str]:
+    """The limiter's keys for one console login attempt (see LoginLimiter)."""
+    name = user.strip().lower()[:100]
+    if device is not None:
+        return [f"user:{name}|device:{device}"]
+    return [f"user:{name}|untrusted", f"client:{ip}"]
 
 
 def same_origin(headers: Any, scheme: str) -> bool:

@@ -70,6 +70,11 @@
         if (f.type === "checkbox") {
           input = el("input", { type: "checkbox", name: f.name, checked: f.checked ? "checked" : null });
           form.append(el("label", { class: "check" }, input, " " + f.label));
+        } else if (f.type === "select") {
+          input = el("select", { name: f.name }, ...f.options.map(function (o) {
+            return el("option", { value: o.value, selected: o.value === f.value ? "selected" : null, text: o.label });
+          }));
+          form.append(el("label", null, f.label, input));
         } else {
           input = el("input", {
             type: f.type || "text", name: f.name, required: f.required ? "required" : null,
@@ -111,9 +116,13 @@
   document.addEventListener("keydown", function (e) {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     const t = e.target;
-    if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable)) return;
+    if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable)) {
+      // Esc leaves the field, so the page keys work again without reaching for the mouse
+      if (e.key === "Escape" && !document.querySelector("dialog[open]")) t.blur();
+      return;
+    }
     if (document.querySelector("dialog[open]")) return;
-    const go = { f: "/", m: "/members", c: "/classes", a: "/audit" }[e.key];
+    const go = { f: "/", m: "/members", c: "/classes", r: "/reports", a: "/audit" }[e.key];
     if (go && page !== "login") { window.location.href = go; e.preventDefault(); return; }
     if (e.key === "/") {
       const s = $("#q") || $("#f-q");
@@ -132,6 +141,54 @@
       submit: function (v) { return api("POST", "/api/gates/" + encodeURIComponent(gateId) + "/open", { reason: v.reason }); },
     });
     if (r) toast(gateName + " opened" + (r.result && r.result.passed === false ? " (nobody went through)" : ""));
+    return r;
+  }
+
+  /* Check a member in at a gate: the same rules as their card, the gate opens once. */
+  async function checkIn(m, gates, after) {
+    const entries = Object.entries(gates).filter(function (p) { return p[1].direction !== "out"; });
+    if (entries.length === 0) { toast("No entry gate is configured", true); return null; }
+    const options = [{ value: "", label: "Let the rules choose (as a card tap would)" }];
+    m.bookings.filter(function (b) { return b.status === "booked"; }).forEach(function (b) {
+      options.push({ value: "b:" + b.id, label: "Class: " + b.class + " at " + b.starts });
+    });
+    m.passes.forEach(function (p) {
+      options.push({ value: "p:" + p.id, label: "Pass: " + p.name + (p.balance !== null ? " (" + p.balance + " left)" : "") });
+    });
+    const r = await dialog({
+      title: "Check in " + m.name,
+      text: "Decided like a tap of the member's card: the pass is charged and the class attended if the rules say so. The gate opens once. Logged with your name.",
+      fields: [
+        { name: "gate", label: "Gate", type: "select", options: entries.map(function (p) { return { value: p[0], label: p[1].name || p[0] }; }) },
+        { name: "use", label: "For", type: "select", options: options },
+        { name: "reason", label: "Reason", placeholder: "e.g. forgot card", value: "forgot card" },
+      ],
+      ok: "Check in",
+      submit: function (v) {
+        const body = { gate: v.gate, reason: v.reason };
+        if (v.use.startsWith("b:")) body.booking = v.use.slice(2);
+        if (v.use.startsWith("p:")) body.pass = v.use.slice(2);
+        return api("POST", "/api/members/" + encodeURIComponent(m.id) + "/check-in", body);
+      },
+    });
+    if (!r) return null;
+    const res = r.result || {};
+    if (res.decision === "granted") toast("Checked in: " + (res.message || res.reason));
+    else toast("Not let in: " + (res.message || res.reason), true);
+    if (after) after();
+    return r;
+  }
+
+  /* Give an unknown card to a member: it works at once, the central system is told. */
+  async function assignCard(m, card, after) {
+    const r = await dialog({
+      title: "Assign a card to " + m.name,
+      text: "The card opens the gates for " + m.name + " from now on. Logged with your name.",
+      fields: [{ name: "card", label: "Card number", required: true, value: card || "", maxlength: 64 }],
+      ok: "Assign card",
+      submit: function (v) { return api("POST", "/api/members/" + encodeURIComponent(m.id) + "/cards", { card: v.card }); },
+    });
+    if (r) { toast("Card assigned to " + m.name); if (after) after(); }
     return r;
   }
 
@@ -193,16 +250,20 @@
     const tr = el("tr", { "data-seq": item.seq, "data-type": item.type });
     if (item.type === "access") {
       tr.className = item.decision === "denied" ? "denied" : "granted";
-      const dec = el("span", { class: "dec " + item.decision, text: item.decision === "denied" ? "✕ DENIED" : "✓ in" });
+      const out = item.direction === "out";
+      const decText = item.decision === "denied" ? "✕ DENIED" : (out ? "← out" : (item.check_in ? "✓ in (desk)" : "✓ in"));
+      const dec = el("span", { class: "dec " + item.decision + (out ? " exit" : ""), text: decText });
       const who = item.member_name || (item.reason === "override" ? "(front desk: " + fmt(item.operator) + ")" : "unknown card");
       let msg = item.message || "";
-      if (item.decision === "granted" && item.passed === false) msg += " — did not pass";
-      if (item.anti_passback) msg += " — anti-passback: " + item.anti_passback;
+      if (item.card) msg += " — card " + item.card;
+      if (item.check_in && item.operator) msg += " — checked in by " + item.operator;
+      if (item.decision === "granted" && item.passed === false) msg += " — did not go through";
+      if (item.anti_passback) msg += " — was already inside (anti-passback)";
       tr.append(
         el("td", { text: item.time }),
         el("td", { text: item.gate_name || "" }),
         el("td", null, item.member ? el("a", { href: "/members#" + encodeURIComponent(item.member), text: who }) : who),
-        el("td", null, dec, el("span", { class: "reason", text: item.reason })),
+        el("td", null, dec, el("span", { class: "reason", text: (item.reason || "").replace(/_/g, " ") })),
         el("td", { text: msg }),
         el("td", { text: item.pass_name || "" }),
         el("td", { class: "num", text: item.balance === null || item.balance === undefined ? "" : String(item.balance) }),
@@ -241,9 +302,12 @@
     onlyDenied.addEventListener("change", applyFilters);
     showNotices.addEventListener("change", applyFilters);
 
+    const attention = initAttention();
+
     function add(item, fresh) {
       if (item.seq !== null && seen.has(item.seq)) return;
       seen.add(item.seq);
+      if (fresh && item.type === "access" && item.decision === "denied") attention.push(item, true);
       lastSeq = Math.max(lastSeq, item.seq || 0);
       const tr = feedRow(item, fresh);
       body.prepend(tr);
@@ -281,7 +345,94 @@
     initGates();
   }
 
-  function gateCard(id, g) {
+  /* Denials still to deal with: a list the desk ticks off, a flash and (if wanted) a beep. */
+  function initAttention() {
+    const panel = $("#attention");
+    const list = $("#attention-list");
+    const count = $("#attention-count");
+    const sound = $("#sound");
+    const items = new Map();
+    let audio = null;
+    sound.checked = localStorage.getItem("gated-sound") === "1";
+    sound.addEventListener("change", function () { localStorage.setItem("gated-sound", sound.checked ? "1" : "0"); if (sound.checked) beep(); });
+
+    function beep() {
+      try {
+        audio = audio || new (window.AudioContext || window.webkitAudioContext)();
+        const o = audio.createOscillator(), g = audio.createGain();
+        o.frequency.value = 660; g.gain.value = 0.15;
+        o.connect(g); g.connect(audio.destination);
+        o.start(); o.stop(audio.currentTime + 0.25);
+      } catch (e) { /* no audio: the flash still shows */ }
+    }
+
+    function render() {
+      panel.classList.toggle("hidden", items.size === 0);
+      count.textContent = items.size ? String(items.size) : "";
+    }
+
+    async function dismiss(seqs) {
+      try { await api("POST", "/api/denials/dismiss", { seq: seqs }); } catch (e) { toast(e.message, true); return; }
+      seqs.forEach(function (q) { const li = items.get(q); if (li) li.remove(); items.delete(q); });
+      render();
+    }
+
+    function push(item, fresh) {
+      if (items.has(item.seq)) return;
+      const who = item.member_name || (item.card ? "Unknown card " + item.card : "Unknown card");
+      const actions = el("span", { class: "actions" });
+      if (item.member) actions.append(el("a", { class: "button small", href: "/members#" + encodeURIComponent(item.member), text: "Open member" }));
+      else if (item.card) actions.append(el("a", { class: "button small", href: "/members?card=" + encodeURIComponent(item.card), text: "Assign card" }));
+      actions.append(el("button", { type: "button", class: "small", text: "Done", onclick: function () { dismiss([item.seq]); } }));
+      const li = el("li", { "data-seq": item.seq, class: fresh ? "fresh" : "" },
+        el("span", { class: "when", text: item.time }),
+        el("span", { class: "what" }, el("strong", { text: who }), " at " + (item.gate_name || item.gate || "?"),
+          el("span", { class: "msg", text: item.message || item.reason })),
+        actions);
+      items.set(item.seq, li);
+      list.prepend(li);
+      render();
+      if (fresh) {
+        document.body.classList.remove("flash"); void document.body.offsetWidth; document.body.classList.add("flash");
+        if (sound.checked) beep();
+      }
+    }
+
+    $("#dismiss-all").addEventListener("click", function () { dismiss(Array.from(items.keys())); });
+    api("GET", "/api/denials").then(function (d) { d.items.slice().reverse().forEach(function (i) { push(i, false); }); })
+      .catch(function () { /* shown again at the next load */ });
+    return { push: push };
+  }
+
+  function occupancyBlock(zones) {
+    return zones.map(function (z) {
+      const cap = z.capacity;
+      const pct = cap ? Math.min(100, Math.round(100 * z.inside / cap)) : null;
+      const bar = cap ? el("div", { class: "bar" + (pct >= 90 ? " full" : ""), role: "meter", "aria-valuemin": "0",
+        "aria-valuemax": String(cap), "aria-valuenow": String(z.inside) }, el("span", { style: null, "data-pct": String(pct) })) : "";
+      const details = el("details", { class: "zone", "data-zone": z.zone },
+        el("summary", null, el("span", { class: "zone-name", text: z.zone }), " ",
+          el("strong", { class: "inside-count", text: String(z.inside) }), cap ? " / " + cap + " inside" : " inside",
+          z.anonymous ? el("span", { class: "muted small", text: " · +" + z.anonymous + " let in by the desk" }) : ""),
+        bar,
+        el("ul", { class: "people" }));
+      details.addEventListener("toggle", async function () {
+        if (!details.open) return;
+        const data = await api("GET", "/api/occupancy");
+        const zone = data.zones.find(function (x) { return x.zone === z.zone; });
+        const ul = details.querySelector("ul.people");
+        ul.replaceChildren.apply(ul, (zone ? zone.people : []).map(function (p) {
+          return el("li", null, el("a", { href: "/members#" + encodeURIComponent(p.member), text: p.name }),
+            el("span", { class: "muted small", text: " since " + p.since }));
+        }));
+        if (!zone || zone.people.length === 0) ul.append(el("li", { class: "muted small", text: "Nobody inside." }));
+      });
+      if (bar) bar.firstChild.style.width = pct + "%";
+      return details;
+    });
+  }
+
+  function gateCard(id, g, locked) {
     const relay = g.relay || "none";
     const relayCls = relay === "online" ? "st-good" : (relay === "none" ? "" : "st-bad");
     const st = g.state || {};
@@ -300,10 +451,12 @@
     const t = g.last_tap;
     dl.append(el("dt", { text: "Last tap" }), el("dd", {
       class: t && t.decision === "denied" ? "st-bad" : "",
-      text: t ? t.time + " " + (t.member_name || (t.reason === "override" ? "front desk" : "unknown")) + " — " + t.decision + " (" + t.reason + ")" : "—",
+      text: t ? t.time + " " + (t.member_name || (t.reason === "override" ? "front desk" : "unknown card")) + " — " + (t.decision === "denied" ? "denied: " : "") + (t.message || t.reason) : "—",
     }));
-    const btn = el("button", { type: "button", class: "small", text: "Open once", "data-gate": id,
-      onclick: function () { openGate(id, g.name || id).then(function (r) { if (r) refreshHealth(); }); } });
+    const btn = relay === "none" ? el("span", { class: "muted small", text: "no relay" }) :
+      locked ? el("span", { class: "muted small", text: "locked down" }) :
+      el("button", { type: "button", class: "small", text: "Open once", "data-gate": id,
+        onclick: function () { openGate(id, g.name || id).then(function (r) { if (r) refreshHealth(); }); } });
     return el("div", { class: "gate", "data-gate": id },
       el("div", { class: "gate-head" },
         el("span", null, el("span", { class: "gate-name", text: g.name || id }), " ",
@@ -312,17 +465,48 @@
       dl);
   }
 
+  /* What the whole site must know at once: lockdown, fire, emergency release, storage. */
+  function siteAlerts(h) {
+    const alerts = [];
+    const sf = h.safety || {};
+    const by = function (sw) { return sw && sw.operator ? " (" + sw.operator + ")" : ""; };
+    if (h.lockdown) alerts.push(el("div", { class: "banner bad", role: "alert", text: "LOCKDOWN — entries are refused" + by(sf.lockdown) }));
+    if (sf.fire_alarm) alerts.push(el("div", { class: "banner bad", role: "alert", text: "FIRE ALARM — doors released, entries refused" }));
+    else if (h.fire_alarm) alerts.push(el("div", { class: "banner bad", role: "alert", text: "EMERGENCY RELEASE — doors released, entries refused" + by(sf.emergency_release) }));
+    if (sf.fire_input && !sf.fire_input.known) alerts.push(el("div", { class: "banner bad", role: "alert",
+      text: "FIRE-ALARM INPUT UNREACHABLE — " + (sf.fire_input.error || "no answer") + " (policy: " + sf.fire_input.policy + ")" }));
+    const st = h.storage;
+    if (st && st.ok === false) alerts.push(el("div", { class: "banner bad", role: "alert",
+      text: "GATES OUT OF ORDER — entries cannot be recorded (" + (st.problem || "storage") + (st.detail ? ": " + st.detail : "") + "); exits work" }));
+    if (h.cache_stale) alerts.push(el("div", { class: "banner warn", text: "Member data is stale — some passes may be refused" }));
+    return alerts;
+  }
+
+  function showBanners(alerts) {
+    const banner = $("#alerts");
+    if (!banner) return;
+    banner.replaceChildren.apply(banner, alerts.filter(function (a) { return a.classList.contains("bad"); }).map(function (a) { return a.cloneNode(true); }));
+  }
+
+  /* Pages other than the feed poll the site's state for the banners only. */
+  function pollBanners() {
+    api("GET", "/api/health").then(function (h) { showBanners(siteAlerts(h)); }).catch(function () { /* next time */ });
+  }
+
   let healthTimer = null;
   async function refreshHealth() {
     let h;
     try { h = await api("GET", "/api/health"); } catch (e) { $("#health-at").textContent = "health unavailable"; return; }
     const list = $("#gate-list");
-    list.replaceChildren.apply(list, Object.entries(h.gates || {}).map(function (p) { return gateCard(p[0], p[1]); }));
+    list.replaceChildren.apply(list, Object.entries(h.gates || {}).map(function (p) { return gateCard(p[0], p[1], h.lockdown); }));
+    const occ = $("#occupancy");
+    if (!occ.querySelector("details[open]")) occ.replaceChildren.apply(occ, occupancyBlock(h.occupancy || []));
+    else (h.occupancy || []).forEach(function (z) {
+      const d = occ.querySelector("details[data-zone='" + CSS.escape(z.zone) + "'] .inside-count");
+      if (d) d.textContent = String(z.inside);
+    });
     const site = $("#site-state");
-    const alerts = [];
-    if (h.lockdown) alerts.push(el("div", { class: "banner bad", role: "alert", text: "LOCKDOWN — entries are refused" }));
-    if (h.fire_alarm) alerts.push(el("div", { class: "banner bad", role: "alert", text: "EMERGENCY RELEASE — doors released, entries refused" }));
-    if (h.cache_stale) alerts.push(el("div", { class: "banner warn", text: "Member data is stale — some passes may be refused" }));
+    const alerts = siteAlerts(h);
     const age = h.cache_age_seconds;
     const ageText = age === null || age === undefined ? "never synced" : (age < 120 ? age + " s" : age < 7200 ? Math.round(age / 60) + " min" : Math.round(age / 3600) + " h");
     const dl = el("dl", { class: "kv" },
@@ -342,8 +526,7 @@
       eb.textContent = h.fire_alarm ? "End emergency release" : "Emergency release";
       eb.dataset.on = h.fire_alarm ? "1" : "";
     }
-    const banner = $("#alerts");
-    banner.replaceChildren.apply(banner, alerts.filter(function (a) { return a.classList.contains("bad"); }).map(function (a) { return a.cloneNode(true); }));
+    showBanners(alerts);
   }
 
   function initGates() {
@@ -353,7 +536,7 @@
     $("#btn-lockdown").addEventListener("click", async function () {
       const on = !this.dataset.on;
       const r = on
-        ? await twice("Lock down", "Every gate stays locked: no member gets in until an admin releases the lockdown. Exits keep working.", "LOCKDOWN", "/api/lockdown", { on: true })
+        ? await twice("Lock down", "Every gate stays locked: no member gets in and nobody can open a gate once or check a member in until an admin releases the lockdown. Exits keep working.", "LOCKDOWN", "/api/lockdown", { on: true })
         : await twice("Release lockdown", "Gates go back to normal operation.", "RELEASE", "/api/lockdown", { on: false });
       if (r) { toast(on ? "Lockdown is on" : "Lockdown released"); refreshHealth(); }
     });
@@ -408,7 +591,7 @@
         return el("li", null, el("button", { type: "button", "data-member": m.id, "aria-pressed": String(m.id === current),
           onclick: function () { show(m.id); } },
           m.name, " ", m.status === "blocked" ? el("span", { class: "badge blocked", text: "blocked" }) : "",
-          el("span", { class: "sub", text: [m.email, m.cards.join(", ")].filter(Boolean).join(" · ") })));
+          el("span", { class: "sub", text: [m.email, m.phone, m.cards.join(", ")].filter(Boolean).join(" · ") })));
       }));
       if (data.results.length === 0) results.append(el("li", { class: "empty", text: "No member found." }));
       if (data.results.length === 1) show(data.results[0].id);
@@ -435,17 +618,24 @@
         el("tbody", null, ...m.taps.map(function (t) {
           return el("tr", { class: t.decision === "denied" ? "denied" : "" },
             el("td", { text: t.date + " " + t.time }), el("td", { text: t.gate_name || "" }),
-            el("td", null, el("span", { class: "dec " + t.decision, text: t.decision }), el("span", { class: "reason", text: t.reason })),
+            el("td", null, el("span", { class: "dec " + t.decision, text: t.decision }), el("span", { class: "reason", text: (t.reason || "").replace(/_/g, " ") })),
             el("td", { text: t.message || "" }));
         })));
       const loyalty = el("ul", { class: "small" }, ...m.loyalty.map(function (l) {
-        return el("li", { text: l.at + "  " + (l.points > 0 ? "+" : "") + l.points + (l.reason ? " — " + l.reason : (l.booking ? " — class " + l.booking : "")) + (l.operator ? " (" + l.operator + ")" : "") });
+        return el("li", { text: l.at + "  " + (l.points > 0 ? "+" : "") + l.points + (l.reason ? " — " + l.reason : (l.booking ? " — " + (l.class_name || "a class") : "")) + (l.operator ? " (" + l.operator + ")" : "") });
       }));
+      const actions = el("div", { class: "member-actions" },
+        el("button", { type: "button", class: "primary", id: "btn-check-in", text: "Check in",
+          onclick: async function () { await checkIn(m, await gatesOnce(), reload); } }),
+        el("button", { type: "button", id: "btn-assign-card", text: "Assign a card",
+          onclick: function () { assignCard(m, pendingCard, function () { pendingCard = ""; reload(); loadUnknown(); }); } }));
       detail.replaceChildren(
         el("div", { class: "detail-head" },
           el("h2", { text: m.name }),
           el("span", { class: "badge " + m.status, text: m.status }),
-          el("span", { class: "muted small", text: [m.email, "cards: " + (m.cards.join(", ") || "none")].filter(Boolean).join(" · ") })),
+          m.inside_since ? el("span", { class: "badge st-in", text: "inside since " + m.inside_since }) : "",
+          el("span", { class: "muted small", text: [m.email, m.phone, "cards: " + (m.cards.join(", ") || "none")].filter(Boolean).join(" · ") })),
+        actions,
         el("h3", { text: "Passes" }), m.passes.length ? passes : el("p", { class: "empty", text: "No passes." }),
         el("h3", { text: "Today's bookings (" + m.today + ")" }),
         m.bookings.length ? bookingTable(m.bookings, true, reload) : el("p", { class: "empty", text: "No bookings today." }),
@@ -458,6 +648,33 @@
       );
     }
 
+    let gates = null;
+    async function gatesOnce() {
+      if (!gates) gates = (await api("GET", "/api/health")).gates || {};
+      return gates;
+    }
+
+    // a card from the feed's "Assign card" link, waiting for a member to be picked
+    let pendingCard = new URLSearchParams(window.location.search).get("card") || "";
+    const unknown = $("#unknown-cards");
+    async function loadUnknown() {
+      let data;
+      try { data = await api("GET", "/api/unknown-cards"); } catch (e) { return; }
+      unknown.replaceChildren.apply(unknown, data.items.map(function (c) {
+        return el("li", { "data-card": c.card, class: c.card === pendingCard ? "picked" : "" },
+          el("span", { class: "card-no", text: c.card }),
+          el("span", { class: "muted small", text: c.date + " " + c.time + " · " + (c.gate_name || c.gate) + (c.count > 1 ? " · " + c.count + " reads" : "") }),
+          el("button", { type: "button", class: "small", text: "Use", onclick: function () {
+            pendingCard = c.card;
+            loadUnknown();
+            if (current) $("#btn-assign-card").click();
+            else { toast("Now find the member and press “Assign a card”"); q.focus(); }
+          } }));
+      }));
+      if (data.items.length === 0) unknown.append(el("li", { class: "empty", text: "No unknown cards read recently." }));
+    }
+    loadUnknown();
+
     form.addEventListener("submit", function (e) { e.preventDefault(); if (q.value.trim()) search(q.value.trim()).catch(function (ex) { toast(ex.message, true); }); });
     window.addEventListener("hashchange", function () {
       const h = decodeURIComponent(window.location.hash.slice(1));
@@ -465,7 +682,6 @@
     });
     const hash = decodeURIComponent(window.location.hash.slice(1));
     if (hash) show(hash);
-    else q.focus();
   }
 
   // -- classes page ----------------------------------------------------------------------
@@ -508,9 +724,9 @@
       }
       $("#csv-link").setAttribute("href", data.csv);
       body.replaceChildren.apply(body, data.rows.map(function (r) {
-        const detail = Object.entries(r.detail || {}).map(function (p) { return p[0] + "=" + (typeof p[1] === "string" ? p[1] : JSON.stringify(p[1])); }).join("  ");
-        return el("tr", null, el("td", { text: r.at }), el("td", { text: r.operator }), el("td", { text: r.action }),
-          el("td", { class: "detail", text: detail }), el("td", { class: "num", text: fmt(r.seq) }));
+        return el("tr", { "data-action": r.action }, el("td", { class: "when", text: r.at }), el("td", { text: r.operator }),
+          el("td", { text: r.action_text, title: r.action }),
+          el("td", { class: "detail", text: r.detail_text }), el("td", { class: "num", text: fmt(r.seq) }));
       }));
       $("#audit-empty").classList.toggle("hidden", data.rows.length > 0);
     }
@@ -518,8 +734,37 @@
     load().catch(function (e) { toast(e.message, true); });
   }
 
+  // -- reports page ----------------------------------------------------------------------
+
+  function initReports() {
+    const form = $("#report-form");
+    const body = $("#report-body");
+    const foot = $("#report-foot");
+    async function load() {
+      const params = new URLSearchParams();
+      for (const [k, v] of new FormData(form).entries()) if (v) params.set(k, v);
+      const data = await api("GET", "/api/reports/loyalty?" + params.toString());
+      $("#r-from").value = data.from;
+      $("#r-to").value = data.to;
+      $("#report-csv").setAttribute("href", data.csv);
+      body.replaceChildren.apply(body, data.lines.map(function (l) {
+        return el("tr", null, el("td", null, el("a", { href: "/members#" + encodeURIComponent(l.member), text: l.name })),
+          el("td", { class: "num", text: String(l.classes) }), el("td", { class: "num", text: String(l.credited) }),
+          el("td", { class: "num", text: String(l.adjustments) }), el("td", { class: "num", text: (l.adjusted > 0 ? "+" : "") + l.adjusted }),
+          el("td", { class: "num total", text: String(l.total) }));
+      }));
+      foot.replaceChildren(el("tr", null, el("th", { scope: "row", text: "All members (" + data.lines.length + ")" }), el("td"),
+        el("td", { class: "num", text: String(data.totals.credited) }), el("td"),
+        el("td", { class: "num", text: String(data.totals.adjusted) }), el("td", { class: "num total", text: String(data.totals.total) })));
+      $("#report-empty").classList.toggle("hidden", data.lines.length > 0);
+    }
+    form.addEventListener("submit", function (e) { e.preventDefault(); load().catch(function (ex) { toast(ex.message, true); }); });
+    load().catch(function (e) { toast(e.message, true); });
+  }
+
   // -- start -----------------------------------------------------------------------------
 
-  const init = { feed: initFeed, members: initMembers, classes: initClasses, audit: initAudit }[page];
+  const init = { feed: initFeed, members: initMembers, classes: initClasses, reports: initReports, audit: initAudit }[page];
   if (init) init();
+  if (init && page !== "feed") { pollBanners(); setInterval(pollBanners, 4000); }
 })();

@@ -1,0 +1,409 @@
+"""The console's JSON API: reads for the pages and the desk's actions.
+
+Every action goes through the ConsoleBackend, which writes the effect, its events and the
+audit row (with the operator's name) in one transaction; here are only the checks of what
+the browser sent. Errors are `HttpError`s turned into `{"error": ...}` by the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from datetime import date, timedelta
+from typing import Any
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from gated.console.auth import operator, requires
+from gated.console.security import SESSION_COOKIE
+from gated.console.state import console_of
+from gated.console.views import dumps
+from rules.credential import normalise_card
+
+log = structlog.get_logger("gated.console")
+
+MAX_BODY = 16 * 1024
+REASON_MAX = 200
+HEARTBEAT = 15.0
+CONFIRM = {"lockdown": "LOCKDOWN", "release": "RELEASE", "emergency": "EMERGENCY", "restore": "RESTORE"}
+CARD_RE = re.compile(r"^[0-9A-Z:._-]{3,64}$")
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def as_json(data: Any, status: int = 200) -> Response:
+    return Response(dumps(data), status_code=status, media_type="application/json")
+
+
+async def body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise HttpError(413, "request too large")
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError:
+        raise HttpError(400, "invalid JSON") from None
+    if not isinstance(data, dict):
+        raise HttpError(400, "a JSON object expected")
+    return data
+
+
+def text_field(data: dict[str, Any], key: str, *, required: bool = True, limit: int = REASON_MAX) -> str:
+    value = data.get(key)
+    value = value.strip() if isinstance(value, str) else ""
+    if required and not value:
+        raise HttpError(400, f"a {key} is required")
+    if len(value) > limit:
+        raise HttpError(400, f"the {key} is longer than {limit} characters")
+    return value
+
+
+def optional_id(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 200:
+        raise HttpError(400, f"{key}: an id expected")
+    return value
+
+
+def int_param(text: str | None, default: int, lo: int, hi: int) -> int:
+    try:
+        return max(lo, min(hi, int(text))) if text else default
+    except ValueError:
+        return default
+
+
+def date_param(text: str | None) -> date | None:
+    try:
+        return date.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def _seqs(committed: Any) -> list[int]:
+    return [e["seq"] for e in committed.events]
+
+
+# -- reads ------------------------------------------------------------------------------
+
+
+@requires()
+async def me(request: Request) -> Response:
+    user = operator(request)
+    return as_json({"user": user.name, "role": user.role, "csrf": user.csrf})
+
+
+@requires()
+async def health(request: Request) -> Response:
+    return as_json(console_of(request).views.health())
+
+
+@requires()
+async def feed(request: Request) -> Response:
+    c = console_of(request)
+    limit = int_param(request.query_params.get("limit"), 50, 1, 500)
+    return as_json({"items": c.views.recent_feed(limit), "last_seq": c.views.store.last_seq})
+
+
+def _sse(item: dict[str, Any]) -> str:
+    return f"id: {item['seq']}\nevent: feed\ndata: {dumps(item)}\n\n"
+
+
+@requires()
+async def events(request: Request) -> Response:
+    c = console_of(request)
+    store = c.views.store
+    after = int_param(request.headers.get("last-event-id") or request.query_params.get("after"), 0, 0, 1 << 62)
+    token = request.cookies.get(SESSION_COOKIE)
+    q = c.hub.subscribe()
+
+    async def stream() -> AsyncIterator[str]:
+        last = after
+        try:
+            yield "retry: 2000\n\n"
+            if after:
+                # what happened while the browser was away (network blip, page load)
+                for item in c.views.feed_items(store.events_after(after, 300)):
+                    last = max(last, item["seq"])
+                    yield _sse(item)
+            while not c.hub.closed.is_set():
+                try:
+                    pushed = await asyncio.wait_for(q.get(), HEARTBEAT)
+                except TimeoutError:
+                    if c.sessions.get(token) is None:
+                        return  # logged out or expired: the stream ends too
+                    yield ": keep-alive\n\n"
+                    continue
+                if pushed is None or c.sessions.get(token) is None:
+                    return
+                if pushed["seq"] is not None and pushed["seq"] <= last:
+                    continue
+                last = max(last, pushed["seq"] or 0)
+                yield _sse(pushed)
+        finally:
+            c.hub.unsubscribe(q)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+@requires()
+async def members(request: Request) -> Response:
+    c = console_of(request)
+    q = request.query_params.get("q", "")[:100]
+    results = await asyncio.to_thread(c.views.search_members, q)
+    return as_json({"results": results})
+
+
+@requires()
+async def member(request: Request) -> Response:
+    detail = console_of(request).views.member_detail(request.path_params["member_id"])
+    if detail is None:
+        raise HttpError(404, "no such member")
+    return as_json(detail)
+
+
+@requires()
+async def classes(request: Request) -> Response:
+    v = console_of(request).views
+    day = date_param(request.query_params.get("day")) or v.today()
+    return as_json(v.classes(day))
+
+
+@requires()
+async def occupancy(request: Request) -> Response:
+    return as_json({"zones": console_of(request).views.occupancy()})
+
+
+@requires()
+async def denials(request: Request) -> Response:
+    c = console_of(request)
+    return as_json({"items": c.views.denials(0, c.dismissed)})
+
+
+@requires()
+async def unknown_cards(request: Request) -> Response:
+    return as_json({"items": console_of(request).views.unknown_cards()})
+
+
+def audit_filters(request: Request) -> dict[str, Any]:
+    p = request.query_params
+    return {
+        "operator": p.get("operator", "")[:100],
+        "action": p.get("action", "")[:100],
+        "q": p.get("q", "")[:100],
+        "day_from": date_param(p.get("from")),
+        "day_to": date_param(p.get("to")),
+    }
+
+
+@requires()
+async def audit(request: Request) -> Response:
+    from urllib.parse import urlencode
+
+    c = console_of(request)
+    f = audit_filters(request)
+    rows = await asyncio.to_thread(lambda: c.views.audit_rows(**f))
+    query = urlencode({k: v for k, v in request.query_params.items() if k in ("operator", "action", "q", "from", "to") and v})
+    return as_json({"rows": rows, "facets": c.views.audit_facets(), "csv": "/audit.csv" + (f"?{query}" if query else "")})
+
+
+def report_range(request: Request) -> tuple[date, date]:
+    v = console_of(request).views
+    today = v.today()
+    day_to = date_param(request.query_params.get("to")) or today
+    day_from = date_param(request.query_params.get("from")) or day_to.replace(day=1)
+    if day_from > day_to:
+        raise HttpError(400, "the start is after the end")
+    if day_to - day_from > timedelta(days=3 * 366):
+        raise HttpError(400, "at most three years at once")
+    return day_from, day_to
+
+
+@requires()
+async def loyalty_report(request: Request) -> Response:
+    c = console_of(request)
+    day_from, day_to = report_range(request)
+    lines = await asyncio.to_thread(c.views.loyalty_report, day_from, day_to)
+    return as_json({
+        "from": day_from.isoformat(), "to": day_to.isoformat(), "lines": lines,
+        "totals": {k: sum(ln[k] for ln in lines) for k in ("credited", "adjusted", "total")},
+        "csv": f"/reports/loyalty.csv?from={day_from.isoformat()}&to={day_to.isoformat()}",
+    })
+
+
+# -- actions ----------------------------------------------------------------------------
+
+
+def _refused(result: dict[str, Any]) -> Response | None:
+    if result.get("error"):
+        status = 409 if result["error"] in ("lockdown", "no_relay", "emergency") else 502
+        return as_json({"error": result.get("message") or result["error"]}, status)
+    return None
+
+
+@requires(write=True)
+async def open_gate(request: Request) -> Response:
+    c = console_of(request)
+    data = await body(request)
+    reason = text_field(data, "reason")
+    gate_id = request.path_params["gate_id"]
+    user = operator(request).name
+    result = await c.backend.open_once(gate_id, user, reason)
+    refused = _refused(result)
+    if refused is not None:
+        return refused
+    log.info("console_open", gate=gate_id, operator=user)
+    return as_json({"ok": True, "result": result})
+
+
+@requires(write=True)
+async def check_in(request: Request) -> Response:
+    c = console_of(request)
+    data = await body(request)
+    reason = text_field(data, "reason", required=False) or "checked in at the desk"
+    member_id = request.path_params["member_id"]
+    gate_id = text_field(data, "gate", limit=100)
+    store = c.views.store
+    if store.member(member_id) is None:
+        raise HttpError(404, "no such member")
+    booking_id, pass_id = optional_id(data, "booking"), optional_id(data, "pass")
+    if booking_id is not None:
+        b = store.get_booking(booking_id)
+        if b is None or b.member != member_id:
+            raise HttpError(404, "no such booking for this member")
+    if pass_id is not None:
+        p = store.get_pass(pass_id)
+        if p is None or p.member != member_id:
+            raise HttpError(404, "no such pass for this member")
+    user = operator(request).name
+    result = await c.backend.check_in(gate_id, member_id, user, reason, booking_id=booking_id, pass_id=pass_id)
+    refused = _refused(result)
+    if refused is not None:
+        return refused
+    log.info("console_check_in", gate=gate_id, member=member_id, decision=result.get("decision"), operator=user)
+    return as_json({"ok": result.get("decision") == "granted", "result": result})
+
+
+@requires(write=True)
+async def attend(request: Request) -> Response:
+    c = console_of(request)
+    data = await body(request)
+    refund = data.get("refund", False)
+    if not isinstance(refund, bool):
+        raise HttpError(400, "refund is true or false")
+    booking_id = request.path_params["booking_id"]
+    booking = c.views.store.get_booking(booking_id)
+    if booking is None:
+        raise HttpError(404, "no such booking")
+    if booking.status.value == "attended":
+        raise HttpError(409, "this booking is already marked attended")
+    if booking.status.value == "cancelled":
+        raise HttpError(409, "this booking was cancelled")
+    user = operator(request).name
+    committed = c.backend.mark_attended(booking_id, user, refund=refund)
+    refunded = next((e for e in committed.events if e.get("type") == "deduction" and e.get("cause") == "refund"), None)
+    log.info("console_attend", booking=booking_id, refund=refund, refunded=refunded is not None, operator=user)
+    return as_json({
+        "ok": True,
+        "refunded": None if refunded is None else {"pass": refunded.get("pass"), "amount": -refunded["amount"],
+                                                    "balance": refunded.get("balance")},
+        "refund_requested": refund,
+        "seq": _seqs(committed),
+    })
+
+
+@requires(write=True)
+async def points(request: Request) -> Response:
+    c = console_of(request)
+    data = await body(request)
+    reason = text_field(data, "reason")
+    pts = data.get("points")
+    if isinstance(pts, str) and re.fullmatch(r"[+-]?\d{1,6}", pts.strip()):
+        pts = int(pts)
+    if not isinstance(pts, int) or isinstance(pts, bool) or pts == 0 or abs(pts) > 100_000:
+        raise HttpError(400, "points: a whole number, not zero, at most 100000")
+    member_id = request.path_params["member_id"]
+    store = c.views.store
+    if store.member(member_id) is None:
+        raise HttpError(404, "no such member")
+    user = operator(request).name
+    committed = c.backend.adjust_points(member_id, pts, user, reason)
+    log.info("console_points", member=member_id, points=pts, operator=user)
+    return as_json({"ok": True, "points": store.points(member_id), "seq": _seqs(committed)})
+
+
+@requires(write=True)
+async def enrol_card(request: Request) -> Response:
+    c = console_of(request)
+    data = await body(request)
+    card = normalise_card(text_field(data, "card", limit=64))
+    if not CARD_RE.fullmatch(card):
+        raise HttpError(400, "a card number: letters, digits, : . _ - (3 to 64)")
+    member_id = request.path_params["member_id"]
+    store = c.views.store
+    if store.member(member_id) is None:
+        raise HttpError(404, "no such member")
+    holder = store.member_for_card(card)
+    if holder == member_id:
+        raise HttpError(409, "this card is already this member's")
+    if holder is not None:
+        raise HttpError(409, f"this card belongs to member {holder}")
+    user = operator(request).name
+    committed = c.backend.enrol_card(card, member_id, user)
+    log.info("console_enrol_card", member=member_id, operator=user)
+    return as_json({"ok": True, "seq": _seqs(committed)})
+
+
+@requires(write=True)
+async def dismiss_denials(request: Request) -> Response:
+    data = await body(request)
+    seqs = data.get("seq")
+    if not isinstance(seqs, list) or len(seqs) > 500 or not all(isinstance(s, int) and not isinstance(s, bool) for s in seqs):
+        raise HttpError(400, "seq: a list of event numbers")
+    console_of(request).dismiss(seqs)
+    return as_json({"ok": True})
+
+
+def confirmed(data: dict[str, Any], word: str) -> None:
+    if data.get("confirm") != word:
+        raise HttpError(400, f"type {word} to confirm")
+
+
+def on_flag(data: dict[str, Any]) -> bool:
+    on = data.get("on")
+    if not isinstance(on, bool):
+        raise HttpError(400, "on is true or false")
+    return on
+
+
+@requires("admin", write=True)
+async def lockdown(request: Request) -> Response:
+    c = console_of(request)
+    data = await body(request)
+    on = on_flag(data)
+    confirmed(data, CONFIRM["lockdown" if on else "release"])
+    c.views.store  # noqa: B018 - 503 while the daemon is starting or stopping
+    await c.backend.set_lockdown(on, operator(request).name)
+    return as_json({"ok": True, "lockdown": c.backend.lockdown})
+
+
+@requires("admin", write=True)
+async def emergency(request: Request) -> Response:
+    c = console_of(request)
+    data = await body(request)
+    on = on_flag(data)
+    confirmed(data, CONFIRM["emergency" if on else "restore"])
+    c.views.store  # noqa: B018 - 503 while the daemon is starting or stopping
+    await c.backend.set_emergency(on, operator(request).name)
+    return as_json({"ok": True, "emergency": c.backend.emergency})

@@ -1,0 +1,94 @@
+"""The console's named reads (sync/read_models.py) on a real store: search that ignores
+accents and case and finds any part of a card, e-mail or phone; who is inside; the loyalty
+report; the walk-in a refund would give back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from rules.credential import CredentialKind
+from rules.decide import Decision
+from rules.model import Gate, Site
+from rules.reasons import Reason
+from sync import read_models as rm
+from sync.records import BookingIn, MemberIn, PassIn
+from sync.store import Store, SyncBatch
+
+TZ = ZoneInfo("Europe/Madrid")
+NOW = datetime(2026, 11, 18, 11, 40, tzinfo=UTC)
+GATE = Gate(id="in", zone="main")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "g.db", Site(timezone=TZ), daemon_id="t")
+    s.apply_sync(_batch(), NOW)
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def _batch() -> SyncBatch:
+    windows = {"mon-sun": "00:00-24:00"}
+    members = [
+        {"id": "m-ana", "name": "Ana López", "cards": ["04A1B2C3D4"], "email": "ana.lopez@example.org",
+         "phone": "+34 612 345 678"},
+        {"id": "m-jose", "name": "José Ñúñez", "cards": ["0499887766"], "email": "JOSE@Example.org"},
+        {"id": "m-zoe", "name": "Zoë Müller", "cards": ["A1:B2:C3:D4"]},
+    ]
+    passes = [{"id": "p-ana", "member": "m-ana", "name": "Multipack 10", "kind": "visits", "balance": 9,
+               "deduct_on": "access", "access_windows": windows}]
+    bookings: list[dict[str, object]] = []
+    return SyncBatch(
+        members=[MemberIn.model_validate(m) for m in members],
+        passes=[PassIn.model_validate(p) for p in passes],
+        bookings=[BookingIn.model_validate(b) for b in bookings],
+    )
+
+
+@pytest.mark.parametrize(("q", "expected"), [
+    ("lopez", ["m-ana"]), ("LÓPEZ", ["m-ana"]), ("ana", ["m-ana"]), ("nunez", ["m-jose"]), ("josé", ["m-jose"]),
+    ("zoe", ["m-zoe"]), ("muller", ["m-zoe"]), ("example.org", ["m-ana", "m-jose"]), ("jose@example", ["m-jose"]),
+    ("b2c3", ["m-ana", "m-zoe"]), ("887766", ["m-jose"]), ("04a1", ["m-ana"]), ("m-zoe", ["m-zoe"]),
+    ("612345", ["m-ana"]), ("612 345 678", ["m-ana"]), ("+34612", ["m-ana"]),
+    ("%", []), ("_", []), ("", []), ("nobody", []),
+])
+def test_search(store: Store, q: str, expected: list[str]) -> None:
+    with rm.read_only(store.path) as conn:
+        assert sorted(h.id for h in rm.search_members(conn, q)) == expected
+
+
+def test_read_only_connection_cannot_write(store: Store) -> None:
+    import sqlite3
+
+    with rm.read_only(store.path) as conn, pytest.raises(sqlite3.OperationalError):
+        conn.execute("DELETE FROM members")
+
+
+def test_inside_loyalty_and_walk_in(store: Store) -> None:
+    walk_in = Decision(True, Reason.WALK_IN, "m-ana", pass_id="p-ana", amount=__import__("decimal").Decimal(1), cause="walk_in")
+    store.commit_tap(GATE, walk_in, credential=CredentialKind.CARD, passed=True, now=NOW)
+    store.commit_tap(GATE, Decision(True, Reason.WALK_IN, "m-jose"), credential=CredentialKind.CARD, passed=True,
+                     now=NOW + timedelta(minutes=1))
+    store.commit_tap(Gate(id="out", zone="main"), Decision(True, Reason.EXIT, "m-jose"), credential=CredentialKind.CARD,
+                     passed=True, now=NOW + timedelta(minutes=2))
+    start = datetime(2026, 11, 17, 23, 0, tzinfo=UTC)  # local midnight
+    later = NOW + timedelta(minutes=3)
+    people = rm.inside(store.conn, "main", start, later)
+    assert [(p.member, p.name) for p in people] == [("m-ana", "Ana López")]
+    charge = rm.refundable_walk_in(store.conn, "m-ana", "main", start, later)
+    assert charge is not None and charge.pass_name == "Multipack 10" and charge.amount == 1
+    assert rm.first_entry(store.conn, "m-ana", "main", start, later) == NOW
+
+    store.adjust_points("m-ana", 15, "desk", "birthday", NOW)
+    store.adjust_points("m-jose", -5, "desk", "correction", NOW)
+    store.adjust_points("m-ana", 3, "desk", "last month", NOW - timedelta(days=40))
+    with rm.read_only(store.path) as conn:
+        lines = rm.loyalty_report(conn, start, start + timedelta(days=1))
+    assert [(ln.member, ln.credited, ln.adjusted, ln.total, ln.adjustments) for ln in lines] == [
+        ("m-ana", 0, 15, 15, 1), ("m-jose", 0, -5, -5, 1),
+    ]
+    assert rm.member_names(store.conn, ["m-ana", "nope"]) == {"m-ana": "Ana López"}
