@@ -138,6 +138,7 @@ async def import_once(store: Store, payloads: Payloads, data: SiteData) -> dict[
     fed = time.perf_counter() - t0
     report = await importer.finish()
     seconds = time.perf_counter() - t0
+    switched = time.perf_counter()
     stop.set()
     await asyncio.wait(tasks)
     counts = store.counts()
@@ -153,6 +154,9 @@ async def import_once(store: Store, payloads: Payloads, data: SiteData) -> dict[
         "max_lag_ms": max(lags) if lags else 0.0,
         "long_lags": len(long),
         "long_lags_during_a_commit": _during_commit(long, commits),
+        # (seconds into the import, ms): when they came — feeding, building, switching
+        "long_lag_times": [(round(a - t0, 3), round((b - a) * 1000, 1)) for a, b in long],
+        "switched_at": round(switched - t0, 3),
         "stalls_ms": stalls,
         "lags_ms": lags,
         "decide_ms": decide_ms,
@@ -178,7 +182,8 @@ def run(data: SiteData, *, runs: int = 3, records_per_chunk: int = 1000, log: An
                 f"{res['seconds']:.2f} s (chunks handed over in {res['fed_seconds']:.2f} s, switch "
                 f"{w['switch_ms']:.1f} ms), {res['taps']} taps during it, longest stall {res['max_stall_ms']:.1f} ms, "
                 f"longest loop lag {res['max_lag_ms']:.1f} ms ({res['long_lags']} over 20 ms, "
-                f"{res['long_lags_during_a_commit']} of them during a tap's commit); worker {w['timings']}"
+                f"{res['long_lags_during_a_commit']} of them during a tap's commit, at (s, ms) "
+                f"{res['long_lag_times'][:12]}); worker {w['timings']}"
             )
         sizes = {
             "ledger_mb": round(sum(os.path.getsize(p) for p in work.glob("gated.db*")) / 1e6, 1),
@@ -208,5 +213,6 @@ def run(data: SiteData, *, runs: int = 3, records_per_chunk: int = 1000, log: An
         "decide_ms_during_import": summary([c for res in results for c in res["decide_ms"]]),
         "tap_commit_ms_during_import": summary([c for res in results for c in res["commit_ms"]]),
         "worker": [res["worker"] for res in results],
+        "long_lag_times": [res["long_lag_times"] for res in results],
         "disk": sizes,
     }

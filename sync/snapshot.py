@@ -6,9 +6,10 @@ million members for the biggest) is too much to validate and index on the loop t
 decides taps, and must never be seen half old, half new. So:
 
 1. **Receive** (loop, per chunk, well under a millisecond): the link reads only the
-   chunk's header (`SnapshotHeader`: id, number, count, delta_seq), checks the order,
-   appends the payload as received to a spool file and tells the worker its length.
-   The spool, not memory, absorbs a snapshot arriving faster than it is built.
+   chunk's header (`SnapshotHeader`: id, number, count, delta_seq), checks the order and
+   writes the payload as received down a pipe to the worker, whose reader thread appends
+   it to a spool file. The spool, not memory, absorbs a snapshot arriving faster than it
+   is built; no file is written from the loop.
 2. **Build** (worker process, `python -m sync.snapshot_worker`): validates every chunk
    in full, writes the rows into a new replica file (bare tables, no journal), builds
    the indexes, computes what the switch must tell the ledger, fsyncs the file. A
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -62,6 +64,7 @@ from sync.replica_file import ReplicaFiles
 from sync.store import Store
 
 log = logging.getLogger("gated.sync.snapshot")
+F_SETPIPE_SZ = 1031
 
 
 def delta_seq(store: Store) -> int:
@@ -121,7 +124,6 @@ class SnapshotImporter:
         self.started = 0.0
         self.report: dict[str, Any] = {}  # the last build's figures (bench, logs)
         self._proc: asyncio.subprocess.Process | None = None
-        self._spool: int | None = None
         self._paths: tuple[Any, Any] | None = None  # (spool, replica being built)
         self._done: asyncio.Future[dict[str, Any]] | None = None
         self._readers: list[asyncio.Task[None]] = []
@@ -145,7 +147,6 @@ class SnapshotImporter:
         store.files.remove_orphans(store.replica_path.name)
         spool, replica = store.files.spool_path(), store.files.new_path(store.replica_generation + 1)
         self._paths = (spool, replica)
-        self._spool = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         params = {
             "replica": str(replica),
             "ledger": str(store.path),
@@ -171,6 +172,12 @@ class SnapshotImporter:
         except OSError as e:
             self._discard()
             raise SnapshotError(f"cannot start the snapshot worker: {e}") from e
+        # the payloads cross in big writes; the default 64 KiB mark would wake drain() per write
+        assert self._proc.stdin is not None
+        self._proc.stdin.transport.set_write_buffer_limits(high=4 * 1024 * 1024)
+        fd = self._proc.stdin.transport.get_extra_info("pipe").fileno()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, F_SETPIPE_SZ, 1024 * 1024)  # Linux: fewer, larger writes
         self._readers = [
             asyncio.create_task(self._read_answers(self._proc, self._done), name="snapshot-worker-out"),
             asyncio.create_task(self._read_stderr(self._proc), name="snapshot-worker-err"),
@@ -190,15 +197,17 @@ class SnapshotImporter:
                 f"got {header.chunk}/{header.chunks} of {header.snapshot_id}"
             )
         self._raise_if_failed()
-        assert self._spool is not None and self._proc is not None and self._proc.stdin is not None
-        view = memoryview(payload)
-        while view:
-            try:
-                n = os.write(self._spool, view)
-            except OSError as e:  # disk full: give this snapshot up, the gate goes on
-                raise SnapshotError(f"cannot spool the snapshot: {e}") from e
-            view = view[n:]
-        self._proc.stdin.write(b"chunk %d\n" % len(payload))
+        assert self._proc is not None and self._proc.stdin is not None
+        stdin = self._proc.stdin
+        stdin.write(b"chunk %d\n" % len(payload))
+        stdin.write(payload)
+        try:
+            # the pipe's pace: the worker's reader takes it at once (to its spool file),
+            # so this holds the link only as long as the bytes take to cross
+            await stdin.drain()
+        except (ConnectionError, RuntimeError) as e:
+            self._raise_if_failed()
+            raise SnapshotError(f"the snapshot worker went away: {e}") from e
         self.next_chunk += 1
         return self.next_chunk == self.chunks
 
@@ -312,16 +321,12 @@ class SnapshotImporter:
         self._discard()
 
     def _discard(self) -> None:
-        if self._spool is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._spool)
         if self._paths is not None:
             spool, replica = self._paths
             with contextlib.suppress(FileNotFoundError):
                 spool.unlink()
             if replica is not None:
                 self.store.files.remove(replica)
-        self._spool = None
         self._paths = None
         self._proc = None
         self._done = None

@@ -8,9 +8,10 @@ switch lists), `spool` (where the chunks are), `timezone`, `daemon`, `snapshot_i
 transaction, rounded up to whole chunks), `parsers` (parser processes; default: one per
 CPU, at most 2).
 
-The importer appends each chunk's payload, as received, to the spool file, then writes
-`chunk LENGTH` on this process's stdin; `end` when the last one is in, `abort` to give
-up. End of input without `end` (the daemon died) is an abort. This process answers on
+The importer writes each chunk on this process's stdin as received: `chunk LENGTH`, a
+newline, the LENGTH bytes of payload; `end` when the last one is in, `abort` to give up.
+End of input without `end` (the daemon died) is an abort. The chunks wait in the spool
+file for the parsers (see `_Control`). This process answers on
 stdout with one JSON object a line: `{"event": "progress", "chunks": N}` every so often,
 then `{"event": "built", ...counts and timings}` or `{"event": "error", "message": ...,
 "chunk": N}`; its exit status is 0 only after `built`.
@@ -67,6 +68,47 @@ class BuildError(Exception):
         self.chunk = chunk
 
 
+# -- pacing the disk -------------------------------------------------------------------------
+#
+# Taps commit with an fsync while this process writes up to a gigabyte (the spool, the new
+# replica). On ext4 an fsync waits for the data blocks allocated in the same journal
+# transaction, so a large burst of writeback — the kernel flushing 30-second-old dirty
+# pages, or one fdatasync of a whole file — holds every tap committed meanwhile (1.1 s
+# measured at 1M members). Writeback is started early and in small pieces instead, and
+# what is read and done with is given back before it is ever written.
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+SYNC_FILE_RANGE_WRITE = 0x02
+_libc: Any = None
+
+
+def _c() -> Any:
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+            _libc.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc
+
+
+def punch(fd: int, offset: int, length: int) -> None:
+    """Free the range (fallocate PUNCH_HOLE): dirty pages are dropped unwritten. Where the
+    call is missing or refused, the file keeps them until it is deleted."""
+    if c := _c():
+        c.fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length)
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing the range out now, without waiting (sync_file_range WRITE): a steady
+    trickle instead of a burst later. Where missing, the kernel writes it when it will."""
+    if c := _c():
+        c.sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
 # -- parsing (in the pool's processes) ----------------------------------------------------------
 
 
@@ -89,7 +131,7 @@ class Parser:
         payload = self.spool.read(length)
         if len(payload) != length:
             raise BuildError("the spool file is shorter than announced")
-        _punch(self.spool.fileno(), offset, length)
+        punch(self.spool.fileno(), offset, length)
         return payload
 
     def parse(self, number: int, payload: bytes) -> Rows:
@@ -119,27 +161,6 @@ class Parser:
 
 
 _parser: Parser | None = None
-_libc: Any = None
-
-
-def _punch(fd: int, offset: int, length: int) -> None:
-    """Give a chunk's bytes in the spool back once read (Linux fallocate PUNCH_HOLE): the
-    page cache drops them unwritten, so a gigabyte-sized snapshot does not reach the disk
-    (nor wait in line with the taps' fsyncs) and the spool takes only the backlog's room.
-    Where the call is missing or refused, the spool simply keeps them until deleted."""
-    global _libc
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(None, use_errno=True)
-            _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-        except (OSError, AttributeError):
-            _libc = False
-    if _libc:
-        _libc.fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length)
-
-
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
 
 
 def _init_parser(params: dict[str, Any]) -> None:
@@ -153,55 +174,48 @@ def _init_parser(params: dict[str, Any]) -> None:
     _parser = Parser(params)
 
 
-def _parse_task(task: tuple[int, int, int]) -> tuple[int, Rows | None, str | None, float]:
-    """(number, rows, error, seconds) of the chunk at (number, offset, length)."""
+def _parse_task(task: tuple[int, int, int]) -> tuple[int, Rows | None, str | None, float, int]:
+    """(number, rows, error, seconds, end offset) of the chunk at (number, offset, length)."""
     number, offset, length = task
     assert _parser is not None
     t0 = time.perf_counter()
     try:
-        return number, _parser.parse(number, _parser.read(offset, length)), None, time.perf_counter() - t0
+        rows = _parser.parse(number, _parser.read(offset, length))
+        return number, rows, None, time.perf_counter() - t0, offset + length
     except BuildError as e:
-        return number, None, str(e), time.perf_counter() - t0
+        return number, None, str(e), time.perf_counter() - t0, offset + length
 
 
 # -- building (this process) ------------------------------------------------------------------
 
 
 class Flusher:
-    """Writes the file being built out to the disk as it grows, from a thread of its own
-    (fdatasync releases the GIL): a single flush of the whole file at the end (80 MB at
-    100,000 members) made every tap commit that came during it wait for it (30 ms)."""
+    """Writes the file being built out as it grows, a few megabytes at a time, from a
+    thread of its own (module section "pacing the disk"); the last fdatasync at the end
+    finds little left to write."""
 
-    EVERY = 8 * 1024 * 1024  # bytes of growth between flushes
+    EVERY = 4 * 1024 * 1024  # bytes of growth between writebacks
+    POLL = 0.05  # seconds
 
     def __init__(self, path: Path):
         self.fd = os.open(path, os.O_RDONLY)
-        self.flushed = 0
-        self._wake = threading.Event()
-        self._stop = False
+        self.started = 0  # bytes handed to writeback so far
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-flush", daemon=True)
         self._thread.start()
 
-    def grown(self) -> None:
-        """Called after each commit: flush when the file grew enough since the last one."""
-        if os.fstat(self.fd).st_size - self.flushed >= self.EVERY:
-            self._wake.set()
-
     def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
+        while not self._stop.wait(self.POLL):
             size = os.fstat(self.fd).st_size
-            os.fdatasync(self.fd)
-            self.flushed = size
-            if self._stop:
-                return
+            if size - self.started >= self.EVERY:
+                start_writeback(self.fd, self.started, size - self.started)
+                self.started = size
 
     def close(self) -> None:
-        """The last flush, then the file's directory entry."""
-        self._stop = True
-        self._wake.set()
+        """Stop, then the last of it, waited for."""
+        self._stop.set()
         self._thread.join()
+        os.fdatasync(self.fd)
         os.close(self.fd)
 
 
@@ -221,6 +235,7 @@ class Build:
         self.next_chunk = 0
         self.counts = {"members": 0, "cards": 0, "passes": 0, "bookings": 0}
         self.timings = {"parse": 0.0, "insert": 0.0, "waiting": 0.0}
+        self.rss_mb: dict[str, float] = {}  # this process's peak resident memory, by phase
         ReplicaFiles.remove(self.path)
         self.conn = sqlite3.connect(str(self.path), isolation_level=None)
         c = self.conn
@@ -250,7 +265,6 @@ class Build:
         if self.pending >= self.batch_rows:
             c.execute("COMMIT")
             self.pending = 0
-            self.flusher.grown()
         self.timings["insert"] += time.perf_counter() - t0
         self.counts["members"] += len(members)
         self.counts["cards"] += len(cards)
@@ -264,10 +278,11 @@ class Build:
         c = self.conn
         if c.in_transaction:
             c.execute("COMMIT")
+        self.rss_mb["after_inserts"] = _peak_rss_mb()
         t0 = time.perf_counter()
         for sql in REPLICA_INDEXES:
             c.execute(sql)
-            self.flusher.grown()
+        self.rss_mb["after_indexes"] = _peak_rss_mb()
         t1 = time.perf_counter()
         recheck, clear, cursor = self._switch_lists()
         t2 = time.perf_counter()
@@ -294,6 +309,7 @@ class Build:
             "recheck": recheck,
             "clear": clear,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "builder_peak_rss_mb": self.rss_mb,
             "bytes": self.path.stat().st_size,
         }
 
@@ -335,30 +351,61 @@ class Build:
 # -- the control loop -----------------------------------------------------------------------
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: ru_maxrss would carry the daemon's
+    size across the exec that started this process)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 def _say(out: BinaryIO, **fields: Any) -> None:
     out.write(json.dumps(fields).encode() + b"\n")
     out.flush()
 
 
 class _Control:
-    """Reads the importer's lines in a thread, turning `chunk LENGTH` into parse tasks
-    at once (the pool starts on a chunk while earlier ones are being inserted)."""
+    """Receives the chunks in a thread — `chunk LENGTH`, then LENGTH bytes of payload — and
+    appends them to the spool, turning each into a parse task at once (the pool starts on
+    a chunk while earlier ones are being inserted). The spool takes what arrives faster
+    than it is built (a whole snapshot can arrive in seconds and take a minute to build):
+    its first BACKLOG bytes ahead of the builder stay in the page cache, to be read and
+    punched out unwritten; beyond that, writeback starts at once, in small pieces."""
 
-    def __init__(self, control: BinaryIO):
+    BACKLOG = 64 * 1024 * 1024
+    # parse tasks handed out ahead of the builder: parsers faster than the inserts would
+    # otherwise pile their rows up in this process (2 GB at 1M members)
+    AHEAD = 16
+
+    def __init__(self, control: BinaryIO, spool: Path):
         self.control = control
+        self.spool = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.ended = False  # `end` seen (else: abort, or the importer went away)
+        self.done = 0  # spool bytes the builder has inserted (set by the builder)
         self.tasks: queue.Queue[tuple[int, int, int] | None] = queue.Queue()
+        self.room = threading.Semaphore(self.AHEAD)  # released by the builder per chunk
+        self.stopped = False
         threading.Thread(target=self._read, name="snapshot-control", daemon=True).start()
 
     def _read(self) -> None:
         offset = number = 0
         try:
-            for line in self.control:
+            while line := self.control.readline():
                 cmd = line.split()
                 if not cmd:
                     continue
                 if cmd[0] == b"chunk":
                     length = int(cmd[1])
+                    payload = self.control.read(length)
+                    if len(payload) != length:
+                        return  # the importer went away mid-chunk
+                    view = memoryview(payload)
+                    while view:
+                        view = view[os.write(self.spool, view) :]
+                    if offset + length - self.done > self.BACKLOG:
+                        start_writeback(self.spool, offset, length)
                     self.tasks.put((number, offset, length))
                     number += 1
                     offset += length
@@ -370,11 +417,21 @@ class _Control:
         finally:
             self.tasks.put(None)
 
+    def inserted(self, end: int) -> None:
+        """The builder inserted the chunk ending at spool offset `end`."""
+        self.done = end
+        self.room.release()
+
     def stop(self) -> None:
+        self.stopped = True
         self.tasks.put(None)
+        self.room.release()
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         while (task := self.tasks.get()) is not None:
+            self.room.acquire()
+            if self.stopped:
+                return
             yield task
 
 
@@ -388,15 +445,16 @@ def run(params: dict[str, Any], control: BinaryIO, out: BinaryIO) -> int:
     ok = False
     try:
         build = Build(params)
-        commands = _Control(control)
+        commands = _Control(control, Path(params["spool"]))
         waited = time.perf_counter()
-        for number, rows, error, seconds in pool.imap(_parse_task, commands):
+        for number, rows, error, seconds, end in pool.imap(_parse_task, commands):
             build.timings["waiting"] += time.perf_counter() - waited
             build.timings["parse"] += seconds
             if error is not None:
                 raise BuildError(error, number)
             assert rows is not None
             build.insert(rows)
+            commands.inserted(end)
             if build.next_chunk % PROGRESS_EVERY == 0:
                 _say(out, event="progress", chunks=build.next_chunk)
             waited = time.perf_counter()
@@ -406,13 +464,11 @@ def run(params: dict[str, Any], control: BinaryIO, out: BinaryIO) -> int:
         pool.join()
         result = build.finish()
         ok = True
-        peak_kb = {
-            "builder": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            "largest_parser": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-        }
+        # the parsers were forked from this process: their peak counts what they shared
+        largest_parser = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
         _say(
             out, event="built", seconds=round(time.perf_counter() - started, 3), parsers=parsers,
-            peak_rss_mb={k: round(v / 1024, 1) for k, v in peak_kb.items()}, **result,
+            peak_rss_mb={"builder": _peak_rss_mb(), "largest_parser": largest_parser}, **result,
         )
         return 0
     except BuildError as e:
