@@ -38,14 +38,43 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     p.add_argument("file")
     p.set_defaults(func=cmd_seed)
 
-    p = sub.add_parser("discover", help="list serial ports, NFC readers and input devices")
+    p = sub.add_parser("discover", help="list serial ports, NFC readers and input devices; scan a Modbus line")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--modbus", metavar="DEVICE|HOST[:PORT]",
+                   help="also ask a Modbus line who is there: a serial device (RTU unit scan) or a TCP board")
+    p.add_argument("--baudrate", type=int, default=9600, help="RTU line speed (default 9600)")
+    p.add_argument("--parity", choices=["N", "E", "O"], default="N")
+    p.add_argument("--stopbits", type=int, choices=[1, 2], default=1)
+    p.add_argument("--units", default=None, help="unit ids to try, e.g. 1-32 (RTU default 1-247; TCP 1,0,255)")
     p.set_defaults(func=cmd_discover)
 
-    p = sub.add_parser("test-relay", help="pulse a gate's relay and read its inputs back")
+    p = sub.add_parser("test-relay", help="pulse a gate's relay and watch its inputs: proves the wiring")
     _config_arg(p)
     p.add_argument("gate")
+    p.add_argument("--no-passage", action="store_true", help="nobody will go through: succeed without a passage")
+    p.add_argument("--watch", type=float, default=None, help="seconds to watch the inputs (default pulse + passage_timeout)")
     p.set_defaults(func=cmd_test_relay)
+
+    p = sub.add_parser("monitor", help="show a gate's inputs, coil and door live while you wire")
+    _config_arg(p)
+    p.add_argument("gate")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+    p.add_argument("--interval", type=float, default=0.1)
+    p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("relay", help="switch a gate's relay by hand: on, off, pulse (admin login when the daemon runs)")
+    _config_arg(p)
+    p.add_argument("gate")
+    p.add_argument("action", choices=["on", "off", "pulse"])
+    p.add_argument("--seconds", type=float, default=None, help="pulse length (default: the gate's pulse)")
+    p.add_argument("--user", default=os.environ.get("GATED_USER") or getpass.getuser())
+    p.set_defaults(func=cmd_relay)
+
+    p = sub.add_parser("osdp-install", help="load an OSDP reader's configured key into it (reader in install mode)")
+    _config_arg(p)
+    p.add_argument("reader")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(func=cmd_osdp_install)
 
     p = sub.add_parser("tap", help="inject a card or QR read into the running daemon")
     _config_arg(p)
@@ -170,18 +199,63 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 def cmd_discover(args: argparse.Namespace) -> int:
     from drivers.readers.discover import discover
+    from gated.installer import format_table, parse_units
 
     found = discover().as_dict()
+    modbus: list[list[str]] | None = None
+    if args.modbus:
+        try:
+            modbus = _modbus_scan(args, parse_units)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.json:
+        if modbus is not None:
+            found["modbus"] = [dict(zip(("unit", "answer", "coils", "inputs"), r, strict=True)) for r in modbus]
         print(json.dumps(found, indent=2, default=str))
         return 0
-    for section, items in found.items():
-        print(f"{section}:")
-        for item in items or []:
-            print(f"  {item}")
-        if not items:
-            print("  (none)")
+    sections: list[tuple[str, list[str], list[list[str]]]] = [
+        ("Serial ports (readers, RS-485 adapters)", ["path for the config", "device", "description"],
+         [[p["path"], p["device"], p["description"]] for p in found["serial"]]),
+        ("NFC readers", ["device for the config", "vendor:product", "driver"],
+         [[n["path"], f"{n['vendor_id']:04x}:{n['product_id']:04x}", n["driver"]] for n in found["nfc"]]),
+        ("Keyboard-wedge scanners", ["path for the config", "device", "name"],
+         [[i["path"], i["device"], i["name"]] for i in found["input"]]),
+    ]
+    if modbus is not None:
+        sections.append((f"Modbus {args.modbus}", ["unit", "answer", "coils", "inputs"], modbus))
+    for title, head, rows in sections:
+        print(f"{title}:")
+        if rows:
+            for line in format_table(rows, head):
+                print(f"  {line}")
+        else:
+            print("  (none found)")
+        print()
+    for note in found["notes"]:
+        print(f"note: {note}")
     return 0
+
+
+def _modbus_scan(args: argparse.Namespace, parse_units: Any) -> list[list[str]]:
+    from gated.installer import probe_tcp, quiet_libraries
+
+    quiet_libraries()
+    target: str = args.modbus
+    if target.startswith("/") or target.startswith("COM"):
+        from drivers.outputs.rtu_probe import CAUSES, Answer, scan
+
+        units = parse_units(args.units or "1-247")
+        print(f"scanning units {units[0]}..{units[-1]} on {target} at {args.baudrate} 8{args.parity}{args.stopbits}…",
+              file=sys.stderr)
+        found = scan(target, units, baudrate=args.baudrate, parity=args.parity, stopbits=args.stopbits)
+        rows = [[str(u), CAUSES[r.answer] if r.answer is not Answer.OK else "answers", "", ""]
+                for u, r in sorted(found.items())]
+        if not rows:
+            rows = [["-", CAUSES[Answer.SILENT], "", ""]]
+        return rows
+    host, _, port = target.partition(":")
+    return asyncio.run(probe_tcp(host, int(port or 502), parse_units(args.units or "1,0,255")))
 
 
 def cmd_test_relay(args: argparse.Namespace) -> int:
@@ -193,7 +267,48 @@ def cmd_test_relay(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(e)
         return 2
-    return asyncio.run(test_relay(config, args.gate))
+    return asyncio.run(test_relay(config, args.gate, expect_passage=not args.no_passage, watch=args.watch))
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from gated.config import ConfigError, load_config
+    from gated.installer import monitor
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(e)
+        return 2
+    return asyncio.run(monitor(config, args.gate, duration=args.duration, interval=args.interval))
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from gated.config import ConfigError, load_config
+    from gated.installer import daemon_running, relay
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(e)
+        return 2
+    if daemon_running(config):
+        result = _control(args, {"cmd": "relay", "gate": args.gate, "action": args.action,
+                                 "seconds": args.seconds, "user": args.user, "password": _password()})
+        print(json.dumps(result))
+        return 0 if "error" not in result else 1
+    return asyncio.run(relay(config, args.gate, args.action, args.seconds))
+
+
+def cmd_osdp_install(args: argparse.Namespace) -> int:
+    from gated.config import ConfigError, load_config
+    from gated.installer import osdp_install
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(e)
+        return 2
+    return osdp_install(config, args.reader, timeout=args.timeout)
 
 
 def _control(args: argparse.Namespace, obj: dict[str, Any]) -> dict[str, Any]:

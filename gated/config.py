@@ -6,6 +6,7 @@ the JSON Schema editors use to check the file as it is typed.
 
 from __future__ import annotations
 
+import re
 import socket
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -24,7 +25,10 @@ from pydantic import (
 
 from drivers.outputs.config import DoorMode, FireAlarmInputConfig, ModbusOutputConfig
 from drivers.readers.config import ReaderConfig
-from gated.yamlload import Marked, YamlError, describe_error, load, read_text
+from drivers.readers.payloads import PayloadFormat
+from gated import config_checks
+from gated.yamlload import Marked, YamlError, describe_error, dotted, load, read_text
+from rules.credential import TenDigits
 from rules.model import AntiPassback, Direction, EarlyEntry, Gate, Policy, Site
 from rules.timeutil import WeekSchedule, load_zone, parse_date, parse_duration, parse_window
 from sync.link import MqttSettings
@@ -317,6 +321,14 @@ class Config(Section):
     def gates_domain(self) -> dict[str, Gate]:
         return {g.id: g.to_domain() for g in self.gates}
 
+    def ten_digits(self) -> TenDigits:
+        """How this site reads untyped card strings of 10 decimal digits (stored before
+        typed cards, or sent by a central system that predates them): the EM4100 id of a
+        hex reader when the site's EM readers are all hex ones, else the card number of a
+        decimal reader (rules.credential.card_from_text)."""
+        hex_em, decimal_em = _em_reader_kinds(self)
+        return TenDigits.EM if hex_em and not decimal_em else TenDigits.EM32
+
     def warnings(self) -> list[tuple[str, str]]:
         sim = [("simulation", "a simulated clock: for `gated sim day` only; `gated run` refuses it without GATED_SIMULATION=1")]
         return (sim if self.simulation is not None else []) + self._warnings()
@@ -342,7 +354,20 @@ class Config(Section):
             out.append(("mqtt", "no MQTT link: events stay in the outbox and the cache is never refreshed"))
         if not self.qr.public_keys:
             out.append(("qr.public_keys", "no trusted QR keys: every QR code is denied as invalid_qr"))
-        return out
+        return out + config_checks.warnings(self.model_dump(mode="json"))
+
+
+def _em_reader_kinds(config: Config) -> tuple[bool, bool]:
+    """(a reader sends EM4100 ids in hex, a reader sends EM4100 numbers in decimal)."""
+    hex_em = decimal_em = False
+    for g in config.gates:
+        for r in g.readers:
+            fmt = getattr(r, "format", None)
+            if fmt == PayloadFormat.AUTO:
+                fmt = getattr(r, "card_format", None)
+            hex_em |= fmt in (PayloadFormat.HEX, PayloadFormat.EM)
+            decimal_em |= fmt in (PayloadFormat.DECIMAL, PayloadFormat.EM_DECIMAL)
+    return hex_em, decimal_em
 
 
 class ConfigError(Exception):
@@ -372,10 +397,28 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError([(e.line, e.key or "(yaml)", e.message)], str(p)) from e
     if not isinstance(marked.data, dict):
         raise ConfigError([(1, "(top)", "the configuration is a mapping with site, gates, ...")], str(p))
+    # The checks across sections run on the YAML as written, so they report together with
+    # the models' errors (one pass), and the models' unknown keys get a "did you mean".
+    checks = [(marked.line_of(path), dotted(path), msg) for path, msg in config_checks.problems(marked.data)]
     try:
-        return Config.model_validate(marked.data)
+        config = Config.model_validate(marked.data)
     except ValidationError as e:
-        raise ConfigError(_problems(e, marked), str(p)) from e
+        found = [_suggest(problem, marked) for problem in _problems(e, marked)]
+        seen = {msg for _, _, msg in checks}
+        both = [q for q in found if q[2] not in seen] + checks
+        raise ConfigError(sorted(both, key=lambda q: q[0] or 0), str(p)) from e
+    if checks:
+        raise ConfigError(checks, str(p))
+    return config
+
+
+def _suggest(problem: tuple[int | None, str, str], marked: Marked) -> tuple[int | None, str, str]:
+    line, key, msg = problem
+    if not msg.startswith("unknown key"):
+        return problem
+    path = tuple(int(x) if x.isdigit() else x for x in re.split(r"\.|\[|\]", key) if x)
+    close = config_checks.did_you_mean(Config, path, marked.data)
+    return (line, key, f"{msg} (did you mean {close!r}?)") if close else problem
 
 
 def json_schema() -> dict[str, Any]:

@@ -65,7 +65,20 @@ class LockdownCmd(_Cmd):
     password: str
 
 
-Command = TypeAdapter(Annotated[TapCmd | StatusCmd | OpenCmd | LockdownCmd, Field(discriminator="cmd")])
+class RelayCmd(_Cmd):
+    """`gated relay GATE on|off|pulse` while the daemon runs: an admin's hand on the relay."""
+
+    cmd: Literal["relay"]
+    gate: str = Field(min_length=1, max_length=100)
+    action: Literal["on", "off", "pulse"]
+    seconds: float | None = Field(None, gt=0, le=30)
+    user: str
+    password: str
+
+
+Command = TypeAdapter(
+    Annotated[TapCmd | StatusCmd | OpenCmd | LockdownCmd | RelayCmd, Field(discriminator="cmd")]
+)
 
 
 def peer_uid(writer: asyncio.StreamWriter) -> int | None:
@@ -148,7 +161,14 @@ class ControlServer:
                 return {"error": "give exactly one of card or qr"}
             if cmd.gate not in {g.id for g in b.config.gates}:
                 return {"error": f"unknown gate {cmd.gate!r}"}
-            cred = Credential.card(cmd.card, "control") if cmd.card else Credential.qr(cmd.qr or "", "control")
+            if cmd.card:  # read as this site's readers would send it (typed keys as given)
+                try:
+                    card = b.store.read_card(cmd.card) if b.store is not None else cmd.card
+                except ValueError as e:
+                    return {"error": f"not a card: {e}"}
+                cred = Credential.card(card, "control")
+            else:
+                cred = Credential.qr(cmd.qr or "", "control")
             return await b.tap(cmd.gate, cred)
         keys = [f"user:{cmd.user.strip().lower()[:100]}|uid:{uid if uid is not None else '?'}"]
         attempt = self.limiter.begin(keys)
@@ -167,6 +187,10 @@ class ControlServer:
                 if cmd.gate not in {g.id for g in b.config.gates}:
                     return {"error": f"unknown gate {cmd.gate!r}"}
                 return await b.open_once(cmd.gate, user.name, cmd.reason)
+            if isinstance(cmd, RelayCmd):
+                if user.role != "admin":
+                    return {"error": "only an admin can drive a relay by hand"}
+                return await b.relay_by_hand(cmd.gate, cmd.action, cmd.seconds, user.name)
             if user.role != "admin":
                 return {"error": "only an admin can lock down or release"}
             await b.set_lockdown(cmd.on, user.name)

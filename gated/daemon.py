@@ -25,7 +25,8 @@ from typing import Any
 import structlog
 
 from drivers.outputs.gate import FireAlarmMonitor, GateController
-from drivers.outputs.modbus import OutputHealth
+from drivers.outputs.links import lines_in_use
+from drivers.outputs.modbus import OutputFault, OutputHealth
 from drivers.readers.base import Reader, ReaderHealth
 from drivers.readers.config import build_reader
 from gated import logs, sdnotify
@@ -91,6 +92,8 @@ class Daemon:
         self.control: Any = None  # gated.control.ControlServer, once started
         self.fire_monitor: FireAlarmMonitor | None = None
         self._relay_state: dict[str, str] = {}
+        self._reader_state: dict[str, ReaderHealth] = {}
+        self._readers_stopping: set[str] = set()  # stopped on purpose: going offline is no news
         self._reload_lock = asyncio.Lock()
         self._jobs: set[asyncio.Future[Any]] = set()
 
@@ -108,13 +111,18 @@ class Daemon:
     def _open_store(self) -> Store:
         cfg = self.config
         try:
-            return Store(cfg.store.path, cfg.site_domain(), daemon_id=cfg.daemon_id)
+            return Store(cfg.store.path, cfg.site_domain(), daemon_id=cfg.daemon_id, ten_digits=cfg.ten_digits())
         except (sqlite3.Error, OSError, StoreError) as e:
             raise StoreUnusable(f"{cfg.store.path}: {describe_store_error(e)}") from e
 
     async def start(self) -> None:
         cfg = self.config
         sdnotify.status("starting")
+        loop = asyncio.get_running_loop()
+        self.metrics.watch_devices(
+            lambda: {rid: dict(r.stats) for rid, (_, r) in list(self.readers.items())},
+            lambda: lines_in_use(loop),
+        )
         store = self.store = self._open_store()
         store.listeners.append(self._on_events)
         self.engine = self._engine(cfg, store)
@@ -142,7 +150,7 @@ class Daemon:
         )
         for g in cfg.gates:
             for rc in g.readers:
-                self._start_reader(g.id, build_reader(rc))
+                self._start_reader(g.id, build_reader(rc, on_health=self._reader_health))
         if cfg.mqtt is not None:
             from sync.link import SyncLink
 
@@ -227,11 +235,20 @@ class Daemon:
         """
         sdnotify.stopping()
         self.stopping.set()  # also when stop() is called directly (tests, embedding)
+        for ctl in self.controllers.values():
+            ctl.wind_down()
+        self._readers_stopping.update(self.reader_tasks)
         for task in self.reader_tasks.values():
             task.cancel()
         await self._bounded(self._settle(list(self.reader_tasks.values())), "readers")
         if self.in_flight:
+            # a person already released is waited for (the tap is finished and committed);
+            # a grant that lapses meanwhile, or is still pending after that, ends
+            # unconfirmed and relocked, without a not_opened alarm: nobody failed to pass,
+            # we are stopping to look
             await asyncio.wait(list(self.in_flight), timeout=15)
+            for ctl in self.controllers.values():
+                await self._bounded(ctl.abandon_grants(), "pending grants")
         for task in self._tasks:
             task.cancel()
         await self._bounded(self._settle(self._tasks), "background tasks")
@@ -368,6 +385,21 @@ class Daemon:
         last = self.store.last_sync_at()
         return last is None or self.clock() - last > parse_duration(max_age)
 
+    async def relay_by_hand(self, gate_id: str, action: str, seconds: float | None, operator: str) -> dict[str, Any]:
+        """`gated relay` while running: audited, and an event, like an override."""
+        assert self.store is not None
+        ctl = self.controllers.get(gate_id)
+        if ctl is None:
+            return {"error": f"gate {gate_id!r} has no relay"}
+        try:
+            await ctl.by_hand(action, seconds)
+        except OutputFault as e:
+            return {"error": "hardware_fault", "message": str(e)}
+        self.store.emit("relay_by_hand", self.clock(), gate=gate_id, action=action, operator=operator)
+        self.store.audit(self.clock(), operator, f"relay_{action}", {"gate": gate_id})
+        log.warning("relay_by_hand", gate=gate_id, action=action, operator=operator)
+        return {"gate": gate_id, "relay": action}
+
     async def set_lockdown(self, on: bool, operator: str) -> None:
         assert self.safety is not None
         await self.safety.set_lockdown(on, operator)
@@ -426,6 +458,21 @@ class Daemon:
             except STORAGE_ERRORS as e:
                 if self.storage is not None:
                     self.storage.failed(e, "alarm")
+
+    def _reader_health(self, reader_id: str, health: ReaderHealth) -> None:
+        """A reader went offline, came back or refuses us: an event like a relay's (the
+        first time it comes up is not news)."""
+        previous = self._reader_state.get(reader_id)
+        self._reader_state[reader_id] = health
+        self.metrics.reader_up.labels(reader_id).set(1 if health == ReaderHealth.ONLINE else 0)
+        if (previous is None and health == ReaderHealth.ONLINE) or reader_id in self._readers_stopping:
+            return
+        gate_id = self.readers[reader_id][0] if reader_id in self.readers else None
+        kind = f"reader_{health.value}"
+        self.metrics.alarms.labels(gate_id or "", kind).inc()
+        if self.store is not None:
+            self.store.emit("alarm", self.clock(), gate=gate_id, kind=kind, reader=reader_id, detail=f"reader {reader_id} is {health.value}")
+        log.warning("alarm", gate=gate_id, kind=kind, reader=reader_id)
 
     def _on_events(self, events: list[Event]) -> None:
         for ev in events:
@@ -515,7 +562,8 @@ class Daemon:
             "fire_alarm": self.fire_alarm,
             "safety": self.safety.as_dict() if self.safety is not None else None,
             "storage": self.storage.as_dict() if self.storage is not None else None,
-            "readers": {rid: {"gate": g, "health": r.health.value} for rid, (g, r) in self.readers.items()},
+            "readers": {rid: {"gate": g, "health": r.health.value, "stats": dict(r.stats)} for rid, (g, r) in self.readers.items()},
+            "modbus_lines": lines_in_use(),
             "gates": {
                 g.id: {
                     "zone": g.zone,
@@ -575,7 +623,7 @@ class Daemon:
                     for rc in before.readers:
                         await self._stop_reader(rc.id)
                 for rc in g.readers:
-                    self._start_reader(g.id, build_reader(rc))
+                    self._start_reader(g.id, build_reader(rc, on_health=self._reader_health))
             if (before is None or before.output != g.output):
                 if g.id in self.controllers:
                     await self.controllers.pop(g.id).stop()
@@ -612,8 +660,11 @@ class Daemon:
         task = self.reader_tasks.pop(reader_id, None)
         self.readers.pop(reader_id, None)
         if task is not None:
+            self._readers_stopping.add(reader_id)
             task.cancel()
             await asyncio.wait([task])
+            self._readers_stopping.discard(reader_id)
+            self._reader_state.pop(reader_id, None)  # a reader started again comes up quietly
 
 
 def run(config_path: str) -> int:

@@ -156,7 +156,7 @@ async def run_demo(
     config = Config.model_validate(raw)
     logs.setup(config.logging.format, config.logging.level, config.logging.libraries)
     tz = config.site_domain().timezone
-    store = Store(config.store.path, config.site_domain(), daemon_id=config.daemon_id)
+    store = Store(config.store.path, config.site_domain(), daemon_id=config.daemon_id, ten_digits=config.ten_digits())
     store.apply_sync(batch_from(demo_data(datetime.now(UTC), tz), config), datetime.now(UTC))
     store.close()
 

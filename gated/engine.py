@@ -61,7 +61,8 @@ class Engine:
 
     def _present(self, credential: Credential) -> tuple[Presented, str | None, tuple[str, datetime] | None]:
         if credential.kind == CredentialKind.CARD:
-            return Presented.card(), self.store.member_for_card(credential.value), None
+            card = credential.typed if credential.typed is not None else credential.value
+            return Presented.card(), self.store.member_for_card(card), None
         claim = self.trusted_keys.verify(credential.value)
         if claim is None:
             return Presented(CredentialKind.QR, None), None, None
@@ -111,9 +112,9 @@ class Engine:
     ) -> Committed:
         cred = pending.credential
         if pending.decision.reason == Reason.UNKNOWN_CARD and cred.kind == CredentialKind.CARD and cred.value:
-            # the desk enrols unknown cards from the console: it needs the whole number
+            # the desk enrols unknown cards from the console: it needs the whole card, typed
             # (logs mask it; the event stays on this box and the central system's side)
-            extra = {**(extra or {}), "card": cred.value}
+            extra = {**(extra or {}), "card": cred.key}
         return self.store.commit_tap(
             pending.gate,
             pending.decision,

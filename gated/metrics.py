@@ -2,7 +2,56 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class _DeviceCollector(Collector):
+    """Reader counters and Modbus line figures, read from the devices at scrape time (the
+    devices keep them; nothing is copied on the tap path)."""
+
+    def __init__(
+        self,
+        readers: Callable[[], Mapping[str, Mapping[str, int]]],
+        lines: Callable[[], Mapping[str, Mapping[str, Any]]],
+    ) -> None:
+        self.readers = readers
+        self.lines = lines
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        reader = CounterMetricFamily(
+            "gated_reader",
+            "Reader counters: frames, rejected_frames (garbage, checksum, parity, cut frames), "
+            "credentials, debounced, reconnects, device_errors, callback_errors",
+            labels=["reader", "counter"],
+        )
+        for rid, stats in sorted(self.readers().items()):
+            for name, value in sorted(stats.items()):
+                reader.add_metric([rid, name], float(value))
+        yield reader
+        lines = list(self.lines().items())
+        load = GaugeMetricFamily(
+            "gated_modbus_line_load", "Share of the last 10 s a Modbus RTU line was busy (wire time)", labels=["line"]
+        )
+        wait = GaugeMetricFamily(
+            "gated_modbus_line_max_write_wait_ms", "Longest wait of a coil write for the line", labels=["line"]
+        )
+        exchanges = CounterMetricFamily(
+            "gated_modbus_line_exchanges", "Modbus requests on a line by kind", labels=["line", "kind"]
+        )
+        for name, figures in sorted(lines):
+            if figures.get("load") is not None:
+                load.add_metric([name], float(figures["load"]))
+            wait.add_metric([name], float(figures.get("max_write_wait_ms", 0.0)))
+            for kind in ("writes", "polls", "failed", "abandoned"):
+                exchanges.add_metric([name, kind], float(figures.get(kind, 0)))
+        yield load
+        yield wait
+        yield exchanges
 
 
 class Metrics:
@@ -36,6 +85,14 @@ class Metrics:
             "gated_safety_state", "1 while a safety state is on: lockdown, emergency_release, fire_alarm", ["state"], registry=r
         )
         self.fire_input_up = Gauge("gated_fire_input_up", "1 when the fire-alarm input is read successfully", registry=r)
+
+    def watch_devices(
+        self,
+        readers: Callable[[], Mapping[str, Mapping[str, int]]],
+        lines: Callable[[], Mapping[str, Mapping[str, Any]]],
+    ) -> None:
+        """Export the readers' counters and the Modbus lines' figures on every scrape."""
+        self.registry.register(_DeviceCollector(readers, lines))
 
     def serve(self, bind: str, port: int) -> None:
         start_http_server(port, addr=bind, registry=self.registry)

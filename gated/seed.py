@@ -29,7 +29,7 @@ def batch_from(data: dict[str, Any], config: Config) -> SyncBatch:
 
 def seed_store(config: Config, path: Path) -> dict[str, int]:
     batch = batch_from(load(read_text(path)).data or {}, config)
-    store = Store(config.store.path, config.site_domain(), daemon_id=config.daemon_id)
+    store = Store(config.store.path, config.site_domain(), daemon_id=config.daemon_id, ten_digits=config.ten_digits())
     try:
         store.apply_sync(batch, datetime.now(UTC))
         return store.counts()

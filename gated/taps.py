@@ -191,7 +191,7 @@ class TapPath:
         try:
             pending = engine.decide(gate_id, cred, now)
             # a marketplace member who booked a minute ago: ask, but never wait long
-            if lookup and self._should_look_up(pending, cred) and await self._look_up(cred.value):
+            if lookup and self._should_look_up(pending, cred) and await self._look_up(cred.key):
                 pending = engine.decide(gate_id, cred, self.clock())
             return engine.admit(pending, self._conditions(pending))
         except STORAGE_ERRORS as e:
@@ -311,7 +311,7 @@ class TapPath:
     def _event_fields(pending: PendingTap, extra: dict[str, Any]) -> dict[str, Any]:
         fields = {k: v for k, v in extra.items() if v is not None}
         if pending.decision.reason == Reason.UNKNOWN_CARD and pending.credential.kind == CredentialKind.CARD:
-            fields["card"] = pending.credential.value  # for the desk's enrolment of the card
+            fields["card"] = pending.credential.key  # typed, for the desk's enrolment of the card
         return fields
 
     @staticmethod

@@ -45,6 +45,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from rules.credential import card_from_text, card_key, lookup_keys
 from rules.timeutil import iso_utc
 from sync.protocol import (
     Ack,
@@ -160,7 +161,8 @@ class Central:
         c.execute("DELETE FROM cards WHERE site = ? AND member = ?", (site, m.id))
         c.executemany(
             "INSERT OR REPLACE INTO cards(site, card, member) VALUES (?,?,?)",
-            ((site, card.strip().upper(), m.id) for card in m.cards),
+            # canonical keys; untyped strings by the default rule (rules.credential)
+            ((site, card_key(card), m.id) for card in m.cards),
         )
 
     def _put_pass(self, site: str, p: PassIn) -> None:
@@ -456,11 +458,19 @@ class Central:
     # -- look-ups --------------------------------------------------------------------------------
 
     def lookup(self, site: str, card: str) -> LookupResponse:
+        """By the typed key the gate sends (a plain string is read by its shape): the card
+        itself, or an enrolled card that knows less of it (rules/credential.py)."""
         c = self.conn
-        row = c.execute("SELECT member FROM cards WHERE site = ? AND card = ?", (site, card.strip().upper())).fetchone()
-        if row is None:
+        try:
+            key, coarser = lookup_keys(card_from_text(card))
+        except ValueError:
             return LookupResponse(found=False)
-        mid = row[0]
+        keys = (key, *coarser)
+        marks = ",".join("?" * len(keys))
+        rows = c.execute(f"SELECT DISTINCT member FROM cards WHERE site = ? AND card IN ({marks})", (site, *keys)).fetchall()
+        if len(rows) != 1:  # unknown, or cards of several members: no answer to give
+            return LookupResponse(found=False)
+        mid = rows[0][0]
         applied = self.applied_map(site)
         m = c.execute("SELECT body FROM members WHERE site = ? AND id = ?", (site, mid)).fetchone()
         passes = [

@@ -73,9 +73,14 @@ class SimulatedOsdpReader:
         address: int = 0,
         scbk: bytes | None = None,
         capabilities: list[tuple[int, int, int]] | None = None,
-        log_level: int = osdp.LogLevel.Error,
+        log_level: int = osdp.LogLevel.Emergency,
+        install_mode: bool = False,
     ) -> None:
+        # install_mode: a reader fresh from the box (no key: it accepts the default key
+        # and takes the one a control panel sends with osdp_KEYSET).
         flags = [osdp.LibFlag.EnforceSecure] if scbk is not None else []
+        if install_mode:
+            flags = [osdp.LibFlag.InstallMode]
         info = osdp.PDInfo(address, channel, scbk=scbk, flags=flags)
         caps = osdp.PDCapabilities(capabilities or DEFAULT_CAPABILITIES)
         self.address = address

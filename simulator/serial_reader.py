@@ -22,7 +22,10 @@ import tty
 from pathlib import Path
 
 from drivers.readers.frames import Checksum, FrameConfig, Framing, Terminator, encode_frame
-from drivers.readers.payloads import PayloadFormat, encode_wiegand
+from drivers.readers.payloads import WIEGAND_BITS, ByteOrder, PayloadFormat
+from drivers.readers.wiegand import encode_frame as wiegand_frame
+from drivers.readers.wiegand import encode_wiegand
+from rules.credential import Card, CardFormat
 
 
 class VirtualSerialReader:
@@ -105,15 +108,45 @@ class VirtualSerialReader:
     def scan_qr(self, text: str, frame: FrameConfig | None = None) -> bytes:
         return self.send(text, frame)
 
+    def present(self, card: Card, frame: FrameConfig | None = None) -> bytes:
+        """Hold a physical card to this reader: it sends what a reader of its format
+        reads of that card (an EM card on a decimal reader: its 32-bit number...)."""
+        cfg = frame or self.frame
+        return self.send(reads_as(card, cfg.format, cfg.byte_order), cfg)
+
 
 def card_payload(card: str, fmt: PayloadFormat) -> str:
     """Wiegand converters send bits; let callers say "123:45678" and encode it here."""
-    if fmt in (PayloadFormat.WIEGAND26, PayloadFormat.WIEGAND34) and ":" in card:
-        nbits = 26 if fmt is PayloadFormat.WIEGAND26 else 34
+    if fmt in WIEGAND_BITS and ":" in card:
+        nbits = WIEGAND_BITS[fmt]
         facility, number = (int(part) for part in card.split(":", 1))
         # Whole bytes of hex, as converters send (and as an xor-hex checksum needs).
         return f"{encode_wiegand(facility, number, nbits):0{2 * ((nbits + 7) // 8)}X}"
     return card
+
+
+def reads_as(card: Card, fmt: PayloadFormat, order: ByteOrder = ByteOrder.FORWARD) -> str:
+    """The payload a reader of format `fmt` sends for a physical card; ValueError when
+    that kind of reader cannot read that card."""
+    seen = {c.format if c.format is not CardFormat.WIEGAND else f"w{c.bits}": c
+            for c in (card, *card.projections())}  # fmt: skip
+    uid = seen.get(CardFormat.UID)
+    if fmt in WIEGAND_BITS:
+        w = seen.get(f"w{WIEGAND_BITS[fmt]}")
+        if w is None:
+            raise ValueError(f"a {fmt} reader cannot read {card.key}")
+        nbits = w.bits
+        return f"{wiegand_frame(w):0{2 * ((nbits + 7) // 8)}X}"
+    if fmt in (PayloadFormat.EM, PayloadFormat.HEX) and CardFormat.EM in seen:
+        return f"{seen[CardFormat.EM].value:010X}"
+    if fmt in (PayloadFormat.EM_DECIMAL, PayloadFormat.DECIMAL) and CardFormat.EM32 in seen:
+        return f"{seen[CardFormat.EM32].value:010d}"
+    if fmt in (PayloadFormat.UID, PayloadFormat.HEX, PayloadFormat.UID_DECIMAL) and uid is not None:
+        data = uid.uid_bytes[::-1] if order is ByteOrder.REVERSED else uid.uid_bytes
+        if fmt is PayloadFormat.UID_DECIMAL:
+            return str(int.from_bytes(data, "big"))
+        return data.hex().upper()
+    raise ValueError(f"a {fmt} reader cannot read {card.key}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,9 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from drivers.outputs.bus import LineTiming
+
+from .rs485_line import EmulatedLine
 from .socat_pair import socat_pty_pair
 
 log = logging.getLogger(__name__)
@@ -143,12 +146,16 @@ class SimTurnstile:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.stop_model()
+        await self.stop_server()
+        await self._stack.aclose()
+
+    async def stop_model(self) -> None:
+        """Stop the people walking through (their tasks), for hosts of several models."""
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks))
-        await self.stop_server()
-        await self._stack.aclose()
 
     async def start_server(self) -> None:
         """Start (or restart, after stop_server) answering; the model state is kept."""
@@ -352,6 +359,70 @@ def _paint(registers: list[int], start_register: int, bits: dict[int, bool]) -> 
         if 0 <= index < len(registers):
             mask = 1 << (address % 16)
             registers[index] = (registers[index] | mask) if value else (registers[index] & ~mask)
+
+
+class SimRtuLine:
+    """Several turnstiles, one unit each, on one RS-485 line: one Modbus RTU server
+    answering for every unit, behind an EmulatedLine at `baudrate` (the timing of a real
+    bus, and silence for unit ids nobody has; `emulate=False` for a bare pty pair, where
+    pymodbus answers unknown unit ids with an exception). The gates' client opens `device`.
+
+    The turnstiles are models only here (build them with transport="rtu" and distinct
+    units, do not enter them); fault injection by silence is per server, so not offered.
+    """
+
+    def __init__(
+        self,
+        turnstiles: list[SimTurnstile],
+        *,
+        baudrate: int = 9600,
+        parity: str = "N",
+        stopbits: int = 1,
+        emulate: bool = True,
+    ) -> None:
+        units = [t.unit for t in turnstiles]
+        if len(set(units)) != len(units):
+            raise ValueError("every turnstile on a line needs its own unit")
+        self.turnstiles = turnstiles
+        self.timing = LineTiming(baudrate, parity, stopbits)
+        self.emulate = emulate
+        self.line: EmulatedLine | None = None
+        self.device = ""
+        self._server: ModbusSerialServer | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> SimRtuLine:
+        try:
+            if self.emulate:
+                # A real device keeps quiet when another unit id is asked (pymodbus 3.16's
+                # simulator answers with an exception): the line does not pass those on.
+                units = {t.unit for t in self.turnstiles}
+                self.line = await self._stack.enter_async_context(EmulatedLine(self.timing, units=units))
+                server_port, self.device = self.line.slave_device, self.line.master_device
+            else:
+                pair = await self._stack.enter_async_context(socat_pty_pair())
+                server_port, self.device = pair.server_end, pair.client_end
+            server = ModbusSerialServer(
+                [t._build_device() for t in self.turnstiles],
+                port=server_port,
+                baudrate=self.timing.baudrate,
+                parity=self.timing.parity,
+                stopbits=self.timing.stopbits,
+            )
+            await server.serve_forever(background=True)
+            self._server = server
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for t in self.turnstiles:
+            await t.stop_model()
+        server, self._server = self._server, None
+        if server is not None:
+            await server.shutdown()  # type: ignore[no-untyped-call]
+        await self._stack.aclose()
 
 
 @contextlib.asynccontextmanager

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 
+from rules.credential import Card, cards_match, parse_key
 from sync.transaction import Transaction
 
 TABLE = "card_enrolments"
@@ -29,9 +30,19 @@ def create_table(conn: sqlite3.Connection) -> None:
     conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_member ON {TABLE}(member_id)")
 
 
-def member_for_card(conn: sqlite3.Connection, card: str) -> str | None:
-    row = conn.execute(f"SELECT member_id FROM {TABLE} WHERE card = ?", (card.upper(),)).fetchone()
-    return None if row is None else str(row[0])
+def matching(conn: sqlite3.Connection, card: Card) -> list[tuple[str, str]]:
+    """(member, card key) of the enrolments that match a read (rules.credential.cards_match).
+    The desk's pending cards are few: checked one by one."""
+    rows = conn.execute(f"SELECT member_id, card FROM {TABLE}").fetchall()
+    out = []
+    for member, key in rows:
+        try:
+            enrolled = parse_key(str(key))
+        except ValueError:
+            continue  # not a typed key: not written by this version
+        if cards_match(card, enrolled):
+            out.append((str(member), str(key)))
+    return out
 
 
 def cards_of(conn: sqlite3.Connection, member_id: str) -> tuple[str, ...]:
@@ -39,8 +50,8 @@ def cards_of(conn: sqlite3.Connection, member_id: str) -> tuple[str, ...]:
 
 
 def enrol(tx: Transaction, card: str, member_id: str, operator: str, now: datetime) -> None:
-    """Inside the caller's transaction: the row, its event (upstream) and the audit row."""
-    card = card.upper()
+    """Inside the caller's transaction: the row, its event (upstream) and the audit row.
+    `card` is the card's typed key (Store.enrol_card makes it)."""
     event = tx.emit("card_enrolled", now, member=member_id, card=card, operator=operator)
     tx.conn.execute(
         f"INSERT INTO {TABLE}(card, member_id, operator, at, seq) VALUES (?,?,?,?,?) "
@@ -62,4 +73,4 @@ def settle(conn: sqlite3.Connection, acked_seq: int) -> int:
     return int(cur.rowcount)
 
 
-__all__ = ["cards_of", "create_table", "enrol", "member_for_card", "settle"]
+__all__ = ["cards_of", "create_table", "enrol", "matching", "settle"]

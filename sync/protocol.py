@@ -112,7 +112,8 @@ class ResyncRequest(_Strict):
 
 class LookupRequest(_Strict):
     """Topic `{prefix}/{site}/lookup/request`, QoS 0, MQTT v5 `ResponseTopic` and
-    `CorrelationData` properties set: an unknown card, asked live before the decision."""
+    `CorrelationData` properties set: an unknown card, asked live before the decision.
+    `card` is the card's typed key (`em:0A00BC614E`; docs/protocol.md, "Cards")."""
 
     v: V = 1
     daemon: Level

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from rules.credential import card_from_text
 from rules.model import Booking, BookingStatus, DeductOn, Member, MemberStatus, Pass, PassKind
 from rules.timeutil import WeekSchedule, parse_date, parse_instant, parse_window
 
@@ -69,11 +70,23 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _card_text(text: str) -> str:
+    card_from_text(text)  # ValueError: pydantic reports it as this card's error
+    return text.strip()
+
+
+# A member's card: a typed key (`em:0A00BC614E`, `w26:123:45678`, ...) or, from central
+# systems that predate typed cards, the identifier string as a reader sent it. The store
+# keys it (untyped strings read by their shape and the site's readers: docs/protocol.md,
+# "Cards").
+CardText = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_card_text)]
+
+
 class MemberIn(Strict):
     id: Id
     name: str = ""
     status: Literal["active", "blocked"] = "active"
-    cards: list[Annotated[str, Field(min_length=1, max_length=200)]] = []
+    cards: list[CardText] = []
     email: str | None = None
     photo: str | None = None
     phone: Annotated[str, Field(max_length=50)] | None = None
@@ -83,7 +96,7 @@ class MemberIn(Strict):
             id=self.id,
             name=self.name,
             status=MemberStatus(self.status),
-            cards=tuple(c.strip().upper() for c in self.cards),
+            cards=tuple(self.cards),
             email=self.email,
             phone=self.phone,
             photo=self.photo,

@@ -15,11 +15,13 @@ when reading:
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from rules.credential import Card, Resolution, TenDigits, card_from_text, lookup_keys, resolve
 from rules.model import Booking, Member, Pass
 from rules.model import Site as SiteModel
 from sync import enrolment
@@ -31,6 +33,7 @@ from sync.rows import (
     PASS_READ,
     booking_from_row,
     booking_row,
+    card_key_rows,
     card_rows,
     member_from_row,
     member_row,
@@ -40,14 +43,21 @@ from sync.rows import (
 )
 from sync.views import local_balance
 
-TABLES = ("members", "cards", "passes", "bookings")
+TABLES = ("members", "cards", "card_keys", "passes", "bookings")
 _BOOKINGS = "replica.bookings b LEFT JOIN main.booking_outcomes o ON o.booking_id = b.id"
+# A member's cards go with the member: their projection keys first (they name the card).
+_DELETE_CARD_KEYS = (
+    "DELETE FROM replica.card_keys WHERE card IN (SELECT card FROM replica.cards WHERE member_id = ?)"
+)
+
+log = logging.getLogger(__name__)
 
 
 class Replica:
-    def __init__(self, conn: sqlite3.Connection, site: SiteModel):
+    def __init__(self, conn: sqlite3.Connection, site: SiteModel, ten_digits: TenDigits = TenDigits.EM32):
         self.conn = conn
         self.site = site
+        self.ten_digits = ten_digits  # how untyped 10-digit card strings are read
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -55,13 +65,43 @@ class Replica:
         row = self.conn.execute("SELECT value FROM replica.meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else str(row[0])
 
-    def member_for_card(self, card: str) -> str | None:
-        # a card the desk assigned wins until the central system has taken it over
-        enrolled = enrolment.member_for_card(self.conn, card)
-        if enrolled is not None:
-            return enrolled
-        row = self.conn.execute("SELECT member_id FROM replica.cards WHERE card = ?", (card.upper(),)).fetchone()
-        return None if row is None else str(row[0])
+    def member_for_card(self, card: str | Card) -> str | None:
+        """The member a card read belongs to (text is read with card_from_text)."""
+        try:
+            typed = card if isinstance(card, Card) else card_from_text(card, self.ten_digits)
+        except ValueError:
+            return None
+        return self.resolve_card(typed).member
+
+    def resolve_card(self, card: Card) -> Resolution:
+        """Every enrolled card that matches the read (rules.credential.cards_match), and the
+        member they belong to: none, one, or several (ambiguous: refused, and logged). A
+        card the desk assigned wins until the central system has taken it over."""
+        pending = enrolment.matching(self.conn, card)
+        if pending:
+            return self._logged(resolve(pending), card)
+        key, coarser = lookup_keys(card)
+        c = self.conn
+        rows = c.execute("SELECT member_id, card FROM replica.cards WHERE card = ?", (key,)).fetchall()
+        rows += c.execute(
+            "SELECT c.member_id, c.card FROM replica.card_keys k JOIN replica.cards c ON c.card = k.card "
+            "WHERE k.key = ?",
+            (key,),
+        ).fetchall()
+        if coarser:
+            marks = ",".join("?" * len(coarser))
+            rows += c.execute(f"SELECT member_id, card FROM replica.cards WHERE card IN ({marks})", coarser).fetchall()
+        return self._logged(resolve((str(m), str(k)) for m, k in rows), card)
+
+    @staticmethod
+    def _logged(found: Resolution, card: Card) -> Resolution:
+        if found.ambiguous:
+            log.warning(
+                "card read %s matches cards of several members %s: refused",
+                card.key,
+                sorted({m for m, _ in found.candidates}),
+            )
+        return found
 
     def member(self, member_id: str) -> Member | None:
         row = self.conn.execute(f"SELECT {MEMBER_READ} FROM replica.members WHERE id = ?", (member_id,)).fetchone()
@@ -138,6 +178,7 @@ class Replica:
         tz = self.site.timezone
         for mid in batch.remove_members:
             c.execute("DELETE FROM replica.members WHERE id = ?", (mid,))
+            c.execute(_DELETE_CARD_KEYS, (mid,))
             c.execute("DELETE FROM replica.cards WHERE member_id = ?", (mid,))
         for pid in batch.remove_passes:
             c.execute("DELETE FROM replica.passes WHERE id = ?", (pid,))
@@ -145,6 +186,7 @@ class Replica:
             c.execute("DELETE FROM replica.bookings WHERE id = ?", (bid,))
         if batch.members:
             if not snapshot:
+                c.executemany(_DELETE_CARD_KEYS, ((m.id,) for m in batch.members))
                 c.executemany("DELETE FROM replica.cards WHERE member_id = ?", ((m.id,) for m in batch.members))
             c.executemany(
                 f"INSERT OR REPLACE INTO replica.members{MEMBER_INSERT}",
@@ -153,7 +195,11 @@ class Replica:
             # a card moves to whoever the central system last said holds it
             c.executemany(
                 "INSERT OR REPLACE INTO replica.cards(card, member_id) VALUES (?, ?)",
-                (row for m in batch.members for row in card_rows(m)),
+                (row for m in batch.members for row in card_rows(m, self.ten_digits)),
+            )
+            c.executemany(
+                "INSERT OR IGNORE INTO replica.card_keys(key, card) VALUES (?, ?)",
+                (row for m in batch.members for row in card_key_rows(m, self.ten_digits)),
             )
         if batch.passes:
             c.executemany(

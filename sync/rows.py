@@ -14,17 +14,21 @@ through domain objects cost more than validating them.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from rules.credential import Card, TenDigits, card_from_text, index_keys
 from rules.model import Booking, BookingStatus, DeductOn, Member, MemberStatus, Pass, PassKind
 from rules.timeutil import WeekSchedule, parse_instant
 from sync.records import BookingIn, MemberIn, PassIn
 from sync.search_text import member_search_text
 
 Row = tuple[Any, ...]
+
+log = logging.getLogger(__name__)
 
 
 def ts(at: datetime) -> float:
@@ -78,9 +82,27 @@ def member_row(m: MemberIn, synced_at: float) -> Row:
     return (m.id, m.name, m.status, m.email, m.photo, synced_at, m.phone, member_search_text(m))
 
 
-def card_rows(m: MemberIn) -> list[tuple[str, str]]:
-    """(card, member_id): cards are matched trimmed and upper-case."""
-    return [(card.strip().upper(), m.id) for card in m.cards]
+def member_cards(m: MemberIn, ten_digits: TenDigits = TenDigits.EM32) -> list[Card]:
+    """A member's cards, typed: typed keys, or untyped strings read by card_from_text with
+    the site's rule for 10 digits. A string that is no card at all cannot match a read:
+    it is left out."""
+    out = []
+    for text in m.cards:
+        try:
+            out.append(card_from_text(text, ten_digits))
+        except ValueError:
+            log.warning("member %s: %r is no card identifier, ignored", m.id, text)
+    return out
+
+
+def card_rows(m: MemberIn, ten_digits: TenDigits = TenDigits.EM32) -> list[tuple[str, str]]:
+    """(card key, member_id) for the `cards` table."""
+    return [(c.key, m.id) for c in member_cards(m, ten_digits)]
+
+
+def card_key_rows(m: MemberIn, ten_digits: TenDigits = TenDigits.EM32) -> list[tuple[str, str]]:
+    """(key, card key) for `card_keys`: what less-informed readers see of each card."""
+    return [(k, c.key) for c in member_cards(m, ten_digits) for k, own in index_keys(c) if not own]
 
 
 def member_from_row(row: Row, cards: tuple[str, ...]) -> Member:

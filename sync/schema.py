@@ -11,11 +11,12 @@ in without losing a tap.
 Ledger migrations are functions of the connection; `migrate` runs the missing ones, each
 with the new `schema_version` in `meta`. A database newer than this code is refused
 (StoreError), never silently downgraded. Version 1 kept the replica inside the ledger
-file; migration 5 moves it out (see `_migration_5`).
+file; migration 6 moves it out (see `_migration_6`).
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,10 +24,13 @@ from pathlib import Path
 
 import sqlite_utils
 
+from rules.credential import TenDigits, card_from_text, index_keys
 from sync.errors import StoreError
 
-SCHEMA_VERSION = 5
-REPLICA_SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 6
+REPLICA_SCHEMA_VERSION = 2
 
 # -- the replica ---------------------------------------------------------------------------
 
@@ -37,6 +41,8 @@ REPLICA_TABLES = (
     "CREATE TABLE IF NOT EXISTS members (id TEXT PRIMARY KEY, name TEXT, status TEXT NOT NULL, email TEXT, "
     "photo TEXT, synced_at REAL, phone TEXT, search TEXT)",
     "CREATE TABLE IF NOT EXISTS cards (card TEXT PRIMARY KEY, member_id TEXT NOT NULL)",
+    # what readers that read less of a card see of it (rules.credential.index_keys)
+    "CREATE TABLE IF NOT EXISTS card_keys (key TEXT NOT NULL, card TEXT NOT NULL, PRIMARY KEY (key, card))",
     "CREATE TABLE IF NOT EXISTS passes (id TEXT PRIMARY KEY, member_id TEXT NOT NULL, name TEXT, kind TEXT NOT NULL, "
     "central_balance TEXT, applied_seq INTEGER NOT NULL DEFAULT 0, deduct_on TEXT NOT NULL, walk_in_cost TEXT, "
     "valid_from TEXT, valid_until TEXT, zones TEXT, access_windows TEXT)",
@@ -49,6 +55,7 @@ REPLICA_TABLES = (
 )
 REPLICA_INDEXES = (
     "CREATE INDEX IF NOT EXISTS cards_member ON cards(member_id)",
+    "CREATE INDEX IF NOT EXISTS card_keys_card ON card_keys(card)",
     "CREATE INDEX IF NOT EXISTS passes_member ON passes(member_id)",
     "CREATE INDEX IF NOT EXISTS bookings_member ON bookings(member_id, starts_at)",
     "CREATE INDEX IF NOT EXISTS bookings_starts ON bookings(starts_at)",
@@ -99,7 +106,7 @@ def _set_version(conn: sqlite3.Connection, version: int) -> None:
     )
 
 
-def _migration_1(conn: sqlite3.Connection, path: Path) -> None:
+def _migration_1(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
     """The first layout: replica and ledger in one file."""
     with _transaction(conn):
         _create_v1(conn)
@@ -220,7 +227,7 @@ def _create_v1(conn: sqlite3.Connection) -> None:
     )
 
 
-def _migration_2(conn: sqlite3.Connection, path: Path) -> None:
+def _migration_2(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
     """Grant intents."""
     with _transaction(conn):
         # A grant the gate is about to act on, written (durably) before the relay is
@@ -234,7 +241,7 @@ def _migration_2(conn: sqlite3.Connection, path: Path) -> None:
         _set_version(conn, 2)
 
 
-def _migration_3(conn: sqlite3.Connection, path: Path) -> None:
+def _migration_3(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
     """Cards assigned at the desk, until the central system has them (sync/enrolment.py)."""
     from sync.enrolment import create_table
 
@@ -243,7 +250,7 @@ def _migration_3(conn: sqlite3.Connection, path: Path) -> None:
         _set_version(conn, 3)
 
 
-def _migration_4(conn: sqlite3.Connection, path: Path) -> None:
+def _migration_4(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
     """The desk's search: by phone too, over text made once per member (sync/search_text.py)."""
     from sync.rows import member_from_row
     from sync.search_text import member_search_text
@@ -259,11 +266,68 @@ def _migration_4(conn: sqlite3.Connection, path: Path) -> None:
         _set_version(conn, 4)
 
 
-# the replica's own meta keys (moved out of the ledger's meta by migration 5)
+def _migration_5(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
+    """Cards keyed by their canonical typed key (rules/credential.py: `em:0A00BC614E`,
+    `w26:123:45678`, ...), plus `card_keys`: the keys of what readers that read less of a
+    card see of it (an EM card's 32-bit number, its Wiegand 26 output), so those reads
+    find it. The untyped strings stored so far are read by `card_from_text` (the table in
+    docs/hardware.md, "Card identity"), 10 decimal digits by the site's rule. Two strings
+    that turn out to be one card keep the member of the later row; a string that is no card
+    at all (empty, unprintable) is dropped. Both are counted in meta (`cards.merged`,
+    `cards.dropped`) and logged. The cards the desk enrolled (card_enrolments) are keyed
+    the same way."""
+    db = sqlite_utils.Database(conn)
+    with _transaction(conn):
+        old = conn.execute("SELECT card, member_id FROM cards ORDER BY rowid").fetchall()
+        conn.execute("DROP TABLE cards")
+        db.table("cards").create({"card": str, "member_id": str}, pk="card")
+        db.table("cards").create_index(["member_id"])
+        db.table("card_keys").create({"key": str, "card": str}, pk=("key", "card"))
+        db.table("card_keys").create_index(["card"])
+        merged = dropped = 0
+        for text, member in old:
+            try:
+                card = card_from_text(str(text), ten_digits)
+            except ValueError:
+                dropped += 1
+                log.warning("card %r of member %s is no card identifier: dropped", text, member)
+                continue
+            held = conn.execute("SELECT member_id FROM cards WHERE card = ?", (card.key,)).fetchone()
+            if held is not None:
+                merged += 1
+                if held[0] != member:
+                    log.warning("cards %s: held by %s and %s; %s keeps it", card.key, held[0], member, member)
+            conn.execute(
+                "INSERT INTO cards(card, member_id) VALUES (?, ?) "
+                "ON CONFLICT(card) DO UPDATE SET member_id = excluded.member_id",
+                (card.key, member),
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO card_keys(key, card) VALUES (?, ?)",
+                ((k, card.key) for k, own in index_keys(card) if not own),
+            )
+        for key, value in (("cards.migrated", len(old) - dropped), ("cards.merged", merged), ("cards.dropped", dropped)):
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, str(value)),
+            )
+        for (text,) in conn.execute("SELECT card FROM card_enrolments").fetchall():
+            try:
+                key = card_from_text(str(text), ten_digits).key
+            except ValueError:
+                conn.execute("DELETE FROM card_enrolments WHERE card = ?", (text,))
+                continue
+            if key != text:
+                conn.execute("DELETE FROM card_enrolments WHERE card = ?", (key,))
+                conn.execute("UPDATE card_enrolments SET card = ? WHERE card = ?", (key, text))
+        _set_version(conn, 5)
+
+
+# the replica's own meta keys (moved out of the ledger's meta by migration 6)
 REPLICA_META_KEYS = ("sync.delta_seq", "sync.snapshot_id", "last_sync_at")
 
 
-def _migration_5(conn: sqlite3.Connection, path: Path) -> None:
+def _migration_6(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
     """The replica moves to a file of its own; booking outcomes become ledger rows.
 
     The new replica file is written and fsynced first (the ledger is only read); then
@@ -285,6 +349,7 @@ def _migration_5(conn: sqlite3.Connection, path: Path) -> None:
                 "FROM main.members"
             )
             conn.execute("INSERT INTO incoming.cards SELECT card, member_id FROM main.cards")
+            conn.execute("INSERT INTO incoming.card_keys SELECT key, card FROM main.card_keys")
             conn.execute(
                 "INSERT INTO incoming.passes SELECT id, member_id, name, kind, central_balance, "
                 "COALESCE(applied_seq, 0), deduct_on, walk_in_cost, valid_from, valid_until, zones, access_windows "
@@ -320,7 +385,7 @@ def _migration_5(conn: sqlite3.Connection, path: Path) -> None:
             "SELECT id, outcome, attended_at, COALESCE(loyalty_credited, 0) FROM bookings "
             "WHERE outcome IS NOT NULL AND status != 'cancelled'"
         )
-        for t in ("bookings", "passes", "cards", "members"):
+        for t in ("bookings", "passes", "card_keys", "cards", "members"):
             conn.execute(f"DROP TABLE {t}")
         # what the snapshot importer before this one left when killed mid-import
         for (t,) in conn.execute(
@@ -338,21 +403,22 @@ def _migration_5(conn: sqlite3.Connection, path: Path) -> None:
             )
         # the shadow tables' generation of the snapshot importer before this one
         conn.execute("DELETE FROM meta WHERE key = 'sync.snapshot_generation'")
-        _set_version(conn, 5)
+        _set_version(conn, 6)
 
 
 # each brings the database to its version, atomically
-MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [
-    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path, TenDigits], None]] = [
+    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6,
 ]
 
 
-def migrate(conn: sqlite3.Connection, path: Path) -> None:
-    """Bring the ledger at `path` (`conn`, autocommit mode) up to SCHEMA_VERSION."""
+def migrate(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits = TenDigits.EM32) -> None:
+    """Bring the ledger at `path` (`conn`, autocommit mode) up to SCHEMA_VERSION.
+    `ten_digits`: how the site reads untyped 10-digit card strings (rules.credential)."""
     conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     version = int(row[0]) if row else 0
     if version > SCHEMA_VERSION:
         raise StoreError(f"database schema {version} is newer than this gated ({SCHEMA_VERSION})")
     for n in range(version, SCHEMA_VERSION):
-        MIGRATIONS[n](conn, path)
+        MIGRATIONS[n](conn, path, ten_digits)

@@ -159,6 +159,7 @@ class SnapshotImporter:
             "generation": store.replica_generation + 1,
             "synced_at": now.timestamp(),
             "batch_rows": self.batch_rows,
+            "ten_digits": store.ten_digits.value,
         }
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()

@@ -4,7 +4,8 @@ daemon's event loop (nor its GIL). Started and fed by SnapshotImporter (sync/sna
 
 PARAMS is one JSON object: `replica` (the file to build), `ledger` (read only, for the
 switch lists), `spool` (where the chunks are), `timezone`, `daemon`, `snapshot_id`,
-`chunks`, `delta_seq`, `generation`, `synced_at`, `batch_rows` (rows per insert
+`chunks`, `delta_seq`, `generation`, `synced_at`, `ten_digits` (how the site reads
+untyped 10-digit card strings), `batch_rows` (rows per insert
 transaction, rounded up to whole chunks), `parsers` (parser processes; default: one per
 CPU, at most 2).
 
@@ -49,17 +50,26 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
+from rules.credential import TenDigits
 from sync.db import uri
 from sync.ledger import CURSOR_KEY
 from sync.protocol import SnapshotChunk
 from sync.replica_file import ReplicaFiles
-from sync.rows import MEMBER_INSERT, Row, booking_row, card_rows, member_row, pass_row
+from sync.rows import (
+    MEMBER_INSERT,
+    Row,
+    booking_row,
+    card_key_rows,
+    card_rows,
+    member_row,
+    pass_row,
+)
 from sync.schema import REPLICA_INDEXES, REPLICA_SCHEMA_VERSION, REPLICA_TABLES
 
 PROGRESS_EVERY = 50  # chunks
 
-# (members, cards, passes, bookings) rows of one chunk
-Rows = tuple[list[Row], list[tuple[str, str]], list[Row], list[Row]]
+# (members, cards, card keys, passes, bookings) rows of one chunk
+Rows = tuple[list[Row], list[tuple[str, str]], list[tuple[str, str]], list[Row], list[Row]]
 
 
 class BuildError(Exception):
@@ -121,6 +131,7 @@ class Parser:
         self.snapshot_id = str(params["snapshot_id"])
         self.chunks = int(params["chunks"])
         self.synced_at = float(params["synced_at"])
+        self.ten_digits = TenDigits(params.get("ten_digits", TenDigits.EM32.value))
         self.spool: IO[bytes] | None = None
         self.spool_path = params["spool"]
 
@@ -154,7 +165,8 @@ class Parser:
             raise BuildError(f"invalid chunk {number}: bookings: {e}", number) from None
         return (
             [member_row(m, self.synced_at) for m in chunk.members],
-            [row for m in chunk.members for row in card_rows(m)],
+            [row for m in chunk.members for row in card_rows(m, self.ten_digits)],
+            [row for m in chunk.members for row in card_key_rows(m, self.ten_digits)],
             [pass_row(p, p.applied.get(self.daemon, 0)) for p in chunk.passes],
             bookings,
         )
@@ -248,7 +260,7 @@ class Build:
         self.flusher = Flusher(self.path)
 
     def insert(self, rows: Rows) -> None:
-        members, cards, passes, bookings = rows
+        members, cards, card_keys, passes, bookings = rows
         t0 = time.perf_counter()
         c = self.conn
         if not c.in_transaction:
@@ -257,11 +269,13 @@ class Build:
             c.executemany(f"INSERT OR REPLACE INTO members{MEMBER_INSERT}", members)
         if cards:
             c.executemany("INSERT OR REPLACE INTO cards VALUES (?,?)", cards)
+        if card_keys:
+            c.executemany("INSERT OR IGNORE INTO card_keys VALUES (?,?)", card_keys)
         if passes:
             c.executemany("INSERT OR REPLACE INTO passes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", passes)
         if bookings:
             c.executemany("INSERT OR REPLACE INTO bookings VALUES (?,?,?,?,?,?,?,?,?,?,?)", bookings)
-        self.pending += len(members) + len(cards) + len(passes) + len(bookings)
+        self.pending += len(members) + len(cards) + len(card_keys) + len(passes) + len(bookings)
         if self.pending >= self.batch_rows:
             c.execute("COMMIT")
             self.pending = 0

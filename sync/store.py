@@ -52,8 +52,10 @@ to write events of its own); nothing outside `sync/` imports a `_private` name.
 `store.conn` is the daemon's connection, owned by the event loop. These names can be
 read through it, with these columns (more may be added, none removed):
 
-- `members(id, name, status, email, photo, synced_at, phone, search)`, `cards(card,
-  member_id)` — `search` is the desk's search text (sync/search_text.py);
+- `members(id, name, status, email, photo, synced_at, phone, search)` — `search` is the
+  desk's search text (sync/search_text.py); `cards(card, member_id)` — `card` is the
+  canonical typed key (`em:0A00BC614E`, `uid:04A1B2C3`, see rules/credential.py);
+  `card_keys(key, card)` holds what readers that read less of a card see of it;
 - `passes(id, member_id, name, kind, central_balance, applied_seq, balance, deduct_on,
   walk_in_cost, valid_from, valid_until, zones, access_windows)` — `balance` is the
   local balance (decimal text);
@@ -63,7 +65,7 @@ read through it, with these columns (more may be added, none removed):
 - `deductions`, `passages`, `loyalty`, `booking_outcomes`, `card_enrolments`, `events`,
   `audit`, `meta` — the ledger's tables.
 
-The first four are TEMP views over `replica.*` (sync/views.py). A reader in another
+The first five are TEMP views over `replica.*` (sync/views.py). A reader in another
 thread must not open `store.path` alone (it would not see the replica): it calls
 `store.open_reader()` — a read-only connection with the current replica attached and the
 same names.
@@ -82,7 +84,7 @@ from typing import Any
 
 import sqlite_utils
 
-from rules.credential import CredentialKind
+from rules.credential import Card, CredentialKind, Resolution, TenDigits, card_from_text
 from rules.decide import Decision, MemberView, ZonePresence
 from rules.model import Booking, BookingStatus, Direction, Gate, Member, Pass, Policy
 from rules.model import Site as SiteModel
@@ -146,8 +148,11 @@ class Store:
         daemon_id: str = "gate",
         durable: bool = True,
         background_checkpoints: bool = True,
+        ten_digits: TenDigits = TenDigits.EM32,
     ):
         self.path = Path(path)
+        # How this site reads untyped 10-digit card strings (gated.config.Config.ten_digits)
+        self.ten_digits = ten_digits
         self.site = site
         self.daemon_id = daemon_id
         self.durable = durable
@@ -155,7 +160,7 @@ class Store:
         self.files = ReplicaFiles(self.path)
         self.conn = connect(self.path, durable=durable)
         try:
-            migrate(self.conn, self.path)
+            migrate(self.conn, self.path, ten_digits)
             self.replica_path = self._open_replica()
             self._wire([])
         except BaseException:
@@ -174,7 +179,7 @@ class Store:
         self.outbox = Outbox(self.conn, self._meta)
         self._transactions = Transactions(self.conn, self.outbox, self._meta)
         self._transactions.listeners.extend(listeners)
-        self.replica = Replica(self.conn, self.site)
+        self.replica = Replica(self.conn, self.site, self.ten_digits)
         self.ledger = Ledger(self.conn, self._transactions, self.replica, self.site)
         self.intents = Intents(self.conn, self._transactions)
 
@@ -193,7 +198,7 @@ class Store:
         file's owner or mode is fixed. The old connection stays if this raises."""
         conn = connect(self.path, durable=self.durable)
         try:
-            migrate(conn, self.path)
+            migrate(conn, self.path, self.ten_digits)
             self._attach(self.replica_path, conn)
         except BaseException:
             conn.close()
@@ -349,8 +354,24 @@ class Store:
 
     # -- the replica: reads -------------------------------------------------------------
 
-    def member_for_card(self, card: str) -> str | None:
+    def member_for_card(self, card: str | Card) -> str | None:
+        """The member a card read belongs to, by the typed match rule (rules/credential.py);
+        None when no enrolled card matches, or when cards of several members do."""
         return self.replica.member_for_card(card)
+
+    def resolve_card(self, card: Card) -> Resolution:
+        """What member_for_card decides, with the enrolled cards that matched."""
+        return self.replica.resolve_card(card)
+
+    def card_key(self, text: str) -> str:
+        """The key a card string is stored under at this site: a typed key as it is, an
+        untyped string by its shape (rules.credential.card_from_text, with this site's
+        rule for 10 digits). ValueError when the text is no card. For enrolment."""
+        return card_from_text(text, self.ten_digits).key
+
+    def read_card(self, text: str) -> Card:
+        """A card typed in by hand (`gated tap`, the console) as this site reads it."""
+        return card_from_text(text, self.ten_digits)
 
     def member(self, member_id: str) -> Member | None:
         return self.replica.member(member_id)
@@ -580,9 +601,12 @@ class Store:
 
     def enrol_card(self, card: str, member_id: str, operator: str, now: datetime) -> Committed:
         """The desk gives `card` to a member: it works at once and goes upstream as a
-        `card_enrolled` event (sync/enrolment.py)."""
+        `card_enrolled` event (sync/enrolment.py), under its typed key (`card` is a typed
+        key, as an unknown card's access event carries it, or text this site's readers
+        would send). ValueError when it is no card."""
+        key = self.card_key(card)
         with self.transaction() as tx:
-            enrolment.enrol(tx, card, member_id, operator, now)
+            enrolment.enrol(tx, key, member_id, operator, now)
         return tx.committed
 
     def adjust_points(self, member_id: str, points: int, operator: str, reason: str, now: datetime) -> Committed:

@@ -6,7 +6,7 @@ has no tables of these names — and refer to `replica.*` by schema name, so the
 working across a replica switch (DETACH the old file, ATTACH the new one AS `replica`):
 
 - `members(id, name, status, email, photo, synced_at, phone, search)`, `cards(card,
-  member_id)`;
+  member_id)`, `card_keys(key, card)`;
 - `passes(..., central_balance, applied_seq, balance)`: `balance` is the local balance,
   the central one minus this daemon's deductions with a higher seq, exact (decimal text,
   summed by a Python aggregate, not SQL floats);
@@ -46,6 +46,7 @@ VIEWS = (
     "CREATE TEMP VIEW IF NOT EXISTS members AS SELECT id, name, status, email, photo, synced_at, phone, search "
     "FROM replica.members",
     "CREATE TEMP VIEW IF NOT EXISTS cards AS SELECT card, member_id FROM replica.cards",
+    "CREATE TEMP VIEW IF NOT EXISTS card_keys AS SELECT key, card FROM replica.card_keys",
     "CREATE TEMP VIEW IF NOT EXISTS passes AS SELECT p.id, p.member_id, p.name, p.kind, p.central_balance, "
     "p.applied_seq, dec_sub(p.central_balance, (SELECT dec_sum(d.amount) FROM main.deductions d "
     "WHERE d.pass_id = p.id AND d.seq > p.applied_seq)) AS balance, p.deduct_on, p.walk_in_cost, p.valid_from, "

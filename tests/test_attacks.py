@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -383,13 +384,16 @@ def test_broker_acl_example_keeps_each_daemon_to_its_own_topics(tmp_path: Path) 
                 assert time.monotonic() < deadline, "mosquitto did not start"
                 time.sleep(0.05)
         seen: dict[str, list[tuple[str, bytes]]] = {"central": [], "gate-a": [], "gate-b": []}
+        subscribed = threading.Semaphore(0)
         for who, user in (("central", "central"), ("gate-a", "gym-madrid-1.gate-a"), ("gate-b", "gym-madrid-1.gate-b")):
             c = _mqtt(port, user, users[user])
             c.on_message = lambda _c, _u, m, who=who: seen[who].append((m.topic, m.payload))
+            c.on_subscribe = lambda *_: subscribed.release()
             clients.append(c)
             c.subscribe("gated/#", qos=1)
         central, gate_a, gate_b = clients
-        time.sleep(0.5)
+        for _ in clients:  # every SUBACK back: the subscriptions are in place
+            assert subscribed.acquire(timeout=10)
         base = "gated/gym-madrid-1"
         sends = [
             (gate_a, f"{base}/gate-a/events", b"ok: own events"),
@@ -404,12 +408,17 @@ def test_broker_acl_example_keeps_each_daemon_to_its_own_topics(tmp_path: Path) 
             (central, f"{base}/gate-b/ack", b"ok: ack for b"),
             (central, f"{base}/delta", b"ok: delta"),
         ]
-        for client, topic, payload in sends:
+        # Last, from each sender, a message every client receives: the broker keeps one
+        # client's messages in order, so once the end marks are in, whatever was going to
+        # arrive from the sends above has (a forged one that did not, never will).
+        ends = [(gate_a, f"{base}/gate-a/events", b"end: gate-a"), (central, f"{base}/delta", b"end: central")]
+        for client, topic, payload in sends + ends:
             client.publish(topic, payload, qos=1).wait_for_publish(5)
+        marks = {"central": {b"end: gate-a"}, "gate-a": {b"end: central"}, "gate-b": {b"end: central", b"end: gate-a"}}
         deadline = time.monotonic() + 10
-        while len(seen["central"]) < 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)
+        while not all(marks[w] <= {p for _, p in seen[w]} for w in marks) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert all(marks[w] <= {p for _, p in seen[w]} for w in marks), seen
         got = {who: {p.decode() for _, p in msgs} for who, msgs in seen.items()}
         assert not any(p.startswith("FORGED") for msgs in got.values() for p in msgs), got
         assert got["central"] >= {"ok: own events", "ok: resync"}

@@ -29,6 +29,7 @@ from gated.seed import batch_from
 from rules.credential import Credential
 from simulator.turnstile import SimTurnstile
 from sync.store import Store
+from tests.test_daemon import wait_for
 
 TZ = "Europe/Madrid"
 PASSWORDS = {"desk": "desk-pass-1", "boss": "boss-pass-1"}
@@ -440,8 +441,7 @@ async def test_feed_stream_carries_a_tap(tmp_path: Path) -> None:
             conn.close()
 
         reader = asyncio.create_task(asyncio.to_thread(read_stream))
-        await asyncio.wait_for(ready.wait(), 5)
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(ready.wait(), 5)  # the stream subscribes before it answers
         result = await site.tap("DEADBEEF")
         assert result["decision"] == "denied"
         await asyncio.wait_for(reader, 10)
@@ -567,7 +567,8 @@ async def test_console_stops_with_open_streams(tmp_path: Path) -> None:
             return r.read()  # until the server ends the stream
 
         holder = asyncio.create_task(asyncio.to_thread(hold_stream))
-        await asyncio.sleep(0.3)
+        hub = site.daemon.console.console.hub
+        await wait_for(lambda: len(hub.subscribers) >= 1, 10, "the stream open")
         t0 = time.monotonic()
         await site.daemon.console.stop()
         assert time.monotonic() - t0 < 5

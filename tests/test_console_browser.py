@@ -87,7 +87,7 @@ async def test_console_in_chromium(tmp_path: Path) -> None:
             await alert.wait_for(timeout=1000)
             assert await page.locator("#attention").is_visible()
             await site.tap("CAFE0001")  # a card nobody has: its number is shown, to assign it
-            await page.locator("#attention-list li", has_text="Unknown card CAFE0001").wait_for(timeout=1000)
+            await page.locator("#attention-list li", has_text="Unknown card uid:CAFE0001").wait_for(timeout=1000)
             await alert.locator("button", has_text="Done").click()
             await alert.wait_for(state="detached", timeout=2000)
             await site.tap("0499887766")  # Bruno, walk-in on a pay-per-access pass

@@ -223,8 +223,8 @@ async def test_denials_list_and_unknown_cards(tmp_path: Path) -> None:
         await site.tap("cafe0001")
         items = (await c.get("/api/denials")).json()["items"]
         assert [i["reason"] for i in items] == ["unknown_card", "member_blocked"]
-        assert items[0]["card"] == "CAFE0001"
-        assert [u["card"] for u in (await c.get("/api/unknown-cards")).json()["items"]] == ["CAFE0001"]
+        assert items[0]["card"] == "uid:CAFE0001"  # typed: what the desk enrols
+        assert [u["card"] for u in (await c.get("/api/unknown-cards")).json()["items"]] == ["uid:CAFE0001"]
         r = await c.post_json("/api/denials/dismiss", {"seq": [items[1]["seq"]]})
         assert r.status == 200
         assert [i["reason"] for i in (await c.get("/api/denials")).json()["items"]] == ["unknown_card"]
@@ -237,7 +237,7 @@ async def test_denials_list_and_unknown_cards(tmp_path: Path) -> None:
         assert (await c.post_json("/api/members/m-ana/cards", {"card": "CAFE0001"})).status == 409
         assert (await c.post_json("/api/members/m-ana/cards", {"card": "<script>"})).status == 400
         ev = site.store.recent_events(10, types=["card_enrolled"])[0]
-        assert ev["card"] == "CAFE0001" and ev["member"] == "m-bruno" and ev["operator"] == "desk"
+        assert ev["card"] == "uid:CAFE0001" and ev["member"] == "m-bruno" and ev["operator"] == "desk"
 
 
 # -- the control socket ---------------------------------------------------------------------

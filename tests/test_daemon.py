@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gated.control import request
 from simulator.serial_reader import VirtualSerialReader
 from simulator.turnstile import Person, SimTurnstile
 from sync.store import open_reader
@@ -217,7 +218,11 @@ async def test_control_socket_tap_and_status(tmp_path: Path) -> None:
 async def test_relay_board_gone_denies_with_hardware_fault(tmp_path: Path, delay: float) -> None:
     async with running_daemon(tmp_path, person=Person(delay=delay)) as d:
         await d.turnstile.stop_server()
-        await asyncio.sleep(1.0)
+        sock = tmp_path / "control.sock"
+        for _ in range(300):  # until the daemon has seen the board go
+            if (await request(sock, {"cmd": "status"}))["gates"]["turnstile-1"]["relay"] != "online":
+                break
+            await asyncio.sleep(0.05)
         d.reader.tap("04A1B2C3D4")
         await wait_for(
             lambda: any(e.get("reason") == "hardware_fault" for e in d.events()), timeout=15, what="hardware_fault"

@@ -31,10 +31,11 @@ def test_enrolled_card_works_at_once_and_goes_upstream(store: Store) -> None:
     assert store.member_for_card("CAFE0001") is None
     committed = store.enrol_card("cafe0001", "m-ana", "desk", NOW)
     [ev] = committed.events
-    assert (ev["type"], ev["member"], ev["card"], ev["operator"]) == ("card_enrolled", "m-ana", "CAFE0001", "desk")
+    # the card goes upstream as its typed key (rules/credential.py)
+    assert (ev["type"], ev["member"], ev["card"], ev["operator"]) == ("card_enrolled", "m-ana", "uid:CAFE0001", "desk")
     assert store.member_for_card("CAFE0001") == "m-ana"
     member = store.member("m-ana")
-    assert member is not None and set(member.cards) == {"04A1", "CAFE0001"}
+    assert member is not None and set(member.cards) == {"uid:04A1", "uid:CAFE0001"}
     assert store.view("m-ana", GATE, NOW).member is not None
     audit = store.conn.execute("SELECT operator, action FROM audit").fetchall()
     assert ("desk", "enrol_card") in audit

@@ -241,3 +241,33 @@ async def test_fire_alarm_monitor_drives_gates(sim_tcp: SimTurnstile, make_gate)
         assert seen == [False, True, False]
     finally:
         await monitor.stop()
+
+
+async def test_the_previous_persons_rotation_is_not_the_next_persons(
+    sim_tcp: SimTurnstile, make_gate
+) -> None:
+    gate, _ = await make_gate(sim_tcp)
+    sim_tcp.passage_pulse = 0.6  # a slow rotation: still reported when the next grant comes
+    sim_tcp.queue_people(Person(delay=0.0), Person(turns=False))
+    assert await gate.grant() is True
+    assert sim_tcp.passage_active
+    assert await gate.grant() is False  # nobody turned for the second grant
+    assert gate.state["passages"] == 1
+
+
+async def test_stopping_during_a_pending_grant_abandons_it_without_not_opened(
+    sim_tcp: SimTurnstile, make_gate
+) -> None:
+    import asyncio
+
+    gate, alarms = await make_gate(sim_tcp, passage_timeout=1.5)
+    sim_tcp.set_person(turns=False)
+    grant = asyncio.create_task(gate.grant())
+    await wait_until(lambda: sim_tcp.unlocked, what="released")
+    await gate.abandon_grants()
+    assert await grant is False
+    assert not sim_tcp.unlocked  # relocked at once
+    with pytest.raises(OutputFault):
+        await gate.grant()  # no new grant while stopping
+    await gate.stop()
+    assert "not_opened" not in alarms.kinds()

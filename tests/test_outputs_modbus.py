@@ -14,7 +14,7 @@ from drivers.outputs import (
     OutputFault,
     OutputHealth,
 )
-from simulator.turnstile import Person, SimTurnstile
+from simulator.turnstile import SimTurnstile
 from tests.outputs_fixtures import *  # noqa: F403 (pytest fixtures)
 from tests.outputs_fixtures import output_cfg, wait_until
 
@@ -58,18 +58,6 @@ async def test_inputs_far_apart_and_missing(make_output) -> None:
         assert await out.read_inputs() == InputsSnapshot(passage=False, door_open=True)
         bare = await make_output(sim, passage_input=None, door_contact=None)
         assert await bare.read_inputs() == InputsSnapshot(passage=None, door_open=None)
-        assert await bare.wait_passage(1.0) is True  # no sensor: commit on grant
-
-
-async def test_wait_passage_needs_a_fresh_edge(sim_tcp: SimTurnstile, make_output) -> None:
-    out = await make_output(sim_tcp)
-    sim_tcp.queue_people(Person(delay=0.0))
-    await out.pulse()
-    assert await out.wait_passage(2.0, baseline=False) is True
-    # The rotation is still reported: as a baseline it must not count for the next person.
-    sim_tcp.set_person(turns=False)
-    await out.pulse()
-    assert await out.wait_passage(0.6, baseline=True) is False
 
 
 async def test_safe_state_and_hold(sim_tcp: SimTurnstile, make_output) -> None:

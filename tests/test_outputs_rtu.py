@@ -74,3 +74,80 @@ async def test_rtu_fire_monitor_shares_the_bus(sim_rtu: SimTurnstile, make_gate)
         assert gate.health is OutputHealth.online
     finally:
         await monitor.stop()
+
+
+# -- one RS-485 line, several gates, real line timing --------------------------------------
+
+
+async def _line_gates(line, turnstiles):  # type: ignore[no-untyped-def]
+    from drivers.outputs import GateController, ModbusOutputConfig
+
+    gates = []
+    for t in turnstiles:
+        cfg = ModbusOutputConfig(
+            transport="rtu", device=line.device, baudrate=9600, unit=t.unit, coil=0,
+            passage_input=0, door_contact=1, pulse=1.0, passage_timeout=3.0, timeout=0.5,
+        )  # fmt: skip
+        gate = GateController(f"gate-{t.unit}", cfg)
+        await gate.start()
+        gates.append(gate)
+    return gates
+
+
+async def test_raw_pymodbus_cancelled_poll_glues_frames_on_the_line() -> None:
+    # The failure seen on site, reproduced with the bare library: the line emulator must
+    # see it, or the test below proves nothing.
+    import asyncio
+
+    from pymodbus.client import AsyncModbusSerialClient
+
+    from simulator.turnstile import SimRtuLine
+
+    needs_socat()
+    # 1,200 baud: a request is on the wire for 90 ms, a margin no loaded box can eat.
+    async with SimRtuLine([SimTurnstile(transport="rtu", unit=1)], baudrate=1200) as line:
+        assert line.line is not None
+        stats = line.line.stats
+        client = AsyncModbusSerialClient(line.device, baudrate=1200, timeout=1.0, retries=0)
+        await client.connect()
+        try:
+            poll = asyncio.create_task(client.read_discrete_inputs(0, count=2, device_id=1))
+            await wait_until(lambda: stats.frames == 1, what="the request on the wire")
+            poll.cancel()
+            await asyncio.wait([poll])
+            await client.write_coil(0, False, device_id=1)
+        finally:
+            client.close()
+        assert line.line.stats.violations >= 1
+
+
+async def test_three_gates_on_one_line_cancelled_requests_never_glue_frames() -> None:
+    import asyncio
+    import random
+
+    from simulator.turnstile import SimRtuLine
+
+    needs_socat()
+    turnstiles = [SimTurnstile(transport="rtu", unit=u) for u in (1, 2, 3)]
+    for t in turnstiles:
+        t.set_person(turns=True, delay=0.05)
+    async with SimRtuLine(turnstiles, baudrate=9600) as line:
+        assert line.line is not None
+        gates = await _line_gates(line, turnstiles)
+        try:
+            rng = random.Random(7)
+            # Grants on every gate at once, and reads whose callers give up mid-exchange.
+            for _ in range(4):
+                grants = [asyncio.create_task(g.grant()) for g in gates]
+                for _ in range(3):
+                    read = asyncio.create_task(gates[rng.randrange(3)].output.read_inputs())
+                    await asyncio.sleep(rng.uniform(0.0, 0.02))
+                    read.cancel()
+                assert await asyncio.gather(*grants) == [True, True, True]
+            assert line.line.stats.violations == 0, line.line.snapshot()
+            assert [t.unlocks for t in turnstiles] == [4, 4, 4]
+            stats = gates[0].line
+            assert stats is not None and stats["writes"] >= 24 and 0 < stats["load"] <= 1
+        finally:
+            for g in gates:
+                await g.stop()

@@ -7,7 +7,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.readers.frames import (
-    HEX_PAYLOADS,
     Checksum,
     FrameConfig,
     Framing,
@@ -16,14 +15,17 @@ from drivers.readers.frames import (
     encode_frame,
 )
 from drivers.readers.payloads import (
+    HEX_PAYLOADS,
+    ByteOrder,
     PayloadFormat,
-    decode_decimal,
+    decode_em_decimal,
     decode_hex,
+    decode_payload,
     decode_wiegand,
-    encode_wiegand,
 )
 from drivers.readers.reads import CredentialRead, FrameError, FrameErrorReason
-from rules.credential import CredentialKind
+from drivers.readers.wiegand import encode_wiegand
+from rules.credential import Card, CredentialKind
 
 ALL_CONFIGS = [
     FrameConfig(framing=framing, terminator=term, checksum=cs, format=fmt, max_frame_length=m)
@@ -39,9 +41,14 @@ ALL_CONFIGS = [
 def _sample_payload(fmt: PayloadFormat) -> str:
     return {
         PayloadFormat.HEX: "04A1B2C3D4",
+        PayloadFormat.UID: "04A1B2C3D4E5F6",
+        PayloadFormat.UID_DECIMAL: "3283263748",
+        PayloadFormat.EM: "0A00BC614E",
+        PayloadFormat.EM_DECIMAL: "0012345678",
         PayloadFormat.DECIMAL: "0012345678",
         PayloadFormat.WIEGAND26: f"{encode_wiegand(12, 3456, 26):08X}",
         PayloadFormat.WIEGAND34: f"{encode_wiegand(1234, 56789, 34):010X}",
+        PayloadFormat.WIEGAND37: f"{encode_wiegand(1234, 456789, 37):010X}",
         PayloadFormat.QR: "GATE-TOKEN",
         PayloadFormat.AUTO: "A1B2C3D4",
     }[fmt]
@@ -57,29 +64,87 @@ def _kind_value(out: list[CredentialRead | FrameError]) -> list[tuple[str, str]]
 
 
 def test_hex_is_uppercased_and_separators_dropped() -> None:
-    assert decode_hex("04:a1:b2 c3") == CredentialRead(CredentialKind.CARD, "04A1B2C3")
+    read = decode_hex("04:a1:b2 c3")
+    assert isinstance(read, CredentialRead)
+    assert read.value == "04A1B2C3" and read.card == Card.uid(bytes.fromhex("04A1B2C3"))
     assert isinstance(decode_hex("04G1"), FrameError)
 
 
 def test_decimal_normal_form_is_ten_digits() -> None:
-    read = decode_decimal("12345678")
+    read = decode_em_decimal("12345678")
     assert isinstance(read, CredentialRead)
-    assert read.value == "0012345678"
-    assert isinstance(decode_decimal("4294967296"), FrameError)  # above 32 bits
-    assert isinstance(decode_decimal("12a"), FrameError)
+    assert read.value == "0012345678" and read.card == Card.em32(12345678)
+    assert isinstance(decode_em_decimal("4294967296"), FrameError)  # above 32 bits
+    assert isinstance(decode_em_decimal("12a"), FrameError)
 
 
-@pytest.mark.parametrize("nbits,facility,card", [(26, 123, 45678), (26, 0, 0), (34, 65535, 1)])
+def _key(fmt: PayloadFormat, text: str, **kw: ByteOrder) -> str:
+    read = decode_payload(fmt, text, **kw)
+    assert isinstance(read, CredentialRead) and read.card is not None, (fmt, text, read)
+    return read.card.key
+
+
+# The same digits are different cards on different readers: the format types them.
+SAME_DIGITS = [
+    (PayloadFormat.HEX, "0012345678", "em:0012345678"),
+    (PayloadFormat.EM, "0012345678", "em:0012345678"),
+    (PayloadFormat.DECIMAL, "0012345678", "em32:0012345678"),
+    (PayloadFormat.EM_DECIMAL, "0012345678", "em32:0012345678"),
+    (PayloadFormat.UID_DECIMAL, "0012345678", "uid:00BC614E"),
+    (PayloadFormat.UID, "0012345678", "uid:0012345678"),
+]
+
+
+@pytest.mark.parametrize("fmt,text,key", SAME_DIGITS)
+def test_same_digits_are_typed_by_the_reader_format(fmt: PayloadFormat, text: str, key: str) -> None:
+    assert _key(fmt, text) == key
+
+
+# One card, many readers: every way of reading it decodes to a card that matches.
+ONE_EM_CARD = [
+    (PayloadFormat.EM, "0A00BC614E"),  # RDM6300: all 40 bits
+    (PayloadFormat.HEX, "0a:00:bc:61:4e"),
+    (PayloadFormat.EM_DECIMAL, "12345678"),  # the number printed on the card
+    (PayloadFormat.EM, "00BC614E"),  # readers printing the 32-bit number in hex
+    (PayloadFormat.WIEGAND34, f"{encode_wiegand(188, 24910, 34):09X}"),
+    (PayloadFormat.WIEGAND26, f"{encode_wiegand(188, 24910, 26):026b}"),
+    (PayloadFormat.WIEGAND26, "188:24910"),  # converter in formatted mode
+]
+
+
+def test_one_em_card_read_every_way_matches_its_40_bit_id() -> None:
+    from rules.credential import cards_match
+
+    enrolled = Card.em(0x0A00BC614E)
+    for fmt, text in ONE_EM_CARD:
+        read = decode_payload(fmt, text)
+        assert isinstance(read, CredentialRead) and read.card is not None
+        assert cards_match(read.card, enrolled), (fmt, text, read.card.key)
+    other = Card.em(0x0B00BC614E)  # same number, another version byte: another card
+    assert not cards_match(Card.em(0x0A00BC614E), other)
+
+
+def test_uid_byte_order_and_decimal() -> None:
+    forward = _key(PayloadFormat.UID, "04A1B2C3")
+    assert _key(PayloadFormat.UID, "C3B2A104", order=ByteOrder.REVERSED) == forward
+    assert _key(PayloadFormat.UID_DECIMAL, str(0xC3B2A104), order=ByteOrder.REVERSED) == forward
+    assert _key(PayloadFormat.UID_DECIMAL, str(0x04A1B2C3D4E5F6)) == "uid:04A1B2C3D4E5F6"
+
+
+@pytest.mark.parametrize(
+    "nbits,facility,card", [(26, 123, 45678), (26, 0, 0), (34, 65535, 1), (37, 65535, 524287)]
+)
 def test_wiegand_good_parity_gives_facility_and_card(nbits: int, facility: int, card: int) -> None:
     bits = encode_wiegand(facility, card, nbits)
     for text in (f"{bits:0{nbits}b}", f"{bits:X}", f"{bits:0{(nbits + 3) // 4}X}"):
         read = decode_wiegand(text, nbits)
         assert isinstance(read, CredentialRead), text
         assert read.value == f"{facility}:{card}"
+        assert read.card == Card.wiegand(nbits, facility, card)
         assert read.meta["facility_code"] == str(facility)
 
 
-@pytest.mark.parametrize("nbits", [26, 34])
+@pytest.mark.parametrize("nbits", [26, 34, 37])
 def test_wiegand_bad_leading_or_trailing_parity_is_rejected(nbits: int) -> None:
     bits = encode_wiegand(7, 4242, nbits)
     for flipped in (bits ^ 1, bits ^ (1 << (nbits - 1))):
@@ -113,6 +178,7 @@ def test_em4100_stx_etx_with_xor_hex_checksum() -> None:
     assert frame == b"\x0262E3086CED08\x03"
     out = SerialFrameParser(cfg).feed(b"\r\n" + frame + b"\r\n")
     assert _kind_value(out) == [(CredentialKind.CARD, "62E3086CED")]
+    assert isinstance(out[0], CredentialRead) and out[0].card == Card.em(0x62E3086CED)
 
 
 def test_bad_checksum_is_counted_not_raised() -> None:
@@ -215,3 +281,56 @@ def test_valid_frame_split_anywhere_parses_like_whole(
     parser = SerialFrameParser(cfg)
     parser.feed(garbage + resync)
     assert parser.feed(frame)[-1:] == expected
+
+
+# --- inter-character gap -------------------------------------------------------------
+
+
+def test_partial_frame_then_silence_is_discarded_not_glued() -> None:
+    # Seen on site: "04A1B2", then 5 s later a full frame, became 04A1B204A1B2C3D4.
+    parser = SerialFrameParser(FrameConfig(frame_gap=0.1))
+    assert parser.feed(b"04A1B2", now=100.0) == []
+    assert parser.expires_at == pytest.approx(100.1)
+    out = parser.feed(b"04A1B2C3D4\r\n", now=105.0)
+    assert _kind_value(out) == [("error", FrameErrorReason.GAP), (CredentialKind.CARD, "04A1B2C3D4")]
+    assert isinstance(out[0], FrameError) and out[0].raw == b"04A1B2"
+
+
+def test_gap_is_reported_by_expire_once_and_blanks_are_not_partial_frames() -> None:
+    parser = SerialFrameParser(FrameConfig(framing=Framing.STX_ETX, frame_gap=0.1))
+    parser.feed(b"\x0204A1", now=0.0)
+    assert parser.expire(0.05) == []  # not stale yet
+    assert _kind_value(parser.expire(0.2)) == [("error", FrameErrorReason.GAP)]
+    assert parser.expire(5.0) == [] and parser.expires_at is None
+    parser.feed(b"\r\n", now=6.0)  # a stray line end after a frame is nothing
+    assert parser.expires_at is None
+
+
+def test_slow_chunks_within_the_gap_make_one_frame() -> None:
+    parser = SerialFrameParser(FrameConfig(frame_gap=0.1))
+    out: list[CredentialRead | FrameError] = []
+    for i, byte in enumerate(b"04A1B2C3D4\r\n"):
+        out += parser.feed(bytes([byte]), now=i * 0.09)
+    assert _kind_value(out) == [(CredentialKind.CARD, "04A1B2C3D4")]
+
+
+def test_no_gap_configured_keeps_the_old_behaviour() -> None:
+    parser = SerialFrameParser(FrameConfig(frame_gap=None))
+    parser.feed(b"04A1", now=0.0)
+    assert _kind_value(parser.feed(b"B2\r\n", now=60.0)) == [(CredentialKind.CARD, "04A1B2")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(cfg=config_strategy, data=st.binary(max_size=300), cut_seed=st.data())
+def test_chunks_closer_than_the_gap_parse_like_the_whole(
+    cfg: FrameConfig, data: bytes, cut_seed: st.DataObject
+) -> None:
+    whole = SerialFrameParser(cfg).feed(data)
+    parser = SerialFrameParser(cfg)
+    pieces: list[CredentialRead | FrameError] = []
+    t = 0.0
+    for chunk in cut_seed.draw(chunked(data)):
+        if chunk:  # the gap counts from the last byte received
+            t += cut_seed.draw(st.floats(0, 0.099))
+        pieces.extend(parser.feed(chunk, now=t))
+    assert pieces == whole

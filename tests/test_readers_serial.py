@@ -172,3 +172,44 @@ async def test_socat_pty_link_unplug_replug(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait()
+
+
+async def test_partial_frame_then_silence_is_dropped_and_counted(tmp_path: Path) -> None:
+    frame = FrameConfig(frame_gap=0.1)
+    with VirtualSerialReader(tmp_path / "reader", frame) as sim:
+        reader = SerialReader("r1", sim.path, frame=frame)
+        got = Collector()
+        async with running(reader, got):
+            await wait_until(lambda: reader.health is ReaderHealth.ONLINE)
+            sim.write(b"04A1B2")  # the card left the field mid-frame
+            # Counted while the line stays silent, not only when the next frame comes.
+            await wait_until(lambda: reader.stats["rejected_frames"] == 1)
+            sim.tap("04A1B2C3D4")
+            credential = await got.next()
+    assert credential.value == "04A1B2C3D4"
+    assert reader.stats["rejected_frames"] == 1 and len(got.items) == 1
+
+
+async def test_one_em_card_on_three_kinds_of_reader_is_one_card(tmp_path: Path) -> None:
+    from rules.credential import Card, cards_match
+
+    card = Card.em(0x0A00BC614E)
+    frames = [
+        FrameConfig(framing=Framing.STX_ETX, checksum=Checksum.XOR_HEX, format=PayloadFormat.EM),
+        FrameConfig(terminator=Terminator.CR, format=PayloadFormat.EM_DECIMAL),
+        FrameConfig(format=PayloadFormat.WIEGAND26),
+    ]
+    seen = []
+    for i, frame in enumerate(frames):
+        with VirtualSerialReader(tmp_path / f"reader{i}", frame) as sim:
+            reader = SerialReader(f"r{i}", sim.path, frame=frame)
+            got = Collector()
+            async with running(reader, got):
+                await wait_until(lambda r=reader: r.health is ReaderHealth.ONLINE)
+                sim.present(card)
+                seen.append(await got.next())
+    assert [c.value for c in seen] == ["0A00BC614E", "0012345678", "188:24910"]
+    for credential in seen:
+        assert credential.typed is not None and cards_match(credential.typed, card)
+    # and the hex digits of another card's decimal number are not this card
+    assert not cards_match(Card.em(0x0012345678), Card.em32(12345678))

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from rules.credential import TenDigits
 from rules.model import BookingStatus
 from sync.schema import MIGRATIONS
 from sync.store import Store, open_reader
@@ -22,7 +23,7 @@ def version_1(path: Path) -> None:
     """A database as gated wrote it before the replica had a file of its own."""
     conn = sqlite3.connect(str(path), isolation_level=None)
     conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-    MIGRATIONS[0](conn, path)
+    MIGRATIONS[0](conn, path, TenDigits.EM32)
     conn.executemany("INSERT INTO members VALUES (?,?,?,?,?,?)", [("m1", "Ana", "active", None, None, T0)])
     conn.execute("INSERT INTO cards VALUES ('K1', 'm1')")
     conn.execute(
@@ -123,7 +124,7 @@ def test_reader_sees_the_replica_by_name_from_another_connection(tmp_path: Path)
     Store(db, site(), daemon_id="gate-a").close()
     with open_reader(db) as conn:
         assert conn.execute("SELECT name FROM members WHERE id = 'm1'").fetchone()[0] == "Ana"
-        assert conn.execute("SELECT member_id FROM cards WHERE card = 'K1'").fetchone()[0] == "m1"
+        assert conn.execute("SELECT member_id FROM cards WHERE card = 'text:K1'").fetchone()[0] == "m1"  # typed
         assert conn.execute("SELECT outcome, attended_at FROM bookings WHERE id = 'b-attended'").fetchone() == (
             "attended", T0,
         )

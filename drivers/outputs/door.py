@@ -85,6 +85,10 @@ class DoorSupervisor:
     def grant_pending(self) -> bool:
         return self._grant_at is not None
 
+    def abandon(self) -> None:
+        """Forget the pending grant without a `not_opened` (the gate stopped looking)."""
+        self._grant_at = None
+
     def observe(self, obs: Observation) -> list[AlarmEvent]:
         events: list[AlarmEvent] = []
         now = obs.now

@@ -1,9 +1,14 @@
 """One gate: its relay output, its door supervision, lockdown and fire-alarm behaviour.
 
+One poller per gate reads the inputs (fast while a granted person is expected, slower
+otherwise) and feeds one PassageDetector (plan.py); grants wait for its edges and the
+DoorSupervisor sees the same edges, so a rotation is detected once.
+
 Error contract for the daemon:
 - grant()/open_once() return True when passage was confirmed (or at once after the pulse
   when the gate has no passage sensor and no door contact), False when nobody passed
-  within passage_timeout or the board stopped answering while we waited: no deduction.
+  within passage_timeout, the board stopped answering while we waited, or the gate is
+  being stopped (abandon_grants: no `not_opened` alarm, the relay relocks): no deduction.
 - grant() raises GrantRefused (reason "lockdown" or "fire_alarm") without touching the
   relay while the gate is locked down or a fire alarm is active.
 - grant()/open_once() raise OutputFault when the relay could not be released (board offline
@@ -21,16 +26,20 @@ from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
 
+from .bus import Priority
 from .config import DoorMode, FireAlarmInputConfig, ModbusOutputConfig
-from .door import AlarmEvent, DoorSupervisor, Observation
+from .door import AlarmEvent, AlarmKind, DoorSupervisor, Observation
 from .modbus import HealthCallback, ModbusDevice, ModbusGateOutput, OutputFault, OutputHealth
+from .plan import PassageDetector
 
 log = logging.getLogger(__name__)
 
+# The longest a rotation is expected to be reported: a grant waits at most this for the
+# previous person's rotation to end before releasing.
+ROTATION_MAX = 1.0
+
 # on_alarm(gate_id, kind, detail); kind is an AlarmKind or a HealthAlarm value.
 AlarmCallback = Callable[[str, str, str], Awaitable[None] | None]
-
-SUPERVISE_INTERVAL = 0.05
 
 
 class HealthAlarm(StrEnum):
@@ -69,7 +78,7 @@ class GateController:
         on_alarm: AlarmCallback | None = None,
         output: ModbusGateOutput | None = None,
         clock: Callable[[], float] = time.monotonic,
-        poll_interval: float = SUPERVISE_INTERVAL,
+        poll_interval: float | None = None,
     ) -> None:
         self.gate_id = gate_id
         self.cfg = cfg
@@ -77,7 +86,8 @@ class GateController:
         self.output.on_health = self._health_changed  # one observer: this controller
         self.on_alarm = on_alarm
         self.clock = clock
-        self.poll_interval = poll_interval
+        self.poll_interval = cfg.idle_poll() if poll_interval is None else poll_interval
+        self.passage_interval = min(cfg.passage_poll(), self.poll_interval)
         self.supervisor = DoorSupervisor(
             passage_timeout=cfg.passage_timeout,
             held_open_after=cfg.held_open_after,
@@ -87,7 +97,18 @@ class GateController:
         self.lockdown = False
         self.fire_alarm = False
         self.door_open: bool | None = None
-        self._passage_level = False
+        # Passage input, or without one the door contact: one rising edge, one person.
+        self.detector = PassageDetector()
+        # Readings are numbered as they come back. The line runs one request at a time, so
+        # a reading that came back after the release's write returned was taken after it.
+        self._readings = 0
+        self._edge_reading = 0  # the reading that was the last rising edge
+        self._failed_reading = 0  # the last reading that failed
+        self._polled = asyncio.Condition()
+        self._waiting = 0  # grants waiting for a passage: poll fast
+        self._wake = asyncio.Event()
+        self._abandoning = False
+        self._winding_down = False  # the daemon is stopping: a lapsed grant is no alarm
         # One person per release: a second tap waits for the first grant to finish, else
         # both grants would claim the same rotation.
         self._grant_lock = asyncio.Lock()
@@ -114,8 +135,23 @@ class GateController:
             loop.create_task(self._deliver_alarms(), name=f"gate-{self.gate_id}-alarms"),
         ]
 
+    def wind_down(self) -> None:
+        """The daemon is stopping: grants in progress go on (a person already released is
+        waited for), but one that lapses is not a `not_opened` alarm — nobody failed to
+        pass, we are stopping to look."""
+        self._winding_down = True
+
+    async def abandon_grants(self) -> None:
+        """The daemon is stopping: grants waiting for a passage end now, unconfirmed, with
+        no `not_opened` alarm (nobody failed to pass: we stopped looking); new grants are
+        refused. The relay relocks at once."""
+        self._abandoning = True
+        async with self._polled:
+            self._polled.notify_all()
+
     async def stop(self) -> None:
         """Stop supervising and leave the gate locked (or released, during a fire alarm)."""
+        await self.abandon_grants()
         for task in self._tasks:
             task.cancel()
         if self._tasks:  # not `await task` under suppress: it would swallow our own cancel
@@ -130,6 +166,8 @@ class GateController:
     async def grant(self) -> bool:
         """Release for one member and wait for passage. See the module doc for errors."""
         async with self._grant_lock:
+            if self._abandoning:
+                raise OutputFault("the gate is stopping")
             if self.lockdown:
                 raise GrantRefused("lockdown")
             if self.fire_alarm:
@@ -140,9 +178,25 @@ class GateController:
     async def open_once(self) -> bool:
         """Front-desk override: one release, even during a lockdown (an audited staff act)."""
         async with self._grant_lock:
+            if self._abandoning:
+                raise OutputFault("the gate is stopping")
             if self.fire_alarm and self.cfg.mode is DoorMode.fail_safe:
                 return True  # already released; a pulse would end the fire release
             return await self._release_once()
+
+    async def by_hand(self, action: str, seconds: float | None = None) -> None:
+        """An installer's hand on the relay (`gated relay`): "on" holds it released until
+        "off"; "off" returns it to what the gate should be now (locked, or held by a
+        lockdown or a fire alarm); "pulse" releases once, no passage expected."""
+        async with self._grant_lock:
+            if action == "on":
+                await self.output.hold(unlocked=True)
+            elif action == "off":
+                await self._apply_hold()
+            elif action == "pulse":
+                await self.output.pulse(seconds)
+            else:
+                raise ValueError(f"unknown relay action {action!r} (on, off, pulse)")
 
     async def set_lockdown(self, on: bool) -> None:
         if on == self.lockdown:
@@ -179,12 +233,20 @@ class GateController:
             "mode": str(self.cfg.mode),
             "door_forced": self.supervisor.forced,
             "door_held": self.supervisor.held,
+            "passages": self.detector.edges,
         }
+
+    @property
+    def line(self) -> dict[str, Any] | None:
+        """The Modbus line's figures (load, queue, counters); None when not connected."""
+        line = self.output.line
+        return line.snapshot() if line is not None else None
 
     # -- supervision ----------------------------------------------------------------------
 
     async def supervise(self) -> None:
-        """Poll the inputs every ~50 ms and turn what they show into alarms."""
+        """The gate's one poller: read the inputs, turn what they show into passages and
+        alarms; fast while a granted person is expected."""
         while True:
             try:
                 await self._poll_once()
@@ -192,22 +254,38 @@ class GateController:
                 raise
             except Exception:  # the supervisor must outlive any single bad poll
                 log.exception("gate %s: supervision poll failed", self.gate_id)
-            await asyncio.sleep(self.poll_interval)
+            rotating = self.detector.level is True
+            interval = self.passage_interval if self._waiting or rotating else self.poll_interval
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
 
     async def _poll_once(self) -> None:
-        level = False
+        passage: bool | None = None
         door_open: bool | None = None  # unknown while the board does not answer
+        ok = False
+        # While a rotation is reported, seeing it end is what lets the next person's
+        # rotation count: that reading waits its turn with the coil writes instead of
+        # behind all of them (a queue of taps on a slow board would hide the gap).
+        urgent = self.detector.level is True
         if self.output.health is OutputHealth.online:
             with contextlib.suppress(OutputFault):
-                snap = await self.output.read_inputs()
-                level = bool(snap.passage)
-                door_open = snap.door_open
+                snap = await self.output.read_inputs(Priority.WRITE if urgent else Priority.POLL)
+                passage, door_open, ok = snap.passage, snap.door_open, True
+        self._readings += 1
+        seq = self._readings
+        if not ok:
+            self._failed_reading = seq
         # Only a rising edge is a new passage: the tail of the previous person's rotation
         # must not confirm the next grant.
-        rising = level and not self._passage_level
-        self._passage_level = level
+        level = passage if self.cfg.passage_input is not None else door_open
+        rising = self.detector.observe(level)
+        if rising:
+            self._edge_reading = seq
         self.door_open = door_open
         self._observe(door_open=door_open, passage=rising)
+        async with self._polled:
+            self._polled.notify_all()
 
     def _observe(
         self, *, door_open: bool | None = None, passage: bool = False, granted: bool = False
@@ -226,6 +304,8 @@ class GateController:
             self._emit_event(event)
 
     def _emit_event(self, event: AlarmEvent) -> None:
+        if self._winding_down and event.kind is AlarmKind.not_opened:
+            return
         self._alarms.put_nowait((str(event.kind), event.detail))
 
     def _health_changed(self, health: OutputHealth, error: str | None) -> None:
@@ -247,36 +327,65 @@ class GateController:
     # -- internals ------------------------------------------------------------------------
 
     async def _release_once(self) -> bool:
-        # No read before the pulse: it would sit on the tap-to-relay path. The baseline for
-        # passage detection is the last poll (at most ~50 ms old) or the last confirmation.
+        if self.cfg.passage_input is not None and self.detector.level is True:
+            # The previous person is still turning the arm: this person cannot pass before
+            # it comes round, and only a reading of the rotation's end lets theirs count.
+            await self._wait_rotation_end(ROTATION_MAX)
+        # No read before the pulse: it would sit on the tap-to-relay path. Readings that
+        # came back before the release was written cannot be this person's passage.
         await self.output.pulse()  # OutputFault propagates: nothing was released
+        after = self._readings
         self._observe(granted=True)
         if self.cfg.passage_input is None and self.cfg.door_contact is None:
             return True  # no sensor: commit on grant
-        baseline = self._passage_level if self.cfg.passage_input is not None else self.door_open
+        self._waiting += 1
+        self._wake.set()  # poll now, and fast until this grant is settled
         try:
-            passed = await self.output.wait_passage(self.cfg.passage_timeout, baseline=baseline)
-        except OutputFault:
-            passed = False  # cannot confirm, so no deduction; health alarm already queued
-        self._observe(passage=passed)
-        if passed:
-            # What wait_passage just saw active is the baseline for the next grant, even if
-            # the background poll has not caught up yet.
-            if self.cfg.passage_input is not None:
-                self._passage_level = True
-            else:
-                self.door_open = True
+            passed = await self._wait_passage(after, self.cfg.passage_timeout)
+        finally:
+            self._waiting -= 1
+        if self._abandoning and not passed:
+            self.supervisor.abandon()
+        else:
+            self._observe()  # a lapsed grant is reported (not_opened) at its deadline
+        if passed or self._abandoning:
             # Relock as soon as the person is through: no tailgating on the rest of the
             # pulse, and the next grant gives the controller a fresh release edge.
             with contextlib.suppress(OutputFault):
                 await self.output.end_pulse()
-            if self.cfg.door_contact is not None and self.cfg.passage_input is not None:
-                # Let the supervisor see this person's door opening now, under this grant:
-                # otherwise the next grant (a queue at a busy turnstile) claims it, and the
-                # next person's opening is reported as a forced door.
-                with contextlib.suppress(OutputFault):
-                    await self._poll_once()
         return passed
+
+    async def _wait_rotation_end(self, bound: float) -> None:
+        """Until a reading shows the passage input inactive, at most `bound` seconds (a
+        stuck sensor must not hold every grant back)."""
+        self._waiting += 1
+        self._wake.set()
+        try:
+            async with self._polled:
+                await asyncio.wait_for(
+                    self._polled.wait_for(lambda: self.detector.level is not True), bound
+                )
+        except TimeoutError:
+            log.warning("gate %s: passage input still active after %g s", self.gate_id, bound)
+        finally:
+            self._waiting -= 1
+
+    async def _wait_passage(self, after: int, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with self._polled:
+            while True:
+                if self._edge_reading > after:
+                    return True
+                if self._abandoning or self._failed_reading > after:
+                    return False  # stopping, or cannot confirm: no deduction
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(self._polled.wait(), remaining)
+                except TimeoutError:
+                    return False
 
     async def _apply_hold(self) -> None:
         release = self.fire_alarm and self.cfg.mode is DoorMode.fail_safe

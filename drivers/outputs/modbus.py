@@ -9,30 +9,27 @@ unreachable is never lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
 
-from .config import ModbusLinkConfig, ModbusOutputConfig, OutputTransport
+from .bus import LineTiming, ModbusLine, Priority
+from .config import ModbusLinkConfig, ModbusOutputConfig
+from .links import ModbusClient, SharedLink, acquire_link, release_link, where
+from .plan import RelayPlan
 
 log = logging.getLogger(__name__)
 
-ModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
 HealthCallback = Callable[["OutputHealth", str | None], None]
 
 # First pause before reconnecting; it doubles up to cfg.reconnect_max. Short, because a board
 # that blinks (a switch port flap) should be back before the next member taps.
 RECONNECT_MIN = 0.1
-PASSAGE_POLL = 0.02
 
 
 class OutputHealth(StrEnum):
@@ -53,48 +50,6 @@ class InputsSnapshot:
     door_open: bool | None
 
 
-class _SharedLink:
-    """One pymodbus client per physical line: an RS-485 port can be opened only once."""
-
-    def __init__(self, cfg: ModbusLinkConfig) -> None:
-        self.client: ModbusClient = _make_client(cfg)
-        self.users = 0
-        # Serialises connects so two outputs on one bus do not open the port twice.
-        self.connect_lock = asyncio.Lock()
-
-
-# Per event loop: a pymodbus client is bound to the loop it was created in.
-_links: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], _SharedLink]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _make_client(cfg: ModbusLinkConfig) -> ModbusClient:
-    # reconnect_delay=0 turns pymodbus's own reconnect off: ours re-asserts the coil and
-    # tracks health, which pymodbus's cannot.
-    if cfg.transport is OutputTransport.tcp:
-        assert cfg.host is not None
-        return AsyncModbusTcpClient(
-            cfg.host,
-            port=cfg.port,
-            timeout=cfg.timeout,
-            retries=cfg.retries,
-            reconnect_delay=0,
-            name=f"gated-{cfg.host}:{cfg.port}",
-        )
-    assert cfg.device is not None
-    return AsyncModbusSerialClient(
-        cfg.device,
-        baudrate=cfg.baudrate,
-        parity=cfg.parity,
-        stopbits=cfg.stopbits,
-        timeout=cfg.timeout,
-        retries=cfg.retries,
-        reconnect_delay=0,
-        name=f"gated-{cfg.device}",
-    )
-
-
 def _describe_refusal(resp: Any) -> str:
     code = getattr(resp, "exception_code", None)
     if not isinstance(code, int):
@@ -111,39 +66,12 @@ def _describe_refusal(resp: Any) -> str:
         return repr(resp)
 
 
-def _loop_links() -> dict[tuple[str, str], _SharedLink]:
-    loop = asyncio.get_running_loop()
-    links = _links.get(loop)
-    if links is None:
-        links = _links[loop] = {}
-    return links
-
-
-def _acquire_link(cfg: ModbusLinkConfig) -> _SharedLink:
-    links = _loop_links()
-    key = cfg.link_key()
-    link = links.get(key)
-    if link is None:
-        link = links[key] = _SharedLink(cfg)
-    link.users += 1
-    return link
-
-
-def _release_link(cfg: ModbusLinkConfig, link: _SharedLink) -> None:
-    link.users -= 1
-    if link.users <= 0:
-        link.client.close()
-        links = _loop_links()
-        if links.get(cfg.link_key()) is link:
-            del links[cfg.link_key()]
-
-
 class ModbusDevice:
     """Requests to one unit on one line, with health tracking and background reconnect."""
 
     def __init__(self, cfg: ModbusLinkConfig, *, on_health: HealthCallback | None = None) -> None:
         self.cfg = cfg
-        self._link: _SharedLink | None = None
+        self._link: SharedLink | None = None
         self._health = OutputHealth.offline
         self.last_error: str | None = "not connected yet"
         self.on_health = on_health
@@ -163,11 +91,16 @@ class ModbusDevice:
             raise OutputFault("not connected: call connect() first")
         return self._link.client
 
+    @property
+    def line(self) -> ModbusLine | None:
+        """The line this device shares (None before connect and after close)."""
+        return self._link.line if self._link is not None else None
+
     async def connect(self) -> bool:
         """Open the line and probe the unit. False (and reconnecting) if it does not answer."""
         self._closed = False
         if self._link is None:
-            self._link = _acquire_link(self.cfg)
+            self._link = acquire_link(self.cfg)
         try:
             await self._ensure_connected()
         except OutputFault as exc:
@@ -187,8 +120,8 @@ class ModbusDevice:
             await asyncio.wait([self._reconnect_task])
             self._reconnect_task = None
         if self._link is not None:
-            _release_link(self.cfg, self._link)
-            self._link = None
+            link, self._link = self._link, None
+            await release_link(self.cfg, link)
         self._set_health(OutputHealth.offline, "closed")
 
     async def probe(self) -> None:
@@ -198,22 +131,42 @@ class ModbusDevice:
     # -- requests -------------------------------------------------------------------------
 
     async def write_coil(self, address: int, value: bool) -> None:
+        timing = self._timing()
         await self._request(
             lambda c: c.write_coil(address, value, device_id=self.cfg.unit),
             f"write coil {address}={int(value)}",
+            Priority.WRITE,
+            timing.write_coil_s() if timing is not None else 0.0,
         )
 
-    async def read_bits(self, address: int, count: int, *, discrete: bool = True) -> list[bool]:
+    def _timing(self) -> LineTiming | None:
+        return self._link.line.timing if self._link is not None else None
+
+    async def read_bits(
+        self,
+        address: int,
+        count: int,
+        *,
+        discrete: bool = True,
+        priority: Priority = Priority.POLL,
+    ) -> list[bool]:
+        timing = self._timing()
+        wire = timing.read_bits_s(count) if timing is not None else 0.0
         if discrete:
             what = f"read discrete inputs {address}+{count}"
             resp = await self._request(
                 lambda c: c.read_discrete_inputs(address, count=count, device_id=self.cfg.unit),
                 what,
+                priority,
+                wire,
             )
         else:
             what = f"read coils {address}+{count}"
             resp = await self._request(
-                lambda c: c.read_coils(address, count=count, device_id=self.cfg.unit), what
+                lambda c: c.read_coils(address, count=count, device_id=self.cfg.unit),
+                what,
+                priority,
+                wire,
             )
         bits = list(getattr(resp, "bits", []) or [])
         if len(bits) < count:
@@ -221,12 +174,23 @@ class ModbusDevice:
             raise self._fail(OutputFault(f"{what}: malformed answer {resp!r}"))
         return bits[:count]
 
-    async def _request(self, call: Callable[[ModbusClient], Awaitable[Any]], what: str) -> Any:
+    async def _request(
+        self,
+        call: Callable[[ModbusClient], Awaitable[Any]],
+        what: str,
+        priority: Priority = Priority.POLL,
+        wire_s: float = 0.0,
+    ) -> Any:
         try:
-            client = self.client
-            if not client.connected:
+            link = self._link
+            if link is None:
+                raise OutputFault("not connected: call connect() first")
+            if not link.client.connected:
                 await self._ensure_connected()
-            resp = await asyncio.wait_for(call(client), self._request_bound)
+            client = link.client
+            resp = await link.line.submit(
+                lambda: call(client), priority=priority, wire_s=wire_s, bound=self._request_bound
+            )
         except OutputFault as exc:
             raise self._fail(exc) from None
         except (TimeoutError, ModbusException, OSError) as exc:
@@ -253,9 +217,7 @@ class ModbusDevice:
     # -- health ---------------------------------------------------------------------------
 
     def _where(self) -> str:
-        if self.cfg.transport is OutputTransport.tcp:
-            return f"{self.cfg.host}:{self.cfg.port}"
-        return str(self.cfg.device)
+        return where(self.cfg)
 
     def _fail(self, exc: OutputFault, health: OutputHealth = OutputHealth.offline) -> OutputFault:
         self._mark_failed(exc, health)
@@ -312,23 +274,34 @@ class ModbusDevice:
 
 
 class ModbusGateOutput(ModbusDevice):
-    """The release relay, passage input and door contact of one gate."""
+    """The release relay, passage input and door contact of one gate.
 
-    def __init__(self, cfg: ModbusOutputConfig, *, on_health: HealthCallback | None = None) -> None:
+    The coil follows a RelayPlan (plan.py); this class only writes what the plan says, and
+    runs one timer for the end of a pulse. The timer's write is shielded: once the plan
+    says "relock", the write is finished even if the gate is being stopped.
+    """
+
+    def __init__(
+        self,
+        cfg: ModbusOutputConfig,
+        *,
+        on_health: HealthCallback | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         super().__init__(cfg, on_health=on_health)
         self.out_cfg = cfg
-        # Logical level the coil should have (True = gate released). Re-written on reconnect.
-        self._desired_released = False
-        # The level a pulse returns to: locked, or released while held (fire alarm). A pulse
-        # that was in flight when the fire release came must not relock the door after it.
-        self._rest_released = False
-        self._pulse_task: asyncio.Task[None] | None = None
-        self._pulse_until = 0.0
+        self.plan = RelayPlan()
+        self._clock = clock
+        self._timer: asyncio.Task[None] | None = None
+        self._relock: asyncio.Future[None] | None = None  # the end-of-pulse write, once started
+
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
     @property
     def released(self) -> bool:
         """True while the output is (meant to be) releasing the gate."""
-        return self._desired_released
+        return self.plan.desired
 
     @property
     def has_passage_sensor(self) -> bool:
@@ -341,19 +314,25 @@ class ModbusGateOutput(ModbusDevice):
     async def probe(self) -> None:
         # Writing the remembered level both proves the unit answers and repairs the relay
         # state after an outage (e.g. a pulse whose release write was lost).
-        await self._write_level(self._desired_released)
+        await self._write_level(self.plan.desired)
 
     async def close(self) -> None:
-        self._cancel_pulse()
+        self._cancel_timer()
+        if self._relock is not None and not self._relock.done():
+            # A relock already on its way is finished before the line goes: a gate must
+            # not stay released because it was being closed.
+            await asyncio.wait([self._relock], timeout=self._request_bound)
         await super().close()
 
     async def drive_safe_state(self, locked: bool = True) -> None:
         """Set the relay to its resting level (locked) or released, cancelling any pulse."""
-        await self._hold_level(not locked)
+        await self.hold(unlocked=not locked)
 
     async def hold(self, unlocked: bool) -> None:
         """Keep the gate released (fire alarm) or locked (lockdown) until told otherwise."""
-        await self._hold_level(unlocked)
+        self._cancel_timer()
+        # Planned first: if the board is down the reconnect probe applies this level.
+        await self._write(self.plan.hold(unlocked))
 
     async def pulse(self, seconds: float | None = None) -> None:
         """Release the gate for `seconds` (default: cfg.pulse); returns once the coil is set.
@@ -366,56 +345,51 @@ class ModbusGateOutput(ModbusDevice):
             # Fail fast: a tap must not wait for a timeout on a board known to be down.
             self._spawn_reconnect_if_needed()
             raise OutputFault(f"relay offline: {self.last_error}")
-        loop = asyncio.get_running_loop()
-        retrigger = self._pulse_task is not None
-        self._cancel_pulse()
-        self._desired_released = True
-        try:
-            if retrigger:
-                # Turnstile controllers count release edges, one rotation each: a relay
-                # that is still on from the previous pulse would not let a second person in.
-                await self._write_level(False)
-            await self._write_level(True)
-        except OutputFault:
-            # We cannot know whether the write landed; the reconnect probe re-writes
-            # the resting level, so the gate does not stay released.
-            self._desired_released = self._rest_released
-            raise
-        self._pulse_until = loop.time() + duration
-        self._pulse_task = loop.create_task(self._end_pulse(duration), name="relay-pulse-end")
-
-    async def _end_pulse(self, duration: float) -> None:
-        await asyncio.sleep(duration)
-        self._desired_released = self._rest_released
-        self._pulse_task = None  # no longer cancellable: the write below must finish
-        with contextlib.suppress(OutputFault):
-            # On failure the device is offline and the reconnect probe writes the level.
-            await self._write_level(self._rest_released)
+        self._cancel_timer()
+        await self._write(self.plan.pulse(self._now(), duration))
+        self._timer = asyncio.get_running_loop().create_task(
+            self._end_of_pulse(), name="relay-pulse-end"
+        )
 
     async def end_pulse(self) -> None:
         """Relock now instead of at the end of the pulse (the person has passed)."""
-        if self._pulse_task is None:
+        self._cancel_timer()
+        await self._write(self.plan.end_pulse())
+
+    async def _end_of_pulse(self) -> None:
+        deadline = self.plan.pulse_until
+        if deadline is None:
             return
-        self._cancel_pulse()
-        self._desired_released = self._rest_released
-        await self._write_level(self._rest_released)
+        await asyncio.sleep(max(0.0, deadline - self._now()))
+        levels = self.plan.due(max(self._now(), deadline))
+        self._timer = None  # no longer cancellable: the relock below must finish
+        self._relock = asyncio.ensure_future(self._write(levels))
+        try:
+            await asyncio.shield(self._relock)
+        except OutputFault:
+            pass  # the device is offline; the reconnect probe writes the planned level
 
-    def _cancel_pulse(self) -> None:
-        if self._pulse_task is not None:
-            self._pulse_task.cancel()
-            self._pulse_task = None
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    async def _hold_level(self, released: bool) -> None:
-        self._cancel_pulse()
-        # Remember first: if the board is down the reconnect probe applies this level.
-        self._desired_released = self._rest_released = released
-        await self._write_level(released)
+    async def _write(self, levels: list[bool]) -> None:
+        try:
+            for released in levels:
+                await self._write_level(released)
+        except OutputFault:
+            self.plan.write_failed()
+            raise
 
     async def _write_level(self, released: bool) -> None:
         await self.write_coil(self.out_cfg.coil, released != self.out_cfg.active_low)
 
-    async def read_inputs(self) -> InputsSnapshot:
-        """Read the passage input and door contact (both in one request when they are close)."""
+    async def read_inputs(self, priority: Priority = Priority.POLL) -> InputsSnapshot:
+        """Read the passage input and door contact (both in one request when they are close).
+
+        `priority` WRITE puts the read in line with coil writes (first come, first served)
+        instead of after them: for the reading that must see a rotation end."""
         cfg = self.out_cfg
         if self._health is not OutputHealth.online:
             self._spawn_reconnect_if_needed()
@@ -426,11 +400,12 @@ class ModbusGateOutput(ModbusDevice):
         values: dict[int, bool] = {}
         lo, hi = min(wanted), max(wanted)
         if hi - lo < 16:
-            for offset, bit in enumerate(await self.read_bits(lo, hi - lo + 1)):
+            bits = await self.read_bits(lo, hi - lo + 1, priority=priority)
+            for offset, bit in enumerate(bits):
                 values[lo + offset] = bit
         else:
             for addr in wanted:
-                values[addr] = (await self.read_bits(addr, 1))[0]
+                values[addr] = (await self.read_bits(addr, 1, priority=priority))[0]
         passage = None
         if cfg.passage_input is not None:
             passage = values[cfg.passage_input] != cfg.passage_active_low
@@ -438,35 +413,3 @@ class ModbusGateOutput(ModbusDevice):
         if cfg.door_contact is not None:
             door_open = values[cfg.door_contact] != cfg.door_contact_active_low
         return InputsSnapshot(passage=passage, door_open=door_open)
-
-    async def wait_passage(self, timeout: float, *, baseline: bool | None = None) -> bool:
-        """Wait for the passage input (or, without one, the door contact) to become active.
-
-        Polls every ~20 ms. `baseline` is the input's level just before the release (the
-        caller's last poll). If it was active, that is the previous person's rotation still
-        in progress, and a fresh rising edge is needed. Without a baseline, the first read
-        stands in for it, which is right only if nobody can turn the turnstile before that
-        read lands (true on a fast link; pass a baseline on slow RS-485 lines).
-        Without either sensor, returns True at once (commit on grant).
-        Raises OutputFault if the board stops answering meanwhile.
-        """
-        cfg = self.out_cfg
-        if cfg.passage_input is None and cfg.door_contact is None:
-            return True
-        use_passage = cfg.passage_input is not None
-        deadline = time.monotonic() + timeout
-        # None until a reading gives the baseline; True once the input was seen inactive.
-        armed: bool | None = None if baseline is None else not baseline
-        while True:
-            snap = await self.read_inputs()
-            active = bool(snap.passage if use_passage else snap.door_open)
-            if armed is None:
-                armed = not active
-            elif not active:
-                armed = True
-            elif armed:
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            await asyncio.sleep(min(PASSAGE_POLL, remaining))

@@ -1,6 +1,8 @@
 """What every reader shares: health, counters, debounce, backoff and the Reader protocol.
 
-Everything here is sans-I/O (clocks are passed in) so it is tested without devices.
+Debounce and backoff are pure (clocks are passed in) and tested without devices;
+ReaderBase is the async plumbing the concrete readers share (health changes, the
+debounced hand-over of a read to the daemon, the wait before a retry).
 """
 
 from __future__ import annotations
@@ -182,7 +184,7 @@ class ReaderBase:
         await asyncio.sleep(self._backoff.next())
 
     async def _emit(self, on_credential: OnCredential, read: CredentialRead) -> None:
-        if not self._debouncer.accept(self.id, read.kind, read.value, self._clock()):
+        if not self._debouncer.accept(self.id, read.kind, read.debounce_key, self._clock()):
             self._stats.bump("debounced")
             return
         credential = read.to_credential(self.id, self._now())

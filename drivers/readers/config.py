@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from .base import Reader
-from .frames import HEX_PAYLOADS, Checksum, FrameConfig, Framing, Terminator
-from .payloads import PayloadFormat
+from .frames import DEFAULT_FRAME_GAP, Checksum, FrameConfig, Framing, Terminator
+from .payloads import CARD_FORMATS, HEX_PAYLOADS, ByteOrder, PayloadFormat
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -74,18 +74,39 @@ class SerialReaderConfig(_ReaderConfigBase):
     )
     format: PayloadFormat = Field(
         PayloadFormat.HEX,
-        description="What the payload is: hex (UID), decimal (EM4100 10-digit number), "
-        "wiegand26/wiegand34 (converter output: bit string or hex of the bits), qr "
-        "(text), auto (hex/decimal-only lines are cards, anything else QR).",
+        description="What the payload is (docs/hardware.md, card identity): uid (13.56 MHz "
+        "UID in hex), uid-decimal (the UID as one decimal number), em (EM4100: 10 hex "
+        "digits), em-decimal (EM4100 card number, up to 10 digits), wiegand26/34/37 "
+        "(converter output: bit string, hex of the bits, or FC:NUMBER), hex (earlier "
+        "versions: 10 hex digits are EM4100, others a UID), decimal (= em-decimal), qr "
+        "(text), auto (card-looking lines are cards in card_format, anything else QR).",
+    )
+    card_format: PayloadFormat = Field(
+        PayloadFormat.HEX,
+        description="With format auto: what card-looking lines are (any card format).",
+    )
+    byte_order: ByteOrder = Field(
+        ByteOrder.FORWARD,
+        description="uid formats: 'forward' (bytes in the card's order, as NFC readers "
+        "report them) or 'reversed' (least significant byte first, as some readers print).",
     )
     max_frame_length: int = Field(
         256, ge=8, le=8192, description="Longest frame in bytes; longer garbage is dropped."
+    )
+    frame_gap: float | None = Field(
+        DEFAULT_FRAME_GAP,
+        gt=0,
+        le=10,
+        description="Seconds of silence after which a partial frame is discarded (and "
+        "counted): a frame cut short must not glue onto the next card's. null: never.",
     )
 
     @model_validator(mode="after")
     def _checksum_fits_format(self) -> SerialReaderConfig:
         if self.checksum is Checksum.XOR_HEX and self.format not in HEX_PAYLOADS:
-            raise ValueError("checksum 'xor-hex' needs format hex, wiegand26 or wiegand34")
+            raise ValueError("checksum 'xor-hex' needs format hex, uid, em or wiegand26/34/37")
+        if self.card_format not in CARD_FORMATS:
+            raise ValueError("card_format must be a card format (not qr or auto)")
         return self
 
     def frame_config(self) -> FrameConfig:
@@ -95,6 +116,9 @@ class SerialReaderConfig(_ReaderConfigBase):
             checksum=self.checksum,
             format=self.format,
             max_frame_length=self.max_frame_length,
+            byte_order=self.byte_order,
+            card_format=self.card_format,
+            frame_gap=self.frame_gap,
         )
 
 
@@ -139,6 +163,23 @@ class KeyboardReaderConfig(_ReaderConfigBase):
         description="Take the device exclusively so scans don't also type into whatever "
         "has keyboard focus on this computer.",
     )
+    format: PayloadFormat = Field(
+        PayloadFormat.AUTO,
+        description="What a typed line is: auto (card-looking lines are cards in "
+        "card_format, anything else QR), or one format for every line (see serial readers).",
+    )
+    card_format: PayloadFormat = Field(
+        PayloadFormat.HEX,
+        description="With format auto: what card-looking lines are. Wedge RFID readers "
+        "usually type em-decimal (125 kHz) or uid-decimal with byte_order reversed (13.56 MHz).",
+    )
+    byte_order: ByteOrder = Field(ByteOrder.FORWARD, description="uid formats: forward or reversed.")
+
+    @model_validator(mode="after")
+    def _card_format(self) -> KeyboardReaderConfig:
+        if self.card_format not in CARD_FORMATS:
+            raise ValueError("card_format must be a card format (not qr or auto)")
+        return self
 
 
 class OsdpReaderConfig(_ReaderConfigBase):
@@ -168,6 +209,17 @@ class OsdpReaderConfig(_ReaderConfigBase):
     reader_number: int = Field(0, ge=0, le=255, description="Reader number on the PD.")
     feedback_seconds: float = Field(
         2.0, gt=0, le=25, description="How long the green/red LED and text stay on."
+    )
+    card_data: Literal["wiegand", "uid"] = Field(
+        "wiegand",
+        description="What the reader's raw card bits are: 'wiegand' (26/34/37-bit frames "
+        "with good parity become facility + number, other lengths stay raw bits) or 'uid' "
+        "(whole bytes are the card's UID, for readers set to send the CSN).",
+    )
+    display: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Show the member's message on the reader's display (OSDP TEXT): auto "
+        "when the reader reports a text display, on always, off never.",
     )
 
     @field_validator("scbk")
@@ -242,7 +294,15 @@ def build_reader(cfg: ReaderConfig, **hooks: Any) -> Reader:
     if isinstance(cfg, KeyboardReaderConfig):
         from .keyboard import KeyboardReader
 
-        return KeyboardReader(cfg.id, cfg.device, grab=cfg.grab, **common)
+        return KeyboardReader(
+            cfg.id,
+            cfg.device,
+            grab=cfg.grab,
+            format=cfg.format,
+            card_format=cfg.card_format,
+            byte_order=cfg.byte_order,
+            **common,
+        )
     if isinstance(cfg, OsdpReaderConfig):
         from .osdp_reader import OsdpReader, SerialChannel
 
@@ -255,6 +315,8 @@ def build_reader(cfg: ReaderConfig, **hooks: Any) -> Reader:
             secure_channel=cfg.secure_channel,
             reader_number=cfg.reader_number,
             feedback_seconds=cfg.feedback_seconds,
+            card_data=cfg.card_data,
+            display=cfg.display,
             **common,
         )
     raise TypeError(f"unknown reader config {type(cfg).__name__}")

@@ -1,9 +1,14 @@
 """Sans-I/O parser for serial line readers, in the manner of h11: bytes in, events out.
 
-`SerialFrameParser(config).feed(data)` returns decoded reads and counted errors; it
-does no I/O, reads no clock and never raises on input. It walks the input byte by byte
-so the result cannot depend on how the serial driver chunked the stream (a property
-the tests check with hypothesis), and it holds at most `max_frame_length` bytes.
+`SerialFrameParser(config).feed(data, now)` returns decoded reads and counted errors; it
+does no I/O, reads no clock (the shell passes `now`) and never raises on input. It walks
+the input byte by byte so the result cannot depend on how the serial driver chunked the
+stream (a property the tests check with hypothesis), and it holds at most
+`max_frame_length` bytes.
+
+A reader sends a frame in one burst. Bytes of a frame followed by silence longer than
+`frame_gap` are the remains of a cut frame (a card pulled away mid-read, a reader reset):
+they are discarded and counted (`gap`), so they cannot glue onto the next card's frame.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from enum import StrEnum
 from functools import reduce
 from operator import xor
 
-from .payloads import PayloadFormat, decode_payload
+from .payloads import HEX_PAYLOADS, ByteOrder, PayloadFormat, decode_payload
 from .reads import CredentialRead, FrameError, FrameErrorReason
 
 STX = 0x02
@@ -21,9 +26,7 @@ ETX = 0x03
 _BLANKS = frozenset(b" \t\r\n\x00")
 _RAW_KEEP = 64  # bytes of a bad frame kept in the error, for logs
 
-
-# Payloads made of hex pairs, the only ones an xor-hex checksum makes sense for.
-HEX_PAYLOADS = frozenset({PayloadFormat.HEX, PayloadFormat.WIEGAND26, PayloadFormat.WIEGAND34})
+DEFAULT_FRAME_GAP = 0.1  # seconds; a frame at 1,200 baud has ~8 ms between characters
 
 
 class Framing(StrEnum):
@@ -57,12 +60,17 @@ class FrameConfig:
     checksum: Checksum = Checksum.NONE
     format: PayloadFormat = PayloadFormat.HEX
     max_frame_length: int = 256  # whole frame, framing bytes included
+    byte_order: ByteOrder = ByteOrder.FORWARD  # uid formats
+    card_format: PayloadFormat = PayloadFormat.HEX  # what card-looking lines are under auto
+    frame_gap: float | None = DEFAULT_FRAME_GAP  # None: never discard a partial frame
 
     def __post_init__(self) -> None:
         if self.max_frame_length < 4:
             raise ValueError("max_frame_length must be at least 4")
         if self.checksum is Checksum.XOR_HEX and self.format not in HEX_PAYLOADS:
-            raise ValueError("checksum xor-hex needs a hex payload (hex, wiegand26, wiegand34)")
+            raise ValueError("checksum xor-hex needs a hex payload (hex, uid, em, wiegand)")
+        if self.frame_gap is not None and self.frame_gap <= 0:
+            raise ValueError("frame_gap must be positive (or None)")
 
 
 ParserOutput = CredentialRead | FrameError
@@ -76,13 +84,43 @@ class SerialFrameParser:
         self._discarding = False  # inside an overlong frame, dropping until its end
         self._in_frame = False  # STX/ETX: between an STX and its ETX
         self._noise = 0  # STX/ETX: non-blank bytes seen outside frames
+        self._last_byte_at: float | None = None
 
     @property
     def buffered(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[ParserOutput]:
+    @property
+    def expires_at(self) -> float | None:
+        """When a partial frame now buffered becomes stale (for the shell's timer)."""
+        gap = self.config.frame_gap
+        if gap is None or self._last_byte_at is None or not self._partial():
+            return None
+        return self._last_byte_at + gap
+
+    def _partial(self) -> bool:
+        if self._in_frame:
+            return True
+        return any(b not in _BLANKS for b in self._buf)
+
+    def expire(self, now: float) -> list[ParserOutput]:
+        """Discard a partial frame older than frame_gap at `now`; counted as `gap`."""
+        deadline = self.expires_at
+        if deadline is None or now <= deadline:
+            return []
+        dropped = bytes(self._buf)
+        self._buf.clear()
+        self._in_frame = False
+        self._discarding = False
+        detail = f"partial frame discarded after {self.config.frame_gap:g} s of silence"
+        return [_error(FrameErrorReason.GAP, detail, dropped)]
+
+    def feed(self, data: bytes, now: float | None = None) -> list[ParserOutput]:
+        """Bytes in, reads and errors out. Without `now` no gap is ever detected."""
         out: list[ParserOutput] = []
+        if now is not None and data:
+            out.extend(self.expire(now))
+            self._last_byte_at = now
         if self.config.framing is Framing.LINE:
             for byte in data:
                 self._line_byte(byte, out)
@@ -158,7 +196,8 @@ class SerialFrameParser:
         body = _check(self.config.checksum, text)
         if isinstance(body, FrameError):
             return [body]
-        result = decode_payload(self.config.format, body)
+        cfg = self.config
+        result = decode_payload(cfg.format, body, order=cfg.byte_order, card_format=cfg.card_format)
         if isinstance(result, FrameError) and not result.raw:
             return [_error(result.reason, result.detail, frame)]
         return [result]

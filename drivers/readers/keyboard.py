@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import OnCredential, ReaderBase, ReaderHealth
-from .payloads import decode_auto
+from .payloads import ByteOrder, PayloadFormat, decode_payload
 from .reads import FrameError
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,8 @@ def _open_evdev(path: str) -> Any:
 
 
 class KeyboardReader(ReaderBase):
-    """Lines that look like a card number (hex/decimal only) become cards, anything
-    else QR text."""
+    """One line per scan, decoded as `format` (by default: card-looking lines are cards
+    in `card_format`, anything else QR text)."""
 
     PRESENCE_CHECK_S = 1.0
 
@@ -113,12 +113,16 @@ class KeyboardReader(ReaderBase):
         device: str,
         *,
         grab: bool = True,
+        format: PayloadFormat = PayloadFormat.AUTO,
+        card_format: PayloadFormat = PayloadFormat.HEX,
+        byte_order: ByteOrder = ByteOrder.FORWARD,
         open_device: DeviceOpener = _open_evdev,
         **kwargs: Any,
     ) -> None:
         super().__init__(id, **kwargs)
         self.device = device
         self.grab = grab
+        self.format, self.card_format, self.byte_order = format, card_format, byte_order
         self._open_device = open_device
 
     async def run(self, on_credential: OnCredential) -> None:
@@ -191,7 +195,9 @@ class KeyboardReader(ReaderBase):
         if not line.strip():
             return
         self.stats.bump("frames")
-        read = decode_auto(line)
+        read = decode_payload(
+            self.format, line, order=self.byte_order, card_format=self.card_format
+        )
         if isinstance(read, FrameError):
             self.stats.bump("rejected_frames")
             return

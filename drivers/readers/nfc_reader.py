@@ -13,10 +13,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from rules.credential import CredentialKind
+from rules.credential import MAX_UID_BYTES, Card
 
 from .base import Backoff, OnCredential, ReaderBase, ReaderHealth
-from .payloads import normalise_uid_bytes
 from .reads import CredentialRead
 
 log = logging.getLogger(__name__)
@@ -103,13 +102,12 @@ class NfcReader(ReaderBase):
         def on_connect(tag: Any) -> bool:
             self.stats.bump("frames")
             identifier = bytes(getattr(tag, "identifier", b"") or b"")
-            if not identifier:
+            if not 0 < len(identifier) <= MAX_UID_BYTES:
                 self.stats.bump("rejected_frames")
                 return True
             deliver(
-                CredentialRead(
-                    CredentialKind.CARD,
-                    normalise_uid_bytes(identifier),
+                CredentialRead.of_card(
+                    Card.uid(identifier),
                     {"format": "nfc", "tag_type": str(getattr(tag, "type", ""))},
                 )
             )

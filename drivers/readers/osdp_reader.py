@@ -21,11 +21,11 @@ from typing import Any
 import osdp
 import serial
 
-from rules.credential import CredentialKind, normalise_card
+from rules.credential import WIEGAND_LAYOUTS, Card, card_from_text
 
 from .base import OnCredential, ReaderBase, ReaderHealth
-from .payloads import normalise_uid_bytes
 from .reads import CredentialRead
+from .wiegand import ParityError, decode_frame, from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,29 @@ def _card_bytes(data: object) -> bytes:
     if isinstance(data, list) and all(isinstance(b, int) and 0 <= b <= 255 for b in data):
         return bytes(data)
     return b""
+
+
+def card_from_osdp(data: bytes, bit_count: int, card_data: str = "wiegand") -> Card:
+    """The card in an OSDP raw card read: `bit_count` bits, MSB first, padded to bytes.
+
+    card_data "wiegand": a frame of a known Wiegand length with good parity is that card
+    (so an OSDP reader and a Wiegand converter agree on it); anything else stays raw
+    bits. card_data "uid": whole bytes are the card's UID (readers that send the CSN).
+    ValueError when the data does not hold `bit_count` bits.
+    """
+    if not data:
+        raise ValueError("no card data")
+    if not 0 < bit_count <= 8 * len(data):
+        bit_count = 8 * len(data)  # a PD that reports no (or a wrong) count: the bytes
+    bits = from_bytes(data, bit_count)
+    if card_data == "uid" and bit_count % 8 == 0:
+        return Card.uid(bits.to_bytes(bit_count // 8, "big"))
+    if card_data == "wiegand" and bit_count in WIEGAND_LAYOUTS:
+        try:
+            return decode_frame(bit_count, bits)
+        except ParityError:
+            pass  # not that layout after all: keep every bit
+    return Card.raw(bit_count, bits)
 
 
 def generate_scbk() -> str:
@@ -85,6 +108,40 @@ class SerialChannel(osdp.Channel):  # type: ignore[misc]  # libosdp ships no typ
         self._port.close()
 
 
+class _Watched(osdp.Channel):  # type: ignore[misc]  # libosdp ships no types
+    """The bus as libosdp sees it, counting what the reader sends back: a reader that
+    answers but never gets a secure channel up has another key than ours."""
+
+    def __init__(self, inner: osdp.Channel) -> None:
+        super().__init__()
+        self.inner = inner
+        self.received = 0
+        self.broken = getattr(inner, "broken", None)
+
+    def read(self, max_bytes: int) -> bytes:
+        data = bytes(self.inner.read(max_bytes))
+        self.received += len(data)
+        return data
+
+    def write(self, buf: bytes) -> int:
+        return int(self.inner.write(buf))
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+
+KEY_REFUSED = (
+    "reader {id}: answers but refuses the secure channel: its key is not the scbk "
+    "configured for it (a new reader in install mode: `gated osdp-install {id} -c FILE` "
+    "loads the configured key into it)"
+)
+
+
 class OsdpReader(ReaderBase):
     def __init__(
         self,
@@ -97,7 +154,11 @@ class OsdpReader(ReaderBase):
         reader_number: int = 0,
         feedback_seconds: float = 2.0,
         online_grace: float = 3.0,
-        log_level: int = osdp.LogLevel.Error,
+        # libosdp writes its own log lines to stderr, outside our log pipeline; what it
+        # would say at error level (a refused key, a silent reader) we say ourselves.
+        log_level: int = osdp.LogLevel.Emergency,
+        card_data: str = "wiegand",
+        display: str = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(id, **kwargs)
@@ -111,8 +172,13 @@ class OsdpReader(ReaderBase):
         self.feedback_seconds = feedback_seconds
         self.online_grace = online_grace
         self.log_level = log_level
+        self.card_data = card_data
+        self.display = display
         self._cp: osdp.ControlPanel | None = None
         self._pd_online = False
+        # The reader answered but the secure channel never came up: the wrong key.
+        self.key_refused = False
+        self._refusals = 0  # attempts in a row that ended so (one can be a reader booting)
 
     async def run(self, on_credential: OnCredential) -> None:
         loop = asyncio.get_running_loop()
@@ -124,7 +190,7 @@ class OsdpReader(ReaderBase):
 
         while True:
             try:
-                channel = self.channel_factory()
+                channel = _Watched(self.channel_factory())
             except (serial.SerialException, OSError) as exc:
                 self.stats.bump("device_errors")
                 log.debug("reader %s: cannot open OSDP bus: %s", self.id, exc)
@@ -149,7 +215,8 @@ class OsdpReader(ReaderBase):
                 close = getattr(channel, "close", None)
                 if close is not None:
                     close()
-                self._set_health(ReaderHealth.OFFLINE)
+                if not self.key_refused:
+                    self._set_health(ReaderHealth.OFFLINE)
                 while not events.empty():  # stale events of the old CP
                     events.get_nowait()
             await self._wait_before_retry()
@@ -163,6 +230,7 @@ class OsdpReader(ReaderBase):
     ) -> None:
         """Returns when the bus broke or the PD stayed offline past the grace time."""
         offline_since = time.monotonic()
+        heard_before = 0  # bytes from the reader before this offline spell
         broken = getattr(channel, "broken", None)
         while True:
             try:
@@ -176,15 +244,32 @@ class OsdpReader(ReaderBase):
                 return
             online = await asyncio.to_thread(self._is_online, cp)
             if online and not self._pd_online:
+                self.key_refused = False
+                self._refusals = 0
                 self._mark_opened()
             elif not online:
                 if self._pd_online:
                     offline_since = time.monotonic()
+                    heard_before = channel.received if isinstance(channel, _Watched) else 0
                     self._set_health(ReaderHealth.OFFLINE)
                 if time.monotonic() - offline_since > self.online_grace:
                     self.stats.bump("device_errors")
+                    self._check_key(channel, heard_before)
                     return
             self._pd_online = online
+
+    def _check_key(self, channel: osdp.Channel, heard_before: int) -> None:
+        answered = isinstance(channel, _Watched) and channel.received > heard_before
+        if not (self.secure_channel and answered):
+            self._refusals = 0
+            return
+        self._refusals += 1
+        if self._refusals < 2:
+            return
+        if not self.key_refused:
+            log.error(KEY_REFUSED.format(id=self.id))
+        self.key_refused = True
+        self._set_health(ReaderHealth.ERROR)
 
     def _is_online(self, cp: osdp.ControlPanel) -> bool:
         if not cp.is_online(self.address):
@@ -199,19 +284,24 @@ class OsdpReader(ReaderBase):
         if not data:  # absent, empty or not bytes at all: never trust the shape of an event
             self.stats.bump("rejected_frames")
             return
+        length = event.get("length")
+        bit_count = length if isinstance(length, int) else 8 * len(data)
         meta = {
             "format": "osdp",
             "osdp_format": str(event.get("format", "")),
-            "bits": str(event.get("length", len(data) * 8)),
+            "bits": str(bit_count),
             "pd_address": str(self.address),
         }
-        if event.get("format") == osdp.CardFormat.ASCII:
-            value = normalise_card(data.decode("ascii", errors="replace"))
-        else:
-            # Raw bits, MSB first, padded to whole bytes: the bytes as hex are stable
-            # for a card whatever the bit count, and match our hex UID normal form.
-            value = normalise_uid_bytes(data)
-        await self._emit(on_credential, CredentialRead(CredentialKind.CARD, value, meta))
+        try:
+            if event.get("format") == osdp.CardFormat.ASCII:
+                card = card_from_text(data.decode("ascii"))
+            else:
+                card = card_from_osdp(data, bit_count, self.card_data)
+        except ValueError as exc:  # UnicodeDecodeError is one too
+            self.stats.bump("rejected_frames")
+            log.warning("reader %s: rejected OSDP card read (%s)", self.id, exc)
+            return
+        await self._emit(on_credential, CredentialRead.of_card(card, meta))
 
     async def feedback(self, granted: bool, message: str) -> None:
         """Green LED + one short beep on grant, red LED + three beeps on deny, and the
@@ -247,7 +337,7 @@ class OsdpReader(ReaderBase):
                 "rep_count": 1 if granted else 3,
             },
         ]
-        if message and self._has_display(cp):
+        if message and self._shows_text(cp):
             commands.append(
                 {
                     "command": osdp.Command.Text,
@@ -266,9 +356,63 @@ class OsdpReader(ReaderBase):
             except Exception:  # libosdp raises on odd dicts; feedback must not kill us
                 log.exception("reader %s: feedback command failed", self.id)
 
-    def _has_display(self, cp: osdp.ControlPanel) -> bool:
+    def _shows_text(self, cp: osdp.ControlPanel) -> bool:
+        if self.display != "auto":
+            return self.display == "on"
         try:
             _, items = cp.check_capability(self.address, osdp.Capability.TextOutput)
         except Exception:
             return False
         return bool(items)
+
+
+def install_key(
+    channel_factory: ChannelFactory,
+    *,
+    address: int,
+    scbk: bytes,
+    timeout: float = 10.0,
+    log_level: int = osdp.LogLevel.Emergency,
+) -> str | None:
+    """Load `scbk` into a reader in install mode (or check a reader that has it already),
+    then prove it with a secure channel on that key alone. Blocking (run in a thread).
+
+    A control panel in install mode falls back to the default key SCBK-D and sends ours
+    with osdp_KEYSET (libosdp does both); it is a provisioning-time mode only — a panel
+    left in it would hand the key to any reader in install mode on the line — so the
+    daemon never runs in it. Returns None on success, else what went wrong.
+    """
+    if len(scbk) != 16:
+        return "the key must be 16 bytes (32 hex digits)"
+
+    def session(flags: list[int]) -> tuple[bool, bool]:
+        channel = _Watched(channel_factory())
+        info = osdp.PDInfo(address, channel, scbk=scbk, name="install", flags=flags)
+        cp = osdp.ControlPanel([info], log_level=log_level)
+        cp.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if cp.is_online(address) and cp.is_sc_active(address):
+                    return True, True
+                time.sleep(0.05)
+            return False, channel.received > 0
+        finally:
+            cp.teardown()
+            channel.close()
+
+    ok, answered = session([osdp.LibFlag.InstallMode])
+    if not ok:
+        if not answered:
+            return (
+                "no answer from the reader: check the address, the baud rate, the wiring "
+                "(A/B) and the reader's power"
+            )
+        return (
+            "the reader answers but took neither our key nor the install key: it holds "
+            "another key; reset it to install mode (vendor tool or reset card) and try again"
+        )
+    ok, _ = session([osdp.LibFlag.EnforceSecure])
+    if not ok:
+        return "the key was sent but the reader does not use it: try again, or reset the reader"
+    return None

@@ -18,7 +18,7 @@ from typing import Any
 import serial
 
 from .base import OnCredential, ReaderBase, ReaderHealth
-from .frames import FrameConfig, SerialFrameParser
+from .frames import FrameConfig, ParserOutput, SerialFrameParser
 from .reads import FrameError
 
 log = logging.getLogger(__name__)
@@ -111,10 +111,17 @@ class SerialReader(ReaderBase):
         loop.add_reader(fd, readable)
         try:
             while True:
+                # Wake up when a partial frame goes stale, so it is counted (and gone)
+                # even if the reader stays silent afterwards.
+                wait = PRESENCE_CHECK_S
+                stale_at = parser.expires_at
+                if stale_at is not None:
+                    wait = min(wait, max(0.0, stale_at - self._clock()) + 0.001)
                 try:
-                    data = await asyncio.wait_for(chunks.get(), PRESENCE_CHECK_S)
+                    data = await asyncio.wait_for(chunks.get(), wait)
                 except TimeoutError:
-                    if not os.path.exists(self.device):
+                    await self._handle(parser.expire(self._clock()), on_credential)
+                    if stale_at is None and not os.path.exists(self.device):
                         log.info("reader %s: %s disappeared", self.id, self.device)
                         self.stats.bump("device_errors")
                         return
@@ -122,18 +129,21 @@ class SerialReader(ReaderBase):
                 if data is None:
                     self.stats.bump("device_errors")
                     return
-                for item in parser.feed(data):
-                    self.stats.bump("frames")
-                    if isinstance(item, FrameError):
-                        self.stats.bump("rejected_frames")
-                        log.warning(
-                            "reader %s: rejected frame (%s: %s) %r",
-                            self.id,
-                            item.reason,
-                            item.detail,
-                            item.raw,
-                        )
-                    else:
-                        await self._emit(on_credential, item)
+                await self._handle(parser.feed(data, self._clock()), on_credential)
         finally:
             loop.remove_reader(fd)
+
+    async def _handle(self, items: list[ParserOutput], on_credential: OnCredential) -> None:
+        for item in items:
+            self.stats.bump("frames")
+            if isinstance(item, FrameError):
+                self.stats.bump("rejected_frames")
+                log.warning(
+                    "reader %s: rejected frame (%s: %s) %r",
+                    self.id,
+                    item.reason,
+                    item.detail,
+                    item.raw,
+                )
+            else:
+                await self._emit(on_credential, item)

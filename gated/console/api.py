@@ -354,6 +354,10 @@ async def enrol_card(request: Request) -> Response:
     store = c.views.store
     if store.member(member_id) is None:
         raise HttpError(404, "no such member")
+    try:
+        store.card_key(card)  # typed key, or text this site's readers send (rules/credential.py)
+    except ValueError as e:
+        raise HttpError(400, f"not a card: {e}") from None
     holder = store.member_for_card(card)
     if holder == member_id:
         raise HttpError(409, "this card is already this member's")

@@ -75,6 +75,9 @@ class ConsoleBackend(Protocol):
 
     async def set_lockdown(self, on: bool, operator: str) -> None: ...
 
+    async def relay_by_hand(self, gate_id: str, action: str, seconds: float | None, operator: str) -> dict[str, Any]:
+        """An installer's hand on a gate's relay (`gated relay` while the daemon runs)."""
+
     async def set_emergency(self, on: bool, operator: str) -> None: ...
 
     def audit(self, operator: str, action: str, detail: dict[str, Any]) -> None:
@@ -160,6 +163,9 @@ class DaemonBackend:
 
     async def set_lockdown(self, on: bool, operator: str) -> None:
         await self._d.set_lockdown(on, operator)
+
+    async def relay_by_hand(self, gate_id: str, action: str, seconds: float | None, operator: str) -> dict[str, Any]:
+        return await self._d.relay_by_hand(gate_id, action, seconds, operator)
 
     async def set_emergency(self, on: bool, operator: str) -> None:
         if on:

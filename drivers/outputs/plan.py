@@ -1,0 +1,77 @@
+"""The relay's pulse/hold plan and the passage edge detector, as pure state machines.
+
+No I/O, no clock reads: the async shell (modbus.py, gate.py) passes `now` in and writes
+the coil levels these return, in order. Levels are logical: True = gate released.
+
+RelayPlan rules:
+- a pulse releases for `seconds`; the level returns to the *rest* level at the deadline;
+- a pulse during a running pulse writes locked then released: turnstile controllers count
+  release edges, one rotation each, so a relay still on would not let a second person in;
+- hold(level) (fire alarm, lockdown, safe state) cancels any pulse and becomes the rest
+  level, so a pulse in flight when the fire release came cannot relock after it;
+- after a failed write nobody knows the coil's level: the plan falls back to the rest
+  level, which the reconnect probe writes (`desired`).
+
+PassageDetector: one person is one rising edge of the passage input (or, without one, of
+the door contact). An unknown level (board not answering) forgets the last one, so an
+input already active when the board answers again is not a new person.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class RelayPlan:
+    desired: bool = False  # the level the coil should have now
+    rest: bool = False  # the level a pulse returns to
+    pulse_until: float | None = None  # deadline of the running pulse
+
+    @property
+    def pulsing(self) -> bool:
+        return self.pulse_until is not None
+
+    def pulse(self, now: float, seconds: float) -> list[bool]:
+        retrigger = self.pulse_until is not None
+        self.pulse_until = now + seconds
+        self.desired = True
+        return [False, True] if retrigger else [True]
+
+    def due(self, now: float) -> list[bool]:
+        """The writes owed at `now`: the end of a pulse whose deadline passed."""
+        if self.pulse_until is None or now < self.pulse_until:
+            return []
+        return self.end_pulse()
+
+    def end_pulse(self) -> list[bool]:
+        """Relock now instead of at the deadline (the person has passed)."""
+        if self.pulse_until is None:
+            return []
+        self.pulse_until = None
+        self.desired = self.rest
+        return [self.rest]
+
+    def hold(self, released: bool) -> list[bool]:
+        self.pulse_until = None
+        self.desired = self.rest = released
+        return [released]
+
+    def write_failed(self) -> None:
+        # We cannot know whether the write landed; the reconnect probe writes the rest level.
+        self.pulse_until = None
+        self.desired = self.rest
+
+
+@dataclass(slots=True)
+class PassageDetector:
+    level: bool | None = None  # last level seen; None = unknown
+    edges: int = 0  # rising edges seen so far: people through
+
+    def observe(self, level: bool | None) -> bool:
+        """Feed one reading; True when it is a new person (a rising edge)."""
+        rising = level is True and self.level is False
+        self.level = level
+        if rising:
+            self.edges += 1
+        return rising

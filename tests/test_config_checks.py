@@ -1,0 +1,120 @@
+"""`gated check-config`: every problem of a file in one pass — the models' errors and the
+checks across sections together — "did you mean", unstable device paths, one set of line
+settings per RS-485 line, one purpose per coil and input, addresses that are no address."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gated.config import Config, ConfigError, load_config
+from gated.config_checks import allowed_keys, did_you_mean
+
+LINE = "/dev/serial/by-id/usb-FTDI_RS485-if00-port0"
+
+MANY_PROBLEMS = f"""\
+site: {{id: s, timezone: Europe/Madrid}}
+gates:
+  - id: in-1
+    zone: main
+    anti_passback: sometimes
+    readers:
+      - {{type: serial, id: r1, devise: /dev/ttyUSB0}}
+    output:
+      {{transport: rtu, device: {LINE}, baudrate: 9600, unit: 1, coil: 0, passage_input: 0}}
+  - id: in-2
+    zone: main
+    readers:
+      - {{type: serial, id: r2, device: {LINE}}}
+    output:
+      {{transport: rtu, device: {LINE}, baudrate: 19200, unit: 1, coil: 0, door_contact: 0}}
+  - id: in-3
+    zone: main
+    output: {{transport: tcp, host: 192.168.1.300, coil: 0}}
+fire_alarm: {{transport: rtu, device: {LINE}, unit: 1, input: 0}}
+console: {{bind: 10.0.0.256}}
+"""
+
+
+def check(tmp: Path, text: str) -> subprocess.CompletedProcess[str]:
+    path = tmp / "gated.yaml"
+    path.write_text(text)
+    return subprocess.run([sys.executable, "-m", "gated.cli", "check-config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_every_problem_in_one_pass_with_its_line(tmp_path: Path) -> None:
+    out = check(tmp_path, MANY_PROBLEMS)
+    assert out.returncode == 2
+    lines = out.stdout.splitlines()
+
+    def said(line: int, key: str, text: str) -> None:
+        assert any(f":{line}: error: {key}: " in x and text in x for x in lines), (line, key, text, lines)
+
+    said(5, "gates[0].anti_passback", "none")  # a model error...
+    said(7, "gates[0].readers[0].devise", "did you mean 'device'?")  # ...and its neighbours
+    said(15, "gates[1].output.baudrate", "one set of line settings (baudrate 9600 there, 19200 here)")
+    said(15, "gates[1].output.coil", "coil 0 of unit 1 on " + LINE + " is already gates[0].output's relay")
+    said(15, "gates[1].output.door_contact", "input 0 of unit 1 on " + LINE + " is already gates[0].output.passage_input")
+    said(13, "gates[1].readers[0].device", "is the Modbus RS-485 line of gates[0].output")
+    said(18, "gates[2].output.host", "'192.168.1.300' is not a valid IP address")
+    said(19, "fire_alarm.input", "already gates[0].output.passage_input")
+    said(20, "console.bind", "'10.0.0.256' is not a valid IP address")
+    assert lines[-1] == f"{len(lines) - 1} error(s)"
+    assert "fire_alarm.baudrate" not in out.stdout  # 9600 written or by default is one setting
+
+
+def test_warnings_for_unstable_paths_and_a_busy_line(tmp_path: Path) -> None:
+    gates = "\n".join(
+        f"  - {{id: g{u}, zone: main, readers: [{{type: serial, id: r{u}, device: /dev/ttyUSB{u}}}],\n"
+        f"     output: {{transport: rtu, device: {LINE}, unit: {u}, coil: 0, passage_input: 0, poll_interval: 0.05}}}}"
+        for u in (1, 2, 3)
+    )
+    out = check(tmp_path, f"site: {{id: s, timezone: Europe/Madrid}}\ngates:\n{gates}\n")
+    assert out.returncode == 0, out.stdout
+    assert "warning: gates[0].readers[0].device: /dev/ttyUSB1 is numbered in plug-in order" in out.stdout
+    assert f"polling alone keeps {LINE} " in out.stdout and "busy at 9600 baud" in out.stdout
+
+
+def test_a_good_rtu_line_shared_by_three_gates_passes(tmp_path: Path) -> None:
+    gates = "\n".join(
+        f"  - {{id: g{u}, zone: main, output: {{transport: rtu, device: {LINE}, unit: {u}, coil: 0, passage_input: 0}}}}"
+        for u in (1, 2, 3)
+    )
+    out = check(tmp_path, f"site: {{id: s, timezone: Europe/Madrid}}\ngates:\n{gates}\n")
+    assert out.returncode == 0 and "error" not in out.stdout and "busy" not in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize(
+    "path,unknown,close",
+    [
+        ((), "gatez", "gates"),
+        (("gates", 0), "zon", "zone"),
+        (("gates", 0, "output"), "passage_imput", "passage_input"),
+        (("gates", 0, "readers", 0), "scbk_fil", "scbk_file"),  # an OSDP reader's own keys
+        (("fire_alarm",), "imput", "input"),
+        (("gates", 0), "qqqqqq", None),
+    ],
+)
+def test_did_you_mean(path: tuple[str | int, ...], unknown: str, close: str | None) -> None:
+    data = {"gates": [{"readers": [{"type": "osdp"}], "output": {}}], "fire_alarm": {}}
+    assert did_you_mean(Config, (*path, unknown), data) == close
+
+
+def test_allowed_keys_follow_the_reader_type() -> None:
+    data = {"gates": [{"readers": [{"type": "nfc"}]}]}
+    keys = allowed_keys(Config, ("gates", 0, "readers", 0), data)
+    assert keys is not None and "targets" in keys and "baudrate" not in keys
+
+
+def test_load_config_refuses_what_check_config_refuses(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(MANY_PROBLEMS.replace("anti_passback: sometimes", "anti_passback: none")
+                    .replace("devise", "device"))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    keys = {k for _, k, _ in e.value.problems}
+    assert "gates[2].output.host" in keys and "gates[1].output.coil" in keys
