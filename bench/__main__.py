@@ -66,6 +66,19 @@ def _git_head() -> str:
         return ""
 
 
+def _pressure() -> dict[str, str]:
+    """Linux pressure stall information (share of time tasks waited for the CPU or the
+    disk): how busy the shared machine was, beside the load average."""
+    out = {}
+    for what in ("cpu", "io"):
+        try:
+            with open(f"/proc/pressure/{what}") as f:
+                out[what] = f.readline().strip()
+        except OSError:
+            pass
+    return out
+
+
 def _freeze() -> None:
     """The generated data set (half a million objects) lives in this process for the whole
     run; a daemon does not hold it. Move it out of the cyclic GC's sight so collections
@@ -239,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "scale": args.scale,
         "members": big,
         "load_average": os.getloadavg(),
+        "pressure": _pressure(),
         "wire_times_ms": wire_times(),
     }
     data = None
@@ -298,9 +312,11 @@ def main(argv: list[str] | None = None) -> int:
 
     meta["seconds"] = round(time.perf_counter() - started, 1)
     meta["load_average_end"] = os.getloadavg()
+    meta["pressure_end"] = _pressure()
     rows = table(results, args.scale)
     print_table(rows)
     _log(f"load average at start {meta['load_average']}, at the end {meta['load_average_end']} (a shared machine)")
+    _log(f"pressure at start {meta['pressure']}, at the end {meta['pressure_end']}")
     out = {"meta": meta, "results": results, "table": [dict(zip(("figure", "measured", "budget", "link", "share"), r, strict=True)) for r in rows]}
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
     with open(out_path, "w") as f:

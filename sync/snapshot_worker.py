@@ -89,7 +89,9 @@ class BuildError(Exception):
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
+SYNC_FILE_RANGE_WAIT_BEFORE = 0x01
 SYNC_FILE_RANGE_WRITE = 0x02
+SYNC_FILE_RANGE_WAIT_AFTER = 0x04
 _libc: Any = None
 
 
@@ -112,11 +114,12 @@ def punch(fd: int, offset: int, length: int) -> None:
         c.fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length)
 
 
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing the range out now, without waiting (sync_file_range WRITE): a steady
-    trickle instead of a burst later. Where missing, the kernel writes it when it will."""
+def write_out(fd: int, offset: int, length: int) -> None:
+    """Write the range out now and wait for it (sync_file_range, no journal commit): one
+    small piece in flight at a time, instead of a burst later. Where the call is missing,
+    the kernel writes it when it will."""
     if c := _c():
-        c.sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+        c.sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER)
 
 
 # -- parsing (in the pool's processes) ----------------------------------------------------------
@@ -202,11 +205,11 @@ def _parse_task(task: tuple[int, int, int]) -> tuple[int, Rows | None, str | Non
 
 
 class Flusher:
-    """Writes the file being built out as it grows, a few megabytes at a time, from a
-    thread of its own (module section "pacing the disk"); the last fdatasync at the end
-    finds little left to write."""
+    """Writes the file being built out as it grows, a few megabytes at a time and one
+    piece in flight, from a thread of its own (module section "pacing the disk"); the
+    last fdatasync at the end finds little left to write."""
 
-    EVERY = 4 * 1024 * 1024  # bytes of growth between writebacks
+    EVERY = 4 * 1024 * 1024  # bytes of growth between writes
     POLL = 0.05  # seconds
 
     def __init__(self, path: Path):
@@ -220,7 +223,7 @@ class Flusher:
         while not self._stop.wait(self.POLL):
             size = os.fstat(self.fd).st_size
             if size - self.started >= self.EVERY:
-                start_writeback(self.fd, self.started, size - self.started)
+                write_out(self.fd, self.started, size - self.started)
                 self.started = size
 
     def close(self) -> None:
@@ -386,9 +389,11 @@ class _Control:
     a chunk while earlier ones are being inserted). The spool takes what arrives faster
     than it is built (a whole snapshot can arrive in seconds and take a minute to build):
     its first BACKLOG bytes ahead of the builder stay in the page cache, to be read and
-    punched out unwritten; beyond that, writeback starts at once, in small pieces."""
+    punched out unwritten (a 100,000-member snapshot never reaches the disk); beyond
+    that, each chunk is written out as it comes, one at a time, rather than left for the
+    kernel's 30-second flush of a gigabyte."""
 
-    BACKLOG = 64 * 1024 * 1024
+    BACKLOG = 256 * 1024 * 1024
     # parse tasks handed out ahead of the builder: parsers faster than the inserts would
     # otherwise pile their rows up in this process (2 GB at 1M members)
     AHEAD = 16
@@ -419,7 +424,7 @@ class _Control:
                     while view:
                         view = view[os.write(self.spool, view) :]
                     if offset + length - self.done > self.BACKLOG:
-                        start_writeback(self.spool, offset, length)
+                        write_out(self.spool, offset, length)
                     self.tasks.put((number, offset, length))
                     number += 1
                     offset += length
