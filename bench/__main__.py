@@ -150,7 +150,8 @@ def table(results: dict[str, Any], scale: str = "100k") -> list[tuple[str, str, 
             "event-loop lag during the import (1 ms probe)",
             f"{lag['median']:.2f} / {lag['p99']:.2f} ms (max {lag['max']:.1f}; per run "
             + ", ".join(f"{x:.1f}" for x in s["max_lag_ms"]["values"])
-            + f"); {s['long_lags']} over 20 ms, {s['long_lags_during_a_commit']} of them in a tap's commit",
+            + f"); {s['long_lags']} over 20 ms: {s['long_lags_during_a_commit']} in a tap's commit, "
+            + f"{s['long_lags_loop_busy_over_half']} with the loop's thread busy",
             budget["stall"],
             "—",
             "—",

@@ -96,15 +96,22 @@ async def _tapper(
         commit_ms.append((t2 - t1) * 1000)
 
 
-async def _probe(stop: asyncio.Event, lags: list[float], long: list[tuple[float, float]]) -> None:
+async def _probe(
+    stop: asyncio.Event, lags: list[float], long: list[tuple[float, float]], busy: list[float]
+) -> None:
+    """`busy`, per long lag: the share of it the loop's thread spent on the CPU (1: our own
+    code held the loop; near 0: it waited — for the CPU, taken by other processes, or in a
+    system call such as a commit's fsync)."""
     while not stop.is_set():
         t = time.perf_counter()
+        cpu = time.thread_time()
         await asyncio.sleep(PROBE_INTERVAL)
         woke = time.perf_counter()
         lag = max(0.0, woke - t - PROBE_INTERVAL)
         lags.append(lag * 1000)
         if lag > LONG_LAG:
             long.append((woke - lag, woke))
+            busy.append(round((time.thread_time() - cpu) / (woke - t), 2))
 
 
 def _during_commit(long: list[tuple[float, float]], commits: list[tuple[float, float]]) -> int:
@@ -122,9 +129,10 @@ async def import_once(store: Store, payloads: Payloads, data: SiteData) -> dict[
     lags: list[float] = []
     commits: list[tuple[float, float]] = []
     long: list[tuple[float, float]] = []
+    busy: list[float] = []
     tasks = [
         asyncio.create_task(_tapper(engine, data, stop, stalls, decide_ms, commit_ms, commits)),
-        asyncio.create_task(_probe(stop, lags, long)),
+        asyncio.create_task(_probe(stop, lags, long, busy)),
     ]
     await asyncio.sleep(0.05)
     before = store.replica_generation
@@ -156,6 +164,7 @@ async def import_once(store: Store, payloads: Payloads, data: SiteData) -> dict[
         "long_lags_during_a_commit": _during_commit(long, commits),
         # (seconds into the import, ms): when they came — feeding, building, switching
         "long_lag_times": [(round(a - t0, 3), round((b - a) * 1000, 1)) for a, b in long],
+        "long_lags_loop_busy": busy,  # per long lag: the loop thread's CPU share during it
         "switched_at": round(switched - t0, 3),
         "stalls_ms": stalls,
         "lags_ms": lags,
@@ -214,5 +223,8 @@ def run(data: SiteData, *, runs: int = 3, records_per_chunk: int = 1000, log: An
         "tap_commit_ms_during_import": summary([c for res in results for c in res["commit_ms"]]),
         "worker": [res["worker"] for res in results],
         "long_lag_times": [res["long_lag_times"] for res in results],
+        "long_lags_loop_busy": [res["long_lags_loop_busy"] for res in results],
+        # long lags the loop's own work explains (its thread on the CPU most of the lag)
+        "long_lags_loop_busy_over_half": sum(1 for res in results for b in res["long_lags_loop_busy"] if b > 0.5),
         "disk": sizes,
     }
