@@ -132,7 +132,9 @@ def table(results: dict[str, Any], scale: str = "100k") -> list[tuple[str, str, 
         rows.append((
             f"snapshot import (worker process, switched in), {s['members']:,} members",
             f"{imp['median']:.2f} s (max {imp['max']:.2f}; runs " + ", ".join(f"{x:.2f}" for x in imp["values"])
-            + f"); switch {s['switch_ms']['median']:.1f} ms (max {s['switch_ms']['max']:.1f})",
+            + f"); switch {s['switch_ms']['median']:.1f} ms (max {s['switch_ms']['max']:.1f}); worker CPU "
+            + ", ".join(f"{w['cpu_seconds']['builder'] + w['cpu_seconds']['parsers']:.1f}" for w in s["worker"])
+            + " s",
             budget["import"],
             "—",
             "—",

@@ -102,7 +102,12 @@ def card_rows(m: MemberIn, ten_digits: TenDigits = TenDigits.EM32) -> list[tuple
 
 def card_key_rows(m: MemberIn, ten_digits: TenDigits = TenDigits.EM32) -> list[tuple[str, str]]:
     """(key, card key) for `card_keys`: what less-informed readers see of each card."""
-    return [(k, c.key) for c in member_cards(m, ten_digits) for k, own in index_keys(c) if not own]
+    return keys_of(member_cards(m, ten_digits))
+
+
+def keys_of(cards: list[Card]) -> list[tuple[str, str]]:
+    """`card_key_rows` of cards already typed (a snapshot types each member's cards once)."""
+    return [(k, c.key) for c in cards for k, own in index_keys(c) if not own]
 
 
 def member_from_row(row: Row, cards: tuple[str, ...]) -> Member:

@@ -55,15 +55,7 @@ from sync.db import uri
 from sync.ledger import CURSOR_KEY
 from sync.protocol import SnapshotChunk
 from sync.replica_file import ReplicaFiles
-from sync.rows import (
-    MEMBER_INSERT,
-    Row,
-    booking_row,
-    card_key_rows,
-    card_rows,
-    member_row,
-    pass_row,
-)
+from sync.rows import MEMBER_INSERT, Row, booking_row, keys_of, member_cards, member_row, pass_row
 from sync.schema import REPLICA_INDEXES, REPLICA_SCHEMA_VERSION, REPLICA_TABLES
 
 PROGRESS_EVERY = 50  # chunks
@@ -166,10 +158,16 @@ class Parser:
             bookings = [booking_row(b, self.tz) for b in chunk.bookings]
         except ValueError as e:  # a wall time the zone cannot place
             raise BuildError(f"invalid chunk {number}: bookings: {e}", number) from None
+        cards: list[tuple[str, str]] = []
+        card_keys: list[tuple[str, str]] = []
+        for m in chunk.members:
+            typed = member_cards(m, self.ten_digits)  # once per member: both tables from it
+            cards += [(c.key, m.id) for c in typed]
+            card_keys += keys_of(typed)
         return (
             [member_row(m, self.synced_at) for m in chunk.members],
-            [row for m in chunk.members for row in card_rows(m, self.ten_digits)],
-            [row for m in chunk.members for row in card_key_rows(m, self.ten_digits)],
+            cards,
+            card_keys,
             [pass_row(p, p.applied.get(self.daemon, 0)) for p in chunk.passes],
             bookings,
         )
@@ -484,10 +482,17 @@ def run(params: dict[str, Any], control: BinaryIO, out: BinaryIO) -> int:
         result = build.finish()
         ok = True
         # the parsers were forked from this process: their peak counts what they shared
-        largest_parser = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        largest_parser = round(children.ru_maxrss / 1024, 1)
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        # the work done, whatever else the machine ran meanwhile
+        cpu = {
+            "builder": round(own.ru_utime + own.ru_stime, 2),
+            "parsers": round(children.ru_utime + children.ru_stime, 2),
+        }
         _say(
             out, event="built", seconds=round(time.perf_counter() - started, 3), parsers=parsers,
-            peak_rss_mb={"builder": _peak_rss_mb(), "largest_parser": largest_parser}, **result,
+            peak_rss_mb={"builder": _peak_rss_mb(), "largest_parser": largest_parser}, cpu_seconds=cpu, **result,
         )
         return 0
     except BuildError as e:
