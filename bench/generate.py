@@ -302,9 +302,9 @@ def member_json(m: Member) -> dict[str, Any]:
 def pass_json(r: PassRecord, daemon: str) -> dict[str, Any]:
     p = r.pass_
     out: dict[str, Any] = {"id": p.id, "member": p.member, "name": p.name, "kind": p.kind.value, "deduct_on": p.deduct_on.value}
+    out["applied"] = {daemon: r.applied_seq or 0}  # required on every pass (protocol 1.1)
     if p.balance is not None:
         out["balance"] = _amount(p.balance)
-        out["applied"] = {daemon: r.applied_seq or 0}
     if p.walk_in_cost is not None:
         out["walk_in_cost"] = _amount(p.walk_in_cost)
     if p.valid_from:

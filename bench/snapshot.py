@@ -1,12 +1,12 @@
 """Benchmark 3: a full snapshot of the large site imported while taps keep being decided.
 
-The snapshot goes the way the MQTT link takes it (sync/snapshot.py): on the daemon's
-event loop, each chunk's header is read (`SnapshotHeader`) and the payload handed to the
-`SnapshotImporter`, which spools it for the worker process; after the last chunk,
-`finish` waits for the worker to build the new replica file and switches it in. The
-chunks are the central system's JSON (1,000 records each, as `simulator/central.py`
-sends them), read from a file, handed over as fast as the loop takes them (the broker is
-left out: the bytes are given as aiomqtt would give them).
+The snapshot goes through the daemon's own MQTT link (`SyncLink.feed`: the session reads
+each chunk's header, the link hands the payload to the `SnapshotImporter`, whose worker
+process builds the new replica file; the session's guard looks at it, the switch puts it
+in place), on the daemon's event loop. The chunks are the central system's JSON (1,000
+records each, as `simulator/central.py` sends them), read from a file, handed over as
+fast as the loop takes them (the broker is left out: the bytes are given as aiomqtt
+would give them).
 
 The import time is from the first chunk handed over to the switch done.
 
@@ -36,7 +36,6 @@ from bench.common import fresh_dir, summary, values_summary
 from bench.generate import SiteData, chunk_payloads, gates, policy, site
 from gated.engine import Engine
 from rules.credential import Credential
-from sync.snapshot import SnapshotHeader, SnapshotImporter
 from sync.store import Store
 
 TAP_INTERVAL = 0.01
@@ -120,8 +119,12 @@ def _during_commit(long: list[tuple[float, float]], commits: list[tuple[float, f
 
 
 async def import_once(store: Store, payloads: Payloads, data: SiteData) -> dict[str, Any]:
+    from sync.link import MqttSettings, SyncLink
+
     engine = Engine(store, site(), gates(), policy())
-    importer = SnapshotImporter(store, DAEMON)
+    link = SyncLink(store, MqttSettings(site="bench", daemon=DAEMON), gates=gates())
+    topic = link.topics.snapshot
+    applied = link.stats["snapshots_applied"]
     stop = asyncio.Event()
     stalls: list[float] = []
     decide_ms: list[float] = []
@@ -137,15 +140,16 @@ async def import_once(store: Store, payloads: Payloads, data: SiteData) -> dict[
     await asyncio.sleep(0.05)
     before = store.replica_generation
     t0 = time.perf_counter()
-    for p in payloads:  # as the link hands them over (sync/link.py, `_on_chunk`)
-        header = SnapshotHeader.model_validate_json(p)
-        if header.chunk == 0:
-            await importer.begin(header, data.now)
-        await importer.add(header, p)
+    for p in payloads:
+        await link.feed(topic, p)
         await asyncio.sleep(0)  # the next MQTT message comes through the loop
     fed = time.perf_counter() - t0
-    report = await importer.finish()
+    while link.stats["snapshots_applied"] == applied:
+        if not link.snapshot_in_progress:
+            raise RuntimeError(f"snapshot not applied: {dict(link.stats)}")
+        await asyncio.sleep(0.005)
     seconds = time.perf_counter() - t0
+    report = link.replica.importer.report
     switched = time.perf_counter()
     stop.set()
     await asyncio.wait(tasks)

@@ -31,7 +31,7 @@ from gated.yamlload import Marked, YamlError, describe_error, dotted, load, read
 from rules.credential import TenDigits
 from rules.model import AntiPassback, Direction, EarlyEntry, Gate, Policy, Site
 from rules.timeutil import WeekSchedule, load_zone, parse_date, parse_duration, parse_window
-from sync.link import MqttSettings
+from sync.settings import MqttSettings
 
 Duration = Annotated[
     str,

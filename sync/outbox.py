@@ -1,7 +1,8 @@
 """This daemon's events: numbered 1, 2, 3, ... with no gap (`seq`), kept in the `events`
 table, which doubles as the outbox. The sync link publishes `events_after(acked_seq)`;
-the central system's ack moves `acked_seq` forward, and only acknowledged events are ever
-pruned.
+the central system's ack moves `acked_seq` forward. Acknowledged events are kept for a
+retention period (the central system may ask for them again after restoring a backup:
+a replay) and then pruned; unacknowledged events are never pruned.
 
 Events are appended inside a store transaction (Transaction.emit): the seq handed out is
 given back if the transaction rolls back, so a failed write leaves no gap.
@@ -67,8 +68,24 @@ class Outbox:
     def depth(self) -> int:
         return self.last_seq - self.acked_seq
 
-    def record_ack(self, applied_seq: int, keep: int) -> None:
-        """Inside a transaction (Store.ack): move acked_seq to `applied_seq` and prune the
-        acknowledged events beyond the newest `keep`."""
+    def record_ack(self, applied_seq: int) -> None:
+        """Inside a transaction (Store.ack): move acked_seq to `applied_seq`."""
         self.meta.put("acked_seq", str(applied_seq))
-        self.conn.execute("DELETE FROM events WHERE seq <= ? AND seq <= ?", (applied_seq, self.last_seq - keep))
+
+    @property
+    def first_seq(self) -> int:
+        """The oldest event still held (last_seq + 1 when none is)."""
+        row = self.conn.execute("SELECT MIN(seq) FROM events").fetchone()
+        return int(row[0]) if row and row[0] is not None else self.last_seq + 1
+
+    def prune(self, before: datetime, keep_max: int) -> int:
+        """Inside a transaction (Store.prune_acked): delete the acknowledged events older
+        than `before`, and those beyond the newest `keep_max` acknowledged ones. Walks the
+        events in seq order from the oldest and stops at the first one to keep (cost: the
+        events pruned, not the events kept). Returns how many went."""
+        acked = self.acked_seq
+        young = self.conn.execute(
+            "SELECT seq FROM events WHERE seq <= ? AND at >= ? ORDER BY seq LIMIT 1", (acked, iso_utc(before))
+        ).fetchone()
+        cut = max(int(young[0]) - 1 if young else acked, acked - keep_max)
+        return int(self.conn.execute("DELETE FROM events WHERE seq <= ?", (min(cut, acked),)).rowcount)

@@ -1,45 +1,91 @@
-"""The MQTT contract between a gate daemon and the central system: topics and payloads.
+"""The MQTT contract between a gate daemon and the central system: payloads.
 
-Every payload is a JSON object with `"v": 1` and is validated with the pydantic models
-below (unknown keys are rejected, except inside an uplink event, whose body is open: see
-`EventIn`). `docs/protocol.md` describes them for integrators; `docs/schemas/` holds the
-JSON Schemas generated from these models (`python -m sync.protocol` rewrites them, a test
-checks they match).
+Every payload is a JSON object with `"v": 1`, the protocol's major version, and is
+validated with the pydantic models below. Within a major version a payload may gain
+optional keys: receivers ignore keys they do not know (forward compatibility, see
+docs/protocol.md "Versioning"); a payload with another major version is dropped and
+counted. `docs/schemas/` holds the JSON Schemas generated from these models
+(`python -m sync.protocol` rewrites them, a test checks they match).
+
+Topics are in sync/topics.py; the event bodies inside an event batch in sync/events.py.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sync.events import event_schema
 from sync.records import BookingIn, MemberIn, PassIn, PassRecord
+from sync.topics import LEVEL, Topics, central_status_topic, valid_level
 
-VERSION = 1
+MAJOR = 1
+# the minor version: what a gate of this major understands (docs/protocol.md "Versioning")
+MINOR = 1
+PROTOCOL = f"{MAJOR}.{MINOR}"
 V = Literal[1]
 
-# a topic level: no MQTT wildcards or separators, no leading '$'
-_LEVEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,99}$")
-Level = Annotated[str, Field(pattern=_LEVEL.pattern)]
+Level = Annotated[str, Field(pattern=LEVEL.pattern)]
 Seq = Annotated[int, Field(ge=0)]
+RequestId = Annotated[str, Field(min_length=1, max_length=100)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+class _Wire(BaseModel):
+    """A message on the wire: unknown keys are ignored (a later minor version may add
+    optional ones), everything known is checked."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+# -- records the central system sends (forward-compatible versions of sync/records.py) --
+
+
+class MemberOut(MemberIn):
+    """A member as the central system sends it. `cards`: card ids as strings (hex UID,
+    compared without case or surrounding spaces). Typed credentials (technology, format)
+    will come as an additional optional key in a later minor version."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class BookingOut(BookingIn):
+    """A booking as the central system sends it. `starts_at`/`ends_at`: ISO 8601; with an
+    offset or `Z` an instant, without one the site's local wall time."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class PassOut(PassIn):
+    """A pass as the central system sends it. `applied` (required) maps each daemon of the
+    site to the highest seq of *its* events the central system had applied when it
+    computed `balance`; a daemon missing from the map: none of its events were applied
+    (an empty map says so for every daemon). `valid_from`/`valid_until` are local dates of
+    the site, inclusive."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    applied: dict[Annotated[str, Field(pattern=LEVEL.pattern)], Seq]
+
+    def for_daemon(self, daemon: str) -> PassIn:
+        data = self.model_dump(by_alias=True, exclude={"applied"})
+        data["applied_seq"] = self.applied.get(daemon, 0)
+        return PassIn.model_validate(data)
+
+    def record_for(self, daemon: str) -> PassRecord:
+        """The store's record for this daemon, without validating again."""
+        return PassRecord(self.to_domain().pass_, self.applied.get(daemon, 0))
 
 
 # -- uplink ----------------------------------------------------------------------------
 
 
 class EventIn(BaseModel):
-    """One event of the daemon's log, exactly as the Store wrote it (see SCENARIOS.md,
-    "Events"). The common fields are checked; type-specific fields are open (the daemon
-    may add some, such as `message` or `balance`): consumers ignore what they do not know.
-    """
+    """One event of the daemon's log, exactly as the store wrote it. The common fields are
+    checked here; the body of each type is described in sync/events.py (schema `event`).
+    Receivers ignore fields they do not know."""
 
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
@@ -51,9 +97,10 @@ class EventIn(BaseModel):
     member: str | None = None
 
 
-class EventBatch(_Strict):
+class EventBatch(_Wire):
     """Topic `{prefix}/{site}/{daemon}/events`, QoS 1. Events in increasing, gap-free seq
-    order (a batch may repeat events already sent: the `id` makes a repeat harmless)."""
+    order (a batch may repeat events already sent: the seq and `id` make a repeat
+    harmless)."""
 
     v: V = 1
     daemon: Level
@@ -70,24 +117,28 @@ class EventBatch(_Strict):
         return self
 
 
-class Status(_Strict):
-    """Topic `{prefix}/{site}/{daemon}/status` (and `{prefix}/central/status`), retained.
-    The broker publishes the last will (`offline`) when the connection is lost."""
+class Status(_Wire):
+    """Topic `{prefix}/{site}/{daemon}/status` (and `{prefix}/central/status`), QoS 1,
+    retained. The broker publishes the last will (`offline`) when the connection is lost.
+    `version`: the sender's software; `protocol`: the protocol version it speaks
+    (`major.minor`)."""
 
     v: V = 1
     daemon: Level
     state: Literal["online", "offline"]
     at: str | None = None
     version: str | None = None
+    protocol: str | None = None
 
 
-class Health(_Strict):
+class Health(_Wire):
     """Topic `{prefix}/{site}/{daemon}/health`, QoS 0, periodic and on demand."""
 
     v: V = 1
     daemon: Level
     at: str
     connected: bool
+    broker: str | None = None  # host:port of the broker in use
     outbox_depth: Seq
     last_seq: Seq
     acked_seq: Seq
@@ -99,18 +150,25 @@ class Health(_Strict):
     extra: dict[str, Any] = {}
 
 
-class ResyncRequest(_Strict):
-    """Topic `{prefix}/{site}/resync`, QoS 1: the daemon asks for a snapshot (or, when
-    `since_delta_seq` is given and the reason allows it, a replay of later deltas)."""
+RESYNC_REASONS = ("startup", "gap", "reconnect", "reconcile", "snapshot_failed", "manual")
+
+
+class ResyncRequest(_Wire):
+    """Topic `{prefix}/{site}/resync`, QoS 1: the daemon asks for a snapshot (or, with
+    `reason: reconnect` or `reconcile` and `since_delta_seq`, for the deltas after it).
+    A reason the central system does not know: answer with a snapshot."""
 
     v: V = 1
     daemon: Level
-    request_id: Annotated[str, Field(min_length=1, max_length=100)]
-    reason: Literal["startup", "gap", "reconnect", "reconcile", "snapshot_failed", "manual"]
+    request_id: RequestId
+    reason: (
+        Literal["startup", "gap", "reconnect", "reconcile", "snapshot_failed", "manual"]
+        | Annotated[str, Field(min_length=1, max_length=50)]
+    )
     since_delta_seq: Seq | None = None
 
 
-class LookupRequest(_Strict):
+class LookupRequest(_Wire):
     """Topic `{prefix}/{site}/lookup/request`, QoS 0, MQTT v5 `ResponseTopic` and
     `CorrelationData` properties set: an unknown card, asked live before the decision.
     `card` is the card's typed key (`em:0A00BC614E`; docs/protocol.md, "Cards")."""
@@ -120,72 +178,82 @@ class LookupRequest(_Strict):
     card: Annotated[str, Field(min_length=1, max_length=200)]
 
 
+class ReplayAnswer(_Wire):
+    """Topic `{prefix}/{site}/{daemon}/replay/answer`, QoS 1: what the gate can send again
+    for a replay request. Events `first_seq`…`last_seq` follow on the events topic (none
+    when `first_seq > last_seq`); those below `first_seq` were pruned and are gone."""
+
+    v: V = 1
+    daemon: Level
+    request_id: RequestId
+    from_seq: Annotated[int, Field(ge=1)]
+    first_seq: Annotated[int, Field(ge=1)]
+    last_seq: Seq
+
+
 # -- downlink --------------------------------------------------------------------------
 
 
-class PassOut(PassIn):
-    """A pass as the central system sends it: `applied` maps each daemon of the site to
-    the highest seq of *its* events the central system had applied when it computed
-    `balance`. A daemon missing from the map: none of its events were applied. The gate
-    turns this into `PassIn.applied_seq` for itself."""
-
-    applied: dict[str, Seq] = {}
-
-    def for_daemon(self, daemon: str) -> PassIn:
-        data = self.model_dump(by_alias=True, exclude={"applied"})
-        data["applied_seq"] = self.applied.get(daemon, 0)
-        return PassIn.model_validate(data)
-
-    def record_for(self, daemon: str) -> PassRecord:
-        """The store's record for this daemon, without validating again."""
-        return PassRecord(self.to_domain().pass_, self.applied.get(daemon, 0))
-
-
-class Ack(_Strict):
+class Ack(_Wire):
     """Topic `{prefix}/{site}/{daemon}/ack`, QoS 1: every event of this daemon up to
     `applied_seq` is applied at the central system. `gap`: an event after a missing one
-    was received and not applied (the daemon resends from `applied_seq + 1`)."""
+    was received and not applied (the daemon resends from `applied_seq + 1`). An ack
+    beyond the daemon's last seq is refused (and alarmed)."""
 
     v: V = 1
     applied_seq: Seq
     gap: bool = False
 
 
-class Removals(_Strict):
+class ReplayRequest(_Wire):
+    """Topic `{prefix}/{site}/{daemon}/replay`, QoS 1: send the events from `from_seq` again
+    (after the central system restored a backup). Answered by a `replay-answer`."""
+
+    v: V = 1
+    request_id: RequestId
+    from_seq: Annotated[int, Field(ge=1)]
+
+
+class Removals(_Wire):
     members: list[str] = []
     passes: list[str] = []
     bookings: list[str] = []
 
 
-class Delta(_Strict):
+class Delta(_Wire):
     """Topic `{prefix}/{site}/delta`, QoS 1: changes, numbered by the site's own gap-free
     `delta_seq` (1, 2, 3, ...). Entries replace by id, whole."""
 
     v: V = 1
     delta_seq: Annotated[int, Field(ge=1)]
     at: str | None = None
-    members: list[MemberIn] = []
+    members: list[MemberOut] = []
     passes: list[PassOut] = []
-    bookings: list[BookingIn] = []
+    bookings: list[BookingOut] = []
     remove: Removals = Removals()
 
 
-class SnapshotChunk(_Strict):
+MAX_CHUNKS = 100_000
+
+
+class SnapshotChunk(_Wire):
     """Topic `{prefix}/{site}/snapshot`, QoS 1: one of `chunks` parts (numbered from 0,
     published in order) of the site's whole state as of delta `delta_seq`. A daemon
     applies a snapshot when it asked for it (`requested_by` names it), when it is waiting
-    for one, or when `requested_by` is empty (pushed to everyone)."""
+    for one, or when `requested_by` is empty (pushed to everyone). `full_replacement`: the
+    central system means it even if it removes most members (the gate's guard)."""
 
     v: V = 1
     snapshot_id: Annotated[str, Field(min_length=1, max_length=100)]
     chunk: Seq
-    chunks: Annotated[int, Field(ge=1)]
+    chunks: Annotated[int, Field(ge=1, le=MAX_CHUNKS)]
     delta_seq: Seq
     requested_by: list[str] = []
+    full_replacement: bool = False
     at: str | None = None
-    members: list[MemberIn] = []
+    members: list[MemberOut] = []
     passes: list[PassOut] = []
-    bookings: list[BookingIn] = []
+    bookings: list[BookingOut] = []
 
     @model_validator(mode="after")
     def _chunk_in_range(self) -> SnapshotChunk:
@@ -194,14 +262,39 @@ class SnapshotChunk(_Strict):
         return self
 
 
-class LookupResponse(_Strict):
+class SnapshotHeader(_Wire):
+    """What a gate reads of a `SnapshotChunk` as it arrives: everything but the records,
+    which the snapshot worker validates in full, off the event loop (sync/snapshot.py).
+    The same fields with the same checks; the records are skipped, not read."""
+
+    v: V = 1
+    snapshot_id: Annotated[str, Field(min_length=1, max_length=100)]
+    chunk: Seq
+    chunks: Annotated[int, Field(ge=1, le=MAX_CHUNKS)]
+    delta_seq: Seq
+    requested_by: list[str] = []
+    full_replacement: bool = False
+    at: str | None = None
+
+    @model_validator(mode="after")
+    def _chunk_in_range(self) -> SnapshotHeader:
+        if self.chunk >= self.chunks:
+            raise ValueError("chunk must be below chunks")
+        return self
+
+    @classmethod
+    def of(cls, chunk: SnapshotChunk) -> SnapshotHeader:
+        return cls.model_validate(chunk.model_dump(include=set(cls.model_fields)))
+
+
+class LookupResponse(_Wire):
     """Published on the request's `ResponseTopic` with its `CorrelationData`."""
 
     v: V = 1
     found: bool
-    members: list[MemberIn] = []
+    members: list[MemberOut] = []
     passes: list[PassOut] = []
-    bookings: list[BookingIn] = []
+    bookings: list[BookingOut] = []
 
 
 PAYLOADS: dict[str, type[BaseModel]] = {
@@ -210,91 +303,55 @@ PAYLOADS: dict[str, type[BaseModel]] = {
     "health": Health,
     "resync-request": ResyncRequest,
     "lookup-request": LookupRequest,
+    "replay-answer": ReplayAnswer,
     "ack": Ack,
+    "replay-request": ReplayRequest,
     "delta": Delta,
     "snapshot-chunk": SnapshotChunk,
     "lookup-response": LookupResponse,
 }
 
-
-# -- topics ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Topics:
-    """Every topic one daemon uses. `prefix` may contain '/', `site` and `daemon` may not."""
-
-    prefix: str
-    site: str
-    daemon: str
-
-    @property
-    def base(self) -> str:
-        return f"{self.prefix}/{self.site}"
-
-    @property
-    def events(self) -> str:
-        return f"{self.base}/{self.daemon}/events"
-
-    @property
-    def site_events(self) -> str:
-        return f"{self.base}/+/events"
-
-    @property
-    def status(self) -> str:
-        return f"{self.base}/{self.daemon}/status"
-
-    @property
-    def health(self) -> str:
-        return f"{self.base}/{self.daemon}/health"
-
-    @property
-    def ack(self) -> str:
-        return f"{self.base}/{self.daemon}/ack"
-
-    @property
-    def lookup_response(self) -> str:
-        return f"{self.base}/{self.daemon}/lookup/response"
-
-    @property
-    def snapshot(self) -> str:
-        return f"{self.base}/snapshot"
-
-    @property
-    def delta(self) -> str:
-        return f"{self.base}/delta"
-
-    @property
-    def resync(self) -> str:
-        return f"{self.base}/resync"
-
-    @property
-    def lookup_request(self) -> str:
-        return f"{self.base}/lookup/request"
-
-    @property
-    def central_status(self) -> str:
-        return central_status_topic(self.prefix)
-
-
-def central_status_topic(prefix: str) -> str:
-    return f"{prefix}/central/status"
-
-
-def valid_level(text: str) -> bool:
-    return bool(_LEVEL.match(text)) and text != "central"
+__all__ = [
+    "MAJOR",
+    "PROTOCOL",
+    "PAYLOADS",
+    "Ack",
+    "BookingOut",
+    "Delta",
+    "EventBatch",
+    "EventIn",
+    "Health",
+    "LookupRequest",
+    "LookupResponse",
+    "MemberOut",
+    "PassOut",
+    "Removals",
+    "ReplayAnswer",
+    "ReplayRequest",
+    "ResyncRequest",
+    "SnapshotChunk",
+    "SnapshotHeader",
+    "Status",
+    "Topics",
+    "central_status_topic",
+    "valid_level",
+]
 
 
 # -- JSON Schemas ----------------------------------------------------------------------
 
 
+def _finish(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    schema["$id"] = f"https://gated.example/schemas/{name}.schema.json"
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
 def schemas() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, model in PAYLOADS.items():
-        schema = model.model_json_schema(by_alias=True)
-        schema["$id"] = f"https://gated.example/schemas/{name}.schema.json"
-        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-        out[name] = schema
+        out[name] = _finish(name, model.model_json_schema(by_alias=True))
+    out["event"] = _finish("event", event_schema())
     return out
 
 
@@ -303,14 +360,19 @@ def schema_text(schema: dict[str, Any]) -> str:
 
 
 def write_schemas(directory: str | Path) -> list[Path]:
-    """Write `<name>.schema.json` for every payload into `directory` (docs/schemas/)."""
+    """Write `<name>.schema.json` for every payload into `directory` (docs/schemas/), and
+    remove schemas of payloads that no longer exist."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, schema in schemas().items():
+    all_schemas = schemas()
+    for name, schema in all_schemas.items():
         path = d / f"{name}.schema.json"
         path.write_text(schema_text(schema), encoding="utf-8")
         written.append(path)
+    for old in d.glob("*.schema.json"):
+        if old.name.removesuffix(".schema.json") not in all_schemas:
+            old.unlink()
     return written
 
 

@@ -31,15 +31,19 @@ new one. The ledger is only written by the daemon's own transactions.
 Deltas that arrive while `active` are the link's to hold and apply, in order, after
 `finish` returns (the snapshot's `delta_seq` is the replica's then).
 
-The link's side of it, in order:
+The link's side of it (sync/link_store.py), in order:
 
     await importer.begin(header, now)             # chunk 0; abandons one in progress
     last = await importer.add(header, payload)    # every chunk, in order
-    await importer.finish()                        # after the last: build done, switched
-    await importer.abort()                         # on any SnapshotError, or giving up
+    report = await importer.built()               # after the last: the worker is done
+    await importer.switch()                       # the new replica is in place
+    await importer.abort()                        # on any SnapshotError, or giving up
 
-`active` is true from `begin` until `finish` returns or `abort`; `receiving` while
-chunks are still expected; `store.replica_generation` moves on at each switch.
+(`finish()` is `built()` then `switch()`.) Between `built` and `switch` the link may
+decide not to switch after all (the session's guard against a snapshot that would
+remove most members reads the report's counts). `active` is true from `begin` until
+`switch` returns or `abort`; `receiving` while chunks are still expected;
+`store.replica_generation` moves on at each switch.
 """
 
 from __future__ import annotations
@@ -55,11 +59,9 @@ import sys
 import time
 from collections import deque
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from sync.protocol import SnapshotChunk
+from sync.protocol import SnapshotChunk, SnapshotHeader
 from sync.replica_file import ReplicaFiles
 from sync.store import Store
 
@@ -77,31 +79,6 @@ class SnapshotError(Exception):
 
 class SnapshotRejected(SnapshotError):
     """The worker found a chunk invalid (its message says which and why)."""
-
-
-class SnapshotHeader(BaseModel):
-    """What the loop reads of a snapshot chunk (SnapshotChunk in sync/protocol.py) before
-    handing its payload to the worker, which validates all of it."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    v: Literal[1] = 1
-    snapshot_id: Annotated[str, Field(min_length=1, max_length=100)]
-    chunk: Annotated[int, Field(ge=0)]
-    chunks: Annotated[int, Field(ge=1)]
-    delta_seq: Annotated[int, Field(ge=0)]
-    requested_by: list[str] = []
-    at: str | None = None
-
-    @model_validator(mode="after")
-    def _chunk_in_range(self) -> SnapshotHeader:
-        if self.chunk >= self.chunks:
-            raise ValueError("chunk must be below chunks")
-        return self
-
-    @classmethod
-    def of(cls, chunk: SnapshotChunk) -> SnapshotHeader:
-        return cls.model_validate(chunk.model_dump(include=set(cls.model_fields)))
 
 
 def payload_of(chunk: SnapshotChunk) -> bytes:
@@ -128,6 +105,7 @@ class SnapshotImporter:
         self._done: asyncio.Future[dict[str, Any]] | None = None
         self._readers: list[asyncio.Task[None]] = []
         self._stderr: deque[str] = deque(maxlen=20)
+        self._ended = False  # `end` written to the worker
 
     @property
     def active(self) -> bool:
@@ -212,14 +190,22 @@ class SnapshotImporter:
         self.next_chunk += 1
         return self.next_chunk == self.chunks
 
-    async def finish(self) -> dict[str, Any]:
-        """Wait for the worker to build the replica (the loop stays free), then switch it
-        in. Returns the worker's report. Raises SnapshotError (call `abort`)."""
+    async def built(self) -> dict[str, Any]:
+        """After the last chunk: wait for the worker to build the replica (the loop stays
+        free) and return its report (`counts`: members, passes, ...). Raises
+        SnapshotError (SnapshotRejected: invalid records); then call `abort`."""
         if self.snapshot_id is None or self.next_chunk != self.chunks:
             raise SnapshotError("snapshot incomplete")
         assert self._proc is not None and self._proc.stdin is not None and self._done is not None
-        self._proc.stdin.write(b"end\n")
-        report = await self._done
+        if not self._ended:
+            self._ended = True
+            self._proc.stdin.write(b"end\n")
+        return dict(await self._done)
+
+    async def switch(self) -> dict[str, Any]:
+        """Put the built replica in place (Store.switch_replica, a few ms on the loop) and
+        return the worker's report with the switch's figures. Raises SnapshotError."""
+        report = await self.built()
         assert self._paths is not None
         t0 = time.perf_counter()
         try:
@@ -233,6 +219,11 @@ class SnapshotImporter:
         await asyncio.to_thread(ReplicaFiles.remove, old)
         await self._close()
         return report
+
+    async def finish(self) -> dict[str, Any]:
+        """`built`, then `switch`: the whole import after the last chunk."""
+        await self.built()
+        return await self.switch()
 
     async def abort(self) -> None:
         """Forget the snapshot in progress: stop the worker, delete its files."""
@@ -332,6 +323,17 @@ class SnapshotImporter:
         self._proc = None
         self._done = None
         self._readers = []
+        self._ended = False
         self.snapshot_id = None
         self.chunks = 0
         self.next_chunk = 0
+
+
+__all__ = [
+    "SnapshotError",
+    "SnapshotHeader",
+    "SnapshotImporter",
+    "SnapshotRejected",
+    "delta_seq",
+    "payload_of",
+]

@@ -331,16 +331,25 @@ class Store:
     def recent_events(self, limit: int = 100, types: Iterable[str] | None = None) -> list[Event]:
         return self.outbox.recent_events(limit, types)
 
-    def ack(self, applied_seq: int, *, keep: int = 10_000) -> None:
-        """The central system has applied every event up to `applied_seq`.
-
-        Acknowledged events beyond the newest `keep` are pruned; unacknowledged ones never are.
-        """
+    def ack(self, applied_seq: int) -> None:
+        """The central system has applied every event up to `applied_seq` (never beyond
+        the last one: the sync session refuses such an ack before it gets here)."""
         applied_seq = min(applied_seq, self.last_seq)
         if applied_seq <= self.acked_seq:
             return
         with self.transaction():
-            self.outbox.record_ack(applied_seq, keep)
+            self.outbox.record_ack(applied_seq)
+
+    @property
+    def first_seq(self) -> int:
+        """The oldest event still held (acknowledged ones stay for a retention period)."""
+        return self.outbox.first_seq
+
+    def prune_acked(self, before: datetime, keep_max: int) -> int:
+        """Delete acknowledged events older than `before` or beyond the newest `keep_max`
+        acknowledged ones; unacknowledged events are never deleted. Returns how many."""
+        with self.transaction():
+            return self.outbox.prune(before, keep_max)
 
     def emit(self, type_: str, now: datetime, **fields: Any) -> Event:
         """An event outside the tap path (alarms, health changes): still numbered and kept."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import shutil
 import signal
@@ -29,10 +30,11 @@ import pytest
 
 from rules.model import AntiPassback, Direction, Gate, Policy, Site
 from simulator.central import Central, CentralSettings
-from sync.link import MqttSettings
+from sync.settings import MqttSettings
 from sync.store import Store
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+BRIDGE_EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "mosquitto-bridge.conf.example"
 WAIT_S = 20.0  # bounds a hang; not a performance claim
 SITE = "s1"
 TZ = ZoneInfo("Europe/Madrid")
@@ -135,6 +137,26 @@ def mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
     return mosquitto_factory()
 
 
+def bridge_config(remote_port: int, site: str = "s1") -> str:
+    """config/mosquitto-bridge.conf.example for a site broker bridged to a central broker
+    on loopback: the address and site changed, no TLS, a test-sized restart_timeout."""
+    text = BRIDGE_EXAMPLE.read_text(encoding="utf-8")
+    assert "central.example.net:8883" in text and "restart_timeout 1 10" in text
+    text = text.replace("central.example.net:8883", f"127.0.0.1:{remote_port}").replace("gym-madrid-1", site)
+    text = text.replace("restart_timeout 1 10", "restart_timeout 1 2")
+    return "\n".join(line for line in text.splitlines() if not line.startswith("bridge_cafile")) + "\n"
+
+
+def cluster_link(remote_port: int) -> str:
+    """Two mosquitto nodes made into a small "cluster": every gated topic both ways (EMQX
+    and HiveMQ clusters do this themselves)."""
+    return (
+        f"connection node-link\naddress 127.0.0.1:{remote_port}\nbridge_protocol_version mqttv50\n"
+        "cleansession false\nrestart_timeout 1 2\nnotifications false\ntry_private true\n"
+        "topic gated/# both 1\n"
+    )
+
+
 # -- a tiny site ---------------------------------------------------------------------------------
 
 GATES = {
@@ -206,13 +228,21 @@ SEED: dict[str, list[dict[str, Any]]] = {
 
 @contextlib.asynccontextmanager
 async def running(*aws: Any) -> AsyncIterator[list[asyncio.Task[Any]]]:
-    """Run coroutines (link.run(), central.run()) as tasks for the block; cancel after."""
+    """Run coroutines (link.run(), central.run()) as tasks for the block; cancel after.
+    A task that does not end within WAIT_S of its cancellation fails the test with every
+    task's stack (a hang in a shell's shutdown is a bug, not a slow test)."""
     tasks = [asyncio.create_task(a) for a in aws]
     try:
         yield tasks
     finally:
         for t in tasks:
             t.cancel()
+        _, pending = await asyncio.wait(tasks, timeout=WAIT_S)
+        if pending:
+            stacks = io.StringIO()
+            for t in asyncio.all_tasks():
+                t.print_stack(file=stacks)
+            raise AssertionError(f"tasks did not end when cancelled: {pending}\n{stacks.getvalue()}")
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t

@@ -204,7 +204,7 @@ def snapshot_chunk(snapshot_id: str, balances: dict[str, int], applied: dict[str
         "members": [{"id": m, "name": m, "cards": [f"C{m}"]} for m in ("m1", "m2")],
         "passes": [
             {"id": pid, "member": PASSES[pid], "name": pid, "kind": "credits", "balance": balances[pid],
-             "walk_in_cost": 1, **({"applied": {"gate": applied[pid]}} if applied[pid] is not None else {})}
+             "walk_in_cost": 1, "applied": {"gate": applied[pid]} if applied[pid] is not None else {}}
             for pid in PASSES
         ],
         "bookings": [

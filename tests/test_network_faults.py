@@ -335,6 +335,8 @@ async def test_central_resends_old_snapshots_and_deltas(
             newest = central.delta_seq(SITE)
             await wait_until(lambda: len(rec.deltas) == newest, what="every delta recorded")
             replays = 0
+            chunks_sent = 0
+            ignored0 = d.link.stats["snapshot_chunks_ignored"]
             for round_ in range(4):
                 # life goes on between the replays
                 await taps.tap(3)
@@ -355,9 +357,15 @@ async def test_central_resends_old_snapshots_and_deltas(
                     if round_ >= 2:
                         body["requested_by"] = []
                     await rec.publish("snapshot", json.dumps(body).encode())
+                    chunks_sent += 1
                 await asyncio.sleep(0.3)
-            await settle(d, central, "settled after the replays")
-            await asyncio.sleep(0.5)  # the last replayed messages have landed
+            # every replayed message has landed: each old delta counted old, each old
+            # snapshot's first chunk stale and its other chunks ignored
+            await wait_until(
+                lambda: d.link.stats["deltas_old"] >= replays and d.link.stats["snapshots_stale"] == 4
+                and d.link.stats["snapshot_chunks_ignored"] - ignored0 >= chunks_sent - 4,
+                what="the replayed messages handled",
+            )
             await settle(d, central, "settled after the replays")
             check_ledger(d, central, topups)
             assert d.link.delta_seq == central.delta_seq(SITE)  # never back to an older replica

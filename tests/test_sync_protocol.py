@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from sync.link import MqttSettings
 from sync.protocol import (
-    PAYLOADS,
     Ack,
     Delta,
     EventBatch,
@@ -20,6 +18,7 @@ from sync.protocol import (
     schema_text,
     schemas,
 )
+from sync.settings import MqttSettings
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
 
@@ -29,12 +28,14 @@ def test_committed_schemas_match_the_models() -> None:
         path = SCHEMAS / f"{name}.schema.json"
         assert path.exists(), f"{path} missing: run python -m sync.protocol"
         assert path.read_text(encoding="utf-8") == schema_text(schema), f"{path} is stale: run python -m sync.protocol"
-    assert {p.name for p in SCHEMAS.glob("*.schema.json")} == {f"{n}.schema.json" for n in PAYLOADS}
+    assert {p.name for p in SCHEMAS.glob("*.schema.json")} == {f"{n}.schema.json" for n in schemas()}
 
 
-def test_payloads_are_versioned_and_strict() -> None:
+def test_payloads_are_versioned_and_forward_compatible() -> None:
     assert Ack.model_validate_json('{"v":1,"applied_seq":3}').applied_seq == 3
-    for bad in ('{"v":2,"applied_seq":3}', '{"v":1,"applied_seq":-1}', '{"v":1,"applied_seq":3,"x":1}', "[]", "{"):
+    # an optional key added by a later minor version is ignored, not an error
+    assert Ack.model_validate_json('{"v":1,"applied_seq":3,"x":1}') == Ack(applied_seq=3)
+    for bad in ('{"v":2,"applied_seq":3}', '{"v":1,"applied_seq":-1}', '{"applied_seq":"a"}', "[]", "{"):
         with pytest.raises(ValidationError):
             Ack.model_validate_json(bad)
     with pytest.raises(ValidationError):
@@ -74,3 +75,14 @@ def test_topics_and_settings() -> None:
         with pytest.raises(ValidationError):
             MqttSettings(**{"site": "s", "daemon": "d", **bad})
     json.dumps(schemas())
+
+
+def test_the_schema_command_writes_what_is_committed(tmp_path: Path) -> None:
+    """`python -m sync.protocol DIR`, as docs/protocol.md says to run it."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "sync.protocol", str(tmp_path)], check=True, capture_output=True)
+    written = {p.name: p.read_text(encoding="utf-8") for p in tmp_path.glob("*.schema.json")}
+    committed = {p.name: p.read_text(encoding="utf-8") for p in SCHEMAS.glob("*.schema.json")}
+    assert written == committed

@@ -3,8 +3,14 @@ two daemons share presence (site-wide anti-passback, occupancy)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from decimal import Decimal
 from pathlib import Path
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gated.engine import Engine
 from rules.credential import Credential
@@ -69,9 +75,11 @@ async def test_tap_reaches_central_and_delta_changes_next_decision(
 async def test_lookup_unknown_card(mosquitto: Mosquitto, central: Central, tmp_path: Path) -> None:
     store = make_store(tmp_path / "a.db", "gate-a")
     link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=clock(), gates=GATES)
-    async with running(link.run()):
+    other = make_store(tmp_path / "b.db", "gate-b")
+    other_link = SyncLink(other, settings_for(mosquitto, "gate-b"), now=clock(), gates=GATES)
+    async with running(link.run(), other_link.run()):
         await link.wait_connected(WAIT_S)
-        await wait_until(lambda: link.stats["snapshots_applied"] == 1)
+        await wait_until(lambda: link.stats["snapshots_applied"] >= 1 and other_link.stats["snapshots_applied"] >= 1)
         # a member the central system created a moment ago, not yet sent to the gate
         central.load(SITE, members=[{"id": "m9", "cards": ["NEW9"]}],
                      passes=[{"id": "p9", "member": "m9", "kind": "time"}])
@@ -79,6 +87,9 @@ async def test_lookup_unknown_card(mosquitto: Mosquitto, central: Central, tmp_p
         assert await link.lookup("NEW9", timeout=5.0)
         assert store.member_for_card("NEW9") == "m9"
         assert [p.id for p in store.passes_of("m9")] == ["p9"]
+        # the central system sends the member it was asked about to the whole site
+        await wait_until(lambda: other.member_for_card("NEW9") == "m9", what="the looked-up member at gate b")
+        await wait_until(lambda: link.delta_seq == other_link.delta_seq == central.delta_seq(SITE), what="the delta")
         assert not await link.lookup("NOPE", timeout=5.0)
     # not connected: no wait, no answer
     assert not await link.lookup("NEW9")
@@ -115,3 +126,44 @@ async def test_two_daemons_share_presence_and_occupancy(
         assert occupancy(b, "main", now()) == 1
         # and the deduction made at A reached B through the central balance
         await wait_until(lambda: b.balance("p1") == a.balance("p1") == central.balance(SITE, "p1"))
+
+
+async def test_a_late_lookup_answer_is_applied_for_the_next_tap(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The central system answers after `lookup_timeout` (a slow WAN): the tap that asked
+    was denied from the cache, but the answer is applied when it comes, and the next tap
+    of the same card is decided from it without asking again."""
+    store = make_store(tmp_path / "a.db", "gate-a")
+    now = clock()
+    link = SyncLink(store, settings_for(mosquitto, "gate-a", lookup_timeout=0.1), now=now, gates=GATES)
+    engine = Engine(store, site(), GATES, POLICY)
+    asked: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+
+    async def slow_central() -> None:
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+            await c.subscribe(f"gated/{SITE}/lookup/request", qos=0)
+            ready.set()
+            async for m in c.messages:
+                await asyncio.sleep(0)
+                await asked.put(m)
+                reply = await answers.get()
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.CorrelationData = m.properties.CorrelationData  # type: ignore[union-attr]
+                await c.publish(m.properties.ResponseTopic, reply, qos=0, properties=props)  # type: ignore[union-attr]
+
+    ready = asyncio.Event()
+    answers: asyncio.Queue[bytes] = asyncio.Queue()
+    async with running(link.run(), slow_central()):
+        await link.wait_connected(WAIT_S)
+        await asyncio.wait_for(ready.wait(), WAIT_S)
+        assert not await link.lookup("NEW9")  # nobody answered within lookup_timeout
+        assert link.stats["lookup_timeouts"] == 1
+        request = await asyncio.wait_for(asked.get(), WAIT_S)
+        assert json.loads(bytes(request.payload))["card"] == "NEW9"  # type: ignore[arg-type]
+        member = {"id": "m9", "cards": ["NEW9"]}
+        pass_ = {"id": "p9", "member": "m9", "kind": "time", "access_windows": {"mon-sun": "00:00-24:00"},
+                 "applied": {}}
+        await answers.put(json.dumps({"v": 1, "found": True, "members": [member], "passes": [pass_]}).encode())
+        await wait_until(lambda: store.member_for_card("NEW9") == "m9", what="the late answer applied")
+        assert link.stats["lookup_late"] == 1
+        pending, _ = engine.tap("in-1", Credential.card("NEW9"), now())
+        assert pending.decision.granted

@@ -1,0 +1,140 @@
+"""What the protocol session (sync/session.py) asks its shell to do: plain, immutable
+records, performed in order by sync/link.py. Tests compare them by value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from rules.model import Direction
+from sync.protocol import Delta, LookupResponse, ReplayRequest, SnapshotHeader
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    topic: str
+    qos: int
+    no_local: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool = False
+    response_topic: str | None = None
+    correlation: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreAck:
+    """Mark every event up to `applied_seq` acknowledged in the store."""
+
+    applied_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyDelta:
+    """Apply the delta in one transaction with its `delta_seq`."""
+
+    delta: Delta
+
+
+@dataclass(frozen=True, slots=True)
+class StageChunk:
+    """Stage a snapshot chunk: its header (read on arrival) and its payload as received,
+    for the snapshot worker to validate and build from (`first`: start a new import
+    first). After the `last` one, once the worker has built it, call `snapshot_staged`
+    with the members it holds; on an import error, `snapshot_failed` (invalid records:
+    `snapshot_rejected`)."""
+
+    header: SnapshotHeader
+    payload: bytes
+    first: bool
+    last: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CommitSnapshot:
+    """Switch the built snapshot in (a few ms); then call `snapshot_committed` (or
+    `snapshot_failed`)."""
+
+    snapshot_id: str
+    delta_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class AbortSnapshot:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyLookup:
+    """Apply a look-up answer's records; wake whoever waits on `correlation` (nobody when
+    it came after `lookup_timeout`: applied all the same, the next tap finds the card)."""
+
+    correlation: bytes
+    response: LookupResponse
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPassage:
+    """Another daemon of the site let a member through (site-wide anti-passback)."""
+
+    member: str
+    zone: str
+    direction: Direction
+    at: datetime
+    gate: str
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseAlarm:
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReplay:
+    """Find the oldest event the store still holds, then call `replay_ready`."""
+
+    request: ReplayRequest
+
+
+@dataclass(frozen=True, slots=True)
+class PublishHealth:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PruneAcked:
+    """Delete acknowledged events older than `older_than` seconds, or beyond the newest
+    `keep_max` acknowledged ones (the retention for replays is over)."""
+
+    older_than: float
+    keep_max: int
+
+
+@dataclass(frozen=True, slots=True)
+class WakeUplink:
+    """There may be events to send (again): ask `uplink_after`."""
+
+
+Action = (
+    Subscribe
+    | Publish
+    | StoreAck
+    | ApplyDelta
+    | StageChunk
+    | CommitSnapshot
+    | AbortSnapshot
+    | ApplyLookup
+    | RecordPassage
+    | RaiseAlarm
+    | ReadReplay
+    | PublishHealth
+    | PruneAcked
+    | WakeUplink
+)

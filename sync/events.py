@@ -1,0 +1,207 @@
+"""The events a gate sends, type by type: the body of each entry of an event batch.
+
+These models document the uplink (schema `event` in docs/schemas/, docs/protocol.md
+"Events") and a test checks every event the store and the daemon write against them.
+Receivers must ignore event types and fields they do not know: a later minor version may
+add some (sync/protocol.py, "Versioning").
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rules.reasons import Reason
+
+Amount = Annotated[float, Field(description="A JSON number (visits or credits; may have decimals).")]
+Id = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class EventBase(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    id: Annotated[str, Field(description="Unique id (hex); a repeat of an id is the same event.")]
+    seq: Annotated[int, Field(ge=1, description="Gap-free per daemon from 1; the order of application.")]
+    at: Annotated[
+        str,
+        Field(
+            description="When it happened: ISO 8601 in UTC with `Z`, whole seconds "
+            "(`2026-11-18T12:50:00Z`) or with six fractional digits when the clock had them."
+        ),
+    ]
+
+
+class AccessEvent(EventBase):
+    """A decision at a gate, granted or denied: a tap, a desk check-in or an override."""
+
+    type: Literal["access"]
+    gate: Id
+    member: Id | None = Field(description="The member, when known (null: unknown card, invalid QR, override).")
+    decision: Literal["granted", "denied"]
+    reason: Reason = Field(description="Why (granted: booking, walk_in, ...; denied: the reason code).")
+    booking: Id | None = None
+    pass_: Id | None = Field(None, alias="pass", description="The pass that paid or would have paid.")
+    credential: Literal["card", "qr", "desk"] | None = Field(
+        description="What was shown: a card, a QR code, `desk` for a check-in by the front desk, null for an override."
+    )
+    reader: Id | None = Field(None, description="The reader that read the credential (absent when none did).")
+    card: str | None = Field(
+        None,
+        description="The card's typed key as read (`uid:04A1B2C3D4`), on an `unknown_card` denial: "
+        "the desk can enrol it.",
+    )
+    passed: bool | None = Field(
+        None, description="Granted only: the turnstile turned or the door opened (no passage: no deduction)."
+    )
+    anti_passback: bool | None = Field(None, description="Soft anti-passback gates: the member was already inside.")
+    message: str | None = Field(None, description="What the member was shown.")
+    operator: str | None = Field(None, description="Overrides and desk check-ins: the desk operator.")
+    desk_reason: str | None = Field(None, description="Desk check-ins: the reason the operator gave.")
+
+
+class DeductionEvent(EventBase):
+    """A balance change of a pass: `amount` taken (negative: given back, a refund)."""
+
+    type: Literal["deduction"]
+    gate: Id | None = None
+    member: Id | None
+    pass_: Id = Field(alias="pass")
+    amount: Amount
+    booking: Id | None
+    cause: Annotated[str, Field(description="walk_in, booking, no_show_fee, refund, ...")]
+    balance: Amount | None = Field(None, description="The gate's balance of the pass after it.")
+
+
+class AttendanceEvent(EventBase):
+    """A booking attended (at the gate or marked by the desk) or finalised as a no-show."""
+
+    type: Literal["attendance"]
+    gate: Id | None = None
+    member: Id
+    booking: Id
+    status: Literal["attended", "no_show"]
+    by: Annotated[str, Field(description="`gate`, or the desk operator's name.")]
+
+
+class LoyaltyEvent(EventBase):
+    """Loyalty points credited for an attended class, or adjusted by the desk."""
+
+    type: Literal["loyalty"]
+    member: Id
+    points: int
+    booking: Id | None = None
+    reason: str | None = None
+    operator: str | None = None
+
+
+class OverrideEvent(EventBase):
+    """The desk opened a gate (follows its `access` event with reason `override`)."""
+
+    type: Literal["override"]
+    gate: Id
+    operator: str
+    reason: str
+
+
+class LockdownEvent(EventBase):
+    """Every entry locked (or released) from the console."""
+
+    type: Literal["lockdown"]
+    active: bool
+    operator: str
+
+
+class FireAlarmEvent(EventBase):
+    """Fail-safe doors released (`active: true`) by the fire-alarm input or an admin's
+    emergency release, or back to normal."""
+
+    type: Literal["fire_alarm"]
+    active: bool = Field(description="Doors released now (input or emergency release).")
+    source: Annotated[str, Field(description="`input`, or the admin who released the doors.")]
+    input: bool | None = Field(None, description="The fire-alarm input's state, when it changed.")
+    emergency_release: bool | None = Field(None, description="An admin's emergency release, switched on or off.")
+
+
+class AlarmEvent(EventBase):
+    """Something at the gate needs a person: a relay offline, a door held or forced open,
+    the store failing, the central system acknowledging events that were never sent or
+    sending a snapshot that would empty the site."""
+
+    type: Literal["alarm"]
+    gate: Id | None = None
+    kind: Annotated[
+        str,
+        Field(
+            description="relay_offline, relay_online, door_held, door_forced, storage_fault, storage_recovered, "
+            "ack_beyond_last_seq, snapshot_held, ..."
+        ),
+    ]
+    detail: str = ""
+    problem: str | None = Field(None, description="storage alarms: what is wrong (disk_full, read_only, ...).")
+    since: str | None = Field(None, description="storage alarms: since when (UTC).")
+
+
+class CardEnrolledEvent(EventBase):
+    """The front desk gave a card to a member (docs/protocol.md, "Card enrolment")."""
+
+    type: Literal["card_enrolled"]
+    member: Id
+    card: str = Field(description="The card's typed key (`uid:CAFE0001`); send it back in the member's cards.")
+    operator: str
+
+
+class PassageUnconfirmedEvent(EventBase):
+    """At start-up: a grant whose commit a crash (kill -9, a power cut) cut off. The member
+    may have gone through; nothing was deducted (`not_deducted`): the central system and
+    the desk settle it."""
+
+    type: Literal["passage_unconfirmed"]
+    gate: Id
+    member: Id | None
+    reason: Reason = Field(description="Why it was granted.")
+    booking: Id | None = None
+    pass_: Id | None = Field(None, alias="pass")
+    not_deducted: Amount = Field(description="What the commit would have deducted.")
+    cause: str | None = None
+    credential: Literal["card", "qr", "desk"] | None = None
+    granted_at: str = Field(description="When it was granted (UTC); `at` is when it was reported.")
+    reader: Id | None = None
+    operator: str | None = None
+    desk_reason: str | None = None
+
+
+EVENT_MODELS: tuple[type[EventBase], ...] = (
+    AccessEvent,
+    DeductionEvent,
+    AttendanceEvent,
+    LoyaltyEvent,
+    OverrideEvent,
+    LockdownEvent,
+    FireAlarmEvent,
+    AlarmEvent,
+    CardEnrolledEvent,
+    PassageUnconfirmedEvent,
+)
+
+BY_TYPE: dict[str, type[EventBase]] = {
+    str(m.model_fields["type"].annotation.__args__[0]): m for m in EVENT_MODELS  # type: ignore[union-attr]
+}
+
+
+def event_schema() -> dict[str, Any]:
+    """One schema for an event: one of the types above (by `type`)."""
+    defs: dict[str, Any] = {}
+    refs = []
+    for model in EVENT_MODELS:
+        schema = model.model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
+        defs.update(schema.pop("$defs", {}))
+        defs[model.__name__] = schema
+        refs.append({"$ref": f"#/$defs/{model.__name__}"})
+    return {
+        "title": "Event",
+        "description": "One entry of an event batch's `events`, by `type`. Ignore types and fields you do not know.",
+        "oneOf": refs,
+        "discriminator": {"propertyName": "type"},
+        "$defs": defs,
+    }

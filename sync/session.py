@@ -1,0 +1,710 @@
+"""The link's protocol as a state machine, without I/O (docs/protocol.md is its contract).
+
+Like h11's `Connection`: no socket, no clock, no database. The shell (sync/link.py) feeds
+it what happened — a connection made or lost, an MQTT message, the time, the store's new
+events, the outcome of an action — and performs the actions it returns, in order:
+publish, subscribe, acknowledge in the store, apply a delta, stage / commit / abort a
+snapshot, apply a look-up answer, record another gate's passage, raise an alarm.
+
+Time is `now`, monotonic seconds, always passed in. Every inbound message is size-checked
+and validated here; a bad one is counted in `stats` and dropped (logged by the shell).
+
+What it guarantees (docs/protocol.md has the why):
+- uplink: events go out in seq order from the last acknowledged one; after a reconnect,
+  a `gap` ack, `ack_timeout` without progress, or the central system coming back, from
+  there again. An ack beyond the last seq is refused and alarmed; a replay request
+  resends from what the gate still holds.
+- downlink: the replica changes only by whole deltas, in `delta_seq` order (a gap holds
+  later ones and asks for a snapshot), and whole snapshots not older than the replica;
+  a snapshot that would remove most members is held unless marked a full replacement.
+- one resync request per connection, sent once the central system is known to be online
+  (or after `central_status_wait` without news of it), and one more each time the
+  central system itself comes back.
+
+One module of ~700 lines, like h11's `_connection.py`: one state machine whose parts
+(uplink and acks, resyncs, deltas and snapshots, look-ups) read and change the same
+connection state; split, each part would reach into the others. The actions it returns
+are in sync/actions.py, its configuration in sync/session_config.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ValidationError
+
+from rules.model import Direction
+from rules.timeutil import parse_instant
+from sync.actions import (
+    AbortSnapshot,
+    Action,
+    ApplyDelta,
+    ApplyLookup,
+    CommitSnapshot,
+    PruneAcked,
+    Publish,
+    PublishHealth,
+    RaiseAlarm,
+    ReadReplay,
+    RecordPassage,
+    StageChunk,
+    StoreAck,
+    Subscribe,
+    WakeUplink,
+)
+from sync.protocol import (
+    MAJOR,
+    PROTOCOL,
+    Ack,
+    Delta,
+    EventBatch,
+    LookupRequest,
+    LookupResponse,
+    ReplayAnswer,
+    ReplayRequest,
+    ResyncRequest,
+    SnapshotHeader,
+    Status,
+)
+from sync.session_config import Replica, SessionConfig
+from sync.topics import Topics
+
+__all__ = [
+    "AbortSnapshot",
+    "Action",
+    "ApplyDelta",
+    "ApplyLookup",
+    "CommitSnapshot",
+    "PruneAcked",
+    "Publish",
+    "PublishHealth",
+    "RaiseAlarm",
+    "ReadReplay",
+    "RecordPassage",
+    "Replica",
+    "Session",
+    "SessionConfig",
+    "StageChunk",
+    "StoreAck",
+    "Subscribe",
+    "WakeUplink",
+]
+
+M = TypeVar("M", bound=BaseModel)
+_UTC = ZoneInfo("UTC")
+MAX_BUFFERED_DELTAS = 10_000
+MAX_PENDING_LOOKUPS = 1_000
+
+
+@dataclass(slots=True)
+class _Import:
+    snapshot_id: str
+    chunks: int
+    delta_seq: int
+    full_replacement: bool
+    next_chunk: int = 0
+
+
+@dataclass(slots=True)
+class _Lookup:
+    card: str
+    asked_at: float
+
+
+@dataclass(slots=True)
+class _Uplink:
+    """Where the publisher is. `published`: the last seq sent on this connection; `floor`:
+    what the central system is known to hold (the acked seq, or lower during a replay);
+    `progress_at`: when the central system last showed progress."""
+
+    published: int = 0
+    floor: int = 0
+    progress_at: float = 0.0
+    gap_rewind_at: float = float("-inf")
+    replaying: bool = False
+
+
+@dataclass(slots=True)
+class _Resync:
+    """The resync of this connection: due once the central system is known online."""
+
+    sent: bool = False
+    due_at: float | None = None  # send then, even without news of the central system
+    last_request_at: float = float("-inf")
+    last_reconcile_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Alarms:
+    last: dict[str, float] = field(default_factory=dict)
+
+
+class Session:
+    """One gate's side of the protocol. See the module doc; `stats` counts everything."""
+
+    def __init__(self, config: SessionConfig, replica: Replica, zones: Mapping[str, str] | None = None):
+        self.config = config
+        self.topics = Topics(config.prefix, config.site, config.daemon)
+        self.zones = dict(zones or {})
+        self.stats: Counter[str] = Counter()
+        self.connected = False
+        self.central_online: bool | None = None
+        self.acked_seq = replica.acked_seq
+        self.last_seq = replica.last_seq
+        self.delta_seq = replica.delta_seq
+        self.has_snapshot = replica.has_snapshot
+        self.awaiting_snapshot = not replica.has_snapshot
+        self._import: _Import | None = None
+        self._deltas: dict[int, Delta] = {}
+        self._lookups: dict[bytes, _Lookup] = {}
+        self._remote_seen: dict[str, int] = {}
+        self._up = _Uplink(published=replica.acked_seq, floor=replica.acked_seq)
+        self._resync = _Resync()
+        self._alarms = _Alarms()
+        self._next_health_at = 0.0
+        self._next_prune_at = 0.0
+        self._central_at: str | None = None
+        self.notes: list[str] = []
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def importing(self) -> bool:
+        return self._import is not None
+
+    @property
+    def replaying(self) -> bool:
+        return self._up.replaying
+
+    @property
+    def pending_lookups(self) -> int:
+        return len(self._lookups)
+
+    def status(self, state: str, at: str | None = None) -> Publish:
+        """Our retained status (`offline` without `at` is also the last will)."""
+        body = Status(
+            daemon=self.config.daemon,
+            state="online" if state == "online" else "offline",
+            at=at,
+            version=self.config.software,
+            protocol=PROTOCOL,
+        )
+        return Publish(self.topics.status, _dump(body), qos=1, retain=True)
+
+    # -- the connection -----------------------------------------------------------------------
+
+    def connect(self, now: float, at: str) -> list[Action]:
+        """Connected (and the broker accepted us): subscribe, say we are online, resend
+        from the last acknowledged event; the resync waits for the central's status."""
+        t = self.topics
+        self.connected = True
+        self.stats["connects"] += 1
+        self.central_online = None
+        self._central_at = None
+        actions: list[Action] = [
+            Subscribe(t.central_status, 1),
+            Subscribe(t.ack, 1),
+            Subscribe(t.replay, 1),
+            Subscribe(t.lookup_response, 0),
+            Subscribe(t.snapshot, 1),
+            Subscribe(t.delta, 1),
+        ]
+        if self.config.share_access:
+            actions.append(Subscribe(t.site_events, 1, no_local=True))
+        actions.append(self.status("online", at))
+        self._resync.sent = False
+        self._resync.due_at = now + self.config.central_status_wait
+        self._next_health_at = now
+        if not self._up.replaying:  # a replay goes on from what the central system acked
+            self._up.floor = self.acked_seq
+        actions += self._rewind("connect", now)
+        return actions
+
+    def disconnect(self, now: float) -> list[Action]:
+        """The connection is gone: what was on its way is lost with it."""
+        if not self.connected:
+            return []
+        self.connected = False
+        self.stats["disconnects"] += 1
+        self._lookups.clear()
+        self._resync.due_at = None
+        if self._import is not None:  # its remaining chunks were lost with the connection
+            self._import = None
+            self.awaiting_snapshot = True
+            return [AbortSnapshot("connection lost")]
+        return []
+
+    # -- time ---------------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Action]:
+        """Timers: the deferred resync, snapshot re-requests, reconciliation, health,
+        acks overdue, forgotten look-ups. Call about every second while connected."""
+        if not self.connected:
+            return []
+        c = self.config
+        out: list[Action] = []
+        r = self._resync
+        if not r.sent and r.due_at is not None and now >= r.due_at:
+            self.stats["resync_without_central_status"] += 1
+            out += self._connection_resync(now)
+        elif r.sent and self.awaiting_snapshot and self._import is None and now - r.last_request_at >= c.resync_retry:
+            out.append(self._resync_request(self._reason(), now))
+        elif r.sent and now - r.last_reconcile_at >= c.reconcile_interval:
+            r.last_reconcile_at = now
+            out.append(self._resync_request("reconcile", now))
+        if now >= self._next_health_at:
+            self._next_health_at = now + c.health_interval
+            out.append(PublishHealth())
+        if now >= self._next_prune_at:
+            self._next_prune_at = now + c.prune_interval
+            out.append(PruneAcked(c.retain_acked, c.retain_acked_max))
+        up = self._up
+        if up.published > up.floor and now - up.progress_at > c.ack_timeout:
+            out += self._rewind("timeout", now)
+        for corr in [k for k, v in self._lookups.items() if now - v.asked_at > c.lookup_keep]:
+            del self._lookups[corr]
+            self.stats["lookup_expired"] += 1
+        return out
+
+    # -- uplink -------------------------------------------------------------------------------------
+
+    def events_committed(self, last_seq: int) -> list[Action]:
+        """The store committed events up to `last_seq`."""
+        if last_seq > self.last_seq:
+            self.last_seq = last_seq
+            return [WakeUplink()]
+        return []
+
+    def uplink_after(self, now: float) -> int | None:
+        """The seq after which to read events to send next; None when there is nothing
+        (not connected, or everything sent and not yet due again)."""
+        if not self.connected or self._up.published >= self.last_seq:
+            return None
+        return self._up.published
+
+    def uplink(self, events: Sequence[Mapping[str, Any]], now: float) -> Publish | None:
+        """Events read from the store after `uplink_after()`, in seq order: the message to
+        publish (as many as fit `batch_events` and `max_payload`); marked sent."""
+        events = list(events[: self.config.batch_events])
+        if not events or not self.connected:
+            return None
+        payload = self._encode(events)
+        while len(payload) > self.config.max_payload and len(events) > 1:
+            events = events[: len(events) // 2]
+            payload = self._encode(events)
+        up = self._up
+        if up.published == up.floor:  # the ack timeout counts from the first unacknowledged send
+            up.progress_at = now
+        up.published = int(events[-1]["seq"])
+        self.stats["events_published"] += len(events)
+        self.stats["messages_published"] += 1
+        return Publish(self.topics.events, payload, qos=1)
+
+    def _encode(self, events: Sequence[Mapping[str, Any]]) -> bytes:
+        zones = {e["gate"]: self.zones[e["gate"]] for e in events if e.get("gate") in self.zones}
+        body = {"v": MAJOR, "daemon": self.config.daemon, "events": list(events), "zones": zones}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def _rewind(self, why: str, now: float) -> list[Action]:
+        up = self._up
+        if up.published != up.floor:
+            self.stats[f"rewind_{why}"] += 1
+        up.published = up.floor
+        up.progress_at = now
+        return [WakeUplink()]
+
+    # -- resync requests ------------------------------------------------------------------------------
+
+    def _reason(self) -> str:
+        if not self.has_snapshot:
+            return "startup"
+        return "gap" if self.awaiting_snapshot else "reconnect"
+
+    def _resync_request(self, reason: str, now: float) -> Publish:
+        self._resync.last_request_at = now
+        if reason in ("reconnect", "reconcile"):
+            self._resync.last_reconcile_at = now
+        self.stats[f"resync_{reason}"] += 1
+        self.stats["resync_requests"] += 1
+        req = ResyncRequest(
+            daemon=self.config.daemon,
+            request_id=f"{self.config.daemon}-{self.stats['resync_requests']}-{now:.6f}",
+            reason=reason,
+            since_delta_seq=self.delta_seq if reason in ("reconnect", "reconcile") else None,
+        )
+        return Publish(self.topics.resync, _dump(req), qos=1)
+
+    def _connection_resync(self, now: float) -> list[Action]:
+        self._resync.sent = True
+        self._resync.due_at = None
+        self._resync.last_reconcile_at = now
+        return [self._resync_request(self._reason(), now)]
+
+    def request_resync(self, reason: str, now: float) -> list[Action]:
+        """Ask for a snapshot now (the console's "resync" button: `manual`)."""
+        if not self.connected:
+            return []
+        if reason in ("manual", "gap", "snapshot_failed"):
+            self.awaiting_snapshot = True
+        return [self._resync_request(reason, now)]
+
+    # -- inbound messages -----------------------------------------------------------------------
+
+    def receive(
+        self, topic: str, payload: bytes, now: float, *, retained: bool = False, correlation: bytes | None = None
+    ) -> list[Action]:
+        """One MQTT message on a subscribed topic."""
+        self.stats["received"] += 1
+        if len(payload) > self.config.max_payload:
+            self.stats["oversized"] += 1
+            self.stats["dropped"] += 1
+            return []
+        t = self.topics
+        if topic == t.ack:
+            ack = self._parse(Ack, payload)
+            return [] if ack is None else self._on_ack(ack, now)
+        if topic == t.delta:
+            delta = self._parse(Delta, payload)
+            return [] if delta is None else self._on_delta(delta, now)
+        if topic == t.snapshot:
+            # the header only: the records are validated by the snapshot worker, off the loop
+            header = self._parse(SnapshotHeader, payload)
+            return [] if header is None else self._on_chunk(header, payload, now)
+        if topic == t.lookup_response:
+            return self._on_lookup_response(payload, correlation)
+        if topic == t.central_status:
+            status = self._parse(Status, payload)
+            return [] if status is None else self._on_central_status(status, retained, now)
+        if topic == t.replay:
+            req = self._parse(ReplayRequest, payload)
+            if req is None:
+                return []
+            self.stats["replay_requests"] += 1
+            return [ReadReplay(req)]
+        sender = t.sender_of_events(topic)
+        if sender is not None:
+            return self._on_site_events(sender, payload)
+        self.stats["unexpected_topic"] += 1
+        return []
+
+    def _parse(self, model: type[M], payload: bytes) -> M | None:
+        try:
+            return model.model_validate_json(payload)
+        except ValidationError as e:
+            errors = e.errors()
+            if any(err["type"] == "json_invalid" for err in errors):
+                kind = "malformed"
+            elif any(tuple(err["loc"]) == ("v",) for err in errors):
+                kind = "unsupported_version"
+            else:
+                kind = "invalid"
+            self.stats[kind] += 1
+            self.stats["dropped"] += 1
+            self._note(f"dropped a {kind} {model.__name__}: {errors[0].get('msg') if errors else e}")
+            return None
+
+    def _note(self, text: str) -> None:
+        if len(self.notes) < 100:
+            self.notes.append(text)
+
+    def take_notes(self) -> list[str]:
+        """What happened that a person may want to read (the shell logs it)."""
+        out, self.notes = self.notes, []
+        return out
+
+    # -- acks and replays ---------------------------------------------------------------------
+
+    def _on_ack(self, ack: Ack, now: float) -> list[Action]:
+        self.stats["acks"] += 1
+        up = self._up
+        out: list[Action] = []
+        if ack.applied_seq > self.last_seq:
+            # "applied" events nobody sent: believing it would prune real ones unsent
+            self.stats["ack_beyond_last_seq"] += 1
+            self.stats["dropped"] += 1
+            return self._alarm(
+                "ack_beyond_last_seq",
+                f"the central system acknowledged seq {ack.applied_seq}; the last event is {self.last_seq}",
+                now,
+            )
+        if ack.applied_seq > self.acked_seq:
+            self.acked_seq = ack.applied_seq
+            out.append(StoreAck(ack.applied_seq))
+        if ack.applied_seq > up.floor:
+            up.floor = ack.applied_seq
+            up.progress_at = now
+            if up.replaying and up.floor >= self.acked_seq:
+                up.replaying = False
+                self.stats["replays_done"] += 1
+        if up.published < up.floor:
+            up.published = up.floor
+        if ack.gap and ack.applied_seq < up.published and now - up.gap_rewind_at > self.config.gap_rewind_interval:
+            # the central system missed one: everything after what it is known to hold, again
+            up.gap_rewind_at = now
+            out += self._rewind("gap", now)
+        else:
+            out.append(WakeUplink())
+        return out
+
+    def replay_ready(self, request: ReplayRequest, first_held: int, now: float) -> list[Action]:
+        """Answer a replay request: `first_held` is the oldest seq the store still holds
+        (last_seq + 1 when it holds none). Resends from max(from_seq, first_held)."""
+        start = max(request.from_seq, first_held, 1)
+        answer = ReplayAnswer(
+            daemon=self.config.daemon,
+            request_id=request.request_id,
+            from_seq=request.from_seq,
+            first_seq=start,
+            last_seq=self.last_seq,
+        )
+        out: list[Action] = [Publish(self.topics.replay_answer, _dump(answer), qos=1)]
+        if start > self.last_seq:
+            return out
+        self.stats["replays"] += 1
+        up = self._up
+        # until the central system acknowledges its way back up to acked_seq, resends start
+        # from what it holds, not from what it had acknowledged before its restore
+        up.floor = min(up.floor, start - 1)
+        up.replaying = up.floor < self.acked_seq
+        return out + self._rewind("replay", now)
+
+    # -- the central system's status --------------------------------------------------------------
+
+    def _on_central_status(self, status: Status, retained: bool, now: float) -> list[Action]:
+        if status.daemon != "central":
+            self.stats["invalid"] += 1
+            self.stats["dropped"] += 1
+            return []
+        was = self.central_online
+        self.central_online = status.state == "online"
+        if not self.central_online:
+            if not self._resync.sent:
+                # wait for it to come (back) online; a retained `offline` that is never
+                # followed by `online` must not silence the gate for good
+                self._resync.due_at = now + self.config.resync_retry
+            return []
+        # a live `online` is the central system (re)connecting, unless it repeats the
+        # last one (a QoS 1 duplicate); a retained one is its state as the broker kept it
+        repeat = was is True and status.at is not None and status.at == self._central_at
+        back = not retained and not repeat
+        self._central_at = status.at
+        out: list[Action] = []
+        if back:
+            # what we sent while it was away is lost with its old session: again
+            self.stats["central_back"] += 1
+            out += self._rewind("central_online", now)
+        if not self._resync.sent:
+            return out + self._connection_resync(now)
+        if back:
+            out.append(self._resync_request(self._reason(), now))
+        return out
+
+    # -- deltas --------------------------------------------------------------------------------------
+
+    def _on_delta(self, delta: Delta, now: float) -> list[Action]:
+        if delta.delta_seq <= self.delta_seq:
+            self.stats["deltas_old"] += 1
+            return []
+        if self._import is not None or self.awaiting_snapshot:
+            if len(self._deltas) < MAX_BUFFERED_DELTAS:
+                self._deltas[delta.delta_seq] = delta
+            self.stats["deltas_buffered"] += 1
+            return []
+        if delta.delta_seq > self.delta_seq + 1:
+            self.stats["delta_gaps"] += 1
+            self.awaiting_snapshot = True
+            self._deltas[delta.delta_seq] = delta
+            self._note(f"delta gap: have {self.delta_seq}, got {delta.delta_seq}; asking for a snapshot")
+            return [self._resync_request("gap", now)]
+        return [self._apply(delta)]
+
+    def delta_failed(self, store_delta_seq: int, reason: str, now: float) -> list[Action]:
+        """The store could not apply a delta: the replica is still at `store_delta_seq`;
+        what follows waits for a snapshot."""
+        self.delta_seq = store_delta_seq
+        self.stats["deltas_failed"] += 1
+        self._note(f"delta not applied: {reason}")
+        self.awaiting_snapshot = True
+        return [self._resync_request("gap", now)] if self.connected else []
+
+    def _apply(self, delta: Delta) -> ApplyDelta:
+        self.delta_seq = delta.delta_seq
+        self.stats["deltas_applied"] += 1
+        return ApplyDelta(delta)
+
+    # -- snapshots -----------------------------------------------------------------------------------
+
+    def _on_chunk(self, chunk: SnapshotHeader, payload: bytes, now: float) -> list[Action]:
+        mine = not chunk.requested_by or self.config.daemon in chunk.requested_by or self.awaiting_snapshot
+        imp = self._import
+        if chunk.chunk == 0 and mine:
+            if chunk.delta_seq < self.delta_seq:
+                # older than the replica (resent, or a late answer): importing it would undo
+                # the newer deltas (back-office changes), and nothing would ask again
+                self.stats["snapshots_stale"] += 1
+                return []
+            if imp is not None:
+                self.stats["snapshots_abandoned"] += 1
+            imp = self._import = _Import(chunk.snapshot_id, chunk.chunks, chunk.delta_seq, chunk.full_replacement)
+        elif imp is None or chunk.snapshot_id != imp.snapshot_id:
+            self.stats["snapshot_chunks_ignored"] += 1
+            return []
+        if chunk.chunk != imp.next_chunk or chunk.chunks != imp.chunks or chunk.delta_seq != imp.delta_seq:
+            return self.snapshot_failed(
+                f"expected chunk {imp.next_chunk}/{imp.chunks}, got {chunk.chunk}/{chunk.chunks}", now
+            )
+        imp.next_chunk += 1
+        self.stats["snapshot_chunks"] += 1
+        return [StageChunk(chunk, payload, first=chunk.chunk == 0, last=imp.next_chunk == imp.chunks)]
+
+    def snapshot_staged(self, members_held: int, members_new: int, now: float) -> list[Action]:
+        """Every chunk is staged and built; `members_held`: members in the replica now,
+        `members_new`: in the snapshot. Commit, or hold a snapshot that would remove more
+        than the guard's share of them."""
+        imp = self._import
+        if imp is None:
+            return []
+        keep = 1.0 - self.config.snapshot_guard
+        if not imp.full_replacement and members_held > 0 and members_new < keep * members_held:
+            self._import = None
+            self.stats["snapshots_held"] += 1
+            detail = (
+                f"snapshot {imp.snapshot_id} has {members_new} members, the gate holds {members_held}: "
+                "not applied (the central system must mark a full replacement)"
+            )
+            return [AbortSnapshot("held"), *self._alarm("snapshot_held", detail, now)]
+        return [CommitSnapshot(imp.snapshot_id, imp.delta_seq)]
+
+    def snapshot_committed(self, now: float) -> list[Action]:
+        """The snapshot is the replica now: deltas that came meanwhile and follow it, in
+        order (one from beyond a gap is dropped; a real gap shows at the next delta)."""
+        imp = self._import
+        if imp is None:
+            return []
+        self._import = None
+        self.delta_seq = imp.delta_seq
+        self.has_snapshot = True
+        self.awaiting_snapshot = False
+        self._resync.last_reconcile_at = now
+        self.stats["snapshots_applied"] += 1
+        out: list[Action] = []
+        buffered, self._deltas = self._deltas, {}
+        for seq in sorted(buffered):
+            if seq == self.delta_seq + 1:
+                out.append(self._apply(buffered[seq]))
+            elif seq > self.delta_seq:
+                self.stats["deltas_discarded"] += 1
+        return out
+
+    def snapshot_rejected(self, reason: str, now: float) -> list[Action]:
+        """The snapshot worker found a chunk's records invalid: counted and dropped like
+        any invalid message; the replica stays as it is and nothing is asked again (a
+        forged chunk must not hold the deltas)."""
+        if self._import is None:
+            return []
+        self._import = None
+        self.stats["invalid"] += 1
+        self.stats["dropped"] += 1
+        self._note(f"dropped invalid snapshot: {reason}")
+        return [AbortSnapshot(reason)]
+
+    def snapshot_failed(self, reason: str, now: float) -> list[Action]:
+        """The import failed (a chunk out of order, the store refused): ask again."""
+        self._import = None
+        self.stats["snapshots_failed"] += 1
+        self._note(f"snapshot abandoned: {reason}")
+        self.awaiting_snapshot = True
+        out: list[Action] = [AbortSnapshot(reason)]
+        if self.connected:
+            out.append(self._resync_request("snapshot_failed", now))
+        return out
+
+    # -- look-ups ------------------------------------------------------------------------------------
+
+    def lookup(self, card: str, correlation: bytes, now: float) -> Publish | None:
+        """Ask the central system about an unknown card; None when not connected."""
+        if not self.connected:
+            self.stats["lookup_offline"] += 1
+            return None
+        if len(self._lookups) >= MAX_PENDING_LOOKUPS:
+            oldest = min(self._lookups, key=lambda k: self._lookups[k].asked_at)
+            del self._lookups[oldest]
+            self.stats["lookup_expired"] += 1
+        self._lookups[correlation] = _Lookup(card, now)
+        self.stats["lookups"] += 1
+        req = LookupRequest(daemon=self.config.daemon, card=card)
+        return Publish(
+            self.topics.lookup_request,
+            _dump(req),
+            qos=0,
+            response_topic=self.topics.lookup_response,
+            correlation=correlation,
+        )
+
+    def _on_lookup_response(self, payload: bytes, correlation: bytes | None) -> list[Action]:
+        pending = self._lookups.get(correlation) if correlation else None
+        if pending is None or correlation is None:
+            self.stats["lookup_unmatched"] += 1
+            return []
+        resp = self._parse(LookupResponse, payload)
+        if resp is None:
+            return []
+        del self._lookups[correlation]
+        self.stats["lookup_found" if resp.found else "lookup_unknown"] += 1
+        return [ApplyLookup(correlation, resp)]
+
+    # -- the site's other daemons -------------------------------------------------------------
+
+    def _on_site_events(self, sender: str, payload: bytes) -> list[Action]:
+        if sender == self.config.daemon:
+            self.stats["own_events_echo"] += 1
+            return []
+        batch = self._parse(EventBatch, payload)
+        if batch is None:
+            return []
+        if batch.daemon != sender:
+            self.stats["invalid"] += 1
+            self.stats["dropped"] += 1
+            return []
+        seen = self._remote_seen.get(sender, 0)
+        out: list[Action] = []
+        for ev in batch.events:
+            if ev.seq <= seen:
+                continue
+            seen = ev.seq
+            extra = ev.model_extra or {}
+            if ev.type != "access" or extra.get("decision") != "granted" or not extra.get("passed"):
+                continue
+            if not ev.member or not ev.gate or ev.gate not in batch.zones:
+                continue
+            try:
+                at = parse_instant(ev.at, _UTC)
+            except ValueError:
+                self.stats["invalid"] += 1
+                continue
+            direction = Direction.OUT if extra.get("reason") == "exit" else Direction.IN
+            out.append(RecordPassage(ev.member, batch.zones[ev.gate], direction, at, ev.gate, sender))
+            self.stats["remote_passages"] += 1
+        self._remote_seen[sender] = seen
+        return out
+
+    # -- alarms ------------------------------------------------------------------------------------
+
+    def _alarm(self, kind: str, detail: str, now: float) -> list[Action]:
+        self._note(f"alarm {kind}: {detail}")
+        last = self._alarms.last.get(kind)
+        if last is not None and now - last < self.config.alarm_interval:
+            self.stats["alarms_repeated"] += 1
+            return []
+        self._alarms.last[kind] = now
+        self.stats["alarms"] += 1
+        return [RaiseAlarm(kind, detail)]
+
+
+def _dump(model: BaseModel) -> bytes:
+    return model.model_dump_json(by_alias=True, exclude_none=True).encode()

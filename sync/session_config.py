@@ -1,0 +1,67 @@
+"""The protocol session's configuration (from the gate's `mqtt:` settings) and what the
+gate's store holds when a session starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sync.settings import MqttSettings
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    prefix: str
+    site: str
+    daemon: str
+    ack_timeout: float = 10.0
+    resync_retry: float = 60.0
+    reconcile_interval: float = 1800.0
+    health_interval: float = 60.0
+    central_status_wait: float = 2.0
+    lookup_timeout: float = 0.3
+    max_payload: int = 4_000_000
+    batch_events: int = 200
+    share_access: bool = True
+    snapshot_guard: float = 0.5
+    retain_acked: float = 604_800.0
+    retain_acked_max: int = 200_000
+    prune_interval: float = 60.0
+    software: str | None = None
+    alarm_interval: float = 60.0  # the same alarm again at most this often (each is counted)
+    gap_rewind_interval: float = 1.0  # acks with `gap` repeat while the resend is on its way
+
+    @property
+    def lookup_keep(self) -> float:
+        """How long an unanswered look-up is remembered: a late answer is still applied."""
+        return max(30.0, 10 * self.lookup_timeout)
+
+    @classmethod
+    def from_settings(cls, s: MqttSettings, software: str | None = None) -> SessionConfig:
+        return cls(
+            prefix=s.prefix,
+            site=s.site,
+            daemon=s.daemon,
+            ack_timeout=s.ack_timeout,
+            resync_retry=s.resync_retry,
+            reconcile_interval=s.reconcile_interval,
+            health_interval=s.health_interval,
+            central_status_wait=s.central_status_wait,
+            lookup_timeout=s.lookup_timeout,
+            max_payload=s.max_payload,
+            batch_events=s.batch_events,
+            share_access=s.share_access,
+            snapshot_guard=s.snapshot_guard,
+            retain_acked=s.retain_acked,
+            retain_acked_max=s.retain_acked_max,
+            software=software,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """What the gate's store holds when the session is made."""
+
+    acked_seq: int = 0
+    last_seq: int = 0
+    delta_seq: int = 0
+    has_snapshot: bool = False

@@ -1,0 +1,117 @@
+"""The central system restored from a backup (docs/protocol.md, "Recovery after a restore"):
+its database forgets the last events it applied and the deltas it numbered. The gate still
+holds them (acknowledged events are kept for a retention period): the central system asks
+for a replay and renumbers its deltas after the gate's, and in the end every event is
+applied exactly once and the balances agree again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from gated.engine import Engine
+from rules.credential import Credential
+from simulator.central import Central
+from sync.link import SyncLink
+from tests.broker import (
+    GATES,
+    POLICY,
+    SEED,
+    SITE,
+    WAIT_S,
+    Mosquitto,
+    central_settings,
+    clock,
+    make_store,
+    running,
+    settings_for,
+    site,
+    wait_until,
+)
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["held", "pruned"])
+async def test_a_central_restored_from_a_backup_gets_every_event_again(
+    mosquitto: Mosquitto, tmp_path: Path, pruned: bool
+) -> None:
+    """`held`: the gate still holds every event the backup lacks: all are applied again.
+    `pruned`: the retention was over for them: the replay answer says which are gone, the
+    central system records the loss and goes on after them; nothing else is lost."""
+    db = tmp_path / "central.db"
+    central = Central(central_settings(mosquitto), db)
+    central.load(SITE, SEED["members"], SEED["passes"], SEED["bookings"])
+    store = make_store(tmp_path / "gate.db", "gate-a")
+    now = clock()
+    link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
+    engine = Engine(store, site(), GATES, POLICY)
+
+    def taps(n: int) -> None:
+        for i in range(n):
+            engine.tap("in-1" if i % 2 == 0 else "out-1", Credential.card(("C1", "C2")[(i // 2) % 2]), now())
+
+    def settled(c: Central) -> bool:
+        return (
+            store.acked_seq == store.last_seq == c.applied_seq(SITE, "gate-a")
+            and link.delta_seq == c.delta_seq(SITE)
+            and not link.awaiting_snapshot
+            and all(store.balance(p) == c.balance(SITE, p) for p in ("p1", "p2"))
+        )
+
+    central_task = asyncio.create_task(central.run())
+    try:
+        async with running(link.run()):
+            await central.wait_connected(WAIT_S)
+            await link.wait_connected(WAIT_S)
+            taps(30)
+            await wait_until(lambda: settled(central), what="settled before the backup")
+            backup = sqlite3.connect(tmp_path / "backup.db")
+            central.conn.backup(backup)  # last night's backup
+            backup.close()
+            behind = central.delta_seq(SITE)
+            taps(30)
+            await wait_until(lambda: settled(central), what="settled after the backup")
+            assert central.delta_seq(SITE) > behind
+            in_backup = sqlite3.connect(tmp_path / "backup.db").execute(
+                "SELECT applied_seq FROM applied WHERE daemon = 'gate-a'").fetchone()[0]
+            gone = 0
+            if pruned:  # the retention is over for every acknowledged event
+                gone = store.prune_acked(now() + timedelta(days=30), keep_max=0)
+                assert gone == store.acked_seq and store.first_seq == store.last_seq + 1
+
+            # the central system's server is lost; its database restored from the backup
+            central_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await central_task
+            central.conn.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+            shutil.copy(tmp_path / "backup.db", db)
+            restored = Central(central_settings(mosquitto), db)
+            assert restored.applied_seq(SITE, "gate-a") < store.acked_seq
+            central_task = asyncio.create_task(restored.run())
+            await restored.wait_connected(WAIT_S)
+            taps(10)
+            await wait_until(lambda: settled(restored), timeout=60, what="settled after the restore")
+    finally:
+        central_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await central_task
+
+    events = restored.events(SITE, "gate-a")
+    lost = list(range(in_backup + 1, gone + 1))
+    assert [e["seq"] for e in events] == [s for s in range(1, store.last_seq + 1) if s not in lost]
+    assert len({e["id"] for e in events}) == len(events)
+    assert restored.stats["replays_requested"] >= 1 and restored.stats["delta_seq_behind"] >= 1
+    assert restored.stats["events_lost"] == len(lost)
+    assert link.stats["replays"] >= 1
+    taken = {p: sum(e["amount"] for e in events if e["type"] == "deduction" and e["pass"] == p) for p in ("p1", "p2")}
+    for p in ("p1", "p2"):
+        # what the central system applied, and the gate's view of it, agree (the lost
+        # deductions are the central system's to settle: it knows which seqs)
+        assert restored.balance(SITE, p) == 1000 - taken[p] == store.balance(p)

@@ -1,0 +1,395 @@
+"""The link's protocol session, without a broker: messages and time in, actions out
+(sync/session.py). Each test is a short script of inputs and the actions expected."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from rules.model import Direction
+from sync.protocol import ReplayRequest
+from sync.session import (
+    AbortSnapshot,
+    Action,
+    ApplyDelta,
+    ApplyLookup,
+    CommitSnapshot,
+    Publish,
+    PublishHealth,
+    RaiseAlarm,
+    ReadReplay,
+    RecordPassage,
+    Replica,
+    Session,
+    SessionConfig,
+    StageChunk,
+    StoreAck,
+    Subscribe,
+    WakeUplink,
+)
+
+P = "gated/s1"
+CONFIG = SessionConfig(prefix="gated", site="s1", daemon="gate-a", ack_timeout=10.0, central_status_wait=2.0,
+                       resync_retry=60.0, reconcile_interval=1800.0, health_interval=60.0, lookup_timeout=0.3)
+
+
+def session(replica: Replica | None = None, **kw: Any) -> Session:
+    config = SessionConfig(**{**{f: getattr(CONFIG, f) for f in CONFIG.__dataclass_fields__}, **kw})
+    return Session(config, replica or Replica(has_snapshot=True, delta_seq=5), zones={"in-1": "main"})
+
+
+def js(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def publishes(actions: list[Action], topic: str | None = None) -> list[dict[str, Any]]:
+    return [json.loads(a.payload) for a in actions if isinstance(a, Publish) and (topic is None or a.topic == topic)]
+
+
+def resyncs(actions: list[Action]) -> list[dict[str, Any]]:
+    return publishes(actions, f"{P}/resync")
+
+
+def online(at: str = "2026-11-18T09:00:00Z") -> bytes:
+    return js({"v": 1, "daemon": "central", "state": "online", "at": at})
+
+
+OFFLINE = js({"v": 1, "daemon": "central", "state": "offline"})
+
+
+def connected(s: Session, now: float = 100.0) -> Session:
+    s.connect(now, "2026-11-18T09:00:00Z")
+    s.receive("gated/central/status", online(), now, retained=True)
+    return s
+
+
+def pass_(pid: str = "p1", **kw: Any) -> dict[str, Any]:
+    return {"id": pid, "member": "m1", "kind": "visits", "balance": 5, "applied": {"gate-a": 0}, **kw}
+
+
+def chunk(i: int, n: int, *, sid: str = "snap", delta_seq: int = 5, members: int = 1, **kw: Any) -> bytes:
+    return js({"v": 1, "snapshot_id": sid, "chunk": i, "chunks": n, "delta_seq": delta_seq,
+               "members": [{"id": f"m{i}-{k}"} for k in range(members)], **kw})
+
+
+# -- connecting and the one resync per connection ----------------------------------------------
+
+
+def test_connect_subscribes_announces_and_waits_for_the_central_status() -> None:
+    s = session()
+    out = s.connect(100.0, "2026-11-18T09:00:00Z")
+    subs = {(a.topic, a.qos, a.no_local) for a in out if isinstance(a, Subscribe)}
+    assert subs == {
+        ("gated/central/status", 1, False), (f"{P}/gate-a/ack", 1, False), (f"{P}/gate-a/replay", 1, False),
+        (f"{P}/gate-a/lookup/response", 0, False), (f"{P}/snapshot", 1, False), (f"{P}/delta", 1, False),
+        (f"{P}/+/events", 1, True),
+    }
+    status = [a for a in out if isinstance(a, Publish) and a.topic == f"{P}/gate-a/status"]
+    assert len(status) == 1 and status[0].retain and status[0].qos == 1
+    body = json.loads(status[0].payload)
+    assert body["state"] == "online" and body["protocol"] == "1.1"
+    assert resyncs(out) == []  # not yet: is the central system there to hear it?
+
+
+@pytest.mark.parametrize(
+    ("replica", "reason", "since"),
+    [
+        (Replica(), "startup", None),
+        (Replica(has_snapshot=True, delta_seq=7), "reconnect", 7),
+    ],
+)
+def test_the_retained_central_status_triggers_exactly_one_resync(replica: Replica, reason: str, since: int | None) -> None:
+    s = session(replica)
+    s.connect(100.0, "x")
+    out = s.receive("gated/central/status", online(), 100.01, retained=True)
+    assert [(r["reason"], r.get("since_delta_seq")) for r in resyncs(out)] == [(reason, since)]
+    # nothing else asks again on this connection: not the timer, not the same status again
+    assert resyncs(s.tick(103.0)) == []
+    assert resyncs(s.receive("gated/central/status", online(), 103.5, retained=True)) == []
+    assert s.stats["resync_requests"] == 1
+
+
+def test_without_a_central_status_the_resync_goes_after_the_wait() -> None:
+    s = session()
+    s.connect(100.0, "x")
+    assert resyncs(s.tick(101.9)) == []
+    assert len(resyncs(s.tick(102.0))) == 1
+    assert resyncs(s.tick(104.0)) == []
+
+
+def test_a_central_said_offline_is_waited_for_then_asked_once() -> None:
+    s = session()
+    s.connect(100.0, "x")
+    assert s.receive("gated/central/status", OFFLINE, 100.0, retained=True) == []
+    assert resyncs(s.tick(110.0)) == []  # not at central_status_wait: it is offline
+    out = s.receive("gated/central/status", online("2026-11-18T09:01:00Z"), 111.0)
+    assert len(resyncs(out)) == 1
+    assert resyncs(s.tick(112.0)) == []
+
+
+def test_a_central_connecting_after_the_gate_gets_what_was_sent_before_again() -> None:
+    """Broker restarted with its state wiped, the gate back first: what it sent before the
+    central system subscribed is lost; the central's live `online` rewinds, and the one
+    resync of the connection goes with it."""
+    s = session(Replica(has_snapshot=True, last_seq=3))
+    s.connect(100.0, "x")
+    s.uplink([ev(1), ev(2), ev(3)], 100.1)
+    assert s.uplink_after(100.1) is None
+    out = s.receive("gated/central/status", online("2026-11-18T09:07:00Z"), 100.5)
+    assert WakeUplink() in out and len(resyncs(out)) == 1
+    assert s.uplink_after(100.5) == 0 and s.stats["resync_requests"] == 1
+
+
+def test_the_central_coming_back_is_one_more_resync_and_a_resend() -> None:
+    s = connected(session(), 100.0)
+    s.events_committed(3)
+    s.uplink([{"id": "a", "seq": 1, "type": "x", "at": "t"}], 100.0)
+    again = s.receive("gated/central/status", online("2026-11-18T09:00:00Z"), 101.0)  # a QoS 1 repeat
+    assert again == []
+    s.receive("gated/central/status", OFFLINE, 102.0)  # its last will
+    out = s.receive("gated/central/status", online("2026-11-18T09:05:00Z"), 103.0)
+    assert len(resyncs(out)) == 1 and WakeUplink() in out
+    assert s.uplink_after(103.0) == 0  # from the last acknowledged event again
+    # back without a will seen in between (a new `at`): also a new connection of the central
+    assert len(resyncs(s.receive("gated/central/status", online("2026-11-18T09:09:00Z"), 104.0))) == 1
+    assert s.stats["central_back"] == 2
+
+
+def test_a_snapshot_is_asked_again_while_waiting_then_reconcile() -> None:
+    s = connected(session(Replica()), 100.0)
+    assert s.awaiting_snapshot
+    assert resyncs(s.tick(159.0)) == []
+    assert [r["reason"] for r in resyncs(s.tick(160.0))] == ["startup"]
+    for a in s.receive(f"{P}/snapshot", chunk(0, 1, requested_by=["gate-a"]), 161.0):
+        assert isinstance(a, StageChunk) and a.first and a.last
+    assert s.snapshot_staged(0, 1, 161.5) == [CommitSnapshot("snap", 5)]
+    assert s.snapshot_committed(162.0) == []
+    assert not s.awaiting_snapshot and s.delta_seq == 5
+    assert resyncs(s.tick(1961.0)) == []
+    assert [(r["reason"], r["since_delta_seq"]) for r in resyncs(s.tick(1962.0))] == [("reconcile", 5)]
+
+
+def test_health_at_connect_and_every_interval() -> None:
+    s = connected(session(), 100.0)
+    assert PublishHealth() in s.tick(100.5)
+    assert PublishHealth() not in s.tick(150.0)
+    assert PublishHealth() in s.tick(160.5)
+
+
+# -- uplink and acks ------------------------------------------------------------------------------
+
+
+def ev(seq: int, gate: str | None = "in-1", size: int = 0) -> dict[str, Any]:
+    e: dict[str, Any] = {"id": f"e{seq}", "seq": seq, "type": "access", "at": "2026-11-18T09:00:00Z", "gate": gate}
+    if size:
+        e["message"] = "x" * size
+    return e
+
+
+def test_uplink_sends_in_order_with_zones_and_splits_what_is_too_big() -> None:
+    s = connected(session(Replica(has_snapshot=True, acked_seq=2, last_seq=2), max_payload=1500, batch_events=3))
+    assert s.uplink_after(100.0) is None
+    assert s.events_committed(6) == [WakeUplink()]
+    assert s.uplink_after(100.0) == 2
+    msg = s.uplink([ev(3), ev(4, None), ev(5)], 100.0)
+    assert msg is not None and msg.topic == f"{P}/gate-a/events" and msg.qos == 1 and not msg.retain
+    body = json.loads(msg.payload)
+    assert body["v"] == 1 and body["daemon"] == "gate-a" and body["zones"] == {"in-1": "main"}
+    assert [e["seq"] for e in body["events"]] == [3, 4, 5]
+    assert s.uplink_after(100.0) == 5
+    big = s.uplink([ev(6, size=1000), ev(7, size=1000)], 100.0)  # does not fit 1500 bytes together
+    assert big is not None and [e["seq"] for e in json.loads(big.payload)["events"]] == [6]
+
+
+def test_acks_prune_resend_after_timeout_and_refuse_what_was_never_sent() -> None:
+    s = connected(session(Replica(has_snapshot=True, last_seq=10)), 100.0)
+    s.uplink([ev(i) for i in range(1, 11)], 100.0)
+    assert s.uplink_after(100.0) is None
+    assert s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 4}), 101.0) == [StoreAck(4), WakeUplink()]
+    assert s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 3}), 101.5) == [WakeUplink()]  # late, old
+    assert WakeUplink() not in s.tick(111.0)
+    assert WakeUplink() in s.tick(111.1)  # ack_timeout without progress: from the acked point again
+    assert s.uplink_after(111.1) == 4 and s.stats["rewind_timeout"] == 1
+    # an ack beyond the last event: refused, counted, one alarm per interval
+    out = s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 11}), 112.0)
+    assert [type(a) for a in out] == [RaiseAlarm] and out[0].kind == "ack_beyond_last_seq"  # type: ignore[union-attr]
+    assert s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 99}), 113.0) == []
+    assert s.acked_seq == 4 and s.stats["ack_beyond_last_seq"] == 2 and s.stats["alarms"] == 1
+    assert isinstance(s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 12}), 173.0)[0], RaiseAlarm)
+
+
+def test_a_gap_ack_resends_from_the_central_systems_point_once_a_second() -> None:
+    s = connected(session(Replica(has_snapshot=True, last_seq=6)), 100.0)
+    s.uplink([ev(i) for i in range(1, 7)], 100.0)
+    out = s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 2, "gap": True}), 100.1)
+    assert out == [StoreAck(2), WakeUplink()] and s.uplink_after(100.1) == 2
+    s.uplink([ev(i) for i in range(3, 7)], 100.2)
+    s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 2, "gap": True}), 100.3)  # the same gap, repeated
+    assert s.uplink_after(100.3) is None and s.stats["rewind_gap"] == 1
+
+
+def test_replay_resends_what_the_gate_still_holds_below_its_acked_point() -> None:
+    s = connected(session(Replica(has_snapshot=True, last_seq=50, acked_seq=50)), 100.0)
+    out = s.receive(f"{P}/gate-a/replay", js({"v": 1, "request_id": "r1", "from_seq": 11}), 100.0)
+    assert out == [ReadReplay(ReplayRequest(request_id="r1", from_seq=11))]
+    out = s.replay_ready(ReplayRequest(request_id="r1", from_seq=11), first_held=21, now=100.0)
+    assert publishes(out, f"{P}/gate-a/replay/answer") == [
+        {"v": 1, "daemon": "gate-a", "request_id": "r1", "from_seq": 11, "first_seq": 21, "last_seq": 50}
+    ]
+    assert s.uplink_after(100.0) == 20 and s.replaying
+    s.disconnect(100.0)
+    s.connect(100.0, "x")  # a reconnect in the middle of a replay goes on with it
+    assert s.uplink_after(100.0) == 20 and s.replaying
+    s.uplink([ev(i) for i in range(21, 41)], 100.0)
+    # acks below the acked point are progress now (the restored central system climbing back)
+    assert s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 40}), 101.0) == [WakeUplink()]
+    s.uplink([ev(i) for i in range(41, 46)], 101.0)
+    assert WakeUplink() not in s.tick(110.5)
+    assert s.tick(111.5).count(WakeUplink()) == 1 and s.uplink_after(111.5) == 40  # timeout: from 40, not 50
+    s.uplink([ev(i) for i in range(41, 51)], 112.0)
+    s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 50}), 113.0)
+    assert not s.replaying and s.stats["replays_done"] == 1
+    # nothing held from there: the answer says so, nothing is resent
+    out = s.replay_ready(ReplayRequest(request_id="r2", from_seq=5), first_held=51, now=114.0)
+    assert publishes(out)[0]["first_seq"] == 51 and s.uplink_after(114.0) is None
+
+
+# -- deltas and snapshots -------------------------------------------------------------------------
+
+
+def delta(seq: int, **kw: Any) -> bytes:
+    return js({"v": 1, "delta_seq": seq, **kw})
+
+
+def test_deltas_in_order_old_ones_ignored_a_gap_waits_for_a_snapshot() -> None:
+    s = connected(session(), 100.0)
+    out = s.receive(f"{P}/delta", delta(6, passes=[pass_()]), 101.0)
+    assert [type(a) for a in out] == [ApplyDelta] and s.delta_seq == 6
+    assert s.receive(f"{P}/delta", delta(6), 101.0) == [] and s.stats["deltas_old"] == 1
+    out = s.receive(f"{P}/delta", delta(9), 102.0)
+    assert [r["reason"] for r in resyncs(out)] == ["gap"] and s.awaiting_snapshot
+    assert s.receive(f"{P}/delta", delta(10), 102.5) == []  # held
+    s.receive(f"{P}/snapshot", chunk(0, 2, delta_seq=8, requested_by=["gate-a"]), 103.0)
+    assert s.receive(f"{P}/delta", delta(11), 103.1) == []  # held while importing
+    s.receive(f"{P}/snapshot", chunk(1, 2, delta_seq=8, requested_by=["gate-a"]), 103.2)
+    assert s.snapshot_staged(2, 2, 103.3) == [CommitSnapshot("snap", 8)]
+    out = s.snapshot_committed(103.4)
+    assert [a.delta.delta_seq for a in out if isinstance(a, ApplyDelta)] == [9, 10, 11]
+    assert s.delta_seq == 11 and not s.awaiting_snapshot
+
+
+def test_a_pass_without_applied_is_refused() -> None:
+    s = connected(session(), 100.0)
+    no_applied = {k: v for k, v in pass_().items() if k != "applied"}
+    assert s.receive(f"{P}/delta", delta(6, passes=[no_applied]), 101.0) == []
+    assert s.stats["invalid"] == 1 and s.delta_seq == 5
+
+
+def test_versions_unknown_keys_are_ignored_another_major_is_dropped() -> None:
+    s = connected(session(), 100.0)
+    out = s.receive(f"{P}/delta", delta(6, members=[{"id": "m1", "nickname": "A"}], future={"x": 1}), 101.0)
+    assert [type(a) for a in out] == [ApplyDelta]
+    assert s.receive(f"{P}/delta", js({"v": 2, "delta_seq": 7}), 101.0) == []
+    assert s.stats["unsupported_version"] == 1 and s.delta_seq == 6
+
+
+@pytest.mark.parametrize(
+    ("held", "in_snapshot", "full", "applied"),
+    [
+        (100, 51, False, True),   # removes 49 %: applied
+        (100, 49, False, False),  # removes 51 %: held
+        (100, 0, False, False),   # empties the site: held
+        (100, 0, True, True),     # unless the central system means it
+        (0, 0, False, True),      # a first snapshot removes nothing
+    ],
+)
+def test_the_snapshot_guard(held: int, in_snapshot: int, full: bool, applied: bool) -> None:
+    s = connected(session(), 100.0)
+    out = s.receive(f"{P}/snapshot", chunk(0, 1, members=in_snapshot, full_replacement=full), 101.0)
+    assert [type(a) for a in out] == [StageChunk]
+    out = s.snapshot_staged(held, in_snapshot, 102.0)  # the members the worker built
+    if applied:
+        assert out == [CommitSnapshot("snap", 5)]
+    else:
+        assert out[0] == AbortSnapshot("held") and isinstance(out[1], RaiseAlarm) and out[1].kind == "snapshot_held"
+        assert s.stats["snapshots_held"] == 1 and not s.importing
+
+
+def test_snapshots_not_for_us_stale_or_out_of_order() -> None:
+    s = connected(session(), 100.0)
+    assert s.receive(f"{P}/snapshot", chunk(0, 1, requested_by=["gate-b"]), 101.0) == []
+    assert s.receive(f"{P}/snapshot", chunk(0, 1, delta_seq=4), 101.0) == []
+    assert s.stats["snapshots_stale"] == 1 and s.stats["snapshot_chunks_ignored"] == 1
+    assert s.receive(f"{P}/snapshot", chunk(1, 2, sid="other"), 101.0) == []
+    assert s.stats["snapshot_chunks_ignored"] == 2
+    s.receive(f"{P}/snapshot", chunk(0, 3), 102.0)
+    out = s.receive(f"{P}/snapshot", chunk(2, 3), 102.1)  # chunk 1 was lost
+    assert out[0] == AbortSnapshot("expected chunk 1/3, got 2/3")
+    assert [r["reason"] for r in resyncs(out)] == ["snapshot_failed"] and s.awaiting_snapshot
+
+
+def test_losing_the_connection_mid_snapshot_abandons_it() -> None:
+    s = connected(session(), 100.0)
+    s.receive(f"{P}/snapshot", chunk(0, 3), 101.0)
+    assert s.disconnect(102.0) == [AbortSnapshot("connection lost")]
+    assert not s.importing and s.awaiting_snapshot
+    assert s.uplink_after(103.0) is None and s.tick(103.0) == []
+    s.connect(104.0, "x")
+    out = s.receive("gated/central/status", online(), 104.0, retained=True)
+    assert [r["reason"] for r in resyncs(out)] == ["gap"]
+
+
+# -- look-ups -------------------------------------------------------------------------------------
+
+
+def test_lookup_answers_on_time_late_or_forgotten() -> None:
+    s = connected(session(), 100.0)
+    req = s.lookup("04A1", b"c1", 100.0)
+    assert req is not None and req.topic == f"{P}/lookup/request" and req.qos == 0
+    assert req.response_topic == f"{P}/gate-a/lookup/response" and req.correlation == b"c1"
+    answer = js({"v": 1, "found": True, "members": [{"id": "m9", "cards": ["04A1"]}], "passes": [pass_(member="m9")]})
+    out = s.receive(f"{P}/gate-a/lookup/response", answer, 100.1, correlation=b"c1")
+    assert [type(a) for a in out] == [ApplyLookup] and out[0].correlation == b"c1"  # type: ignore[union-attr]
+    assert s.receive(f"{P}/gate-a/lookup/response", answer, 100.2, correlation=b"c1") == []  # once
+    # seconds after lookup_timeout: still applied (the tap gave up, the next one finds the card)
+    s.lookup("04A2", b"c2", 200.0)
+    assert [type(a) for a in s.receive(f"{P}/gate-a/lookup/response", answer, 205.0, correlation=b"c2")] == [ApplyLookup]
+    s.lookup("04A3", b"c3", 300.0)
+    s.tick(331.0)  # forgotten after lookup_keep
+    assert s.receive(f"{P}/gate-a/lookup/response", answer, 331.0, correlation=b"c3") == []
+    assert s.stats["lookup_unmatched"] == 2 and s.stats["lookup_expired"] == 1
+    s.disconnect(400.0)
+    assert s.lookup("04A4", b"c4", 400.0) is None and s.stats["lookup_offline"] == 1
+
+
+# -- other gates of the site ----------------------------------------------------------------------
+
+
+def test_other_gates_passages_are_recorded_once() -> None:
+    s = connected(session(), 100.0)
+    batch = {"v": 1, "daemon": "gate-b", "zones": {"in-2": "main"}, "events": [
+        {"id": "x1", "seq": 1, "type": "access", "at": "2026-11-18T09:00:00Z", "gate": "in-2", "member": "m1",
+         "decision": "granted", "reason": "walk_in", "passed": True},
+        {"id": "x2", "seq": 2, "type": "access", "at": "2026-11-18T09:00:05Z", "gate": "in-2", "member": "m2",
+         "decision": "denied", "reason": "no_pass"},
+    ]}
+    out = s.receive(f"{P}/gate-b/events", js(batch), 101.0)
+    assert [(a.member, a.zone, a.direction, a.origin) for a in out if isinstance(a, RecordPassage)] == [
+        ("m1", "main", Direction.IN, "gate-b")
+    ]
+    assert s.receive(f"{P}/gate-b/events", js(batch), 101.0) == []  # a repeat
+    assert s.receive(f"{P}/gate-c/events", js(batch), 101.0) == []  # says it is someone else
+    assert s.receive(f"{P}/gate-a/events", js(batch), 101.0) == [] and s.stats["own_events_echo"] == 1
+
+
+def test_bad_input_is_counted_never_raised() -> None:
+    s = connected(session(max_payload=1024), 100.0)
+    for topic, payload in [(f"{P}/delta", b"{"), (f"{P}/gate-a/ack", b"[]"), (f"{P}/snapshot", b"x" * 2000),
+                           ("gated/central/status", js({"v": 1, "daemon": "gate-b", "state": "online"})),
+                           (f"{P}/elsewhere", b"{}")]:
+        assert s.receive(topic, payload, 101.0) == []
+    assert s.stats["malformed"] == 1 and s.stats["oversized"] == 1 and s.stats["unexpected_topic"] == 1
+    assert s.stats["dropped"] == 4
+    assert s.take_notes() and s.take_notes() == []
