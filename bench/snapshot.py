@@ -58,6 +58,10 @@ class Payloads:
                 f.write(p)
                 self.count += 1
                 self.bytes += len(p)
+            # written out now: the kernel's flush of a gigabyte of the bench's own file
+            # must not land in the measured import (it held taps' fsyncs)
+            f.flush()
+            os.fsync(f.fileno())
 
     def __iter__(self) -> Iterator[bytes]:
         with open(self.path, "rb") as f:

@@ -510,8 +510,13 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
-    # taps come first: the daemon's loop must win the CPU when both want it
-    os.nice(10)
+    # taps come first: the daemon's loop must win the CPU whenever both want it. SCHED_IDLE
+    # (this process and the parsers it forks run only when nothing else wants the CPU);
+    # where that is refused, the lowest nice value
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
     return run(json.loads(argv[1]), sys.stdin.buffer, sys.stdout.buffer)
 
 
