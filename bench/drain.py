@@ -29,6 +29,7 @@ import aiomqtt
 
 from bench.common import fresh_dir, values_summary
 from bench.generate import SiteData, gates, member_in, pass_in, policy, site
+from gated.clock import utc_now
 from gated.engine import Engine
 from rules.credential import Credential
 from sync.replica_file import copy_store
@@ -137,7 +138,7 @@ async def drain_once(store: Store, port: int, expected: int, timeout: float = 12
     ctask = asyncio.create_task(central.run())
     await asyncio.wait_for(central.ready.wait(), 10)
     settings = MqttSettings(host="127.0.0.1", port=port, site=SITE, daemon=DAEMON, share_access=False)
-    link = SyncLink(store, settings, gates=gates())
+    link = SyncLink(store, settings, now=utc_now, gates=gates())
     t0 = time.perf_counter()
     ltask = asyncio.create_task(link.run())
     try:

@@ -34,6 +34,7 @@ from typing import Any
 
 from bench.common import fresh_dir, summary, values_summary
 from bench.generate import SiteData, chunk_payloads, gates, policy, site
+from gated.clock import utc_now
 from gated.engine import Engine
 from rules.credential import Credential
 from sync.store import Store
@@ -126,7 +127,7 @@ async def import_once(store: Store, payloads: Payloads, data: SiteData) -> dict[
     from sync.link import MqttSettings, SyncLink
 
     engine = Engine(store, site(), gates(), policy())
-    link = SyncLink(store, MqttSettings(site="bench", daemon=DAEMON), gates=gates())
+    link = SyncLink(store, MqttSettings(site="bench", daemon=DAEMON), now=utc_now, gates=gates())
     topic = link.topics.snapshot
     applied = link.stats["snapshots_applied"]
     stop = asyncio.Event()

@@ -337,7 +337,7 @@ class Config(Section):
         """Legal but risky settings: (key path, what to consider)."""
         out: list[tuple[str, str]] = []
         for i, g in enumerate(self.gates):
-            if g.output is not None and g.output.mode == DoorMode.fail_secure and (g.escape_route or g.direction == "out"):
+            if g.output is not None and g.output.mode == DoorMode.FAIL_SECURE and (g.escape_route or g.direction == "out"):
                 out.append(
                     (f"gates[{i}].output.mode", f"gate {g.id} is on an escape route but fail_secure: it stays locked on a fire alarm or power cut")
                 )

@@ -1,7 +1,9 @@
 """`gated run`: the daemon. Readers → rules → relays → store, the scheduler, the MQTT link,
 the control socket and the console, in one asyncio loop.
 
-This module wires the parts and owns their lifetimes. The path of a tap is in
+This module wires the parts and owns their lifetimes — start and stop in one place, in
+their order (outputs locked before any reader; readers stopped before the store), which
+is why it is a little over 500 lines. The path of a tap is in
 gated/taps.py (decide, admit, durable intent, relay, commit: nothing opens that cannot be
 recorded); lockdown, emergency release and the fire input in gated/safety.py; the health
 of the store, its retries and backups in gated/storage_watch.py.
@@ -17,7 +19,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,12 +31,14 @@ from drivers.outputs.links import lines_in_use
 from drivers.outputs.modbus import OutputFault, OutputHealth
 from drivers.readers.base import Reader, ReaderHealth
 from drivers.readers.config import build_reader
-from gated import logs, sdnotify
+from gated import logs, sdnotify, status
+from gated.alarms import Alarms
 from gated.clock import SIMULATION_ENV, Clock, SimulatedClock, utc_now
 from gated.clock import allowed as simulation_allowed
 from gated.config import Config, ConfigError, load_config
 from gated.engine import Engine
 from gated.metrics import Metrics
+from gated.reload import reload_config
 from gated.safety import Safety
 from gated.storage_watch import StorageWatch
 from gated.taps import TapPath
@@ -49,7 +53,6 @@ from sync.store import Event, Store, StoreError
 log = structlog.get_logger("gated")
 
 SCHEDULER_INTERVAL = 1.0
-RELOAD_TIMEOUT = 10.0
 
 
 class StoreUnusable(Exception):
@@ -91,15 +94,13 @@ class Daemon:
         self.console: Any = None
         self.control: Any = None  # gated.control.ControlServer, once started
         self.fire_monitor: FireAlarmMonitor | None = None
-        self._relay_state: dict[str, str] = {}
-        self._reader_state: dict[str, ReaderHealth] = {}
-        self._readers_stopping: set[str] = set()  # stopped on purpose: going offline is no news
+        self.alarms = Alarms(self.metrics, clock)
         self._reload_lock = asyncio.Lock()
         self._jobs: set[asyncio.Future[Any]] = set()
 
     # -- wiring -----------------------------------------------------------------------
 
-    def _engine(self, config: Config, store: Store) -> Engine:
+    def build_engine(self, config: Config, store: Store) -> Engine:
         return Engine(
             store,
             config.site_domain(),
@@ -125,11 +126,12 @@ class Daemon:
         )
         store = self.store = self._open_store()
         store.listeners.append(self._on_events)
-        self.engine = self._engine(cfg, store)
+        self.engine = self.build_engine(cfg, store)
         backup_every = parse_duration(cfg.store.backup_interval) if cfg.store.backup_interval else None
         self.storage = StorageWatch(
             store, self.clock, self.metrics, min_free=int(cfg.store.min_free_mb * 1024 * 1024), backup_interval=backup_every
         )
+        self.alarms.store, self.alarms.storage = store, self.storage
         fire_policy = cfg.fire_alarm.on_unknown if cfg.fire_alarm is not None else FireInputPolicy.KEEP
         self.safety = Safety(store, self.controllers, self.clock, self._site_alarm, fire_policy)
         if cfg.fire_alarm is not None:
@@ -139,22 +141,22 @@ class Daemon:
         # then what a person decided before the restart (lockdown, emergency release)
         for g in cfg.gates:
             if g.output is not None:
-                ctl = GateController(g.id, g.output, on_alarm=self._on_alarm)
+                ctl = GateController(g.id, g.output, on_alarm=self.on_alarm)
                 await ctl.start()
                 self.controllers[g.id] = ctl
         await self.safety.restore()
         if cfg.fire_alarm is not None:
-            await self._start_fire_monitor()  # its first read (or failure) before any reader
+            await self.start_fire_monitor()  # its first read (or failure) before any reader
         self.taps = TapPath(
-            self.engine, cfg, self.controllers, self.safety, self.storage, self.metrics, self.clock, self._cache_stale
+            self.engine, cfg, self.controllers, self.safety, self.storage, self.metrics, self.clock, self.cache_stale
         )
         for g in cfg.gates:
             for rc in g.readers:
-                self._start_reader(g.id, build_reader(rc, on_health=self._reader_health))
+                self.start_reader(g.id, build_reader(rc, on_health=self.reader_health))
         if cfg.mqtt is not None:
             from sync.link import SyncLink
 
-            self.link = SyncLink(store, cfg.mqtt, now=self.clock, gates=cfg.gates_domain(), health=self._link_health)
+            self.link = SyncLink(store, cfg.mqtt, now=self.clock, gates=cfg.gates_domain(), health=lambda: status.link_health(self))
             self.taps.link = self.link
             self.link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
         from gated.console.backend import DaemonBackend
@@ -180,7 +182,7 @@ class Daemon:
         gc.collect()
         gc.freeze()
         sdnotify.ready()
-        sdnotify.status(self._status_line())
+        sdnotify.status(status.status_line(self))
         log.info("ready", gates=len(cfg.gates), readers=len(self.readers), seconds=round(time.monotonic() - self.started_at, 3))
 
     def _check_storage_at_start(self) -> None:
@@ -200,23 +202,7 @@ class Daemon:
             return
         self.storage.guard.precheck(now)
 
-    def _status_line(self) -> str:
-        problems = []
-        if self.storage is not None and not self.storage.ok:
-            problems.append(f"STORAGE FAULT ({self.storage.guard.problem}): entries refused")
-        if self.safety is not None:
-            if self.safety.lockdown.active:
-                problems.append("LOCKDOWN")
-            if self.safety.released:
-                problems.append("DOORS RELEASED")
-            if self.safety.fire_configured and not self.safety.fire.known:
-                problems.append("FIRE INPUT UNREACHABLE")
-        base = f"ready: {len(self.config.gates)} gates, {len(self.readers)} readers"
-        if self.config.simulation is not None:
-            base += " (SIMULATED CLOCK)"
-        return base + ("; " + "; ".join(problems) if problems else "")
-
-    def _start_reader(self, gate_id: str, reader: Reader) -> None:
+    def start_reader(self, gate_id: str, reader: Reader) -> None:
         async def on_credential(cred: Credential) -> None:
             # a tap runs in its own task: stopping a reader (shutdown, reload, unplug)
             # must never cancel a tap that already released the turnstile
@@ -225,6 +211,7 @@ class Daemon:
             task.add_done_callback(self.in_flight.discard)
 
         self.readers[reader.id] = (gate_id, reader)
+        self.alarms.reader_gates[reader.id] = gate_id
         self.reader_tasks[reader.id] = asyncio.create_task(reader.run(on_credential), name=f"reader-{reader.id}")
 
     async def stop(self) -> None:
@@ -237,10 +224,8 @@ class Daemon:
         self.stopping.set()  # also when stop() is called directly (tests, embedding)
         for ctl in self.controllers.values():
             ctl.wind_down()
-        self._readers_stopping.update(self.reader_tasks)
-        for task in self.reader_tasks.values():
-            task.cancel()
-        await self._bounded(self._settle(list(self.reader_tasks.values())), "readers")
+        self.alarms.readers_stopping.update(self.reader_tasks)
+        await self._end(self.reader_tasks.values(), "readers")
         if self.in_flight:
             # a person already released is waited for (the tap is finished and committed);
             # a grant that lapses meanwhile, or is still pending after that, ends
@@ -249,9 +234,7 @@ class Daemon:
             await asyncio.wait(list(self.in_flight), timeout=15)
             for ctl in self.controllers.values():
                 await self._bounded(ctl.abandon_grants(), "pending grants")
-        for task in self._tasks:
-            task.cancel()
-        await self._bounded(self._settle(self._tasks), "background tasks")
+        await self._end(self._tasks, "background tasks")
         if self.storage is not None and (self.storage.held or self.storage.alarms_pending):
             await self._bounded(self.storage.check(), "held commits")  # one last try
         if self.fire_monitor is not None:
@@ -261,21 +244,26 @@ class Daemon:
         if self.control is not None:
             await self._bounded(self.control.stop(), "control socket")
         if self.link_task is not None:
-            self.link_task.cancel()
-            await self._bounded(self._settle([self.link_task]), "mqtt link")
+            await self._end([self.link_task], "mqtt link")
         for gid, ctl in self.controllers.items():
             await self._bounded(ctl.stop(), f"gate {gid}")
         if self.store is not None:
+            self.alarms.store = None
             self.store.close()
             self.store = None
         log.info("stopped")
 
-    @staticmethod
-    async def _settle(tasks: list[asyncio.Task[Any]]) -> None:
-        # asyncio.wait, not `await task` under suppress(CancelledError): that would also
-        # swallow a cancellation of the task doing the waiting
-        if tasks:
-            await asyncio.wait(tasks)
+    async def _end(self, tasks: Iterable[asyncio.Task[Any]], what: str) -> None:
+        """Cancel `tasks` and wait for them, bounded. Not an asyncio.TaskGroup: start() and
+        stop() are the daemon's API (tests and the demo embed it), so its tasks outlive any
+        one `async with`; and on Python 3.11 a TaskGroup can leave its owner cancelled after
+        a child fails (seen with the MQTT link). asyncio.wait, not `await task` under
+        suppress(CancelledError): that would also swallow a cancel of the waiting task."""
+        todo = [t for t in tasks if not t.done()]
+        for t in todo:
+            t.cancel()
+        if todo:
+            await self._bounded(asyncio.wait(todo), what)
 
     @staticmethod
     async def _bounded(aw: Any, what: str, timeout: float = 5.0) -> None:
@@ -377,7 +365,7 @@ class Daemon:
         assert self.store is not None
         return occupancy(self.store, zone, self.clock())
 
-    def _cache_stale(self) -> bool:
+    def cache_stale(self) -> bool:
         assert self.store is not None
         max_age = self.config.stale_cache.max_age
         if max_age is None:
@@ -403,28 +391,28 @@ class Daemon:
     async def set_lockdown(self, on: bool, operator: str) -> None:
         assert self.safety is not None
         await self.safety.set_lockdown(on, operator)
-        sdnotify.status(self._status_line())
+        sdnotify.status(status.status_line(self))
 
     async def emergency_release(self, operator: str) -> None:
         """Every fail-safe door released, as for a fire alarm, by an admin's decision."""
         assert self.safety is not None
         await self.safety.set_emergency(True, operator)
-        sdnotify.status(self._status_line())
+        sdnotify.status(status.status_line(self))
 
     async def end_emergency_release(self, operator: str) -> None:
         """Back to normal after an emergency release (not while the fire input is active)."""
         assert self.safety is not None
         await self.safety.set_emergency(False, operator)
-        sdnotify.status(self._status_line())
+        sdnotify.status(status.status_line(self))
 
-    async def _start_fire_monitor(self) -> None:
+    async def start_fire_monitor(self) -> None:
         assert self.config.fire_alarm is not None and self.safety is not None
         safety = self.safety
 
         def health(h: OutputHealth, error: str | None) -> None:
             if self.stopping.is_set():
                 return  # the monitor closing at shutdown is not an alarm
-            self.metrics.fire_input_up.set(1 if h is OutputHealth.online else 0)
+            self.metrics.fire_input_up.set(1 if h is OutputHealth.ONLINE else 0)
             self._spawn(safety.fire_input_health(h, error), "fire input health")
 
         monitor = self.fire_monitor = FireAlarmMonitor(
@@ -439,40 +427,15 @@ class Daemon:
             self.metrics.fire_input_up.set(1)
 
     async def _site_alarm(self, kind: str, detail: str) -> None:
-        """An alarm about the site rather than one gate (fire input)."""
-        await self._on_alarm("", kind, detail)
-        sdnotify.status(self._status_line())
+        """An alarm about the site rather than one gate (the fire input)."""
+        self.alarms.raise_(None, kind, detail)
+        sdnotify.status(status.status_line(self))
 
-    async def _on_alarm(self, gate_id: str, kind: str, detail: str) -> None:
-        if kind.startswith("relay_"):
-            self.metrics.relay_up.labels(gate_id).set(1 if kind == "relay_online" else 0)
-            previous = self._relay_state.get(gate_id)
-            self._relay_state[gate_id] = kind
-            if kind == "relay_online" and previous in (None, "relay_online"):
-                return  # coming up as expected is not news; coming back after a fault is
-        self.metrics.alarms.labels(gate_id, kind).inc()
-        log.warning("alarm", gate=gate_id or None, kind=kind, detail=detail)
-        if self.store is not None:
-            try:
-                self.store.emit("alarm", self.clock(), gate=gate_id or None, kind=kind, detail=detail)
-            except STORAGE_ERRORS as e:
-                if self.storage is not None:
-                    self.storage.failed(e, "alarm")
+    async def on_alarm(self, gate_id: str, kind: str, detail: str) -> None:
+        await self.alarms.gate_alarm(gate_id, kind, detail)
 
-    def _reader_health(self, reader_id: str, health: ReaderHealth) -> None:
-        """A reader went offline, came back or refuses us: an event like a relay's (the
-        first time it comes up is not news)."""
-        previous = self._reader_state.get(reader_id)
-        self._reader_state[reader_id] = health
-        self.metrics.reader_up.labels(reader_id).set(1 if health == ReaderHealth.ONLINE else 0)
-        if (previous is None and health == ReaderHealth.ONLINE) or reader_id in self._readers_stopping:
-            return
-        gate_id = self.readers[reader_id][0] if reader_id in self.readers else None
-        kind = f"reader_{health.value}"
-        self.metrics.alarms.labels(gate_id or "", kind).inc()
-        if self.store is not None:
-            self.store.emit("alarm", self.clock(), gate=gate_id, kind=kind, reader=reader_id, detail=f"reader {reader_id} is {health.value}")
-        log.warning("alarm", gate=gate_id, kind=kind, reader=reader_id)
+    def reader_health(self, reader_id: str, health: ReaderHealth) -> None:
+        self.alarms.reader_health(reader_id, health)
 
     def _on_events(self, events: list[Event]) -> None:
         for ev in events:
@@ -497,93 +460,24 @@ class Daemon:
             except Exception:
                 log.exception("scheduler_failed")
             try:
-                self._update_gauges()
+                status.update_gauges(self)
             except STORAGE_ERRORS as e:
                 if self.storage is not None:
                     self.storage.failed(e, "gauges")
             await asyncio.sleep(SCHEDULER_INTERVAL)
 
-    def _update_gauges(self) -> None:
-        if self.store is None:
-            return
-        for rid, (_, r) in self.readers.items():
-            self.metrics.reader_up.labels(rid).set(1 if r.health == ReaderHealth.ONLINE else 0)
-        for gid, ctl in self.controllers.items():
-            self.metrics.relay_up.labels(gid).set(1 if ctl.output.health == OutputHealth.online else 0)
-        self.metrics.broker_up.set(1 if self.link is not None and getattr(self.link, "connected", False) else 0)
-        if self.safety is not None:
-            self.metrics.safety.labels("lockdown").set(int(self.safety.lockdown.active))
-            self.metrics.safety.labels("emergency_release").set(int(self.safety.emergency.active))
-            self.metrics.safety.labels("fire_alarm").set(int(self.safety.fire_alarm))
-        self.metrics.outbox_depth.set(self.store.outbox_depth())
-        last = self.store.last_sync_at()
-        if last is not None:
-            self.metrics.last_sync.set(last.timestamp())
-
     async def _watchdog(self) -> None:
         interval = sdnotify.watchdog_interval()
         if interval is None:
             return
-        last = self._status_line()
+        last = status.status_line(self)
         while True:
             sdnotify.watchdog()  # from the event loop: a stuck loop stops the pings
-            line = self._status_line()
+            line = status.status_line(self)
             if line != last:  # `systemctl status` shows a storage fault or a lockdown
                 sdnotify.status(line)
                 last = line
             await asyncio.sleep(interval)
-
-    def _link_health(self) -> dict[str, Any]:
-        """What the periodic MQTT health message says about this daemon's devices."""
-        return {
-            "readers": {rid: r.health.value for rid, (_, r) in self.readers.items()},
-            "outputs": {gid: ctl.output.health.value for gid, ctl in self.controllers.items()},
-            "lockdown": self.lockdown,
-            "fire_alarm": self.fire_alarm,
-            "storage": self.storage.as_dict() if self.storage is not None else None,
-        }
-
-    def health(self) -> dict[str, Any]:
-        store = self.store
-
-        def read(f: Callable[[], Any]) -> Any:
-            try:
-                return f()
-            except STORAGE_ERRORS as e:  # a broken store must not break the status too
-                return f"unreadable: {e}"
-
-        last = read(store.last_sync_at) if store else None
-        return {
-            "site": self.config.site.id,
-            "daemon": self.config.daemon_id,
-            "ready": self.ready,
-            "clock": "simulated" if self.config.simulation is not None else "real",
-            "lockdown": self.lockdown,
-            "fire_alarm": self.fire_alarm,
-            "safety": self.safety.as_dict() if self.safety is not None else None,
-            "storage": self.storage.as_dict() if self.storage is not None else None,
-            "readers": {rid: {"gate": g, "health": r.health.value, "stats": dict(r.stats)} for rid, (g, r) in self.readers.items()},
-            "modbus_lines": lines_in_use(),
-            "gates": {
-                g.id: {
-                    "zone": g.zone,
-                    "direction": g.direction,
-                    "relay": self.controllers[g.id].output.health.value if g.id in self.controllers else "none",
-                    "state": self.controllers[g.id].state if g.id in self.controllers else {},
-                    "last_tap": self.last_tap.get(g.id),
-                }
-                for g in self.config.gates
-            },
-            "broker": "connected" if self.link is not None and getattr(self.link, "connected", False) else ("none" if self.link is None else "disconnected"),
-            "outbox_depth": read(store.outbox_depth) if store else None,
-            "last_sync": last.isoformat() if isinstance(last, datetime) else last,
-            "cache_stale": read(self._cache_stale) if store else None,
-            "sync": (
-                {"central_online": self.link.central_online, "awaiting_snapshot": self.link.awaiting_snapshot,
-                 "stats": dict(self.link.stats)}
-                if self.link is not None else None
-            ),
-        }
 
     # -- reload -----------------------------------------------------------------------
 
@@ -592,79 +486,18 @@ class Daemon:
         if self.config_path is None:
             return False
         async with self._reload_lock:  # SIGHUPs in a burst: one reload after another
-            return await self._reload(self.config_path)
+            return await reload_config(self, self.config_path)
 
-    async def _reload(self, path: Path) -> bool:
-        # Parsed in a worker thread: the file is outside input, and even bounded (see
-        # gated/yamlload.py) a big one takes a while; taps go on meanwhile.
-        try:
-            new = await asyncio.wait_for(asyncio.to_thread(load_config, path), RELOAD_TIMEOUT)
-        except ConfigError as e:
-            log.error("reload_refused", problems=[f"{ln}:{k}: {m}" for ln, k, m in e.problems])
-            sdnotify.status("reload refused: configuration invalid; running with the previous one")
-            return False
-        except TimeoutError:
-            log.error("reload_refused", problems=[f"reading the file took longer than {RELOAD_TIMEOUT:.0f} s"])
-            sdnotify.status("reload refused: configuration took too long to read; running with the previous one")
-            return False
-        sdnotify.reloading()
-        assert self.store is not None
-        old = self.config
-        self.config = new
-        # rules parameters swap atomically: a tap decided after this line uses the new ones
-        self.engine = self._engine(new, self.store)
-        if self.taps is not None:
-            self.taps.engine, self.taps.config = self.engine, new
-        old_gates = {g.id: g for g in old.gates}
-        for g in new.gates:
-            before = old_gates.get(g.id)
-            if before is None or before.readers != g.readers:
-                if before is not None:
-                    for rc in before.readers:
-                        await self._stop_reader(rc.id)
-                for rc in g.readers:
-                    self._start_reader(g.id, build_reader(rc, on_health=self._reader_health))
-            if (before is None or before.output != g.output):
-                if g.id in self.controllers:
-                    await self.controllers.pop(g.id).stop()
-                if g.output is not None:
-                    ctl = GateController(g.id, g.output, on_alarm=self._on_alarm)
-                    await ctl.start()
-                    self.controllers[g.id] = ctl
-                    if self.safety is not None:
-                        await self.safety.apply_to(ctl)  # a lockdown holds on a new board too
-        if new.fire_alarm != old.fire_alarm:
-            if self.fire_monitor is not None:
-                await self.fire_monitor.stop()
-                self.fire_monitor = None
-            assert self.safety is not None
-            self.safety.fire_policy = new.fire_alarm.on_unknown if new.fire_alarm else FireInputPolicy.KEEP
-            if new.fire_alarm is not None:
-                self.safety.watch_fire_input()
-                await self._start_fire_monitor()
-            else:
-                self.safety.fire_configured = False
-                await self.safety.fire_input_read(False)
-        for gid, g in old_gates.items():
-            if gid not in {x.id for x in new.gates}:
-                for rc in g.readers:
-                    await self._stop_reader(rc.id)
-                if gid in self.controllers:
-                    await self.controllers.pop(gid).stop()
-        sdnotify.ready()
-        sdnotify.status("ready: configuration reloaded")
-        log.info("reloaded", gates=len(new.gates))
-        return True
+    def health(self) -> dict[str, Any]:
+        return status.health(self)
 
-    async def _stop_reader(self, reader_id: str) -> None:
+    async def stop_reader(self, reader_id: str) -> None:
         task = self.reader_tasks.pop(reader_id, None)
         self.readers.pop(reader_id, None)
         if task is not None:
-            self._readers_stopping.add(reader_id)
-            task.cancel()
-            await asyncio.wait([task])
-            self._readers_stopping.discard(reader_id)
-            self._reader_state.pop(reader_id, None)  # a reader started again comes up quietly
+            self.alarms.readers_stopping.add(reader_id)
+            await self._end([task], f"reader {reader_id}")
+            self.alarms.reader_stopped(reader_id)
 
 
 def run(config_path: str) -> int:

@@ -60,7 +60,7 @@ def find_gate(config: Config, gate_id: str, out: Out) -> GateConfig | None:
 
 
 def where(cfg: ModbusOutputConfig) -> str:
-    if cfg.transport is OutputTransport.tcp:
+    if cfg.transport is OutputTransport.TCP:
         return f"Modbus TCP {cfg.host}:{cfg.port} unit {cfg.unit}"
     return f"Modbus RTU {cfg.device} {cfg.baudrate} 8{cfg.parity}{cfg.stopbits} unit {cfg.unit}"
 
@@ -74,7 +74,7 @@ def likely_cause(cfg: ModbusOutputConfig, error: str) -> str:
         return "no permission on the serial device: add the user to the dialout group"
     if "busy" in text or "lock" in text:
         return "the serial port is held by another program (the daemon?)"
-    if cfg.transport is OutputTransport.tcp:
+    if cfg.transport is OutputTransport.TCP:
         if "refused" in text or "cannot open" in text or "connect" in text:
             return f"nothing accepts connections at {cfg.host}:{cfg.port}: wrong address or port, board off, another network"
         return f"the board does not answer unit {cfg.unit}: some boards want unit 1, 0 or 255"
@@ -310,7 +310,7 @@ async def monitor(
                     f"door={_flag(snap.door_open, 'OPEN', 'closed')}"
                     + (f" line load={load:.0%}" if load is not None else "")
                 )
-            if output.health is not OutputHealth.online:
+            if output.health is not OutputHealth.ONLINE:
                 await asyncio.sleep(0.5)
             await asyncio.sleep(interval)
         return 0

@@ -148,7 +148,7 @@ class Safety:
             await self.alarm("fire_input_online", "the fire-alarm input reads again")
 
     async def fire_input_health(self, health: OutputHealth, error: str | None) -> None:
-        if health is OutputHealth.online:
+        if health is OutputHealth.ONLINE:
             return  # known again only once a read succeeds (fire_input_read)
         self.fire = FireInput(active=self.fire.active, known=False)
         self.fire_error = error

@@ -232,7 +232,7 @@ class TapPath:
             lockdown=self.safety.lockdown.active,
             safety_input_lost=self.safety.input_lost,
             storage_ok=self.storage.ok_for_entry(),
-            relay_online=ctl is None or ctl.output.health == OutputHealth.online,
+            relay_online=ctl is None or ctl.output.health == OutputHealth.ONLINE,
             cache_stale=self.cache_stale(),
             stale_policy=StalePolicy(self.config.stale_cache.policy),
             zone_full=full,
@@ -273,13 +273,13 @@ class TapPath:
             if self._exit(pending):
                 # an exit opens in a lockdown too (a one-off release, as the desk's); during
                 # a fire alarm a fail-safe door already stands open
-                if self.safety.released and ctl.cfg.mode is DoorMode.fail_safe:
+                if self.safety.released and ctl.cfg.mode is DoorMode.FAIL_SAFE:
                     return pending, True
                 return pending, await ctl.open_once()
             return pending, await ctl.grant()
         except GrantRefused as refused:
-            reason = Reason.FIRE_ALARM if refused.reason == "fire_alarm" else Reason.LOCKDOWN
-            if refused.reason == "fire_alarm" and self.safety.emergency.active and not self.safety.fire_alarm:
+            reason = refused.reason
+            if reason == Reason.FIRE_ALARM and self.safety.emergency.active and not self.safety.fire_alarm:
                 reason = Reason.EMERGENCY_RELEASE
             return self.engine.refuse(pending, reason), False
         except OutputFault:

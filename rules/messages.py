@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from rules.model import PassKind
 from rules.reasons import Reason
 
 SEP = " — "
@@ -39,7 +40,7 @@ def _pass(facts: Facts) -> str:
 def _units(amount: str, kind: str | None) -> str:
     """'1 entry', '8 entries', '120 credits' — what a balance counts, in the gym's words."""
     one = amount in ("1", "1.0")
-    if kind == "credits":
+    if kind == PassKind.CREDITS:
         return f"{amount} credit" if one else f"{amount} credits"
     return f"{amount} entry" if one else f"{amount} entries"
 

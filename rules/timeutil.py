@@ -181,9 +181,6 @@ class WeekSchedule:
         prev = self.days[(wd - 1) % 7]
         return any(w.end > MINUTES_PER_DAY and minute + MINUTES_PER_DAY < w.end for w in prev)
 
-    def windows_on(self, weekday: int) -> tuple[Window, ...]:
-        return self.days[weekday]
-
     def next_opening(self, wall: datetime) -> datetime | None:
         """The next window start after `wall` within a week (for human messages)."""
         base = wall.replace(hour=0, minute=0, second=0, microsecond=0)

@@ -53,9 +53,9 @@ class Person:
 
 
 class Fault(StrEnum):
-    none = "none"
-    no_answer = "no_answer"  # requests are received but never answered (and not applied)
-    slow_answer = "slow_answer"  # every answer is delayed by slow_ms
+    NONE = "none"
+    NO_ANSWER = "no_answer"  # requests are received but never answered (and not applied)
+    SLOW_ANSWER = "slow_answer"  # every answer is delayed by slow_ms
 
 
 class SimTurnstile:
@@ -122,7 +122,7 @@ class SimTurnstile:
         self._door_by_person = 0  # people currently holding the door open
         self._door_forced = False
         self._fire = False
-        self._fault = Fault.none
+        self._fault = Fault.NONE
         self._slow = 0.0
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._server_port: str | None = None
@@ -203,7 +203,7 @@ class SimTurnstile:
         self._script.extend(people)
 
     def inject(self, fault: Fault | str, *, slow_ms: float = 0.0) -> None:
-        """Fault injection: Fault.none clears it."""
+        """Fault injection: Fault.NONE clears it."""
         self._fault = Fault(fault)
         self._slow = slow_ms / 1000.0
 
@@ -331,10 +331,10 @@ class SimTurnstile:
         registers: list[int],
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
-        if self._fault is Fault.no_answer:
+        if self._fault is Fault.NO_ANSWER:
             return ExcCodes.DEVICE_BUSY  # not applied; trace_packet drops the answer anyway
         # Writes call the hook twice (write, then read-back): delay only the first call.
-        if self._fault is Fault.slow_answer and (set_values is not None or function_code in _READS):
+        if self._fault is Fault.SLOW_ANSWER and (set_values is not None or function_code in _READS):
             await asyncio.sleep(self._slow)
         if function_code in (_WRITE_COIL, _WRITE_COILS) and set_values is not None:
             offset = self.coil - address
@@ -347,7 +347,7 @@ class SimTurnstile:
         return None
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        if sending and self._fault is Fault.no_answer:
+        if sending and self._fault is Fault.NO_ANSWER:
             return b""
         return data
 

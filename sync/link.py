@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from importlib import metadata
 from typing import Any, TypeVar
 
@@ -64,10 +64,6 @@ T = TypeVar("T")
 log = logging.getLogger("gated.sync")
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def software_version() -> str:
     try:
         return f"gated {metadata.version('gated')}"
@@ -83,7 +79,7 @@ class SyncLink:
         store: Store,
         settings: MqttSettings,
         *,
-        now: Callable[[], datetime] = _now,
+        now: Callable[[], datetime],  # the daemon's clock (gated/clock.py): real, or simulated
         on_change: Callable[[str], None] | None = None,
         gates: Mapping[str, Gate] | None = None,
         health: Callable[[], Mapping[str, Any]] | None = None,

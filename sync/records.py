@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -119,12 +119,12 @@ class PassIn(Strict):
 
     @model_validator(mode="after")
     def _balance_fits_kind(self) -> PassIn:
-        if self.kind in ("visits", "credits"):
+        if PassKind(self.kind).has_balance:
             if self.balance is None:
                 raise FieldError("balance", f"balance is required for a {self.kind} pass")
         elif self.balance is not None:
             raise FieldError("balance", f"balance is not allowed for a {self.kind} pass")
-        if self.kind == "credits" and self.walk_in_cost is None:
+        if PassKind(self.kind) == PassKind.CREDITS and self.walk_in_cost is None:
             raise FieldError("walk_in_cost", "walk_in_cost is required for a credits pass")
         if self.valid_from and self.valid_until and self.valid_from > self.valid_until:
             raise FieldError("valid_until", "valid_from is after valid_until")
@@ -185,10 +185,6 @@ class BookingIn(Strict):
             cost=self.cost,
             loyalty_points=self.loyalty_points,
         )
-
-
-def dump_json_safe(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 __all__ = ["BookingIn", "MemberIn", "PassIn", "PassRecord", "datetime"]

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from gated.config import ConfigError, load_config
 from gated.control import Command
-from gated.scenario import ScenarioInvalid, load_scenario
+from gated.scenario_file import ScenarioInvalid, load_scenario
 from gated.yamlload import YamlError, load
 
 GOOD = (Path(__file__).parent / "configs" / "good.yaml").read_text()

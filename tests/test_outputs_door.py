@@ -8,8 +8,8 @@ import pytest
 
 from drivers.outputs.door import AlarmKind, DoorSupervisor, Observation
 
-F, H, N = AlarmKind.door_forced, AlarmKind.door_held, AlarmKind.not_opened
-FC, HC = AlarmKind.door_forced_cleared, AlarmKind.door_held_cleared
+F, H, N = AlarmKind.DOOR_FORCED, AlarmKind.DOOR_HELD, AlarmKind.NOT_OPENED
+FC, HC = AlarmKind.DOOR_FORCED_CLEARED, AlarmKind.DOOR_HELD_CLEARED
 
 
 @dataclass

@@ -81,11 +81,11 @@ async def test_active_low_inverts_every_coil_write(make_gate) -> None:
 
 async def test_server_goes_away_and_comes_back(sim_tcp: SimTurnstile, make_gate) -> None:
     gate, alarms = await make_gate(sim_tcp)
-    assert gate.health is OutputHealth.online
+    assert gate.health is OutputHealth.ONLINE
     await sim_tcp.stop_server()
     with pytest.raises(OutputFault):
         await gate.grant()
-    assert gate.health is OutputHealth.offline
+    assert gate.health is OutputHealth.OFFLINE
     assert gate.state["relay"] == "offline"
     assert gate.state["door"] == "unknown"
     await alarms.wait_for("relay_offline")
@@ -93,7 +93,7 @@ async def test_server_goes_away_and_comes_back(sim_tcp: SimTurnstile, make_gate)
     with pytest.raises(OutputFault):
         await gate.grant()
     await sim_tcp.start_server()
-    await wait_until(lambda: gate.health is OutputHealth.online, what="reconnect")
+    await wait_until(lambda: gate.health is OutputHealth.ONLINE, what="reconnect")
     await wait_until(lambda: alarms.kinds()[-1] == "relay_online", what="relay_online alarm")
     assert await gate.grant() is True
 
@@ -106,7 +106,7 @@ async def test_board_silent_marks_offline_and_recovers(sim_tcp: SimTurnstile, ma
         await gate.grant()
     assert sim_tcp.unlocks == 0
     sim_tcp.inject("none")
-    await wait_until(lambda: gate.health is OutputHealth.online, what="reconnect")
+    await wait_until(lambda: gate.health is OutputHealth.ONLINE, what="reconnect")
     assert await gate.grant() is True
 
 

@@ -75,7 +75,7 @@ async def test_safe_state_and_hold(sim_tcp: SimTurnstile, make_output) -> None:
 
 async def test_unknown_unit_is_an_error_not_offline(sim_tcp: SimTurnstile, make_output) -> None:
     out = await make_output(sim_tcp, unit=7)  # nothing answers as unit 7 on this board
-    assert out.health is OutputHealth.error
+    assert out.health is OutputHealth.ERROR
     assert out.last_error
     with pytest.raises(OutputFault):
         await out.pulse()
@@ -83,7 +83,7 @@ async def test_unknown_unit_is_an_error_not_offline(sim_tcp: SimTurnstile, make_
 
 async def test_wrong_coil_address_is_reported(sim_tcp: SimTurnstile, make_output) -> None:
     out = await make_output(sim_tcp, coil=500)
-    assert out.health is OutputHealth.error
+    assert out.health is OutputHealth.ERROR
     assert "illegal address" in (out.last_error or "")
 
 
@@ -92,10 +92,10 @@ async def test_reconnect_rewrites_the_remembered_level(sim_tcp: SimTurnstile, ma
     await sim_tcp.stop_server()
     with pytest.raises(OutputFault):
         await out.hold(unlocked=True)  # e.g. a fire release while the board is down
-    assert out.health is OutputHealth.offline
+    assert out.health is OutputHealth.OFFLINE
     assert not sim_tcp.unlocked
     await sim_tcp.start_server()
-    await wait_until(lambda: out.health is OutputHealth.online, what="reconnect")
+    await wait_until(lambda: out.health is OutputHealth.ONLINE, what="reconnect")
     assert sim_tcp.unlocked  # applied as soon as the board answered
 
 
@@ -106,7 +106,7 @@ async def test_board_never_reachable_at_start(make_output) -> None:
     out = ModbusGateOutput(cfg)
     try:
         assert await out.connect() is False
-        assert out.health is OutputHealth.offline
+        assert out.health is OutputHealth.OFFLINE
         with pytest.raises(OutputFault):
             await out.read_inputs()
     finally:
@@ -122,8 +122,8 @@ async def test_on_health_sees_every_change(sim_tcp: SimTurnstile) -> None:
         with pytest.raises(OutputFault):
             await out.read_inputs()
         sim_tcp.inject("none")
-        await wait_until(lambda: out.health is OutputHealth.online, what="recovery")
-        assert changes == [OutputHealth.online, OutputHealth.offline, OutputHealth.online]
+        await wait_until(lambda: out.health is OutputHealth.ONLINE, what="recovery")
+        assert changes == [OutputHealth.ONLINE, OutputHealth.OFFLINE, OutputHealth.ONLINE]
     finally:
         await out.close()
 

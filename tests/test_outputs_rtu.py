@@ -45,9 +45,9 @@ async def test_rtu_server_stops_and_returns(sim_rtu: SimTurnstile, make_gate) ->
     with pytest.raises(OutputFault):
         await gate.grant()
     await alarms.wait_for("relay_offline")
-    assert gate.health is OutputHealth.offline
+    assert gate.health is OutputHealth.OFFLINE
     await sim_rtu.start_server()
-    await wait_until(lambda: gate.health is OutputHealth.online, what="reconnect")
+    await wait_until(lambda: gate.health is OutputHealth.ONLINE, what="reconnect")
     await wait_until(lambda: alarms.kinds()[-1] == "relay_online", what="relay_online alarm")
     assert await gate.grant() is True
 
@@ -71,7 +71,7 @@ async def test_rtu_fire_monitor_shares_the_bus(sim_rtu: SimTurnstile, make_gate)
         await wait_until(lambda: sim_rtu.unlocked, what="fire release over RTU")
         sim_rtu.set_fire_alarm(False)
         await wait_until(lambda: not sim_rtu.unlocked, what="relocked over RTU")
-        assert gate.health is OutputHealth.online
+        assert gate.health is OutputHealth.ONLINE
     finally:
         await monitor.stop()
 

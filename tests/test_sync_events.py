@@ -67,7 +67,7 @@ async def test_every_event_the_daemon_writes_is_documented(tmp_path: Path) -> No
         await d.set_lockdown(False, "admin")
         await d.emergency_release("admin")
         await d.end_emergency_release("admin")
-        await d._on_alarm("in-1", "door_held", "open 60 s")
+        await d.on_alarm("in-1", "door_held", "open 60 s")
         # a grant whose commit a crash cut: reported at the next start
         pending = d.taps.engine.decide("in-1", Credential.card("C1", "r1"), datetime.now(UTC))
         store.open_intent(pending.gate, pending.decision, credential=CredentialKind.CARD, now=datetime.now(UTC),

@@ -37,15 +37,15 @@ def host_problem(value: str) -> str | None:
 
 
 class OutputTransport(StrEnum):
-    tcp = "tcp"
-    rtu = "rtu"
+    TCP = "tcp"
+    RTU = "rtu"
 
 
 class DoorMode(StrEnum):
     """What the door does when power is lost or the fire alarm is raised."""
 
-    fail_safe = "fail_safe"
-    fail_secure = "fail_secure"
+    FAIL_SAFE = "fail_safe"
+    FAIL_SECURE = "fail_secure"
 
 
 class ModbusLinkConfig(BaseModel):
@@ -54,7 +54,7 @@ class ModbusLinkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     transport: OutputTransport = Field(
-        OutputTransport.tcp,
+        OutputTransport.TCP,
         description="'tcp' for Modbus TCP over Ethernet, 'rtu' for Modbus RTU over RS-485.",
     )
     host: str | None = Field(
@@ -115,9 +115,9 @@ class ModbusLinkConfig(BaseModel):
 
     @model_validator(mode="after")
     def _endpoint_matches_transport(self) -> Self:
-        if self.transport is OutputTransport.tcp and not self.host:
+        if self.transport is OutputTransport.TCP and not self.host:
             raise ValueError("transport 'tcp' needs 'host' (the board's IP address)")
-        if self.transport is OutputTransport.rtu and not self.device:
+        if self.transport is OutputTransport.RTU and not self.device:
             raise ValueError(
                 "transport 'rtu' needs 'device' (the RS-485 adapter, e.g. /dev/ttyUSB0)"
             )
@@ -125,7 +125,7 @@ class ModbusLinkConfig(BaseModel):
 
     def link_key(self) -> tuple[str, str]:
         """Identify the physical line, so boards on one RS-485 bus share one serial port."""
-        if self.transport is OutputTransport.rtu:
+        if self.transport is OutputTransport.RTU:
             return ("rtu", str(self.device))
         return ("tcp", f"{self.host}:{self.port}")
 
@@ -176,7 +176,7 @@ class ModbusOutputConfig(ModbusLinkConfig):
         30.0, gt=0, le=3600, description="Seconds a door may stay open before a 'door held' alarm."
     )
     mode: DoorMode = Field(
-        DoorMode.fail_safe,
+        DoorMode.FAIL_SAFE,
         description="fail_safe: released on fire alarm and on power loss (required on escape "
         "routes). fail_secure: stays locked on fire alarm and power loss.",
     )
@@ -200,12 +200,12 @@ class ModbusOutputConfig(ModbusLinkConfig):
     def idle_poll(self) -> float:
         if self.poll_interval is not None:
             return self.poll_interval
-        return 0.05 if self.transport is OutputTransport.tcp else 0.25
+        return 0.05 if self.transport is OutputTransport.TCP else 0.25
 
     def passage_poll(self) -> float:
         if self.passage_poll_interval is not None:
             return self.passage_poll_interval
-        return 0.02 if self.transport is OutputTransport.tcp else 0.05
+        return 0.02 if self.transport is OutputTransport.TCP else 0.05
 
     @model_validator(mode="after")
     def _inputs_distinct(self) -> Self:

@@ -25,11 +25,11 @@ from enum import StrEnum
 
 
 class AlarmKind(StrEnum):
-    door_forced = "door_forced"
-    door_forced_cleared = "door_forced_cleared"
-    door_held = "door_held"
-    door_held_cleared = "door_held_cleared"
-    not_opened = "not_opened"
+    DOOR_FORCED = "door_forced"
+    DOOR_FORCED_CLEARED = "door_forced_cleared"
+    DOOR_HELD = "door_held"
+    DOOR_HELD_CLEARED = "door_held_cleared"
+    NOT_OPENED = "not_opened"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +111,7 @@ class DoorSupervisor:
             waited_for = "passage" if self.has_passage_sensor else "door opening"
             events.append(
                 AlarmEvent(
-                    AlarmKind.not_opened,
+                    AlarmKind.NOT_OPENED,
                     now,
                     f"granted but no {waited_for} within {self.passage_timeout:g} s",
                 )
@@ -129,7 +129,7 @@ class DoorSupervisor:
             self._held = True
             events.append(
                 AlarmEvent(
-                    AlarmKind.door_held,
+                    AlarmKind.DOOR_HELD,
                     now,
                     f"door open for {now - self._open_since:.1f} s "
                     f"(limit {self.held_open_after:g} s)",
@@ -164,7 +164,7 @@ class DoorSupervisor:
                     if self._lockdown
                     else "door opened without a grant"
                 )
-                events.append(AlarmEvent(AlarmKind.door_forced, now, detail))
+                events.append(AlarmEvent(AlarmKind.DOOR_FORCED, now, detail))
         elif not door_open and previous:
             self._open_since = None
             if self._open_authorised and self._window_until == self._opened_window:
@@ -173,8 +173,8 @@ class DoorSupervisor:
             self._open_authorised = False
             if self._forced:
                 self._forced = False
-                events.append(AlarmEvent(AlarmKind.door_forced_cleared, now, "door closed"))
+                events.append(AlarmEvent(AlarmKind.DOOR_FORCED_CLEARED, now, "door closed"))
             if self._held:
                 self._held = False
-                events.append(AlarmEvent(AlarmKind.door_held_cleared, now, "door closed"))
+                events.append(AlarmEvent(AlarmKind.DOOR_HELD_CLEARED, now, "door closed"))
         return events

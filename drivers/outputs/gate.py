@@ -26,6 +26,8 @@ from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
 
+from rules.reasons import Reason
+
 from .bus import Priority
 from .config import DoorMode, FireAlarmInputConfig, ModbusOutputConfig
 from .door import AlarmEvent, AlarmKind, DoorSupervisor, Observation
@@ -43,23 +45,23 @@ AlarmCallback = Callable[[str, str, str], Awaitable[None] | None]
 
 
 class HealthAlarm(StrEnum):
-    relay_offline = "relay_offline"
-    relay_error = "relay_error"
-    relay_online = "relay_online"
+    RELAY_OFFLINE = "relay_offline"
+    RELAY_ERROR = "relay_error"
+    RELAY_ONLINE = "relay_online"
 
 
 _HEALTH_ALARM = {
-    OutputHealth.offline: HealthAlarm.relay_offline,
-    OutputHealth.error: HealthAlarm.relay_error,
-    OutputHealth.online: HealthAlarm.relay_online,
+    OutputHealth.OFFLINE: HealthAlarm.RELAY_OFFLINE,
+    OutputHealth.ERROR: HealthAlarm.RELAY_ERROR,
+    OutputHealth.ONLINE: HealthAlarm.RELAY_ONLINE,
 }
 
 
 class GrantRefused(Exception):
     """The gate is shut on purpose (lockdown, fire alarm); the relay was not touched."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: Reason) -> None:
+        super().__init__(reason.value)
         self.reason = reason
 
 
@@ -169,10 +171,10 @@ class GateController:
             if self._abandoning:
                 raise OutputFault("the gate is stopping")
             if self.lockdown:
-                raise GrantRefused("lockdown")
+                raise GrantRefused(Reason.LOCKDOWN)
             if self.fire_alarm:
                 # Nobody is let in during an evacuation; fail-safe doors stand open anyway.
-                raise GrantRefused("fire_alarm")
+                raise GrantRefused(Reason.FIRE_ALARM)
             return await self._release_once()
 
     async def open_once(self) -> bool:
@@ -180,7 +182,7 @@ class GateController:
         async with self._grant_lock:
             if self._abandoning:
                 raise OutputFault("the gate is stopping")
-            if self.fire_alarm and self.cfg.mode is DoorMode.fail_safe:
+            if self.fire_alarm and self.cfg.mode is DoorMode.FAIL_SAFE:
                 return True  # already released; a pulse would end the fire release
             return await self._release_once()
 
@@ -221,7 +223,7 @@ class GateController:
     @property
     def state(self) -> dict[str, Any]:
         door = "unknown" if self.door_open is None else ("open" if self.door_open else "closed")
-        if self.cfg.door_contact is None or self.output.health is not OutputHealth.online:
+        if self.cfg.door_contact is None or self.output.health is not OutputHealth.ONLINE:
             door = "unknown"
         return {
             "relay": str(self.output.health),
@@ -268,7 +270,7 @@ class GateController:
         # rotation count: that reading waits its turn with the coil writes instead of
         # behind all of them (a queue of taps on a slow board would hide the gap).
         urgent = self.detector.level is True
-        if self.output.health is OutputHealth.online:
+        if self.output.health is OutputHealth.ONLINE:
             with contextlib.suppress(OutputFault):
                 snap = await self.output.read_inputs(Priority.WRITE if urgent else Priority.POLL)
                 passage, door_open, ok = snap.passage, snap.door_open, True
@@ -304,7 +306,7 @@ class GateController:
             self._emit_event(event)
 
     def _emit_event(self, event: AlarmEvent) -> None:
-        if self._winding_down and event.kind is AlarmKind.not_opened:
+        if self._winding_down and event.kind is AlarmKind.NOT_OPENED:
             return
         self._alarms.put_nowait((str(event.kind), event.detail))
 
@@ -388,7 +390,7 @@ class GateController:
                     return False
 
     async def _apply_hold(self) -> None:
-        release = self.fire_alarm and self.cfg.mode is DoorMode.fail_safe
+        release = self.fire_alarm and self.cfg.mode is DoorMode.FAIL_SAFE
         if release:
             await self.output.hold(unlocked=True)
         elif self.lockdown or self.fire_alarm:
@@ -444,7 +446,7 @@ class FireAlarmMonitor:
         self._task: asyncio.Task[None] | None = None
 
     def _health_changed(self, health: OutputHealth, error: str | None) -> None:
-        if health is not OutputHealth.online:
+        if health is not OutputHealth.ONLINE:
             # the state is unknown until read again: the next successful read is reported
             # even if it equals the last one (the owner must learn the input is back)
             self.active = None
@@ -480,10 +482,10 @@ class FireAlarmMonitor:
     @property
     def known(self) -> bool:
         """The input was read and the board answers now: `active` is the fire panel's state."""
-        return self.active is not None and self.device.health is OutputHealth.online
+        return self.active is not None and self.device.health is OutputHealth.ONLINE
 
     async def _poll_once(self) -> None:
-        if self.device.health is not OutputHealth.online:
+        if self.device.health is not OutputHealth.ONLINE:
             return  # the reconnect loop probes; the owner sees `known` turn False via on_health
         try:
             active = await self.device.read_active()

@@ -24,7 +24,7 @@ class SharedLink:
     def __init__(self, cfg: ModbusLinkConfig) -> None:
         self.client: ModbusClient = make_client(cfg)
         timing = None
-        if cfg.transport is OutputTransport.rtu:
+        if cfg.transport is OutputTransport.RTU:
             timing = LineTiming(cfg.baudrate, cfg.parity, cfg.stopbits)
         self.line = ModbusLine(where(cfg), timing, load_warning=cfg.bus_load_warning)
         self.users = 0
@@ -39,7 +39,7 @@ _links: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str
 
 
 def where(cfg: ModbusLinkConfig) -> str:
-    if cfg.transport is OutputTransport.tcp:
+    if cfg.transport is OutputTransport.TCP:
         return f"{cfg.host}:{cfg.port}"
     return str(cfg.device)
 
@@ -65,7 +65,7 @@ def lines_in_use(loop: asyncio.AbstractEventLoop | None = None) -> dict[str, dic
 def make_client(cfg: ModbusLinkConfig) -> ModbusClient:
     # reconnect_delay=0 turns pymodbus's own reconnect off: ours re-asserts the coil and
     # tracks health, which pymodbus's cannot.
-    if cfg.transport is OutputTransport.tcp:
+    if cfg.transport is OutputTransport.TCP:
         assert cfg.host is not None
         return AsyncModbusTcpClient(
             cfg.host,

@@ -33,9 +33,9 @@ RECONNECT_MIN = 0.1
 
 
 class OutputHealth(StrEnum):
-    online = "online"
-    offline = "offline"  # not answering: the daemon denies taps with reason hardware_fault
-    error = "error"  # answering with Modbus exceptions: wrong address or unit id, usually
+    ONLINE = "online"
+    OFFLINE = "offline"  # not answering: the daemon denies taps with reason hardware_fault
+    ERROR = "error"  # answering with Modbus exceptions: wrong address or unit id, usually
 
 
 class OutputFault(Exception):
@@ -72,7 +72,7 @@ class ModbusDevice:
     def __init__(self, cfg: ModbusLinkConfig, *, on_health: HealthCallback | None = None) -> None:
         self.cfg = cfg
         self._link: SharedLink | None = None
-        self._health = OutputHealth.offline
+        self._health = OutputHealth.OFFLINE
         self.last_error: str | None = "not connected yet"
         self.on_health = on_health
         self._reconnect_task: asyncio.Task[None] | None = None
@@ -122,7 +122,7 @@ class ModbusDevice:
         if self._link is not None:
             link, self._link = self._link, None
             await release_link(self.cfg, link)
-        self._set_health(OutputHealth.offline, "closed")
+        self._set_health(OutputHealth.OFFLINE, "closed")
 
     async def probe(self) -> None:
         """A cheap request that proves the unit answers; subclasses re-assert state here."""
@@ -197,7 +197,7 @@ class ModbusDevice:
             raise self._fail(OutputFault(f"{what}: {exc or type(exc).__name__}")) from exc
         if resp is None or resp.isError():
             fault = OutputFault(f"{what}: board refused ({_describe_refusal(resp)})")
-            raise self._fail(fault, OutputHealth.error)
+            raise self._fail(fault, OutputHealth.ERROR)
         return resp
 
     async def _ensure_connected(self) -> None:
@@ -219,11 +219,11 @@ class ModbusDevice:
     def _where(self) -> str:
         return where(self.cfg)
 
-    def _fail(self, exc: OutputFault, health: OutputHealth = OutputHealth.offline) -> OutputFault:
+    def _fail(self, exc: OutputFault, health: OutputHealth = OutputHealth.OFFLINE) -> OutputFault:
         self._mark_failed(exc, health)
         return exc
 
-    def _mark_failed(self, exc: Exception, health: OutputHealth = OutputHealth.offline) -> None:
+    def _mark_failed(self, exc: Exception, health: OutputHealth = OutputHealth.OFFLINE) -> None:
         self._set_health(health, str(exc))
         if self._closed or self._link is None:
             return
@@ -233,12 +233,12 @@ class ModbusDevice:
             )
 
     def _mark_online(self) -> None:
-        self._set_health(OutputHealth.online, None)
+        self._set_health(OutputHealth.ONLINE, None)
 
     def _set_health(self, health: OutputHealth, error: str | None) -> None:
         changed = health is not self._health
         self._health = health
-        if error is not None or health is OutputHealth.online:
+        if error is not None or health is OutputHealth.ONLINE:
             self.last_error = error
         if changed:
             log.warning("modbus %s unit %s: %s (%s)", self._where(), self.cfg.unit, health, error)
@@ -262,14 +262,14 @@ class ModbusDevice:
                 continue
             except Exception as exc:  # never let the reconnect task die silently
                 log.exception("reconnect probe crashed")
-                self._set_health(OutputHealth.error, repr(exc))
+                self._set_health(OutputHealth.ERROR, repr(exc))
                 delay = self.cfg.reconnect_max
                 continue
             self._mark_online()
             return
 
     def _spawn_reconnect_if_needed(self) -> None:
-        if self._health is not OutputHealth.online and not self._closed:
+        if self._health is not OutputHealth.ONLINE and not self._closed:
             self._mark_failed(OutputFault(self.last_error or "offline"), self._health)
 
 
@@ -341,7 +341,7 @@ class ModbusGateOutput(ModbusDevice):
         extends it rather than cutting it short.
         """
         duration = self.out_cfg.pulse if seconds is None else seconds
-        if self._health is not OutputHealth.online:
+        if self._health is not OutputHealth.ONLINE:
             # Fail fast: a tap must not wait for a timeout on a board known to be down.
             self._spawn_reconnect_if_needed()
             raise OutputFault(f"relay offline: {self.last_error}")
@@ -391,7 +391,7 @@ class ModbusGateOutput(ModbusDevice):
         `priority` WRITE puts the read in line with coil writes (first come, first served)
         instead of after them: for the reading that must see a rotation end."""
         cfg = self.out_cfg
-        if self._health is not OutputHealth.online:
+        if self._health is not OutputHealth.ONLINE:
             self._spawn_reconnect_if_needed()
             raise OutputFault(f"relay offline: {self.last_error}")
         wanted = [a for a in (cfg.passage_input, cfg.door_contact) if a is not None]

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from gated.console.backend import ConsoleBackend
 from gated.console.words import ACTIONS, DETAIL_WORDS, HIDDEN_DETAIL, NO_EVENT, notice_text
 from rules.model import Booking, BookingStatus, Pass
+from rules.reasons import Reason
 from rules.timeutil import local_date, parse_duration, start_of_local_day
 from sync import read_models as rm
 from sync.store import Store
@@ -150,14 +151,14 @@ class Views:
                 decision=ev.get("decision"),
                 reason=reason,
                 direction=self.gate_directions().get(ev.get("gate") or "", "in"),
-                message=ev.get("message") or ("Opened by the front desk" if reason == "override" else reason),
+                message=ev.get("message") or ("Opened by the front desk" if reason == Reason.OVERRIDE else reason),
                 passed=ev.get("passed"),
                 operator=ev.get("operator"),
                 anti_passback=ev.get("anti_passback"),
                 pass_id=ev.get("pass"),
                 pass_name=passes.get(ev.get("pass") or "", ev.get("pass")),
                 balance=self._balance_after(ev),
-                card=ev.get("card") if reason == "unknown_card" else None,
+                card=ev.get("card") if reason == Reason.UNKNOWN_CARD else None,
                 check_in=ev.get("credential") == "desk",
             )
             return item

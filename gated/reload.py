@@ -1,0 +1,91 @@
+"""Taking a new configuration while running (SIGHUP, `systemctl reload gated`)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from drivers.outputs.gate import GateController
+from drivers.readers.config import build_reader
+from gated import sdnotify
+from gated.config import ConfigError, load_config
+from rules.admission import FireInputPolicy
+
+if TYPE_CHECKING:
+    from gated.daemon import Daemon
+
+log = structlog.get_logger("gated")
+
+RELOAD_TIMEOUT = 10.0
+
+
+async def reload_config(d: Daemon, path: Path) -> bool:
+    """SIGHUP: a new configuration without dropping taps; a broken file is refused and the
+    old one kept. Rules parameters swap at once; readers and outputs whose settings changed
+    are restarted; a lockdown or release holds on a board started now."""
+    # Parsed in a worker thread: the file is outside input, and even bounded (see
+    # gated/yamlload.py) a big one takes a while; taps go on meanwhile.
+    try:
+        new = await asyncio.wait_for(asyncio.to_thread(load_config, path), RELOAD_TIMEOUT)
+    except ConfigError as e:
+        log.error("reload_refused", problems=[f"{ln}:{k}: {m}" for ln, k, m in e.problems])
+        sdnotify.status("reload refused: configuration invalid; running with the previous one")
+        return False
+    except TimeoutError:
+        log.error("reload_refused", problems=[f"reading the file took longer than {RELOAD_TIMEOUT:.0f} s"])
+        sdnotify.status("reload refused: configuration took too long to read; running with the previous one")
+        return False
+    sdnotify.reloading()
+    assert d.store is not None
+    old = d.config
+    d.config = new
+    # rules parameters swap atomically: a tap decided after this line uses the new ones
+    d.engine = d.build_engine(new, d.store)
+    if d.taps is not None:
+        d.taps.engine, d.taps.config = d.engine, new
+    old_gates = {g.id: g for g in old.gates}
+    for g in new.gates:
+        before = old_gates.get(g.id)
+        if before is None or before.readers != g.readers:
+            if before is not None:
+                for rc in before.readers:
+                    await d.stop_reader(rc.id)
+            for rc in g.readers:
+                d.start_reader(g.id, build_reader(rc, on_health=d.reader_health))
+        if (before is None or before.output != g.output):
+            if g.id in d.controllers:
+                await d.controllers.pop(g.id).stop()
+            if g.output is not None:
+                ctl = GateController(g.id, g.output, on_alarm=d.on_alarm)
+                await ctl.start()
+                d.controllers[g.id] = ctl
+                if d.safety is not None:
+                    await d.safety.apply_to(ctl)  # a lockdown holds on a new board too
+    if new.fire_alarm != old.fire_alarm:
+        if d.fire_monitor is not None:
+            await d.fire_monitor.stop()
+            d.fire_monitor = None
+        assert d.safety is not None
+        d.safety.fire_policy = new.fire_alarm.on_unknown if new.fire_alarm else FireInputPolicy.KEEP
+        if new.fire_alarm is not None:
+            d.safety.watch_fire_input()
+            await d.start_fire_monitor()
+        else:
+            d.safety.fire_configured = False
+            await d.safety.fire_input_read(False)
+    for gid, g in old_gates.items():
+        if gid not in {x.id for x in new.gates}:
+            for rc in g.readers:
+                await d.stop_reader(rc.id)
+            if gid in d.controllers:
+                await d.controllers.pop(gid).stop()
+    sdnotify.ready()
+    sdnotify.status("ready: configuration reloaded")
+    log.info("reloaded", gates=len(new.gates))
+    return True
+
+
+__all__ = ["RELOAD_TIMEOUT", "reload_config"]
