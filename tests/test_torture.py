@@ -148,6 +148,8 @@ def check_after_kill(gate: Gate, members_full: int) -> tuple[int, bool, bool]:
     """What must hold whatever the instant of the kill. Returns (deductions, mid-import,
     orphan replica file)."""
     stage, old = gate.leftovers()
+    if not gate.db.exists():
+        return 0, stage, old  # killed before the database was made
     with contextlib.closing(gate.connect()) as c:
         assert c.execute("PRAGMA main.quick_check").fetchone()[0] == "ok"
         if not c.execute("SELECT 1 FROM main.sqlite_master WHERE name = 'booking_outcomes'").fetchone():
