@@ -59,6 +59,7 @@ import sys
 import time
 from collections import deque
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sync.protocol import SnapshotChunk, SnapshotHeader
@@ -101,7 +102,7 @@ class SnapshotImporter:
         self.started = 0.0
         self.report: dict[str, Any] = {}  # the last build's figures (bench, logs)
         self._proc: asyncio.subprocess.Process | None = None
-        self._paths: tuple[Any, Any] | None = None  # (spool, replica being built)
+        self._paths: tuple[Path, Path | None] | None = None  # (spool, replica being built)
         self._done: asyncio.Future[dict[str, Any]] | None = None
         self._readers: list[asyncio.Task[None]] = []
         self._stderr: deque[str] = deque(maxlen=20)
@@ -122,7 +123,8 @@ class SnapshotImporter:
             raise SnapshotError("a snapshot starts with chunk 0")
         await self.abort()
         store = self.store
-        store.files.remove_orphans(store.replica_path.name)
+        # what a killed run left (large files: unlinked off the loop)
+        await asyncio.to_thread(store.files.remove_orphans, store.replica_path.name)
         spool, replica = store.files.spool_path(), store.files.new_path(store.replica_generation + 1)
         self._paths = (spool, replica)
         params = {
@@ -206,7 +208,7 @@ class SnapshotImporter:
         """Put the built replica in place (Store.switch_replica, a few ms on the loop) and
         return the worker's report with the switch's figures. Raises SnapshotError."""
         report = await self.built()
-        assert self._paths is not None
+        assert self._paths is not None and self._paths[1] is not None
         t0 = time.perf_counter()
         try:
             old = self.store.switch_replica(self._paths[1])
@@ -247,7 +249,7 @@ class SnapshotImporter:
     async def cleanup(self) -> None:
         """Delete what a previous run left behind (spool, half-built replica)."""
         if not self.active:
-            self.store.files.remove_orphans(self.store.replica_path.name)
+            await asyncio.to_thread(self.store.files.remove_orphans, self.store.replica_path.name)
 
     # -- plumbing -------------------------------------------------------------------------
 
