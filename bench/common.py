@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import shutil
@@ -11,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.generate import SiteData, site
+from bench.generate import SiteData, chunk_payloads, site
+from sync.snapshot import SnapshotHeader, SnapshotImporter
 from sync.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,15 +111,24 @@ def fresh_dir(name: str) -> Path:
 
 
 def loaded_store(path: Path, data: SiteData, *, durable: bool = True, daemon_id: str = "bench-gate") -> tuple[Store, float]:
-    """A store at `path` holding the whole data set; returns it and the load seconds."""
-    for suffix in ("", "-wal", "-shm"):
-        p = Path(str(path) + suffix)
-        if p.exists():
-            p.unlink()
+    """A store at `path` holding the whole data set, imported as the daemon imports a
+    snapshot (the worker process); returns it and the import seconds."""
+    for p in path.parent.glob(path.stem + ".*"):
+        p.unlink()
     store = Store(path, site(), daemon_id=daemon_id, durable=durable)
     t0 = time.perf_counter()
-    store.apply_sync(data.batch(), data.now, snapshot=True)
+    asyncio.run(_import(store, data, daemon_id))
     return store, time.perf_counter() - t0
+
+
+async def _import(store: Store, data: SiteData, daemon_id: str) -> None:
+    importer = SnapshotImporter(store, daemon_id)
+    for p in chunk_payloads(data, daemon=daemon_id, records_per_chunk=1000):
+        header = SnapshotHeader.model_validate_json(p)
+        if header.chunk == 0:
+            await importer.begin(header, data.now)
+        await importer.add(header, p)
+    await importer.finish()
 
 
 def rss_kb(pid: int | None = None) -> int:

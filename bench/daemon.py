@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -26,10 +25,12 @@ from typing import Any
 
 import yaml
 
+from bench import common
 from bench.common import ROOT, fresh_dir, loaded_store
 from bench.generate import _ALWAYS as ALWAYS
 from bench.generate import SiteData, generate, policy
 from rules.model import MemberStatus, PassKind
+from sync.replica_file import copy_store
 
 
 def live_site(members: int, seed: int = 1) -> SiteData:
@@ -57,7 +58,7 @@ def grantable_cards(data: SiteData) -> list[str]:
 
 def base_store(data: SiteData, log: Any = print) -> Path:
     """The site's store file, built once per data set size."""
-    d = ROOT / "bench" / "results" / "work" / f"site-{len(data.members)}"
+    d = common.WORK / f"site-{len(data.members)}"
     path = d / "gated.db"
     marker = d / "complete"
     key = f"{data.seed}:{data.counts()}:{data.now.isoformat()}"
@@ -65,8 +66,10 @@ def base_store(data: SiteData, log: Any = print) -> Path:
         return path
     d = fresh_dir(f"site-{len(data.members)}")
     store, seconds = loaded_store(path, data)
-    # a running daemon finalised the past weeks' no-shows long ago: do it now, not at start
+    # a running daemon finalised the past weeks' no-shows long ago, and the central system
+    # acknowledged them: do it now, not at start
     store.run_due(policy(), datetime.now(UTC))
+    store.ack(store.last_seq)
     store.close()
     marker.write_text(key)
     log(f"  (built the {len(data.members)}-member store for the daemon in {seconds:.1f} s)")
@@ -125,7 +128,7 @@ async def daemon_process(
     """Start `gated run` on a copy of the base store; yield once READY=1 arrived."""
     work = fresh_dir(name)
     store_path = work / "gated.db"
-    shutil.copyfile(base, store_path)
+    copy_store(base, store_path)
     config = write_config(work, store_path, reader_device, modbus_port)
     notify_path = work / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

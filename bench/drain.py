@@ -28,10 +28,11 @@ from typing import Any
 import aiomqtt
 
 from bench.common import fresh_dir, values_summary
-from bench.generate import SiteData, gates, policy, site
+from bench.generate import SiteData, gates, member_in, pass_in, policy, site
 from gated.clock import utc_now
 from gated.engine import Engine
 from rules.credential import Credential
+from sync.replica_file import copy_store
 from sync.store import Store, SyncBatch
 
 MOSQUITTO = "/usr/sbin/mosquitto"
@@ -172,7 +173,12 @@ def run(data: SiteData, *, runs: int = 5, events: int = 50_000, log: Any = print
     small = SiteData(data.members[:2000], [], [], data.now, data.seed)
     last_id = data.members[1999].id
     store.apply_sync(
-        SyncBatch(members=small.members, passes=[p for p in data.passes if p.pass_.member <= last_id]), data.now, snapshot=True
+        SyncBatch(
+            members=[member_in(m) for m in small.members],
+            passes=[pass_in(p) for p in data.passes if p.pass_.member <= last_id],
+        ),
+        data.now,
+        snapshot=True,
     )
     n = fill_outbox(store, small, events)
     store.close()
@@ -180,7 +186,7 @@ def run(data: SiteData, *, runs: int = 5, events: int = 50_000, log: Any = print
     with mosquitto(work) as port:
         for r in range(runs):
             path = work / f"gated-{r}.db"
-            shutil.copyfile(filled, path)
+            copy_store(filled, path)
             store = Store(path, site(), daemon_id=DAEMON)  # the daemon as it runs: synchronous=FULL
             try:
                 res = asyncio.run(drain_once(store, port, n))

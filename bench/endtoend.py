@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.common import runs_summary
@@ -45,8 +46,7 @@ async def _relocked(turnstile: SimTurnstile, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _bench(data: SiteData, runs: int, taps: int, log: Any) -> dict[str, Any]:
-    base = base_store(data, log)
+async def _bench(data: SiteData, base: Path, runs: int, taps: int, log: Any) -> dict[str, Any]:
     cards = grantable_cards(data)
     rng = random.Random(11)
     rng.shuffle(cards)
@@ -97,7 +97,7 @@ async def _bench(data: SiteData, runs: int, taps: int, log: Any) -> dict[str, An
 
 
 def run(data: SiteData, *, runs: int = 5, taps: int = 40, log: Any = print) -> dict[str, Any]:
-    res = asyncio.run(_bench(data, runs, taps, log))
+    res = asyncio.run(_bench(data, base_store(data, log), runs, taps, log))
     log(
         f"  tap → coil set: median {res['median']:.2f} ms, p99 {res['p99']:.2f} ms, max {res['max']:.2f} ms "
         f"({res['n']} taps, {res['misses']} without a coil change)"

@@ -43,7 +43,8 @@ from rules.model import (
     Site,
 )
 from rules.timeutil import WeekSchedule, iso_utc
-from sync.store import PassRecord, SyncBatch
+from sync.records import BookingIn, MemberIn, PassIn, PassRecord
+from sync.store import SyncBatch
 
 TIMEZONE = ZoneInfo("Europe/Madrid")
 # Wednesday 12 March 2025, 18:05 local (17:05 UTC): peak hour, mid-month
@@ -78,7 +79,12 @@ class SiteData:
         return [c for m in self.members for c in m.cards]
 
     def batch(self) -> SyncBatch:
-        return SyncBatch(members=self.members, passes=self.passes, bookings=self.bookings)
+        """The site as the central system's records (what Store.apply_sync takes)."""
+        return SyncBatch(
+            members=[member_in(m) for m in self.members],
+            passes=[pass_in(r) for r in self.passes],
+            bookings=[booking_in(b) for b in self.bookings],
+        )
 
     def counts(self) -> dict[str, int]:
         return {"members": len(self.members), "passes": len(self.passes), "bookings": len(self.bookings)}
@@ -326,6 +332,52 @@ def booking_json(b: Booking) -> dict[str, Any]:
         "cost": _amount(b.cost),
         "loyalty_points": b.loyalty_points,
     }
+
+
+# the same, as records (trusted: built without validating again)
+
+
+def member_in(m: Member) -> MemberIn:
+    return MemberIn.model_construct(
+        id=m.id, name=m.name, status=m.status.value, cards=list(m.cards), email=m.email, photo=m.photo
+    )
+
+
+def pass_in(r: PassRecord) -> PassIn:
+    p = r.pass_
+    windows: dict[str, str | list[str]] | None = (
+        dict(p.access_windows.spec_dict()) if p.access_windows is not None else None
+    )
+    return PassIn.model_construct(
+        id=p.id,
+        member=p.member,
+        name=p.name,
+        kind=p.kind.value,
+        balance=p.balance,
+        deduct_on=p.deduct_on.value,
+        walk_in_cost=p.walk_in_cost,
+        valid_from=p.valid_from,
+        valid_until=p.valid_until,
+        zones=sorted(p.zones) if p.zones is not None else None,
+        access_windows=windows,
+        applied_seq=r.applied_seq,
+    )
+
+
+def booking_in(b: Booking) -> BookingIn:
+    return BookingIn.model_construct(
+        id=b.id,
+        member=b.member,
+        pass_=b.pass_id,
+        class_=b.class_name,
+        zone=b.zone,
+        starts_at=iso_utc(b.starts_at),
+        ends_at=iso_utc(b.ends_at),
+        status="cancelled" if b.status == BookingStatus.CANCELLED else "booked",
+        deducted=b.deducted,
+        cost=b.cost,
+        loyalty_points=b.loyalty_points,
+    )
 
 
 def chunk_payloads(

@@ -28,8 +28,7 @@ def _hwm_kb(pid: int) -> int:
     return 0
 
 
-async def _bench(data: SiteData, runs: int, taps: int, log: Any) -> dict[str, Any]:
-    base = base_store(data, log)
+async def _bench(data: SiteData, base: Path, runs: int, taps: int, log: Any) -> dict[str, Any]:
     cards = iter(grantable_cards(data))
     ready_s: list[float] = []
     rss_ready: list[float] = []
@@ -63,7 +62,7 @@ async def _bench(data: SiteData, runs: int, taps: int, log: Any) -> dict[str, An
         reader.close()
     return {
         "members": len(data.members),
-        "store_mb": round(base.stat().st_size / 1e6, 1),
+        "store_mb": round(sum(p.stat().st_size for p in base.parent.glob(base.stem + ".*")) / 1e6, 1),
         "ready_seconds": values_summary(ready_s, "s"),
         "rss_ready_mb": values_summary(rss_ready, "MB"),
         "rss_after_taps_mb": values_summary(rss_after, "MB"),
@@ -73,4 +72,4 @@ async def _bench(data: SiteData, runs: int, taps: int, log: Any) -> dict[str, An
 
 
 def run(data: SiteData, *, runs: int = 5, taps: int = 50, log: Any = print) -> dict[str, Any]:
-    return asyncio.run(_bench(data, runs, taps, log))
+    return asyncio.run(_bench(data, base_store(data, log), runs, taps, log))

@@ -56,11 +56,11 @@ def _store(path: Path) -> None:
 
     members = [MemberIn(id=f"m{i}", name=f"Member {i}", cards=[f"uid:04{i:08X}"]) for i in range(GATES * CARDS_PER_GATE)]
     passes = [
-        PassIn(id=f"p{i}", member=f"m{i}", kind="time", access_windows={"mon-sun": "00:00-24:00"}).to_domain()
+        PassIn(id=f"p{i}", member=f"m{i}", kind="time", access_windows={"mon-sun": "00:00-24:00"})
         for i in range(GATES * CARDS_PER_GATE)
     ]
     store = Store(path, Site(ZoneInfo("Europe/Madrid"), id="bench-rtu"), daemon_id="bench-rtu")
-    store.apply_sync(SyncBatch(members=[m.to_domain() for m in members], passes=passes), datetime.now(UTC))
+    store.apply_sync(SyncBatch(members=members, passes=passes), datetime.now(UTC))
     store.close()
 
 

@@ -124,9 +124,9 @@ class Runner:
 
     def _batch(self, members: list[MemberIn], passes: list[PassIn], bookings: list[BookingIn], remove: RemoveIn | None = None) -> SyncBatch:
         return SyncBatch(
-            members=[x.to_domain() for x in members],
-            passes=[x.to_domain() for x in passes],
-            bookings=[x.to_domain(self.tz) for x in bookings],
+            members=members,
+            passes=passes,
+            bookings=bookings,
             remove_members=remove.members if remove else [],
             remove_passes=remove.passes if remove else [],
             remove_bookings=remove.bookings if remove else [],

@@ -24,12 +24,7 @@ class SeedFile(BaseModel):
 
 def batch_from(data: dict[str, Any], config: Config) -> SyncBatch:
     seed = SeedFile.model_validate(data)
-    tz = config.site_domain().timezone
-    return SyncBatch(
-        members=[m.to_domain() for m in seed.members],
-        passes=[p.to_domain() for p in seed.passes],
-        bookings=[b.to_domain(tz) for b in seed.bookings],
-    )
+    return SyncBatch(members=seed.members, passes=seed.passes, bookings=seed.bookings)
 
 
 def seed_store(config: Config, path: Path) -> dict[str, int]:

@@ -32,7 +32,7 @@ import structlog
 from gated.metrics import Metrics
 from rules.timeutil import iso_utc
 from sync.storage import STORAGE_ERRORS, StorageChange, StorageGuard, StorageProblem
-from sync.store import Committed, Store
+from sync.store import Committed, Store, open_reader
 
 log = structlog.get_logger("gated.storage")
 
@@ -224,8 +224,9 @@ class StorageWatch:
 
 
 def quick_check(db: Path) -> bool:
-    """SQLite's own consistency check of every page (without the slow index cross-check)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    """SQLite's own consistency check of every page (without the slow index cross-check),
+    of the ledger and the replica it names."""
+    conn = open_reader(db)
     try:
         rows = conn.execute("PRAGMA quick_check").fetchall()
     finally:
@@ -234,8 +235,9 @@ def quick_check(db: Path) -> bool:
 
 
 def backup(db: Path, dest: Path) -> None:
-    """A consistent copy of `db` at `dest` (atomically replaced), without holding writers:
-    VACUUM INTO reads one snapshot of the WAL database on a connection of its own."""
+    """A consistent copy of the ledger `db` at `dest` (atomically replaced), without
+    holding writers: VACUUM INTO reads one snapshot of the WAL database on a connection of
+    its own. The replica is not copied: the central system sends it again."""
     tmp = dest.with_name(dest.name + ".tmp")
     tmp.unlink(missing_ok=True)
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)

@@ -5,11 +5,11 @@ The recovery of a damaged store (docs/operations.md, "A damaged store"):
 2. Stop the daemon. Either restore the latest backup (`<path>.backup`, written by the
    daemon every `store.backup_interval`, or one taken with `gated store backup`) — what
    happened since that backup is lost — or
-3. `gated store rebuild-replica -c FILE`: a new file with everything only this gate knows
-   (the event log and outbox, deductions, passages, loyalty, used QR tokens, the audit
-   log, open grant intents, booking outcomes) copied from the old one, as far as it can be
-   read; members, cards and passes are left empty and come back with the snapshot the
-   daemon asks for at its next connection. The old file is kept beside it.
+3. `gated store rebuild-replica -c FILE`: a new ledger with everything only this gate
+   knows (the event log and outbox, deductions, passages, loyalty, used QR tokens, the
+   audit log, open grant intents, booking outcomes) copied from the old one, as far as it
+   can be read, and no replica: the daemon starts with an empty one and the snapshot it
+   asks for at its next connection fills it. The old file is kept beside it.
 """
 
 from __future__ import annotations
@@ -22,10 +22,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sync.errors import StoreError
+
 # What only this gate knows, copied by rebuild-replica. The replica (members, cards,
 # passes) is what the central system sends again.
-LEDGER_TABLES = ("events", "deductions", "passages", "loyalty", "qr_used", "audit", "grant_intents")
-SYNC_META = ("sync.delta_seq", "sync.snapshot_id", "last_sync_at", "sync.snapshot_generation")
+LEDGER_TABLES = (
+    "events", "deductions", "passages", "loyalty", "qr_used", "audit", "grant_intents", "booking_outcomes",
+)
+# not copied: the replica's position, the old replica file, the schema the new file has
+SYNC_META = (
+    "sync.delta_seq", "sync.snapshot_id", "last_sync_at", "sync.snapshot_generation",
+    "replica.file", "replica.generation", "schema_version",
+)
 
 
 def add_parser(sub: Any) -> None:  # argparse's subparsers action has no public type
@@ -55,10 +63,17 @@ def _store_path(args: argparse.Namespace) -> Path | None:
 
 
 def integrity(db: Path) -> list[str]:
-    """SQLite's integrity_check: ["ok"] or the problems found (a file that is not a
-    database at all is one problem too)."""
+    """SQLite's integrity_check of the ledger and the replica it names: ["ok"] or the
+    problems found (a file that is not a database at all is one problem too)."""
+    from sync.store import open_reader
+
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        conn = open_reader(db)
+    except StoreError:  # no replica named (yet): the ledger alone
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        except sqlite3.Error as e:
+            return [str(e)]
     except sqlite3.Error as e:
         return [str(e)]
     try:
@@ -113,7 +128,12 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     new = db.with_name(db.name + ".rebuild")
     for suffix in ("", "-wal", "-shm"):
         Path(str(new) + suffix).unlink(missing_ok=True)
-    Store(new, config.site_domain(), daemon_id=config.daemon_id, background_checkpoints=False).close()
+    store = Store(new, config.site_domain(), daemon_id=config.daemon_id, background_checkpoints=False)
+    replica = store.replica_path
+    store.close()
+    # no replica: the daemon makes an empty one beside the ledger at its start
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(replica) + suffix).unlink(missing_ok=True)
     copied, lost = _copy_ledger(db, new)
     for table, error in lost:
         print(f"  {table}: could not be read in full ({error})", file=sys.stderr)
@@ -135,12 +155,12 @@ def _copy_ledger(old: Path, new: Path) -> tuple[dict[str, int], list[tuple[str, 
     try:
         dst.execute("ATTACH DATABASE ? AS old", (f"file:{old}?mode=ro",))
         dst.execute("BEGIN")
+        old_tables = {str(r[0]) for r in dst.execute("SELECT name FROM old.sqlite_master WHERE type = 'table'")}
         for table in LEDGER_TABLES:
-            copied[table] = _copy_rows(dst, table, "1", lost)
-        # a booking's local outcome (attended, no-show, loyalty credited) is ledger too
-        copied["booking outcomes"] = _copy_rows(
-            dst, "bookings", "outcome IS NOT NULL OR loyalty_credited != 0 OR attended_at IS NOT NULL", lost
-        )
+            if table in old_tables:
+                copied[table] = _copy_rows(dst, table, "1", lost)
+        if "bookings" in old_tables:  # a file from before the replica had its own
+            copied["booking outcomes"] = _copy_outcomes(dst, lost)
         with contextlib.suppress(sqlite3.Error):
             marks = ",".join("?" * len(SYNC_META))
             dst.execute(
@@ -150,6 +170,18 @@ def _copy_ledger(old: Path, new: Path) -> tuple[dict[str, int], list[tuple[str, 
     finally:
         dst.close()
     return copied, lost
+
+
+def _copy_outcomes(dst: sqlite3.Connection, lost: list[tuple[str, str]]) -> int:
+    try:
+        return dst.execute(
+            "INSERT OR REPLACE INTO main.booking_outcomes(booking_id, outcome, attended_at, loyalty_settled) "
+            "SELECT id, outcome, attended_at, COALESCE(loyalty_credited, 0) FROM old.bookings "
+            "WHERE outcome IS NOT NULL AND status != 'cancelled'"
+        ).rowcount
+    except sqlite3.Error as e:
+        lost.append(("booking outcomes", str(e)))
+        return 0
 
 
 def _copy_rows(dst: sqlite3.Connection, table: str, where: str, lost: list[tuple[str, str]]) -> int:

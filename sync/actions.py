@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sync.protocol import Delta, LookupResponse, ReplayRequest, SnapshotChunk
+from sync.protocol import Delta, LookupResponse, ReplayRequest, SnapshotHeader
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,17 +42,22 @@ class ApplyDelta:
 
 @dataclass(frozen=True, slots=True)
 class StageChunk:
-    """Stage a snapshot chunk (`first`: start a new import first). After the `last` one,
-    call `snapshot_staged`; on an import error, `snapshot_failed`."""
+    """Stage a snapshot chunk: its header (read on arrival) and its payload as received,
+    for the snapshot worker to validate and build from (`first`: start a new import
+    first). After the `last` one, once the worker has built it, call `snapshot_staged`
+    with the members it holds; on an import error, `snapshot_failed` (invalid records:
+    `snapshot_rejected`)."""
 
-    chunk: SnapshotChunk
+    header: SnapshotHeader
+    payload: bytes
     first: bool
     last: bool
 
 
 @dataclass(frozen=True, slots=True)
 class CommitSnapshot:
-    """Swap the staged snapshot in; then call `snapshot_committed` (or `snapshot_failed`)."""
+    """Switch the built snapshot in (a few ms); then call `snapshot_committed` (or
+    `snapshot_failed`)."""
 
     snapshot_id: str
     delta_seq: int

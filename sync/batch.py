@@ -1,27 +1,21 @@
-"""What the central system sends, in domain terms: passes with the seq their balance
-reflects, and batches of changes (a delta, a look-up answer, a scenario's sync step)."""
+"""A batch of changes from the central system (a delta, a look-up answer, a scenario's
+sync step, a seed file), as validated records (sync/records.py): entries replace by id,
+whole; removals by id. A pass's `applied_seq` is the highest seq of this daemon's events
+its balance already reflects."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rules.model import Booking, Member, Pass
-
-
-@dataclass(frozen=True, slots=True)
-class PassRecord:
-    """A pass as the central system sends it, with the seq its balance already reflects."""
-
-    pass_: Pass
-    applied_seq: int | None = None
+from sync.records import BookingIn, MemberIn, PassIn
 
 
 @dataclass(frozen=True, slots=True)
 class SyncBatch:
-    members: Sequence[Member] = ()
-    passes: Sequence[PassRecord] = ()
-    bookings: Sequence[Booking] = ()
+    members: Sequence[MemberIn] = ()
+    passes: Sequence[PassIn] = ()
+    bookings: Sequence[BookingIn] = ()
     remove_members: Sequence[str] = ()
     remove_passes: Sequence[str] = ()
     remove_bookings: Sequence[str] = ()

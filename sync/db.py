@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 
 def connect(path: Path, *, durable: bool) -> sqlite3.Connection:
@@ -24,37 +27,53 @@ def connect(path: Path, *, durable: bool) -> sqlite3.Connection:
     return conn
 
 
+def uri(path: Path, mode: str) -> str:
+    """An SQLite URI for `path` (`ro`: read only; `rw`: read-write, never created)."""
+    return f"file:{quote(str(path.resolve()))}?mode={mode}"
+
+
 class Checkpointer:
-    """Keeps the WAL short from a thread of its own (PASSIVE: never blocks the writer)."""
+    """Keeps the WALs short from a thread of its own (PASSIVE: never blocks the writer).
+
+    `paths` is asked each round which files to look after (the ledger, and whichever
+    replica file is current)."""
 
     INTERVAL = 0.5
     MIN_BYTES = 4 * 1024 * 1024
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.wal = Path(str(path) + "-wal")
+    def __init__(self, paths: Callable[[], list[Path]]):
+        self.paths = paths
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
+        conns: dict[Path, sqlite3.Connection] = {}
         try:
             while not self._stop.wait(self.INTERVAL):
-                try:
-                    if self.wal.stat().st_size < self.MIN_BYTES:
+                paths = self.paths()
+                for p in [p for p in conns if p not in paths]:
+                    conns.pop(p).close()
+                for path in paths:
+                    try:
+                        if Path(str(path) + "-wal").stat().st_size < self.MIN_BYTES:
+                            continue
+                    except FileNotFoundError:
                         continue
-                except FileNotFoundError:
-                    continue
-                try:
-                    if conn is None:
-                        conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=1.0)
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:
-                    pass  # busy or closing: try again next round
+                    try:
+                        conn = conns.get(path)
+                        if conn is None:
+                            # mode=rw: never create a file a switch has just deleted
+                            conn = conns[path] = sqlite3.connect(
+                                uri(path, "rw"), uri=True, isolation_level=None, timeout=1.0
+                            )
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    except sqlite3.Error:
+                        pass  # busy or closing: try again next round
         finally:
-            if conn is not None:
-                conn.close()
+            for conn in conns.values():
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
 
     def stop(self) -> None:
         self._stop.set()

@@ -4,13 +4,23 @@ marked by staff with refunds, loyalty points, and the time-driven work (no-shows
 loyalty credits). Also the gate's own reads of it: presence in a zone, points, used QR
 tokens.
 
-A deduction's event carries the balance it left; the pass's local balance moves with it
-in the same transaction (see sync/replica.py for how a sync recomputes it).
+Everything here is written to the ledger file only, keyed by the ids of the replica's
+records (pass, booking, member), never into the replica: a tap decided on one replica
+and committed after a switch to the next one stays right — its deduction counts against
+whichever central balance is current (balances are derived, sync/replica.py), its
+booking outcome is a row by booking id that the new replica's booking picks up.
+
+No-shows are found by walking the replica's open bookings by `ends_at` from a cursor
+kept in the ledger (`due.no_show_through`: every open booking that ended by then is
+settled), so the scheduler's work is proportional to what fell due, not to the size of
+the replica. A booking a sync brings in behind the cursor (a late arrival) is listed in
+`due_recheck` before the replica changes, and settled at the next run.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -28,6 +38,10 @@ from sync.outbox import Event
 from sync.replica import Replica
 from sync.rows import BOOKING_READ, booking_from_row, dt, ts
 from sync.transaction import Committed, Transaction, Transactions
+
+CURSOR_KEY = "due.no_show_through"
+CURSOR_IDLE = timedelta(minutes=10)
+_BOOKINGS = "replica.bookings b LEFT JOIN main.booking_outcomes o ON o.booking_id = b.id"
 
 
 def amount_json(d: Decimal) -> int | float:
@@ -63,7 +77,7 @@ class Ledger:
         refunded_seq: int | None = None,
         refunds: dict[str, Any] | None = None,
     ) -> Event:
-        balance = self.replica.balance(pass_id)
+        balance = self.replica.balance(pass_id)  # derived: central - our deductions since
         after = balance - amount if balance is not None else None
         fields: dict[str, Any] = {
             "member": member_id,
@@ -86,13 +100,17 @@ class Ledger:
         )
         if refunded_seq is not None:
             self.conn.execute("UPDATE deductions SET refunded_by = ? WHERE seq = ?", (event["seq"], refunded_seq))
-        if after is not None:
-            self.replica.set_balance(pass_id, after)
         return event
 
     def attend(self, tx: Transaction, now: datetime, booking: Booking, by: str, gate: str | None) -> None:
         self.conn.execute(
-            "UPDATE bookings SET outcome = 'attended', attended_at = ? WHERE id = ?", (ts(now), booking.id)
+            "INSERT INTO main.booking_outcomes(booking_id, outcome, attended_at, loyalty_settled) "
+            "VALUES (?, 'attended', ?, 0) ON CONFLICT(booking_id) DO UPDATE SET outcome = 'attended', "
+            "attended_at = excluded.attended_at, "
+            # a no-show marked attended by staff earns its points after all
+            "loyalty_settled = CASE WHEN booking_outcomes.outcome = 'attended' THEN booking_outcomes.loyalty_settled "
+            "ELSE 0 END",
+            (booking.id, ts(now)),
         )
         fields: dict[str, Any] = {"member": booking.member, "booking": booking.id, "status": "attended", "by": by}
         if gate:
@@ -245,6 +263,43 @@ class Ledger:
         with self.transactions.open():
             self.record_passage(member_id, zone, direction, at, gate, origin)
 
+    # -- around a sync of the replica ------------------------------------------------------
+
+    def recheck_late(self, bookings: Iterable[tuple[str, float]]) -> None:
+        """Before a sync writes the replica: the bookings (id, ends_at) it brings in
+        behind the no-show cursor are listed for the next run (a crash after this leaves
+        a harmless extra check, never a booking the walk has passed)."""
+        cursor = self.cursor()
+        if cursor is None:
+            return
+        late = [
+            (bid,)
+            for bid, ends_at in bookings
+            if ends_at <= cursor
+            and self.conn.execute("SELECT 1 FROM main.booking_outcomes WHERE booking_id = ?", (bid,)).fetchone() is None
+        ]
+        if late:
+            with self.transactions.open():
+                self.conn.executemany("INSERT OR IGNORE INTO main.due_recheck(booking_id) VALUES (?)", late)
+
+    def forget_outcomes(self, booking_ids: Iterable[str]) -> None:
+        """After a sync cancelled or removed these bookings: their outcomes go (a crash
+        before this leaves an outcome that reads ignore while the booking is cancelled)."""
+        ids = list(booking_ids)
+        found = [
+            (r[0],)
+            for i in range(0, len(ids), 500)
+            for r in self.conn.execute(
+                f"SELECT booking_id FROM main.booking_outcomes WHERE booking_id IN ({','.join('?' * len(ids[i:i + 500]))})",
+                ids[i : i + 500],
+            )
+        ]
+        if found:
+            with self.transactions.open():
+                self.conn.executemany("DELETE FROM main.booking_outcomes WHERE booking_id = ?", found)
+
+    # -- the site's other daemons ---------------------------------------------------------
+
     def record_peer_events(self, sender: str, events: list[dict[str, Any]], zones: dict[str, str]) -> dict[str, int]:
         """What another daemon of the site did (sync/peers.py), in one transaction."""
         with self.transactions.open():
@@ -252,24 +307,42 @@ class Ledger:
 
     # -- time-driven work -------------------------------------------------------------------
 
+    def cursor(self) -> float | None:
+        """Every open booking that ended at or before this (POSIX seconds) is settled."""
+        row = self.conn.execute("SELECT value FROM main.meta WHERE key = ?", (CURSOR_KEY,)).fetchone()
+        return None if row is None else float(row[0])
+
     def run_due(self, policy: Policy, now: datetime) -> Committed:
         """No-shows and loyalty credits due up to and including `now`, each exactly once."""
-        ts_no_show = ts(now - policy.no_show_after)
-        ts_loyalty = ts(now - policy.loyalty_delay)
-        open_rows = self.conn.execute(
-            f"SELECT {BOOKING_READ} FROM bookings WHERE outcome IS NULL AND status = 'booked' AND ends_at <= ?",
-            (ts_no_show,),
-        ).fetchall()
-        credit_rows = self.conn.execute(
-            f"SELECT {BOOKING_READ} FROM bookings WHERE outcome = 'attended' AND loyalty_credited = 0 "
-            "AND loyalty_points > 0 AND ends_at <= ?",
-            (ts_loyalty,),
-        ).fetchall()
-        if not open_rows and not credit_rows:
+        through = ts(now - policy.no_show_after)
+        cursor = self.cursor()
+        c = self.conn
+        open_rows: list[tuple[Any, ...]] = []
+        if cursor is None or through > cursor:
+            lower = "" if cursor is None else "AND b.ends_at > ? "
+            open_rows = c.execute(
+                f"SELECT {BOOKING_READ} FROM {_BOOKINGS} WHERE b.status = 'booked' {lower}AND b.ends_at <= ? "
+                "AND o.booking_id IS NULL ORDER BY b.ends_at, b.id",
+                (through,) if cursor is None else (cursor, through),
+            ).fetchall()
+        rechecks = c.execute("SELECT booking_id FROM main.due_recheck").fetchall()
+        if rechecks:
+            seen = {r[0] for r in open_rows}
+            open_rows += [
+                r for r in c.execute(
+                    f"SELECT {BOOKING_READ} FROM main.due_recheck x JOIN {_BOOKINGS} ON b.id = x.booking_id "
+                    "WHERE b.status = 'booked' AND b.ends_at <= ? AND o.booking_id IS NULL",
+                    (through,),
+                )
+                if r[0] not in seen
+            ]
+        credit, settle = self._loyalty_due(policy, now)
+        work = due_work([booking_from_row(r) for r in open_rows], credit, policy, now)
+        # the cursor is written with work, or every CURSOR_IDLE of clock (else a quiet
+        # day's attended bookings would be walked again at every run)
+        move = cursor is None or through - cursor >= CURSOR_IDLE.total_seconds()
+        if not work and not settle and not rechecks and not move:
             return Committed()
-        work = due_work(
-            [booking_from_row(r) for r in open_rows], [booking_from_row(r) for r in credit_rows], policy, now
-        )
         with self.transactions.open() as tx:
             for item in work:
                 b = item.booking
@@ -277,16 +350,48 @@ class Ledger:
                     self._no_show(tx, b, policy, now)
                 else:
                     ev = tx.emit("loyalty", now, member=b.member, points=b.loyalty_points, booking=b.id)
-                    self.conn.execute(
+                    c.execute(
                         "INSERT INTO loyalty(member_id, points, booking_id, reason, operator, at, seq) VALUES (?,?,?,?,?,?,?)",
                         (b.member, b.loyalty_points, b.id, None, None, ts(now), ev["seq"]),
                     )
-                    self.conn.execute("UPDATE bookings SET loyalty_credited = 1 WHERE id = ?", (b.id,))
-            self.conn.execute("DELETE FROM qr_used WHERE expires_at < ?", (ts(now - timedelta(hours=1)),))
+                    c.execute("UPDATE main.booking_outcomes SET loyalty_settled = 1 WHERE booking_id = ?", (b.id,))
+            c.executemany(
+                "UPDATE main.booking_outcomes SET loyalty_settled = 1 WHERE booking_id = ?", ((i,) for i in settle)
+            )
+            if rechecks:
+                c.execute("DELETE FROM main.due_recheck")
+            if cursor is None or through > cursor:
+                tx.set_meta(CURSOR_KEY, repr(through))
+            c.execute("DELETE FROM qr_used WHERE expires_at < ?", (ts(now - timedelta(hours=1)),))
         return tx.committed
 
+    def _loyalty_due(self, policy: Policy, now: datetime) -> tuple[list[Booking], list[str]]:
+        """Attended bookings whose points fall due (to credit), and those to settle
+        without credit: no points, cancelled or gone from the replica by then."""
+        rows = self.conn.execute(
+            "SELECT o.booking_id, b.id, b.member_id, b.pass_id, b.class_name, b.zone, b.starts_at, b.ends_at, "
+            "b.status, o.outcome, b.deducted, b.cost, b.loyalty_points FROM main.booking_outcomes o "
+            "LEFT JOIN replica.bookings b ON b.id = o.booking_id WHERE o.outcome = 'attended' AND o.loyalty_settled = 0"
+        ).fetchall()
+        due = ts(now - policy.loyalty_delay)
+        credit: list[Booking] = []
+        settle: list[str] = []
+        for r in rows:
+            if r[1] is None or r[8] == "cancelled":
+                settle.append(r[0])
+            elif r[7] <= due:
+                if r[12]:
+                    credit.append(booking_from_row(r[1:]))
+                else:
+                    settle.append(r[0])
+        return credit, settle
+
     def _no_show(self, tx: Transaction, b: Booking, policy: Policy, now: datetime) -> None:
-        self.conn.execute("UPDATE bookings SET outcome = 'no_show' WHERE id = ?", (b.id,))
+        self.conn.execute(
+            "INSERT INTO main.booking_outcomes(booking_id, outcome, attended_at, loyalty_settled) "
+            "VALUES (?, 'no_show', NULL, 1) ON CONFLICT(booking_id) DO UPDATE SET outcome = 'no_show'",
+            (b.id,),
+        )
         p = self.replica.get_pass(b.pass_id)
         fee = Decimal(0)
         if policy.no_show_fee > 0 and p is not None:

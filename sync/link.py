@@ -55,7 +55,7 @@ from sync.session import (
     WakeUplink,
 )
 from sync.settings import MqttSettings
-from sync.snapshot import SnapshotError
+from sync.snapshot import SnapshotError, SnapshotRejected
 from sync.store import Store
 
 __all__ = ["MqttSettings", "SyncLink", "mqtt_call"]
@@ -97,6 +97,7 @@ class SyncLink:
         self.on_change = on_change
         self.health_provider = health
         self.replica = LinkStore(store, settings.daemon, settings.snapshot_batch_rows)
+        self._building: asyncio.Task[None] | None = None  # the snapshot worker, then the session's verdict
         zones = {g: gate.zone for g, gate in (gates or {}).items()}
         self.session = Session(SessionConfig.from_settings(settings, software_version()), self.replica.state(), zones)
         self.topics = self.session.topics
@@ -201,7 +202,7 @@ class SyncLink:
             try:
                 await self.replica.cleanup()
             except Exception:
-                log.exception("sync link: dropping a previous run's snapshot tables")
+                log.exception("sync link: dropping a previous run's snapshot files")
             while True:
                 if attempt.delay > 0:
                     await asyncio.sleep(attempt.delay)
@@ -231,6 +232,15 @@ class SyncLink:
         finally:
             with contextlib.suppress(ValueError):
                 self.store.listeners.remove(self._on_events)
+            self._stop_building()
+            self.replica.importer.abort_now()
+
+    def _stop_building(self) -> None:
+        """A build whose import is being given up (or replaced) must not report back."""
+        task = self._building
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            self._building = None
 
     async def _disconnected(self) -> None:
         self._ready.clear()
@@ -369,21 +379,25 @@ class SyncLink:
                     return self.session.delta_failed(self.store.delta_seq, str(e), mono)
                 self._changed("delta")
             case StageChunk():
+                if action.first:
+                    self._stop_building()
                 try:
-                    await self.replica.stage(action.chunk, action.first, self.now())
+                    await self.replica.stage(action.header, action.payload, action.first, self.now())
                 except SnapshotError as e:
-                    return self.session.snapshot_failed(str(e), self.mono())
+                    return self._snapshot_error(e)
                 if action.last:
-                    return self.session.snapshot_staged(self.replica.member_count(), self.mono())
+                    # built off the loop, for seconds: the link goes on with its messages
+                    self._building = asyncio.create_task(self._built(client), name="snapshot-build")
             case CommitSnapshot():
                 try:
-                    await self.replica.commit(self.now())
+                    await self.replica.commit()
                 except SnapshotError as e:
                     return self.session.snapshot_failed(str(e), self.mono())
                 log.info("snapshot %s applied (delta_seq %d)", action.snapshot_id, action.delta_seq)
                 self._changed("snapshot")
                 return self.session.snapshot_committed(self.mono())
             case AbortSnapshot():
+                self._stop_building()
                 await self.replica.abort()
             case ApplyLookup():
                 self._on_lookup_answer(action)
@@ -416,6 +430,25 @@ class SyncLink:
             if p.correlation is not None:
                 props.CorrelationData = p.correlation
         await mqtt_call(client.publish(p.topic, p.payload, qos=p.qos, retain=p.retain, properties=props))
+
+    async def _built(self, client: aiomqtt.Client | None) -> None:
+        """Wait for the snapshot worker, then let the session decide (commit, or hold)."""
+        try:
+            try:
+                members = await self.replica.built()
+            except SnapshotError as e:
+                follow = self._snapshot_error(e)
+            else:
+                follow = self.session.snapshot_staged(self.replica.member_count(), members, self.mono())
+            await self._perform(client, follow)
+        finally:
+            if self._building is asyncio.current_task():
+                self._building = None
+
+    def _snapshot_error(self, e: SnapshotError) -> Sequence[Action]:
+        if isinstance(e, SnapshotRejected):
+            return self.session.snapshot_rejected(str(e), self.mono())
+        return self.session.snapshot_failed(str(e), self.mono())
 
     def _changed(self, kind: str) -> None:
         if self.on_change is not None:

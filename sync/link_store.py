@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sync.batch import SyncBatch
-from sync.protocol import Delta, LookupResponse, SnapshotChunk
+from sync.protocol import Delta, LookupResponse, SnapshotHeader
 from sync.session_config import Replica
 from sync.snapshot import SnapshotImporter
 from sync.store import Store
@@ -31,11 +31,10 @@ class LinkStore:
         )
 
     def _batch(self, members: Sequence[Any], passes: Sequence[Any], bookings: Sequence[Any], remove: Any = None) -> SyncBatch:
-        tz = self.store.site.timezone
         return SyncBatch(
-            members=[m.to_domain() for m in members],
-            passes=[p.record_for(self.daemon) for p in passes],
-            bookings=[b.to_domain(tz) for b in bookings],
+            members=list(members),
+            passes=[p.for_daemon(self.daemon) for p in passes],
+            bookings=list(bookings),
             remove_members=list(remove.members) if remove else [],
             remove_passes=list(remove.passes) if remove else [],
             remove_bookings=list(remove.bookings) if remove else [],
@@ -64,13 +63,20 @@ class LinkStore:
     def importing(self) -> bool:
         return self.importer.active
 
-    async def stage(self, chunk: SnapshotChunk, first: bool, now: datetime) -> None:
+    async def stage(self, header: SnapshotHeader, payload: bytes, first: bool, now: datetime) -> None:
+        """One chunk to the snapshot worker (sync/snapshot.py)."""
         if first:
-            await self.importer.begin(chunk)
-        await self.importer.add(chunk, now)
+            await self.importer.begin(header, now)
+        await self.importer.add(header, payload)
 
-    async def commit(self, now: datetime) -> None:
-        await self.importer.finish(now)
+    async def built(self) -> int:
+        """Wait for the worker to build the replica (off the loop); the members it holds."""
+        report = await self.importer.built()
+        return int(report["counts"]["members"])
+
+    async def commit(self) -> None:
+        """Switch the built replica in (a few ms)."""
+        await self.importer.switch()
 
     async def abort(self) -> None:
         await self.importer.abort()

@@ -11,12 +11,16 @@ class Meta:
         self.conn = conn
 
     def get(self, key: str, default: str | None = None) -> str | None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self.conn.execute("SELECT value FROM main.meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else str(row[0])
 
     def put(self, key: str, value: str) -> None:
         """Inside a transaction (Transaction.set_meta)."""
         self.conn.execute(
-            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            "INSERT INTO main.meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+    def delete(self, key: str) -> None:
+        """Inside a transaction (Transaction.delete_meta)."""
+        self.conn.execute("DELETE FROM main.meta WHERE key = ?", (key,))

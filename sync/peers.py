@@ -115,11 +115,16 @@ def apply(
 
 def _outcome(conn: sqlite3.Connection, booking: str, status: str, at: datetime) -> int:
     """A booking's outcome recorded by another daemon. Attended wins over a no-show (staff
-    may mark a no-show attended, never the other way); a cancellation here stands."""
+    may mark a no-show attended, never the other way); a cancellation here stands. An
+    attended booking's loyalty is left to the daemon doing the site's time-driven work
+    (as for one attended here); a no-show earns none."""
     return conn.execute(
-        "UPDATE bookings SET outcome = ?, attended_at = CASE WHEN ? = 'attended' THEN ? ELSE attended_at END "
-        "WHERE id = ? AND status = 'booked' AND (outcome IS NULL OR (outcome = 'no_show' AND ? = 'attended'))",
-        (status, status, ts(at), booking, status),
+        "INSERT INTO main.booking_outcomes(booking_id, outcome, attended_at, loyalty_settled) "
+        "SELECT ?, ?, CASE WHEN ? = 'attended' THEN ? END, CASE WHEN ? = 'attended' THEN 0 ELSE 1 END "
+        "WHERE EXISTS (SELECT 1 FROM replica.bookings WHERE id = ? AND status = 'booked') "
+        "ON CONFLICT(booking_id) DO UPDATE SET outcome = 'attended', attended_at = excluded.attended_at, "
+        "loyalty_settled = 0 WHERE booking_outcomes.outcome = 'no_show' AND excluded.outcome = 'attended'",
+        (booking, status, status, ts(at), status, booking),
     ).rowcount
 
 

@@ -18,9 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sync.batch import PassRecord
 from sync.events import event_schema
-from sync.records import BookingIn, MemberIn, PassIn
+from sync.records import BookingIn, MemberIn, PassIn, PassRecord
 from sync.topics import LEVEL, Topics, central_status_topic, valid_level
 
 MAJOR = 1
@@ -263,6 +262,31 @@ class SnapshotChunk(_Wire):
         return self
 
 
+class SnapshotHeader(_Wire):
+    """What a gate reads of a `SnapshotChunk` as it arrives: everything but the records,
+    which the snapshot worker validates in full, off the event loop (sync/snapshot.py).
+    The same fields with the same checks; the records are skipped, not read."""
+
+    v: V = 1
+    snapshot_id: Annotated[str, Field(min_length=1, max_length=100)]
+    chunk: Seq
+    chunks: Annotated[int, Field(ge=1, le=MAX_CHUNKS)]
+    delta_seq: Seq
+    requested_by: list[str] = []
+    full_replacement: bool = False
+    at: str | None = None
+
+    @model_validator(mode="after")
+    def _chunk_in_range(self) -> SnapshotHeader:
+        if self.chunk >= self.chunks:
+            raise ValueError("chunk must be below chunks")
+        return self
+
+    @classmethod
+    def of(cls, chunk: SnapshotChunk) -> SnapshotHeader:
+        return cls.model_validate(chunk.model_dump(include=set(cls.model_fields)))
+
+
 class LookupResponse(_Wire):
     """Published on the request's `ResponseTopic` with its `CorrelationData`."""
 
@@ -306,6 +330,7 @@ __all__ = [
     "ReplayRequest",
     "ResyncRequest",
     "SnapshotChunk",
+    "SnapshotHeader",
     "Status",
     "Topics",
     "central_status_topic",

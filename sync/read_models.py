@@ -22,14 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from sync.search_text import alnum, digits, fold
+from sync.store import open_reader
 
 CHUNK = 500  # SQLite's default limit on host parameters is far above this
 
 
 @contextmanager
 def read_only(db_path: Path) -> Iterator[sqlite3.Connection]:
-    """A connection of its own that cannot write (WAL lets it read beside the writer)."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2, check_same_thread=False)
+    """A connection of its own that cannot write (WAL lets it read beside the writer):
+    the ledger with the replica it names attached, the tables by their names
+    (sync/store.py, "Reading tables directly")."""
+    conn = open_reader(db_path)
     try:
         yield conn
     finally:

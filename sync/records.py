@@ -6,6 +6,7 @@ Times without an offset are the site's local wall time; `to_domain` takes the zo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
@@ -16,9 +17,16 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from rules.credential import card_from_text
 from rules.model import Booking, BookingStatus, DeductOn, Member, MemberStatus, Pass, PassKind
 from rules.timeutil import WeekSchedule, parse_date, parse_instant, parse_window
-from sync.batch import PassRecord
 
 Id = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+@dataclass(frozen=True, slots=True)
+class PassRecord:
+    """A pass as rules objects, with the seq its balance already reflects."""
+
+    pass_: Pass
+    applied_seq: int | None = None
 
 
 class FieldError(ValueError):
@@ -118,7 +126,7 @@ class PassIn(Strict):
             raise FieldError("balance", f"balance is not allowed for a {self.kind} pass")
         if PassKind(self.kind) == PassKind.CREDITS and self.walk_in_cost is None:
             raise FieldError("walk_in_cost", "walk_in_cost is required for a credits pass")
-        if self.valid_from and self.valid_until and parse_date(str(self.valid_from)) > parse_date(str(self.valid_until)):
+        if self.valid_from and self.valid_until and self.valid_from > self.valid_until:
             raise FieldError("valid_until", "valid_from is after valid_until")
         return self
 
@@ -179,4 +187,4 @@ class BookingIn(Strict):
         )
 
 
-__all__ = ["BookingIn", "MemberIn", "PassIn", "datetime"]
+__all__ = ["BookingIn", "MemberIn", "PassIn", "PassRecord", "datetime"]

@@ -1,10 +1,14 @@
-"""The one mapping between the replica's domain objects and their table rows: for each
-table, the row it stores (`*_row`, with its column list `*_COLUMNS`) and the domain
-object read back (`*_from_row`). Every writer (a delta, a look-up answer, a scenario, a
-snapshot) builds rows here, so a column means the same whoever wrote it.
+"""The one mapping between the replica's records and its table rows: for each table, the
+row it stores (`*_row`, built from the validated record the central system sent — see
+sync/records.py — in the order of `*_COLUMNS`) and the domain object read back
+(`*_from_row`). Every writer (a delta, a look-up answer, a scenario, a seed file, a
+snapshot build in the worker process) builds rows here, so a column means the same
+whoever wrote it.
 
 Instants are stored as POSIX seconds (float), dates as ISO text, amounts as decimal
-text (exact), zones and access windows as JSON.
+text (exact), zones and access windows as JSON. Rows are built from the wire records
+rather than from rules objects: a snapshot has half a million of them, and the detour
+through domain objects cost more than validating them.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import logging
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from rules.credential import Card, TenDigits, card_from_text, index_keys
 from rules.model import Booking, BookingStatus, DeductOn, Member, MemberStatus, Pass, PassKind
-from rules.timeutil import WeekSchedule
-from sync.batch import PassRecord
+from rules.timeutil import WeekSchedule, parse_instant
+from sync.records import BookingIn, MemberIn, PassIn
 from sync.search_text import member_search_text
 
 Row = tuple[Any, ...]
@@ -38,6 +43,32 @@ def dec(text: str | None) -> Decimal | None:
     return None if text is None else Decimal(text)
 
 
+# a snapshot repeats a few thousand class times and a handful of access windows
+_instants: dict[tuple[str, str], float] = {}
+_windows: dict[tuple[tuple[str, tuple[str, ...]], ...], str] = {}
+
+
+def instant_ts(text: str, tz: ZoneInfo) -> float:
+    """A wire instant (local wall time in `tz`, or with an offset) as POSIX seconds."""
+    key = (text, tz.key)
+    v = _instants.get(key)
+    if v is None:
+        if len(_instants) > 200_000:
+            _instants.clear()
+        v = _instants[key] = parse_instant(text, tz).timestamp()
+    return v
+
+
+def windows_json(spec: dict[str, str | list[str]]) -> str:
+    key = tuple((k, (v,) if isinstance(v, str) else tuple(v)) for k, v in spec.items())
+    out = _windows.get(key)
+    if out is None:
+        if len(_windows) > 10_000:
+            _windows.clear()
+        out = _windows[key] = json.dumps(WeekSchedule.parse(spec).spec_dict())
+    return out
+
+
 # -- members and cards ----------------------------------------------------------------------
 
 MEMBER_COLUMNS = ("id", "name", "status", "email", "photo", "synced_at", "phone", "search")
@@ -45,12 +76,13 @@ MEMBER_READ = "id, name, status, email, photo, phone"
 MEMBER_INSERT = f"({', '.join(MEMBER_COLUMNS)}) VALUES ({','.join('?' * len(MEMBER_COLUMNS))})"
 
 
-def member_row(m: Member, synced_at: float) -> Row:
-    """In MEMBER_COLUMNS order (MEMBER_INSERT)."""
-    return (m.id, m.name, m.status.value, m.email, m.photo, synced_at, m.phone, member_search_text(m))
+def member_row(m: MemberIn, synced_at: float) -> Row:
+    """In MEMBER_COLUMNS order (MEMBER_INSERT); `search` is what the desk's search looks
+    in (sync/search_text.py)."""
+    return (m.id, m.name, m.status, m.email, m.photo, synced_at, m.phone, member_search_text(m))
 
 
-def member_cards(m: Member, ten_digits: TenDigits = TenDigits.EM32) -> list[Card]:
+def member_cards(m: MemberIn, ten_digits: TenDigits = TenDigits.EM32) -> list[Card]:
     """A member's cards, typed: typed keys, or untyped strings read by card_from_text with
     the site's rule for 10 digits. A string that is no card at all cannot match a read:
     it is left out."""
@@ -63,67 +95,62 @@ def member_cards(m: Member, ten_digits: TenDigits = TenDigits.EM32) -> list[Card
     return out
 
 
-def card_rows(m: Member, ten_digits: TenDigits = TenDigits.EM32) -> list[tuple[str, str]]:
+def card_rows(m: MemberIn, ten_digits: TenDigits = TenDigits.EM32) -> list[tuple[str, str]]:
     """(card key, member_id) for the `cards` table."""
     return [(c.key, m.id) for c in member_cards(m, ten_digits)]
 
 
-def card_key_rows(m: Member, ten_digits: TenDigits = TenDigits.EM32) -> list[tuple[str, str]]:
+def card_key_rows(m: MemberIn, ten_digits: TenDigits = TenDigits.EM32) -> list[tuple[str, str]]:
     """(key, card key) for `card_keys`: what less-informed readers see of each card."""
-    return [(k, c.key) for c in member_cards(m, ten_digits) for k, own in index_keys(c) if not own]
+    return keys_of(member_cards(m, ten_digits))
+
+
+def keys_of(cards: list[Card]) -> list[tuple[str, str]]:
+    """`card_key_rows` of cards already typed (a snapshot types each member's cards once)."""
+    return [(k, c.key) for c in cards for k, own in index_keys(c) if not own]
 
 
 def member_from_row(row: Row, cards: tuple[str, ...]) -> Member:
     """`row` as selected by MEMBER_READ."""
-    return Member(id=row[0], name=row[1] or "", status=MemberStatus(row[2]), cards=cards, email=row[3], photo=row[4],
-                  phone=row[5])
+    return Member(
+        id=row[0], name=row[1] or "", status=MemberStatus(row[2]), cards=cards, email=row[3], photo=row[4], phone=row[5]
+    )
 
 
 # -- passes -----------------------------------------------------------------------------------
 
 PASS_COLUMNS = (
-    "id", "member_id", "name", "kind", "central_balance", "applied_seq", "balance", "deduct_on",
-    "walk_in_cost", "valid_from", "valid_until", "zones", "access_windows",
+    "id", "member_id", "name", "kind", "central_balance", "applied_seq", "deduct_on", "walk_in_cost",
+    "valid_from", "valid_until", "zones", "access_windows",
 )
-PASS_READ = "id, member_id, name, kind, balance, deduct_on, walk_in_cost, valid_from, valid_until, zones, access_windows"
-
-# a snapshot repeats a handful of access windows over 150,000 passes
-_windows_json: dict[tuple[tuple[str, tuple[str, ...]], ...], str] = {}
-
-
-def _windows(ws: WeekSchedule) -> str:
-    v = _windows_json.get(ws.spec)
-    if v is None:
-        if len(_windows_json) > 10_000:
-            _windows_json.clear()
-        v = _windows_json[ws.spec] = json.dumps(ws.spec_dict())
-    return v
+# the local balance is not a column: Replica derives it (central - own deductions since)
+PASS_READ = (
+    "id, member_id, name, kind, central_balance, deduct_on, walk_in_cost, valid_from, valid_until, zones, "
+    "access_windows, applied_seq"
+)
 
 
-def pass_row(r: PassRecord) -> Row:
-    """The local balance starts as the central one; the store then takes off this
-    daemon's deductions the central system had not applied (Replica.recompute_balance)."""
-    p = r.pass_
-    bal = str(p.balance) if p.balance is not None else None
+def pass_row(p: PassIn, applied_seq: int | None) -> Row:
+    """`applied_seq`: the highest seq of this daemon's events the central balance
+    reflects (PassIn.applied_seq, or PassOut.applied[daemon])."""
     return (
         p.id,
         p.member,
         p.name,
-        p.kind.value,
-        bal,
-        r.applied_seq or 0,
-        bal,
-        p.deduct_on.value,
+        p.kind,
+        str(p.balance) if p.balance is not None else None,
+        applied_seq or 0,
+        p.deduct_on,
         str(p.walk_in_cost) if p.walk_in_cost is not None else None,
         p.valid_from.isoformat() if p.valid_from else None,
         p.valid_until.isoformat() if p.valid_until else None,
-        json.dumps(sorted(p.zones)) if p.zones is not None else None,
-        _windows(p.access_windows) if p.access_windows is not None else None,
+        json.dumps(sorted(set(p.zones))) if p.zones is not None else None,
+        windows_json(p.access_windows) if p.access_windows is not None else None,
     )
 
 
-def pass_from_row(row: Row) -> Pass:
-    """`row` as selected by PASS_READ."""
+def pass_from_row(row: Row, balance: Decimal | None) -> Pass:
+    """`row` as selected by PASS_READ; `balance` the local one."""
     zones = json.loads(row[9]) if row[9] is not None else None
     windows = WeekSchedule.parse(json.loads(row[10])) if row[10] is not None else None
     return Pass(
@@ -131,7 +158,7 @@ def pass_from_row(row: Row) -> Pass:
         member=row[1],
         name=row[2] or "",
         kind=PassKind(row[3]),
-        balance=dec(row[4]),
+        balance=balance,
         deduct_on=DeductOn(row[5]),
         walk_in_cost=dec(row[6]),
         valid_from=date.fromisoformat(row[7]) if row[7] else None,
@@ -147,23 +174,23 @@ BOOKING_COLUMNS = (
     "id", "member_id", "pass_id", "class_name", "zone", "starts_at", "ends_at", "status", "deducted", "cost",
     "loyalty_points",
 )
+# with the gate's outcome from the ledger: replica.bookings b LEFT JOIN booking_outcomes o
 BOOKING_READ = (
-    "id, member_id, pass_id, class_name, zone, starts_at, ends_at, status, outcome, deducted, cost, loyalty_points"
+    "b.id, b.member_id, b.pass_id, b.class_name, b.zone, b.starts_at, b.ends_at, b.status, o.outcome, b.deducted, "
+    "b.cost, b.loyalty_points"
 )
 
 
-def booking_row(b: Booking) -> Row:
-    """As the central system describes it: booked or cancelled. An attended / no-show
-    status it sends is an outcome, kept apart (see Replica.apply)."""
+def booking_row(b: BookingIn, tz: ZoneInfo) -> Row:
     return (
         b.id,
         b.member,
-        b.pass_id,
-        b.class_name,
+        b.pass_,
+        b.class_,
         b.zone,
-        ts(b.starts_at),
-        ts(b.ends_at),
-        BookingStatus.CANCELLED.value if b.status == BookingStatus.CANCELLED else BookingStatus.BOOKED.value,
+        instant_ts(b.starts_at, tz),
+        instant_ts(b.ends_at, tz),
+        b.status,
         int(b.deducted),
         str(b.cost),
         b.loyalty_points,
@@ -171,7 +198,8 @@ def booking_row(b: Booking) -> Row:
 
 
 def booking_from_row(row: Row) -> Booking:
-    """`row` as selected by BOOKING_READ: the status is the outcome unless cancelled."""
+    """`row` as selected by BOOKING_READ: the gate's outcome (attended, no-show) is the
+    status, unless the central system cancelled the booking."""
     status = BookingStatus(row[7])
     if status != BookingStatus.CANCELLED and row[8]:
         status = BookingStatus(row[8])

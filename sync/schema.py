@@ -1,15 +1,26 @@
-"""The tables of the daemon's database and the migrations that create them.
+"""The tables of the daemon's two kinds of database file, and the migrations.
 
-A migration is a function of the sqlite-utils Database; `migrate` runs the missing ones,
-each in its own transaction with the new `schema_version` in `meta`. A database newer
-than this code is refused (StoreError), never silently downgraded.
+The **ledger** (the configured `store.path`) holds what only this gate knows: events (the
+outbox), deductions, passages, booking outcomes, loyalty, used QR tokens, the audit log,
+meta. The **replica** (a file beside it, see sync/replica_file.py) holds what the central
+system sent: members, cards, passes with their central balance and `applied_seq`,
+bookings, and its own meta (`delta_seq`, `snapshot_id`, ...). Nothing the gate itself
+changes lives in the replica, so a whole new replica can be built elsewhere and switched
+in without losing a tap.
+
+Ledger migrations are functions of the connection; `migrate` runs the missing ones, each
+with the new `schema_version` in `meta`. A database newer than this code is refused
+(StoreError), never silently downgraded. Version 1 kept the replica inside the ledger
+file; migration 6 moves it out (see `_migration_6`).
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import sqlite_utils
 
@@ -18,10 +29,92 @@ from sync.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
+REPLICA_SCHEMA_VERSION = 2
+
+# -- the replica ---------------------------------------------------------------------------
+
+# Tables first, indexes after: a snapshot build loads rows into bare tables and indexes
+# them at the end (a sort per index instead of a B-tree walk per row).
+REPLICA_TABLES = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+    "CREATE TABLE IF NOT EXISTS members (id TEXT PRIMARY KEY, name TEXT, status TEXT NOT NULL, email TEXT, "
+    "photo TEXT, synced_at REAL, phone TEXT, search TEXT)",
+    "CREATE TABLE IF NOT EXISTS cards (card TEXT PRIMARY KEY, member_id TEXT NOT NULL)",
+    # what readers that read less of a card see of it (rules.credential.index_keys)
+    "CREATE TABLE IF NOT EXISTS card_keys (key TEXT NOT NULL, card TEXT NOT NULL, PRIMARY KEY (key, card))",
+    "CREATE TABLE IF NOT EXISTS passes (id TEXT PRIMARY KEY, member_id TEXT NOT NULL, name TEXT, kind TEXT NOT NULL, "
+    "central_balance TEXT, applied_seq INTEGER NOT NULL DEFAULT 0, deduct_on TEXT NOT NULL, walk_in_cost TEXT, "
+    "valid_from TEXT, valid_until TEXT, zones TEXT, access_windows TEXT)",
+    "CREATE TABLE IF NOT EXISTS bookings (id TEXT PRIMARY KEY, member_id TEXT NOT NULL, pass_id TEXT NOT NULL, "
+    "class_name TEXT, zone TEXT NOT NULL, starts_at REAL NOT NULL, ends_at REAL NOT NULL, status TEXT NOT NULL, "
+    "deducted INTEGER NOT NULL, cost TEXT NOT NULL, loyalty_points INTEGER NOT NULL DEFAULT 0)",
+    # what a switch to this replica must tell the ledger (sync/snapshot_worker.py)
+    "CREATE TABLE IF NOT EXISTS switch_recheck (booking_id TEXT PRIMARY KEY)",
+    "CREATE TABLE IF NOT EXISTS switch_clear (booking_id TEXT PRIMARY KEY)",
+)
+REPLICA_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS cards_member ON cards(member_id)",
+    "CREATE INDEX IF NOT EXISTS card_keys_card ON card_keys(card)",
+    "CREATE INDEX IF NOT EXISTS passes_member ON passes(member_id)",
+    "CREATE INDEX IF NOT EXISTS bookings_member ON bookings(member_id, starts_at)",
+    "CREATE INDEX IF NOT EXISTS bookings_starts ON bookings(starts_at)",
+    # the scheduler's no-show scan walks this by ends_at (Ledger.run_due)
+    "CREATE INDEX IF NOT EXISTS bookings_open ON bookings(ends_at) WHERE status = 'booked'",
+)
+REPLICA_SCHEMA = REPLICA_TABLES + REPLICA_INDEXES
 
 
-def _migration_1(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
+def create_replica(path: Path, meta: dict[str, str]) -> None:
+    """An empty replica file with `meta`, on disk (fsynced) when this returns."""
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("BEGIN")
+        for sql in REPLICA_SCHEMA:
+            conn.execute(sql)
+        conn.executemany(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+            [("replica_schema", str(REPLICA_SCHEMA_VERSION)), *meta.items()],
+        )
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+# -- the ledger ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _set_version(conn: sqlite3.Connection, version: int) -> None:
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (str(version),),
+    )
+
+
+def _migration_1(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
+    """The first layout: replica and ledger in one file."""
+    with _transaction(conn):
+        _create_v1(conn)
+        _set_version(conn, 1)
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    db = sqlite_utils.Database(conn)
     db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
     db.table("members").create(
         {"id": str, "name": str, "status": str, "email": str, "photo": str, "synced_at": float},
@@ -72,7 +165,6 @@ def _migration_1(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
     )
     db.table("bookings").create_index(["member_id", "starts_at"], if_not_exists=True)
     db.table("bookings").create_index(["starts_at"], if_not_exists=True)
-    # partial indexes keep the scheduler's due-work queries cheap with 300,000 bookings
     db.execute(
         "CREATE INDEX IF NOT EXISTS bookings_open ON bookings(ends_at) "
         "WHERE outcome IS NULL AND status = 'booked'"
@@ -135,122 +227,207 @@ def _migration_1(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
     )
 
 
-def _migration_2(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
-    # A grant the gate is about to act on, written (durably) before the relay is pulsed
-    # and deleted by the transaction that commits the tap: one still here after a restart
-    # is a grant whose commit a crash cut off (sync/intents.py).
-    db.table("grant_intents").create(
-        {"id": int, "gate": str, "member_id": str, "body": str, "at": float},
-        pk="id",
-        if_not_exists=True,
-    )
+def _migration_2(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
+    """Grant intents."""
+    with _transaction(conn):
+        # A grant the gate is about to act on, written (durably) before the relay is
+        # pulsed and deleted by the transaction that commits the tap: one still here
+        # after a restart is a grant whose commit a crash cut off (sync/intents.py).
+        sqlite_utils.Database(conn).table("grant_intents").create(
+            {"id": int, "gate": str, "member_id": str, "body": str, "at": float},
+            pk="id",
+            if_not_exists=True,
+        )
+        _set_version(conn, 2)
 
 
-def _migration_3(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
+def _migration_3(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
+    """Cards assigned at the desk, until the central system has them (sync/enrolment.py)."""
     from sync.enrolment import create_table
 
-    create_table(db.conn)  # cards assigned at the desk, until the central system has them
+    with _transaction(conn):
+        create_table(conn)
+        _set_version(conn, 3)
 
 
-def _migration_4(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
-    # the desk's search: by phone too, over text made once per member (sync/search_text.py)
-    db.conn.execute("ALTER TABLE members ADD COLUMN phone TEXT")
-    db.conn.execute("ALTER TABLE members ADD COLUMN search TEXT")
-    from sync.rows import MEMBER_READ, member_from_row
+def _migration_4(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
+    """The desk's search: by phone too, over text made once per member (sync/search_text.py)."""
+    from sync.rows import member_from_row
     from sync.search_text import member_search_text
 
-    members = db.conn.execute(f"SELECT {MEMBER_READ} FROM members").fetchall()
-    for row in members:
-        cards = tuple(r[0] for r in db.conn.execute("SELECT card FROM cards WHERE member_id = ?", (row[0],)))
-        db.conn.execute("UPDATE members SET search = ? WHERE id = ?", (member_search_text(member_from_row(row, cards)), row[0]))
+    with _transaction(conn):
+        conn.execute("ALTER TABLE members ADD COLUMN phone TEXT")
+        conn.execute("ALTER TABLE members ADD COLUMN search TEXT")
+        for row in conn.execute("SELECT id, name, status, email, photo, phone FROM members").fetchall():
+            cards = tuple(r[0] for r in conn.execute("SELECT card FROM cards WHERE member_id = ?", (row[0],)))
+            conn.execute(
+                "UPDATE members SET search = ? WHERE id = ?", (member_search_text(member_from_row(row, cards)), row[0])
+            )
+        _set_version(conn, 4)
 
 
-def _migration_5(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
+def _migration_5(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
     """Cards keyed by their canonical typed key (rules/credential.py: `em:0A00BC614E`,
     `w26:123:45678`, ...), plus `card_keys`: the keys of what readers that read less of a
     card see of it (an EM card's 32-bit number, its Wiegand 26 output), so those reads
     find it. The untyped strings stored so far are read by `card_from_text` (the table in
-    docs/hardware.md, "Card identity"), 10 decimal digits by the site's rule. Two strings that turn out to be one card keep the
-    member of the later row; a string that is no card at all (empty, unprintable) is
-    dropped. Both are counted in meta (`cards.merged`, `cards.dropped`) and logged. The
-    cards the desk enrolled (card_enrolments) are keyed the same way."""
-    conn = db.conn
-    old = conn.execute("SELECT card, member_id FROM cards ORDER BY rowid").fetchall()
-    conn.execute("DROP TABLE cards")
-    db.table("cards").create({"card": str, "member_id": str}, pk="card")
-    db.table("cards").create_index(["member_id"])
-    db.table("card_keys").create({"key": str, "card": str}, pk=("key", "card"))
-    db.table("card_keys").create_index(["card"])
-    merged = dropped = 0
-    for text, member in old:
-        try:
-            card = card_from_text(str(text), ten_digits)
-        except ValueError:
-            dropped += 1
-            log.warning("card %r of member %s is no card identifier: dropped", text, member)
-            continue
-        held = conn.execute("SELECT member_id FROM cards WHERE card = ?", (card.key,)).fetchone()
-        if held is not None:
-            merged += 1
-            if held[0] != member:
-                log.warning("cards %s: held by %s and %s; %s keeps it", card.key, held[0], member, member)
-        conn.execute(
-            "INSERT INTO cards(card, member_id) VALUES (?, ?) "
-            "ON CONFLICT(card) DO UPDATE SET member_id = excluded.member_id",
-            (card.key, member),
-        )
-        conn.executemany(
-            "INSERT OR IGNORE INTO card_keys(key, card) VALUES (?, ?)",
-            ((k, card.key) for k, own in index_keys(card) if not own),
-        )
-    for key, value in (("cards.migrated", len(old) - dropped), ("cards.merged", merged), ("cards.dropped", dropped)):
-        conn.execute(
-            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (key, str(value)),
-        )
-    for (text,) in conn.execute("SELECT card FROM card_enrolments").fetchall():
-        try:
-            key = card_from_text(str(text), ten_digits).key
-        except ValueError:
-            conn.execute("DELETE FROM card_enrolments WHERE card = ?", (text,))
-            continue
-        if key != text:
-            conn.execute("DELETE FROM card_enrolments WHERE card = ?", (key,))
-            conn.execute("UPDATE card_enrolments SET card = ? WHERE card = ?", (key, text))
+    docs/hardware.md, "Card identity"), 10 decimal digits by the site's rule. Two strings
+    that turn out to be one card keep the member of the later row; a string that is no card
+    at all (empty, unprintable) is dropped. Both are counted in meta (`cards.merged`,
+    `cards.dropped`) and logged. The cards the desk enrolled (card_enrolments) are keyed
+    the same way."""
+    db = sqlite_utils.Database(conn)
+    with _transaction(conn):
+        old = conn.execute("SELECT card, member_id FROM cards ORDER BY rowid").fetchall()
+        conn.execute("DROP TABLE cards")
+        db.table("cards").create({"card": str, "member_id": str}, pk="card")
+        db.table("cards").create_index(["member_id"])
+        db.table("card_keys").create({"key": str, "card": str}, pk=("key", "card"))
+        db.table("card_keys").create_index(["card"])
+        merged = dropped = 0
+        for text, member in old:
+            try:
+                card = card_from_text(str(text), ten_digits)
+            except ValueError:
+                dropped += 1
+                log.warning("card %r of member %s is no card identifier: dropped", text, member)
+                continue
+            held = conn.execute("SELECT member_id FROM cards WHERE card = ?", (card.key,)).fetchone()
+            if held is not None:
+                merged += 1
+                if held[0] != member:
+                    log.warning("cards %s: held by %s and %s; %s keeps it", card.key, held[0], member, member)
+            conn.execute(
+                "INSERT INTO cards(card, member_id) VALUES (?, ?) "
+                "ON CONFLICT(card) DO UPDATE SET member_id = excluded.member_id",
+                (card.key, member),
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO card_keys(key, card) VALUES (?, ?)",
+                ((k, card.key) for k, own in index_keys(card) if not own),
+            )
+        for key, value in (("cards.migrated", len(old) - dropped), ("cards.merged", merged), ("cards.dropped", dropped)):
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, str(value)),
+            )
+        for (text,) in conn.execute("SELECT card FROM card_enrolments").fetchall():
+            try:
+                key = card_from_text(str(text), ten_digits).key
+            except ValueError:
+                conn.execute("DELETE FROM card_enrolments WHERE card = ?", (text,))
+                continue
+            if key != text:
+                conn.execute("DELETE FROM card_enrolments WHERE card = ?", (key,))
+                conn.execute("UPDATE card_enrolments SET card = ? WHERE card = ?", (key, text))
+        _set_version(conn, 5)
 
 
-def _migration_6(db: sqlite_utils.Database, ten_digits: TenDigits) -> None:
+# the replica's own meta keys (moved out of the ledger's meta by migration 6)
+REPLICA_META_KEYS = ("sync.delta_seq", "sync.snapshot_id", "last_sync_at")
+
+
+def _migration_6(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
+    """The replica moves to a file of its own; booking outcomes become ledger rows.
+
+    The new replica file is written and fsynced first (the ledger is only read); then
+    one ledger transaction points the ledger at it, keeps the outcomes and drops the old
+    tables. A crash before that COMMIT leaves the version 1 database as it was (the
+    half-made file is an orphan, removed at the next start).
+    """
+    from sync.replica_file import ReplicaFiles  # the file naming lives there
+
+    files = ReplicaFiles(path)
+    new = files.new_path(1)
+    meta = {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta") if k in REPLICA_META_KEYS}
+    create_replica(new, {"generation": "1", **meta})
+    conn.execute("ATTACH DATABASE ? AS incoming", (str(new),))
+    try:
+        with _transaction(conn):
+            conn.execute(
+                "INSERT INTO incoming.members SELECT id, name, status, email, photo, synced_at, phone, search "
+                "FROM main.members"
+            )
+            conn.execute("INSERT INTO incoming.cards SELECT card, member_id FROM main.cards")
+            conn.execute("INSERT INTO incoming.card_keys SELECT key, card FROM main.card_keys")
+            conn.execute(
+                "INSERT INTO incoming.passes SELECT id, member_id, name, kind, central_balance, "
+                "COALESCE(applied_seq, 0), deduct_on, walk_in_cost, valid_from, valid_until, zones, access_windows "
+                "FROM main.passes"
+            )
+            conn.execute(
+                "INSERT INTO incoming.bookings SELECT id, member_id, pass_id, class_name, zone, starts_at, ends_at, "
+                "status, deducted, cost, COALESCE(loyalty_points, 0) FROM main.bookings"
+            )
+        conn.execute("PRAGMA incoming.wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.execute("DETACH DATABASE incoming")
+    files.fsync(new)
+    # every open booking before the first unfinalised one is done: the no-show scan
+    # starts there (Ledger.run_due)
+    first_open = conn.execute(
+        "SELECT MIN(ends_at) FROM bookings WHERE outcome IS NULL AND status = 'booked'"
+    ).fetchone()[0]
+    last = conn.execute("SELECT MAX(ends_at) FROM bookings").fetchone()[0]
+    cursor = float(first_open) - 1e-3 if first_open is not None else (float(last) if last is not None else None)
+    with _transaction(conn):
+        conn.execute(
+            "CREATE TABLE booking_outcomes (booking_id TEXT PRIMARY KEY, outcome TEXT NOT NULL, attended_at REAL, "
+            "loyalty_settled INTEGER NOT NULL DEFAULT 0)"
+        )
+        conn.execute(
+            "CREATE INDEX booking_outcomes_unsettled ON booking_outcomes(booking_id) "
+            "WHERE outcome = 'attended' AND loyalty_settled = 0"
+        )
+        conn.execute("CREATE TABLE due_recheck (booking_id TEXT PRIMARY KEY)")
+        conn.execute(
+            "INSERT INTO booking_outcomes(booking_id, outcome, attended_at, loyalty_settled) "
+            "SELECT id, outcome, attended_at, COALESCE(loyalty_credited, 0) FROM bookings "
+            "WHERE outcome IS NOT NULL AND status != 'cancelled'"
+        )
+        for t in ("bookings", "passes", "card_keys", "cards", "members"):
+            conn.execute(f"DROP TABLE {t}")
+        # what the snapshot importer before this one left when killed mid-import
+        for (t,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '\\_snap%' ESCAPE '\\'"
+        ).fetchall():
+            conn.execute(f"DROP TABLE [{t}]")
+        conn.executemany("DELETE FROM meta WHERE key = ?", [(k,) for k in REPLICA_META_KEYS])
+        conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('replica.file', ?), ('replica.generation', '1')",
+            (new.name,),
+        )
+        if cursor is not None:
+            conn.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('due.no_show_through', ?)", (repr(cursor),)
+            )
+        # the shadow tables' generation of the snapshot importer before this one
+        conn.execute("DELETE FROM meta WHERE key = 'sync.snapshot_generation'")
+        _set_version(conn, 6)
+
+
+def _migration_7(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
+    """The site's other daemons' walk-in charges and the refunds anyone gave (sync/peers.py)."""
     from sync.peers import create_tables
 
-    create_tables(db.conn)  # the site's other daemons' charges and refunds (sync/peers.py)
+    with _transaction(conn):
+        create_tables(conn)
+        _set_version(conn, 7)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database, TenDigits], None]] = [
-    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6,
+# each brings the database to its version, atomically
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path, TenDigits], None]] = [
+    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
 ]
 
 
-
-
-def migrate(conn: sqlite3.Connection, ten_digits: TenDigits = TenDigits.EM32) -> None:
-    """Bring the database at `conn` (autocommit mode) up to SCHEMA_VERSION. `ten_digits`:
-    how the site reads untyped 10-digit card strings (rules.credential.TenDigits)."""
-    db = sqlite_utils.Database(conn)
+def migrate(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits = TenDigits.EM32) -> None:
+    """Bring the ledger at `path` (`conn`, autocommit mode) up to SCHEMA_VERSION.
+    `ten_digits`: how the site reads untyped 10-digit card strings (rules.credential)."""
     conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     version = int(row[0]) if row else 0
     if version > SCHEMA_VERSION:
         raise StoreError(f"database schema {version} is newer than this gated ({SCHEMA_VERSION})")
     for n in range(version, SCHEMA_VERSION):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            MIGRATIONS[n](db, ten_digits)
-            conn.execute(
-                "INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (str(n + 1),),
-            )
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        MIGRATIONS[n](conn, path, ten_digits)

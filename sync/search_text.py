@@ -9,8 +9,22 @@ and the search is one SQL `LIKE` over that column.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
+from typing import Protocol
 
-from rules.model import Member
+
+class MemberLike(Protocol):
+    """A member as rules objects (rules.model.Member) or as the central system sends it
+    (sync.records.MemberIn): the search text is made the same from either."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def email(self) -> str | None: ...
+    @property
+    def phone(self) -> str | None: ...
+    @property
+    def cards(self) -> Sequence[str]: ...
 
 
 def fold(text: str | None) -> str:
@@ -36,7 +50,7 @@ def alnum(text: str | None) -> str:
     return "".join(c for c in text if c.isalnum()).upper()
 
 
-def member_search_text(m: Member) -> str:
+def member_search_text(m: MemberLike) -> str:
     """Name and e-mail folded, phone digits, cards: separated by '|' so that a search never
     matches across two of them."""
     parts = [fold(m.name), fold(m.email)]

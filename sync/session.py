@@ -67,7 +67,7 @@ from sync.protocol import (
     ReplayAnswer,
     ReplayRequest,
     ResyncRequest,
-    SnapshotChunk,
+    SnapshotHeader,
     Status,
 )
 from sync.session_config import Replica, SessionConfig
@@ -108,7 +108,6 @@ class _Import:
     delta_seq: int
     full_replacement: bool
     next_chunk: int = 0
-    members: int = 0
 
 
 @dataclass(slots=True)
@@ -378,8 +377,9 @@ class Session:
             delta = self._parse(Delta, payload)
             return [] if delta is None else self._on_delta(delta, now)
         if topic == t.snapshot:
-            chunk = self._parse(SnapshotChunk, payload)
-            return [] if chunk is None else self._on_chunk(chunk, now)
+            # the header only: the records are validated by the snapshot worker, off the loop
+            header = self._parse(SnapshotHeader, payload)
+            return [] if header is None else self._on_chunk(header, payload, now)
         if topic == t.lookup_response:
             return self._on_lookup_response(payload, correlation)
         if topic == t.central_status:
@@ -548,7 +548,7 @@ class Session:
 
     # -- snapshots -----------------------------------------------------------------------------------
 
-    def _on_chunk(self, chunk: SnapshotChunk, now: float) -> list[Action]:
+    def _on_chunk(self, chunk: SnapshotHeader, payload: bytes, now: float) -> list[Action]:
         mine = not chunk.requested_by or self.config.daemon in chunk.requested_by or self.awaiting_snapshot
         imp = self._import
         if chunk.chunk == 0 and mine:
@@ -568,22 +568,22 @@ class Session:
                 f"expected chunk {imp.next_chunk}/{imp.chunks}, got {chunk.chunk}/{chunk.chunks}", now
             )
         imp.next_chunk += 1
-        imp.members += len(chunk.members)
         self.stats["snapshot_chunks"] += 1
-        return [StageChunk(chunk, first=chunk.chunk == 0, last=imp.next_chunk == imp.chunks)]
+        return [StageChunk(chunk, payload, first=chunk.chunk == 0, last=imp.next_chunk == imp.chunks)]
 
-    def snapshot_staged(self, members_held: int, now: float) -> list[Action]:
-        """Every chunk is staged; `members_held`: members in the replica now. Commit, or
-        hold a snapshot that would remove more than the guard's share of them."""
+    def snapshot_staged(self, members_held: int, members_new: int, now: float) -> list[Action]:
+        """Every chunk is staged and built; `members_held`: members in the replica now,
+        `members_new`: in the snapshot. Commit, or hold a snapshot that would remove more
+        than the guard's share of them."""
         imp = self._import
         if imp is None:
             return []
         keep = 1.0 - self.config.snapshot_guard
-        if not imp.full_replacement and members_held > 0 and imp.members < keep * members_held:
+        if not imp.full_replacement and members_held > 0 and members_new < keep * members_held:
             self._import = None
             self.stats["snapshots_held"] += 1
             detail = (
-                f"snapshot {imp.snapshot_id} has {imp.members} members, the gate holds {members_held}: "
+                f"snapshot {imp.snapshot_id} has {members_new} members, the gate holds {members_held}: "
                 "not applied (the central system must mark a full replacement)"
             )
             return [AbortSnapshot("held"), *self._alarm("snapshot_held", detail, now)]
@@ -609,6 +609,18 @@ class Session:
             elif seq > self.delta_seq:
                 self.stats["deltas_discarded"] += 1
         return out
+
+    def snapshot_rejected(self, reason: str, now: float) -> list[Action]:
+        """The snapshot worker found a chunk's records invalid: counted and dropped like
+        any invalid message; the replica stays as it is and nothing is asked again (a
+        forged chunk must not hold the deltas)."""
+        if self._import is None:
+            return []
+        self._import = None
+        self.stats["invalid"] += 1
+        self.stats["dropped"] += 1
+        self._note(f"dropped invalid snapshot: {reason}")
+        return [AbortSnapshot(reason)]
 
     def snapshot_failed(self, reason: str, now: float) -> list[Action]:
         """The import failed (a chunk out of order, the store refused): ask again."""

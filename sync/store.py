@@ -1,27 +1,46 @@
-"""The daemon's local database: the replica of the central system's data and the ledger
-of what happened at this gate. `Store` is the one object the daemon, the engine, the
-scenario runner and the sync link hold; it is a façade over small modules, one concern
-each:
+"""The daemon's local data: the replica of the central system's data and the ledger of
+what happened at this gate, in two kinds of SQLite file (WAL). `Store` is the one object
+the daemon, the engine, the scenario runner and the sync link hold; it is a façade over
+small modules, one concern each:
 
 | module | concern |
 | --- | --- |
-| `sync/db.py` | opening the SQLite file (WAL, synchronous), background checkpoints |
-| `sync/schema.py` | the tables and their migrations |
+| `sync/db.py` | opening SQLite files (WAL, synchronous), background checkpoints |
+| `sync/schema.py` | the tables of the ledger and of a replica; migrations |
 | `sync/transaction.py` | `Store.transaction()`: one atomic change with its events |
 | `sync/outbox.py` | the numbered events (gap-free `seq`), acks, pruning |
 | `sync/meta.py`, `sync/audit.py` | named values; the audit log |
-| `sync/rows.py` | the one mapping between domain objects and table rows |
-| `sync/replica.py` | members, cards, passes, bookings: reads, and applying syncs |
+| `sync/rows.py` | the one mapping between records and table rows |
+| `sync/replica.py` | members, cards, passes, bookings: reads, applying syncs |
+| `sync/replica_file.py` | the replica's file, and switching to a new one |
+| `sync/views.py` | the read contract: replica tables by name, with the gate's state |
 | `sync/ledger.py` | taps, overrides, attendance, refunds, points, no-shows, presence |
+| `sync/enrolment.py` | cards the desk assigned, until the central system has them |
 | `sync/intents.py` | grant intents: written before a relay opens, resolved by the commit |
-| `sync/snapshot.py` | importing a full snapshot without stopping the gate |
+| `sync/snapshot.py`, `sync/snapshot_worker.py` | building a snapshot's replica in a worker process |
+
+## Two files
+
+The **ledger** is the configured path (`gated.db`): events (the outbox), deductions,
+passages, booking outcomes, loyalty, used QR tokens, audit, meta. The **replica** is a
+file beside it (`gated.replica-<generation>-<random>.db`, named in the ledger's meta),
+attached to the store's connection AS `replica`: members, cards, passes with their
+central balance and `applied_seq`, bookings, and its own meta (`sync.delta_seq`,
+`sync.snapshot_id`, `last_sync_at`). Nothing the gate changes lives in the replica, so a
+snapshot builds a whole new replica file off the event loop and a switch of a few
+milliseconds puts it in place (Store.switch_replica); deltas change the replica file in
+one transaction of its own, with their `delta_seq`.
 
 The rules of the ledger:
 - Every state change and the events that report it are written in one transaction; a
-  crash leaves all of it or none of it.
+  crash leaves all of it or none of it. A transaction on the ledger never writes the
+  replica and vice versa (SQLite does not make a transaction across two WAL files
+  atomic).
 - `seq` numbers this daemon's events 1, 2, 3, ... with no gap, whatever is pruned later.
 - A pass's local balance is the central balance (as of `applied_seq`, the highest of our
-  events the central system had applied) minus our own deductions with a higher seq.
+  events the central system had applied) minus our own deductions with a higher seq,
+  derived at every read (sync/replica.py): never a deduction lost or counted twice,
+  whichever replica generation a tap was decided on.
 
 ## The public surface
 
@@ -30,19 +49,26 @@ to write events of its own); nothing outside `sync/` imports a `_private` name.
 
 ## Reading tables directly (console, tests)
 
-`store.conn` is the daemon's connection, owned by the event loop. These tables can be
-read by name through it, with these columns (more may be added, none removed):
+`store.conn` is the daemon's connection, owned by the event loop. These names can be
+read through it, with these columns (more may be added, none removed):
 
-- `members(id, name, status, email, photo, phone)`, `cards(card, member_id)` — `card` is
-  the canonical typed key (`em:0A00BC614E`, `uid:04A1B2C3`, see rules/credential.py);
+- `members(id, name, status, email, photo, synced_at, phone, search)` — `search` is the
+  desk's search text (sync/search_text.py); `cards(card, member_id)` — `card` is the
+  canonical typed key (`em:0A00BC614E`, `uid:04A1B2C3`, see rules/credential.py);
   `card_keys(key, card)` holds what readers that read less of a card see of it;
-- `passes(id, member_id, name, kind, balance, ...)` — `balance` is the local balance;
+- `passes(id, member_id, name, kind, central_balance, applied_seq, balance, deduct_on,
+  walk_in_cost, valid_from, valid_until, zones, access_windows)` — `balance` is the
+  local balance (decimal text);
 - `bookings(id, member_id, pass_id, class_name, zone, starts_at, ends_at, status,
-  outcome, attended_at, loyalty_points, ...)` — times are POSIX seconds;
-- `deductions`, `passages`, `loyalty`, `events`, `audit` — the ledger.
+  outcome, deducted, cost, loyalty_points, attended_at, loyalty_settled)` — times are
+  POSIX seconds; `outcome` is the gate's (attended / no_show), NULL when cancelled;
+- `deductions`, `passages`, `loyalty`, `booking_outcomes`, `card_enrolments`, `events`,
+  `audit`, `meta` — the ledger's tables.
 
-A reader in another thread opens its own read-only connection to `store.path`
-(`file:PATH?mode=ro`) and reads the same names.
+The first five are TEMP views over `replica.*` (sync/views.py). A reader in another
+thread must not open `store.path` alone (it would not see the replica): it calls
+`store.open_reader()` — a read-only connection with the current replica attached and the
+same names.
 """
 
 from __future__ import annotations
@@ -63,27 +89,53 @@ from rules.decide import Decision, MemberView, ZonePresence
 from rules.model import Booking, BookingStatus, Direction, Gate, Member, Pass, Policy
 from rules.model import Site as SiteModel
 from rules.timeutil import iso_utc
-from sync import enrolment
-from sync.batch import PassRecord, SyncBatch
-from sync.db import Checkpointer, connect
+from sync import enrolment, views
+from sync.batch import SyncBatch
+from sync.db import Checkpointer, connect, uri
 from sync.errors import StoreError
 from sync.intents import Intents
-from sync.ledger import Ledger
+from sync.ledger import CURSOR_KEY, Ledger
 from sync.meta import Meta
 from sync.outbox import Event, Outbox
+from sync.records import PassRecord
 from sync.replica import Replica
-from sync.rows import dt
-from sync.schema import SCHEMA_VERSION, migrate
+from sync.replica_file import ReplicaFiles
+from sync.rows import dt, instant_ts
+from sync.schema import REPLICA_SCHEMA_VERSION, SCHEMA_VERSION, create_replica, migrate
 from sync.transaction import Committed, Listener, Transaction, Transactions
 
 # Bookings further than this from now cannot matter to a tap (arrival, link and same-day
 # windows are all shorter), so a view loads only these.
 VIEW_HORIZON = timedelta(hours=36)
 
-# the replica's position in the central system's stream of changes
+# in the replica's meta: its position in the central system's stream of changes
 DELTA_SEQ_KEY = "sync.delta_seq"
 SNAPSHOT_ID_KEY = "sync.snapshot_id"
 LAST_SYNC_KEY = "last_sync_at"
+SWITCH_CURSOR_KEY = "switch.cursor"
+# in the ledger's meta: which replica file is current
+REPLICA_FILE_KEY = "replica.file"
+REPLICA_GENERATION_KEY = "replica.generation"
+
+
+def open_reader(ledger: Path, replica: Path | None = None) -> sqlite3.Connection:
+    """A read-only connection to the store whose ledger is at `ledger` — from another
+    thread or another process (tools, tests), running daemon or not: the replica the
+    ledger names (or `replica`) attached, the read contract's names installed (module
+    doc). Changes nothing on disk."""
+    conn = sqlite3.connect(uri(ledger, "ro"), uri=True, timeout=2, check_same_thread=False)
+    try:
+        if replica is None:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (REPLICA_FILE_KEY,)).fetchone()
+            if row is None:
+                raise StoreError(f"{ledger}: no replica (a store not yet opened by this version)")
+            replica = ledger.parent / str(row[0])
+        conn.execute("ATTACH DATABASE ? AS replica", (uri(replica, "ro"),))
+        views.install(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 class Store:
@@ -106,89 +158,153 @@ class Store:
         self.daemon_id = daemon_id
         self.durable = durable
         self.background_checkpoints = background_checkpoints
+        self.files = ReplicaFiles(self.path)
         self.conn = connect(self.path, durable=durable)
         try:
-            migrate(self.conn, ten_digits)
+            migrate(self.conn, self.path, ten_digits)
+            self.replica_path = self._open_replica()
             self._wire([])
         except BaseException:
             self.conn.close()
             raise
-        self._checkpointer = Checkpointer(self.path) if background_checkpoints else None
+        self._checkpointer = self._checkpoints()
+
+    def _checkpoints(self) -> Checkpointer | None:
+        return Checkpointer(lambda: [self.path, self.replica_path]) if self.background_checkpoints else None
 
     def _wire(self, listeners: list[Listener]) -> None:
         """The parts, each on the current connection (again after reopen/rescue)."""
         self.db = sqlite_utils.Database(self.conn)
         self._meta = Meta(self.conn)
+        views.install(self.conn)
         self.outbox = Outbox(self.conn, self._meta)
-        self._transactions = Transactions(self.conn, self.outbox, self._meta, durable=self.durable)
+        self._transactions = Transactions(self.conn, self.outbox, self._meta)
         self._transactions.listeners.extend(listeners)
         self.replica = Replica(self.conn, self.site, self.ten_digits)
         self.ledger = Ledger(self.conn, self._transactions, self.replica, self.site, self.daemon_id)
         self.intents = Intents(self.conn, self._transactions)
 
     def _switch(self, conn: sqlite3.Connection) -> None:
+        """Carry on with `conn` (the ledger, the replica attached)."""
         old, old_checkpointer = self.conn, self._checkpointer
         if old_checkpointer is not None:
             old_checkpointer.stop()
         self.conn = conn
         self._wire(self.listeners)
-        self._checkpointer = Checkpointer(self.path) if self.background_checkpoints else None
+        self._checkpointer = self._checkpoints()
         old.close()
 
     def reopen(self) -> None:
-        """Open the file again: a connection opened read-only stays read-only after the
+        """Open the files again: a connection opened read-only stays read-only after the
         file's owner or mode is fixed. The old connection stays if this raises."""
         conn = connect(self.path, durable=self.durable)
         try:
-            migrate(conn, self.ten_digits)
+            migrate(conn, self.path, self.ten_digits)
+            self._attach(self.replica_path, conn)
         except BaseException:
             conn.close()
             raise
         self._switch(conn)
 
     def rescue(self) -> None:
-        """The file at `path` is gone (its directory deleted while the daemon ran) but this
-        connection still holds it, ledger and unsent events included: write it back to its
-        path, whole, and carry on there. Raises if the path cannot be written (the store
-        then stays on the old file, unusable for entries, and this is tried again)."""
+        """The files are gone (their directory deleted while the daemon ran) but this
+        connection still holds them, ledger and unsent events included: write them back
+        to their paths, whole, and carry on there. Raises if a path cannot be written (the
+        store then stays on the old files, unusable for entries, and this is tried again)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".rescue")
+        if not self.replica_path.exists():  # the replica went with the directory: it too
+            self._write_back("replica", self.replica_path)
+        self._write_back("main", self.path)
+        conn = connect(self.path, durable=self.durable)
+        try:
+            self._attach(self.replica_path, conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._switch(conn)
+
+    def _write_back(self, schema: str, path: Path) -> None:
+        tmp = path.with_name(path.name + ".rescue")
         tmp.unlink(missing_ok=True)
         dst = sqlite3.connect(str(tmp))
         try:
-            self.conn.backup(dst)
+            self.conn.backup(dst, name=schema)
         finally:
             dst.close()
         for suffix in ("-wal", "-shm"):
-            Path(str(self.path) + suffix).unlink(missing_ok=True)
-        os.replace(tmp, self.path)  # the file appears whole or not at all
-        self._switch(connect(self.path, durable=self.durable))
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        os.replace(tmp, path)  # the file appears whole or not at all
 
     # -- plumbing ---------------------------------------------------------------------
+
+    def _open_replica(self) -> Path:
+        """Attach the replica the ledger names; an empty one if it is missing or not
+        readable as a replica (the link then asks for a snapshot). Orphans are removed."""
+        meta = Meta(self.conn)
+        name = meta.get(REPLICA_FILE_KEY)
+        path = self.path.parent / name if name else None
+        if path is None or not path.exists() or not self._readable_replica(path):
+            gen = int(meta.get(REPLICA_GENERATION_KEY, "0") or 0) + 1
+            path = self.files.new_path(gen)
+            create_replica(path, {"generation": str(gen)})
+            self.files.fsync(path)
+            self.conn.execute("BEGIN IMMEDIATE")
+            meta.put(REPLICA_FILE_KEY, path.name)
+            meta.put(REPLICA_GENERATION_KEY, str(gen))
+            self.conn.execute("COMMIT")
+        self.files.remove_orphans(path.name)
+        self._attach(path, self.conn)
+        return path
+
+    @staticmethod
+    def _readable_replica(path: Path) -> bool:
+        try:
+            conn = sqlite3.connect(uri(path, "ro"), uri=True)
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'replica_schema'").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return False
+        return row is not None and str(row[0]) == str(REPLICA_SCHEMA_VERSION)
+
+    def _attach(self, path: Path, conn: sqlite3.Connection | None = None) -> None:
+        conn = conn or self.conn
+        conn.execute("ATTACH DATABASE ? AS replica", (str(path),))
+        conn.execute("PRAGMA replica.journal_mode=WAL")
+        conn.execute(f"PRAGMA replica.synchronous={'FULL' if self.durable else 'NORMAL'}")
 
     @property
     def listeners(self) -> list[Listener]:
         """Called with the events of every committed transaction that wrote some."""
         return self._transactions.listeners
 
-    def transaction(self, *, scratch: bool = False) -> AbstractContextManager[Transaction]:
+    def transaction(self) -> AbstractContextManager[Transaction]:
         """One atomic change: `with store.transaction() as tx: tx.emit(...)` (see
-        sync/transaction.py; `scratch` only for data thrown away after a crash)."""
-        return self._transactions.open(scratch=scratch)
+        sync/transaction.py)."""
+        return self._transactions.open()
 
     def close(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.stop()
         try:
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.conn.execute("PRAGMA main.wal_checkpoint(TRUNCATE)")
+            self.conn.execute("PRAGMA replica.wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
             pass  # a store that cannot be written still closes; what was committed is in the WAL
         finally:
             self.conn.close()
 
     def checkpoint(self) -> None:
-        """Copy the WAL into the database now (tests, maintenance)."""
-        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        """Copy the WALs into the database files now (tests, maintenance)."""
+        self.conn.execute("PRAGMA main.wal_checkpoint(PASSIVE)")
+        self.conn.execute("PRAGMA replica.wal_checkpoint(PASSIVE)")
+
+    def open_reader(self) -> sqlite3.Connection:
+        """A read-only connection for another thread: the ledger with the current replica
+        attached, and the names of the read contract (module doc). Close it after use;
+        it keeps reading the replica it opened even if a switch happens meanwhile."""
+        return open_reader(self.path, self.replica_path)
 
     def meta(self, key: str, default: str | None = None) -> str | None:
         return self._meta.get(key, default)
@@ -333,32 +449,112 @@ class Store:
 
     def apply_sync(self, batch: SyncBatch, now: datetime, *, snapshot: bool = False) -> None:
         """Members, passes and bookings replace by id, whole. A snapshot also removes
-        everything it does not list. Our own outcomes and deductions are kept."""
-        with self.transaction() as tx:
-            self.replica.apply(batch, now, snapshot=snapshot)
-            enrolment.settle(self.conn, self.acked_seq)
-            tx.set_meta(LAST_SYNC_KEY, str(now.timestamp()))
+        everything it does not list (in one transaction that holds the loop: tests,
+        seeding; the link imports snapshots with sync/snapshot.py). Our own outcomes and
+        deductions are kept (module doc)."""
+        self._apply(batch, now, snapshot=snapshot, delta_seq=None)
 
     def apply_delta(self, batch: SyncBatch, delta_seq: int, now: datetime) -> None:
-        """One numbered delta, whole, with the replica's new position."""
-        with self.transaction() as tx:
-            self.replica.apply(batch, now, snapshot=False)
-            enrolment.settle(self.conn, self.acked_seq)
-            tx.set_meta(LAST_SYNC_KEY, str(now.timestamp()))
-            tx.set_meta(DELTA_SEQ_KEY, str(delta_seq))
+        """One numbered delta, whole, with the replica's new position, atomically."""
+        self._apply(batch, now, snapshot=False, delta_seq=delta_seq)
+
+    def _apply(self, batch: SyncBatch, now: datetime, *, snapshot: bool, delta_seq: int | None) -> None:
+        # three steps, in this order, each safe to be the last before a crash (Ledger)
+        tz = self.site.timezone
+        self.ledger.recheck_late((b.id, instant_ts(b.ends_at, tz)) for b in batch.bookings if b.status == "booked")
+        with self.transaction():
+            self.replica.apply(batch, now, snapshot=snapshot)
+            if delta_seq is not None:
+                self.replica.set_meta(DELTA_SEQ_KEY, str(delta_seq))
+        self._settle_enrolments()
+        gone = [b.id for b in batch.bookings if b.status == "cancelled"] + list(batch.remove_bookings)
+        if snapshot:
+            gone += [
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT o.booking_id FROM main.booking_outcomes o LEFT JOIN replica.bookings b "
+                    "ON b.id = o.booking_id WHERE b.id IS NULL OR b.status = 'cancelled'"
+                )
+            ]
+        self.ledger.forget_outcomes(gone)
+
+    def _settle_enrolments(self) -> None:
+        """After a sync: the desk's card enrolments the central system has dealt with go
+        (sync/enrolment.py) — a ledger transaction of its own, after the replica's."""
+        if self.conn.execute("SELECT 1 FROM main.card_enrolments LIMIT 1").fetchone() is not None:
+            with self.transaction():
+                enrolment.settle(self.conn, self.acked_seq)
+
+    def switch_replica(self, new: Path) -> Path:
+        """Make `new` — a complete replica file on disk, built by the snapshot worker —
+        the replica, in a few milliseconds on the loop:
+
+        1. DETACH the current replica, ATTACH the new one AS `replica` (in memory only);
+        2. one ledger transaction: the bookings the worker found behind the no-show
+           cursor go to `due_recheck`, the outcomes of bookings the new replica cancels
+           or lacks go, the cursor steps back to where the worker looked, the pointer
+           names the new file;
+        Returns the old file, for the caller to delete off the loop (unlinking a large
+        file takes tens of milliseconds; `ReplicaFiles.remove`).
+
+        A crash before 2's COMMIT leaves the old replica current (the new file is an
+        orphan, deleted at the next start); after it, the new one. On an error the old
+        replica is attached again and the error raised.
+        """
+        conn = self.conn
+        old = self.replica_path
+        conn.execute("DETACH DATABASE replica")  # raises if a statement is still reading it
+        try:
+            self._attach(new)
+        except BaseException:
+            self._attach(old)
+            raise
+        try:
+            gen = self.replica.meta("generation")
+            looked = self.replica.meta(SWITCH_CURSOR_KEY)
+            with self.transaction() as tx:
+                conn.execute(
+                    "INSERT OR IGNORE INTO main.due_recheck(booking_id) SELECT booking_id FROM replica.switch_recheck"
+                )
+                conn.execute(
+                    "DELETE FROM main.booking_outcomes WHERE booking_id IN "
+                    "(SELECT booking_id FROM replica.switch_clear)"
+                )
+                cursor = self.ledger.cursor()
+                if cursor is not None and (looked is None or float(looked) < cursor):
+                    # bookings new to this replica that ended after the worker looked
+                    # and before now are walked again (the ones settled meanwhile are skipped)
+                    if looked is None:
+                        tx.delete_meta(CURSOR_KEY)
+                    else:
+                        tx.set_meta(CURSOR_KEY, looked)
+                enrolment.settle(conn, self.acked_seq)
+                tx.set_meta(REPLICA_FILE_KEY, new.name)
+                tx.set_meta(REPLICA_GENERATION_KEY, gen or "0")
+        except BaseException:
+            conn.execute("DETACH DATABASE replica")
+            self._attach(old)
+            raise
+        self.replica_path = new
+        return old
+
+    @property
+    def replica_generation(self) -> int:
+        """Counts the replica files this store has had; a switch moves it on."""
+        return int(self._meta.get(REPLICA_GENERATION_KEY, "0") or 0)
 
     @property
     def delta_seq(self) -> int:
         """The last delta (or the snapshot's) the replica reflects; 0 before any."""
-        return int(self.meta(DELTA_SEQ_KEY, "0") or 0)
+        return int(self.replica.meta(DELTA_SEQ_KEY, "0") or 0)
 
     @property
     def snapshot_id(self) -> str | None:
         """The snapshot the replica was last rebuilt from; None before the first."""
-        return self.meta(SNAPSHOT_ID_KEY)
+        return self.replica.meta(SNAPSHOT_ID_KEY)
 
     def last_sync_at(self) -> datetime | None:
-        v = self.meta(LAST_SYNC_KEY)
+        v = self.replica.meta(LAST_SYNC_KEY)
         return None if v is None else dt(float(v))
 
     # -- the ledger -------------------------------------------------------------------
@@ -470,4 +666,5 @@ __all__ = [
     "SyncBatch",
     "Transaction",
     "VIEW_HORIZON",
+    "open_reader",
 ]

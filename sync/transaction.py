@@ -51,6 +51,9 @@ class Transaction:
     def set_meta(self, key: str, value: str) -> None:
         self._meta.put(key, value)
 
+    def delete_meta(self, key: str) -> None:
+        self._meta.delete(key)
+
     def audit(self, now: datetime, operator: str, action: str, detail: dict[str, Any]) -> None:
         write_audit(self.conn, now, operator, action, detail, self._outbox.last_seq)
 
@@ -58,23 +61,16 @@ class Transaction:
 class Transactions:
     """Opens transactions on the store's connection; one at a time (one event loop)."""
 
-    def __init__(self, conn: sqlite3.Connection, outbox: Outbox, meta: Meta, *, durable: bool):
+    def __init__(self, conn: sqlite3.Connection, outbox: Outbox, meta: Meta):
         self.conn = conn
         self.outbox = outbox
         self.meta = meta
-        self.durable = durable
         self.listeners: list[Listener] = []
 
     @contextmanager
-    def open(self, *, scratch: bool = False) -> Iterator[Transaction]:
-        """`scratch`: the transaction only writes data that is thrown away after a crash
-        anyway (a snapshot's shadow tables). It commits without waiting for the disk
-        (synchronous=NORMAL: still consistent after a power cut, maybe not there); the
-        next durable commit — every tap — syncs it along with itself."""
+    def open(self) -> Iterator[Transaction]:
         seq_before = self.outbox.next_seq
         tx = Transaction(self.conn, self.outbox, self.meta)
-        if scratch and self.durable:
-            self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield tx
@@ -84,9 +80,6 @@ class Transactions:
             raise
         else:
             self.conn.execute("COMMIT")
-        finally:
-            if scratch and self.durable:
-                self.conn.execute("PRAGMA synchronous=FULL")
         self.notify(tx.committed)
 
     def notify(self, committed: Committed) -> None:

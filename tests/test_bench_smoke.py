@@ -6,11 +6,16 @@ No timing assertions: figures belong in `make bench` and docs/performance.md.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 from bench import common, decision
 from bench.generate import chunk_payloads, generate
 from rules.model import PassKind
 from sync.protocol import SnapshotChunk
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_generator_is_deterministic_and_complete() -> None:
@@ -53,3 +58,21 @@ def test_wire_times() -> None:
     w = common.wire_times()
     assert set(w) == {"modbus_rtu_write_coil_9600", "osdp_poll_9600", "wiegand_26", "serial_ascii_line_9600"}
     assert 0 < common.share_ours(1.0, w["wiegand_26"]) < 1
+
+
+def test_bench_command_runs_the_snapshot_import_as_documented(tmp_path) -> None:
+    """`python -m bench --only snapshot` (and `--scale 1m`, at a tiny size), as a user runs
+    it: the import through the worker process, taps meanwhile, the table and the JSON."""
+    for extra in ([], ["--scale", "1m"]):
+        out = tmp_path / "results.json"
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench", "--only", "snapshot", "--members", "300", "--quick",
+             "--work", str(tmp_path / "work"), "--out", str(out), *extra],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "snapshot import (worker process, switched in), 300 members" in proc.stdout
+        res = json.loads(out.read_text())["results"]["snapshot"]
+        assert res["members"] == 300 and res["import_seconds"]["runs"] >= 1
+        assert all(w["counts"]["bookings"] == 900 for w in res["worker"])
+        assert res["disk"]["replica_mb"] > 0

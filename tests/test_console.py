@@ -569,10 +569,9 @@ async def test_console_stops_with_open_streams(tmp_path: Path) -> None:
         holder = asyncio.create_task(asyncio.to_thread(hold_stream))
         hub = site.daemon.console.console.hub
         await wait_for(lambda: len(hub.subscribers) >= 1, 10, "the stream open")
-        t0 = time.monotonic()
-        await site.daemon.console.stop()
-        assert time.monotonic() - t0 < 5
-        await asyncio.wait_for(holder, 5)
+        # an open stream must not hold the shutdown (it would wait on it for ever): bounded
+        await asyncio.wait_for(site.daemon.console.stop(), 10)
+        await asyncio.wait_for(holder, 10)
         site.daemon.console = None
 
 

@@ -26,6 +26,7 @@ import yaml
 from gated.control import request
 from simulator.serial_reader import VirtualSerialReader
 from simulator.turnstile import Person, SimTurnstile
+from sync.store import open_reader
 
 GATED = [sys.executable, "-m", "gated.cli"]
 
@@ -183,7 +184,7 @@ async def test_sigterm_mid_tap_finishes_the_tap(tmp_path: Path) -> None:
         events = d.events()
         assert [e["type"] for e in events] == ["access", "deduction"]
         assert events[0]["passed"] is True
-        with contextlib.closing(sqlite3.connect(str(d.db))) as c:
+        with contextlib.closing(open_reader(d.db)) as c:
             assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             assert c.execute("SELECT balance FROM passes WHERE id='p1'").fetchone()[0] == "8"
 

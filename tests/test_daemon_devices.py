@@ -98,7 +98,7 @@ async def test_the_same_digits_from_two_kinds_of_reader_are_two_cards(tmp_path: 
 
     async with running_site(tmp_path, gates, readers=("dec", "hex", "rdm")) as site:
         # the central system enrolled m1's card by the number printed on it
-        site.store.apply_sync(SyncBatch(members=[MemberIn(id="m1", cards=["em32:0012345678"]).to_domain()]),
+        site.store.apply_sync(SyncBatch(members=[MemberIn(id="m1", cards=["em32:0012345678"])]),
                               datetime.now(UTC))
         ptys = site.readers
         ptys["rdm"].frame = FrameConfig(framing=Framing.STX_ETX, checksum=Checksum.XOR_HEX, format=PayloadFormat.EM)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from sync.store import open_reader
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -78,7 +80,7 @@ def test_demo_as_a_user_drives_it(tmp_path: Path) -> None:
         raise AssertionError("".join(lines)[-3000:])
 
     def balance(pass_id: str) -> str:
-        with contextlib.closing(sqlite3.connect(workdir / "gated.db")) as c:
+        with contextlib.closing(open_reader(workdir / "gated.db")) as c:
             return str(c.execute("SELECT balance FROM passes WHERE id = ?", (pass_id,)).fetchone()[0])
 
     gated = [sys.executable, "-m", "gated.cli"]

@@ -10,8 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from rules.model import Gate, Member, Site
+from rules.model import Gate, Site
 from sync.batch import SyncBatch
+from sync.records import MemberIn
 from sync.store import Store
 
 NOW = datetime(2026, 11, 18, 11, 40, tzinfo=UTC)
@@ -21,7 +22,7 @@ GATE = Gate(id="in", zone="main")
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(tmp_path / "g.db", Site(timezone=ZoneInfo("Europe/Madrid")), daemon_id="t")
-    s.apply_sync(SyncBatch(members=[Member("m-ana", "Ana", cards=("04A1",)), Member("m-bo", "Bo", cards=("0B0B",))]), NOW)
+    s.apply_sync(SyncBatch(members=[MemberIn(id="m-ana", name="Ana", cards=["04A1"]), MemberIn(id="m-bo", name="Bo", cards=["0B0B"])]), NOW)
     yield s
     s.close()
 
@@ -44,13 +45,13 @@ def test_enrolment_survives_syncs_until_the_central_system_has_it(store: Store) 
     store.enrol_card("CAFE0001", "m-ana", "desk", NOW)
     seq = store.last_seq
     # a delta that does not know the card yet (Ana resent with her old cards) keeps it
-    store.apply_delta(SyncBatch(members=[Member("m-ana", "Ana", cards=("04A1",))]), 1, NOW)
+    store.apply_delta(SyncBatch(members=[MemberIn(id="m-ana", name="Ana", cards=["04A1"])]), 1, NOW)
     assert store.member_for_card("CAFE0001") == "m-ana"
-    store.apply_sync(SyncBatch(members=[Member("m-ana", "Ana", cards=("04A1",)), Member("m-bo", "Bo")]), NOW, snapshot=True)
+    store.apply_sync(SyncBatch(members=[MemberIn(id="m-ana", name="Ana", cards=["04A1"]), MemberIn(id="m-bo", name="Bo")]), NOW, snapshot=True)
     assert store.member_for_card("CAFE0001") == "m-ana"
     # the central system took it over: the replica's own row now says so; the enrolment goes
     store.ack(seq)
-    store.apply_delta(SyncBatch(members=[Member("m-ana", "Ana", cards=("04A1", "CAFE0001"))]), 2, NOW)
+    store.apply_delta(SyncBatch(members=[MemberIn(id="m-ana", name="Ana", cards=["04A1", "CAFE0001"])]), 2, NOW)
     assert store.conn.execute("SELECT COUNT(*) FROM card_enrolments").fetchone()[0] == 0
     assert store.member_for_card("CAFE0001") == "m-ana"
 
@@ -58,9 +59,9 @@ def test_enrolment_survives_syncs_until_the_central_system_has_it(store: Store) 
 def test_the_central_systems_later_word_stands(store: Store) -> None:
     store.enrol_card("CAFE0002", "m-ana", "desk", NOW)
     # before the central system applied our event, its older view gives the card to Bo: ours wins
-    store.apply_delta(SyncBatch(members=[Member("m-bo", "Bo", cards=("0B0B", "CAFE0002"))]), 1, NOW)
+    store.apply_delta(SyncBatch(members=[MemberIn(id="m-bo", name="Bo", cards=["0B0B", "CAFE0002"])]), 1, NOW)
     assert store.member_for_card("CAFE0002") == "m-ana"
     # after it applied the event it still gives the card to Bo: it refused or reassigned it
     store.ack(store.last_seq)
-    store.apply_delta(SyncBatch(members=[Member("m-bo", "Bo", cards=("0B0B", "CAFE0002"))]), 2, NOW + timedelta(minutes=1))
+    store.apply_delta(SyncBatch(members=[MemberIn(id="m-bo", name="Bo", cards=["0B0B", "CAFE0002"])]), 2, NOW + timedelta(minutes=1))
     assert store.member_for_card("CAFE0002") == "m-bo"

@@ -1,6 +1,7 @@
 """sync.store.Store as a ledger, against a model, for any interleaving of walk-in charges,
-refunds, syncs (any applied_seq up to the last seq), restarts and transactions that fail
-midway:
+refunds, syncs (any applied_seq up to the last seq), restarts, transactions that fail
+midway, and (LedgerWithImports) whole snapshots built by the worker process while
+walk-ins are committed:
 
 - local balance == central balance - own deductions with seq > applied_seq (never a
   deduction lost, never one counted twice);
@@ -10,6 +11,7 @@ midway:
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -25,10 +27,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from rules.credential import CredentialKind
 from rules.decide import Decision
-from rules.model import Booking, Gate, Member, Pass, PassKind
+from rules.model import Gate
 from rules.model import Site as SiteModel
 from rules.reasons import Reason
-from sync.store import PassRecord, Store, SyncBatch
+from sync.protocol import SnapshotChunk
+from sync.records import BookingIn, MemberIn, PassIn
+from sync.snapshot import SnapshotHeader, SnapshotImporter, payload_of
+from sync.store import Store, SyncBatch
 
 TZ = ZoneInfo("Europe/Madrid")
 SITE = SiteModel(TZ)
@@ -40,8 +45,11 @@ BOOKING_OF = {"m1": "b1", "m2": "b2"}
 AMOUNTS = [Decimal(1), Decimal("1.5"), Decimal(2), Decimal("0.25")]
 
 
-def credits(pid: str, balance: Decimal) -> Pass:
-    return Pass(id=pid, member=PASSES[pid], name=pid, kind=PassKind.CREDITS, balance=balance, walk_in_cost=Decimal(1))
+def credits(pid: str, balance: Decimal, applied_seq: int | None = None) -> PassIn:
+    return PassIn(
+        id=pid, member=PASSES[pid], name=pid, kind="credits", balance=balance, walk_in_cost=Decimal(1),
+        applied_seq=applied_seq,
+    )
 
 
 @dataclass
@@ -78,11 +86,14 @@ class Ledger(RuleBasedStateMachine):
 
     @initialize(balances=st.lists(st.integers(0, 50), min_size=3, max_size=3))
     def load(self, balances: list[int]) -> None:
-        members = [Member(id=m, name=m, cards=(f"C{m}",)) for m in ("m1", "m2")]
-        passes = [PassRecord(credits(pid, Decimal(b))) for pid, b in zip(PASSES, balances, strict=True)]
+        members = [MemberIn(id=m, name=m, cards=[f"C{m}"]) for m in ("m1", "m2")]
+        passes = [credits(pid, Decimal(b)) for pid, b in zip(PASSES, balances, strict=True)]
         day = START.replace(hour=18)
         bookings = [
-            Booking(id=b, member=m, pass_id="p1" if m == "m1" else "p3", class_name="Spin", zone="main", starts_at=day, ends_at=day + timedelta(hours=1), deducted=True)
+            BookingIn.model_validate({
+                "id": b, "member": m, "pass": "p1" if m == "m1" else "p3", "class": "Spin", "zone": "main",
+                "starts_at": day.isoformat(), "ends_at": (day + timedelta(hours=1)).isoformat(), "deducted": True,
+            })
             for m, b in BOOKING_OF.items()
         ]
         self.store.apply_sync(SyncBatch(members=members, passes=passes, bookings=bookings), self.now)
@@ -130,7 +141,7 @@ class Ledger(RuleBasedStateMachine):
     @rule(pid=st.sampled_from(sorted(PASSES)), central=st.integers(0, 200), data=st.data())
     def sync(self, pid: str, central: int, data: st.DataObject) -> None:
         applied = data.draw(st.one_of(st.none(), st.integers(0, self.next_seq - 1)), label="applied_seq")
-        self.store.apply_sync(SyncBatch(passes=[PassRecord(credits(pid, Decimal(central)), applied)]), self.tick())
+        self.store.apply_sync(SyncBatch(passes=[credits(pid, Decimal(central), applied)]), self.tick())
         self.central[pid], self.applied[pid] = Decimal(central), applied or 0
 
     @rule()
@@ -182,6 +193,63 @@ Ledger.TestCase.settings = settings(
     max_examples=60, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestLedger = Ledger.TestCase
+
+
+def snapshot_chunk(snapshot_id: str, balances: dict[str, int], applied: dict[str, int | None]) -> SnapshotChunk:
+    """The whole site as one snapshot chunk: members and bookings as loaded, the passes
+    with these central balances and applied seqs (for daemon "gate", the store's id)."""
+    day = START.replace(hour=18)
+    return SnapshotChunk.model_validate({
+        "v": 1, "snapshot_id": snapshot_id, "chunk": 0, "chunks": 1, "delta_seq": 1,
+        "members": [{"id": m, "name": m, "cards": [f"C{m}"]} for m in ("m1", "m2")],
+        "passes": [
+            {"id": pid, "member": PASSES[pid], "name": pid, "kind": "credits", "balance": balances[pid],
+             "walk_in_cost": 1, "applied": {"gate": applied[pid]} if applied[pid] is not None else {}}
+            for pid in PASSES
+        ],
+        "bookings": [
+            {"id": b, "member": m, "pass": "p1" if m == "m1" else "p3", "class": "Spin", "zone": "main",
+             "starts_at": day.isoformat(), "ends_at": (day + timedelta(hours=1)).isoformat(), "deducted": True}
+            for m, b in BOOKING_OF.items()
+        ],
+    })
+
+
+class LedgerWithImports(Ledger):
+    """The same ledger, with whole snapshots imported by the worker process while walk-ins
+    are committed: the balances still follow applied_seq, nothing lost or doubled."""
+
+    imports = 0
+
+    @rule(data=st.data())
+    def snapshot_while_tapping(self, data: st.DataObject) -> None:
+        balances = {pid: data.draw(st.integers(0, 200), label=f"central {pid}") for pid in PASSES}
+        applied = {
+            pid: data.draw(st.one_of(st.none(), st.integers(0, self.next_seq - 1)), label=f"applied {pid}")
+            for pid in PASSES
+        }
+        taps = data.draw(st.lists(st.tuples(st.sampled_from(sorted(PASSES)), st.sampled_from(AMOUNTS)), max_size=3))
+        LedgerWithImports.imports += 1
+        chunk = snapshot_chunk(f"snap-{LedgerWithImports.imports}", balances, applied)
+
+        async def run() -> None:
+            imp = SnapshotImporter(self.store, "gate")
+            await imp.begin(SnapshotHeader.of(chunk), self.now)
+            assert await imp.add(SnapshotHeader.of(chunk), payload_of(chunk))
+            finishing = asyncio.create_task(imp.finish())
+            for pid, amount in taps:  # decided on the old replica, committed while it builds
+                self.walk_in(pid, amount)
+            await finishing
+
+        asyncio.run(run())
+        for pid in PASSES:
+            self.central[pid], self.applied[pid] = Decimal(balances[pid]), applied[pid] or 0
+
+
+LedgerWithImports.TestCase.settings = settings(
+    max_examples=10, stateful_step_count=20, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+TestLedgerWithImports = LedgerWithImports.TestCase
 
 
 def test_raising_transaction_consumes_no_seq(tmp_path: Path) -> None:

@@ -16,12 +16,12 @@ from zoneinfo import ZoneInfo
 
 from rules.credential import CredentialKind
 from rules.decide import Presented, decide
-from rules.model import Booking, DeductOn, Gate, Member, Pass, PassKind, Policy, Site
+from rules.model import Gate, Policy, Site
 from rules.reasons import Reason
-from rules.timeutil import WeekSchedule
 from simulator.central import Central, CentralSettings
 from sync.protocol import EventBatch
-from sync.store import PassRecord, Store, SyncBatch
+from sync.records import BookingIn, MemberIn, PassIn
+from sync.store import Store, SyncBatch
 
 TZ = ZoneInfo("Europe/Madrid")
 SITE = Site(TZ, id="s1")
@@ -29,7 +29,7 @@ IN1 = Gate("in-1", "main")
 IN2 = Gate("in-2", "main")
 POLICY = Policy(no_show_fee=Decimal(1))
 DAY = datetime(2026, 11, 18, tzinfo=TZ)
-ALWAYS = WeekSchedule.parse({"mon-sun": "06:00-22:00"})
+ALWAYS = {"mon-sun": "06:00-22:00"}
 
 
 def at(hh: int, mm: int = 0) -> datetime:
@@ -38,13 +38,19 @@ def at(hh: int, mm: int = 0) -> datetime:
 
 def site_store(tmp: Path, daemon: str) -> Store:
     store = Store(tmp / f"{daemon}.db", SITE, daemon_id=daemon, durable=False)
-    visits = Pass("p1", "m1", "Multipack", PassKind.VISITS, Decimal(10), DeductOn.ACCESS, Decimal(1),
-                  access_windows=ALWAYS)
-    bookings = [
-        Booking("b1", "m1", "p1", "Yoga", "main", at(10), at(10, 45), loyalty_points=10),
-        Booking("b2", "m1", "p1", "Spinning", "main", at(12), at(12, 45), loyalty_points=5),
-    ]
-    store.apply_sync(SyncBatch([Member("m1", "Ana", cards=("C1",))], [PassRecord(visits, 0)], bookings), at(6))
+    visits = PassIn.model_validate({
+        "id": "p1", "member": "m1", "name": "Multipack", "kind": "visits", "balance": 10, "deduct_on": "access",
+        "walk_in_cost": 1, "access_windows": ALWAYS, "applied_seq": 0,
+    })
+
+    def booking(bid: str, name: str, start: datetime, end: datetime, points: int) -> BookingIn:
+        return BookingIn.model_validate({
+            "id": bid, "member": "m1", "pass": "p1", "class": name, "zone": "main",
+            "starts_at": start.isoformat(), "ends_at": end.isoformat(), "loyalty_points": points,
+        })
+
+    bookings = [booking("b1", "Yoga", at(10), at(10, 45), 10), booking("b2", "Spinning", at(12), at(12, 45), 5)]
+    store.apply_sync(SyncBatch([MemberIn(id="m1", name="Ana", cards=["C1"])], [visits], bookings), at(6))
     return store
 
 

@@ -43,9 +43,9 @@ def _batch() -> SyncBatch:
                "deduct_on": "access", "access_windows": windows}]
     bookings: list[dict[str, object]] = []
     return SyncBatch(
-        members=[MemberIn.model_validate(m).to_domain() for m in members],
-        passes=[PassIn.model_validate(p).to_domain() for p in passes],
-        bookings=[BookingIn.model_validate(b).to_domain(TZ) for b in bookings],
+        members=[MemberIn.model_validate(m) for m in members],
+        passes=[PassIn.model_validate(p) for p in passes],
+        bookings=[BookingIn.model_validate(b) for b in bookings],
     )
 
 

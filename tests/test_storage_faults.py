@@ -30,7 +30,9 @@ from typing import Any
 import pytest
 import yaml
 
+from gated.config import load_config
 from simulator.turnstile import Person, SimTurnstile
+from sync.store import Store
 from tests.gate_process import IN_CARD, OUT_CARD, Gate, gate_process, site_config
 from tests.test_daemon import GATED, SEED, wait_for
 
@@ -198,6 +200,12 @@ async def test_a_deleted_file_while_taps_are_refused_pulses_nothing(tmp_path: Pa
         assert gate.turnstile.unlocks == 0
 
 
+def replica_of(db: Path) -> Path:
+    """The replica file the ledger `db` names (members, cards, passes, bookings)."""
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        return db.parent / c.execute("SELECT value FROM meta WHERE key = 'replica.file'").fetchone()[0]
+
+
 def overwrite_pages(db: Path, tables: tuple[str, ...]) -> None:
     """Garbage over the root pages of `tables` and their indexes: the header, the schema
     and the rest survive, so the daemon starts; the first read of those pages fails."""
@@ -218,7 +226,7 @@ async def test_overwritten_pages_deny_with_storage_fault(tmp_path: Path) -> None
     state = tmp_path / "state"
 
     def corrupt(db: Path) -> None:
-        overwrite_pages(db, ("cards", "members", "passes"))
+        overwrite_pages(replica_of(db), ("cards", "members", "passes"))
 
     async with gate_process(tmp_path, state, before_start=corrupt) as gate:
         t = await gate.tap(IN_CARD)
@@ -287,14 +295,19 @@ def test_store_commands_check_backup_and_rebuild(tmp_path: Path) -> None:
     backup = tmp_path / "copy.db"
     out = subprocess.run([*GATED, "store", "backup", "-c", str(cfg), str(backup)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    with contextlib.closing(sqlite3.connect(backup)) as c:
-        assert c.execute("SELECT COUNT(*) FROM members").fetchone()[0] == 2
+    with contextlib.closing(sqlite3.connect(backup)) as c:  # the ledger (the replica is the central's)
+        assert c.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1
     out = subprocess.run([*GATED, "store", "rebuild-replica", "-c", str(cfg)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    with contextlib.closing(sqlite3.connect(db)) as c:
-        assert c.execute("SELECT COUNT(*) FROM members").fetchone()[0] == 0  # the snapshot brings them back
-        assert c.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1  # the ledger is kept
-        assert c.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0] == "2"
+    conf = load_config(cfg)
+    store = Store(db, conf.site_domain(), daemon_id=conf.daemon_id)
+    try:
+        assert store.counts()["members"] == 0  # the snapshot brings them back
+        assert store.snapshot_id is None  # so the link asks for one
+        assert [e["seq"] for e in store.events_after(0)] == [1]  # the ledger is kept
+        assert store.last_seq == 1
+    finally:
+        store.close()
 
 
 

@@ -8,8 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import sqlite_utils
-
 from rules.credential import Card, Credential, TenDigits
 from rules.model import Member, Site
 from sync import schema
@@ -26,7 +24,7 @@ def _store(path: Path, **kw: object) -> Store:
 
 
 def _members(store: Store, *members: tuple[str, list[str]], snapshot: bool = False) -> None:
-    batch = SyncBatch(members=[MemberIn(id=m, cards=cards).to_domain() for m, cards in members])
+    batch = SyncBatch(members=[MemberIn(id=m, cards=cards) for m, cards in members])
     store.apply_sync(batch, NOW, snapshot=snapshot)
 
 
@@ -85,9 +83,8 @@ def test_untyped_ten_digits_follow_the_sites_readers(tmp_path: Path) -> None:
 
 def _schema_1(path: Path, cards: list[tuple[str, str]]) -> None:
     conn = sqlite3.connect(str(path), isolation_level=None)
-    db = sqlite_utils.Database(conn)
-    schema._migration_1(db, TenDigits.EM32)
-    conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', '1')")
+    conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+    schema.MIGRATIONS[0](conn, path, TenDigits.EM32)  # the first layout, at version 1
     conn.executemany(
         "INSERT INTO members(id, name, status) VALUES (?, ?, 'active')",
         [(m, m) for m in sorted({m for _, m in cards})],

@@ -49,8 +49,8 @@ async def test_every_event_the_daemon_writes_is_documented(tmp_path: Path) -> No
         store = d.store
         assert store is not None and d.taps is not None
         store.apply_sync(
-            SyncBatch(members=[MemberIn.model_validate(m).to_domain() for m in SEED["members"]],
-                      passes=[PassIn.model_validate(p).to_domain() for p in SEED["passes"]]),
+            SyncBatch(members=[MemberIn.model_validate(m) for m in SEED["members"]],
+                      passes=[PassIn.model_validate(p) for p in SEED["passes"]]),
             datetime.now(UTC),
         )
         await d.handle_credential("in-1", Credential.card("C1", "r1"))  # granted: access + deduction

@@ -4,6 +4,7 @@ twice at the central system; and the same while a snapshot is being imported."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -14,11 +15,12 @@ from decimal import Decimal
 from pathlib import Path
 
 from simulator.central import Central, generate
-from sync.store import Store
+from sync.store import Store, open_reader
 from tests.broker import (
     SITE,
     Mosquitto,
     make_store,
+    site,
     wait_until,
 )
 
@@ -92,19 +94,64 @@ async def test_sigkill_while_importing_a_snapshot(mosquitto: Mosquitto, central:
         proc = spawn(db, mosquitto.port, "resync")
         await kill_after(proc, 0.0 if n == 0 else rnd.uniform(0.0, 1.0), after="STAGING")
         # whatever the instant: the replica is the old one or the new one, whole
-        conn = sqlite3.connect(db)
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        n_members = conn.execute("SELECT COUNT(*) FROM members").fetchone()[0]
-        assert n_members in (0, 3 + 6000), n_members
-        mid_import += bool(conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_snap_members'").fetchone())
-        conn.close()
+        conn = open_reader(db)
+        try:
+            assert conn.execute("PRAGMA main.integrity_check").fetchone()[0] == "ok"
+            assert conn.execute("PRAGMA replica.integrity_check").fetchone()[0] == "ok"
+            n_members = conn.execute("SELECT COUNT(*) FROM members").fetchone()[0]
+            assert n_members in (0, 3 + 6000), n_members
+            if n_members:
+                assert conn.execute("SELECT COUNT(*) FROM bookings").fetchone()[0] == 6000
+        finally:
+            conn.close()
+        # the spool is the importer's: still there, the kill landed mid-import
+        mid_import += any(p.suffix == ".spool" for p in tmp_path.iterdir())
     assert mid_import >= 1  # at least one kill landed in the middle of an import
     await drain(db, mosquitto.port)
     store = check_exactly_once(db, central)
     counts = store.counts()
     assert counts["members"] == 6003 and counts["passes"] == 9003 and counts["bookings"] == 6000
-    leftovers = store.conn.execute("SELECT name FROM sqlite_master WHERE name LIKE '\\_snap%' ESCAPE '\\'").fetchall()
-    assert leftovers == []
+    # no spool, no half-built or old replica left: the ledger, the replica, their side files
+    assert {p.name for p in tmp_path.iterdir() if p.name.startswith("gate.")} <= {
+        "gate.db", "gate.db-wal", "gate.db-shm", *(store.replica_path.name + s for s in ("", "-wal", "-shm"))
+    }
     # local balances = central balance - deductions the central system has not applied (none)
     for p in ("p1", "p2"):
         assert store.balance(p) == central.balance(SITE, p)
+
+
+def switch_proc(db: Path, members: int, step: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tests.replica_switch_proc", str(db), str(members), step],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_sigkill_mid_switch_leaves_one_replica_whole(tmp_path: Path) -> None:
+    """Killed at each step of the switch, with a tap committed while the worker built:
+    the old replica or the new one, whole; the ledger keeps the tap; a restart cleans up."""
+    for step, survivor in (("attached", 300), ("in_tx", 300), ("committed", 2000)):
+        db = tmp_path / step / "gate.db"
+        db.parent.mkdir()
+        first = switch_proc(db, 300, "none")
+        assert first.returncode == 0, first.stderr[-2000:]
+        killed = switch_proc(db, 2000, step)
+        assert killed.returncode == -signal.SIGKILL, (step, killed.returncode, killed.stderr[-2000:])
+        assert "TAPPED" in killed.stdout
+        with contextlib.closing(open_reader(db)) as conn:
+            assert conn.execute("PRAGMA main.integrity_check").fetchone()[0] == "ok"
+            assert conn.execute("PRAGMA replica.integrity_check").fetchone()[0] == "ok"
+            assert conn.execute("SELECT COUNT(*) FROM members").fetchone()[0] == survivor, step
+            assert conn.execute("SELECT COUNT(*) FROM passes").fetchone()[0] == survivor, step
+            # the taps are in the ledger whichever replica survived: the first one (an
+            # unknown card, the store was empty) and the walk-in on p1 during the build
+            assert [r[0] for r in conn.execute("SELECT seq FROM events ORDER BY seq")] == [1, 2, 3]
+            assert conn.execute("SELECT balance FROM passes WHERE id = 'p1'").fetchone()[0] == "9"
+        store = Store(db, site(), daemon_id="gate-k")
+        try:
+            assert store.counts()["members"] == survivor
+            assert store.balance("p1") == Decimal(9)
+            left = {p.name for p in db.parent.iterdir()} - {"gate.db", "gate.db-wal", "gate.db-shm"}
+            assert left <= {store.replica_path.name + s for s in ("", "-wal", "-shm")}, left
+        finally:
+            store.close()

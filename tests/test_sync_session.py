@@ -164,7 +164,7 @@ def test_a_snapshot_is_asked_again_while_waiting_then_reconcile() -> None:
     assert [r["reason"] for r in resyncs(s.tick(160.0))] == ["startup"]
     for a in s.receive(f"{P}/snapshot", chunk(0, 1, requested_by=["gate-a"]), 161.0):
         assert isinstance(a, StageChunk) and a.first and a.last
-    assert s.snapshot_staged(0, 161.5) == [CommitSnapshot("snap", 5)]
+    assert s.snapshot_staged(0, 1, 161.5) == [CommitSnapshot("snap", 5)]
     assert s.snapshot_committed(162.0) == []
     assert not s.awaiting_snapshot and s.delta_seq == 5
     assert resyncs(s.tick(1961.0)) == []
@@ -274,7 +274,7 @@ def test_deltas_in_order_old_ones_ignored_a_gap_waits_for_a_snapshot() -> None:
     s.receive(f"{P}/snapshot", chunk(0, 2, delta_seq=8, requested_by=["gate-a"]), 103.0)
     assert s.receive(f"{P}/delta", delta(11), 103.1) == []  # held while importing
     s.receive(f"{P}/snapshot", chunk(1, 2, delta_seq=8, requested_by=["gate-a"]), 103.2)
-    assert s.snapshot_staged(2, 103.3) == [CommitSnapshot("snap", 8)]
+    assert s.snapshot_staged(2, 2, 103.3) == [CommitSnapshot("snap", 8)]
     out = s.snapshot_committed(103.4)
     assert [a.delta.delta_seq for a in out if isinstance(a, ApplyDelta)] == [9, 10, 11]
     assert s.delta_seq == 11 and not s.awaiting_snapshot
@@ -309,7 +309,7 @@ def test_the_snapshot_guard(held: int, in_snapshot: int, full: bool, applied: bo
     s = connected(session(), 100.0)
     out = s.receive(f"{P}/snapshot", chunk(0, 1, members=in_snapshot, full_replacement=full), 101.0)
     assert [type(a) for a in out] == [StageChunk]
-    out = s.snapshot_staged(held, 102.0)
+    out = s.snapshot_staged(held, in_snapshot, 102.0)  # the members the worker built
     if applied:
         assert out == [CommitSnapshot("snap", 5)]
     else:

@@ -10,15 +10,16 @@ from decimal import Decimal
 from pathlib import Path
 
 import aiomqtt
+import pytest
 
 from gated.engine import Engine
 from rules.credential import Credential
 from rules.reasons import Reason
 from simulator.central import Central
-from sync.link import SyncLink
+from sync.link import MqttSettings, SyncLink
 from sync.protocol import SnapshotChunk
 from sync.records import BookingIn, MemberIn, PassIn
-from sync.snapshot import SnapshotImporter, delta_seq
+from sync.snapshot import SnapshotHeader, SnapshotImporter, SnapshotRejected, delta_seq, payload_of
 from sync.store import SyncBatch
 from tests.broker import (
     GATES,
@@ -56,50 +57,96 @@ def chunks(n_members: int, balance: int, applied: int, per_chunk: int = 50) -> l
     return out
 
 
-async def test_staged_import_keeps_local_state_and_taps_during_it(tmp_path: Path) -> None:
+async def import_all(imp: SnapshotImporter, parts: list[SnapshotChunk], now: datetime) -> None:
+    await imp.begin(SnapshotHeader.of(parts[0]), now)
+    for c in parts:
+        await imp.add(SnapshotHeader.of(c), payload_of(c))
+    await imp.finish()
+
+
+async def test_import_in_the_worker_keeps_local_state_and_taps_go_on(tmp_path: Path) -> None:
     store = make_store(tmp_path / "a.db", "gate-a")
     engine = Engine(store, site(), GATES, POLICY)
     now = datetime(2026, 11, 18, 9, 0, tzinfo=UTC)
     store.apply_sync(SyncBatch(
-        members=[MemberIn(id=f"m{i}", cards=[f"K{i}"]).to_domain() for i in range(3)],
+        members=[MemberIn(id=f"m{i}", cards=[f"K{i}"]) for i in range(3)],
         passes=[PassIn.model_validate({"id": f"p{i}", "member": f"m{i}", "kind": "visits", "balance": 10,
-                                       "deduct_on": "access", "access_windows": WIN}).to_domain() for i in range(3)],
+                                       "deduct_on": "access", "access_windows": WIN}) for i in range(3)],
         bookings=[BookingIn.model_validate({"id": f"b{i}", "member": f"m{i}", "pass": f"p{i}", "zone": "main",
                                             "starts_at": "2026-11-18T10:00", "ends_at": "2026-11-18T11:00",
-                                            "deducted": True}).to_domain(store.site.timezone) for i in range(3)],
+                                            "deducted": True}) for i in range(3)],
     ), now, snapshot=True)
+    first_replica = store.replica_path
     # m0 attends its booking before the snapshot: a local outcome
     p, _ = engine.tap("in-1", Credential.card("K0"), datetime(2026, 11, 18, 8, 50, tzinfo=UTC))
     assert p.decision.reason == Reason.BOOKING
     imp = SnapshotImporter(store, "gate-a", batch_rows=7)
     parts = chunks(200, balance=10, applied=0)
-    await imp.begin(parts[0])
+    await imp.begin(SnapshotHeader.of(parts[0]), now)
     for i, c in enumerate(parts):
-        await imp.add(c, now)
+        await imp.add(SnapshotHeader.of(c), payload_of(c))
         if i == len(parts) // 2:
-            # a tap while the import is staged: decided from the live replica
+            # a tap while chunks are still arriving: decided from the current replica
             p, _ = engine.tap("in-1", Credential.card("K1"), datetime(2026, 11, 18, 7, 0, tzinfo=UTC))
             assert p.decision.reason == Reason.WALK_IN
             assert store.member_for_card("K150") is None  # nothing new is visible yet
-    await imp.finish(now)
+    finishing = asyncio.create_task(imp.finish())
+    # a tap while the worker builds: decided on the old replica, committed whenever
+    p, committed = engine.tap("in-1", Credential.card("K2"), datetime(2026, 11, 18, 7, 1, tzinfo=UTC))
+    assert p.decision.reason == Reason.WALK_IN and committed.events[-1]["type"] == "deduction"
+    assert imp.active and store.replica_path == first_replica  # not switched yet
+    report = await finishing
+    assert report["counts"]["members"] == 200 and report["switch_ms"] < 10_000
+    assert not imp.active and store.replica_path != first_replica and not first_replica.exists()
     assert store.counts()["members"] == 200
     assert store.member_for_card("K150") == "m150"
     assert store.booking_status("b0").value == "attended"  # survived the snapshot
     assert store.balance("p1") == Decimal(9)  # central 10, minus the walk-in it had not applied
-    assert store.balance("p2") == Decimal(10)
+    assert store.balance("p2") == Decimal(9)  # the walk-in committed while the worker built
+    assert store.balance("p3") == Decimal(10)
     assert delta_seq(store) == 4
-    assert store.conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name LIKE '\\_snap%' ESCAPE '\\'").fetchone()[0] == 0
-    assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    # indexes came along (renamed): look-ups by member still use one
-    plan = store.conn.execute("EXPLAIN QUERY PLAN SELECT * FROM passes WHERE member_id = 'm1'").fetchall()
+    # nothing left behind: the ledger, the current replica and their side files only
+    assert [p.name for p in store.files.ours() if not p.name.startswith(store.replica_path.name)] == []
+    assert store.conn.execute("PRAGMA replica.integrity_check").fetchone()[0] == "ok"
+    # the worker built the indexes: look-ups by member use one
+    plan = store.conn.execute("EXPLAIN QUERY PLAN SELECT * FROM replica.passes WHERE member_id = 'm1'").fetchall()
     assert "INDEX" in str(plan).upper()
-    # a second snapshot (fresh generation of index names) works too, and applied_seq counts
+    # the read contract, for another thread: same names, the local balance folded in
+    reader = store.open_reader()
+    try:
+        assert reader.execute("SELECT balance FROM passes WHERE id = 'p1'").fetchone()[0] == "9"
+        assert reader.execute("SELECT outcome FROM bookings WHERE id = 'b0'").fetchone()[0] == "attended"
+    finally:
+        reader.close()
+    # a second snapshot, applied_seq counting what the central system has seen
     parts = [c.model_copy(update={"snapshot_id": "snap2"}) for c in chunks(200, balance=8, applied=store.last_seq)]
-    await imp.begin(parts[0])
-    for c in parts:
-        await imp.add(c, now)
-    await imp.finish(now)
+    await import_all(imp, parts, now)
     assert store.balance("p1") == Decimal(8)
+    store.close()
+    # and it is the replica after a restart
+    store = make_store(tmp_path / "a.db", "gate-a")
+    assert store.balance("p1") == Decimal(8) and store.member_for_card("K150") == "m150"
+    store.close()
+
+
+async def test_invalid_chunk_fails_the_import_and_keeps_the_replica(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "a.db", "gate-a")
+    imp = SnapshotImporter(store, "gate-a")
+    now = datetime(2026, 11, 18, 9, 0, tzinfo=UTC)
+    await import_all(imp, chunks(10, balance=5, applied=0), now)
+    before = (store.replica_path, store.counts())
+    parts = [c.model_copy(update={"snapshot_id": "bad"}) for c in chunks(10, balance=5, applied=0)]
+    await imp.begin(SnapshotHeader.of(parts[0]), now)
+    for c in parts[:-1]:
+        await imp.add(SnapshotHeader.of(c), payload_of(c))
+    bad = payload_of(parts[-1]).replace(b'"zone":"main"', b'"zone":""')  # ids must not be empty
+    await imp.add(SnapshotHeader.of(parts[-1]), bad)
+    with pytest.raises(SnapshotRejected, match="zone"):
+        await imp.finish()
+    await imp.abort()
+    assert (store.replica_path, store.counts()) == before
+    assert [p.name for p in store.files.ours() if not p.name.startswith(store.replica_path.name)] == []
+    store.close()
 
 
 async def test_delta_gap_asks_for_a_snapshot_and_waits(mosquitto: Mosquitto, central: Central, tmp_path: Path) -> None:
@@ -123,3 +170,31 @@ async def test_delta_gap_asks_for_a_snapshot_and_waits(mosquitto: Mosquitto, cen
         await central.push(SITE, members=[{"id": "m8", "cards": ["C8"]}])
         await wait_until(lambda: store.member_for_card("C8") == "m8")
         await asyncio.sleep(0)
+
+
+async def test_deltas_during_an_import_are_applied_once_after_the_switch(tmp_path: Path) -> None:
+    """Fed to the link as the broker would hand them: one delta while the chunks arrive,
+    one while the worker builds, one repeated; all held, then applied once each, in order,
+    on the new replica."""
+    store = make_store(tmp_path / "a.db", "gate-a")
+    link = SyncLink(store, MqttSettings(site=SITE, daemon="gate-a"), now=clock(), gates=GATES)
+    t = link.topics
+    parts = chunks(300, balance=10, applied=0)  # delta_seq 4
+    payloads = [payload_of(c.model_copy(update={"requested_by": ["gate-a"]})) for c in parts]
+
+    def delta(seq: int, member: str) -> bytes:
+        return json.dumps({"v": 1, "delta_seq": seq, "members": [{"id": member, "cards": [f"D{seq}"]}]}).encode()
+
+    for p in payloads[:-1]:
+        await link.feed(t.snapshot, p)
+    await link.feed(t.delta, delta(5, "d5"))  # while the chunks arrive
+    await link.feed(t.snapshot, payloads[-1])
+    assert link.snapshot_in_progress
+    await link.feed(t.delta, delta(6, "d6"))  # while the worker builds
+    await link.feed(t.delta, delta(6, "d6"))  # the broker delivering it twice
+    assert store.member_for_card("D5") is None  # held: not on the old replica
+    await wait_until(lambda: link.stats["snapshots_applied"] == 1, what="the switch")
+    assert link.stats["deltas_applied"] == 2 and link.delta_seq == 6
+    assert store.member_for_card("D5") == "d5" and store.member_for_card("D6") == "d6"
+    assert store.counts()["members"] == 302
+    store.close()

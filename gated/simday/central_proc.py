@@ -121,6 +121,8 @@ async def serve(args: argparse.Namespace) -> None:
         await task
     server.close()
     central.conn.close()
+    with contextlib.suppress(FileNotFoundError):
+        Path(args.control).unlink()  # 3.11's server.close() leaves a unix socket's file
 
 
 def main(argv: list[str] | None = None) -> int:

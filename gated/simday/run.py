@@ -36,6 +36,7 @@ from simulator.day.invariants import check_run
 from simulator.day.plan import Plan, make_plan
 from simulator.day.population import Population, default_sites, generate
 from simulator.day.report import render_text
+from sync.store import open_reader
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -45,8 +46,11 @@ def _ro(path: Path) -> sqlite3.Connection:
 
 
 def _meta(db: Path) -> dict[str, str]:
-    with contextlib.closing(_ro(db)) as c:
-        return {k: v for k, v in c.execute("SELECT key, value FROM meta")}
+    """A gate's ledger meta with its current replica's (`sync.delta_seq` lives there)."""
+    with contextlib.closing(open_reader(db)) as c:
+        meta = {k: v for k, v in c.execute("SELECT key, value FROM replica.meta")}
+        meta.update({k: v for k, v in c.execute("SELECT key, value FROM main.meta")})
+        return meta
 
 
 class Sampler:
