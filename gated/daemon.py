@@ -152,7 +152,7 @@ class Daemon:
         )
         for g in cfg.gates:
             for rc in g.readers:
-                self.start_reader(g.id, build_reader(rc, on_health=self.reader_health))
+                self.start_reader(g.id, build_reader(rc, on_health=self.reader_health, now=self.clock))
         if cfg.mqtt is not None:
             from sync.link import SyncLink
 

@@ -54,7 +54,7 @@ async def reload_config(d: Daemon, path: Path) -> bool:
                 for rc in before.readers:
                     await d.stop_reader(rc.id)
             for rc in g.readers:
-                d.start_reader(g.id, build_reader(rc, on_health=d.reader_health))
+                d.start_reader(g.id, build_reader(rc, on_health=d.reader_health, now=d.clock))
         if (before is None or before.output != g.output):
             if g.id in d.controllers:
                 await d.controllers.pop(g.id).stop()

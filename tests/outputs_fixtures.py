@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from drivers.outputs import GateController, ModbusGateOutput, ModbusOutputConfig
+from drivers.outputs import ModbusOutputConfig
+from drivers.outputs.gate import GateController
+from drivers.outputs.modbus import ModbusGateOutput
 from simulator.turnstile import SimTurnstile
 
 # Generous bound for "eventually": a liveness limit on a loaded CI box, not a performance

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.outputs import (
-    FireAlarmInputConfig,
-    FireAlarmMonitor,
-    GateController,
-    GrantRefused,
-    OutputFault,
-    OutputHealth,
-)
+from drivers.outputs import FireAlarmInputConfig
+from drivers.outputs.gate import FireAlarmMonitor, GateController, GrantRefused
+from drivers.outputs.modbus import OutputFault, OutputHealth
 from simulator.turnstile import Person, SimTurnstile
 from tests.outputs_fixtures import *  # noqa: F403 (pytest fixtures)
 from tests.outputs_fixtures import output_cfg, wait_until

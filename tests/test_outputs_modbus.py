@@ -7,13 +7,8 @@ import asyncio
 import pytest
 from pydantic import ValidationError
 
-from drivers.outputs import (
-    InputsSnapshot,
-    ModbusGateOutput,
-    ModbusOutputConfig,
-    OutputFault,
-    OutputHealth,
-)
+from drivers.outputs import ModbusOutputConfig
+from drivers.outputs.modbus import InputsSnapshot, ModbusGateOutput, OutputFault, OutputHealth
 from simulator.turnstile import SimTurnstile
 from tests.outputs_fixtures import *  # noqa: F403 (pytest fixtures)
 from tests.outputs_fixtures import output_cfg, wait_until

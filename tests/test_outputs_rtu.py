@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.outputs import FireAlarmInputConfig, FireAlarmMonitor, OutputFault, OutputHealth
+from drivers.outputs import FireAlarmInputConfig
+from drivers.outputs.gate import FireAlarmMonitor
+from drivers.outputs.modbus import OutputFault, OutputHealth
 from simulator.turnstile import SimTurnstile
 from tests.outputs_fixtures import *  # noqa: F403 (pytest fixtures)
 from tests.outputs_fixtures import needs_socat, wait_until
@@ -80,7 +82,8 @@ async def test_rtu_fire_monitor_shares_the_bus(sim_rtu: SimTurnstile, make_gate)
 
 
 async def _line_gates(line, turnstiles):  # type: ignore[no-untyped-def]
-    from drivers.outputs import GateController, ModbusOutputConfig
+    from drivers.outputs import ModbusOutputConfig
+    from drivers.outputs.gate import GateController
 
     gates = []
     for t in turnstiles:

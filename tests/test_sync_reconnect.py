@@ -76,7 +76,8 @@ def test_settings_list_their_brokers() -> None:
     assert s.client_id() == "gated-s-d"
 
 
-def test_reading_a_configuration_does_not_load_the_mqtt_client() -> None:
-    code = "import sys, gated.config; print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiomqtt', 'paho')))"
+def test_reading_a_configuration_loads_no_mqtt_client_nor_modbus() -> None:
+    code = ("import sys, gated.config; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiomqtt', 'paho', 'pymodbus')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

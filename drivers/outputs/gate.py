@@ -12,7 +12,7 @@ Error contract for the daemon:
   abandon_grants: no `not_opened` alarm, the relay relocks — so a person may have gone
   through unseen: the daemon reports it as `passage_unconfirmed`). grant()/open_once()
   are the same as a bool (True only for PASSED): no deduction otherwise.
-- grant() raises GrantRefused (reason "lockdown" or "fire_alarm") without touching the
+- grant_passage() raises GrantRefused (Reason.LOCKDOWN or Reason.FIRE_ALARM) without touching the
   relay while the gate is locked down or a fire alarm is active.
 - grant()/open_once() raise OutputFault when the relay could not be released (board offline
   or refusing): deny with reason hardware_fault.

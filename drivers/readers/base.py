@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import partial
 from typing import Protocol, runtime_checkable
 
 from rules.credential import Credential, CredentialKind
@@ -113,10 +114,6 @@ class Backoff:
         self._next = self.initial
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class ReaderBase:
     """Shared plumbing for the concrete readers (not part of the public protocol)."""
 
@@ -127,7 +124,7 @@ class ReaderBase:
         debounce: float = 2.0,
         reconnect_max: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
-        now: Callable[[], datetime] = utc_now,
+        now: Callable[[], datetime] | None = None,
         on_health: OnHealth | None = None,
     ) -> None:
         self.id = id
@@ -136,7 +133,7 @@ class ReaderBase:
         self._debouncer = Debouncer(debounce)
         self._backoff = Backoff(cap=reconnect_max)
         self._clock = clock
-        self._now = now
+        self._now = now or partial(datetime.now, UTC)  # the daemon passes its own clock
         self.on_health = on_health
         self._opened_once = False
 

@@ -62,6 +62,17 @@ def bridge_block(site: str, remote_port: int, prefix: str = "gated") -> str:
     )
 
 
+def _kill9(proc: subprocess.Popen[bytes] | None) -> bool:
+    """SIGKILL and reap `proc` (the chaos's kill, as a power cut or the OOM killer would);
+    False when there is none."""
+    if proc is None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return True
+
+
 @dataclass
 class Broker:
     """One mosquitto with its own configuration file; `kill()` is SIGKILL by PID."""
@@ -103,12 +114,8 @@ class Broker:
             time.sleep(0.02)
 
     def kill(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
+        if _kill9(self.proc):
+            self.proc = None
 
     @property
     def pid(self) -> int | None:
@@ -246,11 +253,8 @@ class GateProc:
         return self.proc is not None and self.proc.poll() is None
 
     def kill9(self) -> None:
-        if self.proc is None:
+        if not _kill9(self.proc):
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
         self.kills += 1
         self.ready = False
 
@@ -284,12 +288,8 @@ class CentralProc:
         self.starts += 1
 
     def kill9(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
+        if _kill9(self.proc):
+            self.proc = None
 
     async def terminate(self) -> None:
         if self.proc is None:

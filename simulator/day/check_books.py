@@ -7,7 +7,6 @@ holds."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,17 +14,7 @@ from zoneinfo import ZoneInfo
 
 from rules.model import Booking, BookingStatus, Direction, Pass, Policy
 from rules.timeutil import local_date, start_of_local_day
-from simulator.day.dayrun import Invariant, Run, _t
-
-
-@dataclass
-class Ledger:
-    """The site's day recomputed from the central's event log."""
-
-    attended_at: dict[str, datetime] = field(default_factory=dict)  # booking -> first attended
-    no_shows: Counter[str] = field(default_factory=Counter)
-    fees: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
-    loyalty: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+from simulator.day.dayrun import Invariant, Run, instant
 
 
 def check_books(run: Run) -> list[Invariant]:
@@ -61,7 +50,7 @@ def check_books(run: Run) -> list[Invariant]:
         credited: Counter[str] = Counter()
         manual: list[dict[str, Any]] = []
         for e in evs:
-            at = _t(e["at"])
+            at = instant(e["at"])
             while ti < len(topups) and topups[ti][0] <= at:
                 balance[topups[ti][1]] = balance.get(topups[ti][1], Decimal(0)) + topups[ti][2]
                 ti += 1
@@ -148,12 +137,12 @@ def check_books(run: Run) -> list[Invariant]:
                 att.fail(f"booking {bid} (ended {b.ends_at:%H:%M}) nobody attended: {n} no-show events, want 1",
                          site=site, at=due.isoformat(), member=b.member, around=run.around(site, due, member=b.member))
             elif not expect_no_show and n:
-                at = _t(no_show_ev[bid][0]["at"])
+                at = instant(no_show_ev[bid][0]["at"])
                 att.fail(f"booking {bid} attended at {first_att:%H:%M:%S} but made a no-show at {at:%H:%M:%S} "
                          f"by {no_show_ev[bid][0]['_daemon']}", site=site, at=no_show_ev[bid][0]["at"],
                          member=b.member, around=run.around(site, at, member=b.member))
             for ev in no_show_ev[bid]:
-                if _t(ev["at"]) < due:
+                if instant(ev["at"]) < due:
                     att.fail(f"booking {bid} made a no-show before it was due", site=site, at=ev["at"], member=b.member)
             if attended_n[bid] > 1:
                 att.fail(f"booking {bid} attended {attended_n[bid]} times", site=site, member=b.member,
@@ -255,11 +244,11 @@ def check_requested_refunds(run: Run, inv: Invariant) -> None:
         site, booking = x["site"], x["booking"]
         got = [e for e in run.events.get(site, []) if e["type"] == "deduction" and e.get("cause") == "refund"
                and e.get("booking") == booking]
-        at = _t(x["sim"])
+        at = instant(x["sim"])
         member = x.get("member")
         walked = [e for e in run.events.get(site, []) if e["type"] == "deduction" and e.get("cause") == "walk_in"
-                  and e.get("member") == member and _t(e["at"]) < at
-                  and local_date(_t(e["at"]), run.tz) == local_date(at, run.tz)]
+                  and e.get("member") == member and instant(e["at"]) < at
+                  and local_date(instant(e["at"]), run.tz) == local_date(at, run.tz)]
         if walked and not got:
             inv.fail(f"the desk refunded {booking}: a walk-in of that day was charged at "
                      f"{walked[-1]['_daemon']} but nothing was given back", site=site, at=x["sim"], member=member,

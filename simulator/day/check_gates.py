@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from rules.model import MemberStatus
-from simulator.day.dayrun import ENTRY_REASONS, Invariant, Run, _t
+from simulator.day.dayrun import ENTRY_REASONS, Invariant, Run, instant
 from sync.store import open_reader
 
 
@@ -40,7 +40,7 @@ def check_rotations(run: Run) -> Invariant:
             near = [e for e in run.around(site, at, span=timedelta(minutes=3)) if e.get("_daemon") in (name, None)]
             if not any("chaos" not in e for e in near):  # a quiet hour: the gate's own events nearest to it
                 near += [{k: v for k, v in e.items() if k not in ("id", "message", "_received")}
-                         for e in sorted(evs, key=lambda e: abs(_t(e["at"]) - at))[:10]]
+                         for e in sorted(evs, key=lambda e: abs(instant(e["at"]) - at))[:10]]
             inv.fail(f"{name}: {rotations - len(passed) - len(unconfirmed)} rotation(s) neither committed nor "
                      f"reported unconfirmed ({rotations} rotations, {len(passed)} committed, "
                      f"{len(unconfirmed)} unconfirmed); the first near {at:%H:%M:%S}", site=site, gate=name,
@@ -70,7 +70,7 @@ def _unexplained(run: Run, rotations: list[datetime], records: list[dict[str, An
     for r in sorted(rotations):
         match = None
         for i, e in enumerate(pending):
-            t = _t(e["at"])
+            t = instant(e["at"])
             if t > r + longest:
                 break
             if i not in used and r - lead <= t <= r + slack(e):
@@ -177,7 +177,7 @@ def check_expected_denials(run: Run) -> Invariant:
         if tap["decision"] == "granted" or tap["reason"] not in want[purpose]:
             inv.fail(f"{purpose} at {tap['site']}/{tap['gate']}: {tap['decision']} {tap['reason']}",
                      site=tap["site"], at=tap["sim"], gate=tap["gate"], member=tap.get("who"),
-                     around=run.around(tap["site"], _t(tap["sim"]), member=tap.get("who")))
+                     around=run.around(tap["site"], instant(tap["sim"]), member=tap.get("who")))
     members = {s: run.members(s) for s in run.sites}
     for site, evs in run.events.items():
         for e in evs:

@@ -14,7 +14,7 @@ from typing import Any
 from rules.credential import CredentialKind
 from rules.decide import MemberView, Presented, ZonePresence, decide
 from rules.model import Booking, BookingStatus, Direction, Member, Pass
-from simulator.day.dayrun import ENTRY_REASONS, Invariant, Run, _t
+from simulator.day.dayrun import ENTRY_REASONS, Invariant, Run, instant
 
 
 def check_grants(run: Run) -> Invariant:
@@ -45,7 +45,7 @@ def check_grants(run: Run) -> Invariant:
                 inv.fail(f"a grant for an unknown member {e.get('member')}", site=site, at=e["at"])
                 continue
             inv.checked += 1
-            t = _t(e.get("decided_at") or e["at"])
+            t = instant(e.get("decided_at") or e["at"])
             views = {
                 "as_the_gate_knew": _view(run, site, e, t, m, by_member_pass, by_member_booking, own_only=True),
                 "everything": _view(run, site, e, t, m, by_member_pass, by_member_booking, own_only=False),
@@ -80,7 +80,7 @@ def _view(run: Run, site: str, e: dict[str, Any], t: datetime, m: Member,
     def known(x: dict[str, Any]) -> bool:
         if x["_daemon"] == daemon:
             return bool(x["seq"] < seq)
-        return not own_only and _t(x["at"]) < t
+        return not own_only and instant(x["at"]) < t
 
     passes = []
     idx = run.index(site)
@@ -106,7 +106,7 @@ def _view(run: Run, site: str, e: dict[str, Any], t: datetime, m: Member,
             d = run.daemons.get(x["_daemon"])
             if d is None:
                 continue
-            at = _t(x["at"])
+            at = instant(x["at"])
             direction = Direction.OUT if x.get("reason") == "exit" else Direction.IN
             last_entry = at if direction == Direction.IN else presence.last_entry_at
             presence = ZonePresence(at, direction, last_entry)

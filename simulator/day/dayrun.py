@@ -38,7 +38,8 @@ UTC = ZoneInfo("UTC")
 ENTRY_REASONS = ("booking", "linked_booking", "walk_in", "reentry")
 
 
-def _t(s: str) -> datetime:
+def instant(s: str) -> datetime:
+    """An instant as the logs write it (ISO 8601), in UTC."""
     return parse_instant(s, UTC)
 
 
@@ -117,12 +118,12 @@ class Run:
             self.by_daemon[daemon].append(ev)
         for evs in self.events.values():
             evs.sort(key=lambda e: (e["at"], e["_daemon"], e["seq"]))
-        self.end = _t(self.harness["end_sim"])
+        self.end = instant(self.harness["end_sim"])
         self.speed = float(self.harness["settings"]["speed"])
         # the harness's real seconds and the simulated clock, tied by any tap it recorded
         first = next(iter(self.harness["taps"]), None)
         self._real0: float = float(first["real"]) if first else 0.0
-        self._sim0: datetime = _t(first["sim"]) if first else self.end
+        self._sim0: datetime = instant(first["sim"]) if first else self.end
         self._index: dict[str, SiteIndex] = {}
         # what the back office changed during the day
         self.topups: dict[tuple[str, str], list[tuple[datetime, Decimal]]] = defaultdict(list)
@@ -133,7 +134,7 @@ class Run:
             if not resp.get("committed"):
                 continue
             if bo["kind"] == "topup":
-                self.topups[(bo["site"], bo["pass"])].append((_t(bo["sim"]), Decimal(str(bo["amount"]))))
+                self.topups[(bo["site"], bo["pass"])].append((instant(bo["sim"]), Decimal(str(bo["amount"]))))
             elif bo["kind"] == "enrol":
                 self.extra_members[bo["site"]].append(bo["member"])
                 self.extra_passes[bo["site"]].append(bo["pass"])
@@ -192,7 +193,7 @@ class Run:
     def chaos_around(self, at: datetime, span: timedelta) -> list[dict[str, Any]]:
         out = []
         for c in self.harness["chaos"]:
-            t = _t(c["sim"])
+            t = instant(c["sim"])
             if abs(t - at) <= span:
                 out.append({"chaos": c["kind"], "phase": c["phase"], "site": c.get("site"), "gate": c.get("gate"),
                             "sim": c["sim"]})
@@ -201,7 +202,7 @@ class Run:
     def around(self, site: str, at: datetime, *, member: str | None = None, span: timedelta = timedelta(minutes=10),
                limit: int = 25) -> list[dict[str, Any]]:
         """The site's events near `at` (the member's first), and the faults nearby."""
-        evs = [e for e in self.events.get(site, []) if abs(_t(e["at"]) - at) <= span]
+        evs = [e for e in self.events.get(site, []) if abs(instant(e["at"]) - at) <= span]
         if member is not None:
             mine = [e for e in evs if e.get("member") == member]
             evs = mine + [e for e in evs if e.get("member") != member][: max(0, limit // 3)]
