@@ -122,14 +122,10 @@ class RunningDaemon:
 
 
 @contextlib.asynccontextmanager
-async def daemon_process(
-    base: Path, name: str, *, reader_device: str | None = None, modbus_port: int | None = None, timeout: float = 60
-) -> AsyncIterator[RunningDaemon]:
-    """Start `gated run` on a copy of the base store; yield once READY=1 arrived."""
-    work = fresh_dir(name)
-    store_path = work / "gated.db"
-    copy_store(base, store_path)
-    config = write_config(work, store_path, reader_device, modbus_port)
+async def gated_run(work: Path, config: Path, timeout: float = 60) -> AsyncIterator[tuple[asyncio.subprocess.Process, float]]:
+    """`gated run -c config` as systemd starts it (NOTIFY_SOCKET bound here): yields the
+    process and the seconds from spawn to READY=1; SIGTERM (then SIGKILL) at the end.
+    Its output goes to work/daemon.log."""
     notify_path = work / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify_path))
@@ -137,11 +133,11 @@ async def daemon_process(
     env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONUNBUFFERED="1")
     env.pop("WATCHDOG_USEC", None)
     loop = asyncio.get_running_loop()
-    stderr = open(work / "daemon.log", "wb")  # noqa: SIM115 - closed below
+    log = open(work / "daemon.log", "wb")  # noqa: SIM115 - closed below
     t0 = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gated.cli", "run", "-c", str(config),
-        cwd=str(ROOT), env=env, stdout=stderr, stderr=stderr,
+        cwd=str(ROOT), env=env, stdout=log, stderr=log,
     )
     try:
         ready = None
@@ -156,7 +152,7 @@ async def daemon_process(
                 continue
             if b"READY=1" in data.split(b"\n"):
                 ready = time.perf_counter() - t0
-        yield RunningDaemon(proc, ready, work)
+        yield proc, ready
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -166,4 +162,17 @@ async def daemon_process(
                 proc.kill()
                 await proc.wait()
         sock.close()
-        stderr.close()
+        log.close()
+
+
+@contextlib.asynccontextmanager
+async def daemon_process(
+    base: Path, name: str, *, reader_device: str | None = None, modbus_port: int | None = None, timeout: float = 60
+) -> AsyncIterator[RunningDaemon]:
+    """Start `gated run` on a copy of the base store; yield once READY=1 arrived."""
+    work = fresh_dir(name)
+    store_path = work / "gated.db"
+    copy_store(base, store_path)
+    config = write_config(work, store_path, reader_device, modbus_port)
+    async with gated_run(work, config, timeout) as (proc, ready):
+        yield RunningDaemon(proc, ready, work)

@@ -21,11 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
-import signal
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -34,7 +30,8 @@ from typing import Any
 
 import yaml
 
-from bench.common import ROOT, fresh_dir, runs_summary
+from bench.common import fresh_dir, runs_summary
+from bench.daemon import gated_run
 from drivers.outputs.bus import LineTiming
 from drivers.readers.frames import FrameConfig
 from gated.control import request
@@ -95,37 +92,8 @@ def _config(work: Path, line_device: str, readers: list[VirtualSerialReader]) ->
 
 @contextlib.asynccontextmanager
 async def _daemon(work: Path, config: Path, timeout: float = 60) -> AsyncIterator[asyncio.subprocess.Process]:
-    notify_path = work / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(notify_path))
-    sock.setblocking(False)
-    env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONUNBUFFERED="1")
-    env.pop("WATCHDOG_USEC", None)
-    log = open(work / "daemon.log", "wb")  # noqa: SIM115 - closed below
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gated.cli", "run", "-c", str(config), cwd=str(ROOT), env=env, stdout=log, stderr=log
-    )
-    loop = asyncio.get_running_loop()
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.returncode is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"daemon not ready; see {work / 'daemon.log'}")
-            with contextlib.suppress(TimeoutError):
-                data = await asyncio.wait_for(loop.sock_recv(sock, 4096), 0.5)
-                if b"READY=1" in data.split(b"\n"):
-                    break
+    async with gated_run(work, config, timeout) as (proc, _):
         yield proc
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        sock.close()
-        log.close()
 
 
 async def _coil_set(t: SimTurnstile, count: int, timeout: float = 3.0) -> float | None:
