@@ -26,7 +26,8 @@ from typing import Any
 
 import structlog
 
-from drivers.outputs.gate import FireAlarmMonitor, GateController
+from drivers.outputs.fire import FireAlarmMonitor
+from drivers.outputs.gate import GateController
 from drivers.outputs.links import lines_in_use
 from drivers.outputs.modbus import OutputFault, OutputHealth
 from drivers.readers.base import Reader, ReaderHealth

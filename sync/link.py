@@ -6,6 +6,11 @@ what happens and performs the actions it returns. docs/protocol.md is the contra
 
 The link never raises out of `run()` except on cancellation: a failed action is counted
 in `stats["errors"]`, logged, and the link goes on.
+
+Why one module of ~600 lines: it is the only code that touches aiomqtt and paho, so each
+of the session's actions has its performer here (publish with properties, subscriptions,
+snapshot hand-over to the importer, look-ups, catch-ups, health); split, each part would
+need the client and the connection state the others hold.
 """
 
 from __future__ import annotations

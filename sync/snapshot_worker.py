@@ -29,6 +29,10 @@ The build, a pipeline over the chunks in order:
   no-show cursor without an outcome (`switch_recheck`) and the outcomes of bookings
   this replica cancels or lacks (`switch_clear`) — then WAL mode, and an fsync of the
   file and its directory.
+
+One module of ~520 lines because it is a program of its own (`python -m`): the spool,
+the parser pool and the builder are the stages of one pipeline that share its process
+state and its wire format with the importer; read together, they are the import.
 """
 
 from __future__ import annotations

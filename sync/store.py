@@ -19,6 +19,10 @@ small modules, one concern each:
 | `sync/intents.py` | grant intents: written before a relay opens, resolved by the commit |
 | `sync/snapshot.py`, `sync/snapshot_worker.py` | building a snapshot's replica in a worker process |
 
+Why this module is over 500 lines: it is the whole public surface, and nothing else —
+each method is a documented one- to ten-line delegation to the module that does the
+work, kept in one place so a newcomer reads what the store offers on one page.
+
 ## Two files
 
 The **ledger** is the configured path (`gated.db`): events (the outbox), deductions,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from drivers.outputs import FireAlarmInputConfig
-from drivers.outputs.gate import FireAlarmMonitor, GateController, GrantRefused
+from drivers.outputs.fire import FireAlarmMonitor
+from drivers.outputs.gate import GateController, GrantRefused
 from drivers.outputs.modbus import OutputFault, OutputHealth
 from simulator.turnstile import Person, SimTurnstile
 from tests.outputs_fixtures import *  # noqa: F403 (pytest fixtures)
