@@ -75,6 +75,8 @@ def test_version_1_database_is_migrated_to_a_replica_file(tmp_path: Path) -> Non
         # the ledger keeps no replica table; the read contract shows them all the same
         names = {r[0] for r in store.conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")}
         assert not names & {"members", "cards", "passes", "bookings"}
+        assert {"site_charges", "site_refunds"} <= names  # migration 7: the site's other daemons
+        assert store.conn.execute("SELECT value FROM main.meta WHERE key = 'schema_version'").fetchone()[0] == "7"
         assert store.conn.execute("SELECT balance FROM passes WHERE id = 'p1'").fetchone()[0] == "9"
         # the no-show walk starts after the migrated outcomes: only what falls due later
         from rules.model import Policy
