@@ -25,7 +25,6 @@ import contextlib
 import os
 import termios
 import tty
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,9 +164,3 @@ class EmulatedLine:
             "violations": s.violations,
             "worst_overlap_ms": round(s.worst_overlap_ms, 3),
         }
-
-
-@contextlib.asynccontextmanager
-async def emulated_line(timing: LineTiming | None = None) -> AsyncIterator[EmulatedLine]:
-    async with EmulatedLine(timing) as line:
-        yield line

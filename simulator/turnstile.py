@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
@@ -423,13 +423,6 @@ class SimRtuLine:
         if server is not None:
             await server.shutdown()  # type: ignore[no-untyped-call]
         await self._stack.aclose()
-
-
-@contextlib.asynccontextmanager
-async def running_turnstile(**kwargs: Any) -> AsyncIterator[SimTurnstile]:
-    """Same as `async with SimTurnstile(**kwargs)`, for ExitStack users."""
-    async with SimTurnstile(**kwargs) as sim:
-        yield sim
 
 
 async def serve_turnstile(

@@ -256,13 +256,6 @@ class Ledger:
             tx.audit(now, operator, "adjust_points", {"member": member_id, "points": points, "reason": reason})
         return tx.committed
 
-    def record_remote_passage(
-        self, member_id: str, zone: str, direction: Direction, at: datetime, gate: str, origin: str
-    ) -> None:
-        """Another daemon of the site let this member through (site-wide anti-passback)."""
-        with self.transactions.open():
-            self.record_passage(member_id, zone, direction, at, gate, origin)
-
     # -- around a sync of the replica ------------------------------------------------------
 
     def recheck_late(self, bookings: Iterable[tuple[str, float]]) -> None:

@@ -180,10 +180,6 @@ class Session:
     def replaying(self) -> bool:
         return self._up.replaying
 
-    @property
-    def pending_lookups(self) -> int:
-        return len(self._lookups)
-
     def status(self, state: str, at: str | None = None) -> Publish:
         """Our retained status (`offline` without `at` is also the last will)."""
         body = Status(

@@ -42,8 +42,7 @@ The link's side of it (sync/link_store.py), in order:
 (`finish()` is `built()` then `switch()`.) Between `built` and `switch` the link may
 decide not to switch after all (the session's guard against a snapshot that would
 remove most members reads the report's counts). `active` is true from `begin` until
-`switch` returns or `abort`; `receiving` while chunks are still expected;
-`store.replica_generation` moves on at each switch.
+`switch` returns or `abort`; `store.replica_generation` moves on at each switch.
 """
 
 from __future__ import annotations
@@ -111,10 +110,6 @@ class SnapshotImporter:
     @property
     def active(self) -> bool:
         return self.snapshot_id is not None
-
-    @property
-    def receiving(self) -> bool:
-        return self.active and self.next_chunk < self.chunks
 
     # -- the steps ------------------------------------------------------------------------
 

@@ -90,7 +90,7 @@ import sqlite_utils
 
 from rules.credential import Card, CredentialKind, Resolution, TenDigits, card_from_text
 from rules.decide import Decision, MemberView, ZonePresence
-from rules.model import Booking, BookingStatus, Direction, Gate, Member, Pass, Policy
+from rules.model import Booking, BookingStatus, Gate, Member, Pass, Policy
 from rules.model import Site as SiteModel
 from rules.timeutil import iso_utc
 from sync import enrolment, views
@@ -298,11 +298,6 @@ class Store:
             pass  # a store that cannot be written still closes; what was committed is in the WAL
         finally:
             self.conn.close()
-
-    def checkpoint(self) -> None:
-        """Copy the WALs into the database files now (tests, maintenance)."""
-        self.conn.execute("PRAGMA main.wal_checkpoint(PASSIVE)")
-        self.conn.execute("PRAGMA replica.wal_checkpoint(PASSIVE)")
 
     def open_reader(self) -> sqlite3.Connection:
         """A read-only connection for another thread: the ledger with the current replica
@@ -634,12 +629,6 @@ class Store:
 
     def adjust_points(self, member_id: str, points: int, operator: str, reason: str, now: datetime) -> Committed:
         return self.ledger.adjust_points(member_id, points, operator, reason, now)
-
-    def record_remote_passage(
-        self, member_id: str, zone: str, direction: Direction, at: datetime, gate: str, origin: str
-    ) -> None:
-        """Another daemon of the site let this member through (site-wide anti-passback)."""
-        self.ledger.record_remote_passage(member_id, zone, direction, at, gate, origin)
 
     def record_peer_events(self, sender: str, events: list[dict[str, Any]], zones: dict[str, str]) -> dict[str, int]:
         """Another daemon of the site's events: passages, booking outcomes, walk-in charges

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
@@ -136,14 +135,6 @@ class ChaosRunner:
             self._log(i, c, "end")
         else:  # pragma: no cover - the plan only holds known kinds
             self._log(i, c, "skipped", why="unknown kind")
-
-
-async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
-    for t in tasks:
-        t.cancel()
-    for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await t
 
 
 __all__ = ["ChaosRunner"]

@@ -59,9 +59,6 @@ class Clock:
     def now(self) -> datetime:
         return self.sim()
 
-    def real_seconds(self, sim_seconds: float) -> float:
-        return sim_seconds / self.speed
-
     async def sleep_until(self, t: datetime) -> None:
         while True:
             left = (t - self.now()).total_seconds() / self.speed
