@@ -93,11 +93,18 @@ def write_config(work: Path, store_path: Path, reader_device: str | None, modbus
             "passage_timeout": 2,
             "mode": "fail_safe",
         }
+    site = {"id": "bench-gym", "name": "Bench Gym", "timezone": "Europe/Madrid"}
+    return daemon_config(work, site, "bench-gate", [gate], store_path)
+
+
+def daemon_config(work: Path, site: dict[str, Any], daemon_id: str, gates: list[dict[str, Any]], store_path: Path) -> Path:
+    """A benchmark daemon's gated.yaml in `work`: only the gates measured (no console, no
+    metrics, no look-ups, a cache that never goes stale), warnings only in its log."""
     cfg = {
-        "site": {"id": "bench-gym", "name": "Bench Gym", "timezone": "Europe/Madrid"},
-        "daemon_id": "bench-gate",
+        "site": site,
+        "daemon_id": daemon_id,
         "stale_cache": {"max_age": None, "policy": "keep"},
-        "gates": [gate],
+        "gates": gates,
         "store": {"path": str(store_path)},
         "console": {"enabled": False},
         "metrics": {"enabled": False},

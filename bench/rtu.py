@@ -28,10 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench.common import fresh_dir, runs_summary
-from bench.daemon import gated_run
+from bench.daemon import daemon_config, gated_run
 from drivers.outputs.bus import LineTiming
 from drivers.readers.frames import FrameConfig
 from gated.control import request
@@ -73,21 +71,8 @@ def _config(work: Path, line_device: str, readers: list[VirtualSerialReader]) ->
                 "door_contact": 1, "passage_timeout": 2, "timeout": 0.5,
             },
         })
-    cfg = {
-        "site": {"id": "bench-rtu", "timezone": "Europe/Madrid"},
-        "daemon_id": "bench-rtu",
-        "stale_cache": {"max_age": None, "policy": "keep"},
-        "gates": gates,
-        "store": {"path": str(work / "gated.db")},
-        "console": {"enabled": False},
-        "metrics": {"enabled": False},
-        "control": {"socket": str(work / "control.sock")},
-        "logging": {"format": "json", "level": "warning"},
-        "lookup_unknown_cards": False,
-    }
-    path = work / "gated.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    site = {"id": "bench-rtu", "timezone": "Europe/Madrid"}
+    return daemon_config(work, site, "bench-rtu", gates, work / "gated.db")
 
 
 @contextlib.asynccontextmanager
