@@ -6,7 +6,6 @@ the JSON Schema editors use to check the file as it is typed.
 
 from __future__ import annotations
 
-import re
 import socket
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -22,12 +21,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from drivers.outputs.config import DoorMode, FireAlarmInputConfig, ModbusOutputConfig
 from drivers.readers.config import ReaderConfig
 from drivers.readers.payloads import PayloadFormat
 from gated import config_checks
-from gated.yamlload import Marked, YamlError, describe_error, dotted, load, read_text
+from gated.yamlload import Marked, YamlError, describe_error, dotted, error_path, load, read_text
 from rules.credential import TenDigits
 from rules.model import AntiPassback, Direction, EarlyEntry, Gate, Policy, Site
 from rules.timeutil import WeekSchedule, load_zone, parse_date, parse_duration, parse_window
@@ -384,9 +384,22 @@ class ConfigError(Exception):
 
 
 def _problems(e: ValidationError, marked: Marked) -> list[tuple[int | None, str, str]]:
-    out = [describe_error(err, marked) for err in e.errors()]
+    out = [_suggest(err, marked) for err in e.errors()]
     # a discriminated union reports the same spot several times; keep each once
     return list(dict.fromkeys(out))
+
+
+def _suggest(err: ErrorDetails, marked: Marked) -> tuple[int | None, str, str]:
+    """One error as (line, key, message), an unknown key with the known key it is closest to.
+
+    The path is the error's own (keys and indexes as written), not its dotted text read
+    back: a key may be any YAML scalar, "a.b" or "²" among them.
+    """
+    line, key, msg = describe_error(err, marked)
+    if err["type"] != "extra_forbidden":
+        return line, key, msg
+    close = config_checks.did_you_mean(Config, error_path(err, marked), marked.data)
+    return (line, key, f"{msg} (did you mean {close!r}?)") if close else (line, key, msg)
 
 
 def load_config(path: str | Path) -> Config:
@@ -409,22 +422,13 @@ def load_config(path: str | Path) -> Config:
     try:
         config = Config.model_validate(marked.data)
     except ValidationError as e:
-        found = [_suggest(problem, marked) for problem in _problems(e, marked)]
+        found = _problems(e, marked)
         seen = {msg for _, _, msg in checks}
         both = [q for q in found if q[2] not in seen] + checks
         raise ConfigError(sorted(both, key=lambda q: q[0] or 0), str(p)) from e
     if checks:
         raise ConfigError(checks, str(p))
     return config
-
-
-def _suggest(problem: tuple[int | None, str, str], marked: Marked) -> tuple[int | None, str, str]:
-    line, key, msg = problem
-    if not msg.startswith("unknown key"):
-        return problem
-    path = tuple(int(x) if x.isdigit() else x for x in re.split(r"\.|\[|\]", key) if x)
-    close = config_checks.did_you_mean(Config, path, marked.data)
-    return (line, key, f"{msg} (did you mean {close!r}?)") if close else problem
 
 
 def json_schema() -> dict[str, Any]:

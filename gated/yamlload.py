@@ -179,13 +179,13 @@ def dotted(path: Path) -> str:
     return out or "(top)"
 
 
-def describe_error(err: Mapping[str, Any], marked: Marked) -> tuple[int | None, str, str]:
-    """(line, key path, message) for one pydantic error on a document loaded here.
+def error_path(err: Mapping[str, Any], marked: Marked) -> Path:
+    """The document's own keys and indexes where one pydantic error is.
 
     pydantic puts validator and union tags ("function-after[...]", "str", "serial") in
-    `loc`; only the document's own keys and indexes are kept (a key may itself contain
-    "[", and a misspelled key may start with "str"). A model-level check that knows which
-    key is at fault says so with an exception carrying `field`.
+    `loc`; only the document's keys and indexes are kept (a key may itself contain "[",
+    and a misspelled key may start with "str"). A model-level check that knows which key
+    is at fault says so with an exception carrying `field`.
     """
     raw = err["loc"]
     kept: list[str | int] = []
@@ -196,7 +196,12 @@ def describe_error(err: Mapping[str, Any], marked: Marked) -> tuple[int | None, 
     field_name = getattr(err.get("ctx", {}).get("error"), "field", None)
     if isinstance(field_name, str):
         kept.append(field_name)
-    loc = tuple(kept)
+    return tuple(kept)
+
+
+def describe_error(err: Mapping[str, Any], marked: Marked) -> tuple[int | None, str, str]:
+    """(line, key path, message) for one pydantic error on a document loaded here."""
+    loc = error_path(err, marked)
     last = loc[-1] if loc else "(top)"
     msg = str(err["msg"])
     if err["type"] == "extra_forbidden":

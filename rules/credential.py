@@ -236,7 +236,7 @@ def parse_key(key: str) -> Card:
 def _is_typed(text: str) -> bool:
     prefix, sep, _ = text.strip().partition(":")
     p = prefix.lower()
-    return bool(sep) and (p in _PREFIXES or (p[:1] == "w" and len(p) in (3, 4) and p[1:].isdigit()))
+    return bool(sep) and (p in _PREFIXES or (p[:1] == "w" and len(p) in (3, 4) and _DEC.fullmatch(p[1:]) is not None))
 
 
 class TenDigits(StrEnum):

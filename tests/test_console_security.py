@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
 from gated.console.security import Attempt, DeviceCookies, LoginLimiter, login_keys
 from gated.control import request
 from tests.test_console import DISPLAY_TOKEN, PASSWORDS, Client, running_site
@@ -61,6 +64,16 @@ def test_device_cookies_are_bound_to_user_key_and_age() -> None:
     now[0] += DeviceCookies.MAX_AGE
     assert dc.device("desk", both) is None
     assert dc.device("desk", "garbage~" * 200) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=120))
+@example("a.\u00b2.b")  # "²" is a digit to str.isdigit() and not to int()
+@example("n.1\u0663.m~x.\u00b2\u00b3.y")
+def test_any_cookie_text_is_refused_cleanly(text: str) -> None:
+    dc = DeviceCookies(b"k" * 32, clock=lambda: 1_000_000.0)
+    assert dc.device("desk", text) is None
+    assert dc.device("desk", dc.issue("desk", text)) is not None  # a bad old cookie never blocks a new one
 
 
 # -- the console over real parallel connections --------------------------------------------

@@ -98,6 +98,7 @@ LEGACY = [
     ("123,45678", "w26:123:45678", "some converters print a comma"),
     ("CARD-ANA", "text:CARD-ANA", "anything else matches only itself"),
     ("ABC", "text:ABC", "odd hex: not bytes"),
+    ("w\u00b2\u00b2:1:2", "text:W\u00b2\u00b2:1:2", "superscript digits are not a Wiegand format"),
 ]
 
 

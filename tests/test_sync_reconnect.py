@@ -63,7 +63,9 @@ def test_endpoints(text: str, expected: tuple[str, int]) -> None:
     assert parse_endpoint(text) == expected
 
 
-@pytest.mark.parametrize("bad", ["", "host:", "host:0", "host:70000", "host:x", "[::1", "[::1]x", ":1883"])
+@pytest.mark.parametrize(
+    "bad", ["", "host:", "host:0", "host:70000", "host:x", "[::1", "[::1]x", ":1883", "host:\u00b2", "[::1]:\u0661\u0662"],
+)
 def test_bad_endpoints(bad: str) -> None:
     with pytest.raises(ValidationError):
         MqttSettings(site="s", daemon="d", hosts=[bad])

@@ -26,6 +26,11 @@ CSP = (
 )
 
 
+def _decimal(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²", which int() then refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _digest(token: str) -> str:
     # only the hash of a cookie is kept: a memory dump does not hand out live sessions
     return hashlib.sha256(token.encode()).hexdigest()
@@ -217,11 +222,11 @@ class DeviceCookies:
 
     def _owner_ok(self, entry: str) -> bool:
         parts = entry.split(".")
-        return len(parts) == 3 and parts[1].isdigit() and self.clock() - int(parts[1]) < self.MAX_AGE
+        return len(parts) == 3 and _decimal(parts[1]) and self.clock() - int(parts[1]) < self.MAX_AGE
 
     def device_of(self, user: str, entry: str) -> str | None:
         parts = entry.split(".")
-        if len(parts) != 3 or not parts[1].isdigit() or len(entry) > 100:
+        if len(parts) != 3 or not _decimal(parts[1]) or len(entry) > 100:
             return None
         nonce, issued = parts[0], int(parts[1])
         if self.clock() - issued >= self.MAX_AGE:
