@@ -5,8 +5,8 @@ The turnstile model owns the state; the pymodbus datastore is only its window. A
 datastore: it records coil writes into the model and paints the model's coil and inputs
 into the registers just before a read is answered. That keeps the model authoritative, lets
 the server be stopped and started again without losing state, and gives a natural place
-for fault injection (slow answers). Silence (no_answer) is made with the server's
-trace_packet hook, which can drop the outgoing frame.
+for fault injection (slow answers). Silence (no_answer: nothing done; lost_answer: done,
+unanswered) is made with the server's trace_packet hook, which can drop the outgoing frame.
 
 Model: when the coil makes the turnstile unlocked, one rotation is armed. The next person
 (from a scripted queue, or the default behaviour) turns it after `delay` seconds, or not at
@@ -55,6 +55,7 @@ class Person:
 class Fault(StrEnum):
     NONE = "none"
     NO_ANSWER = "no_answer"  # requests are received but never answered (and not applied)
+    LOST_ANSWER = "lost_answer"  # requests are carried out, their answers lost on the way back
     SLOW_ANSWER = "slow_answer"  # every answer is delayed by slow_ms
 
 
@@ -347,7 +348,7 @@ class SimTurnstile:
         return None
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        if sending and self._fault is Fault.NO_ANSWER:
+        if sending and self._fault in (Fault.NO_ANSWER, Fault.LOST_ANSWER):
             return b""
         return data
 

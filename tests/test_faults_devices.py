@@ -284,6 +284,31 @@ async def test_board_silent_after_the_release_is_passage_unconfirmed(tmp_path: P
         await wait_for(lambda: site.relay(gate) == "online", 15, "the relay to come back")
 
 
+async def test_release_whose_answer_is_lost_is_passage_unconfirmed(tmp_path: Path) -> None:
+    """The board carries out the release and its answer is lost on the way back (a noisy
+    line): the daemon cannot tell this from a board that did nothing, and the member is
+    at an open turnstile. Denying hardware_fault would be a free entry with nothing
+    recorded; the grant is a `passage_unconfirmed` event instead, with nothing deducted
+    and the intent resolved, and the relay relocks when the board answers again."""
+    async with running_site(tmp_path, one_gate, person=Person(delay=0.2)) as site:
+        sim, gate = site.sims["in"], "turnstile-1"
+        member = next(iter(CARDS.values()))
+        card = next(c for c, m in CARDS.items() if m == member)
+        sim.inject("lost_answer")
+        result = await asyncio.wait_for(site.tap(gate, card), 15)
+        assert sim.unlocks == 1
+        await wait_for(lambda: len(sim.passages) == 1, 10, "the member through the open turnstile")
+        assert result["decision"] == "granted" and result["passed"] is False, result
+        unconfirmed = site.events("passage_unconfirmed")
+        assert len(unconfirmed) == 1 and unconfirmed[0]["member"] == member, unconfirmed
+        assert unconfirmed[0]["because"] == "relay_unreadable"
+        assert not site.events("deduction") and site.balance(member) == BALANCE
+        assert not site.store.open_intents()
+        sim.inject("none")
+        await wait_for(lambda: site.relay(gate) == "online", 15, "the relay to come back")
+        await wait_for(lambda: not sim.unlocked, 10, "the relay relocked")
+
+
 async def test_slow_board_still_correct_nothing_double(tmp_path: Path) -> None:
     """Every answer 120 ms late (the request timeout is 300 ms): each grant still opens once,
     sees its passage and deducts once."""

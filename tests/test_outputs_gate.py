@@ -6,8 +6,8 @@ import pytest
 
 from drivers.outputs import FireAlarmInputConfig
 from drivers.outputs.fire import FireAlarmMonitor
-from drivers.outputs.gate import GateController, GrantRefused
-from drivers.outputs.modbus import OutputFault, OutputHealth
+from drivers.outputs.gate import GateController, GrantRefused, Passage
+from drivers.outputs.modbus import OutputFault, OutputHealth, OutputUncertain
 from simulator.turnstile import Person, SimTurnstile
 from tests.outputs_fixtures import *  # noqa: F403 (pytest fixtures)
 from tests.outputs_fixtures import output_cfg, wait_until
@@ -79,8 +79,10 @@ async def test_server_goes_away_and_comes_back(sim_tcp: SimTurnstile, make_gate)
     gate, alarms = await make_gate(sim_tcp)
     assert gate.health is OutputHealth.ONLINE
     await sim_tcp.stop_server()
-    with pytest.raises(OutputFault):
-        await gate.grant()
+    # The first release after the board went away is sent and never answered: for all the
+    # daemon can tell, the board carried it out, so the grant is UNKNOWN, not refused.
+    assert await gate.grant_passage() is Passage.UNKNOWN
+    assert sim_tcp.unlocks == 0
     assert gate.health is OutputHealth.OFFLINE
     assert gate.state["relay"] == "offline"
     assert gate.state["door"] == "unknown"
@@ -104,6 +106,36 @@ async def test_board_silent_marks_offline_and_recovers(sim_tcp: SimTurnstile, ma
     sim_tcp.inject("none")
     await wait_until(lambda: gate.health is OutputHealth.ONLINE, what="reconnect")
     assert await gate.grant() is True
+
+
+@pytest.mark.parametrize("sensors", [True, False])
+async def test_release_whose_answer_is_lost_is_unknown_not_refused(sensors: bool, make_gate) -> None:
+    """The board carries out the release and its answer is lost: the turnstile is open, so
+    a refusal (hardware_fault, nothing recorded) would be a free entry. The grant is UNKNOWN
+    (the daemon reports passage_unconfirmed), and the relay relocks once the board answers."""
+    wiring = {} if sensors else {"passage_input": None, "door_contact": None}
+    async with SimTurnstile(person=Person(delay=0.1), **wiring) as sim:
+        gate, alarms = await make_gate(sim)
+        sim.inject("lost_answer")
+        assert await gate.grant_passage() is Passage.UNKNOWN
+        assert sim.unlocks == 1
+        await wait_until(lambda: len(sim.passages) == 1, what="the person went through")
+        sim.inject("none")
+        await wait_until(lambda: gate.health is OutputHealth.ONLINE, what="reconnect")
+        await wait_until(lambda: not sim.unlocked, what="relocked by the reconnect probe")
+        assert "relay_offline" in alarms.kinds()
+
+
+async def test_release_refused_while_known_offline_raises(sim_tcp: SimTurnstile, make_gate) -> None:
+    """The other side of the line: a board known to be down is not written to at all, so
+    nothing was released and the tap can be denied (hardware_fault)."""
+    gate, alarms = await make_gate(sim_tcp)
+    sim_tcp.inject("lost_answer")
+    await alarms.wait_for("relay_offline")
+    with pytest.raises(OutputFault) as refused:
+        await gate.grant_passage()
+    assert not isinstance(refused.value, OutputUncertain)
+    assert sim_tcp.unlocks == 0
 
 
 async def test_slow_board_within_timeout_still_works(sim_tcp: SimTurnstile, make_gate) -> None:

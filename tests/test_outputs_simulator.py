@@ -67,6 +67,14 @@ async def test_no_answer_neither_answers_nor_applies() -> None:
         assert sim.unlocked
 
 
+async def test_lost_answer_applies_but_does_not_answer() -> None:
+    async with SimTurnstile(person=Person(turns=False)) as sim, client_for(sim, timeout=0.2) as c:
+        sim.inject("lost_answer")
+        with pytest.raises(ModbusException):
+            await c.write_coil(0, True, device_id=1)
+        assert sim.unlocked  # carried out: the client cannot tell this from no_answer
+
+
 async def test_fire_alarm_input_and_polarity() -> None:
     async with SimTurnstile(fire_alarm_active_low=True) as sim, client_for(sim) as c:
         assert (await c.read_discrete_inputs(2, count=1, device_id=1)).bits[0] is True

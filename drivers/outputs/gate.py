@@ -15,7 +15,9 @@ Error contract for the daemon:
 - grant_passage() raises GrantRefused (Reason.LOCKDOWN or Reason.FIRE_ALARM) without touching the
   relay while the gate is locked down or a fire alarm is active.
 - grant()/open_once() raise OutputFault when the relay could not be released (board offline
-  or refusing): deny with reason hardware_fault.
+  or refusing): deny with reason hardware_fault. A release whose answer was lost
+  (OutputUncertain) may have happened: it is not raised but watched, and ends UNKNOWN
+  unless the board answers again and shows the passage or its absence.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from rules.reasons import Reason
 from .bus import Priority
 from .config import DoorMode, ModbusOutputConfig
 from .door import AlarmEvent, AlarmKind, DoorSupervisor, Observation
-from .modbus import ModbusGateOutput, OutputFault, OutputHealth
+from .modbus import ModbusGateOutput, OutputFault, OutputHealth, OutputUncertain
 from .plan import PassageDetector
 
 log = logging.getLogger(__name__)
@@ -357,11 +359,19 @@ class GateController:
             await self._wait_rotation_end(ROTATION_MAX)
         # No read before the pulse: it would sit on the tap-to-relay path. Readings that
         # came back before the release was written cannot be this person's passage.
-        await self.output.pulse()  # OutputFault propagates: nothing was released
+        uncertain = False
+        try:
+            await self.output.pulse()  # OutputFault propagates: nothing was released
+        except OutputUncertain:
+            # The write went out and its answer was lost: the turnstile may be released, so
+            # the grant is watched like any other (the board is now offline, so its next
+            # reading fails and the passage is UNKNOWN unless the board answers again and
+            # shows it). Denying here would let the person through with nothing recorded.
+            uncertain = True
         after = self._readings
         self._observe(granted=True)
         if self.cfg.passage_input is None and self.cfg.door_contact is None:
-            return Passage.PASSED  # no sensor: commit on grant
+            return Passage.UNKNOWN if uncertain else Passage.PASSED  # no sensor: commit on grant
         self._waiting += 1
         self._wake.set()  # poll now, and fast until this grant is settled
         try:

@@ -42,6 +42,12 @@ class OutputFault(Exception):
     """The relay board did not do what was asked (no answer, or an exception response)."""
 
 
+class OutputUncertain(OutputFault):
+    """A write went out and its answer never came: the board may have acted on it (a lost
+    answer on a noisy RS-485 line, a TCP link that broke after the request). A release
+    that ends this way may have let someone through."""
+
+
 @dataclass(frozen=True, slots=True)
 class InputsSnapshot:
     """Logical input states; None where the input is not configured (or unknown)."""
@@ -137,6 +143,7 @@ class ModbusDevice:
             f"write coil {address}={int(value)}",
             Priority.WRITE,
             timing.write_coil_s() if timing is not None else 0.0,
+            acts=True,
         )
 
     def _timing(self) -> LineTiming | None:
@@ -180,7 +187,11 @@ class ModbusDevice:
         what: str,
         priority: Priority = Priority.POLL,
         wire_s: float = 0.0,
+        *,
+        acts: bool = False,
     ) -> Any:
+        """One exchange. `acts`: the request changes the board (a coil write), so an answer
+        lost after it was handed to the line is OutputUncertain, not a plain OutputFault."""
         try:
             link = self._link
             if link is None:
@@ -194,7 +205,10 @@ class ModbusDevice:
         except OutputFault as exc:
             raise self._fail(exc) from None
         except (TimeoutError, ModbusException, OSError) as exc:
-            raise self._fail(OutputFault(f"{what}: {exc or type(exc).__name__}")) from exc
+            # Only the exchange itself raises these (connecting raises OutputFault above):
+            # the request was on its way, and a write may have been carried out.
+            lost = OutputUncertain if acts else OutputFault
+            raise self._fail(lost(f"{what}: {exc or type(exc).__name__}")) from exc
         if resp is None or resp.isError():
             fault = OutputFault(f"{what}: board refused ({_describe_refusal(resp)})")
             raise self._fail(fault, OutputHealth.ERROR)
@@ -313,8 +327,17 @@ class ModbusGateOutput(ModbusDevice):
 
     async def probe(self) -> None:
         # Writing the remembered level both proves the unit answers and repairs the relay
-        # state after an outage (e.g. a pulse whose release write was lost).
-        await self._write_level(self.plan.desired)
+        # state after an outage (e.g. a pulse whose release write was lost). A write that
+        # was in flight when the board fell silent can fail while this one waits its turn,
+        # and so change the plan (a lost release falls back to locked): the level written
+        # must be the plan's after the write, or the probe would re-release a gate that
+        # nothing relocks (found with a lost answer: the gate stayed open).
+        for _ in range(3):
+            level = self.plan.desired
+            await self._write_level(level)
+            if self.plan.desired == level:
+                return
+        raise OutputFault("the relay plan kept changing while the board came back")
 
     async def close(self) -> None:
         self._cancel_timer()
