@@ -239,7 +239,7 @@ async def test_denials_list_and_unknown_cards(tmp_path: Path) -> None:
         assert items[0]["card"] == "uid:CAFE0001"  # typed: what the desk enrols
         assert [u["card"] for u in (await c.get("/api/unknown-cards")).json()["items"]] == ["uid:CAFE0001"]
         r = await c.post_json("/api/denials/dismiss", {"seq": [items[1]["seq"]]})
-        assert r.status == 200
+        assert r.status == 200 and r.json()["saved"] is True
         assert [i["reason"] for i in (await c.get("/api/denials")).json()["items"]] == ["unknown_card"]
         assert (await c.post_json("/api/denials/dismiss", {"seq": ["x"]})).status == 400
         # the desk gives the unknown card to Bruno: it opens the gate at once
@@ -251,6 +251,26 @@ async def test_denials_list_and_unknown_cards(tmp_path: Path) -> None:
         assert (await c.post_json("/api/members/m-ana/cards", {"card": "<script>"})).status == 400
         ev = site.store.recent_events(10, types=["card_enrolled"])[0]
         assert ev["card"] == "uid:CAFE0001" and ev["member"] == "m-bruno" and ev["operator"] == "desk"
+
+
+async def test_done_denials_stay_done_across_a_restart(tmp_path: Path) -> None:
+    """The desk's "Done" on a denial is written to the audit log (who, when): after the
+    daemon restarts, the alert list does not bring back what the desk already dealt with."""
+    async with running_site(tmp_path) as site:
+        c = Client(site.port)
+        await c.login("desk")
+        await site.tap("DEADBEEF")
+        await site.tap("cafe0001")
+        items = (await c.get("/api/denials")).json()["items"]
+        blocked = next(i["seq"] for i in items if i["reason"] == "member_blocked")
+        assert (await c.post_json("/api/denials/dismiss", {"seq": [blocked, blocked]})).json()["saved"] is True
+        assert (await c.post_json("/api/denials/dismiss", {"seq": [blocked]})).json()["saved"] is True
+    async with running_site(tmp_path) as site:
+        c = Client(site.port)
+        await c.login("boss")
+        assert [i["reason"] for i in (await c.get("/api/denials")).json()["items"]] == ["unknown_card"]
+        rows = (await c.get("/api/audit?action=denials_done")).json()["rows"]
+        assert [(r["operator"], r["action"]) for r in rows] == [("desk", "denials_done")]  # once, not twice
 
 
 # -- the control socket ---------------------------------------------------------------------

@@ -188,7 +188,7 @@ async def occupancy(request: Request) -> Response:
 @requires()
 async def denials(request: Request) -> Response:
     c = console_of(request)
-    return as_json({"items": c.views.denials(0, c.dismissed)})
+    return as_json({"items": c.views.denials(0, c.dismissed())})
 
 
 @requires()
@@ -375,8 +375,8 @@ async def dismiss_denials(request: Request) -> Response:
     seqs = data.get("seq")
     if not isinstance(seqs, list) or len(seqs) > 500 or not all(isinstance(s, int) and not isinstance(s, bool) for s in seqs):
         raise HttpError(400, "seq: a list of event numbers")
-    console_of(request).dismiss(seqs)
-    return as_json({"ok": True})
+    saved = console_of(request).dismiss(seqs, operator(request).name)
+    return as_json({"ok": True, "saved": saved})
 
 
 def confirmed(data: dict[str, Any], word: str) -> None:

@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
+import structlog
 from starlette.requests import HTTPConnection
 
 from gated.config import ConsoleConfig
 from gated.console.backend import ConsoleBackend
 from gated.console.hub import FeedHub
 from gated.console.security import DeviceCookies, LoginLimiter, Sessions
-from gated.console.views import Views
+from gated.console.views import DENIALS_DONE, Views
+from sync.storage import STORAGE_ERRORS
+
+log = structlog.get_logger(__name__)
 
 DEVICE_KEY_META = "console_device_key"
 
@@ -41,8 +46,9 @@ class Console:
     devices: DeviceCookies = field(init=False)
     views: Views = field(init=False)
     hub: FeedHub = field(init=False)
-    # denials the desk has dealt with (the alert list); forgotten at restart
-    dismissed: set[int] = field(default_factory=set)
+    # today's denials the desk has dealt with (the alert list), read once a day from the
+    # audit log, where each "Done" is written
+    _done: tuple[date, set[int]] | None = None
 
     def __post_init__(self) -> None:
         self.sessions = Sessions(self.backend.config.console.session_minutes)
@@ -58,11 +64,26 @@ class Console:
     def cfg(self) -> ConsoleConfig:
         return self.backend.config.console
 
-    def dismiss(self, seqs: list[int]) -> None:
-        self.dismissed.update(seqs)
-        if len(self.dismissed) > 5000:  # bounded: the oldest are long out of today's list
-            for s in sorted(self.dismissed)[:1000]:
-                self.dismissed.discard(s)
+    def dismissed(self) -> set[int]:
+        today = self.views.today()
+        if self._done is None or self._done[0] != today:
+            self._done = (today, self.views.denials_done(today))
+        return self._done[1]
+
+    def dismiss(self, seqs: list[int], operator: str) -> bool:
+        """Marks denials done; False when the mark could not be written (it then holds
+        until the daemon restarts)."""
+        done = self.dismissed()
+        new = sorted(set(seqs) - done)
+        done.update(new)
+        if not new:
+            return True
+        try:
+            self.backend.audit(operator, DENIALS_DONE, {"denials": new})
+        except STORAGE_ERRORS as e:
+            log.warning("denials_done_not_saved", error=repr(e), operator=operator)
+            return False
+        return True
 
 
 def console_of(conn: HTTPConnection) -> Console:

@@ -21,6 +21,8 @@ from rules.timeutil import local_date, parse_duration, start_of_local_day
 from sync import read_models as rm
 from sync.store import Store
 
+DENIALS_DONE = "denials_done"  # the audit action of the desk's "Done" on a denial
+
 NOTABLE = ("access", "override", "attendance", "loyalty", "lockdown", "fire_alarm", "alarm", "deduction",
            "card_enrolled", "passage_unconfirmed")
 
@@ -185,6 +187,13 @@ class Views:
             if (at := parse_at(e.get("at"))) is not None and at >= start and e.get("seq") not in dismissed
         ][:limit]
         return self.feed_items(events)
+
+    def denials_done(self, day: date) -> set[int]:
+        """The denials the desk marked done on `day` (from the audit log: they stay done
+        across a restart, and each mark says who made it)."""
+        start, end = self.day_bounds(day)
+        rows = rm.audit_rows(self.store.conn, action=DENIALS_DONE, start=start, end=end, limit=5000)
+        return {s for r in rows for s in r.detail.get("denials", []) if isinstance(s, int) and not isinstance(s, bool)}
 
     def unknown_cards(self, limit: int = 20) -> list[dict[str, Any]]:
         """The latest unknown cards read at the gates (full number: the desk enrols them)."""

@@ -18,11 +18,13 @@ ACTIONS = {
     "logout": "Logged out",
     "login_failed": "Failed login",
     "enrol_card": "Assigned a card",
+    "denials_done": "Dealt with denials",
 }
 DETAIL_WORDS = {"gate": "gate", "reason": "reason", "booking": "class", "refund": "refund", "member": "member",
-                "points": "points", "ip": "from", "card": "card", "pass": "pass", "why": "as", "because": "as", "decision": "decision"}
+                "points": "points", "ip": "from", "card": "card", "pass": "pass", "why": "as", "because": "as", "decision": "decision",
+                "denials": "events"}
 HIDDEN_DETAIL = ("seq",)  # the event column says it
-NO_EVENT = ("login", "logout", "login_failed")  # their seq is only "the last event at the time"
+NO_EVENT = ("login", "logout", "login_failed", "denials_done")  # their seq is only "the last event at the time"
 
 
 def notice_text(ev: dict[str, Any], item: dict[str, Any], passes: dict[str, str]) -> str | None:
