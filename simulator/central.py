@@ -310,7 +310,7 @@ class Central(CentralDB):
                 if ack.gap:
                     await self._after_gap(site, daemon, batch.events[0].seq, ack.applied_seq)
                 if changed:
-                    delta = self._new_delta(site, pass_ids=changed)
+                    delta = self._new_delta(site, members=self.members(site, changed.members), pass_ids=changed.passes)
                     await self._publish(f"{self.settings.prefix}/{site}/delta", delta, qos=1)
             elif len(rest) == 4 and rest[2:] == ["replay", "answer"]:
                 self._on_replay_answer(rest[0], rest[1], ReplayAnswer.model_validate_json(payload))

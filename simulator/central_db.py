@@ -17,6 +17,7 @@ import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -35,6 +36,17 @@ log = logging.getLogger("gated.central")
 
 def _dump(model: BaseModel) -> str:
     return model.model_dump_json(by_alias=True, exclude_none=True)
+
+
+@dataclass(slots=True)
+class Changes:
+    """What a batch of events changed that the site's daemons must be sent (in a delta)."""
+
+    passes: set[str] = field(default_factory=set)  # balances moved
+    members: set[str] = field(default_factory=set)  # cards given by a desk (card_enrolled)
+
+    def __bool__(self) -> bool:
+        return bool(self.passes or self.members)
 
 
 class CentralDB:
@@ -180,10 +192,10 @@ class CentralDB:
 
     # -- applying a daemon's events -----------------------------------------------------------------
 
-    def apply_events(self, site: str, batch: EventBatch) -> tuple[Ack, set[str]]:
-        """Apply in seq order, each once; returns the ack and the passes whose balance moved."""
+    def apply_events(self, site: str, batch: EventBatch) -> tuple[Ack, Changes]:
+        """Apply in seq order, each once; returns the ack and what the daemons must be sent."""
         daemon = batch.daemon
-        changed: set[str] = set()
+        changed = Changes()
         gap = False
         now = iso_utc(self.clock())
         with self._tx():
@@ -217,7 +229,7 @@ class CentralDB:
             )
         return Ack(applied_seq=applied, gap=gap), changed
 
-    def _effect(self, site: str, ev: Mapping[str, Any], changed: set[str]) -> None:
+    def _effect(self, site: str, ev: Mapping[str, Any], changed: Changes) -> None:
         c = self.conn
         kind = ev.get("type")
         if kind == "deduction" and ev.get("pass") is not None:
@@ -232,7 +244,7 @@ class CentralDB:
                     "UPDATE passes SET balance = ?, body = ? WHERE site = ? AND id = ?",
                     (str(new), json.dumps(body, separators=(",", ":")), site, ev["pass"]),
                 )
-                changed.add(str(ev["pass"]))
+                changed.passes.add(str(ev["pass"]))
             else:
                 self.stats["deduction_unknown_pass"] += 1
         elif kind == "attendance" and ev.get("booking"):
@@ -250,6 +262,54 @@ class CentralDB:
                 "ON CONFLICT(site, member) DO UPDATE SET points = points + excluded.points",
                 (site, ev["member"], int(ev.get("points") or 0)),
             )
+        elif kind == "card_enrolled" and ev.get("member") and ev.get("card"):
+            self._enrol(site, str(ev["member"]), str(ev["card"]), changed)
+
+    def _enrol(self, site: str, member: str, card: str, changed: Changes) -> None:
+        """A desk gave `card` to `member` (docs/protocol.md, "Card enrolment"): the card
+        moves to them from whoever held it (one card, one member: the same card as this
+        system's look-up finds it), and every member touched goes out in a delta."""
+        body = self._member_body(site, member)
+        if body is None:
+            self.stats["card_enrolled_unknown_member"] += 1
+            return
+        try:
+            key, coarser = lookup_keys(card_from_text(card))
+        except ValueError:
+            self.stats["card_enrolled_bad_card"] += 1
+            return
+        keys = {key, *coarser}
+        marks = ",".join("?" * len(keys))
+        holders = [r[0] for r in self.conn.execute(
+            f"SELECT DISTINCT member FROM cards WHERE site = ? AND card IN ({marks}) AND member != ?",
+            (site, *sorted(keys), member),
+        )]
+        for other in holders:
+            held = MemberIn.model_validate_json(self._member_body(site, other) or "{}")
+            self._put_member(site, held.model_copy(update={"cards": [c for c in held.cards if card_key(c) not in keys]}))
+            changed.members.add(other)
+        m = MemberIn.model_validate_json(body)
+        if key not in {card_key(c) for c in m.cards}:
+            self._put_member(site, m.model_copy(update={"cards": [*m.cards, key]}))
+            changed.members.add(member)
+        self.stats["cards_enrolled"] += 1
+
+    def _member_body(self, site: str, member: str) -> str | None:
+        row = self.conn.execute("SELECT body FROM members WHERE site = ? AND id = ?", (site, member)).fetchone()
+        return str(row[0]) if row is not None else None
+
+    def members(self, site: str, ids: Iterable[str]) -> list[MemberIn]:
+        out = []
+        for mid in sorted(ids):
+            body = self._member_body(site, mid)
+            if body is not None:
+                out.append(MemberIn.model_validate_json(body))
+        return out
+
+    def cards_of(self, site: str, member: str) -> list[str]:
+        """The member's cards as this system keys them."""
+        rows = self.conn.execute("SELECT card FROM cards WHERE site = ? AND member = ? ORDER BY card", (site, member))
+        return [str(r[0]) for r in rows]
 
     # -- deltas and snapshots ---------------------------------------------------------------
 

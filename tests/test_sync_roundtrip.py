@@ -207,3 +207,30 @@ async def test_a_late_lookup_answer_is_applied_for_the_next_tap(mosquitto: Mosqu
         assert link.stats["lookup_late"] == 1
         pending, _ = engine.tap("in-1", Credential.card("NEW9"), now())
         assert pending.decision.granted
+
+
+async def test_a_card_enrolled_at_one_gate_opens_the_sites_other_gate(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
+    """The desk at gate A gives a card to Ana that Ben held: the reference central system
+    applies `card_enrolled` (the card moves from Ben to Ana) and sends both members in a
+    delta, so gate B knows the card is Ana's; the enrolment at A settles (the central
+    system has it) and nothing else at either gate changed."""
+    a, b = make_store(tmp_path / "a.db", "gate-a"), make_store(tmp_path / "b.db", "gate-b")
+    now = clock()
+    link_a = SyncLink(a, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
+    link_b = SyncLink(b, settings_for(mosquitto, "gate-b"), now=now, gates=GATES)
+    async with running(link_a.run(), link_b.run()):
+        await wait_until(lambda: link_a.stats["snapshots_applied"] == 1 and link_b.stats["snapshots_applied"] == 1,
+                         what="initial snapshots")
+        assert b.member_for_card("C2") == "m2"
+        a.enrol_card("C2", "m1", "desk", now())
+        assert a.member_for_card("C2") == "m1"  # at once, here
+        await wait_until(lambda: b.member_for_card("C2") == "m1", what="the card at the other gate")
+        assert central.cards_of(SITE, "m1") == sorted([a.card_key("C1"), a.card_key("C2")])
+        assert central.cards_of(SITE, "m2") == []
+        await wait_until(lambda: link_a.delta_seq == central.delta_seq(SITE), what="the delta at gate A")
+        assert a.conn.execute("SELECT COUNT(*) FROM card_enrolments").fetchone()[0] == 0  # settled
+        assert a.member_for_card("C2") == "m1" and a.member_for_card("C1") == "m1"
+        assert b.member_for_card("C1") == "m1" and b.member_for_card("C3") == "m3"
+        assert central.stats["cards_enrolled"] == 1
