@@ -7,6 +7,7 @@ import pytest
 
 from drivers.outputs import FireAlarmInputConfig
 from drivers.outputs.fire import FireAlarmMonitor
+from drivers.outputs.gate import Passage
 from drivers.outputs.modbus import OutputFault, OutputHealth
 from simulator.turnstile import SimTurnstile
 from tests.outputs_fixtures import *  # noqa: F403 (pytest fixtures)
@@ -43,10 +44,12 @@ async def test_rtu_active_low_and_safe_state(make_gate) -> None:
 async def test_rtu_server_stops_and_returns(sim_rtu: SimTurnstile, make_gate) -> None:
     gate, alarms = await make_gate(sim_rtu)
     await sim_rtu.stop_server()
-    # On a serial line nothing "disconnects": the board simply stops answering.
+    # On a serial line nothing "disconnects": the board simply stops answering. The release
+    # went out unanswered (the board might have carried it out): UNKNOWN, then refusals.
+    assert await gate.grant_passage() is Passage.UNKNOWN
+    await alarms.wait_for("relay_offline")
     with pytest.raises(OutputFault):
         await gate.grant()
-    await alarms.wait_for("relay_offline")
     assert gate.health is OutputHealth.OFFLINE
     await sim_rtu.start_server()
     await wait_until(lambda: gate.health is OutputHealth.ONLINE, what="reconnect")
