@@ -38,7 +38,7 @@ from .socat_pair import socat_pty_pair
 
 log = logging.getLogger(__name__)
 
-_READ_COILS, _READ_DISCRETE = 1, 2
+_READ_COILS, _READ_DISCRETE, _READ_INPUT_REGISTERS = 1, 2, 4
 _WRITE_COIL, _WRITE_COILS = 5, 15
 _READS = {1, 2, 3, 4}
 
@@ -80,6 +80,7 @@ class SimTurnstile:
         passage_input: int | None = 0,
         door_contact: int | None = 1,
         fire_alarm_input: int | None = 2,
+        passage_counter: int | None = None,
         active_low: bool = False,
         passage_active_low: bool = False,
         door_contact_active_low: bool = False,
@@ -101,6 +102,9 @@ class SimTurnstile:
         self.passage_input = passage_input
         self.door_contact = door_contact
         self.fire_alarm_input = fire_alarm_input
+        # an input register counting the passage input's pulses, as IO boards' counters do
+        self.passage_counter = passage_counter
+        self.pulse_count = 0
         self.active_low = active_low
         self.passage_active_low = passage_active_low
         self.door_contact_active_low = door_contact_active_low
@@ -268,6 +272,7 @@ class SimTurnstile:
         async with self._rotor:
             self._door_by_person += 1
             self._passage = True
+            self.pulse_count = (self.pulse_count + 1) % 65536  # the board counts the rising edge
             try:
                 await asyncio.sleep(self.passage_pulse)
                 self._passage = False
@@ -310,6 +315,7 @@ class SimTurnstile:
             if a is not None
         ]
         size = (max(addrs) // 16 + 1) * 16
+        registers = (self.passage_counter or 0) + 1
         # Separate blocks (the tuple form): coils and discrete inputs each have their own
         # address space, as on relay boards, instead of sharing registers.
         return SimDevice(
@@ -318,7 +324,7 @@ class SimTurnstile:
                 [SimData(0, count=size, values=False, datatype=DataType.BITS)],
                 [SimData(0, count=size, values=False, datatype=DataType.BITS)],
                 [SimData(0, count=1, values=0, datatype=DataType.REGISTERS)],
-                [SimData(0, count=1, values=0, datatype=DataType.REGISTERS)],
+                [SimData(0, count=registers, values=0, datatype=DataType.REGISTERS)],
             ),
             action=self._action,
         )
@@ -345,6 +351,10 @@ class SimTurnstile:
             _paint(registers, start_address, {self.coil: self._coil_raw})
         elif function_code == _READ_DISCRETE:
             _paint(registers, start_address, self._input_bits())
+        elif function_code == _READ_INPUT_REGISTERS and self.passage_counter is not None:
+            index = self.passage_counter - start_address
+            if 0 <= index < len(registers):
+                registers[index] = self.pulse_count
         return None
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:

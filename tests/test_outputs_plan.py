@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from drivers.outputs.bus import LineTiming, LoadMeter, ModbusLine, Priority, RequestQueue
-from drivers.outputs.plan import PassageDetector, RelayPlan
+from drivers.outputs.plan import PassageCounter, PassageDetector, RelayPlan
 
 # -- RelayPlan --------------------------------------------------------------------------
 
@@ -79,6 +79,25 @@ def test_passage_detector(readings: list[bool | None], edges: list[int]) -> None
         detector.observe(level)
         seen.append(detector.edges)
     assert seen == edges
+
+
+COUNTER = [
+    # readings of the board's counter, people counted after each
+    ([7, 7, 8, 10], [0, 0, 1, 3]),  # the first reading is the baseline; two between polls
+    ([65534, 65535, 0, 2], [0, 1, 2, 4]),  # 16 bits: it wraps
+    ([5, None, 9, 10], [0, 0, 0, 1]),  # what moved while unknown is not people now
+    ([None, 3, 3], [0, 0, 0]),
+]
+
+
+@pytest.mark.parametrize("readings,people", COUNTER)
+def test_passage_counter(readings: list[int | None], people: list[int]) -> None:
+    counter = PassageCounter()
+    seen = []
+    for count in readings:
+        counter.observe(count)
+        seen.append(counter.people)
+    assert seen == people
 
 
 # -- the line ---------------------------------------------------------------------------

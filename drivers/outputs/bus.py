@@ -71,6 +71,9 @@ class LineTiming:
     def read_bits_s(self, count: int) -> float:
         return self.exchange_s(8, 5 + (count + 7) // 8)
 
+    def read_registers_s(self, count: int) -> float:
+        return self.exchange_s(8, 5 + 2 * count)
+
 
 @dataclass(slots=True)
 class RequestQueue(Generic[T]):

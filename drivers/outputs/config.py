@@ -158,6 +158,15 @@ class ModbusOutputConfig(ModbusLinkConfig):
     passage_active_low: bool = Field(
         False, description="True if the passage input reads OFF while a rotation is reported."
     )
+    passage_counter: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Input register where the I/O board counts the passage input's pulses (a "
+        "16-bit counter that wraps, as most boards' DI counters). With it every rotation is "
+        "counted, even a pulse shorter than a poll; without it a pulse must outlast "
+        "passage_poll_interval plus one read to be seen.",
+    )
     door_contact: int | None = Field(
         None, ge=0, le=65535, description="Discrete input wired to the door/gate position contact."
     )

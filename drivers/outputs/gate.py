@@ -37,7 +37,7 @@ from .bus import Priority
 from .config import DoorMode, ModbusOutputConfig
 from .door import AlarmEvent, AlarmKind, DoorSupervisor, Observation
 from .modbus import ModbusGateOutput, OutputFault, OutputHealth, OutputUncertain
-from .plan import PassageDetector
+from .plan import PassageCounter, PassageDetector
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class GateController:
         self.supervisor = DoorSupervisor(
             passage_timeout=cfg.passage_timeout,
             held_open_after=cfg.held_open_after,
-            has_passage_sensor=cfg.passage_input is not None,
+            has_passage_sensor=cfg.passage_input is not None or cfg.passage_counter is not None,
             has_door_contact=cfg.door_contact is not None,
         )
         self.lockdown = False
@@ -114,6 +114,9 @@ class GateController:
         self.door_open: bool | None = None
         # Passage input, or without one the door contact: one rising edge, one person.
         self.detector = PassageDetector()
+        # the board's own count of passage pulses, where configured: it sees pulses that
+        # fall between two polls, which the level (the detector) cannot
+        self.counter = PassageCounter() if cfg.passage_counter is not None else None
         # Readings are numbered as they come back. The line runs one request at a time, so
         # a reading that came back after the release's write returned was taken after it.
         self._readings = 0
@@ -259,7 +262,7 @@ class GateController:
             "mode": str(self.cfg.mode),
             "door_forced": self.supervisor.forced,
             "door_held": self.supervisor.held,
-            "passages": self.detector.edges,
+            "passages": self.detector.edges if self.counter is None else self.counter.people,
         }
 
     @property
@@ -289,6 +292,7 @@ class GateController:
     async def _poll_once(self) -> None:
         passage: bool | None = None
         door_open: bool | None = None  # unknown while the board does not answer
+        count: int | None = None
         ok = False
         # While a rotation is reported, seeing it end is what lets the next person's
         # rotation count: that reading waits its turn with the coil writes instead of
@@ -297,15 +301,17 @@ class GateController:
         if self.output.health is OutputHealth.ONLINE:
             with contextlib.suppress(OutputFault):
                 snap = await self.output.read_inputs(Priority.WRITE if urgent else Priority.POLL)
-                passage, door_open, ok = snap.passage, snap.door_open, True
+                passage, door_open, count, ok = snap.passage, snap.door_open, snap.passage_count, True
         self._readings += 1
         seq = self._readings
         if not ok:
             self._failed_reading = seq
         # Only a rising edge is a new passage: the tail of the previous person's rotation
         # must not confirm the next grant.
-        level = passage if self.cfg.passage_input is not None else door_open
+        level = passage if self.cfg.passage_input is not None or self.counter is not None else door_open
         rising = self.detector.observe(level)
+        if self.counter is not None:
+            rising = self.counter.observe(count) > 0
         if rising:
             self._edge_reading = seq
         self.door_open = door_open
@@ -370,7 +376,7 @@ class GateController:
             uncertain = True
         after = self._readings
         self._observe(granted=True)
-        if self.cfg.passage_input is None and self.cfg.door_contact is None:
+        if self.cfg.passage_input is None and self.cfg.door_contact is None and self.counter is None:
             return Passage.UNKNOWN if uncertain else Passage.PASSED  # no sensor: commit on grant
         self._waiting += 1
         self._wake.set()  # poll now, and fast until this grant is settled

@@ -54,6 +54,7 @@ class InputsSnapshot:
 
     passage: bool | None
     door_open: bool | None
+    passage_count: int | None = None  # the board's pulse counter, where one is configured
 
 
 def _describe_refusal(resp: Any) -> str:
@@ -180,6 +181,20 @@ class ModbusDevice:
             # A stale answer to an earlier, timed-out request can surface here.
             raise self._fail(OutputFault(f"{what}: malformed answer {resp!r}"))
         return bits[:count]
+
+    async def read_input_register(self, address: int, priority: Priority = Priority.POLL) -> int:
+        timing = self._timing()
+        what = f"read input register {address}"
+        resp = await self._request(
+            lambda c: c.read_input_registers(address, count=1, device_id=self.cfg.unit),
+            what,
+            priority,
+            timing.read_registers_s(1) if timing is not None else 0.0,
+        )
+        registers = list(getattr(resp, "registers", []) or [])
+        if len(registers) < 1:
+            raise self._fail(OutputFault(f"{what}: malformed answer {resp!r}"))
+        return int(registers[0])
 
     async def _request(
         self,
@@ -319,7 +334,7 @@ class ModbusGateOutput(ModbusDevice):
 
     @property
     def has_passage_sensor(self) -> bool:
-        return self.out_cfg.passage_input is not None
+        return self.out_cfg.passage_input is not None or self.out_cfg.passage_counter is not None
 
     @property
     def has_door_contact(self) -> bool:
@@ -417,9 +432,12 @@ class ModbusGateOutput(ModbusDevice):
         if self._health is not OutputHealth.ONLINE:
             self._spawn_reconnect_if_needed()
             raise OutputFault(f"relay offline: {self.last_error}")
+        count = None
+        if cfg.passage_counter is not None:
+            count = await self.read_input_register(cfg.passage_counter, priority)
         wanted = [a for a in (cfg.passage_input, cfg.door_contact) if a is not None]
         if not wanted:
-            return InputsSnapshot(passage=None, door_open=None)
+            return InputsSnapshot(passage=None, door_open=None, passage_count=count)
         values: dict[int, bool] = {}
         lo, hi = min(wanted), max(wanted)
         if hi - lo < 16:
@@ -435,4 +453,4 @@ class ModbusGateOutput(ModbusDevice):
         door_open = None
         if cfg.door_contact is not None:
             door_open = values[cfg.door_contact] != cfg.door_contact_active_low
-        return InputsSnapshot(passage=passage, door_open=door_open)
+        return InputsSnapshot(passage=passage, door_open=door_open, passage_count=count)

@@ -15,6 +15,10 @@ RelayPlan rules:
 PassageDetector: one person is one rising edge of the passage input (or, without one, of
 the door contact). An unknown level (board not answering) forgets the last one, so an
 input already active when the board answers again is not a new person.
+
+PassageCounter: where the board counts the passage pulses itself, one person is one step
+of its 16-bit counter (which wraps); an unknown reading forgets the last count, so what
+the counter moved while the board was silent is not taken for people now.
 """
 
 from __future__ import annotations
@@ -75,3 +79,19 @@ class PassageDetector:
         if rising:
             self.edges += 1
         return rising
+
+
+COUNTER_MODULO = 1 << 16
+
+
+@dataclass(slots=True)
+class PassageCounter:
+    last: int | None = None  # the count at the last reading; None = unknown
+    people: int = 0  # counted so far
+
+    def observe(self, count: int | None) -> int:
+        """Feed one reading of the board's counter; the people through since the last one."""
+        new = 0 if count is None or self.last is None else (count - self.last) % COUNTER_MODULO
+        self.last = count
+        self.people += new
+        return new
