@@ -20,6 +20,7 @@ from typing import Any
 
 from drivers.outputs.config import ModbusOutputConfig, OutputTransport
 from drivers.outputs.modbus import ModbusGateOutput, OutputFault, OutputHealth
+from drivers.outputs.plan import COUNTER_MODULO
 from drivers.outputs.rtu_probe import CAUSES, Answer, probe_unit
 from gated.config import Config, GateConfig
 
@@ -135,11 +136,20 @@ class InputTrace:
 
 
 def verdict(cfg: ModbusOutputConfig, passage: InputTrace | None, door: InputTrace | None, end: float,
-            expect_passage: bool) -> tuple[bool, list[str]]:
-    """(passage seen, what the installer should look at)."""
+            expect_passage: bool, counted: int | None = None) -> tuple[bool, list[str]]:
+    """(passage seen, what the installer should look at). `counted`: how far the board's
+    pulse counter moved (passage_counter), which is then what the daemon goes by."""
     notes: list[str] = []
     seen = False
-    if passage is not None:
+    if counted is not None:
+        seen = counted > 0
+        if not seen and passage is not None and passage.toggled:
+            notes.append("the passage input pulsed and the counter did not move: passage_counter "
+                         "names the wrong register, or the board's counter is off for that input")
+        elif counted > 1 and expect_passage:
+            notes.append(f"the counter moved by {counted} for one release: more than one person, "
+                         "or it counts another input (or both edges) too")
+    elif passage is not None:
         seen = bool(passage.changes) and any(
             level and i > 0 for i, (_, level) in enumerate(passage.changes)
         )
@@ -196,10 +206,13 @@ async def test_relay(
         out("board answers; coil driven to locked")
         passage = InputTrace("passage", cfg.passage_input) if cfg.passage_input is not None else None
         door = InputTrace("door contact", cfg.door_contact) if cfg.door_contact is not None else None
+        counts: list[int] = []  # the board's pulse counter (passage_counter), as read
         t0 = time.monotonic()
 
         async def read() -> None:
             snap = await output.read_inputs()
+            if snap.passage_count is not None:
+                counts.append(snap.passage_count)
             t = time.monotonic() - t0
             if passage is not None:
                 passage.feed(t, snap.passage)
@@ -223,7 +236,11 @@ async def test_relay(
         for trace in (passage, door):
             if trace is not None:
                 out("  " + trace.describe(end))
-        seen, notes = verdict(cfg, passage, door, end, expect_passage)
+        counted = None
+        if cfg.passage_counter is not None and counts:
+            counted = (counts[-1] - counts[0]) % COUNTER_MODULO
+            out(f"  passage counter (register {cfg.passage_counter}): {counts[0]} -> {counts[-1]} (+{counted})")
+        seen, notes = verdict(cfg, passage, door, end, expect_passage, counted)
         for note in notes:
             out(f"check: {note}")
         if seen:

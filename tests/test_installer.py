@@ -68,6 +68,20 @@ async def test_test_relay_sees_the_passage_quietly(tmp_path: Path) -> None:
     quiet(out)
 
 
+async def test_test_relay_reads_the_boards_pulse_counter(tmp_path: Path) -> None:
+    """With passage_counter the counter is what decides (as in the daemon), and a counter
+    register that does not count the passage input is named."""
+    async with SimTurnstile(port=0, person=Person(delay=0.1), passage_counter=8) as sim:
+        cfg = write_config(tmp_path, tcp_output(sim, passage_counter=8))
+        out = await arun("test-relay", "g1", "-c", str(cfg))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "passage counter (register 8): 0 -> 1 (+1)" in out.stdout and "passage seen: yes" in out.stdout
+        quiet(out)
+        cfg = write_config(tmp_path, tcp_output(sim, passage_counter=7))  # a register that counts nothing
+        out = await arun("test-relay", "g1", "-c", str(cfg))
+        assert out.returncode == 1 and "counter did not move" in out.stdout, out.stdout
+
+
 async def test_test_relay_fails_without_a_passage_unless_none_is_expected(tmp_path: Path) -> None:
     async with SimTurnstile(port=0, person=Person(turns=False)) as sim:
         cfg = write_config(tmp_path, tcp_output(sim))
