@@ -325,6 +325,7 @@ async def monitor(
                     f"coil={'ON' if coil else 'off'} ({'released' if released else 'locked'}) "
                     f"passage={_flag(snap.passage, 'ACTIVE', 'inactive')} "
                     f"door={_flag(snap.door_open, 'OPEN', 'closed')}"
+                    + (f" counter={snap.passage_count}" if snap.passage_count is not None else "")
                     + (f" line load={load:.0%}" if load is not None else "")
                 )
             if output.health is not OutputHealth.ONLINE:

@@ -139,8 +139,9 @@ def test_rtu_answers_are_classified() -> None:
 
 
 async def test_monitor_shows_the_door_while_you_wire(tmp_path: Path) -> None:
-    async with SimTurnstile(port=0) as sim:
-        cfg = write_config(tmp_path, tcp_output(sim))
+    async with SimTurnstile(port=0, passage_counter=4) as sim:
+        sim.pulse_count = 41  # the board's count since its power-up
+        cfg = write_config(tmp_path, tcp_output(sim, passage_counter=4))
         proc = await asyncio.create_subprocess_exec(
             *GATED, "monitor", "g1", "-c", str(cfg), "--duration", "20",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -158,6 +159,7 @@ async def test_monitor_shows_the_door_while_you_wire(tmp_path: Path) -> None:
             proc.terminate()
             await proc.wait()
     assert any("coil=off (locked)" in x for x in lines), lines
+    assert any("counter=41" in x for x in lines), lines
 
 
 async def test_relay_by_hand_without_the_daemon(tmp_path: Path) -> None:
