@@ -228,13 +228,18 @@ async def test_check_in_validates_and_goes_through_the_ledger(tmp_path: Path) ->
         assert "reason: forgot card" in audit[0]["detail_text"]
 
 
+async def two_denials(site: Any) -> tuple[Client, list[dict[str, Any]]]:
+    """The desk logged in, a blocked member's card and an unknown card tapped: the list."""
+    c = Client(site.port)
+    await c.login("desk")
+    await site.tap("DEADBEEF")
+    await site.tap("cafe0001")
+    return c, (await c.get("/api/denials")).json()["items"]
+
+
 async def test_denials_list_and_unknown_cards(tmp_path: Path) -> None:
     async with running_site(tmp_path) as site:
-        c = Client(site.port)
-        await c.login("desk")
-        await site.tap("DEADBEEF")
-        await site.tap("cafe0001")
-        items = (await c.get("/api/denials")).json()["items"]
+        c, items = await two_denials(site)
         assert [i["reason"] for i in items] == ["unknown_card", "member_blocked"]
         assert items[0]["card"] == "uid:CAFE0001"  # typed: what the desk enrols
         assert [u["card"] for u in (await c.get("/api/unknown-cards")).json()["items"]] == ["uid:CAFE0001"]
@@ -257,11 +262,7 @@ async def test_done_denials_stay_done_across_a_restart(tmp_path: Path) -> None:
     """The desk's "Done" on a denial is written to the audit log (who, when): after the
     daemon restarts, the alert list does not bring back what the desk already dealt with."""
     async with running_site(tmp_path) as site:
-        c = Client(site.port)
-        await c.login("desk")
-        await site.tap("DEADBEEF")
-        await site.tap("cafe0001")
-        items = (await c.get("/api/denials")).json()["items"]
+        c, items = await two_denials(site)
         blocked = next(i["seq"] for i in items if i["reason"] == "member_blocked")
         assert (await c.post_json("/api/denials/dismiss", {"seq": [blocked, blocked]})).json()["saved"] is True
         assert (await c.post_json("/api/denials/dismiss", {"seq": [blocked]})).json()["saved"] is True
