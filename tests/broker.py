@@ -46,8 +46,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def have_mosquitto() -> bool:
-    return Path(MOSQUITTO).exists()
+def needs_mosquitto() -> None:
+    """The broker is part of what is tested, not optional: `make test` installs it (as it
+    does socat), so a machine without it fails with the way to fix it."""
+    if not Path(MOSQUITTO).exists():
+        pytest.fail("mosquitto is required (make system-deps installs it)")
 
 
 @dataclass
@@ -117,8 +120,7 @@ class Mosquitto:
 
 @pytest.fixture
 def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
-    if not have_mosquitto():
-        pytest.skip("mosquitto is not installed (make system-deps)")
+    needs_mosquitto()
     made: list[Mosquitto] = []
 
     def make(**kw: Any) -> Mosquitto:

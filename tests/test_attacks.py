@@ -30,14 +30,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from gated.control import request
 from gated.daemon import Daemon
 from rules.credential import Credential
 from simulator.serial_reader import VirtualSerialReader
 from simulator.turnstile import SimTurnstile
 from sync.qrtoken import generate_private_key, mint, public_key_text
+from tests.broker import needs_mosquitto
 from tests.test_console import PASSWORDS, Client
 from tests.test_console import running_site as console_site
 from tests.test_faults_devices import BALANCE, CARDS, make_config, output, running_site
@@ -351,11 +350,11 @@ def _mqtt(port: int, user: str, password: str) -> Any:
     return c
 
 
-@pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="mosquitto is not installed")
 def test_broker_acl_example_keeps_each_daemon_to_its_own_topics(tmp_path: Path) -> None:
     """config/mosquitto-acl.example on a real mosquitto: a gate daemon cannot post another
     gate's events, acknowledge its own events, push a delta or pose as the central system;
     what it is meant to publish gets through."""
+    needs_mosquitto()
     users = {"central": "c-pw", "gym-madrid-1.gate-a": "a-pw", "gym-madrid-1.gate-b": "b-pw"}
     passwd = tmp_path / "passwd"
     passwd.write_text("")

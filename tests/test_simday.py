@@ -20,7 +20,7 @@ import pytest
 
 from simulator.day import plan as P
 from simulator.day.population import generate
-from tests.broker import have_mosquitto
+from tests.broker import needs_mosquitto
 from tests.test_daemon import GATED
 
 
@@ -52,8 +52,7 @@ def test_population_and_plan_are_the_seeds() -> None:
 
 @pytest.fixture(scope="module")
 def short_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any], str]]:
-    if not have_mosquitto():
-        pytest.skip("mosquitto is not installed (make system-deps)")
+    needs_mosquitto()
     d = tmp_path_factory.mktemp("simday") / "run"
     report = d.parent / "report.json"
     out = subprocess.run([*GATED, "sim", "day", "--short", "--seed", "3", "--dir", str(d), "--json", str(report)],
