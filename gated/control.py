@@ -199,8 +199,11 @@ class ControlServer:
         return {"lockdown": cmd.on}
 
 
-async def request(path: str | Path, obj: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
-    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path), limit=MAX_LINE), timeout)
+async def request(
+    path: str | Path, obj: dict[str, Any], timeout: float = 15.0, *, limit: int = MAX_LINE
+) -> dict[str, Any]:
+    """One JSON line to a control socket and its one-line answer (at most `limit` bytes)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path), limit=limit), timeout)
     try:
         writer.write(json.dumps(obj).encode() + b"\n")
         await writer.drain()

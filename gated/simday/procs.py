@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gated.control import request as control_request
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 ROOT = Path(__file__).resolve().parent.parent.parent
 BRIDGE_EXAMPLE = ROOT / "config" / "mosquitto-bridge.conf.example"
@@ -306,15 +308,8 @@ class CentralProc:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
     async def request(self, obj: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(self.control), limit=2**24), timeout)
-        try:
-            writer.write(json.dumps(obj).encode() + b"\n")
-            await writer.drain()
-            line = await asyncio.wait_for(reader.readline(), timeout)
-            out: dict[str, Any] = json.loads(line)
-            return out
-        finally:
-            writer.close()
+        # the central's answers (its event log, a gate's records) run to megabytes
+        return await control_request(self.control, obj, timeout, limit=2**24)
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
