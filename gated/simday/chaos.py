@@ -4,12 +4,23 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
+from collections.abc import Callable
 from typing import Any
 
-from gated.simday.rig import PERSON, Chain
+from gated.simday.rig import PERSON, Chain, GateRig
 from gated.simday.traffic import Records
 from simulator.day import plan as P
+
+# A fault at one gate: the rig's flag (what the traffic and the report read), how it starts,
+# how it ends.
+GATE_FAULTS: dict[str, tuple[str, Callable[[GateRig], None], Callable[[GateRig], None]]] = {
+    P.UNPLUG_READER: ("unplugged", lambda r: r.reader.unplug(), lambda r: r.reader.replug()),
+    P.RELAY_OFFLINE: ("relay_offline", lambda r: r.turnstile.inject("no_answer"), lambda r: r.turnstile.inject("none")),
+    P.NEVER_TURNS: ("never_turns", lambda r: r.turnstile.set_person(turns=False, delay=PERSON.delay),
+                    lambda r: r.turnstile.set_person(turns=True, delay=PERSON.delay)),
+}
 
 
 class ChaosRunner:
@@ -39,6 +50,16 @@ class ChaosRunner:
         self.records.chaos.append({"n": i, "kind": c.kind, "site": c.site, "gate": c.gate, "phase": phase,
                                    "sim": self.chain.clock.now().isoformat(), "real": self.records.real(), **detail})
 
+    async def _lasting(self, i: int, c: P.Chaos, end: Callable[[], object], **detail: Any) -> None:
+        """A fault that has just started: logged, left for `c.duration` of the day, ended
+        (`end` may return an awaitable), logged."""
+        self._log(i, c, "start", **detail)
+        await self.chain.clock.sleep(c.duration)
+        ended = end()
+        if inspect.isawaitable(ended):
+            await ended
+        self._log(i, c, "end")
+
     async def _run(self, i: int, c: P.Chaos) -> None:
         clock = self.chain.clock
         await clock.sleep_until(c.at)
@@ -61,10 +82,7 @@ class ChaosRunner:
             assert c.site
             b = ch.site_brokers[c.site]
             b.kill()
-            self._log(i, c, "start", broker=b.name)
-            await clock.sleep(c.duration)
-            await asyncio.to_thread(b.start)
-            self._log(i, c, "end")
+            await self._lasting(i, c, lambda: asyncio.to_thread(b.start), broker=b.name)
         elif c.kind == P.CUT_WAN:
             assert c.site
             wan = ch.wan.get(c.site)
@@ -72,10 +90,7 @@ class ChaosRunner:
                 self._log(i, c, "skipped", why="no bridge in this topology")
                 return
             wan.cut()
-            self._log(i, c, "start")
-            await clock.sleep(c.duration)
-            wan.restore()
-            self._log(i, c, "end")
+            await self._lasting(i, c, wan.restore)
         elif c.kind == P.STOP_CENTRAL:
             assert ch.central is not None
             ch.central.kill9()
@@ -103,36 +118,18 @@ class ChaosRunner:
                     break
                 await clock.sleep(60)
             self._log(i, c, "done", result=out)
-        elif c.kind == P.UNPLUG_READER:
+        elif c.kind in GATE_FAULTS:
             assert c.site and c.gate
             rig = ch.gates[(c.site, c.gate)]
-            rig.unplugged = True
-            rig.reader.unplug()
-            self._log(i, c, "start")
-            await clock.sleep(c.duration)
-            rig.reader.replug()
-            rig.unplugged = False
-            self._log(i, c, "end")
-        elif c.kind == P.RELAY_OFFLINE:
-            assert c.site and c.gate
-            rig = ch.gates[(c.site, c.gate)]
-            rig.relay_offline = True
-            rig.turnstile.inject("no_answer")
-            self._log(i, c, "start")
-            await clock.sleep(c.duration)
-            rig.turnstile.inject("none")
-            rig.relay_offline = False
-            self._log(i, c, "end")
-        elif c.kind == P.NEVER_TURNS:
-            assert c.site and c.gate
-            rig = ch.gates[(c.site, c.gate)]
-            rig.never_turns = True
-            rig.turnstile.set_person(turns=False, delay=PERSON.delay)
-            self._log(i, c, "start")
-            await clock.sleep(c.duration)
-            rig.turnstile.set_person(turns=True, delay=PERSON.delay)
-            rig.never_turns = False
-            self._log(i, c, "end")
+            flag, on, off = GATE_FAULTS[c.kind]
+            setattr(rig, flag, True)
+            on(rig)
+
+            def end() -> None:
+                off(rig)
+                setattr(rig, flag, False)
+
+            await self._lasting(i, c, end)
         else:  # pragma: no cover - the plan only holds known kinds
             self._log(i, c, "skipped", why="unknown kind")
 
