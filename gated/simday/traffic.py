@@ -302,11 +302,7 @@ class Traffic:
                     continue
             if rnd.random() < 0.05 and reason not in ("member_blocked", "unknown_card", "anti_passback"):
                 # the desk lets them in once (a good customer with a problem)
-                status, _ = await self.desk(v.site, "open", gate=DESK_GATE, reason=f"{v.member}: {reason}",
-                                            member=v.member)
-                if status == 200:
-                    self.inside.add((v.site, v.member))
-                    return True
+                return await self._desk_lets_in(v, f"{v.member}: {reason}")
             return False
         return False
 
@@ -317,16 +313,8 @@ class Traffic:
             return False
         p = mine[0]
         amount = 10 if p["kind"] == "visits" else 50
-        central = self.chain.central
-        assert central is not None
-        entry: dict[str, Any] = {"sim": self.clock.now().isoformat(), "real": self.records.real(), "site": v.site,
-                                 "kind": "topup", "pass": p["id"], "amount": amount}
-        try:
-            out = await central.request({"cmd": "topup", "site": v.site, "pass": p["id"], "amount": amount}, 10)
-        except (OSError, TimeoutError, ValueError) as e:
-            out = {"error": repr(e)}
-        entry["response"] = out
-        self.records.back_office.append(entry)
+        out = await self._back_office(v.site, "topup", {"cmd": "topup", "site": v.site, "pass": p["id"], "amount": amount},
+                                      **{"pass": p["id"], "amount": amount})
         return bool(out.get("committed"))
 
     async def _forgot_card(self, v: Visit) -> bool:
@@ -335,12 +323,29 @@ class Traffic:
         status, _ = await self.desk(v.site, "attend", booking=v.booking, refund=False, member=v.member)
         if status not in (200, 409):
             return False
-        status, _ = await self.desk(v.site, "open", gate=DESK_GATE, reason=f"{v.member} forgot the card",
-                                    member=v.member)
+        return await self._desk_lets_in(v, f"{v.member} forgot the card")
+
+    async def _desk_lets_in(self, v: Visit, reason: str) -> bool:
+        """The desk opens the gate once for the member; True when it did."""
+        status, _ = await self.desk(v.site, "open", gate=DESK_GATE, reason=reason, member=v.member)
         if status == 200:
             self.inside.add((v.site, v.member))
             return True
         return False
+
+    async def _back_office(self, site: str, kind: str, cmd: dict[str, Any], **entry: Any) -> dict[str, Any]:
+        """A change the back office makes at the central system, recorded for the checks."""
+        central = self.chain.central
+        assert central is not None
+        record: dict[str, Any] = {"sim": self.clock.now().isoformat(), "real": self.records.real(), "site": site,
+                                  "kind": kind, **entry}
+        try:
+            out = await central.request(cmd, 10)
+        except (OSError, TimeoutError, ValueError) as e:
+            out = {"error": repr(e)}
+        record["response"] = out
+        self.records.back_office.append(record)
+        return out
 
     async def leave(self, v: Visit, rnd: random.Random) -> bool:
         for _attempt in range(40):
@@ -380,16 +385,8 @@ class Traffic:
         p: dict[str, Any] = {"id": f"p-{e.member}", "member": e.member, "kind": "time", "name": "Monthly",
              "valid_from": day.isoformat(), "valid_until": (day + timedelta(days=30)).isoformat(),
              "access_windows": {"mon-sun": "00:00-24:00"}}
-        central = self.chain.central
-        assert central is not None
-        entry: dict[str, Any] = {"sim": self.clock.now().isoformat(), "real": self.records.real(), "site": e.site,
-                                 "kind": "enrol", "member": member, "pass": p}
-        try:
-            entry["response"] = await central.request({"cmd": "push", "site": e.site, "members": [member],
-                                                       "passes": [p]}, 10)
-        except (OSError, TimeoutError, ValueError) as ex:
-            entry["response"] = {"error": repr(ex)}
-        self.records.back_office.append(entry)
+        await self._back_office(e.site, "enrol", {"cmd": "push", "site": e.site, "members": [member], "passes": [p]},
+                                member=member, **{"pass": p})
         self.cards[e.member] = e.card
         self.passes[e.site][p["id"]] = p
         await self.clock.sleep(float(e.data.get("tap_after_minutes", 5)) * 60)
