@@ -16,12 +16,14 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from gated.auth import hash_password
+from gated.clock import SimulatedClock
 from gated.config import Config
 from gated.console.security import LoginLimiter, Sessions, same_origin
 from gated.daemon import Daemon
@@ -154,16 +156,26 @@ class Site:
         return await self.daemon.handle_credential(gate, Credential.card(card, "test"))
 
 
+def mid_morning() -> SimulatedClock:
+    """Today at 10:00 on the site, running at real speed: the seeded classes (up to 3½ hours
+    ahead) then fall on the same local day whenever the suite runs. On the wall clock, a run
+    at 23:45 would put Ana's Spinning after midnight, and the rules rightly stop calling her
+    early for a class that is tomorrow."""
+    today = datetime.now(ZoneInfo(TZ)).date()
+    return SimulatedClock(datetime.combine(today, dt_time(10, 0), ZoneInfo(TZ)).astimezone(UTC), speed=1)
+
+
 @contextlib.asynccontextmanager
 async def running_site(tmp_path: Path, tls: tuple[Path, Path] | None = None) -> AsyncIterator[Site]:
     async with SimTurnstile(transport="tcp", host="127.0.0.1", port=0) as turnstile:
         port = free_port()
         config = site_config(tmp_path, turnstile.port, port, tls)
-        now = datetime.now(UTC)
+        clock = mid_morning()
+        now = clock()
         store = Store(config.store.path, config.site_domain(), daemon_id=config.daemon_id)
         store.apply_sync(batch_from(seed_data(now), config), now)
         store.close()
-        daemon = Daemon(config)
+        daemon = Daemon(config, clock=clock)
         await daemon.start()
         try:
             assert daemon.console is not None and daemon.console.running
