@@ -269,6 +269,10 @@ def _denial(view: MemberView, gate: Gate, site: Site, policy: Policy, now: datet
         )
         if cancelled:
             required.update({"cancelled_class": cancelled[0].class_name, "cancelled_starts": _hhmm(cancelled[0].starts_at, site)})
+        elif (upcoming := _next_booked_day(view, gate, site, now)) is not None:
+            # Booked, but for another day (a class just after midnight, or tomorrow's class
+            # mistaken for today's): "please book a class" would tell her to do what she did.
+            required.update(_upcoming_facts(upcoming, gate, site, now))
         return deny(Reason.BOOKING_REQUIRED, **required)
     best: tuple[int, Pass, Reason] | None = None
     for p in sorted(walk_in_passes, key=_walk_in_preference):
@@ -294,6 +298,30 @@ def _denial(view: MemberView, gate: Gate, site: Site, policy: Policy, now: datet
         hint["cost"] = _fmt_amount(p.entry_cost)
         hint["kind"] = p.kind.value
     return deny(reason, **hint)
+
+
+def _next_booked_day(view: MemberView, gate: Gate, site: Site, now: datetime) -> Booking | None:
+    """The member's next booked class in the gate's zone on a later local day."""
+    today = local_date(now, site.timezone)
+    later = [
+        b for b in view.bookings
+        if b.status == BookingStatus.BOOKED and b.zone == gate.zone and local_date(b.starts_at, site.timezone) > today
+    ]
+    return min(later, key=lambda b: (b.starts_at, b.id), default=None)
+
+
+def _upcoming_facts(b: Booking, gate: Gate, site: Site, now: datetime) -> dict[str, str]:
+    today = local_date(now, site.timezone)
+    starts = local(b.starts_at, site.timezone)
+    if (starts.date() - today).days == 1:
+        day = "tomorrow"
+    else:
+        day = f"on {starts:%a} {starts.day} {starts:%b}"
+    facts = {"next_class": b.class_name, "next_day": day, "next_starts": _hhmm(b.starts_at, site)}
+    opens = gate.arrival_window(b)[0]
+    if local_date(opens, site.timezone) == today:  # the window opens before midnight
+        facts["next_entry_from"] = _hhmm(opens, site)
+    return facts
 
 
 def _later_booking_today(view: MemberView, gate: Gate, site: Site, now: datetime) -> Booking | None:

@@ -85,6 +85,10 @@ def _booking_required(facts: Facts) -> str:
         when = f" at {facts['cancelled_starts']}" if "cancelled_starts" in facts else ""
         return (f"Your class {facts['cancelled_class']}{when} was cancelled"
                 + SEP + "book another class in your app")
+    if "next_class" in facts:
+        when = f"{facts.get('next_day', 'another day')} at {facts['next_starts']}" if "next_starts" in facts else facts.get("next_day", "another day")
+        return (f"Your class {facts['next_class']} is {when}"
+                + SEP + (f"entry from {facts['next_entry_from']}" if "next_entry_from" in facts else "see you then"))
     return "Please book a class in your app first" + SEP + f"{_pass(facts)} is for booked classes"
 
 

@@ -3,6 +3,7 @@ hands it for the cases the front desk reported (issue 13, "Messages a member und
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -38,6 +39,11 @@ TABLE: list[tuple[Reason, dict[str, str], str]] = [
     (Reason.BOOKING_REQUIRED, {"pass": "wellpass"}, "Please book a class in your app first — wellpass is for booked classes"),
     (Reason.BOOKING_REQUIRED, {"pass": "wellpass", "cancelled_class": "Yoga", "cancelled_starts": "18:00"},
      "Your class Yoga at 18:00 was cancelled — book another class in your app"),
+    (Reason.BOOKING_REQUIRED, {"pass": "wellpass", "next_class": "Spinning", "next_day": "tomorrow", "next_starts": "00:03",
+                               "next_entry_from": "23:48"},
+     "Your class Spinning is tomorrow at 00:03 — entry from 23:48"),
+    (Reason.BOOKING_REQUIRED, {"pass": "wellpass", "next_class": "Yoga", "next_day": "on Sat 21 Nov", "next_starts": "09:00"},
+     "Your class Yoga is on Sat 21 Nov at 09:00 — see you then"),
     (Reason.NO_BALANCE, {"pass": "1000 points", "kind": "credits", "balance": "100", "cost": "120"},
      "Not enough left on 1000 points — 120 credits needed, 100 left"),
     (Reason.NO_BALANCE, {"pass": "Multipack 10", "kind": "visits", "balance": "0", "cost": "1"},
@@ -98,6 +104,19 @@ def test_decided_messages() -> None:
     yoga = Booking("b2", "m2", "p2", "Yoga", "main", NOW + timedelta(minutes=5), NOW + timedelta(minutes=60),
                    status=BookingStatus.CANCELLED)
     assert _facts(MemberView(lena, (wellpass,), (yoga,))) == "Your class Yoga at 12:45 was cancelled — book another class in your app"
+    # booked, but not for today: told when, not asked to book (the contract's reason stays
+    # booking_required: too_early is for a class later the same local day)
+    late = datetime(2026, 11, 18, 23, 43, tzinfo=TZ).astimezone(UTC)
+    spin = Booking("b3", "m2", "p2", "Spinning", "main", late + timedelta(minutes=20), late + timedelta(minutes=65))
+    d = decide(MemberView(lena, (wellpass,), (spin,)), Presented.card(), GATE, SITE, Policy(), late)
+    assert d.reason == Reason.BOOKING_REQUIRED
+    assert message(d.reason, d.hint) == "Your class Spinning is tomorrow at 00:03 — entry from 23:48"
+    thursday = Booking("b4", "m2", "p2", "Yoga", "main", NOW + timedelta(days=1, hours=7), NOW + timedelta(days=1, hours=8))
+    assert _facts(MemberView(lena, (wellpass,), (thursday,))) == "Your class Yoga is tomorrow at 19:40 — see you then"
+    saturday = replace(thursday, starts_at=NOW + timedelta(days=3), ends_at=NOW + timedelta(days=3, hours=1))
+    assert _facts(MemberView(lena, (wellpass,), (saturday,))) == "Your class Yoga is on Sat 21 Nov at 12:40 — see you then"
+    done = replace(thursday, status=BookingStatus.ATTENDED)  # only a class still to come counts
+    assert _facts(MemberView(lena, (wellpass,), (done,))).startswith("Please book a class in your app first")
     # a credit pass short of the price
     kari = Member("m3", "Kari Nordmann")
     points = Pass("p3", "m3", "1000 points", PassKind.CREDITS, Decimal(100), DeductOn.ACCESS, Decimal(120), access_windows=ALWAYS)
