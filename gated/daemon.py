@@ -110,6 +110,16 @@ class Daemon:
             TrustedKeys.from_texts(config.qr.public_keys),
         )
 
+    def log_card_rule(self, store: Store) -> None:
+        log.warning(
+            "card_rule_changed",
+            cards_typed_as=store.cards_typed_as.value,
+            now=store.ten_digits.value,
+            action="a snapshot is asked for to type the cards again"
+            if self.config.mqtt is not None
+            else "no central system configured: stored 10-digit cards keep the old typing; seed typed keys (em: or em32:)",
+        )
+
     def _open_store(self) -> Store:
         cfg = self.config
         try:
@@ -127,6 +137,8 @@ class Daemon:
         )
         store = self.store = self._open_store()
         store.listeners.append(self._on_events)
+        if store.card_rule_changed:
+            self.log_card_rule(store)
         self.engine = self.build_engine(cfg, store)
         backup_every = parse_duration(cfg.store.backup_interval) if cfg.store.backup_interval else None
         self.storage = StorageWatch(

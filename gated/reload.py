@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,15 @@ async def reload_config(d: Daemon, path: Path) -> bool:
     d.config = new
     # rules parameters swap atomically: a tap decided after this line uses the new ones
     d.engine = d.build_engine(new, d.store)
+    if new.ten_digits() != d.store.ten_digits:  # EM readers swapped between decimal and hex
+        try:
+            d.store.set_ten_digits(new.ten_digits())
+        except (sqlite3.Error, OSError) as e:  # the store's own alarms say why; taps go on
+            log.error("card_rule_not_changed", error=str(e), kept=d.store.ten_digits.value)
+        if d.store.card_rule_changed:
+            d.log_card_rule(d.store)
+            if d.link is not None:
+                await d.link.card_rule_changed()
     if d.taps is not None:
         d.taps.engine, d.taps.config = d.engine, new
     old_gates = {g.id: g for g in old.gates}

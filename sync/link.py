@@ -400,7 +400,10 @@ class SyncLink:
                     return self.session.snapshot_failed(str(e), self.mono())
                 log.info("snapshot %s applied (delta_seq %d)", action.snapshot_id, action.delta_seq)
                 self._changed("snapshot")
-                return self.session.snapshot_committed(self.mono())
+                follow = self.session.snapshot_committed(self.mono())
+                if self.store.card_rule_changed:  # built under the rule before a reload
+                    follow = [*follow, *self.session.want_snapshot("card_rule", self.mono())]
+                return follow
             case AbortSnapshot():
                 self._stop_building()
                 await self.replica.abort()
@@ -505,6 +508,11 @@ class SyncLink:
             return False
         await self._perform(client, self.session.request_resync(reason, self.mono()))
         return True
+
+    async def card_rule_changed(self) -> None:
+        """The store's rule for 10-digit card numbers changed (a reload with other readers):
+        its cards are re-typed from a fresh snapshot, asked for now or at the connection."""
+        await self._perform(self._client if self.connected else None, self.session.want_snapshot("card_rule", self.mono()))
 
     async def publish_health(self, info: Mapping[str, Any] | None = None) -> None:
         client = self._client

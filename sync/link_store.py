@@ -28,6 +28,7 @@ class LinkStore:
             last_seq=s.last_seq,
             delta_seq=s.delta_seq,
             has_snapshot=s.snapshot_id is not None,
+            snapshot_reason="card_rule" if s.card_rule_changed else None,
         )
 
     def _batch(self, members: Sequence[Any], passes: Sequence[Any], bookings: Sequence[Any], remove: Any = None) -> SyncBatch:

@@ -150,7 +150,7 @@ class Health(_Wire):
     extra: dict[str, Any] = {}
 
 
-RESYNC_REASONS = ("startup", "gap", "reconnect", "reconcile", "snapshot_failed", "manual")
+RESYNC_REASONS = ("startup", "gap", "reconnect", "reconcile", "snapshot_failed", "manual", "card_rule")
 
 
 class ResyncRequest(_Wire):
@@ -162,7 +162,7 @@ class ResyncRequest(_Wire):
     daemon: Level
     request_id: RequestId
     reason: (
-        Literal["startup", "gap", "reconnect", "reconcile", "snapshot_failed", "manual"]
+        Literal["startup", "gap", "reconnect", "reconcile", "snapshot_failed", "manual", "card_rule"]
         | Annotated[str, Field(min_length=1, max_length=50)]
     )
     since_delta_seq: Seq | None = None

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 7
 REPLICA_SCHEMA_VERSION = 2
+# replica meta: the rule for untyped 10-digit card strings its cards were typed under
+# (rules.credential.TenDigits); absent in replicas written before it (then: the current rule)
+CARDS_TYPED_AS = "cards_typed_as"
 
 # -- the replica ---------------------------------------------------------------------------
 

@@ -159,6 +159,9 @@ class Session:
         self.delta_seq = replica.delta_seq
         self.has_snapshot = replica.has_snapshot
         self.awaiting_snapshot = not replica.has_snapshot
+        # A snapshot wanted while deltas still apply (the card rule changed): asked for at
+        # each connection and every resync_retry until one is committed.
+        self.snapshot_reason = replica.snapshot_reason
         self._import: _Import | None = None
         self._deltas: dict[int, Delta] = {}
         self._lookups: dict[bytes, _Lookup] = {}
@@ -253,7 +256,8 @@ class Session:
         if not r.sent and r.due_at is not None and now >= r.due_at:
             self.stats["resync_without_central_status"] += 1
             out += self._connection_resync(now)
-        elif r.sent and self.awaiting_snapshot and self._import is None and now - r.last_request_at >= c.resync_retry:
+        elif (r.sent and (self.awaiting_snapshot or self.snapshot_reason) and self._import is None
+              and now - r.last_request_at >= c.resync_retry):
             out.append(self._resync_request(self._reason(), now))
         elif r.sent and now - r.last_reconcile_at >= c.reconcile_interval:
             r.last_reconcile_at = now
@@ -324,7 +328,9 @@ class Session:
     def _reason(self) -> str:
         if not self.has_snapshot:
             return "startup"
-        return "gap" if self.awaiting_snapshot else "reconnect"
+        if self.awaiting_snapshot:
+            return "gap"
+        return self.snapshot_reason or "reconnect"
 
     def _resync_request(self, reason: str, now: float) -> Publish:
         self._resync.last_request_at = now
@@ -352,6 +358,15 @@ class Session:
             return []
         if reason in ("manual", "gap", "snapshot_failed"):
             self.awaiting_snapshot = True
+        return [self._resync_request(reason, now)]
+
+    def want_snapshot(self, reason: str, now: float) -> list[Action]:
+        """The store needs a fresh copy though deltas still apply (`card_rule`): ask now if
+        connected, and at each connection and every resync_retry until one is committed."""
+        asked = self.snapshot_reason == reason and now - self._resync.last_request_at < self.config.resync_retry
+        self.snapshot_reason = reason
+        if asked or not (self.connected and self._resync.sent):
+            return []  # just asked (a reload racing a commit), or asked at the connection
         return [self._resync_request(reason, now)]
 
     # -- inbound messages -----------------------------------------------------------------------
@@ -595,6 +610,7 @@ class Session:
         self.delta_seq = imp.delta_seq
         self.has_snapshot = True
         self.awaiting_snapshot = False
+        self.snapshot_reason = None
         self._resync.last_reconcile_at = now
         self.stats["snapshots_applied"] += 1
         out: list[Action] = []

@@ -65,3 +65,6 @@ class Replica:
     last_seq: int = 0
     delta_seq: int = 0
     has_snapshot: bool = False
+    # the store wants a whole new copy though its replica is consistent (its cards were
+    # typed under another rule for 10-digit numbers): the resync reason to ask with
+    snapshot_reason: str | None = None

@@ -60,7 +60,7 @@ from sync.ledger import CURSOR_KEY
 from sync.protocol import SnapshotChunk
 from sync.replica_file import ReplicaFiles
 from sync.rows import MEMBER_INSERT, Row, booking_row, keys_of, member_cards, member_row, pass_row
-from sync.schema import REPLICA_INDEXES, REPLICA_SCHEMA_VERSION, REPLICA_TABLES
+from sync.schema import CARDS_TYPED_AS, REPLICA_INDEXES, REPLICA_SCHEMA_VERSION, REPLICA_TABLES
 
 PROGRESS_EVERY = 50  # chunks
 
@@ -248,6 +248,7 @@ class Build:
         self.generation = int(params["generation"])
         self.synced_at = float(params["synced_at"])
         self.batch_rows = int(params.get("batch_rows", 500))
+        self.ten_digits = TenDigits(params.get("ten_digits", TenDigits.EM32.value))  # as the parsers type
         self.pending = 0  # rows inserted since the last COMMIT
         self.next_chunk = 0
         self.counts = {"members": 0, "cards": 0, "passes": 0, "bookings": 0}
@@ -311,6 +312,7 @@ class Build:
             "sync.snapshot_id": self.snapshot_id,
             "sync.delta_seq": str(self.delta_seq),
             "last_sync_at": str(self.synced_at),
+            CARDS_TYPED_AS: self.ten_digits.value,
         }
         if cursor is not None:
             meta["switch.cursor"] = cursor

@@ -105,7 +105,13 @@ from sync.records import PassRecord
 from sync.replica import Replica
 from sync.replica_file import ReplicaFiles
 from sync.rows import dt, instant_ts
-from sync.schema import REPLICA_SCHEMA_VERSION, SCHEMA_VERSION, create_replica, migrate
+from sync.schema import (
+    CARDS_TYPED_AS,
+    REPLICA_SCHEMA_VERSION,
+    SCHEMA_VERSION,
+    create_replica,
+    migrate,
+)
 from sync.transaction import Committed, Listener, Transaction, Transactions
 
 # Bookings further than this from now cannot matter to a tap (arrival, link and same-day
@@ -158,6 +164,7 @@ class Store:
         self.path = Path(path)
         # How this site reads untyped 10-digit card strings (gated.config.Config.ten_digits)
         self.ten_digits = ten_digits
+        self._opened_with = ten_digits  # the rule of a replica that predates CARDS_TYPED_AS
         self.site = site
         self.daemon_id = daemon_id
         self.durable = durable
@@ -250,7 +257,7 @@ class Store:
         if path is None or not path.exists() or not self._readable_replica(path):
             gen = int(meta.get(REPLICA_GENERATION_KEY, "0") or 0) + 1
             path = self.files.new_path(gen)
-            create_replica(path, {"generation": str(gen)})
+            create_replica(path, {"generation": str(gen), CARDS_TYPED_AS: self.ten_digits.value})
             self.files.fsync(path)
             self.conn.execute("BEGIN IMMEDIATE")
             meta.put(REPLICA_FILE_KEY, path.name)
@@ -383,6 +390,34 @@ class Store:
         rule for 10 digits). ValueError when the text is no card. For enrolment."""
         return card_from_text(text, self.ten_digits).key
 
+    @property
+    def cards_typed_as(self) -> TenDigits:
+        """The rule for 10-digit card strings the replica's cards were typed under."""
+        try:
+            return TenDigits(self.replica.meta(CARDS_TYPED_AS) or "")
+        except ValueError:  # absent (a replica from before the key) or not a rule
+            return self._opened_with
+
+    @property
+    def card_rule_changed(self) -> bool:
+        """The site's rule is not the one the cards were typed under (its EM readers were
+        swapped between decimal and hex): a member's 10-digit card would not match what
+        the new readers read until a snapshot types the cards again. The link asks for
+        one (resync `card_rule`); cards read meanwhile are looked up at the central."""
+        return self.cards_typed_as != self.ten_digits
+
+    def set_ten_digits(self, rule: TenDigits) -> None:
+        """A reload changed the site's rule: cards written from now on use it. The rule
+        the stored cards have is written down first, so a restart before the snapshot
+        still knows they must be typed again."""
+        if rule == self.ten_digits:
+            return
+        if self.replica.meta(CARDS_TYPED_AS) is None:
+            with self.transaction():
+                self.replica.set_meta(CARDS_TYPED_AS, self.cards_typed_as.value)
+        self.ten_digits = rule
+        self.replica.ten_digits = rule
+
     def read_card(self, text: str) -> Card:
         """A card typed in by hand (`gated tap`, the console) as this site reads it."""
         return card_from_text(text, self.ten_digits)
@@ -465,6 +500,8 @@ class Store:
             self.replica.apply(batch, now, snapshot=snapshot)
             if delta_seq is not None:
                 self.replica.set_meta(DELTA_SEQ_KEY, str(delta_seq))
+            if snapshot:  # every card typed again, under today's rule
+                self.replica.set_meta(CARDS_TYPED_AS, self.ten_digits.value)
         self._settle_enrolments()
         gone = [b.id for b in batch.bookings if b.status == "cancelled"] + list(batch.remove_bookings)
         if snapshot:

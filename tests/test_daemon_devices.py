@@ -123,3 +123,41 @@ async def test_the_same_digits_from_two_kinds_of_reader_are_two_cards(tmp_path: 
     assert [e.get("card") for e in _events(tmp_path) if e.get("reason") == "unknown_card"] == [
         "em:0012345678", "em:04DEADBEEF",
     ]
+
+
+async def test_a_reload_swapping_decimal_em_readers_for_hex_ones_retypes_the_cards(tmp_path: Path) -> None:
+    """The installer replaces the site's decimal EM readers with hex ones and reloads: the
+    daemon now reads 10-digit card strings as hex ids, and knows the stored cards were
+    typed the other way (so the link asks for a snapshot; a restart still knows)."""
+    from datetime import UTC, datetime
+
+    import yaml
+
+    from gated.reload import reload_config
+    from rules.credential import Card, TenDigits
+    from sync.batch import SyncBatch
+    from sync.records import MemberIn
+    from sync.store import Store
+    from tests.test_faults_devices import make_config, serial_reader
+
+    def gates(fmt: str, ptys):  # type: ignore[no-untyped-def]
+        return [{"id": "turnstile-1", "zone": "main", "readers": [{**serial_reader("r-em", ptys["em"]), "format": fmt}]}]
+
+    async with running_site(tmp_path, lambda sims, ptys: gates("em-decimal", ptys), sims=(), readers=("em",)) as site:
+        store = site.store
+        store.apply_sync(SyncBatch(members=[MemberIn(id="m1", cards=["0012345678"])]), datetime.now(UTC))
+        assert store.ten_digits == TenDigits.EM32 and not store.card_rule_changed
+        assert store.member_for_card(Card.em32(12345678)) == "m1"
+        new = make_config(tmp_path, gates("em", site.readers)).model_dump(mode="json", exclude_none=True)
+        path = tmp_path / "gated.yaml"
+        path.write_text(yaml.safe_dump(new), encoding="utf-8")
+        assert await reload_config(site.daemon, path)
+        assert store.ten_digits == TenDigits.EM and store.card_rule_changed
+        assert store.card_key("0012345678") == "em:0012345678"  # what the desk enrols now
+        assert store.member_for_card(Card.em(0x0012345678)) is None  # until the snapshot
+    config = site.daemon.config  # a restart on the new configuration still knows
+    reopened = Store(config.store.path, config.site_domain(), daemon_id=config.daemon_id, ten_digits=config.ten_digits())
+    try:
+        assert reopened.card_rule_changed and reopened.cards_typed_as == TenDigits.EM32
+    finally:
+        reopened.close()

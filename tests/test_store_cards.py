@@ -153,3 +153,43 @@ def test_the_desk_enrols_cards_by_typed_key(tmp_path: Path) -> None:
         pass
     else:
         raise AssertionError("a malformed typed key was enrolled")
+
+
+def test_a_changed_card_rule_is_noticed_and_kept_until_a_snapshot(tmp_path: Path) -> None:
+    """Decimal EM readers swapped for hex ones: the stored 10-digit cards were typed as
+    card numbers and no longer match what the new readers read."""
+    path = tmp_path / "g.db"
+    store = _store(path)
+    _members(store, ("ana", ["0012345678"]), snapshot=True)
+    assert store.cards_typed_as == TenDigits.EM32 and not store.card_rule_changed
+    store.close()
+    store = _store(path, ten_digits=TenDigits.EM)  # restarted with the hex readers
+    assert store.card_rule_changed and store.cards_typed_as == TenDigits.EM32
+    assert store.member_for_card(Card.em(0x0012345678)) is None  # why a snapshot is needed
+    _members(store, ("bruno", ["0099999999"]))  # a delta is typed under the new rule...
+    assert store.member_for_card(Card.em(0x0099999999)) == "bruno"
+    assert store.card_rule_changed  # ...but the old cards are still to be typed again
+    store.close()
+    store = _store(path, ten_digits=TenDigits.EM)
+    assert store.card_rule_changed  # a restart does not forget it
+    _members(store, ("ana", ["0012345678"]), ("bruno", ["0099999999"]), snapshot=True)
+    assert not store.card_rule_changed and store.cards_typed_as == TenDigits.EM
+    assert store.member_for_card(Card.em(0x0012345678)) == "ana"
+    store.close()
+
+
+def test_a_reload_that_changes_the_rule_writes_down_the_old_one(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    store = _store(path)
+    _members(store, ("ana", ["0012345678"]))
+    # a replica from before the rule was recorded: it was typed under the rule it opened with
+    store.conn.execute("DELETE FROM replica.meta WHERE key = ?", (schema.CARDS_TYPED_AS,))
+    assert store.cards_typed_as == TenDigits.EM32 and not store.card_rule_changed
+    store.set_ten_digits(TenDigits.EM)
+    assert store.card_rule_changed and store.card_key("0012345678") == "em:0012345678"
+    store.close()
+    store = _store(path, ten_digits=TenDigits.EM)
+    assert store.card_rule_changed and store.cards_typed_as == TenDigits.EM32
+    store.set_ten_digits(TenDigits.EM32)  # and back: nothing is left to do
+    assert not store.card_rule_changed
+    store.close()

@@ -98,6 +98,7 @@ def test_connect_subscribes_announces_and_waits_for_the_central_status() -> None
     [
         (Replica(), "startup", None),
         (Replica(has_snapshot=True, delta_seq=7), "reconnect", 7),
+        (Replica(has_snapshot=True, delta_seq=7, snapshot_reason="card_rule"), "card_rule", None),
     ],
 )
 def test_the_retained_central_status_triggers_exactly_one_resync(replica: Replica, reason: str, since: int | None) -> None:
@@ -169,6 +170,25 @@ def test_a_snapshot_is_asked_again_while_waiting_then_reconcile() -> None:
     assert not s.awaiting_snapshot and s.delta_seq == 5
     assert resyncs(s.tick(1961.0)) == []
     assert [(r["reason"], r["since_delta_seq"]) for r in resyncs(s.tick(1962.0))] == [("reconcile", 5)]
+
+
+def test_a_card_rule_change_asks_for_snapshots_but_deltas_go_on() -> None:
+    """The store's cards were typed under another rule: a snapshot is wanted, yet the
+    replica is consistent, so deltas still apply meanwhile (unlike a gap)."""
+    s = connected(session(Replica(has_snapshot=True, delta_seq=5, snapshot_reason="card_rule")), 100.0)
+    assert not s.awaiting_snapshot
+    out = s.receive(f"{P}/delta", js({"v": 1, "delta_seq": 6, "members": [{"id": "m9"}]}), 101.0)
+    assert [type(a).__name__ for a in out] == ["ApplyDelta"] and s.delta_seq == 6
+    assert resyncs(s.tick(159.0)) == []
+    assert [r["reason"] for r in resyncs(s.tick(160.0))] == ["card_rule"]  # every resync_retry
+    assert s.want_snapshot("card_rule", 161.0) == []  # just asked: not again
+    for a in s.receive(f"{P}/snapshot", chunk(0, 1, delta_seq=6, requested_by=["gate-a"]), 162.0):
+        assert isinstance(a, StageChunk)
+    assert s.snapshot_staged(0, 1, 162.5) == [CommitSnapshot("snap", 6)]
+    s.snapshot_committed(163.0)
+    assert s.snapshot_reason is None and resyncs(s.tick(400.0)) == []
+    # a reload changes the rule while connected: asked at once, with no since_delta_seq
+    assert [(r["reason"], r.get("since_delta_seq")) for r in resyncs(s.want_snapshot("card_rule", 500.0))] == [("card_rule", None)]
 
 
 def test_health_at_connect_and_every_interval() -> None:

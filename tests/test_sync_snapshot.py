@@ -13,14 +13,14 @@ import aiomqtt
 import pytest
 
 from gated.engine import Engine
-from rules.credential import Credential
+from rules.credential import Card, Credential, TenDigits
 from rules.reasons import Reason
 from simulator.central import Central
 from sync.link import MqttSettings, SyncLink
 from sync.protocol import SnapshotChunk
 from sync.records import BookingIn, MemberIn, PassIn
 from sync.snapshot import SnapshotHeader, SnapshotImporter, SnapshotRejected, delta_seq, payload_of
-from sync.store import SyncBatch
+from sync.store import Store, SyncBatch
 from tests.broker import (
     GATES,
     POLICY,
@@ -170,6 +170,41 @@ async def test_delta_gap_asks_for_a_snapshot_and_waits(mosquitto: Mosquitto, cen
         await central.push(SITE, members=[{"id": "m8", "cards": ["C8"]}])
         await wait_until(lambda: store.member_for_card("C8") == "m8")
         await asyncio.sleep(0)
+
+
+async def test_a_changed_card_rule_asks_for_a_snapshot_that_types_the_cards_again(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
+    db = tmp_path / "a.db"
+    store = make_store(db, "gate-a")
+    link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=clock(), gates=GATES)
+    async with running(link.run()):
+        await link.wait_connected(WAIT_S)
+        await wait_until(lambda: link.stats["snapshots_applied"] == 1)
+        await central.push(SITE, members=[{"id": "m-em", "cards": ["0012345678"]}])
+        await wait_until(lambda: store.member_for_card(Card.em32(12345678)) == "m-em")
+    store.close()
+    # the decimal EM readers were swapped for hex ones, and the daemon restarted
+    store = Store(db, site(), daemon_id="gate-a", durable=False, ten_digits=TenDigits.EM)
+    assert store.card_rule_changed and store.member_for_card(Card.em(0x0012345678)) is None
+    link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=clock(), gates=GATES)
+    async with running(link.run()):
+        await wait_until(lambda: link.stats["snapshots_applied"] == 1, what="a snapshot typing the cards again")
+        assert not store.card_rule_changed and central.stats["resync_card_rule"] >= 1
+        assert store.member_for_card(Card.em(0x0012345678)) == "m-em"
+        # a reload back to decimal readers while connected: asked for at once
+        store.set_ten_digits(TenDigits.EM32)
+        assert store.card_rule_changed
+        asked = link.stats["resync_card_rule"]
+        await link.card_rule_changed()
+        await link.card_rule_changed()  # twice (a reload racing a commit): asked for once
+        assert link.stats["resync_card_rule"] == asked + 1
+        await wait_until(lambda: link.stats["snapshots_applied"] == 2, what="the second snapshot")
+        assert not store.card_rule_changed and central.stats["resync_card_rule"] >= 2
+        assert store.member_for_card(Card.em32(12345678)) == "m-em"
+        await central.push(SITE, members=[{"id": "m-new", "cards": ["C9"]}])  # deltas go on
+        await wait_until(lambda: store.member_for_card("C9") == "m-new")
+    store.close()
 
 
 async def test_deltas_during_an_import_are_applied_once_after_the_switch(tmp_path: Path) -> None:
