@@ -110,7 +110,9 @@ class Daemon:
             TrustedKeys.from_texts(config.qr.public_keys),
         )
 
-    def log_card_rule(self, store: Store) -> None:
+    def log_card_rule(self) -> None:
+        store = self.store
+        assert store is not None
         log.warning(
             "card_rule_changed",
             cards_typed_as=store.cards_typed_as.value,
@@ -138,7 +140,7 @@ class Daemon:
         store = self.store = self._open_store()
         store.listeners.append(self._on_events)
         if store.card_rule_changed:
-            self.log_card_rule(store)
+            self.log_card_rule()
         self.engine = self.build_engine(cfg, store)
         backup_every = parse_duration(cfg.store.backup_interval) if cfg.store.backup_interval else None
         self.storage = StorageWatch(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +13,7 @@ from drivers.readers.config import build_reader
 from gated import sdnotify
 from gated.config import ConfigError, load_config
 from rules.admission import FireInputPolicy
+from sync.storage import STORAGE_ERRORS
 
 if TYPE_CHECKING:
     from gated.daemon import Daemon
@@ -48,10 +48,10 @@ async def reload_config(d: Daemon, path: Path) -> bool:
     if new.ten_digits() != d.store.ten_digits:  # EM readers swapped between decimal and hex
         try:
             d.store.set_ten_digits(new.ten_digits())
-        except (sqlite3.Error, OSError) as e:  # the store's own alarms say why; taps go on
+        except STORAGE_ERRORS as e:  # the store's own alarms say why; taps go on
             log.error("card_rule_not_changed", error=str(e), kept=d.store.ten_digits.value)
         if d.store.card_rule_changed:
-            d.log_card_rule(d.store)
+            d.log_card_rule()
             if d.link is not None:
                 await d.link.card_rule_changed()
     if d.taps is not None:
