@@ -5,7 +5,11 @@ retention period (the central system may ask for them again after restoring a ba
 a replay) and then pruned; unacknowledged events are never pruned.
 
 Events are appended inside a store transaction (Transaction.emit): the seq handed out is
-given back if the transaction rolls back, so a failed write leaves no gap.
+given back if the transaction rolls back or its COMMIT fails, so a failed write leaves no
+gap. A store that an earlier version left with holes (numbers taken by a COMMIT that
+failed on a full disk) has each lost number filled with a `void` event when it is opened
+(`holes`, Store's start): without them the central system, which applies events in seq
+order, would wait for those numbers for ever.
 """
 
 from __future__ import annotations
@@ -71,6 +75,26 @@ class Outbox:
     def record_ack(self, applied_seq: int) -> None:
         """Inside a transaction (Store.ack): move acked_seq to `applied_seq`."""
         self.meta.put("acked_seq", str(applied_seq))
+
+    def holes(self) -> list[int]:
+        """The numbers between the acknowledged seq and the last one that no event holds.
+        (Below the acknowledged seq nothing can be missing: the central system acknowledges
+        only what it applied in order; events are pruned from there down.)"""
+        acked = self.acked_seq
+        held = [int(r[0]) for r in self.conn.execute("SELECT seq FROM events WHERE seq > ? ORDER BY seq", (acked,))]
+        if len(held) == self.last_seq - acked:
+            return []
+        have = set(held)
+        return [n for n in range(acked + 1, self.last_seq + 1) if n not in have]
+
+    def fill(self, seq: int, now: datetime, reason: str) -> Event:
+        """Inside a transaction: a `void` event under a number that holds none."""
+        event: Event = {"id": uuid.uuid4().hex, "seq": seq, "type": "void", "at": iso_utc(now), "reason": reason}
+        self.conn.execute(
+            "INSERT INTO events(seq, id, type, at, gate, member_id, body) VALUES (?,?,?,?,?,?,?)",
+            (seq, event["id"], "void", event["at"], None, None, json.dumps(event)),
+        )
+        return event
 
     @property
     def first_seq(self) -> int:

@@ -81,7 +81,7 @@ import os
 import sqlite3
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -175,10 +175,21 @@ class Store:
             migrate(self.conn, self.path, ten_digits)
             self.replica_path = self._open_replica()
             self._wire([])
+            self._fill_holes()
         except BaseException:
             self.conn.close()
             raise
         self._checkpointer = self._checkpoints()
+
+    def _fill_holes(self) -> None:
+        """Numbers an earlier version lost (sync/outbox.py) get `void` events, so the
+        central system can apply what follows them."""
+        holes = self.outbox.holes()
+        if holes:
+            now = datetime.now(UTC)
+            with self.transaction() as tx:
+                for seq in holes:
+                    tx.committed.events.append(self.outbox.fill(seq, now, "seq_lost"))
 
     def _checkpoints(self) -> Checkpointer | None:
         return Checkpointer(lambda: [self.path, self.replica_path]) if self.background_checkpoints else None

@@ -5,13 +5,17 @@ it, their seq — commits together or not at all.
         tx.emit("alarm", now, gate="g1", kind="door_forced")
         tx.set_meta("some.key", "value")
 
-On any exception the transaction rolls back and the seqs it handed out are given back
-(no gap). After the COMMIT, the store's listeners get the events it wrote (the sync
-link wakes its publisher, the console its live feed).
+On any exception — in the body or in the COMMIT itself — the transaction rolls back and
+the seqs it handed out are given back (no gap). A failing COMMIT is the usual way a full
+disk shows in WAL mode: the body's pages sit in the page cache and only the COMMIT writes
+them to the log, so the COMMIT is inside the guarded block, not after it. After the
+COMMIT, the store's listeners get the events it wrote (the sync link wakes its publisher,
+the console its live feed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -74,12 +78,16 @@ class Transactions:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield tx
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            self.outbox.next_seq = seq_before
-            raise
-        else:
             self.conn.execute("COMMIT")
+        except BaseException:
+            self.outbox.next_seq = seq_before
+            # SQLite rolls some failed COMMITs back by itself (a full disk, an I/O error)
+            # and leaves others open (busy): a ROLLBACK only where one is still open, and
+            # one that fails too must not hide the error that brought us here
+            if self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+            raise
         self.notify(tx.committed)
 
     def notify(self, committed: Committed) -> None:
