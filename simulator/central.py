@@ -50,6 +50,7 @@ from simulator.central_seed import generate, load_seed
 from sync.link import mqtt_call, software_version
 from sync.protocol import (
     PROTOCOL,
+    DeltaHead,
     EventBatch,
     LookupRequest,
     ReplayAnswer,
@@ -79,6 +80,7 @@ class CentralSettings(BrokerSettings):
     # part of the requests; the database (applied_seq per daemon) keeps events in order
     shared_group: str | None = None
     publish_status: bool = True  # one instance of several owns `central/status`
+    head_interval: float = Field(default=30.0, gt=0)  # each site's delta head again this often
 
 
 class Central(CentralDB):
@@ -120,9 +122,28 @@ class Central(CentralDB):
             [b if isinstance(b, BookingIn) else BookingIn.model_validate(b) for b in bookings],
             remove,
         )
-        await self._publish(f"{self.settings.prefix}/{site}/delta", payload, qos=1)
+        await self.publish_delta(site, payload)
         self.stats["deltas_published"] += 1
         return self.delta_seq(site)
+
+    async def publish_delta(self, site: str, payload: bytes) -> None:
+        """A delta, then the site's head: a gate that missed the delta learns it did."""
+        await self._publish(f"{self.settings.prefix}/{site}/delta", payload, qos=1)
+        await self.publish_head(site)
+
+    async def publish_head(self, site: str) -> None:
+        """The site's latest delta_seq, retained (docs/protocol.md, "Deltas")."""
+        head = DeltaHead(delta_seq=self.delta_seq(site), at=iso_utc(self.clock()))
+        await self._publish(f"{self.settings.prefix}/{site}/delta/head", head.model_dump_json().encode(), qos=1,
+                            retain=True)
+
+    async def _heads(self) -> None:
+        """Every site's head again every `head_interval`: a gate behind a bridge that lost
+        the retained copy (or every delta of a WAN cut) still learns within that time."""
+        while True:
+            for (site,) in self.conn.execute("SELECT site FROM sites").fetchall():
+                await self.publish_head(str(site))
+            await asyncio.sleep(self.settings.head_interval)
 
     async def publish_snapshot(
         self, site: str, requested_by: Sequence[str] = (), *, full_replacement: bool = False
@@ -170,7 +191,7 @@ class Central(CentralDB):
             self.renumber_after(site, req.since_delta_seq)
             self._schedule_snapshot(site, req.daemon)
             return
-        if req.reason == "reconnect" and req.since_delta_seq is not None:
+        if req.reason in ("reconnect", "behind") and req.since_delta_seq is not None:
             since = req.since_delta_seq
             if since == current:
                 return
@@ -181,17 +202,20 @@ class Central(CentralDB):
             if since < current and len(rows) == current - since:
                 for _, body in rows:
                     await self._publish(f"{self.settings.prefix}/{site}/delta", body.encode(), qos=1)
+                await self.publish_head(site)
                 self.stats["deltas_replayed"] += len(rows)
                 return
         self._schedule_snapshot(site, req.daemon)
 
     # -- MQTT ------------------------------------------------------------------------------------
 
-    async def _publish(self, topic: str, payload: bytes, qos: int = 1, properties: Properties | None = None) -> None:
+    async def _publish(
+        self, topic: str, payload: bytes, qos: int = 1, properties: Properties | None = None, *, retain: bool = False
+    ) -> None:
         client = self._client
         if client is None:
             raise aiomqtt.MqttError("central not connected")
-        await mqtt_call(client.publish(topic, payload, qos=qos, properties=properties))
+        await mqtt_call(client.publish(topic, payload, qos=qos, properties=properties, retain=retain))
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         async with asyncio.timeout(timeout):
@@ -275,6 +299,9 @@ class Central(CentralDB):
         if self.settings.publish_status:
             await mqtt_call(client.publish(central_status_topic(p), self._status("online"), qos=1, retain=True))
         self._ready.set()
+        heads = asyncio.get_running_loop().create_task(self._heads())
+        self._tasks.add(heads)
+        heads.add_done_callback(self._tasks.discard)
         try:
             async for message in client.messages:
                 await self._handle(message)
@@ -311,7 +338,7 @@ class Central(CentralDB):
                     await self._after_gap(site, daemon, batch.events[0].seq, ack.applied_seq)
                 if changed:
                     delta = self._new_delta(site, members=self.members(site, changed.members), pass_ids=changed.passes)
-                    await self._publish(f"{self.settings.prefix}/{site}/delta", delta, qos=1)
+                    await self.publish_delta(site, delta)
             elif len(rest) == 4 and rest[2:] == ["replay", "answer"]:
                 self._on_replay_answer(rest[0], rest[1], ReplayAnswer.model_validate_json(payload))
             elif len(rest) == 2 and rest[1] == "resync":
@@ -334,7 +361,7 @@ class Central(CentralDB):
                     # the site's other gates learn the member too, by the numbered path
                     delta = self._new_delta(rest[0], members=resp.members, bookings=resp.bookings,
                                             pass_ids=[p.id for p in resp.passes])
-                    await self._publish(f"{self.settings.prefix}/{rest[0]}/delta", delta, qos=1)
+                    await self.publish_delta(rest[0], delta)
         except ValidationError as e:
             self.stats["invalid"] += 1
             log.warning("central dropped a message on %s: %s", topic, e.errors()[:1])

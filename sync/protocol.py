@@ -150,7 +150,7 @@ class Health(_Wire):
     extra: dict[str, Any] = {}
 
 
-RESYNC_REASONS = ("startup", "gap", "reconnect", "reconcile", "snapshot_failed", "manual", "card_rule")
+RESYNC_REASONS = ("startup", "gap", "reconnect", "reconcile", "snapshot_failed", "manual", "card_rule", "behind")
 
 
 class ResyncRequest(_Wire):
@@ -162,7 +162,7 @@ class ResyncRequest(_Wire):
     daemon: Level
     request_id: RequestId
     reason: (
-        Literal["startup", "gap", "reconnect", "reconcile", "snapshot_failed", "manual", "card_rule"]
+        Literal["startup", "gap", "reconnect", "reconcile", "snapshot_failed", "manual", "card_rule", "behind"]
         | Annotated[str, Field(min_length=1, max_length=50)]
     )
     since_delta_seq: Seq | None = None
@@ -231,6 +231,18 @@ class Delta(_Wire):
     passes: list[PassOut] = []
     bookings: list[BookingOut] = []
     remove: Removals = Removals()
+
+
+class DeltaHead(_Wire):
+    """Topic `{prefix}/{site}/delta/head`, QoS 1, retained: the site's latest `delta_seq`,
+    published by the central system after every delta and again every 30 s or so. A gate
+    whose replica is behind it for a few seconds lost a delta on the way (a bridge that
+    kept no session across a WAN cut) and asks for what it missed (resync `behind`),
+    instead of waiting for the next delta or the half-hourly reconciliation."""
+
+    v: V = 1
+    delta_seq: Seq
+    at: str | None = None
 
 
 MAX_CHUNKS = 100_000
@@ -307,6 +319,7 @@ PAYLOADS: dict[str, type[BaseModel]] = {
     "ack": Ack,
     "replay-request": ReplayRequest,
     "delta": Delta,
+    "delta-head": DeltaHead,
     "snapshot-chunk": SnapshotChunk,
     "lookup-response": LookupResponse,
 }
@@ -318,6 +331,7 @@ __all__ = [
     "Ack",
     "BookingOut",
     "Delta",
+    "DeltaHead",
     "EventBatch",
     "EventIn",
     "Health",

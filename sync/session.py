@@ -20,6 +20,9 @@ What it guarantees (docs/protocol.md has the why):
 - one resync request per connection, sent once the central system is known to be online
   (or after `central_status_wait` without news of it), and one more each time the
   central system itself comes back.
+- the central's latest `delta_seq` (its retained `delta/head`) is checked against the
+  replica's: behind it for `head_grace` (a delta lost on the way, a bridge that kept no
+  session) asks for the deltas missed (resync `behind`), at most every `resync_retry`.
 
 One module of ~700 lines, like h11's `_connection.py`: one state machine whose parts
 (uplink and acks, resyncs, deltas and snapshots, look-ups) read and change the same
@@ -61,6 +64,7 @@ from sync.protocol import (
     PROTOCOL,
     Ack,
     Delta,
+    DeltaHead,
     EventBatch,
     LookupRequest,
     LookupResponse,
@@ -140,6 +144,15 @@ class _Resync:
 
 
 @dataclass(slots=True)
+class _Head:
+    """The central's latest delta_seq as last heard, and since when the replica is behind it."""
+
+    delta_seq: int = 0
+    behind_since: float | None = None
+    asked_at: float = float("-inf")
+
+
+@dataclass(slots=True)
 class _Alarms:
     last: dict[str, float] = field(default_factory=dict)
 
@@ -167,6 +180,7 @@ class Session:
         self._lookups: dict[bytes, _Lookup] = {}
         self._up = _Uplink(published=replica.acked_seq, floor=replica.acked_seq)
         self._resync = _Resync()
+        self._head = _Head()
         self._alarms = _Alarms()
         self._next_health_at = 0.0
         self._next_prune_at = 0.0
@@ -211,6 +225,7 @@ class Session:
             Subscribe(t.lookup_response, 0),
             Subscribe(t.snapshot, 1),
             Subscribe(t.delta, 1),
+            Subscribe(t.delta_head, 1),
         ]
         if self.config.share_access:
             actions.append(Subscribe(t.site_events, 1, no_local=True))
@@ -268,6 +283,7 @@ class Session:
         if now >= self._next_prune_at:
             self._next_prune_at = now + c.prune_interval
             out.append(PruneAcked(c.retain_acked, c.retain_acked_max))
+        out += self._behind_head(now)
         up = self._up
         if up.published > up.floor and now - up.progress_at > c.ack_timeout:
             out += self._rewind("timeout", now)
@@ -342,7 +358,7 @@ class Session:
             daemon=self.config.daemon,
             request_id=f"{self.config.daemon}-{self.stats['resync_requests']}-{now:.6f}",
             reason=reason,
-            since_delta_seq=self.delta_seq if reason in ("reconnect", "reconcile") else None,
+            since_delta_seq=self.delta_seq if reason in ("reconnect", "reconcile", "behind") else None,
         )
         return Publish(self.topics.resync, _dump(req), qos=1)
 
@@ -387,6 +403,9 @@ class Session:
         if topic == t.delta:
             delta = self._parse(Delta, payload)
             return [] if delta is None else self._on_delta(delta, now)
+        if topic == t.delta_head:
+            head = self._parse(DeltaHead, payload)
+            return [] if head is None else self._on_head(head, now)
         if topic == t.snapshot:
             # the header only: the records are validated by the snapshot worker, off the loop
             header = self._parse(SnapshotHeader, payload)
@@ -542,6 +561,45 @@ class Session:
             self._note(f"delta gap: have {self.delta_seq}, got {delta.delta_seq}; asking for a snapshot")
             return [self._resync_request("gap", now)]
         return [self._apply(delta)]
+
+    def _on_head(self, head: DeltaHead, now: float) -> list[Action]:
+        self.stats["delta_heads"] += 1
+        if head.delta_seq > self._head.delta_seq:
+            self._head.delta_seq = head.delta_seq
+        return self._behind_head(now)
+
+    @property
+    def deltas_behind(self) -> int:
+        """How many deltas the central has numbered that the replica does not reflect yet
+        (0 when up to date or when the central's head is not known)."""
+        return max(0, self._head.delta_seq - self.delta_seq)
+
+    def behind_for(self, now: float) -> float | None:
+        """How long the replica has been behind the central's head; None when it is not."""
+        since = self._head.behind_since
+        return None if since is None or self.deltas_behind == 0 else now - since
+
+    def _behind_head(self, now: float) -> list[Action]:
+        """Behind the central's head for longer than a delta takes to arrive: ask for the
+        missed deltas (`behind`: the central answers with them, or a snapshot)."""
+        h = self._head
+        if self.deltas_behind == 0:
+            h.behind_since = None
+            return []
+        if h.behind_since is None:
+            h.behind_since = now
+        if (
+            not self.connected
+            or self._import is not None
+            or self.awaiting_snapshot  # a snapshot is already asked for
+            or now - h.behind_since < self.config.head_grace
+            or now - h.asked_at < self.config.resync_retry
+        ):
+            return []
+        h.asked_at = now
+        self.stats["deltas_missed"] += 1
+        self._note(f"behind the central: have delta {self.delta_seq}, the central is at {h.delta_seq}")
+        return [self._resync_request("behind", now)]
 
     def delta_failed(self, store_delta_seq: int, reason: str, now: float) -> list[Action]:
         """The store could not apply a delta: the replica is still at `store_delta_seq`;

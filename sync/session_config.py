@@ -29,6 +29,8 @@ class SessionConfig:
     software: str | None = None
     alarm_interval: float = 60.0  # the same alarm again at most this often (each is counted)
     gap_rewind_interval: float = 1.0  # acks with `gap` repeat while the resend is on its way
+    # behind the central's delta head this long: a delta was lost, not just on its way
+    head_grace: float = 5.0
 
     @property
     def lookup_keep(self) -> float:

@@ -74,6 +74,10 @@ class Topics:
         return f"{self.base}/delta"
 
     @property
+    def delta_head(self) -> str:
+        return f"{self.base}/delta/head"
+
+    @property
     def resync(self) -> str:
         return f"{self.base}/resync"
 

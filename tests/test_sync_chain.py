@@ -15,6 +15,8 @@ from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from gated.engine import Engine
 from rules.credential import Credential
 from simulator.central import Central
@@ -230,3 +232,58 @@ async def test_a_central_system_scaled_out_behind_a_shared_subscription(
     # both instances did part of the work
     assert first.stats["events_applied"] > 0 and second.stats["events_applied"] > 0
     assert first.stats["events_applied"] + second.stats["events_applied"] == gate.store.last_seq
+
+
+# The bridge a site ran before: one MQTT v5 connection, `cleansession false`. mosquitto
+# 2.0's bridge sends no Session Expiry Interval, so the central broker ends its session at
+# every cut and drops what is published meanwhile (docs/chain.md).
+V5_ONLY_BRIDGE = """connection gated-central
+address 127.0.0.1:{port}
+bridge_protocol_version mqttv50
+remote_clientid gated-bridge-{site}
+cleansession false
+restart_timeout 1 2
+notifications false
+try_private true
+topic gated/{site}/# both 1
+topic gated/central/status in 1
+"""
+
+
+@pytest.mark.parametrize("bridge", ["example", "v5-only"])
+async def test_a_top_up_during_a_wan_only_cut_reaches_the_gate(
+    mosquitto_factory: Callable[..., Mosquitto], tmp_path: Path, bridge: str
+) -> None:
+    """The WAN between a site broker and the central broker goes, the gate stays connected
+    to its site broker and the central to its own: nobody disconnects, nobody resyncs. A
+    top-up published during the cut reaches the gate within 60 s of the WAN's return —
+    through the bridge's kept session (the example bridge), or, with a bridge that keeps
+    none, through the site's delta head (the gate sees it is behind and asks)."""
+    central_broker = mosquitto_factory()
+    async with MqttProxy(central_broker.port, seed=7) as wan:
+        extra = bridge_config(wan.port, SITE) if bridge == "example" else V5_ONLY_BRIDGE.format(port=wan.port, site=SITE)
+        site_broker = mosquitto_factory(extra=extra)
+        # no periodic head within the test's 60 s: what is measured is the bridge's session
+        # (example) or the retained head coming back with the bridge (v5-only)
+        central = Central(central_settings(central_broker, head_interval=3600), tmp_path / "central.db")
+        central.load(SITE, SEED["members"], SEED["passes"], SEED["bookings"])
+        gate = Gate(tmp_path, "gate-a", {"reconcile_interval": 1800.0, "resync_retry": 60.0}, site_broker)
+        async with running(central.run(), gate.link.run()):
+            await central.wait_connected(WAIT_S)
+            await gate.link.wait_connected(WAIT_S)
+            await wait_until(lambda: gate.link.stats["snapshots_applied"] >= 1, timeout=DRAIN_S,
+                             what="the first snapshot across the bridge")
+            connects = gate.link.stats["connects"]
+            wan.refuse = True
+            wan.cut()
+            await asyncio.sleep(1.0)  # the bridge notices
+            base = next(p for p in SEED["passes"] if p["id"] == "p1")
+            await central.push(SITE, passes=[{**base, "balance": 1005}])  # the top-up, during the cut
+            await wait_until(lambda: wan.stats["refused"] >= 1, what="the bridge trying the WAN")
+            assert gate.store.balance("p1") == Decimal(1000)
+            wan.refuse = False
+            await wait_until(lambda: gate.store.balance("p1") == Decimal(1005), timeout=60.0,
+                             what="the top-up at the gate within 60 s of the WAN's return")
+            assert gate.link.stats["connects"] == connects  # the gate never disconnected
+            if bridge == "v5-only":
+                assert gate.link.stats["resync_behind"] >= 1  # it noticed, and asked

@@ -83,7 +83,7 @@ def test_connect_subscribes_announces_and_waits_for_the_central_status() -> None
     subs = {(a.topic, a.qos, a.no_local) for a in out if isinstance(a, Subscribe)}
     assert subs == {
         ("gated/central/status", 1, False), (f"{P}/gate-a/ack", 1, False), (f"{P}/gate-a/replay", 1, False),
-        (f"{P}/gate-a/lookup/response", 0, False), (f"{P}/snapshot", 1, False), (f"{P}/delta", 1, False),
+        (f"{P}/gate-a/lookup/response", 0, False), (f"{P}/snapshot", 1, False), (f"{P}/delta", 1, False), (f"{P}/delta/head", 1, False),
         (f"{P}/+/events", 1, True), (f"{P}/+/status", 1, True),
     }
     status = [a for a in out if isinstance(a, Publish) and a.topic == f"{P}/gate-a/status"]
@@ -435,3 +435,56 @@ def test_bad_input_is_counted_never_raised() -> None:
     assert s.stats["malformed"] == 1 and s.stats["oversized"] == 1 and s.stats["unexpected_topic"] == 1
     assert s.stats["dropped"] == 4
     assert s.take_notes() and s.take_notes() == []
+
+
+# -- the central's delta head: a delta lost on the way is noticed ---------------------------------
+
+
+def head(seq: int) -> bytes:
+    return js({"v": 1, "delta_seq": seq, "at": "2026-11-18T09:00:00Z"})
+
+
+def test_a_head_beyond_the_replica_asks_for_the_missed_deltas_after_the_grace() -> None:
+    s = connected(session(head_grace=5.0, resync_retry=60.0))
+    s.tick(103.0)  # the connection's resync is behind us
+    assert s.receive(f"{P}/delta/head", head(6), 110.0) == []  # the delta may still be on its way
+    assert s.deltas_behind == 1
+    assert resyncs(s.tick(114.0)) == []
+    [req] = resyncs(s.tick(115.0))
+    assert (req["reason"], req["since_delta_seq"]) == ("behind", 5)
+    assert resyncs(s.tick(116.0)) == []  # asked: not again before resync_retry
+    [again] = resyncs(s.tick(175.0))
+    assert again["reason"] == "behind"
+
+
+def test_a_head_the_delta_follows_asks_for_nothing() -> None:
+    s = connected(session(head_grace=5.0))
+    s.tick(103.0)
+    s.receive(f"{P}/delta/head", head(6), 110.0)
+    [apply] = s.receive(f"{P}/delta", delta(6), 111.0)
+    assert isinstance(apply, ApplyDelta)
+    assert s.deltas_behind == 0 and s.behind_for(112.0) is None
+    assert resyncs(s.tick(120.0)) == []
+
+
+@pytest.mark.parametrize("seq", [3, 5])
+def test_a_head_at_or_below_the_replica_is_not_news(seq: int) -> None:
+    s = connected(session(head_grace=5.0))
+    s.tick(103.0)
+    s.receive(f"{P}/delta/head", head(seq), 110.0)
+    assert s.deltas_behind == 0
+    assert resyncs(s.tick(200.0)) == []
+
+
+def test_a_head_while_a_snapshot_is_awaited_does_not_ask_twice() -> None:
+    s = connected(session(head_grace=5.0), 100.0)
+    s.receive(f"{P}/delta", delta(9), 101.0)  # a gap: a snapshot is asked for
+    assert s.awaiting_snapshot
+    s.receive(f"{P}/delta/head", head(9), 102.0)
+    assert [r["reason"] for r in resyncs(s.tick(120.0))] == []
+
+
+def test_an_invalid_head_is_dropped_and_counted() -> None:
+    s = connected(session())
+    assert s.receive(f"{P}/delta/head", b'{"v": 1, "delta_seq": -1}', 110.0) == []
+    assert s.stats["invalid"] == 1 and s.deltas_behind == 0

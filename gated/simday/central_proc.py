@@ -77,6 +77,7 @@ class Control:
             random.Random(cmd.get("seed", 0)).shuffle(bodies)
             for body in bodies:
                 await c._publish(f"{c.settings.prefix}/{site}/delta", body.encode(), qos=1)
+            await c.publish_head(site)
             c.stats["deltas_resent"] += len(bodies)
             return {"resent": len(bodies)}
         if kind == "push":
