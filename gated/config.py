@@ -268,6 +268,12 @@ class Config(Section):
         "points. On a site with several daemons exactly one does it (the others: false); it learns "
         "what the others' gates and desks recorded from their events (docs/operations.md).",
     )
+    peer_wait_limit: Duration = Field(
+        "1h",
+        description="With time_driven_work on a site with several daemons: how long past a class's "
+        "no-show time to wait for another daemon that is not heard (it may have taken the attendance) "
+        "before settling the no-show without it; the no-show then names it (`unheard`).",
+    )
     simulation: SimulationConfig | None = Field(
         None,
         description="Simulator only (`gated sim day`): a simulated clock. `gated run` refuses it "
@@ -323,6 +329,9 @@ class Config(Section):
             closed_dates=frozenset(s.closed_dates),
             id=s.id,
         )
+
+    def peer_wait_limit_delta(self) -> timedelta:
+        return parse_duration(self.peer_wait_limit)
 
     def gates_domain(self) -> dict[str, Gate]:
         return {g.id: g.to_domain() for g in self.gates}

@@ -38,6 +38,7 @@ from gated.clock import SIMULATION_ENV, Clock, SimulatedClock, utc_now
 from gated.clock import allowed as simulation_allowed
 from gated.config import Config, ConfigError, load_config
 from gated.engine import Engine
+from gated.knowledge import Knowledge
 from gated.metrics import Metrics
 from gated.reload import reload_config
 from gated.safety import Safety
@@ -96,6 +97,7 @@ class Daemon:
         self.control: Any = None  # gated.control.ControlServer, once started
         self.fire_monitor: FireAlarmMonitor | None = None
         self.alarms = Alarms(self.metrics, clock)
+        self.knowledge = Knowledge(self)
         self._reload_lock = asyncio.Lock()
         self._jobs: set[asyncio.Future[Any]] = set()
 
@@ -172,6 +174,7 @@ class Daemon:
             from sync.link import SyncLink
 
             self.link = SyncLink(store, cfg.mqtt, now=self.clock, gates=cfg.gates_domain(), health=lambda: status.link_health(self))
+            store.set_site_wide_qr(cfg.mqtt.share_access)
             self.taps.link = self.link
             self.link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
         from gated.console.backend import DaemonBackend
@@ -467,8 +470,10 @@ class Daemon:
     async def _scheduler(self) -> None:
         while True:
             try:
+                now = self.clock()
+                self.knowledge.check(now)
                 if self.engine is not None and self.config.time_driven_work and (self.storage is None or self.storage.ok):
-                    self.engine.run_due(self.clock())
+                    self.engine.run_due(now, *self.knowledge.no_show_horizon(now))
             except STORAGE_ERRORS as e:
                 if self.storage is not None:
                     self.storage.failed(e, "scheduler")

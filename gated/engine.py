@@ -7,6 +7,7 @@ turnstile to turn in between: no passage, no deduction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,7 @@ from rules.decide import Decision, MemberView, Presented, decide, override
 from rules.messages import message
 from rules.model import Gate, Policy, Site
 from rules.reasons import Reason
+from rules.schedule import NoShowHorizon
 from sync.qrtoken import TrustedKeys
 from sync.store import Committed, Store
 
@@ -135,8 +137,13 @@ class Engine:
         gate = self.gate(gate_id)
         return override(gate), self.store.commit_override(gate, operator, reason, now, passed=passed)
 
-    def run_due(self, now: datetime) -> Committed:
-        return self.store.run_due(self.policy, now)
+    def run_due(
+        self, now: datetime, horizon: NoShowHorizon | None = None,
+        unheard: Callable[[datetime], list[str]] | None = None,
+    ) -> Committed:
+        """The time-driven work due by `now` (no-shows only up to `horizon`: the site's
+        other daemons heard, gated/knowledge.py)."""
+        return self.store.run_due(self.policy, now, horizon, unheard)
 
     def mark_attended(self, booking_id: str, operator: str, *, refund: bool, now: datetime) -> Committed:
         return self.store.mark_attended(booking_id, operator, refund=refund, now=now)

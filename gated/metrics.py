@@ -84,6 +84,10 @@ class Metrics:
         self.safety = Gauge(
             "gated_safety_state", "1 while a safety state is on: lockdown, emergency_release, fire_alarm", ["state"], registry=r
         )
+        self.knowledge_gap = Gauge(
+            "gated_knowledge_gap", "1 while the gate knows it is missing something it relies on "
+            "(gated/knowledge.py: uplink_stalled, deltas_behind, peers_unheard)", ["kind"], registry=r,
+        )
         self.fire_input_up = Gauge("gated_fire_input_up", "1 when the fire-alarm input is read successfully", registry=r)
 
     def watch_devices(

@@ -29,6 +29,8 @@ def status_line(d: Daemon) -> str:
             problems.append("DOORS RELEASED")
         if d.safety.fire_configured and not d.safety.fire.known:
             problems.append("FIRE INPUT UNREACHABLE")
+    for gap in d.knowledge.open.values():
+        problems.append(gap.kind.upper().replace("_", " "))
     base = f"ready: {len(d.config.gates)} gates, {len(d.readers)} readers"
     if d.config.simulation is not None:
         base += " (SIMULATED CLOCK)"
@@ -106,6 +108,9 @@ def health(d: Daemon) -> dict[str, Any]:
              "stats": dict(d.link.stats)}
             if d.link is not None else None
         ),
+        # what the gate knows it is missing (gated/knowledge.py): open gaps with their
+        # reasons, and how far each other daemon of the site is heard
+        "knowledge": d.knowledge.as_dict(),
     }
 
 

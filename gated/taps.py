@@ -41,6 +41,7 @@ from rules.decide import Decision
 from rules.decide import override as override_decision
 from rules.reasons import Reason
 from rules.timeutil import iso_utc
+from sync.intents import TokenUsed
 from sync.occupancy import is_full
 from sync.storage import STORAGE_ERRORS
 from sync.store import Committed, Event
@@ -164,7 +165,8 @@ class TapPath:
             pending = await self._decide(gate_id, cred, lookup=False)
         hold = self._hold(pending)
         try:
-            pending, intent = self._write_intent(pending, extra)
+            pending, intent, intent_at = self._write_intent(pending, extra)
+            pending = await self._contest_qr(pending, intent, intent_at)
             pending, passage = await self._open(pending, reader)
             passed = passage is Passage.PASSED
             if passage is Passage.UNKNOWN:
@@ -247,25 +249,40 @@ class TapPath:
             zone_full=full,
         )
 
-    def _write_intent(self, pending: PendingTap, extra: dict[str, Any]) -> tuple[PendingTap, int | None]:
-        """The durable intent before the relay: for an entry, no intent, no opening."""
+    def _write_intent(self, pending: PendingTap, extra: dict[str, Any]) -> tuple[PendingTap, int | None, datetime]:
+        """The durable intent before the relay: for an entry, no intent, no opening.
+        Returns the tap, the intent's id and its instant."""
+        now = self.clock()
         if not pending.decision.granted:
-            return pending, None
+            return pending, None, now
         try:
             intent = self.engine.store.open_intent(
                 pending.gate,
                 pending.decision,
                 credential=pending.credential.kind,
-                now=self.clock(),
+                now=now,
                 qr_token=pending.qr_token,
                 detail={k: v for k, v in extra.items() if v is not None},
             )
+        except TokenUsed:
+            # used up at another daemon of the site, heard since the decision
+            return self.engine.refuse(pending, Reason.QR_REPLAYED), None, now
         except STORAGE_ERRORS as e:
             self.storage.failed(e, "intent")
             if self._exit(pending):
-                return pending, None  # nobody is locked in: the exit opens unrecorded
-            return self.engine.refuse(pending, Reason.STORAGE_FAULT), None
-        return pending, intent
+                return pending, None, now  # nobody is locked in: the exit opens unrecorded
+            return self.engine.refuse(pending, Reason.STORAGE_FAULT), None, now
+        return pending, intent, now
+
+    async def _contest_qr(self, pending: PendingTap, intent: int | None, claimed_at: datetime) -> PendingTap:
+        """A QR code shown at two daemons of the site at the same instant: each has used it
+        up (and said so, a `qr_used` event) before either heard the other. Both wait a
+        moment for the other's claim and apply one rule — the earlier claim wins, then the
+        lower daemon id — so exactly one opens (sync/link.py, `contest_qr`)."""
+        if pending.qr_token is None or intent is None or self.link is None:
+            return pending
+        lost = await self.link.contest_qr(pending.qr_token[0], claimed_at)
+        return self.engine.refuse(pending, Reason.QR_REPLAYED) if lost else pending
 
     async def _open(self, pending: PendingTap, reader: Reader | None) -> tuple[PendingTap, Passage]:
         """Pulse the relay and wait for passage: (the tap, what the turnstile said).

@@ -7,7 +7,7 @@ which order; the store carries it out in one transaction per item.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
@@ -50,6 +50,34 @@ def due_work(
     ]
     work.sort(key=lambda w: (w.due_at, w.kind != WorkKind.NO_SHOW, w.booking.id))
     return work
+
+
+@dataclass(frozen=True, slots=True)
+class NoShowHorizon:
+    """How far no-shows may be settled now: bookings that ended at or before `ends_by`.
+    `forced`: the site's other daemons were waited for as long as allowed, and the
+    bookings up to `ends_by` are settled without having heard them."""
+
+    ends_by: datetime
+    forced: bool = False
+
+
+def no_show_horizon(
+    now: datetime, policy: Policy, heard_through: datetime | None, wait_limit: timedelta
+) -> NoShowHorizon:
+    """A booking is a no-show once it is still booked `no_show_after` past its end — and,
+    on a site whose turnstiles are several daemons, once every other daemon is heard past
+    its end (`heard_through`; None when there is no other daemon): an attendance taken at
+    another turnstile and not heard yet must not become a no-show and a fee here. The
+    wait is bounded: a daemon unheard for `wait_limit` past the due time does not hold
+    the books for ever (the no-shows then say so)."""
+    due = now - policy.no_show_after
+    if heard_through is None or heard_through >= due:
+        return NoShowHorizon(due)
+    floor = due - wait_limit
+    if heard_through < floor:
+        return NoShowHorizon(floor, forced=True)
+    return NoShowHorizon(heard_through)
 
 
 def no_show_fee(b: Booking, p: Pass | None, policy: Policy, was_on_site: bool) -> Decimal:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sync.protocol import Delta, LookupResponse, ReplayRequest, SnapshotHeader
+from sync.protocol import CatchUpRequest, Delta, LookupResponse, ReplayRequest, SnapshotHeader
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,21 +80,33 @@ class ApplyLookup:
 @dataclass(frozen=True, slots=True)
 class RecordPeerEvents:
     """Another daemon of the site's events that this daemon must know (sync/peers.py):
-    passages, booking outcomes, walk-in charges, refunds. Repeats come (resends,
-    catch-ups): recording is idempotent."""
+    passages, booking outcomes, charges, refunds, used QR codes — and, in the same
+    transaction, how far this daemon has now heard that daemon (`mark`: heard_seq,
+    heard_through; sync/peer_marks.py), or None when it did not move. Repeats come
+    (resends, catch-ups): recording is idempotent."""
 
     sender: str
     events: tuple[dict[str, Any], ...]
     zones: dict[str, str]
+    mark: tuple[int | None, float | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class CatchUp:
-    """Send this daemon's acknowledged events of the local day again on its `events` topic:
-    a daemon of the site came online (or we did) and may have missed them. The shell reads
-    them and publishes `Session.republish(events)`."""
+class StorePeerMark:
+    """Write how far this daemon has heard `peer` (a heartbeat moved it)."""
 
-    why: str
+    peer: str
+    heard_seq: int | None
+    heard_through: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServeCatchUp:
+    """Another daemon of the site asks for this daemon's events again: read them from the
+    store (from `request.from_seq`, or since `request.since`) and publish
+    `Session.catch_up_answer` chunks."""
+
+    request: CatchUpRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +151,8 @@ Action = (
     | AbortSnapshot
     | ApplyLookup
     | RecordPeerEvents
-    | CatchUp
+    | StorePeerMark
+    | ServeCatchUp
     | RaiseAlarm
     | ReadReplay
     | PublishHealth

@@ -25,15 +25,21 @@ from rules.credential import CredentialKind
 from rules.decide import Decision
 from rules.model import Gate
 from rules.timeutil import iso_utc
-from sync.ledger import amount_json
+from sync.ledger import Ledger, amount_json
 from sync.rows import ts
 from sync.transaction import Committed, Transactions
 
 
+class TokenUsed(Exception):
+    """The grant's QR token was used up meanwhile (at another daemon of the site, heard
+    between the decision and the intent): the grant must not open (`qr_replayed`)."""
+
+
 class Intents:
-    def __init__(self, conn: sqlite3.Connection, transactions: Transactions):
+    def __init__(self, conn: sqlite3.Connection, transactions: Transactions, ledger: Ledger):
         self.conn = conn
         self.transactions = transactions
+        self.ledger = ledger
 
     def open(
         self,
@@ -45,7 +51,8 @@ class Intents:
         qr_token: tuple[str, datetime] | None = None,
         detail: dict[str, Any] | None = None,
     ) -> int:
-        """Write the intent (and use up the QR token); its id goes to commit_tap."""
+        """Write the intent (and use up the QR token); its id goes to commit_tap. Raises
+        TokenUsed when the token was used up meanwhile."""
         body: dict[str, Any] = {
             "gate": gate.id,
             "member": decision.member,
@@ -58,12 +65,9 @@ class Intents:
             "granted_at": iso_utc(now),
             **(detail or {}),
         }
-        with self.transactions.open():  # durable: every ordinary transaction is FULL
-            if qr_token is not None:
-                self.conn.execute(
-                    "INSERT OR IGNORE INTO qr_used(token_id, expires_at) VALUES (?, ?)",
-                    (qr_token[0], ts(qr_token[1])),
-                )
+        with self.transactions.open() as tx:  # durable: every ordinary transaction is FULL
+            if qr_token is not None and not self.ledger.use_qr_token(tx, now, qr_token, gate.id, decision.member):
+                raise TokenUsed(qr_token[0])  # rolls the transaction back: nothing written
             cur = self.conn.execute(
                 "INSERT INTO grant_intents(gate, member_id, body, at) VALUES (?,?,?,?)",
                 (gate.id, decision.member, json.dumps(body), ts(now)),
@@ -106,4 +110,4 @@ def _unconfirmed_fields(intent: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-__all__ = ["Intents"]
+__all__ = ["Intents", "TokenUsed"]

@@ -20,7 +20,7 @@ the replica. A booking a sync brings in behind the cursor (a late arrival) is li
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -30,8 +30,8 @@ from rules.decide import Decision, ZonePresence
 from rules.model import Booking, Direction, Gate, Policy
 from rules.model import Site as SiteModel
 from rules.reasons import Reason
-from rules.schedule import WorkKind, due_work, no_show_fee
-from rules.timeutil import local_date, start_of_local_day
+from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee
+from rules.timeutil import iso_utc, local_date, start_of_local_day
 from sync import peers
 from sync.errors import StoreError
 from sync.outbox import Event
@@ -59,6 +59,9 @@ class Ledger:
         self.replica = replica
         self.site = site
         self.daemon_id = daemon_id
+        # a QR code's first use is an event the site's other daemons hear (the daemon sets
+        # it when it shares with them; scenarios keep their events as the contract says)
+        self.site_wide_qr = False
 
     # -- the steps a commit is made of (inside a transaction) -----------------------------
 
@@ -117,6 +120,19 @@ class Ledger:
             fields = {"gate": gate, **fields}
         tx.emit("attendance", now, **fields)
 
+    def use_qr_token(self, tx: Transaction, now: datetime, token: tuple[str, datetime], gate: str,
+                     member: str | None) -> bool:
+        """Use up a QR token (on its first verified read, whatever the decision). False
+        when it was used already — here, or at another daemon of the site (sync/peers.py).
+        With `site_wide_qr`, a first use is also a `qr_used` event: the site's other
+        daemons hear it within milliseconds and refuse the token (`qr_replayed`)."""
+        first = self.conn.execute(
+            "INSERT OR IGNORE INTO qr_used(token_id, expires_at) VALUES (?, ?)", (token[0], ts(token[1]))
+        ).rowcount == 1
+        if first and self.site_wide_qr:
+            tx.emit("qr_used", now, gate=gate, member=member, token=token[0], expires=iso_utc(token[1]))
+        return first
+
     def record_passage(
         self, member_id: str | None, zone: str, direction: Direction, now: datetime, gate: str, origin: str = "local"
     ) -> None:
@@ -146,12 +162,8 @@ class Ledger:
         with self.transactions.open() as tx:
             if intent is not None:
                 self.conn.execute("DELETE FROM grant_intents WHERE id = ?", (intent,))
-            if qr_token is not None:
-                # used up on its first verified read, whatever the decision
-                self.conn.execute(
-                    "INSERT OR IGNORE INTO qr_used(token_id, expires_at) VALUES (?, ?)",
-                    (qr_token[0], ts(qr_token[1])),
-                )
+            if qr_token is not None and intent is None:  # a grant's token went with its intent
+                self.use_qr_token(tx, now, qr_token, gate.id, decision.member)
             went_through = decision.granted and passed
             access: dict[str, Any] = {
                 "gate": gate.id,
@@ -293,10 +305,24 @@ class Ledger:
 
     # -- the site's other daemons ---------------------------------------------------------
 
-    def record_peer_events(self, sender: str, events: list[dict[str, Any]], zones: dict[str, str]) -> dict[str, int]:
-        """What another daemon of the site did (sync/peers.py), in one transaction."""
+    def record_peer_events(
+        self, sender: str, events: list[dict[str, Any]], zones: dict[str, str],
+        mark: tuple[int | None, float | None] | None = None,
+    ) -> dict[str, int]:
+        """What another daemon of the site did (sync/peers.py), and how far it is now
+        heard (`mark`), in one transaction: the mark never gets ahead of what it covers."""
         with self.transactions.open():
-            return dict(peers.apply(self.conn, sender, events, zones, self.record_passage))
+            seen = dict(peers.apply(self.conn, sender, events, zones, self.record_passage))
+            if mark is not None:
+                peers.save_mark(self.conn, sender, *mark)
+        return seen
+
+    def save_peer_mark(self, peer: str, heard_seq: int | None, heard_through: float | None) -> None:
+        with self.transactions.open():
+            peers.save_mark(self.conn, peer, heard_seq, heard_through)
+
+    def peer_marks(self) -> dict[str, tuple[int | None, float | None]]:
+        return peers.marks(self.conn)
 
     # -- time-driven work -------------------------------------------------------------------
 
@@ -305,9 +331,17 @@ class Ledger:
         row = self.conn.execute("SELECT value FROM main.meta WHERE key = ?", (CURSOR_KEY,)).fetchone()
         return None if row is None else float(row[0])
 
-    def run_due(self, policy: Policy, now: datetime) -> Committed:
-        """No-shows and loyalty credits due up to and including `now`, each exactly once."""
-        through = ts(now - policy.no_show_after)
+    def run_due(
+        self, policy: Policy, now: datetime, horizon: NoShowHorizon | None = None,
+        unheard: Callable[[datetime], list[str]] | None = None,
+    ) -> Committed:
+        """No-shows and loyalty credits due up to and including `now`, each exactly once.
+        `horizon` (rules.schedule.no_show_horizon): how far no-shows may be settled now
+        (default: every booking `no_show_after` past its end); `unheard(ends_at)`: the
+        site's daemons not heard past that instant, named in a no-show settled without
+        them."""
+        horizon = horizon or NoShowHorizon(now - policy.no_show_after)
+        through = ts(horizon.ends_by)
         cursor = self.cursor()
         c = self.conn
         open_rows: list[tuple[Any, ...]] = []
@@ -318,7 +352,16 @@ class Ledger:
                 "AND o.booking_id IS NULL ORDER BY b.ends_at, b.id",
                 (through,) if cursor is None else (cursor, through),
             ).fetchall()
-        rechecks = c.execute("SELECT booking_id FROM main.due_recheck").fetchall()
+        # bookings a sync brought in behind the cursor, the ones the horizon reaches (a
+        # class the site's other daemons are not heard past yet stays listed), and the
+        # ones whose booking is gone
+        rechecks = [
+            (r[0], r[1] is not None and r[1] <= through, r[1] is None)
+            for r in c.execute(
+                "SELECT x.booking_id, b.ends_at FROM main.due_recheck x LEFT JOIN replica.bookings b ON b.id = x.booking_id"
+            )
+        ]
+        rechecks = [r for r in rechecks if r[1] or r[2]]
         if rechecks:
             seen = {r[0] for r in open_rows}
             open_rows += [
@@ -340,7 +383,8 @@ class Ledger:
             for item in work:
                 b = item.booking
                 if item.kind == WorkKind.NO_SHOW:
-                    self._no_show(tx, b, policy, now)
+                    missing = unheard(b.ends_at) if horizon.forced and unheard is not None else []
+                    self._no_show(tx, b, policy, now, missing)
                 else:
                     ev = tx.emit("loyalty", now, member=b.member, points=b.loyalty_points, booking=b.id)
                     c.execute(
@@ -351,8 +395,7 @@ class Ledger:
             c.executemany(
                 "UPDATE main.booking_outcomes SET loyalty_settled = 1 WHERE booking_id = ?", ((i,) for i in settle)
             )
-            if rechecks:
-                c.execute("DELETE FROM main.due_recheck")
+            c.executemany("DELETE FROM main.due_recheck WHERE booking_id = ?", ((r[0],) for r in rechecks))
             if cursor is None or through > cursor:
                 tx.set_meta(CURSOR_KEY, repr(through))
             c.execute("DELETE FROM qr_used WHERE expires_at < ?", (ts(now - timedelta(hours=1)),))
@@ -379,7 +422,7 @@ class Ledger:
                     settle.append(r[0])
         return credit, settle
 
-    def _no_show(self, tx: Transaction, b: Booking, policy: Policy, now: datetime) -> None:
+    def _no_show(self, tx: Transaction, b: Booking, policy: Policy, now: datetime, unheard: list[str]) -> None:
         self.conn.execute(
             "INSERT INTO main.booking_outcomes(booking_id, outcome, attended_at, loyalty_settled) "
             "VALUES (?, 'no_show', NULL, 1) ON CONFLICT(booking_id) DO UPDATE SET outcome = 'no_show'",
@@ -399,7 +442,8 @@ class Ledger:
                 tx, now, pass_id=b.pass_id, member_id=b.member, amount=fee, booking_id=b.id,
                 cause="no_show_fee", zone=b.zone, gate=None,
             )
-        tx.emit("attendance", now, member=b.member, booking=b.id, status="no_show", by="gate")
+        extra: dict[str, Any] = {"unheard": unheard} if unheard else {}
+        tx.emit("attendance", now, member=b.member, booking=b.id, status="no_show", by="gate", **extra)
 
     # -- the gate's own reads -----------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from importlib import metadata
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -34,17 +35,16 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from rules.model import Gate
-from rules.timeutil import iso_utc, local_date, start_of_local_day
+from rules.timeutil import iso_utc, parse_instant_once
 from sync.link_store import LinkStore
 from sync.outbox import Event
-from sync.protocol import Health
+from sync.protocol import CatchUpRequest, Health
 from sync.reconnect import Attempt, Reconnect
 from sync.session import (
     AbortSnapshot,
     Action,
     ApplyDelta,
     ApplyLookup,
-    CatchUp,
     CommitSnapshot,
     PruneAcked,
     Publish,
@@ -52,10 +52,12 @@ from sync.session import (
     RaiseAlarm,
     ReadReplay,
     RecordPeerEvents,
+    ServeCatchUp,
     Session,
     SessionConfig,
     StageChunk,
     StoreAck,
+    StorePeerMark,
     Subscribe,
     WakeUplink,
 )
@@ -65,9 +67,11 @@ from sync.store import Store
 
 __all__ = ["MqttSettings", "SyncLink", "mqtt_call"]
 
-CATCH_UP_MAX = 20_000  # events sent again to the site's other daemons at a time (the day's)
+CATCH_UP_MAX = 20_000  # events sent again to one of the site's other daemons per request
+MAX_SERVING = 8  # catch-up answers in progress at once (one per asking daemon)
 
 T = TypeVar("T")
+UTC_ZONE = ZoneInfo("UTC")
 
 log = logging.getLogger("gated.sync")
 
@@ -105,12 +109,14 @@ class SyncLink:
         self._building: asyncio.Task[None] | None = None  # the snapshot worker, then the session's verdict
         zones = {g: gate.zone for g, gate in (gates or {}).items()}
         self.session = Session(SessionConfig.from_settings(settings, software_version()), self.replica.state(), zones)
+        self._serving: dict[str, asyncio.Task[None]] = {}  # catch-up answers, one per asking daemon
+        # QR codes used here lately (token -> our claim) and the taps waiting for a rival claim
+        self._qr_mine: dict[str, tuple[datetime, str]] = {}
+        self._qr_waiting: dict[str, asyncio.Future[tuple[datetime, str]]] = {}
         self.topics = self.session.topics
         self.last_ack_at: datetime | None = None
         self.broker: str | None = None  # host:port of the connected broker
         self._client: aiomqtt.Client | None = None
-        self._catch_up_pending = False
-        self._catch_up_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()
         self._waiters: dict[bytes, asyncio.Future[bool]] = {}
@@ -250,10 +256,11 @@ class SyncLink:
     async def _disconnected(self) -> None:
         self._ready.clear()
         self._client = None
-        if self._catch_up_task is not None:
-            self._catch_up_task.cancel()  # its connection is gone; the next connect asks again
-            await asyncio.wait([self._catch_up_task])
-            self._catch_up_task = None
+        serving, self._serving = list(self._serving.values()), {}
+        for task in serving:
+            task.cancel()  # its connection is gone; the peer asks again
+        if serving:
+            await asyncio.wait(serving)
         self.broker = None
         for fut in self._waiters.values():
             if not fut.done():
@@ -325,29 +332,53 @@ class SyncLink:
 
     # -- catching the site's other daemons up ------------------------------------------------
 
-    async def _catch_up(self) -> None:
-        """Our acknowledged events of the local day, again, for the site's other daemons
-        (sync/peers.py; docs/protocol.md, "Between the daemons of a site"). Requests that
-        come while one runs are served by one more run."""
-        while self._catch_up_pending:
-            self._catch_up_pending = False
-            client = self._client
-            if client is None:
+    def _serve(self, client: aiomqtt.Client | None, request: CatchUpRequest) -> None:
+        """Answer a peer's catch-up request in a task of its own (reading and publishing
+        thousands of events must not hold the receiver); a newer request from the same
+        daemon replaces one still being answered."""
+        if client is None:
+            return
+        old = self._serving.pop(request.daemon, None)
+        if old is None and len(self._serving) >= MAX_SERVING:
+            self.stats["catch_up_requests_dropped"] += 1  # a flood of made-up daemons: asked again
+            return
+        if old is not None:
+            old.cancel()
+        task = asyncio.get_running_loop().create_task(self._answer(client, request), name="catch-up")
+        self._serving[request.daemon] = task
+        task.add_done_callback(lambda t: self._serving.pop(request.daemon, None) if self._serving.get(request.daemon) is t else None)
+
+    async def _answer(self, client: aiomqtt.Client, request: CatchUpRequest) -> None:
+        """Our events from what the peer asked (from_seq, or since an instant), in chunks
+        of `batch_events`, at most CATCH_UP_MAX (the peer asks again for the rest)."""
+        store = self.store
+        if request.from_seq is not None:
+            start = max(request.from_seq, store.first_seq)
+        else:
+            try:
+                since = parse_instant_once(str(request.since), UTC_ZONE)
+            except ValueError:
+                self.stats["invalid"] += 1
                 return
-            tz = self.store.site.timezone
-            first = self.store.first_seq_since(start_of_local_day(local_date(self.now(), tz), tz))
-            upto = self.store.acked_seq  # the rest goes out with the uplink anyway
-            seq, sent = (first - 1 if first is not None else upto), 0
-            while seq < upto and sent < CATCH_UP_MAX:
-                events = [e for e in self.store.events_after(seq, limit=self.settings.batch_events) if e["seq"] <= upto]
-                if not events:
-                    break
-                try:
-                    await self._publish(client, self.session.republish(events))
-                except aiomqtt.MqttError:
-                    return  # the connection went: asked again at the next connect
-                seq = int(events[-1]["seq"])
+            first = store.first_seq_since(since)
+            start = first if first is not None else store.last_seq + 1
+        sent = 0
+        try:
+            while True:
+                events = store.events_after(start - 1, limit=min(self.settings.batch_events, CATCH_UP_MAX - sent))
+                more = bool(events) and sent + len(events) < CATCH_UP_MAX and events[-1]["seq"] < store.last_seq
+                answer = self.session.catch_up_answer(request, events, start, more=more)
+                while len(answer.payload) > self.settings.max_payload and len(events) > 1:
+                    events = events[: len(events) // 2]
+                    more = True
+                    answer = self.session.catch_up_answer(request, events, start, more=more)
+                await self._publish(client, answer)
+                if not more:
+                    return
                 sent += len(events)
+                start = int(events[-1]["seq"]) + 1
+        except aiomqtt.MqttError:
+            return  # the connection went: the peer asks again
 
     # -- performing the session's actions -----------------------------------------------------
 
@@ -410,12 +441,14 @@ class SyncLink:
             case ApplyLookup():
                 self._on_lookup_answer(action)
             case RecordPeerEvents():
-                for kind, n in self.store.record_peer_events(action.sender, list(action.events), action.zones).items():
+                seen = self.store.record_peer_events(action.sender, list(action.events), action.zones, action.mark)
+                for kind, n in seen.items():
                     self.session.stats[kind] += n
-            case CatchUp():
-                self._catch_up_pending = True
-                if self._catch_up_task is None or self._catch_up_task.done():
-                    self._catch_up_task = asyncio.get_running_loop().create_task(self._catch_up())
+                self._rival_claims(action.sender, action.events)
+            case StorePeerMark():
+                self.store.save_peer_mark(action.peer, action.heard_seq, action.heard_through)
+            case ServeCatchUp():
+                self._serve(client, action.request)
             case RaiseAlarm():
                 log.warning("alarm %s: %s", action.kind, action.detail)
                 self.store.emit("alarm", self.now(), gate=None, kind=action.kind, detail=action.detail)
@@ -493,7 +526,7 @@ class SyncLink:
         period = min(1.0, self.settings.ack_timeout / 2)
         while True:
             try:
-                await self._perform(client, self.session.tick(self.mono()))
+                await self._perform(client, self.session.tick(self.mono(), iso_utc(self.now())))
             except aiomqtt.MqttError:
                 raise
             except Exception:
@@ -525,6 +558,62 @@ class SyncLink:
                 log.exception("health provider")
                 info = None
         await mqtt_call(client.publish(self.topics.health, self.health(info).model_dump_json().encode(), qos=0))
+
+    # -- one QR code, one use across the site -----------------------------------------------
+
+    async def contest_qr(self, token: str, claimed_at: datetime) -> bool:
+        """We have just used up QR `token` (its `qr_used` event is on its way to the site's
+        other daemons). Wait up to `qr_claim_wait` for another daemon's claim on it and
+        apply the rule every daemon applies: the earlier claim wins, then the lower daemon
+        id. True when ours lost (the tap is refused `qr_replayed`). No wait when nobody
+        could claim it (not connected, no other daemon online)."""
+        ours = (claimed_at, self.settings.daemon)
+        self._remember_claim(token, ours)
+        wait = self.settings.qr_claim_wait
+        if wait <= 0 or not self.connected or not self.session.peers.any_online():
+            return False
+        fut: asyncio.Future[tuple[datetime, str]] = asyncio.get_running_loop().create_future()
+        self._qr_waiting[token] = fut
+        try:
+            async with asyncio.timeout(wait):
+                theirs = await fut
+        except TimeoutError:
+            return False
+        finally:
+            if self._qr_waiting.get(token) is fut:
+                del self._qr_waiting[token]
+        lost = theirs < ours
+        self.stats["qr_contests_lost" if lost else "qr_contests_won"] += 1
+        return lost
+
+    def _remember_claim(self, token: str, claim: tuple[datetime, str]) -> None:
+        if len(self._qr_mine) >= 1000:  # a minute of QR codes is plenty: the race is milliseconds
+            self._qr_mine.pop(next(iter(self._qr_mine)))
+        self._qr_mine[token] = claim
+
+    def _rival_claims(self, sender: str, events: Sequence[Mapping[str, Any]]) -> None:
+        """Another daemon's `qr_used`: a tap of ours waiting on that token learns of it; a
+        token we already let through that the rule gives to the other daemon (its claim
+        came after our wait) is a double use, and an alarm — never silent."""
+        for ev in events:
+            token = ev.get("token")
+            if ev.get("type") != "qr_used" or not isinstance(token, str):
+                continue
+            try:
+                theirs = (parse_instant_once(str(ev.get("at")), UTC_ZONE), sender)
+            except ValueError:
+                continue
+            fut = self._qr_waiting.get(token)
+            if fut is not None and not fut.done():
+                fut.set_result(theirs)
+                continue
+            ours = self._qr_mine.get(token)
+            if ours is not None and theirs < ours:
+                self.stats["qr_double_use"] += 1
+                detail = f"a QR code was let in here and at {sender} (its claim came too late to stop ours)"
+                log.warning("alarm qr_double_use: %s", detail)
+                self.store.emit("alarm", self.now(), gate=None, kind="qr_double_use", detail=detail,
+                                token=token, other=sender)
 
     # -- live look-ups ---------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ class LinkStore:
             delta_seq=s.delta_seq,
             has_snapshot=s.snapshot_id is not None,
             snapshot_reason="card_rule" if s.card_rule_changed else None,
+            peer_marks=s.peer_marks(),
         )
 
     def _batch(self, members: Sequence[Any], passes: Sequence[Any], bookings: Sequence[Any], remove: Any = None) -> SyncBatch:

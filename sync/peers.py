@@ -1,18 +1,23 @@
 """The site's other daemons, as this daemon learns of them from their events (MQTT
-`{prefix}/{site}/+/events`, docs/protocol.md): who went in or out (site-wide anti-passback,
-occupancy, the no-show fee's "on site" test), the booking outcomes they recorded, their
-walk-in charges and the refunds anyone gave.
+`{prefix}/{site}/+/events` and their answers to catch-up requests, docs/protocol.md): who
+went in or out (site-wide anti-passback, occupancy, the no-show fee's "on site" test), the
+booking outcomes they recorded, their charges and the refunds anyone gave, the QR codes
+they used up — and how far each of them is heard (`peer_marks`, sync/peer_marks.py),
+written in the same transaction as what was heard.
 
 Why each matters on a site whose gates are separate daemons (one per turnstile):
 - a booking attended at another turnstile is not matched again here (a second entry in
   its arrival window is a re-entry, not a second use of the booking), and the daemon
   doing the site's time-driven work does not make it a no-show (nor charge its fee);
 - the desk refunds the walk-in charge a member paid at *any* turnstile of the site
-  (SPORTRICK's early arrival), once, whichever daemon took it.
+  (SPORTRICK's early arrival), once, whichever daemon took it;
+- a pass charged at another turnstile and not yet applied by the central system (it may
+  be unreachable) is charged here too: its local balance is the central balance minus
+  every daemon's charges the central had not applied (the `applied` map, per daemon);
+- a QR code used at one turnstile is used at all of them.
 
-Nothing here emits an event or moves a balance: balances come from the central system
-(the `applied` rule), and each charge or refund is counted there once, from the daemon
-that made it.
+Nothing here emits an event: each charge or refund is counted at the central system
+once, from the daemon that made it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,12 @@ from rules.timeutil import parse_instant_once
 from sync.rows import ts
 
 _UTC = ZoneInfo("UTC")
+
+
+def create_tables_v8(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS peer_marks (daemon TEXT PRIMARY KEY, heard_seq INTEGER, heard_through REAL)")
+    conn.execute("ALTER TABLE site_charges ADD COLUMN cause TEXT NOT NULL DEFAULT 'walk_in'")
+    conn.execute("CREATE INDEX IF NOT EXISTS site_charges_pass ON site_charges(pass_id)")
 
 
 def create_tables(conn: sqlite3.Connection) -> None:
@@ -91,25 +102,34 @@ def apply(
         elif kind == "attendance" and ev.get("booking") and ev.get("status") in ("attended", "no_show"):
             if _outcome(conn, str(ev["booking"]), str(ev["status"]), at):
                 seen[f"remote_{ev['status']}"] += 1
-        elif kind == "deduction" and ev.get("cause") == "walk_in" and member and ev.get("pass") and gate in zones:
+        elif kind == "deduction" and member and ev.get("pass"):
             try:
                 amount = Decimal(str(ev.get("amount")))
             except InvalidOperation:
                 amount = Decimal("NaN")
-            if not amount.is_finite() or len(str(member)) > 200 or len(str(ev["pass"])) > 200:
+            cause = str(ev.get("cause") or "")
+            if not amount.is_finite() or len(str(member)) > 200 or len(str(ev["pass"])) > 200 or len(cause) > 50:
                 seen["invalid"] += 1
                 continue
             conn.execute(
-                "INSERT OR IGNORE INTO site_charges(daemon, seq, pass_id, member_id, amount, zone, at) "
-                "VALUES (?,?,?,?,?,?,?)",
-                (sender, int(ev["seq"]), str(ev["pass"]), str(member), str(amount), zones[str(gate)], ts(at)),
+                "INSERT OR IGNORE INTO site_charges(daemon, seq, pass_id, member_id, amount, zone, at, cause) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (sender, int(ev["seq"]), str(ev["pass"]), str(member), str(amount), zones.get(str(gate)), ts(at), cause),
             )
             seen["remote_charges"] += 1
-        elif kind == "deduction" and ev.get("cause") == "refund":
             ref = ev.get("refunds")
-            if isinstance(ref, Mapping) and isinstance(ref.get("daemon"), str) and isinstance(ref.get("seq"), int):
+            if cause == "refund" and isinstance(ref, Mapping) and isinstance(ref.get("daemon"), str) \
+                    and isinstance(ref.get("seq"), int):
                 conn.execute("INSERT OR IGNORE INTO site_refunds(daemon, seq) VALUES (?,?)", (ref["daemon"], ref["seq"]))
                 seen["remote_refunds"] += 1
+        elif kind == "qr_used" and isinstance(ev.get("token"), str) and len(ev["token"]) <= 200:
+            try:
+                expires = parse_instant_once(str(ev.get("expires")), _UTC)
+            except ValueError:
+                seen["invalid"] += 1
+                continue
+            conn.execute("INSERT OR IGNORE INTO qr_used(token_id, expires_at) VALUES (?, ?)", (ev["token"], ts(expires)))
+            seen["remote_qr_used"] += 1
     return seen
 
 
@@ -143,7 +163,7 @@ def latest_charge(
         (*args, own_daemon),
     ).fetchone()
     peer = conn.execute(
-        "SELECT daemon, seq, pass_id, amount, at FROM site_charges c WHERE member_id = ? AND zone = ? "
+        "SELECT daemon, seq, pass_id, amount, at FROM site_charges c WHERE cause = 'walk_in' AND member_id = ? AND zone = ? "
         "AND at >= ? AND at < ? AND at < ? "
         "AND NOT EXISTS (SELECT 1 FROM site_refunds r WHERE r.daemon = c.daemon AND r.seq = c.seq) "
         "ORDER BY at DESC, seq DESC LIMIT 1",
@@ -157,8 +177,28 @@ def latest_charge(
     return max(found, key=lambda c: (c.at, c.seq)) if found else None
 
 
+def marks(conn: sqlite3.Connection) -> dict[str, tuple[int | None, float | None]]:
+    """How far each other daemon of the site was heard (peer -> heard_seq, heard_through)."""
+    return {
+        str(r[0]): (None if r[1] is None else int(r[1]), None if r[2] is None else float(r[2]))
+        for r in conn.execute("SELECT daemon, heard_seq, heard_through FROM peer_marks")
+    }
+
+
+def save_mark(conn: sqlite3.Connection, peer: str, heard_seq: int | None, heard_through: float | None) -> None:
+    """Inside a transaction. (None, None): the peer is no longer of the site."""
+    if heard_seq is None and heard_through is None:
+        conn.execute("DELETE FROM peer_marks WHERE daemon = ?", (peer,))
+        return
+    conn.execute(
+        "INSERT INTO peer_marks(daemon, heard_seq, heard_through) VALUES (?,?,?) ON CONFLICT(daemon) DO UPDATE SET "
+        "heard_seq = excluded.heard_seq, heard_through = excluded.heard_through",
+        (peer, heard_seq, heard_through),
+    )
+
+
 def mark_refunded(conn: sqlite3.Connection, charge: Charge) -> None:
     conn.execute("INSERT OR IGNORE INTO site_refunds(daemon, seq) VALUES (?,?)", (charge.daemon, charge.seq))
 
 
-__all__ = ["Charge", "apply", "create_tables", "latest_charge", "mark_refunded"]
+__all__ = ["Charge", "apply", "create_tables", "create_tables_v8", "latest_charge", "mark_refunded", "marks", "save_mark"]

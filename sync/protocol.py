@@ -120,8 +120,11 @@ class EventBatch(_Wire):
 class Status(_Wire):
     """Topic `{prefix}/{site}/{daemon}/status` (and `{prefix}/central/status`), QoS 1,
     retained. The broker publishes the last will (`offline`) when the connection is lost.
+    `at`: when the sender connected (the same in every status of one connection);
     `version`: the sender's software; `protocol`: the protocol version it speaks
-    (`major.minor`)."""
+    (`major.minor`). A gate republishes its status every few seconds as a heartbeat for
+    the site's other daemons: `last_seq` was its last event at `as_of` (its clock) —
+    whoever has heard its events up to `last_seq` knows everything it did up to `as_of`."""
 
     v: V = 1
     daemon: Level
@@ -129,6 +132,55 @@ class Status(_Wire):
     at: str | None = None
     version: str | None = None
     protocol: str | None = None
+    last_seq: Seq | None = None
+    as_of: Annotated[str, Field(max_length=50)] | None = None
+
+
+class CatchUpRequest(_Wire):
+    """Topic `{prefix}/{site}/catchup`, QoS 1: daemon `daemon` asks daemon `peer` of the
+    same site for its events again — from `from_seq` (what it has heard is up to the seq
+    before), or, when it has heard nothing of it yet, those since the instant `since`.
+    Between the site's daemons only; the central system ignores it."""
+
+    v: V = 1
+    daemon: Level
+    peer: Level
+    request_id: RequestId
+    from_seq: Annotated[int, Field(ge=1)] | None = None
+    since: Annotated[str, Field(max_length=50)] | None = None
+
+    @model_validator(mode="after")
+    def _one_start(self) -> CatchUpRequest:
+        if (self.from_seq is None) == (self.since is None):
+            raise ValueError("exactly one of from_seq and since")
+        return self
+
+
+class CatchUpAnswer(_Wire):
+    """Topic `{prefix}/{site}/{daemon}/catchup/answer`, QoS 1: daemon `daemon`'s events for
+    the daemon `to`, in chunks: `events` are consecutive from `first_seq` (none when it
+    holds nothing from there: then `first_seq` is `last_seq + 1`); `last_seq` was its last
+    event when it answered; `more`: further chunks follow. A `first_seq` above what was
+    asked for means the events in between were pruned (gone for good)."""
+
+    v: V = 1
+    daemon: Level
+    to: Level
+    request_id: RequestId
+    first_seq: Annotated[int, Field(ge=1)]
+    last_seq: Seq
+    events: list[EventIn] = []
+    more: bool = False
+    zones: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _consecutive(self) -> CatchUpAnswer:
+        seqs = [e.seq for e in self.events]
+        if seqs and seqs[0] != self.first_seq:
+            raise ValueError("the first event must be first_seq")
+        if any(b != a + 1 for a, b in zip(seqs, seqs[1:], strict=False)):
+            raise ValueError("events must be consecutive by seq")
+        return self
 
 
 class Health(_Wire):
@@ -313,6 +365,8 @@ PAYLOADS: dict[str, type[BaseModel]] = {
     "event-batch": EventBatch,
     "status": Status,
     "health": Health,
+    "catch-up-request": CatchUpRequest,
+    "catch-up-answer": CatchUpAnswer,
     "resync-request": ResyncRequest,
     "lookup-request": LookupRequest,
     "replay-answer": ReplayAnswer,
@@ -330,6 +384,8 @@ __all__ = [
     "PAYLOADS",
     "Ack",
     "BookingOut",
+    "CatchUpAnswer",
+    "CatchUpRequest",
     "Delta",
     "DeltaHead",
     "EventBatch",

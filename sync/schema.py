@@ -29,7 +29,7 @@ from sync.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 REPLICA_SCHEMA_VERSION = 2
 # replica meta: the rule for untyped 10-digit card strings its cards were typed under
 # (rules.credential.TenDigits); absent in replicas written before it (then: the current rule)
@@ -419,9 +419,20 @@ def _migration_7(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) ->
         _set_version(conn, 7)
 
 
+def _migration_8(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
+    """How far each other daemon of the site is heard (sync/peer_marks.py), and every
+    charge of theirs, not only walk-ins (the site's balances, sync/peers.py)."""
+    from sync.peers import create_tables_v8
+
+    with _transaction(conn):
+        create_tables_v8(conn)
+        _set_version(conn, 8)
+
+
 # each brings the database to its version, atomically
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path, TenDigits], None]] = [
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
+    _migration_8,
 ]
 
 

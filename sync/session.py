@@ -36,6 +36,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -46,7 +47,6 @@ from sync.actions import (
     Action,
     ApplyDelta,
     ApplyLookup,
-    CatchUp,
     CommitSnapshot,
     PruneAcked,
     Publish,
@@ -54,15 +54,20 @@ from sync.actions import (
     RaiseAlarm,
     ReadReplay,
     RecordPeerEvents,
+    ServeCatchUp,
     StageChunk,
     StoreAck,
+    StorePeerMark,
     Subscribe,
     WakeUplink,
 )
+from sync.peer_marks import PeerMarks
 from sync.protocol import (
     MAJOR,
     PROTOCOL,
     Ack,
+    CatchUpAnswer,
+    CatchUpRequest,
     Delta,
     DeltaHead,
     EventBatch,
@@ -88,13 +93,14 @@ __all__ = [
     "PublishHealth",
     "RaiseAlarm",
     "ReadReplay",
-    "CatchUp",
     "RecordPeerEvents",
+    "ServeCatchUp",
     "Replica",
     "Session",
     "SessionConfig",
     "StageChunk",
     "StoreAck",
+    "StorePeerMark",
     "Subscribe",
     "WakeUplink",
 ]
@@ -103,6 +109,9 @@ M = TypeVar("M", bound=BaseModel)
 _UTC = ZoneInfo("UTC")
 MAX_BUFFERED_DELTAS = 10_000
 MAX_PENDING_LOOKUPS = 1_000
+# a heartbeat's heard_through is written at most this often (an older one after a restart
+# only makes the ledger wait a little longer); a new heard_seq always is
+MARK_SAVE_STEP = 60.0
 
 
 @dataclass(slots=True)
@@ -131,6 +140,8 @@ class _Uplink:
     progress_at: float = 0.0
     gap_rewind_at: float = float("-inf")
     replaying: bool = False
+    waiting_since: float | None = None  # events wait and the central's ack has not moved since
+    last_gap_ack: int | None = None  # the last ack said `gap` at this applied_seq
 
 
 @dataclass(slots=True)
@@ -181,6 +192,9 @@ class Session:
         self._up = _Uplink(published=replica.acked_seq, floor=replica.acked_seq)
         self._resync = _Resync()
         self._head = _Head()
+        self.peers = PeerMarks(replica.peer_marks, grace=config.catch_up_grace, retry=config.catch_up_retry)
+        self._online_at: str | None = None  # the `at` of this connection's statuses
+        self._next_mark_at = 0.0
         self._alarms = _Alarms()
         self._next_health_at = 0.0
         self._next_prune_at = 0.0
@@ -197,14 +211,17 @@ class Session:
     def replaying(self) -> bool:
         return self._up.replaying
 
-    def status(self, state: str, at: str | None = None) -> Publish:
-        """Our retained status (`offline` without `at` is also the last will)."""
+    def status(self, state: str, at: str | None = None, *, as_of: str | None = None) -> Publish:
+        """Our retained status (`offline` without `at` is also the last will). With
+        `as_of`, a heartbeat for the site's other daemons: our last seq at that instant."""
         body = Status(
             daemon=self.config.daemon,
             state="online" if state == "online" else "offline",
             at=at,
             version=self.config.software,
             protocol=PROTOCOL,
+            last_seq=self.last_seq if as_of is not None else None,
+            as_of=as_of,
         )
         return Publish(self.topics.status, _dump(body), qos=1, retain=True)
 
@@ -228,20 +245,21 @@ class Session:
             Subscribe(t.delta_head, 1),
         ]
         if self.config.share_access:
+            # the site's other daemons: their events, their heartbeats (how far they have
+            # got), their requests for ours and their answers to ours (sync/peer_marks.py)
             actions.append(Subscribe(t.site_events, 1, no_local=True))
-            # the others coming online: they may have missed what we sent (see _on_peer_status)
             actions.append(Subscribe(t.site_status, 1, no_local=True))
-        actions.append(self.status("online", at))
+            actions.append(Subscribe(t.catch_up, 1, no_local=True))
+            actions.append(Subscribe(t.site_catch_up_answers, 1, no_local=True))
+        self._online_at = at
+        self._next_mark_at = now + self.config.mark_interval
+        actions.append(self.status("online", at, as_of=at))
         self._resync.sent = False
         self._resync.due_at = now + self.config.central_status_wait
         self._next_health_at = now
         if not self._up.replaying:  # a replay goes on from what the central system acked
             self._up.floor = self.acked_seq
         actions += self._rewind("connect", now)
-        if self.config.share_access:
-            # what we sent while on another broker (failover) or before the others were
-            # back: they would never get it from us again, the central having acked it
-            actions.append(CatchUp("connect"))
         return actions
 
     def disconnect(self, now: float) -> list[Action]:
@@ -260,13 +278,17 @@ class Session:
 
     # -- time ---------------------------------------------------------------------------------------
 
-    def tick(self, now: float) -> list[Action]:
+    def tick(self, now: float, at: str | None = None) -> list[Action]:
         """Timers: the deferred resync, snapshot re-requests, reconciliation, health,
-        acks overdue, forgotten look-ups. Call about every second while connected."""
+        acks overdue, forgotten look-ups, and (given `at`, the wall clock) the heartbeat
+        and catch-up requests to the site's other daemons. Call about every second while
+        connected."""
         if not self.connected:
             return []
         c = self.config
         out: list[Action] = []
+        if c.share_access and at is not None:
+            out += self._peers_tick(now, at)
         r = self._resync
         if not r.sent and r.due_at is not None and now >= r.due_at:
             self.stats["resync_without_central_status"] += 1
@@ -300,6 +322,25 @@ class Session:
             self.last_seq = last_seq
             return [WakeUplink()]
         return []
+
+    def uplink_stall(self, now: float) -> tuple[float, str] | None:
+        """How long events have been waiting without the central's `applied_seq` moving,
+        and why, as far as this side can tell; None when nothing waits."""
+        up = self._up
+        if self.acked_seq >= self.last_seq:
+            up.waiting_since = None
+            return None
+        if up.waiting_since is None:
+            up.waiting_since = now
+        if not self.connected:
+            why = "not connected to any broker"
+        elif self.central_online is False:
+            why = "the central system is offline"
+        elif up.last_gap_ack is not None:
+            why = f"the central system reports a gap after seq {up.last_gap_ack}"
+        else:
+            why = "the central system does not acknowledge"
+        return now - up.waiting_since, why
 
     def uplink_after(self, now: float) -> int | None:
         """The seq after which to read events to send next; None when there is nothing
@@ -421,13 +462,22 @@ class Session:
                 return []
             self.stats["replay_requests"] += 1
             return [ReadReplay(req)]
+        if topic == t.catch_up:
+            ask = self._parse(CatchUpRequest, payload)
+            return [] if ask is None else self._on_catch_up_request(ask)
         sender = t.sender_of_events(topic)
         if sender is not None:
             return self._on_site_events(sender, payload)
+        sender = t.sender_of_catch_up_answer(topic)
+        if sender is not None:
+            answer = self._parse(CatchUpAnswer, payload)
+            return [] if answer is None else self._on_catch_up_answer(sender, answer)
         sender = t.sender_of_status(topic)
         if sender is not None:
+            if not payload and retained:  # a cleared retained status: taken out of the site
+                return self._forget_peer(sender)
             peer = self._parse(Status, payload)
-            return [] if peer is None else self._on_peer_status(sender, peer, retained)
+            return [] if peer is None else self._on_peer_status(sender, peer, now)
         self.stats["unexpected_topic"] += 1
         return []
 
@@ -473,7 +523,9 @@ class Session:
             )
         if ack.applied_seq > self.acked_seq:
             self.acked_seq = ack.applied_seq
+            up.waiting_since = now if self.acked_seq < self.last_seq else None
             out.append(StoreAck(ack.applied_seq))
+        up.last_gap_ack = ack.applied_seq if ack.gap else None
         if ack.applied_seq > up.floor:
             up.floor = ack.applied_seq
             up.progress_at = now
@@ -750,30 +802,92 @@ class Session:
             self.stats["invalid"] += 1
             self.stats["dropped"] += 1
             return []
-        # every batch, repeats too: a peer's events come again (its resends, its catch-ups
-        # for us) and out of order with what we saw; one missed while we reconnected must
-        # not be hidden by a later one seen (sync/peers.py records each once)
-        keep = tuple(ev.model_dump(mode="json") for ev in batch.events if _for_peers(ev))
-        if not keep:
+        # every batch, repeats too: a peer's events come again (its resends, answers to
+        # catch-ups) and out of order with what we saw; sync/peers.py records each once
+        moved = self.peers.heard(sender, [ev.seq for ev in batch.events])
+        return self._record(sender, batch.events, dict(batch.zones), moved)
+
+    def _record(self, sender: str, events: Sequence[Any], zones: dict[str, str], moved: bool) -> list[Action]:
+        keep = tuple(ev.model_dump(mode="json") for ev in events if _for_peers(ev))
+        mark = self.peers.to_save(sender, min_step=MARK_SAVE_STEP) if moved else None
+        if not keep and mark is None:
             return []
         self.stats["peer_events"] += len(keep)
-        return [RecordPeerEvents(sender, keep, dict(batch.zones))]
+        return [RecordPeerEvents(sender, keep, zones, mark)]
 
-    def _on_peer_status(self, sender: str, status: Status, retained: bool) -> list[Action]:
-        """Another daemon of the site came (back) online: what we published while it was
-        away it never got, and the central system has acknowledged it — nobody would send
-        it again. The retained copy (at our own connect) is not news."""
-        if sender == self.config.daemon or retained or status.state != "online":
+    def _on_peer_status(self, sender: str, status: Status, now: float) -> list[Action]:
+        """Another daemon's status: its heartbeat says how far it has got (a claim this
+        daemon checks its mark of it against), its last will that it went away."""
+        if sender == self.config.daemon or status.daemon != sender:
             return []
-        self.stats["peer_online"] += 1
-        return [CatchUp(f"peer {sender} online")]
+        as_of = _instant(status.as_of)
+        self.peers.claimed(sender, status.last_seq, as_of, status.state == "online", now)
+        self.stats["peer_heartbeats"] += 1
+        return []
 
-    def republish(self, events: Sequence[Mapping[str, Any]]) -> Publish:
-        """Acknowledged events of ours sent again for the site's other daemons (CatchUp);
-        the central system ignores them (seq at or below its applied_seq). Not uplink
-        state: the uplink goes on where it was."""
-        self.stats["catch_up_events"] += len(events)
-        return Publish(self.topics.events, self._encode(events), qos=1)
+    def _forget_peer(self, sender: str) -> list[Action]:
+        if sender == self.config.daemon or sender not in self.peers.marks:
+            return []
+        self.peers.forget(sender)
+        self.stats["peers_forgotten"] += 1
+        self._note(f"{sender} is no longer a daemon of this site (its status was cleared)")
+        return [StorePeerMark(sender, None, None)]
+
+    def _peers_tick(self, now: float, at: str) -> list[Action]:
+        out: list[Action] = []
+        if now >= self._next_mark_at:
+            self._next_mark_at = now + self.config.mark_interval
+            out.append(self.status("online", self._online_at, as_of=at))
+        wall = _instant(at)
+        for due in self.peers.due(now):
+            since = None
+            if due.from_seq is None and wall is not None:
+                since = _iso(wall - self.config.catch_up_horizon)
+            elif due.from_seq is None:
+                continue
+            self.stats["catch_up_requests"] += 1
+            req = CatchUpRequest(
+                daemon=self.config.daemon,
+                peer=due.peer,
+                request_id=f"{self.config.daemon}-{self.stats['catch_up_requests']}-{now:.3f}",
+                from_seq=due.from_seq,
+                since=since,
+            )
+            out.append(Publish(self.topics.catch_up, _dump(req), qos=1))
+        for peer in self.peers.known():
+            mark = self.peers.to_save(peer, min_step=MARK_SAVE_STEP)
+            if mark is not None:
+                out.append(StorePeerMark(peer, *mark))
+        return out
+
+    def _on_catch_up_request(self, req: CatchUpRequest) -> list[Action]:
+        if req.peer != self.config.daemon or req.daemon == self.config.daemon:
+            return []  # another daemon's business
+        self.stats["catch_up_requests_served"] += 1
+        return [ServeCatchUp(req)]
+
+    def catch_up_answer(
+        self, request: CatchUpRequest, events: Sequence[Mapping[str, Any]], first_seq: int, *, more: bool
+    ) -> Publish:
+        """One chunk of our answer to a catch-up request (ServeCatchUp): `events`
+        consecutive from `first_seq` (none when we hold nothing from there)."""
+        zones = {e["gate"]: self.zones[e["gate"]] for e in events if e.get("gate") in self.zones}
+        body = {
+            "v": MAJOR, "daemon": self.config.daemon, "to": request.daemon, "request_id": request.request_id,
+            "first_seq": first_seq, "last_seq": self.last_seq, "events": list(events), "more": more, "zones": zones,
+        }
+        self.stats["catch_up_events_sent"] += len(events)
+        return Publish(self.topics.catch_up_answer, json.dumps(body, separators=(",", ":")).encode(), qos=1)
+
+    def _on_catch_up_answer(self, sender: str, answer: CatchUpAnswer) -> list[Action]:
+        if answer.to != self.config.daemon or answer.daemon != sender or sender == self.config.daemon:
+            return []  # an answer to another daemon
+        self.stats["catch_up_answers"] += 1
+        lost = self.peers.answered(sender, answer.first_seq, answer.last_seq, [e.seq for e in answer.events])
+        if lost:
+            self.stats["peer_events_lost"] += lost
+            self._note(f"{sender} no longer holds {lost} event(s) this daemon had not heard (pruned)")
+        return self._record(sender, answer.events, dict(answer.zones), True)
 
     # -- alarms ------------------------------------------------------------------------------------
 
@@ -796,8 +910,25 @@ def _for_peers(ev: Any) -> bool:
     if ev.type == "attendance":
         return bool(extra.get("booking"))
     if ev.type == "deduction":
-        return extra.get("cause") in ("walk_in", "refund")
+        return bool(extra.get("pass"))  # every charge and refund: the site's balances
+    if ev.type == "qr_used":
+        return bool(extra.get("token"))  # a QR code is used up at every gate of the site
     return False
+
+
+def _instant(text: str | None) -> float | None:
+    """An ISO instant on the wire as POSIX seconds; None when absent or not an instant."""
+    if not text:
+        return None
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t.timestamp() if t.tzinfo is not None else None
+
+
+def _iso(posix: float) -> str:
+    return datetime.fromtimestamp(posix, _UTC).isoformat().replace("+00:00", "Z")
 
 
 def _dump(model: BaseModel) -> bytes:

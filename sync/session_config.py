@@ -3,7 +3,8 @@ gate's store holds when a session starts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from sync.settings import MqttSettings
 
@@ -31,6 +32,13 @@ class SessionConfig:
     gap_rewind_interval: float = 1.0  # acks with `gap` repeat while the resend is on its way
     # behind the central's delta head this long: a delta was lost, not just on its way
     head_grace: float = 5.0
+    # the site's other daemons (sync/peer_marks.py): our heartbeat, and how patiently a
+    # gap in theirs is asked about; a daemon heard of for the first time is asked for its
+    # events of this long ago on
+    mark_interval: float = 5.0
+    catch_up_grace: float = 3.0
+    catch_up_retry: float = 10.0
+    catch_up_horizon: float = 86_400.0
 
     @property
     def lookup_keep(self) -> float:
@@ -52,6 +60,7 @@ class SessionConfig:
             max_payload=s.max_payload,
             batch_events=s.batch_events,
             share_access=s.share_access,
+            mark_interval=s.heartbeat_interval,
             snapshot_guard=s.snapshot_guard,
             retain_acked=s.retain_acked,
             retain_acked_max=s.retain_acked_max,
@@ -70,3 +79,5 @@ class Replica:
     # the store wants a whole new copy though its replica is consistent (its cards were
     # typed under another rule for 10-digit numbers): the resync reason to ask with
     snapshot_reason: str | None = None
+    # how far the site's other daemons were heard (peer -> heard_seq, heard_through)
+    peer_marks: Mapping[str, tuple[int | None, float | None]] = field(default_factory=dict)

@@ -140,7 +140,32 @@ class MqttSettings(BrokerSettings):
         description="A snapshot with fewer members than (1 - this share) of the members held is "
         "not applied (alarm) unless the central system marks it a full replacement; 1 turns the guard off.",
     )
-    share_access: bool = Field(True, description="Subscribe to the site's other daemons' access events.")
+    share_access: bool = Field(
+        True,
+        description="Hear the site's other daemons: their events (site-wide anti-passback, occupancy, "
+        "attendance, charges, used QR codes), their heartbeats and catch-up answers.",
+    )
+    qr_claim_wait: float = Field(
+        0.15,
+        ge=0,
+        le=2,
+        description="A QR entry waits this long (seconds) for another daemon of the site that used the "
+        "same code at the same instant (both said so at once); one rule gives it to exactly one of "
+        "them. Only when another daemon is online; 0 turns the wait off.",
+    )
+    uplink_alarm_after: float = Field(
+        600.0,
+        gt=0,
+        description="Events waiting this long (seconds) without the central system's applied_seq moving "
+        "is an alarm (`uplink_stalled`, with the reason) in `gated status`, the console and the metrics.",
+    )
+    heartbeat_interval: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="Republish this daemon's status this often: the site's other daemons learn how far "
+        "it has got (its last seq) and notice a gap in its events within about this long.",
+    )
     retain_acked: float = Field(
         604_800.0,
         ge=0,

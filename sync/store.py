@@ -79,7 +79,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -92,6 +92,7 @@ from rules.credential import Card, CredentialKind, Resolution, TenDigits, card_f
 from rules.decide import Decision, MemberView, ZonePresence
 from rules.model import Booking, BookingStatus, Gate, Member, Pass, Policy
 from rules.model import Site as SiteModel
+from rules.schedule import NoShowHorizon
 from rules.timeutil import iso_utc
 from sync import enrolment, views
 from sync.batch import SyncBatch
@@ -170,6 +171,7 @@ class Store:
         self.durable = durable
         self.background_checkpoints = background_checkpoints
         self.files = ReplicaFiles(self.path)
+        self.site_wide_qr = False  # set_site_wide_qr
         self.conn = connect(self.path, durable=durable)
         try:
             migrate(self.conn, self.path, ten_digits)
@@ -204,7 +206,8 @@ class Store:
         self._transactions.listeners.extend(listeners)
         self.replica = Replica(self.conn, self.site, self.ten_digits)
         self.ledger = Ledger(self.conn, self._transactions, self.replica, self.site, self.daemon_id)
-        self.intents = Intents(self.conn, self._transactions)
+        self.ledger.site_wide_qr = self.site_wide_qr
+        self.intents = Intents(self.conn, self._transactions, self.ledger)
 
     def _switch(self, conn: sqlite3.Connection) -> None:
         """Carry on with `conn` (the ledger, the replica attached)."""
@@ -640,8 +643,15 @@ class Store:
         detail: dict[str, Any] | None = None,
     ) -> int:
         """Write, durably, that `gate` is about to open for `decision` (and use up its QR
-        token). Called before the relay is pulsed: if this raises, an entry must not open."""
+        token). Called before the relay is pulsed: if this raises, an entry must not open
+        (sync.intents.TokenUsed: the token was used up meanwhile, `qr_replayed`)."""
         return self.intents.open(gate, decision, credential=credential, now=now, qr_token=qr_token, detail=detail)
+
+    def set_site_wide_qr(self, on: bool) -> None:
+        """A QR code's first use becomes a `qr_used` event for the site's other daemons
+        (the daemon turns it on when it shares with them, sync/peers.py)."""
+        self.site_wide_qr = on
+        self.ledger.site_wide_qr = on
 
     def open_intents(self) -> list[dict[str, Any]]:
         return self.intents.pending()
@@ -678,14 +688,41 @@ class Store:
     def adjust_points(self, member_id: str, points: int, operator: str, reason: str, now: datetime) -> Committed:
         return self.ledger.adjust_points(member_id, points, operator, reason, now)
 
-    def record_peer_events(self, sender: str, events: list[dict[str, Any]], zones: dict[str, str]) -> dict[str, int]:
-        """Another daemon of the site's events: passages, booking outcomes, walk-in charges
-        and refunds (sync/peers.py). Returns counts by kind."""
-        return self.ledger.record_peer_events(sender, events, zones)
+    def record_peer_events(
+        self, sender: str, events: list[dict[str, Any]], zones: dict[str, str],
+        mark: tuple[int | None, float | None] | None = None,
+    ) -> dict[str, int]:
+        """Another daemon of the site's events: passages, booking outcomes, charges,
+        refunds, used QR codes (sync/peers.py), with how far that daemon is now heard
+        (`mark`: heard_seq, heard_through; sync/peer_marks.py), in one transaction.
+        Returns counts by kind."""
+        return self.ledger.record_peer_events(sender, events, zones, mark)
 
-    def run_due(self, policy: Policy, now: datetime) -> Committed:
-        """No-shows and loyalty credits due up to and including `now`, each exactly once."""
-        return self.ledger.run_due(policy, now)
+    def save_peer_mark(self, peer: str, heard_seq: int | None, heard_through: float | None) -> None:
+        """How far another daemon of the site is heard; (None, None) forgets it."""
+        self.ledger.save_peer_mark(peer, heard_seq, heard_through)
+
+    def peer_marks(self) -> dict[str, tuple[int | None, float | None]]:
+        """Each other daemon of the site: (heard_seq, heard_through) as last written."""
+        return self.ledger.peer_marks()
+
+    def run_due(
+        self, policy: Policy, now: datetime, horizon: NoShowHorizon | None = None,
+        unheard: Callable[[datetime], list[str]] | None = None,
+    ) -> Committed:
+        """No-shows and loyalty credits due up to and including `now`, each exactly once
+        (no-shows only up to `horizon`: Ledger.run_due)."""
+        return self.ledger.run_due(policy, now, horizon, unheard)
+
+    def unsettled_ending(self, after: datetime, until: datetime) -> int:
+        """Booked bookings without an outcome here that ended after `after`, by `until`:
+        the no-shows a wait for the site's other daemons holds (gated/knowledge.py)."""
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM replica.bookings b LEFT JOIN main.booking_outcomes o ON o.booking_id = b.id "
+            "WHERE b.status = 'booked' AND b.ends_at > ? AND b.ends_at <= ? AND o.booking_id IS NULL",
+            (after.timestamp(), until.timestamp()),
+        ).fetchone()
+        return int(row[0])
 
     def points(self, member_id: str) -> int:
         return self.ledger.points(member_id)

@@ -74,6 +74,27 @@ class Topics:
         return f"{self.base}/delta"
 
     @property
+    def catch_up(self) -> str:
+        """Requests between the site's daemons (each answers those naming it)."""
+        return f"{self.base}/catchup"
+
+    @property
+    def catch_up_answer(self) -> str:
+        return self._own("catchup/answer")
+
+    @property
+    def site_catch_up_answers(self) -> str:
+        return f"{self.base}/+/catchup/answer"
+
+    def sender_of_catch_up_answer(self, topic: str) -> str | None:
+        """The daemon id in `{prefix}/{site}/{daemon}/catchup/answer`, or None."""
+        head, tail = self.base + "/", "/catchup/answer"
+        if not topic.startswith(head) or not topic.endswith(tail):
+            return None
+        daemon = topic[len(head) : -len(tail)]
+        return daemon if valid_level(daemon) else None
+
+    @property
     def delta_head(self) -> str:
         return f"{self.base}/delta/head"
 

@@ -71,7 +71,8 @@ def test_a_booking_attended_at_the_other_turnstile_is_no_no_show_here(tmp_path: 
     d, committed = tap(a, IN2, at(9, 50))
     assert d.reason == Reason.BOOKING and d.booking == "b1"
     seen = share(a, clerk, committed.events, {"in-2": "main"})
-    assert seen == {"remote_passages": 1, "remote_attended": 1}
+    # the booking's charge too: the site's balance of that pass (sync/peers.py)
+    assert seen == {"remote_passages": 1, "remote_attended": 1, "remote_charges": 1}
     # the daemon doing the site's time-driven work: b2 nobody attended, b1 was attended
     due = clerk.run_due(POLICY, at(23))
     kinds = [(e["type"], e.get("booking"), e.get("status") or e.get("cause")) for e in due.events]
@@ -130,7 +131,9 @@ def test_peer_events_with_garbage_are_counted_not_recorded(tmp_path: Path) -> No
         {"id": "3", "seq": 3, "type": "deduction", "at": "2026-11-18T09:00:00Z", "gate": "in-1", "member": "m1",
          "pass": "p1", "amount": -1, "cause": "refund", "refunds": {"daemon": 5, "seq": "x"}},
     ]
-    assert share(a, b, bad, {"in-1": "main"}) == {"invalid": 2}
+    # the refund still moves the pass's balance; what it names as refunded is not believed
+    assert share(a, b, bad, {"in-1": "main"}) == {"invalid": 2, "remote_charges": 1}
+    assert b.conn.execute("SELECT COUNT(*) FROM site_refunds").fetchone()[0] == 0
     assert b.mark_attended("b1", "desk", refund=True, now=at(10)).events[0]["type"] == "attendance"
 
 

@@ -287,3 +287,34 @@ async def test_a_top_up_during_a_wan_only_cut_reaches_the_gate(
             assert gate.link.stats["connects"] == connects  # the gate never disconnected
             if bridge == "v5-only":
                 assert gate.link.stats["resync_behind"] >= 1  # it noticed, and asked
+
+
+async def test_the_sites_gates_hear_each_other_on_either_side_of_the_bridge(
+    mosquitto_factory: Callable[..., Mosquitto], tmp_path: Path
+) -> None:
+    """Found by `gated sim day --seed 7`: the site broker restarted, every gate of the site
+    failed over to the central broker (`mqtt.hosts`); the one doing the site's no-shows
+    was then restarted and came back on the site broker, the others stayed where they
+    worked. The bridge carried events up only, so it never heard them again: 48 bookings
+    attended at another turnstile became no-shows, with fees. Now the bridge carries the
+    gates' events, heartbeats and catch-ups both ways."""
+    central_broker = mosquitto_factory()
+    site_broker = mosquitto_factory(extra=bridge_config(central_broker.port, SITE))
+    central = Central(central_settings(central_broker), tmp_path / "central.db")
+    central.load(SITE, SEED["members"], SEED["passes"], SEED["bookings"])
+    on_site = Gate(tmp_path, "gate-a", {}, site_broker)
+    failed_over = Gate(tmp_path, "gate-b", {}, central_broker)
+    async with running(central.run(), on_site.link.run(), failed_over.link.run()):
+        await central.wait_connected(WAIT_S)
+        for g in (on_site, failed_over):
+            await g.link.wait_connected(WAIT_S)
+        await wait_until(lambda: all(g.link.stats["snapshots_applied"] >= 1 for g in (on_site, failed_over)),
+                         timeout=DRAIN_S, what="the snapshots")
+        failed_over.tap(3)
+        on_site.tap(3)
+        await wait_until(lambda: on_site.link.stats["remote_passages"] >= 1, what="b's passages at a, across the bridge")
+        await wait_until(lambda: failed_over.link.stats["remote_passages"] >= 1, what="a's passages at b")
+        # and each knows how far it has heard the other (the heartbeats crossed too)
+        await wait_until(lambda: on_site.store.peer_marks().get("gate-b", (None, None))[0] == failed_over.store.last_seq,
+                         what="a's mark of b")
+        assert not on_site.link.session.peers.marks["gate-b"].missing

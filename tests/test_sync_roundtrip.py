@@ -18,7 +18,7 @@ from rules.reasons import Reason
 from simulator.central import Central
 from sync.link import SyncLink
 from sync.occupancy import occupancy
-from sync.protocol import Status
+from sync.protocol import CatchUpRequest
 from tests.broker import (
     GATES,
     POLICY,
@@ -135,8 +135,9 @@ async def test_a_daemon_that_was_away_gets_what_the_others_did_meanwhile(
     """Found by `gated sim day`: a site broker restarted while a member attended a class at
     one turnstile; that daemon sent its events when it was back, before the daemon doing the
     site's no-shows had subscribed again, and the central system acknowledged them — nobody
-    would send them again, and the class became a no-show at 19:00. Now a daemon coming
-    online is sent the day's events again by the others (recorded once)."""
+    would send them again, and the class became a no-show at 19:00. Now a daemon that hears
+    of another for the first time (its retained heartbeat) asks it for its events of the
+    last day, and one that finds a gap asks from the first missing seq (recorded once)."""
     a = make_store(tmp_path / "a.db", "gate-a")
     b = make_store(tmp_path / "b.db", "gate-b")
     now = clock()
@@ -156,17 +157,20 @@ async def test_a_daemon_that_was_away_gets_what_the_others_did_meanwhile(
             await lb.wait_connected(WAIT_S)
             await wait_until(lambda: lb.stats["remote_passages"] >= 2, what="a's passages at b")
             await wait_until(lambda: lb.stats["snapshots_applied"] >= 1, what="b's first snapshot")
-            assert la.stats["peer_online"] >= 1 and la.stats["catch_up_events"] >= 2
+            assert lb.stats["catch_up_requests"] >= 1 and la.stats["catch_up_requests_served"] >= 1
+            assert b.peer_marks()["gate-a"][0] == a.last_seq  # heard up to a's last event, durably
             eb = Engine(b, site(), GATES, POLICY)
             back, _ = eb.tap("in-1", Credential.card("C1"), now())
             assert back.decision.granted  # b knows m1 went out (hard anti-passback)
-            # a second catch-up (b reconnects again) records nothing twice
+
+            # a second catch-up (asked again from the start) records nothing twice
             def recorded() -> int:
                 return int(b.conn.execute("SELECT COUNT(*) FROM passages WHERE origin = 'gate-a'").fetchone()[0])
 
-            before, received = recorded(), lb.stats["received"]
-            await la.feed(f"gated/{SITE}/gate-b/status", Status(daemon="gate-b", state="online").model_dump_json().encode())
-            await wait_until(lambda: la.stats["catch_up_events"] >= 4 and lb.stats["received"] > received)
+            before, answers = recorded(), lb.stats["catch_up_answers"]
+            again = CatchUpRequest(daemon="gate-b", peer="gate-a", request_id="again", from_seq=1)
+            await la.feed(f"gated/{SITE}/catchup", again.model_dump_json().encode())
+            await wait_until(lambda: lb.stats["catch_up_answers"] > answers, what="the second answer")
             assert recorded() == before == 2
 async def test_a_late_lookup_answer_is_applied_for_the_next_tap(mosquitto: Mosquitto, tmp_path: Path) -> None:
     """The central system answers after `lookup_timeout` (a slow WAN): the tap that asked

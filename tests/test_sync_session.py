@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,7 +15,6 @@ from sync.session import (
     Action,
     ApplyDelta,
     ApplyLookup,
-    CatchUp,
     CommitSnapshot,
     Publish,
     PublishHealth,
@@ -22,10 +22,12 @@ from sync.session import (
     ReadReplay,
     RecordPeerEvents,
     Replica,
+    ServeCatchUp,
     Session,
     SessionConfig,
     StageChunk,
     StoreAck,
+    StorePeerMark,
     Subscribe,
     WakeUplink,
 )
@@ -85,6 +87,7 @@ def test_connect_subscribes_announces_and_waits_for_the_central_status() -> None
         ("gated/central/status", 1, False), (f"{P}/gate-a/ack", 1, False), (f"{P}/gate-a/replay", 1, False),
         (f"{P}/gate-a/lookup/response", 0, False), (f"{P}/snapshot", 1, False), (f"{P}/delta", 1, False), (f"{P}/delta/head", 1, False),
         (f"{P}/+/events", 1, True), (f"{P}/+/status", 1, True),
+        (f"{P}/catchup", 1, True), (f"{P}/+/catchup/answer", 1, True),
     }
     status = [a for a in out if isinstance(a, Publish) and a.topic == f"{P}/gate-a/status"]
     assert len(status) == 1 and status[0].retain and status[0].qos == 1
@@ -411,19 +414,98 @@ def test_other_gates_events_are_handed_to_the_store_repeats_too() -> None:
     assert s.receive(f"{P}/gate-a/events", js(batch), 101.0) == [] and s.stats["own_events_echo"] == 1
 
 
-def test_a_daemon_coming_online_is_sent_the_day_again() -> None:
-    s = session()
-    assert CatchUp("connect") in s.connect(100.0, "2026-11-18T09:00:00Z")  # ours, sent elsewhere meanwhile
-    status = js({"v": 1, "daemon": "gate-b", "state": "online"})
-    assert s.receive(f"{P}/gate-b/status", status, 101.0, retained=True) == []  # old news
-    assert s.receive(f"{P}/gate-b/status", status, 101.0) == [CatchUp("peer gate-b online")]
-    offline = js({"v": 1, "daemon": "gate-b", "state": "offline"})
-    assert s.receive(f"{P}/gate-b/status", offline, 102.0) == []
-    assert s.receive(f"{P}/gate-a/status", status, 102.0) == []  # ourselves
-    again = s.republish([{"id": "e1", "seq": 1, "type": "access", "at": "2026-11-18T09:00:00Z", "gate": "in-1"}])
-    assert again.topic == f"{P}/gate-a/events" and json.loads(again.payload)["zones"] == {"in-1": "main"}
-    assert s.uplink_after(103.0) is None  # the uplink itself is where it was
-    assert s.stats["peer_online"] == 1 and s.stats["catch_up_events"] == 1
+def peer_status(last_seq: int | None, as_of: str | None, state: str = "online", daemon: str = "gate-b") -> bytes:
+    body: dict[str, Any] = {"v": 1, "daemon": daemon, "state": state, "at": "2026-11-18T08:00:00Z"}
+    if last_seq is not None:
+        body.update(last_seq=last_seq, as_of=as_of)
+    return js(body)
+
+
+def pev(seq: int, **kw: Any) -> dict[str, Any]:
+    return {"id": f"b{seq}", "seq": seq, "type": "access", "at": "2026-11-18T09:00:00Z", "gate": "in-2",
+            "member": "m1", "decision": "granted", "reason": "walk_in", "passed": True, **kw}
+
+
+def catch_ups(actions: list[Action]) -> list[dict[str, Any]]:
+    return publishes(actions, f"{P}/catchup")
+
+
+def test_the_heartbeat_says_our_last_seq_every_mark_interval() -> None:
+    s = session(mark_interval=5.0, replica=Replica(has_snapshot=True, delta_seq=5, last_seq=7))
+    out = s.connect(100.0, "2026-11-18T09:00:00Z")
+    [first] = publishes(out, f"{P}/gate-a/status")
+    assert (first["last_seq"], first["as_of"], first["at"]) == (7, "2026-11-18T09:00:00Z", "2026-11-18T09:00:00Z")
+    assert publishes(s.tick(103.0, "2026-11-18T09:00:03Z"), f"{P}/gate-a/status") == []
+    s.events_committed(9)
+    [beat] = publishes(s.tick(105.0, "2026-11-18T09:00:05Z"), f"{P}/gate-a/status")
+    # the connection's instant stays (a repeat is not a reconnection); the claim moves
+    assert (beat["at"], beat["last_seq"], beat["as_of"]) == ("2026-11-18T09:00:00Z", 9, "2026-11-18T09:00:05Z")
+
+
+def test_a_peer_heard_of_for_the_first_time_is_asked_for_its_day() -> None:
+    s = connected(session(catch_up_grace=3.0, catch_up_retry=10.0), 100.0)
+    assert s.receive(f"{P}/gate-b/status", peer_status(5, "2026-11-18T09:00:00Z"), 100.5, retained=True) == []
+    assert catch_ups(s.tick(101.0, "2026-11-18T09:00:01Z")) == []  # within the grace
+    [req] = catch_ups(s.tick(104.0, "2026-11-18T09:00:04Z"))
+    assert (req["peer"], req["daemon"], req.get("from_seq"), req["since"]) == (
+        "gate-b", "gate-a", None, "2026-11-17T09:00:04Z")
+    assert catch_ups(s.tick(105.0, "2026-11-18T09:00:05Z")) == []  # asked: not again before the retry
+    # the answer: gate-b's events of the horizon start at 3
+    answer = {"v": 1, "daemon": "gate-b", "to": "gate-a", "request_id": req["request_id"], "first_seq": 3,
+              "last_seq": 5, "events": [pev(3), pev(4), pev(5)], "zones": {"in-2": "main"}}
+    [rec] = s.receive(f"{P}/gate-b/catchup/answer", js(answer), 106.0)
+    assert isinstance(rec, RecordPeerEvents) and [e["seq"] for e in rec.events] == [3, 4, 5]
+    heard_at = datetime(2026, 11, 18, 9, 0, tzinfo=UTC).timestamp()
+    assert rec.mark == (5, heard_at)  # all of it up to its heartbeat's as_of: written with the events
+    assert s.peers.through() == heard_at
+    assert catch_ups(s.tick(120.0, "2026-11-18T09:00:20Z")) == []
+
+
+def test_a_gap_in_a_peers_events_is_asked_for_from_the_first_missing_seq() -> None:
+    s = connected(session(catch_up_grace=3.0, catch_up_retry=10.0, replica=Replica(
+        has_snapshot=True, delta_seq=5, peer_marks={"gate-b": (5, 1000.0)})), 100.0)
+    s.receive(f"{P}/gate-b/status", peer_status(5, "2026-11-18T09:00:00Z"), 100.0)
+    batch = {"v": 1, "daemon": "gate-b", "zones": {"in-2": "main"}, "events": [pev(8)]}
+    [rec] = s.receive(f"{P}/gate-b/events", js(batch), 101.0)
+    assert rec.mark is None  # 6 and 7 are missing: the mark stays at 5
+    s.receive(f"{P}/gate-b/status", peer_status(8, "2026-11-18T09:00:10Z"), 102.0)
+    [req] = catch_ups(s.tick(105.5, "2026-11-18T09:00:15Z"))
+    assert (req["peer"], req["from_seq"], req.get("since")) == ("gate-b", 6, None)
+    answer = {"v": 1, "daemon": "gate-b", "to": "gate-a", "request_id": req["request_id"], "first_seq": 6,
+              "last_seq": 8, "events": [pev(6), pev(7), pev(8)]}
+    [rec] = s.receive(f"{P}/gate-b/catchup/answer", js(answer), 106.0)
+    assert rec.mark == (8, datetime(2026, 11, 18, 9, 0, 10, tzinfo=UTC).timestamp())
+
+
+def test_a_peer_that_pruned_what_we_missed_is_counted_and_we_go_on() -> None:
+    s = connected(session(replica=Replica(has_snapshot=True, delta_seq=5, peer_marks={"gate-b": (5, None)})), 100.0)
+    answer = {"v": 1, "daemon": "gate-b", "to": "gate-a", "request_id": "r1", "first_seq": 9, "last_seq": 9,
+              "events": [pev(9)]}
+    [rec] = s.receive(f"{P}/gate-b/catchup/answer", js(answer), 106.0)
+    assert rec.mark is not None and rec.mark[0] == 9
+    assert s.stats["peer_events_lost"] == 3
+
+
+def test_catch_up_requests_and_answers_for_others_are_not_ours() -> None:
+    s = connected(session(), 100.0)
+    mine = {"v": 1, "daemon": "gate-b", "peer": "gate-a", "request_id": "r1", "from_seq": 4}
+    [serve] = s.receive(f"{P}/catchup", js(mine), 101.0)
+    assert isinstance(serve, ServeCatchUp) and serve.request.from_seq == 4
+    assert s.receive(f"{P}/catchup", js({**mine, "peer": "gate-c"}), 101.0) == []
+    assert s.receive(f"{P}/catchup", js({**mine, "since": "2026-11-18T00:00:00Z"}), 101.0) == []  # both: invalid
+    other = {"v": 1, "daemon": "gate-b", "to": "gate-c", "request_id": "r1", "first_seq": 1, "last_seq": 1,
+             "events": [pev(1)]}
+    assert s.receive(f"{P}/gate-b/catchup/answer", js(other), 101.0) == []
+    chunk = s.catch_up_answer(serve.request, [pev(4, gate="in-1")], 4, more=False)
+    body = json.loads(chunk.payload)
+    assert chunk.topic == f"{P}/gate-a/catchup/answer" and body["to"] == "gate-b" and body["zones"] == {"in-1": "main"}
+
+
+def test_a_cleared_status_takes_a_daemon_out_of_the_site() -> None:
+    s = connected(session(replica=Replica(has_snapshot=True, delta_seq=5, peer_marks={"gate-b": (5, 10.0)})), 100.0)
+    assert s.peers.known() == ["gate-b"]
+    assert s.receive(f"{P}/gate-b/status", b"", 101.0, retained=True) == [StorePeerMark("gate-b", None, None)]
+    assert s.peers.known() == [] and s.peers.through() is None
 
 
 def test_bad_input_is_counted_never_raised() -> None:

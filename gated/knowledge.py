@@ -1,0 +1,152 @@
+"""What the gate knows it is missing (DESIGN.md, "What the gate knows, and how fresh it
+is"): each piece of knowledge a decision or a charge rests on has a high-water mark, and
+here the daemon checks them every second —
+
+| gap | high-water mark | what the gate does meanwhile |
+| --- | --- | --- |
+| `uplink_stalled` | the central's `applied_seq` while events wait | keeps them (nothing is lost), says why |
+| `deltas_behind` | the central's delta head against the replica's `delta_seq` | asks for the missed deltas (the link) |
+| `peers_unheard` | each other daemon's heartbeat against what was heard of it | holds no-shows (and fees) of classes that ended after it; after `peer_wait_limit` settles them naming it |
+
+A gap that lasts past its threshold is an `alarm` event (and log line and metric) once
+when it starts and once when it ends; `gated status` and the console show every open
+gap with its reason. The thresholds are what a person would want to be told about: a
+WAN blip of a minute is not news, ten minutes of events not reaching the central is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from rules.schedule import NoShowHorizon, no_show_horizon
+from rules.timeutil import iso_utc
+
+if TYPE_CHECKING:
+    from gated.daemon import Daemon
+
+DELTAS_BEHIND_ALARM = 60.0  # seconds behind the central's head (the link asks after 5)
+PEERS_ALARM = 300.0  # seconds (the site's clock) a class's no-shows are held for an unheard daemon
+KINDS = ("uplink_stalled", "deltas_behind", "peers_unheard")
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    kind: str
+    since: float  # monotonic
+    detail: str
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {"kind": self.kind, "for_s": round(now - self.since, 1), "detail": self.detail}
+
+
+class Knowledge:
+    def __init__(self, daemon: Daemon, monotonic: Callable[[], float] = time.monotonic):
+        self.d = daemon
+        self.mono = monotonic
+        self.open: dict[str, Gap] = {}  # gaps past their threshold (alarmed)
+        self._seen: dict[str, float] = {}  # gaps noticed, by when (not yet alarmed)
+
+    # -- the no-show horizon -----------------------------------------------------------------
+
+    def no_show_horizon(self, now: datetime) -> tuple[NoShowHorizon | None, Callable[[datetime], list[str]] | None]:
+        """How far the scheduler may settle no-shows now, and who to name when it settles
+        without having heard them (None, None: no other daemon to wait for)."""
+        peers = self._peers()
+        if peers is None:
+            return None, None
+        through = peers.through()
+        if through is None:
+            return None, None
+        heard = datetime.fromtimestamp(max(through, 0.0), UTC)
+        limit = self.d.config.peer_wait_limit_delta()
+        return no_show_horizon(now, self.d.config.policy.to_domain(), heard, limit), (
+            lambda instant: peers.behind(instant.timestamp())
+        )
+
+    def _peers(self) -> Any:
+        link = self.d.link
+        if link is None or not self.d.config.time_driven_work:
+            return None
+        return link.session.peers
+
+    # -- the check, every second ---------------------------------------------------------------
+
+    def check(self, now: datetime) -> None:
+        mono = self.mono()
+        found: dict[str, tuple[float | None, float, str]] = {}  # kind -> (age if known, threshold, detail)
+        link = self.d.link
+        if link is not None:
+            stall = link.session.uplink_stall(mono)
+            if stall is not None:
+                waited, why = stall
+                depth = self.d.store.outbox_depth() if self.d.store is not None else "?"
+                found["uplink_stalled"] = (
+                    waited, link.settings.uplink_alarm_after,
+                    f"{depth} event(s) waiting, the central's applied_seq unchanged for {waited:.0f} s: {why}",
+                )
+            behind = link.session.deltas_behind
+            if behind:
+                found["deltas_behind"] = (
+                    None, DELTAS_BEHIND_ALARM,
+                    f"the replica is {behind} delta(s) behind the central's head (at delta "
+                    f"{link.session.delta_seq}); asked for them",
+                )
+        peers = self._peers()
+        if peers is not None:
+            due = now - self.d.config.policy.to_domain().no_show_after
+            waiting = peers.behind(due.timestamp())
+            through = min((peers.marks[p].heard_through or 0.0 for p in waiting), default=0.0)
+            start = datetime.fromtimestamp(max(through, due.timestamp() - self.d.config.peer_wait_limit_delta()
+                                               .total_seconds()), UTC)
+            held = self.d.store.unsettled_ending(start, due) if waiting and self.d.store is not None else 0
+            if held:
+                # how long the books have waited, on the site's clock: the due time against
+                # the earliest instant a waited-for daemon is heard through
+                heard = ", ".join(f"{p} (heard through {_when(peers.marks[p].heard_through)})" for p in waiting)
+                found["peers_unheard"] = (
+                    due.timestamp() - start.timestamp(), PEERS_ALARM,
+                    f"{held} no-show(s) held until these daemons are heard: {heard}",
+                )
+        self._update(found, mono)
+
+    def _update(self, found: dict[str, tuple[float | None, float, str]], mono: float) -> None:
+        for kind in list(self._seen):
+            if kind not in found:
+                del self._seen[kind]
+        for kind, (age, threshold, detail) in found.items():
+            since = self._seen.setdefault(kind, mono if age is None else mono - age)
+            if mono - since < threshold:
+                continue
+            was = self.open.get(kind)
+            self.open[kind] = Gap(kind, since, detail)
+            if was is None:
+                self.d.alarms.raise_(None, kind, detail)
+        for kind in [k for k in self.open if k not in found]:
+            gap = self.open.pop(kind)
+            self.d.alarms.raise_(None, f"{kind}_ended", f"resolved after {mono - gap.since:.0f} s ({gap.detail})")
+        for kind in KINDS:
+            self.d.metrics.knowledge_gap.labels(kind).set(1 if kind in self.open else 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        mono = self.mono()
+        out: dict[str, Any] = {"gaps": [g.as_dict(mono) for g in self.open.values()]}
+        peers = self.d.link.session.peers if self.d.link is not None else None
+        if peers is not None:
+            out["peers"] = {
+                p: {**m, "heard_through": _when(m["heard_through"])}
+                for p, m in peers.as_dict().items()
+            }
+        return out
+
+
+def _when(posix: float | None) -> str | None:
+    if posix is None:
+        return None
+    return iso_utc(datetime.fromtimestamp(posix, UTC))
+
+
+__all__ = ["KINDS", "Gap", "Knowledge"]

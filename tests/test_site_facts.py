@@ -1,0 +1,196 @@
+"""Site facts are settled with every daemon of the site heard (issue: "attended members are
+made no-shows and fined"). Two whole daemons of one site on a real broker with the
+reference central system: `desk` does the site's time-driven work, `in2` is another
+turnstile. The no-show of a class is settled only once `desk` has heard `in2` past the
+class's end (its heartbeat, caught up after a restart of either side); a daemon that is
+not heard holds it until `peer_wait_limit`, and the no-show then names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from gated.config import Config
+from gated.daemon import Daemon
+from rules.credential import Credential
+from simulator.central import Central
+from sync.qrtoken import generate_private_key, mint, public_key_text
+from tests.broker import SITE, WAIT_S, Mosquitto, wait_until
+
+TZ = ZoneInfo("Europe/Madrid")
+DAY = datetime(2026, 11, 18, tzinfo=TZ)
+
+
+class Clock:
+    """The site's wall clock, moved by the test; both daemons and the central read it."""
+
+    def __init__(self, start: datetime):
+        self.t = start
+
+    def __call__(self) -> datetime:
+        return self.t
+
+    def to(self, hh: int, mm: int = 0) -> None:
+        self.t = DAY.replace(hour=hh, minute=mm).astimezone(UTC)
+
+
+KEY = generate_private_key()  # made for this test run: the central's QR signing key
+
+
+def config(tmp: Path, broker: Mosquitto, daemon: str, gate: str, *, finalises: bool, **extra: Any) -> Config:
+    return Config.model_validate({
+        "site": {"id": SITE, "timezone": "Europe/Madrid"},
+        "daemon_id": daemon,
+        "gates": [{"id": gate, "zone": "main"}],
+        "policy": {"no_show_fee": 1, "no_show_after": "15m", "loyalty_delay": "30m"},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "ack_timeout": 1.0, "backoff_initial": 0.05,
+                 "backoff_max": 0.5, "resync_retry": 2.0, "keepalive": 5, "heartbeat_interval": 0.5},
+        "time_driven_work": finalises,
+        "qr": {"public_keys": [public_key_text(KEY.public_key())]},
+        "store": {"path": str(tmp / f"{daemon}.db")},
+        "console": {"enabled": False},
+        "metrics": {"enabled": False},
+        "control": {"socket": str(tmp / f"{daemon}.sock")},
+        **extra,
+    })
+
+
+@asynccontextmanager
+async def running(cfg: Config, clock: Clock) -> AsyncIterator[Daemon]:
+    d = Daemon(cfg, clock=clock)
+    await d.start()
+    try:
+        await d.link.wait_connected(WAIT_S)
+        await wait_until(lambda: d.store is not None and d.store.snapshot_id is not None, what=f"{cfg.daemon_id}'s snapshot")
+        yield d
+    finally:
+        await d.stop()
+
+
+def seed(central: Central) -> None:
+    central.load(
+        SITE,
+        [{"id": "m1", "name": "Ana", "cards": ["C1"]}],
+        [{"id": "p1", "member": "m1", "kind": "visits", "balance": 10, "deduct_on": "access", "walk_in_cost": 1,
+          "access_windows": {"mon-sun": "06:00-23:00"}}],
+        [{"id": "b1", "member": "m1", "pass": "p1", "class": "Spinning", "zone": "main",
+          "starts_at": "2026-11-18T10:00", "ends_at": "2026-11-18T10:45", "loyalty_points": 10}],
+    )
+
+
+def events(d: Daemon, kind: str) -> list[dict[str, Any]]:
+    assert d.store is not None
+    return [e for e in d.store.recent_events(1000) if e["type"] == kind]
+
+
+def qr(clock: Clock, token: str) -> Credential:
+    code = mint(KEY, token_id=token, member="m1", issued=clock(), expires=clock() + timedelta(seconds=60))
+    return Credential.qr(code, "test")
+
+
+async def ticks(n: int = 3) -> None:
+    """Let the daemons' schedulers run (once a second)."""
+    import asyncio
+
+    await asyncio.sleep(n * 1.05)
+
+
+async def test_a_class_attended_at_another_turnstile_while_the_desk_daemon_was_down(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
+    seed(central)
+    clock = Clock(DAY)
+    clock.to(9, 40)
+    desk_cfg = config(tmp_path, mosquitto, "desk", "in-1", finalises=True)
+    async with running(config(tmp_path, mosquitto, "in2", "in-2", finalises=False), clock) as in2:
+        async with running(desk_cfg, clock) as desk:
+            await wait_until(lambda: "in2" in desk.link.session.peers.marks
+                             and not desk.link.session.peers.marks["in2"].missing, what="desk hearing in2")
+        # the desk daemon is gone; Ana comes to her class through the other turnstile
+        clock.to(9, 55)
+        r = await in2.handle_credential("in-2", Credential.card("C1", "test"))
+        assert (r["decision"], r["reason"], r["booking"]) == ("granted", "booking", "b1")
+        clock.to(11, 5)  # 20 minutes past the class's end: its no-shows are due
+        async with running(desk_cfg, clock) as desk:
+            # its first scheduler runs came before it heard in2 again: nothing settled blind
+            await wait_until(lambda: desk.store is not None and desk.store.booking_status("b1") is not None
+                             and desk.store.booking_status("b1").value == "attended", what="the attendance at desk")
+            await ticks()
+            assert events(desk, "attendance") == [] and events(desk, "deduction") == []  # no no-show, no fee
+            clock.to(11, 20)  # its points fall due (ends + 30m)
+            await wait_until(lambda: len(events(desk, "loyalty")) == 1, what="the class's points")
+
+
+async def test_a_daemon_never_heard_again_holds_no_shows_until_the_limit_then_is_named(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
+    seed(central)
+    clock = Clock(DAY)
+    clock.to(9, 40)
+    desk_cfg = config(tmp_path, mosquitto, "desk", "in-1", finalises=True, peer_wait_limit="30m")
+    async with running(desk_cfg, clock) as desk:
+        async with running(config(tmp_path, mosquitto, "in2", "in-2", finalises=False), clock):
+            await wait_until(lambda: "in2" in desk.link.session.peers.marks
+                             and not desk.link.session.peers.marks["in2"].missing, what="desk hearing in2")
+        # in2 is gone for good (its box died); Ana never came
+        clock.to(11, 5)
+        await ticks()
+        assert events(desk, "attendance") == []  # held: in2 may have let her in
+        status = desk.health()["knowledge"]
+        assert status["peers"]["in2"]["online"] is False
+        clock.to(11, 31)  # past the limit (10:45 + 15m + 30m)
+        await wait_until(lambda: len(events(desk, "attendance")) == 1, what="the no-show, at last")
+        [no_show] = events(desk, "attendance")
+        assert (no_show["booking"], no_show["status"], no_show["unheard"]) == ("b1", "no_show", ["in2"])
+        assert [e["amount"] for e in events(desk, "deduction")] == [1]  # the fee, now
+        alarms = [e["kind"] for e in events(desk, "alarm")]
+        assert "peers_unheard" in alarms
+
+
+async def both_hearing(a: Daemon, b: Daemon) -> None:
+    for x, y in ((a, b), (b, a)):
+        await wait_until(lambda x=x, y=y: y.config.daemon_id in x.link.session.peers.marks
+                         and x.link.session.peers.marks[y.config.daemon_id].online, what="the daemons hearing each other")
+
+
+async def test_one_qr_code_shown_at_two_daemons_of_the_site_two_seconds_apart(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
+    seed(central)
+    clock = Clock(DAY)
+    clock.to(12, 0)
+    async with running(config(tmp_path, mosquitto, "desk", "in-1", finalises=True), clock) as a, \
+            running(config(tmp_path, mosquitto, "in2", "in-2", finalises=False), clock) as b:
+        await both_hearing(a, b)
+        code = qr(clock, "tok-1")
+        first = await a.handle_credential("in-1", code)
+        assert (first["decision"], first["reason"]) == ("granted", "walk_in")
+        import asyncio
+
+        await asyncio.sleep(2.0)
+        second = await b.handle_credential("in-2", code)
+        assert (second["decision"], second["reason"]) == ("denied", "qr_replayed")
+
+
+async def test_one_qr_code_shown_at_two_daemons_at_the_same_instant_opens_one(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
+    import asyncio
+
+    seed(central)
+    clock = Clock(DAY)
+    clock.to(12, 0)
+    async with running(config(tmp_path, mosquitto, "desk", "in-1", finalises=True), clock) as a, \
+            running(config(tmp_path, mosquitto, "in2", "in-2", finalises=False), clock) as b:
+        await both_hearing(a, b)
+        for n in range(3):
+            code = qr(clock, f"race-{n}")
+            ra, rb = await asyncio.gather(a.handle_credential("in-1", code), b.handle_credential("in-2", code))
+            assert sorted((ra["decision"], rb["decision"])) == ["denied", "granted"], (ra, rb)
+            loser = ra if ra["decision"] == "denied" else rb
+            assert loser["reason"] == "qr_replayed"
