@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -196,6 +196,8 @@ class Ledger:
                         zone=gate.zone,
                         gate=gate.id,
                     )
+                    # another daemon's charge heard while the member was passing
+                    self.check_overdraft(tx, decision.pass_id, now)
                 if decision.attends_booking and decision.booking:
                     booking = self.replica.get_booking(decision.booking)
                     if booking is not None:
@@ -307,15 +309,34 @@ class Ledger:
 
     def record_peer_events(
         self, sender: str, events: list[dict[str, Any]], zones: dict[str, str],
-        mark: tuple[int | None, float | None] | None = None,
+        mark: tuple[int | None, float | None] | None = None, now: datetime | None = None,
     ) -> dict[str, int]:
         """What another daemon of the site did (sync/peers.py), and how far it is now
         heard (`mark`), in one transaction: the mark never gets ahead of what it covers."""
-        with self.transactions.open():
+        with self.transactions.open() as tx:
             seen = dict(peers.apply(self.conn, sender, events, zones, self.record_passage))
             if mark is not None:
                 peers.save_mark(self.conn, sender, *mark)
+            charged = {str(e["pass"]) for e in events if e.get("type") == "deduction" and e.get("pass")}
+            for pass_id in sorted(charged):
+                self.check_overdraft(tx, pass_id, now or datetime.now(UTC))
         return seen
+
+    def check_overdraft(self, tx: Transaction, pass_id: str, now: datetime) -> None:
+        """Inside a transaction: a pass that charges of this daemon and another's took below
+        zero is an `alarm` (kind `overdraft`) for the central system and the desk —
+        reported by the daemon whose charge went below (sync/peers.py, `overdraft`)."""
+        o = peers.overdraft(self.conn, self.daemon_id, pass_id)
+        if o is None:
+            return
+        peers.report_overdraft(self.conn, o)
+        row = self.conn.execute("SELECT member_id FROM replica.passes WHERE id = ?", (pass_id,)).fetchone()
+        tx.emit(
+            "alarm", now, gate=None, kind="overdraft", member=row[0] if row else None,
+            detail=f"pass {pass_id} charged below zero by two turnstiles at once (balance {o.balance})",
+            balance=amount_json(o.balance), charges=[{"daemon": d, "seq": s} for d, s in o.charges],
+            **{"pass": pass_id},
+        )
 
     def save_peer_mark(self, peer: str, heard_seq: int | None, heard_through: float | None) -> None:
         with self.transactions.open():

@@ -441,7 +441,9 @@ class SyncLink:
             case ApplyLookup():
                 self._on_lookup_answer(action)
             case RecordPeerEvents():
-                seen = self.store.record_peer_events(action.sender, list(action.events), action.zones, action.mark)
+                seen = self.store.record_peer_events(
+                    action.sender, list(action.events), action.zones, action.mark, self.now()
+                )
                 for kind, n in seen.items():
                     self.session.stats[kind] += n
                 self._rival_claims(action.sender, action.events)

@@ -22,6 +22,7 @@ once, from the daemon that made it.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,8 @@ _UTC = ZoneInfo("UTC")
 
 def create_tables_v8(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS peer_marks (daemon TEXT PRIMARY KEY, heard_seq INTEGER, heard_through REAL)")
+    # charges of ours that took a pass below zero with another daemon's, reported once
+    conn.execute("CREATE TABLE IF NOT EXISTS overdrafts (seq INTEGER PRIMARY KEY, pass_id TEXT NOT NULL)")
     conn.execute("ALTER TABLE site_charges ADD COLUMN cause TEXT NOT NULL DEFAULT 'walk_in'")
     conn.execute("CREATE INDEX IF NOT EXISTS site_charges_pass ON site_charges(pass_id)")
 
@@ -177,6 +180,62 @@ def latest_charge(
     return max(found, key=lambda c: (c.at, c.seq)) if found else None
 
 
+@dataclass(frozen=True, slots=True)
+class Overdraft:
+    """Charges of several daemons the central system had not applied took a pass below
+    zero (two turnstiles charged the last visit at the same instant, neither having heard
+    the other yet). `seq`: our charge that went below zero — reported by us; every
+    daemon of the site applies the same order (time, daemon, seq), so exactly one
+    reports each overdraft."""
+
+    pass_id: str
+    balance: Decimal
+    seq: int
+    charges: tuple[tuple[str, int], ...]
+
+
+def overdraft(conn: sqlite3.Connection, own_daemon: str, pass_id: str) -> Overdraft | None:
+    """Our charge on `pass_id` that the site's unapplied charges, in order, put below
+    zero — when another daemon's charge is among them and it was not reported yet."""
+    if conn.execute("SELECT 1 FROM main.site_charges WHERE pass_id = ? LIMIT 1", (pass_id,)).fetchone() is None:
+        return None  # the common case, on the tap path: nobody else charged this pass lately
+    row = conn.execute(
+        "SELECT central_balance, applied_seq, applied_peers FROM replica.passes WHERE id = ?", (pass_id,)
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    applied: dict[str, int] = json.loads(row[2]) if row[2] else {}
+    charges = [
+        (float(at), own_daemon, int(seq), Decimal(amount))
+        for seq, amount, at in conn.execute(
+            "SELECT seq, amount, at FROM main.deductions WHERE pass_id = ? AND seq > ?", (pass_id, int(row[1]))
+        )
+    ]
+    charges += [
+        (float(at or 0), str(d), int(seq), Decimal(amount))
+        for d, seq, amount, at in conn.execute(
+            "SELECT daemon, seq, amount, at FROM main.site_charges WHERE pass_id = ?", (pass_id,)
+        )
+        if int(seq) > int(applied.get(str(d), 0))
+    ]
+    if len({c[1] for c in charges}) < 2:
+        return None  # one daemon's charges alone: its own decisions saw every one of them
+    charges.sort(key=lambda c: (c[0], c[1], c[2]))
+    balance = Decimal(row[0])
+    for _at, daemon, seq, amount in charges:
+        before, balance = balance, balance - amount
+        if balance < 0 <= before and amount > 0:
+            if daemon != own_daemon or conn.execute("SELECT 1 FROM overdrafts WHERE seq = ?", (seq,)).fetchone():
+                return None
+            return Overdraft(pass_id, Decimal(row[0]) - sum((c[3] for c in charges), Decimal(0)), seq,
+                             tuple((c[1], c[2]) for c in charges))
+    return None
+
+
+def report_overdraft(conn: sqlite3.Connection, o: Overdraft) -> None:
+    conn.execute("INSERT OR IGNORE INTO overdrafts(seq, pass_id) VALUES (?, ?)", (o.seq, o.pass_id))
+
+
 def marks(conn: sqlite3.Connection) -> dict[str, tuple[int | None, float | None]]:
     """How far each other daemon of the site was heard (peer -> heard_seq, heard_through)."""
     return {
@@ -201,4 +260,7 @@ def mark_refunded(conn: sqlite3.Connection, charge: Charge) -> None:
     conn.execute("INSERT OR IGNORE INTO site_refunds(daemon, seq) VALUES (?,?)", (charge.daemon, charge.seq))
 
 
-__all__ = ["Charge", "apply", "create_tables", "create_tables_v8", "latest_charge", "mark_refunded", "marks", "save_mark"]
+__all__ = [
+    "Charge", "Overdraft", "apply", "create_tables", "create_tables_v8", "latest_charge", "mark_refunded", "marks",
+    "overdraft", "report_overdraft", "save_mark",
+]

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sync.events import event_schema
-from sync.records import BookingIn, MemberIn, PassIn, PassRecord
+from sync.records import BookingIn, MemberIn, PassIn, PassRecord, SitePassIn
 from sync.topics import LEVEL, Topics, central_status_topic, valid_level
 
 MAJOR = 1
@@ -69,10 +69,16 @@ class PassOut(PassIn):
 
     applied: dict[Annotated[str, Field(pattern=LEVEL.pattern)], Seq]
 
-    def for_daemon(self, daemon: str) -> PassIn:
+    def for_daemon(self, daemon: str) -> SitePassIn:
         data = self.model_dump(by_alias=True, exclude={"applied"})
         data["applied_seq"] = self.applied.get(daemon, 0)
-        return PassIn.model_validate(data)
+        data["applied_peers"] = self.peers_applied(daemon)
+        return SitePassIn.model_validate(data)
+
+    def peers_applied(self, daemon: str) -> dict[str, int]:
+        """The other daemons' entries of `applied`: their charges above these seqs are not
+        in `balance` yet (sync/peers.py)."""
+        return {d: s for d, s in self.applied.items() if d != daemon}
 
     def record_for(self, daemon: str) -> PassRecord:
         """The store's record for this daemon, without validating again."""

@@ -128,11 +128,11 @@ class Replica:
 
     def balance(self, pass_id: str) -> Decimal | None:
         row = self.conn.execute(
-            "SELECT central_balance, applied_seq FROM replica.passes WHERE id = ?", (pass_id,)
+            "SELECT central_balance, applied_seq, applied_peers FROM replica.passes WHERE id = ?", (pass_id,)
         ).fetchone()
         if row is None:
             return None
-        return local_balance(self.conn, row[0], int(row[1]), pass_id)
+        return local_balance(self.conn, row[0], int(row[1]), pass_id, row[2])
 
     def get_booking(self, booking_id: str) -> Booking | None:
         row = self.conn.execute(f"SELECT {BOOKING_READ} FROM {_BOOKINGS} WHERE b.id = ?", (booking_id,)).fetchone()
@@ -204,8 +204,8 @@ class Replica:
         if batch.passes:
             c.executemany(
                 "INSERT OR REPLACE INTO replica.passes(id, member_id, name, kind, central_balance, applied_seq, "
-                "deduct_on, walk_in_cost, valid_from, valid_until, zones, access_windows) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "deduct_on, walk_in_cost, valid_from, valid_until, zones, access_windows, applied_peers) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (pass_row(p, p.applied_seq) for p in batch.passes),
             )
         if batch.bookings:

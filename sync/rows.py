@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from rules.credential import Card, TenDigits, card_from_text, index_keys
 from rules.model import Booking, BookingStatus, DeductOn, Member, MemberStatus, Pass, PassKind
 from rules.timeutil import WeekSchedule, parse_instant
-from sync.records import BookingIn, MemberIn, PassIn
+from sync.records import BookingIn, MemberIn, PassIn, SitePassIn
 from sync.search_text import member_search_text
 
 Row = tuple[Any, ...]
@@ -121,7 +121,7 @@ def member_from_row(row: Row, cards: tuple[str, ...]) -> Member:
 
 PASS_COLUMNS = (
     "id", "member_id", "name", "kind", "central_balance", "applied_seq", "deduct_on", "walk_in_cost",
-    "valid_from", "valid_until", "zones", "access_windows",
+    "valid_from", "valid_until", "zones", "access_windows", "applied_peers",
 )
 # the local balance is not a column: Replica derives it (central - own deductions since)
 PASS_READ = (
@@ -130,9 +130,13 @@ PASS_READ = (
 )
 
 
-def pass_row(p: PassIn, applied_seq: int | None) -> Row:
+def pass_row(p: PassIn, applied_seq: int | None, applied_peers: dict[str, int] | None = None) -> Row:
     """`applied_seq`: the highest seq of this daemon's events the central balance
-    reflects (PassIn.applied_seq, or PassOut.applied[daemon])."""
+    reflects (PassIn.applied_seq, or PassOut.applied[daemon]); `applied_peers`: the same
+    for the site's other daemons (PassIn.applied_peers, or the rest of PassOut.applied)."""
+    if applied_peers is None and isinstance(p, SitePassIn):
+        applied_peers = p.applied_peers
+    peers = applied_peers
     return (
         p.id,
         p.member,
@@ -146,6 +150,7 @@ def pass_row(p: PassIn, applied_seq: int | None) -> Row:
         p.valid_until.isoformat() if p.valid_until else None,
         json.dumps(sorted(set(p.zones))) if p.zones is not None else None,
         windows_json(p.access_windows) if p.access_windows is not None else None,
+        json.dumps(peers, sort_keys=True, separators=(",", ":")) if peers else None,
     )
 
 

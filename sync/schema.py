@@ -30,7 +30,7 @@ from sync.errors import StoreError
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 8
-REPLICA_SCHEMA_VERSION = 2
+REPLICA_SCHEMA_VERSION = 3
 # replica meta: the rule for untyped 10-digit card strings its cards were typed under
 # (rules.credential.TenDigits); absent in replicas written before it (then: the current rule)
 CARDS_TYPED_AS = "cards_typed_as"
@@ -48,7 +48,7 @@ REPLICA_TABLES = (
     "CREATE TABLE IF NOT EXISTS card_keys (key TEXT NOT NULL, card TEXT NOT NULL, PRIMARY KEY (key, card))",
     "CREATE TABLE IF NOT EXISTS passes (id TEXT PRIMARY KEY, member_id TEXT NOT NULL, name TEXT, kind TEXT NOT NULL, "
     "central_balance TEXT, applied_seq INTEGER NOT NULL DEFAULT 0, deduct_on TEXT NOT NULL, walk_in_cost TEXT, "
-    "valid_from TEXT, valid_until TEXT, zones TEXT, access_windows TEXT)",
+    "valid_from TEXT, valid_until TEXT, zones TEXT, access_windows TEXT, applied_peers TEXT)",
     "CREATE TABLE IF NOT EXISTS bookings (id TEXT PRIMARY KEY, member_id TEXT NOT NULL, pass_id TEXT NOT NULL, "
     "class_name TEXT, zone TEXT NOT NULL, starts_at REAL NOT NULL, ends_at REAL NOT NULL, status TEXT NOT NULL, "
     "deducted INTEGER NOT NULL, cost TEXT NOT NULL, loyalty_points INTEGER NOT NULL DEFAULT 0)",
@@ -83,6 +83,34 @@ def create_replica(path: Path, meta: dict[str, str]) -> None:
         )
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def upgrade_replica(path: Path) -> None:
+    """A replica file of an earlier version, brought up to this one in place (a replica of
+    an unknown version is left alone: the store replaces it and asks for a snapshot).
+    2 -> 3: passes gain `applied_peers` (the other daemons' `applied` entries; empty until
+    the next change of each pass)."""
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None)
+    except sqlite3.Error:
+        return
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'replica_schema'").fetchone()
+        if row is None or str(row[0]) != "2":
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("ALTER TABLE passes ADD COLUMN applied_peers TEXT")
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'replica_schema'", (str(REPLICA_SCHEMA_VERSION),))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error:
+        return  # not readable as a replica: replaced by the caller
     finally:
         conn.close()
 
@@ -356,8 +384,8 @@ def _migration_6(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) ->
             conn.execute("INSERT INTO incoming.card_keys SELECT key, card FROM main.card_keys")
             conn.execute(
                 "INSERT INTO incoming.passes SELECT id, member_id, name, kind, central_balance, "
-                "COALESCE(applied_seq, 0), deduct_on, walk_in_cost, valid_from, valid_until, zones, access_windows "
-                "FROM main.passes"
+                "COALESCE(applied_seq, 0), deduct_on, walk_in_cost, valid_from, valid_until, zones, access_windows, "
+                "NULL FROM main.passes"
             )
             conn.execute(
                 "INSERT INTO incoming.bookings SELECT id, member_id, pass_id, class_name, zone, starts_at, ends_at, "

@@ -59,7 +59,16 @@ from sync.db import uri
 from sync.ledger import CURSOR_KEY
 from sync.protocol import SnapshotChunk
 from sync.replica_file import ReplicaFiles
-from sync.rows import MEMBER_INSERT, Row, booking_row, keys_of, member_cards, member_row, pass_row
+from sync.rows import (
+    MEMBER_INSERT,
+    PASS_COLUMNS,
+    Row,
+    booking_row,
+    keys_of,
+    member_cards,
+    member_row,
+    pass_row,
+)
 from sync.schema import CARDS_TYPED_AS, REPLICA_INDEXES, REPLICA_SCHEMA_VERSION, REPLICA_TABLES
 
 PROGRESS_EVERY = 50  # chunks
@@ -172,7 +181,7 @@ class Parser:
             [member_row(m, self.synced_at) for m in chunk.members],
             cards,
             card_keys,
-            [pass_row(p, p.applied.get(self.daemon, 0)) for p in chunk.passes],
+            [pass_row(p, p.applied.get(self.daemon, 0), p.peers_applied(self.daemon)) for p in chunk.passes],
             bookings,
         )
 
@@ -278,7 +287,8 @@ class Build:
         if card_keys:
             c.executemany("INSERT OR IGNORE INTO card_keys VALUES (?,?)", card_keys)
         if passes:
-            c.executemany("INSERT OR REPLACE INTO passes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", passes)
+            c.executemany(f"INSERT OR REPLACE INTO passes({','.join(PASS_COLUMNS)}) VALUES ({','.join('?' * len(PASS_COLUMNS))})",
+                          passes)
         if bookings:
             c.executemany("INSERT OR REPLACE INTO bookings VALUES (?,?,?,?,?,?,?,?,?,?,?)", bookings)
         self.pending += len(members) + len(cards) + len(card_keys) + len(passes) + len(bookings)

@@ -112,6 +112,7 @@ from sync.schema import (
     SCHEMA_VERSION,
     create_replica,
     migrate,
+    upgrade_replica,
 )
 from sync.transaction import Committed, Listener, Transaction, Transactions
 
@@ -268,6 +269,8 @@ class Store:
         meta = Meta(self.conn)
         name = meta.get(REPLICA_FILE_KEY)
         path = self.path.parent / name if name else None
+        if path is not None and path.exists():
+            upgrade_replica(path)
         if path is None or not path.exists() or not self._readable_replica(path):
             gen = int(meta.get(REPLICA_GENERATION_KEY, "0") or 0) + 1
             path = self.files.new_path(gen)
@@ -690,13 +693,13 @@ class Store:
 
     def record_peer_events(
         self, sender: str, events: list[dict[str, Any]], zones: dict[str, str],
-        mark: tuple[int | None, float | None] | None = None,
+        mark: tuple[int | None, float | None] | None = None, now: datetime | None = None,
     ) -> dict[str, int]:
         """Another daemon of the site's events: passages, booking outcomes, charges,
         refunds, used QR codes (sync/peers.py), with how far that daemon is now heard
         (`mark`: heard_seq, heard_through; sync/peer_marks.py), in one transaction.
         Returns counts by kind."""
-        return self.ledger.record_peer_events(sender, events, zones, mark)
+        return self.ledger.record_peer_events(sender, events, zones, mark, now)
 
     def save_peer_mark(self, peer: str, heard_seq: int | None, heard_through: float | None) -> None:
         """How far another daemon of the site is heard; (None, None) forgets it."""

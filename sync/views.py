@@ -18,6 +18,7 @@ working across a replica switch (DETACH the old file, ATTACH the new one AS `rep
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from decimal import Decimal
 
@@ -48,9 +49,11 @@ VIEWS = (
     "CREATE TEMP VIEW IF NOT EXISTS cards AS SELECT card, member_id FROM replica.cards",
     "CREATE TEMP VIEW IF NOT EXISTS card_keys AS SELECT key, card FROM replica.card_keys",
     "CREATE TEMP VIEW IF NOT EXISTS passes AS SELECT p.id, p.member_id, p.name, p.kind, p.central_balance, "
-    "p.applied_seq, dec_sub(p.central_balance, (SELECT dec_sum(d.amount) FROM main.deductions d "
-    "WHERE d.pass_id = p.id AND d.seq > p.applied_seq)) AS balance, p.deduct_on, p.walk_in_cost, p.valid_from, "
-    "p.valid_until, p.zones, p.access_windows FROM replica.passes p",
+    "p.applied_seq, dec_sub(dec_sub(p.central_balance, (SELECT dec_sum(d.amount) FROM main.deductions d "
+    "WHERE d.pass_id = p.id AND d.seq > p.applied_seq)), (SELECT dec_sum(c.amount) FROM main.site_charges c "
+    "WHERE c.pass_id = p.id AND c.seq > COALESCE(json_extract(p.applied_peers, '$.\"' || c.daemon || '\"'), 0))) "
+    "AS balance, p.deduct_on, p.walk_in_cost, p.valid_from, p.valid_until, p.zones, p.access_windows "
+    "FROM replica.passes p",
     "CREATE TEMP VIEW IF NOT EXISTS bookings AS SELECT b.id, b.member_id, b.pass_id, b.class_name, b.zone, "
     "b.starts_at, b.ends_at, b.status, CASE WHEN b.status = 'cancelled' THEN NULL ELSE o.outcome END AS outcome, "
     "b.deducted, b.cost, b.loyalty_points, o.attended_at, COALESCE(o.loyalty_settled, 0) AS loyalty_settled "
@@ -66,11 +69,20 @@ def install(conn: sqlite3.Connection) -> None:
         conn.execute(sql)
 
 
-def local_balance(conn: sqlite3.Connection, central: str | None, applied_seq: int, pass_id: str) -> Decimal | None:
-    """The central balance minus this daemon's deductions on the pass with a higher seq."""
+def local_balance(
+    conn: sqlite3.Connection, central: str | None, applied_seq: int, pass_id: str, applied_peers: str | None = None
+) -> Decimal | None:
+    """The central balance minus every charge on the pass the central had not applied
+    when it computed it: this daemon's with a higher seq than `applied_seq`, and each
+    other daemon's of the site with a higher seq than its entry in `applied_peers` (JSON;
+    a daemon missing: all of its charges) — sync/peers.py."""
     if central is None:
         return None
-    own = Decimal(0)
+    taken = Decimal(0)
     for (amount,) in conn.execute("SELECT amount FROM main.deductions WHERE pass_id = ? AND seq > ?", (pass_id, applied_seq)):
-        own += Decimal(amount)
-    return Decimal(central) - own
+        taken += Decimal(amount)
+    peers: dict[str, int] = json.loads(applied_peers) if applied_peers else {}
+    for daemon, seq, amount in conn.execute("SELECT daemon, seq, amount FROM main.site_charges WHERE pass_id = ?", (pass_id,)):
+        if int(seq) > int(peers.get(str(daemon), 0)):
+            taken += Decimal(amount)
+    return Decimal(central) - taken

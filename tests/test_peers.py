@@ -100,13 +100,16 @@ def test_the_desk_refunds_a_walk_in_taken_at_the_other_turnstile_once(tmp_path: 
     assert len(refund) == 1
     assert refund[0]["amount"] == -1 and refund[0]["pass"] == "p1" and refund[0]["cause"] == "refund"
     assert refund[0]["refunds"] == {"daemon": "s1-in-2", "seq": committed.events[1]["seq"]}
-    assert desk.balance("p1") == Decimal(11)  # its own view: central 10 - its own deductions (-1)
+    # the site's balance, as every daemon of it sees it: central 10, in-2's charge (1) and
+    # the desk's refund (-1) not yet applied there
+    assert desk.balance("p1") == Decimal(10)
     # the desk does not give it back twice
     again = desk.mark_attended("b2", "desk", refund=True, now=at(12, 10))
     assert not [e for e in again.events if e["type"] == "deduction"]
     # nor does in-2's own desk, once it has heard of the refund
     seen = share(desk, in2, marked.events + again.events, {})
     assert seen["remote_refunds"] == 1 and seen["remote_attended"] == 2
+    assert in2.balance("p1") == Decimal(10)
     third = in2.mark_attended("b1", "other-desk", refund=True, now=at(12, 20))
     assert not [e for e in third.events if e["type"] == "deduction"]
 

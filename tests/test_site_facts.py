@@ -194,3 +194,74 @@ async def test_one_qr_code_shown_at_two_daemons_at_the_same_instant_opens_one(
             assert sorted((ra["decision"], rb["decision"])) == ["denied", "granted"], (ra, rb)
             loser = ra if ra["decision"] == "denied" else rb
             assert loser["reason"] == "qr_replayed"
+
+
+def seed_store(cfg: Config, balance: int) -> None:
+    """What `gated seed` does: the gate's records without a central system."""
+    from sync.records import MemberIn, PassIn
+    from sync.store import Store, SyncBatch
+
+    store = Store(cfg.store.path, cfg.site_domain(), daemon_id=cfg.daemon_id)
+    try:
+        visits = PassIn.model_validate({"id": "p1", "member": "m1", "kind": "visits", "balance": balance,
+                                        "deduct_on": "access", "walk_in_cost": 1,
+                                        "access_windows": {"mon-sun": "06:00-23:00"}})
+        store.apply_sync(SyncBatch([MemberIn(id="m1", name="Ana", cards=["C1"])], [visits]), DAY)
+    finally:
+        store.close()
+
+
+@asynccontextmanager
+async def without_central(cfg: Config, clock: Clock) -> AsyncIterator[Daemon]:
+    d = Daemon(cfg, clock=clock)
+    await d.start()
+    try:
+        await d.link.wait_connected(WAIT_S)
+        yield d
+    finally:
+        await d.stop()
+
+
+async def test_the_last_visit_is_not_granted_twice_with_the_central_unreachable(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The site broker is up, the central system is not (the WAN is down): a pass with one
+    visit left, used at one turnstile, is used up at the other too."""
+    clock = Clock(DAY)
+    clock.to(12, 0)
+    a_cfg = config(tmp_path, mosquitto, "desk", "in-1", finalises=True)
+    b_cfg = config(tmp_path, mosquitto, "in2", "in-2", finalises=False)
+    for cfg in (a_cfg, b_cfg):
+        seed_store(cfg, balance=1)
+    async with without_central(a_cfg, clock) as a, without_central(b_cfg, clock) as b:
+        await both_hearing(a, b)
+        first = await a.handle_credential("in-1", Credential.card("C1", "test"))
+        assert (first["decision"], first["reason"]) == ("granted", "walk_in")
+        assert b.store is not None
+        await wait_until(lambda: b.store is not None and b.store.balance("p1") == 0, what="the charge heard at in2")
+        second = await b.handle_credential("in-2", Credential.card("C1", "test"))
+        assert (second["decision"], second["reason"]) == ("denied", "no_balance")
+
+
+async def test_the_last_visit_charged_at_two_turnstiles_at_once_is_an_overdraft_reported_once(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    import asyncio
+
+    clock = Clock(DAY)
+    clock.to(12, 0)
+    a_cfg = config(tmp_path, mosquitto, "desk", "in-1", finalises=True)
+    b_cfg = config(tmp_path, mosquitto, "in2", "in-2", finalises=False)
+    for cfg in (a_cfg, b_cfg):
+        seed_store(cfg, balance=1)
+    async with without_central(a_cfg, clock) as a, without_central(b_cfg, clock) as b:
+        await both_hearing(a, b)
+        ra, rb = await asyncio.gather(a.handle_credential("in-1", Credential.card("C1", "test")),
+                                      b.handle_credential("in-2", Credential.card("C1", "test")))
+        assert ra["decision"] == rb["decision"] == "granted"  # neither could know
+        await wait_until(lambda: a.store is not None and b.store is not None
+                         and a.store.balance("p1") == b.store.balance("p1") == -1, what="both charges heard")
+        await ticks(1)
+        reports = [e for d in (a, b) for e in events(d, "alarm") if e["kind"] == "overdraft"]
+        assert len(reports) == 1, reports  # one daemon says it, for the central system and the desk
+        assert reports[0]["pass"] == "p1" and reports[0]["balance"] == -1 and len(reports[0]["charges"]) == 2

@@ -76,7 +76,8 @@ def test_version_1_database_is_migrated_to_a_replica_file(tmp_path: Path) -> Non
         names = {r[0] for r in store.conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")}
         assert not names & {"members", "cards", "passes", "bookings"}
         assert {"site_charges", "site_refunds"} <= names  # migration 7: the site's other daemons
-        assert store.conn.execute("SELECT value FROM main.meta WHERE key = 'schema_version'").fetchone()[0] == "7"
+        assert "peer_marks" in names  # migration 8: how far each of them is heard
+        assert store.conn.execute("SELECT value FROM main.meta WHERE key = 'schema_version'").fetchone()[0] == "8"
         assert store.conn.execute("SELECT balance FROM passes WHERE id = 'p1'").fetchone()[0] == "9"
         # the no-show walk starts after the migrated outcomes: only what falls due later
         from rules.model import Policy
@@ -137,3 +138,29 @@ def test_reader_sees_the_replica_by_name_from_another_connection(tmp_path: Path)
             assert "readonly" in str(e)
         else:
             raise AssertionError("the reader could write")
+
+
+def test_a_version_2_replica_is_upgraded_in_place_keeping_its_records(tmp_path: Path) -> None:
+    """A replica written before passes kept the other daemons' `applied` entries: a site
+    seeded without a central system must not lose its members to the upgrade."""
+    from sync.records import MemberIn, PassIn
+    from sync.store import SyncBatch
+
+    db = tmp_path / "gate.db"
+    store = Store(db, site(), daemon_id="gate-a")
+    visits = PassIn.model_validate({"id": "p1", "member": "m1", "kind": "visits", "balance": 4})
+    store.apply_sync(SyncBatch([MemberIn(id="m1", name="Ana", cards=["C1"])], [visits]), datetime.now(UTC))
+    replica = store.replica_path
+    store.close()
+    with sqlite3.connect(replica) as c:  # as version 2 wrote it
+        c.execute("ALTER TABLE passes DROP COLUMN applied_peers")
+        c.execute("UPDATE meta SET value = '2' WHERE key = 'replica_schema'")
+    again = Store(db, site(), daemon_id="gate-a")
+    try:
+        assert again.replica_path == replica
+        assert again.member_for_card("C1") == "m1" and again.balance("p1") == Decimal(4)
+        assert again.replica.meta("replica_schema") == "3"
+        with open_reader(db) as reader:  # the read contract too
+            assert reader.execute("SELECT balance FROM passes WHERE id = 'p1'").fetchone()[0] == "4"
+    finally:
+        again.close()
