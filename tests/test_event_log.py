@@ -11,6 +11,7 @@ number), so the central system's `applied_seq` can move past them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -19,8 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from gated.status import status_line
 from rules.model import Site
+from simulator.central import Central
 from sync.store import Store
+from tests.broker import WAIT_S, Mosquitto, wait_until
 from tests.test_storage_faults import fill, mount_tmpfs, umount
 
 NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
@@ -124,3 +128,91 @@ def test_a_commit_that_fails_for_any_reason_gives_its_numbers_back(tmp_path: Pat
         assert seqs(store) == [1, 2]
     finally:
         store.close()
+
+
+# -- the whole daemon: a disk full during taps, then the central system applies everything --
+
+@root_only
+async def test_a_disk_full_during_taps_leaves_nothing_the_central_cannot_apply(
+    tmp_path: Path, mosquitto: Mosquitto, central: Central
+) -> None:
+    """The fault the issue measured: events 1..6 then 17.. after filling the disk during
+    10 taps, and the central's applied_seq stuck at 6 for good. Now every seq the gate
+    holds reaches the central system once the disk has room again."""
+    from tests.gate_process import IN_CARD, OUT_CARD, gate_process
+    from tests.test_daemon import SEED, wait_for
+
+    central.load("storage-site", SEED["members"], SEED["passes"], SEED.get("bookings", []))
+    state = tmp_path / "state"
+    mount_tmpfs(state, "3m")
+    mqtt = {"host": "127.0.0.1", "port": mosquitto.port, "ack_timeout": 1.0, "backoff_initial": 0.05,
+            "backoff_max": 0.5, "resync_retry": 2.0, "keepalive": 5}
+    try:
+        async with gate_process(tmp_path, state, extra={"mqtt": mqtt}) as gate:
+            await wait_for(lambda: central.applied_seq("storage-site", "gate-s") > 0 or True, 5)
+            for card, out in ((IN_CARD, False), (OUT_CARD, True), (IN_CARD, False)):
+                await gate.tap(card, exit_gate=out)
+            filler = fill(state)
+            for i in range(10):
+                await gate.tap(OUT_CARD if i % 2 else IN_CARD, exit_gate=bool(i % 2))
+            filler.unlink()
+            for _ in range(200):
+                if (await gate.status())["storage"]["ok"]:
+                    break
+                await asyncio.sleep(0.1)
+            t = await gate.tap(IN_CARD)
+            assert t["decision"] == "granted", t
+            last = max(e["seq"] for e in gate.events())
+
+            def applied() -> int:
+                return central.applied_seq("storage-site", "gate-s")
+
+            await wait_for(lambda: applied() == last, 30, f"the central applying every event (at {applied()} of {last})")
+            held = [e["seq"] for e in gate.events()]
+            assert held == list(range(held[0], last + 1))
+            assert [e["seq"] for e in central.events("storage-site", "gate-s")] == list(range(1, last + 1))
+    finally:
+        umount(state)
+
+
+async def test_events_the_central_does_not_acknowledge_are_an_alarm_with_the_reason(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """`mqtt.uplink_alarm_after`: events waiting that long without the central's
+    applied_seq moving is `uplink_stalled` in `gated status` and an alarm, with why."""
+    from gated.config import Config
+    from gated.daemon import Daemon
+    from rules.credential import Credential
+    from tests.broker import SEED, SITE, central_settings
+    from tests.test_daemon_mqtt import config as mqtt_config
+
+    central = Central(central_settings(mosquitto), tmp_path / "central.db")
+    central.load(SITE, SEED["members"], SEED["passes"], SEED["bookings"])
+    task = asyncio.create_task(central.run())
+    cfg = mqtt_config(tmp_path, mosquitto).model_dump()
+    cfg["mqtt"]["uplink_alarm_after"] = 1.0
+    d = Daemon(Config.model_validate(cfg))
+    await d.start()
+    try:
+        await d.link.wait_connected(WAIT_S)
+        await wait_until(lambda: d.link.stats["snapshots_applied"] >= 1, what="the first snapshot")
+        task.cancel()  # the central system goes away (it says so: its status goes offline)
+        await asyncio.wait([task])
+        await wait_until(lambda: d.link.central_online is False, what="the gate hearing it")
+        r = await d.handle_credential("in-1", Credential.card("C1", "test"))
+        assert r["decision"] == "granted"
+        await wait_until(lambda: any(g["kind"] == "uplink_stalled" for g in d.health()["knowledge"]["gaps"]),
+                         timeout=10, what="the gap in gated status")
+        [gap] = [g for g in d.health()["knowledge"]["gaps"] if g["kind"] == "uplink_stalled"]
+        assert "the central system is offline" in gap["detail"] and "2 event(s) waiting" in gap["detail"]
+        assert "UPLINK STALLED" in status_line(d)
+        assert d.metrics.knowledge_gap.labels("uplink_stalled")._value.get() == 1
+        task = asyncio.create_task(central.run())  # back
+        await wait_until(lambda: not d.health()["knowledge"]["gaps"], timeout=20, what="the gap to close")
+        assert d.store is not None
+        kinds = [e["kind"] for e in d.store.recent_events(100, ["alarm"])]
+        assert "uplink_stalled" in kinds and "uplink_stalled_ended" in kinds
+    finally:
+        await d.stop()
+        task.cancel()
+        await asyncio.wait([task])
