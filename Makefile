@@ -49,7 +49,8 @@ torture: system-deps $(STAMP)
 	GATED_TORTURE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m slow tests
 
 # A day at two sites with chaos (docs/reliability.md, "A day at two sites"): about 15 min.
-# The report is printed and kept in var/simday/seed-$(SEED)/report.{txt,json}.
+# The report is printed and kept in var/simday/seed-N/report.{txt,json}. SEED=random picks a
+# day nobody ran (and prints its number, to run it again).
 SEED ?= 1
 soak: system-deps $(STAMP)
 	$(BIN)/gated sim day --seed $(SEED)

@@ -85,6 +85,35 @@ def test_a_short_day_with_every_fault_keeps_the_books(short_day: tuple[Path, dic
     assert (d / "report.txt").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("seed", [7, 12])
+def test_short_days_with_other_seeds_keep_the_books(seed: int, tmp_path: Path) -> None:
+    """Two more mornings, other populations and other fault instants (the first seed
+    alone once hid a bug that other days showed: after a failover the site's daemons sat
+    on two brokers and the one finalising no-shows stopped hearing the others)."""
+    needs_mosquitto()
+    report = tmp_path / "report.json"
+    out = subprocess.run([*GATED, "sim", "day", "--short", "--seed", str(seed), "--dir", str(tmp_path / "run"),
+                          "--json", str(report)], capture_output=True, text=True, timeout=900)
+    assert out.returncode in (0, 1), out.stdout[-3000:] + out.stderr[-3000:]
+    r = json.loads(report.read_text())
+    assert r["violations_total"] == 0, (out.stdout + out.stderr)[-6000:]
+
+
+def test_a_random_seed_is_picked_and_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    from gated.simday.args import _seed
+
+    picked = {_seed("random") for _ in range(5)}
+    printed = capsys.readouterr().out
+    assert all(f"seed {s} (random)" in printed for s in picked) and len(picked) > 1
+    assert _seed("42") == 42
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        _seed("tomorrow")
+
+
 def _tampered(src: Path, dst: Path) -> Path:
     # WAL files too (a copy reads as the original); not a socket a killed process left
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.sock"))

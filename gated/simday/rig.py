@@ -160,6 +160,9 @@ class Chain:
             "host": "127.0.0.1", "port": broker_port, "ack_timeout": self.settings.ack_timeout,
             "backoff_initial": 0.1, "backoff_max": 2.0, "resync_retry": 5.0, "keepalive": 10,
             "reconcile_interval": self.settings.reconcile_interval, "health_interval": 30.0,
+            # the site's daemons hear how far each other has got every real second (a couple of
+            # simulated minutes): no-shows due 15 simulated minutes after a class are not held long
+            "heartbeat_interval": 1.0,
         }
         wan = self.wan.get(spec.id)
         if wan is not None:  # the site broker, else the central broker over the WAN (failover)
