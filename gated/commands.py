@@ -327,6 +327,11 @@ def _control(args: argparse.Namespace, obj: dict[str, Any]) -> dict[str, Any]:
         raise SystemExit(2) from None
     try:
         return asyncio.run(request(path, obj))
+    except ConnectionResetError as e:
+        print(f"the daemon at {path} stopped answering: {e}. If it died mid-tap, a grant it had "
+              "acted on is reported as passage_unconfirmed when it starts again (gated status, its log)",
+              file=sys.stderr)
+        raise SystemExit(1) from None
     except (OSError, TimeoutError) as e:
         print(f"cannot reach the daemon at {path}: {e}", file=sys.stderr)
         raise SystemExit(1) from None

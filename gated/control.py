@@ -208,7 +208,13 @@ async def request(
         writer.write(json.dumps(obj).encode() + b"\n")
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), timeout)
-        result: dict[str, Any] = json.loads(line)
+        if not line:
+            # the daemon went away with the request in hand (stopped, or died mid-tap)
+            raise ConnectionResetError("the daemon closed the connection without answering")
+        try:
+            result: dict[str, Any] = json.loads(line)
+        except ValueError:
+            raise ConnectionResetError("the daemon's answer was cut off") from None
         return result
     finally:
         writer.close()

@@ -1,4 +1,4 @@
-"""`gated store check|backup|rebuild-replica`: looking after the database file.
+"""`gated store check|backup|rebuild-replica|balance`: looking after the database file.
 
 The recovery of a damaged store (docs/operations.md, "A damaged store"):
 1. `gated store check -c FILE`: SQLite's full integrity check. Exit 0 ok, 1 damaged.
@@ -10,6 +10,11 @@ The recovery of a damaged store (docs/operations.md, "A damaged store"):
    audit log, open grant intents, booking outcomes) copied from the old one, as far as it
    can be read, and no replica: the daemon starts with an empty one and the snapshot it
    asks for at its next connection fills it. The old file is kept beside it.
+
+And `gated store balance PASS -c FILE`: what the gate believes a pass holds and why — the
+central balance, its `applied` entries, the charges the central had not applied (this
+daemon's and the site's others'), the balance decided by (docs/protocol.md). Read-only:
+the daemon may run.
 """
 
 from __future__ import annotations
@@ -46,6 +51,10 @@ def add_parser(sub: Any) -> None:  # argparse's subparsers action has no public 
     b.add_argument("-c", "--config", default="/etc/gated/gated.yaml")
     b.add_argument("dest", help="file to write (replaced atomically)")
     b.set_defaults(func=cmd_backup)
+    bal = ss.add_parser("balance", help="a pass's balance at this gate and the charges it is made of")
+    bal.add_argument("-c", "--config", default="/etc/gated/gated.yaml")
+    bal.add_argument("pass_id", metavar="PASS", help="the pass's id")
+    bal.set_defaults(func=cmd_balance)
     r = ss.add_parser("rebuild-replica", help="keep the ledger, drop the replica (daemon stopped)")
     r.add_argument("-c", "--config", default="/etc/gated/gated.yaml")
     r.set_defaults(func=cmd_rebuild)
@@ -114,6 +123,53 @@ def cmd_backup(args: argparse.Namespace) -> int:
         print(f"backup failed: {e}", file=sys.stderr)
         return 1
     print(f"{db} → {args.dest}")
+    return 0
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    import json
+
+    from sync.store import open_reader
+
+    db = _store_path(args)
+    if db is None:
+        return 2
+    try:
+        with contextlib.closing(open_reader(db)) as c:
+            row = c.execute(
+                "SELECT p.member_id, p.kind, p.central_balance, p.applied_seq, r.applied_peers, p.balance "
+                "FROM passes p JOIN replica.passes r ON r.id = p.id WHERE p.id = ?", (args.pass_id,)
+            ).fetchone()
+            if row is None:
+                print(f"{args.pass_id}: no such pass at this gate", file=sys.stderr)
+                return 1
+            member, kind, central, applied_seq, peers_json, balance = row
+            print(f"pass {args.pass_id} ({kind}) of member {member}")
+            if central is None:
+                print("no balance: a time or marketplace pass")
+                return 0
+            peers: dict[str, int] = json.loads(peers_json) if peers_json else {}
+            print(f"central balance {central}, applied: this daemon up to seq {applied_seq}"
+                  + "".join(f", {d} up to {n}" for d, n in sorted(peers.items())))
+            own = c.execute(
+                "SELECT seq, amount, cause FROM main.deductions WHERE pass_id = ? AND seq > ? ORDER BY seq",
+                (args.pass_id, applied_seq),
+            ).fetchall()
+            others = [
+                r for r in c.execute(
+                    "SELECT daemon, seq, amount, cause FROM main.site_charges WHERE pass_id = ? ORDER BY at, daemon, seq",
+                    (args.pass_id,),
+                )
+                if int(r[1]) > int(peers.get(str(r[0]), 0))
+            ]
+            for seq, amount, cause in own:
+                print(f"  not yet applied: this daemon's seq {seq}, {cause} {amount}")
+            for daemon, seq, amount, cause in others:
+                print(f"  not yet applied: {daemon}'s seq {seq}, {cause} {amount}")
+            print(f"balance {balance}")
+    except (sqlite3.Error, StoreError) as e:
+        print(f"{db}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

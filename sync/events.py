@@ -16,6 +16,9 @@ from rules.reasons import Reason
 
 Amount = Annotated[float, Field(description="A JSON number (visits or credits; may have decimals).")]
 Id = Annotated[str, Field(min_length=1, max_length=200)]
+# an enumeration that may gain values within the major version: the values known today,
+# or any other string (a receiver treats one it does not know as documented for it)
+ReasonCode = Reason | Annotated[str, Field(min_length=1, max_length=50, description="a reason code added later")]
 
 
 class EventBase(BaseModel):
@@ -39,7 +42,7 @@ class AccessEvent(EventBase):
     gate: Id
     member: Id | None = Field(description="The member, when known (null: unknown card, invalid QR, override).")
     decision: Literal["granted", "denied"]
-    reason: Reason = Field(description="Why (granted: booking, walk_in, ...; denied: the reason code).")
+    reason: ReasonCode = Field(description="Why (granted: booking, walk_in, ...; denied: the reason code).")
     booking: Id | None = None
     pass_: Id | None = Field(None, alias="pass", description="The pass that paid or would have paid.")
     credential: Literal["card", "qr", "desk"] | None = Field(
@@ -99,6 +102,11 @@ class AttendanceEvent(EventBase):
     booking: Id
     status: Literal["attended", "no_show"]
     by: Annotated[str, Field(description="`gate`, or the desk operator's name.")]
+    unheard: list[Id] | None = Field(
+        None,
+        description="A no-show settled without having heard these daemons of the site past the class's end "
+        "(they were waited for `peer_wait_limit`): one of them may have let the member in.",
+    )
 
 
 class LoyaltyEvent(EventBase):
@@ -150,13 +158,24 @@ class AlarmEvent(EventBase):
     kind: Annotated[
         str,
         Field(
-            description="relay_offline, relay_online, door_held, door_forced, storage_fault, storage_recovered, "
-            "ack_beyond_last_seq, snapshot_held, ..."
+            description="relay_offline, relay_online, door_held, door_forced, not_opened, reader_offline, "
+            "reader_online, storage_fault, storage_recovered, ack_beyond_last_seq, snapshot_held, "
+            "uplink_stalled, deltas_behind, peers_unheard (and each with `_ended`), overdraft, "
+            "qr_double_use, ... (docs/protocol.md, \"Alarms\")"
         ),
     ]
     detail: str = ""
     problem: str | None = Field(None, description="storage alarms: what is wrong (disk_full, read_only, ...).")
     since: str | None = Field(None, description="storage alarms: since when (UTC).")
+    pass_: Id | None = Field(None, alias="pass", description="overdraft: the pass charged below zero.")
+    member: Id | None = Field(None, description="overdraft: the pass's member.")
+    balance: Amount | None = Field(None, description="overdraft: the site's balance of the pass after every charge.")
+    charges: list[ChargeRef] | None = Field(
+        None, description="overdraft: the charges the central had not applied, by daemon and seq, in the order "
+        "every daemon applies (time, daemon, seq).",
+    )
+    token: str | None = Field(None, description="qr_double_use: the QR code's token id.")
+    other: Id | None = Field(None, description="qr_double_use: the other daemon that let it in.")
 
 
 class CardEnrolledEvent(EventBase):
@@ -177,7 +196,7 @@ class PassageUnconfirmedEvent(EventBase):
     type: Literal["passage_unconfirmed"]
     gate: Id
     member: Id | None
-    reason: Reason = Field(description="Why it was granted.")
+    reason: ReasonCode = Field(description="Why it was granted.")
     booking: Id | None = None
     pass_: Id | None = Field(None, alias="pass")
     not_deducted: Amount = Field(description="What the commit would have deducted.")
@@ -192,6 +211,27 @@ class PassageUnconfirmedEvent(EventBase):
     )
 
 
+class QrUsedEvent(EventBase):
+    """A QR code used up at this gate (its first verified read), sent at once — before the
+    turnstile is released — so the site's other daemons refuse it (`qr_replayed`). Only
+    where the daemon shares with the site's others (`share_access`)."""
+
+    type: Literal["qr_used"]
+    gate: Id
+    member: Id | None = None
+    token: Id = Field(description="The token's id (not the code: it cannot open anything).")
+    expires: str = Field(description="When the code expires (UTC): how long to remember it.")
+
+
+class VoidEvent(EventBase):
+    """A number that holds nothing: a store left with a hole by an earlier version (a
+    COMMIT that failed on a full disk took numbers it never gave back). Apply nothing;
+    move `applied_seq` past it."""
+
+    type: Literal["void"]
+    reason: Annotated[str, Field(description="`seq_lost`.")]
+
+
 EVENT_MODELS: tuple[type[EventBase], ...] = (
     AccessEvent,
     DeductionEvent,
@@ -203,6 +243,8 @@ EVENT_MODELS: tuple[type[EventBase], ...] = (
     AlarmEvent,
     CardEnrolledEvent,
     PassageUnconfirmedEvent,
+    QrUsedEvent,
+    VoidEvent,
 )
 
 BY_TYPE: dict[str, type[EventBase]] = {

@@ -24,7 +24,7 @@ from sync.topics import LEVEL, Topics, central_status_topic, valid_level
 
 MAJOR = 1
 # the minor version: what a gate of this major understands (docs/protocol.md "Versioning")
-MINOR = 1
+MINOR = 2
 PROTOCOL = f"{MAJOR}.{MINOR}"
 V = Literal[1]
 
@@ -44,9 +44,9 @@ class _Wire(BaseModel):
 
 
 class MemberOut(MemberIn):
-    """A member as the central system sends it. `cards`: card ids as strings (hex UID,
-    compared without case or surrounding spaces). Typed credentials (technology, format)
-    will come as an additional optional key in a later minor version."""
+    """A member as the central system sends it. `cards`: the member's cards as typed keys
+    (`uid:04A1B2C3D4`, `em:0A00BC614E`, `w26:123:45678`, ...; docs/protocol.md "Cards"),
+    or untyped strings as gates before typed cards sent them, read by their shape."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -418,6 +418,10 @@ __all__ = [
 
 
 def _finish(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    if "v" in schema.get("properties", {}):
+        # every payload carries its major version: required on the wire (a gate reads a
+        # payload without one as version 1, leniently; a central system must send it)
+        schema["required"] = ["v", *[k for k in schema.get("required", []) if k != "v"]]
     schema["$id"] = f"https://gated.example/schemas/{name}.schema.json"
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema

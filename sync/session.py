@@ -474,7 +474,7 @@ class Session:
             return [] if answer is None else self._on_catch_up_answer(sender, answer)
         sender = t.sender_of_status(topic)
         if sender is not None:
-            if not payload and retained:  # a cleared retained status: taken out of the site
+            if not payload:  # its retained status cleared: taken out of the site
                 return self._forget_peer(sender)
             peer = self._parse(Status, payload)
             return [] if peer is None else self._on_peer_status(sender, peer, now)

@@ -23,6 +23,7 @@ import pytest
 from gated.status import status_line
 from rules.model import Site
 from simulator.central import Central
+from sync.events import BY_TYPE
 from sync.store import Store
 from tests.broker import WAIT_S, Mosquitto, wait_until
 from tests.test_storage_faults import fill, mount_tmpfs, umount
@@ -99,6 +100,8 @@ def test_holes_left_by_an_earlier_version_are_filled_at_open(tmp_path: Path) -> 
         voids = [json.loads(r[0]) for r in store.conn.execute("SELECT body FROM events WHERE type = 'void'")]
         assert [v["seq"] for v in voids] == list(range(7, 17))
         assert all(v["reason"] == "seq_lost" for v in voids)
+        for v in voids:  # as docs/schemas/event.schema.json describes them
+            BY_TYPE["void"].model_validate(v)
         with store.transaction() as tx:
             assert tx.emit("note", NOW)["seq"] == 21
     finally:
@@ -216,3 +219,34 @@ async def test_events_the_central_does_not_acknowledge_are_an_alarm_with_the_rea
         await d.stop()
         task.cancel()
         await asyncio.wait([task])
+
+
+async def test_gated_tap_says_so_when_the_daemon_dies_mid_tap(tmp_path: Path) -> None:
+    """`gated tap` (docs: README's commands) waiting on a tap whose daemon is killed -9
+    while the member is at the turnstile: one line saying what happened, exit 1, no
+    traceback; the next start reports the grant (passage_unconfirmed)."""
+    import signal
+    import subprocess
+
+    from tests.gate_process import IN_CARD, gate_process
+    from tests.test_daemon import GATED
+
+    state = tmp_path / "state"
+    state.mkdir()
+    extra = {"control": {"socket": str(tmp_path / "control.sock"), "injected_reads": True}}
+    async with gate_process(tmp_path, state, extra=extra) as gate:
+        gate.turnstile.set_person(turns=False)  # nobody goes through: the tap waits for the passage
+        tap = await asyncio.create_subprocess_exec(
+            *GATED, "tap", "in-1", IN_CARD, "-c", str(gate.config),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        for _ in range(100):  # the grant's intent is written: the daemon is waiting for the passage
+            if gate.turnstile.unlocks:
+                break
+            await asyncio.sleep(0.05)
+        assert gate.turnstile.unlocks == 1
+        gate.proc.send_signal(signal.SIGKILL)
+        out, err = await asyncio.wait_for(tap.communicate(), 30)
+        assert tap.returncode == 1
+        text = err.decode()
+        assert "Traceback" not in text and "stopped answering" in text and "passage_unconfirmed" in text

@@ -265,3 +265,28 @@ async def test_the_last_visit_charged_at_two_turnstiles_at_once_is_an_overdraft_
         reports = [e for d in (a, b) for e in events(d, "alarm") if e["kind"] == "overdraft"]
         assert len(reports) == 1, reports  # one daemon says it, for the central system and the desk
         assert reports[0]["pass"] == "p1" and reports[0]["balance"] == -1 and len(reports[0]["charges"]) == 2
+
+
+async def test_a_daemon_whose_status_is_cleared_is_no_longer_waited_for(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
+    """docs/operations.md: a daemon taken out of the site for good — an empty retained
+    message on its status topic — is forgotten, durably, and no longer holds no-shows."""
+    import aiomqtt
+
+    seed(central)
+    clock = Clock(DAY)
+    clock.to(9, 40)
+    desk_cfg = config(tmp_path, mosquitto, "desk", "in-1", finalises=True)
+    async with running(desk_cfg, clock) as desk:
+        async with running(config(tmp_path, mosquitto, "in2", "in-2", finalises=False), clock):
+            await wait_until(lambda: "in2" in desk.link.session.peers.marks
+                             and not desk.link.session.peers.marks["in2"].missing, what="desk hearing in2")
+        assert desk.store is not None and "in2" in desk.store.peer_marks()
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as c:
+            await c.publish(f"gated/{SITE}/in2/status", b"", qos=1, retain=True)
+        await wait_until(lambda: "in2" not in desk.link.session.peers.marks, what="in2 forgotten")
+        await wait_until(lambda: desk.store is not None and "in2" not in desk.store.peer_marks(), what="durably")
+        clock.to(11, 5)  # b1's no-shows are due: nobody to wait for
+        await wait_until(lambda: len(events(desk, "attendance")) == 1, what="the no-show")
+        assert "unheard" not in events(desk, "attendance")[0]

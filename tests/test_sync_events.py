@@ -6,7 +6,7 @@ name."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from gated.config import Config
 from gated.daemon import Daemon
 from rules.credential import Credential, CredentialKind
 from sync.events import BY_TYPE, EVENT_MODELS
+from sync.qrtoken import generate_private_key, mint, public_key_text
 
 SEED = {
     "members": [{"id": "m1", "name": "Ana", "cards": ["C1"]}],
@@ -22,10 +23,14 @@ SEED = {
 }
 
 
+KEY = generate_private_key()  # this run's QR signing key
+
+
 def config(tmp: Path) -> Config:
     return Config.model_validate({
         "site": {"id": "s1", "timezone": "Europe/Madrid"},
         "daemon_id": "gate-a",
+        "qr": {"public_keys": [public_key_text(KEY.public_key())]},
         "stale_cache": {"max_age": None, "policy": "keep"},
         "gates": [{"id": "in-1", "zone": "main"}, {"id": "out-1", "zone": "main", "direction": "out"}],
         "store": {"path": str(tmp / "gate.db")},
@@ -57,6 +62,11 @@ async def test_every_event_the_daemon_writes_is_documented(tmp_path: Path) -> No
         await d.handle_credential("in-1", Credential.card("C1", "r1"))  # denied: anti-passback or no balance
         await d.handle_credential("in-1", Credential.card("ffee01", "r1"))  # unknown card: `card`
         await d.handle_credential("out-1", Credential.card("C1", "r2"))
+        # a QR code where the site's daemons share their QR uses: `qr_used`, at the intent
+        store.set_site_wide_qr(True)
+        now = datetime.now(UTC)
+        code = mint(KEY, token_id="t-1", member="m1", issued=now, expires=now + timedelta(seconds=60))
+        await d.handle_credential("in-1", Credential.qr(code, "r1"))
         await d.check_in("in-1", "m1", "desk", "forgot the card")
         # an override needs a relay (none here): the ledger writes it the same way
         store.commit_override(d.taps.engine.gate("in-1"), "desk", "delivery", datetime.now(UTC))
@@ -90,8 +100,10 @@ async def test_every_event_the_daemon_writes_is_documented(tmp_path: Path) -> No
     cards = [e["card"] for e in access if e["reason"] == "unknown_card"]
     assert len(cards) == 1 and cards[0].upper().endswith("FFEE01") and ":" in cards[0]  # a typed key
     assert [e["card"] for e in events if e["type"] == "card_enrolled"] == cards
-    # every documented type but attendance (it needs a booking: tests/test_ledger.py) was written
+    assert [e["token"] for e in events if e["type"] == "qr_used"] == ["t-1"]
+    # every documented type but attendance (it needs a booking: tests/test_ledger.py) and
+    # void (a hole an earlier version left: tests/test_event_log.py) was written
     documented = {m.model_fields["type"].annotation.__args__[0] for m in EVENT_MODELS}  # type: ignore[union-attr]
-    assert documented - seen == {"attendance"}, seen
+    assert documented - seen == {"attendance", "void"}, seen
     assert {"access", "deduction", "override", "lockdown", "fire_alarm", "alarm", "passage_unconfirmed", "loyalty",
             "card_enrolled"} <= seen
