@@ -31,6 +31,7 @@ import structlog
 
 from gated.metrics import Metrics
 from rules.timeutil import iso_utc
+from sync.db import uri
 from sync.storage import STORAGE_ERRORS, StorageChange, StorageGuard, StorageProblem
 from sync.store import Committed, Store, open_reader
 
@@ -240,7 +241,7 @@ def backup(db: Path, dest: Path) -> None:
     its own. The replica is not copied: the central system sends it again."""
     tmp = dest.with_name(dest.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    conn = sqlite3.connect(uri(db, "ro"), uri=True, timeout=10)
     try:
         conn.execute("VACUUM INTO ?", (str(tmp),))
     finally:

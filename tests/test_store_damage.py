@@ -1,0 +1,213 @@
+"""Damage the store can only see by looking (issue 21): the `-wal` file deleted under a
+running daemon, pages overwritten where no tap reads them, and the recovery command an
+installer runs on a damaged file (`gated store rebuild-replica`, docs/operations.md "A
+damaged store").
+
+Everything against real `gated run` processes (tests/gate_process.py: pty serial readers,
+simulated Modbus TCP turnstiles whose `unlocks` count is the truth of how often a relay was
+pulsed) and the `gated` command run as an installer runs it. No root needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gated.config import load_config
+from sync.store import Store
+from tests.gate_process import IN_CARD, OUT_CARD, gate_process
+from tests.test_daemon import GATED, wait_for
+from tests.test_storage_faults import overwrite_pages
+
+
+def gated(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GATED, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+# -- gated store rebuild-replica --------------------------------------------------------------
+
+
+def checkpointed(db: Path) -> None:
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def killed(db: Path) -> None:
+    """Nothing more: the daemon was killed, its WAL and shared memory are still there."""
+
+
+def ledger_pages(db: Path) -> None:
+    overwrite_pages(db, ("deductions",))
+
+
+def zeroed_header(db: Path) -> None:
+    checkpointed(db)
+    with open(db, "r+b") as f:
+        f.write(b"\0" * 100)
+
+
+def truncated(db: Path) -> None:
+    """Cut after the last page of the table list (with it cut too, nothing can be read:
+    see test_rebuild_replica_of_a_file_nothing_can_be_read_from_changes_nothing)."""
+    checkpointed(db)
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        page = c.execute("PRAGMA page_size").fetchone()[0]
+        last_schema_page = c.execute("SELECT MAX(pageno) FROM dbstat WHERE name = 'sqlite_schema'").fetchone()[0]
+        pages = c.execute("PRAGMA page_count").fetchone()[0]
+    assert last_schema_page < pages, "nothing after the table list to cut"
+    with open(db, "r+b") as f:
+        f.truncate(last_schema_page * page)
+
+
+DAMAGE: dict[str, Callable[[Path], None]] = {
+    "killed": killed,
+    "ledger-pages": ledger_pages,
+    "zeroed-header": zeroed_header,
+    "truncated": truncated,
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+async def test_rebuild_replica_after_a_kill_or_damage(tmp_path: Path, damage: str) -> None:
+    """A store a daemon made and was killed on, then damaged: `gated store rebuild-replica`
+    never shows a traceback, keeps every ledger row it can read (the event log's numbers
+    above all), and leaves a file `gated store check` finds ok and a daemon starts on."""
+    state = tmp_path / "state #1"  # SQLite URIs: a '#' or '?' in a path is no fragment or query
+    async with gate_process(tmp_path, state) as gate:
+        for card, exit_gate in ((IN_CARD, False), (OUT_CARD, True), (IN_CARD, False)):
+            t = await gate.tap(card, exit_gate=exit_gate)
+            assert t["decision"] == "granted", t
+        await wait_for(lambda: len(gate.turnstile.passages) == 1, 10, "the member through")
+        before = gate.events()
+        gate.proc.send_signal(signal.SIGKILL)
+        gate.proc.wait(10)
+    db = state / "gated.db"
+    last = max(int(str(e["seq"])) for e in before)
+    DAMAGE[damage](db)
+    out = gated("store", "rebuild-replica", "-c", gate.config)
+    assert "Traceback" not in out.stderr + out.stdout, out.stderr
+    # rows lost: exit 1 and which; a header written again loses nothing
+    assert out.returncode == (0 if damage in ("killed", "zeroed-header") else 1), out.stdout + out.stderr
+    assert "rebuilt" in out.stdout, out.stdout + out.stderr
+    kept = [p for p in state.iterdir() if p.name.startswith("gated.db.damaged-")]
+    assert kept, "the old file is kept beside the new one"
+    check = gated("store", "check", "-c", gate.config)
+    assert check.returncode == 0 and "ok" in check.stdout, check.stdout + check.stderr
+    conf = load_config(gate.config)
+    store = Store(db, conf.site_domain(), daemon_id=conf.daemon_id, background_checkpoints=False)
+    try:
+        assert store.counts()["members"] == 0 and store.snapshot_id is None  # the snapshot brings them back
+        # the numbers go on where they were: never a seq handed out twice
+        assert store.last_seq >= last
+        seqs = [int(e["seq"]) for e in store.events_after(0, 1000)]
+        assert seqs == list(range(1, store.last_seq + 1))  # what could not be read is a void event
+        if damage in ("killed", "zeroed-header"):  # everything is there, as the WAL left it
+            assert store.last_seq == last
+            assert [e["id"] for e in store.events_after(0, 1000)] == [e["id"] for e in before]
+            deductions = store.conn.execute("SELECT COUNT(*) FROM main.deductions").fetchone()[0]
+            assert deductions == 2
+        if damage == "ledger-pages":  # the event log was not hit: all of it kept
+            assert [e["id"] for e in store.events_after(0, 1000)] == [e["id"] for e in before]
+    finally:
+        store.close()
+    # the daemon starts on it (an empty replica, waiting for the central's snapshot)
+    proc = subprocess.Popen([*GATED, "run", "-c", str(gate.config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if '"ready"' in line:
+                break
+        else:
+            raise AssertionError(f"the daemon did not start: exit {proc.wait()}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+async def test_rebuild_replica_refuses_while_the_daemon_runs(tmp_path: Path) -> None:
+    """The daemon holds the file: renaming it away would have it write the old one back."""
+    async with gate_process(tmp_path, tmp_path / "state") as gate:
+        out = await asyncio.to_thread(gated, "store", "rebuild-replica", "-c", gate.config)
+        assert out.returncode == 2 and "running" in out.stderr, out.stdout + out.stderr
+        assert not [p for p in (tmp_path / "state").iterdir() if "damaged" in p.name]
+        t = await gate.tap(IN_CARD)
+        assert t["decision"] == "granted"
+
+
+def test_rebuild_replica_of_a_file_nothing_can_be_read_from_changes_nothing(tmp_path: Path) -> None:
+    cfg = tmp_path / "gated.yaml"
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "gated.db").write_bytes(os.urandom(64 * 1024))
+    cfg.write_text(
+        "site: {id: s, timezone: Europe/Madrid}\n"
+        "gates: [{id: in-1, zone: main}]\n"
+        f"store: {{path: '{state / 'gated.db'}'}}\n"
+        f"control: {{socket: '{tmp_path / 'control.sock'}'}}\n"
+    )
+    before = (state / "gated.db").read_bytes()
+    out = gated("store", "rebuild-replica", "-c", cfg)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stdout + out.stderr
+    assert "backup" in out.stderr  # what to do instead
+    assert (state / "gated.db").read_bytes() == before
+    assert sorted(p.name for p in state.iterdir()) == ["gated.db"]
+
+
+def test_rebuild_replica_reads_past_a_damaged_page(tmp_path: Path) -> None:
+    """One leaf page in the middle of the event log overwritten: the events before it and
+    after it are kept, the numbers go on, and the ones lost become void events at the
+    daemon's next open (never a number handed out again)."""
+    from datetime import UTC, datetime
+
+    cfg = tmp_path / "gated.yaml"
+    state = tmp_path / "state"
+    db = state / "gated.db"
+    cfg.write_text(
+        "site: {id: s, timezone: Europe/Madrid}\n"
+        "daemon_id: gate-a\n"
+        "gates: [{id: in-1, zone: main}]\n"
+        f"store: {{path: '{db}'}}\n"
+        f"control: {{socket: '{tmp_path / 'control.sock'}'}}\n"
+    )
+    conf = load_config(cfg)
+    store = Store(db, conf.site_domain(), daemon_id=conf.daemon_id, background_checkpoints=False)
+    now = datetime.now(UTC)
+    for i in range(2000):
+        store.emit("alarm", now, kind="test", detail=f"event {i} " + "x" * 100)
+    ids = {int(e["seq"]): e["id"] for e in store.events_after(0, 5000)}
+    store.close()
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        page = c.execute("PRAGMA page_size").fetchone()[0]
+        leaves = [r[0] for r in c.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' ORDER BY pageno")]
+    assert len(leaves) > 10
+    victim = leaves[len(leaves) // 2]
+    with open(db, "r+b") as f:
+        f.seek((victim - 1) * page)
+        f.write(os.urandom(page))
+    out = gated("store", "rebuild-replica", "-c", cfg)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stdout + out.stderr
+    assert "events: could not be read in full (rows after rowid" in out.stderr, out.stderr
+    store = Store(db, conf.site_domain(), daemon_id=conf.daemon_id, background_checkpoints=False)
+    try:
+        events = store.events_after(0, 5000)
+        assert store.last_seq == 2000
+        assert [int(e["seq"]) for e in events] == list(range(1, 2001))
+        kept = [int(e["seq"]) for e in events if e["type"] == "alarm"]
+        void = [int(e["seq"]) for e in events if e["type"] == "void"]
+        # one page's worth lost, in one run, and each kept event is the one that was there
+        assert 0 < len(void) < 100 and void == list(range(void[0], void[-1] + 1)), void
+        assert kept[0] == 1 and kept[-1] == 2000
+        assert all(e["id"] == ids[int(e["seq"])] for e in events if e["type"] == "alarm")
+    finally:
+        store.close()
