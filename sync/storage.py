@@ -14,6 +14,11 @@ What goes wrong with a SQLite file on a small gate box, and how each is seen:
 - the state directory is deleted while the daemon runs: every write still "succeeds",
   into a file nobody will ever see again. Seen by comparing the inode at the configured
   path with the one opened (the only way: nothing fails);
+- the `-wal` file is deleted (a clean-up script, an installer removing "gated.db-*"):
+  SQLite goes on appending to the open, unlinked file, and a crash loses every commit
+  since the last checkpoint. A deleted `-shm` loses nothing by itself, but the next
+  connection builds a second index of the same WAL. Seen the same way, by the inodes of
+  the side files (recorded when first seen: SQLite creates them after the open);
 - pages are overwritten or the file is truncated: "database disk image is malformed".
 
 The guard is a small state machine: the shell feeds it what it observed (a write failed,
@@ -95,6 +100,10 @@ class StorageChange:
     at: datetime
 
 
+# The files SQLite keeps beside a database in WAL mode, for as long as a connection is open.
+SIDE_FILES = ("-wal", "-shm")
+
+
 class StorageGuard:
     """The storage health of one store file. `ok` is what an entry may open by."""
 
@@ -102,6 +111,7 @@ class StorageGuard:
         self.path = path
         self.min_free = min_free
         self.opened: FileIdentity | None = FileIdentity.of(path)
+        self.sides: dict[str, FileIdentity | None] = {s: FileIdentity.of(self._side(s)) for s in SIDE_FILES}
         self.problem: StorageProblem | None = None
         self.detail: str | None = None
         self.since: datetime | None = None
@@ -121,12 +131,28 @@ class StorageGuard:
         return problem
 
     def check_file(self, now: datetime) -> bool:
-        """Is the file at the configured path still the one open? False (and FILE_GONE)
-        when it was deleted or replaced behind the daemon's back."""
+        """Are the file at the configured path and its `-wal` and `-shm` still the ones
+        open? False (and FILE_GONE) when one was deleted or replaced behind the daemon's
+        back. (SQLite itself deletes them only when the last connection closes.)"""
         if self.opened is not None and FileIdentity.of(self.path) != self.opened:
             self._set(StorageProblem.FILE_GONE, f"{self.path} is gone or was replaced", now)
             return False
+        for suffix, seen in self.sides.items():
+            current = FileIdentity.of(self._side(suffix))
+            if seen is None:
+                self.sides[suffix] = current
+            elif current != seen:
+                self._set(
+                    StorageProblem.FILE_GONE,
+                    f"{self._side(suffix)} is gone or was replaced: what was committed since the last "
+                    "checkpoint is only in the daemon's open file",
+                    now,
+                )
+                return False
         return True
+
+    def _side(self, suffix: str) -> Path:
+        return Path(str(self.path) + suffix)
 
     def check_space(self, now: datetime) -> bool:
         try:
@@ -145,7 +171,7 @@ class StorageGuard:
         return True
 
     def precheck(self, now: datetime) -> bool:
-        """The cheap checks before an entry (two system calls): still ok?"""
+        """The cheap checks before an entry (four system calls): still ok?"""
         if self.problem is not None:
             return False
         return self.check_file(now) and self.check_space(now)
@@ -156,8 +182,9 @@ class StorageGuard:
             self._set(None, None, now)
 
     def reopened(self, now: datetime) -> None:
-        """The store was re-created at its path (FILE_GONE rescued): watch the new file."""
+        """The store was re-created at its path (FILE_GONE rescued): watch the new files."""
         self.opened = FileIdentity.of(self.path)
+        self.sides = {s: FileIdentity.of(self._side(s)) for s in SIDE_FILES}
         if self.problem == StorageProblem.FILE_GONE:
             self.problem = StorageProblem.IO_ERROR  # cleared by the next probe, not assumed
 
@@ -198,6 +225,7 @@ class StorageGuard:
 
 
 __all__ = [
+    "SIDE_FILES",
     "STORAGE_ERRORS",
     "FileIdentity",
     "StorageChange",

@@ -23,13 +23,65 @@ import pytest
 
 from gated.config import load_config
 from sync.store import Store
-from tests.gate_process import IN_CARD, OUT_CARD, gate_process
+from tests.gate_process import IN_CARD, OUT_CARD, Gate, gate_process
 from tests.test_daemon import GATED, wait_for
 from tests.test_storage_faults import overwrite_pages
 
 
 def gated(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*GATED, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+# -- the -wal (or -shm) deleted under a running daemon ------------------------------------------
+
+
+async def wait_for_recovery(gate: Gate, timeout: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (await gate.status())["storage"]["ok"]:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"storage did not recover: {(await gate.status())['storage']}")
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("side", ["-wal", "-shm"])
+async def test_a_deleted_wal_is_seen_and_rescued_so_a_kill_loses_nothing(tmp_path: Path, side: str) -> None:
+    """SQLite goes on writing into a `-wal` file deleted from the directory: every commit
+    since the last checkpoint would go with the process. The gate refuses entries from the
+    moment it sees it (before every entry, and every second), writes the open database
+    back to its path, and carries on there: a kill -9 afterwards loses nothing. (A deleted
+    `-shm` loses nothing by itself, but the next process to open the file builds another
+    index of the same WAL: the same fault, the same rescue.)"""
+    state = tmp_path / "state"
+    async with gate_process(tmp_path, state) as gate:
+        t = await gate.tap(IN_CARD)
+        assert (t["decision"], t["passed"]) == ("granted", True), t
+        (state / f"gated.db{side}").unlink()
+        unlocks = gate.turnstile.unlocks
+        t = await gate.tap(IN_CARD)
+        assert (t["decision"], t["reason"]) == ("denied", "storage_fault"), t
+        assert gate.turnstile.unlocks == unlocks  # not one pulse for an entry
+        t = await gate.tap(OUT_CARD, exit_gate=True)  # exits stay free
+        assert (t["decision"], t["reason"], t["passed"]) == ("granted", "exit", True), t
+        await wait_for_recovery(gate)
+        assert (state / f"gated.db{side}").exists()
+        t = await gate.tap(IN_CARD)
+        assert (t["decision"], t["passed"]) == ("granted", True), t
+        await wait_for(lambda: len(gate.turnstile.passages) == 2, 10, "the second member through")
+        gate.proc.send_signal(signal.SIGKILL)
+        gate.proc.wait(10)
+    events = gate.events()
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    access = [(e["gate"], e["reason"], e.get("passed")) for e in events if e["type"] == "access"]
+    # every tap, committed before and after the deletion (the refusal too), survived the kill
+    assert access == [
+        ("in-1", "walk_in", True), ("in-1", "storage_fault", None), ("out-1", "exit", True), ("in-1", "walk_in", True),
+    ], access
+    deductions = [e for e in events if e["type"] == "deduction"]
+    assert [d["balance"] for d in deductions] == [8, 7]
+    alarms = [(e["kind"], e.get("problem")) for e in events if e["type"] == "alarm"]
+    assert ("storage_fault", "file_gone") in alarms and ("storage_recovered", None) in alarms, alarms
+    fault = next(e for e in events if e["type"] == "alarm" and e["kind"] == "storage_fault")
+    assert f"gated.db{side}" in str(fault["detail"])
 
 
 # -- gated store rebuild-replica --------------------------------------------------------------
