@@ -159,6 +159,12 @@ class StoreConfig(Section):
         description="How often the daemon writes a consistent copy of the database to "
         "`<path>.backup` (online, without stopping taps); null = never.",
     )
+    integrity_interval: Duration | None = Field(
+        "1h",
+        description="How often the daemon reads every page of the database (SQLite's quick_check, "
+        "in a worker thread: taps go on); damage found is a storage fault: entries refused, an "
+        "alarm. null = never (a damaged page is then seen only when a tap or a write reads it).",
+    )
 
 
 class ConsoleUser(Section):

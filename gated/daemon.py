@@ -143,8 +143,10 @@ class Daemon:
             self.log_card_rule()
         self.engine = self.build_engine(cfg, store)
         backup_every = parse_duration(cfg.store.backup_interval) if cfg.store.backup_interval else None
+        check_every = parse_duration(cfg.store.integrity_interval) if cfg.store.integrity_interval else None
         self.storage = StorageWatch(
-            store, self.clock, self.metrics, min_free=int(cfg.store.min_free_mb * 1024 * 1024), backup_interval=backup_every
+            store, self.clock, self.metrics, min_free=int(cfg.store.min_free_mb * 1024 * 1024),
+            backup_interval=backup_every, integrity_interval=check_every,
         )
         self.alarms.store, self.alarms.storage = store, self.storage
         fire_policy = cfg.fire_alarm.on_unknown if cfg.fire_alarm is not None else FireInputPolicy.KEEP
@@ -250,6 +252,8 @@ class Daemon:
             for ctl in self.controllers.values():
                 await self._bounded(ctl.abandon_grants(), "pending grants")
         await self._end(self._tasks, "background tasks")
+        if self.storage is not None:
+            self.storage.stop_checks()
         if self.storage is not None and (self.storage.held or self.storage.alarms_pending):
             await self._bounded(self.storage.check(), "held commits")  # one last try
         if self.fire_monitor is not None:

@@ -77,6 +77,12 @@ class Metrics:
         self.uncommitted = Gauge(
             "gated_uncommitted_taps", "Taps acted on whose commit failed, held in memory and retried", registry=r
         )
+        self.store_checks = Counter(
+            "gated_store_checks",
+            "SQLite quick_check runs over the store by result: ok, damaged (a storage fault), error (could not run)",
+            ["result"],
+            registry=r,
+        )
         self.unconfirmed = Counter(
             "gated_passage_unconfirmed", "Grants found at start-up whose commit a crash had cut", registry=r
         )

@@ -12,6 +12,13 @@ to recover by itself, retries the commits that failed, reports alarms, and takes
 - Alarms (`storage_fault`, `storage_recovered`) are events like any other; the one that
   says the store failed can only be written once it works again, so it is kept until then
   and carries the instant the fault began. Logs and metrics say it at once.
+- Damage no tap has read yet (pages overwritten by a failing card, a stray write): SQLite's
+  `PRAGMA quick_check` of the ledger and the replica every `store.integrity_interval`, on
+  a read-only connection of its own in a worker thread — every page is read, taps go on
+  (the sqlite3 module lets go of the GIL while SQLite works). Damage found is a `corrupt`
+  fault; each check is counted (`gated_store_checks_total{result}`). While corrupt, the
+  check is run again every minute: only a clean one (a backup restored under the running
+  daemon) clears the fault, never a write, which may well succeed over bad pages.
 - Backups: `VACUUM INTO` on a connection of its own, in a worker thread (a consistent copy
   of the database under WAL, without holding taps), then renamed to `<path>.backup`.
 """
@@ -21,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,13 +40,13 @@ import structlog
 from gated.metrics import Metrics
 from rules.timeutil import iso_utc
 from sync.db import uri
-from sync.storage import STORAGE_ERRORS, StorageChange, StorageGuard, StorageProblem
+from sync.storage import STORAGE_ERRORS, StorageChange, StorageGuard, StorageProblem, classify
 from sync.store import Committed, Store, open_reader
 
 log = structlog.get_logger("gated.storage")
 
 CHECK_INTERVAL = 1.0
-INTEGRITY_INTERVAL = 60.0
+INTEGRITY_INTERVAL = 60.0  # while corrupt: how often a clean check is looked for
 
 
 @dataclass
@@ -59,6 +67,7 @@ class StorageWatch:
         *,
         min_free: int,
         backup_interval: timedelta | None = None,
+        integrity_interval: timedelta | None = None,
     ):
         self.store = store
         self.clock = clock
@@ -68,7 +77,12 @@ class StorageWatch:
         self.backup_interval = backup_interval
         self.backup_path = Path(str(store.path) + ".backup")
         self._last_backup = time.monotonic()
-        self._last_integrity = 0.0
+        self.integrity_interval = integrity_interval
+        self._last_integrity = time.monotonic()  # the first check one interval after the start
+        self._integrity: IntegrityCheck | None = None
+        self._integrity_task: asyncio.Future[list[str]] | None = None
+        self._clean_check = False  # a check found no damage since the store was last corrupt
+        self.last_check: dict[str, object] | None = None
         self._pending_alarms: list[StorageChange] = []
         self.on_change: list[Callable[[StorageChange], None]] = []
 
@@ -117,12 +131,15 @@ class StorageWatch:
             self._rescue(now)
         elif g.problem == StorageProblem.READ_ONLY:
             self._reopen()
-        if g.problem == StorageProblem.CORRUPT and not await self._clean_again():
-            pass  # a write may well succeed over bad pages: only a clean check clears it
+        self._integrity_round(now)
+        if g.problem == StorageProblem.CORRUPT:
+            if self._clean_check:  # then a durable write proves it can record again
+                self._probe(now)
         elif not g.ok or self.held or self._pending_alarms:
             self._probe(now)
         self._drain_changes()
         if g.ok:
+            self._clean_check = False
             self._retry_held()
             self._report_alarms()
             await self._maybe_backup()
@@ -145,16 +162,71 @@ class StorageWatch:
         self.guard.reopened(now)
         log.warning("storage_rescued", path=str(self.store.path))
 
-    async def _clean_again(self) -> bool:
-        """A corrupt store is checked again now and then (a restore from backup under a
-        running daemon, pages rewritten), off the event loop: a check reads every page."""
-        if time.monotonic() - self._last_integrity < INTEGRITY_INTERVAL:
-            return False
+    # -- the integrity check -------------------------------------------------------------------
+
+    def _integrity_round(self, now: datetime) -> None:
+        """Take the result of a check that finished; start one when it is due. Never waits
+        for a check: a round stays a few system calls while a large file is read."""
+        task = self._integrity_task
+        if task is not None:
+            if not task.done():
+                return
+            self._integrity_task = None
+            self._checked(task, now)
+        due = self._integrity_due()
+        if due is None or time.monotonic() - self._last_integrity < due:
+            return
         self._last_integrity = time.monotonic()
+        check = self._integrity = IntegrityCheck(self.store.path, self.store.replica_path)
+        self._integrity_task = asyncio.ensure_future(asyncio.to_thread(check.run))
+
+    def _integrity_due(self) -> float | None:
+        """Seconds between checks now: the configured interval while the store is healthy,
+        at most a minute while it is corrupt; none under another fault (a file gone, a
+        full disk: a check would only see that fault again)."""
+        configured = self.integrity_interval.total_seconds() if self.integrity_interval is not None else None
+        problem = self.guard.problem
+        if problem is None:
+            return configured
+        if problem == StorageProblem.CORRUPT:
+            return INTEGRITY_INTERVAL if configured is None else min(configured, INTEGRITY_INTERVAL)
+        return None
+
+    def _checked(self, task: asyncio.Future[list[str]], now: datetime) -> None:
+        check = self._integrity
+        seconds = check.seconds if check is not None else None
         try:
-            return await asyncio.to_thread(quick_check, self.store.path)
-        except STORAGE_ERRORS:
-            return False
+            problems = task.result()
+        except STORAGE_ERRORS as e:
+            if classify(e) != StorageProblem.CORRUPT:
+                # busy, interrupted, a file that cannot be opened: not evidence of damage
+                self._count_check("error", now, seconds, str(e))
+                log.warning("store_check_failed", error=str(e))
+                return
+            problems = [str(e)]
+        except Exception as e:  # noqa: BLE001 - a bug in the check must not end the watch
+            self._count_check("error", now, seconds, repr(e))
+            log.exception("store_check_failed")
+            return
+        if problems == ["ok"]:
+            self._count_check("ok", now, seconds, None)
+            if self.guard.problem == StorageProblem.CORRUPT:
+                self._clean_check = True
+                log.warning("store_check_clean", seconds=seconds)
+            return
+        self._count_check("damaged", now, seconds, problems[0])
+        self._clean_check = False
+        log.error("store_check_damaged", problems=problems[:5], seconds=seconds)
+        self.guard.damaged(f"quick_check: {problems[0]}", now)
+
+    def _count_check(self, result: str, now: datetime, seconds: float | None, detail: str | None) -> None:
+        self.metrics.store_checks.labels(result).inc()
+        self.last_check = {"at": iso_utc(now), "result": result, "seconds": seconds, "detail": detail}
+
+    def stop_checks(self) -> None:
+        """A check still reading stops now (at shutdown: the thread must not hold the exit)."""
+        if self._integrity is not None:
+            self._integrity.interrupt()
 
     def _probe(self, now: datetime) -> None:
         try:
@@ -221,12 +293,53 @@ class StorageWatch:
         log.info("backup_written", path=str(self.backup_path))
 
     def as_dict(self) -> dict[str, object]:
-        return {**self.guard.as_dict(), "held_commits": len(self.held), "backup": str(self.backup_path)}
+        interval = self.integrity_interval.total_seconds() if self.integrity_interval is not None else None
+        return {
+            **self.guard.as_dict(),
+            "held_commits": len(self.held),
+            "backup": str(self.backup_path),
+            "integrity": {"interval": interval, "running": self._integrity_task is not None, "last": self.last_check},
+        }
+
+
+class IntegrityCheck:
+    """SQLite's own consistency check of every page (`quick_check`: without the slow
+    cross-check of indexes against tables) of the ledger and the replica, on a read-only
+    connection of its own. `run` is for a worker thread; `interrupt` from any thread."""
+
+    def __init__(self, ledger: Path, replica: Path):
+        self.ledger = ledger
+        self.replica = replica
+        self.seconds: float | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    def run(self) -> list[str]:
+        """["ok"], or the problems SQLite found (at most 20)."""
+        t0 = time.monotonic()
+        conn = open_reader(self.ledger, self.replica)
+        try:
+            with self._lock:
+                if self._stopped:
+                    raise sqlite3.OperationalError("interrupted")
+                self._conn = conn
+            return [str(r[0]) for r in conn.execute("PRAGMA quick_check(20)")]
+        finally:
+            with self._lock:
+                self._conn = None
+            conn.close()
+            self.seconds = round(time.monotonic() - t0, 3)
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self._conn is not None:
+                self._conn.interrupt()
 
 
 def quick_check(db: Path) -> bool:
-    """SQLite's own consistency check of every page (without the slow index cross-check),
-    of the ledger and the replica it names."""
+    """The check above, of the ledger at `db` and the replica it names: True when clean."""
     conn = open_reader(db)
     try:
         rows = conn.execute("PRAGMA quick_check").fetchall()
@@ -251,4 +364,4 @@ def backup(db: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-__all__ = ["HeldCommit", "StorageWatch", "backup", "quick_check"]
+__all__ = ["HeldCommit", "IntegrityCheck", "StorageWatch", "backup", "quick_check"]

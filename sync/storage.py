@@ -130,6 +130,10 @@ class StorageGuard:
         self._set(problem, f"{type(error).__name__}: {error}", now)
         return problem
 
+    def damaged(self, detail: str, now: datetime) -> None:
+        """SQLite's own check found damaged pages (no write has failed, or none yet)."""
+        self._set(StorageProblem.CORRUPT, detail, now)
+
     def check_file(self, now: datetime) -> bool:
         """Are the file at the configured path and its `-wal` and `-shm` still the ones
         open? False (and FILE_GONE) when one was deleted or replaced behind the daemon's

@@ -25,7 +25,7 @@ from gated.config import load_config
 from sync.store import Store
 from tests.gate_process import IN_CARD, OUT_CARD, Gate, gate_process
 from tests.test_daemon import GATED, wait_for
-from tests.test_storage_faults import overwrite_pages
+from tests.test_storage_faults import overwrite_pages, replica_of
 
 
 def gated(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -263,3 +263,104 @@ def test_rebuild_replica_reads_past_a_damaged_page(tmp_path: Path) -> None:
         assert all(e["id"] == ids[int(e["seq"])] for e in events if e["type"] == "alarm")
     finally:
         store.close()
+
+
+# -- pages overwritten where no tap reads: the periodic check ------------------------------------
+
+
+def overwrite_root(db: Path, table: str) -> tuple[int, bytes]:
+    """Random bytes over `table`'s root page (after a checkpoint, so the file holds it);
+    returns where and what was there, to put it back."""
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page = c.execute("PRAGMA page_size").fetchone()[0]
+        root = c.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+    with open(db, "r+b") as f:
+        f.seek((root - 1) * page)
+        was = f.read(page)
+        f.seek((root - 1) * page)
+        f.write(os.urandom(page))
+        f.flush()
+        os.fsync(f.fileno())
+    return (root - 1) * page, was
+
+
+def put_back(db: Path, at: int, data: bytes) -> None:
+    with open(db, "r+b") as f:
+        f.seek(at)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def free_port() -> int:
+    import socket
+
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def checks(port: int) -> dict[str, float]:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("gated_store_checks_total{"):
+            result = line.split('result="')[1].split('"')[0]
+            out[result] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+@pytest.mark.parametrize("where", ["ledger", "replica"])
+async def test_pages_no_tap_reads_overwritten_are_found_by_the_periodic_check(tmp_path: Path, where: str) -> None:
+    """Damage in a table no tap touches (the ledger's audit log, the replica's switch
+    bookkeeping) is seen within `store.integrity_interval` by the quick_check the daemon
+    runs in a worker thread: a `corrupt` fault, counted, entries refused, exits open.
+    Put right, the next clean check clears it."""
+    state = tmp_path / "state"
+    port = free_port()
+    interval = 2.0
+    metrics = {"metrics": {"enabled": True, "bind": "127.0.0.1", "port": port}}
+    async with gate_process(tmp_path, state, extra=metrics, integrity_interval=f"{interval:g}s") as gate:
+        t = await gate.tap(IN_CARD)
+        assert (t["decision"], t["passed"]) == ("granted", True), t
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while (await asyncio.to_thread(checks, port)).get("ok", 0) < 1:  # one clean check first
+            assert loop.time() < deadline, "no check ran"
+            await asyncio.sleep(0.2)
+        st = await gate.status()
+        assert st["storage"]["integrity"]["last"]["result"] == "ok", st["storage"]
+        db = state / "gated.db"
+        if where == "ledger":
+            target, table = db, "audit"
+        else:
+            target, table = replica_of(db), "switch_recheck"
+        at, was = overwrite_root(target, table)
+        t0 = loop.time()
+        while (await gate.status())["storage"]["problem"] != "corrupt":
+            assert loop.time() - t0 < interval + 5, (await gate.status())["storage"]
+            await asyncio.sleep(0.1)
+        noticed = loop.time() - t0
+        assert noticed <= interval + 3, noticed  # the next check, and the round that reads its result
+        st = await gate.status()
+        assert st["storage"]["integrity"]["last"]["result"] == "damaged", st["storage"]
+        assert (await asyncio.to_thread(checks, port)).get("damaged", 0) >= 1
+        unlocks = gate.turnstile.unlocks
+        t = await gate.tap(IN_CARD)
+        assert (t["decision"], t["reason"]) == ("denied", "storage_fault"), t
+        assert gate.turnstile.unlocks == unlocks
+        t = await gate.tap(OUT_CARD, exit_gate=True)
+        assert (t["decision"], t["reason"]) == ("granted", "exit"), t
+        put_back(target, at, was)
+        deadline = loop.time() + 15
+        while not (await gate.status())["storage"]["ok"]:
+            assert loop.time() < deadline, (await gate.status())["storage"]
+            await asyncio.sleep(0.2)
+        t = await gate.tap(IN_CARD)
+        assert (t["decision"], t["passed"]) == ("granted", True), t
+    alarms = [(e["kind"], e.get("problem")) for e in gate.events() if e["type"] == "alarm"]
+    assert ("storage_fault", "corrupt") in alarms and ("storage_recovered", None) in alarms, alarms
+    print(f"TIMING noticed {noticed:.2f} s after the overwrite, interval {interval} s")
