@@ -127,7 +127,7 @@ class Daemon:
         try:
             return Store(cfg.store.path, cfg.site_domain(), daemon_id=cfg.daemon_id, ten_digits=cfg.ten_digits())
         except (sqlite3.Error, OSError, StoreError) as e:
-            raise StoreUnusable(f"{cfg.store.path}: {describe_store_error(e)}") from e
+            raise StoreUnusable(f"{cfg.store.path}: {describe_store_error(e, Path(cfg.store.path))}") from e
 
     async def start(self) -> None:
         cfg = self.config

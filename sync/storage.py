@@ -39,6 +39,9 @@ from pathlib import Path
 # What a write to the store raises when the store, not the code, is at fault.
 STORAGE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
 
+# The files SQLite keeps beside a database in WAL mode, for as long as a connection is open.
+SIDE_FILES = ("-wal", "-shm")
+
 
 class StorageProblem(StrEnum):
     LOW_SPACE = "low_space"  # free space below the reserve: entries stop before writes fail
@@ -70,11 +73,46 @@ _ADVICE = {
 }
 
 
-def describe_store_error(error: BaseException) -> str:
-    """One line for an installer: what is wrong and what to do, never a traceback."""
+def describe_store_error(error: BaseException, path: Path | None = None) -> str:
+    """One line for an installer: what is wrong and what to do, never a traceback. With
+    the database's `path`, a file that cannot be written or opened says why: SQLite only
+    says "attempt to write a readonly database" or "unable to open database file"."""
     problem = classify(error)
-    advice = _ADVICE.get(problem)
+    cause = why_unwritable(path) if path is not None and problem in (StorageProblem.READ_ONLY, StorageProblem.IO_ERROR) else None
+    advice = cause or _ADVICE.get(problem)
     return f"{error}" + (f" — {advice}" if advice else "")
+
+
+def why_unwritable(path: Path) -> str | None:
+    """What in the file system keeps this process from writing the database at `path` (and
+    the `-wal` and `-shm` files SQLite creates beside it): a read-only mount, a directory
+    or a file it may not write. None when nothing visible does."""
+    path = path.absolute()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:
+        return None
+    try:
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:
+            return f"{existing} is on a read-only file system"
+    except OSError:
+        return None
+    me = f"this user (uid {os.geteuid()})"
+    files = [path, *(Path(str(path) + s) for s in SIDE_FILES)]
+    for f in files:
+        if f.exists() and not os.access(f, os.W_OK):
+            return f"{f} cannot be written by {me}: {_owner_mode(f)}"
+    if not all(f.exists() for f in files) and not os.access(existing if existing != path else path.parent, os.W_OK):
+        where = existing if existing != path else path.parent
+        return f"the directory {where} cannot be written by {me}, and the files must be created in it: {_owner_mode(where)}"
+    return None
+
+
+def _owner_mode(path: Path) -> str:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return str(e)
+    return f"owner uid {st.st_uid}, mode {st.st_mode & 0o7777:04o}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +138,6 @@ class StorageChange:
     at: datetime
 
 
-# The files SQLite keeps beside a database in WAL mode, for as long as a connection is open.
-SIDE_FILES = ("-wal", "-shm")
-
-
 class StorageGuard:
     """The storage health of one store file. `ok` is what an entry may open by."""
 
@@ -127,7 +161,8 @@ class StorageGuard:
     def failed(self, error: BaseException, now: datetime) -> StorageProblem:
         """A write (or a read of the ledger) raised: the store cannot be trusted to record."""
         problem = classify(error)
-        self._set(problem, f"{type(error).__name__}: {error}", now)
+        cause = why_unwritable(self.path) if problem == StorageProblem.READ_ONLY else None
+        self._set(problem, f"{type(error).__name__}: {error}" + (f" ({cause})" if cause else ""), now)
         return problem
 
     def damaged(self, detail: str, now: datetime) -> None:
@@ -237,4 +272,5 @@ __all__ = [
     "StorageProblem",
     "classify",
     "describe_store_error",
+    "why_unwritable",
 ]

@@ -273,6 +273,52 @@ class _FakeSim:
     port: int = 1
 
 
+def _no_devices_config(tmp_path: Path, state: Path) -> Path:
+    cfg = tmp_path / "gated.yaml"
+    config = site_config(tmp_path, state, "/dev/null", "/dev/null", _FakeSim(), _FakeSim())
+    for g in config["gates"]:
+        g.pop("output")
+        g["readers"] = []
+    cfg.write_text(yaml.safe_dump(config))
+    return cfg
+
+
+@pytest.mark.parametrize("case", ["directory", "empty-file", "read-only-mount"])
+def test_a_store_that_cannot_be_written_at_first_start_is_one_line_and_exit_3(tmp_path: Path, case: str) -> None:
+    """A first start on a state directory or an empty database file the daemon may not
+    write (root without CAP_DAC_OVERRIDE, as the `gated` user), or on a read-only mount:
+    nothing to run on (no ledger, no replica can be made). One line naming the file and
+    the cause, exit 3 (systemd does not restart it: RestartPreventExitStatus), no
+    traceback. (A store that exists and only cannot be written starts, in a storage
+    fault: test_read_only_database_is_a_fault_from_the_start_and_recovers.)"""
+    state = tmp_path / "state"
+    cfg = _no_devices_config(tmp_path, state)
+    db = state / "gated.db"
+    state.mkdir()
+    if case == "directory":
+        state.chmod(0o555)
+        cause = f"the directory {state} cannot be written by this user (uid 0)"
+    elif case == "empty-file":
+        db.touch()
+        db.chmod(0o444)
+        cause = f"{db} cannot be written by this user (uid 0): owner uid 0, mode 0444"
+    else:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(state)], check=True)
+        cause = f"{state} is on a read-only file system"
+    try:
+        out = subprocess.run([*GATED, "run", "-c", str(cfg)], capture_output=True, text=True, timeout=60,
+                             preexec_fn=drop_dac_override)
+    finally:
+        if case == "read-only-mount":
+            umount(state)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr + out.stdout, out.stderr
+    said = [ln for ln in out.stderr.splitlines() if ln.strip() and not ln.startswith("{")]  # JSON: log lines
+    assert len(said) == 1, out.stderr
+    assert said[0].startswith(f"gated: the store cannot be used: {db}: "), said[0]
+    assert cause in said[0], said[0]
+
+
 def test_store_commands_check_backup_and_rebuild(tmp_path: Path) -> None:
     """The recovery the docs describe, run as an installer would."""
     cfg = tmp_path / "gated.yaml"
