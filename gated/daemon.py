@@ -146,7 +146,7 @@ class Daemon:
         check_every = parse_duration(cfg.store.integrity_interval) if cfg.store.integrity_interval else None
         self.storage = StorageWatch(
             store, self.clock, self.metrics, min_free=int(cfg.store.min_free_mb * 1024 * 1024),
-            backup_interval=backup_every, integrity_interval=check_every,
+            backup_interval=backup_every, integrity_interval=check_every, max_held_exits=cfg.store.max_held_exits,
         )
         self.alarms.store, self.alarms.storage = store, self.storage
         fire_policy = cfg.fire_alarm.on_unknown if cfg.fire_alarm is not None else FireInputPolicy.KEEP

@@ -83,6 +83,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.exits_unrecorded = Counter(
+            "gated_exits_unrecorded",
+            "Exits that opened during a storage fault and were counted, not kept for writing, beyond "
+            "store.max_held_exits (reported in one exits_not_recorded alarm)",
+            ["gate"],
+            registry=r,
+        )
         self.unconfirmed = Counter(
             "gated_passage_unconfirmed", "Grants found at start-up whose commit a crash had cut", registry=r
         )

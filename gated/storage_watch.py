@@ -9,6 +9,12 @@ to recover by itself, retries the commits that failed, reports alarms, and takes
   memory, and committed as soon as storage works again — in order, with its own time. Its
   durable grant intent is still in the store; if the daemon dies first, the intent becomes
   a `passage_unconfirmed` event at the next start (Store.report_unconfirmed).
+- Held exits are bounded (`store.max_held_exits`): exits open during a fault, so a long
+  one at a busy site would grow the held list without end. Beyond the bound an exit is
+  counted by gate instead of held (`gated_exits_unrecorded_total{gate}`, `gated status`),
+  and the count goes to the central system in one `alarm` (`exits_not_recorded`) once the
+  store works. Entries and overrides are always held: entries are refused during a fault,
+  so the ones held are the few already under way when it began.
 - Alarms (`storage_fault`, `storage_recovered`) are events like any other; the one that
   says the store failed can only be written once it works again, so it is kept until then
   and carries the instant the fault began. Logs and metrics say it at once.
@@ -56,6 +62,19 @@ class HeldCommit:
     commit: Callable[[], Committed]
     what: dict[str, object]
     at: datetime
+    exit_tap: bool = False
+
+
+@dataclass
+class UnrecordedExits:
+    """Exits of one gate dropped beyond the bound, not yet reported."""
+
+    count: int
+    first: datetime
+    last: datetime
+
+
+MAX_HELD_EXITS = 1000
 
 
 class StorageWatch:
@@ -68,12 +87,17 @@ class StorageWatch:
         min_free: int,
         backup_interval: timedelta | None = None,
         integrity_interval: timedelta | None = None,
+        max_held_exits: int = MAX_HELD_EXITS,
     ):
         self.store = store
         self.clock = clock
         self.metrics = metrics
         self.guard = StorageGuard(store.path, min_free=min_free)
         self.held: list[HeldCommit] = []
+        self.max_held_exits = max_held_exits
+        self._held_exits = 0
+        self.unrecorded: dict[str, UnrecordedExits] = {}  # by gate, until reported
+        self.unrecorded_total: dict[str, int] = {}  # by gate, since the start
         self.backup_interval = backup_interval
         self.backup_path = Path(str(store.path) + ".backup")
         self._last_backup = time.monotonic()
@@ -106,11 +130,26 @@ class StorageWatch:
 
     @property
     def alarms_pending(self) -> bool:
-        return bool(self._pending_alarms or self.guard.has_changes)
+        return bool(self._pending_alarms or self.guard.has_changes or self.unrecorded)
 
-    def hold(self, commit: Callable[[], Committed], what: dict[str, object]) -> None:
-        """Keep a failed commit of a tap that was acted on; retried in order."""
-        self.held.append(HeldCommit(commit, what, self.clock()))
+    def hold(self, commit: Callable[[], Committed], what: dict[str, object], *, exit_tap: bool = False) -> None:
+        """Keep a failed commit of a tap that was acted on; retried in order. An exit
+        beyond `max_held_exits` held ones is counted instead (module doc)."""
+        now = self.clock()
+        if exit_tap and self._held_exits >= self.max_held_exits:
+            gate = str(what.get("gate"))
+            seen = self.unrecorded.get(gate)
+            if seen is None:
+                self.unrecorded[gate] = UnrecordedExits(1, now, now)
+                log.error("exit_not_recorded", gate=gate, held_exits=self._held_exits, limit=self.max_held_exits)
+            else:
+                seen.count += 1
+                seen.last = now
+            self.unrecorded_total[gate] = self.unrecorded_total.get(gate, 0) + 1
+            self.metrics.exits_unrecorded.labels(gate).inc()
+            return
+        self.held.append(HeldCommit(commit, what, now, exit_tap))
+        self._held_exits += int(exit_tap)
         self.metrics.uncommitted.set(len(self.held))
         log.error("tap_commit_held", held=len(self.held), **{k: v for k, v in what.items() if k != "event"})
 
@@ -142,6 +181,7 @@ class StorageWatch:
             self._clean_check = False
             self._retry_held()
             self._report_alarms()
+            self._report_unrecorded()
             await self._maybe_backup()
         self.metrics.storage_ok.set(1 if g.ok else 0)
         if g.free_bytes is not None:
@@ -245,6 +285,7 @@ class StorageWatch:
                 self.guard.failed(e, self.clock())
                 break
             self.held.pop(0)
+            self._held_exits -= int(item.exit_tap)
             log.warning("tap_commit_recovered", **{k: v for k, v in item.what.items() if k != "event"})
         self.metrics.uncommitted.set(len(self.held))
 
@@ -277,6 +318,32 @@ class StorageWatch:
                 return
             self._pending_alarms.pop(0)
 
+    def _report_unrecorded(self) -> None:
+        """The exits dropped beyond the bound, in one alarm, after the held commits (their
+        own events come first, in the order they happened)."""
+        if not self.unrecorded or self.held:
+            return
+        gates = dict(sorted(self.unrecorded.items()))
+        count = sum(u.count for u in gates.values())
+        try:
+            self.store.emit(
+                "alarm",
+                self.clock(),
+                gate=None,
+                kind="exits_not_recorded",
+                detail=f"{count} exits opened during a storage fault were not recorded: more than "
+                f"{self.max_held_exits} were waiting to be written",
+                count=count,
+                gates={g: u.count for g, u in gates.items()},
+                since=iso_utc(min(u.first for u in gates.values())),
+                until=iso_utc(max(u.last for u in gates.values())),
+            )
+        except STORAGE_ERRORS as e:
+            self.guard.failed(e, self.clock())
+            return
+        log.warning("exits_not_recorded", count=count, gates={g: u.count for g, u in gates.items()})
+        self.unrecorded.clear()
+
     # -- backups -----------------------------------------------------------------------------
 
     async def _maybe_backup(self) -> None:
@@ -297,6 +364,9 @@ class StorageWatch:
         return {
             **self.guard.as_dict(),
             "held_commits": len(self.held),
+            "held_exits": self._held_exits,
+            "max_held_exits": self.max_held_exits,
+            "exits_not_recorded": dict(sorted(self.unrecorded_total.items())),
             "backup": str(self.backup_path),
             "integrity": {"interval": interval, "running": self._integrity_task is not None, "last": self.last_check},
         }
@@ -364,4 +434,4 @@ def backup(db: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-__all__ = ["HeldCommit", "IntegrityCheck", "StorageWatch", "backup", "quick_check"]
+__all__ = ["MAX_HELD_EXITS", "HeldCommit", "IntegrityCheck", "StorageWatch", "UnrecordedExits", "backup", "quick_check"]

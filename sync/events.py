@@ -151,12 +151,17 @@ class AlarmEvent(EventBase):
         str,
         Field(
             description="relay_offline, relay_online, door_held, door_forced, storage_fault, storage_recovered, "
-            "ack_beyond_last_seq, snapshot_held, ..."
+            "exits_not_recorded, ack_beyond_last_seq, snapshot_held, ..."
         ),
     ]
     detail: str = ""
     problem: str | None = Field(None, description="storage alarms: what is wrong (disk_full, read_only, ...).")
-    since: str | None = Field(None, description="storage alarms: since when (UTC).")
+    since: str | None = Field(
+        None, description="storage alarms: since when (UTC); exits_not_recorded: the first exit not recorded."
+    )
+    until: str | None = Field(None, description="exits_not_recorded: the last exit not recorded (UTC).")
+    count: int | None = Field(None, description="exits_not_recorded: how many exits opened and were not recorded.")
+    gates: dict[str, int] | None = Field(None, description="exits_not_recorded: how many at each gate.")
 
 
 class CardEnrolledEvent(EventBase):
