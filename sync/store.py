@@ -259,8 +259,11 @@ class Store:
         dst = sqlite3.connect(str(tmp))
         try:
             self.conn.backup(dst, name=schema)
-        finally:
+        except BaseException:
             dst.close()
+            tmp.unlink(missing_ok=True)  # a half copy must not take the space the next try needs
+            raise
+        dst.close()
         # the side files of the old file must not be taken for the new one's
         for suffix in ("-wal", "-shm"):
             Path(str(path) + suffix).unlink(missing_ok=True)
