@@ -217,7 +217,7 @@ class StorageWatch:
         if due is None or time.monotonic() - self._last_integrity < due:
             return
         self._last_integrity = time.monotonic()
-        check = self._integrity = IntegrityCheck(self.store.path, self.store.replica_path)
+        check = self._integrity = IntegrityCheck(self.store.path, self.store.replica_path, now)
         self._integrity_task = asyncio.ensure_future(asyncio.to_thread(check.run))
 
     def _integrity_due(self) -> float | None:
@@ -250,7 +250,9 @@ class StorageWatch:
             return
         if problems == ["ok"]:
             self._count_check("ok", now, seconds, None)
-            if self.guard.problem == StorageProblem.CORRUPT:
+            g = self.guard
+            # only a check begun after the damage was seen speaks for the file as it is now
+            if g.problem == StorageProblem.CORRUPT and check is not None and g.since is not None and check.started >= g.since:
                 self._clean_check = True
                 log.warning("store_check_clean", seconds=seconds)
             return
@@ -377,9 +379,10 @@ class IntegrityCheck:
     cross-check of indexes against tables) of the ledger and the replica, on a read-only
     connection of its own. `run` is for a worker thread; `interrupt` from any thread."""
 
-    def __init__(self, ledger: Path, replica: Path):
+    def __init__(self, ledger: Path, replica: Path, started: datetime):
         self.ledger = ledger
         self.replica = replica
+        self.started = started
         self.seconds: float | None = None
         self._conn: sqlite3.Connection | None = None
         self._stopped = False

@@ -101,8 +101,8 @@ def why_unwritable(path: Path) -> str | None:
     for f in files:
         if f.exists() and not os.access(f, os.W_OK):
             return f"{f} cannot be written by {me}: {_owner_mode(f)}"
-    if not all(f.exists() for f in files) and not os.access(existing if existing != path else path.parent, os.W_OK):
-        where = existing if existing != path else path.parent
+    where = path.parent if path.exists() else existing  # the directory the missing ones go in
+    if not all(f.exists() for f in files) and not os.access(where, os.W_OK):
         return f"the directory {where} cannot be written by {me}, and the files must be created in it: {_owner_mode(where)}"
     return None
 
