@@ -151,7 +151,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         _remove(path)
     try:
         old, notes = open_damaged(db, work)
-    except sqlite3.Error as e:
+    except (sqlite3.Error, OSError) as e:
         _remove(work)
         print(f"{db}: nothing can be read from it ({e}); nothing was changed. Restore the latest "
               f"backup ({db.name}.backup) instead (docs/operations.md, \"A damaged store\")", file=sys.stderr)
@@ -166,7 +166,12 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     finally:
         old.close()
         _remove(work)
-    kept = _put_in_place(db, new)
+    try:
+        kept = _put_in_place(db, new)
+    except OSError as e:
+        print(f"{db}: the new file {new} could not be put in its place ({e}); move it there by hand, "
+              f"with no {db.name}-wal or {db.name}-shm beside it", file=sys.stderr)
+        return 1
     for note in notes:
         print(f"  {note}", file=sys.stderr)
     for table, error in lost:
