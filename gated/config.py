@@ -159,6 +159,21 @@ class StoreConfig(Section):
         description="How often the daemon writes a consistent copy of the database to "
         "`<path>.backup` (online, without stopping taps); null = never.",
     )
+    max_held_exits: int = Field(
+        1000,
+        ge=0,
+        le=1_000_000,
+        description="During a storage fault exits still open, and the ones that could not be written "
+        "are kept in memory until the store works again: at most this many. Beyond it an exit is only "
+        "counted by gate, and the counts are reported in one alarm (exits_not_recorded). Entries are "
+        "refused during a fault; the few held are never dropped.",
+    )
+    integrity_interval: Duration | None = Field(
+        "1h",
+        description="How often the daemon reads every page of the database (SQLite's quick_check, "
+        "in a worker thread: taps go on); damage found is a storage fault: entries refused, an "
+        "alarm. null = never (a damaged page is then seen only when a tap or a write reads it).",
+    )
 
 
 class ConsoleUser(Section):

@@ -129,7 +129,7 @@ class Daemon:
         try:
             return Store(cfg.store.path, cfg.site_domain(), daemon_id=cfg.daemon_id, ten_digits=cfg.ten_digits())
         except (sqlite3.Error, OSError, StoreError) as e:
-            raise StoreUnusable(f"{cfg.store.path}: {describe_store_error(e)}") from e
+            raise StoreUnusable(f"{cfg.store.path}: {describe_store_error(e, Path(cfg.store.path))}") from e
 
     async def start(self) -> None:
         cfg = self.config
@@ -145,8 +145,10 @@ class Daemon:
             self.log_card_rule()
         self.engine = self.build_engine(cfg, store)
         backup_every = parse_duration(cfg.store.backup_interval) if cfg.store.backup_interval else None
+        check_every = parse_duration(cfg.store.integrity_interval) if cfg.store.integrity_interval else None
         self.storage = StorageWatch(
-            store, self.clock, self.metrics, min_free=int(cfg.store.min_free_mb * 1024 * 1024), backup_interval=backup_every
+            store, self.clock, self.metrics, min_free=int(cfg.store.min_free_mb * 1024 * 1024),
+            backup_interval=backup_every, integrity_interval=check_every, max_held_exits=cfg.store.max_held_exits,
         )
         self.alarms.store, self.alarms.storage = store, self.storage
         fire_policy = cfg.fire_alarm.on_unknown if cfg.fire_alarm is not None else FireInputPolicy.KEEP
@@ -253,6 +255,8 @@ class Daemon:
             for ctl in self.controllers.values():
                 await self._bounded(ctl.abandon_grants(), "pending grants")
         await self._end(self._tasks, "background tasks")
+        if self.storage is not None:
+            self.storage.stop_checks()
         if self.storage is not None and (self.storage.held or self.storage.alarms_pending):
             await self._bounded(self.storage.check(), "held commits")  # one last try
         if self.fire_monitor is not None:

@@ -77,6 +77,19 @@ class Metrics:
         self.uncommitted = Gauge(
             "gated_uncommitted_taps", "Taps acted on whose commit failed, held in memory and retried", registry=r
         )
+        self.store_checks = Counter(
+            "gated_store_checks",
+            "SQLite quick_check runs over the store by result: ok, damaged (a storage fault), error (could not run)",
+            ["result"],
+            registry=r,
+        )
+        self.exits_unrecorded = Counter(
+            "gated_exits_unrecorded",
+            "Exits that opened during a storage fault and were counted, not kept for writing, beyond "
+            "store.max_held_exits (reported in one exits_not_recorded alarm)",
+            ["gate"],
+            registry=r,
+        )
         self.unconfirmed = Counter(
             "gated_passage_unconfirmed", "Grants found at start-up whose commit a crash had cut", registry=r
         )

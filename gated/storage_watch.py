@@ -9,9 +9,22 @@ to recover by itself, retries the commits that failed, reports alarms, and takes
   memory, and committed as soon as storage works again — in order, with its own time. Its
   durable grant intent is still in the store; if the daemon dies first, the intent becomes
   a `passage_unconfirmed` event at the next start (Store.report_unconfirmed).
+- Held exits are bounded (`store.max_held_exits`): exits open during a fault, so a long
+  one at a busy site would grow the held list without end. Beyond the bound an exit is
+  counted by gate instead of held (`gated_exits_unrecorded_total{gate}`, `gated status`),
+  and the count goes to the central system in one `alarm` (`exits_not_recorded`) once the
+  store works. Entries and overrides are always held: entries are refused during a fault,
+  so the ones held are the few already under way when it began.
 - Alarms (`storage_fault`, `storage_recovered`) are events like any other; the one that
   says the store failed can only be written once it works again, so it is kept until then
   and carries the instant the fault began. Logs and metrics say it at once.
+- Damage no tap has read yet (pages overwritten by a failing card, a stray write): SQLite's
+  `PRAGMA quick_check` of the ledger and the replica every `store.integrity_interval`, on
+  a read-only connection of its own in a worker thread — every page is read, taps go on
+  (the sqlite3 module lets go of the GIL while SQLite works). Damage found is a `corrupt`
+  fault; each check is counted (`gated_store_checks_total{result}`). While corrupt, the
+  check is run again every minute: only a clean one (a backup restored under the running
+  daemon) clears the fault, never a write, which may well succeed over bad pages.
 - Backups: `VACUUM INTO` on a connection of its own, in a worker thread (a consistent copy
   of the database under WAL, without holding taps), then renamed to `<path>.backup`.
 """
@@ -21,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,13 +45,14 @@ import structlog
 
 from gated.metrics import Metrics
 from rules.timeutil import iso_utc
-from sync.storage import STORAGE_ERRORS, StorageChange, StorageGuard, StorageProblem
+from sync.db import uri
+from sync.storage import STORAGE_ERRORS, StorageChange, StorageGuard, StorageProblem, classify
 from sync.store import Committed, Store, open_reader
 
 log = structlog.get_logger("gated.storage")
 
 CHECK_INTERVAL = 1.0
-INTEGRITY_INTERVAL = 60.0
+INTEGRITY_INTERVAL = 60.0  # while corrupt: how often a clean check is looked for
 
 
 @dataclass
@@ -47,6 +62,19 @@ class HeldCommit:
     commit: Callable[[], Committed]
     what: dict[str, object]
     at: datetime
+    exit_tap: bool = False
+
+
+@dataclass
+class UnrecordedExits:
+    """Exits of one gate dropped beyond the bound, not yet reported."""
+
+    count: int
+    first: datetime
+    last: datetime
+
+
+MAX_HELD_EXITS = 1000
 
 
 class StorageWatch:
@@ -58,16 +86,27 @@ class StorageWatch:
         *,
         min_free: int,
         backup_interval: timedelta | None = None,
+        integrity_interval: timedelta | None = None,
+        max_held_exits: int = MAX_HELD_EXITS,
     ):
         self.store = store
         self.clock = clock
         self.metrics = metrics
         self.guard = StorageGuard(store.path, min_free=min_free)
         self.held: list[HeldCommit] = []
+        self.max_held_exits = max_held_exits
+        self._held_exits = 0
+        self.unrecorded: dict[str, UnrecordedExits] = {}  # by gate, until reported
+        self.unrecorded_total: dict[str, int] = {}  # by gate, since the start
         self.backup_interval = backup_interval
         self.backup_path = Path(str(store.path) + ".backup")
         self._last_backup = time.monotonic()
-        self._last_integrity = 0.0
+        self.integrity_interval = integrity_interval
+        self._last_integrity = time.monotonic()  # the first check one interval after the start
+        self._integrity: IntegrityCheck | None = None
+        self._integrity_task: asyncio.Future[list[str]] | None = None
+        self._clean_check = False  # a check found no damage since the store was last corrupt
+        self.last_check: dict[str, object] | None = None
         self._pending_alarms: list[StorageChange] = []
         self.on_change: list[Callable[[StorageChange], None]] = []
 
@@ -91,11 +130,26 @@ class StorageWatch:
 
     @property
     def alarms_pending(self) -> bool:
-        return bool(self._pending_alarms or self.guard.has_changes)
+        return bool(self._pending_alarms or self.guard.has_changes or self.unrecorded)
 
-    def hold(self, commit: Callable[[], Committed], what: dict[str, object]) -> None:
-        """Keep a failed commit of a tap that was acted on; retried in order."""
-        self.held.append(HeldCommit(commit, what, self.clock()))
+    def hold(self, commit: Callable[[], Committed], what: dict[str, object], *, exit_tap: bool = False) -> None:
+        """Keep a failed commit of a tap that was acted on; retried in order. An exit
+        beyond `max_held_exits` held ones is counted instead (module doc)."""
+        now = self.clock()
+        if exit_tap and self._held_exits >= self.max_held_exits:
+            gate = str(what.get("gate"))
+            seen = self.unrecorded.get(gate)
+            if seen is None:
+                self.unrecorded[gate] = UnrecordedExits(1, now, now)
+                log.error("exit_not_recorded", gate=gate, held_exits=self._held_exits, limit=self.max_held_exits)
+            else:
+                seen.count += 1
+                seen.last = now
+            self.unrecorded_total[gate] = self.unrecorded_total.get(gate, 0) + 1
+            self.metrics.exits_unrecorded.labels(gate).inc()
+            return
+        self.held.append(HeldCommit(commit, what, now, exit_tap))
+        self._held_exits += int(exit_tap)
         self.metrics.uncommitted.set(len(self.held))
         log.error("tap_commit_held", held=len(self.held), **{k: v for k, v in what.items() if k != "event"})
 
@@ -116,14 +170,18 @@ class StorageWatch:
             self._rescue(now)
         elif g.problem == StorageProblem.READ_ONLY:
             self._reopen()
-        if g.problem == StorageProblem.CORRUPT and not await self._clean_again():
-            pass  # a write may well succeed over bad pages: only a clean check clears it
+        self._integrity_round(now)
+        if g.problem == StorageProblem.CORRUPT:
+            if self._clean_check:  # then a durable write proves it can record again
+                self._probe(now)
         elif not g.ok or self.held or self._pending_alarms:
             self._probe(now)
         self._drain_changes()
         if g.ok:
+            self._clean_check = False
             self._retry_held()
             self._report_alarms()
+            self._report_unrecorded()
             await self._maybe_backup()
         self.metrics.storage_ok.set(1 if g.ok else 0)
         if g.free_bytes is not None:
@@ -144,16 +202,73 @@ class StorageWatch:
         self.guard.reopened(now)
         log.warning("storage_rescued", path=str(self.store.path))
 
-    async def _clean_again(self) -> bool:
-        """A corrupt store is checked again now and then (a restore from backup under a
-        running daemon, pages rewritten), off the event loop: a check reads every page."""
-        if time.monotonic() - self._last_integrity < INTEGRITY_INTERVAL:
-            return False
+    # -- the integrity check -------------------------------------------------------------------
+
+    def _integrity_round(self, now: datetime) -> None:
+        """Take the result of a check that finished; start one when it is due. Never waits
+        for a check: a round stays a few system calls while a large file is read."""
+        task = self._integrity_task
+        if task is not None:
+            if not task.done():
+                return
+            self._integrity_task = None
+            self._checked(task, now)
+        due = self._integrity_due()
+        if due is None or time.monotonic() - self._last_integrity < due:
+            return
         self._last_integrity = time.monotonic()
+        check = self._integrity = IntegrityCheck(self.store.path, self.store.replica_path, now)
+        self._integrity_task = asyncio.ensure_future(asyncio.to_thread(check.run))
+
+    def _integrity_due(self) -> float | None:
+        """Seconds between checks now: the configured interval while the store is healthy,
+        at most a minute while it is corrupt; none under another fault (a file gone, a
+        full disk: a check would only see that fault again)."""
+        configured = self.integrity_interval.total_seconds() if self.integrity_interval is not None else None
+        problem = self.guard.problem
+        if problem is None:
+            return configured
+        if problem == StorageProblem.CORRUPT:
+            return INTEGRITY_INTERVAL if configured is None else min(configured, INTEGRITY_INTERVAL)
+        return None
+
+    def _checked(self, task: asyncio.Future[list[str]], now: datetime) -> None:
+        check = self._integrity
+        seconds = check.seconds if check is not None else None
         try:
-            return await asyncio.to_thread(quick_check, self.store.path)
-        except STORAGE_ERRORS:
-            return False
+            problems = task.result()
+        except STORAGE_ERRORS as e:
+            if classify(e) != StorageProblem.CORRUPT:
+                # busy, interrupted, a file that cannot be opened: not evidence of damage
+                self._count_check("error", now, seconds, str(e))
+                log.warning("store_check_failed", error=str(e))
+                return
+            problems = [str(e)]
+        except Exception as e:  # noqa: BLE001 - a bug in the check must not end the watch
+            self._count_check("error", now, seconds, repr(e))
+            log.exception("store_check_failed")
+            return
+        if problems == ["ok"]:
+            self._count_check("ok", now, seconds, None)
+            g = self.guard
+            # only a check begun after the damage was seen speaks for the file as it is now
+            if g.problem == StorageProblem.CORRUPT and check is not None and g.since is not None and check.started >= g.since:
+                self._clean_check = True
+                log.warning("store_check_clean", seconds=seconds)
+            return
+        self._count_check("damaged", now, seconds, problems[0])
+        self._clean_check = False
+        log.error("store_check_damaged", problems=problems[:5], seconds=seconds)
+        self.guard.damaged(f"quick_check: {problems[0]}", now)
+
+    def _count_check(self, result: str, now: datetime, seconds: float | None, detail: str | None) -> None:
+        self.metrics.store_checks.labels(result).inc()
+        self.last_check = {"at": iso_utc(now), "result": result, "seconds": seconds, "detail": detail}
+
+    def stop_checks(self) -> None:
+        """A check still reading stops now (at shutdown: the thread must not hold the exit)."""
+        if self._integrity is not None:
+            self._integrity.interrupt()
 
     def _probe(self, now: datetime) -> None:
         try:
@@ -172,6 +287,7 @@ class StorageWatch:
                 self.guard.failed(e, self.clock())
                 break
             self.held.pop(0)
+            self._held_exits -= int(item.exit_tap)
             log.warning("tap_commit_recovered", **{k: v for k, v in item.what.items() if k != "event"})
         self.metrics.uncommitted.set(len(self.held))
 
@@ -204,6 +320,32 @@ class StorageWatch:
                 return
             self._pending_alarms.pop(0)
 
+    def _report_unrecorded(self) -> None:
+        """The exits dropped beyond the bound, in one alarm, after the held commits (their
+        own events come first, in the order they happened)."""
+        if not self.unrecorded or self.held:
+            return
+        gates = dict(sorted(self.unrecorded.items()))
+        count = sum(u.count for u in gates.values())
+        try:
+            self.store.emit(
+                "alarm",
+                self.clock(),
+                gate=None,
+                kind="exits_not_recorded",
+                detail=f"{count} exits opened during a storage fault were not recorded: more than "
+                f"{self.max_held_exits} were waiting to be written",
+                count=count,
+                gates={g: u.count for g, u in gates.items()},
+                since=iso_utc(min(u.first for u in gates.values())),
+                until=iso_utc(max(u.last for u in gates.values())),
+            )
+        except STORAGE_ERRORS as e:
+            self.guard.failed(e, self.clock())
+            return
+        log.warning("exits_not_recorded", count=count, gates={g: u.count for g, u in gates.items()})
+        self.unrecorded.clear()
+
     # -- backups -----------------------------------------------------------------------------
 
     async def _maybe_backup(self) -> None:
@@ -220,12 +362,57 @@ class StorageWatch:
         log.info("backup_written", path=str(self.backup_path))
 
     def as_dict(self) -> dict[str, object]:
-        return {**self.guard.as_dict(), "held_commits": len(self.held), "backup": str(self.backup_path)}
+        interval = self.integrity_interval.total_seconds() if self.integrity_interval is not None else None
+        return {
+            **self.guard.as_dict(),
+            "held_commits": len(self.held),
+            "held_exits": self._held_exits,
+            "max_held_exits": self.max_held_exits,
+            "exits_not_recorded": dict(sorted(self.unrecorded_total.items())),
+            "backup": str(self.backup_path),
+            "integrity": {"interval": interval, "running": self._integrity_task is not None, "last": self.last_check},
+        }
+
+
+class IntegrityCheck:
+    """SQLite's own consistency check of every page (`quick_check`: without the slow
+    cross-check of indexes against tables) of the ledger and the replica, on a read-only
+    connection of its own. `run` is for a worker thread; `interrupt` from any thread."""
+
+    def __init__(self, ledger: Path, replica: Path, started: datetime):
+        self.ledger = ledger
+        self.replica = replica
+        self.started = started
+        self.seconds: float | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    def run(self) -> list[str]:
+        """["ok"], or the problems SQLite found (at most 20)."""
+        t0 = time.monotonic()
+        conn = open_reader(self.ledger, self.replica)
+        try:
+            with self._lock:
+                if self._stopped:
+                    raise sqlite3.OperationalError("interrupted")
+                self._conn = conn
+            return [str(r[0]) for r in conn.execute("PRAGMA quick_check(20)")]
+        finally:
+            with self._lock:
+                self._conn = None
+            conn.close()
+            self.seconds = round(time.monotonic() - t0, 3)
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self._conn is not None:
+                self._conn.interrupt()
 
 
 def quick_check(db: Path) -> bool:
-    """SQLite's own consistency check of every page (without the slow index cross-check),
-    of the ledger and the replica it names."""
+    """The check above, of the ledger at `db` and the replica it names: True when clean."""
     conn = open_reader(db)
     try:
         rows = conn.execute("PRAGMA quick_check").fetchall()
@@ -240,7 +427,7 @@ def backup(db: Path, dest: Path) -> None:
     its own. The replica is not copied: the central system sends it again."""
     tmp = dest.with_name(dest.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    conn = sqlite3.connect(uri(db, "ro"), uri=True, timeout=10)
     try:
         conn.execute("VACUUM INTO ?", (str(tmp),))
     finally:
@@ -250,4 +437,4 @@ def backup(db: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-__all__ = ["HeldCommit", "StorageWatch", "backup", "quick_check"]
+__all__ = ["MAX_HELD_EXITS", "HeldCommit", "IntegrityCheck", "StorageWatch", "UnrecordedExits", "backup", "quick_check"]

@@ -339,7 +339,9 @@ class TapPath:
             self.storage.failed(e, "commit")
             if pending.decision.granted:
                 self.storage.hold(
-                    commit, {"gate": pending.gate.id, "member": pending.decision.member, "passed": passed, "intent": intent}
+                    commit,
+                    {"gate": pending.gate.id, "member": pending.decision.member, "passed": passed, "intent": intent},
+                    exit_tap=self._exit(pending),
                 )
             else:
                 log.error("denial_not_recorded", gate=pending.gate.id, member=pending.decision.member,

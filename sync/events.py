@@ -159,14 +159,19 @@ class AlarmEvent(EventBase):
         str,
         Field(
             description="relay_offline, relay_online, door_held, door_forced, not_opened, reader_offline, "
-            "reader_online, storage_fault, storage_recovered, ack_beyond_last_seq, snapshot_held, "
-            "uplink_stalled, deltas_behind, peers_unheard (and each with `_ended`), overdraft, "
+            "reader_online, storage_fault, storage_recovered, exits_not_recorded, ack_beyond_last_seq, "
+            "snapshot_held, uplink_stalled, deltas_behind, peers_unheard (and each with `_ended`), overdraft, "
             "qr_double_use, ... (docs/protocol.md, \"Alarms\")"
         ),
     ]
     detail: str = ""
     problem: str | None = Field(None, description="storage alarms: what is wrong (disk_full, read_only, ...).")
-    since: str | None = Field(None, description="storage alarms: since when (UTC).")
+    since: str | None = Field(
+        None, description="storage alarms: since when (UTC); exits_not_recorded: the first exit not recorded."
+    )
+    until: str | None = Field(None, description="exits_not_recorded: the last exit not recorded (UTC).")
+    count: int | None = Field(None, description="exits_not_recorded: how many exits opened and were not recorded.")
+    gates: dict[str, int] | None = Field(None, description="exits_not_recorded: how many at each gate.")
     pass_: Id | None = Field(None, alias="pass", description="overdraft: the pass charged below zero.")
     member: Id | None = Field(None, description="overdraft: the pass's member.")
     balance: Amount | None = Field(None, description="overdraft: the site's balance of the pass after every charge.")

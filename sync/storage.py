@@ -14,6 +14,11 @@ What goes wrong with a SQLite file on a small gate box, and how each is seen:
 - the state directory is deleted while the daemon runs: every write still "succeeds",
   into a file nobody will ever see again. Seen by comparing the inode at the configured
   path with the one opened (the only way: nothing fails);
+- the `-wal` file is deleted (a clean-up script, an installer removing "gated.db-*"):
+  SQLite goes on appending to the open, unlinked file, and a crash loses every commit
+  since the last checkpoint. A deleted `-shm` loses nothing by itself, but the next
+  connection builds a second index of the same WAL. Seen the same way, by the inodes of
+  the side files (recorded when first seen: SQLite creates them after the open);
 - pages are overwritten or the file is truncated: "database disk image is malformed".
 
 The guard is a small state machine: the shell feeds it what it observed (a write failed,
@@ -33,6 +38,9 @@ from pathlib import Path
 
 # What a write to the store raises when the store, not the code, is at fault.
 STORAGE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
+
+# The files SQLite keeps beside a database in WAL mode, for as long as a connection is open.
+SIDE_FILES = ("-wal", "-shm")
 
 
 class StorageProblem(StrEnum):
@@ -65,11 +73,46 @@ _ADVICE = {
 }
 
 
-def describe_store_error(error: BaseException) -> str:
-    """One line for an installer: what is wrong and what to do, never a traceback."""
+def describe_store_error(error: BaseException, path: Path | None = None) -> str:
+    """One line for an installer: what is wrong and what to do, never a traceback. With
+    the database's `path`, a file that cannot be written or opened says why: SQLite only
+    says "attempt to write a readonly database" or "unable to open database file"."""
     problem = classify(error)
-    advice = _ADVICE.get(problem)
+    cause = why_unwritable(path) if path is not None and problem in (StorageProblem.READ_ONLY, StorageProblem.IO_ERROR) else None
+    advice = cause or _ADVICE.get(problem)
     return f"{error}" + (f" — {advice}" if advice else "")
+
+
+def why_unwritable(path: Path) -> str | None:
+    """What in the file system keeps this process from writing the database at `path` (and
+    the `-wal` and `-shm` files SQLite creates beside it): a read-only mount, a directory
+    or a file it may not write. None when nothing visible does."""
+    path = path.absolute()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:
+        return None
+    try:
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:
+            return f"{existing} is on a read-only file system"
+    except OSError:
+        return None
+    me = f"this user (uid {os.geteuid()})"
+    files = [path, *(Path(str(path) + s) for s in SIDE_FILES)]
+    for f in files:
+        if f.exists() and not os.access(f, os.W_OK):
+            return f"{f} cannot be written by {me}: {_owner_mode(f)}"
+    where = path.parent if path.exists() else existing  # the directory the missing ones go in
+    if not all(f.exists() for f in files) and not os.access(where, os.W_OK):
+        return f"the directory {where} cannot be written by {me}, and the files must be created in it: {_owner_mode(where)}"
+    return None
+
+
+def _owner_mode(path: Path) -> str:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return str(e)
+    return f"owner uid {st.st_uid}, mode {st.st_mode & 0o7777:04o}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +145,7 @@ class StorageGuard:
         self.path = path
         self.min_free = min_free
         self.opened: FileIdentity | None = FileIdentity.of(path)
+        self.sides: dict[str, FileIdentity | None] = {s: FileIdentity.of(self._side(s)) for s in SIDE_FILES}
         self.problem: StorageProblem | None = None
         self.detail: str | None = None
         self.since: datetime | None = None
@@ -117,16 +161,37 @@ class StorageGuard:
     def failed(self, error: BaseException, now: datetime) -> StorageProblem:
         """A write (or a read of the ledger) raised: the store cannot be trusted to record."""
         problem = classify(error)
-        self._set(problem, f"{type(error).__name__}: {error}", now)
+        cause = why_unwritable(self.path) if problem == StorageProblem.READ_ONLY else None
+        self._set(problem, f"{type(error).__name__}: {error}" + (f" ({cause})" if cause else ""), now)
         return problem
 
+    def damaged(self, detail: str, now: datetime) -> None:
+        """SQLite's own check found damaged pages (no write has failed, or none yet)."""
+        self._set(StorageProblem.CORRUPT, detail, now)
+
     def check_file(self, now: datetime) -> bool:
-        """Is the file at the configured path still the one open? False (and FILE_GONE)
-        when it was deleted or replaced behind the daemon's back."""
+        """Are the file at the configured path and its `-wal` and `-shm` still the ones
+        open? False (and FILE_GONE) when one was deleted or replaced behind the daemon's
+        back. (SQLite itself deletes them only when the last connection closes.)"""
         if self.opened is not None and FileIdentity.of(self.path) != self.opened:
             self._set(StorageProblem.FILE_GONE, f"{self.path} is gone or was replaced", now)
             return False
+        for suffix, seen in self.sides.items():
+            current = FileIdentity.of(self._side(suffix))
+            if seen is None:
+                self.sides[suffix] = current
+            elif current != seen:
+                self._set(
+                    StorageProblem.FILE_GONE,
+                    f"{self._side(suffix)} is gone or was replaced: what was committed since the last "
+                    "checkpoint is only in the daemon's open file",
+                    now,
+                )
+                return False
         return True
+
+    def _side(self, suffix: str) -> Path:
+        return Path(str(self.path) + suffix)
 
     def check_space(self, now: datetime) -> bool:
         try:
@@ -145,7 +210,7 @@ class StorageGuard:
         return True
 
     def precheck(self, now: datetime) -> bool:
-        """The cheap checks before an entry (two system calls): still ok?"""
+        """The cheap checks before an entry (four system calls): still ok?"""
         if self.problem is not None:
             return False
         return self.check_file(now) and self.check_space(now)
@@ -156,8 +221,9 @@ class StorageGuard:
             self._set(None, None, now)
 
     def reopened(self, now: datetime) -> None:
-        """The store was re-created at its path (FILE_GONE rescued): watch the new file."""
+        """The store was re-created at its path (FILE_GONE rescued): watch the new files."""
         self.opened = FileIdentity.of(self.path)
+        self.sides = {s: FileIdentity.of(self._side(s)) for s in SIDE_FILES}
         if self.problem == StorageProblem.FILE_GONE:
             self.problem = StorageProblem.IO_ERROR  # cleared by the next probe, not assumed
 
@@ -198,6 +264,7 @@ class StorageGuard:
 
 
 __all__ = [
+    "SIDE_FILES",
     "STORAGE_ERRORS",
     "FileIdentity",
     "StorageChange",
@@ -205,4 +272,5 @@ __all__ = [
     "StorageProblem",
     "classify",
     "describe_store_error",
+    "why_unwritable",
 ]

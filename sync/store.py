@@ -233,10 +233,18 @@ class Store:
         self._switch(conn)
 
     def rescue(self) -> None:
-        """The files are gone (their directory deleted while the daemon ran) but this
-        connection still holds them, ledger and unsent events included: write them back
-        to their paths, whole, and carry on there. Raises if a path cannot be written (the
-        store then stays on the old files, unusable for entries, and this is tried again)."""
+        """The files are gone (their directory deleted while the daemon ran, or the `-wal`
+        or `-shm` deleted) but this connection still holds them, ledger and unsent events
+        included: write them back to their paths, whole, and carry on there. Raises if a
+        path cannot be written (the store then stays on the old files, unusable for
+        entries, and this is tried again).
+
+        Why a copy, not a checkpoint: with the `-wal` gone, a checkpoint into the file at
+        the path would leave it half written if the process died during it, with no WAL
+        left to finish it; the copy appears whole or not at all. The old connection,
+        closed last, no longer writes or deletes anything at the path: SQLite sees its
+        file was replaced (SQLITE_FCNTL_HAS_MOVED) and skips the checkpoint and the
+        deletion of the side files that a last connection does at close."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.replica_path.exists():  # the replica went with the directory: it too
             self._write_back("replica", self.replica_path)
@@ -255,11 +263,16 @@ class Store:
         dst = sqlite3.connect(str(tmp))
         try:
             self.conn.backup(dst, name=schema)
-        finally:
+        except BaseException:
             dst.close()
+            tmp.unlink(missing_ok=True)  # a half copy must not take the space the next try needs
+            raise
+        dst.close()
+        # the side files of the old file must not be taken for the new one's
         for suffix in ("-wal", "-shm"):
             Path(str(path) + suffix).unlink(missing_ok=True)
         os.replace(tmp, path)  # the file appears whole or not at all
+        self.files.fsync(path)
 
     # -- plumbing ---------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import yaml
 from gated.control import request
 from simulator.serial_reader import VirtualSerialReader
 from simulator.turnstile import Person, SimTurnstile
+from sync.db import uri
 from tests.test_daemon import GATED, SEED, wait_for
 
 IN_CARD, OUT_CARD = "04A1B2C3D4", "0499887766"  # m1 (p1, 9 visits), m2 (p2, 10 visits)
@@ -53,7 +54,7 @@ class Gate:
         return await request(self.socket, {"cmd": "status"})
 
     def events(self) -> list[dict[str, Any]]:
-        with contextlib.closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)) as c:
+        with contextlib.closing(sqlite3.connect(uri(self.db, "ro"), uri=True)) as c:
             return [json.loads(r[0]) for r in c.execute("SELECT body FROM events ORDER BY seq")]
 
     def alive(self) -> bool:

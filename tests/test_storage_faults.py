@@ -273,6 +273,52 @@ class _FakeSim:
     port: int = 1
 
 
+def _no_devices_config(tmp_path: Path, state: Path) -> Path:
+    cfg = tmp_path / "gated.yaml"
+    config = site_config(tmp_path, state, "/dev/null", "/dev/null", _FakeSim(), _FakeSim())
+    for g in config["gates"]:
+        g.pop("output")
+        g["readers"] = []
+    cfg.write_text(yaml.safe_dump(config))
+    return cfg
+
+
+@pytest.mark.parametrize("case", ["directory", "empty-file", "read-only-mount"])
+def test_a_store_that_cannot_be_written_at_first_start_is_one_line_and_exit_3(tmp_path: Path, case: str) -> None:
+    """A first start on a state directory or an empty database file the daemon may not
+    write (root without CAP_DAC_OVERRIDE, as the `gated` user), or on a read-only mount:
+    nothing to run on (no ledger, no replica can be made). One line naming the file and
+    the cause, exit 3 (systemd does not restart it: RestartPreventExitStatus), no
+    traceback. (A store that exists and only cannot be written starts, in a storage
+    fault: test_read_only_database_is_a_fault_from_the_start_and_recovers.)"""
+    state = tmp_path / "state"
+    cfg = _no_devices_config(tmp_path, state)
+    db = state / "gated.db"
+    state.mkdir()
+    if case == "directory":
+        state.chmod(0o555)
+        cause = f"the directory {state} cannot be written by this user (uid 0)"
+    elif case == "empty-file":
+        db.touch()
+        db.chmod(0o444)
+        cause = f"{db} cannot be written by this user (uid 0): owner uid 0, mode 0444"
+    else:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(state)], check=True)
+        cause = f"{state} is on a read-only file system"
+    try:
+        out = subprocess.run([*GATED, "run", "-c", str(cfg)], capture_output=True, text=True, timeout=60,
+                             preexec_fn=drop_dac_override)
+    finally:
+        if case == "read-only-mount":
+            umount(state)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr + out.stdout, out.stderr
+    said = [ln for ln in out.stderr.splitlines() if ln.strip() and not ln.startswith("{")]  # JSON: log lines
+    assert len(said) == 1, out.stderr
+    assert said[0].startswith(f"gated: the store cannot be used: {db}: "), said[0]
+    assert cause in said[0], said[0]
+
+
 def test_store_commands_check_backup_and_rebuild(tmp_path: Path) -> None:
     """The recovery the docs describe, run as an installer would."""
     cfg = tmp_path / "gated.yaml"
@@ -377,3 +423,76 @@ async def test_a_commit_cut_by_a_full_disk_after_the_pulse_is_held_and_recorded_
         assert daemon.store.open_intents() == []  # resolved by the commit
         third = await daemon.handle_credential("in-1", Credential.qr(token, "test"))
         assert third["reason"] == "qr_replayed" and sim.unlocks == 1
+
+
+async def test_exits_held_during_a_long_fault_are_bounded_and_entries_never_dropped(tmp_path: Path) -> None:
+    """A full disk with exits going on: each exit opens, and the ones that could not be
+    written are held in memory up to `store.max_held_exits`; beyond it they are counted by
+    gate (status, metric) and reported in one alarm once the disk has room. An entry whose
+    commit failed after its pulse is held whatever the count, and written."""
+    from datetime import UTC, datetime
+
+    from prometheus_client import generate_latest
+
+    from gated.config import Config
+    from gated.daemon import Daemon
+    from gated.seed import batch_from
+    from rules.credential import Credential
+
+    state = tmp_path / "state"
+    mount_tmpfs(state, "3m")
+    try:
+        async with SimTurnstile(transport="tcp", host="127.0.0.1", port=0, person=Person(delay=2.0)) as sim, \
+                SimTurnstile(transport="tcp", host="127.0.0.1", port=0, person=Person(delay=0.1)) as exit_sim:
+            raw = site_config(tmp_path, state, "/dev/null", "/dev/null", sim, exit_sim, max_held_exits=3)
+            for g in raw["gates"]:
+                g["readers"] = []
+            config = Config.model_validate(raw)
+            store = Store(config.store.path, config.site_domain(), daemon_id=config.daemon_id)
+            store.apply_sync(batch_from(SEED, config), datetime.now(UTC))
+            store.close()
+            daemon = Daemon(config)
+            await daemon.start()
+            try:
+                entry = asyncio.create_task(daemon.handle_credential("in-1", Credential.card(IN_CARD, "test")))
+                await wait_for(lambda: sim.unlocks == 1, 10, "the entry's relay pulsed")  # its intent is written
+                filler = fill(state)  # the disk fills while the member walks through (2 s)
+                for i in range(5):
+                    t = await daemon.handle_credential("out-1", Credential.card(OUT_CARD, "test"))
+                    assert (t["decision"], t["reason"], t["passed"]) == ("granted", "exit", True), (i, t)
+                assert exit_sim.unlocks == 5  # every exit opened
+                assert daemon.storage is not None
+                result = await entry
+                assert (result["decision"], result["passed"], result["seq"]) == ("granted", True, []), result
+                held = [(h.what["gate"], h.exit_tap) for h in daemon.storage.held]
+                # three exits held, two counted; the entry held beyond the bound
+                assert held == [("out-1", True)] * 3 + [("in-1", False)], held
+                storage = daemon.health()["storage"]
+                assert storage["held_commits"] == 4 and storage["exits_not_recorded"] == {"out-1": 2}, storage
+                metrics = generate_latest(daemon.metrics.registry).decode()
+                assert 'gated_exits_unrecorded_total{gate="out-1"} 2.0' in metrics
+                filler.unlink()
+                await wait_for(lambda: not daemon.storage.held and daemon.storage.ok and not daemon.storage.alarms_pending,
+                               15, "the held commits and the report to be written")
+                assert daemon.store is not None
+                events = daemon.store.events_after(0, 1000)
+            finally:
+                await daemon.stop()
+    finally:
+        umount(state)
+    access = [(e["gate"], e["reason"]) for e in events if e["type"] == "access"]
+    assert access == [("out-1", "exit")] * 3 + [("in-1", "walk_in")], access
+    deductions = [e for e in events if e["type"] == "deduction"]
+    assert len(deductions) == 1 and deductions[0]["pass"] == "p1"
+    reports = [e for e in events if e["type"] == "alarm" and e["kind"] == "exits_not_recorded"]
+    assert len(reports) == 1, reports
+    report = reports[0]
+    assert (report["count"], report["gates"], report["gate"]) == (2, {"out-1": 2}, None), report
+    from sync.events import BY_TYPE  # documented: the `event` schema names every field it has
+
+    model = BY_TYPE["alarm"]
+    model.model_validate(report)
+    assert set(report) <= {f.alias or n for n, f in model.model_fields.items()}, report
+    assert report["since"] <= report["until"]
+    # after the held commits' own events, in the order they happened
+    assert report["seq"] > max(e["seq"] for e in events if e["type"] in ("access", "deduction"))
