@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from sync.db import uri
+from sync.errors import StoreError
 
 # not copied: the replica's position, the old replica file, the schema the new file has
 SYNC_META = (
