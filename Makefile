@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := mosquitto chromium socat
+APT_PACKAGES := mosquitto chromium socat faketime
 
 .PHONY: install test demo bench lint typecheck system-deps torture soak clean
 
@@ -18,12 +18,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Debian packages the tests use as real peers: the MQTT broker, the browser, socat for
-# RTU over a pty pair. Installed only when missing.
+# RTU over a pty pair, libfaketime to step a daemon's wall clock. Installed only when missing.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v socat >/dev/null || missing="$$missing socat"; \
+	command -v faketime >/dev/null || missing="$$missing faketime"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

@@ -10,14 +10,24 @@ A simulated clock can never be switched on by accident on a real site: it needs 
 `simulation:` section in the configuration *and* the environment variable
 `GATED_SIMULATION=1`; with only one of them `gated run` refuses to start, `gated status`
 and the console say `simulated clock`, and check-config warns.
+
+On a real site the daemon's clock is a `GuardedClock`: the wall clock while it can be
+trusted, and while it cannot (it jumped, or it is before the last instant the gate
+trusted) the anchored time — the policy is rules/clock.py's, the readings are taken here:
+the wall clock, the monotonic clock, and the kernel's word on NTP (adjtimex).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rules.clock import ClockPolicy, ClockState, ClockTrust, observe, start
 
 SIMULATION_ENV = "GATED_SIMULATION"
 
@@ -44,6 +54,105 @@ class SimulatedClock:
         return self.start + timedelta(seconds=(time.time() - self.epoch) * self.speed)
 
 
+# No gym ran this software before it was written: a wall clock before this is wrong, and a
+# gate with nothing stored yet still knows that much (a box booted in 2000).
+SOFTWARE_EPOCH = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+
+
+class _Timex(ctypes.Structure):
+    # struct timex (linux/timex.h): only the return value and `status` are read
+    _fields_ = [
+        ("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
+        ("constant", ctypes.c_long), ("precision", ctypes.c_long), ("tolerance", ctypes.c_long),
+        ("time_sec", ctypes.c_long), ("time_usec", ctypes.c_long), ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long), ("jitter", ctypes.c_long), ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long), ("jitcnt", ctypes.c_long), ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long), ("stbcnt", ctypes.c_long), ("tai", ctypes.c_int),
+        ("_reserved", ctypes.c_int * 11),
+    ]
+
+
+_TIME_ERROR = 5  # adjtimex's answer while the clock is not synchronised (STA_UNSYNC)
+_libc: Any = None
+
+
+def system_synchronised() -> bool | None:
+    """The kernel's word on the clock (what `timedatectl` shows as "System clock
+    synchronized"): True once NTP (chrony, systemd-timesyncd, ntpd) has set it, False
+    before; None where it cannot be asked. A read-only adjtimex: changes nothing."""
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        tx = _Timex()
+        state = _libc.adjtimex(ctypes.byref(tx))
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    return bool(state != _TIME_ERROR)
+
+
+class GuardedClock:
+    """The daemon's clock on a real site (rules/clock.py): the wall clock while trusted,
+    else the anchored time. Call it for the time; `tick()` once a second asks the kernel
+    whether the clock is synchronised."""
+
+    def __init__(
+        self,
+        floor: float,
+        policy: ClockPolicy | None = None,
+        *,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        synchronised: Callable[[], bool | None] = system_synchronised,
+    ):
+        self.policy = policy or ClockPolicy()
+        self._wall = wall
+        self._mono = monotonic
+        self._synchronised = synchronised
+        self.synced = synchronised()
+        self.state: ClockState = start(wall(), monotonic(), max(floor, SOFTWARE_EPOCH), self.policy)
+
+    def __call__(self) -> datetime:
+        wall, mono = self._wall(), self._mono()
+        self.state = observe(self.state, wall, mono, self.synced, self.policy)
+        return datetime.fromtimestamp(self.state.acting_at(wall, mono), UTC)
+
+    def tick(self) -> datetime:
+        self.synced = self._synchronised()
+        return self()
+
+    @property
+    def trusted(self) -> bool:
+        return self.state.trusted
+
+    def describe(self) -> str:
+        """Why the clock is not trusted, in a sentence (empty when it is)."""
+        st = self.state
+        if st.trusted:
+            return ""
+        acting = datetime.fromtimestamp(st.expected(self._mono()), UTC).isoformat(timespec="seconds")
+        wall = datetime.fromtimestamp(self._wall(), UTC).isoformat(timespec="seconds")
+        if st.trust is ClockTrust.BEHIND and not st.trusted_in_run:
+            why = f"the wall clock ({wall}) is before the last time this gate trusted"
+        else:
+            why = f"the wall clock jumped {st.jump:+.0f} s (it reads {wall})"
+        sync = {True: "synchronised", False: "not synchronised", None: "synchronisation unknown"}[self.synced]
+        return f"{why}; the system says {sync}; acting at {acting} (the last trusted time plus the time since)"
+
+    def as_dict(self) -> dict[str, Any]:
+        st = self.state
+        return {
+            "trusted": st.trusted, "state": st.trust.value, "synchronised": self.synced,
+            "jump_s": round(st.jump, 3),
+            "wall": datetime.fromtimestamp(self._wall(), UTC).isoformat(),
+            "acting_at": self().isoformat(),
+            "detail": self.describe() or None,
+        }
+
+
 class SimulationNotAllowed(Exception):
     pass
 
@@ -52,4 +161,7 @@ def allowed() -> bool:
     return os.environ.get(SIMULATION_ENV) == "1"
 
 
-__all__ = ["SIMULATION_ENV", "Clock", "SimulatedClock", "SimulationNotAllowed", "allowed", "utc_now"]
+__all__ = [
+    "SIMULATION_ENV", "SOFTWARE_EPOCH", "Clock", "GuardedClock", "SimulatedClock", "SimulationNotAllowed", "allowed",
+    "system_synchronised", "utc_now",
+]

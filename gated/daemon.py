@@ -34,7 +34,7 @@ from drivers.readers.base import Reader, ReaderHealth
 from drivers.readers.config import build_reader
 from gated import logs, sdnotify, status
 from gated.alarms import Alarms
-from gated.clock import SIMULATION_ENV, Clock, SimulatedClock, utc_now
+from gated.clock import SIMULATION_ENV, Clock, GuardedClock, SimulatedClock, utc_now
 from gated.clock import allowed as simulation_allowed
 from gated.config import Config, ConfigError, load_config
 from gated.engine import Engine
@@ -55,6 +55,8 @@ from sync.store import Event, Store, StoreError
 log = structlog.get_logger("gated")
 
 SCHEDULER_INTERVAL = 1.0
+CLOCK_FLOOR_KEY = "clock.trusted_at"  # the latest instant the gate trusted (POSIX seconds)
+CLOCK_FLOOR_EVERY = 60.0
 
 
 class StoreUnusable(Exception):
@@ -74,7 +76,12 @@ class Daemon:
     ):
         self.config = config
         self.config_path = Path(config_path) if config_path else None
-        self.clock = clock
+        # the time everything here acts at: on a real site a GuardedClock over the wall
+        # clock (made at start, from what the store last trusted: gated/clock.py)
+        self._clock_source = clock
+        self.clock_guard: GuardedClock | None = None
+        self._floor_saved = 0.0
+        self.clock: Callable[[], datetime] = self._now
         self.metrics = Metrics()
         self.store: Store | None = None
         self.engine: Engine | None = None
@@ -96,10 +103,40 @@ class Daemon:
         self.console: Any = None
         self.control: Any = None  # gated.control.ControlServer, once started
         self.fire_monitor: FireAlarmMonitor | None = None
-        self.alarms = Alarms(self.metrics, clock)
+        self.alarms = Alarms(self.metrics, self.clock)
         self.knowledge = Knowledge(self)
         self._reload_lock = asyncio.Lock()
         self._jobs: set[asyncio.Future[Any]] = set()
+
+    def _now(self) -> datetime:
+        guard = self.clock_guard
+        return guard() if guard is not None else self._clock_source()
+
+    def _guard_clock(self, store: Store) -> None:
+        """The wall clock, guarded against steps (rules/clock.py); a simulated or a test's
+        clock is used as given."""
+        if self._clock_source is not utc_now:
+            return
+        try:
+            floor = float(store.meta(CLOCK_FLOOR_KEY) or 0.0)
+        except ValueError:
+            floor = 0.0
+        self.clock_guard = GuardedClock(floor)
+        self._floor_saved = floor
+        if not self.clock_guard.trusted:
+            log.warning("clock_untrusted", detail=self.clock_guard.describe())
+
+    def _keep_clock(self) -> None:
+        """Once a second: the kernel's word on NTP, and — while trusted — the latest trusted
+        instant written down (at most once a minute) for the next start to check against."""
+        guard = self.clock_guard
+        if guard is None or self.store is None:
+            return
+        guard.tick()
+        floor = guard.state.floor
+        if guard.trusted and (floor - self._floor_saved >= CLOCK_FLOOR_EVERY or floor < self._floor_saved):
+            self.store.set_meta(CLOCK_FLOOR_KEY, repr(floor))
+            self._floor_saved = floor
 
     # -- wiring -----------------------------------------------------------------------
 
@@ -140,6 +177,7 @@ class Daemon:
             lambda: lines_in_use(loop),
         )
         store = self.store = self._open_store()
+        self._guard_clock(store)
         store.listeners.append(self._on_events)
         if store.card_rule_changed:
             self.log_card_rule()
@@ -474,9 +512,13 @@ class Daemon:
     async def _scheduler(self) -> None:
         while True:
             try:
+                self._keep_clock()
                 now = self.clock()
                 self.knowledge.check(now)
-                if self.engine is not None and self.config.time_driven_work and (self.storage is None or self.storage.ok):
+                # no no-show, fee or loyalty credit at a time of day the gate cannot trust
+                trusted = self.clock_guard is None or self.clock_guard.trusted
+                if (self.engine is not None and self.config.time_driven_work and trusted
+                        and (self.storage is None or self.storage.ok)):
                     self.engine.run_due(now, *self.knowledge.no_show_horizon(now))
             except STORAGE_ERRORS as e:
                 if self.storage is not None:

@@ -7,6 +7,7 @@ here the daemon checks them every second —
 | `uplink_stalled` | the central's `applied_seq` while events wait | keeps them (nothing is lost), says why |
 | `deltas_behind` | the central's delta head against the replica's `delta_seq` | asks for the missed deltas (the link) |
 | `peers_unheard` | each other daemon's heartbeat against what was heard of it | holds no-shows (and fees) of classes that ended after it; after `peer_wait_limit` settles them naming it |
+| `clock_untrusted` | the wall clock against the monotonic clock and the last trusted time (rules/clock.py) | acts at the anchored time; no no-show, fee, loyalty credit or pruning until trusted again |
 
 A gap that lasts past its threshold is an `alarm` event (and log line and metric) once
 when it starts and once when it ends; `gated status` and the console show every open
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 DELTAS_BEHIND_ALARM = 60.0  # seconds behind the central's head (the link asks after 5)
 PEERS_ALARM = 300.0  # seconds (the site's clock) a class's no-shows are held for an unheard daemon
-KINDS = ("uplink_stalled", "deltas_behind", "peers_unheard")
+KINDS = ("uplink_stalled", "deltas_behind", "peers_unheard", "clock_untrusted")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,9 @@ class Knowledge:
     def check(self, now: datetime) -> None:
         mono = self.mono()
         found: dict[str, tuple[float | None, float, str]] = {}  # kind -> (age if known, threshold, detail)
+        guard = self.d.clock_guard
+        if guard is not None and not guard.trusted:
+            found["clock_untrusted"] = (mono - guard.state.since, 0.0, guard.describe())
         link = self.d.link
         if link is not None:
             stall = link.session.uplink_stall(mono)
@@ -134,6 +138,8 @@ class Knowledge:
     def as_dict(self) -> dict[str, Any]:
         mono = self.mono()
         out: dict[str, Any] = {"gaps": [g.as_dict(mono) for g in self.open.values()]}
+        if self.d.clock_guard is not None:
+            out["clock"] = self.d.clock_guard.as_dict()
         peers = self.d.link.session.peers if self.d.link is not None else None
         if peers is not None:
             out["peers"] = {

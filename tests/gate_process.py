@@ -62,7 +62,7 @@ class Gate:
 
 
 def site_config(tmp: Path, state: Path, reader: str, exit_reader: str, sim: Any, exit_sim: Any,
-                **store: Any) -> dict[str, Any]:
+                gate_extra: dict[str, Any] | None = None, **store: Any) -> dict[str, Any]:
     def output(s: SimTurnstile) -> dict[str, Any]:
         return {"transport": "tcp", "host": "127.0.0.1", "port": s.port, "unit": 1, "coil": 0, "pulse": 0.3,
                 "passage_input": 0, "door_contact": 1, "passage_timeout": 3}
@@ -73,7 +73,7 @@ def site_config(tmp: Path, state: Path, reader: str, exit_reader: str, sim: Any,
         "stale_cache": {"max_age": None, "policy": "keep"},
         "gates": [
             {"id": "in-1", "zone": "main", "readers": [{"type": "serial", "id": "r-in", "device": reader, "format": "hex", "debounce": 0}],
-             "output": output(sim)},
+             "output": output(sim), **(gate_extra or {})},
             {"id": "out-1", "zone": "main", "direction": "out",
              "readers": [{"type": "serial", "id": "r-out", "device": exit_reader, "format": "hex", "debounce": 0}], "output": output(exit_sim)},
         ],
@@ -94,22 +94,28 @@ async def gate_process(
     before_start: Callable[[Path], None] | None = None,
     extra: dict[str, Any] | None = None,
     seed: bool = True,
+    records: dict[str, Any] | None = None,
+    gate_extra: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
     **store: Any,
 ) -> AsyncIterator[Gate]:
+    """`records`: what `gated seed` loads (default tests.test_daemon.SEED); `gate_extra`:
+    keys of the entrance gate (anti_passback, ...); `env`: the daemon's environment (a
+    faked clock)."""
     async with SimTurnstile(transport="tcp", host="127.0.0.1", port=0, person=Person(delay=0.1)) as sim, \
             SimTurnstile(transport="tcp", host="127.0.0.1", port=0, person=Person(delay=0.1)) as exit_sim:
         reader, exit_reader = VirtualSerialReader(tmp / "reader-in"), VirtualSerialReader(tmp / "reader-out")
         cfg = tmp / "gated.yaml"
-        config = site_config(tmp, state, str(reader.path), str(exit_reader.path), sim, exit_sim, **store)
+        config = site_config(tmp, state, str(reader.path), str(exit_reader.path), sim, exit_sim, gate_extra, **store)
         cfg.write_text(yaml.safe_dump({**config, **(extra or {})}))
         if seed:
             seed_file = tmp / "seed.yaml"
-            seed_file.write_text(yaml.safe_dump(SEED, allow_unicode=True))
+            seed_file.write_text(yaml.safe_dump(records or SEED, allow_unicode=True))
             subprocess.run([*GATED, "seed", "-c", str(cfg), str(seed_file)], check=True, capture_output=True)
         if before_start is not None:
             before_start(state / "gated.db")
         proc = subprocess.Popen([*GATED, "run", "-c", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                preexec_fn=preexec)
+                                preexec_fn=preexec, env=env)
         gate = Gate(proc, cfg, state / "gated.db", tmp / "control.sock", reader, exit_reader, sim, exit_sim)
 
         def pump() -> None:

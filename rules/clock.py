@@ -1,0 +1,119 @@
+"""When the gate may trust its wall clock, and what time it acts at when it may not.
+
+A gate box without a battery-backed clock boots with a wrong time and NTP steps it later;
+an operator sets the time by hand; a virtual machine is restored. Each is a *step* of the
+wall clock, which the monotonic clock (seconds since boot, never stepped) does not make.
+So the gate keeps an anchor — a wall time it trusted and the monotonic reading then — and
+compares: the wall clock has jumped when it disagrees with `anchor + elapsed` by more than
+`tolerance` (NTP's own slewing is at most half a millisecond per second).
+
+The policy (docs/rules.md, "When the clock cannot be trusted"):
+
+| state | how it starts | what the gate acts at | how it ends |
+| --- | --- | --- | --- |
+| trusted | the wall clock agrees with the anchor | the wall clock | a jump of more than `tolerance` |
+| ahead | the wall clock jumped forward | anchor + elapsed | back within `tolerance`; or steady there for `settle` with the system synchronised (NTP), or for `accept_ahead_after` without (a clock put right forward, a restored VM) |
+| behind | the wall clock jumped back, or is before the last instant the gate trusted (a boot in 2000) | anchor + elapsed (the last trusted instant plus the time since) | back within `tolerance`; steady for `settle` with the system synchronised; or, never trusted since start, moved to or past the last trusted instant and steady for `settle` (NTP's first step) |
+
+While not trusted the gate does nothing irreversible that depends on the time of day — no
+no-show, no fee, no loyalty credit, no pruning of used QR codes or of events, no expiry of
+stored facts — and decides taps, and stamps what it records, at the anchored time: a
+lower bound of the real time that moves at the right speed. A clock is never accepted
+*back* without the system saying it is synchronised: that would undo time in the books.
+
+Pure: readings in (wall as POSIX seconds, monotonic seconds, synchronised or not), a new
+state out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+
+class ClockTrust(StrEnum):
+    TRUSTED = "trusted"
+    AHEAD = "ahead"  # the wall clock is ahead of what the monotonic clock says
+    BEHIND = "behind"
+
+
+@dataclass(frozen=True, slots=True)
+class ClockPolicy:
+    tolerance: float = 2.0
+    settle: float = 5.0
+    accept_ahead_after: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClockState:
+    trust: ClockTrust
+    anchor_wall: float  # the last wall time trusted ...
+    anchor_mono: float  # ... and the monotonic reading then
+    floor: float  # the latest instant known to have passed (stored across restarts)
+    since: float = 0.0  # monotonic: when the current state began
+    steady_offset: float | None = None  # wall - mono, as it stood ...
+    steady_since: float | None = None  # ... since then (monotonic)
+    trusted_in_run: bool = False
+    jump: float = 0.0  # seconds the wall clock is off the anchored time (+ ahead)
+
+    @property
+    def trusted(self) -> bool:
+        return self.trust is ClockTrust.TRUSTED
+
+    def expected(self, mono: float) -> float:
+        """The anchored time: the last trusted wall time plus the time since."""
+        return self.anchor_wall + (mono - self.anchor_mono)
+
+    def acting_at(self, wall: float, mono: float) -> float:
+        """The time the gate decides and records at."""
+        return wall if self.trusted else self.expected(mono)
+
+
+def start(wall: float, mono: float, floor: float, policy: ClockPolicy) -> ClockState:
+    """At start: the wall clock is trusted unless it is before the last instant the gate
+    knows to have passed (`floor`: the last trusted time it stored, and never before the
+    software existed)."""
+    if wall < floor - policy.tolerance:
+        return ClockState(ClockTrust.BEHIND, floor, mono, floor, since=mono, jump=wall - floor)
+    return ClockState(ClockTrust.TRUSTED, wall, mono, max(floor, wall), since=mono, trusted_in_run=True)
+
+
+def observe(state: ClockState, wall: float, mono: float, synchronised: bool | None, policy: ClockPolicy) -> ClockState:
+    """One reading of both clocks (`synchronised`: what the system says of NTP, None when
+    it cannot say)."""
+    off = wall - state.expected(mono)
+    if abs(off) <= policy.tolerance:
+        if state.trusted:  # follow the wall clock (slewing), a fresh anchor
+            return replace(state, anchor_wall=wall, anchor_mono=mono, floor=max(state.floor, wall), jump=0.0)
+        return _trust(state, wall, mono)
+    if state.trusted:
+        trust = ClockTrust.AHEAD if off > 0 else ClockTrust.BEHIND
+        return replace(state, trust=trust, since=mono, steady_offset=wall - mono, steady_since=mono, jump=off)
+    # not trusted: is the wall clock at least steady where it is now?
+    offset = wall - mono
+    steady_since = state.steady_since
+    if state.steady_offset is None or abs(offset - state.steady_offset) > policy.tolerance:
+        steady_since = mono
+    state = replace(
+        state, trust=ClockTrust.AHEAD if off > 0 else ClockTrust.BEHIND, steady_offset=offset,
+        steady_since=steady_since, jump=off,
+    )
+    steady = mono - (steady_since if steady_since is not None else mono)
+    if synchronised and steady >= policy.settle:
+        # NTP says this is the time: a correction, back as well as forward (the floor too
+        # goes back: what was stored was the wrong clock's)
+        return replace(_trust(state, wall, mono), floor=wall)
+    if off > 0 and not state.trusted_in_run and wall >= state.floor and steady >= policy.settle:
+        return _trust(state, wall, mono)  # a clock that was wrong from the start, put right
+    if off > 0 and steady >= policy.accept_ahead_after:
+        return _trust(state, wall, mono)  # forward, and it stays there: time moved on
+    return state
+
+
+def _trust(state: ClockState, wall: float, mono: float) -> ClockState:
+    return ClockState(
+        ClockTrust.TRUSTED, wall, mono, max(state.floor, wall), since=mono, trusted_in_run=True,
+    )
+
+
+__all__ = ["ClockPolicy", "ClockState", "ClockTrust", "observe", "start"]

@@ -1,0 +1,77 @@
+"""rules/clock.py as a table: readings of the wall clock (POSIX seconds), the monotonic
+clock and the system's synchronisation in, trust and the time the gate acts at out."""
+
+from __future__ import annotations
+
+import pytest
+
+from rules.clock import ClockPolicy, ClockState, ClockTrust, observe, start
+
+P = ClockPolicy(tolerance=2.0, settle=5.0, accept_ahead_after=300.0)
+T0 = 1_800_000_000.0  # a wall time the gate trusts
+DAY = 86_400.0
+
+
+def run(state: ClockState, readings: list[tuple[float, float, bool | None]]) -> list[tuple[ClockTrust, float]]:
+    """Each reading (wall offset from T0 + mono, mono, synchronised) -> (trust, acting at - T0)."""
+    out = []
+    for wall_off, mono, synced in readings:
+        wall = T0 + wall_off
+        state = observe(state, wall, mono, synced, P)
+        out.append((state.trust, round(state.acting_at(wall, mono) - T0, 3)))
+    return out
+
+
+def trusted_at_start() -> ClockState:
+    return start(T0, 0.0, T0 - 3600, P)
+
+
+@pytest.mark.parametrize(
+    "name, readings, expected",
+    [
+        ("slewing within the tolerance is followed",
+         [(1.001, 1.0, False), (2.002, 2.0, False)],
+         [(ClockTrust.TRUSTED, 1.001), (ClockTrust.TRUSTED, 2.002)]),
+        ("a day ahead for 8 s and back: acts at the anchored time throughout",
+         [(1.0, 1.0, False), (DAY + 2.0, 2.0, False), (DAY + 9.0, 9.0, False), (10.0, 10.0, False)],
+         [(ClockTrust.TRUSTED, 1.0), (ClockTrust.AHEAD, 2.0), (ClockTrust.AHEAD, 9.0), (ClockTrust.TRUSTED, 10.0)]),
+        ("an hour back, unsynchronised, stays untrusted however long",
+         [(1.0, 1.0, False), (-3600 + 2.0, 2.0, False), (-3600 + 1000.0, 1000.0, False)],
+         [(ClockTrust.TRUSTED, 1.0), (ClockTrust.BEHIND, 2.0), (ClockTrust.BEHIND, 1000.0)]),
+        ("an hour back that NTP confirms is accepted once steady",
+         [(1.0, 1.0, True), (-3600 + 2.0, 2.0, True), (-3600 + 5.0, 5.0, True), (-3600 + 7.5, 7.5, True)],
+         [(ClockTrust.TRUSTED, 1.0), (ClockTrust.BEHIND, 2.0), (ClockTrust.BEHIND, 5.0), (ClockTrust.TRUSTED, -3592.5)]),
+        ("forward and staying there: accepted after accept_ahead_after without NTP",
+         [(1.0, 1.0, False), (600.0 + 2.0, 2.0, False), (600.0 + 200.0, 200.0, False), (600.0 + 303.0, 303.0, False)],
+         [(ClockTrust.TRUSTED, 1.0), (ClockTrust.AHEAD, 2.0), (ClockTrust.AHEAD, 200.0), (ClockTrust.TRUSTED, 903.0)]),
+        ("a wall clock that keeps jumping is never steady",
+         [(1.0, 1.0, True), (DAY + 2.0, 2.0, True), (2 * DAY + 4.0, 4.0, True), (3 * DAY + 8.0, 8.0, True)],
+         [(ClockTrust.TRUSTED, 1.0), (ClockTrust.AHEAD, 2.0), (ClockTrust.AHEAD, 4.0), (ClockTrust.AHEAD, 8.0)]),
+    ],
+)
+def test_a_trusted_clock(name: str, readings: list[tuple[float, float, bool | None]],
+                         expected: list[tuple[ClockTrust, float]]) -> None:
+    assert run(trusted_at_start(), readings) == expected, name
+
+
+def test_a_boot_in_2000_acts_at_the_last_trusted_time_until_the_clock_is_put_right() -> None:
+    floor = T0
+    y2000 = 946_684_800.0
+    s = start(y2000, 0.0, floor, P)
+    assert s.trust is ClockTrust.BEHIND and s.acting_at(y2000, 0.0) == floor
+    s = observe(s, y2000 + 30, 30.0, False, P)
+    assert s.trust is ClockTrust.BEHIND and s.acting_at(y2000 + 30, 30.0) == floor + 30  # the floor, moving on
+    # NTP's first step: to today, past the floor (the box was off for a while)
+    now = floor + 3600
+    s = observe(s, now, 31.0, False, P)
+    assert s.trust is ClockTrust.AHEAD and s.acting_at(now, 31.0) == floor + 31
+    s = observe(s, now + 5.0, 36.0, False, P)
+    assert s.trust is ClockTrust.TRUSTED and s.acting_at(now + 5.0, 36.0) == now + 5.0
+    assert s.floor == now + 5.0
+
+
+def test_a_clock_not_behind_the_floor_is_trusted_at_start_and_the_floor_follows_it() -> None:
+    s = start(T0, 10.0, T0 - 60, P)
+    assert s.trusted and s.floor == T0
+    s = observe(s, T0 + 1, 11.0, None, P)
+    assert s.trusted and s.floor == T0 + 1
