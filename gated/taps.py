@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from drivers.outputs.config import DoorMode
-from drivers.outputs.gate import GateController, GrantRefused, Passage
+from drivers.outputs.gate import GateController, GrantRefused
+from drivers.outputs.grant import Passage
 from drivers.outputs.modbus import OutputFault, OutputHealth
 from drivers.readers.base import Reader
 from gated import logs

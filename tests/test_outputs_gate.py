@@ -6,7 +6,8 @@ import pytest
 
 from drivers.outputs import FireAlarmInputConfig
 from drivers.outputs.fire import FireAlarmMonitor
-from drivers.outputs.gate import GateController, GrantRefused, Passage
+from drivers.outputs.gate import GateController, GrantRefused
+from drivers.outputs.grant import Passage
 from drivers.outputs.modbus import OutputFault, OutputHealth, OutputUncertain
 from simulator.turnstile import Person, SimTurnstile
 from tests.outputs_fixtures import *  # noqa: F403 (pytest fixtures)

@@ -7,7 +7,7 @@ import pytest
 
 from drivers.outputs import FireAlarmInputConfig
 from drivers.outputs.fire import FireAlarmMonitor
-from drivers.outputs.gate import Passage
+from drivers.outputs.grant import Passage
 from drivers.outputs.modbus import OutputFault, OutputHealth
 from simulator.turnstile import SimTurnstile
 from tests.outputs_fixtures import *  # noqa: F403 (pytest fixtures)

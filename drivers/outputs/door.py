@@ -57,7 +57,11 @@ class DoorSupervisor:
         held_open_after: float,
         has_passage_sensor: bool,
         has_door_contact: bool,
+        reports_not_opened: bool = True,
     ) -> None:
+        # False where a GrantTracker (grant.py) decides a grant's outcome, a stalled board
+        # included: the one `not_opened` then comes from there
+        self.reports_not_opened = reports_not_opened
         self.passage_timeout = passage_timeout
         self.held_open_after = held_open_after
         self.has_passage_sensor = has_passage_sensor
@@ -107,7 +111,7 @@ class DoorSupervisor:
         if obs.door_open is not None:
             events += self._door(now, obs.door_open, obs.fire_alarm)
 
-        if self._grant_at is not None and now - self._grant_at >= self.passage_timeout:
+        if self.reports_not_opened and self._grant_at is not None and now - self._grant_at >= self.passage_timeout:
             waited_for = "passage" if self.has_passage_sensor else "door opening"
             events.append(
                 AlarmEvent(

@@ -1,17 +1,22 @@
 """One gate: its relay output, its door supervision, lockdown and fire-alarm behaviour.
 
 One poller per gate reads the inputs (fast while a granted person is expected, slower
-otherwise) and feeds one PassageDetector (plan.py); grants wait for its edges and the
-DoorSupervisor sees the same edges, so a rotation is detected once.
+otherwise) and feeds one PassageDetector (plan.py) and one GrantTracker (grant.py): a
+grant waits for the tracker's verdict, and the DoorSupervisor sees the same edges, so a
+rotation is detected once. Every rotation is accounted for: claimed by a grant, or
+reported (`passage_without_grant`).
 
 Error contract for the daemon:
-- grant_passage()/open_passage() say what happened after the release: PASSED (confirmed,
-  or at once when the gate has no passage sensor and no door contact), NOT_PASSED (the
-  inputs were read and nobody passed within passage_timeout), or UNKNOWN (released, but
-  the board stopped answering while we waited, or the gate is being stopped —
-  abandon_grants: no `not_opened` alarm, the relay relocks — so a person may have gone
-  through unseen: the daemon reports it as `passage_unconfirmed`). grant()/open_once()
-  are the same as a bool (True only for PASSED): no deduction otherwise.
+- grant_passage()/open_passage() say what happened after the release, once (grant.py):
+  PASSED (confirmed, or at once when the gate has no passage sensor and no door contact),
+  NOT_PASSED (the inputs were read and nobody passed within passage_timeout of the board
+  answering: a `not_opened` alarm), or UNKNOWN (the board stayed silent for the stall
+  limit after the release, or the gate is being stopped — abandon_grants: the relay
+  relocks — so a person may have gone through unseen: the daemon reports it as
+  `passage_unconfirmed`, and no `not_opened`). A board that stalls and answers again
+  within the limit carries out the release then: the passage it shows is this grant's.
+  grant()/open_once() are the same as a bool (True only for PASSED): no deduction
+  otherwise.
 - grant_passage() raises GrantRefused (Reason.LOCKDOWN or Reason.FIRE_ALARM) without touching the
   relay while the gate is locked down or a fire alarm is active.
 - grant()/open_once() raise OutputFault when the relay could not be released (board offline
@@ -36,6 +41,7 @@ from rules.reasons import Reason
 from .bus import Priority
 from .config import DoorMode, ModbusOutputConfig
 from .door import AlarmEvent, AlarmKind, DoorSupervisor, Observation
+from .grant import GrantTracker, Passage, Unclaimed
 from .modbus import ModbusGateOutput, OutputFault, OutputHealth, OutputUncertain
 from .plan import PassageCounter, PassageDetector
 
@@ -62,12 +68,14 @@ _HEALTH_ALARM = {
 }
 
 
-class Passage(StrEnum):
-    """What a release led to (see the module doc)."""
+PASSAGE_WITHOUT_GRANT = "passage_without_grant"
 
-    PASSED = "passed"
-    NOT_PASSED = "not_passed"
-    UNKNOWN = "unknown"
+
+def stall_limit(passage_timeout: float) -> float:
+    """How long a grant waits for a silent board to answer again before it is UNKNOWN: long
+    enough for a board that freezes for a few seconds (its queued writes then carried
+    out), short enough that a dead one is reported while the member is still there."""
+    return max(10.0, 3 * passage_timeout)
 
 
 class GrantRefused(Exception):
@@ -108,7 +116,10 @@ class GateController:
             held_open_after=cfg.held_open_after,
             has_passage_sensor=cfg.passage_input is not None or cfg.passage_counter is not None,
             has_door_contact=cfg.door_contact is not None,
+            reports_not_opened=False,  # the tracker's verdict: one outcome per grant
         )
+        self.tracker = GrantTracker(cfg.passage_timeout, stall_limit(cfg.passage_timeout),
+                                    counts_unseen=cfg.passage_counter is not None)
         self.lockdown = False
         self.fire_alarm = False
         self.door_open: bool | None = None
@@ -120,8 +131,6 @@ class GateController:
         # Readings are numbered as they come back. The line runs one request at a time, so
         # a reading that came back after the release's write returned was taken after it.
         self._readings = 0
-        self._edge_reading = 0  # the reading that was the last rising edge
-        self._failed_reading = 0  # the last reading that failed
         self._polled = asyncio.Condition()
         self._waiting = 0  # grants waiting for a passage: poll fast
         self._wake = asyncio.Event()
@@ -169,6 +178,7 @@ class GateController:
         no `not_opened` alarm (nobody failed to pass: we stopped looking); new grants are
         refused. The relay relocks at once."""
         self._abandoning = True
+        self.tracker.abandon(self.clock())
         async with self._polled:
             self._polled.notify_all()
 
@@ -304,20 +314,39 @@ class GateController:
                 passage, door_open, count, ok = snap.passage, snap.door_open, snap.passage_count, True
         self._readings += 1
         seq = self._readings
-        if not ok:
-            self._failed_reading = seq
         # Only a rising edge is a new passage: the tail of the previous person's rotation
         # must not confirm the next grant.
         level = passage if self.cfg.passage_input is not None or self.counter is not None else door_open
         rising = self.detector.observe(level)
+        people = int(rising)
         if self.counter is not None:
-            rising = self.counter.observe(count) > 0
-        if rising:
-            self._edge_reading = seq
+            people = self.counter.observe(count)
+            rising = people > 0
         self.door_open = door_open
+        self._settled(self.tracker.reading(self.clock(), seq, ok, people))
         self._observe(door_open=door_open, passage=rising)
+        self._report_unclaimed()
         async with self._polled:
             self._polled.notify_all()
+
+    def _settled(self, outcome: Passage | None) -> None:
+        """A grant's one outcome: a lapse is the `not_opened` alarm; a pass or an unknown
+        ends the supervisor's wait without one."""
+        if outcome is None:
+            return
+        if outcome is Passage.NOT_PASSED:
+            waited_for = "passage" if self.supervisor.has_passage_sensor else "door opening"
+            self._emit_event(AlarmEvent(AlarmKind.NOT_OPENED, self.clock(),
+                                        f"granted but no {waited_for} within {self.cfg.passage_timeout:g} s"))
+        self.supervisor.abandon()
+
+    def _report_unclaimed(self) -> None:
+        """Rotations no grant claimed: each is reported, never lost. Without a passage
+        sensor the door contact is what turns, and door_forced already says it."""
+        for u in self.tracker.take_unclaimed():
+            if not self.supervisor.has_passage_sensor:
+                continue
+            self._alarms.put_nowait((PASSAGE_WITHOUT_GRANT, _unclaimed_detail(u)))
 
     def _observe(
         self, *, door_open: bool | None = None, passage: bool = False, granted: bool = False
@@ -374,21 +403,19 @@ class GateController:
             # reading fails and the passage is UNKNOWN unless the board answers again and
             # shows it). Denying here would let the person through with nothing recorded.
             uncertain = True
-        after = self._readings
         self._observe(granted=True)
         if self.cfg.passage_input is None and self.cfg.door_contact is None and self.counter is None:
             return Passage.UNKNOWN if uncertain else Passage.PASSED  # no sensor: commit on grant
+        self.tracker.release(self.clock(), self._readings, board_ok=not uncertain)
         self._waiting += 1
         self._wake.set()  # poll now, and fast until this grant is settled
+        self.output.urgent = True
         try:
-            passage = await self._wait_passage(after, self.cfg.passage_timeout)
+            passage = await self._wait_passage()
         finally:
             self._waiting -= 1
+            self.output.urgent = self._waiting > 0
         passed = passage is Passage.PASSED
-        if self._abandoning and not passed:
-            self.supervisor.abandon()
-        else:
-            self._observe()  # a lapsed grant is reported (not_opened) at its deadline
         if passed or self._abandoning:
             # Relock as soon as the person is through: no tailgating on the rest of the
             # pulse, and the next grant gives the controller a fresh release edge.
@@ -411,24 +438,18 @@ class GateController:
         finally:
             self._waiting -= 1
 
-    async def _wait_passage(self, after: int, timeout: float) -> Passage:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+    async def _wait_passage(self) -> Passage:
+        """Until the tracker settles the grant (grant.py): readings come from the poller;
+        between them, time is told to the tracker here."""
         async with self._polled:
-            while True:
-                if self._edge_reading > after:
-                    return Passage.PASSED
-                if self._abandoning or self._failed_reading > after:
-                    # stopping, or the board went silent after the release: nobody can say
-                    # whether the person went through (a latched turnstile still turns)
-                    return Passage.UNKNOWN
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return Passage.NOT_PASSED
-                try:
-                    await asyncio.wait_for(self._polled.wait(), remaining)
-                except TimeoutError:
-                    return Passage.NOT_PASSED
+            while self.tracker.waiting:
+                if self._abandoning:
+                    self.tracker.abandon(self.clock())
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._polled.wait(), self.passage_interval)
+                self._settled(self.tracker.tick(self.clock()))
+        return self.tracker.outcome or Passage.UNKNOWN
 
     async def _apply_hold(self) -> None:
         release = self.fire_alarm and self.cfg.mode is DoorMode.FAIL_SAFE
@@ -445,3 +466,12 @@ class GateController:
         except OutputFault as exc:
             # The level is remembered by the output and written when the board is back.
             log.error("gate %s: could not apply hold: %s", self.gate_id, exc)
+
+
+def _unclaimed_detail(u: Unclaimed) -> str:
+    if u.after is None:
+        return "a rotation with no grant"
+    outcome, ago = u.after
+    what = {Passage.PASSED: "a grant that was passed", Passage.NOT_PASSED: "a grant that saw no passage",
+            Passage.UNKNOWN: "a grant whose passage could not be seen (passage_unconfirmed)"}[outcome]
+    return f"a rotation with no grant, {ago:.1f} s after {what}"

@@ -84,6 +84,9 @@ class ModbusDevice:
         self.on_health = on_health
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closed = False
+        # a member is at the gate waiting for this board: reconnect at the shortest pause,
+        # not backing off (a board that blinks mid-tap is read again in time to see them pass)
+        self.urgent = False
         # Hard bound around pymodbus, in case a request never resolves (seen with half-open
         # TCP connections): its own timeout applies per try, plus margin.
         self._request_bound = cfg.timeout * (cfg.retries + 1) + 1.0
@@ -287,7 +290,7 @@ class ModbusDevice:
             except OutputFault as exc:
                 # Keeps last_error current for the console; health was set by _request.
                 self.last_error = str(exc)
-                delay = min(delay * 2, self.cfg.reconnect_max)
+                delay = RECONNECT_MIN if self.urgent else min(delay * 2, self.cfg.reconnect_max)
                 continue
             except Exception as exc:  # never let the reconnect task die silently
                 log.exception("reconnect probe crashed")

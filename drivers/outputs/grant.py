@@ -1,0 +1,134 @@
+"""One grant's wait for its passage, as a state machine: readings and time in, the
+grant's one outcome out — the way DoorSupervisor is for door alarms. No I/O, no clock
+reads (`now` is passed in); gate.py feeds it and waits for its verdict.
+
+A release is followed by readings of the gate's inputs, numbered as they come back (the
+line runs one request at a time, so a reading numbered after the release was taken after
+it). The grant ends, once, in exactly one of:
+
+| outcome | when |
+| --- | --- |
+| PASSED | a rising edge (a rotation, or the door opening where there is no passage sensor) in a reading taken after the release |
+| NOT_PASSED | `passage_timeout` of time *with the board answering* went by without one, and nothing went unseen (a `not_opened` alarm) |
+| UNKNOWN | the board stayed silent for `stall_limit`; or it was silent for a while and then `passage_timeout` went by without a passage — a person may have gone through while nobody could read (`passage_unconfirmed`) — unless the board counts passages itself (`counts_unseen`: its counter covers the silence); or the gate is stopping |
+
+Time the board does not answer does not count towards `passage_timeout`: a board that
+stalls mid-tap carries out the release when it answers again (its queued writes), and
+the person goes through then — that passage belongs to this grant and is charged to it.
+
+Every rising edge no grant claims is kept in `unclaimed` (with the last grant's outcome
+and how long ago it ended, for the desk): a rotation with no grant — someone pushed a
+locked arm, a person came through after the gate gave up waiting, two people on one
+release — is never lost, and the shell reports each (`passage_without_grant`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Passage(StrEnum):
+    """What a release led to."""
+
+    PASSED = "passed"
+    NOT_PASSED = "not_passed"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Unclaimed:
+    """A rotation no grant claimed; `after`: the last grant before it, if any, as
+    (its outcome, seconds between its end and this rotation)."""
+
+    at: float
+    after: tuple[Passage, float] | None
+
+
+@dataclass(slots=True)
+class _Grant:
+    after: int  # the reading count when the release was written
+    last_at: float
+    waited: float = 0.0  # time with the board answering
+    stalled: float = 0.0  # time with the board silent
+    board_ok: bool = True
+    unseen: bool = False  # the board was silent at some point: a passage may have gone unseen
+
+
+@dataclass(slots=True)
+class GrantTracker:
+    passage_timeout: float
+    stall_limit: float
+    counts_unseen: bool = False  # the board's own pulse counter: a silence hides no passage
+    _grant: _Grant | None = None
+    outcome: Passage | None = None  # the last grant's, once settled
+    _ended_at: float | None = None
+    unclaimed: list[Unclaimed] = field(default_factory=list)
+
+    @property
+    def waiting(self) -> bool:
+        return self._grant is not None
+
+    def release(self, now: float, readings: int, *, board_ok: bool = True) -> None:
+        """The relay was released for one person; `readings`: how many readings had come
+        back by then. `board_ok`: False when the release's answer was lost (the board
+        went silent as it wrote)."""
+        self._grant = _Grant(after=readings, last_at=now, board_ok=board_ok, unseen=not board_ok)
+        self.outcome = None
+
+    def reading(self, now: float, number: int, ok: bool, people: int = 0) -> Passage | None:
+        """Reading `number` came back (`ok`: the board answered) with `people` new
+        passages (rising edges, or the board's counter). The outcome, when this settles
+        the grant."""
+        g = self._grant
+        if g is not None:
+            if people and number > g.after:
+                people -= 1  # one release, one person (the edge wins over a deadline met now)
+                self._settle(Passage.PASSED, now)
+            else:
+                self._account(g, now)
+                g.board_ok = ok
+                g.unseen = g.unseen or not ok
+        for _ in range(people):
+            last = None if self.outcome is None or self._ended_at is None else (self.outcome, now - self._ended_at)
+            self.unclaimed.append(Unclaimed(now, last))
+        return self.outcome if self._grant is None and g is not None else None
+
+    def tick(self, now: float) -> Passage | None:
+        """Time went by (no reading): the outcome, when this settles the grant."""
+        g = self._grant
+        if g is None:
+            return None
+        self._account(g, now)
+        return self.outcome if self._grant is None else None
+
+    def abandon(self, now: float) -> Passage | None:
+        """The gate stops looking: a grant still waiting ends UNKNOWN."""
+        if self._grant is None:
+            return None
+        self._settle(Passage.UNKNOWN, now)
+        return Passage.UNKNOWN
+
+    def take_unclaimed(self) -> list[Unclaimed]:
+        out, self.unclaimed = self.unclaimed, []
+        return out
+
+    def _account(self, g: _Grant, now: float) -> None:
+        dt = max(0.0, now - g.last_at)
+        g.last_at = now
+        if g.board_ok:
+            g.waited += dt
+        else:
+            g.stalled += dt
+        if g.waited >= self.passage_timeout:
+            self._settle(Passage.UNKNOWN if g.unseen and not self.counts_unseen else Passage.NOT_PASSED, now)
+        elif g.stalled >= self.stall_limit:
+            self._settle(Passage.UNKNOWN, now)
+
+    def _settle(self, outcome: Passage, now: float) -> None:
+        self._grant = None
+        self.outcome = outcome
+        self._ended_at = now
+
+
+__all__ = ["GrantTracker", "Passage", "Unclaimed"]

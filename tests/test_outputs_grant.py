@@ -1,0 +1,69 @@
+"""drivers/outputs/grant.py as a table: one grant's readings and time in, one outcome out,
+and every rotation no grant claims kept for the desk."""
+
+from __future__ import annotations
+
+import pytest
+
+from drivers.outputs.grant import GrantTracker, Passage
+
+T = 3.0  # passage_timeout
+STALL = 10.0
+
+
+def play(steps: list[tuple[str, float, int, bool, int]], *, counts_unseen: bool = False) -> list[Passage | None]:
+    """Steps: ("release", now, readings, ok, 0) | ("read", now, number, ok, people) | ("tick", now, ...)."""
+    t = GrantTracker(T, STALL, counts_unseen=counts_unseen)
+    out: list[Passage | None] = []
+    for kind, now, n, ok, people in steps:
+        if kind == "release":
+            t.release(now, n, board_ok=ok)
+        elif kind == "read":
+            out.append(t.reading(now, n, ok, people))
+        else:
+            out.append(t.tick(now))
+    return out
+
+
+@pytest.mark.parametrize(
+    "name, steps, expected",
+    [
+        ("a passage after the release", [("release", 0, 5, True, 0), ("read", 0.5, 6, True, 0), ("read", 1.0, 7, True, 1)],
+         [None, Passage.PASSED]),
+        ("an edge read before the release is not this grant's",
+         [("release", 0, 5, True, 0), ("read", 0.1, 5, True, 1), ("tick", 3.2, 0, True, 0)], [None, Passage.NOT_PASSED]),
+        ("nobody, the board answering", [("release", 0, 5, True, 0), ("read", 1.0, 6, True, 0), ("tick", 3.0, 0, True, 0)],
+         [None, Passage.NOT_PASSED]),
+        ("a stall does not count: the board back, the person through",
+         [("release", 0, 5, True, 0), ("read", 0.5, 6, False, 0), ("tick", 3.5, 0, True, 0), ("read", 4.0, 7, True, 0),
+          ("read", 4.8, 8, True, 1)],
+         [None, None, None, Passage.PASSED]),
+        ("a stall then nobody: a passage may have gone unseen",
+         [("release", 0, 5, True, 0), ("read", 0.5, 6, False, 0), ("read", 2.0, 7, True, 0), ("tick", 5.1, 0, True, 0)],
+         [None, None, Passage.UNKNOWN]),
+        ("a board silent for the stall limit", [("release", 0, 5, False, 0), ("tick", 5.0, 0, True, 0),
+                                                ("tick", 10.1, 0, True, 0)],
+         [None, Passage.UNKNOWN]),
+    ],
+)
+def test_one_grant_one_outcome(name: str, steps: list[tuple[str, float, int, bool, int]],
+                               expected: list[Passage | None]) -> None:
+    assert play(steps) == expected, name
+
+
+def test_a_pulse_counter_covers_a_silence() -> None:
+    steps = [("release", 0.0, 5, True, 0), ("read", 0.5, 6, False, 0), ("read", 2.0, 7, True, 0), ("tick", 5.1, 0, True, 0)]
+    assert play(steps, counts_unseen=True) == [None, None, Passage.NOT_PASSED]
+
+
+def test_rotations_no_grant_claims_are_kept_with_the_last_grant() -> None:
+    t = GrantTracker(T, STALL)
+    assert t.reading(0.0, 1, True, 1) is None  # nobody granted
+    t.release(1.0, 1)
+    assert t.reading(1.5, 2, True, 2) is Passage.PASSED  # two people on one release: one is extra
+    t.release(5.0, 2)
+    assert t.tick(8.0) is Passage.NOT_PASSED
+    assert t.reading(8.4, 3, True, 1) is None  # the slow one, after the gate gave up
+    got = [(u.at, None if u.after is None else (u.after[0], round(u.after[1], 2))) for u in t.take_unclaimed()]
+    assert got == [(0.0, None), (1.5, (Passage.PASSED, 0.0)), (8.4, (Passage.NOT_PASSED, 0.4))]
+    assert t.take_unclaimed() == []
