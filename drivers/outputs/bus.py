@@ -13,8 +13,9 @@ one frame with a bad CRC):
   request waits for more than one exchange of each other device, whatever they send: a
   gate's input is read again at most `read + its poll interval + (devices - 1) x the
   longest exchange` after the last reading (`LineTiming.shortest_pulse_seen_s`), and a
-  tap at a gate waits at most for one exchange of each other device (in practice for the
-  exchange on the wire: a gate that was not expecting anyone is the one that waited longest);
+  tap at a gate waits at most for the exchange on the wire and one exchange of each other
+  device (in practice for the exchange on the wire alone: a gate that was not expecting
+  anyone is the one whose last turn is the oldest);
 - the line's load (wire time over elapsed time, from the frame sizes and the line
   settings: a pty has no baud rate, so time on the wire is computed) is measured over a
   sliding window, and a load above the warning threshold is logged once per crossing.
