@@ -327,3 +327,31 @@ async def test_a_caller_cancelled_before_its_turn_sends_nothing() -> None:
     await line.submit(lambda: asyncio.sleep(0), priority=Priority.POLL)
     assert sent == ["blocker"]
     await line.close()
+
+
+async def test_a_device_closing_takes_its_queued_requests_off_the_line() -> None:
+    # Two gates share an RS-485 line; one is closed (a reload removed it) while its read
+    # waits its turn: that read must not go out after its device is gone.
+    line = ModbusLine("test", None)
+    release = asyncio.Event()
+    sent: list[str] = []
+
+    async def blocker() -> None:
+        sent.append("A read")
+        await release.wait()
+
+    async def gone() -> None:
+        sent.append("B read")
+
+    first = asyncio.create_task(line.submit(blocker, priority=Priority.POLL, station="A"))
+    queued = asyncio.create_task(line.submit(gone, priority=Priority.POLL, station="B"))
+    while not sent:
+        await asyncio.sleep(0)
+    line.forget("B")
+    release.set()
+    await first
+    await asyncio.wait([queued])
+    assert queued.cancelled()
+    await line.submit(lambda: asyncio.sleep(0), priority=Priority.WRITE, station="A")
+    assert sent == ["A read"] and line.snapshot()["stations"] == 1
+    await line.close()
