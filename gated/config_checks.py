@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from drivers.outputs.bus import LineTiming
-from drivers.outputs.config import host_problem
+from drivers.outputs.config import FAST_POLL, host_problem
 
 Path = tuple[str | int, ...]
 Problem = tuple[Path, str]
@@ -192,6 +192,7 @@ def warnings(data: dict[str, Any]) -> list[tuple[str, str]]:
                                       "adapter after a reboot: use its /dev/serial/by-id/... path "
                                       "(`gated discover` lists them)"))
     out += _bus_load_warnings(data)
+    out += _passage_pulse_warnings(data)
     kinds = {r.get("card_format") if r.get("format") == "auto" else r.get("format")
              for _, g in _dicts(data.get("gates")) for _, r in _dicts(g.get("readers"))}
     if kinds & {"hex", "em"} and kinds & {"decimal", "em-decimal"}:
@@ -233,6 +234,47 @@ def _bus_load_warnings(data: dict[str, Any]) -> list[tuple[str, str]]:
                 f"above {threshold:.0%}): taps wait longer for the relay; raise poll_interval, the "
                 "baud rate, or split the gates over two lines",
             ))
+    return out
+
+
+def _passage_pulse_warnings(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """A gate whose RS-485 line cannot promise to read its controller's passage pulse: the
+    devices on a line take turns, so a gate's input is read again at worst after one read,
+    its poll interval and one exchange of each other device (LineTiming.shortest_pulse_seen_s)."""
+    lines: dict[str, list[tuple[Path, dict[str, Any]]]] = defaultdict(list)
+    for path, d in _modbus_sections(data):
+        link = _link(d)
+        if link is not None and link[0] == "rtu":
+            lines[link[1]].append((path, d))
+    out = []
+    for device, sections in lines.items():
+        first = sections[0][1]
+        for path, d in sections:
+            passage, door = _int(d.get("passage_input")), _int(d.get("door_contact"))
+            if path[0] != "gates" or passage is None or d.get("passage_counter") is not None:
+                continue  # a board's pulse counter counts every pulse, however short
+            try:
+                timing = LineTiming(int(first.get("baudrate", 9600)), str(first.get("parity", "N")),
+                                    int(first.get("stopbits", 1)))
+                fast = float(d.get("passage_poll_interval") or FAST_POLL)
+                fast = min(fast, float(d.get("poll_interval") or fast))  # as the gate does
+                if door is None or abs(door - passage) >= 16:
+                    reads = [timing.read_bits_s(1)] * (1 if door is None else 2)
+                else:
+                    reads = [timing.read_bits_s(abs(door - passage) + 1)]
+                shortest = timing.shortest_pulse_seen_s(len(sections), fast, reads)
+                pulse = float(d.get("passage_pulse", 0.1))
+            except (TypeError, ValueError):
+                continue
+            if shortest > pulse:
+                out.append((
+                    _where((*path, "passage_input")),
+                    f"{device} carries {len(sections)} devices taking turns at {timing.baudrate} baud: this "
+                    f"gate's passage input is sure to be read only in pulses of {shortest * 1000:.0f} ms or "
+                    f"more, and the controller's passage pulse (passage_pulse) is {pulse * 1000:.0f} ms: a "
+                    "person could pass unseen. Give the board's pulse counter (passage_counter), raise "
+                    "the baud rate, shorten passage_poll_interval, or split the gates over two lines",
+                ))
     return out
 
 

@@ -40,6 +40,12 @@ class _DeviceCollector(Collector):
         wait = GaugeMetricFamily(
             "gated_modbus_line_max_write_wait_ms", "Longest wait of a coil write for the line", labels=["line"]
         )
+        turns = GaugeMetricFamily(
+            "gated_modbus_line_max_poll_turns",
+            "Most exchanges of other devices one read of a line waited behind (the devices take "
+            "turns: at most their number - 1)",
+            labels=["line"],
+        )
         exchanges = CounterMetricFamily(
             "gated_modbus_line_exchanges", "Modbus requests on a line by kind", labels=["line", "kind"]
         )
@@ -47,10 +53,12 @@ class _DeviceCollector(Collector):
             if figures.get("load") is not None:
                 load.add_metric([name], float(figures["load"]))
             wait.add_metric([name], float(figures.get("max_write_wait_ms", 0.0)))
+            turns.add_metric([name], float(figures.get("max_poll_turns", 0)))
             for kind in ("writes", "polls", "failed", "abandoned"):
                 exchanges.add_metric([name, kind], float(figures.get(kind, 0)))
         yield load
         yield wait
+        yield turns
         yield exchanges
 
 

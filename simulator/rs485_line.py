@@ -60,8 +60,12 @@ class EmulatedLine:
         *,
         tolerance_chars: float = 0.5,
         units: set[int] | None = None,
+        record: bool = False,
     ) -> None:
         self.timing = timing or LineTiming()
+        # With `record`: (time the request is in at the slaves, unit, function code) of
+        # every master frame — when a board samples its inputs, for the benchmarks.
+        self.requests: list[tuple[float, int, int]] | None = [] if record else None
         # Unit ids on the slave side: a request to any other is carried (the line is busy)
         # but reaches nobody. None: every request is passed on.
         self.units = units
@@ -126,6 +130,9 @@ class EmulatedLine:
         if continuing:
             # More bytes of the frame on the wire: they follow its last character.
             start = self._free_at - t.silence_s
+            if side == "master" and self.requests:
+                when, unit, function = self.requests[-1]
+                self.requests[-1] = (start + len(data) * t.char_s, unit, function)
         else:
             if self.stats.started_at is None:
                 self.stats.started_at = now
@@ -137,6 +144,8 @@ class EmulatedLine:
             start = max(now, self._free_at)
             self.stats.busy_s += t.silence_s
             self._deaf = side == "master" and self.units is not None and data[0] not in self.units
+            if side == "master" and self.requests is not None:
+                self.requests.append((start + len(data) * t.char_s, data[0], data[1] if len(data) > 1 else -1))
         self._tx_side = side
         end = start + len(data) * t.char_s
         self._free_at = end + t.silence_s

@@ -390,6 +390,7 @@ class SimRtuLine:
         parity: str = "N",
         stopbits: int = 1,
         emulate: bool = True,
+        record: bool = False,
     ) -> None:
         units = [t.unit for t in turnstiles]
         if len(set(units)) != len(units):
@@ -397,6 +398,7 @@ class SimRtuLine:
         self.turnstiles = turnstiles
         self.timing = LineTiming(baudrate, parity, stopbits)
         self.emulate = emulate
+        self.record = record  # the emulated line logs every request (EmulatedLine.requests)
         self.line: EmulatedLine | None = None
         self.device = ""
         self._server: ModbusSerialServer | None = None
@@ -408,7 +410,9 @@ class SimRtuLine:
                 # A real device keeps quiet when another unit id is asked (pymodbus 3.16's
                 # simulator answers with an exception): the line does not pass those on.
                 units = {t.unit for t in self.turnstiles}
-                self.line = await self._stack.enter_async_context(EmulatedLine(self.timing, units=units))
+                self.line = await self._stack.enter_async_context(
+                    EmulatedLine(self.timing, units=units, record=self.record)
+                )
                 server_port, self.device = self.line.slave_device, self.line.master_device
             else:
                 pair = await self._stack.enter_async_context(socat_pty_pair())

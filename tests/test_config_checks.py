@@ -88,6 +88,41 @@ def test_a_good_rtu_line_shared_by_three_gates_passes(tmp_path: Path) -> None:
     assert out.returncode == 0 and "error" not in out.stdout and "busy" not in out.stdout, out.stdout
 
 
+def _line_of(gates: int, **output: object) -> str:
+    extra = "".join(f", {k}: {v}" for k, v in output.items())
+    rows = "\n".join(
+        f"  - {{id: g{u}, zone: main, output: {{transport: rtu, device: {LINE}, unit: {u}, coil: 0, "
+        f"passage_input: 0, door_contact: 1{extra}}}}}"
+        for u in range(1, gates + 1)
+    )
+    return f"site: {{id: s, timezone: Europe/Madrid}}\ngates:\n{rows}\n"
+
+
+@pytest.mark.parametrize(
+    "text,unseen",
+    [
+        # issue 22: three gates on a 9,600-baud line are sure to read 100 ms pulses (89.8 ms)
+        (_line_of(3), None),
+        # a fourth device on the line: 113.7 ms
+        (_line_of(4), "carries 4 devices taking turns at 9600 baud: this gate's passage input is sure "
+                      "to be read only in pulses of 114 ms or more, and the controller's passage pulse (passage_pulse) is 100 ms"),
+        (_line_of(3) + f"fire_alarm: {{transport: rtu, device: {LINE}, unit: 9, input: 0}}\n", "carries 4 devices"),
+        (_line_of(4, passage_pulse=0.2), None),  # the controller's pulse is long enough
+        (_line_of(4, passage_counter=0), None),  # the board counts every pulse
+        (_line_of(4, baudrate=19200), None),
+        (_line_of(3, passage_poll_interval=0.05), "pulses of 120 ms or more"),  # the old pause
+    ],
+)
+def test_a_line_that_cannot_promise_the_passage_pulse_is_a_warning(tmp_path: Path, text: str, unseen: str | None) -> None:
+    out = check(tmp_path, text)
+    assert out.returncode == 0, out.stdout
+    if unseen is None:
+        assert "passage input is sure" not in out.stdout, out.stdout
+    else:
+        assert "warning: gates[0].output.passage_input: " + LINE in out.stdout, out.stdout
+        assert unseen in out.stdout and "passage_counter" in out.stdout, out.stdout
+
+
 @pytest.mark.parametrize(
     "path,unknown,close",
     [

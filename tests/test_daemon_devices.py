@@ -71,7 +71,7 @@ async def test_reader_offline_and_online_are_events_and_counters_are_exported(tm
         text = generate_latest(daemon.metrics.registry).decode()
         assert 'gated_reader_total{counter="rejected_frames",reader="r-in"}' in text
         assert 'gated_reader_total{counter="reconnects",reader="r-in"}' in text
-        assert "gated_modbus_line_exchanges_total" in text
+        assert "gated_modbus_line_exchanges_total" in text and "gated_modbus_line_max_poll_turns" in text
 
 
 async def test_the_same_digits_from_two_kinds_of_reader_are_two_cards(tmp_path: Path) -> None:

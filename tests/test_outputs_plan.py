@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drivers.outputs.bus import LineTiming, LoadMeter, ModbusLine, Priority, RequestQueue
 from drivers.outputs.plan import PassageCounter, PassageDetector, RelayPlan
@@ -103,13 +105,153 @@ def test_passage_counter(readings: list[int | None], people: list[int]) -> None:
 # -- the line ---------------------------------------------------------------------------
 
 
-def test_writes_jump_the_queue_of_polls() -> None:
+def test_one_device_sends_its_writes_before_its_polls() -> None:
     q: RequestQueue[str] = RequestQueue()
     for item, prio in [("p1", Priority.POLL), ("p2", Priority.POLL), ("w1", Priority.WRITE),
                        ("p3", Priority.POLL), ("w2", Priority.WRITE)]:  # fmt: skip
         q.put(item, prio)
     assert len(q) == 5
     assert [q.take() for _ in range(6)] == ["w1", "w2", "p1", "p2", "p3", None]
+
+
+W, P = Priority.WRITE, Priority.POLL
+
+# Steps on one line: ("put", device, priority, request) or ("take", request sent). Devices
+# take turns, the one whose last exchange is the oldest first; a device's writes go before
+# its reads.
+TURNS = {
+    "issue 22: three gates tapped at once": [
+        # the three releases, in the order the taps came (no device has had a turn yet)
+        ("put", "A", W, "A on"), ("put", "B", W, "B on"), ("put", "C", W, "C on"),
+        ("take", "A on"), ("take", "B on"),
+        # each gate reads right after its release
+        ("put", "A", P, "A read"), ("put", "B", P, "B read"),
+        ("take", "C on"), ("put", "C", P, "C read"),
+        ("take", "A read"),
+        # A sees its person: relock and a reading of the rotation's end...
+        ("put", "A", W, "A off"), ("put", "A", P, "A read 2"),
+        ("take", "B read"),
+        ("put", "B", W, "B off"), ("put", "B", P, "B read 2"),
+        # ...but C, whose turn is the oldest, is read before either (with writes first,
+        # C waited for A off, A read 2, B off, B read 2: 238-294 ms on site)
+        ("take", "C read"),
+        ("take", "A off"), ("take", "B off"),
+        ("put", "C", P, "C read 2"),  # A and B used their turns on their relocks
+        ("take", "C read 2"), ("take", "A read 2"), ("take", "B read 2"),
+        ("take", None),
+    ],
+    "a tap at a quiet gate goes before busy gates' reads": [
+        ("put", "A", P, "A read"), ("take", "A read"),
+        ("put", "B", P, "B read"), ("take", "B read"),
+        ("put", "B", P, "B read 2"), ("put", "A", P, "A read 2"),
+        ("put", "C", W, "C on"),  # C never sent anything: its turn is the oldest
+        ("take", "C on"), ("take", "A read 2"), ("take", "B read 2"),
+    ],
+    "a tap waits for at most one exchange of each other device": [
+        ("put", "B", P, "B read"), ("put", "C", P, "C read"), ("take", "B read"), ("take", "C read"),
+        ("put", "A", P, "A read"), ("take", "A read"),  # A's turn is now the newest
+        ("put", "C", P, "C read 2"), ("put", "B", P, "B read 2"), ("put", "A", W, "A on"),
+        ("take", "B read 2"), ("take", "C read 2"), ("take", "A on"),
+    ],
+    "a gate's own relock goes before its own reading": [
+        ("put", "A", P, "A read"), ("put", "A", W, "A off"), ("put", "B", P, "B read"),
+        ("take", "A off"), ("take", "B read"), ("take", "A read"),
+    ],
+}
+
+
+@pytest.mark.parametrize("steps", TURNS.values(), ids=TURNS.keys())
+def test_devices_take_turns_on_the_line(steps: list[tuple[object, ...]]) -> None:
+    q: RequestQueue[str] = RequestQueue()
+    for step in steps:
+        if step[0] == "put":
+            _, device, priority, request = step
+            assert isinstance(priority, Priority) and isinstance(request, str)
+            q.put(request, priority, device)
+        else:
+            assert q.take() == step[1], step
+    assert q.max_waited[Priority.POLL] <= 2 and q.max_waited[Priority.WRITE] <= 2
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.integers(0, 4), st.sampled_from([W, P]), st.booleans()), max_size=80))
+def test_no_request_waits_for_two_exchanges_of_another_device(
+    ops: list[tuple[int, Priority, bool]],
+) -> None:
+    # put on device d, then maybe take: whatever the mix, between a request (or its own
+    # device's last exchange) and its turn, each other device sends at most once
+    q: RequestQueue[tuple[int, int]] = RequestQueue()
+    sent: list[int] = []  # device of each exchange, in order
+    queued_at: dict[tuple[int, int], int] = {}
+
+    def take() -> None:
+        item = q.take()
+        if item is None:
+            return
+        device = item[0]
+        since = queued_at.pop(item)
+        own = [i for i, d in enumerate(sent) if d == device and i >= since]
+        since = own[-1] + 1 if own else since
+        others = sent[since:]
+        assert all(others.count(d) <= 1 for d in set(others)), (item, sent)
+        sent.append(device)
+
+    for n, (device, priority, then_take) in enumerate(ops):
+        item = (device, n)
+        queued_at[item] = len(sent)
+        q.put(item, priority, device)
+        if then_take:
+            take()
+    while q:
+        take()
+    assert q.max_waited[W] <= 4 and q.max_waited[P] <= 4
+
+
+def test_a_request_given_up_is_dropped_without_using_a_turn() -> None:
+    q: RequestQueue[str] = RequestQueue()
+    q.put("A read", P, "A")
+    q.put("B read", P, "B")
+    q.put("A read 2", P, "A")
+    assert q.take(live=lambda r: r != "A read") == "B read"  # A keeps its (older) turn
+    q.put("B read 2", P, "B")
+    assert q.take() == "A read 2"
+    assert q.take() == "B read 2"
+
+
+def test_a_device_leaving_the_line_hands_back_what_it_had_queued() -> None:
+    q: RequestQueue[str] = RequestQueue()
+    q.put("A read", P, "A")
+    q.put("A off", W, "A")
+    q.put("B read", P, "B")
+    assert q.stations == 2
+    assert q.forget("A") == ["A off", "A read"]
+    assert q.stations == 1 and len(q) == 1
+    assert q.forget("A") == []
+    assert q.clear() == ["B read"] and len(q) == 0
+
+
+# the shortest passage pulse sure to be read (docs/hardware-outputs.md's table), in ms:
+# (baud, parity, devices on the line, poll interval) -> ms
+SHORTEST_PULSE = [
+    (9600, "N", 1, 0.02, 41.9),
+    (9600, "N", 3, 0.02, 89.8),  # three gates on a 9,600-baud line: 100 ms pulses are seen
+    (9600, "E", 3, 0.02, 96.8),  # 11-bit characters
+    (9600, "N", 3, 0.05, 119.8),  # the old RTU default pause would not do it
+    (9600, "N", 6, 0.02, 161.7),
+    (19200, "N", 3, 0.02, 54.9),
+    (115200, "N", 8, 0.02, 58.9),  # silence fixed at 1.75 ms above 19,200 baud
+]
+
+
+@pytest.mark.parametrize("baud,parity,devices,interval,ms", SHORTEST_PULSE)
+def test_shortest_pulse_seen(baud: int, parity: str, devices: int, interval: float, ms: float) -> None:
+    assert LineTiming(baud, parity).shortest_pulse_seen_s(devices, interval) * 1000 == pytest.approx(ms, abs=0.05)
+
+
+def test_inputs_far_apart_cost_two_reads_and_two_rounds() -> None:
+    t = LineTiming(9600)
+    one = t.read_bits_s(1)
+    assert t.shortest_pulse_seen_s(3, 0.02, [one, one]) == pytest.approx(2 * one + 0.02 + 2 * 2 * t.write_coil_s())
 
 
 def test_wire_times_at_9600() -> None:
@@ -184,4 +326,32 @@ async def test_a_caller_cancelled_before_its_turn_sends_nothing() -> None:
     await asyncio.wait([queued])
     await line.submit(lambda: asyncio.sleep(0), priority=Priority.POLL)
     assert sent == ["blocker"]
+    await line.close()
+
+
+async def test_a_device_closing_takes_its_queued_requests_off_the_line() -> None:
+    # Two gates share an RS-485 line; one is closed (a reload removed it) while its read
+    # waits its turn: that read must not go out after its device is gone.
+    line = ModbusLine("test", None)
+    release = asyncio.Event()
+    sent: list[str] = []
+
+    async def blocker() -> None:
+        sent.append("A read")
+        await release.wait()
+
+    async def gone() -> None:
+        sent.append("B read")
+
+    first = asyncio.create_task(line.submit(blocker, priority=Priority.POLL, station="A"))
+    queued = asyncio.create_task(line.submit(gone, priority=Priority.POLL, station="B"))
+    while not sent:
+        await asyncio.sleep(0)
+    line.forget("B")
+    release.set()
+    await first
+    await asyncio.wait([queued])
+    assert queued.cancelled()
+    await line.submit(lambda: asyncio.sleep(0), priority=Priority.WRITE, station="A")
+    assert sent == ["A read"] and line.snapshot()["stations"] == 1
     await line.close()

@@ -6,7 +6,16 @@ one frame with a bad CRC):
 - one transaction at a time, and a transaction once started is never cut: the caller may
   give up (cancelled, timed out), the line finishes the exchange and keeps the silence
   before the next frame, so no frame is glued to another;
-- coil writes go before input polls: a tap waits at most for the exchange in flight;
+- the devices on the line take turns (issue 22: with coil writes always first, three gates
+  tapped at once left the third one's passage input unread for 238-294 ms, and a 100 ms
+  passage pulse went by unseen): the device whose last exchange is the oldest goes next,
+  one exchange per turn, and within a device its coil writes go before its reads. So no
+  request waits for more than one exchange of each other device, whatever they send: a
+  gate's input is read again at most `read + its poll interval + (devices - 1) x the
+  longest exchange` after the last reading (`LineTiming.shortest_pulse_seen_s`), and a
+  tap at a gate waits at most for the exchange on the wire and one exchange of each other
+  device (in practice for the exchange on the wire alone: a gate that was not expecting
+  anyone is the one whose last turn is the oldest);
 - the line's load (wire time over elapsed time, from the frame sizes and the line
   settings: a pty has no baud rate, so time on the wire is computed) is measured over a
   sliding window, and a load above the warning threshold is logged once per crossing.
@@ -21,7 +30,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Generic, TypeVar
@@ -34,8 +43,10 @@ LOAD_WINDOW_S = 10.0
 
 
 class Priority(IntEnum):
-    WRITE = 0  # coil writes: a member is waiting at the gate
-    POLL = 1  # input polls: supervision, passage, the fire input
+    # Within one device: its coil writes (a member waiting at the gate, a relock, a hold)
+    # before its reads (supervision, passage, the fire input). Across devices: turns.
+    WRITE = 0
+    POLL = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,24 +85,125 @@ class LineTiming:
     def read_registers_s(self, count: int) -> float:
         return self.exchange_s(8, 5 + 2 * count)
 
+    def longest_exchange_s(self) -> float:
+        """The longest exchange gated makes: a Write Single Coil (8 characters each way;
+        a read of up to 16 inputs or of one register answers with 6 or 7)."""
+        return self.write_coil_s()
+
+    def shortest_pulse_seen_s(
+        self, devices: int, poll_interval: float, reads: Sequence[float] | None = None
+    ) -> float:
+        """The shortest passage pulse a gate on this line is sure to read, with `devices`
+        devices taking turns on the line (gates, a fire input) and the gate reading its
+        inputs every `poll_interval` seconds while it expects a person; `reads`: the wire
+        time of each exchange of one reading (default: one read of two neighbouring
+        inputs, the passage input and the door contact).
+
+        The board samples its input when a read's request is in. From one sample to the
+        next: the rest of that read, the gate's pause, then before each of its reads at
+        most one exchange of each other device (RequestQueue's turns), then the next
+        request. Wire time only: the adapter's and the boards' own latency come on top,
+        and so does the gate's own relay if its pulse ends while the passage output is on
+        (one write).
+        """
+        own = [self.read_bits_s(2)] if reads is None else list(reads)
+        others = max(0, devices - 1) * self.longest_exchange_s()
+        return sum(own) + poll_interval + len(own) * others
+
+
+@dataclass(slots=True)
+class _Queued(Generic[T]):
+    item: T
+    seq: int  # order of arrival on the line
+    turn: int  # the line's turn count when it was queued
+
+
+@dataclass(slots=True)
+class _Station(Generic[T]):
+    """One device's requests: its coil writes, then its reads."""
+
+    queues: tuple[deque[_Queued[T]], deque[_Queued[T]]] = field(
+        default_factory=lambda: (deque(), deque())
+    )
+    last_turn: int = -1  # the turn of its last exchange; -1: none yet
+
+    def head(self) -> _Queued[T] | None:
+        for q in self.queues:
+            if q:
+                return q[0]
+        return None
+
 
 @dataclass(slots=True)
 class RequestQueue(Generic[T]):
-    """Writes before polls, first come first served within each."""
+    """Whose turn it is on the line: the device (station) whose last exchange is the
+    oldest, one exchange per turn; within a station writes before reads, first come first
+    served within each. Stations never served yet go in order of arrival.
 
-    _queues: tuple[deque[T], deque[T]] = field(default_factory=lambda: (deque(), deque()))
+    A station's last turn is kept while it has nothing queued (a gate polling every
+    quarter second is still the same gate): only `forget` (the device leaves the line)
+    drops it. `max_waited[priority]` is the most exchanges of other stations one request
+    waited behind since it was queued or since its own station's last exchange: never
+    more than the other stations on the line (the fairness the tests hold it to).
+    """
 
-    def put(self, item: T, priority: Priority) -> None:
-        self._queues[priority].append(item)
+    _stations: dict[Hashable, _Station[T]] = field(default_factory=dict)
+    _turns: int = 0  # exchanges handed out so far
+    _seq: int = 0
+    max_waited: list[int] = field(default_factory=lambda: [0, 0])
 
-    def take(self) -> T | None:
-        for q in self._queues:
-            if q:
-                return q.popleft()
-        return None
+    def put(self, item: T, priority: Priority, station: Hashable = None) -> None:
+        st = self._stations.get(station)
+        if st is None:
+            st = self._stations[station] = _Station()
+        st.queues[priority].append(_Queued(item, self._seq, self._turns))
+        self._seq += 1
+
+    def take(self, live: Callable[[T], bool] | None = None) -> T | None:
+        """The next request to send, or None. Requests `live` rejects (their caller gave
+        up before their turn) are dropped without using a turn."""
+        while True:
+            best: _Station[T] | None = None
+            best_rank = (0, 0)
+            for st in self._stations.values():
+                head = st.head()
+                if head is None:
+                    continue
+                rank = (st.last_turn, head.seq)
+                if best is None or rank < best_rank:
+                    best, best_rank = st, rank
+            if best is None:
+                return None
+            priority = Priority.WRITE if best.queues[Priority.WRITE] else Priority.POLL
+            entry = best.queues[priority].popleft()
+            if live is not None and not live(entry.item):
+                continue
+            waited = self._turns - max(entry.turn, best.last_turn + 1)
+            self.max_waited[priority] = max(self.max_waited[priority], waited)
+            best.last_turn = self._turns
+            self._turns += 1
+            return entry.item
+
+    def forget(self, station: Hashable) -> list[T]:
+        """The station leaves the line: its turn is forgotten; what it still had queued
+        is handed back (for the caller to cancel)."""
+        st = self._stations.pop(station, None)
+        if st is None:
+            return []
+        return [entry.item for q in st.queues for entry in q]
+
+    def clear(self) -> list[T]:
+        """Everything queued, removed (the line is closing)."""
+        items = [entry.item for st in self._stations.values() for q in st.queues for entry in q]
+        self._stations.clear()
+        return items
+
+    @property
+    def stations(self) -> int:
+        return len(self._stations)
 
     def __len__(self) -> int:
-        return sum(len(q) for q in self._queues)
+        return sum(len(q) for st in self._stations.values() for q in st.queues)
 
 
 @dataclass(slots=True)
@@ -178,6 +290,7 @@ class ModbusLine:
             "failed": 0,
             "abandoned": 0,  # callers that gave up while their exchange was on the wire
             "max_write_wait_ms": 0.0,
+            "max_poll_wait_ms": 0.0,
         }
 
     @property
@@ -188,41 +301,55 @@ class ModbusLine:
         return self.meter.load(self.clock())
 
     async def submit(
-        self, call: Call, *, priority: Priority, wire_s: float = 0.0, bound: float = 5.0
+        self,
+        call: Call,
+        *,
+        priority: Priority,
+        wire_s: float = 0.0,
+        bound: float = 5.0,
+        station: Hashable = None,
     ) -> Any:
+        """Send `call` when it is `station`'s turn (the device asking: each takes turns)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(_Pending(call, future, wire_s, priority, self.clock(), bound), priority)
+        pending = _Pending(call, future, wire_s, priority, self.clock(), bound)
+        self._queue.put(pending, priority, station)
         self._wake.set()
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._run(), name=f"modbus-line-{self.name}")
         return await future
+
+    def forget(self, station: Hashable) -> None:
+        """The device leaves the line (closed): its turn goes, its queued requests are
+        cancelled."""
+        for item in self._queue.forget(station):
+            if not item.future.done():
+                item.future.cancel()
 
     async def close(self) -> None:
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.cancel()
             await asyncio.wait([worker])
-        while (item := self._queue.take()) is not None:
+        for item in self._queue.clear():
             if not item.future.done():
                 item.future.cancel()
 
     async def _run(self) -> None:
         while True:
-            item = self._queue.take()
+            # a caller that gave up before its turn is dropped: nothing was sent
+            item = self._queue.take(live=lambda p: not p.future.done())
             if item is None:
                 self._wake.clear()
                 await self._wake.wait()
-                continue
-            if item.future.done():  # the caller gave up before its turn: nothing was sent
                 continue
             await self._exchange(item)
 
     async def _exchange(self, item: _Pending) -> None:
         start = self.clock()
-        if item.priority is Priority.WRITE:
-            wait_ms = (start - item.queued_at) * 1000
-            self.stats["max_write_wait_ms"] = max(self.stats["max_write_wait_ms"], round(wait_ms, 3))
+        wait_ms = round((start - item.queued_at) * 1000, 3)
+        key = "max_write_wait_ms" if item.priority is Priority.WRITE else "max_poll_wait_ms"
+        self.stats[key] = max(self.stats[key], wait_ms)
         try:
             # The worker is never cancelled by a caller: wait_for bounds a peer that never
             # answers (pymodbus's own timeout and retries come first).
@@ -269,5 +396,10 @@ class ModbusLine:
             "load": round(self.load(), 3) if self.timing is not None else None,
             "load_warning": self.meter.threshold,
             "queued": self.queued,
-            **{k: (int(v) if k != "max_write_wait_ms" else v) for k, v in self.stats.items()},
+            "stations": self._queue.stations,
+            # the most exchanges of other devices one request waited behind: at most
+            # stations - 1 (RequestQueue's turns)
+            "max_write_turns": self._queue.max_waited[Priority.WRITE],
+            "max_poll_turns": self._queue.max_waited[Priority.POLL],
+            **{k: (v if k.endswith("_ms") else int(v)) for k, v in self.stats.items()},
         }

@@ -130,6 +130,10 @@ class ModbusLinkConfig(BaseModel):
         return ("tcp", f"{self.host}:{self.port}")
 
 
+# Seconds between two reads of a gate's inputs while a granted person is expected.
+FAST_POLL = 0.02
+
+
 class ModbusOutputConfig(ModbusLinkConfig):
     """The relay that releases one gate, and the sensors that report what happened."""
 
@@ -165,7 +169,16 @@ class ModbusOutputConfig(ModbusLinkConfig):
         description="Input register where the I/O board counts the passage input's pulses (a "
         "16-bit counter that wraps, as most boards' DI counters). With it every rotation is "
         "counted, even a pulse shorter than a poll; without it a pulse must outlast "
-        "passage_poll_interval plus one read to be seen.",
+        "passage_poll_interval plus one read (on an RS-485 line, plus one exchange of each "
+        "other device on it) to be seen.",
+    )
+    passage_pulse: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="Shortest time the controller holds its passage output per rotation, from "
+        "its datasheet (commonly 0.1-0.5 s). Nothing is timed by it: `gated check-config` warns "
+        "when the gate's RS-485 line cannot promise to read a pulse this short.",
     )
     door_contact: int | None = Field(
         None, ge=0, le=65535, description="Discrete input wired to the door/gate position contact."
@@ -201,9 +214,10 @@ class ModbusOutputConfig(ModbusLinkConfig):
         None,
         gt=0,
         le=1,
-        description="Seconds between two reads while a granted person is expected. Default: "
-        "0.02 over TCP, 0.05 over RTU. A passage pulse must last longer than this plus one "
-        "read to be seen.",
+        description="Seconds between two reads while a granted person is expected (default "
+        "0.02). A passage pulse is sure to be seen when it lasts this plus one read, plus on an "
+        "RS-485 line one exchange of each other device on the line (`gated check-config` "
+        "works it out per line).",
     )
 
     def idle_poll(self) -> float:
@@ -212,9 +226,12 @@ class ModbusOutputConfig(ModbusLinkConfig):
         return 0.05 if self.transport is OutputTransport.TCP else 0.25
 
     def passage_poll(self) -> float:
+        # 0.02 over RTU too: the line's turns (bus.RequestQueue) keep one gate's fast polls
+        # from crowding the others out, and with three gates on a 9,600-baud line a longer
+        # pause would leave a 100 ms pulse unseen at worst (docs/hardware-outputs.md)
         if self.passage_poll_interval is not None:
             return self.passage_poll_interval
-        return 0.02 if self.transport is OutputTransport.TCP else 0.05
+        return FAST_POLL
 
     @model_validator(mode="after")
     def _inputs_distinct(self) -> Self:

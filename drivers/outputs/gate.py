@@ -38,7 +38,6 @@ from typing import Any
 
 from rules.reasons import Reason
 
-from .bus import Priority
 from .config import DoorMode, ModbusOutputConfig
 from .door import AlarmEvent, AlarmKind, DoorSupervisor, Observation
 from .grant import GrantTracker, Passage, Unclaimed
@@ -304,13 +303,12 @@ class GateController:
         door_open: bool | None = None  # unknown while the board does not answer
         count: int | None = None
         ok = False
-        # While a rotation is reported, seeing it end is what lets the next person's
-        # rotation count: that reading waits its turn with the coil writes instead of
-        # behind all of them (a queue of taps on a slow board would hide the gap).
-        urgent = self.detector.level is True
+        # No reading needs to jump the line: the devices on it take turns (bus.RequestQueue),
+        # so other gates' coil writes cannot hold this one back, whether it is watching for
+        # a person or for the end of a rotation.
         if self.output.health is OutputHealth.ONLINE:
             with contextlib.suppress(OutputFault):
-                snap = await self.output.read_inputs(Priority.WRITE if urgent else Priority.POLL)
+                snap = await self.output.read_inputs()
                 passage, door_open, count, ok = snap.passage, snap.door_open, snap.passage_count, True
         self._readings += 1
         seq = self._readings

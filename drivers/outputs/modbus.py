@@ -131,6 +131,7 @@ class ModbusDevice:
             self._reconnect_task = None
         if self._link is not None:
             link, self._link = self._link, None
+            link.line.forget(self)
             await release_link(self.cfg, link)
         self._set_health(OutputHealth.OFFLINE, "closed")
 
@@ -217,8 +218,13 @@ class ModbusDevice:
             if not link.client.connected:
                 await self._ensure_connected()
             client = link.client
+            # this device takes its turns on the line with the others (bus.RequestQueue)
             resp = await link.line.submit(
-                lambda: call(client), priority=priority, wire_s=wire_s, bound=self._request_bound
+                lambda: call(client),
+                priority=priority,
+                wire_s=wire_s,
+                bound=self._request_bound,
+                station=self,
             )
         except OutputFault as exc:
             raise self._fail(exc) from None
@@ -429,8 +435,8 @@ class ModbusGateOutput(ModbusDevice):
     async def read_inputs(self, priority: Priority = Priority.POLL) -> InputsSnapshot:
         """Read the passage input and door contact (both in one request when they are close).
 
-        `priority` WRITE puts the read in line with coil writes (first come, first served)
-        instead of after them: for the reading that must see a rotation end."""
+        `priority` WRITE puts the read in line with this device's own coil writes (first
+        come, first served) instead of after them; other devices' requests take turns."""
         cfg = self.out_cfg
         if self._health is not OutputHealth.ONLINE:
             self._spawn_reconnect_if_needed()
