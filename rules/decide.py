@@ -267,7 +267,16 @@ def _denial(view: MemberView, gate: Gate, site: Site, policy: Policy, now: datet
              and local_date(b.starts_at, site.timezone) == today and b.ends_at > now),
             key=lambda b: (b.starts_at, b.id),
         )
-        if cancelled:
+        attended = sorted(
+            (b for b in view.bookings if b.status == BookingStatus.ATTENDED and b.zone == gate.zone
+             and b.starts_at <= now < b.ends_at),
+            key=lambda b: (b.starts_at, b.id),
+        )
+        if attended:
+            # in her class already, back from the changing room: "please book a class"
+            # would tell her to do what she did (re-entry is the desk's, or reentry_grace's)
+            required.update({"attended_class": attended[0].class_name, "attended_until": _hhmm(attended[0].ends_at, site)})
+        elif cancelled:
             required.update({"cancelled_class": cancelled[0].class_name, "cancelled_starts": _hhmm(cancelled[0].starts_at, site)})
         elif (upcoming := _next_booked_day(view, gate, site, now)) is not None:
             # Booked, but for another day (a class just after midnight, or tomorrow's class

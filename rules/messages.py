@@ -81,6 +81,9 @@ def _walk_in(facts: Facts) -> str:
 
 
 def _booking_required(facts: Facts) -> str:
+    if "attended_class" in facts:
+        return (f"You are checked in for {facts['attended_class']} until {facts['attended_until']}"
+                + SEP + "the front desk will let you back in")
     if "cancelled_class" in facts:
         when = f" at {facts['cancelled_starts']}" if "cancelled_starts" in facts else ""
         return (f"Your class {facts['cancelled_class']}{when} was cancelled"

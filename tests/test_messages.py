@@ -37,6 +37,8 @@ TABLE: list[tuple[Reason, dict[str, str], str]] = [
      "Your class Spinning starts at 13:00 — entry from 12:45"),
     (Reason.TOO_LATE, {"starts": "13:00", "closed_at": "13:10"}, "Your class started at 13:00 — entry closed at 13:10"),
     (Reason.BOOKING_REQUIRED, {"pass": "wellpass"}, "Please book a class in your app first — wellpass is for booked classes"),
+    (Reason.BOOKING_REQUIRED, {"pass": "wellpass", "attended_class": "Yoga", "attended_until": "19:00"},
+     "You are checked in for Yoga until 19:00 — the front desk will let you back in"),
     (Reason.BOOKING_REQUIRED, {"pass": "wellpass", "cancelled_class": "Yoga", "cancelled_starts": "18:00"},
      "Your class Yoga at 18:00 was cancelled — book another class in your app"),
     (Reason.BOOKING_REQUIRED, {"pass": "wellpass", "next_class": "Spinning", "next_day": "tomorrow", "next_starts": "00:03",
@@ -117,6 +119,13 @@ def test_decided_messages() -> None:
     assert _facts(MemberView(lena, (wellpass,), (saturday,))) == "Your class Yoga is on Sat 21 Nov at 12:40 — see you then"
     done = replace(thursday, status=BookingStatus.ATTENDED)  # only a class still to come counts
     assert _facts(MemberView(lena, (wellpass,), (done,))).startswith("Please book a class in your app first")
+    # checked in for her class, out to the changing room and back during it (issue 24): not
+    # asked to book what she booked and attended (the contract's reason stays booking_required)
+    in_class = Booking("b5", "m2", "p2", "Spinning", "main", NOW - timedelta(minutes=20), NOW + timedelta(minutes=25),
+                       status=BookingStatus.ATTENDED)
+    d = decide(MemberView(lena, (wellpass,), (in_class,)), Presented.card(), GATE, SITE, Policy(), NOW)
+    assert d.reason == Reason.BOOKING_REQUIRED
+    assert message(d.reason, d.hint) == "You are checked in for Spinning until 13:05 — the front desk will let you back in"
     # a credit pass short of the price
     kari = Member("m3", "Kari Nordmann")
     points = Pass("p3", "m3", "1000 points", PassKind.CREDITS, Decimal(100), DeductOn.ACCESS, Decimal(120), access_windows=ALWAYS)
