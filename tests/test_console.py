@@ -22,6 +22,8 @@ from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from gated.auth import hash_password
 from gated.clock import SimulatedClock
 from gated.config import Config
@@ -534,12 +536,61 @@ async def test_points_member_search_and_audit_csv(tmp_path: Path) -> None:
         assert ev["operator"] == "desk" and ev["points"] == -5
         csv_r = await c.get("/audit.csv?action=adjust_points")
         assert csv_r.status == 200 and csv_r.headers["content-type"].startswith("text/csv")
-        rows = list(csv.reader(io.StringIO(csv_r.text)))
+        assert csv_r.body.startswith(b"\xef\xbb\xbf")  # the BOM: Excel reads UTF-8 right with it
+        rows = list(csv.reader(io.StringIO(csv_r.body.decode("utf-8-sig"))))
         assert rows[0] == ["id", "at", "operator", "action", "detail", "seq"] and len(rows) == 3
         assert all(r[3] == "adjust_points" for r in rows[1:])
         assert not any(cell.startswith("=") for row in rows for cell in row)
         filtered = (await c.get("/api/audit?operator=nobody")).json()["rows"]
         assert filtered == []
+
+
+@pytest.mark.parametrize(("text", "neutralised"), [
+    ("Díaz", False), ("=HYPERLINK(\"x\")", True), ("+1", True), ("-2", True), ("@SUM(A1)", True),
+    (" =1+1", True), ("\n@cmd", True), ("\t=1", True), ("\r-1", True), ("a=b", False), ("", False),
+])
+def test_csv_cells_neutralise_formulas_and_leave_numbers(text: str, neutralised: bool) -> None:
+    from gated.console.exports import cell
+
+    assert cell(text) == ("'" + text if neutralised else text)
+
+
+def test_csv_numbers_stay_numbers() -> None:
+    from decimal import Decimal
+
+    from gated.console.exports import cell
+
+    assert [cell(-3), cell(0), cell(Decimal("-1.5")), cell(None)] == ["-3", "0", "-1.5", ""]
+
+
+async def test_the_loyalty_csv_is_the_screen_with_its_totals(tmp_path: Path) -> None:
+    """Issue 24: the export opens in Excel as the report reads on screen — accents right
+    (a BOM), the same columns in the same order, the totals row, and a member's name that
+    a spreadsheet would run as a formula neutralised."""
+    async with running_site(tmp_path) as site:
+        c = Client(site.port)
+        await c.login("desk")
+        store = site.daemon.store
+        assert store is not None
+        from sync.records import MemberIn
+        from sync.store import SyncBatch
+
+        store.apply_sync(SyncBatch([MemberIn(id="m-evil", name="=HYPERLINK(\"http://x\",\"y\")", cards=["CAFE0001"])]),
+                         site.daemon.clock())
+        for member, points in (("m-bruno", 25), ("m-evil", 7), ("m-bruno", -3)):
+            r = await c.post_json(f"/api/members/{member}/points", {"points": points, "reason": "goodwill"})
+            assert r.status == 200
+        screen = (await c.get("/api/reports/loyalty")).json()
+        r = await c.get(screen["csv"])
+        assert r.status == 200 and r.body.startswith(b"\xef\xbb\xbf")
+        rows = list(csv.reader(io.StringIO(r.body.decode("utf-8-sig"))))
+        assert rows[0] == ["Member", "Member id", "Classes", "Credited", "Adjustments", "Adjusted", "Total"]
+        by_id = {row[1]: row for row in rows[1:-1]}
+        assert by_id["m-bruno"] == ["Bruno Díaz", "m-bruno", "0", "0", "2", "22", "22"]
+        assert by_id["m-evil"][0] == "'=HYPERLINK(\"http://x\",\"y\")"
+        assert rows[-1] == [f"All members ({len(screen['lines'])})", "", "", str(screen["totals"]["credited"]), "",
+                            str(screen["totals"]["adjusted"]), str(screen["totals"]["total"])]
+        assert len(rows) == len(screen["lines"]) + 2
 
 
 async def test_staff_cannot_lock_down_admin_can(tmp_path: Path) -> None:
