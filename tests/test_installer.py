@@ -16,7 +16,7 @@ import yaml
 from drivers.outputs.rtu_probe import Answer, classify, read_request, with_crc
 from gated.auth import hash_password
 from simulator.turnstile import Person, SimRtuLine, SimTurnstile
-from tests.test_daemon import GATED
+from tests.test_daemon import GATED, wait_for
 from tests.test_daemon import running_daemon as running_gated
 
 NOISE = ("pymodbus", ">>>>>", "Traceback", "online (None)", "DEBUG")
@@ -193,10 +193,19 @@ async def test_relay_by_hand_through_the_daemon_needs_an_admin(tmp_path: Path) -
         out = await arun("relay", "turnstile-1", "on", "--user", "fitter", "-c", c,
                          env={"GATED_PASSWORD": "fitter-pass"})
         assert out.returncode == 0 and d.turnstile.unlocked, out.stdout + out.stderr
+        # the fitter opens the door the relay holds released: no door_forced (issue 24)
+        d.turnstile.force_door_open()
+        await asyncio.sleep(1.0)
+        d.turnstile.close_door()
         out = await arun("relay", "turnstile-1", "off", "--user", "fitter", "-c", c,
                          env={"GATED_PASSWORD": "fitter-pass"})
         assert out.returncode == 0 and not d.turnstile.unlocked
         assert [e["action"] for e in d.events() if e["type"] == "relay_by_hand"] == ["on", "off"]
+        assert not [e for e in d.events() if e["type"] == "alarm" and e["kind"] == "door_forced"]
+        d.turnstile.force_door_open()  # and with the relay back to locked, an opening is forced again
+        await wait_for(lambda: any(e["type"] == "alarm" and e["kind"] == "door_forced" for e in d.events()), 10,
+                       "door_forced once the relay is locked again")
+        d.turnstile.close_door()
 
 
 # -- discover ------------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ Rules:
   the grant window ends, and stays authorised until it closes again.
 - door_open=None means "unknown" (relay board offline): door transitions are frozen, so an
   outage neither raises nor clears door alarms.
+- held_released: the relay is held released on purpose (an installer's `gated relay … on`):
+  like a fire alarm's release, an opening then is no forced door and an open door no held
+  one — a person is there, doing it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Observation:
     granted: bool = False  # the relay was pulsed for a person at this instant
     lockdown: bool = False
     fire_alarm: bool = False
+    held_released: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +113,7 @@ class DoorSupervisor:
             self._grant_at = None  # confirmed; the window stays open for the door itself
 
         if obs.door_open is not None:
-            events += self._door(now, obs.door_open, obs.fire_alarm)
+            events += self._door(now, obs.door_open, obs.fire_alarm or obs.held_released)
 
         if self.reports_not_opened and self._grant_at is not None and now - self._grant_at >= self.passage_timeout:
             waited_for = "passage" if self.has_passage_sensor else "door opening"
@@ -128,6 +132,7 @@ class DoorSupervisor:
             and not self._held
             and not self._forced
             and not obs.fire_alarm
+            and not obs.held_released
             and now - self._open_since >= self.held_open_after
         ):
             self._held = True

@@ -121,6 +121,7 @@ class GateController:
                                     counts_unseen=cfg.passage_counter is not None)
         self.lockdown = False
         self.fire_alarm = False
+        self.held_by_hand = False  # `gated relay … on`: released until `off`
         self.door_open: bool | None = None
         # Passage input, or without one the door contact: one rising edge, one person.
         self.detector = PassageDetector()
@@ -229,7 +230,9 @@ class GateController:
         async with self._grant_lock:
             if action == "on":
                 await self.output.hold(unlocked=True)
+                self.held_by_hand = True
             elif action == "off":
+                self.held_by_hand = False
                 await self._apply_hold()
             elif action == "pulse":
                 await self.output.pulse(seconds)
@@ -266,6 +269,7 @@ class GateController:
             "relay_error": self.output.last_error,
             "door": door,
             "released": self.output.released,
+            "held_by_hand": self.held_by_hand,
             "lockdown": self.lockdown,
             "fire_alarm": self.fire_alarm,
             "mode": str(self.cfg.mode),
@@ -357,6 +361,7 @@ class GateController:
                 granted=granted,
                 lockdown=self.lockdown,
                 fire_alarm=self.fire_alarm,
+                held_released=self.held_by_hand,
             )
         )
         for event in events:
