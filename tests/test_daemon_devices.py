@@ -161,3 +161,30 @@ async def test_a_reload_swapping_decimal_em_readers_for_hex_ones_retypes_the_car
         assert reopened.card_rule_changed and reopened.cards_typed_as == TenDigits.EM32
     finally:
         reopened.close()
+
+
+async def test_a_reload_to_a_dead_board_is_an_alarm_and_so_is_its_return(tmp_path: Path) -> None:
+    """Issue 24: the installer reloads with a relay board's port wrong (nothing answers
+    there): `relay_offline` at once, not only a grey gate card; and when a board answers on
+    that port, `relay_online`."""
+    import socket
+
+    import yaml
+
+    from gated.reload import reload_config
+    from simulator.turnstile import SimTurnstile
+    from tests.test_faults_devices import make_config, output
+
+    async with running_site(tmp_path, one_gate) as site:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dead = int(s.getsockname()[1])
+        gates = [{"id": "turnstile-1", "zone": "main", "readers": [],
+                  "output": {**output(site.sims["in"]), "port": dead}}]
+        path = tmp_path / "gated.yaml"
+        path.write_text(yaml.safe_dump(make_config(tmp_path, gates).model_dump(mode="json", exclude_none=True)))
+        assert await reload_config(site.daemon, path)
+        await wait_for(lambda: len(site.alarms("relay_offline")) == 1, 10, "relay_offline after the reload")
+        assert site.daemon.controllers["turnstile-1"].health.value == "offline"
+        async with SimTurnstile(transport="tcp", host="127.0.0.1", port=dead):
+            await wait_for(lambda: len(site.alarms("relay_online")) == 1, 10, "relay_online when it answers")

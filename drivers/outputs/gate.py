@@ -156,6 +156,11 @@ class GateController:
             # The first reading teaches the supervisor the door's state, so a door forced
             # right after start-up is seen as a closed->open change.
             await self._poll_once()
+        elif self.output.health is not OutputHealth.ONLINE:
+            # a board configured and not answering (a wrong port after a reload, a board
+            # without power at start) is news: an alarm now, and `relay_online` when it
+            # answers — not only a grey gate card
+            self._health_changed(self.output.health, self.output.last_error)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self.supervise(), name=f"gate-{self.gate_id}-supervise"),
