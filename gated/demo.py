@@ -24,6 +24,7 @@ import itertools
 import os
 import secrets
 import signal
+import stat
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -98,23 +99,94 @@ def _port(value: str | None, fallback: int) -> int:
     return int(value) if value else fallback
 
 
-async def _typed_taps(readers: dict[str, Any], stop: asyncio.Event) -> None:
-    """Cards typed in the demo's terminal, read as if the card had been held to a reader."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    fd = sys.stdin.fileno()
-    loop.add_reader(fd, lambda: queue.put_nowait(sys.stdin.readline()))
+def typed_tap(line: str) -> tuple[str, str] | None:
+    """A line typed in the demo's terminal: `CARD` at the entrance, `out CARD` (or `exit
+    CARD`) at the exit, with any spaces between; None when it is no tap."""
+    words = line.split()
+    if len(words) == 1 and words[0].lower() not in ("out", "exit"):
+        gate, card = "turnstile-in", words[0]
+    elif len(words) == 2 and words[0].lower() in ("out", "exit"):
+        gate, card = "exit", words[1]
+    else:
+        return None
+    return (gate, card.upper()) if card.isascii() and card.isalnum() and len(card) <= 40 else None
+
+
+def stdin_kind() -> str:
+    """What the demo's standard input is: `tty` (a terminal: type cards), `pipe` (lines
+    from another program), `file` (a file redirected in), or `none`."""
+    if sys.stdin is None:
+        return "none"
     try:
-        while not stop.is_set():
-            line = (await queue.get()).strip()
-            if not line:
-                continue
-            gate, _, card = line.rpartition(" ")
-            gate = "exit" if gate.lower() in ("out", "exit") else "turnstile-in"
-            if card.isalnum() and len(card) <= 40:
-                readers[gate].tap(card.upper())
-            else:
-                print("  type a card number (letters and digits), or `out CARD` for the exit", flush=True)
+        fd = sys.stdin.fileno()
+        mode = os.fstat(fd).st_mode
+    except (OSError, ValueError):
+        return "none"
+    if os.isatty(fd):
+        return "tty"
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return "pipe"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "none"  # /dev/null and the like: nothing will be typed
+
+
+async def _typed_taps(readers: dict[str, Any], stop: asyncio.Event, kind: str) -> None:
+    """Cards typed in the demo's terminal (or sent down a pipe), read as if the card had
+    been held to a reader. The end of the input is the end of typing — and, for a
+    terminal, of the demo: a closed terminal has nobody left to use it, and the demo
+    must not hold its ports (nor spin on the end of input)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | None] = asyncio.Queue()  # None: the end of the input
+    fd = sys.stdin.fileno()
+
+    def say(text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):  # the terminal may be gone already
+            print(text, flush=True)
+
+    def tap(line: str) -> None:
+        if not line.strip():
+            return
+        parsed = typed_tap(line)
+        if parsed is None:
+            say("  type a card number (letters and digits), or `out CARD` for the exit")
+            return
+        gate, card = parsed
+        say(f"  tap {card} at {'the exit' if gate == 'exit' else 'the entrance'}")
+        readers[gate].tap(card)
+
+    if kind == "file":  # a regular file cannot be waited on: it is all there already
+        for line in sys.stdin.read().splitlines():
+            tap(line)
+        return
+    pending = b""
+
+    def readable() -> None:
+        nonlocal pending
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""  # a terminal that went away reads as an error: the end too
+        if not chunk:
+            loop.remove_reader(fd)
+            if pending:
+                queue.put_nowait(pending.decode(errors="replace"))
+            queue.put_nowait(None)
+            return
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            queue.put_nowait(raw.decode(errors="replace"))
+
+    loop.add_reader(fd, readable)
+    try:
+        while (line := await queue.get()) is not None:
+            tap(line)
+        if kind == "tty":
+            stop.set()
+            say("  the terminal is closed: stopping the demo")
     finally:
         loop.remove_reader(fd)
 
@@ -179,14 +251,18 @@ async def run_demo(
         await daemon.start()
         base = f"http://{config.console.bind}:{daemon.console.port if daemon.console else config.console.port}"
         display = config.console.displays[0]
+        stdin = stdin_kind()
+        tap_hint = ("  tap:       type a card number here and press Enter (`out CARD` for the exit), or\n"
+                    "             " if stdin == "tty" else
+                    "  tap:       lines from standard input (`CARD`, `out CARD`), or\n             ")
         print(
             "\n  gated demo is running\n"
             f"  console:   {base}  (desk / demo; admin / demo for lockdown)\n"
             f"  display:   {base}/display/{display.id}?token={display.token}\n"
             "             (what members see at the entrance: open it beside the console)\n"
             f"  metrics:   http://{config.metrics.bind}:{config.metrics.port}/metrics\n"
-            "  tap:       type a card number here and press Enter (`out CARD` for the exit), or\n"
-            f"             .venv/bin/gated tap -c {workdir / 'gated.yaml'} turnstile-in 04A1B2C3D4\n"
+            + (tap_hint if stdin in ("tty", "pipe", "file") else "  tap:       ")
+            + f".venv/bin/gated tap -c {workdir / 'gated.yaml'} turnstile-in 04A1B2C3D4\n"
             "  cards:     04A1B2C3D4 Ana (Spinning soon)  0499887766 Bruno (pay per visit)\n"
             "             A1B2C3D4 Lena (marketplace)  C0FFEE01 Jonas (monthly)  1111AAAA Kari (credits)\n"
             "             DEADBEEF Max (blocked)  anything else: an unknown card\n"
@@ -194,8 +270,8 @@ async def run_demo(
             flush=True,
         )
         typing = (
-            asyncio.create_task(_typed_taps(readers, stop), name="demo-typing")
-            if forever and sys.stdin is not None and sys.stdin.isatty() else None
+            asyncio.create_task(_typed_taps(readers, stop, stdin), name="demo-typing")
+            if forever and stdin in ("tty", "pipe", "file") else None
         )
         try:
             if scripted:

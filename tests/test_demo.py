@@ -109,3 +109,90 @@ def test_demo_as_a_user_drives_it(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_typed_lines_are_read_as_a_person_means_them() -> None:
+    from gated.demo import typed_tap
+
+    assert typed_tap("04a1b2c3d4") == ("turnstile-in", "04A1B2C3D4")
+    assert typed_tap("out 04A1B2C3D4") == ("exit", "04A1B2C3D4")
+    assert typed_tap("OUT  04A1B2C3D4 ") == ("exit", "04A1B2C3D4")  # two spaces: still the exit (issue 24)
+    assert typed_tap("exit\t04A1B2C3D4") == ("exit", "04A1B2C3D4")
+    for bad in ("in out 04A1", "out", "04A1-B2", "x" * 41, "café"):
+        assert typed_tap(bad) is None, bad
+
+
+def _demo_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    import os
+
+    ports = {"GATED_DEMO_CONSOLE_PORT": free_port(), "GATED_DEMO_MODBUS_PORT": free_port(),
+             "GATED_DEMO_METRICS_PORT": free_port()}
+    return {**os.environ, **{k: str(v) for k, v in ports.items()}}, tmp_path / "var" / "demo"
+
+
+def _events(workdir: Path) -> list[dict[str, object]]:
+    with contextlib.closing(sqlite3.connect(workdir / "gated.db")) as c:
+        return [json.loads(r[0]) for r in c.execute("SELECT body FROM events ORDER BY seq")]
+
+
+def test_cards_piped_to_the_demo_are_tapped(tmp_path: Path) -> None:
+    """`printf '…' | make demo`: the banner says lines from standard input are taps, and
+    they are — `out  CARD` (two spaces) at the exit, not the entrance (issue 24)."""
+    import signal
+    import time
+
+    env, workdir = _demo_env(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "gated.demo", "--workdir", str(workdir)], cwd=tmp_path, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        seen: list[str] = []
+        deadline = time.monotonic() + 60
+        while not any("Ctrl-C stops" in x for x in seen) and time.monotonic() < deadline:
+            seen.append(proc.stdout.readline())
+        assert any("lines from standard input" in x for x in seen), "".join(seen)
+        proc.stdin.write("C0FFEE01\nout  C0FFEE01\n")
+        proc.stdin.flush()
+        proc.stdin.close()  # the end of the pipe is not the end of the demo
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            taps = [(e["gate"], e["member"], e["reason"]) for e in _events(workdir) if e["type"] == "access"]
+            if ("exit", "m-jonas", "exit") in taps:
+                break
+            time.sleep(0.2)
+        assert ("turnstile-in", "m-jonas", "walk_in") in taps and ("exit", "m-jonas", "exit") in taps, taps
+        time.sleep(1.0)
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+def test_closing_the_demos_terminal_stops_it(tmp_path: Path) -> None:
+    """Issue 24: the terminal closed, the demo spun at 80 % of a core on the end of input
+    and held its ports. Now it stops, and a new demo can take the same ports."""
+    import os
+    import time
+
+    env, workdir = _demo_env(tmp_path)
+    master, slave = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "gated.demo", "--workdir", str(workdir)], cwd=tmp_path, env=env,
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    try:
+        out = b""
+        deadline = time.monotonic() + 60
+        while b"Ctrl-C stops" not in out and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                out += os.read(master, 4096)
+        assert b"type a card number here" in out, out[-2000:]
+        os.write(master, b"C0FFEE01\r")
+        deadline = time.monotonic() + 30
+        while not any(e["type"] == "access" and e["member"] == "m-jonas" for e in _events(workdir)):
+            assert time.monotonic() < deadline, "the typed card"
+            time.sleep(0.2)
+    finally:
+        os.close(master)  # the terminal goes away
+    assert proc.wait(30) == 0
+    with socket.socket() as s:  # its console's port is free again
+        s.bind(("127.0.0.1", int(env["GATED_DEMO_CONSOLE_PORT"])))
