@@ -19,7 +19,6 @@ from gated.console.api import audit_filters, report_range
 from gated.console.auth import requires
 from gated.console.state import console_of
 
-
 FORMULA_START = ("=", "+", "-", "@")
 
 
