@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := mosquitto chromium socat faketime
 
-.PHONY: install test demo bench lint typecheck system-deps torture soak clean
+.PHONY: install test check demo bench lint typecheck system-deps torture soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The quick loop while working: ruff, mypy and the unit tier (tests/conftest.py), in well
+# under a minute, nothing to install but the venv.
+check: $(STAMP) lint typecheck
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m unit
 
 test: system-deps $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \

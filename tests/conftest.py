@@ -1,6 +1,49 @@
-"""Fixtures shared by the test files: a real mosquitto on a free loopback port and the
-reference central system on it (defined in tests/broker.py, registered here once)."""
+"""Fixtures shared by the test files — a real mosquitto on a free loopback port and the
+reference central system on it (defined in tests/broker.py, registered here once) — and
+the tiers of the suite.
+
+Every test gets one tier marker by its file, so a tier can be run alone:
+
+| marker | what | run it |
+| --- | --- | --- |
+| `unit` | in-process, no other process, no network, no browser: rules, parsers, state machines, the store on a temp file | `make check` (with ruff and mypy, in well under a minute) |
+| `integration` | real peers: `gated run` processes, mosquitto, ptys, Modbus servers, tmpfs, libfaketime | `make test` |
+| `browser` | headless Chromium through Playwright | `make test` |
+| `slow` | minutes each: the simulated days, the crash torture, the package build | `make test`; `pytest -m "not slow"` leaves them out |
+
+A file not listed as unit or browser is integration: a new test file is run by `make
+test` whatever its tier, and moved into UNIT here once it needs nothing outside the
+process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
 
 from tests.broker import central, mosquitto, mosquitto_factory
 
 __all__ = ["central", "mosquitto", "mosquitto_factory"]
+
+UNIT = {
+    "test_admission", "test_clock_policy", "test_credential", "test_decide", "test_enrolment", "test_fuzz_inputs",
+    "test_fuzz_osdp", "test_ledger", "test_messages", "test_outputs_door", "test_outputs_grant", "test_outputs_plan",
+    "test_peers", "test_qrtoken", "test_read_models", "test_readers_frames", "test_store_cards", "test_store_files",
+    "test_sync_retention", "test_sync_session", "test_timeutil",
+}
+BROWSER = {"test_console_browser"}
+SLOW = {"test_simday", "test_torture", "test_package"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = Path(str(item.fspath)).stem
+        if module in BROWSER:
+            item.add_marker(pytest.mark.browser)
+        elif module in UNIT:
+            item.add_marker(pytest.mark.unit)
+        else:
+            item.add_marker(pytest.mark.integration)
+        if module in SLOW:
+            item.add_marker(pytest.mark.slow)
