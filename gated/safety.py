@@ -121,6 +121,7 @@ class Safety:
             await ctl.set_lockdown(on)
         self._persist(LOCKDOWN_KEY, self.lockdown)
         self._record("lockdown", {"active": on, "operator": operator}, operator, "lockdown" if on else "release")
+        await self._on_disk(LOCKDOWN_KEY)
         log.warning("lockdown" if on else "lockdown_released", operator=operator)
 
     async def set_emergency(self, on: bool, operator: str) -> None:
@@ -135,6 +136,7 @@ class Safety:
             operator,
             "emergency_release" if on else "emergency_restore",
         )
+        await self._on_disk(EMERGENCY_KEY)
 
     async def fire_input_read(self, active: bool) -> None:
         """The fire input was read and changed (or read for the first time)."""
@@ -173,6 +175,13 @@ class Safety:
         self._released = released
         for ctl in self.controllers.values():
             await ctl.set_fire_alarm(released)
+
+    async def _on_disk(self, key: str) -> None:
+        """What a person decided survives a power cut before they are told it is done."""
+        try:
+            await self.store.flushed()
+        except OSError as e:
+            log.error("safety_state_not_durable", key=key, error=str(e))
 
     def _persist(self, key: str, switch: Switch) -> None:
         try:

@@ -167,6 +167,7 @@ class TapPath:
         hold = self._hold(pending)
         try:
             pending, intent, intent_at = self._write_intent(pending, extra)
+            pending = await self._intent_on_disk(pending, intent)
             pending = await self._contest_qr(pending, intent, intent_at)
             pending, passage = await self._open(pending, reader)
             passed = passage is Passage.PASSED
@@ -178,6 +179,7 @@ class TapPath:
                 committed.events.extend(self._unconfirmed(pending, intent).events)
             else:
                 committed = self._commit(pending, passed, intent, extra)
+            await self._commit_on_disk(pending)
         finally:
             self._release(hold)
         d = pending.decision
@@ -274,6 +276,30 @@ class TapPath:
                 return pending, None, now  # nobody is locked in: the exit opens unrecorded
             return self.engine.refuse(pending, Reason.STORAGE_FAULT), None, now
         return pending, intent, now
+
+    async def _intent_on_disk(self, pending: PendingTap, intent: int | None) -> PendingTap:
+        """The intent's commit flushed to disk before the relay is touched — off the event
+        loop (sync/durability.py). A flush that fails refuses an entry (`storage_fault`; the
+        tap's commit then resolves the intent); an exit opens all the same."""
+        if intent is None:
+            return pending
+        try:
+            await self.engine.store.flushed()
+        except OSError as e:
+            self.storage.failed(e, "intent")
+            if not self._exit(pending):
+                return self.engine.refuse(pending, Reason.STORAGE_FAULT)
+        return pending
+
+    async def _commit_on_disk(self, pending: PendingTap) -> None:
+        """The tap's commit flushed before the answer (a committed deduction survives a power
+        cut). A failing flush is a storage fault like a failing commit: said, not raised."""
+        if not pending.decision.granted:
+            return  # a denial moves nothing: its record may wait for the next flush
+        try:
+            await self.engine.store.flushed()
+        except OSError as e:
+            self.storage.failed(e, "commit")
 
     async def _contest_qr(self, pending: PendingTap, intent: int | None, claimed_at: datetime) -> PendingTap:
         """A QR code shown at two daemons of the site at the same instant: each has used it

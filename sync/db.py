@@ -12,12 +12,17 @@ from urllib.parse import quote
 
 def connect(path: Path, *, durable: bool) -> sqlite3.Connection:
     """The daemon's one writing connection: WAL, autocommit mode (transactions are
-    explicit), usable from the console's worker threads for reads."""
+    explicit), usable from the console's worker threads for reads.
+
+    NORMAL either way: a COMMIT writes the log and returns, no fsync on the caller's
+    thread (the event loop). With `durable`, the store flushes the log itself, off the
+    loop (sync/durability.py), and the tap path waits for that flush where a power cut
+    must not take what it did: a committed deduction survives a power cut, not only a
+    process crash."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
-    # FULL: a committed deduction survives a power cut, not only a process crash
-    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+    conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=5000")
     conn.execute("PRAGMA foreign_keys=OFF")
     # Checkpoints copy the WAL back into the database file: seconds of I/O after a big

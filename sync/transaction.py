@@ -65,11 +65,13 @@ class Transaction:
 class Transactions:
     """Opens transactions on the store's connection; one at a time (one event loop)."""
 
-    def __init__(self, conn: sqlite3.Connection, outbox: Outbox, meta: Meta):
+    def __init__(self, conn: sqlite3.Connection, outbox: Outbox, meta: Meta,
+                 committed: Callable[[], None] | None = None):
         self.conn = conn
         self.outbox = outbox
         self.meta = meta
         self.listeners: list[Listener] = []
+        self.committed = committed  # told of each COMMIT (the store's WAL flush, sync/durability.py)
 
     @contextmanager
     def open(self) -> Iterator[Transaction]:
@@ -79,6 +81,8 @@ class Transactions:
         try:
             yield tx
             self.conn.execute("COMMIT")
+            if self.committed is not None:
+                self.committed()
         except BaseException:
             self.outbox.next_seq = seq_before
             # SQLite rolls some failed COMMITs back by itself (a full disk, an I/O error)

@@ -1,0 +1,123 @@
+"""Commits made durable off the event loop.
+
+The ledger's connection commits with `synchronous=NORMAL`: in WAL mode a COMMIT then writes
+its frames to the write-ahead log (the page cache) and returns, and SQLite fsyncs only at
+checkpoints. What must survive a power cut is then made so here: `WalSync.flushed()`
+returns once every commit made before it was called is on disk — an `fdatasync` of the
+WAL file, run in a thread of its own, so no fsync ever holds the event loop (a tap at
+another gate, a Modbus poll, the console go on while one waits for the disk). The tap
+path awaits it where the rules of the ledger need it: a grant's intent before the relay
+is pulsed, a tap's commit before its answer, a lockdown before it is reported done.
+Several waiting at once share one flush (group commit).
+
+SQLite's WAL recovery keeps the database consistent whatever part of the log reached the
+disk (frames are checksummed; a torn tail is ignored), so a commit not yet flushed is at
+worst lost whole in a power cut — never half-applied. What nothing waits for (alarms,
+acks, a peer's events) is flushed within `idle_flush` by the same thread.
+
+A failing flush (an I/O error, the disk gone) is raised to every waiter: the tap path
+takes it as the storage fault it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+
+class WalSync:
+    def __init__(self, db: Path, *, idle_flush: float = 1.0, fsync: Callable[[int], None] = os.fdatasync):
+        self.wal = Path(str(db) + "-wal")
+        self.idle_flush = idle_flush
+        self._fsync = fsync
+        self._committed = 0  # commits so far (on the loop)
+        self._synced = 0  # commits known on disk
+        self._fd: int | None = None
+        self._ino: int | None = None
+        self._lock = threading.Lock()  # the fd is opened and closed from the flushing thread too
+        self._flushing: asyncio.Future[int] | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        self.flushes = 0  # how many fdatasyncs (fewer than commits: group commit)
+
+    def committed(self) -> None:
+        """A transaction committed (Transactions calls this after each COMMIT)."""
+        self._committed += 1
+        if self._idle is None:
+            with contextlib.suppress(RuntimeError):  # no loop (a tool, a test): nothing to schedule
+                loop = asyncio.get_running_loop()
+                self._idle = loop.call_later(self.idle_flush, self._flush_idle)
+
+    @property
+    def pending(self) -> bool:
+        return self._synced < self._committed
+
+    async def flushed(self) -> None:
+        """Until every commit made so far is on disk (raises OSError if it cannot be)."""
+        target = self._committed
+        while self._synced < target:
+            if self._flushing is None:
+                self._flushing = asyncio.ensure_future(self._flush())
+            fut = self._flushing
+            await asyncio.shield(fut)
+
+    def flush_now(self) -> None:
+        """The same, synchronously (start-up, a probe, closing): for code off the tap path."""
+        target = self._committed
+        self._sync_file()
+        self._synced = max(self._synced, target)
+
+    async def _flush(self) -> int:
+        try:
+            target = self._committed
+            await asyncio.get_running_loop().run_in_executor(None, self._sync_file)
+            self._synced = max(self._synced, target)
+            self.flushes += 1
+            return target
+        finally:
+            self._flushing = None
+
+    def _flush_idle(self) -> None:
+        self._idle = None
+        if self.pending and self._flushing is None:
+            self._flushing = asyncio.ensure_future(self._flush())
+            self._flushing.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def _sync_file(self) -> None:
+        with self._lock:
+            fd = self._open()
+            if fd is not None:
+                self._fsync(fd)
+
+    def _open(self) -> int | None:
+        """The WAL's fd, opened again when the file was replaced (a rescue, a restart of the
+        log): fdatasync acts on the file the fd names, which must be the one SQLite writes."""
+        try:
+            st = os.stat(self.wal)
+        except FileNotFoundError:
+            return None  # nothing written yet: nothing to flush
+        if self._fd is not None and self._ino == st.st_ino:
+            return self._fd
+        self._close_fd()
+        self._fd = os.open(self.wal, os.O_RDONLY | os.O_CLOEXEC)
+        self._ino = st.st_ino
+        return self._fd
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        with self._lock:
+            self._close_fd()
+
+
+__all__ = ["WalSync"]

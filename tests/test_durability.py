@@ -1,0 +1,142 @@
+"""sync/durability.py: commits made durable off the event loop. The ledger commits without
+an fsync on the loop (synchronous=NORMAL); `flushed()` is an fdatasync of its log in a
+thread, shared by whoever waits at the same time (group commit), raised to each when it
+fails, and a slow disk never holds the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from rules.model import Site
+from sync.durability import WalSync
+from sync.store import Store
+
+NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
+SITE = Site(id="s1", timezone=ZoneInfo("Europe/Madrid"))
+
+
+def wal_of(tmp: Path, fsync: object) -> WalSync:
+    """A WalSync over a log file of its own (what SQLite would have written)."""
+    (tmp / "g.db-wal").write_bytes(b"frames")
+    return WalSync(tmp / "g.db", fsync=fsync)  # type: ignore[arg-type]
+
+
+def emit(store: Store, n: int = 1) -> None:
+    for _ in range(n):
+        with store.transaction() as tx:
+            tx.emit("note", NOW)
+
+
+async def test_waiters_at_the_same_time_share_one_flush(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def slow_fsync(fd: int) -> None:
+        calls.append(fd)
+        time.sleep(0.05)
+        os.fdatasync(fd)
+
+    wal = wal_of(tmp_path, slow_fsync)
+    try:
+        wal.committed()
+        first = asyncio.ensure_future(wal.flushed())
+        await asyncio.sleep(0.01)  # the first flush is under way
+        for _ in range(3):
+            wal.committed()
+        await asyncio.gather(first, *(wal.flushed() for _ in range(5)))
+        assert not wal.pending
+        assert len(calls) == 2  # six waiters, four commits: two flushes
+        await wal.flushed()  # nothing new: nothing to do
+        assert len(calls) == 2
+    finally:
+        wal.close()
+
+
+async def test_a_slow_disk_never_holds_the_event_loop(tmp_path: Path) -> None:
+    stuck = threading.Event()
+
+    def stalled_fsync(fd: int) -> None:
+        stuck.wait(0.5)  # a disk busy with another process's writes
+
+    wal = wal_of(tmp_path, stalled_fsync)
+    try:
+        wal.committed()
+        waiting = asyncio.ensure_future(wal.flushed())
+        lags = []
+        for _ in range(20):  # the loop goes on: another gate's tap, a Modbus poll
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - t - 0.01)
+        assert not waiting.done() and max(lags) < 0.1
+        stuck.set()
+        await waiting
+    finally:
+        wal.close()
+
+
+async def test_a_failing_flush_is_raised_to_every_waiter_and_retried(tmp_path: Path) -> None:
+    failing = [True]
+
+    def fsync(fd: int) -> None:
+        if failing[0]:
+            raise OSError(5, "Input/output error")
+        os.fdatasync(fd)
+
+    wal = wal_of(tmp_path, fsync)
+    try:
+        wal.committed()
+        results = await asyncio.gather(wal.flushed(), wal.flushed(), return_exceptions=True)
+        assert all(isinstance(r, OSError) for r in results)
+        assert wal.pending  # not on disk: a later flush tries again
+        failing[0] = False
+        await wal.flushed()
+        assert not wal.pending
+    finally:
+        wal.close()
+
+
+async def test_the_log_replaced_behind_the_store_is_flushed_where_sqlite_writes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.db", SITE, background_checkpoints=False)
+    try:
+        emit(store)
+        await store.flushed()
+        assert store.wal_sync is not None
+        first = store.wal_sync._ino
+        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        wal = Path(str(store.path) + "-wal")
+        wal.unlink()  # as the rescue or a restart would leave it: a new file
+        store.reopen()
+        emit(store)
+        await store.flushed()
+        assert store.wal_sync._ino == os.stat(wal).st_ino != first
+    finally:
+        store.close()
+
+
+def test_without_a_loop_it_flushes_when_asked(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.db", SITE, background_checkpoints=False)
+    try:
+        emit(store, 2)
+        assert store.wal_sync is not None and store.wal_sync.pending
+        store.flush_now()
+        assert not store.wal_sync.pending
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("durable", [False])
+def test_a_store_that_is_not_durable_has_nothing_to_flush(tmp_path: Path, durable: bool) -> None:
+    store = Store(tmp_path / "g.db", SITE, durable=durable, background_checkpoints=False)
+    try:
+        emit(store)
+        assert store.wal_sync is None
+        asyncio.run(store.flushed())
+    finally:
+        store.close()
