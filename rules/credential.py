@@ -131,21 +131,17 @@ class Card:
 
     @property
     def key(self) -> str:
-        """The canonical form: stored, sent to and from the central system, shown."""
+        """The canonical form: stored, sent to and from the central system, shown — the
+        untyped form (`legacy`) behind its type: `uid:`, `em:`, `em32:`, `w26:`, `raw:35:`,
+        `text:`."""
         match self.format:
-            case CardFormat.UID:
-                return f"uid:{self.uid_bytes.hex().upper()}"
-            case CardFormat.EM:
-                return f"em:{self.value:010X}"
-            case CardFormat.EM32:
-                return f"em32:{self.value:010d}"
             case CardFormat.WIEGAND:
-                return f"w{self.bits}:{self.facility}:{self.value}"
+                prefix = f"w{self.bits}"
             case CardFormat.RAW:
-                return f"raw:{self.bits}:{self.value:0{(self.bits + 3) // 4}X}"
-            case CardFormat.TEXT:
-                return f"text:{self.text}"
-        raise AssertionError(self.format)  # pragma: no cover
+                prefix = f"raw:{self.bits}"
+            case _:
+                prefix = self.format.value
+        return f"{prefix}:{self.legacy}"
 
     @property
     def legacy(self) -> str:
