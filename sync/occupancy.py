@@ -9,36 +9,41 @@ anti-passback, presence resets at local midnight.
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime
 
 from rules.timeutil import local_date, start_of_local_day
 from sync.store import Store
 
 
+def entries_inside(conn: sqlite3.Connection, zone: str, start: datetime, now: datetime) -> list[tuple[str, float, str]]:
+    """(member, when, gate) of each member whose latest passage into or out of `zone`
+    between `start` (local midnight) and `now` is an entry, the latest first: the one
+    query behind occupancy, the capacity limit and the console's "who is inside"."""
+    rows = conn.execute(
+        "SELECT member_id, at, gate FROM ("
+        " SELECT member_id, direction, at, gate,"
+        "  ROW_NUMBER() OVER (PARTITION BY member_id ORDER BY at DESC, id DESC) AS rn"
+        " FROM passages WHERE zone = ? AND member_id IS NOT NULL AND at >= ? AND at <= ?"
+        ") WHERE rn = 1 AND direction = 'in' ORDER BY at DESC",
+        (zone, start.timestamp(), now.timestamp()),
+    ).fetchall()
+    return [(str(r[0]), float(r[1]), str(r[2])) for r in rows]
+
+
+def _since_midnight(store: Store, zone: str, now: datetime) -> list[tuple[str, float, str]]:
+    start = start_of_local_day(local_date(now, store.site.timezone), store.site.timezone)
+    return entries_inside(store.conn, zone, start, now)
+
+
 def occupancy(store: Store, zone: str, now: datetime) -> int:
     """Distinct members inside `zone` at `now` (local + remote passages, since midnight)."""
-    start = start_of_local_day(local_date(now, store.site.timezone), store.site.timezone)
-    row = store.conn.execute(
-        "SELECT COUNT(*) FROM ("
-        " SELECT direction, ROW_NUMBER() OVER (PARTITION BY member_id ORDER BY at DESC, id DESC) AS rn"
-        " FROM passages WHERE zone = ? AND member_id IS NOT NULL AND at >= ? AND at <= ?"
-        ") WHERE rn = 1 AND direction = 'in'",
-        (zone, start.timestamp(), now.timestamp()),
-    ).fetchone()
-    return int(row[0])
+    return len(_since_midnight(store, zone, now))
 
 
 def inside(store: Store, zone: str, now: datetime) -> list[str]:
     """The members counted by `occupancy`, sorted (console)."""
-    start = start_of_local_day(local_date(now, store.site.timezone), store.site.timezone)
-    rows = store.conn.execute(
-        "SELECT member_id FROM ("
-        " SELECT member_id, direction, ROW_NUMBER() OVER (PARTITION BY member_id ORDER BY at DESC, id DESC) AS rn"
-        " FROM passages WHERE zone = ? AND member_id IS NOT NULL AND at >= ? AND at <= ?"
-        ") WHERE rn = 1 AND direction = 'in' ORDER BY member_id",
-        (zone, start.timestamp(), now.timestamp()),
-    ).fetchall()
-    return [str(r[0]) for r in rows]
+    return sorted(m for m, _, _ in _since_midnight(store, zone, now))
 
 
 def is_full(store: Store, zone: str, capacity: int | None, now: datetime, *, member: str | None = None) -> bool:
@@ -51,4 +56,4 @@ def is_full(store: Store, zone: str, capacity: int | None, now: datetime, *, mem
     return occupancy(store, zone, now) >= capacity
 
 
-__all__ = ["inside", "is_full", "occupancy"]
+__all__ = ["entries_inside", "inside", "is_full", "occupancy"]

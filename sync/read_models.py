@@ -21,6 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from sync.occupancy import entries_inside
 from sync.search_text import alnum, digits, fold
 from sync.store import open_reader
 
@@ -245,16 +246,14 @@ class Inside:
 
 def inside(conn: sqlite3.Connection, zone: str, start: datetime, now: datetime) -> list[Inside]:
     """Members whose latest passage into or out of `zone` since `start` (local midnight) is
-    an entry — the same count as sync.occupancy — with when and where they came in."""
-    rows = conn.execute(
-        "SELECT x.member_id, m.name, x.at, x.gate FROM ("
-        " SELECT member_id, direction, at, gate,"
-        "  ROW_NUMBER() OVER (PARTITION BY member_id ORDER BY at DESC, id DESC) AS rn"
-        " FROM passages WHERE zone = ? AND member_id IS NOT NULL AND at >= ? AND at <= ?"
-        ") x LEFT JOIN members m ON m.id = x.member_id WHERE x.rn = 1 AND x.direction = 'in' ORDER BY x.at DESC",
-        (zone, start.timestamp(), now.timestamp()),
-    ).fetchall()
-    return [Inside(r[0], r[1] or r[0], datetime.fromtimestamp(r[2], UTC), r[3]) for r in rows]
+    an entry — sync.occupancy's count — with their names, when and where they came in."""
+    entries = entries_inside(conn, zone, start, now)
+    names: dict[str, str] = {}
+    ids = [m for m, _, _ in entries]
+    for i in range(0, len(ids), 500):
+        part = ids[i : i + 500]
+        names.update(conn.execute(f"SELECT id, name FROM members WHERE id IN ({','.join('?' * len(part))})", part))
+    return [Inside(m, names.get(m) or m, datetime.fromtimestamp(at, UTC), gate) for m, at, gate in entries]
 
 
 def anonymous_entries(conn: sqlite3.Connection, zone: str, start: datetime, now: datetime) -> int:
