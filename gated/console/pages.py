@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -36,29 +38,20 @@ def shell(request: Request, page: str) -> Response:
     return Response(html, media_type="text/html; charset=utf-8")
 
 
-@requires(page=True)
-async def feed_page(request: Request) -> Response:
-    return shell(request, "feed")
+def page(name: str) -> Callable[[Request], Awaitable[Response]]:
+    """The handler of one page of PAGES (a login is required, as for every page)."""
+
+    @requires(page=True)
+    async def handler(request: Request) -> Response:
+        return shell(request, name)
+
+    handler.__name__ = f"{name}_page"
+    return handler
 
 
-@requires(page=True)
-async def members_page(request: Request) -> Response:
-    return shell(request, "members")
+# path -> handler, in the order of the navigation
+ROUTES = {"/": page("feed"), "/members": page("members"), "/classes": page("classes"),
+          "/reports": page("reports"), "/audit": page("audit")}
 
 
-@requires(page=True)
-async def classes_page(request: Request) -> Response:
-    return shell(request, "classes")
-
-
-@requires(page=True)
-async def reports_page(request: Request) -> Response:
-    return shell(request, "reports")
-
-
-@requires(page=True)
-async def audit_page(request: Request) -> Response:
-    return shell(request, "audit")
-
-
-__all__ = ["audit_page", "classes_page", "feed_page", "members_page", "reports_page"]
+__all__ = ["PAGES", "ROUTES", "page", "shell"]
