@@ -288,8 +288,12 @@ class Rig:
             else:
                 await self.wait_ready()
                 self.tapping.set()
-                if kind == "snapshot" and gate.meta("sync.snapshot_id", "") == "":
-                    kind = "taps"  # nothing to replace yet: the start-up snapshot is on its way
+                if gate.meta("sync.snapshot_id", "") == "":
+                    # Nothing to replace and nobody to let in yet: on a slow machine the
+                    # start-up kills can cut off every first import, so wait for one here
+                    # (kills during it are the "startup" kind's business).
+                    kind = "taps"
+                    await wait_for(lambda: gate.meta("sync.snapshot_id", "") != "", WAIT_S, "the first snapshot")
                 if kind == "snapshot":
                     await self.central.publish_snapshot(SITE)  # pushed to every gate of the site
                     await asyncio.sleep(rnd.uniform(0.0, 0.7))
