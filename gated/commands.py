@@ -94,11 +94,15 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     p.add_argument("--user", default=os.environ.get("GATED_USER") or getpass.getuser())
     p.set_defaults(func=cmd_open)
 
-    p = sub.add_parser("lockdown", help="lock every gate (admin), or release with --off")
-    _config_arg(p)
-    p.add_argument("--off", action="store_true")
-    p.add_argument("--user", default=os.environ.get("GATED_USER") or getpass.getuser())
-    p.set_defaults(func=cmd_lockdown)
+    for name, what in (("lockdown", "lock every entrance (admin), or release with --off"),
+                       ("emergency", "release every fail-safe door as on a fire alarm (admin), or end it with --off")):
+        p = sub.add_parser(name, help=what)
+        _config_arg(p)
+        p.add_argument("--off", action="store_true")
+        p.add_argument("--reason", help="why (required to switch it on): recorded in the event and the audit log, "
+                       "shown on the console's banner")
+        p.add_argument("--user", default=os.environ.get("GATED_USER") or getpass.getuser())
+        p.set_defaults(func=cmd_safety_switch, switch=name)
 
     p = sub.add_parser("hash-password", help="hash a console password for the configuration")
     p.set_defaults(func=cmd_hash_password)
@@ -365,8 +369,12 @@ def cmd_open(args: argparse.Namespace) -> int:
     return 0 if "error" not in result else 1
 
 
-def cmd_lockdown(args: argparse.Namespace) -> int:
-    result = _control(args, {"cmd": "lockdown", "on": not args.off, "user": args.user, "password": _password()})
+def cmd_safety_switch(args: argparse.Namespace) -> int:
+    if not args.off and not (args.reason or "").strip():
+        print(f"gated {args.switch}: say why with --reason (it is recorded and shown on the console)", file=sys.stderr)
+        return 2
+    result = _control(args, {"cmd": args.switch, "on": not args.off, "reason": args.reason, "user": args.user,
+                             "password": _password()})
     print(json.dumps(result))
     return 0 if "error" not in result else 1
 

@@ -1,5 +1,6 @@
-"""The control socket: how `gated tap`, `gated open` and `gated status` reach a running
-daemon. A Unix socket (mode 0660): only root and the gated group can connect.
+"""The control socket: how `gated tap`, `gated open`, `gated lockdown`, `gated emergency`,
+`gated relay` and `gated status` reach a running daemon (through its operator API,
+gated/operator.py). A Unix socket (mode 0660): only root and the gated group can connect.
 
 Who may open a door: `open` and `lockdown` need a console user's name and password and
 are audited; `tap` (a read injected as if a reader had read it) is refused unless the
@@ -25,8 +26,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from gated.auth import authenticate
-from gated.console.backend import ActionRefused, ConsoleBackend
-from gated.console.security import Attempt, LoginLimiter
+from gated.login_limits import Attempt, LoginLimiter
+from gated.operator import ActionRefused, OperatorApi
 from rules.credential import Credential
 
 if TYPE_CHECKING:
@@ -59,8 +60,12 @@ class OpenCmd(_Cmd):
 
 
 class LockdownCmd(_Cmd):
-    cmd: Literal["lockdown"]
+    """`gated lockdown` / `gated emergency` (an admin): every entrance locked, or every
+    fail-safe door released; a reason to switch either on."""
+
+    cmd: Literal["lockdown", "emergency"]
     on: bool
+    reason: str | None = Field(None, max_length=500)
     user: str
     password: str
 
@@ -95,7 +100,7 @@ def peer_uid(writer: asyncio.StreamWriter) -> int | None:
 
 
 class ControlServer:
-    def __init__(self, backend: ConsoleBackend, path: Path, metrics: Metrics):
+    def __init__(self, backend: OperatorApi, path: Path, metrics: Metrics):
         self.backend = backend
         self.metrics = metrics
         self.path = Path(path)
@@ -193,10 +198,13 @@ class ControlServer:
                 return await b.relay_by_hand(cmd.gate, cmd.action, cmd.seconds, user.name)
             if user.role != "admin":
                 return {"error": "only an admin can lock down or release"}
-            await b.set_lockdown(cmd.on, user.name)
+            if cmd.cmd == "lockdown":
+                await b.set_lockdown(cmd.on, user.name, cmd.reason)
+                return {"lockdown": b.lockdown}
+            await b.set_emergency(cmd.on, user.name, cmd.reason)
+            return {"emergency": b.emergency}
         except ActionRefused as e:
             return {"error": e.message}
-        return {"lockdown": cmd.on}
 
 
 async def request(

@@ -29,7 +29,7 @@ import structlog
 from drivers.outputs.fire import FireAlarmMonitor
 from drivers.outputs.gate import GateController
 from drivers.outputs.links import lines_in_use
-from drivers.outputs.modbus import OutputFault, OutputHealth
+from drivers.outputs.modbus import OutputHealth
 from drivers.readers.base import Reader, ReaderHealth
 from drivers.readers.config import build_reader
 from gated import logs, sdnotify, status
@@ -40,6 +40,7 @@ from gated.config import Config, ConfigError, load_config
 from gated.engine import Engine
 from gated.knowledge import Knowledge
 from gated.metrics import Metrics
+from gated.operator import DaemonOperatorApi
 from gated.reload import reload_config
 from gated.safety import Safety
 from gated.storage_watch import StorageWatch
@@ -105,6 +106,8 @@ class Daemon:
         self.fire_monitor: FireAlarmMonitor | None = None
         self.alarms = Alarms(self.metrics, self.clock)
         self.knowledge = Knowledge(self)
+        # what the console and the control socket may ask (gated/operator.py)
+        self.operator = DaemonOperatorApi(self)
         self._reload_lock = asyncio.Lock()
         self._jobs: set[asyncio.Future[Any]] = set()
 
@@ -217,10 +220,9 @@ class Daemon:
             store.set_site_wide_qr(cfg.mqtt.share_access)
             self.taps.link = self.link
             self.link_task = asyncio.create_task(self.link.run(), name="mqtt-link")
-        from gated.console.backend import DaemonBackend
         from gated.control import ControlServer
 
-        self.control = ControlServer(DaemonBackend(self), cfg.control.socket, self.metrics)
+        self.control = ControlServer(self.operator, cfg.control.socket, self.metrics)
         await self.control.start()
         if cfg.metrics.enabled:
             try:
@@ -230,7 +232,7 @@ class Daemon:
         if cfg.console.enabled:
             from gated.console.server import start_console
 
-            self.console = await start_console(DaemonBackend(self))
+            self.console = await start_console(self.operator)
         self._tasks.append(asyncio.create_task(self._scheduler(), name="scheduler"))
         self._tasks.append(asyncio.create_task(self.storage.run(), name="storage-watch"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
@@ -379,7 +381,8 @@ class Daemon:
             sys.stderr.flush()
             os._exit(0)  # the store is closed: everything worth keeping is on disk
 
-    # -- taps, the desk, safety (the work is in gated/taps.py and gated/safety.py) ----------
+    # -- taps and the safety state (the work is in gated/taps.py and gated/safety.py; what
+    # people may ask is gated/operator.py) --------------------------------------------
 
     async def handle_credential(self, gate_id: str, cred: Credential, reader: Reader | None = None) -> dict[str, Any]:
         if self.taps is None:
@@ -392,25 +395,6 @@ class Daemon:
         finally:
             if task is not None:
                 self.in_flight.discard(task)
-
-    async def check_in(
-        self,
-        gate_id: str,
-        member_id: str,
-        operator: str,
-        reason: str,
-        *,
-        booking_id: str | None = None,
-        pass_id: str | None = None,
-    ) -> dict[str, Any]:
-        """The desk checks a member in by hand: same rules, intent, relay and ledger as a tap."""
-        assert self.taps is not None
-        self.taps.engine.gate(gate_id)  # unknown gate: raise before touching anything
-        return await self.taps.check_in(gate_id, member_id, operator, reason, booking_id=booking_id, pass_id=pass_id)
-
-    async def override(self, gate_id: str, operator: str, reason: str) -> dict[str, Any]:
-        assert self.taps is not None
-        return await self.taps.override(gate_id, operator, reason)
 
     @property
     def lockdown(self) -> bool:
@@ -432,38 +416,6 @@ class Daemon:
             return False
         last = self.store.last_sync_at()
         return last is None or self.clock() - last > parse_duration(max_age)
-
-    async def relay_by_hand(self, gate_id: str, action: str, seconds: float | None, operator: str) -> dict[str, Any]:
-        """`gated relay` while running: audited, and an event, like an override."""
-        assert self.store is not None
-        ctl = self.controllers.get(gate_id)
-        if ctl is None:
-            return {"error": f"gate {gate_id!r} has no relay"}
-        try:
-            await ctl.by_hand(action, seconds)
-        except OutputFault as e:
-            return {"error": "hardware_fault", "message": str(e)}
-        self.store.emit("relay_by_hand", self.clock(), gate=gate_id, action=action, operator=operator)
-        self.store.audit(self.clock(), operator, f"relay_{action}", {"gate": gate_id})
-        log.warning("relay_by_hand", gate=gate_id, action=action, operator=operator)
-        return {"gate": gate_id, "relay": action}
-
-    async def set_lockdown(self, on: bool, operator: str) -> None:
-        assert self.safety is not None
-        await self.safety.set_lockdown(on, operator)
-        sdnotify.status(status.status_line(self))
-
-    async def emergency_release(self, operator: str) -> None:
-        """Every fail-safe door released, as for a fire alarm, by an admin's decision."""
-        assert self.safety is not None
-        await self.safety.set_emergency(True, operator)
-        sdnotify.status(status.status_line(self))
-
-    async def end_emergency_release(self, operator: str) -> None:
-        """Back to normal after an emergency release (not while the fire input is active)."""
-        assert self.safety is not None
-        await self.safety.set_emergency(False, operator)
-        sdnotify.status(status.status_line(self))
 
     async def start_fire_monitor(self) -> None:
         assert self.config.fire_alarm is not None and self.safety is not None

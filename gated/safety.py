@@ -43,6 +43,7 @@ class Switch:
     active: bool = False
     operator: str | None = None
     at: str | None = None
+    reason: str | None = None  # what the person said when they switched it
 
     @classmethod
     def load(cls, text: str | None) -> Switch:
@@ -50,7 +51,7 @@ class Switch:
             return cls()
         try:
             raw = json.loads(text)
-            return cls(bool(raw["active"]), raw.get("operator"), raw.get("at"))
+            return cls(bool(raw["active"]), raw.get("operator"), raw.get("at"), raw.get("reason"))
         except (ValueError, KeyError, TypeError):
             # unreadable: a lockdown may have been on; the safe reading is "on"
             return cls(True, "unknown (unreadable safety state)", None)
@@ -114,29 +115,31 @@ class Safety:
 
     # -- changes --------------------------------------------------------------------------
 
-    async def set_lockdown(self, on: bool, operator: str) -> None:
-        self.lockdown = Switch(on, operator, iso_utc(self.clock()))
+    async def set_lockdown(self, on: bool, operator: str, reason: str | None = None) -> None:
+        self.lockdown = Switch(on, operator, iso_utc(self.clock()), reason)
         # the doors first: a lockdown that cannot be written still locks
         for ctl in self.controllers.values():
             await ctl.set_lockdown(on)
         self._persist(LOCKDOWN_KEY, self.lockdown)
-        self._record("lockdown", {"active": on, "operator": operator}, operator, "lockdown" if on else "release")
+        self._record("lockdown", {"active": on, "operator": operator, "reason": reason}, operator,
+                     "lockdown" if on else "release")
         await self._on_disk(LOCKDOWN_KEY)
-        log.warning("lockdown" if on else "lockdown_released", operator=operator)
+        log.warning("lockdown" if on else "lockdown_released", operator=operator, reason=reason)
 
-    async def set_emergency(self, on: bool, operator: str) -> None:
+    async def set_emergency(self, on: bool, operator: str, reason: str | None = None) -> None:
         if not on and self.fire.active and self.fire.known:
             raise RuntimeError("the fire-alarm input is still active")
-        self.emergency = Switch(on, operator, iso_utc(self.clock()))
+        self.emergency = Switch(on, operator, iso_utc(self.clock()), reason)
         await self._apply_release()
         self._persist(EMERGENCY_KEY, self.emergency)
         self._record(
             "fire_alarm",
-            {"active": self.released, "source": operator, "emergency_release": on},
+            {"active": self.released, "source": operator, "emergency_release": on, "reason": reason},
             operator,
             "emergency_release" if on else "emergency_restore",
         )
         await self._on_disk(EMERGENCY_KEY)
+        log.warning("emergency_release" if on else "emergency_release_ended", operator=operator, reason=reason)
 
     async def fire_input_read(self, active: bool) -> None:
         """The fire input was read and changed (or read for the first time)."""
@@ -195,7 +198,8 @@ class Safety:
         try:
             self.store.emit(event, now, **fields)
             if operator is not None and audit is not None:
-                self.store.audit(now, operator, audit, {})
+                reason = fields.get("reason")
+                self.store.audit(now, operator, audit, {"reason": reason} if reason else {})
         except STORAGE_ERRORS as e:
             log.error("safety_event_not_recorded", event=event, error=str(e), **fields)
 

@@ -322,7 +322,7 @@ async def test_control_socket_wrong_password_and_staff_lockdown(tmp_path: Path) 
         for i in range(4):
             r = await request(sock, {**open_cmd, "user": "boss", "password": f"guess-{i}"})
             assert r == {"error": "authentication failed"}
-        r = await request(sock, {"cmd": "lockdown", "on": True, "user": "boss", "password": PASSWORDS["boss"]})
+        r = await request(sock, {"cmd": "lockdown", "on": True, "reason": "drill", "user": "boss", "password": PASSWORDS["boss"]})
         assert "too many" in r["error"] and not site.daemon.lockdown
         # a tap over the socket cannot pass extra fields (no member or decision injection)
         r = await request(sock, {"cmd": "tap", "gate": "turnstile-in", "card": "FFFF", "decision": "granted"})

@@ -84,15 +84,27 @@ async def test_open_and_lockdown_need_the_right_user(tmp_path: Path) -> None:
         assert "override" in types
         override = next(e for e in d.events() if e["type"] == "override")
         assert override["operator"] == "desk" and override["reason"] == "delivery"
-        staff = await asyncio.to_thread(run, "lockdown", "--user", "desk", "-c", c, env={"GATED_PASSWORD": "desk-pass"})
+        staff = await asyncio.to_thread(run, "lockdown", "--reason", "x", "--user", "desk", "-c", c, env={"GATED_PASSWORD": "desk-pass"})
         assert staff.returncode == 1 and "admin" in staff.stdout
-        boss = await asyncio.to_thread(run, "lockdown", "--user", "boss", "-c", c, env={"GATED_PASSWORD": "boss-pass"})
-        assert boss.returncode == 0
+        unsaid = await asyncio.to_thread(run, "lockdown", "--user", "boss", "-c", c, env={"GATED_PASSWORD": "boss-pass"})
+        assert unsaid.returncode == 2 and "--reason" in unsaid.stderr and not [e for e in d.events() if e["type"] == "lockdown"]  # issue 24, bug 6
+        boss = await asyncio.to_thread(run, "lockdown", "--reason", "police operation", "--user", "boss", "-c", c,
+                                       env={"GATED_PASSWORD": "boss-pass"})
+        assert boss.returncode == 0 and json.loads(boss.stdout) == {"lockdown": True}
+        assert [e for e in d.events() if e["type"] == "lockdown"][-1]["reason"] == "police operation"
         out = await asyncio.to_thread(run, "tap", "-c", c, "turnstile-1", "04A1B2C3D4")
         assert json.loads(out.stdout)["reason"] == "lockdown"
         await asyncio.to_thread(run, "lockdown", "--off", "--user", "boss", "-c", c, env={"GATED_PASSWORD": "boss-pass"})
         out = await asyncio.to_thread(run, "tap", "-c", c, "turnstile-1", "04A1B2C3D4")
         assert json.loads(out.stdout)["decision"] == "granted"
+        # the emergency release the same way, an admin's, with a reason to release the doors
+        release = await asyncio.to_thread(run, "emergency", "--reason", "gas leak", "--user", "boss", "-c", c,
+                                          env={"GATED_PASSWORD": "boss-pass"})
+        assert release.returncode == 0 and json.loads(release.stdout) == {"emergency": True}
+        fire = [e for e in d.events() if e["type"] == "fire_alarm"][-1]
+        assert fire["active"] and fire["emergency_release"] and fire["reason"] == "gas leak"
+        back = await asyncio.to_thread(run, "emergency", "--off", "--user", "boss", "-c", c, env={"GATED_PASSWORD": "boss-pass"})
+        assert back.returncode == 0 and json.loads(back.stdout) == {"emergency": False}
         d.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(d.proc.wait, 20) == 0
 

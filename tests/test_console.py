@@ -27,8 +27,9 @@ import pytest
 from gated.auth import hash_password
 from gated.clock import SimulatedClock
 from gated.config import Config
-from gated.console.security import LoginLimiter, Sessions, same_origin
+from gated.console.security import Sessions, same_origin
 from gated.daemon import Daemon
+from gated.login_limits import LoginLimiter
 from gated.seed import batch_from
 from rules.credential import Credential
 from simulator.turnstile import SimTurnstile
@@ -603,19 +604,34 @@ async def test_staff_cannot_lock_down_admin_can(tmp_path: Path) -> None:
         assert r.status == 403 and not site.daemon.fire_alarm
         admin = Client(site.port)
         await admin.login("boss")
-        r = await admin.post_json("/api/lockdown", {"on": True})
+        r = await admin.post_json("/api/lockdown", {"on": True, "reason": "intruder"})
         assert r.status == 400  # not confirmed
         r = await admin.post_json("/api/lockdown", {"on": True, "confirm": "LOCKDOWN"})
+        assert r.status == 400 and "reason" in r.json()["error"] and not site.daemon.lockdown  # issue 24, bug 6
+        r = await admin.post_json("/api/lockdown", {"on": True, "confirm": "LOCKDOWN", "reason": "  intruder in\nthe car park "})
         assert r.status == 200 and site.daemon.lockdown
         assert (await site.tap("0499887766"))["reason"] == "lockdown"
-        r = await admin.post_json("/api/lockdown", {"on": False, "confirm": "RELEASE"})
+        # the reason is in the status every page's banner reads, the event and the audit log
+        lockdown = (await admin.get("/api/health")).json()["safety"]["lockdown"]
+        assert lockdown["operator"] == "boss" and lockdown["reason"] == "intruder in the car park"
+        r = await admin.post_json("/api/lockdown", {"on": False, "confirm": "RELEASE"})  # no reason needed to lift it
         assert r.status == 200 and not site.daemon.lockdown
-        r = await admin.post_json("/api/emergency", {"on": True, "confirm": "EMERGENCY"})
+        r = await admin.post_json("/api/emergency", {"on": True, "confirm": "EMERGENCY", "reason": ""})
+        assert r.status == 400 and not site.daemon.fire_alarm
+        r = await admin.post_json("/api/emergency", {"on": True, "confirm": "EMERGENCY", "reason": "x" * 501})
+        assert r.status == 400 and not site.daemon.fire_alarm
+        r = await admin.post_json("/api/emergency", {"on": True, "confirm": "EMERGENCY", "reason": "gas smell"})
         assert r.status == 200 and site.daemon.fire_alarm
-        r = await admin.post_json("/api/emergency", {"on": False, "confirm": "RESTORE"})
+        r = await admin.post_json("/api/emergency", {"on": False, "confirm": "RESTORE", "reason": "all clear"})
         assert r.status == 200 and not site.daemon.fire_alarm
-        actions = [row["action"] for row in (await admin.get("/api/audit?operator=boss")).json()["rows"]]
-        assert {"lockdown", "release", "emergency_release"} <= set(actions)
+        rows = (await admin.get("/api/audit?operator=boss")).json()["rows"]
+        assert {"lockdown", "release", "emergency_release"} <= {row["action"] for row in rows}
+        said = {row["action"]: row["detail"].get("reason") for row in rows}
+        assert said["lockdown"] == "intruder in the car park" and said["release"] is None
+        assert said["emergency_release"] == "gas smell" and said["emergency_restore"] == "all clear"
+        events = site.daemon.store.recent_events(20, types=["lockdown", "fire_alarm"])
+        assert {(e["type"], e.get("reason")) for e in events} >= {
+            ("lockdown", "intruder in the car park"), ("fire_alarm", "gas smell"), ("fire_alarm", "all clear")}
 
 
 async def test_console_stops_with_open_streams(tmp_path: Path) -> None:

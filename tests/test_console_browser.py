@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from gated.console.backend import DaemonBackend
 from gated.console.server import start_console
 from tests.test_console import DISPLAY_TOKEN, PASSWORDS, Site, running_site
 
@@ -267,11 +266,13 @@ async def test_console_in_chromium(tmp_path: Path) -> None:
             await ap.wait_for_selector("#admin-actions:not(.hidden)")
             await ap.click("#btn-lockdown")
             await ap.click("dialog button[type='submit']")  # first: continue
+            await ap.fill("dialog input[name='reason']", "intruder in the car park")  # said, kept, shown
             await ap.fill("dialog input[name='confirm']", "LOCKDOWN")
             await ap.keyboard.press("Enter")
             await ap.locator(".toast", has_text="Lockdown is on").wait_for(timeout=5000)
             assert site.daemon.lockdown
             await ap.locator("#alerts .banner", has_text="LOCKDOWN").wait_for(timeout=5000)
+            await ap.locator("#alerts .banner", has_text="boss: “intruder in the car park”").wait_for(timeout=5000)
             # nobody opens a gate once during a lockdown: the button is gone
             await ap.locator(".gate[data-gate='turnstile-in'] .gate-head", has_text="locked down").wait_for(timeout=5000)
             assert await ap.locator(".gate[data-gate='turnstile-in'] button").count() == 0
@@ -348,7 +349,7 @@ async def test_gate_display_on_a_tablet(tmp_path: Path) -> None:
             assert watch.errors == []
             await site.daemon.console.stop()
             await page.locator("#link.down").wait_for(timeout=5000)
-            site.daemon.console = await start_console(DaemonBackend(site.daemon))
+            site.daemon.console = await start_console(site.daemon.operator)
             await page.locator("#link", has_text="connected").wait_for(timeout=15000)
             await site.tap("0499887766")
             await page.locator("body.granted #headline", has_text="Welcome Bruno").wait_for(timeout=2000)

@@ -17,8 +17,9 @@ from urllib.parse import urlencode
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gated.console.security import Attempt, DeviceCookies, LoginLimiter, login_keys
+from gated.console.security import DeviceCookies, login_keys
 from gated.control import request
+from gated.login_limits import Attempt, LoginLimiter
 from tests.test_console import DISPLAY_TOKEN, PASSWORDS, Client, running_site
 
 # -- unit-level pieces ----------------------------------------------------------------------
@@ -133,7 +134,7 @@ async def test_sixty_parallel_guesses_check_at_most_five(tmp_path: Path) -> None
         form = await asyncio.to_thread(_login_form, site.port)
         assert await asyncio.to_thread(_post_login, site.port, *form, "boss", PASSWORDS["boss"]) == 429
         # the admin's open session still works: an emergency release during the attack
-        r = await admin.post_json("/api/emergency", {"on": True, "confirm": "EMERGENCY"})
+        r = await admin.post_json("/api/emergency", {"on": True, "confirm": "EMERGENCY", "reason": "smoke in the hall"})
         assert r.status == 200 and site.daemon.fire_alarm
         # and the admin logs in again from the remembered browser, locked-out name or not
         again = Client(site.port)
@@ -199,7 +200,7 @@ async def test_open_once_refused_in_lockdown_and_without_relay(tmp_path: Path) -
         r = await c.post_json("/api/gates/exit/open", {"reason": "x"})
         assert r.status == 409 and "no relay" in r.json()["error"]
         assert not site.store.recent_events(5, types=["override"])
-        await site.daemon.set_lockdown(True, "boss")
+        await site.daemon.operator.set_lockdown(True, "boss", "drill")
         r = await c.post_json("/api/gates/turnstile-in/open", {"reason": "x"})
         assert r.status == 409 and "an admin must" in r.json()["error"]
         r = await c.post_json("/api/members/m-bruno/check-in", {"gate": "turnstile-in", "reason": "x"})
@@ -302,7 +303,7 @@ async def test_control_socket_limits_are_per_unix_user(tmp_path: Path) -> None:
     """Guessing from one Unix account (uid) does not lock the same name out for another."""
     async with running_site(tmp_path) as site:
         control = site.daemon.control
-        lock = {"cmd": "lockdown", "on": True, "user": "boss"}
+        lock = {"cmd": "lockdown", "on": True, "reason": "drill", "user": "boss"}
         for i in range(5):
             r = await control.handle(json.dumps({**lock, "password": f"guess-{i}"}).encode(), uid=1000)
             assert r == {"error": "authentication failed"}

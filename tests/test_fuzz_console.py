@@ -211,9 +211,9 @@ async def test_console_http_fuzz_never_5xx_and_daemon_keeps_working(tmp_path: Pa
         assert sum(v for k, v in statuses.items() if 200 <= k < 300) > 0  # some requests got through
         # the daemon is alive and deciding; any switch the fuzzer flipped is put back
         if site.daemon.fire_alarm:
-            await site.daemon.end_emergency_release("test")
+            await site.daemon.operator.set_emergency(False, "test", None)
         if site.daemon.lockdown:
-            await site.daemon.set_lockdown(False, "test")
+            await site.daemon.operator.set_lockdown(False, "test", None)
         assert site.daemon.console.running
         r = await site.daemon.handle_credential("turnstile-in", Credential.card("0499887766", "test"))  # Bruno, walk-in
         assert r["decision"] == "granted", r

@@ -39,7 +39,8 @@ async def test_lockdown_survives_kill_9_and_restart_and_only_an_admin_lifts_it(t
     state = tmp_path / "state"
     extra = users()
     async with gate_process(tmp_path, state, extra=extra) as gate:
-        r = await request(gate.socket, {"cmd": "lockdown", "on": True, "user": "boss", "password": PASSWORDS["boss"]})
+        r = await request(gate.socket, {"cmd": "lockdown", "on": True, "reason": "armed robbery next door",
+                                        "user": "boss", "password": PASSWORDS["boss"]})
         assert r == {"lockdown": True}
         t = await gate.tap(IN_CARD)
         assert (t["decision"], t["reason"]) == ("denied", "lockdown")
@@ -49,6 +50,7 @@ async def test_lockdown_survives_kill_9_and_restart_and_only_an_admin_lifts_it(t
     async with gate_process(tmp_path, state, extra=extra, seed=False) as gate:
         st = await gate.status()
         assert st["lockdown"] is True and st["safety"]["lockdown"]["operator"] == "boss", st["safety"]
+        assert st["safety"]["lockdown"]["reason"] == "armed robbery next door"  # who and why survive too
         t = await gate.tap(IN_CARD)
         assert (t["decision"], t["reason"]) == ("denied", "lockdown")
         assert gate.turnstile.unlocks == 0
@@ -76,7 +78,7 @@ def gates(sims: dict[str, SimTurnstile], _: Any) -> list[dict[str, Any]]:
 
 async def test_emergency_release_survives_a_restart(tmp_path: Path) -> None:
     async with running_site(tmp_path, gates) as site:
-        await site.daemon.emergency_release("boss")
+        await site.daemon.operator.set_emergency(True, "boss", "drill")
         await wait_for(lambda: site.sims["in"].unlocked, 10, "the door released")
     # a new daemon on the same store (and a new relay board): the doors are released at
     # start, entries refused as an emergency release, until an admin restores
@@ -86,7 +88,7 @@ async def test_emergency_release_survives_a_restart(tmp_path: Path) -> None:
         await wait_for(lambda: site.sims["in"].unlocked, 10, "the door released again at start")
         r = await site.tap("in-1", next(iter(CARDS)))
         assert (r["decision"], r["reason"]) == ("denied", "emergency_release"), r
-        await d.end_emergency_release("boss")
+        await d.operator.set_emergency(False, "boss", None)
         await wait_for(lambda: not site.sims["in"].unlocked, 10, "the door locked")
         r = await site.tap("in-1", next(iter(CARDS)))
         assert (r["decision"], r["reason"]) == ("granted", "walk_in"), r

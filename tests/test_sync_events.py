@@ -67,16 +67,16 @@ async def test_every_event_the_daemon_writes_is_documented(tmp_path: Path) -> No
         now = datetime.now(UTC)
         code = mint(KEY, token_id="t-1", member="m1", issued=now, expires=now + timedelta(seconds=60))
         await d.handle_credential("in-1", Credential.qr(code, "r1"))
-        await d.check_in("in-1", "m1", "desk", "forgot the card")
+        await d.operator.check_in("in-1", "m1", "desk", "forgot the card")
         # an override needs a relay (none here): the ledger writes it the same way
         store.commit_override(d.taps.engine.gate("in-1"), "desk", "delivery", datetime.now(UTC))
         store.adjust_points("m1", 5, "desk", "goodwill", datetime.now(UTC))
         unknown = [e for e in store.events_after(0, 1000) if e.get("reason") == "unknown_card"]
         store.enrol_card(unknown[0]["card"], "m1", "desk", datetime.now(UTC))  # the desk enrols it
-        await d.set_lockdown(True, "admin")
-        await d.set_lockdown(False, "admin")
-        await d.emergency_release("admin")
-        await d.end_emergency_release("admin")
+        await d.operator.set_lockdown(True, "admin", "intruder in the car park")
+        await d.operator.set_lockdown(False, "admin", None)
+        await d.operator.set_emergency(True, "admin", "gas smell in the plant room")
+        await d.operator.set_emergency(False, "admin", None)
         await d.on_alarm("in-1", "door_held", "open 60 s")
         # a grant whose commit a crash cut: reported at the next start
         pending = d.taps.engine.decide("in-1", Credential.card("C1", "r1"), datetime.now(UTC))

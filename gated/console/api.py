@@ -1,6 +1,6 @@
 """The console's JSON API: reads for the pages and the desk's actions.
 
-Every action goes through the ConsoleBackend, which writes the effect, its events and the
+Every action goes through the OperatorApi, which writes the effect, its events and the
 audit row (with the operator's name) in one transaction; here are only the checks of what
 the browser sent. Errors are `HttpError`s turned into `{"error": ...}` by the app.
 """
@@ -30,6 +30,7 @@ MAX_BODY = 16 * 1024
 REASON_MAX = 200
 HEARTBEAT = 15.0
 CONFIRM = {"lockdown": "LOCKDOWN", "release": "RELEASE", "emergency": "EMERGENCY", "restore": "RESTORE"}
+SWITCH_WORDS = {"lockdown": ("lockdown", "release"), "emergency": ("emergency", "restore")}
 CARD_RE = re.compile(r"^[0-9A-Z:._-]{3,64}$")
 
 
@@ -311,7 +312,7 @@ async def attend(request: Request) -> Response:
     if booking.status.value == "cancelled":
         raise HttpError(409, "this booking was cancelled")
     user = operator(request).name
-    committed = c.backend.mark_attended(booking_id, user, refund=refund)
+    committed = await c.backend.mark_attended(booking_id, user, refund=refund)
     refunded = next((e for e in committed.events if e.get("type") == "deduction" and e.get("cause") == "refund"), None)
     log.info("console_attend", booking=booking_id, refund=refund, refunded=refunded is not None, operator=user)
     return as_json({
@@ -338,7 +339,7 @@ async def points(request: Request) -> Response:
     if store.member(member_id) is None:
         raise HttpError(404, "no such member")
     user = operator(request).name
-    committed = c.backend.adjust_points(member_id, pts, user, reason)
+    committed = await c.backend.adjust_points(member_id, pts, user, reason)
     log.info("console_points", member=member_id, points=pts, operator=user)
     return as_json({"ok": True, "points": store.points(member_id), "seq": _seqs(committed)})
 
@@ -364,7 +365,7 @@ async def enrol_card(request: Request) -> Response:
     if holder is not None:
         raise HttpError(409, f"this card belongs to member {holder}")
     user = operator(request).name
-    committed = c.backend.enrol_card(card, member_id, user)
+    committed = await c.backend.enrol_card(card, member_id, user)
     log.info("console_enrol_card", member=member_id, operator=user)
     return as_json({"ok": True, "seq": _seqs(committed)})
 
@@ -391,23 +392,27 @@ def on_flag(data: dict[str, Any]) -> bool:
     return on
 
 
-@requires("admin", write=True)
-async def lockdown(request: Request) -> Response:
+async def _safety_switch(request: Request, which: str) -> Response:
+    """Lockdown or emergency release, on or off: an admin, the word typed to confirm, and a
+    reason to switch it on (recorded in the event, the audit log and the banner)."""
     c = console_of(request)
     data = await body(request)
     on = on_flag(data)
-    confirmed(data, CONFIRM["lockdown" if on else "release"])
+    confirmed(data, CONFIRM[SWITCH_WORDS[which][0 if on else 1]])
+    reason = text_field(data, "reason", required=on)
     c.views.store  # noqa: B018 - 503 while the daemon is starting or stopping
-    await c.backend.set_lockdown(on, operator(request).name)
-    return as_json({"ok": True, "lockdown": c.backend.lockdown})
+    if which == "lockdown":
+        await c.backend.set_lockdown(on, operator(request).name, reason or None)
+        return as_json({"ok": True, "lockdown": c.backend.lockdown})
+    await c.backend.set_emergency(on, operator(request).name, reason or None)
+    return as_json({"ok": True, "emergency": c.backend.emergency})
+
+
+@requires("admin", write=True)
+async def lockdown(request: Request) -> Response:
+    return await _safety_switch(request, "lockdown")
 
 
 @requires("admin", write=True)
 async def emergency(request: Request) -> Response:
-    c = console_of(request)
-    data = await body(request)
-    on = on_flag(data)
-    confirmed(data, CONFIRM["emergency" if on else "restore"])
-    c.views.store  # noqa: B018 - 503 while the daemon is starting or stopping
-    await c.backend.set_emergency(on, operator(request).name)
-    return as_json({"ok": True, "emergency": c.backend.emergency})
+    return await _safety_switch(request, "emergency")

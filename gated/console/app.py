@@ -9,8 +9,10 @@ loop). See docs/console.md for the routes and the security model.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
+import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
@@ -23,10 +25,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gated.console import api, display, exports, login, pages
 from gated.console.auth import SessionAuth
-from gated.console.backend import ActionRefused
 from gated.console.state import Console, console_of
 from gated.console.templates import STATIC
 from gated.console.views import StoreUnavailable
+from gated.operator import ActionRefused
+
+log = structlog.get_logger("gated.console")
 
 MAX_BODY = 16 * 1024
 
@@ -99,6 +103,12 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": "the daemon is not running"}, status_code=503)
 
 
+async def _storage_fault(request: Request, exc: Exception) -> Response:
+    log.error("console_storage_fault", path=request.url.path, error=str(exc))
+    return JSONResponse({"error": "the gate cannot record this now (a storage fault: see the gate's status)"},
+                        status_code=503)
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     return PlainTextResponse("Not found", status_code=404)
 
@@ -112,6 +122,8 @@ def build_app(console: Console) -> Starlette:
         api.HttpError: _http_error,
         ActionRefused: _refused,
         StoreUnavailable: _unavailable,
+        sqlite3.Error: _storage_fault,
+        OSError: _storage_fault,
         404: _not_found,
     }
     app = Starlette(

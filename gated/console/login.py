@@ -21,13 +21,13 @@ from gated.auth import authenticate
 from gated.console.security import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
-    Attempt,
     DeviceCookies,
     login_keys,
     same_origin,
 )
 from gated.console.state import Console, console_of
 from gated.console.templates import render
+from gated.login_limits import Attempt
 
 log = structlog.get_logger("gated.console")
 

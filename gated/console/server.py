@@ -15,9 +15,9 @@ import structlog
 import uvicorn
 
 from gated.console.app import MAX_BODY, build_app
-from gated.console.backend import ConsoleBackend
 from gated.console.security import SecurityHeaders
 from gated.console.state import Console
+from gated.operator import OperatorApi
 
 log = structlog.get_logger("gated.console")
 
@@ -79,7 +79,7 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def start_console(backend: ConsoleBackend) -> ConsoleHandle:
+async def start_console(backend: OperatorApi) -> ConsoleHandle:
     """Serve the console in this loop; a console that cannot start never stops the gates."""
     cfg = backend.config.console
     tls = bool(cfg.tls_cert and cfg.tls_key)

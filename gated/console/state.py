@@ -14,10 +14,11 @@ import structlog
 from starlette.requests import HTTPConnection
 
 from gated.config import ConsoleConfig
-from gated.console.backend import ConsoleBackend
 from gated.console.hub import FeedHub
-from gated.console.security import DeviceCookies, LoginLimiter, Sessions
+from gated.console.security import DeviceCookies, Sessions
 from gated.console.views import DENIALS_DONE, Views
+from gated.login_limits import LoginLimiter
+from gated.operator import OperatorApi
 from sync.storage import STORAGE_ERRORS
 
 log = structlog.get_logger(__name__)
@@ -25,7 +26,7 @@ log = structlog.get_logger(__name__)
 DEVICE_KEY_META = "console_device_key"
 
 
-def _device_key(backend: ConsoleBackend) -> bytes:
+def _device_key(backend: OperatorApi) -> bytes:
     """The device-cookie key, kept in the store so remembered browsers survive restarts."""
     store = backend.store
     if store is None:
@@ -39,7 +40,7 @@ def _device_key(backend: ConsoleBackend) -> bytes:
 
 @dataclass
 class Console:
-    backend: ConsoleBackend
+    backend: OperatorApi
     tls: bool = False
     sessions: Sessions = field(init=False)
     limiter: LoginLimiter = field(default_factory=LoginLimiter)

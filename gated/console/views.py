@@ -13,11 +13,11 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from gated.console.backend import ConsoleBackend
 from gated.console.words import ACTIONS, DETAIL_WORDS, HIDDEN_DETAIL, NO_EVENT, notice_text
-from rules.model import Booking, BookingStatus, Pass
+from gated.operator import OperatorApi
+from rules.model import Booking, BookingStatus, Gate, Pass
 from rules.reasons import Reason
-from rules.timeutil import local_date, parse_duration, start_of_local_day
+from rules.timeutil import local_date, start_of_local_day
 from sync import read_models as rm
 from sync.store import Store
 
@@ -54,7 +54,7 @@ class StoreUnavailable(Exception):
 
 
 class Views:
-    def __init__(self, backend: ConsoleBackend):
+    def __init__(self, backend: OperatorApi):
         self.backend = backend
 
     # -- context ------------------------------------------------------------------------
@@ -279,23 +279,24 @@ class Views:
             "state": "expired" if expired else ("not yet valid" if not_yet else "valid"),
         }
 
-    def _arrival(self, zone: str) -> tuple[timedelta, timedelta]:
-        for g in self.backend.config.gates:
-            if g.zone == zone and g.direction == "in":
-                return parse_duration(g.early_arrival), parse_duration(g.late_arrival)
-        return timedelta(minutes=15), timedelta(minutes=10)
+    def _arrival_window(self, b: Booking) -> tuple[datetime, datetime]:
+        """The class's arrival window as the zone's entrance decides it (rules.model.Gate);
+        a zone without an entrance gets the rules' defaults."""
+        gate = next((g.to_domain() for g in self.backend.config.gates if g.zone == b.zone and g.direction == "in"),
+                    Gate(id="", zone=b.zone))
+        return gate.arrival_window(b)
 
     def booking_view(self, b: Booking, names: dict[str, str], passes: dict[str, str],
                      attended: dict[str, datetime]) -> dict[str, Any]:
         now = self.now()
-        early, late = self._arrival(b.zone)
+        opens, closes = self._arrival_window(b)
         if b.status == BookingStatus.CANCELLED:
             state = "cancelled"
         elif b.status == BookingStatus.ATTENDED:
             state = "in"
         elif b.status == BookingStatus.NO_SHOW:
             state = "no_show"
-        elif now < b.starts_at - early:
+        elif now < opens:
             state = "expected"
         elif now < b.starts_at:
             state = "arriving"
@@ -319,8 +320,8 @@ class Views:
             "pass": b.pass_id,
             "pass_name": passes.get(b.pass_id, b.pass_id),
             "balance": jsonable(balance) if balance is not None else None,
-            "arrival_from": self.local_time(b.starts_at - early, "%H:%M"),
-            "arrival_until": self.local_time(b.starts_at + late, "%H:%M"),
+            "arrival_from": self.local_time(opens, "%H:%M"),
+            "arrival_until": self.local_time(closes, "%H:%M"),
         }
         if state not in ("in", "cancelled"):
             start, end = self.day_bounds(local_date(b.starts_at, self.tz))

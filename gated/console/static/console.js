@@ -231,16 +231,21 @@
   }
 
   /* Site-wide switches: a first confirmation, then the word typed out. */
+  /* A site-wide switch: a warning, then the reason (required to switch it on: it is
+     recorded and shown on every page's banner) and the word typed to confirm. */
   async function twice(title, warning, word, url, body) {
     const first = await dialog({ title: title, text: warning, danger: true, ok: "Continue" });
     if (!first) return null;
     return dialog({
       title: title + " — confirm",
-      text: "Type " + word + " to confirm.",
+      text: "Say why, and type " + word + " to confirm.",
       danger: true,
-      fields: [{ name: "confirm", label: "Confirmation", required: true, placeholder: word }],
+      fields: [
+        { name: "reason", label: "Reason", required: !!body.on, placeholder: body.on ? "e.g. intruder reported in the car park" : "optional" },
+        { name: "confirm", label: "Confirmation", required: true, placeholder: word },
+      ],
       ok: title,
-      submit: function (v) { return api("POST", url, Object.assign({ confirm: v.confirm }, body)); },
+      submit: function (v) { return api("POST", url, Object.assign({ confirm: v.confirm, reason: v.reason }, body)); },
     });
   }
 
@@ -469,7 +474,10 @@
   function siteAlerts(h) {
     const alerts = [];
     const sf = h.safety || {};
-    const by = function (sw) { return sw && sw.operator ? " (" + sw.operator + ")" : ""; };
+    const by = function (sw) {
+      if (!sw || !sw.operator) return "";
+      return " (" + sw.operator + (sw.reason ? ": “" + sw.reason + "”" : "") + ")";
+    };
     if (h.lockdown) alerts.push(el("div", { class: "banner bad", role: "alert", text: "LOCKDOWN — entries are refused" + by(sf.lockdown) }));
     if (sf.fire_alarm) alerts.push(el("div", { class: "banner bad", role: "alert", text: "FIRE ALARM — doors released, entries refused" }));
     else if (h.fire_alarm) alerts.push(el("div", { class: "banner bad", role: "alert", text: "EMERGENCY RELEASE — doors released, entries refused" + by(sf.emergency_release) }));

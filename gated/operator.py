@@ -1,0 +1,253 @@
+"""What people may ask of the running daemon: the operator API.
+
+`OperatorApi` is the whole surface the console (gated/console/) and the control socket
+(gated/control.py) use: the configuration and the clock, the store for reads (through
+sync.read_models), health, the live event stream, and the actions — open once, check in,
+an injected tap (control socket only), attendance, points, card enrolment, a relay by
+hand, lockdown and emergency release. Neither front end imports the other; both are
+handed an `OperatorApi` and only render what it answers.
+
+`DaemonOperatorApi` is the daemon's implementation (after Home Assistant's coordinator:
+the daemon is the one owner of I/O and state). Every action is recorded and on disk
+(`Store.flushed`) before its answer: a desk worker told "done" is never told so about
+something a power cut would take back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+
+from drivers.outputs.modbus import OutputFault
+from gated import sdnotify, status
+from rules.credential import Credential
+
+if TYPE_CHECKING:
+    from gated.config import Config
+    from gated.daemon import Daemon
+    from gated.safety import Safety
+    from gated.taps import TapPath
+    from sync.store import Committed, Store
+
+log = structlog.get_logger("gated.operator")
+
+Listener = Callable[[dict[str, Any]], None]
+
+MAX_REASON = 500  # a reason is a sentence for the audit log, not a document
+
+
+class ActionRefused(Exception):
+    """The daemon will not do this now; `message` says why in the desk's words."""
+
+    def __init__(self, message: str, status: int = 409):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def clean_reason(reason: str | None, *, required: bool) -> str | None:
+    """A reason as the audit log keeps it: trimmed, bounded, one line."""
+    text = " ".join((reason or "").split())
+    if not text:
+        if required:
+            raise ActionRefused("say why (a reason is recorded with it)", 400)
+        return None
+    if len(text) > MAX_REASON:
+        raise ActionRefused(f"a reason has at most {MAX_REASON} characters", 400)
+    return text
+
+
+class OperatorApi(Protocol):
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def store(self) -> Store | None:
+        """For reads only (sync.read_models and the store's domain reads); None when stopped."""
+
+    @property
+    def lockdown(self) -> bool: ...
+
+    @property
+    def emergency(self) -> bool: ...
+
+    def now(self) -> datetime: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+    def subscribe(self, listener: Listener) -> None: ...
+
+    def unsubscribe(self, listener: Listener) -> None: ...
+
+    async def open_once(self, gate_id: str, operator: str, reason: str) -> dict[str, Any]: ...
+
+    async def check_in(
+        self, gate_id: str, member_id: str, operator: str, reason: str, *, booking_id: str | None = None,
+        pass_id: str | None = None,
+    ) -> dict[str, Any]: ...
+
+    async def tap(self, gate_id: str, credential: Credential) -> dict[str, Any]: ...
+
+    async def mark_attended(self, booking_id: str, operator: str, *, refund: bool) -> Committed: ...
+
+    async def adjust_points(self, member_id: str, points: int, operator: str, reason: str) -> Committed: ...
+
+    async def enrol_card(self, card: str, member_id: str, operator: str) -> Committed: ...
+
+    async def relay_by_hand(self, gate_id: str, action: str, seconds: float | None, operator: str) -> dict[str, Any]:
+        """An installer's hand on a gate's relay (`gated relay` while the daemon runs)."""
+
+    async def set_lockdown(self, on: bool, operator: str, reason: str | None) -> None:
+        """Every entrance locked (or back to normal); the reason is required to lock."""
+
+    async def set_emergency(self, on: bool, operator: str, reason: str | None) -> None:
+        """Every fail-safe door released (or back to normal); the reason is required to
+        release."""
+
+    def audit(self, operator: str, action: str, detail: dict[str, Any]) -> None:
+        """An audit row for something that is not an action on the site (logins)."""
+
+
+class DaemonOperatorApi:
+    """The running daemon's operator API."""
+
+    def __init__(self, daemon: Daemon):
+        self._d = daemon
+
+    # -- reads -----------------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        return self._d.config
+
+    @property
+    def ready(self) -> bool:
+        return self._d.ready
+
+    @property
+    def store(self) -> Store | None:
+        return self._d.store
+
+    @property
+    def lockdown(self) -> bool:
+        return self._d.lockdown
+
+    @property
+    def emergency(self) -> bool:
+        return self._d.fire_alarm
+
+    def now(self) -> datetime:
+        return self._d.clock()
+
+    def health(self) -> dict[str, Any]:
+        return self._d.health()
+
+    def subscribe(self, listener: Listener) -> None:
+        self._d.feed_listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._d.feed_listeners:
+            self._d.feed_listeners.remove(listener)
+
+    # -- what the actions need -------------------------------------------------------------
+
+    def _store(self) -> Store:
+        if self._d.store is None:
+            raise ActionRefused("the daemon is not running", 503)
+        return self._d.store
+
+    def _taps(self, gate_id: str) -> TapPath:
+        if self._d.taps is None:
+            raise ActionRefused("the daemon is not running", 503)
+        if gate_id not in {g.id for g in self._d.config.gates}:
+            raise ActionRefused("no such gate", 404)
+        return self._d.taps
+
+    def _safety(self) -> Safety:
+        if self._d.safety is None:
+            raise ActionRefused("the daemon is not running", 503)
+        return self._d.safety
+
+    async def _durable(self, committed: Committed) -> Committed:
+        """The answer waits for the commit to be on disk (a storage fault raises)."""
+        await self._store().flushed()
+        return committed
+
+    # -- actions at a gate -----------------------------------------------------------------
+
+    async def open_once(self, gate_id: str, operator: str, reason: str) -> dict[str, Any]:
+        return await self._taps(gate_id).override(gate_id, operator, reason)
+
+    async def check_in(
+        self, gate_id: str, member_id: str, operator: str, reason: str, *, booking_id: str | None = None,
+        pass_id: str | None = None,
+    ) -> dict[str, Any]:
+        """The desk checks a member in by hand: the same rules, intent, relay and ledger as
+        a tap (gated/taps.py)."""
+        return await self._taps(gate_id).check_in(
+            gate_id, member_id, operator, reason, booking_id=booking_id, pass_id=pass_id
+        )
+
+    async def tap(self, gate_id: str, credential: Credential) -> dict[str, Any]:
+        self._taps(gate_id)
+        return await self._d.handle_credential(gate_id, credential)
+
+    async def relay_by_hand(self, gate_id: str, action: str, seconds: float | None, operator: str) -> dict[str, Any]:
+        """`gated relay` while running: audited, and an event, like an override."""
+        store = self._store()
+        ctl = self._d.controllers.get(gate_id)
+        if ctl is None:
+            return {"error": f"gate {gate_id!r} has no relay"}
+        try:
+            await ctl.by_hand(action, seconds)
+        except OutputFault as e:
+            return {"error": "hardware_fault", "message": str(e)}
+        now = self._d.clock()
+        store.emit("relay_by_hand", now, gate=gate_id, action=action, operator=operator)
+        store.audit(now, operator, f"relay_{action}", {"gate": gate_id})
+        await store.flushed()
+        log.warning("relay_by_hand", gate=gate_id, action=action, operator=operator)
+        return {"gate": gate_id, "relay": action}
+
+    # -- records ---------------------------------------------------------------------------
+
+    async def mark_attended(self, booking_id: str, operator: str, *, refund: bool) -> Committed:
+        if self._d.engine is None:
+            raise ActionRefused("the daemon is not running", 503)
+        return await self._durable(self._d.engine.mark_attended(booking_id, operator, refund=refund, now=self._d.clock()))
+
+    async def adjust_points(self, member_id: str, points: int, operator: str, reason: str) -> Committed:
+        if self._d.engine is None:
+            raise ActionRefused("the daemon is not running", 503)
+        return await self._durable(self._d.engine.adjust_points(member_id, points, operator, reason, self._d.clock()))
+
+    async def enrol_card(self, card: str, member_id: str, operator: str) -> Committed:
+        return await self._durable(self._store().enrol_card(card, member_id, operator, self._d.clock()))
+
+    def audit(self, operator: str, action: str, detail: dict[str, Any]) -> None:
+        if self._d.store is not None:
+            self._d.store.audit(self._d.clock(), operator, action, detail)
+
+    # -- the site's safety -----------------------------------------------------------------
+
+    async def set_lockdown(self, on: bool, operator: str, reason: str | None) -> None:
+        text = clean_reason(reason, required=on)
+        await self._safety().set_lockdown(on, operator, text)
+        sdnotify.status(status.status_line(self._d))
+
+    async def set_emergency(self, on: bool, operator: str, reason: str | None) -> None:
+        text = clean_reason(reason, required=on)
+        try:
+            await self._safety().set_emergency(on, operator, text)
+        except RuntimeError as e:  # the building's fire input still says fire
+            raise ActionRefused(str(e)) from e
+        sdnotify.status(status.status_line(self._d))
+
+
+__all__ = ["ActionRefused", "DaemonOperatorApi", "Listener", "OperatorApi", "clean_reason"]
