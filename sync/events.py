@@ -135,6 +135,7 @@ class LockdownEvent(EventBase):
     type: Literal["lockdown"]
     active: bool
     operator: str
+    reason: str | None = Field(None, description="What the admin said when locking down or releasing (free text).")
 
 
 class FireAlarmEvent(EventBase):
@@ -146,6 +147,7 @@ class FireAlarmEvent(EventBase):
     source: Annotated[str, Field(description="`input`, or the admin who released the doors.")]
     input: bool | None = Field(None, description="The fire-alarm input's state, when it changed.")
     emergency_release: bool | None = Field(None, description="An admin's emergency release, switched on or off.")
+    reason: str | None = Field(None, description="What the admin said when switching the emergency release (free text).")
 
 
 class AlarmEvent(EventBase):
