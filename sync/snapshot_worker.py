@@ -9,13 +9,11 @@ untyped 10-digit card strings), `batch_rows` (rows per insert
 transaction, rounded up to whole chunks), `parsers` (parser processes; default: one per
 CPU, at most 2).
 
-The importer writes each chunk on this process's stdin as received: `chunk LENGTH`, a
-newline, the LENGTH bytes of payload; `end` when the last one is in, `abort` to give up.
-End of input without `end` (the daemon died) is an abort. The chunks wait in the spool
-file for the parsers (see `_Control`). This process answers on
-stdout with one JSON object a line: `{"event": "progress", "chunks": N}` every so often,
-then `{"event": "built", ...counts and timings}` or `{"event": "error", "message": ...,
-"chunk": N}`; its exit status is 0 only after `built`.
+The importer writes each chunk on this process's stdin as received, and this process
+answers on stdout, in the wire format of sync/snapshot_wire.py (`chunk LENGTH` and the
+payload, `end`, `abort`; JSON event lines `progress`, `built`, `error`). End of input
+without `end` (the daemon died) is an abort. The chunks wait in the spool file for the
+parsers (see `_Control`). The exit status is 0 only after `built`.
 
 The build, a pipeline over the chunks in order:
 - **parse** (a pool of forked processes, lowest CPU priority): each chunk read from the
@@ -70,6 +68,7 @@ from sync.rows import (
     pass_row,
 )
 from sync.schema import CARDS_TYPED_AS, REPLICA_INDEXES, REPLICA_SCHEMA_VERSION, REPLICA_TABLES
+from sync.snapshot_wire import Chunk, CommandReader, End, event_line
 
 PROGRESS_EVERY = 50  # chunks
 
@@ -392,8 +391,8 @@ def _peak_rss_mb() -> float:
     return 0.0
 
 
-def _say(out: BinaryIO, **fields: Any) -> None:
-    out.write(json.dumps(fields).encode() + b"\n")
+def _say(out: BinaryIO, event: str, **fields: Any) -> None:
+    out.write(event_line(event, **fields))
     out.flush()
 
 
@@ -408,6 +407,7 @@ class _Control:
     kernel's 30-second flush of a gigabyte."""
 
     BACKLOG = 256 * 1024 * 1024
+    READ = 1024 * 1024  # bytes a read of the pipe takes at most (the importer's pipe buffer)
     # parse tasks handed out ahead of the builder: parsers faster than the inserts would
     # otherwise pile their rows up in this process (2 GB at 1M members)
     AHEAD = 16
@@ -424,29 +424,25 @@ class _Control:
 
     def _read(self) -> None:
         offset = number = 0
+        commands = CommandReader()
+        fd = self.control.fileno()
         try:
-            while line := self.control.readline():
-                cmd = line.split()
-                if not cmd:
-                    continue
-                if cmd[0] == b"chunk":
-                    length = int(cmd[1])
-                    payload = self.control.read(length)
-                    if len(payload) != length:
-                        return  # the importer went away mid-chunk
-                    view = memoryview(payload)
-                    while view:
-                        view = view[os.write(self.spool, view) :]
-                    if offset + length - self.done > self.BACKLOG:
-                        write_out(self.spool, offset, length)
-                    self.tasks.put((number, offset, length))
-                    number += 1
-                    offset += length
-                elif cmd[0] == b"end":
-                    self.ended = True
-                    return
-                elif cmd[0] == b"abort":
-                    return
+            while not commands.closed:
+                data = os.read(fd, self.READ)
+                for cmd in commands.feed(data) if data else commands.feed_eof():
+                    if isinstance(cmd, Chunk):
+                        length = len(cmd.payload)
+                        view = memoryview(cmd.payload)
+                        while view:
+                            view = view[os.write(self.spool, view) :]
+                        if offset + length - self.done > self.BACKLOG:
+                            write_out(self.spool, offset, length)
+                        self.tasks.put((number, offset, length))
+                        number += 1
+                        offset += length
+                    elif isinstance(cmd, End):
+                        self.ended = True
+                    # Abort (asked for, the importer gone, a malformed command): not ended
         finally:
             self.tasks.put(None)
 
