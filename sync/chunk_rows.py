@@ -293,7 +293,8 @@ def _fields(struct: type[msgspec.Struct]) -> dict[str, Any]:
     to the models' fields)."""
     out: dict[str, Any] = {}
     for f in msgspec.structs.fields(struct):
-        out[f.encode_name] = (f.required, None if f.required else f.default)
+        default = f.default_factory() if f.default is msgspec.NODEFAULT and not f.required else f.default
+        out[f.encode_name] = (f.required, None if f.required else default)
     return out
 
 
