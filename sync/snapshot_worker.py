@@ -576,9 +576,16 @@ def run(params: dict[str, Any], control: BinaryIO, out: BinaryIO) -> int:
             "builder": round(own.ru_utime + own.ru_stime, 2),
             "parsers": round(children.ru_utime + children.ru_stime, 2),
         }
+        # where it went: in this process's own code and SQLite, or in the kernel for it
+        # (pipes, the spool, writing the file out)
+        cpu_user_sys = {
+            "builder": [round(own.ru_utime, 2), round(own.ru_stime, 2)],
+            "parsers": [round(children.ru_utime, 2), round(children.ru_stime, 2)],
+        }
         _say(
             out, event="built", seconds=round(time.perf_counter() - started, 3), parsers=parsers,
-            peak_rss_mb={"builder": _peak_rss_mb(), "largest_parser": largest_parser}, cpu_seconds=cpu, **result,
+            peak_rss_mb={"builder": _peak_rss_mb(), "largest_parser": largest_parser}, cpu_seconds=cpu,
+            cpu_user_sys=cpu_user_sys, **result,
         )
         return 0
     except BuildError as e:
