@@ -77,7 +77,13 @@ class _Pass(msgspec.Struct):
     applied_seq: Seq | None = None
 
 
-class _Booking(msgspec.Struct, rename={"pass_": "pass", "class_": "class"}):
+ABSENT = msgspec.Raw(b"")  # the default of a key that must not be there
+
+
+class _Booking(
+    msgspec.Struct,
+    rename={"pass_": "pass", "class_": "class", "pass_by_name": "pass_", "class_by_name": "class_"},
+):
     id: Id
     member: Id
     pass_: Id
@@ -89,6 +95,9 @@ class _Booking(msgspec.Struct, rename={"pass_": "pass", "class_": "class"}):
     deducted: bool = False
     cost: msgspec.Raw = msgspec.Raw(b"1")  # an Amount, not negative
     loyalty_points: int = 0
+    # the model also reads `pass_` and `class_` (populate_by_name): left to it
+    pass_by_name: msgspec.Raw = ABSENT
+    class_by_name: msgspec.Raw = ABSENT
 
 
 class _Chunk(msgspec.Struct):
@@ -269,6 +278,8 @@ def _passes(passes: list[_Pass], rows: list[Row], daemon: str) -> None:
 def _bookings(bookings: list[_Booking], rows: list[Row], tz: ZoneInfo) -> None:
     zone = tz.key
     for b in bookings:
+        if b.pass_by_name is not ABSENT or b.class_by_name is not ABSENT:
+            raise NotFast
         starts, ends = b.starts_at, b.ends_at
         key = (starts, ends, zone)
         times = _times.get(key)
