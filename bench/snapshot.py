@@ -183,6 +183,11 @@ async def import_once(store: Store, payloads: Payloads, data: SiteData) -> dict[
     }
 
 
+def _cpu(worker: dict[str, Any]) -> float:
+    cpu = worker["cpu_seconds"]
+    return float(cpu["builder"] + cpu["parsers"])
+
+
 def run(data: SiteData, *, runs: int = 3, records_per_chunk: int = 1000, log: Any = print) -> dict[str, Any]:
     work = fresh_dir("snapshot")
     t0 = time.perf_counter()
@@ -197,7 +202,8 @@ def run(data: SiteData, *, runs: int = 3, records_per_chunk: int = 1000, log: An
             w = res["worker"]
             log(
                 f"  snapshot run {r + 1}/{runs} ({'into an empty store' if r == 0 else 'over the previous one'}): "
-                f"{res['seconds']:.2f} s (chunks handed over in {res['fed_seconds']:.2f} s, switch "
+                f"{res['seconds']:.2f} s, worker {_cpu(w):.2f} CPU-s {w['cpu_seconds']} "
+                f"(chunks handed over in {res['fed_seconds']:.2f} s, switch "
                 f"{w['switch_ms']:.1f} ms), {res['taps']} taps during it, longest stall {res['max_stall_ms']:.1f} ms, "
                 f"longest loop lag {res['max_lag_ms']:.1f} ms ({res['long_lags']} over 20 ms, "
                 f"{res['long_lags_during_a_commit']} of them during a tap's commit, at (s, ms) "
@@ -220,6 +226,10 @@ def run(data: SiteData, *, runs: int = 3, records_per_chunk: int = 1000, log: An
         "payload_mb": round(payloads.bytes / 1e6, 1),
         "payload_prep_seconds": round(prep, 2),
         "import_seconds": values_summary([res["seconds"] for res in results], "s"),
+        # the work itself, whatever else ran: the worker and its parsers' CPU time
+        "worker_cpu_seconds": values_summary([_cpu(res["worker"]) for res in results], "s"),
+        "builder_cpu_seconds": values_summary([res["worker"]["cpu_seconds"]["builder"] for res in results], "s"),
+        "parsers_cpu_seconds": values_summary([res["worker"]["cpu_seconds"]["parsers"] for res in results], "s"),
         "switch_ms": values_summary([res["worker"]["switch_ms"] for res in results], "ms"),
         "max_stall_ms": values_summary([res["max_stall_ms"] for res in results], "ms"),
         "stall_ms": summary(stalls),

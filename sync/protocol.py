@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -306,51 +306,43 @@ class DeltaHead(_Wire):
 MAX_CHUNKS = 100_000
 
 
-class SnapshotChunk(_Wire):
+class _SnapshotFields(_Wire):
+    """The fields every chunk of a snapshot carries besides its records: what a gate reads
+    as a chunk arrives (SnapshotHeader) and the first part of the whole chunk
+    (SnapshotChunk), one definition for both."""
+
+    v: V = 1
+    snapshot_id: Annotated[str, Field(min_length=1, max_length=100)]
+    chunk: Seq
+    chunks: Annotated[int, Field(ge=1, le=MAX_CHUNKS)]
+    delta_seq: Seq
+    requested_by: list[str] = []
+    full_replacement: bool = False
+    at: str | None = None
+
+    @model_validator(mode="after")
+    def _chunk_in_range(self) -> Self:
+        if self.chunk >= self.chunks:
+            raise ValueError("chunk must be below chunks")
+        return self
+
+
+class SnapshotChunk(_SnapshotFields):
     """Topic `{prefix}/{site}/snapshot`, QoS 1: one of `chunks` parts (numbered from 0,
     published in order) of the site's whole state as of delta `delta_seq`. A daemon
     applies a snapshot when it asked for it (`requested_by` names it), when it is waiting
     for one, or when `requested_by` is empty (pushed to everyone). `full_replacement`: the
     central system means it even if it removes most members (the gate's guard)."""
 
-    v: V = 1
-    snapshot_id: Annotated[str, Field(min_length=1, max_length=100)]
-    chunk: Seq
-    chunks: Annotated[int, Field(ge=1, le=MAX_CHUNKS)]
-    delta_seq: Seq
-    requested_by: list[str] = []
-    full_replacement: bool = False
-    at: str | None = None
     members: list[MemberOut] = []
     passes: list[PassOut] = []
     bookings: list[BookingOut] = []
 
-    @model_validator(mode="after")
-    def _chunk_in_range(self) -> SnapshotChunk:
-        if self.chunk >= self.chunks:
-            raise ValueError("chunk must be below chunks")
-        return self
 
-
-class SnapshotHeader(_Wire):
+class SnapshotHeader(_SnapshotFields):
     """What a gate reads of a `SnapshotChunk` as it arrives: everything but the records,
     which the snapshot worker validates in full, off the event loop (sync/snapshot.py).
-    The same fields with the same checks; the records are skipped, not read."""
-
-    v: V = 1
-    snapshot_id: Annotated[str, Field(min_length=1, max_length=100)]
-    chunk: Seq
-    chunks: Annotated[int, Field(ge=1, le=MAX_CHUNKS)]
-    delta_seq: Seq
-    requested_by: list[str] = []
-    full_replacement: bool = False
-    at: str | None = None
-
-    @model_validator(mode="after")
-    def _chunk_in_range(self) -> SnapshotHeader:
-        if self.chunk >= self.chunks:
-            raise ValueError("chunk must be below chunks")
-        return self
+    The records are skipped, not read."""
 
     @classmethod
     def of(cls, chunk: SnapshotChunk) -> SnapshotHeader:

@@ -53,11 +53,16 @@ def alnum(text: str | None) -> str:
 def member_search_text(m: MemberLike) -> str:
     """Name and e-mail folded, phone digits, cards: separated by '|' so that a search never
     matches across two of them."""
-    parts = [fold(m.name), fold(m.email)]
-    if m.phone:
-        parts.append(digits(m.phone))
-    parts.extend(alnum(c).lower() for c in m.cards)
+    return search_text(m.name, m.email, m.phone, m.cards)
+
+
+def search_text(name: str, email: str | None, phone: str | None, cards: Sequence[str]) -> str:
+    """`member_search_text` of the fields themselves (a snapshot's records are not models)."""
+    parts = [fold(name), fold(email)]
+    if phone:
+        parts.append(digits(phone))
+    parts.extend(alnum(c).lower() for c in cards)
     return "|".join(parts)
 
 
-__all__ = ["alnum", "digits", "fold", "member_search_text"]
+__all__ = ["alnum", "digits", "fold", "member_search_text", "search_text"]

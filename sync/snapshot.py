@@ -63,6 +63,7 @@ from typing import Any
 
 from sync.protocol import SnapshotChunk, SnapshotHeader
 from sync.replica_file import ReplicaFiles
+from sync.snapshot_wire import END, Built, EventReader, Failed, chunk_header
 from sync.store import Store
 
 log = logging.getLogger("gated.sync.snapshot")
@@ -175,7 +176,7 @@ class SnapshotImporter:
         self._raise_if_failed()
         assert self._proc is not None and self._proc.stdin is not None
         stdin = self._proc.stdin
-        stdin.write(b"chunk %d\n" % len(payload))
+        stdin.write(chunk_header(len(payload)))
         stdin.write(payload)
         try:
             # the pipe's pace: the worker's reader takes it at once (to its spool file),
@@ -196,7 +197,7 @@ class SnapshotImporter:
         assert self._proc is not None and self._proc.stdin is not None and self._done is not None
         if not self._ended:
             self._ended = True
-            self._proc.stdin.write(b"end\n")
+            self._proc.stdin.write(END)
         return dict(await self._done)
 
     async def switch(self) -> dict[str, Any]:
@@ -255,16 +256,16 @@ class SnapshotImporter:
 
     async def _read_answers(self, proc: asyncio.subprocess.Process, done: asyncio.Future[dict[str, Any]]) -> None:
         assert proc.stdout is not None
+        events = EventReader()
         try:
-            async for line in proc.stdout:
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    continue
-                if msg.get("event") == "built" and not done.done():
-                    done.set_result(msg)
-                elif msg.get("event") == "error" and not done.done():
-                    done.set_exception(SnapshotRejected(f"snapshot rejected: {msg.get('message')}"))
+            while data := await proc.stdout.read(65536):
+                for ev in events.feed(data):
+                    if done.done():
+                        continue
+                    if isinstance(ev, Built):
+                        done.set_result(ev.report)
+                    elif isinstance(ev, Failed):
+                        done.set_exception(SnapshotRejected(f"snapshot rejected: {ev.message}"))
             code = await proc.wait()
             if not done.done():
                 tail = "; ".join(self._stderr) or "no message"

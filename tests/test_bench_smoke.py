@@ -76,3 +76,7 @@ def test_bench_command_runs_the_snapshot_import_as_documented(tmp_path) -> None:
         assert res["members"] == 300 and res["import_seconds"]["runs"] >= 1
         assert all(w["counts"]["bookings"] == 900 for w in res["worker"])
         assert res["disk"]["replica_mb"] > 0
+        # the worker's CPU beside the wall time, one figure per run, in the table too
+        assert res["worker_cpu_seconds"]["runs"] == res["import_seconds"]["runs"]
+        assert res["worker_cpu_seconds"]["median"] > 0
+        assert "snapshot import: the worker's CPU (builder + parsers)" in proc.stdout
