@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from gated.auth import hash_password
-from gated.clock import SIMULATION_ENV, SimulatedClock
+from gated.clock import SIMULATION_ENV
 from gated.simday.procs import (
     Broker,
     CentralProc,
@@ -29,6 +29,7 @@ from gated.simday.procs import (
     bridge_block,
     free_port,
 )
+from rules.clock import SimulatedTime
 from simulator.day.plan import DESK_GATE, EXIT_GATE, GATES, daemon_id
 from simulator.day.population import ZONE, Population, SiteSpec
 from simulator.serial_reader import VirtualSerialReader
@@ -50,14 +51,15 @@ class Settings:
 
 
 class Clock:
-    """The run's simulated clock, and sleeping until simulated instants."""
+    """The run's simulated clock (the daemons' and the central's formula, each reading the
+    real clock), and sleeping until simulated instants."""
 
     def __init__(self, start: datetime, speed: float, epoch: float):
-        self.sim = SimulatedClock(start, speed, epoch)
+        self.sim = SimulatedTime(start, speed, epoch)
         self.speed = speed
 
     def now(self) -> datetime:
-        return self.sim()
+        return self.sim.at(time.time())
 
     async def sleep_until(self, t: datetime) -> None:
         while True:
