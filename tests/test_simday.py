@@ -196,7 +196,7 @@ def test_a_daemon_under_tracemalloc_reports_what_grew(tmp_path: Path) -> None:
     }))
     out = tmp_path / "growth.json"
     env = {**os.environ, "GATED_TRACE_WARMUP": "0.5", "GATED_TRACE_EVERY": "0.5"}
-    proc = subprocess.Popen([sys.executable, "-X", "tracemalloc=4", "-m", "gated.simday.traced", str(out), "-c",
+    proc = subprocess.Popen([sys.executable, "-X", "tracemalloc=4", "-m", "gated.simday.traced", str(out), "-m", "gated.cli", "run", "-c",
                              str(cfg)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from argon2 import PasswordHasher
 
-from gated.auth import hash_password
-from gated.clock import SIMULATION_ENV
 from gated.simday.procs import (
     Broker,
     CentralProc,
@@ -37,6 +36,9 @@ from simulator.turnstile import Person, SimTurnstile
 from sync.qrtoken import generate_private_key, private_key_pem, public_key_text
 
 DESK_USER, DESK_PASSWORD = "desk", "simday-desk"  # a throwaway password for a throwaway site
+# The daemon's switch for the `simulation:` section (gated/clock.py): without it `gated run`
+# refuses a simulated clock. Only this harness sets it.
+SIMULATION_ENV = "GATED_SIMULATION"
 PERSON = Person(delay=0.08)  # people push the arm at once: a busy turnstile
 
 
@@ -170,7 +172,8 @@ class Chain:
         if wan is not None:  # the site broker, else the central broker over the WAN (failover)
             mqtt["hosts"] = [f"127.0.0.1:{broker_port}", f"127.0.0.1:{wan.port}"]
         d = daemon_id(spec.id, gate)
-        hashed = getattr(self, "_hash", None) or hash_password(DESK_PASSWORD)
+        # argon2, as `gated hash-password` makes it (the hash carries its parameters)
+        hashed = getattr(self, "_hash", None) or PasswordHasher().hash(DESK_PASSWORD)
         self._hash = hashed
         cfg: dict[str, Any] = {
             "site": {"id": spec.id, "name": f"Gym {spec.id.title()}", "timezone": self.pop.timezone,
