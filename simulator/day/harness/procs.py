@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gated.simday.central_proc import request as central_request
+from simulator.day.harness.central_proc import request as central_request
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[3]  # simulator/day/harness/procs.py: the checkout
 BRIDGE_EXAMPLE = ROOT / "config" / "mosquitto-bridge.conf.example"
 
 
@@ -240,7 +240,7 @@ class GateProc:
         cmd = [sys.executable, "-m", "gated.cli", "run", "-c", str(self.config)]
         if self.trace is not None:
             out = self.trace.with_name(f"{self.trace.stem}-{self.incarnation + 1}.json")
-            cmd = [sys.executable, "-X", "tracemalloc=6", "-m", "gated.simday.traced", str(out), *cmd[1:]]
+            cmd = [sys.executable, "-X", "tracemalloc=6", "-m", "simulator.day.harness.traced", str(out), *cmd[1:]]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=log)
         self.incarnation += 1
@@ -272,7 +272,7 @@ class GateProc:
 
 
 class CentralProc:
-    """The reference central system as its own process (gated/simday/central_proc.py), with
+    """The reference central system as its own process (simulator/day/harness/central_proc.py), with
     a control socket for the back office and the chaos (snapshots, re-sent deltas)."""
 
     def __init__(self, args: list[str], control: Path, log: Path, env: dict[str, str]):
@@ -285,7 +285,7 @@ class CentralProc:
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gated.simday.central_proc", *self.args],
+            self.proc = subprocess.Popen([sys.executable, "-m", "simulator.day.harness.central_proc", *self.args],
                                          cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=log)
         self.starts += 1
 

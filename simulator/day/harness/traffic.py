@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from gated.simday.desk import Desk
-from gated.simday.rig import DESK_PASSWORD, DESK_USER, Chain, GateRig
 from rules.credential import mask
+from simulator.day.harness.desk import Desk
+from simulator.day.harness.rig import DESK_PASSWORD, DESK_USER, Chain, GateRig
 from simulator.day.plan import DESK_GATE, EXIT_GATE, IN_GATES, Extra, Plan, Visit
 from simulator.day.population import ZONE, Population
 from sync.qrtoken import mint

@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 from argon2 import PasswordHasher
 
-from gated.simday.procs import (
+from rules.clock import SimulatedTime
+from simulator.day.harness.procs import (
     Broker,
     CentralProc,
     GateProc,
@@ -28,7 +29,6 @@ from gated.simday.procs import (
     bridge_block,
     free_port,
 )
-from rules.clock import SimulatedTime
 from simulator.day.plan import DESK_GATE, EXIT_GATE, GATES, daemon_id
 from simulator.day.population import ZONE, Population, SiteSpec
 from simulator.serial_reader import VirtualSerialReader
@@ -49,7 +49,7 @@ class Settings:
     setup_seconds: float = 25.0  # real seconds before the clock reaches its start
     reconcile_interval: float = 300.0  # real seconds
     ack_timeout: float = 3.0
-    trace_memory: bool = False  # daemons under tracemalloc (gated/simday/traced.py)
+    trace_memory: bool = False  # daemons under tracemalloc (simulator/day/harness/traced.py)
 
 
 class Clock:

@@ -11,7 +11,7 @@ office and the chaos:
 
 The harness's side of that socket is `request` below.
 
-    python -m gated.simday.central_proc --db central.db --port 1883 --control c.sock \
+    python -m simulator.day.harness.central_proc --db central.db --port 1883 --control c.sock \
         --clock-start 2026-11-18T05:57:00+00:00 --clock-speed 72 --clock-epoch 1790000000.0
 """
 

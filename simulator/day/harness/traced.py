@@ -3,7 +3,7 @@ daemon's heap through the day, by the line that allocated it. The harness runs `
 under it as `python -m cProfile -m MODULE` would, by module name in the process it
 starts (the simulator imports no part of gated):
 
-    python -X tracemalloc=6 -m gated.simday.traced OUT.json -m gated.cli run -c gated.yaml
+    python -X tracemalloc=6 -m simulator.day.harness.traced OUT.json -m gated.cli run -c gated.yaml
 
 After `warmup` seconds a first snapshot is taken; then every `every` seconds the
 allocations that grew most since then (by file and line, with their stack) are written to
@@ -64,7 +64,7 @@ def _watch(out: Path, warmup: float, every: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 3 or args[1] != "-m":
-        print("usage: python -X tracemalloc=6 -m gated.simday.traced OUT.json -m MODULE [ARGS...]", file=sys.stderr)
+        print("usage: python -X tracemalloc=6 -m simulator.day.harness.traced OUT.json -m MODULE [ARGS...]", file=sys.stderr)
         return 2
     out, module, rest = Path(args[0]), args[2], args[3:]
     if not tracemalloc.is_tracing():
