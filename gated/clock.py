@@ -24,10 +24,10 @@ import ctypes.util
 import os
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from rules.clock import ClockPolicy, ClockState, ClockTrust, observe, start
+from rules.clock import ClockPolicy, ClockState, ClockTrust, SimulatedTime, observe, start
 
 SIMULATION_ENV = "GATED_SIMULATION"
 
@@ -41,17 +41,14 @@ def utc_now() -> datetime:
 class SimulatedClock:
     """`start` at the moment the epoch (a shared instant in real time, `time.time()`) was,
     running `speed` times faster: several processes given the same start, speed and epoch
-    agree on the time."""
+    agree on the time (the arithmetic is rules/clock.py's `SimulatedTime`, which the
+    simulator's harness shares)."""
 
     def __init__(self, start: datetime, speed: float, epoch: float | None = None):
-        if start.tzinfo is None:
-            raise ValueError("a simulated clock starts at an aware instant")
-        self.start = start
-        self.speed = speed
-        self.epoch = time.time() if epoch is None else epoch
+        self.sim = SimulatedTime(start, speed, time.time() if epoch is None else epoch)
 
     def __call__(self) -> datetime:
-        return self.start + timedelta(seconds=(time.time() - self.epoch) * self.speed)
+        return self.sim.at(time.time())
 
 
 # No gym ran this software before it was written: a wall clock before this is wrong, and a

@@ -131,7 +131,7 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     s.add_argument("--format", default="hex")
     s.set_defaults(func=cmd_sim_reader)
     s = ss.add_parser("day", help="a day at a two-site chain with chaos, then the books checked (make soak)")
-    from gated.simday.args import add_arguments as add_day_arguments
+    from simulator.day.args import add_arguments as add_day_arguments
 
     add_day_arguments(s)
     s.set_defaults(func=cmd_sim_day)
@@ -431,7 +431,7 @@ def cmd_sim_reader(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_day(args: argparse.Namespace) -> int:
-    from gated.simday.run import run as run_day
+    from simulator.day.run import run as run_day
 
     return run_day(args)
 

@@ -31,13 +31,12 @@ from drivers.outputs.gate import GateController, GrantRefused
 from drivers.outputs.grant import Passage
 from drivers.outputs.modbus import OutputFault, OutputHealth
 from drivers.readers.base import Reader
-from gated import logs
 from gated.engine import Engine, PendingTap
 from gated.metrics import Metrics
 from gated.safety import Safety
 from gated.storage_watch import StorageWatch
 from rules.admission import GateConditions, StalePolicy
-from rules.credential import Credential, CredentialKind
+from rules.credential import Credential, CredentialKind, mask
 from rules.decide import Decision
 from rules.decide import override as override_decision
 from rules.reasons import Reason
@@ -189,7 +188,7 @@ class TapPath:
         log.info(
             "tap",
             gate=gate_id,
-            credential=logs.mask(cred.value) if cred.kind != CredentialKind.DESK else cred.value,
+            credential=mask(cred.value) if cred.kind != CredentialKind.DESK else cred.value,
             kind=cred.kind.value,
             member=d.member,
             decision="granted" if d.granted else "denied",

@@ -23,11 +23,17 @@ lower bound of the real time that moves at the right speed. A clock is never acc
 
 Pure: readings in (wall as POSIX seconds, monotonic seconds, synchronised or not), a new
 state out.
+
+Here too, the arithmetic of a simulated clock (`SimulatedTime`, for `gated sim day`): the
+daemons (gated/clock.py) and the simulator's harness and central system
+(simulator/day/harness/) must turn the same real instant into the same simulated one, so
+the formula is written once, below all of them; each reads the real clock itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 
@@ -116,4 +122,22 @@ def _trust(state: ClockState, wall: float, mono: float) -> ClockState:
     )
 
 
-__all__ = ["ClockPolicy", "ClockState", "ClockTrust", "observe", "start"]
+@dataclass(frozen=True, slots=True)
+class SimulatedTime:
+    """`start` at the moment the epoch (a shared instant in real time, POSIX seconds) was,
+    running `speed` times faster: processes given the same three agree on the time."""
+
+    start: datetime
+    speed: float
+    epoch: float
+
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is None:
+            raise ValueError("a simulated clock starts at an aware instant")
+
+    def at(self, real: float) -> datetime:
+        """The simulated instant at the real instant `real` (POSIX seconds)."""
+        return self.start + timedelta(seconds=(real - self.epoch) * self.speed)
+
+
+__all__ = ["ClockPolicy", "ClockState", "ClockTrust", "SimulatedTime", "observe", "start"]

@@ -374,3 +374,14 @@ def normalise_card(value: str) -> str:
     stays typed (`EM:0A00BC614E`: prefixes are read case-insensitively); the store reads
     the text with its site's rules (Store.card_key / Store.read_card)."""
     return value.strip().upper()
+
+
+def mask(value: str) -> str:
+    """A credential's value where it could leak (logs): enough to recognise, not enough to
+    clone. Here, not in the daemon's logging, because the sim day's harness finds its own
+    tap's answer in a daemon's log by this form."""
+    if len(value) <= 4:
+        return "*" * len(value)
+    if len(value) > 24:  # a QR token: its head says which key, nothing more
+        return value[:8] + "…"
+    return "*" * (len(value) - 4) + value[-4:]

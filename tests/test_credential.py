@@ -23,6 +23,7 @@ from rules.credential import (
     cards_match,
     index_keys,
     lookup_keys,
+    mask,
     parse_key,
     resolve,
 )
@@ -245,3 +246,10 @@ def test_any_osdp_card_data_is_a_card(data: bytes, bits: int) -> None:
     for mode in ("wiegand", "uid"):
         card = card_from_osdp(data, bits, mode)
         assert parse_key(card.key) == card
+
+
+def test_a_credential_in_a_log_is_recognisable_not_clonable() -> None:
+    assert mask("04A1B2C3") == "****B2C3"
+    assert mask("abc") == "***"
+    token = "v1.eyJ0b2tlbiI6ImRheS0zLTEiLCJtZW1iZXIiOiJtLTEifQ.c2lnbmF0dXJl"
+    assert mask(token) == "v1.eyJ0b…"  # the first 8 characters

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from gated.clock import SimulatedClock
+from rules.clock import SimulatedTime
 from tests.gate_process import IN_CARD, gate_process
 from tests.test_daemon import GATED
 
@@ -23,6 +24,18 @@ def test_a_simulated_clock_runs_fast_from_its_start() -> None:
     clock = SimulatedClock(start, 60, epoch)
     assert timedelta(minutes=9, seconds=59) <= clock() - start <= timedelta(minutes=11)
     assert abs((SimulatedClock(start, 60, epoch)() - clock()).total_seconds()) < 1  # two processes agree
+
+
+def test_simulated_time_is_one_formula_for_every_process() -> None:
+    """The daemons and the sim day's harness and central system each read the real clock
+    and map it through rules.clock.SimulatedTime: the same real instant, the same time."""
+    start = datetime(2026, 11, 18, 6, 0, tzinfo=UTC)
+    sim = SimulatedTime(start, 72, 1_000.0)
+    assert sim.at(1_000.0) == start
+    assert sim.at(1_010.0) == start + timedelta(minutes=12)
+    assert sim.at(990.0) == start - timedelta(minutes=12)  # before the epoch: the setup minutes
+    with pytest.raises(ValueError):
+        SimulatedTime(datetime(2026, 11, 18, 6, 0), 72, 1_000.0)
 
 
 def test_run_refuses_a_simulated_clock_without_the_environment(tmp_path: Path) -> None:

@@ -102,7 +102,7 @@ def test_short_days_with_other_seeds_keep_the_books(seed: int, tmp_path: Path) -
 
 
 def test_a_random_seed_is_picked_and_printed(capsys: pytest.CaptureFixture[str]) -> None:
-    from gated.simday.args import _seed
+    from simulator.day.args import _seed
 
     picked = {_seed("random") for _ in range(5)}
     printed = capsys.readouterr().out
@@ -177,7 +177,7 @@ def test_the_check_catches_a_lost_event_a_wrong_balance_and_a_silent_rotation(
 
 
 def test_a_daemon_under_tracemalloc_reports_what_grew(tmp_path: Path) -> None:
-    """`gated sim day --trace-memory` runs each daemon as gated/simday/traced.py does: the
+    """`gated sim day --trace-memory` runs each daemon as simulator/day/harness/traced.py does: the
     daemon as usual, and what its heap grew by, line by line, in a file."""
     import os
     import signal
@@ -196,7 +196,7 @@ def test_a_daemon_under_tracemalloc_reports_what_grew(tmp_path: Path) -> None:
     }))
     out = tmp_path / "growth.json"
     env = {**os.environ, "GATED_TRACE_WARMUP": "0.5", "GATED_TRACE_EVERY": "0.5"}
-    proc = subprocess.Popen([sys.executable, "-X", "tracemalloc=4", "-m", "gated.simday.traced", str(out), "-c",
+    proc = subprocess.Popen([sys.executable, "-X", "tracemalloc=4", "-m", "simulator.day.harness.traced", str(out), "-m", "gated.cli", "run", "-c",
                              str(cfg)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60

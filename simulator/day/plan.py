@@ -2,7 +2,7 @@
 which faults strike when. Deterministic from the population and a seed.
 
 The plan says what people *intend*; what they do next depends on the gate's answers
-(gated/simday/traffic.py): an early arrival refused `too_early` waits for the arrival
+(simulator/day/harness/traffic.py): an early arrival refused `too_early` waits for the arrival
 window, a member whose turnstile is out of order walks to the other one, a member told
 `no_balance` may top the pass up in the app and try again.
 """
@@ -154,7 +154,7 @@ def make_plan(
     closes = datetime.combine(pop.day, site0.closes, tz).astimezone(UTC)
     last_class_end = max(c.ends_at for c in pop.classes).astimezone(UTC)
     # everything due: the last no-shows (end + no_show_after) and loyalty credits (end +
-    # loyalty_delay: 30m in gated/simday/rig.py), and a few simulated minutes for the
+    # loyalty_delay: 30m in simulator/day/harness/rig.py), and a few simulated minutes for the
     # daemons' schedulers (every real second) to get to them
     end = max(closes + timedelta(minutes=20), last_class_end + due_after + timedelta(minutes=8))
     start = opens - timedelta(minutes=10)

@@ -1,8 +1,8 @@
 """What must hold after a day, checked on what the day left behind (dayrun.py): the
 central system's database, every gate's database, the turnstiles' counts and the harness's
 record of taps, desk actions and faults. `check_run` assembles the report from the gates'
-checks (check_gates.py), the books (check_books.py) and the grants decided again
-(check_grants.py), and, here, the harness's own measures: the taps' latency, each daemon's
+checks (gates.py), the books (books.py) and the grants decided again (grants.py),
+and, here, the harness's own measures: the taps' latency, each daemon's
 resources through the day, and the day having run as planned.
 
 Each check returns an `Invariant` (name, what was checked, figures) and its violations;
@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from simulator.day import procfs
-from simulator.day.check_books import check_books, check_requested_refunds
-from simulator.day.check_gates import (
+from simulator.day.checks.books import check_books, check_requested_refunds
+from simulator.day.checks.dayrun import Invariant, Run, Violation
+from simulator.day.checks.gates import (
     check_balances,
     check_exactly_once,
     check_expected_denials,
     check_rotations,
     check_settled,
 )
-from simulator.day.check_grants import check_grants
-from simulator.day.dayrun import Invariant, Run, Violation
+from simulator.day.checks.grants import check_grants
 
 # -- latency and resources ------------------------------------------------------------------------------
 

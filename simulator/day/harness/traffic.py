@@ -19,14 +19,17 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from gated.logs import mask
-from gated.simday.desk import Desk
-from gated.simday.rig import DESK_PASSWORD, DESK_USER, Chain, GateRig
+from rules.credential import mask
+from simulator.day.harness.desk import Desk
+from simulator.day.harness.rig import DESK_PASSWORD, DESK_USER, Chain, GateRig
 from simulator.day.plan import DESK_GATE, EXIT_GATE, IN_GATES, Extra, Plan, Visit
 from simulator.day.population import ZONE, Population
 from sync.qrtoken import mint
 
 ANSWER_TIMEOUT = 12.0  # real seconds: a grant waits up to passage_timeout (3 s) for the turn
+# Simulated seconds of life a replayed code keeps at least when it is shown again: the
+# queue at the turnstile and the decision take real time (90 s: 0.75 s real at x120).
+REPLAY_MARGIN = 90.0
 
 
 @dataclass
@@ -66,6 +69,7 @@ class VisitState:
     """What happened to a visit so far (what the member remembers)."""
 
     last_token: str | None = None
+    last_token_expires: datetime | None = None
     last_gate: str | None = None
     walked_in_early: bool = False
 
@@ -183,10 +187,16 @@ class Traffic:
 
     def qr(self, site: str, member: str, *, booking: str | None = None, age: float = 0.0,
            ttl: float = 180.0, key: Any = None) -> str:
+        return self._mint(member, booking=booking, age=age, ttl=ttl, key=key)[0]
+
+    def _mint(self, member: str, *, booking: str | None = None, age: float = 0.0, ttl: float = 180.0,
+              key: Any = None) -> tuple[str, datetime]:
+        """The app's code and when it expires."""
         self._qr_n += 1
         issued = self.clock.now() - timedelta(seconds=age)
+        expires = issued + timedelta(seconds=ttl)
         return mint(key or self.chain.qr_key, token_id=f"day-{self.seed}-{self._qr_n}", member=member,
-                    issued=issued, expires=issued + timedelta(seconds=ttl), booking=booking)
+                    issued=issued, expires=expires, booking=booking), expires
 
     async def tap(self, site: str, gate: str, credential: str, *, qr: bool, who: str | None,
                   purpose: str) -> Answer:
@@ -236,9 +246,15 @@ class Traffic:
         if not entered:
             return
         if v.qr_replay and st.last_token is not None and st.last_gate is not None:
-            # a friend shows a screenshot of the code at the same turnstile
-            await self.clock.sleep(rnd.uniform(30, 120))
-            await self.tap(v.site, st.last_gate, st.last_token, qr=True, who=v.member, purpose="qr_replay")
+            # a friend shows a screenshot of the code at the same turnstile, while the code is
+            # still valid: past its expiry the gate rightly says qr_expired, and the replay
+            # would not be tested (a short day's x120 once took the last 10 s, 83 ms real)
+            wait = rnd.uniform(30, 120)
+            if st.last_token_expires is not None:
+                wait = min(wait, (st.last_token_expires - self.clock.now()).total_seconds() - REPLAY_MARGIN)
+            if wait >= 0:
+                await self.clock.sleep(wait)
+                await self.tap(v.site, st.last_gate, st.last_token, qr=True, who=v.member, purpose="qr_replay")
         if v.reentry is not None:
             out_at, back_at = v.reentry
             await self.clock.sleep_until(out_at)
@@ -252,12 +268,14 @@ class Traffic:
         await self.clock.sleep_until(v.leave)
         await self.leave(v, rnd)
 
-    def _credential(self, v: Visit, *, expired: bool = False) -> tuple[str, bool]:
+    def _credential(self, v: Visit, *, expired: bool = False) -> tuple[str, bool, datetime | None]:
+        """The card, or the app's code: (credential, is a QR code, its expiry)."""
         if v.qr:
             if expired:
-                return self.qr(v.site, v.member, booking=v.booking, age=600, ttl=60), True
-            return self.qr(v.site, v.member, booking=v.booking, age=random.uniform(0, 20)), True
-        return self.cards[v.member], False
+                return self.qr(v.site, v.member, booking=v.booking, age=600, ttl=60), True, None
+            token, expires = self._mint(v.member, booking=v.booking, age=random.uniform(0, 20))
+            return token, True, expires
+        return self.cards[v.member], False, None
 
     async def enter(self, v: Visit, rnd: random.Random, st: VisitState, *, again: bool = False) -> bool:
         tried_window = tried_topup = False
@@ -268,13 +286,14 @@ class Traffic:
                 await self.clock.sleep(60)  # every entrance out of order: wait a minute
                 continue
             gate = gates[0]
-            cred, is_qr = self._credential(v, expired=expired_first)
+            cred, is_qr, expires = self._credential(v, expired=expired_first)
             expired_first = False
             ans = await self.tap(v.site, gate, cred, qr=is_qr, who=v.member,
                                  purpose="reentry" if again else v.kind)
             if ans.entered:
                 self.inside.add((v.site, v.member))
                 st.last_token, st.last_gate = (cred if is_qr else None), gate
+                st.last_token_expires = expires
                 if ans.reason == "walk_in" and v.kind == "early":
                     st.walked_in_early = True
                 return True

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gated.control import request as control_request
+from simulator.day.harness.central_proc import request as central_request
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[3]  # simulator/day/harness/procs.py: the checkout
 BRIDGE_EXAMPLE = ROOT / "config" / "mosquitto-bridge.conf.example"
 
 
@@ -229,7 +229,7 @@ class GateProc:
         self.config = config
         self.log = log
         self.env = env
-        self.trace = trace  # tracemalloc's growth report (gated/simday/traced.py), or None
+        self.trace = trace  # tracemalloc's growth report (traced.py), or None
         self.proc: subprocess.Popen[bytes] | None = None
         self.incarnation = 0
         self.ready = False
@@ -240,7 +240,7 @@ class GateProc:
         cmd = [sys.executable, "-m", "gated.cli", "run", "-c", str(self.config)]
         if self.trace is not None:
             out = self.trace.with_name(f"{self.trace.stem}-{self.incarnation + 1}.json")
-            cmd = [sys.executable, "-X", "tracemalloc=6", "-m", "gated.simday.traced", str(out), "-c", str(self.config)]
+            cmd = [sys.executable, "-X", "tracemalloc=6", "-m", "simulator.day.harness.traced", str(out), *cmd[1:]]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=log)
         self.incarnation += 1
@@ -272,7 +272,7 @@ class GateProc:
 
 
 class CentralProc:
-    """The reference central system as its own process (gated/simday/central_proc.py), with
+    """The reference central system as its own process (simulator/day/harness/central_proc.py), with
     a control socket for the back office and the chaos (snapshots, re-sent deltas)."""
 
     def __init__(self, args: list[str], control: Path, log: Path, env: dict[str, str]):
@@ -285,7 +285,7 @@ class CentralProc:
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gated.simday.central_proc", *self.args],
+            self.proc = subprocess.Popen([sys.executable, "-m", "simulator.day.harness.central_proc", *self.args],
                                          cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=log)
         self.starts += 1
 
@@ -308,8 +308,7 @@ class CentralProc:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
     async def request(self, obj: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-        # the central's answers (its event log, a gate's records) run to megabytes
-        return await control_request(self.control, obj, timeout, limit=2**24)
+        return await central_request(self.control, obj, timeout)
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -1,4 +1,5 @@
-"""The arguments of `gated sim day` (apart from run.py: `gated --help` loads no harness)."""
+"""The arguments of `gated sim day`, apart from run.py: `gated`'s parser loads this module
+alone (no harness, no checks) for `gated --help`."""
 
 from __future__ import annotations
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from argon2 import PasswordHasher
 
-from gated.auth import hash_password
-from gated.clock import SIMULATION_ENV, SimulatedClock
-from gated.simday.procs import (
+from rules.clock import SimulatedTime
+from simulator.day.harness.procs import (
     Broker,
     CentralProc,
     GateProc,
@@ -36,6 +36,9 @@ from simulator.turnstile import Person, SimTurnstile
 from sync.qrtoken import generate_private_key, private_key_pem, public_key_text
 
 DESK_USER, DESK_PASSWORD = "desk", "simday-desk"  # a throwaway password for a throwaway site
+# The daemon's switch for the `simulation:` section (gated/clock.py): without it `gated run`
+# refuses a simulated clock. Only this harness sets it.
+SIMULATION_ENV = "GATED_SIMULATION"
 PERSON = Person(delay=0.08)  # people push the arm at once: a busy turnstile
 
 
@@ -46,18 +49,19 @@ class Settings:
     setup_seconds: float = 25.0  # real seconds before the clock reaches its start
     reconcile_interval: float = 300.0  # real seconds
     ack_timeout: float = 3.0
-    trace_memory: bool = False  # daemons under tracemalloc (gated/simday/traced.py)
+    trace_memory: bool = False  # daemons under tracemalloc (simulator/day/harness/traced.py)
 
 
 class Clock:
-    """The run's simulated clock, and sleeping until simulated instants."""
+    """The run's simulated clock (the daemons' and the central's formula, each reading the
+    real clock), and sleeping until simulated instants."""
 
     def __init__(self, start: datetime, speed: float, epoch: float):
-        self.sim = SimulatedClock(start, speed, epoch)
+        self.sim = SimulatedTime(start, speed, epoch)
         self.speed = speed
 
     def now(self) -> datetime:
-        return self.sim()
+        return self.sim.at(time.time())
 
     async def sleep_until(self, t: datetime) -> None:
         while True:
@@ -168,7 +172,8 @@ class Chain:
         if wan is not None:  # the site broker, else the central broker over the WAN (failover)
             mqtt["hosts"] = [f"127.0.0.1:{broker_port}", f"127.0.0.1:{wan.port}"]
         d = daemon_id(spec.id, gate)
-        hashed = getattr(self, "_hash", None) or hash_password(DESK_PASSWORD)
+        # argon2, as `gated hash-password` makes it (the hash carries its parameters)
+        hashed = getattr(self, "_hash", None) or PasswordHasher().hash(DESK_PASSWORD)
         self._hash = hashed
         cfg: dict[str, Any] = {
             "site": {"id": spec.id, "name": f"Gym {spec.id.title()}", "timezone": self.pop.timezone,

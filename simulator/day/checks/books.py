@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from rules.model import Booking, BookingStatus, Direction, Pass, Policy
 from rules.timeutil import local_date, start_of_local_day
-from simulator.day.dayrun import Invariant, Run, instant
+from simulator.day.checks.dayrun import Invariant, Run, instant
 
 
 def check_books(run: Run) -> list[Invariant]:

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from rules.model import MemberStatus
-from simulator.day.dayrun import ENTRY_REASONS, Invariant, Run, instant
+from simulator.day.checks.dayrun import ENTRY_REASONS, Invariant, Run, instant
 from sync.store import open_reader
 
 

@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gated.simday.rig import PERSON, Chain, GateRig
-from gated.simday.traffic import Records
 from simulator.day import plan as P
+from simulator.day.harness.rig import PERSON, Chain, GateRig
+from simulator.day.harness.traffic import Records
 
 # A fault at one gate: the rig's flag (what the traffic and the report read), how it starts,
 # how it ends.

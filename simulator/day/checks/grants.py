@@ -14,7 +14,7 @@ from typing import Any
 from rules.credential import CredentialKind
 from rules.decide import MemberView, Presented, ZonePresence, decide
 from rules.model import Booking, BookingStatus, Direction, Member, Pass
-from simulator.day.dayrun import ENTRY_REASONS, Invariant, Run, instant
+from simulator.day.checks.dayrun import ENTRY_REASONS, Invariant, Run, instant
 
 
 def check_grants(run: Run) -> Invariant:

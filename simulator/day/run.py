@@ -27,18 +27,18 @@ from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
-from gated.simday.args import add_arguments
-from gated.simday.chaos import ChaosRunner
-from gated.simday.rig import Chain, Settings
-from gated.simday.traffic import Records, Traffic
 from simulator.day import procfs
-from simulator.day.invariants import check_run
+from simulator.day.args import add_arguments
+from simulator.day.checks.invariants import check_run
+from simulator.day.checks.report import render_text
+from simulator.day.harness.chaos import ChaosRunner
+from simulator.day.harness.rig import Chain, Settings
+from simulator.day.harness.traffic import Records, Traffic
 from simulator.day.plan import Plan, make_plan
 from simulator.day.population import Population, default_sites, generate
-from simulator.day.report import render_text
 from sync.store import open_reader
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # simulator/day/run.py: the checkout (var/simday/)
 
 
 def _ro(path: Path) -> sqlite3.Connection:

@@ -9,7 +9,9 @@ office and the chaos:
     {"cmd": "push", "site": S, "members": [...], "passes": [...], "bookings": [...]}
     {"cmd": "topup", "site": S, "pass": P, "amount": A} a pass topped up in the app
 
-    python -m gated.simday.central_proc --db central.db --port 1883 --control c.sock \
+The harness's side of that socket is `request` below.
+
+    python -m simulator.day.harness.central_proc --db central.db --port 1883 --control c.sock \
         --clock-start 2026-11-18T05:57:00+00:00 --clock-speed 72 --clock-epoch 1790000000.0
 """
 
@@ -22,18 +24,17 @@ import json
 import logging
 import random
 import signal
-from datetime import datetime
+import sys
+import time
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 
-from gated import logs
-from gated.clock import SimulatedClock
+from rules.clock import SimulatedTime
 from simulator.central import Central, CentralSettings
-
-log = logging.getLogger("gated.simday.central")
 
 
 class Control:
@@ -107,8 +108,53 @@ class Control:
             return {"committed": c.delta_seq(site) > before, "published": False, "error": str(e)}
 
 
+async def request(path: Path, obj: dict[str, Any], timeout: float, *, limit: int = 2**24) -> dict[str, Any]:
+    """One command to the central's control socket and its one-line answer (its event log
+    or a gate's records run to megabytes: `limit`)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path), limit=limit), timeout)
+    try:
+        writer.write(json.dumps(obj).encode() + b"\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        if not line:
+            raise ConnectionResetError("the central system closed the connection without answering")
+        try:
+            answer: dict[str, Any] = json.loads(line)
+        except ValueError:
+            raise ConnectionResetError("the central system's answer was cut off") from None
+        return answer
+    finally:
+        writer.close()
+
+
+class _JsonLines(logging.Formatter):
+    """One JSON object a line with the keys the daemons' logs have (timestamp, level,
+    logger, event): one reader for every log of a run."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "event": record.getMessage(), "level": record.levelname.lower(), "logger": record.name,
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def _log_to_stderr() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonLines())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    for name in ("aiomqtt", "paho", "asyncio"):  # their chatter; the central says what matters
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 async def serve(args: argparse.Namespace) -> None:
-    clock = SimulatedClock(datetime.fromisoformat(args.clock_start), args.clock_speed, args.clock_epoch)
+    sim = SimulatedTime(datetime.fromisoformat(args.clock_start), args.clock_speed, args.clock_epoch)
+
+    def clock() -> datetime:
+        return sim.at(time.time())
+
     settings = CentralSettings(port=args.port, prefix=args.prefix, chunk_rows=500, identifier="gated-central-simday")
     central = Central(settings, args.db, clock=clock)
     server = await Control(central, Path(args.control)).start()
@@ -136,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clock-speed", type=float, required=True)
     p.add_argument("--clock-epoch", type=float, required=True)
     args = p.parse_args(argv)
-    logs.setup("json", "info")
+    _log_to_stderr()
     asyncio.run(serve(args))
     return 0
 

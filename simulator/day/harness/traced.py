@@ -1,7 +1,9 @@
-"""`gated run` under tracemalloc, for `gated sim day --trace-memory`: what grows in a
-daemon's heap through the day, by the line that allocated it.
+"""A Python program under tracemalloc, for `gated sim day --trace-memory`: what grows in a
+daemon's heap through the day, by the line that allocated it. The harness runs `gated run`
+under it as `python -m cProfile -m MODULE` would, by module name in the process it
+starts (the simulator imports no part of gated):
 
-    python -X tracemalloc=6 -m gated.simday.traced OUT.json -c gated.yaml
+    python -X tracemalloc=6 -m simulator.day.harness.traced OUT.json -m gated.cli run -c gated.yaml
 
 After `warmup` seconds a first snapshot is taken; then every `every` seconds the
 allocations that grew most since then (by file and line, with their stack) are written to
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import sys
 import threading
 import time
@@ -60,15 +63,18 @@ def _watch(out: Path, warmup: float, every: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    out = Path(args.pop(0))
+    if len(args) < 3 or args[1] != "-m":
+        print("usage: python -X tracemalloc=6 -m simulator.day.harness.traced OUT.json -m MODULE [ARGS...]", file=sys.stderr)
+        return 2
+    out, module, rest = Path(args[0]), args[2], args[3:]
     if not tracemalloc.is_tracing():
         tracemalloc.start(6)
     warmup = float(os.environ.get("GATED_TRACE_WARMUP", "90"))
     every = float(os.environ.get("GATED_TRACE_EVERY", "30"))
     threading.Thread(target=_watch, args=(out, warmup, every), daemon=True, name="tracemalloc").start()
-    from gated.cli import main as gated_main
-
-    return gated_main(["run", *args])
+    sys.argv = [module, *rest]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)  # its exit status: its SystemExit
+    return 0
 
 
 if __name__ == "__main__":
