@@ -169,14 +169,12 @@ class TapPath:
             pending = await self._contest_qr(pending, intent, intent_at)
             pending, passage = await self._open(pending, reader)
             passed = passage is Passage.PASSED
-            if passage is Passage.UNKNOWN:
-                # released, then nobody could look (the board went silent, we are stopping):
-                # the person may be through. No deduction; the grant is reported as after a
-                # crash, never recorded as a plain "did not pass"
-                committed = self._commit(pending, False, None, extra)
-                committed.events.extend(self._unconfirmed(pending, intent).events)
-            else:
-                committed = self._commit(pending, passed, intent, extra)
+            # UNKNOWN: released, then nobody could look (the board went silent, the inputs
+            # went unread, we are stopping): the person may be through. No deduction; the
+            # grant is reported as after a crash, in the tap's own transaction (held and
+            # retried like any acted-on tap), never recorded as a plain "did not pass"
+            unconfirmed = self._unconfirmed(pending, intent) if passage is Passage.UNKNOWN else None
+            committed = self._commit(pending, passed, intent, extra, unconfirmed)
         finally:
             self._release(hold)
         d = pending.decision
@@ -311,27 +309,26 @@ class TapPath:
         except OutputFault:
             return self.engine.refuse(pending, Reason.HARDWARE_FAULT), Passage.NOT_PASSED
 
-    def _unconfirmed(self, pending: PendingTap, intent: int | None) -> Committed:
+    def _unconfirmed(self, pending: PendingTap, intent: int | None) -> str:
+        """Why a released grant's passage is unknown (said in the log and the metric now;
+        recorded with the tap's commit)."""
         ctl = self.controllers.get(pending.gate.id)
         cause = "stopping" if ctl is not None and ctl.stopping else "relay_unreadable"
         self.metrics.unconfirmed.inc()
-        log.warning("passage_unconfirmed", gate=pending.gate.id, member=pending.decision.member, cause=cause)
-        if intent is None:
-            return Committed()  # an exit opened unrecorded: nothing to report it from
-        try:
-            return self.engine.store.report_unconfirmed_grant(intent, self.clock(), cause)
-        except STORAGE_ERRORS as e:
-            self.storage.failed(e, "unconfirmed")  # the intent stays: reported at the next start
-            return Committed()
+        log.warning("passage_unconfirmed", gate=pending.gate.id, member=pending.decision.member, cause=cause,
+                    recorded=intent is not None)  # an exit opened unrecorded has no intent to report
+        return cause
 
-    def _commit(self, pending: PendingTap, passed: bool, intent: int | None, extra: dict[str, Any]) -> Committed:
+    def _commit(
+        self, pending: PendingTap, passed: bool, intent: int | None, extra: dict[str, Any], unconfirmed: str | None = None
+    ) -> Committed:
         """The tap's one transaction. For a tap that was acted on, a failure is never the
         end of it: the commit is held and retried (and the intent stays)."""
         now = self.clock()
         fields = self._event_fields(pending, extra)
 
         def commit() -> Committed:
-            return self.engine.commit(pending, passed=passed, now=now, intent=intent, extra=fields)
+            return self.engine.commit(pending, passed=passed, now=now, intent=intent, extra=fields, unconfirmed=unconfirmed)
 
         try:
             return commit()

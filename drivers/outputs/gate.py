@@ -23,6 +23,7 @@ Error contract for the daemon:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import logging
@@ -44,6 +45,12 @@ log = logging.getLogger(__name__)
 # The longest a rotation is expected to be reported: a grant waits at most this for the
 # previous person's rotation to end before releasing.
 ROTATION_MAX = 1.0
+
+# A grant's window may have gaps this long between two good readings and still count as
+# watched (at least; ten passage polls where those are slower). A rotation's pulse is
+# 100 ms or more, and the polls come every 20-50 ms: a longer gap is not a busy line but a
+# blind one.
+BLIND_MAX = 1.0
 
 # on_alarm(gate_id, kind, detail); kind is an AlarmKind or a HealthAlarm value.
 AlarmCallback = Callable[[str, str, str], Awaitable[None] | None]
@@ -122,6 +129,9 @@ class GateController:
         self._readings = 0
         self._edge_reading = 0  # the reading that was the last rising edge
         self._failed_reading = 0  # the last reading that failed
+        # when the good readings came back (self.clock): was a lapsed grant watched all along?
+        self._read_at: collections.deque[float] = collections.deque(maxlen=8192)
+        self.blind_max = max(BLIND_MAX, 10 * self.passage_interval)
         self._polled = asyncio.Condition()
         self._waiting = 0  # grants waiting for a passage: poll fast
         self._wake = asyncio.Event()
@@ -306,6 +316,8 @@ class GateController:
         seq = self._readings
         if not ok:
             self._failed_reading = seq
+        else:
+            self._read_at.append(self.clock())
         # Only a rising edge is a new passage: the tail of the previous person's rotation
         # must not confirm the next grant.
         level = passage if self.cfg.passage_input is not None or self.counter is not None else door_open
@@ -375,13 +387,14 @@ class GateController:
             # shows it). Denying here would let the person through with nothing recorded.
             uncertain = True
         after = self._readings
+        released_at = self.clock()
         self._observe(granted=True)
         if self.cfg.passage_input is None and self.cfg.door_contact is None and self.counter is None:
             return Passage.UNKNOWN if uncertain else Passage.PASSED  # no sensor: commit on grant
         self._waiting += 1
         self._wake.set()  # poll now, and fast until this grant is settled
         try:
-            passage = await self._wait_passage(after, self.cfg.passage_timeout)
+            passage = await self._wait_passage(after, self.cfg.passage_timeout, released_at)
         finally:
             self._waiting -= 1
         passed = passage is Passage.PASSED
@@ -411,7 +424,7 @@ class GateController:
         finally:
             self._waiting -= 1
 
-    async def _wait_passage(self, after: int, timeout: float) -> Passage:
+    async def _wait_passage(self, after: int, timeout: float, released_at: float) -> Passage:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         async with self._polled:
@@ -424,11 +437,28 @@ class GateController:
                     return Passage.UNKNOWN
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    return Passage.NOT_PASSED
+                    return self._lapsed(released_at)
                 try:
                     await asyncio.wait_for(self._polled.wait(), remaining)
                 except TimeoutError:
-                    return Passage.NOT_PASSED
+                    return self._lapsed(released_at)
+
+    def _lapsed(self, since: float) -> Passage:
+        """No edge before the deadline: nobody passed — if the inputs were read all along."""
+        now = self.clock()
+        last = since
+        for at in self._read_at:
+            if at <= since:
+                continue
+            if at - last > self.blind_max:
+                break
+            last = at
+        else:
+            if now - last <= self.blind_max:
+                return Passage.NOT_PASSED
+        log.warning("gate %s: inputs unread for more than %.1f s while a grant waited: passage unknown",
+                    self.gate_id, self.blind_max)
+        return Passage.UNKNOWN
 
     async def _apply_hold(self) -> None:
         release = self.fire_alarm and self.cfg.mode is DoorMode.FAIL_SAFE

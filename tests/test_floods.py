@@ -1,0 +1,136 @@
+"""Floods from outside (issue 22): a slowloris on the console, MQTT messages at full rate,
+unknown cards at full baud. Each against a real `gated run` process: the gate keeps
+answering taps, the relays and the control socket keep working, memory stays within the
+budget, and what was dropped is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from gated.control import request
+from tests.gate_process import IN_CARD, Gate, gate_process
+from tests.test_console import PASSWORDS, free_port, user_hashes
+from tests.test_daemon import wait_for
+
+FD_LIMIT = 256  # the unit's default is 1024; lower here so the flood is quick
+
+
+def low_fd_limit() -> None:  # pragma: no cover - runs in the child before exec
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+
+
+def console_section(port: int, **limits: Any) -> dict[str, Any]:
+    hashes = user_hashes()
+    return {
+        "console": {
+            "bind": "127.0.0.1",
+            "port": port,
+            **({"limits": limits} if limits else {}),
+            "users": [
+                {"name": "desk", "role": "staff", "password_hash": hashes["desk"]},
+                {"name": "boss", "role": "admin", "password_hash": hashes["boss"]},
+            ],
+        }
+    }
+
+
+def half_open(port: int, count: int) -> list[socket.socket]:
+    """`count` connections that each send the start of a request and never finish it."""
+    socks = []
+    for _ in range(count):
+        s = socket.socket()
+        s.setblocking(True)
+        try:
+            s.connect(("127.0.0.1", port))
+            s.send(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        except OSError:
+            s.close()
+            continue
+        socks.append(s)
+    return socks
+
+
+def console_answers(port: int, timeout: float = 3.0) -> int | None:
+    """The status line of a plain GET /login, or None if nothing came back in time."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            head = s.recv(64)
+    except OSError:
+        return None
+    if not head.startswith(b"HTTP/1.1 "):
+        return None
+    return int(head.split()[1])
+
+
+async def relay_is(gate: Gate, health: str) -> None:
+    deadline = time.monotonic() + 15
+    while (st := await gate.status())["gates"]["in-1"]["relay"] != health:
+        assert time.monotonic() < deadline, f"relay {st['gates']['in-1']['relay']}, not {health}"
+        await asyncio.sleep(0.1)
+
+
+def emfile_lines(gate: Gate) -> int:
+    return sum(1 for t in gate.text if "Too many open files" in t or "EMFILE" in t)
+
+
+async def test_console_slowloris_leaves_taps_relays_and_control_working(tmp_path: Path) -> None:
+    """1.5x the fd limit in half-open requests on the console: taps are granted and charged
+    once per rotation, a relay that drops its connection reconnects, `gated status` and a
+    lockdown go through the control socket, the log does not spin on EMFILE, and the console
+    is back once the half-open requests time out."""
+    state = tmp_path / "state"
+    state.mkdir()
+    port = free_port()
+    # no count limit that would stop the flood first: the descriptor reserve alone must hold
+    section = console_section(port, max_connections=10_000, per_client=10_000, header_timeout=8)
+    async with gate_process(tmp_path, state, preexec=low_fd_limit, extra=section) as gate:
+        assert await asyncio.to_thread(console_answers, port) == 200
+        socks = await asyncio.to_thread(half_open, port, FD_LIMIT + FD_LIMIT // 2)
+        try:
+            await asyncio.sleep(1.0)  # the daemon has accepted what it will accept
+            # the control socket: status and a lockdown (and its release)
+            st = await request(gate.socket, {"cmd": "status"}, timeout=5)
+            assert "gates" in st, st
+            r = await request(gate.socket, {"cmd": "lockdown", "on": True, "user": "boss",
+                                            "password": PASSWORDS["boss"]}, timeout=10)
+            assert r == {"lockdown": True}, r
+            r = await request(gate.socket, {"cmd": "lockdown", "on": False, "user": "boss",
+                                            "password": PASSWORDS["boss"]}, timeout=10)
+            assert r == {"lockdown": False}, r
+            # the relay board drops its connection: the daemon must be able to reconnect
+            await gate.turnstile.stop_server()
+            await relay_is(gate, "offline")
+            await gate.turnstile.start_server()
+            await relay_is(gate, "online")
+            for i in range(3):
+                t = await gate.tap(IN_CARD)
+                assert (t["decision"], t["reason"], t["passed"]) == ("granted", "walk_in", True), (i, t, gate.text[-12:])
+                await wait_for(lambda n=i: len(gate.turnstile.passages) == n + 1, 10, "the member through")
+            assert emfile_lines(gate) < 30, gate.text[-5:]
+            # the half-open requests time out; then the console answers again
+            deadline = time.monotonic() + 30
+            status = None
+            while time.monotonic() < deadline and status != 200:
+                status = await asyncio.to_thread(console_answers, port, 2.0)
+            assert status == 200
+            console = (await gate.status())["console"]
+            assert console["refused_fds"] > 0, console
+            assert console["timed_out"] > 0, console
+        finally:
+            for s in socks:
+                with contextlib.suppress(OSError):
+                    s.close()
+        events = gate.events()
+    deductions = [e for e in events if e["type"] == "deduction" and e["pass"] == "p1"]
+    assert len(deductions) == len(gate.turnstile.passages) == 3
+    access = [e for e in events if e["type"] == "access"]
+    assert all(e.get("passed") for e in access if e.get("decision") == "granted"), access
