@@ -10,15 +10,20 @@ import asyncio
 import contextlib
 import resource
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from gated.control import request
+from tests.broker import Mosquitto, needs_mosquitto
 from tests.gate_process import IN_CARD, Gate, gate_process
 from tests.test_console import PASSWORDS, free_port, user_hashes
 from tests.test_daemon import wait_for
 
+RSS_BUDGET_MB = 80  # docs/performance.md: the daemon's resident memory
+FLOOD_TARGETS = ["gated/storage-site/gate-rogue/events=events", "gated/storage-site/delta=delta"]
 FD_LIMIT = 256  # the unit's default is 1024; lower here so the flood is quick
 
 
@@ -134,3 +139,62 @@ async def test_console_slowloris_leaves_taps_relays_and_control_working(tmp_path
     assert len(deductions) == len(gate.turnstile.passages) == 3
     access = [e for e in events if e["type"] == "access"]
     assert all(e.get("passed") for e in access if e.get("decision") == "granted"), access
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def test_mqtt_flood_keeps_memory_in_budget_and_taps_answering(tmp_path: Path) -> None:
+    """~8,000 messages/s for 12 s from another client of the broker on a peer's events
+    topic and on the delta topic (a compromised gate can publish its own events topic under
+    the example ACL): the daemon's RSS stays under the 80 MB budget, taps are answered and
+    charged during the flood, and what it dropped is counted in the link's stats."""
+    needs_mosquitto()
+    broker = Mosquitto(tmp_path / "mqtt")
+    broker.start()
+    state = tmp_path / "state"
+    state.mkdir()
+    mqtt = {"mqtt": {"port": broker.port, "keepalive": 5, "backoff_initial": 0.05, "backoff_max": 0.5}}
+    try:
+        async with gate_process(tmp_path, state, extra=mqtt) as gate:
+            await wait_for_status(gate, lambda st: st["broker"] == "connected", "connected to the broker")
+            flooder = subprocess.Popen(
+                [sys.executable, "-m", "tests.mqtt_flooder", str(broker.port), "12", "8000",
+                 *FLOOD_TARGETS],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+            peak = rss_mb(gate.proc.pid)
+            taps: list[dict[str, Any]] = []
+            try:
+                while flooder.poll() is None:
+                    peak = max(peak, rss_mb(gate.proc.pid))
+                    if len(taps) < 3 and len(gate.turnstile.passages) == len(taps):
+                        taps.append(await gate.tap(IN_CARD))
+                    await asyncio.sleep(0.2)
+                out, err = flooder.communicate(timeout=30)
+            finally:
+                if flooder.poll() is None:
+                    flooder.kill()
+                    flooder.wait()
+            sent = int(out.decode().strip() or 0)
+            assert sent > 50_000, err.decode()[-500:]
+            assert gate.alive(), "\n".join(gate.text[-20:])
+            assert peak < RSS_BUDGET_MB, f"peak RSS {peak:.1f} MB during the flood"
+            assert [(t["decision"], t["passed"]) for t in taps] == [("granted", True)] * 3, taps
+            stats = (await gate.status())["sync"]["stats"]
+            assert stats["inbound_dropped"] > 0, stats
+            print(f"sent {sent}, peak RSS {peak:.1f} MB, dropped {stats['inbound_dropped']}, "
+                  f"peer events recorded {stats.get('peer_events', 0)}")
+    finally:
+        broker.stop()
+
+
+async def wait_for_status(gate: Gate, ok: Any, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not ok(await gate.status()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
