@@ -198,6 +198,16 @@ class DisplayConfig(Section):
     clear_after: int = Field(6, ge=2, le=60, description="Seconds an answer stays on screen.")
 
 
+class UnknownCardsConfig(Section):
+    """Unknown cards in a flood (docs/reliability.md, "Floods"): the first `individual` per
+    gate in any `window` are recorded one by one (`access`, with the card, for the desk to
+    enrol); the rest as one `unknown_cards` event per burst."""
+
+    individual: int = Field(10, ge=1, le=100_000, description="Unknown cards per gate recorded one by one in any window.")
+    window: float = Field(60.0, gt=0, le=3600, description="Seconds of that window; also the longest a burst goes unrecorded.")
+    quiet: float = Field(5.0, gt=0, le=600, description="Seconds without an unknown card that end a burst (and record it).")
+
+
 class ConsoleLimits(Section):
     """What one client, or a flood of them, may take of the console (docs/reliability.md,
     "Floods"): the gates, relays and control socket come first."""
@@ -294,6 +304,7 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     control: ControlConfig = ControlConfig()
     lookup_unknown_cards: bool = Field(True, description="Ask the central system about unknown cards before denying.")
+    unknown_cards: UnknownCardsConfig = UnknownCardsConfig()
     time_driven_work: bool = Field(
         True,
         description="This daemon finalises the site's no-shows (and their fees) and credits loyalty "

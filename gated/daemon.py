@@ -255,6 +255,8 @@ class Daemon:
             for ctl in self.controllers.values():
                 await self._bounded(ctl.abandon_grants(), "pending grants")
         await self._end(self._tasks, "background tasks")
+        if self.taps is not None and self.store is not None:
+            self.taps.record_unknown_cards(all_=True)  # a burst in progress is not lost
         if self.storage is not None:
             self.storage.stop_checks()
         if self.storage is not None and (self.storage.held or self.storage.alarms_pending):
@@ -479,6 +481,8 @@ class Daemon:
                 self.knowledge.check(now)
                 if self.engine is not None and self.config.time_driven_work and (self.storage is None or self.storage.ok):
                     self.engine.run_due(now, *self.knowledge.no_show_horizon(now))
+                if self.taps is not None:
+                    self.taps.record_unknown_cards()
             except STORAGE_ERRORS as e:
                 if self.storage is not None:
                     self.storage.failed(e, "scheduler")

@@ -35,6 +35,7 @@ from gated.engine import Engine, PendingTap
 from gated.metrics import Metrics
 from gated.safety import Safety
 from gated.storage_watch import StorageWatch
+from gated.unknown_cards import UnknownCards
 from rules.admission import GateConditions, StalePolicy
 from rules.credential import Credential, CredentialKind
 from rules.decide import Decision
@@ -75,6 +76,8 @@ class TapPath:
         self.link: Any = None  # sync.link.SyncLink, for the look-up of unknown cards
         # member / QR token -> the tap holding it between its grant and its commit
         self._pending: dict[str, asyncio.Future[None]] = {}
+        u = config.unknown_cards
+        self.unknown = UnknownCards(u.individual, u.window, u.quiet)
 
     # -- entry points --------------------------------------------------------------------
 
@@ -174,7 +177,10 @@ class TapPath:
             # grant is reported as after a crash, in the tap's own transaction (held and
             # retried like any acted-on tap), never recorded as a plain "did not pass"
             unconfirmed = self._unconfirmed(pending, intent) if passage is Passage.UNKNOWN else None
-            committed = self._commit(pending, passed, intent, extra, unconfirmed)
+            if self._in_burst(pending):
+                committed = Committed()  # recorded with its burst (`unknown_cards`)
+            else:
+                committed = self._commit(pending, passed, intent, extra, unconfirmed)
         finally:
             self._release(hold)
         d = pending.decision
@@ -200,7 +206,8 @@ class TapPath:
         try:
             pending = engine.decide(gate_id, cred, now)
             # a marketplace member who booked a minute ago: ask, but never wait long
-            if lookup and self._should_look_up(pending, cred) and await self._look_up(cred.key):
+            if (lookup and self._should_look_up(pending, cred) and not self.unknown.flooding(gate_id, time.monotonic())
+                    and await self._look_up(cred.key)):
                 pending = engine.decide(gate_id, cred, self.clock())
             return engine.admit(pending, self._conditions(pending))
         except STORAGE_ERRORS as e:
@@ -344,6 +351,29 @@ class TapPath:
                 log.error("denial_not_recorded", gate=pending.gate.id, member=pending.decision.member,
                           reason=pending.decision.reason.value)
             return Committed()
+
+    def _in_burst(self, pending: PendingTap) -> bool:
+        """An unknown card past the gate's quota of individually recorded ones: counted in
+        the gate's burst instead of an fsynced denial of its own (gated/unknown_cards.py)."""
+        cred = pending.credential
+        if pending.decision.reason != Reason.UNKNOWN_CARD or cred.kind != CredentialKind.CARD:
+            return False
+        gate, now = pending.gate.id, time.monotonic()
+        if self.unknown.admit(gate, now):
+            return False
+        self.unknown.count(gate, now, self.clock(), cred.reader_id or None, cred.key)
+        return True
+
+    def record_unknown_cards(self, *, all_: bool = False) -> None:
+        """Write the `unknown_cards` events owed (the scheduler, each second; all at stop)."""
+        for fields in self.unknown.due(time.monotonic(), all_=all_):
+            try:
+                self.engine.store.emit("unknown_cards", self.clock(), **fields)
+            except STORAGE_ERRORS as e:
+                self.storage.failed(e, "unknown_cards")
+                log.error("denial_not_recorded", reason="unknown_card", **fields)
+            else:
+                log.warning("unknown_cards", **fields)
 
     @staticmethod
     def _event_fields(pending: PendingTap, extra: dict[str, Any]) -> dict[str, Any]:

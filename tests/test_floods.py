@@ -18,7 +18,7 @@ from typing import Any
 
 from gated.control import request
 from tests.broker import Mosquitto, needs_mosquitto
-from tests.gate_process import IN_CARD, Gate, gate_process
+from tests.gate_process import IN_CARD, OUT_CARD, Gate, gate_process
 from tests.test_console import PASSWORDS, free_port, user_hashes
 from tests.test_daemon import wait_for
 
@@ -198,3 +198,56 @@ async def wait_for_status(gate: Gate, ok: Any, what: str) -> None:
     while not ok(await gate.status()):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.1)
+
+
+async def exit_tap(gate: Gate) -> dict[str, Any]:
+    """A tap at the exit gate while the entry's reader floods the log with its own."""
+    def exits() -> list[dict[str, Any]]:
+        return [t for t in gate.taps() if t.get("gate") == "out-1"]
+
+    before = len(exits())
+    gate.exit_reader.tap(OUT_CARD)
+    await wait_for(lambda: len(exits()) > before, 15, "the exit tap")
+    return exits()[before]
+
+
+def ledger_bytes(db: Path) -> int:
+    return sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+
+
+async def test_unknown_cards_at_full_baud_are_limited_and_recorded_in_aggregate(tmp_path: Path) -> None:
+    """A reader sending made-up cards as fast as 9,600 baud carries them (~960 lines/s)
+    for 8 s: reads over the reader's rate are dropped and counted; of those taken, the
+    first few unknown cards are recorded one by one (the desk enrols from them), the rest
+    as `unknown_cards` events; every read taken is accounted for; the other reader of the
+    site keeps answering meanwhile."""
+    state = tmp_path / "state"
+    state.mkdir()
+    async with gate_process(tmp_path, state) as gate:
+        before = ledger_bytes(gate.db)
+        exit_taps: list[dict[str, Any]] = []
+        sent, start = 0, time.monotonic()
+        while (elapsed := time.monotonic() - start) < 8.0:
+            while sent < int(elapsed * 960):
+                gate.reader.tap(f"{0xE000000000 + sent:010X}")
+                sent += 1
+            if len(exit_taps) < 2 and len(gate.exit_turnstile.passages) == len(exit_taps) and elapsed > 2 * (len(exit_taps) + 1):
+                exit_taps.append(await exit_tap(gate))
+            await asyncio.sleep(0.01)
+        assert [(t["decision"], t["reason"]) for t in exit_taps] == [("granted", "exit")] * 2, exit_taps
+        # the burst is recorded once it goes quiet (5 s)
+        deadline = time.monotonic() + 15
+        while not any(e["type"] == "unknown_cards" for e in gate.events()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        stats = (await gate.status())["readers"]["r-in"]["stats"]
+        grown = ledger_bytes(gate.db) - before
+        events = gate.events()
+    single = [e for e in events if e["type"] == "access" and e["reason"] == "unknown_card"]
+    bursts = [e for e in events if e["type"] == "unknown_cards"]
+    print(f"sent {sent}, taken {stats['credentials']}, rate-limited {stats.get('rate_limited')}, "
+          f"recorded singly {len(single)}, in {len(bursts)} bursts; ledger +{grown / 1024:.0f} KiB")
+    assert stats["rate_limited"] > sent // 2, stats
+    assert len(single) == 10, len(single)  # the default quota: 10 a minute per gate
+    assert all(e["card"].startswith("uid:") or e["card"] for e in single)
+    assert len(single) + sum(b["count"] for b in bursts) == stats["credentials"], (stats, bursts)
+    assert all(b["gate"] == "in-1" and b["readers"] == ["r-in"] and 1 <= len(b["cards"]) <= 5 for b in bursts)
