@@ -102,6 +102,7 @@ async def test_console_slowloris_leaves_taps_relays_and_control_working(tmp_path
         socks = await asyncio.to_thread(half_open, port, FD_LIMIT + FD_LIMIT // 2)
         try:
             await asyncio.sleep(1.0)  # the daemon has accepted what it will accept
+            peak = rss_mb(gate.proc.pid)
             # the control socket: status and a lockdown (and its release)
             st = await request(gate.socket, {"cmd": "status"}, timeout=5)
             assert "gates" in st, st
@@ -121,15 +122,20 @@ async def test_console_slowloris_leaves_taps_relays_and_control_working(tmp_path
                 assert (t["decision"], t["reason"], t["passed"]) == ("granted", "walk_in", True), (i, t, gate.text[-12:])
                 await wait_for(lambda n=i: len(gate.turnstile.passages) == n + 1, 10, "the member through")
             assert emfile_lines(gate) < 30, gate.text[-5:]
+            peak = max(peak, rss_mb(gate.proc.pid))
+            assert peak < RSS_BUDGET_MB, f"RSS {peak:.1f} MB with the console flooded"
             # the half-open requests time out; then the console answers again
             deadline = time.monotonic() + 30
             status = None
             while time.monotonic() < deadline and status != 200:
                 status = await asyncio.to_thread(console_answers, port, 2.0)
+                if status != 200:
+                    await asyncio.sleep(0.2)  # a 503 comes at once: do not spin on it
             assert status == 200
             console = (await gate.status())["console"]
             assert console["refused_fds"] > 0, console
             assert console["timed_out"] > 0, console
+            print(f"console {console}, peak RSS {peak:.1f} MB, EMFILE lines {emfile_lines(gate)}")
         finally:
             for s in socks:
                 with contextlib.suppress(OSError):
@@ -225,6 +231,7 @@ async def test_unknown_cards_at_full_baud_are_limited_and_recorded_in_aggregate(
     state.mkdir()
     async with gate_process(tmp_path, state) as gate:
         before = ledger_bytes(gate.db)
+        peak = rss_mb(gate.proc.pid)
         exit_taps: list[dict[str, Any]] = []
         sent, start = 0, time.monotonic()
         while (elapsed := time.monotonic() - start) < 8.0:
@@ -233,6 +240,7 @@ async def test_unknown_cards_at_full_baud_are_limited_and_recorded_in_aggregate(
                 sent += 1
             if len(exit_taps) < 2 and len(gate.exit_turnstile.passages) == len(exit_taps) and elapsed > 2 * (len(exit_taps) + 1):
                 exit_taps.append(await exit_tap(gate))
+            peak = max(peak, rss_mb(gate.proc.pid))
             await asyncio.sleep(0.01)
         assert [(t["decision"], t["reason"]) for t in exit_taps] == [("granted", "exit")] * 2, exit_taps
         # the burst is recorded once it goes quiet (5 s)
@@ -245,7 +253,9 @@ async def test_unknown_cards_at_full_baud_are_limited_and_recorded_in_aggregate(
     single = [e for e in events if e["type"] == "access" and e["reason"] == "unknown_card"]
     bursts = [e for e in events if e["type"] == "unknown_cards"]
     print(f"sent {sent}, taken {stats['credentials']}, rate-limited {stats.get('rate_limited')}, "
-          f"recorded singly {len(single)}, in {len(bursts)} bursts; ledger +{grown / 1024:.0f} KiB")
+          f"recorded singly {len(single)}, in {len(bursts)} bursts; ledger +{grown / 1024:.0f} KiB; "
+          f"peak RSS {peak:.1f} MB")
+    assert peak < RSS_BUDGET_MB
     assert stats["rate_limited"] > sent // 2, stats
     assert len(single) == 10, len(single)  # the default quota: 10 a minute per gate
     assert all(e["card"].startswith("uid:") or e["card"] for e in single)
