@@ -261,3 +261,105 @@ async def test_unknown_cards_at_full_baud_are_limited_and_recorded_in_aggregate(
     assert all(e["card"].startswith("uid:") or e["card"] for e in single)
     assert len(single) + sum(b["count"] for b in bursts) == stats["credentials"], (stats, bursts)
     assert all(b["gate"] == "in-1" and b["readers"] == ["r-in"] and 1 <= len(b["cards"]) <= 5 for b in bursts)
+
+
+def closed_by_server(s: socket.socket, within: float) -> bool:
+    """Whether the server closes `s` (EOF or reset) within `within` seconds."""
+    s.settimeout(within)
+    try:
+        while True:
+            data = s.recv(4096)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+async def test_console_limits_per_client_and_body_deadline(tmp_path: Path) -> None:
+    """The default limits, one by one: a client past `per_client` gets a 503 at once (and
+    another address still gets in); a request whose body never ends is closed at
+    `body_timeout`, one whose headers never end at `header_timeout`; a keep-alive
+    connection that asked nothing more is closed after `keep_alive`."""
+    state = tmp_path / "state"
+    state.mkdir()
+    port = free_port()
+    # keep_alive longer than body_timeout: an answered request whose body is still due is
+    # closed by uvicorn's keep-alive timer too, and here the deadline must do it
+    section = console_section(port, per_client=4, header_timeout=1, body_timeout=1.5, keep_alive=3)
+    async with gate_process(tmp_path, state, extra=section) as gate:
+        held = await asyncio.to_thread(half_open, port, 4)
+        try:
+            assert await asyncio.to_thread(console_answers, port) == 503  # a fifth from 127.0.0.1
+            # another address of the same host is another client
+            with socket.create_connection(("127.0.0.1", port), timeout=3, source_address=("127.0.0.2", 0)) as other:
+                other.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                assert other.recv(64).startswith(b"HTTP/1.1 200")
+            closed = await asyncio.gather(*(asyncio.to_thread(closed_by_server, s, 5.0) for s in held))
+            assert all(closed)  # the headers never came: closed at the deadline
+        finally:
+            for s in held:
+                s.close()
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as body:
+            # a request the console reads the body of (same origin), whose body never ends
+            body.sendall(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                         + f"Origin: http://127.0.0.1:{port}\r\n".encode() + b"Content-Length: 100\r\n\r\nuser=")
+            assert await asyncio.to_thread(closed_by_server, body, 6.0)
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as idle:
+            idle.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert idle.recv(64).startswith(b"HTTP/1.1 200")
+            assert await asyncio.to_thread(closed_by_server, idle, 6.0)
+        console = (await gate.status())["console"]
+    assert console["refused_client"] >= 1 and console["timed_out"] >= 5, console
+
+
+# -- the pure parts ------------------------------------------------------------------------
+
+
+def test_rate_limit_allows_the_burst_then_the_rate() -> None:
+    from drivers.readers.base import RateLimit
+
+    r = RateLimit(10)  # burst 20
+    assert sum(r.allow(0.0) for _ in range(100)) == 20
+    assert sum(r.allow(1.0) for _ in range(100)) == 10  # one second: ten more
+    assert r.allow(0.5) is False  # a clock going back refills nothing
+
+
+def test_unknown_cards_quota_then_bursts() -> None:
+    from datetime import UTC, datetime
+
+    from gated.unknown_cards import UnknownCards
+
+    u = UnknownCards(individual=3, window=60, quiet=5)
+    at = datetime(2026, 1, 1, 10, tzinfo=UTC)
+    admitted = [u.admit("in-1", t) for t in range(5)]
+    assert admitted == [True, True, True, False, False]
+    assert u.admit("in-2", 4) is True  # per gate
+    for t, card in ((3, "uid:A"), (4, "uid:B"), (4, "uid:A")):
+        u.count("in-1", t, at, "r-in", card)
+    assert u.due(8) == []  # 4 s quiet: the burst goes on
+    (ev,) = u.due(9.5)
+    assert ev | {"first_at": None, "last_at": None} == {
+        "gate": "in-1", "count": 3, "readers": ["r-in"], "cards": ["uid:A", "uid:B"], "first_at": None, "last_at": None}
+    assert u.admit("in-1", 61) is True  # the window moved on
+
+
+async def test_inbound_queue_drops_over_a_class_budget_in_order() -> None:
+    from sync.inbound import OVERHEAD, Budget, InboundQueue
+
+    dropped: list[str] = []
+    q: InboundQueue[tuple[str, bytes]] = InboundQueue(
+        lambda m: m[0], lambda m: len(m[1]), dropped.append,
+        {"control": Budget(2, 10 * OVERHEAD), "peers": Budget(3, 10 * OVERHEAD), "other": Budget(1, OVERHEAD)},
+    )
+    for i in range(10):
+        q.put_nowait(("peers", b"%d" % i))
+    q.put_nowait(("control", b"ack"))
+    q.put_nowait(("weird", b""))  # an unknown class counts as `other`
+    q.put_nowait(("other", b"x" * 10))  # over the bytes of `other`
+    assert dropped == ["peers"] * 7 + ["other"]
+    got = [q.get_nowait() for _ in range(q.qsize())]
+    assert got == [("peers", b"0"), ("peers", b"1"), ("peers", b"2"), ("control", b"ack"), ("weird", b"")]
+    q.put_nowait(("peers", b"again"))  # taken out: room again
+    assert len(dropped) == 8
