@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import resource
 import socket
 import ssl
 import time
@@ -39,28 +38,19 @@ import h11
 import structlog
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from gated.fds import fd_limit, open_fds
+
 log = structlog.get_logger("gated.console")
 
 # accept() failing for lack of descriptors or memory: wait, never spin
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_CLOSED_ERRNOS = {errno.EBADF, errno.EINVAL, errno.ENOTSOCK}
 BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n"
     b"Connection: close\r\nRetry-After: 5\r\n\r\nconsole busy, retry\r\n"
 )
 SWEEP_INTERVAL = 0.5
 WARN_EVERY = 10.0  # seconds between two log lines about refused connections
-
-
-def open_fds() -> int | None:
-    """Descriptors this process holds now (None where /proc does not say)."""
-    try:
-        return len(os.listdir("/proc/self/fd")) - 1  # less the one listdir itself held
-    except OSError:
-        return None
-
-
-def fd_limit() -> int:
-    return int(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,13 +124,16 @@ class Doorman:
                 try:
                     conn, addr = await loop.sock_accept(self.sock)
                 except OSError as e:
-                    if e.errno not in _RESOURCE_ERRNOS:
-                        raise
+                    if e.errno in _CLOSED_ERRNOS:
+                        raise  # the listening socket itself is gone (stopping)
                     # out of descriptors: the pending connection stays in the kernel's
-                    # backlog; try again later instead of spinning (and logging) on it
+                    # backlog; try again later instead of spinning (and logging) on it.
+                    # Anything else (a client that reset before its accept) is that
+                    # client's: the next one is taken
                     self._refused("accept_failed", os.strerror(e.errno or 0))
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
+                    if e.errno in _RESOURCE_ERRNOS:
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 1.0)
                     continue
                 backoff = 0.05
                 client = str(addr[0]) if isinstance(addr, tuple) else "unix"
@@ -258,4 +251,4 @@ class Doorman:
                 p.transport.abort()
 
 
-__all__ = ["Doorman", "GuardedH11Protocol", "Limits", "fd_limit", "open_fds"]
+__all__ = ["Doorman", "GuardedH11Protocol", "Limits"]

@@ -19,9 +19,10 @@ import uvicorn
 
 from gated.console.app import MAX_BODY, build_app
 from gated.console.backend import ConsoleBackend
-from gated.console.doorman import Doorman, GuardedH11Protocol, Limits, fd_limit
+from gated.console.doorman import Doorman, GuardedH11Protocol, Limits
 from gated.console.security import SecurityHeaders
 from gated.console.state import Console
+from gated.fds import fd_limit
 
 log = structlog.get_logger("gated.console")
 
