@@ -256,7 +256,10 @@ class Daemon:
                 await self._bounded(ctl.abandon_grants(), "pending grants")
         await self._end(self._tasks, "background tasks")
         if self.taps is not None and self.store is not None:
-            self.taps.record_unknown_cards(all_=True)  # a burst in progress is not lost
+            try:
+                self.taps.record_unknown_cards(all_=True)  # a burst in progress is not lost
+            except Exception:
+                log.exception("stop_step_failed", step="unknown cards")
         if self.storage is not None:
             self.storage.stop_checks()
         if self.storage is not None and (self.storage.held or self.storage.alarms_pending):
