@@ -373,3 +373,26 @@ async def test_inbound_queue_drops_over_a_class_budget_in_order() -> None:
     assert got == [("peers", b"0"), ("peers", b"1"), ("peers", b"2"), ("control", b"ack"), ("weird", b"")]
     q.put_nowait(("peers", b"again"))  # taken out: room again
     assert len(dropped) == 8
+
+
+def test_resource_errors_are_one_log_line_per_period() -> None:
+    import errno
+
+    from structlog.testing import capture_logs
+
+    from gated.logs import QuietResourceErrors
+
+    loop = asyncio.new_event_loop()
+    try:
+        quiet = QuietResourceErrors(every=10.0)
+        emfile = OSError(errno.EMFILE, "Too many open files")
+        with capture_logs() as logs:
+            for _ in range(1000):
+                quiet(loop, {"message": "socket.accept() out of system resource", "exception": emfile})
+        assert [e["event"] for e in logs] == ["out_of_resources"]
+        quiet.last -= 10.0  # ten seconds later
+        with capture_logs() as logs:
+            quiet(loop, {"message": "socket.accept() out of system resource", "exception": emfile})
+        assert logs[0]["times"] == 1000  # how many since the last line
+    finally:
+        loop.close()
