@@ -198,6 +198,32 @@ class DisplayConfig(Section):
     clear_after: int = Field(6, ge=2, le=60, description="Seconds an answer stays on screen.")
 
 
+class UnknownCardsConfig(Section):
+    """Unknown cards in a flood (docs/reliability.md, "Floods"): the first `individual` per
+    gate in any `window` are recorded one by one (`access`, with the card, for the desk to
+    enrol); the rest as one `unknown_cards` event per burst."""
+
+    individual: int = Field(10, ge=1, le=100_000, description="Unknown cards per gate recorded one by one in any window.")
+    window: float = Field(60.0, gt=0, le=3600, description="Seconds of that window; also the longest a burst goes unrecorded.")
+    quiet: float = Field(5.0, gt=0, le=600, description="Seconds without an unknown card that end a burst (and record it).")
+
+
+class ConsoleLimits(Section):
+    """What one client, or a flood of them, may take of the console (docs/reliability.md,
+    "Floods"): the gates, relays and control socket come first."""
+
+    max_connections: int = Field(64, ge=1, le=10_000, description="Open console connections at most; more get a 503.")
+    per_client: int = Field(16, ge=1, le=10_000, description="Open connections from one address at most.")
+    header_timeout: float = Field(10.0, gt=0, le=300, description="Seconds a client has to send a request's headers (and a TLS handshake).")
+    body_timeout: float = Field(30.0, gt=0, le=600, description="Seconds a client has to send a request's body after its headers.")
+    keep_alive: int = Field(5, ge=1, le=300, description="Seconds an idle keep-alive connection stays open.")
+    fd_reserve: int = Field(
+        64, ge=8, le=100_000,
+        description="File descriptors kept free for the relays, readers, store, MQTT and control socket: "
+        "no console connection is accepted within this many of the process's limit (LimitNOFILE).",
+    )
+
+
 class ConsoleConfig(Section):
     enabled: bool = True
     bind: str = Field("127.0.0.1", description="Address to listen on; loopback unless TLS is set up.")
@@ -212,6 +238,7 @@ class ConsoleConfig(Section):
         "and the bind address are always allowed; add the names the desk types, e.g. gate-1.gym.lan.",
     )
     displays: list[DisplayConfig] = Field([], description="Member-facing gate displays.")
+    limits: ConsoleLimits = ConsoleLimits()
 
     def allowed_hosts(self) -> list[str]:
         return list(dict.fromkeys(["127.0.0.1", "localhost", "::1", "[::1]", self.bind, *self.trusted_hosts]))
@@ -277,6 +304,7 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     control: ControlConfig = ControlConfig()
     lookup_unknown_cards: bool = Field(True, description="Ask the central system about unknown cards before denying.")
+    unknown_cards: UnknownCardsConfig = UnknownCardsConfig()
     time_driven_work: bool = Field(
         True,
         description="This daemon finalises the site's no-shows (and their fees) and credits loyalty "

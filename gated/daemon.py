@@ -295,6 +295,11 @@ class Daemon:
             for ctl in self.controllers.values():
                 await self._bounded(ctl.abandon_grants(), "pending grants")
         await self._end(self._tasks, "background tasks")
+        if self.taps is not None and self.store is not None:
+            try:
+                self.taps.record_unknown_cards(all_=True)  # a burst in progress is not lost
+            except Exception:
+                log.exception("stop_step_failed", step="unknown cards")
         if self.storage is not None:
             self.storage.stop_checks()
         if self.storage is not None and (self.storage.held or self.storage.alarms_pending):
@@ -338,6 +343,7 @@ class Daemon:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(logs.QuietResourceErrors())
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(), "reload"))
@@ -472,6 +478,8 @@ class Daemon:
                 if (self.engine is not None and self.config.time_driven_work and trusted
                         and (self.storage is None or self.storage.ok)):
                     self.engine.run_due(now, *self.knowledge.no_show_horizon(now))
+                if self.taps is not None:
+                    self.taps.record_unknown_cards()
             except STORAGE_ERRORS as e:
                 if self.storage is not None:
                     self.storage.failed(e, "scheduler")

@@ -50,6 +50,12 @@ log = logging.getLogger(__name__)
 # previous person's rotation to end before releasing.
 ROTATION_MAX = 1.0
 
+# A grant's window may have gaps this long between two good readings and still count as
+# watched (at least; ten passage polls where those are slower). A rotation's pulse is
+# 100 ms or more, and the polls come every 20-50 ms: a longer gap is not a busy line but a
+# blind one.
+BLIND_MAX = 1.0
+
 # on_alarm(gate_id, kind, detail); kind is an AlarmKind or a HealthAlarm value.
 AlarmCallback = Callable[[str, str, str], Awaitable[None] | None]
 
@@ -118,7 +124,8 @@ class GateController:
             reports_not_opened=False,  # the tracker's verdict: one outcome per grant
         )
         self.tracker = GrantTracker(cfg.passage_timeout, stall_limit(cfg.passage_timeout),
-                                    counts_unseen=cfg.passage_counter is not None)
+                                    counts_unseen=cfg.passage_counter is not None,
+                                    blind_limit=max(BLIND_MAX, 10 * self.passage_interval))
         self.lockdown = False
         self.fire_alarm = False
         self.held_by_hand = False  # `gated relay … on`: released until `off`

@@ -43,6 +43,14 @@ class _ReaderConfigBase(BaseModel):
         description="Longest wait in seconds between attempts to reopen a device that "
         "disappeared (attempts start fast and double up to this).",
     )
+    max_reads_per_second: float | None = Field(
+        10.0,
+        gt=0,
+        le=10_000,
+        description="Reads taken from this reader per second on average (twice as many at once); "
+        "more are dropped and counted (`rate_limited`): a flood of cards at full baud is not a "
+        "decision and a recorded denial each. null: no limit.",
+    )
 
 
 class SerialReaderConfig(_ReaderConfigBase):
@@ -270,6 +278,7 @@ def build_reader(cfg: ReaderConfig, **hooks: Any) -> Reader:
     common: dict[str, Any] = {
         "debounce": cfg.debounce,
         "reconnect_max": cfg.reconnect_max,
+        "max_reads_per_second": cfg.max_reads_per_second,
         **hooks,
     }
     if isinstance(cfg, SerialReaderConfig):
