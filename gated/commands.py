@@ -55,6 +55,10 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     p.add_argument("--watch", type=float, default=None, help="seconds to watch the inputs (default pulse + passage_timeout)")
     p.set_defaults(func=cmd_test_relay)
 
+    p = sub.add_parser("relock", help="every relay to its safe state, with the daemon stopped (the unit's ExecStopPost)")
+    _config_arg(p)
+    p.set_defaults(func=cmd_relock)
+
     p = sub.add_parser("monitor", help="show a gate's inputs, coil and door live while you wire")
     _config_arg(p)
     p.add_argument("gate")
@@ -273,6 +277,18 @@ def cmd_test_relay(args: argparse.Namespace) -> int:
         print(e)
         return 2
     return asyncio.run(test_relay(config, args.gate, expect_passage=not args.no_passage, watch=args.watch))
+
+
+def cmd_relock(args: argparse.Namespace) -> int:
+    from gated.config import ConfigError, load_config
+    from gated.relock import relock
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    return asyncio.run(relock(config))
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
