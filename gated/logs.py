@@ -20,6 +20,10 @@ import sys
 import structlog
 from structlog.typing import Processor
 
+from rules.credential import mask
+
+__all__ = ["mask", "setup"]
+
 # What the daemon reports itself (relay health, alarms, dropped messages), once, where the
 # library would say it at every request.
 LIBRARIES = ("pymodbus", "aiomqtt", "paho", "asyncio", "uvicorn", "nfc", "osdp", "serial")
@@ -66,12 +70,3 @@ def setup(format: str = "auto", level: str = "info", libraries: str = "warning")
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         cache_logger_on_first_use=True,
     )
-
-
-def mask(credential: str) -> str:
-    """Card numbers and tokens in logs: enough to recognise, not enough to clone."""
-    if len(credential) <= 4:
-        return "*" * len(credential)
-    if len(credential) > 24:  # a QR token: its head says which key, nothing more
-        return credential[:8] + "…"
-    return "*" * (len(credential) - 4) + credential[-4:]
