@@ -196,8 +196,11 @@ async def test_relay(
         return 2
     cfg = gate.output
     if await asyncio.to_thread(daemon_running, config):
-        out("warning: the daemon is running and drives this relay too; stop it first "
-            "(systemctl stop gated), or use `gated relay` and `gated monitor`")
+        # the live gate would open with nothing recorded: the daemon owns the relay
+        out("the daemon is running and drives this relay: stop it first (systemctl stop gated); "
+            "while it runs, `gated relay GATE pulse` opens through it (admin login, audited) "
+            "and `gated monitor GATE` shows its view")
+        return 1
     out(f"{gate_id}: {where(cfg)}, coil {cfg.coil}")
     output = ModbusGateOutput(cfg)
     try:
@@ -415,18 +418,29 @@ def format_table(rows: list[list[str]], head: list[str]) -> list[str]:
     return lines
 
 
-def parse_units(text: str) -> list[int]:
-    """"1-10,20" -> [1, ..., 10, 20] (unit ids 1..247)."""
+RTU_UNITS = 247  # a serial line's addresses: 0 broadcast, 1..247
+TCP_UNITS = 255  # Modbus TCP boards and gateways also answer 255 (the "unit ignored" id)
+
+
+def parse_units(text: str, highest: int = RTU_UNITS) -> list[int]:
+    """"1-10,20" -> [1, ..., 10, 20] (unit ids 0..`highest`)."""
     units: list[int] = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
         lo, _, hi = part.partition("-")
-        a, b = int(lo), int(hi or lo)
-        if not 0 <= a <= b <= 247:
-            raise ValueError(f"unit ids are 0..247, not {part!r}")
+        try:
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"unit ids are numbers or ranges such as 1-16, not {part!r}") from None
+        if not 0 <= a <= b <= highest:
+            raise ValueError(f"unit ids are 0..{highest}, not {part!r}")
         units.extend(range(a, b + 1))
+    if not units:
+        raise ValueError("no unit ids given")
+    if len(units) > highest + 1:
+        raise ValueError(f"at most {highest + 1} unit ids")
     return units
 
 
