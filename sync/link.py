@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 import uuid
 from collections import Counter, deque
@@ -78,6 +79,10 @@ def software_version() -> str:
     except metadata.PackageNotFoundError:
         return "gated"
 
+
+
+class TlsFilesUnusable(Exception):
+    """The TLS context cannot be built from the configured files (missing, unreadable)."""
 
 class SyncLink:
     """One daemon's MQTT client. `await run()` until cancelled; see the module doc."""
@@ -177,6 +182,11 @@ class SyncLink:
 
     def _client_for(self, host: str, port: int) -> aiomqtt.Client:
         s = self.settings
+        try:
+            tls = s.tls_context()
+        except (OSError, ssl.SSLError, ValueError) as e:
+            # a CA or key file gone or unreadable: no attempt can work until it is back
+            raise TlsFilesUnusable(str(e)) from None
         will = self.session.status("offline")
         return aiomqtt.Client(
             host,
@@ -190,7 +200,7 @@ class SyncLink:
             clean_start=True,
             will=aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain),
             keepalive=s.keepalive,
-            tls_context=s.tls_context(),
+            tls_context=tls,
             timeout=s.connect_timeout,
             max_inflight_messages=100,
         )
@@ -219,6 +229,10 @@ class SyncLink:
                         plan.connected()
                         self.broker = f"{host}:{port}"
                         await self._connection(client)
+                except TlsFilesUnusable as e:
+                    refused = True  # the long pause: a file an installer must put back
+                    self.stats["tls_unusable"] += 1
+                    log.error("mqtt: the TLS files cannot be used (%s): ca_file, cert_file, key_file", e)
                 except MqttConnectError as e:
                     refused = True
                     self.stats["connect_refused"] += 1
