@@ -16,6 +16,18 @@ DEFAULT_CONFIG = os.environ.get("GATED_CONFIG", "/etc/gated/gated.yaml")
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "gated.schema.json"
 
 
+def _default_user() -> str:
+    """GATED_USER, else the login name; a uid with no name (a systemd dynamic user without
+    nss-systemd, a container) must not stop every command from starting."""
+    given = os.environ.get("GATED_USER")
+    if given:
+        return given
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
 def _config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"configuration file (default {DEFAULT_CONFIG})")
 
@@ -72,7 +84,7 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     p.add_argument("gate")
     p.add_argument("action", choices=["on", "off", "pulse"])
     p.add_argument("--seconds", type=float, default=None, help="pulse length (default: the gate's pulse)")
-    p.add_argument("--user", default=os.environ.get("GATED_USER") or getpass.getuser())
+    p.add_argument("--user", default=_default_user())
     p.set_defaults(func=cmd_relay)
 
     p = sub.add_parser("osdp-install", help="load an OSDP reader's configured key into it (reader in install mode)")
@@ -96,13 +108,13 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     _config_arg(p)
     p.add_argument("gate")
     p.add_argument("--reason", required=True)
-    p.add_argument("--user", default=os.environ.get("GATED_USER") or getpass.getuser())
+    p.add_argument("--user", default=_default_user())
     p.set_defaults(func=cmd_open)
 
     p = sub.add_parser("lockdown", help="lock every gate (admin), or release with --off")
     _config_arg(p)
     p.add_argument("--off", action="store_true")
-    p.add_argument("--user", default=os.environ.get("GATED_USER") or getpass.getuser())
+    p.add_argument("--user", default=_default_user())
     p.set_defaults(func=cmd_lockdown)
 
     p = sub.add_parser("hash-password", help="hash a console password for the configuration")
@@ -271,7 +283,10 @@ def _modbus_scan(args: argparse.Namespace, parse_units: Any) -> list[list[str]]:
         units = parse_units(args.units or "1-247")
         print(f"scanning units {units[0]}..{units[-1]} on {target} at {args.baudrate} 8{args.parity}{args.stopbits}…",
               file=sys.stderr)
-        found = scan(target, units, baudrate=args.baudrate, parity=args.parity, stopbits=args.stopbits)
+        try:
+            found = scan(target, units, baudrate=args.baudrate, parity=args.parity, stopbits=args.stopbits)
+        except (OSError, ValueError) as e:  # serial.SerialException is an OSError
+            raise ValueError(f"cannot open {target}: {getattr(e, 'strerror', None) or e}") from None
         rows = [[str(u), CAUSES[r.answer] if r.answer is not Answer.OK else "answers",
                  "" if r.coils is None else str(r.coils), "" if r.inputs is None else str(r.inputs)]
                 for u, r in sorted(found.items())]
