@@ -5,7 +5,6 @@ settings per RS-485 line, one purpose per coil and input, addresses that are no 
 from __future__ import annotations
 
 import re
-
 import subprocess
 import sys
 from pathlib import Path
