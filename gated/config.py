@@ -484,8 +484,10 @@ def check_config(path: str | Path, env: Mapping[str, str] | None = None) -> Repo
     creds = Credentials.for_config(p, os.environ if env is None else env)
     unresolved = resolve_credentials(marked.data, creds)
     checks = [at(q, m) for q, m in unresolved]
-    # a reference that could not be read is its own error, not also "not a string"
+    # a reference that could not be read is its own error, not also "not a string" (at the
+    # key or, where a model reports it higher up, on the reference's lines)
     hidden = [dotted(q[:-1] if q[-1] == "credential" else q) for q, _ in unresolved]
+    hidden_lines = {marked.line_of(q) for q, _ in unresolved} | {marked.line_of(q[:-1]) for q, _ in unresolved}
     # The checks across sections run on the YAML as loaded, so they report together with
     # the models' errors (one pass), and the models' unknown keys get a "did you mean".
     checks += [at(q, m) for q, m in config_checks.problems(marked.data)]
@@ -493,7 +495,8 @@ def check_config(path: str | Path, env: Mapping[str, str] | None = None) -> Repo
     try:
         config = Config.model_validate(marked.data)
     except ValidationError as e:
-        found = [q for q in _problems(e, marked) if not any(q[1] == h or q[1].startswith((h + ".", h + "[")) for h in hidden)]
+        found = [q for q in _problems(e, marked)
+                 if q[0] not in hidden_lines and not any(q[1] == h or q[1].startswith((h + ".", h + "[")) for h in hidden)]
         seen = {msg for _, _, msg in checks}
         report.errors = sorted([q for q in found if q[2] not in seen] + checks, key=lambda q: q[0] or 0)
     else:

@@ -38,6 +38,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gated.auth import hash_password
 from simulator.turnstile import Person, SimRtuLine, SimTurnstile
 from tests.package_root import OverlayRoot, available
 from tests.test_demo import free_port
@@ -399,6 +400,24 @@ def walk_the_guide(root: OverlayRoot, unit: Unit, site: Site, blocks: list[Block
     # after the reload the tap injection is refused, as the guide says
     refused = root.run("gated tap turnstile-1 04A1B2C3D4 -c /etc/gated/gated.yaml")
     assert refused.returncode == 1 and "injected_reads" in refused.stdout, refused.stdout
+    # a secret kept encrypted at rest (the guide's systemd-creds paragraph): check-config, as
+    # root, decrypts it to check it (the host key it makes stays in the throwaway root)
+    boss = hash_password("boss-password")
+    enc = root.run("install -d -m 0700 /etc/gated/credentials.encrypted && systemd-creds encrypt --name=boss.hash - "
+                   "/etc/gated/credentials.encrypted/boss.hash", stdin=boss)
+    assert enc.returncode == 0, enc.stderr
+    assert boss not in root.read("/etc/gated/credentials.encrypted/boss.hash")
+    cfg = yaml.safe_load(root.read("/etc/gated/gated.yaml"))
+    cfg["console"]["users"].append({"name": "boss", "role": "admin", "password_hash": {"credential": "boss.hash"}})
+    root.write("/etc/gated/gated.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    checked = root.run("gated check-config /etc/gated/gated.yaml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    root.run("echo garbage > /etc/gated/credentials.encrypted/boss.hash")
+    checked = root.run("gated check-config /etc/gated/gated.yaml")
+    assert checked.returncode == 2 and "credential 'boss.hash': cannot decrypt" in checked.stdout, checked.stdout
+    root.run("rm /etc/gated/credentials.encrypted/boss.hash")
+    cfg["console"]["users"].pop()
+    root.write("/etc/gated/gated.yaml", yaml.safe_dump(cfg, sort_keys=False))
     # a card at the real (simulated) reader opens too, and lands in the store the unit's user owns
     unlocks = site.turnstile.unlocks
     site.reader.tap("04A1B2C3D5")  # Carla: blocked
