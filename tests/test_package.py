@@ -128,15 +128,6 @@ def test_the_package_holds_what_an_installer_needs(built: Built, tmp_path: Path)
     assert "LoadCredential=gated:/etc/gated/credentials" in unit_text
 
 
-def test_lintians_verdict(built: Built) -> None:
-    """No error and no warning; the overrides (debian/gated.lintian-overrides) say why each
-    is there (a dh-virtualenv package lives in /opt, with wheels as upstream built them)."""
-    out, _ = built.lintian.communicate(timeout=300)
-    tags = [ln for ln in out.splitlines() if re.match(r"^[EW]: ", ln)]
-    assert tags == [], "\n".join(tags)
-    assert built.lintian.returncode == 0, out
-
-
 # -- the installer guide, run -----------------------------------------------------------------
 
 
@@ -378,6 +369,13 @@ def walk_the_guide(root: OverlayRoot, unit: Unit, site: Site, blocks: list[Block
         assert out.returncode == 0, f"{where}:\n{block.body}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
         assert "Traceback" not in out.stdout + out.stderr, (where, out.stderr)
         said[block.body] = out.stdout + out.stderr
+        if block.body.startswith("apt install"):
+            # what the package put in /etc: an example the daemon cannot run on, saying why
+            for command in ("gated check-config /etc/gated/gated.yaml", "gated run -c /etc/gated/gated.yaml"):
+                shipped = root.run(command)
+                assert shipped.returncode == 2 and "every line a comment?): start from an example" in shipped.stdout, \
+                    (command, shipped.stdout + shipped.stderr)
+            assert root.run("stat -c %a /etc/gated/credentials").stdout.strip() == "700"
         if "cp /usr/share/gated/examples/turnstile-serial-tcp.yaml" in block.body:
             # the installer's part: the example copied, now edited for this bench
             root.write("/etc/gated/gated.yaml", installers_edit(root.read("/etc/gated/gated.yaml"), site))
@@ -525,3 +523,15 @@ def test_readme_quick_start_runs_what_the_tests_run() -> None:
     for target in targets:
         out = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and expected[target] in out.stdout, (target, out.stdout[-2000:])
+
+
+# -- lintian, last: it has run beside the install tests ----------------------------------------
+
+
+def test_lintians_verdict(built: Built) -> None:
+    """No error and no warning; the overrides (debian/gated.lintian-overrides) say why each
+    is there (a dh-virtualenv package lives in /opt, with wheels as upstream built them)."""
+    out, _ = built.lintian.communicate(timeout=300)
+    tags = [ln for ln in out.splitlines() if re.match(r"^[EW]: ", ln)]
+    assert tags == [], "\n".join(tags)
+    assert built.lintian.returncode == 0, out
