@@ -314,15 +314,18 @@ def cmd_test_relay(args: argparse.Namespace) -> int:
 
 
 def cmd_relock(args: argparse.Namespace) -> int:
-    from gated.config import ConfigError, load_config
-    from gated.relock import relock
+    from gated.relock import outputs_of, relock
+    from gated.yamlload import YamlError
 
     try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+        outputs = outputs_of(Path(args.config))
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"{args.config}: cannot read: {e}", file=sys.stderr)
         return 2
-    return asyncio.run(relock(config))
+    except YamlError as e:
+        print(f"{args.config}:{e.line or '?'}: {e.message}", file=sys.stderr)
+        return 2
+    return asyncio.run(relock(outputs))
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:

@@ -10,6 +10,9 @@ The safe state is the one the daemon's outputs go to (drivers/outputs/gate.py,
 input reads active, or cannot be read and `fire_alarm.on_unknown` is `release`) or while
 an admin's emergency release is stored: such a door is held released. Fail-secure doors
 are always locked.
+
+It reads only the outputs, the fire input and the store's path from the file, each on its
+own (`outputs_of`): a file the daemon refused (exit 2) still has relays to lock.
 """
 
 from __future__ import annotations
@@ -18,21 +21,25 @@ import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from drivers.outputs.config import DoorMode, ModbusOutputConfig
+from pydantic import ValidationError
+
+from drivers.outputs.config import DoorMode, FireAlarmInputConfig, ModbusOutputConfig
 from drivers.outputs.fire import FireAlarmInput
 from drivers.outputs.modbus import ModbusGateOutput, OutputFault
-from gated.config import Config
+from gated.config import Config, StoreConfig
 from gated.safety import EMERGENCY_KEY, Switch
+from gated.yamlload import load, read_text
 from rules.admission import FireInput, fire_input_effect
 
 Out = Callable[[str], None]
+DEFAULT_STORE = StoreConfig().path
 
 
-async def fire_alarm_active(config: Config, out: Out) -> bool:
+async def fire_alarm_active(cfg: FireAlarmInputConfig | None, out: Out) -> bool:
     """What the fire input says now, read once, with `on_unknown` for a silent board."""
-    cfg = config.fire_alarm
     if cfg is None:
         return False
     device = FireAlarmInput(cfg)
@@ -88,21 +95,68 @@ async def _drive(gate_id: str, cfg: ModbusOutputConfig, released: bool, out: Out
     return True
 
 
-async def relock(config: Config, *, out: Out = print) -> int:
-    """0 when every relay answered and is in its safe state, 1 when one did not."""
+@dataclass
+class Outputs:
+    """What relocking needs from a configuration, read leniently: the relays must be locked
+    even when the rest of the file is wrong (the daemon exited 2 on it) or its credentials
+    are out of reach."""
+
+    gates: list[tuple[str, ModbusOutputConfig]] = field(default_factory=list)
+    fire_alarm: FireAlarmInputConfig | None = None
+    store: Path = DEFAULT_STORE
+    problems: list[str] = field(default_factory=list)
+
+
+def outputs_of(path: Path) -> Outputs:
+    """The outputs, fire input and store path of the file at `path`. YamlError, OSError,
+    UnicodeDecodeError when the file cannot be read as YAML at all."""
+    data = load(read_text(path)).data
+    found = Outputs()
+    if not isinstance(data, dict):
+        return found
+    gates = data.get("gates")
+    for i, gate in enumerate(gates if isinstance(gates, list) else []):
+        if not isinstance(gate, dict) or gate.get("output") is None:
+            continue
+        name = str(gate.get("id", f"gates[{i}]"))
+        try:
+            found.gates.append((name, ModbusOutputConfig.model_validate(gate["output"])))
+        except ValidationError as e:
+            found.problems.append(f"{name}: its output cannot be read ({e.error_count()} problem(s)): not relocked")
+    if data.get("fire_alarm") is not None:
+        try:
+            found.fire_alarm = FireAlarmInputConfig.model_validate(data["fire_alarm"])
+        except ValidationError:
+            found.problems.append("fire_alarm cannot be read: taken as unreadable")
+            found.fire_alarm = None
+    store = data.get("store")
+    if isinstance(store, dict) and isinstance(store.get("path"), str):
+        found.store = Path(store["path"])
+    return found
+
+
+async def relock(config: Config | Outputs, *, out: Out = print) -> int:
+    """0 when every relay answered and is in its safe state, 1 when one did not (or an
+    output could not be read from the file)."""
     from gated.installer import quiet_libraries
 
     quiet_libraries()
-    gates = [(g.id, g.output) for g in config.gates if g.output is not None]
-    if not gates:
+    if isinstance(config, Config):
+        outputs = Outputs([(g.id, g.output) for g in config.gates if g.output is not None], config.fire_alarm,
+                          Path(config.store.path))
+    else:
+        outputs = config
+    for problem in outputs.problems:
+        out(problem)
+    if not outputs.gates:
         out("no gate has an output: nothing to relock")
-        return 0
-    fire = await fire_alarm_active(config, out)
-    release = fire or emergency_release_stored(Path(config.store.path), out)
+        return 1 if outputs.problems else 0
+    fire = await fire_alarm_active(outputs.fire_alarm, out)
+    release = fire or emergency_release_stored(outputs.store, out)
     results = await asyncio.gather(
-        *(_drive(gid, cfg, release and cfg.mode is DoorMode.FAIL_SAFE, out) for gid, cfg in gates)
+        *(_drive(gid, cfg, release and cfg.mode is DoorMode.FAIL_SAFE, out) for gid, cfg in outputs.gates)
     )
-    return 0 if all(results) else 1
+    return 0 if all(results) and not outputs.problems else 1
 
 
-__all__ = ["emergency_release_stored", "fire_alarm_active", "relock"]
+__all__ = ["Outputs", "emergency_release_stored", "fire_alarm_active", "outputs_of", "relock"]

@@ -120,9 +120,25 @@ def test_relock_says_when_a_board_does_not_answer(tmp_path: Path) -> None:
     out = relock(write(tmp_path, [{"id": "g1", "zone": "z"}]))
     assert out.returncode == 0 and "nothing to relock" in out.stdout
     bad = tmp_path / "bad.yaml"
-    bad.write_text("site: {id: s}\n")
+    bad.write_text("site: {id: s\n")
     out = subprocess.run([*GATED, "relock", "-c", str(bad)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "does not parse" in out.stderr and "Traceback" not in out.stderr
+
+
+async def test_relock_locks_what_it_can_read_of_a_file_the_daemon_refused(tmp_path: Path) -> None:
+    """The daemon exited 2 on this file (a broken mqtt section, a credential out of reach):
+    its relays are still locked; an output that cannot be read is said, exit 1."""
+    async with SimTurnstile(port=0, initial_coil=True, person=Person(turns=False)) as sim:
+        cfg = write(tmp_path, [{"id": "g1", "zone": "z", "output": output(sim)},
+                               {"id": "g2", "zone": "z", "output": {"transport": "tcp", "coil": "x"}}],
+                    mqtt={"host": "127.0.0.1", "password": {"credential": "not-there"}, "qos": 7})
+        daemon = await asyncio.to_thread(subprocess.run, [*GATED, "run", "-c", str(cfg)], capture_output=True,
+                                         text=True, timeout=60)
+        assert daemon.returncode == 2
+        out = await arelock(cfg)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "g1: locked (coil 0 off)" in out.stdout and "g2: its output cannot be read" in out.stdout
+        assert not sim.unlocked
 
 
 async def test_kill_9_mid_pulse_then_relock_locks_the_gate(tmp_path: Path) -> None:
