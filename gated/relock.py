@@ -29,13 +29,14 @@ from pydantic import ValidationError
 from drivers.outputs.config import DoorMode, FireAlarmInputConfig, ModbusOutputConfig
 from drivers.outputs.fire import FireAlarmInput
 from drivers.outputs.modbus import ModbusGateOutput, OutputFault
-from gated.config import Config, StoreConfig
+from gated.config import Config, ControlConfig, StoreConfig
 from gated.safety import EMERGENCY_KEY, Switch
 from gated.yamlload import load, read_text
 from rules.admission import FireInput, fire_input_effect
 
 Out = Callable[[str], None]
 DEFAULT_STORE = StoreConfig().path
+DEFAULT_CONTROL = ControlConfig().socket
 
 
 async def fire_alarm_active(cfg: FireAlarmInputConfig | None, out: Out) -> bool:
@@ -105,6 +106,7 @@ class Outputs:
     fire_alarm: FireAlarmInputConfig | None = None
     store: Path = DEFAULT_STORE
     problems: list[str] = field(default_factory=list)
+    control: Path = DEFAULT_CONTROL
 
 
 def outputs_of(path: Path) -> Outputs:
@@ -132,7 +134,23 @@ def outputs_of(path: Path) -> Outputs:
     store = data.get("store")
     if isinstance(store, dict) and isinstance(store.get("path"), str):
         found.store = Path(store["path"])
+    control = data.get("control")
+    if isinstance(control, dict) and isinstance(control.get("socket"), str):
+        found.control = Path(control["socket"])
     return found
+
+
+async def daemon_answers(socket: Path) -> bool:
+    """A daemon is running on these relays (its control socket answers)."""
+    from gated.control import request
+
+    if not socket.exists():
+        return False
+    try:
+        await asyncio.wait_for(request(socket, {"cmd": "status"}), 1.0)
+    except (OSError, TimeoutError, ValueError):
+        return False  # a socket file left by a crash
+    return True
 
 
 async def relock(config: Config | Outputs, *, out: Out = print) -> int:
@@ -143,9 +161,12 @@ async def relock(config: Config | Outputs, *, out: Out = print) -> int:
     quiet_libraries()
     if isinstance(config, Config):
         outputs = Outputs([(g.id, g.output) for g in config.gates if g.output is not None], config.fire_alarm,
-                          Path(config.store.path))
+                          Path(config.store.path), control=Path(config.control.socket))
     else:
         outputs = config
+    if await daemon_answers(outputs.control):
+        out("the daemon is running and drives the relays: it locks them itself when it stops")
+        return 1
     for problem in outputs.problems:
         out(problem)
     if not outputs.gates:

@@ -143,8 +143,10 @@ async def test_relock_locks_what_it_can_read_of_a_file_the_daemon_refused(tmp_pa
 
 async def test_kill_9_mid_pulse_then_relock_locks_the_gate(tmp_path: Path) -> None:
     """The unit's way out after a crash: the daemon killed while the relay is released,
-    then ExecStopPost's `gated relock`."""
+    then ExecStopPost's `gated relock`. While the daemon runs, relock leaves its relays be."""
     async with running_daemon(tmp_path, person=Person(turns=False)) as d:
+        busy = await arelock(d.config)
+        assert busy.returncode == 1 and "the daemon is running" in busy.stdout, busy.stdout
         d.reader.tap("04A1B2C3D4")
         await wait_for(lambda: d.turnstile.unlocked, what="the release")
         d.proc.send_signal(signal.SIGKILL)
