@@ -26,6 +26,13 @@ from gated.config import Config, GateConfig
 
 Out = Callable[[str], None]
 
+
+def say(line: str) -> None:
+    """A line for the person at the gate, now: these are live views ("walk through now",
+    each change of an input), also when the output goes through a pipe (`| tee log`)."""
+    print(line, flush=True)
+
+
 WATCH_POLL = 0.02  # seconds between two readings while watching the inputs
 
 
@@ -186,7 +193,7 @@ async def test_relay(
     *,
     expect_passage: bool = True,
     watch: float | None = None,
-    out: Out = print,
+    out: Out = say,
 ) -> int:
     """Pulse the gate's relay and watch its inputs: 0 when a passage was seen (or none was
     expected and the board answered), 1 when not, 2 for a configuration problem."""
@@ -279,7 +286,7 @@ def _door(trace: InputTrace | None) -> str:
 
 
 async def monitor(
-    config: Config, gate_id: str, *, duration: float | None = None, interval: float = 0.1, out: Out = print
+    config: Config, gate_id: str, *, duration: float | None = None, interval: float = 0.1, out: Out = say
 ) -> int:
     """Print the gate's inputs, coil and door state on every change while you wire. Through
     the daemon when it runs (its view), else straight from the board."""
@@ -343,7 +350,7 @@ def _flag(value: bool | None, on: str, off: str) -> str:
     return "-" if value is None else (on if value else off)
 
 
-async def relay(config: Config, gate_id: str, action: str, seconds: float | None, *, out: Out = print) -> int:
+async def relay(config: Config, gate_id: str, action: str, seconds: float | None, *, out: Out = say) -> int:
     """Drive the relay by hand with no daemon running: on (stays on until off), off,
     pulse (for `seconds`, default the gate's pulse)."""
     quiet_libraries()
@@ -376,7 +383,7 @@ async def relay(config: Config, gate_id: str, action: str, seconds: float | None
             await output.close()
 
 
-def osdp_install(config: Config, reader_id: str, *, timeout: float = 10.0, out: Out = print) -> int:
+def osdp_install(config: Config, reader_id: str, *, timeout: float = 10.0, out: Out = say) -> int:
     """Load a reader's configured key (scbk / scbk_file) into it while it is in install
     mode, then prove it with a secure channel on that key."""
     from drivers.readers.config import OsdpReaderConfig

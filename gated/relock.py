@@ -30,6 +30,7 @@ from drivers.outputs.config import DoorMode, FireAlarmInputConfig, ModbusOutputC
 from drivers.outputs.fire import FireAlarmInput
 from drivers.outputs.modbus import ModbusGateOutput, OutputFault
 from gated.config import Config, ControlConfig, StoreConfig
+from gated.installer import quiet_libraries, say
 from gated.safety import EMERGENCY_KEY, Switch
 from gated.yamlload import load, read_text
 from rules.admission import FireInput, fire_input_effect
@@ -153,11 +154,9 @@ async def daemon_answers(socket: Path) -> bool:
     return True
 
 
-async def relock(config: Config | Outputs, *, out: Out = print) -> int:
+async def relock(config: Config | Outputs, *, out: Out = say) -> int:
     """0 when every relay answered and is in its safe state, 1 when one did not (or an
     output could not be read from the file)."""
-    from gated.installer import quiet_libraries
-
     quiet_libraries()
     if isinstance(config, Config):
         outputs = Outputs([(g.id, g.output) for g in config.gates if g.output is not None], config.fire_alarm,

@@ -13,9 +13,11 @@ It needs root (mount namespaces, overlayfs); `available()` says why not otherwis
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -73,11 +75,27 @@ class OverlayRoot:
 
     def __exit__(self, *exc: object) -> None:
         if self.holder is not None:
-            # every process started in the root was started by us and ended by its test;
-            # the namespace (and the tmpfs with all that was installed) goes with the holder
+            # every process in the namespace was started by the tests (a test that failed
+            # half-way may leave one): they end by their ids, then the holder, and the
+            # namespace with the tmpfs of all that was installed goes with the last of them
+            ours = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
+            for pid in self.processes(ours):
+                if pid != self.holder.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
             self.holder.kill()
             self.holder.wait()
             self.holder = None
+
+    @staticmethod
+    def processes(namespace: str) -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{entry}/ns/mnt") == namespace:
+                        found.append(int(entry))
+        return found
 
     def _nsenter(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess[bytes]:
         assert self.holder is not None

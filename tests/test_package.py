@@ -308,7 +308,7 @@ def installers_edit(example: str, site: Site) -> str:
     gate["readers"][0]["device"] = str(site.reader.path)
     gate["readers"].append({"type": "osdp", "id": "osdp-1", "device": site.osdp_device, "address": 0,
                             "scbk": {"credential": "osdp-1.scbk"}})
-    gate["output"].update(host="127.0.0.1", port=site.turnstile.port, passage_timeout=3)
+    gate["output"].update(host="127.0.0.1", port=site.turnstile.port, passage_timeout=1.5)
     del cfg["mqtt"]
     cfg["console"]["port"] = free_port()
     cfg["metrics"] = {"port": free_port()}
@@ -356,11 +356,17 @@ def walk_the_guide(root: OverlayRoot, unit: Unit, site: Site, blocks: list[Block
         if block.mark == "systemd":
             systemd_block(root, unit, block, said)
             continue
-        if block.mark == "interrupt":  # a live view: Ctrl-C after a while
-            proc = root.popen(block.body.strip(), cwd=str(shared), env={"GATED_PASSWORD": PASSWORD})
-            time.sleep(3)
+        if block.mark == "interrupt":  # a live view: Ctrl-C once it shows something
+            # SIGINT as on a terminal (a test run in the background inherits it ignored)
+            proc = root.popen(f"env --default-signal=INT {block.body.strip()}", cwd=str(shared))
+            assert proc.stdout is not None
+            seen = []
+            while not any("coil=" in x for x in seen):
+                line = proc.stdout.readline()
+                assert line, (where, seen, proc.wait(timeout=30))
+                seen.append(line)
             proc.send_signal(signal.SIGINT)
-            output = proc.communicate(timeout=30)[0]
+            output = "".join(seen) + proc.communicate(timeout=30)[0]
             assert proc.returncode in (0, 130) and "Traceback" not in output, (where, output)
             said[block.body] = output
             continue
