@@ -6,7 +6,8 @@ the maintainer scripts, the installed `gated` and `dpkg --purge` run for real, a
 the real paths (/opt/venvs/gated, /etc/gated, /var/lib/gated), with Debian's Python 3.11
 from the lower layer; everything they write vanishes with the namespace. The network is
 this machine's: simulated boards on 127.0.0.1 answer inside too. /dev, /proc and /sys are
-the host's; /run is a tmpfs of its own (no systemd as PID 1 in there, as here anyway).
+the host's; /run is a tmpfs of its own (no systemd as PID 1 in there, as here anyway); the
+manual-page index is not rebuilt after installs (man-db's auto-update switch).
 
 It needs root (mount namespaces, overlayfs); `available()` says why not otherwise.
 """
@@ -62,6 +63,9 @@ class OverlayRoot:
             mount -t tmpfs -o mode=1777 tmp {root}/tmp
             mkdir -p {root}{self.shared}
             mount --bind {self.shared} {root}{self.shared}
+            # man-db's own switch: no manual-page index rebuilt after each install (seconds
+            # of every apt run here, and nothing the package's behaviour depends on)
+            rm -f {root}/var/lib/man-db/auto-update
         """
         deadline = time.monotonic() + 10
         while True:  # the namespace exists once unshare has exec'd sleep
