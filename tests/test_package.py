@@ -304,6 +304,10 @@ def installers_edit(example: str, site: Site) -> str:
     devices found in step 2, no central system (members from a file), an OSDP reader with
     its key as a credential, ports free on this machine, tap injection for commissioning."""
     cfg = yaml.safe_load(example)
+    # this bench is open whenever the tests run (the example's hours closed it at 23:24 in
+    # Madrid, and on its closed dates)
+    cfg["site"].pop("opening_hours", None)
+    cfg["site"].pop("closed_dates", None)
     gate = cfg["gates"][0]
     gate["readers"][0]["device"] = str(site.reader.path)
     gate["readers"].append({"type": "osdp", "id": "osdp-1", "device": site.osdp_device, "address": 0,
