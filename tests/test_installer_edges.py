@@ -124,12 +124,14 @@ async def test_tls_files_gone_at_runtime_are_one_line_per_attempt(tmp_path: Path
     ca.write_text("not a certificate\n")
     settings = settings_for_port(1, "gate-a", ca_file=ca, backoff_refused=30.0)
     ca.unlink()
-    link = SyncLink(make_store(tmp_path / "a.db", "gate-a"), settings, now=clock())
+    store = make_store(tmp_path / "a.db", "gate-a")
+    link = SyncLink(store, settings, now=clock())
     with caplog.at_level(logging.INFO):
         task = asyncio.create_task(link.run())
         await asyncio.sleep(1.5)
         task.cancel()
         await asyncio.wait([task])
+    store.close()
     failures = [r for r in caplog.records if "TLS files cannot be used" in r.getMessage()]
     assert len(failures) == 1 and failures[0].exc_info is None, [r.getMessage() for r in caplog.records]
     assert link.stats["tls_unusable"] == 1 and not [r for r in caplog.records if r.exc_info]
