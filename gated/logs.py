@@ -24,6 +24,10 @@ from typing import Any
 import structlog
 from structlog.typing import Processor
 
+from rules.credential import mask
+
+__all__ = ["mask", "setup"]
+
 # What the daemon reports itself (relay health, alarms, dropped messages), once, where the
 # library would say it at every request.
 LIBRARIES = ("pymodbus", "aiomqtt", "paho", "asyncio", "uvicorn", "nfc", "osdp", "serial")

@@ -20,6 +20,7 @@ import contextlib
 import functools
 import logging
 import random
+import ssl
 import time
 import uuid
 from collections import Counter, deque
@@ -89,6 +90,10 @@ def software_version() -> str:
     except metadata.PackageNotFoundError:
         return "gated"
 
+
+
+class TlsFilesUnusable(Exception):
+    """The TLS context cannot be built from the configured files (missing, unreadable)."""
 
 class SyncLink:
     """One daemon's MQTT client. `await run()` until cancelled; see the module doc."""
@@ -191,6 +196,11 @@ class SyncLink:
 
     def _client_for(self, host: str, port: int) -> aiomqtt.Client:
         s = self.settings
+        try:
+            tls = s.tls_context()
+        except (OSError, ssl.SSLError, ValueError) as e:
+            # a CA or key file gone or unreadable: no attempt can work until it is back
+            raise TlsFilesUnusable(str(e)) from None
         will = self.session.status("offline")
         return aiomqtt.Client(
             host,
@@ -204,7 +214,7 @@ class SyncLink:
             clean_start=True,
             will=aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain),
             keepalive=s.keepalive,
-            tls_context=s.tls_context(),
+            tls_context=tls,
             timeout=s.connect_timeout,
             max_inflight_messages=100,
             # bounded per class of topic: a flood is dropped and counted, not held (sync/inbound.py)
@@ -256,6 +266,10 @@ class SyncLink:
                         plan.connected()
                         self.broker = f"{host}:{port}"
                         await self._connection(client)
+                except TlsFilesUnusable as e:
+                    refused = True  # the long pause: a file an installer must put back
+                    self.stats["tls_unusable"] += 1
+                    log.error("mqtt: the TLS files cannot be used (%s): ca_file, cert_file, key_file", e)
                 except MqttConnectError as e:
                     refused = True
                     self.stats["connect_refused"] += 1

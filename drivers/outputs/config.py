@@ -36,6 +36,9 @@ def host_problem(value: str) -> str | None:
     return None
 
 
+PARITY_LETTER = {"none": "N", "even": "E", "odd": "O", "n": "N", "e": "E", "o": "O"}
+
+
 class OutputTransport(StrEnum):
     TCP = "tcp"
     RTU = "rtu"
@@ -69,7 +72,9 @@ class ModbusLinkConfig(BaseModel):
         ),
     )
     baudrate: int = Field(9600, gt=0, description="RS-485 line speed, as set on the board.")
-    parity: Literal["N", "E", "O"] = Field("N", description="Parity: N (none), E (even), O (odd).")
+    parity: Literal["N", "E", "O", "none", "even", "odd"] = Field(
+        "N", description="Parity: N (none), E (even), O (odd); none/even/odd as for readers."
+    )
     stopbits: int = Field(1, ge=1, le=2, description="Stop bits: 1 or 2.")
     unit: int = Field(
         1,
@@ -101,6 +106,12 @@ class ModbusLinkConfig(BaseModel):
         "time of the requests and answers at the line settings). Taps wait longer on a busy "
         "line.",
     )
+
+    @field_validator("parity", mode="before")
+    @classmethod
+    def _parity_letter(cls, value: object) -> object:
+        # one spelling inside, whichever the installer used (readers say none/even/odd)
+        return PARITY_LETTER.get(value.lower(), value) if isinstance(value, str) else value
 
     @field_validator("host")
     @classmethod
