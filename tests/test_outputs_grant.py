@@ -77,3 +77,21 @@ def test_rotations_no_grant_claims_are_kept_with_the_last_grant() -> None:
     got = [(u.at, None if u.after is None else (u.after[0], round(u.after[1], 2))) for u in t.take_unclaimed()]
     assert got == [(0.0, None), (1.5, (Passage.PASSED, 0.0)), (8.4, (Passage.NOT_PASSED, 0.4))]
     assert t.take_unclaimed() == []
+
+
+def test_a_gap_longer_than_the_passage_pulse_is_blindness() -> None:
+    """The passage input pulses 100 ms per rotation: readings 50 ms apart cannot miss it, a
+    300 ms stall between two readings can (a loaded box; the soak's seed 996441 lost a
+    rotation so). A grant that then lapses is UNKNOWN, watched all along NOT_PASSED."""
+
+    def lapse(times: list[float]) -> Passage | None:
+        t = GrantTracker(T, STALL, blind_limit=0.1)
+        t.release(0.0, 0)
+        for n, at in enumerate(times, 1):
+            assert t.reading(at, n, True, 0) is None
+        return t.tick(3.0)
+
+    steady = [0.05 * i for i in range(1, 59)]
+    assert lapse(steady) is Passage.NOT_PASSED
+    stalled = [at for at in steady if not 1.0 < at < 1.3]  # 1.0 -> 1.3: 300 ms without a reading
+    assert lapse(stalled) is Passage.UNKNOWN

@@ -188,8 +188,10 @@ class ModbusOutputConfig(ModbusLinkConfig):
         gt=0,
         le=10,
         description="Shortest time the controller holds its passage output per rotation, from "
-        "its datasheet (commonly 0.1-0.5 s). Nothing is timed by it: `gated check-config` warns "
-        "when the gate's RS-485 line cannot promise to read a pulse this short.",
+        "its datasheet (commonly 0.1-0.5 s). `gated check-config` warns when the gate's RS-485 "
+        "line cannot promise to read a pulse this short; a grant whose passage input went unread "
+        "for longer than this (a loaded box) and that saw no passage ends unconfirmed, not "
+        "'did not pass'.",
     )
     door_contact: int | None = Field(
         None, ge=0, le=65535, description="Discrete input wired to the door/gate position contact."

@@ -50,11 +50,12 @@ log = logging.getLogger(__name__)
 # previous person's rotation to end before releasing.
 ROTATION_MAX = 1.0
 
-# A grant's window may have gaps this long between two good readings and still count as
-# watched (at least; ten passage polls where those are slower). A rotation's pulse is
-# 100 ms or more, and the polls come every 20-50 ms: a longer gap is not a busy line but a
-# blind one.
-BLIND_MAX = 1.0
+# How long a grant may go without a reading of its inputs and still count as watched. A
+# passage input pulses for `passage_pulse` (100 ms by default) per rotation: a longer gap
+# between two readings may hide a whole pulse (a loaded box stalls its loop for that long),
+# so a grant that then lapses is "unknown", never "did not pass". A door contact (no passage
+# input) stays open for seconds when someone goes through: a second's gap hides nothing.
+DOOR_BLIND = 1.0
 
 # on_alarm(gate_id, kind, detail); kind is an AlarmKind or a HealthAlarm value.
 AlarmCallback = Callable[[str, str, str], Awaitable[None] | None]
@@ -125,7 +126,7 @@ class GateController:
         )
         self.tracker = GrantTracker(cfg.passage_timeout, stall_limit(cfg.passage_timeout),
                                     counts_unseen=cfg.passage_counter is not None,
-                                    blind_limit=max(BLIND_MAX, 10 * self.passage_interval))
+                                    blind_limit=cfg.passage_pulse if cfg.passage_input is not None else DOOR_BLIND)
         self.lockdown = False
         self.fire_alarm = False
         self.held_by_hand = False  # `gated relay … on`: released until `off`
