@@ -1,39 +1,30 @@
-"""The imperative shell around the rules: credential in, decision out, result committed.
+"""The imperative shell around the rules: credential in, decision out, result committed —
+and the tap path's one door into the store.
 
 The daemon and the scenario runner both go through here, so a scenario exercises exactly
-the code a turnstile does. Splitting decide() from commit() lets the daemon wait for the
-turnstile to turn in between: no passage, no deduction.
+the code a turnstile does: decide, admit, the grant's intent (which uses up a QR code),
+commit. Splitting decide() from commit() lets the daemon wait for the turnstile to turn in
+between: no passage, no deduction. A tap travels as one value, rules.tap.Tap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from rules.admission import GateConditions, admit, refused
+from rules.admission import GateConditions, admit
 from rules.credential import Credential, CredentialKind
 from rules.decide import Decision, MemberView, Presented, decide, override
 from rules.messages import message
 from rules.model import Gate, Policy, Site
 from rules.reasons import Reason
 from rules.schedule import NoShowHorizon
+from rules.tap import Tap, unreadable
+from sync.intents import TokenUsed
+from sync.occupancy import is_full
 from sync.qrtoken import TrustedKeys
 from sync.store import Committed, Store
-
-
-@dataclass(frozen=True, slots=True)
-class PendingTap:
-    """A decided tap waiting for the turnstile: commit it with whether the person passed."""
-
-    gate: Gate
-    credential: Credential
-    presented: Presented
-    decision: Decision
-    message: str
-    qr_token: tuple[str, datetime] | None
-    decided_at: datetime
 
 
 class UnknownGate(KeyError):
@@ -71,7 +62,8 @@ class Engine:
         seen = self.store.qr_seen(claim.token_id)
         return Presented(CredentialKind.QR, claim, seen), claim.member, (claim.token_id, claim.expires)
 
-    def decide(self, gate_id: str, credential: Credential, now: datetime) -> PendingTap:
+    def decide(self, gate_id: str, credential: Credential, now: datetime,
+               detail: Mapping[str, Any] | None = None) -> Tap:
         gate = self.gate(gate_id)
         if credential.kind == CredentialKind.DESK:
             # the desk names the member; its choices of booking and pass ride in `meta`
@@ -83,57 +75,54 @@ class Engine:
         view = self.store.view(member_id, gate, now) if member_id else MemberView(None)
         decision = decide(view, presented, gate, self.site, self.policy, now)
         facts = {**decision.hint, "name": view.member.name} if view.member is not None else decision.hint
-        return PendingTap(gate, credential, presented, decision, message(decision.reason, facts), qr_token, now)
+        return Tap(gate, credential, presented, decision, message(decision.reason, facts), now, qr_token,
+                   dict(detail or {}))
 
-    def admit(self, pending: PendingTap, conditions: GateConditions) -> PendingTap:
+    def admit(self, tap: Tap, conditions: GateConditions) -> Tap:
         """The site's and the gate's state applied to the decision (rules.admission)."""
-        d = pending.decision
+        d = tap.decision
         kind = None
         if d.granted and d.pass_id is not None:
             p = self.store.get_pass(d.pass_id)
             kind = p.kind if p is not None else None
         admitted = admit(d, conditions, kind)
-        return pending if admitted is d else self.refuse(pending, admitted.reason)
+        return tap if admitted is d else tap.refused(admitted.reason)
 
-    def unreadable(self, gate_id: str, credential: Credential, now: datetime) -> PendingTap:
+    def unreadable(self, gate_id: str, credential: Credential, now: datetime) -> Tap:
         """The store could not be read to decide: a denial for storage_fault."""
-        gate = self.gate(gate_id)
-        presented = Presented(credential.kind)
-        denied = Decision(False, Reason.STORAGE_FAULT, None)
-        return PendingTap(gate, credential, presented, denied, message(Reason.STORAGE_FAULT), None, now)
+        return unreadable(self.gate(gate_id), credential, now)
 
-    def refuse(self, pending: PendingTap, reason: Reason) -> PendingTap:
-        """The shell overrules a grant (the relay refused, the intent could not be written)."""
-        denied = refused(pending.decision, reason)
-        return PendingTap(
-            pending.gate, pending.credential, pending.presented, denied, message(reason), pending.qr_token, pending.decided_at
-        )
+    def zone_full(self, tap: Tap, capacity: int) -> bool:
+        """One more person (this tap's member) would exceed the zone's capacity."""
+        return is_full(self.store, tap.gate.zone, capacity, tap.decided_at, member=tap.decision.member)
 
-    def commit(
-        self, pending: PendingTap, *, passed: bool, now: datetime, intent: int | None = None,
-        extra: dict[str, Any] | None = None, unconfirmed: str | None = None,
-    ) -> Committed:
-        cred = pending.credential
-        if pending.decision.reason == Reason.UNKNOWN_CARD and cred.kind == CredentialKind.CARD and cred.value:
-            # the desk enrols unknown cards from the console: it needs the whole card, typed
-            # (logs mask it; the event stays on this box and the central system's side)
-            extra = {**(extra or {}), "card": cred.key}
-        return self.store.commit_tap(
-            pending.gate,
-            pending.decision,
-            credential=pending.credential.kind,
-            passed=passed,
-            now=now,
-            qr_token=pending.qr_token,
-            message=pending.message,
-            intent=intent,
-            extra=extra,
-            unconfirmed=unconfirmed,
-        )
+    def open_intent(self, tap: Tap, now: datetime) -> Tap:
+        """The grant's durable intent, before the relay (sync/intents.py): the tap with it."""
+        return self.store.open_intent(tap, now)
 
-    def tap(self, gate_id: str, credential: Credential, now: datetime, *, passed: bool = True) -> tuple[PendingTap, Committed]:
-        pending = self.decide(gate_id, credential, now)
-        return pending, self.commit(pending, passed=passed, now=now)
+    async def flushed(self) -> None:
+        """Until every commit so far is on disk (off the event loop)."""
+        await self.store.flushed()
+
+    def commit(self, tap: Tap, *, passed: bool, now: datetime, unconfirmed: str | None = None) -> Committed:
+        return self.store.commit_tap(tap, passed=passed, now=now, unconfirmed=unconfirmed)
+
+    def audit(self, now: datetime, operator: str, action: str, detail: dict[str, Any]) -> None:
+        self.store.audit(now, operator, action, detail)
+
+    def emit(self, type_: str, now: datetime, **fields: Any) -> None:
+        self.store.emit(type_, now, **fields)
+
+    def tap(self, gate_id: str, credential: Credential, now: datetime, *, passed: bool = True) -> tuple[Tap, Committed]:
+        """A whole tap at once (the scenario runner, tools): the daemon's path without a
+        relay — decided, its grant's intent written, committed."""
+        tap = self.decide(gate_id, credential, now)
+        if tap.granted:
+            try:
+                tap = self.open_intent(tap, now)
+            except TokenUsed:
+                tap = tap.refused(Reason.QR_REPLAYED)
+        return tap, self.commit(tap, passed=passed, now=now)
 
     def override(self, gate_id: str, operator: str, reason: str, now: datetime, *, passed: bool = True) -> tuple[Decision, Committed]:
         gate = self.gate(gate_id)

@@ -23,7 +23,7 @@ import structlog
 
 from drivers.outputs.gate import GateController
 from drivers.outputs.modbus import OutputHealth
-from rules.admission import FireInput, FireInputPolicy, fire_input_effect
+from rules.admission import FireInput, FireInputPolicy, SiteSafety, fire_input_effect
 from rules.timeutil import iso_utc
 from sync.storage import STORAGE_ERRORS
 from sync.store import Store
@@ -77,7 +77,7 @@ class Safety:
         self.fire_configured = False
         self.fire_error: str | None = None
         self._unreachable_reported = False
-        self._released: bool | None = None  # what the doors were last told
+        self._released: tuple[bool, bool] | None = None  # what the doors were last told
 
     # -- what the rules need ---------------------------------------------------------------
 
@@ -88,6 +88,12 @@ class Safety:
     @property
     def input_lost(self) -> bool:
         return fire_input_effect(self.fire, self.fire_policy)[1]
+
+    @property
+    def site(self) -> SiteSafety:
+        """What the rules need of it (rules.admission.plan_release)."""
+        return SiteSafety(fire_alarm=self.fire_alarm, emergency_release=self.emergency.active,
+                          lockdown=self.lockdown.active)
 
     @property
     def released(self) -> bool:
@@ -167,17 +173,22 @@ class Safety:
     async def apply_to(self, ctl: GateController) -> None:
         """A controller started after start-up (a reload): the safety state holds there too."""
         await ctl.set_lockdown(self.lockdown.active)
-        await ctl.set_fire_alarm(self.released)
+        await ctl.set_fire_alarm(self.released, emergency=self._by_emergency)
 
     # -- plumbing ---------------------------------------------------------------------------
 
+    @property
+    def _by_emergency(self) -> bool:
+        """Released by an admin's emergency release alone (entries say so)."""
+        return self.emergency.active and not self.fire_alarm
+
     async def _apply_release(self) -> None:
-        released = self.released
-        if released == self._released:
+        told = (self.released, self._by_emergency)
+        if told == self._released:
             return
-        self._released = released
+        self._released = told
         for ctl in self.controllers.values():
-            await ctl.set_fire_alarm(released)
+            await ctl.set_fire_alarm(told[0], emergency=told[1])
 
     async def _on_disk(self, key: str) -> None:
         """What a person decided survives a power cut before they are told it is done."""

@@ -14,6 +14,10 @@ exit opens even when nothing can be written (and is recorded when possible).
 
 A desk check-in (the front desk picks a member, and maybe their booking or pass) takes the
 same path with a `desk` credential; an override ("open once") opens without a member.
+
+A tap travels as one immutable value (rules.tap.Tap), each step returning the next; every
+read and write of the store goes through the Engine; what the site's safety allows at the
+relay is rules.admission.plan_release, asked by the gate controller itself.
 """
 
 from __future__ import annotations
@@ -26,24 +30,22 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from drivers.outputs.config import DoorMode
 from drivers.outputs.gate import GateController, GrantRefused
 from drivers.outputs.grant import Passage
 from drivers.outputs.modbus import OutputFault, OutputHealth
 from drivers.readers.base import Reader
-from gated.engine import Engine, PendingTap
+from gated.engine import Engine
 from gated.metrics import Metrics
 from gated.safety import Safety
 from gated.storage_watch import StorageWatch
 from gated.unknown_cards import UnknownCards
-from rules.admission import GateConditions, StalePolicy
+from rules.admission import GateConditions, Release, StalePolicy, plan_release
 from rules.credential import Credential, CredentialKind, mask
 from rules.decide import Decision
 from rules.decide import override as override_decision
 from rules.reasons import Reason
-from rules.timeutil import iso_utc
+from rules.tap import Tap
 from sync.intents import TokenUsed
-from sync.occupancy import is_full
 from sync.storage import STORAGE_ERRORS
 from sync.store import Committed, Event
 
@@ -84,7 +86,7 @@ class TapPath:
     async def tap(self, gate_id: str, cred: Credential, reader: Reader | None = None) -> dict[str, Any]:
         """A card or QR read at a gate's reader (or injected through the control socket)."""
         try:
-            return await self._tap(gate_id, cred, reader, extra={"reader": cred.reader_id or None})
+            return await self._tap(gate_id, cred, reader, {"reader": cred.reader_id or None})
         except Exception as e:  # noqa: BLE001 - reported, counted, and the gate stayed shut
             return self._unexpected(gate_id, e)
 
@@ -103,13 +105,12 @@ class TapPath:
         event and the audit log. Opens the gate once on a grant."""
         meta = {k: v for k, v in (("booking", booking_id), ("pass", pass_id)) if v}
         cred = Credential(CredentialKind.DESK, member_id, f"desk:{operator}", meta=meta)
-        extra = {"operator": operator, "desk_reason": reason}
         try:
-            result = await self._tap(gate_id, cred, None, extra=extra)
+            result = await self._tap(gate_id, cred, None, {"operator": operator, "desk_reason": reason})
         except Exception as e:  # noqa: BLE001 - reported, counted, and the gate stayed shut
             return self._unexpected(gate_id, e)
         try:
-            self.engine.store.audit(
+            self.engine.audit(
                 self.clock(),
                 operator,
                 "check_in",
@@ -125,16 +126,19 @@ class TapPath:
         claimed for nobody. Refused where nothing can be opened or recorded."""
         engine = self.engine
         gate = engine.gate(gate_id)  # unknown gate: raise before touching anything
-        if self.safety.lockdown.active:
-            # the lockdown promises that nobody gets in until an admin lifts it
-            return {"error": "lockdown", "message": "Lockdown is on: an admin must lift it before a gate opens"}
         ctl = self.controllers.get(gate_id)
+        # asked before anything else, so a lockdown is what the desk hears (the controller
+        # asks the same rule again when it releases)
+        if plan_release(self.safety.site, Release.DESK, fail_safe=False).refused == Reason.LOCKDOWN:
+            return {"error": "lockdown", "message": "Lockdown is on: an admin must lift it before a gate opens"}
         if ctl is None:
             return {"error": "no_relay", "message": "This gate has no relay: there is nothing to open"}
         if gate.direction.value == "in" and not self.storage.ok_for_entry():
             return {"error": "storage_fault", "message": "The gate cannot record an opening now"}
         try:
             passed = await ctl.open_once()
+        except GrantRefused:  # a lockdown that came in meanwhile
+            return {"error": "lockdown", "message": "Lockdown is on: an admin must lift it before a gate opens"}
         except OutputFault:
             return {"error": "hardware_fault", "message": "The gate's relay does not answer"}
         now = self.clock()
@@ -152,42 +156,40 @@ class TapPath:
 
     # -- the path --------------------------------------------------------------------------
 
-    async def _tap(
-        self, gate_id: str, cred: Credential, reader: Reader | None, *, extra: dict[str, Any]
-    ) -> dict[str, Any]:
+    async def _tap(self, gate_id: str, cred: Credential, reader: Reader | None, detail: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
-        pending = await self._decide(gate_id, cred)
+        tap = await self._decide(gate_id, cred, detail)
         decided = time.perf_counter()
         self.metrics.decision_seconds.observe(decided - t0)
         # Between a grant and its commit the tap waits for the turnstile (seconds). A second
         # tap of the same member or QR token decided meanwhile (a cloned card at another
         # gate, one QR code shown at two readers) would not see the first one's passage or
         # used token: it waits for the first to be committed and is decided afresh.
-        while busy := self._holders(pending):
+        while busy := self._holders(tap):
             await asyncio.wait(busy)
-            pending = await self._decide(gate_id, cred, lookup=False)
-        hold = self._hold(pending)
+            tap = await self._decide(gate_id, cred, detail, lookup=False)
+        hold = self._hold(tap)
         try:
-            pending, intent, intent_at = self._write_intent(pending, extra)
-            pending = await self._intent_on_disk(pending, intent)
-            pending = await self._contest_qr(pending, intent, intent_at)
-            pending, passage = await self._open(pending, reader)
+            tap = self._write_intent(tap)
+            tap = await self._intent_on_disk(tap)
+            tap = await self._contest_qr(tap)
+            tap, passage = await self._open(tap, reader)
             passed = passage is Passage.PASSED
             # UNKNOWN: released, then nobody could look (the board went silent, the inputs
             # went unread, we are stopping): the person may be through. No deduction; the
             # grant is reported as after a crash, in the tap's own transaction (held and
             # retried like any acted-on tap), never recorded as a plain "did not pass"
-            unconfirmed = self._unconfirmed(pending, intent) if passage is Passage.UNKNOWN else None
-            if self._in_burst(pending):
+            unconfirmed = self._unconfirmed(tap) if passage is Passage.UNKNOWN else None
+            if self._in_burst(tap):
                 committed = Committed()  # recorded with its burst (`unknown_cards`)
             else:
-                committed = self._commit(pending, passed, intent, extra, unconfirmed)
-            await self._commit_on_disk(pending)
+                committed = self._commit(tap, passed, unconfirmed)
+            await self._commit_on_disk(tap)
         finally:
             self._release(hold)
-        d = pending.decision
+        d = tap.decision
         if not d.granted and reader is not None:
-            await self._feedback(reader, False, pending.message)
+            await self._feedback(reader, False, tap.message)
         self.metrics.taps.labels(gate_id, "granted" if d.granted else "denied", d.reason.value).inc()
         log.info(
             "tap",
@@ -200,30 +202,25 @@ class TapPath:
             passed=passed,
             ms=round((decided - t0) * 1000, 3),
         )
-        return result(d, pending.message, passed, committed.events)
+        return result(d, tap.message, passed, committed.events)
 
-    async def _decide(self, gate_id: str, cred: Credential, *, lookup: bool = True) -> PendingTap:
+    async def _decide(self, gate_id: str, cred: Credential, detail: dict[str, Any], *, lookup: bool = True) -> Tap:
         engine = self.engine
         now = self.clock()
         try:
-            pending = engine.decide(gate_id, cred, now)
+            tap = engine.decide(gate_id, cred, now, detail)
             # a marketplace member who booked a minute ago: ask, but never wait long
-            if (lookup and self._should_look_up(pending, cred) and not self.unknown.flooding(gate_id, time.monotonic())
+            if (lookup and self._should_look_up(tap) and not self.unknown.flooding(gate_id, time.monotonic())
                     and await self._look_up(cred.key)):
-                pending = engine.decide(gate_id, cred, self.clock())
-            return engine.admit(pending, self._conditions(pending))
+                tap = engine.decide(gate_id, cred, self.clock(), detail)
+            return engine.admit(tap, self._conditions(tap))
         except STORAGE_ERRORS as e:
             # the replica or ledger cannot be read (a corrupt page): nobody can be decided
             self.storage.failed(e, "decide")
             return engine.unreadable(gate_id, cred, now)
 
-    def _should_look_up(self, pending: PendingTap, cred: Credential) -> bool:
-        return (
-            pending.decision.reason == Reason.UNKNOWN_CARD
-            and cred.kind == CredentialKind.CARD
-            and self.link is not None
-            and self.config.lookup_unknown_cards
-        )
+    def _should_look_up(self, tap: Tap) -> bool:
+        return tap.unknown_card and self.link is not None and self.config.lookup_unknown_cards
 
     async def _look_up(self, card: str) -> bool:
         try:
@@ -234,20 +231,18 @@ class TapPath:
             log.exception("lookup_failed")  # the cached answer stands: unknown
             return False
 
-    def _conditions(self, pending: PendingTap) -> GateConditions:
-        d = pending.decision
-        if not d.granted or d.reason == Reason.EXIT:
+    def _conditions(self, tap: Tap) -> GateConditions:
+        if not tap.granted or tap.is_exit:
             return GateConditions()  # nothing refuses an exit or changes a denial
-        gate = pending.gate
+        gate = tap.gate
         ctl = self.controllers.get(gate.id)
         cap = self.config.zones.get(gate.zone)
-        full = False
-        if cap is not None and cap.capacity is not None:
-            full = is_full(self.engine.store, gate.zone, cap.capacity, pending.decided_at, member=d.member)
+        full = cap is not None and cap.capacity is not None and self.engine.zone_full(tap, cap.capacity)
+        site = self.safety.site
         return GateConditions(
-            fire_alarm=self.safety.fire_alarm,
-            emergency_release=self.safety.emergency.active,
-            lockdown=self.safety.lockdown.active,
+            fire_alarm=site.fire_alarm,
+            emergency_release=site.emergency_release,
+            lockdown=site.lockdown,
             safety_input_lost=self.safety.input_lost,
             storage_ok=self.storage.ok_for_entry(),
             relay_online=ctl is None or ctl.output.health == OutputHealth.ONLINE,
@@ -256,164 +251,127 @@ class TapPath:
             zone_full=full,
         )
 
-    def _write_intent(self, pending: PendingTap, extra: dict[str, Any]) -> tuple[PendingTap, int | None, datetime]:
-        """The durable intent before the relay: for an entry, no intent, no opening.
-        Returns the tap, the intent's id and its instant."""
-        now = self.clock()
-        if not pending.decision.granted:
-            return pending, None, now
+    def _write_intent(self, tap: Tap) -> Tap:
+        """The durable intent before the relay: for an entry, no intent, no opening."""
+        if not tap.granted:
+            return tap
         try:
-            intent = self.engine.store.open_intent(
-                pending.gate,
-                pending.decision,
-                credential=pending.credential.kind,
-                now=now,
-                qr_token=pending.qr_token,
-                detail={k: v for k, v in extra.items() if v is not None},
-            )
+            return self.engine.open_intent(tap, self.clock())
         except TokenUsed:
             # used up at another daemon of the site, heard since the decision
-            return self.engine.refuse(pending, Reason.QR_REPLAYED), None, now
+            return tap.refused(Reason.QR_REPLAYED)
         except STORAGE_ERRORS as e:
             self.storage.failed(e, "intent")
-            if self._exit(pending):
-                return pending, None, now  # nobody is locked in: the exit opens unrecorded
-            return self.engine.refuse(pending, Reason.STORAGE_FAULT), None, now
-        return pending, intent, now
+            if tap.is_exit:
+                return tap  # nobody is locked in: the exit opens unrecorded
+            return tap.refused(Reason.STORAGE_FAULT)
 
-    async def _intent_on_disk(self, pending: PendingTap, intent: int | None) -> PendingTap:
+    async def _intent_on_disk(self, tap: Tap) -> Tap:
         """The intent's commit flushed to disk before the relay is touched — off the event
         loop (sync/durability.py). A flush that fails refuses an entry (`storage_fault`; the
         tap's commit then resolves the intent); an exit opens all the same."""
-        if intent is None:
-            return pending
+        if tap.intent is None:
+            return tap
         try:
-            await self.engine.store.flushed()
+            await self.engine.flushed()
         except OSError as e:
             self.storage.failed(e, "intent")
-            if not self._exit(pending):
-                return self.engine.refuse(pending, Reason.STORAGE_FAULT)
-        return pending
+            if not tap.is_exit:
+                return tap.refused(Reason.STORAGE_FAULT)
+        return tap
 
-    async def _commit_on_disk(self, pending: PendingTap) -> None:
+    async def _commit_on_disk(self, tap: Tap) -> None:
         """The tap's commit flushed before the answer (a committed deduction survives a power
         cut). A failing flush is a storage fault like a failing commit: said, not raised."""
-        if not pending.decision.granted:
+        if not tap.granted:
             return  # a denial moves nothing: its record may wait for the next flush
         try:
-            await self.engine.store.flushed()
+            await self.engine.flushed()
         except OSError as e:
             self.storage.failed(e, "commit")
 
-    async def _contest_qr(self, pending: PendingTap, intent: int | None, claimed_at: datetime) -> PendingTap:
+    async def _contest_qr(self, tap: Tap) -> Tap:
         """A QR code shown at two daemons of the site at the same instant: each has used it
         up (and said so, a `qr_used` event) before either heard the other. Both wait a
         moment for the other's claim and apply one rule — the earlier claim wins, then the
         lower daemon id — so exactly one opens (sync/link.py, `contest_qr`)."""
-        if pending.qr_token is None or intent is None or self.link is None:
-            return pending
-        lost = await self.link.contest_qr(pending.qr_token[0], claimed_at)
-        return self.engine.refuse(pending, Reason.QR_REPLAYED) if lost else pending
+        if tap.qr_token is None or tap.intent is None or tap.intent_at is None or self.link is None:
+            return tap
+        lost = await self.link.contest_qr(tap.qr_token[0], tap.intent_at)
+        return tap.refused(Reason.QR_REPLAYED) if lost else tap
 
-    async def _open(self, pending: PendingTap, reader: Reader | None) -> tuple[PendingTap, Passage]:
-        """Pulse the relay and wait for passage: (the tap, what the turnstile said).
-        A refusal by the controller (a lockdown or fire alarm that came in between, a relay
-        that does not answer) turns the grant into a denial."""
-        if not pending.decision.granted:
-            return pending, Passage.NOT_PASSED
+    async def _open(self, tap: Tap, reader: Reader | None) -> tuple[Tap, Passage]:
+        """Release the relay and wait for passage: (the tap, what the turnstile said). A
+        refusal by the controller (rules.admission.plan_release: a lockdown or fire alarm
+        that came in between) or a relay that does not answer turns the grant into a denial."""
+        if not tap.granted:
+            return tap, Passage.NOT_PASSED
         if reader is not None:
-            await self._feedback(reader, True, pending.message)
-        ctl = self.controllers.get(pending.gate.id)
+            await self._feedback(reader, True, tap.message)
+        ctl = self.controllers.get(tap.gate.id)
         if ctl is None:
-            return pending, Passage.PASSED  # no lock and no sensor: commit on grant
+            return tap, Passage.PASSED  # no lock and no sensor: commit on grant
         try:
-            if self._exit(pending):
-                # an exit opens in a lockdown too (a one-off release, as the desk's); during
-                # a fire alarm a fail-safe door already stands open
-                if self.safety.released and ctl.cfg.mode is DoorMode.FAIL_SAFE:
-                    return pending, Passage.PASSED
-                return pending, await ctl.open_passage()
-            return pending, await ctl.grant_passage()
+            return tap, await ctl.release(Release.EXIT if tap.is_exit else Release.ENTRY)
         except GrantRefused as refused:
-            reason = refused.reason
-            if reason == Reason.FIRE_ALARM and self.safety.emergency.active and not self.safety.fire_alarm:
-                reason = Reason.EMERGENCY_RELEASE
-            return self.engine.refuse(pending, reason), Passage.NOT_PASSED
+            return tap.refused(refused.reason), Passage.NOT_PASSED
         except OutputFault:
-            return self.engine.refuse(pending, Reason.HARDWARE_FAULT), Passage.NOT_PASSED
+            return tap.refused(Reason.HARDWARE_FAULT), Passage.NOT_PASSED
 
-    def _unconfirmed(self, pending: PendingTap, intent: int | None) -> str:
+    def _unconfirmed(self, tap: Tap) -> str:
         """Why a released grant's passage is unknown (said in the log and the metric now;
         recorded with the tap's commit)."""
-        ctl = self.controllers.get(pending.gate.id)
+        ctl = self.controllers.get(tap.gate.id)
         cause = "stopping" if ctl is not None and ctl.stopping else "relay_unreadable"
         self.metrics.unconfirmed.inc()
-        log.warning("passage_unconfirmed", gate=pending.gate.id, member=pending.decision.member, cause=cause,
-                    recorded=intent is not None)  # an exit opened unrecorded has no intent to report
+        log.warning("passage_unconfirmed", gate=tap.gate.id, member=tap.decision.member, cause=cause,
+                    recorded=tap.intent is not None)  # an exit opened unrecorded has no intent to report
         return cause
 
-    def _commit(
-        self, pending: PendingTap, passed: bool, intent: int | None, extra: dict[str, Any], unconfirmed: str | None = None
-    ) -> Committed:
+    def _commit(self, tap: Tap, passed: bool, unconfirmed: str | None = None) -> Committed:
         """The tap's one transaction. For a tap that was acted on, a failure is never the
         end of it: the commit is held and retried (and the intent stays)."""
         now = self.clock()
-        fields = self._event_fields(pending, extra)
 
         def commit() -> Committed:
-            return self.engine.commit(pending, passed=passed, now=now, intent=intent, extra=fields, unconfirmed=unconfirmed)
+            return self.engine.commit(tap, passed=passed, now=now, unconfirmed=unconfirmed)
 
         try:
             return commit()
         except STORAGE_ERRORS as e:
             self.storage.failed(e, "commit")
-            if pending.decision.granted:
+            if tap.granted:
                 self.storage.hold(
                     commit,
-                    {"gate": pending.gate.id, "member": pending.decision.member, "passed": passed, "intent": intent},
-                    exit_tap=self._exit(pending),
+                    {"gate": tap.gate.id, "member": tap.decision.member, "passed": passed, "intent": tap.intent},
+                    exit_tap=tap.is_exit,
                 )
             else:
-                log.error("denial_not_recorded", gate=pending.gate.id, member=pending.decision.member,
-                          reason=pending.decision.reason.value)
+                log.error("denial_not_recorded", gate=tap.gate.id, member=tap.decision.member,
+                          reason=tap.decision.reason.value)
             return Committed()
 
-    def _in_burst(self, pending: PendingTap) -> bool:
+    def _in_burst(self, tap: Tap) -> bool:
         """An unknown card past the gate's quota of individually recorded ones: counted in
         the gate's burst instead of an fsynced denial of its own (gated/unknown_cards.py)."""
-        cred = pending.credential
-        if pending.decision.reason != Reason.UNKNOWN_CARD or cred.kind != CredentialKind.CARD:
+        if not tap.unknown_card:
             return False
-        gate, now = pending.gate.id, time.monotonic()
+        gate, now = tap.gate.id, time.monotonic()
         if self.unknown.admit(gate, now):
             return False
-        self.unknown.count(gate, now, self.clock(), cred.reader_id or None, cred.key)
+        self.unknown.count(gate, now, self.clock(), tap.credential.reader_id or None, tap.credential.key)
         return True
 
     def record_unknown_cards(self, *, all_: bool = False) -> None:
         """Write the `unknown_cards` events owed (the scheduler, each second; all at stop)."""
         for fields in self.unknown.due(time.monotonic(), all_=all_):
             try:
-                self.engine.store.emit("unknown_cards", self.clock(), **fields)
+                self.engine.emit("unknown_cards", self.clock(), **fields)
             except STORAGE_ERRORS as e:
                 self.storage.failed(e, "unknown_cards")
                 log.error("denial_not_recorded", reason="unknown_card", **fields)
             else:
                 log.warning("unknown_cards", **fields)
-
-    @staticmethod
-    def _event_fields(pending: PendingTap, extra: dict[str, Any]) -> dict[str, Any]:
-        fields = {k: v for k, v in extra.items() if v is not None}
-        # the access event's `at` is its commit, after the turnstile turned (seconds later):
-        # the instant the rules decided is what an audit re-decides the tap at
-        fields["decided_at"] = iso_utc(pending.decided_at)
-        if pending.decision.reason == Reason.UNKNOWN_CARD and pending.credential.kind == CredentialKind.CARD:
-            fields["card"] = pending.credential.key  # typed, for the desk's enrolment of the card
-        return fields
-
-    @staticmethod
-    def _exit(pending: PendingTap) -> bool:
-        return pending.decision.reason == Reason.EXIT
 
     async def _feedback(self, reader: Reader, granted: bool, message: str) -> None:
         try:
@@ -432,20 +390,11 @@ class TapPath:
 
     # -- one tap per member / QR token at a time ------------------------------------------------
 
-    @staticmethod
-    def _tap_keys(pending: PendingTap) -> list[str]:
-        if not pending.decision.granted:
-            return []
-        keys = [f"member:{pending.decision.member}"] if pending.decision.member else []
-        if pending.qr_token is not None:
-            keys.append(f"qr:{pending.qr_token[0]}")
-        return keys
+    def _holders(self, tap: Tap) -> list[asyncio.Future[None]]:
+        return [f for k in tap.holds() if (f := self._pending.get(k)) is not None]
 
-    def _holders(self, pending: PendingTap) -> list[asyncio.Future[None]]:
-        return [f for k in self._tap_keys(pending) if (f := self._pending.get(k)) is not None]
-
-    def _hold(self, pending: PendingTap) -> tuple[list[str], asyncio.Future[None]]:
-        keys = self._tap_keys(pending)
+    def _hold(self, tap: Tap) -> tuple[list[str], asyncio.Future[None]]:
+        keys = tap.holds()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for k in keys:
             self._pending[k] = fut

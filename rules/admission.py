@@ -9,6 +9,10 @@ here, pure, so that the order they apply in is written down once and tested with
 Two rules shape everything below:
 - Entries fail closed: any doubt about the site or the gate denies an entry.
 - Exits stay free: nothing here ever refuses an exit (nobody is locked in).
+
+`plan_release` is the same safety policy at the relay: the gate controller asks it before
+it touches the relay (an interlock that holds whatever the caller decided), the desk's
+"open once" asks it before anything else, and admit() refuses entries by it.
 """
 
 from __future__ import annotations
@@ -60,6 +64,53 @@ def fire_input_effect(fire: FireInput, policy: FireInputPolicy) -> tuple[bool, b
     return last, policy == FireInputPolicy.DENY_ENTRIES and not last
 
 
+class Release(StrEnum):
+    """Why a gate's relay is asked to release once."""
+
+    ENTRY = "entry"  # a member's grant (a tap or the desk's check-in)
+    EXIT = "exit"  # a member going out
+    DESK = "desk"  # the front desk's "open once" (an override), entrance or exit
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSafety:
+    """The site's safety state as a gate acts on it."""
+
+    fire_alarm: bool = False  # the fire-alarm input is active (or its policy says act so)
+    emergency_release: bool = False  # an admin released every fail-safe door
+    lockdown: bool = False
+
+    @property
+    def doors_released(self) -> bool:
+        return self.fire_alarm or self.emergency_release
+
+
+@dataclass(frozen=True, slots=True)
+class ReleasePlan:
+    refused: Reason | None = None  # not released, for this reason
+    pulse: bool = True  # False: nothing to do, the door already stands released
+
+
+def plan_release(safety: SiteSafety, purpose: Release, *, fail_safe: bool) -> ReleasePlan:
+    """What a gate does when asked to release once. Nobody is let in during an evacuation
+    or a lockdown; nobody is kept in (an exit always opens); a fail-safe door that stands
+    released for a fire alarm or an emergency release is not pulsed (the pulse's end would
+    lock it again)."""
+    if purpose is Release.ENTRY:
+        if safety.fire_alarm:
+            return ReleasePlan(Reason.FIRE_ALARM, pulse=False)
+        if safety.emergency_release:
+            return ReleasePlan(Reason.EMERGENCY_RELEASE, pulse=False)
+        if safety.lockdown:
+            return ReleasePlan(Reason.LOCKDOWN, pulse=False)
+    if purpose is Release.DESK and safety.lockdown:
+        # the lockdown's promise: nobody gets in until an admin lifts it, not even by the desk
+        return ReleasePlan(Reason.LOCKDOWN, pulse=False)
+    if safety.doors_released and fail_safe:
+        return ReleasePlan(pulse=False)
+    return ReleasePlan()
+
+
 @dataclass(frozen=True, slots=True)
 class GateConditions:
     """What the shell knows about the site and this gate at the instant of a tap."""
@@ -84,12 +135,9 @@ def admit(decision: Decision, conditions: GateConditions, pass_kind: PassKind | 
     if not decision.granted or decision.reason == Reason.EXIT:
         return decision
     c = conditions
-    if c.fire_alarm:
-        return refused(decision, Reason.FIRE_ALARM)
-    if c.emergency_release:
-        return refused(decision, Reason.EMERGENCY_RELEASE)
-    if c.lockdown:
-        return refused(decision, Reason.LOCKDOWN)
+    safety = plan_release(SiteSafety(c.fire_alarm, c.emergency_release, c.lockdown), Release.ENTRY, fail_safe=False)
+    if safety.refused is not None:
+        return refused(decision, safety.refused)
     if c.safety_input_lost:
         return refused(decision, Reason.HARDWARE_FAULT)
     if not c.storage_ok:
@@ -121,8 +169,12 @@ __all__ = [
     "FireInput",
     "FireInputPolicy",
     "GateConditions",
+    "Release",
+    "ReleasePlan",
+    "SiteSafety",
     "StalePolicy",
     "admit",
     "fire_input_effect",
+    "plan_release",
     "refused",
 ]

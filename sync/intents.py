@@ -21,9 +21,7 @@ import sqlite3
 from datetime import datetime
 from typing import Any
 
-from rules.credential import CredentialKind
-from rules.decide import Decision
-from rules.model import Gate
+from rules.tap import Tap
 from rules.timeutil import iso_utc
 from sync.ledger import Ledger, amount_json, unconfirmed_fields
 from sync.rows import ts
@@ -41,18 +39,11 @@ class Intents:
         self.transactions = transactions
         self.ledger = ledger
 
-    def open(
-        self,
-        gate: Gate,
-        decision: Decision,
-        *,
-        credential: CredentialKind | None,
-        now: datetime,
-        qr_token: tuple[str, datetime] | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> int:
-        """Write the intent (and use up the QR token); its id goes to commit_tap. Raises
-        TokenUsed when the token was used up meanwhile."""
+    def open(self, tap: Tap, now: datetime) -> int:
+        """Write the intent — the grant's first record (Ledger.first_record: its QR token
+        used up); its id goes to commit_tap. Raises TokenUsed when the token was used up
+        meanwhile."""
+        gate, decision, qr_token = tap.gate, tap.decision, tap.qr_token
         body: dict[str, Any] = {
             "gate": gate.id,
             "member": decision.member,
@@ -61,13 +52,13 @@ class Intents:
             "pass": decision.pass_id,
             "amount": amount_json(decision.amount),
             "cause": decision.cause,
-            "credential": credential.value if credential is not None else None,
+            "credential": tap.credential.kind.value,
             "granted_at": iso_utc(now),
-            **(detail or {}),
+            **{k: v for k, v in tap.detail.items() if v is not None},
         }
         with self.transactions.open() as tx:  # durable: every ordinary transaction is FULL
-            if qr_token is not None and not self.ledger.use_qr_token(tx, now, qr_token, gate.id, decision.member):
-                raise TokenUsed(qr_token[0])  # rolls the transaction back: nothing written
+            if not self.ledger.first_record(tx, tap, now):
+                raise TokenUsed(qr_token[0] if qr_token else "")  # rolls the transaction back: nothing written
             cur = self.conn.execute(
                 "INSERT INTO grant_intents(gate, member_id, body, at) VALUES (?,?,?,?)",
                 (gate.id, decision.member, json.dumps(body), ts(now)),

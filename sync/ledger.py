@@ -26,12 +26,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from rules.credential import CredentialKind
-from rules.decide import Decision, ZonePresence
+from rules.decide import ZonePresence
 from rules.model import Booking, Direction, Gate, Policy
 from rules.model import Site as SiteModel
 from rules.reasons import Reason
 from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee
+from rules.tap import Tap
 from rules.timeutil import iso_utc, local_date, start_of_local_day
 from sync import peers
 from sync.errors import StoreError
@@ -121,6 +121,15 @@ class Ledger:
             fields = {"gate": gate, **fields}
         tx.emit("attendance", now, **fields)
 
+    def first_record(self, tx: Transaction, tap: Tap, now: datetime) -> bool:
+        """What the transaction that first records a tap does besides: its QR code is used
+        up (whatever the decision: a code read once is spent). A grant is first recorded
+        by its intent (sync/intents.py), anything else by its commit. False when the code
+        was used up meanwhile (the caller refuses the grant)."""
+        if tap.qr_token is None:
+            return True
+        return self.use_qr_token(tx, now, tap.qr_token, tap.gate.id, tap.decision.member)
+
     def use_qr_token(self, tx: Transaction, now: datetime, token: tuple[str, datetime], gate: str,
                      member: str | None) -> bool:
         """Use up a QR token (on its first verified read, whatever the decision). False
@@ -144,33 +153,22 @@ class Ledger:
 
     # -- commits --------------------------------------------------------------------------
 
-    def commit_tap(
-        self,
-        gate: Gate,
-        decision: Decision,
-        *,
-        credential: CredentialKind,
-        passed: bool,
-        now: datetime,
-        qr_token: tuple[str, datetime] | None = None,
-        message: str | None = None,
-        extra: dict[str, Any] | None = None,
-        intent: int | None = None,
-        unconfirmed: str | None = None,
-    ) -> Committed:
+    def commit_tap(self, tap: Tap, *, passed: bool, now: datetime, unconfirmed: str | None = None) -> Committed:
         """One tap, whole: the access event, and on a confirmed passage the deduction,
-        attendance and presence. No passage, no deduction, no attendance. `intent`, the
-        grant's intent (sync/intents.py), is resolved in the same transaction: with
-        `unconfirmed` (why nobody could see the passage), as a `passage_unconfirmed` event
-        beside the access event — both or neither, as after a crash."""
+        attendance and presence. No passage, no deduction, no attendance. The grant's
+        intent (sync/intents.py, which used up its QR token) is resolved in the same
+        transaction: with `unconfirmed` (why nobody could see the passage), as a
+        `passage_unconfirmed` event beside the access event — both or neither, as after a
+        crash."""
+        gate, decision, intent = tap.gate, tap.decision, tap.intent
         with self.transactions.open() as tx:
             held = None
             if intent is not None:
                 if unconfirmed is not None:
                     held = self.conn.execute("SELECT body FROM grant_intents WHERE id = ?", (intent,)).fetchone()
                 self.conn.execute("DELETE FROM grant_intents WHERE id = ?", (intent,))
-            if qr_token is not None and intent is None:  # a grant's token went with its intent
-                self.use_qr_token(tx, now, qr_token, gate.id, decision.member)
+            else:
+                self.first_record(tx, tap, now)
             went_through = decision.granted and passed
             access: dict[str, Any] = {
                 "gate": gate.id,
@@ -179,16 +177,15 @@ class Ledger:
                 "reason": decision.reason.value,
                 "booking": decision.booking,
                 "pass": decision.pass_id,
-                "credential": credential.value,
+                "credential": tap.credential.kind.value,
             }
             if decision.granted:
                 access["passed"] = passed
             if decision.anti_passback is not None:
                 access["anti_passback"] = decision.anti_passback
-            if message:
-                access["message"] = message
-            if extra:
-                access.update(extra)
+            if tap.message:
+                access["message"] = tap.message
+            access.update(tap.event_detail())
             tx.emit("access", now, **access)
             if held is not None:
                 tx.emit("passage_unconfirmed", now, **unconfirmed_fields(json.loads(held[0])), because=unconfirmed)
@@ -396,7 +393,8 @@ class Ledger:
             seen = {r[0] for r in open_rows}
             open_rows += [
                 r for r in c.execute(
-                    f"SELECT {BOOKING_READ} FROM main.due_recheck x JOIN {_BOOKINGS} ON b.id = x.booking_id "
+                    f"SELECT {BOOKING_READ} FROM main.due_recheck x JOIN replica.bookings b ON b.id = x.booking_id "
+                    "LEFT JOIN main.booking_outcomes o ON o.booking_id = b.id "
                     "WHERE b.status = 'booked' AND b.ends_at <= ? AND o.booking_id IS NULL",
                     (through,),
                 )

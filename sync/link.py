@@ -125,6 +125,9 @@ class SyncLink:
         # QR codes used here lately (token -> our claim) and the taps waiting for a rival claim
         self._qr_mine: dict[str, tuple[datetime, str]] = {}
         self._qr_waiting: dict[str, asyncio.Future[tuple[datetime, str]]] = {}
+        # other daemons' claims heard, for a tap of ours that reaches its contest after
+        # theirs arrived (ours waited for its intent to reach the disk meanwhile)
+        self._qr_heard: dict[str, tuple[datetime, str]] = {}
         self.topics = self.session.topics
         self.last_ack_at: datetime | None = None
         self.broker: str | None = None  # host:port of the connected broker
@@ -616,6 +619,9 @@ class SyncLink:
         could claim it (not connected, no other daemon online)."""
         ours = (claimed_at, self.settings.daemon)
         self._remember_claim(token, ours)
+        heard = self._qr_heard.get(token)
+        if heard is not None:  # their claim came first: no need to wait for it
+            return self._contest_result(heard, ours)
         wait = self.settings.qr_claim_wait
         if wait <= 0 or not self.connected or not self.session.peers.any_online():
             return False
@@ -629,14 +635,18 @@ class SyncLink:
         finally:
             if self._qr_waiting.get(token) is fut:
                 del self._qr_waiting[token]
+        return self._contest_result(theirs, ours)
+
+    def _contest_result(self, theirs: tuple[datetime, str], ours: tuple[datetime, str]) -> bool:
         lost = theirs < ours
         self.stats["qr_contests_lost" if lost else "qr_contests_won"] += 1
         return lost
 
-    def _remember_claim(self, token: str, claim: tuple[datetime, str]) -> None:
-        if len(self._qr_mine) >= 1000:  # a minute of QR codes is plenty: the race is milliseconds
-            self._qr_mine.pop(next(iter(self._qr_mine)))
-        self._qr_mine[token] = claim
+    def _remember_claim(self, token: str, claim: tuple[datetime, str], into: dict[str, tuple[datetime, str]] | None = None) -> None:
+        claims = self._qr_mine if into is None else into
+        if len(claims) >= 1000:  # a minute of QR codes is plenty: the race is milliseconds
+            claims.pop(next(iter(claims)))
+        claims[token] = claim
 
     def _rival_claims(self, sender: str, events: Sequence[Mapping[str, Any]]) -> None:
         """Another daemon's `qr_used`: a tap of ours waiting on that token learns of it; a
@@ -650,6 +660,7 @@ class SyncLink:
                 theirs = (parse_instant_once(str(ev.get("at")), UTC_ZONE), sender)
             except ValueError:
                 continue
+            self._remember_claim(token, min(theirs, self._qr_heard.get(token, theirs)), self._qr_heard)
             fut = self._qr_waiting.get(token)
             if fut is not None and not fut.done():
                 fut.set_result(theirs)

@@ -88,11 +88,12 @@ from typing import Any
 
 import sqlite_utils
 
-from rules.credential import Card, CredentialKind, Resolution, TenDigits, card_from_text
-from rules.decide import Decision, MemberView, ZonePresence
+from rules.credential import Card, Resolution, TenDigits, card_from_text
+from rules.decide import MemberView, ZonePresence
 from rules.model import Booking, BookingStatus, Gate, Member, Pass, Policy
 from rules.model import Site as SiteModel
 from rules.schedule import NoShowHorizon
+from rules.tap import Tap
 from rules.timeutil import iso_utc
 from sync import enrolment, views
 from sync.batch import SyncBatch
@@ -645,45 +646,21 @@ class Store:
 
     # -- the ledger -------------------------------------------------------------------
 
-    def commit_tap(
-        self,
-        gate: Gate,
-        decision: Decision,
-        *,
-        credential: CredentialKind,
-        passed: bool,
-        now: datetime,
-        qr_token: tuple[str, datetime] | None = None,
-        message: str | None = None,
-        extra: dict[str, Any] | None = None,
-        intent: int | None = None,
-        unconfirmed: str | None = None,
-    ) -> Committed:
+    def commit_tap(self, tap: Tap, *, passed: bool, now: datetime, unconfirmed: str | None = None) -> Committed:
         """One tap, whole: the access event, and on a confirmed passage the deduction,
-        attendance and presence. No passage, no deduction, no attendance. `intent` (from
-        open_intent) is resolved in the same transaction; `unconfirmed` (a cause) reports
+        attendance and presence. No passage, no deduction, no attendance. The tap's intent
+        (open_intent) is resolved in the same transaction; `unconfirmed` (a cause) reports
         it as `passage_unconfirmed` in that transaction."""
-        return self.ledger.commit_tap(
-            gate, decision, credential=credential, passed=passed, now=now, qr_token=qr_token, message=message,
-            extra=extra, intent=intent, unconfirmed=unconfirmed,
-        )
+        return self.ledger.commit_tap(tap, passed=passed, now=now, unconfirmed=unconfirmed)
 
     # -- grant intents (sync/intents.py) ------------------------------------------------
 
-    def open_intent(
-        self,
-        gate: Gate,
-        decision: Decision,
-        *,
-        credential: CredentialKind | None,
-        now: datetime,
-        qr_token: tuple[str, datetime] | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> int:
-        """Write, durably, that `gate` is about to open for `decision` (and use up its QR
-        token). Called before the relay is pulsed: if this raises, an entry must not open
-        (sync.intents.TokenUsed: the token was used up meanwhile, `qr_replayed`)."""
-        return self.intents.open(gate, decision, credential=credential, now=now, qr_token=qr_token, detail=detail)
+    def open_intent(self, tap: Tap, now: datetime) -> Tap:
+        """Write that the tap's gate is about to open for its grant (and use up its QR
+        token): the tap with its intent. Called before the relay is pulsed: if this raises,
+        an entry must not open (sync.intents.TokenUsed: the token was used up meanwhile,
+        `qr_replayed`)."""
+        return tap.with_intent(self.intents.open(tap, now), now)
 
     def set_site_wide_qr(self, on: bool) -> None:
         """A QR code's first use becomes a `qr_used` event for the site's other daemons

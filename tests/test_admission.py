@@ -11,9 +11,13 @@ from rules.admission import (
     FireInput,
     FireInputPolicy,
     GateConditions,
+    Release,
+    ReleasePlan,
+    SiteSafety,
     StalePolicy,
     admit,
     fire_input_effect,
+    plan_release,
 )
 from rules.decide import Decision
 from rules.model import PassKind
@@ -119,3 +123,23 @@ FIRE_CASES = [
 @pytest.mark.parametrize("fire, policy, expect", FIRE_CASES)
 def test_fire_input_effect(fire: FireInput, policy: FireInputPolicy, expect: tuple[bool, bool]) -> None:
     assert fire_input_effect(fire, policy) == expect
+
+
+@pytest.mark.parametrize(
+    ("safety", "purpose", "fail_safe", "expected"),
+    [
+        (SiteSafety(), Release.ENTRY, False, ReleasePlan()),
+        (SiteSafety(lockdown=True), Release.ENTRY, False, ReleasePlan(Reason.LOCKDOWN, pulse=False)),
+        (SiteSafety(lockdown=True), Release.DESK, False, ReleasePlan(Reason.LOCKDOWN, pulse=False)),
+        (SiteSafety(lockdown=True), Release.EXIT, False, ReleasePlan()),  # nobody is kept in
+        (SiteSafety(fire_alarm=True, lockdown=True), Release.ENTRY, True, ReleasePlan(Reason.FIRE_ALARM, pulse=False)),
+        (SiteSafety(emergency_release=True), Release.ENTRY, True, ReleasePlan(Reason.EMERGENCY_RELEASE, pulse=False)),
+        (SiteSafety(fire_alarm=True), Release.EXIT, True, ReleasePlan(pulse=False)),  # stands released
+        (SiteSafety(fire_alarm=True), Release.EXIT, False, ReleasePlan()),  # a fail-secure door is pulsed
+        (SiteSafety(emergency_release=True), Release.DESK, True, ReleasePlan(pulse=False)),
+        (SiteSafety(fire_alarm=True), Release.DESK, False, ReleasePlan()),
+    ],
+)
+def test_what_a_gate_does_when_asked_to_release(safety: SiteSafety, purpose: Release, fail_safe: bool,
+                                                expected: ReleasePlan) -> None:
+    assert plan_release(safety, purpose, fail_safe=fail_safe) == expected

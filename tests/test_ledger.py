@@ -25,7 +25,6 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from rules.credential import CredentialKind
 from rules.decide import Decision
 from rules.model import Gate
 from rules.model import Site as SiteModel
@@ -34,6 +33,7 @@ from sync.protocol import SnapshotChunk
 from sync.records import BookingIn, MemberIn, PassIn
 from sync.snapshot import SnapshotHeader, SnapshotImporter, payload_of
 from sync.store import Store, SyncBatch
+from tests.tap_fixtures import tap_of
 
 TZ = ZoneInfo("Europe/Madrid")
 SITE = SiteModel(TZ)
@@ -106,7 +106,8 @@ class Ledger(RuleBasedStateMachine):
     def walk_in(self, pid: str, amount: Decimal) -> None:
         member = PASSES[pid]
         decision = Decision(True, Reason.WALK_IN, member, pass_id=pid, amount=amount, cause="walk_in")
-        committed = self.store.commit_tap(GATE, decision, credential=CredentialKind.CARD, passed=True, now=self.tick())
+        now = self.tick()
+        committed = self.store.commit_tap(tap_of(GATE, decision, now), passed=True, now=now)
         assert [(e["seq"], e["type"]) for e in committed.events] == [(self.next_seq, "access"), (self.next_seq + 1, "deduction")]
         seq = self.next_seq + 1
         self.next_seq += 2
@@ -117,7 +118,8 @@ class Ledger(RuleBasedStateMachine):
     def turned_back(self, pid: str) -> None:
         """Granted but nobody went through: an access event, nothing deducted."""
         decision = Decision(True, Reason.WALK_IN, PASSES[pid], pass_id=pid, amount=Decimal(1), cause="walk_in")
-        committed = self.store.commit_tap(GATE, decision, credential=CredentialKind.CARD, passed=False, now=self.tick())
+        now = self.tick()
+        committed = self.store.commit_tap(tap_of(GATE, decision, now), passed=False, now=now)
         assert [(e["seq"], e["type"]) for e in committed.events] == [(self.next_seq, "access")]
         self.next_seq += 1
 
@@ -161,7 +163,8 @@ class Ledger(RuleBasedStateMachine):
         try:
             decision = Decision(True, Reason.WALK_IN, PASSES[pid], pass_id=pid, amount=amount, cause="walk_in")
             with pytest.raises(OSError):
-                self.store.commit_tap(GATE, decision, credential=CredentialKind.CARD, passed=True, now=self.tick())
+                now = self.tick()
+                self.store.commit_tap(tap_of(GATE, decision, now), passed=True, now=now)
         finally:
             del self.store.ledger.record_passage
         assert (self.store.last_seq, {p: self.store.balance(p) for p in PASSES}, self.store.counts()) == before
@@ -269,3 +272,32 @@ def test_raising_transaction_consumes_no_seq(tmp_path: Path) -> None:
     finally:
         store.close()
 
+
+
+def test_a_booking_synced_in_behind_the_no_show_cursor_is_settled_at_the_next_run(tmp_path: Path) -> None:
+    """A sync that brings a booking which ended before the walk's cursor (a late delta, a
+    snapshot after an outage) lists it for a recheck: the next run settles it (the query
+    of that path was malformed SQL and failed every run that had one, a storage fault)."""
+    from rules.model import Policy
+
+    store = Store(tmp_path / "gate.db", SITE, durable=False)
+    try:
+        store.apply_sync(SyncBatch([MemberIn(id="m1", name="m1", cards=["C1"])],
+                                   [credits("p1", Decimal(5))]), START)
+        policy = Policy()
+        assert store.run_due(policy, START + timedelta(hours=3)).events == []  # the cursor is set
+
+        def booking(bid: str) -> BookingIn:
+            return BookingIn.model_validate({
+                "id": bid, "member": "m1", "pass": "p1", "class": "Spin", "zone": "main",
+                "starts_at": (START + timedelta(minutes=30)).isoformat(),
+                "ends_at": (START + timedelta(hours=1)).isoformat(), "deducted": True,
+            })
+
+        store.apply_sync(SyncBatch(bookings=[booking("late")]), START + timedelta(hours=3, minutes=1))
+        due = store.run_due(policy, START + timedelta(hours=3, minutes=2))
+        assert [(e["type"], e.get("booking"), e.get("status")) for e in due.events] == [
+            ("attendance", "late", "no_show")]
+        assert store.run_due(policy, START + timedelta(hours=3, minutes=3)).events == []  # once
+    finally:
+        store.close()

@@ -177,8 +177,12 @@ async def test_lockdown_refuses_grants_without_pulsing(sim_tcp: SimTurnstile, ma
     assert refused.value.reason == "lockdown"
     assert len(sim_tcp.coil_history) == writes_before
     assert not sim_tcp.unlocked
-    # The front desk can still let one person through, on purpose.
-    assert await gate.open_once() is True
+    # Nor the desk's "open once": the lockdown's promise (rules.admission.plan_release) ...
+    with pytest.raises(GrantRefused) as refused:
+        await gate.open_once()
+    assert refused.value.reason == "lockdown" and len(sim_tcp.coil_history) == writes_before
+    # ... while nobody is kept in: an exit opens
+    assert await gate.open_passage() is Passage.PASSED
     await gate.set_lockdown(False)
     assert await gate.grant() is True
 
@@ -200,11 +204,17 @@ async def test_fire_alarm_releases_fail_safe(sim_tcp: SimTurnstile, make_gate) -
     assert gate.state["released"] is True
     with pytest.raises(GrantRefused) as refused:
         await gate.grant()
-    assert refused.value.reason == "lockdown"
+    assert refused.value.reason == "fire_alarm"  # the rules' order: life safety, then lockdown
+    assert await gate.open_passage() is Passage.PASSED  # an exit: the door stands released, no pulse
     await gate.set_lockdown(False)
     with pytest.raises(GrantRefused) as refused:
         await gate.grant()
     assert refused.value.reason == "fire_alarm"
+    await gate.set_fire_alarm(True, emergency=True)  # an admin's emergency release instead
+    with pytest.raises(GrantRefused) as refused:
+        await gate.grant()
+    assert refused.value.reason == "emergency_release"
+    await gate.set_fire_alarm(True)
     sim_tcp.force_door_open()  # evacuation through the released door: no alarm
     await wait_until(lambda: gate.state["door"] == "open", what="door seen open")
     await gate.set_fire_alarm(False)

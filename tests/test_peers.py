@@ -22,6 +22,7 @@ from simulator.central import Central, CentralSettings
 from sync.protocol import EventBatch
 from sync.records import BookingIn, MemberIn, PassIn
 from sync.store import Store, SyncBatch
+from tests.tap_fixtures import tap_of
 
 TZ = ZoneInfo("Europe/Madrid")
 SITE = Site(TZ, id="s1")
@@ -57,7 +58,7 @@ def site_store(tmp: Path, daemon: str) -> Store:
 def tap(store: Store, gate: Gate, now: datetime) -> Any:
     view = store.view("m1", gate, now)
     d = decide(view, Presented(CredentialKind.CARD), gate, SITE, POLICY, now)
-    return d, store.commit_tap(gate, d, credential=CredentialKind.CARD, passed=True, now=now)
+    return d, store.commit_tap(tap_of(gate, d, now), passed=True, now=now)
 
 
 def share(src: Store, dst: Store, events: list[dict[str, Any]], zones: dict[str, str]) -> dict[str, int]:

@@ -10,13 +10,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from rules.credential import CredentialKind
 from rules.decide import Decision
 from rules.model import Gate, Site
 from rules.reasons import Reason
 from sync import read_models as rm
 from sync.records import BookingIn, MemberIn, PassIn
 from sync.store import Store, SyncBatch
+from tests.tap_fixtures import tap_of
 
 TZ = ZoneInfo("Europe/Madrid")
 NOW = datetime(2026, 11, 18, 11, 40, tzinfo=UTC)
@@ -70,11 +70,10 @@ def test_read_only_connection_cannot_write(store: Store) -> None:
 
 def test_inside_loyalty_and_walk_in(store: Store) -> None:
     walk_in = Decision(True, Reason.WALK_IN, "m-ana", pass_id="p-ana", amount=__import__("decimal").Decimal(1), cause="walk_in")
-    store.commit_tap(GATE, walk_in, credential=CredentialKind.CARD, passed=True, now=NOW)
-    store.commit_tap(GATE, Decision(True, Reason.WALK_IN, "m-jose"), credential=CredentialKind.CARD, passed=True,
-                     now=NOW + timedelta(minutes=1))
-    store.commit_tap(Gate(id="out", zone="main"), Decision(True, Reason.EXIT, "m-jose"), credential=CredentialKind.CARD,
-                     passed=True, now=NOW + timedelta(minutes=2))
+    store.commit_tap(tap_of(GATE, walk_in, NOW), passed=True, now=NOW)
+    for gate, reason, minutes in ((GATE, Reason.WALK_IN, 1), (Gate(id="out", zone="main"), Reason.EXIT, 2)):
+        at = NOW + timedelta(minutes=minutes)
+        store.commit_tap(tap_of(gate, Decision(True, reason, "m-jose"), at), passed=True, now=at)
     start = datetime(2026, 11, 17, 23, 0, tzinfo=UTC)  # local midnight
     later = NOW + timedelta(minutes=3)
     people = rm.inside(store.conn, "main", start, later)

@@ -12,7 +12,7 @@ from typing import Any
 
 from gated.config import Config
 from gated.daemon import Daemon
-from rules.credential import Credential, CredentialKind
+from rules.credential import Credential
 from sync.events import BY_TYPE, EVENT_MODELS
 from sync.qrtoken import generate_private_key, mint, public_key_text
 
@@ -82,9 +82,8 @@ async def test_every_event_the_daemon_writes_is_documented(tmp_path: Path) -> No
         await d.operator.set_emergency(False, "admin", None)
         await d.on_alarm("in-1", "door_held", "open 60 s")
         # a grant whose commit a crash cut: reported at the next start
-        pending = d.taps.engine.decide("in-1", Credential.card("C1", "r1"), datetime.now(UTC))
-        store.open_intent(pending.gate, pending.decision, credential=CredentialKind.CARD, now=datetime.now(UTC),
-                          detail={"reader": "r1"})
+        pending = d.taps.engine.decide("in-1", Credential.card("C1", "r1"), datetime.now(UTC), {"reader": "r1"})
+        store.open_intent(pending, datetime.now(UTC))
         store.report_unconfirmed(datetime.now(UTC))
         events = store.events_after(0, limit=1000)
     finally:

@@ -17,8 +17,9 @@ Error contract for the daemon:
   within the limit carries out the release then: the passage it shows is this grant's.
   grant()/open_once() are the same as a bool (True only for PASSED): no deduction
   otherwise.
-- grant_passage() raises GrantRefused (Reason.LOCKDOWN or Reason.FIRE_ALARM) without touching the
-  relay while the gate is locked down or a fire alarm is active.
+- release() asks rules.admission.plan_release first (an interlock, whatever the caller
+  decided): a refusal raises GrantRefused (lockdown, fire alarm, emergency release) without
+  touching the relay; a fail-safe door standing released is not pulsed (PASSED at once).
 - grant()/open_once() raise OutputFault when the relay could not be released (board offline
   or refusing): deny with reason hardware_fault. A release whose answer was lost
   (OutputUncertain) may have happened: it is not raised but watched, and ends UNKNOWN
@@ -36,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
 
+from rules.admission import Release, SiteSafety, plan_release
 from rules.reasons import Reason
 
 from .config import DoorMode, ModbusOutputConfig
@@ -128,7 +130,8 @@ class GateController:
                                     counts_unseen=cfg.passage_counter is not None,
                                     blind_limit=cfg.passage_pulse if cfg.passage_input is not None else DOOR_BLIND)
         self.lockdown = False
-        self.fire_alarm = False
+        self.fire_alarm = False  # fail-safe doors released (the fire input or an emergency release)
+        self.emergency = False  # ... and it is an admin's emergency release, not the fire input
         self.held_by_hand = False  # `gated relay … on`: released until `off`
         self.door_open: bool | None = None
         # Passage input, or without one the door contact: one rising edge, one person.
@@ -211,29 +214,33 @@ class GateController:
 
     async def grant(self) -> bool:
         """Release for one member and wait for passage. See the module doc for errors."""
-        return await self.grant_passage() is Passage.PASSED
+        return await self.release(Release.ENTRY) is Passage.PASSED
 
     async def open_once(self) -> bool:
-        """Front-desk override: one release, even during a lockdown (an audited staff act)."""
-        return await self.open_passage() is Passage.PASSED
+        """Front-desk override: one release (refused in a lockdown, rules.admission)."""
+        return await self.release(Release.DESK) is Passage.PASSED
 
     async def grant_passage(self) -> Passage:
-        async with self._grant_lock:
-            if self._abandoning:
-                raise OutputFault("the gate is stopping")
-            if self.lockdown:
-                raise GrantRefused(Reason.LOCKDOWN)
-            if self.fire_alarm:
-                # Nobody is let in during an evacuation; fail-safe doors stand open anyway.
-                raise GrantRefused(Reason.FIRE_ALARM)
-            return await self._release_once()
+        return await self.release(Release.ENTRY)
 
     async def open_passage(self) -> Passage:
+        return await self.release(Release.EXIT)
+
+    @property
+    def site_safety(self) -> SiteSafety:
+        return SiteSafety(fire_alarm=self.fire_alarm and not self.emergency,
+                          emergency_release=self.fire_alarm and self.emergency, lockdown=self.lockdown)
+
+    async def release(self, purpose: Release) -> Passage:
+        """Release once for `purpose` and wait for the passage, as the rules plan it."""
         async with self._grant_lock:
             if self._abandoning:
                 raise OutputFault("the gate is stopping")
-            if self.fire_alarm and self.cfg.mode is DoorMode.FAIL_SAFE:
-                return Passage.PASSED  # already released; a pulse would end the fire release
+            plan = plan_release(self.site_safety, purpose, fail_safe=self.cfg.mode is DoorMode.FAIL_SAFE)
+            if plan.refused is not None:
+                raise GrantRefused(plan.refused)
+            if not plan.pulse:
+                return Passage.PASSED  # standing released: a pulse would end the release
             return await self._release_once()
 
     async def by_hand(self, action: str, seconds: float | None = None) -> None:
@@ -259,7 +266,10 @@ class GateController:
         self._observe()  # a lockdown cancels pending grants in the supervisor
         await self._apply_hold_logged()
 
-    async def set_fire_alarm(self, on: bool) -> None:
+    async def set_fire_alarm(self, on: bool, *, emergency: bool = False) -> None:
+        """Fail-safe doors released (`on`) for the fire input, or for an admin's emergency
+        release (`emergency`: entries are refused with that reason)."""
+        self.emergency = on and emergency
         if on == self.fire_alarm:
             return
         self.fire_alarm = on
