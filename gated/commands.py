@@ -10,7 +10,10 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gated.config import Config
 
 DEFAULT_CONFIG = os.environ.get("GATED_CONFIG", "/etc/gated/gated.yaml")
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "gated.schema.json"
@@ -195,14 +198,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    from gated.config import ConfigError, load_config
     from gated.seed import seed_store
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(e)
-        return 2
+    config = config_for(args)
     from gated.installer import daemon_running
     from gated.seed import SeedError
     from gated.yamlload import YamlError
@@ -306,14 +304,9 @@ def _modbus_scan(args: argparse.Namespace, parse_units: Any) -> list[list[str]]:
 
 
 def cmd_test_relay(args: argparse.Namespace) -> int:
-    from gated.config import ConfigError, load_config
     from gated.installer import test_relay
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(e)
-        return 2
+    config = config_for(args)
     return asyncio.run(test_relay(config, args.gate, expect_passage=not args.no_passage, watch=args.watch))
 
 
@@ -333,26 +326,16 @@ def cmd_relock(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from gated.config import ConfigError, load_config
     from gated.installer import monitor
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(e)
-        return 2
+    config = config_for(args)
     return asyncio.run(monitor(config, args.gate, duration=args.duration, interval=args.interval))
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
-    from gated.config import ConfigError, load_config
     from gated.installer import daemon_running, relay
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(e)
-        return 2
+    config = config_for(args)
     if daemon_running(config):
         result = _control(args, {"cmd": "relay", "gate": args.gate, "action": args.action,
                                  "seconds": args.seconds, "user": args.user, "password": _password()})
@@ -362,26 +345,30 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 
 def cmd_osdp_install(args: argparse.Namespace) -> int:
-    from gated.config import ConfigError, load_config
     from gated.installer import osdp_install
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(e)
-        return 2
+    config = config_for(args)
     return osdp_install(config, args.reader, timeout=args.timeout)
 
 
-def _control(args: argparse.Namespace, obj: dict[str, Any]) -> dict[str, Any]:
+def config_for(args: argparse.Namespace) -> Config:
+    """The configuration a command names (`-c`), or exit 2 with each problem on its own
+    line on stderr: how every command refuses a broken file (but `check-config`, which
+    reports warnings too, and `run`, whose lines go to the journal)."""
     from gated.config import ConfigError, load_config
-    from gated.control import request
 
     try:
-        path = load_config(args.config).control.socket
+        return load_config(args.config)
     except ConfigError as e:
-        print(e, file=sys.stderr)
+        for line, key, msg in e.problems:
+            print(f"{e.path}:{line or '?'}: {key}: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _control(args: argparse.Namespace, obj: dict[str, Any]) -> dict[str, Any]:
+    from gated.control import request
+
+    path = config_for(args).control.socket
     try:
         return asyncio.run(request(path, obj))
     except ConnectionResetError as e:

@@ -75,15 +75,10 @@ def add_parser(sub: Any) -> None:  # argparse's subparsers action has no public 
     u.set_defaults(func=cmd_upgrade)
 
 
-def _store_path(args: argparse.Namespace) -> Path | None:
-    from gated.config import ConfigError, load_config
+def _store_path(args: argparse.Namespace) -> Path:
+    from gated.commands import config_for
 
-    try:
-        return Path(load_config(args.config).store.path)
-    except ConfigError as e:
-        for line, key, msg in e.problems:
-            print(f"{e.path}:{line or '?'}: {key}: {msg}", file=sys.stderr)
-        return None
+    return Path(config_for(args).store.path)
 
 
 def integrity(db: Path) -> list[str]:
@@ -114,8 +109,6 @@ def integrity(db: Path) -> list[str]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     db = _store_path(args)
-    if db is None:
-        return 2
     if not db.exists():
         print(f"{db}: no such file", file=sys.stderr)
         return 2
@@ -134,8 +127,6 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from gated.storage_watch import backup
 
     db = _store_path(args)
-    if db is None:
-        return 2
     try:
         backup(db, Path(args.dest))
     except (sqlite3.Error, OSError) as e:
@@ -151,8 +142,6 @@ def cmd_balance(args: argparse.Namespace) -> int:
     from sync.store import open_reader
 
     db = _store_path(args)
-    if db is None:
-        return 2
     try:
         with contextlib.closing(open_reader(db)) as c:
             row = c.execute(
@@ -210,20 +199,18 @@ def ledger_schema(db: Path) -> int:
 def cmd_upgrade(args: argparse.Namespace) -> int:
     """Migrate the store now, with no daemon on it, a copy of the ledger kept first: an
     upgrade's failure is seen at install time, and a rollback has a file to go back to."""
-    from gated.config import load_config
+    from gated.commands import config_for
     from gated.installer import daemon_running
     from gated.state_owner import kept_by_owner
     from sync.schema import SCHEMA_VERSION
     from sync.storage import describe_store_error
     from sync.store import Store
 
-    db = _store_path(args)
-    if db is None:
-        return 2
+    config = config_for(args)
+    db = Path(config.store.path)
     if not db.exists():
         print(f"{db}: no store yet: nothing to upgrade")
         return 0
-    config = load_config(args.config)
     if daemon_running(config):
         print("the daemon is running on this store: stop it first (systemctl stop gated)", file=sys.stderr)
         return 1
@@ -262,14 +249,12 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    from gated.config import load_config
+    from gated.commands import config_for
     from gated.installer import daemon_running
     from gated.state_owner import kept_by_owner
 
-    db = _store_path(args)
-    if db is None:
-        return 2
-    config = load_config(args.config)
+    config = config_for(args)
+    db = Path(config.store.path)
     if not db.exists():
         print(f"{db}: no such file", file=sys.stderr)
         return 2
