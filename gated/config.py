@@ -2,6 +2,11 @@
 
 `gated check-config FILE` reports every error at once with its line; `gated schema` writes
 the JSON Schema editors use to check the file as it is typed.
+
+One module of ~600 lines, on purpose: the sections are the file's schema, in the file's
+order, each with the descriptions `gated schema` publishes; an installer (or a newcomer)
+reads it top to bottom as the YAML is written. The checks across sections live in
+gated/config_checks.py, the drivers' own sections in drivers/*/config.py.
 """
 
 from __future__ import annotations
