@@ -522,14 +522,14 @@ def upgrade_rollback_purge(root: OverlayRoot, unit: Unit, shared: Path) -> None:
 
 
 def test_readme_quick_start_runs_what_the_tests_run() -> None:
-    """README's first block: `make deb` is run for real above; `make demo` runs the demo
-    tests/test_demo.py runs; `make test` is this suite (run it inside itself it cannot):
-    each target's command, as make would run it."""
+    """README's first block, in the order a newcomer meets it: `make demo` runs the demo
+    tests/test_demo.py runs; `make test` is this suite (run it inside itself it cannot);
+    `make deb` is run for real above: each target's command, as make would run it."""
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"```sh\n(.*?)```", readme, re.S)
     assert block is not None
     targets = [m[1] for m in re.finditer(r"^make (\w+)", block[1], re.M)]
-    assert targets == ["deb", "demo", "test"], targets
+    assert targets == ["demo", "test", "deb"], targets
     expected = {"deb": "dpkg-buildpackage", "demo": "-m gated.demo", "test": "-m pytest"}
     for target in targets:
         out = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=60)
