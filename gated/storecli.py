@@ -20,7 +20,7 @@ table list is unreadable). Rows go over in rowid order; past a damaged page the 
 on from the first rowid that reads again. A truncated file is read as far as it goes; a
 file whose header was overwritten, through a copy with a header written again. The event
 numbers never go back: `next_seq` is kept, and the numbers whose events could not be read
-become `void` events when the daemon opens the file (sync/outbox.py).
+become `void` events when the daemon opens the file (sync/store/outbox.py).
 
 And `gated store balance PASS -c FILE`: what the gate believes a pass holds and why — the
 central balance, its `applied` entries, the charges the central had not applied (this
@@ -41,8 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sync.db import uri
 from sync.errors import StoreError
+from sync.store.db import uri
 
 # not copied: the replica's position, the old replica file, the schema the new file has
 SYNC_META = (
@@ -213,9 +213,9 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     from gated.config import load_config
     from gated.installer import daemon_running
     from gated.state_owner import kept_by_owner
-    from sync.schema import SCHEMA_VERSION
-    from sync.storage import describe_store_error
     from sync.store import Store
+    from sync.store.faults import describe_store_error
+    from sync.store.schema import SCHEMA_VERSION
 
     db = _store_path(args)
     if db is None:
