@@ -30,7 +30,7 @@ from bench.common import ROOT, fresh_dir, loaded_store
 from bench.generate import _ALWAYS as ALWAYS
 from bench.generate import SiteData, generate, policy
 from rules.model import MemberStatus, PassKind
-from sync.replica_file import copy_store
+from sync.store.replica_file import copy_store
 
 
 def live_site(members: int, seed: int = 1) -> SiteData:

@@ -32,8 +32,8 @@ from bench.generate import SiteData, gates, member_in, pass_in, policy, site
 from gated.clock import utc_now
 from gated.engine import Engine
 from rules.credential import Credential
-from sync.replica_file import copy_store
 from sync.store import Store, SyncBatch
+from sync.store.replica_file import copy_store
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 DAEMON = "bench-gate"

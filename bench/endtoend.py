@@ -13,7 +13,7 @@ and relock.
 The same runs again with **another process writing to the same disk** (a writer that
 keeps 1 MiB blocks going into a file beside the daemon's store and fsyncs every 8 MiB, as
 a backup job or a log shipper would): the grant intent's flush before the pulse waits for
-the disk, but off the daemon's event loop (sync/durability.py); what is left for the tap
+the disk, but off the daemon's event loop (sync/store/durability.py); what is left for the tap
 is that one flush.
 """
 

@@ -45,9 +45,9 @@ from gated.control import request
 from rules.model import Site
 from simulator.serial_reader import VirtualSerialReader
 from simulator.turnstile import Person, SimRtuLine, SimTurnstile
-from sync.batch import SyncBatch
 from sync.records import MemberIn, PassIn
 from sync.store import Store
+from sync.store.batch import SyncBatch
 
 GATES = 3
 CARDS_PER_GATE = 40

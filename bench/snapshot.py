@@ -154,7 +154,7 @@ async def import_once(store: Store, payloads: Payloads, data: SiteData) -> dict[
             raise RuntimeError(f"snapshot not applied: {dict(link.stats)}")
         await asyncio.sleep(0.005)
     seconds = time.perf_counter() - t0
-    report = link.replica.importer.report
+    report = link.port.import_report
     switched = time.perf_counter()
     stop.set()
     await asyncio.wait(tasks)

@@ -19,8 +19,8 @@ from drivers.outputs.gate import HealthAlarm
 from drivers.readers.base import ReaderHealth
 from gated.metrics import Metrics
 from gated.storage_watch import StorageWatch
-from sync.storage import STORAGE_ERRORS
 from sync.store import Store
+from sync.store.faults import STORAGE_ERRORS
 
 log = structlog.get_logger("gated")
 

@@ -205,7 +205,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from gated.seed import SeedError
     from gated.yamlload import YamlError
     from sync.errors import StoreError
-    from sync.storage import describe_store_error
+    from sync.store.faults import describe_store_error
 
     if daemon_running(config):
         print("the daemon is running on this store: stop it first (systemctl stop gated); "

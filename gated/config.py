@@ -45,7 +45,7 @@ from gated.yamlload import Path as YamlPath
 from rules.credential import TenDigits
 from rules.model import AntiPassback, Direction, EarlyEntry, Gate, Policy, Site
 from rules.timeutil import WeekSchedule, load_zone, parse_date, parse_duration, parse_window
-from sync.settings import MqttSettings
+from sync.link.settings import MqttSettings
 
 Duration = Annotated[
     str,

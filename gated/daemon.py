@@ -48,10 +48,10 @@ from gated.taps import TapPath
 from rules.admission import FireInputPolicy
 from rules.credential import Credential
 from rules.timeutil import parse_duration
-from sync.occupancy import occupancy
 from sync.qrtoken import TrustedKeys
-from sync.storage import STORAGE_ERRORS, describe_store_error
 from sync.store import Event, Store, StoreError
+from sync.store.faults import STORAGE_ERRORS, describe_store_error
+from sync.store.occupancy import occupancy
 
 log = structlog.get_logger("gated")
 

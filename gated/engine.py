@@ -21,10 +21,10 @@ from rules.model import Gate, Policy, Site
 from rules.reasons import Reason
 from rules.schedule import NoShowHorizon
 from rules.tap import Tap, unreadable
-from sync.intents import TokenUsed
-from sync.occupancy import is_full
 from sync.qrtoken import TrustedKeys
 from sync.store import Committed, Store
+from sync.store.intents import TokenUsed
+from sync.store.occupancy import is_full
 
 
 class UnknownGate(KeyError):
@@ -97,7 +97,7 @@ class Engine:
         return is_full(self.store, tap.gate.zone, capacity, tap.decided_at, member=tap.decision.member)
 
     def open_intent(self, tap: Tap, now: datetime) -> Tap:
-        """The grant's durable intent, before the relay (sync/intents.py): the tap with it."""
+        """The grant's durable intent, before the relay (sync/store/intents.py): the tap with it."""
         return self.store.open_intent(tap, now)
 
     async def flushed(self) -> None:

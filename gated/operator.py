@@ -2,7 +2,7 @@
 
 `OperatorApi` is the whole surface the console (gated/console/) and the control socket
 (gated/control.py) use: the configuration and the clock, the store for reads (through
-sync.read_models), health, the live event stream, and the actions — open once, check in,
+sync.store.read_models), health, the live event stream, and the actions — open once, check in,
 an injected tap (control socket only), attendance, points, card enrolment, a relay by
 hand, lockdown and emergency release. Neither front end imports the other; both are
 handed an `OperatorApi` and only render what it answers.
@@ -69,7 +69,7 @@ class OperatorApi(Protocol):
 
     @property
     def store(self) -> Store | None:
-        """For reads only (sync.read_models and the store's domain reads); None when stopped."""
+        """For reads only (sync.store.read_models and the store's domain reads); None when stopped."""
 
     @property
     def lockdown(self) -> bool: ...

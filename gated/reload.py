@@ -13,7 +13,7 @@ from drivers.readers.config import build_reader
 from gated import sdnotify
 from gated.config import ConfigError, load_config
 from rules.admission import FireInputPolicy
-from sync.storage import STORAGE_ERRORS
+from sync.store.faults import STORAGE_ERRORS
 
 if TYPE_CHECKING:
     from gated.daemon import Daemon

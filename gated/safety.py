@@ -25,8 +25,8 @@ from drivers.outputs.gate import GateController
 from drivers.outputs.modbus import OutputHealth
 from rules.admission import FireInput, FireInputPolicy, SiteSafety, fire_input_effect
 from rules.timeutil import iso_utc
-from sync.storage import STORAGE_ERRORS
 from sync.store import Store
+from sync.store.faults import STORAGE_ERRORS
 
 log = structlog.get_logger("gated.safety")
 

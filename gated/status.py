@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from drivers.outputs.links import lines_in_use
 from drivers.outputs.modbus import OutputHealth
 from drivers.readers.base import ReaderHealth
-from sync.storage import STORAGE_ERRORS
+from sync.store.faults import STORAGE_ERRORS
 
 if TYPE_CHECKING:
     from gated.daemon import Daemon

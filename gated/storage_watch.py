@@ -1,4 +1,4 @@
-"""The shell around sync.storage.StorageGuard: it looks at the store every second, tries
+"""The shell around sync.store.faults.StorageGuard: it looks at the store every second, tries
 to recover by itself, retries the commits that failed, reports alarms, and takes backups.
 
 - While storage is at fault: a probe write each round; for a database file that was
@@ -45,9 +45,9 @@ import structlog
 
 from gated.metrics import Metrics
 from rules.timeutil import iso_utc
-from sync.db import uri
-from sync.storage import STORAGE_ERRORS, StorageChange, StorageGuard, StorageProblem, classify
 from sync.store import Committed, Store, open_reader
+from sync.store.db import uri
+from sync.store.faults import STORAGE_ERRORS, StorageChange, StorageGuard, StorageProblem, classify
 
 log = structlog.get_logger("gated.storage")
 

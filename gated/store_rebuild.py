@@ -8,7 +8,7 @@ table list is unreadable). Rows go over in rowid order; past a damaged page the 
 on from the first rowid that reads again. A truncated file is read as far as it goes; a
 file whose header was overwritten, through a copy with a header written again. The event
 numbers never go back: `next_seq` is kept, and the numbers whose events could not be read
-become `void` events when the daemon opens the file (sync/outbox.py).
+become `void` events when the daemon opens the file (sync/store/outbox.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sync.db import uri
+from sync.store.db import uri
 
 # not copied: the replica's position, the old replica file, the schema the new file has
 SYNC_META = (

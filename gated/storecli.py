@@ -28,8 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sync.db import uri
 from sync.errors import StoreError
+from sync.store.db import uri
 
 
 def add_parser(sub: Any) -> None:  # argparse's subparsers action has no public type
@@ -183,9 +183,9 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     from gated.commands import config_for
     from gated.installer import daemon_running
     from gated.state_owner import kept_by_owner
-    from sync.schema import SCHEMA_VERSION
-    from sync.storage import describe_store_error
     from sync.store import Store
+    from sync.store.faults import describe_store_error
+    from sync.store.schema import SCHEMA_VERSION
 
     config = config_for(args)
     db = Path(config.store.path)

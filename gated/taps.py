@@ -45,9 +45,9 @@ from rules.decide import Decision
 from rules.decide import override as override_decision
 from rules.reasons import Reason
 from rules.tap import Tap
-from sync.intents import TokenUsed
-from sync.storage import STORAGE_ERRORS
 from sync.store import Committed, Event
+from sync.store.faults import STORAGE_ERRORS
+from sync.store.intents import TokenUsed
 
 if TYPE_CHECKING:
     from gated.config import Config
@@ -268,7 +268,7 @@ class TapPath:
 
     async def _intent_on_disk(self, tap: Tap) -> Tap:
         """The intent's commit flushed to disk before the relay is touched — off the event
-        loop (sync/durability.py). A flush that fails refuses an entry (`storage_fault`; the
+        loop (sync/store/durability.py). A flush that fails refuses an entry (`storage_fault`; the
         tap's commit then resolves the intent); an exit opens all the same."""
         if tap.intent is None:
             return tap
@@ -294,7 +294,7 @@ class TapPath:
         """A QR code shown at two daemons of the site at the same instant: each has used it
         up (and said so, a `qr_used` event) before either heard the other. Both wait a
         moment for the other's claim and apply one rule — the earlier claim wins, then the
-        lower daemon id — so exactly one opens (sync/link.py, `contest_qr`)."""
+        lower daemon id — so exactly one opens (sync/link/link.py, `contest_qr`)."""
         if tap.qr_token is None or tap.intent is None or tap.intent_at is None or self.link is None:
             return tap
         lost = await self.link.contest_qr(tap.qr_token[0], tap.intent_at)

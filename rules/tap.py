@@ -2,7 +2,7 @@
 
 The shell (gated/taps.py) carries it through its steps — decided, admitted, its grant
 intent written, the relay released, the passage seen — each step returning a new `Tap`;
-the store (sync/intents.py, sync/ledger.py) records it from the same value. What the
+the store (sync/store/intents.py, sync/store/ledger.py) records it from the same value. What the
 access event says about a tap beyond the decision is decided here, once: the instant the
 rules decided, the reader or the desk's operator and reason, and the whole typed card of
 an unknown card (the desk enrols it from the console).
@@ -36,7 +36,7 @@ class Tap:
     # who or what presented it, for the access event: the reader, or the desk's operator
     # and reason (a desk check-in)
     detail: Mapping[str, Any] = field(default_factory=dict)
-    intent: int | None = None  # the grant's durable intent (sync/intents.py), once written
+    intent: int | None = None  # the grant's durable intent (sync/store/intents.py), once written
     intent_at: datetime | None = None
 
     @property

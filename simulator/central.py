@@ -48,6 +48,8 @@ from rules.timeutil import iso_utc
 from simulator.central_db import CentralDB
 from simulator.central_seed import generate, load_seed
 from sync.link import mqtt_call, software_version
+from sync.link.reconnect import Reconnect
+from sync.link.settings import BrokerSettings
 from sync.protocol import (
     PROTOCOL,
     DeltaHead,
@@ -59,9 +61,7 @@ from sync.protocol import (
     Status,
     central_status_topic,
 )
-from sync.reconnect import Reconnect
 from sync.records import BookingIn, MemberIn, PassIn
-from sync.settings import BrokerSettings
 
 __all__ = ["Central", "CentralSettings", "generate", "load_seed", "serve_central"]
 
@@ -69,7 +69,7 @@ log = logging.getLogger("gated.central")
 
 
 class CentralSettings(BrokerSettings):
-    """The reference central system's connection (the broker part is a gate's: sync/settings.py)."""
+    """The reference central system's connection (the broker part is a gate's: sync/link/settings.py)."""
 
     sites: list[str] | None = None  # None: every site under the prefix
     chunk_rows: int = Field(default=500, ge=1)  # records per snapshot chunk

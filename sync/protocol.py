@@ -77,7 +77,7 @@ class PassOut(PassIn):
 
     def peers_applied(self, daemon: str) -> dict[str, int]:
         """The other daemons' entries of `applied`: their charges above these seqs are not
-        in `balance` yet (sync/peers.py)."""
+        in `balance` yet (sync/store/peer_events.py)."""
         return {d: s for d, s in self.applied.items() if d != daemon}
 
     def record_for(self, daemon: str) -> PassRecord:
@@ -341,7 +341,7 @@ class SnapshotChunk(_SnapshotFields):
 
 class SnapshotHeader(_SnapshotFields):
     """What a gate reads of a `SnapshotChunk` as it arrives: everything but the records,
-    which the snapshot worker validates in full, off the event loop (sync/snapshot.py).
+    which the snapshot worker validates in full, off the event loop (sync/snapshot/importer.py).
     The records are skipped, not read."""
 
     @classmethod

@@ -152,7 +152,7 @@ class PassIn(Strict):
 class SitePassIn(PassIn):
     """A pass as a gate of a site with several daemons stores it: with the other daemons'
     entries of the central's `applied` map (the highest seq of each one's events the
-    balance reflects; a daemon missing: none of its events). sync/peers.py."""
+    balance reflects; a daemon missing: none of its events). sync/store/peer_events.py."""
 
     applied_peers: dict[Id, Annotated[int, Field(ge=0)]] | None = None
 

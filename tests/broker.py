@@ -30,7 +30,7 @@ import pytest
 
 from rules.model import AntiPassback, Direction, Gate, Policy, Site
 from simulator.central import Central, CentralSettings
-from sync.settings import MqttSettings
+from sync.link.settings import MqttSettings
 from sync.store import Store
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"

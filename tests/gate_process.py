@@ -22,7 +22,7 @@ import yaml
 from gated.control import request
 from simulator.serial_reader import VirtualSerialReader
 from simulator.turnstile import Person, SimTurnstile
-from sync.db import uri
+from sync.store.db import uri
 from tests.test_daemon import GATED, SEED, wait_for
 
 IN_CARD, OUT_CARD = "04A1B2C3D4", "0499887766"  # m1 (p1, 9 visits), m2 (p2, 10 visits)

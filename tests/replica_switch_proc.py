@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,11 +28,12 @@ from typing import Any
 
 from gated.engine import Engine
 from rules.credential import Credential
-from sync.meta import Meta
 from sync.protocol import SnapshotChunk
-from sync.replica_file import ReplicaFiles
 from sync.snapshot import SnapshotHeader, SnapshotImporter, payload_of
 from sync.store import REPLICA_FILE_KEY, Store
+from sync.store import attach as attach_module
+from sync.store.meta import Meta
+from sync.store.replica_file import ReplicaFiles
 from tests.broker import GATES, POLICY, site
 
 NOW = datetime(2026, 11, 18, 9, 0, tzinfo=UTC)
@@ -62,14 +64,14 @@ async def main(db: str, members: int, step: str) -> int:
     store = Store(Path(db), site(), daemon_id="gate-k", durable=True)
     engine = Engine(store, site(), GATES, POLICY)
     if step == "attached":
-        attach = Store._attach
+        attach = attach_module.attach
 
-        def attach_then_die(self: Store, path: Path) -> None:
-            attach(self, path)
-            if path != self.replica_path:
+        def attach_then_die(conn: sqlite3.Connection, path: Path) -> None:
+            attach(conn, path)
+            if path != store.replica_path:
                 die()
 
-        Store._attach = attach_then_die  # type: ignore[method-assign]
+        attach_module.attach = attach_then_die
     elif step == "in_tx":
         put = Meta.put
 

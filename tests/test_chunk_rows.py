@@ -1,5 +1,5 @@
-"""The snapshot worker's fast path (sync/chunk_rows.py) against the canonical one (the
-SnapshotChunk model, then sync/rows.py): the same rows whenever it decides, and never a
+"""The snapshot worker's fast path (sync/snapshot/chunk_rows.py) against the canonical one (the
+SnapshotChunk model, then sync/store/rows.py): the same rows whenever it decides, and never a
 chunk the model rejects."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from bench.generate import chunk_payloads, generate
 from rules.credential import TenDigits
-from sync.chunk_rows import NotFast, _Booking, _fields, _Member, _Pass, chunk_rows
 from sync.protocol import BookingOut, MemberOut, PassOut, SnapshotChunk
-from sync.snapshot_worker import BuildError, Parser
+from sync.snapshot.chunk_rows import NotFast, _Booking, _fields, _Member, _Pass, chunk_rows
+from sync.snapshot.parse import BuildError, Parser
 
 DAEMON = "gate-a"
 

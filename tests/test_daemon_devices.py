@@ -84,8 +84,8 @@ async def test_the_same_digits_from_two_kinds_of_reader_are_two_cards(tmp_path: 
     from drivers.readers.frames import Checksum, FrameConfig, Framing
     from drivers.readers.payloads import PayloadFormat
     from rules.credential import Card
-    from sync.batch import SyncBatch
     from sync.records import MemberIn
+    from sync.store.batch import SyncBatch
     from tests.test_faults_devices import serial_reader
 
     def gates(sims, ptys):  # type: ignore[no-untyped-def]
@@ -135,9 +135,9 @@ async def test_a_reload_swapping_decimal_em_readers_for_hex_ones_retypes_the_car
 
     from gated.reload import reload_config
     from rules.credential import Card, TenDigits
-    from sync.batch import SyncBatch
     from sync.records import MemberIn
     from sync.store import Store
+    from sync.store.batch import SyncBatch
     from tests.test_faults_devices import make_config, serial_reader
 
     def gates(fmt: str, ptys):  # type: ignore[no-untyped-def]

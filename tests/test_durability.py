@@ -1,4 +1,4 @@
-"""sync/durability.py: commits made durable off the event loop. The ledger commits without
+"""sync/store/durability.py: commits made durable off the event loop. The ledger commits without
 an fsync on the loop (synchronous=NORMAL); `flushed()` is an fdatasync of its log in a
 thread, shared by whoever waits at the same time (group commit), raised to each when it
 fails, and a slow disk never holds the loop."""
@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from rules.model import Site
-from sync.durability import WalSync
 from sync.store import Store
+from sync.store.durability import WalSync
 
 NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
 SITE = Site(id="s1", timezone=ZoneInfo("Europe/Madrid"))

@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from rules.model import Gate, Site
-from sync.batch import SyncBatch
 from sync.records import MemberIn
 from sync.store import Store
+from sync.store.batch import SyncBatch
 
 NOW = datetime(2026, 11, 18, 11, 40, tzinfo=UTC)
 GATE = Gate(id="in", zone="main")

@@ -356,7 +356,7 @@ def test_unknown_cards_quota_then_bursts() -> None:
 
 
 async def test_inbound_queue_drops_over_a_class_budget_in_order() -> None:
-    from sync.inbound import OVERHEAD, Budget, InboundQueue
+    from sync.link.inbound import OVERHEAD, Budget, InboundQueue
 
     dropped: list[str] = []
     q: InboundQueue[tuple[str, bytes]] = InboundQueue(

@@ -2,7 +2,8 @@
 the bottom knows nothing of the others; `sync` and `drivers` import `rules`; `simulator`
 imports `rules` and `sync`; nothing imports `gated` but tests, benchmarks and its own entry
 points; `gated` imports the simulator only inside the function that runs a `gated sim`
-command (or the demo), never when the product is loaded.
+command (or the demo), never when the product is loaded. Inside `sync`, the store knows
+nothing of the link or the snapshot import (sync/__init__.py).
 
 Every `import`, `from ... import` (under `if TYPE_CHECKING:` too) and import by name
 (`importlib.import_module`, `__import__`, `runpy.run_module` with a literal name) counts.
@@ -71,6 +72,11 @@ def _imports(path: Path, root: Path = ROOT) -> Iterator[Import]:
                 yield from (Import(rel, a.name, child.lineno, in_function) for a in child.names)
             elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
                 yield Import(rel, child.module, child.lineno, in_function)
+                # `from sync import link`: the submodule too
+                base = ROOT.joinpath(*child.module.split("."))
+                for a in child.names:
+                    if (base / a.name).is_dir() or (base / f"{a.name}.py").is_file():
+                        yield Import(rel, f"{child.module}.{a.name}", child.lineno, in_function)
             elif isinstance(child, ast.Call):
                 f = child.func
                 called = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
@@ -108,6 +114,44 @@ def test_each_package_imports_only_what_the_design_allows() -> None:
     assert not wrong, "imports against DESIGN.md's direction:\n" + "\n".join(wrong)
     stale = sorted(set(EXCEPTIONS) - used_exceptions)
     assert not stale, f"exceptions no longer needed (remove them from EXCEPTIONS): {stale}"
+
+
+# Inside `sync` (sync/__init__.py): what each of its parts may import of the others. The
+# contract (the top-level modules: protocol, events, records, topics, errors, qrtoken) is
+# shared by all of them and imports none.
+SYNC_PARTS = ("sync.store", "sync.link", "sync.snapshot")
+SYNC_ALLOWED: dict[str, frozenset[str]] = {
+    "sync": frozenset(),
+    "sync.store": frozenset(),
+    "sync.snapshot": frozenset({"sync.store"}),
+    "sync.link": frozenset({"sync.store", "sync.snapshot"}),
+}
+
+
+def _sync_part(name: str) -> str:
+    """The part of `sync` a module (dotted) belongs to: a subpackage, or the contract."""
+    return next((p for p in SYNC_PARTS if name == p or name.startswith(p + ".")), "sync")
+
+
+def test_inside_sync_the_store_knows_nothing_of_the_link_or_the_snapshot_import() -> None:
+    """store imports neither sync.link nor sync.snapshot; the snapshot import uses the store,
+    never the link; the contract imports none of them; and the link reaches the snapshot
+    import only through its port (sync/link/port.py)."""
+    wrong: list[str] = []
+    for path in _modules("sync"):
+        dotted = path.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__")
+        part = _sync_part(dotted)
+        for imp in _imports(path):
+            if imp.package != "sync" or imp.name == "sync":
+                continue
+            other = _sync_part(imp.name)
+            if other == part or other == "sync":
+                continue
+            if other not in SYNC_ALLOWED[part]:
+                wrong.append(f"{imp.module}:{imp.line} imports {imp.name}")
+            elif part == "sync.link" and other == "sync.snapshot" and dotted != "sync.link.port":
+                wrong.append(f"{imp.module}:{imp.line} imports {imp.name} (the link's port does that)")
+    assert not wrong, "imports against the direction inside sync:\n" + "\n".join(wrong)
 
 
 def test_the_simulated_day_lives_under_simulator() -> None:

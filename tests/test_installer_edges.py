@@ -27,7 +27,7 @@ from gated.config import load_config
 from rules.credential import Card
 from simulator.serial_reader import VirtualSerialReader
 from simulator.turnstile import Person, SimTurnstile
-from sync.schema import SCHEMA_VERSION
+from sync.store.schema import SCHEMA_VERSION
 from tests.readers_fixtures import Collector, running, wait_until
 from tests.test_daemon import GATED
 from tests.test_daemon import running_daemon as running_gated

@@ -19,7 +19,7 @@ def free_port() -> int:
 
 
 async def test_every_line_of_a_json_daemon_is_json(tmp_path: Path) -> None:
-    # an MQTT broker that is not there (sync/link.py logs), a relay board that goes away
+    # an MQTT broker that is not there (sync/link/link.py logs), a relay board that goes away
     # (drivers/outputs logs), a reader unplugged (drivers/readers logs), a tap (gated)
     mqtt = {"mqtt": {"host": "127.0.0.1", "port": free_port(), "site": "storage-site", "daemon": "gate-s",
                      "backoff_initial": 0.05, "backoff_max": 0.2}}

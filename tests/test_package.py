@@ -40,7 +40,7 @@ import yaml
 
 from gated.auth import hash_password
 from simulator.turnstile import Person, SimRtuLine, SimTurnstile
-from sync.schema import SCHEMA_VERSION
+from sync.store.schema import SCHEMA_VERSION
 from tests.package_root import OverlayRoot, available
 from tests.test_demo import free_port
 

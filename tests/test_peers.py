@@ -1,5 +1,5 @@
 """A site whose turnstiles are separate daemons: each learns from the others' events
-(sync/peers.py) what it must know to keep the books — found by `gated sim day`, where
+(sync/store/peer_events.py) what it must know to keep the books — found by `gated sim day`, where
 every daemon made every booking a no-show (three no-show events, three fees) and the
 desk could not refund a walk-in taken at the other turnstile.
 
@@ -72,7 +72,7 @@ def test_a_booking_attended_at_the_other_turnstile_is_no_no_show_here(tmp_path: 
     d, committed = tap(a, IN2, at(9, 50))
     assert d.reason == Reason.BOOKING and d.booking == "b1"
     seen = share(a, clerk, committed.events, {"in-2": "main"})
-    # the booking's charge too: the site's balance of that pass (sync/peers.py)
+    # the booking's charge too: the site's balance of that pass (sync/store/peer_events.py)
     assert seen == {"remote_passages": 1, "remote_attended": 1, "remote_charges": 1}
     # the daemon doing the site's time-driven work: b2 nobody attended, b1 was attended
     due = clerk.run_due(POLICY, at(23))

@@ -1,4 +1,4 @@
-"""The console's named reads (sync/read_models.py) on a real store: search that ignores
+"""The console's named reads (sync/store/read_models.py) on a real store: search that ignores
 accents and case and finds any part of a card, e-mail or phone; who is inside; the loyalty
 report; the walk-in a refund would give back."""
 
@@ -13,9 +13,9 @@ import pytest
 from rules.decide import Decision
 from rules.model import Gate, Site
 from rules.reasons import Reason
-from sync import read_models as rm
 from sync.records import BookingIn, MemberIn, PassIn
 from sync.store import Store, SyncBatch
+from sync.store import read_models as rm
 from tests.tap_fixtures import tap_of
 
 TZ = ZoneInfo("Europe/Madrid")

@@ -1,4 +1,4 @@
-"""The snapshot wire between importer and worker (sync/snapshot_wire.py): what one side
+"""The snapshot wire between importer and worker (sync/snapshot/wire.py): what one side
 frames the other reads back, however the pipe splits it; arbitrary bytes never make a
 reader raise, hang or hold more than its bound."""
 
@@ -9,7 +9,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync.snapshot_wire import (
+from sync.snapshot.wire import (
     ABORT,
     END,
     MAX_COMMAND,

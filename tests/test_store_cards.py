@@ -10,10 +10,9 @@ from zoneinfo import ZoneInfo
 
 from rules.credential import Card, Credential, TenDigits
 from rules.model import Member, Site
-from sync import schema
-from sync.batch import SyncBatch
 from sync.records import MemberIn
-from sync.store import Store
+from sync.store import Store, schema
+from sync.store.batch import SyncBatch
 
 SITE = Site(ZoneInfo("Europe/Madrid"), id="s")
 NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from rules.credential import TenDigits
 from rules.model import BookingStatus
-from sync.schema import MIGRATIONS
 from sync.store import Store, open_reader
+from sync.store.schema import MIGRATIONS
 from tests.broker import site
 
 T0 = datetime(2026, 11, 18, 9, 0, tzinfo=UTC).timestamp()

@@ -46,8 +46,8 @@ def names(model: type[Any]) -> set[str]:
 
 
 async def test_every_event_the_daemon_writes_is_documented(tmp_path: Path) -> None:
-    from sync.batch import SyncBatch
     from sync.records import MemberIn, PassIn
+    from sync.store.batch import SyncBatch
 
     d = Daemon(config(tmp_path))
     await d.start()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from sync.link.settings import MqttSettings
 from sync.protocol import (
     Ack,
     Delta,
@@ -18,7 +19,6 @@ from sync.protocol import (
     schema_text,
     schemas,
 )
-from sync.settings import MqttSettings
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
 

@@ -1,5 +1,5 @@
-"""Which broker next and how long to wait (sync/reconnect.py), the broker settings
-(sync/settings.py), and that reading a configuration does not load the MQTT client."""
+"""Which broker next and how long to wait (sync/link/reconnect.py), the broker settings
+(sync/link/settings.py), and that reading a configuration does not load the MQTT client."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from sync.reconnect import Attempt, Reconnect
-from sync.settings import MqttSettings, parse_endpoint
+from sync.link.reconnect import Attempt, Reconnect
+from sync.link.settings import MqttSettings, parse_endpoint
 
 A, B, C = ("a", 1883), ("b", 1884), ("c", 8883)
 

@@ -1,5 +1,5 @@
 """Acknowledged events are kept for the retention period and then pruned; unacknowledged
-ones never are (sync/outbox.py, Store.prune_acked); the session asks for pruning once a
+ones never are (sync/store/outbox.py, Store.prune_acked); the session asks for pruning once a
 minute with the configured retention."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sync.session import PruneAcked, Replica, Session, SessionConfig
+from sync.link.session import PruneAcked, Session, SessionConfig, StoreState
 from tests.broker import make_store
 
 T0 = datetime(2026, 11, 18, 9, 0, tzinfo=UTC)
@@ -36,7 +36,7 @@ def test_prune_keeps_the_retention_and_never_the_unacknowledged(tmp_path: Path) 
 
 def test_the_session_asks_for_pruning_once_a_minute() -> None:
     config = SessionConfig(prefix="gated", site="s1", daemon="g", retain_acked=3600.0, retain_acked_max=5)
-    s = Session(config, Replica(has_snapshot=True))
+    s = Session(config, StoreState(has_snapshot=True))
     s.connect(100.0, "x")
     assert PruneAcked(3600.0, 5) in s.tick(100.0)
     assert not any(isinstance(a, PruneAcked) for a in s.tick(159.0))

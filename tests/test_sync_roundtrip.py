@@ -17,8 +17,8 @@ from rules.credential import Credential
 from rules.reasons import Reason
 from simulator.central import Central
 from sync.link import SyncLink
-from sync.occupancy import occupancy
 from sync.protocol import CatchUpRequest
+from sync.store.occupancy import occupancy
 from tests.broker import (
     GATES,
     POLICY,

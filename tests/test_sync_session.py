@@ -1,5 +1,5 @@
 """The link's protocol session, without a broker: messages and time in, actions out
-(sync/session.py). Each test is a short script of inputs and the actions expected."""
+(sync/link/session.py). Each test is a short script of inputs and the actions expected."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from sync.protocol import ReplayRequest
-from sync.session import (
+from sync.link.session import (
     AbortSnapshot,
     Action,
     ApplyDelta,
@@ -21,25 +20,26 @@ from sync.session import (
     RaiseAlarm,
     ReadReplay,
     RecordPeerEvents,
-    Replica,
     ServeCatchUp,
     Session,
     SessionConfig,
     StageChunk,
     StoreAck,
     StorePeerMark,
+    StoreState,
     Subscribe,
     WakeUplink,
 )
+from sync.protocol import ReplayRequest
 
 P = "gated/s1"
 CONFIG = SessionConfig(prefix="gated", site="s1", daemon="gate-a", ack_timeout=10.0, central_status_wait=2.0,
                        resync_retry=60.0, reconcile_interval=1800.0, health_interval=60.0, lookup_timeout=0.3)
 
 
-def session(replica: Replica | None = None, **kw: Any) -> Session:
+def session(state: StoreState | None = None, **kw: Any) -> Session:
     config = SessionConfig(**{**{f: getattr(CONFIG, f) for f in CONFIG.__dataclass_fields__}, **kw})
-    return Session(config, replica or Replica(has_snapshot=True, delta_seq=5), zones={"in-1": "main"})
+    return Session(config, state or StoreState(has_snapshot=True, delta_seq=5), zones={"in-1": "main"})
 
 
 def js(obj: Any) -> bytes:
@@ -97,15 +97,15 @@ def test_connect_subscribes_announces_and_waits_for_the_central_status() -> None
 
 
 @pytest.mark.parametrize(
-    ("replica", "reason", "since"),
+    ("state", "reason", "since"),
     [
-        (Replica(), "startup", None),
-        (Replica(has_snapshot=True, delta_seq=7), "reconnect", 7),
-        (Replica(has_snapshot=True, delta_seq=7, snapshot_reason="card_rule"), "card_rule", None),
+        (StoreState(), "startup", None),
+        (StoreState(has_snapshot=True, delta_seq=7), "reconnect", 7),
+        (StoreState(has_snapshot=True, delta_seq=7, snapshot_reason="card_rule"), "card_rule", None),
     ],
 )
-def test_the_retained_central_status_triggers_exactly_one_resync(replica: Replica, reason: str, since: int | None) -> None:
-    s = session(replica)
+def test_the_retained_central_status_triggers_exactly_one_resync(state: StoreState, reason: str, since: int | None) -> None:
+    s = session(state)
     s.connect(100.0, "x")
     out = s.receive("gated/central/status", online(), 100.01, retained=True)
     assert [(r["reason"], r.get("since_delta_seq")) for r in resyncs(out)] == [(reason, since)]
@@ -137,7 +137,7 @@ def test_a_central_connecting_after_the_gate_gets_what_was_sent_before_again() -
     """Broker restarted with its state wiped, the gate back first: what it sent before the
     central system subscribed is lost; the central's live `online` rewinds, and the one
     resync of the connection goes with it."""
-    s = session(Replica(has_snapshot=True, last_seq=3))
+    s = session(StoreState(has_snapshot=True, last_seq=3))
     s.connect(100.0, "x")
     s.uplink([ev(1), ev(2), ev(3)], 100.1)
     assert s.uplink_after(100.1) is None
@@ -162,7 +162,7 @@ def test_the_central_coming_back_is_one_more_resync_and_a_resend() -> None:
 
 
 def test_a_snapshot_is_asked_again_while_waiting_then_reconcile() -> None:
-    s = connected(session(Replica()), 100.0)
+    s = connected(session(StoreState()), 100.0)
     assert s.awaiting_snapshot
     assert resyncs(s.tick(159.0)) == []
     assert [r["reason"] for r in resyncs(s.tick(160.0))] == ["startup"]
@@ -178,7 +178,7 @@ def test_a_snapshot_is_asked_again_while_waiting_then_reconcile() -> None:
 def test_a_card_rule_change_asks_for_snapshots_but_deltas_go_on() -> None:
     """The store's cards were typed under another rule: a snapshot is wanted, yet the
     replica is consistent, so deltas still apply meanwhile (unlike a gap)."""
-    s = connected(session(Replica(has_snapshot=True, delta_seq=5, snapshot_reason="card_rule")), 100.0)
+    s = connected(session(StoreState(has_snapshot=True, delta_seq=5, snapshot_reason="card_rule")), 100.0)
     assert not s.awaiting_snapshot
     out = s.receive(f"{P}/delta", js({"v": 1, "delta_seq": 6, "members": [{"id": "m9"}]}), 101.0)
     assert [type(a).__name__ for a in out] == ["ApplyDelta"] and s.delta_seq == 6
@@ -212,7 +212,7 @@ def ev(seq: int, gate: str | None = "in-1", size: int = 0) -> dict[str, Any]:
 
 
 def test_uplink_sends_in_order_with_zones_and_splits_what_is_too_big() -> None:
-    s = connected(session(Replica(has_snapshot=True, acked_seq=2, last_seq=2), max_payload=1500, batch_events=3))
+    s = connected(session(StoreState(has_snapshot=True, acked_seq=2, last_seq=2), max_payload=1500, batch_events=3))
     assert s.uplink_after(100.0) is None
     assert s.events_committed(6) == [WakeUplink()]
     assert s.uplink_after(100.0) == 2
@@ -227,7 +227,7 @@ def test_uplink_sends_in_order_with_zones_and_splits_what_is_too_big() -> None:
 
 
 def test_acks_prune_resend_after_timeout_and_refuse_what_was_never_sent() -> None:
-    s = connected(session(Replica(has_snapshot=True, last_seq=10)), 100.0)
+    s = connected(session(StoreState(has_snapshot=True, last_seq=10)), 100.0)
     s.uplink([ev(i) for i in range(1, 11)], 100.0)
     assert s.uplink_after(100.0) is None
     assert s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 4}), 101.0) == [StoreAck(4), WakeUplink()]
@@ -244,7 +244,7 @@ def test_acks_prune_resend_after_timeout_and_refuse_what_was_never_sent() -> Non
 
 
 def test_a_gap_ack_resends_from_the_central_systems_point_once_a_second() -> None:
-    s = connected(session(Replica(has_snapshot=True, last_seq=6)), 100.0)
+    s = connected(session(StoreState(has_snapshot=True, last_seq=6)), 100.0)
     s.uplink([ev(i) for i in range(1, 7)], 100.0)
     out = s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 2, "gap": True}), 100.1)
     assert out == [StoreAck(2), WakeUplink()] and s.uplink_after(100.1) == 2
@@ -254,7 +254,7 @@ def test_a_gap_ack_resends_from_the_central_systems_point_once_a_second() -> Non
 
 
 def test_replay_resends_what_the_gate_still_holds_below_its_acked_point() -> None:
-    s = connected(session(Replica(has_snapshot=True, last_seq=50, acked_seq=50)), 100.0)
+    s = connected(session(StoreState(has_snapshot=True, last_seq=50, acked_seq=50)), 100.0)
     out = s.receive(f"{P}/gate-a/replay", js({"v": 1, "request_id": "r1", "from_seq": 11}), 100.0)
     assert out == [ReadReplay(ReplayRequest(request_id="r1", from_seq=11))]
     out = s.replay_ready(ReplayRequest(request_id="r1", from_seq=11), first_held=21, now=100.0)
@@ -392,7 +392,7 @@ def test_lookup_answers_on_time_late_or_forgotten() -> None:
 
 def test_other_gates_events_are_handed_to_the_store_repeats_too() -> None:
     """What the others did (passages, booking outcomes, charges, refunds) goes to the store,
-    every time it comes: a repeat may carry one we missed (sync/peers.py records each
+    every time it comes: a repeat may carry one we missed (sync/store/peer_events.py records each
     once). Denials and the rest are not the others' business."""
     s = connected(session(), 100.0)
     batch = {"v": 1, "daemon": "gate-b", "zones": {"in-2": "main"}, "events": [
@@ -431,7 +431,7 @@ def catch_ups(actions: list[Action]) -> list[dict[str, Any]]:
 
 
 def test_the_heartbeat_says_our_last_seq_every_mark_interval() -> None:
-    s = session(mark_interval=5.0, replica=Replica(has_snapshot=True, delta_seq=5, last_seq=7))
+    s = session(mark_interval=5.0, state=StoreState(has_snapshot=True, delta_seq=5, last_seq=7))
     out = s.connect(100.0, "2026-11-18T09:00:00Z")
     [first] = publishes(out, f"{P}/gate-a/status")
     assert (first["last_seq"], first["as_of"], first["at"]) == (7, "2026-11-18T09:00:00Z", "2026-11-18T09:00:00Z")
@@ -462,7 +462,7 @@ def test_a_peer_heard_of_for_the_first_time_is_asked_for_its_day() -> None:
 
 
 def test_a_gap_in_a_peers_events_is_asked_for_from_the_first_missing_seq() -> None:
-    s = connected(session(catch_up_grace=3.0, catch_up_retry=10.0, replica=Replica(
+    s = connected(session(catch_up_grace=3.0, catch_up_retry=10.0, state=StoreState(
         has_snapshot=True, delta_seq=5, peer_marks={"gate-b": (5, 1000.0)})), 100.0)
     s.receive(f"{P}/gate-b/status", peer_status(5, "2026-11-18T09:00:00Z"), 100.0)
     batch = {"v": 1, "daemon": "gate-b", "zones": {"in-2": "main"}, "events": [pev(8)]}
@@ -478,7 +478,7 @@ def test_a_gap_in_a_peers_events_is_asked_for_from_the_first_missing_seq() -> No
 
 
 def test_a_peer_that_pruned_what_we_missed_is_counted_and_we_go_on() -> None:
-    s = connected(session(replica=Replica(has_snapshot=True, delta_seq=5, peer_marks={"gate-b": (5, None)})), 100.0)
+    s = connected(session(state=StoreState(has_snapshot=True, delta_seq=5, peer_marks={"gate-b": (5, None)})), 100.0)
     answer = {"v": 1, "daemon": "gate-b", "to": "gate-a", "request_id": "r1", "first_seq": 9, "last_seq": 9,
               "events": [pev(9)]}
     [rec] = s.receive(f"{P}/gate-b/catchup/answer", js(answer), 106.0)
@@ -502,7 +502,7 @@ def test_catch_up_requests_and_answers_for_others_are_not_ours() -> None:
 
 
 def test_a_cleared_status_takes_a_daemon_out_of_the_site() -> None:
-    s = connected(session(replica=Replica(has_snapshot=True, delta_seq=5, peer_marks={"gate-b": (5, 10.0)})), 100.0)
+    s = connected(session(state=StoreState(has_snapshot=True, delta_seq=5, peer_marks={"gate-b": (5, 10.0)})), 100.0)
     assert s.peers.known() == ["gate-b"]
     assert s.receive(f"{P}/gate-b/status", b"", 101.0, retained=True) == [StorePeerMark("gate-b", None, None)]
     assert s.peers.known() == [] and s.peers.through() is None

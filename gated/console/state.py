@@ -19,7 +19,7 @@ from gated.console.security import DeviceCookies, Sessions
 from gated.console.views import DENIALS_DONE, Views
 from gated.login_limits import LoginLimiter
 from gated.operator import OperatorApi
-from sync.storage import STORAGE_ERRORS
+from sync.store.faults import STORAGE_ERRORS
 
 log = structlog.get_logger(__name__)
 

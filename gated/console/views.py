@@ -1,4 +1,4 @@
-"""What the console shows: read models (sync/read_models.py) shaped for the pages.
+"""What the console shows: read models (sync/store/read_models.py) shaped for the pages.
 
 Reads that may scan (member search, the audit log, the loyalty report) run in a worker
 thread on a read-only connection of their own, so a search over 100,000 members never
@@ -18,8 +18,8 @@ from gated.operator import OperatorApi
 from rules.model import Booking, BookingStatus, Gate, Pass
 from rules.reasons import Reason
 from rules.timeutil import local_date, start_of_local_day
-from sync import read_models as rm
 from sync.store import Store
+from sync.store import read_models as rm
 
 DENIALS_DONE = "denials_done"  # the audit action of the desk's "Done" on a denial
 

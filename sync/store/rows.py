@@ -24,7 +24,7 @@ from rules.credential import Card, TenDigits, card_from_text, index_keys
 from rules.model import Booking, BookingStatus, DeductOn, Member, MemberStatus, Pass, PassKind
 from rules.timeutil import WeekSchedule, parse_instant
 from sync.records import BookingIn, MemberIn, PassIn, SitePassIn
-from sync.search_text import member_search_text
+from sync.store.search_text import member_search_text
 
 Row = tuple[Any, ...]
 
@@ -78,7 +78,7 @@ MEMBER_INSERT = f"({', '.join(MEMBER_COLUMNS)}) VALUES ({','.join('?' * len(MEMB
 
 def member_row(m: MemberIn, synced_at: float) -> Row:
     """In MEMBER_COLUMNS order (MEMBER_INSERT); `search` is what the desk's search looks
-    in (sync/search_text.py)."""
+    in (sync/store/search_text.py)."""
     return (m.id, m.name, m.status, m.email, m.photo, synced_at, m.phone, member_search_text(m))
 
 

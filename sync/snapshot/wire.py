@@ -1,5 +1,5 @@
-"""The wire between the daemon's SnapshotImporter (sync/snapshot.py) and its worker process
-(sync/snapshot_worker.py), sans-I/O in the manner of h11: bytes in, events out; what to
+"""The wire between the daemon's SnapshotImporter (sync/snapshot/importer.py) and its worker process
+(sync/snapshot/worker.py), sans-I/O in the manner of h11: bytes in, events out; what to
 say, bytes out. Both sides frame and parse with this module only.
 
 Down, on the worker's stdin (`CommandReader` parses it):
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_COMMAND = 32  # bytes of a command line, its newline included
-# The link drops MQTT messages above its max_payload (4 MB by default, sync/settings.py);
+# The link drops MQTT messages above its max_payload (4 MB by default, sync/link/settings.py);
 # this bound only keeps a corrupted length from making the worker buffer without end.
 MAX_CHUNK = 1 << 30
 MAX_EVENT_LINE = 1 << 20

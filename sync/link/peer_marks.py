@@ -1,7 +1,7 @@
 """How far this daemon has heard each other daemon of its site: a high-water mark per
 peer, checked before a site fact is settled (docs/protocol.md, "Between the daemons of a
 site"). Pure: seqs, heartbeats and time in, catch-up requests out; the session
-(sync/session.py) feeds it and the shell persists what it says.
+(sync/link/session.py) feeds it and the shell persists what it says.
 
 For each peer:
 - `heard_seq`: every event of the peer up to this seq has been seen here (since the

@@ -1,5 +1,5 @@
 """A snapshot chunk's JSON straight to table rows, for the snapshot worker: the fast path
-beside the canonical one (SnapshotChunk, then sync/rows.py).
+beside the canonical one (SnapshotChunk, then sync/store/rows.py).
 
 The canonical path validates the chunk with pydantic into model instances and builds the
 rows from them; at 550,000 records that was most of an import's CPU (profile in
@@ -37,8 +37,8 @@ from rules.model import PassKind
 from rules.timeutil import parse_instant
 from sync.protocol import MAX_CHUNKS
 from sync.records import Amount
-from sync.rows import Row, instant_ts, keys_of, windows_json
-from sync.search_text import search_text
+from sync.store.rows import Row, instant_ts, keys_of, windows_json
+from sync.store.search_text import search_text
 from sync.topics import LEVEL
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -185,7 +185,7 @@ _times: dict[tuple[str, str, str], tuple[float, float]] = {}
 
 
 class ChunkRows:
-    """What one chunk adds to each table, in insert order (sync/rows.py's tuples)."""
+    """What one chunk adds to each table, in insert order (sync/store/rows.py's tuples)."""
 
     __slots__ = ("bookings", "card_keys", "cards", "members", "passes")
 

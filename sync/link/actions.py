@@ -1,5 +1,5 @@
-"""What the protocol session (sync/session.py) asks its shell to do: plain, immutable
-records, performed in order by sync/link.py. Tests compare them by value."""
+"""What the protocol session (sync/link/session.py) asks its shell to do: plain, immutable
+records, performed in order by sync/link/link.py. Tests compare them by value."""
 
 from __future__ import annotations
 
@@ -79,10 +79,10 @@ class ApplyLookup:
 
 @dataclass(frozen=True, slots=True)
 class RecordPeerEvents:
-    """Another daemon of the site's events that this daemon must know (sync/peers.py):
+    """Another daemon of the site's events that this daemon must know (sync/store/peer_events.py):
     passages, booking outcomes, charges, refunds, used QR codes — and, in the same
     transaction, how far this daemon has now heard that daemon (`mark`: heard_seq,
-    heard_through; sync/peer_marks.py), or None when it did not move. Repeats come
+    heard_through; sync/link/peer_marks.py), or None when it did not move. Repeats come
     (resends, catch-ups): recording is idempotent."""
 
     sender: str

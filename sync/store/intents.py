@@ -23,9 +23,9 @@ from typing import Any
 
 from rules.tap import Tap
 from rules.timeutil import iso_utc
-from sync.ledger import Ledger, amount_json, unconfirmed_fields
-from sync.rows import ts
-from sync.transaction import Committed, Transactions
+from sync.store.ledger import Ledger, amount_json, unconfirmed_fields
+from sync.store.rows import ts
+from sync.store.transaction import Committed, Transactions
 
 
 class TokenUsed(Exception):

@@ -13,7 +13,7 @@ import sqlite3
 from datetime import datetime
 
 from rules.timeutil import local_date, start_of_local_day
-from sync.store import Store
+from sync.store.store import Store
 
 
 def entries_inside(conn: sqlite3.Connection, zone: str, start: datetime, now: datetime) -> list[tuple[str, float, str]]:

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from rules.timeutil import iso_utc
-from sync.meta import Meta
+from sync.store.meta import Meta
 
 Event = dict[str, Any]
 

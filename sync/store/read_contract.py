@@ -75,7 +75,7 @@ def local_balance(
     """The central balance minus every charge on the pass the central had not applied
     when it computed it: this daemon's with a higher seq than `applied_seq`, and each
     other daemon's of the site with a higher seq than its entry in `applied_peers` (JSON;
-    a daemon missing: all of its charges) — sync/peers.py."""
+    a daemon missing: all of its charges) — sync/store/peer_events.py."""
     if central is None:
         return None
     taken = Decimal(0)

@@ -17,7 +17,7 @@ import sqlite3
 from datetime import datetime
 
 from rules.credential import Card, cards_match, parse_key
-from sync.transaction import Transaction
+from sync.store.transaction import Transaction
 
 TABLE = "card_enrolments"
 

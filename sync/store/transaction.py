@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sync.audit import write_audit
-from sync.meta import Meta
-from sync.outbox import Event, Outbox
+from sync.store.audit import write_audit
+from sync.store.meta import Meta
+from sync.store.outbox import Event, Outbox
 
 Listener = Callable[[list[Event]], None]
 
@@ -71,7 +71,7 @@ class Transactions:
         self.outbox = outbox
         self.meta = meta
         self.listeners: list[Listener] = []
-        self.committed = committed  # told of each COMMIT (the store's WAL flush, sync/durability.py)
+        self.committed = committed  # told of each COMMIT (the store's WAL flush, sync/store/durability.py)
 
     @contextmanager
     def open(self) -> Iterator[Transaction]:

@@ -10,13 +10,13 @@ decides taps, and must never be seen half old, half new. So:
    writes the payload as received down a pipe to the worker, whose reader thread appends
    it to a spool file. The spool, not memory, absorbs a snapshot arriving faster than it
    is built; no file is written from the loop.
-2. **Build** (worker process, `python -m sync.snapshot_worker`): validates every chunk
+2. **Build** (worker process, `python -m sync.snapshot.worker`): validates every chunk
    in full, writes the rows into a new replica file (bare tables, no journal), builds
    the indexes, computes what the switch must tell the ledger, fsyncs the file. A
    process rather than a thread: parsing half a million records in a thread would
    contend for the GIL with the loop and stall taps. It runs at a lower CPU priority.
 3. **Switch** (loop, a few ms): `Store.switch_replica` — DETACH the old file, ATTACH the
-   new one, one ledger transaction moving the pointer (sync/store.py), delete the old file.
+   new one, one ledger transaction moving the pointer (sync/store/store.py), delete the old file.
 
 Taps go on deciding from the current replica and committing to the ledger throughout.
 A tap decided on the old replica and committed after the switch stays right: the ledger
@@ -31,7 +31,7 @@ new one. The ledger is only written by the daemon's own transactions.
 Deltas that arrive while `active` are the link's to hold and apply, in order, after
 `finish` returns (the snapshot's `delta_seq` is the replica's then).
 
-The link's side of it (sync/link_store.py), in order:
+The link's side of it (sync/link/port.py), in order:
 
     await importer.begin(header, now)             # chunk 0; abandons one in progress
     last = await importer.add(header, payload)    # every chunk, in order
@@ -62,9 +62,9 @@ from pathlib import Path
 from typing import Any
 
 from sync.protocol import SnapshotChunk, SnapshotHeader
-from sync.replica_file import ReplicaFiles
-from sync.snapshot_wire import END, Built, EventReader, Failed, chunk_header
+from sync.snapshot.wire import END, Built, EventReader, Failed, chunk_header
 from sync.store import Store
+from sync.store.replica_file import ReplicaFiles
 
 log = logging.getLogger("gated.sync.snapshot")
 F_SETPIPE_SZ = 1031
@@ -142,7 +142,7 @@ class SnapshotImporter:
         self._stderr.clear()
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "sync.snapshot_worker", json.dumps(params),
+                sys.executable, "-m", "sync.snapshot.worker", json.dumps(params),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # its own process group: `abort` stops its parsers too
             )

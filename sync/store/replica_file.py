@@ -3,7 +3,7 @@
 Beside the ledger `gated.db` live `gated.replica-<generation>-<random>.db` files. The
 ledger's meta names the current one (`replica.file`); the store ATTACHes it to its
 connection AS `replica`. A snapshot is built into a new file by a worker process
-(sync/snapshot_worker.py) and switched in by `Store.switch_replica`: one ledger
+(sync/snapshot/worker.py) and switched in by `Store.switch_replica`: one ledger
 transaction moves the pointer, then DETACH/ATTACH, then the old file is deleted. Any
 replica file the pointer does not name is an orphan — a build a crash cut short, or an
 old file a crash kept from being deleted — and is removed at the next start.
@@ -35,7 +35,7 @@ class ReplicaFiles:
         return self.dir / f"{self.stem}.replica-{generation}-{secrets.token_hex(4)}.db"
 
     def spool_path(self) -> Path:
-        """Where a snapshot's chunks wait for the worker (see sync/snapshot.py)."""
+        """Where a snapshot's chunks wait for the worker (see sync/snapshot/importer.py)."""
         return self.dir / f"{self.stem}.snapshot-{secrets.token_hex(4)}.spool"
 
     def ours(self) -> list[Path]:

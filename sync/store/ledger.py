@@ -7,7 +7,7 @@ tokens.
 Everything here is written to the ledger file only, keyed by the ids of the replica's
 records (pass, booking, member), never into the replica: a tap decided on one replica
 and committed after a switch to the next one stays right — its deduction counts against
-whichever central balance is current (balances are derived, sync/replica.py), its
+whichever central balance is current (balances are derived, sync/store/replica.py), its
 booking outcome is a row by booking id that the new replica's booking picks up.
 
 No-shows are found by walking the replica's open bookings by `ends_at` from a cursor
@@ -33,12 +33,12 @@ from rules.reasons import Reason
 from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee
 from rules.tap import Tap
 from rules.timeutil import iso_utc, local_date, start_of_local_day
-from sync import peers
 from sync.errors import StoreError
-from sync.outbox import Event
-from sync.replica import Replica
-from sync.rows import BOOKING_READ, booking_from_row, dt, ts
-from sync.transaction import Committed, Transaction, Transactions
+from sync.store import peer_events
+from sync.store.outbox import Event
+from sync.store.replica import Replica
+from sync.store.rows import BOOKING_READ, booking_from_row, dt, ts
+from sync.store.transaction import Committed, Transaction, Transactions
 
 CURSOR_KEY = "due.no_show_through"
 CURSOR_IDLE = timedelta(minutes=10)
@@ -124,7 +124,7 @@ class Ledger:
     def first_record(self, tx: Transaction, tap: Tap, now: datetime) -> bool:
         """What the transaction that first records a tap does besides: its QR code is used
         up (whatever the decision: a code read once is spent). A grant is first recorded
-        by its intent (sync/intents.py), anything else by its commit. False when the code
+        by its intent (sync/store/intents.py), anything else by its commit. False when the code
         was used up meanwhile (the caller refuses the grant)."""
         if tap.qr_token is None:
             return True
@@ -133,7 +133,7 @@ class Ledger:
     def use_qr_token(self, tx: Transaction, now: datetime, token: tuple[str, datetime], gate: str,
                      member: str | None) -> bool:
         """Use up a QR token (on its first verified read, whatever the decision). False
-        when it was used already — here, or at another daemon of the site (sync/peers.py).
+        when it was used already — here, or at another daemon of the site (sync/store/peer_events.py).
         With `site_wide_qr`, a first use is also a `qr_used` event: the site's other
         daemons hear it within milliseconds and refuse the token (`qr_replayed`)."""
         first = self.conn.execute(
@@ -156,7 +156,7 @@ class Ledger:
     def commit_tap(self, tap: Tap, *, passed: bool, now: datetime, unconfirmed: str | None = None) -> Committed:
         """One tap, whole: the access event, and on a confirmed passage the deduction,
         attendance and presence. No passage, no deduction, no attendance. The grant's
-        intent (sync/intents.py, which used up its QR token) is resolved in the same
+        intent (sync/store/intents.py, which used up its QR token) is resolved in the same
         transaction: with `unconfirmed` (why nobody could see the passage), as a
         `passage_unconfirmed` event beside the access event — both or neither, as after a
         crash."""
@@ -242,11 +242,11 @@ class Ledger:
         with self.transactions.open() as tx:
             if refund:
                 # the charge may have been taken at another turnstile of the site (another
-                # daemon): sync/peers.py keeps the site's walk-in charges and refunds
+                # daemon): sync/store/peer_events.py keeps the site's walk-in charges and refunds
                 day = local_date(booking.starts_at, self.site.timezone)
                 start = start_of_local_day(day, self.site.timezone)
                 end = start_of_local_day(day + timedelta(days=1), self.site.timezone)
-                charge = peers.latest_charge(self.conn, self.daemon_id, booking.member, booking.zone, start, end, now)
+                charge = peer_events.latest_charge(self.conn, self.daemon_id, booking.member, booking.zone, start, end, now)
                 if charge is not None:
                     self.deduct(
                         tx,
@@ -261,7 +261,7 @@ class Ledger:
                         refunded_seq=charge.seq if charge.own else None,
                         refunds={"daemon": charge.daemon, "seq": charge.seq},
                     )
-                    peers.mark_refunded(self.conn, charge)
+                    peer_events.mark_refunded(self.conn, charge)
             self.attend(tx, now, booking, operator, None)
             tx.audit(now, operator, "mark_attended", {"booking": booking_id, "refund": refund})
         return tx.committed
@@ -317,12 +317,12 @@ class Ledger:
         self, sender: str, events: list[dict[str, Any]], zones: dict[str, str],
         mark: tuple[int | None, float | None] | None = None, now: datetime | None = None,
     ) -> dict[str, int]:
-        """What another daemon of the site did (sync/peers.py), and how far it is now
+        """What another daemon of the site did (sync/store/peer_events.py), and how far it is now
         heard (`mark`), in one transaction: the mark never gets ahead of what it covers."""
         with self.transactions.open() as tx:
-            seen = dict(peers.apply(self.conn, sender, events, zones, self.record_passage))
+            seen = dict(peer_events.apply(self.conn, sender, events, zones, self.record_passage))
             if mark is not None:
-                peers.save_mark(self.conn, sender, *mark)
+                peer_events.save_mark(self.conn, sender, *mark)
             charged = {str(e["pass"]) for e in events if e.get("type") == "deduction" and e.get("pass")}
             for pass_id in sorted(charged):
                 self.check_overdraft(tx, pass_id, now or datetime.now(UTC))
@@ -331,11 +331,11 @@ class Ledger:
     def check_overdraft(self, tx: Transaction, pass_id: str, now: datetime) -> None:
         """Inside a transaction: a pass that charges of this daemon and another's took below
         zero is an `alarm` (kind `overdraft`) for the central system and the desk —
-        reported by the daemon whose charge went below (sync/peers.py, `overdraft`)."""
-        o = peers.overdraft(self.conn, self.daemon_id, pass_id)
+        reported by the daemon whose charge went below (sync/store/peer_events.py, `overdraft`)."""
+        o = peer_events.overdraft(self.conn, self.daemon_id, pass_id)
         if o is None:
             return
-        peers.report_overdraft(self.conn, o)
+        peer_events.report_overdraft(self.conn, o)
         row = self.conn.execute("SELECT member_id FROM replica.passes WHERE id = ?", (pass_id,)).fetchone()
         tx.emit(
             "alarm", now, gate=None, kind="overdraft", member=row[0] if row else None,
@@ -346,10 +346,10 @@ class Ledger:
 
     def save_peer_mark(self, peer: str, heard_seq: int | None, heard_through: float | None) -> None:
         with self.transactions.open():
-            peers.save_mark(self.conn, peer, heard_seq, heard_through)
+            peer_events.save_mark(self.conn, peer, heard_seq, heard_through)
 
     def peer_marks(self) -> dict[str, tuple[int | None, float | None]]:
-        return peers.marks(self.conn)
+        return peer_events.marks(self.conn)
 
     # -- time-driven work -------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The link's protocol as a state machine, without I/O (docs/protocol.md is its contract).
 
-Like h11's `Connection`: no socket, no clock, no database. The shell (sync/link.py) feeds
+Like h11's `Connection`: no socket, no clock, no database. The shell (sync/link/link.py) feeds
 it what happened — a connection made or lost, an MQTT message, the time, the store's new
 events, the outcome of an action — and performs the actions it returns, in order:
 publish, subscribe, acknowledge in the store, apply a delta, stage / commit / abort a
@@ -24,10 +24,13 @@ What it guarantees (docs/protocol.md has the why):
   replica's: behind it for `head_grace` (a delta lost on the way, a bridge that kept no
   session) asks for the deltas missed (resync `behind`), at most every `resync_retry`.
 
-One module of ~700 lines, like h11's `_connection.py`: one state machine whose parts
-(uplink and acks, resyncs, deltas and snapshots, look-ups) read and change the same
-connection state; split, each part would reach into the others. The actions it returns
-are in sync/actions.py, its configuration in sync/session_config.py.
+One module of ~950 lines, like h11's `_connection.py`: one state machine whose parts
+(uplink and acks, resyncs, deltas and snapshots, look-ups, the site's other daemons)
+read and change the same connection state — the seqs, the connection and the central
+system's status, the stats, the notes for the shell; split, each part would reach into
+the others. What has state of its own is apart: the actions it returns in
+sync/link/actions.py, its configuration and starting state in
+sync/link/session_config.py, the peers' high-water marks in sync/link/peer_marks.py.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ValidationError
 
-from sync.actions import (
+from sync.link.actions import (
     AbortSnapshot,
     Action,
     ApplyDelta,
@@ -61,7 +64,8 @@ from sync.actions import (
     Subscribe,
     WakeUplink,
 )
-from sync.peer_marks import PeerMarks
+from sync.link.peer_marks import PeerMarks
+from sync.link.session_config import SessionConfig, StoreState
 from sync.protocol import (
     MAJOR,
     PROTOCOL,
@@ -79,7 +83,6 @@ from sync.protocol import (
     SnapshotHeader,
     Status,
 )
-from sync.session_config import Replica, SessionConfig
 from sync.topics import Topics
 
 __all__ = [
@@ -95,12 +98,12 @@ __all__ = [
     "ReadReplay",
     "RecordPeerEvents",
     "ServeCatchUp",
-    "Replica",
     "Session",
     "SessionConfig",
     "StageChunk",
     "StoreAck",
     "StorePeerMark",
+    "StoreState",
     "Subscribe",
     "WakeUplink",
 ]
@@ -175,29 +178,29 @@ class _Alarms:
 class Session:
     """One gate's side of the protocol. See the module doc; `stats` counts everything."""
 
-    def __init__(self, config: SessionConfig, replica: Replica, zones: Mapping[str, str] | None = None):
+    def __init__(self, config: SessionConfig, state: StoreState, zones: Mapping[str, str] | None = None):
         self.config = config
         self.topics = Topics(config.prefix, config.site, config.daemon)
         self.zones = dict(zones or {})
         self.stats: Counter[str] = Counter()
         self.connected = False
         self.central_online: bool | None = None
-        self.acked_seq = replica.acked_seq
-        self.last_seq = replica.last_seq
-        self.delta_seq = replica.delta_seq
-        self.has_snapshot = replica.has_snapshot
-        self.awaiting_snapshot = not replica.has_snapshot
+        self.acked_seq = state.acked_seq
+        self.last_seq = state.last_seq
+        self.delta_seq = state.delta_seq
+        self.has_snapshot = state.has_snapshot
+        self.awaiting_snapshot = not state.has_snapshot
         # A snapshot wanted while deltas still apply (the card rule changed): asked for at
         # each connection and every resync_retry until one is committed.
-        self.snapshot_reason = replica.snapshot_reason
+        self.snapshot_reason = state.snapshot_reason
         self._import: _Import | None = None
         self._deltas: dict[int, Delta] = {}
         self._deltas_bytes = 0
         self._lookups: dict[bytes, _Lookup] = {}
-        self._up = _Uplink(published=replica.acked_seq, floor=replica.acked_seq)
+        self._up = _Uplink(published=state.acked_seq, floor=state.acked_seq)
         self._resync = _Resync()
         self._head = _Head()
-        self.peers = PeerMarks(replica.peer_marks, grace=config.catch_up_grace, retry=config.catch_up_retry)
+        self.peers = PeerMarks(state.peer_marks, grace=config.catch_up_grace, retry=config.catch_up_retry)
         self._online_at: str | None = None  # the `at` of this connection's statuses
         self._next_mark_at = 0.0
         self._alarms = _Alarms()
@@ -251,7 +254,7 @@ class Session:
         ]
         if self.config.share_access:
             # the site's other daemons: their events, their heartbeats (how far they have
-            # got), their requests for ours and their answers to ours (sync/peer_marks.py)
+            # got), their requests for ours and their answers to ours (sync/link/peer_marks.py)
             actions.append(Subscribe(t.site_events, 1, no_local=True))
             actions.append(Subscribe(t.site_status, 1, no_local=True))
             actions.append(Subscribe(t.catch_up, 1, no_local=True))
@@ -816,7 +819,7 @@ class Session:
             self.stats["dropped"] += 1
             return []
         # every batch, repeats too: a peer's events come again (its resends, answers to
-        # catch-ups) and out of order with what we saw; sync/peers.py records each once
+        # catch-ups) and out of order with what we saw; sync/store/peer_events.py records each once
         moved = self.peers.heard(sender, [ev.seq for ev in batch.events])
         return self._record(sender, batch.events, dict(batch.zones), moved)
 
@@ -916,7 +919,7 @@ class Session:
 
 
 def _for_peers(ev: Any) -> bool:
-    """What the site's other daemons keep of an event (sync/peers.py)."""
+    """What the site's other daemons keep of an event (sync/store/peer_events.py)."""
     extra = ev.model_extra or {}
     if ev.type == "access":
         return bool(extra.get("decision") == "granted" and extra.get("passed") and ev.member and ev.gate)

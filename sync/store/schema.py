@@ -2,7 +2,7 @@
 
 The **ledger** (the configured `store.path`) holds what only this gate knows: events (the
 outbox), deductions, passages, booking outcomes, loyalty, used QR tokens, the audit log,
-meta. The **replica** (a file beside it, see sync/replica_file.py) holds what the central
+meta. The **replica** (a file beside it, see sync/store/replica_file.py) holds what the central
 system sent: members, cards, passes with their central balance and `applied_seq`,
 bookings, and its own meta (`delta_seq`, `snapshot_id`, ...). Nothing the gate itself
 changes lives in the replica, so a whole new replica can be built elsewhere and switched
@@ -52,7 +52,7 @@ REPLICA_TABLES = (
     "CREATE TABLE IF NOT EXISTS bookings (id TEXT PRIMARY KEY, member_id TEXT NOT NULL, pass_id TEXT NOT NULL, "
     "class_name TEXT, zone TEXT NOT NULL, starts_at REAL NOT NULL, ends_at REAL NOT NULL, status TEXT NOT NULL, "
     "deducted INTEGER NOT NULL, cost TEXT NOT NULL, loyalty_points INTEGER NOT NULL DEFAULT 0)",
-    # what a switch to this replica must tell the ledger (sync/snapshot_worker.py)
+    # what a switch to this replica must tell the ledger (sync/snapshot/worker.py)
     "CREATE TABLE IF NOT EXISTS switch_recheck (booking_id TEXT PRIMARY KEY)",
     "CREATE TABLE IF NOT EXISTS switch_clear (booking_id TEXT PRIMARY KEY)",
 )
@@ -264,7 +264,7 @@ def _migration_2(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) ->
     with _transaction(conn):
         # A grant the gate is about to act on, written (durably) before the relay is
         # pulsed and deleted by the transaction that commits the tap: one still here
-        # after a restart is a grant whose commit a crash cut off (sync/intents.py).
+        # after a restart is a grant whose commit a crash cut off (sync/store/intents.py).
         sqlite_utils.Database(conn).table("grant_intents").create(
             {"id": int, "gate": str, "member_id": str, "body": str, "at": float},
             pk="id",
@@ -274,8 +274,8 @@ def _migration_2(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) ->
 
 
 def _migration_3(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
-    """Cards assigned at the desk, until the central system has them (sync/enrolment.py)."""
-    from sync.enrolment import create_table
+    """Cards assigned at the desk, until the central system has them (sync/store/enrolment.py)."""
+    from sync.store.enrolment import create_table
 
     with _transaction(conn):
         create_table(conn)
@@ -283,9 +283,9 @@ def _migration_3(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) ->
 
 
 def _migration_4(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
-    """The desk's search: by phone too, over text made once per member (sync/search_text.py)."""
-    from sync.rows import member_from_row
-    from sync.search_text import member_search_text
+    """The desk's search: by phone too, over text made once per member (sync/store/search_text.py)."""
+    from sync.store.rows import member_from_row
+    from sync.store.search_text import member_search_text
 
     with _transaction(conn):
         conn.execute("ALTER TABLE members ADD COLUMN phone TEXT")
@@ -367,7 +367,7 @@ def _migration_6(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) ->
     tables. A crash before that COMMIT leaves the version 1 database as it was (the
     half-made file is an orphan, removed at the next start).
     """
-    from sync.replica_file import ReplicaFiles  # the file naming lives there
+    from sync.store.replica_file import ReplicaFiles  # the file naming lives there
 
     files = ReplicaFiles(path)
     new = files.new_path(1)
@@ -439,8 +439,8 @@ def _migration_6(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) ->
 
 
 def _migration_7(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
-    """The site's other daemons' walk-in charges and the refunds anyone gave (sync/peers.py)."""
-    from sync.peers import create_tables
+    """The site's other daemons' walk-in charges and the refunds anyone gave (sync/store/peer_events.py)."""
+    from sync.store.peer_events import create_tables
 
     with _transaction(conn):
         create_tables(conn)
@@ -448,9 +448,9 @@ def _migration_7(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) ->
 
 
 def _migration_8(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
-    """How far each other daemon of the site is heard (sync/peer_marks.py), and every
-    charge of theirs, not only walk-ins (the site's balances, sync/peers.py)."""
-    from sync.peers import create_tables_v8
+    """How far each other daemon of the site is heard (sync/link/peer_marks.py), and every
+    charge of theirs, not only walk-ins (the site's balances, sync/store/peer_events.py)."""
+    from sync.store.peer_events import create_tables_v8
 
     with _transaction(conn):
         create_tables_v8(conn)

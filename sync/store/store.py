@@ -1,27 +1,14 @@
 """The daemon's local data: the replica of the central system's data and the ledger of
 what happened at this gate, in two kinds of SQLite file (WAL). `Store` is the one object
 the daemon, the engine, the scenario runner and the sync link hold; it is a façade over
-small modules, one concern each:
+small modules, one concern each (the table is in sync/store/__init__.py).
 
-| module | concern |
-| --- | --- |
-| `sync/db.py` | opening SQLite files (WAL, synchronous), background checkpoints |
-| `sync/schema.py` | the tables of the ledger and of a replica; migrations |
-| `sync/transaction.py` | `Store.transaction()`: one atomic change with its events |
-| `sync/outbox.py` | the numbered events (gap-free `seq`), acks, pruning |
-| `sync/meta.py`, `sync/audit.py` | named values; the audit log |
-| `sync/rows.py` | the one mapping between records and table rows |
-| `sync/replica.py` | members, cards, passes, bookings: reads, applying syncs |
-| `sync/replica_file.py` | the replica's file, and switching to a new one |
-| `sync/views.py` | the read contract: replica tables by name, with the gate's state |
-| `sync/ledger.py` | taps, overrides, attendance, refunds, points, no-shows, presence |
-| `sync/enrolment.py` | cards the desk assigned, until the central system has them |
-| `sync/intents.py` | grant intents: written before a relay opens, resolved by the commit |
-| `sync/snapshot.py`, `sync/snapshot_worker.py` | building a snapshot's replica in a worker process |
-
-Why this module is over 500 lines: it is the whole public surface, and nothing else —
-each method is a documented one- to ten-line delegation to the module that does the
-work, kept in one place so a newcomer reads what the store offers on one page.
+Why this module is over 500 lines (~600, a sixth of it this docstring): it is the whole
+public surface, and nothing else — each method is a documented delegation of a few
+lines to the module that does the work (or, for a change that spans the ledger and the
+replica, the steps that order them), kept in one place so a newcomer reads what the
+store offers on one page. The work is in the modules: opening, switching and rescuing
+the files in attach.py, the member's view the rules decide on in member_view.py.
 
 ## Two files
 
@@ -43,7 +30,7 @@ The rules of the ledger:
 - `seq` numbers this daemon's events 1, 2, 3, ... with no gap, whatever is pruned later.
 - A pass's local balance is the central balance (as of `applied_seq`, the highest of our
   events the central system had applied) minus our own deductions with a higher seq,
-  derived at every read (sync/replica.py): never a deduction lost or counted twice,
+  derived at every read (sync/store/replica.py): never a deduction lost or counted twice,
   whichever replica generation a tap was decided on.
 
 ## The public surface
@@ -69,7 +56,7 @@ read through it, with these columns (more may be added, none removed):
 - `deductions`, `passages`, `loyalty`, `booking_outcomes`, `card_enrolments`, `events`,
   `audit`, `meta` — the ledger's tables.
 
-The first five are TEMP views over `replica.*` (sync/views.py). A reader in another
+The first five are TEMP views over `replica.*` (sync/store/read_contract.py). A reader in another
 thread must not open `store.path` alone (it would not see the replica): it calls
 `store.open_reader()` — a read-only connection with the current replica attached and the
 same names.
@@ -77,11 +64,10 @@ same names.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -95,61 +81,28 @@ from rules.model import Site as SiteModel
 from rules.schedule import NoShowHorizon
 from rules.tap import Tap
 from rules.timeutil import iso_utc
-from sync import enrolment, views
-from sync.batch import SyncBatch
-from sync.db import Checkpointer, connect, uri
-from sync.durability import WalSync
 from sync.errors import StoreError
-from sync.intents import Intents
-from sync.ledger import CURSOR_KEY, Ledger
-from sync.meta import Meta
-from sync.outbox import Event, Outbox
 from sync.records import PassRecord
-from sync.replica import Replica
-from sync.replica_file import ReplicaFiles
-from sync.rows import dt, instant_ts
-from sync.schema import (
-    CARDS_TYPED_AS,
-    REPLICA_SCHEMA_VERSION,
-    SCHEMA_VERSION,
-    create_replica,
-    migrate,
-    upgrade_replica,
-)
-from sync.transaction import Committed, Listener, Transaction, Transactions
-
-# Bookings further than this from now cannot matter to a tap (arrival, link and same-day
-# windows are all shorter), so a view loads only these.
-VIEW_HORIZON = timedelta(hours=36)
+from sync.store import attach, enrolment, read_contract
+from sync.store.attach import REPLICA_FILE_KEY, REPLICA_GENERATION_KEY, open_reader
+from sync.store.batch import SyncBatch
+from sync.store.db import Checkpointer, connect
+from sync.store.durability import WalSync
+from sync.store.intents import Intents
+from sync.store.ledger import Ledger
+from sync.store.member_view import VIEW_HORIZON, member_view
+from sync.store.meta import Meta
+from sync.store.outbox import Event, Outbox
+from sync.store.replica import Replica
+from sync.store.replica_file import ReplicaFiles
+from sync.store.rows import dt, instant_ts
+from sync.store.schema import CARDS_TYPED_AS, SCHEMA_VERSION, migrate
+from sync.store.transaction import Committed, Listener, Transaction, Transactions
 
 # in the replica's meta: its position in the central system's stream of changes
 DELTA_SEQ_KEY = "sync.delta_seq"
 SNAPSHOT_ID_KEY = "sync.snapshot_id"
 LAST_SYNC_KEY = "last_sync_at"
-SWITCH_CURSOR_KEY = "switch.cursor"
-# in the ledger's meta: which replica file is current
-REPLICA_FILE_KEY = "replica.file"
-REPLICA_GENERATION_KEY = "replica.generation"
-
-
-def open_reader(ledger: Path, replica: Path | None = None) -> sqlite3.Connection:
-    """A read-only connection to the store whose ledger is at `ledger` — from another
-    thread or another process (tools, tests), running daemon or not: the replica the
-    ledger names (or `replica`) attached, the read contract's names installed (module
-    doc). Changes nothing on disk."""
-    conn = sqlite3.connect(uri(ledger, "ro"), uri=True, timeout=2, check_same_thread=False)
-    try:
-        if replica is None:
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", (REPLICA_FILE_KEY,)).fetchone()
-            if row is None:
-                raise StoreError(f"{ledger}: no replica (a store not yet opened by this version)")
-            replica = ledger.parent / str(row[0])
-        conn.execute("ATTACH DATABASE ? AS replica", (uri(replica, "ro"),))
-        views.install(conn)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
 
 
 class Store:
@@ -175,12 +128,12 @@ class Store:
         self.background_checkpoints = background_checkpoints
         self.files = ReplicaFiles(self.path)
         self.site_wide_qr = False  # set_site_wide_qr
-        # the ledger's log flushed off the event loop (sync/durability.py); None: not durable
+        # the ledger's log flushed off the event loop (sync/store/durability.py); None: not durable
         self.wal_sync = WalSync(self.path) if durable else None
         self.conn = connect(self.path, durable=durable)
         try:
             migrate(self.conn, self.path, ten_digits)
-            self.replica_path = self._open_replica()
+            self.replica_path = attach.open_current(self.conn, self.path, self.files, ten_digits)
             self._wire([])
             self._fill_holes()
         except BaseException:
@@ -189,7 +142,7 @@ class Store:
         self._checkpointer = self._checkpoints()
 
     def _fill_holes(self) -> None:
-        """Numbers an earlier version lost (sync/outbox.py) get `void` events, so the
+        """Numbers an earlier version lost (sync/store/outbox.py) get `void` events, so the
         central system can apply what follows them."""
         holes = self.outbox.holes()
         if holes:
@@ -205,7 +158,7 @@ class Store:
         """The parts, each on the current connection (again after reopen/rescue)."""
         self.db = sqlite_utils.Database(self.conn)
         self._meta = Meta(self.conn)
-        views.install(self.conn)
+        read_contract.install(self.conn)
         self.outbox = Outbox(self.conn, self._meta)
         self._transactions = Transactions(
             self.conn, self.outbox, self._meta, self.wal_sync.committed if self.wal_sync is not None else None
@@ -232,7 +185,7 @@ class Store:
         conn = connect(self.path, durable=self.durable)
         try:
             migrate(conn, self.path, self.ten_digits)
-            self._attach(self.replica_path, conn)
+            attach.attach(conn, self.replica_path)
         except BaseException:
             conn.close()
             raise
@@ -253,75 +206,17 @@ class Store:
         deletion of the side files that a last connection does at close."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.replica_path.exists():  # the replica went with the directory: it too
-            self._write_back("replica", self.replica_path)
-        self._write_back("main", self.path)
+            attach.write_back(self.conn, "replica", self.replica_path, self.files)
+        attach.write_back(self.conn, "main", self.path, self.files)
         conn = connect(self.path, durable=self.durable)
         try:
-            self._attach(self.replica_path, conn)
+            attach.attach(conn, self.replica_path)
         except BaseException:
             conn.close()
             raise
         self._switch(conn)
 
-    def _write_back(self, schema: str, path: Path) -> None:
-        tmp = path.with_name(path.name + ".rescue")
-        tmp.unlink(missing_ok=True)
-        dst = sqlite3.connect(str(tmp))
-        try:
-            self.conn.backup(dst, name=schema)
-        except BaseException:
-            dst.close()
-            tmp.unlink(missing_ok=True)  # a half copy must not take the space the next try needs
-            raise
-        dst.close()
-        # the side files of the old file must not be taken for the new one's
-        for suffix in ("-wal", "-shm"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
-        os.replace(tmp, path)  # the file appears whole or not at all
-        self.files.fsync(path)
-
     # -- plumbing ---------------------------------------------------------------------
-
-    def _open_replica(self) -> Path:
-        """Attach the replica the ledger names; an empty one if it is missing or not
-        readable as a replica (the link then asks for a snapshot). Orphans are removed."""
-        meta = Meta(self.conn)
-        name = meta.get(REPLICA_FILE_KEY)
-        path = self.path.parent / name if name else None
-        if path is not None and path.exists():
-            upgrade_replica(path)
-        if path is None or not path.exists() or not self._readable_replica(path):
-            gen = int(meta.get(REPLICA_GENERATION_KEY, "0") or 0) + 1
-            path = self.files.new_path(gen)
-            create_replica(path, {"generation": str(gen), CARDS_TYPED_AS: self.ten_digits.value})
-            self.files.fsync(path)
-            self.conn.execute("BEGIN IMMEDIATE")
-            meta.put(REPLICA_FILE_KEY, path.name)
-            meta.put(REPLICA_GENERATION_KEY, str(gen))
-            self.conn.execute("COMMIT")
-        self.files.remove_orphans(path.name)
-        self._attach(path, self.conn)
-        return path
-
-    @staticmethod
-    def _readable_replica(path: Path) -> bool:
-        try:
-            conn = sqlite3.connect(uri(path, "ro"), uri=True)
-            try:
-                row = conn.execute("SELECT value FROM meta WHERE key = 'replica_schema'").fetchone()
-            finally:
-                conn.close()
-        except sqlite3.Error:
-            return False
-        return row is not None and str(row[0]) == str(REPLICA_SCHEMA_VERSION)
-
-    def _attach(self, path: Path, conn: sqlite3.Connection | None = None) -> None:
-        conn = conn or self.conn
-        conn.execute("ATTACH DATABASE ? AS replica", (str(path),))
-        conn.execute("PRAGMA replica.journal_mode=WAL")
-        # what the replica holds comes again from the central system: its log is flushed
-        # at checkpoints only (a delta lost in a power cut is lost with its delta_seq)
-        conn.execute("PRAGMA replica.synchronous=NORMAL")
 
     @property
     def listeners(self) -> list[Listener]:
@@ -330,11 +225,11 @@ class Store:
 
     def transaction(self) -> AbstractContextManager[Transaction]:
         """One atomic change: `with store.transaction() as tx: tx.emit(...)` (see
-        sync/transaction.py)."""
+        sync/store/transaction.py)."""
         return self._transactions.open()
 
     async def flushed(self) -> None:
-        """Until every commit so far is on disk — off the event loop (sync/durability.py).
+        """Until every commit so far is on disk — off the event loop (sync/store/durability.py).
         Raises OSError when the log cannot be flushed (a storage fault)."""
         if self.wal_sync is not None:
             await self.wal_sync.flushed()
@@ -361,7 +256,7 @@ class Store:
         """A read-only connection for another thread: the ledger with the current replica
         attached, and the names of the read contract (module doc). Close it after use;
         it keeps reading the replica it opened even if a switch happens meanwhile."""
-        return open_reader(self.path, self.replica_path)
+        return attach.open_reader(self.path, self.replica_path)
 
     def meta(self, key: str, default: str | None = None) -> str | None:
         return self._meta.get(key, default)
@@ -504,38 +399,16 @@ class Store:
         return out
 
     def view(self, member_id: str | None, gate: Gate, now: datetime) -> MemberView:
-        """What decide() needs for this member at this gate: indexed look-ups only."""
-        if member_id is None:
-            return MemberView(None)
-        member = self.member(member_id)
-        if member is None:
-            return MemberView(None)
-        passes = tuple(self.passes_of(member_id))
-        # a gate's arrival window may be longer than the default horizon (early_arrival: 2d)
-        before = max(VIEW_HORIZON, gate.late_arrival + timedelta(days=1))
-        after = max(VIEW_HORIZON, gate.early_arrival + timedelta(days=1))
-        bookings = tuple(self.bookings_of(member_id, now - before, now + after))
-        own = {p.id for p in passes}
-        extra: dict[str, Pass] = {}
-        for b in bookings:
-            if b.pass_id not in own and b.pass_id not in extra:
-                p = self.get_pass(b.pass_id)
-                if p is not None:
-                    extra[b.pass_id] = p
-        return MemberView(
-            member=member,
-            passes=passes,
-            bookings=bookings,
-            presence={gate.zone: self.zone_presence(member_id, gate.zone)},
-            extra_passes=extra,
-        )
+        """What decide() needs for this member at this gate: indexed look-ups only
+        (sync/store/member_view.py)."""
+        return member_view(self.replica, self.ledger, member_id, gate, now)
 
     # -- the replica: what the central system sends ---------------------------------------
 
     def apply_sync(self, batch: SyncBatch, now: datetime, *, snapshot: bool = False) -> None:
         """Members, passes and bookings replace by id, whole. A snapshot also removes
         everything it does not list (in one transaction that holds the loop: tests,
-        seeding; the link imports snapshots with sync/snapshot.py). Our own outcomes and
+        seeding; the link imports snapshots with sync/snapshot/importer.py). Our own outcomes and
         deductions are kept (module doc)."""
         self._apply(batch, now, snapshot=snapshot, delta_seq=None)
 
@@ -567,7 +440,7 @@ class Store:
 
     def _settle_enrolments(self) -> None:
         """After a sync: the desk's card enrolments the central system has dealt with go
-        (sync/enrolment.py) — a ledger transaction of its own, after the replica's."""
+        (sync/store/enrolment.py) — a ledger transaction of its own, after the replica's."""
         if self.conn.execute("SELECT 1 FROM main.card_enrolments LIMIT 1").fetchone() is not None:
             with self.transaction():
                 enrolment.settle(self.conn, self.acked_seq)
@@ -588,40 +461,9 @@ class Store:
         orphan, deleted at the next start); after it, the new one. On an error the old
         replica is attached again and the error raised.
         """
-        conn = self.conn
         old = self.replica_path
-        conn.execute("DETACH DATABASE replica")  # raises if a statement is still reading it
-        try:
-            self._attach(new)
-        except BaseException:
-            self._attach(old)
-            raise
-        try:
-            gen = self.replica.meta("generation")
-            looked = self.replica.meta(SWITCH_CURSOR_KEY)
-            with self.transaction() as tx:
-                conn.execute(
-                    "INSERT OR IGNORE INTO main.due_recheck(booking_id) SELECT booking_id FROM replica.switch_recheck"
-                )
-                conn.execute(
-                    "DELETE FROM main.booking_outcomes WHERE booking_id IN "
-                    "(SELECT booking_id FROM replica.switch_clear)"
-                )
-                cursor = self.ledger.cursor()
-                if cursor is not None and (looked is None or float(looked) < cursor):
-                    # bookings new to this replica that ended after the worker looked
-                    # and before now are walked again (the ones settled meanwhile are skipped)
-                    if looked is None:
-                        tx.delete_meta(CURSOR_KEY)
-                    else:
-                        tx.set_meta(CURSOR_KEY, looked)
-                enrolment.settle(conn, self.acked_seq)
-                tx.set_meta(REPLICA_FILE_KEY, new.name)
-                tx.set_meta(REPLICA_GENERATION_KEY, gen or "0")
-        except BaseException:
-            conn.execute("DETACH DATABASE replica")
-            self._attach(old)
-            raise
+        attach.switch(self.conn, new, old, replica=self.replica, ledger=self.ledger,
+                      transaction=self.transaction, acked_seq=self.acked_seq)
         self.replica_path = new
         return old
 
@@ -653,18 +495,18 @@ class Store:
         it as `passage_unconfirmed` in that transaction."""
         return self.ledger.commit_tap(tap, passed=passed, now=now, unconfirmed=unconfirmed)
 
-    # -- grant intents (sync/intents.py) ------------------------------------------------
+    # -- grant intents (sync/store/intents.py) ------------------------------------------------
 
     def open_intent(self, tap: Tap, now: datetime) -> Tap:
         """Write that the tap's gate is about to open for its grant (and use up its QR
         token): the tap with its intent. Called before the relay is pulsed: if this raises,
-        an entry must not open (sync.intents.TokenUsed: the token was used up meanwhile,
+        an entry must not open (sync.store.intents.TokenUsed: the token was used up meanwhile,
         `qr_replayed`)."""
         return tap.with_intent(self.intents.open(tap, now), now)
 
     def set_site_wide_qr(self, on: bool) -> None:
         """A QR code's first use becomes a `qr_used` event for the site's other daemons
-        (the daemon turns it on when it shares with them, sync/peers.py)."""
+        (the daemon turns it on when it shares with them, sync/store/peer_events.py)."""
         self.site_wide_qr = on
         self.ledger.site_wide_qr = on
 
@@ -689,7 +531,7 @@ class Store:
 
     def enrol_card(self, card: str, member_id: str, operator: str, now: datetime) -> Committed:
         """The desk gives `card` to a member: it works at once and goes upstream as a
-        `card_enrolled` event (sync/enrolment.py), under its typed key (`card` is a typed
+        `card_enrolled` event (sync/store/enrolment.py), under its typed key (`card` is a typed
         key, as an unknown card's access event carries it, or text this site's readers
         would send). ValueError when it is no card."""
         key = self.card_key(card)
@@ -705,8 +547,8 @@ class Store:
         mark: tuple[int | None, float | None] | None = None, now: datetime | None = None,
     ) -> dict[str, int]:
         """Another daemon of the site's events: passages, booking outcomes, charges,
-        refunds, used QR codes (sync/peers.py), with how far that daemon is now heard
-        (`mark`: heard_seq, heard_through; sync/peer_marks.py), in one transaction.
+        refunds, used QR codes (sync/store/peer_events.py), with how far that daemon is now heard
+        (`mark`: heard_seq, heard_through; sync/link/peer_marks.py), in one transaction.
         Returns counts by kind."""
         return self.ledger.record_peer_events(sender, events, zones, mark, now)
 
@@ -751,6 +593,7 @@ __all__ = [
     "Committed",
     "Event",
     "PassRecord",
+    "REPLICA_FILE_KEY",
     "Store",
     "StoreError",
     "SyncBatch",

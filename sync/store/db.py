@@ -16,7 +16,7 @@ def connect(path: Path, *, durable: bool) -> sqlite3.Connection:
 
     NORMAL either way: a COMMIT writes the log and returns, no fsync on the caller's
     thread (the event loop). With `durable`, the store flushes the log itself, off the
-    loop (sync/durability.py), and the tap path waits for that flush where a power cut
+    loop (sync/store/durability.py), and the tap path waits for that flush where a power cut
     must not take what it did: a committed deduction survives a power cut, not only a
     process crash."""
     path.parent.mkdir(parents=True, exist_ok=True)

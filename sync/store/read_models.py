@@ -21,9 +21,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sync.occupancy import entries_inside
-from sync.search_text import alnum, digits, fold
-from sync.store import open_reader
+from sync.store.occupancy import entries_inside
+from sync.store.search_text import alnum, digits, fold
+from sync.store.store import open_reader
 
 CHUNK = 500  # SQLite's default limit on host parameters is far above this
 
@@ -32,7 +32,7 @@ CHUNK = 500  # SQLite's default limit on host parameters is far above this
 def read_only(db_path: Path) -> Iterator[sqlite3.Connection]:
     """A connection of its own that cannot write (WAL lets it read beside the writer):
     the ledger with the replica it names attached, the tables by their names
-    (sync/store.py, "Reading tables directly")."""
+    (sync/store/store.py, "Reading tables directly")."""
     conn = open_reader(db_path)
     try:
         yield conn
@@ -136,7 +136,7 @@ def search_members(conn: sqlite3.Connection, q: str, limit: int = 25) -> list[Me
     """Any part of the name or e-mail (accents and case ignored), of the phone (digits) or
     of a card number (separators ignored), or the member id exactly.
 
-    One `LIKE` over the members' `search` column (sync/search_text.py), in SQLite's C code:
+    One `LIKE` over the members' `search` column (sync/store/search_text.py), in SQLite's C code:
     run it on a `read_only()` connection in a worker thread (a scan of 100,000 members).
     """
     q = q.strip()
@@ -246,7 +246,7 @@ class Inside:
 
 def inside(conn: sqlite3.Connection, zone: str, start: datetime, now: datetime) -> list[Inside]:
     """Members whose latest passage into or out of `zone` since `start` (local midnight) is
-    an entry — sync.occupancy's count — with their names, when and where they came in."""
+    an entry — sync.store.occupancy's count — with their names, when and where they came in."""
     entries = entries_inside(conn, zone, start, now)
     names: dict[str, str] = {}
     ids = [m for m, _, _ in entries]

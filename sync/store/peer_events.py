@@ -2,7 +2,7 @@
 `{prefix}/{site}/+/events` and their answers to catch-up requests, docs/protocol.md): who
 went in or out (site-wide anti-passback, occupancy, the no-show fee's "on site" test), the
 booking outcomes they recorded, their charges and the refunds anyone gave, the QR codes
-they used up — and how far each of them is heard (`peer_marks`, sync/peer_marks.py),
+they used up — and how far each of them is heard (`peer_marks`, sync/link/peer_marks.py),
 written in the same transaction as what was heard.
 
 Why each matters on a site whose gates are separate daemons (one per turnstile):
@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 
 from rules.model import Direction
 from rules.timeutil import parse_instant_once
-from sync.rows import ts
+from sync.store.rows import ts
 
 _UTC = ZoneInfo("UTC")
 

@@ -1,6 +1,6 @@
 """The replica: the central system's members, cards, passes and bookings as this gate
 last heard of them, in a database file of its own attached AS `replica` (see
-sync/replica_file.py), read by taps and changed by whole deltas, look-up answers and
+sync/store/replica_file.py), read by taps and changed by whole deltas, look-up answers and
 snapshots.
 
 Nothing in it is the gate's own. What a tap changes lives in the ledger and is folded in
@@ -32,9 +32,10 @@ from rules.credential import (
 )
 from rules.model import Booking, Member, Pass
 from rules.model import Site as SiteModel
-from sync import enrolment
-from sync.batch import SyncBatch
-from sync.rows import (
+from sync.store import enrolment
+from sync.store.batch import SyncBatch
+from sync.store.read_contract import local_balance
+from sync.store.rows import (
     BOOKING_READ,
     MEMBER_INSERT,
     MEMBER_READ,
@@ -49,7 +50,6 @@ from sync.rows import (
     pass_row,
     ts,
 )
-from sync.views import local_balance
 
 TABLES = ("members", "cards", "card_keys", "passes", "bookings")
 _BOOKINGS = "replica.bookings b LEFT JOIN main.booking_outcomes o ON o.booking_id = b.id"

@@ -1,12 +1,12 @@
-"""The protocol session's configuration (from the gate's `mqtt:` settings) and what the
-gate's store holds when a session starts."""
+"""The protocol session's configuration (from the gate's `mqtt:` settings) and the state of
+the gate's store a session starts from (`StoreState`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from sync.settings import MqttSettings
+from sync.link.settings import MqttSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +32,7 @@ class SessionConfig:
     gap_rewind_interval: float = 1.0  # acks with `gap` repeat while the resend is on its way
     # behind the central's delta head this long: a delta was lost, not just on its way
     head_grace: float = 5.0
-    # the site's other daemons (sync/peer_marks.py): our heartbeat, and how patiently a
+    # the site's other daemons (sync/link/peer_marks.py): our heartbeat, and how patiently a
     # gap in theirs is asked about; a daemon heard of for the first time is asked for its
     # events of this long ago on
     mark_interval: float = 5.0
@@ -69,8 +69,9 @@ class SessionConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Replica:
-    """What the gate's store holds when the session is made."""
+class StoreState:
+    """Where the gate's store stands when the session is made (the link's port reads it:
+    sync/link/port.py): its outbox, its replica's position, the peers heard."""
 
     acked_seq: int = 0
     last_seq: int = 0

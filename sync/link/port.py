@@ -1,0 +1,159 @@
+"""The sync link's only door into the store and the snapshot importer: every read and
+write the protocol causes is one method here (their interfaces change under the link
+while the store is reworked; the link changes in this one place). sync/link/link.py and
+its parts never hold the store itself, and reach the snapshot import only through it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sync.link.session_config import StoreState
+from sync.protocol import Delta, LookupResponse, SnapshotHeader
+from sync.snapshot import SnapshotError, SnapshotImporter, SnapshotRejected
+from sync.store import Event, Store, SyncBatch
+
+# what the snapshot steps below raise (SnapshotRejected: the worker found a chunk invalid)
+__all__ = ["SnapshotError", "SnapshotRejected", "StorePort"]
+
+
+class StorePort:
+    def __init__(self, store: Store, daemon: str, batch_rows: int):
+        self.store = store
+        self.daemon = daemon
+        self.importer = SnapshotImporter(store, daemon, batch_rows=batch_rows)
+
+    def state(self) -> StoreState:
+        s = self.store
+        return StoreState(
+            acked_seq=s.acked_seq,
+            last_seq=s.last_seq,
+            delta_seq=s.delta_seq,
+            has_snapshot=s.snapshot_id is not None,
+            snapshot_reason="card_rule" if s.card_rule_changed else None,
+            peer_marks=s.peer_marks(),
+        )
+
+    # -- where the store stands (health, the session's inputs) ---------------------------
+
+    @property
+    def last_seq(self) -> int:
+        return self.store.last_seq
+
+    @property
+    def acked_seq(self) -> int:
+        return self.store.acked_seq
+
+    @property
+    def delta_seq(self) -> int:
+        return self.store.delta_seq
+
+    def last_sync_at(self) -> datetime | None:
+        return self.store.last_sync_at()
+
+    def outbox_depth(self) -> int:
+        return self.store.outbox_depth()
+
+    @property
+    def card_rule_changed(self) -> bool:
+        """The replica's cards were typed under another rule (Store.card_rule_changed)."""
+        return self.store.card_rule_changed
+
+    # -- our events: the uplink, replays, catch-ups ----------------------------------------
+
+    def listen(self, listener: Callable[[list[Event]], None]) -> None:
+        """`listener` is called with the events of every committed transaction."""
+        self.store.listeners.append(listener)
+
+    def stop_listening(self, listener: Callable[[list[Event]], None]) -> None:
+        if listener in self.store.listeners:
+            self.store.listeners.remove(listener)
+
+    def events_after(self, seq: int, limit: int) -> list[Event]:
+        return self.store.events_after(seq, limit=limit)
+
+    def first_held_seq(self) -> int:
+        return self.store.first_seq
+
+    def first_seq_since(self, at: datetime) -> int | None:
+        return self.store.first_seq_since(at)
+
+    def ack(self, applied_seq: int) -> None:
+        self.store.ack(applied_seq)
+
+    def prune(self, before: datetime, keep_max: int) -> int:
+        return self.store.prune_acked(before, keep_max)
+
+    def alarm(self, kind: str, detail: str, now: datetime, **fields: Any) -> None:
+        """An `alarm` event (the link's own: an ack beyond the last seq, a QR code used twice, ...)."""
+        self.store.emit("alarm", now, gate=None, kind=kind, detail=detail, **fields)
+
+    # -- the site's other daemons --------------------------------------------------------
+
+    def record_peer_events(
+        self, sender: str, events: list[dict[str, Any]], zones: dict[str, str],
+        mark: tuple[int | None, float | None] | None, now: datetime,
+    ) -> dict[str, int]:
+        return self.store.record_peer_events(sender, events, zones, mark, now)
+
+    def save_peer_mark(self, peer: str, heard_seq: int | None, heard_through: float | None) -> None:
+        self.store.save_peer_mark(peer, heard_seq, heard_through)
+
+    # -- the central system's data -------------------------------------------------------
+
+    def _batch(self, members: Sequence[Any], passes: Sequence[Any], bookings: Sequence[Any], remove: Any = None) -> SyncBatch:
+        return SyncBatch(
+            members=list(members),
+            passes=[p.for_daemon(self.daemon) for p in passes],
+            bookings=list(bookings),
+            remove_members=list(remove.members) if remove else [],
+            remove_passes=list(remove.passes) if remove else [],
+            remove_bookings=list(remove.bookings) if remove else [],
+        )
+
+    def apply_delta(self, delta: Delta, now: datetime) -> None:
+        batch = self._batch(delta.members, delta.passes, delta.bookings, delta.remove)
+        self.store.apply_delta(batch, delta.delta_seq, now)
+
+    def apply_lookup(self, resp: LookupResponse, now: datetime) -> None:
+        self.store.apply_sync(self._batch(resp.members, resp.passes, resp.bookings), now)
+
+    def member_count(self) -> int:
+        return int(self.store.conn.execute("SELECT COUNT(*) FROM members").fetchone()[0])
+
+    # -- the snapshot import (sync/snapshot/) ----------------------------------------------
+
+    @property
+    def importing(self) -> bool:
+        return self.importer.active
+
+    @property
+    def import_report(self) -> dict[str, Any]:
+        """The last import's figures (bench, logs)."""
+        return self.importer.report
+
+    async def stage(self, header: SnapshotHeader, payload: bytes, first: bool, now: datetime) -> None:
+        """One chunk to the snapshot worker (sync/snapshot/importer.py)."""
+        if first:
+            await self.importer.begin(header, now)
+        await self.importer.add(header, payload)
+
+    async def built(self) -> int:
+        """Wait for the worker to build the replica (off the loop); the members it holds."""
+        report = await self.importer.built()
+        return int(report["counts"]["members"])
+
+    async def commit(self) -> None:
+        """Switch the built replica in (a few ms)."""
+        await self.importer.switch()
+
+    async def abort(self) -> None:
+        await self.importer.abort()
+
+    def abort_now(self) -> None:
+        """`abort` without waiting (the link's task is being cancelled)."""
+        self.importer.abort_now()
+
+    async def cleanup(self) -> None:
+        await self.importer.cleanup()
