@@ -35,8 +35,8 @@ from pydantic import TypeAdapter
 from rules.credential import Card, TenDigits, card_from_text
 from rules.model import PassKind
 from rules.timeutil import parse_instant
-from sync.protocol import MAX_CHUNKS
 from sync.photos import photo_or_none
+from sync.protocol import MAX_CHUNKS
 from sync.records import NOTE_MAX, STATUS_REASON_MAX, Amount, clean_text
 from sync.rows import Row, instant_ts, keys_of, windows_json
 from sync.search_text import search_text

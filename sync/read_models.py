@@ -21,7 +21,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from sync import photos
 from sync.occupancy import entries_inside
+from sync.photos import Photo
 from sync.search_text import alnum, digits, fold
 from sync.store import open_reader
 
@@ -110,6 +112,93 @@ def anonymous_access_events(conn: sqlite3.Connection, limit: int = 300) -> list[
     return [dict(json.loads(r[0])) for r in rows]
 
 
+def first_seq_at(conn: sqlite3.Connection, start: datetime) -> int:
+    """The seq of the first event at or after `start` (one past the last when none): a
+    bisection over the log by seq, whose `at` grows with it (the commit time; a clock
+    step back can put a few events before a later bound, which callers filter by `at`)."""
+    bounds = conn.execute("SELECT MIN(seq), MAX(seq) FROM events").fetchone()
+    if bounds is None or bounds[0] is None:
+        return 1
+    lo, hi = int(bounds[0]), int(bounds[1]) + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = conn.execute("SELECT seq, at FROM events WHERE seq >= ? ORDER BY seq LIMIT 1", (mid,)).fetchone()
+        if row is None:
+            hi = mid
+            continue
+        at = datetime.fromisoformat(str(row[1]).replace("Z", "+00:00"))
+        if at < start:
+            lo = int(row[0]) + 1
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass(slots=True)
+class DenialGroup:
+    """Today's denials of one member (or one unknown card, or of nobody identified, by
+    reason) not yet dealt with: how many, the newest of them, every seq."""
+
+    key: str  # "member:ID", "card:KEY" or "reason:CODE"
+    member: str | None
+    card: str | None
+    latest: dict[str, Any]
+    first_at: str
+    seqs: list[int]
+
+
+def denial_groups(conn: sqlite3.Connection, first_seq: int, start: datetime, done: set[int]) -> list[DenialGroup]:
+    """Denied access events from `first_seq` at or after `start`, not in `done`, grouped
+    by member — by card for unknown cards — newest group first. Every one of them: the
+    desk's to-do list is never cut. Run on a `read_only()` connection (it reads the day)."""
+    rows = conn.execute(
+        "SELECT seq, body FROM events WHERE seq >= ? AND type = 'access' "
+        "AND json_extract(body, '$.decision') = 'denied' ORDER BY seq DESC",
+        (first_seq,),
+    ).fetchall()
+    groups: dict[str, DenialGroup] = {}
+    bound = start.timestamp()
+    for seq, body in rows:
+        if seq in done:
+            continue
+        ev = dict(json.loads(body))
+        at = str(ev.get("at") or "")
+        try:
+            if datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp() < bound:
+                continue
+        except ValueError:
+            continue
+        key = denial_key(ev)
+        g = groups.get(key)
+        if g is None:
+            member = ev.get("member")
+            groups[key] = DenialGroup(key, member, None if member else ev.get("card"), ev, at, [int(seq)])
+        else:
+            g.seqs.append(int(seq))
+            g.first_at = at
+    return list(groups.values())
+
+
+def denial_key(ev: dict[str, Any]) -> str:
+    """The group a denied access event falls in (DenialGroup.key)."""
+    if ev.get("member"):
+        return f"member:{ev['member']}"
+    if ev.get("card"):
+        return f"card:{ev['card']}"
+    return f"reason:{ev.get('reason') or 'unknown'}"
+
+
+def alarm_events(conn: sqlite3.Connection, first_seq: int, kinds: Iterable[str]) -> list[dict[str, Any]]:
+    """`alarm` events of these kinds from `first_seq`, oldest first."""
+    wanted = list(kinds)
+    rows = conn.execute(
+        f"SELECT body FROM events WHERE seq >= ? AND type = 'alarm' AND json_extract(body, '$.kind') IN "
+        f"({_marks(len(wanted))}) ORDER BY seq",
+        (first_seq, *wanted),
+    ).fetchall()
+    return [dict(json.loads(r[0])) for r in rows]
+
+
 def denials_since(conn: sqlite3.Connection, after_seq: int, limit: int = 200) -> list[dict[str, Any]]:
     """Denied access events after `after_seq`, newest first (the desk's to-do list)."""
     rows = conn.execute(
@@ -167,6 +256,33 @@ def search_members(conn: sqlite3.Connection, q: str, limit: int = 25) -> list[Me
     return out
 
 
+def member_photo(conn: sqlite3.Connection, member_id: str) -> Photo | None:
+    """The photo to show of a member: the desk's (ledger) in preference to the central
+    system's (replica), sync/photos.py."""
+    row = conn.execute("SELECT mime, data, seq FROM member_photos WHERE member_id = ?", (member_id,)).fetchone()
+    if row is not None:
+        return Photo(str(row[0]), bytes(row[1]), f"d{row[2]}")
+    row = conn.execute("SELECT photo, synced_at FROM members WHERE id = ?", (member_id,)).fetchone()
+    decoded = photos.decode(row[0]) if row is not None else None
+    if decoded is None:
+        return None
+    return Photo(decoded[0], decoded[1], f"c{int((row[1] or 0) * 1000)}")
+
+
+def photo_versions(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, str]:
+    """member id -> the version of the photo member_photo would show, for the members that
+    have one (without reading a photo: the console puts the version in the photo's URL,
+    so a browser caches each photo once)."""
+    out: dict[str, str] = {}
+    for chunk in _chunks(ids):
+        marks = _marks(len(chunk))
+        out.update({r[0]: f"c{int((r[1] or 0) * 1000)}" for r in conn.execute(
+            f"SELECT id, synced_at FROM members WHERE photo IS NOT NULL AND id IN ({marks})", chunk)})
+        out.update({r[0]: f"d{r[1]}" for r in conn.execute(
+            f"SELECT member_id, seq FROM member_photos WHERE member_id IN ({marks})", chunk)})
+    return out
+
+
 def member_phone(conn: sqlite3.Connection, member_id: str) -> str | None:
     row = conn.execute("SELECT phone FROM members WHERE id = ?", (member_id,)).fetchone()
     return None if row is None else row[0]
@@ -215,6 +331,15 @@ def refundable_walk_in(
     if row is None:
         return None
     return WalkInCharge(int(row[0]), row[1], row[4] or row[1], Decimal(row[2]), datetime.fromtimestamp(row[3], UTC))
+
+
+def last_visits(conn: sqlite3.Connection, member_id: str, limit: int = 5) -> list[tuple[datetime, str | None, str]]:
+    """The member's latest entries (not exits), newest first: (when, gate, zone)."""
+    rows = conn.execute(
+        "SELECT at, gate, zone FROM passages WHERE member_id = ? AND direction = 'in' ORDER BY at DESC LIMIT ?",
+        (member_id, limit),
+    ).fetchall()
+    return [(datetime.fromtimestamp(r[0], UTC), r[1], r[2]) for r in rows]
 
 
 def first_entry(conn: sqlite3.Connection, member_id: str, zone: str, start: datetime, end: datetime) -> datetime | None:
@@ -367,6 +492,7 @@ def loyalty_report(conn: sqlite3.Connection, start: datetime, end: datetime) -> 
 
 __all__ = [
     "AuditRow",
+    "DenialGroup",
     "Inside",
     "LoyaltyEntry",
     "LoyaltyLine",
@@ -378,7 +504,14 @@ __all__ = [
     "audit_facets",
     "audit_rows",
     "class_names",
+    "denial_groups",
+    "denial_key",
     "denials_since",
+    "first_seq_at",
+    "last_visits",
+    "member_photo",
+    "photo_versions",
+    "alarm_events",
     "alnum",
     "digits",
     "event_by_seq",

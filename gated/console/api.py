@@ -45,10 +45,12 @@ def as_json(data: Any, status: int = 200) -> Response:
     return Response(dumps(data), status_code=status, media_type="application/json")
 
 
-async def body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise HttpError(413, "request too large")
+async def body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    raw = bytearray()
+    async for part in request.stream():  # read no further than the limit
+        raw += part
+        if len(raw) > limit:
+            raise HttpError(413, "request too large")
     try:
         data = json.loads(raw or b"{}")
     except ValueError:
@@ -106,7 +108,10 @@ async def me(request: Request) -> Response:
 
 @requires()
 async def health(request: Request) -> Response:
-    return as_json(console_of(request).views.health())
+    c = console_of(request)
+    h = c.views.health()
+    h["alarms"] = c.current_alarms(h)
+    return as_json(h)
 
 
 @requires()
@@ -184,17 +189,6 @@ async def classes(request: Request) -> Response:
 @requires()
 async def occupancy(request: Request) -> Response:
     return as_json({"zones": console_of(request).views.occupancy()})
-
-
-@requires()
-async def denials(request: Request) -> Response:
-    c = console_of(request)
-    return as_json({"items": c.views.denials(0, c.dismissed())})
-
-
-@requires()
-async def unknown_cards(request: Request) -> Response:
-    return as_json({"items": console_of(request).views.unknown_cards()})
 
 
 def audit_filters(request: Request) -> dict[str, Any]:
@@ -368,16 +362,6 @@ async def enrol_card(request: Request) -> Response:
     committed = await c.backend.enrol_card(card, member_id, user)
     log.info("console_enrol_card", member=member_id, operator=user)
     return as_json({"ok": True, "seq": _seqs(committed)})
-
-
-@requires(write=True)
-async def dismiss_denials(request: Request) -> Response:
-    data = await body(request)
-    seqs = data.get("seq")
-    if not isinstance(seqs, list) or len(seqs) > 500 or not all(isinstance(s, int) and not isinstance(s, bool) for s in seqs):
-        raise HttpError(400, "seq: a list of event numbers")
-    saved = console_of(request).dismiss(seqs, operator(request).name)
-    return as_json({"ok": True, "saved": saved})
 
 
 def confirmed(data: dict[str, Any], word: str) -> None:

@@ -19,12 +19,14 @@ ACTIONS = {
     "login_failed": "Failed login",
     "enrol_card": "Assigned a card",
     "denials_done": "Dealt with denials",
+    "alarm_acknowledged": "Acknowledged an alarm",
+    "member_photo": "Took a member's photo",
 }
 DETAIL_WORDS = {"gate": "gate", "reason": "reason", "booking": "class", "refund": "refund", "member": "member",
                 "points": "points", "ip": "from", "card": "card", "pass": "pass", "why": "as", "because": "as", "decision": "decision",
-                "denials": "events"}
+                "denials": "events", "alarm": "alarm", "kind": "kind", "detail": "detail", "bytes": "bytes"}
 HIDDEN_DETAIL = ("seq",)  # the event column says it
-NO_EVENT = ("login", "logout", "login_failed", "denials_done")  # their seq is only "the last event at the time"
+NO_EVENT = ("login", "logout", "login_failed", "denials_done", "alarm_acknowledged")  # their seq is only "the last event at the time"
 
 
 def notice_text(ev: dict[str, Any], item: dict[str, Any], passes: dict[str, str]) -> str | None:
