@@ -106,7 +106,7 @@ async def test_alarms_stay_until_resolved_or_acknowledged(tmp_path: Path) -> Non
         assert [a for a in (await c.get("/api/health")).json()["alarms"] if a["kind"] == "door_forced"] == []
         (row,) = (await c.get("/api/audit?action=alarm_acknowledged")).json()["rows"]
         assert row["operator"] == "desk" and row["detail"]["alarm"] == forced["id"]
-        assert "Acknowledged an alarm" == row["action_text"]
+        assert row["action_text"] == "Acknowledged an alarm"
         # a second forced door: still there after a restart, until acknowledged
         site.turnstile.force_door_open()
         await wait_for(lambda: sum(e.get("kind") == "door_forced" for e in site.store.recent_events(30, types=["alarm"]))
