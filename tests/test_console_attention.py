@@ -177,3 +177,31 @@ async def test_a_photo_taken_at_the_desk_is_kept_shown_and_sent(tmp_path: Path) 
         assert (await Client(site.port).get(url)).status == 401  # behind the login
         audit = (await c.get("/api/audit?action=member_photo")).json()["rows"]
         assert [r["operator"] for r in audit] == ["desk", "desk"] and "base64" not in str(audit)
+
+
+async def test_a_first_tap_between_the_page_load_and_its_stream_is_not_lost(tmp_path: Path) -> None:
+    """The feed page reads /api/feed (empty: `last_seq` 0), then opens /events?after=0; a tap
+    in between was never shown (the stream replayed only after a seq above 0)."""
+    import http.client
+    import json
+
+    async with running_site(tmp_path) as site:
+        c = Client(site.port)
+        await c.login("desk")
+        assert (await c.get("/api/feed")).json()["last_seq"] == 0
+        await site.tap("DEADBEEF")  # before the stream opens
+
+        def first_line() -> dict[str, Any]:
+            conn = http.client.HTTPConnection("127.0.0.1", site.port, timeout=10)
+            try:
+                conn.request("GET", "/events?after=0", headers={"Cookie": f"gated_session={c.cookies['gated_session']}"})
+                r = conn.getresponse()
+                while True:
+                    line = r.fp.readline().decode()
+                    if line.startswith("data: "):
+                        return dict(json.loads(line[6:]))
+            finally:
+                conn.close()
+
+        item = await asyncio.wait_for(asyncio.to_thread(first_line), 10)
+        assert item["member_name"] == "Max Mustermann" and item["decision"] == "denied"

@@ -129,7 +129,8 @@ def _sse(item: dict[str, Any]) -> str:
 async def events(request: Request) -> Response:
     c = console_of(request)
     store = c.views.store
-    after = int_param(request.headers.get("last-event-id") or request.query_params.get("after"), 0, 0, 1 << 62)
+    given = request.headers.get("last-event-id") or request.query_params.get("after")
+    after = int_param(given, 0, 0, 1 << 62)
     token = request.cookies.get(SESSION_COOKIE)
     q = c.hub.subscribe()
 
@@ -137,8 +138,9 @@ async def events(request: Request) -> Response:
         last = after
         try:
             yield "retry: 2000\n\n"
-            if after:
-                # what happened while the browser was away (network blip, page load)
+            if given is not None:
+                # what happened while the browser was away (network blip, page load) — also
+                # after 0: a first tap between the page's /api/feed and this stream
                 for item in c.views.feed_items(store.events_after(after, 300)):
                     last = max(last, item["seq"])
                     yield _sse(item)
