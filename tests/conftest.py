@@ -33,8 +33,8 @@ UNIT = {
     "test_sync_retention", "test_sync_session", "test_timeutil", "test_durability", "test_chunk_rows",
     "test_snapshot_wire", "test_imports", "test_console_alarms",
 }
-BROWSER = {"test_console_browser", "test_console_desk_browser"}
-SLOW = {"test_simday", "test_torture", "test_package"}
+BROWSER = {"test_console_browser", "test_console_desk_browser", "test_console_burst"}
+SLOW = {"test_simday", "test_torture", "test_package", "test_console_burst"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
