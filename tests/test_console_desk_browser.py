@@ -242,7 +242,7 @@ async def test_the_member_card_at_a_glance_and_a_photo_from_the_desk_camera(tmp_
             row = page.locator("#feed-body tr.denied", has_text="Max Mustermann")
             await row.wait_for(timeout=5000)
             await page.wait_for_function(
-                "() => { const i = document.querySelector('#feed-body tr.denied td.who img.face');"
+                "() => { const i = document.querySelector('#feed-body tr.denied .who img.face');"
                 " return i && i.complete && i.naturalWidth > 0; }", timeout=5000)
             await page.goto(site.base + "/members#m-blocked")
             await page.locator("#why-blocked", has_text="card payment failed on 3 Nov").wait_for(timeout=5000)

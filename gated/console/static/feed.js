@@ -22,8 +22,8 @@ function feedRow(item, fresh) {
     tr.append(
       el("td", { text: item.time }),
       el("td", { text: item.gate_name || "" }),
-      el("td", { class: "who" }, item.member ? face(item.photo, item.member_name) : "",
-        item.member ? el("a", { href: "/members#" + encodeURIComponent(item.member), text: who }) : who),
+      el("td", null, el("span", { class: "who" }, item.member ? face(item.photo, item.member_name) : "",
+        item.member ? el("a", { href: "/members#" + encodeURIComponent(item.member), text: who }) : who)),
       el("td", null, dec, el("span", { class: "reason", text: (item.reason || "").replace(/_/g, " ") })),
       el("td", { text: msg }),
       el("td", { text: item.pass_name || "" }),
