@@ -274,7 +274,7 @@ async def test_the_member_card_at_a_glance_and_a_photo_from_the_desk_camera(tmp_
             event = site.store.recent_events(5, types=["member_photo"])[0]
             assert event["member"] == "m-bruno" and event["photo"].startswith("data:image/jpeg;base64,/9j/")
             assert len(event["photo"]) <= int(await page.get_attribute("body", "data-photo-max") or 0)
-            await page.screenshot(path=str(ARTIFACTS / "console-member.png"))
+            await page.screenshot(path=str(ARTIFACTS / "console-glance.png"))
             # the same face on the check-in dialog, the feed and the gate's last tap
             await page.click("#btn-check-in")
             assert await page.locator("dialog .dialog-face img").get_attribute("src") == src
@@ -284,7 +284,13 @@ async def test_the_member_card_at_a_glance_and_a_photo_from_the_desk_camera(tmp_
             await site.tap("0499887766", gate="exit")
             await page.locator("#feed-body tr.granted", has_text="Goodbye Bruno").locator(f"img[src='{src}']").wait_for(timeout=5000)
             await page.locator(f".gate[data-gate='exit'] .last-tap img[src='{src}']").wait_for(timeout=10000)
-            await page.screenshot(path=str(ARTIFACTS / "console-feed.png"))
+            await site.tap("04A1B2C3D4")  # Ana: no photo yet, her initials
+            await site.tap("CAFE0001")
+            await site.tap("DEADBEEF")  # Max again: his face beside the denial
+            await page.locator("#feed-body tr", has_text="Card not recognised").wait_for(timeout=5000)
+            await page.locator("#attention-list li[data-key='member:m-blocked'] .count-badge", has_text="×2").wait_for(timeout=5000)
+            await page.wait_for_timeout(500)  # the photos drawn
+            await page.screenshot(path=str(ARTIFACTS / "console-faces.png"))
             assert watch.errors == []
             await ctx.close()
         finally:
