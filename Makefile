@@ -6,8 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := mosquitto chromium socat faketime
+# Debian packaging (make deb), and what the package tests run (lintian)
+DEB_PACKAGES := debhelper dh-virtualenv dpkg-dev lintian python3-venv python3-dev git
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DEB_ARCH := $(shell dpkg --print-architecture 2>/dev/null)
+DEB := dist/gated_$(VERSION)_$(DEB_ARCH).deb
 
-.PHONY: install test check demo bench lint typecheck system-deps torture soak clean
+.PHONY: install test check demo bench lint typecheck system-deps deb-deps deb torture soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +35,32 @@ system-deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
+# The Debian packaging tools, installed only when missing (make deb, and make test's package tests)
+deb-deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+# gated_<version>_<arch>.deb in dist/: the daemon and its dependencies in /opt/venvs/gated
+# (dh-virtualenv; compiled wheels make it per architecture), built in a copy of the tree
+# under build/deb so nothing is written beside the repository.
+deb: deb-deps
+	@test "$$(dpkg-parsechangelog -S Version)" = "$(VERSION)" || \
+	  { echo "debian/changelog ($$(dpkg-parsechangelog -S Version)) and pyproject.toml ($(VERSION)) differ"; exit 1; }
+	rm -rf build/deb && mkdir -p build/deb/gated-$(VERSION) dist
+	git ls-files -z --cached --others --exclude-standard | grep -zv '^\.ci/' | \
+	  tar --null -T - -cf - | tar -xf - -C build/deb/gated-$(VERSION)
+	# a wheel cache of its own: a wheel pip built earlier for another Python (the dev
+	# venv's) would carry that Python's library path into the package
+	cd build/deb/gated-$(VERSION) && PIP_CACHE_DIR=$(CURDIR)/build/pip-cache \
+	  dpkg-buildpackage -b -us -uc --no-sign > ../build.log 2>&1 || \
+	  { tail -40 ../build.log; exit 1; }
+	cp build/deb/gated_$(VERSION)_$(DEB_ARCH).deb $(DEB)
+	@echo "built $(DEB)"
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
@@ -41,7 +72,7 @@ typecheck: $(STAMP)
 check: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m unit
 
-test: system-deps $(STAMP) lint typecheck
+test: system-deps deb-deps $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
@@ -62,4 +93,4 @@ soak: system-deps $(STAMP)
 	$(BIN)/gated sim day --seed $(SEED)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

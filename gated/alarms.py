@@ -24,6 +24,8 @@ from sync.store import Store
 
 log = structlog.get_logger("gated")
 
+UNRECORDED_MAX = 100  # alarms kept while no store is open (start-up, shutdown)
+
 
 class Alarms:
     def __init__(self, metrics: Metrics, clock: Callable[[], datetime]):
@@ -34,6 +36,8 @@ class Alarms:
         self.reader_gates: dict[str, str] = {}  # reader id -> its gate
         self.readers_stopping: set[str] = set()  # stopped on purpose: going offline is no news
         self._relay_state: dict[str, str] = {}
+        # raised before the store was open (the relays start first): recorded once it is
+        self._unrecorded: list[tuple[datetime, str | None, str, str, dict[str, Any]]] = []
         self._reader_state: dict[str, ReaderHealth] = {}
 
     async def gate_alarm(self, gate_id: str, kind: str, detail: str) -> None:
@@ -63,13 +67,27 @@ class Alarms:
         self.readers_stopping.discard(reader_id)
         self._reader_state.pop(reader_id, None)
 
+    def attach(self, store: Store, storage: StorageWatch) -> None:
+        """The store is open: alarms are recorded from now on, those raised before first."""
+        self.store, self.storage = store, storage
+        pending, self._unrecorded = self._unrecorded, []
+        for at, gate_id, kind, detail, fields in pending:
+            self._record(at, gate_id, kind, detail, fields)
+
     def raise_(self, gate_id: str | None, kind: str, detail: str, **fields: Any) -> None:
         self.metrics.alarms.labels(gate_id or "", kind).inc()
         log.warning("alarm", gate=gate_id, kind=kind, detail=detail, **fields)
         if self.store is None:
+            if len(self._unrecorded) < UNRECORDED_MAX:
+                self._unrecorded.append((self.clock(), gate_id, kind, detail, fields))
+            return
+        self._record(self.clock(), gate_id, kind, detail, fields)
+
+    def _record(self, at: datetime, gate_id: str | None, kind: str, detail: str, fields: dict[str, Any]) -> None:
+        if self.store is None:
             return
         try:
-            self.store.emit("alarm", self.clock(), gate=gate_id, kind=kind, detail=detail, **fields)
+            self.store.emit("alarm", at, gate=gate_id, kind=kind, detail=detail, **fields)
         except STORAGE_ERRORS as e:
             if self.storage is not None:
                 self.storage.failed(e, "alarm")

@@ -21,8 +21,18 @@ def _qr(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("gated")
+    except metadata.PackageNotFoundError:  # run from a checkout without installing
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gated", description="Access-control gate daemon for gyms and studios")
+    p.add_argument("--version", action="version", version=f"gated {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     sc = sub.add_parser("scenario", help="run behaviour scenarios")

@@ -7,12 +7,25 @@ import asyncio
 import getpass
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG = os.environ.get("GATED_CONFIG", "/etc/gated/gated.yaml")
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "gated.schema.json"
+
+
+def _default_user() -> str:
+    """GATED_USER, else the login name; a uid with no name (a systemd dynamic user without
+    nss-systemd, a container) must not stop every command from starting."""
+    given = os.environ.get("GATED_USER")
+    if given:
+        return given
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -55,6 +68,10 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     p.add_argument("--watch", type=float, default=None, help="seconds to watch the inputs (default pulse + passage_timeout)")
     p.set_defaults(func=cmd_test_relay)
 
+    p = sub.add_parser("relock", help="every relay to its safe state, with the daemon stopped (the unit's ExecStopPost)")
+    _config_arg(p)
+    p.set_defaults(func=cmd_relock)
+
     p = sub.add_parser("monitor", help="show a gate's inputs, coil and door live while you wire")
     _config_arg(p)
     p.add_argument("gate")
@@ -67,7 +84,7 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     p.add_argument("gate")
     p.add_argument("action", choices=["on", "off", "pulse"])
     p.add_argument("--seconds", type=float, default=None, help="pulse length (default: the gate's pulse)")
-    p.add_argument("--user", default=os.environ.get("GATED_USER") or getpass.getuser())
+    p.add_argument("--user", default=_default_user())
     p.set_defaults(func=cmd_relay)
 
     p = sub.add_parser("osdp-install", help="load an OSDP reader's configured key into it (reader in install mode)")
@@ -91,7 +108,7 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     _config_arg(p)
     p.add_argument("gate")
     p.add_argument("--reason", required=True)
-    p.add_argument("--user", default=os.environ.get("GATED_USER") or getpass.getuser())
+    p.add_argument("--user", default=_default_user())
     p.set_defaults(func=cmd_open)
 
     for name, what in (("lockdown", "lock every entrance (admin), or release with --off"),
@@ -101,7 +118,7 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
         p.add_argument("--off", action="store_true")
         p.add_argument("--reason", help="why (required to switch it on): recorded in the event and the audit log, "
                        "shown on the console's banner")
-        p.add_argument("--user", default=os.environ.get("GATED_USER") or getpass.getuser())
+        p.add_argument("--user", default=_default_user())
         p.set_defaults(func=cmd_safety_switch, switch=name)
 
     p = sub.add_parser("hash-password", help="hash a console password for the configuration")
@@ -147,19 +164,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from gated.config import ConfigError, load_config
+    from gated.config import check_config
 
-    try:
-        config = load_config(args.file)
-    except ConfigError as e:
-        for line, key, msg in e.problems:
-            print(f"{e.path}:{line or '?'}: error: {key}: {msg}")
-        print(f"{len(e.problems)} error(s)")
+    report = check_config(args.file)
+    said = [(line, "error", key, msg) for line, key, msg in report.errors]
+    said += [(line, "warning", key, msg) for line, key, msg in report.warnings]
+    # in the file's order, each with its line: an installer walks down the file once
+    for line, kind, key, msg in sorted(said, key=lambda q: (q[0] or 0, q[1])):
+        print(f"{report.path}:{line or '?'}: {kind}: {key}: {msg}")
+    if report.errors or report.config is None:
+        print(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)")
         return 2
-    warnings = config.warnings()
-    for key, msg in warnings:
-        print(f"{args.file}: warning: {key}: {msg}")
-    print(f"{args.file}: OK ({len(config.gates)} gates, {len(warnings)} warning(s))")
+    print(f"{args.file}: OK ({len(report.config.gates)} gates, {len(report.warnings)} warning(s))")
     return 0
 
 
@@ -187,21 +203,35 @@ def cmd_seed(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(e)
         return 2
-    from pydantic import ValidationError
-
+    from gated.installer import daemon_running
+    from gated.seed import SeedError
     from gated.yamlload import YamlError
+    from sync.errors import StoreError
+    from sync.storage import describe_store_error
 
+    if daemon_running(config):
+        print("the daemon is running on this store: stop it first (systemctl stop gated); "
+              "a site with a central system gets its members from it", file=sys.stderr)
+        return 1
+    notes: list[str] = []
     try:
-        counts = seed_store(config, Path(args.file))
+        counts = seed_store(config, Path(args.file), notes)
     except (OSError, UnicodeDecodeError) as e:
         print(f"{args.file}: cannot read: {e}", file=sys.stderr)
         return 2
     except YamlError as e:
         print(f"{args.file}:{e.line or '?'}: {e.message}", file=sys.stderr)
         return 2
-    except ValidationError as e:
-        print(f"{args.file}: invalid seed: {e.error_count()} problem(s)\n{e}", file=sys.stderr)
+    except (sqlite3.Error, StoreError) as e:
+        print(f"{config.store.path}: {describe_store_error(e)}", file=sys.stderr)
+        return 3
+    except SeedError as e:
+        for line, key, msg in e.problems:
+            print(f"{args.file}:{line or '?'}: {key}: {msg}", file=sys.stderr)
+        print(f"{len(e.problems)} problem(s); nothing loaded", file=sys.stderr)
         return 2
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     print(json.dumps(counts))
     return 0
 
@@ -257,14 +287,22 @@ def _modbus_scan(args: argparse.Namespace, parse_units: Any) -> list[list[str]]:
         units = parse_units(args.units or "1-247")
         print(f"scanning units {units[0]}..{units[-1]} on {target} at {args.baudrate} 8{args.parity}{args.stopbits}…",
               file=sys.stderr)
-        found = scan(target, units, baudrate=args.baudrate, parity=args.parity, stopbits=args.stopbits)
-        rows = [[str(u), CAUSES[r.answer] if r.answer is not Answer.OK else "answers", "", ""]
+        try:
+            found = scan(target, units, baudrate=args.baudrate, parity=args.parity, stopbits=args.stopbits)
+        except (OSError, ValueError) as e:  # serial.SerialException is an OSError
+            raise ValueError(f"cannot open {target}: {getattr(e, 'strerror', None) or e}") from None
+        rows = [[str(u), CAUSES[r.answer] if r.answer is not Answer.OK else "answers",
+                 "" if r.coils is None else str(r.coils), "" if r.inputs is None else str(r.inputs)]
                 for u, r in sorted(found.items())]
         if not rows:
             rows = [["-", CAUSES[Answer.SILENT], "", ""]]
         return rows
     host, _, port = target.partition(":")
-    return asyncio.run(probe_tcp(host, int(port or 502), parse_units(args.units or "1,0,255")))
+    from gated.installer import TCP_UNITS
+
+    if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{target!r}: the port must be a number from 1 to 65535")
+    return asyncio.run(probe_tcp(host, int(port or 502), parse_units(args.units or "1,0,255", TCP_UNITS)))
 
 
 def cmd_test_relay(args: argparse.Namespace) -> int:
@@ -277,6 +315,21 @@ def cmd_test_relay(args: argparse.Namespace) -> int:
         print(e)
         return 2
     return asyncio.run(test_relay(config, args.gate, expect_passage=not args.no_passage, watch=args.watch))
+
+
+def cmd_relock(args: argparse.Namespace) -> int:
+    from gated.relock import outputs_of, relock
+    from gated.yamlload import YamlError
+
+    try:
+        outputs = outputs_of(Path(args.config))
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"{args.config}: cannot read: {e}", file=sys.stderr)
+        return 2
+    except YamlError as e:
+        print(f"{args.config}:{e.line or '?'}: {e.message}", file=sys.stderr)
+        return 2
+    return asyncio.run(relock(outputs))
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
@@ -357,8 +410,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _password() -> str:
-    return os.environ.get("GATED_PASSWORD") or getpass.getpass("console password: ")
+def _password(prompt: str = "console password: ") -> str:
+    """GATED_PASSWORD, or asked on the terminal; without either a clear refusal (getpass
+    falls back to stdin, and a script's empty stdin would end in EOFError)."""
+    given = os.environ.get("GATED_PASSWORD")
+    if given:
+        return given
+    if not sys.stdin.isatty():
+        print("a password is needed: set GATED_PASSWORD, or run this on a terminal", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        return getpass.getpass(prompt)
+    except EOFError:
+        print("no password given", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def cmd_open(args: argparse.Namespace) -> int:
@@ -382,7 +447,7 @@ def cmd_safety_switch(args: argparse.Namespace) -> int:
 def cmd_hash_password(args: argparse.Namespace) -> int:
     from gated.auth import hash_password
 
-    pw = os.environ.get("GATED_PASSWORD") or getpass.getpass("new password: ")
+    pw = _password("new password: ")
     if len(pw) < 8:
         print("use at least 8 characters", file=sys.stderr)
         return 2

@@ -6,7 +6,11 @@ the JSON Schema editors use to check the file as it is typed.
 
 from __future__ import annotations
 
+import os
+import re
 import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -27,7 +31,12 @@ from drivers.outputs.config import DoorMode, FireAlarmInputConfig, ModbusOutputC
 from drivers.readers.config import ReaderConfig
 from drivers.readers.payloads import PayloadFormat
 from gated import config_checks
+from gated.credentials import KINDS as CREDENTIAL_KINDS
+from gated.credentials import NAME as CREDENTIAL_NAME
+from gated.credentials import Credentials
+from gated.credentials import resolve as resolve_credentials
 from gated.yamlload import Marked, YamlError, describe_error, dotted, error_path, load, read_text
+from gated.yamlload import Path as YamlPath
 from rules.credential import TenDigits
 from rules.model import AntiPassback, Direction, EarlyEntry, Gate, Policy, Site
 from rules.timeutil import WeekSchedule, load_zone, parse_date, parse_duration, parse_window
@@ -68,10 +77,16 @@ class SiteConfig(Section):
     opening_hours: Schedule | None = Field(None, description="When the site is open; absent = always.")
     closed_dates: list[date] = Field([], description="Local dates the site is closed all day.")
 
-    @model_validator(mode="after")
-    def _zone_exists(self) -> SiteConfig:
-        load_zone(self.timezone)
-        return self
+    @field_validator("timezone")
+    @classmethod
+    def _zone_exists(cls, v: str) -> str:
+        try:
+            load_zone(v)
+        except ValueError as e:
+            close = config_checks.close_timezones(v)
+            hint = f" (did you mean {' or '.join(repr(z) for z in close)}?)" if close else " (an IANA name such as Europe/Madrid)"
+            raise ValueError(f"{e}{hint}") from None
+        return v
 
 
 class PolicyConfig(Section):
@@ -176,13 +191,27 @@ class StoreConfig(Section):
     )
 
 
+ARGON2_HASH = re.compile(r"^\$argon2(id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]{8,}\$[A-Za-z0-9+/]{16,}$")
+
+
 class ConsoleUser(Section):
     name: Ident
     role: Literal["staff", "admin"] = "staff"
     password_hash: str = Field(
-        description="argon2 hash from `gated hash-password`; never the password itself.",
+        description="argon2 hash from `gated hash-password`; never the password itself. Or "
+        "`{credential: NAME}`: the hash in /etc/gated/credentials/NAME (a systemd credential).",
         min_length=20,
     )
+
+    @field_validator("password_hash")
+    @classmethod
+    def _a_hash(cls, v: str) -> str:
+        if "REPLACE" in v.upper():
+            raise ValueError("a placeholder, not a hash: paste the output of `gated hash-password` "
+                             "(or put it in a credential file)")
+        if not ARGON2_HASH.fullmatch(v.strip()):
+            raise ValueError("not an argon2 hash: use the output of `gated hash-password`")
+        return v.strip()
 
 
 class DisplayConfig(Section):
@@ -196,6 +225,32 @@ class DisplayConfig(Section):
         "print(secrets.token_urlsafe(24))'`): whoever has it sees that gate's answers.",
     )
     clear_after: int = Field(6, ge=2, le=60, description="Seconds an answer stays on screen.")
+
+
+class UnknownCardsConfig(Section):
+    """Unknown cards in a flood (docs/reliability.md, "Floods"): the first `individual` per
+    gate in any `window` are recorded one by one (`access`, with the card, for the desk to
+    enrol); the rest as one `unknown_cards` event per burst."""
+
+    individual: int = Field(10, ge=1, le=100_000, description="Unknown cards per gate recorded one by one in any window.")
+    window: float = Field(60.0, gt=0, le=3600, description="Seconds of that window; also the longest a burst goes unrecorded.")
+    quiet: float = Field(5.0, gt=0, le=600, description="Seconds without an unknown card that end a burst (and record it).")
+
+
+class ConsoleLimits(Section):
+    """What one client, or a flood of them, may take of the console (docs/reliability.md,
+    "Floods"): the gates, relays and control socket come first."""
+
+    max_connections: int = Field(64, ge=1, le=10_000, description="Open console connections at most; more get a 503.")
+    per_client: int = Field(16, ge=1, le=10_000, description="Open connections from one address at most.")
+    header_timeout: float = Field(10.0, gt=0, le=300, description="Seconds a client has to send a request's headers (and a TLS handshake).")
+    body_timeout: float = Field(30.0, gt=0, le=600, description="Seconds a client has to send a request's body after its headers.")
+    keep_alive: int = Field(5, ge=1, le=300, description="Seconds an idle keep-alive connection stays open.")
+    fd_reserve: int = Field(
+        64, ge=8, le=100_000,
+        description="File descriptors kept free for the relays, readers, store, MQTT and control socket: "
+        "no console connection is accepted within this many of the process's limit (LimitNOFILE).",
+    )
 
 
 class ConsoleConfig(Section):
@@ -212,6 +267,7 @@ class ConsoleConfig(Section):
         "and the bind address are always allowed; add the names the desk types, e.g. gate-1.gym.lan.",
     )
     displays: list[DisplayConfig] = Field([], description="Member-facing gate displays.")
+    limits: ConsoleLimits = ConsoleLimits()
 
     def allowed_hosts(self) -> list[str]:
         return list(dict.fromkeys(["127.0.0.1", "localhost", "::1", "[::1]", self.bind, *self.trusted_hosts]))
@@ -277,6 +333,7 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     control: ControlConfig = ControlConfig()
     lookup_unknown_cards: bool = Field(True, description="Ask the central system about unknown cards before denying.")
+    unknown_cards: UnknownCardsConfig = UnknownCardsConfig()
     time_driven_work: bool = Field(
         True,
         description="This daemon finalises the site's no-shows (and their fees) and credits loyalty "
@@ -360,31 +417,39 @@ class Config(Section):
         return TenDigits.EM if hex_em and not decimal_em else TenDigits.EM32
 
     def warnings(self) -> list[tuple[str, str]]:
-        sim = [("simulation", "a simulated clock: for `gated sim day` only; `gated run` refuses it without GATED_SIMULATION=1")]
-        return (sim if self.simulation is not None else []) + self._warnings()
-
-    def _warnings(self) -> list[tuple[str, str]]:
         """Legal but risky settings: (key path, what to consider)."""
-        out: list[tuple[str, str]] = []
+        return [(dotted(path), msg) for path, msg in self.warning_paths()]
+
+    def warning_paths(self) -> list[tuple[YamlPath, str]]:
+        return self.model_warnings() + config_checks.warnings(self.model_dump(mode="json"))
+
+    def model_warnings(self) -> list[tuple[YamlPath, str]]:
+        """The warnings that need the validated models (config_checks.warnings has those
+        that the YAML as written shows)."""
+        out: list[tuple[YamlPath, str]] = []
+        if self.simulation is not None:
+            out.append((("simulation",), "a simulated clock: for `gated sim day` only; `gated run` refuses it without GATED_SIMULATION=1"))
         for i, g in enumerate(self.gates):
             if g.output is not None and g.output.mode == DoorMode.FAIL_SECURE and (g.escape_route or g.direction == "out"):
-                out.append(
-                    (f"gates[{i}].output.mode", f"gate {g.id} is on an escape route but fail_secure: it stays locked on a fire alarm or power cut")
-                )
+                out.append((
+                    ("gates", i, "output", "mode"),
+                    f"gate {g.id} is on an escape route (escape_route: true, or an exit) but fail_secure: it "
+                    "stays locked on a fire alarm or power cut",
+                ))
             if g.direction == "in" and not g.readers:
-                out.append((f"gates[{i}].readers", f"gate {g.id} has no reader: only overrides can open it"))
+                out.append((("gates", i, "readers"), f"gate {g.id} has no reader: only overrides can open it"))
         sc = self.stale_cache
         if sc.policy == "keep" and (sc.max_age is None or parse_duration(sc.max_age) > timedelta(days=7)):
-            out.append(("stale_cache", "a cache that is never considered stale keeps letting in members whose passes were cancelled centrally"))
+            out.append((("stale_cache",), "a cache that is never considered stale keeps letting in members whose passes were cancelled centrally"))
         if self.console.enabled and self.console.bind not in ("127.0.0.1", "::1", "localhost") and not self.console.tls_cert:
-            out.append(("console.bind", "the console listens beyond loopback without TLS: passwords cross the LAN in clear"))
+            out.append((("console", "bind"), "the console listens beyond loopback without TLS: passwords cross the LAN in clear"))
         if self.console.enabled and not self.console.users:
-            out.append(("console.users", "no console users: nobody can log in to the front-desk console"))
+            out.append((("console", "users"), "no console users: nobody can log in to the front-desk console"))
         if self.mqtt is None:
-            out.append(("mqtt", "no MQTT link: events stay in the outbox and the cache is never refreshed"))
+            out.append((("mqtt",), "no MQTT link: events stay in the outbox and the cache is never refreshed; load members with `gated seed`"))
         if not self.qr.public_keys:
-            out.append(("qr.public_keys", "no trusted QR keys: every QR code is denied as invalid_qr"))
-        return out + config_checks.warnings(self.model_dump(mode="json"))
+            out.append((("qr", "public_keys"), "no trusted QR keys: every QR code is denied as invalid_qr"))
+        return out
 
 
 def _em_reader_kinds(config: Config) -> tuple[bool, bool]:
@@ -426,40 +491,110 @@ def _suggest(err: ErrorDetails, marked: Marked) -> tuple[int | None, str, str]:
     return (line, key, f"{msg} (did you mean {close!r}?)") if close else (line, key, msg)
 
 
-def load_config(path: str | Path) -> Config:
+@dataclass
+class Report:
+    """What `gated check-config` says about a file: errors and warnings as (line, key,
+    message), and the configuration when it has no error."""
+
+    path: str
+    errors: list[tuple[int | None, str, str]] = field(default_factory=list)
+    warnings: list[tuple[int | None, str, str]] = field(default_factory=list)
+    config: Config | None = None
+
+
+def check_config(path: str | Path, env: Mapping[str, str] | None = None) -> Report:
+    """Every problem of the file in one pass: the models' errors, the checks across
+    sections, the credentials, and the warnings (with their lines even while errors remain)."""
     p = Path(path)
+    report = Report(str(p))
     try:
         text = read_text(p)
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([(None, "(file)", f"cannot read: {e}")], str(p)) from e
+        report.errors.append((None, "(file)", f"cannot read: {e}"))
+        return report
     except YamlError as e:
-        raise ConfigError([(e.line, "(file)", e.message)], str(p)) from e
+        report.errors.append((e.line, "(file)", e.message))
+        return report
     try:
         marked = load(text)
     except YamlError as e:
-        raise ConfigError([(e.line, e.key or "(yaml)", e.message)], str(p)) from e
+        report.errors.append((e.line, e.key or "(yaml)", e.message))
+        return report
+    if marked.data is None:
+        report.errors.append((1, "(top)", "the file has no settings (every line a comment?): start from an example, "
+                                          "e.g. cp /usr/share/gated/examples/turnstile-serial-tcp.yaml " + str(p)))
+        return report
     if not isinstance(marked.data, dict):
-        raise ConfigError([(1, "(top)", "the configuration is a mapping with site, gates, ...")], str(p))
-    # The checks across sections run on the YAML as written, so they report together with
+        report.errors.append((1, "(top)", "the configuration is a mapping with site, gates, ..."))
+        return report
+
+    def at(path: YamlPath, msg: str) -> tuple[int | None, str, str]:
+        return (marked.line_of(path), dotted(path), msg)
+
+    # what the YAML as written shows, before the credentials are read into it
+    raw_warnings = config_checks.warnings(marked.data)
+    creds = Credentials.for_config(p, os.environ if env is None else env)
+    unresolved = resolve_credentials(marked.data, creds)
+    checks = [at(q, m) for q, m in unresolved]
+    # a reference that could not be read is its own error, not also "not a string" (at the
+    # key or, where a model reports it higher up, on the reference's lines)
+    hidden = [dotted(q[:-1] if q[-1] == "credential" else q) for q, _ in unresolved]
+    hidden_lines = {marked.line_of(q) for q, _ in unresolved} | {marked.line_of(q[:-1]) for q, _ in unresolved}
+    # The checks across sections run on the YAML as loaded, so they report together with
     # the models' errors (one pass), and the models' unknown keys get a "did you mean".
-    checks = [(marked.line_of(path), dotted(path), msg) for path, msg in config_checks.problems(marked.data)]
+    checks += [at(q, m) for q, m in config_checks.problems(marked.data)]
+    report.warnings = [at(q, m) for q, m in raw_warnings + creds.warnings]
     try:
         config = Config.model_validate(marked.data)
     except ValidationError as e:
-        found = _problems(e, marked)
+        found = [q for q in _problems(e, marked)
+                 if q[0] not in hidden_lines and not any(q[1] == h or q[1].startswith((h + ".", h + "[")) for h in hidden)]
         seen = {msg for _, _, msg in checks}
-        both = [q for q in found if q[2] not in seen] + checks
-        raise ConfigError(sorted(both, key=lambda q: q[0] or 0), str(p)) from e
-    if checks:
-        raise ConfigError(checks, str(p))
-    return config
+        report.errors = sorted([q for q in found if q[2] not in seen] + checks, key=lambda q: q[0] or 0)
+    else:
+        report.errors = checks
+        if not checks:
+            report.config = config
+            report.warnings += [at(q, m) for q, m in config.model_warnings()]
+    report.warnings.sort(key=lambda q: q[0] or 0)
+    return report
+
+
+def load_config(path: str | Path) -> Config:
+    report = check_config(path)
+    if report.errors or report.config is None:
+        raise ConfigError(report.errors, report.path)
+    return report.config
+
+
+CREDENTIAL_SCHEMA = {
+    "type": "object",
+    "title": "Credential",
+    "description": "A secret in a file the unit loads as a systemd credential: "
+    "/etc/gated/credentials/NAME (LoadCredential=), or one named in a drop-in "
+    "(LoadCredential=NAME:… / LoadCredentialEncrypted=NAME:…). Read from $CREDENTIALS_DIRECTORY.",
+    "properties": {"credential": {"type": "string", "pattern": CREDENTIAL_NAME.pattern}},
+    "required": ["credential"],
+    "additionalProperties": False,
+}
 
 
 def json_schema() -> dict[str, Any]:
     schema = Config.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "gated configuration"
+    schema["$defs"]["Credential"] = CREDENTIAL_SCHEMA
+    ref = {"$ref": "#/$defs/Credential"}
+    # wherever a secret goes, `{credential: NAME}` may stand instead (gated/credentials.py)
+    for model in [schema, *schema["$defs"].values()]:
+        for key, prop in model.get("properties", {}).items():
+            if key not in CREDENTIAL_KINDS:
+                continue
+            if prop.get("type") == "array":
+                prop["items"] = {"anyOf": [prop["items"], ref]}
+            model["properties"][key] = {"anyOf": [{k: v for k, v in prop.items() if k not in ("description", "title", "default")}, ref],
+                                        **{k: prop[k] for k in ("description", "title", "default") if k in prop}}
     return schema
 
 
-__all__ = ["Config", "ConfigError", "json_schema", "load_config", "parse_date", "parse_window"]
+__all__ = ["Config", "ConfigError", "Report", "check_config", "json_schema", "load_config", "parse_date", "parse_window"]

@@ -10,6 +10,7 @@ own error from the models) and says which key is at fault.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import types
 import typing
@@ -20,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from drivers.outputs.bus import LineTiming
-from drivers.outputs.config import FAST_POLL, host_problem
+from drivers.outputs.config import FAST_POLL, PARITY_LETTER, host_problem
 
 Path = tuple[str | int, ...]
 Problem = tuple[Path, str]
@@ -53,6 +54,12 @@ def _link(d: dict[str, Any]) -> tuple[str, str] | None:
     if transport == "tcp" and isinstance(d.get("host"), str):
         return ("tcp", f"{d['host']}:{d.get('port', 502)}")
     return None
+
+
+def _setting(key: str, value: Any) -> str:
+    """A line setting as the daemon reads it (parity N or none, numbers as text)."""
+    text = str(value).strip()
+    return PARITY_LETTER.get(text.lower(), text.upper()) if key == "parity" else text.upper()
 
 
 def _modbus_sections(data: dict[str, Any]) -> Iterator[tuple[Path, dict[str, Any]]]:
@@ -101,7 +108,7 @@ def problems(data: dict[str, Any]) -> list[Problem]:
         first_path, first = first_on_line[link]
         for key, default in (("baudrate", 9600), ("parity", "N"), ("stopbits", 1)):
             # as written in YAML, numbers may arrive as text
-            if str(d.get(key, default)).upper() != str(first.get(key, default)).upper():
+            if _setting(key, d.get(key, default)) != _setting(key, first.get(key, default)):
                 out.append((
                     (*path, key),
                     f"{link[1]} is one RS-485 line, shared with {_where(first_path)}: one set of line "
@@ -156,6 +163,7 @@ def problems(data: dict[str, Any]) -> list[Problem]:
                                   "serial port"))
             else:
                 ports[device] = ("gates", i, "readers", j)
+    out += file_problems(data)
     # -- addresses ----------------------------------------------------------------------------------
     for path, value in (
         (("console", "bind"), _get(data, "console", "bind")),
@@ -175,9 +183,39 @@ def _get(data: dict[str, Any], *keys: str) -> Any:
     return data
 
 
-def warnings(data: dict[str, Any]) -> list[tuple[str, str]]:
+# the files a configuration names (after credentials are read in): missing, the daemon
+# cannot work (a TLS context that cannot be built fails every connection attempt)
+FILES: tuple[Path, ...] = (
+    ("mqtt", "ca_file"), ("mqtt", "cert_file"), ("mqtt", "key_file"),
+    ("console", "tls_cert"), ("console", "tls_key"),
+)
+
+
+def file_problems(data: dict[str, Any]) -> list[Problem]:
+    """Files named in the configuration that are not there, or cannot be read."""
+    named: list[tuple[Path, Any]] = [(path, _get(data, *(str(k) for k in path))) for path in FILES]
+    for i, g in _dicts(data.get("gates")):
+        for j, r in _dicts(g.get("readers")):
+            named.append((("gates", i, "readers", j, "scbk_file"), r.get("scbk_file")))
+    out: list[Problem] = []
+    for path, value in named:
+        if not isinstance(value, str) or not value:
+            continue
+        if not os.path.isfile(value):
+            out.append((path, f"no such file: {value}"))
+        elif not os.access(value, os.R_OK):
+            out.append((path, f"{value} cannot be read by this user"))
+    return out
+
+
+def _device_missing(device: str) -> bool:
+    # a pseudo-terminal's /dev/pts/N or a path such as /dev/serial/by-id/...: a file there
+    return device.startswith("/") and not os.path.exists(device)
+
+
+def warnings(data: dict[str, Any]) -> list[tuple[Path, str]]:
     """Legal but risky, on the raw YAML: (key path, what to consider)."""
-    out: list[tuple[str, str]] = []
+    out: list[tuple[Path, str]] = []
     devices: list[tuple[Path, str]] = []
     for i, g in _dicts(data.get("gates")):
         for j, r in _dicts(g.get("readers")):
@@ -188,21 +226,24 @@ def warnings(data: dict[str, Any]) -> list[tuple[str, str]]:
             devices.append(((*path, "device"), d["device"]))
     for path, device in devices:
         if _UNSTABLE_DEVICE.match(device):
-            out.append((_where(path), f"{device} is numbered in plug-in order and may name another "
-                                      "adapter after a reboot: use its /dev/serial/by-id/... path "
-                                      "(`gated discover` lists them)"))
+            out.append((path, f"{device} is numbered in plug-in order and may name another "
+                              "adapter after a reboot: use its /dev/serial/by-id/... path "
+                              "(`gated discover` lists them)"))
+        if _device_missing(device):
+            out.append((path, f"{device} does not exist: not plugged in, or another name "
+                              "(`gated discover` lists the devices); the daemon keeps trying to open it"))
     out += _bus_load_warnings(data)
     out += _passage_pulse_warnings(data)
     kinds = {r.get("card_format") if r.get("format") == "auto" else r.get("format")
              for _, g in _dicts(data.get("gates")) for _, r in _dicts(g.get("readers"))}
     if kinds & {"hex", "em"} and kinds & {"decimal", "em-decimal"}:
-        out.append(("gates", "this site has EM4100 readers in hex and in decimal: a card string of 10 "
-                             "digits without a type is read as the decimal card number; have the "
-                             "central system send typed keys (em:…, em32:…) for such cards"))
+        out.append((("gates",), "this site has EM4100 readers in hex and in decimal: a card string of 10 "
+                                "digits without a type is read as the decimal card number; have the "
+                                "central system send typed keys (em:…, em32:…) for such cards"))
     return out
 
 
-def _bus_load_warnings(data: dict[str, Any]) -> list[tuple[str, str]]:
+def _bus_load_warnings(data: dict[str, Any]) -> list[tuple[Path, str]]:
     """The share of an RS-485 line the idle polling alone takes, from the line settings."""
     lines: dict[str, list[tuple[Path, dict[str, Any]]]] = defaultdict(list)
     for path, d in _modbus_sections(data):
@@ -213,7 +254,7 @@ def _bus_load_warnings(data: dict[str, Any]) -> list[tuple[str, str]]:
     for device, sections in lines.items():
         first = sections[0][1]
         try:
-            timing = LineTiming(int(first.get("baudrate", 9600)), str(first.get("parity", "N")),
+            timing = LineTiming(int(first.get("baudrate", 9600)), _setting("parity", first.get("parity", "N")),
                                 int(first.get("stopbits", 1)))
             load = 0.0
             for path, d in sections:
@@ -229,7 +270,7 @@ def _bus_load_warnings(data: dict[str, Any]) -> list[tuple[str, str]]:
             continue
         if load > threshold:
             out.append((
-                _where((*sections[0][0], "device")),
+                (*sections[0][0], "device"),
                 f"polling alone keeps {device} {load:.0%} busy at {timing.baudrate} baud (warning "
                 f"above {threshold:.0%}): taps wait longer for the relay; raise poll_interval, the "
                 "baud rate, or split the gates over two lines",
@@ -237,7 +278,7 @@ def _bus_load_warnings(data: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def _passage_pulse_warnings(data: dict[str, Any]) -> list[tuple[str, str]]:
+def _passage_pulse_warnings(data: dict[str, Any]) -> list[tuple[Path, str]]:
     """A gate whose RS-485 line cannot promise to read its controller's passage pulse: the
     devices on a line take turns, so a gate's input is read again at worst after one read,
     its poll interval and one exchange of each other device (LineTiming.shortest_pulse_seen_s)."""
@@ -268,7 +309,7 @@ def _passage_pulse_warnings(data: dict[str, Any]) -> list[tuple[str, str]]:
                 continue
             if shortest > pulse:
                 out.append((
-                    _where((*path, "passage_input")),
+                    (*path, "passage_input"),
                     f"{device} carries {len(sections)} devices taking turns at {timing.baudrate} baud: this "
                     f"gate's passage input is sure to be read only in pulses of {shortest * 1000:.0f} ms or "
                     f"more, and the controller's passage pulse (passage_pulse) is {pulse * 1000:.0f} ms: a "
@@ -279,6 +320,20 @@ def _passage_pulse_warnings(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 # -- "did you mean" ------------------------------------------------------------------------------
+
+
+def close_timezones(name: str) -> list[str]:
+    """IANA zone names close to `name` (case and the city's spelling forgiven)."""
+    import zoneinfo
+
+    zones = sorted(zoneinfo.available_timezones())
+    by_lower = {z.lower(): z for z in zones}
+    if name.lower() in by_lower:
+        return [by_lower[name.lower()]]
+    close = difflib.get_close_matches(name, zones, n=1, cutoff=0.6)
+    if not close and "/" not in name:  # a city alone: Madrid → Europe/Madrid
+        close = [z for z in zones if z.rsplit("/", 1)[-1].lower() == name.lower().replace(" ", "_")][:2]
+    return close
 
 
 def _unwrap(tp: Any) -> list[Any]:

@@ -179,6 +179,10 @@ class Daemon:
             lambda: {rid: dict(r.stats) for rid, (_, r) in list(self.readers.items())},
             lambda: lines_in_use(loop),
         )
+        # the relays first, before anything else (the store among it): a pulse a crash cut
+        # off is relocked even when the store then turns out unusable (exit 3); alarms
+        # from the boards meanwhile wait for the store (Alarms.attach)
+        await self._start_outputs()
         store = self.store = self._open_store()
         self._guard_clock(store)
         store.listeners.append(self._on_events)
@@ -191,19 +195,14 @@ class Daemon:
             store, self.clock, self.metrics, min_free=int(cfg.store.min_free_mb * 1024 * 1024),
             backup_interval=backup_every, integrity_interval=check_every, max_held_exits=cfg.store.max_held_exits,
         )
-        self.alarms.store, self.alarms.storage = store, self.storage
+        self.alarms.attach(store, self.storage)
         fire_policy = cfg.fire_alarm.on_unknown if cfg.fire_alarm is not None else FireInputPolicy.KEEP
         self.safety = Safety(store, self.controllers, self.clock, self._site_alarm, fire_policy)
         if cfg.fire_alarm is not None:
             self.safety.watch_fire_input()
         self._check_storage_at_start()
-        # outputs first, each driven to its safe (locked) state before any reader is read;
-        # then what a person decided before the restart (lockdown, emergency release)
-        for g in cfg.gates:
-            if g.output is not None:
-                ctl = GateController(g.id, g.output, on_alarm=self.on_alarm)
-                await ctl.start()
-                self.controllers[g.id] = ctl
+        # the outputs are locked (above); now what a person decided before the restart
+        # (lockdown, emergency release), and the fire input, before any reader is read
         await self.safety.restore()
         if cfg.fire_alarm is not None:
             await self.start_fire_monitor()  # its first read (or failure) before any reader
@@ -244,6 +243,14 @@ class Daemon:
         sdnotify.ready()
         sdnotify.status(status.status_line(self))
         log.info("ready", gates=len(cfg.gates), readers=len(self.readers), seconds=round(time.monotonic() - self.started_at, 3))
+
+    async def _start_outputs(self) -> None:
+        """Each output driven to its safe (locked) state, then supervised."""
+        for g in self.config.gates:
+            if g.output is not None:
+                ctl = GateController(g.id, g.output, on_alarm=self.on_alarm)
+                await ctl.start()
+                self.controllers[g.id] = ctl
 
     def _check_storage_at_start(self) -> None:
         """Grants a crash cut off are reported first; then one durable write proves the
@@ -295,6 +302,11 @@ class Daemon:
             for ctl in self.controllers.values():
                 await self._bounded(ctl.abandon_grants(), "pending grants")
         await self._end(self._tasks, "background tasks")
+        if self.taps is not None and self.store is not None:
+            try:
+                self.taps.record_unknown_cards(all_=True)  # a burst in progress is not lost
+            except Exception:
+                log.exception("stop_step_failed", step="unknown cards")
         if self.storage is not None:
             self.storage.stop_checks()
         if self.storage is not None and (self.storage.held or self.storage.alarms_pending):
@@ -338,6 +350,7 @@ class Daemon:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(logs.QuietResourceErrors())
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(), "reload"))
@@ -472,6 +485,8 @@ class Daemon:
                 if (self.engine is not None and self.config.time_driven_work and trusted
                         and (self.storage is None or self.storage.ok)):
                     self.engine.run_due(now, *self.knowledge.no_show_horizon(now))
+                if self.taps is not None:
+                    self.taps.record_unknown_cards()
             except STORAGE_ERRORS as e:
                 if self.storage is not None:
                     self.storage.failed(e, "scheduler")

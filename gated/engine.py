@@ -110,7 +110,8 @@ class Engine:
         )
 
     def commit(
-        self, pending: PendingTap, *, passed: bool, now: datetime, intent: int | None = None, extra: dict[str, Any] | None = None
+        self, pending: PendingTap, *, passed: bool, now: datetime, intent: int | None = None,
+        extra: dict[str, Any] | None = None, unconfirmed: str | None = None,
     ) -> Committed:
         cred = pending.credential
         if pending.decision.reason == Reason.UNKNOWN_CARD and cred.kind == CredentialKind.CARD and cred.value:
@@ -127,6 +128,7 @@ class Engine:
             message=pending.message,
             intent=intent,
             extra=extra,
+            unconfirmed=unconfirmed,
         )
 
     def tap(self, gate_id: str, credential: Credential, now: datetime, *, passed: bool = True) -> tuple[PendingTap, Committed]:

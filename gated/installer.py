@@ -26,6 +26,13 @@ from gated.config import Config, GateConfig
 
 Out = Callable[[str], None]
 
+
+def say(line: str) -> None:
+    """A line for the person at the gate, now: these are live views ("walk through now",
+    each change of an input), also when the output goes through a pipe (`| tee log`)."""
+    print(line, flush=True)
+
+
 WATCH_POLL = 0.02  # seconds between two readings while watching the inputs
 
 
@@ -186,7 +193,7 @@ async def test_relay(
     *,
     expect_passage: bool = True,
     watch: float | None = None,
-    out: Out = print,
+    out: Out = say,
 ) -> int:
     """Pulse the gate's relay and watch its inputs: 0 when a passage was seen (or none was
     expected and the board answered), 1 when not, 2 for a configuration problem."""
@@ -196,8 +203,11 @@ async def test_relay(
         return 2
     cfg = gate.output
     if await asyncio.to_thread(daemon_running, config):
-        out("warning: the daemon is running and drives this relay too; stop it first "
-            "(systemctl stop gated), or use `gated relay` and `gated monitor`")
+        # the live gate would open with nothing recorded: the daemon owns the relay
+        out("the daemon is running and drives this relay: stop it first (systemctl stop gated); "
+            "while it runs, `gated relay GATE pulse` opens through it (admin login, audited) "
+            "and `gated monitor GATE` shows its view")
+        return 1
     out(f"{gate_id}: {where(cfg)}, coil {cfg.coil}")
     output = ModbusGateOutput(cfg)
     try:
@@ -276,7 +286,7 @@ def _door(trace: InputTrace | None) -> str:
 
 
 async def monitor(
-    config: Config, gate_id: str, *, duration: float | None = None, interval: float = 0.1, out: Out = print
+    config: Config, gate_id: str, *, duration: float | None = None, interval: float = 0.1, out: Out = say
 ) -> int:
     """Print the gate's inputs, coil and door state on every change while you wire. Through
     the daemon when it runs (its view), else straight from the board."""
@@ -340,7 +350,7 @@ def _flag(value: bool | None, on: str, off: str) -> str:
     return "-" if value is None else (on if value else off)
 
 
-async def relay(config: Config, gate_id: str, action: str, seconds: float | None, *, out: Out = print) -> int:
+async def relay(config: Config, gate_id: str, action: str, seconds: float | None, *, out: Out = say) -> int:
     """Drive the relay by hand with no daemon running: on (stays on until off), off,
     pulse (for `seconds`, default the gate's pulse)."""
     quiet_libraries()
@@ -373,7 +383,7 @@ async def relay(config: Config, gate_id: str, action: str, seconds: float | None
             await output.close()
 
 
-def osdp_install(config: Config, reader_id: str, *, timeout: float = 10.0, out: Out = print) -> int:
+def osdp_install(config: Config, reader_id: str, *, timeout: float = 10.0, out: Out = say) -> int:
     """Load a reader's configured key (scbk / scbk_file) into it while it is in install
     mode, then prove it with a secure channel on that key."""
     from drivers.readers.config import OsdpReaderConfig
@@ -415,18 +425,29 @@ def format_table(rows: list[list[str]], head: list[str]) -> list[str]:
     return lines
 
 
-def parse_units(text: str) -> list[int]:
-    """"1-10,20" -> [1, ..., 10, 20] (unit ids 1..247)."""
+RTU_UNITS = 247  # a serial line's addresses: 0 broadcast, 1..247
+TCP_UNITS = 255  # Modbus TCP boards and gateways also answer 255 (the "unit ignored" id)
+
+
+def parse_units(text: str, highest: int = RTU_UNITS) -> list[int]:
+    """"1-10,20" -> [1, ..., 10, 20] (unit ids 0..`highest`)."""
     units: list[int] = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
         lo, _, hi = part.partition("-")
-        a, b = int(lo), int(hi or lo)
-        if not 0 <= a <= b <= 247:
-            raise ValueError(f"unit ids are 0..247, not {part!r}")
+        try:
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"unit ids are numbers or ranges such as 1-16, not {part!r}") from None
+        if not 0 <= a <= b <= highest:
+            raise ValueError(f"unit ids are 0..{highest}, not {part!r}")
         units.extend(range(a, b + 1))
+    if not units:
+        raise ValueError("no unit ids given")
+    if len(units) > highest + 1:
+        raise ValueError(f"at most {highest + 1} unit ids")
     return units
 
 

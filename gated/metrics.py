@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from collections.abc import Callable, Iterator, Mapping
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from gated.fds import room_for
 
 
 class _DeviceCollector(Collector):
@@ -120,4 +127,62 @@ class Metrics:
         self.registry.register(_DeviceCollector(readers, lines))
 
     def serve(self, bind: str, port: int) -> None:
-        start_http_server(port, addr=bind, registry=self.registry)
+        """/metrics from a thread of its own (it answers while the event loop is stuck),
+        within limits (_BoundedServer): a scraper may sit on another box, so a stranger can
+        reach this port too."""
+        server_class = type("MetricsServer", (_BoundedServer,), {
+            "address_family": socket.AF_INET6 if ":" in bind else socket.AF_INET})
+        httpd: WSGIServer = make_server(bind, port, make_wsgi_app(self.registry), server_class, handler_class=_QuietHandler)
+        threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = 5  # seconds a read may wait (the socket's timeout)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _BoundedServer(ThreadingMixIn, WSGIServer):
+    """A thread per scrape, as prometheus_client's own server, but at most MAX_SCRAPES at
+    once, each closed DEADLINE seconds after it was accepted (a slowloris sending a byte
+    now and then defeats a read timeout alone), and none within FD_RESERVE descriptors of
+    the process's limit (issue 22: what a stranger opens never takes the gates' own)."""
+
+    daemon_threads = True
+    MAX_SCRAPES = 8
+    DEADLINE = 10.0
+    FD_RESERVE = 64
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(self.MAX_SCRAPES)
+        self.refused = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not room_for(self.FD_RESERVE) or not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a scrape cut at its deadline, a client gone: not worth a traceback on stderr
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        def cut() -> None:
+            with contextlib.suppress(OSError):
+                request.shutdown(socket.SHUT_RDWR)
+
+        timer = threading.Timer(self.DEADLINE, cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            timer.cancel()
+            self._slots.release()

@@ -56,6 +56,8 @@ async def reload_config(d: Daemon, path: Path) -> bool:
                 await d.link.card_rule_changed()
     if d.taps is not None:
         d.taps.engine, d.taps.config = d.engine, new
+        u = new.unknown_cards
+        d.taps.unknown.individual, d.taps.unknown.window, d.taps.unknown.quiet = u.individual, u.window, u.quiet
     old_gates = {g.id: g for g in old.gates}
     for g in new.gates:
         before = old_gates.get(g.id)

@@ -99,6 +99,7 @@ def health(d: Daemon) -> dict[str, Any]:
             }
             for g in d.config.gates
         },
+        "console": d.console.stats if d.console is not None else None,
         "broker": "connected" if d.link is not None and getattr(d.link, "connected", False) else ("none" if d.link is None else "disconnected"),
         "outbox_depth": read(store.outbox_depth) if store else None,
         "last_sync": last.isoformat() if isinstance(last, datetime) else last,

@@ -1,4 +1,4 @@
-"""`gated store check|backup|rebuild-replica|balance`: looking after the database file.
+"""`gated store check|backup|rebuild-replica|balance|upgrade`: looking after the database file.
 
 The recovery of a damaged store (docs/operations.md, "A damaged store"):
 1. `gated store check -c FILE`: SQLite's full integrity check. Exit 0 ok, 1 damaged.
@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import socket
 import sqlite3
 import struct
 import sys
@@ -69,6 +68,11 @@ def add_parser(sub: Any) -> None:  # argparse's subparsers action has no public 
     r = ss.add_parser("rebuild-replica", help="keep the ledger, drop the replica (daemon stopped)")
     r.add_argument("-c", "--config", default="/etc/gated/gated.yaml")
     r.set_defaults(func=cmd_rebuild)
+    u = ss.add_parser("upgrade", help="bring the store's schema up to this version (daemon stopped; the package's postinst)")
+    u.add_argument("-c", "--config", default="/etc/gated/gated.yaml")
+    u.add_argument("--keep-copy", metavar="SUFFIX", default=None,
+                   help="before migrating, copy the ledger to <store.path>.SUFFIX (for a rollback)")
+    u.set_defaults(func=cmd_upgrade)
 
 
 def _store_path(args: argparse.Namespace) -> Path | None:
@@ -188,8 +192,79 @@ def cmd_balance(args: argparse.Namespace) -> int:
     return 0
 
 
+def ledger_schema(db: Path) -> int:
+    """The schema version the ledger at `db` was last migrated to (0: none yet)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return 0
+            raise
+        return int(row[0]) if row else 0
+    finally:
+        conn.close()
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    """Migrate the store now, with no daemon on it, a copy of the ledger kept first: an
+    upgrade's failure is seen at install time, and a rollback has a file to go back to."""
+    from gated.config import load_config
+    from gated.installer import daemon_running
+    from gated.state_owner import kept_by_owner
+    from sync.schema import SCHEMA_VERSION
+    from sync.storage import describe_store_error
+    from sync.store import Store
+
+    db = _store_path(args)
+    if db is None:
+        return 2
+    if not db.exists():
+        print(f"{db}: no store yet: nothing to upgrade")
+        return 0
+    config = load_config(args.config)
+    if daemon_running(config):
+        print("the daemon is running on this store: stop it first (systemctl stop gated)", file=sys.stderr)
+        return 1
+    try:
+        version = ledger_schema(db)
+    except (sqlite3.Error, ValueError) as e:
+        print(f"{db}: cannot be read: {e} (docs/operations.md, \"A damaged store\")", file=sys.stderr)
+        return 1
+    if version > SCHEMA_VERSION:
+        print(f"{db}: schema {version} is newer than this gated's ({SCHEMA_VERSION}): a rollback needs the "
+              "copy taken before the upgrade (docs/operations.md, \"Upgrade and roll back\")", file=sys.stderr)
+        return 1
+    if version == SCHEMA_VERSION:
+        print(f"{db}: schema {version}: up to date")
+        return 0
+    with kept_by_owner(db.parent):
+        if args.keep_copy:
+            from gated.storage_watch import backup
+
+            copy = db.with_name(f"{db.name}.{args.keep_copy}")
+            try:
+                backup(db, copy)
+            except (sqlite3.Error, OSError) as e:
+                print(f"{db}: no copy could be taken ({e}): not upgraded", file=sys.stderr)
+                return 1
+            print(f"{db}: copy of schema {version} kept as {copy}")
+        try:
+            store = Store(db, config.site_domain(), daemon_id=config.daemon_id, ten_digits=config.ten_digits(),
+                          background_checkpoints=False)
+        except (sqlite3.Error, OSError, StoreError) as e:
+            print(f"{db}: not upgraded: {describe_store_error(e, db)}", file=sys.stderr)
+            return 1
+        store.close()
+    print(f"{db}: schema {version} → {SCHEMA_VERSION}")
+    return 0
+
+
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from gated.config import load_config
+    from gated.installer import daemon_running
+    from gated.state_owner import kept_by_owner
 
     db = _store_path(args)
     if db is None:
@@ -198,10 +273,16 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     if not db.exists():
         print(f"{db}: no such file", file=sys.stderr)
         return 2
-    if _daemon_answers(config.control.socket):
+    if daemon_running(config):
         print(f"{db}: a daemon is running (its control socket {config.control.socket} answers): "
               "stop it first (`systemctl stop gated`)", file=sys.stderr)
         return 2
+    # the files it writes belong to whoever owns the state directory (a DynamicUser's)
+    with kept_by_owner(db.parent):
+        return _rebuild(db, config)
+
+
+def _rebuild(db: Path, config: Any) -> int:
     new = db.with_name(db.name + ".rebuild")
     work = db.with_name(db.name + ".rebuild-src")
     for path in (new, work):
@@ -236,17 +317,6 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     print(f"{db}: rebuilt; ledger rows kept: " + ", ".join(f"{t} {n}" for t, n in copied.items()))
     print(f"the old file is {kept}; the replica comes back with the next snapshot")
     return 1 if lost else 0
-
-
-def _daemon_answers(path: Path) -> bool:
-    """A daemon listens on its control socket (a socket left by a killed one refuses)."""
-    with contextlib.closing(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)) as s:
-        s.settimeout(2)
-        try:
-            s.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 def _remove(path: Path) -> None:

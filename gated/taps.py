@@ -35,6 +35,7 @@ from gated.engine import Engine, PendingTap
 from gated.metrics import Metrics
 from gated.safety import Safety
 from gated.storage_watch import StorageWatch
+from gated.unknown_cards import UnknownCards
 from rules.admission import GateConditions, StalePolicy
 from rules.credential import Credential, CredentialKind, mask
 from rules.decide import Decision
@@ -75,6 +76,8 @@ class TapPath:
         self.link: Any = None  # sync.link.SyncLink, for the look-up of unknown cards
         # member / QR token -> the tap holding it between its grant and its commit
         self._pending: dict[str, asyncio.Future[None]] = {}
+        u = config.unknown_cards
+        self.unknown = UnknownCards(u.individual, u.window, u.quiet)
 
     # -- entry points --------------------------------------------------------------------
 
@@ -170,14 +173,15 @@ class TapPath:
             pending = await self._contest_qr(pending, intent, intent_at)
             pending, passage = await self._open(pending, reader)
             passed = passage is Passage.PASSED
-            if passage is Passage.UNKNOWN:
-                # released, then nobody could look (the board went silent, we are stopping):
-                # the person may be through. No deduction; the grant is reported as after a
-                # crash, never recorded as a plain "did not pass"
-                committed = self._commit(pending, False, None, extra)
-                committed.events.extend(self._unconfirmed(pending, intent).events)
+            # UNKNOWN: released, then nobody could look (the board went silent, the inputs
+            # went unread, we are stopping): the person may be through. No deduction; the
+            # grant is reported as after a crash, in the tap's own transaction (held and
+            # retried like any acted-on tap), never recorded as a plain "did not pass"
+            unconfirmed = self._unconfirmed(pending, intent) if passage is Passage.UNKNOWN else None
+            if self._in_burst(pending):
+                committed = Committed()  # recorded with its burst (`unknown_cards`)
             else:
-                committed = self._commit(pending, passed, intent, extra)
+                committed = self._commit(pending, passed, intent, extra, unconfirmed)
             await self._commit_on_disk(pending)
         finally:
             self._release(hold)
@@ -204,7 +208,8 @@ class TapPath:
         try:
             pending = engine.decide(gate_id, cred, now)
             # a marketplace member who booked a minute ago: ask, but never wait long
-            if lookup and self._should_look_up(pending, cred) and await self._look_up(cred.key):
+            if (lookup and self._should_look_up(pending, cred) and not self.unknown.flooding(gate_id, time.monotonic())
+                    and await self._look_up(cred.key)):
                 pending = engine.decide(gate_id, cred, self.clock())
             return engine.admit(pending, self._conditions(pending))
         except STORAGE_ERRORS as e:
@@ -337,27 +342,26 @@ class TapPath:
         except OutputFault:
             return self.engine.refuse(pending, Reason.HARDWARE_FAULT), Passage.NOT_PASSED
 
-    def _unconfirmed(self, pending: PendingTap, intent: int | None) -> Committed:
+    def _unconfirmed(self, pending: PendingTap, intent: int | None) -> str:
+        """Why a released grant's passage is unknown (said in the log and the metric now;
+        recorded with the tap's commit)."""
         ctl = self.controllers.get(pending.gate.id)
         cause = "stopping" if ctl is not None and ctl.stopping else "relay_unreadable"
         self.metrics.unconfirmed.inc()
-        log.warning("passage_unconfirmed", gate=pending.gate.id, member=pending.decision.member, cause=cause)
-        if intent is None:
-            return Committed()  # an exit opened unrecorded: nothing to report it from
-        try:
-            return self.engine.store.report_unconfirmed_grant(intent, self.clock(), cause)
-        except STORAGE_ERRORS as e:
-            self.storage.failed(e, "unconfirmed")  # the intent stays: reported at the next start
-            return Committed()
+        log.warning("passage_unconfirmed", gate=pending.gate.id, member=pending.decision.member, cause=cause,
+                    recorded=intent is not None)  # an exit opened unrecorded has no intent to report
+        return cause
 
-    def _commit(self, pending: PendingTap, passed: bool, intent: int | None, extra: dict[str, Any]) -> Committed:
+    def _commit(
+        self, pending: PendingTap, passed: bool, intent: int | None, extra: dict[str, Any], unconfirmed: str | None = None
+    ) -> Committed:
         """The tap's one transaction. For a tap that was acted on, a failure is never the
         end of it: the commit is held and retried (and the intent stays)."""
         now = self.clock()
         fields = self._event_fields(pending, extra)
 
         def commit() -> Committed:
-            return self.engine.commit(pending, passed=passed, now=now, intent=intent, extra=fields)
+            return self.engine.commit(pending, passed=passed, now=now, intent=intent, extra=fields, unconfirmed=unconfirmed)
 
         try:
             return commit()
@@ -373,6 +377,29 @@ class TapPath:
                 log.error("denial_not_recorded", gate=pending.gate.id, member=pending.decision.member,
                           reason=pending.decision.reason.value)
             return Committed()
+
+    def _in_burst(self, pending: PendingTap) -> bool:
+        """An unknown card past the gate's quota of individually recorded ones: counted in
+        the gate's burst instead of an fsynced denial of its own (gated/unknown_cards.py)."""
+        cred = pending.credential
+        if pending.decision.reason != Reason.UNKNOWN_CARD or cred.kind != CredentialKind.CARD:
+            return False
+        gate, now = pending.gate.id, time.monotonic()
+        if self.unknown.admit(gate, now):
+            return False
+        self.unknown.count(gate, now, self.clock(), cred.reader_id or None, cred.key)
+        return True
+
+    def record_unknown_cards(self, *, all_: bool = False) -> None:
+        """Write the `unknown_cards` events owed (the scheduler, each second; all at stop)."""
+        for fields in self.unknown.due(time.monotonic(), all_=all_):
+            try:
+                self.engine.store.emit("unknown_cards", self.clock(), **fields)
+            except STORAGE_ERRORS as e:
+                self.storage.failed(e, "unknown_cards")
+                log.error("denial_not_recorded", reason="unknown_card", **fields)
+            else:
+                log.warning("unknown_cards", **fields)
 
     @staticmethod
     def _event_fields(pending: PendingTap, extra: dict[str, Any]) -> dict[str, Any]:

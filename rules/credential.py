@@ -204,9 +204,12 @@ def parse_key(key: str) -> Card:
     if p == "text":
         return Card.of_text(rest)
     body = rest.strip().upper()
+    # the bytes as readers and card printers group them: 04:A1:B2, 04-A1-B2, 04 A1 B2
+    if p in ("uid", "em") and _GROUPED_HEX.fullmatch(body):
+        body = body.replace(":", "").replace("-", "").replace(" ", "")
     if p == "uid":
         if not body or len(body) % 2 or not _HEX.fullmatch(body):
-            raise ValueError("uid: takes an even number of hex digits")
+            raise ValueError("uid: takes the UID's bytes in hex, e.g. uid:04A1B2C3 or uid:04:A1:B2:C3")
         return Card.uid(bytes.fromhex(body))
     if p == "em":
         if len(body) != 10 or not _HEX.fullmatch(body):
@@ -276,6 +279,32 @@ def card_from_text(text: str, ten_digits: TenDigits = TenDigits.EM32) -> Card:
     if compact and len(compact) % 2 == 0 and len(compact) <= 2 * MAX_UID_BYTES and _HEX.fullmatch(compact):
         return Card.uid(bytes.fromhex(compact))
     return Card.of_text(text)
+
+
+def mask(text: str) -> str:
+    """Card numbers and tokens where they could leak (logs): enough to recognise, not
+    enough to clone. In rules, not the daemon's logging: the readers' warnings use it, and
+    the sim day's harness finds its own tap's answer in a daemon's log by this form."""
+    if len(text) <= 4:
+        return "*" * len(text)
+    if len(text) > 24:  # a QR token: its head says which key, nothing more
+        return text[:8] + "…"
+    return "*" * (len(text) - 4) + text[-4:]
+
+
+def mask_key(key: str) -> str:
+    """A typed key masked after its prefix (`em:******C3D4`); anything else as `mask`."""
+    prefix, sep, rest = key.partition(":")
+    if sep and _is_typed(key):
+        return f"{prefix}:{mask(rest)}"
+    return mask(key)
+
+
+def mask_bytes(raw: bytes) -> str:
+    """What a reader sent, for a log line: its length and its last characters."""
+    text = raw.decode("latin-1")
+    shown = "".join(c if c.isprintable() else "." for c in text)
+    return f"{len(raw)} bytes {mask(shown)!r}"
 
 
 def card_key(text: str, ten_digits: TenDigits = TenDigits.EM32) -> str:
@@ -374,14 +403,3 @@ def normalise_card(value: str) -> str:
     stays typed (`EM:0A00BC614E`: prefixes are read case-insensitively); the store reads
     the text with its site's rules (Store.card_key / Store.read_card)."""
     return value.strip().upper()
-
-
-def mask(value: str) -> str:
-    """A credential's value where it could leak (logs): enough to recognise, not enough to
-    clone. Here, not in the daemon's logging, because the sim day's harness finds its own
-    tap's answer in a daemon's log by this form."""
-    if len(value) <= 4:
-        return "*" * len(value)
-    if len(value) > 24:  # a QR token: its head says which key, nothing more
-        return value[:8] + "…"
-    return "*" * (len(value) - 4) + value[-4:]

@@ -235,6 +235,20 @@ class PassageUnconfirmedEvent(EventBase):
     )
 
 
+class UnknownCardsEvent(EventBase):
+    """Unknown cards at a gate in a flood, in aggregate: past the first few of a window
+    (each an `access` denial with its `card`, for the desk to enrol), one event per burst
+    instead of a denial per read (docs/protocol.md, "Unknown cards in a flood")."""
+
+    type: Literal["unknown_cards"]
+    gate: Id
+    count: Annotated[int, Field(ge=1, description="Unknown-card denials it stands for (none has an event of its own).")]
+    first_at: str = Field(description="The first of them (UTC).")
+    last_at: str = Field(description="The last of them (UTC).")
+    readers: list[Id] = Field([], description="The readers that read them.")
+    cards: list[str] = Field([], description="A few of the cards (typed keys), at most 5.")
+
+
 class QrUsedEvent(EventBase):
     """A QR code used up at this gate (its first verified read), sent at once — before the
     turnstile is released — so the site's other daemons refuse it (`qr_replayed`). Only
@@ -269,6 +283,7 @@ EVENT_MODELS: tuple[type[EventBase], ...] = (
     MemberPhotoEvent,
     PassageUnconfirmedEvent,
     QrUsedEvent,
+    UnknownCardsEvent,
     VoidEvent,
 )
 

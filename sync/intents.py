@@ -25,7 +25,7 @@ from rules.credential import CredentialKind
 from rules.decide import Decision
 from rules.model import Gate
 from rules.timeutil import iso_utc
-from sync.ledger import Ledger, amount_json
+from sync.ledger import Ledger, amount_json, unconfirmed_fields
 from sync.rows import ts
 from sync.transaction import Committed, Transactions
 
@@ -88,26 +88,9 @@ class Intents:
             return Committed()
         with self.transactions.open() as tx:
             for it in intents:
-                tx.emit("passage_unconfirmed", now, **_unconfirmed_fields(it))
+                tx.emit("passage_unconfirmed", now, **unconfirmed_fields(it))
             self.conn.execute("DELETE FROM grant_intents WHERE id <= ?", (intents[-1]["id"],))
         return tx.committed
-
-    def report_one(self, intent: int, now: datetime, because: str) -> Committed:
-        """A grant acted on whose passage nobody could see (the board went silent after the
-        release, the daemon is stopping): `passage_unconfirmed` now, as after a crash."""
-        row = self.conn.execute("SELECT body FROM grant_intents WHERE id = ?", (intent,)).fetchone()
-        if row is None:
-            return Committed()
-        with self.transactions.open() as tx:
-            tx.emit("passage_unconfirmed", now, **_unconfirmed_fields(json.loads(row[0])), because=because)
-            self.conn.execute("DELETE FROM grant_intents WHERE id = ?", (intent,))
-        return tx.committed
-
-
-def _unconfirmed_fields(intent: dict[str, Any]) -> dict[str, Any]:
-    fields = {k: v for k, v in intent.items() if k != "id"}
-    fields["not_deducted"] = fields.pop("amount", 0)
-    return fields
 
 
 __all__ = ["Intents", "TokenUsed"]

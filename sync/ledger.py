@@ -19,6 +19,7 @@ the replica. A booking a sync brings in behind the cursor (a late arrival) is li
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -155,12 +156,18 @@ class Ledger:
         message: str | None = None,
         extra: dict[str, Any] | None = None,
         intent: int | None = None,
+        unconfirmed: str | None = None,
     ) -> Committed:
         """One tap, whole: the access event, and on a confirmed passage the deduction,
         attendance and presence. No passage, no deduction, no attendance. `intent`, the
-        grant's intent (sync/intents.py), is resolved in the same transaction."""
+        grant's intent (sync/intents.py), is resolved in the same transaction: with
+        `unconfirmed` (why nobody could see the passage), as a `passage_unconfirmed` event
+        beside the access event — both or neither, as after a crash."""
         with self.transactions.open() as tx:
+            held = None
             if intent is not None:
+                if unconfirmed is not None:
+                    held = self.conn.execute("SELECT body FROM grant_intents WHERE id = ?", (intent,)).fetchone()
                 self.conn.execute("DELETE FROM grant_intents WHERE id = ?", (intent,))
             if qr_token is not None and intent is None:  # a grant's token went with its intent
                 self.use_qr_token(tx, now, qr_token, gate.id, decision.member)
@@ -183,6 +190,8 @@ class Ledger:
             if extra:
                 access.update(extra)
             tx.emit("access", now, **access)
+            if held is not None:
+                tx.emit("passage_unconfirmed", now, **unconfirmed_fields(json.loads(held[0])), because=unconfirmed)
             if went_through:
                 if decision.amount and decision.pass_id:
                     self.deduct(
@@ -492,3 +501,9 @@ class Ledger:
     def qr_seen(self, token_id: str) -> bool:
         return self.conn.execute("SELECT 1 FROM qr_used WHERE token_id = ?", (token_id,)).fetchone() is not None
 
+
+def unconfirmed_fields(intent: dict[str, Any]) -> dict[str, Any]:
+    """A grant intent's fields as its `passage_unconfirmed` event says them."""
+    fields = {k: v for k, v in intent.items() if k != "id"}
+    fields["not_deducted"] = fields.pop("amount", 0)
+    return fields

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
+import ssl
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from importlib import metadata
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 import aiomqtt
@@ -36,6 +38,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from rules.model import Gate
 from rules.timeutil import iso_utc, parse_instant_once
+from sync.inbound import InboundQueue
 from sync.link_store import LinkStore
 from sync.outbox import Event
 from sync.protocol import CatchUpRequest, Health
@@ -76,12 +79,21 @@ UTC_ZONE = ZoneInfo("UTC")
 log = logging.getLogger("gated.sync")
 
 
+def _payload_size(message: aiomqtt.Message) -> int:
+    p = message.payload
+    return len(p) if isinstance(p, bytes | bytearray | str) else 16
+
+
 def software_version() -> str:
     try:
         return f"gated {metadata.version('gated')}"
     except metadata.PackageNotFoundError:
         return "gated"
 
+
+
+class TlsFilesUnusable(Exception):
+    """The TLS context cannot be built from the configured files (missing, unreadable)."""
 
 class SyncLink:
     """One daemon's MQTT client. `await run()` until cancelled; see the module doc."""
@@ -120,6 +132,7 @@ class SyncLink:
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()
         self._waiters: dict[bytes, asyncio.Future[bool]] = {}
+        self._dropped_logged_at = -10.0
 
     # -- state for health and tests ---------------------------------------------------------
 
@@ -183,6 +196,11 @@ class SyncLink:
 
     def _client_for(self, host: str, port: int) -> aiomqtt.Client:
         s = self.settings
+        try:
+            tls = s.tls_context()
+        except (OSError, ssl.SSLError, ValueError) as e:
+            # a CA or key file gone or unreadable: no attempt can work until it is back
+            raise TlsFilesUnusable(str(e)) from None
         will = self.session.status("offline")
         return aiomqtt.Client(
             host,
@@ -196,10 +214,33 @@ class SyncLink:
             clean_start=True,
             will=aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain),
             keepalive=s.keepalive,
-            tls_context=s.tls_context(),
+            tls_context=tls,
             timeout=s.connect_timeout,
             max_inflight_messages=100,
+            # bounded per class of topic: a flood is dropped and counted, not held (sync/inbound.py)
+            queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", functools.partial(
+                InboundQueue, self._topic_class, _payload_size, self._inbound_dropped)),
         )
+
+    def _topic_class(self, message: aiomqtt.Message) -> str:
+        topic, t = str(message.topic), self.topics
+        if topic == t.delta:
+            return "delta"
+        if topic == t.snapshot:
+            return "snapshot"
+        if topic in (t.ack, t.delta_head, t.central_status, t.lookup_response, t.replay):
+            return "control"  # only the central system publishes these (the example ACL)
+        return "peers" if topic.startswith(t.base + "/") else "other"
+
+    def _inbound_dropped(self, cls: str) -> None:
+        stats = self.session.stats
+        stats["inbound_dropped"] += 1
+        stats[f"inbound_dropped_{cls}"] += 1
+        now = time.monotonic()
+        if now - self._dropped_logged_at >= 10.0:  # a flood is one line every 10 s
+            self._dropped_logged_at = now
+            log.warning("mqtt inbound over budget: dropping (%s so far; %s on %s)",
+                        stats["inbound_dropped"], stats[f"inbound_dropped_{cls}"], cls)
 
     async def run(self) -> None:
         self.store.listeners.append(self._on_events)
@@ -225,6 +266,10 @@ class SyncLink:
                         plan.connected()
                         self.broker = f"{host}:{port}"
                         await self._connection(client)
+                except TlsFilesUnusable as e:
+                    refused = True  # the long pause: a file an installer must put back
+                    self.stats["tls_unusable"] += 1
+                    log.error("mqtt: the TLS files cannot be used (%s): ca_file, cert_file, key_file", e)
                 except MqttConnectError as e:
                     refused = True
                     self.stats["connect_refused"] += 1

@@ -21,7 +21,15 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from rules.credential import Card, Resolution, TenDigits, card_from_text, lookup_keys, resolve
+from rules.credential import (
+    Card,
+    Resolution,
+    TenDigits,
+    card_from_text,
+    lookup_keys,
+    mask_key,
+    resolve,
+)
 from rules.model import Booking, Member, Pass
 from rules.model import Site as SiteModel
 from sync import enrolment
@@ -98,7 +106,7 @@ class Replica:
         if found.ambiguous:
             log.warning(
                 "card read %s matches cards of several members %s: refused",
-                card.key,
+                mask_key(card.key),
                 sorted({m for m, _ in found.candidates}),
             )
         return found

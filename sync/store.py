@@ -658,13 +658,15 @@ class Store:
         message: str | None = None,
         extra: dict[str, Any] | None = None,
         intent: int | None = None,
+        unconfirmed: str | None = None,
     ) -> Committed:
         """One tap, whole: the access event, and on a confirmed passage the deduction,
         attendance and presence. No passage, no deduction, no attendance. `intent` (from
-        open_intent) is resolved in the same transaction."""
+        open_intent) is resolved in the same transaction; `unconfirmed` (a cause) reports
+        it as `passage_unconfirmed` in that transaction."""
         return self.ledger.commit_tap(
             gate, decision, credential=credential, passed=passed, now=now, qr_token=qr_token, message=message,
-            extra=extra, intent=intent,
+            extra=extra, intent=intent, unconfirmed=unconfirmed,
         )
 
     # -- grant intents (sync/intents.py) ------------------------------------------------
@@ -696,10 +698,6 @@ class Store:
     def report_unconfirmed(self, now: datetime) -> Committed:
         """Intents a previous run left (a crash cut their commit) → passage_unconfirmed events."""
         return self.intents.report_unconfirmed(now)
-
-    def report_unconfirmed_grant(self, intent: int, now: datetime, cause: str) -> Committed:
-        """One grant whose passage could not be seen → a passage_unconfirmed event now."""
-        return self.intents.report_one(intent, now, cause)
 
     def probe(self, now: datetime) -> None:
         """One small durable write: proves the store can record a tap right now (raises

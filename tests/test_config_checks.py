@@ -4,6 +4,7 @@ settings per RS-485 line, one purpose per coil and input, addresses that are no 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +64,13 @@ def test_every_problem_in_one_pass_with_its_line(tmp_path: Path) -> None:
     said(18, "gates[2].output.host", "'192.168.1.300' is not a valid IP address")
     said(19, "fire_alarm.input", "already gates[0].output.passage_input")
     said(20, "console.bind", "'10.0.0.256' is not a valid IP address")
-    assert lines[-1] == f"{len(lines) - 1} error(s)"
+    errors = sum(": error: " in x for x in lines)
+    warnings = sum(": warning: " in x for x in lines)
+    assert lines[-1] == f"{errors} error(s), {warnings} warning(s)" and errors + warnings == len(lines) - 1
+    # warnings are not held back while errors remain, and come with their lines, in file order
+    assert any(re.search(r":13: warning: gates\[1\]\.readers\[0\]\.device: .* does not exist", x) for x in lines), lines
+    numbers = [int(x.split(":")[1]) for x in lines[:-1]]
+    assert numbers == sorted(numbers)
     assert "fire_alarm.baudrate" not in out.stdout  # 9600 written or by default is one setting
 
 

@@ -118,10 +118,15 @@ async def test_test_relay_names_the_likely_rtu_fault(tmp_path: Path) -> None:
         assert out.returncode == 1 and "baud rate or parity" in out.stdout, out.stdout
 
 
-async def test_test_relay_warns_when_the_daemon_runs(tmp_path: Path) -> None:
+async def test_test_relay_refuses_while_the_daemon_runs(tmp_path: Path) -> None:
+    """It would pulse the live gate behind the daemon's back, with nothing recorded."""
     async with running_gated(tmp_path) as d:
+        unlocks = d.turnstile.unlocks
         out = await arun("test-relay", "turnstile-1", "-c", str(d.config), "--no-passage")
-    assert "warning: the daemon is running" in out.stdout, out.stdout
+        assert out.returncode == 1 and "the daemon is running and drives this relay" in out.stdout, out.stdout
+        assert "gated relay GATE pulse" in out.stdout
+        await asyncio.sleep(0.3)
+        assert d.turnstile.unlocks == unlocks and not d.turnstile.unlocked
 
 
 def test_rtu_answers_are_classified() -> None:
@@ -222,8 +227,10 @@ async def test_discover_probes_a_tcp_board_and_scans_an_rtu_line(tmp_path: Path)
     async with SimRtuLine(units, baudrate=19200) as line:
         out = await arun("discover", "--modbus", line.device, "--baudrate", "19200", "--units", "1-6")
     assert out.returncode == 0, out.stderr
-    answering = [x.split()[0] for x in out.stdout.splitlines() if "answers" in x]
-    assert answering == ["2", "5"], out.stdout
+    answering = [x.split() for x in out.stdout.splitlines() if "answers" in x]
+    assert [row[0] for row in answering] == ["2", "5"], out.stdout
+    # the coils and inputs columns, as for a TCP board (they stayed empty)
+    assert all(row[-2:] == ["16", "16"] for row in answering), out.stdout
 
 
 # -- OSDP install mode ---------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from drivers.outputs import FireAlarmInputConfig
@@ -318,3 +321,22 @@ async def test_stopping_during_a_pending_grant_abandons_it_without_not_opened(
         await gate.grant()  # no new grant while stopping
     await gate.stop()
     assert "not_opened" not in alarms.kinds()
+
+
+async def test_grant_whose_inputs_went_unread_is_unknown_not_a_no_show(sim_tcp: SimTurnstile, make_gate) -> None:
+    """Issue 22: a flood starved the event loop (EMFILE logged in a tight loop) between the
+    release and the grant's deadline; no reading came back, the grant lapsed as "did not
+    pass" while the arm had turned: no deduction, no passage_unconfirmed. A lapsed grant
+    whose inputs were not read all along is UNKNOWN (the daemon reports it unconfirmed)."""
+    gate, _ = await make_gate(sim_tcp, passage_timeout=1.0)
+    sim_tcp.set_person(turns=False)  # nothing this test can see; the loop is what fails
+
+    def starve() -> None:
+        time.sleep(1.5)  # the loop does nothing else meanwhile: no poll, no passage seen
+
+    grant = asyncio.ensure_future(gate.grant_passage())
+    await wait_until(lambda: sim_tcp.unlocked, what="released")
+    asyncio.get_running_loop().call_soon(starve)
+    assert await grant is Passage.UNKNOWN
+    # the same grant watched all along is a plain "did not pass"
+    assert await gate.grant_passage() is Passage.NOT_PASSED

@@ -222,3 +222,26 @@ def test_make_soak_is_the_documented_day() -> None:
     assert ".venv/bin/gated sim day --seed 1" in out.stdout.splitlines(), out.stdout
     seeded = subprocess.run(["make", "-n", "soak", "SEED=7"], cwd=root, capture_output=True, text=True, timeout=60)
     assert ".venv/bin/gated sim day --seed 7" in seeded.stdout.splitlines(), seeded.stdout
+
+
+def test_a_replay_held_past_its_codes_expiry_is_rightly_expired() -> None:
+    """A replayed QR code that a loaded queue (x120: a real second is two simulated
+    minutes) delivered after the code expired is refused qr_expired, and that is right —
+    but only when the gate's own decision instant was past the expiry."""
+    from types import SimpleNamespace
+
+    from simulator.day.checks.gates import _expired_when_decided
+
+    tap = {"sim": "2026-11-18T05:52:00+00:00", "site": "north", "gate": "in-1", "who": "m1",
+           "expires": "2026-11-18T05:52:10+00:00"}
+
+    def run(decided: str, reason: str = "qr_expired", member: str = "m1") -> Any:
+        ev = {"type": "access", "gate": "in-1", "member": member, "reason": reason, "decided_at": decided,
+              "at": decided}
+        return SimpleNamespace(events={"north": [ev]})
+
+    assert _expired_when_decided(run("2026-11-18T05:52:11+00:00"), tap)
+    assert not _expired_when_decided(run("2026-11-18T05:52:05+00:00"), tap)  # still valid: a real failure
+    assert not _expired_when_decided(run("2026-11-18T05:52:11+00:00", member="m2"), tap)
+    assert not _expired_when_decided(run("2026-11-18T05:52:11+00:00", reason="qr_replayed"), tap)
+    assert not _expired_when_decided(run("2026-11-18T05:52:11+00:00"), {**tap, "expires": None})

@@ -38,6 +38,7 @@ def config(tmp: Path) -> Config:
         "console": {"enabled": False},
         "metrics": {"enabled": False},
         "control": {"socket": str(tmp / "c.sock")},
+        "unknown_cards": {"individual": 1},  # the second unknown card goes into a burst
     })
 
 
@@ -62,6 +63,8 @@ async def test_every_event_the_daemon_writes_is_documented(tmp_path: Path) -> No
         await d.handle_credential("in-1", Credential.card("C1", "r1"))  # granted: access + deduction
         await d.handle_credential("in-1", Credential.card("C1", "r1"))  # denied: anti-passback or no balance
         await d.handle_credential("in-1", Credential.card("ffee01", "r1"))  # unknown card: `card`
+        await d.handle_credential("in-1", Credential.card("ffee02", "r1"))  # past the quota: `unknown_cards`
+        d.taps.record_unknown_cards(all_=True)
         await d.handle_credential("out-1", Credential.card("C1", "r2"))
         # a QR code where the site's daemons share their QR uses: `qr_used`, at the intent
         store.set_site_wide_qr(True)

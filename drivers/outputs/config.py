@@ -36,6 +36,9 @@ def host_problem(value: str) -> str | None:
     return None
 
 
+PARITY_LETTER = {"none": "N", "even": "E", "odd": "O", "n": "N", "e": "E", "o": "O"}
+
+
 class OutputTransport(StrEnum):
     TCP = "tcp"
     RTU = "rtu"
@@ -69,7 +72,9 @@ class ModbusLinkConfig(BaseModel):
         ),
     )
     baudrate: int = Field(9600, gt=0, description="RS-485 line speed, as set on the board.")
-    parity: Literal["N", "E", "O"] = Field("N", description="Parity: N (none), E (even), O (odd).")
+    parity: Literal["N", "E", "O", "none", "even", "odd"] = Field(
+        "N", description="Parity: N (none), E (even), O (odd); none/even/odd as for readers."
+    )
     stopbits: int = Field(1, ge=1, le=2, description="Stop bits: 1 or 2.")
     unit: int = Field(
         1,
@@ -101,6 +106,12 @@ class ModbusLinkConfig(BaseModel):
         "time of the requests and answers at the line settings). Taps wait longer on a busy "
         "line.",
     )
+
+    @field_validator("parity", mode="before")
+    @classmethod
+    def _parity_letter(cls, value: object) -> object:
+        # one spelling inside, whichever the installer used (readers say none/even/odd)
+        return PARITY_LETTER.get(value.lower(), value) if isinstance(value, str) else value
 
     @field_validator("host")
     @classmethod
@@ -177,8 +188,10 @@ class ModbusOutputConfig(ModbusLinkConfig):
         gt=0,
         le=10,
         description="Shortest time the controller holds its passage output per rotation, from "
-        "its datasheet (commonly 0.1-0.5 s). Nothing is timed by it: `gated check-config` warns "
-        "when the gate's RS-485 line cannot promise to read a pulse this short.",
+        "its datasheet (commonly 0.1-0.5 s). `gated check-config` warns when the gate's RS-485 "
+        "line cannot promise to read a pulse this short; a grant whose passage input went unread "
+        "for longer than this (a loaded box) and that saw no passage ends unconfirmed, not "
+        "'did not pass'.",
     )
     door_contact: int | None = Field(
         None, ge=0, le=65535, description="Discrete input wired to the door/gate position contact."

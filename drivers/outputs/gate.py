@@ -50,6 +50,13 @@ log = logging.getLogger(__name__)
 # previous person's rotation to end before releasing.
 ROTATION_MAX = 1.0
 
+# How long a grant may go without a reading of its inputs and still count as watched. A
+# passage input pulses for `passage_pulse` (100 ms by default) per rotation: a longer gap
+# between two readings may hide a whole pulse (a loaded box stalls its loop for that long),
+# so a grant that then lapses is "unknown", never "did not pass". A door contact (no passage
+# input) stays open for seconds when someone goes through: a second's gap hides nothing.
+DOOR_BLIND = 1.0
+
 # on_alarm(gate_id, kind, detail); kind is an AlarmKind or a HealthAlarm value.
 AlarmCallback = Callable[[str, str, str], Awaitable[None] | None]
 
@@ -118,7 +125,8 @@ class GateController:
             reports_not_opened=False,  # the tracker's verdict: one outcome per grant
         )
         self.tracker = GrantTracker(cfg.passage_timeout, stall_limit(cfg.passage_timeout),
-                                    counts_unseen=cfg.passage_counter is not None)
+                                    counts_unseen=cfg.passage_counter is not None,
+                                    blind_limit=cfg.passage_pulse if cfg.passage_input is not None else DOOR_BLIND)
         self.lockdown = False
         self.fire_alarm = False
         self.held_by_hand = False  # `gated relay … on`: released until `off`

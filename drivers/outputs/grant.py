@@ -10,7 +10,7 @@ it). The grant ends, once, in exactly one of:
 | --- | --- |
 | PASSED | a rising edge (a rotation, or the door opening where there is no passage sensor) in a reading taken after the release |
 | NOT_PASSED | `passage_timeout` of time *with the board answering* went by without one, and nothing went unseen (a `not_opened` alarm) |
-| UNKNOWN | the board stayed silent for `stall_limit`; or it was silent for a while and then `passage_timeout` went by without a passage — a person may have gone through while nobody could read (`passage_unconfirmed`) — unless the board counts passages itself (`counts_unseen`: its counter covers the silence); or the gate is stopping |
+| UNKNOWN | the board stayed silent for `stall_limit`; or it was silent for a while — or nobody read it for more than `blind_limit` (the daemon's own loop starved: no reading came back at all) — and then `passage_timeout` went by without a passage: a person may have gone through while nobody could read (`passage_unconfirmed`) — unless the board counts passages itself (`counts_unseen`: its counter covers the silence); or the gate is stopping |
 
 Time the board does not answer does not count towards `passage_timeout`: a board that
 stalls mid-tap carries out the release when it answers again (its queued writes), and
@@ -49,6 +49,7 @@ class Unclaimed:
 class _Grant:
     after: int  # the reading count when the release was written
     last_at: float
+    read_at: float  # the last reading back (or the release)
     waited: float = 0.0  # time with the board answering
     stalled: float = 0.0  # time with the board silent
     board_ok: bool = True
@@ -60,6 +61,10 @@ class GrantTracker:
     passage_timeout: float
     stall_limit: float
     counts_unseen: bool = False  # the board's own pulse counter: a silence hides no passage
+    # Longer than this between two readings is not a busy line but a blind gate: a
+    # rotation's pulse (100 ms or more) may have come and gone unread (issue 22: a flood
+    # starved the loop and three grants lapsed as "did not pass" while the arm turned).
+    blind_limit: float = 1.0
     _grant: _Grant | None = None
     outcome: Passage | None = None  # the last grant's, once settled
     _ended_at: float | None = None
@@ -73,7 +78,7 @@ class GrantTracker:
         """The relay was released for one person; `readings`: how many readings had come
         back by then. `board_ok`: False when the release's answer was lost (the board
         went silent as it wrote)."""
-        self._grant = _Grant(after=readings, last_at=now, board_ok=board_ok, unseen=not board_ok)
+        self._grant = _Grant(after=readings, last_at=now, read_at=now, board_ok=board_ok, unseen=not board_ok)
         self.outcome = None
 
     def reading(self, now: float, number: int, ok: bool, people: int = 0) -> Passage | None:
@@ -89,6 +94,7 @@ class GrantTracker:
                 self._account(g, now)
                 g.board_ok = ok
                 g.unseen = g.unseen or not ok
+                g.read_at = now
         for _ in range(people):
             last = None if self.outcome is None or self._ended_at is None else (self.outcome, now - self._ended_at)
             self.unclaimed.append(Unclaimed(now, last))
@@ -116,6 +122,8 @@ class GrantTracker:
     def _account(self, g: _Grant, now: float) -> None:
         dt = max(0.0, now - g.last_at)
         g.last_at = now
+        if now - g.read_at > self.blind_limit:
+            g.unseen = True
         if g.board_ok:
             g.waited += dt
         else:

@@ -279,7 +279,10 @@ class ModbusDevice:
         if error is not None or health is OutputHealth.ONLINE:
             self.last_error = error
         if changed:
-            log.warning("modbus %s unit %s: %s (%s)", self._where(), self.cfg.unit, health, error)
+            if health is OutputHealth.ONLINE:  # news, not trouble
+                log.info("modbus %s unit %s: online", self._where(), self.cfg.unit)
+            else:
+                log.warning("modbus %s unit %s: %s (%s)", self._where(), self.cfg.unit, health, error)
             if self.on_health is not None:
                 try:
                     self.on_health(health, error)

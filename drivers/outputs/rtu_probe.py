@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -51,6 +51,20 @@ class Reply:
     raw: bytes = b""
     unit: int | None = None
     exception_code: int | None = None
+    coils: int | None = None  # how many coils / discrete inputs from address 0 (scan)
+    inputs: int | None = None
+
+
+def largest_count(accepts: Callable[[int], bool], limit: int = 64) -> int:
+    """The largest count from address 0 a board accepts (0..limit), by bisection."""
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if accepts(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def classify(unit: int, function: int, data: bytes) -> Reply:
@@ -148,6 +162,13 @@ def scan(
         silence = max(0.01, 3.5 * 11 / baudrate)
         for unit in units:
             reply = classify(unit, READ_COILS, _exchange(port, read_request(unit), timeout, silence))
+            if reply.answer is Answer.OK:
+                def accepts(count: int, function: int, u: int = unit) -> bool:
+                    answer = _exchange(port, read_request(u, function, 0, count), timeout, silence)
+                    return classify(u, function, answer).answer is Answer.OK
+
+                reply = replace(reply, coils=largest_count(lambda n: accepts(n, READ_COILS)),
+                                inputs=largest_count(lambda n: accepts(n, READ_DISCRETE_INPUTS)))
             if reply.answer is not Answer.SILENT:
                 found[unit] = reply
     finally:

@@ -59,6 +59,7 @@ class ReaderStats(dict[str, int]):
         "rejected_frames",  # frames that did not decode (garbage, checksum, parity...)
         "credentials",  # credentials handed to the daemon
         "debounced",  # repeats dropped by the debouncer
+        "rate_limited",  # reads dropped over the reader's max_reads_per_second
         "reconnects",  # successful (re)opens after the first one
         "device_errors",  # failed opens and I/O errors
         "callback_errors",  # the daemon's on_credential raised
@@ -97,6 +98,32 @@ class Debouncer:
         self._last_seen = {k: t for k, t in self._last_seen.items() if 0 <= now - t < self.debounce}
 
 
+class RateLimit:
+    """A token bucket: `rate` reads a second on average, `burst` at once.
+
+    A reader that sends far more than people can tap (a flood of made-up cards at full
+    baud, a faulty reader repeating itself) must not turn each read into a decision, a
+    log line and an fsynced denial (issue 22): reads over the rate are dropped and counted.
+    A person taps about once a second; the default allows ten times that."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be > 0")
+        self.rate = rate
+        self.burst = max(1.0, burst if burst is not None else 2 * rate)
+        self._tokens = self.burst
+        self._at: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if self._at is not None and now > self._at:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now if self._at is None or now > self._at else self._at
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
 class Backoff:
     """Exponential reconnect delays: initial, x2, ... capped. No jitter: one daemon per
     box, nothing to de-synchronise, and deterministic delays keep tests simple."""
@@ -123,6 +150,7 @@ class ReaderBase:
         *,
         debounce: float = 2.0,
         reconnect_max: float = 5.0,
+        max_reads_per_second: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] | None = None,
         on_health: OnHealth | None = None,
@@ -131,6 +159,7 @@ class ReaderBase:
         self._stats = ReaderStats()
         self._health = ReaderHealth.OFFLINE
         self._debouncer = Debouncer(debounce)
+        self._rate = RateLimit(max_reads_per_second) if max_reads_per_second else None
         self._backoff = Backoff(cap=reconnect_max)
         self._clock = clock
         self._now = now or partial(datetime.now, UTC)  # the daemon passes its own clock
@@ -181,6 +210,9 @@ class ReaderBase:
         await asyncio.sleep(self._backoff.next())
 
     async def _emit(self, on_credential: OnCredential, read: CredentialRead) -> None:
+        if self._rate is not None and not self._rate.allow(self._clock()):
+            self._stats.bump("rate_limited")
+            return
         if not self._debouncer.accept(self.id, read.kind, read.debounce_key, self._clock()):
             self._stats.bump("debounced")
             return

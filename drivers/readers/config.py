@@ -43,6 +43,14 @@ class _ReaderConfigBase(BaseModel):
         description="Longest wait in seconds between attempts to reopen a device that "
         "disappeared (attempts start fast and double up to this).",
     )
+    max_reads_per_second: float | None = Field(
+        10.0,
+        gt=0,
+        le=10_000,
+        description="Reads taken from this reader per second on average (twice as many at once); "
+        "more are dropped and counted (`rate_limited`): a flood of cards at full baud is not a "
+        "decision and a recorded denial each. null: no limit.",
+    )
 
 
 class SerialReaderConfig(_ReaderConfigBase):
@@ -56,7 +64,9 @@ class SerialReaderConfig(_ReaderConfigBase):
         "/dev/ttyUSB0, which can change after a reboot or replug."
     )
     baudrate: int = Field(9600, gt=0, description="Line speed in baud (reader manual).")
-    parity: Literal["none", "even", "odd"] = Field("none", description="Parity bit.")
+    parity: Literal["none", "even", "odd", "N", "E", "O"] = Field(
+        "none", description="Parity bit: none, even, odd (or N, E, O as for Modbus lines)."
+    )
     stopbits: int = Field(1, ge=1, le=2, description="Stop bits: 1 or 2.")
     framing: Framing = Field(
         Framing.LINE,
@@ -100,6 +110,13 @@ class SerialReaderConfig(_ReaderConfigBase):
         description="Seconds of silence after which a partial frame is discarded (and "
         "counted): a frame cut short must not glue onto the next card's. null: never.",
     )
+
+    @field_validator("parity", mode="before")
+    @classmethod
+    def _parity_word(cls, value: object) -> object:
+        # one spelling inside, whichever the installer used (Modbus lines say N/E/O)
+        words = {"n": "none", "e": "even", "o": "odd", "none": "none", "even": "even", "odd": "odd"}
+        return words.get(value.lower(), value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _checksum_fits_format(self) -> SerialReaderConfig:
@@ -270,6 +287,7 @@ def build_reader(cfg: ReaderConfig, **hooks: Any) -> Reader:
     common: dict[str, Any] = {
         "debounce": cfg.debounce,
         "reconnect_max": cfg.reconnect_max,
+        "max_reads_per_second": cfg.max_reads_per_second,
         **hooks,
     }
     if isinstance(cfg, SerialReaderConfig):

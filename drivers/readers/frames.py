@@ -113,7 +113,14 @@ class SerialFrameParser:
         self._in_frame = False
         self._discarding = False
         detail = f"partial frame discarded after {self.config.frame_gap:g} s of silence"
-        return [_error(FrameErrorReason.GAP, detail, dropped)]
+        return [_error(FrameErrorReason.GAP, detail + self._framing_hint(dropped), dropped)]
+
+    def _framing_hint(self, dropped: bytes) -> str:
+        """A line reader fed STX/ETX frames (an RDM6300-style EM4100 module) never sees a
+        line end: say what to set rather than drop every card as a partial frame."""
+        if self.config.framing is Framing.LINE and STX in dropped:
+            return "; the reader frames its reads between 0x02 and 0x03 (STX/ETX): set framing: stx-etx"
+        return ""
 
     def feed(self, data: bytes, now: float | None = None) -> list[ParserOutput]:
         """Bytes in, reads and errors out. Without `now` no gap is ever detected."""
@@ -144,7 +151,7 @@ class SerialFrameParser:
         # full buffer without one can only be an overlong frame (or a wrong terminator).
         if len(buf) >= self.config.max_frame_length:
             if not self._discarding:
-                out.append(_error(FrameErrorReason.OVERLONG, "no terminator", bytes(buf)))
+                out.append(_error(FrameErrorReason.OVERLONG, "no terminator" + self._framing_hint(bytes(buf)), bytes(buf)))
                 self._discarding = True
             # Keep what may be the start of a split terminator.
             keep = bytes(buf[len(buf) - (len(term) - 1) :]) if len(term) > 1 else b""

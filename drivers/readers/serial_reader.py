@@ -17,6 +17,8 @@ from typing import Any
 
 import serial
 
+from rules.credential import mask_bytes
+
 from .base import OnCredential, ReaderBase, ReaderHealth
 from .frames import FrameConfig, ParserOutput, SerialFrameParser
 from .reads import FrameError
@@ -138,12 +140,13 @@ class SerialReader(ReaderBase):
             self.stats.bump("frames")
             if isinstance(item, FrameError):
                 self.stats.bump("rejected_frames")
+                # what was read is masked: a rejected frame may be a card's whole number
                 log.warning(
-                    "reader %s: rejected frame (%s: %s) %r",
+                    "reader %s: rejected frame (%s: %s) %s",
                     self.id,
                     item.reason,
                     item.detail,
-                    item.raw,
+                    mask_bytes(item.raw),
                 )
             else:
                 await self._emit(on_credential, item)

@@ -62,6 +62,9 @@ class TapRecord:
     answer_ms: float | None
     decide_ms: float | None
     state: dict[str, bool]
+    # a QR code's expiry (ISO), on a replay: a replay the queue held past it is rightly
+    # refused qr_expired (the check reads the gate's own decision instant)
+    expires: str | None = None
 
 
 @dataclass
@@ -100,11 +103,13 @@ class GateQueue:
         self.records = records
         self.lock = asyncio.Lock()  # one person at a time (the desk's opening too)
 
-    async def tap(self, credential: str, *, qr: bool, who: str | None, purpose: str) -> Answer:
+    async def tap(self, credential: str, *, qr: bool, who: str | None, purpose: str,
+                  expires: datetime | None = None) -> Answer:
         async with self.lock:
-            return await self._tap(credential, qr=qr, who=who, purpose=purpose)
+            return await self._tap(credential, qr=qr, who=who, purpose=purpose, expires=expires)
 
-    async def _tap(self, credential: str, *, qr: bool, who: str | None, purpose: str) -> Answer:
+    async def _tap(self, credential: str, *, qr: bool, who: str | None, purpose: str,
+                   expires: datetime | None = None) -> Answer:
         rig = self.rig
         state = rig.state()
         sim = self.chain.clock.now().isoformat()
@@ -145,7 +150,8 @@ class GateQueue:
             "qr" if qr else "card", purpose, ans.decision, ans.reason, ans.passed,
             coil_ms if ans.decision == "granted" else None,
             round((t_answer - t0) * 1000, 3) if line is not None else None,
-            line.get("ms") if line is not None else None, state))
+            line.get("ms") if line is not None else None, state,
+            expires.isoformat() if expires is not None else None))
         return ans
 
     async def _answer(self, want: str, member: str | None) -> dict[str, Any] | None:
@@ -199,8 +205,8 @@ class Traffic:
                     issued=issued, expires=expires, booking=booking), expires
 
     async def tap(self, site: str, gate: str, credential: str, *, qr: bool, who: str | None,
-                  purpose: str) -> Answer:
-        return await self.queues[(site, gate)].tap(credential, qr=qr, who=who, purpose=purpose)
+                  purpose: str, expires: datetime | None = None) -> Answer:
+        return await self.queues[(site, gate)].tap(credential, qr=qr, who=who, purpose=purpose, expires=expires)
 
     def in_gates(self, site: str, rnd: random.Random) -> list[str]:
         up = [g for g in IN_GATES if self.chain.gates[(site, g)].available]
@@ -254,7 +260,8 @@ class Traffic:
                 wait = min(wait, (st.last_token_expires - self.clock.now()).total_seconds() - REPLAY_MARGIN)
             if wait >= 0:
                 await self.clock.sleep(wait)
-                await self.tap(v.site, st.last_gate, st.last_token, qr=True, who=v.member, purpose="qr_replay")
+                await self.tap(v.site, st.last_gate, st.last_token, qr=True, who=v.member, purpose="qr_replay",
+                               expires=st.last_token_expires)
         if v.reentry is not None:
             out_at, back_at = v.reentry
             await self.clock.sleep_until(out_at)
