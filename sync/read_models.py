@@ -188,12 +188,11 @@ def denial_key(ev: dict[str, Any]) -> str:
     return f"reason:{ev.get('reason') or 'unknown'}"
 
 
-def alarm_events(conn: sqlite3.Connection, first_seq: int, kinds: Iterable[str]) -> list[dict[str, Any]]:
-    """`alarm` events of these kinds from `first_seq`, oldest first."""
-    wanted = list(kinds)
+def alarm_events(conn: sqlite3.Connection, first_seq: int, types: Iterable[str]) -> list[dict[str, Any]]:
+    """Events of these types (`alarm`, ...) from `first_seq`, oldest first."""
+    wanted = list(types)
     rows = conn.execute(
-        f"SELECT body FROM events WHERE seq >= ? AND type = 'alarm' AND json_extract(body, '$.kind') IN "
-        f"({_marks(len(wanted))}) ORDER BY seq",
+        f"SELECT body FROM events WHERE seq >= ? AND type IN ({_marks(len(wanted))}) ORDER BY seq",
         (first_seq, *wanted),
     ).fetchall()
     return [dict(json.loads(r[0])) for r in rows]

@@ -95,6 +95,17 @@ def test_an_incident_stays_until_acknowledged_also_across_a_restart() -> None:
     assert [x.id for x in restarted.alarms.values()] == ["door_forced:in@12"]
 
 
+def test_a_flood_of_unknown_cards_is_an_incident_too() -> None:
+    """Past a quota the cards of a flood are one `unknown_cards` event, not a denial each:
+    the desk sees the flood as an alarm to acknowledge (nothing dropped silently)."""
+    board = AlarmBoard()
+    flood = {"type": "unknown_cards", "gate": "in", "seq": 40, "count": 3812, "cards": ["uid:01", "uid:02"]}
+    board.incident(flood, T0)
+    (a,) = board.views({"in": "Main entrance"}, str)
+    assert a["kind"] == "unknown_cards" and a["title"] == "A flood of unknown cards"
+    assert "3812 unknown card reads" in a["detail"] and "uid:01" in a["detail"] and a["gate_name"] == "Main entrance"
+
+
 def test_a_bad_alarm_comes_before_a_late_one_and_unacknowledged_before_acknowledged() -> None:
     board = AlarmBoard()
     board.update(conditions(health(knowledge={"gaps": [{"kind": "uplink_stalled", "detail": "x"}]})), T0)

@@ -15,6 +15,11 @@ from tests.photos import ANA_URL, BRUNO_URL, jpeg
 from tests.test_console import Client, running_site
 from tests.test_daemon import wait_for
 
+# 35 unknown cards read here within seconds stand for 35 over a day: within a minute at one
+# gate, past the flood quota (gated/unknown_cards.py), they would rightly be one
+# `unknown_cards` event (test_a_flood_of_unknown_cards_is_an_alarm below)
+A_DAYS_CARDS = {"unknown_cards": {"individual": 1000}}
+
 
 async def all_groups(c: Client) -> list[dict[str, Any]]:
     """Every group, page by page as the console reaches them ("N more")."""
@@ -28,7 +33,7 @@ async def all_groups(c: Client) -> list[dict[str, Any]]:
 
 async def test_35_unknown_cards_are_all_reachable_and_each_can_be_dismissed(tmp_path: Path) -> None:
     """Bug 1 of issue 24: the list stopped at 30 and the oldest could never be marked done."""
-    async with running_site(tmp_path) as site:
+    async with running_site(tmp_path, extra=A_DAYS_CARDS) as site:
         c = Client(site.port)
         await c.login("desk")
         cards = [f"C0FFEE{i:02d}" for i in range(35)]
@@ -205,3 +210,22 @@ async def test_a_first_tap_between_the_page_load_and_its_stream_is_not_lost(tmp_
 
         item = await asyncio.wait_for(asyncio.to_thread(first_line), 10)
         assert item["member_name"] == "Max Mustermann" and item["decision"] == "denied"
+
+
+async def test_a_flood_of_unknown_cards_is_an_alarm_and_a_feed_line(tmp_path: Path) -> None:
+    """Past the flood quota the cards are one `unknown_cards` event: the desk gets an alarm
+    to acknowledge and a line in the feed, the first ones each an item to assign."""
+    quota = {"unknown_cards": {"individual": 3, "window": 60, "quiet": 1}}
+    async with running_site(tmp_path, extra=quota) as site:
+        c = Client(site.port)
+        await c.login("desk")
+        for i in range(12):
+            await site.tap(f"F100D0{i:02d}")
+        await wait_for(lambda: bool(site.store.recent_events(5, types=["unknown_cards"])), timeout=10)
+        (flood,) = [a for a in (await c.get("/api/health")).json()["alarms"] if a["kind"] == "unknown_cards"]
+        assert flood["title"] == "A flood of unknown cards" and "9 unknown card reads" in flood["detail"]
+        assert (await c.get("/api/denials")).json()["total"] == 3  # the first ones, each to assign
+        line = [i for i in (await c.get("/api/feed")).json()["items"] if i["type"] == "unknown_cards"]
+        assert line and line[0]["alert"] and "9 reads" in line[0]["text"]
+        assert (await c.post_json("/api/alarms/ack", {"id": flood["id"]})).status == 200
+        assert [a for a in (await c.get("/api/health")).json()["alarms"] if a["kind"] == "unknown_cards"] == []

@@ -21,6 +21,7 @@ from sync.store import SyncBatch
 from tests.photos import MAX_URL
 from tests.test_console import DISPLAY_TOKEN, Site, running_site
 from tests.test_console_alarms import contrast
+from tests.test_console_attention import A_DAYS_CARDS
 from tests.test_console_browser import (
     ARGS,
     ARTIFACTS,
@@ -49,7 +50,7 @@ def relay_is(site: Site, health: str) -> bool:
 async def test_needs_attention_in_groups_reached_to_the_last_and_a_check_in_from_a_denial(tmp_path: Any) -> None:
     async_playwright = _playwright()
     ARTIFACTS.mkdir(exist_ok=True)
-    async with running_site(tmp_path) as site, async_playwright() as pw:
+    async with running_site(tmp_path, extra=A_DAYS_CARDS) as site, async_playwright() as pw:
         b = await browser(pw)
         try:
             ctx = await b.new_context(viewport=VIEWPORT)
@@ -177,7 +178,7 @@ async def test_an_unknown_card_beyond_the_list_assigned_from_the_prompt(tmp_path
     """Bug 7 of issue 24: "Assign card" landed on the members page with no prompt and no
     focus, and a card not among the 20 listed was nowhere."""
     async_playwright = _playwright()
-    async with running_site(tmp_path) as site, async_playwright() as pw:
+    async with running_site(tmp_path, extra=A_DAYS_CARDS) as site, async_playwright() as pw:
         b = await browser(pw)
         try:
             ctx = await b.new_context(viewport=VIEWPORT)

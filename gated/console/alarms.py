@@ -35,7 +35,11 @@ INCIDENTS = {
     "overdraft": "A pass was charged below zero",
     "ack_beyond_last_seq": "The central system acknowledged events never sent",
     "snapshot_held": "A snapshot that would empty the site was held",
+    # not an `alarm` event but its own (gated/unknown_cards.py): reads past a quota, one
+    # event for the burst — the desk sees the flood here, its cards are not each an item
+    "unknown_cards": "A flood of unknown cards",
 }
+EVENT_TYPES = ("alarm", "unknown_cards")
 # conditions: what the health says now
 CONDITIONS = {
     "relay_offline": "Gate offline — its relay board does not answer",
@@ -112,8 +116,23 @@ def conditions(health: dict[str, Any]) -> list[Condition]:
     return out
 
 
+def incident_kind(ev: dict[str, Any]) -> str | None:
+    """The incident an event reports, if it is one."""
+    if ev.get("type") == "unknown_cards":
+        return "unknown_cards"
+    kind = str(ev.get("kind") or "")
+    return kind if ev.get("type") == "alarm" and kind in INCIDENTS and kind != "unknown_cards" else None
+
+
+def incident_detail(ev: dict[str, Any]) -> str:
+    if ev.get("type") == "unknown_cards":
+        cards = ", ".join(str(c) for c in (ev.get("cards") or [])[:5])
+        return f"{ev.get('count')} unknown card reads in a burst" + (f" (among them {cards})" if cards else "")
+    return str(ev.get("detail") or "")
+
+
 def incident_id(ev: dict[str, Any]) -> str:
-    return f"{ev.get('kind')}:{ev.get('gate') or 'site'}@{ev.get('seq')}"
+    return f"{incident_kind(ev)}:{ev.get('gate') or 'site'}@{ev.get('seq')}"
 
 
 @dataclass
@@ -144,15 +163,15 @@ class AlarmBoard:
                 self._apply_ack(self.alarms[alarm_id])
 
     def incident(self, ev: dict[str, Any], at: datetime) -> None:
-        """An `alarm` event; an incident kind stays until acknowledged."""
-        kind = str(ev.get("kind") or "")
-        if ev.get("type") != "alarm" or kind not in INCIDENTS:
+        """An `alarm` event (or an `unknown_cards` one); an incident stays until acknowledged."""
+        kind = incident_kind(ev)
+        if kind is None:
             return
         alarm_id = incident_id(ev)
         if alarm_id in self.alarms:
             return
         gate = ev.get("gate")
-        alarm = Alarm(alarm_id, f"{kind}:{gate or 'site'}", kind, gate, str(ev.get("detail") or ""), at,
+        alarm = Alarm(alarm_id, f"{kind}:{gate or 'site'}", kind, gate, incident_detail(ev), at,
                       incident=True, active=False)
         self.alarms[alarm_id] = alarm
         self._apply_ack(alarm)
@@ -184,4 +203,5 @@ class AlarmBoard:
         return [a.view(gate_names, local) for a in alarms]
 
 
-__all__ = ["ACK_ACTION", "CONDITIONS", "INCIDENTS", "Alarm", "AlarmBoard", "Condition", "conditions", "incident_id"]
+__all__ = ["ACK_ACTION", "CONDITIONS", "EVENT_TYPES", "INCIDENTS", "Alarm", "AlarmBoard", "Condition", "conditions",
+           "incident_id", "incident_kind"]

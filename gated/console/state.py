@@ -14,7 +14,7 @@ import structlog
 from starlette.requests import HTTPConnection
 
 from gated.config import ConsoleConfig
-from gated.console.alarms import ACK_ACTION, INCIDENTS, AlarmBoard, conditions
+from gated.console.alarms import ACK_ACTION, EVENT_TYPES, AlarmBoard, conditions
 from gated.console.attention import DAY_SLACK, Attention
 from gated.console.hub import FeedHub
 from gated.console.security import DeviceCookies, Sessions
@@ -66,7 +66,7 @@ class Console:
 
     def _feed_line(self, event: dict[str, Any]) -> dict[str, Any] | None:
         """Each committed event: an incident for the alarm board, a line for the feed."""
-        if event.get("type") == "alarm":
+        if event.get("type") in EVENT_TYPES:
             self.alarms.incident(event, parse_at(event.get("at")) or self.views.now())
         return self.views.feed_item(event)
 
@@ -101,7 +101,7 @@ class Console:
             alarm_id = row.detail.get("alarm")
             if isinstance(alarm_id, str):
                 self.alarms.restore_ack(alarm_id, row.operator, row.at)
-        for ev in rm.alarm_events(conn, rm.first_seq_at(conn, start - DAY_SLACK), INCIDENTS):
+        for ev in rm.alarm_events(conn, rm.first_seq_at(conn, start - DAY_SLACK), EVENT_TYPES):
             at = parse_at(ev.get("at"))
             if at is not None and at >= start:
                 self.alarms.incident(ev, at)

@@ -25,7 +25,7 @@ from sync.store import Store
 DENIALS_DONE = "denials_done"  # the audit action of the desk's "Done" on a denial
 
 NOTABLE = ("access", "override", "attendance", "loyalty", "lockdown", "fire_alarm", "alarm", "deduction",
-           "card_enrolled", "passage_unconfirmed")
+           "card_enrolled", "passage_unconfirmed", "unknown_cards")
 
 
 def jsonable(v: Any) -> Any:
@@ -203,7 +203,7 @@ class Views:
             item["balance"] = ev.get("balance")
         # a relay coming back online is news, not an alarm
         recovered = t == "alarm" and str(ev.get("kind") or "").endswith(("_online", "_closed", "_cleared"))
-        item["alert"] = t in ("alarm", "lockdown", "fire_alarm", "passage_unconfirmed") and not recovered
+        item["alert"] = t in ("alarm", "lockdown", "fire_alarm", "passage_unconfirmed", "unknown_cards") and not recovered
         return item
 
     def recent_feed(self, limit: int = 50) -> list[dict[str, Any]]:

@@ -62,6 +62,9 @@ def notice_text(ev: dict[str, Any], item: dict[str, Any], passes: dict[str, str]
         return f"Alarm: {kind}" + (f" — {ev['detail']}" if ev.get("detail") else "")
     if t == "card_enrolled":
         return f"Card {ev.get('card')} assigned by {ev.get('operator')}"
+    if t == "unknown_cards":
+        cards = ", ".join(str(c) for c in (ev.get("cards") or [])[:5])
+        return f"A flood of unknown cards: {ev.get('count')} reads" + (f" (among them {cards})" if cards else "")
     if t == "passage_unconfirmed":
         return "A grant was cut off before it was recorded — check the turnstile count"
     return str(t)
