@@ -10,6 +10,7 @@ footer contrast. Screenshots go to tests/artifacts/ (docs/console.md shows them)
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,6 +64,7 @@ async def test_needs_attention_in_groups_reached_to_the_last_and_a_check_in_from
                 await site.tap("DEADBEEF")
             max_item = page.locator("#attention-list li[data-key='member:m-blocked']")
             await max_item.locator(".count-badge", has_text="×8").wait_for(timeout=5000)
+            assert re.search(r"8 taps since \d\d:\d\d", await max_item.inner_text())
             n = await page.locator("#attention-list li", has_text="Max Mustermann").count()
             assert n == 1, await page.locator("#attention").inner_html()
             # 35 cards nobody has: 36 items in all, a page of them and how many more

@@ -153,9 +153,12 @@ function initAttention() {
     let g = groups.find(function (x) { return x.key === key; });
     if (g) {
       groups = groups.filter(function (x) { return x !== g; });
-      g = Object.assign({}, g, { count: g.count + 1, seqs: g.seqs.concat([item.seq]) });
+      // the first tap of the group: as the server gave it, else the one shown so far
+      const first = g.first_time || (g.time || "").slice(0, 5);
+      g = Object.assign({}, g, { count: g.count + 1, seqs: g.seqs.concat([item.seq]), first_time: first });
     } else {
-      g = { key: key, member: item.member, member_name: item.member_name, card: item.card, count: 1, seqs: [item.seq], photo: item.photo };
+      g = { key: key, member: item.member, member_name: item.member_name, card: item.card, count: 1, seqs: [item.seq],
+        photo: item.photo, first_time: null };
       total += 1;
     }
     Object.assign(g, { through: Math.max(g.through || 0, item.seq), time: item.time, gate: item.gate, gate_name: item.gate_name,
