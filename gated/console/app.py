@@ -1,10 +1,12 @@
 """The front-desk console as a Starlette app: routes, middleware, error handling.
 
-The modules by concern: `backend` (what the console may ask of the daemon), `auth` (sessions
-as middleware, the role guard), `login`, `pages`, `api`, `exports` (CSV), `display` (the
-member-facing gate screen), `hub` (the live feed), `views` (read models shaped for the
-pages), `security` (sessions, login limits, headers), `server` (uvicorn in the daemon's
-loop). See docs/console.md for the routes and the security model.
+The modules by concern (what the console may ask of the daemon is gated/operator.py's
+`OperatorApi`): `auth` (sessions as middleware, the role guard), `login`, `pages`, `api`,
+`desk_api` (Needs attention, alarm acknowledgements, photos), `exports` (CSV), `display`
+(the member-facing gate screen), `hub` (the live feed), `views`, `attention` and `alarms`
+(read models shaped for the pages; the alarm board), `security` (sessions, login limits,
+headers), `server` (uvicorn in the daemon's loop). See docs/console.md for the routes and
+the security model.
 """
 
 from __future__ import annotations
