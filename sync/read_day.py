@@ -15,6 +15,11 @@ from datetime import datetime
 from typing import Any
 
 
+def last_seq(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT MAX(seq) FROM events").fetchone()
+    return int(row[0]) if row is not None and row[0] is not None else 0
+
+
 def first_seq_at(conn: sqlite3.Connection, start: datetime) -> int:
     """The seq of the first event at or after `start` (one past the last when none): a
     bisection over the log by seq, whose `at` grows with it (the commit time; a clock
@@ -105,4 +110,4 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-__all__ = ["DenialGroup", "alarm_events", "denial_groups", "denial_key", "first_seq_at"]
+__all__ = ["DenialGroup", "alarm_events", "denial_groups", "denial_key", "first_seq_at", "last_seq"]

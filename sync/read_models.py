@@ -24,7 +24,14 @@ from typing import Any
 from sync import photos
 from sync.occupancy import entries_inside
 from sync.photos import Photo
-from sync.read_day import DenialGroup, alarm_events, denial_groups, denial_key, first_seq_at
+from sync.read_day import (
+    DenialGroup,
+    alarm_events,
+    denial_groups,
+    denial_key,
+    first_seq_at,
+    last_seq,
+)
 from sync.search_text import alnum, digits, fold
 from sync.store import open_reader
 
@@ -422,6 +429,7 @@ __all__ = [
     "denial_key",
     "denials_since",
     "first_seq_at",
+    "last_seq",
     "last_visits",
     "member_photo",
     "photo_versions",

@@ -10,6 +10,8 @@ footer contrast. Screenshots go to tests/artifacts/ (docs/console.md shows them)
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -111,6 +113,47 @@ async def test_needs_attention_in_groups_reached_to_the_last_and_a_check_in_from
             await page.locator(".toast", has_text="Checked in").wait_for(timeout=10000)
             assert site.turnstile.unlocks == unlocks + 1
             await bruno.wait_for(state="detached", timeout=5000)  # let in: dealt with
+            assert watch.errors == []
+            await ctx.close()
+        finally:
+            await b.close()
+
+
+async def test_an_answer_older_than_the_live_denials_does_not_hide_them(tmp_path: Any) -> None:
+    """The page's first read of Needs attention, answered after three live denials came in
+    (held here, then answered as of before them): the three stay, counted once."""
+    async_playwright = _playwright()
+    async with running_site(tmp_path) as site, async_playwright() as pw:
+        b = await browser(pw)
+        try:
+            ctx = await b.new_context(viewport=VIEWPORT)
+            page = await ctx.new_page()
+            watch = Watch(page)
+            release = asyncio.Event()
+            held: list[Any] = []
+
+            async def hold_first(route: Any) -> None:
+                if held or route.request.method != "GET":
+                    await route.continue_()
+                    return
+                held.append(route)
+                await release.wait()
+                await route.fulfill(status=200, content_type="application/json", body=json.dumps(
+                    {"groups": [], "offset": 0, "total": 0, "denials": 0, "more": 0, "last_seq": 0}))
+
+            await page.route("**/api/denials?*", hold_first)
+            await login(page, site, "desk")
+            await page.wait_for_selector("#stream-state.live", timeout=5000)
+            for _ in range(3):
+                await site.tap("DEADBEEF")
+            item = page.locator("#attention-list li[data-key='member:m-blocked']")
+            await item.locator(".count-badge", has_text="×3").wait_for(timeout=5000)
+            assert held  # the first read is still unanswered
+            release.set()
+            await page.wait_for_timeout(500)
+            assert await item.locator(".count-badge", has_text="×3").count() == 1
+            await page.wait_for_timeout(2000)  # and the exact read a moment later agrees
+            assert await item.locator(".count-badge", has_text="×3").count() == 1
             assert watch.errors == []
             await ctx.close()
         finally:

@@ -25,13 +25,15 @@ class Attention:
     def __init__(self, views: Views):
         self.views = views
 
-    def groups(self, done: frozenset[int]) -> list[dict[str, Any]]:
-        """Every group of today's undealt denials, newest first. Runs in a worker thread
-        on its own read-only connection (it reads the day's access events)."""
+    def groups(self, done: frozenset[int]) -> tuple[list[dict[str, Any]], int]:
+        """Every group of today's undealt denials, newest first, and the last event the
+        answer has surely seen (a page merges the live denials after it). Runs in a worker
+        thread on its own read-only connection (it reads the day's access events)."""
         v = self.views
         start, _ = v.day_bounds(v.today())
         gates = v.gate_names()
         with rm.read_only(v.store.path) as conn:
+            seen = rm.last_seq(conn)  # read first: the groups read after it see at least this
             first = rm.first_seq_at(conn, start - DAY_SLACK)
             groups = rm.denial_groups(conn, first, start, set(done))
             members = {g.member for g in groups if g.member}
@@ -57,13 +59,14 @@ class Attention:
                 "message": ev.get("message") or ev.get("reason"),
                 "photo": photo_url(g.member, photos[g.member]) if g.member and g.member in photos else None,
             })
-        return out
+        return out, seen
 
     @staticmethod
-    def page(groups: list[dict[str, Any]], offset: int, limit: int) -> dict[str, Any]:
+    def page(groups: list[dict[str, Any]], seen: int, offset: int, limit: int) -> dict[str, Any]:
         shown = groups[offset : offset + limit]
         return {
             "groups": shown,
+            "last_seq": seen,
             "offset": offset,
             "total": len(groups),
             "denials": sum(g["count"] for g in groups),

@@ -28,12 +28,13 @@ PHOTO_BODY_MAX = photos.PHOTO_MAX_TEXT + 1024
 
 @requires()
 async def denials(request: Request) -> Response:
-    """A page of today's denial groups: `groups`, `total` groups, `denials` in all, `more`."""
+    """A page of today's denial groups: `groups`, `total` groups, `denials` in all, `more`,
+    and `last_seq`, the last event the answer has surely seen."""
     c = console_of(request)
     offset = int_param(request.query_params.get("offset"), 0, 0, 1 << 30)
     limit = int_param(request.query_params.get("limit"), PAGE, 1, 500)
-    groups = await asyncio.to_thread(c.attention.groups, frozenset(c.dismissed()))
-    return as_json(c.attention.page(groups, offset, limit))
+    groups, seen = await asyncio.to_thread(c.attention.groups, frozenset(c.dismissed()))
+    return as_json(c.attention.page(groups, seen, offset, limit))
 
 
 def _keys(data: dict[str, Any]) -> set[str] | None:
@@ -66,7 +67,7 @@ async def dismiss_denials(request: Request) -> Response:
     through = data.get("through")
     if not isinstance(through, int) or isinstance(through, bool) or through < 0:
         raise HttpError(400, "through: the newest event number on screen")
-    groups = await asyncio.to_thread(c.attention.groups, frozenset(c.dismissed()))
+    groups, _ = await asyncio.to_thread(c.attention.groups, frozenset(c.dismissed()))
     seqs = c.attention.seqs_to_dismiss(groups, keys, through)
     saved = c.dismiss(seqs, user) if seqs else True
     log.info("console_denials_done", groups=len(keys) if keys is not None else "all", denials=len(seqs), operator=user)

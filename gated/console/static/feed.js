@@ -63,6 +63,7 @@ function initAttention() {
   let groups = [];  // newest first
   let total = 0, denials = 0, left = 0, loaded = 0;
   let alarms = [];
+  let live = [];  // denials pushed live that no answer from the gate has counted yet
   let reloadTimer = null;
 
   function render() {
@@ -124,6 +125,9 @@ function initAttention() {
     total = page.total; denials = page.denials;
     loaded = groups.length;
     left = page.more;
+    // an answer asked for before the latest live denials does not have them: merged again
+    live = live.filter(function (item) { return item.seq > page.last_seq; });
+    if (!append) live.forEach(merge);
     render();
   }
 
@@ -149,8 +153,18 @@ function initAttention() {
 
   /* A denial as it happens: its group to the top, counted; a flash and a beep. */
   function push(item) {
+    live.push(item);
+    merge(item);
+    render();
+    document.body.classList.remove("flash"); void document.body.offsetWidth; document.body.classList.add("flash");
+    beep("denial");
+    soon();
+  }
+
+  function merge(item) {
     const key = groupKey(item);
     let g = groups.find(function (x) { return x.key === key; });
+    if (g && g.seqs.indexOf(item.seq) >= 0) return;  // already counted
     if (g) {
       groups = groups.filter(function (x) { return x !== g; });
       // the first tap of the group: as the server gave it, else the one shown so far
@@ -165,10 +179,6 @@ function initAttention() {
       reason: item.reason, message: item.message || item.reason, fresh: true });
     groups.unshift(g);
     denials += 1;
-    render();
-    document.body.classList.remove("flash"); void document.body.offsetWidth; document.body.classList.add("flash");
-    beep("denial");
-    soon();
   }
 
   $("#dismiss-all").addEventListener("click", function () { if (groups.length) dismiss(groups.slice()); });
