@@ -3,8 +3,8 @@
 `OperatorApi` is the whole surface the console (gated/console/) and the control socket
 (gated/control.py) use: the configuration and the clock, the store for reads (through
 sync.store.read_models), health, the live event stream, and the actions — open once, check in,
-an injected tap (control socket only), attendance, points, card enrolment, a relay by
-hand, lockdown and emergency release. Neither front end imports the other; both are
+an injected tap (control socket only), attendance, points, card enrolment, a member's
+photo, a relay by hand, lockdown and emergency release. Neither front end imports the other; both are
 handed an `OperatorApi` and only render what it answers.
 
 `DaemonOperatorApi` is the daemon's implementation (after Home Assistant's coordinator:
@@ -99,6 +99,11 @@ class OperatorApi(Protocol):
     async def adjust_points(self, member_id: str, points: int, operator: str, reason: str) -> Committed: ...
 
     async def enrol_card(self, card: str, member_id: str, operator: str) -> Committed: ...
+
+    async def set_member_photo(self, member_id: str, jpeg: bytes, operator: str) -> Committed:
+        """A photo the desk took of the member (sync/photos.py): shown beside their taps,
+        sent to the central system. ActionRefused (400) when the bytes are not a JPEG
+        within the bound."""
 
     async def relay_by_hand(self, gate_id: str, action: str, seconds: float | None, operator: str) -> dict[str, Any]:
         """An installer's hand on a gate's relay (`gated relay` while the daemon runs)."""
@@ -229,6 +234,16 @@ class DaemonOperatorApi:
 
     async def enrol_card(self, card: str, member_id: str, operator: str) -> Committed:
         return await self._durable(self._store().enrol_card(card, member_id, operator, self._d.clock()))
+
+    async def set_member_photo(self, member_id: str, jpeg: bytes, operator: str) -> Committed:
+        store = self._store()
+        if store.member(member_id) is None:
+            raise ActionRefused("no such member", 404)
+        try:
+            committed = store.set_member_photo(member_id, jpeg, operator, self._d.clock())
+        except ValueError as e:
+            raise ActionRefused(f"not a photo: {e}", 400) from None
+        return await self._durable(committed)
 
     def audit(self, operator: str, action: str, detail: dict[str, Any]) -> None:
         if self._d.store is not None:

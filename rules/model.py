@@ -69,6 +69,9 @@ class Member:
     email: str | None = None
     photo: str | None = None
     phone: str | None = None  # for the desk's search; never used to decide
+    # for the desk's eyes (the member card), never used to decide
+    note: str | None = None
+    status_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from rules.credential import card_from_text, card_key, lookup_keys
 from rules.timeutil import iso_utc
+from sync.photos import photo_or_none
 from sync.protocol import Ack, EventBatch, LookupResponse, ReplayAnswer
 from sync.records import BookingIn, MemberIn, PassIn
 
@@ -264,6 +265,20 @@ class CentralDB:
             )
         elif kind == "card_enrolled" and ev.get("member") and ev.get("card"):
             self._enrol(site, str(ev["member"]), str(ev["card"]), changed)
+        elif kind == "member_photo" and ev.get("member"):
+            self._photo(site, str(ev["member"]), ev.get("photo"), changed)
+
+    def _photo(self, site: str, member: str, photo: Any, changed: Changes) -> None:
+        """A desk took a member's photo (docs/protocol.md, "Member photos"): it becomes the
+        member's, and goes out in a delta to every gate of the site."""
+        body = self._member_body(site, member)
+        if body is None or not isinstance(photo, str) or photo_or_none(photo) is None:
+            self.stats["member_photo_refused"] += 1
+            return
+        m = MemberIn.model_validate_json(body)
+        self._put_member(site, m.model_copy(update={"photo": photo}))
+        changed.members.add(member)
+        self.stats["member_photos"] += 1
 
     def _enrol(self, site: str, member: str, card: str, changed: Changes) -> None:
         """A desk gave `card` to `member` (docs/protocol.md, "Card enrolment"): the card

@@ -9,6 +9,7 @@ three subsystems beside the contract they share:
 | `sync/protocol.py`, `sync/events.py`, `sync/records.py`, `sync/topics.py` | the protocol's contract (payloads, event bodies, the central system's records, the MQTT topics): shared by the store, the link, the snapshot import and simulator/central.py |
 | `sync/errors.py` | the store's own error |
 | `sync/qrtoken.py` | signed QR tokens (Ed25519): verified at the gate, minted by the central system |
+| `sync/photos.py` | members' photos: the one format (inline `data:` URLs, bounded, checked) the central's records, the desk's camera and the console share |
 
 The import direction inside `sync` (tests/test_imports.py checks it): the contract
 modules import none of the subsystems; `store` knows nothing of `link` or `snapshot`;

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from rules.reasons import Reason
+from sync.photos import PHOTO_MAX_BYTES, PHOTO_MAX_TEXT, PHOTO_PATTERN
 
 Amount = Annotated[float, Field(description="A JSON number (visits or credits; may have decimals).")]
 Id = Annotated[str, Field(min_length=1, max_length=200)]
@@ -195,6 +196,21 @@ class CardEnrolledEvent(EventBase):
     operator: str
 
 
+class MemberPhotoEvent(EventBase):
+    """The front desk took a member's photo with the desk's camera (docs/protocol.md,
+    "Member photos"): keep it as the member's `photo` and send it back in the member's
+    record, so every gate of the chain shows it."""
+
+    type: Literal["member_photo"]
+    member: Id
+    photo: str = Field(
+        max_length=PHOTO_MAX_TEXT,
+        pattern=PHOTO_PATTERN,
+        description=f"The photo inline: `data:image/jpeg;base64,...`, at most {PHOTO_MAX_BYTES} bytes of JPEG.",
+    )
+    operator: str
+
+
 class PassageUnconfirmedEvent(EventBase):
     """A grant acted on whose passage nobody saw: at start-up, one whose commit a crash
     (kill -9, a power cut) cut off; at once, one whose relay board went silent after the
@@ -264,6 +280,7 @@ EVENT_MODELS: tuple[type[EventBase], ...] = (
     FireAlarmEvent,
     AlarmEvent,
     CardEnrolledEvent,
+    MemberPhotoEvent,
     PassageUnconfirmedEvent,
     QrUsedEvent,
     UnknownCardsEvent,

@@ -24,7 +24,7 @@ from sync.topics import LEVEL, Topics, central_status_topic, valid_level
 
 MAJOR = 1
 # the minor version: what a gate of this major understands (docs/protocol.md "Versioning")
-MINOR = 2
+MINOR = 3
 PROTOCOL = f"{MAJOR}.{MINOR}"
 V = Literal[1]
 
@@ -46,7 +46,8 @@ class _Wire(BaseModel):
 class MemberOut(MemberIn):
     """A member as the central system sends it. `cards`: the member's cards as typed keys
     (`uid:04A1B2C3D4`, `em:0A00BC614E`, `w26:123:45678`, ...; docs/protocol.md "Cards"),
-    or untyped strings as gates before typed cards sent them, read by their shape."""
+    or untyped strings as gates before typed cards sent them, read by their shape.
+    `photo`, `note`, `status_reason` (1.3): for the desk's eyes, never used to decide."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 

@@ -12,11 +12,12 @@ from decimal import Decimal
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from rules.credential import card_from_text
 from rules.model import Booking, BookingStatus, DeductOn, Member, MemberStatus, Pass, PassKind
 from rules.timeutil import WeekSchedule, parse_date, parse_instant, parse_window
+from sync.photos import PHOTO_MAX_BYTES, PHOTO_MAX_TEXT, PHOTO_PATTERN, photo_or_none
 
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -82,14 +83,64 @@ def _card_text(text: str) -> str:
 CardText = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_card_text)]
 
 
+NOTE_MAX = 500
+STATUS_REASON_MAX = 200
+
+
+def desk_text(limit: int) -> AfterValidator:
+    """Free text for the desk's eyes, as the gate keeps it: one line, at most `limit`
+    characters (longer is cut, not refused: a note never keeps a member out), None when
+    empty. The JSON Schema states the bound the central system should keep to."""
+
+    def clean(v: str | None) -> str | None:
+        return clean_text(v, limit)
+
+    return AfterValidator(clean)
+
+
+def clean_text(v: str | None, limit: int) -> str | None:
+    text = " ".join(v.split())[:limit] if v is not None else ""
+    return text or None
+
+
+# Lenient on the gate (sync/photos.py: a bad photo is dropped, never the member), strict
+# in the schema the central system is given.
+PhotoRef = Annotated[
+    str | None,
+    AfterValidator(photo_or_none),
+    WithJsonSchema({
+        "anyOf": [{"type": "string", "maxLength": PHOTO_MAX_TEXT, "pattern": PHOTO_PATTERN}, {"type": "null"}],
+        "default": None,
+        "description": f"The member's photo inline: a `data:` URL of a JPEG, PNG or WebP image of at most "
+        f"{PHOTO_MAX_BYTES} bytes (`data:image/jpeg;base64,...`). URLs are not fetched. A value that is not "
+        "such a photo is dropped by the gate (the member is kept).",
+    }),
+]
+Note = Annotated[
+    str | None,
+    desk_text(NOTE_MAX),
+    WithJsonSchema({"anyOf": [{"type": "string", "maxLength": NOTE_MAX}, {"type": "null"}], "default": None,
+                    "description": "A note for the front desk, shown on the member's card (one line; longer is cut)."}),
+]
+StatusReason = Annotated[
+    str | None,
+    desk_text(STATUS_REASON_MAX),
+    WithJsonSchema({"anyOf": [{"type": "string", "maxLength": STATUS_REASON_MAX}, {"type": "null"}], "default": None,
+                    "description": "Why the status is what it is, in the desk's words (\"payment failed on 3 Nov\"); "
+                    "shown on the member's card."}),
+]
+
+
 class MemberIn(Strict):
     id: Id
     name: str = ""
     status: Literal["active", "blocked"] = "active"
     cards: list[CardText] = []
     email: str | None = None
-    photo: str | None = None
+    photo: PhotoRef = None
     phone: Annotated[str, Field(max_length=50)] | None = None
+    note: Note = None
+    status_reason: StatusReason = None
 
     def to_domain(self) -> Member:
         return Member(
@@ -100,6 +151,8 @@ class MemberIn(Strict):
             email=self.email,
             phone=self.phone,
             photo=self.photo,
+            note=self.note,
+            status_reason=self.status_reason,
         )
 
 

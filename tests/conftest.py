@@ -31,10 +31,10 @@ UNIT = {
     "test_fuzz_osdp", "test_ledger", "test_messages", "test_outputs_door", "test_outputs_grant", "test_outputs_plan",
     "test_peers", "test_qrtoken", "test_read_models", "test_readers_frames", "test_store_cards", "test_store_files",
     "test_sync_retention", "test_sync_session", "test_timeutil", "test_durability", "test_chunk_rows",
-    "test_snapshot_wire", "test_imports", "test_tap",
+    "test_snapshot_wire", "test_imports", "test_tap", "test_console_alarms",
 }
-BROWSER = {"test_console_browser"}
-SLOW = {"test_simday", "test_torture", "test_package"}
+BROWSER = {"test_console_browser", "test_console_desk_browser", "test_console_burst"}
+SLOW = {"test_simday", "test_torture", "test_package", "test_console_burst"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -18,6 +18,7 @@ from rules.credential import TenDigits
 from sync.protocol import BookingOut, MemberOut, PassOut, SnapshotChunk
 from sync.snapshot.chunk_rows import NotFast, _Booking, _fields, _Member, _Pass, chunk_rows
 from sync.snapshot.parse import BuildError, Parser
+from tests.photos import ANA_URL
 
 DAEMON = "gate-a"
 
@@ -65,7 +66,8 @@ def test_the_structs_have_the_models_fields() -> None:
 
 
 MEMBER = {"id": "m1", "name": "Ana López", "status": "active", "cards": ["04A1B2C3", "em:0A00BC614E"],
-          "email": "a@example.com", "phone": "+34 600 000 000"}
+          "email": "a@example.com", "phone": "+34 600 000 000", "photo": ANA_URL, "note": "pays  in cash\n",
+          "status_reason": "card payment failed"}
 PASS = {"id": "p1", "member": "m1", "name": "10 visits", "kind": "credits", "balance": 12.5, "deduct_on": "access",
         "walk_in_cost": 8, "valid_from": "2026-01-01", "valid_until": "2026-12-31", "zones": ["main", "pool"],
         "access_windows": {"mon-fri": ["06:00-12:00", "14:00-17:00"], "sat": "08:00-20:00"},
@@ -87,6 +89,9 @@ TRICKY: list[Any] = [
     [], [""], ["main"], ["main", "main"], ["x" * 201], ["gate-b"], [1], {}, {"mon-sun": "06:00-12:00"},
     {"mon-sun": ["06:00-12:00", "bad"]}, {"x": "06:00-12:00"}, {"mon": "22:00-02:00"}, {DAEMON: 1}, {"gate-b": 1},
     {"gate-b\n": 1}, {"gate b": 1}, {"": 1}, {DAEMON: -1}, {DAEMON: 1.0}, {DAEMON: "1"}, {DAEMON: 10**20},
+    # photos (kept, or dropped: never the member) and desk text (cut, one line)
+    ANA_URL, ANA_URL + "=", ANA_URL.replace("jpeg", "png"), "data:image/jpeg;base64,AAAA", "https://cdn.example/a.jpg",
+    "data:image/jpeg;base64," + "A" * 50_000, " a \t b \n", "x" * 501, "é" * 600,
 ]
 
 
@@ -94,7 +99,7 @@ TRICKY: list[Any] = [
 def chunk_json(draw: st.DrawFn) -> tuple[str, bytes]:
     kind = draw(st.sampled_from(sorted(RECORDS)))
     record: dict[str, Any] = dict(RECORDS[kind])
-    keys = sorted({*record, "pass_", "class_", "applied_seq", "photo", "extra"})
+    keys = sorted({*record, "pass_", "class_", "applied_seq", "photo", "note", "status_reason", "extra"})
     for key in draw(st.lists(st.sampled_from(keys), min_size=1, max_size=3, unique=True)):
         if draw(st.integers(0, 5)) == 0:
             record.pop(key, None)
@@ -131,6 +136,8 @@ def test_the_fast_path_takes_the_common_case() -> None:
                           **{k: [r] for k, r in RECORDS.items()}}).encode()
     p = parser(1)
     assert fast(p, 0, payload) == p.parse_canonical(0, payload)
+    # the desk's fields as the gate keeps them: one line, the photo as sent
+    assert fast(p, 0, payload)[0][0][-3:] == ("pays in cash", "card payment failed", ANA_URL)
     SnapshotChunk.model_validate_json(payload)
     with pytest.raises(NotFast):  # not the chunk the worker expects
         chunk_rows(payload, snapshot_id="s", number=1, chunks=2, daemon=DAEMON, tz=p.tz, synced_at=1.0,

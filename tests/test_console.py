@@ -89,7 +89,11 @@ def seed_data(now: datetime) -> dict[str, Any]:
     }
 
 
-def site_config(tmp_path: Path, modbus_port: int, console_port: int, tls: tuple[Path, Path] | None = None) -> Config:
+def site_config(
+    tmp_path: Path, modbus_port: int, console_port: int, tls: tuple[Path, Path] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Config:
+    """`extra`: top-level sections replacing the test site's (or added to it)."""
     hashes = user_hashes()
     return Config.model_validate(
         {
@@ -139,7 +143,7 @@ def site_config(tmp_path: Path, modbus_port: int, console_port: int, tls: tuple[
             "metrics": {"enabled": False},
             "control": {"socket": str(tmp_path / "control.sock")},
             "logging": {"format": "json", "level": "warning"},
-        }
+        } | (extra or {})
     )
 
 
@@ -172,10 +176,12 @@ def mid_morning() -> SimulatedClock:
 
 
 @contextlib.asynccontextmanager
-async def running_site(tmp_path: Path, tls: tuple[Path, Path] | None = None) -> AsyncIterator[Site]:
+async def running_site(
+    tmp_path: Path, tls: tuple[Path, Path] | None = None, extra: dict[str, Any] | None = None
+) -> AsyncIterator[Site]:
     async with SimTurnstile(transport="tcp", host="127.0.0.1", port=0) as turnstile:
         port = free_port()
-        config = site_config(tmp_path, turnstile.port, port, tls)
+        config = site_config(tmp_path, turnstile.port, port, tls, extra)
         clock = mid_morning()
         now = clock()
         store = Store(config.store.path, config.site_domain(), daemon_id=config.daemon_id)

@@ -235,19 +235,22 @@ async def two_denials(site: Any) -> tuple[Client, list[dict[str, Any]]]:
     await c.login("desk")
     await site.tap("DEADBEEF")
     await site.tap("cafe0001")
-    return c, (await c.get("/api/denials")).json()["items"]
+    return c, (await c.get("/api/denials")).json()["groups"]
 
 
 async def test_denials_list_and_unknown_cards(tmp_path: Path) -> None:
     async with running_site(tmp_path) as site:
-        c, items = await two_denials(site)
-        assert [i["reason"] for i in items] == ["unknown_card", "member_blocked"]
-        assert items[0]["card"] == "uid:CAFE0001"  # typed: what the desk enrols
+        c, groups = await two_denials(site)
+        assert [g["reason"] for g in groups] == ["unknown_card", "member_blocked"]
+        assert groups[0]["card"] == "uid:CAFE0001" and groups[0]["key"] == "card:uid:CAFE0001"  # typed: enrolled so
+        assert groups[1]["member"] == "m-blocked" and groups[1]["member_name"] == "Max Mustermann"
         assert [u["card"] for u in (await c.get("/api/unknown-cards")).json()["items"]] == ["uid:CAFE0001"]
-        r = await c.post_json("/api/denials/dismiss", {"seq": [items[1]["seq"]]})
-        assert r.status == 200 and r.json()["saved"] is True
-        assert [i["reason"] for i in (await c.get("/api/denials")).json()["items"]] == ["unknown_card"]
-        assert (await c.post_json("/api/denials/dismiss", {"seq": ["x"]})).status == 400
+        r = await c.post_json("/api/denials/dismiss", {"groups": [groups[1]["key"]], "through": groups[1]["through"]})
+        assert r.status == 200 and r.json()["saved"] is True and r.json()["dismissed"] == 1
+        assert [g["reason"] for g in (await c.get("/api/denials")).json()["groups"]] == ["unknown_card"]
+        for bad in ({"seq": ["x"]}, {"groups": "card:x", "through": 1}, {"groups": ["card:x"]},
+                    {"groups": [], "through": 1}, {"all": True, "through": -1}, {"all": "yes", "through": 1}):
+            assert (await c.post_json("/api/denials/dismiss", bad)).status == 400, bad
         # the desk gives the unknown card to Bruno: it opens the gate at once
         r = await c.post_json("/api/members/m-bruno/cards", {"card": "cafe0001"})
         assert r.status == 200, r.text
@@ -263,14 +266,16 @@ async def test_done_denials_stay_done_across_a_restart(tmp_path: Path) -> None:
     """The desk's "Done" on a denial is written to the audit log (who, when): after the
     daemon restarts, the alert list does not bring back what the desk already dealt with."""
     async with running_site(tmp_path) as site:
-        c, items = await two_denials(site)
-        blocked = next(i["seq"] for i in items if i["reason"] == "member_blocked")
-        assert (await c.post_json("/api/denials/dismiss", {"seq": [blocked, blocked]})).json()["saved"] is True
-        assert (await c.post_json("/api/denials/dismiss", {"seq": [blocked]})).json()["saved"] is True
+        c, groups = await two_denials(site)
+        blocked = next(g for g in groups if g["reason"] == "member_blocked")
+        done = {"groups": [blocked["key"]], "through": blocked["through"]}
+        assert (await c.post_json("/api/denials/dismiss", done)).json()["saved"] is True
+        assert (await c.post_json("/api/denials/dismiss", done)).json()["dismissed"] == 0  # already done
+        assert (await c.post_json("/api/denials/dismiss", {"seq": blocked["seqs"]})).json()["saved"] is True
     async with running_site(tmp_path) as site:
         c = Client(site.port)
         await c.login("boss")
-        assert [i["reason"] for i in (await c.get("/api/denials")).json()["items"]] == ["unknown_card"]
+        assert [g["reason"] for g in (await c.get("/api/denials")).json()["groups"]] == ["unknown_card"]
         rows = (await c.get("/api/audit?action=denials_done")).json()["rows"]
         assert [(r["operator"], r["action"]) for r in rows] == [("desk", "denials_done")]  # once, not twice
 

@@ -60,9 +60,11 @@ ROUTES = [
     "/reports", "/reports/loyalty.csv", "/api/reports/loyalty", "/api/occupancy", "/api/denials",
     "/api/denials/dismiss", "/api/unknown-cards", "/api/members/m-bruno/check-in", "/api/members/m-ana/cards",
     "/display/entrance", "/display/entrance/events", "/display/nope",
+    "/api/alarms/ack", "/api/members/m-ana/photo", "/api/members/nobody/photo", "/api/denials?offset=99",
 ]
 QUERY_KEYS = ["q", "limit", "day", "after", "operator", "action", "from", "to", "token", "x"]
-JSON_KEYS = ["reason", "on", "confirm", "points", "refund", "gate", "booking", "pass", "card", "seq", "x"]
+JSON_KEYS = ["reason", "on", "confirm", "points", "refund", "gate", "booking", "pass", "card", "seq", "groups", "through",
+             "all", "id", "photo", "x"]
 HEADER_NAMES = [
     "Origin", "Referer", "Content-Type", "X-CSRF-Token", "Last-Event-ID", "Sec-Fetch-Site", "Accept",
     "Accept-Encoding", "Range", "If-None-Match", "X-Forwarded-For", "Transfer-Encoding-Test", "Content-Language",

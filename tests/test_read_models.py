@@ -91,3 +91,48 @@ def test_inside_loyalty_and_walk_in(store: Store) -> None:
         ("m-ana", 0, 15, 15, 1), ("m-jose", 0, -5, -5, 1),
     ]
     assert rm.member_names(store.conn, ["m-ana", "nope"]) == {"m-ana": "Ana López"}
+
+
+def _deny(store: Store, member: str | None, at: datetime, card: str | None = None) -> int:
+    reason = Reason.UNKNOWN_CARD if member is None else Reason.MEMBER_BLOCKED
+    tap = tap_of(GATE, Decision(False, reason, member), at, card=card or "C0")
+    committed = store.commit_tap(tap, passed=False, now=at)
+    return int(next(e["seq"] for e in committed.events if e["type"] == "access"))
+
+
+def test_denials_grouped_by_member_or_card_every_one_of_the_day(store: Store) -> None:
+    start = datetime(2026, 11, 17, 23, 0, tzinfo=UTC)  # local midnight
+    yesterday = _deny(store, "m-jose", start - timedelta(hours=2))
+    jose = [_deny(store, "m-jose", NOW + timedelta(seconds=i)) for i in range(8)]
+    cards = [_deny(store, None, NOW + timedelta(minutes=1, seconds=i), card=f"uid:C{i:03d}") for i in range(40)]
+    again = _deny(store, None, NOW + timedelta(minutes=2), card="uid:C000")
+    store.commit_tap(tap_of(GATE, Decision(True, Reason.WALK_IN, "m-ana"), NOW), passed=True, now=NOW)
+    first = rm.first_seq_at(store.conn, start)
+    assert yesterday < first <= jose[0]
+    groups = rm.denial_groups(store.conn, first, start, done={cards[5]})
+    assert len(groups) == 1 + 39  # Jose once, every card but the one done, nothing capped
+    assert groups[0].key == "card:uid:C000" and groups[0].seqs == [again, cards[0]]  # newest first
+    (j,) = [g for g in groups if g.member == "m-jose"]
+    assert j.key == "member:m-jose" and sorted(j.seqs) == jose and yesterday not in j.seqs
+    assert "card:uid:C005" not in {g.key for g in groups}
+    assert rm.first_seq_at(store.conn, NOW + timedelta(days=1)) == store.last_seq + 1
+
+
+def test_a_photo_the_desk_took_wins_over_the_central_systems(store: Store) -> None:
+    from tests.photos import ANA_URL, BRUNO_URL, jpeg
+
+    assert rm.member_photo(store.conn, "m-ana") is None and rm.photo_versions(store.conn, ["m-ana"]) == {}
+    store.apply_sync(SyncBatch(members=[MemberIn(id="m-ana", name="Ana López", photo=ANA_URL),
+                                        MemberIn(id="m-zoe", name="Zoë", photo="https://example.org/z.jpg")]), NOW)
+    central = rm.member_photo(store.conn, "m-ana")
+    assert central is not None and (central.mime, central.data) == ("image/jpeg", jpeg(ANA_URL))
+    assert rm.member_photo(store.conn, "m-zoe") is None  # a URL is not shown (not even fetched)
+    store.set_member_photo("m-ana", jpeg(BRUNO_URL), "desk", NOW)
+    desk = rm.member_photo(store.conn, "m-ana")
+    assert desk is not None and desk.data == jpeg(BRUNO_URL) and desk.version != central.version
+    assert rm.photo_versions(store.conn, ["m-ana", "m-zoe", "m-jose"]) == {"m-ana": desk.version}
+    with pytest.raises(ValueError):
+        store.set_member_photo("m-ana", b"GIF89a", "desk", NOW)
+    later = NOW + timedelta(hours=1)
+    store.commit_tap(tap_of(GATE, Decision(True, Reason.WALK_IN, "m-ana"), later), passed=True, now=later)
+    assert [g for _, g, _ in rm.last_visits(store.conn, "m-ana")] == ["in"]

@@ -77,7 +77,8 @@ def test_version_1_database_is_migrated_to_a_replica_file(tmp_path: Path) -> Non
         assert not names & {"members", "cards", "passes", "bookings"}
         assert {"site_charges", "site_refunds"} <= names  # migration 7: the site's other daemons
         assert "peer_marks" in names  # migration 8: how far each of them is heard
-        assert store.conn.execute("SELECT value FROM main.meta WHERE key = 'schema_version'").fetchone()[0] == "8"
+        assert "member_photos" in names  # migration 9: photos taken at the desk
+        assert store.conn.execute("SELECT value FROM main.meta WHERE key = 'schema_version'").fetchone()[0] == "9"
         assert store.conn.execute("SELECT balance FROM passes WHERE id = 'p1'").fetchone()[0] == "9"
         # the no-show walk starts after the migrated outcomes: only what falls due later
         from rules.model import Policy
@@ -154,13 +155,50 @@ def test_a_version_2_replica_is_upgraded_in_place_keeping_its_records(tmp_path: 
     store.close()
     with sqlite3.connect(replica) as c:  # as version 2 wrote it
         c.execute("ALTER TABLE passes DROP COLUMN applied_peers")
+        c.execute("ALTER TABLE members DROP COLUMN note")
+        c.execute("ALTER TABLE members DROP COLUMN status_reason")
         c.execute("UPDATE meta SET value = '2' WHERE key = 'replica_schema'")
     again = Store(db, site(), daemon_id="gate-a")
     try:
         assert again.replica_path == replica
         assert again.member_for_card("C1") == "m1" and again.balance("p1") == Decimal(4)
-        assert again.replica.meta("replica_schema") == "3"
+        assert again.replica.meta("replica_schema") == "4"
         with open_reader(db) as reader:  # the read contract too
             assert reader.execute("SELECT balance FROM passes WHERE id = 'p1'").fetchone()[0] == "4"
+    finally:
+        again.close()
+
+
+def test_a_version_3_replica_gains_notes_and_drops_photos_the_gate_cannot_show(tmp_path: Path) -> None:
+    """Version 3 had no `note` or `status_reason` and kept any `photo` text: upgraded in
+    place, the members stay, a photo that is no inline image (a URL) is dropped, a good one
+    kept, and the new fields are written and read from then on."""
+    from sync.records import MemberIn
+    from sync.store import SyncBatch
+    from tests.photos import ANA_URL
+
+    db = tmp_path / "gate.db"
+    store = Store(db, site(), daemon_id="gate-a")
+    store.apply_sync(SyncBatch([MemberIn(id="m1", name="Ana", cards=["C1"]), MemberIn(id="m2", name="Bo")]),
+                     datetime.now(UTC))
+    replica = store.replica_path
+    store.close()
+    with sqlite3.connect(replica) as c:  # as version 3 wrote it: the photo fourth, any text
+        c.execute("DROP TABLE members")
+        c.execute("CREATE TABLE members (id TEXT PRIMARY KEY, name TEXT, status TEXT NOT NULL, email TEXT, "
+                  "photo TEXT, synced_at REAL, phone TEXT, search TEXT)")
+        c.execute("INSERT INTO members VALUES ('m1', 'Ana', 'active', NULL, ?, 0, NULL, 'ana')", (ANA_URL,))
+        c.execute("INSERT INTO members VALUES ('m2', 'Bo', 'active', NULL, 'https://cdn.example/bo.jpg', 0, NULL, 'bo')")
+        c.execute("UPDATE meta SET value = '3' WHERE key = 'replica_schema'")
+    again = Store(db, site(), daemon_id="gate-a")
+    try:
+        assert again.replica_path == replica and again.replica.meta("replica_schema") == "4"
+        assert again.member_for_card("C1") == "m1"
+        photos = dict(again.conn.execute("SELECT id, photo FROM members").fetchall())
+        assert photos == {"m1": ANA_URL, "m2": None}
+        again.apply_sync(SyncBatch([MemberIn(id="m2", name="Bo", status="blocked", note="  pays  cash\n",
+                                              status_reason="card payment failed")]), datetime.now(UTC))
+        m2 = again.member("m2")
+        assert m2 is not None and (m2.note, m2.status_reason) == ("pays cash", "card payment failed")
     finally:
         again.close()

@@ -15,6 +15,7 @@ from gated.daemon import Daemon
 from rules.credential import Credential
 from sync.events import BY_TYPE, EVENT_MODELS
 from sync.qrtoken import generate_private_key, mint, public_key_text
+from tests.photos import ANA_URL, jpeg
 
 SEED = {
     "members": [{"id": "m1", "name": "Ana", "cards": ["C1"]}],
@@ -76,6 +77,7 @@ async def test_every_event_the_daemon_writes_is_documented(tmp_path: Path) -> No
         store.adjust_points("m1", 5, "desk", "goodwill", datetime.now(UTC))
         unknown = [e for e in store.events_after(0, 1000) if e.get("reason") == "unknown_card"]
         store.enrol_card(unknown[0]["card"], "m1", "desk", datetime.now(UTC))  # the desk enrols it
+        await d.operator.set_member_photo("m1", jpeg(ANA_URL), "desk")  # the desk's camera
         await d.operator.set_lockdown(True, "admin", "intruder in the car park")
         await d.operator.set_lockdown(False, "admin", None)
         await d.operator.set_emergency(True, "admin", "gas smell in the plant room")
@@ -103,6 +105,7 @@ async def test_every_event_the_daemon_writes_is_documented(tmp_path: Path) -> No
     assert len(cards) == 1 and cards[0].upper().endswith("FFEE01") and ":" in cards[0]  # a typed key
     assert [e["card"] for e in events if e["type"] == "card_enrolled"] == cards
     assert [e["token"] for e in events if e["type"] == "qr_used"] == ["t-1"]
+    assert [(e["member"], e["photo"]) for e in events if e["type"] == "member_photo"] == [("m1", ANA_URL)]
     # every documented type but attendance (it needs a booking: tests/test_ledger.py) and
     # void (a hole an earlier version left: tests/test_event_log.py) was written
     documented = {m.model_fields["type"].annotation.__args__[0] for m in EVENT_MODELS}  # type: ignore[union-attr]

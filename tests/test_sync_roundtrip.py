@@ -238,3 +238,29 @@ async def test_a_card_enrolled_at_one_gate_opens_the_sites_other_gate(
         assert a.member_for_card("C2") == "m1" and a.member_for_card("C1") == "m1"
         assert b.member_for_card("C1") == "m1" and b.member_for_card("C3") == "m3"
         assert central.stats["cards_enrolled"] == 1
+
+
+async def test_a_photo_taken_at_one_gates_desk_shows_at_the_sites_other_gate(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
+    """The desk at gate A takes Ana's photo: a `member_photo` event, which the reference
+    central system keeps as her `photo` and sends in a delta, so gate B's replica has it
+    too (docs/protocol.md, "Member photos")."""
+    from sync.store.read_models import member_photo
+    from tests.photos import ANA_URL, jpeg
+
+    a, b = make_store(tmp_path / "a.db", "gate-a"), make_store(tmp_path / "b.db", "gate-b")
+    now = clock()
+    link_a = SyncLink(a, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
+    link_b = SyncLink(b, settings_for(mosquitto, "gate-b"), now=now, gates=GATES)
+    async with running(link_a.run(), link_b.run()):
+        await wait_until(lambda: link_a.stats["snapshots_applied"] == 1 and link_b.stats["snapshots_applied"] == 1,
+                         what="initial snapshots")
+        assert member_photo(b.conn, "m1") is None
+        a.set_member_photo("m1", jpeg(ANA_URL), "desk", now())
+        shown = member_photo(a.conn, "m1")
+        assert shown is not None and shown.data == jpeg(ANA_URL)  # at once, here
+        await wait_until(lambda: member_photo(b.conn, "m1") is not None, what="the photo at the other gate")
+        there = member_photo(b.conn, "m1")
+        assert there is not None and (there.mime, there.data) == ("image/jpeg", jpeg(ANA_URL))
+        assert central.stats["member_photos"] == 1

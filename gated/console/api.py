@@ -45,10 +45,12 @@ def as_json(data: Any, status: int = 200) -> Response:
     return Response(dumps(data), status_code=status, media_type="application/json")
 
 
-async def body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise HttpError(413, "request too large")
+async def body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    raw = bytearray()
+    async for part in request.stream():  # read no further than the limit
+        raw += part
+        if len(raw) > limit:
+            raise HttpError(413, "request too large")
     try:
         data = json.loads(raw or b"{}")
     except ValueError:
@@ -106,7 +108,10 @@ async def me(request: Request) -> Response:
 
 @requires()
 async def health(request: Request) -> Response:
-    return as_json(console_of(request).views.health())
+    c = console_of(request)
+    h = c.views.health()
+    h["alarms"] = c.current_alarms(h)
+    return as_json(h)
 
 
 @requires()
@@ -124,7 +129,8 @@ def _sse(item: dict[str, Any]) -> str:
 async def events(request: Request) -> Response:
     c = console_of(request)
     store = c.views.store
-    after = int_param(request.headers.get("last-event-id") or request.query_params.get("after"), 0, 0, 1 << 62)
+    given = request.headers.get("last-event-id") or request.query_params.get("after")
+    after = int_param(given, 0, 0, 1 << 62)
     token = request.cookies.get(SESSION_COOKIE)
     q = c.hub.subscribe()
 
@@ -132,8 +138,9 @@ async def events(request: Request) -> Response:
         last = after
         try:
             yield "retry: 2000\n\n"
-            if after:
-                # what happened while the browser was away (network blip, page load)
+            if given is not None:
+                # what happened while the browser was away (network blip, page load) — also
+                # after 0: a first tap between the page's /api/feed and this stream
                 for item in c.views.feed_items(store.events_after(after, 300)):
                     last = max(last, item["seq"])
                     yield _sse(item)
@@ -184,17 +191,6 @@ async def classes(request: Request) -> Response:
 @requires()
 async def occupancy(request: Request) -> Response:
     return as_json({"zones": console_of(request).views.occupancy()})
-
-
-@requires()
-async def denials(request: Request) -> Response:
-    c = console_of(request)
-    return as_json({"items": c.views.denials(0, c.dismissed())})
-
-
-@requires()
-async def unknown_cards(request: Request) -> Response:
-    return as_json({"items": console_of(request).views.unknown_cards()})
 
 
 def audit_filters(request: Request) -> dict[str, Any]:
@@ -368,16 +364,6 @@ async def enrol_card(request: Request) -> Response:
     committed = await c.backend.enrol_card(card, member_id, user)
     log.info("console_enrol_card", member=member_id, operator=user)
     return as_json({"ok": True, "seq": _seqs(committed)})
-
-
-@requires(write=True)
-async def dismiss_denials(request: Request) -> Response:
-    data = await body(request)
-    seqs = data.get("seq")
-    if not isinstance(seqs, list) or len(seqs) > 500 or not all(isinstance(s, int) and not isinstance(s, bool) for s in seqs):
-        raise HttpError(400, "seq: a list of event numbers")
-    saved = console_of(request).dismiss(seqs, operator(request).name)
-    return as_json({"ok": True, "saved": saved})
 
 
 def confirmed(data: dict[str, Any], word: str) -> None:

@@ -1,10 +1,12 @@
 """The front-desk console as a Starlette app: routes, middleware, error handling.
 
-The modules by concern: `backend` (what the console may ask of the daemon), `auth` (sessions
-as middleware, the role guard), `login`, `pages`, `api`, `exports` (CSV), `display` (the
-member-facing gate screen), `hub` (the live feed), `views` (read models shaped for the
-pages), `security` (sessions, login limits, headers), `server` (uvicorn in the daemon's
-loop). See docs/console.md for the routes and the security model.
+The modules by concern (what the console may ask of the daemon is gated/operator.py's
+`OperatorApi`): `auth` (sessions as middleware, the role guard), `login`, `pages`, `api`,
+`desk_api` (Needs attention, alarm acknowledgements, photos), `exports` (CSV), `display`
+(the member-facing gate screen), `hub` (the live feed), `views`, `attention` and `alarms`
+(read models shaped for the pages; the alarm board), `security` (sessions, login limits,
+headers), `server` (uvicorn in the daemon's loop). See docs/console.md for the routes and
+the security model.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gated.console import api, display, exports, login, pages
+from gated.console import api, desk_api, display, exports, login, pages
 from gated.console.auth import SessionAuth
 from gated.console.state import Console, console_of
 from gated.console.templates import STATIC
@@ -70,11 +72,14 @@ def _routes() -> list[Route | Mount]:
         Route("/api/health", api.health),
         Route("/api/feed", api.feed),
         Route("/api/occupancy", api.occupancy),
-        Route("/api/denials", api.denials),
-        Route("/api/denials/dismiss", api.dismiss_denials, methods=write),
-        Route("/api/unknown-cards", api.unknown_cards),
+        Route("/api/denials", desk_api.denials),
+        Route("/api/denials/dismiss", desk_api.dismiss_denials, methods=write),
+        Route("/api/unknown-cards", desk_api.unknown_cards),
+        Route("/api/alarms/ack", desk_api.acknowledge_alarm, methods=write),
         Route("/api/members", api.members),
         Route("/api/members/{member_id}", api.member),
+        Route("/api/members/{member_id}/photo", desk_api.member_photo, methods=["GET"]),
+        Route("/api/members/{member_id}/photo", desk_api.take_photo, methods=write),
         Route("/api/members/{member_id}/check-in", api.check_in, methods=write),
         Route("/api/members/{member_id}/points", api.points, methods=write),
         Route("/api/members/{member_id}/cards", api.enrol_card, methods=write),

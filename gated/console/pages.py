@@ -10,6 +10,7 @@ from starlette.responses import Response
 from gated.console.auth import operator, requires
 from gated.console.state import console_of
 from gated.console.templates import render
+from sync.photos import PHOTO_MAX_TEXT
 
 PAGES = {
     "feed": ("Live feed", "feed.html"),
@@ -33,6 +34,7 @@ def shell(request: Request, page: str) -> Response:
         role=user.role,
         site=site.name or site.id,
         content=render(content),
+        photo_max=PHOTO_MAX_TEXT,
         **{f"nav_{p}": ("page" if p == page else "false") for p in PAGES},
     )
     return Response(html, media_type="text/html; charset=utf-8")

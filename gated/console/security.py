@@ -193,7 +193,8 @@ class SecurityHeaders:
             (b"referrer-policy", b"same-origin"),
             (b"cross-origin-opener-policy", b"same-origin"),
             (b"cross-origin-resource-policy", b"same-origin"),
-            (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=()"),
+            # the camera for the desk's "Take photo" (static/camera.js), for this origin only
+            (b"permissions-policy", b"camera=(self), microphone=(), geolocation=(), payment=()"),
         ]
         if tls:
             self.headers.append((b"strict-transport-security", b"max-age=31536000"))

@@ -14,11 +14,14 @@ import structlog
 from starlette.requests import HTTPConnection
 
 from gated.config import ConsoleConfig
+from gated.console.alarms import ACK_ACTION, EVENT_TYPES, AlarmBoard, conditions
+from gated.console.attention import DAY_SLACK, Attention
 from gated.console.hub import FeedHub
 from gated.console.security import DeviceCookies, Sessions
-from gated.console.views import DENIALS_DONE, Views
+from gated.console.views import DENIALS_DONE, Views, parse_at
 from gated.login_limits import LoginLimiter
 from gated.operator import OperatorApi
+from sync.store import read_models as rm
 from sync.store.faults import STORAGE_ERRORS
 
 log = structlog.get_logger(__name__)
@@ -46,16 +49,26 @@ class Console:
     limiter: LoginLimiter = field(default_factory=LoginLimiter)
     devices: DeviceCookies = field(init=False)
     views: Views = field(init=False)
+    attention: Attention = field(init=False)
+    alarms: AlarmBoard = field(default_factory=AlarmBoard)
     hub: FeedHub = field(init=False)
     # today's denials the desk has dealt with (the alert list), read once a day from the
     # audit log, where each "Done" is written
     _done: tuple[date, set[int]] | None = None
+    _alarms_restored: bool = False
 
     def __post_init__(self) -> None:
         self.sessions = Sessions(self.backend.config.console.session_minutes)
         self.devices = DeviceCookies(_device_key(self.backend))
         self.views = Views(self.backend)
-        self.hub = FeedHub(self.views.feed_item)
+        self.attention = Attention(self.views)
+        self.hub = FeedHub(self._feed_line)
+
+    def _feed_line(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """Each committed event: an incident for the alarm board, a line for the feed."""
+        if event.get("type") in EVENT_TYPES:
+            self.alarms.incident(event, parse_at(event.get("at")) or self.views.now())
+        return self.views.feed_item(event)
 
     @property
     def scheme(self) -> str:
@@ -68,8 +81,43 @@ class Console:
     def dismissed(self) -> set[int]:
         today = self.views.today()
         if self._done is None or self._done[0] != today:
-            self._done = (today, self.views.denials_done(today))
+            self._done = (today, self.attention.done_on(today))
         return self._done[1]
+
+    def current_alarms(self, health: dict[str, Any]) -> list[dict[str, Any]]:
+        """The alarm board brought up to `health`, as the pages show it (gated/console/alarms.py)."""
+        if not self._alarms_restored:
+            self._restore_alarms()
+        now = self.views.now()
+        self.alarms.update(conditions(health), now)
+        return self.alarms.views(self.views.gate_names(), lambda at: self.views.local_time(at, "%H:%M:%S"))
+
+    def _restore_alarms(self) -> None:
+        """Today's incidents and acknowledgements, from the store (after a restart)."""
+        v = self.views
+        start, end = v.day_bounds(v.today())
+        conn = v.store.conn
+        for row in rm.audit_rows(conn, action=ACK_ACTION, start=start, end=end, limit=5000):
+            alarm_id = row.detail.get("alarm")
+            if isinstance(alarm_id, str):
+                self.alarms.restore_ack(alarm_id, row.operator, row.at)
+        for ev in rm.alarm_events(conn, rm.first_seq_at(conn, start - DAY_SLACK), EVENT_TYPES):
+            at = parse_at(ev.get("at"))
+            if at is not None and at >= start:
+                self.alarms.incident(ev, at)
+        self._alarms_restored = True
+
+    def acknowledge(self, alarm_id: str, operator: str) -> dict[str, Any] | None:
+        """Staff have seen the alarm: quiet it, and say who in the audit log."""
+        alarm = self.alarms.acknowledge(alarm_id, operator, self.views.now())
+        if alarm is None:
+            return None
+        detail = {"alarm": alarm.id, "kind": alarm.kind, "gate": alarm.gate, "detail": alarm.detail or None}
+        try:
+            self.backend.audit(operator, ACK_ACTION, detail)
+        except STORAGE_ERRORS as e:  # acknowledged here all the same: the storage alarm says why
+            log.warning("alarm_ack_not_saved", error=repr(e), operator=operator)
+        return alarm.view(self.views.gate_names(), lambda at: self.views.local_time(at, "%H:%M:%S"))
 
     def dismiss(self, seqs: list[int], operator: str) -> bool:
         """Marks denials done; False when the mark could not be written (it then holds

@@ -11,6 +11,7 @@ import json
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from gated.console.words import ACTIONS, DETAIL_WORDS, HIDDEN_DETAIL, NO_EVENT, notice_text
@@ -24,7 +25,7 @@ from sync.store import read_models as rm
 DENIALS_DONE = "denials_done"  # the audit action of the desk's "Done" on a denial
 
 NOTABLE = ("access", "override", "attendance", "loyalty", "lockdown", "fire_alarm", "alarm", "deduction",
-           "card_enrolled", "passage_unconfirmed")
+           "card_enrolled", "passage_unconfirmed", "unknown_cards")
 
 
 def jsonable(v: Any) -> Any:
@@ -37,6 +38,33 @@ def jsonable(v: Any) -> Any:
 
 def dumps(v: Any) -> str:
     return json.dumps(v, default=jsonable, ensure_ascii=False, separators=(",", ":"))
+
+
+def photo_url(member_id: str, version: str) -> str:
+    """A member's photo, by the version of it (rm.photo_versions): the browser keeps each
+    one, and a new photo is a new URL."""
+    return f"/api/members/{quote(member_id, safe='')}/photo?v={quote(version, safe='')}"
+
+
+def open_once_offer(gate: dict[str, Any], *, lockdown: bool, storage_ok: bool) -> dict[str, Any]:
+    """Whether the gate card offers "Open once", and if not, why: only where the gate would
+    do it (gated/taps.py's override and the relay's state agree with the button)."""
+    state = gate.get("state") or {}
+    relay = gate.get("relay") or "none"
+    why = None
+    if relay == "none":
+        why = "no relay"
+    elif relay != "online":
+        why = "offline: cannot open"
+    elif lockdown:
+        why = "locked down"
+    elif gate.get("direction") != "out" and not storage_ok:
+        why = "cannot record an entry"
+    elif state.get("held_by_hand"):
+        why = "held open by hand"
+    elif state.get("released"):
+        why = "released"
+    return {"offered": why is None, "why": why}
 
 
 def parse_at(text: str | None) -> datetime | None:
@@ -110,10 +138,13 @@ class Views:
         names = rm.member_names(conn, {str(m) for e in events if (m := e.get("member"))})
         passes = rm.pass_names(conn, {str(p) for e in events if (p := e.get("pass"))})
         classes = rm.class_names(conn, {str(b) for e in events if (b := e.get("booking"))})
+        photos = rm.photo_versions(conn, {str(e["member"]) for e in events if e.get("type") == "access" and e.get("member")})
         out = []
         for ev in events:
             item = self.feed_item(ev, names, passes, classes)
             if item is not None:
+                member = item.get("member")
+                item["photo"] = photo_url(member, photos[member]) if member in photos else None
                 out.append(item)
         return out
 
@@ -172,48 +203,12 @@ class Views:
             item["balance"] = ev.get("balance")
         # a relay coming back online is news, not an alarm
         recovered = t == "alarm" and str(ev.get("kind") or "").endswith(("_online", "_closed", "_cleared"))
-        item["alert"] = t in ("alarm", "lockdown", "fire_alarm", "passage_unconfirmed") and not recovered
+        item["alert"] = t in ("alarm", "lockdown", "fire_alarm", "passage_unconfirmed", "unknown_cards") and not recovered
         return item
 
     def recent_feed(self, limit: int = 50) -> list[dict[str, Any]]:
         events = list(reversed(self.store.recent_events(limit * 2, types=NOTABLE)))
         return self.feed_items(events)[-limit:]
-
-    def denials(self, after_seq: int, dismissed: set[int], limit: int = 30) -> list[dict[str, Any]]:
-        """Today's denials the desk has not dealt with yet, newest first."""
-        start, _ = self.day_bounds(self.today())
-        events = [
-            e for e in rm.denials_since(self.store.conn, after_seq, limit * 3)
-            if (at := parse_at(e.get("at"))) is not None and at >= start and e.get("seq") not in dismissed
-        ][:limit]
-        return self.feed_items(events)
-
-    def denials_done(self, day: date) -> set[int]:
-        """The denials the desk marked done on `day` (from the audit log: they stay done
-        across a restart, and each mark says who made it)."""
-        start, end = self.day_bounds(day)
-        rows = rm.audit_rows(self.store.conn, action=DENIALS_DONE, start=start, end=end, limit=5000)
-        return {s for r in rows for s in r.detail.get("denials", []) if isinstance(s, int) and not isinstance(s, bool)}
-
-    def unknown_cards(self, limit: int = 20) -> list[dict[str, Any]]:
-        """The latest unknown cards read at the gates (full number: the desk enrols them)."""
-        seen: dict[str, dict[str, Any]] = {}
-        for ev in rm.anonymous_access_events(self.store.conn, 300):
-            card = ev.get("card")
-            if ev.get("reason") != "unknown_card" or not isinstance(card, str) or not card:
-                continue
-            at = parse_at(ev.get("at"))
-            if card in seen:
-                seen[card]["count"] += 1
-                continue
-            if self.store.member_for_card(card) is not None:
-                continue  # enrolled since
-            seen[card] = {"card": card, "gate": ev.get("gate"), "gate_name": self.gate_names().get(ev.get("gate") or ""),
-                          "time": self.local_time(at, "%H:%M") if at else None,
-                          "date": self.local_time(at, "%Y-%m-%d") if at else None, "count": 1, "seq": ev.get("seq")}
-            if len(seen) >= limit:
-                break
-        return list(seen.values())
 
     # -- the gate panel, occupancy ------------------------------------------------------
 
@@ -244,12 +239,14 @@ class Views:
         h["site_name"] = self.backend.config.site.name or self.backend.config.site.id
         h["now_local"] = self.local_time(now, "%Y-%m-%d %H:%M:%S")
         gates = {}
+        storage_ok = (h.get("storage") or {}).get("ok") is not False
         for gid, g in (h.get("gates") or {}).items():
             g = dict(g)
             g["name"] = names.get(gid, gid)
             g["readers"] = {rid: r for rid, r in (h.get("readers") or {}).items() if r.get("gate") == gid}
             last = g.get("last_tap")
             g["last_tap"] = self.feed_item(last) if last else None
+            g["open_once"] = open_once_offer(g, lockdown=bool(h.get("lockdown")), storage_ok=storage_ok)
             gates[gid] = g
         h["gates"] = gates
         h["occupancy"] = [{k: v for k, v in z.items() if k != "people"} for z in self.occupancy()]
@@ -267,12 +264,16 @@ class Views:
     def pass_view(self, p: Pass, today: date) -> dict[str, Any]:
         expired = p.valid_until is not None and p.valid_until < today
         not_yet = p.valid_from is not None and p.valid_from > today
+        short = p.kind.has_balance and p.balance is not None and p.balance < p.entry_cost
         return {
             "id": p.id,
             "name": p.name,
             "kind": p.kind.value,
             "balance": jsonable(p.balance) if p.balance is not None else None,
             "entry_cost": jsonable(p.entry_cost) if p.kind.has_balance else None,
+            # what the desk asks first: can it pay an entry, and for how long
+            "usable": not (expired or not_yet or short),
+            "days_left": (p.valid_until - today).days if p.valid_until is not None and not expired else None,
             "deduct_on": p.deduct_on.value,
             "valid_from": p.valid_from.isoformat() if p.valid_from else None,
             "valid_until": p.valid_until.isoformat() if p.valid_until else None,
@@ -357,10 +358,18 @@ class Views:
                     inside_since = self.local_time(p.since, "%H:%M")
         history = rm.loyalty_history(store.conn, member_id, 10)
         booked = rm.class_names(store.conn, {e.booking for e in history if e.booking})
+        photo = rm.photo_versions(store.conn, {member_id}).get(member_id)
+        gates = self.gate_names()
         return {
             "id": m.id,
             "name": m.name or m.id,
             "status": m.status.value,
+            "status_reason": m.status_reason,
+            "note": m.note,
+            "photo": photo_url(member_id, photo) if photo else None,
+            "visits": [{"date": self.local_time(at, "%Y-%m-%d"), "time": self.local_time(at, "%H:%M"),
+                        "gate_name": gates.get(gate or "", gate), "zone": zone}
+                       for at, gate, zone in rm.last_visits(store.conn, member_id, 5)],
             "email": m.email,
             "phone": rm.member_phone(store.conn, member_id),
             "cards": list(m.cards),

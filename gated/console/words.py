@@ -19,12 +19,14 @@ ACTIONS = {
     "login_failed": "Failed login",
     "enrol_card": "Assigned a card",
     "denials_done": "Dealt with denials",
+    "alarm_acknowledged": "Acknowledged an alarm",
+    "member_photo": "Took a member's photo",
 }
 DETAIL_WORDS = {"gate": "gate", "reason": "reason", "booking": "class", "refund": "refund", "member": "member",
                 "points": "points", "ip": "from", "card": "card", "pass": "pass", "why": "as", "because": "as", "decision": "decision",
-                "denials": "events"}
+                "denials": "events", "alarm": "alarm", "kind": "kind", "detail": "detail", "bytes": "bytes"}
 HIDDEN_DETAIL = ("seq",)  # the event column says it
-NO_EVENT = ("login", "logout", "login_failed", "denials_done")  # their seq is only "the last event at the time"
+NO_EVENT = ("login", "logout", "login_failed", "denials_done", "alarm_acknowledged")  # their seq is only "the last event at the time"
 
 
 def notice_text(ev: dict[str, Any], item: dict[str, Any], passes: dict[str, str]) -> str | None:
@@ -60,6 +62,9 @@ def notice_text(ev: dict[str, Any], item: dict[str, Any], passes: dict[str, str]
         return f"Alarm: {kind}" + (f" — {ev['detail']}" if ev.get("detail") else "")
     if t == "card_enrolled":
         return f"Card {ev.get('card')} assigned by {ev.get('operator')}"
+    if t == "unknown_cards":
+        cards = ", ".join(str(c) for c in (ev.get("cards") or [])[:5])
+        return f"A flood of unknown cards: {ev.get('count')} reads" + (f" (among them {cards})" if cards else "")
     if t == "passage_unconfirmed":
         return "A grant was cut off before it was recorded — check the turnstile count"
     return str(t)

@@ -35,8 +35,9 @@ from pydantic import TypeAdapter
 from rules.credential import Card, TenDigits, card_from_text
 from rules.model import PassKind
 from rules.timeutil import parse_instant
+from sync.photos import photo_or_none
 from sync.protocol import MAX_CHUNKS
-from sync.records import Amount
+from sync.records import NOTE_MAX, STATUS_REASON_MAX, Amount, clean_text
 from sync.store.rows import Row, instant_ts, keys_of, windows_json
 from sync.store.search_text import search_text
 from sync.topics import LEVEL
@@ -56,8 +57,10 @@ class _Member(msgspec.Struct):
     status: Literal["active", "blocked"] = "active"
     cards: list[Id] = []
     email: str | None = None
-    photo: str | None = None
+    photo: str | None = None  # photo_or_none: the model's reading
     phone: Annotated[str, msgspec.Meta(max_length=50)] | None = None
+    note: str | None = None  # clean_text: the model's reading
+    status_reason: str | None = None
 
 
 class _Pass(msgspec.Struct):
@@ -238,7 +241,11 @@ def _members(members: list[_Member], out: ChunkRows, synced_at: float, ten_digit
             mid = m.id
             cards += [(t.key, mid) for t in typed]
             card_keys += keys_of(typed)
-        rows.append((m.id, m.name, m.status, m.email, m.photo, synced_at, m.phone, search_text(m.name, m.email, m.phone, texts)))
+        rows.append((
+            m.id, m.name, m.status, m.email, synced_at, m.phone, search_text(m.name, m.email, m.phone, texts),
+            clean_text(m.note, NOTE_MAX), clean_text(m.status_reason, STATUS_REASON_MAX),
+            photo_or_none(m.photo) if m.photo is not None else None,
+        ))
 
 
 def _passes(passes: list[_Pass], rows: list[Row], daemon: str) -> None:

@@ -22,7 +22,8 @@ sync link hold; it is a façade over the modules below, one concern each:
 | `intents.py` | grant intents: written before a relay opens, resolved by the commit |
 | `enrolment.py` | cards the desk assigned, until the central system has them |
 | `peer_events.py` | what the site's other daemons did, as their events tell it |
-| `occupancy.py`, `read_models.py` | who is inside; the console's named reads |
+| `occupancy.py`, `read_models.py`, `read_day.py` | who is inside; the console's named reads (`read_day.py`: the day's log for the desk — where today starts, denial groups, incidents) |
+| `photos.py` | photos taken at the desk (the format is sync/photos.py) |
 | `faults.py` | can the store record an entry right now: storage problems, `STORAGE_ERRORS` |
 
 It imports nothing of sync/link/ or sync/snapshot/ (tests/test_imports.py).

@@ -5,8 +5,8 @@ TEMP views (per connection, never written to disk) shadow nothing on disk — th
 has no tables of these names — and refer to `replica.*` by schema name, so they keep
 working across a replica switch (DETACH the old file, ATTACH the new one AS `replica`):
 
-- `members(id, name, status, email, photo, synced_at, phone, search)`, `cards(card,
-  member_id)`, `card_keys(key, card)`;
+- `members(id, name, status, email, photo, synced_at, phone, search, note, status_reason)`,
+  `cards(card, member_id)`, `card_keys(key, card)`;
 - `passes(..., central_balance, applied_seq, balance)`: `balance` is the local balance,
   the central one minus this daemon's deductions with a higher seq, exact (decimal text,
   summed by a Python aggregate, not SQL floats);
@@ -44,8 +44,8 @@ def _dec_sub(a: str | None, b: str | None) -> str | None:
 
 
 VIEWS = (
-    "CREATE TEMP VIEW IF NOT EXISTS members AS SELECT id, name, status, email, photo, synced_at, phone, search "
-    "FROM replica.members",
+    "CREATE TEMP VIEW IF NOT EXISTS members AS SELECT id, name, status, email, photo, synced_at, phone, search, "
+    "note, status_reason FROM replica.members",
     "CREATE TEMP VIEW IF NOT EXISTS cards AS SELECT card, member_id FROM replica.cards",
     "CREATE TEMP VIEW IF NOT EXISTS card_keys AS SELECT key, card FROM replica.card_keys",
     "CREATE TEMP VIEW IF NOT EXISTS passes AS SELECT p.id, p.member_id, p.name, p.kind, p.central_balance, "

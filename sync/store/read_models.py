@@ -21,7 +21,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from sync.store import photos
 from sync.store.occupancy import entries_inside
+from sync.store.photos import Photo
+from sync.store.read_day import (
+    DenialGroup,
+    alarm_events,
+    denial_groups,
+    denial_key,
+    first_seq_at,
+    last_seq,
+)
 from sync.store.search_text import alnum, digits, fold
 from sync.store.store import open_reader
 
@@ -167,6 +177,33 @@ def search_members(conn: sqlite3.Connection, q: str, limit: int = 25) -> list[Me
     return out
 
 
+def member_photo(conn: sqlite3.Connection, member_id: str) -> Photo | None:
+    """The photo to show of a member: the desk's (ledger) in preference to the central
+    system's (replica), sync/photos.py."""
+    row = conn.execute("SELECT mime, data, seq FROM member_photos WHERE member_id = ?", (member_id,)).fetchone()
+    if row is not None:
+        return Photo(str(row[0]), bytes(row[1]), f"d{row[2]}")
+    row = conn.execute("SELECT photo, synced_at FROM members WHERE id = ?", (member_id,)).fetchone()
+    decoded = photos.decode(row[0]) if row is not None else None
+    if decoded is None:
+        return None
+    return Photo(decoded[0], decoded[1], f"c{int((row[1] or 0) * 1000)}")
+
+
+def photo_versions(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, str]:
+    """member id -> the version of the photo member_photo would show, for the members that
+    have one (without reading a photo: the console puts the version in the photo's URL,
+    so a browser caches each photo once)."""
+    out: dict[str, str] = {}
+    for chunk in _chunks(ids):
+        marks = _marks(len(chunk))
+        out.update({r[0]: f"c{int((r[1] or 0) * 1000)}" for r in conn.execute(
+            f"SELECT id, synced_at FROM members WHERE photo IS NOT NULL AND id IN ({marks})", chunk)})
+        out.update({r[0]: f"d{r[1]}" for r in conn.execute(
+            f"SELECT member_id, seq FROM member_photos WHERE member_id IN ({marks})", chunk)})
+    return out
+
+
 def member_phone(conn: sqlite3.Connection, member_id: str) -> str | None:
     row = conn.execute("SELECT phone FROM members WHERE id = ?", (member_id,)).fetchone()
     return None if row is None else row[0]
@@ -215,6 +252,15 @@ def refundable_walk_in(
     if row is None:
         return None
     return WalkInCharge(int(row[0]), row[1], row[4] or row[1], Decimal(row[2]), datetime.fromtimestamp(row[3], UTC))
+
+
+def last_visits(conn: sqlite3.Connection, member_id: str, limit: int = 5) -> list[tuple[datetime, str | None, str]]:
+    """The member's latest entries (not exits), newest first: (when, gate, zone)."""
+    rows = conn.execute(
+        "SELECT at, gate, zone FROM passages WHERE member_id = ? AND direction = 'in' ORDER BY at DESC LIMIT ?",
+        (member_id, limit),
+    ).fetchall()
+    return [(datetime.fromtimestamp(r[0], UTC), r[1], r[2]) for r in rows]
 
 
 def first_entry(conn: sqlite3.Connection, member_id: str, zone: str, start: datetime, end: datetime) -> datetime | None:
@@ -367,6 +413,7 @@ def loyalty_report(conn: sqlite3.Connection, start: datetime, end: datetime) -> 
 
 __all__ = [
     "AuditRow",
+    "DenialGroup",
     "Inside",
     "LoyaltyEntry",
     "LoyaltyLine",
@@ -378,7 +425,15 @@ __all__ = [
     "audit_facets",
     "audit_rows",
     "class_names",
+    "denial_groups",
+    "denial_key",
     "denials_since",
+    "first_seq_at",
+    "last_seq",
+    "last_visits",
+    "member_photo",
+    "photo_versions",
+    "alarm_events",
     "alnum",
     "digits",
     "event_by_seq",

@@ -71,15 +71,17 @@ def windows_json(spec: dict[str, str | list[str]]) -> str:
 
 # -- members and cards ----------------------------------------------------------------------
 
-MEMBER_COLUMNS = ("id", "name", "status", "email", "photo", "synced_at", "phone", "search")
-MEMBER_READ = "id, name, status, email, photo, phone"
+MEMBER_COLUMNS = ("id", "name", "status", "email", "synced_at", "phone", "search", "note", "status_reason", "photo")
+# the photo is not read with the member (the tap path never needs it, and up to 32 KiB a
+# row would be read for every tap): sync.store.read_models.member_photo reads it for the desk
+MEMBER_READ = "id, name, status, email, phone, note, status_reason"
 MEMBER_INSERT = f"({', '.join(MEMBER_COLUMNS)}) VALUES ({','.join('?' * len(MEMBER_COLUMNS))})"
 
 
 def member_row(m: MemberIn, synced_at: float) -> Row:
     """In MEMBER_COLUMNS order (MEMBER_INSERT); `search` is what the desk's search looks
     in (sync/store/search_text.py)."""
-    return (m.id, m.name, m.status, m.email, m.photo, synced_at, m.phone, member_search_text(m))
+    return (m.id, m.name, m.status, m.email, synced_at, m.phone, member_search_text(m), m.note, m.status_reason, m.photo)
 
 
 def member_cards(m: MemberIn, ten_digits: TenDigits = TenDigits.EM32) -> list[Card]:
@@ -113,7 +115,8 @@ def keys_of(cards: list[Card]) -> list[tuple[str, str]]:
 def member_from_row(row: Row, cards: tuple[str, ...]) -> Member:
     """`row` as selected by MEMBER_READ."""
     return Member(
-        id=row[0], name=row[1] or "", status=MemberStatus(row[2]), cards=cards, email=row[3], photo=row[4], phone=row[5]
+        id=row[0], name=row[1] or "", status=MemberStatus(row[2]), cards=cards, email=row[3], phone=row[4],
+        note=row[5], status_reason=row[6],
     )
 
 

@@ -29,8 +29,8 @@ from sync.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 8
-REPLICA_SCHEMA_VERSION = 3
+SCHEMA_VERSION = 9
+REPLICA_SCHEMA_VERSION = 4
 # replica meta: the rule for untyped 10-digit card strings its cards were typed under
 # (rules.credential.TenDigits); absent in replicas written before it (then: the current rule)
 CARDS_TYPED_AS = "cards_typed_as"
@@ -41,8 +41,10 @@ CARDS_TYPED_AS = "cards_typed_as"
 # them at the end (a sort per index instead of a B-tree walk per row).
 REPLICA_TABLES = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+    # the photo last: a scan of the other columns (the desk's search) never walks a
+    # photo's overflow pages
     "CREATE TABLE IF NOT EXISTS members (id TEXT PRIMARY KEY, name TEXT, status TEXT NOT NULL, email TEXT, "
-    "photo TEXT, synced_at REAL, phone TEXT, search TEXT)",
+    "synced_at REAL, phone TEXT, search TEXT, note TEXT, status_reason TEXT, photo TEXT)",
     "CREATE TABLE IF NOT EXISTS cards (card TEXT PRIMARY KEY, member_id TEXT NOT NULL)",
     # what readers that read less of a card see of it (rules.credential.index_keys)
     "CREATE TABLE IF NOT EXISTS card_keys (key TEXT NOT NULL, card TEXT NOT NULL, PRIMARY KEY (key, card))",
@@ -91,18 +93,22 @@ def upgrade_replica(path: Path) -> None:
     """A replica file of an earlier version, brought up to this one in place (a replica of
     an unknown version is left alone: the store replaces it and asks for a snapshot).
     2 -> 3: passes gain `applied_peers` (the other daemons' `applied` entries; empty until
-    the next change of each pass)."""
+    the next change of each pass).
+    3 -> 4: members gain `note` and `status_reason` (empty until the next change of each
+    member), and a photo the gate does not accept (sync/photos.py) is dropped. The photo
+    column stays where it was until the next snapshot builds a file of the new layout."""
     try:
         conn = sqlite3.connect(str(path), isolation_level=None)
     except sqlite3.Error:
         return
     try:
         row = conn.execute("SELECT value FROM meta WHERE key = 'replica_schema'").fetchone()
-        if row is None or str(row[0]) != "2":
+        if row is None or str(row[0]) not in REPLICA_UPGRADES:
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("ALTER TABLE passes ADD COLUMN applied_peers TEXT")
+            for version in range(int(row[0]), REPLICA_SCHEMA_VERSION):
+                REPLICA_UPGRADES[str(version)](conn)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'replica_schema'", (str(REPLICA_SCHEMA_VERSION),))
             conn.execute("COMMIT")
         except BaseException:
@@ -113,6 +119,24 @@ def upgrade_replica(path: Path) -> None:
         return  # not readable as a replica: replaced by the caller
     finally:
         conn.close()
+
+
+def _replica_3(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE passes ADD COLUMN applied_peers TEXT")
+
+
+def _replica_4(conn: sqlite3.Connection) -> None:
+    from sync.photos import photo_or_none
+
+    conn.execute("ALTER TABLE members ADD COLUMN note TEXT")
+    conn.execute("ALTER TABLE members ADD COLUMN status_reason TEXT")
+    for member_id, photo in conn.execute("SELECT id, photo FROM members WHERE photo IS NOT NULL").fetchall():
+        if photo_or_none(photo) is None:
+            conn.execute("UPDATE members SET photo = NULL WHERE id = ?", (member_id,))
+
+
+# the step from each version to the next
+REPLICA_UPGRADES: dict[str, Callable[[sqlite3.Connection], None]] = {"2": _replica_3, "3": _replica_4}
 
 
 # -- the ledger ------------------------------------------------------------------------------
@@ -290,7 +314,8 @@ def _migration_4(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) ->
     with _transaction(conn):
         conn.execute("ALTER TABLE members ADD COLUMN phone TEXT")
         conn.execute("ALTER TABLE members ADD COLUMN search TEXT")
-        for row in conn.execute("SELECT id, name, status, email, photo, phone FROM members").fetchall():
+        # as sync.store.rows.MEMBER_READ reads a member (note and status reason came later)
+        for row in conn.execute("SELECT id, name, status, email, phone, NULL, NULL FROM members").fetchall():
             cards = tuple(r[0] for r in conn.execute("SELECT card FROM cards WHERE member_id = ?", (row[0],)))
             conn.execute(
                 "UPDATE members SET search = ? WHERE id = ?", (member_search_text(member_from_row(row, cards)), row[0])
@@ -377,8 +402,8 @@ def _migration_6(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) ->
     try:
         with _transaction(conn):
             conn.execute(
-                "INSERT INTO incoming.members SELECT id, name, status, email, photo, synced_at, phone, search "
-                "FROM main.members"
+                "INSERT INTO incoming.members(id, name, status, email, photo, synced_at, phone, search) "
+                "SELECT id, name, status, email, photo, synced_at, phone, search FROM main.members"
             )
             conn.execute("INSERT INTO incoming.cards SELECT card, member_id FROM main.cards")
             conn.execute("INSERT INTO incoming.card_keys SELECT key, card FROM main.card_keys")
@@ -457,10 +482,19 @@ def _migration_8(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) ->
         _set_version(conn, 8)
 
 
+def _migration_9(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
+    """Photos taken at the desk (sync/store/photos.py)."""
+    from sync.store.photos import create_table
+
+    with _transaction(conn):
+        create_table(conn)
+        _set_version(conn, 9)
+
+
 # each brings the database to its version, atomically
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path, TenDigits], None]] = [
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
-    _migration_8,
+    _migration_8, _migration_9,
 ]
 
 

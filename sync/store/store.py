@@ -43,8 +43,9 @@ to write events of its own); nothing outside `sync/` imports a `_private` name.
 `store.conn` is the daemon's connection, owned by the event loop. These names can be
 read through it, with these columns (more may be added, none removed):
 
-- `members(id, name, status, email, photo, synced_at, phone, search)` — `search` is the
-  desk's search text (sync/search_text.py); `cards(card, member_id)` — `card` is the
+- `members(id, name, status, email, photo, synced_at, phone, search, note, status_reason)`
+  — `search` is the desk's search text (sync/store/search_text.py), `photo` the central
+  system's (a `data:` URL, sync/photos.py); `cards(card, member_id)` — `card` is the
   canonical typed key (`em:0A00BC614E`, `uid:04A1B2C3`, see rules/credential.py);
   `card_keys(key, card)` holds what readers that read less of a card see of it;
 - `passes(id, member_id, name, kind, central_balance, applied_seq, balance, deduct_on,
@@ -53,8 +54,8 @@ read through it, with these columns (more may be added, none removed):
 - `bookings(id, member_id, pass_id, class_name, zone, starts_at, ends_at, status,
   outcome, deducted, cost, loyalty_points, attended_at, loyalty_settled)` — times are
   POSIX seconds; `outcome` is the gate's (attended / no_show), NULL when cancelled;
-- `deductions`, `passages`, `loyalty`, `booking_outcomes`, `card_enrolments`, `events`,
-  `audit`, `meta` — the ledger's tables.
+- `deductions`, `passages`, `loyalty`, `booking_outcomes`, `card_enrolments`,
+  `member_photos`, `events`, `audit`, `meta` — the ledger's tables.
 
 The first five are TEMP views over `replica.*` (sync/store/read_contract.py). A reader in another
 thread must not open `store.path` alone (it would not see the replica): it calls
@@ -83,7 +84,7 @@ from rules.tap import Tap
 from rules.timeutil import iso_utc
 from sync.errors import StoreError
 from sync.records import PassRecord
-from sync.store import attach, enrolment, read_contract
+from sync.store import attach, enrolment, photos, read_contract
 from sync.store.attach import REPLICA_FILE_KEY, REPLICA_GENERATION_KEY, open_reader
 from sync.store.batch import SyncBatch
 from sync.store.db import Checkpointer, connect
@@ -537,6 +538,16 @@ class Store:
         key = self.card_key(card)
         with self.transaction() as tx:
             enrolment.enrol(tx, key, member_id, operator, now)
+        return tx.committed
+
+    def set_member_photo(self, member_id: str, jpeg: bytes, operator: str, now: datetime) -> Committed:
+        """A photo the desk took: kept in the ledger (a snapshot does not take it away),
+        sent upstream as a `member_photo` event (sync/store/photos.py). ValueError when the bytes
+        are not a JPEG within the bound."""
+        if not photos.jpeg(jpeg):
+            raise ValueError(f"a JPEG of at most {photos.PHOTO_MAX_BYTES} bytes")
+        with self.transaction() as tx:
+            photos.save(tx, member_id, jpeg, operator, now)
         return tx.committed
 
     def adjust_points(self, member_id: str, points: int, operator: str, reason: str, now: datetime) -> Committed:

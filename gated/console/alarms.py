@@ -1,0 +1,207 @@
+"""Alarms the desk cannot miss: a banner on every page and an item in *Needs attention*
+until the alarm is dealt with — resolved, or acknowledged by staff (an audit row).
+
+Two kinds, by what "resolved" means:
+- **conditions**, read from the daemon's health at each look: a relay board not answering,
+  a door held open, a reader offline, the store unable to record, the fire-alarm input
+  unreachable, a gap in what the gate knows (the clock untrusted, events not reaching the
+  central system, ...). One lasts while the health says so and is gone when it does not.
+- **incidents**, from `alarm` events: a door forced, a rotation nobody was granted, exits
+  not recorded, a QR code used twice, an overdraft, an acknowledgement of events never
+  sent. Over in a moment, so they stay until someone acknowledges them.
+
+An acknowledgement quiets the banner (a muted line stays while a condition lasts); a
+condition that comes back after it ended is a new alarm. Acknowledgements are audit rows
+(`alarm_acknowledged`, who and when); an incident's is found again after a restart by its
+event's seq. A condition is seen afresh after a restart (whoever restarted the daemon looks
+again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+ACK_ACTION = "alarm_acknowledged"
+
+# incidents: alarm kinds that report something that happened (latched until acknowledged)
+INCIDENTS = {
+    "door_forced": "Door forced open",
+    "passage_without_grant": "Someone went through without a grant",
+    "exits_not_recorded": "Exits were not recorded",
+    "qr_double_use": "A QR code was used twice",
+    "overdraft": "A pass was charged below zero",
+    "ack_beyond_last_seq": "The central system acknowledged events never sent",
+    "snapshot_held": "A snapshot that would empty the site was held",
+    # not an `alarm` event but its own (gated/unknown_cards.py): reads past a quota, one
+    # event for the burst — the desk sees the flood here, its cards are not each an item
+    "unknown_cards": "A flood of unknown cards",
+}
+EVENT_TYPES = ("alarm", "unknown_cards")
+# conditions: what the health says now
+CONDITIONS = {
+    "relay_offline": "Gate offline — its relay board does not answer",
+    "door_held": "Door held open",
+    "reader_offline": "Card reader offline",
+    "storage_fault": "GATES OUT OF ORDER — entries cannot be recorded; exits work",
+    "fire_input_unreachable": "FIRE-ALARM INPUT UNREACHABLE",
+    "clock_untrusted": "Clock fault — the gate's clock cannot be trusted",
+    "uplink_stalled": "Events are not reaching the central system",
+    "deltas_behind": "Member data is behind the central system",
+    "peers_unheard": "Another gate of the site is not heard",
+}
+# a sign that something is late rather than wrong: an amber banner, not a red one
+WARNINGS = {"uplink_stalled", "deltas_behind", "peers_unheard"}
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    key: str  # what it is about: "relay_offline:turnstile-in"
+    kind: str
+    gate: str | None
+    detail: str
+
+
+@dataclass(slots=True)
+class Alarm:
+    id: str  # this occurrence (what an acknowledgement names)
+    key: str
+    kind: str
+    gate: str | None
+    detail: str
+    since: datetime
+    incident: bool
+    active: bool = True
+    acked_by: str | None = None
+    acked_at: datetime | None = None
+
+    def view(self, gate_names: dict[str, str], local: Any) -> dict[str, Any]:
+        title = INCIDENTS.get(self.kind) or CONDITIONS.get(self.kind) or self.kind.replace("_", " ")
+        return {
+            "id": self.id, "kind": self.kind, "gate": self.gate,
+            "gate_name": gate_names.get(self.gate or "", self.gate), "title": title, "detail": self.detail,
+            "since": local(self.since), "active": self.active, "incident": self.incident,
+            "severity": "warn" if self.kind in WARNINGS else "bad",
+            "acked_by": self.acked_by, "acked_at": local(self.acked_at) if self.acked_at else None,
+        }
+
+
+def conditions(health: dict[str, Any]) -> list[Condition]:
+    """The alarm conditions in a health report (gated/status.py's `health`)."""
+    out: list[Condition] = []
+    for gid, g in (health.get("gates") or {}).items():
+        relay = g.get("relay")
+        state = g.get("state") or {}
+        if relay not in ("online", "none", None):
+            error = state.get("relay_error")
+            out.append(Condition(f"relay_offline:{gid}", "relay_offline", gid, f"relay {relay}" + (f": {error}" if error else "")))
+        if state.get("door_held"):
+            out.append(Condition(f"door_held:{gid}", "door_held", gid, "the door has been open too long"))
+    for rid, r in (health.get("readers") or {}).items():
+        if r.get("health") != "online":
+            out.append(Condition(f"reader_offline:{rid}", "reader_offline", r.get("gate"), f"reader {rid} is {r.get('health')}"))
+    storage = health.get("storage") or {}
+    if storage.get("ok") is False:
+        detail = str(storage.get("problem") or "storage") + (f": {storage['detail']}" if storage.get("detail") else "")
+        out.append(Condition("storage_fault", "storage_fault", None, detail))
+    fire = (health.get("safety") or {}).get("fire_input")
+    if fire and not fire.get("known"):
+        out.append(Condition("fire_input_unreachable", "fire_input_unreachable", None,
+                             f"{fire.get('error') or 'no answer'} (policy: {fire.get('policy')})"))
+    for gap in (health.get("knowledge") or {}).get("gaps") or []:
+        kind = str(gap.get("kind"))
+        out.append(Condition(kind, kind, None, str(gap.get("detail") or "")))
+    return out
+
+
+def incident_kind(ev: dict[str, Any]) -> str | None:
+    """The incident an event reports, if it is one."""
+    if ev.get("type") == "unknown_cards":
+        return "unknown_cards"
+    kind = str(ev.get("kind") or "")
+    return kind if ev.get("type") == "alarm" and kind in INCIDENTS and kind != "unknown_cards" else None
+
+
+def incident_detail(ev: dict[str, Any]) -> str:
+    if ev.get("type") == "unknown_cards":
+        cards = ", ".join(str(c) for c in (ev.get("cards") or [])[:5])
+        return f"{ev.get('count')} unknown card reads in a burst" + (f" (among them {cards})" if cards else "")
+    return str(ev.get("detail") or "")
+
+
+def incident_id(ev: dict[str, Any]) -> str:
+    return f"{incident_kind(ev)}:{ev.get('gate') or 'site'}@{ev.get('seq')}"
+
+
+@dataclass
+class AlarmBoard:
+    """The open alarms of the site, as the console shows them (module doc)."""
+
+    alarms: dict[str, Alarm] = field(default_factory=dict)  # by id, oldest first
+    acked: dict[str, tuple[str, datetime]] = field(default_factory=dict)  # id -> (who, when)
+
+    def update(self, found: Iterable[Condition], now: datetime) -> None:
+        """The conditions the health shows now: new ones open, gone ones close."""
+        current = {c.key: c for c in found}
+        # an acknowledgement is kept while its alarm is open, and a day for an incident
+        # restored before its event is seen again
+        for alarm_id, (_, at) in list(self.acked.items()):
+            if alarm_id not in self.alarms and (now - at).total_seconds() > 86400:
+                del self.acked[alarm_id]
+        open_keys = {a.key: a for a in self.alarms.values() if not a.incident}
+        for key, alarm in open_keys.items():
+            if key not in current:
+                del self.alarms[alarm.id]
+            else:
+                alarm.detail = current[key].detail
+        for key, c in current.items():
+            if key not in open_keys:
+                alarm_id = f"{key}@{now.isoformat()}"
+                self.alarms[alarm_id] = Alarm(alarm_id, key, c.kind, c.gate, c.detail, now, incident=False)
+                self._apply_ack(self.alarms[alarm_id])
+
+    def incident(self, ev: dict[str, Any], at: datetime) -> None:
+        """An `alarm` event (or an `unknown_cards` one); an incident stays until acknowledged."""
+        kind = incident_kind(ev)
+        if kind is None:
+            return
+        alarm_id = incident_id(ev)
+        if alarm_id in self.alarms:
+            return
+        gate = ev.get("gate")
+        alarm = Alarm(alarm_id, f"{kind}:{gate or 'site'}", kind, gate, incident_detail(ev), at,
+                      incident=True, active=False)
+        self.alarms[alarm_id] = alarm
+        self._apply_ack(alarm)
+
+    def acknowledge(self, alarm_id: str, operator: str, now: datetime) -> Alarm | None:
+        alarm = self.alarms.get(alarm_id)
+        if alarm is None:
+            return None
+        self.acked[alarm_id] = (operator, now)
+        self._apply_ack(alarm)  # an incident is then dealt with: gone
+        return alarm
+
+    def restore_ack(self, alarm_id: str, operator: str, at: datetime) -> None:
+        self.acked[alarm_id] = (operator, at)
+        alarm = self.alarms.get(alarm_id)
+        if alarm is not None:
+            self._apply_ack(alarm)
+
+    def _apply_ack(self, alarm: Alarm) -> None:
+        if alarm.id in self.acked:
+            alarm.acked_by, alarm.acked_at = self.acked[alarm.id]
+            if alarm.incident:
+                self.alarms.pop(alarm.id, None)
+
+    def views(self, gate_names: dict[str, str], local: Any) -> list[dict[str, Any]]:
+        """Newest first; what still needs someone before what was acknowledged."""
+        alarms = sorted(self.alarms.values(), key=lambda a: a.since, reverse=True)
+        alarms.sort(key=lambda a: a.acked_by is not None)
+        return [a.view(gate_names, local) for a in alarms]
+
+
+__all__ = ["ACK_ACTION", "CONDITIONS", "EVENT_TYPES", "INCIDENTS", "Alarm", "AlarmBoard", "Condition", "conditions",
+           "incident_id", "incident_kind"]
