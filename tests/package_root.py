@@ -67,15 +67,26 @@ class OverlayRoot:
             # of every apt run here, and nothing the package's behaviour depends on)
             rm -f {root}/var/lib/man-db/auto-update
         """
+        # The namespace is ready once unshare has exec'd sleep (after its unshare() and the
+        # private propagation) and the holder's namespace is not ours. Entered before that
+        # (on a busy machine), the script would mount the overlay, /dev and /sys in the
+        # host's own namespace: it must never run there.
+        ours = os.readlink("/proc/self/ns/mnt")
         deadline = time.monotonic() + 10
-        while True:  # the namespace exists once unshare has exec'd sleep
-            out = self._nsenter(["sh", "-c", script])
-            if out.returncode == 0:
-                return self
+        while True:
+            with contextlib.suppress(OSError):
+                comm = Path(f"/proc/{self.holder.pid}/comm").read_text().strip()
+                if comm == "sleep" and os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != ours:
+                    break
             if time.monotonic() > deadline or self.holder.poll() is not None:
                 self.__exit__()
-                raise RuntimeError(f"cannot make the overlay root: {out.stderr.decode(errors='replace')}")
-            time.sleep(0.05)
+                raise RuntimeError("cannot make the overlay root: unshare made no mount namespace")
+            time.sleep(0.01)
+        out = self._nsenter(["sh", "-c", script])
+        if out.returncode != 0:
+            self.__exit__()
+            raise RuntimeError(f"cannot make the overlay root: {out.stderr.decode(errors='replace')}")
+        return self
 
     def __exit__(self, *exc: object) -> None:
         if self.holder is not None:
