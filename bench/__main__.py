@@ -142,6 +142,17 @@ def table(results: dict[str, Any], scale: str = "100k") -> list[tuple[str, str, 
                 "+ one flush of the intent, off the event loop",
                 "—",
             ))
+        for key, label in (("disk_floor", "the disk's floor: one 4 KiB durable write"),
+                           ("busy_disk_floor", "the disk's floor beside the same writer")):
+            f = e.get(key)
+            if f:
+                rows.append((
+                    label,
+                    f"{f['median']:.2f} / {f['p99']:.2f} ms (max {f['max']:.2f})",
+                    "—",
+                    "O_DIRECT | O_DSYNC into an allocated file: any intent made durable waits this long",
+                    "—",
+                ))
     s = results.get("snapshot")
     if s:
         imp = s["import_seconds"]

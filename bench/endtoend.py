@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import mmap
+import os
 import random
 import subprocess
 import sys
@@ -78,12 +80,43 @@ def busy_disk(beside: Path) -> Any:
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)])
     try:
         time.sleep(0.5)  # its writes under way
+        if proc.poll() is not None:  # a writer that died would leave the disk quiet
+            raise RuntimeError(f"the busy-disk writer exited with {proc.returncode}")
         yield proc
     finally:
         proc.kill()
         proc.wait()
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # never written, or its directory was none
             target.unlink()
+
+
+def durable_write_floor(beside: Path, writes: int = 300, *, busy: bool) -> dict[str, Any]:
+    """The disk's own floor under the tap's durability rule: one 4 KiB write made durable
+    (O_DIRECT | O_DSYNC into a file already allocated: no metadata, no journal commit,
+    only the write and the device's cache flush), `writes` times 20 ms apart, with or
+    without the busy writer. Whatever design holds a grant until its intent is on disk
+    waits at least this long; the tap → coil figure above it is ours."""
+    path = beside / "durable-floor.bin"
+    with open(path, "wb") as f:
+        f.write(b"\0" * (256 * 4096))
+        f.flush()
+        os.fsync(f.fileno())
+    buf = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT wants
+    buf.write(b"i" * 4096)
+    samples: list[float] = []
+    load = busy_disk(beside) if busy else contextlib.nullcontext()
+    fd = os.open(path, os.O_WRONLY | os.O_DSYNC | os.O_DIRECT)
+    try:
+        with load:
+            for i in range(writes):
+                t0 = time.perf_counter()
+                os.pwrite(fd, buf, (i % 256) * 4096)
+                samples.append((time.perf_counter() - t0) * 1000)
+                time.sleep(0.02)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return runs_summary([samples])
 
 
 async def _bench(data: SiteData, base: Path, runs: int, taps: int, log: Any, *, busy: bool = False) -> dict[str, Any]:
@@ -113,7 +146,7 @@ async def _bench(data: SiteData, base: Path, runs: int, taps: int, log: Any, *, 
                     await _wait_coil(turnstile, n, 3.0)
                     await asyncio.sleep(0.05)
                     await _relocked(turnstile)
-                load = busy_disk(base) if busy else contextlib.nullcontext()
+                load = busy_disk(base.parent) if busy else contextlib.nullcontext()
                 with load:
                     for _ in range(runs):
                         samples: list[float] = []
@@ -151,4 +184,11 @@ def run(data: SiteData, *, runs: int = 5, taps: int = 40, log: Any = print) -> d
         f"p99 {busy['p99']:.2f} ms, max {busy['max']:.2f} ms ({busy['n']} taps, {busy['misses']} without a coil change)"
     )
     res["busy_disk"] = busy
+    for name, busy_now in (("disk_floor", False), ("busy_disk_floor", True)):
+        floor = durable_write_floor(base.parent, busy=busy_now)
+        log(
+            f"  the disk's floor, one 4 KiB durable write{', beside the writer' if busy_now else ''}: "
+            f"median {floor['median']:.2f} ms, p99 {floor['p99']:.2f} ms, max {floor['max']:.2f} ms"
+        )
+        res[name] = floor
     return res

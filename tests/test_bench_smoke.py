@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench import common, decision
 from bench.generate import chunk_payloads, generate
 from rules.model import PassKind
@@ -80,3 +82,19 @@ def test_bench_command_runs_the_snapshot_import_as_documented(tmp_path) -> None:
         assert res["worker_cpu_seconds"]["runs"] == res["import_seconds"]["runs"]
         assert res["worker_cpu_seconds"]["median"] > 0
         assert "snapshot import: the worker's CPU (builder + parsers)" in proc.stdout
+
+
+def test_the_disk_floor_runs_quiet_and_beside_a_writer_that_really_writes(tmp_path: Path) -> None:
+    """bench/endtoend.py's floor of a durable write, and its busy-disk writer: the writer
+    was once handed the store's file as its directory, died at once, and the 'busy' runs
+    were quiet; now a writer that dies is an error, and one that writes leaves its file."""
+    from bench import endtoend
+
+    quiet = endtoend.durable_write_floor(tmp_path, writes=5, busy=False)
+    busy = endtoend.durable_write_floor(tmp_path, writes=5, busy=True)
+    assert quiet["n"] == busy["n"] == 5 and quiet["median"] > 0
+    assert not list(tmp_path.iterdir())  # the floor's file and the writer's are gone
+    not_a_dir = tmp_path / "gated.db"
+    not_a_dir.write_bytes(b"")
+    with pytest.raises(RuntimeError, match="writer exited"), endtoend.busy_disk(not_a_dir):
+        pass
