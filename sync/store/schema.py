@@ -12,6 +12,9 @@ Ledger migrations are functions of the connection; `migrate` runs the missing on
 with the new `schema_version` in `meta`. A database newer than this code is refused
 (StoreError), never silently downgraded. Version 1 kept the replica inside the ledger
 file; migration 6 moves it out (see `_migration_6`).
+
+About 500 lines, as the history of the file format is: every migration since version 1
+stays, in order, so any store a site still has upgrades in place.
 """
 
 from __future__ import annotations
