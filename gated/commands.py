@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import json
 import os
+import signal
 import sqlite3
 import sys
 from pathlib import Path
@@ -442,13 +443,37 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+async def until_stopped(main: Any, grace: float = 5.0) -> None:
+    """Run `main` until it ends or Ctrl-C / SIGTERM; then cancel it and wait at most `grace`
+    seconds. Bounded because aiomqtt's disconnect waits for the broker's answer with no
+    limit: once, under load, `gated sim central` never ended after its one Ctrl-C."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.ensure_future(main)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    if task.done():
+        task.result()  # its error, if it failed
+        return
+    task.cancel()
+    await asyncio.wait({task}, timeout=grace)
+
+
 def cmd_sim_central(args: argparse.Namespace) -> int:
     from simulator.central import CentralSettings, serve_central
 
     settings = CentralSettings(host=args.host, port=args.port, prefix=args.prefix, sites=[args.site])
+    seed = Path(args.seed) if args.seed else None
     try:
-        asyncio.run(serve_central(settings, Path(args.db), seed=Path(args.seed) if args.seed else None, site=args.site))
-    except KeyboardInterrupt:
+        asyncio.run(until_stopped(serve_central(settings, Path(args.db), seed=seed, site=args.site)))
+    except KeyboardInterrupt:  # before the loop took the signal over
         pass
     return 0
 

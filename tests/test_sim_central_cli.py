@@ -69,3 +69,28 @@ async def test_gated_sim_central_serves_a_site(mosquitto: Mosquitto, tmp_path: P
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT applied_seq FROM applied WHERE site = 's1' AND daemon = 'gate-a'").fetchone()[0] == 2
         assert conn.execute("SELECT balance FROM passes WHERE site = 's1' AND id = 'p1'").fetchone()[0] == "9"
+
+
+async def test_a_stop_is_bounded_when_the_cleanup_never_ends() -> None:
+    """`gated sim central`'s Ctrl-C (gated.commands.until_stopped): the simulator is cancelled
+    and waited for at most its grace, even when its cleanup never ends — as aiomqtt's
+    disconnect, waiting with no limit for a broker that does not answer, once did in CI."""
+    import asyncio
+    import os
+    import time
+
+    from gated.commands import until_stopped
+
+    cleaned_up = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cleaned_up.set()
+            await asyncio.Event().wait()  # a disconnect nobody answers
+
+    asyncio.get_running_loop().call_later(0.2, os.kill, os.getpid(), signal.SIGTERM)
+    t0 = time.monotonic()
+    await asyncio.wait_for(until_stopped(stubborn(), grace=0.5), WAIT_S)
+    assert cleaned_up.is_set() and time.monotonic() - t0 < WAIT_S
