@@ -4,8 +4,9 @@ Two sources, one format — an image inline as a `data:` URL (`data:image/jpeg;b
 at most PHOTO_MAX_BYTES decoded:
 - the central system's member record (`photo`, docs/protocol.md "Members"), kept in the
   replica's `members.photo`;
-- the desk's webcam: a row of `member_photos` in the ledger (it survives snapshots, which
-  replace the replica), sent upstream as a `member_photo` event in the same transaction.
+- the desk's webcam: a row of `member_photos` in the ledger (sync/store/photos.py; it
+  survives snapshots, which replace the replica), sent upstream as a `member_photo` event
+  in the same transaction.
 
 The desk's photo is shown in preference: it is what staff at this site took of the person
 in front of them; the central system's is shown where the desk never took one.

@@ -23,7 +23,6 @@ from sync.store.transaction import Transaction
 TABLE = "member_photos"
 
 
-
 def create_table(conn: sqlite3.Connection) -> None:
     conn.execute(
         f"CREATE TABLE IF NOT EXISTS {TABLE} (member_id TEXT PRIMARY KEY, mime TEXT NOT NULL, data BLOB NOT NULL, "
