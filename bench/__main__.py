@@ -347,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
             from bench import endtoend
 
             _log(f"2. tap → coil set, end to end (gated run subprocess, {big:,} members)")
-            results["endtoend"] = endtoend.run(live, runs=runs, taps=15 if quick else 30, log=_log)
+            results["endtoend"] = endtoend.run(
+                live, runs=runs, taps=15 if quick else 30, floor_writes=60 if quick else 300, log=_log
+            )
         if "memory" in only:
             from bench import memory
 

@@ -171,7 +171,7 @@ async def _bench(data: SiteData, base: Path, runs: int, taps: int, log: Any, *, 
     return res
 
 
-def run(data: SiteData, *, runs: int = 5, taps: int = 40, log: Any = print) -> dict[str, Any]:
+def run(data: SiteData, *, runs: int = 5, taps: int = 40, floor_writes: int = 300, log: Any = print) -> dict[str, Any]:
     base = base_store(data, log)
     res = asyncio.run(_bench(data, base, runs, taps, log))
     log(
@@ -185,7 +185,7 @@ def run(data: SiteData, *, runs: int = 5, taps: int = 40, log: Any = print) -> d
     )
     res["busy_disk"] = busy
     for name, busy_now in (("disk_floor", False), ("busy_disk_floor", True)):
-        floor = durable_write_floor(base.parent, busy=busy_now)
+        floor = durable_write_floor(base.parent, floor_writes, busy=busy_now)
         log(
             f"  the disk's floor, one 4 KiB durable write{', beside the writer' if busy_now else ''}: "
             f"median {floor['median']:.2f} ms, p99 {floor['p99']:.2f} ms, max {floor['max']:.2f} ms"

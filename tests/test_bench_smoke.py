@@ -98,3 +98,21 @@ def test_the_disk_floor_runs_quiet_and_beside_a_writer_that_really_writes(tmp_pa
     not_a_dir.write_bytes(b"")
     with pytest.raises(RuntimeError, match="writer exited"), endtoend.busy_disk(not_a_dir):
         pass
+
+
+def test_bench_command_runs_tap_to_coil_as_documented(tmp_path: Path) -> None:
+    """`python -m bench --only endtoend` (docs/performance.md), at a tiny size: tap → coil
+    through `gated run`, quiet and beside a writer, and the disk's floor, in the table."""
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "endtoend", "--members", "2000", "--quick",
+         "--work", str(tmp_path / "work"), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())["results"]["endtoend"]
+    assert res["n"] > 0 and res["busy_disk"]["n"] > 0 and res["misses"] == 0
+    assert res["disk_floor"]["n"] == res["busy_disk_floor"]["n"] == 60
+    for row in ("tap → coil set, end to end, 2,000 members", "the same, another process writing to the same disk",
+                "the disk's floor beside the same writer"):
+        assert row in proc.stdout, row
