@@ -71,20 +71,21 @@ def _marks(n: int) -> str:
 # -- names --------------------------------------------------------------------------------
 
 
-def member_names(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, str]:
+def _names(conn: sqlite3.Connection, table: str, ids: Iterable[str]) -> dict[str, str]:
+    """id → name (the id where the name is empty) for the ids `table` has."""
     out: dict[str, str] = {}
     for chunk in _chunks(ids):
-        q = f"SELECT id, name FROM members WHERE id IN ({_marks(len(chunk))})"
+        q = f"SELECT id, name FROM {table} WHERE id IN ({_marks(len(chunk))})"
         out.update({r[0]: r[1] or r[0] for r in conn.execute(q, chunk)})
     return out
+
+
+def member_names(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, str]:
+    return _names(conn, "members", ids)
 
 
 def pass_names(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for chunk in _chunks(ids):
-        q = f"SELECT id, name FROM passes WHERE id IN ({_marks(len(chunk))})"
-        out.update({r[0]: r[1] or r[0] for r in conn.execute(q, chunk)})
-    return out
+    return _names(conn, "passes", ids)
 
 
 def class_names(conn: sqlite3.Connection, ids: Iterable[str]) -> dict[str, tuple[str, datetime]]:
