@@ -82,7 +82,8 @@ class Engine:
         """The site's and the gate's state applied to the decision (rules.admission)."""
         d = tap.decision
         kind = None
-        if d.granted and d.pass_id is not None:
+        # the pass's kind matters only to a stale cache's policy: no read for it otherwise
+        if d.granted and d.pass_id is not None and conditions.cache_stale:
             p = self.store.get_pass(d.pass_id)
             kind = p.kind if p is not None else None
         admitted = admit(d, conditions, kind)

@@ -140,3 +140,46 @@ def test_a_store_that_is_not_durable_has_nothing_to_flush(tmp_path: Path, durabl
         asyncio.run(store.flushed())
     finally:
         store.close()
+
+
+async def test_a_flush_does_not_queue_behind_the_loops_other_threads(tmp_path: Path) -> None:
+    """The console's searches and exports run in the loop's default pool: a grant's
+    flush has a thread of its own and never waits for them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    loop = asyncio.get_running_loop()
+    pool = ThreadPoolExecutor(max_workers=1)
+    loop.set_default_executor(pool)
+    busy = threading.Event()
+    searching = loop.run_in_executor(None, busy.wait, 5.0)  # the pool's one thread taken
+    wal = wal_of(tmp_path, os.fdatasync)
+    try:
+        wal.committed()
+        await asyncio.wait_for(wal.flushed(), 1.0)
+        assert not wal.pending and not searching.done()
+    finally:
+        busy.set()
+        await searching
+        wal.close()
+
+
+async def test_a_waiter_cancelled_leaves_the_shared_flush_to_the_others(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def slow_fsync(fd: int) -> None:
+        release.wait(2.0)
+        os.fdatasync(fd)
+
+    wal = wal_of(tmp_path, slow_fsync)
+    try:
+        wal.committed()
+        gone = asyncio.ensure_future(wal.flushed())  # a tap cancelled while it waits (shutdown)
+        stays = asyncio.ensure_future(wal.flushed())
+        await asyncio.sleep(0.02)
+        gone.cancel()
+        await asyncio.sleep(0.02)
+        release.set()
+        await asyncio.wait_for(stays, 2.0)
+        assert gone.cancelled() and not wal.pending and wal.flushes == 1
+    finally:
+        wal.close()

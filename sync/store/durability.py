@@ -26,6 +26,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -39,7 +40,10 @@ class WalSync:
         self._fd: int | None = None
         self._ino: int | None = None
         self._lock = threading.Lock()  # the fd is opened and closed from the flushing thread too
-        self._flushing: asyncio.Future[int] | None = None
+        # A thread of its own, not the loop's default pool: the console's searches and
+        # exports run there, and a grant must never queue behind them for its flush.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal-sync")
+        self._flushing: asyncio.Future[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
         self.flushes = 0  # how many fdatasyncs (fewer than commits: group commit)
 
@@ -59,9 +63,8 @@ class WalSync:
         """Until every commit made so far is on disk (raises OSError if it cannot be)."""
         target = self._committed
         while self._synced < target:
-            if self._flushing is None:
-                self._flushing = asyncio.ensure_future(self._flush())
-            fut = self._flushing
+            fut = self._flushing or self._start_flush()
+            # shielded: a tap cancelled while it waits must not cancel the flush others share
             await asyncio.shield(fut)
 
     def flush_now(self) -> None:
@@ -70,21 +73,27 @@ class WalSync:
         self._sync_file()
         self._synced = max(self._synced, target)
 
-    async def _flush(self) -> int:
-        try:
-            target = self._committed
-            await asyncio.get_running_loop().run_in_executor(None, self._sync_file)
-            self._synced = max(self._synced, target)
-            self.flushes += 1
-            return target
-        finally:
+    def _start_flush(self) -> asyncio.Future[None]:
+        """One fdatasync on the flushing thread for every commit made so far. The future is
+        the executor's own (no task around it: one loop turn less on the way to a relay);
+        its first callback records what it made durable, before any waiter resumes."""
+        target = self._committed
+        fut = asyncio.get_running_loop().run_in_executor(self._thread, self._sync_file)
+
+        def done(f: asyncio.Future[None]) -> None:
             self._flushing = None
+            if not f.cancelled() and f.exception() is None:  # an error is the waiters' to raise
+                self._synced = max(self._synced, target)
+                self.flushes += 1
+
+        fut.add_done_callback(done)
+        self._flushing = fut
+        return fut
 
     def _flush_idle(self) -> None:
         self._idle = None
         if self.pending and self._flushing is None:
-            self._flushing = asyncio.ensure_future(self._flush())
-            self._flushing.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._start_flush()  # nobody waits: `done` retrieves a failure, which the next waiter meets again
 
     def _sync_file(self) -> None:
         with self._lock:
@@ -116,6 +125,7 @@ class WalSync:
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
+        self._thread.shutdown(wait=True)  # a flush under way finishes before its fd is closed
         with self._lock:
             self._close_fd()
 
