@@ -23,9 +23,12 @@ Meanwhile, on the same loop and the same store:
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import struct
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -73,6 +76,7 @@ class Payloads:
 async def _tapper(
     engine: Engine,
     data: SiteData,
+    cards: tuple[str, ...],
     stop: asyncio.Event,
     stalls: list[float],
     decide_ms: list[float],
@@ -80,7 +84,6 @@ async def _tapper(
     commits: list[tuple[float, float]],
 ) -> None:
     rng = random.Random(5)
-    cards = data.cards
     loop = asyncio.get_running_loop()
     i = 0
     while not stop.is_set():
@@ -118,12 +121,120 @@ async def _probe(
             busy.append(round((time.thread_time() - cpu) / (woke - t), 2))
 
 
+class LoopWaits:
+    """What held the loop's thread during a long lag. A thread samples it every 0.5 ms:
+    its state and wait channel (/proc/self/task/TID/{stat,wchan}, and the kernel stack
+    when readable: root) — state D (uninterruptible: disk, page locks, dirty-page
+    throttling) names what blocked it, which the CPU share alone cannot say — and, when it
+    runs, its Python stack (sys._current_frames: what our code was doing). Sampling needs
+    the GIL, so a sample of running Python code lands at the interpreter's switch interval
+    (5 ms) at most: enough to name a lag of 20 ms or more."""
+
+    def __init__(self) -> None:
+        self.tid = threading.get_native_id()  # made on the loop's thread
+        self.ident = threading.get_ident()
+        self.samples: list[tuple[float, str]] = []  # (perf_counter, where)
+        self._gc_start = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loop-waits", daemon=True)
+
+    def __enter__(self) -> LoopWaits:
+        self._thread.start()
+        gc.callbacks.append(self._gc)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._gc)
+        self._stop.set()
+        self._thread.join()
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        """The cyclic GC holds the GIL for all of a collection (no sample lands in it): its
+        collections of the loop's thread are timed here instead."""
+        if threading.get_ident() != self.ident:
+            return
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        elif (took := time.perf_counter() - self._gc_start) > 0.002:
+            self.samples.append((time.perf_counter(), f"gc: generation {info['generation']} collection, {took * 1000:.1f} ms"))
+
+    def _run(self) -> None:
+        base = f"/proc/self/task/{self.tid}"
+        while not self._stop.wait(0.0005):
+            try:
+                with open(f"{base}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state == "D":
+                self.samples.append((time.perf_counter(), "kernel: " + self._kernel(base)))
+            elif state == "R":
+                frame = sys._current_frames().get(self.ident)
+                if frame is not None:
+                    self.samples.append((time.perf_counter(), "python: " + _stack(frame)))
+            elif state == "S":
+                # asleep: in the loop's own wait (epoll: its timer is late), or for a lock
+                # (futex: the GIL, when another thread of ours runs — named here)
+                try:
+                    with open(f"{base}/wchan") as f:
+                        where = f.read().strip()
+                except OSError:
+                    continue
+                self.samples.append((time.perf_counter(), f"asleep: {where}; running: {self._others_running()}"))
+
+    def _others_running(self) -> str:
+        out = []
+        for task in os.listdir("/proc/self/task"):
+            if int(task) in (self.tid, threading.get_native_id()):
+                continue
+            try:
+                with open(f"/proc/self/task/{task}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if stat.rsplit(")", 1)[1].split()[0] in "RD":
+                out.append(stat[stat.index("(") + 1 : stat.rindex(")")])
+        return ",".join(sorted(out)) or "none"
+
+    @staticmethod
+    def _kernel(base: str) -> str:
+        try:
+            with open(f"{base}/stack") as f:
+                frames = [ln.split()[1].split("+")[0] for ln in f.read().splitlines()[:8] if " " in ln]
+            if frames:
+                return " < ".join(frames)
+        except OSError:
+            pass
+        with open(f"{base}/wchan") as f:
+            return f.read().strip()
+
+    def during(self, a: float, b: float) -> list[str]:
+        """The distinct places seen between a and b, most frequent first."""
+        counts: dict[str, int] = {}
+        for t, where in self.samples:
+            if a <= t <= b:
+                counts[where] = counts.get(where, 0) + 1
+        return [f"{n}× {w}" for w, n in sorted(counts.items(), key=lambda kv: -kv[1])[:4]]
+
+
+def _stack(frame: Any, depth: int = 6) -> str:
+    """The innermost frames of our own code (and the library call it is in)."""
+    out: list[str] = []
+    f = frame
+    while f is not None and len(out) < depth:
+        code = f.f_code
+        name = code.co_filename.rsplit("/", 2)
+        out.append(f"{'/'.join(name[-2:])}:{code.co_name}:{f.f_lineno}")
+        f = f.f_back
+    return " < ".join(out)
+
+
 def _during_commit(long: list[tuple[float, float]], commits: list[tuple[float, float]]) -> int:
     """How many of the long lags overlap a tap's commit (its fsync: the disk, not the import)."""
     return sum(1 for a, b in long if any(c < b and a < d for c, d in commits))
 
 
-async def import_once(store: Store, payloads: Payloads, data: SiteData) -> dict[str, Any]:
+async def import_once(store: Store, payloads: Payloads, data: SiteData, cards: tuple[str, ...]) -> dict[str, Any]:
     from sync.link import MqttSettings, SyncLink
 
     engine = Engine(store, site(), gates(), policy())
@@ -139,21 +250,27 @@ async def import_once(store: Store, payloads: Payloads, data: SiteData) -> dict[
     long: list[tuple[float, float]] = []
     busy: list[float] = []
     tasks = [
-        asyncio.create_task(_tapper(engine, data, stop, stalls, decide_ms, commit_ms, commits)),
+        asyncio.create_task(_tapper(engine, data, cards, stop, stalls, decide_ms, commit_ms, commits)),
         asyncio.create_task(_probe(stop, lags, long, busy)),
     ]
     await asyncio.sleep(0.05)
     before = store.replica_generation
+    slow_feeds: list[tuple[int, float, float]] = []  # (chunk, seconds into the import, ms)
     t0 = time.perf_counter()
-    for p in payloads:
-        await link.feed(topic, p)
-        await asyncio.sleep(0)  # the next MQTT message comes through the loop
-    fed = time.perf_counter() - t0
-    while link.stats["snapshots_applied"] == applied:
-        if not link.snapshot_in_progress:
-            raise RuntimeError(f"snapshot not applied: {dict(link.stats)}")
-        await asyncio.sleep(0.005)
-    seconds = time.perf_counter() - t0
+    with LoopWaits() as waits:
+        for i, p in enumerate(payloads):
+            f0 = time.perf_counter()
+            await link.feed(topic, p)
+            took = time.perf_counter() - f0
+            if took > LONG_LAG / 2:  # a chunk's own handling that holds the loop
+                slow_feeds.append((i, round(f0 - t0, 3), round(took * 1000, 1)))
+            await asyncio.sleep(0)  # the next MQTT message comes through the loop
+        fed = time.perf_counter() - t0
+        while link.stats["snapshots_applied"] == applied:
+            if not link.snapshot_in_progress:
+                raise RuntimeError(f"snapshot not applied: {dict(link.stats)}")
+            await asyncio.sleep(0.005)
+        seconds = time.perf_counter() - t0
     report = link.port.import_report
     switched = time.perf_counter()
     stop.set()
@@ -174,6 +291,9 @@ async def import_once(store: Store, payloads: Payloads, data: SiteData) -> dict[
         # (seconds into the import, ms): when they came — feeding, building, switching
         "long_lag_times": [(round(a - t0, 3), round((b - a) * 1000, 1)) for a, b in long],
         "long_lags_loop_busy": busy,  # per long lag: the loop thread's CPU share during it
+        # per long lag: what held the loop's thread (kernel waits in state D, Python stacks)
+        "long_lags_held_by": [waits.during(a, b) for a, b in long],
+        "slow_feeds": slow_feeds,
         "switched_at": round(switched - t0, 3),
         "stalls_ms": stalls,
         "lags_ms": lags,
@@ -194,10 +314,16 @@ def run(data: SiteData, *, runs: int = 3, records_per_chunk: int = 1000, log: An
     payloads = Payloads(data, work / "chunks.bin", records_per_chunk)
     prep = time.perf_counter() - t0
     store = Store(work / "gated.db", site(), daemon_id=DAEMON)
+    # the taps' cards, made before and put out of the cyclic GC's sight as the data set is
+    # (bench/__main__.py): a list of a million cards made during the import was walked
+    # by every young collection for 30-50 ms, a stall of the bench's own, not the daemon's
+    cards = tuple(data.cards)
+    gc.collect()
+    gc.freeze()
     results = []
     try:
         for r in range(runs):
-            res = asyncio.run(import_once(store, payloads, data))
+            res = asyncio.run(import_once(store, payloads, data, cards))
             results.append(res)
             w = res["worker"]
             log(
@@ -207,7 +333,9 @@ def run(data: SiteData, *, runs: int = 3, records_per_chunk: int = 1000, log: An
                 f"{w['switch_ms']:.1f} ms), {res['taps']} taps during it, longest stall {res['max_stall_ms']:.1f} ms, "
                 f"longest loop lag {res['max_lag_ms']:.1f} ms ({res['long_lags']} over 20 ms, "
                 f"{res['long_lags_during_a_commit']} of them during a tap's commit, at (s, ms) "
-                f"{res['long_lag_times'][:12]}); worker {w['timings']}"
+                f"{res['long_lag_times'][:12]}, loop thread busy {res['long_lags_loop_busy'][:12]}, "
+                f"held by {res['long_lags_held_by'][:12]}); chunks whose handling took over 10 ms "
+                f"(chunk, s, ms) {res['slow_feeds'][:12]}; worker {w['timings']}"
             )
         sizes = {
             "ledger_mb": round(sum(os.path.getsize(p) for p in work.glob("gated.db*")) / 1e6, 1),
@@ -243,6 +371,7 @@ def run(data: SiteData, *, runs: int = 3, records_per_chunk: int = 1000, log: An
         "worker": [res["worker"] for res in results],
         "long_lag_times": [res["long_lag_times"] for res in results],
         "long_lags_loop_busy": [res["long_lags_loop_busy"] for res in results],
+        "long_lags_held_by": [res["long_lags_held_by"] for res in results],
         # long lags the loop's own work explains (its thread on the CPU most of the lag)
         "long_lags_loop_busy_over_half": sum(1 for res in results for b in res["long_lags_loop_busy"] if b > 0.5),
         "disk": sizes,
