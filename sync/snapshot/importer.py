@@ -144,7 +144,11 @@ class SnapshotImporter:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "sync.snapshot.worker", json.dumps(params),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,  # its own process group: `abort` stops its parsers too
+                # its own process group (`abort` stops its parsers too), in the daemon's
+                # session: a session of its own would be an autogroup of its own, which the
+                # kernel gives an equal share of the CPU against the daemon's, whatever
+                # SCHED_IDLE says inside it
+                process_group=0,
             )
         except OSError as e:
             self._discard()
