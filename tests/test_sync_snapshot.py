@@ -233,3 +233,39 @@ async def test_deltas_during_an_import_are_applied_once_after_the_switch(tmp_pat
     assert store.member_for_card("D5") == "d5" and store.member_for_card("D6") == "d6"
     assert store.counts()["members"] == 302
     store.close()
+
+
+async def test_a_worker_killed_from_outside_is_said_to_be_out_of_memory(tmp_path: Path) -> None:
+    """The kernel's OOM killer takes the worker when the unit's MemoryMax is too small for
+    the site: the import fails (and is asked for again), and the reason says where to look,
+    not a bare exit status."""
+    import os
+    import signal
+
+    from sync.snapshot import SnapshotError
+
+    store = make_store(tmp_path / "a.db", "gate-a")
+    try:
+        imp = SnapshotImporter(store, "gate-a")
+        parts = chunks(20, balance=10, applied=0)
+        now = datetime(2026, 11, 18, 9, 0, tzinfo=UTC)
+        await imp.begin(SnapshotHeader.of(parts[0]), now)
+        await imp.add(SnapshotHeader.of(parts[0]), payload_of(parts[0]))
+        assert imp._proc is not None
+        os.kill(imp._proc.pid, signal.SIGKILL)  # as the OOM killer does: not gated's own abort
+        await imp._proc.wait()
+        with pytest.raises(SnapshotError, match="not by gated: out of memory"):
+            for c in parts[1:]:
+                await imp.add(SnapshotHeader.of(c), payload_of(c))
+            await imp.finish()
+        await imp.abort()
+        # an abort of ours (a new snapshot, a stop) is not reported as one
+        await imp.begin(SnapshotHeader.of(parts[0]), now)
+        proc = imp._proc
+        assert proc is not None
+        imp._kill()
+        await proc.wait()
+        assert "out of memory" not in imp._exit_said(proc.returncode or 0)
+        await imp.abort()
+    finally:
+        store.close()

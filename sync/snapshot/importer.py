@@ -107,6 +107,7 @@ class SnapshotImporter:
         self._readers: list[asyncio.Task[None]] = []
         self._stderr: deque[str] = deque(maxlen=20)
         self._ended = False  # `end` written to the worker
+        self._killed = False  # by `abort`: a SIGKILL that is ours
 
     @property
     def active(self) -> bool:
@@ -243,6 +244,7 @@ class SnapshotImporter:
     def _kill(self) -> None:
         proc = self._proc
         if proc is not None:
+            self._killed = True
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the builder and its parsers
 
@@ -273,7 +275,7 @@ class SnapshotImporter:
             code = await proc.wait()
             if not done.done():
                 tail = "; ".join(self._stderr) or "no message"
-                done.set_exception(SnapshotError(f"snapshot worker exited ({code}): {tail}"))
+                done.set_exception(SnapshotError(f"snapshot worker {self._exit_said(code)}: {tail}"))
         except asyncio.CancelledError:
             if not done.done():
                 done.set_exception(SnapshotError("snapshot aborted"))
@@ -282,6 +284,13 @@ class SnapshotImporter:
             # nobody may be waiting for it (a failure before `finish`): mark it seen
             if done.done() and not done.cancelled():
                 done.exception()
+
+    def _exit_said(self, code: int) -> str:
+        if code == -signal.SIGKILL and not self._killed:
+            # not by us: the kernel's OOM killer, when the unit's memory limit is too small
+            # for the site (a million members: the worker alone needs 150-195 MB)
+            return 'was killed (SIGKILL, not by gated: out of memory? see docs/operations.md, "Memory")'
+        return f"exited ({code})"
 
     async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
@@ -326,6 +335,7 @@ class SnapshotImporter:
         self._done = None
         self._readers = []
         self._ended = False
+        self._killed = False
         self.snapshot_id = None
         self.chunks = 0
         self.next_chunk = 0
