@@ -174,8 +174,7 @@ class KeyboardReader(ReaderBase):
         try:
             while True:
                 try:
-                    async with asyncio.timeout(self.PRESENCE_CHECK_S):  # no task per batch (wait_for makes one)
-                        events = await batches.get()
+                    events = await asyncio.wait_for(batches.get(), self.PRESENCE_CHECK_S)
                 except TimeoutError:
                     if not os.path.exists(self.device):
                         self.stats.bump("device_errors")

@@ -234,8 +234,7 @@ class OsdpReader(ReaderBase):
         broken = getattr(channel, "broken", None)
         while True:
             try:
-                async with asyncio.timeout(SUPERVISE_TICK_S):  # no task per event (wait_for makes one)
-                    event = await events.get()
+                event = await asyncio.wait_for(events.get(), SUPERVISE_TICK_S)
             except TimeoutError:
                 event = None
             if event is not None:

@@ -120,10 +120,7 @@ class SerialReader(ReaderBase):
                 if stale_at is not None:
                     wait = min(wait, max(0.0, stale_at - self._clock()) + 0.001)
                 try:
-                    # asyncio.timeout, not wait_for: no task of its own per read (wait_for
-                    # wraps the get in one), which is a loop turn on the way to the relay
-                    async with asyncio.timeout(wait):
-                        data = await chunks.get()
+                    data = await asyncio.wait_for(chunks.get(), wait)
                 except TimeoutError:
                     await self._handle(parser.expire(self._clock()), on_credential)
                     if stale_at is None and not os.path.exists(self.device):
