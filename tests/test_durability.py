@@ -9,8 +9,10 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -183,3 +185,64 @@ async def test_a_waiter_cancelled_leaves_the_shared_flush_to_the_others(tmp_path
         assert gone.cancelled() and not wal.pending and wal.flushes == 1
     finally:
         wal.close()
+
+
+def _within(seconds: float, scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run `scenario` on a loop of its own in a thread: a loop that spins for ever fails the
+    test instead of hanging it (nothing on the loop could time it out)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(scenario())
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            errors.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "the event loop was held: flushed() never yielded"
+    if errors:
+        raise errors[0]
+
+
+def test_a_flush_done_but_not_yet_booked_is_not_awaited_in_a_spin(tmp_path: Path) -> None:
+    """A flush completes; before its bookkeeping callback runs, a tap asks for the log to be
+    flushed. Awaiting the done future does not yield, so waiting on it again and again
+    held the event loop for good (a daemon stopped answering, taps and all: found by the
+    RTU bench's test). Such a waiter starts a flush of its own instead."""
+
+    async def scenario() -> None:
+        wal = wal_of(tmp_path, os.fdatasync)
+        try:
+            wal.committed()
+            finished = asyncio.get_running_loop().create_future()
+            finished.set_result(None)  # its `done` callback not run: queued behind us
+            wal._flushing = finished
+            await wal.flushed()
+            assert not wal.pending
+        finally:
+            wal.close()
+
+    _within(5.0, scenario)
+
+
+def test_many_taps_flushing_at_once_all_return(tmp_path: Path) -> None:
+    """Commits and flushes interleaved from many tasks on a fast disk: every waiter
+    returns, with its commits on disk, and the loop is never held."""
+
+    async def scenario() -> None:
+        wal = wal_of(tmp_path, lambda fd: None)
+        try:
+            async def tap(i: int) -> None:
+                for _ in range(20):
+                    wal.committed()
+                    await wal.flushed()
+                    await asyncio.sleep(0 if i % 2 else 0.0001)
+
+            await asyncio.gather(*(tap(i) for i in range(50)))
+            assert not wal.pending
+        finally:
+            wal.close()
+
+    _within(20.0, scenario)

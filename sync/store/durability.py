@@ -63,7 +63,12 @@ class WalSync:
         """Until every commit made so far is on disk (raises OSError if it cannot be)."""
         target = self._committed
         while self._synced < target:
-            fut = self._flushing or self._start_flush()
+            fut = self._flushing
+            if fut is None or fut.done():
+                # a flush that is done but whose `done` has not run yet (it is queued behind
+                # this task) must not be awaited: awaiting a done future does not yield, so
+                # this loop would spin and hold the event loop for ever. A new one is cheap.
+                fut = self._start_flush()
             # shielded: a tap cancelled while it waits must not cancel the flush others share
             await asyncio.shield(fut)
 
@@ -81,7 +86,8 @@ class WalSync:
         fut = asyncio.get_running_loop().run_in_executor(self._thread, self._sync_file)
 
         def done(f: asyncio.Future[None]) -> None:
-            self._flushing = None
+            if self._flushing is f:  # a later flush may have been started meanwhile
+                self._flushing = None
             if not f.cancelled() and f.exception() is None:  # an error is the waiters' to raise
                 self._synced = max(self._synced, target)
                 self.flushes += 1
