@@ -122,13 +122,14 @@ async def _probe(
 
 
 class LoopWaits:
-    """What held the loop's thread during a long lag. A thread samples it every 0.5 ms:
+    """What held the loop's thread during a long lag. A thread samples it every 1 ms:
     its state and wait channel (/proc/self/task/TID/{stat,wchan}, and the kernel stack
     when readable: root) — state D (uninterruptible: disk, page locks, dirty-page
     throttling) names what blocked it, which the CPU share alone cannot say — and, when it
     runs, its Python stack (sys._current_frames: what our code was doing). Sampling needs
     the GIL, so a sample of running Python code lands at the interpreter's switch interval
-    (5 ms) at most: enough to name a lag of 20 ms or more."""
+    (5 ms) at most: enough to name a lag of 20 ms or more. It is not free: a sample taken
+    while the loop runs Python costs the loop a hand-over of the GIL."""
 
     def __init__(self) -> None:
         self.tid = threading.get_native_id()  # made on the loop's thread
@@ -160,7 +161,7 @@ class LoopWaits:
 
     def _run(self) -> None:
         base = f"/proc/self/task/{self.tid}"
-        while not self._stop.wait(0.0005):
+        while not self._stop.wait(0.001):
             try:
                 with open(f"{base}/stat") as f:
                     state = f.read().rsplit(")", 1)[1].split()[0]
@@ -172,29 +173,6 @@ class LoopWaits:
                 frame = sys._current_frames().get(self.ident)
                 if frame is not None:
                     self.samples.append((time.perf_counter(), "python: " + _stack(frame)))
-            elif state == "S":
-                # asleep: in the loop's own wait (epoll: its timer is late), or for a lock
-                # (futex: the GIL, when another thread of ours runs — named here)
-                try:
-                    with open(f"{base}/wchan") as f:
-                        where = f.read().strip()
-                except OSError:
-                    continue
-                self.samples.append((time.perf_counter(), f"asleep: {where}; running: {self._others_running()}"))
-
-    def _others_running(self) -> str:
-        out = []
-        for task in os.listdir("/proc/self/task"):
-            if int(task) in (self.tid, threading.get_native_id()):
-                continue
-            try:
-                with open(f"/proc/self/task/{task}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if stat.rsplit(")", 1)[1].split()[0] in "RD":
-                out.append(stat[stat.index("(") + 1 : stat.rindex(")")])
-        return ",".join(sorted(out)) or "none"
 
     @staticmethod
     def _kernel(base: str) -> str:
