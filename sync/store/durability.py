@@ -63,12 +63,7 @@ class WalSync:
         """Until every commit made so far is on disk (raises OSError if it cannot be)."""
         target = self._committed
         while self._synced < target:
-            fut = self._flushing
-            if fut is None or fut.done():
-                # a flush that is done but whose `done` has not run yet (it is queued behind
-                # this task) must not be awaited: awaiting a done future does not yield, so
-                # this loop would spin and hold the event loop for ever. A new one is cheap.
-                fut = self._start_flush()
+            fut = self._in_flight() or self._start_flush()
             # shielded: a tap cancelled while it waits must not cancel the flush others share
             await asyncio.shield(fut)
 
@@ -78,6 +73,13 @@ class WalSync:
         self._sync_file()
         self._synced = max(self._synced, target)
 
+    def _in_flight(self) -> asyncio.Future[None] | None:
+        """The flush under way, if one is. A flush that is done but not yet booked (its
+        `done` queued behind the caller) is not: awaiting a done future does not yield, so a
+        waiter looping on it would hold the event loop for ever. A new flush is cheap."""
+        fut = self._flushing
+        return fut if fut is not None and not fut.done() else None
+
     def _start_flush(self) -> asyncio.Future[None]:
         """One fdatasync on the flushing thread for every commit made so far. The future is
         the executor's own (no task around it: one loop turn less on the way to a relay);
@@ -86,8 +88,6 @@ class WalSync:
         fut = asyncio.get_running_loop().run_in_executor(self._thread, self._sync_file)
 
         def done(f: asyncio.Future[None]) -> None:
-            if self._flushing is f:  # a later flush may have been started meanwhile
-                self._flushing = None
             if not f.cancelled() and f.exception() is None:  # an error is the waiters' to raise
                 self._synced = max(self._synced, target)
                 self.flushes += 1
@@ -98,7 +98,7 @@ class WalSync:
 
     def _flush_idle(self) -> None:
         self._idle = None
-        if self.pending and self._flushing is None:
+        if self.pending and self._in_flight() is None:
             self._start_flush()  # nobody waits: `done` retrieves a failure, which the next waiter meets again
 
     def _sync_file(self) -> None:
