@@ -536,6 +536,21 @@ def test_readme_quick_start_runs_what_the_tests_run() -> None:
         assert out.returncode == 0 and expected[target] in out.stdout, (target, out.stdout[-2000:])
 
 
+# -- the unit's memory limit, as docs/operations.md tells it ---------------------------------------
+
+
+def test_the_memory_limit_is_the_one_the_operations_guide_sizes() -> None:
+    """docs/operations.md "Memory" sizes MemoryMax by a measurement (the snapshot worker at a
+    million members beside the daemon); the unit must carry the figure the guide names, and
+    the drop-in the guide shows (`[Service] MemoryMax=…`) must be the unit's own key."""
+    unit = (ROOT / "systemd" / "gated.service").read_text()
+    limits = re.findall(r"^MemoryMax=(\S+)$", unit, re.M)
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    section = guide.split("## Memory", 1)[1].split("\n## ", 1)[0]
+    assert limits == ["512M"] and "`MemoryMax=512M`" in section, limits
+    assert "[Service] MemoryMax=" in section and "[Service]" in unit
+
+
 # -- lintian, last: it has run beside the install tests ----------------------------------------
 
 
