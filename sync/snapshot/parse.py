@@ -181,7 +181,13 @@ def init_parser(params: dict[str, Any]) -> None:
     _parser = Parser(params)
 
 
-def parse_task(task: tuple[int, int, int]) -> tuple[int, bytes | None, list[int], str | None, float, int]:
+# a chunk to parse: (number, spool offset, length)
+Task = tuple[int, int, int]
+# (number, packed rows, row counts, error, seconds, end offset)
+ParseResult = tuple[int, bytes | None, list[int], str | None, float, int]
+
+
+def parse_task(task: Task) -> ParseResult:
     """(number, packed rows, row counts, error, seconds, end offset) of the chunk at
     (number, offset, length)."""
     number, offset, length = task

@@ -15,7 +15,8 @@ without `end` (the daemon died) is an abort. The chunks wait in the spool file f
 parsers (see `_Control`). The exit status is 0 only after `built`.
 
 The build, a pipeline over the chunks in order:
-- **parse** (a pool of forked processes, lowest CPU priority; sync/snapshot/parse.py):
+- **parse** (forked processes, lowest CPU priority; sync/snapshot/parsers.py runs
+  sync/snapshot/parse.py in them):
   each chunk read from the spool and validated in full into table rows — by sync/snapshot/chunk_rows.py, the fast path,
   or, when it cannot decide, by the SnapshotChunk model and sync/store/rows.py, which also
   word any error — then written into a small in-memory SQLite database and handed
@@ -41,7 +42,6 @@ from __future__ import annotations
 
 import gc
 import json
-import multiprocessing
 import os
 import queue
 import resource
@@ -54,7 +54,8 @@ from typing import Any, BinaryIO
 
 from sync.snapshot.build import Build, peak_rss_mb
 from sync.snapshot.disk import write_out
-from sync.snapshot.parse import BuildError, init_parser, parse_task
+from sync.snapshot.parse import BuildError
+from sync.snapshot.parsers import Parsers
 from sync.snapshot.wire import Chunk, CommandReader, End, event_line
 
 PROGRESS_EVERY = 50  # chunks
@@ -67,7 +68,7 @@ def _say(out: BinaryIO, event: str, **fields: Any) -> None:
 
 class _Control:
     """Receives the chunks in a thread — `chunk LENGTH`, then LENGTH bytes of payload — and
-    appends them to the spool, turning each into a parse task at once (the pool starts on
+    appends them to the spool, turning each into a parse task at once (the parsers start on
     a chunk while earlier ones are being inserted). The spool takes what arrives faster
     than it is built (a whole snapshot can arrive in seconds and take a minute to build):
     its first BACKLOG bytes ahead of the builder stay in the page cache, to be read and
@@ -136,8 +137,7 @@ class _Control:
 def run(params: dict[str, Any], control: BinaryIO, out: BinaryIO) -> int:
     started = time.perf_counter()
     parsers = int(params.get("parsers") or min(2, os.cpu_count() or 1))
-    # forked before any SQLite connection exists in this process, and fed by a thread
-    pool = multiprocessing.get_context("fork").Pool(parsers, init_parser, (params,))
+    pool = Parsers(parsers, params)  # forked before any SQLite connection exists in this process
     build: Build | None = None
     commands: _Control | None = None
     ok = False
@@ -145,7 +145,7 @@ def run(params: dict[str, Any], control: BinaryIO, out: BinaryIO) -> int:
         build = Build(params)
         commands = _Control(control, Path(params["spool"]))
         waited = time.perf_counter()
-        for number, packed, counts, error, seconds, end in pool.imap(parse_task, commands):
+        for number, packed, counts, error, seconds, end in pool.map(commands):
             build.timings["waiting"] += time.perf_counter() - waited
             build.timings["parse"] += seconds
             if error is not None:
@@ -159,7 +159,6 @@ def run(params: dict[str, Any], control: BinaryIO, out: BinaryIO) -> int:
         if not commands.ended:
             return 1  # aborted, or the importer went away
         pool.close()
-        pool.join()
         result = build.finish()
         ok = True
         # the parsers were forked from this process: their peak counts what they shared
@@ -188,8 +187,8 @@ def run(params: dict[str, Any], control: BinaryIO, out: BinaryIO) -> int:
         return 2
     finally:
         if commands is not None:
-            commands.stop()  # the pool's feeding thread must not wait for more chunks
-        pool.terminate()
+            commands.stop()  # the parsers' feeding thread must not wait for more chunks
+        pool.kill()
         if build is not None and not ok:
             build.discard()
 
