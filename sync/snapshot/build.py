@@ -83,6 +83,10 @@ class Build:
         ReplicaFiles.remove(self.path)
         self.conn = sqlite3.connect(str(self.path), isolation_level=None)
         c = self.conn
+        # pages of 16 KiB, not 4: a tenth less of the builder's CPU at a million members
+        # (fewer pages to read, write and split, B-trees a level shallower); a tap's look-up
+        # reads one page a level as before, and SQLite's cache is sized in KiB
+        c.execute("PRAGMA page_size=16384")
         # a scratch file until the switch: no journal, no fsync, a big page cache
         c.execute("PRAGMA journal_mode=OFF")
         c.execute("PRAGMA synchronous=OFF")
