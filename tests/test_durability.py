@@ -19,6 +19,7 @@ import pytest
 
 from rules.model import Site
 from sync.store import Store
+from sync.store.db import Checkpointer, wal_pending_bytes
 from sync.store.durability import WalSync
 
 NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
@@ -246,3 +247,47 @@ def test_many_taps_flushing_at_once_all_return(tmp_path: Path) -> None:
             wal.close()
 
     _within(20.0, scenario)
+
+
+def test_the_log_not_yet_checkpointed_is_read_from_the_wal_index(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.db", SITE, background_checkpoints=False)
+    try:
+        assert wal_pending_bytes(tmp_path / "nothing.db") == 0
+        emit(store, 50)
+        pending = wal_pending_bytes(store.path)
+        wal = Path(str(store.path) + "-wal").stat().st_size
+        assert 0 < pending <= wal
+        store.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        assert wal_pending_bytes(store.path) == 0
+        emit(store)  # the log starts again from its beginning; the file keeps its size
+        assert 0 < wal_pending_bytes(store.path) < pending
+        assert Path(str(store.path) + "-wal").stat().st_size == wal
+    finally:
+        store.close()
+
+
+def test_a_checkpoint_waits_for_enough_log_not_for_a_large_file(tmp_path: Path) -> None:
+    """The file's size stays once it has grown: a test of it passed for good and every
+    commit was followed by a checkpoint and its fsync of the database file."""
+
+    class Quick(Checkpointer):
+        INTERVAL = 0.01
+        MIN_BYTES = 64 * 1024
+
+    store = Store(tmp_path / "g.db", SITE, background_checkpoints=False)
+    checkpoints = Quick(lambda: [store.path])
+    try:
+        emit(store, 200)  # well over MIN_BYTES
+        deadline = time.monotonic() + 5
+        while wal_pending_bytes(store.path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert wal_pending_bytes(store.path) == 0  # checkpointed
+        assert Path(str(store.path) + "-wal").stat().st_size > Quick.MIN_BYTES
+        emit(store, 2)  # a little, under MIN_BYTES
+        little = wal_pending_bytes(store.path)
+        assert 0 < little < Quick.MIN_BYTES
+        time.sleep(20 * Quick.INTERVAL)
+        assert wal_pending_bytes(store.path) == little  # left for later
+    finally:
+        checkpoints.stop()
+        store.close()
