@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -19,7 +20,7 @@ import pytest
 
 from rules.model import Site
 from sync.store import Store
-from sync.store.db import Checkpointer, wal_pending_bytes
+from sync.store.db import Checkpointer
 from sync.store.durability import WalSync
 
 NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
@@ -249,45 +250,99 @@ def test_many_taps_flushing_at_once_all_return(tmp_path: Path) -> None:
     _within(20.0, scenario)
 
 
-def test_the_log_not_yet_checkpointed_is_read_from_the_wal_index(tmp_path: Path) -> None:
+class Counted(Checkpointer):
+    """A Checkpointer that counts its checkpoints, with rounds 50 times as often."""
+
+    INTERVAL = 0.01
+    MIN_BYTES = 64 * 1024
+
+    def __init__(self, paths: Callable[[], list[Path]]):
+        self.done = 0
+        super().__init__(paths)
+
+    def checkpoint(self, conn: sqlite3.Connection) -> None:
+        super().checkpoint(conn)
+        self.done += 1
+
+
+def _rounds(checkpoints: Checkpointer, n: int = 20) -> None:
+    time.sleep(n * checkpoints.INTERVAL)
+
+
+def test_a_log_that_kept_its_size_is_not_checkpointed_after_every_commit(tmp_path: Path) -> None:
+    """A log is written again from its start once checkpointed and keeps its size: a
+    test of its size passed for good, and every commit was followed by a checkpoint and
+    its fsync of the database file."""
     store = Store(tmp_path / "g.db", SITE, background_checkpoints=False)
+    checkpoints = Counted(lambda: [store.path])
     try:
-        assert wal_pending_bytes(tmp_path / "nothing.db") == 0
-        emit(store, 50)
-        pending = wal_pending_bytes(store.path)
-        wal = Path(str(store.path) + "-wal").stat().st_size
-        assert 0 < pending <= wal
-        store.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        assert wal_pending_bytes(store.path) == 0
-        emit(store)  # the log starts again from its beginning; the file keeps its size
-        assert 0 < wal_pending_bytes(store.path) < pending
-        assert Path(str(store.path) + "-wal").stat().st_size == wal
+        emit(store, 300)  # well over MIN_BYTES of log
+        _rounds(checkpoints, 50)
+        settled = checkpoints.done
+        assert settled >= 1
+        assert Path(str(store.path) + "-wal").stat().st_size > Counted.MIN_BYTES
+        for _ in range(5):
+            emit(store, 2)  # a little, written over the log's start
+            _rounds(checkpoints)
+        assert checkpoints.done == settled  # left for later
+        emit(store, 600)  # written over the old log and grown MIN_BYTES past its end
+        _rounds(checkpoints, 50)
+        assert checkpoints.done > settled
     finally:
+        checkpoints.stop()
         store.close()
 
 
-def test_a_checkpoint_waits_for_enough_log_not_for_a_large_file(tmp_path: Path) -> None:
-    """The file's size stays once it has grown: a test of it passed for good and every
-    commit was followed by a checkpoint and its fsync of the database file."""
-
-    class Quick(Checkpointer):
-        INTERVAL = 0.01
-        MIN_BYTES = 64 * 1024
+def test_a_little_log_is_checkpointed_in_time_and_an_unwritten_one_not_at_all(tmp_path: Path) -> None:
+    class Often(Counted):
+        EVERY = 0.1
 
     store = Store(tmp_path / "g.db", SITE, background_checkpoints=False)
-    checkpoints = Quick(lambda: [store.path])
+    checkpoints = Often(lambda: [store.path])
     try:
-        emit(store, 200)  # well over MIN_BYTES
-        deadline = time.monotonic() + 5
-        while wal_pending_bytes(store.path) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert wal_pending_bytes(store.path) == 0  # checkpointed
-        assert Path(str(store.path) + "-wal").stat().st_size > Quick.MIN_BYTES
-        emit(store, 2)  # a little, under MIN_BYTES
-        little = wal_pending_bytes(store.path)
-        assert 0 < little < Quick.MIN_BYTES
-        time.sleep(20 * Quick.INTERVAL)
-        assert wal_pending_bytes(store.path) == little  # left for later
+        emit(store, 2)
+        _rounds(checkpoints, 50)
+        assert checkpoints.done == 1
+        _rounds(checkpoints, 50)  # nothing written since
+        assert checkpoints.done == 1
+    finally:
+        checkpoints.stop()
+        store.close()
+
+
+def _posix_locks(path: Path) -> set[tuple[str, str, str]]:
+    """This process's POSIX record locks on `path`, from /proc/locks."""
+    ino = os.stat(path).st_ino
+    held = set()
+    with open("/proc/locks") as f:
+        for line in f:
+            # 1: POSIX  ADVISORY  READ 1234 fd:01:5678 128 128   (waiters have a "->")
+            fields = line.split()
+            if "->" in fields or fields[1] != "POSIX" or int(fields[4]) != os.getpid():
+                continue
+            if int(fields[5].rsplit(":", 1)[1]) == ino:
+                held.add((fields[3], fields[6], fields[7]))
+    return held
+
+
+def test_the_checkpointer_leaves_sqlites_locks_alone(tmp_path: Path) -> None:
+    """Closing any descriptor of a file drops the process's POSIX locks on it, SQLite's
+    included. A reader of the WAL-index (-shm) that opened and closed it dropped the
+    lock by which this process's connections say they use the index; the next
+    connection of another process (the snapshot worker reads the ledger) took the index
+    for unused and truncated it under this process's mapping: SIGBUS."""
+    store = Store(tmp_path / "g.db", SITE, background_checkpoints=False)
+    checkpoints = Counted(lambda: [store.path])
+    shm = Path(str(store.path) + "-shm")
+    dms = ("READ", "128", "128")  # SQLite's "the index is in use" lock (src/os_unix.c, UNIX_SHM_DMS)
+    try:
+        emit(store)
+        assert dms in _posix_locks(shm)
+        for _ in range(3):
+            emit(store, 150)
+            _rounds(checkpoints, 10)
+        assert checkpoints.done >= 1
+        assert dms in _posix_locks(shm)
     finally:
         checkpoints.stop()
         store.close()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import struct
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -38,49 +39,61 @@ def uri(path: Path, mode: str) -> str:
     return f"file:{quote(str(path.resolve()))}?mode={mode}"
 
 
-def wal_pending_bytes(path: Path) -> int:
-    """How much of `path`'s write-ahead log is not yet checkpointed, in bytes, as its
-    WAL-index says (the -shm file; https://www.sqlite.org/walformat.html, section 2.2: in
-    native byte order, `mxFrame` at byte 16 of the first header copy, `nBackfill` at byte
-    96). Not the log file's size: a log is reused from its start once checkpointed and
-    keeps its size, so a size test, once passed, passes for good. Read without SQLite's
-    locks: a torn read can only make one round check too early or too late. 0 when there
-    is no log in use."""
-    try:
-        with open(str(path) + "-shm", "rb") as f:
-            header = f.read(100)
-    except OSError:
-        return 0
-    if len(header) < 100:
-        return 0
-    page = int(_U16.unpack_from(header, 14)[0])
-    frames = int(_U32.unpack_from(header, 16)[0])
-    backfilled = int(_U32.unpack_from(header, 96)[0])
-    page = 65536 if page == 1 else page
-    return max(0, frames - backfilled) * (page + 24)  # a frame: its 24-byte header and a page
+@dataclass
+class _LogSeen:
+    """A log file as its last checkpoint left it."""
 
-
-_U16 = struct.Struct("=H")
-_U32 = struct.Struct("=I")
+    mtime_ns: int | None  # None: not yet checkpointed by this thread
+    size: int
+    at: float  # time.monotonic()
 
 
 class Checkpointer:
-    """Keeps the WALs short from a thread of its own (PASSIVE: never blocks the writer),
-    once MIN_BYTES of a log wait to be copied back: with 100 taps a second that is every
-    few seconds, at a site's usual pace a few times an hour. Each checkpoint ends with an
-    fsync of the database file, on the disk the taps' own flushes wait for.
+    """Keeps the WALs short from a thread of its own (PASSIVE: never blocks the writer).
+
+    A file's log is checkpointed when it has been written since its last checkpoint and
+    either it has grown MIN_BYTES past the size that checkpoint left it at, or EVERY
+    seconds have gone by. Not whenever the log file is MIN_BYTES long: a log is written
+    again from its start once checkpointed and keeps its size, so that test, once passed,
+    passed for good, and every commit was followed by a checkpoint and its fsync of the
+    database file, on the disk the taps' own flushes wait for.
+
+    What the log holds is read from the file's size and time only (a stat, no file
+    opened): closing any descriptor of a file SQLite has open in this process would drop
+    the locks SQLite holds on it (POSIX record locks belong to the process), and the
+    WAL-index a reader of the -shm file would want is under such locks.
 
     `paths` is asked each round which files to look after (the ledger, and whichever
     replica file is current)."""
 
     INTERVAL = 0.5
     MIN_BYTES = 4 * 1024 * 1024
+    EVERY = 60.0  # seconds
 
     def __init__(self, paths: Callable[[], list[Path]]):
         self.paths = paths
+        self._seen: dict[Path, _LogSeen] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
         self._thread.start()
+
+    def due(self, path: Path, now: float) -> bool:
+        """Is `path`'s log to be checkpointed now? (If so, it is taken as done.)"""
+        try:
+            st = Path(str(path) + "-wal").stat()
+        except FileNotFoundError:
+            return False
+        seen = self._seen.setdefault(path, _LogSeen(None, 0, now))
+        if st.st_mtime_ns == seen.mtime_ns:
+            return False  # not written since
+        if st.st_size - seen.size < self.MIN_BYTES and now - seen.at < self.EVERY:
+            return False
+        # as it is before the checkpoint: a write during it is seen next round
+        self._seen[path] = _LogSeen(st.st_mtime_ns, st.st_size, now)
+        return True
+
+    def checkpoint(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _run(self) -> None:
         conns: dict[Path, sqlite3.Connection] = {}
@@ -89,8 +102,10 @@ class Checkpointer:
                 paths = self.paths()
                 for p in [p for p in conns if p not in paths]:
                     conns.pop(p).close()
+                for p in [p for p in self._seen if p not in paths]:
+                    del self._seen[p]
                 for path in paths:
-                    if wal_pending_bytes(path) < self.MIN_BYTES:
+                    if not self.due(path, time.monotonic()):
                         continue
                     try:
                         conn = conns.get(path)
@@ -99,9 +114,10 @@ class Checkpointer:
                             conn = conns[path] = sqlite3.connect(
                                 uri(path, "rw"), uri=True, isolation_level=None, timeout=1.0
                             )
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        self.checkpoint(conn)
                     except sqlite3.Error:
-                        pass  # busy or closing: try again next round
+                        # busy or closing: try again next round
+                        self._seen.pop(path, None)
         finally:
             for conn in conns.values():
                 with contextlib.suppress(sqlite3.Error):
