@@ -9,7 +9,8 @@ a few hundred kilobytes a chunk coming back, that spin was a quarter of the buil
 CPU at a million members (32 CPU-s against 24 without it). Here there is no thread
 but the one that feeds the chunks in: chunk k goes to parser k mod N, down a pipe of
 that parser's own, and the builder reads chunk k's result from that parser's pipe,
-so the order needs no bookkeeping and a parser stays one chunk ahead at most.
+so the order needs no bookkeeping, and a parser waits with at most one finished chunk
+until the builder reads it.
 
 A parser that dies (the OOM killer, a signal) is seen by its process sentinel, and
 reading from it raises `BuildError` instead of waiting for ever.
