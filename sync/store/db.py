@@ -46,6 +46,13 @@ class _LogSeen:
     mtime_ns: int | None  # None: not yet checkpointed by this thread
     size: int
     at: float  # time.monotonic()
+    settled: bool = False  # its mtime was well before the checkpoint (see Checkpointer.due)
+
+
+# A file's times move by the kernel's clock tick, not by the nanosecond: a write within a
+# tick of the one a checkpoint saw leaves the mtime as it was. A checkpoint taken longer
+# than this after the mtime it saw cannot have missed a write that way.
+TICK_NS = 50_000_000
 
 
 class Checkpointer:
@@ -81,15 +88,16 @@ class Checkpointer:
         """Is `path`'s log to be checkpointed now? (If so, it is taken as done.)"""
         try:
             st = Path(str(path) + "-wal").stat()
-        except FileNotFoundError:
+        except OSError:  # no log, or a fault of the store's own to see (sync/store/faults.py)
             return False
         seen = self._seen.setdefault(path, _LogSeen(None, 0, now))
-        if st.st_mtime_ns == seen.mtime_ns:
+        if st.st_mtime_ns == seen.mtime_ns and seen.settled:
             return False  # not written since
         if st.st_size - seen.size < self.MIN_BYTES and now - seen.at < self.EVERY:
             return False
         # as it is before the checkpoint: a write during it is seen next round
-        self._seen[path] = _LogSeen(st.st_mtime_ns, st.st_size, now)
+        settled = time.time_ns() - st.st_mtime_ns > TICK_NS
+        self._seen[path] = _LogSeen(st.st_mtime_ns, st.st_size, now, settled)
         return True
 
     def checkpoint(self, conn: sqlite3.Connection) -> None:
