@@ -269,6 +269,20 @@ def _rounds(checkpoints: Checkpointer, n: int = 20) -> None:
     time.sleep(n * checkpoints.INTERVAL)
 
 
+def _settled(checkpoints: Counted, at_least: int = 1, quiet_rounds: int = 30) -> int:
+    """Its count once it has reached `at_least` and then not moved for `quiet_rounds`
+    (a loaded machine may run its thread late: waited for, up to 10 s)."""
+    deadline = time.monotonic() + 10
+    last, since = checkpoints.done, time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(checkpoints.INTERVAL)
+        if checkpoints.done != last:
+            last, since = checkpoints.done, time.monotonic()
+        elif last >= at_least and time.monotonic() - since >= quiet_rounds * checkpoints.INTERVAL:
+            break
+    return checkpoints.done
+
+
 def test_a_log_that_kept_its_size_is_not_checkpointed_after_every_commit(tmp_path: Path) -> None:
     """A log is written again from its start once checkpointed and keeps its size: a
     test of its size passed for good, and every commit was followed by a checkpoint and
@@ -277,8 +291,7 @@ def test_a_log_that_kept_its_size_is_not_checkpointed_after_every_commit(tmp_pat
     checkpoints = Counted(lambda: [store.path])
     try:
         emit(store, 300)  # well over MIN_BYTES of log
-        _rounds(checkpoints, 50)
-        settled = checkpoints.done
+        settled = _settled(checkpoints)
         assert settled >= 1
         assert Path(str(store.path) + "-wal").stat().st_size > Counted.MIN_BYTES
         for _ in range(5):
@@ -286,8 +299,7 @@ def test_a_log_that_kept_its_size_is_not_checkpointed_after_every_commit(tmp_pat
             _rounds(checkpoints)
         assert checkpoints.done == settled  # left for later
         emit(store, 600)  # written over the old log and grown MIN_BYTES past its end
-        _rounds(checkpoints, 50)
-        assert checkpoints.done > settled
+        assert _settled(checkpoints, settled + 1) > settled
     finally:
         checkpoints.stop()
         store.close()
@@ -301,9 +313,8 @@ def test_a_little_log_is_checkpointed_in_time_and_an_unwritten_one_not_at_all(tm
     checkpoints = Often(lambda: [store.path])
     try:
         emit(store, 2)
-        _rounds(checkpoints, 50)
-        done = checkpoints.done
         # once, or twice when the first came within a clock tick of the write (Checkpointer.due)
+        done = _settled(checkpoints)
         assert 1 <= done <= 2
         _rounds(checkpoints, 50)  # nothing written since
         assert checkpoints.done == done
@@ -343,7 +354,7 @@ def test_the_checkpointer_leaves_sqlites_locks_alone(tmp_path: Path) -> None:
         for _ in range(3):
             emit(store, 150)
             _rounds(checkpoints, 10)
-        assert checkpoints.done >= 1
+        assert _settled(checkpoints) >= 1
         assert dms in _posix_locks(shm)
     finally:
         checkpoints.stop()
