@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sync.snapshot import payload_of
 from sync.snapshot.parse import BuildError, Task
 from sync.snapshot.parsers import Parsers
 from tests.snapshot_fixtures import chunks
@@ -26,7 +27,7 @@ def spooled(tmp_path: Path, n_members: int) -> tuple[dict[str, Any], list[Task]]
     tasks: list[Task] = []
     with open(spool, "wb") as f:
         for number, part in enumerate(parts):
-            payload = part.model_dump_json(by_alias=True).encode()
+            payload = payload_of(part)
             tasks.append((number, f.tell(), len(payload)))
             f.write(payload)
     params = {
