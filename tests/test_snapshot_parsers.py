@@ -4,8 +4,11 @@ their own spinning beside the builder (as multiprocessing.Pool's did)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -85,3 +88,46 @@ def test_no_thread_of_its_own_but_the_feeder(tmp_path: Path) -> None:
         assert [first[0], *(r[0] for r in rest)] == [t[0] for t in tasks]
     finally:
         pool.close()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+HOLDER = """
+import json, sys, time
+from sync.snapshot.parsers import Parsers
+params, tasks = json.loads(sys.argv[1])
+pool = Parsers(2, params)
+results = pool.map([tuple(t) for t in tasks])
+next(results)  # all handed out; the rest of the results left unread
+print(json.dumps([p.pid for p in pool.processes]), flush=True)
+time.sleep(60)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped
+    except FileNotFoundError:
+        return True
+
+
+def test_parsers_end_when_the_builder_is_killed(tmp_path: Path) -> None:
+    """The OOM killer takes the builder first (the largest process): its parsers must see
+    it go and end, not wait for ever with their memory and the spool held."""
+    params, tasks = spooled(tmp_path, 40)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, json.dumps([params, tasks])], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        pids = json.loads(holder.stdout.readline())
+        assert len(pids) == 2 and not any(_gone(p) for p in pids)
+        holder.kill()
+        holder.wait()
+        deadline = time.monotonic() + 10
+        while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_gone(p) for p in pids), [p for p in pids if not _gone(p)]
+    finally:
+        holder.kill()
+        holder.wait()

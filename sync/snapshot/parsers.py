@@ -32,9 +32,15 @@ from sync.snapshot.parse import BuildError, ParseResult, Task, init_parser, pars
 STOP_WAIT = 2.0  # seconds
 
 
-def _serve(params: dict[str, Any], tasks: Connection, results: Connection) -> None:
+def _serve(params: dict[str, Any], tasks: Connection, results: Connection, inherited: list[Connection]) -> None:
     """A parser process: tasks in, results out, until told to stop (None) or the builder
-    goes away."""
+    goes away (its task pipe at its end, its result pipe broken)."""
+    # the builder's ends of this parser's pipes and of the earlier parsers', copied by the
+    # fork: held here, they would keep the parsers from seeing the builder go (the OOM
+    # killer takes the builder first, the largest), and they would wait for ever, their
+    # memory and the spool held
+    for conn in inherited:
+        conn.close()
     init_parser(params)
     try:
         while (task := tasks.recv()) is not None:
@@ -55,7 +61,10 @@ class Parsers:
         for i in range(n):
             task_r, task_w = ctx.Pipe(duplex=False)
             result_r, result_w = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_serve, args=(params, task_r, result_w), name=f"snapshot-parser-{i}", daemon=True)
+            inherited = [task_w, result_r, *self._tasks, *self._results]  # the builder's ends
+            p = ctx.Process(
+                target=_serve, args=(params, task_r, result_w, inherited), name=f"snapshot-parser-{i}", daemon=True
+            )
             p.start()
             task_r.close()
             result_w.close()
