@@ -28,7 +28,7 @@ from gated.daemon import Daemon
 from gated.seed import batch_from
 from rules.credential import Credential
 from simulator.serial_reader import VirtualSerialReader
-from simulator.turnstile import Person, SimTurnstile
+from simulator.turnstile import Fault, Person, SimTurnstile
 from sync.store import Store
 from tests.test_daemon import running_daemon, wait_for
 
@@ -434,3 +434,37 @@ async def test_fire_alarm_raised_during_taps(tmp_path: Path) -> None:
         assert [e["active"] for e in fire][-1] is False
         assert not site.alarms("door_forced")  # the release is not a forced door
         no_double_deduction(site)
+
+
+async def test_evacuee_mid_push_as_the_fire_alarm_resets_is_no_forced_door(tmp_path: Path) -> None:
+    """The panel is reset while someone pushes through the released exit: the relock lands
+    (slowly: the board answers late) after they have opened the door. That opening began
+    while the door stood released, so it is no `door_forced`; a door opened after the
+    relock still is."""
+    async with running_site(tmp_path, fire_site, sims=("in", "out"), extra=fire_input) as site:
+        sim_in, sim_out = site.sims["in"], site.sims["out"]
+        # the person the release lets through pushes 1 s after it, and holds the door
+        sim_out.set_person(turns=True, delay=1.0, hold_door=1.0)
+        sim_in.set_fire_alarm(True)
+        await wait_for(lambda: sim_out.unlocked, 10, "the exit released")
+        released_at = sim_out.coil_history[-1][0]
+        # reset 0.15 s before they push; the exit's board then takes 0.25 s per answer, so
+        # its relock lands at least 0.05 s (the fire input's poll) + 0.25 s after the reset
+        await asyncio.sleep(max(0.0, released_at + 0.85 - time.monotonic()))
+        sim_out.inject(Fault.SLOW_ANSWER, slow_ms=250)
+        sim_in.set_fire_alarm(False)
+        await wait_for(lambda: not sim_out.unlocked, 10, "the exit relocked")
+        relocked_at = sim_out.coil_history[-1][0]
+        await wait_for(lambda: sim_out.passages, 10, "the evacuee through")
+        pushed_at = sim_out.passages[-1] - sim_out.passage_pulse
+        assert released_at < pushed_at < relocked_at, "the push was not inside the release"
+        sim_out.inject(Fault.NONE)
+        await wait_for(lambda: not sim_out.door_open, 10, "the door closed")
+        await asyncio.sleep(0.5)  # readings of the closed door
+        assert not site.alarms("door_forced")
+        # the rotation is reported, as every unclaimed one is, and says why nobody was granted
+        out = [a for a in site.alarms("passage_without_grant") if a["gate"] == "out-1"]
+        assert out and out[-1]["detail"].endswith("while the gate stood released for a fire alarm"), out
+        sim_out.force_door_open()  # and now someone does force it
+        await wait_for(lambda: site.alarms("door_forced"), 10, "door_forced after the relock")
+        sim_out.close_door()

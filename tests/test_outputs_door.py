@@ -146,6 +146,22 @@ CASES = [
         [(131, H)],
     ),
     Case(
+        "door seen opening just as the fire release ends: it may have opened released",
+        [o(0, False, fire_alarm=True), o(1, False, release_ended=True), o(2, True, release_ended=True),
+         o(3, False)],
+        [],
+    ),
+    Case(
+        "the release's doubt lasts one reading: the next opening is forced",
+        [o(0, False, fire_alarm=True), o(1, False, release_ended=True), o(2, False), o(3, True)],
+        [(3, F)],
+    ),
+    Case(
+        "door opened as a hand's hold ends, and left open: held, not forced",
+        [o(0, False, held_released=True), o(1, True, release_ended=True), o(30, True), o(31, True)],
+        [(31, H)],
+    ),
+    Case(
         "door already open at the first reading: not forced, but held",
         [o(0, True), o(29, True), o(30, True)],
         [(30, H)],

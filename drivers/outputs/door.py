@@ -19,6 +19,11 @@ Rules:
 - held_released: the relay is held released on purpose (an installer's `gated relay … on`):
   like a fire alarm's release, an opening then is no forced door and an open door no held
   one — a person is there, doing it.
+- release_ended: such a release (fire alarm, held by hand) ended between the previous
+  reading and this one, or its relock is still being written: an opening seen now may
+  have begun while the relay still stood released (an evacuee mid-push as the panel is
+  reset), so it is no forced door either. One reading's doubt, no more: the next edge is
+  judged as usual.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class Observation:
     lockdown: bool = False
     fire_alarm: bool = False
     held_released: bool = False
+    release_ended: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +119,7 @@ class DoorSupervisor:
             self._grant_at = None  # confirmed; the window stays open for the door itself
 
         if obs.door_open is not None:
-            events += self._door(now, obs.door_open, obs.fire_alarm or obs.held_released)
+            events += self._door(now, obs.door_open, obs.fire_alarm or obs.held_released, obs.release_ended)
 
         if self.reports_not_opened and self._grant_at is not None and now - self._grant_at >= self.passage_timeout:
             waited_for = "passage" if self.has_passage_sensor else "door opening"
@@ -146,7 +152,7 @@ class DoorSupervisor:
             )
         return events
 
-    def _door(self, now: float, door_open: bool, fire_alarm: bool) -> list[AlarmEvent]:
+    def _door(self, now: float, door_open: bool, fire_alarm: bool, release_ended: bool = False) -> list[AlarmEvent]:
         events: list[AlarmEvent] = []
         previous = self.door_open
         self.door_open = door_open
@@ -157,7 +163,7 @@ class DoorSupervisor:
             self._open_authorised = True
         self._fire = fire_alarm
         if door_open and not previous:
-            authorised = fire_alarm or now <= self._window_until
+            authorised = fire_alarm or release_ended or now <= self._window_until
             self._open_since = now
             self._open_authorised = authorised
             if authorised:

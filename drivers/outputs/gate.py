@@ -142,6 +142,11 @@ class GateController:
         # Readings are numbered as they come back. The line runs one request at a time, so
         # a reading that came back after the release's write returned was taken after it.
         self._readings = 0
+        # Readings numbered up to this one may have been taken while the relay stood released
+        # for a fire alarm or by hand (inf while its relock is being written): a door seen
+        # opening in the reading after one of them may have opened before the relock landed.
+        self._released_through: float = -1
+        self._ended_release = "a release"
         self._polled = asyncio.Condition()
         self._waiting = 0  # grants waiting for a passage: poll fast
         self._wake = asyncio.Event()
@@ -252,8 +257,12 @@ class GateController:
                 await self.output.hold(unlocked=True)
                 self.held_by_hand = True
             elif action == "off":
+                ending = self._release_ending()
                 self.held_by_hand = False
-                await self._apply_hold()
+                try:
+                    await self._apply_hold()
+                finally:
+                    self._release_ended(ending)
             elif action == "pulse":
                 await self.output.pulse(seconds)
             else:
@@ -269,12 +278,38 @@ class GateController:
     async def set_fire_alarm(self, on: bool, *, emergency: bool = False) -> None:
         """Fail-safe doors released (`on`) for the fire input, or for an admin's emergency
         release (`emergency`: entries are refused with that reason)."""
+        ending = self._release_ending() if self.fire_alarm and not on else False
         self.emergency = on and emergency
         if on == self.fire_alarm:
             return
         self.fire_alarm = on
         self._observe()
         await self._apply_hold_logged()
+        self._release_ended(ending)
+
+    def _release_ending(self) -> bool:
+        """A fire alarm or a hand's hold is about to end: until its relock has been written,
+        a door seen opening may have opened while the relay stood released."""
+        if not (self.fire_alarm or self.held_by_hand):
+            return False
+        self._released_through = float("inf")
+        self._ended_release = self._release_reason()
+        return True
+
+    def _release_reason(self) -> str:
+        """What holds the gate released now, or what last did (in the alarms' words)."""
+        if self.fire_alarm:
+            return "an emergency release" if self.emergency else "a fire alarm"
+        if self.held_by_hand:
+            return "a hand's hold (gated relay on)"
+        return self._ended_release
+
+    def _release_ended(self, ending: bool) -> None:
+        """The relock was written (or tried: a board that did not answer is read again only
+        after its reconnect, whose first reading proves nothing of the door). The line runs
+        one request at a time, so readings back from now on were taken after it."""
+        if ending:
+            self._released_through = self._readings
 
     # -- state for the console ------------------------------------------------------------
 
@@ -349,8 +384,9 @@ class GateController:
             rising = people > 0
         self.door_open = door_open
         self._settled(self.tracker.reading(self.clock(), seq, ok, people))
-        self._observe(door_open=door_open, passage=rising)
-        self._report_unclaimed()
+        release_ended = seq - 1 <= self._released_through
+        self._observe(door_open=door_open, passage=rising, release_ended=release_ended)
+        self._report_unclaimed(released=self.fire_alarm or self.held_by_hand or release_ended)
         async with self._polled:
             self._polled.notify_all()
 
@@ -365,16 +401,22 @@ class GateController:
                                         f"granted but no {waited_for} within {self.cfg.passage_timeout:g} s"))
         self.supervisor.abandon()
 
-    def _report_unclaimed(self) -> None:
+    def _report_unclaimed(self, *, released: bool) -> None:
         """Rotations no grant claimed: each is reported, never lost. Without a passage
-        sensor the door contact is what turns, and door_forced already says it."""
+        sensor the door contact is what turns, and door_forced already says it. `released`:
+        the gate stood released (a fire alarm, a hand's hold), which the desk should read
+        in the alarm rather than take for a pushed arm."""
         for u in self.tracker.take_unclaimed():
             if not self.supervisor.has_passage_sensor:
                 continue
-            self._alarms.put_nowait((PASSAGE_WITHOUT_GRANT, _unclaimed_detail(u)))
+            detail = _unclaimed_detail(u)
+            if released:
+                detail += f", while the gate stood released for {self._release_reason()}"
+            self._alarms.put_nowait((PASSAGE_WITHOUT_GRANT, detail))
 
     def _observe(
-        self, *, door_open: bool | None = None, passage: bool = False, granted: bool = False
+        self, *, door_open: bool | None = None, passage: bool = False, granted: bool = False,
+        release_ended: bool = False,
     ) -> None:
         events = self.supervisor.observe(
             Observation(
@@ -385,6 +427,7 @@ class GateController:
                 lockdown=self.lockdown,
                 fire_alarm=self.fire_alarm,
                 held_released=self.held_by_hand,
+                release_ended=release_ended,
             )
         )
         for event in events:
