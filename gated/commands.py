@@ -7,11 +7,18 @@ import asyncio
 import getpass
 import json
 import os
-import signal
 import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from gated.sim_commands import (
+    cmd_sim_central,
+    cmd_sim_day,
+    cmd_sim_reader,
+    cmd_sim_site,
+    cmd_sim_turnstile,
+)
 
 if TYPE_CHECKING:
     from gated.config import Config
@@ -441,79 +448,3 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
         return 2
     print(hash_password(pw))
     return 0
-
-
-async def until_stopped(main: Any, grace: float = 5.0) -> None:
-    """Run `main` until it ends or Ctrl-C / SIGTERM; then cancel it and wait at most `grace`
-    seconds. Bounded because aiomqtt's disconnect waits for the broker's answer with no
-    limit: once, under load, `gated sim central` never ended after its one Ctrl-C."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    task = asyncio.ensure_future(main)
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-    if task.done():
-        task.result()  # its error, if it failed
-        return
-    task.cancel()
-    await asyncio.wait({task}, timeout=grace)
-
-
-def cmd_sim_central(args: argparse.Namespace) -> int:
-    from simulator.central import CentralSettings, serve_central
-
-    settings = CentralSettings(host=args.host, port=args.port, prefix=args.prefix, sites=[args.site])
-    seed = Path(args.seed) if args.seed else None
-    try:
-        asyncio.run(until_stopped(serve_central(settings, Path(args.db), seed=seed, site=args.site)))
-    except KeyboardInterrupt:  # before the loop took the signal over
-        pass
-    return 0
-
-
-def cmd_sim_turnstile(args: argparse.Namespace) -> int:
-    from gated import logs
-    from simulator.turnstile import serve_turnstile
-
-    logs.setup("console", "info")
-
-    def ready(sim: Any) -> None:
-        where = f"host: {sim.host}, port: {sim.port}" if args.transport == "tcp" else f"device: {sim.device}"
-        print(f"simulated turnstile ready; in the gate's output: {{transport: {args.transport}, {where}, "
-              f"unit: {args.unit}, coil: 0, passage_input: 0, door_contact: 1}}; Ctrl-C to stop", flush=True)
-
-    try:
-        asyncio.run(
-            serve_turnstile(
-                transport=args.transport, host=args.host, port=args.port, device=args.device, unit=args.unit,
-                turns=not args.no_turn, delay=args.delay, on_ready=ready,
-            )
-        )
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-
-def cmd_sim_reader(args: argparse.Namespace) -> int:
-    from simulator.serial_reader import main as reader_main
-
-    return reader_main(["--link", args.link, "--format", args.format])
-
-
-def cmd_sim_day(args: argparse.Namespace) -> int:
-    from simulator.day.run import run as run_day
-
-    return run_day(args)
-
-
-def cmd_sim_site(args: argparse.Namespace) -> int:
-    from gated.demo import main as demo_main
-
-    return demo_main(["--config", args.config])

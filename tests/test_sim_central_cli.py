@@ -72,14 +72,14 @@ async def test_gated_sim_central_serves_a_site(mosquitto: Mosquitto, tmp_path: P
 
 
 async def test_a_stop_is_bounded_when_the_cleanup_never_ends() -> None:
-    """`gated sim central`'s Ctrl-C (gated.commands.until_stopped): the simulator is cancelled
+    """`gated sim central`'s Ctrl-C (gated.sim_commands.until_stopped): the simulator is cancelled
     and waited for at most its grace, even when its cleanup never ends — as aiomqtt's
     disconnect, waiting with no limit for a broker that does not answer, once did in CI."""
     import asyncio
     import os
     import time
 
-    from gated.commands import until_stopped
+    from gated.sim_commands import until_stopped
 
     cleaned_up = asyncio.Event()
 
