@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.outputs.grant import GrantTracker, Passage
+from drivers.outputs.grant import GrantTracker, Passage, Unclaimed, describe
 
 T = 3.0  # passage_timeout
 STALL = 10.0
@@ -95,3 +95,11 @@ def test_a_gap_longer_than_the_passage_pulse_is_blindness() -> None:
     assert lapse(steady) is Passage.NOT_PASSED
     stalled = [at for at in steady if not 1.0 < at < 1.3]  # 1.0 -> 1.3: 300 ms without a reading
     assert lapse(stalled) is Passage.UNKNOWN
+
+
+def test_the_desk_reads_what_an_unclaimed_rotation_followed() -> None:
+    assert describe(Unclaimed(1.0, None)) == "a rotation with no grant"
+    assert describe(Unclaimed(9.0, (Passage.NOT_PASSED, 0.4))) == (
+        "a rotation with no grant, 0.4 s after a grant that saw no passage")
+    assert describe(Unclaimed(1.0, None), "a fire alarm") == (
+        "a rotation with no grant, while the gate stood released for a fire alarm")

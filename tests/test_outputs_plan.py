@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.outputs.bus import LineTiming, LoadMeter, ModbusLine, Priority, RequestQueue
-from drivers.outputs.plan import PassageCounter, PassageDetector, RelayPlan
+from drivers.outputs.plan import PassageCounter, PassageDetector, RelayPlan, ReleaseTail
 
 # -- RelayPlan --------------------------------------------------------------------------
 
@@ -103,6 +103,16 @@ def test_passage_counter(readings: list[int | None], people: list[int]) -> None:
 
 
 # -- the line ---------------------------------------------------------------------------
+
+
+def test_release_tail_covers_the_relock_and_one_reading_after_it() -> None:
+    tail = ReleaseTail()
+    assert not any(tail.covers(n) for n in range(1, 5))  # no release ended yet
+    tail.ending("a fire alarm")
+    assert tail.covers(5) and tail.covers(6) and tail.why == "a fire alarm"  # relock being written
+    tail.relocked(6)  # six readings had come back when its write returned
+    assert tail.covers(6) and tail.covers(7)  # 7: the previous reading predates the relock
+    assert not tail.covers(8)  # taken after a reading that followed the relock
 
 
 def test_one_device_sends_its_writes_before_its_polls() -> None:

@@ -42,9 +42,9 @@ from rules.reasons import Reason
 
 from .config import DoorMode, ModbusOutputConfig
 from .door import AlarmEvent, AlarmKind, DoorSupervisor, Observation
-from .grant import GrantTracker, Passage, Unclaimed
+from .grant import GrantTracker, Passage, describe
 from .modbus import ModbusGateOutput, OutputFault, OutputHealth, OutputUncertain
-from .plan import PassageCounter, PassageDetector
+from .plan import PassageCounter, PassageDetector, ReleaseTail
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +142,7 @@ class GateController:
         # Readings are numbered as they come back. The line runs one request at a time, so
         # a reading that came back after the release's write returned was taken after it.
         self._readings = 0
-        # Readings numbered up to this one may have been taken while the relay stood released
-        # for a fire alarm or by hand (inf while its relock is being written): a door seen
-        # opening in the reading after one of them may have opened before the relock landed.
-        self._released_through: float = -1
-        self._ended_release = "a release"
+        self.release_tail = ReleaseTail()  # a fire alarm's or a hand's hold's relock (plan.py)
         self._polled = asyncio.Condition()
         self._waiting = 0  # grants waiting for a passage: poll fast
         self._wake = asyncio.Event()
@@ -257,12 +253,15 @@ class GateController:
                 await self.output.hold(unlocked=True)
                 self.held_by_hand = True
             elif action == "off":
-                ending = self._release_ending()
+                ending = self.held_by_hand and not self.fire_alarm
+                if ending:
+                    self.release_tail.ending(self._release_reason() or "a release")
                 self.held_by_hand = False
                 try:
                     await self._apply_hold()
                 finally:
-                    self._release_ended(ending)
+                    if ending:
+                        self.release_tail.relocked(self._readings)
             elif action == "pulse":
                 await self.output.pulse(seconds)
             else:
@@ -278,38 +277,23 @@ class GateController:
     async def set_fire_alarm(self, on: bool, *, emergency: bool = False) -> None:
         """Fail-safe doors released (`on`) for the fire input, or for an admin's emergency
         release (`emergency`: entries are refused with that reason)."""
-        ending = self._release_ending() if self.fire_alarm and not on else False
+        ending = self.fire_alarm and not on and not self.held_by_hand
+        if ending:
+            self.release_tail.ending(self._release_reason() or "a release")
         self.emergency = on and emergency
         if on == self.fire_alarm:
             return
         self.fire_alarm = on
         self._observe()
         await self._apply_hold_logged()
-        self._release_ended(ending)
+        if ending:
+            self.release_tail.relocked(self._readings)
 
-    def _release_ending(self) -> bool:
-        """A fire alarm or a hand's hold is about to end: until its relock has been written,
-        a door seen opening may have opened while the relay stood released."""
-        if not (self.fire_alarm or self.held_by_hand):
-            return False
-        self._released_through = float("inf")
-        self._ended_release = self._release_reason()
-        return True
-
-    def _release_reason(self) -> str:
-        """What holds the gate released now, or what last did (in the alarms' words)."""
+    def _release_reason(self) -> str | None:
+        """What holds the gate released now, in the alarms' words; None when nothing does."""
         if self.fire_alarm:
             return "an emergency release" if self.emergency else "a fire alarm"
-        if self.held_by_hand:
-            return "a hand's hold (gated relay on)"
-        return self._ended_release
-
-    def _release_ended(self, ending: bool) -> None:
-        """The relock was written (or tried: a board that did not answer is read again only
-        after its reconnect, whose first reading proves nothing of the door). The line runs
-        one request at a time, so readings back from now on were taken after it."""
-        if ending:
-            self._released_through = self._readings
+        return "a hand's hold (gated relay on)" if self.held_by_hand else None
 
     # -- state for the console ------------------------------------------------------------
 
@@ -384,9 +368,9 @@ class GateController:
             rising = people > 0
         self.door_open = door_open
         self._settled(self.tracker.reading(self.clock(), seq, ok, people))
-        release_ended = seq - 1 <= self._released_through
+        release_ended = self.release_tail.covers(seq)
         self._observe(door_open=door_open, passage=rising, release_ended=release_ended)
-        self._report_unclaimed(released=self.fire_alarm or self.held_by_hand or release_ended)
+        self._report_unclaimed(self._release_reason() or (self.release_tail.why if release_ended else None))
         async with self._polled:
             self._polled.notify_all()
 
@@ -401,18 +385,13 @@ class GateController:
                                         f"granted but no {waited_for} within {self.cfg.passage_timeout:g} s"))
         self.supervisor.abandon()
 
-    def _report_unclaimed(self, *, released: bool) -> None:
-        """Rotations no grant claimed: each is reported, never lost. Without a passage
-        sensor the door contact is what turns, and door_forced already says it. `released`:
-        the gate stood released (a fire alarm, a hand's hold), which the desk should read
-        in the alarm rather than take for a pushed arm."""
+    def _report_unclaimed(self, released_for: str | None) -> None:
+        """Rotations no grant claimed: each is reported, never lost (with what held the gate
+        released, if anything: the desk should not take an evacuee for a pushed arm).
+        Without a passage sensor the door contact is what turns, and door_forced says it."""
         for u in self.tracker.take_unclaimed():
-            if not self.supervisor.has_passage_sensor:
-                continue
-            detail = _unclaimed_detail(u)
-            if released:
-                detail += f", while the gate stood released for {self._release_reason()}"
-            self._alarms.put_nowait((PASSAGE_WITHOUT_GRANT, detail))
+            if self.supervisor.has_passage_sensor:
+                self._alarms.put_nowait((PASSAGE_WITHOUT_GRANT, describe(u, released_for)))
 
     def _observe(
         self, *, door_open: bool | None = None, passage: bool = False, granted: bool = False,
@@ -535,12 +514,3 @@ class GateController:
         except OutputFault as exc:
             # The level is remembered by the output and written when the board is back.
             log.error("gate %s: could not apply hold: %s", self.gate_id, exc)
-
-
-def _unclaimed_detail(u: Unclaimed) -> str:
-    if u.after is None:
-        return "a rotation with no grant"
-    outcome, ago = u.after
-    what = {Passage.PASSED: "a grant that was passed", Passage.NOT_PASSED: "a grant that saw no passage",
-            Passage.UNKNOWN: "a grant whose passage could not be seen (passage_unconfirmed)"}[outcome]
-    return f"a rotation with no grant, {ago:.1f} s after {what}"

@@ -139,4 +139,17 @@ class GrantTracker:
         self._ended_at = now
 
 
-__all__ = ["GrantTracker", "Passage", "Unclaimed"]
+def describe(u: Unclaimed, released_for: str | None = None) -> str:
+    """The `passage_without_grant` alarm's detail, for the desk to settle: the last grant
+    before the rotation, and what held the gate released (`released_for`), if anything."""
+    if u.after is None:
+        text = "a rotation with no grant"
+    else:
+        outcome, ago = u.after
+        what = {Passage.PASSED: "a grant that was passed", Passage.NOT_PASSED: "a grant that saw no passage",
+                Passage.UNKNOWN: "a grant whose passage could not be seen (passage_unconfirmed)"}[outcome]
+        text = f"a rotation with no grant, {ago:.1f} s after {what}"
+    return text if released_for is None else f"{text}, while the gate stood released for {released_for}"
+
+
+__all__ = ["GrantTracker", "Passage", "Unclaimed", "describe"]

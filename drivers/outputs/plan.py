@@ -16,6 +16,12 @@ PassageDetector: one person is one rising edge of the passage input (or, without
 the door contact). An unknown level (board not answering) forgets the last one, so an
 input already active when the board answers again is not a new person.
 
+ReleaseTail: a release held on purpose (a fire alarm, a hand's hold) ends with a relock the
+line writes in its turn. While that write is out, and in the first reading back after it, a
+door seen opening may have opened while the relay still stood released (an evacuee
+mid-push as the panel is reset): no forced door (door.Observation.release_ended). The line
+runs one request at a time, so readings back after the write returned were taken after it.
+
 PassageCounter: where the board counts the passage pulses itself, one person is one step
 of its 16-bit counter (which wraps); an unknown reading forgets the last count, so what
 the counter moved while the board was silent is not taken for people now.
@@ -79,6 +85,27 @@ class PassageDetector:
         if rising:
             self.edges += 1
         return rising
+
+
+@dataclass(slots=True)
+class ReleaseTail:
+    through: float = -1  # readings numbered up to this may predate the relock (inf: being written)
+    why: str = "a release"  # what the last release was for, in the alarms' words
+
+    def ending(self, why: str) -> None:
+        """The release for `why` is ending: its relock is about to be written."""
+        self.through = float("inf")
+        self.why = why
+
+    def relocked(self, readings: int) -> None:
+        """The relock's write returned (or failed: a board that did not answer is read again
+        only after its reconnect, whose first reading proves nothing of the door) after
+        `readings` readings had come back."""
+        self.through = readings
+
+    def covers(self, reading: int) -> bool:
+        """Reading number `reading` may show an opening that began before the relock."""
+        return reading - 1 <= self.through
 
 
 COUNTER_MODULO = 1 << 16
