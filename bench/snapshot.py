@@ -135,6 +135,11 @@ class LoopWaits:
         self.tid = threading.get_native_id()  # made on the loop's thread
         self.ident = threading.get_ident()
         self.samples: list[tuple[float, str]] = []  # (perf_counter, where)
+        # (perf_counter, the thread's ns on a CPU, its ns waiting for one): its schedstat
+        self.sched: list[tuple[float, int, int]] = []
+        # (perf_counter, the VM's steal time in ticks, all CPUs): the hypervisor running
+        # something else on our virtual CPUs, which no state inside the guest shows
+        self.steal: list[tuple[float, int]] = []
         self._gc_start = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="loop-waits", daemon=True)
@@ -161,7 +166,19 @@ class LoopWaits:
 
     def _run(self) -> None:
         base = f"/proc/self/task/{self.tid}"
+        rounds = 0
         while not self._stop.wait(0.001):
+            rounds += 1
+            now = time.perf_counter()
+            try:
+                with open(f"{base}/schedstat") as f:
+                    run_ns, wait_ns = f.read().split()[:2]
+                self.sched.append((now, int(run_ns), int(wait_ns)))
+                if rounds % 5 == 0:  # /proc/stat is longer to read: every 5 ms (ticks are 10)
+                    with open("/proc/stat") as f:
+                        self.steal.append((now, int(f.readline().split()[8])))
+            except (OSError, ValueError, IndexError):
+                pass
             try:
                 with open(f"{base}/stat") as f:
                     state = f.read().rsplit(")", 1)[1].split()[0]
@@ -192,7 +209,27 @@ class LoopWaits:
         for t, where in self.samples:
             if a <= t <= b:
                 counts[where] = counts.get(where, 0) + 1
-        return [f"{n}× {w}" for w, n in sorted(counts.items(), key=lambda kv: -kv[1])[:4]]
+        places = [f"{n}× {w}" for w, n in sorted(counts.items(), key=lambda kv: -kv[1])[:4]]
+        return [*places, *self._accounts(a, b)]
+
+    def _accounts(self, a: float, b: float) -> list[str]:
+        """Where the lag's time went, by the kernel's accounts: the loop thread on a CPU,
+        waiting for one (runnable, another task on it), and the VM's steal time."""
+        out = []
+        before = [s for s in self.sched if s[0] <= a]
+        after = [s for s in self.sched if s[0] >= b]
+        if before and after:
+            (_, r0, w0), (_, r1, w1) = before[-1], after[0]
+            span = (after[0][0] - before[-1][0]) * 1000
+            out.append(f"sched: on a CPU {(r1 - r0) / 1e6:.1f} ms, waiting for one {(w1 - w0) / 1e6:.1f} ms "
+                       f"of {span:.1f} ms")
+        s_before = [s for s in self.steal if s[0] <= a]
+        s_after = [s for s in self.steal if s[0] >= b]
+        if s_before and s_after:
+            ticks = s_after[0][1] - s_before[-1][1]
+            span = (s_after[0][0] - s_before[-1][0]) * 1000
+            out.append(f"steal: {ticks * 1000 // os.sysconf('SC_CLK_TCK')} ms (all CPUs) in {span:.0f} ms")
+        return out
 
 
 def _stack(frame: Any, depth: int = 6) -> str:

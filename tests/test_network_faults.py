@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
+import signal
 from collections import Counter
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -221,6 +223,36 @@ async def test_broker_restarted_with_state_wiped_while_taps_flow(
         figures = check_ledger(d, central, topups)
         assert figures["deductions"] > 50
         assert d.link.stats["connects"] >= 7
+
+
+async def test_broker_frozen_then_thawed(mosquitto: Mosquitto, central: Central, tmp_path: Path) -> None:
+    """The broker stops answering without going away (SIGSTOP: a hung process, a VM paused):
+    its sockets stay open and take bytes, so no error says it is gone. The link finds out
+    from the keep-alive, says so, keeps tapping into the outbox; thawed, everything arrives
+    exactly once."""
+    async with daemon(tmp_path, mosquitto.port) as d:
+        assert d.store is not None and mosquitto.proc is not None
+        taps = Taps(d)
+        await taps.tap(20)
+        await settle(d, central, "before the freeze")
+        for freeze in range(2):
+            os.kill(mosquitto.proc.pid, signal.SIGSTOP)
+            try:
+                depth = d.store.outbox_depth()
+                for _ in range(8):  # members keep coming while nothing answers
+                    await taps.tap(10)
+                    await asyncio.sleep(0.5)
+                # keep-alive 5 s: a silent broker is known within about one and a half of it
+                await wait_until(lambda: not d.link.connected, timeout=15, what="the link to notice the silence")
+                assert d.health()["broker"] == "disconnected"
+                assert d.store.outbox_depth() > depth
+            finally:
+                os.kill(mosquitto.proc.pid, signal.SIGCONT)
+            await taps.tap(10)
+            await settle(d, central, f"the drain after freeze {freeze}")
+        assert sum(v for k, v in taps.results.items() if k.startswith("granted")) == taps.n
+        figures = check_ledger(d, central)
+        assert figures["events"] > 200
 
 
 # -- delayed, held back and reordered packets ----------------------------------------------------
