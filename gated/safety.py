@@ -9,6 +9,9 @@ The fire-alarm input is the fire panel's, not a person's: it is read again at st
 it cannot be read (board down, wrong address) that is an alarm — event, status, metric,
 console — never silence, and `fire_alarm.on_unknown` says what the gate does meanwhile
 (rules.admission.fire_input_effect).
+
+A fire alarm or an emergency release is also an evacuation, written with its `fire_alarm`
+event: from then on nobody's earlier entry counts as inside (sync/store/evacuation.py).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from drivers.outputs.gate import GateController
 from drivers.outputs.modbus import OutputHealth
 from rules.admission import FireInput, FireInputPolicy, SiteSafety, fire_input_effect
 from rules.timeutil import iso_utc
-from sync.store import Store
+from sync.store import Store, evacuation
 from sync.store.faults import STORAGE_ERRORS
 
 log = structlog.get_logger("gated.safety")
@@ -207,7 +210,12 @@ class Safety:
     def _record(self, event: str, fields: dict[str, Any], operator: str | None, audit: str | None) -> None:
         now = self.clock()
         try:
-            self.store.emit(event, now, **fields)
+            with self.store.transaction() as tx:
+                tx.emit(event, now, **fields)
+                if event == "fire_alarm" and fields.get("active"):
+                    # the site is being evacuated: who is inside is no longer known (the
+                    # site's other daemons learn it from this event)
+                    evacuation.record(tx.conn, now)
             if operator is not None and audit is not None:
                 reason = fields.get("reason")
                 self.store.audit(now, operator, audit, {"reason": reason} if reason else {})

@@ -69,11 +69,13 @@ class Presented:
 
 @dataclass(frozen=True, slots=True)
 class ZonePresence:
-    """The member's last passages through a zone's gates (any daemon of the site)."""
+    """The member's last passages through a zone's gates (any daemon of the site), and the
+    site's last evacuation (a fire alarm or an emergency release: sync/store/evacuation.py)."""
 
     last_at: datetime | None = None
     last_direction: Direction | None = None
     last_entry_at: datetime | None = None
+    evacuated_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +120,25 @@ class Decision:
 
 
 def is_inside(presence: ZonePresence | None, now: datetime, site: Site) -> bool:
-    """Inside: a passed entry and no exit since, forgotten at local midnight."""
+    """Inside: a passed entry and no exit since, forgotten at local midnight and at an
+    evacuation (nobody is known to be inside after one)."""
     if presence is None or presence.last_at is None or presence.last_direction != Direction.IN:
         return False
-    return local_date(presence.last_at, site.timezone) == local_date(now, site.timezone)
+    same_day = local_date(presence.last_at, site.timezone) == local_date(now, site.timezone)
+    return same_day and not evacuated(presence, now, site)
+
+
+def evacuated(presence: ZonePresence | None, now: datetime, site: Site) -> bool:
+    """The member was inside when the site was evacuated, earlier today: a visit cut short
+    (they left by whatever door was nearest, most without a tap), so their next entry is a
+    free re-entry whatever `reentry_grace` says — they paid for the visit the alarm ended."""
+    if presence is None or presence.last_at is None or presence.evacuated_at is None:
+        return False
+    return (
+        presence.last_direction == Direction.IN
+        and presence.last_at < presence.evacuated_at <= now
+        and local_date(presence.last_at, site.timezone) == local_date(now, site.timezone)
+    )
 
 
 def _credential_problem(view: MemberView, presented: Presented, now: datetime) -> Reason | None:
@@ -409,14 +426,14 @@ def decide(
             hint=booked_hint,
         )
 
-    # 3. re-entry within the grace period: free, no pass needed
+    # 3. re-entry within the grace period, or after an evacuation: free, no pass needed
     presence = view.presence.get(gate.zone)
     if (
         gate.reentry_grace > timedelta(0)
         and presence is not None
         and presence.last_entry_at is not None
         and timedelta(0) <= now - presence.last_entry_at <= gate.reentry_grace
-    ):
+    ) or evacuated(presence, now, site):
         return Decision(True, Reason.REENTRY, member.id, anti_passback=flag)
 
     # 4. a walk-in on the best usable pass

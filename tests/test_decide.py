@@ -94,6 +94,12 @@ def entered(at: str, direction: Direction = Direction.IN) -> dict[str, ZonePrese
     return {"main": ZonePresence(last_at=when, last_direction=direction, last_entry_at=when if direction == Direction.IN else t("2026-11-18T08:00"))}
 
 
+def evacuated(at: str, evacuated_at: str, direction: Direction = Direction.IN) -> dict[str, ZonePresence]:
+    """The member's last passage at `at`, and the site evacuated at `evacuated_at`."""
+    (p,) = entered(at, direction).values()
+    return {"main": replace(p, evacuated_at=t(evacuated_at))}
+
+
 CARD = Presented.card()
 
 
@@ -320,6 +326,52 @@ CASES = [
         booking="b1",
         pass_id="p1",
     ),
+    # -- after an evacuation (a fire alarm, an emergency release): sync/store/evacuation.py --
+    Case(
+        "evacuated: hard anti-passback lets them back in, free, with an empty pass",
+        view(visits(balance=0), presence=evacuated("2026-11-18T09:00", "2026-11-18T10:30")),
+        Reason.REENTRY,
+        gate=replace(GATE, anti_passback=AntiPassback.HARD),
+    ),
+    Case(
+        "evacuated: free even where re-entry is disabled (0m)",
+        view(visits(), presence=evacuated("2026-11-18T09:00", "2026-11-18T10:30")),
+        Reason.REENTRY,
+    ),
+    Case(
+        "evacuated: soft anti-passback does not flag them",
+        view(visits(), presence=evacuated("2026-11-18T09:00", "2026-11-18T10:30")),
+        Reason.REENTRY,
+        gate=replace(GATE, anti_passback=AntiPassback.SOFT),
+        anti_passback=False,
+    ),
+    Case(
+        "an entry after the evacuation is inside as usual",
+        view(visits(), presence=evacuated("2026-11-18T11:00", "2026-11-18T10:30")),
+        Reason.ANTI_PASSBACK,
+        gate=replace(GATE, anti_passback=AntiPassback.HARD),
+    ),
+    Case(
+        "an entry yesterday is not a visit the evacuation cut short",
+        view(visits(), presence=evacuated("2026-11-17T20:00", "2026-11-17T21:00")),
+        Reason.WALK_IN,
+        pass_id="p1",
+        amount=Decimal(1),
+    ),
+    Case(
+        "out before the evacuation: a walk-in as usual",
+        view(visits(), presence=evacuated("2026-11-18T09:00", "2026-11-18T10:30", Direction.OUT)),
+        Reason.WALK_IN,
+        pass_id="p1",
+        amount=Decimal(1),
+    ),
+    Case(
+        "a booking still comes first after an evacuation",
+        view(visits(), bookings=(booking(start="2026-11-18T12:05"),), presence=evacuated("2026-11-18T09:00", "2026-11-18T10:30")),
+        Reason.BOOKING,
+        booking="b1",
+        pass_id="p1",
+    ),
     # -- walk-in -----------------------------------------------------------------------------
     Case("walk-in on visits", view(visits()), Reason.WALK_IN, pass_id="p1", amount=Decimal(1)),
     Case("walk-in on credits at its cost", view(visits(kind=PassKind.CREDITS, balance="7.5", walk_in_cost=Decimal("7.5"))), Reason.WALK_IN, pass_id="p1", amount=Decimal("7.5")),
@@ -407,6 +459,10 @@ def test_attends_booking_only_for_booking_grants() -> None:
         (ZonePresence(t("2026-11-18T00:00"), Direction.IN, t("2026-11-18T00:00")), "2026-11-18T23:59:59", True),
         (ZonePresence(t("2026-11-17T23:59:59"), Direction.IN, t("2026-11-17T23:59:59")), "2026-11-18T00:00", False),
         (ZonePresence(t("2026-11-18T10:00"), Direction.OUT, t("2026-11-18T09:00")), "2026-11-18T12:00", False),
+        # evacuated after the entry: not known to be inside; before it, or after now: still inside
+        (ZonePresence(t("2026-11-18T10:00"), Direction.IN, t("2026-11-18T10:00"), t("2026-11-18T10:00:01")), "2026-11-18T12:00", False),
+        (ZonePresence(t("2026-11-18T10:00"), Direction.IN, t("2026-11-18T10:00"), t("2026-11-18T10:00")), "2026-11-18T12:00", True),
+        (ZonePresence(t("2026-11-18T10:00"), Direction.IN, t("2026-11-18T10:00"), t("2026-11-18T12:00:01")), "2026-11-18T12:00", True),
     ],
 )
 def test_is_inside(presence: ZonePresence | None, now: str, inside: bool) -> None:

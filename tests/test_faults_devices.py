@@ -436,6 +436,42 @@ async def test_fire_alarm_raised_during_taps(tmp_path: Path) -> None:
         no_double_deduction(site)
 
 
+def hard_fire_site(sims: dict[str, SimTurnstile], ptys: dict[str, VirtualSerialReader]) -> list[dict[str, Any]]:
+    gates = fire_site(sims, ptys)
+    gates[0]["anti_passback"] = "hard"
+    return gates
+
+
+async def test_members_evacuated_come_back_in_free_after_the_fire_alarm(tmp_path: Path) -> None:
+    """Two members are inside (hard anti-passback, a visit each) when the fire alarm goes
+    off; they leave through the released exit without a tap. After the reset, the gate
+    does not take them for still inside: both come back in, free (`reentry`), and the zone
+    counts them once. A member who had left before the alarm pays as usual."""
+    async with running_site(tmp_path, hard_fire_site, sims=("in", "out"), extra=fire_input) as site:
+        sim_in, daemon = site.sims["in"], site.daemon
+        m1, m2, m3 = list(CARDS)[:3]
+        for card in (m1, m2, m3):
+            r = await site.tap("in-1", card)
+            assert r["reason"] == "walk_in" and r["passed"], r
+        await site.tap("out-plain", m3)  # m3 goes home before the alarm
+        assert daemon.occupancy("main") == 2
+        sim_in.set_fire_alarm(True)
+        await wait_for(lambda: daemon.fire_alarm, 10, "the daemon to see the fire input")
+        sim_in.set_fire_alarm(False)
+        await wait_for(lambda: not daemon.fire_alarm, 10, "the fire alarm to clear")
+        assert daemon.occupancy("main") == 0  # nobody is known to be inside any more
+        before = {card: site.balance(CARDS[card]) for card in (m1, m2, m3)}
+        for card in (m1, m2):
+            r = await site.tap("in-1", card)
+            assert r["decision"] == "granted" and r["reason"] == "reentry" and r["passed"], r
+        r = await site.tap("in-1", m3)
+        assert r["reason"] == "walk_in" and r["passed"], r
+        assert {card: site.balance(CARDS[card]) for card in (m1, m2, m3)} == {**before, m3: before[m3] - 1}
+        assert daemon.occupancy("main") == 3
+        r = await site.tap("in-1", m1)  # inside again, as the rules say
+        assert r["decision"] == "denied" and r["reason"] == "anti_passback", r
+
+
 async def test_evacuee_mid_push_as_the_fire_alarm_resets_is_no_forced_door(tmp_path: Path) -> None:
     """The panel is reset while someone pushes through the released exit: the relock lands
     (slowly: the board answers late) after they have opened the door. That opening began

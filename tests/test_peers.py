@@ -8,20 +8,23 @@ as the link hands them (Store.record_peer_events)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from gated.safety import Safety
 from rules.credential import CredentialKind
 from rules.decide import Presented, decide
-from rules.model import Gate, Policy, Site
+from rules.model import AntiPassback, Gate, Policy, Site
 from rules.reasons import Reason
 from simulator.central import Central, CentralSettings
 from sync.protocol import EventBatch
 from sync.records import BookingIn, MemberIn, PassIn
-from sync.store import Store, SyncBatch
+from sync.store import Store, SyncBatch, evacuation
+from sync.store.occupancy import occupancy
 from tests.tap_fixtures import tap_of
 
 TZ = ZoneInfo("Europe/Madrid")
@@ -175,3 +178,65 @@ def test_the_others_events_do_not_fill_the_time_cache(tmp_path: Path) -> None:
     assert share(a, b, events, {"in-1": "main"})["remote_passages"] == 300
     assert parse_instant.cache_info().currsize == before
 
+
+
+# -- an evacuation (sync/store/evacuation.py) --------------------------------------------------
+
+
+async def test_an_evacuation_at_one_daemon_lets_everyone_back_in_at_every_daemon(tmp_path: Path) -> None:
+    """m1 came in at in-1 and left with everyone when the fire alarm went off at in-2's
+    daemon (its fire input), through a released door, without a tap. Back after the alarm,
+    at either turnstile: not refused as still inside (hard anti-passback), not counted in
+    the zone's occupancy, and not charged a second visit."""
+    a, b = site_store(tmp_path, "s1-in-1"), site_store(tmp_path, "s1-in-2")
+    hard1, hard2 = (replace(g, anti_passback=AntiPassback.HARD) for g in (IN1, IN2))
+    d, committed = tap(a, hard1, at(9))
+    assert d.reason == Reason.WALK_IN and d.amount == 1
+    share(a, b, committed.events, {"in-1": "main"})
+    assert occupancy(b, "main", at(9, 5)) == occupancy(a, "main", at(9, 5)) == 1
+
+    async def alarm(kind: str, detail: str) -> None:
+        pass
+
+    fire = Safety(b, {}, lambda: at(10, 30), alarm)
+    await fire.fire_input_read(True)
+    assert evacuation.latest(b.conn) == at(10, 30)
+    raised = [e for e in b.outbox.events_after(0) if e["type"] == "fire_alarm"]
+    assert [e["active"] for e in raised] == [True]
+    seen = share(b, a, raised, {"in-2": "main"})
+    assert seen["remote_evacuations"] == 1
+    assert evacuation.latest(a.conn) == at(10, 30)
+    # the all-clear (its event says active: false) moves nothing
+    fire.clock = lambda: at(11)
+    await fire.fire_input_read(False)
+    cleared = [e for e in b.outbox.events_after(raised[-1]["seq"]) if e["type"] == "fire_alarm"]
+    assert [e["active"] for e in cleared] == [False]
+    assert share(b, a, cleared, {"in-2": "main"}).get("remote_evacuations", 0) == 0
+    # an old alarm heard late (a catch-up) does not move it back
+    old = {**raised[0], "seq": raised[0]["seq"], "at": at(8).astimezone(ZoneInfo("UTC")).isoformat()}
+    assert share(b, a, [old], {"in-2": "main"}).get("remote_evacuations", 0) == 0
+    assert evacuation.latest(a.conn) == at(10, 30)
+
+    for store, gate in ((a, hard1), (b, hard2)):
+        assert occupancy(store, "main", at(11, 5)) == 0
+        assert store.view("m1", gate, at(11, 5)).presence["main"].evacuated_at == at(10, 30)
+    d, committed = tap(a, hard1, at(11, 10))
+    assert d.granted and d.reason == Reason.REENTRY and d.amount == 0
+    assert a.balance("p1") == 9  # the one visit of the morning
+    # back inside now, by the rules as usual: counted, and refused a second entry at in-2
+    share(a, b, committed.events, {"in-1": "main"})
+    assert occupancy(a, "main", at(11, 15)) == occupancy(b, "main", at(11, 15)) == 1
+    d, _ = tap(b, hard2, at(11, 20))
+    assert d.reason == Reason.ANTI_PASSBACK
+
+
+def test_evacuation_value_moves_only_forwards_and_a_foreign_value_is_none(tmp_path: Path) -> None:
+    store = site_store(tmp_path, "s1-in-1")
+    assert evacuation.latest(store.conn) is None
+    with store.transaction() as tx:
+        assert evacuation.record(tx.conn, at(10))
+        assert not evacuation.record(tx.conn, at(9))
+        assert not evacuation.record(tx.conn, at(10))
+    assert evacuation.latest(store.conn) == at(10)
+    store.set_meta(evacuation.KEY, "yesterday")
+    assert evacuation.latest(store.conn) is None

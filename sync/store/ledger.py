@@ -38,7 +38,7 @@ from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee
 from rules.tap import Tap
 from rules.timeutil import iso_utc, local_date, start_of_local_day
 from sync.errors import StoreError
-from sync.store import peer_events
+from sync.store import evacuation, peer_events
 from sync.store.outbox import Event
 from sync.store.replica import Replica
 from sync.store.rows import BOOKING_READ, booking_from_row, dt, ts
@@ -494,10 +494,13 @@ class Ledger:
             "SELECT at FROM passages WHERE member_id = ? AND zone = ? AND direction = 'in' ORDER BY at DESC LIMIT 1",
             (member_id, zone),
         ).fetchone()
+        direction = Direction(last[1])
         return ZonePresence(
             last_at=dt(last[0]),
-            last_direction=Direction(last[1]),
+            last_direction=direction,
             last_entry_at=dt(entry[0]) if entry else None,
+            # only an entry can be cut short by an evacuation
+            evacuated_at=evacuation.latest(self.conn) if direction is Direction.IN else None,
         )
 
     def qr_seen(self, token_id: str) -> bool:

@@ -4,7 +4,7 @@ Counted from the passages table, which holds this daemon's own passages and thos
 sync link recorded from the site's other daemons (`origin` = their daemon id): a member
 is inside when their latest passage into or out of the zone since local midnight is an
 entry. Anonymous passages (an override with nobody identified) are not counted. Like
-anti-passback, presence resets at local midnight.
+anti-passback, presence resets at local midnight and at an evacuation.
 """
 
 from __future__ import annotations
@@ -13,13 +13,19 @@ import sqlite3
 from datetime import datetime
 
 from rules.timeutil import local_date, start_of_local_day
+from sync.store import evacuation
 from sync.store.store import Store
 
 
 def entries_inside(conn: sqlite3.Connection, zone: str, start: datetime, now: datetime) -> list[tuple[str, float, str]]:
     """(member, when, gate) of each member whose latest passage into or out of `zone`
-    between `start` (local midnight) and `now` is an entry, the latest first: the one
-    query behind occupancy, the capacity limit and the console's "who is inside"."""
+    between `start` (local midnight) — or the site's last evacuation since, after which
+    nobody is known to be inside (sync/store/evacuation.py) — and `now` is an entry, the
+    latest first: the one query behind occupancy, the capacity limit and the console's
+    "who is inside"."""
+    evacuated = evacuation.latest(conn)
+    if evacuated is not None and start < evacuated <= now:
+        start = evacuated
     rows = conn.execute(
         "SELECT member_id, at, gate FROM ("
         " SELECT member_id, direction, at, gate,"

@@ -14,7 +14,9 @@ Why each matters on a site whose gates are separate daemons (one per turnstile):
 - a pass charged at another turnstile and not yet applied by the central system (it may
   be unreachable) is charged here too: its local balance is the central balance minus
   every daemon's charges the central had not applied (the `applied` map, per daemon);
-- a QR code used at one turnstile is used at all of them.
+- a QR code used at one turnstile is used at all of them;
+- a fire alarm or an emergency release at one daemon evacuates the whole site: nobody's
+  earlier entry counts as inside anywhere (sync/store/evacuation.py).
 
 Nothing here emits an event: each charge or refund is counted at the central system
 once, from the daemon that made it.
@@ -34,6 +36,7 @@ from zoneinfo import ZoneInfo
 
 from rules.model import Direction
 from rules.timeutil import parse_instant_once
+from sync.store import evacuation
 from sync.store.rows import ts
 
 _UTC = ZoneInfo("UTC")
@@ -125,6 +128,10 @@ def apply(
                     and isinstance(ref.get("seq"), int):
                 conn.execute("INSERT OR IGNORE INTO site_refunds(daemon, seq) VALUES (?,?)", (ref["daemon"], ref["seq"]))
                 seen["remote_refunds"] += 1
+        elif kind == "fire_alarm" and ev.get("active") is True:
+            # the site evacuated, whichever daemon saw it (sync/store/evacuation.py)
+            if evacuation.record(conn, at):
+                seen["remote_evacuations"] += 1
         elif kind == "qr_used" and isinstance(ev.get("token"), str) and len(ev["token"]) <= 200:
             try:
                 expires = parse_instant_once(str(ev.get("expires")), _UTC)

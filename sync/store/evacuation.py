@@ -1,0 +1,44 @@
+"""The site's last evacuation: a fire alarm or an emergency release anywhere on the site,
+seen on this daemon's own fire input (or set by its admin) or heard in another daemon's
+`fire_alarm` event.
+
+Who was inside before it is no longer known to be inside: people leave by the nearest
+door, released or not, and most of them without a tap. So an entry before it no longer
+counts — not for anti-passback, not for a zone's occupancy — and a member whose visit it
+cut short comes back in free the same day (rules.decide.evacuated). Only the latest one
+matters (an entry before any evacuation is before the latest too), so it is one value in
+`meta`, moved only forwards: an old `fire_alarm` event heard late changes nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+
+KEY = "site.evacuated_at"
+
+
+def latest(conn: sqlite3.Connection) -> datetime | None:
+    row = conn.execute("SELECT value FROM main.meta WHERE key = ?", (KEY,)).fetchone()
+    if row is None:
+        return None
+    try:
+        return datetime.fromtimestamp(float(row[0]), UTC)
+    except (TypeError, ValueError, OverflowError):
+        return None  # not written by this module: as if none
+
+
+def record(conn: sqlite3.Connection, at: datetime) -> bool:
+    """Inside a transaction: the site was evacuated at `at`. False when a later evacuation
+    is already known."""
+    last = latest(conn)
+    if last is not None and last >= at:
+        return False
+    conn.execute(
+        "INSERT INTO main.meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (KEY, repr(at.timestamp())),
+    )
+    return True
+
+
+__all__ = ["KEY", "latest", "record"]
