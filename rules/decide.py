@@ -129,16 +129,16 @@ def is_inside(presence: ZonePresence | None, now: datetime, site: Site) -> bool:
 
 
 def evacuated(presence: ZonePresence | None, now: datetime, site: Site) -> bool:
-    """The member was inside when the site was evacuated, earlier today: a visit cut short
-    (they left by whatever door was nearest, most without a tap), so their next entry is a
-    free re-entry whatever `reentry_grace` says — they paid for the visit the alarm ended."""
-    if presence is None or presence.last_at is None or presence.evacuated_at is None:
+    """The member was inside when the site was evacuated, earlier today — their last entry
+    before it, and no exit before it (they left by whatever door was nearest, with a tap at
+    an exit or without one): a visit cut short, so their next entry is a free re-entry
+    whatever `reentry_grace` says. They paid for the visit the alarm ended."""
+    p = presence
+    if p is None or p.last_at is None or p.last_entry_at is None or p.evacuated_at is None:
         return False
-    return (
-        presence.last_direction == Direction.IN
-        and presence.last_at < presence.evacuated_at <= now
-        and local_date(presence.last_at, site.timezone) == local_date(now, site.timezone)
-    )
+    inside_then = p.last_entry_at < p.evacuated_at and (p.last_direction == Direction.IN or p.last_at >= p.evacuated_at)
+    same_day = local_date(p.last_entry_at, site.timezone) == local_date(now, site.timezone)
+    return inside_then and p.evacuated_at <= now and same_day
 
 
 def _credential_problem(view: MemberView, presented: Presented, now: datetime) -> Reason | None:

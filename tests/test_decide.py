@@ -359,6 +359,12 @@ CASES = [
         amount=Decimal(1),
     ),
     Case(
+        "out through a released exit during the evacuation, with a tap: also free",
+        view(visits(), presence={"main": ZonePresence(t("2026-11-18T10:35"), Direction.OUT, t("2026-11-18T09:00"),
+                                                      t("2026-11-18T10:30"))}),
+        Reason.REENTRY,
+    ),
+    Case(
         "out before the evacuation: a walk-in as usual",
         view(visits(), presence=evacuated("2026-11-18T09:00", "2026-11-18T10:30", Direction.OUT)),
         Reason.WALK_IN,

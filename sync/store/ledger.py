@@ -494,13 +494,12 @@ class Ledger:
             "SELECT at FROM passages WHERE member_id = ? AND zone = ? AND direction = 'in' ORDER BY at DESC LIMIT 1",
             (member_id, zone),
         ).fetchone()
-        direction = Direction(last[1])
         return ZonePresence(
             last_at=dt(last[0]),
-            last_direction=direction,
+            last_direction=Direction(last[1]),
             last_entry_at=dt(entry[0]) if entry else None,
-            # only an entry can be cut short by an evacuation
-            evacuated_at=evacuation.latest(self.conn) if direction is Direction.IN else None,
+            # only a visit can be cut short by an evacuation
+            evacuated_at=evacuation.latest(self.conn) if entry else None,
         )
 
     def qr_seen(self, token_id: str) -> bool:
