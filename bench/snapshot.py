@@ -137,6 +137,10 @@ class LoopWaits:
         self.samples: list[tuple[float, str]] = []  # (perf_counter, where)
         # (perf_counter, the thread's ns on a CPU, its ns waiting for one): its schedstat
         self.sched: list[tuple[float, int, int]] = []
+        # (perf_counter, its minor page faults, its user and system ticks): /proc/.../stat.
+        # On this VM a page the kernel freed is handed back to the host (free page
+        # reporting), so touching fresh memory costs a fault in the host as well
+        self.faults: list[tuple[float, int, int, int]] = []
         # (perf_counter, the VM's steal time in ticks, all CPUs): the hypervisor running
         # something else on our virtual CPUs, which no state inside the guest shows
         self.steal: list[tuple[float, int]] = []
@@ -181,8 +185,10 @@ class LoopWaits:
                 pass
             try:
                 with open(f"{base}/stat") as f:
-                    state = f.read().rsplit(")", 1)[1].split()[0]
-            except OSError:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                state = fields[0]
+                self.faults.append((time.perf_counter(), int(fields[7]), int(fields[11]), int(fields[12])))
+            except (OSError, ValueError, IndexError):
                 continue
             if state == "D":
                 self.samples.append((time.perf_counter(), "kernel: " + self._kernel(base)))
@@ -223,6 +229,12 @@ class LoopWaits:
             span = (after[0][0] - before[-1][0]) * 1000
             out.append(f"sched: on a CPU {(r1 - r0) / 1e6:.1f} ms, waiting for one {(w1 - w0) / 1e6:.1f} ms "
                        f"of {span:.1f} ms")
+        f_before = [f for f in self.faults if f[0] <= a]
+        f_after = [f for f in self.faults if f[0] >= b]
+        if f_before and f_after:
+            (_, m0, u0, s0), (_, m1, u1, s1) = f_before[-1], f_after[0]
+            tick = 1000 // os.sysconf("SC_CLK_TCK")
+            out.append(f"faults: {m1 - m0} minor; ticks user {(u1 - u0) * tick} ms, system {(s1 - s0) * tick} ms")
         s_before = [s for s in self.steal if s[0] <= a]
         s_after = [s for s in self.steal if s[0] >= b]
         if s_before and s_after:
