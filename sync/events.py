@@ -162,7 +162,7 @@ class AlarmEvent(EventBase):
         str,
         Field(
             description="relay_offline, relay_online, door_held, door_forced, not_opened, reader_offline, "
-            "reader_online, passage_without_grant, storage_fault, storage_recovered, exits_not_recorded, "
+            "reader_online, passage_without_grant, passage_while_released, storage_fault, storage_recovered, exits_not_recorded, "
             "ack_beyond_last_seq, "
             "snapshot_held, uplink_stalled, deltas_behind, peers_unheard (and each with `_ended`), overdraft, "
             "qr_double_use, ... (docs/protocol.md, \"Alarms\")"

@@ -4,7 +4,8 @@ One poller per gate reads the inputs (fast while a granted person is expected, s
 otherwise) and feeds one PassageDetector (plan.py) and one GrantTracker (grant.py): a
 grant waits for the tracker's verdict, and the DoorSupervisor sees the same edges, so a
 rotation is detected once. Every rotation is accounted for: claimed by a grant, or
-reported (`passage_without_grant`).
+reported (`passage_without_grant`, or `passage_while_released` while the gate stood
+released for a fire alarm, an emergency release or a hand's hold).
 
 Error contract for the daemon:
 - grant_passage()/open_passage() say what happened after the release, once (grant.py):
@@ -77,6 +78,9 @@ _HEALTH_ALARM = {
 
 
 PASSAGE_WITHOUT_GRANT = "passage_without_grant"
+# a rotation while the gate stood released on purpose: an evacuee (or the installer's
+# test), reported for the count, not for the desk to settle
+PASSAGE_WHILE_RELEASED = "passage_while_released"
 
 
 def stall_limit(passage_timeout: float) -> float:
@@ -386,12 +390,14 @@ class GateController:
         self.supervisor.abandon()
 
     def _report_unclaimed(self, released_for: str | None) -> None:
-        """Rotations no grant claimed: each is reported, never lost (with what held the gate
-        released, if anything: the desk should not take an evacuee for a pushed arm).
+        """Rotations no grant claimed: each is reported, never lost. One while the gate
+        stood released (`released_for`: a fire alarm, ...) is a `passage_while_released`:
+        an evacuee, which the desk must not have to settle one by one as pushed arms.
         Without a passage sensor the door contact is what turns, and door_forced says it."""
+        kind = PASSAGE_WITHOUT_GRANT if released_for is None else PASSAGE_WHILE_RELEASED
         for u in self.tracker.take_unclaimed():
             if self.supervisor.has_passage_sensor:
-                self._alarms.put_nowait((PASSAGE_WITHOUT_GRANT, describe(u, released_for)))
+                self._alarms.put_nowait((kind, describe(u, released_for)))
 
     def _observe(
         self, *, door_open: bool | None = None, passage: bool = False, granted: bool = False,

@@ -140,8 +140,9 @@ class GrantTracker:
 
 
 def describe(u: Unclaimed, released_for: str | None = None) -> str:
-    """The `passage_without_grant` alarm's detail, for the desk to settle: the last grant
-    before the rotation, and what held the gate released (`released_for`), if anything."""
+    """The detail of a `passage_without_grant` alarm, for the desk to settle (the last
+    grant before the rotation), or of a `passage_while_released` (what held the gate
+    released: `released_for`)."""
     if u.after is None:
         text = "a rotation with no grant"
     else:

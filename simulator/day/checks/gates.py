@@ -33,7 +33,8 @@ def check_rotations(run: Run) -> Invariant:
         unconfirmed = [e for e in evs if e["type"] == "passage_unconfirmed"]
         # a rotation no grant claimed (a person slower than passage_timeout, two on one
         # release): not charged, but recorded for the desk to settle
-        unconfirmed += [e for e in evs if e["type"] == "alarm" and e.get("kind") == "passage_without_grant"]
+        unconfirmed += [e for e in evs if e["type"] == "alarm"
+                        and e.get("kind") in ("passage_without_grant", "passage_while_released")]
         figures[name] = {"rotations": rotations, "committed": len(passed), "unconfirmed": len(unconfirmed),
                          "unlocks": ts.get("unlocks")}
         inv.checked += rotations
