@@ -224,6 +224,12 @@ async def test_check_in_validates_and_goes_through_the_ledger(tmp_path: Path) ->
         assert site.turnstile.unlocks == 1 and site.store.balance("p-bruno") == 9
         inside = (await c.get("/api/occupancy")).json()["zones"][0]
         assert inside["inside"] == 1 and inside["capacity"] == 40 and inside["people"][0]["name"] == "Bruno Díaz"
+        assert inside["evacuated_at"] is None
+        # an emergency release evacuates the site: nobody is counted inside after it
+        await site.daemon.operator.set_emergency(True, "boss", "drill")
+        await site.daemon.operator.set_emergency(False, "boss", "drill over")
+        inside = (await c.get("/api/occupancy")).json()["zones"][0]
+        assert inside["inside"] == 0 and inside["people"] == [] and inside["evacuated_at"] is not None
         audit = (await c.get("/api/audit?action=check_in")).json()["rows"]
         assert [a["operator"] for a in audit] == ["desk", "desk"]
         assert "reason: forgot card" in audit[0]["detail_text"]

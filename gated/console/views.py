@@ -19,7 +19,7 @@ from gated.operator import OperatorApi
 from rules.model import Booking, BookingStatus, Gate, Pass
 from rules.reasons import Reason
 from rules.timeutil import local_date, start_of_local_day
-from sync.store import Store
+from sync.store import Store, evacuation
 from sync.store import read_models as rm
 
 DENIALS_DONE = "denials_done"  # the audit action of the desk's "Done" on a denial
@@ -215,6 +215,11 @@ class Views:
     def occupancy(self) -> list[dict[str, Any]]:
         now = self.now()
         start, _ = self.day_bounds(self.today())
+        # after an evacuation today nobody's earlier entry counts (sync/store/evacuation.py)
+        evacuated = evacuation.latest(self.store.conn)
+        if evacuated is None or not start < evacuated <= now:
+            evacuated = None
+        start = evacuated or start
         zones: dict[str, None] = {g.zone: None for g in self.backend.config.gates}
         out = []
         for zone in zones:
@@ -225,6 +230,7 @@ class Views:
                 "inside": len(people),
                 "capacity": cap.capacity if cap is not None else None,
                 "anonymous": rm.anonymous_entries(self.store.conn, zone, start, now),
+                "evacuated_at": self.local_time(evacuated, "%H:%M"),
                 "people": [{"member": p.member, "name": p.name, "since": self.local_time(p.since, "%H:%M"),
                             "gate": p.gate} for p in people[:200]],
             })

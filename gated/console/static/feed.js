@@ -198,7 +198,8 @@ function occupancyBlock(zones) {
     const details = el("details", { class: "zone", "data-zone": z.zone },
       el("summary", null, el("span", { class: "zone-name", text: z.zone }), " ",
         el("strong", { class: "inside-count", text: String(z.inside) }), cap ? " / " + cap + " inside" : " inside",
-        z.anonymous ? el("span", { class: "muted small", text: " · +" + z.anonymous + " let in by the desk" }) : ""),
+        z.anonymous ? el("span", { class: "muted small", text: " · +" + z.anonymous + " let in by the desk" }) : "",
+        z.evacuated_at ? el("span", { class: "muted small", text: " · counted since the evacuation at " + z.evacuated_at }) : ""),
       bar,
       el("ul", { class: "people" }));
     details.addEventListener("toggle", async function () {
