@@ -62,6 +62,31 @@ async def login(page: Any, site: Site, user: str) -> None:
     await page.wait_for_url(site.base + "/")
 
 
+async def test_who_is_inside_counts_from_an_evacuation(tmp_path: Path) -> None:
+    """Bruno is inside; an admin's emergency release (an evacuation) and its end: the desk's
+    panel, open on the list, shows nobody inside and says it counts from the evacuation."""
+    async_playwright = _playwright()
+    async with running_site(tmp_path) as site, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = await (await browser.new_context(viewport=VIEWPORT)).new_page()
+            watch = Watch(page)
+            await login(page, site, "desk")
+            await site.tap("0499887766")  # Bruno, walk-in
+            await page.locator("#occupancy .inside-count", has_text="1").wait_for(timeout=5000)
+            assert await page.locator("#occupancy .evacuated").inner_text() == ""
+            await page.click("#occupancy summary")
+            await page.locator("#occupancy .people li", has_text="Bruno Díaz").wait_for(timeout=5000)
+            await site.daemon.operator.set_emergency(True, "boss", "drill")
+            await site.daemon.operator.set_emergency(False, "boss", "drill over")
+            await page.locator("#occupancy .inside-count", has_text="0").wait_for(timeout=10000)
+            since = re.compile(r"counted since the evacuation at \d\d:\d\d")
+            await page.locator("#occupancy .evacuated", has_text=since).wait_for(timeout=10000)
+            assert watch.errors == []
+        finally:
+            await browser.close()
+
+
 async def test_console_in_chromium(tmp_path: Path) -> None:
     async_playwright = _playwright()
     ARTIFACTS.mkdir(exist_ok=True)

@@ -189,6 +189,10 @@ function initAttention() {
   return { push: push, alarms: function (a) { alarms = a; render(); } };
 }
 
+function evacuatedText(z) {
+  return z.evacuated_at ? " · counted since the evacuation at " + z.evacuated_at : "";
+}
+
 function occupancyBlock(zones) {
   return zones.map(function (z) {
     const cap = z.capacity;
@@ -199,7 +203,7 @@ function occupancyBlock(zones) {
       el("summary", null, el("span", { class: "zone-name", text: z.zone }), " ",
         el("strong", { class: "inside-count", text: String(z.inside) }), cap ? " / " + cap + " inside" : " inside",
         z.anonymous ? el("span", { class: "muted small", text: " · +" + z.anonymous + " let in by the desk" }) : "",
-        z.evacuated_at ? el("span", { class: "muted small", text: " · counted since the evacuation at " + z.evacuated_at }) : ""),
+        el("span", { class: "muted small evacuated", text: evacuatedText(z) })),
       bar,
       el("ul", { class: "people" }));
     details.addEventListener("toggle", async function () {
@@ -266,8 +270,11 @@ async function refreshHealth() {
   const occ = $("#occupancy");
   if (!occ.querySelector("details[open]")) occ.replaceChildren(...occupancyBlock(h.occupancy || []));
   else (h.occupancy || []).forEach(function (z) {
-    const d = occ.querySelector("details[data-zone='" + CSS.escape(z.zone) + "'] .inside-count");
+    const zone = "details[data-zone='" + CSS.escape(z.zone) + "'] ";
+    const d = occ.querySelector(zone + ".inside-count");
     if (d) d.textContent = String(z.inside);
+    const e = occ.querySelector(zone + ".evacuated");
+    if (e) e.textContent = evacuatedText(z);
   });
   const age = h.cache_age_seconds;
   const ageText = age === null || age === undefined ? "never synced" : (age < 120 ? age + " s" : age < 7200 ? Math.round(age / 60) + " min" : Math.round(age / 3600) + " h");

@@ -22,7 +22,7 @@ from sync.store import open_reader
 
 def check_rotations(run: Run) -> Invariant:
     inv = Invariant("rotations", "every rotation of every turnstile is a committed entry (or exit), a "
-                    "passage_unconfirmed event or a passage_without_grant alarm (the desk sees it); no passage is "
+                    "passage_unconfirmed event or a passage_without_grant (or passage_while_released) alarm; no passage is "
                     "recorded without a rotation")
     figures: dict[str, Any] = {}
     for name in sorted(run.daemons):
