@@ -34,7 +34,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from enum import StrEnum
 from typing import Any
 
@@ -257,15 +257,9 @@ class GateController:
                 await self.output.hold(unlocked=True)
                 self.held_by_hand = True
             elif action == "off":
-                ending = self.held_by_hand and not self.fire_alarm
-                if ending:
-                    self.release_tail.ending(self._release_reason() or "a release")
-                self.held_by_hand = False
-                try:
+                with self._release_ends(self.held_by_hand and not self.fire_alarm):
+                    self.held_by_hand = False
                     await self._apply_hold()
-                finally:
-                    if ending:
-                        self.release_tail.relocked(self._readings)
             elif action == "pulse":
                 await self.output.pulse(seconds)
             else:
@@ -281,17 +275,26 @@ class GateController:
     async def set_fire_alarm(self, on: bool, *, emergency: bool = False) -> None:
         """Fail-safe doors released (`on`) for the fire input, or for an admin's emergency
         release (`emergency`: entries are refused with that reason)."""
-        ending = self.fire_alarm and not on and not self.held_by_hand
+        with self._release_ends(self.fire_alarm and not on and not self.held_by_hand):
+            self.emergency = on and emergency
+            if on == self.fire_alarm:
+                return
+            self.fire_alarm = on
+            self._observe()
+            await self._apply_hold_logged()
+
+    @contextlib.contextmanager
+    def _release_ends(self, ending: bool) -> Iterator[None]:
+        """Around the relock that ends a release held on purpose (`ending`): from before
+        its write to the reading after it, a door seen opening may have opened released
+        (plan.ReleaseTail)."""
         if ending:
             self.release_tail.ending(self._release_reason() or "a release")
-        self.emergency = on and emergency
-        if on == self.fire_alarm:
-            return
-        self.fire_alarm = on
-        self._observe()
-        await self._apply_hold_logged()
-        if ending:
-            self.release_tail.relocked(self._readings)
+        try:
+            yield
+        finally:
+            if ending:
+                self.release_tail.relocked(self._readings)
 
     def _release_reason(self) -> str | None:
         """What holds the gate released now, in the alarms' words; None when nothing does."""
