@@ -129,6 +129,9 @@ async def test_capacity_full_denies_site_full(tmp_path: Path) -> None:
         assert (await tap(d, "AA02"))["reason"] == "site_full"
         assert (await tap(d, "AA01", "out"))["reason"] == "exit"
         assert (await tap(d, "AA02"))["decision"] == "granted"
+        # at capacity again, but AA02 is the one inside: a tap of theirs needs no new place
+        assert (await tap(d, "AA02"))["decision"] == "granted"
+        assert (await tap(d, "AA01"))["reason"] == "site_full"
 
 
 async def test_lockdown_and_relay_fault(tmp_path: Path) -> None:

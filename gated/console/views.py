@@ -216,9 +216,7 @@ class Views:
         now = self.now()
         start, _ = self.day_bounds(self.today())
         # after an evacuation today nobody's earlier entry counts (sync/store/evacuation.py)
-        evacuated = evacuation.latest(self.store.conn)
-        if evacuated is None or not start < evacuated <= now:
-            evacuated = None
+        evacuated = evacuation.since(self.store.conn, start, now)
         start = evacuated or start
         zones: dict[str, None] = {g.zone: None for g in self.backend.config.gates}
         out = []

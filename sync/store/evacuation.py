@@ -18,14 +18,29 @@ from datetime import UTC, datetime
 KEY = "site.evacuated_at"
 
 
+# the value as a column of another query (a tap's presence look-up reads it with its own)
+SELECT = f"(SELECT value FROM main.meta WHERE key = '{KEY}')"
+
+
 def latest(conn: sqlite3.Connection) -> datetime | None:
-    row = conn.execute("SELECT value FROM main.meta WHERE key = ?", (KEY,)).fetchone()
-    if row is None:
+    return parse(conn.execute(f"SELECT {SELECT}").fetchone()[0])
+
+
+def parse(value: object) -> datetime | None:
+    """The stored value (`SELECT`) as an instant."""
+    if value is None:
         return None
     try:
-        return datetime.fromtimestamp(float(row[0]), UTC)
-    except (TypeError, ValueError, OverflowError):
+        return datetime.fromtimestamp(float(str(value)), UTC)
+    except (ValueError, OverflowError):
         return None  # not written by this module: as if none
+
+
+def since(conn: sqlite3.Connection, start: datetime, now: datetime) -> datetime | None:
+    """The last evacuation, if it falls after `start` and not after `now`: from then on,
+    not from `start`, is who is inside counted."""
+    at = latest(conn)
+    return at if at is not None and start < at <= now else None
 
 
 def record(conn: sqlite3.Connection, at: datetime) -> bool:
@@ -41,4 +56,4 @@ def record(conn: sqlite3.Connection, at: datetime) -> bool:
     return True
 
 
-__all__ = ["KEY", "latest", "record"]
+__all__ = ["KEY", "SELECT", "latest", "parse", "record", "since"]

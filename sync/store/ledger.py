@@ -490,16 +490,17 @@ class Ledger:
         ).fetchone()
         if last is None:
             return ZonePresence()
+        # the site's last evacuation read with it: only a visit can be cut short by one
         entry = self.conn.execute(
-            "SELECT at FROM passages WHERE member_id = ? AND zone = ? AND direction = 'in' ORDER BY at DESC LIMIT 1",
+            f"SELECT at, {evacuation.SELECT} FROM passages WHERE member_id = ? AND zone = ? AND direction = 'in' "
+            "ORDER BY at DESC LIMIT 1",
             (member_id, zone),
         ).fetchone()
         return ZonePresence(
             last_at=dt(last[0]),
             last_direction=Direction(last[1]),
             last_entry_at=dt(entry[0]) if entry else None,
-            # only a visit can be cut short by an evacuation
-            evacuated_at=evacuation.latest(self.conn) if entry else None,
+            evacuated_at=evacuation.parse(entry[1]) if entry else None,
         )
 
     def qr_seen(self, token_id: str) -> bool:

@@ -23,9 +23,7 @@ def entries_inside(conn: sqlite3.Connection, zone: str, start: datetime, now: da
     nobody is known to be inside (sync/store/evacuation.py) — and `now` is an entry, the
     latest first: the one query behind occupancy, the capacity limit and the console's
     "who is inside"."""
-    evacuated = evacuation.latest(conn)
-    if evacuated is not None and start < evacuated <= now:
-        start = evacuated
+    start = evacuation.since(conn, start, now) or start
     rows = conn.execute(
         "SELECT member_id, at, gate FROM ("
         " SELECT member_id, direction, at, gate,"
@@ -57,9 +55,10 @@ def is_full(store: Store, zone: str, capacity: int | None, now: datetime, *, mem
     inside (a re-entry) does not need a new place."""
     if capacity is None:
         return False
-    if member is not None and member in set(inside(store, zone, now)):
+    entries = _since_midnight(store, zone, now)  # one query on the tap's path, not two
+    if member is not None and any(m == member for m, _, _ in entries):
         return False
-    return occupancy(store, zone, now) >= capacity
+    return len(entries) >= capacity
 
 
 __all__ = ["entries_inside", "inside", "is_full", "occupancy"]
