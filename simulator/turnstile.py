@@ -212,6 +212,14 @@ class SimTurnstile:
         self._fault = Fault(fault)
         self._slow = slow_ms / 1000.0
 
+    def push_through(self, person: Person | None = None) -> bool:
+        """Someone pushes the arm without a tap (an evacuee at a released gate): it goes
+        round only while the gate stands unlocked. False: it is locked."""
+        if not self.unlocked:
+            return False
+        self._spawn(self._walk_through(person or Person()))
+        return True
+
     def set_fire_alarm(self, active: bool) -> None:
         self._fire = active
 

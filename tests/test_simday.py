@@ -79,6 +79,13 @@ def test_a_short_day_with_every_fault_keeps_the_books(short_day: tuple[Path, dic
         assert outcomes.get(key, 0) > 0, key
     done = {c["kind"] for c in r["chaos"] if "skipped" not in c}
     assert done == set(P.CHAOS_KINDS), done
+    # the fire drill: people inside went out (some through the released turnstiles, each
+    # rotation reported, none charged) and came back in after the all-clear, free
+    h = json.loads((d / "harness.json").read_text())
+    assert h["evacuees"], "nobody was inside when the fire alarm sounded"
+    back = [t for t in h["taps"] if t["purpose"] == "after_evacuation" and t["decision"] == "granted"]
+    assert any(t["reason"] == "reentry" for t in back), back
+    assert outcomes.get("denied:fire_alarm", 0) > 0  # arrivals during the alarm waited outside
     rot = next(i for i in r["invariants"] if i["name"] == "rotations")["figures"]
     assert rot["rotations"] > 100 and rot["rotations"] <= rot["committed"] + rot["unconfirmed"]
     assert r["latency"]["tap_to_coil_ms"]["n"] > 50 and r["latency"]["tap_to_coil_ms"]["p99"] is not None

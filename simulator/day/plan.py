@@ -27,9 +27,12 @@ RESEND_DELTAS = "resend_deltas"  # the site's recent deltas re-sent, shuffled
 UNPLUG_READER = "unplug_reader"
 RELAY_OFFLINE = "relay_offline"  # the turnstile's Modbus board stops answering
 NEVER_TURNS = "never_turns"  # people granted at this turnstile do not turn it
+# the fire panel's contact active at every turnstile of a site for `duration`: who is inside
+# leaves, through a released turnstile or a fire exit, and comes back after the all-clear
+FIRE_DRILL = "fire_drill"
 CHAOS_KINDS = (
     KILL_GATE, RESTART_SITE_BROKER, CUT_WAN, STOP_CENTRAL, PUSH_SNAPSHOT, RESEND_DELTAS,
-    UNPLUG_READER, RELAY_OFFLINE, NEVER_TURNS,
+    UNPLUG_READER, RELAY_OFFLINE, NEVER_TURNS, FIRE_DRILL,
 )
 # what needs the bridged topology (site brokers bridged to the central broker)
 NEEDS_BRIDGE = (CUT_WAN,)
@@ -332,6 +335,9 @@ def _chaos(
         out.append(Chaos(at(), RELAY_OFFLINE, rnd.choice(sites), rnd.choice(GATES), duration=rnd.uniform(120, 600)))
     for _ in range(n(2)):
         out.append(Chaos(at(), NEVER_TURNS, rnd.choice(sites), rnd.choice(IN_GATES), duration=rnd.uniform(60, 300)))
+    # drawn last: the other faults of a seed stay where they were before drills existed
+    for _ in range(n(1)):
+        out.append(Chaos(at(0.1, 0.85), FIRE_DRILL, rnd.choice(sites), duration=rnd.uniform(4 * 60, 12 * 60)))
     out.sort(key=lambda c: c.at)
     return out
 

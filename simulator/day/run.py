@@ -128,7 +128,7 @@ async def run_day(
         sampler = Sampler(chain, records, interval=2.0)
         sampler_task = asyncio.create_task(sampler.run())
         traffic = Traffic(chain, pop, plan, records, seed)
-        chaos = ChaosRunner(chain, plan, records, seed)
+        chaos = ChaosRunner(chain, plan, records, seed, traffic)
         traffic.start()
         chaos.start()
         t_day = time.monotonic()

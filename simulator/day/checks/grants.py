@@ -7,6 +7,7 @@ fault)."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -35,6 +36,9 @@ def check_grants(run: Run) -> Invariant:
         for b in bookings.values():
             by_member_booking[b.member].append(b)
         evs = run.events.get(site, [])
+        # the site's evacuations: each daemon records one as its fire input goes active, and
+        # learns the others' from their events (sync/store/evacuation.py)
+        fires = [e for e in evs if e["type"] == "fire_alarm" and e.get("active")]
         # what every daemon did, in order, to rebuild views from
         for e in evs:
             if not (e["type"] == "access" and e.get("decision") == "granted" and e.get("reason") in ENTRY_REASONS):
@@ -47,8 +51,9 @@ def check_grants(run: Run) -> Invariant:
             inv.checked += 1
             t = instant(e.get("decided_at") or e["at"])
             views = {
-                "as_the_gate_knew": _view(run, site, e, t, m, by_member_pass, by_member_booking, own_only=True),
-                "everything": _view(run, site, e, t, m, by_member_pass, by_member_booking, own_only=False),
+                "as_the_gate_knew": _view(run, site, e, t, m, by_member_pass, by_member_booking, fires,
+                                          own_only=True),
+                "everything": _view(run, site, e, t, m, by_member_pass, by_member_booking, fires, own_only=False),
             }
             presented = Presented(CredentialKind.QR if e.get("credential") == "qr" else CredentialKind.CARD)
             if presented.kind == CredentialKind.QR:
@@ -72,7 +77,7 @@ def check_grants(run: Run) -> Invariant:
 
 def _view(run: Run, site: str, e: dict[str, Any], t: datetime, m: Member,
           by_member_pass: dict[str, list[Pass]], by_member_booking: dict[str, list[Booking]],
-          *, own_only: bool) -> MemberView:
+          fires: list[dict[str, Any]], *, own_only: bool) -> MemberView:
     """The member as a gate saw them at `t`: own_only — from this daemon's own events only
     (what it always knows); else from every event of the site before `t`."""
     daemon, seq = e["_daemon"], e["seq"]
@@ -110,6 +115,9 @@ def _view(run: Run, site: str, e: dict[str, Any], t: datetime, m: Member,
             direction = Direction.OUT if x.get("reason") == "exit" else Direction.IN
             last_entry = at if direction == Direction.IN else presence.last_entry_at
             presence = ZonePresence(at, direction, last_entry)
+    evacuations = [instant(x["at"]) for x in fires if known(x) and instant(x["at"]) <= t]
+    if evacuations:
+        presence = replace(presence, evacuated_at=max(evacuations))
     return MemberView(m, tuple(passes), tuple(bookings), {d_zone(run, e): presence})
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from simulator.day import plan as P
 from simulator.day.harness.rig import PERSON, Chain, GateRig
-from simulator.day.harness.traffic import Records
+from simulator.day.harness.traffic import Records, Traffic
 
 # A fault at one gate: the rig's flag (what the traffic and the report read), how it starts,
 # how it ends.
@@ -24,8 +24,9 @@ GATE_FAULTS: dict[str, tuple[str, Callable[[GateRig], None], Callable[[GateRig],
 
 
 class ChaosRunner:
-    def __init__(self, chain: Chain, plan: P.Plan, records: Records, seed: int):
+    def __init__(self, chain: Chain, plan: P.Plan, records: Records, seed: int, traffic: Traffic):
         self.chain = chain
+        self.traffic = traffic  # a fire drill sends the people inside out
         self.plan = plan
         self.records = records
         self.seed = seed
@@ -118,6 +119,20 @@ class ChaosRunner:
                     break
                 await clock.sleep(60)
             self._log(i, c, "done", result=out)
+        elif c.kind == P.FIRE_DRILL:
+            assert c.site
+            site = c.site
+            boards = [r.turnstile for (s, _), r in sorted(ch.gates.items()) if s == site]
+            for board in boards:  # the panel's contact on every turnstile's board
+                board.set_fire_alarm(True)
+            evacuees = self.traffic.evacuate(site, self.seed + i)
+
+            def all_clear() -> None:
+                for board in boards:
+                    board.set_fire_alarm(False)
+                self.traffic.end_drill(site)
+
+            await self._lasting(i, c, all_clear, evacuees=evacuees)
         elif c.kind in GATE_FAULTS:
             assert c.site and c.gate
             rig = ch.gates[(c.site, c.gate)]

@@ -182,6 +182,10 @@ class Chain:
             "policy": {"early_entry": spec.early_entry, "no_show_fee": spec.no_show_fee, "no_show_after": "15m",
                        "loyalty_delay": "30m"},
             "gates": [g],
+            # the fire panel's contact, wired to every turnstile's board (its input 2): each
+            # daemon sees the alarm itself, as a site's fail-safe gates must
+            "fire_alarm": {"transport": "tcp", "host": "127.0.0.1", "port": modbus_port, "unit": 1, "input": 2,
+                           "active_low": False, "poll_interval": 0.2, "timeout": 0.3},
             "mqtt": mqtt,
             # one daemon of the site (the desk's) finalises no-shows and credits loyalty; it
             # learns the other gates' attendance from their events

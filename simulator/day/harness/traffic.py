@@ -85,13 +85,15 @@ class Records:
     back_office: list[dict[str, Any]] = field(default_factory=list)
     chaos: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # who left in a fire drill, and how: through a released turnstile or a fire exit
+    evacuees: list[dict[str, Any]] = field(default_factory=list)
 
     def real(self) -> float:
         return round(time.monotonic() - self.t0, 3)
 
     def to_json(self) -> dict[str, Any]:
         return {"taps": [asdict(t) for t in self.taps], "desk": self.desk, "back_office": self.back_office,
-                "chaos": self.chaos, "notes": self.notes}
+                "chaos": self.chaos, "notes": self.notes, "evacuees": self.evacuees}
 
 
 class GateQueue:
@@ -185,6 +187,11 @@ class Traffic:
         self.passes = {s.id: pop.passes_at(s.id) for s in pop.sites}
         self.bookings = {s.id: pop.bookings_at(s.id) for s in pop.sites}
         self.inside: set[tuple[str, str]] = set()  # (site, member) as the people know it
+        # (site, member) -> set when a fire drill takes them out of the visit they are on
+        self.evacuated: dict[tuple[str, str], asyncio.Event] = {}
+        self.all_clear = {s.id: asyncio.Event() for s in pop.sites}  # clear while a drill lasts
+        for ev in self.all_clear.values():
+            ev.set()
         self._qr_n = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self.errors: list[str] = []
@@ -264,7 +271,8 @@ class Traffic:
                                expires=st.last_token_expires)
         if v.reentry is not None:
             out_at, back_at = v.reentry
-            await self.clock.sleep_until(out_at)
+            if not await self._stay(v, rnd, st, out_at):
+                return
             if await self.leave(v, rnd):
                 await self.clock.sleep_until(back_at)
                 if not await self.enter(v, rnd, st, again=True):
@@ -272,8 +280,70 @@ class Traffic:
         if v.refund_at is not None and st.walked_in_early and v.booking:
             await self.clock.sleep_until(v.refund_at)
             await self.desk(v.site, "attend", booking=v.booking, refund=True, member=v.member)
-        await self.clock.sleep_until(v.leave)
-        await self.leave(v, rnd)
+        if await self._stay(v, rnd, st, v.leave):
+            await self.leave(v, rnd)
+
+    async def _stay(self, v: Visit, rnd: random.Random, st: VisitState, until: datetime) -> bool:
+        """Inside until `until`; True if still inside then. A fire drill takes them out: after
+        the all-clear they come back in (free, the gate should say) if enough of the visit is
+        left, else they go home."""
+        key = (v.site, v.member)
+        while True:
+            gone = self.evacuated.get(key)
+            if gone is None:
+                return key in self.inside
+            if not gone.is_set():
+                stay = asyncio.ensure_future(self.clock.sleep_until(until))
+                evacuated = asyncio.ensure_future(gone.wait())
+                await asyncio.wait({stay, evacuated}, return_when=asyncio.FIRST_COMPLETED)
+                for t in (stay, evacuated):
+                    t.cancel()
+                if not gone.is_set():
+                    return key in self.inside
+            await self.all_clear[v.site].wait()
+            back = self.clock.now() + timedelta(seconds=rnd.uniform(120, 600))
+            if back + timedelta(minutes=10) >= until:
+                return False  # not worth it: home
+            await self.clock.sleep_until(back)
+            if not await self.enter(v, rnd, st, again=True, purpose="after_evacuation"):
+                return False
+
+    # -- a fire drill ----------------------------------------------------------------------------
+
+    def evacuate(self, site: str, seed: int) -> int:
+        """The fire alarm sounds at `site`: everyone inside leaves — through a turnstile
+        that stands released (no tap: the arm turns freely) or by a fire exit, which has
+        no turnstile. Returns how many."""
+        self.all_clear[site].clear()
+        rnd = random.Random(seed)
+        people = sorted(m for s, m in self.inside if s == site)
+        for member in people:
+            self.inside.discard((site, member))
+            gone = self.evacuated.get((site, member))
+            if gone is not None:
+                gone.set()
+            self._spawn(self._evacuee(site, member, rnd.uniform(5, 120), rnd.random() < 0.6), f"evacuee {member}")
+        return len(people)
+
+    def end_drill(self, site: str) -> None:
+        self.all_clear[site].set()
+
+    async def _evacuee(self, site: str, member: str, after: float, by_turnstile: bool) -> None:
+        await self.clock.sleep(after)
+        route = "fire_exit"
+        if by_turnstile:
+            for gate in (EXIT_GATE, *IN_GATES):  # the nearest first: the exit
+                q = self.queues[(site, gate)]
+                async with q.lock:  # one person in the arm at a time
+                    if q.rig.turnstile.push_through():
+                        route = gate
+                        for _ in range(100):  # the arm comes round before the next person
+                            await asyncio.sleep(0.02)
+                            if not q.rig.turnstile.passage_active:
+                                break
+                        break
+        self.records.evacuees.append({"sim": self.clock.now().isoformat(), "real": self.records.real(),
+                                      "site": site, "member": member, "route": route})
 
     def _credential(self, v: Visit, *, expired: bool = False) -> tuple[str, bool, datetime | None]:
         """The card, or the app's code: (credential, is a QR code, its expiry)."""
@@ -284,7 +354,8 @@ class Traffic:
             return token, True, expires
         return self.cards[v.member], False, None
 
-    async def enter(self, v: Visit, rnd: random.Random, st: VisitState, *, again: bool = False) -> bool:
+    async def enter(self, v: Visit, rnd: random.Random, st: VisitState, *, again: bool = False,
+                    purpose: str | None = None) -> bool:
         tried_window = tried_topup = False
         expired_first = v.qr_expired and not again
         for _attempt in range(8):
@@ -296,9 +367,9 @@ class Traffic:
             cred, is_qr, expires = self._credential(v, expired=expired_first)
             expired_first = False
             ans = await self.tap(v.site, gate, cred, qr=is_qr, who=v.member,
-                                 purpose="reentry" if again else v.kind)
+                                 purpose=purpose or ("reentry" if again else v.kind))
             if ans.entered:
-                self.inside.add((v.site, v.member))
+                self._inside(v.site, v.member)
                 st.last_token, st.last_gate = (cred if is_qr else None), gate
                 st.last_token_expires = expires
                 if ans.reason == "walk_in" and v.kind == "early":
@@ -309,6 +380,11 @@ class Traffic:
                 await self.clock.sleep(rnd.uniform(40, 120))
                 continue
             reason = ans.reason
+            if reason in ("fire_alarm", "emergency_release"):
+                # the building is being evacuated: they wait outside for the all-clear
+                await self.all_clear[v.site].wait()
+                await self.clock.sleep(rnd.uniform(60, 300))
+                continue
             if reason == "qr_expired":
                 await asyncio.sleep(0.5)
                 continue  # the app shows a fresh code
@@ -355,9 +431,13 @@ class Traffic:
         """The desk opens the gate once for the member; True when it did."""
         status, _ = await self.desk(v.site, "open", gate=DESK_GATE, reason=reason, member=v.member)
         if status == 200:
-            self.inside.add((v.site, v.member))
+            self._inside(v.site, v.member)
             return True
         return False
+
+    def _inside(self, site: str, member: str) -> None:
+        self.inside.add((site, member))
+        self.evacuated[(site, member)] = asyncio.Event()
 
     async def _back_office(self, site: str, kind: str, cmd: dict[str, Any], **entry: Any) -> dict[str, Any]:
         """A change the back office makes at the central system, recorded for the checks."""
@@ -375,6 +455,8 @@ class Traffic:
 
     async def leave(self, v: Visit, rnd: random.Random) -> bool:
         for _attempt in range(40):
+            if (v.site, v.member) not in self.inside:
+                return True  # a fire drill took them out while they waited by the exit
             # the card that did not work at the entrance stays in the locker: out with the app
             app = v.qr or v.kind == "forgot_card"
             cred, is_qr = (self.qr(v.site, v.member), True) if app else (self.cards[v.member], False)
