@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from gated.control import request
+from rules.credential import mask
 from simulator.serial_reader import VirtualSerialReader
 from simulator.turnstile import Person, SimTurnstile
 from sync.store.db import uri
@@ -45,10 +46,19 @@ class Gate:
         return [ln for ln in self.lines if ln.get("event") == "tap"]
 
     async def tap(self, card: str, *, exit_gate: bool = False) -> dict[str, Any]:
+        """The card's own `tap` line: a tap made just before through the control socket
+        (whose answer came back on the socket) may log its line after this one began."""
         before = len(self.taps())
+        want = mask(card)
         (self.exit_reader if exit_gate else self.reader).tap(card)
-        await wait_for(lambda: len(self.taps()) > before, 15, f"the tap of {card}")
-        return self.taps()[before]
+
+        def mine() -> dict[str, Any] | None:
+            return next((t for t in self.taps()[before:] if t.get("credential") == want), None)
+
+        await wait_for(lambda: mine() is not None, 15, f"the tap of {card}")
+        line = mine()
+        assert line is not None
+        return line
 
     async def status(self) -> dict[str, Any]:
         return await request(self.socket, {"cmd": "status"})
