@@ -216,6 +216,8 @@ class Safety:
                     # the site is being evacuated: who is inside is no longer known (the
                     # site's other daemons learn it from this event)
                     evacuation.record(tx.conn, now)
+                elif event == "fire_alarm":
+                    evacuation.record_end(tx.conn, now)  # the all-clear
             if operator is not None and audit is not None:
                 reason = fields.get("reason")
                 self.store.audit(now, operator, audit, {"reason": reason} if reason else {})

@@ -6,6 +6,7 @@ which order; the store carries it out in one transaction per item.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -80,15 +81,26 @@ def no_show_horizon(
     return NoShowHorizon(heard_through)
 
 
-def no_show_fee(b: Booking, p: Pass | None, policy: Policy, was_on_site: bool) -> Decimal:
+def no_show_fee(
+    b: Booking, p: Pass | None, policy: Policy, was_on_site: bool,
+    evacuations: Sequence[tuple[datetime, datetime | None]] = (),
+) -> Decimal:
     """The fee for a no-show: only for bookings the gate was to charge, capped at the balance.
 
     Someone who came in that day before the class ended was on site: one access covers
-    the day (SPORTRICK scenario 2), so no fee.
+    the day (SPORTRICK scenario 2), so no fee. Nor is there one for a class the site was
+    evacuated during (`evacuations`: begun, ended or None): the gate kept its members out,
+    or the class was cut short.
     """
-    if policy.no_show_fee <= 0 or was_on_site or p is None or b.deducted:
+    if policy.no_show_fee <= 0 or was_on_site or p is None or b.deducted or evacuated_during(b, evacuations):
         return Decimal(0)
     if p.deduct_on != DeductOn.ACCESS or not p.kind.has_balance:
         return Decimal(0)
     balance = p.balance if p.balance is not None else Decimal(0)
     return max(Decimal(0), min(policy.no_show_fee, balance))
+
+
+def evacuated_during(b: Booking, evacuations: Sequence[tuple[datetime, datetime | None]]) -> bool:
+    """The site was evacuated at some moment of the class (from its start to its end). An
+    evacuation that ended before the start left the arrival window's last minutes open."""
+    return any(start < b.ends_at and (end is None or end > b.starts_at) for start, end in evacuations)

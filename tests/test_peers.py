@@ -240,3 +240,59 @@ def test_evacuation_value_moves_only_forwards_and_a_foreign_value_is_none(tmp_pa
     assert evacuation.latest(store.conn) == at(10)
     store.set_meta(evacuation.KEY, "yesterday")
     assert evacuation.latest(store.conn) is None
+
+
+def test_evacuations_keep_their_spans(tmp_path: Path) -> None:
+    """How long each evacuation lasted, for the no-shows: the earliest all-clear ends it, a
+    daemon that saw it first moves its start back, one seen again (a restart) or heard
+    late adds nothing, and only the last `KEPT` are kept."""
+    store = site_store(tmp_path, "s1-in-1")
+    spans = lambda: evacuation.spans_of(store.conn)  # noqa: E731
+    with store.transaction() as tx:
+        assert not evacuation.record_end(tx.conn, at(9))  # nothing under way
+        evacuation.record(tx.conn, at(10, 1))
+        evacuation.record(tx.conn, at(10))  # another daemon's input read a second earlier
+        evacuation.record(tx.conn, at(10, 5))  # a daemon restarted during it
+        assert spans() == [(at(10), None)]
+        assert evacuation.record_end(tx.conn, at(10, 21))
+        assert not evacuation.record_end(tx.conn, at(10, 22))  # the next daemon's all-clear
+        assert evacuation.record_end(tx.conn, at(10, 20))  # an earlier one, heard after
+        evacuation.record(tx.conn, at(10, 10))  # within it, heard late
+        evacuation.record(tx.conn, at(8))  # before it, heard late: its end unknown
+        assert spans() == [(at(10), at(10, 20))]
+        evacuation.record(tx.conn, at(15))
+        assert not evacuation.record_end(tx.conn, at(14))  # an all-clear from before it began
+        assert spans() == [(at(10), at(10, 20)), (at(15), None)]
+        for i in range(evacuation.KEPT):
+            evacuation.record_end(tx.conn, at(16, 2 * i))
+            evacuation.record(tx.conn, at(16, 2 * i + 1))
+    assert len(spans()) == evacuation.KEPT and spans()[-1] == (at(16, 2 * evacuation.KEPT - 1), None)
+    store.set_meta(evacuation.SPANS_KEY, '[["noon", null]]')
+    assert spans() == []
+
+
+async def test_a_class_the_site_was_evacuated_during_charges_no_no_show_fee(tmp_path: Path) -> None:
+    """The fire alarm sounds at in-2's daemon at 10:30, during m1's 10:00 Yoga class; the
+    all-clear comes at 10:40. The desk's daemon (in-1), settling the no-shows, has heard
+    both: the Yoga booking is a no-show without a fee (the gate kept everyone out, the class
+    was cut short); the 12:00 class, well after the all-clear, is charged as ever."""
+    a, b = site_store(tmp_path, "s1-in-1"), site_store(tmp_path, "s1-in-2")
+
+    async def alarm(kind: str, detail: str) -> None:
+        pass
+
+    fire = Safety(b, {}, lambda: at(10, 30), alarm)
+    await fire.fire_input_read(True)
+    fire.clock = lambda: at(10, 40)
+    await fire.fire_input_read(False)
+    assert evacuation.spans_of(b.conn) == [(at(10, 30), at(10, 40))]
+    events = [e for e in b.outbox.events_after(0) if e["type"] == "fire_alarm"]
+    seen = share(b, a, events, {"in-2": "main"})
+    assert seen["remote_evacuations"] == 1 and seen["remote_all_clears"] == 1
+    assert evacuation.spans_of(a.conn) == [(at(10, 30), at(10, 40))]
+    committed = a.run_due(POLICY, at(13, 5))
+    outcomes = {e["booking"]: e["status"] for e in committed.events if e["type"] == "attendance"}
+    assert outcomes == {"b1": "no_show", "b2": "no_show"}
+    fees = [(e["booking"], Decimal(str(e["amount"]))) for e in committed.events if e["type"] == "deduction"]
+    assert fees == [("b2", Decimal(1))]
+    assert a.balance("p1") == 9

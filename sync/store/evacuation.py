@@ -8,14 +8,24 @@ counts — not for anti-passback, not for a zone's occupancy — and a member wh
 cut short comes back in free the same day (rules.decide.evacuated). Only the latest one
 matters (an entry before any evacuation is before the latest too), so it is one value in
 `meta`, moved only forwards: an old `fire_alarm` event heard late changes nothing.
+
+How long each lasted is kept beside it, for the no-shows: a class the site was evacuated
+during charges no no-show fee (rules.schedule.no_show_fee). The all-clear is a `fire_alarm`
+event that is no longer active, this daemon's or another's; the earliest one ends the
+evacuation. The last `KEPT` evacuations are kept (no-shows are settled within the hour).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime
 
 KEY = "site.evacuated_at"
+SPANS_KEY = "site.evacuations"  # [[start, end or null], ...] in POSIX seconds, oldest first
+KEPT = 20
+
+Span = tuple[datetime, datetime | None]  # an evacuation: begun, ended (None: not yet)
 
 
 # the value as a column of another query (a tap's presence look-up reads it with its own)
@@ -46,14 +56,65 @@ def since(conn: sqlite3.Connection, start: datetime, now: datetime) -> datetime 
 def record(conn: sqlite3.Connection, at: datetime) -> bool:
     """Inside a transaction: the site was evacuated at `at`. False when a later evacuation
     is already known."""
+    _begin(conn, at)
     last = latest(conn)
     if last is not None and last >= at:
         return False
-    conn.execute(
-        "INSERT INTO main.meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        (KEY, repr(at.timestamp())),
-    )
+    _set(conn, KEY, repr(at.timestamp()))
     return True
 
 
-__all__ = ["KEY", "SELECT", "latest", "parse", "record", "since"]
+def record_end(conn: sqlite3.Connection, at: datetime) -> bool:
+    """Inside a transaction: an all-clear at `at` ends the last evacuation, if it began
+    before then — the earliest all-clear heard, whatever the order they are heard in. False
+    when it changes nothing."""
+    spans = spans_of(conn)
+    if not spans:
+        return False
+    start, end = spans[-1]
+    if at < start or (end is not None and end <= at):
+        return False
+    spans[-1] = (start, at)
+    _write(conn, spans)
+    return True
+
+
+def spans_of(conn: sqlite3.Connection) -> list[Span]:
+    """The evacuations kept, oldest first (a damaged value reads as none)."""
+    row = conn.execute("SELECT value FROM main.meta WHERE key = ?", (SPANS_KEY,)).fetchone()
+    try:
+        raw = json.loads(row[0]) if row is not None else []
+        return [
+            (datetime.fromtimestamp(float(a), UTC), None if b is None else datetime.fromtimestamp(float(b), UTC))
+            for a, b in raw
+        ]
+    except (TypeError, ValueError, OverflowError):
+        return []
+
+
+def _begin(conn: sqlite3.Connection, at: datetime) -> None:
+    spans = spans_of(conn)
+    if spans:
+        start, end = spans[-1]
+        if end is None:  # one under way: seen again (a daemon restarted), or seen first elsewhere
+            if at < start:
+                spans[-1] = (at, None)
+                _write(conn, spans)
+            return
+        if at <= end:  # within the last one, or older than it and heard late: its end is unknown
+            return
+    _write(conn, [*spans, (at, None)][-KEPT:])
+
+
+def _write(conn: sqlite3.Connection, spans: list[Span]) -> None:
+    _set(conn, SPANS_KEY, json.dumps([[a.timestamp(), None if b is None else b.timestamp()] for a, b in spans]))
+
+
+def _set(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO main.meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+__all__ = ["KEPT", "KEY", "SELECT", "SPANS_KEY", "Span", "latest", "parse", "record", "record_end", "since", "spans_of"]

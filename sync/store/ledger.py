@@ -468,7 +468,7 @@ class Ledger:
                 "SELECT 1 FROM passages WHERE member_id = ? AND zone = ? AND direction = 'in' AND at >= ? AND at < ? LIMIT 1",
                 (b.member, b.zone, ts(start_of_local_day(day, self.site.timezone)), ts(b.ends_at)),
             ).fetchone()
-            fee = no_show_fee(b, p, policy, on_site is not None)
+            fee = no_show_fee(b, p, policy, on_site is not None, evacuation.spans_of(self.conn))
         if fee > 0:
             self.deduct(
                 tx, now, pass_id=b.pass_id, member_id=b.member, amount=fee, booking_id=b.id,

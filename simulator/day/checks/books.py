@@ -22,7 +22,8 @@ def check_books(run: Run) -> list[Invariant]:
     att = Invariant("attendance", "each booking attended at a gate has its attendance event; a booking "
                     "nobody attended is a no-show exactly once, on time; the central's attendance agrees")
     fees = Invariant("fees", "each no-show fee and each deduction is what the rules charge: walk-in cost, "
-                     "booking cost, the fee capped at the balance (none if the member was on site)")
+                     "booking cost, the fee capped at the balance (none if the member was on site, or "
+                     "the site was evacuated during the class)")
     refunds = Invariant("refunds", "each refund by the desk gives back the member's latest walk-in charge "
                         "of that day and zone not yet refunded, once")
     loyalty = Invariant("loyalty", "each attended booking's points are credited once after the delay; manual "
@@ -37,6 +38,7 @@ def check_books(run: Run) -> list[Invariant]:
         attended_n: Counter[str] = Counter()
         no_show_ev: dict[str, list[dict[str, Any]]] = defaultdict(list)
         by_seq = {(e["_daemon"], e["seq"]): e for e in evs}
+        evacuations = _evacuations(evs)
         balance: dict[str, Decimal] = {}
         for pid in passes:
             b0 = run.initial_balance(site, pid)
@@ -95,7 +97,7 @@ def check_books(run: Run) -> list[Invariant]:
                 if e.get("cause") == "no_show_fee":
                     fees.checked += 1
                     b = bookings.get(e.get("booking") or "")
-                    want = _fee(b, passes, policy, balance, entries, run.tz) if b else None
+                    want = _fee(b, passes, policy, balance, entries, run.tz, evacuations) if b else None
                     if want is None or amount != want:
                         fees.fail(f"no-show fee {amount} for {e.get('booking')}; the rules say {want}",
                                   site=site, at=e["at"], member=e.get("member"), gate=e["_daemon"],
@@ -201,15 +203,31 @@ def _entry_cost(e: dict[str, Any], passes: dict[str, Pass], bookings: dict[str, 
 
 
 def _fee(b: Booking, passes: dict[str, Pass], policy: Policy, balance: dict[str, Decimal],
-         entries: dict[str, list[datetime]], tz: ZoneInfo) -> Decimal:
+         entries: dict[str, list[datetime]], tz: ZoneInfo,
+         evacuations: list[tuple[datetime, datetime | None]]) -> Decimal:
     p = passes.get(b.pass_id)
     if policy.no_show_fee <= 0 or p is None or b.deducted or p.deduct_on.value != "access" or not p.kind.has_balance:
         return Decimal(0)
+    if any(start < b.ends_at and (end is None or end > b.starts_at) for start, end in evacuations):
+        return Decimal(0)  # the site was evacuated during the class
     day = local_date(b.starts_at, tz)
     start = start_of_local_day(day, tz)
     if any(start <= t < b.ends_at for t in entries.get(b.member, [])):
         return Decimal(0)  # on site that day before the class ended: one access covers the day
     return max(Decimal(0), min(policy.no_show_fee, balance.get(b.pass_id, Decimal(0))))
+
+
+def _evacuations(evs: list[dict[str, Any]]) -> list[tuple[datetime, datetime | None]]:
+    """The site's evacuations from its daemons' `fire_alarm` events: from the earliest
+    active one to the earliest all-clear (an event no longer active) after it."""
+    spans: list[tuple[datetime, datetime | None]] = []
+    for at, active in sorted((instant(e["at"]), bool(e.get("active"))) for e in evs if e["type"] == "fire_alarm"):
+        open_ = bool(spans) and spans[-1][1] is None
+        if active and not open_:
+            spans.append((at, None))
+        elif not active and open_:
+            spans[-1] = (spans[-1][0], at)
+    return spans
 
 
 def _check_refund(run: Run, inv: Invariant, site: str, e: dict[str, Any], at: datetime,
