@@ -305,7 +305,11 @@ class Traffic:
             if back + timedelta(minutes=10) >= until:
                 return False  # not worth it: home
             await self.clock.sleep_until(back)
-            if not await self.enter(v, rnd, st, again=True, purpose="after_evacuation"):
+            if v.kind == "forgot_card":  # still no card: the desk lets them in again
+                back_in = await self._desk_lets_in(v, f"{v.member}: back after the fire alarm, no card")
+            else:
+                back_in = await self.enter(v, rnd, st, again=True, purpose="after_evacuation")
+            if not back_in:
                 return False
 
     # -- a fire drill ----------------------------------------------------------------------------
