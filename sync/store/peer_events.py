@@ -133,7 +133,7 @@ def apply(
             if evacuation.record(conn, at):
                 seen["remote_evacuations"] += 1
         elif kind == "fire_alarm" and ev.get("active") is False:
-            if evacuation.record_end(conn, at):  # the first all-clear heard ends it
+            if evacuation.record_end(conn, at):  # the earliest all-clear ends it
                 seen["remote_all_clears"] += 1
         elif kind == "qr_used" and isinstance(ev.get("token"), str) and len(ev["token"]) <= 200:
             try:
