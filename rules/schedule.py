@@ -14,6 +14,9 @@ from enum import StrEnum
 
 from rules.model import Booking, BookingStatus, DeductOn, Pass, Policy
 
+# a site's evacuation: when it began, when the all-clear came (None: not yet)
+Evacuation = tuple[datetime, datetime | None]
+
 
 class WorkKind(StrEnum):
     NO_SHOW = "no_show"
@@ -83,7 +86,7 @@ def no_show_horizon(
 
 def no_show_fee(
     b: Booking, p: Pass | None, policy: Policy, was_on_site: bool,
-    evacuations: Sequence[tuple[datetime, datetime | None]] = (),
+    evacuations: Sequence[Evacuation] = (),
 ) -> Decimal:
     """The fee for a no-show: only for bookings the gate was to charge, capped at the balance.
 
@@ -100,7 +103,7 @@ def no_show_fee(
     return max(Decimal(0), min(policy.no_show_fee, balance))
 
 
-def evacuated_during(b: Booking, evacuations: Sequence[tuple[datetime, datetime | None]]) -> bool:
+def evacuated_during(b: Booking, evacuations: Sequence[Evacuation]) -> bool:
     """The site was evacuated at some moment of the class (from its start to its end). An
     evacuation that ended before the start left the arrival window's last minutes open."""
     return any(start < b.ends_at and (end is None or end > b.starts_at) for start, end in evacuations)

@@ -7,7 +7,10 @@ door, released or not, and most of them without a tap. So an entry before it no 
 counts — not for anti-passback, not for a zone's occupancy — and a member whose visit it
 cut short comes back in free the same day (rules.decide.evacuated). Only the latest one
 matters (an entry before any evacuation is before the latest too), so it is one value in
-`meta`, moved only forwards: an old `fire_alarm` event heard late changes nothing.
+`meta`, moved only forwards: an old `fire_alarm` event heard late changes nothing. It is
+the latest instant a daemon here learnt of one, not the span's start below (which moves
+back to the daemon that saw it first): an entry this daemon granted in between, not yet
+knowing, was cut short by it too.
 
 How long each lasted is kept beside it, for the no-shows: a class the site was evacuated
 during charges no no-show fee (rules.schedule.no_show_fee). The all-clear is a `fire_alarm`
@@ -21,11 +24,13 @@ import json
 import sqlite3
 from datetime import UTC, datetime
 
+from rules.schedule import Evacuation
+
 KEY = "site.evacuated_at"
 SPANS_KEY = "site.evacuations"  # [[start, end or null], ...] in POSIX seconds, oldest first
 KEPT = 20
 
-Span = tuple[datetime, datetime | None]  # an evacuation: begun, ended (None: not yet)
+Span = Evacuation  # begun, ended (None: not yet)
 
 
 # the value as a column of another query (a tap's presence look-up reads it with its own)

@@ -13,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from rules.model import Booking, BookingStatus, Direction, Pass, Policy
+from rules.schedule import Evacuation
 from rules.timeutil import local_date, start_of_local_day
 from simulator.day.checks.dayrun import Invariant, Run, instant
 
@@ -204,7 +205,7 @@ def _entry_cost(e: dict[str, Any], passes: dict[str, Pass], bookings: dict[str, 
 
 def _fee(b: Booking, passes: dict[str, Pass], policy: Policy, balance: dict[str, Decimal],
          entries: dict[str, list[datetime]], tz: ZoneInfo,
-         evacuations: list[tuple[datetime, datetime | None]]) -> Decimal:
+         evacuations: list[Evacuation]) -> Decimal:
     p = passes.get(b.pass_id)
     if policy.no_show_fee <= 0 or p is None or b.deducted or p.deduct_on.value != "access" or not p.kind.has_balance:
         return Decimal(0)
@@ -217,10 +218,10 @@ def _fee(b: Booking, passes: dict[str, Pass], policy: Policy, balance: dict[str,
     return max(Decimal(0), min(policy.no_show_fee, balance.get(b.pass_id, Decimal(0))))
 
 
-def _evacuations(evs: list[dict[str, Any]]) -> list[tuple[datetime, datetime | None]]:
+def _evacuations(evs: list[dict[str, Any]]) -> list[Evacuation]:
     """The site's evacuations from its daemons' `fire_alarm` events: from the earliest
     active one to the earliest all-clear (an event no longer active) after it."""
-    spans: list[tuple[datetime, datetime | None]] = []
+    spans: list[Evacuation] = []
     for at, active in sorted((instant(e["at"]), bool(e.get("active"))) for e in evs if e["type"] == "fire_alarm"):
         open_ = bool(spans) and spans[-1][1] is None
         if active and not open_:
