@@ -9,6 +9,7 @@ receiver.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from zoneinfo import ZoneInfo
@@ -26,6 +27,8 @@ CATCH_UP_MAX = 20_000  # events sent again to one of the site's other daemons pe
 MAX_SERVING = 8  # catch-up answers in progress at once (one per asking daemon)
 
 UTC_ZONE = ZoneInfo("UTC")
+
+log = logging.getLogger(__name__)
 
 Send = Callable[[Publish], Awaitable[None]]
 
@@ -76,7 +79,8 @@ class CatchUpServer:
         sent = 0
         try:
             while True:
-                events = port.events_after(start - 1, limit=min(self.settings.batch_events, CATCH_UP_MAX - sent))
+                events = await port.durable_events_after(
+                    start - 1, limit=min(self.settings.batch_events, CATCH_UP_MAX - sent))
                 more = bool(events) and sent + len(events) < CATCH_UP_MAX and events[-1]["seq"] < port.last_seq
                 answer = self.session.catch_up_answer(request, events, start, more=more)
                 while len(answer.payload) > self.settings.max_payload and len(events) > 1:
@@ -90,3 +94,6 @@ class CatchUpServer:
                 start = int(events[-1]["seq"]) + 1
         except aiomqtt.MqttError:
             return  # the connection went: the peer asks again
+        except OSError as e:
+            self.stats["catch_up_not_durable"] += 1
+            log.warning("catch-up for %s not answered: our log cannot be flushed (%s)", request.daemon, e)

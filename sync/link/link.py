@@ -443,10 +443,20 @@ class SyncLink:
             self._wake.clear()
             after = self.session.uplink_after(self.mono())
             if after is not None:
-                events = self.port.events_after(after, limit=self.settings.batch_events)
-                message = self.session.uplink(events, self.mono())
-                if message is not None:
-                    await self._publish(client, message)
+                try:
+                    events = await self.port.durable_events_after(after, limit=self.settings.batch_events)
+                except OSError as e:
+                    # nothing is sent that a power cut could take back; tried again in `idle`
+                    self.stats["uplink_not_durable"] += 1
+                    log.warning("uplink waits: our log cannot be flushed (%s)", e)
+                    events = []
+                # an ack or a rewind while the disk was flushing moves the point to send from
+                if events and self.session.uplink_after(self.mono()) == after:
+                    message = self.session.uplink(events, self.mono())
+                    if message is not None:
+                        await self._publish(client, message)
+                        continue
+                elif events:
                     continue
             # asyncio.timeout, not wait_for: in 3.11 wait_for loses a cancellation that
             # arrives as the event is set, and this loop then outlived its connection

@@ -70,8 +70,16 @@ class StorePort:
         if listener in self.store.listeners:
             self.store.listeners.remove(listener)
 
-    def events_after(self, seq: int, limit: int) -> list[Event]:
-        return self.store.events_after(seq, limit=limit)
+    async def durable_events_after(self, seq: int, limit: int) -> list[Event]:
+        """Our events after `seq`, returned once they are on disk. The ledger commits
+        without waiting for the disk (sync/store/durability.py); an event sent before its
+        commit is flushed could be lost in a power cut, and its seq then given to another
+        event, which the central system and the site's other daemons, holding the first,
+        would ignore as a repeat. Raises OSError when the log cannot be flushed."""
+        events = self.store.events_after(seq, limit=limit)
+        if events:
+            await self.store.flushed()  # every commit so far: the ones just read among them
+        return events
 
     def first_held_seq(self) -> int:
         return self.store.first_seq
