@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := mosquitto chromium socat faketime
+APT_PACKAGES := mosquitto chromium socat faketime fuse3
 # Debian packaging (make deb), and what the package tests run (lintian)
 DEB_PACKAGES := debhelper dh-virtualenv dpkg-dev lintian python3-venv python3-dev git
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
@@ -27,13 +27,15 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Debian packages the tests use as real peers: the MQTT broker, the browser, socat for
-# RTU over a pty pair, libfaketime to step a daemon's wall clock. Installed only when missing.
+# RTU over a pty pair, libfaketime to step a daemon's wall clock, FUSE for a disk that loses
+# unsynced writes in a power cut (tests/powercut_fs.py). Installed only when missing.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v socat >/dev/null || missing="$$missing socat"; \
 	command -v faketime >/dev/null || missing="$$missing faketime"; \
+	command -v fusermount3 >/dev/null || missing="$$missing fuse3"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

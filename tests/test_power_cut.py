@@ -1,0 +1,163 @@
+"""Power cuts mid-tap, for real: the daemon's store on a file system that loses every write
+not yet synced when the power goes (tests/powercut_fs.py), not `kill -9`, which leaves the
+page cache behind and so cannot tell a flushed commit from one that was not.
+
+`gated run` on a simulated site (tests/gate_process.py) taps a member in and out; then a
+tap is cut — the daemon frozen, the file system killed with what it held, the daemon
+killed — at one of three moments: just after the card is read, once the entrance's relay
+is set (the member in the turnstile), or just after the tap's answer was logged. Then
+again, on what survived. A last start on the surviving files turns any grant whose commit
+was cut off into a `passage_unconfirmed` event, and what is on the disk must say:
+
+- every tap the daemon answered is there (its commit was on disk before its answer);
+- every time the entrance opened is there, as a tap or a `passage_unconfirmed` grant (the
+  grant's intent was on disk before the relay: nothing opens that cannot be recorded);
+- the events are numbered without a gap, and no intent is left open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulator.turnstile import SimTurnstile
+from tests.gate_process import IN_CARD, Gate, gate_process
+from tests.test_daemon import SEED, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+CYCLES = 9  # three of each moment
+RECORDS = {**SEED, "passes": [{**p, "balance": 1000} for p in SEED["passes"]]}  # never runs out
+
+
+def _fuse_missing() -> str | None:
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse on this kernel: no file system that can lose unsynced writes"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 missing (Debian's fuse3, which `make test` installs)"
+    try:
+        import mfusepy  # noqa: F401  (loads libfuse)
+    except (ImportError, OSError) as e:
+        return f"mfusepy cannot load libfuse: {e}"
+    return None
+
+
+class PowerCutDisk:
+    """tests/powercut_fs.py mounted at `mount` over `backing`, in a process of its own."""
+
+    def __init__(self, backing: Path, mount: Path) -> None:
+        self.backing, self.mount = backing, mount
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.powercut_fs", str(self.backing), str(self.mount)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == b"ready", "the power-cut file system did not mount"
+
+    def cut(self) -> None:
+        """The power goes: what the file system held unsynced is gone."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        subprocess.run(["fusermount3", "-u", "-z", str(self.mount)], capture_output=True)
+
+
+@contextlib.contextmanager
+def power_cut_disk(backing: Path, mount: Path) -> Iterator[PowerCutDisk]:
+    disk = PowerCutDisk(backing, mount)
+    disk.start()
+    try:
+        yield disk
+    finally:
+        disk.cut()
+
+
+def unlocks(t: SimTurnstile) -> int:
+    """How many times the turnstile's relay went from locked to released."""
+    n, locked = 0, True
+    for _, raw in t.coil_history:
+        released = raw != t.active_low
+        n += released and locked
+        locked = not released
+    return n
+
+
+def answered(g: Gate) -> list[dict[str, Any]]:
+    return [t for t in g.taps() if t.get("decision") == "granted" and t.get("passed")]
+
+
+async def power_cut(g: Gate, disk: PowerCutDisk) -> None:
+    os.kill(g.proc.pid, signal.SIGSTOP)  # one instant: nothing more reaches the disk
+    disk.cut()
+    os.kill(g.proc.pid, signal.SIGKILL)
+    await asyncio.to_thread(g.proc.wait)
+
+
+@pytest.mark.skipif(_fuse_missing() is not None, reason=str(_fuse_missing()))
+async def test_power_cuts_mid_tap_lose_no_answered_tap_and_no_opening(tmp_path: Path) -> None:
+    rng = random.Random(20261205)
+    backing, state = tmp_path / "disk", tmp_path / "state"
+    backing.mkdir()
+    state.mkdir()
+    opened = 0  # times the entrance's relay released, over every run
+    answers = 0  # entries answered (granted, passed), over every run
+    moments = ["read", "relay", "answer"] * (CYCLES // 3)
+    rng.shuffle(moments)
+    for cycle, moment in enumerate(moments):
+        run = tmp_path / f"run-{cycle}"
+        run.mkdir()
+        with power_cut_disk(backing, state) as disk:
+            async with gate_process(run, state, seed=cycle == 0, records=RECORDS) as g:
+                await g.tap(IN_CARD, exit_gate=True)  # out first: the last cut may have left m1 inside
+                for _ in range(rng.randint(0, 2)):
+                    assert (await g.tap(IN_CARD))["decision"] == "granted"
+                    await g.tap(IN_CARD, exit_gate=True)
+                before_taps, before = len(g.taps()), unlocks(g.turnstile)
+                g.reader.tap(IN_CARD)
+                if moment == "read":
+                    await asyncio.sleep(rng.uniform(0, 0.03))
+                elif moment == "relay":
+                    await wait_for(lambda n=before: unlocks(g.turnstile) > n, 10, "the entrance released")
+                    await asyncio.sleep(rng.uniform(0, 0.3))
+                else:
+                    await wait_for(lambda n=before_taps: len(g.taps()) > n, 10, "the tap's answer")
+                    await asyncio.sleep(rng.uniform(0, 0.2))
+                await power_cut(g, disk)
+                opened += unlocks(g.turnstile)
+                answers += sum(t["gate"] == "in-1" for t in answered(g))
+
+    # the last start, on what survived: open intents become passage_unconfirmed events
+    final = tmp_path / "final"
+    final.mkdir()
+    async with gate_process(final, backing, seed=False, records=RECORDS) as g:
+        await g.tap(IN_CARD, exit_gate=True)
+    with contextlib.closing(sqlite3.connect(backing / "gated.db")) as c:
+        seqs = [r[0] for r in c.execute("SELECT seq FROM events ORDER BY seq")]
+        events = [json.loads(r[0]) for r in c.execute("SELECT body FROM events ORDER BY seq")]
+        open_intents = c.execute("SELECT COUNT(*) FROM grant_intents").fetchone()[0]
+    assert seqs == list(range(1, len(seqs) + 1)), "the events have a gap"
+    assert open_intents == 0
+    entries = [e for e in events if e["type"] == "access" and e.get("gate") == "in-1" and e["decision"] == "granted"]
+    unconfirmed = [e for e in events if e["type"] == "passage_unconfirmed" and e.get("gate") == "in-1"]
+    passed = [e for e in entries if e.get("passed")]
+    assert len(passed) >= answers, f"{answers} entries answered, {len(passed)} on disk"
+    assert len(entries) + len(unconfirmed) >= opened, (
+        f"the entrance opened {opened} times; on disk {len(entries)} grants and {len(unconfirmed)} unconfirmed"
+    )
+    assert opened >= CYCLES  # the test cut where it meant to: every run opened the entrance
