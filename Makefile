@@ -28,7 +28,7 @@ install: $(STAMP)
 
 # Debian packages the tests use as real peers: the MQTT broker, the browser, socat for
 # RTU over a pty pair, libfaketime to step a daemon's wall clock, FUSE for a disk that loses
-# unsynced writes in a power cut (tests/powercut_fs.py). Installed only when missing.
+# unsynced writes in a power cut (simulator/power_cut.py). Installed only when missing.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \

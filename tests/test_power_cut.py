@@ -1,5 +1,5 @@
 """Power cuts mid-tap, for real: the daemon's store on a file system that loses every write
-not yet synced when the power goes (tests/powercut_fs.py), not `kill -9`, which leaves the
+not yet synced when the power goes (simulator/power_cut.py), not `kill -9`, which leaves the
 page cache behind and so cannot tell a flushed commit from one that was not.
 
 `gated run` on a simulated site (tests/gate_process.py) taps a member in and out; then a
@@ -22,70 +22,20 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from simulator.power_cut import PowerCutDisk
 from simulator.turnstile import SimTurnstile
 from tests.gate_process import IN_CARD, Gate, gate_process
 from tests.test_daemon import SEED, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 CYCLES = 9  # three of each moment
 RECORDS = {**SEED, "passes": [{**p, "balance": 1000} for p in SEED["passes"]]}  # never runs out
-
-
-def _fuse_missing() -> str | None:
-    if not os.path.exists("/dev/fuse"):
-        return "no /dev/fuse on this kernel: no file system that can lose unsynced writes"
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 missing (Debian's fuse3, which `make test` installs)"
-    try:
-        import mfusepy  # noqa: F401  (loads libfuse)
-    except (ImportError, OSError) as e:
-        return f"mfusepy cannot load libfuse: {e}"
-    return None
-
-
-class PowerCutDisk:
-    """tests/powercut_fs.py mounted at `mount` over `backing`, in a process of its own."""
-
-    def __init__(self, backing: Path, mount: Path) -> None:
-        self.backing, self.mount = backing, mount
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.powercut_fs", str(self.backing), str(self.mount)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )
-        assert self.proc.stdout is not None
-        assert self.proc.stdout.readline().strip() == b"ready", "the power-cut file system did not mount"
-
-    def cut(self) -> None:
-        """The power goes: what the file system held unsynced is gone."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-        subprocess.run(["fusermount3", "-u", "-z", str(self.mount)], capture_output=True)
-
-
-@contextlib.contextmanager
-def power_cut_disk(backing: Path, mount: Path) -> Iterator[PowerCutDisk]:
-    disk = PowerCutDisk(backing, mount)
-    disk.start()
-    try:
-        yield disk
-    finally:
-        disk.cut()
 
 
 def unlocks(t: SimTurnstile) -> int:
@@ -103,18 +53,18 @@ def answered(g: Gate) -> list[dict[str, Any]]:
 
 
 async def power_cut(g: Gate, disk: PowerCutDisk) -> None:
-    os.kill(g.proc.pid, signal.SIGSTOP)  # one instant: nothing more reaches the disk
+    """The box loses power at one instant: nothing more of the daemon reaches the disk."""
+    os.kill(g.proc.pid, signal.SIGSTOP)
     disk.cut()
     os.kill(g.proc.pid, signal.SIGKILL)
     await asyncio.to_thread(g.proc.wait)
 
 
-@pytest.mark.skipif(_fuse_missing() is not None, reason=str(_fuse_missing()))
+@pytest.mark.skipif(PowerCutDisk.missing() is not None, reason=f"no power cut here: {PowerCutDisk.missing()}")
 async def test_power_cuts_mid_tap_lose_no_answered_tap_and_no_opening(tmp_path: Path) -> None:
     rng = random.Random(20261205)
-    backing, state = tmp_path / "disk", tmp_path / "state"
-    backing.mkdir()
-    state.mkdir()
+    state = tmp_path / "state"  # the daemon's files, behind the power-cut file system
+    disk = PowerCutDisk(state)
     opened = 0  # times the entrance's relay released, over every run
     answers = 0  # entries answered (granted, passed), over every run
     moments = ["read", "relay", "answer"] * (CYCLES // 3)
@@ -122,7 +72,8 @@ async def test_power_cuts_mid_tap_lose_no_answered_tap_and_no_opening(tmp_path: 
     for cycle, moment in enumerate(moments):
         run = tmp_path / f"run-{cycle}"
         run.mkdir()
-        with power_cut_disk(backing, state) as disk:
+        disk.mount()
+        try:
             async with gate_process(run, state, seed=cycle == 0, records=RECORDS) as g:
                 await g.tap(IN_CARD, exit_gate=True)  # out first: the last cut may have left m1 inside
                 for _ in range(rng.randint(0, 2)):
@@ -141,13 +92,15 @@ async def test_power_cuts_mid_tap_lose_no_answered_tap_and_no_opening(tmp_path: 
                 await power_cut(g, disk)
                 opened += unlocks(g.turnstile)
                 answers += sum(t["gate"] == "in-1" for t in answered(g))
+        finally:
+            disk.cut()
 
     # the last start, on what survived: open intents become passage_unconfirmed events
     final = tmp_path / "final"
     final.mkdir()
-    async with gate_process(final, backing, seed=False, records=RECORDS) as g:
+    async with gate_process(final, state, seed=False, records=RECORDS) as g:
         await g.tap(IN_CARD, exit_gate=True)
-    with contextlib.closing(sqlite3.connect(backing / "gated.db")) as c:
+    with contextlib.closing(sqlite3.connect(state / "gated.db")) as c:
         seqs = [r[0] for r in c.execute("SELECT seq FROM events ORDER BY seq")]
         events = [json.loads(r[0]) for r in c.execute("SELECT body FROM events ORDER BY seq")]
         open_intents = c.execute("SELECT COUNT(*) FROM grant_intents").fetchone()[0]
