@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -30,9 +31,12 @@ NEVER_TURNS = "never_turns"  # people granted at this turnstile do not turn it
 # the fire panel's contact active at every turnstile of a site for `duration`: who is inside
 # leaves, through a released turnstile or a fire exit, and comes back after the all-clear
 FIRE_DRILL = "fire_drill"
+# one gate daemon's box loses power: what its disk had not made durable is gone (its store
+# on simulator/power_cut.py's file system from the start); back after `duration` real seconds
+POWER_CUT = "power_cut"
 CHAOS_KINDS = (
     KILL_GATE, RESTART_SITE_BROKER, CUT_WAN, STOP_CENTRAL, PUSH_SNAPSHOT, RESEND_DELTAS,
-    UNPLUG_READER, RELAY_OFFLINE, NEVER_TURNS, FIRE_DRILL,
+    UNPLUG_READER, RELAY_OFFLINE, NEVER_TURNS, FIRE_DRILL, POWER_CUT,
 )
 # what needs the bridged topology (site brokers bridged to the central broker)
 NEEDS_BRIDGE = (CUT_WAN,)
@@ -45,6 +49,13 @@ DESK_GATE = "in-1"  # the front desk's console runs in this gate's daemon
 
 def daemon_id(site: str, gate: str) -> str:
     return f"{site}-{gate}"
+
+
+def gate_store(run_dir: Path, daemon: str) -> Path:
+    """A gate daemon's store in a run's directory: in a directory of its own when a power
+    cut was planned for it (the power-cut file system is mounted over that directory)."""
+    own = run_dir / "gates" / daemon / f"{daemon}.db"
+    return own if own.exists() else run_dir / "gates" / f"{daemon}.db"
 
 
 @dataclass
@@ -86,7 +97,7 @@ class Chaos:
     kind: str
     site: str | None = None
     gate: str | None = None
-    duration: float = 0.0  # simulated seconds the fault lasts (kill_gate: real seconds down)
+    duration: float = 0.0  # simulated seconds the fault lasts (kill_gate, power_cut: real seconds down)
 
 
 @dataclass
@@ -338,6 +349,9 @@ def _chaos(
     # drawn last: the other faults of a seed stay where they were before drills existed
     for _ in range(n(1)):
         out.append(Chaos(at(0.1, 0.85), FIRE_DRILL, rnd.choice(sites), duration=rnd.uniform(4 * 60, 12 * 60)))
+    # and after them, for the same reason, the power cut
+    for _ in range(n(1)):
+        out.append(Chaos(at(), POWER_CUT, rnd.choice(sites), rnd.choice(GATES), duration=rnd.uniform(1.0, 6.0)))
     out.sort(key=lambda c: c.at)
     return out
 
@@ -361,6 +375,6 @@ def plan_from_json(data: dict[str, Any]) -> Plan:
 
 
 __all__ = [
-    "CHAOS_KINDS", "DESK_GATE", "EXIT_GATE", "GATES", "IN_GATES", "NEEDS_BRIDGE", "Chaos", "Extra", "Plan",
-    "Visit", "daemon_id", "make_plan", "plan_from_json",
+    "CHAOS_KINDS", "DESK_GATE", "EXIT_GATE", "GATES", "IN_GATES", "NEEDS_BRIDGE", "POWER_CUT", "Chaos", "Extra", "Plan",
+    "Visit", "daemon_id", "gate_store", "make_plan", "plan_from_json",
 ]

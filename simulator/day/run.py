@@ -34,7 +34,7 @@ from simulator.day.checks.report import render_text
 from simulator.day.harness.chaos import ChaosRunner
 from simulator.day.harness.rig import Chain, Settings
 from simulator.day.harness.traffic import Records, Traffic
-from simulator.day.plan import Plan, make_plan
+from simulator.day.plan import POWER_CUT, Plan, make_plan
 from simulator.day.population import Population, default_sites, generate
 from sync.store import open_reader
 
@@ -91,7 +91,7 @@ async def _drained(chain: Chain, timeout: float) -> dict[str, Any]:
             applied = {(s, d): int(a) for s, d, a in c.execute("SELECT site, daemon, applied_seq FROM applied")}
             delta = {s: int(d) for s, d in c.execute("SELECT site, delta_seq FROM sites")}
         for (site, _), rig in chain.gates.items():
-            db = chain.dir / "gates" / f"{rig.daemon}.db"
+            db = rig.db
             try:
                 meta = _meta(db)
             except sqlite3.Error:
@@ -118,7 +118,8 @@ async def run_day(
     records = Records()
     harness: dict[str, Any] = {"settings": asdict(settings), "seed": seed}
     t_start = time.monotonic()
-    async with Chain(pop, workdir, settings, plan.start) as chain:
+    power_cuts = frozenset((c.site, c.gate) for c in plan.chaos if c.kind == POWER_CUT and c.site and c.gate)
+    async with Chain(pop, workdir, settings, plan.start, power_cuts) as chain:
         log(f"day: {len(chain.gates)} gates at {len(pop.sites)} sites, central, "
             f"{'bridged site brokers' if settings.bridged else 'one broker'}; clock x{settings.speed:g}")
         await chain.wait_ready()

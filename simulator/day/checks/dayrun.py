@@ -32,6 +32,7 @@ from rules.model import (
     Site,
 )
 from rules.timeutil import WeekSchedule, parse_duration, parse_instant
+from simulator.day.plan import gate_store
 from sync.records import BookingIn, MemberIn, PassIn
 
 UTC = ZoneInfo("UTC")
@@ -104,7 +105,7 @@ class Run:
                 late_arrival=parse_duration(g.get("late_arrival", "10m")),
             )
             name = cfg["daemon_id"]
-            self.daemons[name] = Daemon(name, cfg["site"]["id"], gate, cfg, d / "gates" / f"{name}.db")
+            self.daemons[name] = Daemon(name, cfg["site"]["id"], gate, cfg, gate_store(d, name))
         self.sites = [s["id"] for s in self.pop["sites"]]
         self.events: dict[str, list[dict[str, Any]]] = defaultdict(list)  # site -> events, by `at`
         self.by_daemon: dict[str, list[dict[str, Any]]] = defaultdict(list)

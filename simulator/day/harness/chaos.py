@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from simulator.day import plan as P
 from simulator.day.harness.rig import PERSON, Chain, GateRig
 from simulator.day.harness.traffic import Records, Traffic
+from simulator.power_cut import PowerCutDisk
 
 # A fault at one gate: the rig's flag (what the traffic and the report read), how it starts,
 # how it ends.
@@ -74,6 +76,34 @@ class ChaosRunner:
             rig.proc.kill9()
             self._log(i, c, "start", pid_killed=True)
             await asyncio.sleep(c.duration)  # systemd's RestartSec, in real seconds
+            ch.start_gate(rig)
+            t = time.monotonic()
+            while not rig.proc.ready and rig.proc.alive and time.monotonic() - t < 60:
+                await asyncio.sleep(0.05)
+            self._log(i, c, "end", ready_after_s=round(time.monotonic() - t, 3), alive=rig.proc.alive)
+        elif c.kind == P.POWER_CUT:
+            assert c.site and c.gate
+            rig = ch.gates[(c.site, c.gate)]
+            if rig.disk is None:
+                self._log(i, c, "skipped", why=f"no power-cut file system: {PowerCutDisk.missing()}")
+                return
+            if not rig.proc.alive:
+                self._log(i, c, "skipped", why="already down")
+                return
+            # at the worst moment if one comes soon: a member in the turnstile, the grant's
+            # intent on disk, its commit not yet (within 10 real seconds, else as it is)
+            deadline = time.monotonic() + 10
+            while not rig.turnstile.unlocked and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            released = rig.turnstile.unlocked
+            await asyncio.sleep(random.Random(self.seed * 31 + i).uniform(0, 0.25))
+            # one instant: the daemon stops, what its disk held unsynced is gone, it dies
+            rig.proc.freeze()
+            rig.disk.cut()
+            rig.proc.kill9()
+            self._log(i, c, "start", released=released)
+            await asyncio.sleep(c.duration)
+            await asyncio.to_thread(rig.disk.mount)
             ch.start_gate(rig)
             t = time.monotonic()
             while not rig.proc.ready and rig.proc.alive and time.monotonic() - t < 60:

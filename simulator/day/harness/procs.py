@@ -260,6 +260,12 @@ class GateProc:
         self.kills += 1
         self.ready = False
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process does nothing more from this instant (a power cut's first step)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGSTOP)
+
     async def terminate(self, timeout: float = 30.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode

@@ -31,6 +31,7 @@ from simulator.day.harness.procs import (
 )
 from simulator.day.plan import DESK_GATE, EXIT_GATE, GATES, daemon_id
 from simulator.day.population import ZONE, Population, SiteSpec
+from simulator.power_cut import PowerCutDisk
 from simulator.serial_reader import VirtualSerialReader
 from simulator.turnstile import Person, SimTurnstile
 from sync.qrtoken import generate_private_key, private_key_pem, public_key_text
@@ -83,7 +84,9 @@ class GateRig:
     reader: VirtualSerialReader
     turnstile: SimTurnstile
     proc: GateProc
+    db: Path
     console_port: int | None = None
+    disk: PowerCutDisk | None = None  # its store's file system, when a power cut is planned for it
     lines: list[dict[str, Any]] = field(default_factory=list)  # `tap` lines not yet claimed
     events: dict[str, int] = field(default_factory=dict)  # log events seen, by name
     warnings: list[dict[str, Any]] = field(default_factory=list)
@@ -122,8 +125,10 @@ class GateRig:
 class Chain:
     """Everything of one run; `async with Chain(...)` starts it and takes it all down."""
 
-    def __init__(self, pop: Population, workdir: Path, settings: Settings, clock_start: datetime):
+    def __init__(self, pop: Population, workdir: Path, settings: Settings, clock_start: datetime,
+                 power_cuts: frozenset[tuple[str, str]] = frozenset()):
         self.pop = pop
+        self.power_cuts = power_cuts  # (site, gate) whose store goes on a power-cut file system
         self.dir = workdir
         self.settings = settings
         self.epoch = time.time() + settings.setup_seconds
@@ -148,7 +153,7 @@ class Chain:
                 "clock_epoch": self.epoch}
 
     def gate_config(self, spec: SiteSpec, gate: str, reader: str, modbus_port: int, broker_port: int,
-                    console_port: int | None) -> dict[str, Any]:
+                    console_port: int | None, store: Path) -> dict[str, Any]:
         direction = "out" if gate == EXIT_GATE else "in"
         g: dict[str, Any] = {
             "id": gate, "zone": ZONE, "direction": direction,
@@ -190,7 +195,7 @@ class Chain:
             # one daemon of the site (the desk's) finalises no-shows and credits loyalty; it
             # learns the other gates' attendance from their events
             "time_driven_work": gate == DESK_GATE,
-            "store": {"path": str(self.dir / "gates" / f"{d}.db"), "backup_interval": None, "min_free_mb": 1},
+            "store": {"path": str(store), "backup_interval": None, "min_free_mb": 1},
             "console": {"enabled": console_port is not None, "port": console_port or 8080,
                         "users": [{"name": DESK_USER, "role": "staff", "password_hash": hashed}]},
             "metrics": {"enabled": False},
@@ -262,12 +267,18 @@ class Chain:
         reader = VirtualSerialReader(self.dir / "readers" / d)
         self._stack.callback(reader.close)
         console = free_port() if gate == DESK_GATE else None
-        cfg = self.gate_config(spec, gate, reader.path, sim.port, self.site_brokers[spec.id].port, console)
+        store, disk = self.dir / "gates" / f"{d}.db", None
+        if (spec.id, gate) in self.power_cuts and PowerCutDisk.missing() is None:
+            disk = PowerCutDisk(self.dir / "gates" / d)  # simulator.day.plan.gate_store finds it there
+            await asyncio.to_thread(disk.mount)
+            self._stack.callback(disk.unmount)  # after the daemon has stopped (Chain.stop)
+            store = disk.directory / f"{d}.db"
+        cfg = self.gate_config(spec, gate, reader.path, sim.port, self.site_brokers[spec.id].port, console, store)
         path = self.dir / "gates" / f"{d}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         trace = self.dir / "gates" / f"{d}.tracemalloc.json" if self.settings.trace_memory else None
         proc = GateProc(d, path, self.dir / "gates" / f"{d}.log", self.env, trace)
-        rig = GateRig(spec.id, gate, "out" if gate == EXIT_GATE else "in", d, reader, sim, proc, console)
+        rig = GateRig(spec.id, gate, "out" if gate == EXIT_GATE else "in", d, reader, sim, proc, store, console, disk)
         self.gates[(spec.id, gate)] = rig
         self.tails.append(LogTail(proc.log, rig.on_line))
         self.start_gate(rig)
