@@ -29,8 +29,10 @@ from typing import Any
 
 import pytest
 
+from simulator.central import Central
 from simulator.power_cut import PowerCutDisk
 from simulator.turnstile import SimTurnstile
+from tests.broker import Mosquitto
 from tests.gate_process import IN_CARD, Gate, gate_process
 from tests.test_daemon import SEED, wait_for
 
@@ -114,3 +116,45 @@ async def test_power_cuts_mid_tap_lose_no_answered_tap_and_no_opening(tmp_path: 
         f"the entrance opened {opened} times; on disk {len(entries)} grants and {len(unconfirmed)} unconfirmed"
     )
     assert opened >= CYCLES  # the test cut where it meant to: every run opened the entrance
+
+
+@pytest.mark.skipif(PowerCutDisk.missing() is not None, reason=f"no power cut here: {PowerCutDisk.missing()}")
+async def test_a_power_cut_just_after_a_snapshot_switch_leaves_a_replica(
+    tmp_path: Path, mosquitto: Mosquitto, central: Central
+) -> None:
+    """A snapshot is switched in by one ledger transaction that moves the pointer to the new
+    replica file; the old file is deleted after it. Deleted before that transaction was on
+    disk, a power cut left the ledger naming a file that was gone: the daemon started on an
+    empty replica (and deleted the new one as an orphan), and with the central system out
+    of reach — the site's router on the same power — refused every member. The old file
+    now goes only once the switch is on disk."""
+    central.load("storage-site", RECORDS["members"], RECORDS["passes"], [])
+    mqtt = {"host": "127.0.0.1", "port": mosquitto.port, "ack_timeout": 1.0, "backoff_initial": 0.05,
+            "backoff_max": 0.5, "resync_retry": 2.0, "keepalive": 5}
+    state = tmp_path / "state"
+    disk = PowerCutDisk(state)
+    disk.mount()
+    try:
+        (tmp_path / "run").mkdir()
+        async with gate_process(tmp_path / "run", state, extra={"mqtt": mqtt}, records=RECORDS) as g:
+            def applied() -> int:
+                return sum(str(ln.get("event", "")).startswith("snapshot ") and " applied " in str(ln.get("event"))
+                           for ln in g.lines)
+
+            await wait_for(lambda: applied() >= 1, 30, "the first snapshot applied")
+            assert (await g.tap(IN_CARD))["decision"] == "granted"
+            await central.publish_snapshot("storage-site", full_replacement=True)
+            await wait_for(lambda: applied() >= 2, 30, "the second snapshot applied")
+            await power_cut(g, disk)  # within milliseconds of the switch
+    finally:
+        disk.cut()
+    mosquitto.stop()  # the central out of reach: the gate decides on what its disk kept
+    disk.mount()
+    try:
+        (tmp_path / "again").mkdir()
+        async with gate_process(tmp_path / "again", state, seed=False, extra={"mqtt": mqtt}, records=RECORDS) as g:
+            await g.tap(IN_CARD, exit_gate=True)
+            t = await g.tap(IN_CARD)
+            assert t["decision"] == "granted", t  # Ana is known: a replica survived
+    finally:
+        disk.unmount()

@@ -16,7 +16,8 @@ decides taps, and must never be seen half old, half new. So:
    process rather than a thread: parsing half a million records in a thread would
    contend for the GIL with the loop and stall taps. It runs at a lower CPU priority.
 3. **Switch** (loop, a few ms): `Store.switch_replica` — DETACH the old file, ATTACH the
-   new one, one ledger transaction moving the pointer (sync/store/store.py), delete the old file.
+   new one, one ledger transaction moving the pointer (sync/store/store.py); once that
+   transaction is flushed to disk, delete the old file.
 
 Taps go on deciding from the current replica and committing to the ledger throughout.
 A tap decided on the old replica and committed after the switch stays right: the ledger
@@ -24,9 +25,10 @@ records by ids, balances are derived from the central balance and the ledger's o
 deductions at every read, outcomes are ledger rows by booking id — nothing the replica
 holds is ever copied into it, so nothing can be lost or doubled by replacing it.
 
-Kill -9 at any instant: before the switch's ledger COMMIT the old replica is current and
-whole (the new file and the spool are orphans, deleted at the next start); after it, the
-new one. The ledger is only written by the daemon's own transactions.
+Kill -9 or a power cut at any instant: before the switch's ledger COMMIT reaches the disk
+the old replica is current and whole (the new file and the spool are orphans, deleted at
+the next start); after it, the new one. The ledger is only written by the daemon's own
+transactions.
 
 Deltas that arrive while `active` are the link's to hold and apply, in order, after
 `finish` returns (the snapshot's `delta_seq` is the replica's then).
@@ -219,7 +221,14 @@ class SnapshotImporter:
         report["seconds_since_begin"] = round(time.monotonic() - self.started, 3)
         self.report = report
         self._paths = (self._paths[0], None)  # the replica is the store's now
-        await asyncio.to_thread(ReplicaFiles.remove, old)
+        # the switch on disk before the old file goes: a power cut in between would leave
+        # the ledger naming a file that is gone (the daemon then starts with no replica)
+        try:
+            await self.store.flushed()
+        except OSError as e:
+            log.warning("the old replica %s is kept: the switch could not be flushed (%s)", old.name, e)
+        else:
+            await asyncio.to_thread(ReplicaFiles.remove, old)
         await self._close()
         return report
 

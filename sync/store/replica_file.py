@@ -4,7 +4,8 @@ Beside the ledger `gated.db` live `gated.replica-<generation>-<random>.db` files
 ledger's meta names the current one (`replica.file`); the store ATTACHes it to its
 connection AS `replica`. A snapshot is built into a new file by a worker process
 (sync/snapshot/worker.py) and switched in by `Store.switch_replica`: one ledger
-transaction moves the pointer, then DETACH/ATTACH, then the old file is deleted. Any
+transaction moves the pointer, then DETACH/ATTACH, then — once that transaction is on
+disk — the old file is deleted. Any
 replica file the pointer does not name is an orphan — a build a crash cut short, or an
 old file a crash kept from being deleted — and is removed at the next start.
 
