@@ -306,11 +306,21 @@ class PowerCutDisk:
         self.proc = None
 
 
+def _unmount_when_orphaned(directory: str) -> None:
+    """Whoever mounted this went away without unmounting (killed outright): unmount
+    (lazily: its daemon may still hold files open) rather than leave a mount behind."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        threading.Event().wait(0.5)
+    subprocess.run([FUSERMOUNT, "-u", "-z", directory], capture_output=True)
+
+
 def main(argv: list[str]) -> None:
     import mfusepy as fuse
 
     directory = argv[0]
     root = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)  # before the mount covers it
+    threading.Thread(target=_unmount_when_orphaned, args=(directory,), daemon=True).start()
     # kernel_cache: every change comes through this mount, so the kernel's cache of a file
     # need not be dropped when another process opens it (SQLite maps its -shm)
     fuse.FUSE(_operations()(root), directory, foreground=True, nothreads=True, kernel_cache=True)

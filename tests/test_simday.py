@@ -8,7 +8,9 @@ invariant with the events around it."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -112,6 +114,62 @@ def test_short_days_with_other_seeds_keep_the_books(seed: int, tmp_path: Path) -
     assert out.returncode in (0, 1), out.stdout[-3000:] + out.stderr[-3000:]
     r = json.loads(report.read_text())
     assert r["violations_total"] == 0, (out.stdout + out.stderr)[-6000:]
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process under `pid`, from /proc."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out.update(kids)
+        todo.extend(kids)
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie is gone; only its exit status waits to be read
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_sigterm_takes_the_whole_day_down(tmp_path: Path) -> None:
+    """Found by killing a soak with `kill`: the daemons, brokers and central it had started
+    ran on, orphaned, and a daemon retrying its reader's path opened a later test's pty
+    that had been given the same number. Now SIGTERM ends the day as Ctrl-C does: nothing
+    it started outlives it, and no power-cut mount is left behind."""
+    needs_mosquitto()
+    d = tmp_path / "run"
+    proc = subprocess.Popen([*GATED, "sim", "day", "--short", "--seed", "3", "--dir", str(d)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("day: ready"):
+            break
+    kids = _descendants(proc.pid)
+    assert len(kids) >= 10, "".join(seen)  # six daemons, three brokers, the central, ...
+    mounts = [g for g in (d / "gates").iterdir() if os.path.ismount(g)]
+    assert mounts or PowerCutDisk.missing(), "the power-cut gate's store is not mounted"
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    assert proc.wait(120) == 143, rest[-3000:]
+    assert "stopped (SIGTERM)" in rest
+    left = [k for k in kids if _running(k)]
+    assert not left, [Path(f"/proc/{k}/cmdline").read_bytes()[:200] for k in left]
+    assert not [m for m in mounts if os.path.ismount(m)]
 
 
 def test_a_random_seed_is_picked_and_printed(capsys: pytest.CaptureFixture[str]) -> None:

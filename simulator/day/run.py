@@ -17,8 +17,11 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -36,6 +39,7 @@ from simulator.day.harness.rig import Chain, Settings
 from simulator.day.harness.traffic import Records, Traffic
 from simulator.day.plan import POWER_CUT, Plan, make_plan
 from simulator.day.population import Population, default_sites, generate
+from simulator.power_cut import FUSERMOUNT
 from sync.store import open_reader
 
 ROOT = Path(__file__).resolve().parents[2]  # simulator/day/run.py: the checkout (var/simday/)
@@ -118,6 +122,11 @@ async def run_day(
     records = Records()
     harness: dict[str, Any] = {"settings": asdict(settings), "seed": seed}
     t_start = time.monotonic()
+    # a SIGTERM (a CI timeout, `kill`) takes the chain down as Ctrl-C does: no daemon,
+    # broker or mounted file system outlives the run
+    main = asyncio.current_task()
+    if main is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     power_cuts = frozenset((c.site, c.gate) for c in plan.chaos if c.kind == POWER_CUT and c.site and c.gate)
     async with Chain(pop, workdir, settings, plan.start, power_cuts) as chain:
         log(f"day: {len(chain.gates)} gates at {len(pop.sites)} sites, central, "
@@ -203,6 +212,9 @@ def run(args: argparse.Namespace) -> int:
     speed = args.speed or (120.0 if args.short else 72.0)
     workdir = Path(args.dir) if args.dir else ROOT / "var" / "simday" / f"seed-{args.seed}{'-short' if args.short else ''}"
     if workdir.exists():
+        for d in (workdir / "gates").glob("*"):
+            if d.is_dir() and os.path.ismount(d):  # a run killed outright left its power-cut mount
+                subprocess.run([FUSERMOUNT, "-u", "-z", str(d)], capture_output=True)
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     sites = _short_sites() if args.short else default_sites()
@@ -221,6 +233,9 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, TimeoutError) as e:
         print(f"gated sim day: the run could not be made: {e}", file=sys.stderr, flush=True)
         return 2
+    except asyncio.CancelledError:
+        print("gated sim day: stopped (SIGTERM); everything it started is down", file=sys.stderr, flush=True)
+        return 143
     return _report(workdir, args.json)
 
 
