@@ -157,6 +157,9 @@ class Safety:
         self.fire_error = None
         await self._apply_release()
         self._record("fire_alarm", {"active": self.released, "source": "input", "input": active}, None, None)
+        # a fire may take the power next: the evacuation is on disk before anything else
+        # (lost, everyone who left by a fire exit would still be inside after the restart)
+        await self._on_disk("fire_alarm")
         if not was_known and self._unreachable_reported:
             self._unreachable_reported = False
             await self.alarm("fire_input_online", "the fire-alarm input reads again")
@@ -194,7 +197,8 @@ class Safety:
             await ctl.set_fire_alarm(told[0], emergency=told[1])
 
     async def _on_disk(self, key: str) -> None:
-        """What a person decided survives a power cut before they are told it is done."""
+        """What a person decided survives a power cut before they are told it is done; a fire
+        alarm's evacuation, before the poller goes on."""
         try:
             await self.store.flushed()
         except OSError as e:

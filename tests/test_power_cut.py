@@ -158,3 +158,43 @@ async def test_a_power_cut_just_after_a_snapshot_switch_leaves_a_replica(
             assert t["decision"] == "granted", t  # Ana is known: a replica survived
     finally:
         disk.unmount()
+
+
+@pytest.mark.skipif(PowerCutDisk.missing() is not None, reason=f"no power cut here: {PowerCutDisk.missing()}")
+async def test_a_power_cut_just_after_a_fire_alarm_keeps_the_evacuation(tmp_path: Path) -> None:
+    """A fire cuts the power soon after the panel's contact closes. The evacuation (from
+    then on nobody's earlier entry counts as inside) was written with the alarm's event but
+    left for the next idle flush: lost, Ana — who had left by a fire exit — was still inside
+    after the restart, and hard anti-passback refused her. The alarm is now on disk before
+    anything else is done about it."""
+    async with SimTurnstile(transport="tcp", host="127.0.0.1", port=0) as panel:
+        fire = {"fire_alarm": {"transport": "tcp", "host": "127.0.0.1", "port": panel.port, "unit": 1,
+                               "input": panel.fire_alarm_input, "active_low": False, "poll_interval": 0.05,
+                               "timeout": 0.2}}
+        state = tmp_path / "state"
+        disk = PowerCutDisk(state)
+        disk.mount()
+        try:
+            (tmp_path / "run").mkdir()
+            async with gate_process(tmp_path / "run", state, records=RECORDS, extra=fire,
+                                    gate_extra={"anti_passback": "hard"}) as g:
+                assert (await g.tap(IN_CARD))["decision"] == "granted"  # Ana is inside
+                panel.set_fire_alarm(True)
+                for _ in range(400):
+                    if (await g.status())["safety"]["fire_alarm"]:
+                        break
+                    await asyncio.sleep(0.005)
+                assert (await g.status())["safety"]["fire_alarm"]
+                await power_cut(g, disk)  # Ana leaves by a fire exit, no turnstile
+        finally:
+            disk.cut()
+        panel.set_fire_alarm(False)  # the all-clear while the box is down
+        disk.mount()
+        try:
+            (tmp_path / "again").mkdir()
+            async with gate_process(tmp_path / "again", state, seed=False, records=RECORDS, extra=fire,
+                                    gate_extra={"anti_passback": "hard"}) as g:
+                t = await g.tap(IN_CARD)
+                assert t["decision"] == "granted", t  # evacuated: not inside any more
+        finally:
+            disk.unmount()
