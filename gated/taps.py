@@ -119,6 +119,8 @@ class TapPath:
             )
         except STORAGE_ERRORS as e:
             self.storage.failed(e, "audit")
+        else:
+            await self._on_disk("audit")  # who checked whom in, with the tap it explains
         return result
 
     async def override(self, gate_id: str, operator: str, reason: str) -> dict[str, Any]:
@@ -151,6 +153,8 @@ class TapPath:
                 {"gate": gate_id, "override": operator},
             )
             decision, committed = override_decision(gate), Committed()
+        else:
+            await self._on_disk("override")  # the desk is told done once a power cut cannot take it back
         log.info("override", gate=gate_id, operator=operator, reason=reason, passed=passed)
         return result(decision, "Opened by the front desk", passed, committed.events)
 
@@ -280,15 +284,18 @@ class TapPath:
                 return tap.refused(Reason.STORAGE_FAULT)
         return tap
 
-    async def _commit_on_disk(self, tap: Tap) -> None:
-        """The tap's commit flushed before the answer (a committed deduction survives a power
-        cut). A failing flush is a storage fault like a failing commit: said, not raised."""
-        if not tap.granted:
-            return  # a denial moves nothing: its record may wait for the next flush
+    async def _on_disk(self, what: str) -> None:
+        """Everything committed so far flushed; a failing flush is a storage fault, said."""
         try:
             await self.engine.flushed()
         except OSError as e:
-            self.storage.failed(e, "commit")
+            self.storage.failed(e, what)
+
+    async def _commit_on_disk(self, tap: Tap) -> None:
+        """The tap's commit flushed before the answer (a committed deduction survives a power
+        cut). A failing flush is a storage fault like a failing commit: said, not raised."""
+        if tap.granted:  # a denial moves nothing: its record may wait for the next flush
+            await self._on_disk("commit")
 
     async def _contest_qr(self, tap: Tap) -> Tap:
         """A QR code shown at two daemons of the site at the same instant: each has used it

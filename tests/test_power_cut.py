@@ -198,3 +198,32 @@ async def test_a_power_cut_just_after_a_fire_alarm_keeps_the_evacuation(tmp_path
                 assert t["decision"] == "granted", t  # evacuated: not inside any more
         finally:
             disk.unmount()
+
+
+@pytest.mark.skipif(PowerCutDisk.missing() is not None, reason=f"no power cut here: {PowerCutDisk.missing()}")
+async def test_a_desk_opening_answered_done_survives_a_power_cut(tmp_path: Path) -> None:
+    """The desk opens the gate once (`gated open`, the console's button): told done, the
+    opening is on disk — who opened it, and why. It was committed but left for the next idle
+    flush, against the operator API's promise; a power cut then took the override back."""
+    from argon2 import PasswordHasher
+
+    from gated.control import request
+
+    password = "desk-" + os.urandom(6).hex()  # made here: no secret in the repository
+    users = {"console": {"enabled": False, "users": [
+        {"name": "desk", "role": "staff", "password_hash": PasswordHasher().hash(password)}]}}
+    state = tmp_path / "state"
+    disk = PowerCutDisk(state)
+    disk.mount()
+    try:
+        (tmp_path / "run").mkdir()
+        async with gate_process(tmp_path / "run", state, records=RECORDS, extra=users) as g:
+            r = await request(g.socket, {"cmd": "open", "gate": "in-1", "reason": "pram through the side",
+                                         "user": "desk", "password": password})
+            assert r.get("decision") == "granted", r
+            await power_cut(g, disk)
+    finally:
+        disk.cut()
+    with contextlib.closing(sqlite3.connect(state / "gated.db")) as c:
+        overrides = [json.loads(b) for (b,) in c.execute("SELECT body FROM events WHERE type = 'override'")]
+    assert [(o["gate"], o["operator"]) for o in overrides] == [("in-1", "desk")], overrides
