@@ -63,6 +63,14 @@ class ChaosRunner:
             await ended
         self._log(i, c, "end")
 
+    async def _back(self, i: int, c: P.Chaos, rig: GateRig) -> None:
+        """A gate daemon started again after a kill or a power cut, and logged once ready."""
+        self.chain.start_gate(rig)
+        t = time.monotonic()
+        while not rig.proc.ready and rig.proc.alive and time.monotonic() - t < 60:
+            await asyncio.sleep(0.05)
+        self._log(i, c, "end", ready_after_s=round(time.monotonic() - t, 3), alive=rig.proc.alive)
+
     async def _run(self, i: int, c: P.Chaos) -> None:
         clock = self.chain.clock
         await clock.sleep_until(c.at)
@@ -76,11 +84,7 @@ class ChaosRunner:
             rig.proc.kill9()
             self._log(i, c, "start", pid_killed=True)
             await asyncio.sleep(c.duration)  # systemd's RestartSec, in real seconds
-            ch.start_gate(rig)
-            t = time.monotonic()
-            while not rig.proc.ready and rig.proc.alive and time.monotonic() - t < 60:
-                await asyncio.sleep(0.05)
-            self._log(i, c, "end", ready_after_s=round(time.monotonic() - t, 3), alive=rig.proc.alive)
+            await self._back(i, c, rig)
         elif c.kind == P.POWER_CUT:
             assert c.site and c.gate
             rig = ch.gates[(c.site, c.gate)]
@@ -104,11 +108,7 @@ class ChaosRunner:
             self._log(i, c, "start", released=released)
             await asyncio.sleep(c.duration)
             await asyncio.to_thread(rig.disk.mount)
-            ch.start_gate(rig)
-            t = time.monotonic()
-            while not rig.proc.ready and rig.proc.alive and time.monotonic() - t < 60:
-                await asyncio.sleep(0.05)
-            self._log(i, c, "end", ready_after_s=round(time.monotonic() - t, 3), alive=rig.proc.alive)
+            await self._back(i, c, rig)
         elif c.kind == P.RESTART_SITE_BROKER:
             assert c.site
             b = ch.site_brokers[c.site]
