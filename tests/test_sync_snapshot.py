@@ -249,3 +249,29 @@ async def test_a_worker_killed_from_outside_is_said_to_be_out_of_memory(tmp_path
         await imp.abort()
     finally:
         store.close()
+
+
+async def test_a_worker_whose_daemon_died_leaves_no_spool(tmp_path: Path) -> None:
+    """Found by the crash torture under load: a daemon killed just after it started a
+    worker; the worker (still starting) created its spool after the next start had cleared
+    what the killed one left, then saw its input end and exited, and the spool stayed until
+    the next snapshot. A worker that ends without building now takes its spool with it."""
+    store = make_store(tmp_path / "a.db", "gate-a")
+    try:
+        imp = SnapshotImporter(store, "gate-a")
+        parts = chunks(20, balance=10, applied=0)
+        await imp.begin(SnapshotHeader.of(parts[0]), datetime(2026, 11, 18, 9, 0, tzinfo=UTC))
+        await imp.add(SnapshotHeader.of(parts[0]), payload_of(parts[0]))
+        proc, paths = imp._proc, imp._paths
+        assert proc is not None and proc.stdin is not None and paths is not None
+        for _ in range(200):  # the worker up, its spool made
+            if paths[0].exists():
+                break
+            await asyncio.sleep(0.05)
+        assert paths[0].exists()
+        proc.stdin.close()  # the daemon gone: its end of the pipe closes
+        assert await asyncio.wait_for(proc.wait(), 30) == 1
+        assert not paths[0].exists() and paths[1] is not None and not paths[1].exists()
+        await imp.abort()
+    finally:
+        store.close()

@@ -40,6 +40,7 @@ wait behind a burst of writeback.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -191,6 +192,12 @@ def run(params: dict[str, Any], control: BinaryIO, out: BinaryIO) -> int:
         pool.kill()
         if build is not None and not ok:
             build.discard()
+        if not ok:
+            # the importer went away (its daemon killed just after starting this process,
+            # whose spool then appeared after the next start's clean-up) or gave up: the
+            # spool is nobody's
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(params["spool"])
 
 
 def main(argv: list[str]) -> int:
