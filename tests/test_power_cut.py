@@ -1,8 +1,10 @@
-"""Power cuts mid-tap, for real: the daemon's store on a file system that loses every write
-not yet synced when the power goes (simulator/power_cut.py), not `kill -9`, which leaves the
-page cache behind and so cannot tell a flushed commit from one that was not.
+"""Power cuts, for real: the daemon's store on a file system that loses every write not yet
+synced when the power goes (simulator/power_cut.py), not `kill -9`, which leaves the page
+cache behind and so cannot tell a flushed commit from one that was not. Mid-tap (below),
+and just after what the gate then acts on as if it were on disk: a snapshot's switch (the
+old replica file deleted), a fire alarm (the evacuation), the desk's "open once" (its answer).
 
-`gated run` on a simulated site (tests/gate_process.py) taps a member in and out; then a
+Mid-tap: `gated run` on a simulated site (tests/gate_process.py) taps a member in and out; then a
 tap is cut — the daemon frozen, the file system killed with what it held, the daemon
 killed — at one of three moments: just after the card is read, once the entrance's relay
 is set (the member in the turnstile), or just after the tap's answer was logged. Then
