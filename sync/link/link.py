@@ -450,13 +450,11 @@ class SyncLink:
                     self.stats["uplink_not_durable"] += 1
                     log.warning("uplink waits: our log cannot be flushed (%s)", e)
                     events = []
-                # an ack or a rewind while the disk was flushing moves the point to send from
-                if events and self.session.uplink_after(self.mono()) == after:
-                    message = self.session.uplink(events, self.mono())
-                    if message is not None:
-                        await self._publish(client, message)
-                        continue
-                elif events:
+                if events and self.session.uplink_after(self.mono()) != after:
+                    continue  # an ack or a rewind while the disk was flushing moved the point to send from
+                message = self.session.uplink(events, self.mono())  # None when there is nothing
+                if message is not None:
+                    await self._publish(client, message)
                     continue
             # asyncio.timeout, not wait_for: in 3.11 wait_for loses a cancellation that
             # arrives as the event is set, and this loop then outlived its connection

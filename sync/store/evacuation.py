@@ -30,9 +30,6 @@ KEY = "site.evacuated_at"
 SPANS_KEY = "site.evacuations"  # [[start, end or null], ...] in POSIX seconds, oldest first
 KEPT = 20
 
-Span = Evacuation  # begun, ended (None: not yet)
-
-
 # the value as a column of another query (a tap's presence look-up reads it with its own)
 SELECT = f"(SELECT value FROM main.meta WHERE key = '{KEY}')"
 
@@ -84,7 +81,7 @@ def record_end(conn: sqlite3.Connection, at: datetime) -> bool:
     return True
 
 
-def spans_of(conn: sqlite3.Connection) -> list[Span]:
+def spans_of(conn: sqlite3.Connection) -> list[Evacuation]:
     """The evacuations kept, oldest first (a damaged value reads as none)."""
     row = conn.execute("SELECT value FROM main.meta WHERE key = ?", (SPANS_KEY,)).fetchone()
     try:
@@ -111,7 +108,7 @@ def _begin(conn: sqlite3.Connection, at: datetime) -> None:
     _write(conn, [*spans, (at, None)][-KEPT:])
 
 
-def _write(conn: sqlite3.Connection, spans: list[Span]) -> None:
+def _write(conn: sqlite3.Connection, spans: list[Evacuation]) -> None:
     _set(conn, SPANS_KEY, json.dumps([[a.timestamp(), None if b is None else b.timestamp()] for a, b in spans]))
 
 
@@ -122,4 +119,4 @@ def _set(conn: sqlite3.Connection, key: str, value: str) -> None:
     )
 
 
-__all__ = ["KEPT", "KEY", "SELECT", "SPANS_KEY", "Span", "latest", "parse", "record", "record_end", "since", "spans_of"]
+__all__ = ["KEPT", "KEY", "SELECT", "SPANS_KEY", "latest", "parse", "record", "record_end", "since", "spans_of"]
