@@ -105,6 +105,7 @@ class SimTurnstile:
         # an input register counting the passage input's pulses, as IO boards' counters do
         self.passage_counter = passage_counter
         self.pulse_count = 0
+        self.input_reads = 0  # how often the inputs were read: what a test waits on, not a sleep
         self.active_low = active_low
         self.passage_active_low = passage_active_low
         self.door_contact_active_low = door_contact_active_low
@@ -358,6 +359,7 @@ class SimTurnstile:
         if function_code in (_READ_COILS, _WRITE_COIL, _WRITE_COILS) and set_values is None:
             _paint(registers, start_address, {self.coil: self._coil_raw})
         elif function_code == _READ_DISCRETE:
+            self.input_reads += 1
             _paint(registers, start_address, self._input_bits())
         elif function_code == _READ_INPUT_REGISTERS and self.passage_counter is not None:
             index = self.passage_counter - start_address
