@@ -22,7 +22,7 @@ from rules.model import AntiPassback, Gate, Policy, Site
 from rules.reasons import Reason
 from simulator.central import Central, CentralSettings
 from sync.protocol import EventBatch
-from sync.records import BookingIn, MemberIn, PassIn
+from sync.records import BookingIn, MemberIn, PassIn, SitePassIn
 from sync.store import Store, SyncBatch, evacuation
 from sync.store.occupancy import occupancy
 from tests.tap_fixtures import tap_of
@@ -116,6 +116,32 @@ def test_the_desk_refunds_a_walk_in_taken_at_the_other_turnstile_once(tmp_path: 
     assert in2.balance("p1") == Decimal(10)
     third = in2.mark_attended("b1", "other-desk", refund=True, now=at(12, 20))
     assert not [e for e in third.events if e["type"] == "deduction"]
+
+
+def test_a_charge_at_the_other_turnstile_counts_once_after_the_central_applied_it(tmp_path: Path) -> None:
+    """The decision's balance is the site's balance: a peer's charge the central system
+    has applied (its `applied` map names it) is in the central balance already and is not
+    taken off again. Before the fix the member view took every peer charge ever heard off
+    the central balance, so a member with one visit left was refused at every other
+    turnstile once the central had counted a visit made at one of them."""
+    in2, in1 = site_store(tmp_path, "s1-in-2"), site_store(tmp_path, "s1-in-1")
+    d, committed = tap(in2, IN2, at(9, 20))  # a walk-in at in-2: 10 -> 9
+    assert d.reason == Reason.WALK_IN
+    share(in2, in1, committed.events, {"in-2": "main"})
+    (charge,) = [e for e in committed.events if e["type"] == "deduction"]
+    assert in1.balance("p1") == Decimal(9)
+    assert [p.balance for p in in1.view("m1", IN1, at(9, 30)).passes] == [Decimal(9)]
+    # the central system applied in-2's charge (and other visits since): one visit left
+    applied = SitePassIn.model_validate({
+        "id": "p1", "member": "m1", "name": "Multipack", "kind": "visits", "balance": 1, "deduct_on": "access",
+        "walk_in_cost": 1, "access_windows": ALWAYS, "applied_seq": 0, "applied_peers": {"s1-in-2": charge["seq"]},
+    })
+    in1.apply_sync(SyncBatch([], [applied], []), at(9, 40))
+    assert in1.balance("p1") == Decimal(1)
+    assert [p.balance for p in in1.view("m1", IN1, at(9, 45)).passes] == [Decimal(1)]
+    d, _ = tap(in1, IN1, at(9, 45))  # for Yoga at 10:00, on the last visit
+    assert d.granted and d.booking == "b1" and d.pass_id == "p1" and d.amount == 1
+    assert in1.balance("p1") == Decimal(0)
 
 
 def test_a_peer_no_show_does_not_undo_an_attendance(tmp_path: Path) -> None:

@@ -13,12 +13,12 @@ working across a replica switch (DETACH the old file, ATTACH the new one AS `rep
 - `bookings(..., status, outcome, attended_at, loyalty_settled)`: the central system's
   booking with the gate's outcome (NULL when cancelled).
 
-`local_balance` below is the same computation for one pass, in Python.
+The tap path reads its passes through `passes` too (sync/store/replica.py): the local
+balance is written here once, for the decision, the commit, the desk and the checks.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from decimal import Decimal
 
@@ -67,22 +67,3 @@ def install(conn: sqlite3.Connection) -> None:
     conn.create_function("dec_sub", 2, _dec_sub, deterministic=True)
     for sql in VIEWS:
         conn.execute(sql)
-
-
-def local_balance(
-    conn: sqlite3.Connection, central: str | None, applied_seq: int, pass_id: str, applied_peers: str | None = None
-) -> Decimal | None:
-    """The central balance minus every charge on the pass the central had not applied
-    when it computed it: this daemon's with a higher seq than `applied_seq`, and each
-    other daemon's of the site with a higher seq than its entry in `applied_peers` (JSON;
-    a daemon missing: all of its charges) — sync/store/peer_events.py."""
-    if central is None:
-        return None
-    taken = Decimal(0)
-    for (amount,) in conn.execute("SELECT amount FROM main.deductions WHERE pass_id = ? AND seq > ?", (pass_id, applied_seq)):
-        taken += Decimal(amount)
-    peers: dict[str, int] = json.loads(applied_peers) if applied_peers else {}
-    for daemon, seq, amount in conn.execute("SELECT daemon, seq, amount FROM main.site_charges WHERE pass_id = ?", (pass_id,)):
-        if int(seq) > int(peers.get(str(daemon), 0)):
-            taken += Decimal(amount)
-    return Decimal(central) - taken

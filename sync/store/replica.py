@@ -6,9 +6,10 @@ snapshots.
 Nothing in it is the gate's own. What a tap changes lives in the ledger and is folded in
 when reading:
 - a pass's local balance = its central balance (as of `applied_seq`, the highest of our
-  events the central system had applied) minus our deductions with a higher seq —
-  derived at every read, exactly (decimal), so a sync or a whole new replica can never
-  lose or double a deduction;
+  events the central system had applied, and `applied_peers`, the same for the site's
+  other daemons) minus the charges it did not reflect yet — derived at every read,
+  exactly (decimal), by the read contract's `passes` view (sync/store/read_contract.py),
+  so a sync or a whole new replica can never lose or double a deduction;
 - a booking's outcome (attended / no_show) is a ledger row keyed by booking id; it
   shows unless the central system cancelled the booking.
 """
@@ -19,7 +20,6 @@ import logging
 import sqlite3
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 from rules.credential import (
     Card,
@@ -34,7 +34,6 @@ from rules.model import Booking, Member, Pass
 from rules.model import Site as SiteModel
 from sync.store import enrolment
 from sync.store.batch import SyncBatch
-from sync.store.read_contract import local_balance
 from sync.store.rows import (
     BOOKING_READ,
     MEMBER_INSERT,
@@ -121,26 +120,18 @@ class Replica:
         cards += tuple(c for c in enrolment.cards_of(self.conn, member_id) if c not in cards)
         return member_from_row(row, cards)
 
-    def _pass(self, row: tuple[Any, ...]) -> Pass:
-        return pass_from_row(row, local_balance(self.conn, row[4], int(row[11]), row[0]))
-
     def passes_of(self, member_id: str) -> list[Pass]:
-        rows = self.conn.execute(
-            f"SELECT {PASS_READ} FROM replica.passes WHERE member_id = ? ORDER BY id", (member_id,)
-        ).fetchall()
-        return [self._pass(r) for r in rows]
+        # `passes` is the read contract's view: its balance is the local one (module doc)
+        rows = self.conn.execute(f"SELECT {PASS_READ} FROM passes WHERE member_id = ? ORDER BY id", (member_id,))
+        return [pass_from_row(r) for r in rows.fetchall()]
 
     def get_pass(self, pass_id: str) -> Pass | None:
-        row = self.conn.execute(f"SELECT {PASS_READ} FROM replica.passes WHERE id = ?", (pass_id,)).fetchone()
-        return None if row is None else self._pass(row)
+        row = self.conn.execute(f"SELECT {PASS_READ} FROM passes WHERE id = ?", (pass_id,)).fetchone()
+        return None if row is None else pass_from_row(row)
 
     def balance(self, pass_id: str) -> Decimal | None:
-        row = self.conn.execute(
-            "SELECT central_balance, applied_seq, applied_peers FROM replica.passes WHERE id = ?", (pass_id,)
-        ).fetchone()
-        if row is None:
-            return None
-        return local_balance(self.conn, row[0], int(row[1]), pass_id, row[2])
+        row = self.conn.execute("SELECT balance FROM passes WHERE id = ?", (pass_id,)).fetchone()
+        return None if row is None or row[0] is None else Decimal(row[0])
 
     def get_booking(self, booking_id: str) -> Booking | None:
         row = self.conn.execute(f"SELECT {BOOKING_READ} FROM {_BOOKINGS} WHERE b.id = ?", (booking_id,)).fetchone()

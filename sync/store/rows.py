@@ -126,10 +126,10 @@ PASS_COLUMNS = (
     "id", "member_id", "name", "kind", "central_balance", "applied_seq", "deduct_on", "walk_in_cost",
     "valid_from", "valid_until", "zones", "access_windows", "applied_peers",
 )
-# the local balance is not a column: Replica derives it (central - own deductions since)
+# Read from the read contract's `passes` view (sync/store/read_contract.py), whose
+# `balance` is the local one: the only place that rule is written.
 PASS_READ = (
-    "id, member_id, name, kind, central_balance, deduct_on, walk_in_cost, valid_from, valid_until, zones, "
-    "access_windows, applied_seq"
+    "id, member_id, name, kind, balance, deduct_on, walk_in_cost, valid_from, valid_until, zones, access_windows"
 )
 
 
@@ -157,8 +157,8 @@ def pass_row(p: PassIn, applied_seq: int | None, applied_peers: dict[str, int] |
     )
 
 
-def pass_from_row(row: Row, balance: Decimal | None) -> Pass:
-    """`row` as selected by PASS_READ; `balance` the local one."""
+def pass_from_row(row: Row) -> Pass:
+    """`row` as selected by PASS_READ from the `passes` view."""
     zones = json.loads(row[9]) if row[9] is not None else None
     windows = WeekSchedule.parse(json.loads(row[10])) if row[10] is not None else None
     return Pass(
@@ -166,7 +166,7 @@ def pass_from_row(row: Row, balance: Decimal | None) -> Pass:
         member=row[1],
         name=row[2] or "",
         kind=PassKind(row[3]),
-        balance=balance,
+        balance=dec(row[4]),
         deduct_on=DeductOn(row[5]),
         walk_in_cost=dec(row[6]),
         valid_from=date.fromisoformat(row[7]) if row[7] else None,
