@@ -154,7 +154,8 @@ async def gated_run(work: Path, config: Path, timeout: float = 60) -> AsyncItera
             if remaining <= 0 or proc.returncode is not None:
                 raise RuntimeError(f"daemon not ready (exit {proc.returncode}); see {work / 'daemon.log'}")
             try:
-                data = await asyncio.wait_for(loop.sock_recv(sock, 4096), timeout=min(remaining, 0.5))
+                async with asyncio.timeout(min(remaining, 0.5)):
+                    data = await loop.sock_recv(sock, 4096)
             except TimeoutError:
                 continue
             if b"READY=1" in data.split(b"\n"):
@@ -164,7 +165,8 @@ async def gated_run(work: Path, config: Path, timeout: float = 60) -> AsyncItera
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), 20)
+                async with asyncio.timeout(20):
+                    await proc.wait()
             except TimeoutError:
                 proc.kill()
                 await proc.wait()

@@ -136,13 +136,15 @@ async def drain_once(store: Store, port: int, expected: int, timeout: float = 12
 
     central = Central(port, expected)
     ctask = asyncio.create_task(central.run())
-    await asyncio.wait_for(central.ready.wait(), 10)
+    async with asyncio.timeout(10):
+        await central.ready.wait()
     settings = MqttSettings(host="127.0.0.1", port=port, site=SITE, daemon=DAEMON, share_access=False)
     link = SyncLink(store, settings, now=utc_now, gates=gates())
     t0 = time.perf_counter()
     ltask = asyncio.create_task(link.run())
     try:
-        await asyncio.wait_for(central.done.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await central.done.wait()
         seconds = central.finished_at - t0
         await asyncio.sleep(0.3)  # late duplicates, if any, still count
     finally:

@@ -211,11 +211,13 @@ async def request(
     path: str | Path, obj: dict[str, Any], timeout: float = 15.0, *, limit: int = MAX_LINE
 ) -> dict[str, Any]:
     """One JSON line to a control socket and its one-line answer (at most `limit` bytes)."""
-    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path), limit=limit), timeout)
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=limit)
     try:
         writer.write(json.dumps(obj).encode() + b"\n")
         await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), timeout)
+        async with asyncio.timeout(timeout):
+            line = await reader.readline()
         if not line:
             # the daemon went away with the request in hand (stopped, or died mid-tap)
             raise ConnectionResetError("the daemon closed the connection without answering")

@@ -342,7 +342,8 @@ class Daemon:
     @staticmethod
     async def _bounded(aw: Any, what: str, timeout: float = 5.0) -> None:
         try:
-            await asyncio.wait_for(aw, timeout)
+            async with asyncio.timeout(timeout):
+                await aw
         except TimeoutError:
             log.error("stop_step_timed_out", step=what, seconds=timeout)
         except Exception:

@@ -283,7 +283,8 @@ async def run_demo(
             background = itertools.cycle(BACKGROUND)
             while forever and not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 30)
+                    async with asyncio.timeout(30):
+                        await stop.wait()
                 if not stop.is_set():
                     gate, card = next(background)
                     readers[gate].tap(card)

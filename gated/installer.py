@@ -49,8 +49,12 @@ def daemon_running(config: Config, timeout: float = 1.0) -> bool:
     path = Path(config.control.socket)
     if not path.exists():
         return False
+    async def status() -> None:
+        async with asyncio.timeout(timeout):
+            await request(path, {"cmd": "status"})
+
     try:
-        asyncio.run(asyncio.wait_for(request(path, {"cmd": "status"}), timeout))
+        asyncio.run(status())
     except (OSError, TimeoutError, ValueError):
         return False
     return True

@@ -30,7 +30,8 @@ async def reload_config(d: Daemon, path: Path) -> bool:
     # Parsed in a worker thread: the file is outside input, and even bounded (see
     # gated/yamlload.py) a big one takes a while; taps go on meanwhile.
     try:
-        new = await asyncio.wait_for(asyncio.to_thread(load_config, path), RELOAD_TIMEOUT)
+        async with asyncio.timeout(RELOAD_TIMEOUT):
+            new = await asyncio.to_thread(load_config, path)
     except ConfigError as e:
         log.error("reload_refused", problems=[f"{ln}:{k}: {m}" for ln, k, m in e.problems])
         sdnotify.status("reload refused: configuration invalid; running with the previous one")

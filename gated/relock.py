@@ -148,7 +148,8 @@ async def daemon_answers(socket: Path) -> bool:
     if not socket.exists():
         return False
     try:
-        await asyncio.wait_for(request(socket, {"cmd": "status"}), 1.0)
+        async with asyncio.timeout(1.0):
+            await request(socket, {"cmd": "status"})
     except (OSError, TimeoutError, ValueError):
         return False  # a socket file left by a crash
     return True

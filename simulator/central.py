@@ -308,9 +308,8 @@ class Central(CentralDB):
         except asyncio.CancelledError:
             if self.settings.publish_status:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(
-                        client.publish(central_status_topic(p), self._status("offline"), qos=1, retain=True), 1.0
-                    )
+                    async with asyncio.timeout(1.0):
+                        await client.publish(central_status_topic(p), self._status("offline"), qos=1, retain=True)
             raise
         finally:
             for task in list(self._tasks):

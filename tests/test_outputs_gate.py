@@ -350,3 +350,18 @@ async def test_grant_whose_inputs_went_unread_is_unknown_not_a_no_show(sim_tcp: 
     assert await grant is Passage.UNKNOWN
     # the same grant watched all along is a plain "did not pass"
     assert await gate.grant_passage() is Passage.NOT_PASSED
+
+
+async def test_a_stop_at_the_instant_the_supervisor_wakes_still_stops_it(sim_tcp: SimTurnstile, make_gate) -> None:
+    """Python 3.11's asyncio.wait_for returns the inner result when the task is cancelled
+    as that result arrives, and the cancellation is lost: a supervisor woken by a grant
+    at the instant the daemon stops polled on for good, and stop() waited for it forever
+    (found as an OSDP reader test hanging once in CI). The gate waits with asyncio.timeout."""
+    gate, _ = await make_gate(sim_tcp, poll_interval=5.0)
+    await asyncio.sleep(0.3)  # start-up's reading and the supervisor's first
+    reads = sim_tcp.input_reads
+    await asyncio.sleep(0.3)
+    assert sim_tcp.input_reads == reads  # the supervisor is waiting out its interval
+    gate._wake.set()  # what a grant does: poll now — and in the same instant, stop
+    async with asyncio.timeout(5):
+        await gate.stop()

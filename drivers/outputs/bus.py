@@ -351,9 +351,10 @@ class ModbusLine:
         key = "max_write_wait_ms" if item.priority is Priority.WRITE else "max_poll_wait_ms"
         self.stats[key] = max(self.stats[key], wait_ms)
         try:
-            # The worker is never cancelled by a caller: wait_for bounds a peer that never
+            # The worker is never cancelled by a caller: the timeout bounds a peer that never
             # answers (pymodbus's own timeout and retries come first).
-            result = await asyncio.wait_for(item.call(), item.bound)
+            async with asyncio.timeout(item.bound):
+                result = await item.call()
         except asyncio.CancelledError:
             if not item.future.done():
                 item.future.cancel()

@@ -349,7 +349,8 @@ class GateController:
             interval = self.passage_interval if self._waiting or rotating else self.poll_interval
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
 
     async def _poll_once(self) -> None:
         passage: bool | None = None
@@ -487,9 +488,8 @@ class GateController:
         self._wake.set()
         try:
             async with self._polled:
-                await asyncio.wait_for(
-                    self._polled.wait_for(lambda: self.detector.level is not True), bound
-                )
+                async with asyncio.timeout(bound):
+                    await self._polled.wait_for(lambda: self.detector.level is not True)
         except TimeoutError:
             log.warning("gate %s: passage input still active after %g s", self.gate_id, bound)
         finally:
@@ -504,7 +504,8 @@ class GateController:
                     self.tracker.abandon(self.clock())
                     break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._polled.wait(), self.passage_interval)
+                    async with asyncio.timeout(self.passage_interval):
+                        await self._polled.wait()
                 self._settled(self.tracker.tick(self.clock()))
         return self.tracker.outcome or Passage.UNKNOWN
 

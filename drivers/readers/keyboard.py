@@ -174,7 +174,8 @@ class KeyboardReader(ReaderBase):
         try:
             while True:
                 try:
-                    events = await asyncio.wait_for(batches.get(), self.PRESENCE_CHECK_S)
+                    async with asyncio.timeout(self.PRESENCE_CHECK_S):
+                        events = await batches.get()
                 except TimeoutError:
                     if not os.path.exists(self.device):
                         self.stats.bump("device_errors")

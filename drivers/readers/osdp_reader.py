@@ -234,7 +234,8 @@ class OsdpReader(ReaderBase):
         broken = getattr(channel, "broken", None)
         while True:
             try:
-                event = await asyncio.wait_for(events.get(), SUPERVISE_TICK_S)
+                async with asyncio.timeout(SUPERVISE_TICK_S):
+                    event = await events.get()
             except TimeoutError:
                 event = None
             if event is not None:

@@ -120,7 +120,8 @@ class SerialReader(ReaderBase):
                 if stale_at is not None:
                     wait = min(wait, max(0.0, stale_at - self._clock()) + 0.001)
                 try:
-                    data = await asyncio.wait_for(chunks.get(), wait)
+                    async with asyncio.timeout(wait):
+                        data = await chunks.get()
                 except TimeoutError:
                     await self._handle(parser.expire(self._clock()), on_credential)
                     if stale_at is None and not os.path.exists(self.device):

@@ -146,7 +146,8 @@ async def events(request: Request) -> Response:
                     yield _sse(item)
             while not c.hub.closed.is_set():
                 try:
-                    pushed = await asyncio.wait_for(q.get(), HEARTBEAT)
+                    async with asyncio.timeout(HEARTBEAT):
+                        pushed = await q.get()
                 except TimeoutError:
                     if c.sessions.get(token) is None:
                         return  # logged out or expired: the stream ends too

@@ -74,7 +74,8 @@ async def display_events(request: Request) -> Response:
             yield "retry: 2000\n\n"
             while not console.hub.closed.is_set():
                 try:
-                    item = await asyncio.wait_for(q.get(), HEARTBEAT)
+                    async with asyncio.timeout(HEARTBEAT):
+                        item = await q.get()
                 except TimeoutError:
                     if not still_valid():
                         return

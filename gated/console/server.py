@@ -72,7 +72,8 @@ class ConsoleHandle:
             self.server.should_exit = True
         if self.task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self.task), timeout=5)
+                async with asyncio.timeout(5):
+                    await asyncio.shield(self.task)
             except (TimeoutError, asyncio.CancelledError):
                 if self.server is not None:
                     self.server.force_exit = True

@@ -271,9 +271,8 @@ class SyncLink:
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 offline = self.session.status("offline", iso_utc(self.now()))
-                await asyncio.wait_for(
-                    client.publish(offline.topic, offline.payload, qos=offline.qos, retain=offline.retain), 1.0
-                )
+                async with asyncio.timeout(1.0):
+                    await client.publish(offline.topic, offline.payload, qos=offline.qos, retain=offline.retain)
             raise
         finally:
             for task in tasks:

@@ -317,7 +317,8 @@ class SnapshotImporter:
             with contextlib.suppress(ProcessLookupError):
                 if proc.returncode is None:
                     try:
-                        await asyncio.wait_for(proc.wait(), 10)
+                        async with asyncio.timeout(10):
+                            await proc.wait()
                     except TimeoutError:
                         proc.kill()
                         await proc.wait()

@@ -111,11 +111,13 @@ class Control:
 async def request(path: Path, obj: dict[str, Any], timeout: float, *, limit: int = 2**24) -> dict[str, Any]:
     """One command to the central's control socket and its one-line answer (its event log
     or a gate's records run to megabytes: `limit`)."""
-    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path), limit=limit), timeout)
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=limit)
     try:
         writer.write(json.dumps(obj).encode() + b"\n")
         await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), timeout)
+        async with asyncio.timeout(timeout):
+            line = await reader.readline()
         if not line:
             raise ConnectionResetError("the central system closed the connection without answering")
         try:

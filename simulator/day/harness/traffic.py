@@ -169,7 +169,8 @@ class GateQueue:
                 return None
             rig.new_line.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(rig.new_line.wait(), min(left, 0.5))
+                async with asyncio.timeout(min(left, 0.5)):
+                    await rig.new_line.wait()
 
 
 class Traffic:
