@@ -73,7 +73,7 @@ def test_a_short_day_with_every_fault_keeps_the_books(short_day: tuple[Path, dic
     print("SIMDAY", json.dumps({"run": r["run"], "latency": r["latency"]["tap_to_coil_ms"]}))
     checked = {i["name"]: i["checked"] for i in r["invariants"]}
     for name in ("rotations", "exactly_once", "balances", "attendance", "fees", "loyalty", "grants",
-                 "expected_denials", "settled"):
+                 "balance_refusals", "expected_denials", "settled"):
         assert checked[name] > 0, name
     # the day really had its traffic and its faults
     outcomes = r["traffic"]["by_outcome"]

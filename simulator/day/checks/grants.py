@@ -2,13 +2,19 @@
 of the member rebuilt from the central system's event log: as the gate knew it (its own
 events only) and with everything the site knew by then. A grant both views deny is a
 violation; one only the fuller view denies is a gate that had not yet heard (counted, not a
-fault)."""
+fault).
+
+And the other way: every entry a gate refused for the balance (`no_balance`), decided
+again on the worst view the gate could have had — every charge of the site until then,
+no top-up, no other daemon's refund. A member that view lets in was refused with visits
+or credits left: a wrong balance at the gate (found so: a charge at another turnstile
+taken off twice once the central had applied it)."""
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -75,11 +81,52 @@ def check_grants(run: Run) -> Invariant:
     return inv
 
 
+def check_balance_refusals(run: Run) -> Invariant:
+    inv = Invariant("balance_refusals", "no gate refused an entry for the balance when even the worst balance "
+                    "it could have known (every charge of the site, no top-up, no refund by another daemon) "
+                    "was enough")
+    for site in run.sites:
+        members = run.members(site)
+        by_member_pass: dict[str, list[Pass]] = defaultdict(list)
+        for p in run.passes(site).values():
+            by_member_pass[p.member].append(p)
+        by_member_booking: dict[str, list[Booking]] = defaultdict(list)
+        for b in run.bookings(site).values():
+            by_member_booking[b.member].append(b)
+        sd, policy = run.site_domain(site), run.policy(site)
+        fires = [e for e in run.events.get(site, []) if e["type"] == "fire_alarm" and e.get("active")]
+        for e in run.events.get(site, []):
+            if not (e["type"] == "access" and e.get("decision") == "denied" and e.get("reason") == "no_balance"):
+                continue
+            d = run.daemons.get(e["_daemon"])
+            m = members.get(e.get("member") or "")
+            if d is None or m is None:
+                continue
+            inv.checked += 1
+            t = instant(e.get("decided_at") or e["at"])
+            view = _view(run, site, e, t, m, by_member_pass, by_member_booking, fires, own_only=False, worst=True)
+            again = decide(view, Presented(CredentialKind.CARD), d.gate, sd, policy, t)
+            if again.granted:
+                inv.fail(f"{e['_daemon']} refused {m.id} for the balance; with every charge of the site and no "
+                         f"top-up: {again.reason.value} on {again.pass_id}",
+                         site=site, at=e["at"], member=m.id, gate=e["_daemon"],
+                         detail={"decided_at": t.isoformat(), "balances": {p.id: str(p.balance) for p in view.passes}},
+                         around=run.around(site, t, member=m.id))
+    return inv
+
+
+# Daemons of one site share the host's clock; a peer's charge stamped a little after a
+# decision may still have been heard before it. The worst case counts those too.
+_SKEW = timedelta(seconds=5)
+
+
 def _view(run: Run, site: str, e: dict[str, Any], t: datetime, m: Member,
           by_member_pass: dict[str, list[Pass]], by_member_booking: dict[str, list[Booking]],
-          fires: list[dict[str, Any]], *, own_only: bool) -> MemberView:
+          fires: list[dict[str, Any]], *, own_only: bool, worst: bool = False) -> MemberView:
     """The member as a gate saw them at `t`: own_only — from this daemon's own events only
-    (what it always knows); else from every event of the site before `t`."""
+    (what it always knows); else from every event of the site before `t`. `worst`: the
+    lowest balances the gate could have had — no top-up, another daemon's refund not
+    heard, its charges until a little after `t` heard."""
     daemon, seq = e["_daemon"], e["seq"]
 
     def known(x: dict[str, Any]) -> bool:
@@ -87,14 +134,21 @@ def _view(run: Run, site: str, e: dict[str, Any], t: datetime, m: Member,
             return bool(x["seq"] < seq)
         return not own_only and instant(x["at"]) < t
 
+    def charged(x: dict[str, Any]) -> bool:
+        if not worst or x["_daemon"] == daemon:
+            return known(x)
+        return Decimal(str(x["amount"])) > 0 and instant(x["at"]) < t + _SKEW
+
     passes = []
     idx = run.index(site)
     member_events = [x for x in idx.by_member.get(m.id, []) if known(x)]
     for p in by_member_pass.get(m.id, []):
         if p.balance is not None:
-            bal = p.balance + sum((a for when, a in run.topups.get((site, p.id), []) if when <= t), Decimal(0))
+            bal = p.balance
+            if not worst:
+                bal += sum((a for when, a in run.topups.get((site, p.id), []) if when <= t), Decimal(0))
             for x in idx.deductions.get(p.id, []):
-                if known(x):
+                if charged(x):
                     bal -= Decimal(str(x["amount"]))
             p = _with_balance(p, bal)
         passes.append(p)
@@ -135,4 +189,4 @@ def _with_status(b: Booking, status: BookingStatus) -> Booking:
                    b.cost, b.loyalty_points)
 
 
-__all__ = ["check_grants"]
+__all__ = ["check_balance_refusals", "check_grants"]
