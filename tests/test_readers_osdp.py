@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
+import time
+from collections.abc import Iterator
 
 import osdp
 import pytest
@@ -14,6 +17,18 @@ from drivers.readers.osdp_reader import OsdpReader, generate_scbk
 from rules.credential import CredentialKind
 from simulator.osdp_reader import MemoryBus, SimulatedOsdpReader
 from tests.readers_fixtures import Collector, HealthLog, running, wait_until
+
+
+@pytest.fixture(autouse=True)
+def no_osdp_thread_left() -> Iterator[None]:
+    """libosdp's refresh threads are not daemons: one left running keeps the test
+    process from ever exiting. Each test ends with none (a few seconds' grace for a
+    teardown still joining)."""
+    yield
+    deadline = time.monotonic() + 5
+    while (left := [t.name for t in threading.enumerate() if t.name in ("cp", "pd")]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"libosdp threads still running after the test: {left}"
 
 
 def is_led(color: int):  # noqa: ANN201 - a predicate factory
