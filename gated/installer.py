@@ -49,6 +49,7 @@ def daemon_running(config: Config, timeout: float = 1.0) -> bool:
     path = Path(config.control.socket)
     if not path.exists():
         return False
+
     async def status() -> None:
         async with asyncio.timeout(timeout):
             await request(path, {"cmd": "status"})
