@@ -7,6 +7,9 @@ A turnstile serves one person at a time: each gate has a queue, and the next per
 when the previous one has had the gate's answer (the daemon's `tap` log line). What is
 measured per tap: real time from the bytes on the reader's pty to the coil set on the
 turnstile's Modbus server (tap -> coil), and to the gate's answer.
+
+About 550 lines: a person's reactions follow every answer a gate can give, and one reading
+of them in one place is what the checks are written against.
 """
 
 from __future__ import annotations
