@@ -37,11 +37,14 @@ async def main(db: str, port: int, daemon: str, mode: str) -> int:
         task.cancel()
         return 0
     i = 0
-    staging_seen = False
+    staging_seen = imported = False
     while True:
         if link.snapshot_in_progress and not staging_seen:
             staging_seen = True
             print("STAGING", flush=True)
+        elif staging_seen and not link.snapshot_in_progress and not imported:
+            imported = True
+            print("IMPORTED", flush=True)
         card = ("C1", "C2")[i % 2]
         gate = "in-1" if (i // 2) % 2 == 0 else "out-1"
         _, committed = engine.tap(gate, Credential.card(card), datetime.now(UTC))
