@@ -365,3 +365,26 @@ async def test_a_device_closing_takes_its_queued_requests_off_the_line() -> None
     await line.submit(lambda: asyncio.sleep(0), priority=Priority.WRITE, station="A")
     assert sent == ["A read"] and line.snapshot()["stations"] == 1
     await line.close()
+
+
+async def test_closing_the_line_as_an_answer_arrives_ends_its_worker() -> None:
+    """pymodbus awaits asyncio.wait_for for each answer; on Python 3.11 that returns the
+    answer when its task is cancelled at the instant the answer arrives, and the
+    cancellation is lost. The line's worker awaits pymodbus in a task of its own
+    (drivers/guard.py), so closing the line still ends it. Awaited by the worker itself,
+    the close waited for ever (a gate's stop hung in a clean-clone make test)."""
+    line = ModbusLine("test", None)
+    answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    asked = asyncio.Event()
+
+    async def exchange() -> str:
+        asked.set()
+        return await asyncio.wait_for(answer, 5)  # noqa: TID251 - as pymodbus awaits an answer
+
+    caller = asyncio.create_task(line.submit(exchange, priority=Priority.POLL))
+    await asked.wait()
+    answer.set_result("coil on")  # the answer arrives ...
+    async with asyncio.timeout(5):
+        await line.close()  # ... as the line closes
+    await asyncio.wait({caller}, timeout=1)
+    assert caller.done()

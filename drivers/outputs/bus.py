@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Generic, TypeVar
 
+from drivers.guard import guarded
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -351,10 +353,10 @@ class ModbusLine:
         key = "max_write_wait_ms" if item.priority is Priority.WRITE else "max_poll_wait_ms"
         self.stats[key] = max(self.stats[key], wait_ms)
         try:
-            # The worker is never cancelled by a caller: the timeout bounds a peer that never
-            # answers (pymodbus's own timeout and retries come first).
-            async with asyncio.timeout(item.bound):
-                result = await item.call()
+            # The worker is never cancelled by a caller: the bound is for a peer that never
+            # answers (pymodbus's own timeout and retries come first). Guarded: the worker's
+            # own cancellation (close) must not be lost inside pymodbus (drivers/guard.py).
+            result = await guarded(item.call(), item.bound)
         except asyncio.CancelledError:
             if not item.future.done():
                 item.future.cancel()

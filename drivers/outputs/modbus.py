@@ -18,6 +18,8 @@ from typing import Any
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
 
+from drivers.guard import guarded
+
 from .bus import LineTiming, ModbusLine, Priority
 from .config import ModbusLinkConfig, ModbusOutputConfig
 from .links import ModbusClient, SharedLink, acquire_link, release_link, where
@@ -246,7 +248,7 @@ class ModbusDevice:
             if link.client.connected:
                 return
             try:
-                ok = await link.client.connect()
+                ok = await guarded(link.client.connect())  # our cancel kept (drivers/guard.py)
             except (ModbusException, OSError) as exc:
                 raise OutputFault(f"cannot open {self._where()}: {exc}") from exc
             if not ok:
