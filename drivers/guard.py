@@ -8,7 +8,9 @@ cancelled in vain, and whoever waited for it to end (a gate's stop) waited for e
 
 `guarded` runs the call in a task of its own and waits on it with `asyncio.wait`, which
 never swallows a cancellation: ours reaches us whatever the library does with the one it
-is given.
+is given. (sync/link/client.py's `mqtt_call` meets the same flaw in aiomqtt by checking
+after the call; a Modbus exchange needs a task of its own anyway, to be bounded and to be
+over before the next one goes on the wire.)
 """
 
 from __future__ import annotations

@@ -172,6 +172,18 @@ def check_after_kill(gate: Gate, members_full: int) -> tuple[int, bool, bool]:
     return int(deductions), stage, old
 
 
+def children_of(pid: int) -> list[str]:
+    """The command lines of a process's children (Linux /proc)."""
+    out = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                for child in f.read().split():
+                    with contextlib.suppress(OSError), open(f"/proc/{child}/cmdline", "rb") as c:
+                        out.append(c.read().replace(b"\0", b" ").decode(errors="replace"))
+    return out
+
+
 async def wait_for(pred: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -270,11 +282,16 @@ class Rig:
             return self.notify.ready()
         await wait_for(up, WAIT_S, f"READY=1 from {self.name}")
 
-    def kill(self) -> None:
+    def kill(self) -> bool:
+        """SIGKILL the daemon; whether a snapshot worker of its was running then (the kill
+        lands mid-import: the worker, in a process group of its own, outlives it and takes
+        its spool and half-built file away when its input ends)."""
         assert self.proc is not None
+        importing = any("sync.snapshot.worker" in c for c in children_of(self.proc.pid))
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
+        return importing
 
     async def cycles(self, n: int) -> None:
         rnd, gate, f = self.rnd, self.gate, self.figures
@@ -299,11 +316,11 @@ class Rig:
                     await asyncio.sleep(rnd.uniform(0.0, 0.7))
                 else:
                     await asyncio.sleep(rnd.uniform(0.0, 0.9))
-            self.kill()
+            importing = self.kill()
             self.tapping.clear()
             f[f"kills_{kind}"] += 1
             deductions, stage, old = check_after_kill(gate, FILLER + len(CARDS))
-            f["kills_mid_snapshot_import"] += stage
+            f["kills_mid_snapshot_import"] += stage or importing
             f["kills_with_orphan_replica"] += old
             await asyncio.sleep(0.15)  # the last person still in the turnstile comes out
             passages = len(self.sim.passages)
