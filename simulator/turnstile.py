@@ -251,6 +251,11 @@ class SimTurnstile:
         return self._passage
 
     @property
+    def people_moving(self) -> int:
+        """People on their way through (an arm armed, a door not yet shut behind them)."""
+        return len(self._tasks)
+
+    @property
     def fire_alarm(self) -> bool:
         return self._fire
 
