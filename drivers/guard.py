@@ -36,6 +36,8 @@ async def guarded(call: Awaitable[T], timeout: float | None = None) -> T:
     except asyncio.CancelledError:
         task.cancel()
         await asyncio.wait({task}, timeout=SETTLE_S)
+        if task.done() and not task.cancelled():
+            task.exception()  # seen: ours is the cancellation, not what the call ended with
         raise
     if not done:
         task.cancel()
