@@ -513,3 +513,34 @@ async def test_evacuee_mid_push_as_the_fire_alarm_resets_is_no_forced_door(tmp_p
         sim_out.force_door_open()  # and now someone does force it
         await wait_for(lambda: site.alarms("door_forced"), 10, "door_forced after the relock")
         sim_out.close_door()
+
+
+async def test_evacuee_whose_armed_turn_comes_round_after_the_all_clear_is_no_forced_door(tmp_path: Path) -> None:
+    """An evacuee pushed the released exit's arm, which latches that turn, and comes round
+    a second after the panel's reset and the relock — many readings later. The turn the
+    release armed is the release's, as a pulse's turn is its grant's: no `door_forced`, and
+    the rotation is an evacuee's `passage_while_released`. It is one turn: a door forced
+    open after it is `door_forced`, and before the fix this evacuee was one too."""
+    async with running_site(tmp_path, fire_site, sims=("in", "out"), extra=fire_input) as site:
+        sim_in, sim_out = site.sims["in"], site.sims["out"]
+        sim_out.set_person(turns=False)  # nobody at the arm as it is released
+        sim_in.set_fire_alarm(True)
+        await wait_for(lambda: sim_out.unlocked, 10, "the exit released")
+        await asyncio.sleep(0.3)  # readings of the released gate
+        # pushed while released; the arm latched, the person on their way for 1 s (the
+        # gate's passage_timeout, and so the armed turn's window, is 1.5 s)
+        assert sim_out.push_through(Person(turns=True, delay=1.0, hold_door=0.5))
+        sim_in.set_fire_alarm(False)
+        await wait_for(lambda: not sim_out.unlocked, 10, "the exit relocked")
+        relocked_at = sim_out.coil_history[-1][0]
+        await wait_for(lambda: sim_out.passages, 10, "the evacuee through")
+        assert sim_out.passages[-1] - sim_out.passage_pulse > relocked_at + 0.5, "the turn came before the relock"
+        await wait_for(lambda: not sim_out.door_open, 10, "the door closed")
+        await asyncio.sleep(0.5)  # readings of the closed door
+        assert not site.alarms("door_forced")
+        out = [a for a in site.alarms("passage_while_released") if a["gate"] == "out-1"]
+        assert out and out[-1]["detail"].endswith("while the gate stood released for a fire alarm"), out
+        assert not [a for a in site.alarms("passage_without_grant") if a["gate"] == "out-1"]
+        sim_out.force_door_open()  # the armed turn is spent: this one is forced
+        await wait_for(lambda: site.alarms("door_forced"), 10, "door_forced after the armed turn")
+        sim_out.close_door()

@@ -110,9 +110,31 @@ def test_release_tail_covers_the_relock_and_one_reading_after_it() -> None:
     assert not any(tail.covers(n) for n in range(1, 5))  # no release ended yet
     tail.ending("a fire alarm")
     assert tail.covers(5) and tail.covers(6) and tail.why == "a fire alarm"  # relock being written
-    tail.relocked(6)  # six readings had come back when its write returned
+    tail.relocked(6, now=100.0, turn_window=8.0)  # six readings had come back when its write returned
     assert tail.covers(6) and tail.covers(7)  # 7: the previous reading predates the relock
     assert not tail.covers(8)  # taken after a reading that followed the relock
+
+
+def test_release_tail_leaves_one_turn_for_the_passage_timeout() -> None:
+    tail = ReleaseTail()
+    assert not tail.last_turn("door", 0.0)  # no release ended yet
+    tail.ending("a fire alarm")
+    tail.relocked(3, now=100.0, turn_window=8.0)
+    # the armed turn: one door opening and one rotation, each once
+    assert tail.last_turn("door", 101.0) and not tail.last_turn("door", 101.5)
+    assert tail.last_turn("rotation", 101.2) and not tail.last_turn("rotation", 101.6)
+    tail.ending("a hand's hold (gated relay on)")
+    assert tail.last_turn("door", 150.0)  # seen while the relock is being written: spent
+    tail.relocked(9, now=200.0, turn_window=8.0)
+    assert not tail.last_turn("door", 201.0)  # the relock's return does not arm it again
+    tail.ending("a fire alarm")
+    tail.relocked(12, now=300.0, turn_window=8.0)  # each release arms its own turn
+    assert not tail.last_turn("door", 308.01)  # too late: the window is the grant's
+    assert tail.last_turn("rotation", 307.9) and tail.why == "a fire alarm"
+    tail.ending("a fire alarm", door_open=True)  # a turn under way as the release ends
+    tail.relocked(15, now=400.0, turn_window=8.0)
+    assert not tail.last_turn("door", 401.0)  # its door opening was the release's
+    assert tail.last_turn("rotation", 401.0)  # its rotation may still come round
 
 
 def test_one_device_sends_its_writes_before_its_polls() -> None:

@@ -22,8 +22,9 @@ Rules:
 - release_ended: such a release (fire alarm, held by hand) ended between the previous
   reading and this one, or its relock is still being written: an opening seen now may
   have begun while the relay still stood released (an evacuee mid-push as the panel is
-  reset), so it is no forced door either. One reading's doubt, no more: the next edge is
-  judged as usual.
+  reset), so it is no forced door either. The shell also sets it for the one opening a
+  release's armed turn may bring after the relock (plan.ReleaseTail), as a grant's window
+  allows one; the next edge is judged as usual.
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ class DoorSupervisor:
     @property
     def grant_pending(self) -> bool:
         return self._grant_at is not None
+
+    def expects_opening(self, now: float) -> bool:
+        """A grant's window is open: an opening now is the granted person's."""
+        return now <= self._window_until
 
     def abandon(self) -> None:
         """Forget the pending grant without a `not_opened` (the gate stopped looking)."""

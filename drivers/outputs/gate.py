@@ -294,12 +294,12 @@ class GateController:
         its write to the reading after it, a door seen opening may have opened released
         (plan.ReleaseTail)."""
         if ending:
-            self.release_tail.ending(self._release_reason() or "a release")
+            self.release_tail.ending(self._release_reason() or "a release", self.door_open)
         try:
             yield
         finally:
             if ending:
-                self.release_tail.relocked(self._readings)
+                self.release_tail.relocked(self._readings, self.clock(), self.cfg.passage_timeout)
 
     def _release_reason(self) -> str | None:
         """What holds the gate released now, in the alarms' words; None when nothing does."""
@@ -379,11 +379,19 @@ class GateController:
         if self.counter is not None:
             people = self.counter.observe(count)
             rising = people > 0
+        now = self.clock()
+        opening = door_open is True and self.door_open is False
         self.door_open = door_open
-        self._settled(self.tracker.reading(self.clock(), seq, ok, people))
-        release_ended = self.release_tail.covers(seq)
-        self._observe(door_open=door_open, passage=rising, release_ended=release_ended)
-        self._report_unclaimed(self._release_reason() or (self.release_tail.why if release_ended else None))
+        self._settled(self.tracker.reading(now, seq, ok, people))
+        released_for = self._release_reason()
+        doubt = released_for is None and self.release_tail.covers(seq)
+        release_turn = doubt
+        if released_for is None and opening and not self.supervisor.expects_opening(now):
+            # an opening no grant expects, after a release, may be the turn it armed; one
+            # the relock's doubt covers is that turn too (plan.ReleaseTail)
+            release_turn = self.release_tail.last_turn("door", now) or doubt
+        self._observe(door_open=door_open, passage=rising, release_ended=release_turn)
+        self._report_unclaimed(released_for, doubt, now)
         async with self._polled:
             self._polled.notify_all()
 
@@ -398,15 +406,19 @@ class GateController:
                                         f"granted but no {waited_for} within {self.cfg.passage_timeout:g} s"))
         self.supervisor.abandon()
 
-    def _report_unclaimed(self, released_for: str | None) -> None:
+    def _report_unclaimed(self, released_for: str | None, doubt: bool, now: float) -> None:
         """Rotations no grant claimed: each is reported, never lost. One while the gate
-        stood released (`released_for`: a fire alarm, ...) is a `passage_while_released`:
-        an evacuee, which the desk must not have to settle one by one as pushed arms.
-        Without a passage sensor the door contact is what turns, and door_forced says it."""
-        kind = PASSAGE_WITHOUT_GRANT if released_for is None else PASSAGE_WHILE_RELEASED
+        stood released (`released_for`: a fire alarm, ...), or the one turn a release armed
+        coming round after its relock, is a `passage_while_released`: an evacuee, which the
+        desk must not have to settle one by one as pushed arms. Without a passage sensor the
+        door contact is what turns, and door_forced says it."""
         for u in self.tracker.take_unclaimed():
+            why = released_for
+            if why is None and (self.release_tail.last_turn("rotation", now) or doubt):
+                why = self.release_tail.why
+            kind = PASSAGE_WITHOUT_GRANT if why is None else PASSAGE_WHILE_RELEASED
             if self.supervisor.has_passage_sensor:
-                self._alarms.put_nowait((kind, describe(u, released_for)))
+                self._alarms.put_nowait((kind, describe(u, why)))
 
     def _observe(
         self, *, door_open: bool | None = None, passage: bool = False, granted: bool = False,

@@ -89,23 +89,50 @@ class PassageDetector:
 
 @dataclass(slots=True)
 class ReleaseTail:
+    """What a release held on purpose (a fire alarm, an emergency release, a hand's hold)
+    leaves behind its relock. Two things, as a grant's pulse leaves them:
+
+    - one reading's doubt: an opening seen by the first reading after the relock may have
+      begun while the door stood released (an evacuee mid-push as the panel is reset);
+    - one turn: a turnstile's arm pushed while released is armed for that rotation, as a
+      pulse arms one (the latch), and may come round after the relock — an evacuee who was
+      on the way. One door opening and one rotation within the gate's `passage_timeout` of
+      the relock are the release's, like a grant's window; the next ones are judged as usual.
+    """
+
     through: float = -1  # readings numbered up to this may predate the relock (inf: being written)
     why: str = "a release"  # what the last release was for, in the alarms' words
+    turn_until: float = float("-inf")  # the armed turn may come round until then (monotonic s)
+    turn_left: frozenset[str] = frozenset()  # of "door", "rotation": what of the turn is still due
 
-    def ending(self, why: str) -> None:
-        """The release for `why` is ending: its relock is about to be written."""
+    def ending(self, why: str, door_open: bool | None = False) -> None:
+        """The release for `why` is ending: its relock is about to be written. A door open
+        now is the last turn under way: its opening was the release's, and it spends the
+        turn's door opening."""
         self.through = float("inf")
         self.why = why
+        self.turn_until = float("inf")
+        self.turn_left = frozenset(("rotation",) if door_open else ("door", "rotation"))
 
-    def relocked(self, readings: int) -> None:
+    def relocked(self, readings: int, now: float, turn_window: float) -> None:
         """The relock's write returned (or failed: a board that did not answer is read again
         only after its reconnect, whose first reading proves nothing of the door) after
-        `readings` readings had come back."""
+        `readings` readings had come back, at `now`; the armed turn may follow until
+        `turn_window` seconds later."""
         self.through = readings
+        self.turn_until = now + turn_window
 
     def covers(self, reading: int) -> bool:
         """Reading number `reading` may show an opening that began before the relock."""
         return reading - 1 <= self.through
+
+    def last_turn(self, what: str, now: float) -> bool:
+        """A door opening or a rotation (`what`) seen at `now` that nothing else explains:
+        True once per relock when it can be the turn the release armed (and spends it)."""
+        if what not in self.turn_left or now > self.turn_until:
+            return False
+        self.turn_left -= {what}
+        return True
 
 
 COUNTER_MODULO = 1 << 16
