@@ -27,6 +27,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -188,12 +189,37 @@ class StoreConfig(Section):
         "counted by gate, and the counts are reported in one alarm (exits_not_recorded). Entries are "
         "refused during a fault; the few held are never dropped.",
     )
+    retention: Duration | None = Field(
+        "90d",
+        description="How long the ledger keeps passages, deductions and the other daemons' charges "
+        "that the central system has (acknowledged, and applied to the pass's balance): older ones "
+        "are deleted, a few at a time, once an hour. At least 7d (the rules look back a day); "
+        "null = keep everything.",
+    )
+    audit_retention: Duration | None = Field(
+        "400d",
+        description="How long the ledger keeps the audit log of operators' actions; at least 30d; "
+        "null = keep everything.",
+    )
     integrity_interval: Duration | None = Field(
         "1h",
         description="How often the daemon reads every page of the database (SQLite's quick_check, "
         "in a worker thread: taps go on); damage found is a storage fault: entries refused, an "
         "alarm. null = never (a damaged page is then seen only when a tap or a write reads it).",
     )
+
+    @field_validator("retention", "audit_retention")
+    @classmethod
+    def _long_enough(cls, v: str | None, info: ValidationInfo) -> str | None:
+        least = {"retention": timedelta(days=7), "audit_retention": timedelta(days=30)}[str(info.field_name)]
+        if v is not None and parse_duration(v) < least:
+            raise ValueError(f"at least {least.days}d: the rules and the desk read that far back")
+        return v
+
+    def retention_periods(self) -> tuple[timedelta | None, timedelta | None]:
+        """(retention, audit_retention) as durations; None: kept for ever."""
+        return (parse_duration(self.retention) if self.retention else None,
+                parse_duration(self.audit_retention) if self.audit_retention else None)
 
 
 ARGON2_HASH = re.compile(r"^\$argon2(id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]{8,}\$[A-Za-z0-9+/]{16,}$")

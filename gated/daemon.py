@@ -42,6 +42,7 @@ from gated.knowledge import Knowledge
 from gated.metrics import Metrics
 from gated.operator import DaemonOperatorApi
 from gated.reload import reload_config
+from gated.retention import LedgerRetention
 from gated.safety import Safety
 from gated.storage_watch import StorageWatch
 from gated.taps import TapPath
@@ -89,6 +90,7 @@ class Daemon:
         self.taps: TapPath | None = None
         self.safety: Safety | None = None
         self.storage: StorageWatch | None = None
+        self.retention: LedgerRetention | None = None
         self.controllers: dict[str, GateController] = {}
         self.readers: dict[str, tuple[str, Reader]] = {}  # reader id -> (gate id, reader)
         self.reader_tasks: dict[str, asyncio.Task[None]] = {}
@@ -196,6 +198,10 @@ class Daemon:
             backup_interval=backup_every, integrity_interval=check_every, max_held_exits=cfg.store.max_held_exits,
         )
         self.alarms.attach(store, self.storage)
+        self.retention = LedgerRetention(
+            store, *cfg.store.retention_periods(), self.clock, self._may_prune,
+            lambda e: self.storage.failed(e, "retention") if self.storage is not None else None, self.metrics,
+        )
         fire_policy = cfg.fire_alarm.on_unknown if cfg.fire_alarm is not None else FireInputPolicy.KEEP
         self.safety = Safety(store, self.controllers, self.clock, self._site_alarm, fire_policy)
         if cfg.fire_alarm is not None:
@@ -234,6 +240,7 @@ class Daemon:
             self.console = await start_console(self.operator)
         self._tasks.append(asyncio.create_task(self._scheduler(), name="scheduler"))
         self._tasks.append(asyncio.create_task(self.storage.run(), name="storage-watch"))
+        self._tasks.append(asyncio.create_task(self.retention.run(), name="ledger-retention"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         self.ready = True
         # what start-up built lives as long as the daemon: keep the collector from walking
@@ -413,6 +420,11 @@ class Daemon:
     @property
     def lockdown(self) -> bool:
         return self.safety is not None and self.safety.lockdown.active
+
+    def _may_prune(self) -> bool:
+        """The ledger's retention may delete: the store works and the clock is trusted."""
+        trusted = self.clock_guard is None or self.clock_guard.trusted
+        return trusted and (self.storage is None or self.storage.ok)
 
     @property
     def fire_alarm(self) -> bool:

@@ -105,6 +105,12 @@ class Metrics:
             ["gate"],
             registry=r,
         )
+        self.ledger_pruned = Counter(
+            "gated_ledger_pruned",
+            "Ledger rows deleted by the retention (store.retention, store.audit_retention), by table",
+            ["table"],
+            registry=r,
+        )
         self.unconfirmed = Counter(
             "gated_passage_unconfirmed", "Grants found at start-up whose commit a crash had cut", registry=r
         )

@@ -87,6 +87,7 @@ def health(d: Daemon) -> dict[str, Any]:
         "fire_alarm": d.fire_alarm,
         "safety": d.safety.as_dict() if d.safety is not None else None,
         "storage": d.storage.as_dict() if d.storage is not None else None,
+        "retention": d.retention.as_dict() if d.retention is not None else None,
         "readers": {rid: {"gate": g, "health": r.health.value, "stats": dict(r.stats)} for rid, (g, r) in d.readers.items()},
         "modbus_lines": lines_in_use(),
         "gates": {

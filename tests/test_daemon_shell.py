@@ -3,6 +3,7 @@ injected clock: stale cache policies, capacity, lockdown, relay faults, metrics,
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,8 @@ from gated.daemon import Daemon
 from gated.seed import batch_from
 from rules.credential import Credential
 from simulator.turnstile import Person, SimTurnstile
-from sync.store import Store
+from sync.records import PassIn
+from sync.store import Store, SyncBatch
 from tests.outputs_fixtures import wait_until
 
 NOW = datetime(2026, 11, 18, 11, 50, tzinfo=UTC)  # 12:50 in Madrid, a Wednesday
@@ -155,3 +157,35 @@ async def test_lockdown_and_relay_fault(tmp_path: Path) -> None:
         types = [e["type"] for e in store.recent_events(50)]
         assert "lockdown" in types
 
+
+
+async def test_the_ledger_retention_sweeps_what_the_central_system_has(tmp_path: Path) -> None:
+    """`store.retention` (90 days by default): the daemon's sweep deletes a walk-in's
+    passage and deduction of 100 days ago once the central system has applied it, keeps
+    today's, says so in `gated status` and the metrics, and does not run during a storage
+    fault."""
+    async with daemon(tmp_path) as (d, _, clock):
+        assert d.store is not None and d.retention is not None and d.storage is not None
+        clock.now = NOW - timedelta(days=100)
+        assert (await tap(d, "AA01"))["passed"] is True  # a walk-in on p1
+        clock.now = NOW
+        assert (await tap(d, "AA02"))["passed"] is True  # today's, on a time pass
+        d.store.ack(d.store.last_seq)
+        p1: dict[str, Any] = SEED["passes"][0]  # type: ignore[index]
+        applied = PassIn.model_validate({**p1, "balance": 4, "applied_seq": d.store.last_seq})
+        d.store.apply_sync(SyncBatch(passes=[applied]), NOW)
+        balance = d.store.balance("p1")
+        # the no-show work has moved past the day of the old walk-in (it bounds the cutoff)
+        store = d.store
+        await wait_until(lambda: float(store.meta("due.no_show_through") or 0) > (NOW - timedelta(days=1)).timestamp(),
+                         what="the no-show cursor at today")
+        pruned = await d.retention.sweep(pause=0)
+        assert pruned is not None and (pruned["passages"], pruned["deductions"]) == (1, 1)
+        assert d.store.conn.execute("SELECT member_id FROM passages").fetchall() == [("m2",)]
+        assert d.store.balance("p1") == balance == 4
+        last = d.health()["retention"]["last"]
+        assert last["pruned"] == {"passages": 1, "deductions": 1}, last
+        metrics = generate_latest(d.metrics.registry).decode()
+        assert 'gated_ledger_pruned_total{table="deductions"} 1.0' in metrics
+        d.storage.failed(sqlite3.OperationalError("database or disk is full"), "test")
+        assert await d.retention.sweep(pause=0) is None

@@ -6,7 +6,9 @@ walk-ins are committed:
 - local balance == central balance - own deductions with seq > applied_seq (never a
   deduction lost, never one counted twice);
 - events are numbered 1..N with no gap and no repeat, across restarts;
-- a transaction that raises leaves nothing behind and consumes no seq.
+- a transaction that raises leaves nothing behind and consumes no seq;
+- the retention (sync/store/retention.py), with every row old enough, deletes exactly the
+  deductions the central system acknowledged and applied, and no balance moves.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from rules.reasons import Reason
 from sync.protocol import SnapshotChunk
 from sync.records import BookingIn, MemberIn, PassIn
 from sync.snapshot import SnapshotHeader, SnapshotImporter, payload_of
-from sync.store import Store, SyncBatch
+from sync.store import Cutoffs, Store, Sweep, SyncBatch
 from tests.tap_fixtures import tap_of
 
 TZ = ZoneInfo("Europe/Madrid")
@@ -73,6 +75,7 @@ class Ledger(RuleBasedStateMachine):
         self.applied: dict[str, int] = {}
         self.own: list[tuple[int, str, Decimal]] = []  # (seq, pass, amount) of every deduction, refunds negative
         self.charges: list[Charge] = []  # walk-in charges, for refunds
+        self.pruned: set[int] = set()  # seqs of the deductions the retention deleted
 
     def teardown(self) -> None:
         try:
@@ -143,6 +146,11 @@ class Ledger(RuleBasedStateMachine):
     @rule(pid=st.sampled_from(sorted(PASSES)), central=st.integers(0, 200), data=st.data())
     def sync(self, pid: str, central: int, data: st.DataObject) -> None:
         applied = data.draw(st.one_of(st.none(), st.integers(0, self.next_seq - 1)), label="applied_seq")
+        # the central system may send an older pass (a lower applied_seq), never one from
+        # before a deduction the retention deleted: those were applied months ago
+        floor = max((s for s, p, _ in self.own if p == pid and s in self.pruned), default=0)
+        if (applied or 0) < floor:
+            applied = floor
         self.store.apply_sync(SyncBatch(passes=[credits(pid, Decimal(central), applied)]), self.tick())
         self.central[pid], self.applied[pid] = Decimal(central), applied or 0
 
@@ -175,6 +183,24 @@ class Ledger(RuleBasedStateMachine):
         ev = self.store.emit("health", self.tick(), status="ok")
         assert ev["seq"] == self.next_seq
         self.next_seq += 1
+
+    @precondition(lambda self: self.next_seq > 1)
+    @rule(data=st.data())
+    def retention(self, data: st.DataObject) -> None:
+        """The central system acknowledges up to some seq; the retention then runs as if
+        every row were older than its cutoff."""
+        acked = data.draw(st.integers(self.store.acked_seq, self.next_seq - 1), label="acked")
+        self.store.ack(acked)
+        sweep = Sweep()
+        while not sweep.finished:
+            self.store.prune_ledger(sweep, Cutoffs(ledger=float("inf"), audit=float("inf")), 3)
+        gone = {s for s, p, _ in self.own if s <= acked and s <= self.applied[p]} - self.pruned
+        assert sweep.pruned["deductions"] == len(gone)
+        self.pruned |= gone
+        left = {int(r[0]) for r in self.store.conn.execute("SELECT seq FROM deductions")}
+        assert left == {s for s, _, _ in self.own} - self.pruned
+        # a deleted charge is no longer one a refund can find (a real one is months old)
+        self.charges = [c for c in self.charges if c.seq not in self.pruned]
 
     # -- invariants -----------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ sync link hold; it is a façade over the modules below, one concern each:
 | `peer_events.py` | what the site's other daemons did, as their events tell it |
 | `occupancy.py`, `read_models.py`, `read_day.py` | who is inside; the console's named reads (`read_day.py`: the day's log for the desk — where today starts, denial groups, incidents) |
 | `photos.py` | photos taken at the desk (the format is sync/photos.py) |
+| `retention.py` | what the ledger forgets: rows the central system has, older than `store.retention` |
 | `faults.py` | can the store record an entry right now: storage problems, `STORAGE_ERRORS` |
 
 It imports nothing of sync/link/ or sync/snapshot/ (tests/test_imports.py).
@@ -33,6 +34,7 @@ from sync.errors import StoreError
 from sync.records import PassRecord
 from sync.store.batch import SyncBatch
 from sync.store.outbox import Event
+from sync.store.retention import Cutoffs, Sweep
 from sync.store.schema import SCHEMA_VERSION
 from sync.store.store import REPLICA_FILE_KEY, VIEW_HORIZON, Store, open_reader
 from sync.store.transaction import Committed, Transaction
@@ -42,10 +44,12 @@ __all__ = [
     "SCHEMA_VERSION",
     "VIEW_HORIZON",
     "Committed",
+    "Cutoffs",
     "Event",
     "PassRecord",
     "Store",
     "StoreError",
+    "Sweep",
     "SyncBatch",
     "Transaction",
     "open_reader",

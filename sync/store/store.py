@@ -68,7 +68,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -84,7 +84,7 @@ from rules.tap import Tap
 from rules.timeutil import iso_utc
 from sync.errors import StoreError
 from sync.records import PassRecord
-from sync.store import attach, enrolment, photos, read_contract
+from sync.store import attach, enrolment, photos, read_contract, retention
 from sync.store.attach import REPLICA_FILE_KEY, REPLICA_GENERATION_KEY, open_reader
 from sync.store.batch import SyncBatch
 from sync.store.db import Checkpointer, connect
@@ -96,6 +96,7 @@ from sync.store.meta import Meta
 from sync.store.outbox import Event, Outbox
 from sync.store.replica import Replica
 from sync.store.replica_file import ReplicaFiles
+from sync.store.retention import Cutoffs, Sweep
 from sync.store.rows import dt, instant_ts
 from sync.store.schema import CARDS_TYPED_AS, SCHEMA_VERSION, migrate
 from sync.store.transaction import Committed, Listener, Transaction, Transactions
@@ -309,6 +310,17 @@ class Store:
         acknowledged ones; unacknowledged events are never deleted. Returns how many."""
         with self.transaction():
             return self.outbox.prune(before, keep_max)
+
+    def retention_cutoffs(self, now: datetime, keep: timedelta | None, keep_audit: timedelta | None) -> Cutoffs:
+        """Before when the ledger's old rows may go (sync/store/retention.py)."""
+        return retention.cutoffs(self.conn, now, keep, keep_audit, self.acked_seq)
+
+    def prune_ledger(self, sweep: Sweep, cut: Cutoffs, batch: int) -> int:
+        """One batch of the ledger's retention, in a transaction of its own: at most `batch`
+        rows looked at, those old enough that the central system has deleted. Returns how
+        many; `sweep` says how far it got and when it is done."""
+        with self.transaction():
+            return retention.sweep_batch(self.conn, cut, self.acked_seq, sweep, batch)
 
     def emit(self, type_: str, now: datetime, **fields: Any) -> Event:
         """An event outside the tap path (alarms, health changes): still numbered and kept."""
