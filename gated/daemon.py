@@ -201,6 +201,7 @@ class Daemon:
         self.retention = LedgerRetention(
             store, *cfg.store.retention_periods(), self.clock, self._may_prune,
             lambda e: self.storage.failed(e, "retention") if self.storage is not None else None, self.metrics,
+            no_show_work=cfg.time_driven_work,
         )
         fire_policy = cfg.fire_alarm.on_unknown if cfg.fire_alarm is not None else FireInputPolicy.KEEP
         self.safety = Safety(store, self.controllers, self.clock, self._site_alarm, fire_policy)

@@ -41,6 +41,8 @@ class LedgerRetention:
         may_run: Callable[[], bool],
         failed: Callable[[BaseException], object],
         metrics: Metrics | None = None,
+        *,
+        no_show_work: bool = True,
     ) -> None:
         self.store = store
         self.keep = keep
@@ -49,6 +51,7 @@ class LedgerRetention:
         self.may_run = may_run  # the store works and the clock is trusted
         self.failed = failed  # a storage error: the storage watch takes it from there
         self.metrics = metrics
+        self.no_show_work = no_show_work  # this daemon settles no-shows: their cursor bounds the cutoff
         self.last: dict[str, Any] | None = None  # the last sweep, for `gated status`
 
     @property
@@ -67,7 +70,7 @@ class LedgerRetention:
             return None
         started = time.monotonic()
         try:
-            cut = self.store.retention_cutoffs(self.clock(), self.keep, self.keep_audit)
+            cut = self.store.retention_cutoffs(self.clock(), self.keep, self.keep_audit, no_show_work=self.no_show_work)
             progress = Sweep()
             while not progress.finished:
                 if not self.may_run():

@@ -141,6 +141,9 @@ def test_the_no_show_cursor_holds_the_cutoff(tmp_path: Path) -> None:
     cut = store.retention_cutoffs(NOW, KEEP, KEEP_AUDIT)
     assert cut.ledger == (OLD - timedelta(days=1)).timestamp()
     assert sweep_all(store, cut)["passages"] == 0
+    # a daemon that no longer does the site's time-driven work: its old cursor holds nothing
+    cut = store.retention_cutoffs(NOW, KEEP, KEEP_AUDIT, no_show_work=False)
+    assert cut.ledger == (RECENT - KEEP).timestamp()
     store.close()
 
 

@@ -24,7 +24,7 @@ Kept whatever their age: loyalty rows (a member's points are their sum), booking
 events (never deleted: Outbox.prune), the enrolments and intents (settled by sync).
 
 The cutoff is never later than the instant of the oldest event not yet acknowledged, nor
-than a day before the no-show work's cursor, nor than the newest passage's time minus the
+than a day before the no-show work's cursor (where this daemon does that work), nor than the newest passage's time minus the
 retention: a clock that ran ahead (and was trusted) cannot take a recent ledger with it.
 
 Rows are walked a batch at a time, each batch in a transaction of its own on the event loop
@@ -88,9 +88,12 @@ class Sweep:
 
 
 def cutoffs(
-    conn: sqlite3.Connection, now: datetime, keep: timedelta | None, keep_audit: timedelta | None, acked_seq: int
+    conn: sqlite3.Connection, now: datetime, keep: timedelta | None, keep_audit: timedelta | None, acked_seq: int,
+    *, no_show_work: bool = True,
 ) -> Cutoffs:
-    """The instants before which rows may go, on the bounds of the module's doc."""
+    """The instants before which rows may go, on the bounds of the module's doc
+    (`no_show_work`: this daemon settles no-shows; a cursor left by one that no longer
+    does would hold the retention for good)."""
     ledger: float | None = None
     if keep is not None:
         bounds = [now.timestamp()]
@@ -102,7 +105,7 @@ def cutoffs(
         if unsent is not None:
             ledger = min(ledger, datetime.fromisoformat(str(unsent[0])).timestamp())  # UTC, with its Z
         cursor = conn.execute("SELECT value FROM main.meta WHERE key = ?", (DUE_CURSOR_KEY,)).fetchone()
-        if cursor is not None and cursor[0]:
+        if no_show_work and cursor is not None and cursor[0]:
             ledger = min(ledger, float(cursor[0]) - timedelta(days=1).total_seconds())
     audit = None if keep_audit is None else now.timestamp() - keep_audit.total_seconds()
     return Cutoffs(ledger, audit)

@@ -311,9 +311,11 @@ class Store:
         with self.transaction():
             return self.outbox.prune(before, keep_max)
 
-    def retention_cutoffs(self, now: datetime, keep: timedelta | None, keep_audit: timedelta | None) -> Cutoffs:
+    def retention_cutoffs(
+        self, now: datetime, keep: timedelta | None, keep_audit: timedelta | None, *, no_show_work: bool = True
+    ) -> Cutoffs:
         """Before when the ledger's old rows may go (sync/store/retention.py)."""
-        return retention.cutoffs(self.conn, now, keep, keep_audit, self.acked_seq)
+        return retention.cutoffs(self.conn, now, keep, keep_audit, self.acked_seq, no_show_work=no_show_work)
 
     def prune_ledger(self, sweep: Sweep, cut: Cutoffs, batch: int) -> int:
         """One batch of the ledger's retention, in a transaction of its own: at most `batch`
