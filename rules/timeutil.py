@@ -19,14 +19,20 @@ _DURATION = re.compile(r"^(\d+[smhd])+$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 MINUTES_PER_DAY = 24 * 60
+MAX_DURATION = timedelta(days=3660)  # ten years and their leap days
 
 
 def parse_duration(text: str) -> timedelta:
-    """`90s`, `15m`, `3h`, `2d`, or a sum of them (`1h30m`)."""
+    """`90s`, `15m`, `3h`, `2d`, or a sum of them (`1h30m`), at most MAX_DURATION: beyond
+    it a date moved by it leaves the calendar (`99999999999d` overflowed `timedelta`, and
+    a smaller one a booking's start minus its arrival window)."""
     s = text.strip() if isinstance(text, str) else ""
     if not _DURATION.match(s):
         raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 15m, 3h, 2d)")
-    return timedelta(seconds=sum(int(n) * _UNIT[u] for n, u in _DURATION_PART.findall(s)))
+    seconds = sum(int(n) * _UNIT[u] for n, u in _DURATION_PART.findall(s))
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"too long a duration: {text!r} (at most {MAX_DURATION.days}d)")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(d: timedelta) -> str:

@@ -160,3 +160,15 @@ def test_load_config_refuses_what_check_config_refuses(tmp_path: Path) -> None:
         load_config(path)
     keys = {k for _, k, _ in e.value.problems}
     assert "gates[2].output.host" in keys and "gates[1].output.coil" in keys
+
+
+def test_a_duration_too_long_for_the_calendar_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    """`99999999999d` overflowed Python's timedelta: `gated check-config` died with a
+    traceback (exit 1) and `gated run` would have too. Now every duration has a bound."""
+    out = check(tmp_path, "site: {id: s, timezone: Europe/Madrid}\ndaemon_id: d1\n"
+                          "gates:\n  - {id: in, zone: main, early_arrival: 99999999999d}\n"
+                          "store: {retention: 3661d}\n")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    assert ":4: error: gates[0].early_arrival: too long a duration: '99999999999d' (at most 3660d)" in out.stdout
+    assert "store.retention: too long a duration" in out.stdout

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from rules.model import Site
 from rules.timeutil import (
     DAYS,
+    MAX_DURATION,
     WeekSchedule,
     format_duration,
     load_zone,
@@ -261,7 +262,7 @@ def test_duration_format_parse_round_trip(seconds: int) -> None:
 
 
 @SETTINGS
-@given(n=st.integers(min_value=0, max_value=10**6), unit=st.sampled_from("smhd"))
+@given(n=st.integers(min_value=0, max_value=3660), unit=st.sampled_from("smhd"))
 def test_duration_parse_format_round_trip(n: int, unit: str) -> None:
     d = parse_duration(f"{n}{unit}")
     assert d == timedelta(seconds=n * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
@@ -273,7 +274,22 @@ def test_duration_examples(text: str, seconds: int) -> None:
     assert parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("bad", ["", "15", "m", "-5m", "1.5h", "15 minutes", "15min", "3w", " ", "15m "[:-1] + "x"])
+@SETTINGS
+@given(st.from_regex(r"\A(\d{1,40}[smhd]){1,4}\Z"))
+@example("99999999999d")  # overflowed timedelta: a crash, not a config error
+@example("3660d")
+@example("3660d1s")
+def test_duration_well_formed_of_any_size_is_a_duration_or_a_value_error(text: str) -> None:
+    try:
+        d = parse_duration(text)
+    except ValueError as e:
+        assert "too long" in str(e) or "not a duration" in str(e)
+    else:
+        assert timedelta(0) <= d <= MAX_DURATION
+
+
+@pytest.mark.parametrize("bad", ["", "15", "m", "-5m", "1.5h", "15 minutes", "15min", "3w", " ", "15m "[:-1] + "x",
+                                 "3661d", "87841h"])
 def test_bad_durations(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(bad)
