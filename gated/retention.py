@@ -61,7 +61,11 @@ class LedgerRetention:
     async def run(self, first_after: float = FIRST_SWEEP_AFTER, every: float = SWEEP_INTERVAL) -> None:
         await asyncio.sleep(first_after)
         while True:
-            await self.sweep()
+            try:
+                await self.sweep()
+            except Exception:  # a bug must not end the retention for the daemon's life unseen
+                log.exception("retention_failed")
+                self.last = {"at": iso_utc(self.clock()), "error": "the sweep failed: see the log"}
             await asyncio.sleep(every)
 
     async def sweep(self, batch: int = BATCH, pause: float = PAUSE) -> dict[str, int] | None:

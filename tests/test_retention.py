@@ -245,3 +245,30 @@ async def test_a_long_first_sweep_lets_the_loop_run(tmp_path: Path) -> None:
     assert pruned is not None and pruned["passages"] == 300 and pruned["deductions"] == 300
     assert ticks >= 12  # at least once between every two of its 13 batches
     store.close()
+
+
+async def test_a_failing_sweep_is_logged_and_tried_again_the_next_hour(tmp_path: Path) -> None:
+    store = old_ledger(tmp_path, 2)
+    runner = LedgerRetention(store, KEEP, KEEP_AUDIT, lambda: NOW, lambda: True, lambda e: None)
+    calls = 0
+    real = store.retention_cutoffs
+
+    def flaky(*a: Any, **k: Any) -> Cutoffs:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return real(*a, **k)
+
+    store.retention_cutoffs = flaky  # type: ignore[method-assign]
+    task = asyncio.create_task(runner.run(first_after=0, every=0.01))
+    try:
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if runner.last is not None and "pruned" in runner.last:
+                break
+    finally:
+        task.cancel()
+    assert calls >= 2 and runner.last is not None and runner.last["pruned"] == {"passages": 2, "deductions": 2}
+    del store.retention_cutoffs
+    store.close()
