@@ -234,8 +234,8 @@ def warnings(data: dict[str, Any]) -> list[tuple[Path, str]]:
                               "(`gated discover` lists the devices); the daemon keeps trying to open it"))
     out += _bus_load_warnings(data)
     out += _passage_pulse_warnings(data)
-    kinds = {r.get("card_format") if r.get("format") == "auto" else r.get("format")
-             for _, g in _dicts(data.get("gates")) for _, r in _dicts(g.get("readers"))}
+    kinds = {k for _, g in _dicts(data.get("gates")) for _, r in _dicts(g.get("readers"))
+             if isinstance(k := r.get("card_format") if r.get("format") == "auto" else r.get("format"), str)}
     if kinds & {"hex", "em"} and kinds & {"decimal", "em-decimal"}:
         out.append((("gates",), "this site has EM4100 readers in hex and in decimal: a card string of 10 "
                                 "digits without a type is read as the decimal card number; have the "

@@ -46,8 +46,8 @@ def format_duration(d: timedelta) -> str:
 def load_zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError) as e:
-        raise ValueError(f"unknown timezone: {name!r}") from e
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError) as e:  # OSError: a name too long for a file
+        raise ValueError(f"unknown timezone: {str(name)[:64]!r}") from e
 
 
 @lru_cache(maxsize=65536)
