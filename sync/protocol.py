@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sync.events import event_schema
-from sync.records import BookingIn, MemberIn, PassIn, PassRecord, SitePassIn
+from sync.records import MAX_INT, BookingIn, MemberIn, PassIn, PassRecord, SitePassIn
 from sync.topics import LEVEL, Topics, central_status_topic, valid_level
 
 MAJOR = 1
@@ -29,7 +29,8 @@ PROTOCOL = f"{MAJOR}.{MINOR}"
 V = Literal[1]
 
 Level = Annotated[str, Field(pattern=LEVEL.pattern)]
-Seq = Annotated[int, Field(ge=0)]
+Seq = Annotated[int, Field(ge=0, le=MAX_INT)]
+SeqFrom1 = Annotated[int, Field(ge=1, le=MAX_INT)]
 RequestId = Annotated[str, Field(min_length=1, max_length=100)]
 
 
@@ -97,7 +98,7 @@ class EventIn(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
     id: Annotated[str, Field(min_length=1, max_length=100)]
-    seq: Annotated[int, Field(ge=1)]
+    seq: SeqFrom1
     type: Annotated[str, Field(min_length=1, max_length=50)]
     at: Annotated[str, Field(min_length=1, max_length=50)]
     gate: str | None = None
@@ -153,7 +154,7 @@ class CatchUpRequest(_Wire):
     daemon: Level
     peer: Level
     request_id: RequestId
-    from_seq: Annotated[int, Field(ge=1)] | None = None
+    from_seq: SeqFrom1 | None = None
     since: Annotated[str, Field(max_length=50)] | None = None
 
     @model_validator(mode="after")
@@ -174,7 +175,7 @@ class CatchUpAnswer(_Wire):
     daemon: Level
     to: Level
     request_id: RequestId
-    first_seq: Annotated[int, Field(ge=1)]
+    first_seq: SeqFrom1
     last_seq: Seq
     events: list[EventIn] = []
     more: bool = False
@@ -245,8 +246,8 @@ class ReplayAnswer(_Wire):
     v: V = 1
     daemon: Level
     request_id: RequestId
-    from_seq: Annotated[int, Field(ge=1)]
-    first_seq: Annotated[int, Field(ge=1)]
+    from_seq: SeqFrom1
+    first_seq: SeqFrom1
     last_seq: Seq
 
 
@@ -270,7 +271,7 @@ class ReplayRequest(_Wire):
 
     v: V = 1
     request_id: RequestId
-    from_seq: Annotated[int, Field(ge=1)]
+    from_seq: SeqFrom1
 
 
 class Removals(_Wire):
@@ -284,7 +285,7 @@ class Delta(_Wire):
     `delta_seq` (1, 2, 3, ...). Entries replace by id, whole."""
 
     v: V = 1
-    delta_seq: Annotated[int, Field(ge=1)]
+    delta_seq: SeqFrom1
     at: str | None = None
     members: list[MemberOut] = []
     passes: list[PassOut] = []

@@ -53,17 +53,30 @@ def _check_schedule(v: dict[str, str | list[str]]) -> dict[str, str | list[str]]
     return v
 
 
-def _check_amount(v: Decimal) -> Decimal:
-    if not v.is_finite():
-        raise ValueError("must be a finite number")
-    return v
-
 
 Instant = Annotated[str, AfterValidator(_check_instant)]
 # native pydantic types where they say the same: validated in Rust, a snapshot has 550,000 records
 LocalDate = date
 Schedule = Annotated[dict[str, str | list[str]], AfterValidator(_check_schedule)]
-Amount = Annotated[Decimal, Field(allow_inf_nan=False)]
+# what SQLite's INTEGER holds: a seq beyond it overflowed the insert, and the whole delta
+# (or snapshot) failed again at every retry
+MAX_INT = 2**63 - 1
+SeqNumber = Annotated[int, Field(ge=0, le=MAX_INT)]
+# a balance or a price, either way: amounts are summed and subtracted as exact decimals,
+# and one near Decimal's largest exponent (9e999999 minus -9e999999) overflowed there
+AMOUNT_LIMIT = 10**12
+LOYALTY_LIMIT = 1_000_000  # points of one booking, either way
+
+
+def check_amount_range(v: Decimal) -> Decimal:
+    """For amounts read without the models (another daemon's events)."""
+    if not v.is_finite() or abs(v) > AMOUNT_LIMIT:
+        raise ValueError(f"out of range: at most {AMOUNT_LIMIT:,} either way")
+    return v
+
+
+Amount = Annotated[Decimal, Field(allow_inf_nan=False, ge=-AMOUNT_LIMIT, le=AMOUNT_LIMIT)]
+Price = Annotated[Decimal, Field(allow_inf_nan=False, ge=0, le=AMOUNT_LIMIT)]  # never negative
 Window = Annotated[str, AfterValidator(lambda v: (parse_window(v), v)[1])]
 
 
@@ -163,12 +176,12 @@ class PassIn(Strict):
     kind: Literal["time", "visits", "credits", "marketplace"]
     balance: Amount | None = None
     deduct_on: Literal["booking", "access"] = "booking"
-    walk_in_cost: Amount | None = Field(default=None, ge=0)
+    walk_in_cost: Price | None = None
     valid_from: LocalDate | None = None
     valid_until: LocalDate | None = None
     zones: list[Id] | None = None
     access_windows: Schedule | None = None
-    applied_seq: int | None = Field(default=None, ge=0)
+    applied_seq: int | None = Field(default=None, ge=0, le=MAX_INT)
 
     @model_validator(mode="after")
     def _balance_fits_kind(self) -> PassIn:
@@ -207,7 +220,7 @@ class SitePassIn(PassIn):
     entries of the central's `applied` map (the highest seq of each one's events the
     balance reflects; a daemon missing: none of its events). sync/store/peer_events.py."""
 
-    applied_peers: dict[Id, Annotated[int, Field(ge=0)]] | None = None
+    applied_peers: dict[Id, SeqNumber] | None = None
 
 
 class BookingIn(Strict):
@@ -220,8 +233,8 @@ class BookingIn(Strict):
     ends_at: Instant
     status: Literal["booked", "cancelled"] = "booked"
     deducted: bool = False
-    cost: Amount = Field(default=Decimal(1), ge=0)
-    loyalty_points: int = Field(default=0)
+    cost: Price = Decimal(1)
+    loyalty_points: int = Field(default=0, ge=-LOYALTY_LIMIT, le=LOYALTY_LIMIT)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

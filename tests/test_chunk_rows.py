@@ -89,6 +89,9 @@ TRICKY: list[Any] = [
     [], [""], ["main"], ["main", "main"], ["x" * 201], ["gate-b"], [1], {}, {"mon-sun": "06:00-12:00"},
     {"mon-sun": ["06:00-12:00", "bad"]}, {"x": "06:00-12:00"}, {"mon": "22:00-02:00"}, {DAEMON: 1}, {"gate-b": 1},
     {"gate-b\n": 1}, {"gate b": 1}, {"": 1}, {DAEMON: -1}, {DAEMON: 1.0}, {DAEMON: "1"}, {DAEMON: 10**20},
+    # the bounds of what SQLite and exact decimal arithmetic hold (sync/records.py)
+    2**63 - 1, 2**63, {DAEMON: 2**63 - 1}, {DAEMON: 2**63}, 1_000_000, 1_000_001, -1_000_001, "9e999999",
+    "1e12", "1000000000001", -1000000000001, 1e13,
     # photos (kept, or dropped: never the member) and desk text (cut, one line)
     ANA_URL, ANA_URL + "=", ANA_URL.replace("jpeg", "png"), "data:image/jpeg;base64,AAAA", "https://cdn.example/a.jpg",
     "data:image/jpeg;base64," + "A" * 50_000, " a \t b \n", "x" * 501, "é" * 600,

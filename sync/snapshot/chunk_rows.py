@@ -37,13 +37,13 @@ from rules.model import PassKind
 from rules.timeutil import parse_instant
 from sync.photos import photo_or_none
 from sync.protocol import MAX_CHUNKS
-from sync.records import NOTE_MAX, STATUS_REASON_MAX, Amount, clean_text
+from sync.records import LOYALTY_LIMIT, MAX_INT, NOTE_MAX, STATUS_REASON_MAX, Amount, clean_text
 from sync.store.rows import Row, instant_ts, keys_of, windows_json
 from sync.store.search_text import search_text
 from sync.topics import LEVEL
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-Seq = Annotated[int, msgspec.Meta(ge=0)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
 NULL = msgspec.Raw(b"null")
 
 
@@ -97,7 +97,7 @@ class _Booking(
     status: Literal["booked", "cancelled"] = "booked"
     deducted: bool = False
     cost: msgspec.Raw = msgspec.Raw(b"1")  # an Amount, not negative
-    loyalty_points: int = 0
+    loyalty_points: Annotated[int, msgspec.Meta(ge=-LOYALTY_LIMIT, le=LOYALTY_LIMIT)] = 0
     # the model also reads `pass_` and `class_` (populate_by_name): left to it
     pass_by_name: msgspec.Raw = ABSENT
     class_by_name: msgspec.Raw = ABSENT

@@ -36,6 +36,7 @@ from zoneinfo import ZoneInfo
 
 from rules.model import Direction
 from rules.timeutil import parse_instant_once
+from sync.records import check_amount_range
 from sync.store import evacuation
 from sync.store.rows import ts
 
@@ -111,10 +112,11 @@ def apply(
         elif kind == "deduction" and member and ev.get("pass"):
             try:
                 amount = Decimal(str(ev.get("amount")))
-            except InvalidOperation:
-                amount = Decimal("NaN")
+                in_range = check_amount_range(amount) == amount
+            except (InvalidOperation, ValueError):
+                in_range = False
             cause = str(ev.get("cause") or "")
-            if not amount.is_finite() or len(str(member)) > 200 or len(str(ev["pass"])) > 200 or len(cause) > 50:
+            if not in_range or len(str(member)) > 200 or len(str(ev["pass"])) > 200 or len(cause) > 50:
                 seen["invalid"] += 1
                 continue
             conn.execute(
