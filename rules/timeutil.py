@@ -20,6 +20,7 @@ _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 MINUTES_PER_DAY = 24 * 60
 MAX_DURATION = timedelta(days=3660)  # ten years and their leap days
+FIRST_YEAR, LAST_YEAR = 1900, 9000  # instants: far enough from the calendar's ends for local time and durations
 
 
 def parse_duration(text: str) -> timedelta:
@@ -75,7 +76,14 @@ def parse_instant_once(text: str, tz: ZoneInfo) -> datetime:
         raise ValueError(f"not a date-time: {text!r} (use e.g. 2026-11-18T13:00)") from e
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=tz)
-    return dt.astimezone(UTC)
+    try:
+        at = dt.astimezone(UTC)
+    except OverflowError as e:  # 0001-01-01T00:00 east of Greenwich is in year 0
+        raise ValueError(f"out of range: {text!r} (a date-time between {FIRST_YEAR} and {LAST_YEAR})") from e
+    if not FIRST_YEAR <= at.year < LAST_YEAR:
+        # 9999-12-31T23:59Z is year 10000 in Madrid: a decision on it overflowed
+        raise ValueError(f"out of range: {text!r} (a date-time between {FIRST_YEAR} and {LAST_YEAR})")
+    return at
 
 
 def parse_date(text: str) -> date:

@@ -210,3 +210,74 @@ def test_central_records_with_extreme_values_are_refused_or_work(
         store.run_due(policy, now + timedelta(hours=3))
     finally:
         store.close()
+
+
+# -- events of the site's other daemons ------------------------------------------------------
+
+PEER_EVENTS: list[dict[str, Any]] = [
+    {"id": "e1", "seq": 1, "type": "access", "at": "2026-12-05T12:00:00Z", "gate": "in-2", "member": "m1",
+     "decision": "granted", "reason": "walk_in", "passed": True, "direction": "in"},
+    {"id": "e2", "seq": 2, "type": "deduction", "at": "2026-12-05T12:00:00Z", "gate": "in-2", "member": "m1",
+     "pass": "p1", "amount": 1, "booking": None, "cause": "walk_in"},
+    {"id": "e3", "seq": 3, "type": "attendance", "at": "2026-12-05T12:00:00Z", "member": "m1", "booking": "b1",
+     "status": "attended", "by": "gate"},
+    {"id": "e4", "seq": 4, "type": "deduction", "at": "2026-12-05T12:01:00Z", "gate": "in-2", "member": "m1",
+     "pass": "p1", "amount": -1, "booking": None, "cause": "refund", "refunds": {"daemon": "d2", "seq": 2}},
+    {"id": "e5", "seq": 5, "type": "fire_alarm", "at": "2026-12-05T12:03:00Z", "active": True},
+]
+PEER_PATHS = [p for p in _paths(PEER_EVENTS) if p]
+peer_values = st.sampled_from([
+    10**30, 2**63, -1, 0, "9e999999", "-9e999999", "NaN", "Infinity", 1e308, "x" * 300, "",
+    "9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", None, True, [], {}, {"daemon": "d2", "seq": 10**30}, "m1", "p1",
+]) | yaml_values
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(PEER_PATHS), peer_values), min_size=1, max_size=3))
+@example([((3, "refunds"), {"daemon": "d2", "seq": 10**30})])  # overflowed the refund's insert
+@example([((0, "at"), "9999-12-31T23:59:59Z")])  # year 10000 in Madrid: the member's next decision overflowed
+@example([((1, "amount"), "9e999999"), ((3, "amount"), "-9e999999")])
+def test_peer_events_with_extreme_values_are_counted_or_work(
+    tmp_path_factory: Any, changes: list[tuple[tuple[str | int, ...], object]]
+) -> None:
+    """Another daemon's events with values replaced by extreme ones: refused by the batch's
+    validation, counted invalid, or recorded — and the member's decisions, the pass's
+    balance and the time-driven work go on without another exception."""
+    import copy
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from rules.credential import CredentialKind
+    from rules.decide import Presented, decide
+    from rules.model import Gate, Policy, Site
+    from sync.protocol import EventBatch
+    from sync.records import MemberIn, PassIn
+    from sync.store import Store, SyncBatch
+
+    events: Any = copy.deepcopy(PEER_EVENTS)
+    for path, value in changes:
+        node = events
+        try:
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue
+    try:
+        batch = EventBatch.model_validate({"v": 1, "daemon": "d2", "events": events, "zones": {"in-2": "main"}})
+    except ValidationError:
+        return
+    site, gate = Site(ZoneInfo("Europe/Madrid"), id="s"), Gate("in", "main")
+    now = datetime(2026, 12, 5, 12, 50, tzinfo=UTC)
+    store = Store(tmp_path_factory.mktemp("peers") / "g.db", site, daemon_id="d1", durable=False)
+    try:
+        visits = PassIn.model_validate({"id": "p1", "member": "m1", "kind": "visits", "balance": 5, "applied_seq": 0,
+                                        "walk_in_cost": 1, "deduct_on": "access"})
+        store.apply_sync(SyncBatch([MemberIn(id="m1", name="Ana", cards=["C1"])], [visits], []), now)
+        store.record_peer_events("d2", [e.model_dump(mode="json") for e in batch.events], {"in-2": "main"})
+        for t in (now, now + timedelta(days=1)):
+            decide(store.view("m1", gate, t), Presented(CredentialKind.CARD), gate, site, Policy(), t)
+        store.balance("p1")
+        store.run_due(Policy(no_show_fee=Decimal(1)), now + timedelta(hours=3))
+    finally:
+        store.close()

@@ -146,11 +146,8 @@ class Ledger(RuleBasedStateMachine):
     @rule(pid=st.sampled_from(sorted(PASSES)), central=st.integers(0, 200), data=st.data())
     def sync(self, pid: str, central: int, data: st.DataObject) -> None:
         applied = data.draw(st.one_of(st.none(), st.integers(0, self.next_seq - 1)), label="applied_seq")
-        # the central system may send an older pass (a lower applied_seq), never one from
-        # before a deduction the retention deleted: those were applied months ago
-        floor = max((s for s, p, _ in self.own if p == pid and s in self.pruned), default=0)
-        if (applied or 0) < floor:
-            applied = floor
+        if (applied or 0) < self.pruned_floor(pid):
+            applied = self.pruned_floor(pid)
         self.store.apply_sync(SyncBatch(passes=[credits(pid, Decimal(central), applied)]), self.tick())
         self.central[pid], self.applied[pid] = Decimal(central), applied or 0
 
@@ -183,6 +180,11 @@ class Ledger(RuleBasedStateMachine):
         ev = self.store.emit("health", self.tick(), status="ok")
         assert ev["seq"] == self.next_seq
         self.next_seq += 1
+
+    def pruned_floor(self, pid: str) -> int:
+        """The central system may send an older pass (a lower applied_seq), never one from
+        before a deduction the retention deleted: those were applied months ago."""
+        return max((s for s, p, _ in self.own if p == pid and s in self.pruned), default=0)
 
     @precondition(lambda self: self.next_seq > 1)
     @rule(data=st.data())
@@ -257,6 +259,7 @@ class LedgerWithImports(Ledger):
             pid: data.draw(st.one_of(st.none(), st.integers(0, self.next_seq - 1)), label=f"applied {pid}")
             for pid in PASSES
         }
+        applied = {pid: a if (a or 0) >= self.pruned_floor(pid) else self.pruned_floor(pid) for pid, a in applied.items()}
         taps = data.draw(st.lists(st.tuples(st.sampled_from(sorted(PASSES)), st.sampled_from(AMOUNTS)), max_size=3))
         LedgerWithImports.imports += 1
         chunk = snapshot_chunk(f"snap-{LedgerWithImports.imports}", balances, applied)

@@ -135,6 +135,9 @@ def test_release_tail_leaves_one_turn_for_the_passage_timeout() -> None:
     tail.relocked(15, now=400.0, turn_window=8.0)
     assert not tail.last_turn("door", 401.0)  # its door opening was the release's
     assert tail.last_turn("rotation", 401.0)  # its rotation may still come round
+    tail.ending("a fire alarm", latches=False)  # a door: its lock holds once relocked
+    tail.relocked(18, now=500.0, turn_window=8.0)
+    assert not tail.last_turn("door", 501.0) and tail.covers(19)  # only the reading's doubt
 
 
 def test_one_device_sends_its_writes_before_its_polls() -> None:

@@ -338,3 +338,21 @@ def test_parse_instant_local_date() -> None:
     with pytest.raises(ValueError):
         parse_instant("tomorrow", madrid)
     assert date(2026, 11, 18) == parse_instant("2026-11-18T00:30", madrid).astimezone(madrid).date()
+
+
+@pytest.mark.parametrize(("text", "ok"), [
+    ("9999-12-31T23:59:59Z", False),  # year 10000 in Madrid: a decision on it overflowed
+    ("0001-01-01T00:00", False),  # year 0 in UTC: astimezone overflowed
+    ("1899-12-31T23:00Z", False), ("9000-01-01T00:00Z", False),
+    ("1900-01-01T00:00Z", True), ("8999-12-31T23:59Z", True), ("2026-12-05T13:00", True),
+])
+def test_instants_stay_clear_of_the_calendars_ends(text: str, ok: bool) -> None:
+    from rules.timeutil import parse_instant_once
+
+    tz = ZoneInfo("Europe/Madrid")
+    if ok:
+        at = parse_instant_once(text, tz)
+        assert at.astimezone(tz) + MAX_DURATION > at - MAX_DURATION  # local time and durations hold
+    else:
+        with pytest.raises(ValueError, match="out of range"):
+            parse_instant_once(text, tz)

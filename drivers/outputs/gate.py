@@ -294,7 +294,8 @@ class GateController:
         its write to the reading after it, a door seen opening may have opened released
         (plan.ReleaseTail)."""
         if ending:
-            self.release_tail.ending(self._release_reason() or "a release", self.door_open)
+            self.release_tail.ending(self._release_reason() or "a release", self.door_open,
+                                     latches=self.supervisor.has_passage_sensor)
         try:
             yield
         finally:

@@ -94,10 +94,11 @@ class ReleaseTail:
 
     - one reading's doubt: an opening seen by the first reading after the relock may have
       begun while the door stood released (an evacuee mid-push as the panel is reset);
-    - one turn: a turnstile's arm pushed while released is armed for that rotation, as a
-      pulse arms one (the latch), and may come round after the relock — an evacuee who was
-      on the way. One door opening and one rotation within the gate's `passage_timeout` of
-      the relock are the release's, like a grant's window; the next ones are judged as usual.
+    - one turn, at a turnstile (a gate with a passage sensor): an arm pushed while
+      released is armed for that rotation, as a pulse arms one (the latch), and may come
+      round after the relock — an evacuee who was on the way. One door opening and one
+      rotation within the gate's `passage_timeout` of the relock are the release's, like a
+      grant's window; the next ones are judged as usual.
     """
 
     through: float = -1  # readings numbered up to this may predate the relock (inf: being written)
@@ -105,14 +106,16 @@ class ReleaseTail:
     turn_until: float = float("-inf")  # the armed turn may come round until then (monotonic s)
     turn_left: frozenset[str] = frozenset()  # of "door", "rotation": what of the turn is still due
 
-    def ending(self, why: str, door_open: bool | None = False) -> None:
+    def ending(self, why: str, door_open: bool | None = False, *, latches: bool = True) -> None:
         """The release for `why` is ending: its relock is about to be written. A door open
         now is the last turn under way: its opening was the release's, and it spends the
-        turn's door opening."""
+        turn's door opening. `latches`: the gate is a turnstile (it has a passage sensor);
+        a door's lock holds once relocked, so it leaves only the reading's doubt."""
         self.through = float("inf")
         self.why = why
         self.turn_until = float("inf")
-        self.turn_left = frozenset(("rotation",) if door_open else ("door", "rotation"))
+        left = ("rotation",) if door_open else ("door", "rotation")
+        self.turn_left = frozenset(left if latches else ())
 
     def relocked(self, readings: int, now: float, turn_window: float) -> None:
         """The relock's write returned (or failed: a board that did not answer is read again

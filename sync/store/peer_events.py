@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 from rules.model import Direction
 from rules.timeutil import parse_instant_once
-from sync.records import check_amount_range
+from sync.records import MAX_INT, check_amount_range
 from sync.store import evacuation
 from sync.store.rows import ts
 
@@ -127,7 +127,7 @@ def apply(
             seen["remote_charges"] += 1
             ref = ev.get("refunds")
             if cause == "refund" and isinstance(ref, Mapping) and isinstance(ref.get("daemon"), str) \
-                    and isinstance(ref.get("seq"), int):
+                    and isinstance(ref.get("seq"), int) and 0 < ref["seq"] <= MAX_INT:
                 conn.execute("INSERT OR IGNORE INTO site_refunds(daemon, seq) VALUES (?,?)", (ref["daemon"], ref["seq"]))
                 seen["remote_refunds"] += 1
         elif kind == "fire_alarm" and ev.get("active") is True:
