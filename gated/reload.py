@@ -55,6 +55,9 @@ async def reload_config(d: Daemon, path: Path) -> bool:
             d.log_card_rule()
             if d.link is not None:
                 await d.link.card_rule_changed()
+    if d.retention is not None:  # the next sweep keeps what the new file says
+        d.retention.keep, d.retention.keep_audit = new.store.retention_periods()
+        d.retention.no_show_work = new.time_driven_work
     if d.taps is not None:
         d.taps.engine, d.taps.config = d.engine, new
         u = new.unknown_cards

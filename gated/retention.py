@@ -1,7 +1,8 @@
 """The daemon's side of the ledger's retention (the rule is sync/store/retention.py): a sweep
-every hour, in batches small enough that a tap never waits behind one.
+every hour, in batches short enough that a tap waits under a millisecond behind one.
+`store.retention` and `store.audit_retention` are read again on a reload (SIGHUP).
 
-A sweep runs only while the store works and the clock is trusted (gated/clock_guard.py): a
+A sweep runs only while the store works and the clock is trusted (gated/clock.py): a
 clock set a year ahead would otherwise make this year's ledger look old. It stops between
 two batches as soon as either goes. Each batch is one short transaction on the event loop
 (the store's one writer: a second writer would make taps wait on SQLite's lock), then a

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import generate_latest
 
 from gated.config import Config
 from gated.daemon import Daemon
+from gated.reload import reload_config
 from gated.seed import batch_from
 from rules.credential import Credential
 from simulator.turnstile import Person, SimTurnstile
@@ -187,5 +189,13 @@ async def test_the_ledger_retention_sweeps_what_the_central_system_has(tmp_path:
         assert last["pruned"] == {"passages": 1, "deductions": 1}, last
         metrics = generate_latest(d.metrics.registry).decode()
         assert 'gated_ledger_pruned_total{table="deductions"} 1.0' in metrics
+        # a reload (SIGHUP) with other periods: the next sweep keeps what the file says
+        raw = d.config.model_dump(mode="json", exclude_none=True)
+        raw["store"] = {**raw["store"], "retention": "30d", "audit_retention": None}
+        path = tmp_path / "gated.yaml"
+        path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+        assert await reload_config(d, path)
+        assert (d.retention.keep, d.retention.keep_audit) == (timedelta(days=30), None)
+        assert d.health()["retention"]["keep_days"] == 30
         d.storage.failed(sqlite3.OperationalError("database or disk is full"), "test")
         assert await d.retention.sweep(pause=0) is None
