@@ -74,7 +74,8 @@ header_text = st.text(
     st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_characters="\x7f"), max_size=80
 )
 segment = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x10FFFF, blacklist_categories=("Cs",)),
-                  max_size=30).map(lambda s: quote(s, safe=""))
+                  max_size=30).map(lambda s: quote(s, safe="")) | st.sampled_from(
+    ["9999-12-31", "0001-01-01", "1899-12-31", "2026-12-05", "2026-02-30", "99999999999999999999", "-1"])
 scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
                    st.text(max_size=300), st.sampled_from(["LOCKDOWN", "RELEASE", "EMERGENCY", "RESTORE", "x" * 201]))
 json_value = st.recursive(scalar, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
@@ -210,6 +211,12 @@ async def test_console_http_fuzz_never_5xx_and_daemon_keeps_working(tmp_path: Pa
 
         await asyncio.to_thread(fuzz)
         await asyncio.to_thread(fuzz_raw)
+        # days at the calendar's ends: the day after 9999-12-31 overflowed (a 500)
+        token, _ = await new_session()
+        for path in ("/api/classes?day=9999-12-31", "/api/classes?day=0001-01-01", "/api/audit?from=0001-01-01&to=9999-12-31",
+                     "/api/reports/loyalty?from=9999-12-01&to=9999-12-31", "/reports/loyalty.csv?to=0001-01-02"):
+            status = await asyncio.to_thread(send, port, "GET", path, {"Host": f"127.0.0.1:{port}", "Cookie": f"gated_session={token}"}, None)
+            assert status < 500, (path, status)
         assert sum(v for k, v in statuses.items() if 200 <= k < 300) > 0  # some requests got through
         # the daemon is alive and deciding; any switch the fuzzer flipped is put back
         if site.daemon.fire_alarm:

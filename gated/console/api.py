@@ -23,6 +23,7 @@ from gated.console.security import SESSION_COOKIE
 from gated.console.state import console_of
 from gated.console.views import dumps
 from rules.credential import normalise_card
+from rules.timeutil import FIRST_YEAR, LAST_YEAR
 
 log = structlog.get_logger("gated.console")
 
@@ -87,10 +88,13 @@ def int_param(text: str | None, default: int, lo: int, hi: int) -> int:
 
 
 def date_param(text: str | None) -> date | None:
+    """A day from the query, None when absent or not one the calendar can move from
+    (`9999-12-31`: its next day overflowed, a 500)."""
     try:
-        return date.fromisoformat(text) if text else None
+        day = date.fromisoformat(text) if text else None
     except ValueError:
         return None
+    return day if day is not None and FIRST_YEAR <= day.year < LAST_YEAR else None
 
 
 def _seqs(committed: Any) -> list[int]:
