@@ -22,6 +22,7 @@ from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_v
 
 from gated.config import Duration, GateRules, PolicyConfig
 from gated.yamlload import DEFAULT_LIMITS, Marked, YamlError, describe_error, dotted, load
+from rules.credential import card_from_text
 from rules.reasons import Reason
 from rules.timeutil import load_zone, parse_instant
 from sync.records import (
@@ -64,9 +65,14 @@ class QrIn(Strict):
     signer: Literal["site", "other"] = "site"
 
 
+def _card_readable(v: str) -> str:
+    card_from_text(v)  # what the run does with it: a card it cannot read is the file's error
+    return v
+
+
 class TapIn(Strict):
     gate: Id
-    card: Annotated[str, Field(min_length=1)] | None = None
+    card: Annotated[str, Field(min_length=1), AfterValidator(_card_readable)] | None = None
     qr: QrIn | None = None
     passes: bool = True
 

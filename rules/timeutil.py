@@ -74,16 +74,14 @@ def parse_instant_once(text: str, tz: ZoneInfo) -> datetime:
         dt = datetime.fromisoformat(s)
     except ValueError as e:
         raise ValueError(f"not a date-time: {text!r} (use e.g. 2026-11-18T13:00)") from e
+    if not FIRST_YEAR <= dt.year < LAST_YEAR:
+        # 9999-12-31T23:59Z is year 10000 in Madrid (a decision on it overflowed), and
+        # 0001-01-01T00:00 east of Greenwich year 0; the year as written decides, so that
+        # a text valid in one zone is valid in every other
+        raise ValueError(f"out of range: {text!r} (a date-time between {FIRST_YEAR} and {LAST_YEAR})")
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=tz)
-    try:
-        at = dt.astimezone(UTC)
-    except OverflowError as e:  # 0001-01-01T00:00 east of Greenwich is in year 0
-        raise ValueError(f"out of range: {text!r} (a date-time between {FIRST_YEAR} and {LAST_YEAR})") from e
-    if not FIRST_YEAR <= at.year < LAST_YEAR:
-        # 9999-12-31T23:59Z is year 10000 in Madrid: a decision on it overflowed
-        raise ValueError(f"out of range: {text!r} (a date-time between {FIRST_YEAR} and {LAST_YEAR})")
-    return at
+    return dt.astimezone(UTC)
 
 
 def parse_date(text: str) -> date:

@@ -345,6 +345,7 @@ def test_parse_instant_local_date() -> None:
     ("0001-01-01T00:00", False),  # year 0 in UTC: astimezone overflowed
     ("1899-12-31T23:00Z", False), ("9000-01-01T00:00Z", False),
     ("1900-01-01T00:00Z", True), ("8999-12-31T23:59Z", True), ("2026-12-05T13:00", True),
+    ("1900-01-01T00:00", True),  # 1899 in UTC: the year as written decides, in every zone alike
 ])
 def test_instants_stay_clear_of_the_calendars_ends(text: str, ok: bool) -> None:
     from rules.timeutil import parse_instant_once
