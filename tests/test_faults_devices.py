@@ -479,6 +479,17 @@ async def test_members_evacuated_come_back_in_free_after_the_fire_alarm(tmp_path
         assert r["decision"] == "denied" and r["reason"] == "anti_passback", r
 
 
+async def evacuee_through_without_alarm(site: Any, sim_out: SimTurnstile) -> None:
+    """Once the door is shut again: no `door_forced`, and the rotation reported, as every
+    unclaimed one is, as an evacuee's — not for the desk to settle as a pushed arm."""
+    await wait_for(lambda: not sim_out.door_open, 10, "the door closed")
+    await asyncio.sleep(0.5)  # readings of the closed door
+    assert not site.alarms("door_forced")
+    out = [a for a in site.alarms("passage_while_released") if a["gate"] == "out-1"]
+    assert out and out[-1]["detail"].endswith("while the gate stood released for a fire alarm"), out
+    assert not [a for a in site.alarms("passage_without_grant") if a["gate"] == "out-1"]
+
+
 async def test_evacuee_mid_push_as_the_fire_alarm_resets_is_no_forced_door(tmp_path: Path) -> None:
     """The panel is reset while someone pushes through the released exit: the relock lands
     (slowly: the board answers late) after they have opened the door. That opening began
@@ -502,14 +513,7 @@ async def test_evacuee_mid_push_as_the_fire_alarm_resets_is_no_forced_door(tmp_p
         pushed_at = sim_out.passages[-1] - sim_out.passage_pulse
         assert released_at < pushed_at < relocked_at, "the push was not inside the release"
         sim_out.inject(Fault.NONE)
-        await wait_for(lambda: not sim_out.door_open, 10, "the door closed")
-        await asyncio.sleep(0.5)  # readings of the closed door
-        assert not site.alarms("door_forced")
-        # the rotation is reported, as every unclaimed one is, as an evacuee's: not for the
-        # desk to settle as a pushed arm
-        out = [a for a in site.alarms("passage_while_released") if a["gate"] == "out-1"]
-        assert out and out[-1]["detail"].endswith("while the gate stood released for a fire alarm"), out
-        assert not [a for a in site.alarms("passage_without_grant") if a["gate"] == "out-1"]
+        await evacuee_through_without_alarm(site, sim_out)
         sim_out.force_door_open()  # and now someone does force it
         await wait_for(lambda: site.alarms("door_forced"), 10, "door_forced after the relock")
         sim_out.close_door()
@@ -535,12 +539,7 @@ async def test_evacuee_whose_armed_turn_comes_round_after_the_all_clear_is_no_fo
         relocked_at = sim_out.coil_history[-1][0]
         await wait_for(lambda: sim_out.passages, 10, "the evacuee through")
         assert sim_out.passages[-1] - sim_out.passage_pulse > relocked_at + 0.5, "the turn came before the relock"
-        await wait_for(lambda: not sim_out.door_open, 10, "the door closed")
-        await asyncio.sleep(0.5)  # readings of the closed door
-        assert not site.alarms("door_forced")
-        out = [a for a in site.alarms("passage_while_released") if a["gate"] == "out-1"]
-        assert out and out[-1]["detail"].endswith("while the gate stood released for a fire alarm"), out
-        assert not [a for a in site.alarms("passage_without_grant") if a["gate"] == "out-1"]
+        await evacuee_through_without_alarm(site, sim_out)
         sim_out.force_door_open()  # the armed turn is spent: this one is forced
         await wait_for(lambda: site.alarms("door_forced"), 10, "door_forced after the armed turn")
         sim_out.close_door()

@@ -57,6 +57,22 @@ def _paths(node: object, at: tuple[str | int, ...] = ()) -> list[tuple[str | int
     return [at] + [p for k, v in items for p in _paths(v, (*at, k))]
 
 
+def _replaced(doc: Any, changes: list[tuple[tuple[str | int, ...], object]]) -> Any:
+    """A deep copy of `doc` with each (path, value) of `changes` put in place."""
+    import copy
+
+    out = copy.deepcopy(doc)
+    for path, value in changes:
+        node = out
+        try:
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier change replaced what this path went through
+    return out
+
+
 GOOD_DOC = yaml.safe_load(GOOD)
 GOOD_PATHS = [p for p in _paths(GOOD_DOC) if p]
 extreme_values = st.sampled_from([
@@ -75,18 +91,9 @@ def test_config_values_replaced_reject_cleanly(changes: list[tuple[tuple[str | i
     """Values anywhere in a good file replaced by extreme ones (huge numbers, a dict where
     a string goes, a duration past the calendar): a ConfigError naming the problems, never
     another exception (three crashes found so: docs/reliability.md)."""
-    import copy
     import tempfile
 
-    doc = copy.deepcopy(GOOD_DOC)
-    for path, value in changes:
-        node = doc
-        try:
-            for key in path[:-1]:
-                node = node[key]
-            node[path[-1]] = value
-        except (KeyError, IndexError, TypeError):
-            continue  # an earlier change replaced what this path went through
+    doc = _replaced(GOOD_DOC, changes)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(yaml.safe_dump(doc, allow_unicode=True))
     try:
@@ -158,7 +165,7 @@ DELTA = {
                   "loyalty_points": 5}],
 }
 DELTA_PATHS = [p for p in _paths(DELTA) if p]
-record_values = st.sampled_from([
+record_values: st.SearchStrategy[Any] = st.sampled_from([
     10**30, -(10**30), 2**63, "9e999999", "-9e999999", "1e-999999", "0.0000001", 1e308, -1, 0, "x" * 300, "",
     "9999-12-31", "0001-01-01", "9999-12-31T23:59", "0001-01-01T00:00Z", {"mon": ["00:00-01:00"] * 50}, [],
     None, True, "m1", "p1", "AA01", "em:0A00BC614E", "99999999999999999999999999999",
@@ -176,7 +183,6 @@ def test_central_records_with_extreme_values_are_refused_or_work(
     """A delta whose values are replaced by extreme ones is refused by its validation, or
     it is applied, decided on (now, in five minutes, in a year) and worked through by the
     time-driven work without any other exception."""
-    import copy
     from datetime import UTC, datetime, timedelta
     from zoneinfo import ZoneInfo
 
@@ -187,15 +193,7 @@ def test_central_records_with_extreme_values_are_refused_or_work(
     from sync.protocol import Delta
     from sync.store import Store
 
-    doc: Any = copy.deepcopy(DELTA)
-    for path, value in changes:
-        node = doc
-        try:
-            for key in path[:-1]:
-                node = node[key]
-            node[path[-1]] = value
-        except (KeyError, IndexError, TypeError):
-            continue
+    doc = _replaced(DELTA, changes)
     try:
         delta = Delta.model_validate(doc)
     except ValidationError:
@@ -226,7 +224,7 @@ PEER_EVENTS: list[dict[str, Any]] = [
     {"id": "e5", "seq": 5, "type": "fire_alarm", "at": "2026-12-05T12:03:00Z", "active": True},
 ]
 PEER_PATHS = [p for p in _paths(PEER_EVENTS) if p]
-peer_values = st.sampled_from([
+peer_values: st.SearchStrategy[Any] = st.sampled_from([
     10**30, 2**63, -1, 0, "9e999999", "-9e999999", "NaN", "Infinity", 1e308, "x" * 300, "",
     "9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", None, True, [], {}, {"daemon": "d2", "seq": 10**30}, "m1", "p1",
 ]) | yaml_values
@@ -243,7 +241,6 @@ def test_peer_events_with_extreme_values_are_counted_or_work(
     """Another daemon's events with values replaced by extreme ones: refused by the batch's
     validation, counted invalid, or recorded — and the member's decisions, the pass's
     balance and the time-driven work go on without another exception."""
-    import copy
     from datetime import UTC, datetime, timedelta
     from zoneinfo import ZoneInfo
 
@@ -254,15 +251,7 @@ def test_peer_events_with_extreme_values_are_counted_or_work(
     from sync.records import MemberIn, PassIn
     from sync.store import Store, SyncBatch
 
-    events: Any = copy.deepcopy(PEER_EVENTS)
-    for path, value in changes:
-        node = events
-        try:
-            for key in path[:-1]:
-                node = node[key]
-            node[path[-1]] = value
-        except (KeyError, IndexError, TypeError):
-            continue
+    events = _replaced(PEER_EVENTS, changes)
     try:
         batch = EventBatch.model_validate({"v": 1, "daemon": "d2", "events": events, "zones": {"in-2": "main"}})
     except ValidationError:
