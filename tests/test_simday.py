@@ -73,7 +73,7 @@ def test_a_short_day_with_every_fault_keeps_the_books(short_day: tuple[Path, dic
     print("SIMDAY", json.dumps({"run": r["run"], "latency": r["latency"]["tap_to_coil_ms"]}))
     checked = {i["name"]: i["checked"] for i in r["invariants"]}
     for name in ("rotations", "exactly_once", "balances", "attendance", "fees", "loyalty", "grants",
-                 "balance_refusals", "expected_denials", "settled"):
+                 "refusals", "expected_denials", "settled"):
         assert checked[name] > 0, name
     # the day really had its traffic and its faults
     outcomes = r["traffic"]["by_outcome"]
@@ -236,6 +236,22 @@ def test_the_check_catches_a_lost_event_a_wrong_balance_and_a_silent_rotation(
     assert rc == 1
     v = next(v for v in r["violations"] if v["invariant"] == "balances")
     assert v["detail"]["first"][0]["pass"] == pid
+
+    # a gate that refused members its rules let in (walk-ins recorded as "no pass"): every
+    # view it could have had grants them
+    refused = _tampered(d, tmp_path / "refused")
+    with sqlite3.connect(refused / "central" / "central.db") as c:
+        rows = c.execute("SELECT rowid, daemon, seq, body FROM events WHERE type = 'access' ORDER BY site, daemon, seq"
+                         ).fetchall()
+        walk_ins = [(rowid, daemon, seq, json.loads(body)) for rowid, daemon, seq, body in rows
+                    if json.loads(body).get("reason") == "walk_in"][:5]
+        for rowid, _, _, body in walk_ins:
+            body.update(decision="denied", reason="no_pass", passed=False)
+            c.execute("UPDATE events SET body = ? WHERE rowid = ?", (json.dumps(body), rowid))
+    rc, r, _ = _check(refused)
+    assert rc == 1
+    wrong_refusals = {(v["gate"], v["at"]) for v in r["violations"] if v["invariant"] == "refusals"}
+    assert wrong_refusals and wrong_refusals <= {(daemon, body["at"]) for _, daemon, _, body in walk_ins}, r
 
     # a turnstile that turned once more than anything recorded: the events around it shown
     silent = _tampered(d, tmp_path / "silent")

@@ -4,23 +4,29 @@ events only) and with everything the site knew by then. A grant both views deny 
 violation; one only the fuller view denies is a gate that had not yet heard (counted, not a
 fault).
 
-And the other way: every entry a gate refused for the balance (`no_balance`), decided
-again on the worst view the gate could have had — every charge of the site until then,
-no top-up, no other daemon's refund. A member that view lets in was refused with visits
-or credits left: a wrong balance at the gate (found so: a charge at another turnstile
-taken off twice once the central had applied it)."""
+And the other way: every entry a gate refused by its rules (a pass, a booking, the
+balance, the member, anti-passback, the opening hours), decided again on each view the
+gate could have had — its own events only, every event of the site, the worst balance
+(every charge of the site until then, no top-up, no other daemon's refund), and each other
+daemon heard only up to each of its events. A refusal every one of them grants was made
+on knowledge the gate could not have had: a wrong balance (found so: a charge at another
+turnstile taken off twice once the central had applied it), a presence, a booking's state.
+
+"""
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from rules.credential import CredentialKind
-from rules.decide import MemberView, Presented, ZonePresence, decide
+from rules.decide import Decision, MemberView, Presented, ZonePresence, decide
 from rules.model import Booking, BookingStatus, Direction, Member, Pass
+from rules.reasons import Reason
 from simulator.day.checks.dayrun import ENTRY_REASONS, Invariant, Run, instant
 
 
@@ -58,8 +64,8 @@ def check_grants(run: Run) -> Invariant:
             t = instant(e.get("decided_at") or e["at"])
             views = {
                 "as_the_gate_knew": _view(run, site, e, t, m, by_member_pass, by_member_booking, fires,
-                                          own_only=True),
-                "everything": _view(run, site, e, t, m, by_member_pass, by_member_booking, fires, own_only=False),
+                                          heard=_nobody),
+                "everything": _view(run, site, e, t, m, by_member_pass, by_member_booking, fires, heard=_before(t)),
             }
             presented = Presented(CredentialKind.QR if e.get("credential") == "qr" else CredentialKind.CARD)
             if presented.kind == CredentialKind.QR:
@@ -81,10 +87,21 @@ def check_grants(run: Run) -> Invariant:
     return inv
 
 
-def check_balance_refusals(run: Run) -> Invariant:
-    inv = Invariant("balance_refusals", "no gate refused an entry for the balance when even the worst balance "
-                    "it could have known (every charge of the site, no top-up, no refund by another daemon) "
-                    "was enough")
+# what rules.decide refuses from a member's view; the others are the credential's (unknown
+# card, QR) or the site's and the gate's state (rules.admission: fire, lockdown, faults, full)
+REFUSED_BY_RULES = frozenset({
+    Reason.MEMBER_BLOCKED, Reason.SITE_CLOSED, Reason.ANTI_PASSBACK, Reason.TOO_EARLY, Reason.TOO_LATE,
+    Reason.BOOKING_REQUIRED, Reason.PASS_NOT_YET_VALID, Reason.PASS_EXPIRED, Reason.ZONE_NOT_ALLOWED,
+    Reason.OUTSIDE_WINDOW, Reason.NO_BALANCE, Reason.NO_PASS,
+})
+
+
+def check_refusals(run: Run) -> Invariant:
+    inv = Invariant("refusals", "no gate refused an entry its rules would grant on anything it could have known: "
+                    "every entry refused by the rules decided again with rules.decide on its own events only, "
+                    "on every event of the site, on the worst balance (every charge of the site, no top-up, no "
+                    "other daemon's refund) and with each other daemon heard only up to each of its events")
+    refused: Counter[str] = Counter()
     for site in run.sites:
         members = run.members(site)
         by_member_pass: dict[str, list[Pass]] = defaultdict(list)
@@ -96,22 +113,28 @@ def check_balance_refusals(run: Run) -> Invariant:
         sd, policy = run.site_domain(site), run.policy(site)
         fires = [e for e in run.events.get(site, []) if e["type"] == "fire_alarm" and e.get("active")]
         for e in run.events.get(site, []):
-            if not (e["type"] == "access" and e.get("decision") == "denied" and e.get("reason") == "no_balance"):
+            if not (e["type"] == "access" and e.get("decision") == "denied" and e.get("reason") in REFUSED_BY_RULES):
                 continue
             d = run.daemons.get(e["_daemon"])
             m = members.get(e.get("member") or "")
             if d is None or m is None:
                 continue
             inv.checked += 1
+            refused[str(e["reason"])] += 1
             t = instant(e.get("decided_at") or e["at"])
-            view = _view(run, site, e, t, m, by_member_pass, by_member_booking, fires, own_only=False, worst=True)
-            again = decide(view, Presented(CredentialKind.CARD), d.gate, sd, policy, t)
-            if again.granted:
-                inv.fail(f"{e['_daemon']} refused {m.id} for the balance; with every charge of the site and no "
-                         f"top-up: {again.reason.value} on {again.pass_id}",
+            again: dict[str, Decision] = {}
+            for name, heard, worst in _possible(run, site, e, t, m, by_member_pass):
+                view = _view(run, site, e, t, m, by_member_pass, by_member_booking, fires, heard=heard, worst=worst)
+                again[name] = decide(view, Presented(CredentialKind.CARD), d.gate, sd, policy, t)
+                if not again[name].granted:
+                    break  # a view the gate could have had refuses it too
+            else:
+                inv.fail(f"{e['_daemon']} refused {m.id} ({e['reason']}); every view it could have had grants: "
+                         + ", ".join(f"{k} {v.reason.value}" for k, v in again.items()),
                          site=site, at=e["at"], member=m.id, gate=e["_daemon"],
-                         detail={"decided_at": t.isoformat(), "balances": {p.id: str(p.balance) for p in view.passes}},
+                         detail={"decided_at": t.isoformat(), "pass": e.get("pass"), "booking": e.get("booking")},
                          around=run.around(site, t, member=m.id))
+    inv.figures = {"refused": dict(refused)}
     return inv
 
 
@@ -119,20 +142,55 @@ def check_balance_refusals(run: Run) -> Invariant:
 # decision may still have been heard before it. The worst case counts those too.
 _SKEW = timedelta(seconds=5)
 
+Heard = Callable[[dict[str, Any]], bool]  # which of the other daemons' events a gate had heard
+
+
+def _nobody(x: dict[str, Any]) -> bool:
+    return False
+
+
+def _before(t: datetime) -> Heard:
+    return lambda x: instant(x["at"]) < t
+
+
+def _possible(run: Run, site: str, e: dict[str, Any], t: datetime, m: Member,
+              by_member_pass: dict[str, list[Pass]]) -> Iterator[tuple[str, Heard, bool]]:
+    """What a gate deciding `e` at `t` could have heard of the other daemons' events: none,
+    all of them until `t`, the worst balance, and each other daemon heard up to (not
+    including) each of its events about this member — one daemon behind, the rest heard,
+    as after a cut link to it. (Its own events it always knows.)"""
+    daemon = e["_daemon"]
+    yield "own events only", _nobody, False
+    yield "every event", _before(t), False
+    yield "worst balance", _before(t), True
+    idx = run.index(site)
+    theirs = [x for x in idx.by_member.get(m.id, []) if x["_daemon"] != daemon]
+    theirs += [x for p in by_member_pass.get(m.id, []) for x in idx.deductions.get(p.id, [])
+               if x["_daemon"] != daemon and x.get("member") != m.id]
+    for x in theirs:
+        if instant(x["at"]) >= t:
+            continue
+        behind, cut = str(x["_daemon"]), int(x["seq"])
+
+        def heard(y: dict[str, Any], behind: str = behind, cut: int = cut) -> bool:
+            return instant(y["at"]) < t and (y["_daemon"] != behind or int(y["seq"]) < cut)
+
+        yield f"{behind} heard before seq {cut}", heard, False
+
 
 def _view(run: Run, site: str, e: dict[str, Any], t: datetime, m: Member,
           by_member_pass: dict[str, list[Pass]], by_member_booking: dict[str, list[Booking]],
-          fires: list[dict[str, Any]], *, own_only: bool, worst: bool = False) -> MemberView:
-    """The member as a gate saw them at `t`: own_only — from this daemon's own events only
-    (what it always knows); else from every event of the site before `t`. `worst`: the
-    lowest balances the gate could have had — no top-up, another daemon's refund not
-    heard, its charges until a little after `t` heard."""
+          fires: list[dict[str, Any]], *, heard: Heard, worst: bool = False) -> MemberView:
+    """The member as a gate saw them at `t`: from its own events before this one and the
+    other daemons' events it had `heard`. `worst`: the lowest balances the gate could have
+    had — no top-up, another daemon's refund not heard, its charges until a little after
+    `t` heard."""
     daemon, seq = e["_daemon"], e["seq"]
 
     def known(x: dict[str, Any]) -> bool:
         if x["_daemon"] == daemon:
             return bool(x["seq"] < seq)
-        return not own_only and instant(x["at"]) < t
+        return heard(x)
 
     def charged(x: dict[str, Any]) -> bool:
         if not worst or x["_daemon"] == daemon:
@@ -189,4 +247,4 @@ def _with_status(b: Booking, status: BookingStatus) -> Booking:
                    b.cost, b.loyalty_points)
 
 
-__all__ = ["check_balance_refusals", "check_grants"]
+__all__ = ["REFUSED_BY_RULES", "check_grants", "check_refusals"]

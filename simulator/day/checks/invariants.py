@@ -27,7 +27,7 @@ from simulator.day.checks.gates import (
     check_rotations,
     check_settled,
 )
-from simulator.day.checks.grants import check_balance_refusals, check_grants
+from simulator.day.checks.grants import check_grants, check_refusals
 
 # -- latency and resources ------------------------------------------------------------------------------
 
@@ -132,7 +132,7 @@ def check_run(d: Path) -> dict[str, Any]:
     books = check_books(run)
     check_requested_refunds(run, books[2])
     invariants = [check_rotations(run), check_exactly_once(run), check_balances(run), check_settled(run), *books,
-                  check_grants(run), check_balance_refusals(run), check_expected_denials(run), check_resources(run), check_harness(run)]
+                  check_grants(run), check_refusals(run), check_expected_denials(run), check_resources(run), check_harness(run)]
     violations = [v for i in invariants for v in i.violations]
     return {
         "run": _run_summary(run),
