@@ -43,7 +43,11 @@ async def test_card_left_on_reader_is_read_once() -> None:
             # While it lies there nfcpy tracks its presence instead of re-reading it; the
             # clock is frozen, so a re-read would also be visible as "debounced".
             await asyncio.sleep(1.0)
-    assert reader.stats["frames"] + reader.stats["debounced"] <= 2
+    # Not re-read as a stream: without presence tracking it is read ~700 times in that
+    # second. A presence check may miss an answer when the machine is loaded (the emulated
+    # tag is a thread behind a UDP socket) and nfcpy reads the tag once or twice again:
+    # 3 in a CI run on 2 busy cores. The debounce keeps those from the taps (below).
+    assert reader.stats["frames"] + reader.stats["debounced"] <= 5
     assert [c.value for c in got.items] == ["0101010101010101"]
 
 
