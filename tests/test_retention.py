@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import tempfile
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gated.config import StoreConfig
 from gated.retention import LedgerRetention
@@ -21,7 +24,8 @@ from rules.model import Gate, Site
 from rules.reasons import Reason
 from sync.protocol import EventBatch
 from sync.records import MemberIn, SitePassIn
-from sync.store import Cutoffs, Store, Sweep, SyncBatch
+from sync.store import Cutoffs, Store, Sweep, SyncBatch, read_models
+from sync.store.retention import CARRIED
 from tests.tap_fixtures import tap_of
 
 TZ = ZoneInfo("Europe/Madrid")
@@ -81,7 +85,8 @@ def test_what_goes_and_what_stays(tmp_path: Path) -> None:
     share(peer, own, peer_old + peer_recent)
     own.audit(NOW - timedelta(days=500), "desk", "open_gate", {"gate": "in-1"})
     own.audit(OLD, "desk", "open_gate", {"gate": "in-1"})
-    own.adjust_points("m1", 5, "desk", "goodwill", OLD)  # points are a sum: never pruned
+    own.adjust_points("m1", 5, "desk", "goodwill", OLD)  # points are a sum: carried forward
+    own.adjust_points("m1", 2, "desk", "birthday", RECENT)
     # the central system has every event of ours, and applied all but p2's to the balances
     own.ack(own.last_seq)
     own.apply_sync(SyncBatch([], [pass_in("p1", d_recent, {"s1-in-2": deduction_seq(peer_recent)}), pass_in("p2", 0)], []), NOW)
@@ -91,14 +96,17 @@ def test_what_goes_and_what_stays(tmp_path: Path) -> None:
     cut = own.retention_cutoffs(NOW, KEEP, KEEP_AUDIT)
     pruned = sweep_all(own, cut)
 
-    assert pruned == {"passages": 3, "deductions": 1, "site_charges": 1, "audit": 1}
+    assert pruned == {"passages": 3, "deductions": 1, "site_charges": 1, "loyalty": 1, "audit": 1}
     assert rows(own, "SELECT seq FROM deductions") == {d_unapplied, d_recent}  # p2's: not applied yet
     assert rows(own, "SELECT seq FROM site_charges") == {deduction_seq(peer_recent)}
     assert rows(own, "SELECT id FROM passages") == passages_before  # the old ones, ours and the peer's, gone
-    assert rows(own, "SELECT at FROM audit") == {OLD.timestamp()}  # the desk's, and the points' adjustment
-    assert own.points("m1") == 5
+    # the desk's gate opening, and the points' adjustments
+    assert rows(own, "SELECT at FROM audit") == {OLD.timestamp(), RECENT.timestamp()}
     assert {p: own.balance(p) for p in ("p1", "p2")} == balances  # no balance moves
-    assert sweep_all(own, cut) == dict.fromkeys(("passages", "deductions", "site_charges", "audit"), 0)
+    assert own.points("m1") == 7
+    history = [(e.points, e.reason, e.at) for e in read_models.loyalty_history(own.conn, "m1")]
+    assert history == [(2, "birthday", RECENT), (5, "carried forward", OLD)]
+    assert sweep_all(own, cut) == dict.fromkeys(("passages", "deductions", "site_charges", "loyalty", "audit"), 0)
     own.close()
     peer.close()
 
@@ -157,6 +165,55 @@ def test_kept_for_ever_when_switched_off(tmp_path: Path) -> None:
     assert cut == Cutoffs(None, None)
     assert sum(sweep_all(store, cut).values()) == 0
     store.close()
+
+
+# a loyalty row: member, points, age in days (oldest first once sorted), the desk's (else a
+# class's credit)
+LoyaltyRow = tuple[str, int, int, bool]
+loyalty_rows = st.lists(
+    st.tuples(st.sampled_from(["m1", "m2", "m3"]), st.integers(-1000, 1000), st.integers(0, 200), st.booleans()),
+    max_size=25,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(written=loyalty_rows, split=st.integers(0, 25), acked=st.floats(0, 1), batch=st.integers(1, 4))
+def test_loyalty_is_carried_forward_and_its_sum_kept(
+    written: list[LoyaltyRow], split: int, acked: float, batch: int
+) -> None:
+    """Two sweeps, rows written between them (in time order, as the ledger writes them):
+    each member's points stay their sum; only acknowledged rows older than the cutoff are
+    folded, into one carried-forward row per member; a sweep right after a sweep folds
+    nothing."""
+    written = sorted(written, key=lambda r: -r[2])
+    with tempfile.TemporaryDirectory() as tmp:
+        store = site_store(Path(tmp), "s1-in-1")
+        walk_in(store, IN1, "p1", NOW)  # a gate in use: the newest passage is now
+        for rows_now in (written[:split], written[split:]):
+            for member, points, days, desk in rows_now:
+                store.adjust_points(member, points, "desk", "why", NOW - timedelta(days=days))
+                if not desk:  # as a class's credit is written: a booking, no operator
+                    store.conn.execute("UPDATE loyalty SET operator = NULL, booking_id = 'b' || id "
+                                       "WHERE id = (SELECT MAX(id) FROM loyalty)")
+            store.ack(int(store.last_seq * acked))
+            points = {m: store.points(m) for m in ("m1", "m2", "m3")}
+            before = {r[0]: r[1:] for r in store.conn.execute(
+                f"SELECT id, at, seq, {CARRIED} FROM loyalty")}
+            cut = store.retention_cutoffs(NOW, KEEP, KEEP_AUDIT)
+            folded = sweep_all(store, cut, batch)["loyalty"]
+            after = {r[0]: r[1:] for r in store.conn.execute(f"SELECT id, at, seq, {CARRIED} FROM loyalty")}
+            assert {m: store.points(m) for m in ("m1", "m2", "m3")} == points
+            gone = set(before) - set(after)
+            assert len(gone) == folded
+            assert cut.ledger is not None
+            assert all(before[i][0] < cut.ledger and before[i][1] <= store.acked_seq and not before[i][2]
+                       for i in gone)
+            kept = [v for i, v in after.items() if not v[2]]
+            assert all(at >= cut.ledger or seq > store.acked_seq for at, seq, _ in kept)
+            carried_rows = [m for (m,) in store.conn.execute(f"SELECT member_id FROM loyalty WHERE {CARRIED}")]
+            assert len(carried_rows) == len(set(carried_rows))
+            assert sweep_all(store, cut, batch)["loyalty"] == 0
+        store.close()
 
 
 @pytest.mark.parametrize(("field", "value", "ok"), [

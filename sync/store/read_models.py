@@ -32,6 +32,7 @@ from sync.store.read_day import (
     first_seq_at,
     last_seq,
 )
+from sync.store.retention import CARRIED, CARRIED_FORWARD, carried
 from sync.store.search_text import alnum, digits, fold
 from sync.store.store import open_reader
 
@@ -220,8 +221,11 @@ class LoyaltyEntry:
 
 
 def loyalty_history(conn: sqlite3.Connection, member_id: str, limit: int = 10) -> list[LoyaltyEntry]:
+    """The member's latest rows, newest first; the points the retention folded together
+    are one "carried forward" row (sync/store/retention.py), dated by the newest of them."""
     rows = conn.execute(
-        "SELECT points, reason, operator, booking_id, at FROM loyalty WHERE member_id = ? ORDER BY id DESC LIMIT ?",
+        f"SELECT points, CASE WHEN {CARRIED} THEN '{CARRIED_FORWARD}' ELSE reason END, operator, booking_id, at "
+        "FROM loyalty WHERE member_id = ? ORDER BY at DESC, id DESC LIMIT ?",
         (member_id, limit),
     ).fetchall()
     return [LoyaltyEntry(int(r[0]), r[1], r[2], r[3], datetime.fromtimestamp(r[4], UTC)) for r in rows]
@@ -404,7 +408,8 @@ def loyalty_report(conn: sqlite3.Connection, start: datetime, end: datetime) -> 
         " SUM(CASE WHEN l.operator IS NULL THEN 1 ELSE 0 END),"
         " SUM(CASE WHEN l.operator IS NOT NULL THEN 1 ELSE 0 END)"
         " FROM loyalty l LEFT JOIN members m ON m.id = l.member_id"
-        " WHERE l.at >= ? AND l.at < ? GROUP BY l.member_id",
+        f" WHERE l.at >= ? AND l.at < ? AND NOT {carried('l')}"
+        " GROUP BY l.member_id",
         (start.timestamp(), end.timestamp()),
     ).fetchall()
     lines = [LoyaltyLine(r[0], r[1] or r[0], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]

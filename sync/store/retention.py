@@ -16,10 +16,15 @@ the central system holds that record. A row goes when it is older than the cutof
   replica no longer holds stays;
 - the other daemons' charges: the pass's central balance has applied it (its seq ≤ the
   pass's `applied_peers` mark for that daemon), for the same reason;
+- loyalty: a member's points are the sum of their rows, so old rows are folded, not
+  dropped: those whose event is acknowledged go into the member's one carried-forward row
+  (no booking, no operator), which keeps their sum; their count is what the table is
+  pruned by. The desk sees "carried forward" in the member's history; the loyalty report
+  of a period leaves it out (its credits are in the periods they were made, at the central).
 - the audit log: older than `store.audit_retention` (default 400 days: a year of the
   desk's actions and more). Audit rows are the gate's own record; they go by age alone.
 
-Kept whatever their age: loyalty rows (a member's points are their sum), booking outcomes
+Kept whatever their age: booking outcomes
 (a booking the central system still lists would be walked again for a no-show), unsent
 events (never deleted: Outbox.prune), the enrolments and intents (settled by sync).
 
@@ -49,6 +54,17 @@ class Cutoffs:
     audit: float | None
 
 
+def carried(row: str = "") -> str:
+    """SQL true for a member's carried-forward points (of the loyalty row aliased `row`):
+    the one row neither a booking's credit nor the desk's adjustment (which names its
+    operator)."""
+    p = f"{row}." if row else ""
+    return f"({p}booking_id IS NULL AND {p}operator IS NULL)"
+
+
+CARRIED = carried()
+CARRIED_FORWARD = "carried forward"  # how the member's history names that row
+
 # (table, key, SQL giving key, at, deletable: at most :n rows with key > :after in key order)
 _WALKS: tuple[tuple[str, str, str], ...] = (
     # the other daemons' passages come late after an outage: by time (passages are indexed
@@ -68,6 +84,11 @@ _WALKS: tuple[tuple[str, str, str], ...] = (
         "COALESCE(json_extract(p.applied_peers, '$.\"' || c.daemon || '\"'), 0) "
         "FROM main.site_charges c LEFT JOIN replica.passes p ON p.id = c.pass_id "
         "WHERE c.rowid > :after ORDER BY c.rowid LIMIT :n",
+    ),
+    (
+        "loyalty",
+        "id",
+        f"SELECT id, at, seq <= :acked AND NOT {CARRIED} FROM main.loyalty WHERE id > :after ORDER BY id LIMIT :n",
     ),
     ("audit", "id", "SELECT id, at, 1 FROM main.audit WHERE id > :after ORDER BY id LIMIT :n"),
 )
@@ -136,10 +157,37 @@ def sweep_batch(conn: sqlite3.Connection, cut: Cutoffs, acked_seq: int, sweep: S
         else:
             if len(rows) < n:
                 sweep.done.add(table)
+        if table == "loyalty":
+            _carry_forward(conn, [k for (k,) in gone])
         conn.executemany(f"DELETE FROM main.{table} WHERE {key} = ?", gone)
         sweep.pruned[table] += len(gone)
         return len(gone)
     return 0
 
 
-__all__ = ["TABLES", "Cutoffs", "Sweep", "cutoffs", "sweep_batch"]
+def _carry_forward(conn: sqlite3.Connection, ids: list[int]) -> None:
+    """The points of loyalty rows `ids` (about to be deleted) added to each member's
+    carried-forward row, made when the member has none; it keeps the newest instant and
+    seq it carries."""
+    if not ids:
+        return
+    marks = ",".join("?" * len(ids))
+    sums = conn.execute(
+        f"SELECT member_id, SUM(points), MAX(at), MAX(seq) FROM main.loyalty WHERE id IN ({marks}) GROUP BY member_id",
+        ids,
+    ).fetchall()
+    for member, points, at, seq in sums:
+        moved = conn.execute(
+            f"UPDATE main.loyalty SET points = points + ?, at = MAX(at, ?), seq = MAX(seq, ?) "
+            f"WHERE member_id = ? AND {CARRIED}",
+            (points, at, seq, member),
+        ).rowcount
+        if not moved:
+            conn.execute(
+                "INSERT INTO main.loyalty(member_id, points, booking_id, reason, operator, at, seq) "
+                "VALUES (?, ?, NULL, NULL, NULL, ?, ?)",
+                (member, points, at, seq),
+            )
+
+
+__all__ = ["CARRIED", "CARRIED_FORWARD", "TABLES", "carried", "Cutoffs", "Sweep", "cutoffs", "sweep_batch"]
