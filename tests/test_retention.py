@@ -78,11 +78,16 @@ def rows(store: Store, sql: str) -> set[Any]:
 
 def test_what_goes_and_what_stays(tmp_path: Path) -> None:
     own, peer = site_store(tmp_path, "s1-in-1"), site_store(tmp_path, "s1-in-2")
-    walk_in(own, IN1, "p1", OLD)
+    d_old = deduction_seq(walk_in(own, IN1, "p1", OLD))
     d_unapplied = deduction_seq(walk_in(own, IN1, "p2", OLD + timedelta(minutes=1)))
     d_recent = deduction_seq(walk_in(own, IN1, "p1", RECENT))
     peer_old, peer_recent = walk_in(peer, IN2, "p1", OLD), walk_in(peer, IN2, "p1", RECENT)
     share(peer, own, peer_old + peer_recent)
+    # other daemons' refunds of charges, ours and theirs, old and recent; and one of a charge
+    # of a third daemon not heard yet (its mark comes first: it stays)
+    refunded = {("s1-in-1", d_old), ("s1-in-1", d_recent), ("s1-in-2", deduction_seq(peer_old)),
+                ("s1-in-2", deduction_seq(peer_recent)), ("s1-in-3", 7)}
+    own.conn.executemany("INSERT INTO site_refunds(daemon, seq) VALUES (?, ?)", refunded)
     own.audit(NOW - timedelta(days=500), "desk", "open_gate", {"gate": "in-1"})
     own.audit(OLD, "desk", "open_gate", {"gate": "in-1"})
     own.adjust_points("m1", 5, "desk", "goodwill", OLD)  # points are a sum: carried forward
@@ -100,6 +105,8 @@ def test_what_goes_and_what_stays(tmp_path: Path) -> None:
     assert rows(own, "SELECT seq FROM deductions") == {d_unapplied, d_recent}  # p2's: not applied yet
     assert rows(own, "SELECT seq FROM site_charges") == {deduction_seq(peer_recent)}
     assert rows(own, "SELECT id FROM passages") == passages_before  # the old ones, ours and the peer's, gone
+    marks = set(own.conn.execute("SELECT daemon, seq FROM site_refunds"))
+    assert marks == refunded - {("s1-in-1", d_old), ("s1-in-2", deduction_seq(peer_old))}  # gone with their charges
     # the desk's gate opening, and the points' adjustments
     assert rows(own, "SELECT at FROM audit") == {OLD.timestamp(), RECENT.timestamp()}
     assert {p: own.balance(p) for p in ("p1", "p2")} == balances  # no balance moves

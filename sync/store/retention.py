@@ -24,6 +24,8 @@ the central system holds that record. A row goes when it is older than the cutof
 - the audit log: older than `store.audit_retention` (default 400 days: a year of the
   desk's actions and more). Audit rows are the gate's own record; they go by age alone.
 
+A refund's mark on a charge (another daemon refunded it) goes with the charge.
+
 Kept whatever their age: booking outcomes
 (a booking the central system still lists would be walked again for a no-show), unsent
 events (never deleted: Outbox.prune), the enrolments and intents (settled by sync).
@@ -132,9 +134,20 @@ def cutoffs(
     return Cutoffs(ledger, audit)
 
 
-def sweep_batch(conn: sqlite3.Connection, cut: Cutoffs, acked_seq: int, sweep: Sweep, n: int) -> int:
+# A charge's refund mark (a refund by another daemon of the site: sync/store/peer_events.py)
+# goes with the charge: it is read only beside it, to find a day's charge not yet refunded.
+# Never on its own — a mark may come before the charge it names, from a daemon heard sooner.
+_REFUND_MARKS = {
+    "deductions": "DELETE FROM main.site_refunds WHERE daemon = :daemon AND seq = :key",
+    "site_charges": "DELETE FROM main.site_refunds WHERE (daemon, seq) IN "
+    "(SELECT daemon, seq FROM main.site_charges WHERE rowid = :key)",
+}
+
+
+def sweep_batch(conn: sqlite3.Connection, cut: Cutoffs, acked_seq: int, sweep: Sweep, n: int, daemon: str) -> int:
     """Inside a transaction: one batch of at most `n` rows looked at in the first table
-    not done, the old and deletable ones deleted. Returns how many were deleted."""
+    not done, the old and deletable ones deleted (`daemon`: this daemon's id, whose own
+    deductions other daemons' refunds name). Returns how many were deleted."""
     for table, key, sql in _WALKS:
         if table in sweep.done:
             continue
@@ -159,6 +172,8 @@ def sweep_batch(conn: sqlite3.Connection, cut: Cutoffs, acked_seq: int, sweep: S
                 sweep.done.add(table)
         if table == "loyalty":
             _carry_forward(conn, [k for (k,) in gone])
+        if table in _REFUND_MARKS:
+            conn.executemany(_REFUND_MARKS[table], ({"daemon": daemon, "key": k} for (k,) in gone))
         conn.executemany(f"DELETE FROM main.{table} WHERE {key} = ?", gone)
         sweep.pruned[table] += len(gone)
         return len(gone)

@@ -322,7 +322,7 @@ class Store:
         rows looked at, those old enough that the central system has deleted. Returns how
         many; `sweep` says how far it got and when it is done."""
         with self.transaction():
-            return retention.sweep_batch(self.conn, cut, self.acked_seq, sweep, batch)
+            return retention.sweep_batch(self.conn, cut, self.acked_seq, sweep, batch, self.daemon_id)
 
     def emit(self, type_: str, now: datetime, **fields: Any) -> Event:
         """An event outside the tap path (alarms, health changes): still numbered and kept."""
