@@ -1,4 +1,4 @@
-"""`gated store check|backup|rebuild-replica|balance|upgrade`: looking after the database file.
+"""`gated store check|backup|rebuild-replica|compact|balance|upgrade`: looking after the database file.
 
 The recovery of a damaged store (docs/operations.md, "A damaged store"):
 1. `gated store check -c FILE`: SQLite's full integrity check. Exit 0 ok, 1 damaged.
@@ -12,6 +12,12 @@ The recovery of a damaged store (docs/operations.md, "A damaged store"):
    copied from the old one, as far as it can be read, and no replica: the daemon starts
    with an empty one and the snapshot it asks for at its next connection fills it. The
    old file is kept beside it. Refused while a daemon answers on the control socket.
+
+`gated store compact -c FILE`: the ledger written again without its free pages (SQLite's
+VACUUM), with the daemon stopped. The retention deletes old rows and SQLite reuses their
+pages, so a ledger stops growing but does not shrink; after the first sweep over years of
+rows (a retention switched on late, or shortened), this gives the space back. It needs
+free space for a copy of the ledger while it runs; a full disk leaves the file as it was.
 
 And `gated store balance PASS -c FILE`: what the gate believes a pass holds and why — the
 central balance, its `applied` entries, the charges the central had not applied (this
@@ -49,6 +55,9 @@ def add_parser(sub: Any) -> None:  # argparse's subparsers action has no public 
     r = ss.add_parser("rebuild-replica", help="keep the ledger, drop the replica (daemon stopped)")
     r.add_argument("-c", "--config", default="/etc/gated/gated.yaml")
     r.set_defaults(func=cmd_rebuild)
+    v = ss.add_parser("compact", help="give the pages the retention freed back to the disk (daemon stopped)")
+    v.add_argument("-c", "--config", default="/etc/gated/gated.yaml")
+    v.set_defaults(func=cmd_compact)
     u = ss.add_parser("upgrade", help="bring the store's schema up to this version (daemon stopped; the package's postinst)")
     u.add_argument("-c", "--config", default="/etc/gated/gated.yaml")
     u.add_argument("--keep-copy", metavar="SUFFIX", default=None,
@@ -226,6 +235,40 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
             return 1
         store.close()
     print(f"{db}: schema {version} → {SCHEMA_VERSION}")
+    return 0
+
+
+def _size(db: Path) -> int:
+    return sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from gated.commands import config_for
+    from gated.installer import daemon_running
+    from gated.state_owner import kept_by_owner
+
+    config = config_for(args)
+    db = Path(config.store.path)
+    if not db.exists():
+        print(f"{db}: no such file", file=sys.stderr)
+        return 2
+    if daemon_running(config):
+        print(f"{db}: a daemon is running (its control socket {config.control.socket} answers): "
+              "stop it first (`systemctl stop gated`)", file=sys.stderr)
+        return 2
+    before = _size(db)
+    with kept_by_owner(db.parent):
+        try:
+            with contextlib.closing(sqlite3.connect(str(db), isolation_level=None, timeout=10)) as conn:
+                free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+                page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+                # in WAL mode the copy goes through the WAL; the checkpoint puts it in the file
+                conn.execute("VACUUM")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            print(f"{db}: not compacted: {e} (the file is as it was)", file=sys.stderr)
+            return 1
+    print(f"{db}: compacted, {free * page} bytes free inside it given back: {before} → {_size(db)} bytes")
     return 0
 
 

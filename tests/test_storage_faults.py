@@ -356,6 +356,52 @@ def test_store_commands_check_backup_and_rebuild(tmp_path: Path) -> None:
         store.close()
 
 
+async def test_store_compact_gives_the_freed_pages_back_and_a_full_disk_changes_nothing(tmp_path: Path) -> None:
+    """`gated store compact` as an installer runs it (docs/operations.md): refused while the
+    daemon runs; on a full disk it fails and the file is as it was; with room, a ledger
+    whose old rows were deleted (as the retention deletes them) shrinks, every event kept."""
+    state = tmp_path / "state"
+    mount_tmpfs(state, "16m")
+    try:
+        async with gate_process(tmp_path, state) as gate:
+            t = await gate.tap(IN_CARD)
+            assert (t["decision"], t["passed"]) == ("granted", True), t
+            out = await asyncio.to_thread(subprocess.run, [*GATED, "store", "compact", "-c", str(gate.config)],
+                                          capture_output=True, text=True, timeout=60)
+            assert out.returncode == 2 and "running" in out.stderr, out.stdout + out.stderr
+        db = state / "gated.db"
+        with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as c:  # years of the desk's audit, gone
+            c.execute("BEGIN")
+            c.executemany("INSERT INTO audit(at, operator, action, detail) VALUES (0, 'desk', 'open_gate', ?)",
+                          (("x" * 1000,) for _ in range(2500)))
+            c.execute("COMMIT")
+            c.execute("DELETE FROM audit WHERE at = 0")
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        events = gate.events()
+        grown = db.stat().st_size
+        assert grown > 2_500_000
+
+        filler = fill(state)
+        out = subprocess.run([*GATED, "store", "compact", "-c", str(gate.config)], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 1 and "not compacted" in out.stderr and "Traceback" not in out.stderr, out.stderr
+        filler.unlink()
+        check = subprocess.run([*GATED, "store", "check", "-c", str(gate.config)], capture_output=True, text=True,
+                               timeout=60)
+        assert check.returncode == 0 and "ok" in check.stdout, check.stdout + check.stderr
+        assert gate.events() == events
+
+        out = subprocess.run([*GATED, "store", "compact", "-c", str(gate.config)], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0 and "compacted" in out.stdout, out.stdout + out.stderr
+        assert db.stat().st_size < grown / 4
+        assert gate.events() == events
+        check = subprocess.run([*GATED, "store", "check", "-c", str(gate.config)], capture_output=True, text=True,
+                               timeout=60)
+        assert check.returncode == 0 and "ok" in check.stdout, check.stdout + check.stderr
+    finally:
+        umount(state)
+
 
 # -- the commit fails after the relay was pulsed (in-process daemon, store on a tmpfs) --------
 
