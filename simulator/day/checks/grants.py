@@ -11,7 +11,6 @@ gate could have had — its own events only, every event of the site, the worst 
 daemon heard only up to each of its events. A refusal every one of them grants was made
 on knowledge the gate could not have had: a wrong balance (found so: a charge at another
 turnstile taken off twice once the central had applied it), a presence, a booking's state.
-
 """
 
 from __future__ import annotations
