@@ -104,6 +104,7 @@ class Central(CentralDB):
         self._tasks: set[asyncio.Task[None]] = set()
         self._gap_seen: dict[tuple[str, str], float] = {}
         self._replay_asked: dict[tuple[str, str], float] = {}
+        self._replays_asked: dict[str, tuple[str, str]] = {}  # request id -> (site, daemon) not yet answered
 
     async def push(
         self,
@@ -339,7 +340,13 @@ class Central(CentralDB):
                     delta = self._new_delta(site, members=self.members(site, changed.members), pass_ids=changed.passes)
                     await self.publish_delta(site, delta)
             elif len(rest) == 4 and rest[2:] == ["replay", "answer"]:
-                self._on_replay_answer(rest[0], rest[1], ReplayAnswer.model_validate_json(payload))
+                answer = ReplayAnswer.model_validate_json(payload)
+                # only an answer to a request of ours, from the daemon asked: anyone else's
+                # "first_seq" would have this database skip events it never received
+                if self._replays_asked.pop(answer.request_id, None) != (rest[0], rest[1]) or answer.daemon != rest[1]:
+                    self.stats["replay_answers_unasked"] += 1
+                    return
+                self._on_replay_answer(rest[0], rest[1], answer)
             elif len(rest) == 2 and rest[1] == "resync":
                 await self._on_resync(rest[0], ResyncRequest.model_validate_json(payload))
             elif len(rest) == 3 and rest[1:] == ["lookup", "request"]:
@@ -390,6 +397,9 @@ class Central(CentralDB):
         database has not applied). Returns the request id."""
         since = from_seq if from_seq is not None else self.applied_seq(site, daemon) + 1
         req = ReplayRequest(request_id=uuid.uuid4().hex, from_seq=since)
+        self._replays_asked[req.request_id] = (site, daemon)
+        while len(self._replays_asked) > 1000:  # never answered (the daemon gone): the oldest go
+            del self._replays_asked[next(iter(self._replays_asked))]
         await self._publish(f"{self.settings.prefix}/{site}/{daemon}/replay", req.model_dump_json().encode(), qos=1)
         self.stats["replays_requested"] += 1
         return req.request_id

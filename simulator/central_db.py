@@ -443,6 +443,8 @@ class CentralDB:
         """Events the gate no longer holds are gone: record how many, and go on after them
         (else every later event would wait behind the hole for ever)."""
         self.stats["replay_answers"] += 1
+        if answer.first_seq <= answer.from_seq:
+            return  # nothing pruned: what it holds from there follows on the events topic
         with self._tx():
             applied = self.applied_seq(site, daemon)
             if answer.first_seq > applied + 1:

@@ -115,3 +115,43 @@ async def test_a_central_restored_from_a_backup_gets_every_event_again(
         # what the central system applied, and the gate's view of it, agree (the lost
         # deductions are the central system's to settle: it knows which seqs)
         assert restored.balance(SITE, p) == 1000 - taken[p] == store.balance(p)
+
+
+async def test_a_replay_answer_nobody_asked_for_skips_no_event(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """A replay request the central system did not send (from far beyond the gate's last
+    event), and a replay answer it did not ask for: the central system's `applied_seq`
+    does not jump to the answer's `first_seq` — which would have it take every later event
+    for one it already had (found by tests/test_sync_fuzz.py: no tap was acknowledged again)."""
+    import aiomqtt
+
+    central = Central(central_settings(mosquitto), tmp_path / "central.db")
+    central.load(SITE, SEED["members"], SEED["passes"], SEED["bookings"])
+    store = make_store(tmp_path / "gate.db", "gate-a")
+    now = clock()
+    link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
+    engine = Engine(store, site(), GATES, POLICY)
+    central_task = asyncio.create_task(central.run())
+    try:
+        async with running(link.run()):
+            await central.wait_connected(WAIT_S)
+            await link.wait_connected(WAIT_S)
+            engine.tap("in-1", Credential.card("C1"), now())
+            await wait_until(lambda: central.applied_seq(SITE, "gate-a") == store.last_seq >= 1, what="applied")
+            async with aiomqtt.Client("127.0.0.1", mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as evil:
+                await evil.publish(f"gated/{SITE}/gate-a/replay", b'{"v": 1, "request_id": "x1", "from_seq": 1000000}',
+                                   qos=1)
+                await evil.publish(f"gated/{SITE}/gate-a/replay/answer",
+                                   b'{"v": 1, "daemon": "gate-a", "request_id": "x2", "from_seq": 1, '
+                                   b'"first_seq": 5000, "last_seq": 1}', qos=1)
+            await wait_until(lambda: central.stats["replay_answers"] + central.stats["replay_answers_unasked"] == 2,
+                             what="both answers read")
+            engine.tap("out-1", Credential.card("C1"), now())
+            await wait_until(lambda: store.acked_seq == store.last_seq == central.applied_seq(SITE, "gate-a"),
+                             what="the next tap applied")
+            assert central.stats["replay_answers_unasked"] == 2
+    finally:
+        central_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await central_task
+    assert central.stats["events_lost"] == 0
+    assert [e["seq"] for e in central.events(SITE, "gate-a")] == list(range(1, store.last_seq + 1))
