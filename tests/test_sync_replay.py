@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,3 +156,69 @@ async def test_a_replay_answer_nobody_asked_for_skips_no_event(mosquitto: Mosqui
             await central_task
     assert central.stats["events_lost"] == 0
     assert [e["seq"] for e in central.events(SITE, "gate-a")] == list(range(1, store.last_seq + 1))
+
+
+async def test_a_gate_restored_from_its_backup_loses_no_new_event(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The gate's ledger put back from last night's backup, as docs/operations.md ("A
+    damaged store") tells: its events since then had reached the central system. Numbering
+    on from the backup would give the next taps the numbers of those events, and the
+    central system would drop them as repeats; the gate numbers on after the last event it
+    had sent (`void` in between, a `ledger_restored` alarm), every new tap is applied and
+    the balances agree again."""
+    from gated.storage_watch import backup
+
+    central = Central(central_settings(mosquitto), tmp_path / "central.db")
+    central.load(SITE, SEED["members"], SEED["passes"], SEED["bookings"])
+    db = tmp_path / "gate.db"
+    now = clock()
+
+    def taps(engine: Engine, n: int) -> None:
+        for i in range(n):
+            engine.tap("in-1" if i % 2 == 0 else "out-1", Credential.card(("C1", "C2")[(i // 2) % 2]), now())
+
+    def settled(store: Any, link: SyncLink) -> bool:
+        return (
+            store.acked_seq == store.last_seq == central.applied_seq(SITE, "gate-a")
+            and link.delta_seq == central.delta_seq(SITE)
+            and all(store.balance(p) == central.balance(SITE, p) for p in ("p1", "p2"))
+        )
+
+    central_task = asyncio.create_task(central.run())
+    try:
+        await central.wait_connected(WAIT_S)
+        store = make_store(db, "gate-a")
+        link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
+        engine = Engine(store, site(), GATES, POLICY)
+        async with running(link.run()):
+            await link.wait_connected(WAIT_S)
+            taps(engine, 10)
+            await wait_until(lambda: settled(store, link), what="settled before the backup")
+            backup(db, tmp_path / "gate.db.backup")
+            taps(engine, 10)
+            await wait_until(lambda: settled(store, link), what="settled after the backup")
+        sent = store.last_seq
+        store.close()
+
+        for suffix in ("-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        shutil.copy(tmp_path / "gate.db.backup", db)
+        store = make_store(db, "gate-a")
+        assert store.last_seq == sent + 1  # the numbers sent since the backup, void; the alarm
+        link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
+        engine = Engine(store, site(), GATES, POLICY)
+        async with running(link.run()):
+            await link.wait_connected(WAIT_S)
+            taps(engine, 6)
+            await wait_until(lambda: settled(store, link), timeout=30, what="settled after the restore")
+        store.close()
+    finally:
+        central_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await central_task
+    events = central.events(SITE, "gate-a")
+    assert [e["seq"] for e in events] == list(range(1, sent + 8))
+    assert all(e["type"] != "void" for e in events[:sent])  # the central kept the real ones
+    assert events[sent]["kind"] == "ledger_restored"
+    deductions = [e for e in events if e["type"] == "deduction"]
+    assert len(deductions) == len({e["id"] for e in deductions}) and len(deductions) >= 13
+    assert central.stats["duplicates"] >= 1  # the void numbers it already had
