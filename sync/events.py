@@ -163,7 +163,7 @@ class AlarmEvent(EventBase):
         Field(
             description="relay_offline, relay_online, door_held, door_forced, not_opened, reader_offline, "
             "reader_online, passage_without_grant, passage_while_released, storage_fault, storage_recovered, exits_not_recorded, "
-            "ack_beyond_last_seq, "
+            "ack_beyond_last_seq, ledger_restored, "
             "snapshot_held, uplink_stalled, deltas_behind, peers_unheard (and each with `_ended`), overdraft, "
             "qr_double_use, ... (docs/protocol.md, \"Alarms\")"
         ),
@@ -267,7 +267,8 @@ class VoidEvent(EventBase):
     move `applied_seq` past it."""
 
     type: Literal["void"]
-    reason: Annotated[str, Field(description="`seq_lost`.")]
+    reason: Annotated[str, Field(description="`seq_lost`, or `restored` (a number sent before the ledger was put back "
+                                             "from a copy: keep the event you hold under it).")]
 
 
 EVENT_MODELS: tuple[type[EventBase], ...] = (

@@ -114,8 +114,10 @@ async def test_sigkill_while_importing_a_snapshot(mosquitto: Mosquitto, central:
     counts = store.counts()
     assert counts["members"] == 6003 and counts["passes"] == 9003 and counts["bookings"] == 6000
     # no spool, no half-built or old replica left: the ledger, the replica, their side files
+    # (and the ledger's mark of the events sent: sync/store/sent_mark.py)
     assert {p.name for p in tmp_path.iterdir() if p.name.startswith("gate.")} <= {
-        "gate.db", "gate.db-wal", "gate.db-shm", *(store.replica_path.name + s for s in ("", "-wal", "-shm"))
+        "gate.db", "gate.db-wal", "gate.db-shm", "gate.db.sent",
+        *(store.replica_path.name + s for s in ("", "-wal", "-shm")),
     }
     # local balances = central balance - deductions the central system has not applied (none)
     for p in ("p1", "p2"):
@@ -153,7 +155,7 @@ def test_sigkill_mid_switch_leaves_one_replica_whole(tmp_path: Path) -> None:
         try:
             assert store.counts()["members"] == survivor
             assert store.balance("p1") == Decimal(9)
-            left = {p.name for p in db.parent.iterdir()} - {"gate.db", "gate.db-wal", "gate.db-shm"}
+            left = {p.name for p in db.parent.iterdir()} - {"gate.db", "gate.db-wal", "gate.db-shm", "gate.db.sent"}
             assert left <= {store.replica_path.name + s for s in ("", "-wal", "-shm")}, left
         finally:
             store.close()

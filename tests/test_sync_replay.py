@@ -210,15 +210,17 @@ async def test_a_gate_restored_from_its_backup_loses_no_new_event(mosquitto: Mos
             await link.wait_connected(WAIT_S)
             taps(engine, 6)
             await wait_until(lambda: settled(store, link), timeout=30, what="settled after the restore")
+        last = store.last_seq
+        after = store.events_after(sent + 1, 1000)  # the taps since the restore, as the gate has them
         store.close()
     finally:
         central_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await central_task
     events = central.events(SITE, "gate-a")
-    assert [e["seq"] for e in events] == list(range(1, sent + 8))
+    assert [e["seq"] for e in events] == list(range(1, last + 1))
     assert all(e["type"] != "void" for e in events[:sent])  # the central kept the real ones
     assert events[sent]["kind"] == "ledger_restored"
-    deductions = [e for e in events if e["type"] == "deduction"]
-    assert len(deductions) == len({e["id"] for e in deductions}) and len(deductions) >= 13
+    assert [e["id"] for e in events[sent + 1:]] == [e["id"] for e in after]  # every one applied
+    assert any(e["type"] == "deduction" for e in after)
     assert central.stats["duplicates"] >= 1  # the void numbers it already had

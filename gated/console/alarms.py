@@ -34,6 +34,7 @@ INCIDENTS = {
     "qr_double_use": "A QR code was used twice",
     "overdraft": "A pass was charged below zero",
     "ack_beyond_last_seq": "The central system acknowledged events never sent",
+    "ledger_restored": "The gate's ledger was put back from a copy",
     "snapshot_held": "A snapshot that would empty the site was held",
     # not an `alarm` event but its own (gated/unknown_cards.py): reads past a quota, one
     # event for the burst — the desk sees the flood here, its cards are not each an item

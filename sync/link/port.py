@@ -75,10 +75,13 @@ class StorePort:
         without waiting for the disk (sync/store/durability.py); an event sent before its
         commit is flushed could be lost in a power cut, and its seq then given to another
         event, which the central system and the site's other daemons, holding the first,
-        would ignore as a repeat. Raises OSError when the log cannot be flushed."""
+        would ignore as a repeat. Raises OSError when the log cannot be flushed, or the
+        mark of what was sent written (sync/store/sent_mark.py)."""
         events = self.store.events_after(seq, limit=limit)
         if events:
             await self.store.flushed()  # every commit so far: the ones just read among them
+            # and that they left: a ledger put back from a copy numbers on after them
+            await self.store.sent_through(int(events[-1]["seq"]))
         return events
 
     def first_held_seq(self) -> int:

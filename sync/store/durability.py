@@ -15,7 +15,9 @@ disk (frames are checksummed; a torn tail is ignored), so a commit not yet flush
 worst lost whole in a power cut — never half-applied. What nothing waits for (alarms,
 acks, a peer's events) is flushed within `idle_flush` by the same thread. Nothing leaves the
 gate before it is flushed: the uplink and the catch-up answers await `flushed()` for the
-events they send (sync/link/port.py), so a seq the others hold is never lost and reused.
+events they send (sync/link/port.py), so a seq the others hold is never lost and reused
+(nor by a ledger put back from a copy: the last seq sent is kept beside it,
+sync/store/sent_mark.py).
 
 A failing flush (an I/O error, the disk gone) is raised to every waiter: the tap path
 takes it as the storage fault it is.

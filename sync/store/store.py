@@ -65,6 +65,8 @@ same names.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -99,7 +101,10 @@ from sync.store.replica_file import ReplicaFiles
 from sync.store.retention import Cutoffs, Sweep
 from sync.store.rows import dt, instant_ts
 from sync.store.schema import CARDS_TYPED_AS, SCHEMA_VERSION, migrate
+from sync.store.sent_mark import SentMark
 from sync.store.transaction import Committed, Listener, Transaction, Transactions
+
+log = logging.getLogger(__name__)
 
 # in the replica's meta: its position in the central system's stream of changes
 DELTA_SEQ_KEY = "sync.delta_seq"
@@ -138,6 +143,8 @@ class Store:
             self.replica_path = attach.open_current(self.conn, self.path, self.files, ten_digits)
             self._wire([])
             self._fill_holes()
+            self.sent = SentMark(self.path)
+            self._number_after_sent()
         except BaseException:
             self.conn.close()
             raise
@@ -152,6 +159,28 @@ class Store:
             with self.transaction() as tx:
                 for seq in holes:
                     tx.committed.events.append(self.outbox.fill(seq, now, "seq_lost"))
+
+    def _number_after_sent(self) -> None:
+        """A ledger that ends below the last event that left the gate was put back from a
+        copy (sync/store/sent_mark.py): number on after what the others hold."""
+        last, sent = self.outbox.last_seq, self.sent.value
+        if sent <= last:
+            return
+        now = datetime.now(UTC)
+        with self.transaction() as tx:
+            for _ in range(last + 1, sent + 1):
+                tx.emit("void", now, reason="restored")
+            tx.emit("alarm", now, gate=None, kind="ledger_restored",
+                     detail=f"the ledger ends at event {last}, but events up to {sent} had been sent: it was put "
+                     f"back from a copy; {last + 1}..{sent} are void here (the central system keeps those it has)")
+        log.warning("ledger_restored: events %d..%d sent before the ledger was put back; numbering on from %d",
+                    last + 1, sent, sent + 2)
+
+    async def sent_through(self, seq: int) -> None:
+        """Before events up to `seq` leave the gate: that they did, on disk beside the
+        ledger (off the event loop). Raises OSError when it cannot be written."""
+        if seq > self.sent.value:
+            await asyncio.to_thread(self.sent.advance, seq)
 
     def _checkpoints(self) -> Checkpointer | None:
         return Checkpointer(lambda: [self.path, self.replica_path]) if self.background_checkpoints else None

@@ -1,0 +1,79 @@
+"""The highest event seq that has left this daemon, kept on disk beside the ledger
+(`<store.path>.sent`), so a ledger put back from a copy never hands out a number again.
+
+The central system and the site's other daemons take an event's seq as its identity: one
+they already hold is a repeat, and ignored. A ledger restored from its backup (docs/
+operations.md, "A damaged store") ends where the backup did, before events that had been
+sent since; numbering on from there would give new events — deductions among them — the
+numbers of old ones, and the central system would drop every one of them as a repeat.
+So before an event leaves the gate (sync/link/port.py: the uplink and the answers to the
+other daemons' catch-up requests) its seq is written here and made durable, and at start
+(Store) a ledger that ends below it is numbered on from it: the numbers in between become
+`void` events (`reason: restored`; the central system keeps the events it has under them,
+and applies nothing for the ones it never received) and an alarm `ledger_restored` says
+how many.
+
+The file is one fixed-width decimal number written in place (a single sector: it is
+written whole or not at all) and fdatasync'ed; a file that cannot be read counts as 0 and
+is said so in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+WIDTH = 20  # digits: any seq up to 2^63 - 1
+
+
+def sent_path(ledger: Path) -> Path:
+    return ledger.with_name(ledger.name + ".sent")
+
+
+class SentMark:
+    def __init__(self, ledger: Path):
+        self.path = sent_path(ledger)
+        self._lock = threading.Lock()  # written from worker threads
+        self.value = self._read()
+
+    def _read(self) -> int:
+        try:
+            text = self.path.read_bytes()[: WIDTH + 1]
+        except FileNotFoundError:
+            return 0
+        except OSError as e:
+            log.warning("%s cannot be read (%s): the events sent so far are not known", self.path, e)
+            return 0
+        try:
+            return max(0, int(text.decode("ascii").strip() or 0))
+        except (UnicodeDecodeError, ValueError):
+            log.warning("%s holds no number: the events sent so far are not known", self.path)
+            return 0
+
+    def advance(self, seq: int) -> None:
+        """Blocking (call it from a thread): on disk that events up to `seq` may have left.
+        Raises OSError when it cannot be written: then they must not leave."""
+        with self._lock:
+            if seq <= self.value:
+                return
+            created = not self.path.exists()
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o640)
+            try:
+                os.pwrite(fd, f"{seq:0{WIDTH}d}\n".encode("ascii"), 0)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            if created:  # the file's name too, before any number it holds is relied on
+                dir_fd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            self.value = seq
+
+
+__all__ = ["SentMark", "sent_path"]
