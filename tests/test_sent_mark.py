@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import shutil
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from rules.model import Site
-from sync.store import Store
+from rules.model import Policy, Site
+from sync.records import BookingIn, MemberIn, PassIn
+from sync.store import Store, SyncBatch
 from sync.store.sent_mark import SentMark, sent_path
 
 SITE = Site(ZoneInfo("Europe/Madrid"), id="s1")
@@ -91,3 +94,47 @@ def test_the_mark_only_moves_up_and_an_unreadable_one_is_zero(tmp_path: Path) ->
     assert SentMark(db).value == 12
     sent_path(db).write_bytes(b"\xff garbage")
     assert SentMark(db).value == 0
+
+
+def booking(bid: str, ends: datetime, points: int = 0) -> BookingIn:
+    return BookingIn.model_validate({
+        "id": bid, "member": "m1", "pass": "p1", "class": "Spin", "zone": "main", "deducted": True,
+        "starts_at": (ends - timedelta(hours=1)).isoformat(), "ends_at": ends.isoformat(), "loyalty_points": points,
+    })
+
+
+def kinds(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(e["type"], e.get("booking") or e.get("kind"), e.get("status")) for e in events if e["type"] != "deduction"]
+
+
+def test_what_fell_due_before_the_restore_is_not_settled_again(tmp_path: Path) -> None:
+    """The part of the ledger that was lost may have settled a no-show (and its fee) or
+    credited a class's points: the central system has those. Settled again they would
+    fine a member twice, or one who came; so a no-show or credit due before the restore is
+    named in an alarm for a person, once, and not settled; what falls due after is as
+    usual."""
+    now = datetime.now(UTC)
+    db = tmp_path / "gated.db"
+    policy = Policy(no_show_after=timedelta(minutes=15), loyalty_delay=timedelta(hours=3), no_show_fee=Decimal(1))
+    store = store_at(db)
+    lost, later, came = booking("lost", now - timedelta(hours=2)), booking("later", now + timedelta(hours=1)), \
+        booking("came", now - timedelta(hours=5), points=10)
+    store.apply_sync(SyncBatch([MemberIn(id="m1", name="Ana", cards=["C1"])],
+                               [PassIn(id="p1", member="m1", name="p1", kind="credits", balance=Decimal(5),
+                                       walk_in_cost=Decimal(1))],
+                               [lost, later, came]), now - timedelta(hours=7))
+    store.mark_attended("came", "desk", refund=False, now=now - timedelta(hours=5, minutes=30))
+    SentMark(db).advance(store.last_seq + 2)  # what the copy lacks had been sent
+    store.close()
+    store = store_at(db)  # the ledger put back
+    try:
+        due = store.run_due(policy, now + timedelta(hours=2))
+        assert kinds(due.events) == [("alarm", "ledger_restored", None), ("attendance", "later", "no_show")]
+        alarm = due.events[0]
+        assert "lost (m1)" in alarm["detail"] and "came (m1)" in alarm["detail"], alarm
+        assert store.points("m1") == 0
+        # a snapshot lists the old booking again: dropped quietly, never settled
+        store.apply_sync(SyncBatch(bookings=[lost]), now + timedelta(hours=2, minutes=1))
+        assert store.run_due(policy, now + timedelta(hours=2, minutes=30)).events == []
+    finally:
+        store.close()

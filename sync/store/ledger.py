@@ -45,6 +45,9 @@ from sync.store.rows import BOOKING_READ, booking_from_row, dt, ts
 from sync.store.transaction import Committed, Transaction, Transactions
 
 CURSOR_KEY = "due.no_show_through"
+# when the ledger was found put back from a copy (sync/store/sent_mark.py): what fell due
+# before then may have been settled in the part of it that was lost
+RESTORED_KEY = "ledger.restored_at"
 CURSOR_IDLE = timedelta(minutes=10)
 _BOOKINGS = "replica.bookings b LEFT JOIN main.booking_outcomes o ON o.booking_id = b.id"
 
@@ -405,13 +408,21 @@ class Ledger:
                 if r[0] not in seen
             ]
         credit, settle = self._loyalty_due(policy, now)
-        work = due_work([booking_from_row(r) for r in open_rows], credit, policy, now)
+        no_shows, unsure_no_shows, credit, unsure_credits = self._unsure_after_restore(
+            [booking_from_row(r) for r in open_rows], credit, policy)
+        settle += [b.id for b in unsure_credits]
+        work = due_work(no_shows, credit, policy, now)
         # the cursor is written with work, or every CURSOR_IDLE of clock (else a quiet
         # day's attended bookings would be walked again at every run)
         move = cursor is None or through - cursor >= CURSOR_IDLE.total_seconds()
         if not work and not settle and not rechecks and not move:
             return Committed()
         with self.transactions.open() as tx:
+            # named once: when the walk passes them (a sync that lists them again for a
+            # recheck, at every snapshot, drops them quietly)
+            named = [b for b in unsure_no_shows if b.id not in {r[0] for r in rechecks}]
+            if named or unsure_credits:
+                tx.emit("alarm", now, gate=None, kind="ledger_restored", detail=_unsure_detail(named, unsure_credits))
             for item in work:
                 b = item.booking
                 if item.kind == WorkKind.NO_SHOW:
@@ -432,6 +443,23 @@ class Ledger:
                 tx.set_meta(CURSOR_KEY, repr(through))
             c.execute("DELETE FROM qr_used WHERE expires_at < ?", (ts(now - timedelta(hours=1)),))
         return tx.committed
+
+    def _unsure_after_restore(
+        self, no_shows: list[Booking], credit: list[Booking], policy: Policy,
+    ) -> tuple[list[Booking], list[Booking], list[Booking], list[Booking]]:
+        """After the ledger was put back from a copy, a no-show or a loyalty credit that fell
+        due before then may have been settled in the part that was lost (the central system
+        has it): settling it again could fine a member twice, or one who came. Those are
+        left to a person (the alarm names them); the rest as usual. Returns (no-shows to
+        settle, unsure ones, credits to make, unsure ones)."""
+        row = self.conn.execute("SELECT value FROM main.meta WHERE key = ?", (RESTORED_KEY,)).fetchone()
+        if row is None:
+            return no_shows, [], credit, []
+        restored = datetime.fromtimestamp(float(row[0]), UTC)
+        sure = [b for b in no_shows if b.ends_at + policy.no_show_after > restored]
+        sure_credit = [b for b in credit if b.ends_at + policy.loyalty_delay > restored]
+        return (sure, [b for b in no_shows if b not in sure], sure_credit,
+                [b for b in credit if b not in sure_credit])
 
     def _loyalty_due(self, policy: Policy, now: datetime) -> tuple[list[Booking], list[str]]:
         """Attended bookings whose points fall due (to credit), and those to settle
@@ -512,3 +540,17 @@ def unconfirmed_fields(intent: dict[str, Any]) -> dict[str, Any]:
     fields = {k: v for k, v in intent.items() if k != "id"}
     fields["not_deducted"] = fields.pop("amount", 0)
     return fields
+
+
+def _unsure_detail(no_shows: list[Booking], credits: list[Booking], most: int = 10) -> str:
+    def some(bs: list[Booking]) -> str:
+        names = ", ".join(f"{b.id} ({b.member})" for b in bs[:most])
+        return names + (f" and {len(bs) - most} more" if len(bs) > most else "")
+
+    parts = []
+    if no_shows:
+        parts.append(f"{len(no_shows)} no-show(s) not settled: {some(no_shows)}")
+    if credits:
+        parts.append(f"{len(credits)} loyalty credit(s) not made: {some(credits)}")
+    return ("due before the ledger was put back from a copy, they may have been settled in the part that was "
+            "lost (the central system has what it received): " + "; ".join(parts))

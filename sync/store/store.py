@@ -92,7 +92,7 @@ from sync.store.batch import SyncBatch
 from sync.store.db import Checkpointer, connect
 from sync.store.durability import WalSync
 from sync.store.intents import Intents
-from sync.store.ledger import Ledger
+from sync.store.ledger import RESTORED_KEY, Ledger
 from sync.store.member_view import VIEW_HORIZON, member_view
 from sync.store.meta import Meta
 from sync.store.outbox import Event, Outbox
@@ -170,6 +170,7 @@ class Store:
         with self.transaction() as tx:
             for _ in range(last + 1, sent + 1):
                 tx.emit("void", now, reason="restored")
+            tx.set_meta(RESTORED_KEY, repr(now.timestamp()))
             tx.emit("alarm", now, gate=None, kind="ledger_restored",
                      detail=f"the ledger ends at event {last}, but events up to {sent} had been sent: it was put "
                      f"back from a copy; {last + 1}..{sent} are void here (the central system keeps those it has)")
