@@ -45,7 +45,7 @@ def test_a_ledger_restored_from_a_copy_numbers_on_after_what_was_sent(tmp_path: 
     shutil.copy(db, tmp_path / "copy.db")  # the night's backup: events 1..6
     store = store_at(db)
     alarms(store, 4)
-    SentMark(db).advance(9)  # 7..9 left the gate (10 did not)
+    SentMark(db).advance(9, NOW.timestamp())  # 7..9 left the gate (10 did not)
     store.close()
 
     restored(db, tmp_path / "copy.db")
@@ -67,7 +67,7 @@ def test_a_ledger_gone_altogether_numbers_on_after_what_was_sent(tmp_path: Path)
     """The file lost and the daemon started on an empty one: its first event is not seq 1,
     which the central system would take for the old seq 1 and drop."""
     db = tmp_path / "gated.db"
-    SentMark(db).advance(40)
+    SentMark(db).advance(40, NOW.timestamp())
     store = store_at(db)
     assert store.last_seq == 41
     assert store.events_after(40, 10)[0]["kind"] == "ledger_restored"
@@ -78,7 +78,7 @@ def test_nothing_sent_beyond_the_ledger_changes_nothing(tmp_path: Path) -> None:
     db = tmp_path / "gated.db"
     store = store_at(db)
     alarms(store, 3)
-    SentMark(db).advance(2)
+    SentMark(db).advance(2, NOW.timestamp())
     store.close()
     store = store_at(db)
     assert store.last_seq == 3
@@ -89,11 +89,14 @@ def test_the_mark_only_moves_up_and_an_unreadable_one_is_zero(tmp_path: Path) ->
     db = tmp_path / "gated.db"
     mark = SentMark(db)
     assert mark.value == 0 and not sent_path(db).exists()
-    mark.advance(12)
-    mark.advance(5)
-    assert SentMark(db).value == 12
+    mark.advance(12, NOW.timestamp())
+    mark.advance(5, NOW.timestamp() + 60)
+    again = SentMark(db)
+    assert (again.value, again.at) == (12, NOW.timestamp())
     sent_path(db).write_bytes(b"\xff garbage")
-    assert SentMark(db).value == 0
+    assert (SentMark(db).value, SentMark(db).at) == (0, None)
+    sent_path(db).write_bytes(b"00000000000000000007\n")  # a number alone: its instant not known
+    assert (SentMark(db).value, SentMark(db).at) == (7, None)
 
 
 def booking(bid: str, ends: datetime, points: int = 0) -> BookingIn:
@@ -109,32 +112,39 @@ def kinds(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 def test_what_fell_due_before_the_restore_is_not_settled_again(tmp_path: Path) -> None:
     """The part of the ledger that was lost may have settled a no-show (and its fee) or
-    credited a class's points: the central system has those. Settled again they would
-    fine a member twice, or one who came; so a no-show or credit due before the restore is
-    named in an alarm for a person, once, and not settled; what falls due after is as
-    usual."""
+    credited a class's points, which the central system has if their events were sent:
+    settled again they would fine a member twice, or one who came. So a no-show or credit
+    due by the instant of the last event sent is named in an alarm for a person, once, and
+    not settled; what fell due after it (nothing the others know of settled it) is settled
+    as usual — the restart's own clock is no measure."""
     now = datetime.now(UTC)
     db = tmp_path / "gated.db"
     policy = Policy(no_show_after=timedelta(minutes=15), loyalty_delay=timedelta(hours=3), no_show_fee=Decimal(1))
     store = store_at(db)
-    lost, later, came = booking("lost", now - timedelta(hours=2)), booking("later", now + timedelta(hours=1)), \
-        booking("came", now - timedelta(hours=5), points=10)
+    hours = {"old": -4, "lost": -2, "later": 1, "came_old": -7, "came": -5}
+    bookings = {bid: booking(bid, now + timedelta(hours=h), points=10 if bid.startswith("came") else 0)
+                for bid, h in hours.items()}
     store.apply_sync(SyncBatch([MemberIn(id="m1", name="Ana", cards=["C1"])],
                                [PassIn(id="p1", member="m1", name="p1", kind="credits", balance=Decimal(5),
                                        walk_in_cost=Decimal(1))],
-                               [lost, later, came]), now - timedelta(hours=7))
-    store.mark_attended("came", "desk", refund=False, now=now - timedelta(hours=5, minutes=30))
-    SentMark(db).advance(store.last_seq + 2)  # what the copy lacks had been sent
+                               list(bookings.values())), now - timedelta(hours=9))
+    for bid in ("came_old", "came"):
+        store.mark_attended(bid, "desk", refund=False, now=now + timedelta(hours=hours[bid], minutes=-30))
+    # what the copy lacks had been sent, the last of it stamped three hours ago
+    SentMark(db).advance(store.last_seq + 2, (now - timedelta(hours=3)).timestamp())
     store.close()
     store = store_at(db)  # the ledger put back
     try:
         due = store.run_due(policy, now + timedelta(hours=2))
-        assert kinds(due.events) == [("alarm", "ledger_restored", None), ("attendance", "later", "no_show")]
-        alarm = due.events[0]
-        assert "lost (m1)" in alarm["detail"] and "came (m1)" in alarm["detail"], alarm
-        assert store.points("m1") == 0
+        assert sorted(kinds(due.events), key=str) == sorted([
+            ("alarm", "ledger_restored", None), ("attendance", "lost", "no_show"),
+            ("attendance", "later", "no_show"), ("loyalty", "came", None)], key=str)
+        alarm = next(e for e in due.events if e["type"] == "alarm")
+        assert "old (m1)" in alarm["detail"] and "came_old (m1)" in alarm["detail"], alarm
+        assert "lost (m1)" not in alarm["detail"] and "came (m1)" not in alarm["detail"], alarm
+        assert store.points("m1") == 10
         # a snapshot lists the old booking again: dropped quietly, never settled
-        store.apply_sync(SyncBatch(bookings=[lost]), now + timedelta(hours=2, minutes=1))
+        store.apply_sync(SyncBatch(bookings=[bookings["old"]]), now + timedelta(hours=2, minutes=1))
         assert store.run_due(policy, now + timedelta(hours=2, minutes=30)).events == []
     finally:
         store.close()

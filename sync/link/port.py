@@ -81,7 +81,7 @@ class StorePort:
         if events:
             await self.store.flushed()  # every commit so far: the ones just read among them
             # and that they left: a ledger put back from a copy numbers on after them
-            await self.store.sent_through(int(events[-1]["seq"]))
+            await self.store.sent_through(events[-1])
         return events
 
     def first_held_seq(self) -> int:

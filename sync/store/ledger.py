@@ -45,8 +45,8 @@ from sync.store.rows import BOOKING_READ, booking_from_row, dt, ts
 from sync.store.transaction import Committed, Transaction, Transactions
 
 CURSOR_KEY = "due.no_show_through"
-# when the ledger was found put back from a copy (sync/store/sent_mark.py): what fell due
-# before then may have been settled in the part of it that was lost
+# a ledger put back from a copy (sync/store/sent_mark.py): the instant of the last event it
+# had sent; what fell due by then may have been settled in the part that was lost
 RESTORED_KEY = "ledger.restored_at"
 CURSOR_IDLE = timedelta(minutes=10)
 _BOOKINGS = "replica.bookings b LEFT JOIN main.booking_outcomes o ON o.booking_id = b.id"
@@ -448,18 +448,21 @@ class Ledger:
         self, no_shows: list[Booking], credit: list[Booking], policy: Policy,
     ) -> tuple[list[Booking], list[Booking], list[Booking], list[Booking]]:
         """After the ledger was put back from a copy, a no-show or a loyalty credit that fell
-        due before then may have been settled in the part that was lost (the central system
-        has it): settling it again could fine a member twice, or one who came. Those are
-        left to a person (the alarm names them); the rest as usual. Returns (no-shows to
-        settle, unsure ones, credits to make, unsure ones)."""
+        due by the instant of the last event sent before (RESTORED_KEY) may have been
+        settled in the part that was lost (the central system has it): settling it again
+        could fine a member twice, or one who came. Those are left to a person (the alarm
+        names them); the rest as usual. Returns (no-shows to settle, unsure ones, credits
+        to make, unsure ones)."""
         row = self.conn.execute("SELECT value FROM main.meta WHERE key = ?", (RESTORED_KEY,)).fetchone()
         if row is None:
             return no_shows, [], credit, []
         restored = datetime.fromtimestamp(float(row[0]), UTC)
-        sure = [b for b in no_shows if b.ends_at + policy.no_show_after > restored]
-        sure_credit = [b for b in credit if b.ends_at + policy.loyalty_delay > restored]
-        return (sure, [b for b in no_shows if b not in sure], sure_credit,
-                [b for b in credit if b not in sure_credit])
+        def after(bs: list[Booking], delay: timedelta) -> tuple[list[Booking], list[Booking]]:
+            return [b for b in bs if b.ends_at + delay > restored], [b for b in bs if b.ends_at + delay <= restored]
+
+        sure, unsure = after(no_shows, policy.no_show_after)
+        sure_credit, unsure_credit = after(credit, policy.loyalty_delay)
+        return sure, unsure, sure_credit, unsure_credit
 
     def _loyalty_due(self, policy: Policy, now: datetime) -> tuple[list[Booking], list[str]]:
         """Attended bookings whose points fall due (to credit), and those to settle

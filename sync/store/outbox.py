@@ -96,6 +96,22 @@ class Outbox:
         )
         return event
 
+    def fill_range(self, first: int, last: int, now: datetime, reason: str) -> list[Event]:
+        """Inside a transaction: `void` events for `first`..`last`, numbered on from there
+        (a ledger put back from a copy: sync/store/sent_mark.py). In bulk: they may be many."""
+        at = iso_utc(now)
+        events: list[Event] = [
+            {"id": uuid.uuid4().hex, "seq": seq, "type": "void", "at": at, "reason": reason}
+            for seq in range(first, last + 1)
+        ]
+        self.conn.executemany(
+            "INSERT INTO events(seq, id, type, at, gate, member_id, body) VALUES (?,?,?,?,NULL,NULL,?)",
+            ((e["seq"], e["id"], "void", at, json.dumps(e)) for e in events),
+        )
+        self.next_seq = max(self.next_seq, last + 1)
+        self.meta.put("next_seq", str(self.next_seq))
+        return events
+
     @property
     def first_seq(self) -> int:
         """The oldest event still held (last_seq + 1 when none is)."""

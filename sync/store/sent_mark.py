@@ -13,21 +13,27 @@ other daemons' catch-up requests) its seq is written here and made durable, and 
 and applies nothing for the ones it never received) and an alarm `ledger_restored` says
 how many.
 
-The file is one fixed-width decimal number written in place (a single sector: it is
-written whole or not at all) and fdatasync'ed; a file that cannot be read counts as 0 and
-is said so in the log.
+Beside the seq, that event's own instant (`at`, as the gate stamped it): the edge of what
+the lost part may have done that the others know of — a no-show it settled, a credit it
+made, is known elsewhere only if its event was sent, and so stamped at or before it. The
+daemon's clock at the restart is no measure of that (it may not be set yet).
+
+The file is one fixed-width line, "<seq> <POSIX seconds>", written in place (a single
+sector: it is written whole or not at all) and fdatasync'ed; a file that cannot be read
+counts as nothing sent and is said so in the log.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-WIDTH = 20  # digits: any seq up to 2^63 - 1
+WIDTH = 20  # digits: any seq up to 2^63 - 1; the instant as many characters, to the microsecond
 
 
 def sent_path(ledger: Path) -> Path:
@@ -38,32 +44,37 @@ class SentMark:
     def __init__(self, ledger: Path):
         self.path = sent_path(ledger)
         self._lock = threading.Lock()  # written from worker threads
-        self.value = self._read()
+        self.value, self.at = self._read()
 
-    def _read(self) -> int:
+    def _read(self) -> tuple[int, float | None]:
+        """(the last seq sent, its event's instant in POSIX seconds; None: not known)."""
         try:
-            text = self.path.read_bytes()[: WIDTH + 1]
+            text = self.path.read_bytes()[: 2 * WIDTH + 2]
         except FileNotFoundError:
-            return 0
+            return 0, None
         except OSError as e:
             log.warning("%s cannot be read (%s): the events sent so far are not known", self.path, e)
-            return 0
+            return 0, None
         try:
-            return max(0, int(text.decode("ascii").strip() or 0))
+            fields = text.decode("ascii").split()
+            seq = max(0, int(fields[0])) if fields else 0
+            at = float(fields[1]) if len(fields) > 1 else None
         except (UnicodeDecodeError, ValueError):
             log.warning("%s holds no number: the events sent so far are not known", self.path)
-            return 0
+            return 0, None
+        return seq, at if at is not None and math.isfinite(at) else None
 
-    def advance(self, seq: int) -> None:
-        """Blocking (call it from a thread): on disk that events up to `seq` may have left.
-        Raises OSError when it cannot be written: then they must not leave."""
+    def advance(self, seq: int, at: float) -> None:
+        """Blocking (call it from a thread): on disk that events up to `seq`, the last
+        stamped `at` (POSIX seconds), may have left. Raises OSError when it cannot be
+        written: then they must not leave."""
         with self._lock:
             if seq <= self.value:
                 return
             created = not self.path.exists()
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o640)
             try:
-                os.pwrite(fd, f"{seq:0{WIDTH}d}\n".encode("ascii"), 0)
+                os.pwrite(fd, f"{seq:0{WIDTH}d} {at:0{WIDTH}.6f}\n".encode("ascii"), 0)
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
@@ -73,7 +84,7 @@ class SentMark:
                     os.fsync(dir_fd)
                 finally:
                     os.close(dir_fd)
-            self.value = seq
+            self.value, self.at = seq, at
 
 
 __all__ = ["SentMark", "sent_path"]

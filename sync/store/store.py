@@ -74,6 +74,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
@@ -83,7 +84,7 @@ from rules.model import Booking, BookingStatus, Gate, Member, Pass, Policy
 from rules.model import Site as SiteModel
 from rules.schedule import NoShowHorizon
 from rules.tap import Tap
-from rules.timeutil import iso_utc
+from rules.timeutil import iso_utc, parse_instant_once
 from sync.errors import StoreError
 from sync.records import PassRecord
 from sync.store import attach, enrolment, photos, read_contract, retention
@@ -105,6 +106,7 @@ from sync.store.sent_mark import SentMark
 from sync.store.transaction import Committed, Listener, Transaction, Transactions
 
 log = logging.getLogger(__name__)
+_UTC = ZoneInfo("UTC")
 
 # in the replica's meta: its position in the central system's stream of changes
 DELTA_SEQ_KEY = "sync.delta_seq"
@@ -167,21 +169,24 @@ class Store:
         if sent <= last:
             return
         now = datetime.now(UTC)
+        # what the lost part did that the others know of was sent, so stamped by then
+        lost_until = self.sent.at if self.sent.at is not None else now.timestamp()
         with self.transaction() as tx:
-            for _ in range(last + 1, sent + 1):
-                tx.emit("void", now, reason="restored")
-            tx.set_meta(RESTORED_KEY, repr(now.timestamp()))
+            tx.committed.events += self.outbox.fill_range(last + 1, sent, now, "restored")
+            tx.set_meta(RESTORED_KEY, repr(lost_until))
             tx.emit("alarm", now, gate=None, kind="ledger_restored",
                      detail=f"the ledger ends at event {last}, but events up to {sent} had been sent: it was put "
                      f"back from a copy; {last + 1}..{sent} are void here (the central system keeps those it has)")
         log.warning("ledger_restored: events %d..%d sent before the ledger was put back; numbering on from %d",
                     last + 1, sent, sent + 2)
 
-    async def sent_through(self, seq: int) -> None:
-        """Before events up to `seq` leave the gate: that they did, on disk beside the
+    async def sent_through(self, last: Event) -> None:
+        """Before events up to `last` leave the gate: that they did, on disk beside the
         ledger (off the event loop). Raises OSError when it cannot be written."""
+        seq = int(last["seq"])
         if seq > self.sent.value:
-            await asyncio.to_thread(self.sent.advance, seq)
+            at = parse_instant_once(str(last["at"]), _UTC).timestamp()
+            await asyncio.to_thread(self.sent.advance, seq, at)
 
     def _checkpoints(self) -> Checkpointer | None:
         return Checkpointer(lambda: [self.path, self.replica_path]) if self.background_checkpoints else None
