@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from simulator.day import plan as P
+from simulator.day import procfs
 from simulator.day.population import generate
 from simulator.power_cut import PowerCutDisk
 from tests.broker import needs_mosquitto
@@ -119,24 +120,6 @@ def test_short_days_with_other_seeds_keep_the_books(seed: int, tmp_path: Path) -
     assert r["violations_total"] == 0, (out.stdout + out.stderr)[-6000:]
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every process under `pid`, from /proc."""
-    parent: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent[int(stat.parent.name)] = int(fields[1])
-    out, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        out.update(kids)
-        todo.extend(kids)
-    return out
-
-
 def _running(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -162,7 +145,7 @@ def test_a_sigterm_takes_the_whole_day_down(tmp_path: Path) -> None:
         seen.append(line)
         if line.startswith("day: ready"):
             break
-    kids = _descendants(proc.pid)
+    kids = procfs.descendants(proc.pid)
     assert len(kids) >= 10, "".join(seen)  # six daemons, three brokers, the central, ...
     mounts = [g for g in (d / "gates").iterdir() if os.path.ismount(g)]
     assert mounts or not os.path.exists("/dev/fuse"), "the power-cut gate's store is not mounted"

@@ -1,10 +1,11 @@
 """Resident memory, open file descriptors and CPU time of a process, from /proc, and what
-a series of samples says about growth."""
+a series of samples says about growth; and the processes under one (what a day left)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -80,4 +81,33 @@ def growth(samples: list[Sample], warmup: float) -> dict[str, float | int]:
     }
 
 
-__all__ = ["Sample", "growth", "sample", "slope"]
+def descendants(pid: int) -> set[int]:
+    """Every process under `pid` that is still running (a zombie is gone: only its exit
+    status waits to be read)."""
+    parent: dict[int, int] = {}
+    state: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+        state[int(stat.parent.name)] = fields[0]
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in out]
+        out.update(kids)
+        todo.extend(kids)
+    return {k for k in out if state.get(k) != "Z"}
+
+
+def command_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return "?"
+
+
+__all__ = ["Sample", "command_of", "descendants", "growth", "sample", "slope"]

@@ -185,7 +185,14 @@ async def run_day(
         }
         harness["errors"] = traffic.errors + chaos.errors
         harness["people_inside_at_end"] = sorted(f"{s}:{m}" for s, m in traffic.inside)
-    # the processes are down: their last samples and exits
+    # the processes are down: none may be left (a process the harness lost track of — two
+    # central systems after overlapping stops was one — would outlive the day unseen)
+    left = procfs.descendants(os.getpid())
+    for pid in sorted(left):
+        harness.setdefault("errors", []).append(f"left running after the day: {procfs.command_of(pid)}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    # their last samples and exits
     harness["samples"] = {k: [asdict(s) for s in v] for k, v in sampler.series.items()}
     harness["harness_loop_lag_ms"] = sorted(sampler.lag)[-5:] if sampler.lag else []
     harness["wall_s"] = round(time.monotonic() - t_start, 1)

@@ -34,6 +34,10 @@ class ChaosRunner:
         self.seed = seed
         self.tasks: list[asyncio.Task[None]] = []
         self.errors: list[str] = []
+        # stops of the central system in progress: overlapping ones make one longer outage,
+        # and it starts again when the last of them ends (else the first to end started it
+        # while another still held it down, and the other started a second one beside it)
+        self._central_stops = 0
 
     def start(self) -> None:
         for i, c in enumerate(self.plan.chaos):
@@ -125,8 +129,13 @@ class ChaosRunner:
         elif c.kind == P.STOP_CENTRAL:
             assert ch.central is not None
             ch.central.kill9()
+            self._central_stops += 1
             self._log(i, c, "start")
             await clock.sleep(c.duration)
+            self._central_stops -= 1
+            if self._central_stops:
+                self._log(i, c, "end", still_stopped_by_another=True)
+                return
             ch.central.start()
             try:
                 await ch.central.wait_ready(60)

@@ -290,6 +290,8 @@ class CentralProc:
         self.starts = 0
 
     def start(self) -> None:
+        if self.pid is not None:
+            return  # one central system: a second would be a process nobody stops
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "simulator.day.harness.central_proc", *self.args],
                                          cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=log)
