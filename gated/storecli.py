@@ -242,20 +242,31 @@ def _size(db: Path) -> int:
     return sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
 
 
-def cmd_compact(args: argparse.Namespace) -> int:
+def _daemon_stopped(args: argparse.Namespace) -> tuple[Any, Path] | None:
+    """The configuration and the ledger for a command that needs the daemon stopped; None,
+    said why, when the file is not there or a daemon answers on the control socket."""
     from gated.commands import config_for
     from gated.installer import daemon_running
-    from gated.state_owner import kept_by_owner
 
     config = config_for(args)
     db = Path(config.store.path)
     if not db.exists():
         print(f"{db}: no such file", file=sys.stderr)
-        return 2
+        return None
     if daemon_running(config):
         print(f"{db}: a daemon is running (its control socket {config.control.socket} answers): "
               "stop it first (`systemctl stop gated`)", file=sys.stderr)
+        return None
+    return config, db
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from gated.state_owner import kept_by_owner
+
+    stopped = _daemon_stopped(args)
+    if stopped is None:
         return 2
+    _, db = stopped
     before = _size(db)
     with kept_by_owner(db.parent):
         try:
@@ -273,20 +284,13 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    from gated.commands import config_for
-    from gated.installer import daemon_running
     from gated.state_owner import kept_by_owner
     from gated.store_rebuild import rebuild
 
-    config = config_for(args)
-    db = Path(config.store.path)
-    if not db.exists():
-        print(f"{db}: no such file", file=sys.stderr)
+    stopped = _daemon_stopped(args)
+    if stopped is None:
         return 2
-    if daemon_running(config):
-        print(f"{db}: a daemon is running (its control socket {config.control.socket} answers): "
-              "stop it first (`systemctl stop gated`)", file=sys.stderr)
-        return 2
+    config, db = stopped
     # the files it writes belong to whoever owns the state directory (a DynamicUser's)
     with kept_by_owner(db.parent):
         return rebuild(db, config)

@@ -4,6 +4,7 @@ to: each is counted and dropped, and the link keeps working."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,19 @@ def topics_of(t: Topics) -> dict[str, str]:
     }
 
 
+async def sent_to(link: SyncLink, mosquitto: Mosquitto, plan: list[tuple[str, bytes]]) -> Counter[str]:
+    """Once the link is connected with its snapshot: every (topic, payload) of `plan`
+    published by another client, and received by the link. Its stats before them."""
+    await link.wait_connected(WAIT_S)
+    await wait_until(lambda: link.stats["snapshots_applied"] == 1)
+    before = link.stats.copy()
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as evil:
+        for topic, payload in plan:
+            await evil.publish(topic, payload, qos=1)
+    await wait_until(lambda: link.stats["received"] - before["received"] >= len(plan), what="all delivered")
+    return before
+
+
 async def still_working(link: SyncLink, store: Any, engine: Engine, central: Central, now: Any) -> None:
     """A tap reaches the central system, a delta reaches the gate, a look-up is answered."""
     _, committed = engine.tap("in-1", Credential.card("C1"), now())
@@ -157,13 +171,7 @@ async def test_bad_payloads_are_counted_dropped_and_harmless(
     plan += [(t.lookup_response, p) for p in collect("ack", 10)]
 
     async with running(link.run()):
-        await link.wait_connected(WAIT_S)
-        await wait_until(lambda: link.stats["snapshots_applied"] == 1)
-        before = link.stats.copy()
-        async with aiomqtt.Client("127.0.0.1", mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as evil:
-            for topic, payload in plan:
-                await evil.publish(topic, payload, qos=1)
-        await wait_until(lambda: link.stats["received"] - before["received"] >= len(plan), what="all delivered")
+        before = await sent_to(link, mosquitto, plan)
 
         def handled() -> int:
             # a snapshot chunk whose header reads is validated in full by the import's
@@ -253,13 +261,7 @@ async def test_payloads_at_the_edges_from_the_site_leave_the_link_working(
     assert min(accepted.values()) >= 5, accepted  # the edges themselves, not only payloads the models refuse
 
     async with running(link.run()):
-        await link.wait_connected(WAIT_S)
-        await wait_until(lambda: link.stats["snapshots_applied"] == 1)
-        before = link.stats.copy()
-        async with aiomqtt.Client("127.0.0.1", mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as evil:
-            for topic, payload in plan:
-                await evil.publish(topic, payload, qos=1)
-        await wait_until(lambda: link.stats["received"] - before["received"] >= len(plan), what="all delivered")
+        await sent_to(link, mosquitto, plan)
         assert link.stats["errors"] == 0, link.stats
         await still_working(link, store, engine, central, now)
         assert link.stats["errors"] == 0, link.stats
