@@ -43,6 +43,9 @@ SIMULATION_ENV = "GATED_SIMULATION"
 PERSON = Person(delay=0.08)  # people push the arm at once: a busy turnstile
 
 
+EXIT_COUNTER = 0  # the input register where an exit's board counts its passage pulses
+
+
 @dataclass
 class Settings:
     speed: float
@@ -165,6 +168,12 @@ class Chain:
         }
         if direction == "in":
             g.update(anti_passback=spec.anti_passback, reentry_grace=spec.reentry_grace)
+        else:
+            # the exit's board counts its passage pulses (a DI counter): a fire drill sends the
+            # people inside through it back to back, a pulse every 0.15 s, and a reading held
+            # back that long on a loaded machine would lose one from the level alone (the
+            # documented limit, docs/hardware-outputs.md); the entries read the level
+            g["output"]["passage_counter"] = EXIT_COUNTER
         mqtt: dict[str, Any] = {
             "host": "127.0.0.1", "port": broker_port, "ack_timeout": self.settings.ack_timeout,
             "backoff_initial": 0.1, "backoff_max": 2.0, "resync_retry": 5.0, "keepalive": 10,
@@ -262,7 +271,8 @@ class Chain:
     async def _start_gate(self, spec: SiteSpec, gate: str) -> None:
         d = daemon_id(spec.id, gate)
         sim = await self._stack.enter_async_context(
-            SimTurnstile(transport="tcp", host="127.0.0.1", port=0, person=PERSON, passage_pulse=0.1))
+            SimTurnstile(transport="tcp", host="127.0.0.1", port=0, person=PERSON, passage_pulse=0.1,
+                         passage_counter=EXIT_COUNTER if gate == EXIT_GATE else None))
         sim.rotation_gap = 0.05
         reader = VirtualSerialReader(self.dir / "readers" / d)
         self._stack.callback(reader.close)
