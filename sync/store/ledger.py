@@ -420,7 +420,8 @@ class Ledger:
         with self.transactions.open() as tx:
             # named once: when the walk passes them (a sync that lists them again for a
             # recheck, at every snapshot, drops them quietly)
-            named = [b for b in unsure_no_shows if b.id not in {r[0] for r in rechecks}]
+            rechecked = {r[0] for r in rechecks}
+            named = [b for b in unsure_no_shows if b.id not in rechecked]
             if named or unsure_credits:
                 tx.emit("alarm", now, gate=None, kind="ledger_restored", detail=_unsure_detail(named, unsure_credits))
             for item in work:

@@ -89,16 +89,12 @@ class Outbox:
 
     def fill(self, seq: int, now: datetime, reason: str) -> Event:
         """Inside a transaction: a `void` event under a number that holds none."""
-        event: Event = {"id": uuid.uuid4().hex, "seq": seq, "type": "void", "at": iso_utc(now), "reason": reason}
-        self.conn.execute(
-            "INSERT INTO events(seq, id, type, at, gate, member_id, body) VALUES (?,?,?,?,?,?,?)",
-            (seq, event["id"], "void", event["at"], None, None, json.dumps(event)),
-        )
-        return event
+        return self.fill_range(seq, seq, now, reason)[0]
 
     def fill_range(self, first: int, last: int, now: datetime, reason: str) -> list[Event]:
-        """Inside a transaction: `void` events for `first`..`last`, numbered on from there
-        (a ledger put back from a copy: sync/store/sent_mark.py). In bulk: they may be many."""
+        """Inside a transaction: `void` events for `first`..`last` (numbers that hold none),
+        numbering on after `last` if it is beyond the last seq (a ledger put back from a
+        copy: sync/store/sent_mark.py). In bulk: they may be many."""
         at = iso_utc(now)
         events: list[Event] = [
             {"id": uuid.uuid4().hex, "seq": seq, "type": "void", "at": at, "reason": reason}
