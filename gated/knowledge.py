@@ -7,6 +7,7 @@ here the daemon checks them every second —
 | `uplink_stalled` | the central's `applied_seq` while events wait | keeps them (nothing is lost), says why |
 | `deltas_behind` | the central's delta head against the replica's `delta_seq` | asks for the missed deltas (the link) |
 | `peers_unheard` | each other daemon's heartbeat against what was heard of it | holds no-shows (and fees) of classes that ended after it; after `peer_wait_limit` settles them naming it |
+| `numbering_unsure` | the ledger's mark of what it sent (`gated.db.sent`), missing: a new box, a copy restored without it | holds its events after its last one at start, and its no-shows, until the central system says how far it got (sync/store/numbering.py) |
 | `clock_untrusted` | the wall clock against the monotonic clock and the last trusted time (rules/clock.py) | acts at the anchored time; no no-show, fee, loyalty credit or pruning until trusted again |
 
 A gap that lasts past its threshold is an `alarm` event (and log line and metric) once
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 
 DELTAS_BEHIND_ALARM = 60.0  # seconds behind the central's head (the link asks after 5)
 PEERS_ALARM = 300.0  # seconds (the site's clock) a class's no-shows are held for an unheard daemon
-KINDS = ("uplink_stalled", "deltas_behind", "peers_unheard", "clock_untrusted")
+NUMBERING_ALARM = 60.0  # seconds events are held for the central system's word on our numbering
+KINDS = ("uplink_stalled", "deltas_behind", "peers_unheard", "clock_untrusted", "numbering_unsure")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,14 @@ class Knowledge:
         if guard is not None and not guard.trusted:
             found["clock_untrusted"] = (mono - guard.state.since, 0.0, guard.describe())
         link = self.d.link
+        store = self.d.store
+        if link is not None and store is not None and store.unsure_after is not None:
+            found["numbering_unsure"] = (
+                None, NUMBERING_ALARM,
+                f"{store.last_seq - store.unsure_after} event(s) held after event {store.unsure_after}: "
+                f"{store.sent.path.name} is missing (a new box, or a copy put back without it); they leave once "
+                "the central system says how far it got with this daemon (an ack, or its passes)",
+            )
         if link is not None:
             stall = link.session.uplink_stall(mono)
             if stall is not None:

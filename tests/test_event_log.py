@@ -221,6 +221,47 @@ async def test_events_the_central_does_not_acknowledge_are_an_alarm_with_the_rea
         await asyncio.wait([task])
 
 
+async def test_a_new_box_holds_its_events_until_the_central_says_how_far_it_got(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gate started on a ledger without `gated.db.sent` (a new box): its events wait for
+    the central system's word on this daemon's numbering (sync/store/numbering.py), which
+    `gated status`, the metrics and an alarm say while it lasts; then they leave."""
+    import gated.knowledge
+    from gated.config import Config
+    from gated.daemon import Daemon
+    from rules.credential import Credential
+    from tests.broker import SEED, SITE, central_settings
+    from tests.test_daemon_mqtt import config as mqtt_config
+
+    monkeypatch.setattr(gated.knowledge, "NUMBERING_ALARM", 0.5)
+    central = Central(central_settings(mosquitto), tmp_path / "central.db")
+    central.load(SITE, SEED["members"], SEED["passes"], SEED["bookings"])
+    d = Daemon(Config.model_validate(mqtt_config(tmp_path, mosquitto).model_dump()))
+    await d.start()
+    task: asyncio.Task[None] | None = None
+    try:
+        await d.link.wait_connected(WAIT_S)
+        r = await d.handle_credential("in-1", Credential.card("C1", "test"))  # no member yet: refused, recorded
+        assert r["decision"] == "denied"
+        await wait_until(lambda: any(g["kind"] == "numbering_unsure" for g in d.health()["knowledge"]["gaps"]),
+                         timeout=10, what="the gap in gated status")
+        assert d.store is not None and d.store.sendable_seq == 0 < d.store.last_seq
+        assert "NUMBERING UNSURE" in status_line(d)
+        assert d.metrics.knowledge_gap.labels("numbering_unsure")._value.get() == 1
+        task = asyncio.create_task(central.run())
+        await wait_until(lambda: central.applied_seq(SITE, d.config.daemon_id) == d.store.last_seq > 0,  # type: ignore[union-attr]
+                         timeout=20, what="the held events applied")
+        await wait_until(lambda: not d.health()["knowledge"]["gaps"], timeout=10, what="the gap to close")
+        kinds = [e["kind"] for e in d.store.recent_events(100, ["alarm"])]
+        assert "numbering_unsure" in kinds and "numbering_unsure_ended" in kinds
+    finally:
+        await d.stop()
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+
+
 async def test_gated_tap_says_so_when_the_daemon_dies_mid_tap(tmp_path: Path) -> None:
     """`gated tap` (docs: README's commands) waiting on a tap whose daemon is killed -9
     while the member is at the turnstile: one line saying what happened, exit 1, no

@@ -13,7 +13,7 @@ from pathlib import Path
 from rules.credential import TenDigits
 from rules.model import BookingStatus
 from sync.store import Store, open_reader
-from sync.store.schema import MIGRATIONS
+from sync.store.schema import MIGRATIONS, SCHEMA_VERSION
 from tests.broker import site
 
 T0 = datetime(2026, 11, 18, 9, 0, tzinfo=UTC).timestamp()
@@ -78,7 +78,7 @@ def test_version_1_database_is_migrated_to_a_replica_file(tmp_path: Path) -> Non
         assert {"site_charges", "site_refunds"} <= names  # migration 7: the site's other daemons
         assert "peer_marks" in names  # migration 8: how far each of them is heard
         assert "member_photos" in names  # migration 9: photos taken at the desk
-        assert store.conn.execute("SELECT value FROM main.meta WHERE key = 'schema_version'").fetchone()[0] == "9"
+        assert store.conn.execute("SELECT value FROM main.meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
         assert store.conn.execute("SELECT balance FROM passes WHERE id = 'p1'").fetchone()[0] == "9"
         # the no-show walk starts after the migrated outcomes: only what falls due later
         from rules.model import Policy

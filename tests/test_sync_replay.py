@@ -11,6 +11,7 @@ import contextlib
 import shutil
 import sqlite3
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +225,102 @@ async def test_a_gate_restored_from_its_backup_loses_no_new_event(mosquitto: Mos
     assert [e["id"] for e in events[sent + 1:]] == [e["id"] for e in after]  # every one applied
     assert any(e["type"] == "deduction" for e in after)
     assert central.stats["duplicates"] >= 1  # the void numbers it already had
+
+
+@pytest.mark.parametrize("box", ["new", "backup_only"])
+async def test_a_gate_whose_ledger_and_mark_are_gone_loses_no_new_event(
+    mosquitto: Mosquitto, tmp_path: Path, box: str
+) -> None:
+    """The gate's box replaced (`new`: a fresh ledger and replica, the same daemon id), or
+    its ledger put back from a copy kept elsewhere without `gated.db.sent` beside it
+    (`backup_only`: the replica still there, the central system away at the restart):
+    the central system holds events of this daemon the ledger knows nothing of. The gate
+    holds its new events until the central system says how far it got (an ack, or the
+    `applied` of its passes), then numbers them on after that (`void` in between, a
+    `ledger_restored` alarm): every new tap is applied, and meanwhile the local balances
+    count the new charges."""
+    from gated.storage_watch import backup
+
+    central = Central(central_settings(mosquitto), tmp_path / "central.db")
+    central.load(SITE, SEED["members"], SEED["passes"], SEED["bookings"])
+    db = tmp_path / "gate.db"
+    now = clock()
+
+    def taps(engine: Engine, n: int) -> None:
+        for i in range(n):
+            engine.tap("in-1" if i % 2 == 0 else "out-1", Credential.card(("C1", "C2")[(i // 2) % 2]), now())
+
+    def settled(store: Any, link: SyncLink) -> bool:
+        return (
+            store.acked_seq == store.last_seq == central.applied_seq(SITE, "gate-a")
+            and link.delta_seq == central.delta_seq(SITE)
+            and all(store.balance(p) == central.balance(SITE, p) for p in ("p1", "p2"))
+        )
+
+    async def stop(task: asyncio.Task[None]) -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    central_task = asyncio.create_task(central.run())
+    try:
+        await central.wait_connected(WAIT_S)
+        store = make_store(db, "gate-a")
+        link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
+        engine = Engine(store, site(), GATES, POLICY)
+        async with running(link.run()):
+            await link.wait_connected(WAIT_S)
+            await wait_until(lambda: settled(store, link), what="the first snapshot")
+            taps(engine, 10)
+            await wait_until(lambda: settled(store, link), what="settled before the backup")
+            backup(db, tmp_path / "gate.db.backup")
+            taps(engine, 10)
+            await wait_until(lambda: settled(store, link), what="settled after the backup")
+        sent = store.last_seq
+        balances = {p: store.balance(p) for p in ("p1", "p2")}
+        store.close()
+
+        for f in tmp_path.glob("gate.*"):
+            if f.name != "gate.db.backup" and (box == "new" or not f.name.startswith("gate.replica")):
+                f.unlink()
+        if box == "backup_only":
+            shutil.copy(tmp_path / "gate.db.backup", db)
+            await stop(central_task)
+        store = make_store(db, "gate-a")
+        kept = store.last_seq
+        link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
+        assert kept < sent and store.unsure_after == kept
+        engine = Engine(store, site(), GATES, POLICY)
+        async with running(link.run()):
+            await link.wait_connected(WAIT_S)
+            if box == "backup_only":  # decided from the replica, charged, held
+                taps(engine, 6)
+                held = store.events_after(kept, 1000)
+                charged = {p: sum(Decimal(str(e["amount"])) for e in held if e["type"] == "deduction" and e["pass"] == p)
+                           for p in balances}
+                assert any(charged.values())
+                assert {p: store.balance(p) for p in balances} == {p: balances[p] - charged[p] for p in balances}
+                await asyncio.sleep(1.0)
+                assert store.unsure_after == kept and link.port.last_seq == kept  # nothing left meanwhile
+                central_task = asyncio.create_task(central.run())
+                await central.wait_connected(WAIT_S)
+            else:
+                await wait_until(lambda: settled(store, link), what="the new box's snapshot")
+                taps(engine, 6)
+            await wait_until(lambda: settled(store, link), timeout=30, what="settled on the new box")
+            assert store.last_seq > sent and store.unsure_after is None
+        last = store.last_seq
+        after = [e for e in store.events_after(sent, 1000) if e["type"] != "void"]
+        store.close()
+        store = make_store(db, "gate-a")
+        store.hold_unsure()
+        assert store.unsure_after is None  # the mark is there for the next start
+        store.close()
+    finally:
+        await stop(central_task)
+    events = central.events(SITE, "gate-a")
+    assert [e["seq"] for e in events] == list(range(1, last + 1))
+    assert all(e["type"] != "void" for e in events[:sent])  # the central kept the real ones
+    assert any(e.get("kind") == "ledger_restored" for e in events[sent:])
+    assert [e["id"] for e in events[sent:] if e["type"] != "void"] == [e["id"] for e in after]
+    assert sum(e["type"] == "deduction" for e in after) >= 2

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from sync.link.actions import SettleNumbering
 from sync.link.session import (
     AbortSnapshot,
     Action,
@@ -241,6 +242,22 @@ def test_acks_prune_resend_after_timeout_and_refuse_what_was_never_sent() -> Non
     assert s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 99}), 113.0) == []
     assert s.acked_seq == 4 and s.stats["ack_beyond_last_seq"] == 2 and s.stats["alarms"] == 1
     assert isinstance(s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 12}), 173.0)[0], RaiseAlarm)
+
+
+def test_unsure_of_its_numbering_the_gate_asks_with_its_last_event_and_settles_before_counting_acks() -> None:
+    """The ledger lost its mark of what it sent (sync/store/numbering.py): the last event
+    that may leave goes again though acknowledged (its ack says how far the central system
+    got), and any ack is first handed to the shell to settle the numbering — one beyond
+    the last event is the news, not an error."""
+    s = connected(session(StoreState(has_snapshot=True, acked_seq=6, last_seq=6, numbering_unsure=True)), 100.0)
+    assert s.uplink_after(100.0) == 5
+    s.uplink([ev(6)], 100.0)
+    beyond = s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 30}), 100.1)
+    assert [type(a) for a in beyond] == [SettleNumbering] and s.acked_seq == 6 and not s.stats["ack_beyond_last_seq"]
+    # the shell settled it: the held events now follow 30
+    out = s.numbering_settled(33, beyond[0].ack, 100.2)  # type: ignore[union-attr]
+    assert StoreAck(30) in out and s.acked_seq == 30 and s.uplink_after(100.2) == 30
+    assert isinstance(s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 40}), 100.3)[0], RaiseAlarm)  # sure now
 
 
 def test_a_gap_ack_resends_from_the_central_systems_point_once_a_second() -> None:

@@ -52,9 +52,10 @@ CONDITIONS = {
     "uplink_stalled": "Events are not reaching the central system",
     "deltas_behind": "Member data is behind the central system",
     "peers_unheard": "Another gate of the site is not heard",
+    "numbering_unsure": "Events held — the gate waits for the central system to say how far it got",
 }
 # a sign that something is late rather than wrong: an amber banner, not a red one
-WARNINGS = {"uplink_stalled", "deltas_behind", "peers_unheard"}
+WARNINGS = {"uplink_stalled", "deltas_behind", "peers_unheard", "numbering_unsure"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sync.protocol import CatchUpRequest, Delta, LookupResponse, ReplayRequest, SnapshotHeader
+from sync.protocol import Ack, CatchUpRequest, Delta, LookupResponse, ReplayRequest, SnapshotHeader
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,14 @@ class StoreAck:
     """Mark every event up to `applied_seq` acknowledged in the store."""
 
     applied_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SettleNumbering:
+    """The store's numbering is unsure (sync/store/numbering.py) and the central system's
+    ack says how far it got: settle it, then hand the session the ack again."""
+
+    ack: Ack
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +153,7 @@ Action = (
     Subscribe
     | Publish
     | StoreAck
+    | SettleNumbering
     | ApplyDelta
     | StageChunk
     | CommitSnapshot

@@ -39,6 +39,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from rules.model import Gate
 from rules.timeutil import iso_utc
+from sync.link.actions import SettleNumbering
 from sync.link.catch_up import CatchUpServer
 from sync.link.client import InboundDrops, TlsFilesUnusable, cancelling, client_for, mqtt_call
 from sync.link.lookups import Lookups
@@ -67,7 +68,7 @@ from sync.link.session import (
     WakeUplink,
 )
 from sync.link.settings import MqttSettings
-from sync.protocol import Health
+from sync.protocol import Ack, Health
 
 if TYPE_CHECKING:
     from sync.store import Event, Store
@@ -336,6 +337,8 @@ class SyncLink:
             case StoreAck():
                 self.port.ack(action.applied_seq)
                 self.last_ack_at = self.now()
+            case SettleNumbering():
+                return self._settle_numbering(action.ack.applied_seq, action.ack)
             case ApplyDelta():
                 try:
                     self.port.apply_delta(action.delta, self.now())
@@ -423,7 +426,23 @@ class SyncLink:
             return self.session.snapshot_rejected(str(e), self.mono())
         return self.session.snapshot_failed(str(e), self.mono())
 
+    def _settle_numbering(self, central_seq: int, ack: Ack | None = None) -> Sequence[Action]:
+        """The central system said how far it got with our events (an ack, or `applied` in
+        its passes): the store's held events number on after that and may leave."""
+        try:
+            self.port.settle_numbering(central_seq, self.now())
+        except OSError as e:
+            self.stats["numbering_not_settled"] += 1
+            log.warning("the numbering is not settled yet (%s): our later events stay held", e)
+            return []
+        self._wake.set()
+        return self.session.numbering_settled(self.port.last_seq, ack, self.mono())
+
     def _changed(self, kind: str) -> None:
+        if self.port.numbering_unsure:  # a sync's passes say how far the central system got
+            central = self.port.central_applied()
+            if central is not None:
+                self._settle_numbering(central)
         if self.on_change is not None:
             try:
                 self.on_change(kind)

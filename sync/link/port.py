@@ -23,12 +23,14 @@ class StorePort:
         self.store = store
         self.daemon = daemon
         self.importer = SnapshotImporter(store, daemon, batch_rows=batch_rows)
+        store.hold_unsure()  # our events leave through here: none under a number in doubt
 
     def state(self) -> StoreState:
         s = self.store
         return StoreState(
             acked_seq=s.acked_seq,
-            last_seq=s.last_seq,
+            last_seq=s.sendable_seq,
+            numbering_unsure=s.unsure_after is not None,
             delta_seq=s.delta_seq,
             has_snapshot=s.snapshot_id is not None,
             snapshot_reason="card_rule" if s.card_rule_changed else None,
@@ -39,7 +41,22 @@ class StorePort:
 
     @property
     def last_seq(self) -> int:
-        return self.store.last_seq
+        """Our last event that may leave (all, unless the numbering is unsure)."""
+        return self.store.sendable_seq
+
+    # -- the numbering, when the ledger's mark of what it sent is gone (sync/store/numbering.py)
+
+    @property
+    def numbering_unsure(self) -> bool:
+        return self.store.unsure_after is not None
+
+    def settle_numbering(self, central_seq: int, now: datetime) -> None:
+        """Raises OSError when the mark cannot be written (the events stay held)."""
+        self.store.settle_numbering(central_seq, now)
+
+    def central_applied(self) -> int | None:
+        """How far the central system had applied our events, as its passes say."""
+        return self.store.central_applied()
 
     @property
     def acked_seq(self) -> int:
@@ -77,7 +94,7 @@ class StorePort:
         event, which the central system and the site's other daemons, holding the first,
         would ignore as a repeat. Raises OSError when the log cannot be flushed, or the
         mark of what was sent written (sync/store/sent_mark.py)."""
-        events = self.store.events_after(seq, limit=limit)
+        events = [e for e in self.store.events_after(seq, limit=limit) if e["seq"] <= self.store.sendable_seq]
         if events:
             await self.store.flushed()  # every commit so far: the ones just read among them
             # and that they left: a ledger put back from a copy numbers on after them

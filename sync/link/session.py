@@ -58,6 +58,7 @@ from sync.link.actions import (
     ReadReplay,
     RecordPeerEvents,
     ServeCatchUp,
+    SettleNumbering,
     StageChunk,
     StoreAck,
     StorePeerMark,
@@ -187,6 +188,9 @@ class Session:
         self.central_online: bool | None = None
         self.acked_seq = state.acked_seq
         self.last_seq = state.last_seq
+        # the store holds its later events until the central system says how far it got
+        # (sync/store/numbering.py): the first ack settles that before it counts
+        self.numbering_unsure = state.numbering_unsure
         self.delta_seq = state.delta_seq
         self.has_snapshot = state.has_snapshot
         self.awaiting_snapshot = not state.has_snapshot
@@ -382,9 +386,12 @@ class Session:
 
     def _rewind(self, why: str, now: float) -> list[Action]:
         up = self._up
-        if up.published != up.floor:
+        # unsure of the numbering, the last event that may leave goes again: it was
+        # acknowledged, maybe, but its ack says how far the central system got
+        start = min(up.floor, self.last_seq - 1) if self.numbering_unsure else up.floor
+        if up.published != start:
             self.stats[f"rewind_{why}"] += 1
-        up.published = up.floor
+        up.published = start
         up.progress_at = now
         return [WakeUplink()]
 
@@ -516,7 +523,16 @@ class Session:
 
     # -- acks and replays ---------------------------------------------------------------------
 
+    def numbering_settled(self, last_seq: int, ack: Ack | None, now: float) -> list[Action]:
+        """The store's numbering is known now (SettleNumbering, or the central system's
+        passes): its events up to `last_seq` may leave; the ack that settled it counts."""
+        self.numbering_unsure = False
+        out = self.events_committed(last_seq)
+        return out + (self._on_ack(ack, now) if ack is not None else [])
+
     def _on_ack(self, ack: Ack, now: float) -> list[Action]:
+        if self.numbering_unsure:
+            return [SettleNumbering(ack)]
         self.stats["acks"] += 1
         up = self._up
         out: list[Action] = []

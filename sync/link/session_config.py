@@ -74,7 +74,8 @@ class StoreState:
     sync/link/port.py): its outbox, its replica's position, the peers heard."""
 
     acked_seq: int = 0
-    last_seq: int = 0
+    last_seq: int = 0  # the last event that may leave (sync/store/numbering.py)
+    numbering_unsure: bool = False  # later events wait for the central system's word
     delta_seq: int = 0
     has_snapshot: bool = False
     # the store wants a whole new copy though its replica is consistent (its cards were

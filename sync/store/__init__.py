@@ -12,6 +12,7 @@ sync link hold; it is a façade over the modules below, one concern each:
 | `schema.py` | the tables of the ledger and of a replica; migrations |
 | `transaction.py` | `Store.transaction()`: one atomic change with its events |
 | `outbox.py` | the numbered events (gap-free `seq`), acks, pruning |
+| `sent_mark.py`, `numbering.py` | the last seq that left the gate, kept beside the ledger; a ledger without it holds its events until the central system says how far it got |
 | `meta.py`, `audit.py` | named values; the audit log |
 | `rows.py`, `batch.py`, `search_text.py` | the one mapping between records and table rows; a sync's records; the desk's search text |
 | `replica.py` | members, cards, passes, bookings: reads, applying syncs |

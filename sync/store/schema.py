@@ -32,7 +32,7 @@ from sync.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 REPLICA_SCHEMA_VERSION = 4
 # replica meta: the rule for untyped 10-digit card strings its cards were typed under
 # (rules.credential.TenDigits); absent in replicas written before it (then: the current rule)
@@ -494,16 +494,25 @@ def _migration_9(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) ->
         _set_version(conn, 9)
 
 
+def _migration_10(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
+    """No table: from here the daemon keeps the mark of what it sent beside the ledger
+    (sync/store/sent_mark.py), and a ledger of this version without it is unsure of its
+    numbering (sync/store/numbering.py); one from before is taken as it is."""
+    with _transaction(conn):
+        _set_version(conn, 10)
+
+
 # each brings the database to its version, atomically
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path, TenDigits], None]] = [
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
-    _migration_8, _migration_9,
+    _migration_8, _migration_9, _migration_10,
 ]
 
 
-def migrate(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits = TenDigits.EM32) -> None:
-    """Bring the ledger at `path` (`conn`, autocommit mode) up to SCHEMA_VERSION.
-    `ten_digits`: how the site reads untyped 10-digit card strings (rules.credential)."""
+def migrate(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits = TenDigits.EM32) -> int:
+    """Bring the ledger at `path` (`conn`, autocommit mode) up to SCHEMA_VERSION; returns
+    the version it was at (0: a new file). `ten_digits`: how the site reads untyped
+    10-digit card strings (rules.credential)."""
     conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     version = int(row[0]) if row else 0
@@ -511,3 +520,4 @@ def migrate(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits = TenDig
         raise StoreError(f"database schema {version} is newer than this gated ({SCHEMA_VERSION})")
     for n in range(version, SCHEMA_VERSION):
         MIGRATIONS[n](conn, path, ten_digits)
+    return version

@@ -19,8 +19,9 @@ made, is known elsewhere only if its event was sent, and so stamped at or before
 daemon's clock at the restart is no measure of that (it may not be set yet).
 
 The file is one fixed-width line, "<seq> <POSIX seconds>", written in place (a single
-sector: it is written whole or not at all) and fdatasync'ed; a file that cannot be read
-counts as nothing sent and is said so in the log.
+sector: it is written whole or not at all) and fdatasync'ed. A file that is missing or
+cannot be read (`found` false) says nothing of what was sent: the ledger is then unsure of
+its numbering until the central system says how far it got (sync/store/numbering.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class SentMark:
     def __init__(self, ledger: Path):
         self.path = sent_path(ledger)
         self._lock = threading.Lock()  # written from worker threads
+        self.found = False  # the file was there and held a number
         self.value, self.at = self._read()
 
     def _read(self) -> tuple[int, float | None]:
@@ -57,19 +59,21 @@ class SentMark:
             return 0, None
         try:
             fields = text.decode("ascii").split()
-            seq = max(0, int(fields[0])) if fields else 0
+            seq = max(0, int(fields[0]))
             at = float(fields[1]) if len(fields) > 1 else None
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, IndexError):
             log.warning("%s holds no number: the events sent so far are not known", self.path)
             return 0, None
+        self.found = True
         return seq, at if at is not None and math.isfinite(at) else None
 
     def advance(self, seq: int, at: float) -> None:
         """Blocking (call it from a thread): on disk that events up to `seq`, the last
-        stamped `at` (POSIX seconds), may have left. Raises OSError when it cannot be
-        written: then they must not leave."""
+        stamped `at` (POSIX seconds), may have left — written even when `seq` is no higher,
+        if the file was not there (so the numbering is known at the next start). Raises
+        OSError when it cannot be written: then they must not leave."""
         with self._lock:
-            if seq <= self.value:
+            if self.found and seq <= self.value:
                 return
             created = not self.path.exists()
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o640)
@@ -84,7 +88,7 @@ class SentMark:
                     os.fsync(dir_fd)
                 finally:
                     os.close(dir_fd)
-            self.value, self.at = seq, at
+            self.value, self.at, self.found = seq, at, True
 
 
 __all__ = ["SentMark", "sent_path"]

@@ -87,7 +87,7 @@ from rules.tap import Tap
 from rules.timeutil import iso_utc, parse_instant_once
 from sync.errors import StoreError
 from sync.records import PassRecord
-from sync.store import attach, enrolment, photos, read_contract, retention
+from sync.store import attach, enrolment, numbering, photos, read_contract, retention
 from sync.store.attach import REPLICA_FILE_KEY, REPLICA_GENERATION_KEY, open_reader
 from sync.store.batch import SyncBatch
 from sync.store.db import Checkpointer, connect
@@ -141,12 +141,24 @@ class Store:
         self.wal_sync = WalSync(self.path) if durable else None
         self.conn = connect(self.path, durable=durable)
         try:
-            migrate(self.conn, self.path, ten_digits)
+            opened_at_version = migrate(self.conn, self.path, ten_digits)
             self.replica_path = attach.open_current(self.conn, self.path, self.files, ten_digits)
             self._wire([])
             self._fill_holes()
             self.sent = SentMark(self.path)
-            self._number_after_sent()
+            # without the mark, the last event at open: those after it wait for the central
+            # system's word once a sync link sends ours (hold_unsure, sync/store/numbering.py)
+            self._mark_missing_after: int | None = None
+            self.unsure_after: int | None = None  # held after this one; None: the numbering is known
+            if self.sent.found:
+                self._number_after_sent()
+            elif opened_at_version < numbering.MARK_VERSION and self.last_seq > 0:
+                try:  # numbered as ever; the first send writes the mark if this cannot
+                    self.sent.advance(self.last_seq, datetime.now(UTC).timestamp())
+                except OSError as e:
+                    log.warning("%s cannot be written yet (%s)", self.sent.path, e)
+            else:
+                self._mark_missing_after = self.last_seq
         except BaseException:
             self.conn.close()
             raise
@@ -161,6 +173,26 @@ class Store:
             with self.transaction() as tx:
                 for seq in holes:
                     tx.committed.events.append(self.outbox.fill(seq, now, "seq_lost"))
+
+    def hold_unsure(self) -> None:
+        """A sync link is to send our events (sync/link/port.py): if the ledger opened
+        without its mark of what was sent, hold those after its last one at open until the
+        central system says how far it got (sync/store/numbering.py). A store no link
+        sends from (tests, tools, a gate without MQTT) holds nothing: nothing of it leaves.
+        The replica's passes may say the central system applied numbers beyond the
+        ledger's end — the lost part's: our charges under those numbers are not in their
+        balance, so until it is settled they count as above it."""
+        after = self._mark_missing_after
+        if after is None or self.unsure_after is not None:
+            return
+        self.unsure_after = after
+        try:
+            with self.transaction():
+                self.conn.execute("UPDATE replica.passes SET applied_seq = ? WHERE applied_seq > ?", (after, after))
+        except sqlite3.Error as e:  # a store that cannot be written records no charge either
+            log.warning("the replica's passes cannot be marked (%s)", e)
+        log.warning("%s is missing: events after %d wait for the central system to say how far it got",
+                    self.sent.path, after)
 
     def _number_after_sent(self) -> None:
         """A ledger that ends below the last event that left the gate was put back from a
@@ -179,6 +211,39 @@ class Store:
                      f"back from a copy; {last + 1}..{sent} are void here (the central system keeps those it has)")
         log.warning("ledger_restored: events %d..%d sent before the ledger was put back; numbering on from %d",
                     last + 1, sent, sent + 2)
+
+    @property
+    def sendable_seq(self) -> int:
+        """Our last event that may leave: all of them, unless the numbering is unsure."""
+        return self.last_seq if self.unsure_after is None else self.unsure_after
+
+    def settle_numbering(self, central_seq: int, now: datetime) -> None:
+        """The central system has applied this daemon's events up to `central_seq` (an ack,
+        its passes' `applied`): the held events go on after that (sync/store/numbering.py)."""
+        after = self.unsure_after
+        if after is None:
+            return
+        by = central_seq - after
+        if by > 0:
+            with self.transaction() as tx:
+                numbering.shift(self.conn, self.daemon_id, after, by)
+                self.outbox.next_seq += by
+                tx.committed.events += self.outbox.fill_range(after + 1, central_seq, now, "restored")
+                tx.set_meta(RESTORED_KEY, repr(now.timestamp()))  # the lost part may have settled anything due by now
+                tx.emit("alarm", now, gate=None, kind="ledger_restored",
+                        detail=f"the ledger ends at event {after} but the central system holds this daemon's events "
+                        f"up to {central_seq} (a new box, or a copy without {self.sent.path.name}): {after + 1}.."
+                        f"{central_seq} are void here, the events since the start numbered on after them")
+            log.warning("ledger_restored: the central system holds events up to %d, the ledger ended at %d; "
+                        "the %d held event(s) numbered on after it", central_seq, after, self.last_seq - central_seq)
+            self.unsure_after = after = central_seq  # moved once: a failure below must not move them again
+        self.flush_now()
+        self.sent.advance(after, now.timestamp())  # raises OSError: still held, settled again later
+        self.unsure_after = self._mark_missing_after = None
+
+    def central_applied(self) -> int | None:
+        """The highest `applied_seq` of ours among the replica's passes (None: no pass)."""
+        return numbering.central_applied(self.conn)
 
     async def sent_through(self, last: Event) -> None:
         """Before events up to `last` leave the gate: that they did, on disk beside the
@@ -625,7 +690,10 @@ class Store:
         unheard: Callable[[datetime], list[str]] | None = None,
     ) -> Committed:
         """No-shows and loyalty credits due up to and including `now`, each exactly once
-        (no-shows only up to `horizon`: Ledger.run_due)."""
+        (no-shows only up to `horizon`: Ledger.run_due). Nothing while the numbering is
+        unsure: the part of the ledger that was lost may have settled them."""
+        if self.unsure_after is not None:
+            return Committed()
         return self.ledger.run_due(policy, now, horizon, unheard)
 
     def unsettled_ending(self, after: datetime, until: datetime) -> int:

@@ -1,0 +1,278 @@
+"""A ledger without its mark of what it sent (sync/store/numbering.py): a new box under
+the same daemon id, or a copy restored without `gated.db.sent`. Once a sync link is to
+send from it, its events after the last one at open are held until the central system
+says how far it got; then they move past that — every column and reference with them —
+and nothing about them changes but their numbers."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rules.credential import CredentialKind
+from rules.decide import Presented, decide
+from rules.model import Gate, Policy, Site
+from sync.records import BookingIn, MemberIn, PassIn
+from sync.store import Store, SyncBatch
+from sync.store.numbering import OTHER_SEQS, OWN_SEQS
+from sync.store.sent_mark import SentMark, sent_path
+from tests.tap_fixtures import tap_of
+
+TZ = ZoneInfo("Europe/Madrid")
+SITE = Site(TZ, id="s1")
+IN1 = Gate("in-1", "main")
+POLICY = Policy(no_show_fee=Decimal(1))
+DAY = datetime(2026, 12, 7, tzinfo=TZ)
+DAEMON = "s1-in-1"
+
+
+def at(hh: int, mm: int = 0) -> datetime:
+    return DAY.replace(hour=hh, minute=mm)
+
+
+def open_store(path: Path) -> Store:
+    return Store(path, SITE, daemon_id=DAEMON, durable=False)
+
+
+def new_store(path: Path, applied: int = 0) -> Store:
+    """A gate with a member, a visits pass the central system had applied up to
+    `applied`, and a morning class."""
+    store = open_store(path)
+    visits = PassIn.model_validate({
+        "id": "p1", "member": "m1", "name": "Multipack", "kind": "visits", "balance": 30, "deduct_on": "access",
+        "walk_in_cost": 1, "access_windows": {"mon-sun": "06:00-22:00"}, "applied_seq": applied,
+    })
+    yoga = BookingIn.model_validate({
+        "id": "b1", "member": "m1", "pass": "p1", "class": "Yoga", "zone": "main",
+        "starts_at": at(10).isoformat(), "ends_at": at(10, 45).isoformat(), "deducted": True,
+    })
+    store.apply_sync(SyncBatch([MemberIn(id="m1", name="Ana", cards=["C1"])], [visits], [yoga]), at(6))
+    return store
+
+
+def walk_in(store: Store, now: datetime) -> None:
+    d = decide(store.view("m1", IN1, now), Presented(CredentialKind.CARD), IN1, SITE, POLICY, now)
+    store.commit_tap(tap_of(IN1, d, now), passed=True, now=now)
+
+
+def forget_mark(path: Path) -> None:
+    sent_path(path).unlink(missing_ok=True)
+
+
+def test_every_seq_column_of_the_ledger_is_known(tmp_path: Path) -> None:
+    """A column added later that holds our seqs must move with a renumbering (OWN_SEQS), or
+    be said to hold someone else's (OTHER_SEQS)."""
+    store = open_store(tmp_path / "gated.db")
+    try:
+        tables = [r[0] for r in store.conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")]
+        seq_columns = {
+            (t, c[1]) for t in tables for c in store.conn.execute(f"PRAGMA main.table_info([{t}])") if "seq" in c[1]
+        }
+        seq_columns -= {("meta", "value")}
+        known = set(OWN_SEQS) | OTHER_SEQS
+        assert seq_columns <= known, seq_columns - known
+        assert set(OWN_SEQS) <= seq_columns | {("deductions", "refunded_by")}
+    finally:
+        store.close()
+
+
+def test_a_store_no_link_sends_from_holds_nothing(tmp_path: Path) -> None:
+    """Tests, tools and a gate without MQTT: nothing of the ledger leaves, nothing is held."""
+    db = tmp_path / "gated.db"
+    store = new_store(db)
+    walk_in(store, at(9))
+    assert not sent_path(db).exists()
+    assert store.unsure_after is None and store.sendable_seq == store.last_seq
+    assert store.run_due(POLICY, at(12)).events  # the class's no-show is settled
+    store.close()
+
+
+def test_a_ledger_from_before_the_mark_is_taken_as_it_is(tmp_path: Path) -> None:
+    db = tmp_path / "gated.db"
+    store = new_store(db)
+    walk_in(store, at(9))
+    last = store.last_seq
+    store.conn.execute("UPDATE main.meta SET value = '9' WHERE key = 'schema_version'")  # written by version 9
+    store.close()
+    store = open_store(db)
+    store.hold_unsure()
+    assert store.unsure_after is None
+    assert SentMark(db).found and SentMark(db).value == last
+    store.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    before=st.integers(0, 4),  # walk-ins the ledger kept
+    held=st.integers(0, 5),  # walk-ins after the restart, before the central system's word
+    refund=st.booleans(),  # the desk gives back one of the held charges
+    beyond=st.integers(-3, 40),  # how far the central system got, against the ledger's end
+    new_box=st.booleans(),
+)
+def test_held_events_move_past_what_the_central_system_holds(
+    before: int, held: int, refund: bool, beyond: int, new_box: bool
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "gated.db"
+        store = new_store(db)
+        for i in range(before):
+            walk_in(store, at(7, i))
+        kept = store.last_seq
+        store.close()
+        if new_box:
+            for f in Path(tmp).iterdir():
+                f.unlink()
+            store, kept = new_store(db), 0
+            store.close()
+        forget_mark(db)
+
+        store = open_store(db)
+        store.hold_unsure()
+        assert store.unsure_after == kept
+        for i in range(held):
+            walk_in(store, at(9, i))
+        if refund and held:
+            store.mark_attended("b1", "desk", refund=True, now=at(9, 30))
+        old = store.events_after(0, 10_000)
+        balance = store.balance("p1")
+        assert store.sendable_seq == kept
+        assert store.run_due(POLICY, at(12)).events == []  # no settling while unsure
+
+        central = max(kept + beyond, 0)
+        store.settle_numbering(central, at(9, 40))
+        events = store.events_after(0, 10_000)
+        moved = max(central - kept, 0)
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # no gap
+        assert events[:kept] == old[:kept]
+        if moved:
+            assert [(e["type"], e["reason"]) for e in events[kept:central]] == [("void", "restored")] * moved
+            assert [e["id"] for e in events[central:-1]] == [e["id"] for e in old[kept:]]
+            assert events[-1]["kind"] == "ledger_restored"
+        else:
+            assert events == old
+        for e, o in zip(events[kept + moved:], old[kept:], strict=False):
+            assert {k: v for k, v in e.items() if k not in ("seq", "refunds")} == {
+                k: v for k, v in o.items() if k not in ("seq", "refunds")}
+        by_seq = {e["seq"]: e for e in events}
+        rows = store.conn.execute("SELECT seq, pass_id, amount, refunded_by FROM main.deductions").fetchall()
+        assert sorted(r[0] for r in rows) == sorted(e["seq"] for e in events if e["type"] == "deduction")
+        for seq, pass_id, amount, refunded_by in rows:
+            assert (by_seq[seq]["pass"], Decimal(str(by_seq[seq]["amount"]))) == (pass_id, Decimal(amount))
+            if refunded_by is not None:
+                assert by_seq[refunded_by]["refunds"] == {"daemon": DAEMON, "seq": seq}
+        assert store.balance("p1") == balance  # the held charges still count against it
+        assert store.unsure_after is None and store.sendable_seq == store.last_seq
+        assert SentMark(db).found
+        last = store.last_seq
+        store.close()
+
+        store = open_store(db)  # the next start is sure of its numbering
+        store.hold_unsure()
+        assert store.unsure_after is None and store.last_seq == last
+        store.close()
+
+
+def test_while_unsure_nothing_is_settled_and_then_only_what_fell_due_later(tmp_path: Path) -> None:
+    """The lost part may have made the morning class's no-show (and its fee): the class is
+    named in an alarm, not settled again; a class ending after the central system's word
+    is settled as usual."""
+    db = tmp_path / "gated.db"
+    new_store(db).close()
+    forget_mark(db)
+    store = open_store(db)
+    store.hold_unsure()
+    assert store.run_due(POLICY, at(12)).events == []
+    store.settle_numbering(5, at(12, 5))
+    later = BookingIn.model_validate({
+        "id": "b2", "member": "m1", "pass": "p1", "class": "Spin", "zone": "main",
+        "starts_at": at(13).isoformat(), "ends_at": at(13, 45).isoformat(), "deducted": True,
+    })
+    store.apply_sync(SyncBatch(bookings=[later]), at(12, 6))
+    due = store.run_due(POLICY, at(15)).events
+    named = [e for e in due if e["type"] == "alarm"]
+    assert len(named) == 1 and named[0]["kind"] == "ledger_restored" and "b1" in named[0]["detail"]
+    assert [(e["booking"], e["status"]) for e in due if e["type"] == "attendance"] == [("b2", "no_show")]
+    store.close()
+
+
+def test_a_mark_that_cannot_be_written_keeps_the_events_held_and_they_move_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "gated.db"
+    new_store(db).close()
+    forget_mark(db)
+    store = open_store(db)
+    store.hold_unsure()
+    walk_in(store, at(9))
+    ids = [e["id"] for e in store.events_after(0, 100)]
+
+    def full(self: SentMark, seq: int, at: float) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SentMark, "advance", full)
+    with pytest.raises(OSError):
+        store.settle_numbering(10, at(9, 5))
+    assert store.unsure_after == 10 and store.sendable_seq == 10  # moved, still held
+    monkeypatch.undo()
+    store.settle_numbering(10, at(9, 6))  # the same word again: not moved a second time
+    events = store.events_after(0, 100)
+    assert [e["id"] for e in events[10:-1]] == ids and events[10]["seq"] == 11
+    assert store.sendable_seq == store.last_seq
+    store.close()
+
+
+def test_the_replicas_applied_seq_cannot_hide_a_held_charge(tmp_path: Path) -> None:
+    """The replica's passes say the central system applied up to 20 (the lost part's
+    charges); a charge of ours numbered 2 now is not among those: it counts."""
+    db = tmp_path / "gated.db"
+    new_store(db, applied=20).close()
+    forget_mark(db)
+    store = open_store(db)
+    assert store.balance("p1") == Decimal(30)
+    store.hold_unsure()
+    walk_in(store, at(9))
+    assert store.balance("p1") == Decimal(29)
+    body: dict[str, Any] = json.loads(store.conn.execute("SELECT body FROM main.events WHERE type = 'deduction'")
+                                      .fetchone()[0])
+    assert body["seq"] <= 20
+    store.close()
+
+
+def test_peer_refs_and_other_daemons_seqs_do_not_move(tmp_path: Path) -> None:
+    """Only our own numbers move: the other daemons' charges keep theirs, and a refund
+    another daemon gave of the lost part's charge (heard while unsure) names that charge,
+    not the held one that comes to have its number."""
+    db = tmp_path / "gated.db"
+    new_store(db).close()
+    forget_mark(db)
+    store = open_store(db)
+    store.hold_unsure()
+    store.record_peer_events(
+        "s1-in-2",
+        [{"id": "x1", "seq": 3, "type": "deduction", "at": at(8).isoformat(), "gate": "in-2", "member": "m1",
+          "pass": "p1", "amount": 1, "cause": "walk_in", "booking": None, "balance": 29}],
+        {"in-2": "main"}, None, at(8),
+    )
+    store.record_peer_events(
+        "s1-in-2",
+        [{"id": "x2", "seq": 4, "type": "deduction", "at": at(8, 5).isoformat(), "gate": "in-2", "member": "m1",
+          "pass": "p1", "amount": -1, "cause": "refund", "booking": None, "balance": 30,
+          "refunds": {"daemon": DAEMON, "seq": 3}}],
+        {"in-2": "main"}, None, at(8, 5),
+    )
+    walk_in(store, at(9))
+    store.settle_numbering(7, at(9, 1))
+    assert store.conn.execute("SELECT daemon, seq FROM main.site_charges ORDER BY seq").fetchall() == [
+        ("s1-in-2", 3), ("s1-in-2", 4)]
+    assert store.conn.execute("SELECT daemon, seq FROM main.site_refunds").fetchall() == [(DAEMON, 3)]
+    assert store.events_after(0, 100)[-1]["kind"] == "ledger_restored"
+    store.close()
