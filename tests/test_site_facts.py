@@ -197,10 +197,14 @@ async def test_one_qr_code_shown_at_two_daemons_at_the_same_instant_opens_one(
 
 
 def seed_store(cfg: Config, balance: int) -> None:
-    """What `gated seed` does: the gate's records without a central system."""
+    """What `gated seed` does: the gate's records without a central system — on a gate
+    that has run before (its mark of what it sent is there: a new box would hold its
+    events until the central system answers, sync/store/numbering.py)."""
     from sync.records import MemberIn, PassIn
     from sync.store import Store, SyncBatch
+    from sync.store.sent_mark import SentMark
 
+    SentMark(cfg.store.path).advance(0, DAY.timestamp())
     store = Store(cfg.store.path, cfg.site_domain(), daemon_id=cfg.daemon_id)
     try:
         visits = PassIn.model_validate({"id": "p1", "member": "m1", "kind": "visits", "balance": balance,
