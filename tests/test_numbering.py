@@ -276,3 +276,29 @@ def test_peer_refs_and_other_daemons_seqs_do_not_move(tmp_path: Path) -> None:
     assert store.conn.execute("SELECT daemon, seq FROM main.site_refunds").fetchall() == [(DAEMON, 3)]
     assert store.events_after(0, 100)[-1]["kind"] == "ledger_restored"
     store.close()
+
+
+def test_only_the_central_systems_passes_say_how_far_it_got(tmp_path: Path) -> None:
+    """The link's port reads the word from the passes of the sync it applies — not from the
+    replica, whose passes the store marked down to the ledger's end: a delta without a pass
+    says nothing (read from the replica, the marked-down value would release the held
+    events under numbers the central system holds)."""
+    from sync.link.port import StorePort
+    from sync.protocol import Delta
+
+    db = tmp_path / "gated.db"
+    new_store(db, applied=20).close()
+    forget_mark(db)
+    store = open_store(db)
+    port = StorePort(store, DAEMON, batch_rows=100)
+    try:
+        assert port.numbering_unsure and port.last_seq == store.unsure_after == store.last_seq
+        port.apply_delta(Delta.model_validate({"v": 1, "delta_seq": 1, "members": [
+            {"id": "m2", "name": "Bo", "status": "active", "cards": ["C2"]}]}), at(8))
+        assert port.central_applied() is None
+        pass_ = {"id": "p2", "member": "m2", "name": "Ten", "kind": "visits", "balance": 10, "deduct_on": "access",
+                 "walk_in_cost": 1, "applied": {DAEMON: 25, "s1-in-2": 40}}
+        port.apply_delta(Delta.model_validate({"v": 1, "delta_seq": 2, "passes": [pass_]}), at(8, 1))
+        assert port.central_applied() == 25 and port.central_applied() is None  # read once
+    finally:
+        store.close()

@@ -24,6 +24,9 @@ class StorePort:
         self.daemon = daemon
         self.importer = SnapshotImporter(store, daemon, batch_rows=batch_rows)
         store.hold_unsure()  # our events leave through here: none under a number in doubt
+        # how far the central system had applied our events, as the passes of the last
+        # sync said (None: it sent none); read once by central_applied
+        self._word: int | None = None
 
     def state(self) -> StoreState:
         s = self.store
@@ -55,8 +58,15 @@ class StorePort:
         self.store.settle_numbering(central_seq, now)
 
     def central_applied(self) -> int | None:
-        """How far the central system had applied our events, as its passes say."""
-        return self.store.central_applied()
+        """How far the central system had applied our events, as the passes of the sync
+        just applied say (None: it sent none). Not the replica's: while unsure, the store
+        marks its passes down to the ledger's end (Store.hold_unsure)."""
+        word, self._word = self._word, None
+        return word
+
+    def _heard(self, passes: Sequence[Any]) -> None:
+        if passes:
+            self._word = max(p.applied.get(self.daemon, 0) for p in passes)
 
     @property
     def acked_seq(self) -> int:
@@ -143,9 +153,11 @@ class StorePort:
     def apply_delta(self, delta: Delta, now: datetime) -> None:
         batch = self._batch(delta.members, delta.passes, delta.bookings, delta.remove)
         self.store.apply_delta(batch, delta.delta_seq, now)
+        self._heard(delta.passes)
 
     def apply_lookup(self, resp: LookupResponse, now: datetime) -> None:
         self.store.apply_sync(self._batch(resp.members, resp.passes, resp.bookings), now)
+        self._heard(resp.passes)
 
     def member_count(self) -> int:
         return int(self.store.conn.execute("SELECT COUNT(*) FROM members").fetchone()[0])
@@ -175,6 +187,7 @@ class StorePort:
     async def commit(self) -> None:
         """Switch the built replica in (a few ms)."""
         await self.importer.switch()
+        self._word = self.store.central_applied()  # a whole new replica: all the central system's
 
     async def abort(self) -> None:
         await self.importer.abort()

@@ -242,7 +242,8 @@ class Store:
         self.unsure_after = self._mark_missing_after = None
 
     def central_applied(self) -> int | None:
-        """The highest `applied_seq` of ours among the replica's passes (None: no pass)."""
+        """The highest `applied_seq` of ours among the replica's passes (None: no pass); as the
+        central system sent them, but for a store holding its events (hold_unsure)."""
         return numbering.central_applied(self.conn)
 
     async def sent_through(self, last: Event) -> None:
