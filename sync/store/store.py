@@ -225,6 +225,7 @@ class Store:
             return
         by = central_seq - after
         if by > 0:
+            held = self.last_seq - after
             with self.transaction() as tx:
                 numbering.shift(self.conn, self.daemon_id, after, by)
                 self.outbox.next_seq += by
@@ -235,7 +236,7 @@ class Store:
                         f"up to {central_seq} (a new box, or a copy without {self.sent.path.name}): {after + 1}.."
                         f"{central_seq} are void here, the events since the start numbered on after them")
             log.warning("ledger_restored: the central system holds events up to %d, the ledger ended at %d; "
-                        "the %d held event(s) numbered on after it", central_seq, after, self.last_seq - central_seq)
+                        "the %d held event(s) numbered on after it", central_seq, after, held)
             self.unsure_after = after = central_seq  # moved once: a failure below must not move them again
         self.flush_now()
         self.sent.advance(after, now.timestamp())  # raises OSError: still held, settled again later
