@@ -159,65 +159,75 @@ async def test_a_replay_answer_nobody_asked_for_skips_no_event(mosquitto: Mosqui
     assert [e["seq"] for e in central.events(SITE, "gate-a")] == list(range(1, store.last_seq + 1))
 
 
-async def test_a_gate_restored_from_its_backup_loses_no_new_event(mosquitto: Mosquitto, tmp_path: Path) -> None:
+def walk_ins(engine: Engine, now: Any, n: int) -> None:
+    """In and out by turns, two members by turns: walk-ins, charged."""
+    for i in range(n):
+        engine.tap("in-1" if i % 2 == 0 else "out-1", Credential.card(("C1", "C2")[(i // 2) % 2]), now())
+
+
+def in_step(central: Central, store: Any, link: SyncLink) -> bool:
+    """Every event applied at the central system, every delta at the gate, the balances equal."""
+    return (
+        store.acked_seq == store.last_seq == central.applied_seq(SITE, "gate-a")
+        and link.delta_seq == central.delta_seq(SITE)
+        and all(store.balance(p) == central.balance(SITE, p) for p in ("p1", "p2"))
+    )
+
+
+async def backed_up_gate(central: Central, mosquitto: Mosquitto, db: Path, now: Any) -> dict[str, Any]:
+    """A gate that took ten walk-ins, was backed up (`<db>.backup`), took ten more, each
+    batch applied at the central system; closed. Its last seq and balances."""
+    from gated.storage_watch import backup
+
+    store = make_store(db, "gate-a")
+    link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
+    engine = Engine(store, site(), GATES, POLICY)
+    async with running(link.run()):
+        await link.wait_connected(WAIT_S)
+        await wait_until(lambda: in_step(central, store, link), what="the first snapshot")
+        walk_ins(engine, now, 10)
+        await wait_until(lambda: in_step(central, store, link), what="settled before the backup")
+        backup(db, Path(f"{db}.backup"))
+        walk_ins(engine, now, 10)
+        await wait_until(lambda: in_step(central, store, link), what="settled after the backup")
+    out = {"sent": store.last_seq, "balances": {p: store.balance(p) for p in ("p1", "p2")}}
+    store.close()
+    return out
+
+
+async def stopped(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_a_gate_restored_from_its_backup_loses_no_new_event(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
     """The gate's ledger put back from last night's backup, as docs/operations.md ("A
     damaged store") tells: its events since then had reached the central system. Numbering
     on from the backup would give the next taps the numbers of those events, and the
     central system would drop them as repeats; the gate numbers on after the last event it
     had sent (`void` in between, a `ledger_restored` alarm), every new tap is applied and
     the balances agree again."""
-    from gated.storage_watch import backup
-
-    central = Central(central_settings(mosquitto), tmp_path / "central.db")
-    central.load(SITE, SEED["members"], SEED["passes"], SEED["bookings"])
     db = tmp_path / "gate.db"
     now = clock()
+    sent = (await backed_up_gate(central, mosquitto, db, now))["sent"]
 
-    def taps(engine: Engine, n: int) -> None:
-        for i in range(n):
-            engine.tap("in-1" if i % 2 == 0 else "out-1", Credential.card(("C1", "C2")[(i // 2) % 2]), now())
-
-    def settled(store: Any, link: SyncLink) -> bool:
-        return (
-            store.acked_seq == store.last_seq == central.applied_seq(SITE, "gate-a")
-            and link.delta_seq == central.delta_seq(SITE)
-            and all(store.balance(p) == central.balance(SITE, p) for p in ("p1", "p2"))
-        )
-
-    central_task = asyncio.create_task(central.run())
-    try:
-        await central.wait_connected(WAIT_S)
-        store = make_store(db, "gate-a")
-        link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
-        engine = Engine(store, site(), GATES, POLICY)
-        async with running(link.run()):
-            await link.wait_connected(WAIT_S)
-            taps(engine, 10)
-            await wait_until(lambda: settled(store, link), what="settled before the backup")
-            backup(db, tmp_path / "gate.db.backup")
-            taps(engine, 10)
-            await wait_until(lambda: settled(store, link), what="settled after the backup")
-        sent = store.last_seq
-        store.close()
-
-        for suffix in ("-wal", "-shm"):
-            Path(f"{db}{suffix}").unlink(missing_ok=True)
-        shutil.copy(tmp_path / "gate.db.backup", db)
-        store = make_store(db, "gate-a")
-        assert store.last_seq == sent + 1  # the numbers sent since the backup, void; the alarm
-        link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
-        engine = Engine(store, site(), GATES, POLICY)
-        async with running(link.run()):
-            await link.wait_connected(WAIT_S)
-            taps(engine, 6)
-            await wait_until(lambda: settled(store, link), timeout=30, what="settled after the restore")
-        last = store.last_seq
-        after = store.events_after(sent + 1, 1000)  # the taps since the restore, as the gate has them
-        store.close()
-    finally:
-        central_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await central_task
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.copy(tmp_path / "gate.db.backup", db)
+    store = make_store(db, "gate-a")
+    assert store.last_seq == sent + 1  # the numbers sent since the backup, void; the alarm
+    link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
+    engine = Engine(store, site(), GATES, POLICY)
+    async with running(link.run()):
+        await link.wait_connected(WAIT_S)
+        walk_ins(engine, now, 6)
+        await wait_until(lambda: in_step(central, store, link), timeout=30, what="settled after the restore")
+    last = store.last_seq
+    after = store.events_after(sent + 1, 1000)  # the taps since the restore, as the gate has them
+    store.close()
     events = central.events(SITE, "gate-a")
     assert [e["seq"] for e in events] == list(range(1, last + 1))
     assert all(e["type"] != "void" for e in events[:sent])  # the central kept the real ones
@@ -239,53 +249,22 @@ async def test_a_gate_whose_ledger_and_mark_are_gone_loses_no_new_event(
     `applied` of its passes), then numbers them on after that (`void` in between, a
     `ledger_restored` alarm): every new tap is applied, and meanwhile the local balances
     count the new charges."""
-    from gated.storage_watch import backup
-
     central = Central(central_settings(mosquitto), tmp_path / "central.db")
     central.load(SITE, SEED["members"], SEED["passes"], SEED["bookings"])
     db = tmp_path / "gate.db"
     now = clock()
-
-    def taps(engine: Engine, n: int) -> None:
-        for i in range(n):
-            engine.tap("in-1" if i % 2 == 0 else "out-1", Credential.card(("C1", "C2")[(i // 2) % 2]), now())
-
-    def settled(store: Any, link: SyncLink) -> bool:
-        return (
-            store.acked_seq == store.last_seq == central.applied_seq(SITE, "gate-a")
-            and link.delta_seq == central.delta_seq(SITE)
-            and all(store.balance(p) == central.balance(SITE, p) for p in ("p1", "p2"))
-        )
-
-    async def stop(task: asyncio.Task[None]) -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
     central_task = asyncio.create_task(central.run())
     try:
         await central.wait_connected(WAIT_S)
-        store = make_store(db, "gate-a")
-        link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
-        engine = Engine(store, site(), GATES, POLICY)
-        async with running(link.run()):
-            await link.wait_connected(WAIT_S)
-            await wait_until(lambda: settled(store, link), what="the first snapshot")
-            taps(engine, 10)
-            await wait_until(lambda: settled(store, link), what="settled before the backup")
-            backup(db, tmp_path / "gate.db.backup")
-            taps(engine, 10)
-            await wait_until(lambda: settled(store, link), what="settled after the backup")
-        sent = store.last_seq
-        balances = {p: store.balance(p) for p in ("p1", "p2")}
-        store.close()
+        before = await backed_up_gate(central, mosquitto, db, now)
+        sent, balances = before["sent"], before["balances"]
 
         for f in tmp_path.glob("gate.*"):
             if f.name != "gate.db.backup" and (box == "new" or not f.name.startswith("gate.replica")):
                 f.unlink()
         if box == "backup_only":
             shutil.copy(tmp_path / "gate.db.backup", db)
-            await stop(central_task)
+            await stopped(central_task)
         store = make_store(db, "gate-a")
         kept = store.last_seq
         link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
@@ -294,7 +273,7 @@ async def test_a_gate_whose_ledger_and_mark_are_gone_loses_no_new_event(
         async with running(link.run()):
             await link.wait_connected(WAIT_S)
             if box == "backup_only":  # decided from the replica, charged, held
-                taps(engine, 6)
+                walk_ins(engine, now, 6)
                 held = store.events_after(kept, 1000)
                 charged = {p: sum(Decimal(str(e["amount"])) for e in held if e["type"] == "deduction" and e["pass"] == p)
                            for p in balances}
@@ -305,9 +284,9 @@ async def test_a_gate_whose_ledger_and_mark_are_gone_loses_no_new_event(
                 central_task = asyncio.create_task(central.run())
                 await central.wait_connected(WAIT_S)
             else:
-                await wait_until(lambda: settled(store, link), what="the new box's snapshot")
-                taps(engine, 6)
-            await wait_until(lambda: settled(store, link), timeout=30, what="settled on the new box")
+                await wait_until(lambda: in_step(central, store, link), what="the new box's snapshot")
+                walk_ins(engine, now, 6)
+            await wait_until(lambda: in_step(central, store, link), timeout=30, what="settled on the new box")
             assert store.last_seq > sent and store.unsure_after is None
         last = store.last_seq
         after = [e for e in store.events_after(sent, 1000) if e["type"] != "void"]
@@ -317,7 +296,7 @@ async def test_a_gate_whose_ledger_and_mark_are_gone_loses_no_new_event(
         assert store.unsure_after is None  # the mark is there for the next start
         store.close()
     finally:
-        await stop(central_task)
+        await stopped(central_task)
     events = central.events(SITE, "gate-a")
     assert [e["seq"] for e in events] == list(range(1, last + 1))
     assert all(e["type"] != "void" for e in events[:sent])  # the central kept the real ones
