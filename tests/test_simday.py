@@ -7,6 +7,7 @@ invariant with the events around it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -98,6 +99,16 @@ def test_a_short_day_with_every_fault_keeps_the_books(short_day: tuple[Path, dic
     back = [t for t in h["taps"] if t["purpose"] == "after_evacuation" and t["decision"] == "granted"]
     assert any(t["reason"] == "reentry" for t in back), back
     assert outcomes.get("denied:fire_alarm", 0) > 0  # arrivals during the alarm waited outside
+    # an exit's box replaced (its ledger, mark and replica wiped): the new one numbered on
+    # after what the central system held (void here), its own events after them
+    box = next(c for c in r["chaos"] if c["kind"] == P.REPLACE_BOX)
+    assert box["alive"] and f"{P.daemon_id(box['site'], box['gate'])}.db.sent" in box["removed"], box
+    with contextlib.closing(sqlite3.connect(P.gate_store(d, P.daemon_id(box["site"], box["gate"])))) as c:
+        voided = [s for (s,) in c.execute(
+            "SELECT seq FROM events WHERE type = 'void' AND json_extract(body, '$.reason') = 'restored' ORDER BY seq")]
+        restored = c.execute("SELECT COUNT(*) FROM events WHERE json_extract(body, '$.kind') = 'ledger_restored'"
+                             ).fetchone()[0]
+    assert voided == list(range(1, box["central_holds"] + 1)) and restored == (1 if voided else 0), box
     rot = next(i for i in r["invariants"] if i["name"] == "rotations")["figures"]
     assert rot["rotations"] > 100 and rot["rotations"] <= rot["committed"] + rot["unconfirmed"]
     assert r["latency"]["tap_to_coil_ms"]["n"] > 50 and r["latency"]["tap_to_coil_ms"]["p99"] is not None
@@ -235,6 +246,19 @@ def test_the_check_catches_a_lost_event_a_wrong_balance_and_a_silent_rotation(
     assert rc == 1
     wrong_refusals = {(v["gate"], v["at"]) for v in r["violations"] if v["invariant"] == "refusals"}
     assert wrong_refusals and wrong_refusals <= {(daemon, body["at"]) for _, daemon, _, body in walk_ins}, r
+
+    # the replaced box's numbers are the central system's only where the gate voided them
+    # as restored: any other void (or event) under them is another event there
+    renamed = _tampered(d, tmp_path / "renamed")
+    box = next(c for c in r["chaos"] if c["kind"] == P.REPLACE_BOX)
+    name = P.daemon_id(box["site"], box["gate"])
+    with sqlite3.connect(P.gate_store(renamed, name)) as c:
+        c.execute("UPDATE events SET body = json_set(body, '$.reason', 'seq_lost') WHERE type = 'void'")
+    rc, r, _ = _check(renamed)
+    if box["central_holds"]:
+        assert rc == 1 and any(v["invariant"] == "exactly_once" and v["gate"] == name for v in r["violations"]), r
+    else:
+        assert rc == 0
 
     # a turnstile that turned once more than anything recorded: the events around it shown
     silent = _tampered(d, tmp_path / "silent")

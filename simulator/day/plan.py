@@ -34,9 +34,16 @@ FIRE_DRILL = "fire_drill"
 # one gate daemon's box loses power: what its disk had not made durable is gone (its store
 # on simulator/power_cut.py's file system from the start); back after `duration` real seconds
 POWER_CUT = "power_cut"
+# an exit turnstile's box replaced: its daemon killed once everything it recorded has
+# reached the central system, its disk wiped (ledger, its mark of what it sent, replica),
+# a new one started under the same daemon id after `duration` real seconds — which must
+# number on after what the central system holds (sync/store/numbering.py). An exit's: an
+# entry's box takes with it what docs/operations.md says a replaced box forgets (who is
+# inside, today's walk-ins), which the day's strict checks would rightly flag
+REPLACE_BOX = "replace_box"
 CHAOS_KINDS = (
     KILL_GATE, RESTART_SITE_BROKER, CUT_WAN, STOP_CENTRAL, PUSH_SNAPSHOT, RESEND_DELTAS,
-    UNPLUG_READER, RELAY_OFFLINE, NEVER_TURNS, FIRE_DRILL, POWER_CUT,
+    UNPLUG_READER, RELAY_OFFLINE, NEVER_TURNS, FIRE_DRILL, POWER_CUT, REPLACE_BOX,
 )
 # what needs the bridged topology (site brokers bridged to the central broker)
 NEEDS_BRIDGE = (CUT_WAN,)
@@ -352,6 +359,9 @@ def _chaos(
     # and after them, for the same reason, the power cut
     for _ in range(n(1)):
         out.append(Chaos(at(), POWER_CUT, rnd.choice(sites), rnd.choice(GATES), duration=rnd.uniform(1.0, 6.0)))
+    # and after them the box replaced
+    for _ in range(n(1)):
+        out.append(Chaos(at(), REPLACE_BOX, rnd.choice(sites), EXIT_GATE, duration=rnd.uniform(1.0, 6.0)))
     out.sort(key=lambda c: c.at)
     return out
 
@@ -375,6 +385,6 @@ def plan_from_json(data: dict[str, Any]) -> Plan:
 
 
 __all__ = [
-    "CHAOS_KINDS", "DESK_GATE", "EXIT_GATE", "GATES", "IN_GATES", "NEEDS_BRIDGE", "POWER_CUT", "Chaos", "Extra", "Plan",
-    "Visit", "daemon_id", "gate_store", "make_plan", "plan_from_json",
+    "CHAOS_KINDS", "DESK_GATE", "EXIT_GATE", "GATES", "IN_GATES", "NEEDS_BRIDGE", "POWER_CUT", "REPLACE_BOX", "Chaos",
+    "Extra", "Plan", "Visit", "daemon_id", "gate_store", "make_plan", "plan_from_json",
 ]

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import random
+import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from simulator.day import plan as P
@@ -113,6 +116,30 @@ class ChaosRunner:
             await asyncio.sleep(c.duration)
             await asyncio.to_thread(rig.disk.mount)
             await self._back(i, c, rig)
+        elif c.kind == P.REPLACE_BOX:
+            assert c.site and c.gate
+            rig = ch.gates[(c.site, c.gate)]
+            if not rig.proc.alive:
+                self._log(i, c, "skipped", why="already down")
+                return
+            # the box dies at rest: frozen, it records nothing more while the harness sees
+            # that everything it recorded reached the central system and no grant is open
+            deadline = time.monotonic() + 60
+            while True:
+                rig.proc.freeze()
+                sent = None if rig.turnstile.unlocked else await asyncio.to_thread(_at_rest, rig.db)
+                if sent is not None:
+                    break
+                rig.proc.thaw()
+                if time.monotonic() > deadline:
+                    self._log(i, c, "skipped", why="never at rest within a minute")
+                    return
+                await asyncio.sleep(0.1)
+            rig.proc.kill9()
+            gone = _wipe(rig.db)
+            self._log(i, c, "start", removed=gone, central_holds=sent)
+            await asyncio.sleep(c.duration)
+            await self._back(i, c, rig)
         elif c.kind == P.RESTART_SITE_BROKER:
             assert c.site
             b = ch.site_brokers[c.site]
@@ -186,6 +213,29 @@ class ChaosRunner:
             await self._lasting(i, c, end)
         else:  # pragma: no cover - the plan only holds known kinds
             self._log(i, c, "skipped", why="unknown kind")
+
+
+def _at_rest(db: Path) -> int | None:
+    """The gate's last seq when every event of its ledger is acknowledged by the central
+    system and no grant is open; None while not."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as c:
+            meta = dict(c.execute("SELECT key, value FROM meta WHERE key IN ('next_seq', 'acked_seq')").fetchall())
+            intents = c.execute("SELECT COUNT(*) FROM grant_intents").fetchone()[0]
+    except sqlite3.Error:
+        return None
+    last = int(meta.get("next_seq") or 1) - 1
+    return last if int(meta.get("acked_seq") or 0) == last and intents == 0 else None
+
+
+def _wipe(db: Path) -> list[str]:
+    """The gate's files gone as with its disk: the ledger and its log, the mark of what it
+    sent, the replica files. Their names."""
+    patterns = (db.name, f"{db.name}-*", f"{db.name}.*", f"{db.stem}.replica-*")  # not its config, log, socket
+    gone = sorted({p.name for pattern in patterns for p in db.parent.glob(pattern) if p.is_file()})
+    for name in gone:
+        (db.parent / name).unlink(missing_ok=True)
+    return gone
 
 
 __all__ = ["ChaosRunner"]

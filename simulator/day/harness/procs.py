@@ -266,6 +266,12 @@ class GateProc:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGSTOP)
 
+    def thaw(self) -> None:
+        """SIGCONT: a frozen process goes on."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGCONT)
+
     async def terminate(self, timeout: float = 30.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
