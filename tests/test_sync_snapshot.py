@@ -44,6 +44,34 @@ async def import_all(imp: SnapshotImporter, parts: list[SnapshotChunk], now: dat
     await imp.finish()
 
 
+async def test_a_snapshot_switched_in_while_events_are_held_counts_the_held_charges(tmp_path: Path) -> None:
+    """A ledger without its mark of what it sent (sync/store/numbering.py), its events held:
+    a snapshot's passes say the central system applied up to 9 — numbers the gate's held
+    charge has too. Switched in, they are marked down to the ledger's end at once, so a tap
+    in the moments before the link settles the numbering still counts the held charge; the
+    link reads how far the central system got from the switch."""
+    from sync.store.sent_mark import sent_path
+
+    now = datetime(2026, 11, 18, 9, 0, tzinfo=UTC)
+    db = tmp_path / "a.db"
+    store = make_store(db, "gate-a")
+    store.apply_sync(SyncBatch(members=[MemberIn(id="m0", cards=["K0"])], passes=[PassIn.model_validate(
+        {"id": "p0", "member": "m0", "kind": "visits", "balance": 10, "deduct_on": "access", "access_windows": WIN})]),
+        now, snapshot=True)
+    store.close()
+    sent_path(db).unlink(missing_ok=True)
+    store = make_store(db, "gate-a")
+    store.hold_unsure()  # as the link's port does
+    engine = Engine(store, site(), GATES, POLICY)
+    p, _ = engine.tap("in-1", Credential.card("K0"), datetime(2026, 11, 18, 7, 0, tzinfo=UTC))
+    assert p.decision.reason == Reason.WALK_IN and store.sendable_seq < store.last_seq <= 9  # held, under 9
+    imp = SnapshotImporter(store, "gate-a")
+    await import_all(imp, chunks(3, balance=10, applied=9), now)
+    assert store.balance("p0") == Decimal(9)  # 10 from the central system, our held charge counted
+    assert store.switched_word == 9  # what the link settles the numbering with
+    store.close()
+
+
 async def test_import_in_the_worker_keeps_local_state_and_taps_go_on(tmp_path: Path) -> None:
     store = make_store(tmp_path / "a.db", "gate-a")
     engine = Engine(store, site(), GATES, POLICY)

@@ -150,6 +150,7 @@ class Store:
             # system's word once a sync link sends ours (hold_unsure, sync/store/numbering.py)
             self._mark_missing_after: int | None = None
             self.unsure_after: int | None = None  # held after this one; None: the numbering is known
+            self.switched_word: int | None = None  # central_applied of the replica the last switch put in
             if self.sent.found:
                 self._number_after_sent()
             elif opened_at_version < numbering.MARK_VERSION and self.last_seq > 0:
@@ -186,13 +187,16 @@ class Store:
         if after is None or self.unsure_after is not None:
             return
         self.unsure_after = after
+        self._mark_down(after)
+        log.warning("%s is missing: events after %d wait for the central system to say how far it got",
+                    self.sent.path, after)
+
+    def _mark_down(self, after: int) -> None:
         try:
             with self.transaction():
                 self.conn.execute("UPDATE replica.passes SET applied_seq = ? WHERE applied_seq > ?", (after, after))
         except sqlite3.Error as e:  # a store that cannot be written records no charge either
             log.warning("the replica's passes cannot be marked (%s)", e)
-        log.warning("%s is missing: events after %d wait for the central system to say how far it got",
-                    self.sent.path, after)
 
     def _number_after_sent(self) -> None:
         """A ledger that ends below the last event that left the gate was put back from a
@@ -241,11 +245,6 @@ class Store:
         self.flush_now()
         self.sent.advance(after, now.timestamp())  # raises OSError: still held, settled again later
         self.unsure_after = self._mark_missing_after = None
-
-    def central_applied(self) -> int | None:
-        """The highest `applied_seq` of ours among the replica's passes (None: no pass); as the
-        central system sent them, but for a store holding its events (hold_unsure)."""
-        return numbering.central_applied(self.conn)
 
     async def sent_through(self, last: Event) -> None:
         """Before events up to `last` leave the gate: that they did, on disk beside the
@@ -582,6 +581,12 @@ class Store:
         attach.switch(self.conn, new, old, replica=self.replica, ledger=self.ledger,
                       transaction=self.transaction, acked_seq=self.acked_seq)
         self.replica_path = new
+        # how far the central system got, as the new replica's passes say; marked down at
+        # once while our events are held (hold_unsure): a tap in the moments before the
+        # link settles the numbering must count the held charges
+        self.switched_word = numbering.central_applied(self.conn)
+        if self.unsure_after is not None:
+            self._mark_down(self.unsure_after)
         return old
 
     @property
