@@ -302,3 +302,36 @@ def test_only_the_central_systems_passes_say_how_far_it_got(tmp_path: Path) -> N
         assert port.central_applied() == 25 and port.central_applied() is None  # read once
     finally:
         store.close()
+
+
+def test_a_settle_the_disk_refuses_leaves_the_events_held_and_the_held_charges_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The word came with a delta that wrote its passes as the central system sent them
+    (applied 20, beyond the held charge's number); the renumbering fails on a full disk:
+    still held, and the passes marked down again, so the held charge still counts."""
+    import sqlite3
+
+    import sync.store.numbering
+
+    db = tmp_path / "gated.db"
+    new_store(db).close()
+    forget_mark(db)
+    store = open_store(db)
+    store.hold_unsure()
+    walk_in(store, at(9))
+    assert store.balance("p1") == Decimal(29)
+    store.conn.execute("UPDATE replica.passes SET applied_seq = 20")  # the delta's passes
+    assert store.balance("p1") == Decimal(30)
+
+    def full(*args: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(sync.store.numbering, "shift", full)
+    with pytest.raises(sqlite3.OperationalError):
+        store.settle_numbering(20, at(9, 5))
+    assert store.unsure_after == 0 and store.balance("p1") == Decimal(29)
+    monkeypatch.undo()
+    store.settle_numbering(20, at(9, 6))
+    assert store.unsure_after is None and store.balance("p1") == Decimal(29)
+    store.close()

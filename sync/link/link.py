@@ -23,6 +23,7 @@ import contextlib
 import functools
 import logging
 import random
+import sqlite3
 import time
 import uuid
 from collections import Counter, deque
@@ -431,7 +432,7 @@ class SyncLink:
         its passes): the store's held events number on after that and may leave."""
         try:
             self.port.settle_numbering(central_seq, self.now())
-        except OSError as e:
+        except (OSError, sqlite3.Error) as e:
             self.stats["numbering_not_settled"] += 1
             log.warning("the numbering is not settled yet (%s): our later events stay held", e)
             return []

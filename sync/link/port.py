@@ -54,7 +54,7 @@ class StorePort:
         return self.store.unsure_after is not None
 
     def settle_numbering(self, central_seq: int, now: datetime) -> None:
-        """Raises OSError when the mark cannot be written (the events stay held)."""
+        """Raises OSError or sqlite3.Error when it cannot be done (the events stay held)."""
         self.store.settle_numbering(central_seq, now)
 
     def central_applied(self) -> int | None:

@@ -223,7 +223,18 @@ class Store:
 
     def settle_numbering(self, central_seq: int, now: datetime) -> None:
         """The central system has applied this daemon's events up to `central_seq` (an ack,
-        its passes' `applied`): the held events go on after that (sync/store/numbering.py)."""
+        its passes' `applied`): the held events go on after that (sync/store/numbering.py).
+        Raises OSError or sqlite3.Error when it cannot be done: the events stay held, and
+        the replica's passes are marked down again (the sync that brought the word wrote
+        them as the central system sent them)."""
+        try:
+            self._settle_numbering(central_seq, now)
+        except (OSError, sqlite3.Error):
+            if self.unsure_after is not None:
+                self._mark_down(self.unsure_after)
+            raise
+
+    def _settle_numbering(self, central_seq: int, now: datetime) -> None:
         after = self.unsure_after
         if after is None:
             return
