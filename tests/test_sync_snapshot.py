@@ -68,7 +68,7 @@ async def test_a_snapshot_switched_in_while_events_are_held_counts_the_held_char
     imp = SnapshotImporter(store, "gate-a")
     await import_all(imp, chunks(3, balance=10, applied=9), now)
     assert store.balance("p0") == Decimal(9)  # 10 from the central system, our held charge counted
-    assert store.switched_word == 9  # what the link settles the numbering with
+    assert store.numbering.switched_word == 9  # what the link settles the numbering with
     store.close()
 
 

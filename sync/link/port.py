@@ -187,7 +187,7 @@ class StorePort:
     async def commit(self) -> None:
         """Switch the built replica in (a few ms)."""
         await self.importer.switch()
-        self._word = self.store.switched_word  # a whole new replica: every pass the central system's
+        self._word = self.store.numbering.switched_word  # a whole new replica: every pass the central system's
 
     async def abort(self) -> None:
         await self.importer.abort()

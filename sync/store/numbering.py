@@ -29,8 +29,15 @@ as it is: its numbers are as good as they always were.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sync.store.store import Store
+
+log = logging.getLogger(__name__)
 
 MARK_VERSION = 10  # the first ledger schema whose daemon keeps gated.db.sent beside it
 
@@ -54,6 +61,85 @@ OTHER_SEQS: frozenset[tuple[str, str]] = frozenset({
     # numbering is unsure (nobody has heard of a held charge), so they stay where they are
     ("site_refunds", "seq"),
 })
+
+
+class Numbering:
+    """Where this daemon's numbering stands (Store.numbering). `unsure_after`: our events
+    after it are held; None: the numbering is known."""
+
+    def __init__(self, mark_missing_after: int | None):
+        # without the mark, the ledger's last event at open: what a sync link holds after
+        self._missing_after = mark_missing_after
+        self.unsure_after: int | None = None
+        # how far the central system got, as the replica the last snapshot switch put in says
+        self.switched_word: int | None = None
+
+    def sendable(self, last_seq: int) -> int:
+        return last_seq if self.unsure_after is None else self.unsure_after
+
+    def hold(self, store: Store) -> None:
+        """A sync link is to send our events: without the mark, hold those after the last
+        one at open. The replica's passes may say the central system applied numbers beyond
+        the ledger's end — the lost part's: our charges under those numbers are not in their
+        balance, so until the numbering is settled they count as above it (marked down)."""
+        after = self._missing_after
+        if after is None or self.unsure_after is not None:
+            return
+        self.unsure_after = after
+        self.mark_down(store)
+        log.warning("%s is missing: events after %d wait for the central system to say how far it got",
+                    store.sent.path, after)
+
+    def mark_down(self, store: Store) -> None:
+        """While held: no pass of the replica says the central system applied beyond the
+        ledger's end (after a hold, a snapshot switch, a settle that failed)."""
+        after = self.unsure_after
+        if after is None:
+            return
+        try:
+            with store.transaction():
+                store.conn.execute("UPDATE replica.passes SET applied_seq = ? WHERE applied_seq > ?", (after, after))
+        except sqlite3.Error as e:  # a store that cannot be written records no charge either
+            log.warning("the replica's passes cannot be marked (%s)", e)
+
+    def switched(self, store: Store) -> None:
+        """A snapshot's replica is in: read how far the central system got, mark it down."""
+        self.switched_word = central_applied(store.conn)
+        self.mark_down(store)
+
+    def settle(self, store: Store, central_seq: int, now: datetime, restored_key: str) -> None:
+        """The central system has applied our events up to `central_seq`: the held ones go
+        on after that. Raises OSError or sqlite3.Error when it cannot be done: still held,
+        the replica's passes marked down again (the sync that brought the word wrote them
+        as the central system sent them)."""
+        try:
+            self._settle(store, central_seq, now, restored_key)
+        except (OSError, sqlite3.Error):
+            self.mark_down(store)
+            raise
+
+    def _settle(self, store: Store, central_seq: int, now: datetime, restored_key: str) -> None:
+        after = self.unsure_after
+        if after is None:
+            return
+        by = central_seq - after
+        if by > 0:
+            held = store.last_seq - after
+            with store.transaction() as tx:
+                shift(store.conn, store.daemon_id, after, by)
+                store.outbox.next_seq += by
+                tx.committed.events += store.outbox.fill_range(after + 1, central_seq, now, "restored")
+                tx.set_meta(restored_key, repr(now.timestamp()))  # the lost part may have settled anything due by now
+                tx.emit("alarm", now, gate=None, kind="ledger_restored",
+                        detail=f"the ledger ends at event {after} but the central system holds this daemon's events "
+                        f"up to {central_seq} (a new box, or a copy without {store.sent.path.name}): {after + 1}.."
+                        f"{central_seq} are void here, the events since the start numbered on after them")
+            log.warning("ledger_restored: the central system holds events up to %d, the ledger ended at %d; "
+                        "the %d held event(s) numbered on after it", central_seq, after, held)
+            self.unsure_after = after = central_seq  # moved once: a failure below must not move them again
+        store.flush_now()
+        store.sent.advance(after, now.timestamp())  # raises OSError: still held, settled again later
+        self.unsure_after = self._missing_after = None
 
 
 def shift(conn: sqlite3.Connection, daemon: str, after: int, by: int) -> None:
@@ -94,4 +180,4 @@ def central_applied(conn: sqlite3.Connection) -> int | None:
     return None if row is None or not row[1] else int(row[0] or 0)
 
 
-__all__ = ["MARK_VERSION", "OTHER_SEQS", "OWN_SEQS", "central_applied", "shift"]
+__all__ = ["MARK_VERSION", "OTHER_SEQS", "OWN_SEQS", "Numbering", "central_applied", "shift"]

@@ -3,7 +3,7 @@ what happened at this gate, in two kinds of SQLite file (WAL). `Store` is the on
 the daemon, the engine, the scenario runner and the sync link hold; it is a façade over
 small modules, one concern each (the table is in sync/store/__init__.py).
 
-Why this module is over 500 lines (~600, a sixth of it this docstring): it is the whole
+Why this module is over 500 lines (~700, a seventh of it this docstring): it is the whole
 public surface, and nothing else — each method is a documented delegation of a few
 lines to the module that does the work (or, for a change that spans the ledger and the
 replica, the steps that order them), kept in one place so a newcomer reads what the
@@ -146,11 +146,7 @@ class Store:
             self._wire([])
             self._fill_holes()
             self.sent = SentMark(self.path)
-            # without the mark, the last event at open: those after it wait for the central
-            # system's word once a sync link sends ours (hold_unsure, sync/store/numbering.py)
-            self._mark_missing_after: int | None = None
-            self.unsure_after: int | None = None  # held after this one; None: the numbering is known
-            self.switched_word: int | None = None  # central_applied of the replica the last switch put in
+            missing_after: int | None = None  # no mark: what a sync link holds after (numbering.py)
             if self.sent.found:
                 self._number_after_sent()
             elif opened_at_version < numbering.MARK_VERSION and self.last_seq > 0:
@@ -159,7 +155,8 @@ class Store:
                 except OSError as e:
                     log.warning("%s cannot be written yet (%s)", self.sent.path, e)
             else:
-                self._mark_missing_after = self.last_seq
+                missing_after = self.last_seq
+            self.numbering = numbering.Numbering(missing_after)
         except BaseException:
             self.conn.close()
             raise
@@ -178,25 +175,14 @@ class Store:
     def hold_unsure(self) -> None:
         """A sync link is to send our events (sync/link/port.py): if the ledger opened
         without its mark of what was sent, hold those after its last one at open until the
-        central system says how far it got (sync/store/numbering.py). A store no link
-        sends from (tests, tools, a gate without MQTT) holds nothing: nothing of it leaves.
-        The replica's passes may say the central system applied numbers beyond the
-        ledger's end — the lost part's: our charges under those numbers are not in their
-        balance, so until it is settled they count as above it."""
-        after = self._mark_missing_after
-        if after is None or self.unsure_after is not None:
-            return
-        self.unsure_after = after
-        self._mark_down(after)
-        log.warning("%s is missing: events after %d wait for the central system to say how far it got",
-                    self.sent.path, after)
+        central system says how far it got (sync/store/numbering.py). A store no link sends
+        from (tests, tools, a gate without MQTT) holds nothing: nothing of it leaves."""
+        self.numbering.hold(self)
 
-    def _mark_down(self, after: int) -> None:
-        try:
-            with self.transaction():
-                self.conn.execute("UPDATE replica.passes SET applied_seq = ? WHERE applied_seq > ?", (after, after))
-        except sqlite3.Error as e:  # a store that cannot be written records no charge either
-            log.warning("the replica's passes cannot be marked (%s)", e)
+    @property
+    def unsure_after(self) -> int | None:
+        """Our events after this one are held; None: the numbering is known."""
+        return self.numbering.unsure_after
 
     def _number_after_sent(self) -> None:
         """A ledger that ends below the last event that left the gate was put back from a
@@ -219,43 +205,13 @@ class Store:
     @property
     def sendable_seq(self) -> int:
         """Our last event that may leave: all of them, unless the numbering is unsure."""
-        return self.last_seq if self.unsure_after is None else self.unsure_after
+        return self.numbering.sendable(self.last_seq)
 
     def settle_numbering(self, central_seq: int, now: datetime) -> None:
         """The central system has applied this daemon's events up to `central_seq` (an ack,
         its passes' `applied`): the held events go on after that (sync/store/numbering.py).
-        Raises OSError or sqlite3.Error when it cannot be done: the events stay held, and
-        the replica's passes are marked down again (the sync that brought the word wrote
-        them as the central system sent them)."""
-        try:
-            self._settle_numbering(central_seq, now)
-        except (OSError, sqlite3.Error):
-            if self.unsure_after is not None:
-                self._mark_down(self.unsure_after)
-            raise
-
-    def _settle_numbering(self, central_seq: int, now: datetime) -> None:
-        after = self.unsure_after
-        if after is None:
-            return
-        by = central_seq - after
-        if by > 0:
-            held = self.last_seq - after
-            with self.transaction() as tx:
-                numbering.shift(self.conn, self.daemon_id, after, by)
-                self.outbox.next_seq += by
-                tx.committed.events += self.outbox.fill_range(after + 1, central_seq, now, "restored")
-                tx.set_meta(RESTORED_KEY, repr(now.timestamp()))  # the lost part may have settled anything due by now
-                tx.emit("alarm", now, gate=None, kind="ledger_restored",
-                        detail=f"the ledger ends at event {after} but the central system holds this daemon's events "
-                        f"up to {central_seq} (a new box, or a copy without {self.sent.path.name}): {after + 1}.."
-                        f"{central_seq} are void here, the events since the start numbered on after them")
-            log.warning("ledger_restored: the central system holds events up to %d, the ledger ended at %d; "
-                        "the %d held event(s) numbered on after it", central_seq, after, held)
-            self.unsure_after = after = central_seq  # moved once: a failure below must not move them again
-        self.flush_now()
-        self.sent.advance(after, now.timestamp())  # raises OSError: still held, settled again later
-        self.unsure_after = self._mark_missing_after = None
+        Raises OSError or sqlite3.Error when it cannot be done: the events stay held."""
+        self.numbering.settle(self, central_seq, now, RESTORED_KEY)
 
     async def sent_through(self, last: Event) -> None:
         """Before events up to `last` leave the gate: that they did, on disk beside the
@@ -593,11 +549,9 @@ class Store:
                       transaction=self.transaction, acked_seq=self.acked_seq)
         self.replica_path = new
         # how far the central system got, as the new replica's passes say; marked down at
-        # once while our events are held (hold_unsure): a tap in the moments before the
-        # link settles the numbering must count the held charges
-        self.switched_word = numbering.central_applied(self.conn)
-        if self.unsure_after is not None:
-            self._mark_down(self.unsure_after)
+        # once while our events are held: a tap in the moments before the link settles the
+        # numbering must count the held charges
+        self.numbering.switched(self)
         return old
 
     @property
