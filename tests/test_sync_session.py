@@ -251,12 +251,17 @@ def test_unsure_of_its_numbering_the_gate_asks_with_its_last_event_and_settles_b
     the last event is the news, not an error."""
     s = connected(session(StoreState(has_snapshot=True, acked_seq=6, last_seq=6, numbering_unsure=True)), 100.0)
     assert s.uplink_after(100.0) == 5
+    # its heartbeat claims nothing meanwhile: the others must not take it as heard through now
+    beat = json.loads(s.status("online", "2026-11-18T09:00:00Z", as_of="2026-11-18T09:00:05Z").payload)
+    assert "last_seq" not in beat and "as_of" not in beat
     s.uplink([ev(6)], 100.0)
     beyond = s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 30}), 100.1)
     assert [type(a) for a in beyond] == [SettleNumbering] and s.acked_seq == 6 and not s.stats["ack_beyond_last_seq"]
     # the shell settled it: the held events now follow 30
     out = s.numbering_settled(33, beyond[0].ack, 100.2)  # type: ignore[union-attr]
     assert StoreAck(30) in out and s.acked_seq == 30 and s.uplink_after(100.2) == 30
+    beat = json.loads(s.status("online", "2026-11-18T09:00:00Z", as_of="2026-11-18T09:00:10Z").payload)
+    assert (beat["last_seq"], beat["as_of"]) == (33, "2026-11-18T09:00:10Z")
     assert isinstance(s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 40}), 100.3)[0], RaiseAlarm)  # sure now
 
 

@@ -225,7 +225,12 @@ class Session:
 
     def status(self, state: str, at: str | None = None, *, as_of: str | None = None) -> Publish:
         """Our retained status (`offline` without `at` is also the last will). With
-        `as_of`, a heartbeat for the site's other daemons: our last seq at that instant."""
+        `as_of`, a heartbeat for the site's other daemons: our last seq at that instant —
+        none while the numbering is unsure: events after it are held, and a claim would
+        tell the others they know everything we did up to now (the daemon settling
+        no-shows would settle a class a held attendance belongs to)."""
+        if self.numbering_unsure:
+            as_of = None
         body = Status(
             daemon=self.config.daemon,
             state="online" if state == "online" else "offline",
