@@ -6,10 +6,12 @@ numbers the ledger is about to hand out again; each new event — taps, deductio
 be dropped there as a repeat, and the gate's own charges, numbered below the `applied`
 the central system reports, would not count against the local balances either.
 
-So a ledger that opens without its mark is *unsure* (Store, at open): it records and
-decides as always, but its events after the last one it holds at open (`after`) do not
-leave (sync/link/port.py caps the uplink, catch-up answers and the heartbeat's `last_seq`
-there) until the central system has said how far it got with this daemon:
+So a ledger that opens without its mark is *unsure* once a sync link is to send from it
+(Store.hold_unsure, called by the link's port; a store no link sends from holds nothing):
+it records and decides as always, but its events after the last one it held at open
+(`after`) do not leave (sync/link/port.py caps the uplink and the catch-up answers there;
+the heartbeat claims nothing) until the central system has said how far it got with this
+daemon:
 
 - an ack: its `applied_seq` exactly;
 - any pass it sends (snapshot, delta, look-up answer): its `applied` lists every daemon of
@@ -19,8 +21,10 @@ Then, if the central system holds numbers beyond `after`, the held events move u
 them — every column that holds one of our seqs, and the references inside event bodies —
 and the numbers between become `void` events (`reason: restored`), with a
 `ledger_restored` alarm; otherwise they are released as they are. Either way the mark is
-written, and the next start is sure. Time-driven settling (no-shows, fees, loyalty) waits
-while unsure: the lost part may have settled the same classes (Store.run_due).
+written, and the next start is sure. Meanwhile the replica's passes are marked down to
+`after` (their `applied` may name the lost part's numbers, which our held charges now
+have: they must count), and time-driven settling (no-shows, fees, loyalty) waits: the lost
+part may have settled the same classes (Store.run_due).
 
 A ledger from before the mark existed (schema below MARK_VERSION, with events) is taken
 as it is: its numbers are as good as they always were.
