@@ -34,6 +34,7 @@ from gated.engine import Engine
 from rules.credential import Credential
 from sync.store import Store, SyncBatch
 from sync.store.replica_file import copy_store
+from sync.store.sent_mark import SentMark
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 DAEMON = "bench-gate"
@@ -189,12 +190,15 @@ def run(data: SiteData, *, runs: int = 5, events: int = 50_000, log: Any = print
         for r in range(runs):
             path = work / f"gated-{r}.db"
             copy_store(filled, path)
+            # a gate that has run before, its mark of what it sent beside it (a new box's
+            # would first wait for the central system's word: sync/store/numbering.py)
+            SentMark(path).advance(0, data.now.timestamp())
             store = Store(path, site(), daemon_id=DAEMON)  # the daemon as it runs: synchronous=FULL
             try:
                 res = asyncio.run(drain_once(store, port, n))
             finally:
                 store.close()
-                for suffix in ("", "-wal", "-shm"):
+                for suffix in ("", "-wal", "-shm", ".sent"):
                     Path(str(path) + suffix).unlink(missing_ok=True)
             results.append(res)
             log(
