@@ -107,7 +107,11 @@ class Numbering:
             log.warning("the replica's passes cannot be marked (%s)", e)
 
     def switched(self, store: Store) -> None:
-        """A snapshot's replica is in: read how far the central system got, mark it down."""
+        """A snapshot's replica is in: while held, read how far the central system got and
+        mark it down (only then: a scan of every pass, on the loop, at a chain's scale)."""
+        if self.unsure_after is None:
+            self.switched_word = None
+            return
         self.switched_word = central_applied(store.conn)
         self.mark_down(store)
 
