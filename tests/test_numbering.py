@@ -165,6 +165,7 @@ def test_held_events_move_past_what_the_central_system_holds(
         by_seq = {e["seq"]: e for e in events}
         rows = store.conn.execute("SELECT seq, pass_id, amount, refunded_by FROM main.deductions").fetchall()
         assert sorted(r[0] for r in rows) == sorted(e["seq"] for e in events if e["type"] == "deduction")
+        assert any(r[3] is not None for r in rows) == (refund and held > 0)  # the refund names its charge
         for seq, pass_id, amount, refunded_by in rows:
             assert (by_seq[seq]["pass"], Decimal(str(by_seq[seq]["amount"]))) == (pass_id, Decimal(amount))
             if refunded_by is not None:
