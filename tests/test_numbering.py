@@ -68,6 +68,13 @@ def forget_mark(path: Path) -> None:
     sent_path(path).unlink(missing_ok=True)
 
 
+def without_mark(path: Path, applied: int = 0) -> Store:
+    """The gate of new_store, opened again with its mark gone (not yet held)."""
+    new_store(path, applied=applied).close()
+    forget_mark(path)
+    return open_store(path)
+
+
 def test_every_seq_column_of_the_ledger_is_known(tmp_path: Path) -> None:
     """A column added later that holds our seqs must move with a renumbering (OWN_SEQS), or
     be said to hold someone else's (OTHER_SEQS)."""
@@ -187,9 +194,7 @@ def test_while_unsure_nothing_is_settled_and_then_only_what_fell_due_later(tmp_p
     named in an alarm, not settled again; a class ending after the central system's word
     is settled as usual."""
     db = tmp_path / "gated.db"
-    new_store(db).close()
-    forget_mark(db)
-    store = open_store(db)
+    store = without_mark(db)
     store.hold_unsure()
     assert store.run_due(POLICY, at(12)).events == []
     store.settle_numbering(5, at(12, 5))
@@ -209,9 +214,7 @@ def test_a_mark_that_cannot_be_written_keeps_the_events_held_and_they_move_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "gated.db"
-    new_store(db).close()
-    forget_mark(db)
-    store = open_store(db)
+    store = without_mark(db)
     store.hold_unsure()
     walk_in(store, at(9))
     ids = [e["id"] for e in store.events_after(0, 100)]
@@ -235,9 +238,7 @@ def test_the_replicas_applied_seq_cannot_hide_a_held_charge(tmp_path: Path) -> N
     """The replica's passes say the central system applied up to 20 (the lost part's
     charges); a charge of ours numbered 2 now is not among those: it counts."""
     db = tmp_path / "gated.db"
-    new_store(db, applied=20).close()
-    forget_mark(db)
-    store = open_store(db)
+    store = without_mark(db, applied=20)
     assert store.balance("p1") == Decimal(30)
     store.hold_unsure()
     walk_in(store, at(9))
@@ -253,9 +254,7 @@ def test_peer_refs_and_other_daemons_seqs_do_not_move(tmp_path: Path) -> None:
     another daemon gave of the lost part's charge (heard while unsure) names that charge,
     not the held one that comes to have its number."""
     db = tmp_path / "gated.db"
-    new_store(db).close()
-    forget_mark(db)
-    store = open_store(db)
+    store = without_mark(db)
     store.hold_unsure()
     store.record_peer_events(
         "s1-in-2",
@@ -288,9 +287,7 @@ def test_only_the_central_systems_passes_say_how_far_it_got(tmp_path: Path) -> N
     from sync.protocol import Delta
 
     db = tmp_path / "gated.db"
-    new_store(db, applied=20).close()
-    forget_mark(db)
-    store = open_store(db)
+    store = without_mark(db, applied=20)
     port = StorePort(store, DAEMON, batch_rows=100)
     try:
         assert port.numbering_unsure and port.last_seq == store.unsure_after == store.last_seq
@@ -316,9 +313,7 @@ def test_a_settle_the_disk_refuses_leaves_the_events_held_and_the_held_charges_c
     import sync.store.numbering
 
     db = tmp_path / "gated.db"
-    new_store(db).close()
-    forget_mark(db)
-    store = open_store(db)
+    store = without_mark(db)
     store.hold_unsure()
     walk_in(store, at(9))
     assert store.balance("p1") == Decimal(29)

@@ -78,15 +78,22 @@ class ChaosRunner:
             await asyncio.sleep(0.05)
         self._log(i, c, "end", ready_after_s=round(time.monotonic() - t, 3), alive=rig.proc.alive)
 
+    def _running_gate(self, i: int, c: P.Chaos) -> GateRig | None:
+        """The gate a fault is for; None (logged as skipped) when its daemon is already down."""
+        assert c.site and c.gate
+        rig = self.chain.gates[(c.site, c.gate)]
+        if not rig.proc.alive:
+            self._log(i, c, "skipped", why="already down")
+            return None
+        return rig
+
     async def _run(self, i: int, c: P.Chaos) -> None:
         clock = self.chain.clock
         await clock.sleep_until(c.at)
         ch = self.chain
         if c.kind == P.KILL_GATE:
-            assert c.site and c.gate
-            rig = ch.gates[(c.site, c.gate)]
-            if not rig.proc.alive:
-                self._log(i, c, "skipped", why="already down")
+            rig = self._running_gate(i, c)
+            if rig is None:
                 return
             rig.proc.kill9()
             self._log(i, c, "start", pid_killed=True)
@@ -117,10 +124,8 @@ class ChaosRunner:
             await asyncio.to_thread(rig.disk.mount)
             await self._back(i, c, rig)
         elif c.kind == P.REPLACE_BOX:
-            assert c.site and c.gate
-            rig = ch.gates[(c.site, c.gate)]
-            if not rig.proc.alive:
-                self._log(i, c, "skipped", why="already down")
+            rig = self._running_gate(i, c)
+            if rig is None:
                 return
             # the box dies at rest: frozen, it records nothing more while the harness sees
             # that everything it recorded reached the central system and no grant is open
