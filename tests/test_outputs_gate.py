@@ -160,6 +160,23 @@ async def test_a_pulse_shorter_than_a_poll_is_counted_by_the_boards_counter(coun
             assert results.count(True) < 3  # what the counter is for
 
 
+async def test_a_person_through_while_the_counting_board_is_silent_is_counted_when_it_answers(make_gate) -> None:
+    """The board stops answering just after the release, the person turns meanwhile, the
+    board answers again: its counter moved by one, the person the grant waited for (the
+    counter's step across the silence was taken for nobody — neither passed nor reported:
+    a rotation the books never saw, found by a simulated day)."""
+    async with SimTurnstile(person=Person(delay=0.3), passage_pulse=0.05, passage_counter=5) as sim:
+        gate, alarms = await make_gate(sim, passage_poll_interval=0.05, poll_interval=0.05, passage_counter=5)
+        granted = asyncio.create_task(gate.grant())
+        await wait_until(lambda: sim.unlocked, what="the release")
+        sim.inject("no_answer")
+        await wait_until(lambda: len(sim.passages) == 1, what="the person through")
+        await asyncio.sleep(0.3)
+        sim.inject("none")
+        assert await granted is True
+        assert gate.state["passages"] == 1 and "not_opened" not in alarms.kinds()
+
+
 async def test_slow_board_within_timeout_still_works(sim_tcp: SimTurnstile, make_gate) -> None:
     gate, alarms = await make_gate(sim_tcp, timeout=1.0)
     sim_tcp.inject("slow_answer", slow_ms=30)

@@ -87,8 +87,10 @@ COUNTER = [
     # readings of the board's counter, people counted after each
     ([7, 7, 8, 10], [0, 0, 1, 3]),  # the first reading is the baseline; two between polls
     ([65534, 65535, 0, 2], [0, 1, 2, 4]),  # 16 bits: it wraps
-    ([5, None, 9, 10], [0, 0, 0, 1]),  # what moved while unknown is not people now
+    ([5, None, 9, 10], [0, 0, 4, 5]),  # what moved while the board was silent: people meanwhile
     ([None, 3, 3], [0, 0, 0]),
+    ([120, None, 0, 2], [0, 0, 0, 2]),  # back from a restart, its counter from 0: a new baseline
+    ([3, None, 1], [0, 0, 0]),  # restarted, and one person since: not 65,534 people
 ]
 
 

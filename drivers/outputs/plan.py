@@ -23,8 +23,11 @@ mid-push as the panel is reset): no forced door (door.Observation.release_ended)
 runs one request at a time, so readings back after the write returned were taken after it.
 
 PassageCounter: where the board counts the passage pulses itself, one person is one step
-of its 16-bit counter (which wraps); an unknown reading forgets the last count, so what
-the counter moved while the board was silent is not taken for people now.
+of its 16-bit counter (which wraps). The count is kept across readings that failed: what
+the counter moved while the board was silent is people who went through meanwhile (the
+grant tracker relies on it: `counts_unseen`, a silence hides no passage) — unless the
+step is more than a crowd could make in a silence (MAX_STEP): the board restarted and its
+counter began again, and that reading is the new baseline.
 """
 
 from __future__ import annotations
@@ -139,16 +142,22 @@ class ReleaseTail:
 
 
 COUNTER_MODULO = 1 << 16
+MAX_STEP = 1000  # people between two readings, a silence included: more is a counter that began again
 
 
 @dataclass(slots=True)
 class PassageCounter:
-    last: int | None = None  # the count at the last reading; None = unknown
+    last: int | None = None  # the count at the last reading that did not fail; None: none yet
     people: int = 0  # counted so far
 
     def observe(self, count: int | None) -> int:
-        """Feed one reading of the board's counter; the people through since the last one."""
-        new = 0 if count is None or self.last is None else (count - self.last) % COUNTER_MODULO
+        """Feed one reading of the board's counter (None: it failed); the people through
+        since the last reading that did not."""
+        if count is None:
+            return 0
+        new = 0 if self.last is None else (count - self.last) % COUNTER_MODULO
+        if new > MAX_STEP:
+            new = 0  # the board restarted: its counter began again from here
         self.last = count
         self.people += new
         return new
