@@ -128,11 +128,14 @@ class ChaosRunner:
             if rig is None:
                 return
             # the box dies at rest: frozen, it records nothing more while the harness sees
-            # that everything it recorded reached the central system and no grant is open
+            # that everything it recorded reached the central system, no grant is open and
+            # nobody is on the way through its turnstile (a turn it would have seen: the new
+            # box's counter starts from what it reads first)
             deadline = time.monotonic() + 60
             while True:
                 rig.proc.freeze()
-                sent = None if rig.turnstile.unlocked else await asyncio.to_thread(_at_rest, rig.db)
+                busy = rig.turnstile.unlocked or rig.turnstile.people_moving > 0
+                sent = None if busy else await asyncio.to_thread(_at_rest, rig.db)
                 if sent is not None:
                     break
                 rig.proc.thaw()
