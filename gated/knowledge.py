@@ -8,6 +8,7 @@ here the daemon checks them every second —
 | `deltas_behind` | the central's delta head against the replica's `delta_seq` | asks for the missed deltas (the link) |
 | `peers_unheard` | each other daemon's heartbeat against what was heard of it | holds no-shows (and fees) of classes that ended after it; after `peer_wait_limit` settles them naming it |
 | `numbering_unsure` | the ledger's mark of what it sent (`gated.db.sent`), missing: a new box, a copy restored without it | holds its events after its last one at start, and its no-shows, until the central system says how far it got (sync/store/numbering.py) |
+| `own_history_missing` | this daemon's events the central system holds and a lost ledger held (sync/store/own_history.py) | asks the central system for them every 30 s; decides meanwhile without them (who came in through it earlier today, the walk-ins paid there, the QR codes used there) |
 | `clock_untrusted` | the wall clock against the monotonic clock and the last trusted time (rules/clock.py) | acts at the anchored time; no no-show, fee, loyalty credit or pruning until trusted again |
 
 A gap that lasts past its threshold is an `alarm` event (and log line and metric) once
@@ -33,7 +34,9 @@ if TYPE_CHECKING:
 DELTAS_BEHIND_ALARM = 60.0  # seconds behind the central's head (the link asks after 5)
 PEERS_ALARM = 300.0  # seconds (the site's clock) a class's no-shows are held for an unheard daemon
 NUMBERING_ALARM = 60.0  # seconds events are held for the central system's word on our numbering
-KINDS = ("uplink_stalled", "deltas_behind", "peers_unheard", "clock_untrusted", "numbering_unsure")
+HISTORY_ALARM = 60.0  # seconds a lost ledger's events have not come back from the central system
+KINDS = ("uplink_stalled", "deltas_behind", "peers_unheard", "clock_untrusted", "numbering_unsure",
+         "own_history_missing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,15 @@ class Knowledge:
                 f"{store.last_seq - store.unsure_after} event(s) held after event {store.unsure_after}: "
                 f"{store.sent.path.name} is missing (a new box, or a copy put back without it); they leave once "
                 "the central system says how far it got with this daemon (an ack, or its passes)",
+            )
+        lost = link.session.own_history.wanted if link is not None else None
+        if lost is not None:
+            found["own_history_missing"] = (
+                None, HISTORY_ALARM,
+                f"this daemon's events {lost.from_seq}..{lost.to_seq}, which its lost ledger held, are not back "
+                "from the central system yet (asked every 30 s): until they are, the gate does not know who came "
+                "in through it earlier today, the walk-ins paid there (a re-entry within the grace may be "
+                "charged again) or the QR codes used there",
             )
         if link is not None:
             stall = link.session.uplink_stall(mono)

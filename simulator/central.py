@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import uuid
@@ -54,6 +55,7 @@ from sync.protocol import (
     PROTOCOL,
     DeltaHead,
     EventBatch,
+    HistoryRequest,
     LookupRequest,
     ReplayAnswer,
     ReplayRequest,
@@ -64,6 +66,9 @@ from sync.protocol import (
 from sync.records import BookingIn, MemberIn, PassIn
 
 __all__ = ["Central", "CentralSettings", "generate", "load_seed", "serve_central"]
+
+HISTORY_CHUNK = 500  # events a history answer carries at most
+HISTORY_PAYLOAD = 256_000  # bytes a history answer stays under (the gates' max_payload is larger)
 
 log = logging.getLogger("gated.central")
 
@@ -294,6 +299,7 @@ class Central(CentralDB):
             await mqtt_call(client.subscribe(self._topic(f"{site}/+/replay/answer"), qos=1))
             await mqtt_call(client.subscribe(self._topic(f"{site}/resync"), qos=1))
             await mqtt_call(client.subscribe(self._topic(f"{site}/lookup/request"), qos=0))
+            await mqtt_call(client.subscribe(self._topic(f"{site}/+/history/request"), qos=1))
         self._client = client
         self.connected = True
         self.stats["connects"] += 1
@@ -347,6 +353,12 @@ class Central(CentralDB):
                     self.stats["replay_answers_unasked"] += 1
                     return
                 self._on_replay_answer(rest[0], rest[1], answer)
+            elif len(rest) == 4 and rest[2:] == ["history", "request"]:
+                ask = HistoryRequest.model_validate_json(payload)
+                if ask.daemon != rest[1]:
+                    self.stats["invalid"] += 1
+                    return
+                await self._answer_history(rest[0], ask)
             elif len(rest) == 2 and rest[1] == "resync":
                 await self._on_resync(rest[0], ResyncRequest.model_validate_json(payload))
             elif len(rest) == 3 and rest[1:] == ["lookup", "request"]:
@@ -371,6 +383,37 @@ class Central(CentralDB):
         except ValidationError as e:
             self.stats["invalid"] += 1
             log.warning("central dropped a message on %s: %s", topic, e.errors()[:1])
+
+    async def _answer_history(self, site: str, ask: HistoryRequest) -> None:
+        """A daemon whose ledger was lost asks for its own events back: those held here
+        in its range, since its instant, in chunks of at most HISTORY_CHUNK events."""
+        try:
+            since = datetime.fromisoformat(ask.since.replace("Z", "+00:00"))
+        except ValueError:
+            self.stats["invalid"] += 1
+            return
+        if since.tzinfo is None:
+            self.stats["invalid"] += 1
+            return
+        events = self.history(site, ask.daemon, ask.from_seq, ask.to_seq, since)
+        topic = f"{self.settings.prefix}/{site}/{ask.daemon}/history"
+        self.stats["history_requests"] += 1
+        start = 0
+        while True:
+            n = HISTORY_CHUNK
+            while True:
+                chunk = events[start : start + n]
+                more = start + len(chunk) < len(events)
+                body = {"v": 1, "daemon": ask.daemon, "request_id": ask.request_id, "events": chunk, "more": more}
+                payload = json.dumps(body, separators=(",", ":")).encode()
+                if len(payload) <= HISTORY_PAYLOAD or n == 1:
+                    break
+                n //= 2
+            await self._publish(topic, payload, qos=1)
+            self.stats["history_events_sent"] += len(chunk)
+            start += len(chunk)
+            if not more:
+                return
 
     async def _after_gap(self, site: str, daemon: str, first: int, applied: int) -> None:
         """A gap answered once is normal (a batch lost on the way: the gate resends from

@@ -180,6 +180,24 @@ class CentralDB:
         ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
+    def history(self, site: str, daemon: str, from_seq: int, to_seq: int, since: datetime) -> list[dict[str, Any]]:
+        """A daemon's own events applied here, `from_seq`..`to_seq`, those at or after
+        `since`, by seq (docs/protocol.md "A gate's own events back")."""
+        rows = self.conn.execute(
+            "SELECT body FROM events WHERE site = ? AND daemon = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+            (site, daemon, from_seq, to_seq),
+        ).fetchall()
+        out = []
+        for (body,) in rows:
+            ev = json.loads(body)
+            try:
+                at = datetime.fromisoformat(str(ev.get("at")).replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if at.tzinfo is not None and at >= since:
+                out.append(ev)
+        return out
+
     def points(self, site: str, member: str) -> int:
         row = self.conn.execute("SELECT points FROM points WHERE site = ? AND member = ?", (site, member)).fetchone()
         return int(row[0]) if row else 0

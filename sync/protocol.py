@@ -24,7 +24,7 @@ from sync.topics import LEVEL, Topics, central_status_topic, valid_level
 
 MAJOR = 1
 # the minor version: what a gate of this major understands (docs/protocol.md "Versioning")
-MINOR = 3
+MINOR = 4
 PROTOCOL = f"{MAJOR}.{MINOR}"
 V = Literal[1]
 
@@ -188,6 +188,40 @@ class CatchUpAnswer(_Wire):
             raise ValueError("the first event must be first_seq")
         if any(b != a + 1 for a, b in zip(seqs, seqs[1:], strict=False)):
             raise ValueError("events must be consecutive by seq")
+        return self
+
+
+class HistoryRequest(_Wire):
+    """Topic `{prefix}/{site}/{daemon}/history/request`, QoS 1: a daemon whose ledger was
+    lost (its box replaced, a copy put back without its mark) asks the central system for
+    its own events the central holds, numbered `from_seq`…`to_seq`, whose `at` is at or
+    after `since` — what the lost ledger knew of today (who is inside, the walk-ins, the
+    QR codes used, the classes attended). Answered by `history` chunks."""
+
+    v: V = 1
+    daemon: Level
+    request_id: RequestId
+    from_seq: SeqFrom1
+    to_seq: SeqFrom1
+    since: Annotated[str, Field(max_length=50)]
+
+
+class HistoryAnswer(_Wire):
+    """Topic `{prefix}/{site}/{daemon}/history`, QoS 1, from the central system: the
+    daemon's own events for a history request, in chunks, ascending by seq (not
+    consecutive: those before `since` are left out); `more`: further chunks follow."""
+
+    v: V = 1
+    daemon: Level
+    request_id: RequestId
+    events: list[EventIn] = []
+    more: bool = False
+
+    @model_validator(mode="after")
+    def _ascending(self) -> HistoryAnswer:
+        seqs = [e.seq for e in self.events]
+        if any(b <= a for a, b in zip(seqs, seqs[1:], strict=False)):
+            raise ValueError("events must be ascending by seq")
         return self
 
 
@@ -365,6 +399,8 @@ PAYLOADS: dict[str, type[BaseModel]] = {
     "event-batch": EventBatch,
     "status": Status,
     "health": Health,
+    "history-request": HistoryRequest,
+    "history-answer": HistoryAnswer,
     "catch-up-request": CatchUpRequest,
     "catch-up-answer": CatchUpAnswer,
     "resync-request": ResyncRequest,
@@ -391,6 +427,8 @@ __all__ = [
     "EventBatch",
     "EventIn",
     "Health",
+    "HistoryAnswer",
+    "HistoryRequest",
     "LookupRequest",
     "LookupResponse",
     "MemberOut",

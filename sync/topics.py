@@ -66,6 +66,16 @@ class Topics:
         return self._own("lookup/response")
 
     @property
+    def history_request(self) -> str:
+        """A daemon whose ledger was lost asks the central system for its own events."""
+        return self._own("history/request")
+
+    @property
+    def history(self) -> str:
+        """The central system's answers to our history requests."""
+        return self._own("history")
+
+    @property
     def snapshot(self) -> str:
         return f"{self.base}/snapshot"
 

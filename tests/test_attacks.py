@@ -406,14 +406,22 @@ def test_broker_acl_example_keeps_each_daemon_to_its_own_topics(tmp_path: Path) 
             (central, f"{base}/gate-a/ack", b"ok: ack for a"),
             (central, f"{base}/gate-b/ack", b"ok: ack for b"),
             (central, f"{base}/delta", b"ok: delta"),
+            # a replaced box asks for its own events back; only the central system answers
+            (gate_a, f"{base}/gate-a/history/request", b"ok: history request"),
+            (gate_a, f"{base}/gate-b/history/request", b"FORGED: asking for another gate's events"),
+            (gate_a, f"{base}/gate-a/history", b"FORGED: its own history answer"),
+            (gate_b, f"{base}/gate-a/history", b"FORGED: another gate's history answer"),
+            (central, f"{base}/gate-a/history", b"ok: history for a"),
         ]
         # Last, from each sender, a message every client receives: the broker keeps one
         # client's messages in order, so once the end marks are in, whatever was going to
         # arrive from the sends above has (a forged one that did not, never will).
-        ends = [(gate_a, f"{base}/gate-a/events", b"end: gate-a"), (central, f"{base}/delta", b"end: central")]
+        ends = [(gate_a, f"{base}/gate-a/events", b"end: gate-a"), (gate_b, f"{base}/gate-b/events", b"end: gate-b"),
+                (central, f"{base}/delta", b"end: central")]
         for client, topic, payload in sends + ends:
             client.publish(topic, payload, qos=1).wait_for_publish(5)
-        marks = {"central": {b"end: gate-a"}, "gate-a": {b"end: central"}, "gate-b": {b"end: central", b"end: gate-a"}}
+        marks = {"central": {b"end: gate-a", b"end: gate-b"}, "gate-a": {b"end: central", b"end: gate-b"},
+                 "gate-b": {b"end: central", b"end: gate-a"}}
         deadline = time.monotonic() + 10
         while not all(marks[w] <= {p for _, p in seen[w]} for w in marks) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -424,6 +432,8 @@ def test_broker_acl_example_keeps_each_daemon_to_its_own_topics(tmp_path: Path) 
         assert "ok: ack for a" in got["gate-a"] and "ok: ack for b" not in got["gate-a"]
         assert "ok: delta" in got["gate-a"] and "ok: delta" in got["gate-b"]
         assert "ok: own events" in got["gate-b"]  # site-wide anti-passback reads the others' events
+        assert "ok: history request" in got["central"]
+        assert "ok: history for a" in got["gate-a"] and "ok: history for a" not in got["gate-b"]
     finally:
         for c in clients:
             c.loop_stop()

@@ -291,3 +291,63 @@ async def test_gated_tap_says_so_when_the_daemon_dies_mid_tap(tmp_path: Path) ->
         assert tap.returncode == 1
         text = err.decode()
         assert "Traceback" not in text and "stopped answering" in text and "passage_unconfirmed" in text
+
+
+async def test_a_new_box_says_what_it_has_not_got_back(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The central system holds this morning's events of the daemon (an old box's: Ana
+    walked in an hour ago); the new box settles after them and asks for them back
+    (sync/store/own_history.py). While the central system does not answer, `gated status`,
+    the metrics and an alarm say so; once it does, the gap closes and the old box's
+    passage is the gate's."""
+    from datetime import timedelta
+
+    import gated.knowledge
+    from gated.config import Config
+    from gated.daemon import Daemon
+    from sync.protocol import EventBatch
+    from tests.broker import SEED, SITE, central_settings
+    from tests.test_daemon_mqtt import config as mqtt_config
+
+    monkeypatch.setattr(gated.knowledge, "HISTORY_ALARM", 0.5)
+    central = Central(central_settings(mosquitto), tmp_path / "central.db")
+    central.load(SITE, SEED["members"], SEED["passes"], SEED["bookings"])
+    hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+    central.apply_events(SITE, EventBatch.model_validate({"v": 1, "daemon": "gate-a", "events": [
+        {"id": "old-1", "seq": 1, "type": "access", "at": hour_ago, "gate": "in-1", "member": "m1",
+         "decision": "granted", "reason": "walk_in", "passed": True, "pass": "p1"},
+        {"id": "old-2", "seq": 2, "type": "deduction", "at": hour_ago, "gate": "in-1", "member": "m1",
+         "pass": "p1", "amount": 1, "booking": None, "cause": "walk_in", "balance": 999},
+    ]}))
+    answer = central._answer_history
+
+    async def silent(site: str, ask: object) -> None:
+        central.stats["history_ignored"] += 1
+
+    central._answer_history = silent  # type: ignore[method-assign]
+    d = Daemon(Config.model_validate(mqtt_config(tmp_path, mosquitto).model_dump()))
+    task = asyncio.create_task(central.run())
+    await d.start()
+    try:
+        await d.link.wait_connected(WAIT_S)
+        d.link.session.own_history.retry = 0.5
+        await wait_until(lambda: any(g["kind"] == "own_history_missing" for g in d.health()["knowledge"]["gaps"]),
+                         timeout=10, what="the gap in gated status")
+        [gap] = [g for g in d.health()["knowledge"]["gaps"] if g["kind"] == "own_history_missing"]
+        assert "events 1..2" in gap["detail"] and "re-entry" in gap["detail"]
+        assert "OWN HISTORY MISSING" in status_line(d)
+        assert d.metrics.knowledge_gap.labels("own_history_missing")._value.get() == 1
+        assert d.store is not None
+        assert d.store.conn.execute("SELECT COUNT(*) FROM main.passages WHERE member_id = 'm1'").fetchone()[0] == 0
+        central._answer_history = answer  # type: ignore[method-assign]
+        await wait_until(lambda: not d.health()["knowledge"]["gaps"], timeout=10, what="the gap to close")
+        assert d.store.own_history_wanted() is None
+        assert d.store.conn.execute("SELECT COUNT(*) FROM main.passages WHERE member_id = 'm1'").fetchone()[0] == 1
+        kinds = [e["kind"] for e in d.store.recent_events(100, ["alarm"])]
+        assert "own_history_missing" in kinds and "own_history_missing_ended" in kinds
+        assert central.stats["history_ignored"] >= 1
+    finally:
+        await d.stop()
+        task.cancel()
+        await asyncio.wait([task])

@@ -45,6 +45,7 @@ VALID: dict[str, dict[str, Any]] = {
     "catch_up_answer": {"v": 1, "daemon": "other", "to": "gate-a", "request_id": "r1", "first_seq": 1, "last_seq": 0},
     "peer_status": {"v": 1, "daemon": "other", "state": "online", "at": "2026-11-18T09:00:00Z", "last_seq": 0,
                     "as_of": "2026-11-18T09:00:00Z"},
+    "history": {"v": 1, "daemon": "gate-a", "request_id": "r1", "more": False},
 }
 WRONG = [None, -1, "", "x" * 300, [], {}, 1.5, True, {"a": 1}, "2026-99-99"]
 
@@ -99,6 +100,7 @@ def still_invalid(kind: str, payload: bytes) -> bool:
         Delta,
         DeltaHead,
         EventBatch,
+        HistoryAnswer,
         ReplayRequest,
         SnapshotChunk,
         Status,
@@ -106,7 +108,7 @@ def still_invalid(kind: str, payload: bytes) -> bool:
 
     model = {"ack": Ack, "delta": Delta, "snapshot": SnapshotChunk, "central_status": Status, "site_events": EventBatch,
              "delta_head": DeltaHead, "replay": ReplayRequest, "catch_up": CatchUpRequest,
-             "catch_up_answer": CatchUpAnswer, "peer_status": Status}[kind]
+             "catch_up_answer": CatchUpAnswer, "peer_status": Status, "history": HistoryAnswer}[kind]
     if kind == "peer_status" and not payload:
         return False  # an empty retained status is a daemon taken out of the site, not a bad one
     try:
@@ -129,6 +131,7 @@ def topics_of(t: Topics) -> dict[str, str]:
         "catch_up": t.catch_up,
         "catch_up_answer": f"gated/{SITE}/other/catchup/answer",
         "peer_status": f"gated/{SITE}/other/status",
+        "history": t.history,
     }
 
 
@@ -205,6 +208,7 @@ PEER_BASES: dict[str, dict[str, Any]] = {
     "catch_up_answer": {**VALID["catch_up_answer"], "last_seq": 1, "events": [EVENT], "zones": {"in-9": "main"}},
     "peer_status": VALID["peer_status"],
     "site_events": {"v": 1, "daemon": "other", "events": [EVENT], "zones": {"in-9": "main"}},
+    "history": {**VALID["history"], "events": [EVENT]},
 }
 
 

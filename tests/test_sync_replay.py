@@ -303,3 +303,75 @@ async def test_a_gate_whose_ledger_and_mark_are_gone_loses_no_new_event(
     assert any(e.get("kind") == "ledger_restored" for e in events[sent:])
     assert [e["id"] for e in events[sent:] if e["type"] != "void"] == [e["id"] for e in after]
     assert sum(e["type"] == "deduction" for e in after) >= 2
+
+
+@pytest.mark.parametrize("answers", [True, False], ids=["answered", "central_without_history"])
+async def test_a_new_box_gets_back_what_the_old_one_knew_of_today(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path, answers: bool
+) -> None:
+    """The box replaced at 10:00 (docs/operations.md "A gate's box replaced"): member 1 had
+    walked in through it and out again, member 2 had walked in and is inside. Once the
+    new box's numbering is settled it asks the central system for its own events it lost
+    (docs/protocol.md "A gate's own events back"): member 1's re-entry within the grace
+    is free, member 2 is refused by hard anti-passback, and member 1's walk-in charge is
+    the gate's to refund again. A central system that does not answer: the gate says what
+    it is missing (`own_history_missing`) and decides without it — member 1 pays again."""
+    from dataclasses import replace as dc_replace
+
+    from rules.reasons import Reason
+
+    gates = {**GATES, "in-1": dc_replace(GATES["in-1"], reentry_grace=timedelta(hours=2))}
+    db = tmp_path / "gate.db"
+    now = clock()
+    store = make_store(db, "gate-a")
+    link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=gates)
+    engine = Engine(store, site(), gates, POLICY)
+    async with running(link.run()):
+        await link.wait_connected(WAIT_S)
+        await wait_until(lambda: in_step(central, store, link), what="the first snapshot")
+        m1, m2 = Credential.card("C1"), Credential.card("C2")
+        assert engine.tap("in-1", m1, now())[0].decision.reason == Reason.WALK_IN
+        engine.tap("out-1", m1, now())
+        assert engine.tap("in-1", m2, now())[0].decision.reason == Reason.WALK_IN
+        await wait_until(lambda: in_step(central, store, link), what="the old box's taps applied")
+        sent = store.last_seq
+    store.close()
+    balances = {p: central.balance(SITE, p) for p in ("p1", "p2")}
+
+    for f in tmp_path.glob("gate.*"):
+        f.unlink()
+    if not answers:
+        async def silent(site: str, ask: Any) -> None:
+            central.stats["history_requests_ignored"] += 1
+        central._answer_history = silent  # type: ignore[method-assign]
+    store = make_store(db, "gate-a")
+    link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=gates)
+    engine = Engine(store, site(), gates, POLICY)
+    async with running(link.run()):
+        await link.wait_connected(WAIT_S)
+        await wait_until(lambda: store.unsure_after is None and store.last_seq > sent, timeout=30,
+                         what="the new box's numbering settled")
+        if answers:
+            await wait_until(lambda: store.own_history_wanted() is None, what="the old box's events back")
+            assert link.session.own_history.wanted is None
+            again = engine.tap("in-1", m1, now())[0]
+            assert again.granted and again.decision.reason == Reason.REENTRY  # free: the walk-in was an hour ago
+            inside = engine.tap("in-1", m2, now())[0]
+            assert not inside.granted and inside.decision.reason == Reason.ANTI_PASSBACK
+            # the walk-in the old box charged is the gate's own again: the desk can refund it
+            row = store.conn.execute(
+                "SELECT seq, cause FROM main.deductions WHERE member_id = (SELECT member_id FROM main.deductions "
+                "ORDER BY seq LIMIT 1) ORDER BY seq").fetchall()
+            assert row and row[0][0] <= sent and row[0][1] == "walk_in"
+        else:
+            await wait_until(lambda: central.stats["history_requests_ignored"] >= 1, what="the request")
+            wanted = store.own_history_wanted()
+            assert wanted is not None and (wanted.from_seq, wanted.to_seq) == (1, sent)
+            assert link.session.own_history.wanted == wanted
+            assert engine.tap("in-1", m1, now())[0].decision.reason == Reason.WALK_IN  # decided without it
+        await wait_until(lambda: in_step(central, store, link), timeout=30, what="settled on the new box")
+        charged = {p: balances[p] - central.balance(SITE, p) for p in balances}
+    store.close()
+    # the old box's charges are not counted twice by the new box's balances (in_step), and
+    # the new box charged nothing more when it knew
+    assert (sum(charged.values()) == 0) == answers

@@ -87,13 +87,13 @@ def test_connect_subscribes_announces_and_waits_for_the_central_status() -> None
     assert subs == {
         ("gated/central/status", 1, False), (f"{P}/gate-a/ack", 1, False), (f"{P}/gate-a/replay", 1, False),
         (f"{P}/gate-a/lookup/response", 0, False), (f"{P}/snapshot", 1, False), (f"{P}/delta", 1, False), (f"{P}/delta/head", 1, False),
-        (f"{P}/+/events", 1, True), (f"{P}/+/status", 1, True),
+        (f"{P}/gate-a/history", 1, False), (f"{P}/+/events", 1, True), (f"{P}/+/status", 1, True),
         (f"{P}/catchup", 1, True), (f"{P}/+/catchup/answer", 1, True),
     }
     status = [a for a in out if isinstance(a, Publish) and a.topic == f"{P}/gate-a/status"]
     assert len(status) == 1 and status[0].retain and status[0].qos == 1
     body = json.loads(status[0].payload)
-    assert body["state"] == "online" and body["protocol"] == "1.3"
+    assert body["state"] == "online" and body["protocol"] == "1.4"
     assert resyncs(out) == []  # not yet: is the central system there to hear it?
 
 

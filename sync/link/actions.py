@@ -145,6 +145,16 @@ class PruneAcked:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordOwnHistory:
+    """A chunk of our own events the ledger lost, from the central system
+    (sync/store/own_history.py); `done`: the last one."""
+
+    events: tuple[dict[str, Any], ...]
+    zones: dict[str, str]
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
 class WakeUplink:
     """There may be events to send (again): ask `uplink_after`."""
 
@@ -160,6 +170,7 @@ Action = (
     | AbortSnapshot
     | ApplyLookup
     | RecordPeerEvents
+    | RecordOwnHistory
     | StorePeerMark
     | ServeCatchUp
     | RaiseAlarm

@@ -58,6 +58,7 @@ from sync.link.session import (
     PublishHealth,
     RaiseAlarm,
     ReadReplay,
+    RecordOwnHistory,
     RecordPeerEvents,
     ServeCatchUp,
     Session,
@@ -380,6 +381,19 @@ class SyncLink:
                 for kind, n in seen.items():
                     self.session.stats[kind] += n
                 self._qr.rival_claims(action.sender, action.events)
+            case RecordOwnHistory():
+                try:
+                    seen = self.port.record_own_history(list(action.events), action.zones, action.done)
+                except (OSError, sqlite3.Error) as e:
+                    # asked again from the start (recording is idempotent)
+                    self.stats["history_not_recorded"] += 1
+                    log.warning("our events back from the central system not recorded (%s): asked again", e)
+                    self.session.want_history(self.port.own_history_wanted())
+                    return ()
+                for kind, n in seen.items():
+                    self.session.stats[f"history_{kind}"] += n
+                if action.done:
+                    log.warning("the events this daemon's lost ledger held are back from the central system")
             case StorePeerMark():
                 self.port.save_peer_mark(action.peer, action.heard_seq, action.heard_through)
             case ServeCatchUp():
@@ -437,6 +451,7 @@ class SyncLink:
             log.warning("the numbering is not settled yet (%s): our later events stay held", e)
             return []
         self._wake.set()
+        self.session.want_history(self.port.own_history_wanted())  # what the lost ledger knew
         return self.session.numbering_settled(self.port.last_seq, ack, self.mono())
 
     def _changed(self, kind: str) -> None:

@@ -13,6 +13,7 @@ from sync.link.session_config import StoreState
 from sync.protocol import Delta, LookupResponse, SnapshotHeader
 from sync.snapshot import SnapshotError, SnapshotImporter, SnapshotRejected
 from sync.store import Event, Store, SyncBatch
+from sync.store.own_history import Wanted
 
 # what the snapshot steps below raise (SnapshotRejected: the worker found a chunk invalid)
 __all__ = ["SnapshotError", "SnapshotRejected", "StorePort"]
@@ -38,6 +39,7 @@ class StorePort:
             has_snapshot=s.snapshot_id is not None,
             snapshot_reason="card_rule" if s.card_rule_changed else None,
             peer_marks=s.peer_marks(),
+            own_history=s.own_history_wanted(),
         )
 
     # -- where the store stands (health, the session's inputs) ---------------------------
@@ -56,6 +58,14 @@ class StorePort:
     def settle_numbering(self, central_seq: int, now: datetime) -> None:
         """Raises OSError or sqlite3.Error when it cannot be done (the events stay held)."""
         self.store.settle_numbering(central_seq, now)
+
+    def own_history_wanted(self) -> Wanted | None:
+        return self.store.own_history_wanted()
+
+    def record_own_history(self, events: list[dict[str, Any]], zones: dict[str, str], done: bool) -> dict[str, int]:
+        """A chunk of our lost events (sync/store/own_history.py); nothing once none is wanted."""
+        wanted = self.store.own_history_wanted()
+        return {} if wanted is None else self.store.record_own_history(wanted, events, zones, done)
 
     def central_applied(self) -> int | None:
         """How far the central system had applied our events, as the passes of the sync

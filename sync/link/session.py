@@ -56,6 +56,7 @@ from sync.link.actions import (
     PublishHealth,
     RaiseAlarm,
     ReadReplay,
+    RecordOwnHistory,
     RecordPeerEvents,
     ServeCatchUp,
     SettleNumbering,
@@ -65,6 +66,7 @@ from sync.link.actions import (
     Subscribe,
     WakeUplink,
 )
+from sync.link.own_history import OwnHistory, Wanted
 from sync.link.peer_marks import PeerMarks
 from sync.link.session_config import SessionConfig, StoreState
 from sync.protocol import (
@@ -76,6 +78,7 @@ from sync.protocol import (
     Delta,
     DeltaHead,
     EventBatch,
+    HistoryAnswer,
     LookupRequest,
     LookupResponse,
     ReplayAnswer,
@@ -97,6 +100,7 @@ __all__ = [
     "PublishHealth",
     "RaiseAlarm",
     "ReadReplay",
+    "RecordOwnHistory",
     "RecordPeerEvents",
     "ServeCatchUp",
     "Session",
@@ -205,6 +209,8 @@ class Session:
         self._resync = _Resync()
         self._head = _Head()
         self.peers = PeerMarks(state.peer_marks, grace=config.catch_up_grace, retry=config.catch_up_retry)
+        # what a lost ledger knew, asked of the central system (sync/link/own_history.py)
+        self.own_history = OwnHistory(config.daemon, state.own_history)
         self._online_at: str | None = None  # the `at` of this connection's statuses
         self._next_mark_at = 0.0
         self._alarms = _Alarms()
@@ -260,6 +266,7 @@ class Session:
             Subscribe(t.snapshot, 1),
             Subscribe(t.delta, 1),
             Subscribe(t.delta_head, 1),
+            Subscribe(t.history, 1),
         ]
         if self.config.share_access:
             # the site's other daemons: their events, their heartbeats (how far they have
@@ -323,6 +330,7 @@ class Session:
             self._next_prune_at = now + c.prune_interval
             out.append(PruneAcked(c.retain_acked, c.retain_acked_max))
         out += self._behind_head(now)
+        out += self._history_tick(now, at)
         up = self._up
         if up.published > up.floor and now - up.progress_at > c.ack_timeout:
             out += self._rewind("timeout", now)
@@ -482,6 +490,9 @@ class Session:
                 return []
             self.stats["replay_requests"] += 1
             return [ReadReplay(req)]
+        if topic == t.history:
+            chunk = self._parse(HistoryAnswer, payload)
+            return [] if chunk is None else self._on_history(chunk, now)
         if topic == t.catch_up:
             ask = self._parse(CatchUpRequest, payload)
             return [] if ask is None else self._on_catch_up_request(ask)
@@ -925,6 +936,39 @@ class Session:
             self.stats["peer_events_lost"] += lost
             self._note(f"{sender} no longer holds {lost} event(s) this daemon had not heard (pruned)")
         return self._record(sender, answer.events, dict(answer.zones), True)
+
+    # -- a lost ledger's events, back from the central system -------------------------------
+
+    def want_history(self, wanted: Wanted | None) -> None:
+        """The store says what it lost (after a settle, or a chunk it could not record)."""
+        self.own_history.want(wanted)
+
+    def _history_tick(self, now: float, at: str | None) -> list[Action]:
+        wall = _instant(at)
+        if wall is not None and self.own_history.expired(wall):
+            self.stats["history_expired"] += 1
+            self._note("the central system did not send back this daemon's lost events within a day: no longer asked")
+            return [RecordOwnHistory((), dict(self.zones), True)]
+        # asked once our numbers are known (the range is the central system's word) and
+        # while the central system is not known to be away
+        if self.numbering_unsure or self.central_online is False:
+            return []
+        req = self.own_history.due(now)
+        if req is None:
+            return []
+        self.stats["history_requests"] += 1
+        return [Publish(self.topics.history_request, _dump(req), qos=1)]
+
+    def _on_history(self, answer: HistoryAnswer, now: float) -> list[Action]:
+        got = self.own_history.answered(answer, now)
+        if got is None:
+            self.stats["history_unasked"] += 1
+            return []
+        events, done = got
+        self.stats["history_events"] += len(events)
+        if done:
+            self._note("the central system sent back this daemon's events its ledger had lost")
+        return [RecordOwnHistory(tuple(events), dict(self.zones), done)]
 
     # -- alarms ------------------------------------------------------------------------------------
 

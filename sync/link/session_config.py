@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from sync.link.own_history import Wanted
 from sync.link.settings import MqttSettings
 
 
@@ -83,3 +84,5 @@ class StoreState:
     snapshot_reason: str | None = None
     # how far the site's other daemons were heard (peer -> heard_seq, heard_through)
     peer_marks: Mapping[str, tuple[int | None, float | None]] = field(default_factory=dict)
+    # our own events the ledger lost, still to be asked of the central system
+    own_history: Wanted | None = None

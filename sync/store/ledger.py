@@ -38,7 +38,7 @@ from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee
 from rules.tap import Tap
 from rules.timeutil import iso_utc, local_date, start_of_local_day
 from sync.errors import StoreError
-from sync.store import evacuation, peer_events
+from sync.store import evacuation, own_history, peer_events
 from sync.store.outbox import Event
 from sync.store.replica import Replica
 from sync.store.rows import BOOKING_READ, booking_from_row, dt, ts
@@ -333,6 +333,17 @@ class Ledger:
             charged = {str(e["pass"]) for e in events if e.get("type") == "deduction" and e.get("pass")}
             for pass_id in sorted(charged):
                 self.check_overdraft(tx, pass_id, now or datetime.now(UTC))
+        return seen
+
+    def record_own_history(
+        self, wanted: own_history.Wanted, events: list[dict[str, Any]], zones: dict[str, str], done: bool,
+    ) -> dict[str, int]:
+        """Our own events the ledger lost, from the central system (sync/store/own_history.py),
+        in one transaction; `done`: the last of them, nothing more is wanted."""
+        with self.transactions.open() as tx:
+            seen = dict(own_history.record(self.conn, self.daemon_id, wanted, events, zones, self.record_passage))
+            if done:
+                own_history.done(tx.delete_meta)
         return seen
 
     def check_overdraft(self, tx: Transaction, pass_id: str, now: datetime) -> None:

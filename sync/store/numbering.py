@@ -38,6 +38,8 @@ import sqlite3
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from sync.store import own_history
+
 if TYPE_CHECKING:
     from sync.store.store import Store
 
@@ -138,6 +140,11 @@ class Numbering:
                 store.outbox.next_seq += by
                 tx.committed.events += store.outbox.fill_range(after + 1, central_seq, now, "restored")
                 tx.set_meta(restored_key, repr(now.timestamp()))  # the lost part may have settled anything due by now
+                own_history.want(tx.set_meta, after + 1, central_seq, now)  # and knew today: asked for back
+                # the passes marked down (hold) say again what the central system applied: the
+                # held charges are above it now, and the lost part's come back under their numbers
+                store.conn.execute("UPDATE replica.passes SET applied_seq = ? WHERE applied_seq = ?",
+                                   (central_seq, after))
                 tx.emit("alarm", now, gate=None, kind="ledger_restored",
                         detail=f"the ledger ends at event {after} but the central system holds this daemon's events "
                         f"up to {central_seq} (a new box, or a copy without {store.sent.path.name}): {after + 1}.."

@@ -75,6 +75,38 @@ class Charge:
     own: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ChargeFields:
+    """A `deduction` event's fields, checked (sync/events.py has the body)."""
+
+    member: str
+    pass_id: str
+    amount: Decimal
+    cause: str
+    booking: str | None
+    refunds: tuple[str, int] | None  # a refund: the charge (daemon, seq) it gives back
+
+
+def charge_of(ev: Mapping[str, Any]) -> ChargeFields | None:
+    """The charge a `deduction` event carries; None when a field is missing or out of bounds."""
+    member, pass_id, booking = ev.get("member"), ev.get("pass"), ev.get("booking")
+    try:
+        amount = Decimal(str(ev.get("amount")))
+        in_range = check_amount_range(amount) == amount
+    except (InvalidOperation, ValueError):
+        in_range = False
+    cause = str(ev.get("cause") or "")
+    if (not in_range or not isinstance(member, str) or not isinstance(pass_id, str) or len(member) > 200
+            or len(pass_id) > 200 or len(cause) > 50 or not (booking is None or isinstance(booking, str))):
+        return None
+    ref = ev.get("refunds")
+    refunds = None
+    if cause == "refund" and isinstance(ref, Mapping) and isinstance(ref.get("daemon"), str) \
+            and isinstance(ref.get("seq"), int) and 0 < ref["seq"] <= MAX_INT:
+        refunds = (str(ref["daemon"]), int(ref["seq"]))
+    return ChargeFields(member, pass_id, amount, cause, booking, refunds)
+
+
 def apply(
     conn: sqlite3.Connection,
     sender: str,
@@ -110,25 +142,18 @@ def apply(
             if _outcome(conn, str(ev["booking"]), str(ev["status"]), at):
                 seen[f"remote_{ev['status']}"] += 1
         elif kind == "deduction" and member and ev.get("pass"):
-            try:
-                amount = Decimal(str(ev.get("amount")))
-                in_range = check_amount_range(amount) == amount
-            except (InvalidOperation, ValueError):
-                in_range = False
-            cause = str(ev.get("cause") or "")
-            if not in_range or len(str(member)) > 200 or len(str(ev["pass"])) > 200 or len(cause) > 50:
+            c = charge_of(ev)
+            if c is None:
                 seen["invalid"] += 1
                 continue
             conn.execute(
                 "INSERT OR IGNORE INTO site_charges(daemon, seq, pass_id, member_id, amount, zone, at, cause) "
                 "VALUES (?,?,?,?,?,?,?,?)",
-                (sender, int(ev["seq"]), str(ev["pass"]), str(member), str(amount), zones.get(str(gate)), ts(at), cause),
+                (sender, int(ev["seq"]), c.pass_id, c.member, str(c.amount), zones.get(str(gate)), ts(at), c.cause),
             )
             seen["remote_charges"] += 1
-            ref = ev.get("refunds")
-            if cause == "refund" and isinstance(ref, Mapping) and isinstance(ref.get("daemon"), str) \
-                    and isinstance(ref.get("seq"), int) and 0 < ref["seq"] <= MAX_INT:
-                conn.execute("INSERT OR IGNORE INTO site_refunds(daemon, seq) VALUES (?,?)", (ref["daemon"], ref["seq"]))
+            if c.refunds is not None:
+                conn.execute("INSERT OR IGNORE INTO site_refunds(daemon, seq) VALUES (?,?)", c.refunds)
                 seen["remote_refunds"] += 1
         elif kind == "fire_alarm" and ev.get("active") is True:
             # the site evacuated, whichever daemon saw it (sync/store/evacuation.py)
@@ -273,6 +298,6 @@ def mark_refunded(conn: sqlite3.Connection, charge: Charge) -> None:
 
 
 __all__ = [
-    "Charge", "Overdraft", "apply", "create_tables", "create_tables_v8", "latest_charge", "mark_refunded", "marks",
+    "Charge", "ChargeFields", "Overdraft", "charge_of", "apply", "create_tables", "create_tables_v8", "latest_charge", "mark_refunded", "marks",
     "overdraft", "report_overdraft", "save_mark",
 ]

@@ -87,7 +87,7 @@ from rules.tap import Tap
 from rules.timeutil import iso_utc, parse_instant_once
 from sync.errors import StoreError
 from sync.records import PassRecord
-from sync.store import attach, enrolment, numbering, photos, read_contract, retention
+from sync.store import attach, enrolment, numbering, own_history, photos, read_contract, retention
 from sync.store.attach import REPLICA_FILE_KEY, REPLICA_GENERATION_KEY, open_reader
 from sync.store.batch import SyncBatch
 from sync.store.db import Checkpointer, connect
@@ -196,6 +196,7 @@ class Store:
         with self.transaction() as tx:
             tx.committed.events += self.outbox.fill_range(last + 1, sent, now, "restored")
             tx.set_meta(RESTORED_KEY, repr(lost_until))
+            own_history.want(tx.set_meta, last + 1, sent, now)  # what the lost part knew of today
             tx.emit("alarm", now, gate=None, kind="ledger_restored",
                      detail=f"the ledger ends at event {last}, but events up to {sent} had been sent: it was put "
                      f"back from a copy; {last + 1}..{sent} are void here (the central system keeps those it has)")
@@ -212,6 +213,17 @@ class Store:
         its passes' `applied`): the held events go on after that (sync/store/numbering.py).
         Raises OSError or sqlite3.Error when it cannot be done: the events stay held."""
         self.numbering.settle(self, central_seq, now, RESTORED_KEY)
+
+    def own_history_wanted(self) -> own_history.Wanted | None:
+        """Our own events the ledger lost that the central system holds, still wanted
+        (sync/store/own_history.py); None: nothing is missing."""
+        return own_history.wanted(self.conn)
+
+    def record_own_history(
+        self, wanted: own_history.Wanted, events: list[dict[str, Any]], zones: dict[str, str], done: bool,
+    ) -> dict[str, int]:
+        """A chunk of them from the central system; `done`: the last one."""
+        return self.ledger.record_own_history(wanted, events, zones, done)
 
     async def sent_through(self, last: Event) -> None:
         """Before events up to `last` leave the gate: that they did, on disk beside the

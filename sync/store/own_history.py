@@ -1,0 +1,128 @@
+"""What a lost ledger knew, got back from the central system. A gate whose box was
+replaced (or whose ledger was put back without its mark) numbers on after what the
+central system holds of it (sync/store/numbering.py) — but the events under those numbers
+were the old box's record of today: who went in and is still inside, who paid a walk-in
+an hour ago (a re-entry within the grace is free), which QR codes were used, which
+bookings were attended, an evacuation. Without them the new box decides as if nobody
+had come through it today: it charges a re-entry again, lets a used QR code in again,
+refuses a member who left under hard anti-passback.
+
+So the settle that finds the central system holding more writes what is wanted (this
+daemon's events `from_seq`..`to_seq`, those of the last `HORIZON` before the settle) in
+the same transaction, and the link asks the central system for them (`history/request`,
+docs/protocol.md) until it has them; each chunk of the answer is recorded here, in one
+transaction, as the facts a site's other daemon's events are recorded (passages, booking
+outcomes, used QR codes, evacuations: sync/store/peer_events.py) — except the charges,
+which are this daemon's own under their own numbers: they go back into `deductions`,
+where the local balances, the desk's refund of a walk-in and the overdraft check find
+them as any charge of ours (their numbers are `void` events in the ledger, never
+another charge's). Recording is idempotent: a chunk that comes twice changes nothing.
+While it is wanted the gate says so (gated/knowledge.py, `own_history_missing`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from rules.timeutil import parse_instant_once
+from sync.store import peer_events
+from sync.store.rows import ts
+
+KEY = "own_history_wanted"
+HORIZON = timedelta(hours=24)  # what a lost ledger knew that a decision today rests on
+
+_UTC = ZoneInfo("UTC")
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """This daemon's events the central system holds and the ledger lost."""
+
+    from_seq: int
+    to_seq: int
+    since: datetime  # those before are no longer wanted
+
+    def as_json(self) -> str:
+        return json.dumps({"from_seq": self.from_seq, "to_seq": self.to_seq, "since": self.since.timestamp()})
+
+
+def want(set_meta: Any, from_seq: int, to_seq: int, now: datetime) -> Wanted:
+    """Inside the settle's transaction (`set_meta`: the transaction's)."""
+    w = Wanted(from_seq, to_seq, now - HORIZON)
+    set_meta(KEY, w.as_json())
+    return w
+
+
+def wanted(conn: sqlite3.Connection) -> Wanted | None:
+    row = conn.execute("SELECT value FROM main.meta WHERE key = ?", (KEY,)).fetchone()
+    if row is None:
+        return None
+    try:
+        d = json.loads(row[0])
+        return Wanted(int(d["from_seq"]), int(d["to_seq"]), datetime.fromtimestamp(float(d["since"]), _UTC))
+    except (ValueError, KeyError, TypeError):
+        return None  # unreadable: nothing to ask for (the gap would never close)
+
+
+def record(
+    conn: sqlite3.Connection, daemon: str, w: Wanted, events: Sequence[Mapping[str, Any]],
+    zones: Mapping[str, str], record_passage: Any,
+) -> Counter[str]:
+    """Inside a transaction: our own events from the central system. Only those of the
+    range wanted and not before `since` (anything else an answer carries is counted
+    and left: above the range are the new box's own, already in the ledger)."""
+    seen: Counter[str] = Counter()
+    keep = []
+    for ev in events:
+        seq = ev.get("seq")
+        if not isinstance(seq, int) or not w.from_seq <= seq <= w.to_seq:
+            seen["outside"] += 1
+            continue
+        try:
+            at = parse_instant_once(str(ev.get("at")), _UTC)
+        except ValueError:
+            seen["invalid"] += 1
+            continue
+        if at < w.since:
+            seen["outside"] += 1
+            continue
+        if ev.get("type") == "deduction":
+            seen[_charge(conn, daemon, seq, at, ev, zones)] += 1
+        else:
+            keep.append(ev)
+    seen.update(peer_events.apply(conn, daemon, keep, zones, record_passage))
+    return seen
+
+
+def _charge(
+    conn: sqlite3.Connection, daemon: str, seq: int, at: datetime, ev: Mapping[str, Any], zones: Mapping[str, str],
+) -> str:
+    """One of our charges (or refunds) back under its own number."""
+    c = peer_events.charge_of(ev)
+    if c is None:
+        return "invalid"
+    inserted = conn.execute(
+        "INSERT OR IGNORE INTO main.deductions(seq, pass_id, member_id, booking_id, amount, cause, zone, at, refunded_by) "
+        "VALUES (?,?,?,?,?,?,?,?,NULL)",
+        (seq, c.pass_id, c.member, c.booking, str(c.amount), c.cause, zones.get(str(ev.get("gate"))), ts(at)),
+    ).rowcount
+    if c.refunds is not None and c.refunds[0] == daemon:  # a charge of ours given back: as the desk marks it
+        conn.execute("UPDATE main.deductions SET refunded_by = ? WHERE seq = ? AND refunded_by IS NULL",
+                     (seq, c.refunds[1]))
+    elif c.refunds is not None:
+        conn.execute("INSERT OR IGNORE INTO main.site_refunds(daemon, seq) VALUES (?,?)", c.refunds)
+    return "charges" if inserted else "charges_again"
+
+
+def done(delete_meta: Any) -> None:
+    delete_meta(KEY)
+
+
+__all__ = ["HORIZON", "KEY", "Wanted", "done", "record", "want", "wanted"]

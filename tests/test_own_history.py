@@ -1,0 +1,263 @@
+"""What a lost ledger knew, back from the central system (sync/store/own_history.py,
+sync/link/own_history.py; docs/protocol.md "A gate's own events back"): a new box settles
+its numbering after what the central system holds, asks for those events, and records
+them — the site's facts as a peer's, its charges as its own under their own numbers."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sync.link.actions import Publish, RecordOwnHistory, Subscribe
+from sync.link.session import Session, SessionConfig, StoreState
+from sync.store import Store
+from sync.store.own_history import HORIZON, Wanted
+from sync.store.sent_mark import SentMark
+from tests.test_numbering import DAEMON, IN1, at, new_store, open_store, walk_in, without_mark
+
+ZONES = {"in-1": "main"}
+
+
+def z(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def old_box_events() -> list[dict[str, Any]]:
+    """What the old box recorded this morning (seqs 1..5): Ana walked in at 09:30 (early for
+    her 10:00 yoga: a walk-in charge), showed a QR code at 09:40, an evacuation at 09:50."""
+    return [
+        {"id": "e1", "seq": 1, "type": "access", "at": z(at(9, 30)), "gate": "in-1", "member": "m1",
+         "decision": "granted", "reason": "walk_in", "passed": True, "pass": "p1"},
+        {"id": "e2", "seq": 2, "type": "deduction", "at": z(at(9, 30)), "gate": "in-1", "member": "m1",
+         "pass": "p1", "amount": 1, "booking": None, "cause": "walk_in", "balance": 29},
+        {"id": "e3", "seq": 3, "type": "qr_used", "at": z(at(9, 40)), "gate": "in-1", "member": "m1",
+         "token": "tok-1", "expires": z(at(23))},
+        {"id": "e4", "seq": 4, "type": "alarm", "at": z(at(9, 45)), "gate": None, "kind": "door_held"},
+        {"id": "e5", "seq": 5, "type": "deduction", "at": z(at(9, 46)), "gate": "in-1", "member": "m1",
+         "pass": "p1", "amount": 2, "booking": None, "cause": "walk_in"},
+    ]
+
+
+def settled_new_box(path: Path, central_seq: int = 5) -> Store:
+    """A new box (no ledger but the first sync's replica: the central system had applied
+    `central_seq` of this daemon's events), held, then settled by the central's word."""
+    store = without_mark(path, applied=central_seq)
+    store.hold_unsure()
+    store.settle_numbering(central_seq, at(11))
+    return store
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+
+def test_the_settle_that_finds_more_at_the_central_wants_those_events(tmp_path: Path) -> None:
+    store = settled_new_box(tmp_path / "g.db")
+    assert store.own_history_wanted() == Wanted(1, 5, at(11) - HORIZON)
+    store.close()
+    store = open_store(tmp_path / "g.db")  # survives a restart: asked again
+    assert store.own_history_wanted() == Wanted(1, 5, at(11) - HORIZON)
+    store.close()
+
+
+def test_a_settle_with_nothing_lost_wants_nothing(tmp_path: Path) -> None:
+    store = without_mark(tmp_path / "g.db", applied=0)
+    store.hold_unsure()
+    store.settle_numbering(0, at(11))
+    assert store.own_history_wanted() is None
+    store.close()
+
+
+def test_a_ledger_put_back_behind_its_mark_wants_what_it_lacks(tmp_path: Path) -> None:
+    """A copy of the ledger that ends before what the gate had sent (its mark kept):
+    numbered on after the mark, and the events in between asked for back."""
+    path = tmp_path / "g.db"
+    store = new_store(path)
+    walk_in(store, at(7))
+    store.close()
+    SentMark(path).advance(9, at(8).timestamp())
+    store = open_store(path)
+    w = store.own_history_wanted()
+    assert w is not None and (w.from_seq, w.to_seq) == (3, 9)  # a walk-in is two events
+    store.close()
+
+
+def test_the_old_box_events_are_recorded_as_it_knew_them(tmp_path: Path) -> None:
+    store = settled_new_box(tmp_path / "g.db")
+    w = store.own_history_wanted()
+    assert w is not None
+    before = store.balance("p1")
+    assert before == Decimal(30)  # the central's balance has both charges; applied is back at 5
+    seen = store.record_own_history(w, old_box_events(), ZONES, True)
+    assert seen["charges"] == 2 and seen["remote_passages"] == 1 and seen["remote_qr_used"] == 1
+    assert store.own_history_wanted() is None
+    # not counted again: the central system applied them (the pass says 5)
+    assert store.balance("p1") == before
+    presence = store.view("m1", IN1, at(11)).presence["main"]
+    assert presence.last_entry_at == at(9, 30)
+    assert store.qr_seen("tok-1")
+    rows = store.conn.execute("SELECT seq, cause, amount FROM main.deductions ORDER BY seq").fetchall()
+    assert rows == [(2, "walk_in", "1"), (5, "walk_in", "2")]
+    store.close()
+
+
+def test_a_chunk_twice_changes_nothing_and_only_the_range_counts(tmp_path: Path) -> None:
+    store = settled_new_box(tmp_path / "g.db", central_seq=4)
+    w = store.own_history_wanted()
+    assert w is not None
+    events = old_box_events()
+    early = {**events[1], "id": "e0", "seq": 1, "at": z(w.since - timedelta(minutes=1))}
+    first = store.record_own_history(w, [early, *events[1:]], ZONES, False)
+    assert first["outside"] == 2  # before `since`; seq 5 is the new box's own number now
+    again = store.record_own_history(w, events, ZONES, True)
+    assert again["charges_again"] == 1 and again["outside"] == 1
+    assert store.conn.execute("SELECT COUNT(*) FROM main.passages WHERE member_id = 'm1'").fetchone()[0] == 1
+    assert store.conn.execute("SELECT seq FROM main.deductions").fetchall() == [(2,)]
+    store.close()
+
+
+def test_the_desk_refunds_a_walk_in_the_old_box_charged(tmp_path: Path) -> None:
+    """Ana came early for her yoga and paid a walk-in at the old box; the desk marks her
+    attended with the refund on the new box: it finds that charge, once."""
+    store = settled_new_box(tmp_path / "g.db")
+    w = store.own_history_wanted()
+    assert w is not None
+    store.record_own_history(w, old_box_events()[:3], ZONES, True)
+    committed = store.mark_attended("b1", "desk", refund=True, now=at(11, 5))
+    [refund] = [e for e in committed.events if e["type"] == "deduction"]
+    assert refund["refunds"] == {"daemon": DAEMON, "seq": 2} and Decimal(str(refund["amount"])) == -1
+    assert refund["seq"] > 5
+    again = store.mark_attended("b1", "desk", refund=True, now=at(11, 6))
+    assert not [e for e in again.events if e["type"] == "deduction"]  # refunded once
+    store.close()
+
+
+def test_an_old_refund_marks_the_old_charge(tmp_path: Path) -> None:
+    store = settled_new_box(tmp_path / "g.db", central_seq=6)
+    w = store.own_history_wanted()
+    assert w is not None
+    refund = {"id": "e6", "seq": 6, "type": "deduction", "at": z(at(10, 5)), "gate": None, "member": "m1",
+              "pass": "p1", "amount": -1, "booking": "b1", "cause": "refund", "refunds": {"daemon": DAEMON, "seq": 2}}
+    store.record_own_history(w, [*old_box_events(), refund], ZONES, True)
+    assert store.conn.execute("SELECT refunded_by FROM main.deductions WHERE seq = 2").fetchone() == (6,)
+    committed = store.mark_attended("b1", "desk", refund=True, now=at(11, 5))
+    [refund2] = [e for e in committed.events if e["type"] == "deduction"]
+    assert refund2["refunds"]["seq"] == 5  # the other walk-in, not the one refunded already
+    store.close()
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats(allow_nan=True) | st.text(max_size=30),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+    max_leaves=8,
+)
+FIELDS = st.fixed_dictionaries(
+    {"seq": st.integers(-2, 12) | JSON, "type": st.sampled_from(["deduction", "access", "qr_used", "attendance"]) | JSON,
+     "at": st.sampled_from([z(at(9)), z(at(9) - timedelta(days=3)), "9999-12-31T23:59:59Z", "x"]) | JSON},
+    optional={"member": JSON | st.just("m1"), "pass": JSON | st.just("p1"), "amount": JSON,
+              "cause": st.sampled_from(["walk_in", "refund", "booking"]) | JSON, "gate": st.just("in-1") | JSON,
+              "refunds": JSON | st.fixed_dictionaries({"daemon": st.just(DAEMON), "seq": st.integers(-1, 2**63)}),
+              "booking": JSON, "decision": st.just("granted"), "passed": st.booleans(), "token": JSON,
+              "expires": JSON},
+)
+
+
+def test_whatever_an_answer_carries_is_recorded_or_counted(tmp_path: Path) -> None:
+    """Events validated only in their common fields (the wire model): any body is recorded
+    or counted, never an error, and the local balance stays a number."""
+    store = settled_new_box(tmp_path / "g.db", central_seq=10)
+    w = store.own_history_wanted()
+    assert w is not None
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(st.lists(FIELDS, max_size=6))
+    def check(events: list[dict[str, Any]]) -> None:
+        seen = store.record_own_history(w, [json.loads(json.dumps(e, default=str)) for e in events], ZONES, False)
+        assert sum(seen.values()) <= 2 * len(events)
+        assert store.balance("p1") is not None
+
+    check()
+    store.close()
+
+
+# -- the link's session ------------------------------------------------------------------------
+
+CONFIG = SessionConfig(prefix="gated", site="s1", daemon="gate-a", central_status_wait=2.0)
+ASK = "gated/s1/gate-a/history/request"
+ANSWER = "gated/s1/gate-a/history"
+SINCE = datetime(2026, 11, 17, 11, 0, tzinfo=UTC)
+
+
+def history_session(wanted: Wanted | None, *, unsure: bool = False) -> Session:
+    s = Session(CONFIG, StoreState(has_snapshot=True, numbering_unsure=unsure, own_history=wanted), zones=ZONES)
+    s.connect(100.0, "2026-11-18T11:00:00Z")
+    s.receive("gated/central/status", json.dumps({"v": 1, "daemon": "central", "state": "online",
+                                                   "at": "2026-11-18T11:00:00Z"}).encode(), 100.0, retained=True)
+    return s
+
+
+def asks(actions: list[Any]) -> list[dict[str, Any]]:
+    return [json.loads(a.payload) for a in actions if isinstance(a, Publish) and a.topic == ASK]
+
+
+def answer(request_id: str, seqs: list[int], more: bool, daemon: str = "gate-a") -> bytes:
+    events = [{"id": f"e{q}", "seq": q, "type": "access", "at": "2026-11-18T09:00:00Z"} for q in seqs]
+    return json.dumps({"v": 1, "daemon": daemon, "request_id": request_id, "events": events, "more": more}).encode()
+
+
+def test_the_session_asks_once_its_numbers_are_known_and_again_until_the_last_chunk() -> None:
+    s = history_session(Wanted(1, 300, SINCE), unsure=True)
+    assert asks(s.tick(101.0, "2026-11-18T11:00:01Z")) == []  # the range is the central's word: not yet
+    s.numbering_settled(300, None, 101.5)
+    [req] = asks(s.tick(102.0, "2026-11-18T11:00:02Z"))
+    assert (req["daemon"], req["from_seq"], req["to_seq"], req["since"]) == ("gate-a", 1, 300, "2026-11-17T11:00:00Z")
+    assert asks(s.tick(110.0, "2026-11-18T11:00:10Z")) == []  # asked: not again before the retry
+    [late] = asks(s.tick(133.0, "2026-11-18T11:00:33Z"))
+    assert late["request_id"] != req["request_id"] and late["from_seq"] == 1
+    assert s.receive(ANSWER, answer(req["request_id"], [1, 2], True), 134.0) == []  # an older request's
+    assert s.stats["history_unasked"] == 1
+    [first] = s.receive(ANSWER, answer(late["request_id"], [1, 2, 7], True), 134.0)
+    assert isinstance(first, RecordOwnHistory) and not first.done and [e["seq"] for e in first.events] == [1, 2, 7]
+    assert first.zones == ZONES
+    # the rest lost with a connection: asked again from after what arrived
+    [again] = asks(s.tick(165.0, "2026-11-18T11:01:05Z"))
+    assert again["from_seq"] == 8
+    [last] = s.receive(ANSWER, answer(again["request_id"], [9], False), 166.0)
+    assert isinstance(last, RecordOwnHistory) and last.done
+    assert s.own_history.wanted is None
+    assert asks(s.tick(300.0, "2026-11-18T11:05:00Z")) == []
+
+
+def test_nobody_else_answers_for_it() -> None:
+    s = history_session(Wanted(1, 9, SINCE))
+    [req] = asks(s.tick(101.0, "2026-11-18T11:00:01Z"))
+    assert s.receive(ANSWER, answer(req["request_id"], [1], False, daemon="gate-b"), 102.0) == []
+    assert s.receive(ANSWER, b'{"v": 1, "daemon": "gate-a", "request_id": "x", "events": [], "more": 7}', 102.0) == []
+    assert s.stats["history_unasked"] == 1 and s.stats["invalid"] == 1
+    assert s.own_history.wanted is not None
+
+
+def test_not_asked_while_the_central_system_is_away_nor_a_day_after_the_loss() -> None:
+    s = history_session(Wanted(1, 9, SINCE))
+    s.receive("gated/central/status", b'{"v": 1, "daemon": "central", "state": "offline"}', 100.5)
+    assert asks(s.tick(101.0, "2026-11-18T11:00:01Z")) == []
+    s.receive("gated/central/status", json.dumps({"v": 1, "daemon": "central", "state": "online",
+                                                   "at": "2026-11-18T11:00:02Z"}).encode(), 102.0)
+    assert len(asks(s.tick(103.0, "2026-11-18T11:00:03Z"))) == 1
+    # a day after the settle (`since` + 2 × 24 h), nothing of it is today's: no longer wanted
+    [gone] = [a for a in s.tick(200.0, z(SINCE + 2 * HORIZON)) if isinstance(a, RecordOwnHistory)]
+    assert gone.done and gone.events == ()
+    assert s.own_history.wanted is None and s.stats["history_expired"] == 1
+
+
+def test_a_session_without_a_loss_asks_nothing_but_listens() -> None:
+    s = Session(CONFIG, StoreState(has_snapshot=True), zones=ZONES)
+    subs = [a.topic for a in s.connect(100.0, "2026-11-18T11:00:00Z") if isinstance(a, Subscribe)]
+    assert ANSWER in subs
+    assert asks(s.tick(200.0, "2026-11-18T11:00:00Z")) == []
+
