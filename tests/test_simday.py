@@ -99,16 +99,25 @@ def test_a_short_day_with_every_fault_keeps_the_books(short_day: tuple[Path, dic
     back = [t for t in h["taps"] if t["purpose"] == "after_evacuation" and t["decision"] == "granted"]
     assert any(t["reason"] == "reentry" for t in back), back
     assert outcomes.get("denied:fire_alarm", 0) > 0  # arrivals during the alarm waited outside
-    # an exit's box replaced (its ledger, mark and replica wiped): the new one numbered on
-    # after what the central system held (void here), its own events after them
+    # a box replaced (its ledger, mark and replica wiped): the new one numbered on after what
+    # the central system held (void here), its own events after them — and got the old
+    # box's back from the central system: its charges under their numbers
     box = next(c for c in r["chaos"] if c["kind"] == P.REPLACE_BOX)
-    assert box["alive"] and f"{P.daemon_id(box['site'], box['gate'])}.db.sent" in box["removed"], box
-    with contextlib.closing(sqlite3.connect(P.gate_store(d, P.daemon_id(box["site"], box["gate"])))) as c:
+    daemon = P.daemon_id(box["site"], box["gate"])
+    assert box["alive"] and f"{daemon}.db.sent" in box["removed"], box
+    with contextlib.closing(sqlite3.connect(P.gate_store(d, daemon))) as c:
         voided = [s for (s,) in c.execute(
             "SELECT seq FROM events WHERE type = 'void' AND json_extract(body, '$.reason') = 'restored' ORDER BY seq")]
         restored = c.execute("SELECT COUNT(*) FROM events WHERE json_extract(body, '$.kind') = 'ledger_restored'"
                              ).fetchone()[0]
+        wanted = c.execute("SELECT COUNT(*) FROM meta WHERE key = 'own_history_wanted'").fetchone()[0]
+        back = [s for (s,) in c.execute("SELECT seq FROM deductions WHERE seq <= ? ORDER BY seq", (len(voided),))]
     assert voided == list(range(1, box["central_holds"] + 1)) and restored == (1 if voided else 0), box
+    with contextlib.closing(sqlite3.connect(d / "central" / "central.db")) as c:
+        charged = [s for (s,) in c.execute(
+            "SELECT seq FROM events WHERE daemon = ? AND type = 'deduction' AND seq <= ? ORDER BY seq",
+            (daemon, len(voided)))]
+    assert wanted == 0 and back == charged, (back, charged)
     rot = next(i for i in r["invariants"] if i["name"] == "rotations")["figures"]
     assert rot["rotations"] > 100 and rot["rotations"] <= rot["committed"] + rot["unconfirmed"]
     assert r["latency"]["tap_to_coil_ms"]["n"] > 50 and r["latency"]["tap_to_coil_ms"]["p99"] is not None

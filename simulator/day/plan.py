@@ -361,7 +361,7 @@ def _chaos(
         out.append(Chaos(at(), POWER_CUT, rnd.choice(sites), rnd.choice(GATES), duration=rnd.uniform(1.0, 6.0)))
     # and after them the box replaced
     for _ in range(n(1)):
-        out.append(Chaos(at(), REPLACE_BOX, rnd.choice(sites), EXIT_GATE, duration=rnd.uniform(1.0, 6.0)))
+        out.append(Chaos(at(), REPLACE_BOX, rnd.choice(sites), rnd.choice(GATES), duration=rnd.uniform(1.0, 6.0)))
     out.sort(key=lambda c: c.at)
     return out
 
