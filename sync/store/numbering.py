@@ -23,8 +23,10 @@ and the numbers between become `void` events (`reason: restored`), with a
 `ledger_restored` alarm; otherwise they are released as they are. Either way the mark is
 written, and the next start is sure. Meanwhile the replica's passes are marked down to
 `after` (their `applied` may name the lost part's numbers, which our held charges now
-have: they must count), and time-driven settling (no-shows, fees, loyalty) waits: the lost
-part may have settled the same classes (Store.run_due).
+have: they must count; the settle that moves them puts the central system's word back),
+and time-driven settling (no-shows, fees, loyalty) waits: the lost part may have settled
+the same classes (Store.run_due). What the lost part knew of today is asked of the central
+system after the settle (sync/store/own_history.py).
 
 A ledger from before the mark existed (schema below MARK_VERSION, with events) is taken
 as it is: its numbers are as good as they always were.
