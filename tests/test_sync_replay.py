@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import shutil
 import sqlite3
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -211,7 +211,7 @@ async def test_a_gate_restored_from_its_backup_loses_no_new_event(
     had sent (`void` in between, a `ledger_restored` alarm), every new tap is applied and
     the balances agree again."""
     db = tmp_path / "gate.db"
-    now = clock()
+    now = clock(datetime.now(UTC) - timedelta(hours=1))  # today's: the lost part's events are asked back for a day
     sent = (await backed_up_gate(central, mosquitto, db, now))["sent"]
 
     for suffix in ("-wal", "-shm"):
@@ -225,6 +225,9 @@ async def test_a_gate_restored_from_its_backup_loses_no_new_event(
         await link.wait_connected(WAIT_S)
         walk_ins(engine, now, 6)
         await wait_until(lambda: in_step(central, store, link), timeout=30, what="settled after the restore")
+        # what the copy lacked came back from the central system: its charges under their numbers
+        await wait_until(lambda: store.own_history_wanted() is None, what="the lost part's events back")
+        back = [s for (s,) in store.conn.execute("SELECT seq FROM main.deductions WHERE seq <= ? ORDER BY seq", (sent,))]
     last = store.last_seq
     after = store.events_after(sent + 1, 1000)  # the taps since the restore, as the gate has them
     store.close()
@@ -235,6 +238,7 @@ async def test_a_gate_restored_from_its_backup_loses_no_new_event(
     assert [e["id"] for e in events[sent + 1:]] == [e["id"] for e in after]  # every one applied
     assert any(e["type"] == "deduction" for e in after)
     assert central.stats["duplicates"] >= 1  # the void numbers it already had
+    assert back == [e["seq"] for e in events[:sent] if e["type"] == "deduction"]
 
 
 @pytest.mark.parametrize("box", ["new", "backup_only"])
@@ -307,7 +311,7 @@ async def test_a_gate_whose_ledger_and_mark_are_gone_loses_no_new_event(
 
 @pytest.mark.parametrize("answers", [True, False], ids=["answered", "central_without_history"])
 async def test_a_new_box_gets_back_what_the_old_one_knew_of_today(
-    mosquitto: Mosquitto, central: Central, tmp_path: Path, answers: bool
+    mosquitto: Mosquitto, central: Central, tmp_path: Path, answers: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The box replaced at 10:00 (docs/operations.md "A gate's box replaced"): member 1 had
     walked in through it and out again, member 2 had walked in and is inside. Once the
@@ -318,6 +322,7 @@ async def test_a_new_box_gets_back_what_the_old_one_knew_of_today(
     it is missing (`own_history_missing`) and decides without it — member 1 pays again."""
     from dataclasses import replace as dc_replace
 
+    import simulator.central
     from rules.reasons import Reason
 
     gates = {**GATES, "in-1": dc_replace(GATES["in-1"], reentry_grace=timedelta(hours=2))}
@@ -340,6 +345,7 @@ async def test_a_new_box_gets_back_what_the_old_one_knew_of_today(
 
     for f in tmp_path.glob("gate.*"):
         f.unlink()
+    monkeypatch.setattr(simulator.central, "HISTORY_CHUNK", 2)  # the old box's five events in three chunks
     if not answers:
         async def silent(site: str, ask: Any) -> None:
             central.stats["history_requests_ignored"] += 1
@@ -354,6 +360,7 @@ async def test_a_new_box_gets_back_what_the_old_one_knew_of_today(
         if answers:
             await wait_until(lambda: store.own_history_wanted() is None, what="the old box's events back")
             assert link.session.own_history.wanted is None
+            assert central.stats["history_events_sent"] == sent and link.session.stats["history_events"] == sent
             again = engine.tap("in-1", m1, now())[0]
             assert again.granted and again.decision.reason == Reason.REENTRY  # free: the walk-in was an hour ago
             inside = engine.tap("in-1", m2, now())[0]
