@@ -298,9 +298,9 @@ async def test_a_new_box_says_what_it_has_not_got_back(
 ) -> None:
     """The central system holds this morning's events of the daemon (an old box's: Ana
     walked in an hour ago); the new box settles after them and asks for them back
-    (sync/store/own_history.py). While the central system does not answer, `gated status`,
-    the metrics and an alarm say so; once it does, the gap closes and the old box's
-    passage is the gate's."""
+    (sync/store/own_history.py). While the central system does not answer — or its answer
+    cannot be recorded (the disk full) — `gated status`, the metrics and an alarm say so;
+    once it is recorded, the gap closes and the old box's passage is the gate's."""
     from datetime import timedelta
 
     import gated.knowledge
@@ -340,7 +340,19 @@ async def test_a_new_box_says_what_it_has_not_got_back(
         assert d.metrics.knowledge_gap.labels("own_history_missing")._value.get() == 1
         assert d.store is not None
         assert d.store.conn.execute("SELECT COUNT(*) FROM main.passages WHERE member_id = 'm1'").fetchone()[0] == 0
+        # the answer comes while the store cannot write (the disk full): still wanted, asked again
+        record, failures = d.store.record_own_history, []
+
+        def full(*args: object, **kw: object) -> object:
+            if not failures:
+                failures.append(1)
+                raise sqlite3.OperationalError("database or disk is full")
+            return record(*args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(d.store, "record_own_history", full)
         central._answer_history = answer  # type: ignore[method-assign]
+        await wait_until(lambda: d.link.stats["history_not_recorded"] == 1, timeout=10, what="the failed record")
+        assert any(g["kind"] == "own_history_missing" for g in d.health()["knowledge"]["gaps"])
         await wait_until(lambda: not d.health()["knowledge"]["gaps"], timeout=10, what="the gap to close")
         assert d.store.own_history_wanted() is None
         assert d.store.conn.execute("SELECT COUNT(*) FROM main.passages WHERE member_id = 'm1'").fetchone()[0] == 1

@@ -229,7 +229,11 @@ def test_the_session_asks_once_its_numbers_are_known_and_again_until_the_last_ch
     assert again["from_seq"] == 8
     [last] = s.receive(ANSWER, answer(again["request_id"], [9], False), 166.0)
     assert isinstance(last, RecordOwnHistory) and last.done
+    assert last.wanted == Wanted(1, 300, SINCE)  # wanted again should the store not record it
     assert s.own_history.wanted is None
+    s.want_history(last.wanted)  # it did not: asked again from the start
+    assert asks(s.tick(167.0, "2026-11-18T11:01:07Z"))[0]["from_seq"] == 1
+    s.receive(ANSWER, answer(asks(s.tick(200.0, "2026-11-18T11:01:40Z"))[0]["request_id"], [], False), 201.0)
     assert asks(s.tick(300.0, "2026-11-18T11:05:00Z")) == []
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sync.protocol import Ack, CatchUpRequest, Delta, LookupResponse, ReplayRequest, SnapshotHeader
+from sync.store.own_history import Wanted
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +148,13 @@ class PruneAcked:
 @dataclass(frozen=True, slots=True)
 class RecordOwnHistory:
     """A chunk of our own events the ledger lost, from the central system
-    (sync/store/own_history.py); `done`: the last one."""
+    (sync/store/own_history.py); `done`: the last one. `wanted`: what was asked for — wanted
+    again (Session.want_history) when the store cannot record the chunk."""
 
     events: tuple[dict[str, Any], ...]
     zones: dict[str, str]
     done: bool
+    wanted: Wanted
 
 
 @dataclass(frozen=True, slots=True)

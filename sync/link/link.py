@@ -384,11 +384,12 @@ class SyncLink:
             case RecordOwnHistory():
                 try:
                     seen = self.port.record_own_history(list(action.events), action.zones, action.done)
-                except (OSError, sqlite3.Error) as e:
-                    # asked again from the start (recording is idempotent)
+                except Exception as e:
+                    # still wanted, asked again from the start (recording is idempotent): a
+                    # full disk, a store being rescued — whatever it was, the gap stays open
                     self.stats["history_not_recorded"] += 1
-                    log.warning("our events back from the central system not recorded (%s): asked again", e)
-                    self.session.want_history(self.port.own_history_wanted())
+                    log.warning("our events back from the central system not recorded (%r): asked again", e)
+                    self.session.want_history(action.wanted)
                     return ()
                 for kind, n in seen.items():
                     self.session.stats[f"history_{kind}"] += n

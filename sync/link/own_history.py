@@ -31,14 +31,15 @@ class OwnHistory:
         self._asked = None
         self._asked_at = float("-inf")
 
-    def expired(self, wall: float) -> bool:
+    def expired(self, wall: float) -> Wanted | None:
         """A day after the loss (`wall`: POSIX seconds) nothing the lost ledger knew is
-        today's any more: no longer wanted (a central system that never answers)."""
+        today's any more: no longer wanted (a central system that never answers). Returns
+        what was wanted then."""
         w = self.wanted
         if w is None or wall < (w.since + 2 * HORIZON).timestamp():
-            return False
+            return None
         self.want(None)
-        return True
+        return w
 
     def due(self, now: float) -> HistoryRequest | None:
         """The request to publish now, if any (again every `retry` until answered)."""
@@ -52,22 +53,23 @@ class OwnHistory:
         return HistoryRequest(daemon=self.daemon, request_id=self._asked, from_seq=self._from, to_seq=w.to_seq,
                               since=since)
 
-    def answered(self, answer: HistoryAnswer, now: float) -> tuple[list[dict[str, Any]], bool] | None:
-        """A chunk of the central system's answer: the events to record and whether it is
-        the last; None when it answers no request of ours in progress (an old one, a
-        stranger's)."""
-        if self.wanted is None or self._asked is None or answer.request_id != self._asked or answer.daemon != self.daemon:
+    def answered(self, answer: HistoryAnswer, now: float) -> tuple[list[dict[str, Any]], bool, Wanted] | None:
+        """A chunk of the central system's answer: the events to record, whether it is the
+        last, and what was wanted (to want again should the store fail to record it); None
+        when it answers no request of ours in progress (an old one, a stranger's)."""
+        w = self.wanted
+        if w is None or self._asked is None or answer.request_id != self._asked or answer.daemon != self.daemon:
             return None
         events = [e.model_dump(mode="json") for e in answer.events]
         if answer.events:
             self._from = answer.events[-1].seq + 1
-        done = not answer.more or self._from > self.wanted.to_seq
+        done = not answer.more or self._from > w.to_seq
         if done:
             self.wanted = None
             self._asked = None
         else:
             self._asked_at = now  # the next chunk is on its way; lost, asked again from here
-        return events, done
+        return events, done, w
 
 
 __all__ = ["RETRY", "OwnHistory", "Wanted"]

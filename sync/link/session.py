@@ -945,10 +945,11 @@ class Session:
 
     def _history_tick(self, now: float, at: str | None) -> list[Action]:
         wall = _instant(at)
-        if wall is not None and self.own_history.expired(wall):
+        gone = self.own_history.expired(wall) if wall is not None else None
+        if gone is not None:
             self.stats["history_expired"] += 1
             self._note("the central system did not send back this daemon's lost events within a day: no longer asked")
-            return [RecordOwnHistory((), dict(self.zones), True)]
+            return [RecordOwnHistory((), dict(self.zones), True, gone)]
         # asked once our numbers are known (the range is the central system's word) and
         # while the central system is not known to be away
         if self.numbering_unsure or self.central_online is False:
@@ -964,11 +965,11 @@ class Session:
         if got is None:
             self.stats["history_unasked"] += 1
             return []
-        events, done = got
+        events, done, wanted = got
         self.stats["history_events"] += len(events)
         if done:
             self._note("the central system sent back this daemon's events its ledger had lost")
-        return [RecordOwnHistory(tuple(events), dict(self.zones), done)]
+        return [RecordOwnHistory(tuple(events), dict(self.zones), done, wanted)]
 
     # -- alarms ------------------------------------------------------------------------------------
 
