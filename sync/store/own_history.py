@@ -23,6 +23,7 @@ While it is wanted the gate says so (gated/knowledge.py, `own_history_missing`).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,8 @@ KEY = "own_history_wanted"
 HORIZON = timedelta(hours=24)  # what a lost ledger knew that a decision today rests on
 
 _UTC = ZoneInfo("UTC")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +70,10 @@ def wanted(conn: sqlite3.Connection) -> Wanted | None:
     try:
         d = json.loads(row[0])
         return Wanted(int(d["from_seq"]), int(d["to_seq"]), datetime.fromtimestamp(float(d["since"]), _UTC))
-    except (ValueError, KeyError, TypeError):
-        return None  # unreadable: nothing to ask for (the gap would never close)
+    except (ValueError, KeyError, TypeError, OverflowError):
+        # unreadable (written by hand?): taken as nothing wanted, else the gap would never close
+        log.warning("meta %s unreadable (%r): the lost ledger's events are not asked for", KEY, row[0][:100])
+        return None
 
 
 def record(
