@@ -103,6 +103,11 @@ def test_the_old_box_events_are_recorded_as_it_knew_them(tmp_path: Path) -> None
     assert store.qr_seen("tok-1")
     rows = store.conn.execute("SELECT seq, cause, amount FROM main.deductions ORDER BY seq").fetchall()
     assert rows == [(2, "walk_in", "1"), (5, "walk_in", "2")]
+    # the ledger holds them again in place of the voids: a peer's catch-up, the central's
+    # replay after a restore get the events, not "nothing was here"
+    held = store.events_after(0, 5)
+    assert [(e["seq"], e["id"], e["type"]) for e in held] == [(e["seq"], e["id"], e["type"]) for e in old_box_events()]
+    assert seen["put_back"] == 5
     store.close()
 
 
@@ -116,6 +121,8 @@ def test_a_chunk_twice_changes_nothing_and_only_the_range_counts(tmp_path: Path)
     assert first["outside"] == 2  # before `since`; seq 5 is the new box's own number now
     again = store.record_own_history(w, events, ZONES, True)
     assert again["charges_again"] == 1 and again["outside"] == 1
+    assert again["kept"] == 3 and again["put_back"] == 1  # seq 1 was left void by the early one
+    assert [e["type"] for e in store.events_after(0, 4)] == ["access", "deduction", "qr_used", "alarm"]
     assert store.conn.execute("SELECT COUNT(*) FROM main.passages WHERE member_id = 'm1'").fetchone()[0] == 1
     assert store.conn.execute("SELECT seq FROM main.deductions").fetchall() == [(2,)]
     store.close()

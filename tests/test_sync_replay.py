@@ -361,6 +361,8 @@ async def test_a_new_box_gets_back_what_the_old_one_knew_of_today(
             await wait_until(lambda: store.own_history_wanted() is None, what="the old box's events back")
             assert link.session.own_history.wanted is None
             assert central.stats["history_events_sent"] == sent and link.session.stats["history_events"] == sent
+            # the ledger holds the old box's events again under their numbers, as the central does
+            assert [e["id"] for e in store.events_after(0, sent)] == [e["id"] for e in central.events(SITE, "gate-a")[:sent]]
             again = engine.tap("in-1", m1, now())[0]
             assert again.granted and again.decision.reason == Reason.REENTRY  # free: the walk-in was an hour ago
             inside = engine.tap("in-1", m2, now())[0]

@@ -17,7 +17,10 @@ which are this daemon's own under their own numbers: they go back into `deductio
 where the local balances, the desk's refund of a walk-in and the overdraft check find
 them as any charge of ours (their numbers are `void` events in the ledger, never
 another charge's). Recording is idempotent: a chunk that comes twice changes nothing.
-While it is wanted the gate says so (gated/knowledge.py, `own_history_missing`).
+Each event also takes its number's place in the ledger again (the `void` there goes), so
+that the ledger is what it was: catch-up answers to the site's other daemons and replays
+for the central system carry it. While it is wanted the gate says so (gated/knowledge.py,
+`own_history_missing`).
 """
 
 from __future__ import annotations
@@ -98,12 +101,32 @@ def record(
         if at < w.since:
             seen["outside"] += 1
             continue
+        seen[_put_back(conn, seq, ev)] += 1
         if ev.get("type") == "deduction":
             seen[_charge(conn, daemon, seq, at, ev, zones)] += 1
         else:
             keep.append(ev)
     seen.update(peer_events.apply(conn, daemon, keep, zones, record_passage))
     return seen
+
+
+def _put_back(conn: sqlite3.Connection, seq: int, ev: Mapping[str, Any]) -> str:
+    """The event itself in the ledger again, in place of the `void` its number holds: the
+    site's other daemons asking this one to catch them up, and the central system asking
+    for a replay after restoring a backup, get it — not a void that would tell them there
+    was nothing under that number."""
+    eid, kind = ev.get("id"), ev.get("type")
+    if not isinstance(eid, str) or not isinstance(kind, str) or not 0 < len(eid) <= 100 or not 0 < len(kind) <= 50:
+        return "invalid"
+    gate, member = ev.get("gate"), ev.get("member")
+    put = conn.execute(
+        # OR IGNORE: an id the ledger holds already (never one of ours) leaves the void there
+        "UPDATE OR IGNORE main.events SET id = ?, type = ?, at = ?, gate = ?, member_id = ?, body = ? "
+        "WHERE seq = ? AND type = 'void' AND json_extract(body, '$.reason') = 'restored'",
+        (eid, kind, str(ev.get("at")), gate if isinstance(gate, str) else None,
+         member if isinstance(member, str) else None, json.dumps(dict(ev)), seq),
+    ).rowcount
+    return "put_back" if put else "kept"
 
 
 def _charge(
