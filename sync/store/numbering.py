@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MARK_VERSION = 10  # the first ledger schema whose daemon keeps gated.db.sent beside it
+# in the ledger while its events are held: where the hold began. A restart before the
+# central system's word (a power cut, a kill) must hold from there again — the events after
+# it are this box's, numbered under the lost ones — not from the ledger's end at that open
+HELD_KEY = "numbering.held_after"
 
 # every column of the ledger holding a seq of this daemon's own events
 OWN_SEQS: tuple[tuple[str, str], ...] = (
@@ -94,6 +98,11 @@ class Numbering:
         if after is None or self.unsure_after is not None:
             return
         self.unsure_after = after
+        try:
+            with store.transaction() as tx:
+                tx.set_meta(HELD_KEY, str(after))
+        except sqlite3.Error as e:  # a store that cannot be written records no event to hold either
+            log.warning("where the hold began cannot be written (%s)", e)
         self.mark_down(store)
         log.warning("%s is missing: events after %d wait for the central system to say how far it got",
                     store.sent.path, after)
@@ -138,6 +147,7 @@ class Numbering:
         if by > 0:
             held = store.last_seq - after
             with store.transaction() as tx:
+                tx.delete_meta(HELD_KEY)  # numbered for good with the move
                 shift(store.conn, store.daemon_id, after, by)
                 store.outbox.next_seq += by
                 tx.committed.events += store.outbox.fill_range(after + 1, central_seq, now, "restored")
@@ -154,6 +164,9 @@ class Numbering:
             log.warning("ledger_restored: the central system holds events up to %d, the ledger ended at %d; "
                         "the %d held event(s) numbered on after it", central_seq, after, held)
             self.unsure_after = after = central_seq  # moved once: a failure below must not move them again
+        else:
+            with store.transaction() as tx:  # numbered right as they are
+                tx.delete_meta(HELD_KEY)
         store.flush_now()
         store.sent.advance(after, now.timestamp())  # raises OSError: still held, settled again later
         self.unsure_after = self._missing_after = None
@@ -197,4 +210,4 @@ def central_applied(conn: sqlite3.Connection) -> int | None:
     return None if row is None or not row[1] else int(row[0] or 0)
 
 
-__all__ = ["MARK_VERSION", "OTHER_SEQS", "OWN_SEQS", "Numbering", "central_applied", "shift"]
+__all__ = ["HELD_KEY", "MARK_VERSION", "OTHER_SEQS", "OWN_SEQS", "Numbering", "central_applied", "shift"]

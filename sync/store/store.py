@@ -155,7 +155,9 @@ class Store:
                 except OSError as e:
                     log.warning("%s cannot be written yet (%s)", self.sent.path, e)
             else:
-                missing_after = self.last_seq
+                # a hold that began at an earlier start is still the hold (numbering.HELD_KEY)
+                held = self._meta.get(numbering.HELD_KEY)
+                missing_after = min(int(held), self.last_seq) if held is not None and held.isdigit() else self.last_seq
             self.numbering = numbering.Numbering(missing_after)
         except BaseException:
             self.conn.close()
