@@ -256,18 +256,21 @@ def test_the_check_catches_a_lost_event_a_wrong_balance_and_a_silent_rotation(
     wrong_refusals = {(v["gate"], v["at"]) for v in r["violations"] if v["invariant"] == "refusals"}
     assert wrong_refusals and wrong_refusals <= {(daemon, body["at"]) for _, daemon, _, body in walk_ins}, r
 
-    # the replaced box's numbers are the central system's only where the gate voided them
-    # as restored: any other void (or event) under them is another event there
-    renamed = _tampered(d, tmp_path / "renamed")
+    # the replaced box's numbers: the old box's events back at the gate, or — where they did
+    # not come back — a void of reason `restored` (the central system keeps its own event
+    # there); any other void (or event) under them is another event there
     box = next(c for c in r["chaos"] if c["kind"] == P.REPLACE_BOX)
     name = P.daemon_id(box["site"], box["gate"])
-    with sqlite3.connect(P.gate_store(renamed, name)) as c:
-        c.execute("UPDATE events SET body = json_set(body, '$.reason', 'seq_lost') WHERE type = 'void'")
-    rc, r, _ = _check(renamed)
-    if box["central_holds"]:
-        assert rc == 1 and any(v["invariant"] == "exactly_once" and v["gate"] == name for v in r["violations"]), r
-    else:
-        assert rc == 0
+    for reason, caught in (("restored", False), ("seq_lost", True)):
+        voided = _tampered(d, tmp_path / f"voided-{reason}")
+        with sqlite3.connect(P.gate_store(voided, name)) as c:
+            c.execute("UPDATE events SET id = 'tampered', type = 'void', body = json_object('id', 'tampered', 'seq', 1, "
+                      "'type', 'void', 'at', at, 'reason', ?) WHERE seq = 1", (reason,))
+        rc, r, _ = _check(voided)
+        if box["central_holds"] and caught:
+            assert rc == 1 and any(v["invariant"] == "exactly_once" and v["gate"] == name for v in r["violations"]), r
+        else:
+            assert rc == 0, r
 
     # a turnstile that turned once more than anything recorded: the events around it shown
     silent = _tampered(d, tmp_path / "silent")
