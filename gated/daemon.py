@@ -499,6 +499,8 @@ class Daemon:
                 if (self.engine is not None and self.config.time_driven_work and trusted
                         and (self.storage is None or self.storage.ok)):
                     self.engine.run_due(now, *self.knowledge.no_show_horizon(now))
+                if self.engine is not None and trusted and (self.storage is None or self.storage.ok):
+                    self.engine.settle_refunds(now, self.knowledge.unheard)
                 if self.taps is not None:
                     self.taps.record_unknown_cards()
             except STORAGE_ERRORS as e:

@@ -9,7 +9,7 @@ between: no passage, no deduction. A tap travels as one value, rules.tap.Tap.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -137,8 +137,14 @@ class Engine:
         other daemons heard, gated/knowledge.py)."""
         return self.store.run_due(self.policy, now, horizon, unheard)
 
-    def mark_attended(self, booking_id: str, operator: str, *, refund: bool, now: datetime) -> Committed:
-        return self.store.mark_attended(booking_id, operator, refund=refund, now=now)
+    def mark_attended(
+        self, booking_id: str, operator: str, *, refund: bool, now: datetime, waiting: Sequence[str] = (),
+    ) -> Committed:
+        return self.store.mark_attended(booking_id, operator, refund=refund, now=now, waiting=waiting)
+
+    def settle_refunds(self, now: datetime, waiting: Callable[[datetime], list[str]]) -> Committed:
+        """The desk's refunds that waited to hear the site (sync/store/refunds_wanted.py)."""
+        return self.store.settle_refunds(now, waiting)
 
     def adjust_points(self, member_id: str, points: int, operator: str, reason: str, now: datetime) -> Committed:
         return self.store.adjust_points(member_id, points, operator, reason, now)

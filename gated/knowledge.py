@@ -9,6 +9,7 @@ here the daemon checks them every second —
 | `peers_unheard` | each other daemon's heartbeat against what was heard of it | holds no-shows (and fees) of classes that ended after it; after `peer_wait_limit` settles them naming it |
 | `numbering_unsure` | the ledger's mark of what it sent (`gated.db.sent`), missing: a new box, a copy restored without it | holds its events after its last one at start, and its no-shows, until the central system says how far it got (sync/store/numbering.py) |
 | `own_history_missing` | this daemon's events the central system holds and a lost ledger held (sync/store/own_history.py) | asks the central system for them every 30 s; decides meanwhile without them (who came in through it earlier today, the walk-ins paid there, the QR codes used there) |
+| `refunds_waiting` | the desk's refunds not found while the site's events were not all in (sync/store/refunds_wanted.py) | settles each when its charge arrives or everyone is heard up to the request; after a day an alarm for a person |
 | `clock_untrusted` | the wall clock against the monotonic clock and the last trusted time (rules/clock.py) | acts at the anchored time; no no-show, fee, loyalty credit or pruning until trusted again |
 
 A gap that lasts past its threshold is an `alarm` event (and log line and metric) once
@@ -35,8 +36,9 @@ DELTAS_BEHIND_ALARM = 60.0  # seconds behind the central's head (the link asks a
 PEERS_ALARM = 300.0  # seconds (the site's clock) a class's no-shows are held for an unheard daemon
 NUMBERING_ALARM = 60.0  # seconds events are held for the central system's word on our numbering
 HISTORY_ALARM = 60.0  # seconds a lost ledger's events have not come back from the central system
+REFUNDS_ALARM = 300.0  # seconds a refund the desk asked for has waited to hear the site
 KINDS = ("uplink_stalled", "deltas_behind", "peers_unheard", "clock_untrusted", "numbering_unsure",
-         "own_history_missing")
+         "own_history_missing", "refunds_waiting")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,18 @@ class Knowledge:
         return no_show_horizon(now, self.d.config.policy.to_domain(), heard, limit), (
             lambda instant: peers.behind(instant.timestamp())
         )
+
+    def unheard(self, instant: datetime) -> list[str]:
+        """The daemons whose events up to `instant` are not all here: the site's others not
+        heard up to it, and this one while its lost ledger's events are not back (a walk-in
+        the desk would refund may be among them)."""
+        link = self.d.link
+        if link is None:
+            return []
+        out: list[str] = link.session.peers.behind(instant.timestamp())
+        if link.session.own_history.wanted is not None:
+            out.append(self.d.config.daemon_id)
+        return out
 
     def _peers(self) -> Any:
         link = self.d.link
@@ -137,6 +151,15 @@ class Knowledge:
                     due.timestamp() - start.timestamp(), PEERS_ALARM,
                     f"{held} no-show(s) held until these daemons are heard: {heard}",
                 )
+        store = self.d.store
+        waiting = store.refunds_waiting() if store is not None else 0
+        if waiting:
+            found["refunds_waiting"] = (
+                None, REFUNDS_ALARM,
+                f"{waiting} refund(s) the desk asked for wait to hear the site's other gates (the walk-in may "
+                f"have been charged there): given back when the charge arrives; not heard: "
+                f"{', '.join(self.unheard(now)) or 'none now'}",
+            )
         self._update(found, mono)
 
     def _update(self, found: dict[str, tuple[float | None, float, str]], mono: float) -> None:

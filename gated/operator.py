@@ -225,7 +225,11 @@ class DaemonOperatorApi:
     async def mark_attended(self, booking_id: str, operator: str, *, refund: bool) -> Committed:
         if self._d.engine is None:
             raise ActionRefused("the daemon is not running", 503)
-        return await self._durable(self._d.engine.mark_attended(booking_id, operator, refund=refund, now=self._d.clock()))
+        now = self._d.clock()
+        # who is not heard up to now: a walk-in charge not found meanwhile is waited for
+        waiting = self._d.knowledge.unheard(now) if refund else []
+        return await self._durable(
+            self._d.engine.mark_attended(booking_id, operator, refund=refund, now=now, waiting=waiting))
 
     async def adjust_points(self, member_id: str, points: int, operator: str, reason: str) -> Committed:
         if self._d.engine is None:

@@ -164,8 +164,8 @@ class AlarmEvent(EventBase):
             description="relay_offline, relay_online, door_held, door_forced, not_opened, reader_offline, "
             "reader_online, passage_without_grant, passage_while_released, storage_fault, storage_recovered, exits_not_recorded, "
             "ack_beyond_last_seq, ledger_restored, "
-            "snapshot_held, uplink_stalled, deltas_behind, peers_unheard, numbering_unsure, own_history_missing (and each with "
-            "`_ended`), overdraft, "
+            "snapshot_held, uplink_stalled, deltas_behind, peers_unheard, numbering_unsure, own_history_missing, "
+            "refunds_waiting (and each with `_ended`), overdraft, refund_unsettled, "
             "qr_double_use, ... (docs/protocol.md, \"Alarms\")"
         ),
     ]

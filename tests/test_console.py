@@ -527,6 +527,30 @@ async def test_sportrick_early_arrival_mark_attended_with_refund(tmp_path: Path)
         assert next(b for b in spin["bookings"] if b["member"] == "m-ana")["state"] == "in"
 
 
+async def test_a_refund_not_found_while_another_gate_is_unheard_is_shown_waiting(tmp_path: Path) -> None:
+    """The desk's daemon has not heard another turnstile of the site up to now (its link's
+    peer marks say so; stood in for here, the whole path is tests/test_site_facts.py): the
+    answer and the class list say the refund waits, and for whom."""
+    async with running_site(tmp_path) as site:
+        c = Client(site.port)
+        await c.login("desk")
+        site.daemon.knowledge.unheard = lambda now: ["north-in-2"]  # type: ignore[method-assign]
+        r = await c.post_json("/api/bookings/b-spin/attend", {"refund": True})
+        assert r.status == 200, r.text
+        body = r.json()
+        assert body["refunded"] is None and body["refund_waiting"] == {"for": ["north-in-2"]}
+        classes = (await c.get("/api/classes")).json()
+        spin = next(g for g in classes["classes"] if g["class"] == "Spinning")
+        ana = next(b for b in spin["bookings"] if b["member"] == "m-ana")
+        assert ana["state"] == "in" and ana["refund_waiting"] == {"for": ["north-in-2"]}
+        # a refund with everyone heard and nothing charged: none, and nothing waits
+        site.daemon.knowledge.unheard = lambda now: []  # type: ignore[method-assign]
+        r = await c.post_json("/api/bookings/b-spin-lena/attend", {"refund": True})
+        assert r.json()["refunded"] is None and r.json()["refund_waiting"] is None
+        # the scheduler, with everyone heard up to the request and no charge: dropped
+        await wait_for(lambda: site.store.refund_wanted("b-spin") is None, what="the refund dropped")
+
+
 async def test_points_member_search_and_audit_csv(tmp_path: Path) -> None:
     async with running_site(tmp_path) as site:
         c = Client(site.port)

@@ -9,7 +9,7 @@ as the link hands them (Store.record_peer_events)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,78 @@ def test_the_desk_refunds_a_walk_in_taken_at_the_other_turnstile_once(tmp_path: 
     assert in2.balance("p1") == Decimal(10)
     third = in2.mark_attended("b1", "other-desk", refund=True, now=at(12, 20))
     assert not [e for e in third.events if e["type"] == "deduction"]
+
+
+def test_a_refund_asked_for_before_the_other_turnstile_is_heard_waits_for_its_charge(tmp_path: Path) -> None:
+    """The desk asks for the refund of a walk-in charged at in-2 before the desk's daemon
+    has heard in-2's events (it had just started; the broker was restarting): not "nothing
+    to give back" — the request waits, and the charge is given back when it arrives."""
+    in2, desk = site_store(tmp_path, "s1-in-2"), site_store(tmp_path, "s1-in-1")
+    _, committed = tap(in2, IN2, at(9, 20))  # a walk-in at in-2, not heard at the desk yet
+    marked = desk.mark_attended("b1", "desk", refund=True, now=at(10, 10), waiting=["s1-in-2"])
+    assert [e["type"] for e in marked.events] == ["attendance"]
+    wanted = desk.refund_wanted("b1")
+    assert wanted is not None and wanted.waiting == ("s1-in-2",) and wanted.asked_at == at(10, 10)
+    # still unheard: nothing to do, no transaction
+    assert desk.settle_refunds(at(10, 11), lambda _: ["s1-in-2"]).events == []
+    share(in2, desk, committed.events, {"in-2": "main"})
+    settled = desk.settle_refunds(at(10, 12), lambda _: ["s1-in-2"])  # the charge came: no need to wait more
+    [refund] = settled.events
+    assert (refund["type"], refund["cause"], refund["amount"], refund["booking"]) == ("deduction", "refund", -1, "b1")
+    assert refund["refunds"] == {"daemon": "s1-in-2", "seq": committed.events[1]["seq"]}
+    assert desk.refund_wanted("b1") is None and desk.refunds_waiting() == 0
+    assert desk.settle_refunds(at(10, 13), lambda _: []).events == []  # once
+    audit = desk.conn.execute("SELECT operator, action FROM audit WHERE action LIKE 'refund%'").fetchall()
+    assert audit == [("desk", "refund_settled")]
+    # a walk-in charged after the desk asked is not this request's
+    again = desk.mark_attended("b2", "desk", refund=True, now=at(12, 10), waiting=["s1-in-2"])
+    assert desk.refund_wanted("b2") is not None and [e["type"] for e in again.events] == ["attendance"]
+    _, later = tap(in2, IN2, at(12, 15))
+    share(in2, desk, later.events, {"in-2": "main"})
+    assert desk.settle_refunds(at(12, 16), lambda _: ["s1-in-2"]).events == []
+    assert desk.refund_wanted("b2") is not None
+
+
+def test_a_waiting_refund_with_nothing_charged_is_dropped_once_everyone_is_heard(tmp_path: Path) -> None:
+    desk = site_store(tmp_path, "s1-in-1")
+    desk.mark_attended("b1", "desk", refund=True, now=at(10, 10), waiting=["s1-in-2", "s1-out-1"])
+    asked: list[datetime] = []
+
+    def only_out(instant: datetime) -> list[str]:
+        asked.append(instant)
+        return ["s1-out-1"]
+
+    assert desk.settle_refunds(at(10, 11), only_out).events == []  # who it waits for, updated
+    assert asked == [at(10, 10)]  # heard up to the request, not up to now
+    wanted = desk.refund_wanted("b1")
+    assert wanted is not None and wanted.waiting == ("s1-out-1",)
+    assert desk.settle_refunds(at(10, 12), lambda _: []).events == []
+    assert desk.refund_wanted("b1") is None
+    assert desk.conn.execute("SELECT action FROM audit WHERE action LIKE 'refund%'").fetchall() == [("refund_none",)]
+    # and a refund asked for with everyone heard and nothing charged is none at once
+    desk.mark_attended("b2", "desk", refund=True, now=at(12, 10), waiting=[])
+    assert desk.refunds_waiting() == 0
+
+
+def test_a_refund_waiting_a_day_for_a_daemon_never_heard_again_is_an_alarm(tmp_path: Path) -> None:
+    desk = site_store(tmp_path, "s1-in-1")
+    desk.mark_attended("b1", "desk", refund=True, now=at(10, 10), waiting=["s1-in-2"])
+    assert desk.settle_refunds(at(10, 10) + timedelta(hours=23), lambda _: ["s1-in-2"]).events == []
+    [alarm] = desk.settle_refunds(at(10, 10) + timedelta(hours=24), lambda _: ["s1-in-2"]).events
+    assert (alarm["type"], alarm["kind"]) == ("alarm", "refund_unsettled")
+    assert "b1" in alarm["detail"] and "s1-in-2" in alarm["detail"]
+    assert desk.refunds_waiting() == 0
+
+
+def test_a_waiting_refund_survives_a_restart(tmp_path: Path) -> None:
+    in2, desk = site_store(tmp_path, "s1-in-2"), site_store(tmp_path, "s1-in-1")
+    _, committed = tap(in2, IN2, at(9, 20))
+    desk.mark_attended("b1", "desk", refund=True, now=at(10, 10), waiting=["s1-in-2"])
+    desk.close()
+    again = Store(tmp_path / "s1-in-1.db", SITE, daemon_id="s1-in-1", durable=False)
+    share(in2, again, committed.events, {"in-2": "main"})
+    [refund] = again.settle_refunds(at(10, 20), lambda _: []).events
+    assert refund["refunds"] == {"daemon": "s1-in-2", "seq": committed.events[1]["seq"]}
 
 
 def test_a_charge_at_the_other_turnstile_counts_once_after_the_central_applied_it(tmp_path: Path) -> None:

@@ -78,8 +78,17 @@ def test_inside_loyalty_and_walk_in(store: Store) -> None:
     later = NOW + timedelta(minutes=3)
     people = rm.inside(store.conn, "main", start, later)
     assert [(p.member, p.name) for p in people] == [("m-ana", "Ana López")]
-    charge = rm.refundable_walk_in(store.conn, "m-ana", "main", start, later)
+    charge = rm.refundable_walk_in(store.conn, store.daemon_id, "m-ana", "main", start, later)
     assert charge is not None and charge.pass_name == "Multipack 10" and charge.amount == 1
+    assert charge.daemon == store.daemon_id
+    # one the site's other turnstile took later is the one a refund would give back
+    store.record_peer_events("other", [{
+        "seq": 4, "type": "deduction", "at": (NOW + timedelta(minutes=2)).isoformat(), "gate": "in-2",
+        "member": "m-ana", "pass": "p-ana", "amount": 2, "cause": "walk_in", "booking": None,
+    }], {"in-2": "main"})
+    peer = rm.refundable_walk_in(store.conn, store.daemon_id, "m-ana", "main", start, later)
+    assert peer is not None and (peer.daemon, peer.seq, peer.amount) == ("other", 4, 2)
+    assert peer.pass_name == "Multipack 10"
     assert rm.first_entry(store.conn, "m-ana", "main", start, later) == NOW
 
     store.adjust_points("m-ana", 15, "desk", "birthday", NOW)

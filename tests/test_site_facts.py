@@ -294,3 +294,42 @@ async def test_a_daemon_whose_status_is_cleared_is_no_longer_waited_for(
         clock.to(11, 5)  # b1's no-shows are due: nobody to wait for
         await wait_until(lambda: len(events(desk, "attendance")) == 1, what="the no-show")
         assert "unheard" not in events(desk, "attendance")[0]
+
+
+async def test_the_desk_refund_of_a_walk_in_at_a_turnstile_not_heard_yet_waits_for_it(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
+    """Soak 23's traced day: the desk's daemon restarted and the desk marked a booking
+    attended with a refund before it had heard the other turnstile's walk-in charge. It
+    answered "no walk-in charge" and the member kept paying twice. Now the refund waits —
+    the answer says for whom, the console shows it — and is given back when the charge
+    arrives."""
+    seed(central)
+    clock = Clock(DAY)
+    clock.to(9, 15)
+    desk_cfg = config(tmp_path, mosquitto, "desk", "in-1", finalises=True)
+    in2_cfg = config(tmp_path, mosquitto, "in2", "in-2", finalises=False)
+    async with running(in2_cfg, clock) as in2:
+        async with running(desk_cfg, clock) as desk:
+            await both_hearing(desk, in2)
+            await wait_until(lambda: desk.store is not None and "in2" in desk.store.peer_marks(), what="in2's mark kept")
+        # the desk's daemon is down; Ana comes early through the other turnstile: a walk-in
+        r = await in2.handle_credential("in-2", Credential.card("C1", "test"))
+        assert (r["decision"], r["reason"]) == ("granted", "walk_in")
+        [charge] = events(in2, "deduction")
+    # and in2's box goes down too before the desk's daemon is back
+    clock.to(9, 50)
+    async with running(desk_cfg, clock) as desk:
+        committed = await desk.operator.mark_attended("b1", "desk", refund=True)
+        assert [e["type"] for e in committed.events] == ["attendance"]
+        assert desk.store is not None
+        wanted = desk.store.refund_wanted("b1")
+        assert wanted is not None and wanted.waiting == ("in2",)
+        await ticks()
+        assert events(desk, "deduction") == []  # nothing given back blind, nothing guessed
+        async with running(in2_cfg, clock):
+            await wait_until(lambda: len(events(desk, "deduction")) == 1, what="the refund, once in2 is heard")
+        [refund] = events(desk, "deduction")
+        assert (refund["cause"], refund["amount"], refund["booking"]) == ("refund", -1, "b1")
+        assert refund["refunds"] == {"daemon": "in2", "seq": charge["seq"]}
+        assert desk.store.refund_wanted("b1") is None

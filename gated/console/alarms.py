@@ -36,6 +36,7 @@ INCIDENTS = {
     "ack_beyond_last_seq": "The central system acknowledged events never sent",
     "ledger_restored": "The gate's ledger was put back from a copy",
     "snapshot_held": "A snapshot that would empty the site was held",
+    "refund_unsettled": "A refund the desk asked for could not be settled",
     # not an `alarm` event but its own (gated/unknown_cards.py): reads past a quota, one
     # event for the burst — the desk sees the flood here, its cards are not each an item
     "unknown_cards": "A flood of unknown cards",
@@ -54,9 +55,11 @@ CONDITIONS = {
     "peers_unheard": "Another gate of the site is not heard",
     "numbering_unsure": "Events held — the gate waits for the central system to say how far it got",
     "own_history_missing": "Today's earlier taps at this gate not known yet — asked of the central system",
+    "refunds_waiting": "A refund the desk asked for waits to hear another gate of the site",
 }
 # a sign that something is late rather than wrong: an amber banner, not a red one
-WARNINGS = {"uplink_stalled", "deltas_behind", "peers_unheard", "numbering_unsure", "own_history_missing"}
+WARNINGS = {"uplink_stalled", "deltas_behind", "peers_unheard", "numbering_unsure", "own_history_missing",
+            "refunds_waiting"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -315,12 +315,16 @@ async def attend(request: Request) -> Response:
     user = operator(request).name
     committed = await c.backend.mark_attended(booking_id, user, refund=refund)
     refunded = next((e for e in committed.events if e.get("type") == "deduction" and e.get("cause") == "refund"), None)
-    log.info("console_attend", booking=booking_id, refund=refund, refunded=refunded is not None, operator=user)
+    waits = c.views.store.refund_wanted(booking_id) if refund and refunded is None else None
+    log.info("console_attend", booking=booking_id, refund=refund, refunded=refunded is not None,
+             refund_waiting=None if waits is None else list(waits.waiting), operator=user)
     return as_json({
         "ok": True,
         "refunded": None if refunded is None else {"pass": refunded.get("pass"), "amount": -refunded["amount"],
                                                     "balance": refunded.get("balance")},
         "refund_requested": refund,
+        # not found while the site's other gates are not all heard: given back when it arrives
+        "refund_waiting": None if waits is None else {"for": list(waits.waiting)},
         "seq": _seqs(committed),
     })
 

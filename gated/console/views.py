@@ -332,11 +332,14 @@ class Views:
             start, end = self.day_bounds(local_date(b.starts_at, self.tz))
             conn = self.store.conn
             view["on_site_since"] = self.local_time(rm.first_entry(conn, b.member, b.zone, start, end), "%H:%M")
-            charge = rm.refundable_walk_in(conn, b.member, b.zone, start, min(end, now))
+            charge = rm.refundable_walk_in(conn, self.store.daemon_id, b.member, b.zone, start, min(end, now))
             view["walk_in"] = None if charge is None else {
                 "seq": charge.seq, "pass": charge.pass_id, "pass_name": charge.pass_name,
                 "amount": jsonable(charge.amount), "time": self.local_time(charge.at, "%H:%M"),
+                "daemon": charge.daemon,
             }
+        waits = self.store.refund_wanted(b.id) if b.status == BookingStatus.ATTENDED else None
+        view["refund_waiting"] = None if waits is None else {"for": list(waits.waiting)}
         return view
 
     def bookings_view(self, bookings: list[Booking]) -> list[dict[str, Any]]:

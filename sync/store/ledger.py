@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -38,7 +38,7 @@ from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee
 from rules.tap import Tap
 from rules.timeutil import iso_utc, local_date, start_of_local_day
 from sync.errors import StoreError
-from sync.store import evacuation, own_history, peer_events
+from sync.store import evacuation, own_history, peer_events, refunds_wanted
 from sync.store.outbox import Event
 from sync.store.replica import Replica
 from sync.store.rows import BOOKING_READ, booking_from_row, dt, ts
@@ -240,9 +240,14 @@ class Ledger:
             tx.audit(now, operator, "override", {"gate": gate.id, "reason": reason})
         return tx.committed
 
-    def mark_attended(self, booking_id: str, operator: str, *, refund: bool, now: datetime) -> Committed:
+    def mark_attended(
+        self, booking_id: str, operator: str, *, refund: bool, now: datetime, waiting: Sequence[str] = (),
+    ) -> Committed:
         """Staff say the member was there. With refund, give back the extra walk-in
-        credit they paid that day in the class's zone (SPORTRICK's early-arrival case)."""
+        credit they paid that day in the class's zone (SPORTRICK's early-arrival case).
+        `waiting`: the daemons whose events are not all in up to now (gated/knowledge.py):
+        a charge not found while some are is asked for again as they come
+        (sync/store/refunds_wanted.py), not taken as none."""
         booking = self.replica.get_booking(booking_id)
         if booking is None:
             raise StoreError(f"unknown booking {booking_id!r}")
@@ -255,22 +260,66 @@ class Ledger:
                 end = start_of_local_day(day + timedelta(days=1), self.site.timezone)
                 charge = peer_events.latest_charge(self.conn, self.daemon_id, booking.member, booking.zone, start, end, now)
                 if charge is not None:
-                    self.deduct(
-                        tx,
-                        now,
-                        pass_id=charge.pass_id,
-                        member_id=booking.member,
-                        amount=-charge.amount,
-                        booking_id=booking.id,
-                        cause="refund",
-                        zone=booking.zone,
-                        gate=None,
-                        refunded_seq=charge.seq if charge.own else None,
-                        refunds={"daemon": charge.daemon, "seq": charge.seq},
-                    )
-                    peer_events.mark_refunded(self.conn, charge)
+                    self._refund(tx, now, booking, charge)
+                elif waiting:
+                    refunds_wanted.want(self.conn, refunds_wanted.RefundWanted(
+                        booking.id, booking.member, booking.zone, start, end, now, operator, tuple(waiting)))
             self.attend(tx, now, booking, operator, None)
             tx.audit(now, operator, "mark_attended", {"booking": booking_id, "refund": refund})
+        return tx.committed
+
+    def _refund(self, tx: Transaction, now: datetime, booking: Booking, charge: peer_events.Charge) -> None:
+        self.deduct(
+            tx,
+            now,
+            pass_id=charge.pass_id,
+            member_id=booking.member,
+            amount=-charge.amount,
+            booking_id=booking.id,
+            cause="refund",
+            zone=booking.zone,
+            gate=None,
+            refunded_seq=charge.seq if charge.own else None,
+            refunds={"daemon": charge.daemon, "seq": charge.seq},
+        )
+        peer_events.mark_refunded(self.conn, charge)
+        refunds_wanted.drop(self.conn, booking.id)
+
+    def settle_refunds(self, now: datetime, waiting: Callable[[datetime], list[str]]) -> Committed:
+        """The refunds the desk asked for that wait to hear the site: each given back once
+        its charge is here, dropped once every daemon is heard up to the request without
+        one, and after refunds_wanted.GIVE_UP an alarm for a person. `waiting(instant)`:
+        the daemons not heard up to it."""
+        todo = []
+        for w in refunds_wanted.wanted(self.conn):
+            charge = peer_events.latest_charge(
+                self.conn, self.daemon_id, w.member_id, w.zone, w.day_start, w.day_end, w.asked_at)
+            unheard = waiting(w.asked_at)
+            if charge is not None or not unheard or now - w.asked_at >= refunds_wanted.GIVE_UP \
+                    or tuple(unheard) != w.waiting:
+                todo.append((w, charge, unheard))
+        if not todo:
+            return Committed()
+        with self.transactions.open() as tx:
+            for w, charge, unheard in todo:
+                booking = self.replica.get_booking(w.booking_id)
+                detail = {"booking": w.booking_id, "member": w.member_id, "asked_at": iso_utc(w.asked_at)}
+                if charge is not None and booking is not None:
+                    self._refund(tx, now, booking, charge)
+                    tx.audit(now, w.operator, "refund_settled", {**detail, "refunds": [charge.daemon, charge.seq]})
+                elif charge is None and not unheard:
+                    refunds_wanted.drop(self.conn, w.booking_id)
+                    tx.audit(now, w.operator, "refund_none", {**detail, "heard": list(w.waiting)})
+                elif now - w.asked_at >= refunds_wanted.GIVE_UP or booking is None:
+                    refunds_wanted.drop(self.conn, w.booking_id)
+                    why = "its booking is gone" if booking is None else f"not heard: {', '.join(unheard)}"
+                    tx.emit("alarm", now, gate=None, kind="refund_unsettled",
+                            detail=f"the refund of {w.member_id}'s walk-in the desk asked for with booking "
+                                   f"{w.booking_id} at {iso_utc(w.asked_at)} was not settled ({why}): "
+                                   "check the member's charges of that day by hand")
+                    tx.audit(now, w.operator, "refund_unsettled", {**detail, "waiting": unheard})
+                else:
+                    refunds_wanted.still_waiting(self.conn, w.booking_id, unheard)
         return tx.committed
 
     def adjust_points(self, member_id: str, points: int, operator: str, reason: str, now: datetime) -> Committed:

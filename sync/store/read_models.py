@@ -21,7 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sync.store import photos
+from sync.store import peer_events, photos
 from sync.store.occupancy import entries_inside
 from sync.store.photos import Photo
 from sync.store.read_day import (
@@ -236,6 +236,7 @@ def loyalty_history(conn: sqlite3.Connection, member_id: str, limit: int = 10) -
 
 @dataclass(frozen=True, slots=True)
 class WalkInCharge:
+    daemon: str  # which of the site's daemons took it (its event's seq)
     seq: int
     pass_id: str
     pass_name: str
@@ -244,19 +245,17 @@ class WalkInCharge:
 
 
 def refundable_walk_in(
-    conn: sqlite3.Connection, member_id: str, zone: str, start: datetime, end: datetime
+    conn: sqlite3.Connection, own_daemon: str, member_id: str, zone: str, start: datetime, end: datetime
 ) -> WalkInCharge | None:
     """The walk-in charge `mark_attended(refund=True)` would give back, if any: the latest
-    one of the member in the zone between start and end not yet refunded."""
-    row = conn.execute(
-        "SELECT d.seq, d.pass_id, d.amount, d.at, p.name FROM deductions d LEFT JOIN passes p ON p.id = d.pass_id "
-        "WHERE d.member_id = ? AND d.cause = 'walk_in' AND d.zone = ? AND d.at >= ? AND d.at < ? "
-        "AND d.refunded_by IS NULL ORDER BY d.at DESC, d.seq DESC LIMIT 1",
-        (member_id, zone, start.timestamp(), end.timestamp()),
-    ).fetchone()
-    if row is None:
+    one of the member in the zone between start and end not yet refunded, taken at any
+    turnstile of the site heard here (peer_events.latest_charge, as the ledger finds it)."""
+    charge = peer_events.latest_charge(conn, own_daemon, member_id, zone, start, end, end)
+    if charge is None:
         return None
-    return WalkInCharge(int(row[0]), row[1], row[4] or row[1], Decimal(row[2]), datetime.fromtimestamp(row[3], UTC))
+    row = conn.execute("SELECT name FROM passes WHERE id = ?", (charge.pass_id,)).fetchone()
+    return WalkInCharge(charge.daemon, charge.seq, charge.pass_id, (row[0] if row else None) or charge.pass_id,
+                        charge.amount, datetime.fromtimestamp(charge.at, UTC))
 
 
 def last_visits(conn: sqlite3.Connection, member_id: str, limit: int = 5) -> list[tuple[datetime, str | None, str]]:

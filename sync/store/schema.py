@@ -32,7 +32,7 @@ from sync.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 REPLICA_SCHEMA_VERSION = 4
 # replica meta: the rule for untyped 10-digit card strings its cards were typed under
 # (rules.credential.TenDigits); absent in replicas written before it (then: the current rule)
@@ -502,10 +502,19 @@ def _migration_10(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -
         _set_version(conn, 10)
 
 
+def _migration_11(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
+    """Refunds the desk asked for that wait to hear the site (sync/store/refunds_wanted.py)."""
+    from sync.store.refunds_wanted import create_table
+
+    with _transaction(conn):
+        create_table(conn)
+        _set_version(conn, 11)
+
+
 # each brings the database to its version, atomically
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path, TenDigits], None]] = [
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
-    _migration_8, _migration_9, _migration_10,
+    _migration_8, _migration_9, _migration_10, _migration_11,
 ]
 
 

@@ -68,7 +68,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -87,7 +87,16 @@ from rules.tap import Tap
 from rules.timeutil import iso_utc, parse_instant_once
 from sync.errors import StoreError
 from sync.records import PassRecord
-from sync.store import attach, enrolment, numbering, own_history, photos, read_contract, retention
+from sync.store import (
+    attach,
+    enrolment,
+    numbering,
+    own_history,
+    photos,
+    read_contract,
+    refunds_wanted,
+    retention,
+)
 from sync.store.attach import REPLICA_FILE_KEY, REPLICA_GENERATION_KEY, open_reader
 from sync.store.batch import SyncBatch
 from sync.store.db import Checkpointer, connect
@@ -627,8 +636,24 @@ class Store:
     def commit_override(self, gate: Gate, operator: str, reason: str, now: datetime, *, passed: bool = True) -> Committed:
         return self.ledger.commit_override(gate, operator, reason, now, passed=passed)
 
-    def mark_attended(self, booking_id: str, operator: str, *, refund: bool, now: datetime) -> Committed:
-        return self.ledger.mark_attended(booking_id, operator, refund=refund, now=now)
+    def mark_attended(
+        self, booking_id: str, operator: str, *, refund: bool, now: datetime, waiting: Sequence[str] = (),
+    ) -> Committed:
+        """`waiting`: the daemons not heard up to now; a refund not found while they are
+        waits for them (Ledger.mark_attended)."""
+        return self.ledger.mark_attended(booking_id, operator, refund=refund, now=now, waiting=waiting)
+
+    def settle_refunds(self, now: datetime, waiting: Callable[[datetime], list[str]]) -> Committed:
+        """The desk's refunds that wait to hear the site, settled where they can be
+        (Ledger.settle_refunds)."""
+        return self.ledger.settle_refunds(now, waiting)
+
+    def refund_wanted(self, booking_id: str) -> refunds_wanted.RefundWanted | None:
+        """The refund the desk asked for with this booking, if it still waits."""
+        return refunds_wanted.get(self.conn, booking_id)
+
+    def refunds_waiting(self) -> int:
+        return refunds_wanted.count(self.conn)
 
     def enrol_card(self, card: str, member_id: str, operator: str, now: datetime) -> Committed:
         """The desk gives `card` to a member: it works at once and goes upstream as a

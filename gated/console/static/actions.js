@@ -97,6 +97,7 @@ export async function markAttended(b, after) {
   });
   if (!r) return;
   if (r.refunded) toast("Marked attended; refunded " + r.refunded.amount + (r.refunded.balance !== undefined && r.refunded.balance !== null ? " — balance now " + r.refunded.balance : ""));
+  else if (r.refund_waiting) toast("Marked attended; no walk-in charge here yet — the refund waits to hear " + r.refund_waiting.for.join(", ") + " and is given back when it arrives");
   else if (r.refund_requested) toast("Marked attended; no walk-in charge was found to refund");
   else toast("Marked attended");
   if (after) after();
@@ -143,6 +144,7 @@ function bookingRow(b, withClass, reload) {
   const note = [];
   if (b.on_site_since) note.push(el("span", { class: "hint", text: "On site since " + b.on_site_since }));
   if (b.walk_in) note.push(el("span", { class: "hint", text: "Paid a walk-in at " + b.walk_in.time + " (" + b.walk_in.amount + " from " + b.walk_in.pass_name + ")" }));
+  if (b.refund_waiting) note.push(el("span", { class: "hint refund-waiting", text: "Refund waits to hear " + b.refund_waiting.for.join(", ") }));
   return el("tr", { "data-booking": b.id },
     withClass ? el("td", { text: b.starts + " " + b.class }) : el("td", null, el("a", { href: "/members#" + encodeURIComponent(b.member), text: b.member_name })),
     el("td", null, el("span", { class: "badge st-" + b.state, text: STATE_TEXT[b.state] || b.state }), b.attended_at ? " " + b.attended_at : "", ...note),
