@@ -16,7 +16,7 @@ settled), so the scheduler's work is proportional to what fell due, not to the s
 the replica. A booking a sync brings in behind the cursor (a late arrival) is listed in
 `due_recheck` before the replica changes, and settled at the next run.
 
-About 500 lines: every change here reads and writes the same few tables under the same
+About 600 lines: every change here reads and writes the same few tables under the same
 rules (one transaction, its events, the replica's ids), so they stay side by side; the
 grant intents, the peers' events and occupancy, which have tables of their own, are not.
 """
