@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
+
+import gated.knowledge
 from gated.config import Config
 from gated.daemon import Daemon
 from rules.credential import Credential
@@ -297,13 +300,14 @@ async def test_a_daemon_whose_status_is_cleared_is_no_longer_waited_for(
 
 
 async def test_the_desk_refund_of_a_walk_in_at_a_turnstile_not_heard_yet_waits_for_it(
-    mosquitto: Mosquitto, central: Central, tmp_path: Path
+    mosquitto: Mosquitto, central: Central, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Soak 23's traced day: the desk's daemon restarted and the desk marked a booking
     attended with a refund before it had heard the other turnstile's walk-in charge. It
     answered "no walk-in charge" and the member kept paying twice. Now the refund waits —
     the answer says for whom, the console shows it — and is given back when the charge
     arrives."""
+    monkeypatch.setattr(gated.knowledge, "REFUNDS_ALARM", 0.5)
     seed(central)
     clock = Clock(DAY)
     clock.to(9, 15)
@@ -327,8 +331,13 @@ async def test_the_desk_refund_of_a_walk_in_at_a_turnstile_not_heard_yet_waits_f
         assert wanted is not None and wanted.waiting == ("in2",)
         await ticks()
         assert events(desk, "deduction") == []  # nothing given back blind, nothing guessed
+        [gap] = [g for g in desk.health()["knowledge"]["gaps"] if g["kind"] == "refunds_waiting"]
+        assert "1 refund(s)" in gap["detail"] and "in2" in gap["detail"]
+        assert "refunds_waiting" in [e["kind"] for e in events(desk, "alarm")]
         async with running(in2_cfg, clock):
             await wait_until(lambda: len(events(desk, "deduction")) == 1, what="the refund, once in2 is heard")
+        await wait_until(lambda: "refunds_waiting_ended" in [e["kind"] for e in events(desk, "alarm")],
+                         what="the gap closed")
         [refund] = events(desk, "deduction")
         assert (refund["cause"], refund["amount"], refund["booking"]) == ("refund", -1, "b1")
         assert refund["refunds"] == {"daemon": "in2", "seq": charge["seq"]}
