@@ -123,6 +123,11 @@ class Metrics:
             "(gated/knowledge.py: uplink_stalled, deltas_behind, peers_unheard, clock_untrusted, numbering_unsure, own_history_missing, refunds_waiting)", ["kind"], registry=r,
         )
         self.fire_input_up = Gauge("gated_fire_input_up", "1 when the fire-alarm input is read successfully", registry=r)
+        self.memory = Gauge(
+            "gated_memory_bytes", "Where the daemon's memory is (gated/memory.py): rss, sqlite (its page caches, "
+            "bounded), heap_free (freed, kept by the allocator), heap_in_use, unexplained (rss - sqlite - heap_free: "
+            "a leak rises here)", ["part"], registry=r,
+        )
 
     def watch_devices(
         self,

@@ -4,6 +4,7 @@ the running parts; nothing here changes them."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -11,10 +12,15 @@ from typing import TYPE_CHECKING, Any
 from drivers.outputs.links import lines_in_use
 from drivers.outputs.modbus import OutputHealth
 from drivers.readers.base import ReaderHealth
+from gated import memory
 from sync.store.faults import STORAGE_ERRORS
 
 if TYPE_CHECKING:
     from gated.daemon import Daemon
+
+
+MEMORY_EVERY = 10.0  # seconds between readings of the memory gauges (a scrape is rarer)
+_memory_due = [0.0]
 
 
 def status_line(d: Daemon) -> str:
@@ -51,6 +57,12 @@ def update_gauges(d: Daemon) -> None:
         d.metrics.safety.labels("emergency_release").set(int(d.safety.emergency.active))
         d.metrics.safety.labels("fire_alarm").set(int(d.safety.fire_alarm))
     d.metrics.outbox_depth.set(d.store.outbox_depth())
+    now = time.monotonic()
+    if now >= _memory_due[0]:
+        _memory_due[0] = now + MEMORY_EVERY
+        for part, value in memory.parts().items():
+            if value is not None and part != "python_blocks":
+                d.metrics.memory.labels(part).set(value)
     last = d.store.last_sync_at()
     if last is not None:
         d.metrics.last_sync.set(last.timestamp())
@@ -103,6 +115,7 @@ def health(d: Daemon) -> dict[str, Any]:
         "console": d.console.stats if d.console is not None else None,
         "broker": "connected" if d.link is not None and getattr(d.link, "connected", False) else ("none" if d.link is None else "disconnected"),
         "outbox_depth": read(store.outbox_depth) if store else None,
+        "memory": memory.parts(),
         "last_sync": last.isoformat() if isinstance(last, datetime) else last,
         "cache_stale": read(d.cache_stale) if store else None,
         "sync": (

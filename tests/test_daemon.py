@@ -205,6 +205,8 @@ async def test_control_socket_tap_and_status(tmp_path: Path) -> None:
         health = json.loads(status.stdout)
         assert health["gates"]["turnstile-1"]["relay"] == "online"
         assert health["outbox_depth"] == 2
+        mem = health["memory"]  # where its memory is (gated/memory.py): a leak from a cache filling up
+        assert mem["rss"] > mem["sqlite"] > 0 and mem["unexplained"] == mem["rss"] - mem["sqlite"] - mem["heap_free"]
         bad = await asyncio.to_thread(
             subprocess.run, [*GATED, "tap", "-c", str(d.config), "nope", "0499887766"],
             capture_output=True, text=True, timeout=30,

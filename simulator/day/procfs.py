@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -78,6 +79,36 @@ def growth(samples: list[Sample], warmup: float) -> dict[str, float | int]:
         "fds_last": after[-1].fds,
         "fds_max": max(s.fds for s in after),
         "cpu_s": round(samples[-1].cpu_s, 1),
+    }
+
+
+def memory_growth(rows: list[dict[str, Any]], born: float, warmup: float) -> dict[str, float | int]:
+    """A gate daemon's memory parts (gated/memory.py, in bytes, each row with `real`)
+    after `warmup` seconds of its life: how much each part rose, and the trend of the
+    `unexplained` part (resident memory that neither SQLite's bounded caches nor the
+    allocator's free memory explain) in each half of the rest."""
+    after = [r for r in rows if r["real"] - born >= warmup and r.get("unexplained") is not None]
+    if len(after) < 8:
+        return {}
+    half = len(after) // 2
+
+    def mb(r: dict[str, Any], part: str) -> float:
+        return float(r.get(part) or 0) / 1_048_576
+
+    def per_hour(part: list[dict[str, Any]]) -> float:
+        return round(slope([(r["real"], mb(r, "unexplained")) for r in part]) * 3600, 2)
+
+    first, last = after[0], after[-1]
+    return {
+        "memory_samples": len(after),
+        "unexplained_mb_after_warmup": round(mb(first, "unexplained"), 1),
+        "unexplained_mb_last": round(mb(last, "unexplained"), 1),
+        "unexplained_mb_per_hour_first_half": per_hour(after[:half]),
+        "unexplained_mb_per_hour_second_half": per_hour(after[half:]),
+        "sqlite_mb_rise": round(mb(last, "sqlite") - mb(first, "sqlite"), 1),
+        "sqlite_mb_peak": round(max(mb(r, "sqlite_peak") for r in after), 1),
+        "heap_free_mb_rise": round(mb(last, "heap_free") - mb(first, "heap_free"), 1),
+        "python_blocks_rise": int(last.get("python_blocks") or 0) - int(first.get("python_blocks") or 0),
     }
 
 

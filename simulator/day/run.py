@@ -58,17 +58,22 @@ def _meta(db: Path) -> dict[str, str]:
 
 
 class Sampler:
-    """RSS, descriptors and CPU of every process, every `interval` real seconds."""
+    """RSS, descriptors and CPU of every process, every `interval` real seconds; and every
+    `memory_every` where each gate daemon's memory is (`gated status` → `memory`:
+    gated/memory.py), so that the resources check tells a leak from a cache filling up."""
 
-    def __init__(self, chain: Chain, records: Records, interval: float):
+    def __init__(self, chain: Chain, records: Records, interval: float, memory_every: float = 20.0):
         self.chain = chain
         self.records = records
         self.interval = interval
+        self.memory_every = memory_every
         self.series: dict[str, list[procfs.Sample]] = {}  # "name#pid" -> samples
+        self.memory: dict[str, list[dict[str, Any]]] = {}  # "name#pid" -> {"real", the parts}
         self.lag: list[float] = []  # the harness's own event-loop lag, ms
 
     async def run(self) -> None:
         procs = self.chain.processes()
+        memory_due = 0.0
         while True:
             t = time.monotonic()
             await asyncio.sleep(self.interval)
@@ -81,6 +86,32 @@ class Sampler:
                 s = procfs.sample(pid, real)
                 if s is not None:
                     self.series.setdefault(f"{name}#{pid}", []).append(s)
+            if time.monotonic() >= memory_due:
+                memory_due = time.monotonic() + self.memory_every
+                for rig in self.chain.gates.values():
+                    pid = rig.proc.pid
+                    parts = await _memory_of(self.chain.dir / "gates" / f"{rig.daemon}.sock")
+                    if pid is not None and parts is not None and pid == rig.proc.pid:
+                        self.memory.setdefault(f"{rig.daemon}#{pid}", []).append({"real": self.records.real(), **parts})
+
+
+async def _memory_of(sock: Path) -> dict[str, Any] | None:
+    """A gate daemon's `memory` from its control socket (None: not answering now)."""
+    try:
+        async with asyncio.timeout(2.0):
+            reader, writer = await asyncio.open_unix_connection(str(sock), limit=4 * 1024 * 1024)
+            try:
+                writer.write(b'{"cmd": "status"}\n')
+                await writer.drain()
+                line = await reader.readline()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        parts = json.loads(line).get("memory")
+    except (OSError, TimeoutError, ValueError, AttributeError):
+        return None
+    return parts if isinstance(parts, dict) else None
 
 
 async def _drained(chain: Chain, timeout: float) -> dict[str, Any]:
@@ -194,6 +225,7 @@ async def run_day(
             os.kill(pid, signal.SIGKILL)
     # their last samples and exits
     harness["samples"] = {k: [asdict(s) for s in v] for k, v in sampler.series.items()}
+    harness["memory"] = sampler.memory
     harness["harness_loop_lag_ms"] = sorted(sampler.lag)[-5:] if sampler.lag else []
     harness["wall_s"] = round(time.monotonic() - t_start, 1)
     harness.update(records.to_json())
