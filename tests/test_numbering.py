@@ -7,6 +7,7 @@ and nothing about them changes but their numbers."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import tempfile
 from datetime import datetime
 from decimal import Decimal
@@ -22,9 +23,10 @@ from rules.credential import CredentialKind
 from rules.decide import Presented, decide
 from rules.model import Gate, Policy, Site
 from sync.records import BookingIn, MemberIn, PassIn
-from sync.store import Store, SyncBatch
+from sync.store import Store, SyncBatch, numbering
 from sync.store.numbering import OTHER_SEQS, OWN_SEQS
 from sync.store.sent_mark import SentMark, sent_path
+from sync.store.transaction import Transaction
 from tests.tap_fixtures import tap_of
 
 TZ = ZoneInfo("Europe/Madrid")
@@ -264,6 +266,49 @@ def test_a_restart_before_the_central_systems_word_holds_from_where_the_hold_beg
     store.hold_unsure()
     assert store.unsure_after is None
     store.close()
+
+
+def test_a_hold_whose_start_could_not_be_written_is_written_with_its_first_held_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk was full when the new box started: where its hold began could not be
+    written. The first held event carries it into the ledger, so a restart before the
+    central system's word still holds from there; and the settle that follows removes it
+    (a settle's own events do not write it back)."""
+    db = tmp_path / "gated.db"
+    store = without_mark(db)
+    real = Transaction.set_meta
+
+    def full(self: Transaction, key: str, value: str) -> None:
+        if key == numbering.HELD_KEY:
+            raise sqlite3.OperationalError("database or disk is full")
+        real(self, key, value)
+
+    monkeypatch.setattr(Transaction, "set_meta", full)
+    store.hold_unsure()  # logged, held in memory
+    assert store.unsure_after == 0
+    monkeypatch.undo()
+    walk_in(store, at(9))
+    walk_in(store, at(9, 5))
+    assert store.conn.execute("SELECT value FROM main.meta WHERE key = ?", (numbering.HELD_KEY,)).fetchone() == ("0",)
+    store.close()
+    store = open_store(db)  # the restart: still no mark
+    store.hold_unsure()
+    assert store.unsure_after == 0 and store.sendable_seq == 0  # not 4: the held events stay held
+    store.settle_numbering(7, at(9, 15))
+    assert store.unsure_after is None
+    assert store.conn.execute("SELECT value FROM main.meta WHERE key = ?", (numbering.HELD_KEY,)).fetchone() is None
+    store.close()
+    # the central system's word before any held event: its settle's events leave no hold behind
+    forget_mark(db)
+    again = open_store(db)
+    monkeypatch.setattr(Transaction, "set_meta", full)
+    again.hold_unsure()
+    monkeypatch.undo()
+    again.settle_numbering(again.last_seq + 3, at(9, 20))
+    assert again.unsure_after is None
+    assert again.conn.execute("SELECT value FROM main.meta WHERE key = ?", (numbering.HELD_KEY,)).fetchone() is None
+    again.close()
 
 
 def test_the_replicas_applied_seq_cannot_hide_a_held_charge(tmp_path: Path) -> None:

@@ -43,7 +43,9 @@ from typing import TYPE_CHECKING, Any
 from sync.store import own_history
 
 if TYPE_CHECKING:
+    from sync.store.meta import Meta
     from sync.store.store import Store
+    from sync.store.transaction import Transaction
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,8 @@ class Numbering:
         # without the mark, the ledger's last event at open: what a sync link holds after
         self._missing_after = mark_missing_after
         self.unsure_after: int | None = None
+        self._hold_kept = False  # where the hold began is in the ledger (HELD_KEY)
+        self._settling = False
         # how far the central system got, as the replica the last snapshot switch put in says
         self.switched_word: int | None = None
 
@@ -101,11 +105,24 @@ class Numbering:
         try:
             with store.transaction() as tx:
                 tx.set_meta(HELD_KEY, str(after))
-        except sqlite3.Error as e:  # a store that cannot be written records no event to hold either
-            log.warning("where the hold began cannot be written (%s)", e)
+            self._hold_kept = True
+        except sqlite3.Error as e:  # written with the first held event instead (keep_hold)
+            log.warning("where the hold began cannot be written yet (%s)", e)
         self.mark_down(store)
         log.warning("%s is missing: events after %d wait for the central system to say how far it got",
                     store.sent.path, after)
+
+    def keep_hold(self, tx: Transaction, meta: Meta) -> None:
+        """Before a transaction that writes events commits, while held: where the hold
+        began goes into the ledger with them if it is not there yet (its own write failed:
+        a full disk at start). Else a restart before the central system's word would take
+        these held events for numbered right, as if the hold began after them."""
+        if self.unsure_after is None or self._hold_kept or self._settling:
+            return
+        if meta.get(HELD_KEY) is not None:
+            self._hold_kept = True
+            return
+        tx.set_meta(HELD_KEY, str(self.unsure_after))
 
     def mark_down(self, store: Store) -> None:
         """While held: no pass of the replica says the central system applied beyond the
@@ -133,11 +150,14 @@ class Numbering:
         on after that. Raises OSError or sqlite3.Error when it cannot be done: still held,
         the replica's passes marked down again (the sync that brought the word wrote them
         as the central system sent them)."""
+        self._settling = True  # its transactions say where the hold stands themselves
         try:
             self._settle(store, central_seq, now, restored_key)
         except (OSError, sqlite3.Error):
             self.mark_down(store)
             raise
+        finally:
+            self._settling = False
 
     def _settle(self, store: Store, central_seq: int, now: datetime, restored_key: str) -> None:
         after = self.unsure_after

@@ -149,6 +149,7 @@ class Store:
         # the ledger's log flushed off the event loop (sync/store/durability.py); None: not durable
         self.wal_sync = WalSync(self.path) if durable else None
         self.conn = connect(self.path, durable=durable)
+        self.numbering = numbering.Numbering(None)  # until the ledger is read, below
         try:
             opened_at_version = migrate(self.conn, self.path, ten_digits)
             self.replica_path = attach.open_current(self.conn, self.path, self.files, ten_digits)
@@ -257,6 +258,7 @@ class Store:
             self.conn, self.outbox, self._meta, self.wal_sync.committed if self.wal_sync is not None else None
         )
         self._transactions.listeners.extend(listeners)
+        self._transactions.before_commit = lambda tx: self.numbering.keep_hold(tx, self._meta)
         self.replica = Replica(self.conn, self.site, self.ten_digits)
         self.ledger = Ledger(self.conn, self._transactions, self.replica, self.site, self.daemon_id)
         self.ledger.site_wide_qr = self.site_wide_qr

@@ -72,6 +72,8 @@ class Transactions:
         self.meta = meta
         self.listeners: list[Listener] = []
         self.committed = committed  # told of each COMMIT (the store's WAL flush, sync/store/durability.py)
+        # asked before the COMMIT of a transaction that wrote events (the numbering's hold)
+        self.before_commit: Callable[[Transaction], None] | None = None
 
     @contextmanager
     def open(self) -> Iterator[Transaction]:
@@ -80,6 +82,8 @@ class Transactions:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield tx
+            if self.before_commit is not None and tx.committed.events:
+                self.before_commit(tx)
             self.conn.execute("COMMIT")
             if self.committed is not None:
                 self.committed()
