@@ -94,7 +94,10 @@ def check_books(run: Run) -> list[Invariant]:
                     walk_ins[e["member"]].append({**e, "_at": at})
                 if e.get("cause") == "refund":
                     refunds.checked += 1
-                    _check_refund(run, refunds, site, e, at, walk_ins, refunded, bookings)
+                    # asked for when the desk marked the booking attended (the same transaction,
+                    # or earlier when the refund waited to hear another daemon)
+                    requested = min(at, attended_at.get(str(e.get("booking")), at))
+                    _check_refund(run, refunds, site, e, requested, walk_ins, refunded, bookings)
                 if e.get("cause") == "no_show_fee":
                     fees.checked += 1
                     b = bookings.get(e.get("booking") or "")
