@@ -9,7 +9,7 @@ down), "nothing to give back" would be a guess: the member would keep paying for
 class twice. So the request is kept, in the transaction that marks the attendance, and
 settled by the scheduler (Ledger.settle_refunds) when it can be: the charge arrives (it
 is given back, as if found at once), or everyone is heard up to the request without one
-(nothing was charged: dropped), or after `GIVE_UP` of waiting (an `refund_unsettled`
+(nothing was charged: dropped), or after `GIVE_UP` of waiting (a `refund_unsettled`
 alarm names it for a person). The console shows it as waiting meanwhile.
 """
 
