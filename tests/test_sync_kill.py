@@ -55,7 +55,11 @@ async def kill_after(proc: subprocess.Popen[str], delay: float, after: str = "RE
 
 async def drain(db: Path, port: int) -> None:
     proc = spawn(db, port, "drain")
-    out, _ = await asyncio.wait_for(asyncio.to_thread(proc.communicate), 60)
+    try:
+        out, _ = await asyncio.wait_for(asyncio.to_thread(proc.communicate), 60)
+    finally:
+        if proc.poll() is None:  # timed out: a gate that never drains fails the test, not the suite
+            proc.kill()
     assert proc.returncode == 0 and "DRAINED" in out, out
 
 

@@ -265,6 +265,27 @@ def test_unsure_of_its_numbering_the_gate_asks_with_its_last_event_and_settles_b
     assert isinstance(s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 40}), 100.3)[0], RaiseAlarm)  # sure now
 
 
+def test_unsure_with_nothing_of_its_own_to_send_the_gate_asks_for_a_snapshot() -> None:
+    """A new box that held nothing at its start has no event whose ack would say how far
+    the central system got: only a snapshot's passes say it. Restarted after its first
+    snapshot's switch and before its settle (a kill), it asked for the deltas since and
+    waited for good at a quiet site (tests/test_sync_kill.py hung on it). Now it asks for
+    a snapshot; once sure, for the deltas again."""
+    s = session(StoreState(has_snapshot=True, delta_seq=5, last_seq=0, numbering_unsure=True))
+    s.connect(100.0, "2026-11-18T09:00:00Z")
+    [req] = resyncs(s.receive("gated/central/status", online(), 100.0, retained=True))
+    assert req["reason"] == "startup" and req.get("since_delta_seq") is None
+    sure = session(StoreState(has_snapshot=True, delta_seq=5, last_seq=0))
+    sure.connect(100.0, "2026-11-18T09:00:00Z")
+    [req] = resyncs(sure.receive("gated/central/status", online(), 100.0, retained=True))
+    assert req["reason"] == "reconnect" and req["since_delta_seq"] == 5
+    # with an event of its own before the hold, its ack is the word: deltas, as before
+    held = session(StoreState(has_snapshot=True, delta_seq=5, last_seq=6, acked_seq=6, numbering_unsure=True))
+    held.connect(100.0, "2026-11-18T09:00:00Z")
+    [req] = resyncs(held.receive("gated/central/status", online(), 100.0, retained=True))
+    assert req["reason"] == "reconnect"
+
+
 def test_a_gap_ack_resends_from_the_central_systems_point_once_a_second() -> None:
     s = connected(session(StoreState(has_snapshot=True, last_seq=6)), 100.0)
     s.uplink([ev(i) for i in range(1, 7)], 100.0)

@@ -413,6 +413,11 @@ class Session:
     def _reason(self) -> str:
         if not self.has_snapshot:
             return "startup"
+        if self.numbering_unsure and self.last_seq == 0:
+            # nothing of ours may leave whose ack would say how far the central system got
+            # (a new box that held nothing at its start): only a snapshot's passes say it
+            # — a restart after the last one's switch and before its settle waited for good
+            return "startup"
         if self.awaiting_snapshot:
             return "gap"
         return self.snapshot_reason or "reconnect"
