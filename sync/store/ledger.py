@@ -290,36 +290,46 @@ class Ledger:
         its charge is here, dropped once every daemon is heard up to the request without
         one, and after refunds_wanted.GIVE_UP an alarm for a person. `waiting(instant)`:
         the daemons not heard up to it."""
-        todo = []
+        todo = []  # each request's outcome, decided once
         for w in refunds_wanted.wanted(self.conn):
             charge = peer_events.latest_charge(
                 self.conn, self.daemon_id, w.member_id, w.zone, w.day_start, w.day_end, w.asked_at)
+            booking = self.replica.get_booking(w.booking_id)
             unheard = waiting(w.asked_at)
-            if charge is not None or not unheard or now - w.asked_at >= refunds_wanted.GIVE_UP \
-                    or tuple(unheard) != w.waiting:
-                todo.append((w, charge, unheard))
+            if charge is not None and booking is not None:
+                outcome = "refund_settled"
+            elif charge is None and not unheard:
+                outcome = "refund_none"
+            elif booking is None or now - w.asked_at >= refunds_wanted.GIVE_UP:
+                outcome = "refund_unsettled"
+            elif tuple(unheard) != w.waiting:
+                outcome = "waiting"
+            else:
+                continue  # nothing new: no transaction
+            todo.append((outcome, w, booking, charge, unheard))
         if not todo:
             return Committed()
         with self.transactions.open() as tx:
-            for w, charge, unheard in todo:
-                booking = self.replica.get_booking(w.booking_id)
-                detail = {"booking": w.booking_id, "member": w.member_id, "asked_at": iso_utc(w.asked_at)}
-                if charge is not None and booking is not None:
-                    self._refund(tx, now, booking, charge)
-                    tx.audit(now, w.operator, "refund_settled", {**detail, "refunds": [charge.daemon, charge.seq]})
-                elif charge is None and not unheard:
+            for outcome, w, booking, charge, unheard in todo:
+                detail: dict[str, Any] = {"booking": w.booking_id, "member": w.member_id, "asked_at": iso_utc(w.asked_at)}
+                if outcome == "waiting":
+                    refunds_wanted.still_waiting(self.conn, w.booking_id, unheard)
+                    continue
+                if outcome == "refund_settled" and booking is not None and charge is not None:
+                    self._refund(tx, now, booking, charge)  # drops the request too
+                    detail["refunds"] = [charge.daemon, charge.seq]
+                else:
                     refunds_wanted.drop(self.conn, w.booking_id)
-                    tx.audit(now, w.operator, "refund_none", {**detail, "heard": list(w.waiting)})
-                elif now - w.asked_at >= refunds_wanted.GIVE_UP or booking is None:
-                    refunds_wanted.drop(self.conn, w.booking_id)
+                if outcome == "refund_none":
+                    detail["heard"] = list(w.waiting)
+                elif outcome == "refund_unsettled":
                     why = "its booking is gone" if booking is None else f"not heard: {', '.join(unheard)}"
                     tx.emit("alarm", now, gate=None, kind="refund_unsettled",
                             detail=f"the refund of {w.member_id}'s walk-in the desk asked for with booking "
                                    f"{w.booking_id} at {iso_utc(w.asked_at)} was not settled ({why}): "
                                    "check the member's charges of that day by hand")
-                    tx.audit(now, w.operator, "refund_unsettled", {**detail, "waiting": unheard})
-                else:
-                    refunds_wanted.still_waiting(self.conn, w.booking_id, unheard)
+                    detail["waiting"] = unheard
+                tx.audit(now, w.operator, outcome, detail)
         return tx.committed
 
     def adjust_points(self, member_id: str, points: int, operator: str, reason: str, now: datetime) -> Committed:
