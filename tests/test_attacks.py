@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -340,6 +342,12 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 ACL_EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "mosquitto-acl.example"
 
 
+def _disconnect(clients: list[Any]) -> None:
+    for c in clients:
+        c.loop_stop()
+        c.disconnect()
+
+
 def _mqtt(port: int, user: str, password: str) -> Any:
     import paho.mqtt.client as mqtt
 
@@ -350,12 +358,11 @@ def _mqtt(port: int, user: str, password: str) -> Any:
     return c
 
 
-def test_broker_acl_example_keeps_each_daemon_to_its_own_topics(tmp_path: Path) -> None:
-    """config/mosquitto-acl.example on a real mosquitto: a gate daemon cannot post another
-    gate's events, acknowledge its own events, push a delta or pose as the central system;
-    what it is meant to publish gets through."""
+@contextlib.contextmanager
+def acl_broker(tmp_path: Path, users: dict[str, str]) -> Iterator[int]:
+    """A real mosquitto with config/mosquitto-acl.example, a password file of `users` and
+    no anonymous clients, as the central broker runs it; yields its port."""
     needs_mosquitto()
-    users = {"central": "c-pw", "gym-madrid-1.gate-a": "a-pw", "gym-madrid-1.gate-b": "b-pw"}
     passwd = tmp_path / "passwd"
     passwd.write_text("")
     for user, pw in users.items():
@@ -372,7 +379,6 @@ def test_broker_acl_example_keeps_each_daemon_to_its_own_topics(tmp_path: Path) 
                     # as root mosquitto drops to user "mosquitto", who cannot read tmp_path
                     + ("user root\n" if os.geteuid() == 0 else ""))
     broker = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    clients: list[Any] = []
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -382,6 +388,21 @@ def test_broker_acl_example_keeps_each_daemon_to_its_own_topics(tmp_path: Path) 
             except OSError:
                 assert time.monotonic() < deadline, "mosquitto did not start"
                 time.sleep(0.05)
+        yield port
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def test_broker_acl_example_keeps_each_daemon_to_its_own_topics(tmp_path: Path) -> None:
+    """config/mosquitto-acl.example on a real mosquitto: a gate daemon cannot post another
+    gate's events, acknowledge its own events, push a delta or pose as the central system;
+    what it is meant to publish gets through."""
+    users = {"central": "c-pw", "gym-madrid-1.gate-a": "a-pw", "gym-madrid-1.gate-b": "b-pw"}
+    clients: list[Any] = []
+    with contextlib.ExitStack() as stack:
+        port = stack.enter_context(acl_broker(tmp_path, users))
+        stack.callback(_disconnect, clients)
         seen: dict[str, list[tuple[str, bytes]]] = {"central": [], "gate-a": [], "gate-b": []}
         subscribed = threading.Semaphore(0)
         for who, user in (("central", "central"), ("gate-a", "gym-madrid-1.gate-a"), ("gate-b", "gym-madrid-1.gate-b")):
@@ -434,9 +455,73 @@ def test_broker_acl_example_keeps_each_daemon_to_its_own_topics(tmp_path: Path) 
         assert "ok: own events" in got["gate-b"]  # site-wide anti-passback reads the others' events
         assert "ok: history request" in got["central"]
         assert "ok: history for a" in got["gate-a"] and "ok: history for a" not in got["gate-b"]
-    finally:
-        for c in clients:
-            c.loop_stop()
-            c.disconnect()
-        broker.terminate()
-        broker.wait(10)
+
+
+def test_broker_acl_example_lets_the_example_bridge_carry_every_topic_it_bridges(tmp_path: Path) -> None:
+    """config/mosquitto-bridge.conf.example on a site broker, bridged to a central broker
+    that runs config/mosquitto-acl.example with the bridge's user: every topic the bridge
+    carries gets across in each direction it is carried. (The bridge user's ACL once
+    lacked a replaced box's history request and answer: its lost events never came back
+    at a site with its own broker.)"""
+    import re
+    import secrets
+
+    from tests.broker import BRIDGE_EXAMPLE, Mosquitto, bridge_config
+
+    site = "gym-madrid-1"
+    users = {"central": secrets.token_hex(8), f"{site}.gate-a": secrets.token_hex(8),
+             f"bridge-{site}": secrets.token_hex(8)}
+    carried = re.findall(r"^topic (\S+) (in|out|both) [01]$", BRIDGE_EXAMPLE.read_text(), flags=re.M)
+    assert len(carried) >= 15, carried
+    clients: list[Any] = []
+    with contextlib.ExitStack() as stack:
+        (tmp_path / "central").mkdir()
+        port = stack.enter_context(acl_broker(tmp_path / "central", users))
+        bridge = bridge_config(port, site).replace("remote_password change-me", f"remote_password {users[f'bridge-{site}']}")
+        site_broker = Mosquitto(tmp_path / "site", extra=bridge)
+        site_broker.start()
+        stack.callback(site_broker.stop)
+        stack.callback(_disconnect, clients)
+        seen: dict[str, set[str]] = {"central": set(), "site": set()}
+        subscribed = threading.Semaphore(0)
+        central = _mqtt(port, "central", users["central"])
+        gate_a = _mqtt(port, f"{site}.gate-a", users[f"{site}.gate-a"])  # a gate failed over to the central broker
+
+        import paho.mqtt.client as mqtt
+
+        local = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="t-site", protocol=mqtt.MQTTv5)
+        local.connect("127.0.0.1", site_broker.port)
+        local.loop_start()
+        clients += [central, gate_a, local]
+        for who, c in (("central", central), ("site", local)):
+            c.on_message = lambda _c, _u, m, who=who: seen[who].add(m.payload.decode())
+            c.on_subscribe = lambda *_: subscribed.release()
+            c.subscribe("gated/#", qos=1)
+        for _ in range(2):
+            assert subscribed.acquire(timeout=10)
+
+        def topic(pattern: str) -> str:
+            return pattern.replace("+", "gate-a")
+
+        # the bridge connects within a second or two: an upward message, until one is through
+        deadline = time.monotonic() + 20
+        while not any(p.startswith("probe") for p in seen["central"]):
+            assert time.monotonic() < deadline, "the bridge did not connect to the central broker"
+            local.publish(f"gated/{site}/gate-a/events", b"probe", qos=1).wait_for_publish(5)
+            time.sleep(0.2)
+        expected: dict[str, set[str]] = {"central": set(), "site": set()}
+        for pattern, way in carried:
+            if way in ("out", "both"):
+                expected["central"].add(f"up {pattern}")
+                local.publish(topic(pattern), f"up {pattern}".encode(), qos=1).wait_for_publish(5)
+            if way in ("in", "both"):
+                # down: what the central system sends, or (both ways) what a gate on the
+                # central broker publishes for the site's other gates
+                sender = gate_a if way == "both" else central
+                expected["site"].add(f"down {pattern}")
+                sender.publish(topic(pattern), f"down {pattern}".encode(), qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 15
+        while any(expected[w] - seen[w] for w in expected) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not expected["central"] - seen["central"], f"not carried up: {sorted(expected['central'] - seen['central'])}"
+        assert not expected["site"] - seen["site"], f"not carried down: {sorted(expected['site'] - seen['site'])}"
