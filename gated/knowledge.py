@@ -77,13 +77,15 @@ class Knowledge:
 
     def unheard(self, instant: datetime) -> list[str]:
         """The daemons whose events up to `instant` are not all here: the site's others not
-        heard up to it, and this one while its lost ledger's events are not back (a walk-in
-        the desk would refund may be among them)."""
+        heard up to it, and this one while its lost ledger's events are not back — held
+        while its numbering is unsure (they are asked for once it settles), then asked for
+        (a walk-in the desk would refund, or its refund, may be among them)."""
         link = self.d.link
         if link is None:
             return []
         out: list[str] = link.session.peers.behind(instant.timestamp())
-        if link.session.own_history.wanted is not None:
+        store = self.d.store
+        if link.session.own_history.wanted is not None or (store is not None and store.unsure_after is not None):
             out.append(self.d.config.daemon_id)
         return out
 

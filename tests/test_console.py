@@ -549,6 +549,38 @@ async def test_a_refund_not_found_while_another_gate_is_unheard_is_shown_waiting
         assert r.json()["refunded"] is None and r.json()["refund_waiting"] is None
         # the scheduler, with everyone heard up to the request and no charge: dropped
         await wait_for(lambda: site.store.refund_wanted("b-spin") is None, what="the refund dropped")
+        # the audit says it in the desk's words, with no event of its own
+        [row] = (await c.get("/api/audit?action=refund_none")).json()["rows"]
+        assert row["operator"] == "desk" and row["action_text"] == "A waiting refund found no walk-in charge"
+        assert row["seq"] is None and "waited for: north-in-2" in row["detail_text"], row
+        assert "asked at: 20" in row["detail_text"] and "T" not in row["detail_text"].split("asked at: ")[1][:12]
+
+
+async def test_a_refund_settled_while_its_answer_waits_is_shown_given(tmp_path: Path) -> None:
+    """The desk's request waits (another gate not heard up to it) and the scheduler settles
+    it before the answer is read (the answer waits for the flush): the answer says what was
+    given back, not that no walk-in charge was found."""
+    async with running_site(tmp_path) as site:
+        c = Client(site.port)
+        await c.login("desk")
+        assert (await site.tap("04A1B2C3D4"))["reason"] == "walk_in"  # 9 -> 8
+        site.daemon.knowledge.unheard = lambda now: ["north-in-2"]  # type: ignore[method-assign]
+        engine = site.daemon.engine
+        assert engine is not None
+        mark = engine.mark_attended
+
+        def mark_then_settle(*args: Any, **kw: Any) -> Any:
+            committed = mark(*args, **kw)
+            assert site.store.refund_wanted("b-spin") is not None
+            engine.settle_refunds(kw["now"], lambda _: [])  # north-in-2 heard up to it the next moment
+            return committed
+
+        engine.mark_attended = mark_then_settle  # type: ignore[method-assign]
+        r = await c.post_json("/api/bookings/b-spin/attend", {"refund": True})
+        assert r.status == 200, r.text
+        body = r.json()
+        assert body["refunded"] == {"pass": "p-ana", "amount": 1, "balance": 9} and body["refund_waiting"] is None
+        assert site.store.balance("p-ana") == 9
 
 
 async def test_points_member_search_and_audit_csv(tmp_path: Path) -> None:

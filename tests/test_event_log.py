@@ -249,6 +249,9 @@ async def test_a_new_box_holds_its_events_until_the_central_says_how_far_it_got(
         assert d.store is not None and d.store.sendable_seq == 0 < d.store.last_seq
         assert "NUMBERING UNSURE" in status_line(d)
         assert d.metrics.knowledge_gap.labels("numbering_unsure")._value.get() == 1
+        # the old box's events are not here either, held or not: a refund the desk asks for
+        # now waits for them (the old box may have charged the walk-in, or given it back)
+        assert d.knowledge.unheard(d.clock()) == [d.config.daemon_id]
         task = asyncio.create_task(central.run())
         await wait_until(lambda: central.applied_seq(SITE, d.config.daemon_id) == d.store.last_seq > 0,  # type: ignore[union-attr]
                          timeout=20, what="the held events applied")

@@ -8,6 +8,7 @@ not heard holds it until `peer_wait_limit`, and the no-show then names it.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -342,3 +343,46 @@ async def test_the_desk_refund_of_a_walk_in_at_a_turnstile_not_heard_yet_waits_f
         assert (refund["cause"], refund["amount"], refund["booking"]) == ("refund", -1, "b1")
         assert refund["refunds"] == {"daemon": "in2", "seq": charge["seq"]}
         assert desk.store.refund_wanted("b1") is None
+
+
+async def test_a_peer_event_heard_but_not_recorded_is_asked_for_again(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The desk's store cannot record in2's walk-in when it arrives (the disk full for a
+    moment). The desk does not count it as heard: in2 is unheard up to the charge (a
+    refund asked for meanwhile waits), the charge is asked for again by catch-up and
+    recorded once the store can write, and the desk's refund then gives it back. Before,
+    in2's next heartbeat made it heard: the charge was missing for good and the refund
+    answered "none"."""
+    seed(central)
+    clock = Clock(DAY)
+    clock.to(9, 15)
+    async with running(config(tmp_path, mosquitto, "desk", "in-1", finalises=True), clock) as desk, \
+            running(config(tmp_path, mosquitto, "in2", "in-2", finalises=False), clock) as in2:
+        await both_hearing(desk, in2)
+        assert desk.store is not None
+        record, failed = desk.store.record_peer_events, []
+
+        def full(sender: str, events: list[dict[str, Any]], *args: Any, **kw: Any) -> Any:
+            if any(e.get("type") == "deduction" for e in events) and not failed:
+                failed.append(1)
+                raise sqlite3.OperationalError("database or disk is full")
+            return record(sender, events, *args, **kw)
+
+        monkeypatch.setattr(desk.store, "record_peer_events", full)
+        r = await in2.handle_credential("in-2", Credential.card("C1", "test"))
+        assert (r["decision"], r["reason"]) == ("granted", "walk_in")
+        await wait_until(lambda: failed, what="the failed record")
+        assert desk.link.stats["peer_events_not_recorded"] == 1
+        assert desk.knowledge.unheard(clock()) == ["in2"]
+        await wait_until(
+            lambda: desk.store is not None
+            and desk.store.conn.execute("SELECT COUNT(*) FROM site_charges WHERE daemon = 'in2'").fetchone()[0] == 1,
+            what="in2's charge recorded after a catch-up")
+        clock.to(9, 16)
+        await wait_until(lambda: desk.knowledge.unheard(clock()) == [], what="in2 heard up to now")
+        committed = await desk.operator.mark_attended("b1", "desk", refund=True)
+        if not [e for e in committed.events if e["type"] == "deduction"]:  # waited a heartbeat
+            await wait_until(lambda: len(events(desk, "deduction")) == 1, what="the refund")
+        [refund] = events(desk, "deduction")
+        assert (refund["cause"], refund["amount"], refund["refunds"]["daemon"]) == ("refund", -1, "in2")

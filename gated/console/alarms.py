@@ -55,7 +55,7 @@ CONDITIONS = {
     "peers_unheard": "Another gate of the site is not heard",
     "numbering_unsure": "Events held — the gate waits for the central system to say how far it got",
     "own_history_missing": "Today's earlier taps at this gate not known yet — asked of the central system",
-    "refunds_waiting": "A refund the desk asked for waits to hear another gate of the site",
+    "refunds_waiting": "A refund the desk asked for waits to hear a gate of the site",
 }
 # a sign that something is late rather than wrong: an amber banner, not a red one
 WARNINGS = {"uplink_stalled", "deltas_behind", "peers_unheard", "numbering_unsure", "own_history_missing",

@@ -315,15 +315,20 @@ async def attend(request: Request) -> Response:
     user = operator(request).name
     committed = await c.backend.mark_attended(booking_id, user, refund=refund)
     refunded = next((e for e in committed.events if e.get("type") == "deduction" and e.get("cause") == "refund"), None)
-    waits = c.views.store.refund_wanted(booking_id) if refund and refunded is None else None
-    log.info("console_attend", booking=booking_id, refund=refund, refunded=refunded is not None,
+    given = None if refunded is None else {"pass": refunded.get("pass"), "amount": -refunded["amount"],
+                                           "balance": refunded.get("balance")}
+    waits = c.views.store.refund_wanted(booking_id) if refund and given is None else None
+    if refund and given is None and waits is None:
+        # a request that waited may have been settled while this answer waited for its flush
+        given = c.views.store.refund_given(booking_id)
+    log.info("console_attend", booking=booking_id, refund=refund, refunded=given is not None,
              refund_waiting=None if waits is None else list(waits.waiting), operator=user)
     return as_json({
         "ok": True,
-        "refunded": None if refunded is None else {"pass": refunded.get("pass"), "amount": -refunded["amount"],
-                                                    "balance": refunded.get("balance")},
+        "refunded": given,
         "refund_requested": refund,
-        # not found while the site's other gates are not all heard: given back when it arrives
+        # the site's other gates (or this one's lost events) not all heard up to now: settled
+        # once they are
         "refund_waiting": None if waits is None else {"for": list(waits.waiting)},
         "seq": _seqs(committed),
     })

@@ -21,12 +21,17 @@ ACTIONS = {
     "denials_done": "Dealt with denials",
     "alarm_acknowledged": "Acknowledged an alarm",
     "member_photo": "Took a member's photo",
+    # a refund the desk asked for that waited to hear the site (the operator is the one who asked)
+    "refund_settled": "A waiting refund was given back",
+    "refund_none": "A waiting refund found no walk-in charge",
+    "refund_unsettled": "A waiting refund was not settled",
 }
 DETAIL_WORDS = {"gate": "gate", "reason": "reason", "booking": "class", "refund": "refund", "member": "member",
                 "points": "points", "ip": "from", "card": "card", "pass": "pass", "why": "as", "because": "as", "decision": "decision",
-                "denials": "events", "alarm": "alarm", "kind": "kind", "detail": "detail", "bytes": "bytes"}
+                "denials": "events", "alarm": "alarm", "kind": "kind", "detail": "detail", "bytes": "bytes",
+                "asked_at": "asked at", "heard": "waited for", "waiting": "not heard", "refunds": "gave back"}
 HIDDEN_DETAIL = ("seq",)  # the event column says it
-NO_EVENT = ("login", "logout", "login_failed", "denials_done", "alarm_acknowledged")  # their seq is only "the last event at the time"
+NO_EVENT = ("login", "logout", "login_failed", "denials_done", "alarm_acknowledged", "refund_none")  # their seq is only "the last event at the time"
 
 
 def notice_text(ev: dict[str, Any], item: dict[str, Any], passes: dict[str, str]) -> str | None:

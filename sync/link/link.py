@@ -375,9 +375,19 @@ class SyncLink:
             case ApplyLookup():
                 self._lookups.answered(action)
             case RecordPeerEvents():
-                seen = self.port.record_peer_events(
-                    action.sender, list(action.events), action.zones, action.mark, self.now()
-                )
+                try:
+                    seen = self.port.record_peer_events(
+                        action.sender, list(action.events), action.zones, action.mark, self.now()
+                    )
+                except Exception as e:
+                    # heard but not recorded (a full disk): not heard, then — the peer's
+                    # charges and attendances would be missing while its heartbeats said
+                    # everything up to now was here; asked for again by catch-up
+                    self.stats["peer_events_not_recorded"] += 1
+                    first = min((int(ev["seq"]) for ev in action.events), default=None)
+                    self.session.peers.not_recorded(action.sender, first)
+                    log.warning("events of %s not recorded (%r): asked for again", action.sender, e)
+                    return ()
                 for kind, n in seen.items():
                     self.session.stats[kind] += n
                 self._qr.rival_claims(action.sender, action.events)

@@ -107,6 +107,22 @@ class PeerMarks:
         m.settle()
         return m.heard_seq != before
 
+    def not_recorded(self, peer: str, first_seq: int | None) -> None:
+        """Events of `peer` from `first_seq` on were heard but could not be recorded (the
+        store failed): the mark goes back to before them and claims nothing until a
+        catch-up has brought them again and a heartbeat covers them (None: only the mark
+        itself was not written; the store's older one stands)."""
+        m = self.marks.get(peer)
+        if m is None:
+            return
+        if first_seq is not None:
+            m.above = {s for s in m.above if s < first_seq}  # recorded again with the catch-up: no harm
+            if m.heard_seq is not None and m.heard_seq >= first_seq:
+                m.heard_seq = first_seq - 1
+                m.heard_through = None
+                m.asked_at = float("-inf")
+        m.saved = (None, None)  # whatever it is now, it is written again at the next chance
+
     def answered(self, peer: str, first_seq: int, last_seq: int, seqs: Iterable[int]) -> int:
         """A catch-up answer's chunk: its events start at `first_seq` (for a request
         `since`, the first of the horizon; for one `from_seq`, higher only when the

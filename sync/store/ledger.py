@@ -245,9 +245,10 @@ class Ledger:
     ) -> Committed:
         """Staff say the member was there. With refund, give back the extra walk-in
         credit they paid that day in the class's zone (SPORTRICK's early-arrival case).
-        `waiting`: the daemons whose events are not all in up to now (gated/knowledge.py):
-        a charge not found while some are is asked for again as they come
-        (sync/store/refunds_wanted.py), not taken as none."""
+        `waiting`: the daemons whose events are not all in up to now (gated/knowledge.py).
+        While any is, the refund is not decided here but asked for again as they come
+        (sync/store/refunds_wanted.py): a charge not found may be on its way, and one
+        found may already have been given back there."""
         booking = self.replica.get_booking(booking_id)
         if booking is None:
             raise StoreError(f"unknown booking {booking_id!r}")
@@ -255,18 +256,22 @@ class Ledger:
             if refund:
                 # the charge may have been taken at another turnstile of the site (another
                 # daemon): sync/store/peer_events.py keeps the site's walk-in charges and refunds
-                day = local_date(booking.starts_at, self.site.timezone)
-                start = start_of_local_day(day, self.site.timezone)
-                end = start_of_local_day(day + timedelta(days=1), self.site.timezone)
-                charge = peer_events.latest_charge(self.conn, self.daemon_id, booking.member, booking.zone, start, end, now)
-                if charge is not None:
-                    self._refund(tx, now, booking, charge)
-                elif waiting:
+                start, end = self._class_day(booking)
+                if waiting:
                     refunds_wanted.want(self.conn, refunds_wanted.RefundWanted(
                         booking.id, booking.member, booking.zone, start, end, now, operator, tuple(waiting)))
+                else:
+                    charge = peer_events.latest_charge(
+                        self.conn, self.daemon_id, booking.member, booking.zone, start, end, now)
+                    if charge is not None:
+                        self._refund(tx, now, booking, charge)
             self.attend(tx, now, booking, operator, None)
             tx.audit(now, operator, "mark_attended", {"booking": booking_id, "refund": refund})
         return tx.committed
+
+    def _class_day(self, booking: Booking) -> tuple[datetime, datetime]:
+        day = local_date(booking.starts_at, self.site.timezone)
+        return start_of_local_day(day, self.site.timezone), start_of_local_day(day + timedelta(days=1), self.site.timezone)
 
     def _refund(self, tx: Transaction, now: datetime, booking: Booking, charge: peer_events.Charge) -> None:
         self.deduct(
@@ -286,32 +291,21 @@ class Ledger:
         refunds_wanted.drop(self.conn, booking.id)
 
     def settle_refunds(self, now: datetime, waiting: Callable[[datetime], list[str]]) -> Committed:
-        """The refunds the desk asked for that wait to hear the site: each given back once
-        its charge is here, dropped once every daemon is heard up to the request without
-        one, and after refunds_wanted.GIVE_UP an alarm for a person. `waiting(instant)`:
-        the daemons not heard up to it."""
-        todo = []  # each request's outcome, decided once
-        for w in refunds_wanted.wanted(self.conn):
-            charge = peer_events.latest_charge(
-                self.conn, self.daemon_id, w.member_id, w.zone, w.day_start, w.day_end, w.asked_at)
-            booking = self.replica.get_booking(w.booking_id)
-            unheard = waiting(w.asked_at)
-            if charge is not None and booking is not None:
-                outcome = "refund_settled"
-            elif charge is None and not unheard:
-                outcome = "refund_none"
-            elif booking is None or now - w.asked_at >= refunds_wanted.GIVE_UP:
-                outcome = "refund_unsettled"
-            elif tuple(unheard) != w.waiting:
-                outcome = "waiting"
-            else:
-                continue  # nothing new: no transaction
-            todo.append((outcome, w, booking, charge, unheard))
-        if not todo:
-            return Committed()
+        """The refunds the desk asked for that wait to hear the site. Once every daemon is
+        heard up to the request: its charge is given back, or (none) it is dropped; after
+        refunds_wanted.GIVE_UP, or with its booking gone, an alarm for a person.
+        `waiting(instant)`: the daemons not heard up to it."""
+        due = [w for w in refunds_wanted.wanted(self.conn) if self._refund_outcome(w, now, waiting)[0] is not None]
+        if not due:
+            return Committed()  # nothing new: no transaction
         with self.transactions.open() as tx:
-            for outcome, w, booking, charge, unheard in todo:
+            for w in due:
+                # decided again in the transaction: a request settled before it in this one
+                # may have taken the charge (one walk-in, two classes of that day)
+                outcome, booking, charge, unheard = self._refund_outcome(w, now, waiting)
                 detail: dict[str, Any] = {"booking": w.booking_id, "member": w.member_id, "asked_at": iso_utc(w.asked_at)}
+                if outcome is None:
+                    continue
                 if outcome == "waiting":
                     refunds_wanted.still_waiting(self.conn, w.booking_id, unheard)
                     continue
@@ -331,6 +325,24 @@ class Ledger:
                     detail["waiting"] = unheard
                 tx.audit(now, w.operator, outcome, detail)
         return tx.committed
+
+    def _refund_outcome(
+        self, w: refunds_wanted.RefundWanted, now: datetime, waiting: Callable[[datetime], list[str]],
+    ) -> tuple[str | None, Booking | None, peer_events.Charge | None, list[str]]:
+        """What to do with a waiting request now: `refund_settled` / `refund_none` once
+        everyone is heard up to it, `refund_unsettled`, `waiting` (who it waits for
+        changed), or None (nothing new)."""
+        booking = self.replica.get_booking(w.booking_id)
+        unheard = waiting(w.asked_at)
+        if booking is not None and not unheard:
+            charge = peer_events.latest_charge(
+                self.conn, self.daemon_id, w.member_id, w.zone, w.day_start, w.day_end, w.asked_at)
+            return ("refund_none" if charge is None else "refund_settled"), booking, charge, unheard
+        if booking is None or now - w.asked_at >= refunds_wanted.GIVE_UP:
+            return "refund_unsettled", booking, None, unheard
+        if tuple(unheard) != w.waiting:
+            return "waiting", booking, None, unheard
+        return None, booking, None, unheard
 
     def adjust_points(self, member_id: str, points: int, operator: str, reason: str, now: datetime) -> Committed:
         with self.transactions.open() as tx:

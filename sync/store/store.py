@@ -102,7 +102,7 @@ from sync.store.batch import SyncBatch
 from sync.store.db import Checkpointer, connect
 from sync.store.durability import WalSync
 from sync.store.intents import Intents
-from sync.store.ledger import RESTORED_KEY, Ledger
+from sync.store.ledger import RESTORED_KEY, Ledger, amount_json
 from sync.store.member_view import VIEW_HORIZON, member_view
 from sync.store.meta import Meta
 from sync.store.outbox import Event, Outbox
@@ -653,6 +653,19 @@ class Store:
     def refund_wanted(self, booking_id: str) -> refunds_wanted.RefundWanted | None:
         """The refund the desk asked for with this booking, if it still waits."""
         return refunds_wanted.get(self.conn, booking_id)
+
+    def refund_given(self, booking_id: str) -> dict[str, Any] | None:
+        """The walk-in given back with this booking, if any: its pass, the amount and the
+        pass's balance now."""
+        r = self.conn.execute(
+            "SELECT pass_id, amount FROM deductions WHERE booking_id = ? AND cause = 'refund' ORDER BY seq DESC LIMIT 1",
+            (booking_id,),
+        ).fetchone()
+        if r is None:
+            return None
+        balance = self.balance(str(r[0]))
+        return {"pass": str(r[0]), "amount": amount_json(-Decimal(r[1])),
+                "balance": None if balance is None else amount_json(balance)}
 
     def refunds_waiting(self) -> int:
         return refunds_wanted.count(self.conn)
