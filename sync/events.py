@@ -161,11 +161,12 @@ class AlarmEvent(EventBase):
     kind: Annotated[
         str,
         Field(
-            description="relay_offline, relay_online, door_held, door_forced, not_opened, reader_offline, "
-            "reader_online, passage_without_grant, passage_while_released, storage_fault, storage_recovered, exits_not_recorded, "
-            "ack_beyond_last_seq, ledger_restored, "
-            "snapshot_held, uplink_stalled, deltas_behind, peers_unheard, numbering_unsure, own_history_missing, "
-            "refunds_waiting (and each with `_ended`), overdraft, refund_unsettled, "
+            description="relay_offline, relay_error, relay_online, door_held, door_forced, door_held_cleared, "
+            "door_forced_cleared, not_opened, reader_offline, reader_online, reader_error, fire_input_unreachable, "
+            "fire_input_online, passage_without_grant, passage_while_released, storage_fault, storage_recovered, "
+            "exits_not_recorded, ack_beyond_last_seq, ledger_restored, snapshot_held, clock_untrusted, uplink_stalled, "
+            "deltas_behind, peers_unheard, numbering_unsure, own_history_missing, "
+            "refunds_waiting (and each from clock_untrusted with `_ended`), overdraft, refund_unsettled, "
             "qr_double_use, ... (docs/protocol.md, \"Alarms\")"
         ),
     ]

@@ -132,7 +132,10 @@ class MqttSettings(BrokerSettings):
     health_interval: float = Field(60.0, gt=0, description="Publish health this often.")
     max_payload: int = Field(4_000_000, ge=1024, description="Inbound messages above this size are dropped.")
     batch_events: int = Field(200, ge=1, le=10_000, description="Events per uplink message, at most.")
-    snapshot_batch_rows: int = Field(500, ge=1)
+    snapshot_batch_rows: int = Field(
+        500, ge=1, description="Accepted for older configurations and no longer used: each snapshot chunk is "
+        "written in one transaction.",
+    )
     snapshot_guard: float = Field(
         0.5,
         gt=0,
