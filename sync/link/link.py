@@ -387,9 +387,10 @@ class SyncLink:
                     first = min((int(ev["seq"]) for ev in action.events), default=None)
                     self.session.peers.not_recorded(action.sender, first)
                     log.warning("events of %s not recorded (%r): asked for again", action.sender, e)
-                    return ()
+                    seen = {}
                 for kind, n in seen.items():
                     self.session.stats[kind] += n
+                # in memory, recorded or not: a QR tap of ours waiting on one of these tokens
                 self._qr.rival_claims(action.sender, action.events)
             case RecordOwnHistory():
                 try:
