@@ -108,6 +108,12 @@ class AttendanceEvent(EventBase):
         description="A no-show settled without having heard these daemons of the site past the class's end "
         "(they were waited for `peer_wait_limit`): one of them may have let the member in.",
     )
+    refund: bool | None = Field(
+        None,
+        description="The desk asked with it for the refund of the walk-in the member paid that day (by `by`): "
+        "the site's daemons give the day's walk-ins back to such requests in the order they were made "
+        "(`at`, then daemon), each once; the refund itself is a `deduction` with cause `refund` and this booking.",
+    )
 
 
 class LoyaltyEvent(EventBase):

@@ -265,6 +265,49 @@ async def test_a_new_box_holds_its_events_until_the_central_says_how_far_it_got(
             await asyncio.wait([task])
 
 
+async def test_a_new_box_whose_settle_cannot_be_written_tries_again(
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The central system's word on a new box's numbering comes while its disk is full (a
+    clean-clone `make test` under load: the snapshot landed in the test's full-disk
+    window): the settle fails. The word is tried again every second, and the held events
+    leave once the disk has room. Before, they stayed held until the next reconciliation
+    (30 minutes): nothing of ours leaves while held, so no ack brought the word again."""
+    from gated.config import Config
+    from gated.daemon import Daemon
+    from rules.credential import Credential
+    from tests.broker import SEED, SITE, central_settings
+    from tests.test_daemon_mqtt import config as mqtt_config
+
+    central = Central(central_settings(mosquitto), tmp_path / "central.db")
+    central.load(SITE, SEED["members"], SEED["passes"], SEED["bookings"])
+    d = Daemon(Config.model_validate(mqtt_config(tmp_path, mosquitto).model_dump()))
+    await d.start()
+    assert d.store is not None
+    settle, failures = d.store.settle_numbering, []
+
+    def full(*args: object, **kw: object) -> None:
+        if len(failures) < 3:
+            failures.append(1)
+            raise sqlite3.OperationalError("database or disk is full")
+        settle(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(d.store, "settle_numbering", full)
+    r = await d.handle_credential("in-1", Credential.card("C1", "test"))  # an event held
+    assert r["decision"] == "denied"
+    task = asyncio.create_task(central.run())
+    try:
+        await d.link.wait_connected(WAIT_S)
+        await wait_until(lambda: len(failures) == 3, timeout=20, what="three failed settles")
+        await wait_until(lambda: central.applied_seq(SITE, d.config.daemon_id) == d.store.last_seq > 0,  # type: ignore[union-attr]
+                         timeout=10, what="the held events applied")
+        assert d.link.stats["numbering_not_settled"] == 3
+    finally:
+        await d.stop()
+        task.cancel()
+        await asyncio.wait([task])
+
+
 async def test_gated_tap_says_so_when_the_daemon_dies_mid_tap(tmp_path: Path) -> None:
     """`gated tap` (docs: README's commands) waiting on a tap whose daemon is killed -9
     while the member is at the turnstile: one line saying what happened, exit 1, no

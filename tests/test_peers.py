@@ -468,3 +468,81 @@ def test_events_heard_but_not_recorded_are_not_heard() -> None:
     assert marks.to_save("in-2", min_step=60) is None
     marks.not_recorded("in-2", None)
     assert marks.marks["in-2"].heard_seq == 7 and marks.to_save("in-2", min_step=60) == (7, 1010.0)
+
+
+def test_a_chunk_not_recorded_mid_answer_is_asked_for_again_not_taken_for_pruned() -> None:
+    """A catch-up answer comes in chunks; the store cannot record the first (4..6). The
+    next chunk (7..9) follows it in the same answer: not a sign that in-2 pruned 4..6 (the
+    mark jumped to 6 and the next heartbeat made everything heard, 4..6 missing for good).
+    It waits above the mark, 4..6 are asked for again, and then all is heard."""
+    from sync.link.peer_marks import PeerMarks
+
+    marks = PeerMarks(grace=3.0, retry=10.0)
+    marks.answered("in-2", 1, 3, [1, 2, 3], "r1")
+    marks.claimed("in-2", 9, 1000.0, True, now=0.0)
+    assert marks.answered("in-2", 4, 9, [4, 5, 6], "r2") == 0
+    marks.not_recorded("in-2", 4)
+    assert marks.answered("in-2", 7, 9, [7, 8, 9], "r2") == 0  # the same answer's next chunk
+    assert marks.marks["in-2"].heard_seq == 3 and marks.behind(1000.0) == ["in-2"]
+    [due] = marks.due(now=5.0)
+    assert due.from_seq == 4
+    assert marks.answered("in-2", 4, 9, [4, 5, 6], "r3") == 0
+    assert marks.marks["in-2"].heard_seq == 9 and marks.behind(1000.0) == []
+    # an answer whose first chunk starts above what was asked: pruned, as before
+    marks.claimed("in-2", 20, 1100.0, True, now=6.0)
+    assert marks.answered("in-2", 15, 20, [15, 16, 17, 18, 19, 20], "r4") == 5
+    assert marks.behind(1100.0) == []
+
+
+def test_a_peer_known_but_never_heard_is_kept_so_a_restart_still_waits_for_it(tmp_path: Path) -> None:
+    """in-2's heartbeat came, none of its events (its box went down): its mark is kept
+    anyway, as never heard. Restarted, the desk's daemon knows at once it has not heard
+    in-2 — a refund waiting for in-2 goes on waiting instead of being dropped as "nothing
+    charged" by the scheduler's first pass, before the link has its statuses again."""
+    from sync.link.peer_marks import NEVER, PeerMarks
+
+    marks = PeerMarks()
+    marks.claimed("in-2", None, None, False, now=0.0)  # its last will: known, never heard
+    saved = marks.to_save("in-2", min_step=60)
+    assert saved == (None, NEVER)
+    assert marks.to_save("in-2", min_step=60) is None
+    desk = site_store(tmp_path, "s1-in-1")
+    desk.save_peer_mark("in-2", *saved)
+    desk.mark_attended("b1", "desk", refund=True, now=at(10, 10), waiting=marks.behind(at(10, 10).timestamp()))
+    desk.close()
+    again = Store(tmp_path / "s1-in-1.db", SITE, daemon_id="s1-in-1", durable=False)
+    restarted = PeerMarks(again.peer_marks())
+    assert restarted.behind(at(10, 10).timestamp()) == ["in-2"] and restarted.through() == float("-inf")
+    assert again.settle_refunds(at(10, 20), lambda i: restarted.behind(i.timestamp())).events == []
+    assert again.refund_wanted("b1") is not None
+    # and once heard (its first events, a heartbeat covering them), written as any other
+    restarted.answered("in-2", 1, 2, [1, 2], "r1")
+    restarted.claimed("in-2", 2, at(10, 30).timestamp(), True, now=1.0)
+    assert restarted.to_save("in-2", min_step=60) == (2, at(10, 30).timestamp())
+
+
+def test_two_desks_asking_for_one_walk_in_give_it_back_once(tmp_path: Path) -> None:
+    """Ana paid one walk-in at in-2 and has two classes that day. The desks at in-1 and at
+    in-2 each mark one attended with a refund within seconds, neither having heard the
+    other's request: each waits, then settles once it has heard the other up to its own
+    request. The earlier request (in-1's, 12:30) takes the walk-in at both daemons; the
+    later one (12:31) finds nothing left for it. Before, both gave it back (the balance
+    went up)."""
+    in2, in1 = site_store(tmp_path, "s1-in-2"), site_store(tmp_path, "s1-in-1")
+    _, charge = tap(in2, IN2, at(9, 20))
+    share(in2, in1, charge.events, {"in-2": "main"})
+    first = in1.mark_attended("b1", "desk-1", refund=True, now=at(12, 30), waiting=["s1-in-2"])
+    second = in2.mark_attended("b2", "desk-2", refund=True, now=at(12, 31), waiting=["s1-in-1"])
+    assert [e.get("refund") for e in first.events] == [True] and [e.get("refund") for e in second.events] == [True]
+    # each hears the other's request (its attendance), then settles
+    share(in2, in1, second.events, {"in-2": "main"})
+    share(in1, in2, first.events, {})
+    settled_2 = in2.settle_refunds(at(12, 32), lambda _: [])
+    settled_1 = in1.settle_refunds(at(12, 32), lambda _: [])
+    refunds = [e for e in settled_1.events + settled_2.events if e["type"] == "deduction"]
+    assert [(e["booking"], e["refunds"]) for e in refunds] == [("b1", {"daemon": "s1-in-2", "seq": charge.events[1]["seq"]})]
+    assert in2.conn.execute("SELECT action FROM audit WHERE action LIKE 'refund%'").fetchall() == [("refund_none",)]
+    # in-1's refund reaches in-2: its request is given, and the balance is the site's at both
+    share(in1, in2, settled_1.events, {})
+    assert in2.conn.execute("SELECT settled FROM site_refund_asks WHERE booking_id = 'b1'").fetchall() == [(1,)]
+    assert in1.balance("p1") == in2.balance("p1") == Decimal(10)

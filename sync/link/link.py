@@ -113,6 +113,10 @@ class SyncLink:
         # the link's only door into the store and the snapshot import
         self.port = StorePort(store, settings.daemon, settings.snapshot_batch_rows)
         self._building: asyncio.Task[None] | None = None  # the snapshot worker, then the session's verdict
+        # the central system's word on our numbering that the store could not write yet
+        # (a full disk): tried again every second — while our events are held nothing of
+        # ours leaves, so no new ack would bring the word again
+        self._unsettled: tuple[int, Ack | None] | None = None
         zones = {g: gate.zone for g, gate in (gates or {}).items()}
         self.session = Session(SessionConfig.from_settings(settings, software_version()), self.port.state(), zones)
         self._catch_up = CatchUpServer(self.port, self.session, settings, self.session.stats)
@@ -460,8 +464,11 @@ class SyncLink:
             self.port.settle_numbering(central_seq, self.now())
         except (OSError, sqlite3.Error) as e:
             self.stats["numbering_not_settled"] += 1
-            log.warning("the numbering is not settled yet (%s): our later events stay held", e)
+            if self._unsettled is None:
+                log.warning("the numbering is not settled yet (%s): our later events stay held, tried again", e)
+            self._unsettled = (central_seq, ack)
             return []
+        self._unsettled = None
         self._wake.set()
         self.session.want_history(self.port.own_history_wanted())  # what the lost ledger knew
         return self.session.numbering_settled(self.port.last_seq, ack, self.mono())
@@ -513,6 +520,8 @@ class SyncLink:
         period = min(1.0, self.settings.ack_timeout / 2)
         while True:
             try:
+                if self._unsettled is not None and self.port.numbering_unsure:
+                    await self._perform(client, self._settle_numbering(*self._unsettled))
                 await self._perform(client, self.session.tick(self.mono(), iso_utc(self.now())))
             except aiomqtt.MqttError:
                 raise

@@ -27,6 +27,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 MAX_ABOVE = 10_000  # out-of-order seqs held per peer; beyond, dropped (asked for again)
+# what the store keeps for a peer known but never heard (its heartbeat came, none of its
+# events yet): (None, None) there means "no longer of the site"
+NEVER = float("-inf")
 
 
 @dataclass(slots=True)
@@ -40,6 +43,8 @@ class PeerMark:
     behind_since: float | None = None  # monotonic: since when a gap is seen
     asked_at: float = float("-inf")  # monotonic: the last catch-up request
     saved: tuple[int | None, float | None] = (None, None)  # what the store holds
+    stored: bool = False  # the store holds a mark of this peer at all
+    answer: tuple[str, int] | None = None  # the catch-up answer coming in: its request id, the next chunk's first seq
 
     def settle(self) -> None:
         """Held seqs that now follow `heard_seq`; a claim now covered moves `heard_through`."""
@@ -79,8 +84,9 @@ class PeerMarks:
         self.grace = grace
         self.retry = retry
         self.marks: dict[str, PeerMark] = {}
-        for peer, (seq, through) in (saved or {}).items():
-            self.marks[peer] = PeerMark(heard_seq=seq, heard_through=through, saved=(seq, through))
+        for peer, (seq, stored_through) in (saved or {}).items():
+            through = None if stored_through == NEVER else stored_through
+            self.marks[peer] = PeerMark(heard_seq=seq, heard_through=through, saved=(seq, through), stored=True)
 
     def mark(self, peer: str) -> PeerMark:
         m = self.marks.get(peer)
@@ -121,19 +127,26 @@ class PeerMarks:
                 m.heard_seq = first_seq - 1
                 m.heard_through = None
                 m.asked_at = float("-inf")
-        m.saved = (None, None)  # whatever it is now, it is written again at the next chance
+        m.stored = False  # whatever it is now, it is written again at the next chance
 
-    def answered(self, peer: str, first_seq: int, last_seq: int, seqs: Iterable[int]) -> int:
+    def answered(
+        self, peer: str, first_seq: int, last_seq: int, seqs: Iterable[int], request_id: str | None = None,
+    ) -> int:
         """A catch-up answer's chunk: its events start at `first_seq` (for a request
         `since`, the first of the horizon; for one `from_seq`, higher only when the
         peer pruned those before). Returns how many events were lost to pruning (0 when
-        none, or when this daemon had no coverage to lose them from)."""
+        none, or when this daemon had no coverage to lose them from). A chunk that
+        follows the one before it in the same answer (`request_id`) says nothing of
+        pruning: above what is heard (a chunk before it not recorded), it waits there."""
         m = self.mark(peer)
+        seqs = list(seqs)
+        follows = request_id is not None and m.answer == (request_id, first_seq)
+        m.answer = None if request_id is None else (request_id, (seqs[-1] + 1) if seqs else first_seq)
         lost = 0
         start = first_seq - 1
         if m.heard_seq is None:
             m.heard_seq = start
-        elif m.heard_seq < start:
+        elif m.heard_seq < start and not follows:
             lost = start - m.heard_seq
             m.heard_seq = start
         self.heard(peer, seqs)
@@ -199,16 +212,19 @@ class PeerMarks:
         """The mark to write for `peer` when it differs enough from what the store holds:
         a new `heard_seq` always; `heard_through` when it moved by `min_step` or more
         (a heartbeat every few seconds need not be a write every few seconds: after a
-        restart an older value only makes the ledger wait a little longer)."""
+        restart an older value only makes the ledger wait a little longer); and a peer
+        the store holds nothing of, even one never heard (`NEVER`): restarted, this
+        daemon knows at once whom it has not heard (a refund waiting for it goes on
+        waiting rather than take its silence for nothing)."""
         m = self.marks.get(peer)
         if m is None:
             return None
         seq, through = m.saved
         moved = m.heard_through is not None and (through is None or m.heard_through - through >= min_step)
-        if m.heard_seq == seq and not moved:
+        if m.stored and m.heard_seq == seq and not moved:
             return None
-        m.saved = (m.heard_seq, m.heard_through)
-        return m.saved
+        m.saved, m.stored = (m.heard_seq, m.heard_through), True
+        return (m.heard_seq, NEVER) if m.saved == (None, None) else m.saved
 
     def as_dict(self) -> dict[str, dict[str, object]]:
         return {
@@ -218,4 +234,4 @@ class PeerMarks:
         }
 
 
-__all__ = ["CatchUpDue", "PeerMark", "PeerMarks"]
+__all__ = ["NEVER", "CatchUpDue", "PeerMark", "PeerMarks"]

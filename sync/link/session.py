@@ -936,7 +936,8 @@ class Session:
         if answer.to != self.config.daemon or answer.daemon != sender or sender == self.config.daemon:
             return []  # an answer to another daemon
         self.stats["catch_up_answers"] += 1
-        lost = self.peers.answered(sender, answer.first_seq, answer.last_seq, [e.seq for e in answer.events])
+        lost = self.peers.answered(sender, answer.first_seq, answer.last_seq, [e.seq for e in answer.events],
+                                   answer.request_id)
         if lost:
             self.stats["peer_events_lost"] += lost
             self._note(f"{sender} no longer holds {lost} event(s) this daemon had not heard (pruned)")

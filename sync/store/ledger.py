@@ -113,7 +113,9 @@ class Ledger:
             self.conn.execute("UPDATE deductions SET refunded_by = ? WHERE seq = ?", (event["seq"], refunded_seq))
         return event
 
-    def attend(self, tx: Transaction, now: datetime, booking: Booking, by: str, gate: str | None) -> None:
+    def attend(
+        self, tx: Transaction, now: datetime, booking: Booking, by: str, gate: str | None, *, refund: bool = False,
+    ) -> None:
         self.conn.execute(
             "INSERT INTO main.booking_outcomes(booking_id, outcome, attended_at, loyalty_settled) "
             "VALUES (?, 'attended', ?, 0) ON CONFLICT(booking_id) DO UPDATE SET outcome = 'attended', "
@@ -126,6 +128,8 @@ class Ledger:
         fields: dict[str, Any] = {"member": booking.member, "booking": booking.id, "status": "attended", "by": by}
         if gate:
             fields = {"gate": gate, **fields}
+        if refund:
+            fields["refund"] = True
         tx.emit("attendance", now, **fields)
 
     def first_record(self, tx: Transaction, tap: Tap, now: datetime) -> bool:
@@ -253,6 +257,8 @@ class Ledger:
         if booking is None:
             raise StoreError(f"unknown booking {booking_id!r}")
         with self.transactions.open() as tx:
+            # first: the site's other daemons learn of the request before its refund
+            self.attend(tx, now, booking, operator, None, refund=refund)
             if refund:
                 # the charge may have been taken at another turnstile of the site (another
                 # daemon): sync/store/peer_events.py keeps the site's walk-in charges and refunds
@@ -261,13 +267,34 @@ class Ledger:
                     refunds_wanted.want(self.conn, refunds_wanted.RefundWanted(
                         booking.id, booking.member, booking.zone, start, end, now, operator, tuple(waiting)))
                 else:
-                    charge = peer_events.latest_charge(
-                        self.conn, self.daemon_id, booking.member, booking.zone, start, end, now)
+                    charge = self._charge_for(booking.member, booking.zone, start, end, now)
                     if charge is not None:
                         self._refund(tx, now, booking, charge)
-            self.attend(tx, now, booking, operator, None)
             tx.audit(now, operator, "mark_attended", {"booking": booking_id, "refund": refund})
         return tx.committed
+
+    def _charge_for(self, member: str, zone: str, start: datetime, end: datetime, asked_at: datetime) -> peer_events.Charge | None:
+        """The walk-in a refund asked for at `asked_at` gives back: the member's latest of
+        that day and zone taken before it and not given back — after the requests other
+        daemons' desks made before it (by time, then daemon id) have each taken theirs.
+        Every daemon orders them alike, so two desks asking for one walk-in within
+        seconds of each other (two classes of the member's day) do not both give it back;
+        a request not given yet that found nothing takes nothing here either (everyone is
+        heard up to ours, so up to it: the same charges)."""
+        taken: set[tuple[str, int]] = set()
+        for ask in peer_events.refund_asks_before(self.conn, member, self.daemon_id, asked_at):
+            other = self.replica.get_booking(ask.booking_id)
+            if other is None:
+                continue
+            s, e = self._class_day(other)
+            for c in peer_events.walk_in_charges(self.conn, self.daemon_id, member, other.zone, s, e, ask.at):
+                if (c.daemon, c.seq) not in taken:
+                    taken.add((c.daemon, c.seq))
+                    break
+        for c in peer_events.walk_in_charges(self.conn, self.daemon_id, member, zone, start, end, asked_at):
+            if (c.daemon, c.seq) not in taken:
+                return c
+        return None
 
     def _class_day(self, booking: Booking) -> tuple[datetime, datetime]:
         day = local_date(booking.starts_at, self.site.timezone)
@@ -335,8 +362,7 @@ class Ledger:
         booking = self.replica.get_booking(w.booking_id)
         unheard = waiting(w.asked_at)
         if booking is not None and not unheard:
-            charge = peer_events.latest_charge(
-                self.conn, self.daemon_id, w.member_id, w.zone, w.day_start, w.day_end, w.asked_at)
+            charge = self._charge_for(w.member_id, w.zone, w.day_start, w.day_end, w.asked_at)
             return ("refund_none" if charge is None else "refund_settled"), booking, charge, unheard
         if booking is None or now - w.asked_at >= refunds_wanted.GIVE_UP:
             return "refund_unsettled", booking, None, unheard

@@ -63,6 +63,36 @@ def create_tables(conn: sqlite3.Connection) -> None:
     )
 
 
+def create_refund_asks(conn: sqlite3.Connection) -> None:
+    """Refunds another daemon's desk asked for (its `attendance` with `refund`) and that
+    daemon has not given yet: an earlier request takes the day's walk-in before a later
+    one, whichever daemon settles it (Ledger's refunds)."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS site_refund_asks (daemon TEXT NOT NULL, booking_id TEXT NOT NULL, "
+        "member_id TEXT NOT NULL, at REAL NOT NULL, settled INTEGER NOT NULL DEFAULT 0, "
+        "PRIMARY KEY (daemon, booking_id))"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS site_refund_asks_member ON site_refund_asks(member_id, at)")
+
+
+@dataclass(frozen=True, slots=True)
+class RefundAsk:
+    daemon: str
+    booking_id: str
+    at: datetime
+
+
+def refund_asks_before(conn: sqlite3.Connection, member: str, own_daemon: str, before: datetime) -> list[RefundAsk]:
+    """Other daemons' refund requests for `member` not given yet that come before ours at
+    `before` — by time, then daemon id — in that order."""
+    rows = conn.execute(
+        "SELECT daemon, booking_id, at FROM main.site_refund_asks WHERE member_id = ? AND settled = 0 "
+        "AND (at < ? OR (at = ? AND daemon < ?)) ORDER BY at, daemon",
+        (member, ts(before), ts(before), own_daemon),
+    ).fetchall()
+    return [RefundAsk(str(r[0]), str(r[1]), datetime.fromtimestamp(float(r[2]), _UTC)) for r in rows]
+
+
 @dataclass(frozen=True, slots=True)
 class Charge:
     """A walk-in charge of the site: which daemon took it (its event's seq), on what."""
@@ -124,7 +154,7 @@ def apply(
             seen["invalid"] += 1
             continue
         kind = ev.get("type")
-        gate = ev.get("gate")
+        gate = ev.get("gate") if isinstance(ev.get("gate"), str) else None  # anything else names no gate
         member = ev.get("member")
         if kind == "access":
             if ev.get("decision") != "granted" or not ev.get("passed") or not member or gate not in zones:
@@ -141,6 +171,11 @@ def apply(
         elif kind == "attendance" and ev.get("booking") and ev.get("status") in ("attended", "no_show"):
             if _outcome(conn, str(ev["booking"]), str(ev["status"]), at):
                 seen[f"remote_{ev['status']}"] += 1
+            if ev.get("refund") is True and member:
+                conn.execute(  # settled already if its refund came first (an older daemon's order)
+                    "INSERT OR IGNORE INTO main.site_refund_asks(daemon, booking_id, member_id, at) VALUES (?,?,?,?)",
+                    (sender, str(ev["booking"]), str(member), ts(at)),
+                )
         elif kind == "deduction" and member and ev.get("pass"):
             c = charge_of(ev)
             if c is None:
@@ -155,6 +190,9 @@ def apply(
             if c.refunds is not None:
                 conn.execute("INSERT OR IGNORE INTO site_refunds(daemon, seq) VALUES (?,?)", c.refunds)
                 seen["remote_refunds"] += 1
+                if ev.get("booking"):  # its request, given: no longer ahead of anyone's
+                    conn.execute("UPDATE main.site_refund_asks SET settled = 1 WHERE daemon = ? AND booking_id = ?",
+                                 (sender, str(ev["booking"])))
         elif kind == "fire_alarm" and ev.get("active") is True:
             # the site evacuated, whichever daemon saw it (sync/store/evacuation.py)
             if evacuation.record(conn, at):
@@ -188,33 +226,37 @@ def _outcome(conn: sqlite3.Connection, booking: str, status: str, at: datetime) 
     ).rowcount
 
 
-def latest_charge(
+def walk_in_charges(
     conn: sqlite3.Connection, own_daemon: str, member: str, zone: str, start: datetime, end: datetime,
     before: datetime,
-) -> Charge | None:
-    """The member's latest walk-in charge in `zone` between `start` and `end`, before
-    `before`, that nobody refunded yet — taken by this daemon or another of the site."""
+) -> list[Charge]:
+    """The member's walk-in charges in `zone` between `start` and `end`, before `before`,
+    that nobody refunded yet — taken by this daemon or another of the site — latest first."""
     args = (member, zone, ts(start), ts(end), ts(before))
     own = conn.execute(
         "SELECT seq, pass_id, amount, at FROM deductions d WHERE member_id = ? AND cause = 'walk_in' AND zone = ? "
         "AND at >= ? AND at < ? AND at < ? AND refunded_by IS NULL "
-        "AND NOT EXISTS (SELECT 1 FROM site_refunds r WHERE r.daemon = ? AND r.seq = d.seq) "
-        "ORDER BY at DESC, seq DESC LIMIT 1",
+        "AND NOT EXISTS (SELECT 1 FROM site_refunds r WHERE r.daemon = ? AND r.seq = d.seq)",
         (*args, own_daemon),
-    ).fetchone()
+    ).fetchall()
     peer = conn.execute(
         "SELECT daemon, seq, pass_id, amount, at FROM site_charges c WHERE cause = 'walk_in' AND member_id = ? AND zone = ? "
         "AND at >= ? AND at < ? AND at < ? "
-        "AND NOT EXISTS (SELECT 1 FROM site_refunds r WHERE r.daemon = c.daemon AND r.seq = c.seq) "
-        "ORDER BY at DESC, seq DESC LIMIT 1",
+        "AND NOT EXISTS (SELECT 1 FROM site_refunds r WHERE r.daemon = c.daemon AND r.seq = c.seq)",
         args,
-    ).fetchone()
-    found = []
-    if own is not None:
-        found.append(Charge(own_daemon, int(own[0]), str(own[1]), Decimal(own[2]), float(own[3]), True))
-    if peer is not None:
-        found.append(Charge(str(peer[0]), int(peer[1]), str(peer[2]), Decimal(peer[3]), float(peer[4]), False))
-    return max(found, key=lambda c: (c.at, c.seq)) if found else None
+    ).fetchall()
+    found = [Charge(own_daemon, int(r[0]), str(r[1]), Decimal(r[2]), float(r[3]), True) for r in own]
+    found += [Charge(str(r[0]), int(r[1]), str(r[2]), Decimal(r[3]), float(r[4]), False) for r in peer]
+    return sorted(found, key=lambda c: (c.at, c.seq), reverse=True)
+
+
+def latest_charge(
+    conn: sqlite3.Connection, own_daemon: str, member: str, zone: str, start: datetime, end: datetime,
+    before: datetime,
+) -> Charge | None:
+    """The latest of walk_in_charges, or None."""
+    charges = walk_in_charges(conn, own_daemon, member, zone, start, end, before)
+    return charges[0] if charges else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +340,7 @@ def mark_refunded(conn: sqlite3.Connection, charge: Charge) -> None:
 
 
 __all__ = [
-    "Charge", "ChargeFields", "Overdraft", "charge_of", "apply", "create_tables", "create_tables_v8", "latest_charge", "mark_refunded", "marks",
-    "overdraft", "report_overdraft", "save_mark",
+    "Charge", "ChargeFields", "Overdraft", "RefundAsk", "charge_of", "apply", "create_refund_asks", "create_tables",
+    "create_tables_v8", "mark_refunded", "marks", "overdraft", "refund_asks_before", "report_overdraft", "save_mark",
+    "latest_charge", "walk_in_charges",
 ]

@@ -87,6 +87,8 @@ _WALKS: tuple[tuple[str, str, str], ...] = (
         "FROM main.site_charges c LEFT JOIN replica.passes p ON p.id = c.pass_id "
         "WHERE c.rowid > :after ORDER BY c.rowid LIMIT :n",
     ),
+    # other daemons' refund requests: a day's walk-ins are given back to them in order
+    ("site_refund_asks", "rowid", "SELECT rowid, at, 1 FROM main.site_refund_asks WHERE rowid > :after ORDER BY rowid LIMIT :n"),
     (
         "loyalty",
         "id",

@@ -32,7 +32,7 @@ from sync.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 REPLICA_SCHEMA_VERSION = 4
 # replica meta: the rule for untyped 10-digit card strings its cards were typed under
 # (rules.credential.TenDigits); absent in replicas written before it (then: the current rule)
@@ -511,10 +511,20 @@ def _migration_11(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -
         _set_version(conn, 11)
 
 
+def _migration_12(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
+    """Other daemons' refund requests, so that each is given its walk-in in order
+    (sync/store/peer_events.py, create_refund_asks)."""
+    from sync.store.peer_events import create_refund_asks
+
+    with _transaction(conn):
+        create_refund_asks(conn)
+        _set_version(conn, 12)
+
+
 # each brings the database to its version, atomically
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path, TenDigits], None]] = [
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
-    _migration_8, _migration_9, _migration_10, _migration_11,
+    _migration_8, _migration_9, _migration_10, _migration_11, _migration_12,
 ]
 
 
