@@ -546,3 +546,24 @@ def test_two_desks_asking_for_one_walk_in_give_it_back_once(tmp_path: Path) -> N
     share(in1, in2, settled_1.events, {})
     assert in2.conn.execute("SELECT settled FROM site_refund_asks WHERE booking_id = 'b1'").fetchall() == [(1,)]
     assert in1.balance("p1") == in2.balance("p1") == Decimal(10)
+
+
+def test_a_refund_waiting_for_lost_events_that_never_come_back_is_an_alarm(tmp_path: Path) -> None:
+    """A new box asks the central system for its old box's events; the desk asks for a
+    refund meanwhile (it waits for this daemon itself). The central system never answers:
+    a day after the loss they are given up on — and the refund is not "nothing charged"
+    (the old box may well have charged the walk-in) but a `refund_unsettled` alarm."""
+    new = site_store(tmp_path, "s1-in-1")
+    new.hold_unsure()
+    new.settle_numbering(5, at(9, 0))  # the central system holds 1..5 of this daemon: lost here
+    wanted = new.own_history_wanted()
+    assert wanted is not None
+    new.mark_attended("b1", "desk", refund=True, now=at(10, 10), waiting=["s1-in-1"])
+    assert new.refund_wanted("b1") is not None
+    gone = new.record_own_history(wanted, [], {"in-1": "main"}, True, expired=True, now=at(10, 10) + timedelta(hours=23))
+    assert gone == {} or sum(gone.values()) == 0
+    assert new.refund_wanted("b1") is None and new.own_history_wanted() is None
+    [alarm] = [e for e in new.recent_events(10, ["alarm"]) if e["kind"] == "refund_unsettled"]
+    assert "never came back" in alarm["detail"] and "b1" in alarm["detail"]
+    assert new.conn.execute("SELECT action FROM audit WHERE action LIKE 'refund%'").fetchall() == [("refund_unsettled",)]
+    assert new.settle_refunds(at(10, 10) + timedelta(hours=23, minutes=1), lambda _: []).events == []

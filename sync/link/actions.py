@@ -155,6 +155,7 @@ class RecordOwnHistory:
     zones: dict[str, str]
     done: bool
     wanted: Wanted
+    expired: bool = False  # a day passed without them: no longer wanted, never come back
 
 
 @dataclass(frozen=True, slots=True)

@@ -398,7 +398,8 @@ class SyncLink:
                 self._qr.rival_claims(action.sender, action.events)
             case RecordOwnHistory():
                 try:
-                    seen = self.port.record_own_history(list(action.events), action.zones, action.done)
+                    seen = self.port.record_own_history(
+                        list(action.events), action.zones, action.done, expired=action.expired, now=self.now())
                 except Exception as e:
                     # still wanted, asked again from the start (recording is idempotent): a
                     # full disk, a store being rescued — whatever it was, the gap stays open

@@ -62,10 +62,15 @@ class StorePort:
     def own_history_wanted(self) -> Wanted | None:
         return self.store.own_history_wanted()
 
-    def record_own_history(self, events: list[dict[str, Any]], zones: dict[str, str], done: bool) -> dict[str, int]:
+    def record_own_history(
+        self, events: list[dict[str, Any]], zones: dict[str, str], done: bool, *, expired: bool = False,
+        now: datetime | None = None,
+    ) -> dict[str, int]:
         """A chunk of our lost events (sync/store/own_history.py); nothing once none is wanted."""
         wanted = self.store.own_history_wanted()
-        return {} if wanted is None else self.store.record_own_history(wanted, events, zones, done)
+        if wanted is None:
+            return {}
+        return self.store.record_own_history(wanted, events, zones, done, expired=expired, now=now)
 
     def central_applied(self) -> int | None:
         """How far the central system had applied our events, as the passes of the sync

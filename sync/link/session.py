@@ -955,7 +955,7 @@ class Session:
         if gone is not None:
             self.stats["history_expired"] += 1
             self._note("the central system did not send back this daemon's lost events within a day: no longer asked")
-            return [RecordOwnHistory((), dict(self.zones), True, gone)]
+            return [RecordOwnHistory((), dict(self.zones), True, gone, expired=True)]
         # asked once our numbers are known (the range is the central system's word) and
         # while the central system is not known to be away
         if self.numbering_unsure or self.central_online is False:

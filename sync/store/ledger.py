@@ -344,14 +344,21 @@ class Ledger:
                 if outcome == "refund_none":
                     detail["heard"] = list(w.waiting)
                 elif outcome == "refund_unsettled":
-                    why = "its booking is gone" if booking is None else f"not heard: {', '.join(unheard)}"
-                    tx.emit("alarm", now, gate=None, kind="refund_unsettled",
-                            detail=f"the refund of {w.member_id}'s walk-in the desk asked for with booking "
-                                   f"{w.booking_id} at {iso_utc(w.asked_at)} was not settled ({why}): "
-                                   "check the member's charges of that day by hand")
-                    detail["waiting"] = unheard
+                    self._unsettled(tx, now, w, "its booking is gone" if booking is None
+                                    else f"not heard: {', '.join(unheard)}", unheard)
+                    continue
                 tx.audit(now, w.operator, outcome, detail)
         return tx.committed
+
+    def _unsettled(self, tx: Transaction, now: datetime, w: refunds_wanted.RefundWanted, why: str,
+                   unheard: list[str]) -> None:
+        """A waiting refund given up on (its request already dropped): an alarm and the audit."""
+        tx.emit("alarm", now, gate=None, kind="refund_unsettled",
+                detail=f"the refund of {w.member_id}'s walk-in the desk asked for with booking "
+                       f"{w.booking_id} at {iso_utc(w.asked_at)} was not settled ({why}): "
+                       "check the member's charges of that day by hand")
+        tx.audit(now, w.operator, "refund_unsettled", {"booking": w.booking_id, "member": w.member_id,
+                                                        "asked_at": iso_utc(w.asked_at), "waiting": unheard})
 
     def _refund_outcome(
         self, w: refunds_wanted.RefundWanted, now: datetime, waiting: Callable[[datetime], list[str]],
@@ -434,13 +441,23 @@ class Ledger:
 
     def record_own_history(
         self, wanted: own_history.Wanted, events: list[dict[str, Any]], zones: dict[str, str], done: bool,
+        *, expired: bool = False, now: datetime | None = None,
     ) -> dict[str, int]:
         """Our own events the ledger lost, from the central system (sync/store/own_history.py),
-        in one transaction; `done`: the last of them, nothing more is wanted."""
+        in one transaction; `done`: the last of them, nothing more is wanted. `expired`:
+        they never came — a refund the desk asked for that waited for them is not
+        "nothing charged" but a `refund_unsettled` alarm for a person."""
         with self.transactions.open() as tx:
             seen = dict(own_history.record(self.conn, self.daemon_id, wanted, events, zones, self.record_passage))
             if done:
                 own_history.done(tx.delete_meta)
+            if expired:
+                at = now or datetime.now(UTC)
+                for w in refunds_wanted.wanted(self.conn):
+                    if self.daemon_id in w.waiting:
+                        refunds_wanted.drop(self.conn, w.booking_id)
+                        self._unsettled(tx, at, w, f"this gate's own events from before {iso_utc(wanted.since)} "
+                                        "never came back from the central system", [self.daemon_id])
         return seen
 
     def check_overdraft(self, tx: Transaction, pass_id: str, now: datetime) -> None:

@@ -233,9 +233,11 @@ class Store:
 
     def record_own_history(
         self, wanted: own_history.Wanted, events: list[dict[str, Any]], zones: dict[str, str], done: bool,
+        *, expired: bool = False, now: datetime | None = None,
     ) -> dict[str, int]:
-        """A chunk of them from the central system; `done`: the last one."""
-        return self.ledger.record_own_history(wanted, events, zones, done)
+        """A chunk of them from the central system; `done`: the last one (`expired`: given
+        up on, a day after the loss)."""
+        return self.ledger.record_own_history(wanted, events, zones, done, expired=expired, now=now)
 
     async def sent_through(self, last: Event) -> None:
         """Before events up to `last` leave the gate: that they did, on disk beside the
