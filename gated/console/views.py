@@ -19,7 +19,7 @@ from gated.console.words import ACTIONS, DETAIL_WORDS, HIDDEN_DETAIL, NO_EVENT, 
 from gated.operator import OperatorApi
 from rules.model import Booking, BookingStatus, Gate, Pass
 from rules.reasons import Reason
-from rules.timeutil import local_date, parse_instant, start_of_local_day
+from rules.timeutil import local_date, parse_instant_once, start_of_local_day
 from sync.store import Store, evacuation
 from sync.store import read_models as rm
 
@@ -433,7 +433,7 @@ class Views:
                 v = str(v).replace("_", " ")
             elif k == "asked_at" and isinstance(v, str):
                 with contextlib.suppress(ValueError):  # an old or odd row: as it is
-                    v = self.stamp(parse_instant(v, self.tz))
+                    v = self.stamp(parse_instant_once(v, self.tz))
             elif k == "refunds" and isinstance(v, list) and len(v) == 2:
                 v = f"{v[0]}'s charge (event {v[1]})"
             elif isinstance(v, list) and all(isinstance(x, str) for x in v):

@@ -172,7 +172,7 @@ def apply(
             if _outcome(conn, str(ev["booking"]), str(ev["status"]), at):
                 seen[f"remote_{ev['status']}"] += 1
             if ev.get("refund") is True and member:
-                conn.execute(  # settled already if its refund came first (an older daemon's order)
+                conn.execute(  # a repeat (a resend, a catch-up) keeps what is known of it
                     "INSERT OR IGNORE INTO main.site_refund_asks(daemon, booking_id, member_id, at) VALUES (?,?,?,?)",
                     (sender, str(ev["booking"]), str(member), ts(at)),
                 )
