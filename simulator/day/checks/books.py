@@ -268,9 +268,14 @@ def check_requested_refunds(run: Run, inv: Invariant) -> None:
                and e.get("booking") == booking]
         at = instant(x["sim"])
         member = x.get("member")
+        # a walk-in another of the member's bookings got back (an earlier request) is not this one's
+        elsewhere = {(r["refunds"].get("daemon"), r["refunds"].get("seq")) for r in run.events.get(site, [])
+                     if r["type"] == "deduction" and r.get("cause") == "refund" and r.get("booking") != booking
+                     and isinstance(r.get("refunds"), dict)}
         walked = [e for e in run.events.get(site, []) if e["type"] == "deduction" and e.get("cause") == "walk_in"
                   and e.get("member") == member and instant(e["at"]) < at
-                  and local_date(instant(e["at"]), run.tz) == local_date(at, run.tz)]
+                  and local_date(instant(e["at"]), run.tz) == local_date(at, run.tz)
+                  and (e.get("_daemon"), e.get("seq")) not in elsewhere]
         if walked and not got:
             inv.fail(f"the desk refunded {booking}: a walk-in of that day was charged at "
                      f"{walked[-1]['_daemon']} but nothing was given back", site=site, at=x["sim"], member=member,
