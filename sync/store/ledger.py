@@ -330,25 +330,26 @@ class Ledger:
                 # decided again in the transaction: a request settled before it in this one
                 # may have taken the charge (one walk-in, two classes of that day)
                 outcome, booking, charge, unheard = self._refund_outcome(w, now, waiting)
-                detail: dict[str, Any] = {"booking": w.booking_id, "member": w.member_id, "asked_at": iso_utc(w.asked_at)}
                 if outcome is None:
                     continue
                 if outcome == "waiting":
                     refunds_wanted.still_waiting(self.conn, w.booking_id, unheard)
-                    continue
-                if outcome == "refund_settled" and booking is not None and charge is not None:
-                    self._refund(tx, now, booking, charge)  # drops the request too
-                    detail["refunds"] = [charge.daemon, charge.seq]
-                else:
-                    refunds_wanted.drop(self.conn, w.booking_id)
-                if outcome == "refund_none":
-                    detail["heard"] = list(w.waiting)
                 elif outcome == "refund_unsettled":
+                    refunds_wanted.drop(self.conn, w.booking_id)
                     self._unsettled(tx, now, w, "its booking is gone" if booking is None
                                     else f"not heard: {', '.join(unheard)}", unheard)
-                    continue
-                tx.audit(now, w.operator, outcome, detail)
+                elif booking is not None and charge is not None:  # refund_settled
+                    self._refund(tx, now, booking, charge)  # drops the request too
+                    tx.audit(now, w.operator, outcome, {**self._asked(w), "refunds": [charge.daemon, charge.seq]})
+                else:  # refund_none
+                    refunds_wanted.drop(self.conn, w.booking_id)
+                    tx.audit(now, w.operator, outcome, {**self._asked(w), "heard": list(w.waiting)})
         return tx.committed
+
+    @staticmethod
+    def _asked(w: refunds_wanted.RefundWanted) -> dict[str, Any]:
+        """A waiting request in the audit's words."""
+        return {"booking": w.booking_id, "member": w.member_id, "asked_at": iso_utc(w.asked_at)}
 
     def _unsettled(self, tx: Transaction, now: datetime, w: refunds_wanted.RefundWanted, why: str,
                    unheard: list[str]) -> None:
@@ -357,8 +358,7 @@ class Ledger:
                 detail=f"the refund of {w.member_id}'s walk-in the desk asked for with booking "
                        f"{w.booking_id} at {iso_utc(w.asked_at)} was not settled ({why}): "
                        "check the member's charges of that day by hand")
-        tx.audit(now, w.operator, "refund_unsettled", {"booking": w.booking_id, "member": w.member_id,
-                                                        "asked_at": iso_utc(w.asked_at), "waiting": unheard})
+        tx.audit(now, w.operator, "refund_unsettled", {**self._asked(w), "waiting": unheard})
 
     def _refund_outcome(
         self, w: refunds_wanted.RefundWanted, now: datetime, waiting: Callable[[datetime], list[str]],
