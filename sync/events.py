@@ -172,7 +172,7 @@ class AlarmEvent(EventBase):
             "fire_input_online, passage_without_grant, passage_while_released, storage_fault, storage_recovered, "
             "exits_not_recorded, ack_beyond_last_seq, ledger_restored, snapshot_held, clock_untrusted, uplink_stalled, "
             "deltas_behind, peers_unheard, numbering_unsure, own_history_missing, "
-            "refunds_waiting (and each from clock_untrusted with `_ended`), overdraft, refund_unsettled, "
+            "refunds_waiting (and each from clock_untrusted with `_ended`), overdraft, refund_unsettled, double_refund, "
             "qr_double_use, ... (docs/protocol.md, \"Alarms\")"
         ),
     ]
@@ -184,12 +184,18 @@ class AlarmEvent(EventBase):
     until: str | None = Field(None, description="exits_not_recorded: the last exit not recorded (UTC).")
     count: int | None = Field(None, description="exits_not_recorded: how many exits opened and were not recorded.")
     gates: dict[str, int] | None = Field(None, description="exits_not_recorded: how many at each gate.")
-    pass_: Id | None = Field(None, alias="pass", description="overdraft: the pass charged below zero.")
-    member: Id | None = Field(None, description="overdraft: the pass's member.")
+    pass_: Id | None = Field(
+        None, alias="pass", description="overdraft: the pass charged below zero; double_refund: the pass refunded twice."
+    )
+    member: Id | None = Field(None, description="overdraft, double_refund: the pass's member.")
     balance: Amount | None = Field(None, description="overdraft: the site's balance of the pass after every charge.")
     charges: list[ChargeRef] | None = Field(
         None, description="overdraft: the charges the central had not applied, by daemon and seq, in the order "
-        "every daemon applies (time, daemon, seq).",
+        "every daemon applies (time, daemon, seq); double_refund: the one charge given back twice.",
+    )
+    refunds: list[ChargeRef] | None = Field(
+        None, description="double_refund: the two refunds (deduction events with cause `refund`) that gave the "
+        "charge back, by daemon and seq, in the order (time, daemon, seq).",
     )
     token: str | None = Field(None, description="qr_double_use: the QR code's token id.")
     other: Id | None = Field(None, description="qr_double_use: the other daemon that let it in.")

@@ -8,6 +8,7 @@ as the link hands them (Store.record_peer_events)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -187,6 +188,47 @@ def test_a_charge_found_is_not_given_back_while_its_turnstile_is_unheard(tmp_pat
     assert desk.settle_refunds(at(12, 41), lambda _: []).events == []
     assert desk.conn.execute("SELECT action FROM audit WHERE action LIKE 'refund%'").fetchall() == [("refund_none",)]
     assert desk.balance("p1") == Decimal(10)
+
+
+def test_a_walk_in_given_back_twice_is_an_alarm_at_each_daemon_that_gave_it(tmp_path: Path) -> None:
+    """Two desks gave back the same walk-in, neither having heard the other's refund (one
+    of them a daemon of an older version, whose requests the others do not order, or one
+    left out of the site's configuration): the member was paid back twice. Each daemon
+    whose refund it is says so when it hears of the other — once, whatever is sent again
+    — and a daemon that gave neither says nothing."""
+    in2, desk, out = site_store(tmp_path, "s1-in-2"), site_store(tmp_path, "s1-in-1"), site_store(tmp_path, "s1-out-1")
+    _, charge = tap(in2, IN2, at(9, 20))
+    for other in (desk, out):
+        share(in2, other, charge.events, {"in-2": "main"})
+    ours = desk.mark_attended("b1", "desk", refund=True, now=at(12, 30), waiting=[])
+    theirs = in2.mark_attended("b2", "desk-2", refund=True, now=at(12, 29), waiting=[])
+    refund = {s.daemon_id: [e for e in c.events if e["type"] == "deduction"]
+              for s, c in ((desk, ours), (in2, theirs))}
+    assert all(len(r) == 1 and r[0]["cause"] == "refund" for r in refund.values())
+    the_charge = {"daemon": "s1-in-2", "seq": charge.events[1]["seq"]}
+    both = [{"daemon": "s1-in-2", "seq": refund["s1-in-2"][0]["seq"]},  # 12:29, then 12:30
+            {"daemon": "s1-in-1", "seq": refund["s1-in-1"][0]["seq"]}]
+
+    def alarms(store: Store) -> list[dict[str, Any]]:
+        rows = store.conn.execute("SELECT body FROM events WHERE type = 'alarm'").fetchall()
+        return [a for a in (json.loads(r[0]) for r in rows) if a["kind"] == "double_refund"]
+
+    share(desk, in2, ours.events, {})
+    share(in2, desk, theirs.events, {"in-2": "main"})
+    for store in (in2, desk):
+        [alarm] = alarms(store)
+        assert (alarm["member"], alarm["pass"], alarm["charges"], alarm["refunds"]) == ("m1", "p1", [the_charge], both)
+        assert "given back twice" in alarm["detail"]
+    # sent again (a resend, a catch-up): no second alarm
+    share(desk, in2, ours.events, {})
+    share(in2, desk, theirs.events, {"in-2": "main"})
+    assert len(alarms(in2)) == 1 and len(alarms(desk)) == 1
+    # a third daemon hearing both: neither refund is its own
+    share(desk, out, ours.events, {})
+    share(in2, out, theirs.events, {"in-2": "main"})
+    assert alarms(out) == []
+    # the site's balance says it too: central 10, one walk-in, two refunds
+    assert out.balance("p1") == Decimal(11)
 
 
 def test_a_waiting_refund_with_nothing_charged_is_dropped_once_everyone_is_heard(tmp_path: Path) -> None:

@@ -301,7 +301,7 @@ class Ledger:
         return start_of_local_day(day, self.site.timezone), start_of_local_day(day + timedelta(days=1), self.site.timezone)
 
     def _refund(self, tx: Transaction, now: datetime, booking: Booking, charge: peer_events.Charge) -> None:
-        self.deduct(
+        refund = self.deduct(
             tx,
             now,
             pass_id=charge.pass_id,
@@ -314,7 +314,7 @@ class Ledger:
             refunded_seq=charge.seq if charge.own else None,
             refunds={"daemon": charge.daemon, "seq": charge.seq},
         )
-        peer_events.mark_refunded(self.conn, charge)
+        peer_events.mark_refunded(self.conn, charge, (self.daemon_id, int(refund["seq"]), ts(now)))
         refunds_wanted.drop(self.conn, booking.id)
 
     def settle_refunds(self, now: datetime, waiting: Callable[[datetime], list[str]]) -> Committed:
@@ -431,13 +431,35 @@ class Ledger:
         """What another daemon of the site did (sync/store/peer_events.py), and how far it is now
         heard (`mark`), in one transaction: the mark never gets ahead of what it covers."""
         with self.transactions.open() as tx:
-            seen = dict(peer_events.apply(self.conn, sender, events, zones, self.record_passage))
+            doubles: list[peer_events.DoubleRefund] = []
+            seen = dict(peer_events.apply(self.conn, sender, events, zones, self.record_passage, doubles))
             if mark is not None:
                 peer_events.save_mark(self.conn, sender, *mark)
             charged = {str(e["pass"]) for e in events if e.get("type") == "deduction" and e.get("pass")}
             for pass_id in sorted(charged):
                 self.check_overdraft(tx, pass_id, now or datetime.now(UTC))
+            for double in doubles:
+                self.report_double_refund(tx, double, now or datetime.now(UTC))
         return seen
+
+    def report_double_refund(self, tx: Transaction, d: peer_events.DoubleRefund, now: datetime) -> None:
+        """Inside a transaction: a charge given back twice, one of the refunds ours, is an
+        `alarm` (kind `double_refund`) for the central system and the desk. Raised by each
+        daemon whose refund it is, when it hears of the other: a daemon of an older version
+        (the usual cause) says nothing, so the other must."""
+        if all(r[0] != self.daemon_id for r in d.refunds):
+            return  # two other daemons' refunds: theirs to report
+        (first, _, first_at), (second, _, second_at) = d.refunds
+        tx.emit(
+            "alarm", now, gate=None, kind="double_refund", member=d.member,
+            detail=f"{d.member}'s walk-in charge of {amount_json(d.amount)} on pass {d.pass_id} (event "
+                   f"{d.charge[1]} of {d.charge[0]}) was given back twice: by {first} at "
+                   f"{iso_utc(datetime.fromtimestamp(first_at, UTC))} and by {second} at "
+                   f"{iso_utc(datetime.fromtimestamp(second_at, UTC))}; take one refund back by hand",
+            charges=[{"daemon": d.charge[0], "seq": d.charge[1]}],
+            refunds=[{"daemon": r[0], "seq": r[1]} for r in d.refunds],
+            **{"pass": d.pass_id},
+        )
 
     def record_own_history(
         self, wanted: own_history.Wanted, events: list[dict[str, Any]], zones: dict[str, str], done: bool,

@@ -74,6 +74,9 @@ OTHER_SEQS: frozenset[tuple[str, str]] = frozenset({
     # charges another daemon refunded: of ours, only ever the lost part's while the
     # numbering is unsure (nobody has heard of a held charge), so they stay where they are
     ("site_refunds", "seq"),
+    # the refund that gave a charge back: ours are given only with the numbering known
+    # (the desk's refunds wait while this daemon is unsure of it), so none is ever held
+    ("site_refunds", "by_seq"),
 })
 
 

@@ -144,8 +144,9 @@ def _charge(
     if c.refunds is not None and c.refunds[0] == daemon:  # a charge of ours given back: as the desk marks it
         conn.execute("UPDATE main.deductions SET refunded_by = ? WHERE seq = ? AND refunded_by IS NULL",
                      (seq, c.refunds[1]))
-    elif c.refunds is not None:
-        conn.execute("INSERT OR IGNORE INTO main.site_refunds(daemon, seq) VALUES (?,?)", c.refunds)
+    if c.refunds is not None:  # as the desk marks it (peer_events.mark_refunded)
+        conn.execute("INSERT OR IGNORE INTO main.site_refunds(daemon, seq, by_daemon, by_seq, by_at) VALUES (?,?,?,?,?)",
+                     (*c.refunds, daemon, seq, ts(at)))
     return "charges" if inserted else "charges_again"
 
 

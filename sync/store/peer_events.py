@@ -63,6 +63,15 @@ def create_tables(conn: sqlite3.Connection) -> None:
     )
 
 
+def add_refund_givers(conn: sqlite3.Connection) -> None:
+    """Which refund gave each charge back — its daemon, seq and instant (NULL in marks
+    written before schema 13) — so that a second refund of the same charge is seen."""
+    have = {str(r[1]) for r in conn.execute("PRAGMA main.table_info(site_refunds)")}
+    for column in ("by_daemon TEXT", "by_seq INTEGER", "by_at REAL"):
+        if column.split()[0] not in have:  # as every migration may be: run twice, the same
+            conn.execute(f"ALTER TABLE site_refunds ADD COLUMN {column}")
+
+
 def create_refund_asks(conn: sqlite3.Connection) -> None:
     """Refunds another daemon's desk asked for (its `attendance` with `refund`) and that
     daemon has not given yet: an earlier request takes the day's walk-in before a later
@@ -106,6 +115,22 @@ class Charge:
 
 
 @dataclass(frozen=True, slots=True)
+class DoubleRefund:
+    """One charge given back by two refunds: the gym paid the member back twice. The
+    desk's requests are taken in one order at every daemon (site_refund_asks), so this
+    comes only from a daemon that did not take part in it: one of an older version (its
+    requests carry no `refund`), or one left out of the site's configuration while it
+    refunded. `refunds`: (daemon, seq, instant) of each, in the order (instant, daemon,
+    seq); `amount`: the charge's."""
+
+    charge: tuple[str, int]
+    member: str
+    pass_id: str
+    amount: Decimal
+    refunds: tuple[tuple[str, int, float], tuple[str, int, float]]
+
+
+@dataclass(frozen=True, slots=True)
 class ChargeFields:
     """A `deduction` event's fields, checked (sync/events.py has the body)."""
 
@@ -143,9 +168,11 @@ def apply(
     events: Sequence[Mapping[str, Any]],
     zones: Mapping[str, str],
     record_passage: Any,
+    doubles: list[DoubleRefund] | None = None,
 ) -> Counter[str]:
     """Inside a transaction: what `sender`'s events tell this daemon. `record_passage`
-    is the ledger's (member, zone, direction, at, gate, origin)."""
+    is the ledger's (member, zone, direction, at, gate, origin); a refund of a charge
+    that another refund had given back already goes into `doubles`."""
     seen: Counter[str] = Counter()
     for ev in events:
         try:
@@ -181,14 +208,19 @@ def apply(
             if c is None:
                 seen["invalid"] += 1
                 continue
-            conn.execute(
+            first_time = conn.execute(
                 "INSERT OR IGNORE INTO site_charges(daemon, seq, pass_id, member_id, amount, zone, at, cause) "
                 "VALUES (?,?,?,?,?,?,?,?)",
                 (sender, int(ev["seq"]), c.pass_id, c.member, str(c.amount), zones.get(str(gate)), ts(at), c.cause),
-            )
+            ).rowcount
             seen["remote_charges"] += 1
             if c.refunds is not None:
-                conn.execute("INSERT OR IGNORE INTO site_refunds(daemon, seq) VALUES (?,?)", c.refunds)
+                by = (sender, int(ev["seq"]), ts(at))
+                double = _second_refund(conn, c, by) if first_time else None  # not a resend of the same
+                if double is not None and doubles is not None:
+                    doubles.append(double)
+                conn.execute("INSERT OR IGNORE INTO site_refunds(daemon, seq, by_daemon, by_seq, by_at) "
+                             "VALUES (?,?,?,?,?)", (*c.refunds, *by))
                 seen["remote_refunds"] += 1
                 if ev.get("booking"):  # its request, given: no longer ahead of anyone's
                     conn.execute("UPDATE main.site_refund_asks SET settled = 1 WHERE daemon = ? AND booking_id = ?",
@@ -209,6 +241,19 @@ def apply(
             conn.execute("INSERT OR IGNORE INTO qr_used(token_id, expires_at) VALUES (?, ?)", (ev["token"], ts(expires)))
             seen["remote_qr_used"] += 1
     return seen
+
+
+def _second_refund(conn: sqlite3.Connection, c: ChargeFields, by: tuple[str, int, float]) -> DoubleRefund | None:
+    """The refund `by` of a charge that a refund heard or given before had given back."""
+    assert c.refunds is not None
+    row = conn.execute(
+        "SELECT by_daemon, by_seq, by_at FROM main.site_refunds WHERE daemon = ? AND seq = ?", c.refunds
+    ).fetchone()
+    if row is None or row[0] is None or (row[0], row[1]) == by[:2]:
+        return None  # given back once so far (or by a mark that does not say by whom)
+    first = (str(row[0]), int(row[1]), float(row[2] or 0))
+    a, b = sorted((first, by), key=lambda r: (r[2], r[0], r[1]))
+    return DoubleRefund(c.refunds, c.member, c.pass_id, -c.amount, (a, b))
 
 
 def _outcome(conn: sqlite3.Connection, booking: str, status: str, at: datetime) -> int:
@@ -335,12 +380,14 @@ def save_mark(conn: sqlite3.Connection, peer: str, heard_seq: int | None, heard_
     )
 
 
-def mark_refunded(conn: sqlite3.Connection, charge: Charge) -> None:
-    conn.execute("INSERT OR IGNORE INTO site_refunds(daemon, seq) VALUES (?,?)", (charge.daemon, charge.seq))
+def mark_refunded(conn: sqlite3.Connection, charge: Charge, by: tuple[str, int, float]) -> None:
+    """`charge` given back by the refund `by` (daemon, seq, instant)."""
+    conn.execute("INSERT OR IGNORE INTO site_refunds(daemon, seq, by_daemon, by_seq, by_at) VALUES (?,?,?,?,?)",
+                 (charge.daemon, charge.seq, *by))
 
 
 __all__ = [
-    "Charge", "ChargeFields", "Overdraft", "RefundAsk", "charge_of", "apply", "create_refund_asks", "create_tables",
-    "create_tables_v8", "mark_refunded", "marks", "overdraft", "refund_asks_before", "report_overdraft", "save_mark",
-    "latest_charge", "walk_in_charges",
+    "Charge", "ChargeFields", "DoubleRefund", "Overdraft", "RefundAsk", "add_refund_givers", "apply", "charge_of",
+    "create_refund_asks", "create_tables", "create_tables_v8", "latest_charge", "mark_refunded", "marks", "overdraft",
+    "refund_asks_before", "report_overdraft", "save_mark", "walk_in_charges",
 ]

@@ -32,7 +32,7 @@ from sync.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 REPLICA_SCHEMA_VERSION = 4
 # replica meta: the rule for untyped 10-digit card strings its cards were typed under
 # (rules.credential.TenDigits); absent in replicas written before it (then: the current rule)
@@ -521,10 +521,20 @@ def _migration_12(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -
         _set_version(conn, 12)
 
 
+def _migration_13(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
+    """Which refund gave each charge back (sync/store/peer_events.py, `site_refunds`), so
+    that a second refund of the same charge is seen and reported (`double_refund`)."""
+    from sync.store.peer_events import add_refund_givers
+
+    with _transaction(conn):
+        add_refund_givers(conn)
+        _set_version(conn, 13)
+
+
 # each brings the database to its version, atomically
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path, TenDigits], None]] = [
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
-    _migration_8, _migration_9, _migration_10, _migration_11, _migration_12,
+    _migration_8, _migration_9, _migration_10, _migration_11, _migration_12, _migration_13,
 ]
 
 
