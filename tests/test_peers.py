@@ -609,3 +609,34 @@ def test_a_refund_waiting_for_lost_events_that_never_come_back_is_an_alarm(tmp_p
     assert "never came back" in alarm["detail"] and "b1" in alarm["detail"]
     assert new.conn.execute("SELECT action FROM audit WHERE action LIKE 'refund%'").fetchall() == [("refund_unsettled",)]
     assert new.settle_refunds(at(10, 10) + timedelta(hours=23, minutes=1), lambda _: []).events == []
+
+
+def test_an_attendance_heard_before_its_booking_arrives_counts_when_it_does(tmp_path: Path) -> None:
+    """in-2 matched b1 (and charged it); the desk's daemon heard that before its own copy
+    of b1 came (a delta on its way, a catch-up after a restart heard before the deltas):
+    when b1 arrives it is attended there, and the member stepping out and back in at in-1
+    is a re-entry, not b1 matched and charged a second time."""
+    grace = timedelta(minutes=30)
+    in1, in2 = Gate("in-1", "main", reentry_grace=grace), Gate("in-2", "main", reentry_grace=grace)
+    a, b = site_store(tmp_path, "s1-in-2"), site_store(tmp_path, "s1-in-1")
+    b1 = b.get_booking("b1")
+    assert b1 is not None
+    b.apply_sync(SyncBatch(remove_bookings=["b1"]), at(6))  # b's copy of the booking not in yet
+    d, committed = tap(a, in2, at(9, 50))
+    assert d.reason == Reason.BOOKING and d.amount == 1
+    assert share(a, b, committed.events, {"in-2": "main"})["remote_attended"] == 1
+    b.apply_sync(SyncBatch(bookings=[BookingIn.model_validate({
+        "id": "b1", "member": "m1", "pass": "p1", "class": "Yoga", "zone": "main",
+        "starts_at": at(10).isoformat(), "ends_at": at(10, 45).isoformat(), "loyalty_points": 10,
+    })]), at(9, 51))
+    again, charged = tap(b, in1, at(9, 55))
+    assert (again.reason, again.amount) == (Reason.REENTRY, 0), again
+    assert not [e for e in charged.events if e["type"] == "deduction"]
+    # and a peer's outcome does not undo a cancellation this daemon holds
+    b.apply_sync(SyncBatch(bookings=[BookingIn.model_validate({
+        "id": "b2", "member": "m1", "pass": "p1", "class": "Spinning", "zone": "main", "status": "cancelled",
+        "starts_at": at(12).isoformat(), "ends_at": at(12, 45).isoformat(),
+    })]), at(11))
+    late = {**committed.events[-1], "booking": "b2", "seq": 99, "id": "late-b2"}
+    assert late["type"] == "attendance"
+    assert share(a, b, [late], {"in-2": "main"}).get("remote_attended", 0) == 0

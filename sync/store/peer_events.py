@@ -260,11 +260,14 @@ def _outcome(conn: sqlite3.Connection, booking: str, status: str, at: datetime) 
     """A booking's outcome recorded by another daemon. Attended wins over a no-show (staff
     may mark a no-show attended, never the other way); a cancellation here stands. An
     attended booking's loyalty is left to the daemon doing the site's time-driven work
-    (as for one attended here); a no-show earns none."""
+    (as for one attended here); a no-show earns none. Kept for a booking the replica does
+    not hold yet (a delta on its way, a booking the peer had from a look-up, a catch-up
+    heard before the deltas after a restart): when it arrives, its outcome is here —
+    else the booking would be matched, and charged, a second time."""
     return conn.execute(
         "INSERT INTO main.booking_outcomes(booking_id, outcome, attended_at, loyalty_settled) "
         "SELECT ?, ?, CASE WHEN ? = 'attended' THEN ? END, CASE WHEN ? = 'attended' THEN 0 ELSE 1 END "
-        "WHERE EXISTS (SELECT 1 FROM replica.bookings WHERE id = ? AND status = 'booked') "
+        "WHERE NOT EXISTS (SELECT 1 FROM replica.bookings WHERE id = ? AND status != 'booked') "
         "ON CONFLICT(booking_id) DO UPDATE SET outcome = 'attended', attended_at = excluded.attended_at, "
         "loyalty_settled = 0 WHERE booking_outcomes.outcome = 'no_show' AND excluded.outcome = 'attended'",
         (booking, status, status, ts(at), status, booking),
