@@ -640,3 +640,28 @@ def test_an_attendance_heard_before_its_booking_arrives_counts_when_it_does(tmp_
     late = {**committed.events[-1], "booking": "b2", "seq": 99, "id": "late-b2"}
     assert late["type"] == "attendance"
     assert share(a, b, [late], {"in-2": "main"}).get("remote_attended", 0) == 0
+
+
+def test_a_new_box_numbers_on_after_what_the_site_heard_of_the_old_one(tmp_path: Path) -> None:
+    """The old box of in-2 charged a walk-in; in-1 heard it, the central system (its uplink
+    cut) did not. The box is replaced; the central system says it applied nothing, in-1's
+    heartbeat says it heard in-2 up to that charge: the new box's events number on after
+    it, so in-1 counts the new box's charge instead of dropping it as a repeat."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old, peer = site_store(tmp_path / "old", "s1-in-2"), site_store(tmp_path, "s1-in-1")
+    _, c1 = tap(old, IN2, at(9))
+    share(old, peer, c1.events, {"in-2": "main"})
+    assert peer.balance("p1") == Decimal(9)
+    new = site_store(tmp_path / "new", "s1-in-2")
+    new.hold_unsure()
+    _, c2 = tap(new, IN2, at(9, 20))  # held: its number is in doubt
+    assert [e["seq"] for e in c2.events] == [1, 2]
+    new.settle_numbering(0, at(9, 21), site_seq=c1.events[-1]["seq"])
+    moved = [e for e in new.events_after(0) if e["type"] == "deduction"]
+    assert [e["seq"] for e in moved] == [4]  # after the old box's 1 and 2 (void here), and its own access
+    share(new, peer, new.events_after(0), {"in-2": "main"})
+    assert peer.balance("p1") == Decimal(8)  # both charges: the old box's and the new one's
+    [alarm] = [e for e in new.events_after(0) if e["type"] == "alarm"]
+    assert "only the site's other daemons heard" in alarm["detail"]
+    assert new.own_history_wanted() is None  # the central system has none of them to send back

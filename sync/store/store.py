@@ -220,11 +220,12 @@ class Store:
         """Our last event that may leave: all of them, unless the numbering is unsure."""
         return self.numbering.sendable(self.last_seq)
 
-    def settle_numbering(self, central_seq: int, now: datetime) -> None:
+    def settle_numbering(self, central_seq: int, now: datetime, site_seq: int | None = None) -> None:
         """The central system has applied this daemon's events up to `central_seq` (an ack,
-        its passes' `applied`): the held events go on after that (sync/store/numbering.py).
-        Raises OSError or sqlite3.Error when it cannot be done: the events stay held."""
-        self.numbering.settle(self, central_seq, now, RESTORED_KEY)
+        its passes' `applied`), and the site's other daemons heard them up to `site_seq`:
+        the held events go on after both (sync/store/numbering.py). Raises OSError or
+        sqlite3.Error when it cannot be done: the events stay held."""
+        self.numbering.settle(self, central_seq, now, RESTORED_KEY, site_seq)
 
     def own_history_wanted(self) -> own_history.Wanted | None:
         """Our own events the ledger lost that the central system holds, still wanted
