@@ -407,8 +407,14 @@ class Ledger:
                 self.conn.executemany("INSERT OR IGNORE INTO main.due_recheck(booking_id) VALUES (?)", late)
 
     def forget_outcomes(self, booking_ids: Iterable[str]) -> None:
-        """After a sync cancelled or removed these bookings: their outcomes go (a crash
-        before this leaves an outcome that reads ignore while the booking is cancelled)."""
+        """After a sync removed these bookings from the replica: their outcomes go — the
+        only way the table sheds rows (the retention keeps them: a booking the replica
+        still lists would be walked again for a no-show); a crash before this leaves an
+        outcome nobody reads. A *cancelled* booking keeps its outcome: reads ignore it while
+        the booking is cancelled (rows.booking_from_row, the `bookings` view; its loyalty is
+        settled without credit), and should the central system book it again — an undone
+        cancellation — it is still attended or a no-show, never walked, settled and fined a
+        second time (its no-show's fee is in the ledger already)."""
         ids = list(booking_ids)
         found = [
             (r[0],)
