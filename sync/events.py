@@ -89,8 +89,9 @@ class DeductionEvent(EventBase):
     balance: Amount | None = Field(None, description="The gate's balance of the pass after it.")
     refunds: ChargeRef | None = Field(
         None,
-        description="A refund: the walk-in charge it gives back, by the daemon that took it and that "
-        "event's seq (any daemon of the site): a charge is refunded once.",
+        description="A refund: the charge it gives back — a walk-in the desk refunds, or a no-show fee "
+        "once the booking turned out attended — by the daemon that took it and that event's seq (any daemon "
+        "of the site): a charge is refunded once.",
     )
 
 

@@ -21,6 +21,7 @@ from rules.credential import CredentialKind
 from rules.decide import Presented, decide
 from rules.model import AntiPassback, Gate, Policy, Site
 from rules.reasons import Reason
+from rules.schedule import NoShowHorizon
 from simulator.central import Central, CentralSettings
 from sync.protocol import EventBatch
 from sync.records import BookingIn, MemberIn, PassIn, SitePassIn
@@ -307,6 +308,54 @@ def test_a_peer_no_show_does_not_undo_an_attendance(tmp_path: Path) -> None:
     share(a, b, committed.events, {"in-1": "main"})
     assert share(a, b, [late_no_show], {}) == {}  # attended stays attended
     assert b.booking_status("b1") is not None and b.booking_status("b1").value == "attended"  # type: ignore[union-attr]
+
+
+def test_a_no_show_fee_taken_without_hearing_a_turnstile_is_given_back_when_its_attendance_arrives(
+    tmp_path: Path,
+) -> None:
+    """in-2 lets m1 in on b1 at 09:50 and then goes unheard; the clerk (in-1), having
+    waited `peer_wait_limit`, settles b1 as a no-show and takes its fee. in-2 comes back:
+    its attendance wins over the no-show — and the clerk, who took the fee, gives it back
+    (a refund naming it), once, however often the attendance is sent; in-2, which hears
+    the fee and its refund, gives nothing back."""
+    in2, clerk = site_store(tmp_path, "s1-in-2"), site_store(tmp_path, "s1-in-1")
+    d, came = tap(in2, IN2, at(9, 50))
+    assert d.booking == "b1"
+    due = clerk.run_due(POLICY, at(12, 30), NoShowHorizon(at(11), forced=True), lambda _: ["s1-in-2"]).events
+    [fee] = [e for e in due if e["type"] == "deduction"]
+    assert (fee["booking"], fee["cause"], fee["amount"]) == ("b1", "no_show_fee", 1)
+    assert clerk.balance("p1") == Decimal(9)
+    last = clerk.last_seq
+    share(in2, clerk, came.events, {"in-2": "main"})
+    assert clerk.booking_status("b1") is not None and clerk.booking_status("b1").value == "attended"  # type: ignore[union-attr]
+    [refund] = clerk.events_after(last)
+    assert (refund["type"], refund["cause"], refund["amount"], refund["booking"], refund["refunds"]) == (
+        "deduction", "refund", -1, "b1", {"daemon": "s1-in-1", "seq": fee["seq"]})
+    # central 10, in-2's booking charge (1), the fee (1) and its refund (-1)
+    assert clerk.balance("p1") == Decimal(9)
+    share(in2, clerk, came.events, {"in-2": "main"})  # a resend, a catch-up
+    assert clerk.events_after(last) == [refund]
+    assert clerk.mark_attended("b1", "desk", refund=False, now=at(12, 40)).events[-1]["type"] == "attendance"
+    assert [e["type"] for e in clerk.events_after(refund["seq"])] == ["attendance"]  # given back once
+    before = in2.last_seq
+    share(clerk, in2, due + [refund], {})
+    assert in2.last_seq == before and in2.balance("p1") == Decimal(9)
+
+
+def test_staff_marking_a_fined_no_show_attended_give_the_fee_back(tmp_path: Path) -> None:
+    """Nobody came to b2 (12:00) as far as the gates saw: a no-show and its fee. The member
+    was there (let in by a colleague's card, say): the desk marks it attended, and the fee
+    goes back with it."""
+    store = site_store(tmp_path, "s1-in-1")
+    due = store.run_due(POLICY, at(13, 5)).events
+    fees = {e["booking"]: e for e in due if e["type"] == "deduction"}
+    assert sorted(fees) == ["b1", "b2"] and store.balance("p1") == Decimal(8)
+    marked = store.mark_attended("b2", "desk", refund=False, now=at(13, 30)).events
+    assert [(e["type"], e.get("cause"), e.get("refunds")) for e in marked] == [
+        ("attendance", None, None), ("deduction", "refund", {"daemon": "s1-in-1", "seq": fees["b2"]["seq"]})]
+    assert store.balance("p1") == Decimal(9)
+    again = store.mark_attended("b2", "desk", refund=False, now=at(13, 31)).events
+    assert [e["type"] for e in again] == ["attendance"]
 
 
 def test_peer_events_with_garbage_are_counted_not_recorded(tmp_path: Path) -> None:

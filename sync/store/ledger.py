@@ -247,7 +247,8 @@ class Ledger:
     def mark_attended(
         self, booking_id: str, operator: str, *, refund: bool, now: datetime, waiting: Sequence[str] = (),
     ) -> Committed:
-        """Staff say the member was there. With refund, give back the extra walk-in
+        """Staff say the member was there: a no-show fee this daemon took for the booking
+        goes back (give_back_no_show_fees). With refund, give back the extra walk-in
         credit they paid that day in the class's zone (SPORTRICK's early-arrival case).
         `waiting`: the daemons whose events are not all in up to now (gated/knowledge.py).
         While any is, the refund is not decided here but asked for again as they come
@@ -259,6 +260,7 @@ class Ledger:
         with self.transactions.open() as tx:
             # first: the site's other daemons learn of the request before its refund
             self.attend(tx, now, booking, operator, None, refund=refund)
+            self.give_back_no_show_fees(tx, now, [(booking.member, booking.id)])
             if refund:
                 # the charge may have been taken at another turnstile of the site (another
                 # daemon): sync/store/peer_events.py keeps the site's walk-in charges and refunds
@@ -316,6 +318,33 @@ class Ledger:
         )
         peer_events.mark_refunded(self.conn, charge, (self.daemon_id, int(refund["seq"]), ts(now)))
         refunds_wanted.drop(self.conn, booking.id)
+
+    def give_back_no_show_fees(self, tx: Transaction, now: datetime, bookings: Iterable[tuple[str, str]]) -> None:
+        """Inside a transaction: the no-show fees this daemon took for these bookings
+        (member, booking) that are attended after all — an attendance heard late from a
+        daemon of the site the no-show was settled without (`unheard`), or staff marking a
+        no-show attended — given back, each once: attended wins over a no-show, and the
+        fee was for not coming. A refund naming the fee (`refunds`), as the desk's refund
+        names a walk-in; a fee given back already (here, or by a refund heard) is not
+        given back again, so a resend or a catch-up of the same attendance changes
+        nothing. Only the daemon that took a fee gives it back: the others find none of
+        theirs."""
+        for member, booking_id in bookings:
+            fees = self.conn.execute(
+                "SELECT d.seq, d.pass_id, d.amount, d.at, d.zone FROM main.deductions d "
+                "JOIN main.booking_outcomes o ON o.booking_id = d.booking_id AND o.outcome = 'attended' "
+                "WHERE d.member_id = ? AND d.cause = 'no_show_fee' AND d.booking_id = ? AND d.refunded_by IS NULL "
+                "AND NOT EXISTS (SELECT 1 FROM main.site_refunds r WHERE r.daemon = ? AND r.seq = d.seq)",
+                (member, booking_id, self.daemon_id),
+            ).fetchall()
+            for seq, pass_id, amount, at, zone in fees:
+                fee = peer_events.Charge(self.daemon_id, int(seq), str(pass_id), Decimal(amount), float(at), True)
+                refund = self.deduct(
+                    tx, now, pass_id=fee.pass_id, member_id=member, amount=-fee.amount, booking_id=booking_id,
+                    cause="refund", zone=zone, gate=None, refunded_seq=fee.seq,
+                    refunds={"daemon": fee.daemon, "seq": fee.seq},
+                )
+                peer_events.mark_refunded(self.conn, fee, (self.daemon_id, int(refund["seq"]), ts(now)))
 
     def settle_refunds(self, now: datetime, waiting: Callable[[datetime], list[str]]) -> Committed:
         """The refunds the desk asked for that wait to hear the site. Once every daemon is
@@ -441,6 +470,13 @@ class Ledger:
             seen = dict(peer_events.apply(self.conn, sender, events, zones, self.record_passage, doubles))
             if mark is not None:
                 peer_events.save_mark(self.conn, sender, *mark)
+            attended = [
+                (str(e["member"]), str(e["booking"])) for e in events
+                if e.get("type") == "attendance" and e.get("status") == "attended"
+                and isinstance(e.get("member"), str) and isinstance(e.get("booking"), str)
+            ]
+            if attended:  # a no-show of ours one of them attended after all
+                self.give_back_no_show_fees(tx, now or datetime.now(UTC), attended)
             charged = {str(e["pass"]) for e in events if e.get("type") == "deduction" and e.get("pass")}
             for pass_id in sorted(charged):
                 self.check_overdraft(tx, pass_id, now or datetime.now(UTC))
