@@ -358,6 +358,52 @@ def test_staff_marking_a_fined_no_show_attended_give_the_fee_back(tmp_path: Path
     assert [e["type"] for e in again] == ["attendance"]
 
 
+def test_a_no_show_whose_entry_nobody_saw_is_not_fined_here_nor_at_the_other_daemons(tmp_path: Path) -> None:
+    """At in-2 m1 is granted on b1 (Yoga 10:00) at 09:50, the turnstile released — and the
+    relay board goes silent: nobody knows whether she went through (`passage_unconfirmed`).
+    She may have been in Yoga, and on site for Spinning (12:00) too: neither no-show is
+    fined, at in-2 or at the clerk who hears in-2 (once, however often it is sent), and
+    each no-show names the grant for the person who settles it. A daemon that never heard
+    of the grant fines both, as ever."""
+    in2, clerk, unaware = (site_store(tmp_path, d) for d in ("s1-in-2", "s1-in-1", "s1-out-1"))
+    d = decide(in2.view("m1", IN2, at(9, 50)), Presented(CredentialKind.CARD), IN2, SITE, POLICY, at(9, 50))
+    assert d.granted and d.booking == "b1"
+    opened = in2.open_intent(tap_of(IN2, d, at(9, 50)), at(9, 50))
+    unseen = in2.commit_tap(opened, passed=False, now=at(9, 51), unconfirmed="relay_unreadable").events
+    assert [e["type"] for e in unseen] == ["access", "passage_unconfirmed"]
+    grant = {"gate": "in-2", "granted_at": "2026-11-18T08:50:00Z"}
+
+    def settled(store: Store) -> list[tuple[str, str, Any]]:
+        due = store.run_due(POLICY, at(13, 5)).events
+        return [(e["type"], e["booking"], e.get("unconfirmed") or e.get("cause")) for e in due]
+
+    no_fees = [("attendance", "b1", [grant]), ("attendance", "b2", [grant])]
+    assert settled(in2) == no_fees and in2.balance("p1") == Decimal(10)
+    assert share(in2, clerk, unseen, {"in-2": "main"}) == {"remote_unconfirmed": 1}
+    assert share(in2, clerk, unseen, {"in-2": "main"}) == {}  # a resend, a catch-up
+    assert settled(clerk) == no_fees and clerk.balance("p1") == Decimal(10)
+    assert settled(unaware) == [("deduction", "b1", "no_show_fee"), ("attendance", "b1", None),
+                                ("deduction", "b2", "no_show_fee"), ("attendance", "b2", None)]
+
+
+def test_a_grant_a_crash_cut_off_is_not_fined_as_a_no_show(tmp_path: Path) -> None:
+    """The daemon dies between releasing the turnstile for m1's Yoga booking and the commit
+    (a power cut): the next start reports the grant (`passage_unconfirmed`). The member may
+    have gone through: Yoga's no-show is not fined."""
+    store = site_store(tmp_path, "s1-in-1")
+    d = decide(store.view("m1", IN1, at(9, 50)), Presented(CredentialKind.CARD), IN1, SITE, POLICY, at(9, 50))
+    assert d.booking == "b1"
+    store.open_intent(tap_of(IN1, d, at(9, 50)), at(9, 50))
+    store.close()
+    store = Store(tmp_path / "s1-in-1.db", SITE, daemon_id="s1-in-1", durable=False)
+    [reported] = store.report_unconfirmed(at(9, 58)).events
+    assert reported["type"] == "passage_unconfirmed" and "zone" not in reported
+    due = store.run_due(POLICY, at(11, 5)).events
+    assert [(e["type"], e["booking"], e.get("unconfirmed")) for e in due] == [
+        ("attendance", "b1", [{"gate": "in-1", "granted_at": "2026-11-18T08:50:00Z"}])]
+    assert store.balance("p1") == Decimal(10)
+
+
 def test_peer_events_with_garbage_are_counted_not_recorded(tmp_path: Path) -> None:
     a, b = site_store(tmp_path, "a"), site_store(tmp_path, "b")
     bad = [

@@ -38,7 +38,7 @@ from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee
 from rules.tap import Tap
 from rules.timeutil import iso_utc, local_date, start_of_local_day
 from sync.errors import StoreError
-from sync.store import evacuation, own_history, peer_events, refunds_wanted
+from sync.store import evacuation, own_history, peer_events, refunds_wanted, unconfirmed
 from sync.store.outbox import Event
 from sync.store.replica import Replica
 from sync.store.rows import BOOKING_READ, booking_from_row, dt, ts
@@ -49,6 +49,8 @@ CURSOR_KEY = "due.no_show_through"
 # had sent; what fell due by then may have been settled in the part that was lost
 RESTORED_KEY = "ledger.restored_at"
 CURSOR_IDLE = timedelta(minutes=10)
+# a no-show names at most this many of the member's unconfirmed grants (one is the usual)
+UNCONFIRMED_NAMED = 10
 _BOOKINGS = "replica.bookings b LEFT JOIN main.booking_outcomes o ON o.booking_id = b.id"
 
 
@@ -154,6 +156,11 @@ class Ledger:
             tx.emit("qr_used", now, gate=gate, member=member, token=token[0], expires=iso_utc(token[1]))
         return first
 
+    def unconfirmed_grant(self, fields: dict[str, Any], zone: str | None) -> None:
+        """Inside the transaction of its `passage_unconfirmed` event: one of our grants whose
+        passage nobody saw, kept for the no-show fee (sync/store/unconfirmed.py)."""
+        unconfirmed.record(self.conn, self.daemon_id, fields, zone)
+
     def record_passage(
         self, member_id: str | None, zone: str, direction: Direction, now: datetime, gate: str, origin: str = "local"
     ) -> None:
@@ -199,7 +206,10 @@ class Ledger:
             access.update(tap.event_detail())
             tx.emit("access", now, **access)
             if held is not None:
-                tx.emit("passage_unconfirmed", now, **unconfirmed_fields(json.loads(held[0])), because=unconfirmed)
+                fields = unconfirmed_fields(json.loads(held[0]))
+                tx.emit("passage_unconfirmed", now, **fields, because=unconfirmed)
+                # the member may be through: their no-show is not fined (sync/store/unconfirmed.py)
+                self.unconfirmed_grant(fields, gate.zone)
             if went_through:
                 if decision.amount and decision.pass_id:
                     self.deduct(
@@ -683,19 +693,24 @@ class Ledger:
         )
         p = self.replica.get_pass(b.pass_id)
         fee = Decimal(0)
+        day_start = start_of_local_day(local_date(b.starts_at, self.site.timezone), self.site.timezone)
+        # entries that day whose passage nobody saw (here or at another daemon of the site):
+        # the member may have been on site, or in this very class
+        maybe = unconfirmed.for_booking(self.conn, b.member, b.zone, b.id, day_start, b.ends_at)
         if policy.no_show_fee > 0 and p is not None:
-            day = local_date(b.starts_at, self.site.timezone)
-            on_site = self.conn.execute(
+            on_site = bool(maybe) or self.conn.execute(
                 "SELECT 1 FROM passages WHERE member_id = ? AND zone = ? AND direction = 'in' AND at >= ? AND at < ? LIMIT 1",
-                (b.member, b.zone, ts(start_of_local_day(day, self.site.timezone)), ts(b.ends_at)),
-            ).fetchone()
-            fee = no_show_fee(b, p, policy, on_site is not None, evacuation.spans_of(self.conn))
+                (b.member, b.zone, ts(day_start), ts(b.ends_at)),
+            ).fetchone() is not None
+            fee = no_show_fee(b, p, policy, on_site, evacuation.spans_of(self.conn))
         if fee > 0:
             self.deduct(
                 tx, now, pass_id=b.pass_id, member_id=b.member, amount=fee, booking_id=b.id,
                 cause="no_show_fee", zone=b.zone, gate=None,
             )
         extra: dict[str, Any] = {"unheard": unheard} if unheard else {}
+        if maybe:  # for the person who settles those grants: mark it attended if the member came
+            extra["unconfirmed"] = [u.as_json() for u in maybe[:UNCONFIRMED_NAMED]]
         tx.emit("attendance", now, member=b.member, booking=b.id, status="no_show", by="gate", **extra)
 
     # -- the gate's own reads -----------------------------------------------------------------
@@ -730,7 +745,7 @@ class Ledger:
 
 def unconfirmed_fields(intent: dict[str, Any]) -> dict[str, Any]:
     """A grant intent's fields as its `passage_unconfirmed` event says them."""
-    fields = {k: v for k, v in intent.items() if k != "id"}
+    fields = {k: v for k, v in intent.items() if k not in ("id", "zone")}  # the gate's zone: ours alone
     fields["not_deducted"] = fields.pop("amount", 0)
     return fields
 
