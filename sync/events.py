@@ -89,9 +89,17 @@ class DeductionEvent(EventBase):
     balance: Amount | None = Field(None, description="The gate's balance of the pass after it.")
     refunds: ChargeRef | None = Field(
         None,
-        description="A refund: the walk-in charge it gives back, by the daemon that took it and that "
-        "event's seq (any daemon of the site): a charge is refunded once.",
+        description="A refund: the charge it gives back — a walk-in the desk refunds, or a no-show fee "
+        "once the booking turned out attended — by the daemon that took it and that event's seq (any daemon "
+        "of the site): a charge is refunded once.",
     )
+
+
+class GrantRef(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    gate: Id
+    granted_at: str = Field(description="When it was granted (UTC), as its `passage_unconfirmed` event says.")
 
 
 class AttendanceEvent(EventBase):
@@ -107,6 +115,13 @@ class AttendanceEvent(EventBase):
         None,
         description="A no-show settled without having heard these daemons of the site past the class's end "
         "(they were waited for `peer_wait_limit`): one of them may have let the member in.",
+    )
+    unconfirmed: list[GrantRef] | None = Field(
+        None,
+        description="A no-show the member may have come to: their entries that day into the class's zone (or on "
+        "this booking) whose passage nobody saw, each a `passage_unconfirmed` event of a daemon of the site (at "
+        "most 10). No no-show fee was taken for it; whoever settles those grants marks the booking attended if "
+        "the member went through.",
     )
     refund: bool | None = Field(
         None,

@@ -538,13 +538,14 @@ class Store:
             if snapshot:  # every card typed again, under today's rule
                 self.replica.set_meta(CARDS_TYPED_AS, self.ten_digits.value)
         self._settle_enrolments()
-        gone = [b.id for b in batch.bookings if b.status == "cancelled"] + list(batch.remove_bookings)
+        # a cancelled booking keeps its outcome (Ledger.forget_outcomes): only those gone go
+        gone = list(batch.remove_bookings)
         if snapshot:
             gone += [
                 r[0]
                 for r in self.conn.execute(
                     "SELECT o.booking_id FROM main.booking_outcomes o LEFT JOIN replica.bookings b "
-                    "ON b.id = o.booking_id WHERE b.id IS NULL OR b.status = 'cancelled'"
+                    "ON b.id = o.booking_id WHERE b.id IS NULL"
                 )
             ]
         self.ledger.forget_outcomes(gone)
@@ -562,8 +563,8 @@ class Store:
 
         1. DETACH the current replica, ATTACH the new one AS `replica` (in memory only);
         2. one ledger transaction: the bookings the worker found behind the no-show
-           cursor go to `due_recheck`, the outcomes of bookings the new replica cancels
-           or lacks go, the cursor steps back to where the worker looked, the pointer
+           cursor go to `due_recheck`, the outcomes of bookings the new replica lacks
+           go (a cancelled one keeps its outcome: Ledger.forget_outcomes), the cursor steps back to where the worker looked, the pointer
            names the new file;
         Returns the old file, for the caller to delete off the loop (unlinking a large
         file takes tens of milliseconds; `ReplicaFiles.remove`).
