@@ -10,7 +10,9 @@ token used up) before the relay is touched, and any failure up to there denies w
 counted; it never opens. After the relay was pulsed the tap is committed whatever it
 takes: a failing commit is held by the StorageWatch and retried, and its intent stays in
 the store for the next start to report if the daemon dies first. Exits stay free: an
-exit opens even when nothing can be written (and is recorded when possible).
+exit opens even when nothing can be written (and is recorded when possible), and even
+when the store cannot be read to decide it (rules.tap.unreadable: let out unrecorded,
+counted as an exit not recorded).
 
 A desk check-in (the front desk picks a member, and maybe their booking or pass) takes the
 same path with a `desk` credential; an override ("open once") opens without a member.
@@ -184,7 +186,9 @@ class TapPath:
             # grant is reported as after a crash, in the tap's own transaction (held and
             # retried like any acted-on tap), never recorded as a plain "did not pass"
             unconfirmed = self._unconfirmed(tap) if passage is Passage.UNKNOWN else None
-            if self._in_burst(tap):
+            if tap.unrecorded:
+                committed = self._let_out_unrecorded(tap)
+            elif self._in_burst(tap):
                 committed = Committed()  # recorded with its burst (`unknown_cards`)
             else:
                 committed = self._commit(tap, passed, unconfirmed)
@@ -219,7 +223,8 @@ class TapPath:
                 tap = engine.decide(gate_id, cred, self.clock(), detail)
             return engine.admit(tap, self._conditions(tap))
         except STORAGE_ERRORS as e:
-            # the replica or ledger cannot be read (a corrupt page): nobody can be decided
+            # the replica or ledger cannot be read (a corrupt page): nobody can be decided —
+            # an entry is refused, an exit let out unrecorded (rules.tap.unreadable)
             self.storage.failed(e, "decide")
             return engine.unreadable(gate_id, cred, now)
 
@@ -257,8 +262,8 @@ class TapPath:
 
     def _write_intent(self, tap: Tap) -> Tap:
         """The durable intent before the relay: for an entry, no intent, no opening."""
-        if not tap.granted:
-            return tap
+        if not tap.granted or tap.unrecorded:
+            return tap  # an exit nobody could name has nobody to write an intent for
         try:
             return self.engine.open_intent(tap, self.clock())
         except TokenUsed:
@@ -294,7 +299,9 @@ class TapPath:
     async def _commit_on_disk(self, tap: Tap) -> None:
         """The tap's commit flushed before the answer (a committed deduction survives a power
         cut). A failing flush is a storage fault like a failing commit: said, not raised."""
-        if tap.granted:  # a denial moves nothing: its record may wait for the next flush
+        # a denial moves nothing: its record may wait for the next flush; an exit let out
+        # unrecorded wrote nothing
+        if tap.granted and not tap.unrecorded:
             await self._on_disk("commit")
 
     async def _contest_qr(self, tap: Tap) -> Tap:
@@ -357,6 +364,15 @@ class TapPath:
                 log.error("denial_not_recorded", gate=tap.gate.id, member=tap.decision.member,
                           reason=tap.decision.reason.value)
             return Committed()
+
+    def _let_out_unrecorded(self, tap: Tap) -> Committed:
+        """An exit the store could not be read to decide: nothing to record for nobody (no
+        member, nothing charged). One that opened is counted with the exits not recorded
+        (`gated status`, the metric, one `exits_not_recorded` alarm once the store works);
+        the storage fault itself was said when the read failed."""
+        if tap.granted:
+            self.storage.exit_unrecorded(tap.gate.id)
+        return Committed()
 
     def _in_burst(self, tap: Tap) -> bool:
         """An unknown card past the gate's quota of individually recorded ones: counted in
