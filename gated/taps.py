@@ -41,7 +41,7 @@ from gated.metrics import Metrics
 from gated.safety import Safety
 from gated.storage_watch import StorageWatch
 from gated.unknown_cards import UnknownCards
-from rules.admission import GateConditions, Release, StalePolicy, plan_release
+from rules.admission import GateConditions, Release, StalePolicy, desk_release, plan_release
 from rules.credential import Credential, CredentialKind, mask
 from rules.decide import Decision
 from rules.decide import override as override_decision
@@ -127,20 +127,22 @@ class TapPath:
 
     async def override(self, gate_id: str, operator: str, reason: str) -> dict[str, Any]:
         """Open once, without a member: recorded as an override, never a free passage
-        claimed for nobody. Refused where nothing can be opened or recorded."""
+        claimed for nobody. Refused where nothing can be opened or recorded; at an
+        entrance in a lockdown, never at an exit (a lockdown keeps people out, not in)."""
         engine = self.engine
         gate = engine.gate(gate_id)  # unknown gate: raise before touching anything
         ctl = self.controllers.get(gate_id)
+        purpose = desk_release(gate)
         # asked before anything else, so a lockdown is what the desk hears (the controller
         # asks the same rule again when it releases)
-        if plan_release(self.safety.site, Release.DESK, fail_safe=False).refused == Reason.LOCKDOWN:
+        if plan_release(self.safety.site, purpose, fail_safe=False).refused == Reason.LOCKDOWN:
             return {"error": "lockdown", "message": "Lockdown is on: an admin must lift it before a gate opens"}
         if ctl is None:
             return {"error": "no_relay", "message": "This gate has no relay: there is nothing to open"}
         if gate.direction.value == "in" and not self.storage.ok_for_entry():
             return {"error": "storage_fault", "message": "The gate cannot record an opening now"}
         try:
-            passed = await ctl.open_once()
+            passed = await ctl.release(purpose) is Passage.PASSED
         except GrantRefused:  # a lockdown that came in meanwhile
             return {"error": "lockdown", "message": "Lockdown is on: an admin must lift it before a gate opens"}
         except OutputFault:

@@ -226,9 +226,10 @@ class GateController:
         """Release for one member and wait for passage. See the module doc for errors."""
         return await self.release(Release.ENTRY) is Passage.PASSED
 
-    async def open_once(self) -> bool:
-        """Front-desk override: one release (refused in a lockdown, rules.admission)."""
-        return await self.release(Release.DESK) is Passage.PASSED
+    async def open_once(self, *, at_exit: bool = False) -> bool:
+        """Front-desk override: one release — at an entrance refused in a lockdown, at an
+        exit (`at_exit`) never (rules.admission)."""
+        return await self.release(Release.DESK_EXIT if at_exit else Release.DESK) is Passage.PASSED
 
     async def grant_passage(self) -> Passage:
         return await self.release(Release.ENTRY)
