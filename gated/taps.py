@@ -184,9 +184,10 @@ class TapPath:
             tap, passage = await self._open(tap, reader)
             passed = passage is Passage.PASSED
             # UNKNOWN: released, then nobody could look (the board went silent, the inputs
-            # went unread, we are stopping): the person may be through. No deduction; the
-            # grant is reported as after a crash, in the tap's own transaction (held and
-            # retried like any acted-on tap), never recorded as a plain "did not pass"
+            # went unread or the passage input read stuck, we are stopping): the person may
+            # be through. No deduction; the grant is reported as after a crash, in the tap's
+            # own transaction (held and retried like any acted-on tap), never recorded as a
+            # plain "did not pass": a person settles it
             unconfirmed = self._unconfirmed(tap) if passage is Passage.UNKNOWN else None
             if tap.unrecorded:
                 committed = self._let_out_unrecorded(tap)
@@ -336,9 +337,14 @@ class TapPath:
 
     def _unconfirmed(self, tap: Tap) -> str:
         """Why a released grant's passage is unknown (said in the log and the metric now;
-        recorded with the tap's commit)."""
+        recorded with the tap's commit): the controller's word for this release, read as
+        its release returned (before any other release can begin)."""
         ctl = self.controllers.get(tap.gate.id)
-        cause = "stopping" if ctl is not None and ctl.stopping else "relay_unreadable"
+        because = ctl.unconfirmed_because if ctl is not None else None
+        if because is not None:
+            cause = because.value
+        else:
+            cause = "stopping" if ctl is not None and ctl.stopping else "relay_unreadable"
         self.metrics.unconfirmed.inc()
         log.warning("passage_unconfirmed", gate=tap.gate.id, member=tap.decision.member, cause=cause,
                     recorded=tap.intent is not None)  # an exit opened unrecorded has no intent to report
