@@ -356,6 +356,16 @@ def test_staff_marking_a_fined_no_show_attended_give_the_fee_back(tmp_path: Path
     assert store.balance("p1") == Decimal(9)
     again = store.mark_attended("b2", "desk", refund=False, now=at(13, 31)).events
     assert [e["type"] for e in again] == ["attendance"]
+    # the desk is told which refund it was: the fee, not a walk-in (gated/console/api.py)
+    assert store.fee_refunds([marked[1]["seq"], fees["b2"]["seq"]]) == {marked[1]["seq"]}
+    assert store.refund_given("b2") is None
+    # with a walk-in that day too: both go back, and each is told for what it was
+    _, walk_in = tap(store, IN1, at(13, 40))
+    with_refund = store.mark_attended("b1", "desk", refund=True, now=at(13, 50)).events
+    back = [e for e in with_refund if e["type"] == "deduction"]
+    assert [e["refunds"]["seq"] for e in back] == [fees["b1"]["seq"], walk_in.events[1]["seq"]]
+    assert store.fee_refunds([e["seq"] for e in back]) == {back[0]["seq"]}
+    assert store.refund_given("b1") == {"pass": "p1", "amount": 1, "balance": 10}
 
 
 def test_a_no_show_whose_entry_nobody_saw_is_not_fined_here_nor_at_the_other_daemons(tmp_path: Path) -> None:

@@ -116,6 +116,8 @@ from sync.store.transaction import Committed, Listener, Transaction, Transaction
 
 log = logging.getLogger(__name__)
 _UTC = ZoneInfo("UTC")
+# SQL true for a refund (the deduction aliased `r`) that gave back one of our no-show fees
+_FEE_REFUND = "EXISTS (SELECT 1 FROM main.deductions f WHERE f.refunded_by = r.seq AND f.cause = 'no_show_fee')"
 
 # in the replica's meta: its position in the central system's stream of changes
 DELTA_SEQ_KEY = "sync.delta_seq"
@@ -660,9 +662,10 @@ class Store:
 
     def refund_given(self, booking_id: str) -> dict[str, Any] | None:
         """The walk-in given back with this booking, if any: its pass, the amount and the
-        pass's balance now."""
+        pass's balance now (a no-show fee given back is not it: fee_refunds)."""
         r = self.conn.execute(
-            "SELECT pass_id, amount FROM deductions WHERE booking_id = ? AND cause = 'refund' ORDER BY seq DESC LIMIT 1",
+            "SELECT pass_id, amount FROM deductions r WHERE booking_id = ? AND cause = 'refund' "
+            f"AND NOT {_FEE_REFUND} ORDER BY seq DESC LIMIT 1",
             (booking_id,),
         ).fetchone()
         if r is None:
@@ -670,6 +673,15 @@ class Store:
         balance = self.balance(str(r[0]))
         return {"pass": str(r[0]), "amount": amount_json(-Decimal(r[1])),
                 "balance": None if balance is None else amount_json(balance)}
+
+    def fee_refunds(self, seqs: Sequence[int]) -> set[int]:
+        """Which of these refunds of ours gave back a no-show fee (Ledger.give_back_no_show_fees),
+        not a walk-in."""
+        if not seqs:
+            return set()
+        marks = ",".join("?" * len(seqs))
+        return {int(r[0]) for r in self.conn.execute(
+            f"SELECT seq FROM deductions r WHERE seq IN ({marks}) AND cause = 'refund' AND {_FEE_REFUND}", list(seqs))}
 
     def refunds_waiting(self) -> int:
         return refunds_wanted.count(self.conn)
