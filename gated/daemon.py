@@ -253,12 +253,12 @@ class Daemon:
         log.info("ready", gates=len(cfg.gates), readers=len(self.readers), seconds=round(time.monotonic() - self.started_at, 3))
 
     async def _start_outputs(self) -> None:
-        """Each output driven to its safe (locked) state, then supervised."""
+        """Each output driven to its safe (locked) state, then supervised; all at once, so
+        a board that does not answer holds up no other."""
         for g in self.config.gates:
             if g.output is not None:
-                ctl = GateController(g.id, g.output, on_alarm=self.on_alarm)
-                await ctl.start()
-                self.controllers[g.id] = ctl
+                self.controllers[g.id] = GateController(g.id, g.output, on_alarm=self.on_alarm)
+        await asyncio.gather(*(ctl.start() for ctl in self.controllers.values()))
 
     def _check_storage_at_start(self) -> None:
         """Grants a crash cut off are reported first; then one durable write proves the

@@ -10,12 +10,16 @@ it cannot be read (board down, wrong address) that is an alarm — event, status
 console — never silence, and `fire_alarm.on_unknown` says what the gate does meanwhile
 (rules.admission.fire_input_effect).
 
+The doors follow a change all at once (`_each`): a board that does not answer holds up no
+other door's release.
+
 A fire alarm or an emergency release is also an evacuation, written with its `fire_alarm`
 event: from then on nobody's earlier entry counts as inside (sync/store/evacuation.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -111,8 +115,7 @@ class Safety:
         self.emergency = Switch.load(self.store.meta(EMERGENCY_KEY))
         if self.lockdown.active:
             log.warning("lockdown_restored", operator=self.lockdown.operator, since=self.lockdown.at)
-            for ctl in self.controllers.values():
-                await ctl.set_lockdown(True)
+            await self._each(lambda ctl: ctl.set_lockdown(True))
         if self.emergency.active:
             log.warning("emergency_release_restored", operator=self.emergency.operator, since=self.emergency.at)
         await self._apply_release()
@@ -127,8 +130,7 @@ class Safety:
     async def set_lockdown(self, on: bool, operator: str, reason: str | None = None) -> None:
         self.lockdown = Switch(on, operator, iso_utc(self.clock()), reason)
         # the doors first: a lockdown that cannot be written still locks
-        for ctl in self.controllers.values():
-            await ctl.set_lockdown(on)
+        await self._each(lambda ctl: ctl.set_lockdown(on))
         self._persist(LOCKDOWN_KEY, self.lockdown)
         self._record("lockdown", {"active": on, "operator": operator, "reason": reason}, operator,
                      "lockdown" if on else "release")
@@ -193,8 +195,16 @@ class Safety:
         if told == self._released:
             return
         self._released = told
-        for ctl in self.controllers.values():
-            await ctl.set_fire_alarm(told[0], emergency=told[1])
+        await self._each(lambda ctl: ctl.set_fire_alarm(told[0], emergency=told[1]))
+
+    async def _each(self, act: Callable[[GateController], Awaitable[None]]) -> None:
+        """Every gate at once: one whose board does not answer (a frozen peer that takes a
+        whole timeout) holds up no other door's release; its failure is its own."""
+        gates = list(self.controllers.items())
+        results = await asyncio.gather(*(act(ctl) for _, ctl in gates), return_exceptions=True)
+        for (gate_id, _), result in zip(gates, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("safety_not_applied", gate=gate_id, error=repr(result))
 
     async def _on_disk(self, key: str) -> None:
         """What a person decided survives a power cut before they are told it is done; a fire
