@@ -76,7 +76,8 @@ async def reload_config(d: Daemon, path: Path) -> bool:
                 await d.controllers.pop(g.id).stop()
             if g.output is not None:
                 ctl = GateController(g.id, g.output, on_alarm=d.on_alarm)
-                await ctl.start()
+                # started as the site is (a door in a fire alarm is not locked first)
+                await ctl.start(d.safety.site if d.safety is not None else None)
                 d.controllers[g.id] = ctl
                 if d.safety is not None:
                     await d.safety.apply_to(ctl)  # a lockdown holds on a new board too

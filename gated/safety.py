@@ -5,13 +5,19 @@ to the store when it is set and restored at start-up, before any reader is read 
 a watchdog restart or a reboot must not silently reopen a locked-down site). Only an admin
 lifts them (the console and the control socket check the role).
 
-The fire-alarm input is the fire panel's, not a person's: it is read again at start. While
-it cannot be read (board down, wrong address) that is an alarm — event, status, metric,
-console — never silence, and `fire_alarm.on_unknown` says what the gate does meanwhile
+The fire-alarm input is the fire panel's, not a person's: it is read again at start. Its
+last reading is stored too: until the input is read after a start (or while it cannot be),
+that is the state `fire_alarm.on_unknown` keeps — a restart in a fire whose I/O board went
+silent must not lock the fail-safe doors and let entries in. While the input cannot be
+read (board down, wrong address) that is an alarm — event, status, metric, console — never
+silence, and `on_unknown` says what the gate does meanwhile
 (rules.admission.fire_input_effect).
 
 The doors follow a change all at once (`_each`): a board that does not answer holds up no
 other door's release.
+
+The stored state is read before the daemon opens the store (`read_stored`): the relays are
+driven first, and to the state stored, so a restart never relocks a released door first.
 
 A fire alarm or an emergency release is also an evacuation, written with its `fire_alarm`
 event: from then on nobody's earlier entry counts as inside (sync/store/evacuation.py).
@@ -21,9 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -33,12 +42,14 @@ from drivers.outputs.modbus import OutputHealth
 from rules.admission import FireInput, FireInputPolicy, SiteSafety, fire_input_effect
 from rules.timeutil import iso_utc
 from sync.store import Store, evacuation
+from sync.store.db import uri
 from sync.store.faults import STORAGE_ERRORS
 
 log = structlog.get_logger("gated.safety")
 
 LOCKDOWN_KEY = "safety.lockdown"
 EMERGENCY_KEY = "safety.emergency_release"
+FIRE_KEY = "safety.fire_input"  # the fire input's last reading: {"active": bool, "at": ...}
 
 Alarm = Callable[[str, str], Awaitable[None]]  # (kind, detail)
 
@@ -62,6 +73,56 @@ class Switch:
         except (ValueError, KeyError, TypeError):
             # unreadable: a lockdown may have been on; the safe reading is "on"
             return cls(True, "unknown (unreadable safety state)", None)
+
+
+def fire_reading(text: str | None) -> bool | None:
+    """The fire input's last reading as stored; None when it was never read. Unreadable:
+    active (as an unreadable lockdown reads "on": nobody is locked in on a guess)."""
+    if not text:
+        return None
+    try:
+        return bool(json.loads(text)["active"])
+    except (ValueError, KeyError, TypeError):
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSafety:
+    """The safety state as the store last had it (`read_stored`)."""
+
+    lockdown: Switch = field(default_factory=Switch)
+    emergency: Switch = field(default_factory=Switch)
+    fire_input: bool | None = None  # the fire input's last reading; None: never read
+
+    def site(self, fire_policy: FireInputPolicy | None) -> SiteSafety:
+        """What the doors are while the fire input is not read yet; `fire_policy` None: no
+        fire input configured."""
+        fire = False
+        if fire_policy is not None:
+            fire = fire_input_effect(FireInput(active=self.fire_input, known=False), fire_policy)[0]
+        return SiteSafety(fire_alarm=fire, emergency_release=self.emergency.active, lockdown=self.lockdown.active)
+
+
+def read_stored(path: Path) -> StoredSafety:
+    """The safety state in the store at `path`, read on a connection of its own: by the
+    daemon before it opens the store (the relays are driven first) and by `gated relock`
+    with no daemon. No file yet: nothing stored. sqlite3.Error when it cannot be read."""
+    if not path.exists():
+        return StoredSafety()
+    # A file this process may not write (a read-only mount, the wrong owner): SQLite would
+    # create its -shm as unwritable as the file and leave it there, and the store could not
+    # recover once the file is fixed. Read it as it is on disk instead (what only the WAL of
+    # a crashed daemon holds is missed: the store, once open, restores it).
+    mode = "rw" if os.access(path, os.W_OK) else "ro&immutable=1"
+    conn = sqlite3.connect(uri(path, mode), uri=True, timeout=2.0)
+    try:
+        rows = conn.execute("SELECT key, value FROM meta WHERE key IN (?, ?, ?)",
+                            (LOCKDOWN_KEY, EMERGENCY_KEY, FIRE_KEY)).fetchall()
+    finally:
+        conn.close()
+    stored = {str(k): v for k, v in rows}
+    return StoredSafety(Switch.load(stored.get(LOCKDOWN_KEY)), Switch.load(stored.get(EMERGENCY_KEY)),
+                        fire_reading(stored.get(FIRE_KEY)))
 
 
 class Safety:
@@ -110,9 +171,17 @@ class Safety:
     # -- start-up ---------------------------------------------------------------------------
 
     async def restore(self) -> None:
-        """Take back what was decided before the restart; the doors follow."""
+        """Take back what was decided before the restart, and the fire input's last reading
+        (what `on_unknown` keeps until the input is read); the doors follow. (They were
+        started in the state stored: read_stored, before the store was opened.)"""
         self.lockdown = Switch.load(self.store.meta(LOCKDOWN_KEY))
         self.emergency = Switch.load(self.store.meta(EMERGENCY_KEY))
+        if self.fire_configured:
+            last = fire_reading(self.store.meta(FIRE_KEY))
+            self.fire = FireInput(active=last, known=False)
+            if last:
+                log.warning("fire_alarm_restored", policy=self.fire_policy.value,
+                            detail="the fire input read active before the restart; it stands until read clear")
         if self.lockdown.active:
             log.warning("lockdown_restored", operator=self.lockdown.operator, since=self.lockdown.at)
             await self._each(lambda ctl: ctl.set_lockdown(True))
@@ -131,7 +200,7 @@ class Safety:
         self.lockdown = Switch(on, operator, iso_utc(self.clock()), reason)
         # the doors first: a lockdown that cannot be written still locks
         await self._each(lambda ctl: ctl.set_lockdown(on))
-        self._persist(LOCKDOWN_KEY, self.lockdown)
+        self._persist(LOCKDOWN_KEY, json.dumps(asdict(self.lockdown)))
         self._record("lockdown", {"active": on, "operator": operator, "reason": reason}, operator,
                      "lockdown" if on else "release")
         await self._on_disk(LOCKDOWN_KEY)
@@ -142,7 +211,7 @@ class Safety:
             raise RuntimeError("the fire-alarm input is still active")
         self.emergency = Switch(on, operator, iso_utc(self.clock()), reason)
         await self._apply_release()
-        self._persist(EMERGENCY_KEY, self.emergency)
+        self._persist(EMERGENCY_KEY, json.dumps(asdict(self.emergency)))
         self._record(
             "fire_alarm",
             {"active": self.released, "source": operator, "emergency_release": on, "reason": reason},
@@ -158,6 +227,8 @@ class Safety:
         self.fire = FireInput(active=active, known=True)
         self.fire_error = None
         await self._apply_release()
+        # the reading is what a restart keeps until the input is read again
+        self._persist(FIRE_KEY, json.dumps({"active": active, "at": iso_utc(self.clock())}))
         self._record("fire_alarm", {"active": self.released, "source": "input", "input": active}, None, None)
         # a fire may take the power next: the evacuation is on disk before anything else
         # (lost, everyone who left by a fire exit would still be inside after the restart)
@@ -214,9 +285,9 @@ class Safety:
         except OSError as e:
             log.error("safety_state_not_durable", key=key, error=str(e))
 
-    def _persist(self, key: str, switch: Switch) -> None:
+    def _persist(self, key: str, value: str) -> None:
         try:
-            self.store.set_meta(key, json.dumps(asdict(switch)))
+            self.store.set_meta(key, value)
         except STORAGE_ERRORS as e:
             # in force now, but a restart would forget it: say so loudly
             log.error("safety_state_not_durable", key=key, error=str(e))
@@ -255,4 +326,5 @@ class Safety:
         }
 
 
-__all__ = ["Safety", "Switch"]
+__all__ = ["EMERGENCY_KEY", "FIRE_KEY", "LOCKDOWN_KEY", "Safety", "StoredSafety", "Switch", "fire_reading",
+           "read_stored"]

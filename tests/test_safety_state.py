@@ -6,24 +6,36 @@
 - The fire-alarm board down or at a wrong address: an `alarm` event, `gated status`, the
   `gated_fire_input_up` metric; `on_unknown` decides what entries do meanwhile. During a
   fire alarm entries are refused with `fire_alarm`, not `lockdown`.
+- The fire input's last reading survives a restart too: a fire whose I/O board went silent
+  keeps the fail-safe doors released through the stop, the relock and the start, until the
+  input reads clear. A restart never writes a released door locked first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gated.auth import hash_password
+from gated.config import Config
 from gated.control import request
-from simulator.turnstile import SimTurnstile
+from gated.daemon import Daemon
+from gated.relock import relock
+from gated.seed import batch_from
+from rules.credential import Credential
+from simulator.turnstile import Person, SimTurnstile
+from sync.store import Store
 from tests.gate_process import IN_CARD, OUT_CARD, gate_process
 from tests.test_daemon import wait_for
-from tests.test_faults_devices import CARDS, output, running_site
+from tests.test_faults_devices import CARDS, make_config, output, running_site, seed
 
 PASSWORDS = {"desk": "desk-pass-1", "boss": "boss-pass-1"}
 
@@ -137,3 +149,89 @@ async def test_fire_input_at_a_wrong_address_is_an_alarm_from_the_start(tmp_path
         await wait_for(lambda: site.sims["in"].unlocked, 10, "the fail-safe door released")
         r = await site.tap("in-1", next(iter(CARDS)))
         assert (r["decision"], r["reason"]) == ("denied", "fire_alarm"), r
+
+
+# -- one door and the fire panel's board, the same boards across restarts ----------------------
+
+
+def door_site(tmp: Path, door: SimTurnstile, fire: SimTurnstile | None = None, policy: str = "keep") -> Config:
+    extra: dict[str, Any] = {}
+    if fire is not None:
+        extra["fire_alarm"] = {"transport": "tcp", "host": fire.host, "port": fire.port, "unit": fire.unit,
+                               "input": fire.fire_alarm_input, "active_low": False, "poll_interval": 0.05,
+                               "timeout": 0.2, "retries": 0, "reconnect_max": 0.3, "on_unknown": policy}
+    cfg = make_config(tmp, [{"id": "in-1", "zone": "main", "output": output(door)}], **extra)
+    store = Store(cfg.store.path, cfg.site_domain(), daemon_id=cfg.daemon_id, ten_digits=cfg.ten_digits())
+    store.apply_sync(batch_from(seed(), cfg), datetime.now(UTC))
+    store.close()
+    return cfg
+
+
+@contextlib.asynccontextmanager
+async def started(cfg: Config) -> AsyncIterator[Daemon]:
+    d = Daemon(cfg)
+    await d.start()
+    try:
+        yield d
+    finally:
+        await d.stop()
+
+
+async def entry(d: Daemon) -> dict[str, Any]:
+    return await d.handle_credential("in-1", Credential.card(next(iter(CARDS)), "test"))
+
+
+def safety(d: Daemon) -> dict[str, Any]:
+    st: dict[str, Any] = d.health()["safety"]
+    return st
+
+
+async def test_a_restart_in_a_fire_whose_input_went_silent_keeps_the_fail_safe_door_released(tmp_path: Path) -> None:
+    """on_unknown keep: the fire input reads active, the doors are released; then its I/O
+    board stops answering (the last state stands). The daemon stops, the unit's relock
+    runs, the daemon starts again with the board still silent: the door stays released
+    throughout — never written locked — and entries are refused as a fire alarm, until the
+    input reads clear again."""
+    async with SimTurnstile(port=0, person=Person(delay=0.1)) as door, SimTurnstile(port=0) as fire:
+        cfg = door_site(tmp_path, door, fire)
+        async with started(cfg) as d:
+            fire.set_fire_alarm(True)
+            await wait_for(lambda: d.fire_alarm and door.unlocked, 10, "the fire release")
+            await fire.stop_server()
+            await wait_for(lambda: not safety(d)["fire_input"]["known"], 10, "the input unreachable")
+            assert door.unlocked
+        released_at = len(door.coil_history)
+        said: list[str] = []
+        assert await relock(cfg, out=said.append) == 0, said  # ExecStopPost
+        assert door.unlocked, said
+        async with started(cfg) as d:
+            assert door.coil_history[released_at:] == [], "the door was written locked"
+            st = safety(d)
+            assert st["fire_input"]["known"] is False and st["fire_input"]["active"] is True, st
+            assert st["fire_alarm"] is True and st["doors_released"] is True
+            r = await entry(d)
+            assert (r["decision"], r["reason"]) == ("denied", "fire_alarm"), r
+            # the panel reset while its board was down; the board back: the input reads clear
+            fire.set_fire_alarm(False)
+            await fire.start_server()
+            await wait_for(lambda: not door.unlocked, 15, "the door locked once the input reads clear")
+            await wait_for(lambda: door.people_moving == 0, 10, "the evacuees through")
+            r = await entry(d)
+            assert (r["decision"], r["reason"]) == ("granted", "walk_in"), r
+
+
+async def test_a_restart_with_an_emergency_release_stored_never_locks_the_door_first(tmp_path: Path) -> None:
+    """The relays are driven before the store is opened (a crash's pulse is relocked even
+    when the store is unusable), but to the safety state stored: a restart during an
+    emergency release leaves the door released, with no lock-then-release."""
+    async with SimTurnstile(port=0, person=Person(delay=0.1)) as door:
+        cfg = door_site(tmp_path, door)
+        async with started(cfg) as d:
+            await d.operator.set_emergency(True, "boss", "gas leak")
+            await wait_for(lambda: door.unlocked, 10, "the door released")
+        released_at = len(door.coil_history)
+        async with started(cfg) as d:
+            assert safety(d)["emergency_release"]["active"] is True
+            assert door.coil_history[released_at:] == [], "the door was written locked"
+            r = await entry(d)
+            assert (r["decision"], r["reason"]) == ("denied", "emergency_release"), r
