@@ -472,7 +472,9 @@ class Daemon:
             self.config.fire_alarm, on_change=safety.fire_input_read, on_health=health
         )
         await monitor.start()
-        if not safety.fire.known:
+        # the monitor's own word: at a reload the safety state still holds the previous
+        # monitor's reading (known) until this one reads
+        if not monitor.known:
             # the board did not answer at start: that is news too, not just a change
             self.metrics.fire_input_up.set(0)
             await safety.fire_input_health(monitor.health, monitor.device.last_error)

@@ -82,6 +82,8 @@ async def reload_config(d: Daemon, path: Path) -> bool:
                 if d.safety is not None:
                     await d.safety.apply_to(ctl)  # a lockdown holds on a new board too
     if new.fire_alarm != old.fire_alarm:
+        # the fire state holds until the new monitor reads: the old one stops silently (its
+        # board closing is no lost input) and watch_fire_input keeps what it read
         if d.fire_monitor is not None:
             await d.fire_monitor.stop()
             d.fire_monitor = None

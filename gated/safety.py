@@ -8,10 +8,10 @@ lifts them (the console and the control socket check the role).
 The fire-alarm input is the fire panel's, not a person's: it is read again at start. Its
 last reading is stored too: until the input is read after a start (or while it cannot be),
 that is the state `fire_alarm.on_unknown` keeps — a restart in a fire whose I/O board went
-silent must not lock the fail-safe doors and let entries in. While the input cannot be
-read (board down, wrong address) that is an alarm — event, status, metric, console — never
-silence, and `on_unknown` says what the gate does meanwhile
-(rules.admission.fire_input_effect).
+silent must not lock the fail-safe doors and let entries in. A reload keeps the state it
+had until the new monitor reads. While the input cannot be read (board down, wrong
+address) that is an alarm — event, status, metric, console — never silence, and
+`on_unknown` says what the gate does meanwhile (rules.admission.fire_input_effect).
 
 The doors follow a change all at once (`_each`): a board that does not answer holds up no
 other door's release.
@@ -190,7 +190,11 @@ class Safety:
         await self._apply_release()
 
     def watch_fire_input(self) -> None:
-        """A fire input is configured: until its first successful read its state is unknown."""
+        """A fire input is configured. Until its first successful read its state is the last
+        one known: at start what the store holds (restore), at a reload what the previous
+        monitor read — a reload does not unlearn a fire."""
+        if self.fire_configured:
+            return
         self.fire_configured = True
         self.fire = FireInput(active=None, known=False)
 
@@ -222,11 +226,15 @@ class Safety:
         log.warning("emergency_release" if on else "emergency_release_ended", operator=operator, reason=reason)
 
     async def fire_input_read(self, active: bool) -> None:
-        """The fire input was read and changed (or read for the first time)."""
+        """The fire input was read and changed (or read for the first time: at start, after
+        the board was unreachable, by a new monitor after a reload)."""
         was_known = self.fire.known
+        same = was_known and self.fire.active == active  # a reload's new monitor: nothing new
         self.fire = FireInput(active=active, known=True)
         self.fire_error = None
         await self._apply_release()
+        if same:
+            return
         # the reading is what a restart keeps until the input is read again
         self._persist(FIRE_KEY, json.dumps({"active": active, "at": iso_utc(self.clock())}))
         self._record("fire_alarm", {"active": self.released, "source": "input", "input": active}, None, None)

@@ -8,7 +8,8 @@
   fire alarm entries are refused with `fire_alarm`, not `lockdown`.
 - The fire input's last reading survives a restart too: a fire whose I/O board went silent
   keeps the fail-safe doors released through the stop, the relock and the start, until the
-  input reads clear. A restart never writes a released door locked first.
+  input reads clear; a reload of the fire section keeps them released as well. A restart
+  never writes a released door locked first.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gated.auth import hash_password
 from gated.config import Config
 from gated.control import request
 from gated.daemon import Daemon
+from gated.reload import reload_config
 from gated.relock import relock
 from gated.seed import batch_from
 from rules.credential import Credential
@@ -235,3 +238,27 @@ async def test_a_restart_with_an_emergency_release_stored_never_locks_the_door_f
             assert door.coil_history[released_at:] == [], "the door was written locked"
             r = await entry(d)
             assert (r["decision"], r["reason"]) == ("denied", "emergency_release"), r
+
+
+async def test_a_reload_of_the_fire_section_during_a_fire_keeps_the_doors_released(tmp_path: Path) -> None:
+    """A SIGHUP that changes the fire_alarm section (its poll interval) while the input
+    reads active: the old monitor's board closing is no lost input, and the state holds
+    until the new monitor reads — the door is not relocked, no false alarm is raised."""
+    async with SimTurnstile(port=0, person=Person(delay=0.1)) as door, SimTurnstile(port=0) as fire:
+        cfg = door_site(tmp_path, door, fire)
+        async with started(cfg) as d:
+            fire.set_fire_alarm(True)
+            await wait_for(lambda: d.fire_alarm and door.unlocked, 10, "the fire release")
+            released_at = len(door.coil_history)
+            raw = cfg.model_dump(mode="json", exclude_none=True)
+            raw["fire_alarm"]["poll_interval"] = 0.1
+            path = tmp_path / "gated.yaml"
+            path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+            assert await reload_config(d, path)
+            assert d.fire_monitor is not None and d.fire_monitor.cfg.poll_interval == 0.1
+            await asyncio.sleep(0.5)  # the new monitor polls a few times; the old one's close settles
+            assert door.coil_history[released_at:] == [], "the door was relocked during the fire"
+            assert safety(d)["fire_input"]["known"] is True and d.fire_alarm
+            assert d.store is not None
+            kinds = [e.get("kind") for e in d.store.events_after(0, 10_000) if e["type"] == "alarm"]
+            assert "fire_input_unreachable" not in kinds, kinds
