@@ -206,7 +206,8 @@ class Daemon:
             no_show_work=cfg.time_driven_work,
         )
         fire_policy = cfg.fire_alarm.on_unknown if cfg.fire_alarm is not None else FireInputPolicy.KEEP
-        self.safety = Safety(store, self.controllers, self.clock, self._site_alarm, fire_policy)
+        self.safety = Safety(store, self.controllers, self.clock, self._site_alarm, fire_policy, self.storage)
+        self.storage.owed.append(self.safety.write_pending)  # set during a fault: written once it ends
         if cfg.fire_alarm is not None:
             self.safety.watch_fire_input()
         self._check_storage_at_start()
@@ -331,7 +332,8 @@ class Daemon:
                 log.exception("stop_step_failed", step="unknown cards")
         if self.storage is not None:
             self.storage.stop_checks()
-        if self.storage is not None and (self.storage.held or self.storage.alarms_pending):
+        owed = self.safety is not None and bool(self.safety.not_durable)
+        if self.storage is not None and (self.storage.held or self.storage.alarms_pending or owed):
             await self._bounded(self.storage.check(), "held commits")  # one last try
         if self.fire_monitor is not None:
             await self._bounded(self.fire_monitor.stop(), "fire-alarm input")

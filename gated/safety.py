@@ -14,7 +14,9 @@ address) that is an alarm — event, status, metric, console — never silence, 
 `on_unknown` says what the gate does meanwhile (rules.admission.fire_input_effect).
 
 The doors follow a change all at once (`_each`): a board that does not answer holds up no
-other door's release.
+other door's release. What cannot be written to the store (a storage fault) stays in force
+and pending (`not_durable`, in the status and the switch's answer), reported as the storage
+fault it is, and is written when the store works again (the storage watch asks).
 
 The stored state is read before the daemon opens the store (`read_stored`): the relays are
 driven first, and to the state stored, so a restart never relocks a released door first.
@@ -33,7 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -45,11 +47,16 @@ from sync.store import Store, evacuation
 from sync.store.db import uri
 from sync.store.faults import STORAGE_ERRORS
 
+if TYPE_CHECKING:
+    from gated.storage_watch import StorageWatch
+
 log = structlog.get_logger("gated.safety")
 
 LOCKDOWN_KEY = "safety.lockdown"
 EMERGENCY_KEY = "safety.emergency_release"
 FIRE_KEY = "safety.fire_input"  # the fire input's last reading: {"active": bool, "at": ...}
+# what each key is called in the status and the switches' answers
+NAMES = {LOCKDOWN_KEY: "lockdown", EMERGENCY_KEY: "emergency_release", FIRE_KEY: "fire_input"}
 
 Alarm = Callable[[str, str], Awaitable[None]]  # (kind, detail)
 
@@ -133,12 +140,14 @@ class Safety:
         clock: Callable[[], datetime],
         alarm: Alarm,
         fire_policy: FireInputPolicy = FireInputPolicy.KEEP,
+        storage: StorageWatch | None = None,
     ):
         self.store = store
         self.controllers = controllers
         self.clock = clock
         self.alarm = alarm
         self.fire_policy = fire_policy
+        self.storage = storage  # told of a write that failed: the store's fault, said everywhere
         self.lockdown = Switch()
         self.emergency = Switch()
         self.fire = FireInput(active=None, known=True)
@@ -146,6 +155,8 @@ class Safety:
         self.fire_error: str | None = None
         self._unreachable_reported = False
         self._released: tuple[bool, bool] | None = None  # what the doors were last told
+        # in force but not yet on disk (a storage fault): key -> value, the latest of each
+        self.not_durable: dict[str, str] = {}
 
     # -- what the rules need ---------------------------------------------------------------
 
@@ -204,10 +215,10 @@ class Safety:
         self.lockdown = Switch(on, operator, iso_utc(self.clock()), reason)
         # the doors first: a lockdown that cannot be written still locks
         await self._each(lambda ctl: ctl.set_lockdown(on))
-        self._persist(LOCKDOWN_KEY, json.dumps(asdict(self.lockdown)))
+        written = self._persist(LOCKDOWN_KEY, json.dumps(asdict(self.lockdown)))
         self._record("lockdown", {"active": on, "operator": operator, "reason": reason}, operator,
                      "lockdown" if on else "release")
-        await self._on_disk(LOCKDOWN_KEY)
+        await self._on_disk(LOCKDOWN_KEY, written)
         log.warning("lockdown" if on else "lockdown_released", operator=operator, reason=reason)
 
     async def set_emergency(self, on: bool, operator: str, reason: str | None = None) -> None:
@@ -215,14 +226,14 @@ class Safety:
             raise RuntimeError("the fire-alarm input is still active")
         self.emergency = Switch(on, operator, iso_utc(self.clock()), reason)
         await self._apply_release()
-        self._persist(EMERGENCY_KEY, json.dumps(asdict(self.emergency)))
+        written = self._persist(EMERGENCY_KEY, json.dumps(asdict(self.emergency)))
         self._record(
             "fire_alarm",
             {"active": self.released, "source": operator, "emergency_release": on, "reason": reason},
             operator,
             "emergency_release" if on else "emergency_restore",
         )
-        await self._on_disk(EMERGENCY_KEY)
+        await self._on_disk(EMERGENCY_KEY, written)
         log.warning("emergency_release" if on else "emergency_release_ended", operator=operator, reason=reason)
 
     async def fire_input_read(self, active: bool) -> None:
@@ -236,11 +247,11 @@ class Safety:
         if same:
             return
         # the reading is what a restart keeps until the input is read again
-        self._persist(FIRE_KEY, json.dumps({"active": active, "at": iso_utc(self.clock())}))
+        written = self._persist(FIRE_KEY, json.dumps({"active": active, "at": iso_utc(self.clock())}))
         self._record("fire_alarm", {"active": self.released, "source": "input", "input": active}, None, None)
         # a fire may take the power next: the evacuation is on disk before anything else
         # (lost, everyone who left by a fire exit would still be inside after the restart)
-        await self._on_disk("fire_alarm")
+        await self._on_disk("fire_alarm", written)
         if not was_known and self._unreachable_reported:
             self._unreachable_reported = False
             await self.alarm("fire_input_online", "the fire-alarm input reads again")
@@ -285,20 +296,60 @@ class Safety:
             if isinstance(result, Exception):
                 log.error("safety_not_applied", gate=gate_id, error=repr(result))
 
-    async def _on_disk(self, key: str) -> None:
+    # -- what is stored, and what is not yet -------------------------------------------------
+
+    async def _on_disk(self, key: str, written: Mapping[str, str]) -> None:
         """What a person decided survives a power cut before they are told it is done; a fire
-        alarm's evacuation, before the poller goes on."""
+        alarm's evacuation, before the poller goes on. `written`: the values this flush
+        makes durable (no longer pending once it is through)."""
         try:
             await self.store.flushed()
         except OSError as e:
             log.error("safety_state_not_durable", key=key, error=str(e))
+            self._store_failed(e, "safety state flush")
+            return
+        for k, value in written.items():
+            if self.not_durable.get(k) == value:  # not replaced by a newer one meanwhile
+                del self.not_durable[k]
 
-    def _persist(self, key: str, value: str) -> None:
+    def _persist(self, key: str, value: str) -> dict[str, str]:
+        """Write `value` (and anything still pending): pending until flushed (_on_disk).
+        Returns what was written; nothing when the store cannot write (then it stays
+        pending, the storage watch asks for it again once the store works)."""
+        self.not_durable[key] = value
+        return self._write_pending()
+
+    def _write_pending(self) -> dict[str, str]:
+        pending = dict(self.not_durable)
         try:
-            self.store.set_meta(key, value)
+            for key, value in pending.items():
+                self.store.set_meta(key, value)
         except STORAGE_ERRORS as e:
-            # in force now, but a restart would forget it: say so loudly
-            log.error("safety_state_not_durable", key=key, error=str(e))
+            # in force now, but a restart would forget it: say so loudly, keep it to write
+            log.error("safety_state_not_durable", pending=sorted(NAMES.get(k, k) for k in pending), error=str(e),
+                      detail="in force; written when the store works again")
+            self._store_failed(e, "safety state")
+            return {}
+        return pending
+
+    async def write_pending(self) -> bool:
+        """The storage watch, once the store works: what is in force but not on disk is
+        written now. True when nothing is left pending."""
+        if not self.not_durable:
+            return True
+        names = sorted(NAMES.get(k, k) for k in self.not_durable)
+        written = self._write_pending()
+        if written:
+            await self._on_disk("pending", written)
+        if not self.not_durable:
+            log.warning("safety_state_durable", written=names, detail="written after the storage fault")
+        return not self.not_durable
+
+    def _store_failed(self, error: BaseException, where: str) -> None:
+        """A safety write failed: it is the store's fault like any other (entries refused
+        with storage_fault, the alarm raised), and the watch probes until it recovers."""
+        if self.storage is not None:
+            self.storage.failed(error, where)
 
     def _record(self, event: str, fields: dict[str, Any], operator: str | None, audit: str | None) -> None:
         now = self.clock()
@@ -316,6 +367,7 @@ class Safety:
                 self.store.audit(now, operator, audit, {"reason": reason} if reason else {})
         except STORAGE_ERRORS as e:
             log.error("safety_event_not_recorded", event=event, error=str(e), **fields)
+            self._store_failed(e, "safety event")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -331,6 +383,8 @@ class Safety:
             },
             "fire_alarm": self.fire_alarm,
             "doors_released": self.released,
+            # in force, not yet on disk: a restart now would forget them
+            "not_durable": sorted(NAMES.get(k, k) for k in self.not_durable),
         }
 
 

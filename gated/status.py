@@ -35,6 +35,8 @@ def status_line(d: Daemon) -> str:
             problems.append("DOORS RELEASED")
         if d.safety.fire_configured and not d.safety.fire.known:
             problems.append("FIRE INPUT UNREACHABLE")
+        if d.safety.not_durable:
+            problems.append("SAFETY STATE NOT STORED: a restart would forget it")
     for gap in d.knowledge.open.values():
         problems.append(gap.kind.upper().replace("_", " "))
     base = f"ready: {len(d.config.gates)} gates, {len(d.readers)} readers"

@@ -10,6 +10,8 @@
   keeps the fail-safe doors released through the stop, the relock and the start, until the
   input reads clear; a reload of the fire section keeps them released as well. A restart
   never writes a released door locked first.
+- A switch set while the store cannot write is in force, said not durable, and written
+  once the store works again: a restart after that keeps it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +36,7 @@ from gated.daemon import Daemon
 from gated.reload import reload_config
 from gated.relock import relock
 from gated.seed import batch_from
+from gated.status import status_line
 from rules.credential import Credential
 from simulator.turnstile import Person, SimTurnstile
 from sync.store import Store
@@ -158,7 +162,7 @@ async def test_fire_input_at_a_wrong_address_is_an_alarm_from_the_start(tmp_path
 
 
 def door_site(tmp: Path, door: SimTurnstile, fire: SimTurnstile | None = None, policy: str = "keep") -> Config:
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = users()
     if fire is not None:
         extra["fire_alarm"] = {"transport": "tcp", "host": fire.host, "port": fire.port, "unit": fire.unit,
                                "input": fire.fire_alarm_input, "active_low": False, "poll_interval": 0.05,
@@ -262,3 +266,35 @@ async def test_a_reload_of_the_fire_section_during_a_fire_keeps_the_doors_releas
             assert d.store is not None
             kinds = [e.get("kind") for e in d.store.events_after(0, 10_000) if e["type"] == "alarm"]
             assert "fire_input_unreachable" not in kinds, kinds
+
+
+async def test_a_switch_set_during_a_storage_fault_is_written_when_the_store_recovers(tmp_path: Path) -> None:
+    """An emergency release and a lockdown set while the store cannot write (disk full):
+    in force at once, said not durable (the answer, the status), a storage fault like any
+    other; once the store works they are written — a restart then keeps both."""
+    async with SimTurnstile(port=0, person=Person(delay=0.1)) as door:
+        cfg = door_site(tmp_path, door)
+        async with started(cfg) as d:
+            assert d.store is not None
+            real = d.store.set_meta
+
+            def full(key: str, value: str) -> None:
+                raise sqlite3.OperationalError("database or disk is full")
+
+            d.store.set_meta = full  # type: ignore[method-assign]
+            await d.operator.set_emergency(True, "boss", "gas leak")
+            r = await request(cfg.control.socket, {"cmd": "lockdown", "on": True, "reason": "intruder",
+                                                   "user": "boss", "password": PASSWORDS["boss"]})
+            assert r == {"lockdown": True, "not_durable": ["emergency_release", "lockdown"]}, r
+            assert door.unlocked  # in force
+            assert d.operator.not_durable == ["emergency_release", "lockdown"]
+            assert safety(d)["not_durable"] == ["emergency_release", "lockdown"]
+            assert d.health()["storage"]["ok"] is False
+            assert "SAFETY STATE NOT STORED" in status_line(d)
+            d.store.set_meta = real  # type: ignore[method-assign]  # space freed
+            await wait_for(lambda: not safety(d)["not_durable"], 10, "the switches written")
+        async with started(cfg) as d:
+            st = safety(d)
+            assert st["emergency_release"]["active"] is True and st["lockdown"]["active"] is True, st
+            assert st["emergency_release"]["reason"] == "gas leak"
+            assert door.unlocked
