@@ -34,7 +34,6 @@ from gated.config import Config
 from gated.control import request
 from gated.daemon import Daemon
 from gated.reload import reload_config
-from gated.relock import relock
 from gated.seed import batch_from
 from gated.status import status_line
 from rules.credential import Credential
@@ -43,6 +42,7 @@ from sync.store import Store
 from tests.gate_process import IN_CARD, OUT_CARD, gate_process
 from tests.test_daemon import wait_for
 from tests.test_faults_devices import CARDS, make_config, output, running_site, seed
+from tests.test_relock import arelock
 
 PASSWORDS = {"desk": "desk-pass-1", "boss": "boss-pass-1"}
 
@@ -208,9 +208,11 @@ async def test_a_restart_in_a_fire_whose_input_went_silent_keeps_the_fail_safe_d
             await wait_for(lambda: not safety(d)["fire_input"]["known"], 10, "the input unreachable")
             assert door.unlocked
         released_at = len(door.coil_history)
-        said: list[str] = []
-        assert await relock(cfg, out=said.append) == 0, said  # ExecStopPost
-        assert door.unlocked, said
+        path = tmp_path / "gated.yaml"  # the unit's ExecStopPost: gated relock, a process of its own
+        path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
+        out = await arelock(path)
+        assert out.returncode == 0 and "last reading stored: ACTIVE" in out.stdout, out.stdout + out.stderr
+        assert door.unlocked
         async with started(cfg) as d:
             assert door.coil_history[released_at:] == [], "the door was written locked"
             st = safety(d)
