@@ -436,6 +436,10 @@ def cmd_safety_switch(args: argparse.Namespace) -> int:
     result = _control(args, {"cmd": args.switch, "on": not args.off, "reason": args.reason, "user": args.user,
                              "password": _password()})
     print(json.dumps(result))
+    if result.get("not_durable"):
+        print(f"gated {args.switch}: in force, but the store cannot write it yet (a storage fault): a restart "
+              "now would forget it; it is written when the store works again (gated status: safety.not_durable)",
+              file=sys.stderr)
     return 0 if "error" not in result else 1
 
 

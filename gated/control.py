@@ -200,11 +200,18 @@ class ControlServer:
                 return {"error": "only an admin can lock down or release"}
             if cmd.cmd == "lockdown":
                 await b.set_lockdown(cmd.on, user.name, cmd.reason)
-                return {"lockdown": b.lockdown}
+                return {"lockdown": b.lockdown, **not_durable(b)}
             await b.set_emergency(cmd.on, user.name, cmd.reason)
-            return {"emergency": b.emergency}
+            return {"emergency": b.emergency, **not_durable(b)}
         except ActionRefused as e:
             return {"error": e.message}
+
+
+def not_durable(b: OperatorApi) -> dict[str, Any]:
+    """In a switch's answer when it is in force but not stored yet (a storage fault): a
+    restart now would forget it. Absent when all is on disk."""
+    pending = b.not_durable
+    return {"not_durable": pending} if pending else {}
 
 
 async def request(

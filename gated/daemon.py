@@ -43,10 +43,10 @@ from gated.metrics import Metrics
 from gated.operator import DaemonOperatorApi
 from gated.reload import reload_config
 from gated.retention import LedgerRetention
-from gated.safety import Safety
+from gated.safety import Safety, read_stored
 from gated.storage_watch import StorageWatch
 from gated.taps import TapPath
-from rules.admission import FireInputPolicy
+from rules.admission import FireInputPolicy, SiteSafety
 from rules.credential import Credential
 from rules.timeutil import parse_duration
 from sync.qrtoken import TrustedKeys
@@ -186,8 +186,10 @@ class Daemon:
         )
         # the relays first, before anything else (the store among it): a pulse a crash cut
         # off is relocked even when the store then turns out unusable (exit 3); alarms
-        # from the boards meanwhile wait for the store (Alarms.attach)
-        await self._start_outputs()
+        # from the boards meanwhile wait for the store (Alarms.attach). Driven to the
+        # safety state stored, read on its own: a door released for a fire alarm or an
+        # emergency release before the restart is not locked first and released again.
+        await self._start_outputs(self._stored_safety())
         store = self.store = self._open_store()
         self._guard_clock(store)
         store.listeners.append(self._on_events)
@@ -207,7 +209,8 @@ class Daemon:
             no_show_work=cfg.time_driven_work,
         )
         fire_policy = cfg.fire_alarm.on_unknown if cfg.fire_alarm is not None else FireInputPolicy.KEEP
-        self.safety = Safety(store, self.controllers, self.clock, self._site_alarm, fire_policy)
+        self.safety = Safety(store, self.controllers, self.clock, self._site_alarm, fire_policy, self.storage)
+        self.storage.owed.append(self.safety.write_pending)  # set during a fault: written once it ends
         if cfg.fire_alarm is not None:
             self.safety.watch_fire_input()
         self._check_storage_at_start()
@@ -255,13 +258,25 @@ class Daemon:
         sdnotify.status(status.status_line(self))
         log.info("ready", gates=len(cfg.gates), readers=len(self.readers), seconds=round(time.monotonic() - self.started_at, 3))
 
-    async def _start_outputs(self) -> None:
-        """Each output driven to its safe (locked) state, then supervised."""
+    def _stored_safety(self) -> SiteSafety:
+        """The safety state the store holds, read before it is opened. Unreadable: the
+        doors at rest (locked); opening the store then says why (exit 3), or restore()
+        applies what it holds."""
+        cfg = self.config
+        try:
+            stored = read_stored(Path(cfg.store.path))
+        except (sqlite3.Error, OSError) as e:
+            log.warning("safety_state_unread_at_start", error=str(e), doors="locked until the store is opened")
+            return SiteSafety()
+        return stored.site(cfg.fire_alarm.on_unknown if cfg.fire_alarm is not None else None)
+
+    async def _start_outputs(self, safety: SiteSafety) -> None:
+        """Each output driven to its safe state (locked, or held as `safety` says), then
+        supervised; all at once, so a board that does not answer holds up no other."""
         for g in self.config.gates:
             if g.output is not None:
-                ctl = GateController(g.id, g.output, on_alarm=self.on_alarm)
-                await ctl.start()
-                self.controllers[g.id] = ctl
+                self.controllers[g.id] = GateController(g.id, g.output, on_alarm=self.on_alarm)
+        await asyncio.gather(*(ctl.start(safety) for ctl in self.controllers.values()))
 
     def _check_storage_at_start(self) -> None:
         """Grants a crash cut off are reported first; then one durable write proves the
@@ -320,7 +335,8 @@ class Daemon:
                 log.exception("stop_step_failed", step="unknown cards")
         if self.storage is not None:
             self.storage.stop_checks()
-        if self.storage is not None and (self.storage.held or self.storage.alarms_pending):
+        owed = self.safety is not None and bool(self.safety.not_durable)
+        if self.storage is not None and (self.storage.held or self.storage.alarms_pending or owed):
             await self._bounded(self.storage.check(), "held commits")  # one last try
         if self.fire_monitor is not None:
             await self._bounded(self.fire_monitor.stop(), "fire-alarm input")
@@ -461,7 +477,9 @@ class Daemon:
             self.config.fire_alarm, on_change=safety.fire_input_read, on_health=health
         )
         await monitor.start()
-        if not safety.fire.known:
+        # the monitor's own word: at a reload the safety state still holds the previous
+        # monitor's reading (known) until this one reads
+        if not monitor.known:
             # the board did not answer at start: that is news too, not just a change
             self.metrics.fire_input_up.set(0)
             await safety.fire_input_health(monitor.health, monitor.device.last_error)

@@ -77,6 +77,11 @@ class OperatorApi(Protocol):
     @property
     def emergency(self) -> bool: ...
 
+    @property
+    def not_durable(self) -> list[str]:
+        """Safety switches in force but not yet stored (a storage fault): a restart now
+        would forget them; written when the store works again."""
+
     def now(self) -> datetime: ...
 
     def health(self) -> dict[str, Any]: ...
@@ -146,6 +151,11 @@ class DaemonOperatorApi:
     @property
     def emergency(self) -> bool:
         return self._d.fire_alarm
+
+    @property
+    def not_durable(self) -> list[str]:
+        safety = self._d.safety
+        return [] if safety is None else list(safety.as_dict()["not_durable"])
 
     def now(self) -> datetime:
         return self._d.clock()

@@ -76,11 +76,14 @@ async def reload_config(d: Daemon, path: Path) -> bool:
                 await d.controllers.pop(g.id).stop()
             if g.output is not None:
                 ctl = GateController(g.id, g.output, on_alarm=d.on_alarm)
-                await ctl.start()
+                # started as the site is (a door in a fire alarm is not locked first)
+                await ctl.start(d.safety.site if d.safety is not None else None)
                 d.controllers[g.id] = ctl
                 if d.safety is not None:
                     await d.safety.apply_to(ctl)  # a lockdown holds on a new board too
     if new.fire_alarm != old.fire_alarm:
+        # the fire state holds until the new monitor reads: the old one stops silently (its
+        # board closing is no lost input) and watch_fire_input keeps what it read
         if d.fire_monitor is not None:
             await d.fire_monitor.stop()
             d.fire_monitor = None

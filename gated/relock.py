@@ -6,10 +6,12 @@ systemd does not restart (2: invalid configuration, 3: damaged store). A pulse c
 a crash must not leave a turnstile released until someone notices.
 
 The safe state is the one the daemon's outputs go to (drivers/outputs/gate.py,
-`_apply_hold`): locked, except a fail-safe door while the fire alarm is active (the fire
-input reads active, or cannot be read and `fire_alarm.on_unknown` is `release`) or while
-an admin's emergency release is stored: such a door is held released. Fail-secure doors
-are always locked.
+`_apply_hold`): locked, except a fail-safe door while the fire alarm is active or while an
+admin's emergency release is stored: such a door is held released. The fire alarm is the
+input read now; when it cannot be read, `fire_alarm.on_unknown` with the daemon's last
+reading as stored (gated/safety.py): `keep` keeps it — a stop in a fire whose I/O board went
+silent leaves the doors released, as the daemon held them — and `release` releases.
+Fail-secure doors are always locked.
 
 It reads only the outputs, the fire input and the store's path from the file, each on its
 own (`outputs_of`): a file the daemon refused (exit 2) still has relays to lock.
@@ -31,7 +33,7 @@ from drivers.outputs.fire import FireAlarmInput
 from drivers.outputs.modbus import ModbusGateOutput, OutputFault
 from gated.config import Config, ControlConfig, StoreConfig
 from gated.installer import quiet_libraries, say
-from gated.safety import EMERGENCY_KEY, Switch
+from gated.safety import StoredSafety, read_stored
 from gated.yamlload import load, read_text
 from rules.admission import FireInput, fire_input_effect
 
@@ -40,8 +42,9 @@ DEFAULT_STORE = StoreConfig().path
 DEFAULT_CONTROL = ControlConfig().socket
 
 
-async def fire_alarm_active(cfg: FireAlarmInputConfig | None, out: Out) -> bool:
-    """What the fire input says now, read once, with `on_unknown` for a silent board."""
+async def fire_alarm_active(cfg: FireAlarmInputConfig | None, out: Out, last: bool | None = None) -> bool:
+    """What the fire input says now, read once; for a silent board `on_unknown` with `last`,
+    the daemon's last reading as stored (None: never read)."""
     if cfg is None:
         return False
     device = FireAlarmInput(cfg)
@@ -51,37 +54,36 @@ async def fire_alarm_active(cfg: FireAlarmInputConfig | None, out: Out) -> bool:
                 active = await device.read_active()
                 out(f"fire-alarm input: {'ACTIVE' if active else 'clear'}")
                 return active
-        out(f"fire-alarm input: cannot be read ({device.last_error}); on_unknown: {cfg.on_unknown.value}")
+        last_said = "never read" if last is None else ("ACTIVE" if last else "clear")
+        out(f"fire-alarm input: cannot be read ({device.last_error}); on_unknown: {cfg.on_unknown.value}, "
+            f"last reading stored: {last_said}")
     finally:
         await device.close()
-    # a fresh process has no last state: `keep` keeps the doors' resting state
-    return fire_input_effect(FireInput(active=None, known=False), cfg.on_unknown)[0]
+    # what the daemon held: `keep` keeps its last reading (none stored: the doors at rest)
+    return fire_input_effect(FireInput(active=last, known=False), cfg.on_unknown)[0]
 
 
-def emergency_release_stored(path: Path, out: Out) -> bool:
-    """An admin's emergency release, as the daemon stored it; False when the store cannot
-    be read (it may be the reason the daemon stopped: exit 3)."""
-    if not path.exists():
-        return False
+def stored_safety(path: Path, out: Out) -> StoredSafety:
+    """The safety state as the daemon stored it (an emergency release, the fire input's
+    last reading); nothing when the store cannot be read (it may be the reason the daemon
+    stopped: exit 3)."""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=2.0)
-        try:
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", (EMERGENCY_KEY,)).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error as e:
+        stored = read_stored(path)
+    except (sqlite3.Error, OSError) as e:
         out(f"store: cannot read the safety state ({e}); doors locked as at rest")
-        return False
-    switch = Switch.load(row[0] if row else None)
-    if switch.active:
-        out(f"emergency release stored (by {switch.operator}): fail-safe doors stay released")
-    return switch.active
+        return StoredSafety()
+    if stored.emergency.active:
+        out(f"emergency release stored (by {stored.emergency.operator}): fail-safe doors stay released")
+    return stored
 
 
 async def _drive(gate_id: str, cfg: ModbusOutputConfig, released: bool, out: Out) -> bool:
     output = ModbusGateOutput(cfg)
     state = "released (fail-safe door, fire alarm)" if released else "locked"
     coil = released != cfg.active_low
+    # planned before connecting: connect()'s probe is the first write (a door held released
+    # in a fire is not written locked first)
+    output.rest_at(released)
     try:
         if not await output.connect():
             out(f"{gate_id}: FAILED: the board does not answer ({output.last_error}); the relay may still be released")
@@ -172,12 +174,13 @@ async def relock(config: Config | Outputs, *, out: Out = say) -> int:
     if not outputs.gates:
         out("no gate has an output: nothing to relock")
         return 1 if outputs.problems else 0
-    fire = await fire_alarm_active(outputs.fire_alarm, out)
-    release = fire or emergency_release_stored(outputs.store, out)
+    stored = stored_safety(outputs.store, out)
+    fire = await fire_alarm_active(outputs.fire_alarm, out, stored.fire_input)
+    release = fire or stored.emergency.active
     results = await asyncio.gather(
         *(_drive(gid, cfg, release and cfg.mode is DoorMode.FAIL_SAFE, out) for gid, cfg in outputs.gates)
     )
     return 0 if all(results) and not outputs.problems else 1
 
 
-__all__ = ["Outputs", "emergency_release_stored", "fire_alarm_active", "outputs_of", "relock"]
+__all__ = ["Outputs", "fire_alarm_active", "outputs_of", "relock", "stored_safety"]

@@ -35,6 +35,8 @@ def status_line(d: Daemon) -> str:
             problems.append("DOORS RELEASED")
         if d.safety.fire_configured and not d.safety.fire.known:
             problems.append("FIRE INPUT UNREACHABLE")
+        if d.safety.not_durable:
+            problems.append("SAFETY STATE NOT STORED: a restart would forget it")
     for gid, ctl in d.controllers.items():
         if ctl.passage_stuck:
             problems.append(f"PASSAGE INPUT STUCK ({gid})")  # no passage can be confirmed there

@@ -27,6 +27,9 @@ to recover by itself, retries the commits that failed, reports alarms, and takes
   fault; each check is counted (`gated_store_checks_total{result}`). While corrupt, the
   check is run again every minute: only a clean one (a backup restored under the running
   daemon) clears the fault, never a write, which may well succeed over bad pages.
+- What other parts owe the store (`owed`: the safety state set during a fault, which is in
+  force but would not survive a restart): written after the held commits, each round the
+  store works, until nothing is owed.
 - Backups: `VACUUM INTO` on a connection of its own, in a worker thread (a consistent copy
   of the database under WAL, without holding taps), then renamed to `<path>.backup`.
 """
@@ -38,7 +41,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -116,6 +119,8 @@ class StorageWatch:
         self.last_check: dict[str, object] | None = None
         self._pending_alarms: list[StorageChange] = []
         self.on_change: list[Callable[[StorageChange], None]] = []
+        # writes other parts owe the store (Safety.write_pending): True once nothing is left
+        self.owed: list[Callable[[], Awaitable[bool]]] = []
 
     # -- on the tap path ------------------------------------------------------------------
 
@@ -196,6 +201,7 @@ class StorageWatch:
         if g.ok:
             self._clean_check = False
             self._retry_held()
+            await self._retry_owed()
             self._report_alarms()
             self._report_unrecorded()
             await self._maybe_backup()
@@ -306,6 +312,11 @@ class StorageWatch:
             self._held_exits -= int(item.exit_tap)
             log.warning("tap_commit_recovered", **{k: v for k, v in item.what.items() if k != "event"})
         self.metrics.uncommitted.set(len(self.held))
+
+    async def _retry_owed(self) -> None:
+        for write in self.owed:
+            if not await write():  # it told the guard why (failed): probed again next round
+                break
 
     def _drain_changes(self) -> None:
         for change in self.guard.take_changes():

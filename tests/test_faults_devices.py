@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from drivers.outputs.modbus import OutputHealth
 from gated.config import Config
 from gated.console.alarms import conditions
 from gated.control import request
@@ -474,6 +475,30 @@ async def test_fire_alarm_raised_during_taps(tmp_path: Path) -> None:
         assert [e["active"] for e in fire][-1] is False
         assert not site.alarms("door_forced")  # the release is not a forced door
         no_double_deduction(site)
+
+
+async def test_a_frozen_board_holds_up_no_other_doors_fire_release(tmp_path: Path) -> None:
+    """A board that freezes (requests taken, never answered: each waits out its 3 s
+    timeout), listed first: the fire alarm releases the other door at once, while the
+    frozen board's own write is still waiting — each gate's failure is its own. The frozen
+    door is released when its board answers again."""
+    def gates(sims: dict[str, SimTurnstile], _: dict[str, VirtualSerialReader]) -> list[dict[str, Any]]:
+        return [{"id": "frozen-1", "zone": "main", "output": output(sims["frozen"], timeout=3.0, retries=0)},
+                {"id": "in-1", "zone": "main", "output": output(sims["in"])}]
+
+    async with running_site(tmp_path, gates, sims=("frozen", "in"), extra=fire_input) as site:
+        frozen, sim_in = site.sims["frozen"], site.sims["in"]
+        frozen_gate = site.daemon.controllers["frozen-1"]
+        loop = asyncio.get_running_loop()
+        frozen.inject("no_answer")
+        frozen_at = loop.time()
+        sim_in.set_fire_alarm(True)
+        await wait_for(lambda: sim_in.unlocked, 10, "the working door released")
+        # released before the frozen board's timeout could pass: not after its write failed
+        assert loop.time() - frozen_at < 3.0
+        assert frozen_gate.health is OutputHealth.ONLINE  # its write (or poll) still waiting
+        frozen.inject("none")
+        await wait_for(lambda: frozen.unlocked, 15, "the frozen door released once it answers")
 
 
 def hard_fire_site(sims: dict[str, SimTurnstile], ptys: dict[str, VirtualSerialReader]) -> list[dict[str, Any]]:

@@ -94,6 +94,30 @@ async def test_reconnect_rewrites_the_remembered_level(sim_tcp: SimTurnstile, ma
     assert sim_tcp.unlocked  # applied as soon as the board answered
 
 
+@pytest.mark.parametrize("unlocked", [True, False])
+async def test_hold_on_a_board_known_offline_fails_fast_and_the_reconnect_writes_the_held_level(
+    sim_tcp: SimTurnstile, make_output, unlocked: bool
+) -> None:
+    """A fire release (or its end) asked of a board already seen offline: it does not wait
+    out a request timeout on it (the caller drives other doors), and the level it held —
+    released or locked, not just "locked" — is the one written when the board is back."""
+    out = await make_output(sim_tcp, timeout=2.0, retries=0, reconnect_max=0.2)
+    await out.hold(unlocked=not unlocked)
+    sim_tcp.inject("no_answer")  # a frozen board: every request waits out the timeout
+    with pytest.raises(OutputFault):
+        await out.read_inputs()  # seen offline
+    assert out.health is OutputHealth.OFFLINE
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(OutputFault):
+        await out.hold(unlocked=unlocked)
+    assert loop.time() - t0 < 1.0, "waited for a board known offline"  # its timeout is 2 s
+    assert out.released is unlocked  # planned
+    sim_tcp.inject("none")
+    await wait_until(lambda: out.health is OutputHealth.ONLINE, what="reconnect")
+    assert sim_tcp.unlocked is unlocked  # the held level, written by the reconnect probe
+
+
 async def test_board_never_reachable_at_start(make_output) -> None:
     async with SimTurnstile() as sim:
         port = sim.port

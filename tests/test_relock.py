@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from gated.safety import EMERGENCY_KEY
+from gated.safety import EMERGENCY_KEY, FIRE_KEY
 from simulator.turnstile import Person, SimTurnstile
 from tests.test_daemon import GATED, running_daemon, wait_for
 
@@ -109,6 +109,31 @@ async def test_relock_keeps_a_stored_emergency_release(tmp_path: Path) -> None:
         out = await arelock(cfg)
         assert out.returncode == 0 and "cannot read the safety state" in out.stdout, out.stdout
         assert not sim.unlocked
+        clean(out)
+
+
+async def test_relock_keeps_the_last_fire_reading_stored_while_the_fire_board_is_silent(tmp_path: Path) -> None:
+    """A stop during a fire whose I/O board went silent (on_unknown keep): the daemon held
+    the fail-safe door released on its last reading, and so does the relock — the reading
+    as the daemon stored it — without writing it locked first. A last reading of clear
+    locks."""
+    async with SimTurnstile(port=0, initial_coil=True, person=Person(turns=False)) as door:
+        silent = {"transport": "tcp", "host": "127.0.0.1", "port": 9, "input": 2, "timeout": 0.3, "retries": 0,
+                  "on_unknown": "keep"}
+        cfg = write(tmp_path, [{"id": "d", "zone": "z", "output": output(door)}], fire_alarm=silent)
+        with contextlib.closing(sqlite3.connect(tmp_path / "g.db")) as c:
+            c.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+            c.execute("INSERT INTO meta VALUES (?, ?)", (FIRE_KEY, json.dumps({"active": True, "at": None})))
+            c.commit()
+        out = await arelock(cfg)
+        assert out.returncode == 0 and "last reading stored: ACTIVE" in out.stdout, out.stdout + out.stderr
+        assert door.unlocked and door.coil_history == [], door.coil_history
+        with contextlib.closing(sqlite3.connect(tmp_path / "g.db")) as c:
+            c.execute("UPDATE meta SET value = ? WHERE key = ?", (json.dumps({"active": False, "at": None}), FIRE_KEY))
+            c.commit()
+        out = await arelock(cfg)
+        assert out.returncode == 0 and "last reading stored: clear" in out.stdout, out.stdout + out.stderr
+        assert not door.unlocked
         clean(out)
 
 

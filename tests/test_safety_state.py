@@ -6,24 +6,43 @@
 - The fire-alarm board down or at a wrong address: an `alarm` event, `gated status`, the
   `gated_fire_input_up` metric; `on_unknown` decides what entries do meanwhile. During a
   fire alarm entries are refused with `fire_alarm`, not `lockdown`.
+- The fire input's last reading survives a restart too: a fire whose I/O board went silent
+  keeps the fail-safe doors released through the stop, the relock and the start, until the
+  input reads clear; a reload of the fire section keeps them released as well. A restart
+  never writes a released door locked first.
+- A switch set while the store cannot write is in force, said not durable, and written
+  once the store works again: a restart after that keeps it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gated.auth import hash_password
+from gated.config import Config
 from gated.control import request
-from simulator.turnstile import SimTurnstile
+from gated.daemon import Daemon
+from gated.reload import reload_config
+from gated.seed import batch_from
+from gated.status import status_line
+from rules.credential import Credential
+from simulator.turnstile import Person, SimTurnstile
+from sync.store import Store
 from tests.gate_process import IN_CARD, OUT_CARD, gate_process
 from tests.test_daemon import wait_for
-from tests.test_faults_devices import CARDS, output, running_site
+from tests.test_faults_devices import CARDS, make_config, output, running_site, seed
+from tests.test_relock import arelock
 
 PASSWORDS = {"desk": "desk-pass-1", "boss": "boss-pass-1"}
 
@@ -137,3 +156,147 @@ async def test_fire_input_at_a_wrong_address_is_an_alarm_from_the_start(tmp_path
         await wait_for(lambda: site.sims["in"].unlocked, 10, "the fail-safe door released")
         r = await site.tap("in-1", next(iter(CARDS)))
         assert (r["decision"], r["reason"]) == ("denied", "fire_alarm"), r
+
+
+# -- one door and the fire panel's board, the same boards across restarts ----------------------
+
+
+def door_site(tmp: Path, door: SimTurnstile, fire: SimTurnstile | None = None, policy: str = "keep") -> Config:
+    extra: dict[str, Any] = users()
+    if fire is not None:
+        extra["fire_alarm"] = {"transport": "tcp", "host": fire.host, "port": fire.port, "unit": fire.unit,
+                               "input": fire.fire_alarm_input, "active_low": False, "poll_interval": 0.05,
+                               "timeout": 0.2, "retries": 0, "reconnect_max": 0.3, "on_unknown": policy}
+    cfg = make_config(tmp, [{"id": "in-1", "zone": "main", "output": output(door)}], **extra)
+    store = Store(cfg.store.path, cfg.site_domain(), daemon_id=cfg.daemon_id, ten_digits=cfg.ten_digits())
+    store.apply_sync(batch_from(seed(), cfg), datetime.now(UTC))
+    store.close()
+    return cfg
+
+
+@contextlib.asynccontextmanager
+async def started(cfg: Config) -> AsyncIterator[Daemon]:
+    d = Daemon(cfg)
+    await d.start()
+    try:
+        yield d
+    finally:
+        await d.stop()
+
+
+async def entry(d: Daemon) -> dict[str, Any]:
+    return await d.handle_credential("in-1", Credential.card(next(iter(CARDS)), "test"))
+
+
+def safety(d: Daemon) -> dict[str, Any]:
+    st: dict[str, Any] = d.health()["safety"]
+    return st
+
+
+async def test_a_restart_in_a_fire_whose_input_went_silent_keeps_the_fail_safe_door_released(tmp_path: Path) -> None:
+    """on_unknown keep: the fire input reads active, the doors are released; then its I/O
+    board stops answering (the last state stands). The daemon stops, the unit's relock
+    runs, the daemon starts again with the board still silent: the door stays released
+    throughout — never written locked — and entries are refused as a fire alarm, until the
+    input reads clear again."""
+    async with SimTurnstile(port=0, person=Person(delay=0.1)) as door, SimTurnstile(port=0) as fire:
+        cfg = door_site(tmp_path, door, fire)
+        async with started(cfg) as d:
+            fire.set_fire_alarm(True)
+            await wait_for(lambda: d.fire_alarm and door.unlocked, 10, "the fire release")
+            await fire.stop_server()
+            await wait_for(lambda: not safety(d)["fire_input"]["known"], 10, "the input unreachable")
+            assert door.unlocked
+        released_at = len(door.coil_history)
+        path = tmp_path / "gated.yaml"  # the unit's ExecStopPost: gated relock, a process of its own
+        path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
+        out = await arelock(path)
+        assert out.returncode == 0 and "last reading stored: ACTIVE" in out.stdout, out.stdout + out.stderr
+        assert door.unlocked
+        async with started(cfg) as d:
+            assert door.coil_history[released_at:] == [], "the door was written locked"
+            st = safety(d)
+            assert st["fire_input"]["known"] is False and st["fire_input"]["active"] is True, st
+            assert st["fire_alarm"] is True and st["doors_released"] is True
+            r = await entry(d)
+            assert (r["decision"], r["reason"]) == ("denied", "fire_alarm"), r
+            # the panel reset while its board was down; the board back: the input reads clear
+            fire.set_fire_alarm(False)
+            await fire.start_server()
+            await wait_for(lambda: not door.unlocked, 15, "the door locked once the input reads clear")
+            await wait_for(lambda: door.people_moving == 0, 10, "the evacuees through")
+            r = await entry(d)
+            assert (r["decision"], r["reason"]) == ("granted", "walk_in"), r
+
+
+async def test_a_restart_with_an_emergency_release_stored_never_locks_the_door_first(tmp_path: Path) -> None:
+    """The relays are driven before the store is opened (a crash's pulse is relocked even
+    when the store is unusable), but to the safety state stored: a restart during an
+    emergency release leaves the door released, with no lock-then-release."""
+    async with SimTurnstile(port=0, person=Person(delay=0.1)) as door:
+        cfg = door_site(tmp_path, door)
+        async with started(cfg) as d:
+            await d.operator.set_emergency(True, "boss", "gas leak")
+            await wait_for(lambda: door.unlocked, 10, "the door released")
+        released_at = len(door.coil_history)
+        async with started(cfg) as d:
+            assert safety(d)["emergency_release"]["active"] is True
+            assert door.coil_history[released_at:] == [], "the door was written locked"
+            r = await entry(d)
+            assert (r["decision"], r["reason"]) == ("denied", "emergency_release"), r
+
+
+async def test_a_reload_of_the_fire_section_during_a_fire_keeps_the_doors_released(tmp_path: Path) -> None:
+    """A SIGHUP that changes the fire_alarm section (its poll interval) while the input
+    reads active: the old monitor's board closing is no lost input, and the state holds
+    until the new monitor reads — the door is not relocked, no false alarm is raised."""
+    async with SimTurnstile(port=0, person=Person(delay=0.1)) as door, SimTurnstile(port=0) as fire:
+        cfg = door_site(tmp_path, door, fire)
+        async with started(cfg) as d:
+            fire.set_fire_alarm(True)
+            await wait_for(lambda: d.fire_alarm and door.unlocked, 10, "the fire release")
+            released_at = len(door.coil_history)
+            raw = cfg.model_dump(mode="json", exclude_none=True)
+            raw["fire_alarm"]["poll_interval"] = 0.1
+            path = tmp_path / "gated.yaml"
+            path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+            assert await reload_config(d, path)
+            assert d.fire_monitor is not None and d.fire_monitor.cfg.poll_interval == 0.1
+            await asyncio.sleep(0.5)  # the new monitor polls a few times; the old one's close settles
+            assert door.coil_history[released_at:] == [], "the door was relocked during the fire"
+            assert safety(d)["fire_input"]["known"] is True and d.fire_alarm
+            assert d.store is not None
+            kinds = [e.get("kind") for e in d.store.events_after(0, 10_000) if e["type"] == "alarm"]
+            assert "fire_input_unreachable" not in kinds, kinds
+
+
+async def test_a_switch_set_during_a_storage_fault_is_written_when_the_store_recovers(tmp_path: Path) -> None:
+    """An emergency release and a lockdown set while the store cannot write (disk full):
+    in force at once, said not durable (the answer, the status), a storage fault like any
+    other; once the store works they are written — a restart then keeps both."""
+    async with SimTurnstile(port=0, person=Person(delay=0.1)) as door:
+        cfg = door_site(tmp_path, door)
+        async with started(cfg) as d:
+            assert d.store is not None
+            real = d.store.set_meta
+
+            def full(key: str, value: str) -> None:
+                raise sqlite3.OperationalError("database or disk is full")
+
+            d.store.set_meta = full  # type: ignore[method-assign]
+            await d.operator.set_emergency(True, "boss", "gas leak")
+            r = await request(cfg.control.socket, {"cmd": "lockdown", "on": True, "reason": "intruder",
+                                                   "user": "boss", "password": PASSWORDS["boss"]})
+            assert r == {"lockdown": True, "not_durable": ["emergency_release", "lockdown"]}, r
+            assert door.unlocked  # in force
+            assert d.operator.not_durable == ["emergency_release", "lockdown"]
+            assert safety(d)["not_durable"] == ["emergency_release", "lockdown"]
+            assert d.health()["storage"]["ok"] is False
+            assert "SAFETY STATE NOT STORED" in status_line(d)
+            d.store.set_meta = real  # type: ignore[method-assign]  # space freed
+            await wait_for(lambda: not safety(d)["not_durable"], 10, "the switches written")
+        async with started(cfg) as d:
+            st = safety(d)
+            assert st["emergency_release"]["active"] is True and st["lockdown"]["active"] is True, st
+            assert st["emergency_release"]["reason"] == "gas leak"
+            assert door.unlocked

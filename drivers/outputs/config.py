@@ -270,7 +270,8 @@ class FireAlarmInputConfig(ModbusLinkConfig):
     on_unknown: FireInputPolicy = Field(
         FireInputPolicy.KEEP,
         description="While the input cannot be read (board down, wrong address): `keep` the last "
-        "known state (the fire panel's own wiring stays the primary release), `deny_entries` "
+        "known state (the last reading is stored: also after a restart, until the input reads "
+        "again; the fire panel's own wiring stays the primary release), `deny_entries` "
         "(doors as they are, entries refused as hardware_fault), or `release` (act as if the "
         "alarm were active: fail-safe doors released, entries refused). Always an alarm.",
     )

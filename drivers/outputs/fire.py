@@ -53,8 +53,13 @@ class FireAlarmMonitor:
         self.device = FireAlarmInput(cfg, on_health=self._health_changed)
         self.active: bool | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def _health_changed(self, health: OutputHealth, error: str | None) -> None:
+        if self._stopping:
+            # the board closed on purpose (a reload, the shutdown): the input was not lost,
+            # and the owner must not act as if it were (a reload would relock the doors)
+            return
         if health is not OutputHealth.ONLINE:
             # the state is unknown until read again: the next successful read is reported
             # even if it equals the last one (the owner must learn the input is back)
@@ -72,6 +77,8 @@ class FireAlarmMonitor:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="fire-alarm-monitor")
 
     async def stop(self) -> None:
+        """Stop polling and close the board, silently (no health change is reported)."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task])

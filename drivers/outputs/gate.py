@@ -29,7 +29,7 @@ Error contract for the daemon:
   (OutputUncertain) may have happened: it is not raised but watched, and ends UNKNOWN
   unless the board answers again and shows the passage or its absence.
 
-About 590 lines: this is the one owner of a gate's relay and inputs (lifecycle, releases,
+About 600 lines: this is the one owner of a gate's relay and inputs (lifecycle, releases,
 the poller, the fire-alarm, lockdown and hand holds). What it decides lives elsewhere, in
 sans-I/O parts: grant.py, plan.py, the door supervisor, rules.admission. Splitting the
 shell itself would give the relay two owners.
@@ -183,15 +183,25 @@ class GateController:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Lock the gate before anything else, read the inputs, then supervise.
+    async def start(self, safety: SiteSafety | None = None) -> None:
+        """Drive the gate to its safe state before anything else, read the inputs, then
+        supervise. The safe state is locked, or what `safety` (the site's state as stored
+        before a restart, or as it is at a reload) holds: a fail-safe door released for a
+        fire alarm or an emergency release is written released first, never locked and
+        released again.
 
         Does not raise if the board is unreachable: the gate shows offline, the reconnect
-        loop keeps trying and writes the locked level as its first request.
+        loop keeps trying and writes that level as its first request.
         """
+        if safety is not None:
+            self.lockdown = safety.lockdown
+            self.fire_alarm = safety.doors_released
+            self.emergency = safety.emergency_release and not safety.fire_alarm
+        # planned before connecting: connect()'s probe is the first write to the coil
+        self.output.rest_at(self._rests_released)
         if await self.output.connect():
             with contextlib.suppress(OutputFault):
-                await self.output.drive_safe_state(locked=True)
+                await self._apply_hold()
             # The first reading teaches the supervisor the door's state, so a door forced
             # right after start-up is seen as a closed->open change.
             await self._poll_once()
@@ -577,14 +587,14 @@ class GateController:
                 self._settled(self.tracker.tick(self.clock()))
         return self.tracker.outcome or Passage.UNKNOWN
 
+    @property
+    def _rests_released(self) -> bool:
+        """Held released between grants: a fail-safe door in a fire alarm or an emergency
+        release (a fail-secure door stays locked; a lockdown locks)."""
+        return self.fire_alarm and self.cfg.mode is DoorMode.FAIL_SAFE
+
     async def _apply_hold(self) -> None:
-        release = self.fire_alarm and self.cfg.mode is DoorMode.FAIL_SAFE
-        if release:
-            await self.output.hold(unlocked=True)
-        elif self.lockdown or self.fire_alarm:
-            await self.output.hold(unlocked=False)
-        else:
-            await self.output.drive_safe_state(locked=True)
+        await self.output.hold(unlocked=self._rests_released)
 
     async def _apply_hold_logged(self) -> None:
         try:

@@ -380,11 +380,25 @@ class ModbusGateOutput(ModbusDevice):
         """Set the relay to its resting level (locked) or released, cancelling any pulse."""
         await self.hold(unlocked=not locked)
 
-    async def hold(self, unlocked: bool) -> None:
-        """Keep the gate released (fire alarm) or locked (lockdown) until told otherwise."""
+    def rest_at(self, unlocked: bool) -> list[bool]:
+        """Plan the level to hold without writing it: the next write to the board applies
+        it — connect()'s probe at start (a gate started during a fire alarm is never
+        locked first), the reconnect probe when the board is back."""
         self._cancel_timer()
-        # Planned first: if the board is down the reconnect probe applies this level.
-        await self._write(self.plan.hold(unlocked))
+        return self.plan.hold(unlocked)
+
+    async def hold(self, unlocked: bool) -> None:
+        """Keep the gate released (fire alarm) or locked (lockdown) until told otherwise.
+
+        Raises OutputFault at once on a board known to be down, as pulse() does: the
+        level is planned (the reconnect probe writes it, released or locked, when the board
+        answers), and a caller driving several gates must not wait out a dead one's timeout.
+        """
+        levels = self.rest_at(unlocked)
+        if self._health is not OutputHealth.ONLINE:
+            self._spawn_reconnect_if_needed()
+            raise OutputFault(f"relay offline: {self.last_error}")
+        await self._write(levels)
 
     async def pulse(self, seconds: float | None = None) -> None:
         """Release the gate for `seconds` (default: cfg.pulse); returns once the coil is set.

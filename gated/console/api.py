@@ -406,11 +406,12 @@ async def _safety_switch(request: Request, which: str) -> Response:
     confirmed(data, CONFIRM[SWITCH_WORDS[which][0 if on else 1]])
     reason = text_field(data, "reason", required=on)
     c.views.store  # noqa: B018 - 503 while the daemon is starting or stopping
+    # not_durable: in force, not yet stored (a storage fault); a restart now would forget it
     if which == "lockdown":
         await c.backend.set_lockdown(on, operator(request).name, reason or None)
-        return as_json({"ok": True, "lockdown": c.backend.lockdown})
+        return as_json({"ok": True, "lockdown": c.backend.lockdown, "not_durable": c.backend.not_durable})
     await c.backend.set_emergency(on, operator(request).name, reason or None)
-    return as_json({"ok": True, "emergency": c.backend.emergency})
+    return as_json({"ok": True, "emergency": c.backend.emergency, "not_durable": c.backend.not_durable})
 
 
 @requires("admin", write=True)
