@@ -98,6 +98,7 @@ def test_a_store_no_link_sends_from_holds_nothing(tmp_path: Path) -> None:
     """Tests, tools and a gate without MQTT: nothing of the ledger leaves, nothing is held."""
     db = tmp_path / "gated.db"
     store = new_store(db)
+    store.run_due(POLICY, at(6))  # the gate's time-driven work begins
     walk_in(store, at(9))
     assert not sent_path(db).exists()
     assert store.unsure_after is None and store.sendable_seq == store.last_seq

@@ -14,7 +14,9 @@ No-shows are found by walking the replica's open bookings by `ends_at` from a cu
 kept in the ledger (`due.no_show_through`: every open booking that ended by then is
 settled), so the scheduler's work is proportional to what fell due, not to the size of
 the replica. A booking a sync brings in behind the cursor (a late arrival) is listed in
-`due_recheck` before the replica changes, and settled at the next run.
+`due_recheck` before the replica changes, and settled at the next run. What ended before
+this daemon began the site's time-driven work (`due.no_show_from`, its first run) is not
+its to settle, walked or listed.
 
 About 600 lines: every change here reads and writes the same few tables under the same
 rules (one transaction, its events, the replica's ids), so they stay side by side; the
@@ -48,6 +50,11 @@ CURSOR_KEY = "due.no_show_through"
 # a ledger put back from a copy (sync/store/sent_mark.py): the instant of the last event it
 # had sent; what fell due by then may have been settled in the part that was lost
 RESTORED_KEY = "ledger.restored_at"
+# no-shows of bookings that ended at or before this (POSIX seconds) are not this daemon's:
+# its first run's `now` less `no_show_after`, when it began the site's time-driven work
+FROM_KEY = "due.no_show_from"
+# written while this daemon does not do the site's time-driven work (Ledger.leave_no_shows)
+LEFT_KEY = "due.left"
 CURSOR_IDLE = timedelta(minutes=10)
 _BOOKINGS = "replica.bookings b LEFT JOIN main.booking_outcomes o ON o.booking_id = b.id"
 
@@ -396,10 +403,11 @@ class Ledger:
         cursor = self.cursor()
         if cursor is None:
             return
+        began = self._meta_float(FROM_KEY)  # before it, not this daemon's to settle (run_due)
         late = [
             (bid,)
             for bid, ends_at in bookings
-            if ends_at <= cursor
+            if ends_at <= cursor and (began is None or ends_at > began)
             and self.conn.execute("SELECT 1 FROM main.booking_outcomes WHERE booking_id = ?", (bid,)).fetchone() is None
         ]
         if late:
@@ -509,7 +517,23 @@ class Ledger:
 
     def cursor(self) -> float | None:
         """Every open booking that ended at or before this (POSIX seconds) is settled."""
-        row = self.conn.execute("SELECT value FROM main.meta WHERE key = ?", (CURSOR_KEY,)).fetchone()
+        return self._meta_float(CURSOR_KEY)
+
+    def leave_no_shows(self) -> None:
+        """This daemon does not do the site's time-driven work (another does, or none): its
+        cursor and where it began go, so that should the work come back to it, it begins
+        afresh (run_due) — not from a cursor left days ago, which would settle every class
+        since that the daemon doing the work settled, as far as this one has not heard of
+        them — and not as a ledger put back that did the work when it was lost."""
+        if self._meta_float(LEFT_KEY) is not None:
+            return
+        with self.transactions.open() as tx:
+            tx.delete_meta(CURSOR_KEY)
+            tx.delete_meta(FROM_KEY)
+            tx.set_meta(LEFT_KEY, "1")
+
+    def _meta_float(self, key: str) -> float | None:
+        row = self.conn.execute("SELECT value FROM main.meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else float(row[0])
 
     def run_due(
@@ -520,37 +544,53 @@ class Ledger:
         `horizon` (rules.schedule.no_show_horizon): how far no-shows may be settled now
         (default: every booking `no_show_after` past its end); `unheard(ends_at)`: the
         site's daemons not heard past that instant, named in a no-show settled without
-        them."""
+        them. The classes that ended before this daemon began the site's time-driven work
+        are not its to settle (FROM_KEY)."""
         horizon = horizon or NoShowHorizon(now - policy.no_show_after)
         through = ts(horizon.ends_by)
         cursor = self.cursor()
+        began = self._meta_float(FROM_KEY)
+        restored = self._meta_float(RESTORED_KEY)
+        # the walk's lower bound: the cursor; without one (a snapshot switch can take it
+        # back, sync/store/attach.py) where this daemon began; at its first run, `now`
+        # less `no_show_after` — what fell due before it did the site's time-driven work
+        # was the daemon's that did it then (settled again: a member fined twice, or one
+        # who came through a turnstile this daemon has not heard from so far back; the
+        # horizon, which an unheard peer holds back, is no measure of it). Except on a
+        # ledger put back or a box replaced (RESTORED_KEY) that had not left the work
+        # (LEFT_KEY): this daemon did it before, and what fell due since is walked to be
+        # named for a person (_unsure_after_restore), not passed in silence.
+        first_run = cursor is None and began is None
+        ours = restored is not None and self._meta_float(LEFT_KEY) is None
+        floor = began if began is not None else (ts(now - policy.no_show_after) if first_run and not ours else None)
+        lower = cursor if cursor is not None else floor
         c = self.conn
         open_rows: list[tuple[Any, ...]] = []
-        if cursor is None or through > cursor:
-            lower = "" if cursor is None else "AND b.ends_at > ? "
+        if lower is None or through > lower:
+            bound = "" if lower is None else "AND b.ends_at > ? "
             open_rows = c.execute(
-                f"SELECT {BOOKING_READ} FROM {_BOOKINGS} WHERE b.status = 'booked' {lower}AND b.ends_at <= ? "
+                f"SELECT {BOOKING_READ} FROM {_BOOKINGS} WHERE b.status = 'booked' {bound}AND b.ends_at <= ? "
                 "AND o.booking_id IS NULL ORDER BY b.ends_at, b.id",
-                (through,) if cursor is None else (cursor, through),
+                (through,) if lower is None else (lower, through),
             ).fetchall()
         # bookings a sync brought in behind the cursor, the ones the horizon reaches (a
         # class the site's other daemons are not heard past yet stays listed), and the
-        # ones whose booking is gone
+        # ones to drop: whose booking is gone, or ended before this daemon began the work
         rechecks = [
-            (r[0], r[1] is not None and r[1] <= through, r[1] is None)
+            (r[0], r[1] is not None and r[1] <= through, r[1] is None or (floor is not None and r[1] <= floor))
             for r in c.execute(
                 "SELECT x.booking_id, b.ends_at FROM main.due_recheck x LEFT JOIN replica.bookings b ON b.id = x.booking_id"
             )
         ]
         rechecks = [r for r in rechecks if r[1] or r[2]]
-        if rechecks:
+        if any(due and not drop for _, due, drop in rechecks):
             seen = {r[0] for r in open_rows}
             open_rows += [
                 r for r in c.execute(
                     f"SELECT {BOOKING_READ} FROM main.due_recheck x JOIN replica.bookings b ON b.id = x.booking_id "
                     "LEFT JOIN main.booking_outcomes o ON o.booking_id = b.id "
-                    "WHERE b.status = 'booked' AND b.ends_at <= ? AND o.booking_id IS NULL",
-                    (through,),
+                    "WHERE b.status = 'booked' AND b.ends_at <= ? AND b.ends_at > ? AND o.booking_id IS NULL",
+                    (through, floor if floor is not None else float("-inf")),
                 )
                 if r[0] not in seen
             ]
@@ -559,15 +599,15 @@ class Ledger:
             [booking_from_row(r) for r in open_rows], credit, policy)
         settle += [b.id for b in unsure_credits]
         work = due_work(no_shows, credit, policy, now)
+        rechecked = {r[0] for r in rechecks}
         # the cursor is written with work, or every CURSOR_IDLE of clock (else a quiet
         # day's attended bookings would be walked again at every run)
         move = cursor is None or through - cursor >= CURSOR_IDLE.total_seconds()
-        if not work and not settle and not rechecks and not move:
+        if not work and not settle and not rechecked and not move:
             return Committed()
         with self.transactions.open() as tx:
             # named once: when the walk passes them (a sync that lists them again for a
             # recheck, at every snapshot, drops them quietly)
-            rechecked = {r[0] for r in rechecks}
             named = [b for b in unsure_no_shows if b.id not in rechecked]
             if named or unsure_credits:
                 tx.emit("alarm", now, gate=None, kind="ledger_restored", detail=_unsure_detail(named, unsure_credits))
@@ -586,9 +626,14 @@ class Ledger:
             c.executemany(
                 "UPDATE main.booking_outcomes SET loyalty_settled = 1 WHERE booking_id = ?", ((i,) for i in settle)
             )
-            c.executemany("DELETE FROM main.due_recheck WHERE booking_id = ?", ((r[0],) for r in rechecks))
-            if cursor is None or through > cursor:
-                tx.set_meta(CURSOR_KEY, repr(through))
+            c.executemany("DELETE FROM main.due_recheck WHERE booking_id = ?", ((i,) for i in rechecked))
+            walked = through if lower is None else max(through, lower)
+            if cursor is None or walked > cursor:
+                tx.set_meta(CURSOR_KEY, repr(walked))
+            if first_run and floor is not None:  # where this daemon began (none after a restore)
+                tx.set_meta(FROM_KEY, repr(floor))
+            if first_run:
+                tx.delete_meta(LEFT_KEY)
             c.execute("DELETE FROM qr_used WHERE expires_at < ?", (ts(now - timedelta(hours=1)),))
         return tx.committed
 

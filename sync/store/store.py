@@ -724,6 +724,12 @@ class Store:
             return Committed()
         return self.ledger.run_due(policy, now, horizon, unheard)
 
+    def leave_time_driven_work(self) -> None:
+        """This daemon does not do the site's time-driven work (`time_driven_work: false`):
+        should it come back to it, it settles what falls due from then on, not from where
+        it left off (Ledger.leave_no_shows). Called by the scheduler; a write only once."""
+        self.ledger.leave_no_shows()
+
     def unsettled_ending(self, after: datetime, until: datetime) -> int:
         """Booked bookings without an outcome here that ended after `after`, by `until`:
         the no-shows a wait for the site's other daemons holds (gated/knowledge.py)."""
