@@ -8,7 +8,7 @@ here the daemon checks them every second —
 | `deltas_behind` | the central's delta head against the replica's `delta_seq` | asks for the missed deltas (the link) |
 | `peers_unheard` | each other daemon's heartbeat against what was heard of it | holds no-shows (and fees) of classes that ended after it; after `peer_wait_limit` settles them naming it |
 | `numbering_unsure` | the ledger's mark of what it sent (`gated.db.sent`), missing: a new box, a copy restored without it | holds its events after its last one at start, and its no-shows, until the central system says how far it got (sync/store/numbering.py) |
-| `own_history_missing` | this daemon's events the central system holds and a lost ledger held (sync/store/own_history.py) | asks the central system for them every 30 s; decides meanwhile without them (who came in through it earlier today, the walk-ins paid there, the QR codes used there) |
+| `own_history_missing` | this daemon's events the central system holds and a lost ledger held (sync/store/own_history.py) | asks the central system for them every 30 s; decides meanwhile without them (who came in through it earlier today, the walk-ins paid there, the QR codes used there); holds the no-shows of the classes they may bear on, and a day after the loss settles them naming itself (the store does, Ledger.run_due: with or without a link) |
 | `refunds_waiting` | the desk's refunds not found while the site's events were not all in (sync/store/refunds_wanted.py) | settles each when its charge arrives or everyone is heard up to the request; after a day an alarm for a person |
 | `clock_untrusted` | the wall clock against the monotonic clock and the last trusted time (rules/clock.py) | acts at the anchored time; no no-show, fee, loyalty credit or pruning until trusted again |
 
@@ -119,7 +119,7 @@ class Knowledge:
                 f"this daemon's events {lost.from_seq}..{lost.to_seq}, which its lost ledger held, are not back "
                 "from the central system yet (asked every 30 s): until they are, the gate does not know who came "
                 "in through it earlier today, the walk-ins paid there (a re-entry within the grace may be "
-                "charged again) or the QR codes used there",
+                "charged again) or the QR codes used there; the no-shows of that day's classes wait for them",
             )
         if link is not None:
             stall = link.session.uplink_stall(mono)

@@ -16,7 +16,8 @@ settled), so the scheduler's work is proportional to what fell due, not to the s
 the replica. A booking a sync brings in behind the cursor (a late arrival) is listed in
 `due_recheck` before the replica changes, and settled at the next run. What ended before
 this daemon began the site's time-driven work (`due.no_show_from`, its first run) is not
-its to settle, walked or listed.
+its to settle, walked or listed; and while its own events of a lost ledger are wanted,
+the classes they may bear on wait in `due_recheck` (`_LostPart`).
 
 About 600 lines: every change here reads and writes the same few tables under the same
 rules (one transaction, its events, the replica's ids), so they stay side by side; the
@@ -28,6 +29,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -36,7 +38,7 @@ from rules.decide import ZonePresence
 from rules.model import Booking, Direction, Gate, Policy
 from rules.model import Site as SiteModel
 from rules.reasons import Reason
-from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee
+from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee, reached_by
 from rules.tap import Tap
 from rules.timeutil import iso_utc, local_date, start_of_local_day
 from sync.errors import StoreError
@@ -482,6 +484,9 @@ class Ledger:
             if done:
                 own_history.done(tx.delete_meta)
             if expired:
+                # the no-shows they held are settled without them, naming this daemon
+                tx.set_meta(own_history.GIVEN_UP_KEY,
+                            repr(ts(_LostPart.found(wanted, self._meta_float(RESTORED_KEY)))))
                 at = now or datetime.now(UTC)
                 for w in refunds_wanted.wanted(self.conn):
                     if self.daemon_id in w.waiting:
@@ -544,8 +549,10 @@ class Ledger:
         `horizon` (rules.schedule.no_show_horizon): how far no-shows may be settled now
         (default: every booking `no_show_after` past its end); `unheard(ends_at)`: the
         site's daemons not heard past that instant, named in a no-show settled without
-        them. The classes that ended before this daemon began the site's time-driven work
-        are not its to settle (FROM_KEY)."""
+        them. Two bounds of the ledger's own narrow it further: the classes that ended
+        before this daemon began the site's time-driven work are not its to settle
+        (FROM_KEY), and while its own lost events are wanted, it is itself a daemon not
+        heard (_LostPart)."""
         horizon = horizon or NoShowHorizon(now - policy.no_show_after)
         through = ts(horizon.ends_by)
         cursor = self.cursor()
@@ -594,16 +601,21 @@ class Ledger:
                 )
                 if r[0] not in seen
             ]
+        # the classes this daemon's own lost events may bear on wait for them, listed for a
+        # recheck at every run (the walk goes on past them: the next day's classes do not)
+        lost = _LostPart.of(c, self.site, policy, now, restored)
+        bookings = [booking_from_row(r) for r in open_rows]
+        held = {b.id for b in bookings if lost is not None and lost.holds(b)}
         credit, settle = self._loyalty_due(policy, now)
         no_shows, unsure_no_shows, credit, unsure_credits = self._unsure_after_restore(
-            [booking_from_row(r) for r in open_rows], credit, policy)
+            [b for b in bookings if b.id not in held], credit, policy)
         settle += [b.id for b in unsure_credits]
         work = due_work(no_shows, credit, policy, now)
         rechecked = {r[0] for r in rechecks}
         # the cursor is written with work, or every CURSOR_IDLE of clock (else a quiet
         # day's attended bookings would be walked again at every run)
         move = cursor is None or through - cursor >= CURSOR_IDLE.total_seconds()
-        if not work and not settle and not rechecked and not move:
+        if not work and not settle and not (rechecked ^ held) and not move:
             return Committed()
         with self.transactions.open() as tx:
             # named once: when the walk passes them (a sync that lists them again for a
@@ -615,6 +627,8 @@ class Ledger:
                 b = item.booking
                 if item.kind == WorkKind.NO_SHOW:
                     missing = unheard(b.ends_at) if horizon.forced and unheard is not None else []
+                    if lost is not None and lost.unheard(b) and self.daemon_id not in missing:
+                        missing = [*missing, self.daemon_id]
                     self._no_show(tx, b, policy, now, missing)
                 else:
                     ev = tx.emit("loyalty", now, member=b.member, points=b.loyalty_points, booking=b.id)
@@ -626,7 +640,8 @@ class Ledger:
             c.executemany(
                 "UPDATE main.booking_outcomes SET loyalty_settled = 1 WHERE booking_id = ?", ((i,) for i in settle)
             )
-            c.executemany("DELETE FROM main.due_recheck WHERE booking_id = ?", ((i,) for i in rechecked))
+            c.executemany("DELETE FROM main.due_recheck WHERE booking_id = ?", ((i,) for i in rechecked - held))
+            c.executemany("INSERT OR IGNORE INTO main.due_recheck(booking_id) VALUES (?)", ((i,) for i in held))
             walked = through if lower is None else max(through, lower)
             if cursor is None or walked > cursor:
                 tx.set_meta(CURSOR_KEY, repr(walked))
@@ -729,6 +744,55 @@ class Ledger:
 
     def qr_seen(self, token_id: str) -> bool:
         return self.conn.execute("SELECT 1 FROM qr_used WHERE token_id = ?", (token_id,)).fetchone() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _LostPart:
+    """This daemon's own events that a lost ledger held (a box replaced, a copy put back:
+    sync/store/own_history.py). An attendance among them, or the member on site earlier
+    that day, makes a class no no-show, or its no-show no fee: so this daemon is, for the
+    classes they bear on (rules.schedule.reached_by), a daemon not heard. Their no-shows
+    wait while the events are wanted (`waiting`: the classes starting before its first
+    instant whose no-show fell due after the restore, its second — those due by then are
+    _unsure_after_restore's); once the wait ran out (own_history.WAIT after the loss) they
+    are settled naming this daemon (`unheard`), as no-shows settled past an unheard
+    peer's `peer_wait_limit` name it."""
+
+    waiting: tuple[float, float] | None  # (starting before, due after), POSIX seconds
+    given_up: tuple[float, ...]  # the classes starting before one of these are settled unheard
+
+    @classmethod
+    def of(
+        cls, conn: sqlite3.Connection, site: SiteModel, policy: Policy, now: datetime, restored: float | None,
+    ) -> _LostPart | None:
+        wanted, gone = own_history.wanted(conn), own_history.given_up(conn)
+        if wanted is None and gone is None:
+            return None
+        waiting = None
+        given_up = [] if gone is None else [ts(reached_by(gone, site.timezone, policy))]
+        if wanted is not None:
+            found = cls.found(wanted, restored)
+            reach = ts(reached_by(found, site.timezone, policy))
+            if now < wanted.expires:
+                end = restored if restored is not None else ts(found)
+                waiting = (reach, end - policy.no_show_after.total_seconds())
+            else:  # the link gives up on them at the same time (sync/link/own_history.py)
+                given_up.append(reach)
+        return cls(waiting, tuple(given_up))
+
+    def holds(self, b: Booking) -> bool:
+        """`b`'s no-show waits for the lost events."""
+        return self.waiting is not None and ts(b.starts_at) < self.waiting[0] and ts(b.ends_at) > self.waiting[1]
+
+    def unheard(self, b: Booking) -> bool:
+        """`b`'s no-show is settled without the lost events: it names this daemon."""
+        return any(ts(b.starts_at) < r for r in self.given_up)
+
+    @staticmethod
+    def found(wanted: own_history.Wanted, restored: float | None) -> datetime:
+        """Where the lost part ends: by the loss's finding — and at least at the last event
+        of it that was sent (RESTORED_KEY, a copy put back), whatever the clock said then."""
+        return wanted.found_at if restored is None else max(wanted.found_at, dt(restored))
 
 
 def unconfirmed_fields(intent: dict[str, Any]) -> dict[str, Any]:
