@@ -86,6 +86,14 @@ def no_show_horizon(
     return NoShowHorizon(heard_through)
 
 
+def known_through(horizon: NoShowHorizon, instant: datetime) -> NoShowHorizon:
+    """`horizon`, held back to the classes that ended by `instant`: what the gate knows of
+    the bookings is known right only up to then (a replica behind the central system's
+    deltas may miss a booking cancelled since: a class that ended after it waits, as for a
+    daemon of the site not heard)."""
+    return horizon if horizon.ends_by <= instant else NoShowHorizon(instant, horizon.forced)
+
+
 def reached_by(instant: datetime, tz: ZoneInfo, policy: Policy) -> datetime:
     """What happened before `instant` bears on the no-show of every class starting before
     the instant returned (and of none after): an attendance (a tap in the arrival window,
