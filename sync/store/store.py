@@ -719,7 +719,9 @@ class Store:
     ) -> Committed:
         """No-shows and loyalty credits due up to and including `now`, each exactly once
         (no-shows only up to `horizon`: Ledger.run_due). Nothing while the numbering is
-        unsure: the part of the ledger that was lost may have settled them."""
+        unsure: the part of the ledger that was lost may have settled them; and then, while
+        its events are wanted back, no no-show of a class they may bear on (Ledger.run_due,
+        here whether or not a link asks for them)."""
         if self.unsure_after is not None:
             return Committed()
         return self.ledger.run_due(policy, now, horizon, unheard)
