@@ -110,7 +110,8 @@ class GuardedClock:
         self._mono = monotonic
         self._synchronised = synchronised
         self.synced = synchronised()
-        self.state: ClockState = start(wall(), monotonic(), max(floor, SOFTWARE_EPOCH), self.policy)
+        self.state: ClockState = start(wall(), monotonic(), max(floor, SOFTWARE_EPOCH), self.policy, self.synced,
+                                       floor_stored=floor > SOFTWARE_EPOCH)
 
     def __call__(self) -> datetime:
         wall, mono = self._wall(), self._mono()
@@ -124,6 +125,22 @@ class GuardedClock:
     @property
     def trusted(self) -> bool:
         return self.state.trusted
+
+    @property
+    def may_settle(self) -> bool:
+        """No-shows, fees, credits and pruning may act at this time (rules/clock.py, start)."""
+        return self.state.may_settle
+
+    def unconfirmed(self) -> str:
+        """Why time-driven work waits although taps are decided at the wall clock (empty
+        when it does not)."""
+        st = self.state
+        if not st.trusted or st.confirmed:
+            return ""
+        left = max(0.0, self.policy.accept_ahead_after - (self._mono() - st.since))
+        return ("at start the wall clock was further past the last time this gate trusted than a restart explains, "
+                "and the system is not synchronised: taps are decided at it, no-shows, fees and credits wait for "
+                f"NTP (or {left:.0f} s more without a jump)")
 
     def describe(self) -> str:
         """Why the clock is not trusted, in a sentence (empty when it is)."""
@@ -142,11 +159,11 @@ class GuardedClock:
     def as_dict(self) -> dict[str, Any]:
         st = self.state
         return {
-            "trusted": st.trusted, "state": st.trust.value, "synchronised": self.synced,
+            "trusted": st.trusted, "state": st.trust.value, "synchronised": self.synced, "confirmed": st.confirmed,
             "jump_s": round(st.jump, 3),
             "wall": datetime.fromtimestamp(self._wall(), UTC).isoformat(),
             "acting_at": self().isoformat(),
-            "detail": self.describe() or None,
+            "detail": self.describe() or self.unconfirmed() or None,
         }
 
 

@@ -130,16 +130,19 @@ class Daemon:
         self._floor_saved = floor
         if not self.clock_guard.trusted:
             log.warning("clock_untrusted", detail=self.clock_guard.describe())
+        elif not self.clock_guard.may_settle:
+            log.warning("clock_unconfirmed", detail=self.clock_guard.unconfirmed())
 
     def _keep_clock(self) -> None:
-        """Once a second: the kernel's word on NTP, and — while trusted — the latest trusted
-        instant written down (at most once a minute) for the next start to check against."""
+        """Once a second: the kernel's word on NTP, and — while trusted and confirmed (a
+        clock hours ahead at boot must not become the next start's floor) — the latest
+        trusted instant written down (at most once a minute) for the next start to check against."""
         guard = self.clock_guard
         if guard is None or self.store is None:
             return
         guard.tick()
         floor = guard.state.floor
-        if guard.trusted and (floor - self._floor_saved >= CLOCK_FLOOR_EVERY or floor < self._floor_saved):
+        if guard.may_settle and (floor - self._floor_saved >= CLOCK_FLOOR_EVERY or floor < self._floor_saved):
             self.store.set_meta(CLOCK_FLOOR_KEY, repr(floor))
             self._floor_saved = floor
 
@@ -424,8 +427,8 @@ class Daemon:
 
     def _may_prune(self) -> bool:
         """The ledger's retention may delete: the store works and the clock is trusted."""
-        trusted = self.clock_guard is None or self.clock_guard.trusted
-        return trusted and (self.storage is None or self.storage.ok)
+        settles = self.clock_guard is None or self.clock_guard.may_settle
+        return settles and (self.storage is None or self.storage.ok)
 
     @property
     def fire_alarm(self) -> bool:
@@ -496,7 +499,8 @@ class Daemon:
                 self.knowledge.check(now)
                 # no no-show, fee or loyalty credit at a time of day the gate cannot trust
                 trusted = self.clock_guard is None or self.clock_guard.trusted
-                if (self.engine is not None and self.config.time_driven_work and trusted
+                settles = self.clock_guard is None or self.clock_guard.may_settle
+                if (self.engine is not None and self.config.time_driven_work and settles
                         and (self.storage is None or self.storage.ok)):
                     self.engine.run_due(now, *self.knowledge.no_show_horizon(now))
                 elif not self.config.time_driven_work and self.store is not None and (

@@ -100,8 +100,9 @@ class Metrics:
         )
         self.exits_unrecorded = Counter(
             "gated_exits_unrecorded",
-            "Exits that opened during a storage fault and were counted, not kept for writing, beyond "
-            "store.max_held_exits (reported in one exits_not_recorded alarm)",
+            "Exits that opened during a storage fault and were counted, not kept for writing: beyond "
+            "store.max_held_exits, or undecided because the store could not be read (reported in one "
+            "exits_not_recorded alarm)",
             ["gate"],
             registry=r,
         )

@@ -35,6 +35,9 @@ def status_line(d: Daemon) -> str:
             problems.append("DOORS RELEASED")
         if d.safety.fire_configured and not d.safety.fire.known:
             problems.append("FIRE INPUT UNREACHABLE")
+    for gid, ctl in d.controllers.items():
+        if ctl.passage_stuck:
+            problems.append(f"PASSAGE INPUT STUCK ({gid})")  # no passage can be confirmed there
     for gap in d.knowledge.open.values():
         problems.append(gap.kind.upper().replace("_", " "))
     base = f"ready: {len(d.config.gates)} gates, {len(d.readers)} readers"

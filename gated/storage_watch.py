@@ -14,7 +14,9 @@ to recover by itself, retries the commits that failed, reports alarms, and takes
   counted by gate instead of held (`gated_exits_unrecorded_total{gate}`, `gated status`),
   and the count goes to the central system in one `alarm` (`exits_not_recorded`) once the
   store works. Entries and overrides are always held: entries are refused during a fault,
-  so the ones held are the few already under way when it began.
+  so the ones held are the few already under way when it began. An exit the store could
+  not even be read to decide (rules.tap.unreadable: whose card it was is unknown, so there
+  is nothing to hold) is counted the same way.
 - Alarms (`storage_fault`, `storage_recovered`) are events like any other; the one that
   says the store failed can only be written once it works again, so it is kept until then
   and carries the instant the fault began. Logs and metrics say it at once.
@@ -76,6 +78,10 @@ class UnrecordedExits:
 
 MAX_HELD_EXITS = 1000
 
+# why exits went unrecorded, in the words of the `exits_not_recorded` alarm's detail
+BEYOND_BOUND = "beyond_bound"
+UNREADABLE = "unreadable"
+
 
 class StorageWatch:
     def __init__(
@@ -98,6 +104,7 @@ class StorageWatch:
         self._held_exits = 0
         self.unrecorded: dict[str, UnrecordedExits] = {}  # by gate, until reported
         self.unrecorded_total: dict[str, int] = {}  # by gate, since the start
+        self._unrecorded_why: set[str] = set()  # BEYOND_BOUND, UNREADABLE: until reported
         self.backup_interval = backup_interval
         self.backup_path = Path(str(store.path) + ".backup")
         self._last_backup = time.monotonic()
@@ -137,21 +144,30 @@ class StorageWatch:
         beyond `max_held_exits` held ones is counted instead (module doc)."""
         now = self.clock()
         if exit_tap and self._held_exits >= self.max_held_exits:
-            gate = str(what.get("gate"))
-            seen = self.unrecorded.get(gate)
-            if seen is None:
-                self.unrecorded[gate] = UnrecordedExits(1, now, now)
-                log.error("exit_not_recorded", gate=gate, held_exits=self._held_exits, limit=self.max_held_exits)
-            else:
-                seen.count += 1
-                seen.last = now
-            self.unrecorded_total[gate] = self.unrecorded_total.get(gate, 0) + 1
-            self.metrics.exits_unrecorded.labels(gate).inc()
+            self._count_unrecorded(str(what.get("gate")), now, BEYOND_BOUND,
+                                   held_exits=self._held_exits, limit=self.max_held_exits)
             return
         self.held.append(HeldCommit(commit, what, now, exit_tap))
         self._held_exits += int(exit_tap)
         self.metrics.uncommitted.set(len(self.held))
         log.error("tap_commit_held", held=len(self.held), **{k: v for k, v in what.items() if k != "event"})
+
+    def exit_unrecorded(self, gate: str) -> None:
+        """An exit let out that the store could not be read to decide (rules.tap.unreadable):
+        nobody to write it for, so it is counted like an exit beyond the bound (module doc)."""
+        self._count_unrecorded(gate, self.clock(), UNREADABLE)
+
+    def _count_unrecorded(self, gate: str, now: datetime, why: str, **said: object) -> None:
+        seen = self.unrecorded.get(gate)
+        if seen is None:
+            self.unrecorded[gate] = UnrecordedExits(1, now, now)
+            log.error("exit_not_recorded", gate=gate, why=why, **said)  # the first of a gate, not each
+        else:
+            seen.count += 1
+            seen.last = now
+        self._unrecorded_why.add(why)
+        self.unrecorded_total[gate] = self.unrecorded_total.get(gate, 0) + 1
+        self.metrics.exits_unrecorded.labels(gate).inc()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -327,14 +343,18 @@ class StorageWatch:
             return
         gates = dict(sorted(self.unrecorded.items()))
         count = sum(u.count for u in gates.values())
+        why = {
+            BEYOND_BOUND: f"more than {self.max_held_exits} were waiting to be written",
+            UNREADABLE: "the store could not be read to tell whose card it was",
+        }
         try:
             self.store.emit(
                 "alarm",
                 self.clock(),
                 gate=None,
                 kind="exits_not_recorded",
-                detail=f"{count} exits opened during a storage fault were not recorded: more than "
-                f"{self.max_held_exits} were waiting to be written",
+                detail=f"{count} exits opened during a storage fault were not recorded: "
+                + "; ".join(text for key, text in why.items() if key in self._unrecorded_why),
                 count=count,
                 gates={g: u.count for g, u in gates.items()},
                 since=iso_utc(min(u.first for u in gates.values())),
@@ -345,6 +365,7 @@ class StorageWatch:
             return
         log.warning("exits_not_recorded", count=count, gates={g: u.count for g, u in gates.items()})
         self.unrecorded.clear()
+        self._unrecorded_why.clear()
 
     # -- backups -----------------------------------------------------------------------------
 

@@ -10,7 +10,9 @@ token used up) before the relay is touched, and any failure up to there denies w
 counted; it never opens. After the relay was pulsed the tap is committed whatever it
 takes: a failing commit is held by the StorageWatch and retried, and its intent stays in
 the store for the next start to report if the daemon dies first. Exits stay free: an
-exit opens even when nothing can be written (and is recorded when possible).
+exit opens even when nothing can be written (and is recorded when possible), and even
+when the store cannot be read to decide it (rules.tap.unreadable: let out unrecorded,
+counted as an exit not recorded).
 
 A desk check-in (the front desk picks a member, and maybe their booking or pass) takes the
 same path with a `desk` credential; an override ("open once") opens without a member.
@@ -39,7 +41,7 @@ from gated.metrics import Metrics
 from gated.safety import Safety
 from gated.storage_watch import StorageWatch
 from gated.unknown_cards import UnknownCards
-from rules.admission import GateConditions, Release, StalePolicy, plan_release
+from rules.admission import GateConditions, Release, StalePolicy, desk_release, plan_release
 from rules.credential import Credential, CredentialKind, mask
 from rules.decide import Decision
 from rules.decide import override as override_decision
@@ -125,20 +127,22 @@ class TapPath:
 
     async def override(self, gate_id: str, operator: str, reason: str) -> dict[str, Any]:
         """Open once, without a member: recorded as an override, never a free passage
-        claimed for nobody. Refused where nothing can be opened or recorded."""
+        claimed for nobody. Refused where nothing can be opened or recorded; at an
+        entrance in a lockdown, never at an exit (a lockdown keeps people out, not in)."""
         engine = self.engine
         gate = engine.gate(gate_id)  # unknown gate: raise before touching anything
         ctl = self.controllers.get(gate_id)
+        purpose = desk_release(gate)
         # asked before anything else, so a lockdown is what the desk hears (the controller
         # asks the same rule again when it releases)
-        if plan_release(self.safety.site, Release.DESK, fail_safe=False).refused == Reason.LOCKDOWN:
+        if plan_release(self.safety.site, purpose, fail_safe=False).refused == Reason.LOCKDOWN:
             return {"error": "lockdown", "message": "Lockdown is on: an admin must lift it before a gate opens"}
         if ctl is None:
             return {"error": "no_relay", "message": "This gate has no relay: there is nothing to open"}
         if gate.direction.value == "in" and not self.storage.ok_for_entry():
             return {"error": "storage_fault", "message": "The gate cannot record an opening now"}
         try:
-            passed = await ctl.open_once()
+            passed = await ctl.release(purpose) is Passage.PASSED
         except GrantRefused:  # a lockdown that came in meanwhile
             return {"error": "lockdown", "message": "Lockdown is on: an admin must lift it before a gate opens"}
         except OutputFault:
@@ -180,11 +184,14 @@ class TapPath:
             tap, passage = await self._open(tap, reader)
             passed = passage is Passage.PASSED
             # UNKNOWN: released, then nobody could look (the board went silent, the inputs
-            # went unread, we are stopping): the person may be through. No deduction; the
-            # grant is reported as after a crash, in the tap's own transaction (held and
-            # retried like any acted-on tap), never recorded as a plain "did not pass"
+            # went unread or the passage input read stuck, we are stopping): the person may
+            # be through. No deduction; the grant is reported as after a crash, in the tap's
+            # own transaction (held and retried like any acted-on tap), never recorded as a
+            # plain "did not pass": a person settles it
             unconfirmed = self._unconfirmed(tap) if passage is Passage.UNKNOWN else None
-            if self._in_burst(tap):
+            if tap.unrecorded:
+                committed = self._let_out_unrecorded(tap)
+            elif self._in_burst(tap):
                 committed = Committed()  # recorded with its burst (`unknown_cards`)
             else:
                 committed = self._commit(tap, passed, unconfirmed)
@@ -219,7 +226,8 @@ class TapPath:
                 tap = engine.decide(gate_id, cred, self.clock(), detail)
             return engine.admit(tap, self._conditions(tap))
         except STORAGE_ERRORS as e:
-            # the replica or ledger cannot be read (a corrupt page): nobody can be decided
+            # the replica or ledger cannot be read (a corrupt page): nobody can be decided —
+            # an entry is refused, an exit let out unrecorded (rules.tap.unreadable)
             self.storage.failed(e, "decide")
             return engine.unreadable(gate_id, cred, now)
 
@@ -257,8 +265,8 @@ class TapPath:
 
     def _write_intent(self, tap: Tap) -> Tap:
         """The durable intent before the relay: for an entry, no intent, no opening."""
-        if not tap.granted:
-            return tap
+        if not tap.granted or tap.unrecorded:
+            return tap  # an exit nobody could name has nobody to write an intent for
         try:
             return self.engine.open_intent(tap, self.clock())
         except TokenUsed:
@@ -294,7 +302,9 @@ class TapPath:
     async def _commit_on_disk(self, tap: Tap) -> None:
         """The tap's commit flushed before the answer (a committed deduction survives a power
         cut). A failing flush is a storage fault like a failing commit: said, not raised."""
-        if tap.granted:  # a denial moves nothing: its record may wait for the next flush
+        # a denial moves nothing: its record may wait for the next flush; an exit let out
+        # unrecorded wrote nothing
+        if tap.granted and not tap.unrecorded:
             await self._on_disk("commit")
 
     async def _contest_qr(self, tap: Tap) -> Tap:
@@ -327,9 +337,14 @@ class TapPath:
 
     def _unconfirmed(self, tap: Tap) -> str:
         """Why a released grant's passage is unknown (said in the log and the metric now;
-        recorded with the tap's commit)."""
+        recorded with the tap's commit): the controller's word for this release, read as
+        its release returned (before any other release can begin)."""
         ctl = self.controllers.get(tap.gate.id)
-        cause = "stopping" if ctl is not None and ctl.stopping else "relay_unreadable"
+        because = ctl.unconfirmed_because if ctl is not None else None
+        if because is not None:
+            cause = because.value
+        else:
+            cause = "stopping" if ctl is not None and ctl.stopping else "relay_unreadable"
         self.metrics.unconfirmed.inc()
         log.warning("passage_unconfirmed", gate=tap.gate.id, member=tap.decision.member, cause=cause,
                     recorded=tap.intent is not None)  # an exit opened unrecorded has no intent to report
@@ -357,6 +372,15 @@ class TapPath:
                 log.error("denial_not_recorded", gate=tap.gate.id, member=tap.decision.member,
                           reason=tap.decision.reason.value)
             return Committed()
+
+    def _let_out_unrecorded(self, tap: Tap) -> Committed:
+        """An exit the store could not be read to decide: nothing to record for nobody (no
+        member, nothing charged). One that opened is counted with the exits not recorded
+        (`gated status`, the metric, one `exits_not_recorded` alarm once the store works);
+        the storage fault itself was said when the read failed."""
+        if tap.granted:
+            self.storage.exit_unrecorded(tap.gate.id)
+        return Committed()
 
     def _in_burst(self, tap: Tap) -> bool:
         """An unknown card past the gate's quota of individually recorded ones: counted in

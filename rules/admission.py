@@ -8,7 +8,8 @@ here, pure, so that the order they apply in is written down once and tested with
 
 Two rules shape everything below:
 - Entries fail closed: any doubt about the site or the gate denies an entry.
-- Exits stay free: nothing here ever refuses an exit (nobody is locked in).
+- Exits stay free: nothing here ever refuses an exit (nobody is locked in) — the desk's
+  "open once" at an exit included, in a lockdown too.
 
 `plan_release` is the same safety policy at the relay: the gate controller asks it before
 it touches the relay (an interlock that holds whatever the caller decided), the desk's
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from rules.decide import Decision
-from rules.model import PassKind
+from rules.model import Direction, Gate, PassKind
 from rules.reasons import Reason
 
 
@@ -69,7 +70,13 @@ class Release(StrEnum):
 
     ENTRY = "entry"  # a member's grant (a tap or the desk's check-in)
     EXIT = "exit"  # a member going out
-    DESK = "desk"  # the front desk's "open once" (an override), entrance or exit
+    DESK = "desk"  # the front desk's "open once" (an override) at an entrance
+    DESK_EXIT = "desk_exit"  # the front desk's "open once" at an exit: letting someone out
+
+
+def desk_release(gate: Gate) -> Release:
+    """What the desk's "open once" is at this gate: letting someone in, or out."""
+    return Release.DESK_EXIT if gate.direction is Direction.OUT else Release.DESK
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +100,9 @@ class ReleasePlan:
 
 def plan_release(safety: SiteSafety, purpose: Release, *, fail_safe: bool) -> ReleasePlan:
     """What a gate does when asked to release once. Nobody is let in during an evacuation
-    or a lockdown; nobody is kept in (an exit always opens); a fail-safe door that stands
-    released for a fire alarm or an emergency release is not pulsed (the pulse's end would
-    lock it again)."""
+    or a lockdown; nobody is kept in (an exit always opens, the desk's "open once" at an
+    exit too); a fail-safe door that stands released for a fire alarm or an emergency
+    release is not pulsed (the pulse's end would lock it again)."""
     if purpose is Release.ENTRY:
         if safety.fire_alarm:
             return ReleasePlan(Reason.FIRE_ALARM, pulse=False)
@@ -104,7 +111,9 @@ def plan_release(safety: SiteSafety, purpose: Release, *, fail_safe: bool) -> Re
         if safety.lockdown:
             return ReleasePlan(Reason.LOCKDOWN, pulse=False)
     if purpose is Release.DESK and safety.lockdown:
-        # the lockdown's promise: nobody gets in until an admin lifts it, not even by the desk
+        # the lockdown's promise: nobody gets in until an admin lifts it, not even by the
+        # desk. It stops people getting in, not out: at an exit (DESK_EXIT) the desk still
+        # lets out a visitor without a card, or one whose QR code was used to come in
         return ReleasePlan(Reason.LOCKDOWN, pulse=False)
     if safety.doors_released and fail_safe:
         return ReleasePlan(pulse=False)
@@ -174,6 +183,7 @@ __all__ = [
     "SiteSafety",
     "StalePolicy",
     "admit",
+    "desk_release",
     "fire_input_effect",
     "plan_release",
     "refused",

@@ -15,6 +15,15 @@ The policy (docs/rules.md, "When the clock cannot be trusted"):
 | ahead | the wall clock jumped forward | anchor + elapsed | back within `tolerance`; or steady there for `settle` with the system synchronised (NTP), or for `accept_ahead_after` without (a clock put right forward, a restored VM) |
 | behind | the wall clock jumped back, or is before the last instant the gate trusted (a boot in 2000) | anchor + elapsed (the last trusted instant plus the time since) | back within `tolerance`; steady for `settle` with the system synchronised; or, never trusted since start, moved to or past the last trusted instant and steady for `settle` (NTP's first step) |
 
+A start is the one moment the clock has no anchor to disagree with: a wall clock at or
+after the floor is taken for taps at once (a box that was off for a weekend is two days on,
+rightly), but its time of day is only *confirmed* once the system says it is synchronised,
+or it was found within `accept_ahead_after` of the floor (a restart), or it has run for
+`accept_ahead_after` without a jump. Until then the gate decides taps at it but settles
+nothing by it: a hardware clock kept in local time, or set by hand a few hours on, would
+otherwise make the bookings of classes that have not begun yet no-shows, with fees, in
+the first second.
+
 While not trusted the gate does nothing irreversible that depends on the time of day — no
 no-show, no fee, no loyalty credit, no pruning of used QR codes or of events, no expiry of
 stored facts — and decides taps, and stamps what it records, at the anchored time: a
@@ -61,10 +70,16 @@ class ClockState:
     steady_since: float | None = None  # ... since then (monotonic)
     trusted_in_run: bool = False
     jump: float = 0.0  # seconds the wall clock is off the anchored time (+ ahead)
+    confirmed: bool = True  # its time of day too, not only its pace (start, above)
 
     @property
     def trusted(self) -> bool:
         return self.trust is ClockTrust.TRUSTED
+
+    @property
+    def may_settle(self) -> bool:
+        """Time-driven work (no-shows, fees, credits, pruning) may act at this time."""
+        return self.trusted and self.confirmed
 
     def expected(self, mono: float) -> float:
         """The anchored time: the last trusted wall time plus the time since."""
@@ -75,13 +90,20 @@ class ClockState:
         return wall if self.trusted else self.expected(mono)
 
 
-def start(wall: float, mono: float, floor: float, policy: ClockPolicy) -> ClockState:
+def start(
+    wall: float, mono: float, floor: float, policy: ClockPolicy, synchronised: bool | None = None,
+    *, floor_stored: bool = True,
+) -> ClockState:
     """At start: the wall clock is trusted unless it is before the last instant the gate
     knows to have passed (`floor`: the last trusted time it stored, and never before the
-    software existed)."""
+    software existed); confirmed unless the system says it is not synchronised and the
+    clock reads further past a stored floor than a restart explains (a first start has
+    nothing to hold it against, and nothing of its own to settle yet)."""
     if wall < floor - policy.tolerance:
         return ClockState(ClockTrust.BEHIND, floor, mono, floor, since=mono, jump=wall - floor)
-    return ClockState(ClockTrust.TRUSTED, wall, mono, max(floor, wall), since=mono, trusted_in_run=True)
+    confirmed = synchronised is not False or not floor_stored or wall - floor <= policy.accept_ahead_after
+    return ClockState(ClockTrust.TRUSTED, wall, mono, max(floor, wall), since=mono, trusted_in_run=True,
+                      confirmed=confirmed)
 
 
 def observe(state: ClockState, wall: float, mono: float, synchronised: bool | None, policy: ClockPolicy) -> ClockState:
@@ -90,8 +112,10 @@ def observe(state: ClockState, wall: float, mono: float, synchronised: bool | No
     off = wall - state.expected(mono)
     if abs(off) <= policy.tolerance:
         if state.trusted:  # follow the wall clock (slewing), a fresh anchor
-            return replace(state, anchor_wall=wall, anchor_mono=mono, floor=max(state.floor, wall), jump=0.0)
-        return _trust(state, wall, mono)
+            confirmed = state.confirmed or bool(synchronised) or mono - state.since >= policy.accept_ahead_after
+            return replace(state, anchor_wall=wall, anchor_mono=mono, floor=max(state.floor, wall), jump=0.0,
+                           confirmed=confirmed)
+        return _trust(state, wall, mono, state.confirmed or bool(synchronised))  # back where it was
     if state.trusted:
         trust = ClockTrust.AHEAD if off > 0 else ClockTrust.BEHIND
         return replace(state, trust=trust, since=mono, steady_offset=wall - mono, steady_since=mono, jump=off)
@@ -108,17 +132,19 @@ def observe(state: ClockState, wall: float, mono: float, synchronised: bool | No
     if synchronised and steady >= policy.settle:
         # NTP says this is the time: a correction, back as well as forward (the floor too
         # goes back: what was stored was the wrong clock's)
-        return replace(_trust(state, wall, mono), floor=wall)
+        return replace(_trust(state, wall, mono, True), floor=wall)
     if off > 0 and not state.trusted_in_run and wall >= state.floor and steady >= policy.settle:
-        return _trust(state, wall, mono)  # a clock that was wrong from the start, put right
+        # a clock that was wrong from the start, put right: confirmed as a start's is
+        confirmed = synchronised is not False or wall - state.floor <= policy.accept_ahead_after
+        return _trust(state, wall, mono, confirmed)
     if off > 0 and steady >= policy.accept_ahead_after:
-        return _trust(state, wall, mono)  # forward, and it stays there: time moved on
+        return _trust(state, wall, mono, True)  # forward, and it stays there: time moved on
     return state
 
 
-def _trust(state: ClockState, wall: float, mono: float) -> ClockState:
+def _trust(state: ClockState, wall: float, mono: float, confirmed: bool) -> ClockState:
     return ClockState(
-        ClockTrust.TRUSTED, wall, mono, max(state.floor, wall), since=mono, trusted_in_run=True,
+        ClockTrust.TRUSTED, wall, mono, max(state.floor, wall), since=mono, trusted_in_run=True, confirmed=confirmed,
     )
 
 

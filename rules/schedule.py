@@ -113,7 +113,10 @@ def no_show_fee(
     """The fee for a no-show: only for bookings the gate was to charge, capped at the balance.
 
     Someone who came in that day before the class ended was on site: one access covers
-    the day (SPORTRICK scenario 2), so no fee. Nor is there one for a class the site was
+    the day (SPORTRICK scenario 2), so no fee. So was, for this purpose, someone who may
+    have come in: granted that day, the turnstile released, and nobody could see whether
+    they went through (`passage_unconfirmed`) — the gate does not guess a charge either way;
+    `was_on_site` is either. Nor is there one for a class the site was
     evacuated during (`evacuations`: begun, ended or None): the gate kept its members out,
     or the class was cut short.
     """

@@ -5,7 +5,8 @@ intent written, the relay released, the passage seen — each step returning a n
 the store (sync/store/intents.py, sync/store/ledger.py) records it from the same value. What the
 access event says about a tap beyond the decision is decided here, once: the instant the
 rules decided, the reader or the desk's operator and reason, and the whole typed card of
-an unknown card (the desk enrols it from the console).
+an unknown card (the desk enrols it from the console). So is what a tap the store could not
+be read to decide comes to (`unreadable`): an entry refused, an exit let out unrecorded.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rules.admission import refused
 from rules.credential import Credential, CredentialKind
 from rules.decide import Decision, Presented
 from rules.messages import message
-from rules.model import Gate
+from rules.model import Direction, Gate
 from rules.reasons import Reason
 from rules.timeutil import iso_utc
 
@@ -38,6 +39,9 @@ class Tap:
     detail: Mapping[str, Any] = field(default_factory=dict)
     intent: int | None = None  # the grant's durable intent (sync/store/intents.py), once written
     intent_at: datetime | None = None
+    # an exit let out that nothing will record: the store could not be read to tell whose
+    # card it was (`unreadable`). No intent, no access event, nothing to charge: counted
+    unrecorded: bool = False
 
     @property
     def granted(self) -> bool:
@@ -83,9 +87,19 @@ class Tap:
 
 
 def unreadable(gate: Gate, credential: Credential, now: datetime) -> Tap:
-    """A tap the store could not be read to decide: a denial for storage_fault."""
+    """A tap the store could not be read to decide (a damaged page, a file gone).
+
+    At an entrance: denied `storage_fault` — nothing opens that cannot be recorded. At an
+    exit: let out all the same, nobody is locked in (at an exit the rules refuse only a
+    card nobody has; unread, this one may well be a member's), for a member nobody can
+    name. Such an exit is `unrecorded`: no intent and no access event for nobody, nothing
+    to charge; the shell counts it as an exit not recorded."""
+    presented = Presented(credential.kind)
+    if gate.direction is Direction.OUT:
+        let_out = Decision(True, Reason.EXIT, None)
+        return Tap(gate, credential, presented, let_out, message(Reason.EXIT), now, unrecorded=True)
     denied = Decision(False, Reason.STORAGE_FAULT, None)
-    return Tap(gate, credential, Presented(credential.kind), denied, message(Reason.STORAGE_FAULT), now)
+    return Tap(gate, credential, presented, denied, message(Reason.STORAGE_FAULT), now)
 
 
 __all__ = ["Tap", "unreadable"]

@@ -123,6 +123,7 @@ class SimTurnstile:
         self.unlocks = 0
         self.decisions: list[bool] = []  # per unlock: did the person decide to turn
         self._passage = False
+        self._passage_stuck = False  # the sensor reads active whatever the arm does
         self._rotor = asyncio.Lock()
         self.rotation_gap = 0.1  # seconds the passage input stays low between rotations
         self._door_by_person = 0  # people currently holding the door open
@@ -224,6 +225,12 @@ class SimTurnstile:
     def set_fire_alarm(self, active: bool) -> None:
         self._fire = active
 
+    def stick_passage(self, stuck: bool = True) -> None:
+        """The passage sensor reads active for good (a jammed sensor, a frozen I/O module):
+        people still go through, no pulse shows and the board counts none. False: it works
+        again."""
+        self._passage_stuck = stuck
+
     def force_door_open(self) -> None:
         """Someone opens the door without an unlock (kicked, pulled, held by a tailgater)."""
         self._door_forced = True
@@ -286,7 +293,8 @@ class SimTurnstile:
         async with self._rotor:
             self._door_by_person += 1
             self._passage = True
-            self.pulse_count = (self.pulse_count + 1) % 65536  # the board counts the rising edge
+            if not self._passage_stuck:  # a stuck input has no edge to count
+                self.pulse_count = (self.pulse_count + 1) % 65536  # the board counts the rising edge
             try:
                 await asyncio.sleep(self.passage_pulse)
                 self._passage = False
@@ -313,7 +321,7 @@ class SimTurnstile:
     def _input_bits(self) -> dict[int, bool]:
         bits: dict[int, bool] = {}
         if self.passage_input is not None:
-            bits[self.passage_input] = self._passage != self.passage_active_low
+            bits[self.passage_input] = (self._passage or self._passage_stuck) != self.passage_active_low
         if self.door_contact is not None:
             bits[self.door_contact] = self.door_open != self.door_contact_active_low
         if self.fire_alarm_input is not None:

@@ -89,9 +89,17 @@ class DeductionEvent(EventBase):
     balance: Amount | None = Field(None, description="The gate's balance of the pass after it.")
     refunds: ChargeRef | None = Field(
         None,
-        description="A refund: the walk-in charge it gives back, by the daemon that took it and that "
-        "event's seq (any daemon of the site): a charge is refunded once.",
+        description="A refund: the charge it gives back — a walk-in the desk refunds, or a no-show fee "
+        "once the booking turned out attended — by the daemon that took it and that event's seq (any daemon "
+        "of the site): a charge is refunded once.",
     )
+
+
+class GrantRef(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    gate: Id
+    granted_at: str = Field(description="When it was granted (UTC), as its `passage_unconfirmed` event says.")
 
 
 class AttendanceEvent(EventBase):
@@ -107,6 +115,13 @@ class AttendanceEvent(EventBase):
         None,
         description="A no-show settled without having heard these daemons of the site past the class's end "
         "(they were waited for `peer_wait_limit`): one of them may have let the member in.",
+    )
+    unconfirmed: list[GrantRef] | None = Field(
+        None,
+        description="A no-show the member may have come to: their entries that day into the class's zone (or on "
+        "this booking) whose passage nobody saw, each a `passage_unconfirmed` event of a daemon of the site (at "
+        "most 10). No no-show fee was taken for it; whoever settles those grants marks the booking attended if "
+        "the member went through.",
     )
     refund: bool | None = Field(
         None,
@@ -168,7 +183,7 @@ class AlarmEvent(EventBase):
         str,
         Field(
             description="relay_offline, relay_error, relay_online, door_held, door_forced, door_held_cleared, "
-            "door_forced_cleared, not_opened, reader_offline, reader_online, reader_error, fire_input_unreachable, "
+            "door_forced_cleared, not_opened, passage_input_stuck, passage_input_stuck_cleared, reader_offline, reader_online, reader_error, fire_input_unreachable, "
             "fire_input_online, passage_without_grant, passage_while_released, storage_fault, storage_recovered, "
             "exits_not_recorded, ack_beyond_last_seq, ledger_restored, snapshot_held, clock_untrusted, uplink_stalled, "
             "deltas_behind, peers_unheard, numbering_unsure, own_history_missing, "
@@ -228,8 +243,9 @@ class MemberPhotoEvent(EventBase):
 class PassageUnconfirmedEvent(EventBase):
     """A grant acted on whose passage nobody saw: at start-up, one whose commit a crash
     (kill -9, a power cut) cut off; at once, one whose relay board went silent after the
-    release, or whose wait a stop ended (`because`). The member may have gone through;
-    nothing was deducted (`not_deducted`): the central system and the desk settle it."""
+    release, whose passage input read stuck active, or whose wait a stop ended (`because`).
+    The member may have gone through; nothing was deducted (`not_deducted`): the central
+    system and the desk settle it."""
 
     type: Literal["passage_unconfirmed"]
     gate: Id
@@ -244,8 +260,14 @@ class PassageUnconfirmedEvent(EventBase):
     reader: Id | None = None
     operator: str | None = None
     desk_reason: str | None = None
-    because: Literal["relay_unreadable", "stopping"] | None = Field(
-        None, description="Reported at once, not at start-up: why the passage could not be seen."
+    # open within the major version (protocol 1.5): a cause added later is any other string
+    because: (
+        Literal["relay_unreadable", "passage_input_stuck", "stopping"]
+        | Annotated[str, Field(min_length=1, max_length=50, description="a cause added later")]
+        | None
+    ) = Field(
+        None, description="Reported at once, not at start-up: why the passage could not be seen "
+        "(passage_input_stuck: the gate's passage input read active for longer than any rotation).",
     )
 
 

@@ -24,11 +24,12 @@ from sync.topics import LEVEL, Topics, central_status_topic, valid_level
 
 MAJOR = 1
 # the minor version: what a gate of this major understands (docs/protocol.md "Versioning")
-MINOR = 4
+MINOR = 5
 PROTOCOL = f"{MAJOR}.{MINOR}"
 V = Literal[1]
 
 Level = Annotated[str, Field(pattern=LEVEL.pattern)]
+MAX_SITE_DAEMONS = 256  # a status's `heard` names at most this many of the site's daemons
 Seq = Annotated[int, Field(ge=0, le=MAX_INT)]
 SeqFrom1 = Annotated[int, Field(ge=1, le=MAX_INT)]
 RequestId = Annotated[str, Field(min_length=1, max_length=100)]
@@ -132,7 +133,10 @@ class Status(_Wire):
     `version`: the sender's software; `protocol`: the protocol version it speaks
     (`major.minor`). A gate republishes its status every few seconds as a heartbeat for
     the site's other daemons: `last_seq` was its last event at `as_of` (its clock) —
-    whoever has heard its events up to `last_seq` knows everything it did up to `as_of`."""
+    whoever has heard its events up to `last_seq` knows everything it did up to `as_of`;
+    `heard`: how far it has heard each other daemon of the site (a new box under one of
+    those ids numbers on after what the site heard of its old one, not only after what
+    the central system holds)."""
 
     v: V = 1
     daemon: Level
@@ -142,6 +146,7 @@ class Status(_Wire):
     protocol: str | None = None
     last_seq: Seq | None = None
     as_of: Annotated[str, Field(max_length=50)] | None = None
+    heard: Annotated[dict[Level, Seq], Field(max_length=MAX_SITE_DAEMONS)] | None = None
 
 
 class CatchUpRequest(_Wire):

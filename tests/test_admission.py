@@ -16,11 +16,12 @@ from rules.admission import (
     SiteSafety,
     StalePolicy,
     admit,
+    desk_release,
     fire_input_effect,
     plan_release,
 )
 from rules.decide import Decision
-from rules.model import PassKind
+from rules.model import Direction, Gate, PassKind
 from rules.reasons import Reason
 
 WALK_IN = Decision(True, Reason.WALK_IN, "m1", pass_id="p1", amount=Decimal(1), cause="walk_in")
@@ -132,6 +133,8 @@ def test_fire_input_effect(fire: FireInput, policy: FireInputPolicy, expect: tup
         (SiteSafety(lockdown=True), Release.ENTRY, False, ReleasePlan(Reason.LOCKDOWN, pulse=False)),
         (SiteSafety(lockdown=True), Release.DESK, False, ReleasePlan(Reason.LOCKDOWN, pulse=False)),
         (SiteSafety(lockdown=True), Release.EXIT, False, ReleasePlan()),  # nobody is kept in
+        (SiteSafety(lockdown=True), Release.DESK_EXIT, False, ReleasePlan()),  # the desk lets someone out
+        (SiteSafety(fire_alarm=True), Release.DESK_EXIT, True, ReleasePlan(pulse=False)),
         (SiteSafety(fire_alarm=True, lockdown=True), Release.ENTRY, True, ReleasePlan(Reason.FIRE_ALARM, pulse=False)),
         (SiteSafety(emergency_release=True), Release.ENTRY, True, ReleasePlan(Reason.EMERGENCY_RELEASE, pulse=False)),
         (SiteSafety(fire_alarm=True), Release.EXIT, True, ReleasePlan(pulse=False)),  # stands released
@@ -143,3 +146,8 @@ def test_fire_input_effect(fire: FireInput, policy: FireInputPolicy, expect: tup
 def test_what_a_gate_does_when_asked_to_release(safety: SiteSafety, purpose: Release, fail_safe: bool,
                                                 expected: ReleasePlan) -> None:
     assert plan_release(safety, purpose, fail_safe=fail_safe) == expected
+
+
+def test_the_desks_open_once_is_letting_someone_in_or_out_as_the_gate_goes() -> None:
+    assert desk_release(Gate(id="in-1", zone="main")) is Release.DESK
+    assert desk_release(Gate(id="out-1", zone="main", direction=Direction.OUT)) is Release.DESK_EXIT

@@ -75,3 +75,56 @@ def test_a_clock_not_behind_the_floor_is_trusted_at_start_and_the_floor_follows_
     assert s.trusted and s.floor == T0
     s = observe(s, T0 + 1, 11.0, None, P)
     assert s.trusted and s.floor == T0 + 1
+
+
+def test_a_boot_with_the_clock_hours_ahead_and_no_ntp_decides_taps_but_settles_nothing_until_confirmed() -> None:
+    """A hardware clock kept in local time (a dual-boot desk PC): Linux boots two hours on,
+    NTP not synchronised yet. Taps are decided at the wall clock (nothing to disagree with),
+    but no-shows and fees wait: classes that have not begun would be settled."""
+    floor = T0 - 600  # the last trusted instant: the box was off for ten minutes
+    s = start(T0 + 7200, 0.0, floor, P, synchronised=False)
+    assert s.trusted and not s.confirmed and not s.may_settle
+    assert s.acting_at(T0 + 7200, 0.0) == T0 + 7200
+    # NTP synchronises and steps it back: behind, then trusted and confirmed once steady
+    states = [s]
+    for wall_off, mono in [(7200 + 10.0, 10.0), (12.0, 12.0), (17.5, 17.5)]:
+        states.append(observe(states[-1], T0 + wall_off, mono, True, P))
+    assert [(x.trust, x.may_settle) for x in states[1:]] == [
+        (ClockTrust.TRUSTED, True), (ClockTrust.BEHIND, False), (ClockTrust.TRUSTED, True)]
+
+
+def test_an_unconfirmed_start_is_confirmed_by_ntp_or_by_time_without_a_jump() -> None:
+    s = start(T0 + DAY, 0.0, T0, P, synchronised=False)  # off for a day, no NTP yet
+    assert not s.may_settle
+    assert not observe(s, T0 + DAY + 299.0, 299.0, False, P).may_settle
+    assert observe(s, T0 + DAY + 300.0, 300.0, False, P).may_settle  # accept_ahead_after: nothing said otherwise
+    assert observe(s, T0 + DAY + 1.0, 1.0, True, P).may_settle  # the system says so
+
+
+@pytest.mark.parametrize("synchronised, wall_off, confirmed", [
+    (True, DAY, True),  # NTP has set it
+    (None, DAY, True),  # the system cannot say: as before, taken
+    (False, 60.0, True),  # a restart: within accept_ahead_after of the floor
+    (False, 301.0, False),
+])
+def test_which_starts_are_confirmed(synchronised: bool | None, wall_off: float, confirmed: bool) -> None:
+    assert start(T0 + wall_off, 0.0, T0, P, synchronised=synchronised).confirmed is confirmed
+
+
+def test_a_first_start_has_no_floor_to_hold_the_clock_against() -> None:
+    assert start(T0 + DAY, 0.0, T0, P, synchronised=False, floor_stored=False).may_settle
+
+
+def test_the_daemons_clock_settles_nothing_after_a_boot_hours_ahead_until_ntp_says_so() -> None:
+    """gated/clock.py as the daemon builds it, the kernel's word injected."""
+    from gated.clock import GuardedClock
+
+    wall, mono, synced = [T0 + 3 * 3600], [100.0], [False]
+    clock = GuardedClock(T0, P, wall=lambda: wall[0], monotonic=lambda: mono[0], synchronised=lambda: synced[0])
+    assert clock.trusted and not clock.may_settle
+    assert clock().timestamp() == T0 + 3 * 3600  # taps at the wall clock
+    assert clock.as_dict()["confirmed"] is False and "wait for NTP" in clock.as_dict()["detail"]
+    wall[0], mono[0] = T0 + 3 * 3600 + 1, 101.0
+    synced[0] = True
+    clock.tick()
+    assert clock.may_settle and clock.as_dict()["detail"] is None

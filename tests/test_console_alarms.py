@@ -122,6 +122,7 @@ def test_a_bad_alarm_comes_before_a_late_one_and_unacknowledged_before_acknowled
     ({"relay": "none", "direction": "out"}, False, True, "no relay"),
     ({"relay": "offline", "direction": "in", "state": {}}, False, True, "offline: cannot open"),
     ({"relay": "online", "direction": "in", "state": {}}, True, True, "locked down"),
+    ({"relay": "online", "direction": "out", "state": {}}, True, True, None),  # a lockdown keeps people out, not in
     ({"relay": "online", "direction": "in", "state": {}}, False, False, "cannot record an entry"),
     ({"relay": "online", "direction": "out", "state": {}}, False, False, None),  # exits work in a storage fault
     ({"relay": "online", "direction": "in", "state": {"held_by_hand": True, "released": True}}, False, True,

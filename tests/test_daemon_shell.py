@@ -161,6 +161,40 @@ async def test_lockdown_and_relay_fault(tmp_path: Path) -> None:
 
 
 
+async def test_in_a_lockdown_the_desk_lets_someone_out_but_nobody_in(tmp_path: Path) -> None:
+    """A lockdown stops people getting in, not out. A visitor whose card nobody has is
+    refused at the exit; the desk's "open once" at that exit lets them out (before: refused
+    `lockdown`, nobody could be let out by hand); at the entrance it stays refused."""
+    async with SimTurnstile(transport="tcp", host="127.0.0.1", port=0, person=Person(delay=0.05)) as sim, \
+            SimTurnstile(transport="tcp", host="127.0.0.1", port=0, person=Person(delay=0.05)) as sim_out:
+        def output(port: int) -> dict[str, Any]:
+            return {"transport": "tcp", "host": "127.0.0.1", "port": port, "coil": 0, "passage_input": 0,
+                    "pulse": 0.3, "passage_timeout": 3}
+
+        cfg = config(tmp_path, sim.port, gates=[
+            {"id": "in", "zone": "main", "output": output(sim.port)},
+            {"id": "out", "zone": "main", "direction": "out", "output": output(sim_out.port)},
+        ])
+        store = Store(cfg.store.path, cfg.site_domain())
+        store.apply_sync(batch_from(SEED, cfg), NOW)
+        store.close()
+        d = Daemon(cfg, clock=Clock(NOW))
+        await d.start()
+        try:
+            await d.operator.set_lockdown(True, "boss", "intruder")
+            assert (await tap(d, "ZZ99", "out"))["reason"] == "unknown_card"
+            opened = await d.operator.open_once("out", "desk", "visitor without a card")
+            assert opened["decision"] == "granted" and opened["passed"] is True, opened
+            assert sim_out.unlocks == 1
+            refused = await d.operator.open_once("in", "desk", "let me in")
+            assert refused["error"] == "lockdown" and sim.unlocks == 0, refused
+            assert d.store is not None
+            overrides = d.store.recent_events(10, types=["override"])
+            assert [(e["gate"], e["operator"]) for e in overrides] == [("out", "desk")], overrides
+        finally:
+            await d.stop()
+
+
 async def test_the_ledger_retention_sweeps_what_the_central_system_has(tmp_path: Path) -> None:
     """`store.retention` (90 days by default): the daemon's sweep deletes a walk-in's
     passage and deduction of 100 days ago once the central system has applied it, keeps

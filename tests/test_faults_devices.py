@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from gated.config import Config
+from gated.console.alarms import conditions
 from gated.control import request
 from gated.daemon import Daemon
 from gated.seed import batch_from
+from gated.status import status_line
 from rules.credential import Credential
 from simulator.serial_reader import VirtualSerialReader
 from simulator.turnstile import Fault, Person, SimTurnstile
@@ -283,6 +285,37 @@ async def test_board_silent_after_the_release_is_passage_unconfirmed(tmp_path: P
         assert not site.store.open_intents()
         sim.inject("none")
         await wait_for(lambda: site.relay(gate) == "online", 15, "the relay to come back")
+
+
+async def test_a_stuck_passage_input_is_named_and_its_grants_end_unconfirmed(tmp_path: Path) -> None:
+    """The turnstile's passage sensor reads active for good (a jammed sensor, a frozen I/O
+    module): members go through and no rotation shows. Before, nothing named it, and every
+    grant ended "did not pass" (`passed: false`, a `not_opened` alarm; a booking then went
+    unattended). Now: a `passage_input_stuck` alarm, in `gated status`, the console's
+    alarms and the status line; each grant a `passage_unconfirmed` (`because:
+    passage_input_stuck`), nothing deducted, no `not_opened`; `passage_input_stuck_cleared`
+    once it reads inactive, and the next member is charged as usual."""
+    async with running_site(tmp_path, one_gate, person=Person(delay=0.1)) as site:
+        sim, gate = site.sims["in"], "turnstile-1"
+        (first, m1), (second, m2) = list(CARDS.items())[:2]
+        sim.stick_passage(True)
+        await wait_for(lambda: site.alarms("passage_input_stuck"), 10, "the stuck input named")
+        health = site.daemon.health()
+        assert health["gates"][gate]["state"]["passage_input_stuck"] is True
+        assert ("passage_input_stuck", gate) in [(c.kind, c.gate) for c in conditions(health)]
+        assert f"PASSAGE INPUT STUCK ({gate})" in status_line(site.daemon)
+        result = await asyncio.wait_for(site.tap(gate, first), 15)
+        assert result["decision"] == "granted" and result["passed"] is False, result
+        await wait_for(lambda: len(sim.passages) == 1, 10, "the member through")  # unseen
+        unconfirmed = site.events("passage_unconfirmed")
+        assert [(e["member"], e["because"]) for e in unconfirmed] == [(m1, "passage_input_stuck")], unconfirmed
+        assert not site.alarms("not_opened") and not site.events("deduction") and site.balance(m1) == BALANCE
+        assert not site.store.open_intents()
+        sim.stick_passage(False)
+        await wait_for(lambda: site.alarms("passage_input_stuck_cleared"), 10, "the input inactive again")
+        assert site.daemon.health()["gates"][gate]["state"]["passage_input_stuck"] is False
+        again = await asyncio.wait_for(site.tap(gate, second), 15)
+        assert again["passed"] is True and site.balance(m2) == BALANCE - 1, again
 
 
 async def test_release_whose_answer_is_lost_is_passage_unconfirmed(tmp_path: Path) -> None:

@@ -418,3 +418,64 @@ def test_the_work_moved_away_and_back_begins_afresh(tmp_path: Path) -> None:
         assert [(e["type"], e.get("booking")) for e in due.events] == [("deduction", "b-back"), ("attendance", "b-back")]
     finally:
         store.close()
+
+
+def _fee_site(store: Store) -> None:
+    """m1 with a credits pass charged at the gate, and Spin (08:00-09:00) booked on it."""
+    store.apply_sync(SyncBatch([MemberIn(id="m1", name="m1", cards=["C1"])], [
+        PassIn.model_validate({"id": "p1", "member": "m1", "name": "p1", "kind": "credits", "balance": 5,
+                               "walk_in_cost": 1, "deduct_on": "access"})]), START)
+
+
+def _spin(status: str = "booked") -> dict[str, object]:
+    return {"id": "b9", "member": "m1", "pass": "p1", "class": "Spin", "zone": "main", "status": status,
+            "starts_at": (START + timedelta(hours=1)).isoformat(), "ends_at": (START + timedelta(hours=2)).isoformat()}
+
+
+def test_a_booking_cancelled_and_booked_again_is_not_settled_twice(tmp_path: Path) -> None:
+    """Settled as a no-show with its fee at 09:20; the central system cancels it, then books
+    it again (a cancellation undone). It is still the no-show it was: not walked, settled and
+    fined a second time (its outcome was deleted with the cancellation, so the booking came
+    back behind the cursor with none: a second no-show, a second fee)."""
+    from rules.model import Policy
+
+    policy = Policy(no_show_fee=Decimal(1))
+    store = Store(tmp_path / "gate.db", SITE, durable=False)
+    try:
+        _fee_site(store)
+        store.apply_sync(SyncBatch(bookings=[BookingIn.model_validate(_spin())]), START)
+        assert store.run_due(policy, START).events == []  # the gate's time-driven work begins
+        first = store.run_due(policy, START + timedelta(hours=2, minutes=20)).events
+        assert [(e["type"], e.get("cause") or e.get("status")) for e in first] == [
+            ("deduction", "no_show_fee"), ("attendance", "no_show")]
+        store.apply_sync(SyncBatch(bookings=[BookingIn.model_validate(_spin("cancelled"))]), START + timedelta(hours=3))
+        assert store.booking_status("b9") is not None and store.booking_status("b9").value == "cancelled"  # type: ignore[union-attr]
+        store.apply_sync(SyncBatch(bookings=[BookingIn.model_validate(_spin())]), START + timedelta(hours=3, minutes=5))
+        assert store.run_due(policy, START + timedelta(hours=3, minutes=10)).events == []
+        assert store.booking_status("b9") is not None and store.booking_status("b9").value == "no_show"  # type: ignore[union-attr]
+        assert store.balance("p1") == Decimal(4)
+        # the same through whole snapshots (the worker's switch lists): cancelled in one,
+        # booked in the next
+        for n, status in enumerate(("cancelled", "booked")):
+            chunk = SnapshotChunk.model_validate({
+                "v": 1, "snapshot_id": f"s{n}", "chunk": 0, "chunks": 1, "delta_seq": n + 1,
+                "members": [{"id": "m1", "name": "m1", "cards": ["C1"]}],
+                "passes": [{"id": "p1", "member": "m1", "name": "p1", "kind": "credits", "balance": 5,
+                            "walk_in_cost": 1, "deduct_on": "access", "applied": {"gate": 0}}],
+                "bookings": [_spin(status)],
+            })
+
+            async def run(chunk: SnapshotChunk = chunk) -> None:
+                imp = SnapshotImporter(store, "gate")
+                await imp.begin(SnapshotHeader.of(chunk), START + timedelta(hours=4))
+                assert await imp.add(SnapshotHeader.of(chunk), payload_of(chunk))
+                await imp.finish()
+
+            asyncio.run(run())
+        assert store.run_due(policy, START + timedelta(hours=4, minutes=10)).events == []
+        assert store.balance("p1") == Decimal(4)
+        # a booking the replica no longer holds at all takes its outcome with it
+        store.apply_sync(SyncBatch(remove_bookings=["b9"]), START + timedelta(hours=5))
+        assert store.conn.execute("SELECT COUNT(*) FROM main.booking_outcomes").fetchone()[0] == 0
+    finally:
+        store.close()

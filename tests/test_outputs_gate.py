@@ -198,8 +198,9 @@ async def test_lockdown_refuses_grants_without_pulsing(sim_tcp: SimTurnstile, ma
     with pytest.raises(GrantRefused) as refused:
         await gate.open_once()
     assert refused.value.reason == "lockdown" and len(sim_tcp.coil_history) == writes_before
-    # ... while nobody is kept in: an exit opens
+    # ... while nobody is kept in: an exit opens, and the desk's "open once" at an exit
     assert await gate.open_passage() is Passage.PASSED
+    assert await gate.open_once(at_exit=True) is True
     await gate.set_lockdown(False)
     assert await gate.grant() is True
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.outputs.grant import GrantTracker, Passage, Unclaimed, describe
+from drivers.outputs.grant import GrantTracker, Passage, Unclaimed, Unseen, describe
 
 T = 3.0  # passage_timeout
 STALL = 10.0
@@ -62,6 +62,39 @@ def test_one_grant_one_outcome(name: str, steps: list[tuple[str, float, int, boo
 def test_a_pulse_counter_covers_a_silence() -> None:
     steps = [("release", 0.0, 5, True, 0), ("read", 0.5, 6, False, 0), ("read", 2.0, 7, True, 0), ("tick", 5.1, 0, True, 0)]
     assert play(steps, counts_unseen=True) == [None, None, Passage.NOT_PASSED]
+
+
+@pytest.mark.parametrize("counts_unseen", [False, True])
+def test_a_grant_while_the_passage_input_reads_stuck_is_unknown_never_not_passed(counts_unseen: bool) -> None:
+    """A passage input stuck active shows nobody going through (no edge, and a pulse
+    counter counts none): a grant that sees no passage cannot say "did not pass"."""
+    def lapse(stuck_at_release: bool, stuck_from: float | None) -> GrantTracker:
+        t = GrantTracker(T, STALL, counts_unseen=counts_unseen)
+        t.release(0.0, 5, stuck=stuck_at_release)
+        for _, at, n, ok, people in ANSWERING:
+            stuck = stuck_from is not None and at >= stuck_from
+            assert t.reading(at, n, ok, people, stuck=stuck) is None
+        t.tick(3.0)
+        return t
+
+    for stuck_at_release, stuck_from in ((True, 0.0), (False, 1.0)):  # from the start, or named mid-grant
+        t = lapse(stuck_at_release, stuck_from)
+        assert (t.outcome, t.because) == (Passage.UNKNOWN, Unseen.PASSAGE_INPUT_STUCK)
+    watched = lapse(False, None)
+    assert (watched.outcome, watched.because) == (Passage.NOT_PASSED, None)
+    # an edge still wins: the input worked again for this person
+    t = GrantTracker(T, STALL, counts_unseen=counts_unseen)
+    t.release(0.0, 5, stuck=True)
+    assert t.reading(0.5, 6, True, 1) is Passage.PASSED and t.because is None
+
+
+def test_why_a_passage_could_not_be_seen() -> None:
+    silent = GrantTracker(T, STALL)
+    silent.release(0.0, 5, board_ok=False)
+    assert silent.tick(STALL) is Passage.UNKNOWN and silent.because is Unseen.RELAY_UNREADABLE
+    stopping = GrantTracker(T, STALL)
+    stopping.release(0.0, 5)
+    assert stopping.abandon(1.0) is Passage.UNKNOWN and stopping.because is Unseen.STOPPING
 
 
 def test_rotations_no_grant_claims_are_kept_with_the_last_grant() -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.outputs.bus import LineTiming, LoadMeter, ModbusLine, Priority, RequestQueue
-from drivers.outputs.plan import PassageCounter, PassageDetector, RelayPlan, ReleaseTail
+from drivers.outputs.plan import PassageCounter, PassageDetector, RelayPlan, ReleaseTail, StuckInput
 
 # -- RelayPlan --------------------------------------------------------------------------
 
@@ -81,6 +81,25 @@ def test_passage_detector(readings: list[bool | None], edges: list[int]) -> None
         detector.observe(level)
         seen.append(detector.edges)
     assert seen == edges
+
+
+STUCK = [
+    # (now, level) readings of a passage input, limit 2 s; what each reading says
+    ([(0, True), (0.5, False), (1, True), (2, True)], [None] * 4),  # rotations: never 2 s long
+    ([(0, True), (1, True), (2.1, True), (5, True), (6, False), (7, True)], [None, None, True, None, False, None]),
+    ([(0, True), (1.5, None), (3, True), (4, True), (5.1, True)], [None, None, None, None, True]),  # a silence: since then
+    ([(0, True), (3, True), (4, None), (5, True), (6, False)], [None, True, None, None, False]),  # stuck across a silence
+]
+
+
+@pytest.mark.parametrize("readings,said", STUCK)
+def test_a_passage_input_active_longer_than_any_rotation_is_stuck(
+    readings: list[tuple[float, bool | None]], said: list[bool | None]
+) -> None:
+    """Named once when it has read active past the limit, once when it reads inactive
+    again; an unknown level (the board silent) neither raises nor clears it."""
+    stuck = StuckInput(2.0)
+    assert [stuck.observe(level, now) for now, level in readings] == said
 
 
 COUNTER = [

@@ -268,6 +268,29 @@ def test_an_old_refund_marks_the_old_charge(tmp_path: Path) -> None:
     store.close()
 
 
+def test_an_old_refund_request_does_not_take_a_walk_in_from_the_new_box_desk(tmp_path: Path) -> None:
+    """The old box's desk asked for b1's refund at 10:04 and gave walk-in 2 back. On the
+    new box, the desk asks for the refund of Ana's afternoon class: the old request, back
+    from the central system, was settled — it does not stand ahead and take walk-in 5."""
+    store = settled_new_box(tmp_path / "g.db", central_seq=7)
+    later = BookingIn.model_validate({
+        "id": "b2", "member": "m1", "pass": "p1", "class": "Spin", "zone": "main",
+        "starts_at": at(13).isoformat(), "ends_at": at(13, 45).isoformat(), "deducted": True,
+    })
+    store.apply_sync(SyncBatch(bookings=[later]), at(11))
+    w = store.own_history_wanted()
+    assert w is not None
+    asked = {"id": "e6", "seq": 6, "type": "attendance", "at": z(at(10, 4)), "gate": None, "member": "m1",
+             "booking": "b1", "status": "attended", "by": "desk", "refund": True}
+    refund = {"id": "e7", "seq": 7, "type": "deduction", "at": z(at(10, 4)), "gate": None, "member": "m1",
+              "pass": "p1", "amount": -1, "booking": "b1", "cause": "refund", "refunds": {"daemon": DAEMON, "seq": 2}}
+    store.record_own_history(w, [*old_box_events(), asked, refund], ZONES, True)
+    committed = store.mark_attended("b2", "desk", refund=True, now=at(13, 5))
+    [refund2] = [e for e in committed.events if e["type"] == "deduction"]
+    assert refund2["refunds"] == {"daemon": DAEMON, "seq": 5}
+    store.close()
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats(allow_nan=True) | st.text(max_size=30),
     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),

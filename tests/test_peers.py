@@ -21,6 +21,7 @@ from rules.credential import CredentialKind
 from rules.decide import Presented, decide
 from rules.model import AntiPassback, Gate, Policy, Site
 from rules.reasons import Reason
+from rules.schedule import NoShowHorizon
 from simulator.central import Central, CentralSettings
 from sync.protocol import EventBatch
 from sync.records import BookingIn, MemberIn, PassIn, SitePassIn
@@ -308,6 +309,110 @@ def test_a_peer_no_show_does_not_undo_an_attendance(tmp_path: Path) -> None:
     share(a, b, committed.events, {"in-1": "main"})
     assert share(a, b, [late_no_show], {}) == {}  # attended stays attended
     assert b.booking_status("b1") is not None and b.booking_status("b1").value == "attended"  # type: ignore[union-attr]
+
+
+def test_a_no_show_fee_taken_without_hearing_a_turnstile_is_given_back_when_its_attendance_arrives(
+    tmp_path: Path,
+) -> None:
+    """in-2 lets m1 in on b1 at 09:50 and then goes unheard; the clerk (in-1), having
+    waited `peer_wait_limit`, settles b1 as a no-show and takes its fee. in-2 comes back:
+    its attendance wins over the no-show — and the clerk, who took the fee, gives it back
+    (a refund naming it), once, however often the attendance is sent; in-2, which hears
+    the fee and its refund, gives nothing back."""
+    in2, clerk = site_store(tmp_path, "s1-in-2"), site_store(tmp_path, "s1-in-1")
+    d, came = tap(in2, IN2, at(9, 50))
+    assert d.booking == "b1"
+    due = clerk.run_due(POLICY, at(12, 30), NoShowHorizon(at(11), forced=True), lambda _: ["s1-in-2"]).events
+    [fee] = [e for e in due if e["type"] == "deduction"]
+    assert (fee["booking"], fee["cause"], fee["amount"]) == ("b1", "no_show_fee", 1)
+    assert clerk.balance("p1") == Decimal(9)
+    last = clerk.last_seq
+    share(in2, clerk, came.events, {"in-2": "main"})
+    assert clerk.booking_status("b1") is not None and clerk.booking_status("b1").value == "attended"  # type: ignore[union-attr]
+    [refund] = clerk.events_after(last)
+    assert (refund["type"], refund["cause"], refund["amount"], refund["booking"], refund["refunds"]) == (
+        "deduction", "refund", -1, "b1", {"daemon": "s1-in-1", "seq": fee["seq"]})
+    # central 10, in-2's booking charge (1), the fee (1) and its refund (-1)
+    assert clerk.balance("p1") == Decimal(9)
+    share(in2, clerk, came.events, {"in-2": "main"})  # a resend, a catch-up
+    assert clerk.events_after(last) == [refund]
+    assert clerk.mark_attended("b1", "desk", refund=False, now=at(12, 40)).events[-1]["type"] == "attendance"
+    assert [e["type"] for e in clerk.events_after(refund["seq"])] == ["attendance"]  # given back once
+    before = in2.last_seq
+    share(clerk, in2, due + [refund], {})
+    assert in2.last_seq == before and in2.balance("p1") == Decimal(9)
+
+
+def test_staff_marking_a_fined_no_show_attended_give_the_fee_back(tmp_path: Path) -> None:
+    """Nobody came to b2 (12:00) as far as the gates saw: a no-show and its fee. The member
+    was there (let in by a colleague's card, say): the desk marks it attended, and the fee
+    goes back with it."""
+    store = site_store(tmp_path, "s1-in-1")
+    due = store.run_due(POLICY, at(13, 5)).events
+    fees = {e["booking"]: e for e in due if e["type"] == "deduction"}
+    assert sorted(fees) == ["b1", "b2"] and store.balance("p1") == Decimal(8)
+    marked = store.mark_attended("b2", "desk", refund=False, now=at(13, 30)).events
+    assert [(e["type"], e.get("cause"), e.get("refunds")) for e in marked] == [
+        ("attendance", None, None), ("deduction", "refund", {"daemon": "s1-in-1", "seq": fees["b2"]["seq"]})]
+    assert store.balance("p1") == Decimal(9)
+    again = store.mark_attended("b2", "desk", refund=False, now=at(13, 31)).events
+    assert [e["type"] for e in again] == ["attendance"]
+    # the desk is told which refund it was: the fee, not a walk-in (gated/console/api.py)
+    assert store.fee_refunds([marked[1]["seq"], fees["b2"]["seq"]]) == {marked[1]["seq"]}
+    assert store.refund_given("b2") is None
+    # with a walk-in that day too: both go back, and each is told for what it was
+    _, walk_in = tap(store, IN1, at(13, 40))
+    with_refund = store.mark_attended("b1", "desk", refund=True, now=at(13, 50)).events
+    back = [e for e in with_refund if e["type"] == "deduction"]
+    assert [e["refunds"]["seq"] for e in back] == [fees["b1"]["seq"], walk_in.events[1]["seq"]]
+    assert store.fee_refunds([e["seq"] for e in back]) == {back[0]["seq"]}
+    assert store.refund_given("b1") == {"pass": "p1", "amount": 1, "balance": 10}
+
+
+def test_a_no_show_whose_entry_nobody_saw_is_not_fined_here_nor_at_the_other_daemons(tmp_path: Path) -> None:
+    """At in-2 m1 is granted on b1 (Yoga 10:00) at 09:50, the turnstile released — and the
+    relay board goes silent: nobody knows whether she went through (`passage_unconfirmed`).
+    She may have been in Yoga, and on site for Spinning (12:00) too: neither no-show is
+    fined, at in-2 or at the clerk who hears in-2 (once, however often it is sent), and
+    each no-show names the grant for the person who settles it. A daemon that never heard
+    of the grant fines both, as ever."""
+    in2, clerk, unaware = (site_store(tmp_path, d) for d in ("s1-in-2", "s1-in-1", "s1-out-1"))
+    d = decide(in2.view("m1", IN2, at(9, 50)), Presented(CredentialKind.CARD), IN2, SITE, POLICY, at(9, 50))
+    assert d.granted and d.booking == "b1"
+    opened = in2.open_intent(tap_of(IN2, d, at(9, 50)), at(9, 50))
+    unseen = in2.commit_tap(opened, passed=False, now=at(9, 51), unconfirmed="relay_unreadable").events
+    assert [e["type"] for e in unseen] == ["access", "passage_unconfirmed"]
+    grant = {"gate": "in-2", "granted_at": "2026-11-18T08:50:00Z"}
+
+    def settled(store: Store) -> list[tuple[str, str, Any]]:
+        due = store.run_due(POLICY, at(13, 5)).events
+        return [(e["type"], e["booking"], e.get("unconfirmed") or e.get("cause")) for e in due]
+
+    no_fees = [("attendance", "b1", [grant]), ("attendance", "b2", [grant])]
+    assert settled(in2) == no_fees and in2.balance("p1") == Decimal(10)
+    assert share(in2, clerk, unseen, {"in-2": "main"}) == {"remote_unconfirmed": 1}
+    assert share(in2, clerk, unseen, {"in-2": "main"}) == {}  # a resend, a catch-up
+    assert settled(clerk) == no_fees and clerk.balance("p1") == Decimal(10)
+    assert settled(unaware) == [("deduction", "b1", "no_show_fee"), ("attendance", "b1", None),
+                                ("deduction", "b2", "no_show_fee"), ("attendance", "b2", None)]
+
+
+def test_a_grant_a_crash_cut_off_is_not_fined_as_a_no_show(tmp_path: Path) -> None:
+    """The daemon dies between releasing the turnstile for m1's Yoga booking and the commit
+    (a power cut): the next start reports the grant (`passage_unconfirmed`). The member may
+    have gone through: Yoga's no-show is not fined."""
+    store = site_store(tmp_path, "s1-in-1")
+    d = decide(store.view("m1", IN1, at(9, 50)), Presented(CredentialKind.CARD), IN1, SITE, POLICY, at(9, 50))
+    assert d.booking == "b1"
+    store.open_intent(tap_of(IN1, d, at(9, 50)), at(9, 50))
+    store.close()
+    store = Store(tmp_path / "s1-in-1.db", SITE, daemon_id="s1-in-1", durable=False)
+    [reported] = store.report_unconfirmed(at(9, 58)).events
+    assert reported["type"] == "passage_unconfirmed" and "zone" not in reported
+    due = store.run_due(POLICY, at(11, 5)).events
+    assert [(e["type"], e["booking"], e.get("unconfirmed")) for e in due] == [
+        ("attendance", "b1", [{"gate": "in-1", "granted_at": "2026-11-18T08:50:00Z"}])]
+    assert store.balance("p1") == Decimal(10)
 
 
 def test_peer_events_with_garbage_are_counted_not_recorded(tmp_path: Path) -> None:
@@ -610,3 +715,59 @@ def test_a_refund_waiting_for_lost_events_that_never_come_back_is_an_alarm(tmp_p
     assert "never came back" in alarm["detail"] and "b1" in alarm["detail"]
     assert new.conn.execute("SELECT action FROM audit WHERE action LIKE 'refund%'").fetchall() == [("refund_unsettled",)]
     assert new.settle_refunds(at(10, 10) + timedelta(hours=23, minutes=1), lambda _: []).events == []
+
+
+def test_an_attendance_heard_before_its_booking_arrives_counts_when_it_does(tmp_path: Path) -> None:
+    """in-2 matched b1 (and charged it); the desk's daemon heard that before its own copy
+    of b1 came (a delta on its way, a catch-up after a restart heard before the deltas):
+    when b1 arrives it is attended there, and the member stepping out and back in at in-1
+    is a re-entry, not b1 matched and charged a second time."""
+    grace = timedelta(minutes=30)
+    in1, in2 = Gate("in-1", "main", reentry_grace=grace), Gate("in-2", "main", reentry_grace=grace)
+    a, b = site_store(tmp_path, "s1-in-2"), site_store(tmp_path, "s1-in-1")
+    b1 = b.get_booking("b1")
+    assert b1 is not None
+    b.apply_sync(SyncBatch(remove_bookings=["b1"]), at(6))  # b's copy of the booking not in yet
+    d, committed = tap(a, in2, at(9, 50))
+    assert d.reason == Reason.BOOKING and d.amount == 1
+    assert share(a, b, committed.events, {"in-2": "main"})["remote_attended"] == 1
+    b.apply_sync(SyncBatch(bookings=[BookingIn.model_validate({
+        "id": "b1", "member": "m1", "pass": "p1", "class": "Yoga", "zone": "main",
+        "starts_at": at(10).isoformat(), "ends_at": at(10, 45).isoformat(), "loyalty_points": 10,
+    })]), at(9, 51))
+    again, charged = tap(b, in1, at(9, 55))
+    assert (again.reason, again.amount) == (Reason.REENTRY, 0), again
+    assert not [e for e in charged.events if e["type"] == "deduction"]
+    # and a peer's outcome does not undo a cancellation this daemon holds
+    b.apply_sync(SyncBatch(bookings=[BookingIn.model_validate({
+        "id": "b2", "member": "m1", "pass": "p1", "class": "Spinning", "zone": "main", "status": "cancelled",
+        "starts_at": at(12).isoformat(), "ends_at": at(12, 45).isoformat(),
+    })]), at(11))
+    late = {**committed.events[-1], "booking": "b2", "seq": 99, "id": "late-b2"}
+    assert late["type"] == "attendance"
+    assert share(a, b, [late], {"in-2": "main"}).get("remote_attended", 0) == 0
+
+
+def test_a_new_box_numbers_on_after_what_the_site_heard_of_the_old_one(tmp_path: Path) -> None:
+    """The old box of in-2 charged a walk-in; in-1 heard it, the central system (its uplink
+    cut) did not. The box is replaced; the central system says it applied nothing, in-1's
+    heartbeat says it heard in-2 up to that charge: the new box's events number on after
+    it, so in-1 counts the new box's charge instead of dropping it as a repeat."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old, peer = site_store(tmp_path / "old", "s1-in-2"), site_store(tmp_path, "s1-in-1")
+    _, c1 = tap(old, IN2, at(9))
+    share(old, peer, c1.events, {"in-2": "main"})
+    assert peer.balance("p1") == Decimal(9)
+    new = site_store(tmp_path / "new", "s1-in-2")
+    new.hold_unsure()
+    _, c2 = tap(new, IN2, at(9, 20))  # held: its number is in doubt
+    assert [e["seq"] for e in c2.events] == [1, 2]
+    new.settle_numbering(0, at(9, 21), site_seq=c1.events[-1]["seq"])
+    moved = [e for e in new.events_after(0) if e["type"] == "deduction"]
+    assert [e["seq"] for e in moved] == [4]  # after the old box's 1 and 2 (void here), and its own access
+    share(new, peer, new.events_after(0), {"in-2": "main"})
+    assert peer.balance("p1") == Decimal(8)  # both charges: the old box's and the new one's
+    [alarm] = [e for e in new.events_after(0) if e["type"] == "alarm"]
+    assert "only the site's other daemons heard" in alarm["detail"]
+    assert new.own_history_wanted() is None  # the central system has none of them to send back

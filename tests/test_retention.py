@@ -91,6 +91,9 @@ def test_what_goes_and_what_stays(tmp_path: Path) -> None:
     # another daemon's desk's refund requests, old and recent (the order of a day's refunds)
     own.conn.executemany("INSERT INTO site_refund_asks(daemon, booking_id, member_id, at) VALUES (?,?,?,?)",
                          [("s1-in-2", "b-old", "m1", OLD.timestamp()), ("s1-in-2", "b-new", "m1", RECENT.timestamp())])
+    # grants whose passage nobody saw, old and recent
+    own.conn.executemany("INSERT INTO unconfirmed_grants(member_id, at, gate, daemon) VALUES (?,?,?,?)",
+                         [("m1", OLD.timestamp(), "in-2", "s1-in-2"), ("m1", RECENT.timestamp(), "in-1", "s1-in-1")])
     own.audit(NOW - timedelta(days=500), "desk", "open_gate", {"gate": "in-1"})
     own.audit(OLD, "desk", "open_gate", {"gate": "in-1"})
     own.adjust_points("m1", 5, "desk", "goodwill", OLD)  # points are a sum: carried forward
@@ -104,8 +107,10 @@ def test_what_goes_and_what_stays(tmp_path: Path) -> None:
     cut = own.retention_cutoffs(NOW, KEEP, KEEP_AUDIT)
     pruned = sweep_all(own, cut)
 
-    assert pruned == {"passages": 3, "deductions": 1, "site_charges": 1, "site_refund_asks": 1, "loyalty": 1, "audit": 1}
+    assert pruned == {"passages": 3, "deductions": 1, "site_charges": 1, "unconfirmed_grants": 1,
+                      "site_refund_asks": 1, "loyalty": 1, "audit": 1}
     assert rows(own, "SELECT booking_id FROM site_refund_asks") == {"b-new"}
+    assert rows(own, "SELECT gate FROM unconfirmed_grants") == {"in-1"}
     assert rows(own, "SELECT seq FROM deductions") == {d_unapplied, d_recent}  # p2's: not applied yet
     assert rows(own, "SELECT seq FROM site_charges") == {deduction_seq(peer_recent)}
     assert rows(own, "SELECT id FROM passages") == passages_before  # the old ones, ours and the peer's, gone
@@ -117,7 +122,8 @@ def test_what_goes_and_what_stays(tmp_path: Path) -> None:
     assert own.points("m1") == 7
     history = [(e.points, e.reason, e.at) for e in read_models.loyalty_history(own.conn, "m1")]
     assert history == [(2, "birthday", RECENT), (5, "carried forward", OLD)]
-    assert sweep_all(own, cut) == dict.fromkeys(("passages", "deductions", "site_charges", "site_refund_asks", "loyalty", "audit"), 0)
+    assert sweep_all(own, cut) == dict.fromkeys(
+        ("passages", "deductions", "site_charges", "unconfirmed_grants", "site_refund_asks", "loyalty", "audit"), 0)
     own.close()
     peer.close()
 

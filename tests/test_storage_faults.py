@@ -233,6 +233,12 @@ async def test_overwritten_pages_deny_with_storage_fault(tmp_path: Path) -> None
         assert (t["decision"], t["reason"]) == ("denied", "storage_fault"), t
         assert gate.turnstile.unlocks == 0
         assert await storage_problem(gate) == "corrupt"
+        # nobody is locked in: the exit opens though nobody can say whose card it was, and
+        # is counted as an exit not recorded (before: denied storage_fault, 0 pulses)
+        t = await gate.tap(OUT_CARD, exit_gate=True)
+        assert (t["decision"], t["reason"], t["passed"]) == ("granted", "exit", True), t
+        assert gate.exit_turnstile.unlocks == 1
+        assert (await gate.status())["storage"]["exits_not_recorded"] == {"out-1": 1}
         assert gate.alive()
     out = subprocess.run([*GATED, "store", "check", "-c", str(gate.config)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "damaged" in out.stdout, out.stdout + out.stderr
@@ -534,6 +540,7 @@ async def test_exits_held_during_a_long_fault_are_bounded_and_entries_never_drop
     assert len(reports) == 1, reports
     report = reports[0]
     assert (report["count"], report["gates"], report["gate"]) == (2, {"out-1": 2}, None), report
+    assert report["detail"].endswith("not recorded: more than 3 were waiting to be written"), report
     from sync.events import BY_TYPE  # documented: the `event` schema names every field it has
 
     model = BY_TYPE["alarm"]

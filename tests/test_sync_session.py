@@ -93,7 +93,7 @@ def test_connect_subscribes_announces_and_waits_for_the_central_status() -> None
     status = [a for a in out if isinstance(a, Publish) and a.topic == f"{P}/gate-a/status"]
     assert len(status) == 1 and status[0].retain and status[0].qos == 1
     body = json.loads(status[0].payload)
-    assert body["state"] == "online" and body["protocol"] == "1.4"
+    assert body["state"] == "online" and body["protocol"] == "1.5"
     assert resyncs(out) == []  # not yet: is the central system there to hear it?
 
 
@@ -483,6 +483,25 @@ def test_the_heartbeat_says_our_last_seq_every_mark_interval() -> None:
     [beat] = publishes(s.tick(105.0, "2026-11-18T09:00:05Z"), f"{P}/gate-a/status")
     # the connection's instant stays (a repeat is not a reconnection); the claim moves
     assert (beat["at"], beat["last_seq"], beat["as_of"]) == ("2026-11-18T09:00:00Z", 9, "2026-11-18T09:00:05Z")
+
+
+def test_the_heartbeat_says_how_far_each_peer_is_heard_and_hears_how_far_we_are() -> None:
+    """Status.heard: a new box under our id numbers on after what the site heard of the
+    old one (sync/store/numbering.py), not only after what the central system holds."""
+    s = connected(session(mark_interval=5.0, state=StoreState(
+        has_snapshot=True, delta_seq=5, last_seq=7, peer_marks={"gate-b": (5, 1000.0), "gate-c": (None, None)})), 100.0)
+    [beat] = publishes(s.tick(105.0, "2026-11-18T09:00:05Z"), f"{P}/gate-a/status")
+    assert beat["heard"] == {"gate-b": 5}  # gate-c: known, nothing of it heard
+    assert s.site_heard_of_us is None
+    for peer, ours in (("gate-b", 40), ("gate-c", 42), ("gate-d", None)):
+        body = json.loads(peer_status(3, "2026-11-18T09:00:00Z", daemon=peer))
+        if ours is not None:
+            body["heard"] = {"gate-a": ours, "gate-b": 3}
+        s.receive(f"{P}/{peer}/status", js(body), 106.0, retained=True)
+    assert s.site_heard_of_us == 42
+    too_many = json.loads(peer_status(3, "2026-11-18T09:00:00Z"))
+    too_many["heard"] = {f"g{i}": 1 for i in range(300)} | {"gate-a": 10**6}
+    assert s.receive(f"{P}/gate-b/status", js(too_many), 107.0) == [] and s.site_heard_of_us == 42
 
 
 def test_a_peer_heard_of_for_the_first_time_is_asked_for_its_day() -> None:

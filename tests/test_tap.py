@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 from rules.credential import Credential, CredentialKind
 from rules.decide import Decision, Presented
-from rules.model import Gate
+from rules.model import Direction, Gate
 from rules.reasons import Reason
-from rules.tap import Tap
+from rules.tap import Tap, unreadable
 
 NOW = datetime(2026, 11, 18, 10, 0, tzinfo=UTC)
 GATE = Gate(id="in-1", zone="main")
@@ -42,3 +42,16 @@ def test_an_exit() -> None:
     assert tap(Decision(True, Reason.EXIT, "m1")).is_exit
     assert not tap(Decision(True, Reason.WALK_IN, "m1")).is_exit
     assert tap(Decision(True, Reason.WALK_IN, "m1")).credential.kind == CredentialKind.CARD
+
+
+def test_a_tap_the_store_could_not_be_read_to_decide() -> None:
+    """An entrance fails closed; an exit lets the person out all the same, for nobody the
+    gate can name: nothing to write an intent or an access event for, nothing to charge."""
+    card = Credential.card("04A1B2C3D4", "r1")
+    entry = unreadable(GATE, card, NOW)
+    assert (entry.granted, entry.decision.reason, entry.unrecorded) == (False, Reason.STORAGE_FAULT, False)
+    exit_gate = Gate(id="out-1", zone="main", direction=Direction.OUT)
+    out = unreadable(exit_gate, card, NOW)
+    assert (out.granted, out.decision.reason, out.decision.member, out.unrecorded) == (True, Reason.EXIT, None, True)
+    assert out.is_exit and out.holds() == [] and out.decision.amount == 0
+    assert out.refused(Reason.HARDWARE_FAULT).unrecorded  # a relay that failed it still wrote nothing

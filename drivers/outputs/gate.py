@@ -1,9 +1,9 @@
 """One gate: its relay output, its door supervision, lockdown and fire-alarm behaviour.
 
 One poller per gate reads the inputs (fast while a granted person is expected, slower
-otherwise) and feeds one PassageDetector (plan.py) and one GrantTracker (grant.py): a
-grant waits for the tracker's verdict, and the DoorSupervisor sees the same edges, so a
-rotation is detected once. Every rotation is accounted for: claimed by a grant, or
+otherwise) and feeds one PassageDetector, one StuckInput (plan.py) and one GrantTracker
+(grant.py): a grant waits for the tracker's verdict, and the DoorSupervisor sees the same
+edges, so a rotation is detected once. Every rotation is accounted for: claimed by a grant, or
 reported (`passage_without_grant`, or `passage_while_released` while the gate stood
 released for a fire alarm, an emergency release or a hand's hold).
 
@@ -16,6 +16,9 @@ Error contract for the daemon:
   relocks — so a person may have gone through unseen: the daemon reports it as
   `passage_unconfirmed`, and no `not_opened`). A board that stalls and answers again
   within the limit carries out the release then: the passage it shows is this grant's.
+  While the passage input reads stuck active (`passage_input_stuck`, from `stuck_after`
+  on) a person shows no edge: a grant that sees none ends UNKNOWN too, never NOT_PASSED.
+  `unconfirmed_because` says why for the last release that ended UNKNOWN (grant.Unseen).
   grant()/open_once() are the same as a bool (True only for PASSED): no deduction
   otherwise.
 - release() asks rules.admission.plan_release first (an interlock, whatever the caller
@@ -26,7 +29,7 @@ Error contract for the daemon:
   (OutputUncertain) may have happened: it is not raised but watched, and ends UNKNOWN
   unless the board answers again and shows the passage or its absence.
 
-About 530 lines: this is the one owner of a gate's relay and inputs (lifecycle, releases,
+About 590 lines: this is the one owner of a gate's relay and inputs (lifecycle, releases,
 the poller, the fire-alarm, lockdown and hand holds). What it decides lives elsewhere, in
 sans-I/O parts: grant.py, plan.py, the door supervisor, rules.admission. Splitting the
 shell itself would give the relay two owners.
@@ -48,15 +51,22 @@ from rules.reasons import Reason
 
 from .config import DoorMode, ModbusOutputConfig
 from .door import AlarmEvent, AlarmKind, DoorSupervisor, Observation
-from .grant import GrantTracker, Passage, describe
+from .grant import GrantTracker, Passage, Unseen, describe
 from .modbus import ModbusGateOutput, OutputFault, OutputHealth, OutputUncertain
-from .plan import PassageCounter, PassageDetector, ReleaseTail
+from .plan import PassageCounter, PassageDetector, ReleaseTail, StuckInput
 
 log = logging.getLogger(__name__)
 
 # The longest a rotation is expected to be reported: a grant waits at most this for the
 # previous person's rotation to end before releasing.
 ROTATION_MAX = 1.0
+
+
+def stuck_after(passage_pulse: float) -> float:
+    """How long the passage input may read active before it is stuck: twice what a rotation
+    holds it at most (ROTATION_MAX, or the controller's own pulse where its datasheet says
+    longer), so a slow arm is no alarm."""
+    return 2 * max(ROTATION_MAX, passage_pulse)
 
 # How long a grant may go without a reading of its inputs and still count as watched. A
 # passage input pulses for `passage_pulse` (100 ms by default) per rotation: a longer gap
@@ -73,6 +83,10 @@ class HealthAlarm(StrEnum):
     RELAY_OFFLINE = "relay_offline"
     RELAY_ERROR = "relay_error"
     RELAY_ONLINE = "relay_online"
+    # the passage input reads active for longer than any rotation (plan.StuckInput), and
+    # reads inactive again
+    PASSAGE_INPUT_STUCK = "passage_input_stuck"
+    PASSAGE_INPUT_STUCK_CLEARED = "passage_input_stuck_cleared"
 
 
 _HEALTH_ALARM = {
@@ -145,6 +159,10 @@ class GateController:
         self.door_open: bool | None = None
         # Passage input, or without one the door contact: one rising edge, one person.
         self.detector = PassageDetector()
+        # a passage input held active for good hides every person (a door contact stands
+        # open for seconds on purpose: it is not watched so)
+        self.stuck_input = StuckInput(stuck_after(cfg.passage_pulse)) if cfg.passage_input is not None else None
+        self.unconfirmed_because: Unseen | None = None  # of the last release that ended UNKNOWN
         # the board's own count of passage pulses, where configured: it sees pulses that
         # fall between two polls, which the level (the detector) cannot
         self.counter = PassageCounter() if cfg.passage_counter is not None else None
@@ -226,9 +244,10 @@ class GateController:
         """Release for one member and wait for passage. See the module doc for errors."""
         return await self.release(Release.ENTRY) is Passage.PASSED
 
-    async def open_once(self) -> bool:
-        """Front-desk override: one release (refused in a lockdown, rules.admission)."""
-        return await self.release(Release.DESK) is Passage.PASSED
+    async def open_once(self, *, at_exit: bool = False) -> bool:
+        """Front-desk override: one release — at an entrance refused in a lockdown, at an
+        exit (`at_exit`) never (rules.admission)."""
+        return await self.release(Release.DESK_EXIT if at_exit else Release.DESK) is Passage.PASSED
 
     async def grant_passage(self) -> Passage:
         return await self.release(Release.ENTRY)
@@ -330,8 +349,14 @@ class GateController:
             "mode": str(self.cfg.mode),
             "door_forced": self.supervisor.forced,
             "door_held": self.supervisor.held,
+            "passage_input_stuck": self.passage_stuck,
             "passages": self.detector.edges if self.counter is None else self.counter.people,
         }
+
+    @property
+    def passage_stuck(self) -> bool:
+        """The passage input reads stuck active (`passage_input_stuck`): no passage shows."""
+        return self.stuck_input is not None and self.stuck_input.stuck
 
     @property
     def line(self) -> dict[str, Any] | None:
@@ -351,7 +376,8 @@ class GateController:
                 raise
             except Exception:  # the supervisor must outlive any single bad poll
                 log.exception("gate %s: supervision poll failed", self.gate_id)
-            rotating = self.detector.level is True
+            # a stuck input is no rotation to watch closely: polled at the idle pace
+            rotating = self.detector.level is True and not self.passage_stuck
             interval = self.passage_interval if self._waiting or rotating else self.poll_interval
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -381,9 +407,10 @@ class GateController:
             people = self.counter.observe(count)
             rising = people > 0
         now = self.clock()
+        self._watch_stuck(passage, now)
         opening = door_open is True and self.door_open is False
         self.door_open = door_open
-        self._settled(self.tracker.reading(now, seq, ok, people))
+        self._settled(self.tracker.reading(now, seq, ok, people, stuck=self.passage_stuck))
         released_for = self._release_reason()
         doubt = released_for is None and self.release_tail.covers(seq)
         release_turn = doubt
@@ -395,6 +422,21 @@ class GateController:
         self._report_unclaimed(released_for, doubt, now)
         async with self._polled:
             self._polled.notify_all()
+
+    def _watch_stuck(self, passage: bool | None, now: float) -> None:
+        """The passage input's level, watched for a stuck sensor: one alarm when it has read
+        active longer than any rotation, one when it reads inactive again."""
+        watch = self.stuck_input
+        if watch is None:
+            return
+        change = watch.observe(passage, now)
+        if change is True:
+            detail = (f"passage input active for {watch.active_for(now):.1f} s, longer than the "
+                      f"{watch.limit:g} s a rotation can explain: passages cannot be seen, grants end "
+                      "unconfirmed")
+            self._alarms.put_nowait((str(HealthAlarm.PASSAGE_INPUT_STUCK), detail))
+        elif change is False:
+            self._alarms.put_nowait((str(HealthAlarm.PASSAGE_INPUT_STUCK_CLEARED), "passage input inactive again"))
 
     def _settled(self, outcome: Passage | None) -> None:
         """A grant's one outcome: a lapse is the `not_opened` alarm; a pass or an unknown
@@ -464,9 +506,11 @@ class GateController:
     # -- internals ------------------------------------------------------------------------
 
     async def _release_once(self) -> Passage:
-        if self.cfg.passage_input is not None and self.detector.level is True:
+        self.unconfirmed_because = None
+        if self.cfg.passage_input is not None and self.detector.level is True and not self.passage_stuck:
             # The previous person is still turning the arm: this person cannot pass before
             # it comes round, and only a reading of the rotation's end lets theirs count.
+            # (A stuck input will not come round: no grant waits for it.)
             await self._wait_rotation_end(ROTATION_MAX)
         # No read before the pulse: it would sit on the tap-to-relay path. Readings that
         # came back before the release was written cannot be this person's passage.
@@ -481,8 +525,11 @@ class GateController:
             uncertain = True
         self._observe(granted=True)
         if self.cfg.passage_input is None and self.cfg.door_contact is None and self.counter is None:
-            return Passage.UNKNOWN if uncertain else Passage.PASSED  # no sensor: commit on grant
-        self.tracker.release(self.clock(), self._readings, board_ok=not uncertain)
+            if uncertain:
+                self.unconfirmed_because = Unseen.RELAY_UNREADABLE
+                return Passage.UNKNOWN
+            return Passage.PASSED  # no sensor: commit on grant
+        self.tracker.release(self.clock(), self._readings, board_ok=not uncertain, stuck=self.passage_stuck)
         self._waiting += 1
         self._wake.set()  # poll now, and fast until this grant is settled
         self.output.urgent = True
@@ -492,6 +539,9 @@ class GateController:
             self._waiting -= 1
             self.output.urgent = self._waiting > 0
         passed = passage is Passage.PASSED
+        if passage is Passage.UNKNOWN:
+            fallback = Unseen.STOPPING if self._abandoning else Unseen.RELAY_UNREADABLE
+            self.unconfirmed_because = self.tracker.because or fallback
         if passed or self._abandoning:
             # Relock as soon as the person is through: no tailgating on the rest of the
             # pulse, and the next grant gives the controller a fresh release edge.

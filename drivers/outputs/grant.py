@@ -10,7 +10,10 @@ it). The grant ends, once, in exactly one of:
 | --- | --- |
 | PASSED | a rising edge (a rotation, or the door opening where there is no passage sensor) in a reading taken after the release |
 | NOT_PASSED | `passage_timeout` of time *with the board answering* went by without one, and nothing went unseen (a `not_opened` alarm) |
-| UNKNOWN | the board stayed silent for `stall_limit`; or it was silent for a while — or nobody read it for more than `blind_limit` (the daemon's own loop starved: no reading came back at all) — and then `passage_timeout` went by without a passage: a person may have gone through while nobody could read (`passage_unconfirmed`) — unless the board counts passages itself (`counts_unseen`: its counter covers the silence); or the gate is stopping |
+| UNKNOWN | the board stayed silent for `stall_limit`; or it was silent for a while — or nobody read it for more than `blind_limit` (the daemon's own loop starved: no reading came back at all), or its passage input read stuck active (no rotation can show as an edge) — and then `passage_timeout` went by without a passage: a person may have gone through while nobody could read (`passage_unconfirmed`) — unless the board counts passages itself (`counts_unseen`: its counter covers the silence, not a stuck input); or the gate is stopping |
+
+`because` says why an UNKNOWN outcome could not be seen (the `because` of the
+`passage_unconfirmed` event): `relay_unreadable`, `passage_input_stuck` or `stopping`.
 
 Time the board does not answer does not count towards `passage_timeout`: a board that
 stalls mid-tap carries out the release when it answers again (its queued writes), and
@@ -36,6 +39,14 @@ class Passage(StrEnum):
     UNKNOWN = "unknown"
 
 
+class Unseen(StrEnum):
+    """Why a grant's passage could not be seen (an UNKNOWN outcome)."""
+
+    RELAY_UNREADABLE = "relay_unreadable"  # the board was silent, or its inputs went unread
+    PASSAGE_INPUT_STUCK = "passage_input_stuck"  # the input read active beyond any rotation
+    STOPPING = "stopping"  # the gate stopped looking
+
+
 @dataclass(frozen=True, slots=True)
 class Unclaimed:
     """A rotation no grant claimed; `after`: the last grant before it, if any, as
@@ -54,6 +65,7 @@ class _Grant:
     stalled: float = 0.0  # time with the board silent
     board_ok: bool = True
     unseen: bool = False  # the board was silent at some point: a passage may have gone unseen
+    stuck: bool = False  # the passage input read stuck at some point: a rotation showed no edge
 
 
 @dataclass(slots=True)
@@ -67,6 +79,7 @@ class GrantTracker:
     blind_limit: float = 1.0
     _grant: _Grant | None = None
     outcome: Passage | None = None  # the last grant's, once settled
+    because: Unseen | None = None  # why the last grant's passage was not seen, when UNKNOWN
     _ended_at: float | None = None
     unclaimed: list[Unclaimed] = field(default_factory=list)
 
@@ -74,17 +87,20 @@ class GrantTracker:
     def waiting(self) -> bool:
         return self._grant is not None
 
-    def release(self, now: float, readings: int, *, board_ok: bool = True) -> None:
+    def release(self, now: float, readings: int, *, board_ok: bool = True, stuck: bool = False) -> None:
         """The relay was released for one person; `readings`: how many readings had come
         back by then. `board_ok`: False when the release's answer was lost (the board
-        went silent as it wrote)."""
-        self._grant = _Grant(after=readings, last_at=now, read_at=now, board_ok=board_ok, unseen=not board_ok)
+        went silent as it wrote). `stuck`: the passage input reads stuck active (plan.StuckInput)."""
+        self._grant = _Grant(after=readings, last_at=now, read_at=now, board_ok=board_ok,
+                             unseen=not board_ok or stuck, stuck=stuck)
         self.outcome = None
+        self.because = None
 
-    def reading(self, now: float, number: int, ok: bool, people: int = 0) -> Passage | None:
+    def reading(self, now: float, number: int, ok: bool, people: int = 0, *, stuck: bool = False) -> Passage | None:
         """Reading `number` came back (`ok`: the board answered) with `people` new
-        passages (rising edges, or the board's counter). The outcome, when this settles
-        the grant."""
+        passages (rising edges, or the board's counter); `stuck`: its passage input reads
+        stuck active, so a person going through shows no edge. The outcome, when this
+        settles the grant."""
         g = self._grant
         if g is not None:
             if people and number > g.after:
@@ -93,7 +109,8 @@ class GrantTracker:
             else:
                 self._account(g, now)
                 g.board_ok = ok
-                g.unseen = g.unseen or not ok
+                g.unseen = g.unseen or not ok or stuck
+                g.stuck = g.stuck or stuck
                 g.read_at = now
         for _ in range(people):
             last = None if self.outcome is None or self._ended_at is None else (self.outcome, now - self._ended_at)
@@ -112,7 +129,7 @@ class GrantTracker:
         """The gate stops looking: a grant still waiting ends UNKNOWN."""
         if self._grant is None:
             return None
-        self._settle(Passage.UNKNOWN, now)
+        self._settle(Passage.UNKNOWN, now, Unseen.STOPPING)
         return Passage.UNKNOWN
 
     def take_unclaimed(self) -> list[Unclaimed]:
@@ -129,13 +146,20 @@ class GrantTracker:
         else:
             g.stalled += dt
         if g.waited >= self.passage_timeout:
-            self._settle(Passage.UNKNOWN if g.unseen and not self.counts_unseen else Passage.NOT_PASSED, now)
+            # a pulse counter covers a silence, not a stuck input (its pulses stop too)
+            if g.stuck:
+                self._settle(Passage.UNKNOWN, now, Unseen.PASSAGE_INPUT_STUCK)
+            elif g.unseen and not self.counts_unseen:
+                self._settle(Passage.UNKNOWN, now, Unseen.RELAY_UNREADABLE)
+            else:
+                self._settle(Passage.NOT_PASSED, now)
         elif g.stalled >= self.stall_limit:
-            self._settle(Passage.UNKNOWN, now)
+            self._settle(Passage.UNKNOWN, now, Unseen.RELAY_UNREADABLE)
 
-    def _settle(self, outcome: Passage, now: float) -> None:
+    def _settle(self, outcome: Passage, now: float, because: Unseen | None = None) -> None:
         self._grant = None
         self.outcome = outcome
+        self.because = because
         self._ended_at = now
 
 
@@ -153,4 +177,4 @@ def describe(u: Unclaimed, released_for: str | None = None) -> str:
     return text if released_for is None else f"{text}, while the gate stood released for {released_for}"
 
 
-__all__ = ["GrantTracker", "Passage", "Unclaimed", "describe"]
+__all__ = ["GrantTracker", "Passage", "Unclaimed", "Unseen", "describe"]

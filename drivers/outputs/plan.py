@@ -22,6 +22,12 @@ door seen opening may have opened while the relay still stood released (an evacu
 mid-push as the panel is reset): no forced door (door.Observation.release_ended). The line
 runs one request at a time, so readings back after the write returned were taken after it.
 
+StuckInput: a passage input that reads active for longer than any rotation holds it (a
+stuck sensor, a frozen I/O module) shows no rising edge: every person goes through unseen.
+It is named (`passage_input_stuck`, then `passage_input_stuck_cleared` when it reads
+inactive again) and, while it lasts, a grant's passage cannot be confirmed (grant.py). An
+unknown level (board silent) neither raises nor clears it: nothing was read.
+
 PassageCounter: where the board counts the passage pulses itself, one person is one step
 of its 16-bit counter (which wraps). The count is kept across readings that failed: what
 the counter moved while the board was silent is people who went through meanwhile (the
@@ -139,6 +145,36 @@ class ReleaseTail:
             return False
         self.turn_left -= {what}
         return True
+
+
+@dataclass(slots=True)
+class StuckInput:
+    limit: float  # seconds active beyond which no rotation explains it
+    since: float | None = None  # active since (the first reading that showed it), monotonic s
+    stuck: bool = False
+
+    def observe(self, level: bool | None, now: float) -> bool | None:
+        """Feed one reading of the passage input (None: unknown); True when it has just
+        become stuck, False when a stuck input has just read inactive, else None."""
+        if level is None:
+            if not self.stuck:
+                self.since = None  # active across a silence is not known to be one stretch
+            return None
+        if not level:
+            self.since = None
+            if self.stuck:
+                self.stuck = False
+                return False
+            return None
+        if self.since is None:
+            self.since = now
+        if not self.stuck and now - self.since > self.limit:
+            self.stuck = True
+            return True
+        return None
+
+    def active_for(self, now: float) -> float:
+        return 0.0 if self.since is None else now - self.since
 
 
 COUNTER_MODULO = 1 << 16

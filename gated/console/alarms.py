@@ -3,7 +3,7 @@ until the alarm is dealt with — resolved, or acknowledged by staff (an audit r
 
 Two kinds, by what "resolved" means:
 - **conditions**, read from the daemon's health at each look: a relay board not answering,
-  a door held open, a reader offline, the store unable to record, the fire-alarm input
+  a door held open, a passage sensor stuck active, a reader offline, the store unable to record, the fire-alarm input
   unreachable, a gap in what the gate knows (the clock untrusted, events not reaching the
   central system, ...). One lasts while the health says so and is gone when it does not.
 - **incidents**, from `alarm` events: a door forced, a rotation nobody was granted, exits
@@ -47,6 +47,7 @@ EVENT_TYPES = ("alarm", "unknown_cards")
 CONDITIONS = {
     "relay_offline": "Gate offline — its relay board does not answer",
     "door_held": "Door held open",
+    "passage_input_stuck": "Passage sensor stuck — nobody going through can be seen; grants end unconfirmed",
     "reader_offline": "Card reader offline",
     "storage_fault": "GATES OUT OF ORDER — entries cannot be recorded; exits work",
     "fire_input_unreachable": "FIRE-ALARM INPUT UNREACHABLE",
@@ -106,6 +107,10 @@ def conditions(health: dict[str, Any]) -> list[Condition]:
             out.append(Condition(f"relay_offline:{gid}", "relay_offline", gid, f"relay {relay}" + (f": {error}" if error else "")))
         if state.get("door_held"):
             out.append(Condition(f"door_held:{gid}", "door_held", gid, "the door has been open too long"))
+        if state.get("passage_input_stuck"):
+            out.append(Condition(f"passage_input_stuck:{gid}", "passage_input_stuck", gid,
+                                 "the passage input reads active for longer than any rotation: check the "
+                                 "turnstile's passage output and the I/O board"))
     for rid, r in (health.get("readers") or {}).items():
         if r.get("health") != "online":
             out.append(Condition(f"reader_offline:{rid}", "reader_offline", r.get("gate"), f"reader {rid} is {r.get('health')}"))

@@ -57,8 +57,8 @@ def open_once_offer(gate: dict[str, Any], *, lockdown: bool, storage_ok: bool) -
         why = "no relay"
     elif relay != "online":
         why = "offline: cannot open"
-    elif lockdown:
-        why = "locked down"
+    elif lockdown and gate.get("direction") != "out":
+        why = "locked down"  # a lockdown keeps people out: the desk still lets someone out
     elif gate.get("direction") != "out" and not storage_ok:
         why = "cannot record an entry"
     elif state.get("held_by_hand"):

@@ -462,7 +462,7 @@ class SyncLink:
         """The central system said how far it got with our events (an ack, or `applied` in
         its passes): the store's held events number on after that and may leave."""
         try:
-            self.port.settle_numbering(central_seq, self.now())
+            self.port.settle_numbering(central_seq, self.now(), self.session.site_heard_of_us)
         except (OSError, sqlite3.Error) as e:
             self.stats["numbering_not_settled"] += 1
             if self._unsettled is None:

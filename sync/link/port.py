@@ -55,9 +55,9 @@ class StorePort:
     def numbering_unsure(self) -> bool:
         return self.store.unsure_after is not None
 
-    def settle_numbering(self, central_seq: int, now: datetime) -> None:
+    def settle_numbering(self, central_seq: int, now: datetime, site_seq: int | None = None) -> None:
         """Raises OSError or sqlite3.Error when it cannot be done (the events stay held)."""
-        self.store.settle_numbering(central_seq, now)
+        self.store.settle_numbering(central_seq, now, site_seq)
 
     def own_history_wanted(self) -> Wanted | None:
         return self.store.own_history_wanted()

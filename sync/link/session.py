@@ -71,6 +71,7 @@ from sync.link.peer_marks import PeerMarks
 from sync.link.session_config import SessionConfig, StoreState
 from sync.protocol import (
     MAJOR,
+    MAX_SITE_DAEMONS,
     PROTOCOL,
     Ack,
     CatchUpAnswer,
@@ -209,6 +210,7 @@ class Session:
         self._resync = _Resync()
         self._head = _Head()
         self.peers = PeerMarks(state.peer_marks, grace=config.catch_up_grace, retry=config.catch_up_retry)
+        self._heard_of_us: dict[str, int] = {}  # peer -> the last seq of ours it says it heard
         # what a lost ledger knew, asked of the central system (sync/link/own_history.py)
         self.own_history = OwnHistory(config.daemon, state.own_history)
         self._online_at: str | None = None  # the `at` of this connection's statuses
@@ -245,8 +247,21 @@ class Session:
             protocol=PROTOCOL,
             last_seq=self.last_seq if as_of is not None else None,
             as_of=as_of,
+            heard=self._heard() if as_of is not None else None,
         )
         return Publish(self.topics.status, _dump(body), qos=1, retain=True)
+
+    def _heard(self) -> dict[str, int] | None:
+        """How far we have heard each other daemon, for a heartbeat (Status.heard)."""
+        heard = {p: m.heard_seq for p, m in sorted(self.peers.marks.items()) if m.heard_seq is not None}
+        return dict(list(heard.items())[:MAX_SITE_DAEMONS]) or None
+
+    @property
+    def site_heard_of_us(self) -> int | None:
+        """The furthest the site's other daemons say they heard of this daemon id (their
+        heartbeats' `heard`): on a new box, events of the old one the central system may
+        never have had (numbering.py numbers on after them too)."""
+        return max(self._heard_of_us.values(), default=None)
 
     # -- the connection -----------------------------------------------------------------------
 
@@ -875,6 +890,9 @@ class Session:
             return []
         as_of = _instant(status.as_of)
         self.peers.claimed(sender, status.last_seq, as_of, status.state == "online", now)
+        ours = (status.heard or {}).get(self.config.daemon)
+        if ours is not None:
+            self._heard_of_us[sender] = ours
         self.stats["peer_heartbeats"] += 1
         return []
 

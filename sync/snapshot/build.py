@@ -174,9 +174,11 @@ class Build:
                     "(SELECT 1 FROM ledger.booking_outcomes o WHERE o.booking_id = b.id)",
                     (float(cursor),),
                 )
+            # a cancelled booking keeps its outcome: booked again, it is not settled again
+            # (Ledger.forget_outcomes)
             c.execute(
                 "INSERT INTO switch_clear(booking_id) SELECT o.booking_id FROM ledger.booking_outcomes o "
-                "WHERE NOT EXISTS (SELECT 1 FROM bookings b WHERE b.id = o.booking_id AND b.status != 'cancelled')"
+                "WHERE NOT EXISTS (SELECT 1 FROM bookings b WHERE b.id = o.booking_id)"
             )
             c.execute("COMMIT")
             recheck = int(c.execute("SELECT COUNT(*) FROM switch_recheck").fetchone()[0])

@@ -29,7 +29,7 @@ The build, a pipeline over the chunks in order:
 - after the last chunk: the indexes (one sort each), the **switch lists** from one
   read-only look at the ledger — bookings of this replica that ended behind the
   no-show cursor without an outcome (`switch_recheck`) and the outcomes of bookings
-  this replica cancels or lacks (`switch_clear`) — then WAL mode, and an fsync of the
+  this replica lacks (`switch_clear`; a cancelled one keeps its outcome) — then WAL mode, and an fsync of the
   file and its directory.
 
 This module is the program: the control thread that spools the chunks and hands out

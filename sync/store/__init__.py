@@ -23,6 +23,7 @@ sync link hold; it is a façade over the modules below, one concern each:
 | `intents.py` | grant intents: written before a relay opens, resolved by the commit |
 | `enrolment.py` | cards the desk assigned, until the central system has them |
 | `peer_events.py` | what the site's other daemons did, as their events tell it |
+| `unconfirmed.py` | grants whose passage nobody saw, here or at another daemon: no no-show fee for them |
 | `occupancy.py`, `read_models.py`, `read_day.py` | who is inside; the console's named reads (`read_day.py`: the day's log for the desk — where today starts, denial groups, incidents) |
 | `photos.py` | photos taken at the desk (the format is sync/photos.py) |
 | `retention.py` | what the ledger forgets: rows the central system has, older than `store.retention` |

@@ -11,7 +11,8 @@ that commits the tap (Ledger.commit_tap) deletes it. So:
 - an intent still in the table at start-up is a grant whose commit a crash (kill -9, a
   power cut) cut off: it becomes a `passage_unconfirmed` event — the member, the gate,
   the pass and what was not deducted — for the central system and the desk to settle.
-  Nothing is deducted for it: whether the member went through is not known.
+  Nothing is deducted for it: whether the member went through is not known — nor is the
+  member fined for a no-show the grant may have been the entry to (sync/store/unconfirmed.py).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Intents:
             "cause": decision.cause,
             "credential": tap.credential.kind.value,
             "granted_at": iso_utc(now),
+            "zone": gate.zone,  # for the no-show fee, should it be reported (sync/store/unconfirmed.py)
             **{k: v for k, v in tap.detail.items() if v is not None},
         }
         with self.transactions.open() as tx:  # durable: every ordinary transaction is FULL
@@ -79,7 +81,10 @@ class Intents:
             return Committed()
         with self.transactions.open() as tx:
             for it in intents:
-                tx.emit("passage_unconfirmed", now, **unconfirmed_fields(it))
+                fields = unconfirmed_fields(it)
+                tx.emit("passage_unconfirmed", now, **fields)
+                zone = it.get("zone")  # none in an intent an older version wrote: its booking still counts
+                self.ledger.unconfirmed_grant(fields, zone if isinstance(zone, str) else None)
             self.conn.execute("DELETE FROM grant_intents WHERE id <= ?", (intents[-1]["id"],))
         return tx.committed
 

@@ -42,7 +42,7 @@ from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee, reach
 from rules.tap import Tap
 from rules.timeutil import iso_utc, local_date, start_of_local_day
 from sync.errors import StoreError
-from sync.store import evacuation, own_history, peer_events, refunds_wanted
+from sync.store import evacuation, own_history, peer_events, refunds_wanted, unconfirmed
 from sync.store.outbox import Event
 from sync.store.replica import Replica
 from sync.store.rows import BOOKING_READ, booking_from_row, dt, ts
@@ -58,6 +58,8 @@ FROM_KEY = "due.no_show_from"
 # written while this daemon does not do the site's time-driven work (Ledger.leave_no_shows)
 LEFT_KEY = "due.left"
 CURSOR_IDLE = timedelta(minutes=10)
+# a no-show names at most this many of the member's unconfirmed grants (one is the usual)
+UNCONFIRMED_NAMED = 10
 _BOOKINGS = "replica.bookings b LEFT JOIN main.booking_outcomes o ON o.booking_id = b.id"
 
 
@@ -163,6 +165,11 @@ class Ledger:
             tx.emit("qr_used", now, gate=gate, member=member, token=token[0], expires=iso_utc(token[1]))
         return first
 
+    def unconfirmed_grant(self, fields: dict[str, Any], zone: str | None) -> None:
+        """Inside the transaction of its `passage_unconfirmed` event: one of our grants whose
+        passage nobody saw, kept for the no-show fee (sync/store/unconfirmed.py)."""
+        unconfirmed.record(self.conn, self.daemon_id, fields, zone)
+
     def record_passage(
         self, member_id: str | None, zone: str, direction: Direction, now: datetime, gate: str, origin: str = "local"
     ) -> None:
@@ -208,7 +215,10 @@ class Ledger:
             access.update(tap.event_detail())
             tx.emit("access", now, **access)
             if held is not None:
-                tx.emit("passage_unconfirmed", now, **unconfirmed_fields(json.loads(held[0])), because=unconfirmed)
+                fields = unconfirmed_fields(json.loads(held[0]))
+                tx.emit("passage_unconfirmed", now, **fields, because=unconfirmed)
+                # the member may be through: their no-show is not fined (sync/store/unconfirmed.py)
+                self.unconfirmed_grant(fields, gate.zone)
             if went_through:
                 if decision.amount and decision.pass_id:
                     self.deduct(
@@ -256,7 +266,8 @@ class Ledger:
     def mark_attended(
         self, booking_id: str, operator: str, *, refund: bool, now: datetime, waiting: Sequence[str] = (),
     ) -> Committed:
-        """Staff say the member was there. With refund, give back the extra walk-in
+        """Staff say the member was there: a no-show fee this daemon took for the booking
+        goes back (give_back_no_show_fees). With refund, give back the extra walk-in
         credit they paid that day in the class's zone (SPORTRICK's early-arrival case).
         `waiting`: the daemons whose events are not all in up to now (gated/knowledge.py).
         While any is, the refund is not decided here but asked for again as they come
@@ -268,6 +279,7 @@ class Ledger:
         with self.transactions.open() as tx:
             # first: the site's other daemons learn of the request before its refund
             self.attend(tx, now, booking, operator, None, refund=refund)
+            self.give_back_no_show_fees(tx, now, [(booking.member, booking.id)])
             if refund:
                 # the charge may have been taken at another turnstile of the site (another
                 # daemon): sync/store/peer_events.py keeps the site's walk-in charges and refunds
@@ -325,6 +337,33 @@ class Ledger:
         )
         peer_events.mark_refunded(self.conn, charge, (self.daemon_id, int(refund["seq"]), ts(now)))
         refunds_wanted.drop(self.conn, booking.id)
+
+    def give_back_no_show_fees(self, tx: Transaction, now: datetime, bookings: Iterable[tuple[str, str]]) -> None:
+        """Inside a transaction: the no-show fees this daemon took for these bookings
+        (member, booking) that are attended after all — an attendance heard late from a
+        daemon of the site the no-show was settled without (`unheard`), or staff marking a
+        no-show attended — given back, each once: attended wins over a no-show, and the
+        fee was for not coming. A refund naming the fee (`refunds`), as the desk's refund
+        names a walk-in; a fee given back already (here, or by a refund heard) is not
+        given back again, so a resend or a catch-up of the same attendance changes
+        nothing. Only the daemon that took a fee gives it back: the others find none of
+        theirs."""
+        for member, booking_id in bookings:
+            fees = self.conn.execute(
+                "SELECT d.seq, d.pass_id, d.amount, d.at, d.zone FROM main.deductions d "
+                "JOIN main.booking_outcomes o ON o.booking_id = d.booking_id AND o.outcome = 'attended' "
+                "WHERE d.member_id = ? AND d.cause = 'no_show_fee' AND d.booking_id = ? AND d.refunded_by IS NULL "
+                "AND NOT EXISTS (SELECT 1 FROM main.site_refunds r WHERE r.daemon = ? AND r.seq = d.seq)",
+                (member, booking_id, self.daemon_id),
+            ).fetchall()
+            for seq, pass_id, amount, at, zone in fees:
+                fee = peer_events.Charge(self.daemon_id, int(seq), str(pass_id), Decimal(amount), float(at), True)
+                refund = self.deduct(
+                    tx, now, pass_id=fee.pass_id, member_id=member, amount=-fee.amount, booking_id=booking_id,
+                    cause="refund", zone=zone, gate=None, refunded_seq=fee.seq,
+                    refunds={"daemon": fee.daemon, "seq": fee.seq},
+                )
+                peer_events.mark_refunded(self.conn, fee, (self.daemon_id, int(refund["seq"]), ts(now)))
 
     def settle_refunds(self, now: datetime, waiting: Callable[[datetime], list[str]]) -> Committed:
         """The refunds the desk asked for that wait to hear the site. Once every daemon is
@@ -417,8 +456,14 @@ class Ledger:
                 self.conn.executemany("INSERT OR IGNORE INTO main.due_recheck(booking_id) VALUES (?)", late)
 
     def forget_outcomes(self, booking_ids: Iterable[str]) -> None:
-        """After a sync cancelled or removed these bookings: their outcomes go (a crash
-        before this leaves an outcome that reads ignore while the booking is cancelled)."""
+        """After a sync removed these bookings from the replica: their outcomes go — the
+        only way the table sheds rows (the retention keeps them: a booking the replica
+        still lists would be walked again for a no-show); a crash before this leaves an
+        outcome nobody reads. A *cancelled* booking keeps its outcome: reads ignore it while
+        the booking is cancelled (rows.booking_from_row, the `bookings` view; its loyalty is
+        settled without credit), and should the central system book it again — an undone
+        cancellation — it is still attended or a no-show, never walked, settled and fined a
+        second time (its no-show's fee is in the ledger already)."""
         ids = list(booking_ids)
         found = [
             (r[0],)
@@ -445,6 +490,13 @@ class Ledger:
             seen = dict(peer_events.apply(self.conn, sender, events, zones, self.record_passage, doubles))
             if mark is not None:
                 peer_events.save_mark(self.conn, sender, *mark)
+            attended = [
+                (str(e["member"]), str(e["booking"])) for e in events
+                if e.get("type") == "attendance" and e.get("status") == "attended"
+                and isinstance(e.get("member"), str) and isinstance(e.get("booking"), str)
+            ]
+            if attended:  # a no-show of ours one of them attended after all
+                self.give_back_no_show_fees(tx, now or datetime.now(UTC), attended)
             charged = {str(e["pass"]) for e in events if e.get("type") == "deduction" and e.get("pass")}
             for pass_id in sorted(charged):
                 self.check_overdraft(tx, pass_id, now or datetime.now(UTC))
@@ -701,19 +753,24 @@ class Ledger:
         )
         p = self.replica.get_pass(b.pass_id)
         fee = Decimal(0)
+        day_start = start_of_local_day(local_date(b.starts_at, self.site.timezone), self.site.timezone)
+        # entries that day whose passage nobody saw (here or at another daemon of the site):
+        # the member may have been on site, or in this very class
+        maybe = unconfirmed.for_booking(self.conn, b.member, b.zone, b.id, day_start, b.ends_at)
         if policy.no_show_fee > 0 and p is not None:
-            day = local_date(b.starts_at, self.site.timezone)
-            on_site = self.conn.execute(
+            on_site = bool(maybe) or self.conn.execute(
                 "SELECT 1 FROM passages WHERE member_id = ? AND zone = ? AND direction = 'in' AND at >= ? AND at < ? LIMIT 1",
-                (b.member, b.zone, ts(start_of_local_day(day, self.site.timezone)), ts(b.ends_at)),
-            ).fetchone()
-            fee = no_show_fee(b, p, policy, on_site is not None, evacuation.spans_of(self.conn))
+                (b.member, b.zone, ts(day_start), ts(b.ends_at)),
+            ).fetchone() is not None
+            fee = no_show_fee(b, p, policy, on_site, evacuation.spans_of(self.conn))
         if fee > 0:
             self.deduct(
                 tx, now, pass_id=b.pass_id, member_id=b.member, amount=fee, booking_id=b.id,
                 cause="no_show_fee", zone=b.zone, gate=None,
             )
         extra: dict[str, Any] = {"unheard": unheard} if unheard else {}
+        if maybe:  # for the person who settles those grants: mark it attended if the member came
+            extra["unconfirmed"] = [u.as_json() for u in maybe[:UNCONFIRMED_NAMED]]
         tx.emit("attendance", now, member=b.member, booking=b.id, status="no_show", by="gate", **extra)
 
     # -- the gate's own reads -----------------------------------------------------------------
@@ -797,7 +854,7 @@ class _LostPart:
 
 def unconfirmed_fields(intent: dict[str, Any]) -> dict[str, Any]:
     """A grant intent's fields as its `passage_unconfirmed` event says them."""
-    fields = {k: v for k, v in intent.items() if k != "id"}
+    fields = {k: v for k, v in intent.items() if k not in ("id", "zone")}  # the gate's zone: ours alone
     fields["not_deducted"] = fields.pop("amount", 0)
     return fields
 

@@ -148,45 +148,59 @@ class Numbering:
         self.switched_word = central_applied(store.conn)
         self.mark_down(store)
 
-    def settle(self, store: Store, central_seq: int, now: datetime, restored_key: str) -> None:
-        """The central system has applied our events up to `central_seq`: the held ones go
-        on after that. Raises OSError or sqlite3.Error when it cannot be done: still held,
-        the replica's passes marked down again (the sync that brought the word wrote them
-        as the central system sent them)."""
+    def settle(
+        self, store: Store, central_seq: int, now: datetime, restored_key: str, site_seq: int | None = None,
+    ) -> None:
+        """The central system has applied our events up to `central_seq`, and the site's
+        other daemons heard them up to `site_seq` (their heartbeats; None: none said): the
+        held ones go on after both. Raises OSError or sqlite3.Error when it cannot be done:
+        still held, the replica's passes marked down again (the sync that brought the word
+        wrote them as the central system sent them)."""
         self._settling = True  # its transactions say where the hold stands themselves
         try:
-            self._settle(store, central_seq, now, restored_key)
+            self._settle(store, central_seq, now, restored_key, site_seq)
         except (OSError, sqlite3.Error):
             self.mark_down(store)
             raise
         finally:
             self._settling = False
 
-    def _settle(self, store: Store, central_seq: int, now: datetime, restored_key: str) -> None:
+    def _settle(
+        self, store: Store, central_seq: int, now: datetime, restored_key: str, site_seq: int | None,
+    ) -> None:
         after = self.unsure_after
         if after is None:
             return
-        by = central_seq - after
+        # the site's daemons may have heard the old box beyond what the central system got
+        # (its uplink cut, a broker of the site's own): numbers they hold are taken too, or
+        # our new events under them would be dropped there as repeats
+        target = max(central_seq, site_seq or 0)
+        by = target - after
         if by > 0:
             held = store.last_seq - after
             with store.transaction() as tx:
                 tx.delete_meta(HELD_KEY)  # numbered for good with the move
                 shift(store.conn, store.daemon_id, after, by)
                 store.outbox.next_seq += by
-                tx.committed.events += store.outbox.fill_range(after + 1, central_seq, now, "restored")
+                tx.committed.events += store.outbox.fill_range(after + 1, target, now, "restored")
                 tx.set_meta(restored_key, repr(now.timestamp()))  # the lost part may have settled anything due by now
-                own_history.want(tx.set_meta, after + 1, central_seq, now)  # and knew today: asked for back
-                # the passes marked down (hold) say again what the central system applied: the
-                # held charges are above it now, and the lost part's come back under their numbers
-                store.conn.execute("UPDATE replica.passes SET applied_seq = ? WHERE applied_seq = ?",
-                                   (central_seq, after))
+                if central_seq > after:  # and knew today: asked for back (what the central system has of it)
+                    own_history.want(tx.set_meta, after + 1, central_seq, now)
+                    # the passes marked down (hold) say again what the central system applied: the
+                    # held charges are above it now, and the lost part's come back under their numbers
+                    store.conn.execute("UPDATE replica.passes SET applied_seq = ? WHERE applied_seq = ?",
+                                       (central_seq, after))
+                only_site = (f"; {max(after, central_seq) + 1}..{target} only the site's other daemons heard (the "
+                             "central system never had them: lost with the old box)") if target > central_seq else ""
                 tx.emit("alarm", now, gate=None, kind="ledger_restored",
-                        detail=f"the ledger ends at event {after} but the central system holds this daemon's events "
-                        f"up to {central_seq} (a new box, or a copy without {store.sent.path.name}): {after + 1}.."
-                        f"{central_seq} are void here, the events since the start numbered on after them")
-            log.warning("ledger_restored: the central system holds events up to %d, the ledger ended at %d; "
-                        "the %d held event(s) numbered on after it", central_seq, after, held)
-            self.unsure_after = after = central_seq  # moved once: a failure below must not move them again
+                        detail=f"the ledger ends at event {after} but this daemon's events are held up to {target} "
+                        f"(the central system: {central_seq}, the site's daemons: {site_seq or 0}; a new box, or a "
+                        f"copy without {store.sent.path.name}): {after + 1}..{target} are void here, the events since "
+                        f"the start numbered on after them{only_site}")
+            log.warning("ledger_restored: this daemon's events are held up to %d (central %d, site %s), the ledger "
+                        "ended at %d; the %d held event(s) numbered on after it", target, central_seq, site_seq,
+                        after, held)
+            self.unsure_after = after = target  # moved once: a failure below must not move them again
         else:
             with store.transaction() as tx:  # numbered right as they are
                 tx.delete_meta(HELD_KEY)

@@ -125,6 +125,9 @@ def record(
             seen[_charge(conn, daemon, seq, at, ev, zones)] += 1
         else:
             keep.append(ev)
+    # a lost request of our own desk is not another daemon's to take a walk-in before ours:
+    # given, its refund is above (and marks its charge); not given, it died with the old box
+    keep = [ev for ev in keep if not (ev.get("type") == "attendance" and ev.get("refund") is True)]
     seen.update(peer_events.apply(conn, daemon, keep, zones, record_passage))
     return seen
 

@@ -2,13 +2,16 @@
 `{prefix}/{site}/+/events` and their answers to catch-up requests, docs/protocol.md): who
 went in or out (site-wide anti-passback, occupancy, the no-show fee's "on site" test), the
 booking outcomes they recorded, their charges and the refunds anyone gave, the QR codes
-they used up — and how far each of them is heard (`peer_marks`, sync/link/peer_marks.py),
-written in the same transaction as what was heard.
+they used up, their grants whose passage nobody saw (sync/store/unconfirmed.py) — and how
+far each of them is heard (`peer_marks`, sync/link/peer_marks.py), written in the same
+transaction as what was heard.
 
 Why each matters on a site whose gates are separate daemons (one per turnstile):
 - a booking attended at another turnstile is not matched again here (a second entry in
   its arrival window is a re-entry, not a second use of the booking), and the daemon
-  doing the site's time-driven work does not make it a no-show (nor charge its fee);
+  doing the site's time-driven work does not make it a no-show (nor charge its fee) —
+  nor fine the no-show of a member another turnstile may have let in unseen
+  (`passage_unconfirmed`);
 - the desk refunds the walk-in charge a member paid at *any* turnstile of the site
   (SPORTRICK's early arrival), once, whichever daemon took it;
 - a pass charged at another turnstile and not yet applied by the central system (it may
@@ -37,7 +40,7 @@ from zoneinfo import ZoneInfo
 from rules.model import Direction
 from rules.timeutil import parse_instant_once
 from sync.records import MAX_INT, check_amount_range
-from sync.store import evacuation
+from sync.store import evacuation, unconfirmed
 from sync.store.rows import ts
 
 _UTC = ZoneInfo("UTC")
@@ -225,6 +228,10 @@ def apply(
                 if ev.get("booking"):  # its request, given: no longer ahead of anyone's
                     conn.execute("UPDATE main.site_refund_asks SET settled = 1 WHERE daemon = ? AND booking_id = ?",
                                  (sender, str(ev["booking"])))
+        elif kind == "passage_unconfirmed":
+            # their grant the member may have gone through: no no-show fee for it here
+            if unconfirmed.record(conn, sender, ev, zones.get(gate) if gate else None):
+                seen["remote_unconfirmed"] += 1
         elif kind == "fire_alarm" and ev.get("active") is True:
             # the site evacuated, whichever daemon saw it (sync/store/evacuation.py)
             if evacuation.record(conn, at):
@@ -260,11 +267,14 @@ def _outcome(conn: sqlite3.Connection, booking: str, status: str, at: datetime) 
     """A booking's outcome recorded by another daemon. Attended wins over a no-show (staff
     may mark a no-show attended, never the other way); a cancellation here stands. An
     attended booking's loyalty is left to the daemon doing the site's time-driven work
-    (as for one attended here); a no-show earns none."""
+    (as for one attended here); a no-show earns none. Kept for a booking the replica does
+    not hold yet (a delta on its way, a booking the peer had from a look-up, a catch-up
+    heard before the deltas after a restart): when it arrives, its outcome is here —
+    else the booking would be matched, and charged, a second time."""
     return conn.execute(
         "INSERT INTO main.booking_outcomes(booking_id, outcome, attended_at, loyalty_settled) "
         "SELECT ?, ?, CASE WHEN ? = 'attended' THEN ? END, CASE WHEN ? = 'attended' THEN 0 ELSE 1 END "
-        "WHERE EXISTS (SELECT 1 FROM replica.bookings WHERE id = ? AND status = 'booked') "
+        "WHERE NOT EXISTS (SELECT 1 FROM replica.bookings WHERE id = ? AND status != 'booked') "
         "ON CONFLICT(booking_id) DO UPDATE SET outcome = 'attended', attended_at = excluded.attended_at, "
         "loyalty_settled = 0 WHERE booking_outcomes.outcome = 'no_show' AND excluded.outcome = 'attended'",
         (booking, status, status, ts(at), status, booking),

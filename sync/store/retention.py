@@ -9,7 +9,8 @@ re-entry and a no-show fee look at one day, the desk's history at a member's lat
 so what is older than `store.retention` (default 90 days) is kept only as a record, and
 the central system holds that record. A row goes when it is older than the cutoff and:
 
-- passages: nothing more (the event that reported it went upstream with it);
+- passages, and grants whose passage nobody saw (sync/store/unconfirmed.py): nothing more
+  (the event that reported it went upstream with it);
 - deductions: its event is acknowledged (seq ≤ acked_seq) and the pass's central balance
   has applied it (seq ≤ the pass's `applied_seq`): the local balance, which subtracts only
   our deductions above `applied_seq`, is the same without it. A deduction on a pass the
@@ -87,6 +88,9 @@ _WALKS: tuple[tuple[str, str, str], ...] = (
         "FROM main.site_charges c LEFT JOIN replica.passes p ON p.id = c.pass_id "
         "WHERE c.rowid > :after ORDER BY c.rowid LIMIT :n",
     ),
+    # grants whose passage nobody saw: a no-show's fee reads those of its day
+    ("unconfirmed_grants", "rowid",
+     "SELECT rowid, at, 1 FROM main.unconfirmed_grants WHERE rowid > :after ORDER BY rowid LIMIT :n"),
     # other daemons' refund requests: a day's walk-ins are given back to them in order
     ("site_refund_asks", "rowid", "SELECT rowid, at, 1 FROM main.site_refund_asks WHERE rowid > :after ORDER BY rowid LIMIT :n"),
     (

@@ -32,7 +32,7 @@ from sync.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 REPLICA_SCHEMA_VERSION = 4
 # replica meta: the rule for untyped 10-digit card strings its cards were typed under
 # (rules.credential.TenDigits); absent in replicas written before it (then: the current rule)
@@ -531,10 +531,20 @@ def _migration_13(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -
         _set_version(conn, 13)
 
 
+def _migration_14(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
+    """Grants whose passage nobody saw, of any daemon of the site (sync/store/unconfirmed.py):
+    the member may have gone through, so the no-show fee counts them as entries."""
+    from sync.store.unconfirmed import create_table
+
+    with _transaction(conn):
+        create_table(conn)
+        _set_version(conn, 14)
+
+
 # each brings the database to its version, atomically
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path, TenDigits], None]] = [
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
-    _migration_8, _migration_9, _migration_10, _migration_11, _migration_12, _migration_13,
+    _migration_8, _migration_9, _migration_10, _migration_11, _migration_12, _migration_13, _migration_14,
 ]
 
 

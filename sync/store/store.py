@@ -116,6 +116,8 @@ from sync.store.transaction import Committed, Listener, Transaction, Transaction
 
 log = logging.getLogger(__name__)
 _UTC = ZoneInfo("UTC")
+# SQL true for a refund (the deduction aliased `r`) that gave back one of our no-show fees
+_FEE_REFUND = "EXISTS (SELECT 1 FROM main.deductions f WHERE f.refunded_by = r.seq AND f.cause = 'no_show_fee')"
 
 # in the replica's meta: its position in the central system's stream of changes
 DELTA_SEQ_KEY = "sync.delta_seq"
@@ -220,11 +222,12 @@ class Store:
         """Our last event that may leave: all of them, unless the numbering is unsure."""
         return self.numbering.sendable(self.last_seq)
 
-    def settle_numbering(self, central_seq: int, now: datetime) -> None:
+    def settle_numbering(self, central_seq: int, now: datetime, site_seq: int | None = None) -> None:
         """The central system has applied this daemon's events up to `central_seq` (an ack,
-        its passes' `applied`): the held events go on after that (sync/store/numbering.py).
-        Raises OSError or sqlite3.Error when it cannot be done: the events stay held."""
-        self.numbering.settle(self, central_seq, now, RESTORED_KEY)
+        its passes' `applied`), and the site's other daemons heard them up to `site_seq`:
+        the held events go on after both (sync/store/numbering.py). Raises OSError or
+        sqlite3.Error when it cannot be done: the events stay held."""
+        self.numbering.settle(self, central_seq, now, RESTORED_KEY, site_seq)
 
     def own_history_wanted(self) -> own_history.Wanted | None:
         """Our own events the ledger lost that the central system holds, still wanted
@@ -537,13 +540,14 @@ class Store:
             if snapshot:  # every card typed again, under today's rule
                 self.replica.set_meta(CARDS_TYPED_AS, self.ten_digits.value)
         self._settle_enrolments()
-        gone = [b.id for b in batch.bookings if b.status == "cancelled"] + list(batch.remove_bookings)
+        # a cancelled booking keeps its outcome (Ledger.forget_outcomes): only those gone go
+        gone = list(batch.remove_bookings)
         if snapshot:
             gone += [
                 r[0]
                 for r in self.conn.execute(
                     "SELECT o.booking_id FROM main.booking_outcomes o LEFT JOIN replica.bookings b "
-                    "ON b.id = o.booking_id WHERE b.id IS NULL OR b.status = 'cancelled'"
+                    "ON b.id = o.booking_id WHERE b.id IS NULL"
                 )
             ]
         self.ledger.forget_outcomes(gone)
@@ -561,8 +565,8 @@ class Store:
 
         1. DETACH the current replica, ATTACH the new one AS `replica` (in memory only);
         2. one ledger transaction: the bookings the worker found behind the no-show
-           cursor go to `due_recheck`, the outcomes of bookings the new replica cancels
-           or lacks go, the cursor steps back to where the worker looked, the pointer
+           cursor go to `due_recheck`, the outcomes of bookings the new replica lacks
+           go (a cancelled one keeps its outcome: Ledger.forget_outcomes), the cursor steps back to where the worker looked, the pointer
            names the new file;
         Returns the old file, for the caller to delete off the loop (unlinking a large
         file takes tens of milliseconds; `ReplicaFiles.remove`).
@@ -658,9 +662,10 @@ class Store:
 
     def refund_given(self, booking_id: str) -> dict[str, Any] | None:
         """The walk-in given back with this booking, if any: its pass, the amount and the
-        pass's balance now."""
+        pass's balance now (a no-show fee given back is not it: fee_refunds)."""
         r = self.conn.execute(
-            "SELECT pass_id, amount FROM deductions WHERE booking_id = ? AND cause = 'refund' ORDER BY seq DESC LIMIT 1",
+            "SELECT pass_id, amount FROM deductions r WHERE booking_id = ? AND cause = 'refund' "
+            f"AND NOT {_FEE_REFUND} ORDER BY seq DESC LIMIT 1",
             (booking_id,),
         ).fetchone()
         if r is None:
@@ -668,6 +673,15 @@ class Store:
         balance = self.balance(str(r[0]))
         return {"pass": str(r[0]), "amount": amount_json(-Decimal(r[1])),
                 "balance": None if balance is None else amount_json(balance)}
+
+    def fee_refunds(self, seqs: Sequence[int]) -> set[int]:
+        """Which of these refunds of ours gave back a no-show fee (Ledger.give_back_no_show_fees),
+        not a walk-in."""
+        if not seqs:
+            return set()
+        marks = ",".join("?" * len(seqs))
+        return {int(r[0]) for r in self.conn.execute(
+            f"SELECT seq FROM deductions r WHERE seq IN ({marks}) AND cause = 'refund' AND {_FEE_REFUND}", list(seqs))}
 
     def refunds_waiting(self) -> int:
         return refunds_wanted.count(self.conn)

@@ -310,7 +310,7 @@ function initGates() {
   $("#btn-lockdown").addEventListener("click", async function () {
     const on = !this.dataset.on;
     const r = on
-      ? await twice("Lock down", "Every gate stays locked: no member gets in and nobody can open a gate once or check a member in until an admin releases the lockdown. Exits keep working.", "LOCKDOWN", "/api/lockdown", { on: true })
+      ? await twice("Lock down", "Every entrance stays locked: no member gets in and nobody can open an entrance once or check a member in until an admin releases the lockdown. Exits keep working, and the desk can still open an exit once.", "LOCKDOWN", "/api/lockdown", { on: true })
       : await twice("Release lockdown", "Gates go back to normal operation.", "RELEASE", "/api/lockdown", { on: false });
     if (r) { toast(on ? "Lockdown is on" : "Lockdown released"); refreshHealth(); }
   });
