@@ -66,8 +66,9 @@ def base_store(data: SiteData, log: Any = print) -> Path:
         return path
     d = fresh_dir(f"site-{len(data.members)}")
     store, seconds = loaded_store(path, data)
-    # a running daemon finalised the past weeks' no-shows long ago, and the central system
-    # acknowledged them: do it now, not at start
+    # a running daemon began its time-driven work long ago (its first run marks where: the
+    # past weeks' bookings are not walked), and the central system acknowledged what it
+    # did: do it now, not at start
     store.run_due(policy(), datetime.now(UTC))
     store.ack(store.last_seq)
     store.close()

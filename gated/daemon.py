@@ -521,6 +521,9 @@ class Daemon:
                 if (self.engine is not None and self.config.time_driven_work and settles
                         and (self.storage is None or self.storage.ok)):
                     self.engine.run_due(now, *self.knowledge.no_show_horizon(now))
+                elif not self.config.time_driven_work and self.store is not None and (
+                        self.storage is None or self.storage.ok):
+                    self.store.leave_time_driven_work()
                 if self.engine is not None and trusted and (self.storage is None or self.storage.ok):
                     self.engine.settle_refunds(now, self.knowledge.unheard)
                 if self.taps is not None:

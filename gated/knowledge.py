@@ -5,10 +5,10 @@ here the daemon checks them every second —
 | gap | high-water mark | what the gate does meanwhile |
 | --- | --- | --- |
 | `uplink_stalled` | the central's `applied_seq` while events wait | keeps them (nothing is lost), says why |
-| `deltas_behind` | the central's delta head against the replica's `delta_seq` | asks for the missed deltas (the link) |
+| `deltas_behind` | the central's delta head against the replica's `delta_seq` | asks for the missed deltas (the link); holds no-shows (and fees) of classes that ended after the replica's last sync (a booking cancelled since may be among them) until it has caught up |
 | `peers_unheard` | each other daemon's heartbeat against what was heard of it | holds no-shows (and fees) of classes that ended after it; after `peer_wait_limit` settles them naming it |
 | `numbering_unsure` | the ledger's mark of what it sent (`gated.db.sent`), missing: a new box, a copy restored without it | holds its events after its last one at start, and its no-shows, until the central system says how far it got (sync/store/numbering.py) |
-| `own_history_missing` | this daemon's events the central system holds and a lost ledger held (sync/store/own_history.py) | asks the central system for them every 30 s; decides meanwhile without them (who came in through it earlier today, the walk-ins paid there, the QR codes used there) |
+| `own_history_missing` | this daemon's events the central system holds and a lost ledger held (sync/store/own_history.py) | asks the central system for them every 30 s; decides meanwhile without them (who came in through it earlier today, the walk-ins paid there, the QR codes used there); holds the no-shows of the classes they may bear on, and a day after the loss settles them naming itself (the store does, Ledger.run_due: with or without a link) |
 | `refunds_waiting` | the desk's refunds not found while the site's events were not all in (sync/store/refunds_wanted.py) | settles each when its charge arrives or everyone is heard up to the request; after a day an alarm for a person |
 | `clock_untrusted` | the wall clock against the monotonic clock and the last trusted time (rules/clock.py) | acts at the anchored time; no no-show, fee, loyalty credit or pruning until trusted again |
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from rules.schedule import NoShowHorizon, no_show_horizon
+from rules.schedule import NoShowHorizon, known_through, no_show_horizon
 from rules.timeutil import iso_utc
 
 if TYPE_CHECKING:
@@ -62,7 +62,20 @@ class Knowledge:
 
     def no_show_horizon(self, now: datetime) -> tuple[NoShowHorizon | None, Callable[[datetime], list[str]] | None]:
         """How far the scheduler may settle no-shows now, and who to name when it settles
-        without having heard them (None, None: no other daemon to wait for)."""
+        without having heard them (None, None: nothing to wait for). Held back for the
+        site's other daemons not heard, and for a replica known to miss deltas: a booking
+        the member cancelled at the central system may still be `booked` in it — fined,
+        were its class to fall due — so the classes that ended after its last sync wait
+        until it has caught up (the link asks at once; no limit: the central system's
+        answer, or its next snapshot, is what ends it, and the gap `deltas_behind` says so).
+        The gate's own lost events are the store's to wait for (Ledger.run_due)."""
+        horizon, unheard = self._peers_horizon(now)
+        stale = self._replica_known_through()
+        if stale is not None:
+            horizon = known_through(horizon or NoShowHorizon(now - self.d.config.policy.to_domain().no_show_after), stale)
+        return horizon, unheard
+
+    def _peers_horizon(self, now: datetime) -> tuple[NoShowHorizon | None, Callable[[datetime], list[str]] | None]:
         peers = self._peers()
         if peers is None:
             return None, None
@@ -74,6 +87,15 @@ class Knowledge:
         return no_show_horizon(now, self.d.config.policy.to_domain(), heard, limit), (
             lambda instant: peers.behind(instant.timestamp())
         )
+
+    def _replica_known_through(self) -> datetime | None:
+        """While the replica is behind the central's delta head: its last sync (a delta
+        comes within seconds of its change, and a booking is cancelled before its class
+        ends, so the classes that ended by then are known right); None: not behind."""
+        link, store = self.d.link, self.d.store
+        if link is None or store is None or not self.d.config.time_driven_work or not link.session.deltas_behind:
+            return None
+        return store.last_sync_at() or datetime.fromtimestamp(0, UTC)  # never synced: nothing is known
 
     def unheard(self, instant: datetime) -> list[str]:
         """The daemons whose events up to `instant` are not all here: the site's others not
@@ -119,7 +141,7 @@ class Knowledge:
                 f"this daemon's events {lost.from_seq}..{lost.to_seq}, which its lost ledger held, are not back "
                 "from the central system yet (asked every 30 s): until they are, the gate does not know who came "
                 "in through it earlier today, the walk-ins paid there (a re-entry within the grace may be "
-                "charged again) or the QR codes used there",
+                "charged again) or the QR codes used there; the no-shows of that day's classes wait for them",
             )
         if link is not None:
             stall = link.session.uplink_stall(mono)
@@ -132,10 +154,13 @@ class Knowledge:
                 )
             behind = link.session.deltas_behind
             if behind:
+                synced = store.last_sync_at() if store is not None else None
                 found["deltas_behind"] = (
                     None, DELTAS_BEHIND_ALARM,
                     f"the replica is {behind} delta(s) behind the central's head (at delta "
-                    f"{link.session.delta_seq}); asked for them",
+                    f"{link.session.delta_seq}); asked for them"
+                    + (f"; no-shows of classes that ended after its last sync ({_when(synced.timestamp())}) wait"
+                       if synced is not None and self.d.config.time_driven_work else ""),
                 )
         peers = self._peers()
         if peers is not None:

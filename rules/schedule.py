@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from zoneinfo import ZoneInfo
 
 from rules.model import Booking, BookingStatus, DeductOn, Pass, Policy
+from rules.timeutil import local_date, start_of_local_day
 
 # a site's evacuation: when it began, when the all-clear came (None: not yet)
 Evacuation = tuple[datetime, datetime | None]
@@ -82,6 +84,26 @@ def no_show_horizon(
     if heard_through < floor:
         return NoShowHorizon(floor, forced=True)
     return NoShowHorizon(heard_through)
+
+
+def known_through(horizon: NoShowHorizon, instant: datetime) -> NoShowHorizon:
+    """`horizon`, held back to the classes that ended by `instant`: what the gate knows of
+    the bookings is known right only up to then (a replica behind the central system's
+    deltas may miss a booking cancelled since: a class that ended after it waits, as for a
+    daemon of the site not heard)."""
+    return horizon if horizon.ends_by <= instant else NoShowHorizon(instant, horizon.forced)
+
+
+def reached_by(instant: datetime, tz: ZoneInfo, policy: Policy) -> datetime:
+    """What happened before `instant` bears on the no-show of every class starting before
+    the instant returned (and of none after): an attendance (a tap in the arrival window,
+    a linked early arrival the same day, the desk's mark) or the member on site that day
+    (no_show_fee's `was_on_site` looks from the start of the class's local day). So the
+    start of the local day after `instant`'s — or, if later, `instant` + `link_window`:
+    a class just after midnight whose arrival window opens the evening before (a gate's
+    `early_arrival` is minutes, well within the link window)."""
+    next_day = start_of_local_day(local_date(instant, tz) + timedelta(days=1), tz)
+    return max(next_day, instant + policy.link_window)
 
 
 def no_show_fee(

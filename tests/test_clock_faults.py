@@ -45,12 +45,12 @@ def _libfaketime() -> None:
         pytest.fail("libfaketime is required to step the clock (make system-deps installs Debian's faketime)")
 
 
-def local(minutes: int) -> str:
+def local(minutes: float) -> str:
     """A local wall time `minutes` from now, as a seed file writes it."""
-    return (datetime.now(TZ) + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M")
+    return (datetime.now(TZ) + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def records(*, b2_ends_in: int) -> dict[str, Any]:
+def records(*, b2_ends_in: float) -> dict[str, Any]:
     return {
         "members": [
             {"id": "m1", "name": "Ana", "cards": [IN_CARD]},
@@ -74,7 +74,7 @@ def records(*, b2_ends_in: int) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def faked(tmp_path: Path, start: str, *, b2_ends_in: int, state: Path | None = None,
+async def faked(tmp_path: Path, start: str, *, b2_ends_in: float, state: Path | None = None,
                 seed: bool = True) -> AsyncIterator[tuple[Gate, Path]]:
     """A gate whose wall clock reads the spec in the file it yields (`+1d`, `-1h`, `@2000-…`)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -171,12 +171,12 @@ async def test_a_boot_in_2000_then_a_step_to_today(tmp_path: Path) -> None:
     and boots with its clock in 2000 (a flat RTC cell); NTP steps it a little later."""
     state = tmp_path / "state"
     state.mkdir()
-    # Bruno's class ended 30 minutes ago: its no-show is due now, on the real clock; the
-    # first run settles nothing of it before it stops (its first seconds)
-    async with faked(tmp_path / "before", "+0", b2_ends_in=-30, state=state) as (gate, _):
-        await wait_for(lambda: any(e["type"] == "attendance" for e in gate.events()), 15, "the first run's no-show")
+    # Bruno's class ended nearly 15 minutes ago: its no-show falls due in its first seconds,
+    # on the real clock (after the gate began its time-driven work: it is the gate's own)
+    async with faked(tmp_path / "before", "+0", b2_ends_in=-15 + 12 / 60, state=state) as (gate, _):
+        await wait_for(lambda: any(e["type"] == "attendance" for e in gate.events()), 30, "the first run's no-show")
         before = len(settled(gate))
-    async with faked(tmp_path / "after", "@2000-01-01 00:00:00", b2_ends_in=-30, state=state, seed=False) as (gate, spec):
+    async with faked(tmp_path / "after", "@2000-01-01 00:00:00", b2_ends_in=-15, state=state, seed=False) as (gate, spec):
         st = await clock_status(gate)
         assert st["clock"]["trusted"] is False and st["clock"]["state"] == "behind"
         assert "before the last time this gate trusted" in st["clock"]["detail"]

@@ -315,6 +315,7 @@ def test_a_booking_synced_in_behind_the_no_show_cursor_is_settled_at_the_next_ru
         store.apply_sync(SyncBatch([MemberIn(id="m1", name="m1", cards=["C1"])],
                                    [credits("p1", Decimal(5))]), START)
         policy = Policy()
+        assert store.run_due(policy, START).events == []  # the gate's time-driven work begins
         assert store.run_due(policy, START + timedelta(hours=3)).events == []  # the cursor is set
 
         def booking(bid: str) -> BookingIn:
@@ -329,6 +330,92 @@ def test_a_booking_synced_in_behind_the_no_show_cursor_is_settled_at_the_next_ru
         assert [(e["type"], e.get("booking"), e.get("status")) for e in due.events] == [
             ("attendance", "late", "no_show")]
         assert store.run_due(policy, START + timedelta(hours=3, minutes=3)).events == []  # once
+    finally:
+        store.close()
+
+
+def test_a_daemons_first_run_takes_no_class_that_fell_due_before_it(tmp_path: Path) -> None:
+    """A daemon that begins the site's time-driven work — a new one, or one the role moved
+    to — holds in its replica whatever the central system sends, classes of days ago still
+    `booked` among them. Their no-shows were the daemon's that did the work then: settled
+    here, a member would be fined twice, or fined though she came in at a turnstile this
+    daemon never heard. So it settles only what falls due from its first run on — not the
+    older classes at that run, nor when a sync or a snapshot lists them again, nor when a
+    snapshot switch takes its cursor back (its worker read the ledger before that run)."""
+    from rules.model import Policy
+    from sync.store.ledger import CURSOR_KEY
+
+    def spin(bid: str, ends: datetime) -> dict[str, object]:
+        return {"id": bid, "member": "m1", "pass": "p1", "class": "Spin", "zone": "main",
+                "starts_at": (ends - timedelta(minutes=45)).isoformat(), "ends_at": ends.isoformat(),
+                "deducted": False}
+
+    old, recent = spin("b-old", START - timedelta(days=3)), spin("b-recent", START - timedelta(minutes=5))
+    store = Store(tmp_path / "gate.db", SITE, durable=False)
+    try:
+        pass_ = PassIn(id="p1", member="m1", name="p1", kind="credits", balance=Decimal(5), walk_in_cost=Decimal(1),
+                       deduct_on="access")
+        store.apply_sync(SyncBatch([MemberIn(id="m1", name="m1", cards=["C1"])], [pass_],
+                                   [BookingIn.model_validate(b) for b in (old, recent)]), START - timedelta(hours=1))
+        policy = Policy(no_show_fee=Decimal(1))
+        assert store.run_due(policy, START).events == []  # it begins: b-recent falls due after, b-old before
+        due = store.run_due(policy, START + timedelta(minutes=11))
+        assert [(e["type"], e.get("booking"), e.get("status") or e.get("cause")) for e in due.events] == [
+            ("deduction", "b-recent", "no_show_fee"), ("attendance", "b-recent", "no_show")]
+        store.apply_sync(SyncBatch(bookings=[BookingIn.model_validate(old)]), START + timedelta(minutes=12))
+        assert store.run_due(policy, START + timedelta(minutes=13)).events == []
+        chunk = SnapshotChunk.model_validate({
+            "v": 1, "snapshot_id": "s1", "chunk": 0, "chunks": 1, "delta_seq": 1,
+            "members": [{"id": "m1", "name": "m1", "cards": ["C1"]}],
+            "passes": [{"id": "p1", "member": "m1", "name": "p1", "kind": "credits", "balance": 4,
+                        "walk_in_cost": 1, "deduct_on": "access", "applied": {"gate": store.last_seq}}],
+            "bookings": [old, recent],
+        })
+
+        async def snapshot() -> None:
+            imp = SnapshotImporter(store, "gate")
+            await imp.begin(SnapshotHeader.of(chunk), START + timedelta(minutes=14))
+            assert await imp.add(SnapshotHeader.of(chunk), payload_of(chunk))
+            await imp.finish()
+
+        asyncio.run(snapshot())
+        assert store.conn.execute("SELECT COUNT(*) FROM main.due_recheck").fetchone()[0] == 1  # b-old, listed
+        assert store.run_due(policy, START + timedelta(minutes=15)).events == []
+        with store.transaction() as tx:
+            tx.delete_meta(CURSOR_KEY)  # as a switch whose worker found no cursor does
+        assert store.run_due(policy, START + timedelta(minutes=16)).events == []
+        assert store.balance("p1") == Decimal(4)
+    finally:
+        store.close()
+
+
+def test_the_work_moved_away_and_back_begins_afresh(tmp_path: Path) -> None:
+    """The desk's daemon did the site's time-driven work, then another did it for two days
+    (`time_driven_work: false` here meanwhile), then it comes back: its cursor of two days
+    ago would settle every class since that it has not heard the other settle. The scheduler
+    says the daemon left the work; back, it begins afresh."""
+    from rules.model import Policy
+
+    def spin(bid: str, ends: datetime) -> BookingIn:
+        return BookingIn.model_validate({
+            "id": bid, "member": "m1", "pass": "p1", "class": "Spin", "zone": "main",
+            "starts_at": (ends - timedelta(minutes=45)).isoformat(), "ends_at": ends.isoformat(), "deducted": False})
+
+    store = Store(tmp_path / "gate.db", SITE, durable=False)
+    try:
+        pass_ = PassIn(id="p1", member="m1", name="p1", kind="credits", balance=Decimal(5), walk_in_cost=Decimal(1),
+                       deduct_on="access")
+        store.apply_sync(SyncBatch([MemberIn(id="m1", name="m1", cards=["C1"])], [pass_]), START)
+        policy = Policy(no_show_fee=Decimal(1))
+        assert store.run_due(policy, START).events == []
+        store.leave_time_driven_work()
+        store.leave_time_driven_work()  # every second of it: written once
+        store.apply_sync(SyncBatch(bookings=[spin("b-meanwhile", START + timedelta(days=1))]), START + timedelta(days=1))
+        back = START + timedelta(days=2)
+        assert store.run_due(policy, back).events == []
+        store.apply_sync(SyncBatch(bookings=[spin("b-back", back + timedelta(hours=1))]), back)
+        due = store.run_due(policy, back + timedelta(hours=1, minutes=15))
+        assert [(e["type"], e.get("booking")) for e in due.events] == [("deduction", "b-back"), ("attendance", "b-back")]
     finally:
         store.close()
 
@@ -357,6 +444,7 @@ def test_a_booking_cancelled_and_booked_again_is_not_settled_twice(tmp_path: Pat
     try:
         _fee_site(store)
         store.apply_sync(SyncBatch(bookings=[BookingIn.model_validate(_spin())]), START)
+        assert store.run_due(policy, START).events == []  # the gate's time-driven work begins
         first = store.run_due(policy, START + timedelta(hours=2, minutes=20)).events
         assert [(e["type"], e.get("cause") or e.get("status")) for e in first] == [
             ("deduction", "no_show_fee"), ("attendance", "no_show")]

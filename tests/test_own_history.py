@@ -6,6 +6,8 @@ them — the site's facts as a peer's, its charges as its own under their own nu
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -14,15 +16,20 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from rules.credential import CredentialKind
+from rules.decide import Presented, decide
+from rules.model import Policy
 from sync.link.actions import Publish, RecordOwnHistory, Subscribe
 from sync.link.session import Session, SessionConfig, StoreState
 from sync.records import BookingIn
 from sync.store import Store, SyncBatch
 from sync.store.own_history import HORIZON, Wanted
 from sync.store.sent_mark import SentMark
-from tests.test_numbering import DAEMON, IN1, at, new_store, open_store, walk_in, without_mark
+from tests.tap_fixtures import tap_of
+from tests.test_numbering import DAEMON, IN1, SITE, at, new_store, open_store, walk_in, without_mark
 
 ZONES = {"in-1": "main"}
+POLICY = Policy(no_show_fee=Decimal(1))
 
 
 def z(t: datetime) -> str:
@@ -110,6 +117,108 @@ def test_the_old_box_events_are_recorded_as_it_knew_them(tmp_path: Path) -> None
     assert [(e["seq"], e["id"], e["type"]) for e in held] == [(e["seq"], e["id"], e["type"]) for e in old_box_events()]
     assert seen["put_back"] == 5
     store.close()
+
+
+def spin(bid: str, start: datetime, end: datetime) -> BookingIn:
+    """A class paid at the gate: its no-show is fined (POLICY's fee)."""
+    return BookingIn.model_validate({
+        "id": bid, "member": "m1", "pass": "p1", "class": "Spin", "zone": "main",
+        "starts_at": start.isoformat(), "ends_at": end.isoformat(), "deducted": False,
+    })
+
+
+def ana_came(seq: int, booking: str, when: datetime) -> list[dict[str, Any]]:
+    """The old box let Ana in on her booking (seqs `seq`, `seq` + 1)."""
+    return [
+        {"id": f"a{seq}", "seq": seq, "type": "access", "at": z(when), "gate": "in-1", "member": "m1",
+         "decision": "granted", "reason": "booking", "booking": booking, "passed": True, "pass": "p1"},
+        {"id": f"a{seq + 1}", "seq": seq + 1, "type": "attendance", "at": z(when), "gate": "in-1", "member": "m1",
+         "booking": booking, "status": "attended", "by": "gate"},
+    ]
+
+
+def kinds(events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(e["type"], e.get("booking"), e.get("status") or e.get("cause"), e.get("unheard")) for e in events]
+
+
+def test_a_new_box_holds_the_no_shows_of_the_classes_its_lost_events_bear_on(tmp_path: Path) -> None:
+    """The old box let Ana in for her 10:00 Spinning at 09:55; it died, and the new box
+    settles its numbering at 10:05 and asks the central system for those events. At 11:01
+    the class's no-show falls due while they are not back: settled then, it would fine a
+    member who came. It waits — as for a daemon of the site not heard — and so does the
+    morning yoga's (the lost events may hold Ana on site); a class after midnight does not
+    (nothing before the loss bears on it). Back, the attendance makes the Spinning no
+    no-show, and the yoga's no-show no fee."""
+    store = without_mark(tmp_path / "g.db", applied=3)
+    night = at(0, 30) + timedelta(days=1)
+    store.apply_sync(SyncBatch(bookings=[spin("b9", at(10), at(10, 45)),
+                                         spin("b-night", night, night + timedelta(minutes=45))]), at(9))
+    store.hold_unsure()
+    store.settle_numbering(3, at(10, 5))
+    w = store.own_history_wanted()
+    assert w is not None
+    assert store.run_due(POLICY, at(11, 1)).events == []
+    after_midnight = night + timedelta(hours=1, minutes=1)  # the night class due; still waiting
+    assert kinds(store.run_due(POLICY, after_midnight).events) == [
+        ("deduction", "b-night", "no_show_fee", None), ("attendance", "b-night", "no_show", None)]
+    store.record_own_history(w, ana_came(1, "b9", at(9, 55)), ZONES, True)
+    assert kinds(store.run_due(POLICY, after_midnight + timedelta(minutes=1)).events) == [
+        ("attendance", "b1", "no_show", None)]  # on site: no fee (b1 is paid anyway)
+    assert store.conn.execute("SELECT outcome FROM main.booking_outcomes WHERE booking_id = 'b9'").fetchone() == (
+        "attended",)
+    store.close()
+
+
+def test_a_ledger_put_back_holds_the_no_show_of_a_class_attended_in_the_part_it_lost(tmp_path: Path) -> None:
+    """A copy of the ledger from 09:00 is put back after the disk died; at 11:55 Ana had
+    come in on her 12:00 class, and that had been sent. Its no-show falls due at 13:00,
+    after the last event sent: it waits for the lost events, and once they are back it is
+    no no-show."""
+    path = tmp_path / "g.db"
+    store = new_store(path)
+    store.apply_sync(SyncBatch(bookings=[spin("b9", at(12), at(12, 45))]), at(9))
+    store.close()
+    shutil.copy(path, tmp_path / "copy.db")
+    store = open_store(path)
+    d = decide(store.view("m1", IN1, at(11, 55)), Presented(CredentialKind.CARD), IN1, SITE, POLICY, at(11, 55))
+    assert d.booking == "b9"
+    lost = store.commit_tap(tap_of(IN1, d, at(11, 55)), passed=True, now=at(11, 55)).events
+    store.close()
+    SentMark(path).advance(lost[-1]["seq"], at(11, 55).timestamp())
+    shutil.copy(tmp_path / "copy.db", path)
+    store = open_store(path)
+    w = store.own_history_wanted()
+    assert w is not None and store.unsure_after is None
+    due = store.run_due(POLICY, at(13, 1)).events
+    assert not [e for e in due if e.get("booking") == "b9"]
+    store.record_own_history(w, lost, ZONES, True)
+    assert not [e for e in store.run_due(POLICY, at(13, 2)).events if e.get("booking") == "b9"]
+    assert store.balance("p1") == Decimal(29)  # the class, charged at the turnstile; no fee
+    store.close()
+
+
+@given(link=st.booleans())
+@settings(max_examples=2, deadline=None)
+def test_lost_events_that_never_come_back_leave_the_no_show_named_unheard(link: bool) -> None:
+    """The central system never sends the lost events back. A day after the loss the gate
+    stops waiting for them — the link gives up (`expired`), or, a gate without one, the
+    clock says so — and the held no-show is settled naming this daemon as not heard, as a
+    no-show settled past `peer_wait_limit` names the peer."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = without_mark(Path(tmp) / "g.db", applied=3)
+        store.apply_sync(SyncBatch(bookings=[spin("b9", at(10), at(10, 45))]), at(9))
+        store.hold_unsure()
+        store.settle_numbering(3, at(10, 5))
+        w = store.own_history_wanted()
+        assert w is not None and w.expires == at(10, 5) + timedelta(days=1)
+        assert store.run_due(POLICY, w.expires - timedelta(minutes=1)).events == []
+        if link:
+            store.record_own_history(w, [], ZONES, True, expired=True, now=w.expires)
+            assert store.own_history_wanted() is None
+        due = store.run_due(POLICY, w.expires + timedelta(minutes=1)).events
+        assert kinds(due) == [("attendance", "b1", "no_show", [DAEMON]),
+                              ("deduction", "b9", "no_show_fee", None), ("attendance", "b9", "no_show", [DAEMON])]
+        store.close()
 
 
 def test_a_chunk_twice_changes_nothing_and_only_the_range_counts(tmp_path: Path) -> None:

@@ -57,6 +57,7 @@ def site_store(tmp: Path, daemon: str) -> Store:
 
     bookings = [booking("b1", "Yoga", at(10), at(10, 45), 10), booking("b2", "Spinning", at(12), at(12, 45), 5)]
     store.apply_sync(SyncBatch([MemberIn(id="m1", name="Ana", cards=["C1"])], [visits], bookings), at(6))
+    store.run_due(POLICY, at(6))  # the day's time-driven work began then (nothing before is its)
     return store
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from sync.protocol import HistoryAnswer, HistoryRequest
-from sync.store.own_history import HORIZON, Wanted
+from sync.store.own_history import Wanted
 
 RETRY = 30.0  # seconds without the last chunk before asking again (from what arrived)
 
@@ -36,7 +36,7 @@ class OwnHistory:
         today's any more: no longer wanted (a central system that never answers). Returns
         what was wanted then."""
         w = self.wanted
-        if w is None or wall < (w.since + 2 * HORIZON).timestamp():
+        if w is None or wall < w.expires.timestamp():
             return None
         self.want(None)
         return w

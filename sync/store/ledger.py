@@ -14,7 +14,10 @@ No-shows are found by walking the replica's open bookings by `ends_at` from a cu
 kept in the ledger (`due.no_show_through`: every open booking that ended by then is
 settled), so the scheduler's work is proportional to what fell due, not to the size of
 the replica. A booking a sync brings in behind the cursor (a late arrival) is listed in
-`due_recheck` before the replica changes, and settled at the next run.
+`due_recheck` before the replica changes, and settled at the next run. What ended before
+this daemon began the site's time-driven work (`due.no_show_from`, its first run) is not
+its to settle, walked or listed; and while its own events of a lost ledger are wanted,
+the classes they may bear on wait in `due_recheck` (`_LostPart`).
 
 About 600 lines: every change here reads and writes the same few tables under the same
 rules (one transaction, its events, the replica's ids), so they stay side by side; the
@@ -26,6 +29,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -34,7 +38,7 @@ from rules.decide import ZonePresence
 from rules.model import Booking, Direction, Gate, Policy
 from rules.model import Site as SiteModel
 from rules.reasons import Reason
-from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee
+from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee, reached_by
 from rules.tap import Tap
 from rules.timeutil import iso_utc, local_date, start_of_local_day
 from sync.errors import StoreError
@@ -48,6 +52,11 @@ CURSOR_KEY = "due.no_show_through"
 # a ledger put back from a copy (sync/store/sent_mark.py): the instant of the last event it
 # had sent; what fell due by then may have been settled in the part that was lost
 RESTORED_KEY = "ledger.restored_at"
+# no-shows of bookings that ended at or before this (POSIX seconds) are not this daemon's:
+# its first run's `now` less `no_show_after`, when it began the site's time-driven work
+FROM_KEY = "due.no_show_from"
+# written while this daemon does not do the site's time-driven work (Ledger.leave_no_shows)
+LEFT_KEY = "due.left"
 CURSOR_IDLE = timedelta(minutes=10)
 # a no-show names at most this many of the member's unconfirmed grants (one is the usual)
 UNCONFIRMED_NAMED = 10
@@ -435,10 +444,11 @@ class Ledger:
         cursor = self.cursor()
         if cursor is None:
             return
+        began = self._meta_float(FROM_KEY)  # before it, not this daemon's to settle (run_due)
         late = [
             (bid,)
             for bid, ends_at in bookings
-            if ends_at <= cursor
+            if ends_at <= cursor and (began is None or ends_at > began)
             and self.conn.execute("SELECT 1 FROM main.booking_outcomes WHERE booking_id = ?", (bid,)).fetchone() is None
         ]
         if late:
@@ -526,6 +536,9 @@ class Ledger:
             if done:
                 own_history.done(tx.delete_meta)
             if expired:
+                # the no-shows they held are settled without them, naming this daemon
+                tx.set_meta(own_history.GIVEN_UP_KEY,
+                            repr(ts(_LostPart.found(wanted, self._meta_float(RESTORED_KEY)))))
                 at = now or datetime.now(UTC)
                 for w in refunds_wanted.wanted(self.conn):
                     if self.daemon_id in w.waiting:
@@ -561,7 +574,23 @@ class Ledger:
 
     def cursor(self) -> float | None:
         """Every open booking that ended at or before this (POSIX seconds) is settled."""
-        row = self.conn.execute("SELECT value FROM main.meta WHERE key = ?", (CURSOR_KEY,)).fetchone()
+        return self._meta_float(CURSOR_KEY)
+
+    def leave_no_shows(self) -> None:
+        """This daemon does not do the site's time-driven work (another does, or none): its
+        cursor and where it began go, so that should the work come back to it, it begins
+        afresh (run_due) — not from a cursor left days ago, which would settle every class
+        since that the daemon doing the work settled, as far as this one has not heard of
+        them — and not as a ledger put back that did the work when it was lost."""
+        if self._meta_float(LEFT_KEY) is not None:
+            return
+        with self.transactions.open() as tx:
+            tx.delete_meta(CURSOR_KEY)
+            tx.delete_meta(FROM_KEY)
+            tx.set_meta(LEFT_KEY, "1")
+
+    def _meta_float(self, key: str) -> float | None:
+        row = self.conn.execute("SELECT value FROM main.meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else float(row[0])
 
     def run_due(
@@ -572,54 +601,77 @@ class Ledger:
         `horizon` (rules.schedule.no_show_horizon): how far no-shows may be settled now
         (default: every booking `no_show_after` past its end); `unheard(ends_at)`: the
         site's daemons not heard past that instant, named in a no-show settled without
-        them."""
+        them. Two bounds of the ledger's own narrow it further: the classes that ended
+        before this daemon began the site's time-driven work are not its to settle
+        (FROM_KEY), and while its own lost events are wanted, it is itself a daemon not
+        heard (_LostPart)."""
         horizon = horizon or NoShowHorizon(now - policy.no_show_after)
         through = ts(horizon.ends_by)
         cursor = self.cursor()
+        began = self._meta_float(FROM_KEY)
+        restored = self._meta_float(RESTORED_KEY)
+        # the walk's lower bound: the cursor; without one (a snapshot switch can take it
+        # back, sync/store/attach.py) where this daemon began; at its first run, `now`
+        # less `no_show_after` — what fell due before it did the site's time-driven work
+        # was the daemon's that did it then (settled again: a member fined twice, or one
+        # who came through a turnstile this daemon has not heard from so far back; the
+        # horizon, which an unheard peer holds back, is no measure of it). Except on a
+        # ledger put back or a box replaced (RESTORED_KEY) that had not left the work
+        # (LEFT_KEY): this daemon did it before, and what fell due since is walked to be
+        # named for a person (_unsure_after_restore), not passed in silence.
+        first_run = cursor is None and began is None
+        ours = restored is not None and self._meta_float(LEFT_KEY) is None
+        floor = began if began is not None else (ts(now - policy.no_show_after) if first_run and not ours else None)
+        lower = cursor if cursor is not None else floor
         c = self.conn
         open_rows: list[tuple[Any, ...]] = []
-        if cursor is None or through > cursor:
-            lower = "" if cursor is None else "AND b.ends_at > ? "
+        if lower is None or through > lower:
+            bound = "" if lower is None else "AND b.ends_at > ? "
             open_rows = c.execute(
-                f"SELECT {BOOKING_READ} FROM {_BOOKINGS} WHERE b.status = 'booked' {lower}AND b.ends_at <= ? "
+                f"SELECT {BOOKING_READ} FROM {_BOOKINGS} WHERE b.status = 'booked' {bound}AND b.ends_at <= ? "
                 "AND o.booking_id IS NULL ORDER BY b.ends_at, b.id",
-                (through,) if cursor is None else (cursor, through),
+                (through,) if lower is None else (lower, through),
             ).fetchall()
         # bookings a sync brought in behind the cursor, the ones the horizon reaches (a
         # class the site's other daemons are not heard past yet stays listed), and the
-        # ones whose booking is gone
+        # ones to drop: whose booking is gone, or ended before this daemon began the work
         rechecks = [
-            (r[0], r[1] is not None and r[1] <= through, r[1] is None)
+            (r[0], r[1] is not None and r[1] <= through, r[1] is None or (floor is not None and r[1] <= floor))
             for r in c.execute(
                 "SELECT x.booking_id, b.ends_at FROM main.due_recheck x LEFT JOIN replica.bookings b ON b.id = x.booking_id"
             )
         ]
         rechecks = [r for r in rechecks if r[1] or r[2]]
-        if rechecks:
+        if any(due and not drop for _, due, drop in rechecks):
             seen = {r[0] for r in open_rows}
             open_rows += [
                 r for r in c.execute(
                     f"SELECT {BOOKING_READ} FROM main.due_recheck x JOIN replica.bookings b ON b.id = x.booking_id "
                     "LEFT JOIN main.booking_outcomes o ON o.booking_id = b.id "
-                    "WHERE b.status = 'booked' AND b.ends_at <= ? AND o.booking_id IS NULL",
-                    (through,),
+                    "WHERE b.status = 'booked' AND b.ends_at <= ? AND b.ends_at > ? AND o.booking_id IS NULL",
+                    (through, floor if floor is not None else float("-inf")),
                 )
                 if r[0] not in seen
             ]
+        # the classes this daemon's own lost events may bear on wait for them, listed for a
+        # recheck at every run (the walk goes on past them: the next day's classes do not)
+        lost = _LostPart.of(c, self.site, policy, now, restored)
+        bookings = [booking_from_row(r) for r in open_rows]
+        held = {b.id for b in bookings if lost is not None and lost.holds(b)}
         credit, settle = self._loyalty_due(policy, now)
         no_shows, unsure_no_shows, credit, unsure_credits = self._unsure_after_restore(
-            [booking_from_row(r) for r in open_rows], credit, policy)
+            [b for b in bookings if b.id not in held], credit, policy)
         settle += [b.id for b in unsure_credits]
         work = due_work(no_shows, credit, policy, now)
+        rechecked = {r[0] for r in rechecks}
         # the cursor is written with work, or every CURSOR_IDLE of clock (else a quiet
         # day's attended bookings would be walked again at every run)
         move = cursor is None or through - cursor >= CURSOR_IDLE.total_seconds()
-        if not work and not settle and not rechecks and not move:
+        if not work and not settle and not (rechecked ^ held) and not move:
             return Committed()
         with self.transactions.open() as tx:
             # named once: when the walk passes them (a sync that lists them again for a
             # recheck, at every snapshot, drops them quietly)
-            rechecked = {r[0] for r in rechecks}
             named = [b for b in unsure_no_shows if b.id not in rechecked]
             if named or unsure_credits:
                 tx.emit("alarm", now, gate=None, kind="ledger_restored", detail=_unsure_detail(named, unsure_credits))
@@ -627,6 +679,8 @@ class Ledger:
                 b = item.booking
                 if item.kind == WorkKind.NO_SHOW:
                     missing = unheard(b.ends_at) if horizon.forced and unheard is not None else []
+                    if lost is not None and lost.unheard(b) and self.daemon_id not in missing:
+                        missing = [*missing, self.daemon_id]
                     self._no_show(tx, b, policy, now, missing)
                 else:
                     ev = tx.emit("loyalty", now, member=b.member, points=b.loyalty_points, booking=b.id)
@@ -638,9 +692,15 @@ class Ledger:
             c.executemany(
                 "UPDATE main.booking_outcomes SET loyalty_settled = 1 WHERE booking_id = ?", ((i,) for i in settle)
             )
-            c.executemany("DELETE FROM main.due_recheck WHERE booking_id = ?", ((r[0],) for r in rechecks))
-            if cursor is None or through > cursor:
-                tx.set_meta(CURSOR_KEY, repr(through))
+            c.executemany("DELETE FROM main.due_recheck WHERE booking_id = ?", ((i,) for i in rechecked - held))
+            c.executemany("INSERT OR IGNORE INTO main.due_recheck(booking_id) VALUES (?)", ((i,) for i in held))
+            walked = through if lower is None else max(through, lower)
+            if cursor is None or walked > cursor:
+                tx.set_meta(CURSOR_KEY, repr(walked))
+            if first_run and floor is not None:  # where this daemon began (none after a restore)
+                tx.set_meta(FROM_KEY, repr(floor))
+            if first_run:
+                tx.delete_meta(LEFT_KEY)
             c.execute("DELETE FROM qr_used WHERE expires_at < ?", (ts(now - timedelta(hours=1)),))
         return tx.committed
 
@@ -741,6 +801,55 @@ class Ledger:
 
     def qr_seen(self, token_id: str) -> bool:
         return self.conn.execute("SELECT 1 FROM qr_used WHERE token_id = ?", (token_id,)).fetchone() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _LostPart:
+    """This daemon's own events that a lost ledger held (a box replaced, a copy put back:
+    sync/store/own_history.py). An attendance among them, or the member on site earlier
+    that day, makes a class no no-show, or its no-show no fee: so this daemon is, for the
+    classes they bear on (rules.schedule.reached_by), a daemon not heard. Their no-shows
+    wait while the events are wanted (`waiting`: the classes starting before its first
+    instant whose no-show fell due after the restore, its second — those due by then are
+    _unsure_after_restore's); once the wait ran out (own_history.WAIT after the loss) they
+    are settled naming this daemon (`unheard`), as no-shows settled past an unheard
+    peer's `peer_wait_limit` name it."""
+
+    waiting: tuple[float, float] | None  # (starting before, due after), POSIX seconds
+    given_up: tuple[float, ...]  # the classes starting before one of these are settled unheard
+
+    @classmethod
+    def of(
+        cls, conn: sqlite3.Connection, site: SiteModel, policy: Policy, now: datetime, restored: float | None,
+    ) -> _LostPart | None:
+        wanted, gone = own_history.wanted(conn), own_history.given_up(conn)
+        if wanted is None and gone is None:
+            return None
+        waiting = None
+        given_up = [] if gone is None else [ts(reached_by(gone, site.timezone, policy))]
+        if wanted is not None:
+            found = cls.found(wanted, restored)
+            reach = ts(reached_by(found, site.timezone, policy))
+            if now < wanted.expires:
+                end = restored if restored is not None else ts(found)
+                waiting = (reach, end - policy.no_show_after.total_seconds())
+            else:  # the link gives up on them at the same time (sync/link/own_history.py)
+                given_up.append(reach)
+        return cls(waiting, tuple(given_up))
+
+    def holds(self, b: Booking) -> bool:
+        """`b`'s no-show waits for the lost events."""
+        return self.waiting is not None and ts(b.starts_at) < self.waiting[0] and ts(b.ends_at) > self.waiting[1]
+
+    def unheard(self, b: Booking) -> bool:
+        """`b`'s no-show is settled without the lost events: it names this daemon."""
+        return any(ts(b.starts_at) < r for r in self.given_up)
+
+    @staticmethod
+    def found(wanted: own_history.Wanted, restored: float | None) -> datetime:
+        """Where the lost part ends: by the loss's finding — and at least at the last event
+        of it that was sent (RESTORED_KEY, a copy put back), whatever the clock said then."""
+        return wanted.found_at if restored is None else max(wanted.found_at, dt(restored))
 
 
 def unconfirmed_fields(intent: dict[str, Any]) -> dict[str, Any]:

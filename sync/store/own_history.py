@@ -20,7 +20,9 @@ another charge's). Recording is idempotent: a chunk that comes twice changes not
 Each event also takes its number's place in the ledger again (the `void` there goes), so
 that the ledger is what it was: catch-up answers to the site's other daemons and replays
 for the central system carry it. While it is wanted the gate says so (gated/knowledge.py,
-`own_history_missing`).
+`own_history_missing`), and the no-shows of the classes it may bear on wait for it, as for
+a daemon of the site not heard; a day after the loss (`WAIT`) nothing more is asked, and
+those no-shows are settled naming this daemon (`GIVEN_UP_KEY`, Ledger.run_due).
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ from sync.store.rows import ts
 
 KEY = "own_history_wanted"
 HORIZON = timedelta(hours=24)  # what a lost ledger knew that a decision today rests on
+# how long after the loss its events are waited for (then nothing of them is today's)
+WAIT = HORIZON
+# written when the wait ran out (POSIX seconds: when the loss was found): the no-shows of
+# the classes the lost part may hold an attendance of are settled without it, naming this
+# daemon as not heard (Ledger.run_due)
+GIVEN_UP_KEY = "own_history_given_up"
 
 _UTC = ZoneInfo("UTC")
 
@@ -57,6 +65,17 @@ class Wanted:
 
     def as_json(self) -> str:
         return json.dumps({"from_seq": self.from_seq, "to_seq": self.to_seq, "since": self.since.timestamp()})
+
+    @property
+    def found_at(self) -> datetime:
+        """When the loss was found (the settle, the open that found the mark ahead): the
+        lost part is all from before."""
+        return self.since + HORIZON
+
+    @property
+    def expires(self) -> datetime:
+        """No longer waited for from then (sync/link/own_history.py)."""
+        return self.found_at + WAIT
 
 
 def want(set_meta: Any, from_seq: int, to_seq: int, now: datetime) -> Wanted:
@@ -157,4 +176,13 @@ def done(delete_meta: Any) -> None:
     delete_meta(KEY)
 
 
-__all__ = ["HORIZON", "KEY", "Wanted", "done", "record", "want", "wanted"]
+def given_up(conn: sqlite3.Connection) -> datetime | None:
+    """When the loss whose events never came back was found (GIVEN_UP_KEY); None: none."""
+    row = conn.execute("SELECT value FROM main.meta WHERE key = ?", (GIVEN_UP_KEY,)).fetchone()
+    try:
+        return None if row is None else datetime.fromtimestamp(float(row[0]), _UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+__all__ = ["GIVEN_UP_KEY", "HORIZON", "KEY", "WAIT", "Wanted", "done", "given_up", "record", "want", "wanted"]

@@ -733,10 +733,18 @@ class Store:
     ) -> Committed:
         """No-shows and loyalty credits due up to and including `now`, each exactly once
         (no-shows only up to `horizon`: Ledger.run_due). Nothing while the numbering is
-        unsure: the part of the ledger that was lost may have settled them."""
+        unsure: the part of the ledger that was lost may have settled them; and then, while
+        its events are wanted back, no no-show of a class they may bear on (Ledger.run_due,
+        here whether or not a link asks for them)."""
         if self.unsure_after is not None:
             return Committed()
         return self.ledger.run_due(policy, now, horizon, unheard)
+
+    def leave_time_driven_work(self) -> None:
+        """This daemon does not do the site's time-driven work (`time_driven_work: false`):
+        should it come back to it, it settles what falls due from then on, not from where
+        it left off (Ledger.leave_no_shows). Called by the scheduler; a write only once."""
+        self.ledger.leave_no_shows()
 
     def unsettled_ending(self, after: datetime, until: datetime) -> int:
         """Booked bookings without an outcome here that ended after `after`, by `until`:
