@@ -92,7 +92,21 @@ def check_books(run: Run) -> list[Invariant]:
                 amount = Decimal(str(e["amount"]))
                 if e.get("cause") == "walk_in" and e.get("member"):
                     walk_ins[e["member"]].append({**e, "_at": at})
-                if e.get("cause") == "refund":
+                ref: dict[str, Any] = e["refunds"] if isinstance(e.get("refunds"), dict) else {}
+                fee = by_seq.get((ref.get("daemon"), ref.get("seq"))) if e.get("cause") == "refund" else None
+                if fee is not None and fee.get("cause") == "no_show_fee":
+                    # a no-show fee given back: its booking turned out attended, once, in full
+                    refunds.checked += 1
+                    key = (fee["_daemon"], fee["seq"])
+                    if (key in refunded or e.get("booking") != fee.get("booking")
+                            or fee.get("booking") not in attended_at
+                            or Decimal(str(e["amount"])) != -Decimal(str(fee["amount"]))):
+                        refunds.fail(f"the no-show fee {key} given back by {e['_daemon']} "
+                                     f"({e['amount']} for {e.get('booking')}): not once, in full, for an attended "
+                                     "booking", site=site, at=e["at"], member=e.get("member"),
+                                     around=run.around(site, at, member=e.get("member")))
+                    refunded.add(key)
+                elif e.get("cause") == "refund":
                     refunds.checked += 1
                     # asked for when the desk marked the booking attended (the same transaction,
                     # or earlier when the refund waited to hear another daemon)
@@ -264,8 +278,11 @@ def check_requested_refunds(run: Run, inv: Invariant) -> None:
             continue
         inv.checked += 1
         site, booking = x["site"], x["booking"]
+        fees = {(e.get("_daemon"), e.get("seq")) for e in run.events.get(site, [])
+                if e["type"] == "deduction" and e.get("cause") == "no_show_fee"}
         got = [e for e in run.events.get(site, []) if e["type"] == "deduction" and e.get("cause") == "refund"
-               and e.get("booking") == booking]
+               and e.get("booking") == booking and isinstance(e.get("refunds"), dict)
+               and (e["refunds"].get("daemon"), e["refunds"].get("seq")) not in fees]  # a fee back is no walk-in
         at = instant(x["sim"])
         member = x.get("member")
         # a walk-in another of the member's bookings got back (an earlier request) is not this one's
