@@ -285,6 +285,9 @@ def test_an_old_refund_request_does_not_take_a_walk_in_from_the_new_box_desk(tmp
     refund = {"id": "e7", "seq": 7, "type": "deduction", "at": z(at(10, 4)), "gate": None, "member": "m1",
               "pass": "p1", "amount": -1, "booking": "b1", "cause": "refund", "refunds": {"daemon": DAEMON, "seq": 2}}
     store.record_own_history(w, [*old_box_events(), asked, refund], ZONES, True)
+    # the old desk's attendance stands: b1 was attended, whatever the request with it
+    assert store.conn.execute("SELECT outcome FROM main.booking_outcomes WHERE booking_id = 'b1'").fetchone() == (
+        "attended",)
     committed = store.mark_attended("b2", "desk", refund=True, now=at(13, 5))
     [refund2] = [e for e in committed.events if e["type"] == "deduction"]
     assert refund2["refunds"] == {"daemon": DAEMON, "seq": 5}

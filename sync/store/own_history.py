@@ -126,8 +126,9 @@ def record(
         else:
             keep.append(ev)
     # a lost request of our own desk is not another daemon's to take a walk-in before ours:
-    # given, its refund is above (and marks its charge); not given, it died with the old box
-    keep = [ev for ev in keep if not (ev.get("type") == "attendance" and ev.get("refund") is True)]
+    # given, its refund is above (and marks its charge); not given, it died with the old box.
+    # Its attendance stands (the booking was attended)
+    keep = [{k: v for k, v in ev.items() if k != "refund"} if ev.get("type") == "attendance" else ev for ev in keep]
     seen.update(peer_events.apply(conn, daemon, keep, zones, record_passage))
     return seen
 
