@@ -771,3 +771,24 @@ def test_a_new_box_numbers_on_after_what_the_site_heard_of_the_old_one(tmp_path:
     [alarm] = [e for e in new.events_after(0) if e["type"] == "alarm"]
     assert "only the site's other daemons heard" in alarm["detail"]
     assert new.own_history_wanted() is None  # the central system has none of them to send back
+
+
+def test_a_fee_given_back_with_a_waiting_refund_does_not_settle_its_request_elsewhere(tmp_path: Path) -> None:
+    """The desk (in-1) marks a fined no-show attended with the refund of the walk-in Ana
+    paid at in-2, in-2 not heard: the fee goes back at once, the walk-in's refund waits.
+    The fee's refund (booking b1) is not the walk-in's: at in-2 the desk's request still
+    stands ahead of in-2's own desk's later one, so the walk-in is given back once."""
+    in2, in1 = site_store(tmp_path, "s1-in-2"), site_store(tmp_path, "s1-in-1")
+    share(in1, in2, in1.run_due(POLICY, at(11, 5)).events, {})  # b1 a no-show, fined
+    _, charge = tap(in2, IN2, at(11, 10))
+    share(in2, in1, charge.events, {"in-2": "main"})
+    first = in1.mark_attended("b1", "desk-1", refund=True, now=at(12, 30), waiting=["s1-in-2"])
+    assert [(e["type"], e.get("cause")) for e in first.events] == [("attendance", None), ("deduction", "refund")]
+    share(in1, in2, first.events, {})
+    assert in2.conn.execute("SELECT daemon, booking_id, settled FROM site_refund_asks").fetchall() == [
+        ("s1-in-1", "b1", 0)]
+    second = in2.mark_attended("b2", "desk-2", refund=True, now=at(12, 31), waiting=["s1-in-1"])
+    share(in2, in1, second.events, {"in-2": "main"})
+    given = in2.settle_refunds(at(12, 32), lambda _: []).events + in1.settle_refunds(at(12, 32), lambda _: []).events
+    walk_ins = [(e["booking"], e["refunds"]["seq"]) for e in given if e["type"] == "deduction"]
+    assert walk_ins == [("b1", charge.events[1]["seq"])]  # the earlier request's, once
