@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -291,6 +292,68 @@ def test_an_old_refund_request_does_not_take_a_walk_in_from_the_new_box_desk(tmp
     committed = store.mark_attended("b2", "desk", refund=True, now=at(13, 5))
     [refund2] = [e for e in committed.events if e["type"] == "deduction"]
     assert refund2["refunds"] == {"daemon": DAEMON, "seq": 5}
+    store.close()
+
+
+def test_a_fee_given_back_in_the_lost_part_is_not_given_back_again(tmp_path: Path) -> None:
+    """A copy of the ledger is put back. In the lost part a turnstile's late attendance had
+    b9's no-show fee given back; the turnstile's catch-up brings that attendance again
+    before the lost events are back: the fee is given back once, not twice."""
+    path = tmp_path / "g.db"
+    store = new_store(path)
+    store.apply_sync(SyncBatch(bookings=[spin("b9", at(10), at(10, 45))]), at(9))
+    store.run_due(POLICY, at(9, 1))  # the time-driven work begins
+    assert [e.get("cause") for e in store.run_due(POLICY, at(11, 1)).events if e["type"] == "deduction"] == [
+        "no_show_fee"]
+    store.close()
+    shutil.copy(path, tmp_path / "copy.db")
+    peer = [{"id": "p1", "seq": 1, "type": "attendance", "at": z(at(10, 1)), "gate": "in-9", "member": "m1",
+             "booking": "b9", "status": "attended", "by": "gate"}]
+    store = open_store(path)
+    start = store.last_seq
+    store.record_peer_events("s1-in-9", peer, {"in-9": "main"}, now=at(11, 30))
+    lost = store.events_after(start)
+    assert [e.get("cause") for e in lost if e["type"] == "deduction"] == ["refund"]
+    store.close()
+    SentMark(path).advance(lost[-1]["seq"], at(11, 30).timestamp())
+    shutil.copy(tmp_path / "copy.db", path)  # put back
+    store = open_store(path)
+    w = store.own_history_wanted()
+    assert w is not None
+    store.record_peer_events("s1-in-9", peer, {"in-9": "main"}, now=at(11, 40))  # the catch-up
+    store.record_own_history(w, lost, ZONES, True)
+    rows = store.conn.execute("SELECT cause FROM deductions WHERE booking_id = 'b9' ORDER BY seq").fetchall()
+    assert rows == [("no_show_fee",), ("refund",)]
+    store.close()
+
+
+@pytest.mark.parametrize("peer_first", [False, True])
+def test_a_fee_of_the_old_box_is_given_back_whichever_comes_first(tmp_path: Path, peer_first: bool) -> None:
+    """The old box fined b9 (in-9 unheard) and died. The new box hears in-9's attendance of
+    b9 and gets the fee back from the central system, in either order: the fee goes back."""
+    store = without_mark(tmp_path / "g.db", applied=2)
+    store.apply_sync(SyncBatch(bookings=[spin("b9", at(8), at(8, 45))]), at(7))
+    store.hold_unsure()
+    store.settle_numbering(2, at(11))
+    w = store.own_history_wanted()
+    assert w is not None
+    lost = [
+        {"id": "e1", "seq": 1, "type": "deduction", "at": z(at(10)), "gate": None, "member": "m1", "pass": "p1",
+         "amount": 1, "booking": "b9", "cause": "no_show_fee"},
+        {"id": "e2", "seq": 2, "type": "attendance", "at": z(at(10)), "gate": None, "member": "m1",
+         "booking": "b9", "status": "no_show", "by": "gate", "unheard": ["s1-in-9"]},
+    ]
+    peer = [{"id": "p1", "seq": 1, "type": "attendance", "at": z(at(8, 1)), "gate": "in-9", "member": "m1",
+             "booking": "b9", "status": "attended", "by": "gate"}]
+    if peer_first:
+        store.record_peer_events("s1-in-9", peer, {"in-9": "main"}, now=at(11, 10))
+        store.record_own_history(w, lost, ZONES, True)
+    else:
+        store.record_own_history(w, lost, ZONES, True)
+        store.record_peer_events("s1-in-9", peer, {"in-9": "main"}, now=at(11, 10))
+    rows = store.conn.execute("SELECT cause, refunded_by IS NOT NULL FROM deductions WHERE booking_id = 'b9' "
+                              "ORDER BY seq").fetchall()
+    assert rows == [("no_show_fee", 1), ("refund", 0)]
     store.close()
 
 

@@ -347,7 +347,11 @@ class Ledger:
         names a walk-in; a fee given back already (here, or by a refund heard) is not
         given back again, so a resend or a catch-up of the same attendance changes
         nothing. Only the daemon that took a fee gives it back: the others find none of
-        theirs."""
+        theirs. Not while this daemon's own lost events are wanted (a ledger put back, a
+        new box): the lost part may have given it back already, or held the fee itself —
+        decided when they are back (record_own_history)."""
+        if own_history.wanted(self.conn) is not None:
+            return
         for member, booking_id in bookings:
             fees = self.conn.execute(
                 "SELECT d.seq, d.pass_id, d.amount, d.at, d.zone FROM main.deductions d "
@@ -535,6 +539,14 @@ class Ledger:
             seen = dict(own_history.record(self.conn, self.daemon_id, wanted, events, zones, self.record_passage))
             if done:
                 own_history.done(tx.delete_meta)
+                # fees of ours that came back, for bookings attended: given back now if the
+                # lost part did not (give_back_no_show_fees waited for it)
+                back = self.conn.execute(
+                    "SELECT DISTINCT d.member_id, d.booking_id FROM main.deductions d "
+                    "JOIN main.booking_outcomes o ON o.booking_id = d.booking_id AND o.outcome = 'attended' "
+                    "WHERE d.cause = 'no_show_fee' AND d.refunded_by IS NULL AND d.member_id IS NOT NULL"
+                ).fetchall()
+                self.give_back_no_show_fees(tx, now or datetime.now(UTC), [(str(m), str(b)) for m, b in back])
             if expired:
                 # the no-shows they held are settled without them, naming this daemon
                 tx.set_meta(own_history.GIVEN_UP_KEY,
