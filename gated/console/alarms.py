@@ -37,7 +37,7 @@ INCIDENTS = {
     "ledger_restored": "The gate's ledger was put back from a copy",
     "snapshot_held": "A snapshot that would empty the site was held",
     "refund_unsettled": "A refund the desk asked for could not be settled",
-    "double_refund": "A walk-in was refunded twice",
+    "double_refund": "A charge was refunded twice",
     # not an `alarm` event but its own (gated/unknown_cards.py): reads past a quota, one
     # event for the burst — the desk sees the flood here, its cards are not each an item
     "unknown_cards": "A flood of unknown cards",

@@ -518,7 +518,7 @@ class Ledger:
         (first, _, first_at), (second, _, second_at) = d.refunds
         tx.emit(
             "alarm", now, gate=None, kind="double_refund", member=d.member,
-            detail=f"{d.member}'s walk-in charge of {amount_json(d.amount)} on pass {d.pass_id} (event "
+            detail=f"{d.member}'s charge of {amount_json(d.amount)} on pass {d.pass_id} (event "
                    f"{d.charge[1]} of {d.charge[0]}) was given back twice: by {first} at "
                    f"{iso_utc(datetime.fromtimestamp(first_at, UTC))} and by {second} at "
                    f"{iso_utc(datetime.fromtimestamp(second_at, UTC))}; take one refund back by hand",
