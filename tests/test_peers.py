@@ -771,6 +771,11 @@ def test_a_new_box_numbers_on_after_what_the_site_heard_of_the_old_one(tmp_path:
     [alarm] = [e for e in new.events_after(0) if e["type"] == "alarm"]
     assert "only the site's other daemons heard" in alarm["detail"]
     assert new.own_history_wanted() is None  # the central system has none of them to send back
+    # what they held of the day (b1's attendance, say) never comes back: b1's no-show names
+    # this daemon as not heard, for a person
+    due = new.run_due(POLICY, at(11, 5)).events
+    [b1] = [e for e in due if e["type"] == "attendance" and e["booking"] == "b1"]
+    assert b1["status"] == "no_show" and b1.get("unheard") == ["s1-in-2"]
 
 
 def test_a_fee_given_back_with_a_waiting_refund_does_not_settle_its_request_elsewhere(tmp_path: Path) -> None:

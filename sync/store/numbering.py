@@ -190,8 +190,13 @@ class Numbering:
                     # held charges are above it now, and the lost part's come back under their numbers
                     store.conn.execute("UPDATE replica.passes SET applied_seq = ? WHERE applied_seq = ?",
                                        (central_seq, after))
-                only_site = (f"; {max(after, central_seq) + 1}..{target} only the site's other daemons heard (the "
-                             "central system never had them: lost with the old box)") if target > central_seq else ""
+                only_site = ""
+                if target > central_seq:
+                    only_site = (f"; {max(after, central_seq) + 1}..{target} only the site's other daemons heard (the "
+                                 "central system never had them: lost with the old box)")
+                    # nothing will bring them back: the no-shows of the day they may bear on
+                    # (an attendance among them) are settled naming this daemon as not heard
+                    tx.set_meta(own_history.GIVEN_UP_KEY, repr(now.timestamp()))
                 tx.emit("alarm", now, gate=None, kind="ledger_restored",
                         detail=f"the ledger ends at event {after} but this daemon's events are held up to {target} "
                         f"(the central system: {central_seq}, the site's daemons: {site_seq or 0}; a new box, or a "
