@@ -74,6 +74,10 @@ class ChargeRef(BaseModel):
 
     daemon: Id
     seq: Annotated[int, Field(ge=1)]
+    cause: str | None = Field(
+        None, max_length=50, description="A refund's: the cause of the charge it gives back (`no_show_fee` for a "
+        "fee; absent for a walk-in the desk refunds).",
+    )
 
 
 class DeductionEvent(EventBase):

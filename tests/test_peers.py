@@ -331,7 +331,7 @@ def test_a_no_show_fee_taken_without_hearing_a_turnstile_is_given_back_when_its_
     assert clerk.booking_status("b1") is not None and clerk.booking_status("b1").value == "attended"  # type: ignore[union-attr]
     [refund] = clerk.events_after(last)
     assert (refund["type"], refund["cause"], refund["amount"], refund["booking"], refund["refunds"]) == (
-        "deduction", "refund", -1, "b1", {"daemon": "s1-in-1", "seq": fee["seq"]})
+        "deduction", "refund", -1, "b1", {"daemon": "s1-in-1", "seq": fee["seq"], "cause": "no_show_fee"})
     # central 10, in-2's booking charge (1), the fee (1) and its refund (-1)
     assert clerk.balance("p1") == Decimal(9)
     share(in2, clerk, came.events, {"in-2": "main"})  # a resend, a catch-up
@@ -353,7 +353,7 @@ def test_staff_marking_a_fined_no_show_attended_give_the_fee_back(tmp_path: Path
     assert sorted(fees) == ["b1", "b2"] and store.balance("p1") == Decimal(8)
     marked = store.mark_attended("b2", "desk", refund=False, now=at(13, 30)).events
     assert [(e["type"], e.get("cause"), e.get("refunds")) for e in marked] == [
-        ("attendance", None, None), ("deduction", "refund", {"daemon": "s1-in-1", "seq": fees["b2"]["seq"]})]
+        ("attendance", None, None), ("deduction", "refund", {"daemon": "s1-in-1", "seq": fees["b2"]["seq"], "cause": "no_show_fee"})]
     assert store.balance("p1") == Decimal(9)
     again = store.mark_attended("b2", "desk", refund=False, now=at(13, 31)).events
     assert [e["type"] for e in again] == ["attendance"]

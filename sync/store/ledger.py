@@ -42,7 +42,7 @@ from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee, reach
 from rules.tap import Tap
 from rules.timeutil import iso_utc, local_date, start_of_local_day
 from sync.errors import StoreError
-from sync.store import evacuation, own_history, peer_events, refunds_wanted, unconfirmed
+from sync.store import evacuation, numbering, own_history, peer_events, refunds_wanted, unconfirmed
 from sync.store.outbox import Event
 from sync.store.replica import Replica
 from sync.store.rows import BOOKING_READ, booking_from_row, dt, ts
@@ -57,6 +57,7 @@ RESTORED_KEY = "ledger.restored_at"
 FROM_KEY = "due.no_show_from"
 # written while this daemon does not do the site's time-driven work (Ledger.leave_no_shows)
 LEFT_KEY = "due.left"
+FEES_UNSURE_KEY = own_history.FEES_UNSURE_KEY
 CURSOR_IDLE = timedelta(minutes=10)
 # a no-show names at most this many of the member's unconfirmed grants (one is the usual)
 UNCONFIRMED_NAMED = 10
@@ -347,11 +348,14 @@ class Ledger:
         names a walk-in; a fee given back already (here, or by a refund heard) is not
         given back again, so a resend or a catch-up of the same attendance changes
         nothing. Only the daemon that took a fee gives it back: the others find none of
-        theirs. Not while this daemon's own lost events are wanted (a ledger put back, a
-        new box): the lost part may have given it back already, or held the fee itself —
-        decided when they are back (record_own_history)."""
-        if own_history.wanted(self.conn) is not None:
+        theirs. Not while this daemon's own lost events are wanted, or its numbering held
+        (a ledger put back, a new box): the lost part may have given it back already —
+        decided when they are back (give_back_attended_fees). A fee the lost part may have
+        given back, and that part never came back (FEES_UNSURE_KEY), is a `refund_unsettled`
+        alarm for a person, once."""
+        if own_history.wanted(self.conn) is not None or self._meta_float(numbering.HELD_KEY) is not None:
             return
+        unsure = self._meta_float(FEES_UNSURE_KEY)
         for member, booking_id in bookings:
             fees = self.conn.execute(
                 "SELECT d.seq, d.pass_id, d.amount, d.at, d.zone FROM main.deductions d "
@@ -362,12 +366,33 @@ class Ledger:
             ).fetchall()
             for seq, pass_id, amount, at, zone in fees:
                 fee = peer_events.Charge(self.daemon_id, int(seq), str(pass_id), Decimal(amount), float(at), True)
+                if unsure is not None and seq <= unsure:
+                    # marked as given back by nobody: the alarm is raised once
+                    self.conn.execute("INSERT OR IGNORE INTO main.site_refunds(daemon, seq) VALUES (?, ?)",
+                                      (fee.daemon, fee.seq))
+                    tx.emit("alarm", now, gate=None, kind="refund_unsettled", member=member,
+                            detail=f"{member}'s no-show fee of {amount_json(fee.amount)} for booking {booking_id} "
+                            f"(event {fee.seq}) is for a booking attended after all, but this gate's events that "
+                            "may have given it back were lost with its old ledger: give it back by hand if they "
+                            "did not")
+                    continue
                 refund = self.deduct(
                     tx, now, pass_id=fee.pass_id, member_id=member, amount=-fee.amount, booking_id=booking_id,
                     cause="refund", zone=zone, gate=None, refunded_seq=fee.seq,
-                    refunds={"daemon": fee.daemon, "seq": fee.seq},
+                    refunds={"daemon": fee.daemon, "seq": fee.seq, "cause": "no_show_fee"},
                 )
                 peer_events.mark_refunded(self.conn, fee, (self.daemon_id, int(refund["seq"]), ts(now)))
+
+    def give_back_attended_fees(self, tx: Transaction, now: datetime) -> None:
+        """Inside a transaction: every fee of ours for a booking attended, not given back —
+        once what a lost ledger held is back (or known never to come), the attendances heard
+        meanwhile (give_back_no_show_fees waited) are acted on."""
+        back = self.conn.execute(
+            "SELECT DISTINCT d.member_id, d.booking_id FROM main.deductions d "
+            "JOIN main.booking_outcomes o ON o.booking_id = d.booking_id AND o.outcome = 'attended' "
+            "WHERE d.cause = 'no_show_fee' AND d.refunded_by IS NULL AND d.member_id IS NOT NULL"
+        ).fetchall()
+        self.give_back_no_show_fees(tx, now, [(str(m), str(b)) for m, b in back])
 
     def settle_refunds(self, now: datetime, waiting: Callable[[datetime], list[str]]) -> Committed:
         """The refunds the desk asked for that wait to hear the site. Once every daemon is
@@ -513,8 +538,9 @@ class Ledger:
         `alarm` (kind `double_refund`) for the central system and the desk. Raised by each
         daemon whose refund it is, when it hears of the other: a daemon of an older version
         (the usual cause) says nothing, so the other must."""
-        if all(r[0] != self.daemon_id for r in d.refunds):
-            return  # two other daemons' refunds: theirs to report
+        if all(r[0] != self.daemon_id for r in d.refunds) and d.refunds[0][0] != d.refunds[1][0]:
+            return  # two other daemons' refunds: theirs to report (one daemon's two: it cannot see
+            # the first, lost with its old ledger — whoever hears both says so)
         (first, _, first_at), (second, _, second_at) = d.refunds
         tx.emit(
             "alarm", now, gate=None, kind="double_refund", member=d.member,
@@ -537,16 +563,13 @@ class Ledger:
         "nothing charged" but a `refund_unsettled` alarm for a person."""
         with self.transactions.open() as tx:
             seen = dict(own_history.record(self.conn, self.daemon_id, wanted, events, zones, self.record_passage))
+            if expired:  # what they may have given back is not known: for a person
+                unsure = max(wanted.to_seq, int(self._meta_float(FEES_UNSURE_KEY) or 0))
+                tx.set_meta(FEES_UNSURE_KEY, str(unsure))
             if done:
                 own_history.done(tx.delete_meta)
-                # fees of ours that came back, for bookings attended: given back now if the
-                # lost part did not (give_back_no_show_fees waited for it)
-                back = self.conn.execute(
-                    "SELECT DISTINCT d.member_id, d.booking_id FROM main.deductions d "
-                    "JOIN main.booking_outcomes o ON o.booking_id = d.booking_id AND o.outcome = 'attended' "
-                    "WHERE d.cause = 'no_show_fee' AND d.refunded_by IS NULL AND d.member_id IS NOT NULL"
-                ).fetchall()
-                self.give_back_no_show_fees(tx, now or datetime.now(UTC), [(str(m), str(b)) for m, b in back])
+                # fees of ours for bookings attended: given back now if the lost part did not
+                self.give_back_attended_fees(tx, now or datetime.now(UTC))
             if expired:
                 # the no-shows they held are settled without them, naming this daemon
                 tx.set_meta(own_history.GIVEN_UP_KEY,

@@ -195,8 +195,10 @@ class Numbering:
                     only_site = (f"; {max(after, central_seq) + 1}..{target} only the site's other daemons heard (the "
                                  "central system never had them: lost with the old box)")
                     # nothing will bring them back: the no-shows of the day they may bear on
-                    # (an attendance among them) are settled naming this daemon as not heard
+                    # (an attendance among them) are settled naming this daemon as not heard,
+                    # and a fee of ours they may have given back is for a person
                     tx.set_meta(own_history.GIVEN_UP_KEY, repr(now.timestamp()))
+                    tx.set_meta(own_history.FEES_UNSURE_KEY, str(target))
                 tx.emit("alarm", now, gate=None, kind="ledger_restored",
                         detail=f"the ledger ends at event {after} but this daemon's events are held up to {target} "
                         f"(the central system: {central_seq}, the site's daemons: {site_seq or 0}; a new box, or a "
@@ -211,6 +213,9 @@ class Numbering:
                 tx.delete_meta(HELD_KEY)
         store.flush_now()
         store.sent.advance(after, now.timestamp())  # raises OSError: still held, settled again later
+        if own_history.wanted(store.conn) is None:  # nothing to wait for: attendances heard meanwhile count
+            with store.transaction() as tx:
+                store.ledger.give_back_attended_fees(tx, now)
         self.unsure_after = self._missing_after = None
 
 

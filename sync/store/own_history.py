@@ -49,6 +49,10 @@ WAIT = HORIZON
 # the classes the lost part may hold an attendance of are settled without it, naming this
 # daemon as not heard (Ledger.run_due)
 GIVEN_UP_KEY = "own_history_given_up"
+# our no-show fees up to this seq may have been given back in a lost part of the ledger
+# that never came back (only the site heard it, or the central system never sent it): for
+# a person, not given back again by the gate (Ledger.give_back_no_show_fees)
+FEES_UNSURE_KEY = "fees.unsure_through"
 
 _UTC = ZoneInfo("UTC")
 
@@ -186,4 +190,4 @@ def given_up(conn: sqlite3.Connection) -> datetime | None:
         return None
 
 
-__all__ = ["GIVEN_UP_KEY", "HORIZON", "KEY", "WAIT", "Wanted", "done", "given_up", "record", "want", "wanted"]
+__all__ = ["FEES_UNSURE_KEY", "GIVEN_UP_KEY", "HORIZON", "KEY", "WAIT", "Wanted", "done", "given_up", "record", "want", "wanted"]

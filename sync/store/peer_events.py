@@ -225,10 +225,13 @@ def apply(
                 conn.execute("INSERT OR IGNORE INTO site_refunds(daemon, seq, by_daemon, by_seq, by_at) "
                              "VALUES (?,?,?,?,?)", (*c.refunds, *by))
                 seen["remote_refunds"] += 1
-                fee = conn.execute(  # a no-show fee given back is no walk-in: its desk's request may still wait
+                # a no-show fee given back is no walk-in: its desk's request may still wait (the
+                # refund says what it gave back; from an older version, the charge if heard)
+                said = ev["refunds"].get("cause") if isinstance(ev.get("refunds"), Mapping) else None
+                fee = said == "no_show_fee" or (said is None and conn.execute(
                     "SELECT 1 FROM main.site_charges WHERE daemon = ? AND seq = ? AND cause = 'no_show_fee'", c.refunds
-                ).fetchone()
-                if ev.get("booking") and fee is None:  # its request, given: no longer ahead of anyone's
+                ).fetchone() is not None)
+                if ev.get("booking") and not fee:  # its request, given: no longer ahead of anyone's
                     conn.execute("UPDATE main.site_refund_asks SET settled = 1 WHERE daemon = ? AND booking_id = ?",
                                  (sender, str(ev["booking"])))
         elif kind == "passage_unconfirmed":
