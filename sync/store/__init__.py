@@ -13,6 +13,7 @@ sync link hold; it is a façade over the modules below, one concern each:
 | `transaction.py` | `Store.transaction()`: one atomic change with its events |
 | `outbox.py` | the numbered events (gap-free `seq`), acks, pruning |
 | `sent_mark.py`, `numbering.py` | the last seq that left the gate, kept beside the ledger; a ledger without it holds its events until the central system says how far it got |
+| `own_history.py`, `lost_part.py` | a lost ledger's own events, asked back from the central system; the no-shows they may bear on, held meanwhile |
 | `meta.py`, `audit.py` | named values; the audit log |
 | `rows.py`, `batch.py`, `search_text.py` | the one mapping between records and table rows; a sync's records; the desk's search text |
 | `replica.py` | members, cards, passes, bookings: reads, applying syncs |

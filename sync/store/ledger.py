@@ -17,11 +17,13 @@ the replica. A booking a sync brings in behind the cursor (a late arrival) is li
 `due_recheck` before the replica changes, and settled at the next run. What ended before
 this daemon began the site's time-driven work (`due.no_show_from`, its first run) is not
 its to settle, walked or listed; and while its own events of a lost ledger are wanted,
-the classes they may bear on wait in `due_recheck` (`_LostPart`).
+the classes they may bear on wait in `due_recheck` (`LostPart`).
 
-About 600 lines: every change here reads and writes the same few tables under the same
-rules (one transaction, its events, the replica's ids), so they stay side by side; the
-grant intents, the peers' events and occupancy, which have tables of their own, are not.
+About 850 lines: every change here reads and writes the same few tables under the same
+rules (one transaction, its events, the replica's ids), so they stay side by side — the
+desk's refunds and the fees given back beside the charges they undo, the no-show walk
+beside the outcomes it reads; the grant intents, the peers' events, occupancy and what a
+lost ledger held (lost_part.py), which have tables or a question of their own, are not.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -38,11 +39,12 @@ from rules.decide import ZonePresence
 from rules.model import Booking, Direction, Gate, Policy
 from rules.model import Site as SiteModel
 from rules.reasons import Reason
-from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee, reached_by
+from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee
 from rules.tap import Tap
 from rules.timeutil import iso_utc, local_date, start_of_local_day
 from sync.errors import StoreError
 from sync.store import evacuation, numbering, own_history, peer_events, refunds_wanted, unconfirmed
+from sync.store.lost_part import LostPart
 from sync.store.outbox import Event
 from sync.store.replica import Replica
 from sync.store.rows import BOOKING_READ, booking_from_row, dt, ts
@@ -573,7 +575,7 @@ class Ledger:
             if expired:
                 # the no-shows they held are settled without them, naming this daemon
                 tx.set_meta(own_history.GIVEN_UP_KEY,
-                            repr(ts(_LostPart.found(wanted, self._meta_float(RESTORED_KEY)))))
+                            repr(ts(LostPart.found(wanted, self._meta_float(RESTORED_KEY)))))
                 at = now or datetime.now(UTC)
                 for w in refunds_wanted.wanted(self.conn):
                     if self.daemon_id in w.waiting:
@@ -639,7 +641,7 @@ class Ledger:
         them. Two bounds of the ledger's own narrow it further: the classes that ended
         before this daemon began the site's time-driven work are not its to settle
         (FROM_KEY), and while its own lost events are wanted, it is itself a daemon not
-        heard (_LostPart)."""
+        heard (LostPart)."""
         horizon = horizon or NoShowHorizon(now - policy.no_show_after)
         through = ts(horizon.ends_by)
         cursor = self.cursor()
@@ -690,7 +692,7 @@ class Ledger:
             ]
         # the classes this daemon's own lost events may bear on wait for them, listed for a
         # recheck at every run (the walk goes on past them: the next day's classes do not)
-        lost = _LostPart.of(c, self.site, policy, now, restored)
+        lost = LostPart.of(c, self.site, policy, now, restored)
         bookings = [booking_from_row(r) for r in open_rows]
         held = {b.id for b in bookings if lost is not None and lost.holds(b)}
         credit, settle = self._loyalty_due(policy, now)
@@ -836,55 +838,6 @@ class Ledger:
 
     def qr_seen(self, token_id: str) -> bool:
         return self.conn.execute("SELECT 1 FROM qr_used WHERE token_id = ?", (token_id,)).fetchone() is not None
-
-
-@dataclass(frozen=True, slots=True)
-class _LostPart:
-    """This daemon's own events that a lost ledger held (a box replaced, a copy put back:
-    sync/store/own_history.py). An attendance among them, or the member on site earlier
-    that day, makes a class no no-show, or its no-show no fee: so this daemon is, for the
-    classes they bear on (rules.schedule.reached_by), a daemon not heard. Their no-shows
-    wait while the events are wanted (`waiting`: the classes starting before its first
-    instant whose no-show fell due after the restore, its second — those due by then are
-    _unsure_after_restore's); once the wait ran out (own_history.WAIT after the loss) they
-    are settled naming this daemon (`unheard`), as no-shows settled past an unheard
-    peer's `peer_wait_limit` name it."""
-
-    waiting: tuple[float, float] | None  # (starting before, due after), POSIX seconds
-    given_up: tuple[float, ...]  # the classes starting before one of these are settled unheard
-
-    @classmethod
-    def of(
-        cls, conn: sqlite3.Connection, site: SiteModel, policy: Policy, now: datetime, restored: float | None,
-    ) -> _LostPart | None:
-        wanted, gone = own_history.wanted(conn), own_history.given_up(conn)
-        if wanted is None and gone is None:
-            return None
-        waiting = None
-        given_up = [] if gone is None else [ts(reached_by(gone, site.timezone, policy))]
-        if wanted is not None:
-            found = cls.found(wanted, restored)
-            reach = ts(reached_by(found, site.timezone, policy))
-            if now < wanted.expires:
-                end = restored if restored is not None else ts(found)
-                waiting = (reach, end - policy.no_show_after.total_seconds())
-            else:  # the link gives up on them at the same time (sync/link/own_history.py)
-                given_up.append(reach)
-        return cls(waiting, tuple(given_up))
-
-    def holds(self, b: Booking) -> bool:
-        """`b`'s no-show waits for the lost events."""
-        return self.waiting is not None and ts(b.starts_at) < self.waiting[0] and ts(b.ends_at) > self.waiting[1]
-
-    def unheard(self, b: Booking) -> bool:
-        """`b`'s no-show is settled without the lost events: it names this daemon."""
-        return any(ts(b.starts_at) < r for r in self.given_up)
-
-    @staticmethod
-    def found(wanted: own_history.Wanted, restored: float | None) -> datetime:
-        """Where the lost part ends: by the loss's finding — and at least at the last event
-        of it that was sent (RESTORED_KEY, a copy put back), whatever the clock said then."""
-        return wanted.found_at if restored is None else max(wanted.found_at, dt(restored))
 
 
 def unconfirmed_fields(intent: dict[str, Any]) -> dict[str, Any]:
