@@ -200,11 +200,11 @@ class Numbering:
                     tx.set_meta(own_history.GIVEN_UP_KEY, repr(now.timestamp()))
                     tx.set_meta(own_history.FEES_UNSURE_KEY, str(target))
                 tx.emit("alarm", now, gate=None, kind="ledger_restored",
-                        detail=f"the ledger ends at event {after} but this daemon's events are held up to {target} "
+                        detail=f"the ledger ends at event {after} but others hold this daemon's events up to {target} "
                         f"(the central system: {central_seq}, the site's daemons: {site_seq or 0}; a new box, or a "
                         f"copy without {store.sent.path.name}): {after + 1}..{target} are void here, the events since "
                         f"the start numbered on after them{only_site}")
-            log.warning("ledger_restored: this daemon's events are held up to %d (central %d, site %s), the ledger "
+            log.warning("ledger_restored: others hold this daemon's events up to %d (central %d, site %s), the ledger "
                         "ended at %d; the %d held event(s) numbered on after it", target, central_seq, site_seq,
                         after, held)
             self.unsure_after = after = target  # moved once: a failure below must not move them again
