@@ -11,7 +11,17 @@ from typing import Any
 from sync.store import Store, SyncBatch
 from sync.store.sent_mark import SentMark
 from tests.test_numbering import forget_mark
-from tests.test_own_history import POLICY, ZONES, at, new_store, open_store, spin, without_mark, z
+from tests.test_own_history import (
+    POLICY,
+    ZONES,
+    at,
+    new_store,
+    old_box_fee,
+    open_store,
+    spin,
+    without_mark,
+    z,
+)
 from tests.test_peers import IN2, share, site_store, tap
 from tests.test_peers import POLICY as PP
 from tests.test_peers import at as pat
@@ -101,12 +111,7 @@ def test_a_fee_only_the_site_may_have_seen_given_back_is_for_a_person(tmp_path: 
     assert store.conn.execute("SELECT value FROM meta WHERE key='own_history_given_up'").fetchone() is not None
     w = store.own_history_wanted()
     assert w is not None
-    lost = [
-        {"id": "e1", "seq": 1, "type": "deduction", "at": z(at(10)), "gate": None, "member": "m1", "pass": "p1",
-         "amount": 1, "booking": "b9", "cause": "no_show_fee"},
-        {"id": "e2", "seq": 2, "type": "attendance", "at": z(at(10)), "gate": None, "member": "m1",
-         "booking": "b9", "status": "no_show", "by": "gate", "unheard": ["s1-in-9"]},
-    ]
+    lost = old_box_fee()
     # the old box's refund of e1 (seq 3: only the site heard it) is gone for good
     store.record_peer_events("s1-in-9", [{**PEER[0], "at": z(at(8, 1))}], {"in-9": "main"}, now=at(11, 10))
     store.record_own_history(w, lost, ZONES, True)

@@ -327,6 +327,16 @@ def test_a_fee_given_back_in_the_lost_part_is_not_given_back_again(tmp_path: Pat
     store.close()
 
 
+def old_box_fee() -> list[dict[str, Any]]:
+    """What the old box did at 10:00, events 1..2: b9 a no-show (in-9 not heard) and its fee."""
+    return [
+        {"id": "e1", "seq": 1, "type": "deduction", "at": z(at(10)), "gate": None, "member": "m1", "pass": "p1",
+         "amount": 1, "booking": "b9", "cause": "no_show_fee"},
+        {"id": "e2", "seq": 2, "type": "attendance", "at": z(at(10)), "gate": None, "member": "m1",
+         "booking": "b9", "status": "no_show", "by": "gate", "unheard": ["s1-in-9"]},
+    ]
+
+
 @pytest.mark.parametrize("peer_first", [False, True])
 def test_a_fee_of_the_old_box_is_given_back_whichever_comes_first(tmp_path: Path, peer_first: bool) -> None:
     """The old box fined b9 (in-9 unheard) and died. The new box hears in-9's attendance of
@@ -337,12 +347,7 @@ def test_a_fee_of_the_old_box_is_given_back_whichever_comes_first(tmp_path: Path
     store.settle_numbering(2, at(11))
     w = store.own_history_wanted()
     assert w is not None
-    lost = [
-        {"id": "e1", "seq": 1, "type": "deduction", "at": z(at(10)), "gate": None, "member": "m1", "pass": "p1",
-         "amount": 1, "booking": "b9", "cause": "no_show_fee"},
-        {"id": "e2", "seq": 2, "type": "attendance", "at": z(at(10)), "gate": None, "member": "m1",
-         "booking": "b9", "status": "no_show", "by": "gate", "unheard": ["s1-in-9"]},
-    ]
+    lost = old_box_fee()
     peer = [{"id": "p1", "seq": 1, "type": "attendance", "at": z(at(8, 1)), "gate": "in-9", "member": "m1",
              "booking": "b9", "status": "attended", "by": "gate"}]
     if peer_first:

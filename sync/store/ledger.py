@@ -64,6 +64,11 @@ CURSOR_IDLE = timedelta(minutes=10)
 # a no-show names at most this many of the member's unconfirmed grants (one is the usual)
 UNCONFIRMED_NAMED = 10
 _BOOKINGS = "replica.bookings b LEFT JOIN main.booking_outcomes o ON o.booking_id = b.id"
+# our no-show fees not given back, of bookings attended after all (the deduction aliased `d`)
+_ATTENDED_FEES = (
+    "FROM main.deductions d JOIN main.booking_outcomes o ON o.booking_id = d.booking_id AND o.outcome = 'attended' "
+    "WHERE d.cause = 'no_show_fee' AND d.refunded_by IS NULL"
+)
 
 
 def amount_json(d: Decimal) -> int | float:
@@ -360,10 +365,8 @@ class Ledger:
         unsure = self._meta_float(FEES_UNSURE_KEY)
         for member, booking_id in bookings:
             fees = self.conn.execute(
-                "SELECT d.seq, d.pass_id, d.amount, d.at, d.zone FROM main.deductions d "
-                "JOIN main.booking_outcomes o ON o.booking_id = d.booking_id AND o.outcome = 'attended' "
-                "WHERE d.member_id = ? AND d.cause = 'no_show_fee' AND d.booking_id = ? AND d.refunded_by IS NULL "
-                "AND NOT EXISTS (SELECT 1 FROM main.site_refunds r WHERE r.daemon = ? AND r.seq = d.seq)",
+                f"SELECT d.seq, d.pass_id, d.amount, d.at, d.zone {_ATTENDED_FEES} AND d.member_id = ? "
+                "AND d.booking_id = ? AND NOT EXISTS (SELECT 1 FROM main.site_refunds r WHERE r.daemon = ? AND r.seq = d.seq)",
                 (member, booking_id, self.daemon_id),
             ).fetchall()
             for seq, pass_id, amount, at, zone in fees:
@@ -390,9 +393,7 @@ class Ledger:
         once what a lost ledger held is back (or known never to come), the attendances heard
         meanwhile (give_back_no_show_fees waited) are acted on."""
         back = self.conn.execute(
-            "SELECT DISTINCT d.member_id, d.booking_id FROM main.deductions d "
-            "JOIN main.booking_outcomes o ON o.booking_id = d.booking_id AND o.outcome = 'attended' "
-            "WHERE d.cause = 'no_show_fee' AND d.refunded_by IS NULL AND d.member_id IS NOT NULL"
+            f"SELECT DISTINCT d.member_id, d.booking_id {_ATTENDED_FEES} AND d.member_id IS NOT NULL"
         ).fetchall()
         self.give_back_no_show_fees(tx, now, [(str(m), str(b)) for m, b in back])
 
