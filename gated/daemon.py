@@ -201,6 +201,7 @@ class Daemon:
         self.storage = StorageWatch(
             store, self.clock, self.metrics, min_free=int(cfg.store.min_free_mb * 1024 * 1024),
             backup_interval=backup_every, integrity_interval=check_every, max_held_exits=cfg.store.max_held_exits,
+            zones={g.id: g.zone for g in cfg.gates},
         )
         self.alarms.attach(store, self.storage)
         self.retention = LedgerRetention(

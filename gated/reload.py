@@ -58,6 +58,8 @@ async def reload_config(d: Daemon, path: Path) -> bool:
     if d.retention is not None:  # the next sweep keeps what the new file says
         d.retention.keep, d.retention.keep_audit = new.store.retention_periods()
         d.retention.no_show_work = new.time_driven_work
+    if d.storage is not None:  # a gate added or moved: its exits not recorded, in its zone
+        d.storage.zones = {g.id: g.zone for g in new.gates}
     if d.taps is not None:
         d.taps.engine, d.taps.config = d.engine, new
         u = new.unknown_cards

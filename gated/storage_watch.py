@@ -41,7 +41,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -50,7 +50,7 @@ import structlog
 
 from gated.metrics import Metrics
 from rules.timeutil import iso_utc
-from sync.store import Committed, Store, open_reader
+from sync.store import Committed, Store, open_reader, unrecorded_exits
 from sync.store.db import uri
 from sync.store.faults import STORAGE_ERRORS, StorageChange, StorageGuard, StorageProblem, classify
 
@@ -97,8 +97,10 @@ class StorageWatch:
         backup_interval: timedelta | None = None,
         integrity_interval: timedelta | None = None,
         max_held_exits: int = MAX_HELD_EXITS,
+        zones: Mapping[str, str] | None = None,
     ):
         self.store = store
+        self.zones: Mapping[str, str] = zones or {}  # gate → zone, for the exits not recorded
         self.clock = clock
         self.metrics = metrics
         self.guard = StorageGuard(store.path, min_free=min_free)
@@ -358,19 +360,24 @@ class StorageWatch:
             BEYOND_BOUND: f"more than {self.max_held_exits} were waiting to be written",
             UNREADABLE: "the store could not be read to tell whose card it was",
         }
+        first, last = min(u.first for u in gates.values()), max(u.last for u in gates.values())
+        by_gate = {g: u.count for g, u in gates.items()}
         try:
-            self.store.emit(
-                "alarm",
-                self.clock(),
-                gate=None,
-                kind="exits_not_recorded",
-                detail=f"{count} exits opened during a storage fault were not recorded: "
-                + "; ".join(text for key, text in why.items() if key in self._unrecorded_why),
-                count=count,
-                gates={g: u.count for g, u in gates.items()},
-                since=iso_utc(min(u.first for u in gates.values())),
-                until=iso_utc(max(u.last for u in gates.values())),
-            )
+            with self.store.transaction() as tx:
+                tx.emit(
+                    "alarm",
+                    self.clock(),
+                    gate=None,
+                    kind="exits_not_recorded",
+                    detail=f"{count} exits opened during a storage fault were not recorded: "
+                    + "; ".join(text for key, text in why.items() if key in self._unrecorded_why),
+                    count=count,
+                    gates=by_gate,
+                    since=iso_utc(first),
+                    until=iso_utc(last),
+                )
+                # whoever went out is not known: nobody who came in before is known inside
+                unrecorded_exits.record(tx.conn, self.store.daemon_id, by_gate, self.zones, first, last)
         except STORAGE_ERRORS as e:
             self.guard.failed(e, self.clock())
             return

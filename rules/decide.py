@@ -76,6 +76,9 @@ class ZonePresence:
     last_direction: Direction | None = None
     last_entry_at: datetime | None = None
     evacuated_at: datetime | None = None
+    # the last exit through the zone's gates that opened unrecorded (a storage fault): whoever
+    # went out is not known, so no entry before it proves its member is still inside
+    exit_unrecorded_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +124,11 @@ class Decision:
 
 def is_inside(presence: ZonePresence | None, now: datetime, site: Site) -> bool:
     """Inside: a passed entry and no exit since, forgotten at local midnight and at an
-    evacuation (nobody is known to be inside after one)."""
+    evacuation (nobody is known to be inside after one), and not known when an exit of the
+    zone opened unrecorded after it (it may have been theirs: sync/store/unrecorded_exits.py)."""
     if presence is None or presence.last_at is None or presence.last_direction != Direction.IN:
+        return False
+    if presence.exit_unrecorded_at is not None and presence.last_at <= presence.exit_unrecorded_at:
         return False
     same_day = local_date(presence.last_at, site.timezone) == local_date(now, site.timezone)
     return same_day and not evacuated(presence, now, site)

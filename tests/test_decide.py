@@ -469,6 +469,12 @@ def test_attends_booking_only_for_booking_grants() -> None:
         (ZonePresence(t("2026-11-18T10:00"), Direction.IN, t("2026-11-18T10:00"), t("2026-11-18T10:00:01")), "2026-11-18T12:00", False),
         (ZonePresence(t("2026-11-18T10:00"), Direction.IN, t("2026-11-18T10:00"), t("2026-11-18T10:00")), "2026-11-18T12:00", True),
         (ZonePresence(t("2026-11-18T10:00"), Direction.IN, t("2026-11-18T10:00"), t("2026-11-18T12:00:01")), "2026-11-18T12:00", True),
+        # an exit of the zone opened unrecorded after the entry: it may have been theirs; one
+        # before the entry says nothing of it
+        (ZonePresence(t("2026-11-18T10:00"), Direction.IN, t("2026-11-18T10:00"), exit_unrecorded_at=t("2026-11-18T10:30")),
+         "2026-11-18T12:00", False),
+        (ZonePresence(t("2026-11-18T10:00"), Direction.IN, t("2026-11-18T10:00"), exit_unrecorded_at=t("2026-11-18T09:59")),
+         "2026-11-18T12:00", True),
     ],
 )
 def test_is_inside(presence: ZonePresence | None, now: str, inside: bool) -> None:

@@ -797,3 +797,73 @@ def test_a_fee_given_back_with_a_waiting_refund_does_not_settle_its_request_else
     given = in2.settle_refunds(at(12, 32), lambda _: []).events + in1.settle_refunds(at(12, 32), lambda _: []).events
     walk_ins = [(e["booking"], e["refunds"]["seq"]) for e in given if e["type"] == "deduction"]
     assert walk_ins == [("b1", charge.events[1]["seq"])]  # the earlier request's, once
+
+
+# -- exits let out unrecorded (sync/store/unrecorded_exits.py) ---------------------------------
+
+
+def test_a_member_who_left_by_an_exit_a_storage_fault_did_not_record_is_let_back_in(tmp_path: Path) -> None:
+    """m1 came in at in-1; during a storage fault at the exit's daemon, out-1 let somebody
+    out whom it could not record (gated/storage_watch.py: the store too damaged to tell
+    whose card, or beyond the held exits' bound). It may have been m1: back at a hard
+    anti-passback entrance, at either daemon, they are let in and not counted twice in the
+    zone — before, they were refused as still inside for the rest of the day. An entry
+    after it is known inside as usual; the alarm heard again counts once."""
+    from gated.metrics import Metrics
+    from gated.storage_watch import StorageWatch
+    from sync.store import unrecorded_exits
+
+    a, b = site_store(tmp_path, "s1-in-1"), site_store(tmp_path, "s1-out-1")
+    hard1, hard2 = (replace(g, anti_passback=AntiPassback.HARD) for g in (IN1, IN2))
+    d, committed = tap(a, hard1, at(9))
+    assert d.reason == Reason.WALK_IN
+    share(a, b, committed.events, {"in-1": "main"})
+    assert tap(a, hard1, at(9, 10))[0].reason == Reason.ANTI_PASSBACK  # inside, as far as anyone knows
+
+    now = [at(9, 30)]
+    watch = StorageWatch(b, lambda: now[0], Metrics(), min_free=0, zones={"out-1": "main", "in-2": "main"})
+    watch.exit_unrecorded("out-1")
+    now[0] = at(9, 31)
+    watch.exit_unrecorded("out-1")
+    watch._report_unrecorded()  # the store works again: the alarm, and the zone's presence with it
+    alarms = [e for e in b.outbox.events_after(0) if e["type"] == "alarm" and e["kind"] == "exits_not_recorded"]
+    assert len(alarms) == 1 and alarms[0]["gates"] == {"out-1": 2}, alarms
+    assert [(u.count, u.last) for u in unrecorded_exits.of_zone(b.conn, "main")] == [(2, at(9, 31))]
+    assert share(b, a, alarms, {"out-1": "main"})["remote_unrecorded_exits"] == 1
+    assert share(b, a, alarms, {"out-1": "main"}).get("remote_unrecorded_exits", 0) == 0  # heard again
+    assert len(unrecorded_exits.of_zone(a.conn, "main")) == 1
+
+    for store, gate in ((a, hard1), (b, hard2)):
+        assert store.view("m1", gate, at(10)).presence["main"].exit_unrecorded_at == at(9, 31)
+        assert occupancy(store, "main", at(10)) == 0
+        d = decide(store.view("m1", gate, at(10)), Presented(CredentialKind.CARD), gate, SITE, POLICY, at(10))
+        assert d.granted and d.reason != Reason.ANTI_PASSBACK, d
+    d, committed = tap(a, hard1, at(10))
+    assert d.granted
+    assert occupancy(a, "main", at(10, 1)) == 1  # this entry came after the exits
+    assert tap(a, hard1, at(10, 5))[0].reason == Reason.ANTI_PASSBACK
+
+
+def test_unrecorded_exits_take_no_more_off_the_count_than_came_in_before_them(tmp_path: Path) -> None:
+    """Three exits nobody recorded at 9:30, two people inside who came in before and one
+    after: the two may be gone, the one after is inside whatever the count of exits. The
+    exits before an evacuation or of another zone take nothing off; a value not written by
+    the module reads as none."""
+    from sync.store import unrecorded_exits
+    from sync.store.occupancy import counted
+
+    store = site_store(tmp_path, "s1-in-1")
+    with store.transaction() as tx:
+        assert unrecorded_exits.record(tx.conn, "s1-out-1", {"out-1": 3, "gym-out": 1}, {"out-1": "main"},
+                                       at(9, 20), at(9, 30)) == 3
+        assert unrecorded_exits.record(tx.conn, "s1-out-1", {"out-1": 3}, {"out-1": "main"},
+                                       at(9, 20), at(9, 30)) == 0  # the same report again
+    entries = [("m1", at(9).timestamp(), "in-1"), ("m2", at(9, 10).timestamp(), "in-1"),
+               ("m3", at(10).timestamp(), "in-1")]
+    assert counted(store.conn, "main", entries, at(0), at(11)) == 1
+    assert counted(store.conn, "main", entries[:1], at(0), at(11)) == 0
+    assert counted(store.conn, "main", entries, at(9, 45), at(11)) == 3  # after an evacuation at 9:45
+    assert counted(store.conn, "spa", entries, at(0), at(11)) == 3
+    store.set_meta(unrecorded_exits.key("main"), "at half past nine")
+    assert counted(store.conn, "main", entries, at(0), at(11)) == 3
+    assert unrecorded_exits.last_at("[]") is None

@@ -224,14 +224,18 @@ class Views:
         for zone in zones:
             cap = self.backend.config.zones.get(zone)
             people = rm.inside(self.store.conn, zone, start, now)
+            # exits that opened unrecorded: that many of those who came in before have left
+            gone, last = rm.exits_unrecorded(self.store.conn, zone, start, now)
             out.append({
                 "zone": zone,
-                "inside": len(people),
+                "inside": rm.counted_inside(self.store.conn, zone, people, start, now),
                 "capacity": cap.capacity if cap is not None else None,
                 "anonymous": rm.anonymous_entries(self.store.conn, zone, start, now),
                 "evacuated_at": self.local_time(evacuated, "%H:%M"),
+                "exits_not_recorded": gone,
+                "exits_not_recorded_until": self.local_time(last, "%H:%M"),
                 "people": [{"member": p.member, "name": p.name, "since": self.local_time(p.since, "%H:%M"),
-                            "gate": p.gate} for p in people[:200]],
+                            "gate": p.gate, "maybe_left": last is not None and p.since <= last} for p in people[:200]],
             })
         return out
 

@@ -43,7 +43,15 @@ from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee
 from rules.tap import Tap
 from rules.timeutil import iso_utc, local_date, start_of_local_day
 from sync.errors import StoreError
-from sync.store import evacuation, numbering, own_history, peer_events, refunds_wanted, unconfirmed
+from sync.store import (
+    evacuation,
+    numbering,
+    own_history,
+    peer_events,
+    refunds_wanted,
+    unconfirmed,
+    unrecorded_exits,
+)
 from sync.store.lost_part import LostPart
 from sync.store.outbox import Event
 from sync.store.replica import Replica
@@ -824,17 +832,19 @@ class Ledger:
         ).fetchone()
         if last is None:
             return ZonePresence()
-        # the site's last evacuation read with it: only a visit can be cut short by one
+        # the site's last evacuation and the zone's exits let out unrecorded read with it:
+        # only a visit can be cut short by one, or ended unseen by the other
         entry = self.conn.execute(
-            f"SELECT at, {evacuation.SELECT} FROM passages WHERE member_id = ? AND zone = ? AND direction = 'in' "
-            "ORDER BY at DESC LIMIT 1",
-            (member_id, zone),
+            f"SELECT at, {evacuation.SELECT}, (SELECT value FROM main.meta WHERE key = ?) FROM passages "
+            "WHERE member_id = ? AND zone = ? AND direction = 'in' ORDER BY at DESC LIMIT 1",
+            (unrecorded_exits.key(zone), member_id, zone),
         ).fetchone()
         return ZonePresence(
             last_at=dt(last[0]),
             last_direction=Direction(last[1]),
             last_entry_at=dt(entry[0]) if entry else None,
             evacuated_at=evacuation.parse(entry[1]) if entry else None,
+            exit_unrecorded_at=unrecorded_exits.last_at(entry[2]) if entry else None,
         )
 
     def qr_seen(self, token_id: str) -> bool:

@@ -4,7 +4,9 @@ Counted from the passages table, which holds this daemon's own passages and thos
 sync link recorded from the site's other daemons (`origin` = their daemon id): a member
 is inside when their latest passage into or out of the zone since local midnight is an
 entry. Anonymous passages (an override with nobody identified) are not counted. Like
-anti-passback, presence resets at local midnight and at an evacuation.
+anti-passback, presence resets at local midnight and at an evacuation. Exits that opened
+unrecorded (a storage fault: sync/store/unrecorded_exits.py) were somebody's: that many
+fewer of those who came in before them are counted.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sqlite3
 from datetime import datetime
 
 from rules.timeutil import local_date, start_of_local_day
-from sync.store import evacuation
+from sync.store import evacuation, unrecorded_exits
 from sync.store.store import Store
 
 
@@ -35,19 +37,32 @@ def entries_inside(conn: sqlite3.Connection, zone: str, start: datetime, now: da
     return [(str(r[0]), float(r[1]), str(r[2])) for r in rows]
 
 
-def _since_midnight(store: Store, zone: str, now: datetime) -> list[tuple[str, float, str]]:
+def counted(conn: sqlite3.Connection, zone: str, entries: list[tuple[str, float, str]], start: datetime,
+            now: datetime) -> int:
+    """How many of `entries` (entries_inside's) count as inside: less one for each exit of
+    the zone that opened unrecorded since `start`, among those who came in before it."""
+    gone, last = unrecorded_exits.gone_since(conn, zone, start, now)
+    if not gone or last is None:
+        return len(entries)
+    before = sum(1 for _, at, _ in entries if at <= last.timestamp())
+    return len(entries) - min(gone, before)
+
+
+def _since_midnight(store: Store, zone: str, now: datetime) -> tuple[list[tuple[str, float, str]], int]:
     start = start_of_local_day(local_date(now, store.site.timezone), store.site.timezone)
-    return entries_inside(store.conn, zone, start, now)
+    start = evacuation.since(store.conn, start, now) or start
+    entries = entries_inside(store.conn, zone, start, now)
+    return entries, counted(store.conn, zone, entries, start, now)
 
 
 def occupancy(store: Store, zone: str, now: datetime) -> int:
-    """Distinct members inside `zone` at `now` (local + remote passages, since midnight)."""
-    return len(_since_midnight(store, zone, now))
+    """Members inside `zone` at `now` (local + remote passages, since midnight)."""
+    return _since_midnight(store, zone, now)[1]
 
 
 def inside(store: Store, zone: str, now: datetime) -> list[str]:
     """The members counted by `occupancy`, sorted (console)."""
-    return sorted(m for m, _, _ in _since_midnight(store, zone, now))
+    return sorted(m for m, _, _ in _since_midnight(store, zone, now)[0])
 
 
 def is_full(store: Store, zone: str, capacity: int | None, now: datetime, *, member: str | None = None) -> bool:
@@ -55,10 +70,10 @@ def is_full(store: Store, zone: str, capacity: int | None, now: datetime, *, mem
     inside (a re-entry) does not need a new place."""
     if capacity is None:
         return False
-    entries = _since_midnight(store, zone, now)  # one query on the tap's path, not two
+    entries, count = _since_midnight(store, zone, now)  # one query on the tap's path, not two
     if member is not None and any(m == member for m, _, _ in entries):
         return False
-    return len(entries) >= capacity
+    return count >= capacity
 
 
-__all__ = ["entries_inside", "inside", "is_full", "occupancy"]
+__all__ = ["counted", "entries_inside", "inside", "is_full", "occupancy"]

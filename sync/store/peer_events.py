@@ -19,7 +19,9 @@ Why each matters on a site whose gates are separate daemons (one per turnstile):
   every daemon's charges the central had not applied (the `applied` map, per daemon);
 - a QR code used at one turnstile is used at all of them;
 - a fire alarm or an emergency release at one daemon evacuates the whole site: nobody's
-  earlier entry counts as inside anywhere (sync/store/evacuation.py).
+  earlier entry counts as inside anywhere (sync/store/evacuation.py);
+- exits one of them let out unrecorded (a storage fault) leave who is inside its zone
+  unknown here too (sync/store/unrecorded_exits.py).
 
 Nothing here emits an event: each charge or refund is counted at the central system
 once, from the daemon that made it.
@@ -40,10 +42,24 @@ from zoneinfo import ZoneInfo
 from rules.model import Direction
 from rules.timeutil import parse_instant_once
 from sync.records import MAX_INT, check_amount_range
-from sync.store import evacuation, unconfirmed
+from sync.store import evacuation, unconfirmed, unrecorded_exits
 from sync.store.rows import ts
 
 _UTC = ZoneInfo("UTC")
+
+
+
+def _record_unrecorded_exits(conn: sqlite3.Connection, sender: str, ev: Mapping[str, Any], zones: Mapping[str, str]) -> bool:
+    gates = ev.get("gates")
+    if not isinstance(gates, dict) or len(gates) > 1000:
+        return False
+    try:
+        first = parse_instant_once(str(ev.get("since")), _UTC)
+        last = parse_instant_once(str(ev.get("until")), _UTC)
+    except ValueError:
+        return False
+    counts = {str(g): n for g, n in gates.items() if isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_INT}
+    return unrecorded_exits.record(conn, sender, counts, zones, first, last) > 0
 
 
 def create_tables_v8(conn: sqlite3.Connection) -> None:
@@ -245,6 +261,10 @@ def apply(
         elif kind == "fire_alarm" and ev.get("active") is False:
             if evacuation.record_end(conn, at):  # the earliest all-clear ends it
                 seen["remote_all_clears"] += 1
+        elif kind == "alarm" and ev.get("kind") == "exits_not_recorded":
+            # its exits that opened unrecorded: who went out is not known here either
+            if _record_unrecorded_exits(conn, sender, ev, zones):
+                seen["remote_unrecorded_exits"] += 1
         elif kind == "qr_used" and isinstance(ev.get("token"), str) and len(ev["token"]) <= 200:
             try:
                 expires = parse_instant_once(str(ev.get("expires")), _UTC)

@@ -21,8 +21,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sync.store import peer_events, photos
-from sync.store.occupancy import entries_inside
+from sync.store import peer_events, photos, unrecorded_exits
+from sync.store.occupancy import counted, entries_inside
 from sync.store.photos import Photo
 from sync.store.read_day import (
     DenialGroup,
@@ -306,6 +306,17 @@ def inside(conn: sqlite3.Connection, zone: str, start: datetime, now: datetime) 
     return [Inside(m, names.get(m) or m, datetime.fromtimestamp(at, UTC), gate) for m, at, gate in entries]
 
 
+def exits_unrecorded(conn: sqlite3.Connection, zone: str, start: datetime, now: datetime) -> tuple[int, datetime | None]:
+    """Exits of `zone` that opened unrecorded since `start` (a storage fault), and the last:
+    anyone listed by `inside` who came in before it may have been one of them."""
+    return unrecorded_exits.gone_since(conn, zone, start, now)
+
+
+def counted_inside(conn: sqlite3.Connection, zone: str, people: list[Inside], start: datetime, now: datetime) -> int:
+    """How many of `people` count as inside (sync.store.occupancy.counted)."""
+    return counted(conn, zone, [(p.member, p.since.timestamp(), p.gate or "") for p in people], start, now)
+
+
 def anonymous_entries(conn: sqlite3.Connection, zone: str, start: datetime, now: datetime) -> int:
     """Entries of nobody identified (gate opened once by the desk) since `start`."""
     row = conn.execute(
@@ -426,6 +437,8 @@ __all__ = [
     "WalkInCharge",
     "anonymous_access_events",
     "anonymous_entries",
+    "counted_inside",
+    "exits_unrecorded",
     "attended_at",
     "audit_facets",
     "audit_rows",

@@ -190,7 +190,9 @@ function initAttention() {
 }
 
 function evacuatedText(z) {
-  return z.evacuated_at ? " · counted since the evacuation at " + z.evacuated_at : "";
+  return (z.evacuated_at ? " · counted since the evacuation at " + z.evacuated_at : "") +
+    (z.exits_not_recorded ? " · " + z.exits_not_recorded + (z.exits_not_recorded === 1 ? " exit" : " exits") +
+      " not recorded (storage fault) until " + z.exits_not_recorded_until + ": taken off the count" : "");
 }
 
 function occupancyBlock(zones) {
@@ -213,7 +215,7 @@ function occupancyBlock(zones) {
       const ul = details.querySelector("ul.people");
       ul.replaceChildren(...(zone ? zone.people : []).map(function (p) {
         return el("li", null, el("a", { href: "/members#" + encodeURIComponent(p.member), text: p.name }),
-          el("span", { class: "muted small", text: " since " + p.since }));
+          el("span", { class: "muted small", text: " since " + p.since + (p.maybe_left ? " · may have left unrecorded" : "") }));
       }));
       if (!zone || zone.people.length === 0) ul.append(el("li", { class: "muted small", text: "Nobody inside." }));
     });

@@ -48,8 +48,9 @@ def check_grants(run: Run) -> Invariant:
             by_member_booking[b.member].append(b)
         evs = run.events.get(site, [])
         # the site's evacuations: each daemon records one as its fire input goes active, and
-        # learns the others' from their events (sync/store/evacuation.py)
-        fires = [e for e in evs if e["type"] == "fire_alarm" and e.get("active")]
+        # learns the others' from their events (sync/store/evacuation.py); and the exits let
+        # out unrecorded, whose alarms say the same of a zone (sync/store/unrecorded_exits.py)
+        fires = _presence_resets(evs)
         # what every daemon did, in order, to rebuild views from
         for e in evs:
             if not (e["type"] == "access" and e.get("decision") == "granted" and e.get("reason") in ENTRY_REASONS):
@@ -110,7 +111,7 @@ def check_refusals(run: Run) -> Invariant:
         for b in run.bookings(site).values():
             by_member_booking[b.member].append(b)
         sd, policy = run.site_domain(site), run.policy(site)
-        fires = [e for e in run.events.get(site, []) if e["type"] == "fire_alarm" and e.get("active")]
+        fires = _presence_resets(run.events.get(site, []))
         for e in run.events.get(site, []):
             if not (e["type"] == "access" and e.get("decision") == "denied" and e.get("reason") in REFUSED_BY_RULES):
                 continue
@@ -226,10 +227,22 @@ def _view(run: Run, site: str, e: dict[str, Any], t: datetime, m: Member,
             direction = Direction.OUT if x.get("reason") == "exit" else Direction.IN
             last_entry = at if direction == Direction.IN else presence.last_entry_at
             presence = ZonePresence(at, direction, last_entry)
-    evacuations = [instant(x["at"]) for x in fires if known(x) and instant(x["at"]) <= t]
+    evacuations = [instant(x["at"]) for x in fires if x["type"] == "fire_alarm" and known(x) and instant(x["at"]) <= t]
     if evacuations:
         presence = replace(presence, evacuated_at=max(evacuations))
-    return MemberView(m, tuple(passes), tuple(bookings), {d_zone(run, e): presence})
+    zone = d_zone(run, e)
+    unseen = [instant(x["until"]) for x in fires if x["type"] == "alarm" and known(x) and instant(x["at"]) <= t
+              and x["_daemon"] in run.daemons and d_zone(run, x) == zone]
+    if unseen:
+        presence = replace(presence, exit_unrecorded_at=max(unseen))
+    return MemberView(m, tuple(passes), tuple(bookings), {zone: presence})
+
+
+def _presence_resets(evs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What ends the site's knowledge of who is inside: fire alarms going active, and the
+    alarms of exits that opened unrecorded."""
+    return [e for e in evs if (e["type"] == "fire_alarm" and e.get("active"))
+            or (e["type"] == "alarm" and e.get("kind") == "exits_not_recorded" and e.get("until"))]
 
 
 def d_zone(run: Run, e: dict[str, Any]) -> str:
