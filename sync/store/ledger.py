@@ -15,11 +15,12 @@ kept in the ledger (`due.no_show_through`: every open booking that ended by then
 settled), so the scheduler's work is proportional to what fell due, not to the size of
 the replica. A booking a sync brings in behind the cursor (a late arrival) is listed in
 `due_recheck` before the replica changes, and settled at the next run. What ended before
-this daemon began the site's time-driven work (`due.no_show_from`, its first run) is not
-its to settle, walked or listed; and while its own events of a lost ledger are wanted,
+this daemon began the site's time-driven work (`due.no_show_from`, its first run — or where
+the site's previous worker said it had settled, gated/knowledge.py) is not its to settle,
+walked or listed; and while its own events of a lost ledger are wanted,
 the classes they may bear on wait in `due_recheck` (`LostPart`).
 
-About 850 lines: every change here reads and writes the same few tables under the same
+About 890 lines: every change here reads and writes the same few tables under the same
 rules (one transaction, its events, the replica's ids), so they stay side by side — the
 desk's refunds and the fees given back beside the charges they undo, the no-show walk
 beside the outcomes it reads; the grant intents, the peers' events, occupancy and what a
