@@ -526,7 +526,9 @@ class Daemon:
                         self.storage is None or self.storage.ok):
                     self.store.leave_time_driven_work()
                 if self.engine is not None and trusted and (self.storage is None or self.storage.ok):
-                    self.engine.settle_refunds(now, self.knowledge.unheard)
+                    # a refund settled when its charge arrives does not depend on the time of
+                    # day; giving one up after a day does: only at a confirmed clock
+                    self.engine.settle_refunds(now, self.knowledge.unheard, give_up=settles)
                 if self.taps is not None:
                     self.taps.record_unknown_cards()
             except STORAGE_ERRORS as e:

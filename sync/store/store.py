@@ -651,10 +651,12 @@ class Store:
         waits for them (Ledger.mark_attended)."""
         return self.ledger.mark_attended(booking_id, operator, refund=refund, now=now, waiting=waiting)
 
-    def settle_refunds(self, now: datetime, waiting: Callable[[datetime], list[str]]) -> Committed:
+    def settle_refunds(
+        self, now: datetime, waiting: Callable[[datetime], list[str]], *, give_up: bool = True,
+    ) -> Committed:
         """The desk's refunds that wait to hear the site, settled where they can be
-        (Ledger.settle_refunds)."""
-        return self.ledger.settle_refunds(now, waiting)
+        (Ledger.settle_refunds; `give_up`: a day's wait may end by `now`)."""
+        return self.ledger.settle_refunds(now, waiting, give_up=give_up)
 
     def refund_wanted(self, booking_id: str) -> refunds_wanted.RefundWanted | None:
         """The refund the desk asked for with this booking, if it still waits."""
