@@ -52,12 +52,12 @@ from rules.timeutil import parse_duration
 from sync.qrtoken import TrustedKeys
 from sync.store import Event, Store, StoreError
 from sync.store.faults import STORAGE_ERRORS, describe_store_error
+from sync.store.meta import CLOCK_FLOOR_KEY
 from sync.store.occupancy import occupancy
 
 log = structlog.get_logger("gated")
 
 SCHEDULER_INTERVAL = 1.0
-CLOCK_FLOOR_KEY = "clock.trusted_at"  # the latest instant the gate trusted (POSIX seconds)
 CLOCK_FLOOR_EVERY = 60.0
 
 

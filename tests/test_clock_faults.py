@@ -203,9 +203,9 @@ async def test_a_clock_not_confirmed_is_confirmed_by_an_admin_with_gated_clock_c
 
     from gated.auth import hash_password
     from gated.clock import system_synchronised
-    from gated.daemon import CLOCK_FLOOR_KEY
     from rules.model import Site
     from sync.store import Store
+    from sync.store.meta import CLOCK_FLOOR_KEY
 
     def last_trusted_two_hours_ago(db: Path) -> None:
         store = Store(db, Site(TZ, id="storage-site"), daemon_id="gate-s")
