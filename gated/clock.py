@@ -110,13 +110,21 @@ class GuardedClock:
         self._mono = monotonic
         self._synchronised = synchronised
         self.synced = synchronised()
+        # a step back accepted (NTP: rules/clock.py): the time acted at then, for the daemon
+        # to bring what it stamped after it back to it (Daemon._keep_clock); None: none since
+        self.stepped_back_to: datetime | None = None
         self.state: ClockState = start(wall(), monotonic(), max(floor, SOFTWARE_EPOCH), self.policy, self.synced,
                                        floor_stored=floor > SOFTWARE_EPOCH)
 
     def __call__(self) -> datetime:
         wall, mono = self._wall(), self._mono()
-        self.state = observe(self.state, wall, mono, self.synced, self.policy)
-        return datetime.fromtimestamp(self.state.acting_at(wall, mono), UTC)
+        before = self.state
+        self.state = observe(before, wall, mono, self.synced, self.policy)
+        now = datetime.fromtimestamp(self.state.acting_at(wall, mono), UTC)
+        if self.state.trusted and self.state.floor < before.floor:
+            # only NTP takes the floor back: what was stamped since it stood there is ahead
+            self.stepped_back_to = now if self.stepped_back_to is None else min(now, self.stepped_back_to)
+        return now
 
     def tick(self) -> datetime:
         self.synced = self._synchronised()

@@ -141,6 +141,12 @@ class Daemon:
         if guard is None or self.store is None:
             return
         guard.tick()
+        if guard.stepped_back_to is not None:
+            # NTP took the clock back: this daemon's passages stamped by the clock that was
+            # ahead would be "after" every passage to come (anti-passback, re-entries)
+            moved = self.store.clamp_own_passages(guard.stepped_back_to)
+            log.warning("clock_stepped_back", to=guard.stepped_back_to.isoformat(), passages_moved=moved)
+            guard.stepped_back_to = None
         floor = guard.state.floor
         if guard.may_settle and (floor - self._floor_saved >= CLOCK_FLOOR_EVERY or floor < self._floor_saved):
             self.store.set_meta(CLOCK_FLOOR_KEY, repr(floor))

@@ -17,9 +17,12 @@ import pytest
 
 from gated.clock import GuardedClock
 from rules.clock import ClockPolicy
-from rules.model import Gate, Policy, Site
+from rules.credential import CredentialKind
+from rules.decide import Decision, Presented, decide
+from rules.model import AntiPassback, Direction, Gate, Policy, Site
 from sync.records import BookingIn, MemberIn, PassIn
 from sync.store import Store, SyncBatch
+from tests.tap_fixtures import tap_of
 
 TZ = ZoneInfo("Europe/Madrid")  # UTC+1 in December: an RTC kept in local time reads 1 h ahead
 SITE = Site(TZ, id="s1")
@@ -135,4 +138,86 @@ def test_a_refund_whose_charge_arrives_is_settled_at_a_clock_not_confirmed(
     box = Box(at(19, 30, day=1), offset=3600, floor=at(22), synced=False)
     scheduler_once(box, store, monkeypatch, [])
     assert store.refunds_waiting() == 0 and not any("refund_unsettled" in a for a in alarms(store))
+    store.close()
+
+
+IN_HARD = Gate("in-1", "main", anti_passback=AntiPassback.HARD)
+IN_GRACE = Gate("in-1", "main", reentry_grace=timedelta(minutes=30))
+OUT = Gate("out-1", "main", direction=Direction.OUT)
+
+
+def tap(store: Store, gate: Gate, now: datetime) -> Decision:
+    d = decide(store.view("m1", gate, now), Presented(CredentialKind.CARD), gate, SITE, POLICY, now)
+    store.commit_tap(tap_of(gate, d, now), passed=d.granted, now=now)
+    return d
+
+
+def keep_clock(box: Box, store: Store, seconds: float) -> None:
+    """The daemon's once-a-second clock keeping (gated/daemon.py `_keep_clock`) for a while."""
+    from gated.daemon import Daemon
+
+    d = SimpleNamespace(clock_guard=box.clock, store=store, _floor_saved=0.0)
+    end = box.t + seconds
+    while box.t < end:
+        box.t = min(end, box.t + 1.0)
+        Daemon._keep_clock(d)  # type: ignore[arg-type]
+
+
+def boot_an_hour_ahead_then_ntp(store: Store) -> Box:
+    """08:00 real; the RTC keeps local time (an hour ahead), no NTP: taps decided at it."""
+    return Box(at(8), offset=3600, floor=at(22, day=-1), synced=False)
+
+
+def ntp_steps_it_back(box: Box, store: Store) -> None:
+    keep_clock(box, store, 120)
+    box.offset, box.synced = 0.0, True
+    keep_clock(box, store, 10)
+    assert box.clock.may_settle and abs(box.clock().timestamp() - box.real().timestamp()) < 1
+
+
+def test_hard_anti_passback_lets_back_in_a_member_who_left_after_ntp_stepped_the_clock_back(tmp_path: Path) -> None:
+    """Ana comes in at real 08:00, stamped 09:00 by the clock an hour ahead. NTP steps it
+    back; she leaves at 08:30 (stamped 08:30) and comes back at 08:45. Her 09:00 entry
+    stayed 'the last passage' (presence orders by time): she was refused `anti_passback`
+    though she had gone out. This daemon's passages stamped after the step are brought
+    back to it."""
+    store = new_store(tmp_path / "g.db")
+    box = boot_an_hour_ahead_then_ntp(store)
+    assert tap(store, IN_HARD, box.clock()).granted
+    ntp_steps_it_back(box, store)
+    keep_clock(box, store, 30 * 60 - 130)
+    out = tap(store, OUT, box.clock())
+    assert out.granted and out.reason == "exit"
+    keep_clock(box, store, 15 * 60)
+    again = tap(store, IN_HARD, box.clock())
+    assert again.granted, again.reason
+    store.close()
+
+
+def test_a_reentry_within_the_grace_is_not_charged_again_after_ntp_stepped_the_clock_back(tmp_path: Path) -> None:
+    """A 30-minute re-entry grace. Ana pays a walk-in at real 08:00 (stamped 09:00), steps
+    out to her car and comes back at 08:10: her entry was still 50 minutes 'ahead', so no
+    re-entry — a second walk-in. After the step back it is at the step's time."""
+    store = new_store(tmp_path / "g.db")
+    box = boot_an_hour_ahead_then_ntp(store)
+    assert tap(store, IN_GRACE, box.clock()).reason == "walk_in"
+    ntp_steps_it_back(box, store)
+    keep_clock(box, store, 10 * 60 - 130)
+    again = tap(store, IN_GRACE, box.clock())
+    assert (again.reason.value, store.balance("p1")) == ("reentry", Decimal(29))
+    store.close()
+
+
+def test_a_step_back_moves_only_this_daemon_s_passages_stamped_after_it(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "g.db")
+    tap(store, IN_GRACE, at(7))
+    tap(store, OUT, at(9))
+    tap(store, IN_GRACE, at(9, 5))
+    store.ledger.record_passage("m1", "main", Direction.IN, at(9, 30), "in-2", "s1-in-2")  # another daemon's
+    assert store.clamp_own_passages(at(8)) == 2
+    rows = store.conn.execute("SELECT at, direction, origin FROM passages ORDER BY id").fetchall()
+    assert [(datetime.fromtimestamp(r[0], UTC), r[1], r[2]) for r in rows] == [
+        (at(7), "in", "local"), (at(8), "out", "local"), (at(8), "in", "local"), (at(9, 30), "in", "s1-in-2")]
+    presence = store.zone_presence("m1", "main")
+    assert presence.last_direction is Direction.IN and presence.last_at == at(9, 30)  # the peer's, untouched
     store.close()

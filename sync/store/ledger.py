@@ -831,6 +831,17 @@ class Ledger:
         row = self.conn.execute("SELECT COALESCE(SUM(points), 0) FROM loyalty WHERE member_id = ?", (member_id,)).fetchone()
         return int(row[0])
 
+    def clamp_own_passages(self, now: datetime) -> int:
+        """NTP stepped the clock back to `now` (gated/daemon.py): this daemon's passages
+        stamped after it were stamped by the clock that was ahead — left there, a member's
+        entry would stay "the last passage" after she went out, and her re-entry grace
+        would not have begun. They are brought back to `now`, in their order (ties are
+        read by id); their events, sent as stamped, are left as they are. How many moved."""
+        with self.transactions.open():
+            cur = self.conn.execute("UPDATE passages SET at = ? WHERE origin = 'local' AND at > ?",
+                                    (ts(now), ts(now)))
+        return int(cur.rowcount)
+
     def zone_presence(self, member_id: str, zone: str) -> ZonePresence:
         last = self.conn.execute(
             "SELECT at, direction FROM passages WHERE member_id = ? AND zone = ? ORDER BY at DESC, id DESC LIMIT 1",
@@ -842,7 +853,7 @@ class Ledger:
         # only a visit can be cut short by one, or ended unseen by the other
         entry = self.conn.execute(
             f"SELECT at, {evacuation.SELECT}, (SELECT value FROM main.meta WHERE key = ?) FROM passages "
-            "WHERE member_id = ? AND zone = ? AND direction = 'in' ORDER BY at DESC LIMIT 1",
+            "WHERE member_id = ? AND zone = ? AND direction = 'in' ORDER BY at DESC, id DESC LIMIT 1",
             (unrecorded_exits.key(zone), member_id, zone),
         ).fetchone()
         return ZonePresence(

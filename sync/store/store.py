@@ -669,6 +669,11 @@ class Store:
         waits for them (Ledger.mark_attended)."""
         return self.ledger.mark_attended(booking_id, operator, refund=refund, now=now, waiting=waiting)
 
+    def clamp_own_passages(self, now: datetime) -> int:
+        """The clock stepped back to `now`: our passages stamped after it brought back to
+        it (Ledger.clamp_own_passages)."""
+        return self.ledger.clamp_own_passages(now)
+
     def settle_refunds(
         self, now: datetime, waiting: Callable[[datetime], list[str]], *, give_up: bool = True,
     ) -> Committed:
