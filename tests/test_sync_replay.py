@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import shutil
 import sqlite3
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -53,9 +54,13 @@ async def test_a_central_restored_from_a_backup_gets_every_event_again(
     link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)
     engine = Engine(store, site(), GATES, POLICY)
 
+    decided: list[Counter[str]] = []  # each batch's reasons: what a failure below says
+
     def taps(n: int) -> None:
+        decided.append(Counter())
         for i in range(n):
-            engine.tap("in-1" if i % 2 == 0 else "out-1", Credential.card(("C1", "C2")[(i // 2) % 2]), now())
+            tap, _ = engine.tap("in-1" if i % 2 == 0 else "out-1", Credential.card(("C1", "C2")[(i // 2) % 2]), now())
+            decided[-1][str(tap.decision.reason)] += 1
 
     def settled(c: Central) -> bool:
         return (
@@ -78,7 +83,10 @@ async def test_a_central_restored_from_a_backup_gets_every_event_again(
             behind = central.delta_seq(SITE)
             taps(30)
             await wait_until(lambda: settled(central), what="settled after the backup")
-            assert central.delta_seq(SITE) > behind
+            assert central.delta_seq(SITE) > behind, (
+                f"no delta after the backup: taps decided {decided}, gate balances "
+                f"{[store.balance(p) for p in ('p1', 'p2')]}, last_seq {store.last_seq}, link {dict(link.stats)}, "
+                f"central {dict(central.stats)}")
             in_backup = sqlite3.connect(tmp_path / "backup.db").execute(
                 "SELECT applied_seq FROM applied WHERE daemon = 'gate-a'").fetchone()[0]
             gone = 0
