@@ -53,6 +53,31 @@ def needs_mosquitto() -> None:
         pytest.fail("mosquitto is required (make system-deps installs it)")
 
 
+class PortTaken(RuntimeError):
+    """The port was bound by someone else before mosquitto could bind it."""
+
+
+def _listening_pid_has(pid: int, port: int) -> bool:
+    """Whether process `pid` holds the socket listening on 127.0.0.1:`port` (Linux: the
+    LISTEN entry of /proc/net/tcp, found among the process's descriptors)."""
+    want = f"0100007F:{port:04X}"
+    inodes = set()
+    with contextlib.suppress(OSError), open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            if len(cols) > 9 and cols[1] == want and cols[3] == "0A":
+                inodes.add(f"socket:[{cols[9]}]")
+    if not inodes:
+        return False
+    fd_dir = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(OSError):
+        for fd in fd_dir.iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) in inodes:
+                    return True
+    return False
+
+
 @dataclass
 class Mosquitto:
     """One mosquitto process with its own config, killed by PID."""
@@ -85,19 +110,42 @@ class Mosquitto:
         self.conf.write_text("\n".join(lines) + "\n" + self.extra)
 
     def start(self, timeout: float = WAIT_S) -> None:
+        """Until this mosquitto listens on `port`. A port free when it was picked may be
+        taken before mosquitto binds it (another test's broker or server, under xdist):
+        then something else answers a connect, and the test would talk to another test's
+        broker (a foreign snapshot, client ids taken over). So the listener must be this
+        process's; at the first start a port found taken is picked again."""
         assert self.proc is None, "already running"
+        for attempt in range(5):
+            try:
+                self._start_once(timeout)
+                self._started = True
+                return
+            except PortTaken:
+                if getattr(self, "_started", False) or attempt == 4:
+                    raise  # a restart keeps its port: the test's clients know it
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._write_conf()
-        log = open(self.workdir / f"mosquitto-{self.port}.log", "ab")  # noqa: SIM115
+        log_path = self.workdir / f"mosquitto-{self.port}.log"
+        log = open(log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {(self.workdir / f'mosquitto-{self.port}.log').read_text()}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                self.proc = None
+                text = log_path.read_text(errors="replace")
+                if "Address already in use" in text:
+                    raise PortTaken(self.port)
+                raise RuntimeError(f"mosquitto exited: {text}")
+            if _listening_pid_has(self.proc.pid, self.port):
                 return
             if time.monotonic() > deadline:
+                self.stop()
                 raise TimeoutError("mosquitto did not start")
             time.sleep(0.02)
 
