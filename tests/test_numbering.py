@@ -192,10 +192,15 @@ def test_held_events_move_past_what_the_central_system_holds(
         store.close()
 
 
-def test_while_unsure_nothing_is_settled_and_then_only_what_fell_due_later(tmp_path: Path) -> None:
-    """The lost part may have made the morning class's no-show (and its fee): the class is
-    named in an alarm, not settled again; a class ending after the central system's word
-    is settled as usual."""
+@pytest.mark.parametrize("back", [True, False], ids=["history_back", "history_never_came"])
+def test_while_unsure_nothing_is_settled_and_then_what_the_lost_part_tells(tmp_path: Path, back: bool) -> None:
+    """The lost part may have made the morning class's no-show (and its fee): it waits for
+    the lost events, with the class ending after the central system's word. Back whole
+    (nothing of m1's among them): the lost part did not settle it, and the central system
+    has no no-show of it — both are settled as usual (before, the morning class was named
+    for a person though nothing was missing: a box replaced just before classes fell due
+    left them no-show to nobody). Never back: the morning class is named in an alarm, once,
+    not settled; the later one is settled naming this daemon as not heard."""
     db = tmp_path / "gated.db"
     store = without_mark(db)
     store.hold_unsure()
@@ -207,15 +212,30 @@ def test_while_unsure_nothing_is_settled_and_then_only_what_fell_due_later(tmp_p
     })
     store.apply_sync(SyncBatch(bookings=[later]), at(12, 6))
     due = store.run_due(POLICY, at(15)).events
-    named = [e for e in due if e["type"] == "alarm"]
-    assert len(named) == 1 and named[0]["kind"] == "ledger_restored" and "b1" in named[0]["detail"]
-    # b2 waits for the lost part's events (they may hold its member on site this morning)
-    assert not [e for e in due if e["type"] == "attendance"]
+    # both wait for the lost part's events (they may hold a no-show of b1, or m1 on site)
+    assert [e for e in due if e["type"] in ("alarm", "attendance")] == []
     wanted = store.own_history_wanted()
     assert wanted is not None
-    store.record_own_history(wanted, [], {"in-1": "main"}, True)  # back: nothing of m1's among them
-    due = store.run_due(POLICY, at(15, 1)).events
-    assert [(e["type"], e["booking"], e["status"]) for e in due] == [("attendance", "b2", "no_show")]
+    if back:
+        store.record_own_history(wanted, [], {"in-1": "main"}, True)  # back: nothing of m1's among them
+        due = store.run_due(POLICY, at(15, 1)).events
+        assert [(e["type"], e["booking"], e["status"]) for e in due if e["type"] == "attendance"] == [
+            ("attendance", "b1", "no_show"), ("attendance", "b2", "no_show")]
+        assert not [e for e in due if e["type"] == "alarm"]
+    else:
+        store.record_own_history(wanted, [], {"in-1": "main"}, True, expired=True, now=at(15, 1))  # as the link gives up
+        due = store.run_due(POLICY, at(15, 2)).events
+        named = [e for e in due if e["type"] == "alarm"]
+        assert len(named) == 1 and named[0]["kind"] == "ledger_restored" and "b1" in named[0]["detail"], named
+        settled = [e for e in due if e["type"] == "attendance"]
+        assert [(e["booking"], e["status"], e["unheard"]) for e in settled] == [("b2", "no_show", [DAEMON])]
+        # a snapshot that lists b1 again: not named a second time, never settled
+        yoga = BookingIn.model_validate({
+            "id": "b1", "member": "m1", "pass": "p1", "class": "Yoga", "zone": "main",
+            "starts_at": at(10).isoformat(), "ends_at": at(10, 45).isoformat(), "deducted": True,
+        })
+        store.apply_sync(SyncBatch(bookings=[yoga]), at(15, 3))
+        assert [e for e in store.run_due(POLICY, at(15, 4)).events if e["type"] in ("alarm", "attendance")] == []
     store.close()
 
 

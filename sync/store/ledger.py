@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -75,6 +76,8 @@ LEFT_THROUGH_KEY = "due.left_through"
 # first run's due time: as far back as it asks a daemon of the site it first hears for events
 HANDOVER_LIMIT = timedelta(days=1)
 FEES_UNSURE_KEY = own_history.FEES_UNSURE_KEY
+# written once the no-shows held for a lost part that never came back were named for a person
+UNSURE_NAMED_KEY = "due.unsure_named"
 CURSOR_IDLE = timedelta(minutes=10)
 # a no-show names at most this many of the member's unconfirmed grants (one is the usual)
 UNCONFIRMED_NAMED = 10
@@ -736,10 +739,12 @@ class Ledger:
         # recheck at every run (the walk goes on past them: the next day's classes do not)
         lost = LostPart.of(c, self.site, policy, now, restored)
         bookings = [booking_from_row(r) for r in open_rows]
-        held = {b.id for b in bookings if lost is not None and lost.holds(b)}
+        history = _History.of(c, now)
+        held = {b.id for b in bookings if (lost is not None and lost.holds(b))
+                or (history.wanted and self._due_before_restore(b, policy))}
         credit, settle = self._loyalty_due(policy, now)
         no_shows, unsure_no_shows, credit, unsure_credits = self._unsure_after_restore(
-            [b for b in bookings if b.id not in held], credit, policy)
+            [b for b in bookings if b.id not in held], credit, policy, history.back)
         settle += [b.id for b in unsure_credits]
         work = due_work(no_shows, credit, policy, now)
         rechecked = {r[0] for r in rechecks}
@@ -751,9 +756,12 @@ class Ledger:
         with self.transactions.open() as tx:
             # named once: when the walk passes them (a sync that lists them again for a
             # recheck, at every snapshot, drops them quietly)
-            named = [b for b in unsure_no_shows if b.id not in rechecked]
+            # — and those held for the lost events that never came back, once
+            named = [b for b in unsure_no_shows if b.id not in rechecked or (history.given_up and not history.named)]
             if named or unsure_credits:
                 tx.emit("alarm", now, gate=None, kind="ledger_restored", detail=_unsure_detail(named, unsure_credits))
+                if history.given_up:
+                    tx.set_meta(UNSURE_NAMED_KEY, "1")
             for item in work:
                 b = item.booking
                 if item.kind == WorkKind.NO_SHOW:
@@ -784,15 +792,27 @@ class Ledger:
             c.execute("DELETE FROM qr_used WHERE expires_at < ?", (ts(now - timedelta(hours=1)),))
         return tx.committed
 
+    def _due_before_restore(self, b: Booking, policy: Policy) -> bool:
+        """`b`'s no-show fell due by the instant the ledger was put back (RESTORED_KEY)."""
+        restored = self._meta_float(RESTORED_KEY)
+        return restored is not None and ts(b.ends_at + policy.no_show_after) <= restored
+
     def _unsure_after_restore(
-        self, no_shows: list[Booking], credit: list[Booking], policy: Policy,
+        self, no_shows: list[Booking], credit: list[Booking], policy: Policy, history_back: bool,
     ) -> tuple[list[Booking], list[Booking], list[Booking], list[Booking]]:
-        """After the ledger was put back from a copy, a no-show or a loyalty credit that fell
-        due by the instant of the last event sent before (RESTORED_KEY) may have been
-        settled in the part that was lost (the central system has it): settling it again
-        could fine a member twice, or one who came. Those are left to a person (the alarm
-        names them); the rest as usual. Returns (no-shows to settle, unsure ones, credits
-        to make, unsure ones)."""
+        """After the ledger was put back from a copy (or the box replaced), a no-show or a
+        loyalty credit that fell due by the instant of the last event sent before
+        (RESTORED_KEY) may have been settled in the part that was lost: settling it again
+        could fine a member twice, or one who came. Once the lost part is back from the
+        central system whole (`history_back`: what it holds of this daemon is in the
+        ledger again, and nothing of it was heard only by the site's other daemons), a
+        no-show is known settled or not — a no-show of the lost part the central system
+        does not hold never reached it, and the one settled now is the only one it gets —
+        so only then are those no-shows settled as usual (until then they wait, held in
+        run_due). Otherwise, and always for a loyalty credit (the lost part's credits are
+        not put back: crediting again would credit twice), they are left to a person (the
+        alarm names them). Returns (no-shows to settle, unsure ones, credits to make,
+        unsure ones)."""
         row = self.conn.execute("SELECT value FROM main.meta WHERE key = ?", (RESTORED_KEY,)).fetchone()
         if row is None:
             return no_shows, [], credit, []
@@ -800,7 +820,7 @@ class Ledger:
         def after(bs: list[Booking], delay: timedelta) -> tuple[list[Booking], list[Booking]]:
             return [b for b in bs if b.ends_at + delay > restored], [b for b in bs if b.ends_at + delay <= restored]
 
-        sure, unsure = after(no_shows, policy.no_show_after)
+        sure, unsure = (no_shows, []) if history_back else after(no_shows, policy.no_show_after)
         sure_credit, unsure_credit = after(credit, policy.loyalty_delay)
         return sure, unsure, sure_credit, unsure_credit
 
@@ -894,6 +914,28 @@ class Ledger:
 
     def qr_seen(self, token_id: str) -> bool:
         return self.conn.execute("SELECT 1 FROM qr_used WHERE token_id = ?", (token_id,)).fetchone() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _History:
+    """Where the lost part of this daemon's ledger stands, for the no-shows that fell due
+    before it was put back (Ledger._unsure_after_restore)."""
+
+    wanted: bool  # asked for from the central system, not back yet: they wait
+    given_up: bool  # never came back, or only the site's other daemons heard some of it
+    named: bool  # those that waited for it were named for a person already
+
+    @property
+    def back(self) -> bool:
+        return not self.wanted and not self.given_up
+
+    @classmethod
+    def of(cls, conn: sqlite3.Connection, now: datetime) -> _History:
+        named = conn.execute("SELECT 1 FROM main.meta WHERE key = ?", (UNSURE_NAMED_KEY,)).fetchone() is not None
+        wanted = own_history.wanted(conn)
+        waiting = wanted is not None and now < wanted.expires  # past it, given up (as LostPart.of)
+        gone = own_history.given_up(conn) is not None or (wanted is not None and not waiting)
+        return cls(waiting, gone, named)
 
 
 def unconfirmed_fields(intent: dict[str, Any]) -> dict[str, Any]:
