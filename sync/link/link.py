@@ -379,6 +379,10 @@ class SyncLink:
             case ApplyLookup():
                 self._lookups.answered(action)
             case RecordPeerEvents():
+                # in memory, recorded or not: a QR tap of ours waiting on one of these
+                # tokens; before they are recorded: a code the ledger never saw needs no
+                # look for a claim of ours there (sync/store/qr_claims.py)
+                self._qr.rival_claims(action.sender, action.events)
                 try:
                     seen = self.port.record_peer_events(
                         action.sender, list(action.events), action.zones, action.mark, self.now()
@@ -394,8 +398,6 @@ class SyncLink:
                     seen = {}
                 for kind, n in seen.items():
                     self.session.stats[kind] += n
-                # in memory, recorded or not: a QR tap of ours waiting on one of these tokens
-                self._qr.rival_claims(action.sender, action.events)
             case RecordOwnHistory():
                 try:
                     seen = self.port.record_own_history(

@@ -93,6 +93,7 @@ from sync.store import (
     numbering,
     own_history,
     photos,
+    qr_claims,
     read_contract,
     refunds_wanted,
     retention,
@@ -764,6 +765,11 @@ class Store:
 
     def qr_seen(self, token_id: str) -> bool:
         return self.ledger.qr_seen(token_id)
+
+    def own_qr_claims(self, tokens: Sequence[str]) -> dict[str, tuple[datetime, bool]]:
+        """Our claims on these QR codes as the ledger holds them: token -> (when, whether
+        the gate opened on it) (sync/store/qr_claims.py)."""
+        return qr_claims.own_claims(self.conn, tokens)
 
 
 __all__ = [
