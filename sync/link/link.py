@@ -52,6 +52,7 @@ from sync.link.session import (
     Action,
     ApplyDelta,
     ApplyLookup,
+    CheckOwnEvents,
     CommitSnapshot,
     PruneAcked,
     Publish,
@@ -226,6 +227,11 @@ class SyncLink:
                 except aiomqtt.MqttError as e:
                     self.stats["connect_failed" if not worked else "connection_lost"] += 1
                     log.info("mqtt %s:%d: %s", host, port, e)
+                    if worked and _taken_over(e):  # another client with our client id
+                        try:
+                            await self._perform(None, self.session.taken_over(self.mono()))
+                        except Exception:
+                            log.exception("sync link: after a takeover of the connection")
                 except Exception:  # a bug must not take the daemon's link down for good
                     self.stats["errors"] += 1
                     log.exception("sync link failed; reconnecting")
@@ -421,6 +427,14 @@ class SyncLink:
             case RaiseAlarm():
                 log.warning("alarm %s: %s", action.kind, action.detail)
                 self.port.alarm(action.kind, action.detail, self.now())
+            case CheckOwnEvents():
+                differ = self.port.events_not_ours(list(action.events))
+                if differ:
+                    log.error("events under this daemon's id that are not ours: seq %s — another daemon runs "
+                              "under this daemon_id (a cloned SD card?)", ", ".join(map(str, differ[:10])))
+                    return self.session.twin_seen(
+                        f"events under this id on the site's topic that this ledger numbered otherwise: "
+                        f"seq {', '.join(map(str, differ[:10]))}", mono)
             case ReadReplay():
                 return self.session.replay_ready(action.request, self.port.first_held_seq(), mono)
             case PublishHealth():
@@ -588,3 +602,15 @@ class SyncLink:
             timeout if timeout is not None else self.settings.lookup_timeout,
         )
 
+
+def _taken_over(e: BaseException) -> bool:
+    """The broker ended the connection with MQTT 5's reason 142, "Session taken over":
+    another client connected with our client id (aiomqtt chains the disconnect's reason)."""
+    seen: BaseException | None = e
+    for _ in range(5):
+        if seen is None:
+            return False
+        if getattr(seen, "rc", None) == 142 or "taken over" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
