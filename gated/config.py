@@ -369,7 +369,9 @@ class Config(Section):
         True,
         description="This daemon finalises the site's no-shows (and their fees) and credits loyalty "
         "points. On a site with several daemons exactly one does it (the others: false); it learns "
-        "what the others' gates and desks recorded from their events (docs/operations.md).",
+        "what the others' gates and desks recorded from their events, and begins where the one that "
+        "did it before said it had settled; while another says it does it, only the first goes on "
+        "(alarm two_workers) (docs/operations.md).",
     )
     peer_wait_limit: Duration = Field(
         "1h",

@@ -519,12 +519,17 @@ class Daemon:
                 # no no-show, fee or loyalty credit at a time of day the gate cannot trust
                 trusted = self.clock_guard is None or self.clock_guard.trusted
                 settles = self.clock_guard is None or self.clock_guard.may_settle
-                if (self.engine is not None and self.config.time_driven_work and settles
-                        and (self.storage is None or self.storage.ok)):
-                    self.engine.run_due(now, *self.knowledge.no_show_horizon(now))
-                elif not self.config.time_driven_work and self.store is not None and (
-                        self.storage is None or self.storage.ok):
+                # one daemon of the site does the time-driven work, from where the last one
+                # had settled (gated/knowledge.py, `handover`)
+                handover = self.knowledge.handover(now) if self.config.time_driven_work else None
+                writable = self.storage is None or self.storage.ok
+                if (self.engine is not None and handover is not None and handover.defer_to is None
+                        and handover.ready and settles and writable):
+                    self.engine.run_due(now, *self.knowledge.no_show_horizon(now),
+                                        settled_by_site=handover.settled_through)
+                elif (handover is None or handover.defer_to is not None) and self.store is not None and writable:
                     self.store.leave_time_driven_work()
+                self.knowledge.announce()
                 if self.engine is not None and trusted and (self.storage is None or self.storage.ok):
                     self.engine.settle_refunds(now, self.knowledge.unheard)
                 if self.taps is not None:

@@ -131,11 +131,12 @@ class Engine:
 
     def run_due(
         self, now: datetime, horizon: NoShowHorizon | None = None,
-        unheard: Callable[[datetime], list[str]] | None = None,
+        unheard: Callable[[datetime], list[str]] | None = None, settled_by_site: datetime | None = None,
     ) -> Committed:
         """The time-driven work due by `now` (no-shows only up to `horizon`: the site's
-        other daemons heard, gated/knowledge.py)."""
-        return self.store.run_due(self.policy, now, horizon, unheard)
+        other daemons heard; at its first run from `settled_by_site`, where the site's
+        previous worker had settled: gated/knowledge.py)."""
+        return self.store.run_due(self.policy, now, horizon, unheard, settled_by_site)
 
     def mark_attended(
         self, booking_id: str, operator: str, *, refund: bool, now: datetime, waiting: Sequence[str] = (),

@@ -12,6 +12,11 @@ here the daemon checks them every second —
 | `refunds_waiting` | the desk's refunds not found while the site's events were not all in (sync/store/refunds_wanted.py) | settles each when its charge arrives or everyone is heard up to the request; after a day an alarm for a person |
 | `daemon_id_in_use` | signs of another daemon under this daemon id (sync/link/session.py, `twin_seen`): its events or status on the site's topics, its takeovers of our connection | holds its events (they stay in the outbox) until no sign of it has come for a minute; the link raised the alarm as it saw it |
 | `clock_untrusted` | the wall clock against the monotonic clock and the last trusted time (rules/clock.py) | acts at the anchored time; no no-show, fee, loyalty credit or pruning until trusted again |
+| `two_workers` | the site's other daemons' heartbeats: which say they do the site's time-driven work (`time_driven_work`) | of two daemons doing it, the one that began first goes on (then the lower daemon id); the other settles nothing until the first stops |
+
+The heartbeats also hand the time-driven work over (`handover`): a daemon that begins it
+begins from where the site's previous worker said it had settled, not from its own first
+run (a class that fell due between the two reloads was settled by neither).
 
 A gap that lasts past its threshold is an `alarm` event (and log line and metric) once
 when it starts and once when it ends; `gated status` and the console show every open
@@ -29,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from rules.schedule import NoShowHorizon, known_through, no_show_horizon
 from rules.timeutil import iso_utc
+from sync.link.peer_marks import WorkClaim
 
 if TYPE_CHECKING:
     from gated.daemon import Daemon
@@ -38,10 +44,21 @@ PEERS_ALARM = 300.0  # seconds (the site's clock) a class's no-shows are held fo
 NUMBERING_ALARM = 60.0  # seconds events are held for the central system's word on our numbering
 HISTORY_ALARM = 60.0  # seconds a lost ledger's events have not come back from the central system
 REFUNDS_ALARM = 300.0  # seconds a refund the desk asked for has waited to hear the site
+TWO_WORKERS_ALARM = 0.0  # another daemon says it does the site's time-driven work too: at once
 KINDS = ("uplink_stalled", "deltas_behind", "peers_unheard", "clock_untrusted", "numbering_unsure",
-         "own_history_missing", "refunds_waiting", "daemon_id_in_use")
+         "own_history_missing", "refunds_waiting", "two_workers", "daemon_id_in_use")
 # the link raises these itself as it sees them (with what it saw); a gap says so only once over
 RAISED_BY_LINK = frozenset({"daemon_id_in_use"})
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """The site's word on its time-driven work, for a daemon configured to do it."""
+
+    ready: bool  # the site's statuses are in (or there is none to wait for): it may run
+    defer_to: str | None  # another daemon does the work and began first: this one settles nothing
+    settled_through: datetime | None  # the furthest a daemon of the site said it had settled
+    others: tuple[str, ...] = ()  # the other daemons online that say they do the work
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +77,8 @@ class Knowledge:
         self.mono = monotonic
         self.open: dict[str, Gap] = {}  # gaps past their threshold (alarmed)
         self._seen: dict[str, float] = {}  # gaps noticed, by when (not yet alarmed)
+        # since when (monotonic, wall) this daemon is given the work and has not begun it
+        self._wanting: tuple[float, datetime] | None = None
 
     # -- the no-show horizon -----------------------------------------------------------------
 
@@ -119,6 +138,67 @@ class Knowledge:
         if link is None or not self.d.config.time_driven_work:
             return None
         return link.session.peers
+
+    # -- the site's time-driven work handed over ----------------------------------------------
+
+    def handover(self, now: datetime) -> Handover:
+        """Whether and from where this daemon (`time_driven_work: true`) does the site's
+        time-driven work, from the other daemons' heartbeats (their `time_driven_work`):
+
+        - it begins (its first run) only once it has heard the site's statuses — connected
+          for a heartbeat interval — or, not connected, after `peer_wait_limit`;
+        - it begins from the furthest a daemon of the site said it had settled (the last
+          worker's cursor, kept in its heartbeat after it stopped): the ledger takes it,
+          a day back at most (Ledger.run_due), and never goes back over what it settled;
+          none said: from when it was given the work (a wait costs no class);
+        - while another daemon online says it does the work, the one that began first goes
+          on (the earlier `since`, then the lower daemon id; one that has begun before one
+          that has not) and the other settles nothing (`defer_to`): never both.
+
+        Alone (no link, or not sharing with the site's daemons): ready, nothing to hand over."""
+        link, store = self.d.link, self.d.store
+        if link is None or store is None or not link.session.config.share_access:
+            return Handover(True, None, None)
+        session = link.session
+        me = self.d.config.daemon_id
+        began = store.time_driven_work()[0]
+        ours = began.timestamp() if began is not None else None
+        marks = session.peers.marks
+        others = tuple(p for p, m in sorted(marks.items()) if m.online and m.work is not None and m.work.on)
+
+        def first(p: str) -> bool:  # does `p` do the work rather than this daemon
+            w = marks[p].work
+            assert w is not None
+            if w.since is None:
+                return ours is None and p < me
+            return ours is None or (w.since, p) < (ours, me)
+
+        defer_to = next((p for p in others if first(p)), None)
+        through = max((m.work.through for m in marks.values() if m.work is not None and m.work.through is not None),
+                      default=None)
+        if ours is not None:
+            self._wanting = None
+            return Handover(True, defer_to, None, others)
+        mono = self.mono()
+        if self._wanting is None:
+            self._wanting = (mono, now)
+        waited, since = mono - self._wanting[0], self._wanting[1]
+        ready = session.heard_the_site(mono) or waited >= self.d.config.peer_wait_limit_delta().total_seconds()
+        settled = (datetime.fromtimestamp(through, UTC) if through is not None
+                   else since - self.d.config.policy.to_domain().no_show_after)
+        return Handover(ready, defer_to, settled, others)
+
+    def announce(self) -> None:
+        """What this daemon says of the site's time-driven work in its heartbeat."""
+        link, store = self.d.link, self.d.store
+        if link is None or store is None:
+            return
+        began, through = store.time_driven_work()
+        on = self.d.config.time_driven_work
+        if not on:
+            self._wanting = None
+        link.session.work = WorkClaim(on, began.timestamp() if began is not None and on else None,
+                                      through.timestamp() if through is not None else None)
 
     # -- the check, every second ---------------------------------------------------------------
 
@@ -188,6 +268,18 @@ class Knowledge:
                     due.timestamp() - start.timestamp(), PEERS_ALARM,
                     f"{held} no-show(s) held until these daemons are heard: {heard}",
                 )
+        if self.d.config.time_driven_work:
+            h = self.handover(now)
+            if h.others:
+                found["two_workers"] = (
+                    None, TWO_WORKERS_ALARM,
+                    f"{', '.join(h.others)} also say they do the site's time-driven work (no-shows, their fees, "
+                    "loyalty credits): "
+                    + (f"this daemon settles nothing while {h.defer_to} does it (it began first)"
+                       if h.defer_to is not None else "this daemon goes on doing it (it began first), they settle "
+                       "nothing")
+                    + "; set time_driven_work: false on all but one",
+                )
         store = self.d.store
         waiting = store.refunds_waiting() if store is not None else 0
         if waiting:
@@ -237,4 +329,4 @@ def _when(posix: float | None) -> str | None:
     return iso_utc(datetime.fromtimestamp(posix, UTC))
 
 
-__all__ = ["KINDS", "Gap", "Knowledge"]
+__all__ = ["KINDS", "Gap", "Handover", "Knowledge"]

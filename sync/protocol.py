@@ -24,7 +24,7 @@ from sync.topics import LEVEL, Topics, central_status_topic, valid_level
 
 MAJOR = 1
 # the minor version: what a gate of this major understands (docs/protocol.md "Versioning")
-MINOR = 5
+MINOR = 6
 PROTOCOL = f"{MAJOR}.{MINOR}"
 V = Literal[1]
 
@@ -126,6 +126,21 @@ class EventBatch(_Wire):
         return self
 
 
+class TimeDrivenWork(_Wire):
+    """What a gate says in its status of the site's time-driven work (no-shows and their
+    fees, loyalty credits; 1.6). `on`: it is configured to do it (`time_driven_work`);
+    `since`: with `on`, it does it, settling the no-shows of the classes that ended after
+    this instant (absent: it does not do it yet — it waits for the site's word, or for
+    another daemon that does it); `through`: every no-show of a class that ended by then
+    was settled by it — its no-show cursor, or, once it no longer does the work, where it
+    had got to when it stopped. A daemon that begins the work begins from the furthest
+    `through` it heard, so a class that fell due in between is settled by exactly one."""
+
+    on: bool
+    since: Annotated[str, Field(max_length=50)] | None = None
+    through: Annotated[str, Field(max_length=50)] | None = None
+
+
 class Status(_Wire):
     """Topic `{prefix}/{site}/{daemon}/status` (and `{prefix}/central/status`), QoS 1,
     retained. The broker publishes the last will (`offline`) when the connection is lost.
@@ -136,7 +151,8 @@ class Status(_Wire):
     whoever has heard its events up to `last_seq` knows everything it did up to `as_of`;
     `heard`: how far it has heard each other daemon of the site (a new box under one of
     those ids numbers on after what the site heard of its old one, not only after what
-    the central system holds)."""
+    the central system holds); `time_driven_work`: whether it does the site's time-driven
+    work and how far it has settled (TimeDrivenWork, 1.6; absent from a gate before it)."""
 
     v: V = 1
     daemon: Level
@@ -147,6 +163,7 @@ class Status(_Wire):
     last_seq: Seq | None = None
     as_of: Annotated[str, Field(max_length=50)] | None = None
     heard: Annotated[dict[Level, Seq], Field(max_length=MAX_SITE_DAEMONS)] | None = None
+    time_driven_work: TimeDrivenWork | None = None
 
 
 class CatchUpRequest(_Wire):
@@ -445,6 +462,7 @@ __all__ = [
     "SnapshotChunk",
     "SnapshotHeader",
     "Status",
+    "TimeDrivenWork",
     "Topics",
     "central_status_topic",
     "valid_level",

@@ -11,7 +11,7 @@ from typing import Any
 
 from gated.knowledge import Knowledge
 from rules.model import Policy
-from sync.link.peer_marks import PeerMarks
+from sync.link.peer_marks import PeerMarks, WorkClaim
 from sync.records import BookingIn
 from sync.store import Store, SyncBatch
 from tests.test_numbering import POLICY, at, new_store
@@ -62,3 +62,125 @@ def test_a_replica_up_to_date_holds_nothing(tmp_path: Path) -> None:
     k = knowledge(store, SimpleNamespace(peers=PeerMarks(), deltas_behind=0))
     assert k.no_show_horizon(at(11)) == (None, None)
     store.close()
+
+
+# -- the site's time-driven work handed over (Knowledge.handover) ----------------------------------
+
+OLD, NEW = "s1-in-1", "s1-in-2"
+
+
+class Mono:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def site_knowledge(store: Store, me: str, marks: PeerMarks, mono: Mono, *, heard_site: bool = True,
+                   alarms: list[tuple[str, str]] | None = None) -> Knowledge:
+    """A daemon given the site's time-driven work (`time_driven_work: true`), its link
+    hearing the site's other daemons' heartbeats (`marks`)."""
+    raised = alarms if alarms is not None else []
+    config = SimpleNamespace(time_driven_work=True, peer_wait_limit_delta=lambda: timedelta(hours=1),
+                             policy=SimpleNamespace(to_domain=lambda: POLICY), daemon_id=me)
+    session = SimpleNamespace(
+        peers=marks, deltas_behind=0, connected=heard_site, config=SimpleNamespace(share_access=True),
+        heard_the_site=lambda now: heard_site, own_history=SimpleNamespace(wanted=None),
+        uplink_stall=lambda now: None, delta_seq=0, twin=None,
+    )
+    daemon = SimpleNamespace(
+        config=config, link=SimpleNamespace(session=session), store=store, clock_guard=None,
+        alarms=SimpleNamespace(raise_=lambda gate, kind, detail: raised.append((kind, detail))),
+        metrics=SimpleNamespace(knowledge_gap=SimpleNamespace(labels=lambda kind: SimpleNamespace(set=lambda v: None))),
+    )
+    return Knowledge(daemon, monotonic=mono)  # type: ignore[arg-type]
+
+
+def heard(peer: str, through: Any, work: WorkClaim | None, online: bool = True) -> PeerMarks:
+    marks = PeerMarks({peer: (5, through.timestamp())})
+    marks.mark(peer).online = online
+    if work is not None:
+        marks.announced(peer, work)
+    return marks
+
+
+def test_the_work_handed_over_between_two_reloads_settles_the_class_that_fell_due_in_between(tmp_path: Path) -> None:
+    """The desk's daemon (s1-in-1) did the site's time-driven work through 10:15 and was
+    reloaded with `time_driven_work: false` at 10:30; Ana's Yoga (10:00-10:45) fell due at
+    11:00; s1-in-2 was reloaded with `true` at 11:05. It begins where the desk's heartbeat
+    said it had settled: her no-show is made, once. (From its own first run, 10:50, it was
+    nobody's: the booking stayed `booked` for good.)"""
+    old = new_store(tmp_path / "old.db")
+    old.run_due(POLICY, at(6))
+    assert old.run_due(POLICY, at(10, 30)).events == []  # nothing due: settled through 10:15
+    old.leave_time_driven_work()
+    assert old.time_driven_work() == (None, at(10, 15))  # what its heartbeat says now
+    marks = heard(OLD, at(11, 5), WorkClaim(False, None, at(10, 15).timestamp()))
+    new = new_store(tmp_path / "new.db")
+    k = site_knowledge(new, NEW, marks, Mono())
+    h = k.handover(at(11, 5))
+    assert (h.ready, h.defer_to, h.settled_through, h.others) == (True, None, at(10, 15), ())
+    due = new.run_due(POLICY, at(11, 5), *k.no_show_horizon(at(11, 5)), settled_by_site=h.settled_through).events
+    assert [(e["type"], e["booking"], e["status"]) for e in due] == [("attendance", "b1", "no_show")]
+    assert new.run_due(POLICY, at(11, 6), *k.no_show_horizon(at(11, 6))).events == []  # once
+    assert new.time_driven_work() == (at(10, 15), at(10, 50))
+    # without the desk's word, as before: its first run takes nothing that fell due before it
+    blind = new_store(tmp_path / "blind.db")
+    assert blind.run_due(POLICY, at(11, 5)).events == []
+    assert blind.run_due(POLICY, at(11, 6)).events == []
+    for s in (old, new, blind):
+        s.close()
+
+
+def test_while_another_daemon_says_it_does_the_work_this_one_settles_nothing_and_raises_an_alarm(
+    tmp_path: Path,
+) -> None:
+    """Two daemons given the work: the one that began first goes on (then the lower daemon
+    id; one that has begun before one that has not), the other defers — never both — and
+    each says `two_workers`. A daemon offline is not doing it; a daemon of an older version
+    says nothing and is not waited for."""
+    new = new_store(tmp_path / "new.db")
+    alarms: list[tuple[str, str]] = []
+    began = WorkClaim(True, at(5).timestamp(), at(10, 15).timestamp())
+    k = site_knowledge(new, NEW, heard(OLD, at(11, 5), began), Mono(), alarms=alarms)
+    h = k.handover(at(11, 5))
+    assert (h.defer_to, h.others) == (OLD, (OLD,))
+    k.check(at(11, 5))
+    [(kind, detail)] = alarms
+    assert kind == "two_workers" and f"settles nothing while {OLD} does it" in detail
+    # neither has begun: the lower id begins, the other waits for it
+    waiting = WorkClaim(True)
+    assert site_knowledge(new, NEW, heard(OLD, at(11, 5), waiting), Mono()).handover(at(11, 5)).defer_to == OLD
+    assert site_knowledge(new, "s1-in-0", heard(OLD, at(11, 5), waiting), Mono()).handover(at(11, 5)).defer_to is None
+    # this one has begun (05:45: 06:00 less the no-show delay): it goes on before one that began later
+    new.run_due(POLICY, at(6))
+    later = WorkClaim(True, at(9).timestamp(), at(10, 15).timestamp())
+    assert site_knowledge(new, NEW, heard(OLD, at(11, 5), later), Mono()).handover(at(11, 5)).defer_to is None
+    assert site_knowledge(new, NEW, heard(OLD, at(11, 5), waiting), Mono()).handover(at(11, 5)).defer_to is None
+    assert site_knowledge(new, NEW, heard(OLD, at(11, 5), began), Mono()).handover(at(11, 5)).defer_to == OLD
+    offline = site_knowledge(new, NEW, heard(OLD, at(11, 5), began, online=False), Mono()).handover(at(11, 5))
+    assert (offline.defer_to, offline.others) == (None, ())
+    older = site_knowledge(new, NEW, heard(OLD, at(11, 5), None), Mono()).handover(at(11, 5))
+    assert (older.defer_to, older.settled_through) == (None, None)
+    new.close()
+
+
+def test_a_daemon_given_the_work_begins_once_it_has_heard_the_site_and_a_wait_costs_no_class(tmp_path: Path) -> None:
+    """Restarted with `time_driven_work: true`, its first scheduler runs come before its link
+    has heard the site's heartbeats: it does not begin blind (the previous worker's word is
+    on its way). Not connected for `peer_wait_limit`, it begins without that word — from
+    when it was given the work, not from when it stopped waiting."""
+    new = new_store(tmp_path / "new.db")
+    mono = Mono()
+    k = site_knowledge(new, NEW, PeerMarks(), mono, heard_site=False)
+    first = k.handover(at(10, 50))  # given the work; Ana's Yoga (10:00-10:45) falls due at 11:00
+    assert not first.ready and first.settled_through == at(10, 35)
+    mono.t += 3599
+    assert not k.handover(at(12)).ready
+    mono.t += 1
+    late = k.handover(at(12))
+    assert late.ready and late.settled_through == at(10, 35)  # from 10:50, when it was given the work
+    due = new.run_due(POLICY, at(12), settled_by_site=late.settled_through).events
+    assert [(e["type"], e["booking"]) for e in due] == [("attendance", "b1")]
+    new.close()

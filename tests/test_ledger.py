@@ -420,6 +420,42 @@ def test_the_work_moved_away_and_back_begins_afresh(tmp_path: Path) -> None:
         store.close()
 
 
+def test_the_work_taken_on_from_another_daemon_begins_where_it_had_settled_a_day_back_at_most(tmp_path: Path) -> None:
+    """A daemon that takes the site's time-driven work on from another's word (its heartbeat:
+    settled through an instant, gated/knowledge.py) begins there, not at its own first run —
+    never before it (that daemon settled those), never more than a day before its first
+    run's due time (a word days old; a day is as far back as a daemon asks the site's
+    others for their events), and once begun, a later word moves nothing. It says in turn
+    how far it has settled, also after it left the work."""
+    from rules.model import Policy
+    from sync.store.ledger import HANDOVER_LIMIT
+
+    def spin(bid: str, ends: datetime) -> BookingIn:
+        return BookingIn.model_validate({
+            "id": bid, "member": "m1", "pass": "p1", "class": "Spin", "zone": "main",
+            "starts_at": (ends - timedelta(minutes=45)).isoformat(), "ends_at": ends.isoformat(), "deducted": True})
+
+    policy = Policy(no_show_fee=Decimal(1))
+    now = START + timedelta(days=3)
+    due = now - policy.no_show_after
+    ends = {"settled-there": due - timedelta(hours=2), "between": due - timedelta(hours=1),
+            "too-old": due - HANDOVER_LIMIT - timedelta(minutes=1), "a-day": due - HANDOVER_LIMIT + timedelta(minutes=1)}
+    for name, word in (("recent", due - timedelta(hours=2)), ("days-old", now - timedelta(days=3))):
+        store = Store(tmp_path / f"{name}.db", SITE, durable=False)
+        try:
+            store.apply_sync(SyncBatch([MemberIn(id="m1", name="m1", cards=["C1"])], [credits("p1", Decimal(5))],
+                                       [spin(b, e) for b, e in ends.items()]), START)
+            settled = {e["booking"] for e in store.run_due(policy, now, settled_by_site=word).events}
+            assert settled == ({"between"} if name == "recent" else {"between", "settled-there", "a-day"}), name
+            assert store.time_driven_work()[0] == max(word, due - HANDOVER_LIMIT)
+            store.apply_sync(SyncBatch(bookings=[spin("long-ago", due - HANDOVER_LIMIT - timedelta(hours=2))]), now)
+            assert store.run_due(policy, now + timedelta(minutes=1), settled_by_site=START).events == []
+            store.leave_time_driven_work()
+            assert store.time_driven_work() == (None, due)  # its heartbeat: where it had got to
+        finally:
+            store.close()
+
+
 def _fee_site(store: Store) -> None:
     """m1 with a credits pass charged at the gate, and Spin (08:00-09:00) booked on it."""
     store.apply_sync(SyncBatch([MemberIn(id="m1", name="m1", cards=["C1"])], [

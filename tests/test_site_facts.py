@@ -47,7 +47,11 @@ KEY = generate_private_key()  # made for this test run: the central's QR signing
 
 
 def config(tmp: Path, broker: Mosquitto, daemon: str, gate: str, *, finalises: bool, **extra: Any) -> Config:
-    return Config.model_validate({
+    return Config.model_validate(config_dict(tmp, broker, daemon, gate, finalises=finalises, **extra))
+
+
+def config_dict(tmp: Path, broker: Mosquitto, daemon: str, gate: str, *, finalises: bool, **extra: Any) -> dict[str, Any]:
+    return {
         "site": {"id": SITE, "timezone": "Europe/Madrid"},
         "daemon_id": daemon,
         "gates": [{"id": gate, "zone": "main"}],
@@ -61,7 +65,7 @@ def config(tmp: Path, broker: Mosquitto, daemon: str, gate: str, *, finalises: b
         "metrics": {"enabled": False},
         "control": {"socket": str(tmp / f"{daemon}.sock")},
         **extra,
-    })
+    }
 
 
 @asynccontextmanager
@@ -389,3 +393,88 @@ async def test_a_peer_event_heard_but_not_recorded_is_asked_for_again(
             await wait_until(lambda: len(events(desk, "deduction")) == 1, what="the refund")
         [refund] = events(desk, "deduction")
         assert (refund["cause"], refund["amount"], refund["refunds"]["daemon"]) == ("refund", -1, "in2")
+
+
+async def reload_with(d: Daemon, tmp: Path, broker: Mosquitto, gate: str, *, finalises: bool) -> None:
+    """`systemctl reload gated` with the daemon's file changed to `time_driven_work: finalises`."""
+    import json
+
+    from gated.reload import reload_config
+
+    path = tmp / f"{d.config.daemon_id}.yaml"  # JSON is YAML
+    path.write_text(json.dumps(config_dict(tmp, broker, d.config.daemon_id, gate, finalises=finalises)))
+    assert await reload_config(d, path)
+    assert d.config.time_driven_work is finalises
+
+
+def no_shows(*daemons: Daemon) -> list[tuple[str, str]]:
+    """(daemon, booking) of every no-show the daemons settled themselves."""
+    return [(d.config.daemon_id, e["booking"]) for d in daemons for e in events(d, "attendance")
+            if e["status"] == "no_show"]
+
+
+async def test_the_work_moved_from_one_daemon_to_another_leaves_no_class_unsettled(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
+    """docs/operations.md, "A site with several daemons": the desk's daemon did the site's
+    time-driven work; the operator reloads it with `time_driven_work: false`, Ana's
+    Spinning (10:00-10:45) falls due (11:00), and only then reloads in2 with `true`. in2
+    begins where the desk's heartbeat said it had settled, not at its own first run: the
+    class is settled once, by in2. (It was settled by neither: in2 took only what fell
+    due after it began, the booking stayed `booked` for good and the fee was never taken.)"""
+    seed(central)
+    clock = Clock(DAY)
+    clock.to(9, 40)
+    async with running(config(tmp_path, mosquitto, "desk", "in-1", finalises=True), clock) as desk, \
+            running(config(tmp_path, mosquitto, "in2", "in-2", finalises=False), clock) as in2:
+        await both_hearing(desk, in2)
+        await ticks(2)  # the desk does the work
+        clock.to(10, 30)
+        await ticks(2)  # and settles on through 10:15: nothing was due
+        await reload_with(desk, tmp_path, mosquitto, "in-1", finalises=False)
+        await ticks(2)
+        clock.to(11, 5)  # the class's no-show falls due between the two reloads
+        await ticks(2)
+        assert no_shows(desk, in2) == []
+        await reload_with(in2, tmp_path, mosquitto, "in-2", finalises=True)
+        await wait_until(lambda: no_shows(desk, in2) != [], what="the class settled")
+        await ticks(2)
+        assert no_shows(desk, in2) == [("in2", "b1")]  # once, by the daemon that does the work now
+        assert [(e["cause"], e["amount"]) for e in events(in2, "deduction")] == [("no_show_fee", 1)]
+        assert events(desk, "deduction") == []
+        await wait_until(lambda: desk.store is not None and desk.store.booking_status("b1") is not None
+                         and desk.store.booking_status("b1").value == "no_show", what="the no-show heard at the desk")
+        assert "two_workers" not in [e["kind"] for d in (desk, in2) for e in events(d, "alarm")]
+
+
+async def test_two_daemons_given_the_work_settle_a_class_once_and_raise_an_alarm(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
+    """in2 is reloaded with `time_driven_work: true` while the desk's daemon still does the
+    work (the wrong order, or a mistake): it hears the desk's heartbeat say so, raises
+    `two_workers` and settles nothing — Ana's class is settled once, by the desk. Once the
+    desk is reloaded with `false`, in2 takes over from where the desk had settled. (Both
+    settled it: two no-shows, two fees, unless one heard the other's in time.)"""
+    seed(central)
+    clock = Clock(DAY)
+    clock.to(9, 40)
+    async with running(config(tmp_path, mosquitto, "desk", "in-1", finalises=True), clock) as desk, \
+            running(config(tmp_path, mosquitto, "in2", "in-2", finalises=False), clock) as in2:
+        await both_hearing(desk, in2)
+        await ticks(2)  # the desk does the work
+        await reload_with(in2, tmp_path, mosquitto, "in-2", finalises=True)
+        await wait_until(lambda: "two_workers" in [e["kind"] for e in events(in2, "alarm")], what="in2's alarm")
+        [gap] = [g for g in in2.health()["knowledge"]["gaps"] if g["kind"] == "two_workers"]
+        assert "desk" in gap["detail"]
+        clock.to(11, 5)
+        await wait_until(lambda: no_shows(desk, in2) != [], what="the class settled")
+        await ticks(3)
+        assert no_shows(desk, in2) == [("desk", "b1")]
+        assert events(in2, "deduction") == []
+        # the work handed over the other way round: nothing settled again, the alarm ends
+        await reload_with(desk, tmp_path, mosquitto, "in-1", finalises=False)
+        await wait_until(lambda: "two_workers_ended" in [e["kind"] for e in events(in2, "alarm")],
+                         what="the alarm ended")
+        clock.to(11, 30)
+        await ticks(3)
+        assert no_shows(desk, in2) == [("desk", "b1")]

@@ -95,7 +95,7 @@ def test_connect_subscribes_announces_and_waits_for_the_central_status() -> None
     status = [a for a in out if isinstance(a, Publish) and a.topic == f"{P}/gate-a/status"]
     assert len(status) == 1 and status[0].retain and status[0].qos == 1
     body = json.loads(status[0].payload)
-    assert body["state"] == "online" and body["protocol"] == "1.5"
+    assert body["state"] == "online" and body["protocol"] == "1.6"
     assert resyncs(out) == []  # not yet: is the central system there to hear it?
 
 
@@ -715,3 +715,28 @@ def test_the_ledger_tells_a_twins_events_from_our_own_echoed(tmp_path: Any) -> N
         assert store.events_not_ours([*theirs, beyond]) == [e["seq"] for e in ours] + [store.last_seq + 1]
     finally:
         store.close()
+
+
+def test_the_heartbeat_says_what_the_gate_does_of_the_time_driven_work_and_the_peers_are_heard_saying_it() -> None:
+    """docs/protocol.md 1.6: the status says whether the gate does the site's time-driven
+    work and how far it has settled (`time_driven_work`), and a peer's word is kept — also
+    once its last will, which does not carry it, says it went offline."""
+    from sync.link.peer_marks import WorkClaim
+
+    s = session()
+    s.work = WorkClaim(True, 1_794_985_200.0, 1_794_992_400.5)
+    [status] = [a for a in s.connect(100.0, "2026-11-18T09:00:00Z")
+                if isinstance(a, Publish) and a.topic == f"{P}/gate-a/status"]
+    assert json.loads(status.payload)["time_driven_work"] == {
+        "on": True, "since": "2026-11-18T07:00:00Z", "through": "2026-11-18T09:00:00.500000Z"}
+    assert "time_driven_work" not in json.loads(s.status("offline").payload)  # the last will: it would go stale
+    assert not s.heard_the_site(100.0) and s.heard_the_site(100.0 + s.config.mark_interval)
+    s.receive(f"{P}/gate-b/status", js({"v": 1, "daemon": "gate-b", "state": "online", "last_seq": 3,
+                                         "as_of": "2026-11-18T09:00:01Z",
+                                         "time_driven_work": {"on": False, "through": "2026-11-18T08:45:00Z"}}), 101.0)
+    s.receive(f"{P}/gate-b/status", js({"v": 1, "daemon": "gate-b", "state": "offline"}), 102.0)
+    mark = s.peers.marks["gate-b"]
+    assert not mark.online and mark.work == WorkClaim(False, None, 1_794_991_500.0)
+    # a gate of an older version says nothing of it: nothing is made up
+    s.receive(f"{P}/gate-c/status", js({"v": 1, "daemon": "gate-c", "state": "online"}), 103.0)
+    assert s.peers.marks["gate-c"].work is None

@@ -58,6 +58,7 @@ CONDITIONS = {
     "numbering_unsure": "Events held — the gate waits for the central system to say how far it got",
     "own_history_missing": "Today's earlier taps at this gate not known yet — asked of the central system",
     "refunds_waiting": "A refund the desk asked for waits to hear a gate of the site",
+    "two_workers": "Two gates say they settle the site's no-shows and loyalty — set time_driven_work: false on one",
 }
 # a sign that something is late rather than wrong: an amber banner, not a red one
 WARNINGS = {"uplink_stalled", "deltas_behind", "peers_unheard", "numbering_unsure", "own_history_missing",

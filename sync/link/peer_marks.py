@@ -19,6 +19,10 @@ For each peer:
 `through()` is what the ledger settles no-shows up to: the earliest `heard_through` of
 the known peers (a peer never heard through anything holds everything back; the
 ledger's limit ends the wait, naming it).
+
+A heartbeat also says what the peer does of the site's time-driven work (`work`, a
+WorkClaim: kept from its last status that said it, so the furthest it had settled is
+still known once it has gone offline): gated/knowledge.py reads it to hand the work over.
 """
 
 from __future__ import annotations
@@ -30,6 +34,17 @@ MAX_ABOVE = 10_000  # out-of-order seqs held per peer; beyond, dropped (asked fo
 # what the store keeps for a peer known but never heard (its heartbeat came, none of its
 # events yet): (None, None) there means "no longer of the site"
 NEVER = float("-inf")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkClaim:
+    """A peer's word on the site's time-driven work (sync.protocol.TimeDrivenWork), in
+    POSIX seconds: configured to do it (`on`), doing it since (`since`, None: not yet),
+    every no-show of a class ended by `through` settled by it."""
+
+    on: bool
+    since: float | None = None
+    through: float | None = None
 
 
 @dataclass(slots=True)
@@ -45,6 +60,7 @@ class PeerMark:
     saved: tuple[int | None, float | None] = (None, None)  # what the store holds
     stored: bool = False  # the store holds a mark of this peer at all
     answer: tuple[str, int] | None = None  # the catch-up answer coming in: its request id, the next chunk's first seq
+    work: WorkClaim | None = None  # its last word on the site's time-driven work (not stored)
 
     def settle(self) -> None:
         """Held seqs that now follow `heard_seq`; a claim now covered moves `heard_through`."""
@@ -164,6 +180,10 @@ class PeerMarks:
         if m.missing and m.behind_since is None:
             m.behind_since = now
 
+    def announced(self, peer: str, work: WorkClaim) -> None:
+        """A status of `peer` that says what it does of the site's time-driven work."""
+        self.mark(peer).work = work
+
     def any_online(self) -> bool:
         return any(m.online for m in self.marks.values())
 
@@ -234,4 +254,4 @@ class PeerMarks:
         }
 
 
-__all__ = ["NEVER", "CatchUpDue", "PeerMark", "PeerMarks"]
+__all__ = ["NEVER", "CatchUpDue", "PeerMark", "PeerMarks", "WorkClaim"]

@@ -68,7 +68,7 @@ from sync.link.actions import (
     WakeUplink,
 )
 from sync.link.own_history import OwnHistory, Wanted
-from sync.link.peer_marks import PeerMarks
+from sync.link.peer_marks import PeerMarks, WorkClaim
 from sync.link.session_config import SessionConfig, StoreState
 from sync.protocol import (
     MAJOR,
@@ -88,6 +88,7 @@ from sync.protocol import (
     ResyncRequest,
     SnapshotHeader,
     Status,
+    TimeDrivenWork,
 )
 from sync.topics import Topics
 
@@ -236,6 +237,10 @@ class Session:
         # what a lost ledger knew, asked of the central system (sync/link/own_history.py)
         self.own_history = OwnHistory(config.daemon, state.own_history)
         self._online_at: str | None = None  # the `at` of this connection's statuses
+        self._connected_at: float | None = None  # monotonic: when this connection was made
+        # what this daemon does of the site's time-driven work, for its statuses (the daemon
+        # sets it: gated/knowledge.py)
+        self.work: WorkClaim | None = None
         self._next_mark_at = 0.0
         self._alarms = _Alarms()
         self._twin = _Twin()
@@ -262,6 +267,7 @@ class Session:
         no-shows would settle a class a held attendance belongs to)."""
         if self.numbering_unsure:
             as_of = None
+        w = self.work if at is not None else None  # not in the last will: it would go stale
         body = Status(
             daemon=self.config.daemon,
             state="online" if state == "online" else "offline",
@@ -271,6 +277,9 @@ class Session:
             last_seq=self.last_seq if as_of is not None else None,
             as_of=as_of,
             heard=self._heard() if as_of is not None else None,
+            time_driven_work=None if w is None else TimeDrivenWork(
+                on=w.on, since=None if w.since is None else _iso(w.since),
+                through=None if w.through is None else _iso(w.through)),
         )
         return Publish(self.topics.status, _dump(body), qos=1, retain=True)
 
@@ -278,6 +287,11 @@ class Session:
         """How far we have heard each other daemon, for a heartbeat (Status.heard)."""
         heard = {p: m.heard_seq for p, m in sorted(self.peers.marks.items()) if m.heard_seq is not None}
         return dict(list(heard.items())[:MAX_SITE_DAEMONS]) or None
+
+    def heard_the_site(self, now: float) -> bool:
+        """Connected for a heartbeat interval: the site's retained statuses (at subscribing)
+        and a heartbeat of every daemon online have come (`now`: monotonic)."""
+        return self._connected_at is not None and now - self._connected_at >= self.config.mark_interval
 
     @property
     def site_heard_of_us(self) -> int | None:
@@ -317,6 +331,7 @@ class Session:
         self._twin.ours.add(at)
         if self._twin.run_began is None:
             self._twin.run_began = _instant(at)
+        self._connected_at = now
         self._next_mark_at = now + self.config.mark_interval
         actions.append(self.status("online", at, as_of=at))
         self._resync.sent = False
@@ -332,6 +347,7 @@ class Session:
         if not self.connected:
             return []
         self.connected = False
+        self._connected_at = None
         self.stats["disconnects"] += 1
         self._lookups.clear()
         self._resync.due_at = None
@@ -932,6 +948,9 @@ class Session:
         ours = (status.heard or {}).get(self.config.daemon)
         if ours is not None:
             self._heard_of_us[sender] = ours
+        w = status.time_driven_work
+        if w is not None:
+            self.peers.announced(sender, WorkClaim(w.on, _instant(w.since), _instant(w.through)))
         self.stats["peer_heartbeats"] += 1
         return []
 

@@ -15,11 +15,12 @@ kept in the ledger (`due.no_show_through`: every open booking that ended by then
 settled), so the scheduler's work is proportional to what fell due, not to the size of
 the replica. A booking a sync brings in behind the cursor (a late arrival) is listed in
 `due_recheck` before the replica changes, and settled at the next run. What ended before
-this daemon began the site's time-driven work (`due.no_show_from`, its first run) is not
-its to settle, walked or listed; and while its own events of a lost ledger are wanted,
+this daemon began the site's time-driven work (`due.no_show_from`, its first run — or where
+the site's previous worker said it had settled, gated/knowledge.py) is not its to settle,
+walked or listed; and while its own events of a lost ledger are wanted,
 the classes they may bear on wait in `due_recheck` (`LostPart`).
 
-About 850 lines: every change here reads and writes the same few tables under the same
+About 890 lines: every change here reads and writes the same few tables under the same
 rules (one transaction, its events, the replica's ids), so they stay side by side — the
 desk's refunds and the fees given back beside the charges they undo, the no-show walk
 beside the outcomes it reads; the grant intents, the peers' events, occupancy and what a
@@ -67,6 +68,12 @@ RESTORED_KEY = "ledger.restored_at"
 FROM_KEY = "due.no_show_from"
 # written while this daemon does not do the site's time-driven work (Ledger.leave_no_shows)
 LEFT_KEY = "due.left"
+# where its cursor was when it left the work (POSIX seconds): what it had settled, said in its
+# heartbeat, so that the daemon that takes the work on begins there (docs/protocol.md 1.6)
+LEFT_THROUGH_KEY = "due.left_through"
+# a daemon that takes the work on from another's word begins at most this far before its own
+# first run's due time: as far back as it asks a daemon of the site it first hears for events
+HANDOVER_LIMIT = timedelta(days=1)
 FEES_UNSURE_KEY = own_history.FEES_UNSURE_KEY
 CURSOR_IDLE = timedelta(minutes=10)
 # a no-show names at most this many of the member's unconfirmed grants (one is the usual)
@@ -630,10 +637,24 @@ class Ledger:
         them — and not as a ledger put back that did the work when it was lost."""
         if self._meta_float(LEFT_KEY) is not None:
             return
+        cursor = self.cursor()
         with self.transactions.open() as tx:
+            if cursor is not None:  # said in the heartbeat: the next daemon begins there
+                tx.set_meta(LEFT_THROUGH_KEY, repr(cursor))
             tx.delete_meta(CURSOR_KEY)
             tx.delete_meta(FROM_KEY)
             tx.set_meta(LEFT_KEY, "1")
+
+    def work_claim(self) -> tuple[float | None, float | None]:
+        """What this daemon says of the site's time-driven work in its heartbeat (POSIX
+        seconds): where it began it (None: it does not do it now), and how far it has
+        settled — its cursor, or where the cursor was when it left the work."""
+        if self._meta_float(LEFT_KEY) is not None:
+            return None, self._meta_float(LEFT_THROUGH_KEY)
+        cursor, began = self.cursor(), self._meta_float(FROM_KEY)
+        if began is None:  # a ledger from before FROM_KEY that does the work: its cursor
+            began = cursor
+        return began, cursor if cursor is not None else began
 
     def _meta_float(self, key: str) -> float | None:
         row = self.conn.execute("SELECT value FROM main.meta WHERE key = ?", (key,)).fetchone()
@@ -641,7 +662,7 @@ class Ledger:
 
     def run_due(
         self, policy: Policy, now: datetime, horizon: NoShowHorizon | None = None,
-        unheard: Callable[[datetime], list[str]] | None = None,
+        unheard: Callable[[datetime], list[str]] | None = None, settled_by_site: datetime | None = None,
     ) -> Committed:
         """No-shows and loyalty credits due up to and including `now`, each exactly once.
         `horizon` (rules.schedule.no_show_horizon): how far no-shows may be settled now
@@ -650,7 +671,10 @@ class Ledger:
         them. Two bounds of the ledger's own narrow it further: the classes that ended
         before this daemon began the site's time-driven work are not its to settle
         (FROM_KEY), and while its own lost events are wanted, it is itself a daemon not
-        heard (LostPart)."""
+        heard (LostPart). `settled_by_site`: how far the daemon that did the work before
+        had settled, as its heartbeat said (gated/knowledge.py) — at the first run, where
+        this one begins instead of its own due time (the classes that fell due between
+        the two were settled by neither), never more than HANDOVER_LIMIT before it."""
         horizon = horizon or NoShowHorizon(now - policy.no_show_after)
         through = ts(horizon.ends_by)
         cursor = self.cursor()
@@ -667,7 +691,10 @@ class Ledger:
         # named for a person (_unsure_after_restore), not passed in silence.
         first_run = cursor is None and began is None
         ours = restored is not None and self._meta_float(LEFT_KEY) is None
-        floor = began if began is not None else (ts(now - policy.no_show_after) if first_run and not ours else None)
+        start = ts(now - policy.no_show_after)
+        if settled_by_site is not None:  # the previous worker's word: from there, a day back at most
+            start = max(ts(settled_by_site), ts(now - policy.no_show_after - HANDOVER_LIMIT))
+        floor = began if began is not None else (start if first_run and not ours else None)
         lower = cursor if cursor is not None else floor
         c = self.conn
         open_rows: list[tuple[Any, ...]] = []
@@ -747,6 +774,7 @@ class Ledger:
                 tx.set_meta(FROM_KEY, repr(floor))
             if first_run:
                 tx.delete_meta(LEFT_KEY)
+                tx.delete_meta(LEFT_THROUGH_KEY)
             c.execute("DELETE FROM qr_used WHERE expires_at < ?", (ts(now - timedelta(hours=1)),))
         return tx.committed
 

@@ -730,22 +730,29 @@ class Store:
 
     def run_due(
         self, policy: Policy, now: datetime, horizon: NoShowHorizon | None = None,
-        unheard: Callable[[datetime], list[str]] | None = None,
+        unheard: Callable[[datetime], list[str]] | None = None, settled_by_site: datetime | None = None,
     ) -> Committed:
         """No-shows and loyalty credits due up to and including `now`, each exactly once
-        (no-shows only up to `horizon`: Ledger.run_due). Nothing while the numbering is
+        (no-shows only up to `horizon`; at the first run, from where the site's previous
+        worker had settled, `settled_by_site`: Ledger.run_due). Nothing while the numbering is
         unsure: the part of the ledger that was lost may have settled them; and then, while
         its events are wanted back, no no-show of a class they may bear on (Ledger.run_due,
         here whether or not a link asks for them)."""
         if self.unsure_after is not None:
             return Committed()
-        return self.ledger.run_due(policy, now, horizon, unheard)
+        return self.ledger.run_due(policy, now, horizon, unheard, settled_by_site)
 
     def leave_time_driven_work(self) -> None:
         """This daemon does not do the site's time-driven work (`time_driven_work: false`):
         should it come back to it, it settles what falls due from then on, not from where
         it left off (Ledger.leave_no_shows). Called by the scheduler; a write only once."""
         self.ledger.leave_no_shows()
+
+    def time_driven_work(self) -> tuple[datetime | None, datetime | None]:
+        """For the heartbeat: where this daemon began the site's time-driven work (None:
+        it does not do it now), and how far it has settled (Ledger.work_claim)."""
+        began, through = self.ledger.work_claim()
+        return (None if began is None else dt(began)), (None if through is None else dt(through))
 
     def unsettled_ending(self, after: datetime, until: datetime) -> int:
         """Booked bookings without an outcome here that ended after `after`, by `until`:
