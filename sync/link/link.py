@@ -477,6 +477,13 @@ class SyncLink:
     def _settle_numbering(self, central_seq: int, ack: Ack | None = None) -> Sequence[Action]:
         """The central system said how far it got with our events (an ack, or `applied` in
         its passes): the store's held events number on after that and may leave."""
+        unheard, wait = self.session.settle_unheard(self.mono())
+        if wait:  # their word on how far they heard the old box may come yet: tried every second
+            if self._unsettled is None:
+                log.info("the numbering waits for the site's daemons to say how far they heard this id: %s",
+                         ", ".join(unheard))
+            self._unsettled = (central_seq, ack)
+            return []
         try:
             self.port.settle_numbering(central_seq, self.now(), self.session.site_heard_of_us)
         except (OSError, sqlite3.Error) as e:
@@ -486,6 +493,13 @@ class SyncLink:
             self._unsettled = (central_seq, ack)
             return []
         self._unsettled = None
+        if unheard:
+            detail = (f"this daemon's numbering was settled without hearing {', '.join(unheard)} say how far it "
+                      f"heard this daemon id (offline: its last will says nothing of it): if it held events of the "
+                      f"old box beyond {self.session.site_heard_of_us or central_seq}, ours under those numbers are "
+                      f"taken there for repeats — it raises numbering_collision when it hears them")
+            log.warning("alarm numbering_peers_unheard: %s", detail)
+            self.port.alarm("numbering_peers_unheard", detail, self.now(), peers=unheard)
         self._wake.set()
         self.session.want_history(self.port.own_history_wanted())  # what the lost ledger knew
         return self.session.numbering_settled(self.port.last_seq, ack, self.mono())

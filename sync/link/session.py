@@ -234,6 +234,8 @@ class Session:
         self._head = _Head()
         self.peers = PeerMarks(state.peer_marks, grace=config.catch_up_grace, retry=config.catch_up_retry)
         self._heard_of_us: dict[str, int] = {}  # peer -> the last seq of ours it says it heard
+        self._heartbeat_from: set[str] = set()  # peers whose heartbeat (with `heard`) came this run
+        self._settle_wait_from: float | None = None  # a settle first waited for peers' `heard` then
         # what a lost ledger knew, asked of the central system (sync/link/own_history.py)
         self.own_history = OwnHistory(config.daemon, state.own_history)
         self._online_at: str | None = None  # the `at` of this connection's statuses
@@ -299,6 +301,19 @@ class Session:
         heartbeats' `heard`): on a new box, events of the old one the central system may
         never have had (numbering.py numbers on after them too)."""
         return max(self._heard_of_us.values(), default=None)
+
+    def settle_unheard(self, now: float) -> tuple[list[str], bool]:
+        """Before a new box settles its numbering: the daemons of the site it knows of
+        (their retained statuses, their marks) whose heartbeat — and so their word on how
+        far they heard the old box — has not come this run (an offline one's last will says
+        nothing of it), and whether to wait on for them (for `settle_peer_wait` from the
+        first time asked). The settle then goes ahead naming them (numbering_peers_unheard)."""
+        missing = sorted(p for p in self.peers.marks if p not in self._heartbeat_from and p != self.config.daemon)
+        if not missing:
+            return [], False
+        if self._settle_wait_from is None:
+            self._settle_wait_from = now
+        return missing, now - self._settle_wait_from < self.config.settle_peer_wait
 
     # -- the connection -----------------------------------------------------------------------
 
@@ -948,6 +963,8 @@ class Session:
         ours = (status.heard or {}).get(self.config.daemon)
         if ours is not None:
             self._heard_of_us[sender] = ours
+        if status.state == "online" and as_of is not None:  # a heartbeat: its `heard` is its word on us
+            self._heartbeat_from.add(sender)
         w = status.time_driven_work
         if w is not None:
             self.peers.announced(sender, WorkClaim(w.on, _instant(w.since), _instant(w.through)))
