@@ -491,3 +491,18 @@ def test_a_charge_under_a_seq_held_for_another_is_a_numbering_collision_not_a_si
     assert len(collisions()) == 1
     box.close()
     peer.close()
+
+
+def test_two_daemons_both_unsure_of_their_numbering_do_not_wait_for_each_other() -> None:
+    """A site's boxes all started without their marks (a fresh install): each holds its
+    events and its heartbeat claims no last_seq — but says how far it heard the others,
+    so neither waits settle_peer_wait for the other's word."""
+    from sync.link.session import Session, StoreState
+
+    a = Session(_cfg(DAEMON), StoreState(has_snapshot=True, numbering_unsure=True), zones={"in-1": "main"})
+    b = Session(_cfg(PEER), StoreState(has_snapshot=True, numbering_unsure=True), zones={"in-2": "main"})
+    a.connect(100.0, "2026-12-07T08:00:00Z")
+    [beat] = [x for x in b.connect(100.0, "2026-12-07T08:00:00Z") if getattr(x, "retain", False)]
+    assert "as_of" not in json.loads(beat.payload)
+    a.receive(f"gated/s1/{PEER}/status", beat.payload, 100.5, retained=True)
+    assert a.settle_unheard(100.5) == ([], False)

@@ -267,6 +267,7 @@ class Session:
         none while the numbering is unsure: events after it are held, and a claim would
         tell the others they know everything we did up to now (the daemon settling
         no-shows would settle a class a held attendance belongs to)."""
+        beat = as_of is not None
         if self.numbering_unsure:
             as_of = None
         w = self.work if at is not None else None  # not in the last will: it would go stale
@@ -278,7 +279,9 @@ class Session:
             protocol=PROTOCOL,
             last_seq=self.last_seq if as_of is not None else None,
             as_of=as_of,
-            heard=self._heard() if as_of is not None else None,
+            # how far we heard the others is ours to say, sure of our numbering or not (a new
+            # box settling waits for it: settle_unheard)
+            heard=self._heard() if beat else None,
             time_driven_work=None if w is None else TimeDrivenWork(
                 on=w.on, since=None if w.since is None else _iso(w.since),
                 through=None if w.through is None else _iso(w.through)),
@@ -304,9 +307,9 @@ class Session:
 
     def settle_unheard(self, now: float) -> tuple[list[str], bool]:
         """Before a new box settles its numbering: the daemons of the site it knows of
-        (their retained statuses, their marks) whose heartbeat — and so their word on how
-        far they heard the old box — has not come this run (an offline one's last will says
-        nothing of it), and whether to wait on for them (for `settle_peer_wait` from the
+        (their retained statuses, their marks) whose online status — and so their word on
+        how far they heard the old box, `heard` — has not come this run (an offline one's
+        last will says nothing of it), and whether to wait on for them (for `settle_peer_wait` from the
         first time asked). The settle then goes ahead naming them (numbering_peers_unheard)."""
         missing = sorted(p for p in self.peers.marks if p not in self._heartbeat_from and p != self.config.daemon)
         if not missing:
@@ -963,7 +966,7 @@ class Session:
         ours = (status.heard or {}).get(self.config.daemon)
         if ours is not None:
             self._heard_of_us[sender] = ours
-        if status.state == "online" and as_of is not None:  # a heartbeat: its `heard` is its word on us
+        if status.state == "online":  # its `heard` is its word on us (none: it heard nothing of us)
             self._heartbeat_from.add(sender)
         w = status.time_driven_work
         if w is not None:
