@@ -163,3 +163,22 @@ async def test_a_late_rival_claim_past_the_claims_kept_in_memory_is_an_alarm(tmp
 
 
 DAEMON_A = "s1-in-1"
+
+
+async def test_a_peers_resent_claims_read_the_ledger_once(tmp_path: Path) -> None:
+    """A peer resends its unacknowledged batches (the central system away: every ack
+    timeout): its claims on codes this ledger knows are read from it once a run."""
+    store = new_store(tmp_path / "gated.db")
+    store.set_site_wide_qr(True)
+    try:
+        qr_tap(store, "tok", at(9, 1), opened=True)
+        port = FakePort(store)
+        asked: list[list[str]] = []
+        real = port.own_qr_claims
+        port.own_qr_claims = lambda tokens: asked.append(tokens) or real(tokens)  # type: ignore[method-assign]
+        a = contest(DAEMON_A, port)
+        for _ in range(3):
+            a.rival_claims("b", qr_used("tok", at(9, 5)) + qr_used("elsewhere", at(9, 5)))
+        assert asked == [["tok", "elsewhere"]] and port.alarms == []
+    finally:
+        store.close()

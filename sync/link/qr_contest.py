@@ -118,8 +118,13 @@ class QrContest:
             else:  # not one of this run's (or pushed out): the ledger may hold ours
                 late[token] = min(theirs, late.get(token, theirs))
         if late:
-            for token, (claimed_at, opened) in self.port.own_qr_claims(list(late)).items():
-                if opened and late[token] < (claimed_at, self.daemon):
+            found = self.port.own_qr_claims(list(late))
+            for token, theirs in late.items():
+                claimed_at, opened = found.get(token, (None, False))
+                # kept in memory: the same claims again (a peer's resends) read nothing more
+                self._remember(token, (claimed_at, self.daemon) if claimed_at is not None and opened else None,
+                               self._mine)
+                if claimed_at is not None and opened and theirs < (claimed_at, self.daemon):
                     self._double_use(token, sender)
 
     def _double_use(self, token: str, sender: str) -> None:
