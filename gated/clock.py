@@ -27,7 +27,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from rules.clock import ClockPolicy, ClockState, ClockTrust, SimulatedTime, observe, start
+from rules.clock import ClockPolicy, ClockState, ClockTrust, SimulatedTime, confirm, observe, start
 
 SIMULATION_ENV = "GATED_SIMULATION"
 
@@ -110,13 +110,21 @@ class GuardedClock:
         self._mono = monotonic
         self._synchronised = synchronised
         self.synced = synchronised()
+        # a step back accepted (NTP: rules/clock.py): the time acted at then, for the daemon
+        # to bring what it stamped after it back to it (Daemon._keep_clock); None: none since
+        self.stepped_back_to: datetime | None = None
         self.state: ClockState = start(wall(), monotonic(), max(floor, SOFTWARE_EPOCH), self.policy, self.synced,
                                        floor_stored=floor > SOFTWARE_EPOCH)
 
     def __call__(self) -> datetime:
         wall, mono = self._wall(), self._mono()
-        self.state = observe(self.state, wall, mono, self.synced, self.policy)
-        return datetime.fromtimestamp(self.state.acting_at(wall, mono), UTC)
+        before = self.state
+        self.state = observe(before, wall, mono, self.synced, self.policy)
+        now = datetime.fromtimestamp(self.state.acting_at(wall, mono), UTC)
+        if self.state.trusted and self.state.floor < before.floor:
+            # only NTP takes the floor back: what was stamped since it stood there is ahead
+            self.stepped_back_to = now if self.stepped_back_to is None else min(now, self.stepped_back_to)
+        return now
 
     def tick(self) -> datetime:
         self.synced = self._synchronised()
@@ -131,16 +139,37 @@ class GuardedClock:
         """No-shows, fees, credits and pruning may act at this time (rules/clock.py, start)."""
         return self.state.may_settle
 
+    def confirm(self) -> datetime:
+        """A person says the wall clock is right (`gated clock confirm`): the time it is
+        taken at. ValueError for a clock behind the last trusted time (rules/clock.py)."""
+        wall, mono = self._wall(), self._mono()
+        self.state = confirm(observe(self.state, wall, mono, self.synced, self.policy), wall, mono)
+        return datetime.fromtimestamp(wall, UTC)
+
+    def doubted_for(self) -> float | None:
+        """Seconds the clock's time of day has waited to be confirmed (None: it has not)."""
+        st = self.state
+        if not st.trusted or st.confirmed:
+            return None
+        return self._mono() - (st.doubted_since if st.doubted_since is not None else st.since)
+
     def unconfirmed(self) -> str:
         """Why time-driven work waits although taps are decided at the wall clock (empty
         when it does not)."""
         st = self.state
         if not st.trusted or st.confirmed:
             return ""
-        left = max(0.0, self.policy.accept_ahead_after - (self._mono() - st.since))
-        return ("at start the wall clock was further past the last time this gate trusted than a restart explains, "
-                "and the system is not synchronised: taps are decided at it, no-shows, fees and credits wait for "
-                f"NTP (or {left:.0f} s more without a jump)")
+        wall = datetime.fromtimestamp(self._wall(), UTC).isoformat(timespec="seconds")
+        why = (f"the wall clock ({wall}) read further past the last time this gate trusted than a restart explains, "
+               "or jumped ahead and stayed there")
+        if self.synced is None:
+            left = max(0.0, self.policy.accept_ahead_after - (self._mono() - st.since))
+            return (f"{why}: taps are decided at it; no-shows, fees and credits wait for it to run {left:.0f} s "
+                    "more without a jump (the system cannot say whether it is synchronised), or for "
+                    "`gated clock confirm`")
+        return (f"{why}, and the system is not synchronised: taps are decided at it; no-shows, fees, credits and "
+                "the refunds given up after a day wait for NTP to synchronise the system, or for a person who has "
+                "checked the time to run `gated clock confirm`")
 
     def describe(self) -> str:
         """Why the clock is not trusted, in a sentence (empty when it is)."""

@@ -132,6 +132,14 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
         p.add_argument("--user", default=_default_user())
         p.set_defaults(func=cmd_safety_switch, switch=name)
 
+    p = sub.add_parser("clock", help="the running daemon's clock")
+    cs = p.add_subparsers(dest="clock_command", required=True)
+    c = cs.add_parser("confirm", help="say the wall clock's time is right (admin): no-shows and fees may act at it "
+                      "without NTP (docs/operations.md, \"The clock\")")
+    _config_arg(c)
+    c.add_argument("--user", default=_default_user())
+    c.set_defaults(func=cmd_clock_confirm)
+
     p = sub.add_parser("hash-password", help="hash a console password for the configuration")
     p.set_defaults(func=cmd_hash_password)
 
@@ -440,6 +448,12 @@ def cmd_safety_switch(args: argparse.Namespace) -> int:
         print(f"gated {args.switch}: in force, but the store cannot write it yet (a storage fault): a restart "
               "now would forget it; it is written when the store works again (gated status: safety.not_durable)",
               file=sys.stderr)
+    return 0 if "error" not in result else 1
+
+
+def cmd_clock_confirm(args: argparse.Namespace) -> int:
+    result = _control(args, {"cmd": "clock_confirm", "user": args.user, "password": _password()})
+    print(json.dumps(result))
     return 0 if "error" not in result else 1
 
 

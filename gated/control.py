@@ -1,5 +1,5 @@
 """The control socket: how `gated tap`, `gated open`, `gated lockdown`, `gated emergency`,
-`gated relay` and `gated status` reach a running daemon (through its operator API,
+`gated relay`, `gated clock confirm` and `gated status` reach a running daemon (through its operator API,
 gated/operator.py). A Unix socket (mode 0660): only root and the gated group can connect.
 
 Who may open a door: `open` and `lockdown` need a console user's name and password and
@@ -81,8 +81,17 @@ class RelayCmd(_Cmd):
     password: str
 
 
+class ClockConfirmCmd(_Cmd):
+    """`gated clock confirm` (an admin who checked the time): the wall clock's time of day
+    is right, no-shows and fees may act at it without NTP (rules/clock.py, `confirm`)."""
+
+    cmd: Literal["clock_confirm"]
+    user: str
+    password: str
+
+
 Command = TypeAdapter(
-    Annotated[TapCmd | StatusCmd | OpenCmd | LockdownCmd | RelayCmd, Field(discriminator="cmd")]
+    Annotated[TapCmd | StatusCmd | OpenCmd | LockdownCmd | RelayCmd | ClockConfirmCmd, Field(discriminator="cmd")]
 )
 
 
@@ -196,6 +205,10 @@ class ControlServer:
                 if user.role != "admin":
                     return {"error": "only an admin can drive a relay by hand"}
                 return await b.relay_by_hand(cmd.gate, cmd.action, cmd.seconds, user.name)
+            if isinstance(cmd, ClockConfirmCmd):
+                if user.role != "admin":
+                    return {"error": "only an admin can confirm the clock"}
+                return await b.confirm_clock(user.name)
             if user.role != "admin":
                 return {"error": "only an admin can lock down or release"}
             if cmd.cmd == "lockdown":

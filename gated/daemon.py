@@ -52,12 +52,12 @@ from rules.timeutil import parse_duration
 from sync.qrtoken import TrustedKeys
 from sync.store import Event, Store, StoreError
 from sync.store.faults import STORAGE_ERRORS, describe_store_error
+from sync.store.meta import CLOCK_FLOOR_KEY
 from sync.store.occupancy import occupancy
 
 log = structlog.get_logger("gated")
 
 SCHEDULER_INTERVAL = 1.0
-CLOCK_FLOOR_KEY = "clock.trusted_at"  # the latest instant the gate trusted (POSIX seconds)
 CLOCK_FLOOR_EVERY = 60.0
 
 
@@ -141,6 +141,12 @@ class Daemon:
         if guard is None or self.store is None:
             return
         guard.tick()
+        if guard.stepped_back_to is not None:
+            # NTP took the clock back: this daemon's passages stamped by the clock that was
+            # ahead would be "after" every passage to come (anti-passback, re-entries)
+            moved = self.store.clamp_own_passages(guard.stepped_back_to)
+            log.warning("clock_stepped_back", to=guard.stepped_back_to.isoformat(), passages_moved=moved)
+            guard.stepped_back_to = None
         floor = guard.state.floor
         if guard.may_settle and (floor - self._floor_saved >= CLOCK_FLOOR_EVERY or floor < self._floor_saved):
             self.store.set_meta(CLOCK_FLOOR_KEY, repr(floor))
@@ -531,7 +537,9 @@ class Daemon:
                     self.store.leave_time_driven_work()
                 self.knowledge.announce()
                 if self.engine is not None and trusted and (self.storage is None or self.storage.ok):
-                    self.engine.settle_refunds(now, self.knowledge.unheard)
+                    # a refund settled when its charge arrives does not depend on the time of
+                    # day; giving one up after a day does: only at a confirmed clock
+                    self.engine.settle_refunds(now, self.knowledge.unheard, give_up=settles)
                 if self.taps is not None:
                     self.taps.record_unknown_cards()
             except STORAGE_ERRORS as e:

@@ -143,9 +143,12 @@ class Engine:
     ) -> Committed:
         return self.store.mark_attended(booking_id, operator, refund=refund, now=now, waiting=waiting)
 
-    def settle_refunds(self, now: datetime, waiting: Callable[[datetime], list[str]]) -> Committed:
-        """The desk's refunds that waited to hear the site (sync/store/refunds_wanted.py)."""
-        return self.store.settle_refunds(now, waiting)
+    def settle_refunds(
+        self, now: datetime, waiting: Callable[[datetime], list[str]], *, give_up: bool = True,
+    ) -> Committed:
+        """The desk's refunds that waited to hear the site (sync/store/refunds_wanted.py);
+        `give_up`: the clock may end a day's wait (its time of day is confirmed)."""
+        return self.store.settle_refunds(now, waiting, give_up=give_up)
 
     def adjust_points(self, member_id: str, points: int, operator: str, reason: str, now: datetime) -> Committed:
         return self.store.adjust_points(member_id, points, operator, reason, now)

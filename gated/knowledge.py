@@ -12,6 +12,7 @@ here the daemon checks them every second —
 | `refunds_waiting` | the desk's refunds not found while the site's events were not all in (sync/store/refunds_wanted.py) | settles each when its charge arrives or everyone is heard up to the request; after a day an alarm for a person |
 | `daemon_id_in_use` | signs of another daemon under this daemon id (sync/link/session.py, `twin_seen`): its events or status on the site's topics, its takeovers of our connection | holds its events (they stay in the outbox) until no sign of it has come for a minute; the link raised the alarm as it saw it |
 | `clock_untrusted` | the wall clock against the monotonic clock and the last trusted time (rules/clock.py) | acts at the anchored time; no no-show, fee, loyalty credit or pruning until trusted again |
+| `clock_unconfirmed` | the wall clock's time of day, taken for taps but not confirmed (a start hours ahead, a jump ahead taken, with the system not synchronised: rules/clock.py) | decides taps at it; no no-show, fee, loyalty credit, pruning or refund given up until NTP or a person (`gated clock confirm`) confirms it |
 | `two_workers` | the site's other daemons' heartbeats: which say they do the site's time-driven work (`time_driven_work`) | of two daemons doing it, the one that began first goes on (then the lower daemon id); the other settles nothing until the first stops |
 
 The heartbeats also hand the time-driven work over (`handover`): a daemon that begins it
@@ -45,8 +46,8 @@ NUMBERING_ALARM = 60.0  # seconds events are held for the central system's word 
 HISTORY_ALARM = 60.0  # seconds a lost ledger's events have not come back from the central system
 REFUNDS_ALARM = 300.0  # seconds a refund the desk asked for has waited to hear the site
 TWO_WORKERS_ALARM = 0.0  # another daemon says it does the site's time-driven work too: at once
-KINDS = ("uplink_stalled", "deltas_behind", "peers_unheard", "clock_untrusted", "numbering_unsure",
-         "own_history_missing", "refunds_waiting", "two_workers", "daemon_id_in_use")
+KINDS = ("uplink_stalled", "deltas_behind", "peers_unheard", "clock_untrusted", "clock_unconfirmed",
+         "numbering_unsure", "own_history_missing", "refunds_waiting", "two_workers", "daemon_id_in_use")
 # the link raises these itself as it sees them (with what it saw); a gap says so only once over
 RAISED_BY_LINK = frozenset({"daemon_id_in_use"})
 
@@ -208,6 +209,11 @@ class Knowledge:
         guard = self.d.clock_guard
         if guard is not None and not guard.trusted:
             found["clock_untrusted"] = (mono - guard.state.since, 0.0, guard.describe())
+        doubted = guard.doubted_for() if guard is not None else None
+        if guard is not None and doubted is not None:
+            # a person should learn that no-shows wait (a clock that stays unsynchronised
+            # is never confirmed by time: rules/clock.py)
+            found["clock_unconfirmed"] = (doubted, guard.policy.accept_ahead_after, guard.unconfirmed())
         link = self.d.link
         store = self.d.store
         if link is not None and store is not None and store.unsure_after is not None:

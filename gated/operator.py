@@ -4,7 +4,7 @@
 (gated/control.py) use: the configuration and the clock, the store for reads (through
 sync.store.read_models), health, the live event stream, and the actions — open once, check in,
 an injected tap (control socket only), attendance, points, card enrolment, a member's
-photo, a relay by hand, lockdown and emergency release. Neither front end imports the other; both are
+photo, a relay by hand, lockdown and emergency release, the clock confirmed by a person. Neither front end imports the other; both are
 handed an `OperatorApi` and only render what it answers.
 
 `DaemonOperatorApi` is the daemon's implementation (after Home Assistant's coordinator:
@@ -119,6 +119,10 @@ class OperatorApi(Protocol):
     async def set_emergency(self, on: bool, operator: str, reason: str | None) -> None:
         """Every fail-safe door released (or back to normal); the reason is required to
         release."""
+
+    async def confirm_clock(self, operator: str) -> dict[str, Any]:
+        """A person who checked the time says the wall clock is right (`gated clock
+        confirm`): no-shows, fees and credits may act at it (rules/clock.py, `confirm`)."""
 
     def audit(self, operator: str, action: str, detail: dict[str, Any]) -> None:
         """An audit row for something that is not an action on the site (logins)."""
@@ -277,6 +281,29 @@ class DaemonOperatorApi:
         except RuntimeError as e:  # the building's fire input still says fire
             raise ActionRefused(str(e)) from e
         sdnotify.status(status.status_line(self._d))
+
+    # -- the clock -------------------------------------------------------------------------
+
+    async def confirm_clock(self, operator: str) -> dict[str, Any]:
+        """Audited; refused for a clock behind the last trusted time (only NTP sets it back)
+        and where the daemon's clock is not the wall clock (the simulator's, a test's)."""
+        store = self._store()
+        guard = self._d.clock_guard
+        if guard is None:
+            raise ActionRefused("this daemon does not run on the wall clock (a simulated clock): nothing to confirm")
+        was = guard.as_dict()
+        try:
+            wall = guard.confirm()
+        except ValueError as e:
+            raise ActionRefused(str(e)) from None
+        store.audit(wall, operator, "clock_confirm", {
+            "wall": wall.isoformat(), "was": was["state"], "was_confirmed": was["confirmed"],
+            "synchronised": was["synchronised"]})
+        await store.flushed()
+        log.warning("clock_confirmed", operator=operator, wall=wall.isoformat(), was=was["state"],
+                    was_confirmed=was["confirmed"])
+        sdnotify.status(status.status_line(self._d))
+        return {"clock": guard.as_dict()}
 
 
 __all__ = ["ActionRefused", "DaemonOperatorApi", "Listener", "OperatorApi", "clean_reason"]

@@ -12,17 +12,22 @@ The policy (docs/rules.md, "When the clock cannot be trusted"):
 | state | how it starts | what the gate acts at | how it ends |
 | --- | --- | --- | --- |
 | trusted | the wall clock agrees with the anchor | the wall clock | a jump of more than `tolerance` |
-| ahead | the wall clock jumped forward | anchor + elapsed | back within `tolerance`; or steady there for `settle` with the system synchronised (NTP), or for `accept_ahead_after` without (a clock put right forward, a restored VM) |
+| ahead | the wall clock jumped forward | anchor + elapsed | back within `tolerance`; or steady there for `settle` with the system synchronised (NTP), or for `accept_ahead_after` without (a clock put right forward, a restored VM: taken for taps, but its time of day confirmed only if the system cannot say whether it is synchronised) |
 | behind | the wall clock jumped back, or is before the last instant the gate trusted (a boot in 2000) | anchor + elapsed (the last trusted instant plus the time since) | back within `tolerance`; steady for `settle` with the system synchronised; or, never trusted since start, moved to or past the last trusted instant and steady for `settle` (NTP's first step) |
 
 A start is the one moment the clock has no anchor to disagree with: a wall clock at or
 after the floor is taken for taps at once (a box that was off for a weekend is two days on,
 rightly), but its time of day is only *confirmed* once the system says it is synchronised,
-or it was found within `accept_ahead_after` of the floor (a restart), or it has run for
-`accept_ahead_after` without a jump. Until then the gate decides taps at it but settles
-nothing by it: a hardware clock kept in local time, or set by hand a few hours on, would
-otherwise make the bookings of classes that have not begun yet no-shows, with fees, in
-the first second.
+or it was found within `accept_ahead_after` of the floor (a restart), or a person says it
+is right (`confirm`: `gated clock confirm`). Until then the gate decides taps at it but
+settles nothing by it: a hardware clock kept in local time, or set by hand a few hours
+on, would otherwise make the bookings of classes that have not begun yet no-shows, with
+fees, in the first second. Time passing never confirms a clock the system says is *not*
+synchronised (the kernel says so until NTP sets it, and again once someone sets the time
+by hand): an hour ahead stays an hour ahead however long it runs. Only where the system
+cannot say (`synchronised is None`) does `accept_ahead_after` without a jump confirm it.
+The same for a jump ahead taken after `accept_ahead_after`: decided at, not settled by,
+until NTP or a person confirms it.
 
 While not trusted the gate does nothing irreversible that depends on the time of day — no
 no-show, no fee, no loyalty credit, no pruning of used QR codes or of events, no expiry of
@@ -71,6 +76,7 @@ class ClockState:
     trusted_in_run: bool = False
     jump: float = 0.0  # seconds the wall clock is off the anchored time (+ ahead)
     confirmed: bool = True  # its time of day too, not only its pace (start, above)
+    doubted_since: float | None = None  # monotonic: since when the time of day has waited to be confirmed
 
     @property
     def trusted(self) -> bool:
@@ -103,7 +109,7 @@ def start(
         return ClockState(ClockTrust.BEHIND, floor, mono, floor, since=mono, jump=wall - floor)
     confirmed = synchronised is not False or not floor_stored or wall - floor <= policy.accept_ahead_after
     return ClockState(ClockTrust.TRUSTED, wall, mono, max(floor, wall), since=mono, trusted_in_run=True,
-                      confirmed=confirmed)
+                      confirmed=confirmed, doubted_since=None if confirmed else mono)
 
 
 def observe(state: ClockState, wall: float, mono: float, synchronised: bool | None, policy: ClockPolicy) -> ClockState:
@@ -112,9 +118,12 @@ def observe(state: ClockState, wall: float, mono: float, synchronised: bool | No
     off = wall - state.expected(mono)
     if abs(off) <= policy.tolerance:
         if state.trusted:  # follow the wall clock (slewing), a fresh anchor
-            confirmed = state.confirmed or bool(synchronised) or mono - state.since >= policy.accept_ahead_after
+            # time passing confirms it only where the system cannot say: one that says
+            # "not synchronised" is waited on for NTP (or a person: `confirm`)
+            confirmed = state.confirmed or bool(synchronised) or (
+                synchronised is None and mono - state.since >= policy.accept_ahead_after)
             return replace(state, anchor_wall=wall, anchor_mono=mono, floor=max(state.floor, wall), jump=0.0,
-                           confirmed=confirmed)
+                           confirmed=confirmed, doubted_since=None if confirmed else state.doubted_since)
         return _trust(state, wall, mono, state.confirmed or bool(synchronised))  # back where it was
     if state.trusted:
         trust = ClockTrust.AHEAD if off > 0 else ClockTrust.BEHIND
@@ -138,13 +147,35 @@ def observe(state: ClockState, wall: float, mono: float, synchronised: bool | No
         confirmed = synchronised is not False or wall - state.floor <= policy.accept_ahead_after
         return _trust(state, wall, mono, confirmed)
     if off > 0 and steady >= policy.accept_ahead_after:
-        return _trust(state, wall, mono, True)  # forward, and it stays there: time moved on
+        # forward, and it stays there: time moved on (a clock put right, a restored VM) —
+        # or someone set it hours ahead by hand. Taps are decided at it; its time of day is
+        # confirmed by time only where the system cannot say whether it is synchronised
+        return _trust(state, wall, mono, synchronised is not False, doubted_since=state.since)
     return state
 
 
-def _trust(state: ClockState, wall: float, mono: float, confirmed: bool) -> ClockState:
+def confirm(state: ClockState, wall: float, mono: float) -> ClockState:
+    """A person says the wall clock's time is right (`gated clock confirm`): a clock
+    trusted but not confirmed is confirmed, one that jumped ahead is taken at once. Not a
+    clock behind what the gate trusted: ValueError (only NTP takes the books back)."""
+    if state.trust is ClockTrust.BEHIND:
+        raise ValueError("the wall clock is behind the last time this gate trusted: only NTP may set it back "
+                         "(the books would go back in time)")
+    if state.trusted:
+        return replace(state, anchor_wall=wall, anchor_mono=mono, floor=max(state.floor, wall), jump=0.0,
+                       confirmed=True, doubted_since=None)
+    return _trust(state, wall, mono, True)
+
+
+def _trust(
+    state: ClockState, wall: float, mono: float, confirmed: bool, *, doubted_since: float | None = None,
+) -> ClockState:
+    doubted = None
+    if not confirmed:  # the earliest instant its time of day was in doubt, kept through jumps
+        doubted = next((t for t in (state.doubted_since, doubted_since) if t is not None), mono)
     return ClockState(
         ClockTrust.TRUSTED, wall, mono, max(state.floor, wall), since=mono, trusted_in_run=True, confirmed=confirmed,
+        doubted_since=doubted,
     )
 
 
@@ -166,4 +197,4 @@ class SimulatedTime:
         return self.start + timedelta(seconds=(real - self.epoch) * self.speed)
 
 
-__all__ = ["ClockPolicy", "ClockState", "ClockTrust", "SimulatedTime", "observe", "start"]
+__all__ = ["ClockPolicy", "ClockState", "ClockTrust", "SimulatedTime", "confirm", "observe", "start"]

@@ -432,13 +432,15 @@ def decide(
             hint=booked_hint,
         )
 
-    # 3. re-entry within the grace period, or after an evacuation: free, no pass needed
+    # 3. re-entry within the grace period, or after an evacuation: free, no pass needed. An
+    # entry stamped after now was stamped by a clock that was ahead (a boot before NTP,
+    # another daemon's): it counts as just now, not as no entry at all
     presence = view.presence.get(gate.zone)
     if (
         gate.reentry_grace > timedelta(0)
         and presence is not None
         and presence.last_entry_at is not None
-        and timedelta(0) <= now - presence.last_entry_at <= gate.reentry_grace
+        and max(now - presence.last_entry_at, timedelta(0)) <= gate.reentry_grace
     ) or evacuated(presence, now, site):
         return Decision(True, Reason.REENTRY, member.id, anti_passback=flag)
 

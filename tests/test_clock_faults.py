@@ -16,7 +16,10 @@ books see:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -188,3 +191,56 @@ async def test_a_boot_in_2000_then_a_step_to_today(tmp_path: Path) -> None:
         spec.write_text("+0\n")  # NTP's first step: today
         await until_clock(gate, True)
         assert len(settled(gate)) == before
+
+
+async def test_a_clock_not_confirmed_is_confirmed_by_an_admin_with_gated_clock_confirm(tmp_path: Path) -> None:
+    """The box was last trusted two hours ago and starts now with the system not
+    synchronised (no NTP: an isolated LAN, the WAN down): its time of day is not confirmed
+    (no-shows and fees wait; time passing never confirms it). An admin who checked the
+    time confirms it as a user would, with `gated clock confirm` — a staff login may not."""
+    import subprocess
+    import sys
+
+    from gated.auth import hash_password
+    from gated.clock import system_synchronised
+    from rules.model import Site
+    from sync.store import Store
+    from sync.store.meta import CLOCK_FLOOR_KEY
+
+    def last_trusted_two_hours_ago(db: Path) -> None:
+        store = Store(db, Site(TZ, id="storage-site"), daemon_id="gate-s")
+        store.set_meta(CLOCK_FLOOR_KEY, repr((datetime.now(UTC) - timedelta(hours=2)).timestamp()))
+        store.close()
+
+    extra = {
+        "console": {"enabled": False, "users": [
+            {"name": "desk", "role": "staff", "password_hash": hash_password("desk-pass")},
+            {"name": "boss", "role": "admin", "password_hash": hash_password("boss-pass")},
+        ]},
+        "control": {"socket": str(tmp_path / "control.sock")},
+    }
+    state = tmp_path / "state"
+    state.mkdir()
+    async with gate_process(tmp_path, state, extra=extra, before_start=last_trusted_two_hours_ago) as gate:
+        clock = (await gate.status())["knowledge"]["clock"]
+        synced = system_synchronised()
+        assert clock["trusted"] is True and clock["confirmed"] is (synced is not False), clock
+        if synced is False:
+            assert "gated clock confirm" in clock["detail"]
+
+        def confirm(user: str, password: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "gated.cli", "clock", "confirm", "-c", str(gate.config),
+                                   "--user", user], capture_output=True, text=True, timeout=60,
+                                  env={**os.environ, "GATED_PASSWORD": password})
+
+        staff = await asyncio.to_thread(confirm, "desk", "desk-pass")
+        assert staff.returncode == 1 and "only an admin" in staff.stdout, staff.stdout + staff.stderr
+        assert (await gate.status())["knowledge"]["clock"]["confirmed"] is (synced is not False)
+        boss = await asyncio.to_thread(confirm, "boss", "boss-pass")
+        assert boss.returncode == 0, boss.stdout + boss.stderr
+        answer = json.loads(boss.stdout)["clock"]
+        assert answer["confirmed"] is True and answer["trusted"] is True and answer["detail"] is None
+        assert (await gate.status())["knowledge"]["clock"]["confirmed"] is True
+        with contextlib.closing(sqlite3.connect(f"file:{gate.db}?mode=ro", uri=True)) as c:
+            audit = [(r[0], r[1]) for r in c.execute("SELECT operator, action FROM audit")]
+        assert ("boss", "clock_confirm") in audit

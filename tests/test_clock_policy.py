@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rules.clock import ClockPolicy, ClockState, ClockTrust, observe, start
+from rules.clock import ClockPolicy, ClockState, ClockTrust, confirm, observe, start
 
 P = ClockPolicy(tolerance=2.0, settle=5.0, accept_ahead_after=300.0)
 T0 = 1_800_000_000.0  # a wall time the gate trusts
@@ -41,7 +41,7 @@ def trusted_at_start() -> ClockState:
         ("an hour back that NTP confirms is accepted once steady",
          [(1.0, 1.0, True), (-3600 + 2.0, 2.0, True), (-3600 + 5.0, 5.0, True), (-3600 + 7.5, 7.5, True)],
          [(ClockTrust.TRUSTED, 1.0), (ClockTrust.BEHIND, 2.0), (ClockTrust.BEHIND, 5.0), (ClockTrust.TRUSTED, -3592.5)]),
-        ("forward and staying there: accepted after accept_ahead_after without NTP",
+        ("forward and staying there: taken after accept_ahead_after without NTP (not confirmed: below)",
          [(1.0, 1.0, False), (600.0 + 2.0, 2.0, False), (600.0 + 200.0, 200.0, False), (600.0 + 303.0, 303.0, False)],
          [(ClockTrust.TRUSTED, 1.0), (ClockTrust.AHEAD, 2.0), (ClockTrust.AHEAD, 200.0), (ClockTrust.TRUSTED, 903.0)]),
         ("a wall clock that keeps jumping is never steady",
@@ -93,12 +93,57 @@ def test_a_boot_with_the_clock_hours_ahead_and_no_ntp_decides_taps_but_settles_n
         (ClockTrust.TRUSTED, True), (ClockTrust.BEHIND, False), (ClockTrust.TRUSTED, True)]
 
 
-def test_an_unconfirmed_start_is_confirmed_by_ntp_or_by_time_without_a_jump() -> None:
+def test_an_unconfirmed_start_is_confirmed_by_ntp_or_by_a_person_not_by_time() -> None:
+    """The desk PC whose hardware clock keeps local time, NTP out of reach (the WAN down):
+    the clock runs an hour ahead without a jump, so time passing proves nothing. Before
+    the fix it was confirmed after accept_ahead_after (5 minutes) and the scheduler made
+    no-shows, with fees, of classes not begun."""
     s = start(T0 + DAY, 0.0, T0, P, synchronised=False)  # off for a day, no NTP yet
     assert not s.may_settle
     assert not observe(s, T0 + DAY + 299.0, 299.0, False, P).may_settle
-    assert observe(s, T0 + DAY + 300.0, 300.0, False, P).may_settle  # accept_ahead_after: nothing said otherwise
+    assert not observe(s, T0 + DAY + 300.0, 300.0, False, P).may_settle
+    assert not observe(s, T0 + DAY + 86_400.0, 86_400.0, False, P).may_settle  # a day on: still not
     assert observe(s, T0 + DAY + 1.0, 1.0, True, P).may_settle  # the system says so
+    assert confirm(s, T0 + DAY + 1.0, 1.0).may_settle  # a person says so
+    # where the system cannot say whether it is synchronised, time without a jump is all there is
+    assert observe(s, T0 + DAY + 300.0, 300.0, None, P).may_settle
+
+
+@pytest.mark.parametrize("synchronised", [False, None])
+def test_a_clock_set_ahead_by_hand_is_decided_at_but_not_settled_by_without_ntp(synchronised: bool | None) -> None:
+    """A running gate, its clock right (NTP), set three hours ahead by hand (the kernel
+    then says unsynchronised): after accept_ahead_after it is taken for taps, but its time
+    of day is not confirmed without NTP or a person. Before the fix it was, and the wrong
+    time became the floor the next start checks against. Where the system cannot say
+    (None), time without a jump still confirms it."""
+    s = start(T0, 0.0, T0 - 60, P, synchronised=True)
+    s = observe(s, T0 + 10.0, 10.0, True, P)
+    assert s.may_settle
+    ahead = 3 * 3600.0
+    for mono in (11.0, 200.0):
+        s = observe(s, T0 + ahead + mono, mono, synchronised, P)
+        assert s.trust is ClockTrust.AHEAD and not s.may_settle
+    s = observe(s, T0 + ahead + 312.0, 312.0, synchronised, P)
+    assert s.trusted and s.acting_at(T0 + ahead + 312.0, 312.0) == T0 + ahead + 312.0  # taps at the wall clock
+    assert s.may_settle is (synchronised is None)
+    if synchronised is None:
+        return
+    assert s.doubted_since == 11.0  # in doubt since the jump (the alarm's age)
+    s = observe(s, T0 + ahead + 5000.0, 5000.0, False, P)
+    assert not s.may_settle  # time on, unsynchronised: still not
+    assert observe(s, T0 + ahead + 5001.0, 5001.0, True, P).may_settle  # NTP (here: says it is right)
+    assert confirm(s, T0 + ahead + 5001.0, 5001.0).may_settle  # a person
+
+
+def test_a_person_confirms_a_clock_ahead_not_one_behind() -> None:
+    s = observe(trusted_at_start(), T0 + 600.0 + 2.0, 2.0, False, P)
+    assert s.trust is ClockTrust.AHEAD
+    taken = confirm(s, T0 + 602.0, 2.0)
+    assert taken.trusted and taken.may_settle and taken.acting_at(T0 + 602.0, 2.0) == T0 + 602.0
+    behind = observe(trusted_at_start(), T0 - 600.0 + 2.0, 2.0, False, P)
+    assert behind.trust is ClockTrust.BEHIND
+    with pytest.raises(ValueError, match="only NTP"):
+        confirm(behind, T0 - 598.0, 2.0)
 
 
 @pytest.mark.parametrize("synchronised, wall_off, confirmed", [

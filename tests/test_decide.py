@@ -308,6 +308,20 @@ CASES = [
         gate=replace(GATE, reentry_grace=timedelta(minutes=10)),
     ),
     Case(
+        # a clock that was an hour ahead stamped it (a boot before NTP, another daemon's):
+        # now - entry is negative, and the member paid a second walk-in
+        "re-entry: an entry stamped in the future counts as just now",
+        view(visits(balance=0), presence={"main": ZonePresence(t("2026-11-18T13:00"), Direction.IN, t("2026-11-18T13:00"))}),
+        Reason.REENTRY,
+        gate=replace(GATE, reentry_grace=timedelta(minutes=10)),
+    ),
+    Case(
+        "re-entry: an entry stamped a minute on, with an exit since",
+        view(visits(balance=0), presence={"main": ZonePresence(t("2026-11-18T12:01"), Direction.OUT, t("2026-11-18T12:01"))}),
+        Reason.REENTRY,
+        gate=replace(GATE, reentry_grace=timedelta(minutes=10)),
+    ),
+    Case(
         "re-entry disabled by 0m",
         view(visits(balance=0), presence={"main": ZonePresence(t("2026-11-18T11:59"), Direction.IN, t("2026-11-18T11:59"))}),
         Reason.NO_BALANCE,

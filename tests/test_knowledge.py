@@ -184,3 +184,37 @@ def test_a_daemon_given_the_work_begins_once_it_has_heard_the_site_and_a_wait_co
     due = new.run_due(POLICY, at(12), settled_by_site=late.settled_through).events
     assert [(e["type"], e["booking"]) for e in due] == [("attendance", "b1")]
     new.close()
+
+
+def test_a_clock_unconfirmed_longer_than_accept_ahead_after_is_an_alarm() -> None:
+    """A boot an hour ahead, the system not synchronised: time passing never confirms it
+    (rules/clock.py), so no-shows would wait unseen for ever — once it has waited
+    `accept_ahead_after`, a `clock_unconfirmed` alarm says so; confirmed, it ends."""
+    from gated.clock import GuardedClock
+    from rules.clock import ClockPolicy
+
+    t = [0.0]
+    floor = 1_800_000_000.0
+    guard = GuardedClock(floor, ClockPolicy(), wall=lambda: floor + 3600 + t[0], monotonic=lambda: 1000.0 + t[0],
+                         synchronised=lambda: False)
+    raised: list[tuple[str, str]] = []
+    gauges: dict[str, float] = {}
+    metrics = SimpleNamespace(knowledge_gap=SimpleNamespace(
+        labels=lambda kind: SimpleNamespace(set=lambda v: gauges.__setitem__(kind, v))))
+    daemon = SimpleNamespace(clock_guard=guard, link=None, store=None, config=SimpleNamespace(time_driven_work=True),
+                             alarms=SimpleNamespace(raise_=lambda gate, kind, detail: raised.append((kind, detail))),
+                             metrics=metrics)
+    k = Knowledge(daemon, monotonic=lambda: 1000.0 + t[0])  # type: ignore[arg-type]
+    for second in range(0, 600):
+        t[0] = float(second)
+        now = guard.tick()
+        k.check(now)
+        if second == 299:
+            assert raised == [] and guard.state.trusted and not guard.may_settle
+    assert [kind for kind, _ in raised] == ["clock_unconfirmed"] and gauges["clock_unconfirmed"] == 1
+    assert "not synchronised" in raised[0][1] and "gated clock confirm" in raised[0][1]
+    assert not guard.may_settle  # ten minutes on: still not
+    guard.confirm()
+    k.check(guard.tick())
+    assert [kind for kind, _ in raised] == ["clock_unconfirmed", "clock_unconfirmed_ended"]
+    assert guard.may_settle and gauges["clock_unconfirmed"] == 0

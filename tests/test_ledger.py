@@ -515,3 +515,44 @@ def test_a_booking_cancelled_and_booked_again_is_not_settled_twice(tmp_path: Pat
         assert store.conn.execute("SELECT COUNT(*) FROM main.booking_outcomes").fetchone()[0] == 0
     finally:
         store.close()
+
+
+def test_another_daemons_attendance_of_a_booking_not_heard_of_yet_survives_a_snapshot_without_it(tmp_path: Path) -> None:
+    """The turnstile next door let m1 in for b9, a booking this daemon's replica does not have
+    yet (booked minutes ago); its attendance is kept here for when the booking comes. A
+    snapshot made before the booking was switched in: the attendance is still kept — before,
+    the switch dropped every outcome of a booking the new replica lacked, so when the booking
+    came by delta it was `booked` again: m1 charged for the class a second time at this
+    turnstile, or fined as a no-show. A booking the replica in use had and the snapshot lacks
+    still takes its outcome with it."""
+    store = Store(tmp_path / "gate.db", SITE, durable=False)
+    try:
+        _fee_site(store)
+        store.apply_sync(SyncBatch(bookings=[BookingIn.model_validate({**_spin(), "id": "b8"})]), START)
+        other = {"type": "attendance", "seq": 1, "id": "s1-in-2:1", "at": (START + timedelta(minutes=55)).isoformat(),
+                 "member": "m1", "booking": "b9", "status": "attended", "by": "gate"}
+        store.record_peer_events("s1-in-2", [other], {})
+        mine = {**other, "seq": 2, "id": "s1-in-2:2", "booking": "b8"}
+        store.record_peer_events("s1-in-2", [mine], {})
+        outcomes = lambda: {r[0] for r in store.conn.execute("SELECT booking_id FROM main.booking_outcomes")}  # noqa: E731
+        assert outcomes() == {"b8", "b9"}
+        chunk = SnapshotChunk.model_validate({
+            "v": 1, "snapshot_id": "s1", "chunk": 0, "chunks": 1, "delta_seq": 1,
+            "members": [{"id": "m1", "name": "m1", "cards": ["C1"]}],
+            "passes": [{"id": "p1", "member": "m1", "name": "p1", "kind": "credits", "balance": 5,
+                        "walk_in_cost": 1, "deduct_on": "access", "applied": {"gate": 0}}],
+            "bookings": [],  # b8 deleted at the central system; b9 not in it yet
+        })
+
+        async def run() -> None:
+            imp = SnapshotImporter(store, "gate")
+            await imp.begin(SnapshotHeader.of(chunk), START + timedelta(hours=1))
+            assert await imp.add(SnapshotHeader.of(chunk), payload_of(chunk))
+            await imp.finish()
+
+        asyncio.run(run())
+        assert outcomes() == {"b9"}
+        store.apply_sync(SyncBatch(bookings=[BookingIn.model_validate(_spin())]), START + timedelta(hours=1, minutes=1))
+        assert store.booking_status("b9") is not None and store.booking_status("b9").value == "attended"  # type: ignore[union-attr]
+    finally:
+        store.close()

@@ -198,6 +198,52 @@ def test_a_ledger_put_back_holds_the_no_show_of_a_class_attended_in_the_part_it_
     store.close()
 
 
+@pytest.mark.parametrize("floor", [None, at(11, 58)], ids=["sent_mark", "clock_floor"])
+def test_a_ledger_put_back_at_a_boot_whose_clock_reads_2000_still_waits_for_the_lost_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, floor: datetime | None,
+) -> None:
+    """The case above, with the box's clock not set yet when the daemon opens the store (a
+    flat RTC cell: 2000-01-01; the store is opened before the daemon builds its guarded
+    clock). The loss and its wait were stamped from 2000: the wait was over before it
+    began, and at 13:01 Ana's class, attended in the lost part, was a no-show with a fee.
+    The open now stamps no earlier than the last event sent, nor the last instant the
+    daemon's clock trusted (its floor, when the store holds one)."""
+    import sync.store.store as store_mod
+    from sync.store.meta import CLOCK_FLOOR_KEY
+
+    path = tmp_path / "g.db"
+    store = new_store(path)
+    store.apply_sync(SyncBatch(bookings=[spin("b9", at(12), at(12, 45))]), at(9))
+    store.run_due(POLICY, at(9))
+    store.close()
+    shutil.copy(path, tmp_path / "copy.db")
+    store = open_store(path)
+    d = decide(store.view("m1", IN1, at(11, 55)), Presented(CredentialKind.CARD), IN1, SITE, POLICY, at(11, 55))
+    assert d.booking == "b9"
+    lost = store.commit_tap(tap_of(IN1, d, at(11, 55)), passed=True, now=at(11, 55)).events
+    store.close()
+    SentMark(path).advance(lost[-1]["seq"], (at(11, 55) if floor is None else at(9)).timestamp())
+    shutil.copy(tmp_path / "copy.db", path)
+    if floor is not None:
+        store = Store(path, SITE, daemon_id=DAEMON, durable=False)
+        store.set_meta(CLOCK_FLOOR_KEY, repr(floor.timestamp()))
+        store.close()
+
+    class Y2K(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+            return datetime(2000, 1, 1, tzinfo=UTC)
+
+    with monkeypatch.context() as m:
+        m.setattr(store_mod, "datetime", Y2K)
+        store = open_store(path)  # the open at boot, the clock not set
+    w = store.own_history_wanted()
+    assert w is not None and w.expires > at(13, 1), w
+    assert not [e for e in store.run_due(POLICY, at(13, 1)).events if e.get("booking") == "b9"]
+    assert all(e["at"] >= "2026" for e in store.events_after(0)), "stamped in 2000"
+    store.close()
+
+
 @given(link=st.booleans())
 @settings(max_examples=2, deadline=None)
 def test_lost_events_that_never_come_back_leave_the_no_show_named_unheard(link: bool) -> None:

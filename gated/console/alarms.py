@@ -54,6 +54,7 @@ CONDITIONS = {
     "storage_fault": "GATES OUT OF ORDER — entries cannot be recorded; exits work",
     "fire_input_unreachable": "FIRE-ALARM INPUT UNREACHABLE",
     "clock_untrusted": "Clock fault — the gate's clock cannot be trusted",
+    "clock_unconfirmed": "Clock not confirmed — no-shows and fees wait for NTP or `gated clock confirm`",
     "uplink_stalled": "Events are not reaching the central system",
     "deltas_behind": "Member data is behind the central system",
     "peers_unheard": "Another gate of the site is not heard",
@@ -65,7 +66,7 @@ CONDITIONS = {
 }
 # a sign that something is late rather than wrong: an amber banner, not a red one
 WARNINGS = {"uplink_stalled", "deltas_behind", "peers_unheard", "numbering_unsure", "own_history_missing",
-            "refunds_waiting"}
+            "refunds_waiting", "clock_unconfirmed"}
 
 
 @dataclass(frozen=True, slots=True)

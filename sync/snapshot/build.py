@@ -70,6 +70,8 @@ class Build:
     def __init__(self, params: dict[str, Any]):
         self.path = Path(params["replica"])
         self.ledger = Path(params["ledger"])
+        # the replica in use as the build began: which bookings the ledger's outcomes were of
+        self.current = Path(params["current"]) if params.get("current") else None
         self.snapshot_id = str(params["snapshot_id"])
         self.chunks = int(params["chunks"])
         self.delta_seq = int(params["delta_seq"])
@@ -163,6 +165,9 @@ class Build:
         doc and Store.switch_replica for the taps that happen after this read)."""
         c = self.conn
         c.execute("ATTACH DATABASE ? AS ledger", (uri(self.ledger, "ro"),))
+        current = self.current is not None and self.current.exists()
+        if self.current is not None and current:
+            c.execute("ATTACH DATABASE ? AS current", (uri(self.current, "ro"),))
         try:
             c.execute("BEGIN")
             row = c.execute("SELECT value FROM ledger.meta WHERE key = ?", (CURSOR_KEY,)).fetchone()
@@ -175,16 +180,23 @@ class Build:
                     (float(cursor),),
                 )
             # a cancelled booking keeps its outcome: booked again, it is not settled again
-            # (Ledger.forget_outcomes)
-            c.execute(
-                "INSERT INTO switch_clear(booking_id) SELECT o.booking_id FROM ledger.booking_outcomes o "
-                "WHERE NOT EXISTS (SELECT 1 FROM bookings b WHERE b.id = o.booking_id)"
-            )
+            # (Ledger.forget_outcomes). Only a booking the replica in use has and this one
+            # lacks is gone: an outcome of one it never had is another daemon's attendance of a
+            # booking this daemon has not heard of yet (a snapshot made before it was booked),
+            # kept until the booking comes — not booked again, nor made a no-show
+            if current:
+                c.execute(
+                    "INSERT INTO switch_clear(booking_id) SELECT o.booking_id FROM ledger.booking_outcomes o "
+                    "WHERE NOT EXISTS (SELECT 1 FROM bookings b WHERE b.id = o.booking_id) "
+                    "AND EXISTS (SELECT 1 FROM current.bookings k WHERE k.id = o.booking_id)"
+                )
             c.execute("COMMIT")
             recheck = int(c.execute("SELECT COUNT(*) FROM switch_recheck").fetchone()[0])
             clear = int(c.execute("SELECT COUNT(*) FROM switch_clear").fetchone()[0])
         finally:
             c.execute("DETACH DATABASE ledger")
+            if current:
+                c.execute("DETACH DATABASE current")
         return recheck, clear, cursor
 
     def discard(self) -> None:

@@ -129,6 +129,7 @@ class SnapshotImporter:
         params = {
             "replica": str(replica),
             "ledger": str(store.path),
+            "current": str(store.replica_path),
             "spool": str(spool),
             "timezone": store.site.timezone.key,
             "daemon": self.daemon_id,

@@ -2,8 +2,9 @@
 of its own, so that validating and indexing half a million records never holds the
 daemon's event loop (nor its GIL). Started and fed by SnapshotImporter (sync/snapshot/importer.py).
 
-PARAMS is one JSON object: `replica` (the file to build), `ledger` (read only, for the
-switch lists), `spool` (where the chunks are), `timezone`, `daemon`, `snapshot_id`,
+PARAMS is one JSON object: `replica` (the file to build), `ledger` and `current` (the
+replica in use; both read only, for the switch lists), `spool` (where the chunks are),
+`timezone`, `daemon`, `snapshot_id`,
 `chunks`, `delta_seq`, `generation`, `synced_at`, `ten_digits` (how the site reads
 untyped 10-digit card strings), `parsers` (parser processes; default: one per CPU, at
 most 2). `batch_rows` is accepted and no longer used: each chunk is one transaction.
@@ -29,8 +30,9 @@ The build, a pipeline over the chunks in order:
 - after the last chunk: the indexes (one sort each), the **switch lists** from one
   read-only look at the ledger — bookings of this replica that ended behind the
   no-show cursor without an outcome (`switch_recheck`) and the outcomes of bookings
-  this replica lacks (`switch_clear`; a cancelled one keeps its outcome) — then WAL mode, and an fsync of the
-  file and its directory.
+  the replica in use has and this one lacks (`switch_clear`; a cancelled one keeps its
+  outcome, and so does another daemon's attendance of a booking not yet heard of here) —
+  then WAL mode, and an fsync of the file and its directory.
 
 This module is the program: the control thread that spools the chunks and hands out
 parse tasks (`_Control`), and the loop that runs the stages in order (`run`). Writing

@@ -413,19 +413,24 @@ class Ledger:
         ).fetchall()
         self.give_back_no_show_fees(tx, now, [(str(m), str(b)) for m, b in back])
 
-    def settle_refunds(self, now: datetime, waiting: Callable[[datetime], list[str]]) -> Committed:
+    def settle_refunds(
+        self, now: datetime, waiting: Callable[[datetime], list[str]], *, give_up: bool = True,
+    ) -> Committed:
         """The refunds the desk asked for that wait to hear the site. Once every daemon is
         heard up to the request: its charge is given back, or (none) it is dropped; after
         refunds_wanted.GIVE_UP, or with its booking gone, an alarm for a person.
-        `waiting(instant)`: the daemons not heard up to it."""
-        due = [w for w in refunds_wanted.wanted(self.conn) if self._refund_outcome(w, now, waiting)[0] is not None]
+        `waiting(instant)`: the daemons not heard up to it. `give_up`: whether `now` may
+        end a wait (the clock's time of day is confirmed, rules/clock.py): a clock hours
+        ahead must not drop a request early; the rest does not depend on the time."""
+        due = [w for w in refunds_wanted.wanted(self.conn)
+               if self._refund_outcome(w, now, waiting, give_up)[0] is not None]
         if not due:
             return Committed()  # nothing new: no transaction
         with self.transactions.open() as tx:
             for w in due:
                 # decided again in the transaction: a request settled before it in this one
                 # may have taken the charge (one walk-in, two classes of that day)
-                outcome, booking, charge, unheard = self._refund_outcome(w, now, waiting)
+                outcome, booking, charge, unheard = self._refund_outcome(w, now, waiting, give_up)
                 if outcome is None:
                     continue
                 if outcome == "waiting":
@@ -458,6 +463,7 @@ class Ledger:
 
     def _refund_outcome(
         self, w: refunds_wanted.RefundWanted, now: datetime, waiting: Callable[[datetime], list[str]],
+        give_up: bool = True,
     ) -> tuple[str | None, Booking | None, peer_events.Charge | None, list[str]]:
         """What to do with a waiting request now: `refund_settled` / `refund_none` once
         everyone is heard up to it, `refund_unsettled`, `waiting` (who it waits for
@@ -467,7 +473,7 @@ class Ledger:
         if booking is not None and not unheard:
             charge = self._charge_for(w.member_id, w.zone, w.day_start, w.day_end, w.asked_at)
             return ("refund_none" if charge is None else "refund_settled"), booking, charge, unheard
-        if booking is None or now - w.asked_at >= refunds_wanted.GIVE_UP:
+        if booking is None or (give_up and now - w.asked_at >= refunds_wanted.GIVE_UP):
             return "refund_unsettled", booking, None, unheard
         if tuple(unheard) != w.waiting:
             return "waiting", booking, None, unheard
@@ -876,6 +882,17 @@ class Ledger:
         row = self.conn.execute("SELECT COALESCE(SUM(points), 0) FROM loyalty WHERE member_id = ?", (member_id,)).fetchone()
         return int(row[0])
 
+    def clamp_own_passages(self, now: datetime) -> int:
+        """NTP stepped the clock back to `now` (gated/daemon.py): this daemon's passages
+        stamped after it were stamped by the clock that was ahead — left there, a member's
+        entry would stay "the last passage" after she went out, and her re-entry grace
+        would not have begun. They are brought back to `now`, in their order (ties are
+        read by id); their events, sent as stamped, are left as they are. How many moved."""
+        with self.transactions.open():
+            cur = self.conn.execute("UPDATE passages SET at = ? WHERE origin = 'local' AND at > ?",
+                                    (ts(now), ts(now)))
+        return int(cur.rowcount)
+
     def zone_presence(self, member_id: str, zone: str) -> ZonePresence:
         last = self.conn.execute(
             "SELECT at, direction FROM passages WHERE member_id = ? AND zone = ? ORDER BY at DESC, id DESC LIMIT 1",
@@ -887,7 +904,7 @@ class Ledger:
         # only a visit can be cut short by one, or ended unseen by the other
         entry = self.conn.execute(
             f"SELECT at, {evacuation.SELECT}, (SELECT value FROM main.meta WHERE key = ?) FROM passages "
-            "WHERE member_id = ? AND zone = ? AND direction = 'in' ORDER BY at DESC LIMIT 1",
+            "WHERE member_id = ? AND zone = ? AND direction = 'in' ORDER BY at DESC, id DESC LIMIT 1",
             (unrecorded_exits.key(zone), member_id, zone),
         ).fetchone()
         return ZonePresence(

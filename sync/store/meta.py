@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import sqlite3
 
+# the latest instant the daemon's clock trusted (POSIX seconds; gated/daemon.py writes it
+# once a minute): the next start's guarded clock, and the store's open, hold the wall
+# clock against it
+CLOCK_FLOOR_KEY = "clock.trusted_at"
+
 
 class Meta:
     def __init__(self, conn: sqlite3.Connection):

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -105,7 +106,7 @@ from sync.store.durability import WalSync
 from sync.store.intents import Intents
 from sync.store.ledger import RESTORED_KEY, Ledger, amount_json
 from sync.store.member_view import VIEW_HORIZON, member_view
-from sync.store.meta import Meta
+from sync.store.meta import CLOCK_FLOOR_KEY, Meta
 from sync.store.outbox import Event, Outbox
 from sync.store.replica import Replica
 from sync.store.replica_file import ReplicaFiles
@@ -157,14 +158,14 @@ class Store:
             opened_at_version = migrate(self.conn, self.path, ten_digits)
             self.replica_path = attach.open_current(self.conn, self.path, self.files, ten_digits)
             self._wire([])
-            self._fill_holes()
             self.sent = SentMark(self.path)
+            self._fill_holes()
             missing_after: int | None = None  # no mark: what a sync link holds after (numbering.py)
             if self.sent.found:
                 self._number_after_sent()
             elif opened_at_version < numbering.MARK_VERSION and self.last_seq > 0:
                 try:  # numbered as ever; the first send writes the mark if this cannot
-                    self.sent.advance(self.last_seq, datetime.now(UTC).timestamp())
+                    self.sent.advance(self.last_seq, self._open_now().timestamp())
                 except OSError as e:
                     log.warning("%s cannot be written yet (%s)", self.sent.path, e)
             else:
@@ -177,12 +178,29 @@ class Store:
             raise
         self._checkpointer = self._checkpoints()
 
+    def _open_now(self) -> datetime:
+        """The time the open stamps what it finds (void events, a loss and how long its
+        events are waited for): the wall clock, but never before the last instant the
+        daemon's clock trusted (CLOCK_FLOOR_KEY) nor the last event sent. The open comes
+        before the daemon builds its guarded clock (gated/clock.py), at a boot whose clock
+        may not be set yet: a flat RTC cell reads 2000, and a wait for a lost part begun
+        then is over before it begins."""
+        known = [datetime.now(UTC).timestamp()]
+        try:
+            known.append(float(self._meta.get(CLOCK_FLOOR_KEY) or "nan"))
+        except ValueError:
+            pass
+        sent = getattr(self, "sent", None)
+        if sent is not None and sent.at is not None:
+            known.append(sent.at)
+        return datetime.fromtimestamp(max(t for t in known if math.isfinite(t)), UTC)
+
     def _fill_holes(self) -> None:
         """Numbers an earlier version lost (sync/store/outbox.py) get `void` events, so the
         central system can apply what follows them."""
         holes = self.outbox.holes()
         if holes:
-            now = datetime.now(UTC)
+            now = self._open_now()
             with self.transaction() as tx:
                 for seq in holes:
                     tx.committed.events.append(self.outbox.fill(seq, now, "seq_lost"))
@@ -205,7 +223,7 @@ class Store:
         last, sent = self.outbox.last_seq, self.sent.value
         if sent <= last:
             return
-        now = datetime.now(UTC)
+        now = self._open_now()
         # what the lost part did that the others know of was sent, so stamped by then
         lost_until = self.sent.at if self.sent.at is not None else now.timestamp()
         with self.transaction() as tx:
@@ -652,10 +670,17 @@ class Store:
         waits for them (Ledger.mark_attended)."""
         return self.ledger.mark_attended(booking_id, operator, refund=refund, now=now, waiting=waiting)
 
-    def settle_refunds(self, now: datetime, waiting: Callable[[datetime], list[str]]) -> Committed:
+    def clamp_own_passages(self, now: datetime) -> int:
+        """The clock stepped back to `now`: our passages stamped after it brought back to
+        it (Ledger.clamp_own_passages)."""
+        return self.ledger.clamp_own_passages(now)
+
+    def settle_refunds(
+        self, now: datetime, waiting: Callable[[datetime], list[str]], *, give_up: bool = True,
+    ) -> Committed:
         """The desk's refunds that wait to hear the site, settled where they can be
-        (Ledger.settle_refunds)."""
-        return self.ledger.settle_refunds(now, waiting)
+        (Ledger.settle_refunds; `give_up`: a day's wait may end by `now`)."""
+        return self.ledger.settle_refunds(now, waiting, give_up=give_up)
 
     def refund_wanted(self, booking_id: str) -> refunds_wanted.RefundWanted | None:
         """The refund the desk asked for with this booking, if it still waits."""

@@ -1,0 +1,225 @@
+"""The books at a wall clock the gate cannot vouch for (DESIGN.md, "What the gate knows":
+nothing irreversible that depends on the time of day happens while the wall clock has
+jumped or is not synchronised). The daemon's GuardedClock (gated/clock.py) with injected
+wall, monotonic and NTP readings; the real store (sync/store); the daemon's scheduler
+(gated/daemon.py) run once with the rest of the daemon stood in."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from types import SimpleNamespace
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from gated.clock import GuardedClock
+from rules.clock import ClockPolicy
+from rules.credential import CredentialKind
+from rules.decide import Decision, Presented, decide
+from rules.model import AntiPassback, Direction, Gate, Policy, Site
+from sync.records import BookingIn, MemberIn, PassIn
+from sync.store import Store, SyncBatch
+from tests.tap_fixtures import tap_of
+
+TZ = ZoneInfo("Europe/Madrid")  # UTC+1 in December: an RTC kept in local time reads 1 h ahead
+SITE = Site(TZ, id="s1")
+DAEMON = "s1-in-1"
+POLICY = Policy(no_show_fee=Decimal(1))
+DAY = datetime(2026, 12, 7, tzinfo=TZ)
+
+
+def at(hh: int, mm: int = 0, day: int = 0) -> datetime:
+    return (DAY + timedelta(days=day)).replace(hour=hh, minute=mm)
+
+
+def spin(bid: str, start: datetime, end: datetime) -> BookingIn:
+    return BookingIn.model_validate({
+        "id": bid, "member": "m1", "pass": "p1", "class": "Spin", "zone": "main",
+        "starts_at": start.isoformat(), "ends_at": end.isoformat(), "deducted": False,
+    })
+
+
+def new_store(path: Path, bookings: list[BookingIn] = ()) -> Store:  # type: ignore[assignment]
+    store = Store(path, SITE, daemon_id=DAEMON, durable=False)
+    visits = PassIn.model_validate({
+        "id": "p1", "member": "m1", "name": "Multipack", "kind": "visits", "balance": 30, "deduct_on": "access",
+        "walk_in_cost": 1, "access_windows": {"mon-sun": "06:00-22:00"},
+    })
+    store.apply_sync(SyncBatch([MemberIn(id="m1", name="Ana", cards=["C1"])], [visits], list(bookings)), at(6, day=-1))
+    return store
+
+
+class Box:
+    """The box's clocks: real time R = T0 + t; the wall clock R + offset; NTP's word."""
+
+    def __init__(self, t0: datetime, offset: float, floor: datetime, synced: bool | None = False):
+        self.t0 = t0.timestamp()
+        self.t = 0.0
+        self.offset = offset
+        self.synced = synced
+        self.clock = GuardedClock(floor.timestamp(), ClockPolicy(), wall=lambda: self.t0 + self.t + self.offset,
+                                  monotonic=lambda: 1000.0 + self.t, synchronised=lambda: self.synced)
+
+    def real(self) -> datetime:
+        return datetime.fromtimestamp(self.t0 + self.t, UTC)
+
+    def advance(self, seconds: float) -> None:
+        """Time passes; the daemon's scheduler ticks the clock once a second."""
+        end = self.t + seconds
+        while self.t < end:
+            self.t = min(end, self.t + 1.0)
+            self.clock.tick()
+
+
+def scheduler_once(box: Box, store: Store, monkeypatch: pytest.MonkeyPatch, unheard: list[str]) -> None:
+    """One turn of the daemon's scheduler (gated/daemon.py `_scheduler`) on this box."""
+    from gated import daemon as gd
+    from gated.engine import Engine
+    from gated.knowledge import Handover
+
+    engine = Engine(store, SITE, {"in-1": Gate("in-1", "main")}, POLICY)
+    fake = SimpleNamespace(
+        _keep_clock=lambda: box.clock.tick(), clock=box.clock, clock_guard=box.clock,
+        knowledge=SimpleNamespace(check=lambda now: None, unheard=lambda instant: list(unheard),
+                                  no_show_horizon=lambda now: (None, None), announce=lambda: None,
+                                  handover=lambda now: Handover(True, None, None)),
+        engine=engine, config=SimpleNamespace(time_driven_work=True), storage=None, store=store, taps=None,
+    )
+
+    async def stop(_: float) -> None:
+        raise asyncio.CancelledError
+
+    with monkeypatch.context() as m:
+        m.setattr(gd.asyncio, "sleep", stop)
+        m.setattr(gd.status, "update_gauges", lambda d: None)
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(gd.Daemon._scheduler(fake))  # type: ignore[arg-type]
+
+
+def alarms(store: Store) -> list[str]:
+    return [str(r[0]) for r in store.conn.execute("SELECT body FROM events WHERE type = 'alarm'")]
+
+
+def test_a_waiting_refund_is_not_given_up_at_a_clock_not_confirmed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The desk marks Ana's class attended with a refund at 20:00; the other turnstile is
+    not heard, so the refund waits. The box restarts the next evening at real 19:30 with
+    its RTC an hour ahead and no NTP: trusted for taps, not confirmed. The scheduler gave
+    the request up at 20:30 by that clock — a day passed, `refund_unsettled`, for good —
+    half an hour before its real time. It waits; once NTP has set the clock and the day
+    has really passed, it is given up."""
+    store = new_store(tmp_path / "g.db", [spin("b9", at(18), at(18, 45))])
+    store.mark_attended("b9", "desk", refund=True, now=at(20), waiting=["s1-in-2"])
+    assert store.refunds_waiting() == 1
+    box = Box(at(19, 30, day=1), offset=3600, floor=at(22), synced=False)
+    assert box.clock.trusted and not box.clock.may_settle
+    scheduler_once(box, store, monkeypatch, ["s1-in-2"])
+    assert store.refunds_waiting() == 1, alarms(store)
+    box.offset, box.synced = 0.0, True  # NTP steps the clock back to the real 19:30
+    box.advance(10)
+    assert box.clock.may_settle
+    scheduler_once(box, store, monkeypatch, ["s1-in-2"])
+    assert store.refunds_waiting() == 1  # not a day yet, really
+    box.advance(31 * 60)  # 20:01
+    scheduler_once(box, store, monkeypatch, ["s1-in-2"])
+    assert store.refunds_waiting() == 0 and any("refund_unsettled" in a for a in alarms(store))
+    store.close()
+
+
+def test_a_refund_whose_charge_arrives_is_settled_at_a_clock_not_confirmed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Settling a refund once everyone is heard does not depend on the time of day: it
+    goes on at a clock not confirmed (here the other turnstile is heard, nothing charged)."""
+    store = new_store(tmp_path / "g.db", [spin("b9", at(18), at(18, 45))])
+    store.mark_attended("b9", "desk", refund=True, now=at(20), waiting=["s1-in-2"])
+    box = Box(at(19, 30, day=1), offset=3600, floor=at(22), synced=False)
+    scheduler_once(box, store, monkeypatch, [])
+    assert store.refunds_waiting() == 0 and not any("refund_unsettled" in a for a in alarms(store))
+    store.close()
+
+
+IN_HARD = Gate("in-1", "main", anti_passback=AntiPassback.HARD)
+IN_GRACE = Gate("in-1", "main", reentry_grace=timedelta(minutes=30))
+OUT = Gate("out-1", "main", direction=Direction.OUT)
+
+
+def tap(store: Store, gate: Gate, now: datetime) -> Decision:
+    d = decide(store.view("m1", gate, now), Presented(CredentialKind.CARD), gate, SITE, POLICY, now)
+    store.commit_tap(tap_of(gate, d, now), passed=d.granted, now=now)
+    return d
+
+
+def keep_clock(box: Box, store: Store, seconds: float) -> None:
+    """The daemon's once-a-second clock keeping (gated/daemon.py `_keep_clock`) for a while."""
+    from gated.daemon import Daemon
+
+    d = SimpleNamespace(clock_guard=box.clock, store=store, _floor_saved=0.0)
+    end = box.t + seconds
+    while box.t < end:
+        box.t = min(end, box.t + 1.0)
+        Daemon._keep_clock(d)  # type: ignore[arg-type]
+
+
+def boot_an_hour_ahead_then_ntp(store: Store) -> Box:
+    """08:00 real; the RTC keeps local time (an hour ahead), no NTP: taps decided at it."""
+    return Box(at(8), offset=3600, floor=at(22, day=-1), synced=False)
+
+
+def ntp_steps_it_back(box: Box, store: Store) -> None:
+    keep_clock(box, store, 120)
+    box.offset, box.synced = 0.0, True
+    keep_clock(box, store, 10)
+    assert box.clock.may_settle and abs(box.clock().timestamp() - box.real().timestamp()) < 1
+
+
+def test_hard_anti_passback_lets_back_in_a_member_who_left_after_ntp_stepped_the_clock_back(tmp_path: Path) -> None:
+    """Ana comes in at real 08:00, stamped 09:00 by the clock an hour ahead. NTP steps it
+    back; she leaves at 08:30 (stamped 08:30) and comes back at 08:45. Her 09:00 entry
+    stayed 'the last passage' (presence orders by time): she was refused `anti_passback`
+    though she had gone out. This daemon's passages stamped after the step are brought
+    back to it."""
+    store = new_store(tmp_path / "g.db")
+    box = boot_an_hour_ahead_then_ntp(store)
+    assert tap(store, IN_HARD, box.clock()).granted
+    ntp_steps_it_back(box, store)
+    keep_clock(box, store, 30 * 60 - 130)
+    out = tap(store, OUT, box.clock())
+    assert out.granted and out.reason == "exit"
+    keep_clock(box, store, 15 * 60)
+    again = tap(store, IN_HARD, box.clock())
+    assert again.granted, again.reason
+    store.close()
+
+
+def test_a_reentry_within_the_grace_is_not_charged_again_after_ntp_stepped_the_clock_back(tmp_path: Path) -> None:
+    """A 30-minute re-entry grace. Ana pays a walk-in at real 08:00 (stamped 09:00), steps
+    out to her car and comes back at 08:10: her entry was still 50 minutes 'ahead', so no
+    re-entry — a second walk-in. After the step back it is at the step's time."""
+    store = new_store(tmp_path / "g.db")
+    box = boot_an_hour_ahead_then_ntp(store)
+    assert tap(store, IN_GRACE, box.clock()).reason == "walk_in"
+    ntp_steps_it_back(box, store)
+    keep_clock(box, store, 10 * 60 - 130)
+    again = tap(store, IN_GRACE, box.clock())
+    assert (again.reason.value, store.balance("p1")) == ("reentry", Decimal(29))
+    store.close()
+
+
+def test_a_step_back_moves_only_this_daemon_s_passages_stamped_after_it(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "g.db")
+    tap(store, IN_GRACE, at(7))
+    tap(store, OUT, at(9))
+    tap(store, IN_GRACE, at(9, 5))
+    store.ledger.record_passage("m1", "main", Direction.IN, at(9, 30), "in-2", "s1-in-2")  # another daemon's
+    assert store.clamp_own_passages(at(8)) == 2
+    rows = store.conn.execute("SELECT at, direction, origin FROM passages ORDER BY id").fetchall()
+    assert [(datetime.fromtimestamp(r[0], UTC), r[1], r[2]) for r in rows] == [
+        (at(7), "in", "local"), (at(8), "out", "local"), (at(8), "in", "local"), (at(9, 30), "in", "s1-in-2")]
+    presence = store.zone_presence("m1", "main")
+    assert presence.last_direction is Direction.IN and presence.last_at == at(9, 30)  # the peer's, untouched
+    store.close()
