@@ -10,6 +10,7 @@ here the daemon checks them every second —
 | `numbering_unsure` | the ledger's mark of what it sent (`gated.db.sent`), missing: a new box, a copy restored without it | holds its events after its last one at start, and its no-shows, until the central system says how far it got (sync/store/numbering.py) |
 | `own_history_missing` | this daemon's events the central system holds and a lost ledger held (sync/store/own_history.py) | asks the central system for them every 30 s; decides meanwhile without them (who came in through it earlier today, the walk-ins paid there, the QR codes used there); holds the no-shows of the classes they may bear on, and a day after the loss settles them naming itself (the store does, Ledger.run_due: with or without a link) |
 | `refunds_waiting` | the desk's refunds not found while the site's events were not all in (sync/store/refunds_wanted.py) | settles each when its charge arrives or everyone is heard up to the request; after a day an alarm for a person |
+| `daemon_id_in_use` | signs of another daemon under this daemon id (sync/link/session.py, `twin_seen`): its events or status on the site's topics, its takeovers of our connection | holds its events (they stay in the outbox) until no sign of it has come for a minute; the link raised the alarm as it saw it |
 | `clock_untrusted` | the wall clock against the monotonic clock and the last trusted time (rules/clock.py) | acts at the anchored time; no no-show, fee, loyalty credit or pruning until trusted again |
 | `clock_unconfirmed` | the wall clock's time of day, taken for taps but not confirmed (a start hours ahead, a jump ahead taken, with the system not synchronised: rules/clock.py) | decides taps at it; no no-show, fee, loyalty credit, pruning or refund given up until NTP or a person (`gated clock confirm`) confirms it |
 | `two_workers` | the site's other daemons' heartbeats: which say they do the site's time-driven work (`time_driven_work`) | of two daemons doing it, the one that began first goes on (then the lower daemon id); the other settles nothing until the first stops |
@@ -46,7 +47,9 @@ HISTORY_ALARM = 60.0  # seconds a lost ledger's events have not come back from t
 REFUNDS_ALARM = 300.0  # seconds a refund the desk asked for has waited to hear the site
 TWO_WORKERS_ALARM = 0.0  # another daemon says it does the site's time-driven work too: at once
 KINDS = ("uplink_stalled", "deltas_behind", "peers_unheard", "clock_untrusted", "clock_unconfirmed",
-         "numbering_unsure", "own_history_missing", "refunds_waiting", "two_workers")
+         "numbering_unsure", "own_history_missing", "refunds_waiting", "two_workers", "daemon_id_in_use")
+# the link raises these itself as it sees them (with what it saw); a gap says so only once over
+RAISED_BY_LINK = frozenset({"daemon_id_in_use"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +232,13 @@ class Knowledge:
                 "in through it earlier today, the walk-ins paid there (a re-entry within the grace may be "
                 "charged again) or the QR codes used there; the no-shows of that day's classes wait for them",
             )
+        twin = link.session.twin if link is not None else None
+        if twin is not None:
+            found["daemon_id_in_use"] = (
+                0.0, 0.0,
+                f"another daemon runs under this daemon id ({twin}): events held here until it is gone; "
+                "give one of the two boxes its own daemon_id",
+            )
         if link is not None:
             stall = link.session.uplink_stall(mono)
             if stall is not None:
@@ -297,7 +307,7 @@ class Knowledge:
                 continue
             was = self.open.get(kind)
             self.open[kind] = Gap(kind, since, detail)
-            if was is None:
+            if was is None and kind not in RAISED_BY_LINK:
                 self.d.alarms.raise_(None, kind, detail)
         for kind in [k for k in self.open if k not in found]:
             gap = self.open.pop(kind)

@@ -191,8 +191,9 @@ class AlarmEvent(EventBase):
             "fire_input_online, passage_without_grant, passage_while_released, storage_fault, storage_recovered, "
             "exits_not_recorded, ack_beyond_last_seq, ledger_restored, snapshot_held, clock_untrusted, clock_unconfirmed, uplink_stalled, "
             "deltas_behind, peers_unheard, numbering_unsure, own_history_missing, "
-            "refunds_waiting, two_workers (and each from clock_untrusted with `_ended`), overdraft, refund_unsettled, double_refund, "
-            "qr_double_use, ... (docs/protocol.md, \"Alarms\")"
+            "refunds_waiting, two_workers, daemon_id_in_use (and each from clock_untrusted with `_ended`), overdraft, "
+            "refund_unsettled, double_refund, qr_double_use, numbering_collision, numbering_peers_unheard, ... "
+            "(docs/protocol.md, \"Alarms\")"
         ),
     ]
     detail: str = ""
@@ -217,7 +218,14 @@ class AlarmEvent(EventBase):
         "charge back, by daemon and seq, in the order (time, daemon, seq).",
     )
     token: str | None = Field(None, description="qr_double_use: the QR code's token id.")
-    other: Id | None = Field(None, description="qr_double_use: the other daemon that let it in.")
+    other: Id | None = Field(
+        None, description="qr_double_use: the other daemon that let it in; numbering_collision: the daemon whose "
+        "events came under numbers held for others of its events.",
+    )
+    seqs: list[int] | None = Field(None, description="numbering_collision: the numbers (at most 100).")
+    peers: list[Id] | None = Field(
+        None, description="numbering_peers_unheard: the daemons of the site not heard before the numbering settled.",
+    )
 
 
 class CardEnrolledEvent(EventBase):

@@ -87,7 +87,7 @@ def site_knowledge(store: Store, me: str, marks: PeerMarks, mono: Mono, *, heard
     session = SimpleNamespace(
         peers=marks, deltas_behind=0, connected=heard_site, config=SimpleNamespace(share_access=True),
         heard_the_site=lambda now: heard_site, own_history=SimpleNamespace(wanted=None),
-        uplink_stall=lambda now: None, delta_seq=0,
+        uplink_stall=lambda now: None, delta_seq=0, twin=None,
     )
     daemon = SimpleNamespace(
         config=config, link=SimpleNamespace(session=session), store=store, clock_guard=None,

@@ -435,3 +435,94 @@ def test_a_settle_the_disk_refuses_leaves_the_events_held_and_the_held_charges_c
     store.settle_numbering(20, at(9, 6))
     assert store.unsure_after is None and store.balance("p1") == Decimal(29)
     store.close()
+
+
+# -- a new box while a daemon of the site that heard the old one beyond the central is offline --
+
+PEER = "s1-in-2"
+
+
+def _cfg(daemon: str) -> Any:
+    from sync.link.session import SessionConfig
+
+    return SessionConfig(prefix="gated", site="s1", daemon=daemon, ack_timeout=10.0, central_status_wait=2.0,
+                         resync_retry=60.0, reconcile_interval=1800.0, health_interval=60.0, lookup_timeout=0.3)
+
+
+def _old_box_event(seq: int, kind: str, when: datetime) -> dict[str, Any]:
+    base = {"id": f"old-{seq}", "seq": seq, "at": when.isoformat(), "gate": IN1.id, "member": "m1"}
+    if kind == "deduction":
+        return {**base, "type": "deduction", "pass": "p1", "amount": 1, "cause": "walk_in"}
+    return {**base, "type": "access", "decision": "granted", "reason": "walk_in", "passed": True, "pass": "p1"}
+
+
+def test_a_new_box_waits_for_the_word_of_each_daemon_of_the_site_before_it_settles() -> None:
+    """The peer heard the old box through seq 5 (the central system only through 3) and
+    went offline: what the site holds of it is its last will, without `heard`. The new
+    box waits `settle_peer_wait` for its heartbeat, then settles naming it; a peer whose
+    heartbeat comes ends the wait with its word."""
+    from sync.link.session import Session, StoreState
+
+    peer = Session(_cfg(PEER), StoreState(has_snapshot=True, peer_marks={DAEMON: (5, None)}), zones={"in-2": "main"})
+    will = peer.status("offline").payload
+    assert "heard" not in json.loads(will)  # fixed at connect: it could not be current
+    box = Session(_cfg(DAEMON), StoreState(has_snapshot=True, numbering_unsure=True), zones={"in-1": "main"})
+    assert box.settle_unheard(99.0) == ([], False)  # a site of one: nothing to wait for
+    box.connect(100.0, "2026-12-07T08:00:00Z")
+    box.receive(f"gated/s1/{PEER}/status", will, 100.0, retained=True)
+    assert box.settle_unheard(100.0) == ([PEER], True)
+    assert box.settle_unheard(100.0 + box.config.settle_peer_wait - 1) == ([PEER], True)
+    assert box.settle_unheard(100.0 + box.config.settle_peer_wait) == ([PEER], False)  # settles, naming it
+    # the peer comes back: its heartbeat says how far it heard the old box
+    peer.connect(200.0, "2026-12-07T08:01:00Z")
+    beat = peer.status("online", "2026-12-07T08:01:00Z", as_of="2026-12-07T08:01:00Z").payload
+    box.receive(f"gated/s1/{PEER}/status", beat, 201.0)
+    assert box.settle_unheard(201.0) == ([], False) and box.site_heard_of_us == 5
+
+
+def test_a_charge_under_a_seq_held_for_another_is_a_numbering_collision_not_a_silent_repeat(tmp_path: Path) -> None:
+    """Settled on the central system's word alone (3), the new box numbers its walk-in 5:
+    the peer holds 5 for the old box's charge. It was dropped as a repeat, silently."""
+    (tmp_path / "peer").mkdir()
+    peer = open_store(tmp_path / "peer" / "gated.db")
+    old = [_old_box_event(4, "access", at(8)), _old_box_event(5, "deduction", at(8))]
+    peer.record_peer_events(DAEMON, old, {IN1.id: "main"}, (5, None), at(8))
+
+    path = tmp_path / "new" / "gated.db"
+    path.parent.mkdir()
+    new_store(path).close()
+    sent_path(path).unlink(missing_ok=True)
+    box = open_store(path)
+    box.hold_unsure()
+    walk_in(box, at(9))
+    box.settle_numbering(3, at(9, 1), None)  # no peer's `heard`: the central system's 3
+    [charge] = [e for e in box.events_after(0, 100) if e["type"] == "deduction"]
+    assert charge["seq"] == 5
+
+    def collisions() -> list[dict[str, Any]]:
+        return [e for e in peer.events_after(0, 100) if e["type"] == "alarm" and e["kind"] == "numbering_collision"]
+
+    seen = peer.record_peer_events(DAEMON, [charge], {IN1.id: "main"}, None, at(9, 2))
+    assert seen.get("peer_seq_collisions") == 1
+    [alarm] = collisions()
+    assert alarm["other"] == DAEMON and alarm["seqs"] == [5] and "p1" in alarm["detail"]
+    peer.record_peer_events(DAEMON, [charge], {IN1.id: "main"}, None, at(9, 3))  # its resend: said once
+    peer.record_peer_events(DAEMON, old, {IN1.id: "main"}, None, at(9, 3))  # the old one's: a repeat
+    assert len(collisions()) == 1
+    box.close()
+    peer.close()
+
+
+def test_two_daemons_both_unsure_of_their_numbering_do_not_wait_for_each_other() -> None:
+    """A site's boxes all started without their marks (a fresh install): each holds its
+    events and its heartbeat claims no last_seq — but says how far it heard the others,
+    so neither waits settle_peer_wait for the other's word."""
+    from sync.link.session import Session, StoreState
+
+    a = Session(_cfg(DAEMON), StoreState(has_snapshot=True, numbering_unsure=True), zones={"in-1": "main"})
+    b = Session(_cfg(PEER), StoreState(has_snapshot=True, numbering_unsure=True), zones={"in-2": "main"})
+    a.connect(100.0, "2026-12-07T08:00:00Z")
+    [beat] = [x for x in b.connect(100.0, "2026-12-07T08:00:00Z") if getattr(x, "retain", False)]
+    assert "as_of" not in json.loads(beat.payload)
+    a.receive(f"gated/s1/{PEER}/status", beat.payload, 100.5, retained=True)
+    assert a.settle_unheard(100.5) == ([], False)

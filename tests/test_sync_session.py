@@ -11,10 +11,12 @@ import pytest
 
 from sync.link.actions import SettleNumbering
 from sync.link.session import (
+    TWIN_HOLD,
     AbortSnapshot,
     Action,
     ApplyDelta,
     ApplyLookup,
+    CheckOwnEvents,
     CommitSnapshot,
     Publish,
     PublishHealth,
@@ -93,7 +95,7 @@ def test_connect_subscribes_announces_and_waits_for_the_central_status() -> None
     status = [a for a in out if isinstance(a, Publish) and a.topic == f"{P}/gate-a/status"]
     assert len(status) == 1 and status[0].retain and status[0].qos == 1
     body = json.loads(status[0].payload)
-    assert body["state"] == "online" and body["protocol"] == "1.6"
+    assert body["state"] == "online" and body["protocol"] == "1.7"
     assert resyncs(out) == []  # not yet: is the central system there to hear it?
 
 
@@ -632,6 +634,87 @@ def test_an_invalid_head_is_dropped_and_counted() -> None:
     s = connected(session())
     assert s.receive(f"{P}/delta/head", b'{"v": 1, "delta_seq": -1}', 110.0) == []
     assert s.stats["invalid"] == 1 and s.deltas_behind == 0
+
+
+# -- two daemons under one daemon id (a cloned SD card) ----------------------------------------
+
+
+def own_status(at: str, as_of: str | None, state: str = "online", last_seq: int = 3) -> bytes:
+    body: dict[str, Any] = {"v": 1, "daemon": "gate-a", "state": state, "at": at}
+    if as_of is not None:
+        body.update(last_seq=last_seq, as_of=as_of)
+    return js(body)
+
+
+def twin_ev(seq: int, prefix: str) -> dict[str, Any]:
+    return {"id": f"{prefix}{seq}", "seq": seq, "type": "deduction", "at": "2026-11-18T09:00:00Z", "gate": "in-1",
+            "member": "ben", "pass": "p-ben", "amount": 1, "cause": "walk_in"}
+
+
+def test_a_twin_under_our_id_loses_events_at_the_central_so_it_is_an_alarm_and_events_are_held(
+    tmp_path: Any,
+) -> None:
+    """Two boxes with one daemon id both number 1..N: the central system keeps one event of
+    each seq and drops the other's as repeats, and acks both. Each box sees its twin's
+    retained status (this run did not publish it) and its batches on the site's topic."""
+    from simulator.central_db import CentralDB
+    from sync.protocol import EventBatch
+
+    central = CentralDB(tmp_path / "central.db")
+    central.apply_events("s1", EventBatch(daemon="gate-a", events=[twin_ev(n, "one-") for n in (1, 2, 3)]))
+    ack2, _ = central.apply_events("s1", EventBatch(daemon="gate-a", events=[twin_ev(n, "two-") for n in (1, 2, 3)]))
+    assert central.stats["duplicates"] == 3 and ack2.applied_seq == 3  # box 2's charges: gone, acked
+
+    s = connected(session(state=StoreState(has_snapshot=True, delta_seq=5, last_seq=5, acked_seq=3)), 100.0)
+    assert s.uplink_after(100.0) == 3
+    # our own status echoed (a bridge), and our last run's retained one: nothing
+    assert s.receive(f"{P}/gate-a/status", own_status("2026-11-18T09:00:00Z", "2026-11-18T09:00:00Z"), 101.0) == []
+    assert s.receive(f"{P}/gate-a/status", own_status("2026-11-18T07:00:00Z", "2026-11-18T08:59:55Z"), 101.0,
+                     retained=True) == []
+    assert s.receive(f"{P}/gate-a/status", own_status("2026-11-18T07:00:00Z", None, "offline"), 101.0) == []
+    assert s.twin is None and s.uplink_after(101.0) == 3
+    # the twin's heartbeat
+    out = s.receive(f"{P}/gate-a/status", own_status("2026-11-18T09:00:02Z", "2026-11-18T09:00:07Z"), 102.0,
+                    retained=True)
+    [alarm] = [a for a in out if isinstance(a, RaiseAlarm)]
+    assert alarm.kind == "daemon_id_in_use" and "gate-a" in alarm.detail
+    assert s.twin is not None and s.stats["daemon_id_in_use"] == 1
+    # held while it lasts: the events stay in the outbox, nothing is published
+    assert s.uplink_after(103.0) is None
+    stall = s.uplink_stall(103.0)
+    assert stall is not None and "daemon_id_in_use" in stall[1]
+    # its batches: the shell compares them with the ledger
+    batch = {"v": 1, "daemon": "gate-a", "zones": {"in-1": "main"}, "events": [twin_ev(4, "two-")]}
+    [check] = s.receive(f"{P}/gate-a/events", js(batch), 110.0)
+    assert isinstance(check, CheckOwnEvents) and check.events[0]["id"] == "two-4"
+    assert s.twin_seen("events numbered otherwise", 110.0) == []  # said within alarm_interval: counted
+    assert s.uplink_after(150.0) is None
+    # no sign of it for TWIN_HOLD: the events leave again
+    out = s.tick(110.0 + TWIN_HOLD, "2026-11-18T09:02:00Z")
+    assert WakeUplink() in out and s.twin is None and s.uplink_after(110.0 + TWIN_HOLD) == 3
+
+
+def test_takeovers_of_our_connection_by_our_client_id_are_a_twin() -> None:
+    s = connected(session(), 100.0)
+    assert s.taken_over(100.0) == []  # once: a blip (our own dead connection's)
+    assert [a.kind for a in s.taken_over(200.0) if isinstance(a, RaiseAlarm)] == ["daemon_id_in_use"]
+    s2 = connected(session(), 100.0)
+    assert s2.taken_over(100.0) == [] and s2.taken_over(100.0 + 601.0) == []  # far apart
+
+
+def test_the_ledger_tells_a_twins_events_from_our_own_echoed(tmp_path: Any) -> None:
+    from tests.test_numbering import at, new_store, walk_in
+
+    store = new_store(tmp_path / "gated.db")
+    try:
+        walk_in(store, at(9))
+        ours = store.events_after(0, 100)
+        assert store.events_not_ours(ours) == []  # our own, back through a bridge
+        theirs = [{**e, "id": f"twin-{e['seq']}"} for e in ours]
+        beyond = {**ours[-1], "seq": store.last_seq + 1, "id": "twin-x"}
+        assert store.events_not_ours([*theirs, beyond]) == [e["seq"] for e in ours] + [store.last_seq + 1]
+    finally:
+        store.close()
 
 
 def test_the_heartbeat_says_what_the_gate_does_of_the_time_driven_work_and_the_peers_are_heard_saying_it() -> None:

@@ -38,6 +38,8 @@ INCIDENTS = {
     "snapshot_held": "A snapshot that would empty the site was held",
     "refund_unsettled": "A refund the desk asked for could not be settled",
     "double_refund": "A charge was refunded twice",
+    "numbering_collision": "Another gate's events came under numbers held for others — a charge is missing here",
+    "numbering_peers_unheard": "A replaced gate numbered its events without hearing every gate of the site",
     # not an `alarm` event but its own (gated/unknown_cards.py): reads past a quota, one
     # event for the burst — the desk sees the flood here, its cards are not each an item
     "unknown_cards": "A flood of unknown cards",
@@ -60,6 +62,7 @@ CONDITIONS = {
     "own_history_missing": "Today's earlier taps at this gate not known yet — asked of the central system",
     "refunds_waiting": "A refund the desk asked for waits to hear a gate of the site",
     "two_workers": "Two gates say they settle the site's no-shows and loyalty — set time_driven_work: false on one",
+    "daemon_id_in_use": "Another box runs under this gate's daemon id — its events are held; give one its own id",
 }
 # a sign that something is late rather than wrong: an amber banner, not a red one
 WARNINGS = {"uplink_stalled", "deltas_behind", "peers_unheard", "numbering_unsure", "own_history_missing",

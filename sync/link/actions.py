@@ -125,6 +125,16 @@ class RaiseAlarm:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckOwnEvents:
+    """A batch under our own daemon id on the site's events topic, which we subscribe to
+    with noLocal: our own come back only through a bridge. Compare them with the ledger's
+    (same seq, same id: ours); any other is a second daemon under our id — call
+    `Session.twin_seen` (sync/link/session.py)."""
+
+    events: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ReadReplay:
     """Find the oldest event the store still holds, then call `replay_ready`."""
 
@@ -178,6 +188,7 @@ Action = (
     | StorePeerMark
     | ServeCatchUp
     | RaiseAlarm
+    | CheckOwnEvents
     | ReadReplay
     | PublishHealth
     | PruneAcked

@@ -52,6 +52,7 @@ from sync.link.session import (
     Action,
     ApplyDelta,
     ApplyLookup,
+    CheckOwnEvents,
     CommitSnapshot,
     PruneAcked,
     Publish,
@@ -226,6 +227,11 @@ class SyncLink:
                 except aiomqtt.MqttError as e:
                     self.stats["connect_failed" if not worked else "connection_lost"] += 1
                     log.info("mqtt %s:%d: %s", host, port, e)
+                    if worked and _taken_over(e):  # another client with our client id
+                        try:
+                            await self._perform(None, self.session.taken_over(self.mono()))
+                        except Exception:
+                            log.exception("sync link: after a takeover of the connection")
                 except Exception:  # a bug must not take the daemon's link down for good
                     self.stats["errors"] += 1
                     log.exception("sync link failed; reconnecting")
@@ -379,6 +385,10 @@ class SyncLink:
             case ApplyLookup():
                 self._lookups.answered(action)
             case RecordPeerEvents():
+                # in memory, recorded or not: a QR tap of ours waiting on one of these
+                # tokens; before they are recorded: a code the ledger never saw needs no
+                # look for a claim of ours there (sync/store/qr_claims.py)
+                self._qr.rival_claims(action.sender, action.events)
                 try:
                     seen = self.port.record_peer_events(
                         action.sender, list(action.events), action.zones, action.mark, self.now()
@@ -394,8 +404,6 @@ class SyncLink:
                     seen = {}
                 for kind, n in seen.items():
                     self.session.stats[kind] += n
-                # in memory, recorded or not: a QR tap of ours waiting on one of these tokens
-                self._qr.rival_claims(action.sender, action.events)
             case RecordOwnHistory():
                 try:
                     seen = self.port.record_own_history(
@@ -419,6 +427,14 @@ class SyncLink:
             case RaiseAlarm():
                 log.warning("alarm %s: %s", action.kind, action.detail)
                 self.port.alarm(action.kind, action.detail, self.now())
+            case CheckOwnEvents():
+                differ = self.port.events_not_ours(list(action.events))
+                if differ:
+                    log.error("events under this daemon's id that are not ours: seq %s — another daemon runs "
+                              "under this daemon_id (a cloned SD card?)", ", ".join(map(str, differ[:10])))
+                    return self.session.twin_seen(
+                        f"events under this id on the site's topic that this ledger numbered otherwise: "
+                        f"seq {', '.join(map(str, differ[:10]))}", mono)
             case ReadReplay():
                 return self.session.replay_ready(action.request, self.port.first_held_seq(), mono)
             case PublishHealth():
@@ -461,6 +477,13 @@ class SyncLink:
     def _settle_numbering(self, central_seq: int, ack: Ack | None = None) -> Sequence[Action]:
         """The central system said how far it got with our events (an ack, or `applied` in
         its passes): the store's held events number on after that and may leave."""
+        unheard, wait = self.session.settle_unheard(self.mono())
+        if wait:  # their word on how far they heard the old box may come yet: tried every second
+            if self._unsettled is None:
+                log.info("the numbering waits for the site's daemons to say how far they heard this id: %s",
+                         ", ".join(unheard))
+            self._unsettled = (central_seq, ack)
+            return []
         try:
             self.port.settle_numbering(central_seq, self.now(), self.session.site_heard_of_us)
         except (OSError, sqlite3.Error) as e:
@@ -470,6 +493,13 @@ class SyncLink:
             self._unsettled = (central_seq, ack)
             return []
         self._unsettled = None
+        if unheard:
+            detail = (f"this daemon's numbering was settled without hearing {', '.join(unheard)} say how far it "
+                      f"heard this daemon id (offline: its last will says nothing of it): if it held events of the "
+                      f"old box beyond {self.session.site_heard_of_us or central_seq}, ours under those numbers are "
+                      f"taken there for repeats — it raises numbering_collision when it hears them")
+            log.warning("alarm numbering_peers_unheard: %s", detail)
+            self.port.alarm("numbering_peers_unheard", detail, self.now(), peers=unheard)
         self._wake.set()
         self.session.want_history(self.port.own_history_wanted())  # what the lost ledger knew
         return self.session.numbering_settled(self.port.last_seq, ack, self.mono())
@@ -586,3 +616,15 @@ class SyncLink:
             timeout if timeout is not None else self.settings.lookup_timeout,
         )
 
+
+def _taken_over(e: BaseException) -> bool:
+    """The broker ended the connection with MQTT 5's reason 142, "Session taken over":
+    another client connected with our client id (aiomqtt chains the disconnect's reason)."""
+    seen: BaseException | None = e
+    for _ in range(5):
+        if seen is None:
+            return False
+        if getattr(seen, "rc", None) == 142 or "taken over" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -142,6 +142,14 @@ class StorePort:
         """An `alarm` event (the link's own: an ack beyond the last seq, a QR code used twice, ...)."""
         self.store.emit("alarm", now, gate=None, kind=kind, detail=detail, **fields)
 
+    def events_not_ours(self, events: list[dict[str, Any]]) -> list[int]:
+        """The seqs of these events (under our daemon id) that the ledger numbered otherwise."""
+        return self.store.events_not_ours(events)
+
+    def own_qr_claims(self, tokens: list[str]) -> dict[str, tuple[datetime, bool]]:
+        """Our claims on these QR codes that the ledger holds: (when, the gate opened)."""
+        return self.store.own_qr_claims(tokens)
+
     # -- the site's other daemons --------------------------------------------------------
 
     def record_peer_events(

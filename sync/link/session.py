@@ -50,6 +50,7 @@ from sync.link.actions import (
     Action,
     ApplyDelta,
     ApplyLookup,
+    CheckOwnEvents,
     CommitSnapshot,
     PruneAcked,
     Publish,
@@ -96,6 +97,7 @@ __all__ = [
     "Action",
     "ApplyDelta",
     "ApplyLookup",
+    "CheckOwnEvents",
     "CommitSnapshot",
     "PruneAcked",
     "Publish",
@@ -126,6 +128,12 @@ MAX_PENDING_LOOKUPS = 1_000
 # a heartbeat's heard_through is written at most this often (an older one after a restart
 # only makes the ledger wait a little longer); a new heard_seq always is
 MARK_SAVE_STEP = 60.0
+# a second daemon under our id (a cloned SD card): the uplink is held this long after the
+# last sign of it (its heartbeats come every few seconds while it runs); its takeovers of
+# our MQTT connection (the same client id) count once this many come within TWIN_WINDOW
+TWIN_HOLD = 60.0
+TWIN_TAKEOVERS = 2
+TWIN_WINDOW = 600.0
 
 
 @dataclass(slots=True)
@@ -182,6 +190,20 @@ class _Alarms:
     last: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Twin:
+    """Signs of another daemon running under our daemon id: its events and statuses on
+    the site's topics, its takeovers of our connection. `seen_at`: the last sign."""
+
+    seen_at: float | None = None
+    detail: str = ""
+    takeovers: list[float] = field(default_factory=list)
+    # the `at` of every status this run published, and when it began (POSIX): a retained
+    # status under our id from before it is our own last run's
+    ours: set[str] = field(default_factory=set)
+    run_began: float | None = None
+
+
 class Session:
     """One gate's side of the protocol. See the module doc; `stats` counts everything."""
 
@@ -212,6 +234,8 @@ class Session:
         self._head = _Head()
         self.peers = PeerMarks(state.peer_marks, grace=config.catch_up_grace, retry=config.catch_up_retry)
         self._heard_of_us: dict[str, int] = {}  # peer -> the last seq of ours it says it heard
+        self._heartbeat_from: set[str] = set()  # peers whose heartbeat (with `heard`) came this run
+        self._settle_wait_from: float | None = None  # a settle first waited for peers' `heard` then
         # what a lost ledger knew, asked of the central system (sync/link/own_history.py)
         self.own_history = OwnHistory(config.daemon, state.own_history)
         self._online_at: str | None = None  # the `at` of this connection's statuses
@@ -221,6 +245,7 @@ class Session:
         self.work: WorkClaim | None = None
         self._next_mark_at = 0.0
         self._alarms = _Alarms()
+        self._twin = _Twin()
         self._next_health_at = 0.0
         self._next_prune_at = 0.0
         self._central_at: str | None = None
@@ -242,6 +267,7 @@ class Session:
         none while the numbering is unsure: events after it are held, and a claim would
         tell the others they know everything we did up to now (the daemon settling
         no-shows would settle a class a held attendance belongs to)."""
+        beat = as_of is not None
         if self.numbering_unsure:
             as_of = None
         w = self.work if at is not None else None  # not in the last will: it would go stale
@@ -253,7 +279,9 @@ class Session:
             protocol=PROTOCOL,
             last_seq=self.last_seq if as_of is not None else None,
             as_of=as_of,
-            heard=self._heard() if as_of is not None else None,
+            # how far we heard the others is ours to say, sure of our numbering or not (a new
+            # box settling waits for it: settle_unheard)
+            heard=self._heard() if beat else None,
             time_driven_work=None if w is None else TimeDrivenWork(
                 on=w.on, since=None if w.since is None else _iso(w.since),
                 through=None if w.through is None else _iso(w.through)),
@@ -276,6 +304,19 @@ class Session:
         heartbeats' `heard`): on a new box, events of the old one the central system may
         never have had (numbering.py numbers on after them too)."""
         return max(self._heard_of_us.values(), default=None)
+
+    def settle_unheard(self, now: float) -> tuple[list[str], bool]:
+        """Before a new box settles its numbering: the daemons of the site it knows of
+        (their retained statuses, their marks) whose online status — and so their word on
+        how far they heard the old box, `heard` — has not come this run (an offline one's
+        last will says nothing of it), and whether to wait on for them (for `settle_peer_wait` from the
+        first time asked). The settle then goes ahead naming them (numbering_peers_unheard)."""
+        missing = sorted(p for p in self.peers.marks if p not in self._heartbeat_from and p != self.config.daemon)
+        if not missing:
+            return [], False
+        if self._settle_wait_from is None:
+            self._settle_wait_from = now
+        return missing, now - self._settle_wait_from < self.config.settle_peer_wait
 
     # -- the connection -----------------------------------------------------------------------
 
@@ -305,6 +346,9 @@ class Session:
             actions.append(Subscribe(t.catch_up, 1, no_local=True))
             actions.append(Subscribe(t.site_catch_up_answers, 1, no_local=True))
         self._online_at = at
+        self._twin.ours.add(at)
+        if self._twin.run_began is None:
+            self._twin.run_began = _instant(at)
         self._connected_at = now
         self._next_mark_at = now + self.config.mark_interval
         actions.append(self.status("online", at, as_of=at))
@@ -362,6 +406,11 @@ class Session:
             out.append(PruneAcked(c.retain_acked, c.retain_acked_max))
         out += self._behind_head(now)
         out += self._history_tick(now, at)
+        tw = self._twin
+        if tw.seen_at is not None and now - tw.seen_at >= TWIN_HOLD:
+            tw.seen_at = None  # no sign of it for a while: events leave again
+            self._note(f"no sign of a second daemon under this id for {TWIN_HOLD:.0f} s: events leave again")
+            out.append(WakeUplink())
         up = self._up
         if up.published > up.floor and now - up.progress_at > c.ack_timeout:
             out += self._rewind("timeout", now)
@@ -388,7 +437,9 @@ class Session:
             return None
         if up.waiting_since is None:
             up.waiting_since = now
-        if not self.connected:
+        if self._twin.seen_at is not None:
+            why = "held: another daemon runs under this daemon id (daemon_id_in_use)"
+        elif not self.connected:
             why = "not connected to any broker"
         elif self.central_online is False:
             why = "the central system is offline"
@@ -401,7 +452,7 @@ class Session:
     def uplink_after(self, now: float) -> int | None:
         """The seq after which to read events to send next; None when there is nothing
         (not connected, or everything sent and not yet due again)."""
-        if not self.connected or self._up.published >= self.last_seq:
+        if not self.connected or self._up.published >= self.last_seq or self.twin_holds(now):
             return None
         return self._up.published
 
@@ -876,12 +927,16 @@ class Session:
     # -- the site's other daemons -------------------------------------------------------------
 
     def _on_site_events(self, sender: str, payload: bytes) -> list[Action]:
-        if sender == self.config.daemon:
-            self.stats["own_events_echo"] += 1
-            return []
         batch = self._parse(EventBatch, payload)
         if batch is None:
             return []
+        if sender == self.config.daemon:
+            # subscribed with noLocal: ours come back only through a bridge; the shell
+            # compares them with the ledger (a twin's differ: twin_seen)
+            self.stats["own_events_echo"] += 1
+            if batch.daemon != sender:
+                return []
+            return [CheckOwnEvents(tuple(ev.model_dump(mode="json") for ev in batch.events))]
         if batch.daemon != sender:
             self.stats["invalid"] += 1
             self.stats["dropped"] += 1
@@ -902,18 +957,77 @@ class Session:
     def _on_peer_status(self, sender: str, status: Status, now: float) -> list[Action]:
         """Another daemon's status: its heartbeat says how far it has got (a claim this
         daemon checks its mark of it against), its last will that it went away."""
-        if sender == self.config.daemon or status.daemon != sender:
+        if status.daemon != sender:
             return []
+        if sender == self.config.daemon:
+            return self._own_status(status, now)
         as_of = _instant(status.as_of)
         self.peers.claimed(sender, status.last_seq, as_of, status.state == "online", now)
         ours = (status.heard or {}).get(self.config.daemon)
         if ours is not None:
             self._heard_of_us[sender] = ours
+        if status.state == "online":  # its `heard` is its word on us (none: it heard nothing of us)
+            self._heartbeat_from.add(sender)
         w = status.time_driven_work
         if w is not None:
             self.peers.announced(sender, WorkClaim(w.on, _instant(w.since), _instant(w.through)))
         self.stats["peer_heartbeats"] += 1
         return []
+
+    def _own_status(self, status: Status, now: float) -> list[Action]:
+        """A status under our own daemon id: ours (this run's `at`), our last run's (as of
+        before this run began: retained), or another daemon's that runs under our id."""
+        tw = self._twin
+        if status.state != "online" or status.at is None or status.at in tw.ours:
+            return []
+        when = _instant(status.as_of) or _instant(status.at)
+        if when is None or tw.run_began is None or when < tw.run_began:
+            return []  # our own last run's, retained
+        return self.twin_seen(
+            f"a status under this daemon's id that this run did not publish (connected at {status.at}, "
+            f"last_seq {status.last_seq}, as of {status.as_of})", now)
+
+    def twin_seen(self, why: str, now: float) -> list[Action]:
+        """A sign that another daemon runs under our daemon id (a cloned SD card, a copied
+        /etc/gated): both number events 1, 2, ... and the central system keeps one of each
+        seq, dropping the other's as repeats. An alarm (`daemon_id_in_use`); events are
+        held here (they stay in the outbox) until no sign of it has come for TWIN_HOLD."""
+        tw = self._twin
+        first = tw.seen_at is None
+        tw.seen_at = now
+        tw.detail = why
+        self.stats["daemon_id_in_use"] += 1
+        if first:
+            self._note(f"another daemon runs under this daemon id: {why}; events held")
+        return self._alarm(
+            "daemon_id_in_use",
+            f"another daemon runs under this daemon id {self.config.daemon!r} ({why}): the central system keeps "
+            "one event of each number, so the two boxes' events are lost there; this daemon holds its events "
+            "until it is gone — give one box its own daemon_id",
+            now,
+        )
+
+    def taken_over(self, now: float) -> list[Action]:
+        """The broker ended our connection because another client connected with our
+        client id (MQTT 5 `session taken over`): once is a blip, TWIN_TAKEOVERS within
+        TWIN_WINDOW is a second daemon under our id."""
+        tw = self._twin
+        tw.takeovers = [t for t in tw.takeovers if now - t < TWIN_WINDOW] + [now]
+        self.stats["session_taken_over"] += 1
+        if len(tw.takeovers) < TWIN_TAKEOVERS:
+            return []
+        return self.twin_seen(f"the broker handed our connection to another client with our client id "
+                              f"{len(tw.takeovers)} times in {TWIN_WINDOW:.0f} s", now)
+
+    def twin_holds(self, now: float) -> bool:
+        """Our events are held: a sign of another daemon under our id came lately."""
+        seen = self._twin.seen_at
+        return seen is not None and now - seen < TWIN_HOLD
+
+    @property
+    def twin(self) -> str | None:
+        """Why we think another daemon runs under our id, while we hold for it."""
+        return self._twin.detail if self._twin.seen_at is not None else None
 
     def _forget_peer(self, sender: str) -> list[Action]:
         if sender == self.config.daemon or sender not in self.peers.marks:

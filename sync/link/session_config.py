@@ -40,6 +40,10 @@ class SessionConfig:
     catch_up_grace: float = 3.0
     catch_up_retry: float = 10.0
     catch_up_horizon: float = 86_400.0
+    # a new box settles its numbering once every daemon of the site it knows of has said how
+    # far it heard the old one (a heartbeat's `heard`), or after this long: then naming those
+    # not heard (they may hold the old box's events beyond what the central system got)
+    settle_peer_wait: float = 30.0
 
     @property
     def lookup_keep(self) -> float:

@@ -107,6 +107,7 @@ class Ledger:
         # a QR code's first use is an event the site's other daemons hear (the daemon sets
         # it when it shares with them; scenarios keep their events as the contract says)
         self.site_wide_qr = False
+        self._collisions_said: set[tuple[str, int, float]] = set()  # numbering_collision, once a run each
 
     # -- the steps a commit is made of (inside a transaction) -----------------------------
 
@@ -543,7 +544,8 @@ class Ledger:
         heard (`mark`), in one transaction: the mark never gets ahead of what it covers."""
         with self.transactions.open() as tx:
             doubles: list[peer_events.DoubleRefund] = []
-            seen = dict(peer_events.apply(self.conn, sender, events, zones, self.record_passage, doubles))
+            collisions: list[peer_events.Collision] = []
+            seen = dict(peer_events.apply(self.conn, sender, events, zones, self.record_passage, doubles, collisions))
             if mark is not None:
                 peer_events.save_mark(self.conn, sender, *mark)
             attended = [
@@ -558,7 +560,28 @@ class Ledger:
                 self.check_overdraft(tx, pass_id, now or datetime.now(UTC))
             for double in doubles:
                 self.report_double_refund(tx, double, now or datetime.now(UTC))
+            self.report_collisions(tx, sender, collisions, now or datetime.now(UTC))
         return seen
+
+    def report_collisions(self, tx: Transaction, sender: str, collisions: list[peer_events.Collision],
+                          now: datetime) -> None:
+        """Inside a transaction: charges of `sender` under seqs held here for other charges
+        (sync/store/peer_events.py, Collision) — an alarm `numbering_collision`, once a run
+        for each, never a repeat dropped in silence."""
+        new = [c for c in collisions if (c.daemon, c.seq, c.at) not in self._collisions_said]
+        if not new:
+            return
+        self._collisions_said.update((c.daemon, c.seq, c.at) for c in new)
+        seqs = sorted({c.seq for c in new})
+        first = new[0]
+        tx.emit(
+            "alarm", now, gate=None, kind="numbering_collision", other=sender, seqs=seqs[:100],
+            detail=f"{sender}'s event(s) {', '.join(map(str, seqs[:10]))} came under numbers held here for other "
+                   f"events of {sender} (a new box that numbered on below what this daemon heard of the old one, "
+                   f"or two daemons configured with one id): not recorded here — e.g. {first.member}'s charge of "
+                   f"{amount_json(first.amount)} on pass {first.pass_id} at "
+                   f"{iso_utc(datetime.fromtimestamp(first.at, UTC))}; the pass's balance here lacks it",
+        )
 
     def report_double_refund(self, tx: Transaction, d: peer_events.DoubleRefund, now: datetime) -> None:
         """Inside a transaction: a charge given back twice, one of the refunds ours, is an

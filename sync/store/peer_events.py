@@ -161,6 +161,37 @@ class ChargeFields:
     refunds: tuple[str, int] | None  # a refund: the charge (daemon, seq) it gives back
 
 
+@dataclass(frozen=True, slots=True)
+class Collision:
+    """Two different charges under one (daemon, seq): the one held here, and one heard
+    now — a new box under that daemon id that numbered past what the site held of the
+    old one, or two daemons configured with one id. The second is not recorded
+    (site_charges keeps one per seq): its pass's balance here is off by it."""
+
+    daemon: str
+    seq: int
+    held_at: float
+    member: str
+    pass_id: str
+    amount: Decimal
+    at: float
+
+
+def _collision(conn: sqlite3.Connection, sender: str, seq: int, c: ChargeFields, at: float) -> Collision | None:
+    """The charge held under (sender, seq), when it is not this one (a resend is the same
+    in every field)."""
+    row = conn.execute("SELECT pass_id, member_id, amount, at, cause FROM main.site_charges WHERE daemon = ? AND seq = ?",
+                       (sender, seq)).fetchone()
+    if row is None or row[3] is None:  # none, or written before `at` was kept: nothing to tell
+        return None
+    try:
+        same = (row[0], row[1], Decimal(str(row[2])), float(row[3]), row[4]) == (c.pass_id, c.member, c.amount, at,
+                                                                                  c.cause)
+    except (InvalidOperation, TypeError, ValueError):
+        same = False
+    return None if same else Collision(sender, seq, float(row[3] or 0.0), c.member, c.pass_id, c.amount, at)
+
+
 def charge_of(ev: Mapping[str, Any]) -> ChargeFields | None:
     """The charge a `deduction` event carries; None when a field is missing or out of bounds."""
     member, pass_id, booking = ev.get("member"), ev.get("pass"), ev.get("booking")
@@ -188,10 +219,12 @@ def apply(
     zones: Mapping[str, str],
     record_passage: Any,
     doubles: list[DoubleRefund] | None = None,
+    collisions: list[Collision] | None = None,
 ) -> Counter[str]:
     """Inside a transaction: what `sender`'s events tell this daemon. `record_passage`
     is the ledger's (member, zone, direction, at, gate, origin); a refund of a charge
-    that another refund had given back already goes into `doubles`."""
+    that another refund had given back already goes into `doubles`; a charge under a seq
+    of `sender` held here for another charge goes into `collisions` (not recorded)."""
     seen: Counter[str] = Counter()
     for ev in events:
         try:
@@ -232,6 +265,12 @@ def apply(
                 "VALUES (?,?,?,?,?,?,?,?)",
                 (sender, int(ev["seq"]), c.pass_id, c.member, str(c.amount), zones.get(str(gate)), ts(at), c.cause),
             ).rowcount
+            if not first_time:
+                held = _collision(conn, sender, int(ev["seq"]), c, ts(at))
+                if held is not None:  # the rest goes on as for any charge heard (a refund it gives)
+                    seen["peer_seq_collisions"] += 1
+                    if collisions is not None:
+                        collisions.append(held)
             seen["remote_charges"] += 1
             if c.refunds is not None:
                 by = (sender, int(ev["seq"]), ts(at))

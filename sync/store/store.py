@@ -94,6 +94,7 @@ from sync.store import (
     numbering,
     own_history,
     photos,
+    qr_claims,
     read_contract,
     refunds_wanted,
     retention,
@@ -796,6 +797,25 @@ class Store:
 
     def qr_seen(self, token_id: str) -> bool:
         return self.ledger.qr_seen(token_id)
+
+    def events_not_ours(self, events: Sequence[dict[str, Any]]) -> list[int]:
+        """Of events heard under our own daemon id, the seqs this ledger holds another
+        event under, or has not reached yet: another daemon numbers under our id. An event
+        we no longer hold (pruned) says nothing."""
+        differ = []
+        for ev in events:
+            seq, eid = ev.get("seq"), ev.get("id")
+            if not isinstance(seq, int):
+                continue
+            row = self.conn.execute("SELECT id FROM main.events WHERE seq = ?", (seq,)).fetchone()
+            if (row is None and seq > self.last_seq) or (row is not None and row[0] != eid):
+                differ.append(seq)
+        return differ
+
+    def own_qr_claims(self, tokens: Sequence[str]) -> dict[str, tuple[datetime, bool]]:
+        """Our claims on these QR codes as the ledger holds them: token -> (when, whether
+        the gate opened on it) (sync/store/qr_claims.py)."""
+        return qr_claims.own_claims(self.conn, tokens)
 
 
 __all__ = [
