@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date, timedelta
 from typing import Any
 
@@ -19,9 +19,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gated.console.auth import operator, requires
+from gated.console.once import request_id
 from gated.console.security import SESSION_COOKIE
 from gated.console.state import console_of
 from gated.console.views import dumps
+from gated.operator import Done
 from rules.credential import normalise_card
 from rules.timeutil import FIRST_YEAR, LAST_YEAR
 
@@ -97,8 +99,8 @@ def date_param(text: str | None) -> date | None:
     return day if day is not None and FIRST_YEAR <= day.year < LAST_YEAR else None
 
 
-def _seqs(committed: Any) -> list[int]:
-    return [e["seq"] for e in committed.events]
+def _seqs(done: Done) -> list[int]:
+    return [e["seq"] for e in done.events]
 
 
 # -- reads ------------------------------------------------------------------------------
@@ -297,14 +299,36 @@ async def check_in(request: Request) -> Response:
     return as_json({"ok": result.get("decision") == "granted", "result": result})
 
 
+NOT_DURABLE = ("Done — but not yet safe on disk: the gate has a storage fault (see its status). Do not do it "
+               "again: it is recorded and will be sent; a power cut before the disk works again could lose it.")
+
+
+def done_answer(done: Done) -> dict[str, Any]:
+    """What a record's answer says of the disk: `not_durable` when its commit took effect
+    but its flush failed (gated/operator.py, `Done`) — done, and said so."""
+    return {"not_durable": True, "warning": NOT_DURABLE} if not done.durable else {"not_durable": False}
+
+
+async def once(request: Request, data: dict[str, Any], asked: dict[str, Any],
+               action: Callable[[], Awaitable[dict[str, Any]]]) -> Response:
+    """A record done once per `request_id` the page sent (gated/console/once.py)."""
+    rid = request_id(data)
+    key = None if rid is None else (operator(request).name, request.url.path, rid)
+    return as_json(await console_of(request).requests.once(key, dumps(asked), action))
+
+
 @requires(write=True)
 async def attend(request: Request) -> Response:
-    c = console_of(request)
     data = await body(request)
     refund = data.get("refund", False)
     if not isinstance(refund, bool):
         raise HttpError(400, "refund is true or false")
     booking_id = request.path_params["booking_id"]
+    return await once(request, data, {"refund": refund}, lambda: _attend(request, booking_id, refund))
+
+
+async def _attend(request: Request, booking_id: str, refund: bool) -> dict[str, Any]:
+    c = console_of(request)
     booking = c.views.store.get_booking(booking_id)
     if booking is None:
         raise HttpError(404, "no such booking")
@@ -313,8 +337,8 @@ async def attend(request: Request) -> Response:
     if booking.status.value == "cancelled":
         raise HttpError(409, "this booking was cancelled")
     user = operator(request).name
-    committed = await c.backend.mark_attended(booking_id, user, refund=refund)
-    refunds = [e for e in committed.events if e.get("type") == "deduction" and e.get("cause") == "refund"]
+    done = await c.backend.mark_attended(booking_id, user, refund=refund)
+    refunds = [e for e in done.events if e.get("type") == "deduction" and e.get("cause") == "refund"]
     fees = c.views.store.fee_refunds([int(e["seq"]) for e in refunds])  # a no-show's fee given back: not the walk-in
     refunded = next((e for e in refunds if e["seq"] not in fees), None)
     given = None if refunded is None else {"pass": refunded.get("pass"), "amount": -refunded["amount"],
@@ -326,8 +350,8 @@ async def attend(request: Request) -> Response:
         # a request that waited may have been settled while this answer waited for its flush
         given = c.views.store.refund_given(booking_id)
     log.info("console_attend", booking=booking_id, refund=refund, refunded=given is not None,
-             refund_waiting=None if waits is None else list(waits.waiting), operator=user)
-    return as_json({
+             refund_waiting=None if waits is None else list(waits.waiting), operator=user, durable=done.durable)
+    return {
         "ok": True,
         "refunded": given,
         "fee_refunded": fee_back[0] if fee_back else None,  # the no-show fee taken for it, given back
@@ -335,8 +359,9 @@ async def attend(request: Request) -> Response:
         # the site's other gates (or this one's lost events) not all heard up to now: settled
         # once they are
         "refund_waiting": None if waits is None else {"for": list(waits.waiting)},
-        "seq": _seqs(committed),
-    })
+        "seq": _seqs(done),
+        **done_answer(done),
+    }
 
 
 @requires(write=True)
@@ -354,9 +379,13 @@ async def points(request: Request) -> Response:
     if store.member(member_id) is None:
         raise HttpError(404, "no such member")
     user = operator(request).name
-    committed = await c.backend.adjust_points(member_id, pts, user, reason)
-    log.info("console_points", member=member_id, points=pts, operator=user)
-    return as_json({"ok": True, "points": store.points(member_id), "seq": _seqs(committed)})
+
+    async def adjust() -> dict[str, Any]:
+        done = await c.backend.adjust_points(member_id, pts, user, reason)
+        log.info("console_points", member=member_id, points=pts, operator=user, durable=done.durable)
+        return {"ok": True, "points": store.points(member_id), "seq": _seqs(done), **done_answer(done)}
+
+    return await once(request, data, {"points": pts, "reason": reason}, adjust)
 
 
 @requires(write=True)
@@ -380,9 +409,9 @@ async def enrol_card(request: Request) -> Response:
     if holder is not None:
         raise HttpError(409, f"this card belongs to member {holder}")
     user = operator(request).name
-    committed = await c.backend.enrol_card(card, member_id, user)
-    log.info("console_enrol_card", member=member_id, operator=user)
-    return as_json({"ok": True, "seq": _seqs(committed)})
+    done = await c.backend.enrol_card(card, member_id, user)
+    log.info("console_enrol_card", member=member_id, operator=user, durable=done.durable)
+    return as_json({"ok": True, "seq": _seqs(done), **done_answer(done)})
 
 
 def confirmed(data: dict[str, Any], word: str) -> None:
