@@ -7,10 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import http.client
+import json
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from gated.console import api
+from gated.console.hub import FeedHub
 from tests.test_console import Client, running_site
 
 
@@ -98,3 +106,87 @@ async def test_points_asked_again_with_the_same_request_id_are_given_once(tmp_pa
         assert (await c.post_json("/api/members/m-ana/points", {**ask, "request_id": "no"})).status == 400
         # answered durable once the disk works: said so
         assert (await c.post_json("/api/members/m-ana/points", {"points": 1, "reason": "x"})).json()["not_durable"] is False
+
+
+# -- the live feed after a reconnection ------------------------------------------------------------
+
+
+def _read_stream(port: int, session: str, last_event_id: int, until_seq: dict[str, int],
+                 lines: list[tuple[str, dict[str, Any]]], ready: Callable[[], None]) -> None:
+    """The browser's EventSource reconnecting (Last-Event-ID), in a thread: every message as
+    (event, data), until the feed line of `until_seq["seq"]` (set once the live tap is made)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    conn.request("GET", "/events", headers={"Cookie": f"gated_session={session}", "Last-Event-ID": str(last_event_id)})
+    r = conn.getresponse()
+    assert r.status == 200
+    ready()
+    deadline = time.monotonic() + 15
+    kind = "message"
+    while time.monotonic() < deadline:
+        line = r.fp.readline().decode()
+        if line.startswith("event: "):
+            kind = line[7:].strip()
+        elif line.startswith("data: "):
+            data = json.loads(line[6:])
+            lines.append((kind, data))
+            kind = "message"
+            if until_seq and data.get("seq") == until_seq.get("seq"):
+                break
+    conn.close()
+
+
+async def _reconnect(site: Any, c: Client, last_seen: int) -> list[tuple[str, dict[str, Any]]]:
+    lines: list[tuple[str, dict[str, Any]]] = []
+    marker: dict[str, int] = {}
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    reader = asyncio.create_task(asyncio.to_thread(
+        _read_stream, site.port, c.cookies["gated_session"], last_seen, marker, lines,
+        lambda: loop.call_soon_threadsafe(ready.set)))
+    await asyncio.wait_for(ready.wait(), 5)
+    await asyncio.sleep(0.5)
+    marker["seq"] = site.store.last_seq + 1  # the access event of a live tap after the reconnection
+    r = await site.tap("0499887766")
+    assert r["seq"][0] == marker["seq"]
+    await asyncio.wait_for(reader, 20)
+    return lines
+
+
+async def test_a_reconnected_feed_catches_up_on_every_missed_event_or_says_which_it_skips(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stream replayed at most 300 missed events, then went live: the rest were neither
+    sent nor announced, a silent hole in a feed that looked continuous."""
+    async with running_site(tmp_path) as site:
+        c = Client(site.port)
+        await c.login("desk")
+        last_seen = site.store.last_seq  # what the page had shown when its connection dropped
+        for _ in range(400):  # while the browser is away: 400 denials
+            assert (await site.tap("DEADBEEF"))["decision"] == "denied"
+        missed = set(range(last_seen + 1, site.store.last_seq + 1))
+        lines = await _reconnect(site, c, last_seen)
+        seqs = {d["seq"] for kind, d in lines if kind == "feed"}
+        assert missed <= seqs, f"{len(missed - seqs)} missed events never sent, first {min(missed - seqs)}"
+        assert not [d for kind, d in lines if kind == "gap"]
+        assert lines[-1][1]["member"] == "m-bruno"  # then live
+        # far behind (past the replay's bound): the oldest are named in a `gap` message, the
+        # newest are sent, then live
+        monkeypatch.setattr(api, "REPLAY_MAX", 100)
+        head = site.store.last_seq
+        lines = await _reconnect(site, c, last_seen)
+        assert lines[0] == ("gap", {"from": last_seen + 1, "to": head - 100, "missed": head - 100 - last_seen})
+        seqs = {d["seq"] for kind, d in lines if kind == "feed"}
+        accesses = {e["seq"] for e in site.store.events_after(head - 100, 200) if e["type"] == "access"}
+        assert accesses <= seqs and min(seqs) == min(accesses) > head - 100
+        assert lines[-1][1]["member"] == "m-bruno"
+
+
+async def test_events_the_hub_cannot_take_end_every_stream_to_catch_up_from_the_store() -> None:
+    """The hub's inbox full (its task that far behind): the event was dropped for every
+    stream, silently; now each stream ends, and its browser reconnects and replays."""
+    hub = FeedHub(lambda ev: ev)
+    q = hub.subscribe()
+    for seq in range(hub.inbox.maxsize):
+        hub.listener({"seq": seq})
+    assert hub.subscribers
+    hub.listener({"seq": hub.inbox.maxsize})  # no room: this one reaches no stream
+    assert not hub.subscribers and q.get_nowait() is None

@@ -32,6 +32,8 @@ log = structlog.get_logger("gated.console")
 MAX_BODY = 16 * 1024
 REASON_MAX = 200
 HEARTBEAT = 15.0
+REPLAY_PAGE = 300  # events read from the store at a time, when a stream catches up
+REPLAY_MAX = 5000  # events a stream catches up at most; before those, a `gap` message
 CONFIRM = {"lockdown": "LOCKDOWN", "release": "RELEASE", "emergency": "EMERGENCY", "restore": "RESTORE"}
 SWITCH_WORDS = {"lockdown": ("lockdown", "release"), "emergency": ("emergency", "restore")}
 CARD_RE = re.compile(r"^[0-9A-Z:._-]{3,64}$")
@@ -131,10 +133,41 @@ def _sse(item: dict[str, Any]) -> str:
     return f"id: {item['seq']}\nevent: feed\ndata: {dumps(item)}\n\n"
 
 
+def _gap(first: int, last: int) -> str:
+    """Events `first`..`last` the stream will not send (static/feed.js shows it: a hole is
+    never shown as a continuous feed). Its id is `last`: a reconnection goes on after it."""
+    data = {"from": first, "to": last, "missed": last - first + 1}
+    return f"id: {last}\nevent: gap\ndata: {dumps(data)}\n\n"
+
+
+async def replay(views: Any, after: int) -> AsyncIterator[tuple[int, str]]:
+    """What happened after `after`, from the store, up to its head as it is now: in pages of
+    REPLAY_PAGE, each followed by a turn of the event loop (taps go on). Past REPLAY_MAX
+    events behind, or where the store no longer holds them (pruned after the central system
+    had them), a `gap` message names those not sent. Yields (the last seq covered, text)."""
+    store = views.store
+    head = store.last_seq
+    last = after
+    if head - after > REPLAY_MAX:
+        last = head - REPLAY_MAX
+        yield last, _gap(after + 1, last)
+    while last < head:
+        page = store.events_after(last, REPLAY_PAGE)
+        if not page:
+            break
+        if page[0]["seq"] > last + 1:  # no longer in the store
+            yield page[0]["seq"] - 1, _gap(last + 1, page[0]["seq"] - 1)
+        for item in views.feed_items(page):
+            yield item["seq"], _sse(item)
+        last = page[-1]["seq"]
+        yield last, ""  # covered, events that are no feed line included
+        await asyncio.sleep(0)
+
+
 @requires()
 async def events(request: Request) -> Response:
     c = console_of(request)
-    store = c.views.store
+    c.views.store  # noqa: B018 - 503 while the daemon is starting or stopping
     given = request.headers.get("last-event-id") or request.query_params.get("after")
     after = int_param(given, 0, 0, 1 << 62)
     token = request.cookies.get(SESSION_COOKIE)
@@ -145,11 +178,13 @@ async def events(request: Request) -> Response:
         try:
             yield "retry: 2000\n\n"
             if given is not None:
-                # what happened while the browser was away (network blip, page load) — also
-                # after 0: a first tap between the page's /api/feed and this stream
-                for item in c.views.feed_items(store.events_after(after, 300)):
-                    last = max(last, item["seq"])
-                    yield _sse(item)
+                # what happened while the browser was away (network blip, page load, a
+                # stream the hub cut for a browser too slow) — also after 0: a first tap
+                # between the page's /api/feed and this stream
+                async for seq, text in replay(c.views, after):
+                    last = max(last, seq)
+                    if text:
+                        yield text
             while not c.hub.closed.is_set():
                 try:
                     async with asyncio.timeout(HEARTBEAT):

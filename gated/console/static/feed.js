@@ -336,6 +336,7 @@ export function initFeed() {
 
   function applyFilters() {
     for (const tr of body.rows) {
+      if (tr.classList.contains("gap")) continue;  // a hole in the feed is shown whatever the filters
       const hide = (onlyDenied.checked && !tr.classList.contains("denied")) ||
         (!showNotices.checked && tr.classList.contains("notice"));
       tr.classList.toggle("hidden", hide);
@@ -364,11 +365,29 @@ export function initFeed() {
     }
   }
 
+  function gap(g) {
+    const text = g.missed + (g.missed === 1 ? " event" : " events") + " not shown (missed while this page was not connected) — reload";
+    const tr = el("tr", { class: "notice alert gap", "data-gap": g.from + "-" + g.to },
+      el("td", { colspan: "7" }, el("strong", { text: text }), " ",
+        el("button", { type: "button", class: "small", text: "Reload", onclick: function () { window.location.reload(); } })));
+    body.prepend(tr);
+    $("#feed-empty").classList.add("hidden");
+    toast(text, true);
+  }
+
   function connect() {
     const source = new EventSource("/events?after=" + lastSeq);
     source.addEventListener("open", function () { state.textContent = "live"; state.className = "pill live"; });
     source.addEventListener("feed", function (e) {
       try { add(JSON.parse(e.data), true); } catch (ex) { /* a bad line is skipped */ }
+    });
+    // events the server will not send (too many missed while away, or no longer kept):
+    // said on the feed, never shown as if the lines around them were continuous
+    source.addEventListener("gap", function (e) {
+      let g;
+      try { g = JSON.parse(e.data); } catch (ex) { return; }
+      lastSeq = Math.max(lastSeq, g.to || 0);
+      gap(g);
     });
     source.addEventListener("error", function () {
       state.textContent = "reconnecting…"; state.className = "pill down";
