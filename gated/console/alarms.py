@@ -56,13 +56,14 @@ CONDITIONS = {
     "uplink_stalled": "Events are not reaching the central system",
     "deltas_behind": "Member data is behind the central system",
     "peers_unheard": "Another gate of the site is not heard",
+    "peer_silent": "Another gate of the site has been silent for minutes — its taps are not known here",
     "numbering_unsure": "Events held — the gate waits for the central system to say how far it got",
     "own_history_missing": "Today's earlier taps at this gate not known yet — asked of the central system",
     "refunds_waiting": "A refund the desk asked for waits to hear a gate of the site",
     "two_workers": "Two gates say they settle the site's no-shows and loyalty — set time_driven_work: false on one",
 }
 # a sign that something is late rather than wrong: an amber banner, not a red one
-WARNINGS = {"uplink_stalled", "deltas_behind", "peers_unheard", "numbering_unsure", "own_history_missing",
+WARNINGS = {"uplink_stalled", "deltas_behind", "peers_unheard", "peer_silent", "numbering_unsure", "own_history_missing",
             "refunds_waiting", "clock_unconfirmed"}
 
 
