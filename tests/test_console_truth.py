@@ -20,6 +20,7 @@ import pytest
 from gated.console import api
 from gated.console.hub import FeedHub
 from tests.test_console import Client, running_site
+from tests.test_daemon import wait_for
 
 
 def _eio(fd: int) -> None:
@@ -190,3 +191,31 @@ async def test_events_the_hub_cannot_take_end_every_stream_to_catch_up_from_the_
     assert hub.subscribers
     hub.listener({"seq": hub.inbox.maxsize})  # no room: this one reaches no stream
     assert not hub.subscribers and q.get_nowait() is None
+
+
+# -- a safety switch in force but not stored ---------------------------------------------------------
+
+
+async def test_a_lockdown_in_force_but_not_stored_is_an_alarm_that_says_do_not_restart(tmp_path: Path) -> None:
+    """The daemon knew (`safety.not_durable`, the switch's answer) and the console said
+    nothing: an admin restarting to clear the storage banner would have unlocked the site."""
+    async with running_site(tmp_path) as site:
+        c = Client(site.port)
+        await c.login("boss")
+        set_meta = site.store.set_meta
+
+        def broken(*a: Any, **kw: Any) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        site.store.set_meta = broken  # type: ignore[method-assign]  # the store cannot write
+        r = await c.post_json("/api/lockdown", {"on": True, "confirm": "LOCKDOWN", "reason": "intruder"})
+        assert r.status == 200 and r.json()["not_durable"] == ["lockdown"], r.text
+        h = (await c.get("/api/health")).json()
+        [alarm] = [a for a in h["alarms"] if a["kind"] == "lockdown_not_stored"]
+        assert alarm["severity"] == "bad" and "do not restart" in alarm["title"]
+        assert "UNLOCK the site" in alarm["detail"]
+        # the store works again: the lockdown is written, the alarm is over
+        site.store.set_meta = set_meta  # type: ignore[method-assign]
+        await wait_for(lambda: site.daemon.safety is not None and not site.daemon.safety.not_durable, timeout=10)
+        h = (await c.get("/api/health")).json()
+        assert "lockdown_not_stored" not in [a["kind"] for a in h["alarms"] if a["active"]]

@@ -4,7 +4,8 @@ until the alarm is dealt with — resolved, or acknowledged by staff (an audit r
 Two kinds, by what "resolved" means:
 - **conditions**, read from the daemon's health at each look: a relay board not answering,
   a door held open, a passage sensor stuck active, a reader offline, the store unable to record, the fire-alarm input
-  unreachable, a gap in what the gate knows (the clock untrusted, events not reaching the
+  unreachable, a lockdown or emergency release in force but not stored (a restart would
+  forget it), a gap in what the gate knows (the clock untrusted, events not reaching the
   central system, ...). One lasts while the health says so and is gone when it does not.
 - **incidents**, from `alarm` events: a door forced, a rotation nobody was granted, exits
   not recorded, a QR code used twice, an overdraft, an acknowledgement of events never
@@ -51,6 +52,9 @@ CONDITIONS = {
     "reader_offline": "Card reader offline",
     "storage_fault": "GATES OUT OF ORDER — entries cannot be recorded; exits work",
     "fire_input_unreachable": "FIRE-ALARM INPUT UNREACHABLE",
+    "lockdown_not_stored": "LOCKDOWN STATE NOT STORED — do not restart the gate",
+    "emergency_not_stored": "EMERGENCY RELEASE STATE NOT STORED — do not restart the gate",
+    "fire_state_not_stored": "Fire-alarm reading not stored — do not restart the gate",
     "clock_untrusted": "Clock fault — the gate's clock cannot be trusted",
     "clock_unconfirmed": "Clock not confirmed — no-shows and fees wait for NTP or `gated clock confirm`",
     "uplink_stalled": "Events are not reaching the central system",
@@ -125,10 +129,41 @@ def conditions(health: dict[str, Any]) -> list[Condition]:
     if fire and not fire.get("known"):
         out.append(Condition("fire_input_unreachable", "fire_input_unreachable", None,
                              f"{fire.get('error') or 'no answer'} (policy: {fire.get('policy')})"))
+    out.extend(not_stored(health.get("safety") or {}))
     for gap in (health.get("knowledge") or {}).get("gaps") or []:
         kind = str(gap.get("kind"))
         out.append(Condition(kind, kind, None, str(gap.get("detail") or "")))
     return out
+
+
+def not_stored(safety: dict[str, Any]) -> list[Condition]:
+    """Safety switches in force but not on disk (`safety.not_durable`, a storage fault):
+    a restart now would forget them — an admin restarting to clear a banner would unlock
+    the site, or lock it again. Over once the store works and they are written."""
+    out = []
+    for name in safety.get("not_durable") or []:
+        if name == "lockdown":
+            on = bool((safety.get("lockdown") or {}).get("active"))
+            detail = ("the lockdown is in force but not written to disk (a storage fault): a restart now would "
+                      "UNLOCK the site" if on else
+                      "the lockdown was lifted but that is not written to disk (a storage fault): a restart now "
+                      "would lock the site down again")
+            out.append(Condition("lockdown_not_stored", "lockdown_not_stored", None, detail + WRITTEN))
+        elif name == "emergency_release":
+            on = bool((safety.get("emergency_release") or {}).get("active"))
+            detail = ("the emergency release is in force but not written to disk (a storage fault): a restart now "
+                      "would LOCK the released doors again" if on else
+                      "the emergency release was ended but that is not written to disk (a storage fault): a "
+                      "restart now would release the doors again")
+            out.append(Condition("emergency_not_stored", "emergency_not_stored", None, detail + WRITTEN))
+        else:
+            out.append(Condition(f"{name}_not_stored", "fire_state_not_stored", None,
+                                 "the fire-alarm input's last reading is not written to disk (a storage fault): a "
+                                 "restart now would start from the one before" + WRITTEN))
+    return out
+
+
+WRITTEN = "; it is written as soon as the store works again (the storage fault banner)"
 
 
 def incident_kind(ev: dict[str, Any]) -> str | None:
@@ -219,4 +254,4 @@ class AlarmBoard:
 
 
 __all__ = ["ACK_ACTION", "CONDITIONS", "EVENT_TYPES", "INCIDENTS", "Alarm", "AlarmBoard", "Condition", "conditions",
-           "incident_id", "incident_kind"]
+           "incident_id", "incident_kind", "not_stored"]

@@ -305,6 +305,14 @@ async function refreshHealth() {
   if (attention) attention.alarms(h.alarms || []);
 }
 
+/* A switch in force but not stored (a storage fault): a restart now would forget it. */
+function notStored(r, name, on) {
+  if (!r.not_durable || r.not_durable.indexOf(name) < 0) return;
+  const what = name === "lockdown" ? (on ? "unlock the site" : "lock the site down again")
+    : (on ? "lock the released doors again" : "release the doors again");
+  toast((name === "lockdown" ? "Lockdown" : "Emergency release") + " NOT STORED (storage fault) — do not restart the gate: a restart now would " + what, true);
+}
+
 function initGates() {
   refreshHealth();
   setInterval(refreshHealth, 3000);
@@ -314,14 +322,14 @@ function initGates() {
     const r = on
       ? await twice("Lock down", "Every entrance stays locked: no member gets in and nobody can open an entrance once or check a member in until an admin releases the lockdown. Exits keep working, and the desk can still open an exit once.", "LOCKDOWN", "/api/lockdown", { on: true })
       : await twice("Release lockdown", "Gates go back to normal operation.", "RELEASE", "/api/lockdown", { on: false });
-    if (r) { toast(on ? "Lockdown is on" : "Lockdown released"); refreshHealth(); }
+    if (r) { toast(on ? "Lockdown is on" : "Lockdown released"); notStored(r, "lockdown", on); refreshHealth(); }
   });
   $("#btn-emergency").addEventListener("click", async function () {
     const on = !this.dataset.on;
     const r = on
       ? await twice("Emergency release", "Every fail-safe door is released, as on a fire alarm. Entries are refused until it ends.", "EMERGENCY", "/api/emergency", { on: true })
       : await twice("End emergency release", "Only end it when there is no fire alarm. Doors lock again.", "RESTORE", "/api/emergency", { on: false });
-    if (r) { toast(on ? "Emergency release is active" : "Emergency release ended"); refreshHealth(); }
+    if (r) { toast(on ? "Emergency release is active" : "Emergency release ended"); notStored(r, "emergency_release", on); refreshHealth(); }
   });
 }
 
