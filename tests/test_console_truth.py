@@ -19,6 +19,7 @@ import pytest
 
 from gated.console import api
 from gated.console.hub import FeedHub
+from sync.store import unrecorded_exits
 from tests.test_console import Client, running_site
 from tests.test_daemon import wait_for
 
@@ -219,3 +220,32 @@ async def test_a_lockdown_in_force_but_not_stored_is_an_alarm_that_says_do_not_r
         await wait_for(lambda: site.daemon.safety is not None and not site.daemon.safety.not_durable, timeout=10)
         h = (await c.get("/api/health")).json()
         assert "lockdown_not_stored" not in [a["kind"] for a in h["alarms"] if a["active"]]
+
+
+# -- the member page's "inside since" ------------------------------------------------------------------
+
+
+async def test_the_member_page_says_inside_in_doubt_after_exits_opened_unrecorded(tmp_path: Path) -> None:
+    """The occupancy marked the member "may have left unrecorded" and no longer counted them;
+    the member page said "inside since 10:00", flat."""
+    async with running_site(tmp_path) as site:
+        c = Client(site.port)
+        await c.login("desk")
+        assert (await site.tap("0499887766"))["decision"] == "granted"  # Bruno walks in
+        detail = (await c.get("/api/members/m-bruno")).json()
+        assert detail["inside_since"] is not None and detail["maybe_left"] is False
+        now = site.daemon.clock()
+        # then the exit let someone out unrecorded (a storage fault): it may have been Bruno
+        with site.store.transaction() as tx:
+            unrecorded_exits.record(tx.conn, site.store.daemon_id, {"exit": 1},
+                                    {"exit": "main", "turnstile-in": "main"}, now, now)
+        [zone] = (await c.get("/api/occupancy")).json()["zones"]
+        [bruno] = [p for p in zone["people"] if p["member"] == "m-bruno"]
+        assert bruno["maybe_left"] is True and zone["inside"] == 0
+        detail = (await c.get("/api/members/m-bruno")).json()
+        assert detail["inside_since"] == bruno["since"] and detail["maybe_left"] is True
+        # Ana, who came in after that exit, is inside without doubt
+        await asyncio.sleep(0.01)
+        assert (await site.tap("04A1B2C3D4"))["decision"] == "granted"
+        ana = (await c.get("/api/members/m-ana")).json()
+        assert ana["inside_since"] is not None and ana["maybe_left"] is False

@@ -213,18 +213,23 @@ class Views:
 
     # -- the gate panel, occupancy ------------------------------------------------------
 
+    def presence_since(self, now: datetime) -> tuple[datetime, datetime | None]:
+        """Whose entries count as inside now: from the start of today, or from today's
+        evacuation (sync/store/evacuation.py: nobody's earlier entry counts), and when."""
+        start, _ = self.day_bounds(self.today())
+        evacuated = evacuation.since(self.store.conn, start, now)
+        return evacuated or start, evacuated
+
     def occupancy(self) -> list[dict[str, Any]]:
         now = self.now()
-        start, _ = self.day_bounds(self.today())
-        # after an evacuation today nobody's earlier entry counts (sync/store/evacuation.py)
-        evacuated = evacuation.since(self.store.conn, start, now)
-        start = evacuated or start
+        start, evacuated = self.presence_since(now)
         zones: dict[str, None] = {g.zone: None for g in self.backend.config.gates}
         out = []
         for zone in zones:
             cap = self.backend.config.zones.get(zone)
             people = rm.inside(self.store.conn, zone, start, now)
             # exits that opened unrecorded: that many of those who came in before have left
+            # (who is not known: each of them "may have left unrecorded")
             gone, last = rm.exits_unrecorded(self.store.conn, zone, start, now)
             out.append({
                 "zone": zone,
@@ -363,11 +368,17 @@ class Views:
         start, end = self.day_bounds(today)
         bookings = sorted(store.bookings_of(member_id, start, end - timedelta(microseconds=1)), key=lambda b: b.starts_at)
         taps = [e for e in rm.member_events(store.conn, member_id, 60) if e.get("type") == "access"][:15]
-        inside_since = None
-        for z in {g.zone for g in self.backend.config.gates}:
-            for p in rm.inside(store.conn, z, start, self.now()):
+        # as the occupancy counts it (views.occupancy): from today's evacuation, and in doubt
+        # when exits opened unrecorded after the entry (one of them may have been this member)
+        inside_since, maybe_left = None, False
+        now = self.now()
+        since, _ = self.presence_since(now)
+        for z in sorted({g.zone for g in self.backend.config.gates}):
+            for p in rm.inside(store.conn, z, since, now):
                 if p.member == member_id:
                     inside_since = self.local_time(p.since, "%H:%M")
+                    last = rm.exits_unrecorded(store.conn, z, since, now)[1]
+                    maybe_left = last is not None and p.since <= last
         history = rm.loyalty_history(store.conn, member_id, 10)
         booked = rm.class_names(store.conn, {e.booking for e in history if e.booking})
         photo = rm.photo_versions(store.conn, {member_id}).get(member_id)
@@ -389,6 +400,7 @@ class Views:
             "bookings": self.bookings_view(bookings),
             "points": store.points(member_id),
             "inside_since": inside_since,
+            "maybe_left": maybe_left,  # exits opened unrecorded since: the gate no longer counts them inside
             "loyalty": [
                 {"points": e.points, "reason": e.reason, "operator": e.operator, "booking": e.booking,
                  "class_name": booked[e.booking][0] if e.booking in booked else None,

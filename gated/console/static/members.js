@@ -18,6 +18,12 @@ function passLine(p) {
     " ", el("strong", { text: p.name }), " — " + [left, until].filter(Boolean).join(" · "));
 }
 
+/* Since when the member is inside — in doubt when exits opened unrecorded after their
+ * entry (a storage fault): the gate no longer counts them inside, nor does the occupancy. */
+function insideText(m) {
+  return "inside since " + m.inside_since + (m.maybe_left ? " — may have left unrecorded" : "");
+}
+
 /* What the desk needs at a glance, before any table. */
 function glance(m, reload) {
   const canPhoto = role === "staff" || role === "admin";
@@ -39,7 +45,7 @@ function glance(m, reload) {
   const visits = m.visits.length
     ? "Last visits: " + m.visits.map(function (v) { return v.date + " " + v.time + " (" + (v.gate_name || v.zone) + ")"; }).join(", ")
     : "No visit recorded here";
-  facts.append(el("p", { class: "muted small", id: "last-visits", text: visits + (m.inside_since ? " · inside since " + m.inside_since : "") }));
+  facts.append(el("p", { class: "muted small", id: "last-visits", text: visits + (m.inside_since ? " · " + insideText(m) : "") }));
   return el("div", { class: "glance" }, photo, facts);
 }
 
@@ -130,7 +136,9 @@ export function initMembers() {
       el("div", { class: "detail-head" },
         el("h2", { text: m.name }),
         el("span", { class: "badge " + m.status, text: m.status }),
-        m.inside_since ? el("span", { class: "badge st-in", text: "inside since " + m.inside_since }) : "",
+        m.inside_since ? el("span", { class: "badge " + (m.maybe_left ? "st-warn" : "st-in"), id: "inside-badge",
+          title: m.maybe_left ? "Exits opened unrecorded after this entry (a storage fault): one of them may have been this member" : null,
+          text: insideText(m) }) : "",
         el("span", { class: "muted small", text: [m.email, m.phone, "cards: " + (m.cards.join(", ") || "none")].filter(Boolean).join(" · ") })),
       glance(m, reload),
       actions,
