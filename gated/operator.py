@@ -105,6 +105,11 @@ class OperatorApi(Protocol):
 
     def now(self) -> datetime: ...
 
+    @property
+    def cache_stale(self) -> bool:
+        """No sync for longer than `stale_cache.max_age`: the gate applies
+        `stale_cache.policy` to entries (rules.admission)."""
+
     def health(self) -> dict[str, Any]: ...
 
     def subscribe(self, listener: Listener) -> None: ...
@@ -184,6 +189,10 @@ class DaemonOperatorApi:
 
     def now(self) -> datetime:
         return self._d.clock()
+
+    @property
+    def cache_stale(self) -> bool:
+        return self._d.store is not None and self._d.cache_stale()
 
     def health(self) -> dict[str, Any]:
         return self._d.health()

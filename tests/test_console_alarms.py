@@ -198,3 +198,15 @@ def test_a_safety_switch_not_stored_says_what_a_restart_would_do() -> None:
     board.update([on], T0)
     [view] = board.views({}, lambda at: at.isoformat())
     assert view["severity"] == "bad" and view["title"].startswith("LOCKDOWN STATE NOT STORED")
+
+
+def test_a_stale_cache_is_a_warning_that_says_what_the_gate_refuses() -> None:
+    assert kinds(health(cache_stale=False)) == []
+    [c] = conditions(health(cache_stale=True, stale_policy="deny", last_sync="2026-11-18T10:00:00+00:00",
+                            cache_age_seconds=7 * 3600 + 60))
+    assert c.kind == "cache_stale" and c.detail.startswith("last sync 7 h 1 min ago") and "every entry" in c.detail
+    [c] = conditions(health(cache_stale=True, last_sync=None, stale_policy="bookings_and_time_passes"))
+    assert c.detail.startswith("never synced") and "time passes are let in" in c.detail
+    board = AlarmBoard()
+    board.update([c], T0)
+    assert board.views({}, lambda at: at.isoformat())[0]["severity"] == "warn"

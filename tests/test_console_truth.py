@@ -249,3 +249,31 @@ async def test_the_member_page_says_inside_in_doubt_after_exits_opened_unrecorde
         assert (await site.tap("04A1B2C3D4"))["decision"] == "granted"
         ana = (await c.get("/api/members/m-ana")).json()
         assert ana["inside_since"] is not None and ana["maybe_left"] is False
+
+
+# -- a stale member cache ------------------------------------------------------------------------------
+
+
+async def test_a_stale_cache_is_an_alarm_and_the_member_page_marks_what_the_gate_refuses(tmp_path: Path) -> None:
+    """"Member data is stale" was said only on the feed page's side panel: the members page
+    (whose banners are the alarms) showed Bruno's pass *usable* with its old balance, while
+    the gate refused him `cache_stale`."""
+    extra = {"stale_cache": {"max_age": "2s", "policy": "bookings_and_time_passes"}}
+    async with running_site(tmp_path, extra=extra) as site:
+        c = Client(site.port)
+        await c.login("desk")
+        fresh = (await c.get("/api/members/m-bruno")).json()
+        assert fresh["cache_stale"] is False and fresh["passes"][0]["usable"] is True
+        assert fresh["passes"][0]["stale"] is None
+        assert "cache_stale" not in [a["kind"] for a in (await c.get("/api/health")).json()["alarms"]]
+        await asyncio.sleep(3)  # no sync since the seed: the cache is stale now
+        r = await site.tap("0499887766")  # Bruno, visits pass, walk-in
+        assert (r["decision"], r["reason"]) == ("denied", "cache_stale")
+        h = (await c.get("/api/health")).json()
+        [alarm] = [a for a in h["alarms"] if a["kind"] == "cache_stale"]
+        assert alarm["severity"] == "warn" and "walk-ins on visit" in alarm["detail"]
+        detail = (await c.get("/api/members/m-bruno")).json()
+        assert detail["cache_stale"] is True and detail["data_as_of"] is not None
+        [p] = detail["passes"]
+        assert p["usable"] is False and "no walk-in while the member data is stale" in p["stale"]
+        assert p["balance"] == 10  # as of the last sync, said so by data_as_of

@@ -57,6 +57,7 @@ CONDITIONS = {
     "fire_state_not_stored": "Fire-alarm reading not stored — do not restart the gate",
     "clock_untrusted": "Clock fault — the gate's clock cannot be trusted",
     "clock_unconfirmed": "Clock not confirmed — no-shows and fees wait for NTP or `gated clock confirm`",
+    "cache_stale": "Member data is stale — passes and balances as of the last sync; some passes are refused",
     "uplink_stalled": "Events are not reaching the central system",
     "deltas_behind": "Member data is behind the central system",
     "peers_unheard": "Another gate of the site is not heard",
@@ -67,7 +68,7 @@ CONDITIONS = {
     "two_workers": "Two gates say they settle the site's no-shows and loyalty — set time_driven_work: false on one",
 }
 # a sign that something is late rather than wrong: an amber banner, not a red one
-WARNINGS = {"uplink_stalled", "deltas_behind", "peers_unheard", "peer_silent", "numbering_unsure", "own_history_missing",
+WARNINGS = {"cache_stale", "uplink_stalled", "deltas_behind", "peers_unheard", "peer_silent", "numbering_unsure", "own_history_missing",
             "refunds_waiting", "clock_unconfirmed"}
 
 
@@ -130,6 +131,8 @@ def conditions(health: dict[str, Any]) -> list[Condition]:
         out.append(Condition("fire_input_unreachable", "fire_input_unreachable", None,
                              f"{fire.get('error') or 'no answer'} (policy: {fire.get('policy')})"))
     out.extend(not_stored(health.get("safety") or {}))
+    if health.get("cache_stale"):
+        out.append(Condition("cache_stale", "cache_stale", None, stale_detail(health)))
     for gap in (health.get("knowledge") or {}).get("gaps") or []:
         kind = str(gap.get("kind"))
         out.append(Condition(kind, kind, None, str(gap.get("detail") or "")))
@@ -161,6 +164,23 @@ def not_stored(safety: dict[str, Any]) -> list[Condition]:
                                  "the fire-alarm input's last reading is not written to disk (a storage fault): a "
                                  "restart now would start from the one before" + WRITTEN))
     return out
+
+
+STALE_POLICY = {
+    "keep": "the gate decides as usual, on data that may be out of date",
+    "bookings_and_time_passes": "walk-ins on visit, credit and marketplace passes are refused (cache_stale); "
+                                "bookings, re-entries and time passes are let in",
+    "deny": "every entry is refused (cache_stale); exits work",
+}
+
+
+def stale_detail(health: dict[str, Any]) -> str:
+    """No sync for longer than `stale_cache.max_age` (the status's `cache_stale`)."""
+    age = health.get("cache_age_seconds")
+    since = "never synced" if health.get("last_sync") is None else (
+        f"last sync {age // 3600} h {age % 3600 // 60} min ago" if isinstance(age, int) else "last sync long ago")
+    policy = STALE_POLICY.get(str(health.get("stale_policy")), "the gate applies stale_cache.policy")
+    return f"{since}: passes, balances and bookings are as of then; {policy}"
 
 
 WRITTEN = "; it is written as soon as the store works again (the storage fault banner)"
@@ -254,4 +274,4 @@ class AlarmBoard:
 
 
 __all__ = ["ACK_ACTION", "CONDITIONS", "EVENT_TYPES", "INCIDENTS", "Alarm", "AlarmBoard", "Condition", "conditions",
-           "incident_id", "incident_kind", "not_stored"]
+           "incident_id", "incident_kind", "not_stored", "stale_detail"]

@@ -13,9 +13,12 @@ const SEARCH_DELAY = 250;  // ms after the last key: a search per pause, not per
 function passLine(p) {
   const left = p.balance === null ? "" : p.balance + " left";
   const until = p.valid_until ? "until " + p.valid_until + (p.days_left !== null ? " (" + p.days_left + " day" + (p.days_left === 1 ? "" : "s") + ")" : "") : "no end date";
+  let why = p.state === "valid" ? "used up" : p.state;
+  if (p.stale && p.state === "valid") why = "not at the gate now";  // refused while the member data is stale
   return el("li", { class: p.usable ? "" : "unusable" },
-    el("span", { class: "badge " + (p.usable ? "valid" : "expired"), text: p.usable ? "usable" : (p.state === "valid" ? "used up" : p.state) }),
-    " ", el("strong", { text: p.name }), " — " + [left, until].filter(Boolean).join(" · "));
+    el("span", { class: "badge " + (p.usable ? "valid" : "expired"), text: p.usable ? "usable" : why, title: p.stale || null }),
+    " ", el("strong", { text: p.name }), " — " + [left, until].filter(Boolean).join(" · "),
+    p.stale ? el("span", { class: "hint", text: p.stale }) : "");
 }
 
 /* Since when the member is inside — in doubt when exits opened unrecorded after their
@@ -39,6 +42,10 @@ function glance(m, reload) {
     facts.append(el("p", { class: "status-line " + (usable.length ? "ok" : "warn") },
       el("strong", { text: usable.length ? "Active" : "Active, no usable pass" }),
       m.status_reason ? " — " + m.status_reason : ""));
+  }
+  if (m.cache_stale) {
+    facts.append(el("p", { class: "status-line warn", id: "data-stale" }, el("strong", { text: "Member data is stale" }),
+      " — passes, balances and bookings as of " + (m.data_as_of || "never synced") + "; the gate refuses what is marked below"));
   }
   if (m.note) facts.append(el("p", { class: "note", id: "member-note" }, el("strong", { text: "Note: " }), m.note));
   if (m.passes.length) facts.append(el("ul", { class: "glance-passes" }, ...m.passes.map(passLine)));
