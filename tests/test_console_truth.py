@@ -277,3 +277,15 @@ async def test_a_stale_cache_is_an_alarm_and_the_member_page_marks_what_the_gate
         [p] = detail["passes"]
         assert p["usable"] is False and "no walk-in while the member data is stale" in p["stale"]
         assert p["balance"] == 10  # as of the last sync, said so by data_as_of
+
+
+async def test_events_no_longer_in_the_store_are_a_gap_not_a_silent_jump() -> None:
+    """Events pruned after the central system had them (a page away for a week): named."""
+    from types import SimpleNamespace
+
+    kept = [{"seq": s} for s in range(50, 61)]
+    store = SimpleNamespace(last_seq=60, events_after=lambda seq, n: [e for e in kept if e["seq"] > seq][:n])
+    views = SimpleNamespace(store=store, feed_items=lambda evs: [{"seq": e["seq"], "type": "access"} for e in evs])
+    out = [text async for _, text in api.replay(views, 10) if text]
+    assert out[0].startswith("id: 49\nevent: gap\n") and '"from":11,"to":49,"missed":39' in out[0]
+    assert [t.split("\n")[0] for t in out[1:]] == [f"id: {s}" for s in range(50, 61)]
