@@ -301,7 +301,7 @@ class Knowledge:
         anti-passback and of balances rests on their events): how long the longest has been
         (None: one never heard, counted from now), the threshold, and who."""
         link = self.d.link
-        if link is None:
+        if link is None or not link.session.config.share_access:  # not listening to the site's daemons
             return None
         marks = link.session.peers.marks
         # three heartbeats missed at least (a site may space them out to five minutes)
