@@ -7,6 +7,7 @@ here the daemon checks them every second —
 | `uplink_stalled` | the central's `applied_seq` while events wait | keeps them (nothing is lost), says why |
 | `deltas_behind` | the central's delta head against the replica's `delta_seq` | asks for the missed deltas (the link); holds no-shows (and fees) of classes that ended after the replica's last sync (a booking cancelled since may be among them) until it has caught up |
 | `peers_unheard` | each other daemon's heartbeat against what was heard of it | holds no-shows (and fees) of classes that ended after it; after `peer_wait_limit` settles them naming it |
+| `peer_silent` | each other daemon of the site: when it was last heard through (its heartbeats, its events) | nothing it can do: says so on every daemon, whatever no-shows wait — its taps, exits and charges are not known here (who is inside, anti-passback, balances) |
 | `numbering_unsure` | the ledger's mark of what it sent (`gated.db.sent`), missing: a new box, a copy restored without it | holds its events after its last one at start, and its no-shows, until the central system says how far it got (sync/store/numbering.py) |
 | `own_history_missing` | this daemon's events the central system holds and a lost ledger held (sync/store/own_history.py) | asks the central system for them every 30 s; decides meanwhile without them (who came in through it earlier today, the walk-ins paid there, the QR codes used there); holds the no-shows of the classes they may bear on, and a day after the loss settles them naming itself (the store does, Ledger.run_due: with or without a link) |
 | `refunds_waiting` | the desk's refunds not found while the site's events were not all in (sync/store/refunds_wanted.py) | settles each when its charge arrives or everyone is heard up to the request; after a day an alarm for a person |
@@ -42,11 +43,14 @@ if TYPE_CHECKING:
 
 DELTAS_BEHIND_ALARM = 60.0  # seconds behind the central's head (the link asks after 5)
 PEERS_ALARM = 300.0  # seconds (the site's clock) a class's no-shows are held for an unheard daemon
+# seconds (the site's clock) a daemon of the site has not been heard through (heartbeats come
+# every few seconds): offline, its network gone, or its events not coming
+PEER_SILENT_ALARM = 300.0
 NUMBERING_ALARM = 60.0  # seconds events are held for the central system's word on our numbering
 HISTORY_ALARM = 60.0  # seconds a lost ledger's events have not come back from the central system
 REFUNDS_ALARM = 300.0  # seconds a refund the desk asked for has waited to hear the site
 TWO_WORKERS_ALARM = 0.0  # another daemon says it does the site's time-driven work too: at once
-KINDS = ("uplink_stalled", "deltas_behind", "peers_unheard", "clock_untrusted", "clock_unconfirmed",
+KINDS = ("uplink_stalled", "deltas_behind", "peers_unheard", "peer_silent", "clock_untrusted", "clock_unconfirmed",
          "numbering_unsure", "own_history_missing", "refunds_waiting", "two_workers", "daemon_id_in_use")
 # the link raises these itself as it sees them (with what it saw); a gap says so only once over
 RAISED_BY_LINK = frozenset({"daemon_id_in_use"})
@@ -80,6 +84,7 @@ class Knowledge:
         self._seen: dict[str, float] = {}  # gaps noticed, by when (not yet alarmed)
         # since when (monotonic, wall) this daemon is given the work and has not begun it
         self._wanting: tuple[float, datetime] | None = None
+        self._began = monotonic()  # a silence is counted from here at most (marks kept from before a restart)
 
     # -- the no-show horizon -----------------------------------------------------------------
 
@@ -274,6 +279,9 @@ class Knowledge:
                     due.timestamp() - start.timestamp(), PEERS_ALARM,
                     f"{held} no-show(s) held until these daemons are heard: {heard}",
                 )
+        silent = self._silent(now)
+        if silent is not None:
+            found["peer_silent"] = silent
         if self.d.config.time_driven_work:
             h = self.handover(now)
             if h.others:
@@ -296,6 +304,39 @@ class Knowledge:
                 f"{', '.join(self.unheard(now)) or 'none now'}",
             )
         self._update(found, mono)
+
+    def _silent(self, now: datetime) -> tuple[float | None, float, str] | None:
+        """The site's other daemons not heard through the last PEER_SILENT_ALARM seconds, on
+        every daemon whatever it settles (what the gate knows of who is inside, of
+        anti-passback and of balances rests on their events): how long the longest has been
+        (None: one never heard, counted from now), the threshold, and who."""
+        link = self.d.link
+        if link is None or not link.session.config.share_access:  # not listening to the site's daemons
+            return None
+        marks = link.session.peers.marks
+        # three heartbeats missed at least (a site may space them out to five minutes)
+        threshold = max(PEER_SILENT_ALARM, 3 * link.session.config.mark_interval)
+        cutoff = now.timestamp() - threshold
+        silent = sorted(p for p, m in marks.items() if m.heard_through is None or m.heard_through < cutoff)
+        if not silent:
+            return None
+        known = [marks[p].heard_through for p in silent]
+        # counted from this daemon's start at most: after a restart (marks from the ledger)
+        # the site's heartbeats come within seconds
+        running = self.mono() - self._began
+        age = None if any(t is None for t in known) else min(
+            running, now.timestamp() - min(t for t in known if t is not None))
+
+        def said(p: str) -> str:
+            m = marks[p]
+            state = "offline" if not m.online else ("its events missing" if m.missing else "online")
+            heard = _when(m.heard_through)
+            return f"{p} ({state}, " + (f"heard through {heard})" if heard else "never heard)")
+
+        return (age, threshold,
+                f"not heard for over {threshold / 60:.0f} minutes: {', '.join(said(p) for p in silent)}; "
+                "its taps, exits and charges are not known here — who is inside, anti-passback and balances "
+                "may be out of date, and no-shows wait for it")
 
     def _update(self, found: dict[str, tuple[float | None, float, str]], mono: float) -> None:
         for kind in list(self._seen):

@@ -121,7 +121,7 @@ class Metrics:
         )
         self.knowledge_gap = Gauge(
             "gated_knowledge_gap", "1 while the gate knows it is missing something it relies on "
-            "(gated/knowledge.py: uplink_stalled, deltas_behind, peers_unheard, clock_untrusted, clock_unconfirmed, numbering_unsure, own_history_missing, refunds_waiting, two_workers, daemon_id_in_use)", ["kind"], registry=r,
+            "(gated/knowledge.py: uplink_stalled, deltas_behind, peers_unheard, peer_silent, clock_untrusted, clock_unconfirmed, numbering_unsure, own_history_missing, refunds_waiting, two_workers, daemon_id_in_use)", ["kind"], registry=r,
         )
         self.fire_input_up = Gauge("gated_fire_input_up", "1 when the fire-alarm input is read successfully", registry=r)
         self.memory = Gauge(

@@ -10,12 +10,16 @@ handed an `OperatorApi` and only render what it answers.
 `DaemonOperatorApi` is the daemon's implementation (after Home Assistant's coordinator:
 the daemon is the one owner of I/O and state). Every action is recorded and on disk
 (`Store.flushed`) before its answer: a desk worker told "done" is never told so about
-something a power cut would take back.
+something a power cut would take back. A record whose commit took effect but whose flush
+failed (a storage fault, told to the storage watch as a tap's is) is answered `Done` with
+`durable` False: done, not yet safe on disk — never "not done" for something done, which
+the desk would do again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,13 +28,14 @@ import structlog
 from drivers.outputs.modbus import OutputFault
 from gated import sdnotify, status
 from rules.credential import Credential
+from sync.store.faults import STORAGE_ERRORS
 
 if TYPE_CHECKING:
     from gated.config import Config
     from gated.daemon import Daemon
     from gated.safety import Safety
     from gated.taps import TapPath
-    from sync.store import Committed, Store
+    from sync.store import Committed, Event, Store
 
 log = structlog.get_logger("gated.operator")
 
@@ -46,6 +51,22 @@ class ActionRefused(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A record the store committed (attendance, points, a card, a photo): its events, and
+    whether they are on disk. `durable` False: the commit took effect — the replica has it,
+    the outbox sends it — but its flush failed (a storage fault, said in the gate's status):
+    a power cut before the disk works again could take it back. It is done all the same:
+    answered as done, never to be done again."""
+
+    committed: Committed
+    durable: bool = True
+
+    @property
+    def events(self) -> list[Event]:
+        return self.committed.events
 
 
 def clean_reason(reason: str | None, *, required: bool) -> str | None:
@@ -84,6 +105,11 @@ class OperatorApi(Protocol):
 
     def now(self) -> datetime: ...
 
+    @property
+    def cache_stale(self) -> bool:
+        """No sync for longer than `stale_cache.max_age`: the gate applies
+        `stale_cache.policy` to entries (rules.admission)."""
+
     def health(self) -> dict[str, Any]: ...
 
     def subscribe(self, listener: Listener) -> None: ...
@@ -99,13 +125,13 @@ class OperatorApi(Protocol):
 
     async def tap(self, gate_id: str, credential: Credential) -> dict[str, Any]: ...
 
-    async def mark_attended(self, booking_id: str, operator: str, *, refund: bool) -> Committed: ...
+    async def mark_attended(self, booking_id: str, operator: str, *, refund: bool) -> Done: ...
 
-    async def adjust_points(self, member_id: str, points: int, operator: str, reason: str) -> Committed: ...
+    async def adjust_points(self, member_id: str, points: int, operator: str, reason: str) -> Done: ...
 
-    async def enrol_card(self, card: str, member_id: str, operator: str) -> Committed: ...
+    async def enrol_card(self, card: str, member_id: str, operator: str) -> Done: ...
 
-    async def set_member_photo(self, member_id: str, jpeg: bytes, operator: str) -> Committed:
+    async def set_member_photo(self, member_id: str, jpeg: bytes, operator: str) -> Done:
         """A photo the desk took of the member (sync/photos.py): shown beside their taps,
         sent to the central system. ActionRefused (400) when the bytes are not a JPEG
         within the bound."""
@@ -164,6 +190,10 @@ class DaemonOperatorApi:
     def now(self) -> datetime:
         return self._d.clock()
 
+    @property
+    def cache_stale(self) -> bool:
+        return self._d.store is not None and self._d.cache_stale()
+
     def health(self) -> dict[str, Any]:
         return self._d.health()
 
@@ -193,10 +223,27 @@ class DaemonOperatorApi:
             raise ActionRefused("the daemon is not running", 503)
         return self._d.safety
 
-    async def _durable(self, committed: Committed) -> Committed:
-        """The answer waits for the commit to be on disk (a storage fault raises)."""
-        await self._store().flushed()
-        return committed
+    def _failed(self, error: BaseException, what: str) -> None:
+        """A storage fault met by a desk action: the storage watch is told (the gate's
+        status, the alarm, the probe that ends it), as for a tap (TapPath._on_disk)."""
+        if self._d.storage is not None:
+            self._d.storage.failed(error, what)
+
+    async def _durable(self, what: str, commit: Callable[[], Committed]) -> Done:
+        """The commit, and the answer after it is on disk. A failing commit raises (nothing
+        was done); a failing flush does not: the commit took effect (`Done.durable` False)."""
+        try:
+            committed = commit()
+        except STORAGE_ERRORS as e:
+            self._failed(e, what)
+            raise
+        try:
+            await self._store().flushed()
+        except OSError as e:
+            self._failed(e, what)
+            log.error("action_not_durable", what=what, seq=[ev["seq"] for ev in committed.events], error=str(e))
+            return Done(committed, durable=False)
+        return Done(committed)
 
     # -- actions at a gate -----------------------------------------------------------------
 
@@ -236,32 +283,39 @@ class DaemonOperatorApi:
 
     # -- records ---------------------------------------------------------------------------
 
-    async def mark_attended(self, booking_id: str, operator: str, *, refund: bool) -> Committed:
+    async def mark_attended(self, booking_id: str, operator: str, *, refund: bool) -> Done:
         if self._d.engine is None:
             raise ActionRefused("the daemon is not running", 503)
         now = self._d.clock()
         # who is not heard up to now: a walk-in charge not found meanwhile is waited for
         waiting = self._d.knowledge.unheard(now) if refund else []
-        return await self._durable(
-            self._d.engine.mark_attended(booking_id, operator, refund=refund, now=now, waiting=waiting))
+        engine = self._d.engine
+        return await self._durable("attendance", lambda: engine.mark_attended(
+            booking_id, operator, refund=refund, now=now, waiting=waiting))
 
-    async def adjust_points(self, member_id: str, points: int, operator: str, reason: str) -> Committed:
-        if self._d.engine is None:
+    async def adjust_points(self, member_id: str, points: int, operator: str, reason: str) -> Done:
+        engine = self._d.engine
+        if engine is None:
             raise ActionRefused("the daemon is not running", 503)
-        return await self._durable(self._d.engine.adjust_points(member_id, points, operator, reason, self._d.clock()))
+        return await self._durable("points", lambda: engine.adjust_points(
+            member_id, points, operator, reason, self._d.clock()))
 
-    async def enrol_card(self, card: str, member_id: str, operator: str) -> Committed:
-        return await self._durable(self._store().enrol_card(card, member_id, operator, self._d.clock()))
+    async def enrol_card(self, card: str, member_id: str, operator: str) -> Done:
+        store = self._store()
+        return await self._durable("card", lambda: store.enrol_card(card, member_id, operator, self._d.clock()))
 
-    async def set_member_photo(self, member_id: str, jpeg: bytes, operator: str) -> Committed:
+    async def set_member_photo(self, member_id: str, jpeg: bytes, operator: str) -> Done:
         store = self._store()
         if store.member(member_id) is None:
             raise ActionRefused("no such member", 404)
-        try:
-            committed = store.set_member_photo(member_id, jpeg, operator, self._d.clock())
-        except ValueError as e:
-            raise ActionRefused(f"not a photo: {e}", 400) from None
-        return await self._durable(committed)
+
+        def commit() -> Committed:
+            try:
+                return store.set_member_photo(member_id, jpeg, operator, self._d.clock())
+            except ValueError as e:
+                raise ActionRefused(f"not a photo: {e}", 400) from None
+
+        return await self._durable("photo", commit)
 
     def audit(self, operator: str, action: str, detail: dict[str, Any]) -> None:
         if self._d.store is not None:
@@ -306,4 +360,4 @@ class DaemonOperatorApi:
         return {"clock": guard.as_dict()}
 
 
-__all__ = ["ActionRefused", "DaemonOperatorApi", "Listener", "OperatorApi", "clean_reason"]
+__all__ = ["ActionRefused", "DaemonOperatorApi", "Done", "Listener", "OperatorApi", "clean_reason"]

@@ -190,7 +190,7 @@ class AlarmEvent(EventBase):
             "door_forced_cleared, not_opened, passage_input_stuck, passage_input_stuck_cleared, reader_offline, reader_online, reader_error, fire_input_unreachable, "
             "fire_input_online, passage_without_grant, passage_while_released, storage_fault, storage_recovered, "
             "exits_not_recorded, ack_beyond_last_seq, ledger_restored, snapshot_held, clock_untrusted, clock_unconfirmed, uplink_stalled, "
-            "deltas_behind, peers_unheard, numbering_unsure, own_history_missing, "
+            "deltas_behind, peers_unheard, peer_silent, numbering_unsure, own_history_missing, "
             "refunds_waiting, two_workers, daemon_id_in_use (and each from clock_untrusted with `_ended`), overdraft, "
             "refund_unsettled, double_refund, qr_double_use, numbering_collision, numbering_peers_unheard, ... "
             "(docs/protocol.md, \"Alarms\")"

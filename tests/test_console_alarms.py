@@ -178,3 +178,35 @@ def test_the_display_footer_is_readable_on_every_background() -> None:
         for fg in (ink, down.group(1)):
             ratio = contrast(blend(_rgb(fg), bg, opacity), bg)
             assert ratio >= 4.5, (bg_name, fg, round(ratio, 2))
+
+
+def test_a_safety_switch_not_stored_says_what_a_restart_would_do() -> None:
+    """In force but not on disk (a storage fault): a restart would forget it — unlock a site
+    locked down, or lock it again after a release; an alarm, red, until it is written."""
+    def safety(not_durable: list[str], lockdown: bool, emergency: bool) -> dict[str, Any]:
+        return {"fire_input": None, "not_durable": not_durable, "lockdown": {"active": lockdown},
+                "emergency_release": {"active": emergency}}
+
+    [on] = conditions(health(safety=safety(["lockdown"], True, False)))
+    assert on.kind == "lockdown_not_stored" and "UNLOCK the site" in on.detail
+    [off] = conditions(health(safety=safety(["lockdown"], False, False)))
+    assert "lock the site down again" in off.detail
+    [em] = conditions(health(safety=safety(["emergency_release"], False, True)))
+    assert em.kind == "emergency_not_stored" and "LOCK the released doors again" in em.detail
+    assert kinds(health(safety=safety([], True, True))) == []
+    board = AlarmBoard()
+    board.update([on], T0)
+    [view] = board.views({}, lambda at: at.isoformat())
+    assert view["severity"] == "bad" and view["title"].startswith("LOCKDOWN STATE NOT STORED")
+
+
+def test_a_stale_cache_is_a_warning_that_says_what_the_gate_refuses() -> None:
+    assert kinds(health(cache_stale=False)) == []
+    [c] = conditions(health(cache_stale=True, stale_policy="deny", last_sync="2026-11-18T10:00:00+00:00",
+                            cache_age_seconds=7 * 3600 + 60))
+    assert c.kind == "cache_stale" and c.detail.startswith("last sync 7 h 1 min ago") and "every entry" in c.detail
+    [c] = conditions(health(cache_stale=True, last_sync=None, stale_policy="bookings_and_time_passes"))
+    assert c.detail.startswith("never synced") and "time passes are let in" in c.detail
+    board = AlarmBoard()
+    board.update([c], T0)
+    assert board.views({}, lambda at: at.isoformat())[0]["severity"] == "warn"

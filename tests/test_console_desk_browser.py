@@ -414,3 +414,62 @@ async def test_faster_paths_for_the_desk(tmp_path: Any) -> None:
             await dctx.close()
         finally:
             await b.close()
+
+
+async def test_the_page_says_a_hole_in_the_feed_and_a_record_done_but_not_on_disk(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's part of what the gate knows: a reconnected feed past its catch-up bound
+    shows the events it skipped (static/feed.js, `gap`); "Adjust points" sends the dialog's
+    request id (done once however often it is sent) and shows a record done but not yet on
+    disk in red, never as not done."""
+    import errno
+
+    from gated.console import api
+
+    async_playwright = _playwright()
+    async with running_site(tmp_path) as site, async_playwright() as pw:
+        b = await browser(pw)
+        try:
+            ctx = await b.new_context(viewport=VIEWPORT)
+            page = await ctx.new_page()
+            watch = Watch(page)
+            await login(page, site, "desk")
+            await page.wait_for_selector("#stream-state.live", timeout=5000)
+            # the page's stream ends (as for a browser too slow) and 12 denials come meanwhile:
+            # past the bound (5 here) the oldest are not sent, and the page says so
+            monkeypatch.setattr(api, "REPLAY_MAX", 5)
+            assert site.daemon.console is not None and site.daemon.console.console is not None
+            hub = site.daemon.console.console.hub
+            for q in list(hub.subscribers):
+                hub._end(q)
+            for _ in range(12):
+                await site.tap("DEADBEEF")
+            gap = page.locator("#feed-body tr.gap")
+            await gap.wait_for(timeout=10000)
+            assert re.search(r"\d+ events not shown .* reload", await gap.inner_text())
+            await page.locator("#only-denied").check()
+            assert await gap.is_visible()  # no filter hides a hole
+            # points while the disk fails its flushes: done, and said to be not yet safe
+            sent: list[dict[str, Any]] = []
+            page.on("request", lambda r: sent.append(json.loads(r.post_data or "{}")) if r.url.endswith("/points") else None)
+            wal = site.store.wal_sync
+            assert wal is not None
+            real = wal._fsync
+
+            def eio(fd: int) -> None:
+                raise OSError(errno.EIO, "Input/output error")
+
+            wal._fsync = eio
+            await page.goto(site.base + "/members#m-ana")
+            await page.locator("#btn-points").click()
+            await page.fill("dialog input[name='points']", "25")
+            await page.fill("dialog input[name='reason']", "birthday")
+            await page.keyboard.press("Enter")
+            await page.locator(".toast.bad", has_text="not yet safe on disk").wait_for(timeout=5000)
+            wal._fsync = real
+            assert len(sent) == 1 and re.fullmatch(r"[0-9a-f]{32}", sent[0]["request_id"])
+            assert site.store.points("m-ana") == 25
+            assert watch.errors == []
+            await ctx.close()
+        finally:
+            await b.close()

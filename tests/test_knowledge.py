@@ -85,7 +85,7 @@ def site_knowledge(store: Store, me: str, marks: PeerMarks, mono: Mono, *, heard
     config = SimpleNamespace(time_driven_work=True, peer_wait_limit_delta=lambda: timedelta(hours=1),
                              policy=SimpleNamespace(to_domain=lambda: POLICY), daemon_id=me)
     session = SimpleNamespace(
-        peers=marks, deltas_behind=0, connected=heard_site, config=SimpleNamespace(share_access=True),
+        peers=marks, deltas_behind=0, connected=heard_site, config=SimpleNamespace(share_access=True, mark_interval=5.0),
         heard_the_site=lambda now: heard_site, own_history=SimpleNamespace(wanted=None),
         uplink_stall=lambda now: None, delta_seq=0, twin=None,
     )
@@ -218,3 +218,56 @@ def test_a_clock_unconfirmed_longer_than_accept_ahead_after_is_an_alarm() -> Non
     k.check(guard.tick())
     assert [kind for kind, _ in raised] == ["clock_unconfirmed", "clock_unconfirmed_ended"]
     assert guard.may_settle and gauges["clock_unconfirmed"] == 0
+
+
+def _kinds(k: Knowledge) -> list[str]:
+    from gated.console.alarms import conditions
+
+    return sorted(c.kind for c in conditions({"knowledge": k.as_dict()}))
+
+
+def test_a_peer_silent_for_minutes_is_a_gap_on_every_daemon_whatever_no_shows_wait(tmp_path: Path) -> None:
+    """Another turnstile of the site silent for hours was shown only where this daemon did
+    the time-driven work and a no-show was held for it (`peers_unheard`): its taps, exits and
+    charges — who is inside, anti-passback, balances — were missing here unseen. Now
+    `peer_silent` (a warning) on every daemon: status, banner, metric, an alarm event."""
+    for works in (True, False):
+        store = new_store(tmp_path / f"g-{works}.db")
+        mono = Mono()
+        marks = PeerMarks({"s1-in-2": (40, at(8).timestamp()), "s1-in-3": (7, at(10, 29).timestamp())})
+        marks.mark("s1-in-2").online = False  # its last will said offline; s1-in-3 beats on
+        raised: list[tuple[str, str]] = []
+        k = site_knowledge(store, "s1-in-1", marks, mono, alarms=raised)
+        k.d.config.time_driven_work = works
+        now = at(10, 30)  # 2 h 30 after s1-in-2 was last heard; no class ending
+        k.check(now)
+        # just started (its marks kept from before): counted from its start, not at once
+        assert "peer_silent" not in _kinds(k) and raised == []
+        mono.t += 299
+        k.check(now)
+        assert raised == []
+        mono.t += 1
+        k.check(now)
+        assert _kinds(k) == ["peer_silent"], k.as_dict()
+        kind, detail = raised[0]
+        assert kind == "peer_silent" and "s1-in-2 (offline, heard through" in detail and "s1-in-3" not in detail
+        assert "who is inside" in detail
+        # heard again: over
+        marks.mark("s1-in-2").heard_through = now.timestamp()
+        k.check(now)
+        assert "peer_silent" not in _kinds(k) and raised[-1][0] == "peer_silent_ended"
+        store.close()
+
+
+def test_a_peer_never_heard_is_silent_once_the_threshold_has_passed_here(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "g.db")
+    mono = Mono()
+    marks = PeerMarks()
+    marks.mark("s1-in-2").online = True  # its status came, none of its events
+    k = site_knowledge(store, "s1-in-1", marks, mono)
+    k.check(at(10))
+    mono.t += 301
+    k.check(at(10, 5))
+    gaps = k.as_dict()["gaps"]
+    assert [g["kind"] for g in gaps] == ["peer_silent"] and "never heard" in gaps[0]["detail"]
+    store.close()

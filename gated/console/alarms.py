@@ -4,7 +4,8 @@ until the alarm is dealt with — resolved, or acknowledged by staff (an audit r
 Two kinds, by what "resolved" means:
 - **conditions**, read from the daemon's health at each look: a relay board not answering,
   a door held open, a passage sensor stuck active, a reader offline, the store unable to record, the fire-alarm input
-  unreachable, a gap in what the gate knows (the clock untrusted, events not reaching the
+  unreachable, a lockdown or emergency release in force but not stored (a restart would
+  forget it), a gap in what the gate knows (the clock untrusted, events not reaching the
   central system, ...). One lasts while the health says so and is gone when it does not.
 - **incidents**, from `alarm` events: a door forced, a rotation nobody was granted, exits
   not recorded, a QR code used twice, an overdraft, an acknowledgement of events never
@@ -53,11 +54,16 @@ CONDITIONS = {
     "reader_offline": "Card reader offline",
     "storage_fault": "GATES OUT OF ORDER — entries cannot be recorded; exits work",
     "fire_input_unreachable": "FIRE-ALARM INPUT UNREACHABLE",
+    "lockdown_not_stored": "LOCKDOWN STATE NOT STORED — do not restart the gate",
+    "emergency_not_stored": "EMERGENCY RELEASE STATE NOT STORED — do not restart the gate",
+    "fire_state_not_stored": "Fire-alarm reading not stored — do not restart the gate",
     "clock_untrusted": "Clock fault — the gate's clock cannot be trusted",
     "clock_unconfirmed": "Clock not confirmed — no-shows and fees wait for NTP or `gated clock confirm`",
+    "cache_stale": "Member data is stale — passes and balances as of the last sync; some passes are refused",
     "uplink_stalled": "Events are not reaching the central system",
     "deltas_behind": "Member data is behind the central system",
     "peers_unheard": "Another gate of the site is not heard",
+    "peer_silent": "Another gate of the site has been silent for minutes — its taps are not known here",
     "numbering_unsure": "Events held — the gate waits for the central system to say how far it got",
     "own_history_missing": "Today's earlier taps at this gate not known yet — asked of the central system",
     "refunds_waiting": "A refund the desk asked for waits to hear a gate of the site",
@@ -65,7 +71,7 @@ CONDITIONS = {
     "daemon_id_in_use": "Another box runs under this gate's daemon id — its events are held; give one its own id",
 }
 # a sign that something is late rather than wrong: an amber banner, not a red one
-WARNINGS = {"uplink_stalled", "deltas_behind", "peers_unheard", "numbering_unsure", "own_history_missing",
+WARNINGS = {"cache_stale", "uplink_stalled", "deltas_behind", "peers_unheard", "peer_silent", "numbering_unsure", "own_history_missing",
             "refunds_waiting", "clock_unconfirmed"}
 
 
@@ -127,10 +133,60 @@ def conditions(health: dict[str, Any]) -> list[Condition]:
     if fire and not fire.get("known"):
         out.append(Condition("fire_input_unreachable", "fire_input_unreachable", None,
                              f"{fire.get('error') or 'no answer'} (policy: {fire.get('policy')})"))
+    out.extend(not_stored(health.get("safety") or {}))
+    if health.get("cache_stale"):
+        out.append(Condition("cache_stale", "cache_stale", None, stale_detail(health)))
     for gap in (health.get("knowledge") or {}).get("gaps") or []:
         kind = str(gap.get("kind"))
         out.append(Condition(kind, kind, None, str(gap.get("detail") or "")))
     return out
+
+
+def not_stored(safety: dict[str, Any]) -> list[Condition]:
+    """Safety switches in force but not on disk (`safety.not_durable`, a storage fault):
+    a restart now would forget them — an admin restarting to clear a banner would unlock
+    the site, or lock it again. Over once the store works and they are written."""
+    out = []
+    for name in safety.get("not_durable") or []:
+        if name == "lockdown":
+            on = bool((safety.get("lockdown") or {}).get("active"))
+            detail = ("the lockdown is in force but not written to disk (a storage fault): a restart now would "
+                      "UNLOCK the site" if on else
+                      "the lockdown was lifted but that is not written to disk (a storage fault): a restart now "
+                      "would lock the site down again")
+            out.append(Condition("lockdown_not_stored", "lockdown_not_stored", None, detail + WRITTEN))
+        elif name == "emergency_release":
+            on = bool((safety.get("emergency_release") or {}).get("active"))
+            detail = ("the emergency release is in force but not written to disk (a storage fault): a restart now "
+                      "would LOCK the released doors again" if on else
+                      "the emergency release was ended but that is not written to disk (a storage fault): a "
+                      "restart now would release the doors again")
+            out.append(Condition("emergency_not_stored", "emergency_not_stored", None, detail + WRITTEN))
+        else:
+            out.append(Condition(f"{name}_not_stored", "fire_state_not_stored", None,
+                                 "the fire-alarm input's last reading is not written to disk (a storage fault): a "
+                                 "restart now would start from the one before" + WRITTEN))
+    return out
+
+
+STALE_POLICY = {
+    "keep": "the gate decides as usual, on data that may be out of date",
+    "bookings_and_time_passes": "walk-ins on visit, credit and marketplace passes are refused (cache_stale); "
+                                "bookings, re-entries and time passes are let in",
+    "deny": "every entry is refused (cache_stale); exits work",
+}
+
+
+def stale_detail(health: dict[str, Any]) -> str:
+    """No sync for longer than `stale_cache.max_age` (the status's `cache_stale`)."""
+    age = health.get("cache_age_seconds")
+    since = "never synced" if health.get("last_sync") is None else (
+        f"last sync {age // 3600} h {age % 3600 // 60} min ago" if isinstance(age, int) else "last sync long ago")
+    policy = STALE_POLICY.get(str(health.get("stale_policy")), "the gate applies stale_cache.policy")
+    return f"{since}: passes, balances and bookings are as of then; {policy}"
+
+
+WRITTEN = "; it is written as soon as the store works again (the storage fault banner)"
 
 
 def incident_kind(ev: dict[str, Any]) -> str | None:
@@ -221,4 +277,4 @@ class AlarmBoard:
 
 
 __all__ = ["ACK_ACTION", "CONDITIONS", "EVENT_TYPES", "INCIDENTS", "Alarm", "AlarmBoard", "Condition", "conditions",
-           "incident_id", "incident_kind"]
+           "incident_id", "incident_kind", "not_stored", "stale_detail"]

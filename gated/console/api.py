@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date, timedelta
 from typing import Any
 
@@ -19,9 +19,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gated.console.auth import operator, requires
+from gated.console.once import request_id
 from gated.console.security import SESSION_COOKIE
 from gated.console.state import console_of
 from gated.console.views import dumps
+from gated.operator import Done
 from rules.credential import normalise_card
 from rules.timeutil import FIRST_YEAR, LAST_YEAR
 
@@ -30,6 +32,8 @@ log = structlog.get_logger("gated.console")
 MAX_BODY = 16 * 1024
 REASON_MAX = 200
 HEARTBEAT = 15.0
+REPLAY_PAGE = 300  # events read from the store at a time, when a stream catches up
+REPLAY_MAX = 5000  # events a stream catches up at most; before those, a `gap` message
 CONFIRM = {"lockdown": "LOCKDOWN", "release": "RELEASE", "emergency": "EMERGENCY", "restore": "RESTORE"}
 SWITCH_WORDS = {"lockdown": ("lockdown", "release"), "emergency": ("emergency", "restore")}
 CARD_RE = re.compile(r"^[0-9A-Z:._-]{3,64}$")
@@ -97,8 +101,8 @@ def date_param(text: str | None) -> date | None:
     return day if day is not None and FIRST_YEAR <= day.year < LAST_YEAR else None
 
 
-def _seqs(committed: Any) -> list[int]:
-    return [e["seq"] for e in committed.events]
+def _seqs(done: Done) -> list[int]:
+    return [e["seq"] for e in done.events]
 
 
 # -- reads ------------------------------------------------------------------------------
@@ -129,10 +133,41 @@ def _sse(item: dict[str, Any]) -> str:
     return f"id: {item['seq']}\nevent: feed\ndata: {dumps(item)}\n\n"
 
 
+def _gap(first: int, last: int) -> str:
+    """Events `first`..`last` the stream will not send (static/feed.js shows it: a hole is
+    never shown as a continuous feed). Its id is `last`: a reconnection goes on after it."""
+    data = {"from": first, "to": last, "missed": last - first + 1}
+    return f"id: {last}\nevent: gap\ndata: {dumps(data)}\n\n"
+
+
+async def replay(views: Any, after: int) -> AsyncIterator[tuple[int, str]]:
+    """What happened after `after`, from the store, up to its head as it is now: in pages of
+    REPLAY_PAGE, each followed by a turn of the event loop (taps go on). Past REPLAY_MAX
+    events behind, or where the store no longer holds them (pruned after the central system
+    had them), a `gap` message names those not sent. Yields (the last seq covered, text)."""
+    store = views.store
+    head = store.last_seq
+    last = after
+    if head - after > REPLAY_MAX:
+        last = head - REPLAY_MAX
+        yield last, _gap(after + 1, last)
+    while last < head:
+        page = store.events_after(last, REPLAY_PAGE)
+        if not page:
+            break
+        if page[0]["seq"] > last + 1:  # no longer in the store
+            yield page[0]["seq"] - 1, _gap(last + 1, page[0]["seq"] - 1)
+        for item in views.feed_items(page):
+            yield item["seq"], _sse(item)
+        last = page[-1]["seq"]
+        yield last, ""  # covered, events that are no feed line included
+        await asyncio.sleep(0)
+
+
 @requires()
 async def events(request: Request) -> Response:
     c = console_of(request)
-    store = c.views.store
+    c.views.store  # noqa: B018 - 503 while the daemon is starting or stopping
     given = request.headers.get("last-event-id") or request.query_params.get("after")
     after = int_param(given, 0, 0, 1 << 62)
     token = request.cookies.get(SESSION_COOKIE)
@@ -143,11 +178,13 @@ async def events(request: Request) -> Response:
         try:
             yield "retry: 2000\n\n"
             if given is not None:
-                # what happened while the browser was away (network blip, page load) — also
-                # after 0: a first tap between the page's /api/feed and this stream
-                for item in c.views.feed_items(store.events_after(after, 300)):
-                    last = max(last, item["seq"])
-                    yield _sse(item)
+                # what happened while the browser was away (network blip, page load, a
+                # stream the hub cut for a browser too slow) — also after 0: a first tap
+                # between the page's /api/feed and this stream
+                async for seq, text in replay(c.views, after):
+                    last = max(last, seq)
+                    if text:
+                        yield text
             while not c.hub.closed.is_set():
                 try:
                     async with asyncio.timeout(HEARTBEAT):
@@ -297,14 +334,36 @@ async def check_in(request: Request) -> Response:
     return as_json({"ok": result.get("decision") == "granted", "result": result})
 
 
+NOT_DURABLE = ("Done — but not yet safe on disk: the gate has a storage fault (see its status). Do not do it "
+               "again: it is recorded and will be sent; a power cut before the disk works again could lose it.")
+
+
+def done_answer(done: Done) -> dict[str, Any]:
+    """What a record's answer says of the disk: `not_durable` when its commit took effect
+    but its flush failed (gated/operator.py, `Done`) — done, and said so."""
+    return {"not_durable": True, "warning": NOT_DURABLE} if not done.durable else {"not_durable": False}
+
+
+async def once(request: Request, data: dict[str, Any], asked: dict[str, Any],
+               action: Callable[[], Awaitable[dict[str, Any]]]) -> Response:
+    """A record done once per `request_id` the page sent (gated/console/once.py)."""
+    rid = request_id(data)
+    key = None if rid is None else (operator(request).name, request.url.path, rid)
+    return as_json(await console_of(request).requests.once(key, dumps(asked), action))
+
+
 @requires(write=True)
 async def attend(request: Request) -> Response:
-    c = console_of(request)
     data = await body(request)
     refund = data.get("refund", False)
     if not isinstance(refund, bool):
         raise HttpError(400, "refund is true or false")
     booking_id = request.path_params["booking_id"]
+    return await once(request, data, {"refund": refund}, lambda: _attend(request, booking_id, refund))
+
+
+async def _attend(request: Request, booking_id: str, refund: bool) -> dict[str, Any]:
+    c = console_of(request)
     booking = c.views.store.get_booking(booking_id)
     if booking is None:
         raise HttpError(404, "no such booking")
@@ -313,8 +372,8 @@ async def attend(request: Request) -> Response:
     if booking.status.value == "cancelled":
         raise HttpError(409, "this booking was cancelled")
     user = operator(request).name
-    committed = await c.backend.mark_attended(booking_id, user, refund=refund)
-    refunds = [e for e in committed.events if e.get("type") == "deduction" and e.get("cause") == "refund"]
+    done = await c.backend.mark_attended(booking_id, user, refund=refund)
+    refunds = [e for e in done.events if e.get("type") == "deduction" and e.get("cause") == "refund"]
     fees = c.views.store.fee_refunds([int(e["seq"]) for e in refunds])  # a no-show's fee given back: not the walk-in
     refunded = next((e for e in refunds if e["seq"] not in fees), None)
     given = None if refunded is None else {"pass": refunded.get("pass"), "amount": -refunded["amount"],
@@ -326,8 +385,8 @@ async def attend(request: Request) -> Response:
         # a request that waited may have been settled while this answer waited for its flush
         given = c.views.store.refund_given(booking_id)
     log.info("console_attend", booking=booking_id, refund=refund, refunded=given is not None,
-             refund_waiting=None if waits is None else list(waits.waiting), operator=user)
-    return as_json({
+             refund_waiting=None if waits is None else list(waits.waiting), operator=user, durable=done.durable)
+    return {
         "ok": True,
         "refunded": given,
         "fee_refunded": fee_back[0] if fee_back else None,  # the no-show fee taken for it, given back
@@ -335,8 +394,9 @@ async def attend(request: Request) -> Response:
         # the site's other gates (or this one's lost events) not all heard up to now: settled
         # once they are
         "refund_waiting": None if waits is None else {"for": list(waits.waiting)},
-        "seq": _seqs(committed),
-    })
+        "seq": _seqs(done),
+        **done_answer(done),
+    }
 
 
 @requires(write=True)
@@ -354,9 +414,13 @@ async def points(request: Request) -> Response:
     if store.member(member_id) is None:
         raise HttpError(404, "no such member")
     user = operator(request).name
-    committed = await c.backend.adjust_points(member_id, pts, user, reason)
-    log.info("console_points", member=member_id, points=pts, operator=user)
-    return as_json({"ok": True, "points": store.points(member_id), "seq": _seqs(committed)})
+
+    async def adjust() -> dict[str, Any]:
+        done = await c.backend.adjust_points(member_id, pts, user, reason)
+        log.info("console_points", member=member_id, points=pts, operator=user, durable=done.durable)
+        return {"ok": True, "points": store.points(member_id), "seq": _seqs(done), **done_answer(done)}
+
+    return await once(request, data, {"points": pts, "reason": reason}, adjust)
 
 
 @requires(write=True)
@@ -380,9 +444,9 @@ async def enrol_card(request: Request) -> Response:
     if holder is not None:
         raise HttpError(409, f"this card belongs to member {holder}")
     user = operator(request).name
-    committed = await c.backend.enrol_card(card, member_id, user)
-    log.info("console_enrol_card", member=member_id, operator=user)
-    return as_json({"ok": True, "seq": _seqs(committed)})
+    done = await c.backend.enrol_card(card, member_id, user)
+    log.info("console_enrol_card", member=member_id, operator=user, durable=done.durable)
+    return as_json({"ok": True, "seq": _seqs(done), **done_answer(done)})
 
 
 def confirmed(data: dict[str, Any], word: str) -> None:

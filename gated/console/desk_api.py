@@ -11,7 +11,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gated.console.api import HttpError, as_json, body, int_param
+from gated.console.api import HttpError, as_json, body, done_answer, int_param
 from gated.console.auth import operator, requires
 from gated.console.state import console_of
 from gated.console.views import photo_url
@@ -113,10 +113,10 @@ async def take_photo(request: Request) -> Response:
         raise HttpError(400, f"photo: a JPEG data: URL of at most {photos.PHOTO_MAX_BYTES} bytes")
     member_id = request.path_params["member_id"]
     user = operator(request).name
-    await c.backend.set_member_photo(member_id, decoded[1], user)
-    log.info("console_member_photo", member=member_id, bytes=len(decoded[1]), operator=user)
+    done = await c.backend.set_member_photo(member_id, decoded[1], user)
+    log.info("console_member_photo", member=member_id, bytes=len(decoded[1]), operator=user, durable=done.durable)
     version = rm.photo_versions(c.views.store.conn, {member_id})[member_id]
-    return as_json({"ok": True, "photo": photo_url(member_id, version)})
+    return as_json({"ok": True, "photo": photo_url(member_id, version), **done_answer(done)})
 
 
 __all__ = ["acknowledge_alarm", "denials", "dismiss_denials", "member_photo", "take_photo", "unknown_cards"]

@@ -32,8 +32,21 @@ class FeedHub:
         self.task: asyncio.Task[None] | None = None
 
     def listener(self, event: dict[str, Any]) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
+        try:
             self.inbox.put_nowait(event)
+        except asyncio.QueueFull:
+            # the hub is that far behind: this event reaches no stream. Every stream ends
+            # now, so each browser reconnects and catches up from the store (never a hole
+            # shown as a continuous feed)
+            for q in list(self.subscribers):
+                self._end(q)
+
+    def _end(self, q: asyncio.Queue[Item | None]) -> None:
+        self.subscribers.pop(q, None)
+        with contextlib.suppress(asyncio.QueueEmpty):
+            q.get_nowait()
+        with contextlib.suppress(asyncio.QueueFull):
+            q.put_nowait(None)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name="console-feed")
@@ -55,11 +68,8 @@ class FeedHub:
                     q.put_nowait(item)
                 except asyncio.QueueFull:
                     # a stuck browser: end its stream; EventSource reconnects with
-                    # Last-Event-ID and catches up from the store
-                    self.subscribers.pop(q, None)
-                    with contextlib.suppress(asyncio.QueueFull):
-                        q.get_nowait()
-                        q.put_nowait(None)
+                    # Last-Event-ID and catches up from the store (api.replay)
+                    self._end(q)
 
     def subscribe(self, wants: Callable[[Item], bool] = lambda item: True) -> asyncio.Queue[Item | None]:
         q: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=QUEUE_MAX)

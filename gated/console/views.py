@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from gated.console.words import ACTIONS, DETAIL_WORDS, HIDDEN_DETAIL, NO_EVENT, notice_text
 from gated.operator import OperatorApi
-from rules.model import Booking, BookingStatus, Gate, Pass
+from rules.model import Booking, BookingStatus, Gate, Pass, PassKind
 from rules.reasons import Reason
 from rules.timeutil import local_date, parse_instant_once, start_of_local_day
 from sync.store import Store, evacuation
@@ -213,18 +213,23 @@ class Views:
 
     # -- the gate panel, occupancy ------------------------------------------------------
 
+    def presence_since(self, now: datetime) -> tuple[datetime, datetime | None]:
+        """Whose entries count as inside now: from the start of today, or from today's
+        evacuation (sync/store/evacuation.py: nobody's earlier entry counts), and when."""
+        start, _ = self.day_bounds(self.today())
+        evacuated = evacuation.since(self.store.conn, start, now)
+        return evacuated or start, evacuated
+
     def occupancy(self) -> list[dict[str, Any]]:
         now = self.now()
-        start, _ = self.day_bounds(self.today())
-        # after an evacuation today nobody's earlier entry counts (sync/store/evacuation.py)
-        evacuated = evacuation.since(self.store.conn, start, now)
-        start = evacuated or start
+        start, evacuated = self.presence_since(now)
         zones: dict[str, None] = {g.zone: None for g in self.backend.config.gates}
         out = []
         for zone in zones:
             cap = self.backend.config.zones.get(zone)
             people = rm.inside(self.store.conn, zone, start, now)
             # exits that opened unrecorded: that many of those who came in before have left
+            # (who is not known: each of them "may have left unrecorded")
             gone, last = rm.exits_unrecorded(self.store.conn, zone, start, now)
             out.append({
                 "zone": zone,
@@ -245,6 +250,7 @@ class Views:
         last_sync = parse_at(h.get("last_sync"))
         now = self.now()
         h["cache_age_seconds"] = None if last_sync is None else max(0, int((now - last_sync).total_seconds()))
+        h["stale_policy"] = self.backend.config.stale_cache.policy  # for the alarm's words
         h["site_name"] = self.backend.config.site.name or self.backend.config.site.id
         h["now_local"] = self.local_time(now, "%Y-%m-%d %H:%M:%S")
         gates = {}
@@ -270,10 +276,24 @@ class Views:
         return [{"id": h.id, "name": h.name, "status": h.status, "email": h.email, "phone": h.phone,
                  "cards": list(h.cards)} for h in hits]
 
+    def stale_refusal(self, p: Pass) -> str | None:
+        """What the gate refuses of this pass while the member data is stale (no sync for
+        longer than `stale_cache.max_age`: rules.admission), in the desk's words; None:
+        nothing (a fresh cache, the policy `keep`, a time pass under `bookings_and_time_passes`)."""
+        policy = self.backend.config.stale_cache.policy
+        if policy == "keep" or not self.backend.cache_stale:
+            return None
+        if policy == "deny":
+            return "no entry while the member data is stale"
+        if p.kind == PassKind.TIME:
+            return None
+        return "no walk-in while the member data is stale (bookings and re-entries only)"
+
     def pass_view(self, p: Pass, today: date) -> dict[str, Any]:
         expired = p.valid_until is not None and p.valid_until < today
         not_yet = p.valid_from is not None and p.valid_from > today
         short = p.kind.has_balance and p.balance is not None and p.balance < p.entry_cost
+        stale = self.stale_refusal(p)
         return {
             "id": p.id,
             "name": p.name,
@@ -281,7 +301,10 @@ class Views:
             "balance": jsonable(p.balance) if p.balance is not None else None,
             "entry_cost": jsonable(p.entry_cost) if p.kind.has_balance else None,
             # what the desk asks first: can it pay an entry, and for how long
-            "usable": not (expired or not_yet or short),
+            "usable": not (expired or not_yet or short or stale),
+            # refused at the gate (walk-ins, or every entry) while the member data is stale;
+            # its balance is as of the last sync
+            "stale": stale,
             "days_left": (p.valid_until - today).days if p.valid_until is not None and not expired else None,
             "deduct_on": p.deduct_on.value,
             "valid_from": p.valid_from.isoformat() if p.valid_from else None,
@@ -363,11 +386,17 @@ class Views:
         start, end = self.day_bounds(today)
         bookings = sorted(store.bookings_of(member_id, start, end - timedelta(microseconds=1)), key=lambda b: b.starts_at)
         taps = [e for e in rm.member_events(store.conn, member_id, 60) if e.get("type") == "access"][:15]
-        inside_since = None
-        for z in {g.zone for g in self.backend.config.gates}:
-            for p in rm.inside(store.conn, z, start, self.now()):
+        # as the occupancy counts it (views.occupancy): from today's evacuation, and in doubt
+        # when exits opened unrecorded after the entry (one of them may have been this member)
+        inside_since, maybe_left = None, False
+        now = self.now()
+        since, _ = self.presence_since(now)
+        for z in sorted({g.zone for g in self.backend.config.gates}):
+            for p in rm.inside(store.conn, z, since, now):
                 if p.member == member_id:
                     inside_since = self.local_time(p.since, "%H:%M")
+                    last = rm.exits_unrecorded(store.conn, z, since, now)[1]
+                    maybe_left = last is not None and p.since <= last
         history = rm.loyalty_history(store.conn, member_id, 10)
         booked = rm.class_names(store.conn, {e.booking for e in history if e.booking})
         photo = rm.photo_versions(store.conn, {member_id}).get(member_id)
@@ -386,9 +415,14 @@ class Views:
             "phone": rm.member_phone(store.conn, member_id),
             "cards": list(m.cards),
             "passes": [self.pass_view(p, today) for p in store.passes_of(member_id)],
+            # no sync for longer than stale_cache.max_age: passes, balances and bookings are
+            # as of the last sync (`data_as_of`), and the gate applies its stale policy
+            "cache_stale": self.backend.cache_stale,
+            "data_as_of": self.local_time(store.last_sync_at(), "%Y-%m-%d %H:%M"),
             "bookings": self.bookings_view(bookings),
             "points": store.points(member_id),
             "inside_since": inside_since,
+            "maybe_left": maybe_left,  # exits opened unrecorded since: the gate no longer counts them inside
             "loyalty": [
                 {"points": e.points, "reason": e.reason, "operator": e.operator, "booking": e.booking,
                  "class_name": booked[e.booking][0] if e.booking in booked else None,

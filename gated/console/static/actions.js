@@ -2,7 +2,7 @@
  * attended, adjust points, the site-wide switches; and the bookings table they share. */
 "use strict";
 
-import { api, dialog, el, face, toast } from "./core.js";
+import { api, dialog, el, face, notDurable, requestId, toast } from "./core.js";
 
 export async function openGate(gateId, gateName) {
   const r = await dialog({
@@ -74,11 +74,12 @@ export async function assignCard(m, card, after) {
     ok: "Assign card",
     submit: function (v) { return api("POST", "/api/members/" + encodeURIComponent(m.id) + "/cards", { card: v.card }); },
   });
-  if (r) { toast("Card assigned to " + m.name); if (after) after(); }
+  if (r) { notDurable(r); toast("Card assigned to " + m.name); if (after) after(); }
   return r;
 }
 
 export async function markAttended(b, after) {
+  const rid = requestId();
   const fields = [];
   if (b.walk_in) {
     fields.push({
@@ -93,9 +94,11 @@ export async function markAttended(b, after) {
     text: b.member_name + " — " + b.class + " at " + b.starts,
     fields: fields,
     ok: "Mark attended",
-    submit: function (v) { return api("POST", "/api/bookings/" + encodeURIComponent(b.id) + "/attend", { refund: !!v.refund }); },
+    // one id for this dialog: submitted again after an answer that never came, it is done once
+    submit: function (v) { return api("POST", "/api/bookings/" + encodeURIComponent(b.id) + "/attend", { refund: !!v.refund, request_id: rid }); },
   });
   if (!r) return;
+  notDurable(r);
   if (r.fee_refunded) toast("The no-show fee of " + r.fee_refunded.amount + " was given back");
   if (r.refunded) toast("Marked attended; refunded " + r.refunded.amount + (r.refunded.balance !== undefined && r.refunded.balance !== null ? " — balance now " + r.refunded.balance : ""));
   else if (r.refund_waiting) toast("Marked attended; the refund waits to hear " + r.refund_waiting.for.join(", ") + " up to now (a walk-in charge, or a refund of it, may be on its way) and is settled then");
@@ -105,6 +108,7 @@ export async function markAttended(b, after) {
 }
 
 export async function adjustPoints(m, after) {
+  const rid = requestId();
   const r = await dialog({
     title: "Adjust loyalty points",
     text: m.name + " has " + m.points + " points.",
@@ -113,9 +117,9 @@ export async function adjustPoints(m, after) {
       { name: "reason", label: "Reason (shown to the member)", required: true },
     ],
     ok: "Adjust",
-    submit: function (v) { return api("POST", "/api/members/" + encodeURIComponent(m.id) + "/points", { points: parseInt(v.points, 10), reason: v.reason }); },
+    submit: function (v) { return api("POST", "/api/members/" + encodeURIComponent(m.id) + "/points", { points: parseInt(v.points, 10), reason: v.reason, request_id: rid }); },
   });
-  if (r) { toast("Points now " + r.points); if (after) after(); }
+  if (r) { notDurable(r); toast("Points now " + r.points); if (after) after(); }
 }
 
 /* A site-wide switch: a warning, then the reason (required to switch it on: it is

@@ -15,9 +15,11 @@ const by = function (sw) {
 export function safetyBanners(h) {
   const out = [];
   const sf = h.safety || {};
-  if (h.lockdown) out.push({ id: "lockdown", cls: "bad", text: "LOCKDOWN — entries are refused" + by(sf.lockdown) });
+  // in force but not on disk (a storage fault): a restart now would forget it
+  const unstored = function (name) { return (sf.not_durable || []).indexOf(name) >= 0 ? " — NOT STORED: do not restart the gate" : ""; };
+  if (h.lockdown) out.push({ id: "lockdown", cls: "bad", text: "LOCKDOWN — entries are refused" + by(sf.lockdown) + unstored("lockdown") });
   if (sf.fire_alarm) out.push({ id: "fire", cls: "bad", text: "FIRE ALARM — doors released, entries refused" });
-  else if (h.fire_alarm) out.push({ id: "emergency", cls: "bad", text: "EMERGENCY RELEASE — doors released, entries refused" + by(sf.emergency_release) });
+  else if (h.fire_alarm) out.push({ id: "emergency", cls: "bad", text: "EMERGENCY RELEASE — doors released, entries refused" + by(sf.emergency_release) + unstored("emergency_release") });
   return out;
 }
 

@@ -4,7 +4,7 @@
  * dialog is open. */
 "use strict";
 
-import { api, el, toast } from "./core.js";
+import { api, el, notDurable, toast } from "./core.js";
 
 const WIDTH = 240, HEIGHT = 320;  // 3:4 portrait: a face, shoulders, nothing behind
 // the longest photo data: URL the gate keeps (sync/photos.py PHOTO_MAX_TEXT, given by the page)
@@ -80,6 +80,7 @@ export async function takePhoto(m, after) {
       use.disabled = true;
       try {
         const r = await api("POST", "/api/members/" + encodeURIComponent(m.id) + "/photo", { photo: shot });
+        notDurable(r);
         toast("Photo of " + m.name + " saved");
         finish(r);
         if (after) after(r);

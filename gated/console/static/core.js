@@ -45,6 +45,21 @@ export async function api(method, url, body) {
   return data;
 }
 
+/* An id for one action of the person at the desk: the same dialog submitted again (an
+ * answer that never came) sends the same id, and the gate does it once
+ * (gated/console/once.py). Not crypto.randomUUID: that needs https. */
+export function requestId() {
+  const b = new Uint8Array(16);
+  crypto.getRandomValues(b);
+  return Array.from(b, function (x) { return x.toString(16).padStart(2, "0"); }).join("");
+}
+
+/* An action done whose record is not yet safe on disk (a storage fault): said, never as
+ * "not done" — doing it again would do it twice. */
+export function notDurable(r) {
+  if (r && r.not_durable) toast(r.warning || "Done — but not yet safe on disk (storage fault): do not do it again", true);
+}
+
 export function toast(text, bad) {
   const box = $("#toasts");
   if (!box) return;

@@ -305,6 +305,14 @@ async function refreshHealth() {
   if (attention) attention.alarms(h.alarms || []);
 }
 
+/* A switch in force but not stored (a storage fault): a restart now would forget it. */
+function notStored(r, name, on) {
+  if (!r.not_durable || r.not_durable.indexOf(name) < 0) return;
+  const what = name === "lockdown" ? (on ? "unlock the site" : "lock the site down again")
+    : (on ? "lock the released doors again" : "release the doors again");
+  toast((name === "lockdown" ? "Lockdown" : "Emergency release") + " NOT STORED (storage fault) — do not restart the gate: a restart now would " + what, true);
+}
+
 function initGates() {
   refreshHealth();
   setInterval(refreshHealth, 3000);
@@ -314,14 +322,14 @@ function initGates() {
     const r = on
       ? await twice("Lock down", "Every entrance stays locked: no member gets in and nobody can open an entrance once or check a member in until an admin releases the lockdown. Exits keep working, and the desk can still open an exit once.", "LOCKDOWN", "/api/lockdown", { on: true })
       : await twice("Release lockdown", "Gates go back to normal operation.", "RELEASE", "/api/lockdown", { on: false });
-    if (r) { toast(on ? "Lockdown is on" : "Lockdown released"); refreshHealth(); }
+    if (r) { toast(on ? "Lockdown is on" : "Lockdown released"); notStored(r, "lockdown", on); refreshHealth(); }
   });
   $("#btn-emergency").addEventListener("click", async function () {
     const on = !this.dataset.on;
     const r = on
       ? await twice("Emergency release", "Every fail-safe door is released, as on a fire alarm. Entries are refused until it ends.", "EMERGENCY", "/api/emergency", { on: true })
       : await twice("End emergency release", "Only end it when there is no fire alarm. Doors lock again.", "RESTORE", "/api/emergency", { on: false });
-    if (r) { toast(on ? "Emergency release is active" : "Emergency release ended"); refreshHealth(); }
+    if (r) { toast(on ? "Emergency release is active" : "Emergency release ended"); notStored(r, "emergency_release", on); refreshHealth(); }
   });
 }
 
@@ -336,6 +344,7 @@ export function initFeed() {
 
   function applyFilters() {
     for (const tr of body.rows) {
+      if (tr.classList.contains("gap")) continue;  // a hole in the feed is shown whatever the filters
       const hide = (onlyDenied.checked && !tr.classList.contains("denied")) ||
         (!showNotices.checked && tr.classList.contains("notice"));
       tr.classList.toggle("hidden", hide);
@@ -364,11 +373,29 @@ export function initFeed() {
     }
   }
 
+  function gap(g) {
+    const text = g.missed + (g.missed === 1 ? " event" : " events") + " not shown (missed while this page was not connected) — reload";
+    const tr = el("tr", { class: "notice alert gap", "data-gap": g.from + "-" + g.to },
+      el("td", { colspan: "7" }, el("strong", { text: text }), " ",
+        el("button", { type: "button", class: "small", text: "Reload", onclick: function () { window.location.reload(); } })));
+    body.prepend(tr);
+    $("#feed-empty").classList.add("hidden");
+    toast(text, true);
+  }
+
   function connect() {
     const source = new EventSource("/events?after=" + lastSeq);
     source.addEventListener("open", function () { state.textContent = "live"; state.className = "pill live"; });
     source.addEventListener("feed", function (e) {
       try { add(JSON.parse(e.data), true); } catch (ex) { /* a bad line is skipped */ }
+    });
+    // events the server will not send (too many missed while away, or no longer kept):
+    // said on the feed, never shown as if the lines around them were continuous
+    source.addEventListener("gap", function (e) {
+      let g;
+      try { g = JSON.parse(e.data); } catch (ex) { return; }
+      lastSeq = Math.max(lastSeq, g.to || 0);
+      gap(g);
     });
     source.addEventListener("error", function () {
       state.textContent = "reconnecting…"; state.className = "pill down";

@@ -13,9 +13,18 @@ const SEARCH_DELAY = 250;  // ms after the last key: a search per pause, not per
 function passLine(p) {
   const left = p.balance === null ? "" : p.balance + " left";
   const until = p.valid_until ? "until " + p.valid_until + (p.days_left !== null ? " (" + p.days_left + " day" + (p.days_left === 1 ? "" : "s") + ")" : "") : "no end date";
+  let why = p.state === "valid" ? "used up" : p.state;
+  if (p.stale && p.state === "valid") why = "not at the gate now";  // refused while the member data is stale
   return el("li", { class: p.usable ? "" : "unusable" },
-    el("span", { class: "badge " + (p.usable ? "valid" : "expired"), text: p.usable ? "usable" : (p.state === "valid" ? "used up" : p.state) }),
-    " ", el("strong", { text: p.name }), " — " + [left, until].filter(Boolean).join(" · "));
+    el("span", { class: "badge " + (p.usable ? "valid" : "expired"), text: p.usable ? "usable" : why, title: p.stale || null }),
+    " ", el("strong", { text: p.name }), " — " + [left, until].filter(Boolean).join(" · "),
+    p.stale ? el("span", { class: "hint", text: p.stale }) : "");
+}
+
+/* Since when the member is inside — in doubt when exits opened unrecorded after their
+ * entry (a storage fault): the gate no longer counts them inside, nor does the occupancy. */
+function insideText(m) {
+  return "inside since " + m.inside_since + (m.maybe_left ? " — may have left unrecorded" : "");
 }
 
 /* What the desk needs at a glance, before any table. */
@@ -34,12 +43,16 @@ function glance(m, reload) {
       el("strong", { text: usable.length ? "Active" : "Active, no usable pass" }),
       m.status_reason ? " — " + m.status_reason : ""));
   }
+  if (m.cache_stale) {
+    facts.append(el("p", { class: "status-line warn", id: "data-stale" }, el("strong", { text: "Member data is stale" }),
+      " — passes, balances and bookings as of " + (m.data_as_of || "never synced") + "; the gate refuses what is marked below"));
+  }
   if (m.note) facts.append(el("p", { class: "note", id: "member-note" }, el("strong", { text: "Note: " }), m.note));
   if (m.passes.length) facts.append(el("ul", { class: "glance-passes" }, ...m.passes.map(passLine)));
   const visits = m.visits.length
     ? "Last visits: " + m.visits.map(function (v) { return v.date + " " + v.time + " (" + (v.gate_name || v.zone) + ")"; }).join(", ")
     : "No visit recorded here";
-  facts.append(el("p", { class: "muted small", id: "last-visits", text: visits + (m.inside_since ? " · inside since " + m.inside_since : "") }));
+  facts.append(el("p", { class: "muted small", id: "last-visits", text: visits + (m.inside_since ? " · " + insideText(m) : "") }));
   return el("div", { class: "glance" }, photo, facts);
 }
 
@@ -130,7 +143,9 @@ export function initMembers() {
       el("div", { class: "detail-head" },
         el("h2", { text: m.name }),
         el("span", { class: "badge " + m.status, text: m.status }),
-        m.inside_since ? el("span", { class: "badge st-in", text: "inside since " + m.inside_since }) : "",
+        m.inside_since ? el("span", { class: "badge " + (m.maybe_left ? "st-warn" : "st-in"), id: "inside-badge",
+          title: m.maybe_left ? "Exits opened unrecorded after this entry (a storage fault): one of them may have been this member" : null,
+          text: insideText(m) }) : "",
         el("span", { class: "muted small", text: [m.email, m.phone, "cards: " + (m.cards.join(", ") || "none")].filter(Boolean).join(" · ") })),
       glance(m, reload),
       actions,
