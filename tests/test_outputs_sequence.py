@@ -19,6 +19,7 @@ from pymodbus.pdu.register_message import ReadInputRegistersResponse
 from drivers.outputs import ModbusOutputConfig
 from drivers.outputs.bus import ModbusLine
 from drivers.outputs.gate import GateController
+from drivers.outputs.grant import Passage
 from drivers.outputs.modbus import ModbusGateOutput, OutputFault, OutputHealth
 from tests.outputs_fixtures import AlarmRecorder
 
@@ -104,6 +105,58 @@ async def _gate(board: FakeBoard, **cfg: Any) -> tuple[GateController, AlarmReco
     gate = GateController("g1", out.out_cfg, on_alarm=alarms, output=out)
     await gate.start()
     return gate, alarms
+
+
+@pytest.mark.parametrize("wiring", ["counter", "inputs_far_apart"])
+async def test_a_rotation_read_before_the_release_does_not_confirm_it(wiring: str) -> None:
+    """Someone else's rotation (a previous person who turned late, a second person on the
+    last release) is read by the first request of a reading (the counter; or the passage
+    input, its door contact 40 inputs away) just as the member taps: the release's write
+    goes on the line before the reading's second request. The reading was numbered when
+    it came back, after the release: the rotation read before it confirmed the member's
+    grant (PASSED, charged) though nobody turned after their release. A reading counts as
+    after a write only if its first request went out after it."""
+    board = FakeBoard()
+    if wiring == "counter":
+        gate, alarms = await _gate(board, passage_counter=5, passage_input=0, door_contact=1)
+    else:
+        gate, alarms = await _gate(board, passage_input=0, door_contact=40)
+    await asyncio.sleep(0.2)  # idle polls: the baseline
+    task: list[asyncio.Task[Passage]] = []
+    armed = {"go": True}
+
+    async def someone_elses_rotation_then_the_tap() -> None:
+        if not armed["go"]:
+            return
+        armed["go"] = False
+        if wiring == "counter":
+            board.counter += 1  # the rotation is counted
+        else:
+            board.inputs[0] = True  # the passage input is active for this read
+        task.append(asyncio.create_task(gate.grant_passage()))  # the member's tap, now
+        await asyncio.sleep(0.01)  # the tap's write is queued while this request is on the wire
+
+    async def bits_hook(address: int) -> None:
+        if wiring == "inputs_far_apart" and address == 0:
+            await someone_elses_rotation_then_the_tap()
+        elif wiring == "inputs_far_apart" and address == 40 and not armed["go"]:
+            board.inputs[0] = False  # the pulse is over
+
+    if wiring == "counter":
+        board.on_register = someone_elses_rotation_then_the_tap
+    board.on_bits = bits_hook
+    try:
+        while not task:
+            await asyncio.sleep(0.01)
+        outcome = await task[0]
+        i = max(k for k, e in enumerate(board.log) if e == "write 0=1")
+        assert board.log[i + 1].startswith("read inputs"), board.log[i - 2:i + 2]  # the write went between
+        # the member never turned: their release came after the rotation that was read
+        assert outcome is not Passage.PASSED, (outcome, board.log[i - 2:i + 2])
+        # the rotation is not lost: someone else's, reported for the desk
+        await alarms.wait_for("passage_without_grant")
+    finally:
+        await gate.stop()
 
 
 @pytest.mark.parametrize("asked", ["read", "write"])

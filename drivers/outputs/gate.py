@@ -166,8 +166,10 @@ class GateController:
         # the board's own count of passage pulses, where configured: it sees pulses that
         # fall between two polls, which the level (the detector) cannot
         self.counter = PassageCounter() if cfg.passage_counter is not None else None
-        # Readings are numbered as they come back. The line runs one request at a time, so
-        # a reading that came back after the release's write returned was taken after it.
+        # Readings are counted as they come back (the release tail's doubt, plan.ReleaseTail).
+        # A grant goes by the board's exchanges instead (ModbusDevice.sent): a reading of
+        # several requests (a counter and the bits, inputs far apart) may have a release's
+        # write between them, and counts as after it only if its first request was.
         self._readings = 0
         self.release_tail = ReleaseTail()  # a fire alarm's or a hand's hold's relock (plan.py)
         self._polled = asyncio.Condition()
@@ -399,6 +401,7 @@ class GateController:
         door_open: bool | None = None  # unknown while the board does not answer
         count: int | None = None
         ok = False
+        sampled = self.output.sent  # a failed reading: numbered as of now, it shows nothing
         # No reading needs to jump the line: the devices on it take turns (bus.RequestQueue),
         # so other gates' coil writes cannot hold this one back, whether it is watching for
         # a person or for the end of a rotation.
@@ -406,6 +409,7 @@ class GateController:
             with contextlib.suppress(OutputFault):
                 snap = await self.output.read_inputs()
                 passage, door_open, count, ok = snap.passage, snap.door_open, snap.passage_count, True
+                sampled = snap.first
         self._readings += 1
         seq = self._readings
         # Only a rising edge is a new passage: the tail of the previous person's rotation
@@ -420,7 +424,7 @@ class GateController:
         self._watch_stuck(passage, now)
         opening = door_open is True and self.door_open is False
         self.door_open = door_open
-        self._settled(self.tracker.reading(now, seq, ok, people, stuck=self.passage_stuck))
+        self._settled(self.tracker.reading(now, sampled, ok, people, stuck=self.passage_stuck))
         released_for = self._release_reason()
         doubt = released_for is None and self.release_tail.covers(seq)
         release_turn = doubt
@@ -539,7 +543,8 @@ class GateController:
                 self.unconfirmed_because = Unseen.RELAY_UNREADABLE
                 return Passage.UNKNOWN
             return Passage.PASSED  # no sensor: commit on grant
-        self.tracker.release(self.clock(), self._readings, board_ok=not uncertain, stuck=self.passage_stuck)
+        # the grant's readings are those whose first exchange went out after the release's write
+        self.tracker.release(self.clock(), self.output.last_write, board_ok=not uncertain, stuck=self.passage_stuck)
         self._waiting += 1
         self._wake.set()  # poll now, and fast until this grant is settled
         self.output.urgent = True

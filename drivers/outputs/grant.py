@@ -2,9 +2,13 @@
 grant's one outcome out — the way DoorSupervisor is for door alarms. No I/O, no clock
 reads (`now` is passed in); gate.py feeds it and waits for its verdict.
 
-A release is followed by readings of the gate's inputs, numbered as they come back (the
-line runs one request at a time, so a reading numbered after the release was taken after
-it). The grant ends, once, in exactly one of:
+A release is followed by readings of the gate's inputs, each numbered by its first
+exchange on the line, and the release by its write's (ModbusDevice.sent: the line runs one
+exchange at a time). A reading numbered after the release was sampled after it, all of it:
+one made of several requests (a counter and the bits, inputs far apart) may have the
+release's write between them, and then it is not after the release — numbered as it came
+back, a rotation read before a tap confirmed the grant. The grant ends, once, in exactly
+one of:
 
 | outcome | when |
 | --- | --- |
@@ -58,7 +62,7 @@ class Unclaimed:
 
 @dataclass(slots=True)
 class _Grant:
-    after: int  # the reading count when the release was written
+    after: int  # the number of the release's write (readings numbered after it were sampled after it)
     last_at: float
     read_at: float  # the last reading back (or the release)
     waited: float = 0.0  # time with the board answering
@@ -88,8 +92,8 @@ class GrantTracker:
         return self._grant is not None
 
     def release(self, now: float, readings: int, *, board_ok: bool = True, stuck: bool = False) -> None:
-        """The relay was released for one person; `readings`: how many readings had come
-        back by then. `board_ok`: False when the release's answer was lost (the board
+        """The relay was released for one person; `readings`: the number of its write (a
+        reading numbered higher was sampled after it). `board_ok`: False when the release's answer was lost (the board
         went silent as it wrote). `stuck`: the passage input reads stuck active (plan.StuckInput)."""
         self._grant = _Grant(after=readings, last_at=now, read_at=now, board_ok=board_ok,
                              unseen=not board_ok or stuck, stuck=stuck)
@@ -97,7 +101,7 @@ class GrantTracker:
         self.because = None
 
     def reading(self, now: float, number: int, ok: bool, people: int = 0, *, stuck: bool = False) -> Passage | None:
-        """Reading `number` came back (`ok`: the board answered) with `people` new
+        """Reading `number` (its first exchange's) came back (`ok`: the board answered) with `people` new
         passages (rising edges, or the board's counter); `stuck`: its passage input reads
         stuck active, so a person going through shows no edge. The outcome, when this
         settles the grant."""
