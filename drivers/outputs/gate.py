@@ -305,7 +305,7 @@ class GateController:
         if on == self.lockdown:
             return
         self.lockdown = on
-        self._observe()  # a lockdown cancels pending grants in the supervisor
+        self._observe(door_open=self.door_open)  # a lockdown cancels pending grants in the supervisor
         await self._apply_hold_logged()
 
     async def set_fire_alarm(self, on: bool, *, emergency: bool = False) -> None:
@@ -316,7 +316,7 @@ class GateController:
             if on == self.fire_alarm:
                 return
             self.fire_alarm = on
-            self._observe()
+            self._observe(door_open=self.door_open)
             await self._apply_hold_logged()
 
     @contextlib.contextmanager
@@ -478,9 +478,11 @@ class GateController:
                 self._alarms.put_nowait((kind, describe(u, why)))
 
     def _observe(
-        self, *, door_open: bool | None = None, passage: bool = False, granted: bool = False,
+        self, *, door_open: bool | None, passage: bool = False, granted: bool = False,
         release_ended: bool = False,
     ) -> None:
+        """`door_open`: this poll's reading, or the last one where the observation carries
+        none (a grant, a lockdown) — None tells the supervisor the door went unread."""
         events = self.supervisor.observe(
             Observation(
                 now=self.clock(),
@@ -537,7 +539,7 @@ class GateController:
             # reading fails and the passage is UNKNOWN unless the board answers again and
             # shows it). Denying here would let the person through with nothing recorded.
             uncertain = True
-        self._observe(granted=True)
+        self._observe(door_open=self.door_open, granted=True)
         if self.cfg.passage_input is None and self.cfg.door_contact is None and self.counter is None:
             if uncertain:
                 self.unconfirmed_because = Unseen.RELAY_UNREADABLE
