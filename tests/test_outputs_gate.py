@@ -10,7 +10,7 @@ import pytest
 from drivers.outputs import FireAlarmInputConfig
 from drivers.outputs.fire import FireAlarmMonitor
 from drivers.outputs.gate import GateController, GrantRefused
-from drivers.outputs.grant import Passage
+from drivers.outputs.grant import Passage, Unseen
 from drivers.outputs.modbus import OutputFault, OutputHealth, OutputUncertain
 from simulator.turnstile import Person, SimTurnstile
 from tests.outputs_fixtures import *  # noqa: F403 (pytest fixtures)
@@ -160,21 +160,73 @@ async def test_a_pulse_shorter_than_a_poll_is_counted_by_the_boards_counter(coun
             assert results.count(True) < 3  # what the counter is for
 
 
-async def test_a_person_through_while_the_counting_board_is_silent_is_counted_when_it_answers(make_gate) -> None:
+async def test_a_person_through_while_the_counting_board_is_silent_is_unconfirmed(make_gate) -> None:
     """The board stops answering just after the release, the person turns meanwhile, the
-    board answers again: its counter moved by one, the person the grant waited for (the
-    counter's step across the silence was taken for nobody — neither passed nor reported:
-    a rotation the books never saw, found by a simulated day)."""
+    board answers again: its counter moved by one — or the board restarted and counts from
+    0 again, which the step cannot tell (a restart near the wrap reads as hundreds). The
+    step across a silence is no count: the grant ends unconfirmed (passage_unconfirmed,
+    for the desk), never "did not pass" and never charged from a step that may be a
+    restart. (Before the count was kept across failed readings, this passage was in
+    nobody's books: neither passed nor reported, found by a simulated day.)"""
     async with SimTurnstile(person=Person(delay=0.3), passage_pulse=0.05, passage_counter=5) as sim:
         gate, alarms = await make_gate(sim, passage_poll_interval=0.05, poll_interval=0.05, passage_counter=5)
-        granted = asyncio.create_task(gate.grant())
+        granted = asyncio.create_task(gate.grant_passage())
         await wait_until(lambda: sim.unlocked, what="the release")
         sim.inject("no_answer")
         await wait_until(lambda: len(sim.passages) == 1, what="the person through")
         await asyncio.sleep(0.3)
         sim.inject("none")
-        assert await granted is True
-        assert gate.state["passages"] == 1 and "not_opened" not in alarms.kinds()
+        assert await granted is Passage.UNKNOWN
+        assert gate.unconfirmed_because is Unseen.RELAY_UNREADABLE
+        assert "not_opened" not in alarms.kinds() and "passage_without_grant" not in alarms.kinds()
+
+
+async def test_a_passage_hidden_by_a_board_restart_is_unconfirmed_not_did_not_pass(make_gate) -> None:
+    """Three people counted (counter 3). A member is released; the board goes silent; the
+    member turns the arm (counter 4) and the board restarts before it is read (its counter
+    begins again at 0). The counter took the step 3 -> 0 for a restart and began again
+    from it, but the tracker trusted its counter ("a silence hides no passage") and ended
+    the grant NOT_PASSED: a `not_opened`, "did not pass", for a member who went through."""
+    async with SimTurnstile(person=Person(delay=0.05), passage_pulse=0.05, passage_counter=5) as sim:
+        gate, alarms = await make_gate(sim, passage_poll_interval=0.05, poll_interval=0.05, passage_counter=5)
+        for _ in range(3):
+            assert await gate.grant() is True
+        assert sim.pulse_count == 3
+        sim.set_person(turns=True, delay=0.3)
+        granted = asyncio.create_task(gate.grant_passage())
+        await wait_until(lambda: sim.unlocked, what="the release")
+        sim.inject("no_answer")
+        await wait_until(lambda: len(sim.passages) == 4, what="the member through")
+        assert sim.pulse_count == 4
+        sim.pulse_count = 0  # the board power-cycles: its counter starts again
+        await asyncio.sleep(0.3)
+        sim.inject("none")
+        outcome = await granted
+        assert len(sim.passages) == 4  # the member did go through
+        assert outcome is Passage.UNKNOWN, (outcome, alarms.kinds())
+        assert "not_opened" not in alarms.kinds()
+
+
+async def test_a_board_restart_near_the_counter_wrap_is_not_taken_for_people(make_gate) -> None:
+    """A busy gate's 16-bit counter stands at 65,000 (about two months at 1,000 a day). The
+    board restarts (counter 0) while a member is released who then does not turn. The
+    step 65,000 -> 0 is 536 modulo 2^16, under MAX_STEP: it was taken for 536 people — the
+    grant PASSED (the member charged for a passage that never happened) and 535
+    passage_without_grant alarms."""
+    async with SimTurnstile(person=Person(turns=False), passage_pulse=0.05, passage_counter=5) as sim:
+        sim.pulse_count = 65000
+        gate, alarms = await make_gate(sim, passage_poll_interval=0.05, poll_interval=0.05, passage_counter=5)
+        granted = asyncio.create_task(gate.grant_passage())
+        await wait_until(lambda: sim.unlocked, what="the release")
+        sim.inject("no_answer")
+        await asyncio.sleep(0.3)
+        sim.pulse_count = 0  # the board power-cycles
+        sim.inject("none")
+        outcome = await granted
+        await asyncio.sleep(0.3)
+        assert len(sim.passages) == 0  # nobody went through
+        assert outcome is Passage.UNKNOWN, (outcome, gate.state["passages"])
+        assert gate.state["passages"] == 0 and "passage_without_grant" not in alarms.kinds()
 
 
 async def test_slow_board_within_timeout_still_works(sim_tcp: SimTurnstile, make_gate) -> None:

@@ -410,6 +410,10 @@ class GateController:
                 snap = await self.output.read_inputs()
                 passage, door_open, count, ok = snap.passage, snap.door_open, snap.passage_count, True
                 sampled = snap.first
+                if snap.counter_after_silence and self.counter is not None:
+                    # the board went unanswered for a try before this count: as good as a
+                    # failed reading (a restart then is a step like any other)
+                    self.counter.observe(None)
         self._readings += 1
         seq = self._readings
         # Only a rising edge is a new passage: the tail of the previous person's rotation
@@ -417,14 +421,15 @@ class GateController:
         level = passage if self.cfg.passage_input is not None or self.counter is not None else door_open
         rising = self.detector.observe(level)
         people = int(rising)
+        rebased = False  # the board's counter began again (or may have): a grant cannot trust it
         if self.counter is not None:
-            people = self.counter.observe(count)
+            people, rebased = self.counter.observe(count)
             rising = people > 0
         now = self.clock()
         self._watch_stuck(passage, now)
         opening = door_open is True and self.door_open is False
         self.door_open = door_open
-        self._settled(self.tracker.reading(now, sampled, ok, people, stuck=self.passage_stuck))
+        self._settled(self.tracker.reading(now, sampled, ok, people, stuck=self.passage_stuck, rebased=rebased))
         released_for = self._release_reason()
         doubt = released_for is None and self.release_tail.covers(seq)
         release_turn = doubt

@@ -14,7 +14,7 @@ one of:
 | --- | --- |
 | PASSED | a rising edge (a rotation, or the door opening where there is no passage sensor) in a reading taken after the release |
 | NOT_PASSED | `passage_timeout` of time *with the board answering* went by without one, and nothing went unseen (a `not_opened` alarm) |
-| UNKNOWN | the board stayed silent for `stall_limit`; or it was silent for a while — or nobody read it for more than `blind_limit` (the daemon's own loop starved: no reading came back at all), or its passage input read stuck active (no rotation can show as an edge) — and then `passage_timeout` went by without a passage: a person may have gone through while nobody could read (`passage_unconfirmed`) — unless the board counts passages itself (`counts_unseen`: its counter covers the silence, not a stuck input); or the gate is stopping |
+| UNKNOWN | the board stayed silent for `stall_limit`; or it was silent for a while — or nobody read it for more than `blind_limit` (the daemon's own loop starved: no reading came back at all), or its passage input read stuck active (no rotation can show as an edge) — and then `passage_timeout` went by without a passage: a person may have gone through while nobody could read (`passage_unconfirmed`) — unless the board counts passages itself (`counts_unseen`: its counter covers the time nobody read it, not a stuck input, nor a counter that began again — the first reading after the board was silent, which may hide a restart, `rebased`); or the gate is stopping |
 
 `because` says why an UNKNOWN outcome could not be seen (the `because` of the
 `passage_unconfirmed` event): `relay_unreadable`, `passage_input_stuck` or `stopping`.
@@ -70,13 +70,16 @@ class _Grant:
     board_ok: bool = True
     unseen: bool = False  # the board was silent at some point: a passage may have gone unseen
     stuck: bool = False  # the passage input read stuck at some point: a rotation showed no edge
+    rebased: bool = False  # the board's counter began again (a restart, or a silence that may hide one)
 
 
 @dataclass(slots=True)
 class GrantTracker:
     passage_timeout: float
     stall_limit: float
-    counts_unseen: bool = False  # the board's own pulse counter: a silence hides no passage
+    # the board's own pulse counter: a gate nobody read hides no passage (a board that was
+    # silent may have restarted: its counter's step then is no count, `rebased`)
+    counts_unseen: bool = False
     # Longer than this between two readings is not a busy line but a blind gate: a
     # rotation's pulse (100 ms or more) may have come and gone unread (issue 22: a flood
     # starved the loop and three grants lapsed as "did not pass" while the arm turned).
@@ -100,11 +103,13 @@ class GrantTracker:
         self.outcome = None
         self.because = None
 
-    def reading(self, now: float, number: int, ok: bool, people: int = 0, *, stuck: bool = False) -> Passage | None:
+    def reading(self, now: float, number: int, ok: bool, people: int = 0, *, stuck: bool = False,
+                rebased: bool = False) -> Passage | None:
         """Reading `number` (its first exchange's) came back (`ok`: the board answered) with `people` new
         passages (rising edges, or the board's counter); `stuck`: its passage input reads
-        stuck active, so a person going through shows no edge. The outcome, when this
-        settles the grant."""
+        stuck active, so a person going through shows no edge; `rebased`: the board's counter
+        is a new baseline (plan.PassageCounter), so what it counted before is lost. The
+        outcome, when this settles the grant."""
         g = self._grant
         if g is not None:
             if people and number > g.after:
@@ -113,8 +118,9 @@ class GrantTracker:
             else:
                 self._account(g, now)
                 g.board_ok = ok
-                g.unseen = g.unseen or not ok or stuck
+                g.unseen = g.unseen or not ok or stuck or rebased
                 g.stuck = g.stuck or stuck
+                g.rebased = g.rebased or rebased
                 g.read_at = now
         for _ in range(people):
             last = None if self.outcome is None or self._ended_at is None else (self.outcome, now - self._ended_at)
@@ -150,10 +156,11 @@ class GrantTracker:
         else:
             g.stalled += dt
         if g.waited >= self.passage_timeout:
-            # a pulse counter covers a silence, not a stuck input (its pulses stop too)
+            # a pulse counter covers a gate nobody read, not a stuck input (its pulses stop
+            # too), nor a counter that began again (a board restart: its count is lost)
             if g.stuck:
                 self._settle(Passage.UNKNOWN, now, Unseen.PASSAGE_INPUT_STUCK)
-            elif g.unseen and not self.counts_unseen:
+            elif g.unseen and (not self.counts_unseen or g.rebased):
                 self._settle(Passage.UNKNOWN, now, Unseen.RELAY_UNREADABLE)
             else:
                 self._settle(Passage.NOT_PASSED, now)

@@ -61,6 +61,8 @@ class InputsSnapshot:
     # sampled after that exchange went out, and none of them before — a write numbered
     # before it came before all of them
     first: int = field(default=0, compare=False)
+    # the counter was read only after a try went unanswered: the board was silent a while
+    counter_after_silence: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,9 @@ class ModbusDevice:
         # time): a reading whose first exchange is numbered after a write's was taken after it
         self.sent = 0
         self.last_write = 0  # the number of the last coil write sent
+        # counter readings that came back only after a try went unanswered (plan.PassageCounter:
+        # a board silent for a while may have restarted, its counter's step then no count)
+        self.silent_reads = 0
 
     @property
     def health(self) -> OutputHealth:
@@ -242,6 +247,10 @@ class ModbusDevice:
             timing.read_registers_s(1) if timing is not None else 0.0,
             expect=_Expect(4, count=1),
         )
+        # a try unanswered (the answer late, or the request sent again): the board was
+        # silent for a while, and may have restarted meanwhile
+        if getattr(resp, "retries", 0):
+            self.silent_reads += 1
         return int(resp.registers[0]), number
 
     async def _request(
@@ -324,16 +333,20 @@ class ModbusDevice:
         if self._timing() is None:
             return await send()
         last: Exception | None = None
-        for _ in range(self.cfg.retries + 1):
+        for attempt in range(self.cfg.retries + 1):
             heard = link.heard
             try:
-                return await send()
+                resp = await send()
             except (TimeoutError, ModbusException) as exc:
                 if link.heard != heard:
                     raise  # an answer came and was refused (a wrong unit id): no late one to wait for
                 last = exc
+            else:
+                resp.retries = attempt  # as pymodbus says on TCP: the board was silent for a while
+                return resp
             late = await link.late_answer(heard, self.cfg.timeout)
             if late is not None:
+                late.retries = attempt + 1
                 return late
         assert last is not None
         raise last
@@ -562,12 +575,15 @@ class ModbusGateOutput(ModbusDevice):
             raise OutputFault(f"relay offline: {self.last_error}")
         count = None
         numbers: list[int] = []
+        silent = self.silent_reads
         if cfg.passage_counter is not None:
             count, number = await self._read_input_register(cfg.passage_counter, priority)
             numbers.append(number)
+        silent_counter = self.silent_reads != silent
         wanted = [a for a in (cfg.passage_input, cfg.door_contact) if a is not None]
         if not wanted:
-            return InputsSnapshot(passage=None, door_open=None, passage_count=count, first=min(numbers, default=self.sent))
+            return InputsSnapshot(passage=None, door_open=None, passage_count=count, first=min(numbers, default=self.sent),
+                                  counter_after_silence=silent_counter)
         values: dict[int, bool] = {}
         lo, hi = min(wanted), max(wanted)
         if hi - lo < 16:
@@ -588,4 +604,5 @@ class ModbusGateOutput(ModbusDevice):
             door_open = values[cfg.door_contact] != cfg.door_contact_active_low
         # Several exchanges, and another request of this device (a tap's release) may go
         # between them: the snapshot is as old as its first one.
-        return InputsSnapshot(passage=passage, door_open=door_open, passage_count=count, first=min(numbers, default=self.sent))
+        return InputsSnapshot(passage=passage, door_open=door_open, passage_count=count,
+                              first=min(numbers, default=self.sent), counter_after_silence=silent_counter)
