@@ -435,3 +435,39 @@ async def test_a_stop_at_the_instant_the_supervisor_wakes_still_stops_it(sim_tcp
     gate._wake.set()  # what a grant does: poll now — and in the same instant, stop
     async with asyncio.timeout(5):
         await gate.stop()
+
+
+@pytest.mark.parametrize("case", ["active_low_locked", "fire_released"])
+async def test_a_coil_reset_by_a_board_restart_is_written_again(case: str, make_gate) -> None:
+    """A board that restarts between two polls (a brown-out, its watchdog) comes back with
+    its coil at the power-on level (off), no request failing: no reconnect probe wrote the
+    planned level again, and the poller read only the inputs. Active-low wiring: the
+    turnstile stood released while the gate believed it locked (free entries, unrecorded);
+    a fail-safe door released for a fire alarm: locked again while the gate said released.
+    The coil is read back every few idle polls and written again, with an alarm."""
+    async with SimTurnstile(active_low=(case == "active_low_locked"), person=Person(turns=False)) as sim:
+        gate, alarms = await make_gate(sim, poll_interval=0.05)
+        if case == "fire_released":
+            await gate.set_fire_alarm(True)  # fail-safe door held released
+            await wait_until(lambda: sim.unlocked, what="released")
+        assert sim.unlocked is gate.state["released"]
+        writes = len(sim.coil_history)
+        sim._coil_raw = False  # the board restarts between two polls: its coil at power-on level
+        assert sim.unlocked is not gate.state["released"]
+        _, _, detail = await alarms.wait_for("relay_state_mismatch", timeout=2.0)
+        await wait_until(lambda: sim.unlocked is gate.state["released"], timeout=1.0, what="the plan written again")
+        assert len(sim.coil_history) == writes + 1, sim.coil_history
+        want = "released" if case == "fire_released" else "locked"
+        assert f"should stand {want}" in detail, detail
+        assert alarms.kinds().count("relay_state_mismatch") == 1  # once: the coil holds again
+
+
+async def test_the_coil_read_back_raises_nothing_across_pulses(make_gate, sim_tcp: SimTurnstile) -> None:
+    """Grants pulse the coil while it is being read back: a reading taken as a write goes
+    out proves nothing, and no alarm is raised for a coil on its way to the new level."""
+    gate, alarms = await make_gate(sim_tcp, poll_interval=0.01)
+    for _ in range(5):
+        assert await gate.grant() is True
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
+    assert "relay_state_mismatch" not in alarms.kinds()

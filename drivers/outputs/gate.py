@@ -75,6 +75,15 @@ def stuck_after(passage_pulse: float) -> float:
 # input) stays open for seconds when someone goes through: a second's gap hides nothing.
 DOOR_BLIND = 1.0
 
+# An idle gate reads its coil back every this many polls (ModbusGateOutput.verify_coil). A
+# board that restarts between two polls comes back with its coils at their power-on level,
+# no request failing: an active-low turnstile then stands released (free entries,
+# unrecorded), a fail-safe door held released for a fire alarm locks. At the idle pace that
+# is every 2 s on RTU (0.25 s polls): one 24 ms exchange at 9,600 baud, about 1 % of the
+# line per gate, and no longer than a poll's, so a tap still waits for at most one exchange
+# on the wire; every 0.4 s over TCP (0.05 s polls). Not while a grant waits (its pulse runs).
+COIL_CHECK_POLLS = 8
+
 # on_alarm(gate_id, kind, detail); kind is an AlarmKind or a HealthAlarm value.
 AlarmCallback = Callable[[str, str, str], Awaitable[None] | None]
 
@@ -87,6 +96,9 @@ class HealthAlarm(StrEnum):
     # reads inactive again
     PASSAGE_INPUT_STUCK = "passage_input_stuck"
     PASSAGE_INPUT_STUCK_CLEARED = "passage_input_stuck_cleared"
+    # the coil read back is not at the planned level (a board that restarted between two
+    # polls: its coils at their power-on level): written again
+    RELAY_STATE_MISMATCH = "relay_state_mismatch"
 
 
 _HEALTH_ALARM = {
@@ -171,6 +183,7 @@ class GateController:
         # several requests (a counter and the bits, inputs far apart) may have a release's
         # write between them, and counts as after it only if its first request was.
         self._readings = 0
+        self._idle_polls = COIL_CHECK_POLLS  # idle polls since the coil was read back (verify_coil)
         self.release_tail = ReleaseTail()  # a fire alarm's or a hand's hold's relock (plan.py)
         self._polled = asyncio.Condition()
         self._waiting = 0  # grants waiting for a passage: poll fast
@@ -441,6 +454,24 @@ class GateController:
         self._report_unclaimed(released_for, doubt, now)
         async with self._polled:
             self._polled.notify_all()
+        if ok and not self._waiting:
+            self._idle_polls += 1
+            if self._idle_polls >= COIL_CHECK_POLLS:
+                self._idle_polls = 0
+                await self._check_coil()
+
+    async def _check_coil(self) -> None:
+        """The coil read back at the planned level, or written again with an alarm."""
+        try:
+            held = await self.output.verify_coil()
+        except OutputFault:
+            return  # silent or out of step: the reconnect probe writes the planned level
+        if held is False:
+            want = "released" if self.output.released else "locked"
+            found = "locked" if self.output.released else "released"
+            self._alarms.put_nowait((str(HealthAlarm.RELAY_STATE_MISMATCH),
+                                     f"the relay read back {found} while the gate should stand {want} (a board "
+                                     "restart resets its coils): written again"))
 
     def _watch_stuck(self, passage: bool | None, now: float) -> None:
         """The passage input's level, watched for a stuck sensor: one alarm when it has read

@@ -448,6 +448,7 @@ class ModbusGateOutput(ModbusDevice):
         self._clock = clock
         self._timer: asyncio.Task[None] | None = None
         self._relock: asyncio.Future[None] | None = None  # the end-of-pulse write, once started
+        self._writing = 0  # coil writes asked for and not yet answered (queued or on the wire)
 
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
@@ -560,7 +561,29 @@ class ModbusGateOutput(ModbusDevice):
             raise
 
     async def _write_level(self, released: bool) -> None:
-        await self.write_coil(self.out_cfg.coil, released != self.out_cfg.active_low)
+        self._writing += 1
+        try:
+            await self.write_coil(self.out_cfg.coil, released != self.out_cfg.active_low)
+        finally:
+            self._writing -= 1
+
+    async def verify_coil(self) -> bool | None:
+        """Read the coil back and compare it with the plan: True when it holds the planned
+        level; False when it does not — a board that restarted between two polls comes
+        back with its coils at their power-on level, and no request failed, so no
+        reconnect probe wrote the plan again — and then the plan is written again; None
+        when the reading proves nothing (a pulse running, a write asked for meanwhile: the
+        coil may be on its way to the new level). Raises OutputFault as any request."""
+        if self.plan.pulsing or self._writing:
+            return None
+        writes, desired = self.last_write, self.plan.desired
+        bits, _ = await self._read_bits(self.out_cfg.coil, 1, discrete=False)
+        if self.plan.pulsing or self._writing or self.last_write != writes or self.plan.desired != desired:
+            return None
+        if (bits[0] != self.out_cfg.active_low) == desired:
+            return True
+        await self._write([desired])
+        return False
 
     async def read_inputs(self, priority: Priority = Priority.POLL) -> InputsSnapshot:
         """Read the passage input and door contact (both in one request when they are close),
