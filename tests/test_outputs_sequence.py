@@ -191,3 +191,29 @@ async def test_an_echo_of_another_write_is_not_this_writes() -> None:
         await out.pulse()
     assert out.health is OutputHealth.OFFLINE
     await out.close()
+
+
+async def test_a_board_that_cannot_read_its_coil_back_is_not_faulted() -> None:
+    """The coil read-back is optional: a board refusing function 1 is checked no more, and
+    its gate stays online."""
+    from pymodbus.pdu import ExceptionResponse
+
+    board = FakeBoard()
+    out = _output(board, passage_input=0)
+    assert await out.connect()
+    board.stale.append(ExceptionResponse(1, 1))  # illegal function
+    assert await out.verify_coil() is None
+    assert out.health is OutputHealth.ONLINE and not out.coil_readable
+    assert await out.verify_coil() is None and board.log.count("read coils 0+1") == 1
+    await out.close()
+
+
+async def test_a_coil_read_back_holds_the_plan() -> None:
+    board = FakeBoard()
+    out = _output(board, passage_input=0, active_low=True)
+    assert await out.connect()
+    assert await out.verify_coil() is True  # locked: active-low coil on
+    board.coils[0] = False  # power-on level: released
+    assert await out.verify_coil() is False
+    assert board.coils[0] is True and board.log[-1] == "write 0=1"
+    await out.close()

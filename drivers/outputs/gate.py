@@ -75,13 +75,15 @@ def stuck_after(passage_pulse: float) -> float:
 # input) stays open for seconds when someone goes through: a second's gap hides nothing.
 DOOR_BLIND = 1.0
 
-# An idle gate reads its coil back every this many polls (ModbusGateOutput.verify_coil). A
+# An idle gate reads its coil back every this many idle polls' time (ModbusGateOutput.verify_coil). A
 # board that restarts between two polls comes back with its coils at their power-on level,
 # no request failing: an active-low turnstile then stands released (free entries,
 # unrecorded), a fail-safe door held released for a fire alarm locks. At the idle pace that
 # is every 2 s on RTU (0.25 s polls): one 24 ms exchange at 9,600 baud, about 1 % of the
 # line per gate, and no longer than a poll's, so a tap still waits for at most one exchange
-# on the wire; every 0.4 s over TCP (0.05 s polls). Not while a grant waits (its pulse runs).
+# on the wire; every 0.4 s over TCP (0.05 s polls). Not while a grant waits (its pulse runs),
+# and by time, not by polls: the fast polls of a rotation's end would read it every 160 ms
+# just when the line is busiest.
 COIL_CHECK_POLLS = 8
 
 # on_alarm(gate_id, kind, detail); kind is an AlarmKind or a HealthAlarm value.
@@ -183,7 +185,8 @@ class GateController:
         # several requests (a counter and the bits, inputs far apart) may have a release's
         # write between them, and counts as after it only if its first request was.
         self._readings = 0
-        self._idle_polls = COIL_CHECK_POLLS  # idle polls since the coil was read back (verify_coil)
+        self.coil_check_every = COIL_CHECK_POLLS * self.poll_interval
+        self._coil_checked_at = float("-inf")  # when the coil was last read back (verify_coil)
         self.release_tail = ReleaseTail()  # a fire alarm's or a hand's hold's relock (plan.py)
         self._polled = asyncio.Condition()
         self._waiting = 0  # grants waiting for a passage: poll fast
@@ -454,11 +457,9 @@ class GateController:
         self._report_unclaimed(released_for, doubt, now)
         async with self._polled:
             self._polled.notify_all()
-        if ok and not self._waiting:
-            self._idle_polls += 1
-            if self._idle_polls >= COIL_CHECK_POLLS:
-                self._idle_polls = 0
-                await self._check_coil()
+        if ok and not self._waiting and now - self._coil_checked_at >= self.coil_check_every:
+            self._coil_checked_at = now
+            await self._check_coil()
 
     async def _check_coil(self) -> None:
         """The coil read back at the planned level, or written again with an alarm."""

@@ -44,6 +44,11 @@ class OutputFault(Exception):
     """The relay board did not do what was asked (no answer, or an exception response)."""
 
 
+class Refused(OutputFault):
+    """The board answered this request with a Modbus exception (health unchanged where the
+    request was optional: a coil read-back on a board that cannot read coils)."""
+
+
 class OutputUncertain(OutputFault):
     """A write went out and its answer never came: the board may have acted on it (a lost
     answer on a noisy RS-485 line, a TCP link that broke after the request). A release
@@ -216,7 +221,8 @@ class ModbusDevice:
         return (await self._read_bits(address, count, discrete=discrete, priority=priority))[0]
 
     async def _read_bits(
-        self, address: int, count: int, *, discrete: bool = True, priority: Priority = Priority.POLL
+        self, address: int, count: int, *, discrete: bool = True, priority: Priority = Priority.POLL,
+        optional: bool = False,
     ) -> tuple[list[bool], int]:
         """The bits, and the number of the exchange that read them (`sent`)."""
         timing = self._timing()
@@ -231,7 +237,7 @@ class ModbusDevice:
             what = f"read coils {address}+{count}"
             resp, number = await self._exchange(
                 lambda c: c.read_coils(address, count=count, device_id=self.cfg.unit),
-                what, priority, wire, expect=_Expect(1, count=count),
+                what, priority, wire, expect=_Expect(1, count=count), optional=optional,
             )
         return list(resp.bits)[:count], number
 
@@ -274,6 +280,7 @@ class ModbusDevice:
         *,
         acts: bool = False,
         expect: _Expect | None = None,
+        optional: bool = False,
     ) -> tuple[Any, int]:
         """One exchange: its answer, checked against the request (`expect`), and its number
         among this device's exchanges in the order they went on the wire (`sent`).
@@ -319,7 +326,9 @@ class ModbusDevice:
             lost = OutputUncertain if acts else OutputFault
             raise self._fail(lost(f"{what}: {mismatch}"))
         if resp is None or resp.isError():
-            fault = OutputFault(f"{what}: board refused ({_describe_refusal(resp)})")
+            fault = Refused(f"{what}: board refused ({_describe_refusal(resp)})")
+            if optional:
+                raise fault  # the board answers: its health stands
             raise self._fail(fault, OutputHealth.ERROR)
         return resp, number
 
@@ -449,6 +458,7 @@ class ModbusGateOutput(ModbusDevice):
         self._timer: asyncio.Task[None] | None = None
         self._relock: asyncio.Future[None] | None = None  # the end-of-pulse write, once started
         self._writing = 0  # coil writes asked for and not yet answered (queued or on the wire)
+        self.coil_readable = True  # False once the board refused to read its coil back
 
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
@@ -574,10 +584,18 @@ class ModbusGateOutput(ModbusDevice):
         reconnect probe wrote the plan again — and then the plan is written again; None
         when the reading proves nothing (a pulse running, a write asked for meanwhile: the
         coil may be on its way to the new level). Raises OutputFault as any request."""
-        if self.plan.pulsing or self._writing:
+        if self.plan.pulsing or self._writing or not self.coil_readable:
             return None
         writes, desired = self.last_write, self.plan.desired
-        bits, _ = await self._read_bits(self.out_cfg.coil, 1, discrete=False)
+        try:
+            bits, _ = await self._read_bits(self.out_cfg.coil, 1, discrete=False, optional=True)
+        except Refused as exc:
+            # a board that cannot read its coils (no function 1): it is not checked, and
+            # that is no fault of the gate's
+            self.coil_readable = False
+            log.warning("modbus %s unit %s: the coil cannot be read back, not checked (%s)",
+                        self._where(), self.cfg.unit, exc)
+            return None
         if self.plan.pulsing or self._writing or self.last_write != writes or self.plan.desired != desired:
             return None
         if (bits[0] != self.out_cfg.active_low) == desired:
