@@ -187,7 +187,7 @@ class AlarmEvent(EventBase):
         str,
         Field(
             description="relay_offline, relay_error, relay_online, door_held, door_forced, door_held_cleared, "
-            "door_forced_cleared, not_opened, passage_input_stuck, passage_input_stuck_cleared, reader_offline, reader_online, reader_error, fire_input_unreachable, "
+            "door_forced_cleared, not_opened, passage_input_stuck, passage_input_stuck_cleared, relay_state_mismatch, reader_offline, reader_online, reader_error, fire_input_unreachable, "
             "fire_input_online, passage_without_grant, passage_while_released, storage_fault, storage_recovered, "
             "exits_not_recorded, ack_beyond_last_seq, ledger_restored, snapshot_held, clock_untrusted, clock_unconfirmed, uplink_stalled, "
             "deltas_behind, peers_unheard, peer_silent, numbering_unsure, own_history_missing, "

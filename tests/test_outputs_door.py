@@ -167,9 +167,33 @@ CASES = [
         [(30, H)],
     ),
     Case(
-        "unknown door state (board offline) freezes door alarms",
-        [o(0, False), o(1, None), o(2, None), o(3, True)],
-        [(3, F)],
+        # a closed reading older than the outage proves nothing of how the door came to be
+        # open: it may have opened on a grant while the board was silent
+        "door seen open after an outage: not forced, held timed from that reading",
+        [o(0, False), o(1, None), o(2, None), o(3, True), o(32, True), o(33, True)],
+        [(33, H)],
+    ),
+    Case(
+        "a grant's opening during an outage is not forced against the member",
+        [o(0, False), o(0.5, False, granted=True), *[o(1 + 0.25 * i, None) for i in range(44)], o(12, True)],
+        [(8.5, N)],  # (the window's lapse; in the daemon the grant tracker says UNKNOWN instead)
+        passage_sensor=False,
+    ),
+    Case(
+        "no door held from a reading older than the outage",
+        [o(0, False), o(0.5, False, granted=True), o(1, True), *[o(2 + 0.25 * i, None) for i in range(153)]],
+        [],
+        passage_sensor=False,
+    ),
+    Case(
+        "an outage neither raises nor clears: alarms before it end when the door is seen closed",
+        [o(0, False), o(1, True), o(31, True), o(32, None), o(60, None), o(61, False)],
+        [(1, F), (61, FC)],
+    ),
+    Case(
+        "held before an outage, still open after it: raised once, cleared on close",
+        [o(0, False, granted=True), o(1, True, passage=True), o(31, True), o(32, None), o(40, True), o(41, False)],
+        [(31, H), (41, HC)],
     ),
     Case(
         "door unknown then seen open after an outage: not forced",

@@ -10,7 +10,7 @@ import pytest
 from drivers.outputs import FireAlarmInputConfig
 from drivers.outputs.fire import FireAlarmMonitor
 from drivers.outputs.gate import GateController, GrantRefused
-from drivers.outputs.grant import Passage
+from drivers.outputs.grant import Passage, Unseen
 from drivers.outputs.modbus import OutputFault, OutputHealth, OutputUncertain
 from simulator.turnstile import Person, SimTurnstile
 from tests.outputs_fixtures import *  # noqa: F403 (pytest fixtures)
@@ -160,21 +160,73 @@ async def test_a_pulse_shorter_than_a_poll_is_counted_by_the_boards_counter(coun
             assert results.count(True) < 3  # what the counter is for
 
 
-async def test_a_person_through_while_the_counting_board_is_silent_is_counted_when_it_answers(make_gate) -> None:
+async def test_a_person_through_while_the_counting_board_is_silent_is_unconfirmed(make_gate) -> None:
     """The board stops answering just after the release, the person turns meanwhile, the
-    board answers again: its counter moved by one, the person the grant waited for (the
-    counter's step across the silence was taken for nobody — neither passed nor reported:
-    a rotation the books never saw, found by a simulated day)."""
+    board answers again: its counter moved by one — or the board restarted and counts from
+    0 again, which the step cannot tell (a restart near the wrap reads as hundreds). The
+    step across a silence is no count: the grant ends unconfirmed (passage_unconfirmed,
+    for the desk), never "did not pass" and never charged from a step that may be a
+    restart. (Before the count was kept across failed readings, this passage was in
+    nobody's books: neither passed nor reported, found by a simulated day.)"""
     async with SimTurnstile(person=Person(delay=0.3), passage_pulse=0.05, passage_counter=5) as sim:
         gate, alarms = await make_gate(sim, passage_poll_interval=0.05, poll_interval=0.05, passage_counter=5)
-        granted = asyncio.create_task(gate.grant())
+        granted = asyncio.create_task(gate.grant_passage())
         await wait_until(lambda: sim.unlocked, what="the release")
         sim.inject("no_answer")
         await wait_until(lambda: len(sim.passages) == 1, what="the person through")
         await asyncio.sleep(0.3)
         sim.inject("none")
-        assert await granted is True
-        assert gate.state["passages"] == 1 and "not_opened" not in alarms.kinds()
+        assert await granted is Passage.UNKNOWN
+        assert gate.unconfirmed_because is Unseen.RELAY_UNREADABLE
+        assert "not_opened" not in alarms.kinds() and "passage_without_grant" not in alarms.kinds()
+
+
+async def test_a_passage_hidden_by_a_board_restart_is_unconfirmed_not_did_not_pass(make_gate) -> None:
+    """Three people counted (counter 3). A member is released; the board goes silent; the
+    member turns the arm (counter 4) and the board restarts before it is read (its counter
+    begins again at 0). The counter took the step 3 -> 0 for a restart and began again
+    from it, but the tracker trusted its counter ("a silence hides no passage") and ended
+    the grant NOT_PASSED: a `not_opened`, "did not pass", for a member who went through."""
+    async with SimTurnstile(person=Person(delay=0.05), passage_pulse=0.05, passage_counter=5) as sim:
+        gate, alarms = await make_gate(sim, passage_poll_interval=0.05, poll_interval=0.05, passage_counter=5)
+        for _ in range(3):
+            assert await gate.grant() is True
+        assert sim.pulse_count == 3
+        sim.set_person(turns=True, delay=0.3)
+        granted = asyncio.create_task(gate.grant_passage())
+        await wait_until(lambda: sim.unlocked, what="the release")
+        sim.inject("no_answer")
+        await wait_until(lambda: len(sim.passages) == 4, what="the member through")
+        assert sim.pulse_count == 4
+        sim.pulse_count = 0  # the board power-cycles: its counter starts again
+        await asyncio.sleep(0.3)
+        sim.inject("none")
+        outcome = await granted
+        assert len(sim.passages) == 4  # the member did go through
+        assert outcome is Passage.UNKNOWN, (outcome, alarms.kinds())
+        assert "not_opened" not in alarms.kinds()
+
+
+async def test_a_board_restart_near_the_counter_wrap_is_not_taken_for_people(make_gate) -> None:
+    """A busy gate's 16-bit counter stands at 65,000 (about two months at 1,000 a day). The
+    board restarts (counter 0) while a member is released who then does not turn. The
+    step 65,000 -> 0 is 536 modulo 2^16, under MAX_STEP: it was taken for 536 people — the
+    grant PASSED (the member charged for a passage that never happened) and 535
+    passage_without_grant alarms."""
+    async with SimTurnstile(person=Person(turns=False), passage_pulse=0.05, passage_counter=5) as sim:
+        sim.pulse_count = 65000
+        gate, alarms = await make_gate(sim, passage_poll_interval=0.05, poll_interval=0.05, passage_counter=5)
+        granted = asyncio.create_task(gate.grant_passage())
+        await wait_until(lambda: sim.unlocked, what="the release")
+        sim.inject("no_answer")
+        await asyncio.sleep(0.3)
+        sim.pulse_count = 0  # the board power-cycles
+        sim.inject("none")
+        outcome = await granted
+        await asyncio.sleep(0.3)
+        assert len(sim.passages) == 0  # nobody went through
+        assert outcome is Passage.UNKNOWN, (outcome, gate.state["passages"])
+        assert gate.state["passages"] == 0 and "passage_without_grant" not in alarms.kinds()
 
 
 async def test_slow_board_within_timeout_still_works(sim_tcp: SimTurnstile, make_gate) -> None:
@@ -383,3 +435,39 @@ async def test_a_stop_at_the_instant_the_supervisor_wakes_still_stops_it(sim_tcp
     gate._wake.set()  # what a grant does: poll now — and in the same instant, stop
     async with asyncio.timeout(5):
         await gate.stop()
+
+
+@pytest.mark.parametrize("case", ["active_low_locked", "fire_released"])
+async def test_a_coil_reset_by_a_board_restart_is_written_again(case: str, make_gate) -> None:
+    """A board that restarts between two polls (a brown-out, its watchdog) comes back with
+    its coil at the power-on level (off), no request failing: no reconnect probe wrote the
+    planned level again, and the poller read only the inputs. Active-low wiring: the
+    turnstile stood released while the gate believed it locked (free entries, unrecorded);
+    a fail-safe door released for a fire alarm: locked again while the gate said released.
+    The coil is read back every few idle polls and written again, with an alarm."""
+    async with SimTurnstile(active_low=(case == "active_low_locked"), person=Person(turns=False)) as sim:
+        gate, alarms = await make_gate(sim, poll_interval=0.05)
+        if case == "fire_released":
+            await gate.set_fire_alarm(True)  # fail-safe door held released
+            await wait_until(lambda: sim.unlocked, what="released")
+        assert sim.unlocked is gate.state["released"]
+        writes = len(sim.coil_history)
+        sim._coil_raw = False  # the board restarts between two polls: its coil at power-on level
+        assert sim.unlocked is not gate.state["released"]
+        _, _, detail = await alarms.wait_for("relay_state_mismatch", timeout=2.0)
+        await wait_until(lambda: sim.unlocked is gate.state["released"], timeout=1.0, what="the plan written again")
+        assert len(sim.coil_history) == writes + 1, sim.coil_history
+        want = "released" if case == "fire_released" else "locked"
+        assert f"should stand {want}" in detail, detail
+        assert alarms.kinds().count("relay_state_mismatch") == 1  # once: the coil holds again
+
+
+async def test_the_coil_read_back_raises_nothing_across_pulses(make_gate, sim_tcp: SimTurnstile) -> None:
+    """Grants pulse the coil while it is being read back: a reading taken as a write goes
+    out proves nothing, and no alarm is raised for a coil on its way to the new level."""
+    gate, alarms = await make_gate(sim_tcp, poll_interval=0.01)
+    for _ in range(5):
+        assert await gate.grant() is True
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
+    assert "relay_state_mismatch" not in alarms.kinds()

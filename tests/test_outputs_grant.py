@@ -59,9 +59,24 @@ def test_one_grant_one_outcome(name: str, steps: list[tuple[str, float, int, boo
     assert play(steps) == expected, name
 
 
-def test_a_pulse_counter_covers_a_silence() -> None:
-    steps = [("release", 0.0, 5, True, 0), ("read", 0.5, 6, False, 0), ("read", 2.0, 7, True, 0), ("tick", 5.1, 0, True, 0)]
+def test_a_pulse_counter_covers_a_gate_nobody_read() -> None:
+    """Nobody read the board for 1.5 s (the loop starved), the board answering: its counter
+    saw every pulse meanwhile, so no passage went unseen."""
+    steps = [("release", 0.0, 5, True, 0), ("read", 0.5, 6, True, 0), ("read", 2.0, 7, True, 0), ("tick", 5.1, 0, True, 0)]
     assert play(steps, counts_unseen=True) == [None, None, Passage.NOT_PASSED]
+
+
+def test_a_counter_that_began_again_covers_nothing() -> None:
+    """The board was silent and its next reading is a new baseline (plan.PassageCounter: it
+    may have restarted, its count lost): a person may have gone through uncounted — the
+    grant ends unconfirmed, never "did not pass" (a `not_opened` for a member who went
+    through, when the board restarted after they turned)."""
+    t = GrantTracker(T, STALL, counts_unseen=True)
+    t.release(0.0, 5)
+    assert t.reading(0.5, 6, False) is None  # silent
+    assert t.reading(1.0, 7, True, 0, rebased=True) is None  # back, its counter from a new start
+    assert t.reading(2.0, 8, True) is None
+    assert t.tick(3.6) is Passage.UNKNOWN and t.because is Unseen.RELAY_UNREADABLE
 
 
 @pytest.mark.parametrize("counts_unseen", [False, True])

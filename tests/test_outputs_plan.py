@@ -106,10 +106,14 @@ COUNTER = [
     # readings of the board's counter, people counted after each
     ([7, 7, 8, 10], [0, 0, 1, 3]),  # the first reading is the baseline; two between polls
     ([65534, 65535, 0, 2], [0, 1, 2, 4]),  # 16 bits: it wraps
-    ([5, None, 9, 10], [0, 0, 4, 5]),  # what moved while the board was silent: people meanwhile
+    # across a silence the board may have restarted: the step is no count, a new baseline
+    ([5, None, 9, 10], [0, 0, 0, 1]),
     ([None, 3, 3], [0, 0, 0]),
     ([120, None, 0, 2], [0, 0, 0, 2]),  # back from a restart, its counter from 0: a new baseline
     ([3, None, 1], [0, 0, 0]),  # restarted, and one person since: not 65,534 people
+    ([65000, None, 0, 1], [0, 0, 0, 1]),  # restarted near the wrap: not 536 people
+    ([3, None, 0], [0, 0, 0]),  # restarted after a person went through (3 -> 4 -> 0): not 65,533
+    ([10, 2000], [0, 0]),  # a step no crowd makes between two polls: a restart
 ]
 
 
@@ -121,6 +125,14 @@ def test_passage_counter(readings: list[int | None], people: list[int]) -> None:
         counter.observe(count)
         seen.append(counter.people)
     assert seen == people
+
+
+def test_a_new_baseline_says_so() -> None:
+    """The first reading, the first after a failed one, and a step beyond MAX_STEP are new
+    baselines: a grant waiting then cannot trust the counter (grant.py)."""
+    counter = PassageCounter()
+    said = [tuple(counter.observe(c)) for c in (7, 8, None, None, 9, 10, 5000)]
+    assert said == [(0, True), (1, False), (0, False), (0, False), (0, True), (1, False), (0, True)]
 
 
 # -- the line ---------------------------------------------------------------------------

@@ -208,3 +208,111 @@ async def test_three_gates_on_one_line_cancelled_requests_never_glue_frames() ->
         finally:
             for g in gates:
                 await g.stop()
+
+
+class _SlowBoard:
+    """A raw RTU responder on a socat pty (not pymodbus): answers in order, each `latency`
+    after the previous one, and says which requests it saw. Nobody ever turns."""
+
+    def __init__(self, path: str, latency: float) -> None:
+        self.path = path
+        self.latency = latency
+        self.coil = False
+        self.got: list[str] = []
+
+    def answer(self, req: bytes) -> bytes:
+        from drivers.outputs.rtu_probe import with_crc
+
+        unit, fc = req[0], req[1]
+        addr = int.from_bytes(req[2:4], "big")
+        if fc == 5:
+            self.coil = req[4] == 0xFF
+            self.got.append(f"write coil {addr}={int(self.coil)}")
+            return req  # the echo
+        if fc == 2:
+            self.got.append(f"read inputs {addr}")
+            return with_crc(bytes([unit, 2, 1, 0]))
+        if fc == 1:
+            return with_crc(bytes([unit, 1, 1, 1 if self.coil else 0]))
+        return with_crc(bytes([unit, fc | 0x80, 1]))
+
+    async def run(self) -> None:
+        import asyncio
+        import os
+        import time
+
+        from drivers.outputs.rtu_probe import crc16
+
+        loop = asyncio.get_running_loop()
+        fd = os.open(self.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        readable = asyncio.Event()
+        loop.add_reader(fd, readable.set)
+        busy_until = 0.0
+
+        async def responder() -> None:
+            nonlocal busy_until
+            while True:
+                req = await queue.get()
+                busy_until = max(time.monotonic(), busy_until) + self.latency
+                await asyncio.sleep(max(0.0, busy_until - time.monotonic()))
+                os.write(fd, self.answer(req))
+
+        answering = asyncio.create_task(responder())
+        buf = b""
+        try:
+            while True:
+                await readable.wait()
+                readable.clear()
+                try:
+                    buf += os.read(fd, 256)
+                except BlockingIOError:
+                    continue
+                while len(buf) >= 8:
+                    frame, buf = buf[:8], buf[8:]
+                    if crc16(frame[:6]).to_bytes(2, "little") == frame[6:]:
+                        await queue.put(frame)
+                    else:
+                        buf = b""
+        finally:
+            loop.remove_reader(fd)
+            answering.cancel()
+            os.close(fd)
+
+
+async def test_a_late_answer_is_not_taken_for_the_next_requests() -> None:
+    """A board that answers later than `timeout` (0.3 s) but within timeout x (retries + 1):
+    pymodbus resent the request on its timeout, took the first answer for the resend's, and
+    the resend's answer came during the unit's next request — its RTU framer checks the
+    unit id only. The release's echo `01 05 0000 FF00` was read as the passage input
+    active: nobody turned, the member was charged and the gate stayed online. gated now
+    waits for the late answer itself before anything else goes on the line, and checks
+    every answer against its request."""
+    import asyncio
+
+    from drivers.outputs import ModbusOutputConfig
+    from drivers.outputs.gate import GateController
+    from simulator.socat_pair import socat_pty_pair
+
+    needs_socat()
+    async with socat_pty_pair() as pair:
+        board = _SlowBoard(pair.server_end, latency=0.0)
+        runner = asyncio.create_task(board.run())
+        cfg = ModbusOutputConfig(transport="rtu", device=pair.client_end, baudrate=19200, unit=1, coil=0,
+                                 passage_input=0, timeout=0.3, retries=1, pulse=5.0, passage_timeout=3.0)
+        alarms = AlarmRecorder()
+        gate = GateController("g1", cfg, on_alarm=alarms)
+        try:
+            await gate.start()
+            assert (await gate.output.read_inputs()).passage is False  # a fast board: nobody there
+            board.latency = 0.4  # slower than the timeout, within timeout x (retries + 1)
+            seen = [(await gate.output.read_inputs()).passage for _ in range(3)]
+            outcome = await gate.grant_passage()
+            seen += [(await gate.output.read_inputs()).passage for _ in range(2)]
+        finally:
+            await gate.stop()
+            runner.cancel()
+        assert True not in seen, (seen, board.got)
+        # nobody went through (UNKNOWN: readings 0.4 s apart may miss a 100 ms pulse)
+        assert outcome is not Passage.PASSED, (outcome, alarms.kinds())
+        assert "relay_offline" not in alarms.kinds()  # a slow board, answering: no fault

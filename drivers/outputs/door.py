@@ -14,8 +14,12 @@ Rules:
   passage_timeout. A one-shot event: there is nothing to clear.
 - A grant is used up by the passage (or the door opening); the door may still open until
   the grant window ends, and stays authorised until it closes again.
-- door_open=None means "unknown" (relay board offline): door transitions are frozen, so an
-  outage neither raises nor clears door alarms.
+- door_open=None means "unknown" (relay board offline): an outage neither raises nor clears
+  door alarms. The door's last state is forgotten: the first reading after the outage is
+  judged as a first reading (a door found open is not forced: it may have opened on a grant
+  meanwhile; its held time counts from that reading), and no held time runs on a reading
+  older than the outage. Alarms active before it stay active until the door is seen closed.
+  Observations that carry no reading (a grant, a lockdown) pass the last reading on.
 - held_released: the relay is held released on purpose (an installer's `gated relay … on`):
   like a fire alarm's release, an opening then is no forced door and an open door no held
   one — a person is there, doing it.
@@ -125,6 +129,12 @@ class DoorSupervisor:
 
         if obs.door_open is not None:
             events += self._door(now, obs.door_open, obs.fire_alarm or obs.held_released, obs.release_ended)
+        else:
+            # Unread: what the door did meanwhile is unknown. A closed reading from before
+            # the outage would make a granted opening during it look forced, an open one
+            # would time a door held open that may have shut long ago.
+            self.door_open = None
+            self._open_since = None
 
         if self.reports_not_opened and self._grant_at is not None and now - self._grant_at >= self.passage_timeout:
             waited_for = "passage" if self.has_passage_sensor else "door opening"
@@ -185,7 +195,8 @@ class DoorSupervisor:
                     else "door opened without a grant"
                 )
                 events.append(AlarmEvent(AlarmKind.DOOR_FORCED, now, detail))
-        elif not door_open and previous:
+        elif not door_open and (previous or (previous is None and (self._forced or self._held))):
+            # (seen closed after an outage: the alarms raised before it end here)
             self._open_since = None
             if self._open_authorised and self._window_until == self._opened_window:
                 # One grant, one opening; a grant given while the door was open stands.

@@ -75,6 +75,17 @@ def stuck_after(passage_pulse: float) -> float:
 # input) stays open for seconds when someone goes through: a second's gap hides nothing.
 DOOR_BLIND = 1.0
 
+# An idle gate reads its coil back every this many idle polls' time (ModbusGateOutput.verify_coil). A
+# board that restarts between two polls comes back with its coils at their power-on level,
+# no request failing: an active-low turnstile then stands released (free entries,
+# unrecorded), a fail-safe door held released for a fire alarm locks. At the idle pace that
+# is every 2 s on RTU (0.25 s polls): one 24 ms exchange at 9,600 baud, about 1 % of the
+# line per gate, and no longer than a poll's, so a tap still waits for at most one exchange
+# on the wire; every 0.4 s over TCP (0.05 s polls). Not while a grant waits (its pulse runs),
+# and by time, not by polls: the fast polls of a rotation's end would read it every 160 ms
+# just when the line is busiest.
+COIL_CHECK_POLLS = 8
+
 # on_alarm(gate_id, kind, detail); kind is an AlarmKind or a HealthAlarm value.
 AlarmCallback = Callable[[str, str, str], Awaitable[None] | None]
 
@@ -87,6 +98,9 @@ class HealthAlarm(StrEnum):
     # reads inactive again
     PASSAGE_INPUT_STUCK = "passage_input_stuck"
     PASSAGE_INPUT_STUCK_CLEARED = "passage_input_stuck_cleared"
+    # the coil read back is not at the planned level (a board that restarted between two
+    # polls: its coils at their power-on level): written again
+    RELAY_STATE_MISMATCH = "relay_state_mismatch"
 
 
 _HEALTH_ALARM = {
@@ -166,9 +180,13 @@ class GateController:
         # the board's own count of passage pulses, where configured: it sees pulses that
         # fall between two polls, which the level (the detector) cannot
         self.counter = PassageCounter() if cfg.passage_counter is not None else None
-        # Readings are numbered as they come back. The line runs one request at a time, so
-        # a reading that came back after the release's write returned was taken after it.
+        # Readings are counted as they come back (the release tail's doubt, plan.ReleaseTail).
+        # A grant goes by the board's exchanges instead (ModbusDevice.sent): a reading of
+        # several requests (a counter and the bits, inputs far apart) may have a release's
+        # write between them, and counts as after it only if its first request was.
         self._readings = 0
+        self.coil_check_every = COIL_CHECK_POLLS * self.poll_interval
+        self._coil_checked_at = float("-inf")  # when the coil was last read back (verify_coil)
         self.release_tail = ReleaseTail()  # a fire alarm's or a hand's hold's relock (plan.py)
         self._polled = asyncio.Condition()
         self._waiting = 0  # grants waiting for a passage: poll fast
@@ -303,7 +321,7 @@ class GateController:
         if on == self.lockdown:
             return
         self.lockdown = on
-        self._observe()  # a lockdown cancels pending grants in the supervisor
+        self._observe(door_open=self.door_open)  # a lockdown cancels pending grants in the supervisor
         await self._apply_hold_logged()
 
     async def set_fire_alarm(self, on: bool, *, emergency: bool = False) -> None:
@@ -314,7 +332,7 @@ class GateController:
             if on == self.fire_alarm:
                 return
             self.fire_alarm = on
-            self._observe()
+            self._observe(door_open=self.door_open)
             await self._apply_hold_logged()
 
     @contextlib.contextmanager
@@ -399,6 +417,7 @@ class GateController:
         door_open: bool | None = None  # unknown while the board does not answer
         count: int | None = None
         ok = False
+        sampled = self.output.sent  # a failed reading: numbered as of now, it shows nothing
         # No reading needs to jump the line: the devices on it take turns (bus.RequestQueue),
         # so other gates' coil writes cannot hold this one back, whether it is watching for
         # a person or for the end of a rotation.
@@ -406,6 +425,11 @@ class GateController:
             with contextlib.suppress(OutputFault):
                 snap = await self.output.read_inputs()
                 passage, door_open, count, ok = snap.passage, snap.door_open, snap.passage_count, True
+                sampled = snap.first
+                if snap.counter_after_silence and self.counter is not None:
+                    # the board went unanswered for a try before this count: as good as a
+                    # failed reading (a restart then is a step like any other)
+                    self.counter.observe(None)
         self._readings += 1
         seq = self._readings
         # Only a rising edge is a new passage: the tail of the previous person's rotation
@@ -413,14 +437,15 @@ class GateController:
         level = passage if self.cfg.passage_input is not None or self.counter is not None else door_open
         rising = self.detector.observe(level)
         people = int(rising)
+        rebased = False  # the board's counter began again (or may have): a grant cannot trust it
         if self.counter is not None:
-            people = self.counter.observe(count)
+            people, rebased = self.counter.observe(count)
             rising = people > 0
         now = self.clock()
         self._watch_stuck(passage, now)
         opening = door_open is True and self.door_open is False
         self.door_open = door_open
-        self._settled(self.tracker.reading(now, seq, ok, people, stuck=self.passage_stuck))
+        self._settled(self.tracker.reading(now, sampled, ok, people, stuck=self.passage_stuck, rebased=rebased))
         released_for = self._release_reason()
         doubt = released_for is None and self.release_tail.covers(seq)
         release_turn = doubt
@@ -432,6 +457,22 @@ class GateController:
         self._report_unclaimed(released_for, doubt, now)
         async with self._polled:
             self._polled.notify_all()
+        if ok and not self._waiting and now - self._coil_checked_at >= self.coil_check_every:
+            self._coil_checked_at = now
+            await self._check_coil()
+
+    async def _check_coil(self) -> None:
+        """The coil read back at the planned level, or written again with an alarm."""
+        try:
+            held = await self.output.verify_coil()
+        except OutputFault:
+            return  # silent or out of step: the reconnect probe writes the planned level
+        if held is False:
+            want = "released" if self.output.released else "locked"
+            found = "locked" if self.output.released else "released"
+            self._alarms.put_nowait((str(HealthAlarm.RELAY_STATE_MISMATCH),
+                                     f"the relay read back {found} while the gate should stand {want} (a board "
+                                     "restart resets its coils): written again"))
 
     def _watch_stuck(self, passage: bool | None, now: float) -> None:
         """The passage input's level, watched for a stuck sensor: one alarm when it has read
@@ -474,9 +515,11 @@ class GateController:
                 self._alarms.put_nowait((kind, describe(u, why)))
 
     def _observe(
-        self, *, door_open: bool | None = None, passage: bool = False, granted: bool = False,
+        self, *, door_open: bool | None, passage: bool = False, granted: bool = False,
         release_ended: bool = False,
     ) -> None:
+        """`door_open`: this poll's reading, or the last one where the observation carries
+        none (a grant, a lockdown) — None tells the supervisor the door went unread."""
         events = self.supervisor.observe(
             Observation(
                 now=self.clock(),
@@ -533,13 +576,14 @@ class GateController:
             # reading fails and the passage is UNKNOWN unless the board answers again and
             # shows it). Denying here would let the person through with nothing recorded.
             uncertain = True
-        self._observe(granted=True)
+        self._observe(door_open=self.door_open, granted=True)
         if self.cfg.passage_input is None and self.cfg.door_contact is None and self.counter is None:
             if uncertain:
                 self.unconfirmed_because = Unseen.RELAY_UNREADABLE
                 return Passage.UNKNOWN
             return Passage.PASSED  # no sensor: commit on grant
-        self.tracker.release(self.clock(), self._readings, board_ok=not uncertain, stuck=self.passage_stuck)
+        # the grant's readings are those whose first exchange went out after the release's write
+        self.tracker.release(self.clock(), self.output.last_write, board_ok=not uncertain, stuck=self.passage_stuck)
         self._waiting += 1
         self._wake.set()  # poll now, and fast until this grant is settled
         self.output.urgent = True

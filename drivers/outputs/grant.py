@@ -2,15 +2,19 @@
 grant's one outcome out — the way DoorSupervisor is for door alarms. No I/O, no clock
 reads (`now` is passed in); gate.py feeds it and waits for its verdict.
 
-A release is followed by readings of the gate's inputs, numbered as they come back (the
-line runs one request at a time, so a reading numbered after the release was taken after
-it). The grant ends, once, in exactly one of:
+A release is followed by readings of the gate's inputs, each numbered by its first
+exchange on the line, and the release by its write's (ModbusDevice.sent: the line runs one
+exchange at a time). A reading numbered after the release was sampled after it, all of it:
+one made of several requests (a counter and the bits, inputs far apart) may have the
+release's write between them, and then it is not after the release — numbered as it came
+back, a rotation read before a tap confirmed the grant. The grant ends, once, in exactly
+one of:
 
 | outcome | when |
 | --- | --- |
 | PASSED | a rising edge (a rotation, or the door opening where there is no passage sensor) in a reading taken after the release |
 | NOT_PASSED | `passage_timeout` of time *with the board answering* went by without one, and nothing went unseen (a `not_opened` alarm) |
-| UNKNOWN | the board stayed silent for `stall_limit`; or it was silent for a while — or nobody read it for more than `blind_limit` (the daemon's own loop starved: no reading came back at all), or its passage input read stuck active (no rotation can show as an edge) — and then `passage_timeout` went by without a passage: a person may have gone through while nobody could read (`passage_unconfirmed`) — unless the board counts passages itself (`counts_unseen`: its counter covers the silence, not a stuck input); or the gate is stopping |
+| UNKNOWN | the board stayed silent for `stall_limit`; or it was silent for a while — or nobody read it for more than `blind_limit` (the daemon's own loop starved: no reading came back at all), or its passage input read stuck active (no rotation can show as an edge) — and then `passage_timeout` went by without a passage: a person may have gone through while nobody could read (`passage_unconfirmed`) — unless the board counts passages itself (`counts_unseen`: its counter covers the time nobody read it, not a stuck input, nor a counter that began again — the first reading after the board was silent, which may hide a restart, `rebased`); or the gate is stopping |
 
 `because` says why an UNKNOWN outcome could not be seen (the `because` of the
 `passage_unconfirmed` event): `relay_unreadable`, `passage_input_stuck` or `stopping`.
@@ -58,7 +62,7 @@ class Unclaimed:
 
 @dataclass(slots=True)
 class _Grant:
-    after: int  # the reading count when the release was written
+    after: int  # the number of the release's write (readings numbered after it were sampled after it)
     last_at: float
     read_at: float  # the last reading back (or the release)
     waited: float = 0.0  # time with the board answering
@@ -66,13 +70,16 @@ class _Grant:
     board_ok: bool = True
     unseen: bool = False  # the board was silent at some point: a passage may have gone unseen
     stuck: bool = False  # the passage input read stuck at some point: a rotation showed no edge
+    rebased: bool = False  # the board's counter began again (a restart, or a silence that may hide one)
 
 
 @dataclass(slots=True)
 class GrantTracker:
     passage_timeout: float
     stall_limit: float
-    counts_unseen: bool = False  # the board's own pulse counter: a silence hides no passage
+    # the board's own pulse counter: a gate nobody read hides no passage (a board that was
+    # silent may have restarted: its counter's step then is no count, `rebased`)
+    counts_unseen: bool = False
     # Longer than this between two readings is not a busy line but a blind gate: a
     # rotation's pulse (100 ms or more) may have come and gone unread (issue 22: a flood
     # starved the loop and three grants lapsed as "did not pass" while the arm turned).
@@ -88,19 +95,21 @@ class GrantTracker:
         return self._grant is not None
 
     def release(self, now: float, readings: int, *, board_ok: bool = True, stuck: bool = False) -> None:
-        """The relay was released for one person; `readings`: how many readings had come
-        back by then. `board_ok`: False when the release's answer was lost (the board
+        """The relay was released for one person; `readings`: the number of its write (a
+        reading numbered higher was sampled after it). `board_ok`: False when the release's answer was lost (the board
         went silent as it wrote). `stuck`: the passage input reads stuck active (plan.StuckInput)."""
         self._grant = _Grant(after=readings, last_at=now, read_at=now, board_ok=board_ok,
                              unseen=not board_ok or stuck, stuck=stuck)
         self.outcome = None
         self.because = None
 
-    def reading(self, now: float, number: int, ok: bool, people: int = 0, *, stuck: bool = False) -> Passage | None:
-        """Reading `number` came back (`ok`: the board answered) with `people` new
+    def reading(self, now: float, number: int, ok: bool, people: int = 0, *, stuck: bool = False,
+                rebased: bool = False) -> Passage | None:
+        """Reading `number` (its first exchange's) came back (`ok`: the board answered) with `people` new
         passages (rising edges, or the board's counter); `stuck`: its passage input reads
-        stuck active, so a person going through shows no edge. The outcome, when this
-        settles the grant."""
+        stuck active, so a person going through shows no edge; `rebased`: the board's counter
+        is a new baseline (plan.PassageCounter), so what it counted before is lost. The
+        outcome, when this settles the grant."""
         g = self._grant
         if g is not None:
             if people and number > g.after:
@@ -109,8 +118,9 @@ class GrantTracker:
             else:
                 self._account(g, now)
                 g.board_ok = ok
-                g.unseen = g.unseen or not ok or stuck
+                g.unseen = g.unseen or not ok or stuck or rebased
                 g.stuck = g.stuck or stuck
+                g.rebased = g.rebased or rebased
                 g.read_at = now
         for _ in range(people):
             last = None if self.outcome is None or self._ended_at is None else (self.outcome, now - self._ended_at)
@@ -146,10 +156,11 @@ class GrantTracker:
         else:
             g.stalled += dt
         if g.waited >= self.passage_timeout:
-            # a pulse counter covers a silence, not a stuck input (its pulses stop too)
+            # a pulse counter covers a gate nobody read, not a stuck input (its pulses stop
+            # too), nor a counter that began again (a board restart: its count is lost)
             if g.stuck:
                 self._settle(Passage.UNKNOWN, now, Unseen.PASSAGE_INPUT_STUCK)
-            elif g.unseen and not self.counts_unseen:
+            elif g.unseen and (not self.counts_unseen or g.rebased):
                 self._settle(Passage.UNKNOWN, now, Unseen.RELAY_UNREADABLE)
             else:
                 self._settle(Passage.NOT_PASSED, now)

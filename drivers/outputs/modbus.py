@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -44,6 +44,11 @@ class OutputFault(Exception):
     """The relay board did not do what was asked (no answer, or an exception response)."""
 
 
+class Refused(OutputFault):
+    """The board answered this request with a Modbus exception (health unchanged where the
+    request was optional: a coil read-back on a board that cannot read coils)."""
+
+
 class OutputUncertain(OutputFault):
     """A write went out and its answer never came: the board may have acted on it (a lost
     answer on a noisy RS-485 line, a TCP link that broke after the request). A release
@@ -57,6 +62,46 @@ class InputsSnapshot:
     passage: bool | None
     door_open: bool | None
     passage_count: int | None = None  # the board's pulse counter, where one is configured
+    # the number (ModbusDevice.sent) of the snapshot's first exchange: its values were all
+    # sampled after that exchange went out, and none of them before — a write numbered
+    # before it came before all of them
+    first: int = field(default=0, compare=False)
+    # the counter was read only after a try went unanswered: the board was silent a while
+    counter_after_silence: bool = field(default=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Expect:
+    """What the answer to a request must be: its function code, and the bit or register
+    count read, or the coil address and value a write echoes."""
+
+    function: int
+    count: int | None = None
+    address: int | None = None
+    value: bool | None = None
+
+
+def _mismatch(resp: Any, expect: _Expect) -> str | None:
+    """Why `resp` is not the answer to the request `expect` describes; None when it is."""
+    function = getattr(resp, "function_code", None)
+    if not isinstance(function, int) or function & 0x7F != expect.function:
+        return f"answer {resp!r} is not to this request (function {function}, asked {expect.function})"
+    if resp.isError():
+        return None  # a refusal of this request: the caller names it
+    if expect.function == 5:
+        bits = list(getattr(resp, "bits", []) or [])
+        if getattr(resp, "address", None) != expect.address or bits[:1] != [expect.value]:
+            return f"echo {resp!r} is not of this write"
+        return None
+    assert expect.count is not None
+    if expect.function == 4:
+        if len(list(getattr(resp, "registers", []) or [])) != expect.count:
+            return f"malformed answer {resp!r}"
+        return None
+    # bits come back whole bytes: count rounded up to 8
+    if len(list(getattr(resp, "bits", []) or [])) != 8 * ((expect.count + 7) // 8):
+        return f"malformed answer {resp!r}"
+    return None
 
 
 def _describe_refusal(resp: Any) -> str:
@@ -90,8 +135,16 @@ class ModbusDevice:
         # not backing off (a board that blinks mid-tap is read again in time to see them pass)
         self.urgent = False
         # Hard bound around pymodbus, in case a request never resolves (seen with half-open
-        # TCP connections): its own timeout applies per try, plus margin.
-        self._request_bound = cfg.timeout * (cfg.retries + 1) + 1.0
+        # TCP connections): its own timeout applies per try (on RTU twice: the wait for a
+        # late answer, _tries), plus margin.
+        self._request_bound = cfg.timeout * (cfg.retries + 1) * 2 + 1.0
+        # this device's exchanges, numbered as they go on the wire (the line runs one at a
+        # time): a reading whose first exchange is numbered after a write's was taken after it
+        self.sent = 0
+        self.last_write = 0  # the number of the last coil write sent
+        # counter readings that came back only after a try went unanswered (plan.PassageCounter:
+        # a board silent for a while may have restarted, its counter's step then no count)
+        self.silent_reads = 0
 
     @property
     def health(self) -> OutputHealth:
@@ -151,6 +204,7 @@ class ModbusDevice:
             Priority.WRITE,
             timing.write_coil_s() if timing is not None else 0.0,
             acts=True,
+            expect=_Expect(5, address=address, value=value),
         )
 
     def _timing(self) -> LineTiming | None:
@@ -164,43 +218,46 @@ class ModbusDevice:
         discrete: bool = True,
         priority: Priority = Priority.POLL,
     ) -> list[bool]:
+        return (await self._read_bits(address, count, discrete=discrete, priority=priority))[0]
+
+    async def _read_bits(
+        self, address: int, count: int, *, discrete: bool = True, priority: Priority = Priority.POLL,
+        optional: bool = False,
+    ) -> tuple[list[bool], int]:
+        """The bits, and the number of the exchange that read them (`sent`)."""
         timing = self._timing()
         wire = timing.read_bits_s(count) if timing is not None else 0.0
         if discrete:
             what = f"read discrete inputs {address}+{count}"
-            resp = await self._request(
+            resp, number = await self._exchange(
                 lambda c: c.read_discrete_inputs(address, count=count, device_id=self.cfg.unit),
-                what,
-                priority,
-                wire,
+                what, priority, wire, expect=_Expect(2, count=count),
             )
         else:
             what = f"read coils {address}+{count}"
-            resp = await self._request(
+            resp, number = await self._exchange(
                 lambda c: c.read_coils(address, count=count, device_id=self.cfg.unit),
-                what,
-                priority,
-                wire,
+                what, priority, wire, expect=_Expect(1, count=count), optional=optional,
             )
-        bits = list(getattr(resp, "bits", []) or [])
-        if len(bits) < count:
-            # A stale answer to an earlier, timed-out request can surface here.
-            raise self._fail(OutputFault(f"{what}: malformed answer {resp!r}"))
-        return bits[:count]
+        return list(resp.bits)[:count], number
 
     async def read_input_register(self, address: int, priority: Priority = Priority.POLL) -> int:
+        return (await self._read_input_register(address, priority))[0]
+
+    async def _read_input_register(self, address: int, priority: Priority = Priority.POLL) -> tuple[int, int]:
         timing = self._timing()
-        what = f"read input register {address}"
-        resp = await self._request(
+        resp, number = await self._exchange(
             lambda c: c.read_input_registers(address, count=1, device_id=self.cfg.unit),
-            what,
+            f"read input register {address}",
             priority,
             timing.read_registers_s(1) if timing is not None else 0.0,
+            expect=_Expect(4, count=1),
         )
-        registers = list(getattr(resp, "registers", []) or [])
-        if len(registers) < 1:
-            raise self._fail(OutputFault(f"{what}: malformed answer {resp!r}"))
-        return int(registers[0])
+        # a try unanswered (the answer late, or the request sent again): the board was
+        # silent for a while, and may have restarted meanwhile
+        if getattr(resp, "retries", 0):
+            self.silent_reads += 1
+        return int(resp.registers[0]), number
 
     async def _request(
         self,
@@ -210,9 +267,26 @@ class ModbusDevice:
         wire_s: float = 0.0,
         *,
         acts: bool = False,
+        expect: _Expect | None = None,
     ) -> Any:
-        """One exchange. `acts`: the request changes the board (a coil write), so an answer
-        lost after it was handed to the line is OutputUncertain, not a plain OutputFault."""
+        return (await self._exchange(call, what, priority, wire_s, acts=acts, expect=expect))[0]
+
+    async def _exchange(
+        self,
+        call: Callable[[ModbusClient], Awaitable[Any]],
+        what: str,
+        priority: Priority = Priority.POLL,
+        wire_s: float = 0.0,
+        *,
+        acts: bool = False,
+        expect: _Expect | None = None,
+        optional: bool = False,
+    ) -> tuple[Any, int]:
+        """One exchange: its answer, checked against the request (`expect`), and its number
+        among this device's exchanges in the order they went on the wire (`sent`).
+        `acts`: the request changes the board (a coil write), so an answer lost after it
+        was handed to the line is OutputUncertain, not a plain OutputFault."""
+        number = 0
         try:
             link = self._link
             if link is None:
@@ -220,9 +294,18 @@ class ModbusDevice:
             if not link.client.connected:
                 await self._ensure_connected()
             client = link.client
+
+            async def on_the_wire() -> Any:
+                nonlocal number
+                self.sent += 1
+                number = self.sent
+                if acts:
+                    self.last_write = number
+                return await self._tries(link, lambda: call(client))
+
             # this device takes its turns on the line with the others (bus.RequestQueue)
             resp = await link.line.submit(
-                lambda: call(client),
+                on_the_wire,
                 priority=priority,
                 wire_s=wire_s,
                 bound=self._request_bound,
@@ -235,10 +318,47 @@ class ModbusDevice:
             # the request was on its way, and a write may have been carried out.
             lost = OutputUncertain if acts else OutputFault
             raise self._fail(lost(f"{what}: {exc or type(exc).__name__}")) from exc
+        mismatch = _mismatch(resp, expect) if expect is not None and resp is not None else None
+        if mismatch is not None:
+            # Not this request's answer (a late one to an earlier request, on RTU): the
+            # board is out of step with us, and nothing it says now can be trusted until
+            # a fresh exchange matches (the reconnect probe). A write may have landed.
+            lost = OutputUncertain if acts else OutputFault
+            raise self._fail(lost(f"{what}: {mismatch}"))
         if resp is None or resp.isError():
-            fault = OutputFault(f"{what}: board refused ({_describe_refusal(resp)})")
+            fault = Refused(f"{what}: board refused ({_describe_refusal(resp)})")
+            if optional:
+                raise fault  # the board answers: its health stands
             raise self._fail(fault, OutputHealth.ERROR)
-        return resp
+        return resp, number
+
+    async def _tries(self, link: SharedLink, send: Callable[[], Awaitable[Any]]) -> Any:
+        """The request's tries, on the line's turn. On TCP pymodbus retries (transaction ids
+        tell a late answer from the next). On RTU it does not (links.make_client): after a
+        try that timed out, the answer may still come, and a request sent before it came
+        would take it for its own — so the line is held quiet for another `timeout`, and
+        an answer heard then is this request's (checked by the caller like any other); if
+        none is heard the request is sent again."""
+        if self._timing() is None:
+            return await send()
+        last: Exception | None = None
+        for attempt in range(self.cfg.retries + 1):
+            heard = link.heard
+            try:
+                resp = await send()
+            except (TimeoutError, ModbusException) as exc:
+                if link.heard != heard:
+                    raise  # an answer came and was refused (a wrong unit id): no late one to wait for
+                last = exc
+            else:
+                resp.retries = attempt  # as pymodbus says on TCP: the board was silent for a while
+                return resp
+            late = await link.late_answer(heard, self.cfg.timeout)
+            if late is not None:
+                late.retries = attempt + 1
+                return late
+        assert last is not None
+        raise last
 
     async def _ensure_connected(self) -> None:
         link = self._link
@@ -337,6 +457,8 @@ class ModbusGateOutput(ModbusDevice):
         self._clock = clock
         self._timer: asyncio.Task[None] | None = None
         self._relock: asyncio.Future[None] | None = None  # the end-of-pulse write, once started
+        self._writing = 0  # coil writes asked for and not yet answered (queued or on the wire)
+        self.coil_readable = True  # False once the board refused to read its coil back
 
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
@@ -449,10 +571,42 @@ class ModbusGateOutput(ModbusDevice):
             raise
 
     async def _write_level(self, released: bool) -> None:
-        await self.write_coil(self.out_cfg.coil, released != self.out_cfg.active_low)
+        self._writing += 1
+        try:
+            await self.write_coil(self.out_cfg.coil, released != self.out_cfg.active_low)
+        finally:
+            self._writing -= 1
+
+    async def verify_coil(self) -> bool | None:
+        """Read the coil back and compare it with the plan: True when it holds the planned
+        level; False when it does not — a board that restarted between two polls comes
+        back with its coils at their power-on level, and no request failed, so no
+        reconnect probe wrote the plan again — and then the plan is written again; None
+        when the reading proves nothing (a pulse running, a write asked for meanwhile: the
+        coil may be on its way to the new level). Raises OutputFault as any request."""
+        if self.plan.pulsing or self._writing or not self.coil_readable:
+            return None
+        writes, desired = self.last_write, self.plan.desired
+        try:
+            bits, _ = await self._read_bits(self.out_cfg.coil, 1, discrete=False, optional=True)
+        except Refused as exc:
+            # a board that cannot read its coils (no function 1): it is not checked, and
+            # that is no fault of the gate's
+            self.coil_readable = False
+            log.warning("modbus %s unit %s: the coil cannot be read back, not checked (%s)",
+                        self._where(), self.cfg.unit, exc)
+            return None
+        if self.plan.pulsing or self._writing or self.last_write != writes or self.plan.desired != desired:
+            return None
+        if (bits[0] != self.out_cfg.active_low) == desired:
+            return True
+        await self._write([desired])
+        return False
 
     async def read_inputs(self, priority: Priority = Priority.POLL) -> InputsSnapshot:
-        """Read the passage input and door contact (both in one request when they are close).
+        """Read the passage input and door contact (both in one request when they are close),
+        and the passage counter where configured; `first` numbers the snapshot by its first
+        exchange.
 
         `priority` WRITE puts the read in line with this device's own coil writes (first
         come, first served) instead of after them; other devices' requests take turns."""
@@ -461,24 +615,35 @@ class ModbusGateOutput(ModbusDevice):
             self._spawn_reconnect_if_needed()
             raise OutputFault(f"relay offline: {self.last_error}")
         count = None
+        numbers: list[int] = []
+        silent = self.silent_reads
         if cfg.passage_counter is not None:
-            count = await self.read_input_register(cfg.passage_counter, priority)
+            count, number = await self._read_input_register(cfg.passage_counter, priority)
+            numbers.append(number)
+        silent_counter = self.silent_reads != silent
         wanted = [a for a in (cfg.passage_input, cfg.door_contact) if a is not None]
         if not wanted:
-            return InputsSnapshot(passage=None, door_open=None, passage_count=count)
+            return InputsSnapshot(passage=None, door_open=None, passage_count=count, first=min(numbers, default=self.sent),
+                                  counter_after_silence=silent_counter)
         values: dict[int, bool] = {}
         lo, hi = min(wanted), max(wanted)
         if hi - lo < 16:
-            bits = await self.read_bits(lo, hi - lo + 1, priority=priority)
+            bits, number = await self._read_bits(lo, hi - lo + 1, priority=priority)
+            numbers.append(number)
             for offset, bit in enumerate(bits):
                 values[lo + offset] = bit
         else:
             for addr in wanted:
-                values[addr] = (await self.read_bits(addr, 1, priority=priority))[0]
+                bits, number = await self._read_bits(addr, 1, priority=priority)
+                numbers.append(number)
+                values[addr] = bits[0]
         passage = None
         if cfg.passage_input is not None:
             passage = values[cfg.passage_input] != cfg.passage_active_low
         door_open = None
         if cfg.door_contact is not None:
             door_open = values[cfg.door_contact] != cfg.door_contact_active_low
-        return InputsSnapshot(passage=passage, door_open=door_open, passage_count=count)
+        # Several exchanges, and another request of this device (a tap's release) may go
+        # between them: the snapshot is as old as its first one.
+        return InputsSnapshot(passage=passage, door_open=door_open, passage_count=count,
+                              first=min(numbers, default=self.sent), counter_after_silence=silent_counter)

@@ -29,16 +29,21 @@ inactive again) and, while it lasts, a grant's passage cannot be confirmed (gran
 unknown level (board silent) neither raises nor clears it: nothing was read.
 
 PassageCounter: where the board counts the passage pulses itself, one person is one step
-of its 16-bit counter (which wraps). The count is kept across readings that failed: what
-the counter moved while the board was silent is people who went through meanwhile (the
-grant tracker relies on it: `counts_unseen`, a silence hides no passage) — unless the
-step is more than a crowd could make in a silence (MAX_STEP): the board restarted and its
-counter began again, and that reading is the new baseline.
+of its 16-bit counter (which wraps), between two readings that both answered: it sees the
+pulses that fall between polls, and a gate nobody read for a while (a starved loop) missed
+none (the grant tracker's `counts_unseen`). Its step across a failed reading is never
+trusted: the board may have restarted meanwhile, and a counter that began again from 0
+near the wrap (65,000 -> 0 is a step of 536) or just after a few people (3 -> 0 then one
+person) is indistinguishable from people. The first reading after a silence — and the
+first at all, and any step of more than a crowd could make (MAX_STEP) — is a new baseline,
+and says so (`rebased`): a grant waiting then cannot know from the counter whether its
+person went through (grant.py: it ends unconfirmed, never "did not pass").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(slots=True)
@@ -181,19 +186,28 @@ COUNTER_MODULO = 1 << 16
 MAX_STEP = 1000  # people between two readings, a silence included: more is a counter that began again
 
 
+class Counted(NamedTuple):
+    people: int  # people through since the last reading that answered
+    rebased: bool  # this reading is a new baseline: what happened before it is not known
+
+
 @dataclass(slots=True)
 class PassageCounter:
     last: int | None = None  # the count at the last reading that did not fail; None: none yet
     people: int = 0  # counted so far
+    silent: bool = False  # a reading failed since `last`: the board may have restarted
 
-    def observe(self, count: int | None) -> int:
+    def observe(self, count: int | None) -> Counted:
         """Feed one reading of the board's counter (None: it failed); the people through
-        since the last reading that did not."""
+        since the last reading, and whether this one is a new baseline."""
         if count is None:
-            return 0
-        new = 0 if self.last is None else (count - self.last) % COUNTER_MODULO
-        if new > MAX_STEP:
-            new = 0  # the board restarted: its counter began again from here
+            self.silent = self.silent or self.last is not None
+            return Counted(0, False)
+        new = 0 if self.last is None or self.silent else (count - self.last) % COUNTER_MODULO
+        rebased = self.last is None or self.silent or new > MAX_STEP
+        if rebased:
+            new = 0  # a restart (or a silence that may hide one): the counter begins from here
         self.last = count
+        self.silent = False
         self.people += new
-        return new
+        return Counted(new, rebased)
