@@ -167,11 +167,24 @@ CASES = [
         [(30, H)],
     ),
     Case(
-        # a closed reading older than the outage proves nothing of how the door came to be
-        # open: it may have opened on a grant while the board was silent
-        "door seen open after an outage: not forced, held timed from that reading",
+        # closed before the outage, open after it, and nothing meanwhile could have opened it
+        # on purpose: forced, as a seen edge would be (a door forced just as a board came
+        # back was missed, tests/test_console_attention.py)
+        "door seen open after an outage nobody was let in during: forced",
         [o(0, False), o(1, None), o(2, None), o(3, True), o(32, True), o(33, True)],
+        [(3, F)],
+    ),
+    Case(
+        # a fire alarm during the outage may have opened it: not forced, held timed from the reading
+        "door seen open after an outage a fire alarm fell in: not forced, held timed from that reading",
+        [o(0, False), o(1, None), o(2, None, fire_alarm=True), o(2.5, None), o(3, True), o(32, True), o(33, True)],
         [(33, H)],
+    ),
+    Case(
+        "door seen open after an outage a grant's window overlapped: not forced",
+        [o(0, False, granted=True), o(1, None), o(20, None), o(21, True), o(22, False)],
+        [(20, N)],  # the window's lapse (in the daemon the grant tracker says UNKNOWN instead)
+        passage_sensor=False,
     ),
     Case(
         "a grant's opening during an outage is not forced against the member",

@@ -17,8 +17,10 @@ Rules:
 - door_open=None means "unknown" (relay board offline): an outage neither raises nor clears
   door alarms. The door's last state is forgotten: the first reading after the outage is
   judged as a first reading (a door found open is not forced: it may have opened on a grant
-  meanwhile; its held time counts from that reading), and no held time runs on a reading
-  older than the outage. Alarms active before it stay active until the door is seen closed.
+  meanwhile; its held time counts from that reading) — unless the door was seen closed
+  before the outage and nothing since could have opened it on purpose (no grant's window,
+  fire alarm or release overlapped the outage): then an open door is forced, as a seen
+  edge would be. No held time runs on a reading older than the outage. Alarms active before it stay active until the door is seen closed.
   Observations that carry no reading (a grant, a lockdown) pass the last reading on.
 - held_released: the relay is held released on purpose (an installer's `gated relay … on`):
   like a fire alarm's release, an opening then is no forced door and an open door no held
@@ -91,6 +93,10 @@ class DoorSupervisor:
         self._held = False
         self._lockdown = False
         self._fire = False
+        # across an outage: was the door last seen closed, and could anything have opened
+        # it on purpose meanwhile (a grant's window, a fire alarm, a release)?
+        self._closed_before_gap = False
+        self._excused_in_gap = False
 
     @property
     def forced(self) -> bool:
@@ -132,7 +138,13 @@ class DoorSupervisor:
         else:
             # Unread: what the door did meanwhile is unknown. A closed reading from before
             # the outage would make a granted opening during it look forced, an open one
-            # would time a door held open that may have shut long ago.
+            # would time a door held open that may have shut long ago. What is kept: that
+            # it was closed, and whether anything could have opened it on purpose since.
+            if self.door_open is not None:
+                self._closed_before_gap = self.door_open is False
+                self._excused_in_gap = now <= self._window_until or self._fire
+            if obs.granted or obs.fire_alarm or obs.held_released or obs.release_ended:
+                self._excused_in_gap = True
             self.door_open = None
             self._open_since = None
 
@@ -171,6 +183,8 @@ class DoorSupervisor:
         events: list[AlarmEvent] = []
         previous = self.door_open
         self.door_open = door_open
+        if previous is None and (fire_alarm or release_ended):
+            self._excused_in_gap = True
         if (fire_alarm or self._fire) and door_open:
             # Evacuation: doors stand open by design. The held timer restarts at every
             # reading until the fire alarm is reset, so it counts from the reset.
@@ -185,9 +199,11 @@ class DoorSupervisor:
                 self._opened_window = self._window_until
                 if not self.has_passage_sensor:
                     self._grant_at = None  # without a passage sensor the door confirms it
-            elif previous is False:
+            elif previous is False or (previous is None and self._closed_before_gap and not self._excused_in_gap):
                 # previous None (first reading, or after an outage) proves nothing about
-                # how the door came to be open: only a seen closed->open edge is forced.
+                # how the door came to be open — unless it was seen closed before the
+                # outage and nothing since (a grant's window, a fire alarm, a release)
+                # could have opened it on purpose: closed, then open, and nobody let in.
                 self._forced = True
                 detail = (
                     "door opened during lockdown"
@@ -208,4 +224,5 @@ class DoorSupervisor:
             if self._held:
                 self._held = False
                 events.append(AlarmEvent(AlarmKind.DOOR_HELD_CLEARED, now, "door closed"))
+        self._closed_before_gap = self._excused_in_gap = False  # the gap, if any, is judged
         return events
