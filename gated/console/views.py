@@ -233,7 +233,7 @@ class Views:
             gone, last = rm.exits_unrecorded(self.store.conn, zone, start, now)
             out.append({
                 "zone": zone,
-                "inside": rm.counted_inside(self.store.conn, zone, people, start, now),
+                "inside": rm.counted((p.since.timestamp() for p in people), gone, last),
                 "capacity": cap.capacity if cap is not None else None,
                 "anonymous": rm.anonymous_entries(self.store.conn, zone, start, now),
                 "evacuated_at": self.local_time(evacuated, "%H:%M"),

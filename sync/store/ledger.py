@@ -763,8 +763,9 @@ class Ledger:
         lost = LostPart.of(c, self.site, policy, now, restored)
         bookings = [booking_from_row(r) for r in open_rows]
         history = _History.of(c, now)
+        # and, while the lost events are wanted, the no-shows that fell due before the restore
         held = {b.id for b in bookings if (lost is not None and lost.holds(b))
-                or (history.wanted and self._due_before_restore(b, policy))}
+                or (history.wanted and restored is not None and ts(b.ends_at + policy.no_show_after) <= restored)}
         credit, settle = self._loyalty_due(policy, now)
         no_shows, unsure_no_shows, credit, unsure_credits = self._unsure_after_restore(
             [b for b in bookings if b.id not in held], credit, policy, history.back)
@@ -814,11 +815,6 @@ class Ledger:
                 tx.delete_meta(LEFT_THROUGH_KEY)
             c.execute("DELETE FROM qr_used WHERE expires_at < ?", (ts(now - timedelta(hours=1)),))
         return tx.committed
-
-    def _due_before_restore(self, b: Booking, policy: Policy) -> bool:
-        """`b`'s no-show fell due by the instant the ledger was put back (RESTORED_KEY)."""
-        restored = self._meta_float(RESTORED_KEY)
-        return restored is not None and ts(b.ends_at + policy.no_show_after) <= restored
 
     def _unsure_after_restore(
         self, no_shows: list[Booking], credit: list[Booking], policy: Policy, history_back: bool,

@@ -12,6 +12,7 @@ fewer of those who came in before them are counted.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from datetime import datetime
 
 from rules.timeutil import local_date, start_of_local_day
@@ -25,7 +26,10 @@ def entries_inside(conn: sqlite3.Connection, zone: str, start: datetime, now: da
     nobody is known to be inside (sync/store/evacuation.py) — and `now` is an entry, the
     latest first: the one query behind occupancy, the capacity limit and the console's
     "who is inside"."""
-    start = evacuation.since(conn, start, now) or start
+    return _entries_from(conn, zone, evacuation.since(conn, start, now) or start, now)
+
+
+def _entries_from(conn: sqlite3.Connection, zone: str, start: datetime, now: datetime) -> list[tuple[str, float, str]]:
     rows = conn.execute(
         "SELECT member_id, at, gate FROM ("
         " SELECT member_id, direction, at, gate,"
@@ -37,22 +41,22 @@ def entries_inside(conn: sqlite3.Connection, zone: str, start: datetime, now: da
     return [(str(r[0]), float(r[1]), str(r[2])) for r in rows]
 
 
-def counted(conn: sqlite3.Connection, zone: str, entries: list[tuple[str, float, str]], start: datetime,
-            now: datetime) -> int:
-    """How many of `entries` (entries_inside's) count as inside: less one for each exit of
-    the zone that opened unrecorded since `start`, among those who came in before it."""
-    gone, last = unrecorded_exits.gone_since(conn, zone, start, now)
+def counted(came_in: Iterable[float], gone: int, last: datetime | None) -> int:
+    """How many of those who came in at `came_in` (POSIX seconds; entries_inside's) count as
+    inside, `gone` exits of the zone having opened unrecorded since, the last at `last`
+    (unrecorded_exits.gone_since): one fewer for each, among those who came in before it."""
+    ats = list(came_in)
     if not gone or last is None:
-        return len(entries)
-    before = sum(1 for _, at, _ in entries if at <= last.timestamp())
-    return len(entries) - min(gone, before)
+        return len(ats)
+    before = sum(1 for at in ats if at <= last.timestamp())
+    return len(ats) - min(gone, before)
 
 
 def _since_midnight(store: Store, zone: str, now: datetime) -> tuple[list[tuple[str, float, str]], int]:
     start = start_of_local_day(local_date(now, store.site.timezone), store.site.timezone)
-    start = evacuation.since(store.conn, start, now) or start
-    entries = entries_inside(store.conn, zone, start, now)
-    return entries, counted(store.conn, zone, entries, start, now)
+    start = evacuation.since(store.conn, start, now) or start  # read once: both below count from it
+    entries = _entries_from(store.conn, zone, start, now)
+    return entries, counted((at for _, at, _ in entries), *unrecorded_exits.gone_since(store.conn, zone, start, now))
 
 
 def occupancy(store: Store, zone: str, now: datetime) -> int:

@@ -312,11 +312,6 @@ def exits_unrecorded(conn: sqlite3.Connection, zone: str, start: datetime, now: 
     return unrecorded_exits.gone_since(conn, zone, start, now)
 
 
-def counted_inside(conn: sqlite3.Connection, zone: str, people: list[Inside], start: datetime, now: datetime) -> int:
-    """How many of `people` count as inside (sync.store.occupancy.counted)."""
-    return counted(conn, zone, [(p.member, p.since.timestamp(), p.gate or "") for p in people], start, now)
-
-
 def anonymous_entries(conn: sqlite3.Connection, zone: str, start: datetime, now: datetime) -> int:
     """Entries of nobody identified (gate opened once by the desk) since `start`."""
     row = conn.execute(
@@ -437,7 +432,7 @@ __all__ = [
     "WalkInCharge",
     "anonymous_access_events",
     "anonymous_entries",
-    "counted_inside",
+    "counted",
     "exits_unrecorded",
     "attended_at",
     "audit_facets",
