@@ -189,6 +189,13 @@ class StoreConfig(Section):
         "counted by gate, and the counts are reported in one alarm (exits_not_recorded). Entries are "
         "refused during a fault; the few held are never dropped.",
     )
+    exits_file: Path | None = Field(
+        None,
+        description="A small file outside the store where the exits held or counted during a storage fault "
+        "are mirrored, so that a restart of the daemon before the store works again still reports them "
+        "(exits_not_recorded). Keep it off the store's file system (a tmpfs); null = beside the control "
+        "socket (/run/gated/exits-not-recorded.json).",
+    )
     retention: Duration | None = Field(
         "90d",
         description="How long the ledger keeps passages, deductions and the other daemons' charges "

@@ -38,6 +38,7 @@ from gated.clock import SIMULATION_ENV, Clock, GuardedClock, SimulatedClock, utc
 from gated.clock import allowed as simulation_allowed
 from gated.config import Config, ConfigError, load_config
 from gated.engine import Engine
+from gated.exits_mirror import ExitsMirror
 from gated.knowledge import Knowledge
 from gated.metrics import Metrics
 from gated.operator import DaemonOperatorApi
@@ -208,6 +209,8 @@ class Daemon:
             store, self.clock, self.metrics, min_free=int(cfg.store.min_free_mb * 1024 * 1024),
             backup_interval=backup_every, integrity_interval=check_every, max_held_exits=cfg.store.max_held_exits,
             zones={g.id: g.zone for g in cfg.gates},
+            mirror=ExitsMirror(cfg.store.exits_file or cfg.control.socket.parent / "exits-not-recorded.json",
+                               cfg.daemon_id),
         )
         self.alarms.attach(store, self.storage)
         self.retention = LedgerRetention(

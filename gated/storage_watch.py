@@ -48,6 +48,7 @@ from pathlib import Path
 
 import structlog
 
+from gated.exits_mirror import ExitsMirror, Mirrored
 from gated.metrics import Metrics
 from rules.timeutil import iso_utc
 from sync.store import Committed, Store, open_reader, unrecorded_exits
@@ -84,6 +85,7 @@ MAX_HELD_EXITS = 1000
 # why exits went unrecorded, in the words of the `exits_not_recorded` alarm's detail
 BEYOND_BOUND = "beyond_bound"
 UNREADABLE = "unreadable"
+RESTARTED = "restarted"  # held or counted by the run before this one (gated/exits_mirror.py)
 
 
 class StorageWatch:
@@ -98,6 +100,7 @@ class StorageWatch:
         integrity_interval: timedelta | None = None,
         max_held_exits: int = MAX_HELD_EXITS,
         zones: Mapping[str, str] | None = None,
+        mirror: ExitsMirror | None = None,
     ):
         self.store = store
         self.zones: Mapping[str, str] = zones or {}  # gate → zone, for the exits not recorded
@@ -123,6 +126,12 @@ class StorageWatch:
         self.on_change: list[Callable[[StorageChange], None]] = []
         # writes other parts owe the store (Safety.write_pending): True once nothing is left
         self.owed: list[Callable[[], Awaitable[bool]]] = []
+        # the exits above, also outside the store: a restart before it works forgets none
+        self.mirror = mirror
+        if mirror is not None:
+            for gate, m in mirror.read().items():
+                self.unrecorded[gate] = UnrecordedExits(m.count, m.first, m.last)
+                self._unrecorded_why.add(RESTARTED)
 
     # -- on the tap path ------------------------------------------------------------------
 
@@ -157,6 +166,8 @@ class StorageWatch:
         self.held.append(HeldCommit(commit, what, now, exit_tap))
         self._held_exits += int(exit_tap)
         self.metrics.uncommitted.set(len(self.held))
+        if exit_tap:
+            self._mirror()
         log.error("tap_commit_held", held=len(self.held), **{k: v for k, v in what.items() if k != "event"})
 
     def exit_unrecorded(self, gate: str) -> None:
@@ -175,6 +186,20 @@ class StorageWatch:
         self._unrecorded_why.add(why)
         self.unrecorded_total[gate] = self.unrecorded_total.get(gate, 0) + 1
         self.metrics.exits_unrecorded.labels(gate).inc()
+        self._mirror()
+
+    def _mirror(self) -> None:
+        """The exits not in the store now — held and counted, by gate — to the mirror."""
+        if self.mirror is None:
+            return
+        gates = {g: Mirrored(u.count, u.first, u.last) for g, u in self.unrecorded.items()}
+        for item in self.held:
+            if item.exit_tap:
+                gate = str(item.what.get("gate"))
+                m = gates.get(gate)
+                gates[gate] = Mirrored(1, item.at, item.at) if m is None else \
+                    Mirrored(m.count + 1, min(m.first, item.at), max(m.last, item.at))
+        self.mirror.write(gates)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -303,6 +328,7 @@ class StorageWatch:
         self.guard.probe_succeeded(now)
 
     def _retry_held(self) -> None:
+        exits = self._held_exits
         while self.held:
             item = self.held[0]
             try:
@@ -314,6 +340,8 @@ class StorageWatch:
             self._held_exits -= int(item.exit_tap)
             log.warning("tap_commit_recovered", **{k: v for k, v in item.what.items() if k != "event"})
         self.metrics.uncommitted.set(len(self.held))
+        if self._held_exits != exits:
+            self._mirror()
 
     async def _retry_owed(self) -> None:
         for write in self.owed:
@@ -359,6 +387,7 @@ class StorageWatch:
         why = {
             BEYOND_BOUND: f"more than {self.max_held_exits} were waiting to be written",
             UNREADABLE: "the store could not be read to tell whose card it was",
+            RESTARTED: "the daemon stopped before the store could record them",
         }
         first, last = min(u.first for u in gates.values()), max(u.last for u in gates.values())
         by_gate = {g: u.count for g, u in gates.items()}
@@ -384,6 +413,7 @@ class StorageWatch:
         log.warning("exits_not_recorded", count=count, gates={g: u.count for g, u in gates.items()})
         self.unrecorded.clear()
         self._unrecorded_why.clear()
+        self._mirror()
 
     # -- backups -----------------------------------------------------------------------------
 
@@ -408,6 +438,8 @@ class StorageWatch:
             "held_exits": self._held_exits,
             "max_held_exits": self.max_held_exits,
             "exits_not_recorded": dict(sorted(self.unrecorded_total.items())),
+            "exits_mirror": None if self.mirror is None else
+            {"path": str(self.mirror.path), "write_failures": self.mirror.failures},
             "backup": str(self.backup_path),
             "integrity": {"interval": interval, "running": self._integrity_task is not None, "last": self.last_check},
         }

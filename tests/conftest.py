@@ -31,7 +31,7 @@ UNIT = {
     "test_fuzz_osdp", "test_ledger", "test_messages", "test_outputs_door", "test_outputs_grant", "test_outputs_plan",
     "test_peers", "test_qr_contest", "test_qrtoken", "test_read_models", "test_readers_frames", "test_store_cards", "test_store_files",
     "test_sync_retention", "test_sync_session", "test_timeutil", "test_durability", "test_chunk_rows",
-    "test_snapshot_wire", "test_imports", "test_tap", "test_console_alarms",
+    "test_snapshot_wire", "test_imports", "test_tap", "test_console_alarms", "test_exits_mirror",
     "test_schedule", "test_retention", "test_sent_mark", "test_numbering", "test_simday_chaos", "test_own_history",
     "test_memory", "test_fees_after_a_loss", "test_knowledge", "test_clock_books", "test_outputs_sequence",
 }

@@ -549,3 +549,66 @@ async def test_exits_held_during_a_long_fault_are_bounded_and_entries_never_drop
     assert report["since"] <= report["until"]
     # after the held commits' own events, in the order they happened
     assert report["seq"] > max(e["seq"] for e in events if e["type"] in ("access", "deduction"))
+
+
+async def test_exits_let_out_unrecorded_are_reported_after_a_restart_before_the_store_worked(tmp_path: Path) -> None:
+    """The disk fills, exits go on (three held in memory, two counted beyond the bound), and
+    the daemon is restarted before the disk has room. The next run still reports all five
+    (`exits_not_recorded`, from the mirror in the runtime directory: gated/exits_mirror.py),
+    and the zone knows somebody left unrecorded: the member who went out is not "inside"
+    for hard anti-passback. Before, the restart forgot them: the member refused at the door."""
+    from datetime import UTC, datetime
+
+    from gated.config import Config
+    from gated.daemon import Daemon
+    from gated.seed import batch_from
+    from rules.credential import Credential
+
+    state = tmp_path / "state"
+    mount_tmpfs(state, "3m")
+    try:
+        async with SimTurnstile(transport="tcp", host="127.0.0.1", port=0, person=Person(delay=0.1)) as sim, \
+                SimTurnstile(transport="tcp", host="127.0.0.1", port=0, person=Person(delay=0.1)) as exit_sim:
+            raw = site_config(tmp_path, state, "/dev/null", "/dev/null", sim, exit_sim, max_held_exits=3)
+            raw["gates"][0]["anti_passback"] = "hard"
+            for g in raw["gates"]:
+                g["readers"] = []
+            config = Config.model_validate(raw)
+            store = Store(config.store.path, config.site_domain(), daemon_id=config.daemon_id)
+            store.apply_sync(batch_from(SEED, config), datetime.now(UTC))
+            store.close()
+            daemon = Daemon(config)
+            await daemon.start()
+            try:
+                t = await daemon.handle_credential("in-1", Credential.card(OUT_CARD, "test"))
+                assert (t["decision"], t["passed"]) == ("granted", True), t
+                filler = fill(state)
+                for i in range(5):
+                    t = await daemon.handle_credential("out-1", Credential.card(OUT_CARD, "test"))
+                    assert (t["decision"], t["reason"], t["passed"]) == ("granted", "exit", True), (i, t)
+                assert daemon.storage is not None and len(daemon.storage.held) == 3
+            finally:
+                await daemon.stop()
+            mirror = tmp_path / "exits-not-recorded.json"
+            assert mirror.exists(), "the exits not in the store are kept outside it"
+            filler.unlink()
+            again = Daemon(config)
+            await again.start()
+            try:
+                assert again.storage is not None
+                await wait_for(lambda: again.storage is not None and not again.storage.alarms_pending, 15,
+                               "the report to be written")
+                assert again.store is not None
+                events = again.store.events_after(0, 1000)
+                back = await again.handle_credential("in-1", Credential.card(OUT_CARD, "test"))
+            finally:
+                await again.stop()
+    finally:
+        umount(state)
+    # she went out (unrecorded): hard anti-passback does not hold her entry against her
+    assert back["decision"] == "granted", back
+    reports = [e for e in events if e["type"] == "alarm" and e["kind"] == "exits_not_recorded"]
+    assert len(reports) == 1, reports
+    assert (reports[0]["count"], reports[0]["gates"]) == (5, {"out-1": 5}), reports[0]
+    assert "the daemon stopped before the store could record them" in reports[0]["detail"], reports[0]
+    assert not mirror.exists(), "reported: nothing left to mirror"
