@@ -509,10 +509,11 @@ def test_the_heartbeat_says_how_far_each_peer_is_heard_and_hears_how_far_we_are(
 def test_a_peer_heard_of_for_the_first_time_is_asked_for_its_day() -> None:
     s = connected(session(catch_up_grace=3.0, catch_up_retry=10.0), 100.0)
     assert s.receive(f"{P}/gate-b/status", peer_status(5, "2026-11-18T09:00:00Z"), 100.5, retained=True) == []
-    assert catch_ups(s.tick(101.0, "2026-11-18T09:00:01Z")) == []  # within the grace
-    [req] = catch_ups(s.tick(104.0, "2026-11-18T09:00:04Z"))
+    # its retained status: what it claims was published before we subscribed, and nothing
+    # of it is on its way (a clean session): asked at once, not after the grace
+    [req] = catch_ups(s.tick(101.0, "2026-11-18T09:00:01Z"))
     assert (req["peer"], req["daemon"], req.get("from_seq"), req["since"]) == (
-        "gate-b", "gate-a", None, "2026-11-17T09:00:04Z")
+        "gate-b", "gate-a", None, "2026-11-17T09:00:01Z")
     assert catch_ups(s.tick(105.0, "2026-11-18T09:00:05Z")) == []  # asked: not again before the retry
     # the answer: gate-b's events of the horizon start at 3
     answer = {"v": 1, "daemon": "gate-b", "to": "gate-a", "request_id": req["request_id"], "first_seq": 3,
@@ -523,6 +524,22 @@ def test_a_peer_heard_of_for_the_first_time_is_asked_for_its_day() -> None:
     assert rec.mark == (5, heard_at)  # all of it up to its heartbeat's as_of: written with the events
     assert s.peers.through() == heard_at
     assert catch_ups(s.tick(120.0, "2026-11-18T09:00:20Z")) == []
+
+
+def test_a_daemon_restarted_asks_at_once_for_what_a_peer_did_meanwhile_and_a_live_gap_waits_the_grace() -> None:
+    """Restarted with gate-b heard up to 5: gate-b's retained status says 9, so 6..9 were
+    published while this daemon was away and will never come by themselves — asked for at
+    the first tick. A live heartbeat beyond what came waits the grace (events in flight)."""
+    s = connected(session(catch_up_grace=3.0, catch_up_retry=10.0, state=StoreState(
+        has_snapshot=True, delta_seq=5, peer_marks={"gate-b": (5, 1000.0), "gate-c": (3, 1000.0)})), 100.0)
+    s.receive(f"{P}/gate-b/status", peer_status(9, "2026-11-18T09:00:00Z"), 100.2, retained=True)
+    s.receive(f"{P}/gate-c/status", peer_status(3, "2026-11-18T09:00:00Z", daemon="gate-c"), 100.2, retained=True)
+    [req] = catch_ups(s.tick(100.5, "2026-11-18T09:00:01Z"))
+    assert (req["peer"], req["from_seq"]) == ("gate-b", 6)
+    s.receive(f"{P}/gate-c/status", peer_status(4, "2026-11-18T09:00:02Z", daemon="gate-c"), 101.0)  # live: 4 may be on its way
+    assert catch_ups(s.tick(102.0, "2026-11-18T09:00:03Z")) == []
+    [req] = catch_ups(s.tick(104.5, "2026-11-18T09:00:05Z"))
+    assert (req["peer"], req["from_seq"]) == ("gate-c", 4)
 
 
 def test_a_gap_in_a_peers_events_is_asked_for_from_the_first_missing_seq() -> None:

@@ -168,17 +168,23 @@ class PeerMarks:
         self.heard(peer, seqs)
         return lost
 
-    def claimed(self, peer: str, last_seq: int | None, as_of: float | None, online: bool, now: float) -> None:
+    def claimed(self, peer: str, last_seq: int | None, as_of: float | None, online: bool, now: float,
+                *, retained: bool = False) -> None:
         """A status of `peer` (at `now`, monotonic): its heartbeat (`last_seq` at
         `as_of`), or its going offline (the last will carries no claim). A gap it shows
-        counts from now."""
+        counts from now — or, shown by a retained status (the broker's copy, sent as this
+        daemon subscribed), is asked for at once: the events it claims were published
+        before this connection's subscription, and with a clean session none of them is
+        on its way here. A daemon that restarted while a peer let members in then hears
+        their day at its first tick, not after the grace: a tap in those seconds would be
+        decided without it (a booking charged again, a re-entry charged a walk-in)."""
         m = self.mark(peer)
         m.online = online
         if last_seq is not None and as_of is not None and (m.claim_at is None or as_of >= m.claim_at):
             m.claim_seq, m.claim_at = last_seq, as_of
         m.settle()
         if m.missing and m.behind_since is None:
-            m.behind_since = now
+            m.behind_since = now - self.grace if retained else now
 
     def announced(self, peer: str, work: WorkClaim) -> None:
         """A status of `peer` that says what it does of the site's time-driven work."""

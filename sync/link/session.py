@@ -595,7 +595,7 @@ class Session:
             if not payload:  # its retained status cleared: taken out of the site
                 return self._forget_peer(sender)
             peer = self._parse(Status, payload)
-            return [] if peer is None else self._on_peer_status(sender, peer, now)
+            return [] if peer is None else self._on_peer_status(sender, peer, now, retained)
         self.stats["unexpected_topic"] += 1
         return []
 
@@ -954,7 +954,7 @@ class Session:
         self.stats["peer_events"] += len(keep)
         return [RecordPeerEvents(sender, keep, zones, mark)]
 
-    def _on_peer_status(self, sender: str, status: Status, now: float) -> list[Action]:
+    def _on_peer_status(self, sender: str, status: Status, now: float, retained: bool = False) -> list[Action]:
         """Another daemon's status: its heartbeat says how far it has got (a claim this
         daemon checks its mark of it against), its last will that it went away."""
         if status.daemon != sender:
@@ -962,7 +962,7 @@ class Session:
         if sender == self.config.daemon:
             return self._own_status(status, now)
         as_of = _instant(status.as_of)
-        self.peers.claimed(sender, status.last_seq, as_of, status.state == "online", now)
+        self.peers.claimed(sender, status.last_seq, as_of, status.state == "online", now, retained=retained)
         ours = (status.heard or {}).get(self.config.daemon)
         if ours is not None:
             self._heard_of_us[sender] = ours
