@@ -43,7 +43,8 @@ def loyalty_due_at(b: Booking, policy: Policy) -> datetime:
 def due_work(
     booked: list[Booking], attended_uncredited: list[Booking], policy: Policy, now: datetime
 ) -> list[DueWork]:
-    """Everything due up to and including `now`, in due order (then kind, then booking id)."""
+    """Everything due up to and including `now`, in due order, ties by booking id (SCENARIOS.md,
+    "Events"): a no-show and another booking's loyalty due at one instant go by their ids."""
     work = [
         DueWork(no_show_due_at(b, policy), WorkKind.NO_SHOW, b)
         for b in booked
@@ -54,7 +55,7 @@ def due_work(
         for b in attended_uncredited
         if b.status == BookingStatus.ATTENDED and b.loyalty_points and loyalty_due_at(b, policy) <= now
     ]
-    work.sort(key=lambda w: (w.due_at, w.kind != WorkKind.NO_SHOW, w.booking.id))
+    work.sort(key=lambda w: (w.due_at, w.booking.id, w.kind != WorkKind.NO_SHOW))
     return work
 
 
