@@ -855,10 +855,12 @@ class Ledger:
         credit: list[Booking] = []
         settle: list[str] = []
         for r in rows:
-            if r[1] is None or r[8] == "cancelled":
+            if r[1] is None:
                 settle.append(r[0])
             elif r[7] <= due:
-                if r[12]:
+                # cancelled when its points fall due: none. Not before — a cancellation the
+                # central system undoes before then leaves the booking attended, owed its points
+                if r[12] and r[8] != "cancelled":
                     credit.append(booking_from_row(r[1:]))
                 else:
                     settle.append(r[0])
