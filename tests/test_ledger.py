@@ -130,18 +130,19 @@ class Ledger(RuleBasedStateMachine):
     def refund(self, member: str) -> None:
         committed = self.store.mark_attended(BOOKING_OF[member], "desk", refund=True, now=self.tick())
         open_charges = [c for c in self.charges if c.member == member and not c.refunded]
-        # the attendance first: it carries the request the site's other daemons order refunds by
-        expected: list[tuple[int, str]] = [(self.next_seq, "attendance")]
-        assert committed.events[0]["refund"] is True
-        self.next_seq += 1
+        # the refund, then the attendance that carries the request (SCENARIOS.md's order)
+        expected: list[tuple[int, str]] = []
         if open_charges:
             latest = open_charges[-1]  # the latest un-refunded walk-in charge that day
             latest.refunded = True
             self.own.append((self.next_seq, latest.pass_id, -latest.amount))
-            deduction = committed.events[1]
+            deduction = committed.events[0]
             assert (deduction["pass"], deduction["cause"], Decimal(str(deduction["amount"]))) == (latest.pass_id, "refund", -latest.amount)
             expected.append((self.next_seq, "deduction"))
             self.next_seq += 1
+        assert committed.events[-1]["type"] == "attendance" and committed.events[-1]["refund"] is True
+        expected.append((self.next_seq, "attendance"))
+        self.next_seq += 1
         assert [(e["seq"], e["type"]) for e in committed.events] == expected
 
     @rule(pid=st.sampled_from(sorted(PASSES)), central=st.integers(0, 200), data=st.data())

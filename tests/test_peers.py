@@ -121,6 +121,24 @@ def test_the_desk_refunds_a_walk_in_taken_at_the_other_turnstile_once(tmp_path: 
     assert not [e for e in third.events if e["type"] == "deduction"]
 
 
+def test_a_desk_refund_before_its_request_in_one_batch_leaves_the_request_given_at_the_others(tmp_path: Path) -> None:
+    """SCENARIOS.md orders one action's events deduction, then attendance: the desk's
+    refund now reaches the site's other daemons before the request it settles. The request
+    must still be known as given there; left open, it would stand ahead of their own
+    desk's requests for that member's walk-ins for the rest of the day."""
+    in2, desk = site_store(tmp_path, "s1-in-2"), site_store(tmp_path, "s1-in-1")
+    _, charge = tap(in2, IN2, at(9, 20))
+    share(in2, desk, charge.events, {"in-2": "main"})
+    marked = desk.mark_attended("b1", "desk", refund=True, now=at(10, 10))
+    assert [e["type"] for e in marked.events] == ["deduction", "attendance"]
+    share(desk, in2, marked.events, {})
+    assert in2.conn.execute("SELECT daemon, booking_id, settled FROM site_refund_asks").fetchall() == [
+        ("s1-in-1", "b1", 1)]
+    # and heard again (a resend, a catch-up) it stays given
+    share(desk, in2, marked.events, {})
+    assert in2.conn.execute("SELECT settled FROM site_refund_asks").fetchall() == [(1,)]
+
+
 def test_a_refund_asked_for_before_the_other_turnstile_is_heard_waits_for_its_charge(tmp_path: Path) -> None:
     """The desk asks for the refund of a walk-in charged at in-2 before the desk's daemon
     has heard in-2's events (it had just started; the broker was restarting): not "nothing
@@ -353,12 +371,12 @@ def test_staff_marking_a_fined_no_show_attended_give_the_fee_back(tmp_path: Path
     assert sorted(fees) == ["b1", "b2"] and store.balance("p1") == Decimal(8)
     marked = store.mark_attended("b2", "desk", refund=False, now=at(13, 30)).events
     assert [(e["type"], e.get("cause"), e.get("refunds")) for e in marked] == [
-        ("attendance", None, None), ("deduction", "refund", {"daemon": "s1-in-1", "seq": fees["b2"]["seq"], "cause": "no_show_fee"})]
+        ("deduction", "refund", {"daemon": "s1-in-1", "seq": fees["b2"]["seq"], "cause": "no_show_fee"}), ("attendance", None, None)]
     assert store.balance("p1") == Decimal(9)
     again = store.mark_attended("b2", "desk", refund=False, now=at(13, 31)).events
     assert [e["type"] for e in again] == ["attendance"]
     # the desk is told which refund it was: the fee, not a walk-in (gated/console/api.py)
-    assert store.fee_refunds([marked[1]["seq"], fees["b2"]["seq"]]) == {marked[1]["seq"]}
+    assert store.fee_refunds([marked[0]["seq"], fees["b2"]["seq"]]) == {marked[0]["seq"]}
     assert store.refund_given("b2") is None
     # with a walk-in that day too: both go back, and each is told for what it was
     _, walk_in = tap(store, IN1, at(13, 40))
@@ -788,7 +806,7 @@ def test_a_fee_given_back_with_a_waiting_refund_does_not_settle_its_request_else
     _, charge = tap(in2, IN2, at(11, 10))
     share(in2, in1, charge.events, {"in-2": "main"})
     first = in1.mark_attended("b1", "desk-1", refund=True, now=at(12, 30), waiting=["s1-in-2"])
-    assert [(e["type"], e.get("cause")) for e in first.events] == [("attendance", None), ("deduction", "refund")]
+    assert [(e["type"], e.get("cause")) for e in first.events] == [("deduction", "refund"), ("attendance", None)]
     share(in1, in2, first.events, {})
     assert in2.conn.execute("SELECT daemon, booking_id, settled FROM site_refund_asks").fetchall() == [
         ("s1-in-1", "b1", 0)]

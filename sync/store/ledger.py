@@ -154,6 +154,10 @@ class Ledger:
     def attend(
         self, tx: Transaction, now: datetime, booking: Booking, by: str, gate: str | None, *, refund: bool = False,
     ) -> None:
+        self._attended(booking, now)
+        self._attendance_event(tx, now, booking, by, gate, refund=refund)
+
+    def _attended(self, booking: Booking, now: datetime) -> None:
         self.conn.execute(
             "INSERT INTO main.booking_outcomes(booking_id, outcome, attended_at, loyalty_settled) "
             "VALUES (?, 'attended', ?, 0) ON CONFLICT(booking_id) DO UPDATE SET outcome = 'attended', "
@@ -163,6 +167,10 @@ class Ledger:
             "ELSE 0 END",
             (booking.id, ts(now)),
         )
+
+    def _attendance_event(
+        self, tx: Transaction, now: datetime, booking: Booking, by: str, gate: str | None, *, refund: bool = False,
+    ) -> None:
         fields: dict[str, Any] = {"member": booking.member, "booking": booking.id, "status": "attended", "by": by}
         if gate:
             fields = {"gate": gate, **fields}
@@ -304,8 +312,11 @@ class Ledger:
         if booking is None:
             raise StoreError(f"unknown booking {booking_id!r}")
         with self.transactions.open() as tx:
-            # first: the site's other daemons learn of the request before its refund
-            self.attend(tx, now, booking, operator, None, refund=refund)
+            # the outcome first (a no-show's fee goes back because it is attended), the
+            # events in the contract's order: the deductions, then the attendance (a refund
+            # may reach the site's other daemons before the request it settles:
+            # peer_events.apply keeps the request settled whichever comes first)
+            self._attended(booking, now)
             self.give_back_no_show_fees(tx, now, [(booking.member, booking.id)])
             if refund:
                 # the charge may have been taken at another turnstile of the site (another
@@ -318,6 +329,7 @@ class Ledger:
                     charge = self._charge_for(booking.member, booking.zone, start, end, now)
                     if charge is not None:
                         self._refund(tx, now, booking, charge)
+            self._attendance_event(tx, now, booking, operator, None, refund=refund)
             tx.audit(now, operator, "mark_attended", {"booking": booking_id, "refund": refund})
         return tx.committed
 

@@ -287,8 +287,12 @@ def apply(
                     "SELECT 1 FROM main.site_charges WHERE daemon = ? AND seq = ? AND cause = 'no_show_fee'", c.refunds
                 ).fetchone() is not None)
                 if ev.get("booking") and not fee:  # its request, given: no longer ahead of anyone's
-                    conn.execute("UPDATE main.site_refund_asks SET settled = 1 WHERE daemon = ? AND booking_id = ?",
-                                 (sender, str(ev["booking"])))
+                    # the refund comes before its request's `attendance` in one desk action
+                    # (SCENARIOS.md's order: deduction, then attendance): kept settled for it
+                    conn.execute(
+                        "INSERT INTO main.site_refund_asks(daemon, booking_id, member_id, at, settled) "
+                        "VALUES (?,?,?,?,1) ON CONFLICT(daemon, booking_id) DO UPDATE SET settled = 1",
+                        (sender, str(ev["booking"]), str(member), ts(at)))
         elif kind == "passage_unconfirmed":
             # their grant the member may have gone through: no no-show fee for it here
             if unconfirmed.record(conn, sender, ev, zones.get(gate) if gate else None):
