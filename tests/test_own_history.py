@@ -25,7 +25,7 @@ from sync.link.actions import Publish, RecordOwnHistory, Subscribe
 from sync.link.session import Session, SessionConfig, StoreState
 from sync.records import BookingIn
 from sync.store import Store, SyncBatch
-from sync.store.own_history import HORIZON, Wanted
+from sync.store.own_history import HORIZON, LATE_KEY, Wanted
 from sync.store.sent_mark import SentMark
 from tests.tap_fixtures import tap_of
 from tests.test_numbering import DAEMON, IN1, SITE, at, new_store, open_store, walk_in, without_mark
@@ -633,4 +633,34 @@ def test_what_the_history_does_not_bear_on_stands(tmp_path: Path) -> None:
     gap_tap(store, GRACE, at(11, 45))
     seen = store.record_own_history(w, old_box_events(), ZONES, True, now=at(11, 50))
     assert seen["rechecked"] == 1 and "refunded" not in seen and refunds(store) == []
+    store.close()
+
+
+def test_a_grant_decided_before_the_history_came_and_committed_after_is_rechecked_at_its_commit(
+    tmp_path: Path,
+) -> None:
+    """Ana granted a walk-in at 11:05 while the history was missing; she is still in the
+    turnstile (the grant's intent open) when the last chunk is recorded at 11:05:30. Her
+    commit at 11:06 takes the charge — and gives it back in the same transaction (decided
+    without the history); another grant decided after it came is not rechecked."""
+    store = settled_new_box(tmp_path / "g.db")
+    store.set_gates({"in-1": GRACE})
+    w = store.own_history_wanted()
+    assert w is not None
+    now = at(11, 5)
+    d = decide(store.view("m1", GRACE, now), Presented(CredentialKind.CARD), GRACE, SITE, POLICY, now)
+    assert d.amount == 1
+    pending = store.open_intent(tap_of(GRACE, d, now), now)
+    seen = store.record_own_history(w, old_box_events(), ZONES, True, now=now + timedelta(seconds=30))
+    assert "rechecked" not in seen and refunds(store) == []
+    events = store.commit_tap(pending, passed=True, now=at(11, 6)).events
+    charge = next(e for e in events if e["type"] == "deduction" and e["cause"] == "walk_in")
+    assert [(e["refunds"]["seq"], e["because"]) for e in events if e.get("cause") == "refund"] == [
+        (charge["seq"], "reentry_grace")]
+    assert store.conn.execute("SELECT 1 FROM main.meta WHERE key = ?", (LATE_KEY,)).fetchone() is None
+    later = at(11, 7)  # out and back in, the history known: a free re-entry, nothing to recheck
+    d = decide(store.view("m1", GRACE, later), Presented(CredentialKind.CARD), GRACE, SITE, POLICY, later)
+    assert d.amount == 0
+    store.commit_tap(store.open_intent(tap_of(GRACE, d, later), later), passed=True, now=later)
+    assert len(refunds(store)) == 1
     store.close()

@@ -9,7 +9,11 @@ written), and a copy put back numbers on after its mark — and the range is in 
 meta until the last chunk is recorded: a restart between a tap and the answer leaves both
 as they were, and the answer rechecks them. The recheck is done in the transaction that
 deletes the range, so it is done once: a second answer finds nothing wanted, a restart after
-it nothing to recheck. Taps after that transaction were decided knowing the history.
+it nothing to recheck. Taps after that transaction were decided knowing the history — but
+a grant decided before it and not committed yet (its member still in the turnstile: its
+intent open, sync/store/intents.py) is not in the ledger then: its intent is written down
+in that transaction (own_history.LATE_KEY, by id and the instant it was written: ids are
+reused) and the tap is rechecked in the transaction of its commit.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from zoneinfo import ZoneInfo
 from rules.model import Direction
 from rules.recheck import Charge, GapTap, KnownDay, Passage
 from rules.timeutil import parse_instant_once
-from sync.store import evacuation
+from sync.store import evacuation, own_history
 from sync.store.own_history import Wanted
 from sync.store.rows import dt, ts
 
@@ -40,18 +44,20 @@ def _instant(v: object) -> datetime | None:
         return None
 
 
-def gap_taps(conn: sqlite3.Connection, daemon: str, w: Wanted) -> list[GapTap]:
+def gap_taps(conn: sqlite3.Connection, daemon: str, w: Wanted, only: int | None = None) -> list[GapTap]:
     """The members' entries granted and passed since the loss, each with its charge if it
     took one nobody has given back (the desk may have): the charge of a tap is the
-    deduction its commit wrote right after its access event (Ledger.commit_tap)."""
+    deduction its commit wrote right after its access event (Ledger.commit_tap). `only`:
+    that access event alone (a grant committed after the history came back, decided before)."""
     out = []
     rows = conn.execute(
         "SELECT e.seq, e.at, e.gate, e.member_id, e.body, d.pass_id, d.amount, d.cause, "
         "d.refunded_by IS NULL AND NOT EXISTS (SELECT 1 FROM main.site_refunds r WHERE r.daemon = ? AND r.seq = d.seq) "
         "FROM main.events e LEFT JOIN main.events de ON de.seq = e.seq + 1 AND de.type = 'deduction' AND de.at = e.at "
         "LEFT JOIN main.deductions d ON d.seq = de.seq AND d.member_id = e.member_id "
-        "WHERE e.type = 'access' AND e.seq > ? AND e.member_id IS NOT NULL AND e.gate IS NOT NULL ORDER BY e.seq",
-        (daemon, w.to_seq),
+        "WHERE e.type = 'access' AND e.seq > ? AND e.member_id IS NOT NULL AND e.gate IS NOT NULL "
+        "AND (? IS NULL OR e.seq = ?) ORDER BY e.seq",
+        (daemon, w.to_seq, only, only),
     ).fetchall()
     for seq, at, gate, member, body, pass_id, amount, cause, open_charge in rows:
         try:
@@ -103,6 +109,28 @@ def known_day(conn: sqlite3.Connection, w: Wanted, taps: list[GapTap]) -> KnownD
     return KnownDay(tuple(passages), used, evacuations)
 
 
+def open_grants(conn: sqlite3.Connection) -> list[list[float]]:
+    """The grants decided and not committed yet: [intent id, when it was written]."""
+    return [[int(i), float(a)] for i, a in conn.execute("SELECT id, at FROM main.grant_intents ORDER BY id")]
+
+
+def late(conn: sqlite3.Connection) -> tuple[Wanted, list[list[float]]] | None:
+    """The grants to recheck at their commit (own_history.LATE_KEY), with the range; None: none."""
+    row = conn.execute("SELECT value FROM main.meta WHERE key = ?", (own_history.LATE_KEY,)).fetchone()
+    if row is None:
+        return None
+    try:
+        d = json.loads(row[0])
+        w = Wanted(int(d["from_seq"]), int(d["to_seq"]), datetime.fromtimestamp(float(d["since"]), _UTC))
+        return w, [[int(i), float(a)] for i, a in d["intents"]]
+    except (ValueError, KeyError, TypeError, OverflowError):
+        return None
+
+
+def late_json(w: Wanted, intents: list[list[float]]) -> str:
+    return json.dumps({"from_seq": w.from_seq, "to_seq": w.to_seq, "since": w.since.timestamp(), "intents": intents})
+
+
 def counts(conn: sqlite3.Connection, w: Wanted) -> tuple[int, int]:
     """For the status: (entries, walk-in charges) decided since the loss, to be rechecked."""
     row = conn.execute(
@@ -114,4 +142,4 @@ def counts(conn: sqlite3.Connection, w: Wanted) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-__all__ = ["counts", "gap_taps", "known_day"]
+__all__ = ["counts", "gap_taps", "known_day", "late", "late_json", "open_grants"]

@@ -250,7 +250,7 @@ class Ledger:
             if tap.message:
                 access["message"] = tap.message
             access.update(tap.event_detail())
-            tx.emit("access", now, **access)
+            access_event = tx.emit("access", now, **access)
             if held is not None:
                 fields = unconfirmed_fields(json.loads(held[0]))
                 tx.emit("passage_unconfirmed", now, **fields, because=unconfirmed)
@@ -277,7 +277,25 @@ class Ledger:
                         self.attend(tx, now, booking, "gate", gate.id)
                 direction = Direction.OUT if decision.reason == Reason.EXIT else Direction.IN
                 self.record_passage(decision.member, gate.zone, direction, now, gate.id)
+            if intent is not None and tap.intent_at is not None:
+                self._recheck_at_commit(tx, now, intent, tap.intent_at, int(access_event["seq"]))
         return tx.committed
+
+    def _recheck_at_commit(self, tx: Transaction, now: datetime, intent: int, written: datetime, seq: int) -> None:
+        """Inside the commit of a grant: decided while our lost events were missing and
+        committed after they came back, it is rechecked now (history_recheck.LATE_KEY)."""
+        pending = history_recheck.late(self.conn)  # a meta look-up; only grants with an intent
+        if pending is None:
+            return
+        w, grants = pending
+        rest = [g for g in grants if g != [intent, ts(written)]]
+        if len(rest) == len(grants):
+            return
+        if rest:
+            tx.set_meta(own_history.LATE_KEY, history_recheck.late_json(w, rest))
+        else:
+            tx.delete_meta(own_history.LATE_KEY)
+        self.recheck_gap(tx, now, w, only=seq)
 
     def commit_override(self, gate: Gate, operator: str, reason: str, now: datetime, *, passed: bool = True) -> Committed:
         with self.transactions.open() as tx:
@@ -635,6 +653,11 @@ class Ledger:
                 # in this transaction, so once (rules.recheck, sync/store/history_recheck.py)
                 if still and not expired:  # never back whole: what is known may be half the day
                     seen.update(self.recheck_gap(tx, now or datetime.now(UTC), wanted))
+                    # grants decided without them whose members are still in the turnstile:
+                    # rechecked at their commit (sync/store/history_recheck.py)
+                    grants = history_recheck.open_grants(self.conn)
+                    if grants:
+                        tx.set_meta(own_history.LATE_KEY, history_recheck.late_json(wanted, grants))
                 # fees of ours for bookings attended: given back now if the lost part did not
                 self.give_back_attended_fees(tx, now or datetime.now(UTC))
             if expired:
@@ -649,15 +672,17 @@ class Ledger:
                                         "never came back from the central system", [self.daemon_id])
         return seen
 
-    def recheck_gap(self, tx: Transaction, now: datetime, wanted: own_history.Wanted) -> dict[str, int]:
+    def recheck_gap(
+        self, tx: Transaction, now: datetime, wanted: own_history.Wanted, only: int | None = None,
+    ) -> dict[str, int]:
         """Inside the transaction that records the last of our lost events: the taps this
         daemon decided while they were missing, decided again against the day now known
         (rules.recheck), and each finding repaired as an event — a walk-in the history
         shows free given back (a `deduction`, cause `refund`, naming the charge and
         `because`), a QR code it shows used already (`qr_double_use`), an entry hard
         anti-passback would have refused (`anti_passback_missed`, for the desk). Counts
-        by what was done."""
-        taps = history_recheck.gap_taps(self.conn, self.daemon_id, wanted)
+        by what was done. `only`: that access event alone (a grant committed after them)."""
+        taps = history_recheck.gap_taps(self.conn, self.daemon_id, wanted, only)
         found = recheck.recheck(taps, history_recheck.known_day(self.conn, wanted, taps), self.gates, self.site)
         seen = {"rechecked": len(taps)} if taps else {}
         for f in found:
