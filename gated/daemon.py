@@ -511,6 +511,9 @@ class Daemon:
         for ev in events:
             if ev.get("type") == "access" and ev.get("gate"):
                 self.last_tap[ev["gate"]] = ev
+            remedy = _history_repair(ev, self.config.daemon_id)
+            if remedy is not None:
+                self.metrics.history_repairs.labels(remedy).inc()
             for listener in list(self.feed_listeners):
                 try:
                     listener(ev)
@@ -589,6 +592,17 @@ class Daemon:
             self.alarms.readers_stopping.add(reader_id)
             await self._end([task], f"reader {reader_id}")
             self.alarms.reader_stopped(reader_id)
+
+
+def _history_repair(ev: Event, daemon_id: str) -> str | None:
+    """What a committed event repaired of the taps decided while our lost events were
+    missing (Ledger.recheck_gap), for the metric; None: nothing of that."""
+    if ev.get("type") == "deduction" and ev.get("cause") == "refund" and ev.get("because"):
+        return "refund"
+    kind = ev.get("kind") if ev.get("type") == "alarm" else None
+    if kind == "anti_passback_missed" or (kind == "qr_double_use" and ev.get("other") == daemon_id):
+        return str(kind)
+    return None
 
 
 def run(config_path: str) -> int:

@@ -9,7 +9,7 @@ here the daemon checks them every second —
 | `peers_unheard` | each other daemon's heartbeat against what was heard of it | holds no-shows (and fees) of classes that ended after it; after `peer_wait_limit` settles them naming it |
 | `peer_silent` | each other daemon of the site: when it was last heard through (its heartbeats, its events) | nothing it can do: says so on every daemon, whatever no-shows wait — its taps, exits and charges are not known here (who is inside, anti-passback, balances) |
 | `numbering_unsure` | the ledger's mark of what it sent (`gated.db.sent`), missing: a new box, a copy restored without it | holds its events after its last one at start, and its no-shows, until the central system says how far it got (sync/store/numbering.py) |
-| `own_history_missing` | this daemon's events the central system holds and a lost ledger held (sync/store/own_history.py) | asks the central system for them every 30 s; decides meanwhile without them (who came in through it earlier today, the walk-ins paid there, the QR codes used there); holds the no-shows of the classes they may bear on, and a day after the loss settles them naming itself (the store does, Ledger.run_due: with or without a link) |
+| `own_history_missing` | this daemon's events the central system holds and a lost ledger held (sync/store/own_history.py) | asks the central system for them every 30 s; decides meanwhile without them (who came in through it earlier today, the walk-ins paid there, the QR codes used there), and once they are back decides those taps again (rules/recheck.py, in the transaction that records the last of them): a walk-in they show free (a re-entry within the grace) refunded, a QR code they show used a `qr_double_use` alarm, an entry hard anti-passback would have refused an `anti_passback_missed` alarm — each once; holds the no-shows of the classes they may bear on, and a day after the loss settles them naming itself (the store does, Ledger.run_due: with or without a link); never back, nothing is rechecked |
 | `refunds_waiting` | the desk's refunds not found while the site's events were not all in (sync/store/refunds_wanted.py) | settles each when its charge arrives or everyone is heard up to the request; after a day an alarm for a person |
 | `daemon_id_in_use` | signs of another daemon under this daemon id (sync/link/session.py, `twin_seen`): its events or status on the site's topics, its takeovers of our connection | holds its events (they stay in the outbox) until no sign of it has come for a minute; the link raised the alarm as it saw it |
 | `clock_untrusted` | the wall clock against the monotonic clock and the last trusted time (rules/clock.py) | acts at the anchored time; no no-show, fee, loyalty credit or pruning until trusted again |
@@ -230,12 +230,17 @@ class Knowledge:
             )
         lost = link.session.own_history.wanted if link is not None else None
         if lost is not None:
+            gap = store.own_history_gap() if store is not None else None
+            entries, charges = gap if gap is not None else (0, 0)
             found["own_history_missing"] = (
                 None, HISTORY_ALARM,
                 f"this daemon's events {lost.from_seq}..{lost.to_seq}, which its lost ledger held, are not back "
                 "from the central system yet (asked every 30 s): until they are, the gate does not know who came "
                 "in through it earlier today, the walk-ins paid there (a re-entry within the grace may be "
-                "charged again) or the QR codes used there; the no-shows of that day's classes wait for them",
+                "charged again) or the QR codes used there; the no-shows of that day's classes wait for them. "
+                f"Decided without them so far: {entries} entr{'y' if entries == 1 else 'ies'}, {charges} walk-in "
+                "charge(s) — rechecked when they come (a charge they show free refunded, a QR code used twice or "
+                "an entry anti-passback would have refused raised as an alarm)",
             )
         twin = link.session.twin if link is not None else None
         if twin is not None:

@@ -123,6 +123,11 @@ class Metrics:
             "gated_knowledge_gap", "1 while the gate knows it is missing something it relies on "
             "(gated/knowledge.py: uplink_stalled, deltas_behind, peers_unheard, peer_silent, clock_untrusted, clock_unconfirmed, numbering_unsure, own_history_missing, refunds_waiting, two_workers, daemon_id_in_use)", ["kind"], registry=r,
         )
+        self.history_repairs = Counter(
+            "gated_history_repairs", "Taps decided while this daemon's lost events of the day were missing, "
+            "repaired once they came back (rules/recheck.py): refund (a walk-in they show free), qr_double_use, "
+            "anti_passback_missed", ["remedy"], registry=r,
+        )
         self.fire_input_up = Gauge("gated_fire_input_up", "1 when the fire-alarm input is read successfully", registry=r)
         self.memory = Gauge(
             "gated_memory_bytes", "Where the daemon's memory is (gated/memory.py): rss, sqlite (its page caches, "

@@ -147,6 +147,23 @@ def evacuated(presence: ZonePresence | None, now: datetime, site: Site) -> bool:
     return inside_then and p.evacuated_at <= now and same_day
 
 
+def within_reentry_grace(presence: ZonePresence | None, gate: Gate, now: datetime) -> bool:
+    """A passed entry into the gate's zone at most `reentry_grace` ago (inclusive). An
+    entry stamped after now was stamped by a clock that was ahead (a boot before NTP,
+    another daemon's): it counts as just now, not as no entry at all."""
+    return (
+        gate.reentry_grace > timedelta(0)
+        and presence is not None
+        and presence.last_entry_at is not None
+        and max(now - presence.last_entry_at, timedelta(0)) <= gate.reentry_grace
+    )
+
+
+def free_reentry(presence: ZonePresence | None, gate: Gate, site: Site, now: datetime) -> bool:
+    """Step 3: a re-entry within the grace period, or after an evacuation — free, no pass needed."""
+    return within_reentry_grace(presence, gate, now) or evacuated(presence, now, site)
+
+
 def _credential_problem(view: MemberView, presented: Presented, now: datetime) -> Reason | None:
     if presented.kind == CredentialKind.QR:
         claim = presented.qr
@@ -432,16 +449,8 @@ def decide(
             hint=booked_hint,
         )
 
-    # 3. re-entry within the grace period, or after an evacuation: free, no pass needed. An
-    # entry stamped after now was stamped by a clock that was ahead (a boot before NTP,
-    # another daemon's): it counts as just now, not as no entry at all
-    presence = view.presence.get(gate.zone)
-    if (
-        gate.reentry_grace > timedelta(0)
-        and presence is not None
-        and presence.last_entry_at is not None
-        and max(now - presence.last_entry_at, timedelta(0)) <= gate.reentry_grace
-    ) or evacuated(presence, now, site):
+    # 3. re-entry within the grace period, or after an evacuation: free, no pass needed
+    if free_reentry(view.presence.get(gate.zone), gate, site, now):
         return Decision(True, Reason.REENTRY, member.id, anti_passback=flag)
 
     # 4. a walk-in on the best usable pass

@@ -67,6 +67,10 @@ class AccessEvent(EventBase):
         description="When the rules decided (UTC); `at` is the commit, after the passage — seconds later "
         "when the person took that long. What an audit decides the tap again at.",
     )
+    token: str | None = Field(
+        None, description="A verified QR code's token id (used up by this read): a gate that lost its ledger "
+        "learns from its events back that the code was used.",
+    )
 
 
 class ChargeRef(BaseModel):
@@ -96,6 +100,11 @@ class DeductionEvent(EventBase):
         description="A refund: the charge it gives back — a walk-in the desk refunds, or a no-show fee "
         "once the booking turned out attended — by the daemon that took it and that event's seq (any daemon "
         "of the site): a charge is refunded once.",
+    )
+    because: str | None = Field(
+        None, max_length=50, description="A refund the gate gave by itself, on learning its lost events of the day "
+        "(a walk-in charged while they were missing): why the charge was not due — `reentry_grace` (an entry "
+        "within the gate's re-entry grace before it) or `evacuated` (a visit cut short by an evacuation).",
     )
 
 
@@ -192,7 +201,8 @@ class AlarmEvent(EventBase):
             "exits_not_recorded, ack_beyond_last_seq, ledger_restored, snapshot_held, clock_untrusted, clock_unconfirmed, uplink_stalled, "
             "deltas_behind, peers_unheard, peer_silent, numbering_unsure, own_history_missing, "
             "refunds_waiting, two_workers, daemon_id_in_use (and each from clock_untrusted with `_ended`), overdraft, "
-            "refund_unsettled, double_refund, qr_double_use, numbering_collision, numbering_peers_unheard, ... "
+            "refund_unsettled, double_refund, qr_double_use, numbering_collision, numbering_peers_unheard, "
+            "anti_passback_missed, ... "
             "(docs/protocol.md, \"Alarms\")"
         ),
     ]
@@ -207,7 +217,10 @@ class AlarmEvent(EventBase):
     pass_: Id | None = Field(
         None, alias="pass", description="overdraft: the pass charged below zero; double_refund: the pass refunded twice."
     )
-    member: Id | None = Field(None, description="overdraft, double_refund: the pass's member.")
+    member: Id | None = Field(
+        None, description="overdraft, double_refund: the pass's member; qr_double_use, anti_passback_missed (found "
+        "when the gate's lost events came back): the member let in.",
+    )
     balance: Amount | None = Field(None, description="overdraft: the site's balance of the pass after every charge.")
     charges: list[ChargeRef] | None = Field(
         None, description="overdraft: the charges the central had not applied, by daemon and seq, in the order "
@@ -219,7 +232,8 @@ class AlarmEvent(EventBase):
     )
     token: str | None = Field(None, description="qr_double_use: the QR code's token id.")
     other: Id | None = Field(
-        None, description="qr_double_use: the other daemon that let it in; numbering_collision: the daemon whose "
+        None, description="qr_double_use: the other daemon that let it in (this one: its lost ledger did); "
+        "numbering_collision: the daemon whose "
         "events came under numbers held for others of its events.",
     )
     seqs: list[int] | None = Field(None, description="numbering_collision: the numbers (at most 100).")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import replace as dc_replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -18,13 +19,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rules.credential import CredentialKind
-from rules.decide import Presented, decide
-from rules.model import Policy
+from rules.decide import Presented, QrClaim, decide
+from rules.model import AntiPassback, Gate, Policy
 from sync.link.actions import Publish, RecordOwnHistory, Subscribe
 from sync.link.session import Session, SessionConfig, StoreState
 from sync.records import BookingIn
 from sync.store import Store, SyncBatch
-from sync.store.own_history import HORIZON, Wanted
+from sync.store.own_history import HORIZON, LATE_KEY, Wanted
 from sync.store.sent_mark import SentMark
 from tests.tap_fixtures import tap_of
 from tests.test_numbering import DAEMON, IN1, SITE, at, new_store, open_store, walk_in, without_mark
@@ -525,3 +526,141 @@ def test_a_session_without_a_loss_asks_nothing_but_listens() -> None:
     assert ANSWER in subs
     assert asks(s.tick(200.0, "2026-11-18T11:00:00Z")) == []
 
+
+
+# -- what was decided without them, decided again (rules/recheck.py) ----------------------------
+
+GRACE = Gate("in-1", "main", reentry_grace=timedelta(hours=2))
+HARD = Gate("in-1", "main", anti_passback=AntiPassback.HARD)
+
+
+def gap_tap(store: Store, gate: Gate, now: datetime, token: str | None = None) -> list[dict[str, Any]]:
+    """Ana at the new box while its history is missing: decided and committed as any tap."""
+    presented = (Presented(CredentialKind.QR, QrClaim(token, "m1", now, at(23))) if token
+                 else Presented(CredentialKind.CARD))
+    d = decide(store.view("m1", gate, now), presented, gate, SITE, POLICY, now)
+    t = tap_of(gate, d, now)
+    if token is not None:
+        t = dc_replace(t, presented=presented, qr_token=(token, at(23)))
+    return store.commit_tap(t, passed=True, now=now).events
+
+
+def refunds(store: Store) -> list[tuple[Any, ...]]:
+    return store.conn.execute(
+        "SELECT r.amount, r.pass_id, json_extract(e.body, '$.refunds.seq'), json_extract(e.body, '$.because') "
+        "FROM main.deductions r JOIN main.events e ON e.seq = r.seq WHERE r.cause = 'refund' ORDER BY r.seq").fetchall()
+
+
+def alarms(store: Store, kind: str) -> list[dict[str, Any]]:
+    return [json.loads(b) for (b,) in store.conn.execute(
+        "SELECT body FROM main.events WHERE type = 'alarm' AND json_extract(body, '$.kind') = ?", (kind,))]
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted_before_the_answer"])
+def test_a_walk_in_charged_again_within_the_grace_is_given_back_once(tmp_path: Path, restart: bool) -> None:
+    """Ana walked in at the old box at 09:30 (old_box_events); at 11:05, its history not back,
+    the new box charges her a walk-in (the gate's grace is 2 h: a free re-entry, had it
+    known). When the history comes (after a restart, too: the gap is the ledger's) the charge
+    is given back, once, naming why — not again on a second answer, nor after a restart."""
+    path = tmp_path / "g.db"
+    store = settled_new_box(path)
+    store.set_gates({"in-1": GRACE})
+    w = store.own_history_wanted()
+    assert w is not None
+    charged = gap_tap(store, GRACE, at(11, 5))
+    assert [e["reason"] for e in charged if e["type"] == "access"] == ["walk_in"]
+    charge = next(e for e in charged if e["type"] == "deduction")
+    assert store.own_history_gap() == (1, 1)
+    if restart:
+        store.close()
+        store = open_store(path)
+        store.set_gates({"in-1": GRACE})
+    before = store.balance("p1")
+    seen = store.record_own_history(w, old_box_events(), ZONES, True, now=at(11, 20))
+    assert seen["rechecked"] == 1 and seen["refunded"] == 1
+    assert refunds(store) == [("-1", "p1", charge["seq"], "reentry_grace")]
+    assert store.balance("p1") == before + 1
+    audit = store.conn.execute("SELECT operator, action FROM main.audit WHERE action = 'history_refund'").fetchall()
+    assert audit == [("gate", "history_refund")]
+    # a second answer, a restart: nothing more
+    assert "refunded" not in store.record_own_history(w, old_box_events(), ZONES, True, now=at(11, 30))
+    store.close()
+    store = open_store(path)
+    store.set_gates({"in-1": GRACE})
+    assert len(refunds(store)) == 1 and store.own_history_gap() is None
+    # the desk cannot give it back again either: the walk-in is marked refunded
+    assert store.conn.execute("SELECT refunded_by FROM main.deductions WHERE seq = ?", (charge["seq"],)).fetchone()[0]
+    store.close()
+
+
+@pytest.mark.parametrize("kind", ["qr_double_use", "anti_passback_missed"])
+def test_a_qr_code_the_lost_part_used_or_an_entry_anti_passback_would_refuse_is_an_alarm(
+    tmp_path: Path, kind: str
+) -> None:
+    """The old box let Ana in at 09:30 and used her QR code tok-1 at 09:40. The new box,
+    without that, at 11:05: takes the same QR code again (`qr_double_use`), or lets her in
+    under hard anti-passback, charged (`anti_passback_missed`: the charge stands, for the
+    desk). Back: the alarm, once."""
+    store = settled_new_box(tmp_path / "g.db")
+    gate = GRACE if kind == "qr_double_use" else HARD
+    store.set_gates({"in-1": gate})
+    w = store.own_history_wanted()
+    assert w is not None
+    token = "tok-1" if kind == "qr_double_use" else None
+    tapped = gap_tap(store, gate, at(11, 5), token=token)
+    assert [e.get("token") for e in tapped if e["type"] == "access"] == [token]
+    seen = store.record_own_history(w, old_box_events(), ZONES, True, now=at(11, 20))
+    assert seen[kind] == 1 and "refunded" not in seen
+    raised = alarms(store, kind)
+    assert len(raised) == 1 and raised[0]["member"] == "m1" and raised[0]["gate"] == "in-1"
+    if kind == "qr_double_use":
+        assert raised[0]["token"] == "tok-1" and raised[0]["other"] == DAEMON
+    else:
+        assert "charged 1 on pass p1" in raised[0]["detail"]
+    assert refunds(store) == []
+    store.record_own_history(w, old_box_events(), ZONES, True, now=at(11, 30))
+    assert len(alarms(store, kind)) == 1
+    store.close()
+
+
+def test_what_the_history_does_not_bear_on_stands(tmp_path: Path) -> None:
+    """Past the grace (Ana's 09:30 entry, 2 h: at 11:45 a walk-in is due), and taps after the
+    history came back: nothing repaired."""
+    store = settled_new_box(tmp_path / "g.db")
+    store.set_gates({"in-1": GRACE})
+    w = store.own_history_wanted()
+    assert w is not None
+    gap_tap(store, GRACE, at(11, 45))
+    seen = store.record_own_history(w, old_box_events(), ZONES, True, now=at(11, 50))
+    assert seen["rechecked"] == 1 and "refunded" not in seen and refunds(store) == []
+    store.close()
+
+
+def test_a_grant_decided_before_the_history_came_and_committed_after_is_rechecked_at_its_commit(
+    tmp_path: Path,
+) -> None:
+    """Ana granted a walk-in at 11:05 while the history was missing; she is still in the
+    turnstile (the grant's intent open) when the last chunk is recorded at 11:05:30. Her
+    commit at 11:06 takes the charge — and gives it back in the same transaction (decided
+    without the history); another grant decided after it came is not rechecked."""
+    store = settled_new_box(tmp_path / "g.db")
+    store.set_gates({"in-1": GRACE})
+    w = store.own_history_wanted()
+    assert w is not None
+    now = at(11, 5)
+    d = decide(store.view("m1", GRACE, now), Presented(CredentialKind.CARD), GRACE, SITE, POLICY, now)
+    assert d.amount == 1
+    pending = store.open_intent(tap_of(GRACE, d, now), now)
+    seen = store.record_own_history(w, old_box_events(), ZONES, True, now=now + timedelta(seconds=30))
+    assert "rechecked" not in seen and refunds(store) == []
+    events = store.commit_tap(pending, passed=True, now=at(11, 6)).events
+    charge = next(e for e in events if e["type"] == "deduction" and e["cause"] == "walk_in")
+    assert [(e["refunds"]["seq"], e["because"]) for e in events if e.get("cause") == "refund"] == [
+        (charge["seq"], "reentry_grace")]
+    assert store.conn.execute("SELECT 1 FROM main.meta WHERE key = ?", (LATE_KEY,)).fetchone() is None
+    later = at(11, 7)  # out and back in, the history known: a free re-entry, nothing to recheck
+    d = decide(store.view("m1", GRACE, later), Presented(CredentialKind.CARD), GRACE, SITE, POLICY, later)
+    assert d.amount == 0
+    store.commit_tap(store.open_intent(tap_of(GRACE, d, later), later), passed=True, now=later)
+    assert len(refunds(store)) == 1
+    store.close()

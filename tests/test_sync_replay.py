@@ -392,3 +392,91 @@ async def test_a_new_box_gets_back_what_the_old_one_knew_of_today(
     # the old box's charges are not counted twice by the new box's balances (in_step), and
     # the new box charged nothing more when it knew
     assert (sum(charged.values()) == 0) == answers
+
+
+async def test_a_walk_in_charged_while_the_old_box_history_was_missing_is_given_back_once(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
+    """The box replaced after member 1 walked in and out and member 2 walked in (hard
+    anti-passback, a 2-hour re-entry grace), with a central system that does not answer
+    history requests at first: the new box decides without the old box's day — member 1's
+    re-entry is charged a second walk-in, member 2 is let in again. The box restarts before
+    the answer. When the central system answers, the gate decides those taps again: member
+    1's second walk-in given back (a `refund` naming the charge, `because: reentry_grace`),
+    member 2's entry an `anti_passback_missed` alarm for the desk — once, also across a
+    second restart; the central system's balances equal the gate's."""
+    from dataclasses import replace as dc_replace
+
+    from rules.reasons import Reason
+
+    gates = {**GATES, "in-1": dc_replace(GATES["in-1"], reentry_grace=timedelta(hours=2))}
+    db = tmp_path / "gate.db"
+    now = clock()
+    store = make_store(db, "gate-a")
+    link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=gates)
+    engine = Engine(store, site(), gates, POLICY)
+    m1, m2 = Credential.card("C1"), Credential.card("C2")
+    async with running(link.run()):
+        await link.wait_connected(WAIT_S)
+        await wait_until(lambda: in_step(central, store, link), what="the first snapshot")
+        assert engine.tap("in-1", m1, now())[0].decision.reason == Reason.WALK_IN
+        engine.tap("out-1", m1, now())
+        assert engine.tap("in-1", m2, now())[0].decision.reason == Reason.WALK_IN
+        await wait_until(lambda: in_step(central, store, link), what="the old box's taps applied")
+    store.close()
+    old_box = {p: central.balance(SITE, p) for p in ("p1", "p2")}
+
+    for f in tmp_path.glob("gate.*"):
+        f.unlink()
+    answer = central._answer_history
+
+    async def silent(site: str, ask: Any) -> None:
+        central.stats["history_requests_ignored"] += 1
+    central._answer_history = silent  # type: ignore[method-assign]
+    store = make_store(db, "gate-a")
+    link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=gates)
+    engine = Engine(store, site(), gates, POLICY)
+    async with running(link.run()):
+        await link.wait_connected(WAIT_S)
+        await wait_until(lambda: central.stats["history_requests_ignored"] >= 1, timeout=30, what="the request")
+        again = engine.tap("in-1", m1, now())[0]
+        assert again.decision.reason == Reason.WALK_IN  # decided without the old box's day: charged
+        assert engine.tap("in-1", m2, now())[0].granted  # inside, as the old box knew: let in
+        charge = max(s for (s,) in store.conn.execute(
+            "SELECT seq FROM main.deductions WHERE member_id = 'm1' AND cause = 'walk_in'"))
+        assert store.own_history_gap() == (2, 2)
+        await wait_until(lambda: in_step(central, store, link), timeout=30, what="the gap's taps applied")
+    store.close()  # a restart between the taps and the answer
+
+    def given_back(store: Any) -> list[tuple[Any, ...]]:
+        return store.conn.execute(
+            "SELECT amount, json_extract(e.body, '$.refunds.seq'), json_extract(e.body, '$.because') "
+            "FROM main.deductions r JOIN main.events e ON e.seq = r.seq WHERE r.cause = 'refund'").fetchall()
+
+    def missed(store: Any) -> list[Any]:
+        return [m for (m,) in store.conn.execute(
+            "SELECT member_id FROM main.events WHERE type = 'alarm' "
+            "AND json_extract(body, '$.kind') = 'anti_passback_missed'")]
+
+    async def restarted(first: bool) -> None:
+        store = make_store(db, "gate-a")
+        link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=gates)
+        async with running(link.run()):
+            await link.wait_connected(WAIT_S)
+            await wait_until(lambda: store.own_history_wanted() is None, timeout=30, what="the old box's events back")
+            await wait_until(lambda: in_step(central, store, link), timeout=30, what="settled after the answer")
+            assert given_back(store) == [("-1", charge, "reentry_grace")]
+            assert missed(store) == ["m2"]
+            if first:
+                assert link.session.stats["history_refunded"] == 1
+                assert link.session.stats["history_anti_passback_missed"] == 1
+        store.close()
+
+    central._answer_history = answer  # type: ignore[method-assign]
+    await restarted(True)
+    await restarted(False)  # once: nothing more after a second restart
+    refunds = [e for e in central.events(SITE, "gate-a") if e["type"] == "deduction" and e["cause"] == "refund"]
+    assert [(e["refunds"]["seq"], e["because"]) for e in refunds] == [(charge, "reentry_grace")]
+    # member 1 paid once in all (the old box's walk-in); member 2's second entry stands, for the desk
+    assert central.balance(SITE, "p1") == old_box["p1"]
+    assert central.balance(SITE, "p2") == old_box["p2"] - 1

@@ -41,6 +41,8 @@ INCIDENTS = {
     "double_refund": "A charge was refunded twice",
     "numbering_collision": "Another gate's events came under numbers held for others — a charge is missing here",
     "numbering_peers_unheard": "A replaced gate numbered its events without hearing every gate of the site",
+    # found when a replaced gate's lost events of the day came back (rules/recheck.py)
+    "anti_passback_missed": "Let in while already inside — anti-passback could not see the gate's lost taps",
     # not an `alarm` event but its own (gated/unknown_cards.py): reads past a quota, one
     # event for the burst — the desk sees the flood here, its cards are not each an item
     "unknown_cards": "A flood of unknown cards",

@@ -25,6 +25,8 @@ ACTIONS = {
     "refund_settled": "A waiting refund was given back",
     "refund_none": "A waiting refund found no walk-in charge",
     "refund_unsettled": "A waiting refund was not settled",
+    # the gate by itself, its lost taps of the day back (rules/recheck.py): a walk-in they show free
+    "history_refund": "A walk-in charged again on a replaced gate was given back",
 }
 DETAIL_WORDS = {"gate": "gate", "reason": "reason", "booking": "class", "refund": "refund", "member": "member",
                 "points": "points", "ip": "from", "card": "card", "pass": "pass", "why": "as", "because": "as", "decision": "decision",
@@ -44,7 +46,10 @@ def notice_text(ev: dict[str, Any], item: dict[str, Any], passes: dict[str, str]
         amount = ev.get("amount")
         pname = passes.get(ev.get("pass") or "", ev.get("pass"))
         if cause == "refund":
-            return f"Refund of {-amount if isinstance(amount, int | float) else amount} to {pname}"
+            why = {"reentry_grace": " (a re-entry within the grace: the gate's earlier taps came back)",
+                   "evacuated": " (back after an evacuation: the gate's earlier taps came back)"}.get(
+                str(ev.get("because")), "")
+            return f"Refund of {-amount if isinstance(amount, int | float) else amount} to {pname}{why}"
         return f"No-show fee {amount} from {pname}"
     if t == "override":
         return f"Gate opened once by {ev.get('operator')}: {ev.get('reason')}"

@@ -113,6 +113,8 @@ class SyncLink:
         self.health_provider = health
         # the link's only door into the store and the snapshot import
         self.port = StorePort(store, settings.daemon, settings.snapshot_batch_rows)
+        if gates:  # what was decided while our lost events were missing is rechecked by their rules
+            self.port.set_gates(gates)
         self._building: asyncio.Task[None] | None = None  # the snapshot worker, then the session's verdict
         # the central system's word on our numbering that the store could not write yet
         # (a full disk): tried again every second — while our events are held nothing of

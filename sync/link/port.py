@@ -5,10 +5,11 @@ its parts never hold the store itself, and reach the snapshot import only throug
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from rules.model import Gate
 from sync.link.session_config import StoreState
 from sync.protocol import Delta, LookupResponse, SnapshotHeader
 from sync.snapshot import SnapshotError, SnapshotImporter, SnapshotRejected
@@ -71,6 +72,16 @@ class StorePort:
         if wanted is None:
             return {}
         return self.store.record_own_history(wanted, events, zones, done, expired=expired, now=now)
+
+    def set_gates(self, gates: Mapping[str, Gate]) -> None:
+        """The gates' rules, for the recheck of what was decided while our lost events
+        were missing (Ledger.recheck_gap)."""
+        self.store.set_gates(gates)
+
+    def own_history_gap(self) -> tuple[int, int] | None:
+        """The entries and walk-in charges decided since the loss, rechecked when our lost
+        events come (None: none wanted)."""
+        return self.store.own_history_gap()
 
     def central_applied(self) -> int | None:
         """How far the central system had applied our events, as the passes of the sync

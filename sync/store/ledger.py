@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from rules import recheck
 from rules.decide import ZonePresence
 from rules.model import Booking, Direction, Gate, Policy
 from rules.model import Site as SiteModel
@@ -47,6 +48,7 @@ from rules.timeutil import iso_utc, local_date, start_of_local_day
 from sync.errors import StoreError
 from sync.store import (
     evacuation,
+    history_recheck,
     numbering,
     own_history,
     peer_events,
@@ -107,6 +109,9 @@ class Ledger:
         # a QR code's first use is an event the site's other daemons hear (the daemon sets
         # it when it shares with them; scenarios keep their events as the contract says)
         self.site_wide_qr = False
+        # the gates' rules (the link sets them): the taps decided while the history of the
+        # day was missing are decided again by them (recheck_gap); a gate not here stands
+        self.gates: dict[str, Gate] = {}
         self._collisions_said: set[tuple[str, int, float]] = set()  # numbering_collision, once a run each
 
     # -- the steps a commit is made of (inside a transaction) -----------------------------
@@ -125,6 +130,7 @@ class Ledger:
         gate: str | None,
         refunded_seq: int | None = None,
         refunds: dict[str, Any] | None = None,
+        because: str | None = None,
     ) -> Event:
         balance = self.replica.balance(pass_id)  # derived: central - our deductions since
         after = balance - amount if balance is not None else None
@@ -141,6 +147,8 @@ class Ledger:
             fields["balance"] = amount_json(after)
         if refunds is not None:
             fields["refunds"] = refunds  # which charge (daemon, seq): refunded once, site-wide
+        if because is not None:
+            fields["because"] = because  # a refund the gate gave by itself: why (rules.recheck.Why)
         event = tx.emit("deduction", now, **fields)
         self.conn.execute(
             "INSERT INTO deductions(seq, pass_id, member_id, booking_id, amount, cause, zone, at, refunded_by) "
@@ -245,10 +253,12 @@ class Ledger:
                 access["passed"] = passed
             if decision.anti_passback is not None:
                 access["anti_passback"] = decision.anti_passback
+            if tap.qr_token is not None:  # its single use, known again should this ledger be lost
+                access["token"] = tap.qr_token[0]
             if tap.message:
                 access["message"] = tap.message
             access.update(tap.event_detail())
-            tx.emit("access", now, **access)
+            access_event = tx.emit("access", now, **access)
             if held is not None:
                 fields = unconfirmed_fields(json.loads(held[0]))
                 tx.emit("passage_unconfirmed", now, **fields, because=unconfirmed)
@@ -275,7 +285,25 @@ class Ledger:
                         self.attend(tx, now, booking, "gate", gate.id)
                 direction = Direction.OUT if decision.reason == Reason.EXIT else Direction.IN
                 self.record_passage(decision.member, gate.zone, direction, now, gate.id)
+            if intent is not None and tap.intent_at is not None:
+                self._recheck_at_commit(tx, now, intent, tap.intent_at, int(access_event["seq"]))
         return tx.committed
+
+    def _recheck_at_commit(self, tx: Transaction, now: datetime, intent: int, written: datetime, seq: int) -> None:
+        """Inside the commit of a grant: decided while our lost events were missing and
+        committed after they came back, it is rechecked now (history_recheck.LATE_KEY)."""
+        pending = history_recheck.late(self.conn)  # a meta look-up; only grants with an intent
+        if pending is None:
+            return
+        w, grants = pending
+        rest = [g for g in grants if g != [intent, ts(written)]]
+        if len(rest) == len(grants):
+            return
+        if rest:
+            tx.set_meta(own_history.LATE_KEY, history_recheck.late_json(w, rest))
+        else:
+            tx.delete_meta(own_history.LATE_KEY)
+        self.recheck_gap(tx, now, w, only=seq)
 
     def commit_override(self, gate: Gate, operator: str, reason: str, now: datetime, *, passed: bool = True) -> Committed:
         with self.transactions.open() as tx:
@@ -624,12 +652,24 @@ class Ledger:
         they never came — a refund the desk asked for that waited for them is not
         "nothing charged" but a `refund_unsettled` alarm for a person."""
         with self.transactions.open() as tx:
+            # still wanted: the recheck below is this transaction's, once (a second answer after
+            # it, from the central system or a caller holding the old range, rechecks nothing)
+            still = own_history.wanted(self.conn) is not None
             seen = dict(own_history.record(self.conn, self.daemon_id, wanted, events, zones, self.record_passage))
             if expired:  # what they may have given back is not known: for a person
                 unsure = max(wanted.to_seq, int(self._meta_float(FEES_UNSURE_KEY) or 0))
                 tx.set_meta(FEES_UNSURE_KEY, str(unsure))
             if done:
                 own_history.done(tx.delete_meta)
+                # what was decided without them, decided again now that the day is known:
+                # in this transaction, so once (rules.recheck, sync/store/history_recheck.py)
+                if still and not expired:  # never back whole: what is known may be half the day
+                    seen.update(self.recheck_gap(tx, now or datetime.now(UTC), wanted))
+                    # grants decided without them whose members are still in the turnstile:
+                    # rechecked at their commit (sync/store/history_recheck.py)
+                    grants = history_recheck.open_grants(self.conn)
+                    if grants:
+                        tx.set_meta(own_history.LATE_KEY, history_recheck.late_json(wanted, grants))
                 # fees of ours for bookings attended: given back now if the lost part did not
                 self.give_back_attended_fees(tx, now or datetime.now(UTC))
             if expired:
@@ -642,6 +682,51 @@ class Ledger:
                         refunds_wanted.drop(self.conn, w.booking_id)
                         self._unsettled(tx, at, w, f"this gate's own events from before {iso_utc(wanted.since)} "
                                         "never came back from the central system", [self.daemon_id])
+        return seen
+
+    def recheck_gap(
+        self, tx: Transaction, now: datetime, wanted: own_history.Wanted, only: int | None = None,
+    ) -> dict[str, int]:
+        """Inside the transaction that records the last of our lost events: the taps this
+        daemon decided while they were missing, decided again against the day now known
+        (rules.recheck), and each finding repaired as an event — a walk-in the history
+        shows free given back (a `deduction`, cause `refund`, naming the charge and
+        `because`), a QR code it shows used already (`qr_double_use`), an entry hard
+        anti-passback would have refused (`anti_passback_missed`, for the desk). Counts
+        by what was done. `only`: that access event alone (a grant committed after them)."""
+        taps = history_recheck.gap_taps(self.conn, self.daemon_id, wanted, only)
+        found = recheck.recheck(taps, history_recheck.known_day(self.conn, wanted, taps), self.gates, self.site)
+        seen = {"rechecked": len(taps)} if taps else {}
+        for f in found:
+            t, gate, since = f.tap, self.gates[f.tap.gate], iso_utc(f.since) if f.since is not None else "?"
+            key = "refunded" if f.remedy is recheck.Remedy.REFUND else f.remedy.value
+            seen[key] = seen.get(key, 0) + 1
+            if f.remedy is recheck.Remedy.REFUND and t.charge is not None:
+                c = t.charge
+                refund = self.deduct(
+                    tx, now, pass_id=c.pass_id, member_id=t.member, amount=-c.amount, booking_id=None,
+                    cause="refund", zone=gate.zone, gate=t.gate, refunded_seq=c.seq,
+                    refunds={"daemon": self.daemon_id, "seq": c.seq}, because=f.why.value,
+                )
+                peer_events.mark_refunded(
+                    self.conn, peer_events.Charge(self.daemon_id, c.seq, c.pass_id, c.amount, ts(t.decided_at), True),
+                    (self.daemon_id, int(refund["seq"]), ts(now)))
+                tx.audit(now, "gate", "history_refund", {
+                    "member": t.member, "pass": c.pass_id, "gate": t.gate, "because": f.why.value,
+                    "refunds": [self.daemon_id, c.seq]})
+            elif f.remedy is recheck.Remedy.QR_DOUBLE_USE:
+                tx.emit("alarm", now, gate=t.gate, kind="qr_double_use", member=t.member, token=t.token,
+                        other=self.daemon_id,
+                        detail=f"{t.member}'s QR code let in at {t.gate} at {iso_utc(t.decided_at)} had been used "
+                               f"here at {since}, by this gate's lost ledger (its events came back from the central "
+                               "system after the tap)")
+            elif f.remedy is recheck.Remedy.ANTI_PASSBACK_MISSED:
+                charged = (f"; charged {amount_json(t.charge.amount)} on pass {t.charge.pass_id} (event "
+                           f"{t.charge.seq}), left to the desk" if t.charge is not None else "")
+                tx.emit("alarm", now, gate=t.gate, kind="anti_passback_missed", member=t.member,
+                        detail=f"{t.member} was let in at {t.gate} at {iso_utc(t.decided_at)} while inside since "
+                               f"{since}, by this gate's lost ledger (its events came back from the central system "
+                               f"after the tap): hard anti-passback would have refused the entry{charged}")
         return seen
 
     def check_overdraft(self, tx: Transaction, pass_id: str, now: datetime) -> None:

@@ -54,6 +54,11 @@ GIVEN_UP_KEY = "own_history_given_up"
 # a person, not given back again by the gate (Ledger.give_back_no_show_fees)
 FEES_UNSURE_KEY = "fees.unsure_through"
 
+# the grants decided while our lost events were missing and not yet committed when they came
+# back (a member still in the turnstile): rechecked at their commit (Ledger.commit_tap). JSON:
+# the range and `intents`, [[intent id, when it was written (POSIX)], ...]
+LATE_KEY = "own_history.recheck_at_commit"
+
 _UTC = ZoneInfo("UTC")
 
 log = logging.getLogger(__name__)
@@ -190,4 +195,4 @@ def given_up(conn: sqlite3.Connection) -> datetime | None:
         return None
 
 
-__all__ = ["FEES_UNSURE_KEY", "GIVEN_UP_KEY", "HORIZON", "KEY", "WAIT", "Wanted", "done", "given_up", "record", "want", "wanted"]
+__all__ = ["FEES_UNSURE_KEY", "GIVEN_UP_KEY", "HORIZON", "KEY", "LATE_KEY", "WAIT", "Wanted", "done", "given_up", "record", "want", "wanted"]

@@ -69,7 +69,7 @@ import asyncio
 import logging
 import math
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -91,6 +91,7 @@ from sync.records import PassRecord
 from sync.store import (
     attach,
     enrolment,
+    history_recheck,
     numbering,
     own_history,
     photos,
@@ -150,6 +151,7 @@ class Store:
         self.background_checkpoints = background_checkpoints
         self.files = ReplicaFiles(self.path)
         self.site_wide_qr = False  # set_site_wide_qr
+        self.gates: dict[str, Gate] = {}  # set_gates
         # the ledger's log flushed off the event loop (sync/store/durability.py); None: not durable
         self.wal_sync = WalSync(self.path) if durable else None
         self.conn = connect(self.path, durable=durable)
@@ -286,6 +288,7 @@ class Store:
         self.replica = Replica(self.conn, self.site, self.ten_digits)
         self.ledger = Ledger(self.conn, self._transactions, self.replica, self.site, self.daemon_id)
         self.ledger.site_wide_qr = self.site_wide_qr
+        self.ledger.gates = self.gates
         self.intents = Intents(self.conn, self._transactions, self.ledger)
 
     def _switch(self, conn: sqlite3.Connection) -> None:
@@ -640,6 +643,18 @@ class Store:
         an entry must not open (sync.store.intents.TokenUsed: the token was used up meanwhile,
         `qr_replayed`)."""
         return tap.with_intent(self.intents.open(tap, now), now)
+
+    def set_gates(self, gates: Mapping[str, Gate]) -> None:
+        """The gates' rules: the taps decided while this daemon's own history of the day
+        was missing are decided again by them when it comes back (Ledger.recheck_gap)."""
+        self.gates = dict(gates)
+        self.ledger.gates = self.gates
+
+    def own_history_gap(self) -> tuple[int, int] | None:
+        """While our lost events are wanted: the entries and walk-in charges decided since
+        the loss, rechecked when they come (sync/store/history_recheck.py); None: none wanted."""
+        w = own_history.wanted(self.conn)
+        return None if w is None else history_recheck.counts(self.conn, w)
 
     def set_site_wide_qr(self, on: bool) -> None:
         """A QR code's first use becomes a `qr_used` event for the site's other daemons

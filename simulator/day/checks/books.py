@@ -109,6 +109,12 @@ def check_books(run: Run) -> list[Invariant]:
                                      "booking", site=site, at=e["at"], member=e.get("member"),
                                      around=run.around(site, at, member=e.get("member")))
                     refunded.add(key)
+                elif e.get("cause") == "refund" and e.get("because"):
+                    # the gate's own: a walk-in it charged while its lost events were missing
+                    refunds.checked += 1
+                    charge = by_seq.get((ref.get("daemon"), ref.get("seq")))
+                    access = by_seq.get((ref.get("daemon"), int(ref.get("seq") or 0) - 1))
+                    _check_own_refund(run, refunds, site, e, charge, access, entries, refunded)
                 elif e.get("cause") == "refund":
                     refunds.checked += 1
                     # asked for when the desk marked the booking attended (the same transaction,
@@ -249,6 +255,32 @@ def _evacuations(evs: list[dict[str, Any]]) -> list[Evacuation]:
         elif not active and open_:
             spans[-1] = (spans[-1][0], at)
     return spans
+
+
+def _check_own_refund(run: Run, inv: Invariant, site: str, e: dict[str, Any], charge: dict[str, Any] | None,
+                      access: dict[str, Any] | None, entries: dict[str, list[datetime]],
+                      refunded: set[tuple[str, int]]) -> None:
+    """A refund the gate gave by itself once its lost events came back (rules/recheck.py):
+    of its own walk-in charge, in full, once, of a member it shows free — an entry within
+    the gate's re-entry grace before the charge (or an evacuation: not recomputed here)."""
+    member = e.get("member")
+    if (charge is None or charge["_daemon"] != e["_daemon"] or charge.get("cause") != "walk_in"
+            or charge.get("member") != member or charge.get("pass") != e.get("pass")
+            or Decimal(str(e["amount"])) != -Decimal(str(charge["amount"]))
+            or (charge["_daemon"], charge["seq"]) in refunded):
+        inv.fail(f"a refund by {e['_daemon']} ({e.get('because')}) that is not once, in full, of its own walk-in",
+                 site=site, at=e["at"], member=member, detail={"refunds": e.get("refunds")})
+        return
+    refunded.add((charge["_daemon"], charge["seq"]))
+    d = run.daemons.get(e["_daemon"])
+    charged_at = instant(charge["at"])
+    # the rules decided the tap at its `decided_at` (the charge's access event, just before it)
+    decided = instant(str(access.get("decided_at") or access["at"])) if access is not None else charged_at
+    if e.get("because") == "reentry_grace" and d is not None and not any(
+            decided - d.gate.reentry_grace <= t < charged_at for t in entries.get(str(member), [])):
+        inv.fail(f"a refund by {e['_daemon']} of a walk-in at {charge['at']} as a re-entry, with no entry within "
+                 f"the grace before it", site=site, at=e["at"], member=member,
+                 around=run.around(site, charged_at, member=member, span=timedelta(hours=2)))
 
 
 def _check_refund(run: Run, inv: Invariant, site: str, e: dict[str, Any], at: datetime,
