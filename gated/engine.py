@@ -23,6 +23,7 @@ from rules.schedule import NoShowHorizon
 from rules.tap import Tap, unreadable
 from sync.qrtoken import TrustedKeys
 from sync.store import Committed, Store
+from sync.store.desk_requests import DeskRequest, Seen
 from sync.store.intents import TokenUsed
 from sync.store.occupancy import is_full
 
@@ -97,16 +98,29 @@ class Engine:
         """One more person (this tap's member) would exceed the zone's capacity."""
         return is_full(self.store, tap.gate.zone, capacity, tap.decided_at, member=tap.decision.member)
 
-    def open_intent(self, tap: Tap, now: datetime) -> Tap:
-        """The grant's durable intent, before the relay (sync/store/intents.py): the tap with it."""
-        return self.store.open_intent(tap, now)
+    def open_intent(self, tap: Tap, now: datetime, request: DeskRequest | None = None) -> Tap:
+        """The grant's durable intent, before the relay (sync/store/intents.py): the tap with
+        it; with the desk's request it is, begun (sync/store/desk_requests.py)."""
+        return self.store.open_intent(tap, now, request)
 
     async def flushed(self) -> None:
         """Until every commit so far is on disk (off the event loop)."""
         await self.store.flushed()
 
-    def commit(self, tap: Tap, *, passed: bool, now: datetime, unconfirmed: str | None = None) -> Committed:
-        return self.store.commit_tap(tap, passed=passed, now=now, unconfirmed=unconfirmed)
+    def commit(
+        self, tap: Tap, *, passed: bool, now: datetime, unconfirmed: str | None = None,
+        request: DeskRequest | None = None,
+    ) -> Committed:
+        return self.store.commit_tap(tap, passed=passed, now=now, unconfirmed=unconfirmed, request=request)
+
+    def desk_request(self, req: DeskRequest) -> Seen | None:
+        return self.store.desk_request(req)
+
+    def begin_desk_request(self, req: DeskRequest, now: datetime) -> None:
+        self.store.begin_desk_request(req, now)
+
+    def forget_desk_request(self, req: DeskRequest) -> None:
+        self.store.forget_desk_request(req)
 
     def audit(self, now: datetime, operator: str, action: str, detail: dict[str, Any]) -> None:
         self.store.audit(now, operator, action, detail)
@@ -125,9 +139,12 @@ class Engine:
                 tap = tap.refused(Reason.QR_REPLAYED)
         return tap, self.commit(tap, passed=passed, now=now)
 
-    def override(self, gate_id: str, operator: str, reason: str, now: datetime, *, passed: bool = True) -> tuple[Decision, Committed]:
+    def override(
+        self, gate_id: str, operator: str, reason: str, now: datetime, *, passed: bool = True,
+        request: DeskRequest | None = None,
+    ) -> tuple[Decision, Committed]:
         gate = self.gate(gate_id)
-        return override(gate), self.store.commit_override(gate, operator, reason, now, passed=passed)
+        return override(gate), self.store.commit_override(gate, operator, reason, now, passed=passed, request=request)
 
     def run_due(
         self, now: datetime, horizon: NoShowHorizon | None = None,
@@ -140,8 +157,9 @@ class Engine:
 
     def mark_attended(
         self, booking_id: str, operator: str, *, refund: bool, now: datetime, waiting: Sequence[str] = (),
+        request: DeskRequest | None = None,
     ) -> Committed:
-        return self.store.mark_attended(booking_id, operator, refund=refund, now=now, waiting=waiting)
+        return self.store.mark_attended(booking_id, operator, refund=refund, now=now, waiting=waiting, request=request)
 
     def settle_refunds(
         self, now: datetime, waiting: Callable[[datetime], list[str]], *, give_up: bool = True,
@@ -150,5 +168,7 @@ class Engine:
         `give_up`: the clock may end a day's wait (its time of day is confirmed)."""
         return self.store.settle_refunds(now, waiting, give_up=give_up)
 
-    def adjust_points(self, member_id: str, points: int, operator: str, reason: str, now: datetime) -> Committed:
-        return self.store.adjust_points(member_id, points, operator, reason, now)
+    def adjust_points(
+        self, member_id: str, points: int, operator: str, reason: str, now: datetime, request: DeskRequest | None = None,
+    ) -> Committed:
+        return self.store.adjust_points(member_id, points, operator, reason, now, request)

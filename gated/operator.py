@@ -14,6 +14,11 @@ something a power cut would take back. A record whose commit took effect but who
 failed (a storage fault, told to the storage watch as a tap's is) is answered `Done` with
 `durable` False: done, not yet safe on disk — never "not done" for something done, which
 the desk would do again.
+
+The desk's actions take the page's request (`request`, sync/store/desk_requests.py) into
+the transaction of the record they produce — for open once and check-in, `begun` on disk
+before the relay is pulsed — so that a retry after a lost answer, a restart between,
+never does it twice (gated/console/once.py).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
     from gated.safety import Safety
     from gated.taps import TapPath
     from sync.store import Committed, Event, Store
+    from sync.store.desk_requests import DeskRequest
 
 log = structlog.get_logger("gated.operator")
 
@@ -116,18 +122,24 @@ class OperatorApi(Protocol):
 
     def unsubscribe(self, listener: Listener) -> None: ...
 
-    async def open_once(self, gate_id: str, operator: str, reason: str) -> dict[str, Any]: ...
+    async def open_once(
+        self, gate_id: str, operator: str, reason: str, *, request: DeskRequest | None = None,
+    ) -> dict[str, Any]: ...
 
     async def check_in(
         self, gate_id: str, member_id: str, operator: str, reason: str, *, booking_id: str | None = None,
-        pass_id: str | None = None,
+        pass_id: str | None = None, request: DeskRequest | None = None,
     ) -> dict[str, Any]: ...
 
     async def tap(self, gate_id: str, credential: Credential) -> dict[str, Any]: ...
 
-    async def mark_attended(self, booking_id: str, operator: str, *, refund: bool) -> Done: ...
+    async def mark_attended(
+        self, booking_id: str, operator: str, *, refund: bool, request: DeskRequest | None = None,
+    ) -> Done: ...
 
-    async def adjust_points(self, member_id: str, points: int, operator: str, reason: str) -> Done: ...
+    async def adjust_points(
+        self, member_id: str, points: int, operator: str, reason: str, *, request: DeskRequest | None = None,
+    ) -> Done: ...
 
     async def enrol_card(self, card: str, member_id: str, operator: str) -> Done: ...
 
@@ -247,17 +259,19 @@ class DaemonOperatorApi:
 
     # -- actions at a gate -----------------------------------------------------------------
 
-    async def open_once(self, gate_id: str, operator: str, reason: str) -> dict[str, Any]:
-        return await self._taps(gate_id).override(gate_id, operator, reason)
+    async def open_once(
+        self, gate_id: str, operator: str, reason: str, *, request: DeskRequest | None = None,
+    ) -> dict[str, Any]:
+        return await self._taps(gate_id).override(gate_id, operator, reason, request=request)
 
     async def check_in(
         self, gate_id: str, member_id: str, operator: str, reason: str, *, booking_id: str | None = None,
-        pass_id: str | None = None,
+        pass_id: str | None = None, request: DeskRequest | None = None,
     ) -> dict[str, Any]:
         """The desk checks a member in by hand: the same rules, intent, relay and ledger as
         a tap (gated/taps.py)."""
         return await self._taps(gate_id).check_in(
-            gate_id, member_id, operator, reason, booking_id=booking_id, pass_id=pass_id
+            gate_id, member_id, operator, reason, booking_id=booking_id, pass_id=pass_id, request=request
         )
 
     async def tap(self, gate_id: str, credential: Credential) -> dict[str, Any]:
@@ -283,7 +297,9 @@ class DaemonOperatorApi:
 
     # -- records ---------------------------------------------------------------------------
 
-    async def mark_attended(self, booking_id: str, operator: str, *, refund: bool) -> Done:
+    async def mark_attended(
+        self, booking_id: str, operator: str, *, refund: bool, request: DeskRequest | None = None,
+    ) -> Done:
         if self._d.engine is None:
             raise ActionRefused("the daemon is not running", 503)
         now = self._d.clock()
@@ -291,14 +307,16 @@ class DaemonOperatorApi:
         waiting = self._d.knowledge.unheard(now) if refund else []
         engine = self._d.engine
         return await self._durable("attendance", lambda: engine.mark_attended(
-            booking_id, operator, refund=refund, now=now, waiting=waiting))
+            booking_id, operator, refund=refund, now=now, waiting=waiting, request=request))
 
-    async def adjust_points(self, member_id: str, points: int, operator: str, reason: str) -> Done:
+    async def adjust_points(
+        self, member_id: str, points: int, operator: str, reason: str, *, request: DeskRequest | None = None,
+    ) -> Done:
         engine = self._d.engine
         if engine is None:
             raise ActionRefused("the daemon is not running", 503)
         return await self._durable("points", lambda: engine.adjust_points(
-            member_id, points, operator, reason, self._d.clock()))
+            member_id, points, operator, reason, self._d.clock(), request))
 
     async def enrol_card(self, card: str, member_id: str, operator: str) -> Done:
         store = self._store()

@@ -15,7 +15,9 @@ when the store cannot be read to decide it (rules.tap.unreadable: let out unreco
 counted as an exit not recorded).
 
 A desk check-in (the front desk picks a member, and maybe their booking or pass) takes the
-same path with a `desk` credential; an override ("open once") opens without a member.
+same path with a `desk` credential; an override ("open once") opens without a member. Each
+carries the page's request (sync/store/desk_requests.py), on disk before the relay is
+pulsed and done by the commit: a retry of it never opens or charges again.
 
 A tap travels as one immutable value (rules.tap.Tap), each step returning the next; every
 read and write of the store goes through the Engine; what the site's safety allows at the
@@ -48,6 +50,7 @@ from rules.decide import override as override_decision
 from rules.reasons import Reason
 from rules.tap import Tap
 from sync.store import Committed, Event
+from sync.store.desk_requests import DeskRequest
 from sync.store.faults import STORAGE_ERRORS
 from sync.store.intents import TokenUsed
 
@@ -101,14 +104,16 @@ class TapPath:
         *,
         booking_id: str | None = None,
         pass_id: str | None = None,
+        request: DeskRequest | None = None,
     ) -> dict[str, Any]:
         """The front desk checks a member in by hand: the same rules, intent, relay and
         ledger as a tap (deduction, attendance), with the operator and reason in the access
-        event and the audit log. Opens the gate once on a grant."""
+        event and the audit log. Opens the gate once on a grant. `request`: begun with the
+        grant's intent (before the pulse), done by the tap's commit, forgotten by a denial's."""
         meta = {k: v for k, v in (("booking", booking_id), ("pass", pass_id)) if v}
         cred = Credential(CredentialKind.DESK, member_id, f"desk:{operator}", meta=meta)
         try:
-            result = await self._tap(gate_id, cred, None, {"operator": operator, "desk_reason": reason})
+            result = await self._tap(gate_id, cred, None, {"operator": operator, "desk_reason": reason}, request)
         except Exception as e:  # noqa: BLE001 - reported, counted, and the gate stayed shut
             return self._unexpected(gate_id, e)
         try:
@@ -125,10 +130,14 @@ class TapPath:
             await self._on_disk("audit")  # who checked whom in, with the tap it explains
         return result
 
-    async def override(self, gate_id: str, operator: str, reason: str) -> dict[str, Any]:
+    async def override(
+        self, gate_id: str, operator: str, reason: str, *, request: DeskRequest | None = None,
+    ) -> dict[str, Any]:
         """Open once, without a member: recorded as an override, never a free passage
         claimed for nobody. Refused where nothing can be opened or recorded; at an
-        entrance in a lockdown, never at an exit (a lockdown keeps people out, not in)."""
+        entrance in a lockdown, never at an exit (a lockdown keeps people out, not in).
+        `request`: the desk's, on disk (`begun`) before the pulse and done by the commit —
+        a retry finds it and never pulses again; forgotten when nothing was pulsed."""
         engine = self.engine
         gate = engine.gate(gate_id)  # unknown gate: raise before touching anything
         ctl = self.controllers.get(gate_id)
@@ -141,19 +150,25 @@ class TapPath:
             return {"error": "no_relay", "message": "This gate has no relay: there is nothing to open"}
         if gate.direction.value == "in" and not self.storage.ok_for_entry():
             return {"error": "storage_fault", "message": "The gate cannot record an opening now"}
+        if request is not None and not await self._begin(request):
+            if gate.direction.value == "in":
+                return {"error": "storage_fault", "message": "The gate cannot record an opening now"}
+            request = None  # an exit opens all the same (nobody is kept in): its retry may open again
         try:
             passed = await ctl.release(purpose) is Passage.PASSED
         except GrantRefused:  # a lockdown that came in meanwhile
+            self._not_done(request)
             return {"error": "lockdown", "message": "Lockdown is on: an admin must lift it before a gate opens"}
-        except OutputFault:
+        except OutputFault:  # nothing was released (drivers/outputs/gate.py)
+            self._not_done(request)
             return {"error": "hardware_fault", "message": "The gate's relay does not answer"}
         now = self.clock()
         try:
-            decision, committed = engine.override(gate_id, operator, reason, now, passed=passed)
+            decision, committed = engine.override(gate_id, operator, reason, now, passed=passed, request=request)
         except STORAGE_ERRORS as e:
             self.storage.failed(e, "override")
             self.storage.hold(
-                lambda: engine.override(gate_id, operator, reason, now, passed=passed)[1],
+                lambda: engine.override(gate_id, operator, reason, now, passed=passed, request=request)[1],
                 {"gate": gate_id, "override": operator},
             )
             decision, committed = override_decision(gate), Committed()
@@ -162,9 +177,38 @@ class TapPath:
         log.info("override", gate=gate_id, operator=operator, reason=reason, passed=passed)
         return result(decision, "Opened by the front desk", passed, committed.events)
 
+    async def _begin(self, request: DeskRequest) -> bool:
+        """The desk's request written `begun` and on disk, before its pulse: False when it
+        cannot be (a storage fault, said; the row a failed flush left is taken back)."""
+        try:
+            self.engine.begin_desk_request(request, self.clock())
+        except STORAGE_ERRORS as e:
+            self.storage.failed(e, "desk_request")
+            return False
+        try:
+            await self.engine.flushed()
+        except OSError as e:
+            self.storage.failed(e, "desk_request")
+            self._not_done(request)
+            return False
+        return True
+
+    def _not_done(self, request: DeskRequest | None) -> None:
+        """A begun request the gate did not act on (not pulsed): forgotten, its retry does it.
+        Where even that cannot be written, its retry is refused as begun (never opens twice)."""
+        if request is None:
+            return
+        try:
+            self.engine.forget_desk_request(request)
+        except STORAGE_ERRORS as e:
+            self.storage.failed(e, "desk_request")
+
     # -- the path --------------------------------------------------------------------------
 
-    async def _tap(self, gate_id: str, cred: Credential, reader: Reader | None, detail: dict[str, Any]) -> dict[str, Any]:
+    async def _tap(
+        self, gate_id: str, cred: Credential, reader: Reader | None, detail: dict[str, Any],
+        request: DeskRequest | None = None,
+    ) -> dict[str, Any]:
         t0 = time.perf_counter()
         tap = await self._decide(gate_id, cred, detail)
         decided = time.perf_counter()
@@ -178,7 +222,7 @@ class TapPath:
             tap = await self._decide(gate_id, cred, detail, lookup=False)
         hold = self._hold(tap)
         try:
-            tap = self._write_intent(tap)
+            tap = self._write_intent(tap, request)
             tap = await self._intent_on_disk(tap)
             tap = await self._contest_qr(tap)
             tap, passage = await self._open(tap, reader)
@@ -194,7 +238,7 @@ class TapPath:
             elif self._in_burst(tap):
                 committed = Committed()  # recorded with its burst (`unknown_cards`)
             else:
-                committed = self._commit(tap, passed, unconfirmed)
+                committed = self._commit(tap, passed, unconfirmed, request)
             await self._commit_on_disk(tap)
         finally:
             self._release(hold)
@@ -263,12 +307,13 @@ class TapPath:
             zone_full=full,
         )
 
-    def _write_intent(self, tap: Tap) -> Tap:
-        """The durable intent before the relay: for an entry, no intent, no opening."""
+    def _write_intent(self, tap: Tap, request: DeskRequest | None = None) -> Tap:
+        """The durable intent before the relay: for an entry, no intent, no opening. With it,
+        the desk's request the tap is (a check-in), begun."""
         if not tap.granted or tap.unrecorded:
             return tap  # an exit nobody could name has nobody to write an intent for
         try:
-            return self.engine.open_intent(tap, self.clock())
+            return self.engine.open_intent(tap, self.clock(), request)
         except TokenUsed:
             # used up at another daemon of the site, heard since the decision
             return tap.refused(Reason.QR_REPLAYED)
@@ -350,13 +395,16 @@ class TapPath:
                     recorded=tap.intent is not None)  # an exit opened unrecorded has no intent to report
         return cause
 
-    def _commit(self, tap: Tap, passed: bool, unconfirmed: str | None = None) -> Committed:
-        """The tap's one transaction. For a tap that was acted on, a failure is never the
-        end of it: the commit is held and retried (and the intent stays)."""
+    def _commit(
+        self, tap: Tap, passed: bool, unconfirmed: str | None = None, request: DeskRequest | None = None,
+    ) -> Committed:
+        """The tap's one transaction (with the desk's request it is: done, or forgotten with a
+        denial). For a tap that was acted on, a failure is never the end of it: the commit
+        is held and retried (and the intent stays)."""
         now = self.clock()
 
         def commit() -> Committed:
-            return self.engine.commit(tap, passed=passed, now=now, unconfirmed=unconfirmed)
+            return self.engine.commit(tap, passed=passed, now=now, unconfirmed=unconfirmed, request=request)
 
         try:
             return commit()

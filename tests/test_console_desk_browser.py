@@ -473,3 +473,66 @@ async def test_the_page_says_a_hole_in_the_feed_and_a_record_done_but_not_on_dis
             await ctx.close()
         finally:
             await b.close()
+
+
+async def test_a_check_in_and_an_opening_whose_answer_was_lost_are_done_once_when_submitted_again(
+        tmp_path: Any) -> None:
+    """"Check in" and "Open once" sent no request id: the dialog submitted again after an
+    answer lost on the way (the request done at the gate) charged Bruno a second visit and
+    pulsed the turnstile a second time. Now the dialog's one id makes the retry the first
+    answer again (gated/console/once.py)."""
+    async_playwright = _playwright()
+    async with running_site(tmp_path) as site, async_playwright() as pw:
+        b = await browser(pw)
+        try:
+            ctx = await b.new_context(viewport=VIEWPORT)
+            page = await ctx.new_page()
+            await login(page, site, "desk")
+            sent: list[dict[str, Any]] = []
+
+            async def lose_the_first_answer(route: Any) -> None:
+                sent.append(json.loads(route.request.post_data or "{}"))
+                if len(sent) == 1:
+                    await route.fetch()  # done at the gate ...
+                    await route.abort("connectionreset")  # ... and its answer never reaches the page
+                else:
+                    await route.continue_()
+
+            balance, unlocks = site.store.balance("p-bruno"), site.turnstile.unlocks
+            await page.route("**/api/members/m-bruno/check-in", lose_the_first_answer)
+            await page.goto(site.base + "/members#m-bruno")
+            await page.locator("#member-detail h2", has_text="Bruno Díaz").wait_for(timeout=5000)
+            await page.click("#btn-check-in")
+            await page.locator("dialog button.primary", has_text="Check in").click()
+            await page.locator("dialog p.error").filter(has_text=re.compile(r".+")).wait_for(timeout=10000)
+            assert site.store.balance("p-bruno") == balance - 1 and site.turnstile.unlocks == unlocks + 1
+            await page.locator("dialog button.primary", has_text="Check in").click()  # the desk tries again
+            await page.locator(".toast", has_text="Checked in").wait_for(timeout=10000)
+            assert (site.store.balance("p-bruno"), site.turnstile.unlocks) == (balance - 1, unlocks + 1)
+            assert len(sent) == 2 and sent[0]["request_id"] == sent[1]["request_id"]
+            assert re.fullmatch(r"[0-9a-f]{32}", sent[0]["request_id"])
+
+            sent.clear()
+            await page.route("**/api/gates/turnstile-in/open", lose_the_first_answer)
+            await page.goto(site.base + "/")
+            await page.wait_for_selector("#stream-state.live", timeout=5000)
+            await page.locator(".gate[data-gate='turnstile-in'] button", has_text="Open once").click()
+            await page.fill("dialog input[name='reason']", "delivery")
+            await page.locator("dialog button.primary", has_text="Open gate").click()
+            await page.locator("dialog p.error").filter(has_text=re.compile(r".+")).wait_for(timeout=10000)
+            assert site.turnstile.unlocks == unlocks + 2
+            await page.locator("dialog button.primary", has_text="Open gate").click()
+            await page.locator(".toast", has_text="opened").wait_for(timeout=10000)
+            assert site.turnstile.unlocks == unlocks + 2
+            assert len(sent) == 2 and sent[0]["request_id"] == sent[1]["request_id"]
+            assert len(site.store.recent_events(10, types=["override"])) == 1
+            # a new dialog is a new action: it opens
+            await page.locator(".gate[data-gate='turnstile-in'] button", has_text="Open once").click()
+            await page.fill("dialog input[name='reason']", "visitor")
+            await page.locator("dialog button.primary", has_text="Open gate").click()
+            await page.locator(".toast", has_text="opened").nth(1).wait_for(timeout=10000)
+            assert len(sent) == 3 and sent[2]["request_id"] != sent[0]["request_id"]
+            assert site.turnstile.unlocks == unlocks + 3
+            await ctx.close()
+        finally:
+            await b.close()

@@ -24,7 +24,7 @@ from rules.model import Gate, Site
 from rules.reasons import Reason
 from sync.protocol import EventBatch
 from sync.records import MemberIn, SitePassIn
-from sync.store import Cutoffs, Store, Sweep, SyncBatch, read_models
+from sync.store import Cutoffs, Store, Sweep, SyncBatch, desk_requests, read_models
 from sync.store.retention import CARRIED
 from tests.tap_fixtures import tap_of
 
@@ -98,6 +98,10 @@ def test_what_goes_and_what_stays(tmp_path: Path) -> None:
     own.audit(OLD, "desk", "open_gate", {"gate": "in-1"})
     own.adjust_points("m1", 5, "desk", "goodwill", OLD)  # points are a sum: carried forward
     own.adjust_points("m1", 2, "desk", "birthday", RECENT)
+    # the desk's request ids: kept a day, whatever the retention (a dialog's retry reads them)
+    for rid, at in (("request-old", OLD), ("request-2-days", NOW - timedelta(days=2)), ("request-new", NOW - timedelta(hours=1))):
+        with own.transaction():
+            desk_requests.done(own.conn, desk_requests.DeskRequest("desk", "/api/members/m1/points", rid, "{}"), [], at)
     # the central system has every event of ours, and applied all but p2's to the balances
     own.ack(own.last_seq)
     own.apply_sync(SyncBatch([], [pass_in("p1", d_recent, {"s1-in-2": deduction_seq(peer_recent)}), pass_in("p2", 0)], []), NOW)
@@ -108,7 +112,8 @@ def test_what_goes_and_what_stays(tmp_path: Path) -> None:
     pruned = sweep_all(own, cut)
 
     assert pruned == {"passages": 3, "deductions": 1, "site_charges": 1, "unconfirmed_grants": 1,
-                      "site_refund_asks": 1, "loyalty": 1, "audit": 1}
+                      "site_refund_asks": 1, "loyalty": 1, "audit": 1, "desk_requests": 2}
+    assert rows(own, "SELECT request_id FROM desk_requests") == {"request-new"}
     assert rows(own, "SELECT booking_id FROM site_refund_asks") == {"b-new"}
     assert rows(own, "SELECT gate FROM unconfirmed_grants") == {"in-1"}
     assert rows(own, "SELECT seq FROM deductions") == {d_unapplied, d_recent}  # p2's: not applied yet
@@ -123,7 +128,8 @@ def test_what_goes_and_what_stays(tmp_path: Path) -> None:
     history = [(e.points, e.reason, e.at) for e in read_models.loyalty_history(own.conn, "m1")]
     assert history == [(2, "birthday", RECENT), (5, "carried forward", OLD)]
     assert sweep_all(own, cut) == dict.fromkeys(
-        ("passages", "deductions", "site_charges", "unconfirmed_grants", "site_refund_asks", "loyalty", "audit"), 0)
+        ("passages", "deductions", "site_charges", "unconfirmed_grants", "site_refund_asks", "loyalty", "audit",
+         "desk_requests"), 0)
     own.close()
     peer.close()
 
@@ -179,7 +185,7 @@ def test_kept_for_ever_when_switched_off(tmp_path: Path) -> None:
     store.audit(NOW - timedelta(days=900), "desk", "open_gate", {})
     store.ack(store.last_seq)
     cut = store.retention_cutoffs(NOW, None, None)
-    assert cut == Cutoffs(None, None)
+    assert (cut.ledger, cut.audit) == (None, None)  # (the desk's request ids go after a day all the same)
     assert sum(sweep_all(store, cut).values()) == 0
     store.close()
 

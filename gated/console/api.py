@@ -19,13 +19,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gated.console.auth import operator, requires
-from gated.console.once import request_id
+from gated.console.once import desk_request
 from gated.console.security import SESSION_COOKIE
 from gated.console.state import console_of
 from gated.console.views import dumps
 from gated.operator import Done
 from rules.credential import normalise_card
 from rules.timeutil import FIRST_YEAR, LAST_YEAR
+from sync.store.desk_requests import DeskRequest, Seen
 
 log = structlog.get_logger("gated.console")
 
@@ -291,19 +292,35 @@ def _refused(result: dict[str, Any]) -> Response | None:
     return None
 
 
+def _refuse(result: dict[str, Any]) -> None:
+    """A gate's refusal (nothing opened, nothing charged) as an error: its request is
+    forgotten, and a retry does it."""
+    refused = _refused(result)
+    if refused is not None:
+        raise HttpError(refused.status_code, result.get("message") or result["error"])
+
+
 @requires(write=True)
 async def open_gate(request: Request) -> Response:
+    """Open once: done once per request id — once the relay was pulsed, a retry never
+    pulses again (gated/console/once.py)."""
     c = console_of(request)
     data = await body(request)
     reason = text_field(data, "reason")
     gate_id = request.path_params["gate_id"]
     user = operator(request).name
-    result = await c.backend.open_once(gate_id, user, reason)
-    refused = _refused(result)
-    if refused is not None:
-        return refused
-    log.info("console_open", gate=gate_id, operator=user)
-    return as_json({"ok": True, "result": result})
+
+    async def open_(req: DeskRequest | None) -> dict[str, Any]:
+        result = await c.backend.open_once(gate_id, user, reason, request=req)
+        _refuse(result)
+        log.info("console_open", gate=gate_id, operator=user)
+        return {"ok": True, "result": result}
+
+    def lost(seen: Seen) -> dict[str, Any]:
+        return {"ok": True, "result": {"decision": "granted", "reason": "override", "message": "Opened by the front desk",
+                                       "seq": seen.seqs}, "answer_lost": True}
+
+    return await once(request, data, {"reason": reason}, open_, lost=lost)
 
 
 @requires(write=True)
@@ -326,12 +343,21 @@ async def check_in(request: Request) -> Response:
         if p is None or p.member != member_id:
             raise HttpError(404, "no such pass for this member")
     user = operator(request).name
-    result = await c.backend.check_in(gate_id, member_id, user, reason, booking_id=booking_id, pass_id=pass_id)
-    refused = _refused(result)
-    if refused is not None:
-        return refused
-    log.info("console_check_in", gate=gate_id, member=member_id, decision=result.get("decision"), operator=user)
-    return as_json({"ok": result.get("decision") == "granted", "result": result})
+
+    async def check(req: DeskRequest | None) -> dict[str, Any]:
+        result = await c.backend.check_in(gate_id, member_id, user, reason, booking_id=booking_id, pass_id=pass_id,
+                                          request=req)
+        _refuse(result)
+        log.info("console_check_in", gate=gate_id, member=member_id, decision=result.get("decision"), operator=user)
+        return {"ok": result.get("decision") == "granted", "result": result}
+
+    def lost(seen: Seen) -> dict[str, Any]:
+        return {"ok": True, "result": {"decision": "granted", "member": member_id, "message": "Checked in",
+                                       "seq": seen.seqs}, "answer_lost": True}
+
+    # done once the gate opened (a grant); a denial did nothing: its retry is decided afresh
+    return await once(request, data, {"gate": gate_id, "booking": booking_id, "pass": pass_id, "reason": reason},
+                      check, did=lambda answer: answer["ok"] is True, lost=lost)
 
 
 NOT_DURABLE = ("Done — but not yet safe on disk: the gate has a storage fault (see its status). Do not do it "
@@ -344,12 +370,16 @@ def done_answer(done: Done) -> dict[str, Any]:
     return {"not_durable": True, "warning": NOT_DURABLE} if not done.durable else {"not_durable": False}
 
 
-async def once(request: Request, data: dict[str, Any], asked: dict[str, Any],
-               action: Callable[[], Awaitable[dict[str, Any]]]) -> Response:
-    """A record done once per `request_id` the page sent (gated/console/once.py)."""
-    rid = request_id(data)
-    key = None if rid is None else (operator(request).name, request.url.path, rid)
-    return as_json(await console_of(request).requests.once(key, dumps(asked), action))
+async def once(
+    request: Request, data: dict[str, Any], asked: dict[str, Any],
+    action: Callable[[DeskRequest | None], Awaitable[dict[str, Any]]], **kw: Any,
+) -> Response:
+    """An action done once per `request_id` the page sent, kept in the ledger with the
+    record it produced (gated/console/once.py): `action(req)` carries the request into
+    its commit."""
+    c = console_of(request)
+    req = desk_request(operator(request).name, request.url.path, data, asked)
+    return as_json(await c.requests.once(c.views.store, req, action, **kw))
 
 
 @requires(write=True)
@@ -359,10 +389,10 @@ async def attend(request: Request) -> Response:
     if not isinstance(refund, bool):
         raise HttpError(400, "refund is true or false")
     booking_id = request.path_params["booking_id"]
-    return await once(request, data, {"refund": refund}, lambda: _attend(request, booking_id, refund))
+    return await once(request, data, {"refund": refund}, lambda req: _attend(request, booking_id, refund, req))
 
 
-async def _attend(request: Request, booking_id: str, refund: bool) -> dict[str, Any]:
+async def _attend(request: Request, booking_id: str, refund: bool, req: DeskRequest | None) -> dict[str, Any]:
     c = console_of(request)
     booking = c.views.store.get_booking(booking_id)
     if booking is None:
@@ -372,7 +402,7 @@ async def _attend(request: Request, booking_id: str, refund: bool) -> dict[str, 
     if booking.status.value == "cancelled":
         raise HttpError(409, "this booking was cancelled")
     user = operator(request).name
-    done = await c.backend.mark_attended(booking_id, user, refund=refund)
+    done = await c.backend.mark_attended(booking_id, user, refund=refund, request=req)
     refunds = [e for e in done.events if e.get("type") == "deduction" and e.get("cause") == "refund"]
     fees = c.views.store.fee_refunds([int(e["seq"]) for e in refunds])  # a no-show's fee given back: not the walk-in
     refunded = next((e for e in refunds if e["seq"] not in fees), None)
@@ -415,12 +445,16 @@ async def points(request: Request) -> Response:
         raise HttpError(404, "no such member")
     user = operator(request).name
 
-    async def adjust() -> dict[str, Any]:
-        done = await c.backend.adjust_points(member_id, pts, user, reason)
+    async def adjust(req: DeskRequest | None) -> dict[str, Any]:
+        done = await c.backend.adjust_points(member_id, pts, user, reason, request=req)
         log.info("console_points", member=member_id, points=pts, operator=user, durable=done.durable)
         return {"ok": True, "points": store.points(member_id), "seq": _seqs(done), **done_answer(done)}
 
-    return await once(request, data, {"points": pts, "reason": reason}, adjust)
+    def lost(seen: Seen) -> dict[str, Any]:
+        return {"ok": True, "points": store.points(member_id), "seq": seen.seqs, "answer_lost": True,
+                "not_durable": False}
+
+    return await once(request, data, {"points": pts, "reason": reason}, adjust, lost=lost)
 
 
 @requires(write=True)

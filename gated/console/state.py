@@ -17,7 +17,7 @@ from gated.config import ConsoleConfig
 from gated.console.alarms import ACK_ACTION, EVENT_TYPES, AlarmBoard, conditions
 from gated.console.attention import DAY_SLACK, Attention
 from gated.console.hub import FeedHub
-from gated.console.once import RecentRequests
+from gated.console.once import DeskRequests
 from gated.console.security import DeviceCookies, Sessions
 from gated.console.views import DENIALS_DONE, Views, parse_at
 from gated.login_limits import LoginLimiter
@@ -53,7 +53,7 @@ class Console:
     attention: Attention = field(init=False)
     alarms: AlarmBoard = field(default_factory=AlarmBoard)
     hub: FeedHub = field(init=False)
-    requests: RecentRequests = field(default_factory=RecentRequests)  # the desk's records, done once
+    requests: DeskRequests = field(default_factory=DeskRequests)  # the desk's actions, done once (in the ledger)
     # today's denials the desk has dealt with (the alert list), read once a day from the
     # audit log, where each "Done" is written
     _done: tuple[date, set[int]] | None = None

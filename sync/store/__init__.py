@@ -24,6 +24,7 @@ sync link hold; it is a façade over the modules below, one concern each:
 | `ledger.py` | taps, overrides, attendance, refunds, points, no-shows, presence |
 | `intents.py` | grant intents: written before a relay opens, resolved by the commit |
 | `enrolment.py` | cards the desk assigned, until the central system has them |
+| `desk_requests.py` | the desk's request ids, each done once: kept with the record they produced (a day) |
 | `peer_events.py` | what the site's other daemons did, as their events tell it |
 | `unconfirmed.py` | grants whose passage nobody saw, here or at another daemon: no no-show fee for them |
 | `occupancy.py`, `read_models.py`, `read_day.py` | who is inside; the console's named reads (`read_day.py`: the day's log for the desk — where today starts, denial groups, incidents) |

@@ -24,6 +24,8 @@ from typing import Any
 
 from rules.tap import Tap
 from rules.timeutil import iso_utc
+from sync.store import desk_requests
+from sync.store.desk_requests import DeskRequest
 from sync.store.ledger import Ledger, amount_json, unconfirmed_fields
 from sync.store.rows import ts
 from sync.store.transaction import Committed, Transactions
@@ -40,10 +42,11 @@ class Intents:
         self.transactions = transactions
         self.ledger = ledger
 
-    def open(self, tap: Tap, now: datetime) -> int:
+    def open(self, tap: Tap, now: datetime, request: DeskRequest | None = None) -> int:
         """Write the intent — the grant's first record (Ledger.first_record: its QR token
         used up); its id goes to commit_tap. Raises TokenUsed when the token was used up
-        meanwhile."""
+        meanwhile. `request`: the desk's check-in this grant is, begun with the intent
+        (sync/store/desk_requests.py): from here its retry never opens again."""
         gate, decision, qr_token = tap.gate, tap.decision, tap.qr_token
         body: dict[str, Any] = {
             "gate": gate.id,
@@ -65,6 +68,8 @@ class Intents:
                 "INSERT INTO grant_intents(gate, member_id, body, at) VALUES (?,?,?,?)",
                 (gate.id, decision.member, json.dumps(body), ts(now)),
             )
+            if request is not None:
+                desk_requests.begin(self.conn, request, now)
         return int(cur.lastrowid or 0)
 
     def pending(self) -> list[dict[str, Any]]:

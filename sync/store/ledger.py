@@ -47,6 +47,7 @@ from rules.tap import Tap
 from rules.timeutil import iso_utc, local_date, start_of_local_day
 from sync.errors import StoreError
 from sync.store import (
+    desk_requests,
     evacuation,
     history_recheck,
     numbering,
@@ -56,6 +57,7 @@ from sync.store import (
     unconfirmed,
     unrecorded_exits,
 )
+from sync.store.desk_requests import DeskRequest
 from sync.store.lost_part import LostPart
 from sync.store.outbox import Event
 from sync.store.replica import Replica
@@ -223,13 +225,17 @@ class Ledger:
 
     # -- commits --------------------------------------------------------------------------
 
-    def commit_tap(self, tap: Tap, *, passed: bool, now: datetime, unconfirmed: str | None = None) -> Committed:
+    def commit_tap(
+        self, tap: Tap, *, passed: bool, now: datetime, unconfirmed: str | None = None,
+        request: DeskRequest | None = None,
+    ) -> Committed:
         """One tap, whole: the access event, and on a confirmed passage the deduction,
         attendance and presence. No passage, no deduction, no attendance. The grant's
         intent (sync/store/intents.py, which used up its QR token) is resolved in the same
         transaction: with `unconfirmed` (why nobody could see the passage), as a
         `passage_unconfirmed` event beside the access event — both or neither, as after a
-        crash."""
+        crash. `request`: the desk's check-in this tap is (sync/store/desk_requests.py),
+        done with a grant — the gate opened — and forgotten with a denial (nothing done)."""
         gate, decision, intent = tap.gate, tap.decision, tap.intent
         with self.transactions.open() as tx:
             held = None
@@ -287,6 +293,11 @@ class Ledger:
                 self.record_passage(decision.member, gate.zone, direction, now, gate.id)
             if intent is not None and tap.intent_at is not None:
                 self._recheck_at_commit(tx, now, intent, tap.intent_at, int(access_event["seq"]))
+            if request is not None:
+                if decision.granted:
+                    desk_requests.done(self.conn, request, tx.committed.events, now)
+                else:
+                    desk_requests.forget(self.conn, request)
         return tx.committed
 
     def _recheck_at_commit(self, tx: Transaction, now: datetime, intent: int, written: datetime, seq: int) -> None:
@@ -305,7 +316,12 @@ class Ledger:
             tx.delete_meta(own_history.LATE_KEY)
         self.recheck_gap(tx, now, w, only=seq)
 
-    def commit_override(self, gate: Gate, operator: str, reason: str, now: datetime, *, passed: bool = True) -> Committed:
+    def commit_override(
+        self, gate: Gate, operator: str, reason: str, now: datetime, *, passed: bool = True,
+        request: DeskRequest | None = None,
+    ) -> Committed:
+        """The desk opened a gate once (`request`: its request, begun before the pulse, done
+        here)."""
         with self.transactions.open() as tx:
             tx.emit(
                 "access",
@@ -324,10 +340,13 @@ class Ledger:
             if passed and gate.direction == Direction.IN:
                 self.record_passage(None, gate.zone, Direction.IN, now, gate.id)
             tx.audit(now, operator, "override", {"gate": gate.id, "reason": reason})
+            if request is not None:
+                desk_requests.done(self.conn, request, tx.committed.events, now)
         return tx.committed
 
     def mark_attended(
         self, booking_id: str, operator: str, *, refund: bool, now: datetime, waiting: Sequence[str] = (),
+        request: DeskRequest | None = None,
     ) -> Committed:
         """Staff say the member was there: a no-show fee this daemon took for the booking
         goes back (give_back_no_show_fees). With refund, give back the extra walk-in
@@ -335,7 +354,8 @@ class Ledger:
         `waiting`: the daemons whose events are not all in up to now (gated/knowledge.py).
         While any is, the refund is not decided here but asked for again as they come
         (sync/store/refunds_wanted.py): a charge not found may be on its way, and one
-        found may already have been given back there."""
+        found may already have been given back there. `request`: the desk's, done in the
+        same transaction (sync/store/desk_requests.py)."""
         booking = self.replica.get_booking(booking_id)
         if booking is None:
             raise StoreError(f"unknown booking {booking_id!r}")
@@ -359,6 +379,8 @@ class Ledger:
                         self._refund(tx, now, booking, charge)
             self._attendance_event(tx, now, booking, operator, None, refund=refund)
             tx.audit(now, operator, "mark_attended", {"booking": booking_id, "refund": refund})
+            if request is not None:
+                desk_requests.done(self.conn, request, tx.committed.events, now)
         return tx.committed
 
     def _charge_for(self, member: str, zone: str, start: datetime, end: datetime, asked_at: datetime) -> peer_events.Charge | None:
@@ -522,7 +544,9 @@ class Ledger:
             return "waiting", booking, None, unheard
         return None, booking, None, unheard
 
-    def adjust_points(self, member_id: str, points: int, operator: str, reason: str, now: datetime) -> Committed:
+    def adjust_points(
+        self, member_id: str, points: int, operator: str, reason: str, now: datetime, request: DeskRequest | None = None,
+    ) -> Committed:
         with self.transactions.open() as tx:
             ev = tx.emit("loyalty", now, member=member_id, points=points, reason=reason, operator=operator)
             self.conn.execute(
@@ -530,6 +554,8 @@ class Ledger:
                 (member_id, points, None, reason, operator, ts(now), ev["seq"]),
             )
             tx.audit(now, operator, "adjust_points", {"member": member_id, "points": points, "reason": reason})
+            if request is not None:
+                desk_requests.done(self.conn, request, tx.committed.events, now)
         return tx.committed
 
     # -- around a sync of the replica ------------------------------------------------------

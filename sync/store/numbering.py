@@ -65,6 +65,7 @@ OWN_SEQS: tuple[tuple[str, str], ...] = (
     ("card_enrolments", "seq"),
     ("member_photos", "seq"),
     ("overdrafts", "seq"),
+    ("desk_requests", "seq"),  # the first event of the record a desk request produced
 )
 # columns whose names say seq that hold other numbers (tests/test_numbering.py checks that
 # every such column of the ledger is in one list or the other)

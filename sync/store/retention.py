@@ -24,6 +24,8 @@ the central system holds that record. A row goes when it is older than the cutof
   of a period leaves it out (its credits are in the periods they were made, at the central).
 - the audit log: older than `store.audit_retention` (default 400 days: a year of the
   desk's actions and more). Audit rows are the gate's own record; they go by age alone.
+- the desk's request ids (sync/store/desk_requests.py): older than a day, whatever the
+  retention says (kept for ever too): only a retry of a dialog still open reads them.
 
 A refund's mark on a charge (another daemon refunded it) goes with the charge.
 
@@ -46,6 +48,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sync.store import desk_requests
 from sync.store.ledger import CURSOR_KEY as DUE_CURSOR_KEY  # no-shows are settled up to it
 
 
@@ -55,6 +58,7 @@ class Cutoffs:
 
     ledger: float | None
     audit: float | None
+    desk: float | None = None  # the desk's request ids (a day, always)
 
 
 def carried(row: str = "") -> str:
@@ -99,6 +103,8 @@ _WALKS: tuple[tuple[str, str, str], ...] = (
         f"SELECT id, at, seq <= :acked AND NOT {CARRIED} FROM main.loyalty WHERE id > :after ORDER BY id LIMIT :n",
     ),
     ("audit", "id", "SELECT id, at, 1 FROM main.audit WHERE id > :after ORDER BY id LIMIT :n"),
+    (desk_requests.TABLE, "rowid",
+     f"SELECT rowid, at, 1 FROM main.{desk_requests.TABLE} WHERE rowid > :after ORDER BY rowid LIMIT :n"),
 )
 TABLES = tuple(t for t, _, _ in _WALKS)
 
@@ -137,7 +143,7 @@ def cutoffs(
         if no_show_work and cursor is not None and cursor[0]:
             ledger = min(ledger, float(cursor[0]) - timedelta(days=1).total_seconds())
     audit = None if keep_audit is None else now.timestamp() - keep_audit.total_seconds()
-    return Cutoffs(ledger, audit)
+    return Cutoffs(ledger, audit, now.timestamp() - desk_requests.KEEP.total_seconds())
 
 
 # A charge's refund mark (a refund by another daemon of the site: sync/store/peer_events.py)
@@ -157,7 +163,7 @@ def sweep_batch(conn: sqlite3.Connection, cut: Cutoffs, acked_seq: int, sweep: S
     for table, key, sql in _WALKS:
         if table in sweep.done:
             continue
-        limit = cut.audit if table == "audit" else cut.ledger
+        limit = cut.audit if table == "audit" else cut.desk if table == desk_requests.TABLE else cut.ledger
         if limit is None:
             sweep.done.add(table)
             continue

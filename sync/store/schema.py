@@ -32,7 +32,7 @@ from sync.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 REPLICA_SCHEMA_VERSION = 4
 # replica meta: the rule for untyped 10-digit card strings its cards were typed under
 # (rules.credential.TenDigits); absent in replicas written before it (then: the current rule)
@@ -541,10 +541,21 @@ def _migration_14(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -
         _set_version(conn, 14)
 
 
+def _migration_15(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits) -> None:
+    """The desk's requests, each done once, kept with the record they produced
+    (sync/store/desk_requests.py); an existing ledger starts with none."""
+    from sync.store.desk_requests import create_table
+
+    with _transaction(conn):
+        create_table(conn)
+        _set_version(conn, 15)
+
+
 # each brings the database to its version, atomically
 MIGRATIONS: list[Callable[[sqlite3.Connection, Path, TenDigits], None]] = [
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
     _migration_8, _migration_9, _migration_10, _migration_11, _migration_12, _migration_13, _migration_14,
+    _migration_15,
 ]
 
 

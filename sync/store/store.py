@@ -90,6 +90,7 @@ from sync.errors import StoreError
 from sync.records import PassRecord
 from sync.store import (
     attach,
+    desk_requests,
     enrolment,
     history_recheck,
     numbering,
@@ -103,6 +104,7 @@ from sync.store import (
 from sync.store.attach import REPLICA_FILE_KEY, REPLICA_GENERATION_KEY, open_reader
 from sync.store.batch import SyncBatch
 from sync.store.db import Checkpointer, connect
+from sync.store.desk_requests import DeskRequest
 from sync.store.durability import WalSync
 from sync.store.intents import Intents
 from sync.store.ledger import RESTORED_KEY, Ledger, amount_json
@@ -628,21 +630,25 @@ class Store:
 
     # -- the ledger -------------------------------------------------------------------
 
-    def commit_tap(self, tap: Tap, *, passed: bool, now: datetime, unconfirmed: str | None = None) -> Committed:
+    def commit_tap(
+        self, tap: Tap, *, passed: bool, now: datetime, unconfirmed: str | None = None,
+        request: DeskRequest | None = None,
+    ) -> Committed:
         """One tap, whole: the access event, and on a confirmed passage the deduction,
         attendance and presence. No passage, no deduction, no attendance. The tap's intent
         (open_intent) is resolved in the same transaction; `unconfirmed` (a cause) reports
-        it as `passage_unconfirmed` in that transaction."""
-        return self.ledger.commit_tap(tap, passed=passed, now=now, unconfirmed=unconfirmed)
+        it as `passage_unconfirmed` in that transaction. `request`: the desk's check-in it
+        is, done (a grant) or forgotten (a denial) in that transaction."""
+        return self.ledger.commit_tap(tap, passed=passed, now=now, unconfirmed=unconfirmed, request=request)
 
     # -- grant intents (sync/store/intents.py) ------------------------------------------------
 
-    def open_intent(self, tap: Tap, now: datetime) -> Tap:
+    def open_intent(self, tap: Tap, now: datetime, request: DeskRequest | None = None) -> Tap:
         """Write that the tap's gate is about to open for its grant (and use up its QR
         token): the tap with its intent. Called before the relay is pulsed: if this raises,
         an entry must not open (sync.store.intents.TokenUsed: the token was used up meanwhile,
-        `qr_replayed`)."""
-        return tap.with_intent(self.intents.open(tap, now), now)
+        `qr_replayed`). `request`: the desk's check-in it is, begun with the intent."""
+        return tap.with_intent(self.intents.open(tap, now, request), now)
 
     def set_gates(self, gates: Mapping[str, Gate]) -> None:
         """The gates' rules: the taps decided while this daemon's own history of the day
@@ -675,15 +681,20 @@ class Store:
         self.set_meta("storage.probed_at", str(now.timestamp()))
         self.flush_now()
 
-    def commit_override(self, gate: Gate, operator: str, reason: str, now: datetime, *, passed: bool = True) -> Committed:
-        return self.ledger.commit_override(gate, operator, reason, now, passed=passed)
+    def commit_override(
+        self, gate: Gate, operator: str, reason: str, now: datetime, *, passed: bool = True,
+        request: DeskRequest | None = None,
+    ) -> Committed:
+        return self.ledger.commit_override(gate, operator, reason, now, passed=passed, request=request)
 
     def mark_attended(
         self, booking_id: str, operator: str, *, refund: bool, now: datetime, waiting: Sequence[str] = (),
+        request: DeskRequest | None = None,
     ) -> Committed:
         """`waiting`: the daemons not heard up to now; a refund not found while they are
-        waits for them (Ledger.mark_attended)."""
-        return self.ledger.mark_attended(booking_id, operator, refund=refund, now=now, waiting=waiting)
+        waits for them (Ledger.mark_attended). `request`: the desk's, done with it."""
+        return self.ledger.mark_attended(booking_id, operator, refund=refund, now=now, waiting=waiting,
+                                         request=request)
 
     def clamp_own_passages(self, now: datetime) -> int:
         """The clock stepped back to `now`: our passages stamped after it brought back to
@@ -747,8 +758,31 @@ class Store:
             photos.save(tx, member_id, jpeg, operator, now)
         return tx.committed
 
-    def adjust_points(self, member_id: str, points: int, operator: str, reason: str, now: datetime) -> Committed:
-        return self.ledger.adjust_points(member_id, points, operator, reason, now)
+    def adjust_points(
+        self, member_id: str, points: int, operator: str, reason: str, now: datetime, request: DeskRequest | None = None,
+    ) -> Committed:
+        return self.ledger.adjust_points(member_id, points, operator, reason, now, request)
+
+    # -- the desk's requests, each done once (sync/store/desk_requests.py) ---------------------
+
+    def desk_request(self, req: DeskRequest) -> desk_requests.Seen | None:
+        """The request as made before (this run or an earlier one), None if never (or forgotten)."""
+        return desk_requests.find(self.conn, req)
+
+    def begin_desk_request(self, req: DeskRequest, now: datetime) -> None:
+        """About to open a gate for it (before the pulse; flushed() before pulsing)."""
+        with self.transaction():
+            desk_requests.begin(self.conn, req, now)
+
+    def forget_desk_request(self, req: DeskRequest) -> None:
+        """A begun request the gate did not act on after all: its retry does it."""
+        with self.transaction():
+            desk_requests.forget(self.conn, req)
+
+    def save_desk_answer(self, req: DeskRequest, answer: dict[str, Any]) -> None:
+        """The answer the desk was given for a done request, for its retry to get again."""
+        with self.transaction():
+            desk_requests.save_answer(self.conn, req, answer)
 
     def record_peer_events(
         self, sender: str, events: list[dict[str, Any]], zones: dict[str, str],

@@ -5,12 +5,13 @@
 import { api, dialog, el, face, notDurable, requestId, toast } from "./core.js";
 
 export async function openGate(gateId, gateName) {
+  const rid = requestId();  // one per dialog: submitted again after an answer that never came, it opens once
   const r = await dialog({
     title: "Open " + gateName + " once",
     text: "The gate opens for one person. This is logged with your name.",
     fields: [{ name: "reason", label: "Reason", required: true, placeholder: "e.g. member forgot card" }],
     ok: "Open gate",
-    submit: function (v) { return api("POST", "/api/gates/" + encodeURIComponent(gateId) + "/open", { reason: v.reason }); },
+    submit: function (v) { return api("POST", "/api/gates/" + encodeURIComponent(gateId) + "/open", { reason: v.reason, request_id: rid }); },
   });
   if (r) toast(gateName + " opened" + (r.result && r.result.passed === false ? " (nobody went through)" : ""));
   return r;
@@ -36,6 +37,7 @@ export async function checkIn(m, gates, after, gate) {
   m.passes.forEach(function (p) {
     options.push({ value: "p:" + p.id, label: "Pass: " + p.name + (p.balance !== null ? " (" + p.balance + " left)" : "") });
   });
+  const rid = requestId();  // one per dialog: submitted again, it charges and opens once
   const r = await dialog({
     title: "Check in " + m.name,
     before: el("div", { class: "dialog-face" }, face(m.photo, m.name, "big"),
@@ -49,7 +51,7 @@ export async function checkIn(m, gates, after, gate) {
     ],
     ok: "Check in",
     submit: function (v) {
-      const body = { gate: v.gate, reason: v.reason };
+      const body = { gate: v.gate, reason: v.reason, request_id: rid };
       if (v.use.startsWith("b:")) body.booking = v.use.slice(2);
       if (v.use.startsWith("p:")) body.pass = v.use.slice(2);
       return api("POST", "/api/members/" + encodeURIComponent(m.id) + "/check-in", body);
