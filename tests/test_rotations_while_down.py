@@ -201,3 +201,25 @@ async def test_evacuees_through_an_entry_while_its_daemon_restarted_in_a_fire_dr
         [a] = alarms(g.db, "rotations_while_down")
         assert (a["direction"], a["count"]) == ("in", 2), a
         assert "released for a fire alarm" in a["detail"], a
+
+
+async def test_a_board_offline_at_start_is_compared_at_its_first_reading(tmp_path: Path) -> None:
+    """Killed; two people out; the board's network gone as the daemon starts again (the
+    board still counts): nothing is said until the board answers, then the two, once — and
+    `gated status` says the gate can tell."""
+    async with gate(tmp_path, "out") as (board, g):
+        await g.start()
+        await g.stop(signal.SIGKILL)
+        await people_through(board, 2)
+        await board.stop_server()
+        await g.start()
+        await asyncio.sleep(1.5)
+        assert not alarms(g.db, "rotations_while_down", "rotations_while_down_unknown")
+        await board.start_server()
+        await wait_for(lambda: alarms(g.db, "rotations_while_down"), 20, "the rotations recorded")
+        [a] = alarms(g.db, "rotations_while_down")
+        assert (a["direction"], a["count"]) == ("out", 2), a
+        out = await asyncio.to_thread(subprocess.run, [*GATED, "status", "-c", str(g.cfg)], capture_output=True,
+                                      check=True)
+        seen = json.loads(out.stdout)["gates"]["g1"]["while_down"]
+        assert seen["counted"] is True and seen["last"]["count"] == 2, seen

@@ -148,3 +148,18 @@ def test_the_days_rotation_invariant_takes_rotations_counted_while_down_as_recor
     [v] = check_rotations(run(5, 3)).violations
     assert "1 rotation(s) neither committed nor reported" in v.what and v.detail["unexplained_near"] == [
         iso_utc(t0 + timedelta(seconds=63)).replace("Z", "+00:00")], v.detail
+
+
+def test_status_says_a_gate_without_a_counter_cannot_tell() -> None:
+    from datetime import UTC, datetime
+
+    from drivers.outputs.gate import GateController
+    from gated.metrics import Metrics
+    from gated.while_down import RotationsWhileDown
+
+    level = ModbusOutputConfig(transport="tcp", host="10.0.0.7", port=502, passage_input=0, door_contact=1)
+    counting = level.model_copy(update={"passage_counter": 0})
+    ctls = {"in-1": GateController("in-1", level), "out-1": GateController("out-1", counting)}
+    watch = RotationsWhileDown(ctls, dict, Metrics(), lambda: datetime.now(UTC), lambda: True)
+    assert watch.as_dict("in-1")["counted"] is False and "cannot be told" in watch.as_dict("in-1")["detail"]
+    assert watch.as_dict("out-1") == {"counted": True, "board": BOARD, "compared": False}
