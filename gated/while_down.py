@@ -32,7 +32,8 @@ compared again: the board's identity keys the mark, so another board is a new ba
 The marks ride on commits that happen anyway (Transactions.riders: every transaction that
 writes events — each rotation the daemon sees is one — and the clock's once-a-minute
 floor), and are written once more at a clean stop: never a commit or an fsync of their own
-on a tap's path. So after a kill, the interval begins at the last commit that carried the
+on a tap's path. A count is kept only once the gate has handed on its alarms (a rotation no
+grant claimed is recorded by its alarm's commit, which then carries the count). So after a kill, the interval begins at the last commit that carried the
 count (at most a minute before the kill while the clock is trusted). A rotation seen and
 not committed when the daemon was killed (a grant's, cut by the kill) is counted here too,
 and may also come back as `passage_unconfirmed`: reported twice, never lost.
@@ -85,7 +86,10 @@ class RotationsWhileDown:
     def attach(self, store: Store, storage: StorageWatch) -> None:
         self.store, self.storage, self.daemon_id = store, storage, store.daemon_id
         store.riders.append(self.ride)
-        self.check()
+        try:
+            self.check()
+        except Exception:  # never the reason a daemon does not start
+            log.exception("rotations_while_down_failed")
 
     def check(self) -> None:
         """Every gate whose board has been read for the first time since its controller
@@ -119,7 +123,8 @@ class RotationsWhileDown:
         with self.store.transaction() as tx:
             if found is not None and side is not None:
                 self._record(tx, gid, side, found, first.released_for, now)
-            self._write(tx, gid, ctl, board)
+            # the count compared is the baseline; what came after it is the running gate's to record
+            self._write(tx, gid, board, first.count, self._wall(ctl, first.at))
         self._compared[gid] = ctl
         if found is not None:
             kind = COUNTED if found.people is not None else UNKNOWN
@@ -154,24 +159,23 @@ class RotationsWhileDown:
             # whoever went out is not known: nobody who came in before is known inside
             unrecorded_exits.record(tx.conn, self.daemon_id, {gid: n}, {gid: side.zone}, since, until)
 
-    def _write(self, tx: Transaction, gid: str, ctl: GateController, board: str) -> None:
-        seen = ctl.count_seen
-        if seen is None:
-            return
-        count, at = seen
-        counter_marks.write(tx.conn, board, count, self._wall(ctl, at), gid)
+    def _write(self, tx: Transaction, gid: str, board: str, count: int, at: float) -> None:
+        counter_marks.write(tx.conn, board, count, at, gid)
         self._written[gid] = count
 
     def ride(self, tx: Transaction, *, every: bool = False) -> None:
         """On a commit that happens anyway: the count of each compared gate that moved
-        since it was last written (`every`: each one, its time refreshed)."""
+        since it was last written (`every`: each one, its time refreshed). Not while the
+        gate still has alarms to hand on: a rotation no grant claimed is recorded by its
+        alarm's commit, and a count kept before it would hide it from the next start if the
+        daemon were killed in between (that commit carries the count instead)."""
         for gid, ctl in list(self.controllers.items()):
             board = board_identity(ctl.cfg)
             seen = ctl.count_seen
-            if board is None or seen is None or self._compared.get(gid) is not ctl:
+            if board is None or seen is None or self._compared.get(gid) is not ctl or ctl.alarms_pending:
                 continue
             if every or self._written.get(gid) != seen[0]:
-                self._write(tx, gid, ctl, board)
+                self._write(tx, gid, board, seen[0], self._wall(ctl, seen[1]))
 
     def refresh(self, tx: Transaction) -> None:
         self.ride(tx, every=True)
