@@ -47,6 +47,7 @@ from gated.retention import LedgerRetention
 from gated.safety import Safety, read_stored
 from gated.storage_watch import StorageWatch
 from gated.taps import TapPath
+from gated.while_down import GateSide, RotationsWhileDown
 from rules.admission import FireInputPolicy, SiteSafety
 from rules.credential import Credential
 from rules.timeutil import parse_duration
@@ -109,6 +110,11 @@ class Daemon:
         self.fire_monitor: FireAlarmMonitor | None = None
         self.alarms = Alarms(self.metrics, self.clock)
         self.knowledge = Knowledge(self)
+        # what counting boards counted while this daemon was not running (gated/while_down.py)
+        self.while_down = RotationsWhileDown(
+            self.controllers, lambda: {g.id: GateSide(g.zone, g.direction) for g in self.config.gates}, self.metrics,
+            self.clock, lambda: self.clock_guard is None or self.clock_guard.trusted,
+        )
         # what the console and the control socket may ask (gated/operator.py)
         self.operator = DaemonOperatorApi(self)
         self._reload_lock = asyncio.Lock()
@@ -150,7 +156,9 @@ class Daemon:
             guard.stepped_back_to = None
         floor = guard.state.floor
         if guard.may_settle and (floor - self._floor_saved >= CLOCK_FLOOR_EVERY or floor < self._floor_saved):
-            self.store.set_meta(CLOCK_FLOOR_KEY, repr(floor))
+            with self.store.transaction() as tx:
+                tx.set_meta(CLOCK_FLOOR_KEY, repr(floor))
+                self.while_down.refresh(tx)  # the boards' counts ride on it (gated/while_down.py)
             self._floor_saved = floor
 
     # -- wiring -----------------------------------------------------------------------
@@ -213,6 +221,7 @@ class Daemon:
                                cfg.daemon_id),
         )
         self.alarms.attach(store, self.storage)
+        self.while_down.attach(store, self.storage)  # the boards' first readings against the counts kept
         self.retention = LedgerRetention(
             store, *cfg.store.retention_periods(), self.clock, self._may_prune,
             lambda e: self.storage.failed(e, "retention") if self.storage is not None else None, self.metrics,
@@ -359,6 +368,7 @@ class Daemon:
         for gid, ctl in self.controllers.items():
             await self._bounded(ctl.stop(), f"gate {gid}")
         if self.store is not None:
+            self.while_down.stop()
             self.alarms.store = None
             self.store.close()
             self.store = None
@@ -553,6 +563,10 @@ class Daemon:
                     self.storage.failed(e, "scheduler")
             except Exception:
                 log.exception("scheduler_failed")
+            try:
+                self.while_down.check()  # a board first read late (offline at start, a reload)
+            except Exception:
+                log.exception("rotations_while_down_failed")
             try:
                 status.update_gauges(self)
             except STORAGE_ERRORS as e:

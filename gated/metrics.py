@@ -106,6 +106,14 @@ class Metrics:
             ["gate"],
             registry=r,
         )
+        self.rotations_while_down = Counter(
+            "gated_rotations_while_down",
+            "Rotations a counting board (passage_counter) counted while the daemon was not reading it, "
+            "found at start (rotations_while_down alarm), by `known`: counted (the people), or unknown "
+            "(one per rotations_while_down_unknown alarm: the board restarted meanwhile)",
+            ["gate", "known"],
+            registry=r,
+        )
         self.ledger_pruned = Counter(
             "gated_ledger_pruned",
             "Ledger rows deleted by the retention (store.retention, store.audit_retention), by table",

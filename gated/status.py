@@ -114,6 +114,8 @@ def health(d: Daemon) -> dict[str, Any]:
                 "relay": d.controllers[g.id].output.health.value if g.id in d.controllers else "none",
                 "state": d.controllers[g.id].state if g.id in d.controllers else {},
                 "last_tap": d.last_tap.get(g.id),
+                # whether rotations while the daemon is not running can be told (gated/while_down.py)
+                "while_down": d.while_down.as_dict(g.id),
             }
             for g in d.config.gates
         },

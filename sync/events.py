@@ -197,7 +197,8 @@ class AlarmEvent(EventBase):
         Field(
             description="relay_offline, relay_error, relay_online, door_held, door_forced, door_held_cleared, "
             "door_forced_cleared, not_opened, passage_input_stuck, passage_input_stuck_cleared, relay_state_mismatch, reader_offline, reader_online, reader_error, fire_input_unreachable, "
-            "fire_input_online, passage_without_grant, passage_while_released, storage_fault, storage_recovered, "
+            "fire_input_online, passage_without_grant, passage_while_released, rotations_while_down, "
+            "rotations_while_down_unknown, storage_fault, storage_recovered, "
             "exits_not_recorded, ack_beyond_last_seq, ledger_restored, snapshot_held, clock_untrusted, clock_unconfirmed, uplink_stalled, "
             "deltas_behind, peers_unheard, peer_silent, numbering_unsure, own_history_missing, "
             "refunds_waiting, two_workers, daemon_id_in_use (and each from clock_untrusted with `_ended`), overdraft, "
@@ -209,10 +210,16 @@ class AlarmEvent(EventBase):
     detail: str = ""
     problem: str | None = Field(None, description="storage alarms: what is wrong (disk_full, read_only, ...).")
     since: str | None = Field(
-        None, description="storage alarms: since when (UTC); exits_not_recorded: the first exit not recorded."
+        None, description="storage alarms: since when (UTC); exits_not_recorded: the first exit not recorded; "
+        "rotations_while_down(_unknown): the last count the daemon had kept before it stopped (UTC)."
     )
-    until: str | None = Field(None, description="exits_not_recorded: the last exit not recorded (UTC).")
-    count: int | None = Field(None, description="exits_not_recorded: how many exits opened and were not recorded.")
+    until: str | None = Field(None, description="exits_not_recorded: the last exit not recorded (UTC); "
+                              "rotations_while_down(_unknown): the board's first reading after the daemon started.")
+    count: int | None = Field(None, description="exits_not_recorded: how many exits opened and were not recorded; "
+                              "rotations_while_down: how many rotations the board counted while the daemon was not "
+                              "reading it.")
+    direction: Literal["in", "out"] | None = Field(
+        None, description="rotations_while_down(_unknown): the gate's direction (in: entries, out: exits).")
     gates: dict[str, int] | None = Field(None, description="exits_not_recorded: how many at each gate.")
     pass_: Id | None = Field(
         None, alias="pass", description="overdraft: the pass charged below zero; double_refund: the pass refunded twice."

@@ -87,6 +87,7 @@ def scheduler_once(box: Box, store: Store, monkeypatch: pytest.MonkeyPatch, unhe
                                   no_show_horizon=lambda now: (None, None), announce=lambda: None,
                                   handover=lambda now: Handover(True, None, None)),
         engine=engine, config=SimpleNamespace(time_driven_work=True), storage=None, store=store, taps=None,
+        while_down=SimpleNamespace(check=lambda: None),
     )
 
     async def stop(_: float) -> None:
@@ -158,7 +159,8 @@ def keep_clock(box: Box, store: Store, seconds: float) -> None:
     """The daemon's once-a-second clock keeping (gated/daemon.py `_keep_clock`) for a while."""
     from gated.daemon import Daemon
 
-    d = SimpleNamespace(clock_guard=box.clock, store=store, _floor_saved=0.0)
+    d = SimpleNamespace(clock_guard=box.clock, store=store, _floor_saved=0.0,
+                        while_down=SimpleNamespace(refresh=lambda tx: None))
     end = box.t + seconds
     while box.t < end:
         box.t = min(end, box.t + 1.0)

@@ -43,6 +43,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -123,6 +124,16 @@ def stall_limit(passage_timeout: float) -> float:
     return max(10.0, 3 * passage_timeout)
 
 
+@dataclass(frozen=True, slots=True)
+class FirstCount:
+    """The board's counter at the first reading of this run (downtime.compare)."""
+
+    count: int
+    at: float  # monotonic s
+    released_before: bool  # a release of this run was written before the reading was sampled
+    released_for: str | None  # what held the gate released then (a fire alarm, ...), if anything
+
+
 class GrantRefused(Exception):
     """The gate is shut on purpose (lockdown, fire alarm); the relay was not touched."""
 
@@ -180,6 +191,11 @@ class GateController:
         # the board's own count of passage pulses, where configured: it sees pulses that
         # fall between two polls, which the level (the detector) cannot
         self.counter = PassageCounter() if cfg.passage_counter is not None else None
+        # the board's counter as this run first read it, and as last read (downtime.py: what
+        # it counted while the daemon was not reading it is compared at start)
+        self.first_count: FirstCount | None = None
+        self.count_seen: tuple[int, float] | None = None  # (count, monotonic s) of the last reading
+        self._release_write: int | None = None  # the number of this run's first release's write
         # Readings are counted as they come back (the release tail's doubt, plan.ReleaseTail).
         # A grant goes by the board's exchanges instead (ModbusDevice.sent): a reading of
         # several requests (a counter and the bits, inputs far apart) may have a release's
@@ -382,6 +398,12 @@ class GateController:
         }
 
     @property
+    def alarms_pending(self) -> bool:
+        """Alarms raised and not handed on yet (a rotation no grant claimed among them): the
+        count last read is not all recorded until they are."""
+        return not self._alarms.empty()
+
+    @property
     def passage_stuck(self) -> bool:
         """The passage input reads stuck active (`passage_input_stuck`): no passage shows."""
         return self.stuck_input is not None and self.stuck_input.stuck
@@ -438,10 +460,12 @@ class GateController:
         rising = self.detector.observe(level)
         people = int(rising)
         rebased = False  # the board's counter began again (or may have): a grant cannot trust it
+        now = self.clock()
         if self.counter is not None:
             people, rebased = self.counter.observe(count)
             rising = people > 0
-        now = self.clock()
+            if count is not None:
+                self._counted(count, sampled, now)
         self._watch_stuck(passage, now)
         opening = door_open is True and self.door_open is False
         self.door_open = door_open
@@ -473,6 +497,14 @@ class GateController:
             self._alarms.put_nowait((str(HealthAlarm.RELAY_STATE_MISMATCH),
                                      f"the relay read back {found} while the gate should stand {want} (a board "
                                      "restart resets its coils): written again"))
+
+    def _counted(self, count: int, sampled: int, now: float) -> None:
+        """A reading of the board's counter: the first one of this run is kept for the
+        comparison with what the daemon saw before it started (downtime.compare)."""
+        self.count_seen = (count, now)
+        if self.first_count is None:
+            released = self._release_write is not None and sampled > self._release_write
+            self.first_count = FirstCount(count, now, released, self._release_reason())
 
     def _watch_stuck(self, passage: bool | None, now: float) -> None:
         """The passage input's level, watched for a stuck sensor: one alarm when it has read
@@ -576,6 +608,8 @@ class GateController:
             # reading fails and the passage is UNKNOWN unless the board answers again and
             # shows it). Denying here would let the person through with nothing recorded.
             uncertain = True
+        if self._release_write is None:
+            self._release_write = self.output.last_write
         self._observe(door_open=self.door_open, granted=True)
         if self.cfg.passage_input is None and self.cfg.door_contact is None and self.counter is None:
             if uncertain:

@@ -32,6 +32,9 @@ INCIDENTS = {
     "door_forced": "Door forced open",
     "passage_without_grant": "Someone went through without a grant",
     "exits_not_recorded": "Exits were not recorded",
+    "rotations_while_down": "People went through while the gate's daemon was not running",
+    "rotations_while_down_unknown": "People may have gone through while the gate's daemon was not running — "
+                                    "the board restarted, how many is not known",
     "qr_double_use": "A QR code was used twice",
     "overdraft": "A pass was charged below zero",
     "ack_beyond_last_seq": "The central system acknowledged events never sent",

@@ -308,6 +308,10 @@ def apply(
             # its exits that opened unrecorded: who went out is not known here either
             if _record_unrecorded_exits(conn, sender, ev, zones):
                 seen["remote_unrecorded_exits"] += 1
+        elif kind == "alarm" and ev.get("kind") == "rotations_while_down" and ev.get("direction") == "out" and gate:
+            # its exit turned while its daemon was down: people left, unrecorded (gated/while_down.py)
+            if _record_unrecorded_exits(conn, sender, {**ev, "gates": {gate: ev.get("count")}}, zones):
+                seen["remote_unrecorded_exits"] += 1
         elif kind == "qr_used" and isinstance(ev.get("token"), str) and len(ev["token"]) <= 200:
             try:
                 expires = parse_instant_once(str(ev.get("expires")), _UTC)

@@ -154,6 +154,8 @@ class Store:
         self.files = ReplicaFiles(self.path)
         self.site_wide_qr = False  # set_site_wide_qr
         self.gates: dict[str, Gate] = {}  # set_gates
+        # what rides on every commit that writes events (Transactions.riders), kept across reopen
+        self.riders: list[Callable[[Transaction], None]] = []
         # the ledger's log flushed off the event loop (sync/store/durability.py); None: not durable
         self.wal_sync = WalSync(self.path) if durable else None
         self.conn = connect(self.path, durable=durable)
@@ -286,6 +288,7 @@ class Store:
             self.conn, self.outbox, self._meta, self.wal_sync.committed if self.wal_sync is not None else None
         )
         self._transactions.listeners.extend(listeners)
+        self._transactions.riders = self.riders
         self._transactions.before_commit = lambda tx: self.numbering.keep_hold(tx, self._meta)
         self.replica = Replica(self.conn, self.site, self.ten_digits)
         self.ledger = Ledger(self.conn, self._transactions, self.replica, self.site, self.daemon_id)

@@ -74,6 +74,9 @@ class Transactions:
         self.committed = committed  # told of each COMMIT (the store's WAL flush, sync/store/durability.py)
         # asked before the COMMIT of a transaction that wrote events (the numbering's hold)
         self.before_commit: Callable[[Transaction], None] | None = None
+        # small values that ride on a commit that happens anyway (a transaction that wrote
+        # events): no commit, no fsync of their own (gated/while_down.py: the boards' counts)
+        self.riders: list[Callable[[Transaction], None]] = []
 
     @contextmanager
     def open(self) -> Iterator[Transaction]:
@@ -82,8 +85,11 @@ class Transactions:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield tx
-            if self.before_commit is not None and tx.committed.events:
-                self.before_commit(tx)
+            if tx.committed.events:
+                for ride in self.riders:
+                    ride(tx)
+                if self.before_commit is not None:
+                    self.before_commit(tx)
             self.conn.execute("COMMIT")
             if self.committed is not None:
                 self.committed()

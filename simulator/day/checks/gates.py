@@ -22,7 +22,8 @@ from sync.store import open_reader
 
 def check_rotations(run: Run) -> Invariant:
     inv = Invariant("rotations", "every rotation of every turnstile is a committed entry (or exit), a "
-                    "passage_unconfirmed event or a passage_without_grant (or passage_while_released) alarm; no passage is "
+                    "passage_unconfirmed event or a passage_without_grant (or passage_while_released) alarm, or counted "
+                    "in a rotations_while_down alarm (a counting board, the daemon down); no passage is "
                     "recorded without a rotation")
     figures: dict[str, Any] = {}
     for name in sorted(run.daemons):
@@ -35,6 +36,11 @@ def check_rotations(run: Run) -> Invariant:
         # release): not charged, but recorded for the desk to settle
         unconfirmed += [e for e in evs if e["type"] == "alarm"
                         and e.get("kind") in ("passage_without_grant", "passage_while_released")]
+        # rotations a counting board counted while the daemon was down, reported at its start
+        # with how many (gated/while_down.py): each one recorded, in the alarm's interval
+        unconfirmed += [{**e, "at": e.get("until") or e["at"], "_from": e.get("since")}
+                        for e in evs if e["type"] == "alarm" and e.get("kind") == "rotations_while_down"
+                        for _ in range(max(0, int(e.get("count") or 0)))]
         figures[name] = {"rotations": rotations, "committed": len(passed), "unconfirmed": len(unconfirmed),
                          "unlocks": ts.get("unlocks")}
         inv.checked += rotations
@@ -68,11 +74,18 @@ def _unexplained(run: Run, rotations: list[datetime], records: list[dict[str, An
     def slack(e: dict[str, Any]) -> timedelta:
         return timedelta(seconds=(15 if e["type"] == "passage_unconfirmed" else 3) * run.speed)
 
-    pending = sorted(records, key=lambda e: e["at"])
+    # rotations counted while the daemon was down: one each, anywhere in the alarm's span
+    spans = sorted((instant(e["_from"]), instant(e["at"])) for e in records if e.get("_from"))
+    pending = sorted((e for e in records if not e.get("_from")), key=lambda e: e["at"])
     lead, longest = timedelta(seconds=2 * run.speed), timedelta(seconds=15 * run.speed)
     used: set[int] = set()
+    spent: set[int] = set()
     out = []
     for r in sorted(rotations):
+        span = next((i for i, (a, b) in enumerate(spans) if i not in spent and a - lead <= r <= b + lead), None)
+        if span is not None:
+            spent.add(span)
+            continue
         match = None
         for i, e in enumerate(pending):
             t = instant(e["at"])
