@@ -20,6 +20,13 @@ tap"), reusing its predicates — never a second copy of the rules:
 3. a walk-in charge where step 3 of decide() now grants a free re-entry (within the
    gate's grace, or after an evacuation: rules.decide.free_reentry) → the charge refunded.
 
+The same applies to the taps a gate decided before it had heard what another daemon of the
+site did earlier (a restart, a split of the site's network: the peer's events come after
+the tap). A charge the rules would not have taken is given back: a walk-in the peer's
+earlier entry makes a free re-entry, or the charge of a booking the peer had already let
+the member in on (`KnownDay.attended`: step 2 would have passed it by) where the member
+was free to come back (step 3). Those rechecks give back charges only.
+
 A tap is repaired by its first finding only (a denial ends decide() there). The presence a
 tap is decided again at is built from every passage now known before the instant the
 rules decided it — the lost part's, the site's other daemons', the gap's own (an exit
@@ -83,6 +90,7 @@ class GapTap:
     decided_at: datetime
     token: str | None = None  # a QR code's token id
     charge: Charge | None = None
+    booking: str | None = None  # the booking it was let in on
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +100,7 @@ class KnownDay:
     passages: tuple[Passage, ...] = ()  # in the order they were recorded
     qr_used: Mapping[str, datetime] = field(default_factory=dict)  # the lost part's QR codes: first use
     evacuations: tuple[datetime, ...] = ()  # when each began
+    attended: Mapping[str, datetime] = field(default_factory=dict)  # bookings another daemon let in on: when
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,11 +147,20 @@ def recheck_tap(tap: GapTap, day: KnownDay, gate: Gate, site: Site) -> Finding |
         return Finding(tap, Remedy.ANTI_PASSBACK_MISSED, Why.ANTI_PASSBACK, presence.last_entry_at)
     # 3. a free re-entry where a walk-in was charged (a booking that matched came first, step 2)
     c = tap.charge
-    if c is not None and c.cause == "walk_in" and c.amount > 0 and free_reentry(presence, gate, site, now):
+    if c is not None and c.amount > 0 and charged_again(tap, c, day) and free_reentry(presence, gate, site, now):
         if within_reentry_grace(presence, gate, now):
             return Finding(tap, Remedy.REFUND, Why.REENTRY_GRACE, presence.last_entry_at)
         return Finding(tap, Remedy.REFUND, Why.EVACUATED, presence.evacuated_at)
     return None
+
+
+def charged_again(tap: GapTap, c: Charge, day: KnownDay) -> bool:
+    """A charge step 3 decides: a walk-in's, or a booking's whose booking another daemon had
+    let the member in on before (step 2 matches a booking not attended yet only)."""
+    if c.cause == "walk_in":
+        return True
+    first = day.attended.get(tap.booking) if c.cause == "booking" and tap.booking is not None else None
+    return first is not None and first < tap.decided_at
 
 
 def recheck(taps: Iterable[GapTap], day: KnownDay, gates: Mapping[str, Gate], site: Site) -> tuple[Finding, ...]:
@@ -157,5 +175,5 @@ def recheck(taps: Iterable[GapTap], day: KnownDay, gates: Mapping[str, Gate], si
     return tuple(out)
 
 
-__all__ = ["Charge", "Finding", "GapTap", "KnownDay", "Passage", "Remedy", "Why", "presence_at", "recheck",
-           "recheck_tap"]
+__all__ = ["Charge", "Finding", "GapTap", "KnownDay", "Passage", "Remedy", "Why", "charged_again", "presence_at",
+           "recheck", "recheck_tap"]

@@ -103,8 +103,10 @@ class DeductionEvent(EventBase):
     )
     because: str | None = Field(
         None, max_length=50, description="A refund the gate gave by itself, on learning its lost events of the day "
-        "(a walk-in charged while they were missing): why the charge was not due — `reentry_grace` (an entry "
-        "within the gate's re-entry grace before it) or `evacuated` (a visit cut short by an evacuation).",
+        "(a walk-in charged while they were missing) or another daemon's earlier events it had not heard when it "
+        "charged (a walk-in, or a booking that daemon had already let the member in on): why the charge was not "
+        "due — `reentry_grace` (an entry within the gate's re-entry grace before it) or `evacuated` (a visit cut "
+        "short by an evacuation).",
     )
 
 

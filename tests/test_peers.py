@@ -890,3 +890,52 @@ def test_unrecorded_exits_take_no_more_off_the_count_than_came_in_before_them(tm
     store.set_meta(unrecorded_exits.key("main"), "at half past nine")
     assert counted_in("main", entries, at(0)) == 3
     assert unrecorded_exits.last_at("[]") is None
+
+
+# -- charges decided before the site's earlier events were heard (Ledger.recheck_heard) ----------
+
+GRACE_IN1, GRACE_IN2 = replace(IN1, reentry_grace=timedelta(hours=2)), replace(IN2, reentry_grace=timedelta(hours=2))
+
+
+def graced_stores(tmp: Path) -> tuple[Store, Store]:
+    in2, in1 = site_store(tmp, "s1-in-2"), site_store(tmp, "s1-in-1")
+    for s in (in1, in2):
+        s.set_gates({"in-1": GRACE_IN1, "in-2": GRACE_IN2})
+    return in2, in1
+
+
+def test_a_booking_charged_again_before_the_peer_that_let_her_in_on_it_was_heard_is_given_back(tmp_path: Path) -> None:
+    """sim day seed 35: Ana let in on her booking at in-2 (charged), then at in-1 — restarted,
+    in-2 not heard yet — on the same booking again, charged again. When in-2's events arrive,
+    in-1's charge is given back (a refund naming it, `because: reentry_grace`), once."""
+    in2, in1 = graced_stores(tmp_path)
+    d2, first = tap(in2, GRACE_IN2, at(9, 50))
+    d1, second = tap(in1, GRACE_IN1, at(10, 2))
+    assert (d2.reason, d2.booking, d1.reason, d1.booking) == (Reason.BOOKING, "b1", Reason.BOOKING, "b1")
+    charged = [e for e in second.events if e["type"] == "deduction"]
+    assert len(charged) == 1 and in1.balance("p1") == Decimal(9)
+    seen = share(in2, in1, first.events, {"in-2": "main"})
+    assert seen["charges_given_back"] == 1
+    back = [e for e in in1.events_after(second.events[-1]["seq"]) if e["type"] == "deduction"]
+    assert [(e["amount"], e["cause"], e["refunds"], e["because"]) for e in back] == [
+        (-1, "refund", {"daemon": "s1-in-1", "seq": charged[0]["seq"]}, "reentry_grace")]
+    # the site's balance at in-1: the central's 10, in-2's charge, in-1's charge and its refund
+    assert in1.balance("p1") == Decimal(9)
+    # heard again (a resend, a catch-up): nothing more
+    assert "charges_given_back" not in share(in2, in1, first.events, {"in-2": "main"})
+    # in-2, hearing in-1's later entry, charge and refund, gives nothing back of its own
+    seen2 = share(in1, in2, second.events + back, {"in-1": "main"})
+    assert "charges_given_back" not in seen2 and in2.balance("p1") == Decimal(9)
+
+
+def test_a_walk_in_charged_within_the_grace_of_an_entry_at_a_peer_not_yet_heard_is_given_back(tmp_path: Path) -> None:
+    in2, in1 = graced_stores(tmp_path)
+    _, first = tap(in2, GRACE_IN2, at(8, 0))  # a walk-in, no booking in reach
+    _, second = tap(in1, GRACE_IN1, at(8, 40))  # a walk-in again: in-2 not heard
+    assert [e["cause"] for e in first.events + second.events if e["type"] == "deduction"] == ["walk_in", "walk_in"]
+    assert share(in2, in1, first.events, {"in-2": "main"})["charges_given_back"] == 1
+    # past the grace it stands
+    in2b, in1b = graced_stores(tmp_path / "b")
+    _, first = tap(in2b, GRACE_IN2, at(7, 0))
+    tap(in1b, GRACE_IN1, at(9, 30))
+    assert "charges_given_back" not in share(in2b, in1b, first.events, {"in-2": "main"})

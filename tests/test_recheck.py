@@ -32,6 +32,7 @@ PLAIN = Gate("in-4", "main")
 OUT = Gate("out-1", "main", Direction.OUT)
 GATES = {g.id: g for g in (GRACE, HARD, BOTH, PLAIN, OUT)}
 WALK_IN = Charge(11, "p1", Decimal(1), "walk_in")
+BOOKING = Charge(11, "p1", Decimal(1), "booking")
 
 
 def at(hh: int, mm: int = 0) -> datetime:
@@ -87,6 +88,21 @@ CASES: list[tuple[str, GapTap, KnownDay, tuple[Remedy, Why, datetime | None] | N
     ("qr_used_later", tap("in-4", at(10), token="t1"), KnownDay(qr_used={"t1": at(10, 5)}), None),
     ("another_qr", tap("in-4", at(10), token="t2"), KnownDay(qr_used={"t1": at(9)}), None),
     ("a_card", tap("in-4", at(10)), KnownDay(qr_used={"t1": at(9)}), None),
+    # a booking another daemon had already let the member in on (heard after the tap): step 2
+    # would have passed it by, step 3 lets the member back in free — its charge given back
+    ("booking_used_at_a_peer", GapTap(10, "in-1", "m1", at(10), None, BOOKING, "b1"),
+     KnownDay(IN_AND_OUT, attended={"b1": at(9)}), (Remedy.REFUND, Why.REENTRY_GRACE, at(9))),
+    ("booking_used_at_a_peer_evacuated", GapTap(10, "in-4", "m1", at(10), None, BOOKING, "b1"),
+     KnownDay((went(IN, at(9)),), evacuations=(at(9, 20),), attended={"b1": at(9)}),
+     (Remedy.REFUND, Why.EVACUATED, at(9, 20))),
+    # ...not past the grace (a walk-in would have been due: what instead is left as it was)
+    ("booking_used_at_a_peer_past_grace", GapTap(10, "in-1", "m1", at(12), None, BOOKING, "b1"),
+     KnownDay(IN_AND_OUT, attended={"b1": at(9)}), None),
+    # another booking, or the same one first used after the tap: its charge stands
+    ("another_booking_used", GapTap(10, "in-1", "m1", at(10), None, BOOKING, "b2"),
+     KnownDay(IN_AND_OUT, attended={"b1": at(9)}), None),
+    ("booking_used_after", GapTap(10, "in-1", "m1", at(10), None, BOOKING, "b1"),
+     KnownDay(IN_AND_OUT, attended={"b1": at(10, 5)}), None),
     # exits and gates not configured stand
     ("exit", tap("out-1", at(10)), KnownDay((went(IN, at(9)),)), None),
     ("unknown_gate", tap("in-9", at(10)), KnownDay(IN_AND_OUT), None),

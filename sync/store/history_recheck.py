@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -76,12 +77,8 @@ def gap_taps(conn: sqlite3.Connection, daemon: str, w: Wanted, only: int | None 
     return out
 
 
-def known_day(conn: sqlite3.Connection, w: Wanted, taps: list[GapTap]) -> KnownDay:
-    """What the ledger knows now of the day of those taps: the members' passages (every
-    daemon's, the lost part's back among them), the QR codes the lost part used (its
-    `qr_used` events, or its access events naming their code), the site's evacuations."""
-    if not taps:
-        return KnownDay()
+def _passages(conn: sqlite3.Connection, taps: list[GapTap]) -> tuple[list[Passage], datetime]:
+    """The passages of the taps' members (every daemon's) that may bear on them, and from when."""
     members = sorted({t.member for t in taps})
     start = min(t.decided_at for t in taps) - _LOOK_BACK
     passages: list[Passage] = []
@@ -93,6 +90,16 @@ def known_day(conn: sqlite3.Connection, w: Wanted, taps: list[GapTap]) -> KnownD
                 f"SELECT member_id, zone, direction, at FROM main.passages WHERE member_id IN ({marks}) AND at >= ? "
                 "ORDER BY at, id", (*part, ts(start)))
         ]
+    return passages, start
+
+
+def known_day(conn: sqlite3.Connection, w: Wanted, taps: list[GapTap]) -> KnownDay:
+    """What the ledger knows now of the day of those taps: the members' passages (every
+    daemon's, the lost part's back among them), the QR codes the lost part used (its
+    `qr_used` events, or its access events naming their code), the site's evacuations."""
+    if not taps:
+        return KnownDay()
+    passages, start = _passages(conn, taps)
     used: dict[str, datetime] = {}
     for at, body in conn.execute(
         "SELECT at, body FROM main.events WHERE seq BETWEEN ? AND ? AND type IN ('qr_used', 'access')",
@@ -107,6 +114,47 @@ def known_day(conn: sqlite3.Connection, w: Wanted, taps: list[GapTap]) -> KnownD
             used[token] = when
     evacuations = tuple(s for s, _ in evacuation.spans_of(conn) if s >= start)
     return KnownDay(tuple(passages), used, evacuations)
+
+
+def charged_since(conn: sqlite3.Connection, daemon: str, since: Mapping[str, datetime]) -> list[GapTap]:
+    """This daemon's entries that charged the member after `since[member]` — what another
+    daemon of the site did then was not heard here when they were decided (it is being
+    recorded now) — each with its charge, if nobody has given it back (the desk may have).
+    Through the deductions' index by member: a peer's batch costs a look-up per member."""
+    out = []
+    for member, after in sorted(since.items()):
+        rows = conn.execute(
+            "SELECT e.seq, e.at, e.gate, e.body, d.seq, d.pass_id, d.amount, d.cause, d.booking_id "
+            "FROM main.deductions d JOIN main.events e ON e.seq BETWEEN d.seq - 2 AND d.seq - 1 "
+            "AND e.type = 'access' AND e.member_id = d.member_id "
+            "WHERE d.member_id = ? AND d.cause IN ('walk_in', 'booking') AND d.at > ? AND d.refunded_by IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM main.site_refunds r WHERE r.daemon = ? AND r.seq = d.seq) ORDER BY d.seq",
+            (member, ts(after), daemon),
+        ).fetchall()
+        for seq, at, gate, body, charge_seq, pass_id, amount, cause, booking in rows:
+            try:
+                b = json.loads(body)
+            except ValueError:
+                continue
+            if not isinstance(b, dict) or b.get("decision") != "granted" or b.get("passed") is not True or gate is None:
+                continue
+            decided = _instant(b.get("decided_at") or at) or _instant(at)
+            if decided is None or decided <= after:
+                continue
+            out.append(GapTap(int(seq), str(gate), member, decided, None,
+                              Charge(int(charge_seq), str(pass_id), Decimal(str(amount)), str(cause)),
+                              str(booking) if booking is not None else None))
+    return out
+
+
+def heard_day(conn: sqlite3.Connection, taps: list[GapTap], attended: Mapping[str, datetime]) -> KnownDay:
+    """What the ledger knows now of those taps' day, with what another daemon just said:
+    the members' passages (its among them), the evacuations, the bookings it let in on."""
+    if not taps:
+        return KnownDay()
+    passages, start = _passages(conn, taps)
+    evacuations = tuple(s for s, _ in evacuation.spans_of(conn) if s >= start)
+    return KnownDay(tuple(passages), {}, evacuations, attended)
 
 
 def open_grants(conn: sqlite3.Connection) -> list[list[float]]:
@@ -142,4 +190,4 @@ def counts(conn: sqlite3.Connection, w: Wanted) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-__all__ = ["counts", "gap_taps", "known_day", "late", "late_json", "open_grants"]
+__all__ = ["charged_since", "counts", "gap_taps", "heard_day", "known_day", "late", "late_json", "open_grants"]

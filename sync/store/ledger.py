@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from rules import recheck
 from rules.decide import ZonePresence
@@ -44,7 +45,7 @@ from rules.model import Site as SiteModel
 from rules.reasons import Reason
 from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee
 from rules.tap import Tap
-from rules.timeutil import iso_utc, local_date, start_of_local_day
+from rules.timeutil import iso_utc, local_date, parse_instant_once, start_of_local_day
 from sync.errors import StoreError
 from sync.store import (
     desk_requests,
@@ -611,7 +612,15 @@ class Ledger:
         with self.transactions.open() as tx:
             doubles: list[peer_events.DoubleRefund] = []
             collisions: list[peer_events.Collision] = []
-            seen = dict(peer_events.apply(self.conn, sender, events, zones, self.record_passage, doubles, collisions))
+            since: dict[str, datetime] = {}  # member -> the earliest of their entries heard now
+
+            def record(member: str | None, zone: str, direction: Direction, at: datetime, gate: str,
+                       origin: str = "local") -> None:
+                self.record_passage(member, zone, direction, at, gate, origin)
+                if member is not None and direction == Direction.IN and (member not in since or at < since[member]):
+                    since[member] = at
+
+            seen = dict(peer_events.apply(self.conn, sender, events, zones, record, doubles, collisions))
             if mark is not None:
                 peer_events.save_mark(self.conn, sender, *mark)
             attended = [
@@ -621,6 +630,10 @@ class Ledger:
             ]
             if attended:  # a no-show of ours one of them attended after all
                 self.give_back_no_show_fees(tx, now or datetime.now(UTC), attended)
+            if since and self.gates:
+                found = self.recheck_heard(tx, now or datetime.now(UTC), since, events)
+                if found:
+                    seen["charges_given_back"] = found
             charged = {str(e["pass"]) for e in events if e.get("type") == "deduction" and e.get("pass")}
             for pass_id in sorted(charged):
                 self.check_overdraft(tx, pass_id, now or datetime.now(UTC))
@@ -710,6 +723,55 @@ class Ledger:
                                         "never came back from the central system", [self.daemon_id])
         return seen
 
+    def recheck_heard(self, tx: Transaction, now: datetime, since: dict[str, datetime],
+                      events: list[dict[str, Any]]) -> int:
+        """Inside the transaction that records another daemon's events: this daemon's
+        charges of the members they let in, decided after those entries and so without them
+        (a restart, a split of the site's network), decided again on the day now known
+        (rules.recheck): a walk-in they make a free re-entry, or a booking they show used
+        already, given back — once (a charge given back is not rechecked again). Returns
+        how many. Charges only: the site's QR codes have their own claims, and hard
+        anti-passback at two turnstiles that had not heard each other is the member in."""
+        attended: dict[str, datetime] = {}
+        for e in events:
+            if e.get("type") == "attendance" and e.get("status") == "attended" and isinstance(e.get("booking"), str) \
+                    and isinstance(e.get("member"), str):
+                try:
+                    at = parse_instant_once(str(e.get("at")), ZoneInfo("UTC"))
+                except ValueError:
+                    continue
+                booking = str(e["booking"])
+                attended[booking] = min(attended.get(booking, at), at)
+                member = str(e["member"])
+                since[member] = min(since.get(member, at), at)
+        taps = history_recheck.charged_since(self.conn, self.daemon_id, since)
+        if not taps:
+            return 0
+        found = [f for f in recheck.recheck(taps, history_recheck.heard_day(self.conn, taps, attended), self.gates,
+                                            self.site) if f.remedy is recheck.Remedy.REFUND]
+        for f in found:
+            self._give_back(tx, now, f, "heard_refund")
+        return len(found)
+
+    def _give_back(self, tx: Transaction, now: datetime, f: recheck.Finding, action: str) -> None:
+        """A charge the rules would not have taken (a recheck's finding), given back as the
+        desk's refund of a walk-in is: a `deduction`, cause `refund`, naming it and why."""
+        t, c = f.tap, f.tap.charge
+        if c is None:
+            return
+        gate = self.gates[t.gate]
+        refund = self.deduct(
+            tx, now, pass_id=c.pass_id, member_id=t.member, amount=-c.amount, booking_id=None,
+            cause="refund", zone=gate.zone, gate=t.gate, refunded_seq=c.seq,
+            refunds={"daemon": self.daemon_id, "seq": c.seq}, because=f.why.value,
+        )
+        peer_events.mark_refunded(
+            self.conn, peer_events.Charge(self.daemon_id, c.seq, c.pass_id, c.amount, ts(t.decided_at), True),
+            (self.daemon_id, int(refund["seq"]), ts(now)))
+        tx.audit(now, "gate", action, {
+            "member": t.member, "pass": c.pass_id, "gate": t.gate, "because": f.why.value,
+            "refunds": [self.daemon_id, c.seq], "cause": c.cause})
+
     def recheck_gap(
         self, tx: Transaction, now: datetime, wanted: own_history.Wanted, only: int | None = None,
     ) -> dict[str, int]:
@@ -724,22 +786,11 @@ class Ledger:
         found = recheck.recheck(taps, history_recheck.known_day(self.conn, wanted, taps), self.gates, self.site)
         seen = {"rechecked": len(taps)} if taps else {}
         for f in found:
-            t, gate, since = f.tap, self.gates[f.tap.gate], iso_utc(f.since) if f.since is not None else "?"
+            t, since = f.tap, iso_utc(f.since) if f.since is not None else "?"
             key = "refunded" if f.remedy is recheck.Remedy.REFUND else f.remedy.value
             seen[key] = seen.get(key, 0) + 1
             if f.remedy is recheck.Remedy.REFUND and t.charge is not None:
-                c = t.charge
-                refund = self.deduct(
-                    tx, now, pass_id=c.pass_id, member_id=t.member, amount=-c.amount, booking_id=None,
-                    cause="refund", zone=gate.zone, gate=t.gate, refunded_seq=c.seq,
-                    refunds={"daemon": self.daemon_id, "seq": c.seq}, because=f.why.value,
-                )
-                peer_events.mark_refunded(
-                    self.conn, peer_events.Charge(self.daemon_id, c.seq, c.pass_id, c.amount, ts(t.decided_at), True),
-                    (self.daemon_id, int(refund["seq"]), ts(now)))
-                tx.audit(now, "gate", "history_refund", {
-                    "member": t.member, "pass": c.pass_id, "gate": t.gate, "because": f.why.value,
-                    "refunds": [self.daemon_id, c.seq]})
+                self._give_back(tx, now, f, "history_refund")
             elif f.remedy is recheck.Remedy.QR_DOUBLE_USE:
                 tx.emit("alarm", now, gate=t.gate, kind="qr_double_use", member=t.member, token=t.token,
                         other=self.daemon_id,

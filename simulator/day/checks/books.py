@@ -260,15 +260,22 @@ def _evacuations(evs: list[dict[str, Any]]) -> list[Evacuation]:
 def _check_own_refund(run: Run, inv: Invariant, site: str, e: dict[str, Any], charge: dict[str, Any] | None,
                       access: dict[str, Any] | None, entries: dict[str, list[datetime]],
                       refunded: set[tuple[str, int]]) -> None:
-    """A refund the gate gave by itself once its lost events came back (rules/recheck.py):
-    of its own walk-in charge, in full, once, of a member it shows free — an entry within
-    the gate's re-entry grace before the charge (or an evacuation: not recomputed here)."""
+    """A refund the gate gave by itself once its lost events came back, or the earlier events
+    of another daemon of the site it had not heard when it charged (rules/recheck.py): of its
+    own walk-in charge — or booking charge, the booking attended at another daemon before —
+    in full, once, of a member it shows free: an entry within the gate's re-entry grace
+    before the charge (or an evacuation: not recomputed here)."""
     member = e.get("member")
-    if (charge is None or charge["_daemon"] != e["_daemon"] or charge.get("cause") != "walk_in"
+    booked_before = charge is not None and charge.get("cause") == "booking" and any(
+        a["type"] == "attendance" and a.get("status") == "attended" and a.get("booking") == charge.get("booking")
+        and a["_daemon"] != charge["_daemon"] and instant(a["at"]) < instant(charge["at"])
+        for a in run.events.get(site, []))
+    if (charge is None or charge["_daemon"] != e["_daemon"] or (charge.get("cause") != "walk_in" and not booked_before)
             or charge.get("member") != member or charge.get("pass") != e.get("pass")
             or Decimal(str(e["amount"])) != -Decimal(str(charge["amount"]))
             or (charge["_daemon"], charge["seq"]) in refunded):
-        inv.fail(f"a refund by {e['_daemon']} ({e.get('because')}) that is not once, in full, of its own walk-in",
+        inv.fail(f"a refund by {e['_daemon']} ({e.get('because')}) that is not once, in full, of its own walk-in "
+                 "(or of a booking used at another daemon before)",
                  site=site, at=e["at"], member=member, detail={"refunds": e.get("refunds")})
         return
     refunded.add((charge["_daemon"], charge["seq"]))
