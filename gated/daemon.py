@@ -610,7 +610,7 @@ class Daemon:
 
 def _history_repair(ev: Event, daemon_id: str) -> str | None:
     """What a committed event repaired of the taps decided while our lost events were
-    missing (Ledger.recheck_gap), for the metric; None: nothing of that."""
+    missing (sync/store/repairs.py), for the metric; None: nothing of that."""
     if ev.get("type") == "deduction" and ev.get("cause") == "refund" and ev.get("because"):
         return "refund"
     kind = ev.get("kind") if ev.get("type") == "alarm" else None

@@ -892,7 +892,7 @@ def test_unrecorded_exits_take_no_more_off_the_count_than_came_in_before_them(tm
     assert unrecorded_exits.last_at("[]") is None
 
 
-# -- charges decided before the site's earlier events were heard (Ledger.recheck_heard) ----------
+# -- charges decided before the site's earlier events were heard (sync/store/repairs.py) ----------
 
 GRACE_IN1, GRACE_IN2 = replace(IN1, reentry_grace=timedelta(hours=2)), replace(IN2, reentry_grace=timedelta(hours=2))
 

@@ -75,7 +75,7 @@ class StorePort:
 
     def set_gates(self, gates: Mapping[str, Gate]) -> None:
         """The gates' rules, for the recheck of what was decided while our lost events
-        were missing (Ledger.recheck_gap)."""
+        were missing (sync/store/repairs.py)."""
         self.store.set_gates(gates)
 
     def own_history_gap(self) -> tuple[int, int] | None:

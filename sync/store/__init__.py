@@ -14,7 +14,8 @@ sync link hold; it is a façade over the modules below, one concern each:
 | `outbox.py` | the numbered events (gap-free `seq`), acks, pruning |
 | `sent_mark.py`, `numbering.py` | the last seq that left the gate, kept beside the ledger; a ledger without it holds its events until the central system says how far it got |
 | `own_history.py`, `lost_part.py` | a lost ledger's own events, asked back from the central system; the no-shows they may bear on, held meanwhile |
-| `history_recheck.py` | the taps decided while those events were missing, read for rules/recheck.py once they are back (the repairs: Ledger.recheck_gap) |
+| `history_recheck.py` | the taps decided while those events were missing, read for rules/recheck.py once they are back (the repairs: repairs.py) |
+| `repairs.py` | what the gate repairs once it learns what it did not know when it charged: its own lost events back, another daemon's earlier events (rules/recheck.py decides) |
 | `meta.py`, `audit.py` | named values; the audit log |
 | `rows.py`, `batch.py`, `search_text.py` | the one mapping between records and table rows; a sync's records; the desk's search text |
 | `replica.py` | members, cards, passes, bookings: reads, applying syncs |

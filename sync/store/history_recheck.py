@@ -1,6 +1,6 @@
 """The taps this daemon decided while its own history of the day was missing, read from the
 ledger for rules.recheck once the history is back (sync/store/own_history.py; the repairs
-are Ledger.recheck_gap's, in the transaction that records the last chunk).
+are repairs.recheck_gap's, in the transaction that records the last chunk).
 
 Which taps: this daemon's access events numbered after the lost range (`Wanted.to_seq`).
 Every event of the new box is above it — those it took while its numbering was unsure too

@@ -20,11 +20,12 @@ the site's previous worker said it had settled, gated/knowledge.py) is not its t
 walked or listed; and while its own events of a lost ledger are wanted,
 the classes they may bear on wait in `due_recheck` (`LostPart`).
 
-About 890 lines: every change here reads and writes the same few tables under the same
+About 1,050 lines: every change here reads and writes the same few tables under the same
 rules (one transaction, its events, the replica's ids), so they stay side by side — the
 desk's refunds and the fees given back beside the charges they undo, the no-show walk
-beside the outcomes it reads; the grant intents, the peers' events, occupancy and what a
-lost ledger held (lost_part.py), which have tables or a question of their own, are not.
+beside the outcomes it reads; the grant intents, the peers' events, occupancy, what a
+lost ledger held (lost_part.py) and what the gate repairs once it learns what it did not
+know (repairs.py), which have tables or a question of their own, are not.
 """
 
 from __future__ import annotations
@@ -36,16 +37,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from rules import recheck
 from rules.decide import ZonePresence
 from rules.model import Booking, Direction, Gate, Policy
 from rules.model import Site as SiteModel
 from rules.reasons import Reason
 from rules.schedule import NoShowHorizon, WorkKind, due_work, no_show_fee
 from rules.tap import Tap
-from rules.timeutil import iso_utc, local_date, parse_instant_once, start_of_local_day
+from rules.timeutil import iso_utc, local_date, start_of_local_day
 from sync.errors import StoreError
 from sync.store import (
     desk_requests,
@@ -55,6 +54,7 @@ from sync.store import (
     own_history,
     peer_events,
     refunds_wanted,
+    repairs,
     unconfirmed,
     unrecorded_exits,
 )
@@ -293,29 +293,13 @@ class Ledger:
                 direction = Direction.OUT if decision.reason == Reason.EXIT else Direction.IN
                 self.record_passage(decision.member, gate.zone, direction, now, gate.id)
             if intent is not None and tap.intent_at is not None:
-                self._recheck_at_commit(tx, now, intent, tap.intent_at, int(access_event["seq"]))
+                repairs.recheck_at_commit(self, tx, now, intent, tap.intent_at, int(access_event["seq"]))
             if request is not None:
                 if decision.granted:
                     desk_requests.done(self.conn, request, tx.committed.events, now)
                 else:
                     desk_requests.forget(self.conn, request)
         return tx.committed
-
-    def _recheck_at_commit(self, tx: Transaction, now: datetime, intent: int, written: datetime, seq: int) -> None:
-        """Inside the commit of a grant: decided while our lost events were missing and
-        committed after they came back, it is rechecked now (history_recheck.LATE_KEY)."""
-        pending = history_recheck.late(self.conn)  # a meta look-up; only grants with an intent
-        if pending is None:
-            return
-        w, grants = pending
-        rest = [g for g in grants if g != [intent, ts(written)]]
-        if len(rest) == len(grants):
-            return
-        if rest:
-            tx.set_meta(own_history.LATE_KEY, history_recheck.late_json(w, rest))
-        else:
-            tx.delete_meta(own_history.LATE_KEY)
-        self.recheck_gap(tx, now, w, only=seq)
 
     def commit_override(
         self, gate: Gate, operator: str, reason: str, now: datetime, *, passed: bool = True,
@@ -631,7 +615,7 @@ class Ledger:
             if attended:  # a no-show of ours one of them attended after all
                 self.give_back_no_show_fees(tx, now or datetime.now(UTC), attended)
             if since and self.gates:
-                found = self.recheck_heard(tx, now or datetime.now(UTC), since, events)
+                found = repairs.recheck_heard(self, tx, now or datetime.now(UTC), since, events)
                 if found:
                     seen["charges_given_back"] = found
             charged = {str(e["pass"]) for e in events if e.get("type") == "deduction" and e.get("pass")}
@@ -703,7 +687,7 @@ class Ledger:
                 # what was decided without them, decided again now that the day is known:
                 # in this transaction, so once (rules.recheck, sync/store/history_recheck.py)
                 if still and not expired:  # never back whole: what is known may be half the day
-                    seen.update(self.recheck_gap(tx, now or datetime.now(UTC), wanted))
+                    seen.update(repairs.recheck_gap(self, tx, now or datetime.now(UTC), wanted))
                     # grants decided without them whose members are still in the turnstile:
                     # rechecked at their commit (sync/store/history_recheck.py)
                     grants = history_recheck.open_grants(self.conn)
@@ -721,89 +705,6 @@ class Ledger:
                         refunds_wanted.drop(self.conn, w.booking_id)
                         self._unsettled(tx, at, w, f"this gate's own events from before {iso_utc(wanted.since)} "
                                         "never came back from the central system", [self.daemon_id])
-        return seen
-
-    def recheck_heard(self, tx: Transaction, now: datetime, since: dict[str, datetime],
-                      events: list[dict[str, Any]]) -> int:
-        """Inside the transaction that records another daemon's events: this daemon's
-        charges of the members they let in, decided after those entries and so without them
-        (a restart, a split of the site's network), decided again on the day now known
-        (rules.recheck): a walk-in they make a free re-entry, or a booking they show used
-        already, given back — once (a charge given back is not rechecked again). Returns
-        how many. Charges only: the site's QR codes have their own claims, and hard
-        anti-passback at two turnstiles that had not heard each other is the member in."""
-        attended: dict[str, datetime] = {}
-        for e in events:
-            if e.get("type") == "attendance" and e.get("status") == "attended" and isinstance(e.get("booking"), str) \
-                    and isinstance(e.get("member"), str):
-                try:
-                    at = parse_instant_once(str(e.get("at")), ZoneInfo("UTC"))
-                except ValueError:
-                    continue
-                booking = str(e["booking"])
-                attended[booking] = min(attended.get(booking, at), at)
-                member = str(e["member"])
-                since[member] = min(since.get(member, at), at)
-        taps = history_recheck.charged_since(self.conn, self.daemon_id, since)
-        if not taps:
-            return 0
-        found = [f for f in recheck.recheck(taps, history_recheck.heard_day(self.conn, taps, attended), self.gates,
-                                            self.site) if f.remedy is recheck.Remedy.REFUND]
-        for f in found:
-            self._give_back(tx, now, f, "heard_refund")
-        return len(found)
-
-    def _give_back(self, tx: Transaction, now: datetime, f: recheck.Finding, action: str) -> None:
-        """A charge the rules would not have taken (a recheck's finding), given back as the
-        desk's refund of a walk-in is: a `deduction`, cause `refund`, naming it and why."""
-        t, c = f.tap, f.tap.charge
-        if c is None:
-            return
-        gate = self.gates[t.gate]
-        refund = self.deduct(
-            tx, now, pass_id=c.pass_id, member_id=t.member, amount=-c.amount, booking_id=None,
-            cause="refund", zone=gate.zone, gate=t.gate, refunded_seq=c.seq,
-            refunds={"daemon": self.daemon_id, "seq": c.seq}, because=f.why.value,
-        )
-        peer_events.mark_refunded(
-            self.conn, peer_events.Charge(self.daemon_id, c.seq, c.pass_id, c.amount, ts(t.decided_at), True),
-            (self.daemon_id, int(refund["seq"]), ts(now)))
-        tx.audit(now, "gate", action, {
-            "member": t.member, "pass": c.pass_id, "gate": t.gate, "because": f.why.value,
-            "refunds": [self.daemon_id, c.seq], "cause": c.cause})
-
-    def recheck_gap(
-        self, tx: Transaction, now: datetime, wanted: own_history.Wanted, only: int | None = None,
-    ) -> dict[str, int]:
-        """Inside the transaction that records the last of our lost events: the taps this
-        daemon decided while they were missing, decided again against the day now known
-        (rules.recheck), and each finding repaired as an event — a walk-in the history
-        shows free given back (a `deduction`, cause `refund`, naming the charge and
-        `because`), a QR code it shows used already (`qr_double_use`), an entry hard
-        anti-passback would have refused (`anti_passback_missed`, for the desk). Counts
-        by what was done. `only`: that access event alone (a grant committed after them)."""
-        taps = history_recheck.gap_taps(self.conn, self.daemon_id, wanted, only)
-        found = recheck.recheck(taps, history_recheck.known_day(self.conn, wanted, taps), self.gates, self.site)
-        seen = {"rechecked": len(taps)} if taps else {}
-        for f in found:
-            t, since = f.tap, iso_utc(f.since) if f.since is not None else "?"
-            key = "refunded" if f.remedy is recheck.Remedy.REFUND else f.remedy.value
-            seen[key] = seen.get(key, 0) + 1
-            if f.remedy is recheck.Remedy.REFUND and t.charge is not None:
-                self._give_back(tx, now, f, "history_refund")
-            elif f.remedy is recheck.Remedy.QR_DOUBLE_USE:
-                tx.emit("alarm", now, gate=t.gate, kind="qr_double_use", member=t.member, token=t.token,
-                        other=self.daemon_id,
-                        detail=f"{t.member}'s QR code let in at {t.gate} at {iso_utc(t.decided_at)} had been used "
-                               f"here at {since}, by this gate's lost ledger (its events came back from the central "
-                               "system after the tap)")
-            elif f.remedy is recheck.Remedy.ANTI_PASSBACK_MISSED:
-                charged = (f"; charged {amount_json(t.charge.amount)} on pass {t.charge.pass_id} (event "
-                           f"{t.charge.seq}), left to the desk" if t.charge is not None else "")
-                tx.emit("alarm", now, gate=t.gate, kind="anti_passback_missed", member=t.member,
-                        detail=f"{t.member} was let in at {t.gate} at {iso_utc(t.decided_at)} while inside since "
-                               f"{since}, by this gate's lost ledger (its events came back from the central system "
-                               f"after the tap): hard anti-passback would have refused the entry{charged}")
         return seen
 
     def check_overdraft(self, tx: Transaction, pass_id: str, now: datetime) -> None:

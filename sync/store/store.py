@@ -655,7 +655,7 @@ class Store:
 
     def set_gates(self, gates: Mapping[str, Gate]) -> None:
         """The gates' rules: the taps decided while this daemon's own history of the day
-        was missing are decided again by them when it comes back (Ledger.recheck_gap)."""
+        was missing are decided again by them when it comes back (sync/store/repairs.py)."""
         self.gates = dict(gates)
         self.ledger.gates = self.gates
 
