@@ -3,7 +3,7 @@ the control socket and the console, in one asyncio loop.
 
 This module wires the parts and owns their lifetimes — start and stop in one place, in
 their order (outputs locked before any reader; readers stopped before the store), which
-is why it is about 600 lines. The path of a tap is in
+is why it is about 650 lines. The path of a tap is in
 gated/taps.py (decide, admit, durable intent, relay, commit: nothing opens that cannot be
 recorded); lockdown, emergency release and the fire input in gated/safety.py; the health
 of the store, its retries and backups in gated/storage_watch.py.

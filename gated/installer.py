@@ -5,6 +5,9 @@ screwdriver in the other hand, and returns the command's exit status.
 They open the boards themselves, so the daemon should not be running (an RS-485 port can
 be opened once); each says so when it is. `gated relay` and `gated monitor` go through
 the running daemon instead.
+
+About 500 lines: the installer's commands share the opening of a board, its answers and the
+printing of what was found; each command is a short function over them.
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from gated.storage_watch import backup
+    from gated.store_checks import backup
 
     db = _store_path(args)
     try:
@@ -218,7 +218,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         return 0
     with kept_by_owner(db.parent):
         if args.keep_copy:
-            from gated.storage_watch import backup
+            from gated.store_checks import backup
 
             copy = db.with_name(f"{db.name}.{args.keep_copy}")
             try:

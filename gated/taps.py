@@ -22,6 +22,9 @@ pulsed and done by the commit: a retry of it never opens or charges again.
 A tap travels as one immutable value (rules.tap.Tap), each step returning the next; every
 read and write of the store goes through the Engine; what the site's safety allows at the
 relay is rules.admission.plan_release, asked by the gate controller itself.
+
+About 500 lines: the path of a tap from the reader to the answer, in the order it happens,
+with every failure on it handled where it happens (nothing opens that cannot be recorded).
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ Model: when the coil makes the turnstile unlocked, one rotation is armed. The ne
 (from a scripted queue, or the default behaviour) turns it after `delay` seconds, or not at
 all. A rotation opens the door contact, pulses the passage input for `passage_pulse`
 seconds, and closes the door `hold_door` seconds after the rotation ends.
+
+About 520 lines: the board's Modbus server and the person who turns the turnstile are one
+simulated device; its registers are what the person and the daemon both touch.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ counted. `docs/schemas/` holds the JSON Schemas generated from these models
 (`python -m sync.protocol` rewrites them, a test checks they match).
 
 Topics are in sync/topics.py; the event bodies inside an event batch in sync/events.py.
+
+About 520 lines: the whole wire contract in one file, each payload's model with its
+field descriptions (the generated schemas' text) — what a central system's author reads.
 """
 
 from __future__ import annotations

@@ -185,7 +185,7 @@ def in_step(central: Central, store: Any, link: SyncLink) -> bool:
 async def backed_up_gate(central: Central, mosquitto: Mosquitto, db: Path, now: Any) -> dict[str, Any]:
     """A gate that took ten walk-ins, was backed up (`<db>.backup`), took ten more, each
     batch applied at the central system; closed. Its last seq and balances."""
-    from gated.storage_watch import backup
+    from gated.store_checks import backup
 
     store = make_store(db, "gate-a")
     link = SyncLink(store, settings_for(mosquitto, "gate-a"), now=now, gates=GATES)

@@ -29,7 +29,7 @@ Error contract for the daemon:
   (OutputUncertain) may have happened: it is not raised but watched, and ends UNKNOWN
   unless the board answers again and shows the passage or its absence.
 
-About 600 lines: this is the one owner of a gate's relay and inputs (lifecycle, releases,
+About 680 lines: this is the one owner of a gate's relay and inputs (lifecycle, releases,
 the poller, the fire-alarm, lockdown and hand holds). What it decides lives elsewhere, in
 sans-I/O parts: grant.py, plan.py, the door supervisor, rules.admission. Splitting the
 shell itself would give the relay two owners.

@@ -4,6 +4,11 @@ Health is tracked per output: any failed request marks it offline and starts a b
 reconnect with backoff. The desired coil level is remembered, and re-written as soon as the
 board answers again, so a pulse that ended or a fire-alarm release issued while the board was
 unreachable is never lost.
+
+About 650 lines: one board's whole conversation — the requests, each answer checked against
+its request (function, count, echoed address and value), the retries, the coil's read-back,
+the health and the reconnect — is one state, and splitting it would pass that state around.
+The line's timing and turns are in bus.py, the links in links.py, the plan in plan.py.
 """
 
 from __future__ import annotations

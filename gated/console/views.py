@@ -3,6 +3,9 @@
 Reads that may scan (member search, the audit log, the loyalty report) run in a worker
 thread on a read-only connection of their own, so a search over 100,000 members never
 stalls a tap in the event loop. Small indexed look-ups use the store's connection.
+
+About 520 lines: each page's shape of the read models, one method a page; the queries
+themselves are in sync/store/read_models.py.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ It reaches the store and the snapshot import only through its port (sync/link/po
 `SyncLink.port`). The parts of the shell with state of their own are beside it:
 answering the site's other daemons' catch-up requests (catch_up.py), a QR code's contest
 across the site (qr_contest.py), live look-ups of unknown cards (lookups.py); the
-aiomqtt client for one broker in client.py. What is left here (~520 lines) is the
+aiomqtt client for one broker in client.py. What is left here (~630 lines) is the
 connection loop and the performer of each of the session's actions, which share the
 client and the connection's state (its tasks, the ready flag, the snapshot being built).
 """

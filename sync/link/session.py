@@ -24,7 +24,7 @@ What it guarantees (docs/protocol.md has the why):
   replica's: behind it for `head_grace` (a delta lost on the way, a bridge that kept no
   session) asks for the deltas missed (resync `behind`), at most every `resync_retry`.
 
-One module of ~1,000 lines, like h11's `_connection.py`: one state machine whose parts
+One module of ~1,170 lines, like h11's `_connection.py`: one state machine whose parts
 (uplink and acks, resyncs, deltas and snapshots, look-ups, the site's other daemons)
 read and change the same connection state — the seqs, the connection and the central
 system's status, the stats, the notes for the shell; split, each part would reach into

@@ -13,7 +13,7 @@ with the new `schema_version` in `meta`. A database newer than this code is refu
 (StoreError), never silently downgraded. Version 1 kept the replica inside the ledger
 file; migration 6 moves it out (see `_migration_6`).
 
-About 500 lines, as the history of the file format is: every migration since version 1
+About 570 lines, as the history of the file format is: every migration since version 1
 stays, in order, so any store a site still has upgrades in place.
 """
 
