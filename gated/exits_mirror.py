@@ -78,7 +78,7 @@ class ExitsMirror:
             log.error("exits_mirror_unreadable", path=str(self.path), error=str(e))
             return {}
         try:
-            found = parse(raw)
+            found = parse(raw, self.daemon_id)
         except ValueError as e:
             log.error("exits_mirror_damaged", path=str(self.path), error=str(e))
             try:
@@ -91,14 +91,19 @@ class ExitsMirror:
         return found
 
 
-def parse(raw: bytes) -> dict[str, Mirrored]:
-    """The file's content, checked: a size, a number of gates, counts and instants in range."""
+def parse(raw: bytes, daemon_id: str | None = None) -> dict[str, Mirrored]:
+    """The file's content, checked: a size, a number of gates, counts and instants in range,
+    and, given `daemon_id`, written by that daemon (another's exits are not ours to report:
+    a daemon id changed, two daemons sharing a runtime directory)."""
     if len(raw) > MAX_BYTES:
         raise ValueError(f"larger than {MAX_BYTES} bytes")
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"not JSON: {e}") from None
+    if daemon_id is not None and (not isinstance(doc, dict) or doc.get("daemon") != daemon_id):
+        raise ValueError(f"written by daemon {str(doc.get('daemon') if isinstance(doc, dict) else None)[:100]!r}, "
+                         f"not {daemon_id!r}")
     gates = doc.get("gates") if isinstance(doc, dict) else None
     if not isinstance(gates, dict) or len(gates) > MAX_GATES:
         raise ValueError("no `gates` object of at most 256 gates")

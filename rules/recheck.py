@@ -167,11 +167,17 @@ def recheck(taps: Iterable[GapTap], day: KnownDay, gates: Mapping[str, Gate], si
     """Every tap of the gap decided again, in order; a tap at a gate not configured (its
     rules unknown) stands."""
     out = []
+    given: set[int] = set()  # charges given back: each once, whichever taps name it
     for tap in taps:
         gate = gates.get(tap.gate)
         found = recheck_tap(tap, day, gate, site) if gate is not None else None
-        if found is not None:
-            out.append(found)
+        if found is None:
+            continue
+        if found.remedy is Remedy.REFUND and found.tap.charge is not None:
+            if found.tap.charge.seq in given:
+                continue
+            given.add(found.tap.charge.seq)
+        out.append(found)
     return tuple(out)
 
 

@@ -57,3 +57,10 @@ def test_any_bytes_are_read_or_refused_with_a_reason(raw: bytes) -> None:
         return
     for gate, m in found.items():
         assert isinstance(gate, str) and m.count > 0 and m.first <= m.last
+
+
+def test_another_daemons_file_is_set_aside_not_taken_for_ours(tmp_path: Path) -> None:
+    path = tmp_path / "exits.json"
+    ExitsMirror(path, "door-1").write({"out-1": Mirrored(4, T0, T0)})
+    assert ExitsMirror(path, "door-2").read() == {}
+    assert not path.exists() and path.with_name("exits.json.bad").exists()

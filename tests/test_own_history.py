@@ -664,3 +664,22 @@ def test_a_grant_decided_before_the_history_came_and_committed_after_is_rechecke
     store.commit_tap(store.open_intent(tap_of(GRACE, d, later), later), passed=True, now=later)
     assert len(refunds(store)) == 1
     store.close()
+
+
+def test_a_booking_the_old_box_let_her_in_on_charged_again_at_the_new_box_is_given_back(tmp_path: Path) -> None:
+    """A review's probe: the old box let Ana in on b9 at 11:48 (lost); the new box, at 11:55,
+    lets her in on b9 again and charges it again. The history back, b9 was attended and
+    11:55 a free re-entry (within the grace): the booking's charge given back."""
+    store = without_mark(tmp_path / "g.db", applied=2)
+    store.apply_sync(SyncBatch(bookings=[spin("b9", at(12), at(12, 45))]), at(9))
+    store.hold_unsure()
+    store.settle_numbering(2, at(11, 50))
+    store.set_gates({"in-1": GRACE})
+    w = store.own_history_wanted()
+    assert w is not None
+    charged = gap_tap(store, GRACE, at(11, 55))
+    acc = next(e for e in charged if e["type"] == "access")
+    charge = [e for e in charged if e["type"] == "deduction"]
+    assert (acc["reason"], acc["booking"]) == ("booking", "b9") and len(charge) == 1, charged
+    store.record_own_history(w, ana_came(1, "b9", at(11, 48)), ZONES, True, now=at(12, 5))
+    assert [r[2] for r in refunds(store)] == [charge[0]["seq"]]

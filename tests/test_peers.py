@@ -939,3 +939,63 @@ def test_a_walk_in_charged_within_the_grace_of_an_entry_at_a_peer_not_yet_heard_
     _, first = tap(in2b, GRACE_IN2, at(7, 0))
     tap(in1b, GRACE_IN1, at(9, 30))
     assert "charges_given_back" not in share(in2b, in1b, first.events, {"in-2": "main"})
+
+
+def test_a_due_charge_is_not_given_back_for_another_zones_free_entry_just_before_it(tmp_path: Path) -> None:
+    """A review's probe: the pool walk-in at 07:00, the pool again at 07:05 (free), the gym
+    at 07:06 (charged, due). The gym charge follows its own access event; the free pool
+    entry before it is another tap — never taken for the charge's, so nothing heard of an
+    entry at 06:00 (past the gym's grace) gives the gym charge back."""
+    pool = Gate("pool-1", "pool", reentry_grace=timedelta(hours=1))
+    gym, peer = replace(GRACE_IN1, reentry_grace=timedelta(hours=1)), replace(GRACE_IN2, reentry_grace=timedelta(hours=1))
+    in2, in1 = site_store(tmp_path, "s1-in-2"), site_store(tmp_path, "s1-in-1")
+    for s in (in1, in2):
+        s.set_gates({"in-1": gym, "in-2": peer, "pool-1": pool})
+    _, entered = tap(in2, peer, at(6, 0))
+    tap(in1, pool, at(7, 0))
+    _, free = tap(in1, pool, at(7, 5))
+    _, gym_charge = tap(in1, gym, at(7, 6))
+    assert [e["type"] for e in free.events] == ["access"] and [e["type"] for e in gym_charge.events] == [
+        "access", "deduction"]
+    seen = share(in2, in1, entered.events, {"in-2": "main"})
+    assert "charges_given_back" not in seen
+    assert not [e for e in in1.events_after(gym_charge.events[-1]["seq"]) if e.get("cause") == "refund"]
+
+
+def test_a_charge_decided_before_a_peer_was_heard_and_committed_after_is_given_back(tmp_path: Path) -> None:
+    """A review's probe: Ana in the turnstile at in-1 (its intent open) as in-2's catch-up
+    arrives with her entry of 08:00: her 08:40 walk-in is rechecked at its commit."""
+    in2, in1 = graced_stores(tmp_path)
+    _, first = tap(in2, GRACE_IN2, at(8, 0))
+    now = at(8, 40)
+    d = decide(in1.view("m1", GRACE_IN1, now), Presented(CredentialKind.CARD), GRACE_IN1, SITE, POLICY, now)
+    assert d.amount == 1
+    pending = in1.open_intent(tap_of(GRACE_IN1, d, now), now)
+    in1.record_peer_events("s1-in-2", first.events, {"in-2": "main"}, None, now + timedelta(seconds=1))
+    committed = in1.commit_tap(pending, passed=True, now=now + timedelta(seconds=2))
+    assert [(e["type"], e.get("cause"), e.get("because")) for e in committed.events if e["type"] == "deduction"] == [
+        ("deduction", "walk_in", None), ("deduction", "refund", "reentry_grace")]
+    assert in1.balance("p1") == Decimal(9)
+
+
+async def test_a_walk_in_charged_before_a_peers_evacuation_was_heard_is_given_back(tmp_path: Path) -> None:
+    """A review's probe: in-2's fire alarm at 07:30, not heard at in-1 (a split); Ana, in at
+    07:00, is back at 09:30 (past the 2 h grace) and charged a walk-in. The alarm arrives
+    alone: her visit was cut short by it, the re-entry free — the charge given back."""
+    in2, in1 = graced_stores(tmp_path)
+    tap(in1, GRACE_IN1, at(7, 0))
+
+    async def alarm(kind: str, detail: str) -> None:
+        pass
+
+    fire = Safety(in2, {}, lambda: at(7, 30), alarm)
+    await fire.fire_input_read(True)
+    fire.clock = lambda: at(8, 0)
+    await fire.fire_input_read(False)
+    raised = [e for e in in2.outbox.events_after(0) if e["type"] == "fire_alarm"]
+    d, _ = tap(in1, GRACE_IN1, at(9, 30))
+    assert d.reason == Reason.WALK_IN and in1.balance("p1") == Decimal(8)
+    seen = share(in2, in1, raised, {"in-2": "main"})
+    assert seen.get("charges_given_back") == 1, seen
+    assert in1.balance("p1") == Decimal(9)
+    assert "charges_given_back" not in share(in2, in1, raised, {"in-2": "main"})

@@ -128,3 +128,10 @@ def test_presence_at_reads_only_what_came_before() -> None:
     day = KnownDay((went(IN, at(9)), went(OUT_, at(9, 30)), went(IN, at(10))), evacuations=(at(8), at(9, 45)))
     p = presence_at(day, "m1", "main", at(9, 40))
     assert (p.last_at, p.last_direction, p.last_entry_at, p.evacuated_at) == (at(9, 30), OUT_, at(9), at(8))
+
+
+def test_one_charge_named_by_two_taps_is_given_back_once() -> None:
+    """Whatever the shell pairs with a charge, a charge is given back once."""
+    day = KnownDay(IN_AND_OUT)
+    a, b = GapTap(10, "in-1", "m1", at(10), None, WALK_IN), GapTap(12, "in-1", "m1", at(10, 5), None, WALK_IN)
+    assert recheck([a, b], day, GATES, SITE) == (Finding(a, Remedy.REFUND, Why.REENTRY_GRACE, at(9)),)

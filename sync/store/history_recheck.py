@@ -73,7 +73,8 @@ def gap_taps(conn: sqlite3.Connection, daemon: str, w: Wanted, only: int | None 
         token = b.get("token") if isinstance(b.get("token"), str) else None
         charge = (Charge(int(seq) + 1, str(pass_id), Decimal(str(amount)), str(cause))
                   if pass_id is not None and open_charge else None)
-        out.append(GapTap(int(seq), str(gate), str(member), decided, token, charge))
+        booking = b.get("booking") if isinstance(b.get("booking"), str) else None
+        out.append(GapTap(int(seq), str(gate), str(member), decided, token, charge, booking))
     return out
 
 
@@ -112,20 +113,44 @@ def known_day(conn: sqlite3.Connection, w: Wanted, taps: list[GapTap]) -> KnownD
         when = _instant(at)
         if isinstance(token, str) and when is not None and (token not in used or when < used[token]):
             used[token] = when
+    # the bookings the lost part let members in on: one let in on again here paid twice
+    attended: dict[str, datetime] = {}
+    for at, body in conn.execute(
+        "SELECT at, body FROM main.events WHERE seq BETWEEN ? AND ? AND type = 'attendance'", (w.from_seq, w.to_seq),
+    ):
+        try:
+            b = json.loads(body)
+        except ValueError:
+            continue
+        when = _instant(at)
+        if isinstance(b, dict) and b.get("status") == "attended" and isinstance(b.get("booking"), str) and when:
+            attended[b["booking"]] = min(attended.get(b["booking"], when), when)
     evacuations = tuple(s for s, _ in evacuation.spans_of(conn) if s >= start)
-    return KnownDay(tuple(passages), used, evacuations)
+    return KnownDay(tuple(passages), used, evacuations, attended)
 
 
-def charged_since(conn: sqlite3.Connection, daemon: str, since: Mapping[str, datetime]) -> list[GapTap]:
+def charged_since(conn: sqlite3.Connection, daemon: str, since: Mapping[str, datetime],
+                  everyone_after: datetime | None = None) -> list[GapTap]:
     """This daemon's entries that charged the member after `since[member]` — what another
     daemon of the site did then was not heard here when they were decided (it is being
     recorded now) — each with its charge, if nobody has given it back (the desk may have).
-    Through the deductions' index by member: a peer's batch costs a look-up per member."""
+    Through the deductions' index by member: a peer's batch costs a look-up per member.
+    `everyone_after`: every member charged after it too (an evacuation heard late, which
+    bears on everyone inside: a scan of the charges since, once per fire alarm heard)."""
+    since = dict(since)
+    if everyone_after is not None:
+        for (member,) in conn.execute(
+            "SELECT DISTINCT member_id FROM main.deductions WHERE cause IN ('walk_in', 'booking') AND at > ? "
+            "AND refunded_by IS NULL AND member_id IS NOT NULL", (ts(everyone_after),),
+        ):
+            since[str(member)] = min(since.get(str(member), everyone_after), everyone_after)
     out = []
     for member, after in sorted(since.items()):
         rows = conn.execute(
             "SELECT e.seq, e.at, e.gate, e.body, d.seq, d.pass_id, d.amount, d.cause, d.booking_id "
-            "FROM main.deductions d JOIN main.events e ON e.seq BETWEEN d.seq - 2 AND d.seq - 1 "
+            # a tap's charge follows its access event at once (Ledger.commit_tap): seq - 1,
+            # never further back — that would be another tap of the member's (a free one)
+            "FROM main.deductions d JOIN main.events e ON e.seq = d.seq - 1 "
             "AND e.type = 'access' AND e.member_id = d.member_id "
             "WHERE d.member_id = ? AND d.cause IN ('walk_in', 'booking') AND d.at > ? AND d.refunded_by IS NULL "
             "AND NOT EXISTS (SELECT 1 FROM main.site_refunds r WHERE r.daemon = ? AND r.seq = d.seq) ORDER BY d.seq",

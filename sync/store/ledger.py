@@ -115,6 +115,9 @@ class Ledger:
         # the gates' rules (the link sets them): the taps decided while the history of the
         # day was missing are decided again by them (recheck_gap); a gate not here stands
         self.gates: dict[str, Gate] = {}
+        # when another daemon's entries, attendances or fire alarm were last recorded (the
+        # daemon's clock): a charge decided before and committed after is rechecked at its commit
+        self.heard_at: datetime | None = None
         self._collisions_said: set[tuple[str, int, float]] = set()  # numbering_collision, once a run each
 
     # -- the steps a commit is made of (inside a transaction) -----------------------------
@@ -292,6 +295,11 @@ class Ledger:
                         self.attend(tx, now, booking, "gate", gate.id)
                 direction = Direction.OUT if decision.reason == Reason.EXIT else Direction.IN
                 self.record_passage(decision.member, gate.zone, direction, now, gate.id)
+            if (went_through and decision.amount and decision.member and self.heard_at is not None
+                    and self.heard_at > tap.decided_at):
+                # another daemon's events recorded while the member was in the turnstile: what
+                # they say was not known when this charge was decided (repairs.recheck_heard)
+                repairs.recheck_charges(self, tx, now, {decision.member: tap.decided_at - timedelta(seconds=1)}, {})
             if intent is not None and tap.intent_at is not None:
                 repairs.recheck_at_commit(self, tx, now, intent, tap.intent_at, int(access_event["seq"]))
             if request is not None:
@@ -614,7 +622,11 @@ class Ledger:
             ]
             if attended:  # a no-show of ours one of them attended after all
                 self.give_back_no_show_fees(tx, now or datetime.now(UTC), attended)
-            if since and self.gates:
+            relevant = since or any(e.get("type") in ("attendance", "fire_alarm") for e in events)
+            if relevant:  # a tap decided before it and committed after: rechecked then
+                heard = now or datetime.now(UTC)
+                self.heard_at = heard if self.heard_at is None else max(self.heard_at, heard)
+            if relevant and self.gates:
                 found = repairs.recheck_heard(self, tx, now or datetime.now(UTC), since, events)
                 if found:
                     seen["charges_given_back"] = found

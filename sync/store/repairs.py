@@ -57,18 +57,33 @@ def recheck_heard(ledger: Ledger, tx: Transaction, now: datetime, since: dict[st
     how many. Charges only: the site's QR codes have their own claims, and hard
     anti-passback at two turnstiles that had not heard each other is the member in."""
     attended: dict[str, datetime] = {}
+    evacuated: datetime | None = None
     for e in events:
-        if e.get("type") == "attendance" and e.get("status") == "attended" and isinstance(e.get("booking"), str) \
-                and isinstance(e.get("member"), str):
-            try:
-                at = parse_instant_once(str(e.get("at")), _UTC)
-            except ValueError:
-                continue
-            booking = str(e["booking"])
-            attended[booking] = min(attended.get(booking, at), at)
-            member = str(e["member"])
-            since[member] = min(since.get(member, at), at)
-    taps = history_recheck.charged_since(ledger.conn, ledger.daemon_id, since)
+        attendance = e.get("type") == "attendance" and e.get("status") == "attended" \
+            and isinstance(e.get("booking"), str) and isinstance(e.get("member"), str)
+        fire = e.get("type") == "fire_alarm" and e.get("active") is True
+        if not (attendance or fire):
+            continue
+        try:
+            at = parse_instant_once(str(e.get("at")), _UTC)
+        except ValueError:
+            continue
+        if fire:  # everyone's visit cut short: a re-entry after it free (rules.decide.evacuated)
+            evacuated = at if evacuated is None else min(evacuated, at)
+            continue
+        booking = str(e["booking"])
+        attended[booking] = min(attended.get(booking, at), at)
+        member = str(e["member"])
+        since[member] = min(since.get(member, at), at)
+    return recheck_charges(ledger, tx, now, since, attended, evacuated)
+
+
+def recheck_charges(ledger: Ledger, tx: Transaction, now: datetime, since: dict[str, datetime],
+                    attended: dict[str, datetime], evacuated: datetime | None = None) -> int:
+    """This daemon's charges of `since`'s members after their instants (and of everyone
+    after `evacuated`), decided again on what is known now; what they make undue given
+    back, once. Returns how many."""
+    taps = history_recheck.charged_since(ledger.conn, ledger.daemon_id, since, evacuated)
     if not taps:
         return 0
     found = [f for f in recheck.recheck(taps, history_recheck.heard_day(ledger.conn, taps, attended), ledger.gates,
@@ -133,4 +148,4 @@ def recheck_gap(
     return seen
 
 
-__all__ = ["give_back", "recheck_at_commit", "recheck_gap", "recheck_heard"]
+__all__ = ["give_back", "recheck_at_commit", "recheck_charges", "recheck_gap", "recheck_heard"]
