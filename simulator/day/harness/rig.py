@@ -43,7 +43,10 @@ SIMULATION_ENV = "GATED_SIMULATION"
 PERSON = Person(delay=0.08)  # people push the arm at once: a busy turnstile
 
 
-EXIT_COUNTER = 0  # the input register where an exit's board counts its passage pulses
+EXIT_COUNTER = 0  # the input register where a board counts its passage pulses
+# the boards that count them: the exit's, and one entry's — a site has both kinds of entry
+# board, one that tells what went through while its daemon was down and one that cannot
+COUNTING = ("out-1", "in-2")
 
 
 @dataclass
@@ -168,11 +171,12 @@ class Chain:
         }
         if direction == "in":
             g.update(anti_passback=spec.anti_passback, reentry_grace=spec.reentry_grace)
-        else:
-            # the exit's board counts its passage pulses (a DI counter): a fire drill sends the
-            # people inside through it back to back, a pulse every 0.15 s, and a reading held
-            # back that long on a loaded machine would lose one from the level alone (the
-            # documented limit, docs/hardware-outputs.md); the entries read the level
+        if gate in COUNTING:
+            # the board counts its passage pulses (a DI counter): a fire drill sends the
+            # people inside through the exit back to back, a pulse every 0.15 s, and a reading
+            # held back that long on a loaded machine would lose one from the level alone (the
+            # documented limit, docs/hardware-outputs.md); and what went through while the
+            # daemon was down is told at its start (gated/while_down.py). in-1 reads the level
             g["output"]["passage_counter"] = EXIT_COUNTER
         mqtt: dict[str, Any] = {
             "host": "127.0.0.1", "port": broker_port, "ack_timeout": self.settings.ack_timeout,
@@ -272,7 +276,7 @@ class Chain:
         d = daemon_id(spec.id, gate)
         sim = await self._stack.enter_async_context(
             SimTurnstile(transport="tcp", host="127.0.0.1", port=0, person=PERSON, passage_pulse=0.1,
-                         passage_counter=EXIT_COUNTER if gate == EXIT_GATE else None))
+                         passage_counter=EXIT_COUNTER if gate in COUNTING else None))
         sim.rotation_gap = 0.05
         reader = VirtualSerialReader(self.dir / "readers" / d)
         self._stack.callback(reader.close)
