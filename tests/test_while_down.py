@@ -163,3 +163,38 @@ def test_status_says_a_gate_without_a_counter_cannot_tell() -> None:
     watch = RotationsWhileDown(ctls, dict, Metrics(), lambda: datetime.now(UTC), lambda: True)
     assert watch.as_dict("in-1")["counted"] is False and "cannot be told" in watch.as_dict("in-1")["detail"]
     assert watch.as_dict("out-1") == {"counted": True, "board": BOARD, "compared": False}
+
+
+def test_the_days_rotation_invariant_counts_apart_what_a_level_board_cannot_tell() -> None:
+    """A rotation at a board that reads the level only, while its daemon was killed (the
+    harness's chaos span, until ready): nothing could record it — counted apart, no
+    violation. The same rotation after the daemon was ready, or at a counting board (which
+    should have said it), is still one."""
+    from datetime import UTC, datetime, timedelta
+    from typing import Any
+
+    from simulator.day.checks.dayrun import Daemon, Run
+    from simulator.day.checks.gates import check_rotations
+
+    t0 = datetime(2026, 11, 18, 8, 0, tzinfo=UTC)
+    kill = [{"n": 4, "kind": "kill_gate", "site": "s1", "gate": "in-1", "phase": "start", "real": 50.0,
+             "sim": iso_utc(t0 + timedelta(seconds=50))},
+            {"n": 4, "kind": "kill_gate", "site": "s1", "gate": "in-1", "phase": "end", "real": 58.0,
+             "sim": iso_utc(t0 + timedelta(seconds=58)), "ready_after_s": 2.0}]
+
+    def run(at_real: float, counting: bool) -> Any:
+        r = Run.__new__(Run)
+        r.speed, r.end, r.events = 1.0, t0 + timedelta(hours=1), {}
+        r.sim_of = lambda real: t0 + timedelta(seconds=real)  # type: ignore[method-assign]
+        output: dict[str, Any] = {"passage_counter": 0} if counting else {}
+        r.daemons = {"s1-in-1": Daemon("s1-in-1", "s1", IN1, {"gates": [{"id": "in-1", "output": output}]},
+                                       Path("/nonexistent"))}
+        r.harness = {"turnstiles": {"s1-in-1": {"rotations": 2, "rotation_real": [at_real, 900.0]}}, "chaos": kill}
+        r.by_daemon = {"s1-in-1": [{"type": "access", "decision": "granted", "passed": True,
+                                    "at": iso_utc(t0 + timedelta(seconds=901)), "seq": 1}]}
+        return r
+
+    ok = check_rotations(run(55.0, counting=False))
+    assert ok.violations == [] and ok.figures["per_gate"]["s1-in-1"]["while_down_level_only"] == 1
+    assert len(check_rotations(run(61.0, counting=False)).violations) == 1  # ready again: it should have seen it
+    assert len(check_rotations(run(55.0, counting=True)).violations) == 1  # a counter tells: it must say so
