@@ -26,6 +26,7 @@ from rules.credential import card_from_text
 from rules.reasons import Reason
 from rules.timeutil import load_zone, parse_instant
 from sync.records import (
+    LOYALTY_LIMIT,
     Amount,
     BookingIn,
     FieldError,
@@ -110,7 +111,8 @@ class MarkAttendedIn(Strict):
 
 class AdjustPointsIn(Strict):
     member: Id
-    points: int
+    # bounded as a booking's points are (the ledger's integers, a sum over a file's steps)
+    points: int = Field(ge=-LOYALTY_LIMIT, le=LOYALTY_LIMIT)
     operator: Id
     reason: str = ""
 
@@ -122,9 +124,24 @@ class TickIn(Strict):
 BookingOutcome = Literal["booked", "attended", "no_show", "cancelled"]
 
 
+def _contract_reason(v: Reason | None) -> Reason | None:
+    if v is not None and v not in CONTRACT_REASONS:
+        raise ValueError(f"{v.value!r} is not one of the contract's reason codes (SCENARIOS.md)")
+    return v
+
+
+# the reason codes a scenario can expect (SCENARIOS.md, "Reason codes"); the daemon's others
+# (lockdown, fire_alarm, storage_fault, ...) come from what a scenario cannot make happen
+CONTRACT_REASONS = frozenset(Reason(r) for r in (
+    "booking", "linked_booking", "walk_in", "reentry", "override", "exit", "unknown_card", "member_blocked",
+    "site_closed", "anti_passback", "too_early", "too_late", "booking_required", "pass_expired",
+    "pass_not_yet_valid", "zone_not_allowed", "outside_window", "no_balance", "no_pass", "invalid_qr", "qr_expired",
+    "qr_replayed"))
+
+
 class ExpectIn(Strict):
     decision: Literal["granted", "denied"] | None = None
-    reason: Reason | None = None
+    reason: Annotated[Reason | None, AfterValidator(_contract_reason)] = None
     booking: str | None = None
     pass_: str | None = Field(default=None, alias="pass")
     deducted: dict[str, Amount] | None = None

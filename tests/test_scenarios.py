@@ -92,6 +92,8 @@ INVALID_CASES: dict[str, tuple[int, str]] = {
     "step-booking-removed.yaml": (19, "steps[2].mark_attended.booking"),
     "expect-unknown-reason.yaml": (18, "steps[1].expect.reason"),
     "unreadable-card.yaml": (12, "steps[0].tap.card"),  # was a traceback while running
+    "adjust-points-out-of-range.yaml": (10, "steps[0].adjust_points.points"),  # was a traceback
+    "expect-daemon-only-reason.yaml": (8, "steps[0].expect.reason"),
 }
 
 
