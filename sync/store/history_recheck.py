@@ -61,21 +61,28 @@ def gap_taps(conn: sqlite3.Connection, daemon: str, w: Wanted, only: int | None 
         (daemon, w.to_seq, only, only),
     ).fetchall()
     for seq, at, gate, member, body, pass_id, amount, cause, open_charge in rows:
-        try:
-            b = json.loads(body)
-        except ValueError:
-            continue
-        if not isinstance(b, dict) or b.get("decision") != "granted" or b.get("passed") is not True:
-            continue
-        decided = _instant(b.get("decided_at") or at) or _instant(at)
-        if decided is None:
-            continue
-        token = b.get("token") if isinstance(b.get("token"), str) else None
         charge = (Charge(int(seq) + 1, str(pass_id), Decimal(str(amount)), str(cause))
                   if pass_id is not None and open_charge else None)
-        booking = b.get("booking") if isinstance(b.get("booking"), str) else None
-        out.append(GapTap(int(seq), str(gate), str(member), decided, token, charge, booking))
+        tap = _entry(int(seq), at, gate, str(member), body, charge)
+        if tap is not None:
+            out.append(tap)
     return out
+
+
+def _entry(seq: int, at: str, gate: str | None, member: str, body: str, charge: Charge | None) -> GapTap | None:
+    """A member's entry granted and passed, from its access event; None for anything else."""
+    try:
+        b = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(b, dict) or b.get("decision") != "granted" or b.get("passed") is not True or gate is None:
+        return None
+    decided = _instant(b.get("decided_at") or at) or _instant(at)
+    if decided is None:
+        return None
+    token = b.get("token") if isinstance(b.get("token"), str) else None
+    booking = b.get("booking") if isinstance(b.get("booking"), str) else None
+    return GapTap(seq, str(gate), member, decided, token, charge, booking)
 
 
 def _passages(conn: sqlite3.Connection, taps: list[GapTap]) -> tuple[list[Passage], datetime]:
@@ -147,7 +154,7 @@ def charged_since(conn: sqlite3.Connection, daemon: str, since: Mapping[str, dat
     out = []
     for member, after in sorted(since.items()):
         rows = conn.execute(
-            "SELECT e.seq, e.at, e.gate, e.body, d.seq, d.pass_id, d.amount, d.cause, d.booking_id "
+            "SELECT e.seq, e.at, e.gate, e.body, d.seq, d.pass_id, d.amount, d.cause "
             # a tap's charge follows its access event at once (Ledger.commit_tap): seq - 1,
             # never further back — that would be another tap of the member's (a free one)
             "FROM main.deductions d JOIN main.events e ON e.seq = d.seq - 1 "
@@ -156,19 +163,11 @@ def charged_since(conn: sqlite3.Connection, daemon: str, since: Mapping[str, dat
             "AND NOT EXISTS (SELECT 1 FROM main.site_refunds r WHERE r.daemon = ? AND r.seq = d.seq) ORDER BY d.seq",
             (member, ts(after), daemon),
         ).fetchall()
-        for seq, at, gate, body, charge_seq, pass_id, amount, cause, booking in rows:
-            try:
-                b = json.loads(body)
-            except ValueError:
-                continue
-            if not isinstance(b, dict) or b.get("decision") != "granted" or b.get("passed") is not True or gate is None:
-                continue
-            decided = _instant(b.get("decided_at") or at) or _instant(at)
-            if decided is None or decided <= after:
-                continue
-            out.append(GapTap(int(seq), str(gate), member, decided, None,
-                              Charge(int(charge_seq), str(pass_id), Decimal(str(amount)), str(cause)),
-                              str(booking) if booking is not None else None))
+        for seq, at, gate, body, charge_seq, pass_id, amount, cause in rows:
+            tap = _entry(int(seq), at, gate, member, body,
+                         Charge(int(charge_seq), str(pass_id), Decimal(str(amount)), str(cause)))
+            if tap is not None and tap.decided_at > after:
+                out.append(tap)
     return out
 
 
