@@ -719,6 +719,54 @@ def test_takeovers_of_our_connection_by_our_client_id_are_a_twin() -> None:
     assert s2.taken_over(100.0) == [] and s2.taken_over(100.0 + 601.0) == []  # far apart
 
 
+def test_another_connections_last_will_under_our_id_is_a_takeover_and_twice_a_twin() -> None:
+    """mosquitto 2.0 hands our client id to another connection without MQTT 5's reason 142:
+    it closes the old socket and publishes the old connection's last will. So each will
+    carries its connection's `at`: an `offline` under our id from a connection this run
+    never made is a takeover between the two (tests/test_twin_boxes.py, the real broker)."""
+    s = session(state=StoreState(has_snapshot=True, delta_seq=5, last_seq=5, acked_seq=3))
+    will = s.will("2026-11-18T09:00:00Z")
+    body = json.loads(will.payload)
+    assert will.retain and (body["state"], body["at"], body.get("last_seq")) == ("offline", "2026-11-18T09:00:00Z", None)
+    connected(s, 100.0)
+    topic = f"{P}/gate-a/status"
+    # our own connection's will (a connection of ours the broker still held), our last run's,
+    # a will without `at` (an older gate's): nothing
+    assert s.receive(topic, own_status("2026-11-18T09:00:00Z", None, "offline"), 101.0, retained=True) == []
+    assert s.receive(topic, own_status("2026-11-18T08:59:00Z", None, "offline"), 101.0, retained=True) == []
+    assert s.receive(topic, js({"v": 1, "daemon": "gate-a", "state": "offline"}), 101.0, retained=True) == []
+    # another connection's, taken over by ours: once is a takeover, the same one again nothing
+    other = own_status("2026-11-18T09:00:05Z", None, "offline")
+    assert s.receive(topic, other, 102.0, retained=True) == []
+    assert s.receive(topic, other, 103.0, retained=True) == []
+    assert s.twin is None and s.stats["own_id_foreign_offline"] == 1 and s.uplink_after(103.0) == 3
+    # a second one: a twin — an alarm, events held
+    out = s.receive(topic, own_status("2026-11-18T09:00:09Z", None, "offline"), 104.0, retained=True)
+    assert [a.kind for a in out if isinstance(a, RaiseAlarm)] == ["daemon_id_in_use"]
+    assert s.twin is not None and "last will" in s.twin and s.uplink_after(104.0) is None
+
+
+def test_while_a_twin_holds_a_lost_connection_waits_a_quarter_of_the_hold() -> None:
+    """Two boxes with one client id take the connection from each other at every attempt:
+    at the usual 0.1 s, about six times a second each, forever (each connection a resync at
+    the central system). While the twin holds, a quarter of `twin_hold` — so each still sees
+    a sign of the other within half a hold, and the hold goes on until one is gone."""
+    from sync.link.reconnect import Reconnect
+
+    s = connected(session(twin_hold=8.0), 100.0)
+    assert s.reconnect_wait(100.0) is None
+    s.twin_seen("test", 100.0)
+    assert s.reconnect_wait(107.9) == 2.0 and s.reconnect_wait(108.0) is None
+    s.disconnect(101.0)
+    assert s.tick(200.0) == []  # not connected: held until a connection's timers end it
+    plan = Reconnect([("a", 1), ("b", 2)], initial=0.1, maximum=1.0, refused=30.0, rand=lambda: 0.0)
+    plan.first()
+    plan.connected()
+    assert plan.lost(2.0).delay == 2.0 and plan.lost(None).delay == 0.1 and plan.lost(0.01).delay == 0.1
+    assert plan.failed().delay == 0.0  # the next broker at once, the doubling from `initial` as before
+    assert plan.failed().delay == 0.1
+
+
 def test_the_ledger_tells_a_twins_events_from_our_own_echoed(tmp_path: Any) -> None:
     from tests.test_numbering import at, new_store, walk_in
 

@@ -212,12 +212,13 @@ class SyncLink:
                 host, port = attempt.endpoint
                 worked = refused = False
                 try:
-                    will = self.session.status("offline")
+                    at = iso_utc(self.now())  # this connection's: its statuses' and its last will's
+                    will = self.session.will(at)
                     async with client_for(s, host, port, will, self.topics, self._drops) as client:
                         worked = True
                         plan.connected()
                         self.broker = f"{host}:{port}"
-                        await self._connection(client)
+                        await self._connection(client, at)
                 except TlsFilesUnusable as e:
                     refused = True  # the long pause: a file an installer must put back
                     self.stats["tls_unusable"] += 1
@@ -241,7 +242,8 @@ class SyncLink:
                     await self._disconnected()
                 if cancelling():  # an error while being cancelled must not swallow the cancel
                     raise asyncio.CancelledError
-                attempt = plan.lost() if worked else plan.failed(refused=refused)
+                # while a twin under our id holds, slower: the two take the connection from each other
+                attempt = plan.lost(self.session.reconnect_wait(self.mono())) if worked else plan.failed(refused=refused)
         finally:
             self.port.stop_listening(self._on_events)
             self._stop_building()
@@ -266,9 +268,9 @@ class SyncLink:
             self.stats["errors"] += 1
             log.exception("sync link: after the connection was lost")
 
-    async def _connection(self, client: aiomqtt.Client) -> None:
+    async def _connection(self, client: aiomqtt.Client, at: str) -> None:
         self._client = client
-        await self._perform(client, self.session.connect(self.mono(), iso_utc(self.now())))
+        await self._perform(client, self.session.connect(self.mono(), at))
         self._ready.set()
         # plain tasks and asyncio.wait, not a TaskGroup: in Python 3.11 a TaskGroup whose
         # child fails after its body has ended leaves the parent task marked as being
@@ -621,7 +623,10 @@ class SyncLink:
 
 def _taken_over(e: BaseException) -> bool:
     """The broker ended the connection with MQTT 5's reason 142, "Session taken over":
-    another client connected with our client id (aiomqtt chains the disconnect's reason)."""
+    another client connected with our client id (aiomqtt chains the disconnect's reason).
+    Not every broker says so: mosquitto 2.0 closes the socket without a DISCONNECT (paho:
+    "Unspecified error", 128) and publishes the old connection's last will — which the
+    session recognises instead (Session.will)."""
     seen: BaseException | None = e
     for _ in range(5):
         if seen is None:

@@ -9,7 +9,8 @@
 - When every broker *refused* the connection (bad credentials, not authorised: trying
   again at once cannot help) the wait is `refused` seconds.
 - A connection that worked and was lost starts a new round from the first broker (the
-  primary) after `initial`.
+  primary) after `initial` — or after the wait the session asks for (a quarter of
+  `twin_hold` while another daemon under our id takes the connection from us).
 """
 
 from __future__ import annotations
@@ -56,12 +57,13 @@ class Reconnect:
         self._wait = self.initial
         self._refusals = 0
 
-    def lost(self) -> Attempt:
-        """A working connection dropped: the primary again, soon."""
+    def lost(self, wait: float | None = None) -> Attempt:
+        """A working connection dropped: the primary again, soon — or after `wait` (the
+        session's, while another daemon under our id takes the connection from us)."""
         self._index = 0
         self._refusals = 0
         self._wait = self.initial
-        return Attempt(self.endpoints[0], self._jitter(self.initial))
+        return Attempt(self.endpoints[0], self._jitter(self.initial if wait is None else max(wait, self.initial)))
 
     def failed(self, *, refused: bool = False) -> Attempt:
         """The attempt at the current broker failed (`refused`: the broker said no)."""

@@ -128,12 +128,16 @@ MAX_PENDING_LOOKUPS = 1_000
 # a heartbeat's heard_through is written at most this often (an older one after a restart
 # only makes the ledger wait a little longer); a new heard_seq always is
 MARK_SAVE_STEP = 60.0
-# a second daemon under our id (a cloned SD card): the uplink is held this long after the
-# last sign of it (its heartbeats come every few seconds while it runs); its takeovers of
-# our MQTT connection (the same client id) count once this many come within TWIN_WINDOW
+# a second daemon under our id (a cloned SD card): the uplink is held TWIN_HOLD (the
+# default of `twin_hold`) after the last sign of it; the takeovers between its MQTT
+# connection and ours (the same client id) count once this many come within TWIN_WINDOW.
+# While it holds, a connection taken from us is tried again after a quarter of the hold:
+# two boxes with one client id take the connection from each other at every attempt, and
+# at 0.1 s they did so about 6 times a second each, forever (tests/test_twin_boxes.py)
 TWIN_HOLD = 60.0
 TWIN_TAKEOVERS = 2
 TWIN_WINDOW = 600.0
+TWIN_SEEN_KEEP = 1_000  # the other connections' `at`s remembered (each counted once)
 
 
 @dataclass(slots=True)
@@ -198,6 +202,8 @@ class _Twin:
     seen_at: float | None = None
     detail: str = ""
     takeovers: list[float] = field(default_factory=list)
+    # the `at` of each other connection under our id whose `offline` came (each counted once)
+    others: set[str] = field(default_factory=set)
     # the `at` of every status this run published, and when it began (POSIX): a retained
     # status under our id from before it is our own last run's
     ours: set[str] = field(default_factory=set)
@@ -287,6 +293,17 @@ class Session:
                 through=None if w.through is None else _iso(w.through)),
         )
         return Publish(self.topics.status, _dump(body), qos=1, retain=True)
+
+    def will(self, at: str) -> Publish:
+        """The last will of the connection about to be made at `at` (its statuses' `at`):
+        `offline`, with that `at`. A broker publishes a connection's will when another
+        client connects with its client id (mosquitto 2.0 closes the old connection without
+        MQTT 5's reason 142): an `offline` under our id with an `at` this run never used is
+        the will of another daemon's connection under our id that ours just took over."""
+        self._twin.ours.add(at)
+        if self._twin.run_began is None:
+            self._twin.run_began = _instant(at)
+        return self.status("offline", at)
 
     def _heard(self) -> dict[str, int] | None:
         """How far we have heard each other daemon, for a heartbeat (Status.heard)."""
@@ -407,9 +424,9 @@ class Session:
         out += self._behind_head(now)
         out += self._history_tick(now, at)
         tw = self._twin
-        if tw.seen_at is not None and now - tw.seen_at >= TWIN_HOLD:
+        if tw.seen_at is not None and now - tw.seen_at >= c.twin_hold:
             tw.seen_at = None  # no sign of it for a while: events leave again
-            self._note(f"no sign of a second daemon under this id for {TWIN_HOLD:.0f} s: events leave again")
+            self._note(f"no sign of a second daemon under this id for {c.twin_hold:.0f} s: events leave again")
             out.append(WakeUplink())
         up = self._up
         if up.published > up.floor and now - up.progress_at > c.ack_timeout:
@@ -978,20 +995,31 @@ class Session:
         """A status under our own daemon id: ours (this run's `at`), our last run's (as of
         before this run began: retained), or another daemon's that runs under our id."""
         tw = self._twin
-        if status.state != "online" or status.at is None or status.at in tw.ours:
+        if status.at is None or status.at in tw.ours:
             return []
         when = _instant(status.as_of) or _instant(status.at)
         if when is None or tw.run_began is None or when < tw.run_began:
             return []  # our own last run's, retained
-        return self.twin_seen(
-            f"a status under this daemon's id that this run did not publish (connected at {status.at}, "
-            f"last_seq {status.last_seq}, as of {status.as_of})", now)
+        if status.state == "online":
+            return self.twin_seen(
+                f"a status under this daemon's id that this run did not publish (connected at {status.at}, "
+                f"last_seq {status.last_seq}, as of {status.as_of})", now)
+        # `offline` from a connection not ours: its last will, published by the broker as
+        # ours took the client id over from it (or its clean stop) — counted once each
+        if status.at in tw.others:
+            return []
+        if len(tw.others) >= TWIN_SEEN_KEEP:
+            tw.others.clear()
+        tw.others.add(status.at)
+        self.stats["own_id_foreign_offline"] += 1
+        return self._takeover(f"the last will of another connection under this client id (connected at "
+                              f"{status.at}) came as ours took the client id over from it", now)
 
     def twin_seen(self, why: str, now: float) -> list[Action]:
         """A sign that another daemon runs under our daemon id (a cloned SD card, a copied
         /etc/gated): both number events 1, 2, ... and the central system keeps one of each
         seq, dropping the other's as repeats. An alarm (`daemon_id_in_use`); events are
-        held here (they stay in the outbox) until no sign of it has come for TWIN_HOLD."""
+        held here (they stay in the outbox) until no sign of it has come for `twin_hold`."""
         tw = self._twin
         first = tw.seen_at is None
         tw.seen_at = now
@@ -1011,18 +1039,31 @@ class Session:
         """The broker ended our connection because another client connected with our
         client id (MQTT 5 `session taken over`): once is a blip, TWIN_TAKEOVERS within
         TWIN_WINDOW is a second daemon under our id."""
+        self.stats["session_taken_over"] += 1
+        return self._takeover("the broker handed our connection to another client with our client id", now)
+
+    def _takeover(self, why: str, now: float) -> list[Action]:
+        """One takeover between our connection and another client's with our client id,
+        either way: TWIN_TAKEOVERS of them within TWIN_WINDOW is a second daemon under our
+        id (one may be our own dead connection's, or a clock that jumped)."""
         tw = self._twin
         tw.takeovers = [t for t in tw.takeovers if now - t < TWIN_WINDOW] + [now]
-        self.stats["session_taken_over"] += 1
         if len(tw.takeovers) < TWIN_TAKEOVERS:
             return []
-        return self.twin_seen(f"the broker handed our connection to another client with our client id "
-                              f"{len(tw.takeovers)} times in {TWIN_WINDOW:.0f} s", now)
+        return self.twin_seen(f"{why}; {len(tw.takeovers)} takeovers of this client id in {TWIN_WINDOW:.0f} s", now)
 
     def twin_holds(self, now: float) -> bool:
         """Our events are held: a sign of another daemon under our id came lately."""
         seen = self._twin.seen_at
-        return seen is not None and now - seen < TWIN_HOLD
+        return seen is not None and now - seen < self.config.twin_hold
+
+    def reconnect_wait(self, now: float) -> float | None:
+        """How long to wait before connecting again after a lost connection, when it is not
+        the usual: while a twin holds, a quarter of the hold — each of the two boxes takes
+        the connection from the other at every attempt, so each still sees a sign of the
+        other at least every half hold (the hold goes on), but a few times a minute instead
+        of several times a second (each connection a resync at the central system)."""
+        return self.config.twin_hold / 4 if self.twin_holds(now) else None
 
     @property
     def twin(self) -> str | None:

@@ -44,6 +44,8 @@ class SessionConfig:
     # far it heard the old one (a heartbeat's `heard`), or after this long: then naming those
     # not heard (they may hold the old box's events beyond what the central system got)
     settle_peer_wait: float = 30.0
+    # another daemon under our id: our events are held this long after the last sign of it
+    twin_hold: float = 60.0
 
     @property
     def lookup_keep(self) -> float:
@@ -69,6 +71,7 @@ class SessionConfig:
             snapshot_guard=s.snapshot_guard,
             retain_acked=s.retain_acked,
             retain_acked_max=s.retain_acked_max,
+            twin_hold=s.twin_hold,
             software=software,
         )
 

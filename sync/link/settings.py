@@ -162,6 +162,14 @@ class MqttSettings(BrokerSettings):
         description="Events waiting this long (seconds) without the central system's applied_seq moving "
         "is an alarm (`uplink_stalled`, with the reason) in `gated status`, the console and the metrics.",
     )
+    twin_hold: float = Field(
+        60.0,
+        ge=4,
+        le=3600,
+        description="Another daemon seen under this daemon_id (a cloned SD card): this daemon's events are held "
+        "until no sign of it has come for this long (seconds), and while they are, a connection the other "
+        "took is tried again after a quarter of it.",
+    )
     heartbeat_interval: float = Field(
         5.0,
         gt=0,
