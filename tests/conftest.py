@@ -18,6 +18,8 @@ process.
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         if module in SLOW:
             item.add_marker(pytest.mark.slow)
+
+
+# A test file may leave this many more descriptors open than it found, no more: an xdist
+# worker runs many files in one process, and descriptors left open add up until a number
+# passes 1024, where select() (pyserial's read) fails — in another file, far from the leak.
+# A store opened by a test and never closed holds five or six (its files, its WAL's fd).
+FD_LEAK_LIMIT = 100
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _descriptors_given_back(request: pytest.FixtureRequest) -> Iterator[None]:
+    fds = Path("/proc/self/fd")
+    before = len(list(fds.iterdir()))
+    yield
+    gc.collect()  # what only the collector would close (a connection nobody holds)
+    left = len(list(fds.iterdir())) - before
+    assert left <= FD_LEAK_LIMIT, (
+        f"{request.module.__name__} left {left} file descriptors open (at most {FD_LEAK_LIMIT}): "
+        "close the stores and files its tests open")

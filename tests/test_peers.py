@@ -8,13 +8,17 @@ as the link hands them (Store.record_peer_events)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
+
+import pytest
 
 from gated.safety import Safety
 from rules.credential import CredentialKind
@@ -42,8 +46,25 @@ def at(hh: int, mm: int = 0) -> datetime:
     return DAY.replace(hour=hh, minute=mm)
 
 
+_OPENED: list[Store] = []  # closed after each test: a worker runs many files, and a store
+# left open holds its files' descriptors (select() in pyserial fails past 1024)
+
+
+@pytest.fixture(autouse=True)
+def _close_stores() -> Iterator[None]:
+    yield
+    while _OPENED:
+        with contextlib.suppress(Exception):
+            _OPENED.pop().close()
+
+
+def opened(store: Store) -> Store:
+    _OPENED.append(store)
+    return store
+
+
 def site_store(tmp: Path, daemon: str) -> Store:
-    store = Store(tmp / f"{daemon}.db", SITE, daemon_id=daemon, durable=False)
+    store = opened(Store(tmp / f"{daemon}.db", SITE, daemon_id=daemon, durable=False))
     visits = PassIn.model_validate({
         "id": "p1", "member": "m1", "name": "Multipack", "kind": "visits", "balance": 10, "deduct_on": "access",
         "walk_in_cost": 1, "access_windows": ALWAYS, "applied_seq": 0,
@@ -287,7 +308,7 @@ def test_a_waiting_refund_survives_a_restart(tmp_path: Path) -> None:
     _, committed = tap(in2, IN2, at(9, 20))
     desk.mark_attended("b1", "desk", refund=True, now=at(10, 10), waiting=["s1-in-2"])
     desk.close()
-    again = Store(tmp_path / "s1-in-1.db", SITE, daemon_id="s1-in-1", durable=False)
+    again = opened(Store(tmp_path / "s1-in-1.db", SITE, daemon_id="s1-in-1", durable=False))
     share(in2, again, committed.events, {"in-2": "main"})
     [refund] = again.settle_refunds(at(10, 20), lambda _: []).events
     assert refund["refunds"] == {"daemon": "s1-in-2", "seq": committed.events[1]["seq"]}
@@ -424,7 +445,7 @@ def test_a_grant_a_crash_cut_off_is_not_fined_as_a_no_show(tmp_path: Path) -> No
     assert d.booking == "b1"
     store.open_intent(tap_of(IN1, d, at(9, 50)), at(9, 50))
     store.close()
-    store = Store(tmp_path / "s1-in-1.db", SITE, daemon_id="s1-in-1", durable=False)
+    store = opened(Store(tmp_path / "s1-in-1.db", SITE, daemon_id="s1-in-1", durable=False))
     [reported] = store.report_unconfirmed(at(9, 58)).events
     assert reported["type"] == "passage_unconfirmed" and "zone" not in reported
     due = store.run_due(POLICY, at(11, 5)).events
@@ -676,7 +697,7 @@ def test_a_peer_known_but_never_heard_is_kept_so_a_restart_still_waits_for_it(tm
     desk.save_peer_mark("in-2", *saved)
     desk.mark_attended("b1", "desk", refund=True, now=at(10, 10), waiting=marks.behind(at(10, 10).timestamp()))
     desk.close()
-    again = Store(tmp_path / "s1-in-1.db", SITE, daemon_id="s1-in-1", durable=False)
+    again = opened(Store(tmp_path / "s1-in-1.db", SITE, daemon_id="s1-in-1", durable=False))
     restarted = PeerMarks(again.peer_marks())
     assert restarted.behind(at(10, 10).timestamp()) == ["in-2"] and restarted.through() == float("-inf")
     assert again.settle_refunds(at(10, 20), lambda i: restarted.behind(i.timestamp())).events == []

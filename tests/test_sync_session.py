@@ -720,7 +720,7 @@ def test_takeovers_of_our_connection_by_our_client_id_are_a_twin() -> None:
 
 
 def test_another_connections_last_will_under_our_id_is_a_takeover_and_twice_a_twin() -> None:
-    """mosquitto 2.0 hands our client id to another connection without MQTT 5's reason 142:
+    """A broker (Debian's 2.0) hands our client id to another connection without MQTT 5's reason 142:
     it closes the old socket and publishes the old connection's last will. So each will
     carries its connection's `at`: an `offline` under our id from a connection this run
     never made is a takeover between the two (tests/test_twin_boxes.py, the real broker)."""
