@@ -94,6 +94,10 @@ _ATTENDED_FEES = (
 )
 
 
+HEARD_KEPT = 1000  # members told of lately, before the old ones are dropped
+HEARD_FOR = timedelta(minutes=10)
+
+
 def amount_json(d: Decimal) -> int | float:
     """Amounts travel as JSON numbers: whole numbers as integers."""
     return int(d) if d == d.to_integral_value() else float(d)
@@ -115,9 +119,12 @@ class Ledger:
         # the gates' rules (the link sets them): the taps decided while the history of the
         # day was missing are decided again by them (recheck_gap); a gate not here stands
         self.gates: dict[str, Gate] = {}
-        # when another daemon's entries, attendances or fire alarm were last recorded (the
-        # daemon's clock): a charge decided before and committed after is rechecked at its commit
-        self.heard_at: datetime | None = None
+        # members whose entries or attendances another daemon's events told lately: when
+        # recorded (the daemon's clock) and the bookings it let them in on; and when its
+        # last fire alarm was. A charge of theirs decided before and committed after (the
+        # member in the turnstile) is rechecked at its commit, nobody else's
+        self._heard: dict[str, tuple[datetime, dict[str, datetime]]] = {}
+        self._heard_fire: datetime | None = None
         self._collisions_said: set[tuple[str, int, float]] = set()  # numbering_collision, once a run each
 
     # -- the steps a commit is made of (inside a transaction) -----------------------------
@@ -295,11 +302,11 @@ class Ledger:
                         self.attend(tx, now, booking, "gate", gate.id)
                 direction = Direction.OUT if decision.reason == Reason.EXIT else Direction.IN
                 self.record_passage(decision.member, gate.zone, direction, now, gate.id)
-            if (went_through and decision.amount and decision.member and self.heard_at is not None
-                    and self.heard_at > tap.decided_at):
+            late = self._heard_while(decision.member, tap.decided_at) if went_through and decision.amount else None
+            if late is not None and decision.member is not None:
                 # another daemon's events recorded while the member was in the turnstile: what
                 # they say was not known when this charge was decided (repairs.recheck_heard)
-                repairs.recheck_charges(self, tx, now, {decision.member: tap.decided_at - timedelta(seconds=1)}, {})
+                repairs.recheck_charges(self, tx, now, {decision.member: tap.decided_at - timedelta(seconds=1)}, late)
             if intent is not None and tap.intent_at is not None:
                 repairs.recheck_at_commit(self, tx, now, intent, tap.intent_at, int(access_event["seq"]))
             if request is not None:
@@ -622,14 +629,13 @@ class Ledger:
             ]
             if attended:  # a no-show of ours one of them attended after all
                 self.give_back_no_show_fees(tx, now or datetime.now(UTC), attended)
-            relevant = since or any(e.get("type") in ("attendance", "fire_alarm") for e in events)
-            if relevant:  # a tap decided before it and committed after: rechecked then
-                heard = now or datetime.now(UTC)
-                self.heard_at = heard if self.heard_at is None else max(self.heard_at, heard)
-            if relevant and self.gates:
-                found = repairs.recheck_heard(self, tx, now or datetime.now(UTC), since, events)
-                if found:
-                    seen["charges_given_back"] = found
+            h = repairs.heard(since, events)
+            if h.since or h.evacuated is not None:
+                self._note_heard(h, now or datetime.now(UTC))
+                if self.gates:
+                    found = repairs.recheck_heard(self, tx, now or datetime.now(UTC), h)
+                    if found:
+                        seen["charges_given_back"] = found
             charged = {str(e["pass"]) for e in events if e.get("type") == "deduction" and e.get("pass")}
             for pass_id in sorted(charged):
                 self.check_overdraft(tx, pass_id, now or datetime.now(UTC))
@@ -637,6 +643,26 @@ class Ledger:
                 self.report_double_refund(tx, double, now or datetime.now(UTC))
             self.report_collisions(tx, sender, collisions, now or datetime.now(UTC))
         return seen
+
+    def _note_heard(self, h: repairs.Heard, recorded: datetime) -> None:
+        """What a peer's batch told, kept a while for the charges under way (commit_tap)."""
+        for member in h.since:
+            _, before = self._heard.get(member, (recorded, {}))
+            self._heard[member] = (recorded, {**before, **h.attended.get(member, {})})
+        if h.evacuated is not None:
+            self._heard_fire = recorded
+        if len(self._heard) > HEARD_KEPT:  # a turnstile holds a member seconds, not minutes
+            self._heard = {m: v for m, v in self._heard.items() if v[0] >= recorded - HEARD_FOR}
+
+    def _heard_while(self, member: str | None, decided: datetime) -> dict[str, datetime] | None:
+        """The bookings a peer let `member` in on, if a peer's events about them (or a fire
+        alarm) were recorded after `decided`; None when nothing was."""
+        told = self._heard.get(member) if member is not None else None
+        if told is not None and told[0] > decided:
+            return told[1]
+        if self._heard_fire is not None and self._heard_fire > decided:
+            return {}
+        return None
 
     def report_collisions(self, tx: Transaction, sender: str, collisions: list[peer_events.Collision],
                           now: datetime) -> None:

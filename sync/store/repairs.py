@@ -9,6 +9,7 @@ twice, an entry hard anti-passback would have refused — so it is done once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -47,16 +48,25 @@ def recheck_at_commit(ledger: Ledger, tx: Transaction, now: datetime, intent: in
     recheck_gap(ledger, tx, now, w, only=seq)
 
 
-def recheck_heard(ledger: Ledger, tx: Transaction, now: datetime, since: dict[str, datetime],
-                  events: list[dict[str, Any]]) -> int:
-    """Inside the transaction that records another daemon's events: this daemon's
-    charges of the members they let in, decided after those entries and so without them
-    (a restart, a split of the site's network), decided again on the day now known
-    (rules.recheck): a walk-in they make a free re-entry, or a booking they show used
-    already, given back — once (a charge given back is not rechecked again). Returns
-    how many. Charges only: the site's QR codes have their own claims, and hard
-    anti-passback at two turnstiles that had not heard each other is the member in."""
-    attended: dict[str, datetime] = {}
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """What another daemon's events just recorded say that bears on this daemon's charges:
+    the members they let in or marked attended, from when (`since`); the bookings they let
+    members in on (`attended`, by member); the evacuation they raised (its start)."""
+
+    since: dict[str, datetime]
+    attended: dict[str, dict[str, datetime]]
+    evacuated: datetime | None
+
+    def bookings(self) -> dict[str, datetime]:
+        return {b: at for by in self.attended.values() for b, at in by.items()}
+
+
+def heard(entries: dict[str, datetime], events: list[dict[str, Any]]) -> Heard:
+    """`entries`: the members whose entries were recorded, each its earliest; `events`: the
+    batch (its attendances and fire alarms are read here)."""
+    since = dict(entries)
+    attended: dict[str, dict[str, datetime]] = {}
     evacuated: datetime | None = None
     for e in events:
         attendance = e.get("type") == "attendance" and e.get("status") == "attended" \
@@ -71,11 +81,22 @@ def recheck_heard(ledger: Ledger, tx: Transaction, now: datetime, since: dict[st
         if fire:  # everyone's visit cut short: a re-entry after it free (rules.decide.evacuated)
             evacuated = at if evacuated is None else min(evacuated, at)
             continue
-        booking = str(e["booking"])
-        attended[booking] = min(attended.get(booking, at), at)
-        member = str(e["member"])
+        member, booking = str(e["member"]), str(e["booking"])
+        by = attended.setdefault(member, {})
+        by[booking] = min(by.get(booking, at), at)
         since[member] = min(since.get(member, at), at)
-    return recheck_charges(ledger, tx, now, since, attended, evacuated)
+    return Heard(since, attended, evacuated)
+
+
+def recheck_heard(ledger: Ledger, tx: Transaction, now: datetime, h: Heard) -> int:
+    """Inside the transaction that records another daemon's events: this daemon's
+    charges of the members they let in, decided after those entries and so without them
+    (a restart, a split of the site's network), decided again on the day now known
+    (rules.recheck): a walk-in they make a free re-entry, or a booking they show used
+    already, given back — once (a charge given back is not rechecked again). Returns
+    how many. Charges only: the site's QR codes have their own claims, and hard
+    anti-passback at two turnstiles that had not heard each other is the member in."""
+    return recheck_charges(ledger, tx, now, h.since, h.bookings(), h.evacuated)
 
 
 def recheck_charges(ledger: Ledger, tx: Transaction, now: datetime, since: dict[str, datetime],
@@ -148,4 +169,4 @@ def recheck_gap(
     return seen
 
 
-__all__ = ["give_back", "recheck_at_commit", "recheck_charges", "recheck_gap", "recheck_heard"]
+__all__ = ["Heard", "give_back", "heard", "recheck_at_commit", "recheck_charges", "recheck_gap", "recheck_heard"]
