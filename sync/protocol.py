@@ -27,7 +27,7 @@ from sync.topics import LEVEL, Topics, central_status_topic, valid_level
 
 MAJOR = 1
 # the minor version: what a gate of this major understands (docs/protocol.md "Versioning")
-MINOR = 8
+MINOR = 9
 PROTOCOL = f"{MAJOR}.{MINOR}"
 V = Literal[1]
 

@@ -139,3 +139,31 @@ def test_a_fee_refund_of_a_fee_never_heard_does_not_settle_the_request(tmp_path:
     given = in2.settle_refunds(pat(12, 32), lambda _: []).events + in1.settle_refunds(pat(12, 32), lambda _: []).events
     walk_ins = [(e["booking"], e["refunds"]["seq"]) for e in given if e["type"] == "deduction"]
     assert walk_ins == [("b1", charge.events[1]["seq"])]
+
+
+def test_a_fee_the_lost_desk_left_standing_stands_when_its_events_come_back(tmp_path: Path) -> None:
+    """Old ledger: b9's fee F; copy taken; then the lost part's desk marks b9 attended (the
+    fee stands: Ledger.keep_no_show_fees). The copy put back, the lost events come back from
+    the central system: b9 is attended again, and F still stands — the sweep of fees for
+    bookings attended after a loss (give_back_attended_fees) does not give it back."""
+    path = tmp_path / "g.db"
+    store = new_store(path)
+    store.apply_sync(SyncBatch(bookings=[spin("b9", at(10), at(10, 45))]), at(9))
+    store.run_due(POLICY, at(9, 1))
+    store.run_due(POLICY, at(11, 1))
+    store.close()
+    shutil.copy(path, tmp_path / "copy.db")
+    store = open_store(path)
+    start = store.last_seq
+    store.mark_attended("b9", "desk", refund=False, now=at(11, 30))
+    lost = store.events_after(start)
+    assert [(e["type"], e.get("by")) for e in lost] == [("attendance", "desk")]
+    SentMark(path).advance(lost[-1]["seq"], at(11, 30).timestamp())
+    store.close()
+    shutil.copy(tmp_path / "copy.db", path)
+    store = open_store(path)
+    w = store.own_history_wanted()
+    assert w is not None
+    store.record_own_history(w, lost, ZONES, True, now=at(11, 40))
+    assert store.booking_status("b9") is not None and store.booking_status("b9").value == "attended"  # type: ignore[union-attr]
+    assert [r[1] for r in fee_refunds(store)] == ["no_show_fee"]

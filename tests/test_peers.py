@@ -382,30 +382,47 @@ def test_a_no_show_fee_taken_without_hearing_a_turnstile_is_given_back_when_its_
     assert in2.last_seq == before and in2.balance("p1") == Decimal(9)
 
 
-def test_staff_marking_a_fined_no_show_attended_give_the_fee_back(tmp_path: Path) -> None:
-    """Nobody came to b2 (12:00) as far as the gates saw: a no-show and its fee. The member
-    was there (let in by a colleague's card, say): the desk marks it attended, and the fee
-    goes back with it."""
+def test_staff_marking_a_fined_no_show_attended_leave_the_fee_standing(tmp_path: Path) -> None:
+    """Nobody came to b2 (12:00) as far as the gates saw: a no-show and its fee. The desk
+    marks it attended: the fee stands (the contract's mark_attended gives back a walk-in and
+    nothing else; the fee stands in for the class b2 was to pay at the gate). With a walk-in
+    that day, the refund gives back the walk-in only. A site's other daemon that hears the
+    desk's attendance gives nothing back either, and the fee stays kept for good: a gate's
+    attendance heard afterwards does not give it back."""
     store = site_store(tmp_path, "s1-in-1")
     due = store.run_due(POLICY, at(13, 5)).events
     fees = {e["booking"]: e for e in due if e["type"] == "deduction"}
     assert sorted(fees) == ["b1", "b2"] and store.balance("p1") == Decimal(8)
     marked = store.mark_attended("b2", "desk", refund=False, now=at(13, 30)).events
-    assert [(e["type"], e.get("cause"), e.get("refunds")) for e in marked] == [
-        ("deduction", "refund", {"daemon": "s1-in-1", "seq": fees["b2"]["seq"], "cause": "no_show_fee"}), ("attendance", None, None)]
-    assert store.balance("p1") == Decimal(9)
-    again = store.mark_attended("b2", "desk", refund=False, now=at(13, 31)).events
-    assert [e["type"] for e in again] == ["attendance"]
-    # the desk is told which refund it was: the fee, not a walk-in (gated/console/api.py)
-    assert store.fee_refunds([marked[0]["seq"], fees["b2"]["seq"]]) == {marked[0]["seq"]}
+    assert [(e["type"], e.get("status"), e.get("by")) for e in marked] == [("attendance", "attended", "desk")]
+    assert store.balance("p1") == Decimal(8)
     assert store.refund_given("b2") is None
-    # with a walk-in that day too: both go back, and each is told for what it was
     _, walk_in = tap(store, IN1, at(13, 40))
     with_refund = store.mark_attended("b1", "desk", refund=True, now=at(13, 50)).events
     back = [e for e in with_refund if e["type"] == "deduction"]
-    assert [e["refunds"]["seq"] for e in back] == [fees["b1"]["seq"], walk_in.events[1]["seq"]]
-    assert store.fee_refunds([e["seq"] for e in back]) == {back[0]["seq"]}
-    assert store.refund_given("b1") == {"pass": "p1", "amount": 1, "balance": 10}
+    assert [e["refunds"]["seq"] for e in back] == [walk_in.events[1]["seq"]]
+    assert store.refund_given("b1") == {"pass": "p1", "amount": 1, "balance": 8}
+    # a gate's attendance of b2 heard afterwards (a resend with the wrong word, say): kept
+    gate_said = {"id": "g1", "seq": 7, "type": "attendance", "at": "2026-11-18T12:10:00Z", "gate": "in-2",
+                 "member": "m1", "booking": "b2", "status": "attended", "by": "gate"}
+    last = store.last_seq
+    store.record_peer_events("s1-in-2", [gate_said], {"in-2": "main"}, now=at(14))
+    assert [e for e in store.events_after(last) if e["type"] == "deduction"] == []
+    assert store.balance("p1") == Decimal(8)
+
+
+def test_a_peer_desk_marking_our_fined_no_show_attended_leaves_our_fee_standing(tmp_path: Path) -> None:
+    """The clerk (in-1) fined b1's no-show; in-2's desk marks b1 attended. The clerk hears
+    it: the fee stands there too (only a gate's attendance shows the member was on site)."""
+    in2, clerk = site_store(tmp_path, "s1-in-2"), site_store(tmp_path, "s1-in-1")
+    due = clerk.run_due(POLICY, at(11, 5)).events
+    assert [e["booking"] for e in due if e["type"] == "deduction"] == ["b1"]
+    share(clerk, in2, due, {})
+    marked = in2.mark_attended("b1", "desk-2", refund=False, now=at(12)).events
+    last = clerk.last_seq
+    share(in2, clerk, marked, {})
+    assert clerk.booking_status("b1") is not None and clerk.booking_status("b1").value == "attended"  # type: ignore[union-attr]
+    assert clerk.events_after(last) == [] and clerk.balance("p1") == Decimal(9)
 
 
 def test_a_no_show_whose_entry_nobody_saw_is_not_fined_here_nor_at_the_other_daemons(tmp_path: Path) -> None:
@@ -819,15 +836,15 @@ def test_a_new_box_numbers_on_after_what_the_site_heard_of_the_old_one(tmp_path:
 
 def test_a_fee_given_back_with_a_waiting_refund_does_not_settle_its_request_elsewhere(tmp_path: Path) -> None:
     """The desk (in-1) marks a fined no-show attended with the refund of the walk-in Ana
-    paid at in-2, in-2 not heard: the fee goes back at once, the walk-in's refund waits.
-    The fee's refund (booking b1) is not the walk-in's: at in-2 the desk's request still
-    stands ahead of in-2's own desk's later one, so the walk-in is given back once."""
+    paid at in-2, in-2 not heard: the fee stands, the walk-in's refund waits. At in-2 the
+    desk's request stands ahead of in-2's own desk's later one, so the walk-in is given
+    back once."""
     in2, in1 = site_store(tmp_path, "s1-in-2"), site_store(tmp_path, "s1-in-1")
     share(in1, in2, in1.run_due(POLICY, at(11, 5)).events, {})  # b1 a no-show, fined
     _, charge = tap(in2, IN2, at(11, 10))
     share(in2, in1, charge.events, {"in-2": "main"})
     first = in1.mark_attended("b1", "desk-1", refund=True, now=at(12, 30), waiting=["s1-in-2"])
-    assert [(e["type"], e.get("cause")) for e in first.events] == [("deduction", "refund"), ("attendance", None)]
+    assert [(e["type"], e.get("cause")) for e in first.events] == [("attendance", None)]
     share(in1, in2, first.events, {})
     assert in2.conn.execute("SELECT daemon, booking_id, settled FROM site_refund_asks").fetchall() == [
         ("s1-in-1", "b1", 0)]

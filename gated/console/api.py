@@ -406,13 +406,10 @@ async def _attend(request: Request, booking_id: str, refund: bool, req: DeskRequ
         raise HttpError(409, "this booking was cancelled")
     user = operator(request).name
     done = await c.backend.mark_attended(booking_id, user, refund=refund, request=req)
-    refunds = [e for e in done.events if e.get("type") == "deduction" and e.get("cause") == "refund"]
-    fees = c.views.store.fee_refunds([int(e["seq"]) for e in refunds])  # a no-show's fee given back: not the walk-in
-    refunded = next((e for e in refunds if e["seq"] not in fees), None)
+    # the walk-in given back (a no-show's fee stands: Ledger.keep_no_show_fees)
+    refunded = next((e for e in done.events if e.get("type") == "deduction" and e.get("cause") == "refund"), None)
     given = None if refunded is None else {"pass": refunded.get("pass"), "amount": -refunded["amount"],
                                            "balance": refunded.get("balance")}
-    fee_back = [{"pass": e.get("pass"), "amount": -e["amount"], "balance": e.get("balance")}
-                for e in refunds if e["seq"] in fees]
     waits = c.views.store.refund_wanted(booking_id) if refund and given is None else None
     if refund and given is None and waits is None:
         # a request that waited may have been settled while this answer waited for its flush
@@ -422,7 +419,6 @@ async def _attend(request: Request, booking_id: str, refund: bool, req: DeskRequ
     return {
         "ok": True,
         "refunded": given,
-        "fee_refunded": fee_back[0] if fee_back else None,  # the no-show fee taken for it, given back
         "refund_requested": refund,
         # the site's other gates (or this one's lost events) not all heard up to now: settled
         # once they are

@@ -348,8 +348,8 @@ class Ledger:
         self, booking_id: str, operator: str, *, refund: bool, now: datetime, waiting: Sequence[str] = (),
         request: DeskRequest | None = None,
     ) -> Committed:
-        """Staff say the member was there: a no-show fee this daemon took for the booking
-        goes back (give_back_no_show_fees). With refund, give back the extra walk-in
+        """Staff say the member was there. A no-show fee this daemon took for the booking
+        stands (keep_no_show_fees). With refund, give back the extra walk-in
         credit they paid that day in the class's zone (SPORTRICK's early-arrival case).
         `waiting`: the daemons whose events are not all in up to now (gated/knowledge.py).
         While any is, the refund is not decided here but asked for again as they come
@@ -360,12 +360,11 @@ class Ledger:
         if booking is None:
             raise StoreError(f"unknown booking {booking_id!r}")
         with self.transactions.open() as tx:
-            # the outcome first (a no-show's fee goes back because it is attended), the
-            # events in the contract's order: the deductions, then the attendance (a refund
+            # the events in the contract's order: the deductions, then the attendance (a refund
             # may reach the site's other daemons before the request it settles:
             # peer_events.apply keeps the request settled whichever comes first)
             self._attended(booking, now)
-            self.give_back_no_show_fees(tx, now, [(booking.member, booking.id)])
+            self.keep_no_show_fees([(booking.member, booking.id)])
             if refund:
                 # the charge may have been taken at another turnstile of the site (another
                 # daemon): sync/store/peer_events.py keeps the site's walk-in charges and refunds
@@ -468,6 +467,22 @@ class Ledger:
                     refunds={"daemon": fee.daemon, "seq": fee.seq, "cause": "no_show_fee"},
                 )
                 peer_events.mark_refunded(self.conn, fee, (self.daemon_id, int(refund["seq"]), ts(now)))
+
+    def keep_no_show_fees(self, bookings: Iterable[tuple[str, str]]) -> None:
+        """Inside a transaction: the no-show fees this daemon took for these bookings
+        (member, booking), which staff marked attended, stand — and are never given back by
+        the gate afterwards (a row in site_refunds naming no refund: settled by a person, as
+        the fees left to one in give_back_no_show_fees). The contract's mark_attended gives
+        back a walk-in charge and nothing else (SCENARIOS.md, "Steps"); the fee stands in for
+        the class the booking was to pay at the gate, which nothing else took. A gate's
+        attendance heard late is another matter: the member was on site, and the fee
+        should never have been taken (give_back_no_show_fees)."""
+        for member, booking_id in bookings:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO main.site_refunds(daemon, seq) SELECT ?, d.seq FROM main.deductions d "
+                "WHERE d.cause = 'no_show_fee' AND d.refunded_by IS NULL AND d.member_id = ? AND d.booking_id = ?",
+                (self.daemon_id, member, booking_id),
+            )
 
     def give_back_attended_fees(self, tx: Transaction, now: datetime) -> None:
         """Inside a transaction: every fee of ours for a booking attended, not given back —
@@ -622,13 +637,10 @@ class Ledger:
             seen = dict(peer_events.apply(self.conn, sender, events, zones, record, doubles, collisions))
             if mark is not None:
                 peer_events.save_mark(self.conn, sender, *mark)
-            attended = [
-                (str(e["member"]), str(e["booking"])) for e in events
-                if e.get("type") == "attendance" and e.get("status") == "attended"
-                and isinstance(e.get("member"), str) and isinstance(e.get("booking"), str)
-            ]
-            if attended:  # a no-show of ours one of them attended after all
-                self.give_back_no_show_fees(tx, now or datetime.now(UTC), attended)
+            at_gate, by_staff = peer_events.attendances(events)
+            self.keep_no_show_fees(by_staff)
+            if at_gate:  # a no-show of ours one of them attended after all
+                self.give_back_no_show_fees(tx, now or datetime.now(UTC), at_gate)
             h = repairs.heard(since, events)
             if h.since or h.evacuated is not None:
                 self._note_heard(h, now or datetime.now(UTC))
@@ -717,6 +729,8 @@ class Ledger:
             # it, from the central system or a caller holding the old range, rechecks nothing)
             still = own_history.wanted(self.conn) is not None
             seen = dict(own_history.record(self.conn, self.daemon_id, wanted, events, zones, self.record_passage))
+            # a fee of ours for a booking our lost desk marked attended stood there: it stands
+            self.keep_no_show_fees(peer_events.attendances(events)[1])
             if expired:  # what they may have given back is not known: for a person
                 unsure = max(wanted.to_seq, int(self._meta_float(FEES_UNSURE_KEY) or 0))
                 tx.set_meta(FEES_UNSURE_KEY, str(unsure))

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -354,6 +354,20 @@ def _outcome(conn: sqlite3.Connection, booking: str, status: str, at: datetime) 
     ).rowcount
 
 
+def attendances(events: Iterable[Mapping[str, Any]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The (member, booking) of the `attended` attendances among these events: those a gate
+    recorded (the member was on site: a no-show fee taken without them goes back) and those
+    staff marked (the fee stands: Ledger.keep_no_show_fees)."""
+    at_gate: list[tuple[str, str]] = []
+    by_staff: list[tuple[str, str]] = []
+    for e in events:
+        member, booking = e.get("member"), e.get("booking")
+        if e.get("type") == "attendance" and e.get("status") == "attended" and isinstance(member, str) \
+                and isinstance(booking, str):
+            (at_gate if e.get("by") == "gate" else by_staff).append((member, booking))
+    return at_gate, by_staff
+
+
 def walk_in_charges(
     conn: sqlite3.Connection, own_daemon: str, member: str, zone: str, start: datetime, end: datetime,
     before: datetime,
@@ -470,6 +484,7 @@ def mark_refunded(conn: sqlite3.Connection, charge: Charge, by: tuple[str, int, 
 
 
 __all__ = [
+    "attendances",
     "Charge", "ChargeFields", "DoubleRefund", "Overdraft", "RefundAsk", "add_refund_givers", "apply", "charge_of",
     "create_refund_asks", "create_tables", "create_tables_v8", "latest_charge", "mark_refunded", "marks", "overdraft",
     "refund_asks_before", "report_overdraft", "save_mark", "walk_in_charges",

@@ -717,7 +717,7 @@ class Store:
 
     def refund_given(self, booking_id: str) -> dict[str, Any] | None:
         """The walk-in given back with this booking, if any: its pass, the amount and the
-        pass's balance now (a no-show fee given back is not it: fee_refunds)."""
+        pass's balance now (a no-show fee given back, when a gate's attendance came late, is not it)."""
         r = self.conn.execute(
             "SELECT pass_id, amount FROM deductions r WHERE booking_id = ? AND cause = 'refund' "
             f"AND NOT {_FEE_REFUND} ORDER BY seq DESC LIMIT 1",
@@ -728,15 +728,6 @@ class Store:
         balance = self.balance(str(r[0]))
         return {"pass": str(r[0]), "amount": amount_json(-Decimal(r[1])),
                 "balance": None if balance is None else amount_json(balance)}
-
-    def fee_refunds(self, seqs: Sequence[int]) -> set[int]:
-        """Which of these refunds of ours gave back a no-show fee (Ledger.give_back_no_show_fees),
-        not a walk-in."""
-        if not seqs:
-            return set()
-        marks = ",".join("?" * len(seqs))
-        return {int(r[0]) for r in self.conn.execute(
-            f"SELECT seq FROM deductions r WHERE seq IN ({marks}) AND cause = 'refund' AND {_FEE_REFUND}", list(seqs))}
 
     def refunds_waiting(self) -> int:
         return refunds_wanted.count(self.conn)

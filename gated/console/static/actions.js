@@ -101,7 +101,6 @@ export async function markAttended(b, after) {
   });
   if (!r) return;
   notDurable(r);
-  if (r.fee_refunded) toast("The no-show fee of " + r.fee_refunded.amount + " was given back");
   if (r.refunded) toast("Marked attended; refunded " + r.refunded.amount + (r.refunded.balance !== undefined && r.refunded.balance !== null ? " — balance now " + r.refunded.balance : ""));
   else if (r.refund_waiting) toast("Marked attended; the refund waits to hear " + r.refund_waiting.for.join(", ") + " up to now (a walk-in charge, or a refund of it, may be on its way) and is settled then");
   else if (r.refund_requested) toast("Marked attended; no walk-in charge was found to refund");

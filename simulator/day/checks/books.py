@@ -41,7 +41,10 @@ def check_books(run: Run) -> list[Invariant]:
         by_seq = {(e["_daemon"], e["seq"]): e for e in evs}
         # attended anywhere in the day's log: a fee may be given back on an attendance that
         # reached the central system after the refund did
-        attended_any = {e.get("booking") for e in evs if e["type"] == "attendance" and e.get("status") == "attended"}
+        # a fee goes back only for a gate's attendance (the member was on site); one the desk
+        # marked leaves it standing (docs/rules.md, "The front desk")
+        attended_at_gate = {e.get("booking") for e in evs if e["type"] == "attendance"
+                            and e.get("status") == "attended" and e.get("by") == "gate"}
         evacuations = _evacuations(evs)
         balance: dict[str, Decimal] = {}
         for pid in passes:
@@ -102,11 +105,11 @@ def check_books(run: Run) -> list[Invariant]:
                     refunds.checked += 1
                     key = (fee["_daemon"], fee["seq"])
                     if (key in refunded or e.get("booking") != fee.get("booking")
-                            or fee.get("booking") not in attended_any
+                            or fee.get("booking") not in attended_at_gate
                             or Decimal(str(e["amount"])) != -Decimal(str(fee["amount"]))):
                         refunds.fail(f"the no-show fee {key} given back by {e['_daemon']} "
-                                     f"({e['amount']} for {e.get('booking')}): not once, in full, for an attended "
-                                     "booking", site=site, at=e["at"], member=e.get("member"),
+                                     f"({e['amount']} for {e.get('booking')}): not once, in full, for a booking a "
+                                     "gate attended", site=site, at=e["at"], member=e.get("member"),
                                      around=run.around(site, at, member=e.get("member")))
                     refunded.add(key)
                 elif e.get("cause") == "refund" and e.get("because"):
