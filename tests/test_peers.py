@@ -804,6 +804,37 @@ def test_an_attendance_heard_before_its_booking_arrives_counts_when_it_does(tmp_
     assert share(a, b, [late], {"in-2": "main"}).get("remote_attended", 0) == 0
 
 
+def test_points_of_a_booking_attended_elsewhere_wait_for_its_copy_to_arrive(tmp_path: Path) -> None:
+    """`gated sim day --short --seed 43`: north/in-1's box was replaced while the central
+    system was stopped. The new box heard the site's catch-up (in-2's attendances) with
+    its replica still empty, and its time-driven work settled those bookings' points as
+    "gone from the replica": nine members never got their points. A booking the replica
+    does not hold yet waits for its copy; only one never heard of for two days is settled
+    without credit."""
+    in2, clerk = site_store(tmp_path, "s1-in-2"), site_store(tmp_path, "s1-in-1")
+    clerk.apply_sync(SyncBatch(remove_bookings=["b1"]), at(6))  # the clerk's copy not in yet
+    _, came = tap(in2, IN2, at(9, 50))
+    share(in2, clerk, came.events, {"in-2": "main"})
+    # b1's points fall due at 10:45 + 3 h: nothing credited, nothing settled
+    assert [e for e in clerk.run_due(POLICY, at(14)).events if e["type"] == "loyalty"] == []
+    clerk.apply_sync(SyncBatch(bookings=[BookingIn.model_validate({
+        "id": "b1", "member": "m1", "pass": "p1", "class": "Yoga", "zone": "main",
+        "starts_at": at(10).isoformat(), "ends_at": at(10, 45).isoformat(), "loyalty_points": 10,
+    })]), at(14, 5))
+    credited = [(e["booking"], e["points"]) for e in clerk.run_due(POLICY, at(14, 10)).events if e["type"] == "loyalty"]
+    assert credited == [("b1", 10)]
+    assert [e for e in clerk.run_due(POLICY, at(14, 20)).events if e["type"] == "loyalty"] == []
+    # an attendance of a booking that never comes: settled without credit after two days
+    ghost = {**came.events[-1], "booking": "b9", "seq": 99, "id": "ghost-b9"}
+    assert ghost["type"] == "attendance"
+    share(in2, clerk, [ghost], {"in-2": "main"})
+    unsettled = "SELECT loyalty_settled FROM booking_outcomes WHERE booking_id = 'b9'"
+    clerk.run_due(POLICY, at(23))
+    assert clerk.conn.execute(unsettled).fetchone() == (0,)
+    clerk.run_due(POLICY, at(9, 51) + timedelta(days=2))
+    assert clerk.conn.execute(unsettled).fetchone() == (1,)
+
+
 def test_a_new_box_numbers_on_after_what_the_site_heard_of_the_old_one(tmp_path: Path) -> None:
     """The old box of in-2 charged a walk-in; in-1 heard it, the central system (its uplink
     cut) did not. The box is replaced; the central system says it applied nothing, in-1's

@@ -84,6 +84,9 @@ FEES_UNSURE_KEY = own_history.FEES_UNSURE_KEY
 # written once the no-shows held for a lost part that never came back were named for a person
 UNSURE_NAMED_KEY = "due.unsure_named"
 CURSOR_IDLE = timedelta(minutes=10)
+# an attended booking the replica never held (heard from another daemon) waits this long for
+# its copy before its points are settled without credit (Ledger._loyalty_due)
+OUTCOME_WAIT = timedelta(days=2)
 # a no-show names at most this many of the member's unconfirmed grants (one is the usual)
 UNCONFIRMED_NAMED = 10
 _BOOKINGS = "replica.bookings b LEFT JOIN main.booking_outcomes o ON o.booking_id = b.id"
@@ -972,10 +975,15 @@ class Ledger:
 
     def _loyalty_due(self, policy: Policy, now: datetime) -> tuple[list[Booking], list[str]]:
         """Attended bookings whose points fall due (to credit), and those to settle
-        without credit: no points, cancelled or gone from the replica by then."""
+        without credit: no points, cancelled by then, or never in the replica for
+        OUTCOME_WAIT after the attendance. A booking the replica does not hold is not gone:
+        a booking the central system removes takes its outcome with it (forget_outcomes, a
+        snapshot's switch_clear). It is one another daemon attended before this one's copy
+        came: a delta on its way, or a new box whose replica is not in yet while it hears
+        the site's catch-up. Its points wait for it."""
         rows = self.conn.execute(
             "SELECT o.booking_id, b.id, b.member_id, b.pass_id, b.class_name, b.zone, b.starts_at, b.ends_at, "
-            "b.status, o.outcome, b.deducted, b.cost, b.loyalty_points FROM main.booking_outcomes o "
+            "b.status, o.outcome, b.deducted, b.cost, b.loyalty_points, o.attended_at FROM main.booking_outcomes o "
             "LEFT JOIN replica.bookings b ON b.id = o.booking_id WHERE o.outcome = 'attended' AND o.loyalty_settled = 0"
         ).fetchall()
         due = ts(now - policy.loyalty_delay)
@@ -983,7 +991,8 @@ class Ledger:
         settle: list[str] = []
         for r in rows:
             if r[1] is None:
-                settle.append(r[0])
+                if r[13] is None or float(r[13]) <= ts(now - OUTCOME_WAIT):
+                    settle.append(r[0])
             elif r[7] <= due:
                 # cancelled when its points fall due: none. Not before — a cancellation the
                 # central system undoes before then leaves the booking attended, owed its points
