@@ -148,7 +148,7 @@ class Runner:
     def run(self) -> list[StepResult]:
         m = self.s.model
         first = parse_instant(m.steps[0].at, self.tz) if m.steps else datetime.now(self.tz)
-        self.store.apply_sync(self._batch(m.members, m.passes, m.bookings), first - timedelta(seconds=1))
+        self.store.apply_sync(self._batch([x.record() for x in m.members], m.passes, m.bookings), first - timedelta(seconds=1))
         # the gate has done the site's time-driven work since before the scenario's first
         # class: a daemon's first run takes no class that fell due before it (Ledger.run_due)
         bookings = [*m.bookings, *(b for st in m.steps if st.sync for b in st.sync.bookings)]
@@ -173,7 +173,7 @@ class Runner:
             rec.update(gate=st.override.gate)
         elif st.sync:
             sy = st.sync
-            self.store.apply_sync(self._batch(sy.members, sy.passes, sy.bookings, sy.remove), now)
+            self.store.apply_sync(self._batch([x.record() for x in sy.members], sy.passes, sy.bookings, sy.remove), now)
         elif st.mark_attended:
             ma = st.mark_attended
             events += self.engine.mark_attended(ma.booking, ma.operator, refund=ma.refund, now=now).events

@@ -78,8 +78,17 @@ def _scenario_card(v: str) -> str:
 ScenarioCard = Annotated[str, Field(min_length=1), AfterValidator(_scenario_card)]
 
 
-class ScenarioMemberIn(MemberIn):
+class ScenarioMemberIn(Strict):
+    """A member as the contract writes one: the central system's record has more (email,
+    phone, a photo, a note), which in a scenario file are unknown keys."""
+
+    id: Id
+    name: str = ""
+    status: Literal["active", "blocked"] = "active"
     cards: list[ScenarioCard] = []
+
+    def record(self) -> MemberIn:
+        return MemberIn(id=self.id, name=self.name, status=self.status, cards=self.cards)
 
 
 class TapIn(Strict):
@@ -255,7 +264,13 @@ def _check_references(s: ScenarioIn, marked: Marked) -> None:
             bookings |= {b.id for b in st.sync.bookings}
     bookings_now = {b.id for b in s.bookings}
 
+    tz = ZoneInfo(s.site.timezone)
+
     def check_records(prefix: tuple[str | int, ...], ps: list[PassIn], bs: list[BookingIn]) -> None:
+        for j, b in enumerate(bs):
+            # in the site's zone: around a clock change only the zone tells (BookingIn)
+            if b.ends_before_start(tz):
+                raise fail("ends_at is before starts_at", (*prefix, "bookings", j, "ends_at"))
         for j, p in enumerate(ps):
             if p.member not in members:
                 raise fail(f"pass {p.id!r} names unknown member {p.member!r}", (*prefix, "passes", j, "member"))
@@ -267,7 +282,6 @@ def _check_references(s: ScenarioIn, marked: Marked) -> None:
 
     check_records((), s.passes, s.bookings)
     previous: datetime | None = None
-    tz = ZoneInfo(s.site.timezone)
     for i, st in enumerate(s.steps):
         at = parse_instant(st.at, tz)
         if previous is not None and at < previous:
