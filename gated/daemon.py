@@ -32,7 +32,7 @@ from drivers.outputs.links import lines_in_use
 from drivers.outputs.modbus import OutputHealth
 from drivers.readers.base import Reader, ReaderHealth
 from drivers.readers.config import build_reader
-from gated import logs, sdnotify, status
+from gated import instance_lock, logs, sdnotify, status
 from gated.alarms import Alarms
 from gated.clock import SIMULATION_ENV, Clock, GuardedClock, SimulatedClock, utc_now
 from gated.clock import allowed as simulation_allowed
@@ -68,6 +68,8 @@ class StoreUnusable(Exception):
 
 
 EXIT_STORE_UNUSABLE = 3
+# another daemon runs on this store (gated/instance_lock.py): no restart loop either
+EXIT_ALREADY_RUNNING = 4
 
 
 class Daemon:
@@ -639,6 +641,16 @@ def run(config_path: str) -> int:
         sim = config.simulation
         clock = SimulatedClock(sim.clock_start, sim.clock_speed, sim.clock_epoch)
     logs.setup(config.logging.format, config.logging.level, config.logging.libraries)
+    held: int | None = None
+    try:
+        # before anything touches the relays or the store (gated/instance_lock.py)
+        held = instance_lock.hold(Path(config.store.path))
+    except instance_lock.AlreadyRunning as e:
+        print(f"gated: {e}", file=sys.stderr, flush=True)
+        return EXIT_ALREADY_RUNNING
+    except OSError as e:
+        # the store's folder cannot be written: opening the store says why, and exits 3
+        log.warning("store_lock_not_taken", path=str(instance_lock.lock_path(Path(config.store.path))), error=str(e))
     daemon = Daemon(config, config_path, clock=clock)
     try:
         asyncio.run(daemon.run())
@@ -647,7 +659,10 @@ def run(config_path: str) -> int:
     except StoreUnusable as e:
         print(f"gated: the store cannot be used: {e} (see docs/operations.md, \"A damaged store\")", file=sys.stderr, flush=True)
         return EXIT_STORE_UNUSABLE
+    finally:
+        if held is not None:
+            os.close(held)
     return 0
 
 
-__all__ = ["EXIT_STORE_UNUSABLE", "Daemon", "StoreUnusable", "run"]
+__all__ = ["EXIT_ALREADY_RUNNING", "EXIT_STORE_UNUSABLE", "Daemon", "StoreUnusable", "run"]

@@ -87,3 +87,74 @@ async def test_overlapping_stops_of_the_central_system_are_one_outage() -> None:
     # down from the first stop to the end of the longer one, not started again at 13:29
     inside = [d for t, d in down if T0 + timedelta(minutes=23) < t < T0 + timedelta(minutes=34)]
     assert inside and all(inside)
+
+
+class Proc:
+    """A gate daemon's process: killed, it reads alive until reaped a moment later (as a
+    Popen does until it is waited for)."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate, self.killed_at = gate, None  # type: float | None
+        self.ready = True
+
+    @property
+    def alive(self) -> bool:
+        loop = asyncio.get_running_loop()
+        return self.killed_at is None or loop.time() - self.killed_at < 0.1
+
+    def kill9(self) -> None:
+        if self.killed_at is None:
+            self.killed_at = asyncio.get_running_loop().time()
+            self.gate.running -= 1
+
+    def freeze(self) -> None: ...
+
+    def thaw(self) -> None: ...
+
+
+class Disk:
+    def cut(self) -> None: ...
+
+    def mount(self) -> None: ...
+
+
+class Board:
+    unlocked = True  # a member in the turnstile: the power cut comes at once
+    people_moving = 0
+
+
+class Gate:
+    def __init__(self) -> None:
+        self.running, self.most, self.starts = 1, 1, 0
+        self.proc, self.disk, self.turnstile = Proc(self), Disk(), Board()
+
+
+class GateChain(Chain):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = Gate()
+        self.gates = {("south", "in-2"): self.gate}
+
+    def start_gate(self, rig: Gate) -> None:  # as Chain.start_gate: a new process, whatever runs
+        rig.proc = Proc(rig)
+        rig.running += 1
+        rig.starts += 1
+        rig.most = max(rig.most, rig.running)
+
+
+async def test_a_power_cut_during_a_kill_of_the_same_gate_starts_its_daemon_once() -> None:
+    """Seed 44: a power cut a simulated minute into a kill of south/in-2 found the killed
+    process not yet reaped ("alive"), cut it again, and each fault started the daemon when it
+    ended: two daemons on one ledger for the rest of the day."""
+    chain = GateChain()
+    faults = [P.Chaos(T0 + timedelta(minutes=1), P.KILL_GATE, site="south", gate="in-2", duration=0.5),
+              P.Chaos(T0 + timedelta(minutes=2), P.POWER_CUT, site="south", gate="in-2", duration=0.2)]
+    plan = P.Plan(T0, T0, T0 + timedelta(hours=1), T0 + timedelta(hours=1), [], [], faults)
+    records = Records()
+    runner = ChaosRunner(chain, plan, records, 1, traffic=None)  # type: ignore[arg-type]
+    runner.start()
+    await runner.finish(timeout=10)
+    assert not runner.errors
+    assert (chain.gate.starts, chain.gate.most, chain.gate.running) == (1, 1, 1)
+    phases = [(r["n"], r["phase"], r.get("why")) for r in records.chaos]
+    assert phases == [(0, "start", None), (1, "skipped", "already down"), (0, "end", None)], phases
