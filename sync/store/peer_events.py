@@ -372,18 +372,20 @@ def walk_in_charges(
     conn: sqlite3.Connection, own_daemon: str, member: str, zone: str, start: datetime, end: datetime,
     before: datetime,
 ) -> list[Charge]:
-    """The member's walk-in charges in `zone` between `start` and `end`, before `before`,
-    that nobody refunded yet — taken by this daemon or another of the site — latest first."""
+    """The member's walk-in charges in `zone` between `start` and `end`, at or before
+    `before`, that nobody refunded yet — taken by this daemon or another of the site —
+    latest first. At counts: a charge recorded at the instant the desk asks was there when
+    it asked (a scenario's walk-in and mark_attended at one `at`, two steps in order)."""
     args = (member, zone, ts(start), ts(end), ts(before))
     own = conn.execute(
         "SELECT seq, pass_id, amount, at FROM deductions d WHERE member_id = ? AND cause = 'walk_in' AND zone = ? "
-        "AND at >= ? AND at < ? AND at < ? AND refunded_by IS NULL "
+        "AND at >= ? AND at < ? AND at <= ? AND refunded_by IS NULL "
         "AND NOT EXISTS (SELECT 1 FROM site_refunds r WHERE r.daemon = ? AND r.seq = d.seq)",
         (*args, own_daemon),
     ).fetchall()
     peer = conn.execute(
         "SELECT daemon, seq, pass_id, amount, at FROM site_charges c WHERE cause = 'walk_in' AND member_id = ? AND zone = ? "
-        "AND at >= ? AND at < ? AND at < ? "
+        "AND at >= ? AND at < ? AND at <= ? "
         "AND NOT EXISTS (SELECT 1 FROM site_refunds r WHERE r.daemon = c.daemon AND r.seq = c.seq)",
         args,
     ).fetchall()
