@@ -26,6 +26,7 @@ from rules.credential import Card
 from rules.reasons import Reason
 from rules.timeutil import load_zone, parse_instant
 from sync.records import (
+    CARD_TEXT_MAX,
     LOYALTY_LIMIT,
     Amount,
     BookingIn,
@@ -72,7 +73,10 @@ def _scenario_card(v: str) -> str:
     # (`text:UID:ANA`), not read by their shape as a reader's untyped strings are
     # (rules.credential.card_from_text). Too long or unprintable stays the file's error, at
     # its line, not a failure while running.
-    return Card.of_text(v).key
+    key = Card.of_text(v).key
+    if len(key) > CARD_TEXT_MAX:  # as the store keeps it (`text:` and the text)
+        raise ValueError(f"a card identifier is 1 to {CARD_TEXT_MAX - len('text:')} printable characters")
+    return key
 
 
 ScenarioCard = Annotated[str, Field(min_length=1), AfterValidator(_scenario_card)]
@@ -315,14 +319,20 @@ def _check_references(s: ScenarioIn, marked: Marked) -> None:
 
 
 _KEY = re.compile(r"([A-Za-z_][\w\-]*)\s*:(?:\s|$)")
+_KEY_WINDOW = 200  # characters before the point where YAML gave up, searched for the key
 
 
 def _key_on_line(text: str, line: int | None, column: int | None) -> str:
     """The last key written before the point where YAML gave up, to name it in the error."""
     lines = text.splitlines()
     if line is not None and 1 <= line <= len(lines):
-        written = lines[line - 1]
-        keys = _KEY.findall(written[: column + 1] if column is not None else written) or _KEY.findall(written)
+        # a window of the line: the key pattern backtracks over a long run of word
+        # characters at every start in it (quadratic), and a quoted key of 100,000 letters
+        # held the run for minutes
+        end = len(lines[line - 1]) if column is None else column + 1
+        written = lines[line - 1][max(0, end - _KEY_WINDOW): end]
+        whole = lines[line - 1][:_KEY_WINDOW]
+        keys = _KEY.findall(written) or _KEY.findall(whole)
         if keys:
             return str(keys[-1])
     return "(yaml)"

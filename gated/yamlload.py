@@ -114,6 +114,14 @@ def _convert(node: Node, path: Path, lines: dict[Path, int], budget: _Budget) ->
                 return None
             if node.value in _BOOL:
                 return _BOOL[node.value]
+        elif node.style == '"' and not node.value.isascii():
+            # a double-quoted "\ud800" is a lone surrogate: no text, and SQLite and every
+            # output refuse to encode it (a traceback deep in a run). Refused here, at its line
+            try:
+                node.value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise YamlError("a string holds a lone surrogate escape (\\uD800-\\uDFFF): not text",
+                                node.start_mark.line + 1, dotted(path) if "<key>" not in path else None) from None
         return node.value
     if isinstance(node, SequenceNode):
         return [_convert(child, (*path, i), lines, budget) for i, child in enumerate(node.value)]

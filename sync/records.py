@@ -108,7 +108,8 @@ def _card_text(text: str) -> str:
 # systems that predate typed cards, the identifier string as a reader sent it. The store
 # keys it (untyped strings read by their shape and the site's readers: docs/protocol.md,
 # "Cards").
-CardText = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_card_text)]
+CARD_TEXT_MAX = 200
+CardText = Annotated[str, Field(min_length=1, max_length=CARD_TEXT_MAX), AfterValidator(_card_text)]
 
 
 NOTE_MAX = 500

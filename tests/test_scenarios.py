@@ -96,6 +96,8 @@ INVALID_CASES: dict[str, tuple[int, str]] = {
     "expect-daemon-only-reason.yaml": (8, "steps[0].expect.reason"),
     "member-unknown-key.yaml": (4, "members[0].email"),  # was accepted: the central's record has an email
     "booking-ends-before-start-in-the-fold.yaml": (8, "bookings[0].ends_at"),  # was accepted: compared clock faces
+    "lone-surrogate.yaml": (6, "members[0].name"),  # was a traceback while running
+    "card-longer-than-the-store-keeps.yaml": (4, "members[0].cards[0]"),  # was a traceback while running
 }
 
 
@@ -239,3 +241,16 @@ def test_recursive_alias_is_invalid_not_a_traceback(tmp_path: Path) -> None:
     r = run(_write(tmp_path, "alias.yaml", "name: ok\nsite: &s {timezone: UTC, x: [*s]}\n"))
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_a_key_too_long_to_parse_is_named_at_once_not_searched_for_minutes(tmp_path: Path) -> None:
+    """A quoted key of 100,000 letters (YAML's implicit keys stop at 1,024): naming the key
+    where YAML gave up searched the whole line with a backtracking pattern — minutes of CPU
+    for one file (an outside review's hang). Now a window of the line is searched."""
+    base = ("name: k\nsite: {timezone: UTC}\ngates: [{id: g1, zone: main, direction: in}]\n"
+            "steps:\n  - {at: 2026-11-18T10:00, tick: {}, expect: {balances: {\"%s\": 8}}}\n")
+    f = _write(tmp_path, "long-key.yaml", base % ("L" * 100_000))
+    r = subprocess.run([sys.executable, "-m", "gated.cli", "scenario", "run", str(f)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)  # a hang, not a budget: minutes before
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.splitlines()) == 1 and "long-key.yaml:5: invalid" in r.stderr, r.stderr
