@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from gated.config import Duration, GateRules, PolicyConfig
 from gated.yamlload import DEFAULT_LIMITS, Marked, YamlError, describe_error, dotted, load
@@ -148,24 +155,28 @@ class TickIn(Strict):
 BookingOutcome = Literal["booked", "attended", "no_show", "cancelled"]
 
 
-def _contract_reason(v: Reason | None) -> Reason | None:
-    if v is not None and v not in CONTRACT_REASONS:
-        raise ValueError(f"{v.value!r} is not one of the contract's reason codes (SCENARIOS.md)")
+def _contract_reason(v: Any) -> Any:
+    # checked before the Reason enum reads it: a misspelt code is told the contract's codes,
+    # not the daemon's (site_full, lockdown, ...) beside them
+    if v is not None and (not isinstance(v, str) or v not in {r.value for r in CONTRACT_REASONS}):
+        raise ValueError(f"{v!r} is not one of the contract's reason codes (SCENARIOS.md): "
+                         + ", ".join(r.value for r in _CONTRACT_ORDER))
     return v
 
 
 # the reason codes a scenario can expect (SCENARIOS.md, "Reason codes"); the daemon's others
 # (lockdown, fire_alarm, storage_fault, ...) come from what a scenario cannot make happen
-CONTRACT_REASONS = frozenset(Reason(r) for r in (
+_CONTRACT_ORDER = tuple(Reason(r) for r in (
     "booking", "linked_booking", "walk_in", "reentry", "override", "exit", "unknown_card", "member_blocked",
     "site_closed", "anti_passback", "too_early", "too_late", "booking_required", "pass_expired",
     "pass_not_yet_valid", "zone_not_allowed", "outside_window", "no_balance", "no_pass", "invalid_qr", "qr_expired",
     "qr_replayed"))
+CONTRACT_REASONS = frozenset(_CONTRACT_ORDER)
 
 
 class ExpectIn(Strict):
     decision: Literal["granted", "denied"] | None = None
-    reason: Annotated[Reason | None, AfterValidator(_contract_reason)] = None
+    reason: Annotated[Reason | None, BeforeValidator(_contract_reason)] = None
     booking: str | None = None
     pass_: str | None = Field(default=None, alias="pass")
     deducted: dict[str, Amount] | None = None
