@@ -335,6 +335,34 @@ def test_a_booking_synced_in_behind_the_no_show_cursor_is_settled_at_the_next_ru
         store.close()
 
 
+def test_a_class_that_reads_as_ending_before_it_starts_is_no_show_only_after_it_starts(tmp_path: Path) -> None:
+    """The central system sends a class as 02:10+01:00 (01:10Z) to 02:50 without an offset —
+    in Madrid on the autumn change, that wall time's first occurrence (00:50Z): it ends
+    before it starts. A record carries no zone, so it is accepted (BookingIn); the store
+    reads it as ending at its start, and its no-show (a fee, where one is due) falls due 15
+    minutes after the class began — not 20 minutes before it did."""
+    from datetime import UTC
+
+    from rules.model import Policy
+
+    store = Store(tmp_path / "gate.db", SITE, durable=False)
+    try:
+        t0 = datetime(2026, 10, 24, 22, 0, tzinfo=UTC)
+        store.apply_sync(SyncBatch([MemberIn(id="m1", name="m1", cards=["C1"])], [credits("p1", Decimal(5))]), t0)
+        policy = Policy(no_show_fee=Decimal(1))
+        assert store.run_due(policy, t0).events == []
+        store.apply_sync(SyncBatch(bookings=[BookingIn.model_validate({
+            "id": "b1", "member": "m1", "pass": "p1", "class": "Late yoga", "zone": "main",
+            "starts_at": "2026-10-25T02:10+01:00", "ends_at": "2026-10-25T02:50", "deducted": False,
+            "cost": 1})]), t0 + timedelta(minutes=1))
+        before_it_began = datetime(2026, 10, 25, 1, 6, tzinfo=UTC)  # 00:50Z + 15 min, passed
+        assert store.run_due(policy, before_it_began).events == []
+        due = store.run_due(policy, datetime(2026, 10, 25, 1, 25, tzinfo=UTC))  # 01:10Z + 15 min
+        assert [(e["type"], e.get("booking"), e.get("status")) for e in due.events] == [("attendance", "b1", "no_show")]
+    finally:
+        store.close()
+
+
 def test_a_daemons_first_run_takes_no_class_that_fell_due_before_it(tmp_path: Path) -> None:
     """A daemon that begins the site's time-driven work — a new one, or one the role moved
     to — holds in its replica whatever the central system sends, classes of days ago still

@@ -190,14 +190,22 @@ BOOKING_READ = (
 
 
 def booking_row(b: BookingIn, tz: ZoneInfo) -> Row:
+    starts, ends = instant_ts(b.starts_at, tz), instant_ts(b.ends_at, tz)
+    if ends < starts:
+        # wall times that read, in the site's zone, as ending before they start (only around
+        # a clock change: BookingIn holds the rest): read as ending when the class starts —
+        # else its no-show, and its fee, would fall due before the class began
+        log.warning("booking %s ends (%s) before it starts (%s) in %s: read as ending at its start",
+                    b.id, b.ends_at, b.starts_at, tz.key)
+        ends = starts
     return (
         b.id,
         b.member,
         b.pass_,
         b.class_,
         b.zone,
-        instant_ts(b.starts_at, tz),
-        instant_ts(b.ends_at, tz),
+        starts,
+        ends,
         b.status,
         int(b.deducted),
         str(b.cost),
