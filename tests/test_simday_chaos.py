@@ -91,7 +91,7 @@ async def test_overlapping_stops_of_the_central_system_are_one_outage() -> None:
 
 class Proc:
     """A gate daemon's process: killed, it reads alive until reaped a moment later (as a
-    Popen does until it is waited for)."""
+    child process does until it is waited for)."""
 
     def __init__(self, gate: Gate) -> None:
         self.gate, self.killed_at = gate, None  # type: float | None
