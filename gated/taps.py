@@ -151,6 +151,11 @@ class TapPath:
             return {"error": "lockdown", "message": "Lockdown is on: an admin must lift it before a gate opens"}
         if ctl is None:
             return {"error": "no_relay", "message": "This gate has no relay: there is nothing to open"}
+        standing = ctl.standing_released()
+        if standing is not None:
+            # nothing to pulse, and nothing to tell a passage by: recorded, it would be an
+            # entry of nobody counted whoever went through (the console does not offer it)
+            return {"error": "released", "message": f"The gate stands released for {standing}: it is open already"}
         if gate.direction.value == "in" and not self.storage.ok_for_entry():
             return {"error": "storage_fault", "message": "The gate cannot record an opening now"}
         if request is not None and not await self._begin(request):

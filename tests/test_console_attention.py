@@ -135,6 +135,12 @@ async def test_open_once_is_offered_only_where_the_gate_would_open(tmp_path: Pat
         assert (await offer("exit"))["why"] == "no relay"
         await site.daemon.operator.relay_by_hand("turnstile-in", "on", None, "installer")
         assert await offer() == {"offered": False, "why": "held open by hand"}
+        # and the gate agrees: a gate standing released has nothing to open, and an opening
+        # recorded there would be an entry of nobody counted whoever went through (sim day
+        # seed 51: the desk's two openings during a fire drill, one without a rotation)
+        held = await c.post_json("/api/gates/turnstile-in/open", {"reason": "x"})
+        assert held.status == 409 and "stands released" in held.json()["error"], held.json()
+        assert not [e for e in site.daemon.store.events_after(0) if e["type"] == "override"]
         await site.daemon.operator.relay_by_hand("turnstile-in", "off", None, "installer")
         assert (await offer())["offered"] is True
         r = await c.post_json("/api/lockdown", {"on": True, "confirm": "LOCKDOWN", "reason": "test"})

@@ -365,6 +365,14 @@ class GateController:
             if ending:
                 self.release_tail.relocked(self._readings, self.clock(), self.cfg.passage_timeout)
 
+    def standing_released(self) -> str | None:
+        """What holds this gate released now — a fail-safe door in a fire alarm or an
+        emergency release, an installer's hold — in the alarms' words; None when it rests
+        locked between grants. The desk's "Open once" has nothing to open then."""
+        if self._rests_released or self.held_by_hand:
+            return self._release_reason()
+        return None
+
     def _release_reason(self) -> str | None:
         """What holds the gate released now, in the alarms' words; None when nothing does."""
         if self.fire_alarm:

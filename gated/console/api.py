@@ -290,7 +290,7 @@ async def loyalty_report(request: Request) -> Response:
 
 def _refused(result: dict[str, Any]) -> Response | None:
     if result.get("error"):
-        status = 409 if result["error"] in ("lockdown", "no_relay", "emergency") else 502
+        status = 409 if result["error"] in ("lockdown", "no_relay", "emergency", "released") else 502
         return as_json({"error": result.get("message") or result["error"]}, status)
     return None
 
