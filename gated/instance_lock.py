@@ -36,6 +36,7 @@ def hold(store: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        holder = ""
         with contextlib.suppress(OSError):
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
         os.close(fd)
