@@ -12,7 +12,6 @@ import hashlib
 import json
 import sys
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -123,9 +122,9 @@ class Runner:
     def close(self) -> None:
         self.store.close()
 
-    def _batch(self, members: Sequence[MemberIn], passes: list[PassIn], bookings: list[BookingIn], remove: RemoveIn | None = None) -> SyncBatch:
+    def _batch(self, members: list[MemberIn], passes: list[PassIn], bookings: list[BookingIn], remove: RemoveIn | None = None) -> SyncBatch:
         return SyncBatch(
-            members=list(members),
+            members=members,
             passes=passes,
             bookings=bookings,
             remove_members=remove.members if remove else [],

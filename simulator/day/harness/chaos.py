@@ -91,8 +91,7 @@ class ChaosRunner:
 
     def _running_gate(self, i: int, c: P.Chaos) -> GateRig | None:
         """The gate a fault is for; None (logged as skipped) when its daemon is already down."""
-        assert c.site and c.gate
-        rig = self.chain.gates[(c.site, c.gate)]
+        rig = self.chain.gates[_gate_of(c)]
         if not rig.proc.alive or _gate_of(c) in self._down:
             self._log(i, c, "skipped", why="already down")
             return None
@@ -112,13 +111,11 @@ class ChaosRunner:
             await asyncio.sleep(c.duration)  # systemd's RestartSec, in real seconds
             await self._back(i, c, rig)
         elif c.kind == P.POWER_CUT:
-            assert c.site and c.gate
-            rig = ch.gates[(c.site, c.gate)]
-            if rig.disk is None:
+            if ch.gates[_gate_of(c)].disk is None:
                 self._log(i, c, "skipped", why=f"no power-cut file system: {PowerCutDisk.missing()}")
                 return
-            if not rig.proc.alive or _gate_of(c) in self._down:
-                self._log(i, c, "skipped", why="already down")
+            rig = self._running_gate(i, c)
+            if rig is None or rig.disk is None:
                 return
             self._down.add(_gate_of(c))
             # at the worst moment if one comes soon: a member in the turnstile, the grant's
