@@ -149,9 +149,12 @@ class Runner:
         first = parse_instant(m.steps[0].at, self.tz) if m.steps else datetime.now(self.tz)
         self.store.apply_sync(self._batch([x.record() for x in m.members], m.passes, m.bookings), first - timedelta(seconds=1))
         # the gate has done the site's time-driven work since before the scenario's first
-        # class: a daemon's first run takes no class that fell due before it (Ledger.run_due)
+        # class: a daemon's first run takes no class that ended at or before it
+        # (Ledger.run_due), so it begins a second before any class's start or end — a
+        # class of no length with `no_show_after: 0m` falls due at its start
         bookings = [*m.bookings, *(b for st in m.steps if st.sync for b in st.sync.bookings)]
-        self.engine.run_due(min([first - timedelta(seconds=1), *(parse_instant(b.starts_at, self.tz) for b in bookings)]))
+        instants = [parse_instant(t, self.tz) for b in bookings for t in (b.starts_at, b.ends_at)]
+        self.engine.run_due(min([first, *instants]) - timedelta(seconds=1))
         return [self._step(i, st) for i, st in enumerate(m.steps)]
 
     def _step(self, i: int, st: StepIn) -> StepResult:

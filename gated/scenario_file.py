@@ -51,7 +51,8 @@ TimeZoneName = Annotated[str, AfterValidator(lambda v: (load_zone(v), v)[1])]
 
 
 class Strict(RecordModel):
-    # a scenario's keys may also be written by field name (`pass_` as well as `pass`)
+    # constructed in code by field name (`pass_`); a file is read by the contract's keys
+    # only (load_scenario: by_name=False), where `pass_` is an unknown key
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
@@ -78,9 +79,9 @@ def _scenario_card(v: str) -> str:
     # The contract's card is "any string, matched case-insensitively": a scenario's `uid:ana`
     # is a card and `04:A1` and `04A1` are two. So the file's cards are opaque text keys
     # (`text:UID:ANA`), not read by their shape as a reader's untyped strings are
-    # (rules.credential.card_from_text). Too long or unprintable stays the file's error, at
-    # its line, not a failure while running.
-    key = Card.of_text(v).key
+    # (rules.credential.card_from_text), and kept whole: " C1" is not "C1". Too long or
+    # unprintable stays the file's error, at its line, not a failure while running.
+    key = Card.of_text(v, exact=True).key
     if len(key) > CARD_TEXT_MAX:  # as the store keeps it (`text:` and the text)
         raise ValueError(f"a card identifier is 1 to {CARD_TEXT_MAX - len('text:')} printable characters")
     return key
@@ -244,7 +245,14 @@ class Scenario:
 
 
 def _first_error(e: ValidationError, marked: Marked) -> ScenarioInvalid:
-    line, key, msg = describe_error(e.errors()[0], marked)
+    errors = e.errors()
+    first = errors[0]
+    if first["type"] == "missing":
+        # a key missing beside an unknown one is usually that key misspelt (`pass_` for
+        # `pass`): the unknown key is the one to name
+        first = next((x for x in errors if x["type"] == "extra_forbidden" and x["loc"][:-1] == first["loc"][:-1]),
+                     first)
+    line, key, msg = describe_error(first, marked)
     return ScenarioInvalid(msg, line, key)
 
 
@@ -369,7 +377,7 @@ def load_scenario(path: Path) -> Scenario:
     if not isinstance(marked.data, dict):
         raise ScenarioInvalid("a scenario is a mapping with site, gates, ... and steps", 1, "(top)")
     try:
-        model = ScenarioIn.model_validate(marked.data)
+        model = ScenarioIn.model_validate(marked.data, by_alias=True, by_name=False)
     except ValidationError as e:
         raise _first_error(e, marked) from e
     _check_references(model, marked)

@@ -116,9 +116,11 @@ class Card:
         return cls(CardFormat.RAW, value, bits)
 
     @classmethod
-    def of_text(cls, text: str) -> Card:
-        # Case-insensitive, blanks around ignored: what the scenario contract promises.
-        norm = text.strip().upper()
+    def of_text(cls, text: str, *, exact: bool = False) -> Card:
+        # Case-insensitive always. Blanks around a reader's untyped string are the line's,
+        # not the card's (a wedge's padding); `exact` keeps them: a typed `text:` key and a
+        # scenario's card are "any string", and " C1" is not "C1".
+        norm = (text if exact else text.strip()).upper()
         if not norm or len(norm) > MAX_TEXT or not norm.isprintable():
             raise ValueError(f"a card identifier is 1 to {MAX_TEXT} printable characters")
         return cls(CardFormat.TEXT, text=norm)
@@ -197,12 +199,13 @@ _PREFIXES = ("uid", "em", "em32", "raw", "text")
 
 def parse_key(key: str) -> Card:
     """The inverse of Card.key (prefix case-insensitive). ValueError on anything else."""
-    prefix, sep, rest = key.strip().partition(":")
-    p = prefix.lower()
+    prefix, sep, rest = key.partition(":")
+    p = prefix.strip().lower()
     if not sep:
         raise ValueError("a card key is FORMAT:VALUE (uid:, em:, em32:, w26:, raw:, text:)")
     if p == "text":
-        return Card.of_text(rest)
+        return Card.of_text(rest, exact=True)  # the text is the card, to its last blank
+    rest = rest.strip()
     body = rest.strip().upper()
     # the bytes as readers and card printers group them: 04:A1:B2, 04-A1-B2, 04 A1 B2
     if p in ("uid", "em") and _GROUPED_HEX.fullmatch(body):

@@ -100,7 +100,9 @@ class Strict(BaseModel):
 
 def _card_text(text: str) -> str:
     card_from_text(text)  # ValueError: pydantic reports it as this card's error
-    return text.strip()
+    lead = text.lstrip()
+    # a `text:` key's text is the card to its last blank (rules.credential.parse_key)
+    return lead if lead[:5].lower() == "text:" else text.strip()
 
 
 # A member's card: a typed key (`em:0A00BC614E`, `w26:123:45678`, ...) or, from central
