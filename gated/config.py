@@ -479,14 +479,17 @@ class Config(Section):
             if g.direction == "in" and not g.readers:
                 out.append((("gates", i, "readers"), f"gate {g.id} has no reader: only overrides can open it"))
         sc = self.stale_cache
-        if sc.policy == "keep" and (sc.max_age is None or parse_duration(sc.max_age) > timedelta(days=7)):
+        # without `mqtt` nothing goes stale (Daemon.cache_stale): the seed is all there is
+        if self.mqtt is not None and (sc.max_age is None
+                                      or (sc.policy == "keep" and parse_duration(sc.max_age) > timedelta(days=7))):
             out.append((("stale_cache",), "a cache that is never considered stale keeps letting in members whose passes were cancelled centrally"))
         if self.console.enabled and self.console.bind not in ("127.0.0.1", "::1", "localhost") and not self.console.tls_cert:
             out.append((("console", "bind"), "the console listens beyond loopback without TLS: passwords cross the LAN in clear"))
         if self.console.enabled and not self.console.users:
             out.append((("console", "users"), "no console users: nobody can log in to the front-desk console"))
         if self.mqtt is None:
-            out.append((("mqtt",), "no MQTT link: events stay in the outbox and the cache is never refreshed; load members with `gated seed`"))
+            out.append((("mqtt",), "no MQTT link: events stay in the outbox; members, passes and bookings are what `gated seed` last "
+                        "loaded (seed again to change them; stale_cache does not apply)"))
         if not self.qr.public_keys:
             out.append((("qr", "public_keys"), "no trusted QR keys: every QR code is denied as invalid_qr"))
         return out

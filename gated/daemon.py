@@ -480,7 +480,10 @@ class Daemon:
     def cache_stale(self) -> bool:
         assert self.store is not None
         max_age = self.config.stale_cache.max_age
-        if max_age is None:
+        if max_age is None or self.config.mqtt is None:
+            # Without a central system the replica is what `gated seed` loaded: nothing newer
+            # exists for it to lack, so its age says nothing (a site seeded once a week must
+            # not start refusing walk-ins a day after)
             return False
         last = self.store.last_sync_at()
         return last is None or self.clock() - last > parse_duration(max_age)

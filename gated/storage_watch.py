@@ -37,10 +37,11 @@ to recover by itself, retries the commits that failed, reports alarms, and takes
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -55,6 +56,9 @@ from sync.store.faults import STORAGE_ERRORS, StorageChange, StorageGuard, Stora
 log = structlog.get_logger("gated.storage")
 
 CHECK_INTERVAL = 1.0
+# A run's first backup, when the copy on disk is missing or as old as the interval, waits
+# this long after the start: start-up's own writes (a catch-up, the held commits) go first.
+FIRST_BACKUP_AFTER = 60.0
 INTEGRITY_INTERVAL = 60.0  # while corrupt: how often a clean check is looked for
 
 
@@ -98,6 +102,7 @@ class StorageWatch:
         max_held_exits: int = MAX_HELD_EXITS,
         zones: Mapping[str, str] | None = None,
         mirror: ExitsMirror | None = None,
+        first_backup_after: float = FIRST_BACKUP_AFTER,
     ):
         self.store = store
         self.zones: Mapping[str, str] = zones or {}  # gate → zone, for the exits not recorded
@@ -112,7 +117,8 @@ class StorageWatch:
         self._unrecorded_why: set[str] = set()  # BEYOND_BOUND, UNREADABLE: until reported
         self.backup_interval = backup_interval
         self.backup_path = Path(str(store.path) + ".backup")
-        self._last_backup = time.monotonic()
+        self._first_backup_at = time.monotonic() + first_backup_after
+        self._last_backup: float | None = None  # monotonic, this run's last
         self.integrity_interval = integrity_interval
         self._last_integrity = time.monotonic()  # the first check one interval after the start
         self._integrity: IntegrityCheck | None = None
@@ -414,10 +420,29 @@ class StorageWatch:
 
     # -- backups -----------------------------------------------------------------------------
 
+    def _backup_due(self, interval: float) -> bool:
+        if self._last_backup is not None:
+            return time.monotonic() - self._last_backup >= interval
+        if time.monotonic() < self._first_backup_at:
+            return False
+        # This run's first: by the age of the copy on disk, not the time since the start —
+        # a box restarted more often than the interval (switched off at night, upgraded)
+        # would otherwise never have one.
+        written = self.backup_written_at()
+        if written is None:
+            return True
+        age = (datetime.now(UTC) - written).total_seconds()
+        return not 0 <= age < interval  # one dated ahead (a clock set back since) is not fresh
+
+    def backup_written_at(self) -> datetime | None:
+        """When the copy at `backup_path` was written (its mtime), None if there is none."""
+        try:
+            return datetime.fromtimestamp(os.stat(self.backup_path).st_mtime, UTC)
+        except OSError:
+            return None
+
     async def _maybe_backup(self) -> None:
-        if self.backup_interval is None:
-            return
-        if time.monotonic() - self._last_backup < self.backup_interval.total_seconds():
+        if self.backup_interval is None or not self._backup_due(self.backup_interval.total_seconds()):
             return
         self._last_backup = time.monotonic()
         try:
@@ -438,6 +463,7 @@ class StorageWatch:
             "exits_mirror": None if self.mirror is None else
             {"path": str(self.mirror.path), "write_failures": self.mirror.failures},
             "backup": str(self.backup_path),
+            "backup_written_at": None if (at := self.backup_written_at()) is None else iso_utc(at),
             "integrity": {"interval": interval, "running": self._integrity_task is not None, "last": self.last_check},
         }
 

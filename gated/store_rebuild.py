@@ -65,7 +65,13 @@ def rebuild(db: Path, config: Any) -> int:
     for table, error in lost:
         print(f"  {table}: could not be read in full ({error})", file=sys.stderr)
     print(f"{db}: rebuilt; ledger rows kept: " + ", ".join(f"{t} {n}" for t, n in copied.items()))
-    print(f"the old file is {kept}; the replica comes back with the next snapshot")
+    if getattr(config, "mqtt", None) is None:
+        # no central system sends a snapshot: the members came from `gated seed`, and only it
+        # brings them back (until then every card is unknown)
+        print(f"the old file is {kept}; this site has no central system (no `mqtt:`): load the members "
+              "again with `gated seed -c CONFIG MEMBERS-FILE` before starting the daemon")
+    else:
+        print(f"the old file is {kept}; the replica comes back with the snapshot the daemon asks for when it connects")
     return 1 if lost else 0
 
 

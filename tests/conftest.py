@@ -29,7 +29,7 @@ from tests.broker import central, mosquitto, mosquitto_factory
 __all__ = ["central", "mosquitto", "mosquitto_factory"]
 
 UNIT = {
-    "test_admission", "test_clock_policy", "test_credential", "test_decide", "test_enrolment", "test_fuzz_inputs",
+    "test_admission", "test_backup_schedule", "test_clock_policy", "test_credential", "test_decide", "test_enrolment", "test_fuzz_inputs",
     "test_fuzz_osdp", "test_ledger", "test_messages", "test_outputs_door", "test_outputs_grant", "test_outputs_plan",
     "test_peers", "test_qr_contest", "test_qrtoken", "test_read_models", "test_readers_frames", "test_store_cards", "test_store_files",
     "test_sync_retention", "test_sync_session", "test_timeutil", "test_durability", "test_chunk_rows",

@@ -110,3 +110,28 @@ def test_fail_secure_escape_route_is_warned(tmp_path: Path) -> None:
 def test_schema_in_repo_matches_models() -> None:
     out = subprocess.run([sys.executable, "-m", "gated.cli", "schema", "--check"], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + " — run `gated schema` and commit config/gated.schema.json"
+
+
+@pytest.mark.parametrize(
+    ("stale_cache", "mqtt", "warned"),
+    [
+        ("{max_age: null, policy: deny}", True, True),  # never stale: the policy never applies
+        ("{max_age: null, policy: bookings_and_time_passes}", True, True),
+        ("{max_age: null, policy: keep}", True, True),
+        ("{max_age: 30d, policy: keep}", True, True),
+        ("{max_age: 24h, policy: keep}", True, False),
+        ("{max_age: 24h, policy: deny}", True, False),
+        ("{max_age: null, policy: keep}", False, False),  # no central: the seed is all there is
+    ],
+)
+def test_a_cache_that_never_goes_stale_is_warned_whatever_its_policy(
+        tmp_path: Path, stale_cache: str, mqtt: bool, warned: bool) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "site: {id: s1, timezone: Europe/Berlin}\n"
+        "gates: [{id: g1, zone: main, output: {transport: tcp, host: 127.0.0.1, coil: 0}}]\n"
+        f"stale_cache: {stale_cache}\n" + ("mqtt: {host: 127.0.0.1}\n" if mqtt else "")
+    )
+    warnings = dict(load_config(cfg).warnings())
+    assert ("stale_cache" in warnings) is warned
+    assert ("stale_cache does not apply" in warnings.get("mqtt", "")) is not mqtt

@@ -258,7 +258,9 @@ async def test_a_stale_cache_is_an_alarm_and_the_member_page_marks_what_the_gate
     """"Member data is stale" was said only on the feed page's side panel: the members page
     (whose banners are the alarms) showed Bruno's pass *usable* with its old balance, while
     the gate refused him `cache_stale`."""
-    extra = {"stale_cache": {"max_age": "2s", "policy": "bookings_and_time_passes"}}
+    # a central system configured and not reachable: without one the seed never goes stale
+    extra = {"stale_cache": {"max_age": "2s", "policy": "bookings_and_time_passes"},
+             "mqtt": {"host": "127.0.0.1", "port": 9, "backoff_initial": 0.5, "backoff_max": 5}}
     async with running_site(tmp_path, extra=extra) as site:
         c = Client(site.port)
         await c.login("desk")

@@ -45,6 +45,10 @@ SEED = {
 }
 
 
+# a central system configured and never reached: the cache can only grow old
+UNREACHABLE_CENTRAL = {"host": "127.0.0.1", "port": 9, "site": "s", "daemon": "d1", "backoff_initial": 0.5, "backoff_max": 5}
+
+
 class Clock:
     def __init__(self, now: datetime):
         self.now = now
@@ -113,7 +117,8 @@ async def test_grant_commits_and_counts(tmp_path: Path) -> None:
 )
 async def test_stale_cache_policy(tmp_path: Path, policy: str, expected: dict[str, str]) -> None:
     old = NOW - timedelta(days=2)
-    async with daemon(tmp_path, synced_at=old, stale_cache={"max_age": "24h", "policy": policy}) as (d, sim, _):
+    async with daemon(tmp_path, synced_at=old, stale_cache={"max_age": "24h", "policy": policy},
+                      mqtt=UNREACHABLE_CENTRAL) as (d, sim, _):
         for card, reason in expected.items():
             assert (await tap(d, card))["reason"] == reason, card
         assert (await tap(d, "AA01", "out"))["reason"] == "exit"  # never locked in
@@ -121,10 +126,24 @@ async def test_stale_cache_policy(tmp_path: Path, policy: str, expected: dict[st
 
 
 async def test_fresh_cache_is_not_stale(tmp_path: Path) -> None:
-    async with daemon(tmp_path, stale_cache={"max_age": "24h", "policy": "deny"}) as (d, _, clock):
+    async with daemon(tmp_path, stale_cache={"max_age": "24h", "policy": "deny"}, mqtt=UNREACHABLE_CENTRAL) as (d, _, clock):
         assert (await tap(d, "AA01"))["decision"] == "granted"
         clock.now = NOW + timedelta(hours=25)
         assert (await tap(d, "AA02"))["reason"] == "cache_stale"
+
+
+async def test_a_site_without_a_central_system_never_goes_stale(tmp_path: Path) -> None:
+    """No `mqtt:`: the members are what `gated seed` loaded, and nothing newer exists. An
+    installer who kept the example's `stale_cache` (24h) must not find walk-ins refused a day
+    after seeding (an outside installer's finding: they were)."""
+    old = NOW - timedelta(days=9)
+    async with daemon(tmp_path, synced_at=old, stale_cache={"max_age": "24h", "policy": "bookings_and_time_passes"}) as (
+            d, _, clock):
+        assert (await tap(d, "AA01"))["reason"] == "walk_in"
+        clock.now = NOW + timedelta(days=30)
+        assert (await tap(d, "AA01", "out"))["reason"] == "exit"
+        assert (await tap(d, "AA01"))["reason"] == "walk_in"
+        assert d.health()["cache_stale"] is False
 
 
 async def test_capacity_full_denies_site_full(tmp_path: Path) -> None:

@@ -153,6 +153,8 @@ async def test_rebuild_replica_after_a_kill_or_damage(tmp_path: Path, damage: st
     # rows lost: exit 1 and which; a header written again loses nothing
     assert out.returncode == (0 if damage in ("killed", "zeroed-header") else 1), out.stdout + out.stderr
     assert "rebuilt" in out.stdout, out.stdout + out.stderr
+    # this site has no central system: only the seed brings its members back
+    assert "gated seed -c" in out.stdout, out.stdout
     kept = [p for p in state.iterdir() if p.name.startswith("gated.db.damaged-")]
     assert kept, "the old file is kept beside the new one"
     check = gated("store", "check", "-c", gate.config)
