@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from sync.events import event_schema
 from sync.records import MAX_INT, BookingIn, MemberIn, PassIn, PassRecord, SitePassIn
@@ -29,7 +29,13 @@ MAJOR = 1
 # the minor version: what a gate of this major understands (docs/protocol.md "Versioning")
 MINOR = 9
 PROTOCOL = f"{MAJOR}.{MINOR}"
-V = Literal[1]
+def _not_a_bool(v: object) -> object:
+    if isinstance(v, bool):  # True == 1 to Python, and to a Literal[1]
+        raise ValueError("v is the number 1")
+    return v
+
+
+V = Annotated[Literal[1], BeforeValidator(_not_a_bool)]
 
 Level = Annotated[str, Field(pattern=LEVEL.pattern)]
 MAX_SITE_DAEMONS = 256  # a status's `heard` names at most this many of the site's daemons

@@ -4,11 +4,15 @@ looked up live, and the broker going away changes nothing for the member at the 
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+import aiomqtt
 
 from gated.config import Config
 from gated.daemon import Daemon
@@ -89,3 +93,29 @@ async def test_broker_down_taps_go_on_and_arrive_later(mosquitto: Mosquitto, cen
         assert seqs == list(range(1, d.store.last_seq + 1))
         assert central.balance(SITE, "p1") == Decimal(999) == d.store.balance("p1")
         assert central.balance(SITE, "p2") == Decimal(999) == d.store.balance("p2")
+
+
+async def retained_status(broker: Mosquitto, topic: str) -> dict[str, Any]:
+    async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+        await c.subscribe(topic, qos=1)
+        async with asyncio.timeout(WAIT_S):
+            async for m in c.messages:
+                assert isinstance(m.payload, bytes)
+                body: dict[str, Any] = json.loads(m.payload)
+                return body
+    raise AssertionError("no retained status")
+
+
+async def test_the_status_left_at_a_clean_stop_keeps_the_connections_at(
+        mosquitto: Mosquitto, central: Central, tmp_path: Path) -> None:
+    """docs/protocol.md, "Status and health": `at` is when the gate connected, the same in every
+    status of one connection. The `offline` status a clean stop leaves carried the stop's
+    instant instead (the last will, after a kill, had it right) — found by a central system
+    written from the docs."""
+    async with daemon(tmp_path, mosquitto) as d:
+        topic = d.link.topics.status
+        online = await retained_status(mosquitto, topic)
+        assert online["state"] == "online"
+        await asyncio.sleep(1.2)  # a stop's instant differs from the connection's in its second
+    offline = await retained_status(mosquitto, topic)
+    assert offline["state"] == "offline" and offline["at"] == online["at"], (online, offline)

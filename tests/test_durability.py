@@ -291,7 +291,9 @@ def test_a_log_that_kept_its_size_is_not_checkpointed_after_every_commit(tmp_pat
     checkpoints = Counted(lambda: [store.path])
     try:
         emit(store, 300)  # well over MIN_BYTES of log
-        settled = _settled(checkpoints)
+        # quiet for a second: on a loaded machine the thread's checkpoint of these came 0.3 s
+        # late, and was counted as one of the small writes' below (one failure in a unit run)
+        settled = _settled(checkpoints, quiet_rounds=100)
         assert settled >= 1
         assert Path(str(store.path) + "-wal").stat().st_size > Counted.MIN_BYTES
         for _ in range(5):

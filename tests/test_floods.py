@@ -375,6 +375,24 @@ async def test_inbound_queue_drops_over_a_class_budget_in_order() -> None:
     assert len(dropped) == 8
 
 
+async def test_inbound_queue_takes_one_message_larger_than_its_class_when_it_holds_nothing() -> None:
+    """A delta of 2.8 MB (within the 4 MB `max_payload`) was over the delta class's 2 MiB and
+    dropped each time the central system sent it again: the replica stayed behind for good,
+    and the drop was not counted `oversized` either. One message always fits an empty class;
+    the session refuses one over `max_payload` (and counts it)."""
+    from sync.link.inbound import OVERHEAD, Budget, InboundQueue
+
+    dropped: list[str] = []
+    q: InboundQueue[tuple[str, bytes]] = InboundQueue(
+        lambda m: m[0], lambda m: len(m[1]), dropped.append, {"delta": Budget(4, 2 * OVERHEAD), "other": Budget(1, 1)})
+    big = ("delta", b"x" * 5 * OVERHEAD)
+    q.put_nowait(big)
+    q.put_nowait(("delta", b"small"))  # behind the big one: over the class's bytes
+    assert dropped == ["delta"] and q.get_nowait() == big
+    q.put_nowait(("delta", b"small"))
+    assert dropped == ["delta"] and q.qsize() == 1
+
+
 def test_resource_errors_are_one_log_line_per_period() -> None:
     import errno
 

@@ -805,3 +805,63 @@ def test_the_heartbeat_says_what_the_gate_does_of_the_time_driven_work_and_the_p
     # a gate of an older version says nothing of it: nothing is made up
     s.receive(f"{P}/gate-c/status", js({"v": 1, "daemon": "gate-c", "state": "online"}), 103.0)
     assert s.peers.marks["gate-c"].work is None
+
+
+# -- found by a central system written from docs/protocol.md alone --------------------------------
+
+
+def test_a_snapshot_whose_chunks_stop_coming_is_abandoned_and_asked_again() -> None:
+    """A central system that crashed part-way through a snapshot: the import stayed open
+    for good, the deltas after it were held for after it, and no resync was ever sent —
+    a member blocked centrally was let in for as long as it lasted."""
+    s = connected(session(snapshot_stall=120.0), 100.0)
+    s.receive(f"{P}/snapshot", chunk(0, 3), 101.0)
+    s.receive(f"{P}/snapshot", chunk(1, 3), 150.0)
+    s.receive(f"{P}/delta", delta(6), 151.0)  # held for after the import
+    s.receive(f"{P}/delta/head", head(6), 151.0)
+    assert s.importing and resyncs(s.tick(269.0)) == []  # 119 s since chunk 1: still on its way
+    out = s.tick(270.5)
+    assert out[0] == AbortSnapshot("no chunk for 120 s after chunk 1 of 3")
+    assert [r["reason"] for r in resyncs(out)] == ["snapshot_failed"]
+    assert not s.importing and s.awaiting_snapshot and s.stats["snapshots_failed"] == 1
+    # the new snapshot comes whole: the held delta follows it
+    s.receive(f"{P}/snapshot", chunk(0, 1, sid="again"), 271.0)
+    s.snapshot_staged(1, 1, 272.0)
+    assert [type(a) for a in s.snapshot_committed(272.0)] == [ApplyDelta] and s.delta_seq == 6
+
+
+def test_a_snapshot_wholly_received_is_not_timed_out_while_it_is_built() -> None:
+    s = connected(session(snapshot_stall=120.0), 100.0)
+    s.receive(f"{P}/snapshot", chunk(0, 2), 101.0)
+    s.receive(f"{P}/snapshot", chunk(1, 2), 102.0)  # the last: the worker builds the replica
+    assert [a for a in s.tick(400.0) if isinstance(a, AbortSnapshot)] == [] and s.importing
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"v": 1, "applied_seq": "5"}',
+    b'{"v": 1, "applied_seq": true}',
+    b'{"v": 1, "applied_seq": 5, "gap": "yes"}',
+    b'{"v": true, "applied_seq": 5}',
+])
+def test_an_ack_that_breaks_its_schema_is_dropped_and_counted(payload: bytes) -> None:
+    """`"5"` and `true` for an integer were read as 5 and 1: a central system's bug went
+    unnoticed (docs/protocol.md: a message that breaks its schema is dropped and counted)."""
+    s = connected(session())
+    assert s.receive(f"{P}/gate-a/ack", payload, 110.0) == []
+    assert s.stats["dropped"] == 1 and s.stats["invalid"] + s.stats["unsupported_version"] == 1
+    assert s.stats["acks"] == 0
+
+
+def test_a_delta_with_a_string_for_a_number_is_invalid() -> None:
+    s = connected(session())
+    assert s.receive(f"{P}/delta", js({"v": 1, "delta_seq": "6"}), 110.0) == []
+    assert s.receive(f"{P}/delta", js({"v": 1, "delta_seq": 6, "passes": [pass_(applied={"gate-a": "5"})]}), 110.0) == []
+    assert s.stats["invalid"] == 2 and s.delta_seq == 5
+
+
+def test_a_garbage_lookup_answer_is_malformed_not_unmatched() -> None:
+    s = connected(session())
+    assert s.receive(f"{P}/gate-a/lookup/response", b"not json", 110.0) == []
+    assert s.stats["malformed"] == 1 and s.stats["lookup_unmatched"] == 0
+    assert s.receive(f"{P}/gate-a/lookup/response", js({"v": 1, "found": False}), 110.0) == []
+    assert s.stats["lookup_unmatched"] == 1

@@ -74,7 +74,10 @@ class InboundQueue(asyncio.Queue[T], Generic[T]):
     def put_nowait(self, item: T) -> None:
         cls, cost = self._cost(item)
         budget = self.budgets[cls]
-        if self.held[cls] + 1 > budget.messages or self.held_bytes[cls] + cost > budget.bytes:
+        # A class holding nothing takes any one message: one larger than the class's bytes
+        # (a delta of 3 MB, within `max_payload`) was dropped every time it was sent again,
+        # and the session, not the queue, is where an oversized one is refused and counted
+        if self.held[cls] and (self.held[cls] + 1 > budget.messages or self.held_bytes[cls] + cost > budget.bytes):
             self.dropped(cls)  # not QueueFull: aiomqtt would log a line per message
             return
         self.held[cls] += 1

@@ -287,7 +287,7 @@ class SyncLink:
             raise aiomqtt.MqttError("the connection ended")
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                offline = self.session.status("offline", iso_utc(self.now()))
+                offline = self.session.status("offline", at)  # the connection's, as its will's
                 async with asyncio.timeout(1.0):
                     await client.publish(offline.topic, offline.payload, qos=offline.qos, retain=offline.retain)
             raise

@@ -146,6 +146,7 @@ class _Import:
     chunks: int
     delta_seq: int
     full_replacement: bool
+    last_chunk_at: float  # monotonic
     next_chunk: int = 0
 
 
@@ -421,6 +422,10 @@ class Session:
         if now >= self._next_prune_at:
             self._next_prune_at = now + c.prune_interval
             out.append(PruneAcked(c.retain_acked, c.retain_acked_max))
+        imp = self._import
+        if imp is not None and imp.next_chunk < imp.chunks and now - imp.last_chunk_at >= c.snapshot_stall:
+            out += self.snapshot_failed(
+                f"no chunk for {now - imp.last_chunk_at:.0f} s after chunk {imp.next_chunk - 1} of {imp.chunks}", now)
         out += self._behind_head(now)
         out += self._history_tick(now, at)
         tw = self._twin
@@ -618,7 +623,9 @@ class Session:
 
     def _parse(self, model: type[M], payload: bytes) -> M | None:
         try:
-            return model.model_validate_json(payload)
+            # strict: the schema's types, as docs/schemas/ give them — `"5"` or `true` for an
+            # integer is a central system's bug to be told of (`invalid`), not read as 5 or 1
+            return model.model_validate_json(payload, strict=True)
         except ValidationError as e:
             errors = e.errors()
             if any(err["type"] == "json_invalid" for err in errors):
@@ -832,7 +839,7 @@ class Session:
                 return []
             if imp is not None:
                 self.stats["snapshots_abandoned"] += 1
-            imp = self._import = _Import(chunk.snapshot_id, chunk.chunks, chunk.delta_seq, chunk.full_replacement)
+            imp = self._import = _Import(chunk.snapshot_id, chunk.chunks, chunk.delta_seq, chunk.full_replacement, now)
         elif imp is None or chunk.snapshot_id != imp.snapshot_id:
             self.stats["snapshot_chunks_ignored"] += 1
             return []
@@ -841,6 +848,7 @@ class Session:
                 f"expected chunk {imp.next_chunk}/{imp.chunks}, got {chunk.chunk}/{chunk.chunks}", now
             )
         imp.next_chunk += 1
+        imp.last_chunk_at = now
         self.stats["snapshot_chunks"] += 1
         return [StageChunk(chunk, payload, first=chunk.chunk == 0, last=imp.next_chunk == imp.chunks)]
 
@@ -930,12 +938,12 @@ class Session:
         )
 
     def _on_lookup_response(self, payload: bytes, correlation: bytes | None) -> list[Action]:
+        resp = self._parse(LookupResponse, payload)  # garbage is `malformed` whatever it answers
+        if resp is None:
+            return []
         pending = self._lookups.get(correlation) if correlation else None
         if pending is None or correlation is None:
             self.stats["lookup_unmatched"] += 1
-            return []
-        resp = self._parse(LookupResponse, payload)
-        if resp is None:
             return []
         del self._lookups[correlation]
         self.stats["lookup_found" if resp.found else "lookup_unknown"] += 1

@@ -33,6 +33,10 @@ class SessionConfig:
     gap_rewind_interval: float = 1.0  # acks with `gap` repeat while the resend is on its way
     # behind the central's delta head this long: a delta was lost, not just on its way
     head_grace: float = 5.0
+    # no chunk of a snapshot under way for this long while more are due: the central system
+    # stopped sending it (a crash mid-way) — the import is abandoned and asked for again,
+    # or its deltas, held for after it, would wait for good
+    snapshot_stall: float = 120.0
     # the site's other daemons (sync/link/peer_marks.py): our heartbeat, and how patiently a
     # gap in theirs is asked about; a daemon heard of for the first time is asked for its
     # events of this long ago on
