@@ -110,3 +110,15 @@ def test_a_booking_ends_after_it_starts_as_far_as_a_record_can_tell(starts: str,
     else:
         with pytest.raises(ValidationError, match="ends_at is before starts_at"):
             BookingIn.model_validate(raw)
+
+
+def test_the_protocol_page_names_the_minor_version_the_gate_speaks() -> None:
+    """A central system written from the page read "version 1.2" in its title, a table up to
+    1.9 and a central status example saying 1.1: which to advertise was a guess."""
+    from sync.protocol import PROTOCOL
+
+    page = (SCHEMAS.parent / "protocol.md").read_text()
+    assert page.splitlines()[0].endswith(f"(version {PROTOCOL})")
+    assert f'"protocol": "{PROTOCOL}"' in page
+    assert f"| {PROTOCOL} |" in page  # its row in the table of minors
+    assert not [v for v in ('"protocol": "1.0"', '"protocol": "1.1"', '"protocol": "1.2"') if v in page]
