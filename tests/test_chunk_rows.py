@@ -145,3 +145,20 @@ def test_the_fast_path_takes_the_common_case() -> None:
     with pytest.raises(NotFast):  # not the chunk the worker expects
         chunk_rows(payload, snapshot_id="s", number=1, chunks=2, daemon=DAEMON, tz=p.tz, synced_at=1.0,
                    ten_digits=TenDigits.EM32)
+
+
+@pytest.mark.parametrize("bad", [
+    {"applied": {DAEMON: "5"}},  # a string for an integer
+    {"applied": {DAEMON: True}},  # a boolean for one
+])
+def test_a_chunk_off_its_schemas_types_is_refused_both_ways(bad: dict[str, Any]) -> None:
+    """The canonical path read `"5"` as 5 and `true` as 1 (a central written from the docs
+    found the link's messages did; the snapshot's records are held as the link's are)."""
+    pass_ = {"id": "p1", "member": "m1", "kind": "visits", "balance": 5, **bad}
+    payload = json.dumps({"v": 1, "snapshot_id": "s", "chunk": 0, "chunks": 1, "delta_seq": 1,
+                          "members": [{"id": "m1"}], "passes": [pass_]}).encode()
+    p = parser(1)
+    with pytest.raises(NotFast):
+        fast(p, 0, payload)
+    with pytest.raises(BuildError):
+        p.parse(0, payload)

@@ -12,8 +12,9 @@ booking's end after its start, amounts) and the row at once.
 The contract with the canonical path, which stays the definition of a valid chunk:
 - `chunk_rows` returns the rows the canonical path would build, or raises `NotFast`;
 - it never accepts a chunk the canonical path rejects. It may refuse one the canonical
-  path accepts (msgspec is stricter: no `"5"` for an int, no `1` for a bool, ...); the
-  worker then runs the canonical path, which also writes every error message.
+  path accepts; the worker then runs the canonical path, which also writes every error
+  message. (Both hold the schema's types — no `"5"` for an int, no `1` for a bool — as
+  the link does with every message.)
 tests/test_chunk_rows.py holds the two paths to that, on generated sites and on records
 with every field made wrong. Where the two libraries read a value differently, the value
 is not decoded here: an amount is kept as its raw JSON and read by pydantic's own

@@ -90,7 +90,7 @@ class Parser:
     def parse_canonical(self, number: int, payload: bytes) -> Rows:
         """SnapshotChunk (the protocol's model), then sync/store/rows.py."""
         try:
-            chunk = SnapshotChunk.model_validate_json(payload)
+            chunk = SnapshotChunk.model_validate_json(payload, strict=True)  # as the link holds every message
         except ValidationError as e:
             errors = e.errors()
             where = ".".join(str(x) for x in errors[0]["loc"]) if errors else ""
