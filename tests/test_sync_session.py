@@ -865,3 +865,18 @@ def test_a_garbage_lookup_answer_is_malformed_not_unmatched() -> None:
     assert s.stats["malformed"] == 1 and s.stats["lookup_unmatched"] == 0
     assert s.receive(f"{P}/gate-a/lookup/response", js({"v": 1, "found": False}), 110.0) == []
     assert s.stats["lookup_unmatched"] == 1
+
+
+def test_the_snapshot_the_replica_already_is_is_not_imported_again() -> None:
+    """A snapshot left retained by a central system (pushed to all) came again at every
+    connection and was imported again each time: an import's CPU for nothing."""
+    s = connected(Session(CONFIG, StoreState(has_snapshot=True, snapshot_id="snap", delta_seq=5), zones={}), 100.0)
+    assert s.receive(f"{P}/snapshot", chunk(0, 1, sid="snap"), 101.0) == []
+    assert s.stats["snapshots_repeated"] == 1 and not s.importing
+    assert [type(a) for a in s.receive(f"{P}/snapshot", chunk(0, 1, sid="new"), 102.0)] == [StageChunk]
+    s.snapshot_staged(1, 1, 103.0)
+    s.snapshot_committed(103.0)
+    assert s.receive(f"{P}/snapshot", chunk(0, 1, sid="new"), 104.0) == []  # the one just made
+    assert s.stats["snapshots_repeated"] == 2
+    s.delta_failed(5, "the store refused it", 105.0)  # now the gate waits for one: taken
+    assert [type(a) for a in s.receive(f"{P}/snapshot", chunk(0, 1, sid="new"), 106.0)] == [StageChunk]

@@ -38,6 +38,7 @@ class StorePort:
             numbering_unsure=s.unsure_after is not None,
             delta_seq=s.delta_seq,
             has_snapshot=s.snapshot_id is not None,
+            snapshot_id=s.snapshot_id,
             snapshot_reason="card_rule" if s.card_rule_changed else None,
             peer_marks=s.peer_marks(),
             own_history=s.own_history_wanted(),

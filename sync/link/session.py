@@ -228,6 +228,7 @@ class Session:
         self.numbering_unsure = state.numbering_unsure
         self.delta_seq = state.delta_seq
         self.has_snapshot = state.has_snapshot
+        self.snapshot_id = state.snapshot_id
         self.awaiting_snapshot = not state.has_snapshot
         # A snapshot wanted while deltas still apply (the card rule changed): asked for at
         # each connection and every resync_retry until one is committed.
@@ -837,6 +838,12 @@ class Session:
                 # the newer deltas (back-office changes), and nothing would ask again
                 self.stats["snapshots_stale"] += 1
                 return []
+            if (chunk.snapshot_id == self.snapshot_id and chunk.delta_seq == self.delta_seq
+                    and not self.awaiting_snapshot and not self.snapshot_reason):
+                # the one the replica is (a retained snapshot, delivered at every connection):
+                # imported again it would change nothing and cost an import's CPU each time
+                self.stats["snapshots_repeated"] += 1
+                return []
             if imp is not None:
                 self.stats["snapshots_abandoned"] += 1
             imp = self._import = _Import(chunk.snapshot_id, chunk.chunks, chunk.delta_seq, chunk.full_replacement, now)
@@ -878,6 +885,7 @@ class Session:
             return []
         self._import = None
         self.delta_seq = imp.delta_seq
+        self.snapshot_id = imp.snapshot_id
         self.has_snapshot = True
         self.awaiting_snapshot = False
         self.snapshot_reason = None

@@ -90,6 +90,7 @@ class StoreState:
     numbering_unsure: bool = False  # later events wait for the central system's word
     delta_seq: int = 0
     has_snapshot: bool = False
+    snapshot_id: str | None = None  # the snapshot the replica was last made from
     # the store wants a whole new copy though its replica is consistent (its cards were
     # typed under another rule for 10-digit numbers): the resync reason to ask with
     snapshot_reason: str | None = None
