@@ -151,7 +151,8 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     s.add_argument("--prefix", default="gated")
     s.add_argument("--site", required=True)
     s.add_argument("--db", default="central.db")
-    s.add_argument("--seed", help="scenario-format YAML with members, passes, bookings")
+    s.add_argument("--seed", help="members, passes and bookings for the site, in the file `gated seed` loads "
+                   "(config/members.example.yaml), into an empty database")
     s.set_defaults(func=cmd_sim_central)
     s = ss.add_parser("turnstile", help="a turnstile on a real Modbus server (TCP, or RTU over a pty pair)")
     s.add_argument("--transport", choices=["tcp", "rtu"], default="tcp")
@@ -218,7 +219,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
     config = config_for(args)
     from gated.installer import daemon_running
-    from gated.seed import SeedError
+    from gated.seed import SeedError, explain
     from gated.yamlload import YamlError
     from sync.errors import StoreError
     from sync.store.faults import describe_store_error
@@ -230,20 +231,12 @@ def cmd_seed(args: argparse.Namespace) -> int:
     notes: list[str] = []
     try:
         counts = seed_store(config, Path(args.file), notes)
-    except (OSError, UnicodeDecodeError) as e:
-        print(f"{args.file}: cannot read: {e}", file=sys.stderr)
-        return 2
-    except YamlError as e:
-        print(f"{args.file}:{e.line or '?'}: {e.message}", file=sys.stderr)
+    except (OSError, UnicodeDecodeError, YamlError, SeedError) as e:
+        print("\n".join(explain(Path(args.file), e)), file=sys.stderr)
         return 2
     except (sqlite3.Error, StoreError) as e:
         print(f"{config.store.path}: {describe_store_error(e)}", file=sys.stderr)
         return 3
-    except SeedError as e:
-        for line, key, msg in e.problems:
-            print(f"{args.file}:{line or '?'}: {key}: {msg}", file=sys.stderr)
-        print(f"{len(e.problems)} problem(s); nothing loaded", file=sys.stderr)
-        return 2
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(json.dumps(counts))

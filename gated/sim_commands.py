@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,21 @@ async def until_stopped(main: Any, grace: float = 5.0) -> None:
 
 
 def cmd_sim_central(args: argparse.Namespace) -> int:
+    from gated.seed import SeedError, explain, read_seed_file
+    from gated.yamlload import YamlError
     from simulator.central import CentralSettings, serve_central
+    from sync.records import CentralSeedFile
 
     settings = CentralSettings(host=args.host, port=args.port, prefix=args.prefix, sites=[args.site])
-    seed = Path(args.seed) if args.seed else None
+    seed = None
+    if args.seed:
+        # read and checked before anything starts, as `gated seed` reads it: a bad file is
+        # its lines and exit 2, not a traceback once the broker is up
+        try:
+            seed = read_seed_file(Path(args.seed), CentralSeedFile)
+        except (OSError, UnicodeDecodeError, YamlError, SeedError) as e:
+            print("\n".join(explain(Path(args.seed), e)), file=sys.stderr)
+            return 2
     try:
         asyncio.run(until_stopped(serve_central(settings, Path(args.db), seed=seed, site=args.site)))
     except KeyboardInterrupt:  # before the loop took the signal over
