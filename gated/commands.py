@@ -289,7 +289,7 @@ def _modbus_scan(args: argparse.Namespace, parse_units: Any) -> list[list[str]]:
     quiet_libraries()
     target: str = args.modbus
     if target.startswith("/") or target.startswith("COM"):
-        from drivers.outputs.rtu_probe import CAUSES, Answer, scan
+        from drivers.outputs.rtu_probe import CAUSES, Answer, explain, scan
 
         units = parse_units(args.units or "1-247")
         print(f"scanning units {units[0]}..{units[-1]} on {target} at {args.baudrate} 8{args.parity}{args.stopbits}…",
@@ -298,7 +298,7 @@ def _modbus_scan(args: argparse.Namespace, parse_units: Any) -> list[list[str]]:
             found = scan(target, units, baudrate=args.baudrate, parity=args.parity, stopbits=args.stopbits)
         except (OSError, ValueError) as e:  # serial.SerialException is an OSError
             raise ValueError(f"cannot open {target}: {getattr(e, 'strerror', None) or e}") from None
-        rows = [[str(u), CAUSES[r.answer] if r.answer is not Answer.OK else "answers",
+        rows = [[str(u), explain(r) if r.answer is not Answer.OK else "answers",
                  "" if r.coils is None else str(r.coils), "" if r.inputs is None else str(r.inputs)]
                 for u, r in sorted(found.items())]
         if not rows:
