@@ -82,8 +82,18 @@ test: system-deps deb-deps $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
+# The demo starts afresh; KEEP=1 keeps the last run's store. A flag after `make demo` is
+# make's own (`--keep` is its --keep-going, and the demo never saw it): so that mistake stops
+# here rather than wiping the store it meant to keep. ARGS goes to the demo as it is
+# (python -m gated.demo --help).
+KEEP ?=
+ARGS ?=
 demo: $(STAMP)
-	$(BIN)/python -m gated.demo
+	@if [ -z "$(KEEP)" ] && [ -n "$(findstring k,$(firstword -$(MAKEFLAGS)))" ]; then \
+	  echo "make took --keep (or -k) as its own --keep-going, so the demo never saw it: make demo KEEP=1" \
+	    "keeps its store, make demo KEEP=0 starts afresh" >&2; exit 2; \
+	fi
+	$(BIN)/python -m gated.demo $(if $(filter-out 0 no false,$(KEEP)),--keep) $(ARGS)
 
 bench: system-deps $(STAMP)
 	$(BIN)/python -m bench

@@ -151,7 +151,8 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     s.add_argument("--prefix", default="gated")
     s.add_argument("--site", required=True)
     s.add_argument("--db", default="central.db")
-    s.add_argument("--seed", help="scenario-format YAML with members, passes, bookings")
+    s.add_argument("--seed", help="members, passes and bookings for the site, in the file `gated seed` loads "
+                   "(config/members.example.yaml), into an empty database")
     s.set_defaults(func=cmd_sim_central)
     s = ss.add_parser("turnstile", help="a turnstile on a real Modbus server (TCP, or RTU over a pty pair)")
     s.add_argument("--transport", choices=["tcp", "rtu"], default="tcp")
@@ -218,7 +219,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
     config = config_for(args)
     from gated.installer import daemon_running
-    from gated.seed import SeedError
+    from gated.seed import SeedError, explain
     from gated.yamlload import YamlError
     from sync.errors import StoreError
     from sync.store.faults import describe_store_error
@@ -230,20 +231,12 @@ def cmd_seed(args: argparse.Namespace) -> int:
     notes: list[str] = []
     try:
         counts = seed_store(config, Path(args.file), notes)
-    except (OSError, UnicodeDecodeError) as e:
-        print(f"{args.file}: cannot read: {e}", file=sys.stderr)
-        return 2
-    except YamlError as e:
-        print(f"{args.file}:{e.line or '?'}: {e.message}", file=sys.stderr)
+    except (OSError, UnicodeDecodeError, YamlError, SeedError) as e:
+        print("\n".join(explain(Path(args.file), e)), file=sys.stderr)
         return 2
     except (sqlite3.Error, StoreError) as e:
         print(f"{config.store.path}: {describe_store_error(e)}", file=sys.stderr)
         return 3
-    except SeedError as e:
-        for line, key, msg in e.problems:
-            print(f"{args.file}:{line or '?'}: {key}: {msg}", file=sys.stderr)
-        print(f"{len(e.problems)} problem(s); nothing loaded", file=sys.stderr)
-        return 2
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(json.dumps(counts))
@@ -296,7 +289,7 @@ def _modbus_scan(args: argparse.Namespace, parse_units: Any) -> list[list[str]]:
     quiet_libraries()
     target: str = args.modbus
     if target.startswith("/") or target.startswith("COM"):
-        from drivers.outputs.rtu_probe import CAUSES, Answer, scan
+        from drivers.outputs.rtu_probe import CAUSES, Answer, explain, scan
 
         units = parse_units(args.units or "1-247")
         print(f"scanning units {units[0]}..{units[-1]} on {target} at {args.baudrate} 8{args.parity}{args.stopbits}…",
@@ -305,7 +298,7 @@ def _modbus_scan(args: argparse.Namespace, parse_units: Any) -> list[list[str]]:
             found = scan(target, units, baudrate=args.baudrate, parity=args.parity, stopbits=args.stopbits)
         except (OSError, ValueError) as e:  # serial.SerialException is an OSError
             raise ValueError(f"cannot open {target}: {getattr(e, 'strerror', None) or e}") from None
-        rows = [[str(u), CAUSES[r.answer] if r.answer is not Answer.OK else "answers",
+        rows = [[str(u), explain(r) if r.answer is not Answer.OK else "answers",
                  "" if r.coils is None else str(r.coils), "" if r.inputs is None else str(r.inputs)]
                 for u, r in sorted(found.items())]
         if not rows:

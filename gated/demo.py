@@ -3,7 +3,8 @@
 - a turnstile on a real Modbus TCP server (simulator/turnstile.py), port 1502 by default,
 - two serial readers on pseudo-terminals (var/demo/reader-in, var/demo/reader-out),
 - the daemon on config/demo.yaml with members, passes and today's classes (fresh at every
-  start: the balances and classes are reset around the current time),
+  start: the balances and classes are reset around the current time; --keep, or `make demo
+  KEEP=1`, keeps the last run's store),
 - the front-desk console on http://127.0.0.1:8080 (user `desk`, password `demo`; admin
   `admin`/`demo`) and a member-facing gate display (its link is printed),
 - a script of taps so that something happens at once, then now and then a tap that costs

@@ -24,7 +24,8 @@ from typing import Any
 from drivers.outputs.config import ModbusOutputConfig, OutputTransport
 from drivers.outputs.modbus import ModbusGateOutput, OutputFault, OutputHealth
 from drivers.outputs.plan import COUNTER_MODULO
-from drivers.outputs.rtu_probe import CAUSES, Answer, probe_unit
+from drivers.outputs.refusals import describe
+from drivers.outputs.rtu_probe import explain, probe_unit
 from gated.config import Config, GateConfig
 
 Out = Callable[[str], None]
@@ -84,7 +85,7 @@ def where(cfg: ModbusOutputConfig) -> str:
 def likely_cause(cfg: ModbusOutputConfig, error: str) -> str:
     """The installer's reading of a failed request."""
     text = error.lower()
-    if "illegal address" in text:
+    if "illegal data address" in text:
         return "the board has no such coil or input: check coil/passage_input/door_contact numbers"
     if "permission denied" in text:
         return "no permission on the serial device: add the user to the dialout group"
@@ -101,10 +102,7 @@ def likely_cause(cfg: ModbusOutputConfig, error: str) -> str:
         reply = probe_unit(cfg.device, cfg.unit, baudrate=cfg.baudrate, parity=cfg.parity, stopbits=cfg.stopbits)
     except Exception as e:  # the port itself: say so rather than guess
         return f"cannot probe {cfg.device}: {e}"
-    cause = CAUSES[reply.answer]
-    if reply.answer is Answer.OTHER_UNIT:
-        cause += f" (unit {reply.unit} answered)"
-    return cause
+    return explain(reply)
 
 
 @dataclass
@@ -493,7 +491,8 @@ async def probe_tcp(host: str, port: int, units: list[int], timeout: float = 1.0
                 rows.append([str(unit), f"no answer ({type(e).__name__})", "", ""])
                 continue
             if resp.isError():
-                rows.append([str(unit), f"exception {getattr(resp, 'exception_code', '?')}", "", ""])
+                code = getattr(resp, "exception_code", None)
+                rows.append([str(unit), describe(code) if isinstance(code, int) else f"refused: {resp!r}", "", ""])
                 continue
             def coils_of(n: int, u: int = unit) -> Any:
                 return client.read_coils(0, count=n, device_id=u)

@@ -6,17 +6,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 
 async def until_stopped(main: Any, grace: float = 5.0) -> None:
-    """Run `main` until it ends or Ctrl-C / SIGTERM; then cancel it and wait at most `grace`
-    seconds. Bounded because aiomqtt's disconnect waits for the broker's answer with no
-    limit: once, under load, `gated sim central` never ended after its one Ctrl-C."""
+    """Run `main` until it ends or Ctrl-C / SIGTERM / its terminal closes (SIGHUP, unless
+    it runs under nohup); then cancel it, so that its cleanup runs (the socat child of
+    `gated sim turnstile --transport rtu`, which a signal's default action left running),
+    and wait at most `grace` seconds. Bounded because aiomqtt's disconnect waits for the
+    broker's answer with no limit: once, under load, `gated sim central` never ended after
+    its one Ctrl-C."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signals = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signals.append(signal.SIGHUP)
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     task = asyncio.ensure_future(main)
     stopped = asyncio.ensure_future(stop.wait())
@@ -24,7 +31,7 @@ async def until_stopped(main: Any, grace: float = 5.0) -> None:
         await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopped.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             loop.remove_signal_handler(sig)
     if task.done():
         task.result()  # its error, if it failed
@@ -34,10 +41,21 @@ async def until_stopped(main: Any, grace: float = 5.0) -> None:
 
 
 def cmd_sim_central(args: argparse.Namespace) -> int:
+    from gated.seed import SeedError, explain, read_seed_file
+    from gated.yamlload import YamlError
     from simulator.central import CentralSettings, serve_central
+    from sync.records import CentralSeedFile
 
     settings = CentralSettings(host=args.host, port=args.port, prefix=args.prefix, sites=[args.site])
-    seed = Path(args.seed) if args.seed else None
+    seed = None
+    if args.seed:
+        # read and checked before anything starts, as `gated seed` reads it: a bad file is
+        # its lines and exit 2, not a traceback once the broker is up
+        try:
+            seed = read_seed_file(Path(args.seed), CentralSeedFile)
+        except (OSError, UnicodeDecodeError, YamlError, SeedError) as e:
+            print("\n".join(explain(Path(args.seed), e)), file=sys.stderr)
+            return 2
     try:
         asyncio.run(until_stopped(serve_central(settings, Path(args.db), seed=seed, site=args.site)))
     except KeyboardInterrupt:  # before the loop took the signal over
@@ -57,13 +75,13 @@ def cmd_sim_turnstile(args: argparse.Namespace) -> int:
               f"unit: {args.unit}, coil: 0, passage_input: 0, door_contact: 1}}; Ctrl-C to stop", flush=True)
 
     try:
-        asyncio.run(
+        asyncio.run(until_stopped(
             serve_turnstile(
                 transport=args.transport, host=args.host, port=args.port, device=args.device, unit=args.unit,
                 turns=not args.no_turn, delay=args.delay, on_ready=ready,
             )
-        )
-    except KeyboardInterrupt:
+        ))
+    except KeyboardInterrupt:  # before the loop took the signal over
         pass
     return 0
 

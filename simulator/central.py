@@ -21,7 +21,8 @@ loyalty points, per site, and:
 - after a restore from a backup, renumbers its deltas after the gates' and asks for
   replays (docs/protocol.md, "Recovery after the central system restores a backup").
 
-Its database is simulator/central_db.py, its seed data simulator/central_seed.py.
+Its database is simulator/central_db.py, its generated data simulator/central_seed.py; a
+seed file is sync/records.py's CentralSeedFile, the file `gated seed` reads.
 `Central` runs inside a test's event loop; `serve_central()` is what `gated sim central`
 runs.
 """
@@ -47,7 +48,7 @@ from pydantic import Field, ValidationError
 
 from rules.timeutil import iso_utc
 from simulator.central_db import CentralDB
-from simulator.central_seed import generate, load_seed
+from simulator.central_seed import generate
 from sync.link import mqtt_call, software_version
 from sync.link.reconnect import Reconnect
 from sync.link.settings import BrokerSettings
@@ -63,9 +64,9 @@ from sync.protocol import (
     Status,
     central_status_topic,
 )
-from sync.records import BookingIn, MemberIn, PassIn
+from sync.records import BookingIn, CentralSeedFile, MemberIn, PassIn
 
-__all__ = ["Central", "CentralSettings", "generate", "load_seed", "serve_central"]
+__all__ = ["Central", "CentralSettings", "generate", "serve_central"]
 
 HISTORY_CHUNK = 500  # events a history answer carries at most
 HISTORY_PAYLOAD = 256_000  # bytes a history answer stays under (the gates' max_payload is larger)
@@ -450,15 +451,14 @@ class Central(CentralDB):
 async def serve_central(
     settings: CentralSettings,
     db_path: str | Path,
-    seed: str | Path | Mapping[str, Any] | None = None,
+    seed: CentralSeedFile | None = None,
     *,
     site: str = "site",
 ) -> None:
-    """`gated sim central`: run the reference central system until cancelled. `seed`
-    (loaded once, into an empty database) gives it members, passes and bookings; a seed
-    without sites names is loaded under `site`."""
+    """`gated sim central`: run the reference central system until cancelled. `seed` (the
+    file `gated seed` reads, loaded once, into an empty database) gives `site` its members,
+    passes and bookings, and each daemon's applied seq the balances reflect."""
     central = Central(settings, db_path)
     if seed is not None and not central.conn.execute("SELECT 1 FROM members LIMIT 1").fetchone():
-        for site_id, records in load_seed(seed, site=site).items():
-            central.load(site_id, records["members"], records["passes"], records["bookings"])
+        central.load(site, seed.members, [p.record() for p in seed.passes], seed.bookings, applied=seed.site_applied())
     await central.run()

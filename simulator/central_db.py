@@ -145,10 +145,19 @@ class CentralDB:
         members: Iterable[MemberIn | Mapping[str, Any]] = (),
         passes: Iterable[PassIn | Mapping[str, Any]] = (),
         bookings: Iterable[BookingIn | Mapping[str, Any]] = (),
+        *,
+        applied: Mapping[str, int] | None = None,
     ) -> None:
-        """Bulk-load records without publishing (the initial state; gates get a snapshot)."""
+        """Bulk-load records without publishing (the initial state; gates get a snapshot).
+        `applied`: each daemon's seq the loaded balances already reflect, so its events up
+        to there are repeats here, not deductions made twice."""
         with self._tx():
             self.conn.execute("INSERT OR IGNORE INTO sites(site, delta_seq) VALUES (?, 0)", (site,))
+            self.conn.executemany(
+                "INSERT INTO applied(site, daemon, applied_seq) VALUES (?,?,?) "
+                "ON CONFLICT(site, daemon) DO UPDATE SET applied_seq = excluded.applied_seq",
+                ((site, d, seq) for d, seq in (applied or {}).items()),
+            )
             for m in members:
                 self._put_member(site, m if isinstance(m, MemberIn) else MemberIn.model_validate(m))
             for p in passes:

@@ -1,13 +1,11 @@
-"""Seed data for the reference central system: a deterministic chain-sized data set
-(benchmarks), and seed files (`gated sim central --seed`)."""
+"""Generated data for the reference central system: a deterministic chain-sized data set
+(benchmarks). A seed file (`gated sim central --seed`) is read as `gated seed` reads it:
+sync/records.py's CentralSeedFile, through gated/seed.py."""
 
 from __future__ import annotations
 
-import json
 import random
-from collections.abc import Mapping
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 
@@ -59,27 +57,3 @@ def generate(
             }
         )
     return {"members": members, "passes": passes, "bookings": bookings}
-
-
-def load_seed(
-    seed: str | Path | Mapping[str, Any], *, site: str = "site"
-) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """A seed: `{site: {members, passes, bookings}}`, or a scenario-like file with
-    top-level members/passes/bookings (then under the site given), as a mapping or a
-    JSON/YAML file."""
-    if isinstance(seed, str | Path):
-        text = Path(seed).read_text(encoding="utf-8")
-        if str(seed).endswith(".json"):
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 - BaseLoader: strings only
-    else:
-        data = dict(seed)
-    if any(k in data for k in ("members", "passes", "bookings")):
-        data = {site: data}
-    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for site_id, body in data.items():
-        out[str(site_id)] = {k: list(body.get(k) or []) for k in ("members", "passes", "bookings")}
-    return out

@@ -8,12 +8,16 @@ the server be stopped and started again without losing state, and gives a natura
 for fault injection (slow answers). Silence (no_answer: nothing done; lost_answer: done,
 unanswered) is made with the server's trace_packet hook, which can drop the outgoing frame.
 
+A board answers only its own unit id (`_OwnUnitsOnly`): over RTU another id gets silence,
+as from a real board that ignores frames for other units; over TCP it gets exception 11
+(gateway target device failed to respond), as from a gateway with nothing behind that id.
+
 Model: when the coil makes the turnstile unlocked, one rotation is armed. The next person
 (from a scripted queue, or the default behaviour) turns it after `delay` seconds, or not at
 all. A rotation opens the door contact, pulses the passage input for `passage_pulse`
 seconds, and closes the door `hold_door` seconds after the rotation ends.
 
-About 520 lines: the board's Modbus server and the person who turns the turnstile are one
+About 560 lines: the board's Modbus server and the person who turns the turnstile are one
 simulated device; its registers are what the person and the daemon both touch.
 """
 
@@ -31,8 +35,10 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator.simcore import SimCore
 
 from drivers.outputs.bus import LineTiming
 
@@ -184,7 +190,9 @@ class SimTurnstile:
                 port=self._server_port,
                 baudrate=self.baudrate,
                 trace_packet=self._trace_packet,
+                ignore_missing_devices=True,
             )
+        _own_units_only(server, [device])
         await server.serve_forever(background=True)
         if self.transport == "tcp" and self.port == 0:
             # Port 0 lets the OS pick a free port without a probe-then-bind race; keep it
@@ -389,6 +397,38 @@ class SimTurnstile:
         return data
 
 
+class _OwnUnitsOnly(SimCore):
+    """The boards' registers, for the unit ids they have and no other. pymodbus 3.16's
+    SimCore serves an unknown id from a device 0 if there is one, and otherwise fails with
+    a KeyError that its server answers as exception 4 (server device failure): every unit
+    id of a line seemed to hold a broken board. Here an unknown id is NoSuchIdException,
+    pymodbus's own word for it, which its server answers as `ignore_missing_devices`
+    says: silence (given on RTU), or exception 11, gateway target device failed to respond
+    (TCP)."""
+
+    def _check(self, device_id: int) -> None:
+        if device_id not in self.devices:
+            raise NoSuchIdException(f"no unit {device_id} here")
+
+    async def async_getValues(
+        self, device_id: int, func_code: int, address: int, count: int = 1
+    ) -> list[int] | list[bool] | ExcCodes:
+        self._check(device_id)
+        return await super().async_getValues(device_id, func_code, address, count)
+
+    async def async_setValues(
+        self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
+    ) -> ExcCodes | None:
+        self._check(device_id)
+        return await super().async_setValues(device_id, func_code, address, values)
+
+
+def _own_units_only(server: ModbusTcpServer | ModbusSerialServer, devices: list[SimDevice]) -> None:
+    # the server builds a plain SimCore from the devices it is given; there is no argument
+    # for another, so it is put in its place before the server answers anything
+    server.context = _OwnUnitsOnly(devices)
+
+
 def _paint(registers: list[int], start_register: int, bits: dict[int, bool]) -> None:
     """Write single bits into a bit block's 16-bit registers (bit 0 = lowest address)."""
     for address, value in bits.items():
@@ -400,9 +440,9 @@ def _paint(registers: list[int], start_register: int, bits: dict[int, bool]) -> 
 
 class SimRtuLine:
     """Several turnstiles, one unit each, on one RS-485 line: one Modbus RTU server
-    answering for every unit, behind an EmulatedLine at `baudrate` (the timing of a real
-    bus, and silence for unit ids nobody has; `emulate=False` for a bare pty pair, where
-    pymodbus answers unknown unit ids with an exception). The gates' client opens `device`.
+    answering for each of their units and silent for any other, behind an EmulatedLine at
+    `baudrate` (the timing of a real bus; `emulate=False` for a bare pty pair). The gates'
+    client opens `device`.
 
     The turnstiles are models only here (build them with transport="rtu" and distinct
     units, do not enter them); fault injection by silence is per server, so not offered.
@@ -433,8 +473,7 @@ class SimRtuLine:
     async def __aenter__(self) -> SimRtuLine:
         try:
             if self.emulate:
-                # A real device keeps quiet when another unit id is asked (pymodbus 3.16's
-                # simulator answers with an exception): the line does not pass those on.
+                # a request for a unit nobody has takes the line's time but reaches no one
                 units = {t.unit for t in self.turnstiles}
                 self.line = await self._stack.enter_async_context(
                     EmulatedLine(self.timing, units=units, record=self.record)
@@ -443,13 +482,16 @@ class SimRtuLine:
             else:
                 pair = await self._stack.enter_async_context(socat_pty_pair())
                 server_port, self.device = pair.server_end, pair.client_end
+            devices = [t._build_device() for t in self.turnstiles]
             server = ModbusSerialServer(
-                [t._build_device() for t in self.turnstiles],
+                devices,
                 port=server_port,
                 baudrate=self.timing.baudrate,
                 parity=self.timing.parity,
                 stopbits=self.timing.stopbits,
+                ignore_missing_devices=True,
             )
+            _own_units_only(server, devices)
             await server.serve_forever(background=True)
             self._server = server
         except BaseException:

@@ -18,6 +18,7 @@ from rules.credential import card_from_text
 from rules.model import Booking, BookingStatus, DeductOn, Member, MemberStatus, Pass, PassKind
 from rules.timeutil import WeekSchedule, parse_date, parse_instant, parse_window
 from sync.photos import PHOTO_MAX_BYTES, PHOTO_MAX_TEXT, PHOTO_PATTERN, photo_or_none
+from sync.topics import LEVEL
 
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -293,4 +294,75 @@ class BookingIn(Strict):
         )
 
 
-__all__ = ["BookingIn", "MemberIn", "PassIn", "PassRecord", "datetime"]
+class SeedPass(PassIn):
+    """A pass as a seed file writes it: as the central system sends it (`applied`) or as
+    scenarios write it (`applied_seq`)."""
+
+    applied: dict[Annotated[str, Field(pattern=LEVEL.pattern)], SeqNumber] | None = Field(
+        None,
+        description="Each daemon's applied seq when the balance was computed (docs/protocol.md); "
+        "a daemon missing from the map: none of its deductions were applied.",
+    )
+
+    def for_daemon(self, daemon: str) -> PassIn:
+        """The pass as `daemon`'s store keeps it: its own entry of `applied` as `applied_seq`."""
+        if self.applied is None:
+            return PassIn.model_validate(self.model_dump(by_alias=True, exclude={"applied"}))
+        data = self.model_dump(by_alias=True, exclude={"applied", "applied_seq"})
+        return PassIn.model_validate({**data, "applied_seq": self.applied.get(daemon, 0)})
+
+    def record(self) -> PassIn:
+        """The pass without any seq: a central system keeps those per daemon, not per pass."""
+        return PassIn.model_validate(self.model_dump(by_alias=True, exclude={"applied", "applied_seq"}))
+
+
+class SeedFile(BaseModel):
+    """Members, passes and bookings written by hand (config/members.example.yaml) or in a
+    scenario: what `gated seed` loads into a gate's store and `gated sim central --seed`
+    into the reference central system's database, so one file serves both."""
+
+    # scenario files carry more (site, gates, steps): only these three are read
+    model_config = ConfigDict(extra="ignore")
+    members: list[MemberIn] = []
+    passes: list[SeedPass] = []
+    bookings: list[BookingIn] = []
+
+
+class CentralSeedFile(SeedFile):
+    """A seed file for a central system, which keeps one applied seq per daemon of a site
+    (docs/protocol.md, "Balances") rather than one per pass: the passes' `applied` maps
+    must agree, and a scenario's `applied_seq`, which names no daemon, has nowhere to go."""
+
+    @model_validator(mode="after")
+    def _one_applied_per_daemon(self) -> CentralSeedFile:
+        self.site_applied()
+        return self
+
+    def site_applied(self) -> dict[str, int]:
+        """Each daemon's applied seq the seed's balances reflect ({} for a fresh site)."""
+        for p in self.passes:
+            if p.applied is None and p.applied_seq is not None:
+                raise FieldError(
+                    "passes",
+                    f"pass {p.id}: applied_seq names no daemon, and a central system keeps one applied seq "
+                    f"per daemon: write applied: {{DAEMON: {p.applied_seq}}} (or applied: {{}} for none)",
+                )
+        maps = [p for p in self.passes if p.applied is not None]
+        daemons = sorted({d for p in maps for d in p.applied or {}})
+        said: dict[str, tuple[int, str]] = {}  # daemon -> (seq, the pass that said it first)
+        for p in maps:
+            for d in daemons:
+                seq = (p.applied or {}).get(d, 0)  # absent from a map: none of its events applied
+                first = said.setdefault(d, (seq, p.id))
+                if first[0] != seq:
+                    raise FieldError(
+                        "passes",
+                        f"pass {first[1]} says {d} applied up to {first[0]}, pass {p.id} says {seq}: a central "
+                        "system keeps one applied seq per daemon of a site, so every pass's applied must agree",
+                    )
+        return {d: seq for d, (seq, _) in said.items()}
+
+
+__all__ = [
+    "BookingIn", "CentralSeedFile", "MemberIn", "PassIn", "PassRecord", "SeedFile", "SeedPass", "datetime",
+]

@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -109,6 +110,74 @@ def test_demo_as_a_user_drives_it(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_make_demo_keep_1_keeps_the_last_runs_store(tmp_path: Path) -> None:
+    """README: `make demo KEEP=1` keeps the last run's store. It said `--keep`, which make
+    takes as its own --keep-going: the demo never saw it and wiped the store. Run through
+    the repository's Makefile as a user runs it, stopped by Ctrl-C to its process group as
+    a terminal sends it; in a directory of its own (the Makefile and the venv linked in),
+    since the demo's paths are relative to where make runs and a developer's own demo
+    store must not be touched."""
+    import os
+    import signal
+    import time
+
+    env, workdir = _demo_env(tmp_path)
+    for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL"):  # a user's own shell, not the `make test` around us
+        env.pop(name, None)
+    for name in ("Makefile", "pyproject.toml", ".venv"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    # -o: never reinstall the venv from a test (that would need the network); --workdir:
+    # where the demo writes its gated.yaml (by default in the repository)
+    make = ["make", "--no-print-directory", "-o", ".venv/.installed", "demo", "ARGS=--workdir var/demo"]
+
+    def taps() -> int:
+        return sum(e["type"] == "access" for e in _events(workdir))
+
+    @contextlib.contextmanager
+    def make_demo(*extra: str) -> Iterator[subprocess.Popen[str]]:
+        proc = subprocess.Popen([*make, *extra], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # Ctrl-C in its terminal
+                os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.communicate(timeout=30)
+            finally:
+                with contextlib.suppress(ProcessLookupError):  # never leave a demo behind, whatever failed
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def run_until_taps(*extra: str) -> None:
+        with make_demo(*extra) as proc:
+            assert proc.stdout is not None
+            seen: list[str] = []
+            deadline = time.monotonic() + 60
+            while not any("display:" in x for x in seen):
+                assert time.monotonic() < deadline and proc.poll() is None, "".join(seen)[-3000:]
+                seen.append(proc.stdout.readline())
+            before = taps()
+            deadline = time.monotonic() + 30
+            while taps() < before + 3:  # the script of taps runs at once
+                assert time.monotonic() < deadline, "the demo's script of taps"
+                time.sleep(0.2)
+
+    run_until_taps()
+    first = {e["id"] for e in _events(workdir)}
+    assert first
+
+    # the old words: refused with the right ones, and the store left as it was
+    with make_demo("--keep") as proc:
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode != 0 and "make demo KEEP=1" in out, out[-3000:]
+    assert {e["id"] for e in _events(workdir)} == first
+
+    run_until_taps("KEEP=1")
+    kept = {e["id"] for e in _events(workdir)}
+    assert first < kept  # the last run's events, and this run's after them
 
 
 def test_typed_lines_are_read_as_a_person_means_them() -> None:

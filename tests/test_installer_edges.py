@@ -66,6 +66,10 @@ async def test_discover_a_tcp_board_with_its_default_units(tmp_path: Path) -> No
     rows = {x.split()[0]: x for x in section}
     assert set(rows) == {"1", "0", "255"}, out.stdout
     assert rows["1"].split()[1:] == ["answers", "16", "16"]
+    # the board answers unit 1 only; the others as a gateway with nothing behind them
+    # does, in words (it said a bare "exception 4" once)
+    for unit in ("0", "255"):
+        assert "exception 11 (gateway target device failed to respond)" in rows[unit], out.stdout
     bad = await arun("discover", "--modbus", "127.0.0.1:1", "--units", "256")
     assert bad.returncode == 2 and "unit ids are 0..255, not '256'" in bad.stderr
 

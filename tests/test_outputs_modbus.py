@@ -79,7 +79,7 @@ async def test_unknown_unit_is_an_error_not_offline(sim_tcp: SimTurnstile, make_
 async def test_wrong_coil_address_is_reported(sim_tcp: SimTurnstile, make_output) -> None:
     out = await make_output(sim_tcp, coil=500)
     assert out.health is OutputHealth.ERROR
-    assert "illegal address" in (out.last_error or "")
+    assert "exception 2 (illegal data address)" in (out.last_error or "")
 
 
 async def test_reconnect_rewrites_the_remembered_level(sim_tcp: SimTurnstile, make_output) -> None:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
 
 from drivers.guard import guarded
@@ -29,6 +28,7 @@ from .bus import LineTiming, ModbusLine, Priority
 from .config import ModbusLinkConfig, ModbusOutputConfig
 from .links import ModbusClient, SharedLink, acquire_link, release_link, where
 from .plan import RelayPlan
+from .refusals import describe
 
 log = logging.getLogger(__name__)
 
@@ -111,18 +111,7 @@ def _mismatch(resp: Any, expect: _Expect) -> str | None:
 
 def _describe_refusal(resp: Any) -> str:
     code = getattr(resp, "exception_code", None)
-    if not isinstance(code, int):
-        return repr(resp)
-    try:
-        # The usual causes, in installer terms: wrong coil/input address, wrong unit id.
-        return {
-            ExcCodes.ILLEGAL_ADDRESS: "illegal address: check coil/input numbers",
-            ExcCodes.ILLEGAL_FUNCTION: "function not supported by this board",
-            ExcCodes.DEVICE_FAILURE: "device failure: check the unit id",
-            ExcCodes.GATEWAY_NO_RESPONSE: "gateway: no answer from this unit id",
-        }.get(ExcCodes(code), f"exception code {code}")
-    except ValueError:
-        return repr(resp)
+    return describe(code) if isinstance(code, int) else repr(resp)
 
 
 class ModbusDevice:

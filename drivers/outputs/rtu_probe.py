@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+from .refusals import describe
+
 READ_COILS = 0x01
 READ_DISCRETE_INPUTS = 0x02
 
@@ -93,9 +95,18 @@ CAUSES = {
     Answer.GARBLED: "bytes come back but no valid Modbus frame: the baud rate or parity "
     "differs from the board's (or A/B are swapped on an adapter that inverts)",
     Answer.OTHER_UNIT: "another unit id answers: the board's unit id is not the one configured",
-    Answer.EXCEPTION: "the board answers with an exception: check the coil/input numbers",
+    Answer.EXCEPTION: "the board answers with an exception",
     Answer.OK: "the board answers",
 }
+
+
+def explain(reply: Reply) -> str:
+    """What one reply says, for the installer: an exception by its code and meaning."""
+    if reply.answer is Answer.EXCEPTION and reply.exception_code is not None:
+        return f"the board answers with {describe(reply.exception_code)}"
+    if reply.answer is Answer.OTHER_UNIT:
+        return f"{CAUSES[reply.answer]} (unit {reply.unit} answered)"
+    return CAUSES[reply.answer]
 
 SerialOpener = Callable[..., Any]
 
