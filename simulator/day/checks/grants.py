@@ -123,8 +123,9 @@ def check_refusals(run: Run) -> Invariant:
             refused[str(e["reason"])] += 1
             t = instant(e.get("decided_at") or e["at"])
             again: dict[str, Decision] = {}
-            for name, heard, worst in _possible(run, site, e, t, m, by_member_pass):
-                view = _view(run, site, e, t, m, by_member_pass, by_member_booking, fires, heard=heard, worst=worst)
+            for name, heard, worst, lost in _possible(run, site, e, t, m, by_member_pass):
+                view = _view(run, site, e, t, m, by_member_pass, by_member_booking, fires, heard=heard, worst=worst,
+                             lost=lost)
                 again[name] = decide(view, Presented(CredentialKind.CARD), d.gate, sd, policy, t)
                 if not again[name].granted:
                     break  # a view the gate could have had refuses it too
@@ -153,16 +154,36 @@ def _before(t: datetime) -> Heard:
     return lambda x: instant(x["at"]) < t
 
 
+def _before_but_resets(t: datetime) -> Heard:
+    """Everything before `t` but what ends the site's knowledge of who is inside."""
+    return lambda x: instant(x["at"]) < t and not _resets(x)
+
+
+# how long a new box may decide before its old box's events and the others' catch-ups are
+# in: seconds of real time, minutes of the simulated day's
+NEW_BOX_CATCHING_UP = timedelta(minutes=10)
+
+
 def _possible(run: Run, site: str, e: dict[str, Any], t: datetime, m: Member,
-              by_member_pass: dict[str, list[Pass]]) -> Iterator[tuple[str, Heard, bool]]:
+              by_member_pass: dict[str, list[Pass]]) -> Iterator[tuple[str, Heard, bool, int]]:
     """What a gate deciding `e` at `t` could have heard of the other daemons' events: none,
     all of them until `t`, the worst balance, and each other daemon heard up to (not
     including) each of its events about this member — one daemon behind, the rest heard,
-    as after a cut link to it. (Its own events it always knows.)"""
+    as after a cut link to it. Its own events it knows, but for a new box in its first
+    minutes: its old box's events (up to the seq the central system held) come back from
+    the central, and the other daemons' from their catch-ups, each in its own time
+    (docs/operations.md, "A gate's box replaced": it decides meanwhile without them) —
+    the member's charges heard before the evacuation that made a re-entry free, say."""
     daemon = e["_daemon"]
-    yield "own events only", _nobody, False
-    yield "every event", _before(t), False
-    yield "worst balance", _before(t), True
+    yield "own events only", _nobody, False, 0
+    yield "every event", _before(t), False, 0
+    yield "worst balance", _before(t), True, 0
+    for c in run.harness["chaos"]:
+        if (c["kind"] == "replace_box" and c["phase"] == "start" and f"{c.get('site')}-{c.get('gate')}" == daemon
+                and instant(c["sim"]) <= t <= instant(c["sim"]) + NEW_BOX_CATCHING_UP):
+            lost = int(c.get("central_holds") or 0)
+            yield "a new box, its old box's events not back", _nobody, False, lost
+            yield "a new box, the others' evacuations not heard yet", _before_but_resets(t), False, lost
     idx = run.index(site)
     theirs = [x for x in idx.by_member.get(m.id, []) if x["_daemon"] != daemon]
     theirs += [x for p in by_member_pass.get(m.id, []) for x in idx.deductions.get(p.id, [])
@@ -175,12 +196,12 @@ def _possible(run: Run, site: str, e: dict[str, Any], t: datetime, m: Member,
         def heard(y: dict[str, Any], behind: str = behind, cut: int = cut) -> bool:
             return instant(y["at"]) < t and (y["_daemon"] != behind or int(y["seq"]) < cut)
 
-        yield f"{behind} heard before seq {cut}", heard, False
+        yield f"{behind} heard before seq {cut}", heard, False, 0
 
 
 def _view(run: Run, site: str, e: dict[str, Any], t: datetime, m: Member,
           by_member_pass: dict[str, list[Pass]], by_member_booking: dict[str, list[Booking]],
-          fires: list[dict[str, Any]], *, heard: Heard, worst: bool = False) -> MemberView:
+          fires: list[dict[str, Any]], *, heard: Heard, worst: bool = False, lost: int = 0) -> MemberView:
     """The member as a gate saw them at `t`: from its own events before this one and the
     other daemons' events it had `heard`. `worst`: the lowest balances the gate could have
     had — no top-up, another daemon's refund not heard, its charges until a little after
@@ -189,7 +210,7 @@ def _view(run: Run, site: str, e: dict[str, Any], t: datetime, m: Member,
 
     def known(x: dict[str, Any]) -> bool:
         if x["_daemon"] == daemon:
-            return bool(x["seq"] < seq)
+            return bool(lost < x["seq"] < seq)  # `lost`: its old box's, not back yet
         return heard(x)
 
     def charged(x: dict[str, Any]) -> bool:
@@ -241,8 +262,12 @@ def _view(run: Run, site: str, e: dict[str, Any], t: datetime, m: Member,
 def _presence_resets(evs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What ends the site's knowledge of who is inside: fire alarms going active, and the
     alarms of exits that opened unrecorded."""
-    return [e for e in evs if (e["type"] == "fire_alarm" and e.get("active"))
-            or (e["type"] == "alarm" and e.get("kind") == "exits_not_recorded" and e.get("until"))]
+    return [e for e in evs if _resets(e)]
+
+
+def _resets(e: dict[str, Any]) -> bool:
+    return bool((e["type"] == "fire_alarm" and e.get("active"))
+                or (e["type"] == "alarm" and e.get("kind") == "exits_not_recorded" and e.get("until")))
 
 
 def d_zone(run: Run, e: dict[str, Any]) -> str:
