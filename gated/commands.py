@@ -135,7 +135,7 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     p = sub.add_parser("clock", help="the running daemon's clock")
     cs = p.add_subparsers(dest="clock_command", required=True)
     c = cs.add_parser("confirm", help="say the wall clock's time is right (admin): no-shows and fees may act at it "
-                      "without NTP (docs/operations.md, \"The clock\")")
+                      "without NTP (docs/rules.md, \"When the clock cannot be trusted\")")
     _config_arg(c)
     c.add_argument("--user", default=_default_user())
     c.set_defaults(func=cmd_clock_confirm)
