@@ -381,20 +381,46 @@ def config_for(args: argparse.Namespace) -> Config:
         raise SystemExit(2) from None
 
 
+CONTROL_TIMEOUT = 15.0  # seconds a command waits for the daemon's answer
+
+
 def _control(args: argparse.Namespace, obj: dict[str, Any]) -> dict[str, Any]:
     from gated.control import request
 
     path = config_for(args).control.socket
     try:
-        return asyncio.run(request(path, obj))
+        return asyncio.run(request(path, obj, CONTROL_TIMEOUT))
     except ConnectionResetError as e:
         print(f"the daemon at {path} stopped answering: {e}. If it died mid-tap, a grant it had "
               "acted on is reported as passage_unconfirmed when it starts again (gated status, its log)",
               file=sys.stderr)
         raise SystemExit(1) from None
     except (OSError, TimeoutError) as e:
-        print(f"cannot reach the daemon at {path}: {e}", file=sys.stderr)
+        print(unreachable(path, args.config, e), file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def unreachable(path: Path, config: str, e: OSError | TimeoutError) -> str:
+    """Why the control socket did not answer, and what to do about it: an errno alone left
+    an installer at `gated tap` (guide, step 6) guessing whether the daemon ran at all."""
+    where = f"cannot reach the daemon at {path}"
+    look = "`systemctl status gated` (and `journalctl -u gated` for why it stopped)"
+    if isinstance(e, FileNotFoundError):
+        # a clean stop removes the socket; a daemon on another file listens elsewhere
+        return (f"{where}: no socket there. Is the daemon running? {look}; start it with "
+                f"`systemctl start gated`. The socket is looked for where control.socket in {config} "
+                "says; a daemon started on another configuration file listens where that one says "
+                "(name it with -c)")
+    if isinstance(e, ConnectionRefusedError):
+        return (f"{where}: nothing listens on it (connection refused): the daemon is not running — "
+                f"it was killed or crashed and left its socket behind — or is still starting. {look}")
+    if isinstance(e, PermissionError):
+        return (f"{where}: permission denied: the socket (mode 0660) is for root and the daemon's "
+                "own user: run the command as root (sudo)")
+    if isinstance(e, TimeoutError):
+        return (f"{where}: no answer within {CONTROL_TIMEOUT:.0f} s: the daemon is running but busy "
+                f"or stuck. {look}")
+    return f"{where}: {e.strerror or e}. Is the daemon running? {look}"
 
 
 def cmd_tap(args: argparse.Namespace) -> int:

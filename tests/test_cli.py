@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from gated.auth import hash_password
@@ -109,13 +112,56 @@ async def test_open_and_lockdown_need_the_right_user(tmp_path: Path) -> None:
         assert await asyncio.to_thread(d.proc.wait, 20) == 0
 
 
-def test_cli_without_daemon_says_so(tmp_path: Path) -> None:
+def _site_on(socket_path: Path, where: Path) -> Path:
     cfg = {"site": {"id": "s", "timezone": "Europe/Berlin"}, "gates": [{"id": "g", "zone": "z"}],
-           "control": {"socket": str(tmp_path / "none.sock")}}
-    path = tmp_path / "c.yaml"
+           "control": {"socket": str(socket_path)}}
+    path = where / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    out = run("status", "-c", str(path))
-    assert out.returncode == 1 and "cannot reach the daemon" in out.stderr
+    return path
+
+
+def test_cli_without_daemon_says_so_and_what_to_do(tmp_path: Path) -> None:
+    """The daemon stopped (a clean stop removes its socket): the errno alone left the
+    installer guessing; now the command says to look at the unit, and where the socket is
+    looked for."""
+    sock = tmp_path / "none.sock"
+    path = _site_on(sock, tmp_path)
+    for command in (("status",), ("tap", "g", "04A1B2C3D4")):
+        out = run(*command, "-c", str(path))
+        assert out.returncode == 1 and f"cannot reach the daemon at {sock}: no socket there" in out.stderr, out.stderr
+        assert "Is the daemon running? `systemctl status gated`" in out.stderr, out.stderr
+        assert f"looked for where control.socket in {path} says" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_at_a_socket_left_behind_says_the_daemon_is_not_running(tmp_path: Path) -> None:
+    """A daemon killed (or crashed) leaves its socket file with nobody listening."""
+    sock = tmp_path / "left.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(sock))  # bound, never listening: what a dead daemon leaves
+    path = _site_on(sock, tmp_path)
+    out = run("tap", "g", "04A1B2C3D4", "-c", str(path))
+    assert out.returncode == 1, out.stderr
+    assert "nothing listens on it (connection refused): the daemon is not running" in out.stderr, out.stderr
+    assert "`systemctl status gated`" in out.stderr
+
+
+def test_cli_not_allowed_on_the_socket_says_to_run_as_root(tmp_path: Path) -> None:
+    """The socket is 0660, the daemon's user's: another user is refused. Root passes any
+    file's mode, so as root the command runs without that power (setpriv drops
+    CAP_DAC_OVERRIDE), as an unprivileged user meets the socket."""
+    sock = tmp_path / "control.sock"
+    path = _site_on(sock, tmp_path)
+    plain = [] if os.geteuid() != 0 else ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    if plain and shutil.which("setpriv") is None:
+        pytest.skip("as root, needs setpriv (util-linux) to run a command without CAP_DAC_OVERRIDE")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(sock))
+        s.listen()
+        sock.chmod(0o000)
+        out = subprocess.run([*plain, *GATED, "status", "-c", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"cannot reach the daemon at {sock}: permission denied" in out.stderr, out.stderr
+    assert "run the command as root (sudo)" in out.stderr
 
 
 def test_scenario_command_is_wired() -> None:
