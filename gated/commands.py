@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
 import sqlite3
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +26,21 @@ if TYPE_CHECKING:
     from gated.config import Config
 
 DEFAULT_CONFIG = os.environ.get("GATED_CONFIG", "/etc/gated/gated.yaml")
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "gated.schema.json"
+# where `gated schema` keeps the schema in a clone of the repository (committed; the package
+# installs it as /usr/share/gated/gated.schema.json)
+SOURCE = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = SOURCE / "config" / "gated.schema.json"
+
+
+def _source_checkout() -> bool:
+    """gated runs from a clone of its repository (`make install`: an editable install), not
+    from an installed package, whose code sits in site-packages with nothing of the
+    repository beside it."""
+    try:
+        project = (SOURCE / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return '\nname = "gated"\n' in project and SCHEMA_PATH.parent.is_dir()
 
 
 def _default_user() -> str:
@@ -52,9 +68,13 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     p.add_argument("file")
     p.set_defaults(func=cmd_check_config)
 
-    p = sub.add_parser("schema", help="write the configuration's JSON Schema")
-    p.add_argument("--out", default=str(SCHEMA_PATH))
-    p.add_argument("--check", action="store_true", help="exit 1 if the file on disk differs")
+    p = sub.add_parser("schema", help="the configuration's JSON Schema, on stdout; run from a clone of the "
+                       "repository, into its config/gated.schema.json (the package installs it as "
+                       "/usr/share/gated/gated.schema.json)")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="write it to FILE (- for stdout); default: stdout, or config/gated.schema.json in a clone")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing: exit 1 if FILE (in a clone, config/gated.schema.json) differs from the models")
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("seed", help="load members, passes and bookings (scenario/central format) into the store")
@@ -202,15 +222,50 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from gated.config import json_schema
 
     text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
-    out = Path(args.out)
+    # An installed package's code is in site-packages, where a file written beside it
+    # belongs to no package (dpkg --purge leaves it, and the directory, behind): only a
+    # clone of the repository has a config/ of its own to keep the schema in.
+    target = args.out if args.out is not None else (str(SCHEMA_PATH) if _source_checkout() else "-")
     if args.check:
-        same = out.exists() and out.read_text() == text
+        if target == "-":
+            print("gated schema --check compares a file with the models: name it with --out FILE "
+                  "(the package's is /usr/share/gated/gated.schema.json)", file=sys.stderr)
+            return 2
+        out = Path(target)
+        try:
+            same = out.read_text(encoding="utf-8") == text
+        except (OSError, UnicodeDecodeError):
+            same = False
         print(f"{out}: {'up to date' if same else 'differs from the models; run gated schema'}")
         return 0 if same else 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    if target == "-":
+        sys.stdout.write(text)
+        return 0
+    out = Path(target)
+    try:
+        _replace(out, text)
+    except OSError as e:
+        print(f"{out}: cannot write: {e.strerror or e}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0
+
+
+def _replace(path: Path, text: str, mode: int = 0o644) -> None:
+    """`path` holds `text`, whole, or is as it was: written beside it and renamed over it (a
+    reader, an editor or a test, never sees half a file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def cmd_seed(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """The installer's YAML file, as pydantic models: one file describes a whole site.
 
-`gated check-config FILE` reports every error at once with its line; `gated schema` writes
+`gated check-config FILE` reports every error at once with its line; `gated schema` gives
 the JSON Schema editors use to check the file as it is typed.
 
 One module of ~600 lines, on purpose: the sections are the file's schema, in the file's
