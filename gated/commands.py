@@ -160,7 +160,11 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     c.add_argument("--user", default=_default_user())
     c.set_defaults(func=cmd_clock_confirm)
 
-    p = sub.add_parser("hash-password", help="hash a console password for the configuration")
+    p = sub.add_parser("hash-password", help="hash a console password (asked on the terminal, or GATED_PASSWORD) "
+                       "for the configuration or a credential file")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="write the hash to FILE, mode 0600, whole or not at all (e.g. "
+                        "/etc/gated/credentials/desk.hash); default: print it")
     p.set_defaults(func=cmd_hash_password)
 
     p = sub.add_parser("sim", help="simulated devices and central system, for rehearsals and tests")
@@ -262,6 +266,11 @@ def _replace(path: Path, text: str, mode: int = 0o644) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)  # the rename itself outlives a power cut
+        finally:
+            os.close(directory)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -541,9 +550,28 @@ def cmd_clock_confirm(args: argparse.Namespace) -> int:
 def cmd_hash_password(args: argparse.Namespace) -> int:
     from gated.auth import hash_password
 
+    out = Path(args.out) if args.out is not None else None
+    # where it goes is checked before the password is asked: a typed password is not lost
+    if out is not None and not (out.parent.is_dir() and os.access(out.parent, os.W_OK | os.X_OK)):
+        print(f"{out}: cannot write there: {out.parent} is no directory this user may write "
+              "(the package makes /etc/gated/credentials, root's)", file=sys.stderr)
+        return 2
+    asked = not os.environ.get("GATED_PASSWORD")
     pw = _password("new password: ")
     if len(pw) < 8:
         print("use at least 8 characters", file=sys.stderr)
         return 2
-    print(hash_password(pw))
+    if asked and _password("the same again: ") != pw:  # typed unseen: a typo would lock the desk out
+        print("the two passwords differ: nothing written", file=sys.stderr)
+        return 2
+    hashed = hash_password(pw)
+    if out is None:
+        print(hashed)
+        return 0
+    try:
+        _replace(out, hashed + "\n", mode=0o600)
+    except OSError as e:
+        print(f"{out}: cannot write: {e.strerror or e}; nothing written", file=sys.stderr)
+        return 2
+    print(f"wrote {out} (mode 0600)")
     return 0

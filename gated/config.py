@@ -232,23 +232,34 @@ class StoreConfig(Section):
 ARGON2_HASH = re.compile(r"^\$argon2(id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]{8,}\$[A-Za-z0-9+/]{16,}$")
 
 
+# what to do about a password hash that is not one, said with each of its errors
+WRITE_A_HASH = ("write one with `gated hash-password --out /etc/gated/credentials/NAME` and give it "
+                "here as `{credential: NAME}` (or paste the output of `gated hash-password` here)")
+
+
 class ConsoleUser(Section):
     name: Ident
     role: Literal["staff", "admin"] = "staff"
     password_hash: str = Field(
         description="argon2 hash from `gated hash-password`; never the password itself. Or "
-        "`{credential: NAME}`: the hash in /etc/gated/credentials/NAME (a systemd credential).",
+        "`{credential: NAME}`: the hash in /etc/gated/credentials/NAME (a systemd credential), "
+        "written by `gated hash-password --out /etc/gated/credentials/NAME`.",
         min_length=20,
     )
 
-    @field_validator("password_hash")
+    # before the type's own checks: its length check ("at least 20 characters (got '')") would
+    # otherwise answer an empty hash or a placeholder first, and say nothing of what to do
+    @field_validator("password_hash", mode="before")
     @classmethod
-    def _a_hash(cls, v: str) -> str:
+    def _a_hash(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        if not v.strip():
+            raise ValueError(f"empty: no hash was written (a failed `gated hash-password`?): {WRITE_A_HASH}")
         if "REPLACE" in v.upper():
-            raise ValueError("a placeholder, not a hash: paste the output of `gated hash-password` "
-                             "(or put it in a credential file)")
+            raise ValueError(f"a placeholder, not a hash: {WRITE_A_HASH}")
         if not ARGON2_HASH.fullmatch(v.strip()):
-            raise ValueError("not an argon2 hash: use the output of `gated hash-password`")
+            raise ValueError(f"not an argon2 hash (never the password itself): {WRITE_A_HASH}")
         return v.strip()
 
 

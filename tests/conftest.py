@@ -37,6 +37,7 @@ UNIT = {
     "test_schedule", "test_retention", "test_sent_mark", "test_numbering", "test_simday_chaos", "test_own_history",
     "test_memory", "test_fees_after_a_loss", "test_knowledge", "test_clock_books", "test_outputs_sequence",
     "test_recheck", "test_desk_requests", "test_while_down", "test_doc_references",
+    "test_password_hash_messages",
 }
 BROWSER = {"test_console_browser", "test_console_desk_browser", "test_console_burst"}
 SLOW = {"test_simday", "test_torture", "test_package", "test_console_burst"}
