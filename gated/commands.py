@@ -64,7 +64,7 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     _config_arg(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check-config", help="check a configuration file; every error with its line")
+    p = sub.add_parser("check-config", help="check a configuration file: every error and warning, each with its line")
     p.add_argument("file")
     p.set_defaults(func=cmd_check_config)
 
@@ -212,11 +212,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     report = check_config(args.file)
     said = [(line, "error", key, msg) for line, key, msg in report.errors]
     said += [(line, "warning", key, msg) for line, key, msg in report.warnings]
+    # a warning that depends on a value with an error is not guessed: it is named, beside that error
+    said += [(line, "waiting", key, f"warnings are checked once these errors are fixed ({what})")
+             for line, key, what in report.waiting]
     # in the file's order, each with its line: an installer walks down the file once
     for line, kind, key, msg in sorted(said, key=lambda q: (q[0] or 0, q[1])):
         print(f"{report.path}:{line or '?'}: {kind}: {key}: {msg}")
     if report.errors or report.config is None:
-        print(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+        waiting = f"; warnings waiting for {len(report.waiting)} error(s) to be fixed" if report.waiting else ""
+        print(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s){waiting}")
         return 2
     print(f"{args.file}: OK ({len(report.config.gates)} gates, {len(report.warnings)} warning(s))")
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gated.auth import hash_password
-from gated.config import ConfigError, load_config
+from gated.config import ConfigError, check_config, load_config
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -88,6 +88,12 @@ def test_shipped_examples_are_valid(path: Path, tmp_path: Path) -> None:
         info.value.problems
     config = load_config(installed(path, tmp_path))
     assert config.console.users and all(u.password_hash.startswith("$argon2") for u in config.console.users)
+    # as shipped, with its errors, check-config already warns as it will once installed: a
+    # warning it cannot know yet waits, named, at the error it depends on
+    shipped, done = check_config(path, env={}), check_config(tmp_path / "gated.yaml", env={})
+    assert set(shipped.warnings) <= set(done.warnings), (shipped.warnings, done.warnings)
+    waiting = {key for _, key, _ in shipped.waiting}
+    assert {key for _, key, _ in set(done.warnings) - set(shipped.warnings)} <= waiting, (done.warnings, shipped.waiting)
 
 
 def test_examples_point_editors_at_the_installed_schema() -> None:
