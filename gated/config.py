@@ -574,7 +574,7 @@ def risk_warnings(data: dict[str, Any]) -> tuple[list[tuple[YamlPath, str]], lis
     beyond = UNKNOWN if bind is UNKNOWN else bind not in LOOPBACK
     if enabled is True and beyond is True and tls is None:
         out.append((("console", "bind"), "the console listens beyond loopback without TLS: passwords cross the LAN in clear"))
-    elif enabled is not False and beyond is not False and not tls:
+    elif enabled is not False and beyond is not False and (tls is None or tls is UNKNOWN):
         held = [_key(("console",), console, k) for k, v in (("enabled", enabled), ("bind", bind), ("tls_cert", tls))
                 if v is UNKNOWN]
         waiting += [(q, "a console on the LAN without TLS") for q in dict.fromkeys(held)]

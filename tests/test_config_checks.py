@@ -264,3 +264,11 @@ mqtt: {host: 127.0.0.1}
     assert any(":3: warning: gates[0].readers: gate side-door has no reader" in x for x in lines), lines
     assert "no MQTT link" not in out.stdout
     assert lines[-1] == "5 error(s), 1 warning(s); warnings waiting for 5 error(s) to be fixed", lines[-1]
+
+
+def test_a_certificate_with_an_error_is_not_taken_for_no_certificate(tmp_path: Path) -> None:
+    out = check(tmp_path, "site: {id: s, timezone: Europe/Madrid}\ngates: [{id: g, zone: z}]\n"
+                          "console: {bind: 0.0.0.0, tls_cert: [1]}\n")
+    assert out.returncode == 2 and "passwords cross the LAN in clear" not in out.stdout, out.stdout
+    assert any(x.endswith(":3: waiting: console.tls_cert: warnings are checked once these errors are fixed "
+                          "(a console on the LAN without TLS)") for x in out.stdout.splitlines()), out.stdout
