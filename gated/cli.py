@@ -49,7 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parsers(sub)
     storecli.add_parser(sub)
+    _described(p)
     return p
+
+
+def _described(parser: argparse.ArgumentParser) -> None:
+    """Each subcommand's own --help opens with the line its parent lists it with: argparse
+    shows `help=` only in the parent's list, and `gated clock confirm --help` is where an
+    installer looks for what the command does (and which docs say more)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            said = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                if sub.description is None:
+                    sub.description = said.get(name)
+                _described(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

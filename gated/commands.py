@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
 import sqlite3
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +26,21 @@ if TYPE_CHECKING:
     from gated.config import Config
 
 DEFAULT_CONFIG = os.environ.get("GATED_CONFIG", "/etc/gated/gated.yaml")
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "gated.schema.json"
+# where `gated schema` keeps the schema in a clone of the repository (committed; the package
+# installs it as /usr/share/gated/gated.schema.json)
+SOURCE = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = SOURCE / "config" / "gated.schema.json"
+
+
+def _source_checkout() -> bool:
+    """gated runs from a clone of its repository (`make install`: an editable install), not
+    from an installed package, whose code sits in site-packages with nothing of the
+    repository beside it."""
+    try:
+        project = (SOURCE / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return '\nname = "gated"\n' in project and SCHEMA_PATH.parent.is_dir()
 
 
 def _default_user() -> str:
@@ -48,13 +64,17 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     _config_arg(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check-config", help="check a configuration file; every error with its line")
+    p = sub.add_parser("check-config", help="check a configuration file: every error and warning, each with its line")
     p.add_argument("file")
     p.set_defaults(func=cmd_check_config)
 
-    p = sub.add_parser("schema", help="write the configuration's JSON Schema")
-    p.add_argument("--out", default=str(SCHEMA_PATH))
-    p.add_argument("--check", action="store_true", help="exit 1 if the file on disk differs")
+    p = sub.add_parser("schema", help="the configuration's JSON Schema, on stdout; run from a clone of the "
+                       "repository, into its config/gated.schema.json (the package installs it as "
+                       "/usr/share/gated/gated.schema.json)")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="write it to FILE (- for stdout); default: stdout, or config/gated.schema.json in a clone")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing: exit 1 if FILE (in a clone, config/gated.schema.json) differs from the models")
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("seed", help="load members, passes and bookings (scenario/central format) into the store")
@@ -135,12 +155,16 @@ def add_parsers(sub: Any) -> None:  # argparse's subparsers action has no public
     p = sub.add_parser("clock", help="the running daemon's clock")
     cs = p.add_subparsers(dest="clock_command", required=True)
     c = cs.add_parser("confirm", help="say the wall clock's time is right (admin): no-shows and fees may act at it "
-                      "without NTP (docs/operations.md, \"The clock\")")
+                      "without NTP (docs/rules.md, \"When the clock cannot be trusted\")")
     _config_arg(c)
     c.add_argument("--user", default=_default_user())
     c.set_defaults(func=cmd_clock_confirm)
 
-    p = sub.add_parser("hash-password", help="hash a console password for the configuration")
+    p = sub.add_parser("hash-password", help="hash a console password (asked on the terminal, or GATED_PASSWORD) "
+                       "for the configuration or a credential file")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="write the hash to FILE, mode 0600, whole or not at all (e.g. "
+                        "/etc/gated/credentials/desk.hash); default: print it")
     p.set_defaults(func=cmd_hash_password)
 
     p = sub.add_parser("sim", help="simulated devices and central system, for rehearsals and tests")
@@ -189,11 +213,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     report = check_config(args.file)
     said = [(line, "error", key, msg) for line, key, msg in report.errors]
     said += [(line, "warning", key, msg) for line, key, msg in report.warnings]
+    # a warning that depends on a value with an error is not guessed: it is named, beside that error
+    said += [(line, "waiting", key, f"warnings are checked once these errors are fixed ({what})")
+             for line, key, what in report.waiting]
     # in the file's order, each with its line: an installer walks down the file once
     for line, kind, key, msg in sorted(said, key=lambda q: (q[0] or 0, q[1])):
         print(f"{report.path}:{line or '?'}: {kind}: {key}: {msg}")
     if report.errors or report.config is None:
-        print(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+        waiting = f"; warnings waiting for {len(report.waiting)} error(s) to be fixed" if report.waiting else ""
+        print(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s){waiting}")
         return 2
     print(f"{args.file}: OK ({len(report.config.gates)} gates, {len(report.warnings)} warning(s))")
     return 0
@@ -203,15 +231,55 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from gated.config import json_schema
 
     text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
-    out = Path(args.out)
+    # An installed package's code is in site-packages, where a file written beside it
+    # belongs to no package (dpkg --purge leaves it, and the directory, behind): only a
+    # clone of the repository has a config/ of its own to keep the schema in.
+    target = args.out if args.out is not None else (str(SCHEMA_PATH) if _source_checkout() else "-")
     if args.check:
-        same = out.exists() and out.read_text() == text
+        if target == "-":
+            print("gated schema --check compares a file with the models: name it with --out FILE "
+                  "(the package's is /usr/share/gated/gated.schema.json)", file=sys.stderr)
+            return 2
+        out = Path(target)
+        try:
+            same = out.read_text(encoding="utf-8") == text
+        except (OSError, UnicodeDecodeError):
+            same = False
         print(f"{out}: {'up to date' if same else 'differs from the models; run gated schema'}")
         return 0 if same else 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    if target == "-":
+        sys.stdout.write(text)
+        return 0
+    out = Path(target)
+    try:
+        _replace(out, text)
+    except OSError as e:
+        print(f"{out}: cannot write: {e.strerror or e}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0
+
+
+def _replace(path: Path, text: str, mode: int = 0o644) -> None:
+    """`path` holds `text`, whole, or is as it was: written beside it and renamed over it (a
+    reader, an editor or a test, never sees half a file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)  # the rename itself outlives a power cut
+        finally:
+            os.close(directory)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
@@ -374,20 +442,46 @@ def config_for(args: argparse.Namespace) -> Config:
         raise SystemExit(2) from None
 
 
+CONTROL_TIMEOUT = 15.0  # seconds a command waits for the daemon's answer
+
+
 def _control(args: argparse.Namespace, obj: dict[str, Any]) -> dict[str, Any]:
     from gated.control import request
 
     path = config_for(args).control.socket
     try:
-        return asyncio.run(request(path, obj))
+        return asyncio.run(request(path, obj, CONTROL_TIMEOUT))
     except ConnectionResetError as e:
         print(f"the daemon at {path} stopped answering: {e}. If it died mid-tap, a grant it had "
               "acted on is reported as passage_unconfirmed when it starts again (gated status, its log)",
               file=sys.stderr)
         raise SystemExit(1) from None
     except (OSError, TimeoutError) as e:
-        print(f"cannot reach the daemon at {path}: {e}", file=sys.stderr)
+        print(unreachable(path, args.config, e), file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def unreachable(path: Path, config: str, e: OSError | TimeoutError) -> str:
+    """Why the control socket did not answer, and what to do about it: an errno alone left
+    an installer at `gated tap` (guide, step 6) guessing whether the daemon ran at all."""
+    where = f"cannot reach the daemon at {path}"
+    look = "`systemctl status gated` (and `journalctl -u gated` for why it stopped)"
+    if isinstance(e, FileNotFoundError):
+        # a clean stop removes the socket; a daemon on another file listens elsewhere
+        return (f"{where}: no socket there. Is the daemon running? {look}; start it with "
+                f"`systemctl start gated`. The socket is looked for where control.socket in {config} "
+                "says; a daemon started on another configuration file listens where that one says "
+                "(name it with -c)")
+    if isinstance(e, ConnectionRefusedError):
+        return (f"{where}: nothing listens on it (connection refused): the daemon is not running — "
+                f"it was killed or crashed and left its socket behind — or is still starting. {look}")
+    if isinstance(e, PermissionError):
+        return (f"{where}: permission denied: the socket (mode 0660) is for root and the daemon's "
+                "own user: run the command as root (sudo)")
+    if isinstance(e, TimeoutError):
+        return (f"{where}: no answer within {CONTROL_TIMEOUT:.0f} s: the daemon is running but busy "
+                f"or stuck. {look}")
+    return f"{where}: {e.strerror or e}. Is the daemon running? {look}"
 
 
 def cmd_tap(args: argparse.Namespace) -> int:
@@ -453,9 +547,28 @@ def cmd_clock_confirm(args: argparse.Namespace) -> int:
 def cmd_hash_password(args: argparse.Namespace) -> int:
     from gated.auth import hash_password
 
+    out = Path(args.out) if args.out is not None else None
+    # where it goes is checked before the password is asked: a typed password is not lost
+    if out is not None and not (out.parent.is_dir() and os.access(out.parent, os.W_OK | os.X_OK)):
+        print(f"{out}: cannot write there: {out.parent} is no directory this user may write "
+              "(the package makes /etc/gated/credentials, root's)", file=sys.stderr)
+        return 2
+    asked = not os.environ.get("GATED_PASSWORD")
     pw = _password("new password: ")
     if len(pw) < 8:
         print("use at least 8 characters", file=sys.stderr)
         return 2
-    print(hash_password(pw))
+    if asked and _password("the same again: ") != pw:  # typed unseen: a typo would lock the desk out
+        print("the two passwords differ: nothing written", file=sys.stderr)
+        return 2
+    hashed = hash_password(pw)
+    if out is None:
+        print(hashed)
+        return 0
+    try:
+        _replace(out, hashed + "\n", mode=0o600)
+    except OSError as e:
+        print(f"{out}: cannot write: {e.strerror or e}; nothing written", file=sys.stderr)
+        return 2
+    print(f"wrote {out} (mode 0600)")
     return 0

@@ -7,7 +7,7 @@ are audited; `tap` (a read injected as if a reader had read it) is refused unles
 configuration says `control.injected_reads: true` (the demo, tests, commissioning).
 Password checks are limited when they start, per user and per connecting Unix user
 (SO_PEERCRED), so parallel guesses run at most the limit and one account's guessing cannot
-lock out another account's (docs/console.md, "Login limits").
+lock out another account's (docs/console.md, "Security": login limits).
 
 Protocol: one JSON object per line in, one per line out.
 """

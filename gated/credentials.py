@@ -149,6 +149,13 @@ class Credentials:
             raise CredentialError(f"credential {name!r}: not UTF-8 text") from None
         if kind is Kind.LINES:
             return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        if not text.strip():
+            # what `gated hash-password | install … /dev/stdin FILE` leaves when the command
+            # fails: install writes the empty pipe and succeeds
+            key = next((p for p in reversed(where) if isinstance(p, str)), "")
+            how = (f"write the hash into it with `gated hash-password --out {self.plain_dir / name}`"
+                   if key == "password_hash" else 'put the secret in it (docs/installer-guide.md, "Secrets")')
+            raise CredentialError(f"credential {name!r}: {path} is empty: {how}")
         return text.rstrip("\r\n")
 
 

@@ -1,8 +1,8 @@
 """Limits on password guesses, shared by the console's login and the control socket.
 
 Attempts count from the moment they start, so guesses sent in parallel cannot run more
-password checks than the limit; the caller chooses the keys (docs/console.md, "Login
-limits").
+password checks than the limit; the caller chooses the keys (docs/console.md, "Security":
+login limits).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class LoginLimiter:
 
     The caller chooses the keys; the console and the control socket each use a key per
     user *and* per client, so one client's guessing does not lock out another's login
-    (docs/console.md, "Login limits").
+    (docs/console.md, "Security": login limits).
     """
 
     def __init__(

@@ -36,7 +36,8 @@ UNIT = {
     "test_snapshot_wire", "test_imports", "test_tap", "test_console_alarms", "test_exits_mirror",
     "test_schedule", "test_retention", "test_sent_mark", "test_numbering", "test_simday_chaos", "test_own_history",
     "test_memory", "test_fees_after_a_loss", "test_knowledge", "test_clock_books", "test_outputs_sequence",
-    "test_recheck", "test_desk_requests", "test_while_down",
+    "test_recheck", "test_desk_requests", "test_while_down", "test_doc_references",
+    "test_password_hash_messages",
 }
 BROWSER = {"test_console_browser", "test_console_desk_browser", "test_console_burst"}
 SLOW = {"test_simday", "test_torture", "test_package", "test_console_burst"}

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from gated.auth import hash_password
@@ -39,6 +43,84 @@ def test_hash_password_is_argon2() -> None:
     out = run("hash-password", env={"GATED_PASSWORD": "correct horse"})
     assert out.returncode == 0 and out.stdout.startswith("$argon2")
     assert run("hash-password", env={"GATED_PASSWORD": "short"}).returncode == 2
+
+
+def _no_password_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "GATED_PASSWORD"}
+
+
+def test_hash_password_writes_the_credential_file_whole_or_not_at_all(tmp_path: Path) -> None:
+    """The guide's `gated hash-password | install -m 0600 /dev/stdin …/desk.hash` wrote an
+    empty file and succeeded when the command had no password (no terminal): `--out FILE`
+    writes the file itself — 0600, whole — and on any failure writes nothing and says so."""
+    creds = tmp_path / "credentials"
+    creds.mkdir(mode=0o700)
+    desk = creds / "desk.hash"
+    out = run("hash-password", "--out", str(desk), env={"GATED_PASSWORD": "desk-password-1"})
+    assert out.returncode == 0 and out.stdout == f"wrote {desk} (mode 0600)\n", out.stdout + out.stderr
+    assert oct(desk.stat().st_mode & 0o777) == "0o600"
+    first = desk.read_text()
+    assert first.endswith("\n") and first.count("\n") == 1 and first.startswith("$argon2id$")
+    path = tmp_path / "gated.yaml"
+    path.write_text(yaml.safe_dump({"site": {"id": "s", "timezone": "Europe/Madrid"}, "gates": [{"id": "g", "zone": "z"}],
+                                    "console": {"users": [{"name": "desk", "password_hash": {"credential": "desk.hash"}}]}}))
+    from gated.auth import authenticate
+    from gated.config import load_config
+
+    assert authenticate(load_config(path).console.users, "desk", "desk-password-1") is not None
+    # no password (a script, ssh without a terminal), one too short, a directory not there:
+    # an error, and the hash already there untouched
+    failed = subprocess.run([*GATED, "hash-password", "--out", str(desk)], capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL, env=_no_password_env())
+    assert failed.returncode == 2 and "a password is needed" in failed.stderr, failed.stderr
+    short = run("hash-password", "--out", str(desk), env={"GATED_PASSWORD": "short"})
+    assert short.returncode == 2 and "at least 8 characters" in short.stderr
+    nowhere = subprocess.run([*GATED, "hash-password", "--out", str(tmp_path / "none" / "desk.hash")], capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL, env=_no_password_env())
+    assert nowhere.returncode == 2 and f"{tmp_path / 'none'} is no directory" in nowhere.stderr, nowhere.stderr
+    into_a_directory = run("hash-password", "--out", str(creds), env={"GATED_PASSWORD": "desk-password-2"})
+    assert into_a_directory.returncode == 2 and "nothing written" in into_a_directory.stderr
+    assert desk.read_text() == first and sorted(p.name for p in creds.iterdir()) == ["desk.hash"]  # no temporary left
+    assert not (tmp_path / "none").exists()
+    # a new password replaces the hash (a password changed), still 0600
+    assert run("hash-password", "--out", str(desk), env={"GATED_PASSWORD": "desk-password-2"}).returncode == 0
+    assert desk.read_text() != first and oct(desk.stat().st_mode & 0o777) == "0o600"
+
+
+def test_hash_password_on_a_terminal_asks_twice(tmp_path: Path) -> None:
+    """As the guide's installer runs it: the password typed unseen, then again; two that
+    differ write nothing (a typo would have locked the desk out)."""
+    import time
+
+    def typed(*lines: str) -> tuple[int, str]:
+        master, slave = os.openpty()
+        proc = subprocess.Popen([*GATED, "hash-password", "--out", str(tmp_path / "desk.hash")], stdin=slave, stdout=slave,
+                                stderr=slave, env=_no_password_env(), start_new_session=True)
+        os.close(slave)
+        seen = b""
+        try:
+            for prompt, line in zip(("new password: ", "the same again: "), lines, strict=True):
+                deadline = time.monotonic() + 30
+                while prompt.encode() not in seen:
+                    assert time.monotonic() < deadline, seen
+                    seen += os.read(master, 4096)
+                os.write(master, line.encode() + b"\r")
+            code = proc.wait(60)
+            with contextlib.suppress(OSError):  # the terminal's other end is gone once it exits
+                seen += os.read(master, 4096)
+        finally:
+            os.close(master)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return code, seen.decode(errors="replace")
+
+    code, said = typed("desk-password-1", "desk-password-2")
+    assert code == 2 and "the two passwords differ: nothing written" in said, said
+    assert not (tmp_path / "desk.hash").exists() and "desk-password" not in said  # never echoed
+    code, said = typed("desk-password-1", "desk-password-1")
+    assert code == 0 and "wrote" in said, said
+    assert oct((tmp_path / "desk.hash").stat().st_mode & 0o777) == "0o600"
 
 
 async def test_test_relay_pulses_the_simulated_turnstile(tmp_path: Path) -> None:
@@ -109,13 +191,56 @@ async def test_open_and_lockdown_need_the_right_user(tmp_path: Path) -> None:
         assert await asyncio.to_thread(d.proc.wait, 20) == 0
 
 
-def test_cli_without_daemon_says_so(tmp_path: Path) -> None:
+def _site_on(socket_path: Path, where: Path) -> Path:
     cfg = {"site": {"id": "s", "timezone": "Europe/Berlin"}, "gates": [{"id": "g", "zone": "z"}],
-           "control": {"socket": str(tmp_path / "none.sock")}}
-    path = tmp_path / "c.yaml"
+           "control": {"socket": str(socket_path)}}
+    path = where / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    out = run("status", "-c", str(path))
-    assert out.returncode == 1 and "cannot reach the daemon" in out.stderr
+    return path
+
+
+def test_cli_without_daemon_says_so_and_what_to_do(tmp_path: Path) -> None:
+    """The daemon stopped (a clean stop removes its socket): the errno alone left the
+    installer guessing; now the command says to look at the unit, and where the socket is
+    looked for."""
+    sock = tmp_path / "none.sock"
+    path = _site_on(sock, tmp_path)
+    for command in (("status",), ("tap", "g", "04A1B2C3D4")):
+        out = run(*command, "-c", str(path))
+        assert out.returncode == 1 and f"cannot reach the daemon at {sock}: no socket there" in out.stderr, out.stderr
+        assert "Is the daemon running? `systemctl status gated`" in out.stderr, out.stderr
+        assert f"looked for where control.socket in {path} says" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_at_a_socket_left_behind_says_the_daemon_is_not_running(tmp_path: Path) -> None:
+    """A daemon killed (or crashed) leaves its socket file with nobody listening."""
+    sock = tmp_path / "left.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(sock))  # bound, never listening: what a dead daemon leaves
+    path = _site_on(sock, tmp_path)
+    out = run("tap", "g", "04A1B2C3D4", "-c", str(path))
+    assert out.returncode == 1, out.stderr
+    assert "nothing listens on it (connection refused): the daemon is not running" in out.stderr, out.stderr
+    assert "`systemctl status gated`" in out.stderr
+
+
+def test_cli_not_allowed_on_the_socket_says_to_run_as_root(tmp_path: Path) -> None:
+    """The socket is 0660, the daemon's user's: another user is refused. Root passes any
+    file's mode, so as root the command runs without that power (setpriv drops
+    CAP_DAC_OVERRIDE), as an unprivileged user meets the socket."""
+    sock = tmp_path / "control.sock"
+    path = _site_on(sock, tmp_path)
+    plain = [] if os.geteuid() != 0 else ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    if plain and shutil.which("setpriv") is None:
+        pytest.skip("as root, needs setpriv (util-linux) to run a command without CAP_DAC_OVERRIDE")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(sock))
+        s.listen()
+        sock.chmod(0o000)
+        out = subprocess.run([*plain, *GATED, "status", "-c", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"cannot reach the daemon at {sock}: permission denied" in out.stderr, out.stderr
+    assert "run the command as root (sudo)" in out.stderr
 
 
 def test_scenario_command_is_wired() -> None:

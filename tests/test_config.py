@@ -3,8 +3,11 @@ config/ matches the models; the shipped examples are valid."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gated.auth import hash_password
-from gated.config import ConfigError, load_config
+from gated.config import ConfigError, check_config, load_config
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -85,6 +88,12 @@ def test_shipped_examples_are_valid(path: Path, tmp_path: Path) -> None:
         info.value.problems
     config = load_config(installed(path, tmp_path))
     assert config.console.users and all(u.password_hash.startswith("$argon2") for u in config.console.users)
+    # as shipped, with its errors, check-config already warns as it will once installed: a
+    # warning it cannot know yet waits, named, at the error it depends on
+    shipped, done = check_config(path, env={}), check_config(tmp_path / "gated.yaml", env={})
+    assert set(shipped.warnings) <= set(done.warnings), (shipped.warnings, done.warnings)
+    waiting = {key for _, key, _ in shipped.waiting}
+    assert {key for _, key, _ in set(done.warnings) - set(shipped.warnings)} <= waiting, (done.warnings, shipped.waiting)
 
 
 def test_examples_point_editors_at_the_installed_schema() -> None:
@@ -135,3 +144,66 @@ def test_a_cache_that_never_goes_stale_is_warned_whatever_its_policy(
     warnings = dict(load_config(cfg).warnings())
     assert ("stale_cache" in warnings) is warned
     assert ("stale_cache does not apply" in warnings.get("mqtt", "")) is not mqtt
+
+
+# the packages a wheel of gated holds (pyproject.toml: tool.setuptools.packages.find)
+PACKAGES = [name.rstrip("*") for name in re.findall(
+    r'"(\w+)\*"', re.search(r"include = \[(.*?)\]", (ROOT / "pyproject.toml").read_text())[1])]  # type: ignore[index]
+
+
+def copy_code(to: Path) -> None:
+    """gated's code as pip lays it in site-packages: the packages, nothing of the repository."""
+    to.mkdir(parents=True, exist_ok=True)
+    for name in PACKAGES:
+        shutil.copytree(ROOT / name, to / name, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def gated_from(code: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`gated ARGS` running the code in `code` (bytecode kept out of it)."""
+    return subprocess.run([sys.executable, "-X", f"pycache_prefix={cwd / 'pycache'}", "-m", "gated.cli", *args],
+                          capture_output=True, text=True, timeout=120, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(code)})
+
+
+def files_under(top: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(top)): p.read_bytes() for p in top.rglob("*") if p.is_file()}
+
+
+def test_schema_on_an_installed_box_is_printed_not_written_beside_the_code(tmp_path: Path) -> None:
+    """Installed (/opt/venvs/gated/lib/python3.11/site-packages/gated), `gated schema` wrote
+    site-packages/config/gated.schema.json: a file no package owns, that `apt purge` leaves
+    behind with its directory. Now it prints the schema; --out FILE writes one."""
+    from gated.config import json_schema
+
+    site, home = tmp_path / "site-packages", tmp_path / "home"
+    copy_code(site)
+    home.mkdir()
+    before = files_under(site)
+    out = gated_from(site, "schema", cwd=home)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == json.loads(json.dumps(json_schema())), out.stdout[:200]
+    assert files_under(site) == before and [p.name for p in home.iterdir() if p.name != "pycache"] == []
+    check = gated_from(site, "schema", "--check", cwd=home)
+    assert check.returncode == 2 and "--out FILE" in check.stderr, check.stderr
+    written = home / "gated.schema.json"
+    out = gated_from(site, "schema", "--out", str(written), cwd=home)
+    assert out.returncode == 0 and out.stdout == f"wrote {written}\n", out.stdout + out.stderr
+    assert json.loads(written.read_text()) == json.loads(json.dumps(json_schema()))
+    assert oct(written.stat().st_mode & 0o777) == "0o644" and files_under(site) == before
+    assert gated_from(site, "schema", "--check", "--out", str(written), cwd=home).returncode == 0
+
+
+def test_schema_in_a_clone_is_written_into_its_config(tmp_path: Path) -> None:
+    """README: from a clone, `gated schema` rewrites config/gated.schema.json (then commit it)."""
+    clone, elsewhere = tmp_path / "clone", tmp_path / "elsewhere"
+    copy_code(clone)
+    (clone / "config").mkdir()
+    (clone / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
+    elsewhere.mkdir()
+    stale = gated_from(clone, "schema", "--check", cwd=elsewhere)
+    assert stale.returncode == 1 and "differs from the models; run gated schema" in stale.stdout, stale.stdout
+    out = gated_from(clone, "schema", cwd=elsewhere)
+    schema = clone / "config" / "gated.schema.json"
+    assert out.returncode == 0 and out.stdout == f"wrote {schema}\n", out.stdout + out.stderr
+    assert schema.read_text() == (ROOT / "config" / "gated.schema.json").read_text()
+    assert gated_from(clone, "schema", "--check", cwd=elsewhere).returncode == 0

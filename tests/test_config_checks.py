@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gated.config import Config, ConfigError, load_config
+from gated.auth import hash_password
+from gated.config import Config, ConfigError, check_config, load_config
 from gated.config_checks import allowed_keys, did_you_mean
 
 LINE = "/dev/serial/by-id/usb-FTDI_RS485-if00-port0"
@@ -172,3 +173,102 @@ def test_a_duration_too_long_for_the_calendar_is_an_error_not_a_crash(tmp_path: 
     assert "Traceback" not in out.stderr
     assert ":4: error: gates[0].early_arrival: too long a duration: '99999999999d' (at most 3660d)" in out.stdout
     assert "store.retention: too long a duration" in out.stdout
+
+
+# issue: the risk warnings appeared only once every error was fixed
+RISKY_WITH_ERRORS = """\
+site: {id: s, timezone: Europe/Madird}
+gates:
+  - id: in-1
+    zone: main
+    readers: [{type: serial, id: r1, device: /dev/null}]
+    output: {transport: tcp, host: 127.0.0.1, coil: 0}
+  - id: side-door
+    zone: studio
+    escape_route: true
+    output: {transport: tcp, host: 127.0.0.1, coil: 0, mode: fail_secure}
+console:
+  users:
+    - {name: desk, password_hash: {credential: desk.hash}}
+"""
+RISKS = [
+    (10, "gates[1].output.mode", "gate side-door is on an escape route (escape_route: true, or an exit) but fail_secure"),
+    (7, "gates[1].readers", "gate side-door has no reader: only overrides can open it"),
+    (1, "mqtt", "no MQTT link"),
+    (1, "qr.public_keys", "no trusted QR keys"),
+]
+
+
+def test_warnings_are_shown_with_the_errors(tmp_path: Path) -> None:
+    """A missing credential, a misspelt timezone and a coil used twice: the risky settings
+    of the same file are warned about in the same pass, each at its line."""
+    out = check(tmp_path, RISKY_WITH_ERRORS)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    for line, key, text in RISKS:
+        assert any(x.startswith(f"{tmp_path / 'gated.yaml'}:{line}: warning: {key}: {text}") for x in lines), (key, lines)
+    assert ":1: error: site.timezone: " in out.stdout and ":10: error: gates[1].output.coil: " in out.stdout
+    assert ":13: error: console.users[0].password_hash.credential: credential 'desk.hash': no file" in out.stdout
+    assert lines[-1] == "3 error(s), 4 warning(s)" and "waiting" not in out.stdout, lines
+
+
+def test_the_warnings_shown_with_errors_are_those_once_fixed(tmp_path: Path) -> None:
+    creds = tmp_path / "credentials"
+    creds.mkdir(mode=0o700)
+    (creds / "desk.hash").write_text(hash_password("desk-password") + "\n")
+    (creds / "desk.hash").chmod(0o600)
+    fixed = RISKY_WITH_ERRORS.replace("Madird", "Madrid").replace("coil: 0, mode", "coil: 1, mode")
+    with_errors = check_config(_written(tmp_path / "a.yaml", RISKY_WITH_ERRORS), env={})
+    without = check_config(_written(tmp_path / "b.yaml", fixed), env={})
+    assert without.errors == [] and without.config is not None and without.waiting == []
+    assert with_errors.warnings == without.warnings and len(without.warnings) == 4
+
+
+def _written(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_a_warning_that_depends_on_an_error_says_it_waits_for_it(tmp_path: Path) -> None:
+    """What an error hides cannot be warned about (is a misspelt mode fail-secure?): the
+    output says which warning waits for which error, beside it, and warns about the rest."""
+    out = check(tmp_path, """\
+site: {id: s, timezone: Europe/Madrid}
+gates:
+  - id: side-door
+    zone: studio
+    escape_route: true
+    output: {transport: tcp, host: 127.0.0.1, coil: 0, mode: fail_secrue}
+  - id: back
+    zone: studio
+    direction: sideways
+stale_cache: {policy: keep, max_age: forever}
+console: {bind: 0.0.0.0, enabled: maybe}
+qr: {public_keys: {credential: qr-keys}}
+mqtt: {host: 127.0.0.1}
+""")
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    wait = "warnings are checked once these errors are fixed"
+    for line, key, what in [
+        (6, "gates[0].output.mode", "a fail-secure door on an escape route"),
+        (9, "gates[1].direction", "a gate without a reader"),
+        (10, "stale_cache.max_age", "a cache that is never stale"),
+        (11, "console.enabled", "a console on the LAN without TLS; a console without users"),
+        (12, "qr.public_keys", "no trusted QR keys"),
+    ]:
+        said = [x for x in lines if f":{line}: " in x and f" {key}" in x]  # the error may be deeper: .credential
+        assert any(": error: " in x for x in said) and any(x.endswith(f": waiting: {key}: {wait} ({what})") for x in said), \
+            (key, lines)
+    # known whatever the errors: the first gate has no reader
+    assert any(":3: warning: gates[0].readers: gate side-door has no reader" in x for x in lines), lines
+    assert "no MQTT link" not in out.stdout
+    assert lines[-1] == "5 error(s), 1 warning(s); warnings waiting for 5 error(s) to be fixed", lines[-1]
+
+
+def test_a_certificate_with_an_error_is_not_taken_for_no_certificate(tmp_path: Path) -> None:
+    out = check(tmp_path, "site: {id: s, timezone: Europe/Madrid}\ngates: [{id: g, zone: z}]\n"
+                          "console: {bind: 0.0.0.0, tls_cert: [1]}\n")
+    assert out.returncode == 2 and "passwords cross the LAN in clear" not in out.stdout, out.stdout
+    assert any(x.endswith(":3: waiting: console.tls_cert: warnings are checked once these errors are fixed "
+                          "(a console on the LAN without TLS)") for x in out.stdout.splitlines()), out.stdout

@@ -250,10 +250,22 @@ def test_example_credentials_block_of_the_guide_makes_root_only_files(tmp_path: 
     """The guide's secrets block: files readable by their owner alone, whatever the umask."""
     guide = (Path(__file__).resolve().parent.parent / "docs" / "installer-guide.md").read_text()
     block = guide.split("### Secrets", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
-    assert all("| install -m 0600 /dev/stdin /etc/gated/credentials/" in ln for ln in block.splitlines())
-    script = block.replace("/etc/gated/credentials", str(tmp_path)).replace("gated hash-password", " ".join(GATED) + " hash-password")
+    assert all("| install -m 0600 /dev/stdin /etc/gated/credentials/" in ln
+               or ln.startswith("gated hash-password --out /etc/gated/credentials/") for ln in block.splitlines())
+    creds = tmp_path / "credentials"  # beside the configuration, as /etc/gated/credentials
+    creds.mkdir(mode=0o700)
+    script = block.replace("/etc/gated/credentials", str(creds)).replace("gated hash-password", " ".join(GATED) + " hash-password")
     out = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", "umask 022\n" + script], capture_output=True, text=True,
                          env={**os.environ, "GATED_PASSWORD": "desk-password"})
     assert out.returncode == 0, out.stderr
     for f in ("desk.hash", "osdp-1.scbk"):
-        assert oct((tmp_path / f).stat().st_mode & 0o777) == "0o600"
+        assert oct((creds / f).stat().st_mode & 0o777) == "0o600"
+    assert check_config(write(tmp_path, {**SITE, "console": {"users": [
+        {"name": "desk", "password_hash": {"credential": "desk.hash"}}]}}), env={}).errors == []
+    # without a terminal and without GATED_PASSWORD, in an installer's shell (no pipefail):
+    # the block stops there, and no empty hash is left to find later
+    (creds / "desk.hash").unlink()
+    out = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                         env={k: v for k, v in os.environ.items() if k != "GATED_PASSWORD"})
+    assert out.returncode != 0 and "a password is needed" in out.stderr, out.stderr
+    assert not (creds / "desk.hash").exists()

@@ -98,7 +98,10 @@ def test_check_config_warns_with_lines_while_errors_remain(tmp_path: Path) -> No
     assert out.returncode == 2
     assert f"{path}:5: warning: gates[0].readers[0].device: /dev/ttyUSB7 is numbered in plug-in order" in out.stdout
     assert any(x.startswith(f"{path}:6: error: gates[0].anti_passback") for x in lines), lines
-    assert lines[-1] == "1 error(s), 2 warning(s)", lines  # plug-in order; does not exist
+    # plug-in order; does not exist; and, though an error remains, no console users, no
+    # MQTT link, no trusted QR keys
+    assert lines[-1] == "1 error(s), 5 warning(s)", lines
+    assert f"{path}:1: warning: mqtt: no MQTT link" in out.stdout and "waiting" not in out.stdout
 
 
 def test_check_config_warns_of_a_reader_device_that_does_not_exist(tmp_path: Path) -> None:

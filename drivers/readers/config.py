@@ -84,7 +84,7 @@ class SerialReaderConfig(_ReaderConfigBase):
     )
     format: PayloadFormat = Field(
         PayloadFormat.HEX,
-        description="What the payload is (docs/hardware.md, card identity): uid (13.56 MHz "
+        description="What the payload is (docs/hardware.md, \"Card identity\"): uid (13.56 MHz "
         "UID in hex), uid-decimal (the UID as one decimal number), em (EM4100: 10 hex "
         "digits), em-decimal (EM4100 card number, up to 10 digits), wiegand26/34/37 "
         "(converter output: bit string, hex of the bits, or FC:NUMBER), hex (earlier "
