@@ -311,8 +311,8 @@ def installers_edit(example: str, site: Site) -> str:
     cfg["site"].pop("closed_dates", None)
     gate = cfg["gates"][0]
     gate["readers"][0]["device"] = str(site.reader.path)
-    gate["readers"].append({"type": "osdp", "id": "osdp-1", "device": site.osdp_device, "address": 0,
-                            "scbk": {"credential": "osdp-1.scbk"}})
+    gate["readers"].append({"type": "osdp", "id": "osdp-a", "device": site.osdp_device, "address": 0,
+                            "scbk": {"credential": "osdp-a.scbk"}})
     gate["output"].update(host="127.0.0.1", port=site.turnstile.port, passage_timeout=1.5)
     del cfg["mqtt"]
     cfg["console"]["port"] = free_port()
@@ -338,7 +338,7 @@ async def test_the_installer_guide_runs_as_written(built: Built, tmp_path: Path)
     commands = [ln.strip() for b in blocks for ln in b.body.splitlines() if ln.strip()]
     # the guide's steps, in order (what the installer could not finish)
     for needed in ("apt install ./gated_*.deb", "gated check-config /etc/gated/gated.yaml", "gated seed -c",
-                   "gated osdp-install osdp-1", "gated tap turnstile-1"):
+                   "gated osdp-install osdp-a", "gated tap turnstile-1"):
         assert any(c.startswith(needed) for c in commands), needed
     async with Site(shared) as site:
         subs = {"/dev/serial/by-id/usb-FTDI_…-port0": os.path.realpath(site.line.device),  # the RS-485 adapter
@@ -401,7 +401,7 @@ def walk_the_guide(root: OverlayRoot, unit: Unit, site: Site, blocks: list[Block
     hardware = said[next(b for b in said if "gated test-relay" in b)]
     assert "passage seen: yes" in hardware and "secure channel verified" in hardware
     # the OSDP key step worked as written: the key is the credential's, root's alone
-    key = root.run("stat -c '%a %U' /etc/gated/credentials/osdp-1.scbk /etc/gated/credentials/desk.hash")
+    key = root.run("stat -c '%a %U' /etc/gated/credentials/osdp-a.scbk /etc/gated/credentials/desk.hash")
     assert key.stdout.split("\n")[:2] == ["600 root", "600 root"], key.stdout
     tap = json.loads(said[next(b for b in said if "gated tap" in b)].splitlines()[0])
     assert tap["decision"] == "granted" and tap["member"] == "m-ana", tap
