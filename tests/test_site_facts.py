@@ -478,3 +478,28 @@ async def test_two_daemons_given_the_work_settle_a_class_once_and_raise_an_alarm
         clock.to(11, 30)
         await ticks(3)
         assert no_shows(desk, in2) == [("desk", "b1")]
+
+
+async def test_an_emergency_release_at_one_daemon_is_an_evacuation_at_the_other(
+    mosquitto: Mosquitto, central: Central, tmp_path: Path
+) -> None:
+    """The link's filter of another daemon's events dropped its `fire_alarm` (and its
+    `passage_unconfirmed`, its exits unrecorded): an emergency release at in2 let its
+    evacuees back in free there, while the desk's turnstile refused them anti-passback —
+    found by an outside probe with a frozen peer."""
+    from sync.store import evacuation
+
+    seed(central)
+    clock = Clock(DAY)
+    clock.to(9, 0)
+    async with running(config(tmp_path, mosquitto, "in2", "in-2", finalises=False), clock) as in2, \
+            running(config(tmp_path, mosquitto, "desk", "in-1", finalises=True), clock) as desk:
+        assert desk.store is not None and in2.safety is not None
+        await wait_until(lambda: "in2" in desk.link.session.peers.marks, what="desk hearing in2")
+        await in2.safety.set_emergency(True, "boss", "drill")
+        clock.to(9, 5)
+        await in2.safety.set_emergency(False, "boss", None)
+        await wait_until(lambda: desk.store is not None and evacuation.latest(desk.store.conn) is not None,
+                         what="the evacuation heard at the desk")
+        spans = evacuation.spans_of(desk.store.conn)
+        assert len(spans) == 1 and spans[0][1] is not None, spans  # begun and ended

@@ -880,3 +880,44 @@ def test_the_snapshot_the_replica_already_is_is_not_imported_again() -> None:
     assert s.stats["snapshots_repeated"] == 2
     s.delta_failed(5, "the store refused it", 105.0)  # now the gate waits for one: taken
     assert [type(a) for a in s.receive(f"{P}/snapshot", chunk(0, 1, sid="new"), 106.0)] == [StageChunk]
+
+
+# one event of each kind the store keeps of another daemon's (sync/store/peer_events.py apply)
+PEER_FACTS: dict[str, dict[str, Any]] = {
+    "access": {"gate": "in-2", "member": "m1", "decision": "granted", "reason": "walk_in", "passed": True},
+    "attendance": {"member": "m1", "booking": "b1", "status": "attended", "by": "gate"},
+    "deduction": {"gate": "in-2", "member": "m1", "pass": "p1", "amount": 1, "cause": "walk_in"},
+    "passage_unconfirmed": {"gate": "in-2", "member": "m1", "booking": "b1", "reason": "booking",
+                            "granted_at": "2026-11-18T09:00:00Z"},
+    "fire_alarm": {"active": True},
+    "fire_alarm/cleared": {"active": False},
+    "alarm/exits_not_recorded": {"kind": "exits_not_recorded", "gates": {"out-2": 3},
+                                 "until": "2026-11-18T09:00:00Z"},
+    "alarm/rotations_while_down": {"kind": "rotations_while_down", "gate": "out-2", "direction": "out", "count": 2},
+    "qr_used": {"gate": "in-2", "member": "m1", "token": "t1", "expires": "2026-11-18T09:05:00Z"},
+}
+
+
+def test_every_kind_of_fact_the_store_keeps_of_a_peer_reaches_it() -> None:
+    """The link's filter of another daemon's events dropped `passage_unconfirmed`, `fire_alarm`
+    and the exits-unrecorded alarms before the store, whose handlers for them were never
+    reached: a member let in at a frozen daemon was fined a no-show by the other, and the
+    evacuees of an emergency release at one daemon were refused anti-passback at the other
+    (an outside review's probe, a frozen peer). Every kind peer_events.apply handles must
+    have its example here, and pass."""
+    import re
+    from pathlib import Path
+
+    import sync.store.peer_events as pe
+
+    source = Path(pe.__file__).read_text()
+    handled = set(re.findall(r'kind == "(\w+)"', source)) | {
+        f"alarm/{k}" for k in re.findall(r'ev\.get\("kind"\) == "(\w+)"', source)}
+    assert handled - {"alarm"} <= set(PEER_FACTS), handled - set(PEER_FACTS)
+    s = connected(session(), 100.0)
+    events = [{"id": f"x{i}", "seq": i, "type": name.split("/")[0], "at": "2026-11-18T09:00:00Z", **body}
+              for i, (name, body) in enumerate(PEER_FACTS.items(), 1)]
+    out = s.receive(f"{P}/gate-b/events", js({"v": 1, "daemon": "gate-b", "zones": {"in-2": "main"},
+                                              "events": events}), 101.0)
+    assert len(out) == 1 and isinstance(out[0], RecordPeerEvents)
+    assert [e["seq"] for e in out[0].events] == [e["seq"] for e in events]

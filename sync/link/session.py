@@ -1198,8 +1198,16 @@ class Session:
         return [RaiseAlarm(kind, detail)]
 
 
+# the alarms whose facts the site's other daemons keep: exits let out unrecorded (who went
+# out is not known anywhere)
+PEER_ALARMS = frozenset({"exits_not_recorded", "rotations_while_down"})
+
+
 def _for_peers(ev: Any) -> bool:
-    """What the site's other daemons keep of an event (sync/store/peer_events.py)."""
+    """What the site's other daemons keep of an event: every kind sync/store/peer_events.py
+    records (tests/test_sync_session.py holds the two to each other — the passages nobody
+    saw, the evacuations and the exits unrecorded were once dropped here, and no daemon of
+    the site ever heard another's)."""
     extra = ev.model_extra or {}
     if ev.type == "access":
         return bool(extra.get("decision") == "granted" and extra.get("passed") and ev.member and ev.gate)
@@ -1209,6 +1217,12 @@ def _for_peers(ev: Any) -> bool:
         return bool(extra.get("pass"))  # every charge and refund: the site's balances
     if ev.type == "qr_used":
         return bool(extra.get("token"))  # a QR code is used up at every gate of the site
+    if ev.type == "passage_unconfirmed":
+        return bool(ev.member)  # a grant the member may have used: no no-show fee for it
+    if ev.type == "fire_alarm":
+        return isinstance(extra.get("active"), bool)  # an evacuation of the whole site, and its end
+    if ev.type == "alarm":
+        return extra.get("kind") in PEER_ALARMS
     return False
 
 
