@@ -140,6 +140,8 @@ class SimTurnstile:
         self._fire = False
         self._fault = Fault.NONE
         self._slow = 0.0
+        # called as the arm is released (a test pauses the daemon there: a frozen process)
+        self.on_release: Callable[[], None] | None = None
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._server_port: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -287,6 +289,8 @@ class SimTurnstile:
         if not self.unlocked:
             return
         self.unlocks += 1
+        if self.on_release is not None:
+            self.on_release()
         person = self._script.popleft() if self._script else self.person
         turns = person.turns
         if self.turn_probability is not None:

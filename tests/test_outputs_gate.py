@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -234,6 +235,45 @@ async def test_slow_board_within_timeout_still_works(sim_tcp: SimTurnstile, make
     sim_tcp.inject("slow_answer", slow_ms=30)
     assert await gate.grant() is True
     assert "relay_offline" not in alarms.kinds()
+
+
+async def test_a_daemon_paused_as_the_board_released_does_not_call_the_passage_absent(make_gate) -> None:
+    """The daemon's process paused the instant the board released the arm (an outside probe
+    froze it there: a VM paused, a stalled box), the person through during the pause, the
+    passage input's 100 ms pulse over before the daemon ran again. Watched only from the
+    board's answer, the grant saw a quiet input and ended "did not pass": nothing charged,
+    nobody inside, and a member let in for her class fined a no-show. Unread that long
+    since the release was written, it is a passage nobody could see. The board runs in a
+    thread of its own, as a real one runs on its own; the daemon's loop is paused by a
+    blocking sleep scheduled into it as the arm is released."""
+    loop = asyncio.get_running_loop()
+    ready, stop = threading.Event(), threading.Event()
+    box: dict[str, SimTurnstile] = {}
+
+    def board() -> None:
+        async def serve() -> None:
+            async with SimTurnstile(person=Person(delay=0.2), passage_pulse=0.1) as sim:
+                sim.on_release = lambda: loop.call_soon_threadsafe(time.sleep, 1.5)
+                box["sim"] = sim
+                ready.set()
+                while not stop.is_set():
+                    await asyncio.sleep(0.02)
+
+        asyncio.run(serve())
+
+    thread = threading.Thread(target=board, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(10)
+        sim = box["sim"]
+        gate, _alarms = await make_gate(sim, timeout=3.0, passage_poll_interval=0.05, poll_interval=0.05)
+        outcome = await gate.grant_passage()
+        assert len(sim.passages) == 1  # the person went through, unseen
+        assert outcome is Passage.UNKNOWN, (outcome, gate.state)
+        assert gate.unconfirmed_because is not None
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 async def test_lockdown_refuses_grants_without_pulsing(sim_tcp: SimTurnstile, make_gate) -> None:

@@ -145,6 +145,20 @@ def test_a_gap_longer_than_the_passage_pulse_is_blindness() -> None:
     assert lapse(stalled) is Passage.UNKNOWN
 
 
+@pytest.mark.parametrize(("written_at", "expected"), [(0.95, Passage.NOT_PASSED), (0.5, Passage.UNKNOWN)])
+def test_the_time_the_release_was_on_its_way_is_blind_too(written_at: float, expected: Passage) -> None:
+    """The release written at `written_at`, its answer handled at 1.0: the daemon paused in
+    between (an outside probe froze it the instant the coil read released), and the person
+    turned meanwhile. Watched only from the answer, every reading after was clean and the
+    passage ended "did not pass": nothing charged, nobody inside, a booking fined as a
+    no-show. Longer than `blind_limit` on the way is a blind gate."""
+    t = GrantTracker(T, STALL, blind_limit=0.3)
+    t.release(1.0, 0, since=written_at)
+    for n in range(1, 59):  # a reading every 50 ms until just before the timeout
+        assert t.reading(1.0 + 0.05 * n, n, True, 0) is None
+    assert t.tick(1.0 + T + 0.1) is expected
+
+
 def test_the_desk_reads_what_an_unclaimed_rotation_followed() -> None:
     assert describe(Unclaimed(1.0, None)) == "a rotation with no grant"
     assert describe(Unclaimed(9.0, (Passage.NOT_PASSED, 0.4))) == (

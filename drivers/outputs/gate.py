@@ -608,6 +608,7 @@ class GateController:
         # No read before the pulse: it would sit on the tap-to-relay path. Readings that
         # came back before the release was written cannot be this person's passage.
         uncertain = False
+        written_at = self.clock()
         try:
             await self.output.pulse()  # OutputFault propagates: nothing was released
         except OutputUncertain:
@@ -625,7 +626,11 @@ class GateController:
                 return Passage.UNKNOWN
             return Passage.PASSED  # no sensor: commit on grant
         # the grant's readings are those whose first exchange went out after the release's write
-        self.tracker.release(self.clock(), self.output.last_write, board_ok=not uncertain, stuck=self.passage_stuck)
+        # Nobody reads the passage input while the pulse is on its way: a daemon stalled
+        # (paused, starved) after the board released the arm may miss the whole rotation,
+        # so the grant is watched from the write, not from its answer (GrantTracker.blind_limit)
+        self.tracker.release(self.clock(), self.output.last_write, board_ok=not uncertain, stuck=self.passage_stuck,
+                             since=written_at + self.output.last_write_wait)  # its turn on the line: still locked
         self._waiting += 1
         self._wake.set()  # poll now, and fast until this grant is settled
         self.output.urgent = True

@@ -94,12 +94,17 @@ class GrantTracker:
     def waiting(self) -> bool:
         return self._grant is not None
 
-    def release(self, now: float, readings: int, *, board_ok: bool = True, stuck: bool = False) -> None:
+    def release(self, now: float, readings: int, *, board_ok: bool = True, stuck: bool = False,
+                since: float | None = None) -> None:
         """The relay was released for one person; `readings`: the number of its write (a
         reading numbered higher was sampled after it). `board_ok`: False when the release's answer was lost (the board
-        went silent as it wrote). `stuck`: the passage input reads stuck active (plan.StuckInput)."""
-        self._grant = _Grant(after=readings, last_at=now, read_at=now, board_ok=board_ok,
-                             unseen=not board_ok or stuck, stuck=stuck)
+        went silent as it wrote). `stuck`: the passage input reads stuck active (plan.StuckInput).
+        `since`: when the release was written — nothing was read from then until `now`, and
+        longer than `blind_limit` of that is a blind gate like any other (a daemon paused
+        between the write and its answer: the person went through meanwhile, unseen)."""
+        since = now if since is None else min(since, now)
+        self._grant = _Grant(after=readings, last_at=now, read_at=since, board_ok=board_ok,
+                             unseen=not board_ok or stuck or now - since > self.blind_limit, stuck=stuck)
         self.outcome = None
         self.because = None
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -136,6 +137,9 @@ class ModbusDevice:
         # time): a reading whose first exchange is numbered after a write's was taken after it
         self.sent = 0
         self.last_write = 0  # the number of the last coil write sent
+        # how long the last coil write waited for its turn on the line before it was sent:
+        # the arm was still locked meanwhile (GateController: a grant is watched from its send)
+        self.last_write_wait = 0.0
         # counter readings that came back only after a try went unanswered (plan.PassageCounter:
         # a board silent for a while may have restarted, its counter's step then no count)
         self.silent_reads = 0
@@ -289,12 +293,15 @@ class ModbusDevice:
                 await self._ensure_connected()
             client = link.client
 
+            queued = time.monotonic()
+
             async def on_the_wire() -> Any:
                 nonlocal number
                 self.sent += 1
                 number = self.sent
                 if acts:
                     self.last_write = number
+                    self.last_write_wait = time.monotonic() - queued
                 return await self._tries(link, lambda: call(client))
 
             # this device takes its turns on the line with the others (bus.RequestQueue)
