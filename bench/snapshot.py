@@ -261,7 +261,10 @@ def _during_commit(long: list[tuple[float, float]], commits: list[tuple[float, f
     return sum(1 for a, b in long if any(c < b and a < d for c, d in commits))
 
 
-async def import_once(store: Store, payloads: Payloads, data: SiteData, cards: tuple[str, ...]) -> dict[str, Any]:
+async def import_once(store: Store, payloads: Payloads, data: SiteData, cards: tuple[str, ...],
+                      number: int = 1) -> dict[str, Any]:
+    """One import of the snapshot, as the central's `number`th: each its own snapshot_id (a
+    gate skips the one its replica already is, `snapshots_repeated`)."""
     from sync.link import MqttSettings, SyncLink
 
     engine = Engine(store, site(), gates(), policy())
@@ -285,9 +288,10 @@ async def import_once(store: Store, payloads: Payloads, data: SiteData, cards: t
     slow_feeds: list[tuple[int, float, float]] = []  # (chunk, seconds into the import, ms)
     t0 = time.perf_counter()
     with LoopWaits() as waits:
+        ours = f'"snap-{number}"'.encode()
         for i, p in enumerate(payloads):
             f0 = time.perf_counter()
-            await link.feed(topic, p)
+            await link.feed(topic, p if number == 1 else p.replace(b'"snap-1"', ours, 1))
             took = time.perf_counter() - f0
             if took > LONG_LAG / 2:  # a chunk's own handling that holds the loop
                 slow_feeds.append((i, round(f0 - t0, 3), round(took * 1000, 1)))
@@ -350,7 +354,7 @@ def run(data: SiteData, *, runs: int = 3, records_per_chunk: int = 1000, log: An
     results = []
     try:
         for r in range(runs):
-            res = asyncio.run(import_once(store, payloads, data, cards))
+            res = asyncio.run(import_once(store, payloads, data, cards, r + 1))
             results.append(res)
             w = res["worker"]
             log(

@@ -49,13 +49,13 @@ def test_each_kind_of_secret_from_a_credential_beside_the_file(tmp_path: Path) -
     credential(creds, "desk.hash", desk + "\n")
     credential(creds, "mqtt-password", "s3cret with spaces")  # no newline: taken as is
     credential(creds, "client.key", "-----BEGIN PRIVATE KEY-----\n")
-    credential(creds, "osdp-1.scbk", secrets.token_hex(16) + "\n")
+    credential(creds, "osdp-a.scbk", secrets.token_hex(16) + "\n")
     credential(creds, "display-token", secrets.token_urlsafe(24) + "\n")
     keys = [subprocess.run([*GATED, "qr", "pubkey", "--key", str(k)], capture_output=True, text=True, check=True).stdout.strip()
             for k in _qr_keys(tmp_path, 2)]
     credential(creds, "qr-keys", "# the central system's keys\n" + "\n".join(keys) + "\n\n")
     cfg = {**SITE, "gates": [{"id": "g", "zone": "main", "readers": [
-        {"type": "osdp", "id": "osdp-1", "device": "/dev/null", "scbk": {"credential": "osdp-1.scbk"}}]}],
+        {"type": "osdp", "id": "osdp-1", "device": "/dev/null", "scbk": {"credential": "osdp-a.scbk"}}]}],
         "console": {"users": [{"name": "desk", "password_hash": {"credential": "desk.hash"}}],
                     "displays": [{"id": "d", "gate": "g", "token": {"credential": "display-token"}}]},
         "mqtt": {"host": "127.0.0.1", "username": "gate-a", "password": {"credential": "mqtt-password"},
@@ -68,7 +68,7 @@ def test_each_kind_of_secret_from_a_credential_beside_the_file(tmp_path: Path) -
     assert config.mqtt.key_file == creds / "client.key"  # a file credential is its path
     assert config.qr.public_keys == keys
     reader = config.gates[0].readers[0]
-    assert reader.key() == bytes.fromhex((creds / "osdp-1.scbk").read_text().strip())  # type: ignore[union-attr]
+    assert reader.key() == bytes.fromhex((creds / "osdp-a.scbk").read_text().strip())  # type: ignore[union-attr]
     # the schema lets editors accept the same
     schema = json.loads((Path(__file__).resolve().parent.parent / "config" / "gated.schema.json").read_text())
     user = schema["$defs"]["ConsoleUser"]["properties"]["password_hash"]
@@ -258,7 +258,7 @@ def test_example_credentials_block_of_the_guide_makes_root_only_files(tmp_path: 
     out = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", "umask 022\n" + script], capture_output=True, text=True,
                          env={**os.environ, "GATED_PASSWORD": "desk-password"})
     assert out.returncode == 0, out.stderr
-    for f in ("desk.hash", "osdp-1.scbk"):
+    for f in ("desk.hash", "osdp-a.scbk"):
         assert oct((creds / f).stat().st_mode & 0o777) == "0o600"
     assert check_config(write(tmp_path, {**SITE, "console": {"users": [
         {"name": "desk", "password_hash": {"credential": "desk.hash"}}]}}), env={}).errors == []
