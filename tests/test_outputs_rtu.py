@@ -100,12 +100,30 @@ async def _line_gates(line, turnstiles, alarms=None):  # type: ignore[no-untyped
     return gates
 
 
-async def test_three_gates_tapped_at_once_see_every_100_ms_passage() -> None:
+async def test_three_gates_tapped_at_once_see_every_100_ms_passage(caplog: pytest.LogCaptureFixture) -> None:
     # Issue 22: three gates on one 9,600-baud line tapped at once, 100 ms passage pulses:
     # with coil writes always first, the third unit went unread for 238-294 ms while the
     # other two were read and relocked, and 6 of 30 people went through unseen (a false
     # not_opened, no charge). The people here start turning 0-300 ms after the release
     # (seeded), so their pulses fall at every phase of the polling.
+    # The promise is for a line within its budget (the gate warns above 70 % busy). On a
+    # shared 2-core box beside the rest of the suite the simulated boards and the gates
+    # were starved past it (82-91 % busy) and one pulse in 30 went unread: such a run
+    # measured the box, not the gate, and is run again (three runs at most); a miss on a
+    # line within its budget fails at once.
+    for attempt in range(3):
+        caplog.clear()
+        unseen = await _three_gates_at_once()
+        if not unseen:
+            return
+        overloaded = "busy (above" in caplog.text
+        assert overloaded and attempt < 2, f"{len(unseen)} of 30 passages unseen: {unseen}" + (
+            " (three runs, each on a line over its budget)" if overloaded else "")
+
+
+async def _three_gates_at_once() -> list[tuple[int, str, Passage]]:
+    """One run of the test above: the passages it did not see (then nothing else is
+    checked); none, once everything else held too."""
     import asyncio
     import random
 
@@ -122,7 +140,7 @@ async def test_three_gates_tapped_at_once_see_every_100_ms_passage() -> None:
         assert line.line is not None
         gates = await _line_gates(line, turnstiles, alarms)
         try:
-            unseen = []
+            unseen: list[tuple[int, str, Passage]] = []
             for n in range(rounds):
                 results = await asyncio.gather(*[g.grant_passage() for g in gates])
                 unseen += [(n, g.gate_id, r) for g, r in zip(gates, results, strict=True) if r is not Passage.PASSED]
@@ -131,7 +149,8 @@ async def test_three_gates_tapped_at_once_see_every_100_ms_passage() -> None:
                     and not any(g.detector.level for g in gates),
                     what="the rotations ended and were read",
                 )
-            assert unseen == [], f"{len(unseen)} of {3 * rounds} passages unseen: {unseen}"
+            if unseen:
+                return unseen
             assert [len(t.passages) for t in turnstiles] == [rounds] * 3
             assert "not_opened" not in alarms.kinds()
             # the promise, from the wire: one read, the gate's pause and one exchange of
@@ -143,6 +162,7 @@ async def test_three_gates_tapped_at_once_see_every_100_ms_passage() -> None:
             assert stats is not None and stats["stations"] == 3, stats
             assert stats["max_poll_turns"] <= 2 and stats["max_write_turns"] <= 2, stats
             assert line.line.stats.violations == 0
+            return []
         finally:
             for g in gates:
                 await g.stop()
