@@ -232,7 +232,7 @@ def test_cli_not_allowed_on_the_socket_says_to_run_as_root(tmp_path: Path) -> No
     path = _site_on(sock, tmp_path)
     plain = [] if os.geteuid() != 0 else ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
     if plain and shutil.which("setpriv") is None:
-        pytest.skip("as root, needs setpriv (util-linux) to run a command without CAP_DAC_OVERRIDE")
+        pytest.fail("as root, needs setpriv (util-linux, essential on Debian) to run a command without CAP_DAC_OVERRIDE")
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(sock))
         s.listen()

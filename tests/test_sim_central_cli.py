@@ -71,12 +71,7 @@ async def test_gated_sim_central_serves_a_site(mosquitto: Mosquitto, tmp_path: P
             await wait_until(lambda: store.acked_seq == store.last_seq > 0, what="the ack")
             await wait_until(lambda: store.balance("p1") == 9 and link.delta_seq >= 1, what="the balance delta")
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=WAIT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        out = _stop(proc)
     assert proc.returncode == 0, out
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT applied_seq FROM applied WHERE site = 's1' AND daemon = 'gate-a'").fetchone()[0] == 2
