@@ -297,12 +297,14 @@ class PassageUnconfirmedEvent(EventBase):
     desk_reason: str | None = None
     # open within the major version (protocol 1.5): a cause added later is any other string
     because: (
-        Literal["relay_unreadable", "passage_input_stuck", "stopping"]
+        Literal["relay_unreadable", "inputs_unread", "passage_input_stuck", "stopping"]
         | Annotated[str, Field(min_length=1, max_length=50, description="a cause added later")]
         | None
     ) = Field(
         None, description="Reported at once, not at start-up: why the passage could not be seen "
-        "(passage_input_stuck: the gate's passage input read active for longer than any rotation).",
+        "(relay_unreadable: the board was silent; inputs_unread: the board answered but the daemon did "
+        "not read it for longer than a rotation's pulse, paused or starved; passage_input_stuck: the "
+        "gate's passage input read active for longer than any rotation).",
     )
 
 

@@ -27,7 +27,7 @@ from sync.topics import LEVEL, Topics, central_status_topic, valid_level
 
 MAJOR = 1
 # the minor version: what a gate of this major understands (docs/protocol.md "Versioning")
-MINOR = 9
+MINOR = 10
 PROTOCOL = f"{MAJOR}.{MINOR}"
 def _not_a_bool(v: object) -> object:
     if isinstance(v, bool):  # True == 1 to Python, and to a Literal[1]

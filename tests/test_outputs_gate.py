@@ -270,7 +270,7 @@ async def test_a_daemon_paused_as_the_board_released_does_not_call_the_passage_a
         outcome = await gate.grant_passage()
         assert len(sim.passages) == 1  # the person went through, unseen
         assert outcome is Passage.UNKNOWN, (outcome, gate.state)
-        assert gate.unconfirmed_because is not None
+        assert gate.unconfirmed_because is Unseen.INPUTS_UNREAD  # the board was fine: the daemon was paused
     finally:
         stop.set()
         thread.join(10)
@@ -458,6 +458,7 @@ async def test_grant_whose_inputs_went_unread_is_unknown_not_a_no_show(sim_tcp: 
     await wait_until(lambda: sim_tcp.unlocked, what="released")
     asyncio.get_running_loop().call_soon(starve)
     assert await grant is Passage.UNKNOWN
+    assert gate.unconfirmed_because is Unseen.INPUTS_UNREAD  # the board answered: the daemon did not read
     # the same grant watched all along is a plain "did not pass"
     assert await gate.grant_passage() is Passage.NOT_PASSED
 

@@ -107,6 +107,25 @@ def test_why_a_passage_could_not_be_seen() -> None:
     silent = GrantTracker(T, STALL)
     silent.release(0.0, 5, board_ok=False)
     assert silent.tick(STALL) is Passage.UNKNOWN and silent.because is Unseen.RELAY_UNREADABLE
+    # The board answered every reading, but none was taken for 1.5 s (the daemon paused
+    # or starved): the daemon's own blindness, not the relay's (a freeze probe's desk read
+    # "relay_unreadable" for a board that was fine).
+    unread = GrantTracker(T, STALL)
+    unread.release(0.0, 5)
+    assert unread.reading(0.1, 6, True) is None
+    assert unread.reading(1.6, 7, True) is None
+    assert unread.tick(T + 0.1) is Passage.UNKNOWN and unread.because is Unseen.INPUTS_UNREAD
+    # paused between the release's write and its answer (GrantTracker.release `since`)
+    paused = GrantTracker(T, STALL)
+    paused.release(2.0, 5, since=0.0)
+    assert paused.reading(2.1, 6, True) is None
+    assert paused.tick(2.0 + T) is Passage.UNKNOWN and paused.because is Unseen.INPUTS_UNREAD
+    # both: the board was silent for a reading too — the board's silence is what is said
+    both = GrantTracker(T, STALL)
+    both.release(0.0, 5)
+    assert both.reading(1.6, 6, False) is None
+    assert both.reading(1.8, 7, True) is None
+    assert both.tick(T + 1.0) is Passage.UNKNOWN and both.because is Unseen.RELAY_UNREADABLE
     stopping = GrantTracker(T, STALL)
     stopping.release(0.0, 5)
     assert stopping.abandon(1.0) is Passage.UNKNOWN and stopping.because is Unseen.STOPPING

@@ -95,7 +95,7 @@ def test_connect_subscribes_announces_and_waits_for_the_central_status() -> None
     status = [a for a in out if isinstance(a, Publish) and a.topic == f"{P}/gate-a/status"]
     assert len(status) == 1 and status[0].retain and status[0].qos == 1
     body = json.loads(status[0].payload)
-    assert body["state"] == "online" and body["protocol"] == "1.9"
+    assert body["state"] == "online" and body["protocol"] == "1.10"
     assert resyncs(out) == []  # not yet: is the central system there to hear it?
 
 

@@ -17,7 +17,9 @@ one of:
 | UNKNOWN | the board stayed silent for `stall_limit`; or it was silent for a while — or nobody read it for more than `blind_limit` (the daemon's own loop starved: no reading came back at all), or its passage input read stuck active (no rotation can show as an edge) — and then `passage_timeout` went by without a passage: a person may have gone through while nobody could read (`passage_unconfirmed`) — unless the board counts passages itself (`counts_unseen`: its counter covers the time nobody read it, not a stuck input, nor a counter that began again — the first reading after the board was silent, which may hide a restart, `rebased`); or the gate is stopping |
 
 `because` says why an UNKNOWN outcome could not be seen (the `because` of the
-`passage_unconfirmed` event): `relay_unreadable`, `passage_input_stuck` or `stopping`.
+`passage_unconfirmed` event): `relay_unreadable` (the board was silent), `inputs_unread`
+(the board answered but nobody read it: the daemon was paused or starved),
+`passage_input_stuck` or `stopping`.
 
 Time the board does not answer does not count towards `passage_timeout`: a board that
 stalls mid-tap carries out the release when it answers again (its queued writes), and
@@ -46,7 +48,10 @@ class Passage(StrEnum):
 class Unseen(StrEnum):
     """Why a grant's passage could not be seen (an UNKNOWN outcome)."""
 
-    RELAY_UNREADABLE = "relay_unreadable"  # the board was silent, or its inputs went unread
+    RELAY_UNREADABLE = "relay_unreadable"  # the board was silent (or its counter began again)
+    # the board answered, but nobody read it for longer than a rotation's pulse: the daemon
+    # itself was paused or starved (a frozen box, a VM paused, a flooded loop)
+    INPUTS_UNREAD = "inputs_unread"
     PASSAGE_INPUT_STUCK = "passage_input_stuck"  # the input read active beyond any rotation
     STOPPING = "stopping"  # the gate stopped looking
 
@@ -68,7 +73,8 @@ class _Grant:
     waited: float = 0.0  # time with the board answering
     stalled: float = 0.0  # time with the board silent
     board_ok: bool = True
-    unseen: bool = False  # the board was silent at some point: a passage may have gone unseen
+    unseen: bool = False  # a passage may have gone unseen (any of the reasons below)
+    silent: bool = False  # the board was silent at some point (or its counter began again)
     stuck: bool = False  # the passage input read stuck at some point: a rotation showed no edge
     rebased: bool = False  # the board's counter began again (a restart, or a silence that may hide one)
 
@@ -104,7 +110,8 @@ class GrantTracker:
         between the write and its answer: the person went through meanwhile, unseen)."""
         since = now if since is None else min(since, now)
         self._grant = _Grant(after=readings, last_at=now, read_at=since, board_ok=board_ok,
-                             unseen=not board_ok or stuck or now - since > self.blind_limit, stuck=stuck)
+                             unseen=not board_ok or stuck or now - since > self.blind_limit, stuck=stuck,
+                             silent=not board_ok)
         self.outcome = None
         self.because = None
 
@@ -124,6 +131,7 @@ class GrantTracker:
                 self._account(g, now)
                 g.board_ok = ok
                 g.unseen = g.unseen or not ok or stuck or rebased
+                g.silent = g.silent or not ok or rebased
                 g.stuck = g.stuck or stuck
                 g.rebased = g.rebased or rebased
                 g.read_at = now
@@ -166,7 +174,7 @@ class GrantTracker:
             if g.stuck:
                 self._settle(Passage.UNKNOWN, now, Unseen.PASSAGE_INPUT_STUCK)
             elif g.unseen and (not self.counts_unseen or g.rebased):
-                self._settle(Passage.UNKNOWN, now, Unseen.RELAY_UNREADABLE)
+                self._settle(Passage.UNKNOWN, now, Unseen.RELAY_UNREADABLE if g.silent else Unseen.INPUTS_UNREAD)
             else:
                 self._settle(Passage.NOT_PASSED, now)
         elif g.stalled >= self.stall_limit:
