@@ -376,17 +376,22 @@ class TapPath:
         that came in between) or a relay that does not answer turns the grant into a denial."""
         if not tap.granted:
             return tap, Passage.NOT_PASSED
-        if reader is not None:
-            await self._feedback(reader, True, tap.message)
+        # The reader's green light and beep go with the release, not before it: an OSDP
+        # reader's command is a hop to a thread, which the relay would wait for. Finished
+        # before the tap goes on, so a refusal's red comes after it.
+        lit = asyncio.ensure_future(self._feedback(reader, True, tap.message)) if reader is not None else None
         ctl = self.controllers.get(tap.gate.id)
-        if ctl is None:
-            return tap, Passage.PASSED  # no lock and no sensor: commit on grant
         try:
+            if ctl is None:
+                return tap, Passage.PASSED  # no lock and no sensor: commit on grant
             return tap, await ctl.release(Release.EXIT if tap.is_exit else Release.ENTRY)
         except GrantRefused as refused:
             return tap.refused(refused.reason), Passage.NOT_PASSED
         except OutputFault:
             return tap.refused(Reason.HARDWARE_FAULT), Passage.NOT_PASSED
+        finally:
+            if lit is not None:
+                await lit
 
     def _unconfirmed(self, tap: Tap) -> str:
         """Why a released grant's passage is unknown (said in the log and the metric now;

@@ -3,6 +3,7 @@ injected clock: stale cache policies, capacity, lockdown, relay faults, metrics,
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -105,6 +106,28 @@ async def test_grant_commits_and_counts(tmp_path: Path) -> None:
         h = d.health()
         assert h["gates"]["in"]["relay"] == "online" and h["gates"]["in"]["last_tap"]["member"] == "m1"
         assert h["outbox_depth"] == 2
+
+
+async def test_the_readers_light_does_not_hold_the_relay_back(tmp_path: Path) -> None:
+    """An OSDP reader's green light is a command handed to a thread: the relay used to wait
+    for it. A reader whose feedback finishes only once the turnstile is released would
+    have held the grant for good; now the light goes with the release."""
+
+    async with daemon(tmp_path) as (d, sim, _):
+
+        class SlowLight:
+            id = "r1"
+
+            def __init__(self) -> None:
+                self.order: list[str] = []
+
+            async def feedback(self, granted: bool, message: str) -> None:
+                await wait_until(lambda: sim.unlocks == 1, what="the release, before the light is done")
+                self.order.append("green" if granted else "red")
+
+        reader = SlowLight()
+        r = await asyncio.wait_for(d.handle_credential("in", Credential.card("AA01", "test"), reader), 10)
+        assert r["decision"] == "granted" and r["passed"] is True and reader.order == ["green"]
 
 
 @pytest.mark.parametrize(
