@@ -404,8 +404,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(), "reload"))
-        # `kill -USR1` dumps every thread's stack to stderr: how to see where a stuck daemon is
+        # `kill -USR1` dumps every thread's stack to stderr: how to see where a stuck daemon is;
+        # so does the abort systemd's watchdog sends a hung one (and a crash in C code). With
+        # a handler the abort waits for a stopped process to run again: the unit's
+        # TimeoutAbortSec bounds that with a kill
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+        faulthandler.enable(all_threads=True)
         try:
             await self.start()
         except StoreUnusable:

@@ -182,6 +182,39 @@ async def test_kill_9_mid_pulse_then_relock_locks_the_gate(tmp_path: Path) -> No
         assert not d.turnstile.unlocked
 
 
+async def test_a_frozen_daemon_is_aborted_with_its_stacks_then_relocked(tmp_path: Path) -> None:
+    """The watchdog's way out (the unit's WatchdogSec, TimeoutAbortSec, ExecStopPost): a
+    daemon frozen with the relay released holds it released; systemd's SIGABRT waits until
+    the process runs again — the stack dump's handler makes it wait (without one, the
+    default abort killed even a stopped process at once) — so systemd kills it after
+    TimeoutAbortSec; here it is continued instead, and the abort writes every thread's
+    stack, where it hung. Then `gated relock` locks the gate."""
+    async with running_daemon(tmp_path, person=Person(turns=False)) as d:
+        d.reader.tap("04A1B2C3D4")
+        await wait_for(lambda: d.turnstile.unlocked, what="the release")
+        d.proc.send_signal(signal.SIGSTOP)
+        d.proc.send_signal(signal.SIGABRT)
+        await asyncio.sleep(1.0)  # longer than the 0.3 s pulse: nobody ends it
+        assert d.proc.poll() is None and d.turnstile.unlocked
+        d.proc.send_signal(signal.SIGCONT)
+        assert await asyncio.to_thread(d.proc.wait, 10) == -signal.SIGABRT
+        assert d.proc.stdout is not None
+        dump = (await asyncio.to_thread(d.proc.stdout.read)).decode(errors="replace")
+        assert "Fatal Python error: Aborted" in dump and "most recent call first" in dump, dump[-3000:]
+        out = await arelock(d.config)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert not d.turnstile.unlocked
+
+
+def test_the_unit_bounds_a_frozen_daemons_release() -> None:
+    """operations.md promises a frozen daemon's released relay is relocked about 13 s past
+    its last ping: WatchdogSec, then TimeoutAbortSec (without it, the stop timeout: 30 s)."""
+    unit = dict(line.split("=", 1) for line in (Path(__file__).parent.parent / "systemd" / "gated.service")
+                .read_text().splitlines() if "=" in line and not line.startswith("#"))
+    assert float(unit["WatchdogSec"]) + float(unit["TimeoutAbortSec"]) <= 13
+    assert "relock" in unit["ExecStopPost"]
+
+
 async def test_a_daemon_exiting_3_on_a_damaged_store_leaves_the_coil_off(tmp_path: Path) -> None:
     async with SimTurnstile(port=0, initial_coil=True, person=Person(turns=False)) as sim:
         cfg = write(tmp_path, [{"id": "g1", "zone": "z", "output": output(sim)}])
