@@ -10,7 +10,13 @@ APT_PACKAGES := mosquitto chromium socat faketime fuse3
 DEB_PACKAGES := debhelper dh-virtualenv dpkg-dev lintian python3-venv python3-dev git
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 DEB_ARCH := $(shell dpkg --print-architecture 2>/dev/null)
-DEB := dist/gated_$(VERSION)_$(DEB_ARCH).deb
+# The package's version: the project's, and which build of it (commits since the first, the
+# head: 0.1.0+git762.g7b6b86c). Every build is newer than those before it, so `apt install
+# ./gated_NEW.deb` upgrades: with one version for every build, apt took a newer build for the
+# one installed and did nothing (no stop, no store upgrade, the old code left running).
+DEB_VERSION := $(shell n=$$(git rev-list --count HEAD 2>/dev/null) && h=$$(git rev-parse --short=7 HEAD) && \
+	echo "$(VERSION)+git$$n.g$$h" || echo "$(VERSION)")
+DEB := dist/gated_$(DEB_VERSION)_$(DEB_ARCH).deb
 # make test runs the test files on this many workers (pytest-xdist, a file per worker at a
 # time: its fixtures and its daemons stay together); the suite is mostly waiting on real
 # peers, so two workers on two cores take about half the time. TEST_JOBS=0 runs it in one.
@@ -59,12 +65,16 @@ deb: deb-deps
 	rm -rf build/deb && mkdir -p build/deb/gated-$(VERSION) dist
 	git ls-files -z --cached --others --exclude-standard | grep -zv '^\.ci/' | \
 	  tar --null -T - -cf - | tar -xf - -C build/deb/gated-$(VERSION)
+	# the build's version in the copy: the package's (changelog) and the program's own
+	# (`gated --version`, the status the central system sees: a PEP 440 local version)
+	cd build/deb/gated-$(VERSION) && sed -i '1s/([^)]*)/($(DEB_VERSION))/' debian/changelog && \
+	  sed -i 's/^version = ".*"/version = "$(DEB_VERSION)"/' pyproject.toml
 	# a wheel cache of its own: a wheel pip built earlier for another Python (the dev
 	# venv's) would carry that Python's library path into the package
 	cd build/deb/gated-$(VERSION) && PIP_CACHE_DIR=$(CURDIR)/build/pip-cache \
 	  dpkg-buildpackage -b -us -uc --no-sign > ../build.log 2>&1 || \
 	  { tail -40 ../build.log; exit 1; }
-	cp build/deb/gated_$(VERSION)_$(DEB_ARCH).deb $(DEB)
+	cp build/deb/gated_$(DEB_VERSION)_$(DEB_ARCH).deb $(DEB)
 	@echo "built $(DEB)"
 
 lint: $(STAMP)

@@ -51,6 +51,7 @@ from gated.while_down import GateSide, RotationsWhileDown
 from rules.admission import FireInputPolicy, SiteSafety
 from rules.credential import Credential
 from rules.timeutil import parse_duration
+from sync.errors import SchemaNewer
 from sync.qrtoken import TrustedKeys
 from sync.store import Event, Store, StoreError
 from sync.store.faults import STORAGE_ERRORS, describe_store_error
@@ -664,7 +665,9 @@ def run(config_path: str) -> int:
     except KeyboardInterrupt:
         pass
     except StoreUnusable as e:
-        print(f"gated: the store cannot be used: {e} (see docs/operations.md, \"A damaged store\")", file=sys.stderr, flush=True)
+        # a store a newer version wrote is not damaged: the way back is the rollback's copy
+        section = "Upgrade and roll back" if isinstance(e.__cause__, SchemaNewer) else "A damaged store"
+        print(f"gated: the store cannot be used: {e} (see docs/operations.md, \"{section}\")", file=sys.stderr, flush=True)
         return EXIT_STORE_UNUSABLE
     finally:
         if held is not None:

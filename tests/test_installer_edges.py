@@ -358,3 +358,5 @@ def test_a_store_newer_than_the_code_is_refused_with_the_way_back(tmp_path: Path
     assert "Upgrade and roll back" in out.stderr
     daemon = run("run", "-c", str(cfg), env={"NOTIFY_SOCKET": ""})
     assert daemon.returncode == 3 and "newer than this gated" in daemon.stderr and "Traceback" not in daemon.stderr
+    # not damaged: the way back is the copy the upgrade kept (it said "A damaged store")
+    assert '"Upgrade and roll back"' in daemon.stderr and "A damaged store" not in daemon.stderr, daemon.stderr

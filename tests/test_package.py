@@ -47,6 +47,14 @@ from tests.test_demo import free_port
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "installer-guide.md"
 VERSION = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M)[1]  # type: ignore[index]
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+
+# the package's version names its build (Makefile DEB_VERSION): every build newer than the last
+DEB_VERSION = f"{VERSION}+git{_git('rev-list', '--count', 'HEAD')}.g{_git('rev-parse', '--short=7', 'HEAD')}"
 UNIT_UID = 61234  # in systemd's DynamicUser= range (61184-65519)
 PASSWORD = "desk-password-1"  # what the installer types at `gated hash-password`
 
@@ -69,7 +77,7 @@ def built() -> Iterator[Built]:
     t0 = time.monotonic()
     out = subprocess.run(["make", "deb"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    debs = sorted((ROOT / "dist").glob(f"gated_{VERSION}_*.deb"))
+    debs = sorted((ROOT / "dist").glob(f"gated_{DEB_VERSION}_*.deb"))
     assert len(debs) == 1, debs
     lintian = subprocess.Popen(["lintian", "--no-tag-display-limit", str(debs[0])], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
@@ -103,7 +111,7 @@ def test_the_package_holds_what_an_installer_needs(built: Built, tmp_path: Path)
     assert not [p for p in files if p.endswith("/pip") or "/site-packages/pip/" in p]
     info = subprocess.run(["dpkg-deb", "-f", str(built.deb), "Version", "Depends"], capture_output=True,
                           text=True, check=True).stdout
-    assert f"Version: {VERSION}" in info and "python3 (<< 3.12)" in info
+    assert f"Version: {DEB_VERSION}\n" in info and "python3 (<< 3.12)" in info
     control = tmp_path / "control"
     subprocess.run(["dpkg-deb", "-e", str(built.deb), str(control)], check=True)
     assert (control / "conffiles").read_text().split() == ["/etc/gated/gated.yaml"]
@@ -392,7 +400,7 @@ def walk_the_guide(root: OverlayRoot, unit: Unit, site: Site, blocks: list[Block
             root.write("/etc/gated/gated.yaml", installers_edit(root.read("/etc/gated/gated.yaml"), site))
     # what each step should have shown
     text = "\n".join(said.values())
-    assert f"gated {VERSION}" in text
+    assert f"gated {DEB_VERSION}" in text  # the build, as the central system hears it too
     assert "answers" in said[next(b for b in said if "--units 1-16" in b)]
     assert "OK (1 gates" in said[next(b for b in said if b.startswith("gated check-config"))]
     seeded = said[next(b for b in said if "gated seed" in b)]
@@ -490,7 +498,7 @@ def upgrade_rollback_purge(root: OverlayRoot, unit: Unit, shared: Path) -> None:
     config_before = root.read("/etc/gated/gated.yaml")
     newer = shared / "newer"
     repack = root.run(
-        f"mkdir -p {newer} && dpkg-deb -R ./gated_{VERSION}_*.deb {newer}/tree && sed -i 's/^Version: .*/Version: {VERSION}+1/' "
+        f"mkdir -p {newer} && dpkg-deb -R ./gated_{DEB_VERSION}_*.deb {newer}/tree && sed -i 's/^Version: .*/Version: {DEB_VERSION}+1/' "
         f"{newer}/tree/DEBIAN/control && dpkg-deb --root-owner-group -b -Zgzip -z1 {newer}/tree {newer}/ >/dev/null",
         cwd=str(shared),
     )
@@ -498,7 +506,7 @@ def upgrade_rollback_purge(root: OverlayRoot, unit: Unit, shared: Path) -> None:
     up = root.run("apt install -y ./newer/gated_*.deb", cwd=str(shared), timeout=300)
     assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
     assert f"schema {SCHEMA_VERSION}: up to date" in up.stdout + up.stderr, up.stdout[-2000:]
-    assert root.run("dpkg-query -W -f '${Version}' gated").stdout == f"{VERSION}+1"
+    assert root.run("dpkg-query -W -f '${Version}' gated").stdout == f"{DEB_VERSION}+1"
     assert root.read("/etc/gated/gated.yaml") == config_before
     assert root.run("gated store check -c /etc/gated/gated.yaml").stdout.strip().endswith(": ok")
     # the store still belongs to the unit's user: postinst ran as root on it
@@ -510,7 +518,7 @@ def upgrade_rollback_purge(root: OverlayRoot, unit: Unit, shared: Path) -> None:
     assert int(root.run(count).stdout) >= int(events_before.stdout)
     down = root.run("apt install -y --allow-downgrades ./gated_*.deb", cwd=str(shared), timeout=300)
     assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
-    assert root.run("dpkg-query -W -f '${Version}' gated").stdout == VERSION
+    assert root.run("dpkg-query -W -f '${Version}' gated").stdout == DEB_VERSION
     assert root.read("/etc/gated/gated.yaml") == config_before
     purge = root.run("apt purge -y gated", timeout=300)
     assert purge.returncode == 0, purge.stdout[-2000:] + purge.stderr[-2000:]
@@ -534,6 +542,26 @@ def test_readme_quick_start_runs_what_the_tests_run() -> None:
     for target in targets:
         out = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and expected[target] in out.stdout, (target, out.stdout[-2000:])
+
+
+def test_every_build_is_an_upgrade_of_the_one_before() -> None:
+    """`apt install ./gated_NEW.deb` over an installed build: every build was 0.1.0, so apt
+    took a newer one for the installed one and did nothing — no stop, no store upgrade, the
+    old code running on (an outside tester's reading of the package). The version now
+    names the build, newer than the build before it and than the unnumbered 0.1.0."""
+    out = subprocess.run(["make", "-n", "deb"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    built = re.search(r"^cp build/deb/gated_(\S+)_\S+\.deb ", out.stdout, re.M)
+    assert built is not None and built[1] == DEB_VERSION, out.stdout[-2000:]
+    count = int(_git("rev-list", "--count", "HEAD"))
+    before = f"{VERSION}+git{count - 1}.g{_git('rev-parse', '--short=7', 'HEAD~1')}" if count > 1 else VERSION
+    for older in (before, VERSION):
+        newer = subprocess.run(["dpkg", "--compare-versions", DEB_VERSION, "gt", older])
+        assert newer.returncode == 0, (DEB_VERSION, older)
+    # and the program says which build it is (PEP 440 allows the build as a local version)
+    from packaging.version import Version
+
+    assert str(Version(DEB_VERSION)) == DEB_VERSION
 
 
 # -- the unit's memory limit, as docs/operations.md tells it ---------------------------------------

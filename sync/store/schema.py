@@ -28,7 +28,7 @@ from pathlib import Path
 import sqlite_utils
 
 from rules.credential import TenDigits, card_from_text, index_keys
-from sync.errors import StoreError
+from sync.errors import SchemaNewer
 
 log = logging.getLogger(__name__)
 
@@ -567,7 +567,7 @@ def migrate(conn: sqlite3.Connection, path: Path, ten_digits: TenDigits = TenDig
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     version = int(row[0]) if row else 0
     if version > SCHEMA_VERSION:
-        raise StoreError(f"database schema {version} is newer than this gated ({SCHEMA_VERSION})")
+        raise SchemaNewer(f"database schema {version} is newer than this gated ({SCHEMA_VERSION})")
     for n in range(version, SCHEMA_VERSION):
         MIGRATIONS[n](conn, path, ten_digits)
     return version
