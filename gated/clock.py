@@ -24,7 +24,8 @@ import ctypes.util
 import os
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rules.clock import ClockPolicy, ClockState, ClockTrust, SimulatedTime, confirm, observe, start
@@ -49,6 +50,17 @@ class SimulatedClock:
 
     def __call__(self) -> datetime:
         return self.sim.at(time.time())
+
+
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """The clock was trusted again and the time acted at jumped from the anchored time to
+    the wall clock: everything stamped since `since` (the time acted at when the doubt
+    began) was stamped `delta` seconds off the clock now trusted. The anchored time moves
+    at the monotonic clock's pace, so the offset is the same for every stamp of the doubt."""
+
+    since: datetime
+    delta: float
 
 
 # No gym ran this software before it was written: a wall clock before this is wrong, and a
@@ -113,18 +125,45 @@ class GuardedClock:
         # a step back accepted (NTP: rules/clock.py): the time acted at then, for the daemon
         # to bring what it stamped after it back to it (Daemon._keep_clock); None: none since
         self.stepped_back_to: datetime | None = None
-        self.state: ClockState = start(wall(), monotonic(), max(floor, SOFTWARE_EPOCH), self.policy, self.synced,
+        # The time acted at since the time of day has been in doubt (not trusted, or not
+        # confirmed; None: it is not), and the corrections owed to what was stamped since
+        # (Daemon._keep_clock applies them; time-driven work waits for them)
+        self.doubt_since: datetime | None = None
+        self.corrections: list[Correction] = []
+        w, m = wall(), monotonic()
+        self.state: ClockState = start(w, m, max(floor, SOFTWARE_EPOCH), self.policy, self.synced,
                                        floor_stored=floor > SOFTWARE_EPOCH)
+        self._follow(self.state, w, m)
 
     def __call__(self) -> datetime:
         wall, mono = self._wall(), self._mono()
         before = self.state
         self.state = observe(before, wall, mono, self.synced, self.policy)
+        self._follow(before, wall, mono)
         now = datetime.fromtimestamp(self.state.acting_at(wall, mono), UTC)
         if self.state.trusted and self.state.floor < before.floor:
             # only NTP takes the floor back: what was stamped since it stood there is ahead
             self.stepped_back_to = now if self.stepped_back_to is None else min(now, self.stepped_back_to)
         return now
+
+    def _follow(self, before: ClockState, wall: float, mono: float) -> None:
+        """The doubt's beginning, and the correction owed when the clock is trusted again:
+        the time acted at jumps then from the anchored time (a lower bound of the real time
+        while the clock was behind; the ahead clock's own time, continued, after a step
+        back) to the wall clock now trusted. A member let in at real 08:00 by a clock an
+        hour ahead was stamped 09:00: her entry, her charge, her attendance are an hour
+        off — a class that ended at 08:50 would fine her as a no-show."""
+        st = self.state
+        if not before.trusted and st.trusted:
+            delta = wall - before.expected(mono)
+            if self.doubt_since is not None and abs(delta) > self.policy.tolerance:
+                self.corrections.append(Correction(self.doubt_since, delta))
+                # still in doubt (trusted, not confirmed): the doubt's stamps now read on this clock
+                self.doubt_since += timedelta(seconds=delta)
+        if st.may_settle:
+            self.doubt_since = None
+        elif self.doubt_since is None:
+            self.doubt_since = datetime.fromtimestamp(st.acting_at(wall, mono), UTC)
 
     def tick(self) -> datetime:
         self.synced = self._synchronised()
@@ -136,14 +175,20 @@ class GuardedClock:
 
     @property
     def may_settle(self) -> bool:
-        """No-shows, fees, credits and pruning may act at this time (rules/clock.py, start)."""
-        return self.state.may_settle
+        """No-shows, fees, credits and pruning may act at this time (rules/clock.py, start),
+        and what was stamped while the clock was in doubt has been corrected."""
+        return self.state.may_settle and not self.corrections
 
     def confirm(self) -> datetime:
         """A person says the wall clock is right (`gated clock confirm`): the time it is
         taken at. ValueError for a clock behind the last trusted time (rules/clock.py)."""
         wall, mono = self._wall(), self._mono()
-        self.state = confirm(observe(self.state, wall, mono, self.synced, self.policy), wall, mono)
+        before = self.state
+        self.state = observe(before, wall, mono, self.synced, self.policy)
+        self._follow(before, wall, mono)
+        before = self.state
+        self.state = confirm(before, wall, mono)
+        self._follow(before, wall, mono)
         return datetime.fromtimestamp(wall, UTC)
 
     def doubted_for(self) -> float | None:
@@ -205,6 +250,6 @@ def allowed() -> bool:
 
 
 __all__ = [
-    "SIMULATION_ENV", "SOFTWARE_EPOCH", "Clock", "GuardedClock", "SimulatedClock", "SimulationNotAllowed", "allowed",
+    "SIMULATION_ENV", "SOFTWARE_EPOCH", "Clock", "Correction", "GuardedClock", "SimulatedClock", "SimulationNotAllowed", "allowed",
     "system_synchronised", "utc_now",
 ]

@@ -151,6 +151,14 @@ class Daemon:
         if guard is None or self.store is None:
             return
         guard.tick()
+        while guard.corrections:
+            # the clock trusted again, off the time acted at while it was in doubt: what this
+            # run stamped meanwhile moved to when it happened — before any no-show or fee is
+            # settled by it (GuardedClock.may_settle waits for this)
+            c = guard.corrections[0]
+            corrected = self.store.correct_stamps(c.since, c.delta)
+            guard.corrections.pop(0)
+            log.warning("clock_corrected", since=c.since.isoformat(), by_s=round(c.delta, 3), **corrected)
         if guard.stepped_back_to is not None:
             # NTP took the clock back: this daemon's passages stamped by the clock that was
             # ahead would be "after" every passage to come (anti-passback, re-entries)

@@ -81,8 +81,13 @@ def scheduler_once(box: Box, store: Store, monkeypatch: pytest.MonkeyPatch, unhe
     from gated.knowledge import Handover
 
     engine = Engine(store, SITE, {"in-1": Gate("in-1", "main")}, POLICY)
+    from gated.daemon import Daemon
+
+    keeper = SimpleNamespace(clock_guard=box.clock, store=store, _floor_saved=0.0,
+                             while_down=SimpleNamespace(refresh=lambda tx: None))
     fake = SimpleNamespace(
-        _keep_clock=lambda: box.clock.tick(), clock=box.clock, clock_guard=box.clock,
+        _keep_clock=lambda: Daemon._keep_clock(keeper),  # type: ignore[arg-type]
+        clock=box.clock, clock_guard=box.clock,
         knowledge=SimpleNamespace(check=lambda now: None, unheard=lambda instant: list(unheard),
                                   no_show_horizon=lambda now: (None, None), announce=lambda: None,
                                   handover=lambda now: Handover(True, None, None)),
@@ -121,7 +126,7 @@ def test_a_waiting_refund_is_not_given_up_at_a_clock_not_confirmed(
     scheduler_once(box, store, monkeypatch, ["s1-in-2"])
     assert store.refunds_waiting() == 1, alarms(store)
     box.offset, box.synced = 0.0, True  # NTP steps the clock back to the real 19:30
-    box.advance(10)
+    keep_clock(box, store, 10)  # the daemon's clock keeping: the doubt's stamps moved by the step
     assert box.clock.may_settle
     scheduler_once(box, store, monkeypatch, ["s1-in-2"])
     assert store.refunds_waiting() == 1  # not a day yet, really
@@ -146,6 +151,7 @@ def test_a_refund_whose_charge_arrives_is_settled_at_a_clock_not_confirmed(
 
 IN_HARD = Gate("in-1", "main", anti_passback=AntiPassback.HARD)
 IN_GRACE = Gate("in-1", "main", reentry_grace=timedelta(minutes=30))
+IN = Gate("in-1", "main")
 OUT = Gate("out-1", "main", direction=Direction.OUT)
 
 
@@ -225,3 +231,79 @@ def test_a_step_back_moves_only_this_daemon_s_passages_stamped_after_it(tmp_path
     presence = store.zone_presence("m1", "main")
     assert presence.last_direction is Direction.IN and presence.last_at == at(9, 30)  # the peer's, untouched
     store.close()
+
+
+def fees(store: Store) -> list[tuple[str, str]]:
+    return [(str(r[0]), str(r[1])) for r in store.conn.execute(
+        "SELECT booking_id, amount FROM deductions WHERE cause = 'no_show_fee'")]
+
+
+def settle_at_real(box: Box, store: Store, monkeypatch: pytest.MonkeyPatch, until: datetime) -> None:
+    keep_clock(box, store, (until.timestamp() - box.real().timestamp()))
+    assert box.clock.may_settle and abs(box.clock().timestamp() - box.real().timestamp()) < 1
+    scheduler_once(box, store, monkeypatch, [])
+
+
+@pytest.mark.parametrize("wrong", ["ahead", "behind"])
+def test_a_member_let_in_at_a_wrong_clock_is_not_fined_for_her_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wrong: str,
+) -> None:
+    """An outside tester's day: Ana taps a minute before her 08:05 class (real 08:04). The
+    box restarted with its clock two hours ahead (an RTC in local time, not synchronised:
+    taps decided at it), or with a flat battery in 2000 (the gate acts at the last trusted
+    time, 20:00 the evening before, plus the time since). Either way her class looked
+    over, or not yet today: she paid a walk-in. NTP set the clock after her class had
+    ended; her entry stayed at the wrong time (brought back only to the step's instant, or
+    not at all), the no-show found no entry before the class ended and fined her, and the
+    desk's "attended, give the walk-in back" did not find the walk-in. The stamps of the
+    doubt are moved by the step when the clock is trusted again, before anything is settled."""
+    path = tmp_path / "g.db"
+    store = new_store(path, [spin("b1", at(8, 5), at(8, 50))])
+    tap(store, IN, at(18, 0, day=-1))  # the evening before, the last run: in and out
+    tap(store, OUT, at(19, 59, day=-1))
+    scheduler_once(Box(at(19, 59, day=-1), 0.0, at(19, 58, day=-1), synced=True), store, monkeypatch, [])
+    store.close()
+    store = Store(path, SITE, daemon_id=DAEMON, durable=False)  # this run
+    if wrong == "ahead":
+        box = Box(at(8, 4), offset=7200, floor=at(20, 0, day=-1), synced=False)
+        assert box.clock.trusted and not box.clock.may_settle  # decided at, settled by nothing
+    else:
+        box = Box(at(8, 4), offset=datetime(2000, 1, 1, tzinfo=UTC).timestamp() - at(8, 4).timestamp(),
+                  floor=at(20, 0, day=-1), synced=False)
+        assert not box.clock.trusted
+    walk_in = tap(store, IN, box.clock())
+    assert walk_in.reason == "walk_in"  # her booking looked over (ahead) or a day off (behind)
+    keep_clock(box, store, 60 * 60)  # 09:04: the class is over; then NTP sets the clock
+    box.offset, box.synced = 0.0, True
+    keep_clock(box, store, 10)
+    assert not box.clock.corrections
+    stamps = [datetime.fromtimestamp(r[0], UTC) for r in store.conn.execute(
+        "SELECT at FROM passages WHERE origin = 'local' ORDER BY id")]
+    assert stamps[:2] == [at(18, 0, day=-1), at(19, 59, day=-1)]  # the last run's: as they were
+    assert abs((stamps[2] - at(8, 4)).total_seconds()) < 1, stamps  # hers: when she came in
+    settle_at_real(box, store, monkeypatch, at(9, 10))
+    assert fees(store) == []  # on site before the class ended: no fee
+    assert store.conn.execute("SELECT outcome FROM booking_outcomes WHERE booking_id = 'b1'").fetchone()[0] == "no_show"
+    store.mark_attended("b1", "desk", refund=True, now=at(9, 15))
+    given = store.refund_given("b1")
+    assert given is not None and given["amount"] == 1, given  # the desk finds her walk-in
+    store.close()
+
+
+def test_the_clock_owes_a_correction_before_anything_is_settled() -> None:
+    """GuardedClock: the doubt's beginning, and the step owed when the clock is trusted
+    again; time-driven work waits until the daemon has applied it."""
+    box = Box(at(8), offset=7200, floor=at(20, day=-1), synced=False)
+    assert box.clock.doubt_since == at(10)  # the clock ahead: taken for taps
+    box.advance(60)
+    box.offset, box.synced = 0.0, True
+    box.advance(10)
+    assert box.clock.trusted and box.clock.state.confirmed
+    [c] = box.clock.corrections
+    assert c.since == at(10) and abs(c.delta + 7200) < 1
+    assert not box.clock.may_settle  # until the stamps are moved
+    box.clock.corrections.clear()
+    assert box.clock.may_settle and box.clock.doubt_since is None
+    trusted = Box(at(8), offset=0.0, floor=at(7, 59), synced=True)
+    trusted.advance(30)
+    assert trusted.clock.doubt_since is None and not trusted.clock.corrections

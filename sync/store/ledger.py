@@ -66,6 +66,16 @@ from sync.store.rows import BOOKING_READ, booking_from_row, dt, ts
 from sync.store.transaction import Committed, Transaction, Transactions
 
 CURSOR_KEY = "due.no_show_through"
+
+
+@dataclass(frozen=True, slots=True)
+class StampMarks:
+    """The last row of each table a clock correction moves, as a run began (Ledger.stamp_marks)."""
+
+    passages: int
+    seq: int
+    unconfirmed: int
+
 # a ledger put back from a copy (sync/store/sent_mark.py): the instant of the last event it
 # had sent; what fell due by then may have been settled in the part that was lost
 RESTORED_KEY = "ledger.restored_at"
@@ -1046,6 +1056,38 @@ class Ledger:
             cur = self.conn.execute("UPDATE passages SET at = ? WHERE origin = 'local' AND at > ?",
                                     (ts(now), ts(now)))
         return int(cur.rowcount)
+
+    def stamp_marks(self) -> StampMarks:
+        """Where this run's rows begin: what a correction of the clock may move (a previous
+        run's rows were stamped on another run's anchored time, by an offset not known)."""
+        def top(sql: str) -> int:
+            return int(self.conn.execute(sql).fetchone()[0] or 0)
+
+        return StampMarks(
+            passages=top("SELECT max(id) FROM passages"),
+            seq=top("SELECT max(seq) FROM events"),
+            unconfirmed=top("SELECT max(rowid) FROM unconfirmed_grants"),
+        )
+
+    def correct_stamps(self, since: datetime, delta: float, marks: StampMarks) -> dict[str, int]:
+        """The clock was trusted again `delta` seconds off the time this gate acted at
+        since `since` (gated/clock.py `Correction`): what this run stamped since then — its
+        passages, charges and grants whose passage nobody saw — is moved by it, to
+        when it happened (the attendance times it keeps for the desk stay: the site's other
+        daemons' are in the same table). Its events keep the time they were sent with. How
+        many of each."""
+        s = ts(since) - 0.001
+        moved: dict[str, int] = {}
+        with self.transactions.open():
+            for name, sql, args in (
+                ("passages", "UPDATE passages SET at = at + ? WHERE origin = 'local' AND id > ? AND at >= ?",
+                 (delta, marks.passages, s)),
+                ("charges", "UPDATE deductions SET at = at + ? WHERE seq > ? AND at >= ?", (delta, marks.seq, s)),
+                ("unconfirmed", "UPDATE OR IGNORE unconfirmed_grants SET at = at + ? "
+                 "WHERE daemon = ? AND rowid > ? AND at >= ?", (delta, self.daemon_id, marks.unconfirmed, s)),
+            ):
+                moved[name] = int(self.conn.execute(sql, args).rowcount)
+        return moved
 
     def zone_presence(self, member_id: str, zone: str) -> ZonePresence:
         last = self.conn.execute(

@@ -183,6 +183,7 @@ class Store:
             self.conn.close()
             raise
         self._checkpointer = self._checkpoints()
+        self.run_marks = self.ledger.stamp_marks()  # where this run's rows begin (correct_stamps)
 
     def _open_now(self) -> datetime:
         """The time the open stamps what it finds (void events, a loss and how long its
@@ -698,6 +699,11 @@ class Store:
         waits for them (Ledger.mark_attended). `request`: the desk's, done with it."""
         return self.ledger.mark_attended(booking_id, operator, refund=refund, now=now, waiting=waiting,
                                          request=request)
+
+    def correct_stamps(self, since: datetime, delta: float) -> dict[str, int]:
+        """The clock trusted again `delta` seconds off the time acted at since `since`: this
+        run's stamps since then moved by it (Ledger.correct_stamps)."""
+        return self.ledger.correct_stamps(since, delta, self.run_marks)
 
     def clamp_own_passages(self, now: datetime) -> int:
         """The clock stepped back to `now`: our passages stamped after it brought back to
