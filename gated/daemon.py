@@ -181,6 +181,7 @@ class Daemon:
             config.gates_domain(),
             config.policy.to_domain(),
             TrustedKeys.from_texts(config.qr.public_keys),
+            lambda: self.clock_guard is not None and not self.clock_guard.trusted,
         )
 
     def log_card_rule(self) -> None:

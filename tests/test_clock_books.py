@@ -307,3 +307,32 @@ def test_the_clock_owes_a_correction_before_anything_is_settled() -> None:
     trusted = Box(at(8), offset=0.0, floor=at(7, 59), synced=True)
     trusted.advance(30)
     assert trusted.clock.doubt_since is None and not trusted.clock.corrections
+
+
+@pytest.mark.parametrize("lower_bound", [True, False])
+def test_a_fresh_qr_code_is_no_forgery_while_the_time_acted_at_is_a_lower_bound(
+    tmp_path: Path, lower_bound: bool,
+) -> None:
+    """A box booted in 2000 acts at the last trusted time plus the time since, 20:00 the
+    evening before: every QR code the central system issued this morning was "issued more
+    than 5 minutes in the gate's future" and refused `invalid_qr` until NTP (an outside
+    tester's finding). While the time acted at is only a lower bound, a signed issue time
+    after it is no forgery; a wrong signature still is, and a trusted clock keeps the check."""
+    from gated.engine import Engine
+    from rules.credential import Credential
+    from sync.qrtoken import TrustedKeys, generate_private_key, mint
+
+    key = generate_private_key()
+    store = new_store(tmp_path / "g.db", [spin("b1", at(8, 5), at(8, 50))])
+    engine = Engine(store, SITE, {"in-1": IN}, POLICY, TrustedKeys.of([key.public_key()]),
+                    time_is_lower_bound=lambda: lower_bound)
+    acted = at(20, 0, day=-1)
+    code = mint(key, token_id="t1", member="m1", issued=at(8, 3), expires=at(8, 13), booking="b1")
+    decision = engine.decide("in-1", Credential.qr(code, "r1"), acted).decision
+    if lower_bound:
+        assert decision.granted, decision.reason
+    else:
+        assert decision.reason == "invalid_qr"
+    forged = mint(generate_private_key(), token_id="t2", member="m1", issued=at(8, 3), expires=at(8, 13))
+    assert engine.decide("in-1", Credential.qr(forged, "r1"), acted).decision.reason == "invalid_qr"
+    store.close()
