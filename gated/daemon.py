@@ -499,8 +499,9 @@ class Daemon:
             # exists for it to lack, so its age says nothing (a site seeded once a week must
             # not start refusing walk-ins a day after)
             return False
-        last = self.store.last_sync_at()
-        return last is None or self.clock() - last > parse_duration(max_age)
+        now = self.clock()
+        last = self.knowledge.replica_as_of(now)
+        return last is None or now - last > parse_duration(max_age)
 
     async def start_fire_monitor(self) -> None:
         assert self.config.fire_alarm is not None and self.safety is not None

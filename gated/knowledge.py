@@ -85,6 +85,11 @@ class Knowledge:
         # since when (monotonic, wall) this daemon is given the work and has not begun it
         self._wanting: tuple[float, datetime] | None = None
         self._began = monotonic()  # a silence is counted from here at most (marks kept from before a restart)
+        # the last instants the replica was the central system's latest as far as the gate could
+        # tell (SyncSession.replica_current), and with the central's own word for it (online,
+        # its delta head heard): what the no-show horizon and the replica's age rest on
+        self.current_at: datetime | None = None
+        self.confirmed_at: datetime | None = None
 
     # -- the no-show horizon -----------------------------------------------------------------
 
@@ -98,7 +103,7 @@ class Knowledge:
         answer, or its next snapshot, is what ends it, and the gap `deltas_behind` says so).
         The gate's own lost events are the store's to wait for (Ledger.run_due)."""
         horizon, unheard = self._peers_horizon(now)
-        stale = self._replica_known_through()
+        stale = self._replica_known_through(now)
         if stale is not None:
             horizon = known_through(horizon or NoShowHorizon(now - self.d.config.policy.to_domain().no_show_after), stale)
         return horizon, unheard
@@ -116,14 +121,42 @@ class Knowledge:
             lambda instant: peers.behind(instant.timestamp())
         )
 
-    def _replica_known_through(self) -> datetime | None:
-        """While the replica is behind the central's delta head: its last sync (a delta
-        comes within seconds of its change, and a booking is cancelled before its class
-        ends, so the classes that ended by then are known right); None: not behind."""
+    def _replica_known_through(self, now: datetime) -> datetime | None:
+        """While the gate cannot tell its replica is the central system's latest — behind its
+        delta head, cut off from the broker, the central offline or just back: the last
+        instant it could (a delta comes within seconds of its change, and a booking is
+        cancelled before its class ends, so the classes that ended by then are known right);
+        None: it can. A member who cancelled while the gate was cut off was fined as a
+        no-show, and nothing gave the fee back (an outside tester's finding)."""
         link, store = self.d.link, self.d.store
-        if link is None or store is None or not self.d.config.time_driven_work or not link.session.deltas_behind:
+        if link is None or store is None or not self.d.config.time_driven_work or self.replica_current(now):
             return None
-        return store.last_sync_at() or datetime.fromtimestamp(0, UTC)  # never synced: nothing is known
+        known = [t for t in (store.last_sync_at(), self.current_at) if t is not None]
+        return max(known) if known else datetime.fromtimestamp(0, UTC)  # never synced: nothing is known
+
+    def replica_current(self, now: datetime) -> bool:
+        """The replica is the central system's latest as far as the gate can tell now (the
+        link's word, SyncSession.replica_current); the instants it was are kept."""
+        link = self.d.link
+        if link is None:
+            return False
+        session = link.session
+        if not session.replica_current(link.mono()):
+            return False
+        self.current_at = now
+        if session.central_online and session.head_heard:
+            self.confirmed_at = now
+        return True
+
+    def replica_as_of(self, now: datetime) -> datetime | None:
+        """How current the replica is: its last sync, or later the last instant the central
+        system said nothing newer was numbered (online, its delta head equal to the
+        replica's). A central back after an outage with nothing new sends no delta: the gate
+        refused walk-ins as `cache_stale` until the next reconcile, half an hour on."""
+        self.replica_current(now)
+        store = self.d.store
+        known = [t for t in (store.last_sync_at() if store is not None else None, self.confirmed_at) if t is not None]
+        return max(known) if known else None
 
     def unheard(self, instant: datetime) -> list[str]:
         """The daemons whose events up to `instant` are not all here: the site's others not

@@ -24,11 +24,20 @@ def spin(bid: str, start: Any, end: Any, status: str = "booked") -> BookingIn:
     })
 
 
+def link_session(**kw: Any) -> SimpleNamespace:
+    """The link's session as Knowledge reads it: the replica current while connected and
+    not behind the central's head (SyncSession.replica_current, tested in test_sync_session.py)."""
+    s = SimpleNamespace(peers=PeerMarks(), deltas_behind=0, connected=True, central_online=True, head_heard=True)
+    s.__dict__.update(kw)
+    s.replica_current = lambda now: s.connected and s.deltas_behind == 0
+    return s
+
+
 def knowledge(store: Store, session: SimpleNamespace, policy: Policy = POLICY) -> Knowledge:
     """A daemon doing the site's time-driven work, alone on its site, as Knowledge reads it."""
     config = SimpleNamespace(time_driven_work=True, peer_wait_limit_delta=lambda: timedelta(hours=1),
                              policy=SimpleNamespace(to_domain=lambda: policy), daemon_id="s1-in-1")
-    daemon = SimpleNamespace(config=config, link=SimpleNamespace(session=session), store=store)
+    daemon = SimpleNamespace(config=config, link=SimpleNamespace(session=session, mono=lambda: 0.0), store=store)
     return Knowledge(daemon)  # type: ignore[arg-type]
 
 
@@ -44,7 +53,7 @@ def test_a_replica_behind_the_central_holds_the_no_shows_of_classes_that_ended_a
     store = new_store(tmp_path / "g.db")
     store.run_due(POLICY, at(6))  # the gate's time-driven work begins
     store.apply_sync(SyncBatch(bookings=[spin("b8", at(8), at(8, 45)), spin("b9", at(10), at(10, 45))]), at(9))
-    session = SimpleNamespace(peers=PeerMarks(), deltas_behind=1)
+    session = link_session(deltas_behind=1)
     k = knowledge(store, session)
     due = store.run_due(POLICY, at(11, 1), *k.no_show_horizon(at(11, 1))).events
     assert [(e["type"], e["booking"]) for e in due] == [("deduction", "b8"), ("attendance", "b8")]
@@ -59,8 +68,52 @@ def test_a_replica_behind_the_central_holds_the_no_shows_of_classes_that_ended_a
 
 def test_a_replica_up_to_date_holds_nothing(tmp_path: Path) -> None:
     store = new_store(tmp_path / "g.db")
-    k = knowledge(store, SimpleNamespace(peers=PeerMarks(), deltas_behind=0))
+    k = knowledge(store, link_session())
     assert k.no_show_horizon(at(11)) == (None, None)
+    store.close()
+
+
+def test_a_gate_cut_off_holds_the_no_shows_of_classes_that_ended_since_it_last_knew(tmp_path: Path) -> None:
+    """An outside tester's day: the gate lost its broker (or the central went offline) at
+    09:30; Ana cancelled her 10:00 Spinning at the central meanwhile. The gate, unable to
+    hear it, settled the no-show at 11:01 with its fee, and nothing gave the fee back when
+    the cancellation arrived. A gate that cannot tell its replica is the central's latest
+    holds the no-shows of the classes that ended since it last could; the 08:00 class,
+    ended while it could, is settled as usual; back and current, the cancellation is in."""
+    store = new_store(tmp_path / "g.db")
+    store.run_due(POLICY, at(6))
+    store.apply_sync(SyncBatch(bookings=[spin("b8", at(8), at(8, 45)), spin("b9", at(10), at(10, 45))]), at(7))
+    session = link_session()
+    k = knowledge(store, session)
+    assert k.no_show_horizon(at(9, 30)) == (None, None)  # current: the last instant it knew
+    session.connected = False  # cut off
+    due = store.run_due(POLICY, at(11, 1), *k.no_show_horizon(at(11, 1))).events
+    assert [(e["type"], e["booking"]) for e in due] == [("deduction", "b8"), ("attendance", "b8")]
+    assert store.run_due(POLICY, at(12), *k.no_show_horizon(at(12))).events == []  # b9 waits
+    session.connected = True  # back: the cancellation comes with the resync's answer
+    store.apply_delta(SyncBatch(bookings=[spin("b9", at(10), at(10, 45), "cancelled")]), 2, at(12, 1))
+    due = store.run_due(POLICY, at(12, 2), *k.no_show_horizon(at(12, 2))).events
+    assert [(e["type"], e["booking"]) for e in due] == [("attendance", "b1")]  # her yoga: paid, no fee
+    assert store.balance("p1") == 29  # b8's fee only, never b9's
+    store.close()
+
+
+def test_the_replica_is_as_of_the_last_instant_the_central_said_nothing_newer(tmp_path: Path) -> None:
+    """An outside tester's day: the central came back after an outage with nothing new, so
+    no delta came, and the gate refused walk-ins `cache_stale` for up to half an hour (its
+    replica's age was its last sync's). Online, its delta head equal to the replica's, the
+    central says the replica is current; a central without a head leaves it to the syncs."""
+    store = new_store(tmp_path / "g.db")
+    store.apply_sync(SyncBatch(), at(7))
+    session = link_session(connected=False)
+    k = knowledge(store, session)
+    assert k.replica_as_of(at(9)) == at(7)
+    session.connected = True
+    assert k.replica_as_of(at(9, 5)) == at(9, 5)
+    session.connected = False
+    assert k.replica_as_of(at(10)) == at(9, 5)  # cut off: as of the last word
+    session.connected, session.head_heard = True, False
+    assert k.replica_as_of(at(11)) == at(9, 5)  # no head: the syncs say how current it is
     store.close()
 
 
@@ -87,10 +140,11 @@ def site_knowledge(store: Store, me: str, marks: PeerMarks, mono: Mono, *, heard
     session = SimpleNamespace(
         peers=marks, deltas_behind=0, connected=heard_site, config=SimpleNamespace(share_access=True, mark_interval=5.0),
         heard_the_site=lambda now: heard_site, own_history=SimpleNamespace(wanted=None),
-        uplink_stall=lambda now: None, delta_seq=0, twin=None,
+        uplink_stall=lambda now: None, delta_seq=0, twin=None, replica_current=lambda now: True,
+        central_online=True, head_heard=True,
     )
     daemon = SimpleNamespace(
-        config=config, link=SimpleNamespace(session=session), store=store, clock_guard=None,
+        config=config, link=SimpleNamespace(session=session, mono=mono), store=store, clock_guard=None,
         alarms=SimpleNamespace(raise_=lambda gate, kind, detail: raised.append((kind, detail))),
         metrics=SimpleNamespace(knowledge_gap=SimpleNamespace(labels=lambda kind: SimpleNamespace(set=lambda v: None))),
     )
@@ -270,4 +324,23 @@ def test_a_peer_never_heard_is_silent_once_the_threshold_has_passed_here(tmp_pat
     k.check(at(10, 5))
     gaps = k.as_dict()["gaps"]
     assert [g["kind"] for g in gaps] == ["peer_silent"] and "never heard" in gaps[0]["detail"]
+    store.close()
+
+
+def test_a_look_up_answer_says_nothing_of_how_current_the_replica_is(tmp_path: Path) -> None:
+    """An outside tester's day: the gate was cut off past `stale_cache.max_age`, and back its
+    snapshot was held by the guard; a member's new card was looked up, and the answer made
+    the whole replica "synced now": members the central had removed walked in as walk-ins.
+    One member's records leave the replica's age as it was."""
+    from sync.link.port import StorePort
+    from sync.protocol import LookupResponse
+
+    store = new_store(tmp_path / "g.db")
+    store.apply_sync(SyncBatch(), at(7))
+    port = StorePort(store, "s1-in-1", batch_rows=100)
+    port.apply_lookup(LookupResponse.model_validate({
+        "v": 1, "found": True, "members": [{"id": "m9", "name": "New", "status": "active", "cards": ["C9"]}],
+    }), at(9))
+    assert store.member_for_card("C9") == "m9"
+    assert store.last_sync_at() == at(7)
     store.close()

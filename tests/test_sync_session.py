@@ -921,3 +921,30 @@ def test_every_kind_of_fact_the_store_keeps_of_a_peer_reaches_it() -> None:
                                               "events": events}), 101.0)
     assert len(out) == 1 and isinstance(out[0], RecordPeerEvents)
     assert [e["seq"] for e in out[0].events] == [e["seq"] for e in events]
+
+
+def test_the_replica_is_current_only_while_the_gate_can_tell() -> None:
+    """Connected, the central system online, nothing numbered past the replica, for
+    head_grace since the connection and since the central came back (its head and a delta
+    or resync answer arrive by then). A gate cut off, or whose central is offline, cannot
+    tell: a booking cancelled meanwhile would be fined as a no-show (knowledge.py holds
+    those). The central's head heard is its word that nothing newer was numbered."""
+    s = session(head_grace=5.0)
+    assert not s.replica_current(100.0)
+    connected(s, 100.0)
+    assert not s.replica_current(102.0) and s.replica_current(105.0)
+    assert not s.head_heard
+    s.receive(f"{P}/delta/head", head(5), 106.0)
+    assert s.head_heard and s.replica_current(106.0)
+    s.receive(f"{P}/delta/head", head(6), 107.0)  # a delta numbered past the replica
+    assert not s.replica_current(107.0)
+    s.receive(f"{P}/delta", js({"v": 1, "delta_seq": 6}), 107.5)
+    assert s.replica_current(108.0)
+    s.receive("gated/central/status", OFFLINE, 110.0)
+    assert not s.replica_current(200.0)
+    s.receive("gated/central/status", online("2026-11-18T10:00:00Z"), 300.0)  # back: its answer on its way
+    assert not s.replica_current(302.0) and s.replica_current(305.0)
+    s.disconnect(306.0)
+    assert not s.replica_current(400.0)
+    connected(s, 500.0)
+    assert not s.head_heard and not s.replica_current(501.0) and s.replica_current(505.0)

@@ -191,7 +191,9 @@ class StorePort:
         self._heard(delta.passes)
 
     def apply_lookup(self, resp: LookupResponse, now: datetime) -> None:
-        self.store.apply_sync(self._batch(resp.members, resp.passes, resp.bookings), now)
+        # one member's records: a stale replica stays stale (a look-up made it "fresh" for
+        # every member, and members the central had removed walked in)
+        self.store.apply_sync(self._batch(resp.members, resp.passes, resp.bookings), now, synced=False)
         self._heard(resp.passes)
 
     def member_count(self) -> int:

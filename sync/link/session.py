@@ -221,6 +221,8 @@ class Session:
         self.stats: Counter[str] = Counter()
         self.connected = False
         self.central_online: bool | None = None
+        self._central_online_at: float | None = None  # when the central was last heard coming online
+        self._head_heard = False  # the central's delta head, heard on this connection
         self.acked_seq = state.acked_seq
         self.last_seq = state.last_seq
         # the store holds its later events until the central system says how far it got
@@ -346,6 +348,7 @@ class Session:
         self.connected = True
         self.stats["connects"] += 1
         self.central_online = None
+        self._head_heard = False
         self._central_at = None
         actions: list[Action] = [
             Subscribe(t.central_status, 1),
@@ -725,6 +728,8 @@ class Session:
             return []
         was = self.central_online
         self.central_online = status.state == "online"
+        if self.central_online and was is not True:
+            self._central_online_at = now
         if not self.central_online:
             if not self._resync.sent:
                 # wait for it to come (back) online; a retained `offline` that is never
@@ -776,9 +781,29 @@ class Session:
 
     def _on_head(self, head: DeltaHead, now: float) -> list[Action]:
         self.stats["delta_heads"] += 1
+        self._head_heard = True
         if head.delta_seq > self._head.delta_seq:
             self._head.delta_seq = head.delta_seq
         return self._behind_head(now)
+
+    def replica_current(self, now: float) -> bool:
+        """As far as the gate can tell, the replica is the central system's latest: connected,
+        the central system not offline, nothing numbered past the replica (its delta head), no
+        snapshot awaited or under way — and for `head_grace` since the connection and since the
+        central came (back) online: its retained head, and a delta or an answer to the resync
+        on its way, arrive by then. A gate cut off cannot know what changed meanwhile (a booking
+        cancelled): knowledge.py holds the no-shows of classes that ended since."""
+        if not self.connected or self._connected_at is None or self.central_online is False:
+            return False
+        since = max(self._connected_at, self._central_online_at or self._connected_at)
+        return (now - since >= self.config.head_grace and self.deltas_behind == 0 and not self.awaiting_snapshot
+                and self._import is None)
+
+    @property
+    def head_heard(self) -> bool:
+        """The central's delta head heard on this connection: its word that nothing newer was
+        numbered (a central that publishes none leaves the replica's age to its syncs)."""
+        return self._head_heard
 
     @property
     def deltas_behind(self) -> int:

@@ -170,9 +170,11 @@ class Replica:
             (key, value),
         )
 
-    def apply(self, batch: SyncBatch, now: datetime, *, snapshot: bool) -> None:
+    def apply(self, batch: SyncBatch, now: datetime, *, snapshot: bool, synced: bool = True) -> None:
         """Members, passes and bookings replace by id, whole; removals by id. A snapshot
-        also removes everything it does not list. Writes the replica only."""
+        also removes everything it does not list. Writes the replica only. `synced`: the
+        batch brings the replica up to the central system's as of `now` (a snapshot, a
+        delta, a seed) — not one member's look-up answer."""
         c = self.conn
         if snapshot:
             for t in TABLES:
@@ -217,4 +219,5 @@ class Replica:
                 "status, deducted, cost, loyalty_points) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (booking_row(b, tz) for b in batch.bookings),
             )
-        self.set_meta("last_sync_at", str(synced_at))
+        if synced:
+            self.set_meta("last_sync_at", str(synced_at))

@@ -546,23 +546,25 @@ class Store:
 
     # -- the replica: what the central system sends ---------------------------------------
 
-    def apply_sync(self, batch: SyncBatch, now: datetime, *, snapshot: bool = False) -> None:
+    def apply_sync(self, batch: SyncBatch, now: datetime, *, snapshot: bool = False, synced: bool = True) -> None:
         """Members, passes and bookings replace by id, whole. A snapshot also removes
         everything it does not list (in one transaction that holds the loop: tests,
         seeding; the link imports snapshots with sync/snapshot/importer.py). Our own outcomes and
-        deductions are kept (module doc)."""
-        self._apply(batch, now, snapshot=snapshot, delta_seq=None)
+        deductions are kept (module doc). `synced=False`: one member's records (a look-up
+        answer), which say nothing of how current the rest is: the replica's age stands."""
+        self._apply(batch, now, snapshot=snapshot, delta_seq=None, synced=synced)
 
     def apply_delta(self, batch: SyncBatch, delta_seq: int, now: datetime) -> None:
         """One numbered delta, whole, with the replica's new position, atomically."""
         self._apply(batch, now, snapshot=False, delta_seq=delta_seq)
 
-    def _apply(self, batch: SyncBatch, now: datetime, *, snapshot: bool, delta_seq: int | None) -> None:
+    def _apply(self, batch: SyncBatch, now: datetime, *, snapshot: bool, delta_seq: int | None,
+               synced: bool = True) -> None:
         # three steps, in this order, each safe to be the last before a crash (Ledger)
         tz = self.site.timezone
         self.ledger.recheck_late((b.id, instant_ts(b.ends_at, tz)) for b in batch.bookings if b.status == "booked")
         with self.transaction():
-            self.replica.apply(batch, now, snapshot=snapshot)
+            self.replica.apply(batch, now, snapshot=snapshot, synced=synced)
             if delta_seq is not None:
                 self.replica.set_meta(DELTA_SEQ_KEY, str(delta_seq))
             if snapshot:  # every card typed again, under today's rule
