@@ -243,6 +243,7 @@ class Knowledge:
 
     def check(self, now: datetime) -> None:
         mono = self.mono()
+        self.replica_current(now)  # each second: the last instant the replica was known current
         found: dict[str, tuple[float | None, float, str]] = {}  # kind -> (age if known, threshold, detail)
         guard = self.d.clock_guard
         if guard is not None and not guard.trusted:
