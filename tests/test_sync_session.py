@@ -246,6 +246,61 @@ def test_acks_prune_resend_after_timeout_and_refuse_what_was_never_sent() -> Non
     assert isinstance(s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 12}), 173.0)[0], RaiseAlarm)
 
 
+def test_no_resend_after_the_ack_timeout_while_the_central_is_offline_and_one_when_it_is_back() -> None:
+    """The central system offline (its last will), the broker up: nobody acks, and every
+    resend piled up at the broker for the central's session — the whole backlog again
+    every ack_timeout, for as long as it was away (an outside tester: 20 GB a day for
+    7,500 events, 16 copies of each at its return). Now new events still go (the site's
+    other gates hear them; the broker keeps one copy for the central), nothing goes
+    twice while it is away, and its return resends once from the acked point."""
+    s = connected(session(StoreState(has_snapshot=True, last_seq=4)), 100.0)
+    s.uplink([ev(i) for i in range(1, 5)], 100.0)
+    s.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 2}), 100.5)
+    s.receive("gated/central/status", OFFLINE, 101.0)
+    assert s.central_online is False
+    for t in range(102, 700):
+        assert WakeUplink() not in s.tick(float(t)), t
+        assert s.uplink_after(float(t)) is None, t
+    assert s.stats["rewind_timeout"] == 0 and s.stats["resend_held_central_offline"] > 0
+    # new events while it is away go once, and are not sent again either
+    s.events_committed(6)
+    assert s.uplink_after(700.0) == 4
+    s.uplink([ev(5), ev(6)], 700.0)
+    for t in range(701, 800):
+        assert WakeUplink() not in s.tick(float(t)) and s.uplink_after(float(t)) is None, t
+    assert s.stats["rewind_timeout"] == 0
+    # back: one resend from what it acknowledged, then the ack timeout as ever
+    out = s.receive("gated/central/status", online("2026-11-18T10:00:00Z"), 800.0)
+    assert WakeUplink() in out and s.uplink_after(800.0) == 2 and s.stats["rewind_central_online"] == 1
+    s.uplink([ev(i) for i in range(3, 7)], 800.0)
+    assert s.uplink_after(800.5) is None
+    assert WakeUplink() in s.tick(810.5) and s.uplink_after(810.5) == 2 and s.stats["rewind_timeout"] == 1
+
+
+def test_the_ack_timeout_still_resends_to_a_central_online_but_silent_unknown_or_acking_though_said_offline() -> None:
+    """Held only while the central is known offline: online but not acking, no status at
+    all (an old central system: None), or acking though its status says offline (a stale
+    retained `offline`) — each gets the resend after ack_timeout, as before."""
+    silent = connected(session(StoreState(has_snapshot=True, last_seq=3)), 100.0)
+    unknown = session(StoreState(has_snapshot=True, last_seq=3))
+    unknown.connect(100.0, "2026-11-18T09:00:00Z")
+    stale = session(StoreState(has_snapshot=True, last_seq=3))
+    stale.connect(100.0, "2026-11-18T09:00:00Z")
+    stale.receive("gated/central/status", OFFLINE, 100.0, retained=True)
+    for s in (silent, unknown, stale):
+        s.uplink([ev(1), ev(2), ev(3)], 100.0)
+    stale.receive(f"{P}/gate-a/ack", js({"v": 1, "applied_seq": 1}), 100.5)
+    assert silent.central_online is True and unknown.central_online is None and stale.central_online is False
+    for s, at in ((silent, 110.1), (unknown, 110.1), (stale, 110.6)):
+        assert WakeUplink() not in s.tick(at - 0.2)
+        assert WakeUplink() in s.tick(at) and s.stats["rewind_timeout"] == 1
+    assert silent.uplink_after(110.1) == 0 and unknown.uplink_after(110.1) == 0 and stale.uplink_after(110.6) == 1
+    # the stale one's status says offline again (a will): held again until an ack or `online`
+    stale.uplink([ev(2), ev(3)], 111.0)
+    stale.receive("gated/central/status", OFFLINE, 111.0)
+    assert all(WakeUplink() not in stale.tick(float(t)) for t in range(112, 200))
+
+
 def test_unsure_of_its_numbering_the_gate_asks_with_its_last_event_and_settles_before_counting_acks() -> None:
     """The ledger lost its mark of what it sent (sync/store/numbering.py): the last event
     that may leave goes again though acknowledged (its ack says how far the central system

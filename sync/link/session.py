@@ -11,8 +11,9 @@ and validated here; a bad one is counted in `stats` and dropped (logged by the s
 
 What it guarantees (docs/protocol.md has the why):
 - uplink: events go out in seq order from the last acknowledged one; after a reconnect,
-  a `gap` ack, `ack_timeout` without progress, or the central system coming back, from
-  there again. An ack beyond the last seq is refused and alarmed; a replay request
+  a `gap` ack, `ack_timeout` without progress (not while the central system is known
+  offline: nobody would ack, and its return rewinds), or the central system coming back,
+  from there again. An ack beyond the last seq is refused and alarmed; a replay request
   resends from what the gate still holds.
 - downlink: the replica changes only by whole deltas, in `delta_seq` order (a gap holds
   later ones and asks for a snapshot), and whole snapshots not older than the replica;
@@ -169,6 +170,7 @@ class _Uplink:
     replaying: bool = False
     waiting_since: float | None = None  # events wait and the central's ack has not moved since
     last_gap_ack: int | None = None  # the last ack said `gap` at this applied_seq
+    acked_while_offline: bool = False  # an ack came since the central's last `offline`
 
 
 @dataclass(slots=True)
@@ -439,7 +441,15 @@ class Session:
             out.append(WakeUplink())
         up = self._up
         if up.published > up.floor and now - up.progress_at > c.ack_timeout:
-            out += self._rewind("timeout", now)
+            if self._central_away():
+                # nobody is there to ack: a resend would only pile up at the broker for the
+                # central's session (the whole backlog again every ack_timeout: 20 GB a day
+                # for 7,500 events, and the central woke to 16 copies of each); its `online`
+                # rewinds once when it is back (_on_central_status)
+                up.progress_at = now
+                self.stats["resend_held_central_offline"] += 1
+            else:
+                out += self._rewind("timeout", now)
         for corr in [k for k, v in self._lookups.items() if now - v.asked_at > c.lookup_keep]:
             del self._lookups[corr]
             self.stats["lookup_expired"] += 1
@@ -504,6 +514,12 @@ class Session:
         zones = {e["gate"]: self.zones[e["gate"]] for e in events if e.get("gate") in self.zones}
         body = {"v": MAJOR, "daemon": self.config.daemon, "events": list(events), "zones": zones}
         return json.dumps(body, separators=(",", ":")).encode()
+
+    def _central_away(self) -> bool:
+        """The central system is known offline (its status, or its last will, says so) and
+        has not acknowledged anything since: no one to resend to. Unknown (None: no status,
+        an old central) is not away; an ack is a sign of it whatever its status says."""
+        return self.central_online is False and not self._up.acked_while_offline
 
     def _rewind(self, why: str, now: float) -> list[Action]:
         up = self._up
@@ -666,6 +682,7 @@ class Session:
             return [SettleNumbering(ack)]
         self.stats["acks"] += 1
         up = self._up
+        up.acked_while_offline = self.central_online is False
         out: list[Action] = []
         if ack.applied_seq > self.last_seq:
             # "applied" events nobody sent: believing it would prune real ones unsent
@@ -730,6 +747,7 @@ class Session:
         self.central_online = status.state == "online"
         if self.central_online and was is not True:
             self._central_online_at = now
+        self._up.acked_while_offline = False
         if not self.central_online:
             if not self._resync.sent:
                 # wait for it to come (back) online; a retained `offline` that is never
