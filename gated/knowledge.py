@@ -148,6 +148,13 @@ class Knowledge:
             self.confirmed_at = now
         return True
 
+    def _no_shows_wait(self, now: datetime) -> str:
+        """What a gap's detail adds while the no-shows wait for the replica to be known current."""
+        through = self._replica_known_through(now)
+        if through is None:
+            return ""
+        return f"; no-shows of classes that ended after {_when(through.timestamp())} wait for it"
+
     def replica_as_of(self, now: datetime) -> datetime | None:
         """How current the replica is: its last sync, or later the last instant the central
         system said nothing newer was numbered (online, its delta head equal to the
@@ -290,7 +297,8 @@ class Knowledge:
                 depth = self.d.store.outbox_depth() if self.d.store is not None else "?"
                 found["uplink_stalled"] = (
                     waited, link.settings.uplink_alarm_after,
-                    f"{depth} event(s) waiting, the central's applied_seq unchanged for {waited:.0f} s: {why}",
+                    f"{depth} event(s) waiting, the central's applied_seq unchanged for {waited:.0f} s: {why}"
+                    + self._no_shows_wait(now),
                 )
             behind = link.session.deltas_behind
             if behind:

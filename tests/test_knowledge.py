@@ -11,6 +11,7 @@ from typing import Any
 
 from gated.knowledge import Knowledge
 from rules.model import Policy
+from rules.timeutil import iso_utc
 from sync.link.peer_marks import PeerMarks, WorkClaim
 from sync.records import BookingIn
 from sync.store import Store, SyncBatch
@@ -87,6 +88,8 @@ def test_a_gate_cut_off_holds_the_no_shows_of_classes_that_ended_since_it_last_k
     k = knowledge(store, session)
     assert k.no_show_horizon(at(9, 30)) == (None, None)  # current: the last instant it knew
     session.connected = False  # cut off
+    # said with the uplink's gap (`uplink_stalled`): the desk learns why no-shows wait
+    assert k._no_shows_wait(at(11, 1)).endswith(f"after {iso_utc(at(9, 30))} wait for it")
     due = store.run_due(POLICY, at(11, 1), *k.no_show_horizon(at(11, 1))).events
     assert [(e["type"], e["booking"]) for e in due] == [("deduction", "b8"), ("attendance", "b8")]
     assert store.run_due(POLICY, at(12), *k.no_show_horizon(at(12))).events == []  # b9 waits
