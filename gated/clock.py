@@ -151,8 +151,8 @@ class GuardedClock:
         the time acted at jumps then from the anchored time (a lower bound of the real time
         while the clock was behind; the ahead clock's own time, continued, after a step
         back) to the wall clock now trusted. A member let in at real 08:00 by a clock an
-        hour ahead was stamped 09:00: her entry, her charge, her attendance are an hour
-        off — a class that ended at 08:50 would fine her as a no-show."""
+        hour ahead was stamped 09:00: her entry and her charge are an hour off — a class
+        that ended at 08:50 would fine her as a no-show."""
         st = self.state
         if not before.trusted and st.trusted:
             delta = wall - before.expected(mono)
