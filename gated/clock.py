@@ -130,17 +130,22 @@ class GuardedClock:
         # (Daemon._keep_clock applies them; time-driven work waits for them)
         self.doubt_since: datetime | None = None
         self.corrections: list[Correction] = []
+        self._doubt_from_start = False  # the doubt began as this run started: no row of it is before
         w, m = wall(), monotonic()
         self.state: ClockState = start(w, m, max(floor, SOFTWARE_EPOCH), self.policy, self.synced,
                                        floor_stored=floor > SOFTWARE_EPOCH)
         self._follow(self.state, w, m)
+        self._doubt_from_start = self.doubt_since is not None
 
     def __call__(self) -> datetime:
         wall, mono = self._wall(), self._mono()
         before = self.state
         self.state = observe(before, wall, mono, self.synced, self.policy)
         self._follow(before, wall, mono)
-        now = datetime.fromtimestamp(self.state.acting_at(wall, mono), UTC)
+        # Until the daemon has moved the doubt's stamps, the time handed out stays on the
+        # doubt's timeline: a tap stamped in between is moved with them, not twice
+        owed = sum(c.delta for c in self.corrections)
+        now = datetime.fromtimestamp(self.state.acting_at(wall, mono) - owed, UTC)
         if self.state.trusted and self.state.floor < before.floor:
             # only NTP takes the floor back: what was stamped since it stood there is ahead
             self.stepped_back_to = now if self.stepped_back_to is None else min(now, self.stepped_back_to)
@@ -156,12 +161,18 @@ class GuardedClock:
         st = self.state
         if not before.trusted and st.trusted:
             delta = wall - before.expected(mono)
-            if self.doubt_since is not None and abs(delta) > self.policy.tolerance:
+            # Back: only when the whole run was in doubt. A clock trusted and confirmed that
+            # NTP steps back was ahead before the doubt too; moving the doubt's few rows back
+            # alone would put them before the rows of just before (an exit before the entry
+            # it follows): those are brought back to the step's instant, in order (the clamp)
+            back_alone = delta < 0 and not self._doubt_from_start
+            if self.doubt_since is not None and abs(delta) > self.policy.tolerance and not back_alone:
                 self.corrections.append(Correction(self.doubt_since, delta))
                 # still in doubt (trusted, not confirmed): the doubt's stamps now read on this clock
                 self.doubt_since += timedelta(seconds=delta)
         if st.may_settle:
             self.doubt_since = None
+            self._doubt_from_start = False
         elif self.doubt_since is None:
             self.doubt_since = datetime.fromtimestamp(st.acting_at(wall, mono), UTC)
 

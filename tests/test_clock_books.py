@@ -336,3 +336,46 @@ def test_a_fresh_qr_code_is_no_forgery_while_the_time_acted_at_is_a_lower_bound(
     forged = mint(generate_private_key(), token_id="t2", member="m1", issued=at(8, 3), expires=at(8, 13))
     assert engine.decide("in-1", Credential.qr(forged, "r1"), acted).decision.reason == "invalid_qr"
     store.close()
+
+
+def test_a_tap_as_the_clock_is_trusted_again_is_moved_once(tmp_path: Path) -> None:
+    """A review's case: a box booted in 2000 (acting at 20:00 the evening before) is set by
+    NTP; the tap whose own clock call saw the clock trusted again was stamped on the new
+    clock and then moved by the step again, 12 hours into the future (hard anti-passback
+    refused her all day). Until the doubt's stamps are moved, the time stays on its timeline."""
+    store = new_store(tmp_path / "g.db")
+    box = Box(at(8), offset=datetime(2000, 1, 1, tzinfo=UTC).timestamp() - at(8).timestamp(),
+              floor=at(20, day=-1), synced=False)
+    keep_clock(box, store, 60)
+    box.offset, box.synced = 0.0, True
+    keep_clock(box, store, 4)
+    while not box.clock.corrections:  # the tap's own clock call sees the clock trusted again
+        box.t += 0.1
+        now = box.clock()
+    assert tap(store, IN_HARD, now).granted
+    keep_clock(box, store, 1)
+    [(stamp,)] = store.conn.execute("SELECT at FROM passages WHERE origin = 'local' ORDER BY id DESC LIMIT 1")
+    assert abs(stamp - box.real().timestamp()) < 5, (datetime.fromtimestamp(stamp, UTC), box.real())
+
+
+def test_an_exit_during_a_short_step_back_stays_after_the_entry(tmp_path: Path) -> None:
+    """A review's case: a clock trusted and confirmed but 20 s ahead (a restart within
+    minutes, NTP on); Ana goes in, NTP steps the clock back, she goes out during the 5 s
+    the step settles. Moving the doubt's rows back alone put her exit before her entry,
+    and hard anti-passback refused her next entry. A step back of a run that was trusted
+    before the doubt brings both to the step's instant, in their order."""
+    store = new_store(tmp_path / "g.db")
+    box = Box(at(8), offset=20, floor=at(8), synced=True)
+    assert box.clock.may_settle
+    keep_clock(box, store, 100)
+    assert tap(store, IN_HARD, box.clock()).granted
+    keep_clock(box, store, 1)
+    box.offset = 0.0  # NTP steps it back 20 s
+    keep_clock(box, store, 2)
+    assert not box.clock.trusted
+    assert tap(store, OUT, box.clock()).granted
+    keep_clock(box, store, 10)
+    assert box.clock.may_settle
+    keep_clock(box, store, 60)
+    again = tap(store, IN_HARD, box.clock())
+    assert again.granted, again.reason
