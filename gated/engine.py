@@ -10,7 +10,6 @@ between: no passage, no deduction. A tap travels as one value, rules.tap.Tap.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -67,14 +66,12 @@ class Engine:
         claim = self.trusted_keys.verify(credential.value)
         if claim is None:
             return Presented(CredentialKind.QR, None), None, None
-        if claim.issued > now and self.time_is_lower_bound():
-            # A code the central system signed "issued" after the time acted at is no forgery
-            # while that time is only a lower bound (a box booted in 2000 acts at last
-            # night's time): every fresh code was refused `invalid_qr` until NTP. Its expiry
-            # is still held against the time acted at.
-            claim = replace(claim, issued=now)
+        # a box booted in 2000 acts at last night's time: every fresh code was refused
+        # `invalid_qr` as issued in the future until NTP
+        lower_bound = claim.issued > now and self.time_is_lower_bound()
         seen = self.store.qr_seen(claim.token_id)
-        return Presented(CredentialKind.QR, claim, seen), claim.member, (claim.token_id, claim.expires)
+        presented = Presented(CredentialKind.QR, claim, seen, now_is_lower_bound=lower_bound)
+        return presented, claim.member, (claim.token_id, claim.expires)
 
     def decide(self, gate_id: str, credential: Credential, now: datetime,
                detail: Mapping[str, Any] | None = None) -> Tap:

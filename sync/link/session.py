@@ -811,7 +811,7 @@ class Session:
         central came (back) online: its retained head, and a delta or an answer to the resync
         on its way, arrive by then. A gate cut off cannot know what changed meanwhile (a booking
         cancelled): knowledge.py holds the no-shows of classes that ended since."""
-        if not self.connected or self._connected_at is None or self.central_online is False:
+        if not self.connected or self._connected_at is None or self._central_away():
             return False
         since = max(self._connected_at, self._central_online_at or self._connected_at)
         return (now - since >= self.config.head_grace and self.deltas_behind == 0 and not self.awaiting_snapshot

@@ -66,16 +66,6 @@ from sync.store.rows import BOOKING_READ, booking_from_row, dt, ts
 from sync.store.transaction import Committed, Transaction, Transactions
 
 CURSOR_KEY = "due.no_show_through"
-
-
-@dataclass(frozen=True, slots=True)
-class StampMarks:
-    """The last row of each table a clock correction moves, as a run began (Ledger.stamp_marks)."""
-
-    passages: int
-    seq: int
-    unconfirmed: int
-
 # a ledger put back from a copy (sync/store/sent_mark.py): the instant of the last event it
 # had sent; what fell due by then may have been settled in the part that was lost
 RESTORED_KEY = "ledger.restored_at"
@@ -114,6 +104,15 @@ HEARD_FOR = timedelta(minutes=10)
 def amount_json(d: Decimal) -> int | float:
     """Amounts travel as JSON numbers: whole numbers as integers."""
     return int(d) if d == d.to_integral_value() else float(d)
+
+
+@dataclass(frozen=True, slots=True)
+class StampMarks:
+    """The last row of each table a clock correction moves, as a run began (Ledger.stamp_marks)."""
+
+    passages: int
+    seq: int
+    unconfirmed: int
 
 
 class Ledger:
