@@ -97,6 +97,20 @@ def deb_files(deb: Path) -> dict[str, str]:
     return files
 
 
+def test_the_rollback_check_tells_a_build_that_reads_the_sent_mark(built: Built) -> None:
+    """docs/operations.md, "Upgrade and roll back": roll back only to a build that reads
+    gated.db.sent, which `dpkg -c ./gated_OLD_amd64.deb | grep -q sent_mark.py` tells — run
+    as written on this build (which does) and on the same listing without that file."""
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    command = "dpkg -c ./gated_OLD_amd64.deb | grep -q sent_mark.py"
+    assert f"`{command}`" in guide
+    ran = subprocess.run(command.replace("./gated_OLD_amd64.deb", str(built.deb)), shell=True, timeout=120)
+    assert ran.returncode == 0
+    older = subprocess.run(command.replace("./gated_OLD_amd64.deb", str(built.deb)).replace(
+        "| grep -q", "| grep -v sent_mark.py | grep -q"), shell=True, timeout=120)
+    assert older.returncode == 1
+
+
 def test_the_package_holds_what_an_installer_needs(built: Built, tmp_path: Path) -> None:
     files = deb_files(built.deb)
     for path in ("/opt/venvs/gated/bin/gated", "/lib/systemd/system/gated.service", "/etc/gated/gated.yaml",
